@@ -1,0 +1,192 @@
+"""``dfd-export build``: checkpoints -> stream modules -> ONNX -> an engine set folder.
+
+One stream at a time (a DINOv2-giant stream is 4.4 GB of fp32 weights; the machine this must run
+on has 24 GB), into a hidden staging folder that replaces the output folder only when every
+stream is built, hashed and described in the manifest: an interrupted build loses nothing.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from dfd.runtime.errors import DfdError
+from dfd.runtime.manifest import FORMAT, FORMAT_VERSION, FileEntry, write_manifest
+from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS
+
+from .checkpoint import LoraSettings, load_reference_checkpoint
+from .configs import PAPER_CLIP, PAPER_DINOV2, ClipVisionConfig, DinoV2Config, load_clip_config, load_dinov2_config
+from .onnx_export import DEFAULT_OPSET, export_stream_onnx, parameter_bytes
+from .streams import STREAM_NAMES, STREAM_SPECS, build_stream
+
+PRECISIONS = ("fp32",)
+BACKENDS = ("onnxruntime",)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BuildError(DfdError, RuntimeError):
+    """A build cannot start or finish; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    out_dir: Path
+    weights_dir: Path | None = None
+    models_dir: Path | None = None
+    precision: str = "fp32"
+    backend: str = "onnxruntime"
+    streams: tuple[str, ...] = STREAM_NAMES
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    opset: int = DEFAULT_OPSET
+    seed: int = 0
+    force: bool = False
+
+
+def _versions() -> dict[str, str]:
+    names = ("dfd-export", "torch", "timm", "open_clip_torch", "onnx", "onnxscript", "onnxruntime", "numpy")
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def preprocessing_parameters() -> dict[str, Any]:
+    """The preprocessing the runtime applies, recorded so an engine set is self-describing."""
+    return {
+        "decoder": "opencv imread IMREAD_COLOR, BGR->RGB, uint8",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "global": {"op": "center_crop", "size": STREAM_SPECS["global"].input_size,
+                   "smaller_than_size": "upscale (INTER_CUBIC) so the short side equals size, then center crop"},
+        "face": {"op": "face_crop_then_center_crop", "crop_margin": 1.3, "crop_size": 256,
+                 "crop_interpolation": "INTER_AREA", "size": STREAM_SPECS["face"].input_size,
+                 "no_face": "original image", "min_face_area_fraction": "1/9"},
+        "fusion": {"op": "resize", "size": STREAM_SPECS["fusion"].input_size,
+                   "interpolation": "INTER_AREA if height > size, INTER_CUBIC if height < size",
+                   "height_equals_size": "resize to size x size (INTER_AREA if the width shrinks, else INTER_CUBIC)"},
+    }
+
+
+def _resolve_configs(request: BuildRequest) -> tuple[DinoV2Config, ClipVisionConfig]:
+    if request.models_dir is None:
+        return PAPER_DINOV2, PAPER_CLIP
+    dino = load_dinov2_config(request.models_dir)
+    clip = load_clip_config(request.models_dir) if "fusion" in request.streams else PAPER_CLIP
+    return dino, clip
+
+
+def _check_request(request: BuildRequest) -> None:
+    if request.precision not in PRECISIONS:
+        raise BuildError(f"precision {request.precision!r} is not available; choose from {', '.join(PRECISIONS)}")
+    if request.backend not in BACKENDS:
+        raise BuildError(f"backend {request.backend!r} is not available; choose from {', '.join(BACKENDS)}")
+    unknown = [s for s in request.streams if s not in STREAM_NAMES]
+    if unknown or not request.streams:
+        raise BuildError(f"unknown stream(s) {unknown}; choose from {', '.join(STREAM_NAMES)}")
+    out = Path(request.out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not request.force:
+        raise BuildError(f"{out} already exists and is not empty; pass --force to replace it")
+    if request.weights_dir is not None:
+        missing = [
+            str(Path(request.weights_dir) / STREAM_SPECS[s].checkpoint)
+            for s in request.streams
+            if not (Path(request.weights_dir) / STREAM_SPECS[s].checkpoint).is_file()
+        ]
+        if missing:
+            raise BuildError("checkpoint(s) not found: " + ", ".join(missing))
+
+
+def _stream_module(name: str, request: BuildRequest, dino: DinoV2Config, clip: ClipVisionConfig) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(request.seed + STREAM_NAMES.index(name))
+    module = build_stream(name, dino, clip if STREAM_SPECS[name].uses_clip else None)
+    if request.weights_dir is None:
+        return module, {"checkpoint": None}
+    path = Path(request.weights_dir) / STREAM_SPECS[name].checkpoint
+    state = load_reference_checkpoint(path, name, dino, clip, request.lora)
+    module.load_state_dict(state, strict=True)
+    del state
+    source = FileEntry.of(path.parent, path, "checkpoint")
+    return module, {"checkpoint": {"file": source.path, "sha256": source.sha256, "bytes": source.bytes}}
+
+
+def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda m: None) -> Path:
+    """Build the engine set ``request`` describes; returns the manifest path."""
+    _check_request(request)
+    dino, clip = _resolve_configs(request)
+    if request.weights_dir is None:
+        warn(
+            "NO --weights-dir: building RANDOMLY INITIALISED streams. Their scores mean nothing; "
+            "use this only for demos, benchmarks and tests."
+        )
+    out = Path(request.out_dir)
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    streams: dict[str, Any] = {}
+    started = time.perf_counter()
+    try:
+        progress = tqdm(request.streams, desc="build", unit="stream", file=sys.stderr, leave=True)
+        for name in progress:
+            progress.set_description(f"build {name}: load")
+            module, source = _stream_module(name, request, dino, clip)
+            progress.set_description(f"build {name}: export ONNX ({parameter_bytes(module) / 1e9:.2f} GB)")
+            graph = staging / f"{name}.{request.precision}.onnx"
+            written = export_stream_onnx(module, graph, STREAM_SPECS[name].input_size, request.opset)
+            del module
+            gc.collect()
+            progress.set_description(f"build {name}: hash")
+            files = [FileEntry.of(staging, p, "onnx" if p == graph else "onnx-data") for p in written]
+            streams[name] = {
+                "input_size": STREAM_SPECS[name].input_size,
+                "precision": request.precision,
+                "backend": request.backend,
+                "files": [f.__dict__ for f in files],
+                "source": source,
+                "architecture": {
+                    "dinov2": dino.to_dict(),
+                    **({"clip": clip.to_dict()} if STREAM_SPECS[name].uses_clip else {}),
+                },
+            }
+        progress.close()
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "random_weights": request.weights_dir is None,
+            "tool_versions": _versions(),
+            "build": {
+                "seconds": round(time.perf_counter() - started, 1),
+                "opset": request.opset,
+                "lora": {"r": request.lora.r, "alpha": request.lora.alpha},
+                "models_dir": str(request.models_dir) if request.models_dir else None,
+                "weights_dir": str(request.weights_dir) if request.weights_dir else None,
+            },
+            "vote": {"weights": {s: DEFAULT_VOTE_WEIGHTS[s] for s in STREAM_NAMES},
+                     "stream_decimals": 1, "score_decimals": 1, "score_rounding": "half-even"},
+            "preprocessing": preprocessing_parameters(),
+            "streams": streams,
+        }
+        write_manifest(staging, manifest)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out / "manifest.json"

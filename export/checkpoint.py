@@ -1,0 +1,390 @@
+"""Import the reference's checkpoints: every key accounted for, LoRA merged, names translated.
+
+The reference loads its state dicts with ``strict=False``, so a renamed or missing key silently
+leaves random weights in the network. Here every key is either used, or on a short, named list
+of tensors the computation never reads (DINOv2's ``mask_token``, CLIP's ``position_ids``
+buffer); anything else fails with an error that names it.
+
+Accepted layouts (after the ``backbone.`` / ``module.backbone.`` prefix):
+
+* ``vision_model.`` DINOv2, optionally under peft's ``base_model.model.``; attention as
+  transformers 4.x names it (``attention.attention.query|key|value``, ``attention.output.dense``)
+  or 5.x-style (``attention.q_proj|k_proj|v_proj|o_proj``); SwiGLU FFN as ``mlp.weights_in`` /
+  ``mlp.weights_out`` (4.x, gate then value packed) or ``mlp.gate_proj`` + ``mlp.up_proj`` /
+  ``mlp.down_proj``; the plain FFN as ``mlp.fc1`` / ``mlp.fc2``.
+* LoRA-wrapped linears in peft's current layout (``X.base_layer.weight`` + ``X.lora_A.default``
+  / ``X.lora_B.default``) or its older one (``X.weight`` beside the adapters). They are merged
+  as ``W + (alpha / r) * B @ A`` in float32.
+* ``clip_model.vision_model.`` a transformers ``CLIPVisionModel`` (fusion stream only).
+* heads: ``last_layer.`` (global/face) or ``fusion_head.0.`` / ``fusion_head.3.`` (fusion).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dfd.runtime.errors import DfdError
+
+from .configs import ClipVisionConfig, DinoV2Config
+from .streams import FUSION_HIDDEN, NUM_CLASSES, STREAM_SPECS
+from .towers import interpolate_position_grid
+
+REFERENCE_LORA_R = 32
+REFERENCE_LORA_ALPHA = 64.0
+_PREFIXES = ("module.backbone.", "backbone.")
+_PEFT_PREFIX = "base_model.model."
+_ADAPTER = "default"
+# Tensors the inference computation never reads; accounted for by name, then dropped.
+_UNUSED_DINO = {"embeddings.mask_token"}
+_UNUSED_CLIP = {"embeddings.position_ids"}
+# 5.x-style names -> the 4.x names the rest of this module speaks.
+_DINO_ALIASES = {
+    "attention.q_proj": "attention.attention.query",
+    "attention.k_proj": "attention.attention.key",
+    "attention.v_proj": "attention.attention.value",
+    "attention.o_proj": "attention.output.dense",
+    "mlp.down_proj": "mlp.weights_out",
+}
+
+
+class CheckpointError(DfdError, ValueError):
+    """A checkpoint does not match the architecture its config describes; names the keys."""
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA hyper-parameters of the reference training config (r=32, alpha=64)."""
+
+    r: int = REFERENCE_LORA_R
+    alpha: float = REFERENCE_LORA_ALPHA
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+
+@dataclass
+class _Tensor:
+    value: torch.Tensor
+    source: str  # the checkpoint key it came from, for error messages
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """``torch.load`` a reference ``.pth`` safely (tensors only, no pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors")
+    return dict(state)
+
+
+def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, _Tensor], list[str]]:
+    stripped: dict[str, _Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in state.items():
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                stripped[key[len(prefix):]] = _Tensor(value, key)
+                break
+        else:
+            unexpected.append(key)
+    return stripped, unexpected
+
+
+def _merge_lora(tensors: dict[str, _Tensor], lora: LoraSettings, problems: list[str]) -> dict[str, _Tensor]:
+    """Fold every LoRA adapter into its base weight; both peft layouts."""
+    adapters: dict[str, dict[str, _Tensor]] = {}
+    plain: dict[str, _Tensor] = {}
+    pattern = re.compile(r"^(.*)\.lora_([AB])\.([^.]+)\.weight$")
+    for name, tensor in tensors.items():
+        match = pattern.match(name)
+        if match is None:
+            plain[name] = tensor
+            continue
+        module, which, adapter = match.groups()
+        if adapter != _ADAPTER:
+            problems.append(f"unexpected LoRA adapter {adapter!r}: {tensor.source}")
+            continue
+        adapters.setdefault(module, {})[which] = tensor
+    merged: dict[str, _Tensor] = {}
+    for name, tensor in plain.items():
+        merged[name.replace(".base_layer.", ".")] = tensor
+    for module, pair in adapters.items():
+        if set(pair) != {"A", "B"}:
+            missing = "lora_B" if "A" in pair else "lora_A"
+            problems.append(f"missing key: {module}.{missing}.{_ADAPTER}.weight (its pair is present)")
+            continue
+        base = merged.get(f"{module}.weight")
+        if base is None:
+            problems.append(f"missing key: {module}.base_layer.weight (LoRA adapters without a base weight)")
+            continue
+        a, b = pair["A"].value, pair["B"].value
+        out_f, in_f = base.value.shape
+        if a.shape != (lora.r, in_f) or b.shape != (out_f, lora.r):
+            problems.append(
+                f"mis-shaped LoRA adapter for {module}: lora_A {tuple(a.shape)}, lora_B "
+                f"{tuple(b.shape)}; expected ({lora.r}, {in_f}) and ({out_f}, {lora.r}) for r={lora.r} "
+                f"({pair['A'].source})"
+            )
+            continue
+        delta = (b.to(torch.float32) @ a.to(torch.float32)) * lora.scale
+        value = base.value.to(torch.float32) + delta
+        merged[f"{module}.weight"] = _Tensor(value, base.source)
+    return merged
+
+
+def _sub(tensors: dict[str, _Tensor], prefix: str) -> dict[str, _Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _canonical_dino(tensors: dict[str, _Tensor], problems: list[str]) -> dict[str, _Tensor]:
+    """Translate 5.x-style names and split ``gate_proj``/``up_proj`` back into ``weights_in``."""
+    out: dict[str, _Tensor] = {}
+    gate_up: dict[str, dict[str, _Tensor]] = {}
+    for name, tensor in tensors.items():
+        match = re.match(r"^(encoder\.layer\.\d+\.)(.*)$", name)
+        if match:
+            layer, rest = match.groups()
+            for new, old in _DINO_ALIASES.items():
+                if rest.startswith(new + "."):
+                    rest = old + rest[len(new):]
+                    break
+            gate = re.match(r"^mlp\.(gate_proj|up_proj)\.(weight|bias)$", rest)
+            if gate:
+                gate_up.setdefault(f"{layer}mlp.weights_in.{gate.group(2)}", {})[gate.group(1)] = tensor
+                continue
+            name = layer + rest
+        out[name] = tensor
+    for name, parts in gate_up.items():
+        if set(parts) != {"gate_proj", "up_proj"}:
+            have = next(iter(parts.values())).source
+            problems.append(f"gate_proj and up_proj must come together: only {have}")
+            continue
+        value = torch.cat((parts["gate_proj"].value, parts["up_proj"].value), dim=0)
+        out[name] = _Tensor(value, parts["gate_proj"].source)
+    return out
+
+
+def _dino_shapes(cfg: DinoV2Config) -> dict[str, tuple[int, ...]]:
+    d, hidden = cfg.hidden_size, cfg.mlp_hidden_size
+    grid = cfg.pretrained_grid
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.cls_token": (1, 1, d),
+        "embeddings.position_embeddings": (1, grid * grid + 1, d),
+        "embeddings.patch_embeddings.projection.weight": (d, cfg.num_channels, cfg.patch_size, cfg.patch_size),
+        "embeddings.patch_embeddings.projection.bias": (d,),
+        "layernorm.weight": (d,),
+        "layernorm.bias": (d,),
+    }
+    ffn = (
+        {"mlp.weights_in": (2 * hidden, d), "mlp.weights_out": (d, hidden)}
+        if cfg.use_swiglu_ffn
+        else {"mlp.fc1": (hidden, d), "mlp.fc2": (d, hidden)}
+    )
+    linears = {
+        "attention.attention.query": (d, d),
+        "attention.attention.key": (d, d),
+        "attention.attention.value": (d, d),
+        "attention.output.dense": (d, d),
+        **ffn,
+    }
+    for i in range(cfg.num_hidden_layers):
+        p = f"encoder.layer.{i}."
+        for norm in ("norm1", "norm2"):
+            shapes[p + norm + ".weight"] = (d,)
+            shapes[p + norm + ".bias"] = (d,)
+        shapes[p + "layer_scale1.lambda1"] = (d,)
+        shapes[p + "layer_scale2.lambda1"] = (d,)
+        for name, shape in linears.items():
+            shapes[f"{p}{name}.weight"] = shape
+            if name.startswith("attention.attention.") and not cfg.qkv_bias:
+                continue
+            shapes[f"{p}{name}.bias"] = (shape[0],)
+    return shapes
+
+
+def _clip_shapes(cfg: ClipVisionConfig) -> dict[str, tuple[int, ...]]:
+    d, inter = cfg.hidden_size, cfg.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.class_embedding": (d,),
+        "embeddings.patch_embedding.weight": (d, cfg.num_channels, cfg.patch_size, cfg.patch_size),
+        "embeddings.position_embedding.weight": (cfg.grid * cfg.grid + 1, d),
+        "pre_layrnorm.weight": (d,),
+        "pre_layrnorm.bias": (d,),
+        "post_layernorm.weight": (d,),
+        "post_layernorm.bias": (d,),
+    }
+    for i in range(cfg.num_hidden_layers):
+        p = f"encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[f"{p}self_attn.{proj}.weight"] = (d, d)
+            shapes[f"{p}self_attn.{proj}.bias"] = (d,)
+        for norm in ("layer_norm1", "layer_norm2"):
+            shapes[f"{p}{norm}.weight"] = (d,)
+            shapes[f"{p}{norm}.bias"] = (d,)
+        shapes[f"{p}mlp.fc1.weight"] = (inter, d)
+        shapes[f"{p}mlp.fc1.bias"] = (inter,)
+        shapes[f"{p}mlp.fc2.weight"] = (d, inter)
+        shapes[f"{p}mlp.fc2.bias"] = (d,)
+    return shapes
+
+
+def _account(
+    component: str,
+    tensors: dict[str, _Tensor],
+    expected: dict[str, tuple[int, ...]],
+    unused: set[str],
+    problems: list[str],
+) -> dict[str, torch.Tensor]:
+    """Check a component's tensors against the expected names and shapes; name every problem."""
+    for name in sorted(set(tensors) - set(expected) - unused):
+        problems.append(f"unexpected key: {tensors[name].source}")
+    for name in sorted(set(expected) - set(tensors)):
+        problems.append(f"missing key: {component}{name}")
+    for name in sorted(set(expected) & set(tensors)):
+        shape = tuple(tensors[name].value.shape)
+        if shape != expected[name]:
+            problems.append(f"mis-shaped key: {tensors[name].source} is {shape}, expected {expected[name]}")
+    return {k: v.value.to(torch.float32) for k, v in tensors.items() if k in expected}
+
+
+def _dino_component(
+    tensors: dict[str, _Tensor], cfg: DinoV2Config, lora: LoraSettings, problems: list[str]
+) -> dict[str, torch.Tensor]:
+    if tensors and all(k.startswith(_PEFT_PREFIX) for k in tensors):
+        tensors = _sub(tensors, _PEFT_PREFIX)
+    tensors = _merge_lora(tensors, lora, problems)
+    tensors = _canonical_dino(tensors, problems)
+    return _account("backbone.vision_model.", tensors, _dino_shapes(cfg), _UNUSED_DINO, problems)
+
+
+def _clip_component(tensors: dict[str, _Tensor], cfg: ClipVisionConfig, problems: list[str]) -> dict[str, torch.Tensor]:
+    inner = _sub(tensors, "vision_model.")
+    for name in sorted(set(tensors) - {f"vision_model.{k}" for k in inner}):
+        problems.append(f"unexpected key: {tensors[name].source}")
+    return _account("backbone.clip_model.vision_model.", inner, _clip_shapes(cfg), _UNUSED_CLIP, problems)
+
+
+def _dino_to_timm(w: dict[str, torch.Tensor], cfg: DinoV2Config, input_size: int, prefix: str) -> dict[str, torch.Tensor]:
+    grid = input_size // cfg.patch_size
+    out = {
+        f"{prefix}cls_token": w["embeddings.cls_token"],
+        f"{prefix}pos_embed": interpolate_position_grid(w["embeddings.position_embeddings"], grid),
+        f"{prefix}patch_embed.proj.weight": w["embeddings.patch_embeddings.projection.weight"],
+        f"{prefix}patch_embed.proj.bias": w["embeddings.patch_embeddings.projection.bias"],
+        f"{prefix}norm.weight": w["layernorm.weight"],
+        f"{prefix}norm.bias": w["layernorm.bias"],
+    }
+    fc1, fc2 = ("weights_in", "weights_out") if cfg.use_swiglu_ffn else ("fc1", "fc2")
+    for i in range(cfg.num_hidden_layers):
+        src, dst = f"encoder.layer.{i}.", f"{prefix}blocks.{i}."
+        qkv = [w[f"{src}attention.attention.{n}.weight"] for n in ("query", "key", "value")]
+        out[f"{dst}attn.qkv.weight"] = torch.cat(qkv, dim=0)
+        if cfg.qkv_bias:
+            bias = [w[f"{src}attention.attention.{n}.bias"] for n in ("query", "key", "value")]
+            out[f"{dst}attn.qkv.bias"] = torch.cat(bias, dim=0)
+        out[f"{dst}attn.proj.weight"] = w[f"{src}attention.output.dense.weight"]
+        out[f"{dst}attn.proj.bias"] = w[f"{src}attention.output.dense.bias"]
+        for norm in ("norm1", "norm2"):
+            out[f"{dst}{norm}.weight"] = w[f"{src}{norm}.weight"]
+            out[f"{dst}{norm}.bias"] = w[f"{src}{norm}.bias"]
+        out[f"{dst}ls1.gamma"] = w[f"{src}layer_scale1.lambda1"]
+        out[f"{dst}ls2.gamma"] = w[f"{src}layer_scale2.lambda1"]
+        for theirs, ours in ((fc1, "fc1"), (fc2, "fc2")):
+            out[f"{dst}mlp.{ours}.weight"] = w[f"{src}mlp.{theirs}.weight"]
+            out[f"{dst}mlp.{ours}.bias"] = w[f"{src}mlp.{theirs}.bias"]
+    return out
+
+
+def _clip_to_open_clip(w: dict[str, torch.Tensor], cfg: ClipVisionConfig, prefix: str) -> dict[str, torch.Tensor]:
+    out = {
+        f"{prefix}class_embedding": w["embeddings.class_embedding"],
+        f"{prefix}positional_embedding": w["embeddings.position_embedding.weight"],
+        f"{prefix}conv1.weight": w["embeddings.patch_embedding.weight"],
+        f"{prefix}ln_pre.weight": w["pre_layrnorm.weight"],
+        f"{prefix}ln_pre.bias": w["pre_layrnorm.bias"],
+        f"{prefix}ln_post.weight": w["post_layernorm.weight"],
+        f"{prefix}ln_post.bias": w["post_layernorm.bias"],
+    }
+    for i in range(cfg.num_hidden_layers):
+        src, dst = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        projections = ("q_proj", "k_proj", "v_proj")
+        out[f"{dst}attn.in_proj_weight"] = torch.cat([w[f"{src}self_attn.{p}.weight"] for p in projections])
+        out[f"{dst}attn.in_proj_bias"] = torch.cat([w[f"{src}self_attn.{p}.bias"] for p in projections])
+        out[f"{dst}attn.out_proj.weight"] = w[f"{src}self_attn.out_proj.weight"]
+        out[f"{dst}attn.out_proj.bias"] = w[f"{src}self_attn.out_proj.bias"]
+        for theirs, ours in (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2")):
+            out[f"{dst}{ours}.weight"] = w[f"{src}{theirs}.weight"]
+            out[f"{dst}{ours}.bias"] = w[f"{src}{theirs}.bias"]
+        for theirs, ours in (("fc1", "c_fc"), ("fc2", "c_proj")):
+            out[f"{dst}mlp.{ours}.weight"] = w[f"{src}mlp.{theirs}.weight"]
+            out[f"{dst}mlp.{ours}.bias"] = w[f"{src}mlp.{theirs}.bias"]
+    return out
+
+
+def convert_reference_state_dict(
+    state: Mapping[str, torch.Tensor],
+    stream: str,
+    dino: DinoV2Config,
+    clip: ClipVisionConfig | None = None,
+    lora: LoraSettings = LoraSettings(),
+    source: str = "checkpoint",
+) -> dict[str, torch.Tensor]:
+    """Reference state dict -> state dict of our stream module (``build_stream(stream, ...)``).
+
+    Raises ``CheckpointError`` listing every unexpected, missing or mis-shaped key.
+    """
+    spec = STREAM_SPECS[stream]
+    tensors, problems = _strip_wrapper_prefix(state)
+    problems = [f"unexpected key (no backbone. prefix): {k}" for k in problems]
+    head_prefix = "fusion_head." if spec.uses_clip else "last_layer."
+    components = ("vision_model.", "clip_model.", head_prefix) if spec.uses_clip else ("vision_model.", head_prefix)
+    for name in sorted(k for k in tensors if not k.startswith(components)):
+        problems.append(f"unexpected key: {tensors[name].source}")
+
+    weights = _dino_component(_sub(tensors, "vision_model."), dino, lora, problems)
+    if spec.uses_clip:
+        assert clip is not None, "the fusion stream needs a CLIP config"
+        clip_weights = _clip_component(_sub(tensors, "clip_model."), clip, problems)
+        head_shapes = {
+            "0.weight": (FUSION_HIDDEN, dino.hidden_size + clip.hidden_size),
+            "0.bias": (FUSION_HIDDEN,),
+            "3.weight": (NUM_CLASSES, FUSION_HIDDEN),
+            "3.bias": (NUM_CLASSES,),
+        }
+    else:
+        head_shapes = {"weight": (NUM_CLASSES, dino.hidden_size), "bias": (NUM_CLASSES,)}
+    head = _account(f"backbone.{head_prefix}", _sub(tensors, head_prefix), head_shapes, set(), problems)
+
+    if problems:
+        listing = "\n  ".join(problems)
+        raise CheckpointError(f"{source} does not match the {stream} stream architecture:\n  {listing}")
+
+    result = _dino_to_timm(weights, dino, spec.input_size, "dino.vit.")
+    if spec.uses_clip:
+        result.update(_clip_to_open_clip(clip_weights, clip, "clip.vit."))
+    result.update({f"head.{k}": v for k, v in head.items()})
+    return result
+
+
+def load_reference_checkpoint(
+    path: Path,
+    stream: str,
+    dino: DinoV2Config,
+    clip: ClipVisionConfig | None = None,
+    lora: LoraSettings = LoraSettings(),
+) -> dict[str, torch.Tensor]:
+    """Read a reference ``.pth`` and convert it for our ``stream`` module (see module doc)."""
+    return convert_reference_state_dict(read_state_dict(path), stream, dino, clip, lora, source=str(path))

@@ -1,0 +1,155 @@
+"""The ``dfd-export`` command line.
+
+Every verb imports its heavy machinery lazily, so ``detect``/``inspect``/``doctor`` never load
+torch, and ``--help`` is instant. Option groups shared by several verbs are defined once here
+(Polygraphy-style argument groups). Known failures print one ``error:`` line and exit 1; a
+traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from dfd.runtime.errors import DfdError
+
+STREAM_CHOICES = ("global", "face", "fusion")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handles_errors(func):
+    """Turn the project's own exceptions into one readable line and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except DfdError as exc:
+            _fail(str(exc))
+
+    return wrapper
+
+
+def engine_dir_argument(func):
+    return click.argument("engine_dir", type=click.Path(path_type=Path))(func)
+
+
+def streams_option(func):
+    return click.option(
+        "--streams",
+        default=",".join(STREAM_CHOICES),
+        show_default=True,
+        help="Comma-separated subset of streams to build.",
+        callback=_parse_streams,
+    )(func)
+
+
+def _parse_streams(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in value.split(",") if s.strip())
+    bad = [s for s in names if s not in STREAM_CHOICES]
+    if bad or not names:
+        raise click.BadParameter(f"unknown stream(s) {bad or value!r}; choose from {', '.join(STREAM_CHOICES)}")
+    return tuple(s for s in STREAM_CHOICES if s in names)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="dfd-export")
+def main() -> None:
+    """Export the NTIRE 2026 three-stream deepfake detector to ONNX/TensorRT engine sets and
+    run them with a lean runtime.
+
+    \b
+    Typical flow:
+      dfd-export build --weights-dir W --models-dir M --out engines/fp32
+      dfd-export inspect engines/fp32
+      dfd-export detect engines/fp32 photos/ --format jsonl
+    """
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Engine set folder to write [default: engines/<precision>].")
+@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder with the reference checkpoints dinov2_252.pth, dinov2_252_crop.pth, "
+                   "dinov2_clip.pth. Without it the streams are RANDOMLY initialised (demo only).")
+@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder laid out like the reference's models/: dinov2-giant/config.json and "
+                   "clip-vit-large-patch14/config.json (any size). Default: the paper's DINOv2-giant "
+                   "and CLIP ViT-L/14.")
+@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True,
+              help="Numeric precision of the graphs.")
+@click.option("--backend", type=click.Choice(["onnxruntime"]), default="onnxruntime", show_default=True,
+              help="Engine backend the set is built for.")
+@streams_option
+@click.option("--lora-r", type=click.IntRange(min=1), default=32, show_default=True,
+              help="LoRA rank the checkpoints were trained with (the reference: 32).")
+@click.option("--lora-alpha", type=float, default=64.0, show_default=True,
+              help="LoRA alpha (the reference: 64); adapters merge as W + alpha/r * B @ A.")
+@click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True, help="ONNX opset.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random initialisation.")
+@click.option("--force", is_flag=True, help="Replace an existing, non-empty output folder.")
+@handles_errors
+def build(out_dir, weights_dir, models_dir, precision, backend, streams, lora_r, lora_alpha, opset, seed, force):
+    """Build an engine set: import checkpoints, export each stream to ONNX, write manifest.json."""
+    from .build import BuildRequest, build_engine_set
+    from .checkpoint import LoraSettings
+
+    request = BuildRequest(
+        out_dir=out_dir or Path("engines") / precision,
+        weights_dir=weights_dir,
+        models_dir=models_dir,
+        precision=precision,
+        backend=backend,
+        streams=streams,
+        lora=LoraSettings(lora_r, lora_alpha),
+        opset=opset,
+        seed=seed,
+        force=force,
+    )
+    manifest = build_engine_set(request, warn=lambda m: click.secho(f"WARNING: {m}", fg="yellow", err=True))
+    click.echo(f"engine set written: {manifest.parent}")
+
+
+@main.command()
+@engine_dir_argument
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of every file (faster on large sets).")
+@handles_errors
+def inspect(engine_dir, as_json, no_verify):
+    """Print an engine set's manifest readably (and check its integrity)."""
+    import json
+
+    from dfd.runtime.manifest import load_manifest
+
+    manifest = load_manifest(engine_dir, verify=not no_verify)
+    if as_json:
+        click.echo(json.dumps(manifest.raw, indent=2))
+        return
+    raw = manifest.raw
+    click.echo(f"engine set   {manifest.root}")
+    click.echo(f"created      {raw.get('created_utc', '?')}  by dfd-export {raw.get('tool_versions', {}).get('dfd-export', '?')}")
+    if manifest.random_weights:
+        click.secho("weights      RANDOM (demo/benchmark set; scores are meaningless)", fg="yellow")
+    click.echo("vote         " + ", ".join(f"{k} {v:g}" for k, v in manifest.vote_weights.items())
+               + "  (one-decimal per stream, weighted mean, round half to even)")
+    click.echo(f"integrity    {'not checked (--no-verify)' if no_verify else 'ok (sha256 of every file)'}")
+    click.echo("")
+    click.echo(f"{'stream':8} {'input':>9} {'precision':>9} {'backend':>12} {'size':>10}  files")
+    for name, stream in manifest.streams.items():
+        size = sum(f.bytes for f in stream.files)
+        files = ", ".join(f.path for f in stream.files)
+        click.echo(f"{name:8} {stream.input_size:>4}x{stream.input_size:<4} {stream.precision:>9} "
+                   f"{stream.backend:>12} {size / 1e6:>8.1f}MB  {files}")
+
+
+if __name__ == "__main__":
+    main()

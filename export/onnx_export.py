@@ -1,0 +1,114 @@
+"""Export one stream module to ONNX under the stream contract of ARCHITECTURE.md.
+
+Contract: input ``pixels`` float32 [N,3,H,W] (already normalised), output ``logits`` float32
+[N,2]; dynamic N, static H/W; opset >= 17; native ``LayerNormalization``; no ``Resize`` (the
+position grid is baked in); external data only when the file would pass protobuf's 2 GB limit.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from dfd.runtime.errors import DfdError
+
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "logits"
+DEFAULT_OPSET = 18
+PROTOBUF_LIMIT_BYTES = 2 * 1024**3
+# Parameters plus graph overhead: stay well clear of protobuf's hard limit.
+_EXTERNAL_DATA_THRESHOLD = int(PROTOBUF_LIMIT_BYTES * 0.9)
+
+
+class ExportError(DfdError, RuntimeError):
+    """The exported graph violates the stream contract."""
+
+
+def parameter_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def export_stream_onnx(module: nn.Module, path: Path, input_size: int, opset: int = DEFAULT_OPSET) -> list[Path]:
+    """Write ``module`` as ONNX to ``path``; returns every file written (graph + external data).
+
+    Uses the torch.export-based exporter (torch's maintained path); the example batch is 2 so the
+    batch dimension cannot be specialised to 1.
+    """
+    if opset < 17:
+        raise ExportError("opset must be >= 17 for a native LayerNormalization")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data_file = path.with_name(path.name + ".data")
+    for stale in (path, data_file):
+        stale.unlink(missing_ok=True)
+    external = parameter_bytes(module) > _EXTERNAL_DATA_THRESHOLD
+    example = torch.zeros(2, 3, input_size, input_size, dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    module = module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter about its own internals
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"pixels": {0: batch}},
+            opset_version=opset,
+            dynamo=True,
+            external_data=external,
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path), external_data=external)
+    if external:
+        # the exporter names the data file after the graph; keep exactly one, next to it
+        written = [path] + sorted(p for p in path.parent.glob(path.name + "*") if p != path)
+    else:
+        written = [path]
+    check_stream_onnx(path, input_size)
+    return written
+
+
+def op_census(model: onnx.ModelProto) -> Counter:
+    """Node count per op type, including nodes inside local functions and subgraphs."""
+    counts: Counter = Counter()
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            counts[node.op_type] += 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                for sub in attr.graphs:
+                    visit(sub)
+
+    visit(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            counts[node.op_type] += 1
+    return counts
+
+
+def check_stream_onnx(path: Path, input_size: int) -> None:
+    """Validate a stream graph against the contract; raise ``ExportError`` naming the breach."""
+    onnx.checker.check_model(str(path))  # by path: works past 2 GB with external data
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    if [i.name for i in graph.input] != [INPUT_NAME] or [o.name for o in graph.output] != [OUTPUT_NAME]:
+        raise ExportError(f"{path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}'")
+    dims = graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or not dims[0].dim_param or [d.dim_value for d in dims[1:]] != [3, input_size, input_size]:
+        raise ExportError(f"{path}: input must be [N,3,{input_size},{input_size}] with a symbolic N")
+    if graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise ExportError(f"{path}: input must be float32")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 17:
+        raise ExportError(f"{path}: opset {opset} < 17")
+    census = op_census(model)
+    if census["Resize"]:
+        raise ExportError(f"{path}: {census['Resize']} Resize node(s); the position grid must be baked in")

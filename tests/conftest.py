@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny reference-format checkpoints and real photographs.
+
+Checkpoints are written by the reference network code (transformers 4.x + peft, see
+``reference_network.py``) at tiny sizes, so every parity test compares against an independent
+implementation, not against our own code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from reference_network import ReferenceEnsemble, tiny_clip_config, tiny_dinov2_config
+
+LORA_R, LORA_ALPHA = 4, 8.0
+
+
+@pytest.fixture(scope="session")
+def reference_ensemble(tmp_path_factory) -> ReferenceEnsemble:
+    """Three tiny reference streams and their checkpoints in the reference file names."""
+    return ReferenceEnsemble(tmp_path_factory.mktemp("reference"), tiny_dinov2_config(), tiny_clip_config(),
+                             r=LORA_R, alpha=LORA_ALPHA)
+
+
+@pytest.fixture(scope="session")
+def photographs() -> dict[str, np.ndarray]:
+    """Real photographs that ship inside scikit-image (RGB uint8, various sizes)."""
+    return {"astronaut": skdata.astronaut(), "coffee": skdata.coffee(), "chelsea": skdata.chelsea()}

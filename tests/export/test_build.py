@@ -1,0 +1,115 @@
+"""``dfd-export build`` and ``inspect``: engine sets from reference checkpoints, and failures
+that name their cause and leave nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import LORA_ALPHA, LORA_R
+from dfd.export.cli import main
+from dfd.runtime.manifest import load_manifest, sha256_file
+
+
+def _build(runner, reference_ensemble, out, *extra, weights_dir=None):
+    args = ["build", "--weights-dir", str(weights_dir or reference_ensemble.weights_dir), "--models-dir",
+            str(reference_ensemble.models_dir), "--out", str(out), "--lora-r", str(LORA_R),
+            "--lora-alpha", str(LORA_ALPHA), *extra]
+    return runner.invoke(main, args)
+
+
+@pytest.fixture(scope="module")
+def built(reference_ensemble, tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "engines"
+    result = _build(CliRunner(), reference_ensemble, out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_manifest_describes_every_file(built, reference_ensemble):
+    manifest = load_manifest(built)  # verifies every sha256
+    assert list(manifest.streams) == ["global", "face", "fusion"]
+    assert manifest.vote_weights == {"global": 2.0, "face": 1.0, "fusion": 2.0}
+    assert not manifest.random_weights
+    sizes = {name: s.input_size for name, s in manifest.streams.items()}
+    assert sizes == {"global": 252, "face": 252, "fusion": 224}
+    for name, stream in manifest.streams.items():
+        graph = stream.file("onnx")
+        assert graph.path == f"{name}.fp32.onnx"
+        assert graph.sha256 == sha256_file(built / graph.path)
+        assert stream.precision == "fp32" and stream.backend == "onnxruntime"
+    checkpoint = manifest.raw["streams"]["fusion"]["source"]["checkpoint"]
+    assert checkpoint["sha256"] == sha256_file(reference_ensemble.weights_dir / "dinov2_clip.pth")
+    assert manifest.preprocessing["mean"] == [0.485, 0.456, 0.406]
+    assert {"torch", "onnx", "dfd-export"} <= set(manifest.raw["tool_versions"])
+
+
+def test_existing_output_is_kept_without_force(built, reference_ensemble):
+    before = sha256_file(built / "manifest.json")
+    result = _build(CliRunner(), reference_ensemble, built, "--streams", "global")
+    assert result.exit_code == 1
+    assert "already exists" in result.output and "--force" in result.output
+    assert sha256_file(built / "manifest.json") == before
+
+
+def test_random_weights_warn_loudly(reference_ensemble, tmp_path):
+    out = tmp_path / "random"
+    result = CliRunner().invoke(main, ["build", "--models-dir", str(reference_ensemble.models_dir),
+                                       "--out", str(out), "--streams", "face"])
+    assert result.exit_code == 0, result.output
+    assert "RANDOMLY INITIALISED" in result.output
+    manifest = load_manifest(out)
+    assert manifest.random_weights and list(manifest.streams) == ["face"]
+
+
+def test_missing_checkpoint_is_named_and_nothing_is_left(reference_ensemble, tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(reference_ensemble.weights_dir, weights)
+    (weights / "dinov2_252_crop.pth").unlink()
+    out = tmp_path / "engines"
+    result = CliRunner().invoke(main, ["build", "--weights-dir", str(weights), "--models-dir",
+                                       str(reference_ensemble.models_dir), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "dinov2_252_crop.pth" in result.output and "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_corrupt_checkpoint_fails_cleanly(reference_ensemble, tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(reference_ensemble.weights_dir, weights)
+    (weights / "dinov2_252.pth").write_bytes(b"not a checkpoint")
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "engines", "--streams", "global", weights_dir=weights)
+    assert result.exit_code == 1
+    assert "cannot read checkpoint" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "engines").exists()
+
+
+def test_bad_streams_flag_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["build", "--out", str(tmp_path / "x"), "--streams", "global,eyes"])
+    assert result.exit_code == 2 and "eyes" in result.output
+
+
+def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["inspect", str(built)])
+    assert result.exit_code == 0, result.output
+    assert "fusion    224x224" in result.output and "ok (sha256" in result.output
+    raw = json.loads(runner.invoke(main, ["inspect", str(built), "--json"]).output)
+    assert raw["format"] == "dfd-engine-set"
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(built, tampered)
+    with open(tampered / "face.fp32.onnx", "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x00\x01\x02")
+    result = runner.invoke(main, ["inspect", str(tampered)])
+    assert result.exit_code == 1
+    assert "face.fp32.onnx does not match its sha256" in result.output
+
+
+def test_inspect_wrong_folder(tmp_path):
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path)])
+    assert result.exit_code == 1 and "no manifest.json" in result.output

@@ -1,0 +1,220 @@
+"""Checkpoint import: parity with the reference network, strict key accounting, LoRA merging."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import numpy as np
+import pytest
+import torch
+from transformers import Dinov2Model
+
+from conftest import LORA_ALPHA, LORA_R
+from dfd.export.checkpoint import CheckpointError, LoraSettings, convert_reference_state_dict, read_state_dict
+from dfd.export.configs import load_clip_config, load_dinov2_config
+from dfd.export.streams import STREAM_SPECS, build_stream
+from reference_network import (
+    ReferenceDinoV2,
+    centre_head,
+    reference_state_dict,
+    tiny_dinov2_config,
+    write_models_dir,
+    tiny_clip_config,
+)
+from reference_preprocessing import stream_batch
+
+LORA = LoraSettings(LORA_R, LORA_ALPHA)
+
+
+def _configs(ensemble):
+    return load_dinov2_config(ensemble.models_dir), load_clip_config(ensemble.models_dir)
+
+
+def _our_stream(ensemble, name: str, state=None):
+    dino, clip = _configs(ensemble)
+    if state is None:
+        state = read_state_dict(ensemble.weights_dir / STREAM_SPECS[name].checkpoint)
+    module = build_stream(name, dino, clip)
+    module.load_state_dict(convert_reference_state_dict(state, name, dino, clip, LORA), strict=True)
+    return module
+
+
+def _inputs(photographs, name: str, batch: int) -> torch.Tensor:
+    images = list(photographs.values())
+    rng = np.random.default_rng(batch)
+    while len(images) < batch:
+        images.append(rng.integers(0, 256, size=(260 + 7 * len(images), 300, 3), dtype=np.uint8))
+    return stream_batch(images[:batch], name)
+
+
+@pytest.mark.parametrize("name", ["global", "face", "fusion"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_stream_matches_reference_network(reference_ensemble, photographs, name, batch):
+    module = _our_stream(reference_ensemble, name)
+    pixels = _inputs(photographs, name, batch)
+    with torch.no_grad():
+        ours = torch.softmax(module(pixels), dim=1)[:, 1]
+    reference = reference_ensemble.p_fake(name, pixels)
+    assert torch.max(torch.abs(ours - reference)).item() <= 1e-5
+    # the fixture is only a meaningful check if the streams do not output a constant
+    if batch == 5:
+        assert reference.max() - reference.min() > 0.1
+
+
+def test_dataparallel_prefix_is_accepted(reference_ensemble, photographs):
+    path = reference_ensemble.weights_dir / "dinov2_252.pth"
+    state = {k.replace("backbone.", "module.backbone.", 1): v for k, v in read_state_dict(path).items()}
+    pixels = _inputs(photographs, "global", 2)
+    with torch.no_grad():
+        ours = _our_stream(reference_ensemble, "global", state)(pixels)
+        expected = _our_stream(reference_ensemble, "global")(pixels)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+def _to_v5_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a 4.x checkpoint to the 5.x-style layout (q/k/v/o_proj, gate/up/down_proj)."""
+    out = {}
+    renames = {
+        ".attention.attention.query.": ".attention.q_proj.",
+        ".attention.attention.key.": ".attention.k_proj.",
+        ".attention.attention.value.": ".attention.v_proj.",
+        ".attention.output.dense.": ".attention.o_proj.",
+        ".mlp.weights_out.": ".mlp.down_proj.",
+    }
+    for key, value in state.items():
+        if ".mlp.weights_in." in key:
+            gate, up = value.chunk(2, dim=0)
+            out[key.replace(".mlp.weights_in.", ".mlp.gate_proj.")] = gate
+            out[key.replace(".mlp.weights_in.", ".mlp.up_proj.")] = up
+            continue
+        for old, new in renames.items():
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def _to_old_peft_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.replace(".base_layer.", "."): v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("transform", [_to_v5_names, _to_old_peft_layout], ids=["transformers5", "old-peft"])
+def test_alternative_layouts_give_identical_weights(reference_ensemble, transform):
+    dino, clip = _configs(reference_ensemble)
+    for name in ("face", "fusion"):
+        state = read_state_dict(reference_ensemble.weights_dir / STREAM_SPECS[name].checkpoint)
+        expected = convert_reference_state_dict(state, name, dino, clip, LORA)
+        converted = convert_reference_state_dict(transform(state), name, dino, clip, LORA)
+        assert converted.keys() == expected.keys()
+        for key in expected:
+            torch.testing.assert_close(converted[key], expected[key], rtol=0, atol=0)
+
+
+def _state(reference_ensemble, name="fusion"):
+    return read_state_dict(reference_ensemble.weights_dir / STREAM_SPECS[name].checkpoint)
+
+
+def _convert(reference_ensemble, state, name="fusion"):
+    dino, clip = _configs(reference_ensemble)
+    return convert_reference_state_dict(state, name, dino, clip, LORA)
+
+
+def test_renamed_key_is_named(reference_ensemble):
+    state = _state(reference_ensemble)
+    key = next(k for k in state if k.endswith("encoder.layer.1.norm2.weight"))
+    state[key.replace("norm2", "norm_2")] = state.pop(key)
+    with pytest.raises(CheckpointError) as err:
+        _convert(reference_ensemble, state)
+    assert key.replace("norm2", "norm_2") in str(err.value)
+    assert "encoder.layer.1.norm2.weight" in str(err.value)
+
+
+def test_removed_key_is_named(reference_ensemble):
+    state = _state(reference_ensemble)
+    key = next(k for k in state if k.endswith("clip_model.vision_model.encoder.layers.0.mlp.fc2.bias"))
+    del state[key]
+    with pytest.raises(CheckpointError, match=re.escape("missing key: " + key)):
+        _convert(reference_ensemble, state)
+
+
+@pytest.mark.parametrize("suffix", ["fusion_head.0.weight", "attention.attention.value.base_layer.weight",
+                                    "attention.output.dense.lora_B.default.weight"])
+def test_misshaped_key_is_named(reference_ensemble, suffix):
+    state = _state(reference_ensemble)
+    key = next(k for k in state if k.endswith(suffix))
+    state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])
+    with pytest.raises(CheckpointError) as err:
+        _convert(reference_ensemble, state)
+    assert "mis-shaped" in str(err.value)
+    assert key.rsplit(".lora_", 1)[0].rsplit(".base_layer", 1)[0] in str(err.value)
+
+
+def test_key_without_backbone_prefix_is_unexpected(reference_ensemble):
+    state = _state(reference_ensemble, "global")
+    state["optimizer.step"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match=r"unexpected key \(no backbone. prefix\): optimizer.step"):
+        _convert(reference_ensemble, state, "global")
+
+
+def test_lora_rank_mismatch_is_reported(reference_ensemble):
+    dino, clip = _configs(reference_ensemble)
+    with pytest.raises(CheckpointError, match="for r=32"):
+        convert_reference_state_dict(_state(reference_ensemble, "global"), "global", dino, clip, LoraSettings())
+
+
+def _base_model_p_fake(reference: ReferenceDinoV2, pixels: torch.Tensor) -> torch.Tensor:
+    """The un-adapted backbone: peft's base model with its adapters disabled."""
+    with torch.no_grad(), reference.vision_model.disable_adapter():
+        pooled = reference.vision_model(pixel_values=pixels).pooler_output
+        return torch.softmax(reference.last_layer(pooled), dim=1)[:, 1]
+
+
+def test_lora_zero_b_gives_the_base_model_and_nonzero_b_changes_it(tmp_path, photographs):
+    dino_cfg, clip_cfg = tiny_dinov2_config(), tiny_clip_config()
+    models = write_models_dir(tmp_path / "models", dino_cfg, clip_cfg)
+    dino = load_dinov2_config(models)
+    pixels = stream_batch(list(photographs.values()), "global")
+
+    adapted = ReferenceDinoV2(dino_cfg, LORA_R, LORA_ALPHA, seed=3).eval()
+    centre_head(adapted, 252)
+    zeroed = copy.deepcopy(adapted)
+    with torch.no_grad():
+        for n, p in zeroed.named_parameters():
+            if "lora_B" in n:
+                p.zero_()
+    base = _base_model_p_fake(adapted, pixels)
+    for reference, should_equal_base in ((zeroed, True), (adapted, False)):
+        module = build_stream("global", dino, None)
+        state = convert_reference_state_dict(reference_state_dict(reference), "global", dino, None, LORA)
+        module.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            ours = torch.softmax(module(pixels), dim=1)[:, 1]
+        gap = torch.max(torch.abs(ours - base)).item()
+        if should_equal_base:
+            assert gap <= 1e-6
+        else:
+            assert gap > 1e-3
+            torch.testing.assert_close(ours, reference_p := torch.softmax(reference(pixels), 1)[:, 1].detach(),
+                                       rtol=0, atol=1e-5)
+            assert reference_p.shape == ours.shape
+
+
+def test_plain_mlp_dinov2_sizes_work(tmp_path, photographs):
+    """dinov2-small/base/large use a GELU MLP (fc1/fc2), not SwiGLU: any size must work."""
+    dino_cfg = tiny_dinov2_config(use_swiglu_ffn=False, hidden_size=48, num_attention_heads=3, num_hidden_layers=3)
+    models = write_models_dir(tmp_path / "models", dino_cfg, tiny_clip_config())
+    dino = load_dinov2_config(models)
+    reference = ReferenceDinoV2(dino_cfg, LORA_R, LORA_ALPHA, seed=5).eval()
+    centre_head(reference, 252)
+    module = build_stream("face", dino, None)
+    module.load_state_dict(convert_reference_state_dict(reference_state_dict(reference), "face", dino, None, LORA))
+    pixels = stream_batch(list(photographs.values()), "face")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.softmax(module(pixels), 1)[:, 1],
+                                   torch.softmax(reference(pixels), 1)[:, 1], rtol=0, atol=1e-5)
+
+
+def test_hf_dinov2_without_peft_matches_unadapted_base(reference_ensemble):
+    """Sanity of the fixture itself: the LoRA-wrapped model differs from its base model."""
+    reference = reference_ensemble.streams["global"]
+    assert isinstance(reference.vision_model.get_base_model(), Dinov2Model)
