@@ -61,7 +61,24 @@ def _parse_streams(ctx: click.Context, param: click.Parameter, value: str) -> tu
     return tuple(s for s in STREAM_CHOICES if s in names)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Usage errors exit 1 (not click's 2): exit 2 means "some images failed" for ``detect``."""
+
+    def main(self, *args, **kwargs):
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(1)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="dfd-export")
 def main() -> None:
     """Export the NTIRE 2026 three-stream deepfake detector to ONNX/TensorRT engine sets and
@@ -149,6 +166,116 @@ def inspect(engine_dir, as_json, no_verify):
         files = ", ".join(f.path for f in stream.files)
         click.echo(f"{name:8} {stream.input_size:>4}x{stream.input_size:<4} {stream.precision:>9} "
                    f"{stream.backend:>12} {size / 1e6:>8.1f}MB  {files}")
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm", ".pnm"}
+_CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_source", "error", "notes")
+
+
+def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files as given; folders expanded to their images (sorted). Returns (images, problems)."""
+    images: list[str] = []
+    problems: list[tuple[str, str]] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append((given, f"no images found in directory {given}"
+                                        + ("" if recursive else " (use --recursive for sub-folders)")))
+            images.extend(str(p) for p in found)
+        else:
+            images.append(given)  # a missing file becomes a per-image error in the detector
+    return images, problems
+
+
+def _format_table_row(d: dict) -> str:
+    if d["error"]:
+        return f"{d['image']}  ERROR: {d['error']}"
+    streams = "  ".join(f"{s} {p:.4f}" for s, p in d["streams"].items())
+    face = (d["face"] or {}).get("source", "none")
+    return f"{d['image']}  score {d['score']:.1f}  (raw {d['raw_score']:.4f})  {streams}  face: {face}"
+
+
+def _csv_row(d: dict) -> dict:
+    return {
+        "image": d["image"], "score": d["score"], "raw_score": d["raw_score"],
+        **{s: d["streams"].get(s) for s in STREAM_CHOICES},
+        "face_source": (d["face"] or {}).get("source"), "error": d["error"], "notes": "; ".join(d["notes"]),
+    }
+
+
+@main.command()
+@engine_dir_argument
+@click.argument("images", nargs=-1, required=True)
+@click.option("--face-crops", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="Folder of face crops with the same file names as the images, cropped the reference's "
+                   "way; the face stream takes their 252 centre crop. Images without one use the original.")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True,
+              help="Output format on stdout. jsonl/csv carry the raw (unrounded) stream probabilities.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images per inference batch.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
+              help="Inference backend; auto picks TensorRT when the set has engines and it is usable here.")
+@click.option("--recursive", is_flag=True, help="Look for images in sub-folders of folder arguments.")
+@handles_errors
+def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive):
+    """Score images (files or folders) with an engine set.
+
+    Exit status: 0 when every image was scored, 2 when some failed (their output carries
+    "error"), 1 on a usage or engine-set error.
+    """
+    import csv
+    import json
+
+    from tqdm import tqdm
+
+    from dfd.runtime.detector import Detector
+
+    paths, problems = expand_inputs(images, recursive)
+    detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size)
+    click.echo(f"backend: {detector.backend_reason}", err=True)
+    if detector.manifest.random_weights:
+        click.secho("WARNING: this engine set has RANDOM weights; its scores are meaningless.", fg="yellow", err=True)
+    writer = csv.DictWriter(sys.stdout, fieldnames=_CSV_FIELDS) if fmt == "csv" else None
+    if writer:
+        writer.writeheader()
+
+    def emit(record: dict) -> None:
+        if fmt == "jsonl":
+            click.echo(json.dumps(record))
+        elif writer:
+            writer.writerow(_csv_row(record))
+        else:
+            click.echo(_format_table_row(record))
+
+    failed = 0
+    for given, message in problems:
+        failed += 1
+        emit({"image": given, "score": None, "raw_score": None, "streams": {}, "rounded_streams": {},
+              "face": None, "notes": [], "error": message})
+    progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) < 16)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        crops, missing = None, set()
+        if face_crops is not None:
+            crops = []
+            for path in chunk:
+                candidate = face_crops / Path(path).name
+                crops.append(str(candidate) if candidate.is_file() else None)
+                if not candidate.is_file():
+                    missing.add(path)
+        for detection in detector.detect(chunk, face_crops=crops, labels=chunk):
+            if detection.image in missing and detection.ok:
+                detection.notes.append(f"no face crop named {Path(detection.image).name} in {face_crops}")
+            failed += not detection.ok
+            emit(detection.to_dict())
+        progress.update(len(chunk))
+    progress.close()
+    if failed:
+        click.echo(f"{failed} of {len(paths) + len(problems)} input(s) failed", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

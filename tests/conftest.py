@@ -27,3 +27,15 @@ def reference_ensemble(tmp_path_factory) -> ReferenceEnsemble:
 def photographs() -> dict[str, np.ndarray]:
     """Real photographs that ship inside scikit-image (RGB uint8, various sizes)."""
     return {"astronaut": skdata.astronaut(), "coffee": skdata.coffee(), "chelsea": skdata.chelsea()}
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_set(reference_ensemble, tmp_path_factory):
+    """The tiny reference checkpoints built into an fp32 ONNX engine set."""
+    from dfd.export.build import BuildRequest, build_engine_set
+    from dfd.export.checkpoint import LoraSettings
+
+    out = tmp_path_factory.mktemp("engine-set") / "fp32"
+    build_engine_set(BuildRequest(out_dir=out, weights_dir=reference_ensemble.weights_dir,
+                                  models_dir=reference_ensemble.models_dir, lora=LoraSettings(LORA_R, LORA_ALPHA)))
+    return out

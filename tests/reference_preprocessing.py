@@ -47,3 +47,26 @@ def stream_batch(images: list[np.ndarray], stream: str) -> torch.Tensor:
     else:
         tensors = [to_normalised_tensor(reference_center_crop(im)) for im in images]
     return torch.stack(tensors)
+
+
+def reference_face_crop(rgb: np.ndarray, box, margin: float = 1.3, out_size: int = 256) -> np.ndarray:
+    """The reference's face crop: square of side max(w,h)*margin around the box centre, int()
+    corners, black padding (cv2.copyMakeBorder), INTER_AREA to out_size."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    cx, cy = x1 + w / 2, y1 + h / 2
+    side = max(w, h) * margin
+    left, top, right, bottom = int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2)
+    img_h, img_w = rgb.shape[:2]
+    pad_l, pad_t = max(0, -left), max(0, -top)
+    pad_r, pad_b = max(0, right - img_w), max(0, bottom - img_h)
+    padded = cv2.copyMakeBorder(rgb, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    window = padded[top + pad_t:bottom + pad_t, left + pad_l:right + pad_l]
+    return cv2.resize(window, (out_size, out_size), interpolation=cv2.INTER_AREA)
+
+
+def reference_vote(p_global: float, p_face: float, p_fusion: float, weights=(2, 1, 2)) -> float:
+    """The reference ensemble: one-decimal strings per stream, np.average, np.round, one decimal."""
+    values = [float(f"{float(np.float32(p)):.1f}") for p in (p_global, p_face, p_fusion)]
+    mean = np.average(np.array(values)[:, None], axis=0, weights=weights)
+    return float(f"{float(np.round(mean, 1)[0]):.1f}")

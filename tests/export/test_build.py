@@ -89,7 +89,7 @@ def test_corrupt_checkpoint_fails_cleanly(reference_ensemble, tmp_path):
 
 def test_bad_streams_flag_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["build", "--out", str(tmp_path / "x"), "--streams", "global,eyes"])
-    assert result.exit_code == 2 and "eyes" in result.output
+    assert result.exit_code == 1 and "eyes" in result.output
 
 
 def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):

@@ -1,0 +1,216 @@
+"""GPU check for a lent GPU machine: kernel parity, fused-preprocessing throughput, PyTorch baseline.
+
+Run on a machine with an NVIDIA GPU (device memory and timing through PyTorch, kernels through
+dfd.runtime.cuda_kernels):
+
+    python benchmarks/gpu_check.py --out benchmarks/gpu_check_<gpu>.json
+
+1. Preprocessing parity: random image sizes (1x1 .. 4000x3000, pitched rows, RGB and BGR) through the
+   fused kernel vs runtime/preprocess.py (OpenCV). INTER_AREA paths and crops must be bit-exact;
+   INTER_CUBIC is bit-exact with OpenCV's own code and within one grey level of x86 OpenCV's IPP.
+2. Throughput of the fused kernel vs the measured device-to-device copy bandwidth, both counted as
+   bytes read + bytes written (the acceptance bar is >= 50% of the copy bandwidth).
+3. Vote kernel parity vs runtime/vote.py on random logits and every rounding boundary.
+4. PyTorch fp16 latency of the three streams at the paper's sizes with random weights (DINOv2-giant/14
+   at 252 via timm, DINOv2-giant + CLIP ViT-L/14 at 224 via open_clip): the bar engines must beat.
+
+``--dry-run`` runs only what needs no GPU (NVRTC compilation for sm_87/sm_90, job packing, the NumPy
+references), so the script is checked on CPU-only machines too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dfd.runtime import cuda_kernels, preprocess, vote
+
+CROP, FUSION = 252, 224
+
+
+def random_cases(rng: np.random.Generator, count: int) -> list[tuple[int, int]]:
+    fixed = [(1, 1), (90, 60), (224, 180), (224, 224), (448, 448), (4000, 3000), (3000, 4000)]
+    return fixed + [(int(h), int(w)) for h, w in rng.integers(1, 1500, size=(count, 2))]
+
+
+def reference_streams(rgb: np.ndarray, box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 CHW global, face, fusion tensors from runtime/preprocess.py (OpenCV)."""
+    glob = preprocess.preprocess_global(rgb).tensor
+    face_img = preprocess.crop_face(rgb, box) if box is not None else rgb
+    face = preprocess.preprocess_face(face_img).tensor
+    fusion = preprocess.preprocess_fusion(rgb).tensor
+    return glob, face, fusion
+
+
+def random_box(rng, h: int, w: int):
+    if min(h, w) < 8:
+        return None
+    bw, bh = int(rng.integers(w // 3, w + 1)), int(rng.integers(h // 3, h + 1))
+    x1, y1 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+    return (float(x1), float(y1), float(x1 + bw), float(y1 + bh))
+
+
+def check_compile() -> dict:
+    return {arch: len(cuda_kernels.compile_ptx(arch)) for arch in ("sm_87", "sm_90")}
+
+
+def dry_run(rng) -> dict:
+    """The CPU-checkable parts: compilation, job packing, NumPy references."""
+    result = {"ptx_bytes": check_compile()}
+    cases = random_cases(rng, 5)
+    jobs = cuda_kernels.make_jobs([(0, 3 * w, w, h) for h, w in cases],
+                                  [random_box(rng, h, w) for h, w in cases])
+    result["jobs"] = len(jobs)
+    start = time.perf_counter()
+    for h, w in cases[:4]:
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        shapes = [t.shape for t in reference_streams(rgb, random_box(rng, h, w))]
+        assert shapes == [(3, CROP, CROP), (3, CROP, CROP), (3, FUSION, FUSION)], shapes
+    result["reference_seconds"] = time.perf_counter() - start
+    return result
+
+
+def gpu_parity(torch, kernels, rng, cases) -> dict:
+    worst = {"exact_streams": 0, "cubic_streams": 0, "max_abs_diff_exact": 0.0,
+             "max_abs_diff_cubic": 0.0}
+    for i, (h, w) in enumerate(cases):
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        order = "BGR" if i % 2 else "RGB"
+        host = rgb[:, :, ::-1] if order == "BGR" else rgb
+        pitched = torch.zeros((h, 3 * w + 64), dtype=torch.uint8, device="cuda")
+        pitched[:, :3 * w] = torch.from_numpy(np.ascontiguousarray(host).reshape(h, 3 * w)).cuda()
+        box = random_box(rng, h, w)
+        jobs = cuda_kernels.make_jobs([(pitched.data_ptr(), pitched.stride(0), w, h)], [box], order)
+        outs = [torch.empty((1, 3, s, s), dtype=torch.float32, device="cuda") for s in (CROP, CROP, FUSION)]
+        stream = torch.cuda.current_stream().cuda_stream
+        kernels.preprocess(jobs, tuple(o.data_ptr() for o in outs), stream=stream)
+        torch.cuda.synchronize()
+        for name, got, ref in zip(("global", "face", "fusion"), outs, reference_streams(rgb, box)):
+            diff = float(np.abs(got[0].cpu().numpy() - ref).max())
+            cubic = (name == "fusion" and (h < FUSION or (h == FUSION and w < FUSION))) or \
+                (name != "fusion" and min(h, w) < CROP and (name == "global" or box is None))
+            key = "cubic" if cubic else "exact"
+            worst[f"{key}_streams"] += 1
+            worst[f"max_abs_diff_{key}"] = max(worst[f"max_abs_diff_{key}"], diff)
+    # one grey level after normalisation is 1 / (255 * 0.224) = 0.0175
+    worst["ok"] = worst["max_abs_diff_exact"] == 0.0 and worst["max_abs_diff_cubic"] <= 0.018
+    return worst
+
+
+def timed(torch, fn, repeat: int = 20) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000 / repeat
+
+
+def gpu_throughput(torch, kernels, batch: int = 32, h: int = 1080, w: int = 1440) -> dict:
+    src = torch.randint(0, 256, (1 << 28,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_s = timed(torch, lambda: dst.copy_(src))
+    copy_bw = 2 * src.numel() / copy_s
+    images = torch.randint(0, 256, (batch, h, 3 * w), dtype=torch.uint8, device="cuda")
+    boxes = [(w * 0.3, h * 0.2, w * 0.7, h * 0.8)] * batch
+    jobs = cuda_kernels.make_jobs([(images[i].data_ptr(), 3 * w, w, h) for i in range(batch)], boxes)
+    results = {"copy_bandwidth_GBps": copy_bw / 1e9}
+    for half in (False, True):
+        dtype = torch.float16 if half else torch.float32
+        outs = [torch.empty((batch, 3, s, s), dtype=dtype, device="cuda") for s in (CROP, CROP, FUSION)]
+        stream = torch.cuda.current_stream().cuda_stream
+        seconds = timed(torch, lambda: kernels.preprocess(jobs, tuple(o.data_ptr() for o in outs),
+                                                          half=half, stream=stream))
+        side = max(boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]) * 1.3
+        read = batch * (3 * CROP * CROP + 3 * side * side + 3 * h * w)
+        written = sum(o.numel() * o.element_size() for o in outs)
+        bw = (read + written) / seconds
+        results["fp16" if half else "fp32"] = {
+            "seconds_per_batch": seconds, "images_per_second": batch / seconds,
+            "bytes_read_plus_written_GBps": bw / 1e9, "fraction_of_copy_bandwidth": bw / copy_bw}
+    return results
+
+
+def gpu_vote(torch, kernels, rng) -> dict:
+    n = 100_000
+    logits = [torch.from_numpy((rng.standard_normal((n, 2)) * 3).astype(np.float32)).cuda() for _ in range(3)]
+    probs = torch.empty((n, 3), dtype=torch.float32, device="cuda")
+    score = torch.empty(n, dtype=torch.float64, device="cuda")
+    mean = torch.empty(n, dtype=torch.float64, device="cuda")
+    weights = vote.DEFAULT_VOTE_WEIGHTS
+    kernels.vote(tuple(t.data_ptr() for t in logits), tuple(weights[s] for s in vote.STREAMS), n,
+                 probs.data_ptr(), score.data_ptr(), mean.data_ptr(),
+                 stream=torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    ref_probs = np.stack([vote.softmax_fake_probability(t.cpu().numpy()) for t in logits], 1)
+    ref_score = vote.discretised_vote_batch(ref_probs)
+    return {"n": n, "prob_mismatches": int((probs.cpu().numpy() != ref_probs).sum()),
+            "score_mismatches_given_own_probs": int(
+                (score.cpu().numpy() != vote.discretised_vote_batch(probs.cpu().numpy())).sum()),
+            "score_mismatches_end_to_end": int((score.cpu().numpy() != ref_score).sum())}
+
+
+def torch_baseline(torch, batch_sizes=(1, 8)) -> dict:
+    import open_clip
+    import timm
+
+    results = {}
+    dino252 = timm.create_model("vit_giant_patch14_dinov2", pretrained=False, img_size=252,
+                                num_classes=2).cuda().half().eval()
+    dino224 = timm.create_model("vit_giant_patch14_dinov2", pretrained=False, img_size=224,
+                                num_classes=0).cuda().half().eval()
+    clip = open_clip.create_model("ViT-L-14", pretrained=None).visual.cuda().half().eval()
+    with torch.inference_mode():
+        for n in batch_sizes:
+            x252 = torch.randn(n, 3, 252, 252, device="cuda", dtype=torch.float16)
+            x224 = torch.randn(n, 3, 224, 224, device="cuda", dtype=torch.float16)
+            results[f"batch{n}"] = {
+                "global_or_face_ms": 1000 * timed(torch, lambda: dino252(x252), 10),
+                "fusion_ms": 1000 * timed(torch, lambda: (dino224(x224), clip(x224)), 10),
+            }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="only the parts that need no GPU")
+    parser.add_argument("--cases", type=int, default=50, help="random image sizes for parity")
+    parser.add_argument("--skip-baseline", action="store_true", help="no PyTorch stream latency")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(2026)
+    report: dict = {"python": platform.python_version(), "opencv": cv2.__version__,
+                    "nvrtc": cuda_kernels.nvrtc_version()}
+    if args.dry_run:
+        report["dry_run"] = dry_run(rng)
+    else:
+        import torch
+
+        kernels = cuda_kernels.CudaKernels(0)
+        report["gpu"] = {"name": kernels.info.name, "arch": kernels.info.arch}
+        report["compile"] = check_compile()
+        report["parity"] = gpu_parity(torch, kernels, rng, random_cases(rng, args.cases))
+        report["throughput"] = gpu_throughput(torch, kernels)
+        report["vote"] = gpu_vote(torch, kernels, rng)
+        if not args.skip_baseline:
+            report["torch_fp16_baseline"] = torch_baseline(torch)
+        kernels.close()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

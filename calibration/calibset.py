@@ -1,0 +1,349 @@
+"""Calibration sets: per-stream input tensors for INT8 calibration and precision checks.
+
+Why this shape: INT8 ranges are calibrated on what the deployed engines will see, so the tensors
+come from the runtime's own decoding and preprocessing (``dfd.runtime.images`` /
+``dfd.runtime.preprocess``), never from a second copy of that code; and since the detector's
+value is its robustness, a share of the images first goes through the paper's compound
+degradation engine. A set is fully determined by its inputs, so it is cached on disk under a
+sha256 of those inputs and rebuilt only when one of them (or the code that computes it) changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+from tqdm import tqdm
+
+from dfd.calibration import degrade as degrade_module
+from dfd.calibration import sources as sources_module
+from dfd.calibration.degrade import PAPER_SPEC, DegradationSpec, degrade
+from dfd.calibration.sources import sample_images
+from dfd.runtime import images as images_module
+from dfd.runtime.errors import DfdError
+from dfd.runtime import preprocess as preprocess_module
+from dfd.runtime.images import ImageError, decode_image
+from dfd.runtime.preprocess import preprocess_face, preprocess_fusion, preprocess_global
+
+log = logging.getLogger(__name__)
+
+ImageInput = Path | tuple[str, np.ndarray]
+"""A calibration source image: a file, or an already decoded (name, uint8 RGB array)."""
+
+DEFAULT_STREAM_SIZES: Mapping[str, int] = {"global": 252, "face": 252, "fusion": 224}
+
+_PREPROCESSORS = {
+    "global": preprocess_global,
+    # The face stream is calibrated on whole images: the runtime's rule when no usable face is
+    # found, and the only choice that needs no face detector at build time.
+    "face": preprocess_face,
+    "fusion": preprocess_fusion,
+}
+
+CALIBSET_FORMAT = 1
+"""Bumped when the cache file layout changes."""
+
+_PROGRESS_MIN_IMAGES = 8
+_SELECTION_STREAM = 1  # seed-sequence tags: which slots are degraded / each slot's degradation
+_SLOT_STREAM = 2
+_META_KEY = "__meta__"
+
+
+class CalibrationError(DfdError, ValueError):
+    """A calibration set cannot be built from the given arguments or images."""
+
+
+@dataclass(frozen=True)
+class CalibrationItem:
+    """Which source image fills one slot of the set, and what degraded it."""
+
+    name: str
+    degraded: bool
+    ops: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class CalibrationSet:
+    """Per-stream float32 NCHW arrays (the ``pixels`` input of each stream graph) and their
+    provenance. ``sha256`` hashes the array contents; ``cache_key`` hashes the inputs."""
+
+    arrays: dict[str, np.ndarray]
+    sha256: str
+    count: int
+    degrade_share: float
+    seed: int
+    source: str
+    stream_sizes: dict[str, int]
+    items: list[CalibrationItem]
+    spec: DegradationSpec
+    cache_key: str
+    from_cache: bool = field(default=False, compare=False)
+
+    @property
+    def degraded_count(self) -> int:
+        return sum(item.degraded for item in self.items)
+
+    def manifest_entry(self) -> dict:
+        """What the engine-set manifest records about the calibration data of an INT8 build."""
+        return {
+            "sha256": self.sha256,
+            "count": self.count,
+            "degrade_share": self.degrade_share,
+            "degraded_count": self.degraded_count,
+            "seed": self.seed,
+            "source": self.source,
+            "stream_sizes": dict(self.stream_sizes),
+            "degradation_spec": self.spec.to_dict(),
+            "cache_key": self.cache_key,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# hashing
+# --------------------------------------------------------------------------------------------
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as error:
+        raise CalibrationError(f"cannot read calibration image {path}: {error}") from error
+    return digest.hexdigest()
+
+
+def _array_sha256(array: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+    """Content hash of a set of named arrays (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode())
+        digest.update(_array_sha256(arrays[name]).encode())
+    return digest.hexdigest()
+
+
+def _code_fingerprint() -> str:
+    """Hash of the source of every module that decides the tensors' values, so a change in the
+    degradation engine or the runtime preprocessing invalidates cached sets."""
+    modules: tuple[ModuleType, ...] = (
+        sys.modules[__name__], degrade_module, sources_module, images_module, preprocess_module,
+    )
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def _input_name(image: ImageInput) -> str:
+    return image.name if isinstance(image, Path) else image[0]
+
+
+def _input_hash(image: ImageInput) -> str:
+    return _file_sha256(image) if isinstance(image, Path) else _array_sha256(image[1])
+
+
+def _cache_key(images: Sequence[ImageInput], count: int, degrade_share: float, seed: int,
+               stream_sizes: Mapping[str, int], spec: DegradationSpec) -> str:
+    description = {
+        "format": CALIBSET_FORMAT,
+        "code": _code_fingerprint(),
+        "images": [[_input_name(image), _input_hash(image)] for image in images],
+        "count": count,
+        "degrade_share": degrade_share,
+        "seed": seed,
+        "stream_sizes": dict(sorted(stream_sizes.items())),
+        "spec": spec.to_dict(),
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# building
+# --------------------------------------------------------------------------------------------
+
+
+def _check_arguments(images: Sequence[ImageInput], count: int, degrade_share: float, seed: int,
+                     stream_sizes: Mapping[str, int]) -> list[ImageInput]:
+    if not images:
+        raise CalibrationError("no calibration images given")
+    checked: list[ImageInput] = []
+    for image in images:
+        if isinstance(image, (str, os.PathLike)):
+            checked.append(Path(image))
+        elif (isinstance(image, tuple) and len(image) == 2 and isinstance(image[1], np.ndarray)):
+            name, array = image
+            if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
+                raise CalibrationError(
+                    f"calibration image {name!r} must be uint8 RGB (H, W, 3), got dtype "
+                    f"{array.dtype} and shape {array.shape}"
+                )
+            checked.append((str(name), array))
+        else:
+            raise CalibrationError(
+                f"a calibration image must be a path or a (name, uint8 RGB array) pair, "
+                f"got {type(image).__name__}"
+            )
+    if count < 1:
+        raise CalibrationError(f"calibration count must be at least 1, got {count}")
+    if not 0.0 <= degrade_share <= 1.0:
+        raise CalibrationError(f"degrade share must be in [0, 1], got {degrade_share}")
+    if seed < 0:
+        raise CalibrationError(f"seed must be >= 0, got {seed}")
+    unknown = sorted(set(stream_sizes) - set(_PREPROCESSORS))
+    if unknown or not stream_sizes:
+        raise CalibrationError(
+            f"stream sizes must name some of {sorted(_PREPROCESSORS)}, got {sorted(stream_sizes)}"
+        )
+    for stream, size in stream_sizes.items():
+        if size < 1:
+            raise CalibrationError(f"input size of stream {stream!r} must be positive, got {size}")
+    return checked
+
+
+def _load_rgb(image: ImageInput) -> np.ndarray:
+    if not isinstance(image, Path):
+        return image[1]
+    try:
+        return decode_image(image).rgb
+    except ImageError as error:
+        raise CalibrationError(f"cannot use calibration image: {error}") from error
+
+
+def _degraded_slots(count: int, degrade_share: float, seed: int) -> set[int]:
+    """Exactly round(count x share) slots (half rounded up), chosen at random."""
+    degraded = int(math.floor(count * degrade_share + 0.5))
+    order = np.random.default_rng([seed, _SELECTION_STREAM]).permutation(count)
+    return {int(slot) for slot in order[:degraded]}
+
+
+def _describe(images: Sequence[ImageInput]) -> str:
+    names = [_input_name(image) for image in images]
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    files = [image for image in images if isinstance(image, Path)]
+    if len(files) == len(images):
+        folder = Path(os.path.commonpath([str(path.parent.resolve()) for path in files]))
+        return f"{len(files)} image files under {folder} ({shown})"
+    return f"{len(images)} images ({shown})"
+
+
+def _compute(sampled: Sequence[ImageInput], degraded_slots: set[int], seed: int,
+             stream_sizes: Mapping[str, int], spec: DegradationSpec,
+             progress: bool) -> tuple[dict[str, np.ndarray], list[CalibrationItem]]:
+    count = len(sampled)
+    arrays = {stream: np.empty((count, 3, size, size), dtype=np.float32)
+              for stream, size in stream_sizes.items()}
+    items = []
+    bar = tqdm(total=count, desc="calibration set", unit="img", file=sys.stderr,
+               disable=not progress or count <= _PROGRESS_MIN_IMAGES)
+    with bar:
+        for slot, image in enumerate(sampled):
+            rgb = _load_rgb(image)
+            ops: tuple[tuple[str, float], ...] = ()
+            if slot in degraded_slots:
+                rgb, applied = degrade(rgb, np.random.default_rng([seed, _SLOT_STREAM, slot]), spec)
+                ops = tuple((op.name, round(op.strength, 6)) for op in applied)
+            for stream, size in stream_sizes.items():
+                tensor = _PREPROCESSORS[stream](rgb, size=size).tensor
+                if tensor.shape != (3, size, size):
+                    raise CalibrationError(
+                        f"runtime preprocessing for stream {stream!r} returned shape "
+                        f"{tensor.shape}, expected (3, {size}, {size})"
+                    )
+                arrays[stream][slot] = tensor
+            items.append(CalibrationItem(_input_name(image), slot in degraded_slots, ops))
+            bar.update(1)
+    return arrays, items
+
+
+# --------------------------------------------------------------------------------------------
+# the disk cache
+# --------------------------------------------------------------------------------------------
+
+
+def _cache_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"calibset-{key}.npz"
+
+
+def _save(path: Path, calib: CalibrationSet) -> None:
+    meta = {
+        "format": CALIBSET_FORMAT,
+        "cache_key": calib.cache_key,
+        "sha256": calib.sha256,
+        "source": calib.source,
+        "items": [[item.name, item.degraded, [list(op) for op in item.ops]] for item in calib.items],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as handle:
+        np.savez(handle, **calib.arrays, **{_META_KEY: np.array(json.dumps(meta))})
+    os.replace(partial, path)  # readers never see a half-written cache file
+
+
+def _load(path: Path, key: str, stream_sizes: Mapping[str, int]) -> tuple[dict, dict] | None:
+    """The cached arrays and metadata, or None (with a warning) when the file does not hold a
+    valid set for ``key``."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            meta = json.loads(str(stored[_META_KEY]))
+            arrays = {stream: stored[stream] for stream in stream_sizes}
+    except (OSError, KeyError, ValueError) as error:
+        log.warning("ignoring unreadable calibration cache %s (%s); rebuilding", path, error)
+        return None
+    if meta.get("cache_key") != key or arrays_sha256(arrays) != meta.get("sha256"):
+        log.warning("calibration cache %s does not match its inputs or content; rebuilding", path)
+        return None
+    return arrays, meta
+
+
+def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_share: float,
+                          seed: int, stream_sizes: Mapping[str, int] = DEFAULT_STREAM_SIZES,
+                          cache_dir: Path | None = None, spec: DegradationSpec = PAPER_SPEC,
+                          source: str | None = None, progress: bool = True) -> CalibrationSet:
+    """Build (or load from ``cache_dir``) a calibration set of ``count`` images.
+
+    ``count`` images are sampled reproducibly from ``images`` (see :func:`sample_images`; repeats
+    only when ``count`` exceeds the number of images); round(``count`` x ``degrade_share``) of
+    them, chosen from ``seed``, go through :func:`degrade` with ``spec``, each with its own seeded
+    generator. Every slot is then preprocessed for every stream in ``stream_sizes`` by the
+    runtime (the face stream gets the whole image, the runtime's no-face rule). ``source``
+    describes the images in the manifest (default: derived from their names).
+    """
+    checked = _check_arguments(images, count, degrade_share, seed, stream_sizes)
+    stream_sizes = dict(stream_sizes)
+    key = _cache_key(checked, count, degrade_share, seed, stream_sizes, spec)
+    description = source or _describe(checked)
+    common = dict(count=count, degrade_share=degrade_share, seed=seed, source=description,
+                  stream_sizes=stream_sizes, spec=spec, cache_key=key)
+
+    if cache_dir is not None and _cache_path(cache_dir, key).is_file():
+        loaded = _load(_cache_path(cache_dir, key), key, stream_sizes)
+        if loaded is not None:
+            arrays, meta = loaded
+            items = [CalibrationItem(name, degraded, tuple((op, strength) for op, strength in ops))
+                     for name, degraded, ops in meta["items"]]
+            return CalibrationSet(arrays=arrays, sha256=meta["sha256"], items=items,
+                                  from_cache=True, **common)
+
+    sampled = sample_images(checked, count, seed)
+    arrays, items = _compute(sampled, _degraded_slots(count, degrade_share, seed), seed,
+                             stream_sizes, spec, progress)
+    calib = CalibrationSet(arrays=arrays, sha256=arrays_sha256(arrays), items=items, **common)
+    if cache_dir is not None:
+        _save(_cache_path(cache_dir, key), calib)
+    return calib

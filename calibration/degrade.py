@@ -1,0 +1,618 @@
+"""The compound degradation engine of the paper, reimplemented with NumPy and OpenCV only.
+
+Why it exists: the detector was trained on images pushed through an extreme, randomly composed
+chain of capture/transmission degradations (the reference's ``NoiseAugmentWrapper``), and the
+deployment must keep the robustness this bought. INT8 calibration sets therefore contain degraded
+images, and ``verify`` / the benchmarks compare precisions on degraded versions of photographs.
+
+Faithfulness to the reference training code (``training/dataset/noise_augment_wrapper.py`` and
+``training/config/detector/dinov2_252.yaml``):
+
+* Strengths are drawn per op from Beta(a=1.2, b=1.2) (the config's ``use_beta``). With
+  ``use_beta`` the reference ignores ``degradations_strength: 0.8``; ``max_strength`` (a multiplier
+  of the Beta draw) is therefore 1.0 in :data:`PAPER_SPEC`.
+* Each op fires with ``op_p = 0.3``, in a random order, after an optional "recompression prelude"
+  (1–5 alternating JPEG / rescale cycles, itself taken with probability ``op_p``).
+* ``global_p = 0.5`` (the share of images that enter the pipeline at all) is not part of one
+  image's degradation: it is :data:`PAPER_DEGRADE_SHARE`, the default share of degraded images
+  of a calibration set.
+* The reference's shared slots are split into independent ops with the same overall rates:
+  grayscale (0.3 x 0.2) / colour cast (0.3 x 0.8); salt-and-pepper gets its third of the noise
+  slot (0.3 / 3; speckle and Poisson noise, the other two thirds, are not reproduced). Banding fires
+  with 0.15: the reference skips it with probability equal to its strength (E = 0.5 under
+  Beta(1.2, 1.2)), which this engine turns into a lower firing rate instead of a strength-dependent
+  skip. The text/patch "distractor" overlay (an occlusion augmentation, not a capture degradation)
+  is not reproduced.
+* JPEG quality is tied to the strength (95 at 0, 10 at 1) instead of uniform in [10, 95], so that a
+  named op with a given strength is a well-defined degradation; the Beta draw keeps the mean
+  quality of the reference. The prelude keeps the reference's uniform quality.
+* The reference's "smoothing" slot (anisotropic Gaussian, isotropic Gaussian or box kernel) is
+  reproduced by its anisotropic Gaussian variant (per-axis variance uniform in [0, 30 s]).
+
+Images travel between ops as float32 RGB in [0, 1] (as in the reference) and are quantised to
+uint8 once at the end. All randomness comes from the caller's ``numpy.random.Generator``.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dfd.runtime.errors import DfdError
+
+FloatImage = np.ndarray
+OpFunction = Callable[[FloatImage, float, np.random.Generator], FloatImage]
+
+PAPER_DEGRADE_SHARE = 0.5
+"""The reference's ``global_p``: the share of training images that entered the pipeline."""
+
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_BORDER = cv2.BORDER_REFLECT_101  # scipy.ndimage mode="mirror", what the reference convolves with
+
+
+class DegradationError(DfdError, ValueError):
+    """Bad input to the degradation engine (image, op name, spec or file arguments)."""
+
+
+@dataclass(frozen=True)
+class AppliedOp:
+    """One op that fired while degrading an image, with the strength it was given."""
+
+    name: str
+    strength: float
+
+
+# --------------------------------------------------------------------------------------------
+# float helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _to_float(rgb: np.ndarray) -> FloatImage:
+    return rgb.astype(np.float32) / np.float32(255.0)
+
+
+def _to_uint8(img: FloatImage) -> np.ndarray:
+    return np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray):
+        raise DegradationError(f"expected a numpy array, got {type(rgb).__name__}")
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise DegradationError(
+            f"expected a uint8 RGB image of shape (H, W, 3), got dtype {rgb.dtype} "
+            f"and shape {rgb.shape}"
+        )
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise DegradationError(f"image has no pixels (shape {rgb.shape})")
+
+
+def _filter(img: FloatImage, kernel: np.ndarray) -> FloatImage:
+    return cv2.filter2D(img, -1, kernel.astype(np.float32), borderType=_BORDER)
+
+
+def _jpeg_roundtrip(img: FloatImage, quality: int) -> FloatImage:
+    bgr = cv2.cvtColor(_to_uint8(img), cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    if not ok:
+        raise DegradationError(f"OpenCV could not JPEG-encode an image of shape {img.shape}")
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    return _to_float(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB))
+
+
+def _jpeg_quality(strength: float) -> int:
+    return int(np.clip(round(95.0 - 85.0 * strength), 10, 95))
+
+
+# --------------------------------------------------------------------------------------------
+# the ops: float32 RGB in [0, 1], strength in [0, 1], rng -> float32 RGB of the same shape
+# --------------------------------------------------------------------------------------------
+
+
+def _jpeg(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """JPEG re-encoding (OpenCV, 4:2:0), quality 95 at strength 0 down to 10 at strength 1."""
+    return _jpeg_roundtrip(img, _jpeg_quality(strength))
+
+
+def _gaussian_blur(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """Anisotropic Gaussian blur, per-axis variance uniform in [0, 30 s], random orientation."""
+    variances = np.maximum(rng.uniform(0.0, 30.0 * strength, size=2), 0.09)  # sigma >= 0.3
+    theta = rng.uniform(0.0, math.pi)
+    rotation = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    precision = np.linalg.inv(rotation @ np.diag(variances) @ rotation.T)
+    half = int(math.ceil(3.0 * math.sqrt(float(variances.max()))))
+    grid = np.arange(-half, half + 1, dtype=np.float64)
+    xx, yy = np.meshgrid(grid, grid)
+    points = np.stack([xx, yy], axis=-1)
+    kernel = np.exp(-0.5 * np.einsum("...i,ij,...j->...", points, precision, points))
+    return _filter(img, kernel / kernel.sum())
+
+
+def _motion_blur(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """Linear motion blur, length max(3, 12 s) pixels (odd), random direction in [0, 180)."""
+    length = max(3, int(12.0 * strength))
+    length += 1 - length % 2
+    angle = math.radians(rng.uniform(0.0, 180.0))
+    center = length // 2
+    dx, dy = center * math.cos(angle), center * math.sin(angle)
+    kernel = np.zeros((length, length), dtype=np.float32)
+    start = (int(round(center - dx)), int(round(center - dy)))
+    end = (int(round(center + dx)), int(round(center + dy)))
+    cv2.line(kernel, start, end, 1.0, thickness=1)
+    return _filter(img, kernel / kernel.sum())
+
+
+def _gaussian_noise(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """Additive Gaussian noise, sigma = U{60..100} x s (20 %: U{2..100} x s) on the 0-255 scale.
+
+    70 % independent per channel (colour noise), 30 % one value for all channels (luma noise).
+    """
+    low = 2 if rng.random() < 0.2 else 60
+    sigma = float(rng.integers(low, 101)) * strength / 255.0
+    channels = 3 if rng.random() < 0.7 else 1
+    noise = rng.normal(0.0, sigma, size=(img.shape[0], img.shape[1], channels))
+    return np.clip(img + noise.astype(np.float32), 0.0, 1.0)
+
+
+def _salt_and_pepper(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """Impulse noise: a share 0.1 s of the pixels set to black or white (half each)."""
+    share = 0.1 * strength
+    draw = rng.random(img.shape[:2])
+    out = img.copy()
+    out[draw < share / 2.0] = 0.0
+    out[draw > 1.0 - share / 2.0] = 1.0
+    return out
+
+
+def _colour_cast(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """30 %: fade (saturation x U(0.1, max(0.2, 1 - s))); 70 %: per-channel gains U(1 -/+ 0.4 s).
+
+    One cast in five is the reference's fixed green cast (0.8, 1.2, 0.8).
+    """
+    if rng.random() < 0.3:
+        upper = max(0.2, 1.0 - strength)
+        factor = np.float32(0.1 + (upper - 0.1) * rng.random())
+        luma = (img @ _LUMA_WEIGHTS)[..., None]
+        return np.clip(luma + factor * (img - luma), 0.0, 1.0)
+    gains = rng.uniform(1.0 - 0.4 * strength, 1.0 + 0.4 * strength, size=3)
+    if rng.random() < 0.2:
+        gains = np.array([0.8, 1.2, 0.8])
+    return np.clip(img * gains.astype(np.float32), 0.0, 1.0)
+
+
+def _grayscale(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """Colour drop: OpenCV luma copied to all three channels (strength-independent)."""
+    gray = cv2.cvtColor(_to_uint8(img), cv2.COLOR_RGB2GRAY)
+    return _to_float(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB))
+
+
+def _chroma_subsampling(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """4:2:0-style chroma loss: Cr/Cb area-averaged 2x2, nearest upsampling (strength-independent)."""
+    height, width = img.shape[:2]
+    if height < 2 or width < 2:
+        return img.copy()
+    y, cr, cb = cv2.split(cv2.cvtColor(_to_uint8(img), cv2.COLOR_RGB2YCrCb))
+    small = (width // 2, height // 2)
+    cr = cv2.resize(cv2.resize(cr, small, interpolation=cv2.INTER_AREA), (width, height),
+                    interpolation=cv2.INTER_NEAREST)
+    cb = cv2.resize(cv2.resize(cb, small, interpolation=cv2.INTER_AREA), (width, height),
+                    interpolation=cv2.INTER_NEAREST)
+    return _to_float(cv2.cvtColor(cv2.merge([y, cr, cb]), cv2.COLOR_YCrCb2RGB))
+
+
+def _banding(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """Posterisation to int(32 - 14 s) levels per channel (the reference's range, 32 down to 18)."""
+    levels = int(max(4.0, 32.0 - 28.0 * strength * 0.5))
+    step = np.float32(255.0 / (levels - 1))
+    return np.clip(np.round(img * np.float32(255.0) / step) * step / np.float32(255.0), 0.0, 1.0)
+
+
+def _pil_quantise(img: FloatImage) -> FloatImage:
+    """PIL's ImageEnhance works on uint8 images: round and clip after every enhancement."""
+    return np.rint(np.clip(img, 0.0, 1.0) * 255.0) / np.float32(255.0)
+
+
+def _brightness(img: FloatImage, factor: float) -> FloatImage:
+    return _pil_quantise(img * np.float32(factor))
+
+
+def _contrast(img: FloatImage, factor: float) -> FloatImage:
+    mean_gray = np.floor(float(((img * 255.0) @ _LUMA_WEIGHTS).mean()) + 0.5) / 255.0
+    return _pil_quantise(mean_gray + np.float32(factor) * (img - np.float32(mean_gray)))
+
+
+def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """Like Python's random.uniform: defined (and used by the reference) when low > high."""
+    return low + (high - low) * float(rng.random())
+
+
+def _brightness_contrast(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """45 %: darken (x U(max(0.02, 1 - 0.98 s), 1)); 45 %: brighten (x U(1, 1 + 1.5 s)) then
+    flatten contrast (U(max(0.1, 1 - 0.9 s), 0.8)); 10 %: brightness or contrast x U(1 -/+ 0.5 s)."""
+    choice = rng.random()
+    if choice < 0.45:
+        return _brightness(img, _uniform(rng, max(0.02, 1.0 - 0.98 * strength), 1.0))
+    if choice < 0.90:
+        img = _brightness(img, _uniform(rng, 1.0, 1.0 + 1.5 * strength))
+        return _contrast(img, _uniform(rng, max(0.1, 1.0 - 0.9 * strength), 0.8))
+    enhance = _brightness if rng.random() < 0.5 else _contrast
+    return enhance(img, _uniform(rng, max(0.5, 1.0 - 0.5 * strength), 1.0 + 0.5 * strength))
+
+
+def _chromatic_aberration(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """Colour fringing: red shifted down-right, blue up-left by max(1, int(4 s)) pixels."""
+    shift = min(max(1, int(4.0 * strength)), img.shape[0] - 1, img.shape[1] - 1)
+    out = img.copy()
+    if shift < 1:
+        return out
+    out[shift:, shift:, 0] = img[:-shift, :-shift, 0]
+    out[:-shift, :-shift, 2] = img[shift:, shift:, 2]
+    return out
+
+
+def _moire(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """Screen-capture interference: a sine grating (frequency U(0.5, 3) rad/px, random angle)
+    blended with weight 0.15 s."""
+    height, width = img.shape[:2]
+    xx, yy = np.meshgrid(np.linspace(0, width, width), np.linspace(0, height, height))
+    frequency = rng.uniform(0.5, 3.0)
+    angle = rng.uniform(0.0, math.pi)
+    wave = ((np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * frequency) + 1.0) / 2.0)
+    alpha = np.float32(0.15 * strength)
+    return np.clip(img * (1 - alpha) + wave[..., None].astype(np.float32) * alpha, 0.0, 1.0)
+
+
+def _glitch_lines(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """Transmission glitches: int(10 s) horizontal bands of 1..max(2, int(8 s)) rows, each either
+    filled (40 %: black, white or grey) or rolled sideways by up to 30 s pixels."""
+    height = img.shape[0]
+    out = img.copy()
+    for _ in range(int(10.0 * strength)):
+        top = int(rng.integers(0, height))
+        thickness = int(rng.integers(1, max(2, int(8.0 * strength)) + 1))
+        if top + thickness >= height:
+            continue
+        if rng.random() < 0.4:
+            fill = (0.0, 1.0, None)[int(rng.integers(0, 3))]
+            out[top:top + thickness] = rng.uniform(0.2, 0.8) if fill is None else fill
+        else:
+            reach = int(30.0 * strength)
+            shift = int(rng.integers(-reach, reach + 1))
+            out[top:top + thickness] = np.roll(out[top:top + thickness], shift, axis=1)
+    return out
+
+
+def _vignetting(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """Radial darkening: gain 1 - r/sqrt(2) x (0.4 + 0.4 s), r the normalised distance to the
+    centre (corners keep 60 % at s = 0, 20 % at s = 1)."""
+    height, width = img.shape[:2]
+    uu, vv = np.meshgrid(np.linspace(-1, 1, width), np.linspace(-1, 1, height))
+    radius = np.sqrt(uu ** 2 + vv ** 2)
+    gain = np.clip(1.0 - radius / math.sqrt(2.0) * (0.4 + 0.4 * strength), 0.0, 1.0)
+    return img * gain[..., None].astype(np.float32)
+
+
+_RESTORE_INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA)
+
+
+def _resize(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+    """Rescale and back (the reference's add_resize with sf=2, then its final resize to the
+    input size): 70 % down by U(0.25 / s, 1) (at least 0.1), 20 % up by U(1, 2), 10 % unchanged;
+    nearest-neighbour for half of the downscales, else linear / cubic / area."""
+    height, width = img.shape[:2]
+    draw = rng.random()
+    if draw > 0.8:
+        scale = rng.uniform(1.0, 2.0)
+    elif draw < 0.7:
+        scale = float(np.clip(_uniform(rng, 0.25 / max(strength, 1e-6), 1.0), 0.1, 1.0))
+    else:
+        scale = 1.0
+    if scale < 1.0 and rng.random() < 0.5:
+        interpolation = cv2.INTER_NEAREST
+    else:
+        interpolation = _RESTORE_INTERPOLATIONS[int(rng.integers(0, 3))]
+    size = (max(1, int(scale * width)), max(1, int(scale * height)))
+    scaled = cv2.resize(img, size, interpolation=interpolation)
+    restore = _RESTORE_INTERPOLATIONS[int(rng.integers(0, 3))]
+    restored = cv2.resize(scaled, (width, height), interpolation=restore)
+    return np.clip(restored.reshape(img.shape), 0.0, 1.0)
+
+
+OPS: dict[str, OpFunction] = {
+    "jpeg": _jpeg,
+    "gaussian_blur": _gaussian_blur,
+    "motion_blur": _motion_blur,
+    "gaussian_noise": _gaussian_noise,
+    "salt_and_pepper": _salt_and_pepper,
+    "colour_cast": _colour_cast,
+    "grayscale": _grayscale,
+    "chroma_subsampling": _chroma_subsampling,
+    "banding": _banding,
+    "brightness_contrast": _brightness_contrast,
+    "chromatic_aberration": _chromatic_aberration,
+    "moire": _moire,
+    "glitch_lines": _glitch_lines,
+    "vignetting": _vignetting,
+    "resize": _resize,
+}
+"""Every named op. Each docstring gives its parameters as a function of the strength s."""
+
+
+# --------------------------------------------------------------------------------------------
+# the spec and the compound pipeline
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DegradationSpec:
+    """What the compound pipeline may do to one image.
+
+    ``op_probabilities``: (op name, probability it fires) pairs; the ops that fire run in a random
+    order. Strength of each firing op: ``max_strength * Beta(beta_a, beta_b)``. With probability
+    ``recompress_p`` the image first goes through ``recompress_cycles`` (inclusive range) cycles of
+    JPEG (uniform quality 10..95) alternating with a rescale, as in the reference's prelude.
+    """
+
+    op_probabilities: tuple[tuple[str, float], ...]
+    beta_a: float = 1.2
+    beta_b: float = 1.2
+    max_strength: float = 1.0
+    recompress_p: float = 0.3
+    recompress_cycles: tuple[int, int] = (1, 5)
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.op_probabilities]
+        unknown = sorted(set(names) - set(OPS))
+        if unknown:
+            raise DegradationError(f"unknown degradation op(s) {unknown}; known: {sorted(OPS)}")
+        if len(set(names)) != len(names):
+            raise DegradationError(f"an op is listed twice in the spec: {names}")
+        for name, probability in self.op_probabilities:
+            if not 0.0 <= probability <= 1.0:
+                raise DegradationError(f"probability of {name!r} must be in [0, 1], got {probability}")
+        if self.beta_a <= 0 or self.beta_b <= 0:
+            raise DegradationError(f"Beta parameters must be > 0, got a={self.beta_a}, b={self.beta_b}")
+        if not 0.0 <= self.max_strength <= 1.0:
+            raise DegradationError(f"max_strength must be in [0, 1], got {self.max_strength}")
+        if not 0.0 <= self.recompress_p <= 1.0:
+            raise DegradationError(f"recompress_p must be in [0, 1], got {self.recompress_p}")
+        low, high = self.recompress_cycles
+        if not 1 <= low <= high:
+            raise DegradationError(f"recompress_cycles must be 1 <= low <= high, got {self.recompress_cycles}")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able form, used in cache keys and manifests."""
+        return asdict(self)
+
+
+_PAPER_OP_P = 0.3
+PAPER_SPEC = DegradationSpec(
+    op_probabilities=(
+        ("jpeg", _PAPER_OP_P),
+        ("gaussian_blur", _PAPER_OP_P),
+        ("motion_blur", _PAPER_OP_P),
+        ("gaussian_noise", _PAPER_OP_P),
+        ("salt_and_pepper", _PAPER_OP_P / 3),
+        ("colour_cast", _PAPER_OP_P * 0.8),
+        ("grayscale", _PAPER_OP_P * 0.2),
+        ("chroma_subsampling", _PAPER_OP_P),
+        ("banding", _PAPER_OP_P * 0.5),
+        ("brightness_contrast", _PAPER_OP_P),
+        ("chromatic_aberration", _PAPER_OP_P),
+        ("moire", _PAPER_OP_P),
+        ("glitch_lines", _PAPER_OP_P),
+        ("vignetting", _PAPER_OP_P),
+        ("resize", _PAPER_OP_P),
+    ),
+    recompress_p=_PAPER_OP_P,
+)
+"""The reference training configuration (dinov2_252.yaml: op_p 0.3, Beta(1.2, 1.2))."""
+
+
+def _recompress(img: FloatImage, spec: DegradationSpec, rng: np.random.Generator,
+                applied: list[AppliedOp]) -> FloatImage:
+    low, high = spec.recompress_cycles
+    cycles = int(rng.integers(low, high + 1))
+    jpeg_first = rng.random() < 0.5
+    rescale_strength = spec.max_strength * float(rng.beta(spec.beta_a, spec.beta_b))
+    for step in range(2 * cycles):
+        if (step % 2 == 0) == jpeg_first:
+            quality = int(rng.integers(10, 96))
+            img = _jpeg_roundtrip(img, quality)
+            applied.append(AppliedOp("jpeg", (95.0 - quality) / 85.0))
+        elif img.shape[0] > 10 and img.shape[1] > 10:
+            img = _resize(img, rescale_strength, rng)
+            applied.append(AppliedOp("resize", rescale_strength))
+    return img
+
+
+def degrade(rgb: np.ndarray, rng: np.random.Generator,
+            spec: DegradationSpec = PAPER_SPEC) -> tuple[np.ndarray, list[AppliedOp]]:
+    """Push one uint8 RGB image through the compound pipeline.
+
+    Returns the degraded image (uint8, same shape) and the ops that fired, in order. The result
+    depends only on the image, the spec and the generator's state, so a seeded generator gives
+    the same bytes every time. An image may come back unchanged when no op fires.
+    """
+    _check_rgb(rgb)
+    img = _to_float(rgb)
+    applied: list[AppliedOp] = []
+    if rng.random() < spec.recompress_p:
+        img = _recompress(img, spec, rng, applied)
+    for index in rng.permutation(len(spec.op_probabilities)):
+        name, probability = spec.op_probabilities[index]
+        if rng.random() < probability:
+            strength = spec.max_strength * float(rng.beta(spec.beta_a, spec.beta_b))
+            img = OPS[name](img, strength, rng)
+            applied.append(AppliedOp(name, strength))
+    return _to_uint8(img), applied
+
+
+def apply_op(name: str, rgb: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Apply one named op (see :data:`OPS`) at a strength in [0, 1]; uint8 RGB in and out."""
+    if name not in OPS:
+        raise DegradationError(f"unknown degradation op {name!r}; known: {sorted(OPS)}")
+    if not 0.0 <= strength <= 1.0:
+        raise DegradationError(f"strength must be in [0, 1], got {strength}")
+    _check_rgb(rgb)
+    return _to_uint8(OPS[name](_to_float(rgb), float(strength), rng))
+
+
+# --------------------------------------------------------------------------------------------
+# fixed, named degradations for benchmarks and `verify`
+# --------------------------------------------------------------------------------------------
+
+
+def _fixed_jpeg(quality: int) -> Callable[[FloatImage], FloatImage]:
+    return lambda img: _jpeg_roundtrip(img, quality)
+
+
+def _fixed_blur(sigma: float) -> Callable[[FloatImage], FloatImage]:
+    return lambda img: cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, borderType=_BORDER).reshape(img.shape)
+
+
+def _fixed_noise(sigma: float, seed: int) -> Callable[[FloatImage], FloatImage]:
+    def add_noise(img: FloatImage) -> FloatImage:
+        noise = np.random.default_rng(seed).normal(0.0, sigma / 255.0, size=img.shape)
+        return np.clip(img + noise.astype(np.float32), 0.0, 1.0)
+    return add_noise
+
+
+def _fixed_gamma(gamma: float) -> Callable[[FloatImage], FloatImage]:
+    return lambda img: np.power(img, np.float32(gamma))
+
+
+def _fixed_down_up(factor: int) -> Callable[[FloatImage], FloatImage]:
+    def down_up(img: FloatImage) -> FloatImage:
+        height, width = img.shape[:2]
+        small = cv2.resize(img, (max(1, width // factor), max(1, height // factor)),
+                           interpolation=cv2.INTER_AREA)
+        return np.clip(cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+                       .reshape(img.shape), 0.0, 1.0)
+    return down_up
+
+
+def _fixed_gains(gains: tuple[float, float, float]) -> Callable[[FloatImage], FloatImage]:
+    return lambda img: np.clip(img * np.array(gains, dtype=np.float32), 0.0, 1.0)
+
+
+def _fixed_vignetting(strength: float) -> Callable[[FloatImage], FloatImage]:
+    return lambda img: _vignetting(img, strength, np.random.default_rng(0))
+
+
+def _chain(*steps: Callable[[FloatImage], FloatImage]) -> Callable[[FloatImage], FloatImage]:
+    def run(img: FloatImage) -> FloatImage:
+        for step in steps:
+            img = step(img)
+        return img
+    return run
+
+
+FIXED_DEGRADATIONS: dict[str, tuple[str, Callable[[FloatImage], FloatImage]]] = {
+    "jpeg10": ("JPEG re-encoding at quality 10 (OpenCV, 4:2:0)", _fixed_jpeg(10)),
+    "blur3": ("Gaussian blur, sigma 3 px (reflect-101 border)", _fixed_blur(3.0)),
+    "noise25": ("additive Gaussian noise, sigma 25/255 per channel, fixed seed 0",
+                _fixed_noise(25.0, seed=0)),
+    "gamma_dark": ("dark exposure: gamma 2.2 applied to [0, 1] values", _fixed_gamma(2.2)),
+    "down4_up": ("downscale by 4 (area) and upscale back (cubic)", _fixed_down_up(4)),
+    "compound_a": ("re-shared photo: down 2 (area) / up (cubic), blur sigma 1, JPEG quality 30",
+                   _chain(_fixed_down_up(2), _fixed_blur(1.0), _fixed_jpeg(30))),
+    "compound_b": ("low-light phone capture: warm cast (1.1, 0.95, 0.8), gamma 1.6, noise "
+                   "sigma 12 (seed 1), vignetting 0.5, JPEG quality 20",
+                   _chain(_fixed_gains((1.1, 0.95, 0.8)), _fixed_gamma(1.6),
+                          _fixed_noise(12.0, seed=1), _fixed_vignetting(0.5), _fixed_jpeg(20))),
+}
+"""Named, parameter-free degradations: (description, float function). Same bytes on every call."""
+
+
+def fixed_degradation(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The fixed degradation ``name`` (see :data:`FIXED_DEGRADATIONS`) as uint8 RGB -> uint8 RGB."""
+    if name not in FIXED_DEGRADATIONS:
+        raise DegradationError(
+            f"unknown fixed degradation {name!r}; known: {', '.join(FIXED_DEGRADATIONS)}"
+        )
+    function = FIXED_DEGRADATIONS[name][1]
+
+    def apply(rgb: np.ndarray) -> np.ndarray:
+        _check_rgb(rgb)
+        return _to_uint8(function(_to_float(rgb)))
+
+    apply.__doc__ = FIXED_DEGRADATIONS[name][0]
+    return apply
+
+
+# --------------------------------------------------------------------------------------------
+# file work for the `dfd-export degrade` verb
+# --------------------------------------------------------------------------------------------
+
+
+def image_rng(seed: int, name: str) -> np.random.Generator:
+    """The generator for one named image: depends on the seed and the name, not on the order in
+    which images are processed, so adding a file does not change the others' degradations."""
+    if seed < 0:
+        raise DegradationError(f"seed must be >= 0, got {seed}")
+    return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+
+
+def _output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
+    """One PNG (lossless, so the file holds exactly the degraded pixels) per input; inputs that
+    share a stem get -1, -2, ... suffixes in input order."""
+    taken: set[str] = set()
+    outputs = []
+    for path in inputs:
+        stem, counter = path.stem, 0
+        candidate = f"{stem}.png"
+        while candidate in taken:
+            counter += 1
+            candidate = f"{stem}-{counter}.png"
+        taken.add(candidate)
+        outputs.append(out_dir / candidate)
+    return outputs
+
+
+def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | None,
+                  spec: DegradationSpec = PAPER_SPEC,
+                  share: float = 1.0) -> list[tuple[Path, Path | str]]:
+    """Degrade image files into ``out_dir`` as PNGs.
+
+    ``fixed`` names a fixed degradation (then ``seed``, ``spec`` and ``share`` do not matter);
+    otherwise each image goes through :func:`degrade` with :func:`image_rng` (seed, file name).
+    ``share`` < 1 degrades only that fraction of the images (a seeded per-image draw) and copies
+    the others unchanged, to build mixed clean/degraded folders. A file that cannot be read or
+    written is reported (as an error message in place of the output path) and the others are
+    still processed.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise DegradationError(f"share must be in [0, 1], got {share}")
+    transform = fixed_degradation(fixed) if fixed is not None else None
+    image_rng(seed, "")  # validates the seed before any file is touched
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DegradationError(f"cannot create output folder {out_dir}: {error}") from error
+    results: list[tuple[Path, Path | str]] = []
+    for path, out_path in zip(inputs, _output_paths(inputs, out_dir)):
+        if not path.is_file():
+            results.append((path, f"no such file: {path}"))
+            continue
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            results.append((path, f"not a readable image: {path}"))
+            continue
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if transform is not None:
+            out = transform(rgb)
+        else:
+            rng = image_rng(seed, path.name)
+            out = degrade(rgb, rng, spec)[0] if rng.random() < share else rgb
+        if not cv2.imwrite(str(out_path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR)):
+            results.append((path, f"could not write {out_path}"))
+            continue
+        results.append((path, out_path))
+    return results

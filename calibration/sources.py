@@ -1,0 +1,126 @@
+"""Where calibration images come from: an image folder, or photographs shipped inside installed
+packages (for demos on a machine that has no image folder and no internet).
+
+Sampling is reproducible from a seed so that the same command builds the same calibration set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import cv2
+import numpy as np
+
+from dfd.runtime.errors import DfdError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+"""File name endings (case-insensitive) taken as images: what OpenCV decodes out of the box."""
+
+SKIMAGE_PHOTOGRAPHS = (
+    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+    "hubble_deep_field.jpg", "camera.png", "coins.png", "moon.png", "brick.png", "grass.png",
+    "gravel.png",
+)
+"""Photographs among the files the scikit-image wheel itself ships in ``skimage/data`` (drawings,
+documents, microscopy and medical images left out). They are read from that folder directly, never
+through ``skimage.data``, which would try to download files that are not in the wheel."""
+
+MATPLOTLIB_PHOTOGRAPHS = ("grace_hopper.jpg",)
+"""Photographs in matplotlib's bundled ``mpl-data/sample_data`` (a portrait: it exercises the face
+stream's input)."""
+
+T = TypeVar("T")
+
+
+class ImageSourceError(DfdError, ValueError):
+    """An image source cannot provide images (missing or empty folder, bad sample request)."""
+
+
+def list_images(folder: Path, *, recursive: bool = True) -> list[Path]:
+    """All image files under ``folder`` (hidden files and folders skipped), sorted by their path
+    relative to ``folder`` so the order does not depend on the file system."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ImageSourceError(f"image folder {folder} does not exist")
+    if not folder.is_dir():
+        raise ImageSourceError(f"{folder} is not a folder")
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    images = sorted(
+        (path for path in candidates
+         if path.is_file()
+         and path.suffix.lower() in IMAGE_EXTENSIONS
+         and not any(part.startswith(".") for part in path.relative_to(folder).parts)),
+        key=lambda path: path.relative_to(folder).as_posix(),
+    )
+    if not images:
+        where = "under" if recursive else "directly in"
+        raise ImageSourceError(
+            f"no images {where} {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return images
+
+
+def sample_images(paths: Sequence[T], count: int, seed: int) -> list[T]:
+    """Draw ``count`` items reproducibly from ``paths`` (paths or any other items).
+
+    ``count <= len(paths)``: a sample without replacement. ``count > len(paths)``: every item
+    ``count // len`` times plus a sample without replacement for the remainder, so items are
+    repeated only as much as needed and as evenly as possible (repeats of an image still differ in
+    a calibration set, where each slot draws its own degradation). The result is in random order.
+    """
+    if count < 1:
+        raise ImageSourceError(f"sample size must be at least 1, got {count}")
+    if not paths:
+        raise ImageSourceError("cannot sample from an empty list of images")
+    if seed < 0:
+        raise ImageSourceError(f"seed must be >= 0, got {seed}")
+    rng = np.random.default_rng(seed)
+    repeats, remainder = divmod(count, len(paths))
+    indices = np.concatenate([
+        np.tile(np.arange(len(paths)), repeats),
+        rng.choice(len(paths), size=remainder, replace=False),
+    ]).astype(np.int64)
+    return [paths[int(index)] for index in rng.permutation(indices)]
+
+
+def _package_folder(package: str) -> Path | None:
+    """The install folder of ``package`` without importing it (None when not installed)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _read_rgb(path: Path) -> np.ndarray | None:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def builtin_photographs() -> list[tuple[str, np.ndarray]]:
+    """Photographs shipped inside installed packages, as (name, uint8 RGB array), in a fixed order.
+
+    Names are ``skimage:<file>`` and ``matplotlib:<file>``; grayscale photographs come back with
+    three equal channels. Files missing from the local install are skipped, never downloaded.
+    """
+    locations = []
+    skimage_folder = _package_folder("skimage")
+    if skimage_folder is not None:
+        locations += [("skimage", skimage_folder / "data" / name) for name in SKIMAGE_PHOTOGRAPHS]
+    matplotlib_folder = _package_folder("matplotlib")
+    if matplotlib_folder is not None:
+        sample_data = matplotlib_folder / "mpl-data" / "sample_data"
+        locations += [("matplotlib", sample_data / name) for name in MATPLOTLIB_PHOTOGRAPHS]
+    photographs = []
+    for package, path in locations:
+        rgb = _read_rgb(path) if path.is_file() else None
+        if rgb is not None:
+            photographs.append((f"{package}:{path.name}", rgb))
+    if not photographs:
+        raise ImageSourceError(
+            "no built-in photographs found: install scikit-image (or matplotlib), "
+            "or pass an image folder"
+        )
+    return photographs

@@ -1,0 +1,98 @@
+"""Inference backends behind one small interface: stream name + NCHW batch in, logits out.
+
+``onnxruntime`` is the embedded default and always works (CPU; the CUDA execution provider when
+onnxruntime-gpu is installed). ``tensorrt`` runs engines compiled by ``dfd-export build --backend
+tensorrt``; ``select_backend("auto", ...)`` picks it only when the set has engines and TensorRT
+is usable here, and says why it did or did not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .errors import DfdError
+from .manifest import EngineSetError, Manifest
+
+BACKEND_CHOICES = ("auto", "onnxruntime", "tensorrt")
+
+
+class BackendError(DfdError, RuntimeError):
+    """A backend cannot be used here; the message says what is missing."""
+
+
+class Backend(Protocol):
+    """What the Detector needs from an inference backend."""
+
+    name: str
+    description: str
+
+    def run(self, stream: str, pixels: np.ndarray) -> np.ndarray:
+        """``pixels`` float32 [N,3,H,W] normalised -> logits float32 [N,2]. Thread-safe."""
+        ...
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: Backend
+    reason: str  # why this backend, in words, for `--backend auto`
+
+
+class OnnxRuntimeBackend:
+    """One ``InferenceSession`` per stream over the set's ONNX graphs (session.run is thread-safe)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, manifest: Manifest, *, intra_op_threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        self.providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.sessions = {}
+        for name, stream in manifest.streams.items():
+            graph = stream.file("onnx")
+            if graph is None:
+                raise EngineSetError(f"{manifest.root}: the {name} stream has no ONNX graph for onnxruntime")
+            try:
+                self.sessions[name] = ort.InferenceSession(
+                    str(manifest.path_of(graph)), sess_options=options, providers=self.providers
+                )
+            except Exception as exc:  # onnxruntime raises its own untyped errors
+                raise EngineSetError(f"onnxruntime cannot load {graph.path}: {exc}") from exc
+        self.description = f"onnxruntime {ort.__version__} ({', '.join(self.providers)})"
+
+    def run(self, stream: str, pixels: np.ndarray) -> np.ndarray:
+        session = self.sessions[stream]
+        input_name = session.get_inputs()[0].name
+        (logits,) = session.run(None, {input_name: np.ascontiguousarray(pixels, dtype=np.float32)})
+        return np.asarray(logits, dtype=np.float32)
+
+
+def tensorrt_unavailable_reason(manifest: Manifest) -> str | None:
+    """Why the TensorRT backend cannot run this set here, or None when it could."""
+    if not all(stream.file("engine") is not None for stream in manifest.streams.values()):
+        return "the engine set has no TensorRT engines (built with --backend onnxruntime)"
+    if importlib.util.find_spec("tensorrt") is None:
+        return ("the tensorrt Python package is not installed (on Jetson it ships with JetPack; "
+                "on x86 install it from NVIDIA's package index)")
+    return "this runtime build has no TensorRT execution path yet"
+
+
+def select_backend(name: str, manifest: Manifest) -> BackendChoice:
+    """Open the backend ``name`` ("auto", "onnxruntime" or "tensorrt") for ``manifest``."""
+    if name not in BACKEND_CHOICES:
+        raise BackendError(f"unknown backend {name!r}; choose from {', '.join(BACKEND_CHOICES)}")
+    if name in ("auto", "tensorrt"):
+        reason = tensorrt_unavailable_reason(manifest)
+        if name == "tensorrt":
+            raise BackendError(f"cannot use the tensorrt backend: {reason}")
+        backend = OnnxRuntimeBackend(manifest)
+        return BackendChoice(backend, f"auto: {backend.description}; TensorRT not used: {reason}")
+    backend = OnnxRuntimeBackend(manifest)
+    return BackendChoice(backend, backend.description)

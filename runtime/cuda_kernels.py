@@ -1,0 +1,353 @@
+"""The GPU path's CUDA kernels: NVRTC compilation at first use, an on-disk cache, launch helpers.
+
+The kernels (``kernels/preprocess.cu``: fused preprocessing of the three streams; ``kernels/vote.cu``:
+softmax + discretised vote) are CUDA C++ compiled with NVRTC when first needed, so a target needs
+no CUDA toolkit, only the NVIDIA driver and the ``cuda-bindings`` package (with NVRTC from the
+``nvidia-cuda-nvrtc`` wheel, pulled in by ``cuda-bindings[all]``, or from a CUDA toolkit that
+``cuda.pathfinder`` finds through CUDA_HOME/CUDA_PATH). Their per-pixel and vote math lives in
+``__host__ __device__`` headers the test suite also compiles with g++ and checks against OpenCV and
+the Python vote; see those headers for the exactness each function guarantees.
+
+Compilation needs no GPU: ``compile_ptx("sm_87")`` works anywhere NVRTC loads (CI compiles for
+``sm_87`` and ``sm_90``). Results are cached under the user cache directory, keyed by the sha256 of
+the sources and options, the target architecture and the NVRTC version.
+
+``CudaKernels`` loads the module on a real GPU and launches the kernels through
+``cuda.bindings.driver``. It is written against the documented driver API but has not been executed
+in this project's CI or development machine (neither has a GPU); ``benchmarks/gpu_check.py``
+exercises it on a lent GPU machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+KERNEL_DIR = Path(__file__).parent / "kernels"
+KERNEL_SOURCES = ("preprocess.cu", "vote.cu")
+KERNEL_HEADERS = ("preprocess.cuh", "vote.cuh")
+KERNEL_NAMES = ("dfd_preprocess_f32", "dfd_preprocess_f16", "dfd_vote")
+# --fmad=false: OpenCV's x86 build and NumPy never fuse multiply-add; the headers use explicit
+# round-to-nearest intrinsics as well, this keeps any other expression honest.
+NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
+CROP_SIDE = 252
+FUSION_SIDE = 224
+FACE_MARGIN = 1.3
+CHANNEL_ORDER = {"RGB": 0, "BGR": 1}
+
+# Must match dfd::Job in kernels/preprocess.cuh (checked by the host test against sizeof/offsetof).
+JOB_DTYPE = np.dtype(
+    {
+        "names": ["data", "pitch", "width", "height", "order", "face_x1", "face_y1", "face_x2",
+                  "face_y2", "face_margin"],
+        "formats": ["<u8", "<i8", "<i4", "<i4", "<i4", "<f8", "<f8", "<f8", "<f8", "<f8"],
+        "offsets": [0, 8, 16, 20, 24, 32, 40, 48, 56, 64],
+        "itemsize": 72,
+    }
+)
+
+
+class KernelBuildError(RuntimeError):
+    """NVRTC is unavailable or rejected the kernels; the message says which and what to install."""
+
+
+class CudaUnavailableError(RuntimeError):
+    """No usable CUDA driver or GPU for launching the kernels; the message says why."""
+
+
+def _nvrtc():
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError as exc:
+        raise KernelBuildError(
+            "cuda-python is not installed: pip install 'cuda-bindings[all]' (NVRTC comes with it "
+            f"through the nvidia-cuda-nvrtc wheel) ({exc})"
+        ) from exc
+    return nvrtc
+
+
+def _check(result: tuple, what: str, error_cls: type[RuntimeError] = KernelBuildError):
+    """Unpack a cuda-bindings (status, *values) tuple, raising ``error_cls`` unless it succeeded."""
+    status, *values = result
+    if int(status) != 0:
+        raise error_cls(f"{what} failed: {status!r}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def nvrtc_version() -> str:
+    """NVRTC's version as "major.minor"; raises KernelBuildError when libnvrtc cannot be loaded."""
+    nvrtc = _nvrtc()
+    try:
+        major, minor = _check(nvrtc.nvrtcVersion(), "nvrtcVersion")
+    except KernelBuildError:
+        raise
+    except Exception as exc:  # cuda.pathfinder raises its own errors when libnvrtc is missing
+        raise KernelBuildError(
+            f"libnvrtc could not be loaded ({exc}); install the nvidia-cuda-nvrtc wheel "
+            "(pip install 'cuda-bindings[all]') or point CUDA_HOME at a CUDA toolkit"
+        ) from exc
+    return f"{major}.{minor}"
+
+
+def _read_sources() -> dict[str, bytes]:
+    return {name: (KERNEL_DIR / name).read_bytes() for name in KERNEL_SOURCES + KERNEL_HEADERS}
+
+
+def _translation_unit() -> bytes:
+    """All kernels in one translation unit, so one module holds every entry point."""
+    return "".join(f'#include "{name}"\n' for name in KERNEL_SOURCES).encode()
+
+
+def _normalise_arch(arch: str) -> int:
+    digits = arch.lower().removeprefix("sm_").removeprefix("compute_")
+    if not digits.isdigit():
+        raise KernelBuildError(f"architecture {arch!r} is not of the form sm_XY (e.g. sm_87, sm_90)")
+    return int(digits)
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: $DFD_KERNEL_CACHE, else the XDG user cache directory."""
+    if explicit := os.environ.get("DFD_KERNEL_CACHE"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dfd-export" / "kernels"
+
+
+def _cache_key(kind: str, sm: int, version: str, sources: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(sources):
+        digest.update(name.encode() + b"\0" + sources[name] + b"\0")
+    digest.update("\0".join(NVRTC_OPTIONS).encode())
+    return f"{kind}-sm_{sm}-nvrtc{version}-{digest.hexdigest()[:24]}"
+
+
+def _compile(sm: int, kind: str) -> bytes:
+    """Compile every kernel with NVRTC to PTX (virtual arch) or CUBIN (real arch), uncached."""
+    nvrtc = _nvrtc()
+    sources = _read_sources()
+    headers = [sources[name] for name in KERNEL_SOURCES + KERNEL_HEADERS]
+    names = [name.encode() for name in KERNEL_SOURCES + KERNEL_HEADERS]
+    program = _check(
+        nvrtc.nvrtcCreateProgram(_translation_unit(), b"dfd_kernels.cu", len(headers), headers, names),
+        "nvrtcCreateProgram",
+    )
+    try:
+        target = f"--gpu-architecture={'compute' if kind == 'ptx' else 'sm'}_{sm}"
+        options = [o.encode() for o in NVRTC_OPTIONS + (target,)]
+        (status,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
+        if int(status) != 0:
+            log_size = _check(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
+            log = b" " * log_size
+            _check(nvrtc.nvrtcGetProgramLog(program, log), "nvrtcGetProgramLog")
+            raise KernelBuildError(
+                f"NVRTC could not compile the kernels for sm_{sm}: {log.decode(errors='replace').strip()}"
+            )
+        if kind == "ptx":
+            size = _check(nvrtc.nvrtcGetPTXSize(program), "nvrtcGetPTXSize")
+            out = b" " * size
+            _check(nvrtc.nvrtcGetPTX(program, out), "nvrtcGetPTX")
+        else:
+            size = _check(nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
+            out = b" " * size
+            _check(nvrtc.nvrtcGetCUBIN(program, out), "nvrtcGetCUBIN")
+        return out.rstrip(b"\0") if kind == "ptx" else out
+    finally:
+        nvrtc.nvrtcDestroyProgram(program)
+
+
+def _cached(arch: str, kind: str) -> bytes:
+    sm = _normalise_arch(arch)
+    key = _cache_key(kind, sm, nvrtc_version(), _read_sources())
+    path = cache_dir() / f"{key}.{kind}"
+    if path.is_file():
+        return path.read_bytes()
+    binary = _compile(sm, kind)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
+            handle.write(binary)
+        os.replace(handle.name, path)  # atomic: concurrent processes never read a partial file
+    except OSError:
+        pass  # a read-only cache only costs a recompilation next time
+    return binary
+
+
+def compile_ptx(arch: str) -> bytes:
+    """PTX of every kernel for ``arch`` ("sm_87", "sm_90", ...); needs NVRTC, not a GPU."""
+    return _cached(arch, "ptx")
+
+
+def compile_cubin(arch: str) -> bytes:
+    """CUBIN of every kernel for the real architecture ``arch``; what a GPU loads without JIT."""
+    return _cached(arch, "cubin")
+
+
+def make_jobs(
+    images: Sequence[tuple[int, int, int, int]],
+    face_boxes: Sequence[tuple[float, float, float, float] | None],
+    channel_order: str = "RGB",
+    margin: float = FACE_MARGIN,
+) -> np.ndarray:
+    """Pack per-image parameters for the preprocessing kernel.
+
+    ``images``: (device pointer, row pitch in bytes, width, height) of uint8 HWC 3-channel images.
+    ``face_boxes``: (x1, y1, x2, y2) of the chosen face per image, or None for "no usable face"
+    (the face stream then gets the original image's 252 center crop, as in the reference).
+    """
+    if len(images) != len(face_boxes):
+        raise ValueError(f"{len(images)} images but {len(face_boxes)} face boxes")
+    if channel_order not in CHANNEL_ORDER:
+        raise ValueError(f"channel order must be one of {sorted(CHANNEL_ORDER)}, not {channel_order!r}")
+    jobs = np.zeros(len(images), dtype=JOB_DTYPE)
+    for i, ((ptr, pitch, width, height), box) in enumerate(zip(images, face_boxes)):
+        if width <= 0 or height <= 0 or pitch < 3 * width:
+            raise ValueError(f"image {i}: invalid geometry {width}x{height}, pitch {pitch}")
+        jobs[i]["data"], jobs[i]["pitch"] = ptr, pitch
+        jobs[i]["width"], jobs[i]["height"] = width, height
+        jobs[i]["order"] = CHANNEL_ORDER[channel_order]
+        jobs[i]["face_x1"], jobs[i]["face_y1"], jobs[i]["face_x2"], jobs[i]["face_y2"] = box or (0, 0, 0, 0)
+        jobs[i]["face_margin"] = margin
+    return jobs
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: tuple[int, int]
+
+    @property
+    def arch(self) -> str:
+        return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
+
+
+def _driver():
+    try:
+        from cuda.bindings import driver
+    except ImportError as exc:
+        raise CudaUnavailableError(f"cuda-python is not installed ({exc})") from exc
+    try:
+        _check(driver.cuInit(0), "cuInit", CudaUnavailableError)
+    except CudaUnavailableError:
+        raise
+    except Exception as exc:  # libcuda missing: cuda.pathfinder's DynamicLibNotFoundError
+        raise CudaUnavailableError(f"no NVIDIA driver ({exc})") from exc
+    return driver
+
+
+def gpu_info(device: int = 0) -> GpuInfo:
+    """Name and compute capability of GPU ``device``; CudaUnavailableError without one."""
+    driver = _driver()
+    count = _check(driver.cuDeviceGetCount(), "cuDeviceGetCount", CudaUnavailableError)
+    if device >= count:
+        raise CudaUnavailableError(f"no GPU {device}: the driver sees {count}")
+    dev = _check(driver.cuDeviceGet(device), "cuDeviceGet", CudaUnavailableError)
+    name = _check(driver.cuDeviceGetName(256, dev), "cuDeviceGetName", CudaUnavailableError)
+    attr = driver.CUdevice_attribute
+    major = _check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev),
+                   "cuDeviceGetAttribute", CudaUnavailableError)
+    minor = _check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev),
+                   "cuDeviceGetAttribute", CudaUnavailableError)
+    return GpuInfo(name.split(b"\0", 1)[0].decode(), (major, minor))
+
+
+class _KernelArgs:
+    """ctypes storage for cuLaunchKernel's ``void** kernelParams``, kept alive with the launch."""
+
+    def __init__(self, *args: ctypes._SimpleCData):
+        self._args = args
+        self._pointers = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self._pointers)
+
+
+class CudaKernels:
+    """The compiled kernels loaded on one GPU, with launch helpers.
+
+    Uses the device's primary context (what TensorRT and other libraries share) and launches on a
+    caller-given stream (a ``CUstream`` or its integer handle). Every pointer argument is a device
+    address (int). Not executed on this project's development machine or CI (no GPU).
+    """
+
+    BLOCK = 256
+
+    def __init__(self, device: int = 0):
+        driver = self._driver = _driver()
+        self.info = gpu_info(device)
+        dev = _check(driver.cuDeviceGet(device), "cuDeviceGet", CudaUnavailableError)
+        self._context = _check(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain",
+                               CudaUnavailableError)
+        _check(driver.cuCtxSetCurrent(self._context), "cuCtxSetCurrent", CudaUnavailableError)
+        cubin = compile_cubin(self.info.arch)
+        self._module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData", CudaUnavailableError)
+        self._functions = {
+            name: _check(driver.cuModuleGetFunction(self._module, name.encode()), "cuModuleGetFunction",
+                         CudaUnavailableError)
+            for name in KERNEL_NAMES
+        }
+        self._jobs_device = 0
+        self._jobs_capacity = 0
+
+    def _launch(self, name: str, threads: int, args: _KernelArgs, stream) -> None:
+        grid = (threads + self.BLOCK - 1) // self.BLOCK
+        _check(
+            self._driver.cuLaunchKernel(self._functions[name], grid, 1, 1, self.BLOCK, 1, 1, 0, stream,
+                                        args.address, 0),
+            f"launch {name}", CudaUnavailableError,
+        )
+
+    def _upload_jobs(self, jobs: np.ndarray, stream) -> int:
+        """Copy the job table to a device buffer owned by this object (grown, never per call)."""
+        if jobs.dtype != JOB_DTYPE:
+            raise ValueError("jobs must come from make_jobs()")
+        if len(jobs) > self._jobs_capacity:
+            if self._jobs_device:
+                _check(self._driver.cuMemFree(self._jobs_device), "cuMemFree", CudaUnavailableError)
+            self._jobs_device = int(_check(self._driver.cuMemAlloc(jobs.nbytes), "cuMemAlloc",
+                                           CudaUnavailableError))
+            self._jobs_capacity = len(jobs)
+        self._jobs_host = np.ascontiguousarray(jobs)  # must outlive the asynchronous copy
+        _check(self._driver.cuMemcpyHtoDAsync(self._jobs_device, self._jobs_host.ctypes.data,
+                                              self._jobs_host.nbytes, stream),
+               "cuMemcpyHtoDAsync", CudaUnavailableError)
+        return self._jobs_device
+
+    def preprocess(self, jobs: np.ndarray, outputs: tuple[int, int, int], half: bool = False,
+                   stream=0) -> None:
+        """Write global/face [N,3,252,252] and fusion [N,3,224,224] (fp32, or fp16 if ``half``)."""
+        batch = len(jobs)
+        if batch == 0:
+            return
+        jobs_ptr = self._upload_jobs(jobs, stream)
+        args = _KernelArgs(ctypes.c_void_p(jobs_ptr), ctypes.c_int(batch),
+                           *[ctypes.c_void_p(int(p)) for p in outputs])
+        tasks = batch * (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE)
+        self._launch("dfd_preprocess_f16" if half else "dfd_preprocess_f32", tasks, args, stream)
+
+    def vote(self, logits: tuple[int, int, int], weights: tuple[float, float, float], batch: int,
+             probs: int, score: int, mean: int, stream=0) -> None:
+        """Softmax + discretised vote: probs [N,3] f32, score [N] f64, raw weighted mean [N] f64."""
+        args = _KernelArgs(*[ctypes.c_void_p(int(p)) for p in logits],
+                           *[ctypes.c_double(float(w)) for w in weights], ctypes.c_int(batch),
+                           ctypes.c_void_p(int(probs)), ctypes.c_void_p(int(score)),
+                           ctypes.c_void_p(int(mean)))
+        self._launch("dfd_vote", batch, args, stream)
+
+    def close(self) -> None:
+        """Unload the module and release the primary context reference."""
+        if self._jobs_device:
+            self._driver.cuMemFree(self._jobs_device)
+            self._jobs_device = 0
+        if self._module is not None:
+            self._driver.cuModuleUnload(self._module)
+            self._module = None
+            dev = _check(self._driver.cuCtxGetDevice(), "cuCtxGetDevice", CudaUnavailableError)
+            self._driver.cuDevicePrimaryCtxRelease(dev)

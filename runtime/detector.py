@@ -1,0 +1,200 @@
+"""The Python API of the lean runtime: ``Detector.open(engine_dir).detect(images)``.
+
+One decode per image, the reference's preprocessing per stream, the three streams batched on
+the chosen backend, then the reference's discretised vote. A bad image becomes a ``Detection``
+with ``error`` set; the rest of the batch goes on. ``detect`` keeps no state between calls, so
+one Detector may be used from several threads at once (the backends' ``run`` is thread-safe).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from .backends import BackendChoice, select_backend
+from .errors import DfdError
+from .images import DecodedImage, decode_image
+from .manifest import STREAM_ORDER, Manifest, load_manifest
+from .preprocess import (
+    crop_face,
+    face_is_too_small,
+    preprocess_face,
+    preprocess_fusion,
+    preprocess_global,
+    reencode_like_reference_face_file,
+)
+from .vote import discretised_vote, softmax_fake_probability
+
+ImageInput = Union[str, os.PathLike, np.ndarray]
+Box = Sequence[float]
+DEFAULT_BATCH_SIZE = 8
+NO_FACE_NOTE = "face stream: no face input, the original image is used (the reference's no-face rule)"
+
+
+@dataclass
+class Detection:
+    """The result for one image. ``error`` is None when it was scored."""
+
+    image: str
+    score: float | None = None  # the discretised vote, one of 0.0 .. 1.0
+    raw_score: float | None = None  # weighted mean of the unrounded stream probabilities
+    streams: dict[str, float] = field(default_factory=dict)  # raw P(fake) per stream
+    rounded_streams: dict[str, float] = field(default_factory=dict)
+    face: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Prepared:
+    detection: Detection
+    tensors: dict[str, np.ndarray]
+
+
+def _label(source: ImageInput, index: int) -> str:
+    return f"<array {index}>" if isinstance(source, np.ndarray) else os.fspath(source)
+
+
+class Detector:
+    """An opened engine set. Create with ``Detector.open``."""
+
+    def __init__(self, manifest: Manifest, choice: BackendChoice, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if batch_size < 1:
+            raise DfdError(f"batch size must be at least 1, got {batch_size}")
+        self.manifest = manifest
+        self.backend = choice.backend
+        self.backend_reason = choice.reason
+        self.batch_size = batch_size
+        self.streams = tuple(s for s in STREAM_ORDER if s in manifest.streams)
+        self.vote_weights = {s: manifest.vote_weights[s] for s in self.streams}
+        prep = manifest.preprocessing
+        self._mean, self._std = tuple(prep["mean"]), tuple(prep["std"])
+        self._sizes = {s: manifest.streams[s].input_size for s in self.streams}
+
+    @classmethod
+    def open(cls, engine_dir: str | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE) -> "Detector":
+        """Verify the engine set (sha256 of every file) and open it on ``backend``."""
+        manifest = load_manifest(Path(engine_dir))
+        return cls(manifest, select_backend(backend, manifest), batch_size)
+
+    def detect(
+        self,
+        images: Sequence[ImageInput],
+        face_crops: Sequence[ImageInput | None] | None = None,
+        face_boxes: Sequence[Box | None] | None = None,
+        labels: Sequence[str] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[Detection]:
+        """Score ``images`` (paths or uint8 RGB arrays); one ``Detection`` per image, in order.
+
+        ``face_crops[i]``: a face image pre-cropped the reference's way (the face stream takes
+        its 252 centre crop). ``face_boxes[i]``: (x1, y1, x2, y2) in pixels of image i; the
+        runtime crops it. With neither, the face stream sees the original image. For an image
+        file in a lossy format the face image is re-encoded in that format first, because the
+        reference's face stream reads its face input back from such a file.
+        """
+        count = len(images)
+        for name, extra in (("face_crops", face_crops), ("face_boxes", face_boxes), ("labels", labels)):
+            if extra is not None and len(extra) != count:
+                raise DfdError(f"{name} has {len(extra)} entries for {count} images")
+        results: list[Detection] = []
+        for start in range(0, count, self.batch_size):
+            stop = min(start + self.batch_size, count)
+            prepared = [
+                self._prepare(
+                    images[i],
+                    labels[i] if labels is not None else _label(images[i], i),
+                    face_crops[i] if face_crops is not None else None,
+                    face_boxes[i] if face_boxes is not None else None,
+                )
+                for i in range(start, stop)
+            ]
+            self._score([p for p in prepared if p.detection.ok])
+            results.extend(p.detection for p in prepared)
+            if on_progress is not None:
+                on_progress(stop - start)
+        return results
+
+    def _prepare(self, source: ImageInput, label: str, face_crop: ImageInput | None, face_box: Box | None) -> _Prepared:
+        detection = Detection(image=label)
+        try:
+            decoded = decode_image(source)
+            detection.notes.extend(decoded.notes)
+            face_rgb = self._face_image(decoded, face_crop, face_box, detection)
+            if face_crop is None and not isinstance(source, np.ndarray):
+                face_rgb, notes = reencode_like_reference_face_file(face_rgb, Path(source).suffix)
+                detection.notes.extend(notes)
+            tensors = {}
+            for stream in self.streams:
+                rgb = face_rgb if stream == "face" else decoded.rgb
+                prepared = self._preprocess(stream, rgb)
+                detection.notes.extend(f"{stream} stream: {note}" for note in prepared.notes)
+                tensors[stream] = prepared.tensor
+        except (DfdError, ValueError) as exc:  # ImageError/PreprocessError are ValueErrors
+            detection.error = str(exc)
+            detection.notes.clear()
+            return _Prepared(detection, {})
+        return _Prepared(detection, tensors)
+
+    def _face_image(self, decoded: DecodedImage, face_crop: ImageInput | None, face_box: Box | None,
+                    detection: Detection) -> np.ndarray:
+        if face_crop is not None and face_box is not None:
+            raise DfdError("give a face crop or a face box for an image, not both")
+        if face_crop is not None:
+            crop = decode_image(face_crop)
+            detection.notes.extend(f"face crop: {note}" for note in crop.notes)
+            detection.face = {"source": "face-crop", "file": _label(face_crop, 0)}
+            return crop.rgb
+        if face_box is not None:
+            box = [float(v) for v in face_box]
+            if face_is_too_small(box, decoded.rgb.shape[:2]):
+                detection.face = {"source": "box", "box": box, "used": "original image"}
+                detection.notes.append("face stream: the face box covers under 1/9 of the image, "
+                                       "the original image is used (reference rule)")
+                return decoded.rgb
+            detection.face = {"source": "box", "box": box, "used": "crop"}
+            return crop_face(decoded.rgb, box)
+        detection.notes.append(NO_FACE_NOTE)
+        return decoded.rgb
+
+    def _preprocess(self, stream: str, rgb: np.ndarray):
+        size = self._sizes[stream]
+        if stream == "global":
+            return preprocess_global(rgb, size, self._mean, self._std)
+        if stream == "face":
+            return preprocess_face(rgb, size, self._mean, self._std)
+        return preprocess_fusion(rgb, size, self._mean, self._std)
+
+    def _score(self, prepared: list[_Prepared]) -> None:
+        if not prepared:
+            return
+        probabilities = {}
+        for stream in self.streams:
+            batch = np.stack([p.tensors[stream] for p in prepared])
+            probabilities[stream] = softmax_fake_probability(self.backend.run(stream, batch))
+        partial_note = None
+        if len(self.streams) < len(STREAM_ORDER):
+            partial_note = (f"vote over the streams this engine set has ({', '.join(self.streams)}), "
+                            f"not the reference's three")
+        for row, item in enumerate(prepared):
+            probs = {s: float(probabilities[s][row]) for s in self.streams}
+            vote = discretised_vote(probs, self.vote_weights)
+            detection = item.detection
+            detection.streams = probs
+            detection.rounded_streams = vote.rounded_streams
+            detection.score = vote.score
+            detection.raw_score = vote.raw_mean
+            if partial_note:
+                detection.notes.append(partial_note)

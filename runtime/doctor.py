@@ -1,0 +1,176 @@
+"""What this machine can run: the report behind ``dfd-export doctor [--json]``.
+
+Every probe catches its own failure and reports *why* instead of raising, so the report is complete
+on a CPU-only machine too. JSON keys of ``collect_doctor_report``:
+
+- ``python``: {"version": "3.11.9", "executable": path}
+- ``onnxruntime``: {"version": str, "providers": [available execution providers]} or
+  {"error": why}
+- ``cuda``: {"driver_version": "12.4" or null, "runtime_version": "13.0" or null,
+  "error": why or null} (driver from libcuda, runtime from libcudart)
+- ``gpu``: {"available": bool, "name", "compute_capability": "9.0", "arch": "sm_90",
+  "free_memory_bytes", "total_memory_bytes"} or {"available": false, "reason": "no GPU: ..."}
+- ``tensorrt``: {"available": bool, "version": str or null, "reason": why not or null}
+- ``kernels``: {"nvrtc_version": "13.0" or null, "ptx": {"sm_87": "ok", "sm_90": "ok",
+  <local GPU arch>: "ok"} (each "ok" or the error text), "cubin_local": "ok" / error / null}
+- ``engine_set`` (only when ``engine_dir`` is given): {"path", "streams": {name: {"precision",
+  "backend", "runnable": bool, "reason"}}, "error": why the manifest could not be read or null}
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import cuda_kernels
+
+CI_ARCHS = ("sm_87", "sm_90")  # Jetson Orin, H100
+NO_TENSORRT = ("tensorrt Python package not installed; on Jetson it ships with JetPack, on x86 "
+               "install from NVIDIA's package index")
+
+
+def _version(encoded: int) -> str:
+    """CUDA encodes versions as 1000 * major + 10 * minor."""
+    return f"{encoded // 1000}.{(encoded % 1000) // 10}"
+
+
+def _python() -> dict[str, Any]:
+    return {"version": platform.python_version(), "executable": sys.executable}
+
+
+def _onnxruntime() -> dict[str, Any]:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        return {"error": f"onnxruntime not installed ({exc})"}
+    return {"version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers()}
+
+
+def _cuda() -> dict[str, Any]:
+    report: dict[str, Any] = {"driver_version": None, "runtime_version": None, "error": None}
+    errors = []
+    try:
+        driver = cuda_kernels._driver()
+        report["driver_version"] = _version(cuda_kernels._check(driver.cuDriverGetVersion(),
+                                                                "cuDriverGetVersion"))
+    except Exception as exc:  # report, never raise: this is a diagnostic
+        errors.append(f"driver: {exc}")
+    try:
+        from cuda.bindings import runtime
+        report["runtime_version"] = _version(cuda_kernels._check(runtime.cudaRuntimeGetVersion(),
+                                                                 "cudaRuntimeGetVersion"))
+    except Exception as exc:
+        errors.append(f"runtime: {exc}")
+    report["error"] = "; ".join(errors) or None
+    return report
+
+
+def _gpu() -> dict[str, Any]:
+    try:
+        info = cuda_kernels.gpu_info(0)
+        driver = cuda_kernels._driver()
+        dev = cuda_kernels._check(driver.cuDeviceGet(0), "cuDeviceGet")
+        context = cuda_kernels._check(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+        try:
+            cuda_kernels._check(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+            free, total = cuda_kernels._check(driver.cuMemGetInfo(), "cuMemGetInfo")
+        finally:
+            driver.cuDevicePrimaryCtxRelease(dev)
+    except Exception as exc:
+        return {"available": False, "reason": f"no GPU: {exc}"}
+    major, minor = info.compute_capability
+    return {"available": True, "name": info.name, "compute_capability": f"{major}.{minor}",
+            "arch": info.arch, "free_memory_bytes": int(free), "total_memory_bytes": int(total)}
+
+
+def _tensorrt() -> dict[str, Any]:
+    try:
+        import tensorrt
+    except ImportError:
+        return {"available": False, "version": None, "reason": NO_TENSORRT}
+    except Exception as exc:  # the PyPI stub or a broken install raises other errors on import
+        return {"available": False, "version": None, "reason": f"tensorrt failed to import: {exc}"}
+    return {"available": True, "version": getattr(tensorrt, "__version__", "unknown"), "reason": None}
+
+
+def _kernels(local_arch: str | None) -> dict[str, Any]:
+    report: dict[str, Any] = {"nvrtc_version": None, "ptx": {}, "cubin_local": None}
+    try:
+        report["nvrtc_version"] = cuda_kernels.nvrtc_version()
+    except Exception as exc:
+        report["error"] = str(exc)
+        return report
+    archs = CI_ARCHS + ((local_arch,) if local_arch and local_arch not in CI_ARCHS else ())
+    for arch in archs:
+        try:
+            cuda_kernels.compile_ptx(arch)
+            report["ptx"][arch] = "ok"
+        except Exception as exc:
+            report["ptx"][arch] = str(exc)
+    if local_arch:
+        try:
+            cuda_kernels.compile_cubin(local_arch)
+            report["cubin_local"] = "ok"
+        except Exception as exc:
+            report["cubin_local"] = str(exc)
+    return report
+
+
+def _engine_set(engine_dir: Path, gpu: dict[str, Any], tensorrt: dict[str, Any],
+                onnxruntime: dict[str, Any]) -> dict[str, Any]:
+    """Precision/backend of each stream and whether this machine has what that backend needs.
+
+    Deliberately shallow: the manifest format belongs to runtime/manifest.py; missing keys are
+    reported as unknown, and hashes are not verified here (opening the set does that).
+    """
+    report: dict[str, Any] = {"path": str(engine_dir), "streams": {}, "error": None}
+    try:
+        manifest = json.loads((Path(engine_dir) / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        report["error"] = f"cannot read manifest.json: {exc}"
+        return report
+    streams = manifest.get("streams") if isinstance(manifest, dict) else None
+    if not isinstance(streams, dict):
+        report["error"] = "manifest.json has no 'streams' object"
+        return report
+    for name, entry in streams.items():
+        entry = entry if isinstance(entry, dict) else {}
+        backend, precision = entry.get("backend", "unknown"), entry.get("precision", "unknown")
+        runnable, reason = True, None
+        if backend == "tensorrt":
+            built_for = (entry.get("details") or {}).get("compute_capability") or \
+                manifest.get("compute_capability")
+            if not tensorrt.get("available"):
+                runnable, reason = False, tensorrt.get("reason")
+            elif not gpu.get("available"):
+                runnable, reason = False, gpu.get("reason")
+            elif built_for and str(built_for) != gpu.get("compute_capability"):
+                runnable, reason = False, (f"engine built for compute capability {built_for}, "
+                                           f"this GPU is {gpu.get('compute_capability')}")
+        elif backend == "onnxruntime":
+            if "error" in onnxruntime:
+                runnable, reason = False, onnxruntime["error"]
+        else:
+            runnable, reason = False, f"unknown backend {backend!r}"
+        report["streams"][name] = {"precision": precision, "backend": backend, "runnable": runnable,
+                                   "reason": reason}
+    return report
+
+
+def collect_doctor_report(engine_dir: Path | None = None) -> dict:
+    """Probe Python, ONNX Runtime, CUDA, the GPU, TensorRT and the kernels (and an engine set)."""
+    gpu = _gpu()
+    report: dict[str, Any] = {
+        "python": _python(),
+        "onnxruntime": _onnxruntime(),
+        "cuda": _cuda(),
+        "gpu": gpu,
+        "tensorrt": _tensorrt(),
+        "kernels": _kernels(gpu.get("arch")),
+    }
+    if engine_dir is not None:
+        report["engine_set"] = _engine_set(Path(engine_dir), gpu, report["tensorrt"], report["onnxruntime"])
+    return report

@@ -1,0 +1,512 @@
+"""Face localisation for the facial stream: BlazeFace full-range decoding, the reference's face
+selection rule and its degradation-robust cascade of image enhancements.
+
+Why this shape: the reference (``preprocessing/preprocess.py``) localises faces with RetinaFace and,
+when a degraded image yields nothing, retries on enhanced copies of the image. RetinaFace weights
+cannot be shipped, so the network here is MediaPipe's BlazeFace full-range (exported to ONNX by
+``dfd.export.face_detector``); everything around the network -- letterbox, anchors, decoding,
+MediaPipe's weighted NMS, mapping back to the original pixels, selection and cascade -- lives here,
+in NumPy/OpenCV, so that any backend (ONNX Runtime now, TensorRT later) only has to provide a
+function ``image [N,3,192,192] float32 in [-1,1] -> (regressors [N,2304,16], logits [N,2304,1])``.
+
+Deliberate differences from MediaPipe/the reference, all documented where they happen:
+
+- The letterbox shrinks with ``INTER_AREA`` (MediaPipe warps with bilinear sampling, which aliases
+  badly when a multi-megapixel photo is brought down to 192 pixels); enlarging uses
+  ``INTER_LINEAR``. The mapping back is exact for the resize actually performed.
+- Boxes are floats in original-image pixels, clipped to the image (RetinaFace clips too); the
+  reference's ``int()`` truncation after the 2x-upscale strategy is not reproduced.
+- The two GFPGAN restoration steps are skipped (no weights); the other nine steps keep the
+  reference's order and parameters and run on the BGR image as the reference does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+INPUT_SIZE = 192
+NUM_ANCHORS = 2304
+NUM_COORDS = 16
+NUM_KEYPOINTS = 6
+ANCHOR_STRIDES = (4,)
+ANCHOR_OFFSET = 0.5
+# MediaPipe's TensorsToDetectionsCalculator clips logits to +-100 before the sigmoid.
+SCORE_CLIPPING = 100.0
+# MediaPipe's face-detection graphs: weighted NMS, IoU > 0.3 merges.
+MIN_SUPPRESSION_THRESHOLD = 0.3
+# MediaPipe's default min_detection_confidence is 0.5; on the face-free photographs of
+# benchmarks/face_detection.py the highest score any pass of the cascade gives is 0.491 (coins,
+# padded_equalize) while the lowest true face found by the plain pass scores 0.599, so 0.55 keeps
+# a margin on both sides.
+DEFAULT_SCORE_THRESHOLD = 0.55
+# Smallest face (input pixels) BlazeFace full-range still finds reliably in a 192 letterbox. Tiling
+# (``min_face_px``) is off by default: every tile is one more chance of a false positive, and the
+# benchmark measures face-free photographs turning into faces at 0.6+ with 40-pixel tiles, while
+# the faces the facial stream can use (>= 1/9 of the image) are large in the plain letterbox.
+RESOLVED_FACE_INPUT_PX = 12.0
+DEFAULT_MIN_FACE_PX: float | None = None
+# The reference: "if the top score beats the second by >= 0.02 take it".
+SCORE_MARGIN = 0.02
+
+RunDetector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class FaceDetectionError(ValueError):
+    """Bad input to face localisation (not an RGB uint8 image, unknown strategy, bad outputs)."""
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """The face chosen for the facial stream."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in original-image pixels
+    score: float
+    strategy: str  # "plain" or the name of the cascade step that found it
+    count: int  # faces found by that step
+
+
+@dataclass(frozen=True)
+class Detections:
+    """All faces one detector pass found, in original-image pixels, best score first."""
+
+    boxes: np.ndarray  # [K, 4] float64 x1, y1, x2, y2
+    scores: np.ndarray  # [K] float64
+    keypoints: np.ndarray  # [K, 6, 2] float64 (x, y)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+# --------------------------------------------------------------------------- input geometry
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where the resized image sits inside the 192x192 input, to map detections back."""
+
+    offset_x: int
+    offset_y: int
+    resized_w: int
+    resized_h: int
+    image_w: int
+    image_h: int
+
+    def to_original(self, xy: np.ndarray) -> np.ndarray:
+        """Input-pixel coordinates (..., 2) -> original-image pixel coordinates (pixel edges)."""
+        scale = np.array([self.image_w / self.resized_w, self.image_h / self.resized_h])
+        return (xy - np.array([self.offset_x, self.offset_y])) * scale
+
+
+def letterbox(rgb: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, Letterbox]:
+    """Fit ``rgb`` into ``size`` x ``size`` keeping its aspect ratio, centred, black borders, as
+    MediaPipe's ImageToTensorCalculator (``keep_aspect_ratio``, ``BORDER_ZERO``) does; returns the
+    network input ``[1, 3, size, size]`` float32 in [-1, 1] (borders are -1) and the geometry."""
+    _check_rgb(rgb)
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    resized_w = min(size, max(1, round(w * scale)))
+    resized_h = min(size, max(1, round(h * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(rgb, (resized_w, resized_h), interpolation=interpolation)
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    offset_x = (size - resized_w) // 2
+    offset_y = (size - resized_h) // 2
+    canvas[offset_y : offset_y + resized_h, offset_x : offset_x + resized_w] = resized
+    tensor = canvas.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
+    return np.ascontiguousarray(tensor, dtype=np.float32), Letterbox(
+        offset_x, offset_y, resized_w, resized_h, w, h
+    )
+
+
+def ssd_anchors(
+    input_size: int = INPUT_SIZE, strides: Sequence[int] = ANCHOR_STRIDES, offset: float = ANCHOR_OFFSET
+) -> np.ndarray:
+    """Anchor centres ``[A, 2]`` (x, y) in [0, 1], row-major per layer, as MediaPipe's
+    SsdAnchorsCalculator makes them for the full-range model (one layer of stride 4, one
+    fixed-size anchor per cell: aspect ratio 1 and no interpolated scale)."""
+    centres = []
+    for stride in strides:
+        cells = int(np.ceil(input_size / stride))
+        ys, xs = np.meshgrid(np.arange(cells), np.arange(cells), indexing="ij")
+        centres.append(np.stack([(xs + offset) / cells, (ys + offset) / cells], axis=-1).reshape(-1, 2))
+    return np.concatenate(centres).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode(
+    regressors: np.ndarray,
+    logits: np.ndarray,
+    anchors: np.ndarray,
+    score_threshold: float,
+    input_size: int = INPUT_SIZE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's raw outputs -> (boxes [K,4] x1,y1,x2,y2, scores [K], keypoints [K,6,2]) in
+    normalised input coordinates, keeping anchors whose sigmoid score is >= ``score_threshold``
+    and whose box is not inverted (MediaPipe's TensorsToDetectionsCalculator)."""
+    regressors = np.asarray(regressors, dtype=np.float64).reshape(-1, NUM_COORDS)
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    if regressors.shape[0] != anchors.shape[0] or logits.shape[0] != anchors.shape[0]:
+        raise FaceDetectionError(
+            f"detector returned {regressors.shape[0]} boxes and {logits.shape[0]} scores "
+            f"for {anchors.shape[0]} anchors"
+        )
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -SCORE_CLIPPING, SCORE_CLIPPING)))
+    values = regressors / input_size  # fixed-size anchors: width = height = 1
+    centre = values[:, 0:2] + anchors
+    half = values[:, 2:4] / 2.0
+    boxes = np.concatenate([centre - half, centre + half], axis=1)
+    keypoints = values[:, 4:].reshape(-1, NUM_KEYPOINTS, 2) + anchors[:, None, :]
+    keep = (scores >= score_threshold) & (values[:, 2] >= 0) & (values[:, 3] >= 0)
+    return boxes[keep], scores[keep], keypoints[keep]
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    ix1 = np.maximum(box[0], boxes[:, 0])
+    iy1 = np.maximum(box[1], boxes[:, 1])
+    ix2 = np.minimum(box[2], boxes[:, 2])
+    iy2 = np.minimum(box[3], boxes[:, 3])
+    intersection = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = (box[2] - box[0]) * (box[3] - box[1]) + areas - intersection
+    return np.where(union > 0, intersection / np.where(union > 0, union, 1.0), 0.0)
+
+
+def weighted_nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    keypoints: np.ndarray,
+    threshold: float = MIN_SUPPRESSION_THRESHOLD,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MediaPipe's WEIGHTED non-maximum suppression: the best remaining detection absorbs every
+    remaining one whose IoU with it is > ``threshold``; the merged box and keypoints are the
+    score-weighted mean of the cluster, the merged score is the best one's. Best score first."""
+    order = np.argsort(-scores, kind="stable")
+    out_boxes, out_scores, out_keypoints = [], [], []
+    while order.size:
+        top = order[0]
+        overlap = _iou(boxes[top], boxes[order])
+        cluster = order[overlap > threshold]
+        if cluster.size == 0:  # degenerate (zero-area) box: keep it alone
+            cluster = order[:1]
+        weights = scores[cluster][:, None]
+        out_boxes.append((boxes[cluster] * weights).sum(0) / weights.sum())
+        out_keypoints.append((keypoints[cluster] * weights[:, :, None]).sum(0) / weights.sum())
+        out_scores.append(scores[top])
+        order = order[~np.isin(order, cluster)]
+    if not out_scores:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros((0, NUM_KEYPOINTS, 2))
+    return np.array(out_boxes), np.array(out_scores), np.array(out_keypoints)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def select_face(boxes: np.ndarray, scores: np.ndarray, image_hw: tuple[int, int]) -> int:
+    """The reference's choice among several faces (index into ``boxes``).
+
+    1. If the best score beats the second best by >= 0.02, take the best.
+    2. Else the largest box that contains the image centre (borders included).
+    3. Else the box whose centre is nearest the image centre.
+    Ties: the reference sorts ``(score, key)`` and takes ``max`` over ``(area, key)``, so on an exact
+    tie the later detection wins steps 1-2; ``min`` over distances keeps the earlier one in step 3.
+    """
+    if len(scores) == 0:
+        raise FaceDetectionError("select_face needs at least one detection")
+    if len(scores) == 1:
+        return 0
+    indices = list(range(len(scores)))
+    by_score = sorted(indices, key=lambda i: (scores[i], i), reverse=True)
+    if scores[by_score[0]] - scores[by_score[1]] >= SCORE_MARGIN:
+        return by_score[0]
+    height, width = image_hw
+    cx, cy = width / 2.0, height / 2.0
+    containing = [
+        i for i in indices if boxes[i, 0] <= cx <= boxes[i, 2] and boxes[i, 1] <= cy <= boxes[i, 3]
+    ]
+    if containing:
+        areas = {i: (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1]) for i in containing}
+        return max(containing, key=lambda i: (areas[i], i))
+    distances = [((boxes[i, 0] + boxes[i, 2]) / 2 - cx) ** 2 + ((boxes[i, 1] + boxes[i, 3]) / 2 - cy) ** 2 for i in indices]
+    return int(np.argmin(distances))
+
+
+# --------------------------------------------------------------------------- the cascade
+
+
+@dataclass(frozen=True)
+class Enhanced:
+    """An enhanced image and how its pixel coordinates map back: ``original = (xy - offset) / scale``."""
+
+    bgr: np.ndarray
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+def _clahe_on_lightness(bgr: np.ndarray, clip_limit: float) -> np.ndarray:
+    lightness, a, b = cv2.split(cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB))
+    lightness = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(8, 8)).apply(lightness)
+    return cv2.cvtColor(cv2.merge((lightness, a, b)), cv2.COLOR_LAB2BGR)
+
+
+def _bilateral(bgr: np.ndarray) -> Enhanced:
+    return Enhanced(cv2.bilateralFilter(bgr, 9, 75, 75))
+
+
+def _median_heavy(bgr: np.ndarray) -> Enhanced:
+    return Enhanced(cv2.medianBlur(bgr, 9))
+
+
+def _sharpen_clahe(bgr: np.ndarray) -> Enhanced:
+    kernel = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], dtype=np.float32)
+    return Enhanced(_clahe_on_lightness(cv2.filter2D(bgr, -1, kernel), 3.0))
+
+
+def _nlmeans(bgr: np.ndarray) -> Enhanced:
+    return Enhanced(cv2.fastNlMeansDenoisingColored(bgr, None, 15, 15, 7, 21))
+
+
+def _median(bgr: np.ndarray) -> Enhanced:
+    return Enhanced(cv2.medianBlur(bgr, 5))
+
+
+def _nlmeans_clahe(bgr: np.ndarray) -> Enhanced:
+    return Enhanced(_clahe_on_lightness(cv2.fastNlMeansDenoisingColored(bgr, None, 15, 15, 7, 21), 2.5))
+
+
+def _minmax_equalize(bgr: np.ndarray) -> Enhanced:
+    stretched = cv2.normalize(bgr, None, alpha=0, beta=255, norm_type=cv2.NORM_MINMAX)
+    equalised = cv2.equalizeHist(cv2.cvtColor(stretched, cv2.COLOR_BGR2GRAY))
+    return Enhanced(cv2.cvtColor(equalised, cv2.COLOR_GRAY2BGR))
+
+
+# The reference names this "brighten" with gamma 0.5 but raises to 1/0.5 = 2, which darkens
+# mid-tones; kept as the reference computes it (truncating astype, as it does).
+_GAMMA_LUT = (((np.arange(256) / 255.0) ** (1.0 / 0.5)) * 255).astype(np.uint8)
+
+
+def _gamma_upscale_unsharp_clahe(bgr: np.ndarray) -> Enhanced:
+    """The reference's "nuclear option": gamma LUT, 2x cubic upscale, unsharp mask, CLAHE 4.0.
+    Detections are in the 2x image, hence ``scale=2``."""
+    bright = cv2.LUT(bgr, _GAMMA_LUT)
+    height, width = bright.shape[:2]
+    upscaled = cv2.resize(bright, (width * 2, height * 2), interpolation=cv2.INTER_CUBIC)
+    unsharp = cv2.addWeighted(upscaled, 2.0, cv2.GaussianBlur(upscaled, (0, 0), 3.0), -1.0, 0)
+    return Enhanced(_clahe_on_lightness(unsharp, 4.0), scale=2.0)
+
+
+def _padded_equalize(bgr: np.ndarray) -> Enhanced:
+    """Grey border of 20% of the long side, then grey-level equalisation; ``offset=pad``."""
+    pad = int(max(bgr.shape[:2]) * 0.2)
+    padded = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=[128, 128, 128])
+    equalised = cv2.equalizeHist(cv2.cvtColor(padded, cv2.COLOR_BGR2GRAY))
+    return Enhanced(cv2.cvtColor(equalised, cv2.COLOR_GRAY2BGR), offset=float(pad))
+
+
+# The reference's fallback order, GFPGAN steps (its 10, 11, 12) left out.
+STRATEGIES: dict[str, Callable[[np.ndarray], Enhanced]] = {
+    "bilateral": _bilateral,
+    "median_heavy": _median_heavy,
+    "sharpen_clahe": _sharpen_clahe,
+    "nlmeans": _nlmeans,
+    "median": _median,
+    "nlmeans_clahe": _nlmeans_clahe,
+    "minmax_equalize": _minmax_equalize,
+    "gamma_upscale_unsharp_clahe": _gamma_upscale_unsharp_clahe,
+    "padded_equalize": _padded_equalize,
+}
+ALL_STRATEGIES: tuple[str, ...] = tuple(STRATEGIES)
+PLAIN = "plain"
+
+
+def enhance(rgb: np.ndarray, strategy: str) -> Enhanced:
+    """Apply one cascade step to an RGB image (in BGR, as the reference does); result is BGR."""
+    if strategy not in STRATEGIES:
+        raise FaceDetectionError(f"unknown face-detection strategy {strategy!r}; known: {', '.join(ALL_STRATEGIES)}")
+    _check_rgb(rgb)
+    return STRATEGIES[strategy](cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+# --------------------------------------------------------------------------- tiling
+
+
+def detection_views(height: int, width: int, min_face_px: float | None) -> list[tuple[int, int, int, int]]:
+    """Regions ``(x0, y0, x1, y1)`` one detector pass looks at: the whole image first, then square
+    tiles of side ``min_face_px * 192 / RESOLVED_FACE_INPUT_PX`` with 50% overlap when the whole
+    image would shrink a ``min_face_px`` face below ``RESOLVED_FACE_INPUT_PX`` input pixels.
+
+    Why: the reference's RetinaFace runs at full resolution and finds small faces, which take part
+    in its selection rule (a small face with a clearly higher score wins and then fails the 1/9
+    rule); BlazeFace sees a 192-pixel letterbox, where a 40-pixel face of a 1536-pixel photo is
+    five pixels wide.
+    """
+    views = [(0, 0, width, height)]
+    if min_face_px is None or min_face_px * INPUT_SIZE / max(height, width) >= RESOLVED_FACE_INPUT_PX:
+        return views
+    tile = max(1, int(min_face_px * INPUT_SIZE / RESOLVED_FACE_INPUT_PX))
+    step = max(1, tile // 2)
+
+    def starts(length: int) -> list[int]:
+        if length <= tile:
+            return [0]
+        positions = list(range(0, length - tile, step))
+        return positions + [length - tile]
+
+    for y0 in starts(height):
+        for x0 in starts(width):
+            views.append((x0, y0, min(x0 + tile, width), min(y0 + tile, height)))
+    return views
+
+
+def _touches_inner_border(
+    boxes: np.ndarray, view: tuple[int, int, int, int], width: int, height: int, margin: float = 2.0
+) -> np.ndarray:
+    """Boxes that reach a tile edge lying inside the image: probably a face cut in two."""
+    x0, y0, x1, y1 = view
+    return (
+        ((x0 > 0) & (boxes[:, 0] <= x0 + margin))
+        | ((y0 > 0) & (boxes[:, 1] <= y0 + margin))
+        | ((x1 < width) & (boxes[:, 2] >= x1 - margin))
+        | ((y1 < height) & (boxes[:, 3] >= y1 - margin))
+    )
+
+
+# --------------------------------------------------------------------------- the locator
+
+
+def _check_rgb(rgb: object) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        description = (
+            f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        )
+        raise FaceDetectionError(f"face detection needs an RGB uint8 image [H, W, 3], got {description}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise FaceDetectionError(f"face detection got an empty image of shape {rgb.shape}")
+
+
+class FaceLocator:
+    """Finds the face the facial stream should look at: a plain pass, then (only if it found
+    nothing) the enhancement cascade in the reference's order; the first step that finds any face
+    wins and the reference's selection rule picks one of its faces."""
+
+    def __init__(
+        self,
+        run_detector: RunDetector,
+        *,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        strategies: Sequence[str] = ALL_STRATEGIES,
+        min_face_px: float | None = DEFAULT_MIN_FACE_PX,
+    ) -> None:
+        unknown = [name for name in strategies if name not in STRATEGIES]
+        if unknown:
+            raise FaceDetectionError(
+                f"unknown face-detection strategies {unknown}; known: {', '.join(ALL_STRATEGIES)}"
+            )
+        if not 0.0 < score_threshold < 1.0:
+            raise FaceDetectionError(f"score_threshold must be in (0, 1), got {score_threshold}")
+        self._run_detector = run_detector
+        self.score_threshold = score_threshold
+        if min_face_px is not None and min_face_px <= 0:
+            raise FaceDetectionError(f"min_face_px must be positive or None, got {min_face_px}")
+        self.strategies = tuple(strategies)
+        self.min_face_px = min_face_px
+        self._anchors = ssd_anchors()
+
+    def detect_faces(self, rgb: np.ndarray) -> Detections:
+        """Every face one detector pass finds in ``rgb``, in its pixels, clipped to it.
+
+        One pass is one batch: the whole image plus, when the image is large enough that a face of
+        ``min_face_px`` would shrink below what BlazeFace resolves at 192 pixels, overlapping tiles
+        (see :func:`detection_views`). Detections cut by an inner tile border are dropped (the 50%
+        overlap shows every face small enough to need the tiles whole in some tile); the rest are
+        merged with MediaPipe's weighted NMS in original pixels (IoU is unchanged by the per-axis
+        scaling of the letterbox, so this equals merging in the network's coordinates).
+        """
+        _check_rgb(rgb)
+        height, width = rgb.shape[:2]
+        views = detection_views(height, width, self.min_face_px)
+        batch, geometries = [], []
+        for x0, y0, x1, y1 in views:
+            tensor, geometry = letterbox(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+            batch.append(tensor)
+            geometries.append(geometry)
+        outputs = self._run_detector(np.concatenate(batch))
+        if not isinstance(outputs, (tuple, list)) or len(outputs) != 2:
+            raise FaceDetectionError("run_detector must return (regressors, scores)")
+        regressors, logits = (np.asarray(o) for o in outputs)
+        expected = ((len(views), NUM_ANCHORS, NUM_COORDS), (len(views), NUM_ANCHORS, 1))
+        if (regressors.shape, logits.shape) != expected:
+            raise FaceDetectionError(
+                f"run_detector returned shapes {regressors.shape} and {logits.shape}; expected {expected}"
+            )
+        all_boxes, all_scores, all_keypoints = [], [], []
+        for index, ((x0, y0, x1, y1), geometry) in enumerate(zip(views, geometries)):
+            boxes, scores, keypoints = decode(regressors[index], logits[index], self._anchors, self.score_threshold)
+            origin = np.array([x0, y0], dtype=np.float64)
+            boxes = (geometry.to_original(boxes.reshape(-1, 2, 2) * INPUT_SIZE) + origin).reshape(-1, 4)
+            keypoints = geometry.to_original(keypoints * INPUT_SIZE) + origin
+            if index > 0:
+                keep = ~_touches_inner_border(boxes, (x0, y0, x1, y1), width, height)
+                boxes, scores, keypoints = boxes[keep], scores[keep], keypoints[keep]
+            all_boxes.append(boxes)
+            all_scores.append(scores)
+            all_keypoints.append(keypoints)
+        boxes, scores, keypoints = weighted_nms(
+            np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_keypoints)
+        )
+        boxes = np.clip(boxes, 0, [width, height, width, height])
+        return Detections(boxes, scores, keypoints)
+
+    def detect_with_cascade(self, rgb: np.ndarray) -> tuple[Detections, str | None]:
+        """The first pass that finds a face (plain, then each enabled strategy), its detections in
+        ORIGINAL-image pixels and its name; ``(empty, None)`` when every pass fails."""
+        detections = self.detect_faces(rgb)
+        if len(detections):
+            return detections, PLAIN
+        height, width = rgb.shape[:2]
+        for name in self.strategies:
+            enhanced = enhance(rgb, name)
+            found = self.detect_faces(cv2.cvtColor(enhanced.bgr, cv2.COLOR_BGR2RGB))
+            if len(found):
+                boxes = (found.boxes - enhanced.offset) / enhanced.scale
+                boxes = np.clip(boxes, 0, [width, height, width, height])
+                keypoints = (found.keypoints - enhanced.offset) / enhanced.scale
+                return Detections(boxes, found.scores, keypoints), name
+        return detections, None
+
+    def locate(self, rgb: np.ndarray) -> FaceResult | None:
+        """The face to crop for the facial stream, or None when no pass finds one."""
+        detections, strategy = self.detect_with_cascade(rgb)
+        if strategy is None:
+            return None
+        chosen = select_face(detections.boxes, detections.scores, rgb.shape[:2])
+        x1, y1, x2, y2 = (float(v) for v in detections.boxes[chosen])
+        return FaceResult((x1, y1, x2, y2), float(detections.scores[chosen]), strategy, len(detections))
+
+
+def onnxruntime_detector(onnx_path: str | Path, providers: Sequence[str] | None = None) -> RunDetector:
+    """``run_detector`` backed by an ONNX Runtime session on the exported BlazeFace graph."""
+    import onnxruntime
+
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise FaceDetectionError(f"face detector ONNX file {path} does not exist")
+    session = onnxruntime.InferenceSession(
+        str(path), providers=list(providers) if providers else ["CPUExecutionProvider"]
+    )
+    input_name = session.get_inputs()[0].name
+    output_names = [o.name for o in session.get_outputs()]
+    if sorted(output_names) != ["regressors", "scores"]:
+        raise FaceDetectionError(f"{path} outputs {output_names}; expected 'regressors' and 'scores'")
+
+    def run(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        regressors, scores = session.run(["regressors", "scores"], {input_name: image})
+        return regressors, scores
+
+    return run

@@ -1,0 +1,392 @@
+"""Image decoding that reproduces the reference's `cv2.imread(path)` + BGR->RGB, safely.
+
+The reference decodes every image with `cv2.imread(path)` (IMREAD_COLOR: 8-bit, 3 channels,
+EXIF orientation applied) and converts BGR to RGB. `decode_image` computes exactly that, with
+`cv2.imdecode` on bytes read in Python (so non-ASCII paths work on every platform; OpenCV applies
+the same decoder and the same EXIF rotation to a buffer as to a file), and adds what the reference
+lacks:
+
+* clear `ImageError`s instead of `None` (missing file, directory, empty file, not an image,
+  corrupt or truncated data, zero-sized image);
+* human-readable notes on the conversions OpenCV's IMREAD_COLOR silently applies (grayscale
+  expanded, alpha dropped, 16-bit reduced, CMYK converted, EXIF rotation). The original kind is
+  read from the file header (PNG IHDR, JPEG SOF/Adobe/EXIF, BMP info header, WebP VP8/VP8L/VP8X):
+  a few hundred bytes, no second decode. Formats whose header this module does not parse
+  (TIFF, PNM, JPEG 2000, ...) are decoded plainly and described by a second IMREAD_UNCHANGED
+  decode only when the image is small (at most `UNCHANGED_PROBE_MAX_PIXELS`), so the description
+  never doubles the cost of a large decode;
+* memory safety: the header gives the size before anything is allocated. An image larger than
+  `max_pixels` (default `DEFAULT_MAX_PIXELS` = 64 MP, i.e. 192 MB of RGB, well above any camera
+  photo the detector is meant for) is never decoded at full size. JPEG is decoded reduced by
+  1/2, 1/4 or 1/8 (`IMREAD_REDUCED_COLOR_*`: libjpeg scales inside its IDCT, so the full image
+  never exists in memory) and the note says so. Every other format is refused: OpenCV implements
+  IMREAD_REDUCED_* for them by decoding the full image and resizing it afterwards (measured: a
+  20000x20000 PNG read with IMREAD_REDUCED_COLOR_8 peaks at +1.17 GB), which is exactly the
+  allocation the limit exists to prevent. Formats this module cannot size beforehand are bounded
+  only by OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS, 2^30 pixels by default).
+
+Truncated data: OpenCV 4.x releases since 4.10 refuse a JPEG or PNG whose data ends early; older
+ones decode what is there with only a warning. The header walk detects truncation (JPEG: no
+end-of-image marker after the last scan; PNG: no IEND chunk; BMP/WebP: shorter than the size the
+header declares), so a refusal names the cause and an accepted partial image carries a note.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .errors import DfdError
+
+DEFAULT_MAX_PIXELS = 64_000_000
+UNCHANGED_PROBE_MAX_PIXELS = 4_000_000
+
+_REDUCED_JPEG_FLAGS = ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                       (8, cv2.IMREAD_REDUCED_COLOR_8))
+
+
+class ImageError(DfdError, ValueError):
+    """An image that cannot be used, with a message that names the image and the problem."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    rgb: np.ndarray  # uint8 HxWx3 RGB, C-contiguous
+    notes: tuple[str, ...]  # conversions applied, human-readable
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What a file header says, read before decoding."""
+
+    format: str
+    width: int
+    height: int
+    notes: tuple[str, ...]  # what IMREAD_COLOR will convert
+    truncated: str | None  # why the data looks cut short, None when complete
+
+
+def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode a file path, encoded bytes or a pixel array into uint8 RGB, as the reference does.
+
+    Paths and bytes give exactly `cv2.imread(path)` converted BGR->RGB (reduced by 1/2, 1/4 or
+    1/8 for JPEGs above `max_pixels`, see the module docstring). A numpy array is taken as
+    already decoded pixels: uint8 HxWx3 is RGB (returned as is, C-contiguous, possibly sharing
+    memory with the input), uint8 HxW gray is expanded to RGB and uint8 HxWx4 RGBA loses its alpha
+    channel, both with a note; anything else is refused.
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        label = f"image bytes ({len(data)} bytes)"
+        if not data:
+            raise ImageError("image bytes are empty (0 bytes)")
+    elif isinstance(source, (str, os.PathLike)):
+        label = f"'{os.fspath(source)}'"
+        data = _read_file(source, label)
+    else:
+        raise ImageError(f"cannot decode an image from a {type(source).__name__}: pass a file "
+                         f"path, encoded image bytes or a uint8 numpy array")
+    return _decode_bytes(data, label, max_pixels)
+
+
+def _read_file(path: str | os.PathLike, label: str) -> bytes:
+    if os.path.isdir(path):
+        raise ImageError(f"{label} is a directory, not an image file")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise ImageError(f"image file {label} does not exist") from None
+    except PermissionError:
+        raise ImageError(f"cannot read image file {label}: permission denied") from None
+    except OSError as error:
+        raise ImageError(f"cannot read image file {label}: {error.strerror or error}") from None
+    if not data:
+        raise ImageError(f"image file {label} is empty (0 bytes)")
+    return data
+
+
+def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
+    header = _read_header(data)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if header is None:
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ImageError(f"{label} is not an image OpenCV can decode "
+                             f"(unrecognised format, or corrupt data)")
+        _require_nonempty(bgr.shape[0], bgr.shape[1], label)
+        notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1])
+        return DecodedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), notes)
+
+    _require_nonempty(header.height, header.width, label)
+    flag, size_note = _choose_decode_flag(header, label, max_pixels)
+    bgr = cv2.imdecode(buffer, flag)
+    if bgr is None:
+        if header.truncated:
+            raise ImageError(f"{label}: {header.format} data is truncated ({header.truncated}); "
+                             f"OpenCV could not decode it")
+        raise ImageError(f"{label}: {header.format} data is corrupt; OpenCV could not decode it")
+    _require_nonempty(bgr.shape[0], bgr.shape[1], label)
+    notes = header.notes + size_note
+    if header.truncated:
+        notes += (f"{header.format} data is truncated ({header.truncated}): OpenCV decoded what "
+                  f"was present and filled the rest",)
+    return DecodedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), notes)
+
+
+def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[int, tuple[str, ...]]:
+    """IMREAD_COLOR when the image fits, else the smallest JPEG reduction that fits, else refuse."""
+    pixels = header.width * header.height
+    if pixels <= max_pixels:
+        return cv2.IMREAD_COLOR, ()
+    size = f"{header.width}x{header.height} ({pixels / 1e6:.1f} MP)"
+    if header.format != "JPEG":
+        raise ImageError(
+            f"{label}: {header.format} image {size} is above the limit of {max_pixels / 1e6:.1f} "
+            f"MP; OpenCV can only decode {header.format} at full size (about "
+            f"{pixels * 3 / 2**30:.1f} GiB), so it is refused. Pass a larger max_pixels if this "
+            f"machine can afford it, or convert the image to JPEG")
+    for factor, flag in _REDUCED_JPEG_FLAGS:
+        # libjpeg's scaled output is ceil(side / factor)
+        if -(-header.width // factor) * -(-header.height // factor) <= max_pixels:
+            return flag, (f"downscaled 1/{factor} at decode (image {header.width}x"
+                          f"{header.height} above max_pixels={max_pixels})",)
+    raise ImageError(f"{label}: JPEG image {size} is too large even decoded at 1/8 "
+                     f"(limit {max_pixels / 1e6:.1f} MP); pass a larger max_pixels to decode it")
+
+
+def _require_nonempty(height: int, width: int, label: str) -> None:
+    if height <= 0 or width <= 0:
+        raise ImageError(f"{label} has a zero-sized side ({width}x{height} pixels)")
+
+
+def _from_array(array: np.ndarray) -> DecodedImage:
+    expected = "uint8 HxW (gray), HxWx3 (RGB) or HxWx4 (RGBA)"
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
+            array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageError(f"image array must be {expected}; got shape {array.shape} "
+                         f"dtype {array.dtype}")
+    _require_nonempty(array.shape[0], array.shape[1], f"image array of shape {array.shape}")
+    if array.ndim == 2:
+        return DecodedImage(cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_GRAY2RGB),
+                            ("grayscale expanded to RGB",))
+    if array.shape[2] == 4:
+        return DecodedImage(np.ascontiguousarray(array[:, :, :3]), ("alpha channel dropped",))
+    return DecodedImage(np.ascontiguousarray(array), ())
+
+
+def _describe_by_unchanged_decode(buffer: np.ndarray, pixels: int) -> tuple[str, ...]:
+    """Notes for a format without a parsed header, from an IMREAD_UNCHANGED decode of a small image."""
+    if pixels > UNCHANGED_PROBE_MAX_PIXELS:
+        return ()
+    original = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if original is None:
+        return ()
+    channels = 1 if original.ndim == 2 else original.shape[2]
+    notes = []
+    if channels in (1, 2):
+        notes.append("grayscale expanded to RGB")
+    if channels in (2, 4):
+        notes.append("alpha channel dropped")
+    if original.dtype == np.uint16:
+        notes.append("16-bit scaled to 8-bit")
+    elif original.dtype.kind == "f":
+        notes.append("floating-point pixels converted to 8-bit")
+    return tuple(notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Header parsing: only what decides size, colour layout and completeness.
+
+def _read_header(data: bytes) -> _Header | None:
+    """The parsed header, or None for an unrecognised format or a header too damaged to read."""
+    try:
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return _png_header(data)
+        if data.startswith(b"\xff\xd8"):
+            return _jpeg_header(data)
+        if data.startswith(b"BM"):
+            return _bmp_header(data)
+        if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+            return _webp_header(data)
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def _png_header(data: bytes) -> _Header | None:
+    if data[12:16] != b"IHDR" or len(data) < 29:
+        return None
+    width = int.from_bytes(data[16:20], "big")
+    height = int.from_bytes(data[20:24], "big")
+    depth, color_type = data[24], data[25]
+    chunks, truncated = _png_chunk_types(data)
+    notes = []
+    if color_type in (0, 4):
+        notes.append("grayscale expanded to RGB" if depth >= 8
+                     else f"{depth}-bit grayscale expanded to 8-bit RGB")
+    if color_type == 3:
+        notes.append("palette expanded to RGB")
+    if color_type in (4, 6):
+        notes.append("alpha channel dropped")
+    elif b"tRNS" in chunks:
+        notes.append("transparency (tRNS) dropped")
+    if depth == 16:
+        notes.append("16-bit scaled to 8-bit (high byte kept)")
+    return _Header("PNG", width, height, tuple(notes), truncated)
+
+
+def _png_chunk_types(data: bytes) -> tuple[set[bytes], str | None]:
+    """Chunk types found by walking the chunk lengths, and why the walk ended early if it did."""
+    types: set[bytes] = set()
+    pos = 8
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        types.add(kind)
+        pos += 12 + length
+        if pos > len(data):
+            return types, f"the {kind.decode('latin-1')} chunk is cut short"
+        if kind == b"IEND":
+            return types, None
+    return types, "no IEND chunk"
+
+
+_SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
+                          0xCE, 0xCF))
+# the marker after entropy-coded data: 0xFF (plus fill 0xFFs) not followed by a stuffed 0x00
+# or a restart marker RST0..RST7, which belong to the scan
+_NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+
+
+def _jpeg_header(data: bytes) -> _Header | None:
+    frame = None
+    adobe_transform = None
+    orientation = None
+    truncated = None
+    pos = 2
+    while True:
+        if pos + 2 > len(data):
+            truncated = "no end-of-image marker"
+            break
+        if data[pos] != 0xFF:
+            return None
+        while pos + 2 < len(data) and data[pos + 1] == 0xFF:  # fill bytes before a marker
+            pos += 1
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        segment = data[pos + 4:pos + 2 + length]
+        if len(segment) < length - 2:
+            truncated = f"segment 0xFF{marker:02X} is cut short"
+            break
+        if marker in _SOF_MARKERS and frame is None:
+            frame = (segment[0], int.from_bytes(segment[1:3], "big"),
+                     int.from_bytes(segment[3:5], "big"), segment[5])
+        elif marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
+            adobe_transform = segment[11]
+        elif marker == 0xE1 and segment.startswith(b"Exif\x00\x00") and orientation is None:
+            orientation = _exif_orientation(segment[6:])
+        pos += 2 + length
+        if marker == 0xDA:
+            following = _NEXT_MARKER.search(data, pos)
+            if following is None:
+                truncated = "no end-of-image marker after the image data"
+                break
+            pos = following.end() - 2
+    if frame is None:
+        return None
+    precision, height, width, components = frame
+    if height == 0:  # height defined later by a DNL marker: let OpenCV size it
+        return None
+    notes = []
+    if components == 1:
+        notes.append("grayscale expanded to RGB")
+    elif components == 4:
+        notes.append("YCCK (CMYK) converted to RGB" if adobe_transform == 2
+                     else "CMYK converted to RGB")
+    if precision > 8:
+        notes.append(f"{precision}-bit scaled to 8-bit")
+    if orientation is not None and 2 <= orientation <= 8:
+        notes.append(f"rotated/flipped upright as EXIF orientation {orientation} asks")
+    return _Header("JPEG", width, height, tuple(notes), truncated)
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The Orientation tag (0x0112) of IFD0 in an EXIF TIFF block, None when absent."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    ifd = int.from_bytes(tiff[4:8], order)
+    count = int.from_bytes(tiff[ifd:ifd + 2], order)
+    for index in range(count):
+        entry = ifd + 2 + 12 * index
+        if entry + 12 > len(tiff):
+            return None
+        if int.from_bytes(tiff[entry:entry + 2], order) == 0x0112:
+            return int.from_bytes(tiff[entry + 8:entry + 10], order)
+    return None
+
+
+def _bmp_header(data: bytes) -> _Header | None:
+    info_size = int.from_bytes(data[14:18], "little")
+    if info_size == 12:  # OS/2 BITMAPCOREHEADER
+        width = int.from_bytes(data[18:20], "little")
+        height = int.from_bytes(data[20:22], "little")
+        bits = int.from_bytes(data[24:26], "little")
+    elif info_size >= 40:
+        width = int.from_bytes(data[18:22], "little", signed=True)
+        height = abs(int.from_bytes(data[22:26], "little", signed=True))  # negative: top-down
+        bits = int.from_bytes(data[28:30], "little")
+    else:
+        return None
+    notes = []
+    if bits <= 8:
+        notes.append(f"{bits}-bit indexed colours expanded to RGB")
+    elif bits == 16:
+        notes.append("16-bit (5-5-5/5-6-5) colours expanded to 8 bits per channel")
+    elif bits == 32:
+        notes.append("fourth (alpha) channel dropped")
+    declared = int.from_bytes(data[2:6], "little")
+    truncated = (f"{len(data)} of the {declared} bytes the header declares"
+                 if declared > len(data) else None)
+    return _Header("BMP", width, height, tuple(notes), truncated)
+
+
+def _webp_header(data: bytes) -> _Header | None:
+    chunk = data[12:16]
+    body = data[20:]
+    if chunk == b"VP8 " and body[3:6] == b"\x9d\x01\x2a":
+        width = int.from_bytes(body[6:8], "little") & 0x3FFF
+        height = int.from_bytes(body[8:10], "little") & 0x3FFF
+        notes: tuple[str, ...] = ()
+    elif chunk == b"VP8L" and body[0] == 0x2F:
+        bits = int.from_bytes(body[1:5], "little")
+        width = (bits & 0x3FFF) + 1
+        height = ((bits >> 14) & 0x3FFF) + 1
+        notes = ("alpha channel dropped",) if bits >> 28 & 1 else ()
+    elif chunk == b"VP8X":
+        flags = body[0]
+        width = int.from_bytes(body[4:7], "little") + 1
+        height = int.from_bytes(body[7:10], "little") + 1
+        notes = (("alpha channel dropped",) if flags & 0x10 else ()) + (
+            ("animated: first frame only",) if flags & 0x02 else ())
+    else:
+        return None
+    declared = int.from_bytes(data[4:8], "little") + 8
+    truncated = (f"{len(data)} of the {declared} bytes the header declares"
+                 if declared > len(data) else None)
+    return _Header("WebP", width, height, notes, truncated)

@@ -1,0 +1,505 @@
+// Per-pixel preprocessing math of the three streams, shared by the CUDA kernel and the host test.
+//
+// Every function here is `__host__ __device__` under NVRTC/nvcc and plain inline C++ under g++, so
+// the test suite compiles this very file for the host and checks it against OpenCV/NumPy (CI has
+// no GPU). The reference resizes uint8 images with cv2.resize, so the resize functions reproduce
+// OpenCV's own uint8 arithmetic step by step (coordinate maps in double, coefficient tables in
+// float, fixed-point or float accumulation exactly where OpenCV uses it), not an idealised filter:
+//   * INTER_AREA, integer scale  -> OpenCV's "area fast" path (block mean; 2x2 rounds half up).
+//   * INTER_AREA, scale >= 1     -> OpenCV's general area path (fractional cell weights, float sums).
+//   * INTER_AREA, either scale < 1 -> OpenCV's bilinear emulation of area (11-bit fixed point).
+//   * INTER_CUBIC                -> A = -0.75, 11-bit fixed point horizontally, float vertical pass
+//                                   (OpenCV's SIMD path, which covers every output row of width
+//                                   224*3 and 256*3), border replicate.
+// OpenCV's x86 wheels may route uint8 INTER_CUBIC through Intel IPP instead, whose arithmetic is
+// not public: there the result differs by at most one grey level on a few percent of pixels (see
+// tests/runtime/test_cuda_kernels.py for the measured rate); with IPP off (cv2.setUseOptimized
+// (False), and on ARM/Jetson where IPP does not exist) this code is bit-exact.
+//
+// Floating point must not be contracted into FMAs (OpenCV's x86 build does separate multiply and
+// add): device code uses the explicit round-to-nearest intrinsics below, host builds must use
+// -ffp-contract=off.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define DFD_HD __host__ __device__ __forceinline__
+#else
+#define DFD_HD inline
+#endif
+
+#ifndef __CUDACC_RTC__
+#include <math.h>
+#endif
+
+namespace dfd {
+
+// ---- sizes and constants of the three streams -------------------------------------------------
+constexpr int kCrop = 252;        // global and face network input
+constexpr int kFusion = 224;      // fusion network input
+constexpr int kFaceResize = 256;  // face crop is resized to this before its 252 center crop
+constexpr int kCoefBits = 11;     // OpenCV INTER_RESIZE_COEF_BITS
+constexpr int kCoefScale = 1 << kCoefBits;
+
+enum Interpolation { kInterIdentity = 0, kInterArea = 3, kInterCubic = 2 };
+enum ChannelOrder { kRGB = 0, kBGR = 1 };
+
+// ---- arithmetic that is never contracted into FMA -----------------------------------------------
+DFD_HD float fmul(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+DFD_HD float fadd(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+DFD_HD float fsub(float a, float b) { return fadd(a, -b); }
+DFD_HD float fdiv(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fdiv_rn(a, b);
+#else
+    return a / b;
+#endif
+}
+DFD_HD double dmul(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+DFD_HD double dadd(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __dadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+DFD_HD double dsub(double a, double b) { return dadd(a, -b); }
+DFD_HD double ddiv(double a, double b) {
+#ifdef __CUDA_ARCH__
+    return __ddiv_rn(a, b);
+#else
+    return a / b;
+#endif
+}
+
+DFD_HD int imin(int a, int b) { return a < b ? a : b; }
+DFD_HD int imax(int a, int b) { return a > b ? a : b; }
+DFD_HD int iclamp(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+DFD_HD int cv_floor(double v) { return (int)floor(v); }
+DFD_HD int cv_ceil(double v) { return (int)ceil(v); }
+DFD_HD int cv_round(float v) { return (int)rintf(v); }   // round half to even, as cvRound
+DFD_HD int cv_round_d(double v) { return (int)rint(v); }
+DFD_HD unsigned char saturate_u8(int v) { return (unsigned char)iclamp(v, 0, 255); }
+DFD_HD short saturate_s16(int v) { return (short)iclamp(v, -32768, 32767); }
+
+// ---- source images ---------------------------------------------------------------------------
+// A uint8 HWC 3-channel image anywhere in memory, with any row pitch (bytes between rows).
+struct Image {
+    const unsigned char* data;
+    long long pitch;
+    int width;
+    int height;
+    int order;  // ChannelOrder of the bytes; outputs are always RGB
+};
+
+// A rectangle of an image seen as its own image: pixels outside the image read as black. This is
+// how the reference's face crop (copyMakeBorder with zeros, then slicing) looks to the resize.
+struct Window {
+    Image image;
+    int x0, y0;       // top-left corner in image coordinates (may be negative)
+    int width, height;
+};
+
+DFD_HD Window whole(const Image& img) { return Window{img, 0, 0, img.width, img.height}; }
+
+// RGB of window pixel (x, y); coordinates are inside the window.
+DFD_HD void fetch(const Window& w, int x, int y, int rgb[3]) {
+    const int ix = w.x0 + x, iy = w.y0 + y;
+    if (ix < 0 || iy < 0 || ix >= w.image.width || iy >= w.image.height) {
+        rgb[0] = rgb[1] = rgb[2] = 0;
+        return;
+    }
+    const unsigned char* p = w.image.data + (long long)iy * w.image.pitch + 3LL * ix;
+    if (w.image.order == kBGR) {
+        rgb[0] = p[2]; rgb[1] = p[1]; rgb[2] = p[0];
+    } else {
+        rgb[0] = p[0]; rgb[1] = p[1]; rgb[2] = p[2];
+    }
+}
+
+// ---- which interpolation the fusion stream uses -------------------------------------------------
+// Reference: INTER_AREA when the height shrinks, INTER_CUBIC when it grows. Its quirk (an image
+// exactly 224 high is not resized) is replaced by: INTER_AREA if the width shrinks, INTER_CUBIC if
+// it grows, a copy if the image already is 224x224.
+DFD_HD int fusion_interpolation(int width, int height) {
+    if (height > kFusion) return kInterArea;
+    if (height < kFusion) return kInterCubic;
+    if (width > kFusion) return kInterArea;
+    if (width < kFusion) return kInterCubic;
+    return kInterIdentity;
+}
+
+// ---- OpenCV's resize, one output pixel (all three channels) at a time ----------------------------
+// Scale factors exactly as cv::resize derives them from the sizes.
+struct Scale {
+    double inv_x, inv_y;  // dst / src
+    double x, y;          // 1 / inv
+};
+DFD_HD Scale resize_scale(int sw, int sh, int dw, int dh) {
+    Scale s;
+    s.inv_x = ddiv((double)dw, (double)sw);
+    s.inv_y = ddiv((double)dh, (double)sh);
+    s.x = ddiv(1.0, s.inv_x);
+    s.y = ddiv(1.0, s.inv_y);
+    return s;
+}
+
+// cv::resize's is_area_fast test: both scales integral to within DBL_EPSILON.
+DFD_HD bool area_fast(const Scale& s, int* ix, int* iy) {
+    *ix = cv_round_d(s.x);
+    *iy = cv_round_d(s.y);
+    const double eps = 2.220446049250313e-16;
+    return fabs(dsub(s.x, (double)*ix)) < eps && fabs(dsub(s.y, (double)*iy)) < eps;
+}
+
+// Integer-scale area: mean of an ix-by-iy block. OpenCV rounds the 2x2 case half up in integers
+// ((sum + 2) >> 2) and every other case through float (sum * (1/area), round half to even).
+DFD_HD void resize_area_fast(const Window& src, int ix, int iy, int dx, int dy, unsigned char out[3]) {
+    int sum[3] = {0, 0, 0};
+    for (int j = 0; j < iy; ++j)
+        for (int i = 0; i < ix; ++i) {
+            int px[3];
+            fetch(src, dx * ix + i, dy * iy + j, px);
+            sum[0] += px[0]; sum[1] += px[1]; sum[2] += px[2];
+        }
+    if (ix == 2 && iy == 2) {
+        for (int c = 0; c < 3; ++c) out[c] = (unsigned char)((sum[c] + 2) >> 2);
+        return;
+    }
+    const float scale = fdiv(1.f, (float)(ix * iy));
+    for (int c = 0; c < 3; ++c) out[c] = saturate_u8(cv_round(fmul((float)sum[c], scale)));
+}
+
+// One output cell of OpenCV's computeResizeAreaTab: an optional partial head pixel, full pixels
+// [first, last) and an optional partial tail pixel, with their float weights.
+struct AreaCell {
+    int first, last;
+    bool head, tail;
+    float a_head, a_mid, a_tail;
+};
+DFD_HD AreaCell area_cell(int d, int ssize, double scale) {
+    AreaCell c;
+    const double fs1 = dmul((double)d, scale);
+    const double fs2 = dadd(fs1, scale);
+    const double rest = dsub((double)ssize, fs1);
+    const double cell = scale < rest ? scale : rest;
+    int s1 = cv_ceil(fs1), s2 = cv_floor(fs2);
+    s2 = imin(s2, ssize - 1);
+    s1 = imin(s1, s2);
+    c.first = s1;
+    c.last = s2;
+    c.head = dsub((double)s1, fs1) > 1e-3;
+    c.a_head = (float)ddiv(dsub((double)s1, fs1), cell);
+    c.a_mid = (float)ddiv(1.0, cell);
+    const double t = dsub(fs2, (double)s2);
+    c.tail = t > 1e-3;
+    double tw = t < 1.0 ? t : 1.0;
+    tw = tw < cell ? tw : cell;
+    c.a_tail = (float)ddiv(tw, cell);
+    return c;
+}
+
+// Horizontal weighted sum of one source row over an area cell, in OpenCV's order.
+DFD_HD void area_row(const Window& src, const AreaCell& cx, int sy, float buf[3]) {
+    buf[0] = buf[1] = buf[2] = 0.f;
+    int px[3];
+    if (cx.head) {
+        fetch(src, cx.first - 1, sy, px);
+        for (int c = 0; c < 3; ++c) buf[c] = fadd(buf[c], fmul((float)px[c], cx.a_head));
+    }
+    for (int sx = cx.first; sx < cx.last; ++sx) {
+        fetch(src, sx, sy, px);
+        for (int c = 0; c < 3; ++c) buf[c] = fadd(buf[c], fmul((float)px[c], cx.a_mid));
+    }
+    if (cx.tail) {
+        fetch(src, cx.last, sy, px);
+        for (int c = 0; c < 3; ++c) buf[c] = fadd(buf[c], fmul((float)px[c], cx.a_tail));
+    }
+}
+
+DFD_HD void area_accumulate(float sum[3], const float buf[3], float beta) {
+    for (int c = 0; c < 3; ++c) sum[c] = fadd(sum[c], fmul(beta, buf[c]));
+}
+
+// General area downscale (both scales >= 1, not both integral).
+DFD_HD void resize_area_general(const Window& src, const Scale& s, int dx, int dy, unsigned char out[3]) {
+    const AreaCell cx = area_cell(dx, src.width, s.x);
+    const AreaCell cy = area_cell(dy, src.height, s.y);
+    float sum[3] = {0.f, 0.f, 0.f}, buf[3];
+    if (cy.head) {
+        area_row(src, cx, cy.first - 1, buf);
+        area_accumulate(sum, buf, cy.a_head);
+    }
+    for (int sy = cy.first; sy < cy.last; ++sy) {
+        area_row(src, cx, sy, buf);
+        area_accumulate(sum, buf, cy.a_mid);
+    }
+    if (cy.tail) {
+        area_row(src, cx, cy.last, buf);
+        area_accumulate(sum, buf, cy.a_tail);
+    }
+    for (int c = 0; c < 3; ++c) out[c] = saturate_u8(cv_round(sum[c]));
+}
+
+// Source index and 11-bit fixed-point weights of OpenCV's bilinear emulation of INTER_AREA.
+struct LinearTap {
+    int s0, s1;
+    int w0, w1;
+};
+DFD_HD LinearTap area_linear_tap(int d, int ssize, double scale, double inv_scale, bool clamp_weight) {
+    int sx = cv_floor(dmul((double)d, scale));
+    float f = (float)dsub((double)(d + 1), dmul((double)(sx + 1), inv_scale));
+    f = f <= 0.f ? 0.f : fsub(f, (float)(int)floorf(f));
+    if (clamp_weight && sx >= ssize - 1) {  // horizontal only: OpenCV zeroes the weight there
+        f = 0.f;
+        sx = ssize - 1;
+    }
+    LinearTap t;
+    t.s0 = iclamp(sx, 0, ssize - 1);
+    t.s1 = iclamp(sx + 1, 0, ssize - 1);
+    t.w0 = saturate_s16(cv_round(fmul(fsub(1.f, f), (float)kCoefScale)));
+    t.w1 = saturate_s16(cv_round(fmul(f, (float)kCoefScale)));
+    return t;
+}
+
+// INTER_AREA with an upscaled dimension: OpenCV's fixed-point bilinear over area-style taps.
+DFD_HD void resize_area_linear(const Window& src, const Scale& s, int dx, int dy, unsigned char out[3]) {
+    const LinearTap tx = area_linear_tap(dx, src.width, s.x, s.inv_x, true);
+    const LinearTap ty = area_linear_tap(dy, src.height, s.y, s.inv_y, false);
+    int a[3], b[3], r0[3], r1[3];
+    fetch(src, tx.s0, ty.s0, a);
+    fetch(src, tx.s1, ty.s0, b);
+    for (int c = 0; c < 3; ++c) r0[c] = a[c] * tx.w0 + b[c] * tx.w1;
+    fetch(src, tx.s0, ty.s1, a);
+    fetch(src, tx.s1, ty.s1, b);
+    for (int c = 0; c < 3; ++c) r1[c] = a[c] * tx.w0 + b[c] * tx.w1;
+    for (int c = 0; c < 3; ++c)
+        out[c] = saturate_u8((((ty.w0 * (r0[c] >> 4)) >> 16) + ((ty.w1 * (r1[c] >> 4)) >> 16) + 2) >> 2);
+}
+
+// OpenCV's interpolateCubic (A = -0.75), float, uncontracted.
+DFD_HD void cubic_coeffs(float x, float k[4]) {
+    const float A = -0.75f;
+    const float x1 = fadd(x, 1.f);
+    k[0] = fsub(fmul(fadd(fmul(fsub(fmul(A, x1), 5.f * A), x1), 8.f * A), x1), 4.f * A);
+    k[1] = fadd(fmul(fmul(fsub(fmul(A + 2.f, x), A + 3.f), x), x), 1.f);
+    const float y = fsub(1.f, x);
+    k[2] = fadd(fmul(fmul(fsub(fmul(A + 2.f, y), A + 3.f), y), y), 1.f);
+    k[3] = fsub(fsub(fsub(1.f, k[0]), k[1]), k[2]);
+}
+
+struct CubicTap {
+    int s;        // index of the second tap; taps are s-1 .. s+2 (clamped to the image)
+    int w[4];     // 11-bit fixed-point weights
+};
+DFD_HD CubicTap cubic_tap(int d, double scale) {
+    float f = (float)dsub(dmul((double)d + 0.5, scale), 0.5);
+    const int s = (int)floorf(f);
+    f = fsub(f, (float)s);
+    float k[4];
+    cubic_coeffs(f, k);
+    CubicTap t;
+    t.s = s;
+    for (int i = 0; i < 4; ++i) t.w[i] = saturate_s16(cv_round(fmul(k[i], (float)kCoefScale)));
+    return t;
+}
+
+// OpenCV's vertical cubic pass runs 128-bit SIMD (8 int16 lanes: SSE baseline on x86, NEON on ARM)
+// over the first floor(3*dw / 8) * 8 values of an output row and plain integers over the rest.
+constexpr int kCubicSimdLanes = 8;
+
+// INTER_CUBIC: integer horizontal pass, then OpenCV's vertical pass: in float
+// (((S3*b3 + S2*b2) + S1*b1) + S0*b0, b = beta / 2^22, round half to even) where OpenCV uses SIMD,
+// in 22-bit fixed point ((sum + 2^21) >> 22) on the row's tail.
+DFD_HD void resize_cubic(const Window& src, const Scale& s, int dw, int dx, int dy, unsigned char out[3]) {
+    const CubicTap tx = cubic_tap(dx, s.x);
+    const CubicTap ty = cubic_tap(dy, s.y);
+    const float unit = 1.f / (float)(kCoefScale * kCoefScale);
+    const int simd_end = (3 * dw / kCubicSimdLanes) * kCubicSimdLanes;
+    float acc[3] = {0.f, 0.f, 0.f};
+    long long exact[3] = {0, 0, 0};
+    for (int j = 3; j >= 0; --j) {
+        const int sy = iclamp(ty.s - 1 + j, 0, src.height - 1);
+        int row[3] = {0, 0, 0};
+        for (int i = 0; i < 4; ++i) {
+            int px[3];
+            fetch(src, iclamp(tx.s - 1 + i, 0, src.width - 1), sy, px);
+            for (int c = 0; c < 3; ++c) row[c] += px[c] * tx.w[i];
+        }
+        const float b = fmul((float)ty.w[j], unit);
+        for (int c = 0; c < 3; ++c) {
+            acc[c] = (j == 3) ? fmul((float)row[c], b) : fadd(fmul((float)row[c], b), acc[c]);
+            exact[c] += (long long)row[c] * ty.w[j];
+        }
+    }
+    for (int c = 0; c < 3; ++c) {
+        if (3 * dx + c < simd_end)
+            out[c] = saturate_u8(cv_round(acc[c]));
+        else
+            out[c] = saturate_u8((int)((exact[c] + (1LL << (2 * kCoefBits - 1))) >> (2 * kCoefBits)));
+    }
+}
+
+// cv2.resize(src, (dw, dh), interpolation=interp) at output pixel (dx, dy), RGB.
+DFD_HD void resize_pixel(const Window& src, int dw, int dh, int interp, int dx, int dy, unsigned char out[3]) {
+    if (interp == kInterIdentity || (src.width == dw && src.height == dh)) {
+        int px[3];
+        fetch(src, dx, dy, px);
+        for (int c = 0; c < 3; ++c) out[c] = (unsigned char)px[c];
+        return;
+    }
+    const Scale s = resize_scale(src.width, src.height, dw, dh);
+    if (interp == kInterArea && s.x >= 1.0 && s.y >= 1.0) {
+        int ix, iy;
+        if (area_fast(s, &ix, &iy))
+            resize_area_fast(src, ix, iy, dx, dy, out);
+        else
+            resize_area_general(src, s, dx, dy, out);
+    } else if (interp == kInterArea) {
+        resize_area_linear(src, s, dx, dy, out);
+    } else {
+        resize_cubic(src, s, dw, dx, dy, out);
+    }
+}
+
+// ---- the three streams ---------------------------------------------------------------------
+// Center crop of side `side`: top = (h - side) // 2, left = (w - side) // 2, pure slicing. An image
+// smaller than `side` on a side (the reference crashes there) is first upscaled with INTER_CUBIC,
+// aspect ratio kept: short side -> side, long side -> round(long * side / short) (half to even),
+// as runtime/preprocess.py's center_crop documents.
+DFD_HD void center_crop_pixel(const Image& img, int side, int x, int y, unsigned char out[3]) {
+    if (img.width >= side && img.height >= side) {
+        int px[3];
+        fetch(Window{img, (img.width - side) / 2, (img.height - side) / 2, side, side}, x, y, px);
+        for (int c = 0; c < 3; ++c) out[c] = (unsigned char)px[c];
+        return;
+    }
+    int w = side, h = side;
+    if (img.height <= img.width)
+        w = (int)rint(ddiv((double)img.width * side, (double)img.height));
+    else
+        h = (int)rint(ddiv((double)img.height * side, (double)img.width));
+    resize_pixel(whole(img), w, h, kInterCubic, x + (w - side) / 2, y + (h - side) / 2, out);
+}
+
+// The reference's crop_face_with_margin rectangle for a box (x1, y1, x2, y2): a square of side
+// max(w, h) * margin around the box centre, corners truncated toward zero like Python's int().
+// Pixels outside the image are black. The window may be one pixel off square, as in the reference.
+DFD_HD Window face_window(const Image& img, double x1, double y1, double x2, double y2, double margin) {
+    const double w = dsub(x2, x1), h = dsub(y2, y1);
+    const double cx = dadd(x1, w / 2.0), cy = dadd(y1, h / 2.0);
+    const double half = dmul(w > h ? w : h, margin) / 2.0;
+    const int nx1 = (int)dsub(cx, half), ny1 = (int)dsub(cy, half);
+    const int nx2 = (int)dadd(cx, half), ny2 = (int)dadd(cy, half);
+    return Window{img, nx1, ny1, nx2 - nx1, ny2 - ny1};
+}
+
+// uint8 RGB of the global stream (252 center crop) at (x, y).
+DFD_HD void global_pixel(const Image& img, int x, int y, unsigned char out[3]) {
+    center_crop_pixel(img, kCrop, x, y, out);
+}
+
+// uint8 RGB of the face stream at (x, y): the face window resized with INTER_AREA to 256, then its
+// 252 center crop. A window with no area means "no usable face": the reference then feeds the
+// original image, i.e. the same 252 center crop as the global stream.
+DFD_HD void face_pixel(const Window& face, int x, int y, unsigned char out[3]) {
+    if (face.width <= 0 || face.height <= 0) {
+        global_pixel(face.image, x, y, out);
+        return;
+    }
+    const int off = (kFaceResize - kCrop) / 2;
+    resize_pixel(face, kFaceResize, kFaceResize, kInterArea, x + off, y + off, out);
+}
+
+// uint8 RGB of the fusion stream (224x224 resize of the whole image) at (x, y).
+DFD_HD void fusion_pixel(const Image& img, int x, int y, unsigned char out[3]) {
+    resize_pixel(whole(img), kFusion, kFusion, fusion_interpolation(img.width, img.height), x, y, out);
+}
+
+// ---- normalisation and output dtype -------------------------------------------------------------
+// ImageNet statistics, float32: (v / 255 - mean) / std, as the reference computes in float32.
+DFD_HD float normalise(unsigned char v, int channel) {
+    const float mean[3] = {0.485f, 0.456f, 0.406f};
+    const float stdv[3] = {0.229f, 0.224f, 0.225f};
+    return fdiv(fsub(fdiv((float)v, 255.f), mean[channel]), stdv[channel]);
+}
+
+// float32 -> IEEE binary16 bits, round to nearest even (what __float2half_rn and NumPy do).
+DFD_HD unsigned short float_to_half_bits(float f) {
+#ifdef __CUDA_ARCH__
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#else
+    union { float f; unsigned int u; } v;
+    v.f = f;
+    const unsigned int u = v.u;
+    const unsigned int sign = (u >> 16) & 0x8000u;
+    const unsigned int abs = u & 0x7fffffffu;
+    if (abs >= 0x7f800000u)  // inf or nan
+        return (unsigned short)(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+    if (abs >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);  // rounds to >= 65520: inf
+    if (abs < 0x38800000u) {  // half subnormal or zero
+        if (abs < 0x33000000u) return (unsigned short)sign;  // below half of the smallest subnormal
+        const unsigned int mant = (abs & 0x7fffffu) | 0x800000u;
+        const int shift = 126 - (int)(abs >> 23);  // 14..24: value / 2^-24 = mant >> shift
+        unsigned int h = mant >> shift;
+        const unsigned int rem = mant & ((1u << shift) - 1u), halfway = 1u << (shift - 1);
+        if (rem > halfway || (rem == halfway && (h & 1u))) ++h;
+        return (unsigned short)(sign | h);
+    }
+    unsigned int h = ((abs >> 13) - (112u << 10));
+    const unsigned int rem = abs & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+    return (unsigned short)(sign | h);
+#endif
+}
+
+// ---- one output pixel of one stream, written in CHW ------------------------------------------
+enum Stream { kGlobal = 0, kFace = 1, kFusionStream = 2 };
+
+// What the fused kernel needs per image. Face box: x2 <= x1 means "no usable face".
+struct Job {
+    Image image;
+    double face_x1, face_y1, face_x2, face_y2;
+    double face_margin;
+};
+
+DFD_HD Window job_face_window(const Job& job) {
+    if (!(job.face_x2 > job.face_x1) || !(job.face_y2 > job.face_y1))
+        return Window{job.image, 0, 0, 0, 0};
+    return face_window(job.image, job.face_x1, job.face_y1, job.face_x2, job.face_y2, job.face_margin);
+}
+
+DFD_HD int stream_side(int stream) { return stream == kFusionStream ? kFusion : kCrop; }
+
+// The normalised RGB values of stream `stream` at (x, y) of image `job`.
+DFD_HD void stream_pixel(const Job& job, int stream, int x, int y, float out[3]) {
+    unsigned char v[3];
+    if (stream == kGlobal)
+        global_pixel(job.image, x, y, v);
+    else if (stream == kFace)
+        face_pixel(job_face_window(job), x, y, v);
+    else
+        fusion_pixel(job.image, x, y, v);
+    for (int c = 0; c < 3; ++c) out[c] = normalise(v[c], c);
+}
+
+}  // namespace dfd

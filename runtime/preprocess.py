@@ -1,0 +1,219 @@
+"""Test-time preprocessing of the three streams, exactly as the reference computes it.
+
+Every function takes the decoded uint8 RGB image (see `images.decode_image`) and reproduces one
+rule of the reference (REFERENCE.md, the reference's `training/dataset/abstract_dataset.py`
+`load_rgb` / `__getitem__` and `preprocessing/preprocess.py` `crop_face_with_margin`), with the
+reference's own OpenCV calls so resampling is identical. Where the reference mishandles an input
+(a *quirk*), the function applies a documented rule instead and returns a note saying so.
+Pure NumPy/OpenCV: the runtime never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .errors import DfdError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PreprocessError(DfdError, ValueError):
+    """Input the preprocessing cannot use (wrong array type, unusable face box)."""
+
+
+@dataclass(frozen=True)
+class StreamInput:
+    tensor: np.ndarray  # float32 [3,H,W] normalised
+    notes: tuple[str, ...]
+
+
+def _require_rgb(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 \
+            or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        described = (f"shape {rgb.shape} dtype {rgb.dtype}" if isinstance(rgb, np.ndarray)
+                     else type(rgb).__name__)
+        raise PreprocessError(f"expected a non-empty uint8 HxWx3 RGB image, got {described}")
+
+
+def normalise(rgb: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """uint8 HxWx3 -> float32 [3,H,W], bit-exact with torchvision `Normalize(ToTensor(img))`.
+
+    Reference rule: `ToTensor` divides the uint8 values by 255 in float32, `Normalize` subtracts
+    the float32 mean and divides by the float32 std, per channel. Each step is one correctly
+    rounded float32 operation, so the same operations in NumPy float32 give identical bits.
+    """
+    _require_rgb(rgb)
+    mean32 = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
+    std32 = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+    scaled = rgb.astype(np.float32) / np.float32(255)
+    normalised = (scaled - mean32) / std32
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+
+
+def center_crop(rgb: np.ndarray, size: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The reference's zero-interpolation center crop: rows top..top+size, columns left..left+size.
+
+    Reference rule: top = (h - size) // 2, left = (w - size) // 2, pure slicing (no resampling).
+    Quirk rule: the reference raises for an image smaller than `size` on either side and its
+    loader silently substitutes another image's prediction. Here such an image is first upscaled
+    with cv2.INTER_CUBIC, keeping the aspect ratio, so its short side becomes `size` and its long
+    side round(long * size / short) (Python round, half to even), then center cropped; the
+    returned note says so.
+    """
+    _require_rgb(rgb)
+    height, width = rgb.shape[:2]
+    notes: tuple[str, ...] = ()
+    if height < size or width < size:
+        if height <= width:
+            new_height, new_width = size, round(width * size / height)
+        else:
+            new_height, new_width = round(height * size / width), size
+        rgb = cv2.resize(rgb, (new_width, new_height), interpolation=cv2.INTER_CUBIC)
+        notes = (f"image {height}x{width} (HxW) is smaller than {size} on a side: upscaled to "
+                 f"{new_height}x{new_width} with bicubic interpolation (aspect ratio kept) before "
+                 f"the {size}x{size} center crop; the reference would have substituted another "
+                 f"image's prediction",)
+        height, width = new_height, new_width
+    top = (height - size) // 2
+    left = (width - size) // 2
+    return np.ascontiguousarray(rgb[top:top + size, left:left + size]), notes
+
+
+def preprocess_global(rgb: np.ndarray, size: int = 252, mean: Sequence[float] = IMAGENET_MEAN,
+                      std: Sequence[float] = IMAGENET_STD) -> StreamInput:
+    """Global stream: the `size` center crop of the original image (see `center_crop`), normalised."""
+    cropped, notes = center_crop(rgb, size)
+    return StreamInput(normalise(cropped, mean, std), notes)
+
+
+def resize_fusion(rgb: np.ndarray, size: int = 224) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The fusion stream's resize to size x size (aspect ratio not kept), as the reference does it.
+
+    Reference rule: `cv2.resize(img, (size, size))` with INTER_AREA when the height is greater
+    than `size`, INTER_CUBIC when it is smaller; the width plays no part in the choice.
+    Quirk rule: the reference leaves an image exactly `size` high untouched, which breaks its
+    batch when the width differs. Here it is resized to size x size with INTER_AREA if the width
+    shrinks, INTER_CUBIC if it grows, with a note; a size x size image is returned unchanged.
+    """
+    _require_rgb(rgb)
+    height, width = rgb.shape[:2]
+    if height > size:
+        return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA), ()
+    if height < size:
+        return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_CUBIC), ()
+    if width == size:
+        return rgb, ()
+    shrinks = width > size
+    interpolation = cv2.INTER_AREA if shrinks else cv2.INTER_CUBIC
+    note = (f"image is exactly {size} high but {width} wide: resized to {size}x{size} with "
+            f"{'area' if shrinks else 'bicubic'} interpolation (the reference would not resize it "
+            f"and its batch would fail)")
+    return cv2.resize(rgb, (size, size), interpolation=interpolation), (note,)
+
+
+def preprocess_fusion(rgb: np.ndarray, size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                      std: Sequence[float] = IMAGENET_STD) -> StreamInput:
+    """Fusion stream: the original image resized to size x size (see `resize_fusion`), normalised."""
+    resized, notes = resize_fusion(rgb, size)
+    return StreamInput(normalise(resized, mean, std), notes)
+
+
+def _box_corners(box: Sequence[float]) -> tuple[float, float, float, float]:
+    if len(box) != 4:
+        raise PreprocessError(f"a face box is (x1, y1, x2, y2); got {len(box)} values")
+    x1, y1, x2, y2 = (float(value) for value in box)
+    if not all(np.isfinite((x1, y1, x2, y2))):
+        raise PreprocessError(f"face box has non-finite coordinates: {tuple(box)}")
+    if x2 < x1 or y2 < y1:
+        raise PreprocessError(f"face box {tuple(box)} has x2 < x1 or y2 < y1")
+    return x1, y1, x2, y2
+
+
+def crop_face(rgb: np.ndarray, box: Sequence[float], *, margin: float = 1.3,
+              out_size: int = 256) -> np.ndarray:
+    """The reference's face crop (`crop_face_with_margin`): square around the box, black padding.
+
+    Reference rule, in this exact float64 arithmetic: w = x2 - x1, h = y2 - y1,
+    cx = x1 + w / 2, cy = y1 + h / 2, side = max(w, h) * margin; the window is
+    [int(cx - side / 2), int(cx + side / 2)) horizontally and likewise vertically, with int()
+    truncating toward zero (so the window can be one pixel off square). Pixels of the window
+    outside the image are black (the reference pads with cv2.copyMakeBorder BORDER_CONSTANT 0 and
+    slices the padded image; filling a black canvas with the overlapping part gives the same
+    pixels without allocating the padded image). The window is resized to out_size x out_size
+    with cv2.INTER_AREA. The reference crops the original decoded image, not the enhanced copy
+    its detector may have seen.
+    """
+    _require_rgb(rgb)
+    x1, y1, x2, y2 = _box_corners(box)
+    box_w = x2 - x1
+    box_h = y2 - y1
+    cx = x1 + box_w / 2
+    cy = y1 + box_h / 2
+    side = max(box_w, box_h) * margin
+    left, top = int(cx - side / 2), int(cy - side / 2)
+    right, bottom = int(cx + side / 2), int(cy + side / 2)
+    if right <= left or bottom <= top:
+        raise PreprocessError(f"face box {tuple(box)} is too small to crop: the {margin} margin "
+                              f"window is {right - left}x{bottom - top} pixels")
+    img_h, img_w = rgb.shape[:2]
+    window = np.zeros((bottom - top, right - left, 3), dtype=np.uint8)
+    src_top, src_bottom = max(top, 0), min(bottom, img_h)
+    src_left, src_right = max(left, 0), min(right, img_w)
+    if src_bottom > src_top and src_right > src_left:
+        window[src_top - top:src_bottom - top, src_left - left:src_right - left] = \
+            rgb[src_top:src_bottom, src_left:src_right]
+    return cv2.resize(window, (out_size, out_size), interpolation=cv2.INTER_AREA)
+
+
+def face_is_too_small(box: Sequence[float], image_hw: tuple[int, int]) -> bool:
+    """The reference's 1/9-area rule: True when the face box covers under 1/9 of the image.
+
+    Reference rule: (x2 - x1) * (y2 - y1) < (img_w * img_h) / 9.0, strictly less; a face exactly
+    1/9 of the image is cropped. When True the reference feeds the original image to the face
+    stream instead of the crop.
+    """
+    x1, y1, x2, y2 = _box_corners(box)
+    img_h, img_w = image_hw
+    return (x2 - x1) * (y2 - y1) < (img_w * img_h) / 9.0
+
+
+def preprocess_face(face_rgb: np.ndarray, size: int = 252, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> StreamInput:
+    """Face stream: the `size` center crop (see `center_crop`) of the face image, normalised.
+
+    The face image is the 256x256 `crop_face` result, a user's pre-cropped face file, or the
+    original image when no usable face was found, as in the reference's cropped data set.
+    """
+    cropped, notes = center_crop(face_rgb, size)
+    return StreamInput(normalise(cropped, mean, std), notes)
+
+
+# Formats whose cv2.imwrite at default settings is lossy (JPEG quality 95, WebP quality 100 is
+# still lossy in OpenCV, JPEG 2000 at its default rate).
+LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".webp", ".jp2"})
+
+
+def reencode_like_reference_face_file(face_rgb: np.ndarray, suffix: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The face image as the reference's face stream reads it back from disk.
+
+    The reference's face-cropping step saves every face input (the crop, or the original image
+    when no usable face is found) with ``cv2.imwrite`` under the input's file name, then the face
+    stream decodes that file. For a lossy format such as JPEG the face stream therefore sees a
+    default-quality re-encode, not the raw crop; reproducing it keeps the runtime exact for
+    JPEG inputs. Lossless formats round-trip unchanged, so they are skipped.
+    """
+    suffix = suffix.lower()
+    if suffix not in LOSSY_SUFFIXES:
+        return face_rgb, ()
+    ok, encoded = cv2.imencode(suffix, cv2.cvtColor(face_rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise PreprocessError(f"OpenCV cannot encode the face image as {suffix}")
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    note = f"face stream: face image re-encoded as {suffix} at OpenCV's default quality, as the reference's crop files are"
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), (note,)

@@ -1,0 +1,125 @@
+"""Stream probabilities and the reference's discretised, weighted vote.
+
+The reference (training/inference.py, then training/ensemble_submissions.py) writes each
+stream's float32 P(fake) to a text file as `f"{float(p):.1f}"`, reads the files back with
+`float()`, stacks them as a [streams, images] float64 array, takes
+`np.average(axis=0, weights=[2, 1, 2])`, rounds with `np.round(x, 1)` (which NumPy computes as
+rint(x * 10) / 10, half to even) and writes `f"{float(x):.1f}"`. The score is therefore one of
+0.0, 0.1, ..., 1.0, and a stream's probability matters only through its one-decimal rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .errors import DfdError
+
+STREAMS = ("global", "face", "fusion")
+DEFAULT_VOTE_WEIGHTS = {"global": 2.0, "face": 1.0, "fusion": 2.0}
+
+
+class VoteError(DfdError, ValueError):
+    """Probabilities or weights the vote cannot use."""
+
+
+@dataclass(frozen=True)
+class Vote:
+    score: float  # one of 0.0, 0.1, ..., 1.0
+    rounded_streams: dict[str, float]  # each stream's P(fake) as the reference wrote it
+    raw_mean: float  # weighted mean of the unrounded P(fake)
+
+
+def softmax_fake_probability(logits: np.ndarray) -> np.ndarray:
+    """[N,2] logits -> P(fake) = softmax(logits)[:, 1] as float32.
+
+    Computed in float64 as 1 / (1 + exp(l_real - l_fake)) in the overflow-free form and rounded
+    once to float32, so it is within half a float32 ulp of the exact value. torch's float32
+    softmax, which the reference used, is itself a few ulp off the exact value (measured: up to
+    4 ulp for P in [0.05, 0.95]), so the two agree to about 1e-7 absolute, far below the 0.05
+    steps where the vote's rounding changes. NaN logits give NaN, which the vote refuses.
+    """
+    array = np.asarray(logits)
+    if array.ndim != 2 or array.shape[1] != 2 or array.dtype.kind not in "fiu":
+        raise VoteError(f"logits must be a numeric [N, 2] array (real, fake); got shape "
+                        f"{array.shape} dtype {array.dtype}")
+    difference = array[:, 0].astype(np.float64) - array[:, 1].astype(np.float64)
+    decay = np.exp(-np.abs(difference))
+    with np.errstate(invalid="ignore"):
+        fake = np.where(difference <= 0, 1.0 / (1.0 + decay), decay / (1.0 + decay))
+    return fake.astype(np.float32)
+
+
+def _stream_order_and_weights(weights: Mapping[str, float]) -> tuple[tuple[str, ...], np.ndarray]:
+    unknown = set(weights) - set(STREAMS)
+    if unknown or not weights:
+        raise VoteError(f"vote weights must name streams among {STREAMS}; got {sorted(weights)}")
+    order = tuple(name for name in STREAMS if name in weights)
+    values = np.array([float(weights[name]) for name in order], dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0:
+        raise VoteError(f"vote weights must be finite, non-negative and not all zero; "
+                        f"got {dict(weights)}")
+    return order, values
+
+
+def _as_float32_probabilities(values: np.ndarray, what: str) -> np.ndarray:
+    """The float32 values the reference rounds; float64 that came from float32 is unchanged."""
+    probabilities = np.asarray(values, dtype=np.float64).astype(np.float32)
+    if not np.all(np.isfinite(probabilities)) or np.any(probabilities < 0) \
+            or np.any(probabilities > 1):
+        raise VoteError(f"{what} must be finite probabilities in [0, 1]; got {values}")
+    return probabilities
+
+
+def discretised_vote(probs: Mapping[str, float],
+                     weights: Mapping[str, float] = DEFAULT_VOTE_WEIGHTS) -> Vote:
+    """The reference vote for one image, computed the way the reference computes it.
+
+    `probs` and `weights` name the same streams (any of global, face, fusion; they are combined
+    in that order, the reference's file order). Each P(fake) is taken as float32 (the dtype the
+    reference wrote), formatted with one decimal and parsed back; the parsed values, as a
+    [streams, 1] column like the reference's [files, lines] array, go through
+    `np.average(axis=0, weights=...)`, `np.round(., 1)` and one-decimal formatting.
+    """
+    order, weight_values = _stream_order_and_weights(weights)
+    if set(probs) != set(order):
+        raise VoteError(f"probabilities are for streams {sorted(probs)} but the weights are for "
+                        f"{sorted(order)}")
+    probabilities = _as_float32_probabilities([probs[name] for name in order],
+                                              "stream probabilities")
+    rounded = [float(f"{float(p):.1f}") for p in probabilities]
+    mean = np.average(np.array(rounded, dtype=np.float64)[:, None], axis=0,
+                      weights=weight_values)
+    score = float(f"{float(np.round(mean, 1)[0]):.1f}")
+    raw_mean = float(np.average(probabilities.astype(np.float64), weights=weight_values))
+    return Vote(score=score, rounded_streams=dict(zip(order, rounded)), raw_mean=raw_mean)
+
+
+def discretised_vote_batch(probs: np.ndarray,
+                           weights: Mapping[str, float] = DEFAULT_VOTE_WEIGHTS) -> np.ndarray:
+    """The reference vote for N images at once: [N, 3] P(fake) (global, face, fusion) -> [N] scores.
+
+    Same result as `discretised_vote` on every row, by arithmetic instead of strings, written as
+    the exact sequence a GPU kernel must follow (all float64):
+      1. p = float32 probability; v = rint(p * 10) / 10. p * 10 is exact in float64 (24 + 4
+         significant bits), rint rounds half to even like the decimal formatting of an exact
+         binary value, and k / 10 is the double nearest to the decimal "0.k" that float() parses.
+      2. mean = ((w0 * v0 + w1 * v1) + w2 * v2) / ((w0 + w1) + w2): products first, then sums
+         in stream order, as np.average's axis-0 reduction over the [streams, images] array does.
+      3. score = rint(mean * 10) / 10 (np.round's definition); formatting it with one decimal
+         and parsing it back returns the same double.
+    """
+    order, weight_values = _stream_order_and_weights(weights)
+    if order != STREAMS:
+        raise VoteError(f"the batch vote takes all three streams {STREAMS}; weights name {order}")
+    array = np.asarray(probs)
+    if array.ndim != 2 or array.shape[1] != len(STREAMS):
+        raise VoteError(f"batch probabilities must be an [N, 3] array (global, face, fusion); "
+                        f"got shape {array.shape}")
+    probabilities = _as_float32_probabilities(array, "batch probabilities")
+    rounded = np.rint(probabilities.astype(np.float64) * 10.0) / 10.0
+    w0, w1, w2 = weight_values
+    mean = (w0 * rounded[:, 0] + w1 * rounded[:, 1] + w2 * rounded[:, 2]) / ((w0 + w1) + w2)
+    return np.rint(mean * 10.0) / 10.0

@@ -1,0 +1,200 @@
+"""Calibration sets: the tensors are the runtime preprocessing of the (degraded) images,
+reproducible from the seed, and cached on disk under a hash of the inputs."""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from dfd.calibration import calibset
+from dfd.calibration.calibset import CalibrationError, build_calibration_set
+from dfd.calibration.degrade import PAPER_SPEC, DegradationSpec
+from dfd.runtime.preprocess import preprocess_face, preprocess_fusion, preprocess_global
+
+GRAY_ONLY = DegradationSpec(op_probabilities=(("grayscale", 1.0),), recompress_p=0.0)
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def synthetic(height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth colour gradients plus texture: content every stream crops differently."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 / width, yy * 255 / height, (xx + yy) * 127 / (width + height)], -1)
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def images() -> list[tuple[str, np.ndarray]]:
+    # 200 high: below the 252 crop (upscale rule) and the 224 resize (cubic branch);
+    # 224 high and wider: the fusion quirk rule
+    shapes = [(300, 280), (260, 401), (200, 150), (224, 300)]
+    return [(f"img{i}", synthetic(h, w, i)) for i, (h, w) in enumerate(shapes)]
+
+
+def reference_global(rgb: np.ndarray) -> np.ndarray:
+    """REFERENCE.md: 252 center crop with (h-252)//2, (w-252)//2, x/255, ImageNet normalisation."""
+    top, left = (rgb.shape[0] - 252) // 2, (rgb.shape[1] - 252) // 2
+    crop = rgb[top:top + 252, left:left + 252].astype(np.float32) / np.float32(255)
+    return ((crop - MEAN) / STD).transpose(2, 0, 1)
+
+
+def test_clean_tensors_are_the_runtime_preprocessing(images):
+    sources = dict(images)
+    calib = build_calibration_set(images, count=6, degrade_share=0.0, seed=1)
+    assert set(calib.arrays) == {"global", "face", "fusion"}
+    assert calib.arrays["global"].shape == (6, 3, 252, 252)
+    assert calib.arrays["face"].shape == (6, 3, 252, 252)
+    assert calib.arrays["fusion"].shape == (6, 3, 224, 224)
+    assert all(array.dtype == np.float32 for array in calib.arrays.values())
+    for slot, item in enumerate(calib.items):
+        assert not item.degraded and item.ops == ()
+        rgb = sources[item.name]
+        assert np.array_equal(calib.arrays["global"][slot], preprocess_global(rgb, size=252).tensor)
+        assert np.array_equal(calib.arrays["face"][slot], preprocess_face(rgb, size=252).tensor)
+        assert np.array_equal(calib.arrays["fusion"][slot], preprocess_fusion(rgb, size=224).tensor)
+        if min(rgb.shape[:2]) >= 252:
+            assert np.allclose(calib.arrays["global"][slot], reference_global(rgb), atol=1e-6)
+        if rgb.shape[0] > 224:
+            resized = cv2.resize(rgb, (224, 224), interpolation=cv2.INTER_AREA)
+            expected = ((resized.astype(np.float32) / 255 - MEAN) / STD).transpose(2, 0, 1)
+            assert np.allclose(calib.arrays["fusion"][slot], expected, atol=1e-6)
+
+
+def test_degraded_tensors_are_preprocessing_of_degraded_images(images):
+    sources = dict(images)
+    calib = build_calibration_set(images, count=4, degrade_share=1.0, seed=2, spec=GRAY_ONLY,
+                                  stream_sizes={"global": 252, "fusion": 224})
+    assert set(calib.arrays) == {"global", "fusion"}
+    assert calib.degraded_count == 4
+    for slot, item in enumerate(calib.items):
+        assert item.degraded and [name for name, _ in item.ops] == ["grayscale"]
+        gray = cv2.cvtColor(cv2.cvtColor(sources[item.name], cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        assert np.array_equal(calib.arrays["global"][slot], preprocess_global(gray).tensor)
+        assert np.array_equal(calib.arrays["fusion"][slot], preprocess_fusion(gray).tensor)
+
+
+def test_share_and_determinism(images):
+    first = build_calibration_set(images, count=8, degrade_share=0.5, seed=4, spec=PAPER_SPEC,
+                                  stream_sizes={"global": 252})
+    again = build_calibration_set(images, count=8, degrade_share=0.5, seed=4, spec=PAPER_SPEC,
+                                  stream_sizes={"global": 252})
+    other = build_calibration_set(images, count=8, degrade_share=0.5, seed=5, spec=PAPER_SPEC,
+                                  stream_sizes={"global": 252})
+    assert first.degraded_count == 4
+    assert first.sha256 == again.sha256
+    assert first.arrays["global"].tobytes() == again.arrays["global"].tobytes()
+    assert first.items == again.items
+    assert other.sha256 != first.sha256
+    sources = dict(images)
+    for slot, item in enumerate(first.items):
+        clean = preprocess_global(sources[item.name]).tensor
+        assert np.array_equal(first.arrays["global"][slot], clean) == (not item.ops)
+
+
+def test_files_give_the_same_tensors_as_arrays(images, tmp_path):
+    paths = []
+    for name, rgb in images:
+        path = tmp_path / f"{name}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    from_files = build_calibration_set(paths, count=5, degrade_share=0.4, seed=3)
+    from_arrays = build_calibration_set(images, count=5, degrade_share=0.4, seed=3)
+    assert from_files.sha256 == from_arrays.sha256
+    assert [item.name for item in from_files.items] == [f"{i.name}.png" for i in from_arrays.items]
+    assert str(tmp_path.resolve()) in from_files.source
+
+
+def test_cache_hit_returns_identical_arrays_without_recomputation(images, tmp_path, monkeypatch):
+    arguments = dict(count=5, degrade_share=0.6, seed=7, cache_dir=tmp_path)
+    built = build_calibration_set(images, **arguments)
+    assert not built.from_cache
+    cached_files = list(tmp_path.glob("calibset-*.npz"))
+    assert [path.name for path in cached_files] == [f"calibset-{built.cache_key}.npz"]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a cache hit recomputed the set")
+
+    monkeypatch.setattr(calibset, "_compute", must_not_run)
+    loaded = build_calibration_set(images, **arguments)
+    assert loaded.from_cache
+    assert loaded.sha256 == built.sha256 and loaded.items == built.items
+    for stream, array in built.arrays.items():
+        assert loaded.arrays[stream].dtype == np.float32
+        assert loaded.arrays[stream].tobytes() == array.tobytes()
+    assert loaded.manifest_entry() == built.manifest_entry()
+
+
+def test_cache_key_follows_every_input(images, tmp_path):
+    base = build_calibration_set(images, count=3, degrade_share=0.5, seed=0, cache_dir=tmp_path,
+                                 stream_sizes={"fusion": 224})
+    changed_pixel = [(name, rgb.copy()) for name, rgb in images]
+    changed_pixel[0][1][0, 0, 0] ^= 1
+    variants = [
+        build_calibration_set(changed_pixel, count=3, degrade_share=0.5, seed=0, cache_dir=tmp_path,
+                              stream_sizes={"fusion": 224}),
+        build_calibration_set(images, count=4, degrade_share=0.5, seed=0, cache_dir=tmp_path,
+                              stream_sizes={"fusion": 224}),
+        build_calibration_set(images, count=3, degrade_share=0.5, seed=0, cache_dir=tmp_path,
+                              stream_sizes={"fusion": 224}, spec=GRAY_ONLY),
+        build_calibration_set(images, count=3, degrade_share=0.5, seed=0, cache_dir=tmp_path,
+                              stream_sizes={"fusion": 112}),
+    ]
+    keys = {base.cache_key} | {variant.cache_key for variant in variants}
+    assert len(keys) == 5
+    assert not any(variant.from_cache for variant in variants)
+
+
+def test_corrupt_cache_is_rebuilt(images, tmp_path, caplog):
+    built = build_calibration_set(images, count=2, degrade_share=0.0, seed=0, cache_dir=tmp_path,
+                                  stream_sizes={"global": 252})
+    cache_file = tmp_path / f"calibset-{built.cache_key}.npz"
+    cache_file.write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        rebuilt = build_calibration_set(images, count=2, degrade_share=0.0, seed=0,
+                                        cache_dir=tmp_path, stream_sizes={"global": 252})
+    assert not rebuilt.from_cache and rebuilt.sha256 == built.sha256
+    assert "rebuilding" in caplog.text
+    assert build_calibration_set(images, count=2, degrade_share=0.0, seed=0, cache_dir=tmp_path,
+                                 stream_sizes={"global": 252}).from_cache
+
+
+def test_manifest_entry(images):
+    calib = build_calibration_set(images, count=4, degrade_share=0.5, seed=9,
+                                  stream_sizes={"global": 252}, source="demo photographs")
+    entry = calib.manifest_entry()
+    assert entry["sha256"] == calib.sha256 and len(entry["sha256"]) == 64
+    assert entry["count"] == 4 and entry["degraded_count"] == 2
+    assert entry["degrade_share"] == 0.5 and entry["seed"] == 9
+    assert entry["source"] == "demo photographs"
+    assert entry["stream_sizes"] == {"global": 252}
+    assert entry["degradation_spec"]["beta_a"] == 1.2
+
+
+def test_progress_bar_on_stderr_for_larger_sets(images, capsys):
+    build_calibration_set(images, count=10, degrade_share=0.0, seed=0, stream_sizes={"fusion": 16})
+    assert "calibration set" in capsys.readouterr().err
+    build_calibration_set(images, count=3, degrade_share=0.0, seed=0, stream_sizes={"fusion": 16})
+    assert "calibration set" not in capsys.readouterr().err
+
+
+def test_bad_arguments_raise_calibration_errors(images, tmp_path):
+    with pytest.raises(CalibrationError, match="no calibration images"):
+        build_calibration_set([], count=1, degrade_share=0.0, seed=0)
+    with pytest.raises(CalibrationError, match="at least 1"):
+        build_calibration_set(images, count=0, degrade_share=0.0, seed=0)
+    with pytest.raises(CalibrationError, match="degrade share"):
+        build_calibration_set(images, count=1, degrade_share=1.5, seed=0)
+    with pytest.raises(CalibrationError, match="stream sizes"):
+        build_calibration_set(images, count=1, degrade_share=0.0, seed=0, stream_sizes={"clip": 224})
+    with pytest.raises(CalibrationError, match="uint8 RGB"):
+        build_calibration_set([("bad", np.zeros((4, 4), np.uint8))], count=1, degrade_share=0, seed=0)
+    with pytest.raises(CalibrationError, match="cannot read"):
+        build_calibration_set([tmp_path / "missing.png"], count=1, degrade_share=0.0, seed=0)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(CalibrationError, match="broken.png"):
+        build_calibration_set([broken], count=1, degrade_share=0.0, seed=0)

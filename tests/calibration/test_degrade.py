@@ -1,0 +1,339 @@
+"""The degradation engine: determinism, each op's measurable effect (checked against OpenCV /
+NumPy computations written from the reference's formulas), shapes, errors and the file verb."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dfd.calibration.degrade import (
+    FIXED_DEGRADATIONS,
+    OPS,
+    PAPER_SPEC,
+    DegradationError,
+    DegradationSpec,
+    apply_op,
+    degrade,
+    degrade_files,
+    fixed_degradation,
+)
+from dfd.calibration.sources import builtin_photographs
+
+ALL_OPS_SPEC = DegradationSpec(op_probabilities=tuple((name, 1.0) for name in OPS), recompress_p=1.0)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """A 160x164 crop of a real photograph (face and texture), odd-free but not block-aligned."""
+    return dict(builtin_photographs())["skimage:astronaut.png"][40:200, 180:344].copy()
+
+
+def flat(value: int, shape=(64, 80)) -> np.ndarray:
+    return np.full((*shape, 3), value, dtype=np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def laplacian_variance(rgb: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
+
+def blockiness(rgb: np.ndarray) -> float:
+    """Mean horizontal step across 8-pixel block borders over the mean step elsewhere."""
+    steps = np.abs(np.diff(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64), axis=1))
+    at_border = np.arange(steps.shape[1]) % 8 == 7
+    return float(steps[:, at_border].mean() / steps[:, ~at_border].mean())
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+# ------------------------------------------------------------------------------ determinism
+
+
+def test_same_seed_same_bytes_and_record(photo):
+    first, first_ops = degrade(photo, rng(7))
+    second, second_ops = degrade(photo, rng(7))
+    assert first.tobytes() == second.tobytes()
+    assert first_ops == second_ops
+
+
+def test_different_seeds_differ(photo):
+    results = {degrade(photo, rng(seed))[0].tobytes() for seed in range(4)}
+    assert len(results) == 4
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_every_op_is_deterministic(photo, name):
+    assert np.array_equal(apply_op(name, photo, 0.7, rng(3)), apply_op(name, photo, 0.7, rng(3)))
+
+
+def test_paper_spec_matches_reference_config():
+    """dinov2_252.yaml: op_p 0.3, Beta(1.2, 1.2); shared slots split with the reference's odds."""
+    probabilities = dict(PAPER_SPEC.op_probabilities)
+    assert (PAPER_SPEC.beta_a, PAPER_SPEC.beta_b, PAPER_SPEC.max_strength) == (1.2, 1.2, 1.0)
+    assert probabilities["jpeg"] == pytest.approx(0.3)
+    assert probabilities["grayscale"] + probabilities["colour_cast"] == pytest.approx(0.3)
+    assert probabilities["salt_and_pepper"] == pytest.approx(0.1)
+    assert set(probabilities) == set(OPS)
+
+
+def test_strengths_follow_the_beta_draw(photo):
+    small = photo[:24, :24]
+    strengths = [op.strength for seed in range(150) for op in degrade(small, rng(seed))[1]]
+    assert len(strengths) > 300
+    assert 0.0 <= min(strengths) and max(strengths) <= 1.0
+    # Beta(1.2, 1.2) has mean 0.5 and standard deviation sqrt(1.44 / (5.76 * 3.4)) = 0.271
+    assert np.mean(strengths) == pytest.approx(0.5, abs=0.05)
+    assert np.std(strengths) == pytest.approx(0.271, abs=0.04)
+
+
+# ------------------------------------------------------------------------------ each op
+
+
+def test_jpeg_full_strength_is_quality_10(photo):
+    encoded = cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, 10])[1]
+    expected = cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    out = apply_op("jpeg", photo, 1.0, rng())
+    assert np.array_equal(out, expected)
+    assert np.array_equal(fixed_degradation("jpeg10")(photo), expected)
+    assert psnr(photo, out) < 30.0
+    assert blockiness(out) > 1.5 * blockiness(photo)
+
+
+def test_jpeg_quality_grows_as_strength_drops(photo):
+    errors = [psnr(photo, apply_op("jpeg", photo, s, rng())) for s in (1.0, 0.5, 0.0)]
+    assert errors[0] < errors[1] < errors[2]
+
+
+@pytest.mark.parametrize("name", ["gaussian_blur", "motion_blur"])
+def test_blurs_lower_laplacian_variance(photo, name):
+    before = laplacian_variance(photo)
+    for seed in range(3):
+        assert laplacian_variance(apply_op(name, photo, 1.0, rng(seed))) < 0.3 * before
+
+
+def test_fixed_blur3_is_gaussian_sigma_3(photo):
+    expected = cv2.GaussianBlur(photo.astype(np.float32), (0, 0), 3.0, borderType=cv2.BORDER_REFLECT_101)
+    out = fixed_degradation("blur3")(photo)
+    assert np.abs(out.astype(np.float32) - expected).max() <= 0.51 + 1e-3
+    assert laplacian_variance(out) < 0.1 * laplacian_variance(photo)
+
+
+def test_fixed_noise25_raises_residual_std_by_sigma():
+    gray = flat(128, (200, 200))
+    residual = fixed_degradation("noise25")(gray).astype(np.float64) - 128
+    for channel in range(3):
+        assert residual[..., channel].std() == pytest.approx(25.0, abs=0.8)
+        assert abs(residual[..., channel].mean()) < 0.8
+
+
+def test_gaussian_noise_sigma_is_within_reference_range():
+    gray = flat(128, (120, 120))
+    for seed in range(5):
+        std = (apply_op("gaussian_noise", gray, 0.5, rng(seed)).astype(np.float64) - 128).std()
+        assert 0.5 * 2 * 0.9 < std < 0.5 * 100 * 1.1  # sigma = U{2..100} x s
+
+
+def test_salt_and_pepper_share():
+    gray = flat(128, (200, 200))
+    out = apply_op("salt_and_pepper", gray, 1.0, rng())
+    black = np.all(out == 0, axis=2).mean()
+    white = np.all(out == 255, axis=2).mean()
+    assert black == pytest.approx(0.05, abs=0.005)
+    assert white == pytest.approx(0.05, abs=0.005)
+    untouched = np.all(out == 128, axis=2).mean()
+    assert untouched == pytest.approx(1.0 - black - white)
+
+
+def test_grayscale_has_equal_channels_equal_to_opencv_luma(photo):
+    out = apply_op("grayscale", photo, 0.5, rng())
+    expected = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    for channel in range(3):
+        assert np.array_equal(out[..., channel], expected)
+
+
+def test_colour_cast_is_a_gain_or_a_fade(photo):
+    changed = 0
+    for seed in range(8):
+        out = apply_op("colour_cast", photo, 1.0, rng(seed)).astype(np.float64)
+        source = photo.astype(np.float64)
+        unclipped = np.all(out < 255, axis=2)
+        gains = [(out[..., c] * source[..., c])[unclipped].sum() / (source[..., c] ** 2)[unclipped].sum()
+                 for c in range(3)]
+        gain_residual = np.abs(out - source * np.array(gains))[unclipped].max()
+        spread_ratio = out.std(axis=2).mean() / source.std(axis=2).mean()
+        assert gain_residual <= 1.0 or spread_ratio < 0.95
+        changed += not np.array_equal(out, photo)
+    assert changed == 8
+
+
+def test_chroma_subsampling_keeps_luma_loses_chroma(photo):
+    out = apply_op("chroma_subsampling", photo, 0.5, rng())
+    source_ycc = cv2.cvtColor(photo, cv2.COLOR_RGB2YCrCb)
+    out_ycc = cv2.cvtColor(out, cv2.COLOR_RGB2YCrCb)
+    assert np.abs(source_ycc[..., 0].astype(int) - out_ycc[..., 0]).mean() < 1.5
+    chroma = out_ycc[..., 1].astype(int)
+    # 2x2 blocks share one chroma value (up to the RGB round trip)
+    assert np.abs(chroma[0::2, 0::2] - chroma[1::2, 1::2]).mean() < 1.0
+    source_chroma = source_ycc[..., 1].astype(int)
+    assert np.abs(source_chroma[0::2, 0::2] - source_chroma[1::2, 1::2]).mean() > 1.0
+
+
+def test_banding_posterises_to_the_reference_levels(photo):
+    out = apply_op("banding", photo, 1.0, rng())
+    levels = 18  # int(max(4, 32 - 28 * 1.0 * 0.5))
+    allowed = np.round(np.round(np.arange(256) / (255 / (levels - 1))) * (255 / (levels - 1)))
+    for channel in range(3):
+        assert len(np.unique(out[..., channel])) <= levels
+        assert set(np.unique(out[..., channel])) <= set(allowed.astype(np.uint8))
+
+
+def test_brightness_contrast_is_a_monotone_global_map(photo):
+    means = []
+    for seed in range(6):
+        out = apply_op("brightness_contrast", photo, 1.0, rng(seed))
+        for channel in range(3):
+            source, result = photo[..., channel].ravel(), out[..., channel].ravel().astype(int)
+            order = np.lexsort((result, source))
+            assert np.all(np.diff(result[order]) >= 0)  # same input value -> same, non-decreasing
+        means.append(out.mean())
+    assert np.ptp(means) > 10  # strength 1 moves brightness a lot
+
+
+def test_chromatic_aberration_shifts_red_and_blue(photo):
+    out = apply_op("chromatic_aberration", photo, 1.0, rng())
+    shift = 4  # max(1, int(4 * 1.0))
+    assert np.array_equal(out[shift:, shift:, 0], photo[:-shift, :-shift, 0])
+    assert np.array_equal(out[:-shift, :-shift, 2], photo[shift:, shift:, 2])
+    assert np.array_equal(out[..., 1], photo[..., 1])
+
+
+def test_moire_adds_a_bounded_grating():
+    gray = flat(128, (100, 100))
+    delta = apply_op("moire", gray, 1.0, rng()).astype(np.float64) - 128
+    # img (1 - a) + wave a with wave in [0, 1], a = 0.15: delta in [-0.15 x 128, 0.15 x 127]
+    assert delta.min() >= -0.15 * 128 - 1 and delta.max() <= 0.15 * 127 + 1
+    assert delta.std() > 5
+    assert np.array_equal(delta[..., 0], delta[..., 2])
+
+
+def test_glitch_lines_touch_whole_rows_only(photo):
+    out = apply_op("glitch_lines", photo, 1.0, rng(2))
+    changed_rows = np.any(out != photo, axis=(1, 2))
+    assert 0 < changed_rows.sum() < photo.shape[0]
+    assert np.array_equal(apply_op("glitch_lines", photo, 0.0, rng(2)), photo)
+
+
+def test_vignetting_darkens_corners_more_than_centre():
+    out = apply_op("vignetting", flat(200, (101, 121)), 1.0, rng()).astype(np.float64)
+    assert out[50, 60].mean() == pytest.approx(200, abs=2)
+    # corner: radius sqrt(2) -> gain 1 - (0.4 + 0.4) = 0.2
+    for corner in (out[0, 0], out[0, -1], out[-1, 0], out[-1, -1]):
+        assert corner.mean() == pytest.approx(40, abs=1)
+
+
+def test_resize_loses_detail(photo):
+    ratios = [laplacian_variance(apply_op("resize", photo, 1.0, rng(seed))) / laplacian_variance(photo)
+              for seed in range(6)]
+    assert np.median(ratios) < 0.6
+    assert laplacian_variance(fixed_degradation("down4_up")(photo)) < 0.1 * laplacian_variance(photo)
+
+
+def test_gamma_dark_follows_gamma_2_2(photo):
+    expected = np.rint(255.0 * (photo / 255.0) ** 2.2)
+    assert np.abs(fixed_degradation("gamma_dark")(photo) - expected).max() <= 1
+    assert fixed_degradation("gamma_dark")(photo).mean() < 0.7 * photo.mean()
+
+
+@pytest.mark.parametrize("name", ["compound_a", "compound_b"])
+def test_compound_fixed_degradations(photo, name):
+    degraded = fixed_degradation(name)
+    first = degraded(photo)
+    assert np.array_equal(first, degraded(photo))
+    assert psnr(photo, first) < 30
+
+
+# ------------------------------------------------------------------------------ shapes and errors
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 2), (1, 7), (3, 5), (17, 31)])
+def test_shapes_and_dtype_preserved(shape):
+    image = rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    for name in OPS:
+        for strength in (0.0, 1.0):
+            out = apply_op(name, image, strength, rng())
+            assert out.shape == image.shape and out.dtype == np.uint8, name
+    for name in FIXED_DEGRADATIONS:
+        out = fixed_degradation(name)(image)
+        assert out.shape == image.shape and out.dtype == np.uint8, name
+    for seed in range(3):
+        out, applied = degrade(image, rng(seed), ALL_OPS_SPEC)
+        assert out.shape == image.shape and out.dtype == np.uint8
+        assert {op.name for op in applied} >= set(OPS) - {"resize"}
+
+
+def test_bad_inputs_raise_readable_errors(photo):
+    with pytest.raises(DegradationError, match="unknown degradation op 'sepia'"):
+        apply_op("sepia", photo, 0.5, rng())
+    with pytest.raises(DegradationError, match="uint8 RGB"):
+        apply_op("jpeg", photo.astype(np.float32), 0.5, rng())
+    with pytest.raises(DegradationError, match="uint8 RGB"):
+        degrade(photo[..., 0], rng())
+    with pytest.raises(DegradationError, match="strength"):
+        apply_op("jpeg", photo, 1.5, rng())
+    with pytest.raises(DegradationError, match="jpeg10"):
+        fixed_degradation("jpeg5")
+    with pytest.raises(DegradationError, match="unknown degradation op"):
+        DegradationSpec(op_probabilities=(("jpg", 0.5),))
+    with pytest.raises(DegradationError, match="probability"):
+        DegradationSpec(op_probabilities=(("jpeg", 1.5),))
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def test_degrade_files_reports_bad_file_and_processes_others(tmp_path, photo):
+    good = tmp_path / "in" / "good.jpg"
+    good.parent.mkdir()
+    cv2.imwrite(str(good), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    broken = tmp_path / "in" / "broken.png"
+    broken.write_bytes(b"not an image")
+    missing = tmp_path / "in" / "missing.png"
+
+    results = degrade_files([broken, good, missing], tmp_path / "out", seed=5, fixed=None,
+                            spec=PAPER_SPEC)
+    outcome = dict(results)
+    assert isinstance(outcome[broken], str) and "not a readable image" in outcome[broken]
+    assert isinstance(outcome[missing], str) and "no such file" in outcome[missing]
+    written = outcome[good]
+    assert isinstance(written, Path) and written == tmp_path / "out" / "good.png"
+
+    again = degrade_files([good], tmp_path / "again", seed=5, fixed=None, spec=PAPER_SPEC)
+    assert written.read_bytes() == Path(again[0][1]).read_bytes()
+
+
+def test_degrade_files_fixed_matches_the_function(tmp_path, photo):
+    source = tmp_path / "a.png"
+    cv2.imwrite(str(source), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    twin = tmp_path / "sub" / "a.png"
+    twin.parent.mkdir()
+    twin.write_bytes(source.read_bytes())
+    results = degrade_files([source, twin], tmp_path / "out", seed=0, fixed="blur3", spec=PAPER_SPEC)
+    assert [Path(out).name for _, out in results] == ["a.png", "a-1.png"]
+    written = cv2.cvtColor(cv2.imread(str(results[0][1])), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(written, fixed_degradation("blur3")(photo))
+
+
+def test_degrade_files_share_zero_copies_pixels(tmp_path, photo):
+    source = tmp_path / "a.png"
+    cv2.imwrite(str(source), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    (_, out), = degrade_files([source], tmp_path / "out", seed=0, fixed=None, spec=PAPER_SPEC, share=0.0)
+    assert np.array_equal(cv2.imread(str(out)), cv2.imread(str(source)))

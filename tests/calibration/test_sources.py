@@ -1,0 +1,95 @@
+"""Image sources: folder listing, reproducible sampling and the built-in photographs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dfd.calibration.sources import (
+    ImageSourceError,
+    builtin_photographs,
+    list_images,
+    sample_images,
+)
+
+
+def write_image(path: Path, value: int = 100) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.full((4, 5, 3), value, dtype=np.uint8))
+    return path
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    write_image(tmp_path / "b.png")
+    write_image(tmp_path / "A.JPG")
+    write_image(tmp_path / "sub" / "c.webp")
+    write_image(tmp_path / "sub" / "deeper" / "d.bmp")
+    write_image(tmp_path / ".hidden" / "e.png")
+    write_image(tmp_path / ".f.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def test_list_images_recursive_sorted_filtered(folder):
+    names = [path.relative_to(folder).as_posix() for path in list_images(folder)]
+    assert names == ["A.JPG", "b.png", "sub/c.webp", "sub/deeper/d.bmp"]
+
+
+def test_list_images_flat(folder):
+    assert [path.name for path in list_images(folder, recursive=False)] == ["A.JPG", "b.png"]
+
+
+def test_list_images_errors(tmp_path):
+    with pytest.raises(ImageSourceError, match="does not exist"):
+        list_images(tmp_path / "nowhere")
+    (tmp_path / "only.txt").write_text("x")
+    with pytest.raises(ImageSourceError, match="no images under"):
+        list_images(tmp_path)
+    with pytest.raises(ImageSourceError, match="not a folder"):
+        list_images(tmp_path / "only.txt")
+
+
+def test_sample_without_replacement_is_reproducible():
+    items = [f"img{i}" for i in range(20)]
+    first = sample_images(items, 7, seed=3)
+    assert first == sample_images(items, 7, seed=3)
+    assert len(set(first)) == 7 and set(first) <= set(items)
+    assert first != sample_images(items, 7, seed=4)
+
+
+def test_sample_repeats_only_as_needed():
+    items = ["a", "b", "c"]
+    counts = Counter(sample_images(items, 8, seed=0))
+    assert sum(counts.values()) == 8
+    assert sorted(counts.values()) == [2, 3, 3]  # 8 = 2 x 3 + 2 distinct extras
+    assert sorted(sample_images(items, 3, seed=9)) == items
+
+
+def test_sample_errors():
+    with pytest.raises(ImageSourceError, match="at least 1"):
+        sample_images(["a"], 0, seed=0)
+    with pytest.raises(ImageSourceError, match="empty"):
+        sample_images([], 3, seed=0)
+    with pytest.raises(ImageSourceError, match="seed"):
+        sample_images(["a"], 1, seed=-1)
+
+
+def test_builtin_photographs_are_the_shipped_files():
+    import skimage
+    from skimage import io
+
+    photographs = dict(builtin_photographs())
+    assert len(photographs) >= 5
+    for name, rgb in photographs.items():
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, name
+        assert min(rgb.shape[:2]) >= 252, name  # big enough for the global stream's crop
+    shipped = Path(skimage.__file__).parent / "data"
+    assert np.array_equal(photographs["skimage:astronaut.png"], io.imread(shipped / "astronaut.png"))
+    camera = photographs["skimage:camera.png"]
+    assert np.array_equal(camera[..., 0], io.imread(shipped / "camera.png"))
+    assert np.array_equal(camera[..., 0], camera[..., 2])

@@ -1,0 +1,286 @@
+"""The CUDA kernels without a GPU: NVRTC compiles them, and their math, compiled for the host with
+g++, equals OpenCV/NumPy preprocessing and the Python vote.
+
+The host build (tests/runtime/kernel_host/kernel_host.cpp) calls the very header functions the
+CUDA kernels call per thread. References: cv2.resize / slicing written from REFERENCE.md, and
+runtime/preprocess.py and runtime/vote.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dfd.runtime import cuda_kernels, preprocess, vote
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNELS = ROOT / "runtime" / "kernels"
+HOST_SOURCE = Path(__file__).parent / "kernel_host" / "kernel_host.cpp"
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+U8P = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
+I, LL, D = ctypes.c_int, ctypes.c_longlong, ctypes.c_double
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """The kernels' header math compiled for this CPU as a shared library."""
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("g++ is needed to compile the kernels' math for the host")
+    library = tmp_path_factory.mktemp("kernel_host") / "kernel_host.so"
+    subprocess.run([compiler, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC",
+                    f"-I{KERNELS}", str(HOST_SOURCE), "-o", str(library)], check=True)
+    lib = ctypes.CDLL(str(library))
+    image_args = [ctypes.c_void_p, LL, I, I, I]
+    lib.host_resize.argtypes = image_args + [I, I, I, U8P]
+    lib.host_stream_u8.argtypes = image_args + [I, D, D, D, D, D, U8P]
+    lib.host_stream_f32.argtypes = image_args + [I, D, D, D, D, D,
+                                                 np.ctypeslib.ndpointer(np.float32)]
+    lib.host_float_to_half.argtypes = [np.ctypeslib.ndpointer(np.float32), LL,
+                                       np.ctypeslib.ndpointer(np.uint16)]
+    lib.host_vote.argtypes = [np.ctypeslib.ndpointer(np.float32), LL,
+                              np.ctypeslib.ndpointer(np.float64), np.ctypeslib.ndpointer(np.float64),
+                              np.ctypeslib.ndpointer(np.float64)]
+    lib.host_softmax.argtypes = [np.ctypeslib.ndpointer(np.float32), LL,
+                                 np.ctypeslib.ndpointer(np.float32)]
+    lib.host_job_layout.argtypes = [np.ctypeslib.ndpointer(np.int64)]
+    return lib
+
+
+def _image_args(img: np.ndarray) -> tuple:
+    """(pointer, pitch, width, height) of a possibly row-padded HxWx3 uint8 view."""
+    assert img.strides[1:] == (3, 1)
+    return img.ctypes.data, img.strides[0], img.shape[1], img.shape[0]
+
+
+def host_resize(lib, img: np.ndarray, size: int | tuple[int, int], interpolation: int) -> np.ndarray:
+    width, height = (size, size) if isinstance(size, int) else size
+    out = np.empty((height, width, 3), np.uint8)
+    lib.host_resize(*_image_args(img), 0, width, height, interpolation, out)
+    return out
+
+
+def host_stream(lib, img: np.ndarray, stream: int, box=None, order: int = 0, normalised=False):
+    side = 224 if stream == 2 else 252
+    box = box or (0.0, 0.0, 0.0, 0.0)
+    if normalised:
+        out = np.empty((3, side, side), np.float32)
+        lib.host_stream_f32(*_image_args(img), order, stream, *box, 1.3, out)
+    else:
+        out = np.empty((side, side, 3), np.uint8)
+        lib.host_stream_u8(*_image_args(img), order, stream, *box, 1.3, out)
+    return out
+
+
+def random_sizes() -> list[tuple[int, int]]:
+    """(h, w) pairs: every resize path of OpenCV, 1x1 to 4000x3000, mostly small to stay fast."""
+    rng = np.random.default_rng(2026)
+    fixed = [(1, 1), (1, 7), (5, 1), (2, 3), (224, 224), (256, 256), (448, 448), (672, 448),
+             (512, 768), (449, 449), (224, 1000), (1000, 224), (223, 300), (300, 223), (255, 256),
+             (100, 300), (300, 100), (4000, 3000), (3000, 4000), (1500, 2000)]
+    drawn = [(int(h), int(w)) for h, w in rng.integers(1, 700, size=(34, 2))]
+    return fixed + drawn
+
+
+SIZES = random_sizes()
+
+
+@pytest.mark.parametrize("arch", ["sm_87", "sm_90"])
+def test_nvrtc_compiles_every_kernel_to_ptx(arch, tmp_path, monkeypatch):
+    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path))
+    ptx = cuda_kernels.compile_ptx(arch).decode()
+    assert f".target {arch}" in ptx
+    for name in cuda_kernels.KERNEL_NAMES:
+        assert f".entry {name}(" in ptx
+    assert len(list(tmp_path.glob(f"ptx-{arch}-*.ptx"))) == 1  # cached for the next call
+    assert cuda_kernels.compile_ptx(arch).decode() == ptx
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(cuda_kernels.KernelBuildError, match="sm_XY"):
+        cuda_kernels.compile_ptx("hopper")
+
+
+def test_job_layout_matches_the_compiled_struct(host):
+    layout = np.zeros(11, np.int64)
+    host.host_job_layout(layout)
+    dtype = cuda_kernels.JOB_DTYPE
+    assert layout[0] == dtype.itemsize
+    assert list(layout[1:]) == [dtype.fields[name][1] for name in dtype.names]
+
+
+def test_resizes_equal_opencv_on_random_sizes(host):
+    """INTER_AREA (224 and 256) bit-exact; INTER_CUBIC bit-exact with OpenCV's own code path.
+
+    On x86 the default cv2 routes uint8 INTER_CUBIC through Intel IPP, whose arithmetic is not
+    public; against it the kernels are within one grey level (measured ~4% of values).
+    """
+    rng = np.random.default_rng(7)
+    ipp_off_by_one = ipp_total = 0
+    for h, w in SIZES:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for size in (224, 256):
+            expected = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+            np.testing.assert_array_equal(host_resize(host, img, size, cv2.INTER_AREA), expected,
+                                          err_msg=f"INTER_AREA {h}x{w} -> {size}")
+        if h * w > 1_000_000:
+            continue  # cubic reads 16 pixels per output: large sources add nothing new
+        ours = host_resize(host, img, 224, cv2.INTER_CUBIC)
+        optimized = cv2.useOptimized()
+        try:
+            cv2.setUseOptimized(False)
+            plain = cv2.resize(img, (224, 224), interpolation=cv2.INTER_CUBIC)
+            # a row of 3 * 259 values ends with OpenCV's non-SIMD fixed-point tail
+            np.testing.assert_array_equal(
+                host_resize(host, img, (259, 253), cv2.INTER_CUBIC),
+                cv2.resize(img, (259, 253), interpolation=cv2.INTER_CUBIC), err_msg=f"{h}x{w}")
+        finally:
+            cv2.setUseOptimized(optimized)
+        np.testing.assert_array_equal(ours, plain, err_msg=f"INTER_CUBIC {h}x{w}")
+        default = cv2.resize(img, (224, 224), interpolation=cv2.INTER_CUBIC)
+        difference = np.abs(ours.astype(int) - default)
+        assert difference.max() <= 1
+        ipp_off_by_one += int((difference > 0).sum())
+        ipp_total += difference.size
+    assert ipp_off_by_one / ipp_total < 0.06
+
+
+def _reference_face(img: np.ndarray, box) -> np.ndarray:
+    """The reference's crop_face_with_margin, literally: copyMakeBorder, slice, INTER_AREA 256."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    cx, cy = x1 + w / 2, y1 + h / 2
+    side = max(w, h) * 1.3
+    nx1, ny1, nx2, ny2 = int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2)
+    img_h, img_w = img.shape[:2]
+    top, bottom = max(0, -ny1), max(0, ny2 - img_h)
+    left, right = max(0, -nx1), max(0, nx2 - img_w)
+    if top or bottom or left or right:
+        img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=[0, 0, 0])
+        nx1, nx2, ny1, ny2 = nx1 + left, nx2 + left, ny1 + top, ny2 + top
+    return cv2.resize(img[ny1:ny2, nx1:nx2], (256, 256), interpolation=cv2.INTER_AREA)
+
+
+def _random_box(rng, h: int, w: int) -> tuple[float, float, float, float]:
+    bw, bh = rng.integers(max(1, w // 4), w + 1), rng.integers(max(1, h // 4), h + 1)
+    x1, y1 = rng.integers(-bw // 4, w - bw // 2 + 1), rng.integers(-bh // 4, h - bh // 2 + 1)
+    return float(x1), float(y1), float(x1 + bw), float(y1 + bh)
+
+
+@pytest.mark.parametrize("h,w", [(252, 252), (253, 300), (300, 224), (1000, 700), (700, 1000),
+                                 (224, 180), (120, 400), (90, 60), (1, 1), (640, 480)])
+def test_streams_equal_reference_preprocessing(host, h, w):
+    rng = np.random.default_rng(h * 10007 + w)
+    padded = rng.integers(0, 256, (h, w + 5, 3), dtype=np.uint8)
+    rgb = padded[:, :w]  # a row pitch larger than 3 * width
+    box = _random_box(rng, h, w)
+
+    global_ref, _ = preprocess.center_crop(np.ascontiguousarray(rgb), 252)
+    if h >= 252 and w >= 252:
+        top, left = (h - 252) // 2, (w - 252) // 2
+        np.testing.assert_array_equal(global_ref, rgb[top:top + 252, left:left + 252])
+    fusion_ref, _ = preprocess.resize_fusion(np.ascontiguousarray(rgb))
+    face_ref = _reference_face(np.ascontiguousarray(rgb), box)
+    np.testing.assert_array_equal(preprocess.crop_face(np.ascontiguousarray(rgb), box), face_ref)
+    face_ref = face_ref[2:254, 2:254]
+    no_face_ref = global_ref  # no usable face: the reference feeds the original image
+
+    for stream, box_arg, expected in ((0, None, global_ref), (1, box, face_ref),
+                                      (1, None, no_face_ref), (2, None, fusion_ref)):
+        got = host_stream(host, rgb, stream, box_arg)
+        fusion_cubic = h < 224 or (h == 224 and w < 224)
+        if (stream == 2 and fusion_cubic) or (stream != 2 and min(h, w) < 252 and box_arg is None):
+            # INTER_CUBIC inside: bit-exact with OpenCV's own path, within one level of IPP's
+            optimized = cv2.useOptimized()
+            try:
+                cv2.setUseOptimized(False)
+                plain = (preprocess.resize_fusion(np.ascontiguousarray(rgb))[0] if stream == 2
+                         else preprocess.center_crop(np.ascontiguousarray(rgb), 252)[0])
+            finally:
+                cv2.setUseOptimized(optimized)
+            np.testing.assert_array_equal(got, plain)
+            assert np.abs(got.astype(int) - expected).max() <= 1
+        else:
+            np.testing.assert_array_equal(got, expected, err_msg=f"stream {stream}")
+        normalised = host_stream(host, rgb, stream, box_arg, normalised=True)
+        np.testing.assert_array_equal(normalised, preprocess.normalise(got))
+        reference = ((got.astype(np.float32) / np.float32(255) - MEAN) / STD).transpose(2, 0, 1)
+        np.testing.assert_array_equal(normalised, reference)
+
+
+def test_bgr_input_gives_the_rgb_result(host):
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (300, 410, 3), dtype=np.uint8)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    box = (50.0, 40.0, 250.0, 260.0)
+    for stream in (0, 1, 2):
+        np.testing.assert_array_equal(host_stream(host, bgr, stream, box, order=1),
+                                      host_stream(host, rgb, stream, box, order=0))
+
+
+def test_half_conversion_matches_numpy(host):
+    rng = np.random.default_rng(5)
+    values = np.concatenate([
+        rng.standard_normal(200_000).astype(np.float32) * 3,
+        rng.standard_normal(20_000).astype(np.float32) * 1e-6,  # half subnormals
+        np.array([0.0, -0.0, 65504.0, 65519.0, 65520.0, 1e9, -1e9, np.inf, -np.inf,
+                  2.0 ** -24, 2.0 ** -25, 2.0 ** -25 * 1.0000001, 2.0 ** -26, 1 + 2.0 ** -11,
+                  1 + 3 * 2.0 ** -11], dtype=np.float32),
+    ])
+    bits = np.empty(values.size, np.uint16)
+    host.host_float_to_half(values, values.size, bits)
+    with np.errstate(over="ignore"):
+        expected = values.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(bits, expected)
+
+
+def _string_vote(probs: np.ndarray, weights=(2.0, 1.0, 2.0)) -> np.ndarray:
+    """The reference vote with its own strings: f"{p:.1f}", np.average, np.round."""
+    out = np.empty(len(probs))
+    for i, row in enumerate(probs):
+        rounded = [float(f"{float(p):.1f}") for p in row]
+        out[i] = float(f"{float(np.round(np.average(rounded, weights=weights), 1)):.1f}")
+    return out
+
+
+def _boundary_probabilities() -> np.ndarray:
+    """Every exact rounding boundary k/20 in [0, 1] and its float32 neighbours, all combinations."""
+    centres = np.array([k / 20 for k in range(21)], dtype=np.float32)
+    values = np.unique(np.concatenate([centres, np.nextafter(centres, np.float32(0)),
+                                       np.nextafter(centres, np.float32(1))]))
+    values = values[(values >= 0) & (values <= 1)]
+    grid = np.stack(np.meshgrid(values, values, values, indexing="ij"), -1).reshape(-1, 3)
+    return grid.astype(np.float32)
+
+
+def test_vote_equals_python_vote(host):
+    rng = np.random.default_rng(11)
+    probs = np.concatenate([rng.random((100_000, 3), dtype=np.float32), _boundary_probabilities()])
+    weights = np.array([2.0, 1.0, 2.0])
+    score, mean = np.empty(len(probs)), np.empty(len(probs))
+    host.host_vote(probs, len(probs), weights, score, mean)
+
+    np.testing.assert_array_equal(score, vote.discretised_vote_batch(probs))
+    strings = rng.choice(len(probs) - 100_000, 3000, replace=False) + 100_000
+    check = np.concatenate([np.arange(3000), strings])
+    np.testing.assert_array_equal(score[check], _string_vote(probs[check]))
+    for i in check[::100]:
+        single = vote.discretised_vote(dict(zip(vote.STREAMS, probs[i].tolist())))
+        assert single.score == score[i]
+        assert single.raw_mean == mean[i]
+
+
+def test_softmax_equals_python(host):
+    rng = np.random.default_rng(13)
+    logits = np.concatenate([rng.standard_normal((50_000, 2)) * 4,
+                             [[0, 0], [100, -100], [-100, 100], [1e30, -1e30]]]).astype(np.float32)
+    ours = np.empty(len(logits), np.float32)
+    host.host_softmax(logits, len(logits), ours)
+    np.testing.assert_array_equal(ours, vote.softmax_fake_probability(logits))

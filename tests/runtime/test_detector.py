@@ -1,0 +1,241 @@
+"""The Detector end to end: reference checkpoints -> build -> detect, against the reference
+pipeline (reference network + the reference's OpenCV preprocessing, from REFERENCE.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dfd.calibration.degrade import fixed_degradation
+from dfd.export.cli import main
+from dfd.runtime.detector import Detector
+from dfd.runtime.manifest import EngineSetError
+from reference_preprocessing import reference_face_crop, reference_vote, stream_batch
+
+FACE_BOXES = {"astronaut": (120, 30, 320, 260), "chelsea": (120, 40, 300, 260)}
+
+
+@pytest.fixture(scope="module")
+def scene(photographs, tmp_path_factory):
+    """Photographs and JPEG/blur/noise-degraded copies as PNG files, and reference-style face
+    crops (for some images only: the others use the no-face rule)."""
+    root = tmp_path_factory.mktemp("scene")
+    images, crops = root / "images", root / "crops"
+    images.mkdir(), crops.mkdir()
+    arrays = {}
+    for name, rgb in photographs.items():
+        arrays[name] = rgb
+        for degradation in ("jpeg10", "blur3", "noise25"):
+            arrays[f"{name}_{degradation}"] = fixed_degradation(degradation)(rgb)
+    for name, rgb in arrays.items():
+        cv2.imwrite(str(images / f"{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        box = FACE_BOXES.get(name.split("_")[0])
+        if box is not None:
+            crop = reference_face_crop(rgb, box)
+            cv2.imwrite(str(crops / f"{name}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    return images, crops, arrays
+
+
+def _reference_results(reference_ensemble, images: Path, crops: Path) -> dict[str, tuple[dict, float]]:
+    """The reference pipeline, image by image, read from the files the way the reference does."""
+    out = {}
+    for path in sorted(images.glob("*.png")):
+        rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        crop_path = crops / path.name
+        face = cv2.cvtColor(cv2.imread(str(crop_path)), cv2.COLOR_BGR2RGB) if crop_path.exists() else rgb
+        probs = {
+            "global": reference_ensemble.p_fake("global", stream_batch([rgb], "global")).item(),
+            "face": reference_ensemble.p_fake("face", stream_batch([face], "face")).item(),
+            "fusion": reference_ensemble.p_fake("fusion", stream_batch([rgb], "fusion")).item(),
+        }
+        out[str(path)] = (probs, reference_vote(probs["global"], probs["face"], probs["fusion"]))
+    return out
+
+
+def test_detect_cli_reproduces_the_reference_pipeline(tiny_engine_set, reference_ensemble, scene):
+    images, crops, _ = scene
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(images), "--face-crops", str(crops),
+                                       "--format", "jsonl", "--batch-size", "5"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = _reference_results(reference_ensemble, images, crops)
+    assert [line["image"] for line in lines] == sorted(expected)
+    scores = set()
+    for line in lines:
+        probs, score = expected[line["image"]]
+        assert line["error"] is None
+        for stream in ("global", "face", "fusion"):
+            assert abs(line["streams"][stream] - probs[stream]) <= 1e-4, (line["image"], stream)
+        assert line["score"] == score, line["image"]
+        scores.add(score)
+        has_crop = (crops / Path(line["image"]).name).exists()
+        assert (line["face"] is not None) == has_crop
+    assert len(scores) >= 3, "the fixture should exercise several vote outcomes"
+
+
+def test_face_boxes_api_crops_like_the_reference(tiny_engine_set, reference_ensemble, photographs):
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime")
+    rgb = photographs["astronaut"]
+    small_box = (0, 0, 20, 20)  # under 1/9 of the image: the reference uses the original image
+    results = detector.detect([rgb, rgb], face_boxes=[FACE_BOXES["astronaut"], small_box])
+    crop = reference_face_crop(rgb, FACE_BOXES["astronaut"])
+    expected = reference_ensemble.p_fake("face", stream_batch([crop, rgb], "face")).numpy()
+    assert results[0].face["used"] == "crop" and results[1].face["used"] == "original image"
+    assert abs(results[0].streams["face"] - expected[0]) <= 1e-4
+    assert abs(results[1].streams["face"] - expected[1]) <= 1e-4
+    assert any("1/9" in note for note in results[1].notes)
+
+
+def _write_bad_inputs(folder: Path, good: np.ndarray) -> dict[str, tuple[Path, str | None]]:
+    """name -> (file, expected error substring or None when a documented conversion applies)."""
+    folder.mkdir()
+    png = cv2.imencode(".png", cv2.cvtColor(good, cv2.COLOR_RGB2BGR))[1].tobytes()
+    jpg = cv2.imencode(".jpg", cv2.cvtColor(good, cv2.COLOR_RGB2BGR))[1].tobytes()
+    cases = {}
+
+    def write(name, data, expect):
+        path = folder / name
+        path.write_bytes(data) if isinstance(data, bytes) else cv2.imwrite(str(path), data)
+        cases[name] = (path, expect)
+
+    write("corrupt.png", png[:40] + bytes(range(256)) * 4, "")
+    write("truncated.jpg", jpg[: len(jpg) // 2], "")
+    write("empty.png", b"", "empty")
+    write("text.jpg", b"this is not an image\n" * 10, "")
+    write("gray.png", cv2.cvtColor(good, cv2.COLOR_RGB2GRAY), None)
+    write("rgba.png", cv2.cvtColor(good, cv2.COLOR_RGB2BGRA), None)
+    write("sixteen.png", (cv2.cvtColor(good, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257), None)
+    write("one.png", good[:1, :1], None)
+    # 20000x20000 PNG of zeros: a tiny file whose full decode would need 1.2 GB
+    write("huge.png", cv2.imencode(".png", np.zeros((20000, 20000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes(),
+          "pixels")
+    return cases
+
+
+def test_bad_inputs_do_not_sink_the_batch(tiny_engine_set, photographs, tmp_path):
+    good = photographs["coffee"]
+    cases = _write_bad_inputs(tmp_path / "bad", good)
+    good_path = tmp_path / "good.png"
+    cv2.imwrite(str(good_path), cv2.cvtColor(good, cv2.COLOR_RGB2BGR))
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=4)
+    alone = detector.detect([good_path])[0]
+    paths = [good_path, tmp_path / "missing.png", tmp_path]
+    for path, _ in cases.values():
+        paths += [path, good_path]
+    results = detector.detect(paths)
+    by_image = {}
+    for path, result in zip(paths, results):
+        by_image.setdefault(str(path), []).append(result)
+    for result in by_image[str(good_path)]:
+        assert result.ok and result.score == alone.score and result.streams == alone.streams
+    assert "does not exist" in by_image[str(tmp_path / "missing.png")][0].error
+    assert "directory" in by_image[str(tmp_path)][0].error
+    for name, (path, expect) in cases.items():
+        result = by_image[str(path)][0]
+        if expect is None:
+            assert result.ok, (name, result.error)
+            assert result.notes, f"{name}: the conversion must be reported"
+        else:
+            assert not result.ok and expect in result.error.lower(), (name, result.error)
+            assert result.score is None
+
+
+def test_small_and_224_high_images_follow_the_documented_rules(tiny_engine_set, photographs):
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime")
+    small, exact = photographs["astronaut"][:100, :180], photographs["coffee"][:224, :300]
+    results = detector.detect([small, exact])
+    assert all(r.ok for r in results)
+    assert any("global stream" in n and "upscal" in n for n in results[0].notes)
+    assert any("fusion stream" in n for n in results[1].notes)
+
+
+def test_detector_is_thread_safe(tiny_engine_set, photographs):
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=2)
+    images = list(photographs.values())
+    expected = [r.to_dict() for r in detector.detect(images)]
+    failures = []
+
+    def work():
+        for _ in range(3):
+            if [r.to_dict() for r in detector.detect(images)] != expected:
+                failures.append("mismatch")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+def test_tampered_and_incomplete_sets_are_refused(tiny_engine_set, tmp_path):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_engine_set, tampered)
+    with open(tampered / "fusion.fp32.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(EngineSetError, match="fusion.fp32.onnx has"):
+        Detector.open(tampered)
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(tiny_engine_set, incomplete)
+    (incomplete / "face.fp32.onnx").unlink()
+    with pytest.raises(EngineSetError, match="missing file face.fp32.onnx"):
+        Detector.open(incomplete)
+    result = CliRunner().invoke(main, ["detect", str(incomplete), str(tmp_path)])
+    assert result.exit_code == 1 and "integrity check" in result.output
+
+
+def test_tensorrt_backend_absent_is_one_clear_line(tiny_engine_set, photographs, tmp_path):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), photographs["coffee"])
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(image), "--backend", "tensorrt"])
+    assert result.exit_code == 1
+    assert "cannot use the tensorrt backend" in result.output and "Traceback" not in result.output
+
+
+def test_runtime_never_imports_torch(tiny_engine_set, photographs, tmp_path):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), photographs["chelsea"])
+    code = (
+        "import sys\n"
+        "from dfd.runtime.detector import Detector\n"
+        f"r = Detector.open({str(tiny_engine_set)!r}).detect([{str(image)!r}])\n"
+        "assert r[0].ok, r[0].error\n"
+        "from dfd.export import cli\n"  # the CLI front end must not pull torch in either
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize("box", [FACE_BOXES["astronaut"], (0, 0, 20, 20)], ids=["crop", "no-usable-face"])
+def test_jpeg_face_input_is_reencoded_like_the_reference_crop_files(tiny_engine_set, reference_ensemble,
+                                                                     photographs, tmp_path, box):
+    """The reference saves the face input (crop, or the original when the face is too small) with
+    cv2.imwrite under the input's .jpg name and the face stream reads that file back."""
+    path = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR))
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    too_small = (box[2] - box[0]) * (box[3] - box[1]) < rgb.shape[0] * rgb.shape[1] / 9.0
+    face_input = rgb if too_small else reference_face_crop(rgb, box)
+    saved = tmp_path / "crops" / "astronaut.jpg"
+    saved.parent.mkdir()
+    cv2.imwrite(str(saved), cv2.cvtColor(face_input, cv2.COLOR_RGB2BGR))
+    reread = cv2.cvtColor(cv2.imread(str(saved)), cv2.COLOR_BGR2RGB)
+    expected = reference_ensemble.p_fake("face", stream_batch([reread], "face")).item()
+    raw = reference_ensemble.p_fake("face", stream_batch([face_input], "face")).item()
+    result = Detector.open(tiny_engine_set).detect([path], face_boxes=[box])[0]
+    assert abs(result.streams["face"] - expected) <= 1e-4
+    assert any("re-encoded as .jpg" in note for note in result.notes)
+    assert abs(raw - expected) > 1e-6, "the re-encode must matter for this test to mean anything"

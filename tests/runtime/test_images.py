@@ -1,0 +1,351 @@
+"""decode_image against `cv2.imread(path)` + BGR->RGB (the reference), and its bad-input suite."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from dfd.runtime.images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, decode_image
+
+
+def reference_decode(path: Path) -> np.ndarray:
+    """The reference: cv2.imread(path) (IMREAD_COLOR) then BGR->RGB."""
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def write(path: Path, image: np.ndarray, *params: int) -> Path:
+    assert cv2.imwrite(str(path), image, list(params))
+    return path
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def black_png(width: int, height: int, rows_per_block: int = 1000) -> bytes:
+    """A valid 8-bit RGB PNG of zeros, written without ever holding the pixels.
+
+    Deflate blocks ended by a full flush do not refer to earlier data, so the compressed bytes of
+    one block of rows can be repeated; only the Adler-32 checksum needs every row.
+    """
+    assert height % rows_per_block == 0
+    block = b"\x00" * ((width * 3 + 1) * rows_per_block)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    compressed = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    checksum = 1
+    for _ in range(height // rows_per_block):
+        checksum = zlib.adler32(block, checksum)
+    stream = (b"\x78\xda" + compressed * (height // rows_per_block)
+              + compressor.flush(zlib.Z_FINISH) + struct.pack(">I", checksum))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", stream)
+            + png_chunk(b"IEND", b""))
+
+
+MEASURE = """
+import json, sys, time
+from dfd.runtime.images import ImageError, decode_image
+
+def peak_rss_kib():
+    # VmHWM is this process's own peak since exec; ru_maxrss would inherit the parent's peak
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+path, max_pixels = sys.argv[1], int(sys.argv[2])
+before = peak_rss_kib()
+start = time.perf_counter()
+try:
+    decoded = decode_image(path, max_pixels=max_pixels)
+    result = {"shape": list(decoded.rgb.shape), "notes": list(decoded.notes)}
+except ImageError as error:
+    result = {"error": str(error)}
+result["seconds"] = time.perf_counter() - start
+result["peak_growth_mb"] = (peak_rss_kib() - before) / 1024
+print(json.dumps(result))
+"""
+
+
+def decode_in_fresh_process(path: Path, max_pixels: int) -> dict:
+    """decode_image in a new interpreter, reporting how much its own peak RSS grew (Linux)."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("the peak RSS is read from /proc/self/status (VmHWM), which is Linux only")
+    completed = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(max_pixels)],
+                               capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return skimage.data.astronaut()[40:340, 60:460]  # 300x400 RGB
+
+
+# --- normal images: same pixels as the reference -----------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".webp", ".tiff"])
+def test_colour_files_decode_exactly_as_the_reference(tmp_path, photo, suffix):
+    path = write(tmp_path / f"photo{suffix}", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    decoded = decode_image(path)
+    assert isinstance(decoded, DecodedImage)
+    assert decoded.rgb.dtype == np.uint8 and decoded.rgb.flags.c_contiguous
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+    assert decoded.notes == ()
+    np.testing.assert_array_equal(decode_image(path.read_bytes()).rgb, decoded.rgb)
+
+
+def test_progressive_jpeg_with_trailing_bytes_is_complete(tmp_path, photo):
+    path = write(tmp_path / "progressive.jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR),
+                 cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_RST_INTERVAL, 4)
+    decoded = decode_image(path.read_bytes() + b"appended by a phone camera")
+    assert decoded.notes == ()
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+
+
+def test_non_ascii_path(tmp_path, photo):
+    path = write(tmp_path / "ascii.png", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    unicode_path = tmp_path / "фото_写真.png"
+    unicode_path.write_bytes(path.read_bytes())
+    np.testing.assert_array_equal(decode_image(unicode_path).rgb, photo)
+    np.testing.assert_array_equal(decode_image(str(unicode_path)).rgb, photo)
+
+
+def test_grayscale_png_is_expanded_like_imread(tmp_path, photo):
+    gray = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    path = write(tmp_path / "gray.png", gray)
+    decoded = decode_image(path)
+    assert decoded.notes == ("grayscale expanded to RGB",)
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+    np.testing.assert_array_equal(decoded.rgb, np.repeat(gray[:, :, None], 3, axis=2))
+
+
+def test_rgba_png_drops_alpha_like_imread(tmp_path, photo):
+    alpha = np.linspace(0, 255, photo.shape[1], dtype=np.uint8)[None, :].repeat(photo.shape[0], 0)
+    bgra = np.dstack([cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), alpha])
+    path = write(tmp_path / "rgba.png", bgra)
+    decoded = decode_image(path)
+    assert decoded.notes == ("alpha channel dropped",)
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+    np.testing.assert_array_equal(decoded.rgb, photo)
+
+
+def test_16_bit_png_keeps_the_high_byte_like_imread(tmp_path, photo):
+    deep = photo.astype(np.uint16) * 257 + np.arange(photo.shape[1], dtype=np.uint16)[None, :, None]
+    path = write(tmp_path / "deep.png", cv2.cvtColor(deep, cv2.COLOR_RGB2BGR))
+    decoded = decode_image(path)
+    assert decoded.notes == ("16-bit scaled to 8-bit (high byte kept)",)
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+    np.testing.assert_array_equal(decoded.rgb, (deep >> 8).astype(np.uint8))
+
+
+def test_16_bit_gray_tiff_is_described_by_the_unchanged_probe(tmp_path, photo):
+    gray16 = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 256
+    path = write(tmp_path / "gray16.tiff", gray16)
+    decoded = decode_image(path)
+    assert decoded.notes == ("grayscale expanded to RGB", "16-bit scaled to 8-bit")
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+
+
+def test_cmyk_jpeg_is_converted_like_imread(tmp_path, photo):
+    image_module = pytest.importorskip("PIL.Image", reason="Pillow writes the CMYK JPEG")
+    path = tmp_path / "cmyk.jpg"
+    image_module.fromarray(photo).convert("CMYK").save(path, quality=95)
+    decoded = decode_image(path)
+    assert len(decoded.notes) == 1 and "CMYK" in decoded.notes[0]
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+    assert np.abs(decoded.rgb.astype(int) - photo).mean() < 10  # really the photo
+
+
+def test_exif_orientation_is_applied_and_noted(tmp_path, photo):
+    image_module = pytest.importorskip("PIL.Image", reason="Pillow writes the EXIF block")
+    image = image_module.fromarray(photo)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif.tobytes())
+    decoded = decode_image(path)
+    assert decoded.rgb.shape == (400, 300, 3)
+    assert decoded.notes == ("rotated/flipped upright as EXIF orientation 6 asks",)
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+
+
+def test_one_pixel_image(tmp_path):
+    path = write(tmp_path / "dot.png", np.array([[[10, 20, 30]]], dtype=np.uint8))
+    decoded = decode_image(path)
+    assert decoded.rgb.tolist() == [[[30, 20, 10]]] and decoded.notes == ()
+
+
+def test_32_bit_bmp_and_alpha_webp(tmp_path, photo):
+    bgra = np.dstack([cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), np.full(photo.shape[:2], 200,
+                                                                          np.uint8)])
+    bmp = write(tmp_path / "alpha.bmp", bgra)
+    decoded = decode_image(bmp)
+    assert decoded.notes == ("fourth (alpha) channel dropped",)
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(bmp))
+    webp = write(tmp_path / "alpha.webp", bgra, cv2.IMWRITE_WEBP_QUALITY, 101)  # lossless
+    decoded = decode_image(webp)
+    assert decoded.notes == ("alpha channel dropped",)
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(webp))
+    np.testing.assert_array_equal(decoded.rgb, photo)
+
+
+@pytest.mark.parametrize("suffix, params", [
+    (".png", ()), (".jpg", ()), (".bmp", ()), (".webp", (cv2.IMWRITE_WEBP_QUALITY, 80)),
+    (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101))])
+def test_header_sizes_are_read_before_decoding(tmp_path, suffix, params):
+    image = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    path = write(tmp_path / f"odd{suffix}", image, *params)
+    with pytest.raises(ImageError, match="53x37"):
+        decode_image(path, max_pixels=1)
+
+
+# --- memory safety -----------------------------------------------------------------------------
+
+def test_default_limit_is_64_megapixels():
+    assert DEFAULT_MAX_PIXELS == 64_000_000
+
+
+def test_huge_png_is_refused_from_its_header_without_allocating(tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(black_png(20000, 20000))
+    result = decode_in_fresh_process(path, DEFAULT_MAX_PIXELS)
+    assert "20000x20000 (400.0 MP) is above the limit of 64.0 MP" in result["error"]
+    assert "larger max_pixels" in result["error"]
+    # the full image is 1144 MiB; refusing it costs only reading the 1 MB file
+    assert result["peak_growth_mb"] < 50
+    assert result["seconds"] < 2
+
+
+def test_large_jpeg_is_decoded_reduced_without_the_full_image(tmp_path):
+    gradient = np.linspace(0, 255, 6000, dtype=np.float32)
+    image = np.dstack([gradient[None, :].repeat(4000, 0), gradient[:4000, None].repeat(6000, 1),
+                       np.full((4000, 6000), 90, np.float32)]).astype(np.uint8)
+    path = write(tmp_path / "large.jpg", image)
+    del image, gradient
+    result = decode_in_fresh_process(path, 400_000)
+    assert result["shape"] == [500, 750, 3]  # 1/4 gives 1500x1000 = 1.5 MP > 0.4 MP
+    assert result["notes"] == ["downscaled 1/8 at decode (image 6000x4000 above "
+                               "max_pixels=400000)"]
+    assert result["peak_growth_mb"] < 30  # the full image alone is 69 MiB
+    full = decode_in_fresh_process(path, DEFAULT_MAX_PIXELS)  # control: the measure sees it
+    assert full["shape"] == [4000, 6000, 3] and full["peak_growth_mb"] > 60
+    reduced = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_REDUCED_COLOR_8)
+    np.testing.assert_array_equal(decode_image(path, max_pixels=400_000).rgb,
+                                  cv2.cvtColor(reduced, cv2.COLOR_BGR2RGB))
+
+
+def test_smallest_sufficient_jpeg_reduction_is_chosen(tmp_path, photo):
+    path = write(tmp_path / "photo.jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    assert decode_image(path, max_pixels=30_000).rgb.shape == (150, 200, 3)  # 1/2 just fits
+    decoded = decode_image(path, max_pixels=29_999)  # 150x200 too big, 75x100 fits
+    assert decoded.rgb.shape == (75, 100, 3)
+    assert decoded.notes == ("downscaled 1/4 at decode (image 400x300 above max_pixels=29999)",)
+    reduced = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_REDUCED_COLOR_4)
+    np.testing.assert_array_equal(decoded.rgb, cv2.cvtColor(reduced, cv2.COLOR_BGR2RGB))
+    with pytest.raises(ImageError, match="too large even decoded at 1/8"):
+        decode_image(path, max_pixels=1000)
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+def test_missing_file_directory_and_empty_file(tmp_path):
+    with pytest.raises(ImageError, match="does not exist"):
+        decode_image(tmp_path / "nothing.png")
+    with pytest.raises(ImageError, match="is a directory"):
+        decode_image(tmp_path)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match=r"is empty \(0 bytes\)"):
+        decode_image(empty)
+    with pytest.raises(ImageError, match=r"empty \(0 bytes\)"):
+        decode_image(b"")
+
+
+def test_text_file_and_random_bytes_are_not_images(tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a picture\n")
+    with pytest.raises(ImageError, match="is not an image OpenCV can decode"):
+        decode_image(text)
+    noise = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    with pytest.raises(ImageError, match="is not an image OpenCV can decode"):
+        decode_image(noise)
+
+
+def test_corrupt_png_data(tmp_path, photo):
+    data = bytearray(cv2.imencode(".png", photo)[1].tobytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)
+    with pytest.raises(ImageError, match="PNG data is corrupt"):
+        decode_image(bytes(data))
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.999])
+def test_truncated_png(photo, keep):
+    data = cv2.imencode(".png", photo)[1].tobytes()
+    with pytest.raises(ImageError, match="PNG data is truncated"):
+        decode_image(data[:int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("cut", [2, 500, 20000])
+def test_truncated_jpeg_is_refused_or_noted(photo, cut):
+    """OpenCV >= 4.10 refuses a truncated JPEG; older ones decode it partially with a warning."""
+    data = cv2.imencode(".jpg", photo)[1].tobytes()
+    try:
+        decoded = decode_image(data[:-cut])
+    except ImageError as error:
+        assert "JPEG data is truncated" in str(error) and "end-of-image" in str(error)
+    else:
+        assert decoded.rgb.shape == photo.shape
+        assert any("truncated" in note for note in decoded.notes)
+
+
+def test_zero_sized_image_in_header():
+    header = struct.pack(">IIBBBBB", 0, 5, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b"")
+    with pytest.raises(ImageError, match=r"zero-sized side \(0x5 pixels\)"):
+        decode_image(data)
+
+
+def test_unsupported_source_type():
+    with pytest.raises(ImageError, match="cannot decode an image from a int"):
+        decode_image(42)
+
+
+# --- numpy arrays --------------------------------------------------------------------------------
+
+def test_arrays_rgb_gray_rgba(photo):
+    contiguous = photo.copy()
+    decoded = decode_image(contiguous)
+    assert decoded.notes == () and np.shares_memory(decoded.rgb, contiguous)
+    np.testing.assert_array_equal(decode_image(photo[:, ::-1]).rgb, photo[:, ::-1])
+    assert decode_image(photo[:, ::-1]).rgb.flags.c_contiguous
+
+    gray = photo[:, :, 1].copy()
+    decoded = decode_image(gray)
+    assert decoded.notes == ("grayscale expanded to RGB",)
+    np.testing.assert_array_equal(decoded.rgb, np.dstack([gray, gray, gray]))
+
+    rgba = np.dstack([photo, np.zeros(photo.shape[:2], np.uint8)])
+    decoded = decode_image(rgba)
+    assert decoded.notes == ("alpha channel dropped",)
+    np.testing.assert_array_equal(decoded.rgb, photo)
+    assert decoded.rgb.flags.c_contiguous
+
+
+@pytest.mark.parametrize("array", [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 2), np.uint8),
+                                   np.zeros((4, 4, 3, 1), np.uint8), np.zeros((4,), np.uint8)])
+def test_bad_arrays(array):
+    with pytest.raises(ImageError, match=r"must be uint8 HxW \(gray\), HxWx3 \(RGB\)"):
+        decode_image(array)
+
+
+def test_zero_sized_array():
+    with pytest.raises(ImageError, match="zero-sized side"):
+        decode_image(np.zeros((0, 7, 3), np.uint8))

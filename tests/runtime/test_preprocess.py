@@ -1,0 +1,236 @@
+"""Stream tensors against references written in the test from REFERENCE.md and the reference code.
+
+The normalisation reference is torchvision itself (`Normalize(ToTensor(img))`, as the reference's
+data set computes it); geometry references are straightforward re-statements of the reference
+rules with the same OpenCV calls (copyMakeBorder + slicing for the face crop).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from dfd.runtime.preprocess import (IMAGENET_MEAN, IMAGENET_STD, PreprocessError, center_crop,
+                                    crop_face, face_is_too_small, normalise, preprocess_face,
+                                    preprocess_fusion, preprocess_global, resize_fusion)
+
+transforms = pytest.importorskip("torchvision.transforms")
+Image = pytest.importorskip("PIL.Image")
+
+SIZES = [(252, 252), (253, 300), (300, 224), (1000, 700), (700, 1000), (224, 300), (224, 224),
+         (100, 400), (1, 1)]
+PHOTOS = {"astronaut": skimage.data.astronaut(), "coffee": skimage.data.coffee(),
+          "chelsea": skimage.data.chelsea()}
+
+
+def make_image(source: str, height: int, width: int) -> np.ndarray:
+    if source == "random":
+        seed = height * 10007 + width
+        return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    photo = PHOTOS[source]
+    return cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def torchvision_tensor(rgb: np.ndarray) -> np.ndarray:
+    """What the reference's data set does after load_rgb: ToTensor then Normalize."""
+    pipeline = transforms.Compose([transforms.ToTensor(),
+                                   transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return pipeline(Image.fromarray(rgb)).numpy()
+
+
+def reference_global_pixels(rgb: np.ndarray, size: int = 252) -> tuple[np.ndarray, bool]:
+    """load_rgb's center crop; for an image too small, the documented upscale rule."""
+    height, width = rgb.shape[:2]
+    quirk = height < size or width < size
+    if quirk:
+        target = (size if width <= height else round(width * size / height),
+                  size if height <= width else round(height * size / width))
+        rgb = cv2.resize(rgb, target, interpolation=cv2.INTER_CUBIC)
+        height, width = rgb.shape[:2]
+    top = max(0, (height - size) // 2)
+    left = max(0, (width - size) // 2)
+    return rgb[top:top + size, left:left + size], quirk
+
+
+def reference_fusion_pixels(rgb: np.ndarray, size: int = 224) -> tuple[np.ndarray, bool]:
+    """load_rgb without center_crop_size; height exactly `size` gets the documented quirk rule."""
+    height, width = rgb.shape[:2]
+    if height > size:
+        return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA), False
+    if height < size:
+        return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_CUBIC), False
+    if width == size:
+        return rgb, False
+    interpolation = cv2.INTER_AREA if width > size else cv2.INTER_CUBIC
+    return cv2.resize(rgb, (size, size), interpolation=interpolation), True
+
+
+@pytest.mark.parametrize("source", ["astronaut", "coffee", "chelsea", "random"])
+@pytest.mark.parametrize("height, width", SIZES)
+def test_global_and_fusion_tensors_equal_reference(source, height, width):
+    rgb = make_image(source, height, width)
+
+    pixels, quirk = reference_global_pixels(rgb)
+    result = preprocess_global(rgb)
+    assert result.tensor.dtype == np.float32 and result.tensor.shape == (3, 252, 252)
+    assert result.tensor.flags.c_contiguous
+    np.testing.assert_array_equal(result.tensor, torchvision_tensor(np.ascontiguousarray(pixels)))
+    assert len(result.notes) == int(quirk)
+    if quirk:
+        assert "smaller than 252" in result.notes[0] and "upscaled" in result.notes[0]
+
+    pixels, quirk = reference_fusion_pixels(rgb)
+    result = preprocess_fusion(rgb)
+    assert result.tensor.shape == (3, 224, 224)
+    np.testing.assert_array_equal(result.tensor, torchvision_tensor(np.ascontiguousarray(pixels)))
+    assert len(result.notes) == int(quirk)
+    if quirk:
+        assert "exactly 224 high" in result.notes[0]
+
+
+def test_normalise_values_by_hand():
+    rgb = np.array([[[0, 128, 255]]], dtype=np.uint8)
+    expected = [(np.float32(0) / np.float32(255) - np.float32(0.485)) / np.float32(0.229),
+                (np.float32(128) / np.float32(255) - np.float32(0.456)) / np.float32(0.224),
+                (np.float32(255) / np.float32(255) - np.float32(0.406)) / np.float32(0.225)]
+    np.testing.assert_array_equal(normalise(rgb)[:, 0, 0], np.array(expected, np.float32))
+    np.testing.assert_allclose(normalise(rgb)[:, 0, 0],
+                               [(0 - .485) / .229, (128 / 255 - .456) / .224, (1 - .406) / .225],
+                               rtol=1e-6)
+
+
+def test_center_crop_is_pure_slicing_with_floor_offsets():
+    rgb = make_image("random", 253, 300)
+    cropped, notes = center_crop(rgb, 252)
+    assert notes == ()
+    np.testing.assert_array_equal(cropped, rgb[0:252, 24:276])  # (253-252)//2 = 0, (300-252)//2 = 24
+
+
+@pytest.mark.parametrize("height, width, upscaled", [
+    (100, 400, (252, 1008)), (300, 224, (338, 252)), (224, 300, (252, 338)), (1, 1, (252, 252)),
+    (251, 1000, (252, 1004)),
+])
+def test_center_crop_quirk_upscale_keeps_aspect_ratio(height, width, upscaled):
+    rgb = make_image("chelsea", height, width)
+    cropped, notes = center_crop(rgb, 252)
+    big = cv2.resize(rgb, (upscaled[1], upscaled[0]), interpolation=cv2.INTER_CUBIC)
+    top, left = (upscaled[0] - 252) // 2, (upscaled[1] - 252) // 2
+    np.testing.assert_array_equal(cropped, big[top:top + 252, left:left + 252])
+    assert notes == (f"image {height}x{width} (HxW) is smaller than 252 on a side: upscaled to "
+                     f"{upscaled[0]}x{upscaled[1]} with bicubic interpolation (aspect ratio "
+                     f"kept) before the 252x252 center crop; the reference would have substituted "
+                     f"another image's prediction",)
+
+
+@pytest.mark.parametrize("height, width, interpolation", [
+    (224, 300, cv2.INTER_AREA), (224, 100, cv2.INTER_CUBIC)])
+def test_fusion_quirk_for_height_exactly_224(height, width, interpolation):
+    rgb = make_image("coffee", height, width)
+    resized, notes = resize_fusion(rgb)
+    np.testing.assert_array_equal(
+        resized, cv2.resize(rgb, (224, 224), interpolation=interpolation))
+    word = "area" if interpolation == cv2.INTER_AREA else "bicubic"
+    assert notes == (f"image is exactly 224 high but {width} wide: resized to 224x224 with {word} "
+                     f"interpolation (the reference would not resize it and its batch would "
+                     f"fail)",)
+
+
+def test_fusion_uses_the_height_only_like_the_reference():
+    rgb = make_image("astronaut", 300, 100)  # taller than 224, narrower: still INTER_AREA
+    resized, notes = resize_fusion(rgb)
+    np.testing.assert_array_equal(resized, cv2.resize(rgb, (224, 224),
+                                                      interpolation=cv2.INTER_AREA))
+    assert notes == ()
+
+
+# --- face crop ---------------------------------------------------------------------------------
+
+def reference_face_crop(img: np.ndarray, bbox, margin=1.3, target=256) -> np.ndarray:
+    """preprocessing/preprocess.py crop_face_with_margin, restated: pad with copyMakeBorder, slice."""
+    x1, y1, x2, y2 = bbox
+    w, h = x2 - x1, y2 - y1
+    cx, cy = x1 + w / 2, y1 + h / 2
+    side = max(w, h) * margin
+    nx1, ny1 = int(cx - side / 2), int(cy - side / 2)
+    nx2, ny2 = int(cx + side / 2), int(cy + side / 2)
+    ih, iw = img.shape[:2]
+    top, bottom = max(0, -ny1), max(0, ny2 - ih)
+    left, right = max(0, -nx1), max(0, nx2 - iw)
+    if top or bottom or left or right:
+        img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT,
+                                 value=[0, 0, 0])
+        nx1, nx2, ny1, ny2 = nx1 + left, nx2 + left, ny1 + top, ny2 + top
+    return cv2.resize(img[ny1:ny2, nx1:nx2], (target, target), interpolation=cv2.INTER_AREA)
+
+
+FACE_BOXES = [
+    (180, 80, 300, 240),          # inside (astronaut's face region)
+    (0, 0, 100, 130),             # touching the top-left corner, window leaves the image
+    (412, 382, 512, 512),         # touching the bottom-right corner
+    (-40, 200, 60, 320),          # partly left of the image
+    (450, -30, 560, 90),          # leaving top and right
+    (600, 600, 700, 700),         # entirely outside: all black
+    (250, 250, 251, 251),         # tiny 1x1
+    (100.7, 200.2, 103.1, 205.9),  # tiny with fractional corners
+    (-500, -400, 1000, 900),      # huge, far larger than the image
+    (0, 0, 512, 512),             # the whole image
+    (3.5, 7.25, 260.75, 100.5),   # wide box, fractional
+    (-3.3, -2.9, 1.1, 2.2),       # negative corners: int() truncates toward zero
+]
+
+
+@pytest.mark.parametrize("box", FACE_BOXES)
+def test_crop_face_equals_reference(box):
+    img = skimage.data.astronaut()
+    crop = crop_face(img, box)
+    assert crop.shape == (256, 256, 3) and crop.dtype == np.uint8
+    np.testing.assert_array_equal(crop, reference_face_crop(img, box))
+
+
+def test_crop_face_outside_is_black_and_integer_boxes_match_numpy_ints():
+    img = skimage.data.coffee()
+    assert not crop_face(img, (700, 500, 760, 560)).any()
+    box_np = np.array([120, 40, 330, 300], dtype=np.int64)  # RetinaFace gives numpy ints
+    np.testing.assert_array_equal(crop_face(img, box_np), reference_face_crop(img, box_np))
+
+
+def test_crop_face_custom_margin_and_size():
+    img = skimage.data.chelsea()
+    box = (140, 40, 260, 170)
+    np.testing.assert_array_equal(crop_face(img, box, margin=1.0, out_size=128),
+                                  reference_face_crop(img, box, margin=1.0, target=128))
+
+
+@pytest.mark.parametrize("box, message", [
+    ((10, 10, 5, 20), "x2 < x1"), ((5, 5, 5, 5), "too small"), ((1, 2, 3), "x1, y1, x2, y2"),
+    ((0, 0, float("nan"), 4), "non-finite")])
+def test_crop_face_refuses_unusable_boxes(box, message):
+    with pytest.raises(PreprocessError, match=message):
+        crop_face(skimage.data.chelsea(), box)
+
+
+def test_face_is_too_small_is_strict_one_ninth():
+    assert face_is_too_small((0, 0, 100, 100), (300, 300)) is False   # exactly 1/9: cropped
+    assert face_is_too_small((0, 0, 100, 99.99), (300, 300)) is True
+    assert face_is_too_small((10, 10, 110, 64), (120, 400)) is False  # 5400 >= 48000 / 9
+    assert face_is_too_small((10, 10, 110, 63), (120, 400)) is True   # 5300 < 5333.3
+
+
+def test_preprocess_face_takes_center_252_of_the_256_crop():
+    img = skimage.data.astronaut()
+    face = crop_face(img, (180, 80, 300, 240))
+    result = preprocess_face(face)
+    np.testing.assert_array_equal(result.tensor,
+                                  torchvision_tensor(np.ascontiguousarray(face[2:254, 2:254])))
+    assert result.notes == ()
+    small = preprocess_face(face[:200, :200])
+    assert small.tensor.shape == (3, 252, 252) and "smaller than 252" in small.notes[0]
+
+
+@pytest.mark.parametrize("bad", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32),
+                                 np.zeros((0, 10, 3), np.uint8)])
+def test_preprocessing_refuses_non_rgb_arrays(bad):
+    with pytest.raises(PreprocessError, match="uint8 HxWx3"):
+        preprocess_global(bad)
