@@ -53,6 +53,7 @@ class BuildRequest:
     opset: int = DEFAULT_OPSET
     seed: int = 0
     force: bool = False
+    face_detector: bool = True
 
 
 def _versions() -> dict[str, str]:
@@ -102,6 +103,13 @@ def _check_request(request: BuildRequest) -> None:
     out = Path(request.out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not request.force:
         raise BuildError(f"{out} already exists and is not empty; pass --force to replace it")
+    if request.face_detector:
+        from .face_detector import default_tflite_path
+
+        try:
+            default_tflite_path()
+        except DfdError as exc:
+            raise BuildError(f"{exc} (or build without face localisation: --no-face-detector)") from exc
     if request.weights_dir is not None:
         missing = [
             str(Path(request.weights_dir) / STREAM_SPECS[s].checkpoint)
@@ -123,6 +131,27 @@ def _stream_module(name: str, request: BuildRequest, dino: DinoV2Config, clip: C
     del state
     source = FileEntry.of(path.parent, path, "checkpoint")
     return module, {"checkpoint": {"file": source.path, "sha256": source.sha256, "bytes": source.bytes}}
+
+
+def _face_detector_entry(staging: Path, request: BuildRequest) -> dict[str, Any]:
+    """Export the packaged BlazeFace detector next to the streams (its own manifest entry)."""
+    from dfd.runtime.face_detection import DEFAULT_SCORE_THRESHOLD, INPUT_SIZE
+
+    from .face_detector import default_tflite_path, export_face_detector_onnx
+
+    tflite = default_tflite_path()
+    graph = staging / "face_detector.fp32.onnx"
+    export_face_detector_onnx(graph, opset=request.opset, tflite_path=tflite)
+    source = FileEntry.of(tflite.parent, tflite, "tflite")
+    return {
+        "input_size": INPUT_SIZE,
+        "precision": "fp32",
+        "backend": request.backend,
+        "files": [FileEntry.of(staging, graph, "onnx").__dict__],
+        "model": "MediaPipe BlazeFace full-range (face_detection_full_range.tflite, Apache-2.0)",
+        "source": {"file": source.path, "sha256": source.sha256, "bytes": source.bytes},
+        "score_threshold": DEFAULT_SCORE_THRESHOLD,
+    }
 
 
 def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda m: None) -> Path:
@@ -164,6 +193,7 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
                 },
             }
         progress.close()
+        face_detector = _face_detector_entry(staging, request) if request.face_detector else None
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -173,6 +203,7 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
             "build": {
                 "seconds": round(time.perf_counter() - started, 1),
                 "opset": request.opset,
+                "seed": request.seed,
                 "lora": {"r": request.lora.r, "alpha": request.lora.alpha},
                 "models_dir": str(request.models_dir) if request.models_dir else None,
                 "weights_dir": str(request.weights_dir) if request.weights_dir else None,
@@ -181,6 +212,7 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
                      "stream_decimals": 1, "score_decimals": 1, "score_rounding": "half-even"},
             "preprocessing": preprocessing_parameters(),
             "streams": streams,
+            **({"face_detector": face_detector} if face_detector else {}),
         }
         write_manifest(staging, manifest)
         if out.exists():

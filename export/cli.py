@@ -114,8 +114,11 @@ def main() -> None:
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True, help="ONNX opset.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random initialisation.")
 @click.option("--force", is_flag=True, help="Replace an existing, non-empty output folder.")
+@click.option("--no-face-detector", is_flag=True,
+              help="Do not ship the BlazeFace face localiser; detect then needs --face-crops or face boxes.")
 @handles_errors
-def build(out_dir, weights_dir, models_dir, precision, backend, streams, lora_r, lora_alpha, opset, seed, force):
+def build(out_dir, weights_dir, models_dir, precision, backend, streams, lora_r, lora_alpha, opset, seed, force,
+          no_face_detector):
     """Build an engine set: import checkpoints, export each stream to ONNX, write manifest.json."""
     from .build import BuildRequest, build_engine_set
     from .checkpoint import LoraSettings
@@ -131,6 +134,7 @@ def build(out_dir, weights_dir, models_dir, precision, backend, streams, lora_r,
         opset=opset,
         seed=seed,
         force=force,
+        face_detector=not no_face_detector,
     )
     manifest = build_engine_set(request, warn=lambda m: click.secho(f"WARNING: {m}", fg="yellow", err=True))
     click.echo(f"engine set written: {manifest.parent}")
@@ -166,6 +170,69 @@ def inspect(engine_dir, as_json, no_verify):
         files = ", ".join(f.path for f in stream.files)
         click.echo(f"{name:8} {stream.input_size:>4}x{stream.input_size:<4} {stream.precision:>9} "
                    f"{stream.backend:>12} {size / 1e6:>8.1f}MB  {files}")
+
+
+@main.command()
+@click.argument("engine_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (keys documented in dfd.runtime.doctor).")
+@handles_errors
+def doctor(engine_dir, as_json):
+    """Report what this machine can run: ONNX Runtime providers, CUDA, GPU, TensorRT, NVRTC
+    kernel compilation for the local GPU, sm_87 (Jetson Orin) and sm_90 (H100), and whether
+    ENGINE_DIR (optional) can run here."""
+    import json
+
+    from dfd.runtime.doctor import collect_doctor_report
+
+    report = collect_doctor_report(engine_dir)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    gpu, trt, kernels = report["gpu"], report["tensorrt"], report["kernels"]
+    ort_info = report["onnxruntime"]
+    click.echo(f"python       {report['python']['version']}")
+    click.echo(f"onnxruntime  {ort_info.get('version', '-')}  providers: {', '.join(ort_info.get('providers', [])) or ort_info.get('error')}")
+    click.echo(f"gpu          {gpu.get('name') + ' (' + gpu.get('arch', '?') + ')' if gpu.get('available') else gpu.get('reason')}")
+    click.echo(f"tensorrt     {trt.get('version') if trt.get('available') else trt.get('reason')}")
+    click.echo(f"nvrtc        {kernels.get('nvrtc_version') or '-'}  "
+               + "  ".join(f"{arch}: {state}" for arch, state in (kernels.get("ptx") or {}).items()))
+    engine = report.get("engine_set")
+    if engine:
+        click.echo(f"engine set   {engine.get('path')}: {engine.get('error') or ''}")
+        for name, stream in (engine.get("streams") or {}).items():
+            state = "runnable" if stream.get("runnable") else f"not runnable: {stream.get('reason')}"
+            click.echo(f"  {name:7} {stream.get('precision')} {stream.get('backend')}  {state}")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for the degraded copies (PNG, lossless).")
+@click.option("--fixed", type=str, default=None,
+              help="One fixed degradation for every image: jpeg10, blur3, noise25, gamma_dark, down4_up, "
+                   "compound_a or compound_b. Default: the paper's random compound degradation.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random compound degradation.")
+@click.option("--share", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Fraction of images degraded (the rest are copied unchanged).")
+@handles_errors
+def degrade(inputs, out_dir, fixed, seed, share):
+    """Write degraded copies of images (the paper's compound degradation engine), for verify and
+    benchmarks. One unreadable image is reported and the others still processed (exit 2)."""
+    from dfd.calibration.degrade import degrade_files
+    from dfd.calibration.sources import list_images
+
+    paths: list[Path] = []
+    for item in inputs:
+        paths.extend(list_images(item) if item.is_dir() else [item])
+    failed = 0
+    for source, outcome in degrade_files(paths, out_dir, seed=seed, fixed=fixed, share=share):
+        if isinstance(outcome, Path):
+            click.echo(f"{source} -> {outcome}")
+        else:
+            failed += 1
+            click.echo(f"error: {source}: {outcome}", err=True)
+    if failed:
+        sys.exit(2)
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm", ".pnm"}
@@ -219,8 +286,10 @@ def _csv_row(d: dict) -> dict:
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
               help="Inference backend; auto picks TensorRT when the set has engines and it is usable here.")
 @click.option("--recursive", is_flag=True, help="Look for images in sub-folders of folder arguments.")
+@click.option("--no-face-detect", is_flag=True,
+              help="Do not locate faces: images without a face crop use the reference's no-face rule.")
 @handles_errors
-def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive):
+def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, no_face_detect):
     """Score images (files or folders) with an engine set.
 
     Exit status: 0 when every image was scored, 2 when some failed (their output carries
@@ -234,7 +303,7 @@ def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive):
     from dfd.runtime.detector import Detector
 
     paths, problems = expand_inputs(images, recursive)
-    detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size)
+    detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size, face_detection=not no_face_detect)
     click.echo(f"backend: {detector.backend_reason}", err=True)
     if detector.manifest.random_weights:
         click.secho("WARNING: this engine set has RANDOM weights; its scores are meaningless.", fg="yellow", err=True)

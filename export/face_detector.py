@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfd.runtime.errors import DfdError
+
 INPUT_SIZE = 192
 NUM_ANCHORS = 2304
 NUM_COORDS = 16
@@ -43,7 +45,7 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("regressors", "scores")
 
 
-class FaceDetectorModelError(RuntimeError):
+class FaceDetectorModelError(DfdError, RuntimeError):
     """The ``.tflite`` file is missing, unreadable or uses something this rebuild does not support."""
 
 
@@ -385,4 +387,5 @@ def export_face_detector_onnx(path: Path, *, opset: int = 18, tflite_path: Path 
             dynamo=True,
             external_data=False,
             optimize=True,
+            verbose=False,
         )

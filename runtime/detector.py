@@ -18,6 +18,7 @@ import numpy as np
 
 from .backends import BackendChoice, select_backend
 from .errors import DfdError
+from .face_detection import FaceLocator, onnxruntime_detector
 from .images import DecodedImage, decode_image
 from .manifest import STREAM_ORDER, Manifest, load_manifest
 from .preprocess import (
@@ -70,7 +71,8 @@ def _label(source: ImageInput, index: int) -> str:
 class Detector:
     """An opened engine set. Create with ``Detector.open``."""
 
-    def __init__(self, manifest: Manifest, choice: BackendChoice, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, manifest: Manifest, choice: BackendChoice, batch_size: int = DEFAULT_BATCH_SIZE,
+                 face_detection: bool = True) -> None:
         if batch_size < 1:
             raise DfdError(f"batch size must be at least 1, got {batch_size}")
         self.manifest = manifest
@@ -82,12 +84,27 @@ class Detector:
         prep = manifest.preprocessing
         self._mean, self._std = tuple(prep["mean"]), tuple(prep["std"])
         self._sizes = {s: manifest.streams[s].input_size for s in self.streams}
+        self.face_locator = self._open_face_locator() if face_detection else None
 
+    def _open_face_locator(self) -> FaceLocator | None:
+        entry = self.manifest.face_detector
+        if entry is None:
+            return None
+        graph = entry.file("onnx")
+        providers = getattr(self.backend, "providers", None)
+        threshold = entry.details.get("score_threshold")
+        run = onnxruntime_detector(self.manifest.path_of(graph), providers)
+        return FaceLocator(run, score_threshold=threshold) if threshold else FaceLocator(run)
     @classmethod
-    def open(cls, engine_dir: str | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE) -> "Detector":
-        """Verify the engine set (sha256 of every file) and open it on ``backend``."""
+    def open(cls, engine_dir: str | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
+             face_detection: bool = True) -> "Detector":
+        """Verify the engine set (sha256 of every file) and open it on ``backend``.
+
+        ``face_detection``: locate faces with the set's packaged detector when an image comes
+        with neither a face crop nor a face box (False: the reference's no-face rule instead).
+        """
         manifest = load_manifest(Path(engine_dir))
-        return cls(manifest, select_backend(backend, manifest), batch_size)
+        return cls(manifest, select_backend(backend, manifest), batch_size, face_detection)
 
     def detect(
         self,
@@ -166,8 +183,23 @@ class Detector:
                 return decoded.rgb
             detection.face = {"source": "box", "box": box, "used": "crop"}
             return crop_face(decoded.rgb, box)
-        detection.notes.append(NO_FACE_NOTE)
-        return decoded.rgb
+        if self.face_locator is None:
+            detection.notes.append(NO_FACE_NOTE)
+            return decoded.rgb
+        found = self.face_locator.locate(decoded.rgb)
+        if found is None:
+            detection.notes.append("face stream: no face found, the original image is used (reference rule)")
+            return decoded.rgb
+        box = [round(v, 2) for v in found.box]
+        detection.face = {"source": "detector", "box": box, "score": round(found.score, 4),
+                          "strategy": found.strategy, "count": found.count}
+        if face_is_too_small(found.box, decoded.rgb.shape[:2]):
+            detection.face["used"] = "original image"
+            detection.notes.append("face stream: the face covers under 1/9 of the image, "
+                                   "the original image is used (reference rule)")
+            return decoded.rgb
+        detection.face["used"] = "crop"
+        return crop_face(decoded.rgb, found.box)
 
     def _preprocess(self, stream: str, rgb: np.ndarray):
         size = self._sizes[stream]

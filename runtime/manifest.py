@@ -73,6 +73,11 @@ class Manifest:
     preprocessing: dict[str, Any]
     random_weights: bool
     raw: dict[str, Any]
+    face_detector: StreamEntry | None = None  # the packaged face localiser, when the set has one
+
+    def entries(self) -> list[StreamEntry]:
+        """Every network in the set: the streams, then the face detector if present."""
+        return list(self.streams.values()) + ([self.face_detector] if self.face_detector else [])
 
     def path_of(self, entry: FileEntry) -> Path:
         return self.root / entry.path
@@ -93,17 +98,11 @@ def parse_manifest(root: Path, data: dict[str, Any]) -> Manifest:
             f"{where} has format version {data.get('format_version')}; this runtime reads "
             f"version {FORMAT_VERSION}. Rebuild the engine set with this dfd-export."
         )
-    streams: dict[str, StreamEntry] = {}
-    for name, entry in _require(data, "streams", where).items():
-        files = tuple(FileEntry(**f) for f in _require(entry, "files", f"{where} [{name}]"))
-        streams[name] = StreamEntry(
-            name=name,
-            input_size=int(_require(entry, "input_size", where)),
-            precision=str(_require(entry, "precision", where)),
-            backend=str(_require(entry, "backend", where)),
-            files=files,
-            details={k: v for k, v in entry.items() if k not in {"input_size", "precision", "backend", "files"}},
-        )
+    streams = {name: _entry(name, entry, where) for name, entry in _require(data, "streams", where).items()}
+    unknown = sorted(set(streams) - set(STREAM_ORDER))
+    if unknown or not streams:
+        raise EngineSetError(f"{where}: streams must be among {STREAM_ORDER}; got {sorted(streams)}")
+    face = data.get("face_detector")
     vote = _require(data, "vote", where)
     return Manifest(
         root=Path(root),
@@ -112,6 +111,19 @@ def parse_manifest(root: Path, data: dict[str, Any]) -> Manifest:
         preprocessing=_require(data, "preprocessing", where),
         random_weights=bool(data.get("random_weights", False)),
         raw=data,
+        face_detector=_entry("face_detector", face, where) if face else None,
+    )
+
+
+def _entry(name: str, entry: dict[str, Any], where: str) -> StreamEntry:
+    files = tuple(FileEntry(**f) for f in _require(entry, "files", f"{where} [{name}]"))
+    return StreamEntry(
+        name=name,
+        input_size=int(_require(entry, "input_size", where)),
+        precision=str(_require(entry, "precision", where)),
+        backend=str(_require(entry, "backend", where)),
+        files=files,
+        details={k: v for k, v in entry.items() if k not in {"input_size", "precision", "backend", "files"}},
     )
 
 
@@ -145,7 +157,7 @@ def load_manifest(engine_dir: Path, *, verify: bool = True) -> Manifest:
 def verify_files(manifest: Manifest) -> None:
     """Every listed file exists, has its size, and hashes to its sha256 (tamper check)."""
     problems: list[str] = []
-    for stream in manifest.streams.values():
+    for stream in manifest.entries():
         for entry in stream.files:
             path = manifest.path_of(entry)
             if not path.is_file():

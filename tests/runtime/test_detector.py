@@ -65,7 +65,7 @@ def _reference_results(reference_ensemble, images: Path, crops: Path) -> dict[st
 def test_detect_cli_reproduces_the_reference_pipeline(tiny_engine_set, reference_ensemble, scene):
     images, crops, _ = scene
     result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(images), "--face-crops", str(crops),
-                                       "--format", "jsonl", "--batch-size", "5"])
+                                       "--format", "jsonl", "--batch-size", "5", "--no-face-detect"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     expected = _reference_results(reference_ensemble, images, crops)
@@ -127,7 +127,7 @@ def test_bad_inputs_do_not_sink_the_batch(tiny_engine_set, photographs, tmp_path
     cases = _write_bad_inputs(tmp_path / "bad", good)
     good_path = tmp_path / "good.png"
     cv2.imwrite(str(good_path), cv2.cvtColor(good, cv2.COLOR_RGB2BGR))
-    detector = Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=4)
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=4, face_detection=False)
     alone = detector.detect([good_path])[0]
     paths = [good_path, tmp_path / "missing.png", tmp_path]
     for path, _ in cases.values():
@@ -151,7 +151,7 @@ def test_bad_inputs_do_not_sink_the_batch(tiny_engine_set, photographs, tmp_path
 
 
 def test_small_and_224_high_images_follow_the_documented_rules(tiny_engine_set, photographs):
-    detector = Detector.open(tiny_engine_set, backend="onnxruntime")
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
     small, exact = photographs["astronaut"][:100, :180], photographs["coffee"][:224, :300]
     results = detector.detect([small, exact])
     assert all(r.ok for r in results)
@@ -160,7 +160,7 @@ def test_small_and_224_high_images_follow_the_documented_rules(tiny_engine_set, 
 
 
 def test_detector_is_thread_safe(tiny_engine_set, photographs):
-    detector = Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=2)
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=2, face_detection=False)
     images = list(photographs.values())
     expected = [r.to_dict() for r in detector.detect(images)]
     failures = []
@@ -239,3 +239,27 @@ def test_jpeg_face_input_is_reencoded_like_the_reference_crop_files(tiny_engine_
     assert abs(result.streams["face"] - expected) <= 1e-4
     assert any("re-encoded as .jpg" in note for note in result.notes)
     assert abs(raw - expected) > 1e-6, "the re-encode must matter for this test to mean anything"
+
+
+def test_packaged_face_detector_feeds_the_face_stream(tiny_engine_set, reference_ensemble, tmp_path):
+    """Automatic localisation: the face stream sees the reference crop of the detected box."""
+    from matplotlib import cbook
+
+    pytest.importorskip("matplotlib")
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        path = tmp_path / "grace_hopper.png"
+        rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(handle.read(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    result = Detector.open(tiny_engine_set).detect([path])[0]
+    face = result.face
+    assert face["source"] == "detector" and face["strategy"] == "plain" and face["count"] == 1
+    hand_checked = (160, 135, 360, 335)  # x1, y1, x2, y2 of the face, checked by eye
+    ix = max(0, min(face["box"][2], hand_checked[2]) - max(face["box"][0], hand_checked[0]))
+    iy = max(0, min(face["box"][3], hand_checked[3]) - max(face["box"][1], hand_checked[1]))
+    union = ((face["box"][2] - face["box"][0]) * (face["box"][3] - face["box"][1])
+             + (hand_checked[2] - hand_checked[0]) * (hand_checked[3] - hand_checked[1]) - ix * iy)
+    assert ix * iy / union >= 0.5
+    assert face["used"] == "crop"
+    crop = reference_face_crop(rgb, face["box"])
+    expected = reference_ensemble.p_fake("face", stream_batch([crop], "face")).item()
+    assert abs(result.streams["face"] - expected) <= 1e-3  # box rounded to 0.01 px in the output
