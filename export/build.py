@@ -30,9 +30,10 @@ from .checkpoint import LoraSettings, load_reference_checkpoint
 from .configs import PAPER_CLIP, PAPER_DINOV2, ClipVisionConfig, DinoV2Config, load_clip_config, load_dinov2_config
 from .onnx_export import DEFAULT_OPSET, export_stream_onnx, parameter_bytes
 from .streams import STREAM_NAMES, STREAM_SPECS, build_stream
+from .tensorrt_build import TensorRTOptions
 
 PRECISIONS = ("fp32",)
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("onnxruntime", "tensorrt", "auto")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -54,6 +55,7 @@ class BuildRequest:
     seed: int = 0
     force: bool = False
     face_detector: bool = True
+    tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
 
 
 def _versions() -> dict[str, str]:
@@ -143,20 +145,54 @@ def _face_detector_entry(staging: Path, request: BuildRequest) -> dict[str, Any]
     graph = staging / "face_detector.fp32.onnx"
     export_face_detector_onnx(graph, opset=request.opset, tflite_path=tflite)
     source = FileEntry.of(tflite.parent, tflite, "tflite")
+    files = [FileEntry.of(staging, graph, "onnx")]
+    if request.backend == "tensorrt":
+        files += _compile_tensorrt(staging, graph, "face_detector", INPUT_SIZE, "image", request)
     return {
         "input_size": INPUT_SIZE,
         "precision": "fp32",
         "backend": request.backend,
-        "files": [FileEntry.of(staging, graph, "onnx").__dict__],
+        "files": [f.__dict__ for f in files],
         "model": "MediaPipe BlazeFace full-range (face_detection_full_range.tflite, Apache-2.0)",
         "source": {"file": source.path, "sha256": source.sha256, "bytes": source.bytes},
         "score_threshold": DEFAULT_SCORE_THRESHOLD,
     }
 
 
+def resolve_backend(request: BuildRequest, warn: Callable[[str], None]) -> BuildRequest:
+    """``auto`` -> tensorrt when it can build here, else onnxruntime (said); ``tensorrt`` without
+    TensorRT or a GPU -> one clear error before any work starts."""
+    from dataclasses import replace
+
+    from .tensorrt_build import tensorrt_unavailable_reason
+
+    if request.backend == "onnxruntime":
+        return request
+    reason = tensorrt_unavailable_reason()
+    if request.backend == "tensorrt":
+        if reason:
+            raise BuildError(f"cannot build TensorRT engines here: {reason}")
+        request.tensorrt.check()
+        return request
+    if reason:
+        warn(f"--backend auto: building for onnxruntime ({reason})")
+        return replace(request, backend="onnxruntime")
+    return replace(request, backend="tensorrt")
+
+
+def _compile_tensorrt(staging: Path, graph: Path, name: str, input_size: int, input_name: str,
+                      request: BuildRequest) -> list[FileEntry]:
+    from .tensorrt_build import build_engine
+
+    engine = graph.with_suffix(".engine")
+    build_engine(graph, engine, input_size, request.tensorrt, staging / "timing.cache", input_name=input_name)
+    return [FileEntry.of(staging, engine, "engine")]
+
+
 def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda m: None) -> Path:
     """Build the engine set ``request`` describes; returns the manifest path."""
     _check_request(request)
+    request = resolve_backend(request, warn)
     dino, clip = _resolve_configs(request)
     if request.weights_dir is None:
         warn(
@@ -181,6 +217,9 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
             gc.collect()
             progress.set_description(f"build {name}: hash")
             files = [FileEntry.of(staging, p, "onnx" if p == graph else "onnx-data") for p in written]
+            if request.backend == "tensorrt":
+                progress.set_description(f"build {name}: TensorRT engine")
+                files += _compile_tensorrt(staging, graph, name, STREAM_SPECS[name].input_size, "pixels", request)
             streams[name] = {
                 "input_size": STREAM_SPECS[name].input_size,
                 "precision": request.precision,
@@ -214,6 +253,10 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
             "streams": streams,
             **({"face_detector": face_detector} if face_detector else {}),
         }
+        if request.backend == "tensorrt":
+            from .tensorrt_build import manifest_entry
+
+            manifest["tensorrt"] = {**manifest_entry(request.tensorrt), "timing_cache": "timing.cache"}
         write_manifest(staging, manifest)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()

@@ -104,8 +104,16 @@ def main() -> None:
                    "and CLIP ViT-L/14.")
 @click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True,
               help="Numeric precision of the graphs.")
-@click.option("--backend", type=click.Choice(["onnxruntime"]), default="onnxruntime", show_default=True,
-              help="Engine backend the set is built for.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "auto"]), default="onnxruntime",
+              show_default=True, help="onnxruntime: ONNX graphs only. tensorrt: also compile strongly typed "
+              "TensorRT engines for this GPU (needs TensorRT and a GPU). auto: tensorrt when possible.")
+@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True, help="TensorRT profile: smallest batch.")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=4, show_default=True, help="TensorRT profile: batch tuned for.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True, help="TensorRT profile: largest batch.")
+@click.option("--workspace-gib", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="TensorRT builder workspace limit.")
+@click.option("--version-compatible", is_flag=True, help="TensorRT: engines loadable by later TensorRT versions.")
+@click.option("--hardware-compatibility", is_flag=True, help="TensorRT: engines portable across Ampere+ GPUs.")
 @streams_option
 @click.option("--lora-r", type=click.IntRange(min=1), default=32, show_default=True,
               help="LoRA rank the checkpoints were trained with (the reference: 32).")
@@ -117,11 +125,12 @@ def main() -> None:
 @click.option("--no-face-detector", is_flag=True,
               help="Do not ship the BlazeFace face localiser; detect then needs --face-crops or face boxes.")
 @handles_errors
-def build(out_dir, weights_dir, models_dir, precision, backend, streams, lora_r, lora_alpha, opset, seed, force,
-          no_face_detector):
+def build(out_dir, weights_dir, models_dir, precision, backend, min_batch, opt_batch, max_batch, workspace_gib,
+          version_compatible, hardware_compatibility, streams, lora_r, lora_alpha, opset, seed, force, no_face_detector):
     """Build an engine set: import checkpoints, export each stream to ONNX, write manifest.json."""
     from .build import BuildRequest, build_engine_set
     from .checkpoint import LoraSettings
+    from .tensorrt_build import TensorRTOptions
 
     request = BuildRequest(
         out_dir=out_dir or Path("engines") / precision,
@@ -135,6 +144,8 @@ def build(out_dir, weights_dir, models_dir, precision, backend, streams, lora_r,
         seed=seed,
         force=force,
         face_detector=not no_face_detector,
+        tensorrt=TensorRTOptions(min_batch, opt_batch, max_batch, workspace_gib, version_compatible,
+                                 hardware_compatibility),
     )
     manifest = build_engine_set(request, warn=lambda m: click.secho(f"WARNING: {m}", fg="yellow", err=True))
     click.echo(f"engine set written: {manifest.parent}")

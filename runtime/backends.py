@@ -75,13 +75,23 @@ class OnnxRuntimeBackend:
 
 
 def tensorrt_unavailable_reason(manifest: Manifest) -> str | None:
-    """Why the TensorRT backend cannot run this set here, or None when it could."""
-    if not all(stream.file("engine") is not None for stream in manifest.streams.values()):
+    """Why the TensorRT backend cannot run this set here, or None when it can."""
+    if not all(entry.file("engine") is not None for entry in manifest.entries()):
         return "the engine set has no TensorRT engines (built with --backend onnxruntime)"
     if importlib.util.find_spec("tensorrt") is None:
         return ("the tensorrt Python package is not installed (on Jetson it ships with JetPack; "
                 "on x86 install it from NVIDIA's package index)")
-    return "this runtime build has no TensorRT execution path yet"
+    import tensorrt
+
+    from .cuda_kernels import gpu_info
+    from .tensorrt_backend import tensorrt_mismatch
+
+    try:
+        gpu = gpu_info()
+    except Exception as exc:  # noqa: BLE001 - any driver failure means: no GPU to run on
+        return f"no usable NVIDIA GPU: {exc}"
+    major, minor = gpu.compute_capability
+    return tensorrt_mismatch(manifest.raw.get("tensorrt", {}), tensorrt.__version__, f"{major}.{minor}")
 
 
 def select_backend(name: str, manifest: Manifest) -> BackendChoice:
@@ -90,6 +100,11 @@ def select_backend(name: str, manifest: Manifest) -> BackendChoice:
         raise BackendError(f"unknown backend {name!r}; choose from {', '.join(BACKEND_CHOICES)}")
     if name in ("auto", "tensorrt"):
         reason = tensorrt_unavailable_reason(manifest)
+        if reason is None:
+            from .tensorrt_backend import TensorRTBackend
+
+            backend = TensorRTBackend(manifest)
+            return BackendChoice(backend, backend.description)
         if name == "tensorrt":
             raise BackendError(f"cannot use the tensorrt backend: {reason}")
         backend = OnnxRuntimeBackend(manifest)

@@ -1,0 +1,120 @@
+"""Compile validated ONNX graphs into TensorRT engines: the only module that calls TensorRT to build.
+
+NOT EXECUTED IN THIS PROJECT: TensorRT cannot be installed on its machines (PyPI serves a stub that
+downloads from NVIDIA's index; no GPU either). The code is written against the documented
+TensorRT 10.x/11.x Python API only (``Builder``, ``OnnxParser.parse_from_file``,
+``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, ``IBuilderConfig.set_memory_pool_limit``,
+optimization profiles, timing caches, ``BuilderFlag.VERSION_COMPATIBLE``,
+``HardwareCompatibilityLevel``, ``build_serialized_network``), and its argument plumbing is
+tested with a fake module. Precision is decided in the ONNX graph (explicit Casts, Q/DQ); the
+network is created strongly typed, so TensorRT keeps every tensor's type — the mode TensorRT 11
+keeps (it has no FP16/INT8 builder flags and no calibrators) and TensorRT 10 supports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dfd.runtime.errors import DfdError
+
+INSTALL_HINT = ("TensorRT is not installed: on Jetson it ships with JetPack (apt install "
+                "python3-libnvinfer); on x86 install the tensorrt wheel from NVIDIA's package index")
+
+
+class TensorRTBuildError(DfdError, RuntimeError):
+    """TensorRT is missing here, or it rejected a graph; one readable line."""
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """Builder options recorded in the manifest next to each engine."""
+
+    min_batch: int = 1
+    opt_batch: int = 4
+    max_batch: int = 16
+    workspace_gib: float = 4.0
+    version_compatible: bool = False
+    hardware_compatibility: bool = False  # Ampere+ engines, portable across those GPUs
+
+    def check(self) -> None:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise TensorRTBuildError(
+                f"batch profile must satisfy 1 <= min <= opt <= max; got {self.min_batch}/{self.opt_batch}/{self.max_batch}"
+            )
+        if self.workspace_gib <= 0:
+            raise TensorRTBuildError("the workspace limit must be positive")
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """Why engines cannot be built here (no package, no GPU), or None."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return INSTALL_HINT
+    from dfd.runtime.cuda_kernels import CudaUnavailableError, gpu_info
+
+    try:
+        gpu_info()
+    except (CudaUnavailableError, RuntimeError) as exc:
+        return f"no usable NVIDIA GPU for TensorRT: {exc}"
+    return None
+
+
+def _tensorrt():
+    reason = tensorrt_unavailable_reason()
+    if reason:
+        raise TensorRTBuildError(reason)
+    return importlib.import_module("tensorrt")
+
+
+def local_target() -> dict[str, Any]:
+    """TensorRT version and the local GPU, as the manifest records them."""
+    from dfd.runtime.cuda_kernels import gpu_info
+
+    trt = _tensorrt()
+    gpu = gpu_info()
+    major, minor = gpu.compute_capability
+    return {"version": trt.__version__, "gpu": gpu.name, "compute_capability": f"{major}.{minor}"}
+
+
+def build_engine(onnx_path: Path, engine_path: Path, input_size: int, options: TensorRTOptions,
+                 timing_cache: Path, input_name: str = "pixels") -> Path:
+    """Parse ``onnx_path`` as a strongly typed network and write the serialized engine.
+
+    The timing cache file is read if present and rewritten after the build, so rebuilding (or
+    building the other streams, which share layer shapes) reuses measured tactics.
+    """
+    options.check()
+    trt = _tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # resolves external data next to the file
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TensorRTBuildError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if options.hardware_compatibility:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    profile = builder.create_optimization_profile()
+    shape = lambda n: (n, 3, input_size, input_size)  # noqa: E731 - a one-line shape helper
+    profile.set_shape(input_name, shape(options.min_batch), shape(options.opt_batch), shape(options.max_batch))
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TensorRTBuildError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
+    engine_path.write_bytes(bytes(serialized))
+    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return engine_path
+
+
+def manifest_entry(options: TensorRTOptions) -> dict[str, Any]:
+    """The ``tensorrt`` block of the manifest: what the runtime checks before deserializing."""
+    return {**local_target(), "options": asdict(options)}

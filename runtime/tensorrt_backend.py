@@ -1,0 +1,142 @@
+"""TensorRT backend of the lean runtime: the only runtime module that calls TensorRT.
+
+NOT EXECUTED IN THIS PROJECT: its machines have neither TensorRT nor a GPU. Written against the
+documented TensorRT 10/11 Python API (``Runtime.deserialize_cuda_engine``,
+``ICudaEngine.create_execution_context``, ``num_io_tensors``/``get_tensor_name``/
+``get_tensor_mode``/``get_tensor_profile_shape``, ``IExecutionContext.set_input_shape``/
+``set_tensor_address``/``execute_async_v3``) and cuda-python's runtime API
+(``cuda.bindings.runtime``: streams, device and pinned host allocations, async copies); no torch,
+no pycuda. What *is* tested here: ``tensorrt_mismatch``, the check that refuses an engine set built
+for another TensorRT version or GPU.
+
+Design: one execution context, one CUDA stream, device buffers sized for the profile's largest
+batch and pinned host staging per engine, all allocated once; ``run`` takes a per-engine lock
+(an execution context is not re-entrant), so threads that call different streams overlap; a
+thread that wants its own contexts over the shared engines calls ``clone()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any
+
+import numpy as np
+
+from .errors import DfdError
+from .manifest import EngineSetError, Manifest
+
+
+def tensorrt_mismatch(recorded: dict[str, Any], local_version: str, local_compute_capability: str) -> str | None:
+    """Why engines built as ``recorded`` (the manifest's ``tensorrt`` block) cannot be
+    deserialized here, or None. Engines are specific to the TensorRT version and the GPU
+    architecture unless built version-/hardware-compatible."""
+    options = recorded.get("options", {})
+    built = str(recorded.get("version", "?"))
+    if built != local_version:
+        same_major = built.split(".")[0] == local_version.split(".")[0]
+        newer = tuple(int(p) for p in local_version.split(".")[:2] if p.isdigit()) >= tuple(
+            int(p) for p in built.split(".")[:2] if p.isdigit())
+        if not (options.get("version_compatible") and same_major and newer):
+            return (f"the engines were built with TensorRT {built} and this machine has TensorRT "
+                    f"{local_version}; rebuild the engine set here (or build it with --version-compatible)")
+    built_cc = str(recorded.get("compute_capability", "?"))
+    if built_cc != local_compute_capability:
+        ampere_plus = float(local_compute_capability) >= 8.0 if local_compute_capability.replace(".", "").isdigit() else False
+        if not (options.get("hardware_compatibility") and ampere_plus):
+            return (f"the engines were built for a GPU of compute capability {built_cc} "
+                    f"({recorded.get('gpu', '?')}) and this GPU is {local_compute_capability}; rebuild the "
+                    f"engine set on this GPU (or build it with --hardware-compatibility for Ampere and newer)")
+    return None
+
+
+def _check(result: tuple, what: str) -> Any:
+    status, *values = result
+    if int(status) != 0:
+        raise DfdError(f"CUDA {what} failed: {status!r}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+class _EngineSlot:
+    """One engine's execution context, CUDA stream and buffers, allocated once."""
+
+    def __init__(self, trt, cudart, engine) -> None:
+        self.engine, self._cudart = engine, cudart
+        self.context = engine.create_execution_context()
+        self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1:
+            raise EngineSetError(f"expected one engine input, found {inputs}")
+        self.input, self.outputs = inputs[0], outputs
+        _, _, max_shape = engine.get_tensor_profile_shape(self.input, 0)
+        self.max_batch = int(max_shape[0])
+        self.lock = threading.Lock()
+        self.buffers: dict[str, tuple[int, np.ndarray]] = {}
+        for name in names:
+            shape = list(engine.get_tensor_shape(name))
+            shape[0] = self.max_batch
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            device = _check(cudart.cudaMalloc(nbytes), "cudaMalloc")
+            host_ptr = _check(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+            host = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_byte * nbytes).from_address(int(host_ptr)))
+            self.buffers[name] = (int(device), host.view(dtype).reshape(shape))
+            self.context.set_tensor_address(name, int(device))
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        cudart = self._cudart
+        kind_h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        kind_d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        results = []
+        with self.lock:
+            for start in range(0, len(pixels), self.max_batch):
+                chunk = pixels[start:start + self.max_batch]
+                n = len(chunk)
+                device_in, host_in = self.buffers[self.input]
+                host_in[:n] = chunk
+                _check(cudart.cudaMemcpyAsync(device_in, host_in.ctypes.data, host_in[:n].nbytes, kind_h2d, self.stream), "H2D copy")
+                self.context.set_input_shape(self.input, (n, *chunk.shape[1:]))
+                if not self.context.execute_async_v3(self.stream):
+                    raise DfdError("TensorRT execute_async_v3 failed")
+                device_out, host_out = self.buffers[self.outputs[0]]
+                _check(cudart.cudaMemcpyAsync(host_out.ctypes.data, device_out, host_out[:n].nbytes, kind_d2h, self.stream), "D2H copy")
+                _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+                results.append(host_out[:n].astype(np.float32))
+        return np.concatenate(results)
+
+
+class TensorRTBackend:
+    """Runs the engine set's serialized engines (see module docstring: unexecuted here)."""
+
+    name = "tensorrt"
+
+    def __init__(self, manifest: Manifest, _engines: dict[str, Any] | None = None) -> None:
+        self._trt = importlib.import_module("tensorrt")
+        from cuda.bindings import runtime as cudart
+
+        self._cudart = cudart
+        self.manifest = manifest
+        if _engines is None:
+            logger = self._trt.Logger(self._trt.Logger.WARNING)
+            self._runtime = self._trt.Runtime(logger)
+            if manifest.raw.get("tensorrt", {}).get("options", {}).get("version_compatible"):
+                self._runtime.engine_host_code_allowed = True
+            _engines = {}
+            for entry in manifest.entries():
+                engine_file = entry.file("engine")
+                engine = self._runtime.deserialize_cuda_engine(manifest.path_of(engine_file).read_bytes())
+                if engine is None:
+                    raise EngineSetError(f"TensorRT could not deserialize {engine_file.path}")
+                _engines[entry.name] = engine
+        self._engines = _engines
+        self._slots = {name: _EngineSlot(self._trt, cudart, engine) for name, engine in _engines.items()}
+        self.description = f"tensorrt {self._trt.__version__}"
+
+    def clone(self) -> "TensorRTBackend":
+        """New execution contexts, streams and buffers over the same deserialized engines."""
+        return TensorRTBackend(self.manifest, self._engines)
+
+    def run(self, stream: str, pixels: np.ndarray) -> np.ndarray:
+        return self._slots[stream].run(np.ascontiguousarray(pixels, dtype=np.float32))
