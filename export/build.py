@@ -122,7 +122,9 @@ def _check_request(request: BuildRequest) -> None:
             raise BuildError("checkpoint(s) not found: " + ", ".join(missing))
 
 
-def _stream_module(name: str, request: BuildRequest, dino: DinoV2Config, clip: ClipVisionConfig) -> tuple[torch.nn.Module, dict]:
+def load_stream_module(name: str, request: BuildRequest, dino: DinoV2Config, clip: ClipVisionConfig) -> tuple[torch.nn.Module, dict]:
+    """The fp32 stream module for ``request``: its checkpoint, or seeded random weights (the same
+    seed gives the same weights, which is how ``verify`` rebuilds a random set's reference)."""
     torch.manual_seed(request.seed + STREAM_NAMES.index(name))
     module = build_stream(name, dino, clip if STREAM_SPECS[name].uses_clip else None)
     if request.weights_dir is None:
@@ -209,7 +211,7 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
         progress = tqdm(request.streams, desc="build", unit="stream", file=sys.stderr, leave=True)
         for name in progress:
             progress.set_description(f"build {name}: load")
-            module, source = _stream_module(name, request, dino, clip)
+            module, source = load_stream_module(name, request, dino, clip)
             progress.set_description(f"build {name}: export ONNX ({parameter_bytes(module) / 1e9:.2f} GB)")
             graph = staging / f"{name}.{request.precision}.onnx"
             written = export_stream_onnx(module, graph, STREAM_SPECS[name].input_size, request.opset)

@@ -246,6 +246,53 @@ def degrade(inputs, out_dir, fixed, seed, share):
         sys.exit(2)
 
 
+@main.command()
+@engine_dir_argument
+@click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="Folder of images [default: photographs shipped in installed packages].")
+@click.option("--degrade", is_flag=True, help="Also check JPEG q10, blur, noise and two compound degradations.")
+@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Checkpoints the set was built from, if they moved since the build.")
+@click.option("--max-abs-dp", type=float, default=None, help="Fail above this per-stream max |ΔP| [default by precision: fp32 1e-4, fp16 5e-3].")
+@click.option("--max-mean-dp", type=float, default=None, help="Fail above this per-stream mean |ΔP| [default: fp32 1e-4, fp16 5e-3, int8 0.02].")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+              help="Fail below this vote agreement [default: 1.0, int8 0.95].")
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the report as JSON.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@handles_errors
+def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp, min_agreement, json_out, backend):
+    """Compare an engine set with the fp32 PyTorch streams it was built from: per-stream |ΔP(fake)|,
+    vote agreement, the images whose vote changed. Exits 3 when a threshold is exceeded."""
+    import json
+
+    from .verify import DEFAULT_THRESHOLDS, verify_engine_set
+
+    overrides = (max_abs_dp, max_mean_dp, min_agreement)
+    thresholds = None
+    if any(v is not None for v in overrides):
+        from dfd.runtime.manifest import load_manifest
+
+        precisions = {s.precision for s in load_manifest(engine_dir, verify=False).streams.values()}
+        precision = "int8" if "int8" in precisions else ("fp16" if "fp16" in precisions else "fp32")
+        thresholds = tuple(v if v is not None else d for v, d in zip(overrides, DEFAULT_THRESHOLDS[precision]))
+    report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend)
+    click.echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image(s)")
+    for stream, values in report.streams.items():
+        click.echo(f"  {stream:7} max |dP| {values['max_abs_dp']:.2e}   mean |dP| {values['mean_abs_dp']:.2e}")
+    for condition, values in report.per_condition.items():
+        click.echo(f"  {condition:11} vote agreement {values['vote_agreement']:.1%} over {values['images']} image(s)")
+    click.echo(f"  vote agreement {report.vote_agreement:.2%}; changed: "
+               + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes) or "none"))
+    for failure in report.failed_images:
+        click.echo(f"  could not read {failure['image']}: {failure['error']}", err=True)
+    if json_out:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+    if not report.passed:
+        click.echo(f"FAILED thresholds {report.thresholds}", err=True)
+        sys.exit(3)
+    click.echo(f"passed thresholds {report.thresholds}")
+
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm", ".pnm"}
 _CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_source", "error", "notes")
 

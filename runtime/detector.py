@@ -59,7 +59,9 @@ class Detection:
 
 
 @dataclass
-class _Prepared:
+class PreparedImage:
+    """One decoded image: its (not yet scored) Detection and its float32 CHW stream tensors."""
+
     detection: Detection
     tensors: dict[str, np.ndarray]
 
@@ -130,7 +132,7 @@ class Detector:
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
             prepared = [
-                self._prepare(
+                self.prepare(
                     images[i],
                     labels[i] if labels is not None else _label(images[i], i),
                     face_crops[i] if face_crops is not None else None,
@@ -144,7 +146,11 @@ class Detector:
                 on_progress(stop - start)
         return results
 
-    def _prepare(self, source: ImageInput, label: str, face_crop: ImageInput | None, face_box: Box | None) -> _Prepared:
+    def prepare(self, source: ImageInput, label: str, face_crop: ImageInput | None = None,
+                face_box: Box | None = None) -> "PreparedImage":
+        """Decode one image and build its normalised stream tensors (what ``detect`` feeds the
+        backend); errors land in ``.detection.error``. Public for tools that compare backends
+        on identical inputs (``dfd-export verify``, benchmarks)."""
         detection = Detection(image=label)
         try:
             decoded = decode_image(source)
@@ -162,8 +168,8 @@ class Detector:
         except (DfdError, ValueError) as exc:  # ImageError/PreprocessError are ValueErrors
             detection.error = str(exc)
             detection.notes.clear()
-            return _Prepared(detection, {})
-        return _Prepared(detection, tensors)
+            return PreparedImage(detection, {})
+        return PreparedImage(detection, tensors)
 
     def _face_image(self, decoded: DecodedImage, face_crop: ImageInput | None, face_box: Box | None,
                     detection: Detection) -> np.ndarray:
@@ -209,7 +215,7 @@ class Detector:
             return preprocess_face(rgb, size, self._mean, self._std)
         return preprocess_fusion(rgb, size, self._mean, self._std)
 
-    def _score(self, prepared: list[_Prepared]) -> None:
+    def _score(self, prepared: list[PreparedImage]) -> None:
         if not prepared:
             return
         probabilities = {}

@@ -1,0 +1,134 @@
+"""``dfd-export verify``: is an engine set still the fp32 detector, on clean and degraded images?
+
+The engine set runs through the lean runtime; the reference is the fp32 PyTorch stream modules
+rebuilt from the same checkpoints (or the same random seed) that the manifest records. Both get
+the identical preprocessed tensors, so every difference is the engine's. Reported per stream:
+max and mean |ΔP(fake)|; for the ensemble: how often the discretised vote stays the same, and
+which images' votes changed. The paper's point is robustness under degradation, so degraded
+copies are checked too (``--degrade``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dfd.calibration.degrade import fixed_degradation
+from dfd.calibration.sources import builtin_photographs, list_images
+from dfd.runtime.detector import Detector
+from dfd.runtime.errors import DfdError
+from dfd.runtime.images import decode_image
+from dfd.runtime.vote import discretised_vote, softmax_fake_probability
+
+from .build import BuildRequest, load_stream_module
+from .checkpoint import LoraSettings
+from .configs import ClipVisionConfig, DinoV2Config
+
+VERIFY_DEGRADATIONS = ("jpeg10", "blur3", "noise25", "compound_a", "compound_b")
+# Acceptance thresholds per precision: (max |ΔP|, mean |ΔP|, min vote agreement)
+DEFAULT_THRESHOLDS = {"fp32": (1e-4, 1e-4, 1.0), "fp16": (5e-3, 5e-3, 1.0), "int8": (1.0, 0.02, 0.95)}
+
+
+@dataclass
+class VerifyReport:
+    precision: str
+    images: int = 0
+    per_condition: dict[str, Any] = field(default_factory=dict)
+    streams: dict[str, dict[str, float]] = field(default_factory=dict)
+    vote_agreement: float = 1.0
+    changed_votes: list[dict[str, Any]] = field(default_factory=list)
+    failed_images: list[dict[str, str]] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    passed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _reference_streams(detector: Detector, weights_dir: Path | None) -> dict[str, torch.nn.Module]:
+    """The fp32 PyTorch streams the set was built from, rebuilt from what its manifest records."""
+    raw = detector.manifest.raw
+    build = raw.get("build", {})
+    recorded = build.get("weights_dir")
+    weights = Path(weights_dir) if weights_dir else (Path(recorded) if recorded else None)
+    if raw.get("random_weights"):
+        weights = None
+    elif weights is None or not weights.is_dir():
+        raise DfdError(f"the checkpoints this set was built from ({recorded}) are not there; pass --weights-dir")
+    lora = LoraSettings(**build.get("lora", {})) if build.get("lora") else LoraSettings()
+    modules = {}
+    for name in detector.streams:
+        arch = raw["streams"][name]["architecture"]
+        dino = DinoV2Config(**arch["dinov2"])
+        clip = ClipVisionConfig(**arch["clip"]) if "clip" in arch else None
+        request = BuildRequest(out_dir=Path("."), weights_dir=weights, seed=build.get("seed", 0), lora=lora)
+        module, source = load_stream_module(name, request, dino, clip)
+        expected = raw["streams"][name].get("source", {}).get("checkpoint")
+        if expected and source["checkpoint"] and source["checkpoint"]["sha256"] != expected["sha256"]:
+            raise DfdError(f"{name}: checkpoint {source['checkpoint']['file']} differs from the one the set was built from")
+        modules[name] = module
+    return modules
+
+
+def _images(images_dir: Path | None) -> list[tuple[str, np.ndarray]]:
+    if images_dir is None:
+        return builtin_photographs()
+    return [(str(p), decode_image(p).rgb) for p in list_images(images_dir)]
+
+
+def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade: bool = False,
+                      weights_dir: Path | None = None, thresholds: tuple[float, float, float] | None = None,
+                      backend: str = "auto") -> VerifyReport:
+    detector = Detector.open(engine_dir, backend=backend)
+    precisions = {s.precision for s in detector.manifest.streams.values()}
+    precision = "int8" if "int8" in precisions else ("fp16" if "fp16" in precisions else "fp32")
+    max_abs, max_mean, min_agreement = thresholds or DEFAULT_THRESHOLDS[precision]
+    reference = _reference_streams(detector, weights_dir)
+    report = VerifyReport(precision, thresholds={"max_abs_dp": max_abs, "mean_dp": max_mean,
+                                                 "min_vote_agreement": min_agreement})
+    conditions = [("clean", None)] + ([(d, fixed_degradation(d)) for d in VERIFY_DEGRADATIONS] if degrade else [])
+    photos = _images(images_dir)
+    deltas: dict[str, list[float]] = {s: [] for s in detector.streams}
+    agree = total = 0
+    progress = tqdm(total=len(photos) * len(conditions), desc="verify", unit="img", file=sys.stderr)
+    for condition, transform in conditions:
+        cond_agree = cond_total = 0
+        for label, rgb in photos:
+            image = transform(rgb) if transform else rgb
+            prepared = detector.prepare(image, f"{label} [{condition}]")
+            progress.update(1)
+            if not prepared.detection.ok:
+                report.failed_images.append({"image": prepared.detection.image, "error": prepared.detection.error})
+                continue
+            engine_p, reference_p = {}, {}
+            for stream in detector.streams:
+                batch = prepared.tensors[stream][None]
+                engine_p[stream] = float(softmax_fake_probability(detector.backend.run(stream, batch))[0])
+                with torch.no_grad():
+                    logits = reference[stream](torch.from_numpy(batch)).numpy()
+                reference_p[stream] = float(softmax_fake_probability(logits)[0])
+                deltas[stream].append(abs(engine_p[stream] - reference_p[stream]))
+            engine_vote = discretised_vote(engine_p, detector.vote_weights).score
+            reference_vote = discretised_vote(reference_p, detector.vote_weights).score
+            same = engine_vote == reference_vote
+            agree, total, cond_agree, cond_total = agree + same, total + 1, cond_agree + same, cond_total + 1
+            if not same:
+                report.changed_votes.append({"image": prepared.detection.image, "engine": engine_vote,
+                                             "reference": reference_vote})
+        report.per_condition[condition] = {"images": cond_total,
+                                           "vote_agreement": cond_agree / cond_total if cond_total else None}
+    progress.close()
+    report.images = total
+    if total == 0:
+        raise DfdError("no image could be verified")
+    report.vote_agreement = agree / total
+    report.streams = {s: {"max_abs_dp": float(np.max(d)), "mean_abs_dp": float(np.mean(d))} for s, d in deltas.items()}
+    report.passed = (report.vote_agreement >= min_agreement
+                     and all(v["max_abs_dp"] <= max_abs and v["mean_abs_dp"] <= max_mean for v in report.streams.values()))
+    return report
