@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -87,6 +88,7 @@ class Detector:
         self._mean, self._std = tuple(prep["mean"]), tuple(prep["std"])
         self._sizes = {s: manifest.streams[s].input_size for s in self.streams}
         self.face_locator = self._open_face_locator() if face_detection else None
+        self._pool = ThreadPoolExecutor(max_workers=len(self.streams), thread_name_prefix="dfd-stream")
 
     def _open_face_locator(self) -> FaceLocator | None:
         entry = self.manifest.face_detector
@@ -218,10 +220,14 @@ class Detector:
     def _score(self, prepared: list[PreparedImage]) -> None:
         if not prepared:
             return
-        probabilities = {}
-        for stream in self.streams:
-            batch = np.stack([p.tensors[stream] for p in prepared])
-            probabilities[stream] = softmax_fake_probability(self.backend.run(stream, batch))
+        batches = {stream: np.stack([p.tensors[stream] for p in prepared]) for stream in self.streams}
+        if getattr(self.backend, "concurrent_streams", False):
+            # engines on their own CUDA streams: issue all three at once
+            futures = {s: self._pool.submit(self.backend.run, s, b) for s, b in batches.items()}
+            logits = {s: f.result() for s, f in futures.items()}
+        else:  # ONNX Runtime already spreads one graph over every core
+            logits = {s: self.backend.run(s, b) for s, b in batches.items()}
+        probabilities = {s: softmax_fake_probability(v) for s, v in logits.items()}
         partial_note = None
         if len(self.streams) < len(STREAM_ORDER):
             partial_note = (f"vote over the streams this engine set has ({', '.join(self.streams)}), "

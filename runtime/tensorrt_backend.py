@@ -111,6 +111,7 @@ class TensorRTBackend:
     """Runs the engine set's serialized engines (see module docstring: unexecuted here)."""
 
     name = "tensorrt"
+    concurrent_streams = True  # one CUDA stream per engine; the Detector runs the three at once
 
     def __init__(self, manifest: Manifest, _engines: dict[str, Any] | None = None) -> None:
         self._trt = importlib.import_module("tensorrt")

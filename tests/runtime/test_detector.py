@@ -263,3 +263,25 @@ def test_packaged_face_detector_feeds_the_face_stream(tiny_engine_set, reference
     crop = reference_face_crop(rgb, face["box"])
     expected = reference_ensemble.p_fake("face", stream_batch([crop], "face")).item()
     assert abs(result.streams["face"] - expected) <= 1e-3  # box rounded to 0.01 px in the output
+
+
+def test_concurrent_stream_dispatch_gives_identical_results(tiny_engine_set, photographs):
+    """Backends whose engines run on their own CUDA streams get the three streams at once."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    images = list(photographs.values())
+    sequential = [r.to_dict() for r in detector.detect(images)]
+    calls = []
+
+    class ConcurrentBackend:
+        concurrent_streams = True
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def run(self, stream, pixels):
+            calls.append(threading.current_thread().name)
+            return self.inner.run(stream, pixels)
+
+    detector.backend = ConcurrentBackend(detector.backend)
+    assert [r.to_dict() for r in detector.detect(images)] == sequential
+    assert calls and all(name.startswith("dfd-stream") for name in calls)
