@@ -405,5 +405,15 @@ def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, 
         sys.exit(2)
 
 
+def _register_external_commands() -> None:
+    """Verbs that live beside their implementation (their modules import nothing heavy at load)."""
+    from .capi_build import capi
+
+    main.add_command(capi)
+
+
+_register_external_commands()
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,406 @@
+"""``dfd-export capi``: build ``dfd_runtime.h`` + ``libdfd_runtime.so``, the C ABI of the runtime.
+
+The library embeds CPython with cffi's embedding mode, so C callers run the very same
+``dfd.runtime`` code as Python and the CLI (the implementation is ``dfd.runtime.capi``). The
+exported ``dfd_*`` functions are C shims written here; they
+
+* start the interpreter themselves, once, from a ``PyConfig`` whose ``executable`` is the
+  building virtualenv's ``python``: CPython's path calculation then finds that venv's
+  ``pyvenv.cfg`` and gives the embedded interpreter exactly the ``sys.prefix``/``sys.path``
+  the venv's own ``python`` has (the editable ``dfd`` install included). The config is
+  isolated (no ``PYTHON*`` variables, no user site, no signal handlers), so the caller's
+  environment cannot redirect or break it and Ctrl-C stays the C program's;
+* keep the last-error text in a C thread-local buffer, which the Python side fills: a buffer
+  owned by C stays valid until the thread's next call, whatever the interpreter does with its
+  thread states between calls;
+* answer ``dfd_version``, ``dfd_last_error`` and ``dfd_close(NULL)`` without starting Python.
+
+The library links ``libpython3.X.so`` with an rpath to its directory and the init code adds
+the venv's site-packages if they are missing (when the library is loaded into an already
+running interpreter), so a C program needs no environment variable. The price of embedding:
+the library is bound to the interpreter and virtualenv it was built from; rebuild it after
+moving either.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import site
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import click
+
+from dfd.runtime.errors import DfdError
+
+HEADER_NAME = "dfd_runtime.h"
+LIBRARY_NAME = "libdfd_runtime.so"
+MODULE_NAME = "_dfd_runtime_capi"
+ERROR_CAPACITY = 4096
+
+# The types, shared verbatim by the header and cffi's cdef (cffi ignores the comments).
+API_TYPES = """\
+/* An opened engine set. Opaque; one may be used from several threads at once. */
+typedef struct dfd_detector dfd_detector;
+
+typedef enum {
+    DFD_OK = 0,
+    DFD_E_INVALID_ARGUMENT = 1, /* NULL or nonsense argument: a bug in the caller            */
+    DFD_E_IO = 2,               /* a named file cannot be read (missing, directory, access)  */
+    DFD_E_ENGINE = 3,           /* engine set missing, tampered, or not runnable here        */
+    DFD_E_IMAGE = 4,            /* an image cannot be decoded or used (per result)           */
+    DFD_E_INTERNAL = 5          /* a bug in the runtime, or its embedded Python cannot start */
+} dfd_status;
+
+typedef enum {
+    DFD_PIXEL_RGB8 = 0,         /* 3 bytes per pixel: R, G, B */
+    DFD_PIXEL_BGR8 = 1          /* 3 bytes per pixel: B, G, R (OpenCV's order) */
+} dfd_pixel_format;
+
+/* Decoded pixels, 8 bits per channel. Row y starts at data + y * stride_bytes;
+   stride_bytes >= width * 3 (rows may be padded). Read only during the call. */
+typedef struct {
+    const uint8_t *data;
+    int32_t width, height, stride_bytes;
+    dfd_pixel_format format;
+} dfd_image;
+
+/* The result for one image. When status != DFD_OK the floats are NaN and face_found is 0. */
+typedef struct {
+    float score;            /* discretised vote, 0.0 .. 1.0 (one decimal, as the reference) */
+    float stream_prob[3];   /* raw P(fake): global, face, fusion (NaN if the set lacks one) */
+    int32_t face_found;     /* 1 when a face was located in the image, else 0 */
+    float face_box[4];      /* x1, y1, x2, y2 in pixels of the image when face_found, else 0 */
+    dfd_status status;      /* this image's status */
+} dfd_result;
+"""
+
+API_FUNCTIONS = """\
+/* Indices into dfd_result.stream_prob. */
+enum { DFD_STREAM_GLOBAL = 0, DFD_STREAM_FACE = 1, DFD_STREAM_FUSION = 2 };
+
+/* The runtime's version, e.g. "0.1.0". Static storage; never NULL; starts nothing. */
+const char *dfd_version(void);
+
+/* Open the engine set in folder engine_dir (its manifest.json and the sha256 of every file
+   are verified). backend: "auto", "onnxruntime" or "tensorrt"; NULL means "auto".
+   On success *out is the detector; otherwise *out is NULL and the status says why
+   (DFD_E_ENGINE: missing/tampered/unusable set; DFD_E_INVALID_ARGUMENT: NULL or unknown
+   backend). The first call starts the embedded Python runtime (about a second). */
+dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **out);
+
+/* Score count decoded images as one batch; results[i] is written for images[i].
+   Returns DFD_OK when every image was scored; DFD_E_IMAGE when some could not be (their
+   results[i].status says so, the others are scored); any other status when nothing was
+   scored (then every results[i].status carries it, if results is not NULL).
+   count == 0 is a valid no-op. Thread-safe. */
+dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, dfd_result *results);
+
+/* Decode the image file at path (as OpenCV's imread, EXIF orientation applied) and score it,
+   exactly as `dfd-export detect` does. DFD_E_IO: the file cannot be read; DFD_E_IMAGE: it is
+   not a usable image. result->status equals the returned status. Thread-safe. */
+dfd_status dfd_detect_file(dfd_detector *d, const char *path, dfd_result *result);
+
+/* Release a detector; NULL is a no-op. Calls already running on it finish first. Using d
+   afterwards gives DFD_E_INVALID_ARGUMENT. */
+void dfd_close(dfd_detector *d);
+
+/* The message of the last failed dfd_* call on this thread; "" after a call that succeeded.
+   Thread-local; valid until the next dfd_* call on this thread. Never NULL. */
+const char *dfd_last_error(void);
+"""
+
+HEADER = f"""\
+/* dfd_runtime.h - C ABI of the dfd-export lean runtime (three-stream deepfake detector).
+
+   Link with -ldfd_runtime. The library embeds the Python runtime it was built from
+   (`dfd-export capi --out DIR`); it finds that environment by itself.
+
+   Typical use:
+       dfd_detector *d = NULL;
+       if (dfd_open("engines/fp32", NULL, &d) != DFD_OK) fprintf(stderr, "%s\\n", dfd_last_error());
+       dfd_result r;
+       if (dfd_detect_file(d, "photo.jpg", &r) == DFD_OK) printf("%.1f\\n", r.score);
+       dfd_close(d);
+*/
+#ifndef DFD_RUNTIME_H
+#define DFD_RUNTIME_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+{API_TYPES}
+{API_FUNCTIONS}
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* DFD_RUNTIME_H */
+"""
+
+# What the C shims call; implemented in dfd.runtime.capi (bind). Error text goes into the
+# caller's thread-local buffer.
+PYTHON_FUNCTIONS = """\
+extern "Python" dfd_status dfd_py_open(const char *, const char *, dfd_detector **, char *, size_t);
+extern "Python" dfd_status dfd_py_detect(dfd_detector *, const dfd_image *, int32_t, dfd_result *, char *, size_t);
+extern "Python" dfd_status dfd_py_detect_file(dfd_detector *, const char *, dfd_result *, char *, size_t);
+extern "Python" dfd_status dfd_py_close(dfd_detector *, char *, size_t);
+void dfd_startup_succeeded(void);
+void dfd_startup_failed(const char *message);
+"""
+
+C_SHIMS = r"""
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include "dfd_runtime.h"
+
+static dfd_status dfd_py_open(const char *, const char *, dfd_detector **, char *, size_t);
+static dfd_status dfd_py_detect(dfd_detector *, const dfd_image *, int32_t, dfd_result *, char *, size_t);
+static dfd_status dfd_py_detect_file(dfd_detector *, const char *, dfd_result *, char *, size_t);
+static dfd_status dfd_py_close(dfd_detector *, char *, size_t);
+
+static __thread char dfd_error[DFD_ERROR_CAPACITY];
+static pthread_once_t dfd_python_once = PTHREAD_ONCE_INIT;
+static int dfd_python_started;                       /* written once, under dfd_python_once */
+static char dfd_python_failure[DFD_ERROR_CAPACITY];
+static volatile int dfd_runtime_ready;               /* set by the init code once bound */
+static char dfd_runtime_failure[DFD_ERROR_CAPACITY];
+
+static void dfd_startup_succeeded(void) { dfd_runtime_ready = 1; }
+
+static void dfd_startup_failed(const char *message)
+{
+    snprintf(dfd_runtime_failure, sizeof dfd_runtime_failure, "%s", message);
+}
+
+static void dfd_start_python(void)
+{
+    PyStatus status;
+    PyConfig config;
+    if (Py_IsInitialized()) {            /* loaded into a running interpreter: use it */
+        dfd_python_started = 1;
+        return;
+    }
+    PyConfig_InitIsolatedConfig(&config);
+    status = PyConfig_SetBytesString(&config, &config.executable, DFD_PYTHON_EXECUTABLE);
+    if (!PyStatus_Exception(status))
+        status = PyConfig_SetBytesString(&config, &config.program_name, DFD_PYTHON_EXECUTABLE);
+    if (!PyStatus_Exception(status))
+        status = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(status)) {
+        snprintf(dfd_python_failure, sizeof dfd_python_failure,
+                 "cannot start the embedded Python of %s: %s (rebuild the library with "
+                 "`dfd-export capi` if that environment moved)",
+                 DFD_PYTHON_EXECUTABLE, status.err_msg ? status.err_msg : "unknown error");
+        return;
+    }
+    PyEval_SaveThread();                 /* cffi takes the GIL per call */
+    dfd_python_started = 1;
+}
+
+static void dfd_set_error(const char *message)
+{
+    snprintf(dfd_error, sizeof dfd_error, "%s", message);
+}
+
+/* Clear the thread's error and make sure the interpreter runs. */
+static int dfd_begin(void)
+{
+    dfd_error[0] = '\0';
+    pthread_once(&dfd_python_once, dfd_start_python);
+    if (!dfd_python_started) {
+        dfd_set_error(dfd_python_failure);
+        return 0;
+    }
+    return 1;
+}
+
+/* After an extern "Python" call: did the runtime's Python code actually serve it? */
+static dfd_status dfd_finish(dfd_status status)
+{
+    if (dfd_runtime_ready)
+        return status;
+    dfd_set_error(dfd_runtime_failure[0] ? dfd_runtime_failure
+                  : "the embedded Python runtime failed to start (its traceback is on stderr)");
+    return DFD_E_INTERNAL;
+}
+
+static void dfd_mark_results(dfd_result *results, int32_t count, dfd_status status)
+{
+    int32_t i;
+    if (results == NULL)
+        return;
+    for (i = 0; i < count; i++) {
+        memset(&results[i], 0, sizeof results[i]);
+        results[i].score = NAN;
+        results[i].stream_prob[0] = results[i].stream_prob[1] = results[i].stream_prob[2] = NAN;
+        results[i].status = status;
+    }
+}
+
+const char *dfd_version(void) { return DFD_VERSION; }
+
+const char *dfd_last_error(void) { return dfd_error; }
+
+dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **out)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (!dfd_begin())
+        return DFD_E_INTERNAL;
+    return dfd_finish(dfd_py_open(engine_dir, backend, out, dfd_error, sizeof dfd_error));
+}
+
+dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, dfd_result *results)
+{
+    dfd_status status;
+    if (!dfd_begin()) {
+        dfd_mark_results(results, count, DFD_E_INTERNAL);
+        return DFD_E_INTERNAL;
+    }
+    status = dfd_finish(dfd_py_detect(d, images, count, results, dfd_error, sizeof dfd_error));
+    if (!dfd_runtime_ready)
+        dfd_mark_results(results, count, status);
+    return status;
+}
+
+dfd_status dfd_detect_file(dfd_detector *d, const char *path, dfd_result *result)
+{
+    dfd_status status;
+    if (!dfd_begin()) {
+        dfd_mark_results(result, 1, DFD_E_INTERNAL);
+        return DFD_E_INTERNAL;
+    }
+    status = dfd_finish(dfd_py_detect_file(d, path, result, dfd_error, sizeof dfd_error));
+    if (!dfd_runtime_ready)
+        dfd_mark_results(result, 1, status);
+    return status;
+}
+
+void dfd_close(dfd_detector *d)
+{
+    dfd_error[0] = '\0';
+    if (d == NULL)
+        return;
+    if (!dfd_python_started) {           /* nothing was ever opened in this process */
+        dfd_set_error("dfd_close: not a detector that dfd_open returned");
+        return;
+    }
+    if (dfd_begin())
+        dfd_finish(dfd_py_close(d, dfd_error, sizeof dfd_error));
+}
+"""
+
+INIT_CODE = """\
+import site
+import sys
+
+for directory in {site_dirs!r}:
+    if directory not in sys.path:
+        site.addsitedir(directory)
+
+from {module} import ffi, lib
+
+try:
+    from dfd.runtime import capi
+    capi.bind(ffi)
+except Exception as exc:
+    lib.dfd_startup_failed(
+        f"the embedded Python runtime cannot load dfd.runtime ({{type(exc).__name__}}: {{exc}}); "
+        f"interpreter {{sys.executable}}, sys.path {{sys.path}}".encode("utf-8", "replace"))
+else:
+    lib.dfd_startup_succeeded()
+"""
+
+
+class CapiBuildError(DfdError):
+    """The C library cannot be built here; the message says what is missing."""
+
+
+def _python_library_dir() -> Path:
+    """The folder of libpython3.X.so, which the library links and finds through its rpath."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        raise CapiBuildError(
+            f"this Python ({sys.base_prefix}) was built without a shared libpython, which an "
+            f"embedding library must link; rebuild it with --enable-shared (pyenv: "
+            f"PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install {sysconfig.get_python_version()}) "
+            f"and recreate the virtualenv")
+    library_dir = Path(sysconfig.get_config_var("LIBDIR"))
+    library = library_dir / sysconfig.get_config_var("LDLIBRARY")
+    if not library.exists():
+        raise CapiBuildError(f"shared libpython not found at {library}")
+    return library_dir
+
+
+def _c_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def build_capi(out_dir: Path) -> tuple[Path, Path]:
+    """Write ``out_dir/dfd_runtime.h`` and ``out_dir/libdfd_runtime.so``; returns both paths."""
+    try:
+        import cffi
+    except ImportError:
+        raise CapiBuildError("building the C library needs cffi: pip install cffi") from None
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        raise CapiBuildError("building the C library needs a C compiler (cc/gcc) on PATH")
+    python_lib_dir = _python_library_dir()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = out_dir / HEADER_NAME
+    header.write_text(HEADER)
+
+    ffibuilder = cffi.FFI()
+    ffibuilder.cdef(API_TYPES + PYTHON_FUNCTIONS)
+    ffibuilder.embedding_api("")  # the exported functions are the C shims, not cdef'd ones
+    ffibuilder.set_source(
+        MODULE_NAME,
+        C_SHIMS,
+        include_dirs=[str(out_dir)],
+        define_macros=[
+            ("DFD_PYTHON_EXECUTABLE", _c_string(sys.executable)),
+            ("DFD_VERSION", _c_string(importlib.metadata.version("dfd-export"))),
+            ("DFD_ERROR_CAPACITY", str(ERROR_CAPACITY)),
+        ],
+        library_dirs=[str(python_lib_dir)],
+        extra_link_args=[f"-Wl,-rpath,{python_lib_dir}", f"-Wl,-soname,{LIBRARY_NAME}"],
+    )
+    ffibuilder.embedding_init_code(INIT_CODE.format(site_dirs=site.getsitepackages(), module=MODULE_NAME))
+    library = out_dir / LIBRARY_NAME
+    with tempfile.TemporaryDirectory(prefix="dfd-capi-") as work:
+        try:
+            built = ffibuilder.compile(tmpdir=work, target=LIBRARY_NAME, verbose=False)
+        except Exception as exc:  # distutils/setuptools raise their own compile/link errors
+            raise CapiBuildError(f"compiling {LIBRARY_NAME} failed: {exc}") from exc
+        shutil.copyfile(built, library)
+    return header, library
+
+
+@click.command("capi")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder to write dfd_runtime.h and libdfd_runtime.so into (created if missing).")
+def capi(out_dir: Path) -> None:
+    """Build the C ABI: dfd_runtime.h + libdfd_runtime.so, embedding this environment's runtime.
+
+    \b
+    Then, from C:
+      cc app.c -I DIR -L DIR -ldfd_runtime -Wl,-rpath,DIR
+    The program needs no environment variable; the library is tied to this virtualenv
+    (rebuild after moving it). Needs cffi and a C compiler. Example: examples/c/dfd_detect.c.
+    """
+    try:
+        header, library = build_capi(out_dir)
+    except (DfdError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"header:  {header}")
+    click.echo(f"library: {library}")

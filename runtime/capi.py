@@ -1,0 +1,288 @@
+"""The Python half of the C ABI (``libdfd_runtime.so``, built by ``dfd-export capi``).
+
+The library's exported ``dfd_*`` functions are small C shims (see ``dfd.export.capi_build``):
+they start the embedded interpreter, keep the thread-local last-error buffer and call the
+``extern "Python"`` functions bound here by ``bind(ffi)``. Everything that needs judgement lives
+here, in Python, so the C ABI and the Python API share one implementation:
+
+* one ``Detector`` per opened handle, shared by every thread that calls with it (``detect``
+  keeps no state between calls);
+* ``dfd_image`` buffers become NumPy views of the caller's memory (row stride honoured, BGR
+  read reversed), so the only copy is the one the Detector makes to get contiguous RGB;
+* every exception becomes a ``dfd_status`` and a message written into the caller's thread's
+  error buffer. Nothing escapes into C: each bound function catches ``Exception`` itself, and
+  ``def_extern(error=DFD_E_INTERNAL)`` is the last net.
+
+Handles are opaque keys, never dereferenced: a salted counter rather than an address, so a
+nonsense pointer or a use after ``dfd_close`` is recognised and refused instead of crashing or
+silently reaching a later detector that reused the address.
+
+This module imports neither cffi nor torch: the ``ffi`` object comes from the compiled library.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .backends import BACKEND_CHOICES, BackendError
+from .detector import Detection, Detector
+from .errors import DfdError
+from .images import ImageError
+from .manifest import EngineSetError
+
+DFD_OK = 0
+DFD_E_INVALID_ARGUMENT = 1
+DFD_E_IO = 2
+DFD_E_ENGINE = 3
+DFD_E_IMAGE = 4
+DFD_E_INTERNAL = 5
+
+DFD_PIXEL_RGB8 = 0
+DFD_PIXEL_BGR8 = 1
+PIXEL_FORMAT_NAMES = {DFD_PIXEL_RGB8: "DFD_PIXEL_RGB8", DFD_PIXEL_BGR8: "DFD_PIXEL_BGR8"}
+
+# dfd_result.stream_prob[i] holds the raw P(fake) of STREAM_SLOTS[i]
+STREAM_SLOTS = ("global", "face", "fusion")
+
+
+class CapiArgumentError(DfdError, ValueError):
+    """A C caller passed NULL or nonsense; maps to DFD_E_INVALID_ARGUMENT."""
+
+
+class CapiIOError(DfdError, OSError):
+    """A file the caller named cannot be read at all; maps to DFD_E_IO."""
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    """The ``dfd_status`` and the message for an exception raised while serving a call."""
+    if isinstance(exc, (EngineSetError, BackendError)):
+        return DFD_E_ENGINE, str(exc)
+    if isinstance(exc, ImageError):
+        return DFD_E_IMAGE, str(exc)
+    if isinstance(exc, CapiIOError):
+        return DFD_E_IO, str(exc)
+    if isinstance(exc, DfdError):  # every other user-caused error: the arguments were wrong
+        return DFD_E_INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, OSError):
+        return DFD_E_IO, f"input/output error: {exc}"
+    return DFD_E_INTERNAL, f"internal error in the dfd runtime (a bug; please report it): {type(exc).__name__}: {exc}"
+
+
+class _Handles:
+    """Open detectors by opaque key. Thread-safe; keys are never reused within a process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._detectors: dict[int, Detector] = {}
+        # 16-aligned, high bits random: no small or typical garbage pointer value is a key
+        self._next = (secrets.randbits(40) << 16) | 0x10
+
+    def add(self, detector: Detector) -> int:
+        with self._lock:
+            key = self._next
+            self._next += 0x10
+            self._detectors[key] = detector
+            return key
+
+    def get(self, key: int) -> Detector:
+        if key == 0:
+            raise CapiArgumentError("detector is NULL; open one with dfd_open first")
+        with self._lock:
+            detector = self._detectors.get(key)
+        if detector is None:
+            raise CapiArgumentError(f"detector {key:#x} is not open (already closed, or not a "
+                                    f"pointer that dfd_open returned)")
+        return detector
+
+    def remove(self, key: int) -> None:
+        with self._lock:
+            if self._detectors.pop(key, None) is None:
+                raise CapiArgumentError(f"dfd_close: detector {key:#x} is not open (closed twice, "
+                                        f"or not a pointer that dfd_open returned)")
+
+
+_handles = _Handles()
+
+
+def write_error(ffi: Any, buffer: Any, size: int, message: str) -> None:
+    """Copy ``message`` as NUL-terminated UTF-8 into the caller's error buffer, cut on a character."""
+    if buffer == ffi.NULL or size <= 0:
+        return
+    encoded = message.encode("utf-8", "replace")[:size - 1]
+    encoded = encoded.decode("utf-8", "ignore").encode("utf-8")  # drop a split last character
+    ffi.memmove(buffer, encoded + b"\0", len(encoded) + 1)
+
+
+def _key(ffi: Any, detector: Any) -> int:
+    return int(ffi.cast("uintptr_t", detector))
+
+
+def _text_argument(ffi: Any, pointer: Any, what: str) -> str:
+    if pointer == ffi.NULL:
+        raise CapiArgumentError(f"{what} is NULL")
+    return os.fsdecode(ffi.string(pointer))
+
+
+def image_array(ffi: Any, image: Any, index: int) -> np.ndarray:
+    """A uint8 HxWx3 RGB view of the caller's ``dfd_image`` (no copy; BGR as a reversed view)."""
+    where = f"images[{index}]"
+    width, height, stride = image.width, image.height, image.stride_bytes
+    if image.data == ffi.NULL:
+        raise CapiArgumentError(f"{where}.data is NULL")
+    if width <= 0 or height <= 0:
+        raise CapiArgumentError(f"{where} has size {width}x{height}; width and height must be positive")
+    if stride < width * 3:
+        raise CapiArgumentError(f"{where}.stride_bytes is {stride}, less than width*3 = {width * 3} "
+                                f"(3 bytes per pixel, rows may only be padded)")
+    pixel_format = int(image.format)
+    if pixel_format not in PIXEL_FORMAT_NAMES:
+        raise CapiArgumentError(f"{where}.format is {pixel_format}, not a dfd_pixel_format "
+                                f"(DFD_PIXEL_RGB8 = 0, DFD_PIXEL_BGR8 = 1)")
+    # the last row needs only its pixels, not a full stride: callers may pass tight crops
+    size = stride * (height - 1) + width * 3
+    flat = np.frombuffer(ffi.buffer(image.data, size), dtype=np.uint8)
+    pixels = np.lib.stride_tricks.as_strided(flat, shape=(height, width, 3), strides=(stride, 3, 1),
+                                             writeable=False)
+    return pixels[:, :, ::-1] if pixel_format == DFD_PIXEL_BGR8 else pixels
+
+
+def fill_result(result: Any, detection: Detection) -> int:
+    """Write one Detection into a ``dfd_result``; returns its status."""
+    if not detection.ok:
+        return mark_failed(result, DFD_E_IMAGE)
+    result.score = detection.score
+    for slot, stream in enumerate(STREAM_SLOTS):
+        result.stream_prob[slot] = detection.streams.get(stream, math.nan)
+    box = (detection.face or {}).get("box")
+    result.face_found = int(box is not None)
+    result.face_box = list(box) if box is not None else [0.0, 0.0, 0.0, 0.0]
+    result.status = DFD_OK
+    return DFD_OK
+
+
+def mark_failed(result: Any, status: int) -> int:
+    """A result that was not scored: NaN scores, no face, and its status."""
+    result.score = math.nan
+    result.stream_prob = [math.nan] * len(STREAM_SLOTS)
+    result.face_found = 0
+    result.face_box = [0.0, 0.0, 0.0, 0.0]
+    result.status = status
+    return status
+
+
+def open_detector(ffi: Any, engine_dir: Any, backend: Any, out: Any, error: Any, error_size: int) -> int:
+    """``dfd_open``: verify and open an engine set; ``*out`` is NULL unless it succeeds."""
+    try:
+        if out == ffi.NULL:
+            raise CapiArgumentError("dfd_open: out is NULL; pass the address of a dfd_detector pointer")
+        out[0] = ffi.NULL
+        folder = _text_argument(ffi, engine_dir, "dfd_open: engine_dir")
+        backend_name = "auto" if backend == ffi.NULL else _text_argument(ffi, backend, "backend")
+        if backend_name not in BACKEND_CHOICES:
+            raise CapiArgumentError(f"dfd_open: unknown backend {backend_name!r}; choose from "
+                                    f"{', '.join(BACKEND_CHOICES)} (NULL means auto)")
+        detector = Detector.open(folder, backend=backend_name)
+        out[0] = ffi.cast("dfd_detector *", _handles.add(detector))
+        return DFD_OK
+    except Exception as exc:
+        status, message = status_of(exc)
+        write_error(ffi, error, error_size, message)
+        return status
+
+
+def detect_images(ffi: Any, detector: Any, images: Any, count: int, results: Any,
+                  error: Any, error_size: int) -> int:
+    """``dfd_detect``: score ``count`` decoded images in one batch.
+
+    Returns DFD_OK when every image was scored; DFD_E_IMAGE when some could not be (their
+    results say so, the others are scored); a call-level status when nothing was scored.
+    """
+    return _serve(ffi, error, error_size, results, count,
+                  lambda: _detect_images(ffi, detector, images, count, results))
+
+
+def _detect_images(ffi: Any, detector: Any, images: Any, count: int, results: Any) -> list[Detection]:
+    if count < 0:
+        raise CapiArgumentError(f"dfd_detect: count is {count}; it must be 0 or more")
+    if count > 0 and results == ffi.NULL:
+        raise CapiArgumentError(f"dfd_detect: results is NULL for {count} image(s)")
+    if count > 0 and images == ffi.NULL:
+        raise CapiArgumentError(f"dfd_detect: images is NULL for {count} image(s)")
+    opened = _handles.get(_key(ffi, detector))
+    arrays = [image_array(ffi, images[i], i) for i in range(count)]
+    return opened.detect(arrays) if arrays else []
+
+
+def detect_file(ffi: Any, detector: Any, path: Any, result: Any, error: Any, error_size: int) -> int:
+    """``dfd_detect_file``: decode and score one image file, exactly as ``dfd-export detect``."""
+    return _serve(ffi, error, error_size, result, 1, lambda: _detect_file(ffi, detector, path, result))
+
+
+def _detect_file(ffi: Any, detector: Any, path: Any, result: Any) -> list[Detection]:
+    if result == ffi.NULL:
+        raise CapiArgumentError("dfd_detect_file: result is NULL")
+    opened = _handles.get(_key(ffi, detector))
+    name = _text_argument(ffi, path, "dfd_detect_file: path")
+    if not name:
+        raise CapiArgumentError("dfd_detect_file: path is empty")
+    if not os.path.isfile(name) or not os.access(name, os.R_OK):
+        reason = ("is a directory" if os.path.isdir(name) else
+                  "does not exist" if not os.path.exists(name) else "is not a readable file")
+        raise CapiIOError(f"cannot read image file '{name}': it {reason}")
+    return opened.detect([name])
+
+
+def _serve(ffi: Any, error: Any, error_size: int, results: Any, count: int,
+           run: Callable[[], list[Detection]]) -> int:
+    """Run a detect call, fill the results and turn every outcome into a status and a message."""
+    try:
+        detections = run()
+    except Exception as exc:
+        status, message = status_of(exc)
+        write_error(ffi, error, error_size, message)
+        if results != ffi.NULL and 0 < count:
+            for i in range(count):
+                mark_failed(results[i], status)
+        return status
+    failures = []
+    for i, detection in enumerate(detections):
+        if fill_result(results[i], detection) != DFD_OK:
+            failures.append(f"image {i}: {detection.error}" if len(detections) > 1 else detection.error)
+    if not failures:
+        return DFD_OK
+    more = f" (and {len(failures) - 1} more failed image(s))" if len(failures) > 1 else ""
+    write_error(ffi, error, error_size, failures[0] + more)
+    return DFD_E_IMAGE
+
+
+def close_detector(ffi: Any, detector: Any, error: Any, error_size: int) -> int:
+    """``dfd_close``: forget a handle; the Detector is freed once no call is using it."""
+    try:
+        _handles.remove(_key(ffi, detector))
+        return DFD_OK
+    except Exception as exc:
+        status, message = status_of(exc)
+        write_error(ffi, error, error_size, message)
+        return status
+
+
+def bind(ffi: Any) -> None:
+    """Attach the implementations to the library's ``extern "Python"`` declarations."""
+    bindings = {
+        "dfd_py_open": open_detector,
+        "dfd_py_detect": detect_images,
+        "dfd_py_detect_file": detect_file,
+        "dfd_py_close": close_detector,
+    }
+    for name, implementation in bindings.items():
+        def call(*args: Any, _implementation: Callable[..., int] = implementation) -> int:
+            return _implementation(ffi, *args)
+
+        ffi.def_extern(name=name, error=DFD_E_INTERNAL)(call)

@@ -1,0 +1,504 @@
+"""The C ABI end to end: build libdfd_runtime.so, compile C programs with the system compiler,
+run them with an EMPTY environment, and compare with ``dfd-export detect --format jsonl``.
+
+The C side is a harness (below, compiled per session) plus the shipped example service
+``examples/c/dfd_detect.c``. The embedded interpreter starts once per C process (about a
+second: numpy, OpenCV, onnxruntime), so each scenario is one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dfd.export.capi_build import build_capi
+from dfd.export.cli import main as cli_main
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs the system C compiler cc")
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "c" / "dfd_detect.c"
+STATUS = {"ok": 0, "invalid_argument": 1, "io": 2, "engine": 3, "image": 4, "internal": 5}
+STREAMS = ("global", "face", "fusion")
+RSS_LIMIT_KB = 50 * 1024
+
+HARNESS = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "dfd_runtime.h"
+
+typedef struct { unsigned char *rgb; int w, h; } raw_image;
+
+static raw_image load_raw(const char *spec)   /* "path:W:H", tightly packed RGB bytes */
+{
+    raw_image im; char path[4096]; FILE *f; size_t n;
+    if (sscanf(spec, "%4095[^:]:%d:%d", path, &im.w, &im.h) != 3) { fprintf(stderr, "bad spec %s\n", spec); exit(9); }
+    n = (size_t)im.w * im.h * 3;
+    im.rgb = malloc(n);
+    f = fopen(path, "rb");
+    if (!f || fread(im.rgb, 1, n, f) != n) { fprintf(stderr, "cannot read %s\n", path); exit(9); }
+    fclose(f);
+    return im;
+}
+
+/* A copy of im in format fmt with rows padded to stride (padding filled with junk). */
+static dfd_image make_image(raw_image im, dfd_pixel_format fmt, int padding)
+{
+    dfd_image out; int y, x, stride = im.w * 3 + padding;
+    unsigned char *buf = malloc((size_t)stride * im.h);
+    memset(buf, 0xA5, (size_t)stride * im.h);
+    for (y = 0; y < im.h; y++)
+        for (x = 0; x < im.w; x++) {
+            const unsigned char *s = im.rgb + ((size_t)y * im.w + x) * 3;
+            unsigned char *d = buf + (size_t)y * stride + x * 3;
+            d[0] = fmt == DFD_PIXEL_BGR8 ? s[2] : s[0]; d[1] = s[1]; d[2] = fmt == DFD_PIXEL_BGR8 ? s[0] : s[2];
+        }
+    out.data = buf; out.width = im.w; out.height = im.h; out.stride_bytes = stride; out.format = fmt;
+    return out;
+}
+
+static void print_result(const char *tag, int i, dfd_status call, const dfd_result *r)
+{
+    printf("%s %d %d %d %.9g %.9g %.9g %.9g %d %.9g %.9g %.9g %.9g\n", tag, i, call, r->status, r->score,
+           r->stream_prob[0], r->stream_prob[1], r->stream_prob[2], r->face_found,
+           r->face_box[0], r->face_box[1], r->face_box[2], r->face_box[3]);
+}
+
+static int same(const dfd_result *a, const dfd_result *b)
+{
+    return memcmp(a, b, sizeof *a) == 0;
+}
+
+static long rss_kb(void)
+{
+    char line[256]; long kb = -1; FILE *f = fopen("/proc/self/status", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb;
+}
+
+static dfd_detector *open_or_die(const char *dir)
+{
+    dfd_detector *d = NULL;
+    if (dfd_open(dir, NULL, &d) != DFD_OK) { fprintf(stderr, "open: %s\n", dfd_last_error()); exit(8); }
+    return d;
+}
+
+/* ---- pixels: every image through dfd_detect as RGB and as BGR, padded strides, one batch each */
+static int run_pixels(int argc, char **argv)
+{
+    int n = argc - 3, i, f;
+    dfd_detector *d = open_or_die(argv[2]);
+    dfd_image *images = calloc(n, sizeof *images);
+    dfd_result *results = calloc(n, sizeof *results);
+    for (f = 0; f < 2; f++) {
+        dfd_status call;
+        for (i = 0; i < n; i++)
+            images[i] = make_image(load_raw(argv[3 + i]), f ? DFD_PIXEL_BGR8 : DFD_PIXEL_RGB8, 5 + 8 * i);
+        call = dfd_detect(d, images, n, results);
+        for (i = 0; i < n; i++)
+            print_result(f ? "bgr" : "rgb", i, call, &results[i]);
+    }
+    dfd_close(d);
+    return 0;
+}
+
+/* ---- threads: THREADS x CALLS at once on one detector, each result compared with a serial one */
+typedef struct { dfd_detector *d; dfd_image *images; dfd_result *expected; int calls, mismatches, failures; } job;
+
+static void *worker(void *arg)
+{
+    job *j = arg; int c;
+    for (c = 0; c < j->calls; c++) {
+        dfd_result r; int k = c % 2;
+        if (dfd_detect(j->d, &j->images[k], 1, &r) != DFD_OK) j->failures++;
+        else if (!same(&r, &j->expected[k])) j->mismatches++;
+    }
+    return NULL;
+}
+
+static void run_jobs(dfd_detector *d, dfd_image *images, dfd_result *expected, int threads, int calls,
+                     int *mismatches, int *failures)
+{
+    pthread_t tid[16]; job jobs[16]; int t;
+    for (t = 0; t < threads; t++) {
+        jobs[t].d = d; jobs[t].images = images; jobs[t].expected = expected;
+        jobs[t].calls = calls; jobs[t].mismatches = jobs[t].failures = 0;
+        pthread_create(&tid[t], NULL, worker, &jobs[t]);
+    }
+    for (t = 0; t < threads; t++) {
+        pthread_join(tid[t], NULL);
+        *mismatches += jobs[t].mismatches; *failures += jobs[t].failures;
+    }
+}
+
+/* argv: threads|rss ENGINE SPEC_A SPEC_B THREADS CALLS_PER_THREAD WARMUP_PER_THREAD */
+static int run_concurrent(int argc, char **argv)
+{
+    dfd_detector *d = open_or_die(argv[2]);
+    dfd_image images[2]; dfd_result expected[2];
+    int threads = atoi(argv[5]), calls = atoi(argv[6]), warmup = atoi(argv[7]), k;
+    int mismatches = 0, failures = 0, warm_mismatches = 0, warm_failures = 0;
+    long before, after;
+    (void)argc;
+    for (k = 0; k < 2; k++) {
+        images[k] = make_image(load_raw(argv[3 + k]), k ? DFD_PIXEL_BGR8 : DFD_PIXEL_RGB8, 3);
+        if (dfd_detect(d, &images[k], 1, &expected[k]) != DFD_OK) { fprintf(stderr, "%s\n", dfd_last_error()); return 7; }
+    }
+    run_jobs(d, images, expected, threads, warmup, &warm_mismatches, &warm_failures);
+    before = rss_kb();
+    run_jobs(d, images, expected, threads, calls, &mismatches, &failures);
+    after = rss_kb();
+    printf("calls %d mismatches %d failures %d rss_before_kb %ld rss_after_kb %ld\n", threads * calls,
+           mismatches + warm_mismatches, failures + warm_failures, before, after);
+    print_result("expected", 0, DFD_OK, &expected[0]);
+    print_result("expected", 1, DFD_OK, &expected[1]);
+    dfd_close(d);
+    return 0;
+}
+
+/* ---- errors: NULL and nonsense everywhere; one line per case: name, status, message */
+static void report(const char *name, int status)
+{
+    const char *c;
+    printf("%s\t%d\t", name, status);
+    for (c = dfd_last_error(); *c; c++)   /* one line per case: newlines as " | " */
+        fputs(*c == '\n' ? " | " : (char[2]){*c, 0}, stdout);
+    putchar('\n');
+}
+
+static void *fail_in_thread(void *arg)
+{
+    dfd_result r;
+    report("thread_own_error", dfd_detect_file(NULL, "x.png", &r));
+    (void)arg;
+    return NULL;
+}
+
+/* argv: errors ENGINE TAMPERED UNDECODABLE GOOD_SPEC GOOD_FILE */
+static int run_errors(int argc, char **argv)
+{
+    dfd_detector *d = (dfd_detector *)0x5a5a, *bad = (dfd_detector *)0x1234;
+    dfd_image img, broken[2]; dfd_result r, rs[2]; pthread_t tid;
+    (void)argc;
+    printf("version\t0\t%s\n", dfd_version());
+    report("initial", 0);
+    dfd_close(NULL); report("close_null_before_start", 0);
+    report("open_null_out", dfd_open(argv[2], NULL, NULL));
+    report("open_null_dir", dfd_open(NULL, NULL, &d)); printf("open_null_dir_out\t%d\t\n", d == NULL);
+    report("open_bad_backend", dfd_open(argv[2], "warp-drive", &d));
+    report("open_missing", dfd_open("/nonexistent/engine-set", NULL, &d));
+    report("open_tampered", dfd_open(argv[3], NULL, &d)); printf("open_tampered_out\t%d\t\n", d == NULL);
+    report("open_ok", dfd_open(argv[2], "onnxruntime", &d));
+
+    img = make_image(load_raw(argv[5]), DFD_PIXEL_RGB8, 0);
+    report("detect_null_detector", dfd_detect(NULL, &img, 1, &r));
+    report("detect_garbage_detector", dfd_detect(bad, &img, 1, &r));
+    r.status = DFD_OK; report("detect_null_images", dfd_detect(d, NULL, 1, &r));
+    printf("detect_null_images_result\t%d\t\n", r.status);
+    report("detect_null_results", dfd_detect(d, &img, 1, NULL));
+    report("detect_negative_count", dfd_detect(d, &img, -1, &r));
+    report("detect_zero_count", dfd_detect(d, NULL, 0, NULL));
+    broken[0] = img; broken[1] = img; broken[1].width = 0;
+    report("detect_width_zero", dfd_detect(d, broken, 2, rs));
+    printf("detect_width_zero_results\t%d\t%d\n", rs[0].status, rs[1].status);
+    broken[1] = img; broken[1].height = -3; report("detect_negative_height", dfd_detect(d, broken, 2, rs));
+    broken[1] = img; broken[1].stride_bytes = img.width * 3 - 1; report("detect_small_stride", dfd_detect(d, broken, 2, rs));
+    broken[1] = img; broken[1].format = (dfd_pixel_format)7; report("detect_bad_format", dfd_detect(d, broken, 2, rs));
+    broken[1] = img; broken[1].data = NULL; report("detect_null_data", dfd_detect(d, broken, 2, rs));
+    report("detect_ok", dfd_detect(d, &img, 1, &r));
+
+    report("file_null_detector", dfd_detect_file(NULL, argv[6], &r));
+    report("file_null_path", dfd_detect_file(d, NULL, &r));
+    report("file_null_result", dfd_detect_file(d, argv[6], NULL));
+    report("file_missing", dfd_detect_file(d, "/nonexistent/photo.png", &r));
+    report("file_directory", dfd_detect_file(d, "/", &r));
+    report("file_undecodable", dfd_detect_file(d, argv[4], &r)); printf("file_undecodable_result\t%d\t\n", r.status);
+    report("file_ok_after_failure", dfd_detect_file(d, argv[6], &r));
+
+    dfd_detect_file(d, "/nonexistent/photo.png", &r);
+    pthread_create(&tid, NULL, fail_in_thread, NULL); pthread_join(tid, NULL);
+    report("main_error_kept", 2);   /* still the main thread's own error, not the thread's */
+
+    dfd_close(NULL); report("close_null", 0);
+    dfd_close(d); report("close_ok", 0);
+    report("use_after_close", dfd_detect_file(d, argv[6], &r));
+    dfd_close(d); report("close_twice", 0);
+    dfd_close(bad); report("close_garbage", 0);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 3 && !strcmp(argv[1], "pixels")) return run_pixels(argc, argv);
+    if (argc == 8 && (!strcmp(argv[1], "threads") || !strcmp(argv[1], "rss"))) return run_concurrent(argc, argv);
+    if (argc == 7 && !strcmp(argv[1], "errors")) return run_errors(argc, argv);
+    fprintf(stderr, "usage: harness pixels|threads|rss|errors ...\n");
+    return 2;
+}
+"""
+
+
+def _compile(source: Path, exe: Path, lib_dir: Path) -> Path:
+    built = subprocess.run(["cc", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread", str(source), "-I", str(lib_dir),
+                            "-L", str(lib_dir), "-ldfd_runtime", f"-Wl,-rpath,{lib_dir}", "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    return exe
+
+
+def _run(args: list, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a C program with an EMPTY environment: the library must find Python by itself."""
+    return subprocess.run([str(a) for a in args], input=stdin, capture_output=True, text=True, env={},
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def capi_lib(tmp_path_factory) -> Path:
+    header, library = build_capi(tmp_path_factory.mktemp("capi"))
+    assert header.parent == library.parent
+    return library.parent
+
+
+@pytest.fixture(scope="session")
+def harness(capi_lib, tmp_path_factory) -> Path:
+    source = tmp_path_factory.mktemp("harness") / "harness.c"
+    source.write_text(HARNESS)
+    return _compile(source, source.with_suffix(""), capi_lib)
+
+
+@pytest.fixture(scope="session")
+def example_service(capi_lib, tmp_path_factory) -> Path:
+    return _compile(EXAMPLE, tmp_path_factory.mktemp("example") / "dfd_detect", capi_lib)
+
+
+@pytest.fixture(scope="module")
+def pictures(photographs, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """name -> (image file, raw-pixels spec "path:W:H"). Lossless PNGs, so decoded pixels and
+    files must score identically; a JPEG for the file path only (its face stream re-encodes)."""
+    root = tmp_path_factory.mktemp("capi-images")
+    arrays = {"astronaut": photographs["astronaut"], "chelsea": photographs["chelsea"],
+              # odd width: rows of 3*351 bytes, padded strides are not a multiple of 4
+              "astronaut_crop": np.ascontiguousarray(photographs["astronaut"][20:320, 100:451])}
+    out = {}
+    for name, rgb in arrays.items():
+        png = root / f"{name}.png"
+        cv2.imwrite(str(png), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        decoded = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)
+        raw = root / f"{name}.rgb"
+        raw.write_bytes(decoded.tobytes())
+        out[name] = (png, f"{raw}:{decoded.shape[1]}:{decoded.shape[0]}")
+    jpeg = root / "astronaut.jpg"
+    cv2.imwrite(str(jpeg), cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR))
+    out["astronaut_jpeg"] = (jpeg, "")
+    undecodable = root / "broken.png"
+    undecodable.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    out["broken"] = (undecodable, "")
+    return out
+
+
+def _cli_jsonl(engine_dir: Path, files: list[Path]) -> list[dict]:
+    result = CliRunner().invoke(cli_main, ["detect", str(engine_dir), *map(str, files), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def _parse_result(fields: list[str]) -> dict:
+    values = [float(v) for v in fields]
+    return {"call": int(values[0]), "status": int(values[1]), "score": values[2], "streams": values[3:6],
+            "face_found": int(values[6]), "face_box": values[7:11]}
+
+
+def _assert_matches_cli(got: dict, expected: dict, where: str) -> None:
+    assert got["score"] == pytest.approx(expected["score"], abs=1e-6), where
+    for slot, stream in enumerate(STREAMS):
+        assert got["streams"][slot] == pytest.approx(expected["streams"][stream], abs=1e-6), (where, stream)
+    box = (expected["face"] or {}).get("box")
+    assert got["face_found"] == (box is not None), where
+    if box is not None:
+        assert got["face_box"] == pytest.approx(box, abs=1e-3), where
+
+
+def test_decoded_pixels_and_files_score_as_the_cli(tiny_engine_set, pictures, harness, example_service):
+    names = ["astronaut", "chelsea", "astronaut_crop"]
+    expected = _cli_jsonl(tiny_engine_set, [pictures[n][0] for n in names] + [pictures["astronaut_jpeg"][0]])
+    assert [e["face"] is not None for e in expected] == [True, False, True, True]  # both face paths covered
+
+    run = _run([harness, "pixels", tiny_engine_set, *(pictures[n][1] for n in names)])
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines()]
+    assert [(r[0], int(r[1])) for r in rows] == [(f, i) for f in ("rgb", "bgr") for i in range(3)]
+    for row in rows:
+        got = _parse_result(row[2:])
+        assert (got["call"], got["status"]) == (0, 0), row
+        _assert_matches_cli(got, expected[int(row[1])], f"{row[0]} {names[int(row[1])]}")
+
+    files = [pictures[n][0] for n in names] + [pictures["astronaut_jpeg"][0]]
+    served = _run([example_service, tiny_engine_set], stdin="".join(f"{p}\n" for p in files))
+    assert served.returncode == 0, served.stderr
+    lines = [json.loads(line) for line in served.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [str(p) for p in files]
+    for line, reference in zip(lines, expected):
+        assert line["status"] == "ok" and line["error"] is None
+        got = {"score": line["score"], "streams": [line["streams"][s] for s in STREAMS],
+               "face_found": line["face_found"], "face_box": line["face_box"]}
+        _assert_matches_cli(got, reference, line["image"])
+
+
+def test_example_service_reports_a_bad_file_and_goes_on(tiny_engine_set, pictures, example_service):
+    paths = [pictures["astronaut"][0], pictures["broken"][0], "/nonexistent/photo.jpg", pictures["astronaut_crop"][0]]
+    served = _run([example_service, tiny_engine_set], stdin="".join(f"{p}\n" for p in paths) + "\n")
+    assert served.returncode == 2, served.stderr  # some failed
+    lines = [json.loads(line) for line in served.stdout.splitlines()]
+    assert [line["status"] for line in lines] == ["ok", "image", "io", "ok"]
+    assert "broken.png" in lines[1]["error"] and "does not exist" in lines[2]["error"]
+    assert lines[1]["score"] is None and 0.0 <= lines[3]["score"] <= 1.0
+
+    refused = _run([example_service, "/nonexistent/engine-set"], stdin="")
+    assert refused.returncode == 1 and "engine set folder not found" in refused.stderr
+
+
+def test_one_detector_from_four_threads_gives_identical_results(tiny_engine_set, pictures, harness):
+    """4 threads x 50 calls at once (RGB and BGR images alternating), each result byte-equal to
+    the serial one computed first."""
+    run = _run([harness, "threads", tiny_engine_set, pictures["astronaut"][1], pictures["astronaut_crop"][1],
+                4, 50, 0])
+    assert run.returncode == 0, run.stderr
+    summary = run.stdout.split()
+    assert summary[:6] == ["calls", "200", "mismatches", "0", "failures", "0"], run.stdout
+    scores = [float(line.split()[4]) for line in run.stdout.splitlines()[1:]]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+@pytest.fixture(scope="module")
+def global_only_set(tiny_engine_set, tmp_path_factory) -> Path:
+    """The tiny set reduced to its global stream and no face detector (same verified files,
+    manifest trimmed): the cheapest engine set that still runs every ABI and runtime step per
+    call, so 1,000 calls fit in the test budget on a 2-core machine."""
+    root = tmp_path_factory.mktemp("global-only") / "set"
+    manifest = json.loads((tiny_engine_set / "manifest.json").read_text())
+    manifest["streams"] = {"global": manifest["streams"]["global"]}
+    manifest.pop("face_detector", None)
+    root.mkdir()
+    for entry in manifest["streams"]["global"]["files"]:
+        shutil.copyfile(tiny_engine_set / entry["path"], root / entry["path"])
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_rss_stays_flat_over_a_thousand_calls(global_only_set, pictures, harness, record_property):
+    """After a warm-up of 4 x 10 calls, 4 threads x 250 calls grow the resident set by < 50 MB
+    (read from /proc/self/status inside the C program); results stay identical throughout."""
+    run = _run([harness, "rss", global_only_set, pictures["astronaut"][1], pictures["astronaut_crop"][1],
+                4, 250, 10], timeout=300)
+    assert run.returncode == 0, run.stderr
+    fields = run.stdout.split()
+    values = dict(zip(fields[0:10:2], map(int, fields[1:10:2])))
+    assert values["calls"] == 1000 and values["mismatches"] == 0 and values["failures"] == 0, run.stdout
+    growth = values["rss_after_kb"] - values["rss_before_kb"]
+    record_property("rss_growth_kb_over_1000_calls", growth)
+    assert growth < RSS_LIMIT_KB, (f"RSS over 1000 calls: {values['rss_before_kb']} kB -> "
+                                   f"{values['rss_after_kb']} kB ({growth:+d} kB)")
+    expected = [_parse_result(line.split()[2:]) for line in run.stdout.splitlines()[1:]]
+    assert all(math.isnan(e["streams"][1]) and math.isnan(e["streams"][2]) for e in expected)  # global only
+
+
+@pytest.fixture(scope="module")
+def tampered_set(tiny_engine_set, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tampered") / "set"
+    shutil.copytree(tiny_engine_set, root)
+    graph = root / "fusion.fp32.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    return root
+
+
+def test_null_and_nonsense_arguments_give_statuses_and_messages(tiny_engine_set, tampered_set, pictures, harness):
+    run = _run([harness, "errors", tiny_engine_set, tampered_set, pictures["broken"][0],
+                pictures["astronaut_crop"][1], pictures["astronaut_crop"][0]])
+    assert run.returncode == 0, run.stderr
+    cases = {}
+    for line in run.stdout.splitlines():
+        name, status, message = line.split("\t")
+        cases[name] = (int(status), message)
+
+    def check(name: str, status: str, *words: str) -> None:
+        got_status, message = cases[name]
+        assert got_status == STATUS[status], (name, cases[name])
+        for word in words:
+            assert word in message, (name, message)
+        if status == "ok":
+            assert message == "", (name, message)
+
+    assert cases["version"][1] != ""
+    check("initial", "ok")
+    check("close_null_before_start", "ok")
+    check("open_null_out", "invalid_argument", "out is NULL")
+    check("open_null_dir", "invalid_argument", "engine_dir is NULL")
+    assert cases["open_null_dir_out"][0] == 1
+    check("open_bad_backend", "invalid_argument", "warp-drive", "onnxruntime")
+    check("open_missing", "engine", "/nonexistent/engine-set")
+    check("open_tampered", "engine", "fusion.fp32.onnx", "sha256")
+    assert cases["open_tampered_out"][0] == 1
+    check("open_ok", "ok")
+    check("detect_null_detector", "invalid_argument", "detector is NULL")
+    check("detect_garbage_detector", "invalid_argument", "0x1234", "not open")
+    check("detect_null_images", "invalid_argument", "images is NULL")
+    assert cases["detect_null_images_result"][0] == STATUS["invalid_argument"]
+    check("detect_null_results", "invalid_argument", "results is NULL")
+    check("detect_negative_count", "invalid_argument", "count is -1")
+    check("detect_zero_count", "ok")
+    check("detect_width_zero", "invalid_argument", "images[1]", "0x300")
+    assert cases["detect_width_zero_results"] == (1, "1")  # nothing scored, both results say why
+    check("detect_negative_height", "invalid_argument", "images[1]", "351x-3")
+    check("detect_small_stride", "invalid_argument", "images[1].stride_bytes is 1052", "1053")
+    check("detect_bad_format", "invalid_argument", "images[1].format is 7", "DFD_PIXEL_BGR8")
+    check("detect_null_data", "invalid_argument", "images[1].data is NULL")
+    check("detect_ok", "ok")
+    check("file_null_detector", "invalid_argument", "detector is NULL")
+    check("file_null_path", "invalid_argument", "path is NULL")
+    check("file_null_result", "invalid_argument", "result is NULL")
+    check("file_missing", "io", "/nonexistent/photo.png", "does not exist")
+    check("file_directory", "io", "is a directory")
+    check("file_undecodable", "image", "broken.png")
+    assert cases["file_undecodable_result"][0] == STATUS["image"]
+    check("file_ok_after_failure", "ok")
+    check("thread_own_error", "invalid_argument", "detector is NULL")
+    check("main_error_kept", "io", "does not exist")
+    check("close_null", "ok")
+    check("close_ok", "ok")
+    check("use_after_close", "invalid_argument", "not open")
+    assert "not open" in cases["close_twice"][1] and "not open" in cases["close_garbage"][1]
+    assert "Traceback" not in run.stderr
+
+
+def test_capi_verb_writes_header_and_library(tmp_path):
+    from dfd.export.capi_build import capi
+
+    result = CliRunner().invoke(capi, ["--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    header = (tmp_path / "out" / "dfd_runtime.h").read_text()
+    for declaration in ("dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **out);",
+                        "dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, dfd_result *results);",
+                        "dfd_status dfd_detect_file(dfd_detector *d, const char *path, dfd_result *result);",
+                        "void dfd_close(dfd_detector *d);", "const char *dfd_last_error(void);",
+                        "const char *dfd_version(void);", "DFD_E_INTERNAL = 5", "DFD_PIXEL_BGR8 = 1"):
+        assert declaration in header
+    assert (tmp_path / "out" / "libdfd_runtime.so").stat().st_size > 0
+    # the header compiles as C++ too
+    if shutil.which("c++"):
+        check = subprocess.run(["c++", "-fsyntax-only", "-I", ".", "-x", "c++", "-"], input='#include "dfd_runtime.h"\n',
+                               text=True, capture_output=True, cwd=tmp_path / "out")
+        assert check.returncode == 0, check.stderr
