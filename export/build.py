@@ -32,7 +32,8 @@ from .onnx_export import DEFAULT_OPSET, export_stream_onnx, parameter_bytes
 from .streams import STREAM_NAMES, STREAM_SPECS, build_stream
 from .tensorrt_build import TensorRTOptions
 
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_METHODS = ("entropy", "max")
 BACKENDS = ("onnxruntime", "tensorrt", "auto")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,6 +57,12 @@ class BuildRequest:
     force: bool = False
     face_detector: bool = True
     tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
+    calib_dir: Path | None = None  # None: photographs shipped in installed packages
+    calib_count: int = 256
+    calib_degrade: float = 0.5  # the paper's share of degraded training images (global_p)
+    calib_method: str = "entropy"
+    calib_seed: int = 0
+    calib_cache: Path | None = None
 
 
 def _versions() -> dict[str, str]:
@@ -99,6 +106,12 @@ def _check_request(request: BuildRequest) -> None:
         raise BuildError(f"precision {request.precision!r} is not available; choose from {', '.join(PRECISIONS)}")
     if request.backend not in BACKENDS:
         raise BuildError(f"backend {request.backend!r} is not available; choose from {', '.join(BACKENDS)}")
+    if request.calib_method not in CALIBRATION_METHODS:
+        raise BuildError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
+    if request.calib_count < 1 or not 0.0 <= request.calib_degrade <= 1.0:
+        raise BuildError("--calib-count must be >= 1 and --calib-degrade within [0, 1]")
+    if request.calib_dir is not None and not Path(request.calib_dir).is_dir():
+        raise BuildError(f"calibration folder not found: {request.calib_dir}")
     unknown = [s for s in request.streams if s not in STREAM_NAMES]
     if unknown or not request.streams:
         raise BuildError(f"unknown stream(s) {unknown}; choose from {', '.join(STREAM_NAMES)}")
@@ -191,6 +204,35 @@ def _compile_tensorrt(staging: Path, graph: Path, name: str, input_size: int, in
     return [FileEntry.of(staging, engine, "engine")]
 
 
+def _calibration_set(request: BuildRequest):
+    """The calibration set of an fp16/INT8 build, from the runtime's own preprocessing."""
+    from dfd.calibration.calibset import build_calibration_set
+    from dfd.calibration.sources import builtin_photographs, list_images
+
+    if request.calib_dir is not None:
+        images, source = list_images(Path(request.calib_dir)), str(request.calib_dir)
+    else:
+        images, source = builtin_photographs(), "photographs shipped in installed packages"
+    cache = request.calib_cache or Path.home() / ".cache" / "dfd-export" / "calibration"
+    return build_calibration_set(
+        images, count=request.calib_count, degrade_share=request.calib_degrade, seed=request.calib_seed,
+        stream_sizes={s: STREAM_SPECS[s].input_size for s in request.streams}, cache_dir=cache, source=source,
+    )
+
+
+def _precision_graph(fp32_graph: Path, graph: Path, precision: str, calibration, name: str, method: str) -> tuple[list[Path], dict]:
+    """fp32 graph -> the requested precision's graph (validated ONNX, see export/precision.py)."""
+    from . import precision as precision_passes
+
+    if precision == "fp16":
+        return precision_passes.make_fp16_graph(fp32_graph, graph, calibration.arrays[name]), {
+            "fp32_kept": "LayerNormalization, Softmax, residual stream, heads, out-of-fp16-range nodes"}
+    keep = precision_passes.DEFAULT_KEEP
+    written = precision_passes.make_int8_graph(fp32_graph, graph, calibration.arrays[name], method=method, keep_fp32=keep)
+    return written, {"calibration_method": method, "fp32_kept": ["patch embedding Conv", *keep],
+                     "quantized": "MatMul/Gemm with weight initializers: int8 symmetric, per-channel weights"}
+
+
 def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda m: None) -> Path:
     """Build the engine set ``request`` describes; returns the manifest path."""
     _check_request(request)
@@ -206,6 +248,7 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     streams: dict[str, Any] = {}
+    calibration = _calibration_set(request) if request.precision != "fp32" else None
     started = time.perf_counter()
     try:
         progress = tqdm(request.streams, desc="build", unit="stream", file=sys.stderr, leave=True)
@@ -214,9 +257,16 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
             module, source = load_stream_module(name, request, dino, clip)
             progress.set_description(f"build {name}: export ONNX ({parameter_bytes(module) / 1e9:.2f} GB)")
             graph = staging / f"{name}.{request.precision}.onnx"
-            written = export_stream_onnx(module, graph, STREAM_SPECS[name].input_size, request.opset)
+            fp32_graph = graph if request.precision == "fp32" else staging / ".fp32" / f"{name}.fp32.onnx"
+            written = export_stream_onnx(module, fp32_graph, STREAM_SPECS[name].input_size, request.opset)
             del module
             gc.collect()
+            precision_details: dict[str, Any] = {}
+            if request.precision != "fp32":
+                progress.set_description(f"build {name}: {request.precision} graph")
+                written, precision_details = _precision_graph(fp32_graph, graph, request.precision, calibration,
+                                                              name, request.calib_method)
+                shutil.rmtree(fp32_graph.parent)
             progress.set_description(f"build {name}: hash")
             files = [FileEntry.of(staging, p, "onnx" if p == graph else "onnx-data") for p in written]
             if request.backend == "tensorrt":
@@ -228,6 +278,7 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
                 "backend": request.backend,
                 "files": [f.__dict__ for f in files],
                 "source": source,
+                **({"precision_details": precision_details} if precision_details else {}),
                 "architecture": {
                     "dinov2": dino.to_dict(),
                     **({"clip": clip.to_dict()} if STREAM_SPECS[name].uses_clip else {}),
@@ -252,6 +303,7 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
             "vote": {"weights": {s: DEFAULT_VOTE_WEIGHTS[s] for s in STREAM_NAMES},
                      "stream_decimals": 1, "score_decimals": 1, "score_rounding": "half-even"},
             "preprocessing": preprocessing_parameters(),
+            **({"calibration": calibration.manifest_entry()} if calibration is not None else {}),
             "streams": streams,
             **({"face_detector": face_detector} if face_detector else {}),
         }

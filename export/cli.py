@@ -102,8 +102,20 @@ def main() -> None:
               help="Folder laid out like the reference's models/: dinov2-giant/config.json and "
                    "clip-vit-large-patch14/config.json (any size). Default: the paper's DINOv2-giant "
                    "and CLIP ViT-L/14.")
-@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True,
-              help="Numeric precision of the graphs.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp32: exact to the reference. fp16: mixed precision (LayerNorm, softmax, residual stream and "
+                   "heads stay fp32). int8: explicit Q/DQ on the linear layers, calibrated.")
+@click.option("--calib-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Calibration images for fp16/int8 [default: photographs shipped in installed packages].")
+@click.option("--calib-count", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Calibration images sampled (reproducibly; repeats only when the folder has fewer).")
+@click.option("--calib-degrade", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Share of calibration images passed through the paper's compound degradation engine.")
+@click.option("--calib-method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True,
+              help="INT8 activation range: entropy (KL threshold, as TensorRT) or max.")
+@click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of sampling and degradation.")
+@click.option("--calib-cache", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Cache folder for calibration sets [default: ~/.cache/dfd-export/calibration].")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "auto"]), default="onnxruntime",
               show_default=True, help="onnxruntime: ONNX graphs only. tensorrt: also compile strongly typed "
               "TensorRT engines for this GPU (needs TensorRT and a GPU). auto: tensorrt when possible.")
@@ -125,7 +137,8 @@ def main() -> None:
 @click.option("--no-face-detector", is_flag=True,
               help="Do not ship the BlazeFace face localiser; detect then needs --face-crops or face boxes.")
 @handles_errors
-def build(out_dir, weights_dir, models_dir, precision, backend, min_batch, opt_batch, max_batch, workspace_gib,
+def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, calib_degrade, calib_method,
+          calib_seed, calib_cache, backend, min_batch, opt_batch, max_batch, workspace_gib,
           version_compatible, hardware_compatibility, streams, lora_r, lora_alpha, opset, seed, force, no_face_detector):
     """Build an engine set: import checkpoints, export each stream to ONNX, write manifest.json."""
     from .build import BuildRequest, build_engine_set
@@ -146,6 +159,12 @@ def build(out_dir, weights_dir, models_dir, precision, backend, min_batch, opt_b
         face_detector=not no_face_detector,
         tensorrt=TensorRTOptions(min_batch, opt_batch, max_batch, workspace_gib, version_compatible,
                                  hardware_compatibility),
+        calib_dir=calib_dir,
+        calib_count=calib_count,
+        calib_degrade=calib_degrade,
+        calib_method=calib_method,
+        calib_seed=calib_seed,
+        calib_cache=calib_cache,
     )
     manifest = build_engine_set(request, warn=lambda m: click.secho(f"WARNING: {m}", fg="yellow", err=True))
     click.echo(f"engine set written: {manifest.parent}")
@@ -407,8 +426,10 @@ def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, 
 
 def _register_external_commands() -> None:
     """Verbs that live beside their implementation (their modules import nothing heavy at load)."""
+    from .bench import bench
     from .capi_build import capi
 
+    main.add_command(bench)
     main.add_command(capi)
 
 

@@ -1,0 +1,150 @@
+"""``dfd-export bench`` on the tiny engine set: the result document, the FLOP formula, the plot,
+and that the PyTorch comparison computes what the engines compute. No timing assertions:
+performance is measured in benchmarks/, never in unit tests."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.utils.flop_counter import FlopCounterMode
+
+from dfd.export.bench import bench, jetson_clocks_locked, stream_flops, summarise
+from dfd.export.configs import ClipVisionConfig, DinoV2Config
+from dfd.export.streams import build_stream
+
+TINY_DINO = DinoV2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4.0,
+                         patch_size=14, image_size=98, use_swiglu_ffn=True)
+TINY_CLIP = ClipVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                             patch_size=14, image_size=224)
+
+
+@pytest.fixture(scope="module")
+def bench_result(tiny_engine_set, photographs, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench-images")
+    cv2.imwrite(str(folder / "astronaut.png"), cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR))
+    coffee = np.ascontiguousarray(photographs["coffee"][:260, :300])
+    cv2.imwrite(str(folder / "coffee.png"), cv2.cvtColor(coffee, cv2.COLOR_RGB2BGR))
+    out = tmp_path_factory.mktemp("bench-out")
+    args = [str(tiny_engine_set), "--images", str(folder), "--batch-sizes", "1,2", "--warmup", "0",
+            "--iterations", "2", "--compare", "torch", "--json", str(out / "r.json")]
+    if _has_matplotlib():
+        args += ["--plot", str(out / "r.png")]
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "r.json").read_text()), out, result.output
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_result_document_has_every_field(bench_result):
+    result, _, output = bench_result
+    for key in ("schema", "settings", "images", "engine_set", "face_localisation", "flops", "environment",
+                "memory", "runs", "speedup", "sanity", "torch_weights", "warnings"):
+        assert key in result, key
+    env = result["environment"]
+    assert env["cpu"]["model"] and env["cpu"]["logical_cores"] >= 1
+    assert env["memory_total_bytes"] > 0
+    for package in ("dfd-export", "onnxruntime", "tensorrt", "torch", "cuda"):
+        assert package in env["versions"], package
+    assert "gpus" in env and "jetson" in env
+    assert result["memory"]["process_peak_rss_bytes"] > 0
+    assert result["memory"]["interleaved_peak_rss_bytes"] >= result["memory"]["rss_before_bytes"]
+    assert set(result["runs"]) == {"runtime", "torch"}
+    assert set(result["speedup"]) == {"1", "2"}
+    assert result["torch_weights"] == ["global: checkpoint dinov2_252.pth", "face: checkpoint dinov2_252_crop.pth",
+                                       "fusion: checkpoint dinov2_clip.pth"]
+    assert "speed-up vs torch at batch 1" in output
+
+
+def test_percentiles_are_ordered_and_stages_present(bench_result):
+    result, _, _ = bench_result
+    for name, run in result["runs"].items():
+        assert set(run["batches"]) == {"1", "2"}
+        for batch, report in run["batches"].items():
+            lat = report["latency_ms"]
+            assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+            assert report["iterations"] == 2
+            assert report["throughput_images_per_s"] == pytest.approx(int(batch) / lat["p50"] * 1e3)
+            expected = {"decode", "preprocess", "stream:global", "stream:face", "stream:fusion", "vote"}
+            if name == "runtime" and result["face_localisation"]["present"]:
+                expected.add("face_localisation")
+            assert set(report["stages_ms"]) == expected
+
+
+def test_torch_comparison_gives_the_engines_probabilities(bench_result):
+    sanity = bench_result[0]["sanity"]
+    assert sanity["images"] == 2
+    assert all(delta < 1e-4 for delta in sanity["max_abs_delta_p"].values()), sanity
+    assert sanity["votes_equal"] == sanity["votes_total"] == 2
+
+
+def test_plot_is_written(bench_result):
+    if not _has_matplotlib():
+        pytest.skip("matplotlib is not installed")
+    _, out, _ = bench_result
+    assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flops_match_a_hand_computation():
+    # DINOv2 at 252: grid 18, T = 325, D = 32, SwiGLU hidden M = (int(128*2/3)+7)//8*8 = 88
+    t, d, m = 325, 32, 88
+    dino = 2 * 324 * d * 3 * 14 * 14 + 2 * (2 * t * d * 3 * d + 4 * t * t * d + 2 * t * d * d + 6 * t * d * m)
+    assert stream_flops("global", 252, TINY_DINO, None)["total"] == dino + 2 * d * 2
+    # fusion at 224: DINOv2 grid 16 (T = 257) + CLIP (D = 24, M = 48, plain MLP) + the 512-wide head
+    t, c, cm = 257, 24, 48
+    dino224 = 2 * 256 * d * 3 * 196 + 2 * (2 * t * d * 3 * d + 4 * t * t * d + 2 * t * d * d + 6 * t * d * m)
+    clip = 2 * 256 * c * 3 * 196 + 2 * (2 * t * c * 3 * c + 4 * t * t * c + 2 * t * c * c + 4 * t * c * cm)
+    head = 2 * 512 * (d + c) + 2 * 512 * 2
+    assert stream_flops("fusion", 224, TINY_DINO, TINY_CLIP)["total"] == dino224 + clip + head
+
+
+@pytest.mark.parametrize("swiglu", [True, False])
+def test_flops_match_torch_flop_counter(swiglu):
+    """torch's own counter (matmuls and convolutions) on the real DINOv2 stream module. timm's
+    fused attention kernel is switched off because the counter does not see inside it on CPU;
+    the explicit q @ k^T and attn @ v matmuls compute the same thing."""
+    config = DinoV2Config(**{**TINY_DINO.to_dict(), "use_swiglu_ffn": swiglu})
+    module = build_stream("global", config, None)
+    for layer in module.modules():
+        if hasattr(layer, "fused_attn"):
+            layer.fused_attn = False
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(torch.zeros(1, 3, 252, 252))
+    assert stream_flops("global", 252, config, None)["total"] == counter.get_total_flops()
+
+
+def test_summarise_percentiles():
+    stats = summarise([0.001 * v for v in range(1, 101)])
+    assert stats["p50"] == pytest.approx(50.5)
+    assert stats["p90"] == pytest.approx(90.1)
+    assert stats["p99"] == pytest.approx(99.01)
+    assert (stats["min"], stats["max"]) == pytest.approx((1.0, 100.0))
+
+
+def test_jetson_clock_state_is_read_from_jetson_clocks_show():
+    locked = ("SOC family:tegra234  Machine:Jetson AGX Orin\n"
+              "cpu0: Online=1 Governor=schedutil MinFreq=2201600 MaxFreq=2201600 CurrentFreq=2201600\n"
+              "GPU MinFreq=1300500000 MaxFreq=1300500000 CurrentFreq=1300500000\n")
+    assert jetson_clocks_locked(locked) is True
+    assert jetson_clocks_locked(locked.replace("MinFreq=2201600", "MinFreq=115200")) is False
+    assert jetson_clocks_locked("no clocks here") is None
+
+
+def test_bad_arguments_give_one_clear_error(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(bench, [str(tmp_path / "nope")])
+    assert missing.exit_code == 1
+    assert "engine set folder not found" in missing.output
+    bad = runner.invoke(bench, [str(tmp_path), "--batch-sizes", "1,x"])
+    assert bad.exit_code != 0 and "comma-separated integers" in bad.output
