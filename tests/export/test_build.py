@@ -113,3 +113,22 @@ def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):
 def test_inspect_wrong_folder(tmp_path):
     result = CliRunner().invoke(main, ["inspect", str(tmp_path)])
     assert result.exit_code == 1 and "no manifest.json" in result.output
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_build_records_calibration_and_is_deterministic(reference_ensemble, tmp_path, precision):
+    hashes = []
+    for attempt in range(2 if precision == "int8" else 1):
+        out = tmp_path / f"{precision}-{attempt}"
+        result = _build(CliRunner(), reference_ensemble, out, "--precision", precision, "--calib-count", "8",
+                        "--calib-cache", str(tmp_path / "cache"), "--no-face-detector")
+        assert result.exit_code == 0, result.output
+        manifest = load_manifest(out)
+        calibration = manifest.raw["calibration"]
+        assert calibration["count"] == 8 and calibration["degraded_count"] == 4 and len(calibration["sha256"]) == 64
+        for name, stream in manifest.streams.items():
+            assert stream.precision == precision and stream.file("onnx").path == f"{name}.{precision}.onnx"
+            assert manifest.raw["streams"][name]["precision_details"]["fp32_kept"]
+        assert not (out / ".fp32").exists()
+        hashes.append({n: s.file("onnx").sha256 for n, s in manifest.streams.items()})
+    assert all(h == hashes[0] for h in hashes)
