@@ -17,12 +17,12 @@ from torch import nn
 
 from dfd.runtime.errors import DfdError
 
+from . import onnx_files
+from .onnx_files import clear_graph_outputs
+
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
-PROTOBUF_LIMIT_BYTES = 2 * 1024**3
-# Parameters plus graph overhead: stay well clear of protobuf's hard limit.
-_EXTERNAL_DATA_THRESHOLD = int(PROTOBUF_LIMIT_BYTES * 0.9)
 
 
 class ExportError(DfdError, RuntimeError):
@@ -42,11 +42,8 @@ def export_stream_onnx(module: nn.Module, path: Path, input_size: int, opset: in
     if opset < 17:
         raise ExportError("opset must be >= 17 for a native LayerNormalization")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data_file = path.with_name(path.name + ".data")
-    for stale in (path, data_file):
-        stale.unlink(missing_ok=True)
-    external = parameter_bytes(module) > _EXTERNAL_DATA_THRESHOLD
+    clear_graph_outputs(path)
+    external = onnx_files.needs_external_data(parameter_bytes(module))
     example = torch.zeros(2, 3, input_size, input_size, dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1, max=4096)
     module = module.eval()

@@ -67,14 +67,13 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from dfd.runtime.errors import DfdError
+
+from . import onnx_files
+from .onnx_files import clear_graph_outputs
 from dfd.runtime.vote import softmax_fake_probability
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
-# Same rule as onnx_export (not imported: that module needs torch): external data when the
-# tensors would come near protobuf's 2 GB limit.
-PROTOBUF_LIMIT_BYTES = 2 * 1024**3
-_EXTERNAL_DATA_THRESHOLD = int(PROTOBUF_LIMIT_BYTES * 0.9)
 
 FP16_SAFE_MAX = 2.0**14
 """Largest |activation| left in fp16: a factor 4 below fp16's maximum 65504."""
@@ -128,11 +127,8 @@ def _save(model: onnx.ModelProto, path: Path) -> list[Path]:
     """Write ``model`` like export_stream_onnx does (one ``<name>.data`` file past 2 GB), check
     it with onnx.checker by path (strict type inference), return every file written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data_file = path.with_name(path.name + ".data")
-    for stale in (path, data_file):
-        stale.unlink(missing_ok=True)
-    external = _tensor_bytes(model) > _EXTERNAL_DATA_THRESHOLD
+    data_file = clear_graph_outputs(path)
+    external = onnx_files.needs_external_data(_tensor_bytes(model))
     if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_file.name, size_threshold=1024)
@@ -166,7 +162,7 @@ def _infer_shapes(model: onnx.ModelProto, **options) -> onnx.ModelProto:
     """ONNX shape/type inference, also for models past protobuf's 2 GB limit: there it runs on
     the graph with its large tensors marked external (inference needs their shapes, not their
     bytes), and the bytes are put back afterwards."""
-    if _tensor_bytes(model) <= _EXTERNAL_DATA_THRESHOLD:
+    if not onnx_files.needs_external_data(_tensor_bytes(model)):
         return onnx.shape_inference.infer_shapes(model, **options)
     held = _detach_large_tensors(model)
     try:
@@ -207,7 +203,7 @@ def _check_calibration(calibration: np.ndarray, model: onnx.ModelProto, what: st
 def _session(model: onnx.ModelProto, workdir: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if _tensor_bytes(model) > _EXTERNAL_DATA_THRESHOLD:
+    if onnx_files.needs_external_data(_tensor_bytes(model)):
         path = workdir / "probe.onnx"
         onnx.save_model(model, str(path), save_as_external_data=True, location="probe.onnx.data")
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import LORA_ALPHA, LORA_R
-from dfd.export import onnx_export
+from dfd.export import onnx_files
 from dfd.export.checkpoint import LoraSettings, load_reference_checkpoint
 from dfd.export.configs import load_clip_config, load_dinov2_config
 from dfd.export.onnx_export import ExportError, check_stream_onnx, export_stream_onnx, op_census
@@ -78,7 +78,7 @@ def test_contract_check_rejects_wrong_size(exported):
 
 def test_large_models_use_external_data(reference_ensemble, tmp_path, photographs, monkeypatch):
     """Past the protobuf limit the weights go to a side file; here the limit is lowered."""
-    monkeypatch.setattr(onnx_export, "_EXTERNAL_DATA_THRESHOLD", 1024)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_THRESHOLD", 1024)
     dino = load_dinov2_config(reference_ensemble.models_dir)
     module = build_stream("global", dino, None)
     path = reference_ensemble.weights_dir / "dinov2_252.pth"

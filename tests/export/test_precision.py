@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from dfd.calibration.calibset import build_calibration_set
 from dfd.calibration.degrade import fixed_degradation
 from dfd.calibration.sources import builtin_photographs
-from dfd.export import precision
+from dfd.export import onnx_files, precision
 from dfd.export.precision import (PrecisionError, fake_probabilities, make_fp16_graph, make_int8_graph,
                                   module_path, quantized_layers)
 from dfd.runtime.preprocess import preprocess_face, preprocess_fusion, preprocess_global
@@ -260,7 +260,7 @@ def test_graphs_past_the_external_data_threshold_are_written_with_a_data_file(
         tiny_engine_set, calibration, tmp_path, monkeypatch):
     """The > 2 GB path (external data, shape inference without the tensor bytes), exercised by
     lowering the threshold instead of building a 2 GB graph."""
-    monkeypatch.setattr(precision, "_EXTERNAL_DATA_THRESHOLD", 10_000)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_THRESHOLD", 10_000)
     source, array = tiny_engine_set / "global.fp32.onnx", calibration.arrays["global"][:4]
     makers = ((make_fp16_graph, "global.fp16.onnx", {}), (make_int8_graph, "global.int8.onnx", {"method": "max"}))
     for make, name, options in makers:

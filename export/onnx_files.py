@@ -1,0 +1,32 @@
+"""One rule for where every ONNX graph the build writes puts its weights.
+
+protobuf cannot serialise a message past 2 GB, so a graph whose tensors come near that limit
+keeps them in one ``<graph>.data`` file beside it. Shared by the fp32 exporter (which needs
+torch) and the precision passes (which must not), hence its own torch-free module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROTOBUF_LIMIT_BYTES = 2 * 1024**3
+# Tensors plus graph overhead: stay well clear of protobuf's hard limit.
+EXTERNAL_DATA_THRESHOLD = int(PROTOBUF_LIMIT_BYTES * 0.9)
+
+
+def needs_external_data(tensor_bytes: int) -> bool:
+    return tensor_bytes > EXTERNAL_DATA_THRESHOLD
+
+
+def data_file_of(graph: Path) -> Path:
+    return graph.with_name(graph.name + ".data")
+
+
+def clear_graph_outputs(graph: Path) -> Path:
+    """Create the folder and remove a previous graph and its data file (a stale ``.data`` next to
+    a new small graph would be hashed into the manifest); returns the data file's path."""
+    graph.parent.mkdir(parents=True, exist_ok=True)
+    data_file = data_file_of(graph)
+    for stale in (graph, data_file):
+        stale.unlink(missing_ok=True)
+    return data_file
