@@ -355,7 +355,8 @@ def _csv_row(d: dict) -> dict:
 @click.argument("images", nargs=-1, required=True)
 @click.option("--face-crops", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="Folder of face crops with the same file names as the images, cropped the reference's "
-                   "way; the face stream takes their 252 centre crop. Images without one use the original.")
+                   "way; the face stream takes their 252 centre crop. Images without one go to the packaged "
+                   "face detector (or, with --no-face-detect, use the original image).")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True,
               help="Output format on stdout. jsonl/csv carry the raw (unrounded) stream probabilities.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
@@ -387,6 +388,8 @@ def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, 
     writer = csv.DictWriter(sys.stdout, fieldnames=_CSV_FIELDS) if fmt == "csv" else None
     if writer:
         writer.writeheader()
+    elif fmt == "table":
+        click.echo("image  score  (raw weighted mean)  stream P(fake)  face input")
 
     def emit(record: dict) -> None:
         if fmt == "jsonl":
@@ -419,6 +422,7 @@ def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, 
             emit(detection.to_dict())
         progress.update(len(chunk))
     progress.close()
+    detector.close()
     if failed:
         click.echo(f"{failed} of {len(paths) + len(problems)} input(s) failed", err=True)
         sys.exit(2)

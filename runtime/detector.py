@@ -110,6 +110,16 @@ class Detector:
         manifest = load_manifest(Path(engine_dir))
         return cls(manifest, select_backend(backend, manifest), batch_size, face_detection)
 
+    def close(self) -> None:
+        """Release the worker threads; the backend's sessions go with the Detector."""
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def detect(
         self,
         images: Sequence[ImageInput],
