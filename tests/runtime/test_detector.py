@@ -3,6 +3,7 @@ pipeline (reference network + the reference's OpenCV preprocessing, from REFEREN
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -116,6 +117,11 @@ def _write_bad_inputs(folder: Path, good: np.ndarray) -> dict[str, tuple[Path, s
     write("rgba.png", cv2.cvtColor(good, cv2.COLOR_RGB2BGRA), None)
     write("sixteen.png", (cv2.cvtColor(good, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257), None)
     write("one.png", good[:1, :1], None)
+    from PIL import Image  # Pillow (a scikit-image dependency) writes CMYK JPEGs; OpenCV cannot
+
+    cmyk = io.BytesIO()
+    Image.fromarray(good).convert("CMYK").save(cmyk, format="JPEG", quality=95)
+    write("cmyk.jpg", cmyk.getvalue(), None)
     # 20000x20000 PNG of zeros: a tiny file whose full decode would need 1.2 GB
     write("huge.png", cv2.imencode(".png", np.zeros((20000, 20000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes(),
           "pixels")
