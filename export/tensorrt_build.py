@@ -14,15 +14,13 @@ keeps (it has no FP16/INT8 builder flags and no calibrators) and TensorRT 10 sup
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from dfd.runtime.errors import DfdError
+from dfd.runtime.tensorrt_backend import tensorrt_unusable_reason as tensorrt_unavailable_reason
 
-INSTALL_HINT = ("TensorRT is not installed: on Jetson it ships with JetPack (apt install "
-                "python3-libnvinfer); on x86 install the tensorrt wheel from NVIDIA's package index")
 
 
 class TensorRTBuildError(DfdError, RuntimeError):
@@ -47,19 +45,6 @@ class TensorRTOptions:
             )
         if self.workspace_gib <= 0:
             raise TensorRTBuildError("the workspace limit must be positive")
-
-
-def tensorrt_unavailable_reason() -> str | None:
-    """Why engines cannot be built here (no package, no GPU), or None."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return INSTALL_HINT
-    from dfd.runtime.cuda_kernels import CudaUnavailableError, gpu_info
-
-    try:
-        gpu_info()
-    except (CudaUnavailableError, RuntimeError) as exc:
-        return f"no usable NVIDIA GPU for TensorRT: {exc}"
-    return None
 
 
 def _tensorrt():

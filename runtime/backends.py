@@ -8,7 +8,6 @@ is usable here, and says why it did or did not.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,19 +77,16 @@ def tensorrt_unavailable_reason(manifest: Manifest) -> str | None:
     """Why the TensorRT backend cannot run this set here, or None when it can."""
     if not all(entry.file("engine") is not None for entry in manifest.entries()):
         return "the engine set has no TensorRT engines (built with --backend onnxruntime)"
-    if importlib.util.find_spec("tensorrt") is None:
-        return ("the tensorrt Python package is not installed (on Jetson it ships with JetPack; "
-                "on x86 install it from NVIDIA's package index)")
+    from .tensorrt_backend import tensorrt_mismatch, tensorrt_unusable_reason
+
+    reason = tensorrt_unusable_reason()
+    if reason:
+        return reason
     import tensorrt
 
     from .cuda_kernels import gpu_info
-    from .tensorrt_backend import tensorrt_mismatch
 
-    try:
-        gpu = gpu_info()
-    except Exception as exc:  # noqa: BLE001 - any driver failure means: no GPU to run on
-        return f"no usable NVIDIA GPU: {exc}"
-    major, minor = gpu.compute_capability
+    major, minor = gpu_info().compute_capability
     return tensorrt_mismatch(manifest.raw.get("tensorrt", {}), tensorrt.__version__, f"{major}.{minor}")
 
 

@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from . import cuda_kernels
+from .tensorrt_backend import TENSORRT_INSTALL_HINT
 
 CI_ARCHS = ("sm_87", "sm_90")  # Jetson Orin, H100
-NO_TENSORRT = ("tensorrt Python package not installed; on Jetson it ships with JetPack, on x86 "
-               "install from NVIDIA's package index")
 
 
 def _version(encoded: int) -> str:
@@ -90,7 +89,7 @@ def _tensorrt() -> dict[str, Any]:
     try:
         import tensorrt
     except ImportError:
-        return {"available": False, "version": None, "reason": NO_TENSORRT}
+        return {"available": False, "version": None, "reason": TENSORRT_INSTALL_HINT}
     except Exception as exc:  # the PyPI stub or a broken install raises other errors on import
         return {"available": False, "version": None, "reason": f"tensorrt failed to import: {exc}"}
     return {"available": True, "version": getattr(tensorrt, "__version__", "unknown"), "reason": None}

@@ -18,6 +18,7 @@ thread that wants its own contexts over the shared engines calls ``clone()``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import threading
 from typing import Any
 
@@ -25,6 +26,24 @@ import numpy as np
 
 from .errors import DfdError
 from .manifest import EngineSetError, Manifest
+
+
+TENSORRT_INSTALL_HINT = ("TensorRT is not installed: on Jetson it ships with JetPack (apt install "
+                         "python3-libnvinfer); on x86 install the tensorrt wheel from NVIDIA's package index")
+
+
+def tensorrt_unusable_reason() -> str | None:
+    """Why TensorRT cannot run on this machine at all (no package, no GPU), or None. Shared by the
+    build (compiling engines) and the runtime (running them)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return TENSORRT_INSTALL_HINT
+    from .cuda_kernels import gpu_info
+
+    try:
+        gpu_info()
+    except Exception as exc:  # noqa: BLE001 - any driver failure means: no GPU to run on
+        return f"no usable NVIDIA GPU for TensorRT: {exc}"
+    return None
 
 
 def tensorrt_mismatch(recorded: dict[str, Any], local_version: str, local_compute_capability: str) -> str | None:

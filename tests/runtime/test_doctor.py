@@ -8,7 +8,8 @@ import json
 import pytest
 
 from dfd.runtime import cuda_kernels
-from dfd.runtime.doctor import NO_TENSORRT, collect_doctor_report
+from dfd.runtime.doctor import collect_doctor_report
+from dfd.runtime.tensorrt_backend import TENSORRT_INSTALL_HINT
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def test_report_says_no_gpu_and_no_tensorrt(report):
     assert report["gpu"]["available"] is False
     assert report["gpu"]["reason"].startswith("no GPU")
     assert report["cuda"]["driver_version"] is None and "driver" in report["cuda"]["error"]
-    assert report["tensorrt"] == {"available": False, "version": None, "reason": NO_TENSORRT}
+    assert report["tensorrt"] == {"available": False, "version": None, "reason": TENSORRT_INSTALL_HINT}
     assert report["python"]["version"].count(".") == 2
     assert "CPUExecutionProvider" in report["onnxruntime"]["providers"]
 
@@ -49,7 +50,7 @@ def test_report_compiles_kernels_for_jetson_and_h100(report):
 def test_engine_set_streams_and_what_they_need(report):
     streams = report["engine_set"]["streams"]
     assert streams["global"] == {"precision": "fp16", "backend": "tensorrt", "runnable": False,
-                                 "reason": NO_TENSORRT}
+                                 "reason": TENSORRT_INSTALL_HINT}
     assert streams["face"]["runnable"] is True
     assert streams["fusion"]["precision"] == "unknown"  # tolerated missing key
 
