@@ -284,15 +284,14 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     vote agreement, the images whose vote changed. Exits 3 when a threshold is exceeded."""
     import json
 
-    from .verify import DEFAULT_THRESHOLDS, verify_engine_set
+    from .verify import DEFAULT_THRESHOLDS, engine_set_precision, verify_engine_set
 
     overrides = (max_abs_dp, max_mean_dp, min_agreement)
     thresholds = None
     if any(v is not None for v in overrides):
         from dfd.runtime.manifest import load_manifest
 
-        precisions = {s.precision for s in load_manifest(engine_dir, verify=False).streams.values()}
-        precision = "int8" if "int8" in precisions else ("fp16" if "fp16" in precisions else "fp32")
+        precision = engine_set_precision(load_manifest(engine_dir, verify=False))
         thresholds = tuple(v if v is not None else d for v, d in zip(overrides, DEFAULT_THRESHOLDS[precision]))
     report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend)
     click.echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image(s)")

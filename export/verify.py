@@ -24,6 +24,7 @@ from dfd.calibration.sources import builtin_photographs, list_images
 from dfd.runtime.detector import Detector
 from dfd.runtime.errors import DfdError
 from dfd.runtime.images import decode_image
+from dfd.runtime.manifest import Manifest
 from dfd.runtime.vote import discretised_vote, softmax_fake_probability
 
 from .build import BuildRequest, load_stream_module
@@ -33,6 +34,12 @@ from .configs import ClipVisionConfig, DinoV2Config
 VERIFY_DEGRADATIONS = ("jpeg10", "blur3", "noise25", "compound_a", "compound_b")
 # Acceptance thresholds per precision: (max |ΔP|, mean |ΔP|, min vote agreement)
 DEFAULT_THRESHOLDS = {"fp32": (1e-4, 1e-4, 1.0), "fp16": (5e-3, 5e-3, 1.0), "int8": (1.0, 0.02, 0.95)}
+
+
+def engine_set_precision(manifest: Manifest) -> str:
+    """The lowest precision among the set's streams: the one whose thresholds apply."""
+    precisions = {s.precision for s in manifest.streams.values()}
+    return next((p for p in ("int8", "fp16") if p in precisions), "fp32")
 
 
 @dataclass
@@ -86,8 +93,7 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
                       weights_dir: Path | None = None, thresholds: tuple[float, float, float] | None = None,
                       backend: str = "auto") -> VerifyReport:
     detector = Detector.open(engine_dir, backend=backend)
-    precisions = {s.precision for s in detector.manifest.streams.values()}
-    precision = "int8" if "int8" in precisions else ("fp16" if "fp16" in precisions else "fp32")
+    precision = engine_set_precision(detector.manifest)
     max_abs, max_mean, min_agreement = thresholds or DEFAULT_THRESHOLDS[precision]
     reference = _reference_streams(detector, weights_dir)
     report = VerifyReport(precision, thresholds={"max_abs_dp": max_abs, "mean_dp": max_mean,
