@@ -16,7 +16,8 @@ import numpy as np
 
 from dfd.runtime.errors import DfdError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm",
+                              ".ppm", ".pnm"})
 """File name endings (case-insensitive) taken as images: what OpenCV decodes out of the box."""
 
 SKIMAGE_PHOTOGRAPHS = (

@@ -311,23 +311,23 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     click.echo(f"passed thresholds {report.thresholds}")
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm", ".pnm"}
 _CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_source", "error", "notes")
 
 
 def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files as given; folders expanded to their images (sorted). Returns (images, problems)."""
+    """Files as given; folders expanded to their images (``list_images``, the calibration sets'
+    rule). Returns (images, problems)."""
+    from dfd.calibration.sources import ImageSourceError, list_images
+
     images: list[str] = []
     problems: list[tuple[str, str]] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                problems.append((given, f"no images found in directory {given}"
-                                        + ("" if recursive else " (use --recursive for sub-folders)")))
-            images.extend(str(p) for p in found)
+            try:
+                images.extend(str(p) for p in list_images(path, recursive=recursive))
+            except ImageSourceError as exc:
+                problems.append((given, str(exc) + ("" if recursive else " (use --recursive for sub-folders)")))
         else:
             images.append(given)  # a missing file becomes a per-image error in the detector
     return images, problems
