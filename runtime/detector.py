@@ -71,6 +71,18 @@ def _label(source: ImageInput, index: int) -> str:
     return f"<array {index}>" if isinstance(source, np.ndarray) else os.fspath(source)
 
 
+def _crop_or_original(rgb: np.ndarray, box: Box, detection: Detection) -> np.ndarray:
+    """The reference's rule for a face box: its crop, or the original image when the box covers
+    under 1/9 of it; records which in ``detection``."""
+    if face_is_too_small(box, rgb.shape[:2]):
+        detection.face["used"] = "original image"
+        detection.notes.append("face stream: the face covers under 1/9 of the image, "
+                               "the original image is used (reference rule)")
+        return rgb
+    detection.face["used"] = "crop"
+    return crop_face(rgb, box)
+
+
 class Detector:
     """An opened engine set. Create with ``Detector.open``."""
 
@@ -193,14 +205,8 @@ class Detector:
             detection.face = {"source": "face-crop", "file": _label(face_crop, 0)}
             return crop.rgb
         if face_box is not None:
-            box = [float(v) for v in face_box]
-            if face_is_too_small(box, decoded.rgb.shape[:2]):
-                detection.face = {"source": "box", "box": box, "used": "original image"}
-                detection.notes.append("face stream: the face box covers under 1/9 of the image, "
-                                       "the original image is used (reference rule)")
-                return decoded.rgb
-            detection.face = {"source": "box", "box": box, "used": "crop"}
-            return crop_face(decoded.rgb, box)
+            detection.face = {"source": "box", "box": [float(v) for v in face_box]}
+            return _crop_or_original(decoded.rgb, detection.face["box"], detection)
         if self.face_locator is None:
             detection.notes.append(NO_FACE_NOTE)
             return decoded.rgb
@@ -208,16 +214,9 @@ class Detector:
         if found is None:
             detection.notes.append("face stream: no face found, the original image is used (reference rule)")
             return decoded.rgb
-        box = [round(v, 2) for v in found.box]
-        detection.face = {"source": "detector", "box": box, "score": round(found.score, 4),
-                          "strategy": found.strategy, "count": found.count}
-        if face_is_too_small(found.box, decoded.rgb.shape[:2]):
-            detection.face["used"] = "original image"
-            detection.notes.append("face stream: the face covers under 1/9 of the image, "
-                                   "the original image is used (reference rule)")
-            return decoded.rgb
-        detection.face["used"] = "crop"
-        return crop_face(decoded.rgb, found.box)
+        detection.face = {"source": "detector", "box": [round(v, 2) for v in found.box],
+                          "score": round(found.score, 4), "strategy": found.strategy, "count": found.count}
+        return _crop_or_original(decoded.rgb, found.box, detection)
 
     def _preprocess(self, stream: str, rgb: np.ndarray):
         size = self._sizes[stream]
