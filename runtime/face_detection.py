@@ -39,17 +39,25 @@ ANCHOR_OFFSET = 0.5
 SCORE_CLIPPING = 100.0
 # MediaPipe's face-detection graphs: weighted NMS, IoU > 0.3 merges.
 MIN_SUPPRESSION_THRESHOLD = 0.3
-# MediaPipe's default min_detection_confidence is 0.5; on the face-free photographs of
-# benchmarks/face_detection.py the highest score any pass of the cascade gives is 0.491 (coins,
-# padded_equalize) while the lowest true face found by the plain pass scores 0.599, so 0.55 keeps
-# a margin on both sides.
+# MediaPipe's default min_detection_confidence is 0.5. When the threshold was chosen, the highest
+# score any cascade pass gave a face-free photograph was 0.491 (coins, padded_equalize); the lowest
+# true face the plain pass finds in benchmarks/face_detection.json scores 0.554 (the cameraman's
+# profile under severe compound degradation). 0.55 sits between the two.
 DEFAULT_SCORE_THRESHOLD = 0.55
-# Smallest face (input pixels) BlazeFace full-range still finds reliably in a 192 letterbox. Tiling
-# (``min_face_px``) is off by default: every tile is one more chance of a false positive, and the
-# benchmark measures face-free photographs turning into faces at 0.6+ with 40-pixel tiles, while
-# the faces the facial stream can use (>= 1/9 of the image) are large in the plain letterbox.
-RESOLVED_FACE_INPUT_PX = 12.0
-DEFAULT_MIN_FACE_PX: float | None = None
+# Smallest face (input pixels) BlazeFace full-range finds reliably in a 192 letterbox. Chosen on
+# the synthetic group photographs of benchmarks/face_detection.py (with the close-up confirmation
+# below): 12 input pixels found 121 of 192 faces, 20 found 147 and 28 found 150 at 2.4x the time.
+RESOLVED_FACE_INPUT_PX = 20.0
+# Faces of this many image pixels and up are looked for (overlapping tiles on large images), as
+# the reference's full-resolution RetinaFace finds them; None: one letterbox pass only.
+DEFAULT_MIN_FACE_PX: float | None = 40.0
+# A face only a tile saw is kept when a close-up (a square of 3x and of 4x the box side, centred
+# on it, where the face is 48-64 input pixels) finds it again: score >= the threshold, IoU >= 0.4.
+# Tiles multiply the chances of a face-like texture scoring 0.55-0.68; the close-up mostly does
+# not (benchmarks/face_detection.md: 1 of 14 such textures confirmed -- a coin's relief head --
+# against 125 of 131 true faces).
+CONFIRM_FACTORS = (3.0, 4.0)
+CONFIRM_IOU = 0.4
 # The reference: "if the top score beats the second by >= 0.02 take it".
 SCORE_MARGIN = 0.02
 
@@ -377,6 +385,16 @@ def _touches_inner_border(
     )
 
 
+def square_region(rgb: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
+    """The ``side`` x ``side`` region of ``rgb`` at ``(x0, y0)``, black where it leaves the image."""
+    height, width = rgb.shape[:2]
+    region = np.zeros((side, side, 3), dtype=np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
+    if sx0 < sx1 and sy0 < sy1:
+        region[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+    return region
+
+
 # --------------------------------------------------------------------------- the locator
 
 
@@ -393,7 +411,12 @@ def _check_rgb(rgb: object) -> None:
 class FaceLocator:
     """Finds the face the facial stream should look at: a plain pass, then (only if it found
     nothing) the enhancement cascade in the reference's order; the first step that finds any face
-    wins and the reference's selection rule picks one of its faces."""
+    wins and the reference's selection rule picks one of its faces.
+
+    Only the plain pass tiles large images for small faces: the cascade is there to rescue the
+    face of a degraded image, and a face the facial stream can use (>= 1/9 of the image) is large
+    in the single letterbox; tiling every enhanced copy would multiply the cost of the cascade,
+    which already runs non-local means, by the number of tiles."""
 
     def __init__(
         self,
@@ -418,22 +441,50 @@ class FaceLocator:
         self.min_face_px = min_face_px
         self._anchors = ssd_anchors()
 
-    def detect_faces(self, rgb: np.ndarray) -> Detections:
+    def detect_faces(self, rgb: np.ndarray, *, tiles: bool = True) -> Detections:
         """Every face one detector pass finds in ``rgb``, in its pixels, clipped to it.
 
-        One pass is one batch: the whole image plus, when the image is large enough that a face of
-        ``min_face_px`` would shrink below what BlazeFace resolves at 192 pixels, overlapping tiles
-        (see :func:`detection_views`). Detections cut by an inner tile border are dropped (the 50%
-        overlap shows every face small enough to need the tiles whole in some tile); the rest are
-        merged with MediaPipe's weighted NMS in original pixels (IoU is unchanged by the per-axis
-        scaling of the letterbox, so this equals merging in the network's coordinates).
+        One pass is the whole image plus, with ``tiles`` and when the image is large enough that a
+        face of ``min_face_px`` would shrink below what BlazeFace resolves at 192 pixels,
+        overlapping tiles (see :func:`detection_views`), all in one batch. Detections cut by an
+        inner tile border are dropped (the 50% overlap shows every face small enough to need the
+        tiles whole in some tile). A face that only tiles saw must be confirmed by a close-up
+        (``CONFIRM_FACTORS``). Everything is merged with MediaPipe's weighted NMS in original
+        pixels (IoU is unchanged by the per-axis scaling of the letterbox, so this equals merging
+        in the network's coordinates).
         """
         _check_rgb(rgb)
         height, width = rgb.shape[:2]
-        views = detection_views(height, width, self.min_face_px)
+        views = detection_views(height, width, self.min_face_px if tiles else None)
+        found = self._run_views([(np.ascontiguousarray(rgb[y0:y1, x0:x1]), (x0, y0)) for x0, y0, x1, y1 in views])
+        whole_boxes = found[0][0]
+        parts = [found[0]]
+        if len(views) > 1:
+            tiled = [
+                (boxes[keep], scores[keep], keypoints[keep])
+                for (boxes, scores, keypoints), view in zip(found[1:], views[1:])
+                for keep in [~_touches_inner_border(boxes, view, width, height)]
+            ]
+            boxes, scores, keypoints = (np.concatenate(column) for column in zip(*tiled))
+            seen_whole = np.array(
+                [len(whole_boxes) > 0 and _iou(box, whole_boxes).max() > MIN_SUPPRESSION_THRESHOLD for box in boxes],
+                dtype=bool,
+            )
+            parts.append((boxes[seen_whole], scores[seen_whole], keypoints[seen_whole]))
+            candidates = weighted_nms(boxes[~seen_whole], scores[~seen_whole], keypoints[~seen_whole])
+            confirmed = self._confirmed_by_close_up(rgb, candidates[0])
+            parts.append(tuple(column[confirmed] for column in candidates))
+        boxes, scores, keypoints = weighted_nms(*(np.concatenate(column) for column in zip(*parts)))
+        boxes = np.clip(boxes, 0, [width, height, width, height])
+        return Detections(boxes, scores, keypoints)
+
+    def _run_views(self, views: Sequence[tuple[np.ndarray, tuple[int, int]]]) -> list[tuple[np.ndarray, ...]]:
+        """Run the detector once on a batch of image regions; per region its decoded boxes,
+        scores and keypoints in the pixels of the image the regions were cut from (``origin``
+        is a region's top-left corner there)."""
         batch, geometries = [], []
-        for x0, y0, x1, y1 in views:
-            tensor, geometry = letterbox(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+        for region, _ in views:
+            tensor, geometry = letterbox(region)
             batch.append(tensor)
             geometries.append(geometry)
         outputs = self._run_detector(np.concatenate(batch))
@@ -445,23 +496,31 @@ class FaceLocator:
             raise FaceDetectionError(
                 f"run_detector returned shapes {regressors.shape} and {logits.shape}; expected {expected}"
             )
-        all_boxes, all_scores, all_keypoints = [], [], []
-        for index, ((x0, y0, x1, y1), geometry) in enumerate(zip(views, geometries)):
+        found = []
+        for index, ((_, origin), geometry) in enumerate(zip(views, geometries)):
             boxes, scores, keypoints = decode(regressors[index], logits[index], self._anchors, self.score_threshold)
-            origin = np.array([x0, y0], dtype=np.float64)
-            boxes = (geometry.to_original(boxes.reshape(-1, 2, 2) * INPUT_SIZE) + origin).reshape(-1, 4)
-            keypoints = geometry.to_original(keypoints * INPUT_SIZE) + origin
-            if index > 0:
-                keep = ~_touches_inner_border(boxes, (x0, y0, x1, y1), width, height)
-                boxes, scores, keypoints = boxes[keep], scores[keep], keypoints[keep]
-            all_boxes.append(boxes)
-            all_scores.append(scores)
-            all_keypoints.append(keypoints)
-        boxes, scores, keypoints = weighted_nms(
-            np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_keypoints)
-        )
-        boxes = np.clip(boxes, 0, [width, height, width, height])
-        return Detections(boxes, scores, keypoints)
+            shift = np.asarray(origin, dtype=np.float64)
+            boxes = (geometry.to_original(boxes.reshape(-1, 2, 2) * INPUT_SIZE) + shift).reshape(-1, 4)
+            keypoints = geometry.to_original(keypoints * INPUT_SIZE) + shift
+            found.append((boxes, scores, keypoints))
+        return found
+
+    def _confirmed_by_close_up(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Which ``boxes`` a close-up pass finds again (score >= threshold, IoU >= CONFIRM_IOU)."""
+        if len(boxes) == 0:
+            return np.zeros(0, dtype=bool)
+        views, owners = [], []
+        for index, (x1, y1, x2, y2) in enumerate(boxes):
+            for factor in CONFIRM_FACTORS:
+                side = max(1, round(factor * max(x2 - x1, y2 - y1)))
+                x0, y0 = round((x1 + x2 - side) / 2), round((y1 + y2 - side) / 2)
+                views.append((square_region(rgb, x0, y0, side), (x0, y0)))
+                owners.append(index)
+        confirmed = np.zeros(len(boxes), dtype=bool)
+        for owner, (found_boxes, _, _) in zip(owners, self._run_views(views)):
+            if len(found_boxes) and _iou(boxes[owner], found_boxes).max() >= CONFIRM_IOU:
+                confirmed[owner] = True
+        return confirmed
 
     def detect_with_cascade(self, rgb: np.ndarray) -> tuple[Detections, str | None]:
         """The first pass that finds a face (plain, then each enabled strategy), its detections in
@@ -472,7 +531,7 @@ class FaceLocator:
         height, width = rgb.shape[:2]
         for name in self.strategies:
             enhanced = enhance(rgb, name)
-            found = self.detect_faces(cv2.cvtColor(enhanced.bgr, cv2.COLOR_BGR2RGB))
+            found = self.detect_faces(cv2.cvtColor(enhanced.bgr, cv2.COLOR_BGR2RGB), tiles=False)
             if len(found):
                 boxes = (found.boxes - enhanced.offset) / enhanced.scale
                 boxes = np.clip(boxes, 0, [width, height, width, height])
@@ -497,8 +556,10 @@ def onnxruntime_detector(onnx_path: str | Path, providers: Sequence[str] | None 
     path = Path(onnx_path)
     if not path.is_file():
         raise FaceDetectionError(f"face detector ONNX file {path} does not exist")
+    from .backends import onnxruntime_session_options
+
     session = onnxruntime.InferenceSession(
-        str(path), providers=list(providers) if providers else ["CPUExecutionProvider"]
+        str(path), sess_options=onnxruntime_session_options(), providers=list(providers) if providers else ["CPUExecutionProvider"]
     )
     input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()]
