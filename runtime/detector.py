@@ -19,7 +19,7 @@ import numpy as np
 
 from .backends import BackendChoice, select_backend
 from .errors import DfdError
-from .face_detection import FaceLocator, onnxruntime_detector
+from .face_detection import DEFAULT_MIN_FACE_PX, FaceLocator, onnxruntime_detector
 from .images import DecodedImage, decode_image
 from .manifest import STREAM_ORDER, Manifest, load_manifest
 from .preprocess import (
@@ -87,9 +87,11 @@ class Detector:
     """An opened engine set. Create with ``Detector.open``."""
 
     def __init__(self, manifest: Manifest, choice: BackendChoice, batch_size: int = DEFAULT_BATCH_SIZE,
-                 face_detection: bool = True) -> None:
+                 face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX) -> None:
         if batch_size < 1:
             raise DfdError(f"batch size must be at least 1, got {batch_size}")
+        if face_min_px is not None and not face_min_px > 0:
+            raise DfdError(f"the smallest face to look for must be positive (or None), got {face_min_px}")
         self.manifest = manifest
         self.backend = choice.backend
         self.backend_reason = choice.reason
@@ -99,10 +101,10 @@ class Detector:
         prep = manifest.preprocessing
         self._mean, self._std = tuple(prep["mean"]), tuple(prep["std"])
         self._sizes = {s: manifest.streams[s].input_size for s in self.streams}
-        self.face_locator = self._open_face_locator() if face_detection else None
+        self.face_locator = self._open_face_locator(face_min_px) if face_detection else None
         self._pool = ThreadPoolExecutor(max_workers=len(self.streams), thread_name_prefix="dfd-stream")
 
-    def _open_face_locator(self) -> FaceLocator | None:
+    def _open_face_locator(self, min_face_px: float | None) -> FaceLocator | None:
         entry = self.manifest.face_detector
         if entry is None:
             return None
@@ -110,17 +112,21 @@ class Detector:
         providers = getattr(self.backend, "providers", None)
         threshold = entry.details.get("score_threshold")
         run = onnxruntime_detector(self.manifest.path_of(graph), providers)
-        return FaceLocator(run, score_threshold=threshold) if threshold else FaceLocator(run)
+        if threshold:
+            return FaceLocator(run, score_threshold=threshold, min_face_px=min_face_px)
+        return FaceLocator(run, min_face_px=min_face_px)
     @classmethod
     def open(cls, engine_dir: str | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
-             face_detection: bool = True) -> "Detector":
+             face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX) -> "Detector":
         """Verify the engine set (sha256 of every file) and open it on ``backend``.
 
         ``face_detection``: locate faces with the set's packaged detector when an image comes
         with neither a face crop nor a face box (False: the reference's no-face rule instead).
+        ``face_min_px``: the smallest face (image pixels) the locator looks for; large images get
+        overlapping tiles for it (None: one 192-pixel letterbox pass, faster, misses small faces).
         """
         manifest = load_manifest(Path(engine_dir))
-        return cls(manifest, select_backend(backend, manifest), batch_size, face_detection)
+        return cls(manifest, select_backend(backend, manifest), batch_size, face_detection, face_min_px)
 
     def close(self) -> None:
         """Release the worker threads; the backend's sessions go with the Detector."""

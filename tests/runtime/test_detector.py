@@ -291,3 +291,25 @@ def test_concurrent_stream_dispatch_gives_identical_results(tiny_engine_set, pho
     detector.backend = ConcurrentBackend(detector.backend)
     assert [r.to_dict() for r in detector.detect(images)] == sequential
     assert calls and all(name.startswith("dfd-stream") for name in calls)
+
+
+def test_face_min_px_flag_switches_small_face_tiling(tiny_engine_set, tmp_path):
+    """A 1536x512 row of three portraits: the default looks for 40-px faces and finds the 65-px
+    profile face too; ``--face-min-px 0`` is one 192-pixel pass and finds two."""
+    from matplotlib import cbook
+    from skimage import data as skdata
+
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        grace = cv2.imdecode(np.frombuffer(handle.read(), np.uint8), cv2.IMREAD_COLOR)[44:556]
+    row = np.hstack([cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), grace,
+                     cv2.cvtColor(skdata.camera(), cv2.COLOR_GRAY2BGR)])
+    path = tmp_path / "row.png"
+    cv2.imwrite(str(path), row)
+    counts = {}
+    for flag in ([], ["--face-min-px", "0"]):
+        result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(path), "--format", "jsonl", *flag])
+        assert result.exit_code == 0, result.output
+        counts[bool(flag)] = json.loads(result.stdout.strip().splitlines()[-1])["face"]["count"]
+    assert counts == {False: 3, True: 2}
+    bad = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(path), "--face-min-px", "-5"])
+    assert bad.exit_code == 1 and "--face-min-px" in bad.output
