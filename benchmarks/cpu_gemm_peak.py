@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
+from dfd.export.bench import capture_environment
 from dfd.runtime.backends import onnxruntime_session_options
 
 # (M, K, N): a large square product, then ViT-S at 252 px (T = 18*18 + 1 tokens, D = 384): QKV,
@@ -86,16 +86,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu-gemm-peak.json"))
     args = parser.parse_args()
     rows = measure()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    warnings: list[str] = []
     result = {
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": [Path(sys.executable).name, *sys.argv],
-        "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average": os.getloadavg()},
-        "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__},
+        "environment": capture_environment(warnings),  # the same record `dfd-export bench` writes
+        "torch_threads": torch.get_num_threads(),
+        "warnings": warnings,
         "shapes": rows,
     }
+    result["environment"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for name, row in rows.items():

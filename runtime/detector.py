@@ -19,7 +19,7 @@ import numpy as np
 
 from .backends import BackendChoice, select_backend
 from .errors import DfdError
-from .face_detection import DEFAULT_MIN_FACE_PX, FaceLocator, onnxruntime_detector
+from .face_detection import DEFAULT_MIN_FACE_PX, DEFAULT_SCORE_THRESHOLD, FaceLocator, onnxruntime_detector
 from .images import DecodedImage, decode_image
 from .manifest import STREAM_ORDER, Manifest, load_manifest
 from .preprocess import (
@@ -90,8 +90,6 @@ class Detector:
                  face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX) -> None:
         if batch_size < 1:
             raise DfdError(f"batch size must be at least 1, got {batch_size}")
-        if face_min_px is not None and not face_min_px > 0:
-            raise DfdError(f"the smallest face to look for must be positive (or None), got {face_min_px}")
         self.manifest = manifest
         self.backend = choice.backend
         self.backend_reason = choice.reason
@@ -112,9 +110,7 @@ class Detector:
         providers = getattr(self.backend, "providers", None)
         threshold = entry.details.get("score_threshold")
         run = onnxruntime_detector(self.manifest.path_of(graph), providers)
-        if threshold:
-            return FaceLocator(run, score_threshold=threshold, min_face_px=min_face_px)
-        return FaceLocator(run, min_face_px=min_face_px)
+        return FaceLocator(run, score_threshold=threshold or DEFAULT_SCORE_THRESHOLD, min_face_px=min_face_px)
     @classmethod
     def open(cls, engine_dir: str | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
              face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX) -> "Detector":

@@ -29,6 +29,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .backends import onnxruntime_session_options
+from .errors import DfdError
+
 INPUT_SIZE = 192
 NUM_ANCHORS = 2304
 NUM_COORDS = 16
@@ -64,7 +67,7 @@ SCORE_MARGIN = 0.02
 RunDetector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-class FaceDetectionError(ValueError):
+class FaceDetectionError(DfdError, ValueError):
     """Bad input to face localisation (not an RGB uint8 image, unknown strategy, bad outputs)."""
 
 
@@ -556,10 +559,10 @@ def onnxruntime_detector(onnx_path: str | Path, providers: Sequence[str] | None 
     path = Path(onnx_path)
     if not path.is_file():
         raise FaceDetectionError(f"face detector ONNX file {path} does not exist")
-    from .backends import onnxruntime_session_options
-
     session = onnxruntime.InferenceSession(
-        str(path), sess_options=onnxruntime_session_options(), providers=list(providers) if providers else ["CPUExecutionProvider"]
+        str(path),
+        sess_options=onnxruntime_session_options(),
+        providers=list(providers) if providers else ["CPUExecutionProvider"],
     )
     input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()]
