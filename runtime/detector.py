@@ -19,9 +19,16 @@ import numpy as np
 
 from .backends import BackendChoice, select_backend
 from .errors import DfdError
-from .face_detection import DEFAULT_MIN_FACE_PX, DEFAULT_SCORE_THRESHOLD, FaceLocator, onnxruntime_detector
+from .face_detection import (
+    DEFAULT_MIN_FACE_PX,
+    DEFAULT_SCORE_THRESHOLD,
+    SMALL_FACE_THRESHOLDS,
+    FaceLocator,
+    onnxruntime_detector,
+)
 from .images import DecodedImage, decode_image
-from .manifest import STREAM_ORDER, Manifest, load_manifest
+from .manifest import STREAM_ORDER, Manifest, StreamEntry, load_manifest
+from .mtcnn import MtcnnDetector, onnxruntime_mtcnn
 from .preprocess import (
     crop_face,
     face_is_too_small,
@@ -110,7 +117,22 @@ class Detector:
         providers = getattr(self.backend, "providers", None)
         threshold = entry.details.get("score_threshold")
         run = onnxruntime_detector(self.manifest.path_of(graph), providers)
-        return FaceLocator(run, score_threshold=threshold or DEFAULT_SCORE_THRESHOLD, min_face_px=min_face_px)
+        return FaceLocator(
+            run,
+            small_face_detector=self._open_small_face_detector(entry, providers) if min_face_px else None,
+            score_threshold=threshold or DEFAULT_SCORE_THRESHOLD,
+            min_face_px=min_face_px,
+        )
+
+    def _open_small_face_detector(self, entry: StreamEntry, providers: Sequence[str] | None) -> MtcnnDetector | None:
+        """The set's MTCNN networks, or None for a set built before they were packaged (its
+        locator then runs the BlazeFace letterbox pass only)."""
+        graphs = [entry.file(f"mtcnn_{net}") for net in ("pnet", "rnet", "onet")]
+        if not all(graphs):
+            return None
+        thresholds = entry.details.get("small_faces", {}).get("thresholds", SMALL_FACE_THRESHOLDS)
+        paths = [self.manifest.path_of(graph) for graph in graphs]
+        return onnxruntime_mtcnn(*paths, providers=providers, thresholds=tuple(thresholds))
     @classmethod
     def open(cls, engine_dir: str | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
              face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX) -> "Detector":
@@ -118,8 +140,9 @@ class Detector:
 
         ``face_detection``: locate faces with the set's packaged detector when an image comes
         with neither a face crop nor a face box (False: the reference's no-face rule instead).
-        ``face_min_px``: the smallest face (image pixels) the locator looks for; large images get
-        overlapping tiles for it (None: one 192-pixel letterbox pass, faster, misses small faces).
+        ``face_min_px``: the smallest face (image pixels) the locator looks for; on images too large
+        for BlazeFace's 192-pixel letterbox to see it, the set's MTCNN looks for faces from this
+        size up (None: the letterbox pass only, faster, misses small faces).
         """
         manifest = load_manifest(Path(engine_dir))
         return cls(manifest, select_backend(backend, manifest), batch_size, face_detection, face_min_px)

@@ -1,5 +1,6 @@
-"""Face localisation for the facial stream: BlazeFace full-range decoding, the reference's face
-selection rule and its degradation-robust cascade of image enhancements.
+"""Face localisation for the facial stream: BlazeFace full-range decoding, the small-face pass
+(MTCNN, :mod:`dfd.runtime.mtcnn`), the reference's face selection rule and its
+degradation-robust cascade of image enhancements.
 
 Why this shape: the reference (``preprocessing/preprocess.py``) localises faces with RetinaFace and,
 when a degraded image yields nothing, retries on enhanced copies of the image. RetinaFace weights
@@ -8,6 +9,8 @@ cannot be shipped, so the network here is MediaPipe's BlazeFace full-range (expo
 MediaPipe's weighted NMS, mapping back to the original pixels, selection and cascade -- lives here,
 in NumPy/OpenCV, so that any backend (ONNX Runtime now, TensorRT later) only has to provide a
 function ``image [N,3,192,192] float32 in [-1,1] -> (regressors [N,2304,16], logits [N,2304,1])``.
+BlazeFace sees a 192-pixel letterbox and so loses small faces in large photographs; MTCNN, whose
+image pyramid runs at full resolution, looks for those (``small_face_range``).
 
 Deliberate differences from MediaPipe/the reference, all documented where they happen:
 
@@ -31,6 +34,7 @@ import numpy as np
 
 from .backends import onnxruntime_session_options
 from .errors import DfdError
+from .mtcnn import MtcnnDetector
 
 INPUT_SIZE = 192
 NUM_ANCHORS = 2304
@@ -47,20 +51,23 @@ MIN_SUPPRESSION_THRESHOLD = 0.3
 # true face the plain pass finds in benchmarks/face_detection.json scores 0.554 (the cameraman's
 # profile under severe compound degradation). 0.55 sits between the two.
 DEFAULT_SCORE_THRESHOLD = 0.55
-# Smallest face (input pixels) BlazeFace full-range finds reliably in a 192 letterbox. Chosen on
-# the synthetic group photographs of benchmarks/face_detection.py (with the close-up confirmation
-# below): 12 input pixels found 121 of 192 faces, 20 found 147 and 28 found 150 at 2.4x the time.
+# Smallest face (input pixels) BlazeFace full-range finds reliably in a 192 letterbox: a face the
+# letterbox shrinks below this is left to the small-face detector (MTCNN).
 RESOLVED_FACE_INPUT_PX = 20.0
-# Faces of this many image pixels and up are looked for (overlapping tiles on large images), as
-# the reference's full-resolution RetinaFace finds them; None: one letterbox pass only.
+# Faces of this many image pixels and up are looked for, as the reference's full-resolution
+# RetinaFace finds them; None: the BlazeFace letterbox pass only.
 DEFAULT_MIN_FACE_PX: float | None = 40.0
-# A face only a tile saw is kept when a close-up (a square of 3x and of 4x the box side, centred
-# on it, where the face is 48-64 input pixels) finds it again: score >= the threshold, IoU >= 0.4.
-# Tiles multiply the chances of a face-like texture scoring 0.55-0.68; the close-up mostly does
-# not (benchmarks/face_detection.md: 1 of 14 such textures confirmed -- a coin's relief head --
-# against 125 of 131 true faces).
-CONFIRM_FACTORS = (3.0, 4.0)
-CONFIRM_IOU = 0.4
+# MTCNN looks for faces up to this many times the smallest size the letterbox resolves, so that
+# faces around that size are seen by both detectors (BlazeFace's recall is not a step function).
+SMALL_FACE_OVERLAP = 2.0
+# MTCNN's P-Net, R-Net and O-Net thresholds. P-Net and R-Net keep facenet-pytorch's defaults. O-Net
+# 0.9 is the reference's RetinaFace threshold and the best trade of benchmarks/face_detection.py's
+# sweep: 187 of 192 pasted faces with 1 false detection in the group photographs and no false face
+# on the face-free photographs (0.8: 189 / 4 and 3 false faces on the motorcycle; 0.95: 181 / 0).
+SMALL_FACE_THRESHOLDS = (0.6, 0.7, 0.9)
+# An MTCNN face overlapping a BlazeFace face by more than this IoU is the same face: BlazeFace's
+# box and score stand (it is the detector the score threshold and the cascade are tuned for).
+SAME_FACE_IOU = 0.3
 # The reference: "if the top score beats the second by >= 0.02 take it".
 SCORE_MARGIN = 0.02
 
@@ -83,11 +90,12 @@ class FaceResult:
 
 @dataclass(frozen=True)
 class Detections:
-    """All faces one detector pass found, in original-image pixels, best score first."""
+    """All faces one detector pass found, in original-image pixels, best score first. A score is
+    BlazeFace's for the faces it found and MTCNN's O-Net probability for the small faces only MTCNN
+    found (both are face probabilities; neither is RetinaFace's)."""
 
     boxes: np.ndarray  # [K, 4] float64 x1, y1, x2, y2
     scores: np.ndarray  # [K] float64
-    keypoints: np.ndarray  # [K, 6, 2] float64 (x, y)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -344,58 +352,24 @@ def enhance(rgb: np.ndarray, strategy: str) -> Enhanced:
     return STRATEGIES[strategy](cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
-# --------------------------------------------------------------------------- tiling
+# --------------------------------------------------------------------------- small faces
 
 
-def detection_views(height: int, width: int, min_face_px: float | None) -> list[tuple[int, int, int, int]]:
-    """Regions ``(x0, y0, x1, y1)`` one detector pass looks at: the whole image first, then square
-    tiles of side ``min_face_px * 192 / RESOLVED_FACE_INPUT_PX`` with 50% overlap when the whole
-    image would shrink a ``min_face_px`` face below ``RESOLVED_FACE_INPUT_PX`` input pixels.
+def small_face_range(height: int, width: int, min_face_px: float | None) -> tuple[float, float] | None:
+    """The face sizes (image pixels, smallest and largest) the small-face detector looks for, or
+    None when the letterbox already resolves a ``min_face_px`` face.
 
     Why: the reference's RetinaFace runs at full resolution and finds small faces, which take part
     in its selection rule (a small face with a clearly higher score wins and then fails the 1/9
     rule); BlazeFace sees a 192-pixel letterbox, where a 40-pixel face of a 1536-pixel photo is
-    five pixels wide.
+    five pixels wide. MTCNN's image pyramid finds such faces at full resolution.
     """
-    views = [(0, 0, width, height)]
-    if min_face_px is None or min_face_px * INPUT_SIZE / max(height, width) >= RESOLVED_FACE_INPUT_PX:
-        return views
-    tile = max(1, int(min_face_px * INPUT_SIZE / RESOLVED_FACE_INPUT_PX))
-    step = max(1, tile // 2)
-
-    def starts(length: int) -> list[int]:
-        if length <= tile:
-            return [0]
-        positions = list(range(0, length - tile, step))
-        return positions + [length - tile]
-
-    for y0 in starts(height):
-        for x0 in starts(width):
-            views.append((x0, y0, min(x0 + tile, width), min(y0 + tile, height)))
-    return views
-
-
-def _touches_inner_border(
-    boxes: np.ndarray, view: tuple[int, int, int, int], width: int, height: int, margin: float = 2.0
-) -> np.ndarray:
-    """Boxes that reach a tile edge lying inside the image: probably a face cut in two."""
-    x0, y0, x1, y1 = view
-    return (
-        ((x0 > 0) & (boxes[:, 0] <= x0 + margin))
-        | ((y0 > 0) & (boxes[:, 1] <= y0 + margin))
-        | ((x1 < width) & (boxes[:, 2] >= x1 - margin))
-        | ((y1 < height) & (boxes[:, 3] >= y1 - margin))
-    )
-
-
-def square_region(rgb: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
-    """The ``side`` x ``side`` region of ``rgb`` at ``(x0, y0)``, black where it leaves the image."""
-    height, width = rgb.shape[:2]
-    region = np.zeros((side, side, 3), dtype=np.uint8)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
-    if sx0 < sx1 and sy0 < sy1:
-        region[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
-    return region
+    if min_face_px is None:
+        return None
+    resolved = max(height, width) * RESOLVED_FACE_INPUT_PX / INPUT_SIZE
+    if min_face_px >= resolved:
+        return None
+    return float(min_face_px), float(SMALL_FACE_OVERLAP * resolved)
 
 
 # --------------------------------------------------------------------------- the locator
@@ -416,15 +390,18 @@ class FaceLocator:
     nothing) the enhancement cascade in the reference's order; the first step that finds any face
     wins and the reference's selection rule picks one of its faces.
 
-    Only the plain pass tiles large images for small faces: the cascade is there to rescue the
-    face of a degraded image, and a face the facial stream can use (>= 1/9 of the image) is large
-    in the single letterbox; tiling every enhanced copy would multiply the cost of the cascade,
-    which already runs non-local means, by the number of tiles."""
+    The plain pass is BlazeFace on a 192-pixel letterbox plus, on images large enough that the
+    letterbox loses ``min_face_px`` faces, the small-face detector (MTCNN) at full resolution.
+    Only the plain pass looks for small faces: the cascade is there to rescue the face of a
+    degraded image, and a face the facial stream can use (>= 1/9 of the image) is large in the
+    letterbox; running MTCNN's image pyramid on every enhanced copy would multiply the cost of a
+    cascade that already runs non-local means."""
 
     def __init__(
         self,
         run_detector: RunDetector,
         *,
+        small_face_detector: MtcnnDetector | None = None,
         score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         strategies: Sequence[str] = ALL_STRATEGIES,
         min_face_px: float | None = DEFAULT_MIN_FACE_PX,
@@ -436,94 +413,55 @@ class FaceLocator:
             )
         if not 0.0 < score_threshold < 1.0:
             raise FaceDetectionError(f"score_threshold must be in (0, 1), got {score_threshold}")
-        self._run_detector = run_detector
-        self.score_threshold = score_threshold
         if min_face_px is not None and min_face_px <= 0:
             raise FaceDetectionError(f"min_face_px must be positive or None, got {min_face_px}")
+        self._run_detector = run_detector
+        self.small_face_detector = small_face_detector
+        self.score_threshold = score_threshold
         self.strategies = tuple(strategies)
         self.min_face_px = min_face_px
         self._anchors = ssd_anchors()
 
-    def detect_faces(self, rgb: np.ndarray, *, tiles: bool = True) -> Detections:
-        """Every face one detector pass finds in ``rgb``, in its pixels, clipped to it.
+    def detect_faces(self, rgb: np.ndarray, *, small_faces: bool = True) -> Detections:
+        """Every face one pass finds in ``rgb``, in its pixels, clipped to it, best score first.
 
-        One pass is the whole image plus, with ``tiles`` and when the image is large enough that a
-        face of ``min_face_px`` would shrink below what BlazeFace resolves at 192 pixels,
-        overlapping tiles (see :func:`detection_views`), all in one batch. Detections cut by an
-        inner tile border are dropped (the 50% overlap shows every face small enough to need the
-        tiles whole in some tile). A face that only tiles saw must be confirmed by a close-up
-        (``CONFIRM_FACTORS``). Everything is merged with MediaPipe's weighted NMS in original
-        pixels (IoU is unchanged by the per-axis scaling of the letterbox, so this equals merging
-        in the network's coordinates).
+        BlazeFace sees the whole image letterboxed; with ``small_faces``, a small-face detector and
+        an image where a ``min_face_px`` face would shrink below what the letterbox resolves,
+        MTCNN adds the faces of :func:`small_face_range` that BlazeFace did not find.
         """
         _check_rgb(rgb)
         height, width = rgb.shape[:2]
-        views = detection_views(height, width, self.min_face_px if tiles else None)
-        found = self._run_views([(np.ascontiguousarray(rgb[y0:y1, x0:x1]), (x0, y0)) for x0, y0, x1, y1 in views])
-        whole_boxes = found[0][0]
-        parts = [found[0]]
-        if len(views) > 1:
-            tiled = [
-                (boxes[keep], scores[keep], keypoints[keep])
-                for (boxes, scores, keypoints), view in zip(found[1:], views[1:])
-                for keep in [~_touches_inner_border(boxes, view, width, height)]
-            ]
-            boxes, scores, keypoints = (np.concatenate(column) for column in zip(*tiled))
-            seen_whole = np.array(
-                [len(whole_boxes) > 0 and _iou(box, whole_boxes).max() > MIN_SUPPRESSION_THRESHOLD for box in boxes],
-                dtype=bool,
+        boxes, scores = self._letterbox_pass(rgb)
+        sizes = small_face_range(height, width, self.min_face_px)
+        if small_faces and self.small_face_detector is not None and sizes is not None:
+            small = self.small_face_detector.detect(rgb, min_face_px=sizes[0], max_face_px=sizes[1])
+            new = np.array(
+                [len(boxes) == 0 or _iou(box, boxes).max() <= SAME_FACE_IOU for box in small.boxes], dtype=bool
             )
-            parts.append((boxes[seen_whole], scores[seen_whole], keypoints[seen_whole]))
-            candidates = weighted_nms(boxes[~seen_whole], scores[~seen_whole], keypoints[~seen_whole])
-            confirmed = self._confirmed_by_close_up(rgb, candidates[0])
-            parts.append(tuple(column[confirmed] for column in candidates))
-        boxes, scores, keypoints = weighted_nms(*(np.concatenate(column) for column in zip(*parts)))
+            boxes = np.concatenate([boxes, small.boxes[new].reshape(-1, 4)])
+            scores = np.concatenate([scores, small.scores[new].astype(np.float64)])
+            order = np.argsort(-scores, kind="stable")
+            boxes, scores = boxes[order], scores[order]
         boxes = np.clip(boxes, 0, [width, height, width, height])
-        return Detections(boxes, scores, keypoints)
+        return Detections(boxes, scores)
 
-    def _run_views(self, views: Sequence[tuple[np.ndarray, tuple[int, int]]]) -> list[tuple[np.ndarray, ...]]:
-        """Run the detector once on a batch of image regions; per region its decoded boxes,
-        scores and keypoints in the pixels of the image the regions were cut from (``origin``
-        is a region's top-left corner there)."""
-        batch, geometries = [], []
-        for region, _ in views:
-            tensor, geometry = letterbox(region)
-            batch.append(tensor)
-            geometries.append(geometry)
-        outputs = self._run_detector(np.concatenate(batch))
+    def _letterbox_pass(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """BlazeFace on the letterboxed image: boxes (original pixels) and scores after
+        MediaPipe's weighted NMS (IoU is unchanged by the per-axis scaling of the letterbox, so
+        merging here equals merging in the network's coordinates)."""
+        tensor, geometry = letterbox(rgb)
+        outputs = self._run_detector(tensor)
         if not isinstance(outputs, (tuple, list)) or len(outputs) != 2:
             raise FaceDetectionError("run_detector must return (regressors, scores)")
         regressors, logits = (np.asarray(o) for o in outputs)
-        expected = ((len(views), NUM_ANCHORS, NUM_COORDS), (len(views), NUM_ANCHORS, 1))
+        expected = ((1, NUM_ANCHORS, NUM_COORDS), (1, NUM_ANCHORS, 1))
         if (regressors.shape, logits.shape) != expected:
             raise FaceDetectionError(
                 f"run_detector returned shapes {regressors.shape} and {logits.shape}; expected {expected}"
             )
-        found = []
-        for index, ((_, origin), geometry) in enumerate(zip(views, geometries)):
-            boxes, scores, keypoints = decode(regressors[index], logits[index], self._anchors, self.score_threshold)
-            shift = np.asarray(origin, dtype=np.float64)
-            boxes = (geometry.to_original(boxes.reshape(-1, 2, 2) * INPUT_SIZE) + shift).reshape(-1, 4)
-            keypoints = geometry.to_original(keypoints * INPUT_SIZE) + shift
-            found.append((boxes, scores, keypoints))
-        return found
-
-    def _confirmed_by_close_up(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """Which ``boxes`` a close-up pass finds again (score >= threshold, IoU >= CONFIRM_IOU)."""
-        if len(boxes) == 0:
-            return np.zeros(0, dtype=bool)
-        views, owners = [], []
-        for index, (x1, y1, x2, y2) in enumerate(boxes):
-            for factor in CONFIRM_FACTORS:
-                side = max(1, round(factor * max(x2 - x1, y2 - y1)))
-                x0, y0 = round((x1 + x2 - side) / 2), round((y1 + y2 - side) / 2)
-                views.append((square_region(rgb, x0, y0, side), (x0, y0)))
-                owners.append(index)
-        confirmed = np.zeros(len(boxes), dtype=bool)
-        for owner, (found_boxes, _, _) in zip(owners, self._run_views(views)):
-            if len(found_boxes) and _iou(boxes[owner], found_boxes).max() >= CONFIRM_IOU:
-                confirmed[owner] = True
-        return confirmed
+        boxes, scores, keypoints = decode(regressors[0], logits[0], self._anchors, self.score_threshold)
+        boxes, scores, _ = weighted_nms(boxes, scores, keypoints)
+        return geometry.to_original(boxes.reshape(-1, 2, 2) * INPUT_SIZE).reshape(-1, 4), scores
 
     def detect_with_cascade(self, rgb: np.ndarray) -> tuple[Detections, str | None]:
         """The first pass that finds a face (plain, then each enabled strategy), its detections in
@@ -534,12 +472,11 @@ class FaceLocator:
         height, width = rgb.shape[:2]
         for name in self.strategies:
             enhanced = enhance(rgb, name)
-            found = self.detect_faces(cv2.cvtColor(enhanced.bgr, cv2.COLOR_BGR2RGB), tiles=False)
+            found = self.detect_faces(cv2.cvtColor(enhanced.bgr, cv2.COLOR_BGR2RGB), small_faces=False)
             if len(found):
                 boxes = (found.boxes - enhanced.offset) / enhanced.scale
                 boxes = np.clip(boxes, 0, [width, height, width, height])
-                keypoints = (found.keypoints - enhanced.offset) / enhanced.scale
-                return Detections(boxes, found.scores, keypoints), name
+                return Detections(boxes, found.scores), name
         return detections, None
 
     def locate(self, rgb: np.ndarray) -> FaceResult | None:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from conftest import LORA_ALPHA, LORA_R
 from dfd.export.cli import main
+from dfd.export.mtcnn import default_mtcnn_weights_dir
 from dfd.runtime.manifest import load_manifest, sha256_file
 
 
@@ -45,6 +46,14 @@ def test_manifest_describes_every_file(built, reference_ensemble):
     assert checkpoint["sha256"] == sha256_file(reference_ensemble.weights_dir / "dinov2_clip.pth")
     assert manifest.preprocessing["mean"] == [0.485, 0.456, 0.406]
     assert {"torch", "onnx", "dfd-export"} <= set(manifest.raw["tool_versions"])
+    localiser = manifest.face_detector
+    roles = {f.role: f.path for f in localiser.files}
+    assert roles == {"onnx": "face_detector.fp32.onnx", "mtcnn_pnet": "mtcnn_pnet.onnx",
+                     "mtcnn_rnet": "mtcnn_rnet.onnx", "mtcnn_onet": "mtcnn_onet.onnx"}
+    small = localiser.details["small_faces"]
+    assert small["thresholds"] == [0.6, 0.7, 0.9]
+    weights = default_mtcnn_weights_dir()
+    assert [s["sha256"] for s in small["sources"]] == [sha256_file(weights / f"{n}.pt") for n in ("pnet", "rnet", "onet")]
 
 
 def test_existing_output_is_kept_without_force(built, reference_ensemble):

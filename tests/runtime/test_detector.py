@@ -293,9 +293,9 @@ def test_concurrent_stream_dispatch_gives_identical_results(tiny_engine_set, pho
     assert calls and all(name.startswith("dfd-stream") for name in calls)
 
 
-def test_face_min_px_flag_switches_small_face_tiling(tiny_engine_set, tmp_path):
-    """A 1536x512 row of three portraits: the default looks for 40-px faces and finds the 65-px
-    profile face too; ``--face-min-px 0`` is one 192-pixel pass and finds two."""
+def test_face_min_px_flag_switches_the_small_face_pass(tiny_engine_set, tmp_path):
+    """A 1536x512 row of three portraits: the default looks for 40-px faces (the set's MTCNN) and
+    finds the 65-px profile face too; ``--face-min-px 0`` is BlazeFace's 192-pixel pass only: two."""
     from matplotlib import cbook
     from skimage import data as skdata
 

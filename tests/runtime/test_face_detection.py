@@ -14,15 +14,18 @@ import skimage.data
 
 from dfd.runtime.face_detection import (
     ALL_STRATEGIES,
+    SMALL_FACE_THRESHOLDS,
     FaceDetectionError,
     FaceLocator,
     decode,
     letterbox,
     onnxruntime_detector,
     select_face,
+    small_face_range,
     ssd_anchors,
     weighted_nms,
 )
+from dfd.runtime.mtcnn import onnxruntime_mtcnn
 
 # Read off zoomed, gridded renderings of the photographs (forehead to chin, cheek to cheek).
 ASTRONAUT_FACE = (178.0, 80.0, 270.0, 178.0)
@@ -44,6 +47,20 @@ def run_detector(tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("face") / "face_detector.onnx"
     export_face_detector_onnx(path)
     return onnxruntime_detector(path)
+
+
+@pytest.fixture(scope="module")
+def small_face_detector(tmp_path_factory: pytest.TempPathFactory):
+    from dfd.export.mtcnn import export_mtcnn_onnx
+
+    graphs = export_mtcnn_onnx(tmp_path_factory.mktemp("mtcnn"))
+    return onnxruntime_mtcnn(graphs["pnet"], graphs["rnet"], graphs["onet"], thresholds=SMALL_FACE_THRESHOLDS)
+
+
+@pytest.fixture(scope="module")
+def default_locator(run_detector, small_face_detector) -> FaceLocator:
+    """The locator a Detector opens on a set: BlazeFace plus MTCNN for small faces."""
+    return FaceLocator(run_detector, small_face_detector=small_face_detector)
 
 
 def grace_hopper() -> np.ndarray:
@@ -149,19 +166,26 @@ def test_clean_portrait_box_matches_hand_checked_box(run_detector, name, image, 
     assert iou(result.box, hand_box) >= 0.5, (name, result)
 
 
-def test_group_composite_finds_every_face(run_detector) -> None:
+def test_small_face_range_starts_where_the_letterbox_loses_min_face_px() -> None:
+    # a 40-px face is 20 input pixels in the letterbox of a 384-px image: BlazeFace resolves it
+    assert small_face_range(384, 384, 40.0) is None
+    assert small_face_range(300, 1920, 40.0) == (40.0, 400.0)  # up to 2x the 200 px it resolves
+    assert small_face_range(1920, 1080, None) is None
+
+
+def test_group_composite_finds_every_face(run_detector, default_locator) -> None:
     """Three portraits side by side (1536x512): every face (65-200 px) is found by the default
-    locator (40-px tiles, tile-only faces confirmed by a close-up); one 192-px letterbox alone
-    loses the 65-px profile face."""
+    locator; BlazeFace's 192-px letterbox alone loses the 65-px profile face (8 input px)."""
     photos = [skimage.data.astronaut(), grace_hopper()[44:556], cameraman()]
     composite = np.hstack(photos)
     hand = [ASTRONAUT_FACE, (160 + 512, 135 - 44, 360 + 512, 335 - 44), (195 + 1024, 125, 255 + 1024, 192)]
-    found = FaceLocator(run_detector).detect_faces(composite)
+    found = default_locator.detect_faces(composite)
     assert len(found) == 3
     for box in hand:
         assert max(iou(box, b) for b in found.boxes) >= 0.5, box
-    single = FaceLocator(run_detector, min_face_px=None).detect_faces(composite)
-    assert len(single) == 2
+    assert len(FaceLocator(run_detector).detect_faces(composite)) == 2  # no small-face detector
+    assert len(FaceLocator(run_detector, small_face_detector=default_locator.small_face_detector,
+                           min_face_px=None).detect_faces(composite)) == 2
 
 
 def _face_with_context(image: np.ndarray, box: tuple[float, ...], face_px: int) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -174,7 +198,7 @@ def _face_with_context(image: np.ndarray, box: tuple[float, ...], face_px: int) 
     return resized, ((x1 - max(x0, 0)) * scale, (y1 - max(y0, 0)) * scale, (x2 - max(x0, 0)) * scale, (y2 - max(y0, 0)) * scale)
 
 
-def test_small_faces_in_a_large_photograph_are_found(run_detector) -> None:
+def test_small_faces_in_a_large_photograph_are_found(run_detector, default_locator) -> None:
     """A 1600x1067 'group photograph': the two frontal portraits shrunk to 40-56 px faces and
     placed on the coffee photograph scaled up; a single 192 letterbox would see 5-7 px faces."""
     canvas = cv2.resize(skimage.data.coffee(), (1600, 1067), interpolation=cv2.INTER_CUBIC)
@@ -187,20 +211,24 @@ def test_small_faces_in_a_large_photograph_are_found(run_detector) -> None:
         patch, (bx1, by1, bx2, by2) = _face_with_context(image, box, face_px)
         canvas[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
         expected.append((bx1 + x, by1 + y, bx2 + x, by2 + y))
-    found = FaceLocator(run_detector).detect_faces(canvas)
+    found = default_locator.detect_faces(canvas)
     assert len(found) == len(expected)
     for box in expected:
         assert max(iou(box, b) for b in found.boxes) >= 0.4, box
+    assert (found.scores >= SMALL_FACE_THRESHOLDS[2]).all()  # MTCNN's faces carry O-Net's probability
     assert len(FaceLocator(run_detector, min_face_px=None).detect_faces(canvas)) == 0
 
 
-def test_a_face_only_tiles_see_needs_a_close_up_to_count(run_detector, monkeypatch) -> None:
-    """In the rocket photograph one 40-px tile scores a 22-px patch of the launch tower as a face
-    (0.59); the close-up does not confirm it. Without the confirmation the tile's guess would count."""
-    image = skimage.data.rocket()
-    assert len(FaceLocator(run_detector).detect_faces(image)) == 0
-    monkeypatch.setattr(FaceLocator, "_confirmed_by_close_up", lambda self, rgb, boxes: np.ones(len(boxes), bool))
-    assert len(FaceLocator(run_detector).detect_faces(image)) >= 1
+def test_a_face_both_detectors_see_is_reported_once_with_blazefaces_box(run_detector, default_locator) -> None:
+    """The astronaut (512 px) is in MTCNN's size range (40-107 px) and BlazeFace's letterbox finds
+    her too: one face, with BlazeFace's box and score."""
+    image = skimage.data.astronaut()
+    assert len(default_locator.small_face_detector.detect(image, min_face_px=40.0, max_face_px=107.0)) == 1
+    found = default_locator.detect_faces(image)
+    blazeface = FaceLocator(run_detector, min_face_px=None).detect_faces(image)
+    assert len(found) == len(blazeface) == 1
+    np.testing.assert_array_equal(found.boxes, blazeface.boxes)
+    np.testing.assert_array_equal(found.scores, blazeface.scores)
 
 
 def _terrain() -> np.ndarray:
@@ -216,12 +244,11 @@ def _terrain() -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["coffee", "rocket", "terrain", "stereo_motorcycle"])
-def test_face_free_photographs_stay_face_free_through_the_whole_cascade(run_detector, name) -> None:
+def test_face_free_photographs_stay_face_free_through_the_whole_cascade(default_locator, name) -> None:
     image = _terrain() if name == "terrain" else getattr(skimage.data, name)()
     image = image[0] if isinstance(image, tuple) else image  # stereo_motorcycle: (left, right, disparity)
-    locator = FaceLocator(run_detector)
-    assert locator.strategies == ALL_STRATEGIES
-    assert locator.locate(image) is None
+    assert default_locator.strategies == ALL_STRATEGIES
+    assert default_locator.locate(image) is None
 
 
 # --------------------------------------------------------------------------- the cascade

@@ -1,0 +1,331 @@
+"""The MTCNN pipeline against facenet-pytorch's own ``MTCNN.detect`` (the reference it reproduces),
+fed by facenet's own P-/R-/O-Net modules and packaged weights, on real photographs; the area
+resampler against ``torch.nn.functional.interpolate(mode="area")``; the pyramid limit, empty
+stages, batching, bad input and the ONNX Runtime wiring."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from facenet_pytorch import MTCNN
+from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+from torch.nn.functional import interpolate
+
+from dfd.runtime.mtcnn import (
+    MAX_BATCH,
+    AreaSampler,
+    MtcnnDetector,
+    MtcnnError,
+    MtcnnFaces,
+    area_resize,
+    onnxruntime_mtcnn,
+)
+
+# Head and shoulders of the astronaut, pasted at these heights into one canvas.
+COMPOSITE_FACE_HEIGHTS = (30, 45, 70, 110, 170, 260)
+
+
+@pytest.fixture(scope="module")
+def networks() -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    return PNet().eval(), RNet().eval(), ONet().eval()
+
+
+def torch_callable(net: torch.nn.Module, calls: list[int] | None = None):
+    """A backend callable over a facenet module; records batch sizes in ``calls``."""
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        assert batch.dtype == np.float32 and batch.flags.c_contiguous
+        if calls is not None:
+            calls.append(batch.shape[0])
+        with torch.no_grad():
+            return tuple(output.numpy() for output in net(torch.from_numpy(batch)))
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def detector(networks) -> MtcnnDetector:
+    return MtcnnDetector(*(torch_callable(net) for net in networks))
+
+
+def composite() -> np.ndarray:
+    """Several faces of different sizes side by side on a grey canvas."""
+    head = skimage.data.astronaut()[20:220, 150:330]
+    canvas = np.full((400, 900, 3), 200, np.uint8)
+    x = 10
+    for height in COMPOSITE_FACE_HEIGHTS:
+        face = cv2.resize(head, (int(height * 0.9), height), interpolation=cv2.INTER_AREA)
+        canvas[390 - height : 390, x : x + face.shape[1]] = face
+        x += face.shape[1] + 8
+    return canvas
+
+
+PHOTOGRAPHS = {
+    "astronaut": skimage.data.astronaut,
+    "composite": composite,
+    "camera": lambda: cv2.cvtColor(skimage.data.camera(), cv2.COLOR_GRAY2RGB),
+    "coffee": skimage.data.coffee,
+}
+
+
+def facenet_detect(rgb: np.ndarray, min_face: float, thresholds=(0.6, 0.7, 0.7)) -> MtcnnFaces:
+    reference = MTCNN(keep_all=True, min_face_size=min_face, thresholds=list(thresholds))
+    boxes, probs, points = reference.detect(rgb, landmarks=True)
+    if boxes is None:
+        return MtcnnFaces(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+    return MtcnnFaces(boxes.astype(np.float64), np.asarray(probs, np.float64), points.astype(np.float64))
+
+
+def by_position(faces: MtcnnFaces) -> MtcnnFaces:
+    """facenet orders faces largest first, ours best score first: compare in left-to-right order."""
+    order = np.lexsort((faces.boxes[:, 1], faces.boxes[:, 0]))
+    return MtcnnFaces(faces.boxes[order], faces.scores[order], faces.landmarks[order])
+
+
+def assert_same_faces(ours: MtcnnFaces, reference: MtcnnFaces) -> tuple[float, float]:
+    assert len(ours) == len(reference)
+    ours, reference = by_position(ours), by_position(reference)
+    box_error = float(np.abs(ours.boxes - reference.boxes).max(initial=0.0))
+    prob_error = float(np.abs(ours.scores - reference.scores).max(initial=0.0))
+    assert box_error <= 0.5
+    assert prob_error <= 1e-4
+    assert np.abs(ours.landmarks - reference.landmarks).max(initial=0.0) <= 0.5
+    return box_error, prob_error
+
+
+# --------------------------------------------------------------------------- area resampling
+
+
+def torch_area(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """facenet's resampling of an HxWxC array (channels-last NCHW view, as it builds it)."""
+    tensor = torch.as_tensor(image.copy()).unsqueeze(0).permute(0, 3, 1, 2).type(torch.float32)
+    return interpolate(tensor, size=(out_h, out_w), mode="area")[0].permute(1, 2, 0).numpy()
+
+
+def test_area_resize_equals_torch_area_interpolation() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        height, width = (int(v) for v in rng.integers(5, 160, size=2))
+        out_h, out_w = (int(v) for v in rng.integers(3, 200, size=2))  # up, down, non-integer ratios
+        pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        # uint8 pixels: window sums are exact, so the float32 result is bit-identical.
+        np.testing.assert_array_equal(area_resize(pixels, out_h, out_w), torch_area(pixels, out_h, out_w))
+        values = rng.normal(0.0, 50.0, size=(height, width, 3)).astype(np.float32)
+        expected = torch_area(values, out_h, out_w)
+        np.testing.assert_allclose(area_resize(values, out_h, out_w), expected, atol=1e-5, rtol=1e-6)
+
+
+def test_area_regions_equal_torch_on_crops() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8)
+    top, left = np.array([0, 10, 37, 89]), np.array([0, 55, 3, 100])
+    height, width = np.array([90, 7, 50, 1]), np.array([120, 64, 13, 20])
+    for size in (24, 48):
+        crops = AreaSampler(image).regions(top, left, height, width, size, size)
+        for k in range(len(top)):
+            region = image[top[k] : top[k] + height[k], left[k] : left[k] + width[k]]
+            np.testing.assert_array_equal(crops[k], torch_area(region, size, size))
+
+
+# --------------------------------------------------------------------------- parity with facenet
+
+
+@pytest.mark.parametrize("min_face", [20, 40])
+@pytest.mark.parametrize("name", list(PHOTOGRAPHS))
+def test_detect_matches_facenet_mtcnn(detector: MtcnnDetector, name: str, min_face: int) -> None:
+    rgb = PHOTOGRAPHS[name]()
+    ours = detector.detect(rgb, min_face_px=min_face)
+    reference = facenet_detect(rgb, min_face)
+    assert_same_faces(ours, reference)
+    expected_faces = {"astronaut": 1, "camera": 1, "coffee": 0, "composite": 6 if min_face == 20 else 5}
+    assert len(ours) == expected_faces[name]
+    assert ours.boxes.dtype == np.float64 and ours.landmarks.shape == (len(ours), 5, 2)
+    assert np.all(np.diff(ours.scores) <= 0)  # best first
+
+
+def test_many_candidates_are_batched_and_still_match_facenet(networks) -> None:
+    """Loose thresholds give more than MAX_BATCH R-Net crops: chunked calls, same faces."""
+    rnet_calls: list[int] = []
+    pnet, rnet, onet = networks
+    thresholds = (0.2, 0.5, 0.7)
+    detector = MtcnnDetector(
+        torch_callable(pnet), torch_callable(rnet, rnet_calls), torch_callable(onet), thresholds=thresholds
+    )
+    rgb = skimage.data.astronaut()
+    ours = detector.detect(rgb, min_face_px=20)
+    assert sum(rnet_calls) > MAX_BATCH
+    assert max(rnet_calls) == MAX_BATCH and len(rnet_calls) == -(-sum(rnet_calls) // MAX_BATCH)
+    assert_same_faces(ours, facenet_detect(rgb, 20, thresholds))
+
+
+def test_pnet_runs_once_per_pyramid_level(networks) -> None:
+    pnet_calls: list[int] = []
+    pnet, rnet, onet = networks
+    detector = MtcnnDetector(torch_callable(pnet, pnet_calls), torch_callable(rnet), torch_callable(onet))
+    detector.detect(skimage.data.astronaut(), min_face_px=40)
+    # 512 px: 12/40 * 512 = 153.6 shrinks by 0.709 to >= 12 eight times -> 8 levels.
+    assert pnet_calls == [1] * 8 == [1] * len(detector.scales(512, 512, 40))
+
+
+# --------------------------------------------------------------------------- pyramid limit
+
+
+def test_scales_follow_facenet_and_max_face_drops_coarse_levels(detector: MtcnnDetector) -> None:
+    all_scales = detector.scales(400, 900, 20)
+    assert all_scales[0] == 0.6 and np.allclose(np.diff(np.log(all_scales)), np.log(0.709))
+    assert 400 * all_scales[-1] >= 12 > 400 * all_scales[-1] * 0.709
+    limited = detector.scales(400, 900, 20, max_face_px=60)
+    assert limited == [s for s in all_scales if 12 / s <= 60] and 0 < len(limited) < len(all_scales)
+
+
+def test_max_face_px_drops_large_faces_and_keeps_small_ones(detector: MtcnnDetector) -> None:
+    rgb = composite()
+    everything = by_position(detector.detect(rgb, min_face_px=20))
+    small_only = by_position(detector.detect(rgb, min_face_px=20, max_face_px=40))
+    widths = everything.boxes[:, 2] - everything.boxes[:, 0]
+    assert len(everything) == 6 and np.all(np.diff(widths) > 0)  # left to right = small to large
+    # The four faces up to ~46 px wide are still found, the two of 74 and 114 px are not: P-Net
+    # also fires on faces somewhat larger than the 12-pixel cell of the coarsest level kept.
+    assert len(small_only) == 4 and (small_only.boxes[:, 2] - small_only.boxes[:, 0]).max() <= 1.5 * 40
+    np.testing.assert_allclose(small_only.boxes[:2], everything.boxes[:2], atol=0.5)
+    kept, full = small_only.boxes, everything.boxes[:4]
+    inter = np.prod(np.minimum(kept[:, 2:], full[:, 2:]) - np.maximum(kept[:, :2], full[:, :2]), axis=1)
+    union = np.prod(kept[:, 2:] - kept[:, :2], axis=1) + np.prod(full[:, 2:] - full[:, :2], axis=1) - inter
+    assert np.all(inter / union > 0.8)
+
+
+# --------------------------------------------------------------------------- empty results
+
+
+@pytest.mark.parametrize("shape", [(10, 10, 3), (19, 400, 3), (1, 1, 3)])
+def test_images_smaller_than_min_face_have_no_faces(detector: MtcnnDetector, shape) -> None:
+    faces = detector.detect(np.full(shape, 128, np.uint8), min_face_px=20)
+    assert faces.boxes.shape == (0, 4) and faces.scores.shape == (0,) and faces.landmarks.shape == (0, 5, 2)
+
+
+def test_empty_stages_return_empty_faces(networks) -> None:
+    pnet, rnet, onet = networks
+    rgb = skimage.data.astronaut()
+    calls: list[int] = []
+
+    def reject_all_pnet(batch):
+        reg, prob = torch_callable(pnet)(batch)
+        return reg, np.zeros_like(prob)
+
+    def reject_all(run, output_count):
+        def wrapped(batch):
+            outputs = list(run(batch))
+            outputs[-1] = np.zeros_like(outputs[-1])
+            return tuple(outputs)
+
+        assert output_count in (2, 3)
+        return wrapped
+
+    no_proposals = MtcnnDetector(reject_all_pnet, torch_callable(rnet, calls), torch_callable(onet, calls))
+    no_refined = MtcnnDetector(torch_callable(pnet), reject_all(torch_callable(rnet), 2), torch_callable(onet, calls))
+    no_output = MtcnnDetector(torch_callable(pnet), torch_callable(rnet), reject_all(torch_callable(onet), 3))
+    for detector in (no_proposals, no_refined, no_output):
+        faces = detector.detect(rgb, min_face_px=40)
+        assert len(faces) == 0 and faces.boxes.shape == (0, 4) and faces.landmarks.shape == (0, 5, 2)
+    assert calls == []  # later stages are not called with empty batches
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((64, 64, 3), np.float32),
+        np.zeros((64, 64), np.uint8),
+        np.zeros((64, 64, 4), np.uint8),
+        np.zeros((0, 64, 3), np.uint8),
+        [[0, 0, 0]],
+    ],
+)
+def test_bad_arrays_raise_mtcnn_error(detector: MtcnnDetector, image) -> None:
+    with pytest.raises(MtcnnError, match="RGB uint8|empty"):
+        detector.detect(image)
+
+
+def test_bad_settings_raise_mtcnn_error(detector: MtcnnDetector, networks) -> None:
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(MtcnnError, match="min_face_px"):
+        detector.detect(rgb, min_face_px=0)
+    with pytest.raises(MtcnnError, match="max_face_px"):
+        detector.detect(rgb, min_face_px=40, max_face_px=20)
+    runs = [torch_callable(net) for net in networks]
+    with pytest.raises(MtcnnError, match="thresholds"):
+        MtcnnDetector(*runs, thresholds=(0.6, 0.7))
+    with pytest.raises(MtcnnError, match="factor"):
+        MtcnnDetector(*runs, factor=1.2)
+
+
+def test_networks_returning_wrong_shapes_raise_mtcnn_error(networks) -> None:
+    pnet, rnet, onet = networks
+    rgb = composite()  # not square: a transposed P-Net map has the wrong shape
+
+    def transposed_pnet(batch):
+        reg, prob = torch_callable(pnet)(batch)
+        return reg.transpose(0, 1, 3, 2), prob.transpose(0, 1, 3, 2)
+
+    def three_class_rnet(batch):
+        reg, prob = torch_callable(rnet)(batch)
+        return reg, np.concatenate([prob, prob[:, :1]], axis=1)
+
+    def onet_without_landmarks(batch):
+        reg, _, prob = torch_callable(onet)(batch)
+        return reg, prob
+
+    cases = [
+        (MtcnnDetector(transposed_pnet, torch_callable(rnet), torch_callable(onet)), "run_pnet returned shapes"),
+        (MtcnnDetector(torch_callable(pnet), three_class_rnet, torch_callable(onet)), "run_rnet returned shapes"),
+        (MtcnnDetector(torch_callable(pnet), torch_callable(rnet), onet_without_landmarks), "run_onet must return 3"),
+        (MtcnnDetector(lambda _: np.zeros(3), torch_callable(rnet), torch_callable(onet)), "run_pnet must return 2"),
+    ]
+    for detector, message in cases:
+        with pytest.raises(MtcnnError, match=message):
+            detector.detect(rgb, min_face_px=40)
+
+
+# --------------------------------------------------------------------------- ONNX Runtime wiring
+
+
+def export_onnx(net: torch.nn.Module, example_shape, outputs, path: Path, dynamic: dict[int, str]) -> Path:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (torch.zeros(example_shape),), str(path), input_names=["image"], output_names=list(outputs),
+            dynamic_axes={"image": dynamic}, dynamo=False,
+        )
+    return path
+
+
+def test_onnxruntime_mtcnn_matches_facenet(networks, tmp_path: Path) -> None:
+    pnet, rnet, onet = networks
+    paths = (
+        export_onnx(pnet, (1, 3, 37, 53), ("regression", "probability"), tmp_path / "p.onnx", {0: "n", 2: "h", 3: "w"}),
+        export_onnx(rnet, (2, 3, 24, 24), ("regression", "probability"), tmp_path / "r.onnx", {0: "n"}),
+        export_onnx(onet, (2, 3, 48, 48), ("regression", "landmarks", "probability"), tmp_path / "o.onnx", {0: "n"}),
+    )
+    rgb = composite()
+    assert_same_faces(onnxruntime_mtcnn(*paths).detect(rgb, min_face_px=20), facenet_detect(rgb, 20))
+
+    with pytest.raises(MtcnnError, match="does not exist"):
+        onnxruntime_mtcnn(tmp_path / "missing.onnx", paths[1], paths[2])
+    with pytest.raises(MtcnnError, match="expected input 'image'"):
+        onnxruntime_mtcnn(paths[0], paths[2], paths[2])  # O-Net graph where R-Net's belongs
+
+
+def test_runtime_module_does_not_import_torch() -> None:
+    code = "import sys, dfd.runtime.mtcnn; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
