@@ -313,3 +313,23 @@ def test_face_min_px_flag_switches_the_small_face_pass(tiny_engine_set, tmp_path
     assert counts == {False: 3, True: 2}
     bad = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(path), "--face-min-px", "-5"])
     assert bad.exit_code == 1 and "--face-min-px" in bad.output
+
+
+def test_sets_without_mtcnn_open_with_the_letterbox_pass_only(tiny_engine_set, tmp_path):
+    """A set built before MTCNN was packaged (no mtcnn_* files in its face_detector entry) still
+    opens; its locator runs BlazeFace alone. ``face_min_px=None`` does not load MTCNN at all."""
+    with Detector.open(tiny_engine_set) as detector:
+        assert detector.face_locator.small_face_detector is not None
+    with Detector.open(tiny_engine_set, face_min_px=None) as detector:
+        assert detector.face_locator.small_face_detector is None
+    older = tmp_path / "older"
+    shutil.copytree(tiny_engine_set, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    entry = manifest["face_detector"]
+    for file in [f for f in entry["files"] if f["role"].startswith("mtcnn_")]:
+        (older / file["path"]).unlink()
+    entry["files"] = [f for f in entry["files"] if not f["role"].startswith("mtcnn_")]
+    del entry["small_faces"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    with Detector.open(older) as detector:
+        assert detector.face_locator is not None and detector.face_locator.small_face_detector is None
