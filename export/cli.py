@@ -200,6 +200,26 @@ def inspect(engine_dir, as_json, no_verify):
         files = ", ".join(f.path for f in stream.files)
         click.echo(f"{name:8} {stream.input_size:>4}x{stream.input_size:<4} {stream.precision:>9} "
                    f"{stream.backend:>12} {size / 1e6:>8.1f}MB  {files}")
+    _echo_face_localisers(manifest.face_detector)
+
+
+def _echo_face_localisers(entry) -> None:
+    """The set's face detectors, or why the facial stream will fall back to the no-face rule."""
+    click.echo("")
+    if entry is None:
+        click.echo("faces        no packaged face detector (built with --no-face-detector): the facial stream "
+                   "uses --face-crops or the reference's no-face rule")
+        return
+    size = sum(f.bytes for f in entry.files) / 1e6
+    click.echo(f"faces        {entry.details.get('model', 'face detector')}, score >= "
+               f"{entry.details.get('score_threshold', '?')}  ({entry.precision}, ONNX Runtime)")
+    small = entry.details.get("small_faces")
+    if small:
+        click.echo(f"small faces  {small.get('model', 'MTCNN')}, thresholds "
+                   f"{'/'.join(f'{t:g}' for t in small.get('thresholds', []))}")
+    else:
+        click.echo("small faces  none in this set (built before MTCNN was packaged): letterbox pass only")
+    click.echo(f"             {size:.1f}MB  {', '.join(f.path for f in entry.files)}")
 
 
 @main.command()

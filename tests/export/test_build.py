@@ -106,6 +106,8 @@ def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):
     result = runner.invoke(main, ["inspect", str(built)])
     assert result.exit_code == 0, result.output
     assert "fusion    224x224" in result.output and "ok (sha256" in result.output
+    assert "faces        MediaPipe BlazeFace" in result.output
+    assert "small faces  MTCNN" in result.output and "thresholds 0.6/0.7/0.9" in result.output
     raw = json.loads(runner.invoke(main, ["inspect", str(built), "--json"]).output)
     assert raw["format"] == "dfd-engine-set"
 
