@@ -155,8 +155,9 @@ def load_stream_module(name: str, request: BuildRequest, dino: DinoV2Config, cli
 def _face_detector_entry(staging: Path, request: BuildRequest) -> dict[str, Any]:
     """Export the packaged face localisers next to the streams (their own manifest entry):
     BlazeFace for the letterbox pass and MTCNN's three networks for the small-face pass. Both run
-    on ONNX Runtime in every set (fp32): together they are ~0.3 GFLOP per image against
-    thousands for the streams, and boxes would move in fp16."""
+    on ONNX Runtime in every set (fp32): BlazeFace is 0.21 GFLOP per pass and MTCNN's pyramid
+    ~1-2 GFLOP on a 1920-pixel photo (P-Net's convolutions, estimated), against 2286 for the
+    paper-size streams, and boxes would move in fp16."""
     from dfd.runtime.face_detection import DEFAULT_SCORE_THRESHOLD, INPUT_SIZE, SMALL_FACE_THRESHOLDS
 
     from .face_detector import default_tflite_path, export_face_detector_onnx
