@@ -36,6 +36,8 @@ from torch import nn
 
 from dfd.runtime.errors import DfdError
 
+from .onnx_export import export_graph
+
 INPUT_SIZE = 192
 NUM_ANCHORS = 2304
 NUM_COORDS = 16
@@ -375,17 +377,4 @@ def export_face_detector_onnx(path: Path, *, opset: int = 18, tflite_path: Path 
     example = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            opset_version=opset,
-            dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1)}},
-            dynamo=True,
-            external_data=False,
-            optimize=True,
-            verbose=False,
-        )
+    export_graph(model, example, path, INPUT_NAME, OUTPUT_NAMES, {0: torch.export.Dim("batch", min=1)}, opset)

@@ -26,7 +26,6 @@ that order baked into the dense matrix, so it must be reproduced exactly.
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from pathlib import Path
 
 import onnx
@@ -36,8 +35,7 @@ from torch import nn
 
 from dfd.runtime.errors import DfdError
 
-from .onnx_export import ExportError
-from .onnx_files import clear_graph_outputs
+from .onnx_export import ExportError, export_graph
 
 WEIGHTS_PACKAGE = "facenet_pytorch"
 WEIGHTS_SUBDIR = "data"
@@ -167,34 +165,6 @@ class MtcnnONet(nn.Module):
         return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)
 
 
-def _export_one(
-    module: nn.Module,
-    example: torch.Tensor,
-    dynamic_axes: dict[int, torch.export.Dim],
-    output_names: tuple[str, ...],
-    path: Path,
-    opset: int,
-) -> None:
-    """Same exporter path as the stream networks: torch.export-based, weights inside the graph."""
-    clear_graph_outputs(path)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter chatter about its own internals
-        program = torch.onnx.export(
-            module,
-            (example,),
-            input_names=[INPUT_NAME],
-            output_names=list(output_names),
-            dynamic_shapes={INPUT_NAME: dynamic_axes},
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            optimize=True,
-            verbose=False,
-        )
-    program.save(str(path), external_data=False)
-    _check_graph(path, output_names, dynamic_axes)
-
-
 def _check_graph(path: Path, output_names: tuple[str, ...], dynamic_axes: dict[int, torch.export.Dim]) -> None:
     """Valid ONNX, standard ops only, with the contract's names and symbolic axes."""
     onnx.checker.check_model(str(path))
@@ -233,6 +203,7 @@ def export_mtcnn_onnx(out_dir: Path, opset: int = 18, weights_dir: Path | None =
     written = {}
     for name, (module, example_shape, dynamic_axes, output_names) in jobs.items():
         path = out_dir / ONNX_FILES[name]
-        _export_one(module, torch.zeros(example_shape), dynamic_axes, output_names, path, opset)
+        export_graph(module, torch.zeros(example_shape), path, INPUT_NAME, output_names, dynamic_axes, opset)
+        _check_graph(path, output_names, dynamic_axes)
         written[name] = path
     return written

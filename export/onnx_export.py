@@ -33,6 +33,39 @@ def parameter_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+def export_graph(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    input_name: str,
+    output_names: tuple[str, ...],
+    dynamic_axes: dict[int, torch.export.Dim],
+    opset: int,
+    *,
+    external: bool = False,
+) -> None:
+    """Write a one-input ``module`` as ONNX at ``path`` with torch's torch.export-based exporter
+    (torch's maintained path), ``dynamic_axes`` of the input symbolic. Every graph the project
+    ships (streams, BlazeFace, MTCNN) goes through this one call, so they share exporter settings;
+    stale outputs of an earlier export at ``path`` are removed first."""
+    clear_graph_outputs(path)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter about its own internals
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=[input_name],
+            output_names=list(output_names),
+            dynamic_shapes=(dynamic_axes,),
+            opset_version=opset,
+            dynamo=True,
+            external_data=external,
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path), external_data=external)
+
+
 def export_stream_onnx(module: nn.Module, path: Path, input_size: int, opset: int = DEFAULT_OPSET) -> list[Path]:
     """Write ``module`` as ONNX to ``path``; returns every file written (graph + external data).
 
@@ -42,26 +75,10 @@ def export_stream_onnx(module: nn.Module, path: Path, input_size: int, opset: in
     if opset < 17:
         raise ExportError("opset must be >= 17 for a native LayerNormalization")
     path = Path(path)
-    clear_graph_outputs(path)
     external = onnx_files.needs_external_data(parameter_bytes(module))
     example = torch.zeros(2, 3, input_size, input_size, dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    module = module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter chatter about its own internals
-        program = torch.onnx.export(
-            module,
-            (example,),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={"pixels": {0: batch}},
-            opset_version=opset,
-            dynamo=True,
-            external_data=external,
-            optimize=True,
-            verbose=False,
-        )
-    program.save(str(path), external_data=external)
+    export_graph(module.eval(), example, path, INPUT_NAME, (OUTPUT_NAME,), {0: batch}, opset, external=external)
     if external:
         # the exporter names the data file after the graph; keep exactly one, next to it
         written = [path] + sorted(p for p in path.parent.glob(path.name + "*") if p != path)
