@@ -342,19 +342,17 @@ def _group_tally(locator, groups: list[GroupPhotograph]) -> dict:
     }
 
 
-def group_recall(detectors: Detectors) -> dict:
+def group_recall(detectors: Detectors, groups: list[GroupPhotograph]) -> dict:
     """Per locator: pasted faces found (a detection with IoU >= GROUP_MATCH_IOU), by face size, by
     photograph and by degradation; false detections (IoU < GROUP_MATCH_IOU with every pasted
     face); the ``detect_faces`` time per image."""
-    groups = group_photographs()
     return {label: _group_tally(locator, groups) for label, locator in comparison_locators(detectors).items()}
 
 
-def onet_threshold_sweep(detectors: Detectors) -> dict:
+def onet_threshold_sweep(detectors: Detectors, groups: list[GroupPhotograph]) -> dict:
     """The default locator's plain pass with each O-Net threshold of ``ONET_THRESHOLDS``: group
     faces found and false detections, and false faces on the face-free photographs at native size
     and 2x (the plain pass is where MTCNN runs; the cascade is BlazeFace only)."""
-    groups = group_photographs()
     face_free = [
         (name, scale, image if scale == 1 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC))
         for scale in FACE_FREE_SCALES
@@ -366,7 +364,8 @@ def onet_threshold_sweep(detectors: Detectors) -> dict:
         tally = _group_tally(locator, groups)
         false_faces = []
         for name, scale, image in face_free:
-            for box, score in zip(*(lambda d: (d.boxes, d.scores))(locator.detect_faces(image))):
+            found = locator.detect_faces(image)
+            for box, score in zip(found.boxes, found.scores):
                 false_faces.append({"image": name, "scale": scale, "box": [round(float(v), 1) for v in box], "score": round(float(score), 3)})
         sweep[str(threshold)] = {
             "group_faces_found": tally["faces_found"],
@@ -449,7 +448,8 @@ def run(detectors: Detectors) -> dict:
             cases.append(case)
     face_free = face_free_false_faces(detectors)
     native_default = [row for row in face_free["default"]["images"] if row["scale"] == 1]
-    groups = group_recall(detectors)
+    group_images = group_photographs()
+    groups = group_recall(detectors, group_images)
     degraded_cases = [c for c in cases if c["degradation"] != "clean"]
     summary = {
         "locator": f"default: BlazeFace letterbox + MTCNN from min_face_px={DEFAULT_MIN_FACE_PX}, thresholds {SMALL_FACE_THRESHOLDS}",
@@ -475,7 +475,7 @@ def run(detectors: Detectors) -> dict:
     return {
         "summary": summary,
         "composite": composite_faces(detectors),
-        "onet_threshold_sweep": onet_threshold_sweep(detectors),
+        "onet_threshold_sweep": onet_threshold_sweep(detectors, group_images),
         "groups": groups,
         "cases": cases,
         "face_free": face_free,
