@@ -413,7 +413,7 @@ class RuntimePipeline:
         from dfd.runtime.detector import Detector
 
         self.detector = Detector.open(engine_dir, backend=backend, batch_size=1 << 30)
-        self.label = self.detector.backend.description
+        self.label = f"{self.detector.backend.description}; preprocessing: {self.detector.preprocessing}"
 
     def end_to_end(self, paths: Sequence[Path]) -> tuple[float, list]:
         start = time.perf_counter()

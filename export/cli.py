@@ -390,8 +390,16 @@ def _csv_row(d: dict) -> dict:
                    "192-pixel pass to see it, MTCNN looks for faces from this size up at full resolution "
                    "(~100-300 ms for a 1920-pixel image on 2 CPU cores). 0: the 192-pixel pass only, faster, "
                    "misses small faces.")
+@click.option("--host-preprocessing", is_flag=True,
+              help="tensorrt backend: preprocess and vote with NumPy/OpenCV on the host instead of the fused "
+                   "CUDA kernels (for comparisons and debugging; the results are identical except where x86 "
+                   "OpenCV's IPP bicubic upscale differs by one grey level).")
+@click.option("--cuda-graph-batch", type=click.IntRange(min=1), default=None,
+              help="tensorrt backend: replay one CUDA graph of preprocessing -> three engines -> vote for "
+                   "batches of exactly this many images (set --batch-size to match; other sizes run uncaptured).")
 @handles_errors
-def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, no_face_detect, face_min_px):
+def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, no_face_detect, face_min_px,
+           host_preprocessing, cuda_graph_batch):
     """Score images (files or folders) with an engine set.
 
     Exit status: 0 when every image was scored, 2 when some failed (their output carries
@@ -406,8 +414,10 @@ def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, 
 
     paths, problems = expand_inputs(images, recursive)
     detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size, face_detection=not no_face_detect,
-                             face_min_px=face_min_px or None)
+                             face_min_px=face_min_px or None, gpu_preprocessing=not host_preprocessing,
+                             cuda_graph_batch=cuda_graph_batch)
     click.echo(f"backend: {detector.backend_reason}", err=True)
+    click.echo(f"preprocessing and vote: {detector.preprocessing}", err=True)
     if detector.manifest.random_weights:
         click.secho("WARNING: this engine set has RANDOM weights; its scores are meaningless.", fg="yellow", err=True)
     writer = csv.DictWriter(sys.stdout, fieldnames=_CSV_FIELDS) if fmt == "csv" else None

@@ -92,7 +92,8 @@ def _images(images_dir: Path | None) -> list[tuple[str, np.ndarray]]:
 def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade: bool = False,
                       weights_dir: Path | None = None, thresholds: tuple[float, float, float] | None = None,
                       backend: str = "auto") -> VerifyReport:
-    detector = Detector.open(engine_dir, backend=backend)
+    # host preprocessing: each stream graph is compared with torch on the very tensor it ran
+    detector = Detector.open(engine_dir, backend=backend, gpu_preprocessing=False)
     precision = engine_set_precision(detector.manifest)
     max_abs, max_mean, min_agreement = thresholds or DEFAULT_THRESHOLDS[precision]
     reference = _reference_streams(detector, weights_dir)

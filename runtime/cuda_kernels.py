@@ -42,16 +42,22 @@ FUSION_SIDE = 224
 FACE_MARGIN = 1.3
 CHANNEL_ORDER = {"RGB": 0, "BGR": 1}
 
-# Must match dfd::Job in kernels/preprocess.cuh (checked by the host test against sizeof/offsetof).
+# Must match dfd::Job in kernels/preprocess.cuh (checked by the host test against sizeof/offsetof):
+# the image, an optional face image of its own (data 0 = none), the face box and its margin.
+_IMAGE_FIELDS = (("data", "<u8", 0), ("pitch", "<i8", 8), ("width", "<i4", 16), ("height", "<i4", 20),
+                 ("order", "<i4", 24))
 JOB_DTYPE = np.dtype(
     {
-        "names": ["data", "pitch", "width", "height", "order", "face_x1", "face_y1", "face_x2",
-                  "face_y2", "face_margin"],
-        "formats": ["<u8", "<i8", "<i4", "<i4", "<i4", "<f8", "<f8", "<f8", "<f8", "<f8"],
-        "offsets": [0, 8, 16, 20, 24, 32, 40, 48, 56, 64],
-        "itemsize": 72,
+        "names": [name for name, _, _ in _IMAGE_FIELDS] + [f"face_{name}" for name, _, _ in _IMAGE_FIELDS]
+        + ["face_x1", "face_y1", "face_x2", "face_y2", "face_margin"],
+        "formats": [fmt for _, fmt, _ in _IMAGE_FIELDS] * 2 + ["<f8"] * 5,
+        "offsets": [off for _, _, off in _IMAGE_FIELDS] + [32 + off for _, _, off in _IMAGE_FIELDS]
+        + [64, 72, 80, 88, 96],
+        "itemsize": 104,
     }
 )
+# (device pointer, row pitch in bytes, width, height) of a uint8 HWC 3-channel image
+DeviceImage = tuple[int, int, int, int]
 
 
 class KernelBuildError(RuntimeError):
@@ -73,7 +79,7 @@ def _nvrtc():
     return nvrtc
 
 
-def _check(result: tuple, what: str, error_cls: type[RuntimeError] = KernelBuildError):
+def check_cuda(result: tuple, what: str, error_cls: type[RuntimeError] = KernelBuildError):
     """Unpack a cuda-bindings (status, *values) tuple, raising ``error_cls`` unless it succeeded."""
     status, *values = result
     if int(status) != 0:
@@ -85,7 +91,7 @@ def nvrtc_version() -> str:
     """NVRTC's version as "major.minor"; raises KernelBuildError when libnvrtc cannot be loaded."""
     nvrtc = _nvrtc()
     try:
-        major, minor = _check(nvrtc.nvrtcVersion(), "nvrtcVersion")
+        major, minor = check_cuda(nvrtc.nvrtcVersion(), "nvrtcVersion")
     except KernelBuildError:
         raise
     except Exception as exc:  # cuda.pathfinder raises its own errors when libnvrtc is missing
@@ -134,7 +140,7 @@ def _compile(sm: int, kind: str) -> bytes:
     sources = _read_sources()
     headers = [sources[name] for name in KERNEL_SOURCES + KERNEL_HEADERS]
     names = [name.encode() for name in KERNEL_SOURCES + KERNEL_HEADERS]
-    program = _check(
+    program = check_cuda(
         nvrtc.nvrtcCreateProgram(_translation_unit(), b"dfd_kernels.cu", len(headers), headers, names),
         "nvrtcCreateProgram",
     )
@@ -143,20 +149,20 @@ def _compile(sm: int, kind: str) -> bytes:
         options = [o.encode() for o in NVRTC_OPTIONS + (target,)]
         (status,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
         if int(status) != 0:
-            log_size = _check(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
+            log_size = check_cuda(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
             log = b" " * log_size
-            _check(nvrtc.nvrtcGetProgramLog(program, log), "nvrtcGetProgramLog")
+            check_cuda(nvrtc.nvrtcGetProgramLog(program, log), "nvrtcGetProgramLog")
             raise KernelBuildError(
                 f"NVRTC could not compile the kernels for sm_{sm}: {log.decode(errors='replace').strip()}"
             )
         if kind == "ptx":
-            size = _check(nvrtc.nvrtcGetPTXSize(program), "nvrtcGetPTXSize")
+            size = check_cuda(nvrtc.nvrtcGetPTXSize(program), "nvrtcGetPTXSize")
             out = b" " * size
-            _check(nvrtc.nvrtcGetPTX(program, out), "nvrtcGetPTX")
+            check_cuda(nvrtc.nvrtcGetPTX(program, out), "nvrtcGetPTX")
         else:
-            size = _check(nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
+            size = check_cuda(nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
             out = b" " * size
-            _check(nvrtc.nvrtcGetCUBIN(program, out), "nvrtcGetCUBIN")
+            check_cuda(nvrtc.nvrtcGetCUBIN(program, out), "nvrtcGetCUBIN")
         return out.rstrip(b"\0") if kind == "ptx" else out
     finally:
         nvrtc.nvrtcDestroyProgram(program)
@@ -189,29 +195,43 @@ def compile_cubin(arch: str) -> bytes:
     return _cached(arch, "cubin")
 
 
+def _check_geometry(what: str, image: DeviceImage) -> None:
+    _, pitch, width, height = image
+    if width <= 0 or height <= 0 or pitch < 3 * width:
+        raise ValueError(f"{what}: invalid geometry {width}x{height}, pitch {pitch}")
+
+
 def make_jobs(
-    images: Sequence[tuple[int, int, int, int]],
+    images: Sequence[DeviceImage],
     face_boxes: Sequence[tuple[float, float, float, float] | None],
     channel_order: str = "RGB",
     margin: float = FACE_MARGIN,
+    face_images: Sequence[DeviceImage | None] | None = None,
 ) -> np.ndarray:
     """Pack per-image parameters for the preprocessing kernel.
 
     ``images``: (device pointer, row pitch in bytes, width, height) of uint8 HWC 3-channel images.
     ``face_boxes``: (x1, y1, x2, y2) of the chosen face per image, or None for "no usable face"
     (the face stream then gets the original image's 252 center crop, as in the reference).
+    ``face_images``: per image, a face image of its own (same layout and channel order) whose 252
+    center crop the face stream takes instead (a user's face crop, or a face input re-encoded as
+    the reference's crop files are); it takes precedence over the box.
     """
-    if len(images) != len(face_boxes):
-        raise ValueError(f"{len(images)} images but {len(face_boxes)} face boxes")
+    face_images = face_images if face_images is not None else [None] * len(images)
+    if not len(images) == len(face_boxes) == len(face_images):
+        raise ValueError(f"{len(images)} images but {len(face_boxes)} face boxes and {len(face_images)} face images")
     if channel_order not in CHANNEL_ORDER:
         raise ValueError(f"channel order must be one of {sorted(CHANNEL_ORDER)}, not {channel_order!r}")
+    order = CHANNEL_ORDER[channel_order]
     jobs = np.zeros(len(images), dtype=JOB_DTYPE)
-    for i, ((ptr, pitch, width, height), box) in enumerate(zip(images, face_boxes)):
-        if width <= 0 or height <= 0 or pitch < 3 * width:
-            raise ValueError(f"image {i}: invalid geometry {width}x{height}, pitch {pitch}")
-        jobs[i]["data"], jobs[i]["pitch"] = ptr, pitch
-        jobs[i]["width"], jobs[i]["height"] = width, height
-        jobs[i]["order"] = CHANNEL_ORDER[channel_order]
+    for i, (image, box, face) in enumerate(zip(images, face_boxes, face_images)):
+        _check_geometry(f"image {i}", image)
+        jobs[i]["data"], jobs[i]["pitch"], jobs[i]["width"], jobs[i]["height"] = image
+        jobs[i]["order"] = order
+        if face is not None:
+            _check_geometry(f"face image {i}", face)
+            jobs[i]["face_data"], jobs[i]["face_pitch"], jobs[i]["face_width"], jobs[i]["face_height"] = face
+            jobs[i]["face_order"] = order
         jobs[i]["face_x1"], jobs[i]["face_y1"], jobs[i]["face_x2"], jobs[i]["face_y2"] = box or (0, 0, 0, 0)
         jobs[i]["face_margin"] = margin
     return jobs
@@ -227,13 +247,13 @@ class GpuInfo:
         return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
 
 
-def _driver():
+def cuda_driver():
     try:
         from cuda.bindings import driver
     except ImportError as exc:
         raise CudaUnavailableError(f"cuda-python is not installed ({exc})") from exc
     try:
-        _check(driver.cuInit(0), "cuInit", CudaUnavailableError)
+        check_cuda(driver.cuInit(0), "cuInit", CudaUnavailableError)
     except CudaUnavailableError:
         raise
     except Exception as exc:  # libcuda missing: cuda.pathfinder's DynamicLibNotFoundError
@@ -243,16 +263,16 @@ def _driver():
 
 def gpu_info(device: int = 0) -> GpuInfo:
     """Name and compute capability of GPU ``device``; CudaUnavailableError without one."""
-    driver = _driver()
-    count = _check(driver.cuDeviceGetCount(), "cuDeviceGetCount", CudaUnavailableError)
+    driver = cuda_driver()
+    count = check_cuda(driver.cuDeviceGetCount(), "cuDeviceGetCount", CudaUnavailableError)
     if device >= count:
         raise CudaUnavailableError(f"no GPU {device}: the driver sees {count}")
-    dev = _check(driver.cuDeviceGet(device), "cuDeviceGet", CudaUnavailableError)
-    name = _check(driver.cuDeviceGetName(256, dev), "cuDeviceGetName", CudaUnavailableError)
+    dev = check_cuda(driver.cuDeviceGet(device), "cuDeviceGet", CudaUnavailableError)
+    name = check_cuda(driver.cuDeviceGetName(256, dev), "cuDeviceGetName", CudaUnavailableError)
     attr = driver.CUdevice_attribute
-    major = _check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev),
+    major = check_cuda(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev),
                    "cuDeviceGetAttribute", CudaUnavailableError)
-    minor = _check(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev),
+    minor = check_cuda(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev),
                    "cuDeviceGetAttribute", CudaUnavailableError)
     return GpuInfo(name.split(b"\0", 1)[0].decode(), (major, minor))
 
@@ -280,16 +300,16 @@ class CudaKernels:
     BLOCK = 256
 
     def __init__(self, device: int = 0):
-        driver = self._driver = _driver()
+        driver = self.driver = cuda_driver()
         self.info = gpu_info(device)
-        dev = _check(driver.cuDeviceGet(device), "cuDeviceGet", CudaUnavailableError)
-        self._context = _check(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain",
+        dev = check_cuda(driver.cuDeviceGet(device), "cuDeviceGet", CudaUnavailableError)
+        self.context = check_cuda(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain",
                                CudaUnavailableError)
-        _check(driver.cuCtxSetCurrent(self._context), "cuCtxSetCurrent", CudaUnavailableError)
+        check_cuda(driver.cuCtxSetCurrent(self.context), "cuCtxSetCurrent", CudaUnavailableError)
         cubin = compile_cubin(self.info.arch)
-        self._module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData", CudaUnavailableError)
+        self._module = check_cuda(driver.cuModuleLoadData(cubin), "cuModuleLoadData", CudaUnavailableError)
         self._functions = {
-            name: _check(driver.cuModuleGetFunction(self._module, name.encode()), "cuModuleGetFunction",
+            name: check_cuda(driver.cuModuleGetFunction(self._module, name.encode()), "cuModuleGetFunction",
                          CudaUnavailableError)
             for name in KERNEL_NAMES
         }
@@ -298,8 +318,8 @@ class CudaKernels:
 
     def _launch(self, name: str, threads: int, args: _KernelArgs, stream) -> None:
         grid = (threads + self.BLOCK - 1) // self.BLOCK
-        _check(
-            self._driver.cuLaunchKernel(self._functions[name], grid, 1, 1, self.BLOCK, 1, 1, 0, stream,
+        check_cuda(
+            self.driver.cuLaunchKernel(self._functions[name], grid, 1, 1, self.BLOCK, 1, 1, 0, stream,
                                         args.address, 0),
             f"launch {name}", CudaUnavailableError,
         )
@@ -310,24 +330,29 @@ class CudaKernels:
             raise ValueError("jobs must come from make_jobs()")
         if len(jobs) > self._jobs_capacity:
             if self._jobs_device:
-                _check(self._driver.cuMemFree(self._jobs_device), "cuMemFree", CudaUnavailableError)
-            self._jobs_device = int(_check(self._driver.cuMemAlloc(jobs.nbytes), "cuMemAlloc",
+                check_cuda(self.driver.cuMemFree(self._jobs_device), "cuMemFree", CudaUnavailableError)
+            self._jobs_device = int(check_cuda(self.driver.cuMemAlloc(jobs.nbytes), "cuMemAlloc",
                                            CudaUnavailableError))
             self._jobs_capacity = len(jobs)
         self._jobs_host = np.ascontiguousarray(jobs)  # must outlive the asynchronous copy
-        _check(self._driver.cuMemcpyHtoDAsync(self._jobs_device, self._jobs_host.ctypes.data,
+        check_cuda(self.driver.cuMemcpyHtoDAsync(self._jobs_device, self._jobs_host.ctypes.data,
                                               self._jobs_host.nbytes, stream),
                "cuMemcpyHtoDAsync", CudaUnavailableError)
         return self._jobs_device
 
     def preprocess(self, jobs: np.ndarray, outputs: tuple[int, int, int], half: bool = False,
                    stream=0) -> None:
-        """Write global/face [N,3,252,252] and fusion [N,3,224,224] (fp32, or fp16 if ``half``)."""
-        batch = len(jobs)
+        """Upload ``jobs`` (from ``make_jobs``) and launch the fused preprocessing on them."""
+        if len(jobs):
+            self.launch_preprocess(self._upload_jobs(jobs, stream), len(jobs), outputs, half, stream)
+
+    def launch_preprocess(self, jobs_device: int, batch: int, outputs: tuple[int, int, int],
+                          half: bool = False, stream=0) -> None:
+        """Write global/face [N,3,252,252] and fusion [N,3,224,224] (fp32, or fp16 if ``half``)
+        from a job table already on the device (what a captured CUDA graph replays)."""
         if batch == 0:
             return
-        jobs_ptr = self._upload_jobs(jobs, stream)
-        args = _KernelArgs(ctypes.c_void_p(jobs_ptr), ctypes.c_int(batch),
+        args = _KernelArgs(ctypes.c_void_p(jobs_device), ctypes.c_int(batch),
                            *[ctypes.c_void_p(int(p)) for p in outputs])
         tasks = batch * (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE)
         self._launch("dfd_preprocess_f16" if half else "dfd_preprocess_f32", tasks, args, stream)
@@ -344,10 +369,10 @@ class CudaKernels:
     def close(self) -> None:
         """Unload the module and release the primary context reference."""
         if self._jobs_device:
-            self._driver.cuMemFree(self._jobs_device)
+            self.driver.cuMemFree(self._jobs_device)
             self._jobs_device = 0
         if self._module is not None:
-            self._driver.cuModuleUnload(self._module)
+            self.driver.cuModuleUnload(self._module)
             self._module = None
-            dev = _check(self._driver.cuCtxGetDevice(), "cuCtxGetDevice", CudaUnavailableError)
-            self._driver.cuDevicePrimaryCtxRelease(dev)
+            dev = check_cuda(self.driver.cuCtxGetDevice(), "cuCtxGetDevice", CudaUnavailableError)
+            self.driver.cuDevicePrimaryCtxRelease(dev)

@@ -18,6 +18,7 @@ from typing import Any, Union
 import numpy as np
 
 from .backends import BackendChoice, select_backend
+from .cuda_kernels import CudaUnavailableError, KernelBuildError
 from .errors import DfdError
 from .face_detection import (
     DEFAULT_MIN_FACE_PX,
@@ -26,18 +27,23 @@ from .face_detection import (
     FaceLocator,
     onnxruntime_detector,
 )
+from .gpu_pipeline import FusedInput, FusedResult, GpuPipeline
 from .images import DecodedImage, decode_image
 from .manifest import STREAM_ORDER, Manifest, StreamEntry, load_manifest
 from .mtcnn import MtcnnDetector, onnxruntime_mtcnn
 from .preprocess import (
+    LOSSY_SUFFIXES,
+    center_crop_notes,
     crop_face,
     face_is_too_small,
+    face_window,
     preprocess_face,
     preprocess_fusion,
     preprocess_global,
     reencode_like_reference_face_file,
+    resize_fusion_notes,
 )
-from .vote import discretised_vote, softmax_fake_probability
+from .vote import VoteError, discretised_vote, one_decimal, softmax_fake_probability
 
 ImageInput = Union[str, os.PathLike, np.ndarray]
 Box = Sequence[float]
@@ -68,33 +74,37 @@ class Detection:
 
 @dataclass
 class PreparedImage:
-    """One decoded image: its (not yet scored) Detection and its float32 CHW stream tensors."""
+    """One decoded image: its (not yet scored) Detection and what its streams take, either as
+    float32 CHW tensors (host preprocessing) or as uint8 images for the fused GPU path."""
 
     detection: Detection
     tensors: dict[str, np.ndarray]
+    fused: FusedInput | None = None
 
 
 def _label(source: ImageInput, index: int) -> str:
     return f"<array {index}>" if isinstance(source, np.ndarray) else os.fspath(source)
 
 
-def _crop_or_original(rgb: np.ndarray, box: Box, detection: Detection) -> np.ndarray:
-    """The reference's rule for a face box: its crop, or the original image when the box covers
-    under 1/9 of it; records which in ``detection``."""
+def _usable_box(rgb: np.ndarray, box: Box, detection: Detection) -> Box | None:
+    """The reference's rule for a face box: the box to crop, or None (the original image) when it
+    covers under 1/9 of the image; records which in ``detection``."""
     if face_is_too_small(box, rgb.shape[:2]):
         detection.face["used"] = "original image"
         detection.notes.append("face stream: the face covers under 1/9 of the image, "
                                "the original image is used (reference rule)")
-        return rgb
+        return None
+    face_window(box)  # a box too small to crop is an error on either path
     detection.face["used"] = "crop"
-    return crop_face(rgb, box)
+    return box
 
 
 class Detector:
     """An opened engine set. Create with ``Detector.open``."""
 
     def __init__(self, manifest: Manifest, choice: BackendChoice, batch_size: int = DEFAULT_BATCH_SIZE,
-                 face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX) -> None:
+                 face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX,
+                 gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None) -> None:
         if batch_size < 1:
             raise DfdError(f"batch size must be at least 1, got {batch_size}")
         self.manifest = manifest
@@ -107,7 +117,31 @@ class Detector:
         self._mean, self._std = tuple(prep["mean"]), tuple(prep["std"])
         self._sizes = {s: manifest.streams[s].input_size for s in self.streams}
         self.face_locator = self._open_face_locator(face_min_px) if face_detection else None
+        self.fused: GpuPipeline | None = None
+        self.preprocessing = "host (NumPy/OpenCV)"
+        if gpu_preprocessing:
+            self._open_fused_path(cuda_graph_batch)
+        elif cuda_graph_batch:
+            raise DfdError("a CUDA graph needs the fused GPU path, which host preprocessing "
+                           "(--host-preprocessing, gpu_preprocessing=False) turns off")
         self._pool = ThreadPoolExecutor(max_workers=len(self.streams), thread_name_prefix="dfd-stream")
+
+    def _open_fused_path(self, cuda_graph_batch: int | None) -> None:
+        """Use the backend's fused GPU path (preprocessing and vote kernels) when it has one."""
+        make = getattr(self.backend, "fused_pipeline", None)
+        if make is None:
+            if cuda_graph_batch:
+                raise DfdError(f"a CUDA graph needs the tensorrt backend; this detector runs on {self.backend.name}")
+            return
+        try:
+            self.fused = make(self.vote_weights, self.manifest.preprocessing, self._sizes, cuda_graph_batch)
+        except (DfdError, KernelBuildError, CudaUnavailableError) as exc:
+            if cuda_graph_batch:
+                raise DfdError(f"a CUDA graph needs the fused GPU path, which is unavailable: {exc}") from exc
+            self.preprocessing = f"host (NumPy/OpenCV); the fused GPU path is unavailable: {exc}"
+            return
+        self.preprocessing = "fused CUDA kernels (preprocessing and vote)" + (
+            f", CUDA graph for batches of {cuda_graph_batch}" if cuda_graph_batch else "")
 
     def _open_face_locator(self, min_face_px: float | None) -> FaceLocator | None:
         entry = self.manifest.face_detector
@@ -135,7 +169,8 @@ class Detector:
         return onnxruntime_mtcnn(*paths, providers=providers, thresholds=tuple(thresholds))
     @classmethod
     def open(cls, engine_dir: str | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
-             face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX) -> "Detector":
+             face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX,
+             gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None) -> "Detector":
         """Verify the engine set (sha256 of every file) and open it on ``backend``.
 
         ``face_detection``: locate faces with the set's packaged detector when an image comes
@@ -143,13 +178,22 @@ class Detector:
         ``face_min_px``: the smallest face (image pixels) the locator looks for; on images too large
         for BlazeFace's 192-pixel letterbox to see it, the set's MTCNN looks for faces from this
         size up (None: the letterbox pass only, faster, misses small faces).
+        ``gpu_preprocessing``: on the tensorrt backend, preprocess and vote with the fused CUDA
+        kernels (False: NumPy/OpenCV on the host, the ONNX Runtime path's code).
+        ``cuda_graph_batch``: replay a CUDA graph of preprocessing -> engines -> vote for batches
+        of exactly this size (tensorrt backend with the fused path only).
         """
         manifest = load_manifest(Path(engine_dir))
-        return cls(manifest, select_backend(backend, manifest), batch_size, face_detection, face_min_px)
+        return cls(manifest, select_backend(backend, manifest), batch_size, face_detection, face_min_px,
+                   gpu_preprocessing, cuda_graph_batch)
 
     def close(self) -> None:
-        """Release the worker threads; the backend's sessions go with the Detector."""
+        """Release the worker threads and the fused path's buffers; the backend's sessions go with
+        the Detector."""
         self._pool.shutdown(wait=True)
+        if self.fused is not None:
+            self.fused.close()
+            self.fused = None
 
     def __enter__(self) -> "Detector":
         return self
@@ -197,51 +241,84 @@ class Detector:
 
     def prepare(self, source: ImageInput, label: str, face_crop: ImageInput | None = None,
                 face_box: Box | None = None) -> "PreparedImage":
-        """Decode one image and build its normalised stream tensors (what ``detect`` feeds the
-        backend); errors land in ``.detection.error``. Public for tools that compare backends
-        on identical inputs (``dfd-export verify``, benchmarks)."""
+        """Decode one image and decide what each stream sees; on the host path also build the
+        normalised stream tensors (what ``detect`` feeds the backend). Errors land in
+        ``.detection.error``. Public for tools that compare backends on identical inputs
+        (``dfd-export verify``, benchmarks)."""
         detection = Detection(image=label)
         try:
             decoded = decode_image(source)
             detection.notes.extend(decoded.notes)
-            face_rgb = self._face_image(decoded, face_crop, face_box, detection)
-            if face_crop is None and not isinstance(source, np.ndarray):
-                face_rgb, notes = reencode_like_reference_face_file(face_rgb, Path(source).suffix)
+            face_rgb, box = self._face_input(decoded, face_crop, face_box, detection)
+            suffix = "" if isinstance(source, np.ndarray) else Path(source).suffix
+            if face_crop is None and suffix.lower() in LOSSY_SUFFIXES:
+                face_rgb, notes = reencode_like_reference_face_file(
+                    self._face_image(decoded.rgb, face_rgb, box), suffix)
                 detection.notes.extend(notes)
-            tensors = {}
-            for stream in self.streams:
-                rgb = face_rgb if stream == "face" else decoded.rgb
-                prepared = self._preprocess(stream, rgb)
-                detection.notes.extend(f"{stream} stream: {note}" for note in prepared.notes)
-                tensors[stream] = prepared.tensor
+                box = None
+            if self.fused is not None:
+                prepared = self._fused_input(decoded.rgb, face_rgb, box, detection)
+            else:
+                prepared = self._host_tensors(self._face_image(decoded.rgb, face_rgb, box), decoded.rgb,
+                                              detection)
         except (DfdError, ValueError) as exc:  # ImageError/PreprocessError are ValueErrors
             detection.error = str(exc)
             detection.notes.clear()
             return PreparedImage(detection, {})
+        return prepared
+
+    @staticmethod
+    def _face_image(rgb: np.ndarray, face_rgb: np.ndarray | None, box: Box | None) -> np.ndarray:
+        """The face stream's image on the host: its own image, the crop of ``box``, or ``rgb``."""
+        if face_rgb is not None:
+            return face_rgb
+        return crop_face(rgb, box) if box is not None else rgb
+
+    def _host_tensors(self, face_rgb: np.ndarray, rgb: np.ndarray, detection: Detection) -> PreparedImage:
+        tensors = {}
+        for stream in self.streams:
+            prepared = self._preprocess(stream, face_rgb if stream == "face" else rgb)
+            detection.notes.extend(f"{stream} stream: {note}" for note in prepared.notes)
+            tensors[stream] = prepared.tensor
         return PreparedImage(detection, tensors)
 
-    def _face_image(self, decoded: DecodedImage, face_crop: ImageInput | None, face_box: Box | None,
-                    detection: Detection) -> np.ndarray:
+    def _fused_input(self, rgb: np.ndarray, face_rgb: np.ndarray | None, box: Box | None,
+                     detection: Detection) -> PreparedImage:
+        """The fused path's input, with the notes the host preprocessing would have written."""
+        height, width = rgb.shape[:2]
+        face_shape = face_rgb.shape[:2] if face_rgb is not None else (256, 256) if box is not None else (height, width)
+        notes = {"global": center_crop_notes(height, width, self._sizes["global"]),
+                 "face": center_crop_notes(*face_shape, self._sizes["face"]),
+                 "fusion": resize_fusion_notes(height, width, self._sizes["fusion"])}
+        for stream in self.streams:
+            detection.notes.extend(f"{stream} stream: {note}" for note in notes[stream])
+        box = tuple(float(v) for v in box) if box is not None else None
+        return PreparedImage(detection, {}, FusedInput(rgb, box, face_rgb))
+
+    def _face_input(self, decoded: DecodedImage, face_crop: ImageInput | None, face_box: Box | None,
+                    detection: Detection) -> tuple[np.ndarray | None, Box | None]:
+        """The face stream's input as (an image of its own, a box to crop on the original); both
+        None means the original image (the reference's no-face rule)."""
         if face_crop is not None and face_box is not None:
             raise DfdError("give a face crop or a face box for an image, not both")
         if face_crop is not None:
             crop = decode_image(face_crop)
             detection.notes.extend(f"face crop: {note}" for note in crop.notes)
             detection.face = {"source": "face-crop", "file": _label(face_crop, 0)}
-            return crop.rgb
+            return crop.rgb, None
         if face_box is not None:
             detection.face = {"source": "box", "box": [float(v) for v in face_box]}
-            return _crop_or_original(decoded.rgb, detection.face["box"], detection)
+            return None, _usable_box(decoded.rgb, detection.face["box"], detection)
         if self.face_locator is None:
             detection.notes.append(NO_FACE_NOTE)
-            return decoded.rgb
+            return None, None
         found = self.face_locator.locate(decoded.rgb)
         if found is None:
             detection.notes.append("face stream: no face found, the original image is used (reference rule)")
-            return decoded.rgb
+            return None, None
         detection.face = {"source": "detector", "box": [round(v, 2) for v in found.box],
                           "score": round(found.score, 4), "strategy": found.strategy, "count": found.count}
-        return _crop_or_original(decoded.rgb, found.box, detection)
+        return None, _usable_box(decoded.rgb, found.box, detection)
 
     def _preprocess(self, stream: str, rgb: np.ndarray):
         size = self._sizes[stream]
@@ -253,6 +330,9 @@ class Detector:
 
     def _score(self, prepared: list[PreparedImage]) -> None:
         if not prepared:
+            return
+        if self.fused is not None:
+            self._record_fused(prepared, self.fused.run([p.fused for p in prepared]))
             return
         batches = {stream: np.stack([p.tensors[stream] for p in prepared]) for stream in self.streams}
         if getattr(self.backend, "concurrent_streams", False):
@@ -268,11 +348,35 @@ class Detector:
                             f"not the reference's three")
         for row, item in enumerate(prepared):
             probs = {s: float(probabilities[s][row]) for s in self.streams}
-            vote = discretised_vote(probs, self.vote_weights)
             detection = item.detection
+            try:
+                vote = discretised_vote(probs, self.vote_weights)
+            except VoteError:
+                _refuse_non_finite(detection, probs)
+                continue
             detection.streams = probs
             detection.rounded_streams = vote.rounded_streams
             detection.score = vote.score
             detection.raw_score = vote.raw_mean
             if partial_note:
                 detection.notes.append(partial_note)
+
+    def _record_fused(self, prepared: list[PreparedImage], result: FusedResult) -> None:
+        """The vote kernel's outputs into the Detections (the same fields as the host path)."""
+        for row, item in enumerate(prepared):
+            probs = {s: float(result.probabilities[row, i]) for i, s in enumerate(STREAM_ORDER)}
+            detection = item.detection
+            if not all(0.0 <= p <= 1.0 for p in probs.values()):  # NaN fails both comparisons
+                _refuse_non_finite(detection, probs)
+                continue
+            detection.streams = probs
+            detection.rounded_streams = {s: one_decimal(p) for s, p in probs.items()}
+            detection.score = float(result.score[row])
+            detection.raw_score = float(result.raw_mean[row])
+
+
+def _refuse_non_finite(detection: Detection, probs: dict[str, float]) -> None:
+    """A stream produced NaN/inf logits for this image (e.g. an fp16 overflow): no score, not a
+    made-up one; the other images of the batch are unaffected."""
+    bad = ", ".join(s for s, p in probs.items() if not 0.0 <= p <= 1.0)
+    detection.error = f"the {bad} stream produced a non-finite probability; no score for this image"

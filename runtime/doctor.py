@@ -52,14 +52,14 @@ def _cuda() -> dict[str, Any]:
     report: dict[str, Any] = {"driver_version": None, "runtime_version": None, "error": None}
     errors = []
     try:
-        driver = cuda_kernels._driver()
-        report["driver_version"] = _version(cuda_kernels._check(driver.cuDriverGetVersion(),
+        driver = cuda_kernels.cuda_driver()
+        report["driver_version"] = _version(cuda_kernels.check_cuda(driver.cuDriverGetVersion(),
                                                                 "cuDriverGetVersion"))
     except Exception as exc:  # report, never raise: this is a diagnostic
         errors.append(f"driver: {exc}")
     try:
         from cuda.bindings import runtime
-        report["runtime_version"] = _version(cuda_kernels._check(runtime.cudaRuntimeGetVersion(),
+        report["runtime_version"] = _version(cuda_kernels.check_cuda(runtime.cudaRuntimeGetVersion(),
                                                                  "cudaRuntimeGetVersion"))
     except Exception as exc:
         errors.append(f"runtime: {exc}")
@@ -70,12 +70,12 @@ def _cuda() -> dict[str, Any]:
 def _gpu() -> dict[str, Any]:
     try:
         info = cuda_kernels.gpu_info(0)
-        driver = cuda_kernels._driver()
-        dev = cuda_kernels._check(driver.cuDeviceGet(0), "cuDeviceGet")
-        context = cuda_kernels._check(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+        driver = cuda_kernels.cuda_driver()
+        dev = cuda_kernels.check_cuda(driver.cuDeviceGet(0), "cuDeviceGet")
+        context = cuda_kernels.check_cuda(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
         try:
-            cuda_kernels._check(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
-            free, total = cuda_kernels._check(driver.cuMemGetInfo(), "cuMemGetInfo")
+            cuda_kernels.check_cuda(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+            free, total = cuda_kernels.check_cuda(driver.cuMemGetInfo(), "cuMemGetInfo")
         finally:
             driver.cuDevicePrimaryCtxRelease(dev)
     except Exception as exc:

@@ -56,6 +56,29 @@ def normalise(rgb: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
     return np.ascontiguousarray(normalised.transpose(2, 0, 1))
 
 
+def _upscaled_for_crop(height: int, width: int, size: int) -> tuple[int, int] | None:
+    """(height, width) an image smaller than ``size`` on a side is upscaled to before its center
+    crop (short side ``size``, aspect ratio kept, Python round), or None when it is large enough."""
+    if height >= size and width >= size:
+        return None
+    if height <= width:
+        return size, round(width * size / height)
+    return round(height * size / width), size
+
+
+def center_crop_notes(height: int, width: int, size: int = 252) -> tuple[str, ...]:
+    """The note `center_crop` returns for an image of this size (the GPU path, which crops on the
+    device, reports the same)."""
+    upscaled = _upscaled_for_crop(height, width, size)
+    if upscaled is None:
+        return ()
+    new_height, new_width = upscaled
+    return (f"image {height}x{width} (HxW) is smaller than {size} on a side: upscaled to "
+            f"{new_height}x{new_width} with bicubic interpolation (aspect ratio kept) before "
+            f"the {size}x{size} center crop; the reference would have substituted another "
+            f"image's prediction",)
+
+
 def center_crop(rgb: np.ndarray, size: int) -> tuple[np.ndarray, tuple[str, ...]]:
     """The reference's zero-interpolation center crop: rows top..top+size, columns left..left+size.
 
@@ -68,18 +91,11 @@ def center_crop(rgb: np.ndarray, size: int) -> tuple[np.ndarray, tuple[str, ...]
     """
     _require_rgb(rgb)
     height, width = rgb.shape[:2]
-    notes: tuple[str, ...] = ()
-    if height < size or width < size:
-        if height <= width:
-            new_height, new_width = size, round(width * size / height)
-        else:
-            new_height, new_width = round(height * size / width), size
-        rgb = cv2.resize(rgb, (new_width, new_height), interpolation=cv2.INTER_CUBIC)
-        notes = (f"image {height}x{width} (HxW) is smaller than {size} on a side: upscaled to "
-                 f"{new_height}x{new_width} with bicubic interpolation (aspect ratio kept) before "
-                 f"the {size}x{size} center crop; the reference would have substituted another "
-                 f"image's prediction",)
-        height, width = new_height, new_width
+    notes = center_crop_notes(height, width, size)
+    upscaled = _upscaled_for_crop(height, width, size)
+    if upscaled is not None:
+        height, width = upscaled
+        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC)
     top = (height - size) // 2
     left = (width - size) // 2
     return np.ascontiguousarray(rgb[top:top + size, left:left + size]), notes
@@ -90,6 +106,17 @@ def preprocess_global(rgb: np.ndarray, size: int = 252, mean: Sequence[float] = 
     """Global stream: the `size` center crop of the original image (see `center_crop`), normalised."""
     cropped, notes = center_crop(rgb, size)
     return StreamInput(normalise(cropped, mean, std), notes)
+
+
+def resize_fusion_notes(height: int, width: int, size: int = 224) -> tuple[str, ...]:
+    """The note `resize_fusion` returns for an image of this size (the reference's quirk of an
+    image exactly `size` high and not `size` wide)."""
+    if height != size or width == size:
+        return ()
+    shrinks = width > size
+    return (f"image is exactly {size} high but {width} wide: resized to {size}x{size} with "
+            f"{'area' if shrinks else 'bicubic'} interpolation (the reference would not resize it "
+            f"and its batch would fail)",)
 
 
 def resize_fusion(rgb: np.ndarray, size: int = 224) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -109,12 +136,9 @@ def resize_fusion(rgb: np.ndarray, size: int = 224) -> tuple[np.ndarray, tuple[s
         return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_CUBIC), ()
     if width == size:
         return rgb, ()
-    shrinks = width > size
-    interpolation = cv2.INTER_AREA if shrinks else cv2.INTER_CUBIC
-    note = (f"image is exactly {size} high but {width} wide: resized to {size}x{size} with "
-            f"{'area' if shrinks else 'bicubic'} interpolation (the reference would not resize it "
-            f"and its batch would fail)")
-    return cv2.resize(rgb, (size, size), interpolation=interpolation), (note,)
+    interpolation = cv2.INTER_AREA if width > size else cv2.INTER_CUBIC
+    return (cv2.resize(rgb, (size, size), interpolation=interpolation),
+            resize_fusion_notes(height, width, size))
 
 
 def preprocess_fusion(rgb: np.ndarray, size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
@@ -135,6 +159,23 @@ def _box_corners(box: Sequence[float]) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
+def face_window(box: Sequence[float], margin: float = 1.3) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the reference's square face window (see `crop_face`);
+    PreprocessError when the window has no area."""
+    x1, y1, x2, y2 = _box_corners(box)
+    box_w = x2 - x1
+    box_h = y2 - y1
+    cx = x1 + box_w / 2
+    cy = y1 + box_h / 2
+    side = max(box_w, box_h) * margin
+    left, top = int(cx - side / 2), int(cy - side / 2)
+    right, bottom = int(cx + side / 2), int(cy + side / 2)
+    if right <= left or bottom <= top:
+        raise PreprocessError(f"face box {tuple(box)} is too small to crop: the {margin} margin "
+                              f"window is {right - left}x{bottom - top} pixels")
+    return left, top, right, bottom
+
+
 def crop_face(rgb: np.ndarray, box: Sequence[float], *, margin: float = 1.3,
               out_size: int = 256) -> np.ndarray:
     """The reference's face crop (`crop_face_with_margin`): square around the box, black padding.
@@ -150,17 +191,7 @@ def crop_face(rgb: np.ndarray, box: Sequence[float], *, margin: float = 1.3,
     its detector may have seen.
     """
     _require_rgb(rgb)
-    x1, y1, x2, y2 = _box_corners(box)
-    box_w = x2 - x1
-    box_h = y2 - y1
-    cx = x1 + box_w / 2
-    cy = y1 + box_h / 2
-    side = max(box_w, box_h) * margin
-    left, top = int(cx - side / 2), int(cy - side / 2)
-    right, bottom = int(cx + side / 2), int(cy + side / 2)
-    if right <= left or bottom <= top:
-        raise PreprocessError(f"face box {tuple(box)} is too small to crop: the {margin} margin "
-                              f"window is {right - left}x{bottom - top} pixels")
+    left, top, right, bottom = face_window(box, margin)
     img_h, img_w = rgb.shape[:2]
     window = np.zeros((bottom - top, right - left, 3), dtype=np.uint8)
     src_top, src_bottom = max(top, 0), min(bottom, img_h)

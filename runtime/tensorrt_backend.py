@@ -13,6 +13,8 @@ Design: one execution context, one CUDA stream, device buffers sized for the pro
 batch and pinned host staging per engine, all allocated once; ``run`` takes a per-engine lock
 (an execution context is not re-entrant), so threads that call different streams overlap; a
 thread that wants its own contexts over the shared engines calls ``clone()``.
+``fused_pipeline`` hands the same engine slots to the fused GPU path (gpu_pipeline.py): the
+preprocessing kernel writes their input tensors in place and the vote kernel reads their logits.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from .errors import DfdError
-from .manifest import EngineSetError, Manifest
+from .manifest import STREAM_ORDER, EngineSetError, Manifest
+
+if TYPE_CHECKING:
+    from .gpu_pipeline import GpuPipeline
 
 
 TENSORRT_INSTALL_HINT = ("TensorRT is not installed: on Jetson it ships with JetPack (apt install "
@@ -77,12 +82,16 @@ def _check(result: tuple, what: str) -> Any:
 
 
 class _EngineSlot:
-    """One engine's execution context, CUDA stream and buffers, allocated once."""
+    """One engine's execution context, CUDA stream and buffers, allocated once.
+
+    Serves both paths: ``run`` (host tensors in, host logits out, through pinned staging) and the
+    fused GPU pipeline, which writes ``input_address`` and reads ``output_address`` on the device
+    and calls ``enqueue`` (the ``PipelineEngine`` interface of gpu_pipeline.py)."""
 
     def __init__(self, trt, cudart, engine) -> None:
         self.engine, self._cudart = engine, cudart
         self.context = engine.create_execution_context()
-        self.stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.stream = int(_check(cudart.cudaStreamCreate(), "cudaStreamCreate"))
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -91,6 +100,7 @@ class _EngineSlot:
         self.input, self.outputs = inputs[0], outputs
         _, _, max_shape = engine.get_tensor_profile_shape(self.input, 0)
         self.max_batch = int(max_shape[0])
+        self._input_shape = tuple(int(v) for v in engine.get_tensor_shape(self.input))[1:]
         self.lock = threading.Lock()
         self.buffers: dict[str, tuple[int, np.ndarray]] = {}
         for name in names:
@@ -103,6 +113,15 @@ class _EngineSlot:
             host = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_byte * nbytes).from_address(int(host_ptr)))
             self.buffers[name] = (int(device), host.view(dtype).reshape(shape))
             self.context.set_tensor_address(name, int(device))
+        self.input_address, self.input_dtype = self.buffers[self.input][0], self.buffers[self.input][1].dtype
+        self.output_address, self.output_dtype = (self.buffers[self.outputs[0]][0],
+                                                  self.buffers[self.outputs[0]][1].dtype)
+
+    def enqueue(self, batch: int) -> None:
+        """Queue inference of the first ``batch`` rows of the device input on this slot's stream."""
+        self.context.set_input_shape(self.input, (batch, *self._input_shape))
+        if not self.context.execute_async_v3(self.stream):
+            raise DfdError("TensorRT execute_async_v3 failed")
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         cudart = self._cudart
@@ -116,9 +135,7 @@ class _EngineSlot:
                 device_in, host_in = self.buffers[self.input]
                 host_in[:n] = chunk
                 _check(cudart.cudaMemcpyAsync(device_in, host_in.ctypes.data, host_in[:n].nbytes, kind_h2d, self.stream), "H2D copy")
-                self.context.set_input_shape(self.input, (n, *chunk.shape[1:]))
-                if not self.context.execute_async_v3(self.stream):
-                    raise DfdError("TensorRT execute_async_v3 failed")
+                self.enqueue(n)
                 device_out, host_out = self.buffers[self.outputs[0]]
                 _check(cudart.cudaMemcpyAsync(host_out.ctypes.data, device_out, host_out[:n].nbytes, kind_d2h, self.stream), "D2H copy")
                 _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
@@ -160,3 +177,18 @@ class TensorRTBackend:
 
     def run(self, stream: str, pixels: np.ndarray) -> np.ndarray:
         return self._slots[stream].run(np.ascontiguousarray(pixels, dtype=np.float32))
+
+    def fused_pipeline(self, weights: Mapping[str, float], preprocessing: Mapping[str, Any],
+                       input_sizes: Mapping[str, int], capture_batch: int | None = None) -> "GpuPipeline":
+        """The fused GPU path over this backend's stream engines: preprocessing kernel -> engines ->
+        vote kernel, on the device (gpu_pipeline.py). Raises FusedPathError, KernelBuildError or
+        CudaUnavailableError, saying why, when it cannot run here."""
+        from .cuda_device import CudaPipelineDevice
+        from .cuda_kernels import CudaKernels
+        from .gpu_pipeline import FusedPathError, GpuPipeline, fused_path_problem
+
+        engines = {name: slot for name, slot in self._slots.items() if name in STREAM_ORDER}
+        problem = fused_path_problem(engines, preprocessing, input_sizes)
+        if problem:
+            raise FusedPathError(problem)
+        return GpuPipeline(CudaPipelineDevice(CudaKernels(0)), engines, weights, capture_batch)

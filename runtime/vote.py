@@ -73,6 +73,11 @@ def _as_float32_probabilities(values: np.ndarray, what: str) -> np.ndarray:
     return probabilities
 
 
+def one_decimal(probability: float) -> float:
+    """A stream's P(fake) as the reference wrote it: ``float(f"{p:.1f}")`` of the float32 value."""
+    return float(f"{float(np.float32(probability)):.1f}")
+
+
 def discretised_vote(probs: Mapping[str, float],
                      weights: Mapping[str, float] = DEFAULT_VOTE_WEIGHTS) -> Vote:
     """The reference vote for one image, computed the way the reference computes it.
@@ -89,7 +94,7 @@ def discretised_vote(probs: Mapping[str, float],
                         f"{sorted(order)}")
     probabilities = _as_float32_probabilities([probs[name] for name in order],
                                               "stream probabilities")
-    rounded = [float(f"{float(p):.1f}") for p in probabilities]
+    rounded = [one_decimal(p) for p in probabilities]
     mean = np.average(np.array(rounded, dtype=np.float64)[:, None], axis=0,
                       weights=weight_values)
     score = float(f"{float(np.round(mean, 1)[0]):.1f}")

@@ -475,14 +475,20 @@ DFD_HD unsigned short float_to_half_bits(float f) {
 // ---- one output pixel of one stream, written in CHW ------------------------------------------
 enum Stream { kGlobal = 0, kFace = 1, kFusionStream = 2 };
 
-// What the fused kernel needs per image. Face box: x2 <= x1 means "no usable face".
+// What the fused kernel needs per image. The face stream's input, first match wins:
+//   face.data != nullptr -> a face image of its own (a user's face crop, or the crop re-encoded the
+//                           way the reference's crop files are), whose 252 center crop is taken;
+//   x2 > x1 and y2 > y1  -> the face box on `image`: square window with margin, INTER_AREA to 256;
+//   otherwise            -> `image` itself (the reference's no-face rule).
 struct Job {
     Image image;
+    Image face;
     double face_x1, face_y1, face_x2, face_y2;
     double face_margin;
 };
 
 DFD_HD Window job_face_window(const Job& job) {
+    if (job.face.data != nullptr) return Window{job.face, 0, 0, 0, 0};
     if (!(job.face_x2 > job.face_x1) || !(job.face_y2 > job.face_y1))
         return Window{job.image, 0, 0, 0, 0};
     return face_window(job.image, job.face_x1, job.face_y1, job.face_x2, job.face_y2, job.face_margin);
@@ -500,6 +506,38 @@ DFD_HD void stream_pixel(const Job& job, int stream, int x, int y, float out[3])
     else
         fusion_pixel(job.image, x, y, v);
     for (int c = 0; c < 3; ++c) out[c] = normalise(v[c], c);
+}
+
+// ---- the fused kernel's work decomposition ---------------------------------------------------
+// Task t of a batch is one output pixel (all three channels) of one stream of one image; an
+// image's tasks are laid out global (252x252), face (252x252), fusion (224x224), so neighbouring
+// tasks write neighbouring addresses of the same CHW plane.
+constexpr long long kCropPixels = (long long)kCrop * kCrop;
+constexpr long long kFusionPixels = (long long)kFusion * kFusion;
+constexpr long long kTasksPerImage = 2 * kCropPixels + kFusionPixels;
+
+// Runs task `t` (0 <= t < batch * kTasksPerImage): store(stream, index into that stream's
+// [N,3,side,side] tensor, value) three times.
+template <typename Store>
+DFD_HD void preprocess_task(const Job* jobs, long long t, Store store) {
+    const int n = (int)(t / kTasksPerImage);
+    long long r = t % kTasksPerImage;
+    int stream = kGlobal;
+    if (r >= kCropPixels) {
+        r -= kCropPixels;
+        stream = kFace;
+        if (r >= kCropPixels) {
+            r -= kCropPixels;
+            stream = kFusionStream;
+        }
+    }
+    const int side = stream_side(stream);
+    const int y = (int)(r / side), x = (int)(r % side);
+    float v[3];
+    stream_pixel(jobs[n], stream, x, y, v);
+    const long long plane = (long long)side * side;
+    const long long base = (long long)n * 3 * plane + (long long)y * side + x;
+    for (int c = 0; c < 3; ++c) store(stream, base + c * plane, v[c]);
 }
 
 }  // namespace dfd

@@ -1,5 +1,5 @@
 // Softmax of the three streams' logits and the discretised vote, one thread per image.
-// The math is in vote.cuh, which the test suite also compiles for the host.
+// The math is in vote.cuh (dfd::vote_image), which the test suite also compiles for the host.
 #include "vote.cuh"
 
 // logits: three [N,2] float32 arrays (global, face, fusion); weights: three doubles.
@@ -11,13 +11,7 @@ extern "C" __global__ void dfd_vote(const float* logits_global, const float* log
                                     double* mean) {
     const int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= batch) return;
-    const float* logits[dfd::kStreams] = {logits_global, logits_face, logits_fusion};
+    const float* const logits[dfd::kStreams] = {logits_global, logits_face, logits_fusion};
     const double weights[dfd::kStreams] = {w_global, w_face, w_fusion};
-    float p[dfd::kStreams];
-    for (int s = 0; s < dfd::kStreams; ++s) {
-        p[s] = dfd::softmax_fake(logits[s][2 * n], logits[s][2 * n + 1]);
-        probs[dfd::kStreams * n + s] = p[s];
-    }
-    score[n] = dfd::discretised_vote(p, weights);
-    mean[n] = dfd::weighted_mean(p, weights);
+    dfd::vote_image(logits, weights, n, probs, score, mean);
 }

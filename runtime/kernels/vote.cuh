@@ -54,4 +54,17 @@ DFD_HD double weighted_mean(const float probs[kStreams], const double weights[kS
     return ddiv(num, den);
 }
 
+// The vote kernel's work for image n: softmax of each stream's logits [N,2], then the outputs
+// probs [N,3] float32, score [N] and mean [N] float64.
+DFD_HD void vote_image(const float* const logits[kStreams], const double weights[kStreams], int n,
+                       float* probs, double* score, double* mean) {
+    float p[kStreams];
+    for (int s = 0; s < kStreams; ++s) {
+        p[s] = softmax_fake(logits[s][2 * n], logits[s][2 * n + 1]);
+        probs[kStreams * n + s] = p[s];
+    }
+    score[n] = discretised_vote(p, weights);
+    mean[n] = weighted_mean(p, weights);
+}
+
 }  // namespace dfd

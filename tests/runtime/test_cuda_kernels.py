@@ -9,19 +9,14 @@ runtime/preprocess.py and runtime/vote.py.
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from dfd.runtime import cuda_kernels, preprocess, vote
+from host_gpu import load_kernel_host
 
-ROOT = Path(__file__).resolve().parents[2]
-KERNELS = ROOT / "runtime" / "kernels"
-HOST_SOURCE = Path(__file__).parent / "kernel_host" / "kernel_host.cpp"
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 U8P = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
@@ -31,13 +26,9 @@ I, LL, D = ctypes.c_int, ctypes.c_longlong, ctypes.c_double
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     """The kernels' header math compiled for this CPU as a shared library."""
-    compiler = shutil.which("g++")
-    if compiler is None:
+    lib = load_kernel_host(tmp_path_factory.mktemp("kernel_host"))
+    if lib is None:
         pytest.skip("g++ is needed to compile the kernels' math for the host")
-    library = tmp_path_factory.mktemp("kernel_host") / "kernel_host.so"
-    subprocess.run([compiler, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC",
-                    f"-I{KERNELS}", str(HOST_SOURCE), "-o", str(library)], check=True)
-    lib = ctypes.CDLL(str(library))
     image_args = [ctypes.c_void_p, LL, I, I, I]
     lib.host_resize.argtypes = image_args + [I, I, I, U8P]
     lib.host_stream_u8.argtypes = image_args + [I, D, D, D, D, D, U8P]
@@ -109,7 +100,7 @@ def test_unknown_architecture_is_a_clear_error():
 
 
 def test_job_layout_matches_the_compiled_struct(host):
-    layout = np.zeros(11, np.int64)
+    layout = np.zeros(16, np.int64)
     host.host_job_layout(layout)
     dtype = cuda_kernels.JOB_DTYPE
     assert layout[0] == dtype.itemsize
@@ -213,6 +204,70 @@ def test_streams_equal_reference_preprocessing(host, h, w):
         np.testing.assert_array_equal(normalised, preprocess.normalise(got))
         reference = ((got.astype(np.float32) / np.float32(255) - MEAN) / STD).transpose(2, 0, 1)
         np.testing.assert_array_equal(normalised, reference)
+
+
+def _run_fused(host, jobs: np.ndarray, half: bool = False) -> list[np.ndarray]:
+    """The fused kernel's task loop on the host: global, face, fusion [N,3,side,side]."""
+    dtype = np.float16 if half else np.float32
+    outs = [np.full((len(jobs), 3, side, side), np.nan, dtype) for side in (252, 252, 224)]
+    host.host_preprocess(jobs.ctypes.data, len(jobs), int(half), *[o.ctypes.data for o in outs])
+    return outs
+
+
+def test_fused_kernel_writes_every_stream_of_a_batch(host):
+    """The kernel's work decomposition (preprocess_task) over a batch packed by make_jobs: each
+    image's three tensors equal runtime/preprocess.py, whichever face input the job names."""
+    rng = np.random.default_rng(17)
+    images = [rng.integers(0, 256, (h, w + 3, 3), dtype=np.uint8)[:, :w] for h, w in
+              ((300, 400), (600, 260), (260, 300), (700, 500))]
+    own_face = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)  # e.g. a re-encoded crop
+    small_face = rng.integers(0, 256, (200, 150, 3), dtype=np.uint8)  # a user's face file
+    boxes = [(60.0, 50.0, 200.0, 230.0), None, (10.5, 20.25, 120.0, 140.0), None]
+    faces = [None, None, own_face, small_face]
+    jobs = cuda_kernels.make_jobs([_image_args(img) for img in images], boxes,
+                                  face_images=[None if f is None else _image_args(f) for f in faces])
+    outs = _run_fused(host, jobs)
+    for i, img in enumerate(images):
+        rgb = np.ascontiguousarray(img)
+        if faces[i] is not None:
+            face_rgb = faces[i]
+        else:
+            face_rgb = preprocess.crop_face(rgb, boxes[i]) if boxes[i] else rgb
+        cubic = min(face_rgb.shape[:2]) < 252  # the 150-wide face file is upscaled (IPP caveat)
+        optimized = cv2.useOptimized()
+        try:
+            cv2.setUseOptimized(not cubic)
+            expected = (preprocess.preprocess_global(rgb).tensor, preprocess.preprocess_face(face_rgb).tensor,
+                        preprocess.preprocess_fusion(rgb).tensor)
+        finally:
+            cv2.setUseOptimized(optimized)
+        for name, got, want in zip(("global", "face", "fusion"), outs, expected):
+            np.testing.assert_array_equal(got[i], want, err_msg=f"image {i} {name}")
+    halves = _run_fused(host, jobs, half=True)
+    for got, full in zip(halves, outs):
+        np.testing.assert_array_equal(got, full.astype(np.float16))
+
+
+def test_face_image_of_its_own_needs_a_valid_geometry():
+    with pytest.raises(ValueError, match="face image 0"):
+        cuda_kernels.make_jobs([(1, 30, 10, 10)], [None], face_images=[(2, 10, 10, 10)])
+    with pytest.raises(ValueError, match="2 face images"):
+        cuda_kernels.make_jobs([(1, 30, 10, 10)], [None], face_images=[None, None])
+
+
+def test_vote_kernel_equals_python_vote(host):
+    rng = np.random.default_rng(19)
+    n = 5000
+    logits = [np.ascontiguousarray((rng.standard_normal((n, 2)) * 3).astype(np.float32)) for _ in range(3)]
+    weights = np.array([2.0, 1.0, 2.0])
+    probs, score, mean = np.empty((n, 3), np.float32), np.empty(n), np.empty(n)
+    host.host_vote_kernel(*[v.ctypes.data for v in (*logits, weights)], n,
+                          *[v.ctypes.data for v in (probs, score, mean)])
+    expected = np.stack([vote.softmax_fake_probability(v) for v in logits], 1)
+    np.testing.assert_array_equal(probs, expected)
+    np.testing.assert_array_equal(score, vote.discretised_vote_batch(expected))
+    for i in range(0, n, 250):
+        assert mean[i] == vote.discretised_vote(dict(zip(vote.STREAMS, expected[i].tolist()))).raw_mean
 
 
 def test_bgr_input_gives_the_rgb_result(host):

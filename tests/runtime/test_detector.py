@@ -217,6 +217,9 @@ def test_runtime_never_imports_torch(tiny_engine_set, photographs, tmp_path):
         f"r = Detector.open({str(tiny_engine_set)!r}).detect([{str(image)!r}])\n"
         "assert r[0].ok, r[0].error\n"
         "from dfd.export import cli\n"  # the CLI front end must not pull torch in either
+        "import importlib, pkgutil, dfd.runtime\n"  # nor any runtime module (GPU path included)
+        "for module in pkgutil.iter_modules(dfd.runtime.__path__):\n"
+        "    importlib.import_module('dfd.runtime.' + module.name)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print('ok')\n"
     )

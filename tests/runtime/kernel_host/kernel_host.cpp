@@ -25,7 +25,7 @@ void host_resize(const unsigned char* data, long long pitch, int width, int heig
 // uint8 RGB [side, side, 3] of one stream (0 global, 1 face, 2 fusion), before normalisation.
 void host_stream_u8(const unsigned char* data, long long pitch, int width, int height, int order, int stream,
                     double x1, double y1, double x2, double y2, double margin, unsigned char* out) {
-    const dfd::Job job{image_of(data, pitch, width, height, order), x1, y1, x2, y2, margin};
+    const dfd::Job job{image_of(data, pitch, width, height, order), dfd::Image{}, x1, y1, x2, y2, margin};
     const int side = dfd::stream_side(stream);
     for (int y = 0; y < side; ++y)
         for (int x = 0; x < side; ++x) {
@@ -42,7 +42,7 @@ void host_stream_u8(const unsigned char* data, long long pitch, int width, int h
 // Normalised float32 CHW [3, side, side] of one stream, as the fused kernel writes it.
 void host_stream_f32(const unsigned char* data, long long pitch, int width, int height, int order, int stream,
                      double x1, double y1, double x2, double y2, double margin, float* out) {
-    const dfd::Job job{image_of(data, pitch, width, height, order), x1, y1, x2, y2, margin};
+    const dfd::Job job{image_of(data, pitch, width, height, order), dfd::Image{}, x1, y1, x2, y2, margin};
     const int side = dfd::stream_side(stream);
     const long long plane = (long long)side * side;
     for (int y = 0; y < side; ++y)
@@ -55,17 +55,36 @@ void host_stream_f32(const unsigned char* data, long long pitch, int width, int 
 
 // sizeof(dfd::Job) and its field offsets, to check cuda_kernels.JOB_DTYPE against the compiler.
 void host_job_layout(long long* out) {
+    const size_t image = offsetof(dfd::Job, image), face = offsetof(dfd::Job, face);
+    const size_t fields[] = {offsetof(dfd::Image, data), offsetof(dfd::Image, pitch), offsetof(dfd::Image, width),
+                             offsetof(dfd::Image, height), offsetof(dfd::Image, order)};
     out[0] = sizeof(dfd::Job);
-    out[1] = offsetof(dfd::Job, image) + offsetof(dfd::Image, data);
-    out[2] = offsetof(dfd::Job, image) + offsetof(dfd::Image, pitch);
-    out[3] = offsetof(dfd::Job, image) + offsetof(dfd::Image, width);
-    out[4] = offsetof(dfd::Job, image) + offsetof(dfd::Image, height);
-    out[5] = offsetof(dfd::Job, image) + offsetof(dfd::Image, order);
-    out[6] = offsetof(dfd::Job, face_x1);
-    out[7] = offsetof(dfd::Job, face_y1);
-    out[8] = offsetof(dfd::Job, face_x2);
-    out[9] = offsetof(dfd::Job, face_y2);
-    out[10] = offsetof(dfd::Job, face_margin);
+    for (int i = 0; i < 5; ++i) out[1 + i] = image + fields[i];
+    for (int i = 0; i < 5; ++i) out[6 + i] = face + fields[i];
+    out[11] = offsetof(dfd::Job, face_x1);
+    out[12] = offsetof(dfd::Job, face_y1);
+    out[13] = offsetof(dfd::Job, face_x2);
+    out[14] = offsetof(dfd::Job, face_y2);
+    out[15] = offsetof(dfd::Job, face_margin);
+}
+
+// What dfd_preprocess_f32 / _f16 do, task by task, on the host: the CUDA grid's threads in order.
+void host_preprocess(const dfd::Job* jobs, int batch, int half, void* global, void* face, void* fusion) {
+    void* outputs[3] = {global, face, fusion};
+    for (long long t = 0; t < (long long)batch * dfd::kTasksPerImage; ++t)
+        dfd::preprocess_task(jobs, t, [&](int stream, long long i, float v) {
+            if (half)
+                static_cast<unsigned short*>(outputs[stream])[i] = dfd::float_to_half_bits(v);
+            else
+                static_cast<float*>(outputs[stream])[i] = v;
+        });
+}
+
+// What dfd_vote does on the host, image by image.
+void host_vote_kernel(const float* logits_global, const float* logits_face, const float* logits_fusion,
+                      const double* weights, int batch, float* probs, double* score, double* mean) {
+    const float* const logits[dfd::kStreams] = {logits_global, logits_face, logits_fusion};
+    for (int n = 0; n < batch; ++n) dfd::vote_image(logits, weights, n, probs, score, mean);
 }
 
 void host_float_to_half(const float* in, long long n, unsigned short* out) {
