@@ -30,6 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import DfdError
+
 KERNEL_DIR = Path(__file__).parent / "kernels"
 KERNEL_SOURCES = ("preprocess.cu", "vote.cu")
 KERNEL_HEADERS = ("preprocess.cuh", "vote.cuh")
@@ -60,11 +62,11 @@ JOB_DTYPE = np.dtype(
 DeviceImage = tuple[int, int, int, int]
 
 
-class KernelBuildError(RuntimeError):
+class KernelBuildError(DfdError, RuntimeError):
     """NVRTC is unavailable or rejected the kernels; the message says which and what to install."""
 
 
-class CudaUnavailableError(RuntimeError):
+class CudaUnavailableError(DfdError, RuntimeError):
     """No usable CUDA driver or GPU for launching the kernels; the message says why."""
 
 

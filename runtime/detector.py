@@ -18,7 +18,6 @@ from typing import Any, Union
 import numpy as np
 
 from .backends import BackendChoice, select_backend
-from .cuda_kernels import CudaUnavailableError, KernelBuildError
 from .errors import DfdError
 from .face_detection import (
     DEFAULT_MIN_FACE_PX,
@@ -135,7 +134,7 @@ class Detector:
             return
         try:
             self.fused = make(self.vote_weights, self.manifest.preprocessing, self._sizes, cuda_graph_batch)
-        except (DfdError, KernelBuildError, CudaUnavailableError) as exc:
+        except DfdError as exc:  # no NVRTC or GPU, or engines the kernels cannot feed
             if cuda_graph_batch:
                 raise DfdError(f"a CUDA graph needs the fused GPU path, which is unavailable: {exc}") from exc
             self.preprocessing = f"host (NumPy/OpenCV); the fused GPU path is unavailable: {exc}"

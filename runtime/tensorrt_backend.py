@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from .cuda_kernels import CudaUnavailableError, check_cuda
 from .errors import DfdError
 from .manifest import STREAM_ORDER, EngineSetError, Manifest
 
@@ -75,10 +76,7 @@ def tensorrt_mismatch(recorded: dict[str, Any], local_version: str, local_comput
 
 
 def _check(result: tuple, what: str) -> Any:
-    status, *values = result
-    if int(status) != 0:
-        raise DfdError(f"CUDA {what} failed: {status!r}")
-    return values[0] if len(values) == 1 else tuple(values)
+    return check_cuda(result, f"CUDA {what}", CudaUnavailableError)
 
 
 class _EngineSlot:
