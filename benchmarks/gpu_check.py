@@ -85,6 +85,11 @@ def dry_run(rng) -> dict:
     return result
 
 
+def device_jobs(torch, jobs: np.ndarray):
+    """The job table on the GPU, as a tensor the caller keeps alive while kernels read it."""
+    return torch.from_numpy(np.ascontiguousarray(jobs).view(np.uint8)).cuda()
+
+
 def gpu_parity(torch, kernels, rng, cases) -> dict:
     worst = {"exact_streams": 0, "cubic_streams": 0, "max_abs_diff_exact": 0.0,
              "max_abs_diff_cubic": 0.0}
@@ -95,10 +100,11 @@ def gpu_parity(torch, kernels, rng, cases) -> dict:
         pitched = torch.zeros((h, 3 * w + 64), dtype=torch.uint8, device="cuda")
         pitched[:, :3 * w] = torch.from_numpy(np.ascontiguousarray(host).reshape(h, 3 * w)).cuda()
         box = random_box(rng, h, w)
-        jobs = cuda_kernels.make_jobs([(pitched.data_ptr(), pitched.stride(0), w, h)], [box], order)
+        jobs = device_jobs(torch, cuda_kernels.make_jobs([(pitched.data_ptr(), pitched.stride(0), w, h)], [box],
+                                                         order))
         outs = [torch.empty((1, 3, s, s), dtype=torch.float32, device="cuda") for s in (CROP, CROP, FUSION)]
         stream = torch.cuda.current_stream().cuda_stream
-        kernels.preprocess(jobs, tuple(o.data_ptr() for o in outs), stream=stream)
+        kernels.preprocess(jobs.data_ptr(), 1, tuple(o.data_ptr() for o in outs), stream=stream)
         torch.cuda.synchronize()
         for name, got, ref in zip(("global", "face", "fusion"), outs, reference_streams(rgb, box)):
             diff = float(np.abs(got[0].cpu().numpy() - ref).max())
@@ -131,13 +137,14 @@ def gpu_throughput(torch, kernels, batch: int = 32, h: int = 1080, w: int = 1440
     copy_bw = 2 * src.numel() / copy_s
     images = torch.randint(0, 256, (batch, h, 3 * w), dtype=torch.uint8, device="cuda")
     boxes = [(w * 0.3, h * 0.2, w * 0.7, h * 0.8)] * batch
-    jobs = cuda_kernels.make_jobs([(images[i].data_ptr(), 3 * w, w, h) for i in range(batch)], boxes)
+    jobs = device_jobs(torch, cuda_kernels.make_jobs([(images[i].data_ptr(), 3 * w, w, h) for i in range(batch)],
+                                                     boxes))
     results = {"copy_bandwidth_GBps": copy_bw / 1e9}
     for half in (False, True):
         dtype = torch.float16 if half else torch.float32
         outs = [torch.empty((batch, 3, s, s), dtype=dtype, device="cuda") for s in (CROP, CROP, FUSION)]
         stream = torch.cuda.current_stream().cuda_stream
-        seconds = timed(torch, lambda: kernels.preprocess(jobs, tuple(o.data_ptr() for o in outs),
+        seconds = timed(torch, lambda: kernels.preprocess(jobs.data_ptr(), batch, tuple(o.data_ptr() for o in outs),
                                                           half=half, stream=stream))
         side = max(boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]) * 1.3
         read = batch * (3 * CROP * CROP + 3 * side * side + 3 * h * w)

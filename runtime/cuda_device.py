@@ -69,7 +69,7 @@ class CudaPipelineDevice:
         _ok(self._driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
 
     def preprocess(self, jobs: int, batch: int, outputs: tuple[int, int, int], half: bool, stream: int) -> None:
-        self.kernels.launch_preprocess(jobs, batch, outputs, half, stream)
+        self.kernels.preprocess(jobs, batch, outputs, half, stream)
 
     def vote(self, logits: tuple[int, int, int], weights: tuple[float, float, float], batch: int,
              probs: int, score: int, mean: int, stream: int) -> None:

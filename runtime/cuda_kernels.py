@@ -315,8 +315,6 @@ class CudaKernels:
                          CudaUnavailableError)
             for name in KERNEL_NAMES
         }
-        self._jobs_device = 0
-        self._jobs_capacity = 0
 
     def _launch(self, name: str, threads: int, args: _KernelArgs, stream) -> None:
         grid = (threads + self.BLOCK - 1) // self.BLOCK
@@ -326,32 +324,11 @@ class CudaKernels:
             f"launch {name}", CudaUnavailableError,
         )
 
-    def _upload_jobs(self, jobs: np.ndarray, stream) -> int:
-        """Copy the job table to a device buffer owned by this object (grown, never per call)."""
-        if jobs.dtype != JOB_DTYPE:
-            raise ValueError("jobs must come from make_jobs()")
-        if len(jobs) > self._jobs_capacity:
-            if self._jobs_device:
-                check_cuda(self.driver.cuMemFree(self._jobs_device), "cuMemFree", CudaUnavailableError)
-            self._jobs_device = int(check_cuda(self.driver.cuMemAlloc(jobs.nbytes), "cuMemAlloc",
-                                           CudaUnavailableError))
-            self._jobs_capacity = len(jobs)
-        self._jobs_host = np.ascontiguousarray(jobs)  # must outlive the asynchronous copy
-        check_cuda(self.driver.cuMemcpyHtoDAsync(self._jobs_device, self._jobs_host.ctypes.data,
-                                              self._jobs_host.nbytes, stream),
-               "cuMemcpyHtoDAsync", CudaUnavailableError)
-        return self._jobs_device
-
-    def preprocess(self, jobs: np.ndarray, outputs: tuple[int, int, int], half: bool = False,
-                   stream=0) -> None:
-        """Upload ``jobs`` (from ``make_jobs``) and launch the fused preprocessing on them."""
-        if len(jobs):
-            self.launch_preprocess(self._upload_jobs(jobs, stream), len(jobs), outputs, half, stream)
-
-    def launch_preprocess(self, jobs_device: int, batch: int, outputs: tuple[int, int, int],
-                          half: bool = False, stream=0) -> None:
+    def preprocess(self, jobs_device: int, batch: int, outputs: tuple[int, int, int],
+                   half: bool = False, stream=0) -> None:
         """Write global/face [N,3,252,252] and fusion [N,3,224,224] (fp32, or fp16 if ``half``)
-        from a job table already on the device (what a captured CUDA graph replays)."""
+        from a job table (``make_jobs``) that the caller has copied to the device: the fused
+        pipeline keeps it at a fixed address, which a captured CUDA graph needs."""
         if batch == 0:
             return
         args = _KernelArgs(ctypes.c_void_p(jobs_device), ctypes.c_int(batch),
@@ -370,9 +347,6 @@ class CudaKernels:
 
     def close(self) -> None:
         """Unload the module and release the primary context reference."""
-        if self._jobs_device:
-            self.driver.cuMemFree(self._jobs_device)
-            self._jobs_device = 0
         if self._module is not None:
             self.driver.cuModuleUnload(self._module)
             self._module = None
