@@ -31,6 +31,7 @@ from .images import DecodedImage, decode_image
 from .manifest import STREAM_ORDER, Manifest, StreamEntry, load_manifest
 from .mtcnn import MtcnnDetector, onnxruntime_mtcnn
 from .preprocess import (
+    FACE_CROP_SIZE,
     LOSSY_SUFFIXES,
     center_crop_notes,
     crop_face,
@@ -285,7 +286,10 @@ class Detector:
                      detection: Detection) -> PreparedImage:
         """The fused path's input, with the notes the host preprocessing would have written."""
         height, width = rgb.shape[:2]
-        face_shape = face_rgb.shape[:2] if face_rgb is not None else (256, 256) if box is not None else (height, width)
+        if face_rgb is not None:
+            face_shape = face_rgb.shape[:2]
+        else:  # the kernel crops the box to FACE_CROP_SIZE², or takes the original image
+            face_shape = (FACE_CROP_SIZE, FACE_CROP_SIZE) if box is not None else (height, width)
         notes = {"global": center_crop_notes(height, width, self._sizes["global"]),
                  "face": center_crop_notes(*face_shape, self._sizes["face"]),
                  "fusion": resize_fusion_notes(height, width, self._sizes["fusion"])}

@@ -31,13 +31,13 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from .cuda_kernels import JOB_DTYPE, DeviceImage, make_jobs
+from .cuda_kernels import CROP_SIDE, FUSION_SIDE, JOB_DTYPE, DeviceImage, make_jobs
 from .errors import DfdError
 from .manifest import STREAM_ORDER
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 Box = tuple[float, float, float, float]
-KERNEL_INPUT_SIZES = {"global": 252, "face": 252, "fusion": 224}
+KERNEL_INPUT_SIZES = {"global": CROP_SIDE, "face": CROP_SIDE, "fusion": FUSION_SIDE}
 
 
 class FusedPathError(DfdError, RuntimeError):

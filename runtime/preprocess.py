@@ -20,6 +20,7 @@ from .errors import DfdError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FACE_CROP_SIZE = 256  # the reference resizes the face window to this before the 252 centre crop
 
 
 class PreprocessError(DfdError, ValueError):
@@ -177,7 +178,7 @@ def face_window(box: Sequence[float], margin: float = 1.3) -> tuple[int, int, in
 
 
 def crop_face(rgb: np.ndarray, box: Sequence[float], *, margin: float = 1.3,
-              out_size: int = 256) -> np.ndarray:
+              out_size: int = FACE_CROP_SIZE) -> np.ndarray:
     """The reference's face crop (`crop_face_with_margin`): square around the box, black padding.
 
     Reference rule, in this exact float64 arithmetic: w = x2 - x1, h = y2 - y1,

@@ -28,6 +28,8 @@ from typing import Callable
 
 import numpy as np
 
+from dfd.runtime.cuda_kernels import CROP_SIDE, FUSION_SIDE, JOB_DTYPE
+
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "runtime" / "kernels"
 HOST_SOURCE = Path(__file__).parent / "runtime" / "kernel_host" / "kernel_host.cpp"
@@ -151,8 +153,8 @@ class HostDevice:
         self._issue(stream, lambda: ctypes.memmove(address, src, nbytes))
 
     def preprocess(self, jobs: int, batch: int, outputs: tuple[int, int, int], half: bool, stream: int) -> None:
-        self._check_range(jobs, batch * 104, self.allocations, "job table")
-        for address, side in zip(outputs, (252, 252, 224)):
+        self._check_range(jobs, batch * JOB_DTYPE.itemsize, self.allocations, "job table")
+        for address, side in zip(outputs, (CROP_SIDE, CROP_SIDE, FUSION_SIDE)):
             self._check_range(address, batch * 3 * side * side * (2 if half else 4), self.allocations, "stream tensor")
 
         def launch() -> None:
