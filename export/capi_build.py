@@ -76,6 +76,22 @@ typedef struct {
     float face_box[4];      /* x1, y1, x2, y2 in pixels of the image when face_found, else 0 */
     dfd_status status;      /* this image's status */
 } dfd_result;
+
+/* How dfd_open_with opens a set. Fill it with dfd_options_init, then change what you need:
+   struct_size tells the library which version of this struct the caller was compiled with. */
+typedef struct {
+    uint32_t struct_size;       /* sizeof(dfd_options); set by dfd_options_init              */
+    const char *backend;        /* "auto" (NULL), "onnxruntime" or "tensorrt"                */
+    int32_t batch_size;         /* images per engine call; default 8                         */
+    int32_t face_detection;     /* 1 (default): locate faces with the set's detector when an
+                                   image has no face box; 0: the reference's no-face rule    */
+    float face_min_px;          /* smallest face looked for, in image pixels; default 40;
+                                   0: BlazeFace's 192-pixel pass only (faster, misses small) */
+    int32_t gpu_preprocessing;  /* tensorrt: 1 (default) fused CUDA preprocessing and vote;
+                                   0: NumPy/OpenCV on the host                               */
+    int32_t cuda_graph_batch;   /* tensorrt fused path: replay one CUDA graph for calls of
+                                   exactly this many images (<= batch_size); 0 (default): none */
+} dfd_options;
 """
 
 API_FUNCTIONS = """\
@@ -91,6 +107,19 @@ const char *dfd_version(void);
    (DFD_E_ENGINE: missing/tampered/unusable set; DFD_E_INVALID_ARGUMENT: NULL or unknown
    backend). The first call starts the embedded Python runtime (about a second). */
 dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **out);
+
+/* The defaults of every option (as `dfd-export detect` without flags); NULL is a no-op. */
+void dfd_options_init(dfd_options *options);
+
+/* dfd_open with options (NULL: the defaults). DFD_E_INVALID_ARGUMENT for options that were not
+   filled by dfd_options_init or hold a value out of range; DFD_E_ENGINE also when an option
+   cannot be honoured here (a CUDA graph without the tensorrt backend's fused path). */
+dfd_status dfd_open_with(const char *engine_dir, const dfd_options *options, dfd_detector **out);
+
+/* One line saying what d runs on: the backend and why it was chosen, and where preprocessing
+   and the vote run (e.g. whether the fused CUDA path is in use, or why not). Copied into
+   buffer, NUL-terminated and cut to size bytes. Thread-safe. */
+dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size);
 
 /* Score count decoded images as one batch; results[i] is written for images[i].
    Returns DFD_OK when every image was scored; DFD_E_IMAGE when some could not be (their
@@ -129,6 +158,7 @@ HEADER = f"""\
 #ifndef DFD_RUNTIME_H
 #define DFD_RUNTIME_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -151,6 +181,8 @@ extern "Python" dfd_status dfd_py_open(const char *, const char *, dfd_detector 
 extern "Python" dfd_status dfd_py_detect(dfd_detector *, const dfd_image *, int32_t, dfd_result *, char *, size_t);
 extern "Python" dfd_status dfd_py_detect_file(dfd_detector *, const char *, dfd_result *, char *, size_t);
 extern "Python" dfd_status dfd_py_close(dfd_detector *, char *, size_t);
+extern "Python" dfd_status dfd_py_open_with(const char *, const dfd_options *, dfd_detector **, char *, size_t);
+extern "Python" dfd_status dfd_py_describe(dfd_detector *, char *, size_t, char *, size_t);
 void dfd_startup_succeeded(void);
 void dfd_startup_failed(const char *message);
 """
@@ -166,6 +198,8 @@ static dfd_status dfd_py_open(const char *, const char *, dfd_detector **, char 
 static dfd_status dfd_py_detect(dfd_detector *, const dfd_image *, int32_t, dfd_result *, char *, size_t);
 static dfd_status dfd_py_detect_file(dfd_detector *, const char *, dfd_result *, char *, size_t);
 static dfd_status dfd_py_close(dfd_detector *, char *, size_t);
+static dfd_status dfd_py_open_with(const char *, const dfd_options *, dfd_detector **, char *, size_t);
+static dfd_status dfd_py_describe(dfd_detector *, char *, size_t, char *, size_t);
 
 static __thread char dfd_error[DFD_ERROR_CAPACITY];
 static pthread_once_t dfd_python_once = PTHREAD_ONCE_INIT;
@@ -258,6 +292,38 @@ dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **
     if (!dfd_begin())
         return DFD_E_INTERNAL;
     return dfd_finish(dfd_py_open(engine_dir, backend, out, dfd_error, sizeof dfd_error));
+}
+
+void dfd_options_init(dfd_options *options)
+{
+    if (options == NULL)
+        return;
+    memset(options, 0, sizeof *options);
+    options->struct_size = (uint32_t)sizeof *options;
+    options->backend = NULL;
+    options->batch_size = DFD_DEFAULT_BATCH_SIZE;
+    options->face_detection = 1;
+    options->face_min_px = DFD_DEFAULT_FACE_MIN_PX;
+    options->gpu_preprocessing = 1;
+    options->cuda_graph_batch = 0;
+}
+
+dfd_status dfd_open_with(const char *engine_dir, const dfd_options *options, dfd_detector **out)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (!dfd_begin())
+        return DFD_E_INTERNAL;
+    return dfd_finish(dfd_py_open_with(engine_dir, options, out, dfd_error, sizeof dfd_error));
+}
+
+dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size)
+{
+    if (buffer != NULL && size > 0)
+        buffer[0] = '\0';
+    if (!dfd_begin())
+        return DFD_E_INTERNAL;
+    return dfd_finish(dfd_py_describe(d, buffer, size, dfd_error, sizeof dfd_error));
 }
 
 dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, dfd_result *results)
@@ -353,6 +419,9 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
         raise CapiBuildError("building the C library needs cffi: pip install cffi") from None
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         raise CapiBuildError("building the C library needs a C compiler (cc/gcc) on PATH")
+    from dfd.runtime.detector import DEFAULT_BATCH_SIZE  # the C defaults are the Python ones
+    from dfd.runtime.face_detection import DEFAULT_MIN_FACE_PX
+
     python_lib_dir = _python_library_dir()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -370,6 +439,8 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
             ("DFD_PYTHON_EXECUTABLE", _c_string(sys.executable)),
             ("DFD_VERSION", _c_string(importlib.metadata.version("dfd-export"))),
             ("DFD_ERROR_CAPACITY", str(ERROR_CAPACITY)),
+            ("DFD_DEFAULT_BATCH_SIZE", str(DEFAULT_BATCH_SIZE)),
+            ("DFD_DEFAULT_FACE_MIN_PX", f"{DEFAULT_MIN_FACE_PX or 0.0!r}f"),
         ],
         library_dirs=[str(python_lib_dir)],
         extra_link_args=[f"-Wl,-rpath,{python_lib_dir}", f"-Wl,-soname,{LIBRARY_NAME}"],

@@ -111,8 +111,8 @@ class _Handles:
 _handles = _Handles()
 
 
-def write_error(ffi: Any, buffer: Any, size: int, message: str) -> None:
-    """Copy ``message`` as NUL-terminated UTF-8 into the caller's error buffer, cut on a character."""
+def write_c_string(ffi: Any, buffer: Any, size: int, message: str) -> None:
+    """Copy ``message`` as NUL-terminated UTF-8 into a caller's buffer, cut on a character."""
     if buffer == ffi.NULL or size <= 0:
         return
     encoded = message.encode("utf-8", "replace")[:size - 1]
@@ -179,21 +179,82 @@ def mark_failed(result: Any, status: int) -> int:
 
 def open_detector(ffi: Any, engine_dir: Any, backend: Any, out: Any, error: Any, error_size: int) -> int:
     """``dfd_open``: verify and open an engine set; ``*out`` is NULL unless it succeeds."""
+    return _open(ffi, out, error, error_size, lambda: Detector.open(
+        _text_argument(ffi, engine_dir, "dfd_open: engine_dir"), backend=_backend_argument(ffi, backend, "dfd_open")))
+
+
+def open_detector_with(ffi: Any, engine_dir: Any, options: Any, out: Any, error: Any, error_size: int) -> int:
+    """``dfd_open_with``: ``dfd_open`` with a ``dfd_options`` (NULL: the defaults)."""
+    def run() -> Detector:
+        folder = _text_argument(ffi, engine_dir, "dfd_open_with: engine_dir")
+        if options == ffi.NULL:
+            return Detector.open(folder)
+        return Detector.open(folder, **detector_options(ffi, options))
+
+    return _open(ffi, out, error, error_size, run)
+
+
+def detector_options(ffi: Any, options: Any) -> dict[str, Any]:
+    """``Detector.open`` keyword arguments from a ``dfd_options``, every field checked."""
+    expected = ffi.sizeof("dfd_options")
+    if options.struct_size != expected:
+        raise CapiArgumentError(
+            f"dfd_open_with: options.struct_size is {options.struct_size}, not sizeof(dfd_options) = {expected}: "
+            f"fill the options with dfd_options_init first (or rebuild against this library's dfd_runtime.h)")
+    flags = {}
+    for field in ("face_detection", "gpu_preprocessing"):
+        value = int(getattr(options, field))
+        if value not in (0, 1):
+            raise CapiArgumentError(f"dfd_open_with: options.{field} is {value}; it must be 0 or 1")
+        flags[field] = bool(value)
+    batch_size, graph_batch = int(options.batch_size), int(options.cuda_graph_batch)
+    if batch_size < 1:
+        raise CapiArgumentError(f"dfd_open_with: options.batch_size is {batch_size}; it must be at least 1")
+    if graph_batch < 0:
+        raise CapiArgumentError(f"dfd_open_with: options.cuda_graph_batch is {graph_batch}; "
+                                f"it must be 0 (no graph) or a batch size")
+    face_min_px = float(options.face_min_px)
+    if not math.isfinite(face_min_px) or face_min_px < 0:
+        raise CapiArgumentError(f"dfd_open_with: options.face_min_px is {face_min_px}; it must be 0 "
+                                f"(the 192-pixel pass only) or a face size in pixels")
+    return {"backend": _backend_argument(ffi, options.backend, "dfd_open_with: options"), "batch_size": batch_size,
+            "face_min_px": face_min_px or None, "cuda_graph_batch": graph_batch or None, **flags}
+
+
+def _backend_argument(ffi: Any, backend: Any, where: str) -> str:
+    name = "auto" if backend == ffi.NULL else _text_argument(ffi, backend, f"{where} backend")
+    if name not in BACKEND_CHOICES:
+        raise CapiArgumentError(f"{where}: unknown backend {name!r}; choose from "
+                                f"{', '.join(BACKEND_CHOICES)} (NULL means auto)")
+    return name
+
+
+def _open(ffi: Any, out: Any, error: Any, error_size: int, run: Callable[[], Detector]) -> int:
+    """Open a Detector with ``run`` and store its handle in ``*out``; ``*out`` stays NULL on failure."""
     try:
         if out == ffi.NULL:
-            raise CapiArgumentError("dfd_open: out is NULL; pass the address of a dfd_detector pointer")
+            raise CapiArgumentError("out is NULL; pass the address of a dfd_detector pointer")
         out[0] = ffi.NULL
-        folder = _text_argument(ffi, engine_dir, "dfd_open: engine_dir")
-        backend_name = "auto" if backend == ffi.NULL else _text_argument(ffi, backend, "backend")
-        if backend_name not in BACKEND_CHOICES:
-            raise CapiArgumentError(f"dfd_open: unknown backend {backend_name!r}; choose from "
-                                    f"{', '.join(BACKEND_CHOICES)} (NULL means auto)")
-        detector = Detector.open(folder, backend=backend_name)
-        out[0] = ffi.cast("dfd_detector *", _handles.add(detector))
+        out[0] = ffi.cast("dfd_detector *", _handles.add(run()))
         return DFD_OK
     except Exception as exc:
         status, message = status_of(exc)
-        write_error(ffi, error, error_size, message)
+        write_c_string(ffi, error, error_size, message)
+        return status
+
+
+def describe_detector(ffi: Any, detector: Any, buffer: Any, size: int, error: Any, error_size: int) -> int:
+    """``dfd_describe``: the backend (and why) and where preprocessing and the vote run."""
+    try:
+        if buffer == ffi.NULL or size <= 0:
+            raise CapiArgumentError("dfd_describe: buffer is NULL or size is 0")
+        opened = _handles.get(_key(ffi, detector))
+        write_c_string(ffi, buffer, size, f"backend: {opened.backend_reason}; "
+                                       f"preprocessing and vote: {opened.preprocessing}")
+        return DFD_OK
+    except Exception as exc:
+        status, message = status_of(exc)
+        write_c_string(ffi, error, error_size, message)
         return status
 
 
@@ -246,7 +307,7 @@ def _serve(ffi: Any, error: Any, error_size: int, results: Any, count: int,
         detections = run()
     except Exception as exc:
         status, message = status_of(exc)
-        write_error(ffi, error, error_size, message)
+        write_c_string(ffi, error, error_size, message)
         if results != ffi.NULL and 0 < count:
             for i in range(count):
                 mark_failed(results[i], status)
@@ -258,7 +319,7 @@ def _serve(ffi: Any, error: Any, error_size: int, results: Any, count: int,
     if not failures:
         return DFD_OK
     more = f" (and {len(failures) - 1} more failed image(s))" if len(failures) > 1 else ""
-    write_error(ffi, error, error_size, failures[0] + more)
+    write_c_string(ffi, error, error_size, failures[0] + more)
     return DFD_E_IMAGE
 
 
@@ -269,7 +330,7 @@ def close_detector(ffi: Any, detector: Any, error: Any, error_size: int) -> int:
         return DFD_OK
     except Exception as exc:
         status, message = status_of(exc)
-        write_error(ffi, error, error_size, message)
+        write_c_string(ffi, error, error_size, message)
         return status
 
 
@@ -280,6 +341,8 @@ def bind(ffi: Any) -> None:
         "dfd_py_detect": detect_images,
         "dfd_py_detect_file": detect_file,
         "dfd_py_close": close_detector,
+        "dfd_py_open_with": open_detector_with,
+        "dfd_py_describe": describe_detector,
     }
     for name, implementation in bindings.items():
         def call(*args: Any, _implementation: Callable[..., int] = implementation) -> int:

@@ -17,7 +17,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .backends import BackendChoice, select_backend
+from .backends import BackendChoice, BackendError, select_backend
 from .errors import DfdError
 from .face_detection import (
     DEFAULT_MIN_FACE_PX,
@@ -107,6 +107,10 @@ class Detector:
                  gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None) -> None:
         if batch_size < 1:
             raise DfdError(f"batch size must be at least 1, got {batch_size}")
+        if cuda_graph_batch is not None and not 1 <= cuda_graph_batch <= batch_size:
+            raise DfdError(f"a CUDA graph for batches of {cuda_graph_batch} would never replay: the detector "
+                           f"runs at most batch_size = {batch_size} images at a time (give a graph batch "
+                           f"from 1 to the batch size)")
         self.manifest = manifest
         self.backend = choice.backend
         self.backend_reason = choice.reason
@@ -131,13 +135,14 @@ class Detector:
         make = getattr(self.backend, "fused_pipeline", None)
         if make is None:
             if cuda_graph_batch:
-                raise DfdError(f"a CUDA graph needs the tensorrt backend; this detector runs on {self.backend.name}")
+                raise BackendError(f"a CUDA graph needs the tensorrt backend; this detector runs on "
+                                   f"{self.backend.name}")
             return
         try:
             self.fused = make(self.vote_weights, self.manifest.preprocessing, self._sizes, cuda_graph_batch)
         except DfdError as exc:  # no NVRTC or GPU, or engines the kernels cannot feed
             if cuda_graph_batch:
-                raise DfdError(f"a CUDA graph needs the fused GPU path, which is unavailable: {exc}") from exc
+                raise BackendError(f"a CUDA graph needs the fused GPU path, which is unavailable: {exc}") from exc
             self.preprocessing = f"host (NumPy/OpenCV); the fused GPU path is unavailable: {exc}"
             return
         self.preprocessing = "fused CUDA kernels (preprocessing and vote)" + (

@@ -89,7 +89,8 @@ static void print_result(const char *path, const dfd_result *result, const char 
 
 int main(int argc, char **argv)
 {
-    char line[8192];
+    char line[8192], description[1024];
+    dfd_options options;
     dfd_detector *detector = NULL;
     dfd_status status;
     int failed = 0;
@@ -98,12 +99,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s ENGINE_DIR [auto|onnxruntime|tensorrt] < image-paths\n", argv[0]);
         return 1;
     }
-    status = dfd_open(argv[1], argc == 3 ? argv[2] : NULL, &detector);
+    dfd_options_init(&options);          /* the defaults of `dfd-export detect`; change fields here */
+    options.backend = argc == 3 ? argv[2] : NULL;
+    status = dfd_open_with(argv[1], &options, &detector);
     if (status != DFD_OK) {
         fprintf(stderr, "error: %s\n", dfd_last_error());
         return 1;
     }
-    fprintf(stderr, "dfd runtime %s: engine set %s open\n", dfd_version(), argv[1]);
+    if (dfd_describe(detector, description, sizeof description) != DFD_OK)
+        snprintf(description, sizeof description, "(%s)", dfd_last_error());
+    fprintf(stderr, "dfd runtime %s: engine set %s open; %s\n", dfd_version(), argv[1], description);
     while (fgets(line, sizeof line, stdin) != NULL) {
         dfd_result result;
         line[strcspn(line, "\r\n")] = '\0';

@@ -31,6 +31,7 @@ STREAMS = ("global", "face", "fusion")
 RSS_LIMIT_KB = 50 * 1024
 
 HARNESS = r"""
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -239,12 +240,79 @@ static int run_errors(int argc, char **argv)
     return 0;
 }
 
+/* ---- options: dfd_options_init / dfd_open_with / dfd_describe; lines as in errors, results as
+   "status score global face fusion face_found x1 y1 x2 y2" in the message field */
+static void report_result(const char *name, dfd_status status, const dfd_result *r)
+{
+    printf("%s\t%d\t%d %.9g %.9g %.9g %.9g %d %.9g %.9g %.9g %.9g\n", name, status, r->status, r->score, r->stream_prob[0],
+           r->stream_prob[1], r->stream_prob[2], r->face_found, r->face_box[0], r->face_box[1], r->face_box[2],
+           r->face_box[3]);
+}
+
+static void open_and_detect(const char *name, const char *dir, const dfd_options *o, const dfd_image *img)
+{
+    dfd_detector *d = NULL; dfd_result r; char line[2048], name_describe[64];
+    dfd_status status = dfd_open_with(dir, o, &d);
+    if (status != DFD_OK) { report(name, status); return; }
+    report_result(name, dfd_detect(d, img, 1, &r), &r);
+    snprintf(name_describe, sizeof name_describe, "%s_describe", name);
+    status = dfd_describe(d, line, sizeof line);
+    printf("%s\t%d\t%s\n", name_describe, status, line);
+    dfd_close(d);
+}
+
+/* argv: options ENGINE SPEC */
+static int run_options(int argc, char **argv)
+{
+    dfd_options o; dfd_detector *d = (dfd_detector *)0x5a5a; dfd_image img; char tiny[8]; dfd_status status;
+    (void)argc;
+    img = make_image(load_raw(argv[3]), DFD_PIXEL_RGB8, 0);
+    dfd_options_init(NULL);
+    memset(&o, 0x5a, sizeof o);
+    dfd_options_init(&o);
+    printf("defaults\t0\t%d %d %d %d %.9g %d %d\n", o.struct_size == sizeof o, o.backend == NULL, o.batch_size,
+           o.face_detection, o.face_min_px, o.gpu_preprocessing, o.cuda_graph_batch);
+
+    open_and_detect("null_options", argv[2], NULL, &img);
+    open_and_detect("initialised", argv[2], &o, &img);
+    dfd_options_init(&o); o.backend = "onnxruntime"; o.face_detection = 0; open_and_detect("no_face_detect", argv[2], &o, &img);
+    dfd_options_init(&o); o.face_min_px = 0; o.batch_size = 1; open_and_detect("one_pass", argv[2], &o, &img);
+
+    memset(&o, 0, sizeof o); report("uninitialised", dfd_open_with(argv[2], &o, &d));
+    printf("uninitialised_out\t%d\t\n", d == NULL);
+    dfd_options_init(&o); o.struct_size += 8; report("newer_struct", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); o.batch_size = 0; report("batch_zero", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); o.face_detection = 2; report("face_detection_two", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); o.gpu_preprocessing = -1; report("gpu_preprocessing_negative", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); o.face_min_px = NAN; report("face_min_px_nan", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); o.face_min_px = -1; report("face_min_px_negative", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); o.cuda_graph_batch = -1; report("graph_negative", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); o.cuda_graph_batch = o.batch_size + 1; report("graph_over_batch", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); o.backend = "onnxruntime"; o.cuda_graph_batch = 4;
+    report("graph_on_onnxruntime", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); o.backend = "warp-drive"; report("bad_backend", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); report("null_out", dfd_open_with(argv[2], &o, NULL));
+    report("null_dir", dfd_open_with(NULL, &o, &d));
+    printf("failed_out\t%d\t\n", d == NULL);
+
+    report("describe_null_detector", dfd_describe(NULL, tiny, sizeof tiny));
+    if (dfd_open_with(argv[2], NULL, &d) != DFD_OK) { fprintf(stderr, "%s\n", dfd_last_error()); return 7; }
+    report("describe_null_buffer", dfd_describe(d, NULL, 16));
+    memset(tiny, 'x', sizeof tiny);
+    status = dfd_describe(d, tiny, sizeof tiny);
+    printf("describe_cut\t%d\t%d %s\n", status, (int)strlen(tiny), tiny);
+    dfd_close(d);
+    report("describe_after_close", dfd_describe(d, tiny, sizeof tiny));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 4 && !strcmp(argv[1], "options")) return run_options(argc, argv);
     if (argc >= 3 && !strcmp(argv[1], "pixels")) return run_pixels(argc, argv);
     if (argc == 8 && (!strcmp(argv[1], "threads") || !strcmp(argv[1], "rss"))) return run_concurrent(argc, argv);
     if (argc == 7 && !strcmp(argv[1], "errors")) return run_errors(argc, argv);
-    fprintf(stderr, "usage: harness pixels|threads|rss|errors ...\n");
+    fprintf(stderr, "usage: harness pixels|threads|rss|errors|options ...\n");
     return 2;
 }
 """
@@ -308,8 +376,8 @@ def pictures(photographs, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     return out
 
 
-def _cli_jsonl(engine_dir: Path, files: list[Path]) -> list[dict]:
-    result = CliRunner().invoke(cli_main, ["detect", str(engine_dir), *map(str, files), "--format", "jsonl"])
+def _cli_jsonl(engine_dir: Path, files: list[Path], *flags: str) -> list[dict]:
+    result = CliRunner().invoke(cli_main, ["detect", str(engine_dir), *map(str, files), "--format", "jsonl", *flags])
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
@@ -364,6 +432,7 @@ def test_example_service_reports_a_bad_file_and_goes_on(tiny_engine_set, picture
     assert [line["status"] for line in lines] == ["ok", "image", "io", "ok"]
     assert "broken.png" in lines[1]["error"] and "does not exist" in lines[2]["error"]
     assert lines[1]["score"] is None and 0.0 <= lines[3]["score"] <= 1.0
+    assert "backend: " in served.stderr and "preprocessing and vote: host (NumPy/OpenCV)" in served.stderr
 
     refused = _run([example_service, "/nonexistent/engine-set"], stdin="")
     assert refused.returncode == 1 and "engine set folder not found" in refused.stderr
@@ -484,6 +553,59 @@ def test_null_and_nonsense_arguments_give_statuses_and_messages(tiny_engine_set,
     assert "Traceback" not in run.stderr
 
 
+def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
+    """dfd_options reach the Detector (checked against the CLI's flags), every field is checked,
+    and dfd_describe says what the detector runs on."""
+    png, spec = pictures["astronaut"]
+    run = _run([harness, "options", tiny_engine_set, spec])
+    assert run.returncode == 0, run.stderr
+    cases = {}
+    for line in run.stdout.splitlines():
+        name, status, message = line.split("\t")
+        cases[name] = (int(status), message)
+
+    def check(name: str, status: str, *words: str) -> None:
+        got_status, message = cases[name]
+        assert got_status == STATUS[status], (name, cases[name])
+        for word in words:
+            assert word in message, (name, message)
+
+    assert cases["defaults"][1] == "1 1 8 1 40 1 0"
+    expected = {"default": _cli_jsonl(tiny_engine_set, [png])[0],
+                "no_face_detect": _cli_jsonl(tiny_engine_set, [png], "--no-face-detect")[0],
+                "one_pass": _cli_jsonl(tiny_engine_set, [png], "--face-min-px", "0", "--batch-size", "1")[0]}
+    assert expected["default"]["face"] is not None and expected["no_face_detect"]["face"] is None
+    for name, cli in (("null_options", "default"), ("initialised", "default"), ("no_face_detect", "no_face_detect"),
+                      ("one_pass", "one_pass")):
+        assert cases[name][0] == STATUS["ok"], (name, cases[name])
+        got = _parse_result([str(cases[name][0]), *cases[name][1].split()])
+        assert got["status"] == STATUS["ok"], (name, got)
+        _assert_matches_cli(got, expected[cli], name)
+        check(f"{name}_describe", "ok", "backend: ", "preprocessing and vote: host (NumPy/OpenCV)")
+    assert "onnxruntime" in cases["no_face_detect_describe"][1]
+
+    check("uninitialised", "invalid_argument", "struct_size is 0", "dfd_options_init")
+    assert cases["uninitialised_out"][0] == 1
+    check("newer_struct", "invalid_argument", "struct_size", "dfd_runtime.h")
+    check("batch_zero", "invalid_argument", "batch_size is 0")
+    check("face_detection_two", "invalid_argument", "face_detection is 2", "0 or 1")
+    check("gpu_preprocessing_negative", "invalid_argument", "gpu_preprocessing is -1")
+    check("face_min_px_nan", "invalid_argument", "face_min_px is nan")
+    check("face_min_px_negative", "invalid_argument", "face_min_px is -1")
+    check("graph_negative", "invalid_argument", "cuda_graph_batch is -1")
+    check("graph_over_batch", "invalid_argument", "batches of 9", "never replay")
+    check("graph_on_onnxruntime", "engine", "needs the tensorrt backend")
+    check("bad_backend", "invalid_argument", "warp-drive")
+    check("null_out", "invalid_argument", "out is NULL")
+    check("null_dir", "invalid_argument", "engine_dir is NULL")
+    assert cases["failed_out"][0] == 1
+    check("describe_null_detector", "invalid_argument", "detector is NULL")
+    check("describe_null_buffer", "invalid_argument", "buffer is NULL")
+    assert cases["describe_cut"] == (STATUS["ok"], "7 backend")
+    check("describe_after_close", "invalid_argument", "not open")
+    assert "Traceback" not in run.stderr
+
+
 def test_capi_verb_writes_header_and_library(tmp_path):
     from dfd.export.capi_build import capi
 
@@ -494,7 +616,10 @@ def test_capi_verb_writes_header_and_library(tmp_path):
                         "dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, dfd_result *results);",
                         "dfd_status dfd_detect_file(dfd_detector *d, const char *path, dfd_result *result);",
                         "void dfd_close(dfd_detector *d);", "const char *dfd_last_error(void);",
-                        "const char *dfd_version(void);", "DFD_E_INTERNAL = 5", "DFD_PIXEL_BGR8 = 1"):
+                        "const char *dfd_version(void);", "DFD_E_INTERNAL = 5", "DFD_PIXEL_BGR8 = 1",
+                        "void dfd_options_init(dfd_options *options);",
+                        "dfd_status dfd_open_with(const char *engine_dir, const dfd_options *options, dfd_detector **out);",
+                        "dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size);"):
         assert declaration in header
     assert (tmp_path / "out" / "libdfd_runtime.so").stat().st_size > 0
     # the header compiles as C++ too

@@ -153,6 +153,8 @@ def test_cuda_graph_needs_the_fused_path(tiny_engine_set, kernel_host):
     with pytest.raises(DfdError, match="host preprocessing .* turns off"):
         _open(tiny_engine_set, HostFusedBackend(manifest, kernel_host), gpu_preprocessing=False,
               cuda_graph_batch=2)
+    with pytest.raises(DfdError, match="batches of 4 would never replay"):
+        _open(tiny_engine_set, HostFusedBackend(manifest, kernel_host), batch_size=2, cuda_graph_batch=4)
     with pytest.raises(DfdError, match="outside the engines' profile"):
         _open(tiny_engine_set, HostFusedBackend(manifest, kernel_host, max_batch=4), cuda_graph_batch=5)
 
