@@ -15,10 +15,10 @@ dfd.runtime.cuda_kernels):
    at 252 via timm, DINOv2-giant + CLIP ViT-L/14 at 224 via open_clip): the bar engines must beat.
 5. The fused pipeline (runtime/gpu_pipeline.py) on the real driver API (runtime/cuda_device.py):
    staging, job table, the preprocessing launch into engine buffers, per-engine streams ordered by
-   events, the vote launch and the result copy. TensorRT is not on the lent machines, so the engines
-   are stand-ins on their own torch streams (logits = mean of the first two input channels), checked
-   against the same head on runtime/preprocess.py's tensors. CUDA-graph capture is not exercised
-   (the stand-ins allocate through torch, which a driver-API capture forbids).
+   events, the vote launch, the result copy, and CUDA-graph capture and replay. TensorRT is not on
+   the lent machines, so the engines are stand-ins: an NVRTC kernel on each engine's own stream
+   (logits = mean of the first two input channels), fp32 and fp16, checked against the same head
+   on runtime/preprocess.py's tensors.
 
 ``--dry-run`` runs only what needs no GPU (NVRTC compilation for sm_87/sm_90, job packing, the NumPy
 references), so the script is checked on CPU-only machines too.
@@ -27,6 +27,7 @@ references), so the script is checked on CPU-only machines too.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 import sys
@@ -38,6 +39,7 @@ import cv2
 import numpy as np
 
 from dfd.runtime import cuda_kernels, preprocess, vote
+from dfd.runtime.cuda_kernels import KernelArgs, check_cuda
 from dfd.runtime.gpu_pipeline import FusedInput, GpuPipeline
 
 CROP, FUSION = 252, 224
@@ -82,6 +84,9 @@ def dry_run(rng) -> dict:
         shapes = [t.shape for t in reference_streams(rgb, random_box(rng, h, w))]
         assert shapes == [(3, CROP, CROP), (3, CROP, CROP), (3, FUSION, FUSION)], shapes
     result["reference_seconds"] = time.perf_counter() - start
+    result["stand_in_ptx_bytes"] = len(cuda_kernels.nvrtc_compile(STAND_IN_SOURCE, "stand_in.cu", {}, 90, "ptx"))
+    item = FusedInput(rng.integers(0, 256, (300, 280, 3), dtype=np.uint8), (20.0, 30.0, 200.0, 250.0))
+    result["stand_in_expected"] = [[float(p) for p in expected_mean_heads(item, half)] for half in (False, True)]
     return result
 
 
@@ -175,49 +180,124 @@ def gpu_vote(torch, kernels, rng) -> dict:
             "score_mismatches_end_to_end": int((score.cpu().numpy() != ref_score).sum())}
 
 
-class MeanHeadEngine:
-    """A stand-in engine on its own torch stream: logits = per-image means of input channels 0 and 1."""
+# Stand-in engines: one block per (image, channel 0 or 1) averages that input plane. A kernel of our
+# own on the engine's own stream, so the pipeline's CUDA graph can capture it (torch would allocate).
+STAND_IN_SOURCE = rb"""
+__device__ float half_bits_to_float(unsigned short h) {
+    unsigned exponent = (h >> 10) & 31u, mantissa = h & 1023u;
+    float value = exponent == 0 ? ldexpf((float)mantissa, -24)
+                : exponent == 31 ? __int_as_float(0x7f800000 | (mantissa << 13))
+                : ldexpf((float)(mantissa | 1024u), (int)exponent - 25);
+    return (h & 0x8000u) ? -value : value;
+}
 
-    def __init__(self, torch, side: int, max_batch: int) -> None:
-        self._torch = torch
-        self.input = torch.empty((max_batch, 3, side, side), dtype=torch.float32, device="cuda")
-        self.output = torch.empty((max_batch, 2), dtype=torch.float32, device="cuda")
-        self.input_address, self.output_address = self.input.data_ptr(), self.output.data_ptr()
-        self.input_dtype = self.output_dtype = np.dtype(np.float32)
-        self.max_batch = max_batch
-        self._stream = torch.cuda.Stream()
-        self.stream = self._stream.cuda_stream
+template <typename T> __device__ float load(const T* p, size_t i);
+template <> __device__ float load<float>(const float* p, size_t i) { return p[i]; }
+template <> __device__ float load<unsigned short>(const unsigned short* p, size_t i) { return half_bits_to_float(p[i]); }
+
+template <typename T> __device__ void mean_head(const T* input, float* logits, int side) {
+    __shared__ double partial[256];
+    const size_t plane = (size_t)side * side, base = ((size_t)blockIdx.x * 3 + blockIdx.y) * plane;
+    double sum = 0.0;
+    for (size_t i = threadIdx.x; i < plane; i += blockDim.x) sum += load(input, base + i);
+    partial[threadIdx.x] = sum;
+    __syncthreads();
+    for (unsigned stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) logits[blockIdx.x * 2 + blockIdx.y] = (float)(partial[0] / (double)plane);
+}
+
+extern "C" __global__ void mean_head_f32(const float* input, float* logits, int side) { mean_head(input, logits, side); }
+extern "C" __global__ void mean_head_f16(const unsigned short* input, float* logits, int side) { mean_head(input, logits, side); }
+"""
+STAND_IN_BLOCK = 256
+
+
+class MeanHeadEngine:
+    """A stand-in engine: logits = per-image means of input channels 0 and 1, computed by an NVRTC
+    kernel on a stream of its own, on device buffers from the pipeline's device."""
+
+    def __init__(self, device, module, side: int, max_batch: int, half: bool) -> None:
+        self._device, self.side, self.max_batch = device, side, max_batch
+        self.input_dtype = np.dtype(np.float16 if half else np.float32)
+        self.output_dtype = np.dtype(np.float32)
+        self.input_address = device.alloc(max_batch * 3 * side * side * self.input_dtype.itemsize)
+        self.output_address = device.alloc(max_batch * 2 * 4)
+        self.stream = device.new_stream()
         self.lock = threading.Lock()
+        name = b"mean_head_f16" if half else b"mean_head_f32"
+        self._function = check_cuda(device.kernels.driver.cuModuleGetFunction(module, name), "cuModuleGetFunction")
 
     def enqueue(self, batch: int) -> None:
-        with self._torch.cuda.stream(self._stream):
-            self.output[:batch] = self.input[:batch, :2].mean(dim=(2, 3))
+        args = KernelArgs(ctypes.c_void_p(self.input_address), ctypes.c_void_p(self.output_address),
+                          ctypes.c_int(self.side))
+        check_cuda(self._device.kernels.driver.cuLaunchKernel(self._function, batch, 2, 1, STAND_IN_BLOCK, 1, 1, 0,
+                                                              self.stream, args.address, 0), "cuLaunchKernel")
+
+    def close(self) -> None:
+        self._device.free(self.input_address)
+        self._device.free(self.output_address)
 
 
-def gpu_pipeline(torch, kernels, rng, count: int = 24, max_batch: int = 8) -> dict:
+def expected_mean_heads(item: FusedInput, half: bool) -> list[float]:
+    """What the stand-in engines and the vote make of one image, from runtime/preprocess.py."""
+    glob, face, fusion = reference_streams(item.rgb, item.face_box)
+    if item.face_rgb is not None:
+        face = preprocess.preprocess_face(item.face_rgb).tensor
+    cast = (lambda t: t.astype(np.float16)) if half else (lambda t: t)
+    return [vote.softmax_fake_probability(cast(t)[:2].astype(np.float64).mean(axis=(1, 2))[None])[0]
+            for t in (glob, face, fusion)]
+
+
+def gpu_pipeline(kernels, rng, count: int = 24, max_batch: int = 8, repeat: int = 20) -> dict:
+    """The fused pipeline on the driver API, fp32 and fp16 engines, CUDA graph of batch max_batch.
+
+    Runs: 24 images (chunks 8, 8, 8: plain, capture, replay), the same reversed (replays with
+    other images at the same addresses' job table), 5 images (plain, not the graph's size); every
+    result against the NumPy reference. Then the time per batch of max_batch with and without
+    the graph (the stand-in engines are trivial, so this is the pipeline's own overhead)."""
     from dfd.runtime.cuda_device import CudaPipelineDevice
 
-    engines = {name: MeanHeadEngine(torch, side, max_batch)
-               for name, side in (("global", CROP), ("face", CROP), ("fusion", FUSION))}
-    pipeline = GpuPipeline(CudaPipelineDevice(kernels), engines, vote.DEFAULT_VOTE_WEIGHTS)
-    items, expected = [], []
+    device = CudaPipelineDevice(kernels)
+    sm = int(kernels.info.arch.removeprefix("sm_"))
+    module = check_cuda(kernels.driver.cuModuleLoadData(
+        cuda_kernels.nvrtc_compile(STAND_IN_SOURCE, "stand_in.cu", {}, sm, "cubin")), "cuModuleLoadData")
+    items = []
     for i, (h, w) in enumerate(random_cases(rng, count)[:count]):
         rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         box = random_box(rng, h, w) if i % 3 == 0 else None
         own = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) if i % 3 == 1 else None
         items.append(FusedInput(rgb, box, own))
-        glob, face, fusion = reference_streams(rgb, box)
-        if own is not None:
-            face = preprocess.preprocess_face(own).tensor
-        expected.append([vote.softmax_fake_probability(t[:2].astype(np.float64).mean(axis=(1, 2))[None])[0]
-                         for t in (glob, face, fusion)])
-    result = pipeline.run(items)
-    pipeline.close()
-    expected = np.array(expected, np.float32)
-    return {"images": len(items), "max_abs_diff_probability": float(np.abs(result.probabilities - expected).max()),
-            "vote_mismatches_given_own_probs": int(
-                (result.score != vote.discretised_vote_batch(result.probabilities)).sum()),
-            "ok": bool(np.abs(result.probabilities - expected).max() < 1e-3)}
+    report = {"images": count, "max_batch": max_batch, "cuda_graph_batch": max_batch}
+    for half in (False, True):
+        engines = {name: MeanHeadEngine(device, module, side, max_batch, half)
+                   for name, side in (("global", CROP), ("face", CROP), ("fusion", FUSION))}
+        pipeline = GpuPipeline(device, engines, vote.DEFAULT_VOTE_WEIGHTS, capture_batch=max_batch)
+        worst, mismatches = 0.0, 0
+        for batch in (items, items[::-1], items[:5]):
+            result = pipeline.run(batch)
+            expected = np.array([expected_mean_heads(item, half) for item in batch], np.float32)
+            worst = max(worst, float(np.abs(result.probabilities - expected).max()))
+            mismatches += int((result.score != vote.discretised_vote_batch(result.probabilities)).sum())
+        seconds = {}
+        for label, batch in (("graph", items[:max_batch]), ("plain", items[:max_batch - 1])):
+            pipeline.run(batch)
+            start = time.perf_counter()
+            for _ in range(repeat):
+                pipeline.run(batch)
+            seconds[label] = (time.perf_counter() - start) / repeat
+        pipeline.close()
+        for engine in engines.values():
+            engine.close()
+        report["fp16" if half else "fp32"] = {
+            "max_abs_diff_probability": worst, "vote_mismatches_given_own_probs": mismatches,
+            f"ms_per_batch_of_{max_batch}_graph": 1000 * seconds["graph"],
+            f"ms_per_batch_of_{max_batch - 1}_plain": 1000 * seconds["plain"],
+            "ok": worst < 1e-3 and mismatches == 0}
+    check_cuda(kernels.driver.cuModuleUnload(module), "cuModuleUnload")
+    return report
 
 
 def torch_baseline(torch, batch_sizes=(1, 8)) -> dict:
@@ -262,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         report["parity"] = gpu_parity(torch, kernels, rng, random_cases(rng, args.cases))
         report["throughput"] = gpu_throughput(torch, kernels)
         report["vote"] = gpu_vote(torch, kernels, rng)
-        report["pipeline"] = gpu_pipeline(torch, kernels, rng)
+        report["pipeline"] = gpu_pipeline(kernels, rng)
         if not args.skip_baseline:
             report["torch_fp16_baseline"] = torch_baseline(torch)
         kernels.close()

@@ -138,12 +138,18 @@ def _cache_key(kind: str, sm: int, version: str, sources: dict[str, bytes]) -> s
 
 def _compile(sm: int, kind: str) -> bytes:
     """Compile every kernel with NVRTC to PTX (virtual arch) or CUBIN (real arch), uncached."""
-    nvrtc = _nvrtc()
     sources = _read_sources()
-    headers = [sources[name] for name in KERNEL_SOURCES + KERNEL_HEADERS]
-    names = [name.encode() for name in KERNEL_SOURCES + KERNEL_HEADERS]
+    headers = {name: sources[name] for name in KERNEL_SOURCES + KERNEL_HEADERS}
+    return nvrtc_compile(_translation_unit(), "dfd_kernels.cu", headers, sm, kind)
+
+
+def nvrtc_compile(source: bytes, name: str, headers: dict[str, bytes], sm: int, kind: str) -> bytes:
+    """Compile one CUDA C++ translation unit with NVRTC (NVRTC_OPTIONS) to "ptx" for
+    ``compute_<sm>`` or "cubin" for ``sm_<sm>``; ``headers`` are the files it may #include."""
+    nvrtc = _nvrtc()
     program = check_cuda(
-        nvrtc.nvrtcCreateProgram(_translation_unit(), b"dfd_kernels.cu", len(headers), headers, names),
+        nvrtc.nvrtcCreateProgram(source, name.encode(), len(headers), list(headers.values()),
+                                 [header.encode() for header in headers]),
         "nvrtcCreateProgram",
     )
     try:
@@ -155,7 +161,7 @@ def _compile(sm: int, kind: str) -> bytes:
             log = b" " * log_size
             check_cuda(nvrtc.nvrtcGetProgramLog(program, log), "nvrtcGetProgramLog")
             raise KernelBuildError(
-                f"NVRTC could not compile the kernels for sm_{sm}: {log.decode(errors='replace').strip()}"
+                f"NVRTC could not compile {name} for sm_{sm}: {log.decode(errors='replace').strip()}"
             )
         if kind == "ptx":
             size = check_cuda(nvrtc.nvrtcGetPTXSize(program), "nvrtcGetPTXSize")
@@ -279,7 +285,7 @@ def gpu_info(device: int = 0) -> GpuInfo:
     return GpuInfo(name.split(b"\0", 1)[0].decode(), (major, minor))
 
 
-class _KernelArgs:
+class KernelArgs:
     """ctypes storage for cuLaunchKernel's ``void** kernelParams``, kept alive with the launch."""
 
     def __init__(self, *args: ctypes._SimpleCData):
@@ -316,7 +322,7 @@ class CudaKernels:
             for name in KERNEL_NAMES
         }
 
-    def _launch(self, name: str, threads: int, args: _KernelArgs, stream) -> None:
+    def _launch(self, name: str, threads: int, args: KernelArgs, stream) -> None:
         grid = (threads + self.BLOCK - 1) // self.BLOCK
         check_cuda(
             self.driver.cuLaunchKernel(self._functions[name], grid, 1, 1, self.BLOCK, 1, 1, 0, stream,
@@ -331,7 +337,7 @@ class CudaKernels:
         pipeline keeps it at a fixed address, which a captured CUDA graph needs."""
         if batch == 0:
             return
-        args = _KernelArgs(ctypes.c_void_p(jobs_device), ctypes.c_int(batch),
+        args = KernelArgs(ctypes.c_void_p(jobs_device), ctypes.c_int(batch),
                            *[ctypes.c_void_p(int(p)) for p in outputs])
         tasks = batch * (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE)
         self._launch("dfd_preprocess_f16" if half else "dfd_preprocess_f32", tasks, args, stream)
@@ -339,7 +345,7 @@ class CudaKernels:
     def vote(self, logits: tuple[int, int, int], weights: tuple[float, float, float], batch: int,
              probs: int, score: int, mean: int, stream=0) -> None:
         """Softmax + discretised vote: probs [N,3] f32, score [N] f64, raw weighted mean [N] f64."""
-        args = _KernelArgs(*[ctypes.c_void_p(int(p)) for p in logits],
+        args = KernelArgs(*[ctypes.c_void_p(int(p)) for p in logits],
                            *[ctypes.c_double(float(w)) for w in weights], ctypes.c_int(batch),
                            ctypes.c_void_p(int(probs)), ctypes.c_void_p(int(score)),
                            ctypes.c_void_p(int(mean)))
