@@ -25,7 +25,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-from dfd.export.bench import capture_environment
+from dfd.export.bench.environment import capture_environment
 from dfd.runtime.backends import onnxruntime_session_options
 
 # (M, K, N): a large square product, then ViT-S at 252 px (T = 18*18 + 1 tokens, D = 384): QKV,

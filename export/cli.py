@@ -465,7 +465,7 @@ def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, 
 
 def _register_external_commands() -> None:
     """Verbs that live beside their implementation (their modules import nothing heavy at load)."""
-    from .bench import bench
+    from .bench.cli import bench
     from .capi_build import capi
 
     main.add_command(bench)

@@ -13,7 +13,10 @@ import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
-from dfd.export.bench import bench, jetson_clocks_locked, stream_flops, summarise
+from dfd.export.bench.cli import bench
+from dfd.export.bench.environment import jetson_clocks_locked
+from dfd.export.bench.flops import stream_flops
+from dfd.export.bench.measure import summarise
 from dfd.export.configs import ClipVisionConfig, DinoV2Config
 from dfd.export.streams import build_stream
 

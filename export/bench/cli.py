@@ -1,0 +1,87 @@
+"""``dfd-export bench``: the command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dfd.runtime.errors import DfdError
+
+from .measure import BenchSettings, run_benchmark
+from .plot import write_plot
+
+def _parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 1,4,16, got {value!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise click.BadParameter(f"batch sizes must be positive, got {value!r}")
+    return tuple(sorted(set(sizes)))
+
+
+def _summary_lines(result: dict[str, Any]) -> list[str]:
+    lines = [f"{'pipeline':8} {'batch':>5} {'p50 ms':>10} {'p90 ms':>10} {'p99 ms':>10} {'img/s':>8}"]
+    for name, run in result["runs"].items():
+        for b, r in run["batches"].items():
+            lat = r["latency_ms"]
+            lines.append(f"{name:8} {b:>5} {lat['p50']:>10.1f} {lat['p90']:>10.1f} {lat['p99']:>10.1f} "
+                         f"{r['throughput_images_per_s']:>8.2f}")
+    for b, ratio in result.get("speedup", {}).items():
+        lines.append(f"speed-up vs torch at batch {b}: {ratio['end_to_end_p50']:.2f}x end to end, "
+                     f"{ratio['without_face_localisation_p50']:.2f}x without face localisation, "
+                     f"{ratio['streams_p50']:.2f}x streams only")
+    return lines
+
+
+@click.command("bench")
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder of images to score [default: photographs shipped in installed packages].")
+@click.option("--batch-sizes", default="1,4,16", show_default=True, callback=_parse_batch_sizes,
+              help="Comma-separated batch sizes to measure.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Unrecorded iterations per batch size before measuring.")
+@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Recorded iterations per batch size (and pipeline).")
+@click.option("--compare", type=click.Choice(["torch"]), default=None,
+              help="Also measure the reference-style PyTorch eager pipeline on the same images.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto",
+              show_default=True, help="Runtime backend to measure.")
+@click.option("--label", default=None, help="A name for this run, kept in the JSON and the plot title.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the full result document here.")
+@click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write a PNG plot here (needs matplotlib).")
+def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, backend, label, json_out, plot_out):
+    """Measure an engine set: latency percentiles, throughput and per-stage time per batch size,
+    optionally next to the reference PyTorch pipeline (--compare torch)."""
+    from tqdm import tqdm
+
+    settings = BenchSettings(engine_dir=engine_dir, images_dir=images_dir, batch_sizes=batch_sizes,
+                             warmup=warmup, iterations=iterations, compare_torch=compare == "torch",
+                             backend=backend, label=label)
+    pipelines = 2 if settings.compare_torch else 1
+    bar = tqdm(total=len(batch_sizes) * iterations * pipelines, unit="it", file=sys.stderr, desc="bench")
+    try:
+        result = run_benchmark(settings, progress=bar.set_description, tick=lambda: bar.update(1))
+        bar.close()
+        if plot_out is not None:
+            write_plot(result, plot_out)
+    except DfdError as exc:
+        bar.close()
+        raise click.ClickException(str(exc)) from exc
+    for warning in result["warnings"]:
+        click.secho(f"WARNING: {warning}", fg="yellow", err=True)
+    for line in _summary_lines(result):
+        click.echo(line)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"results written: {json_out}", err=True)
+    if plot_out is not None:
+        click.echo(f"plot written: {plot_out}", err=True)

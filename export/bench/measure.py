@@ -1,0 +1,305 @@
+"""The measurement: both pipelines interleaved on the same images, and the result document."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from . import BenchError
+from .environment import PeakRss, available_memory_bytes, capture_environment, gpu_memory_used_mib, \
+    process_peak_rss_bytes, rss_bytes
+from .flops import ensemble_flops
+from .pipelines import STAGES, RuntimePipeline, TorchReferencePipeline, reference_vote
+
+SCHEMA = "dfd-bench/1"
+PERCENTILES = (50, 90, 99)
+# Both pipelines resident need about twice the weights; leave room for activations and the OS.
+RESIDENT_MEMORY_FACTOR = 2.3
+DEFAULT_IMAGE_COUNT = 8
+
+
+def summarise(seconds: Sequence[float]) -> dict[str, float]:
+    """Milliseconds: p50/p90/p99 (linear interpolation, so always ordered), mean, min, max."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    if ms.size == 0:
+        raise BenchError("no timings to summarise")
+    out = {f"p{q}": float(np.percentile(ms, q)) for q in PERCENTILES}
+    out.update(mean=float(ms.mean()), min=float(ms.min()), max=float(ms.max()))
+    return out
+
+
+def _batch_report(batch: int, totals: Sequence[float], stages: Sequence[dict[str, float]],
+                  ensemble_flops_per_image: int | None) -> dict[str, Any]:
+    latency = summarise(totals)
+    names = [s for s in STAGES if any(s in row for row in stages)]
+    stage_ms = {name: summarise([row.get(name, 0.0) for row in stages]) for name in names}
+    stage_sum = sum(v["p50"] for v in stage_ms.values())
+    report = {
+        "batch_size": batch,
+        "iterations": len(totals),
+        "latency_ms": latency,
+        "per_image_ms_p50": latency["p50"] / batch,
+        "throughput_images_per_s": batch / (latency["p50"] / 1e3),
+        "stages_ms": {name: {"p50": v["p50"], "mean": v["mean"]} for name, v in stage_ms.items()},
+        "stage_sum_ms_p50": stage_sum,
+    }
+    if ensemble_flops_per_image:
+        report["achieved_gflop_per_s"] = ensemble_flops_per_image * batch / (latency["p50"] / 1e3) / 1e9
+    return report
+
+
+
+def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_IMAGE_COUNT) -> tuple[list[Path], str]:
+    """The image files to score, and where they came from.
+
+    Without a folder: photographs shipped inside installed packages (scikit-image, matplotlib),
+    written losslessly as PNG so every pipeline reads the same pixels from a file.
+    """
+    from dfd.calibration.sources import builtin_photographs, list_images
+
+    if images_dir is not None:
+        paths = list_images(Path(images_dir))
+        return paths, f"folder {images_dir}"
+    paths = []
+    for name, rgb in builtin_photographs():
+        if min(rgb.shape[:2]) < 252:  # the reference pipeline cannot take smaller images
+            continue
+        path = work_dir / (name.replace(":", "_").rsplit(".", 1)[0] + ".png")
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        paths.append(path)
+        if len(paths) == count:
+            break
+    if not paths:
+        raise BenchError("no built-in photographs of at least 252x252; pass --images DIR")
+    return paths, "photographs shipped in installed packages (scikit-image, matplotlib), as PNG"
+
+
+def _batch_of(paths: Sequence[Path], size: int) -> list[Path]:
+    """``size`` images, cycling through ``paths`` when there are fewer."""
+    return [paths[i % len(paths)] for i in range(size)]
+
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    engine_dir: Path
+    images_dir: Path | None = None
+    batch_sizes: tuple[int, ...] = (1, 4, 16)
+    warmup: int = 2
+    iterations: int = 20
+    compare_torch: bool = False
+    backend: str = "auto"
+    label: str | None = None
+
+
+def _check(settings: BenchSettings) -> None:
+    if not settings.batch_sizes or any(b < 1 for b in settings.batch_sizes):
+        raise BenchError(f"batch sizes must be positive integers, got {settings.batch_sizes}")
+    if settings.iterations < 1 or settings.warmup < 0:
+        raise BenchError("--iterations must be at least 1 and --warmup at least 0")
+
+
+def _engine_set_summary(manifest) -> dict[str, Any]:
+    entries = manifest.entries()
+    return {
+        "path": str(manifest.root),
+        "random_weights": manifest.random_weights,
+        "streams": {name: {"input_size": e.input_size, "precision": e.precision, "backend": e.backend,
+                           "bytes": sum(f.bytes for f in e.files)} for name, e in manifest.streams.items()},
+        "bytes": sum(f.bytes for e in entries for f in e.files),
+        "created_utc": manifest.raw.get("created_utc"),
+        "build": manifest.raw.get("build"),
+    }
+
+
+def _sanity(runtime_detections: list, torch_probs: dict[str, np.ndarray], weights: dict[str, float]) -> dict[str, Any]:
+    """Do both pipelines compute the same thing? Per-stream max |dP| and the vote agreement."""
+    streams = list(torch_probs)
+    deltas = {s: float(max(abs(d.streams[s] - float(torch_probs[s][i])) for i, d in enumerate(runtime_detections)))
+              for s in streams}
+    same = sum(d.score == reference_vote({s: float(torch_probs[s][i]) for s in streams}, weights)
+               for i, d in enumerate(runtime_detections))
+    return {"images": len(runtime_detections), "max_abs_delta_p": deltas,
+            "votes_equal": int(same), "votes_total": len(runtime_detections)}
+
+
+def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lambda m: None,
+                  tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Measure ``settings`` and return the JSON-ready result document.
+
+    ``progress`` receives phase descriptions, ``tick`` is called once per measured iteration.
+    """
+    from dfd.runtime.manifest import load_manifest
+
+    _check(settings)
+    warnings: list[str] = []
+    started = datetime.now(timezone.utc)
+    environment = capture_environment(warnings)
+    manifest = load_manifest(settings.engine_dir)
+    flops = ensemble_flops(manifest)
+    per_image_flops = flops["per_image"]["ensemble"]
+    if manifest.random_weights:
+        warnings.append("the engine set has RANDOM weights: the timings are real, the scores mean nothing")
+
+    with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp:
+        paths, image_source = bench_images(settings.images_dir, Path(tmp))
+        image_sizes = [f"{w}x{h}" for h, w in (cv2.imread(str(p)).shape[:2] for p in paths)]
+        memory: dict[str, Any] = {"rss_before_bytes": rss_bytes()}
+        available = available_memory_bytes()
+        engine_bytes = _engine_set_summary(manifest)["bytes"]
+        resident = not settings.compare_torch or available is None or \
+            engine_bytes * RESIDENT_MEMORY_FACTOR < available
+        if not resident:
+            warnings.append(f"both pipelines do not fit in memory together ({engine_bytes / 1e9:.1f} GB of weights, "
+                            f"{available / 1e9:.1f} GB available): they ran one after the other, not interleaved, "
+                            f"so the ratio is more exposed to load changes")
+
+        progress("open engine set")
+        with PeakRss() as open_peak:
+            runtime = RuntimePipeline(settings.engine_dir, settings.backend)
+        memory["runtime_rss_after_open_bytes"] = rss_bytes()
+        memory["runtime_open_peak_rss_bytes"] = open_peak.peak
+        face_localisation = {"present": runtime.detector.face_locator is not None}
+        if not face_localisation["present"]:
+            face_localisation["reason"] = "the engine set has no face detector (or it is switched off)"
+        distinct = list(paths)
+        runtime_detections = runtime.end_to_end(distinct)[1]
+        face_inputs = {}
+        if settings.compare_torch:
+            from dfd.runtime.images import decode_image
+
+            face_inputs = {p: runtime.face_input(decode_image(str(p)).rgb) for p in distinct}
+
+        samples: dict[str, dict[int, dict[str, list]]] = {"runtime": {}, "torch": {}}
+        torch_pipeline = None
+        sanity = None
+
+        def measure_runtime(batch: list[Path], record: bool) -> None:
+            total, _ = runtime.end_to_end(batch)
+            stages = runtime.staged(batch)
+            if record:
+                row = samples["runtime"].setdefault(len(batch), {"totals": [], "stages": []})
+                row["totals"].append(total)
+                row["stages"].append(stages)
+
+        def measure_torch(batch: list[Path], record: bool) -> None:
+            start = time.perf_counter()
+            stages, _ = torch_pipeline.run(batch)
+            total = time.perf_counter() - start
+            if record:
+                row = samples["torch"].setdefault(len(batch), {"totals": [], "stages": []})
+                row["totals"].append(total)
+                row["stages"].append(stages)
+
+        def open_torch() -> Any:
+            progress("build the PyTorch reference pipeline")
+            pipeline = TorchReferencePipeline(manifest, face_inputs)
+            memory["torch_rss_after_open_bytes"] = rss_bytes()
+            return pipeline
+
+        def loop(measures: list[Callable[[list[Path], bool], None]]) -> None:
+            for batch_size in settings.batch_sizes:
+                batch = _batch_of(paths, batch_size)
+                progress(f"batch {batch_size}: warm-up")
+                for _ in range(settings.warmup):
+                    for measure in measures:
+                        measure(batch, False)
+                progress(f"batch {batch_size}: measure")
+                for _ in range(settings.iterations):
+                    for measure in measures:
+                        measure(batch, True)
+                        tick()
+
+        if not settings.compare_torch:
+            with PeakRss() as peak:
+                loop([measure_runtime])
+            memory["runtime_peak_rss_bytes"] = peak.peak
+        elif resident:
+            torch_pipeline = open_torch()
+            _, torch_probs = torch_pipeline.run(distinct)
+            sanity = _sanity(runtime_detections, torch_probs, manifest.vote_weights)
+            with PeakRss() as peak:
+                loop([measure_runtime, measure_torch])
+            memory["interleaved_peak_rss_bytes"] = peak.peak
+        else:
+            with PeakRss() as peak:
+                loop([measure_runtime])
+            memory["runtime_peak_rss_bytes"] = peak.peak
+            memory["gpu_memory_used_mib_runtime"] = gpu_memory_used_mib()
+            runtime.close()
+            with PeakRss() as peak:
+                torch_pipeline = open_torch()
+                _, torch_probs = torch_pipeline.run(distinct)
+                sanity = _sanity(runtime_detections, torch_probs, manifest.vote_weights)
+                loop([measure_torch])
+            memory["torch_peak_rss_bytes"] = peak.peak
+        memory["gpu_memory_used_mib"] = gpu_memory_used_mib()
+        if torch_pipeline is not None and torch_pipeline.device.type == "cuda":
+            memory["torch_gpu_max_allocated_bytes"] = torch_pipeline.torch.cuda.max_memory_allocated()
+        memory["process_peak_rss_bytes"] = process_peak_rss_bytes()
+
+    runs = {}
+    labels = {"runtime": runtime.label, "torch": torch_pipeline.label if torch_pipeline else None}
+    for name, by_batch in samples.items():
+        if by_batch:
+            runs[name] = {
+                "label": labels[name],
+                "batches": {str(b): _batch_report(b, v["totals"], v["stages"], per_image_flops)
+                            for b, v in by_batch.items()},
+            }
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "label": settings.label,
+        "created_utc": started.isoformat(timespec="seconds"),
+        "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
+        "command": sys.argv,
+        "settings": {"batch_sizes": list(settings.batch_sizes), "warmup": settings.warmup,
+                     "iterations": settings.iterations, "compare": "torch" if settings.compare_torch else None,
+                     "backend": settings.backend, "interleaved": settings.compare_torch and resident},
+        "images": {"source": image_source, "count": len(paths), "sizes": image_sizes},
+        "engine_set": _engine_set_summary(manifest),
+        "face_localisation": face_localisation,
+        "flops": flops,
+        "environment": environment,
+        "memory": memory,
+        "runs": runs,
+        "warnings": warnings,
+    }
+    if torch_pipeline is not None:
+        result["torch_weights"] = torch_pipeline.weights_note
+        result["sanity"] = sanity
+        result["speedup"] = {
+            str(b): {
+                "end_to_end_p50": runs["torch"]["batches"][str(b)]["latency_ms"]["p50"]
+                / runs["runtime"]["batches"][str(b)]["latency_ms"]["p50"],
+                "streams_p50": _streams_ms(runs["torch"]["batches"][str(b)])
+                / _streams_ms(runs["runtime"]["batches"][str(b)]),
+                "without_face_localisation_p50": runs["torch"]["batches"][str(b)]["stage_sum_ms_p50"]
+                / _stage_sum_without_face(runs["runtime"]["batches"][str(b)]),
+            }
+            for b in settings.batch_sizes
+        }
+        torch_pipeline.close()
+    environment["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return result
+
+
+def _streams_ms(batch_report: dict[str, Any]) -> float:
+    return sum(v["p50"] for k, v in batch_report["stages_ms"].items() if k.startswith("stream:"))
+
+
+def _stage_sum_without_face(batch_report: dict[str, Any]) -> float:
+    """The runtime's stage sum less face localisation: the reference localises faces offline in a
+    separate script, so this is the like-for-like comparison with its pipeline."""
+    face = batch_report["stages_ms"].get("face_localisation", {"p50": 0.0})["p50"]
+    return batch_report["stage_sum_ms_p50"] - face

@@ -1,0 +1,226 @@
+"""The two pipelines a benchmark times, stage by stage: the lean runtime and the reference-style
+PyTorch eager pipeline (with the reference's own crop, resize and text-rounded vote)."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import BenchError
+from .flops import stream_architectures
+
+STAGES = ("decode", "face_localisation", "preprocess", "stream:global", "stream:face", "stream:fusion", "vote")
+
+
+class StageClock:
+    """Accumulates wall time per named stage for one run of a pipeline."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+
+class RuntimePipeline:
+    """The lean runtime: end to end through ``Detector.detect``, and staged through the same
+    runtime functions the Detector calls, to attribute the time."""
+
+    name = "runtime"
+
+    def __init__(self, engine_dir: Path, backend: str) -> None:
+        from dfd.runtime.detector import Detector
+
+        self.detector = Detector.open(engine_dir, backend=backend, batch_size=1 << 30)
+        self.label = f"{self.detector.backend.description}; preprocessing: {self.detector.preprocessing}"
+
+    def end_to_end(self, paths: Sequence[Path]) -> tuple[float, list]:
+        start = time.perf_counter()
+        detections = self.detector.detect([str(p) for p in paths])
+        elapsed = time.perf_counter() - start
+        failed = [d for d in detections if not d.ok]
+        if failed:
+            raise BenchError(f"the runtime could not score {failed[0].image}: {failed[0].error}")
+        return elapsed, detections
+
+    def face_input(self, rgb: np.ndarray) -> np.ndarray:
+        """The image the face stream sees: the located face crop, else the original image."""
+        from dfd.runtime.preprocess import crop_face, face_is_too_small
+
+        locator = self.detector.face_locator
+        found = locator.locate(rgb) if locator is not None else None
+        if found is None or face_is_too_small(found.box, rgb.shape[:2]):
+            return rgb
+        return crop_face(rgb, found.box)
+
+    def staged(self, paths: Sequence[Path]) -> dict[str, float]:
+        from dfd.runtime.images import decode_image
+        from dfd.runtime.preprocess import preprocess_face, preprocess_fusion, preprocess_global, \
+            reencode_like_reference_face_file
+        from dfd.runtime.vote import discretised_vote, softmax_fake_probability
+
+        detector = self.detector
+        functions = {"global": preprocess_global, "face": preprocess_face, "fusion": preprocess_fusion}
+        mean, std = tuple(detector.manifest.preprocessing["mean"]), tuple(detector.manifest.preprocessing["std"])
+        sizes = {s: detector.manifest.streams[s].input_size for s in detector.streams}
+        clock = StageClock()
+        with clock.stage("decode"):
+            images = [decode_image(str(p)).rgb for p in paths]
+        if detector.face_locator is not None:
+            with clock.stage("face_localisation"):
+                faces = [self.face_input(rgb) for rgb in images]
+        else:
+            faces = images
+        with clock.stage("preprocess"):
+            faces = [reencode_like_reference_face_file(f, p.suffix)[0] for f, p in zip(faces, paths)]
+            batches = {
+                stream: np.stack([functions[stream](faces[i] if stream == "face" else images[i],
+                                                    sizes[stream], mean, std).tensor
+                                  for i in range(len(paths))])
+                for stream in detector.streams
+            }
+        probabilities = {}
+        for stream in detector.streams:
+            with clock.stage(f"stream:{stream}"):
+                logits = detector.backend.run(stream, batches[stream])
+            probabilities[stream] = logits
+        with clock.stage("vote"):
+            fake = {s: softmax_fake_probability(v) for s, v in probabilities.items()}
+            for row in range(len(paths)):
+                discretised_vote({s: float(fake[s][row]) for s in fake}, detector.vote_weights)
+        return clock.seconds
+
+    def close(self) -> None:
+        self.detector = None
+        gc.collect()
+
+
+
+class TorchReferencePipeline:
+    """What running the reference code costs: OpenCV decoding and preprocessing as the reference
+    writes it, fp32 eager stream modules one after another, the text-rounded vote. Faces are
+    pre-cropped offline in the reference (a separate script), so the face inputs are given."""
+
+    name = "torch"
+
+    def __init__(self, manifest, face_inputs: dict[Path, np.ndarray]) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.manifest = manifest
+        self.face_inputs = face_inputs
+        self.sizes = {name: entry.input_size for name, entry in manifest.streams.items()}
+        prep = manifest.preprocessing
+        self.mean = torch.tensor(prep["mean"], dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(prep["std"], dtype=torch.float32).view(3, 1, 1)
+        self.weights_note: list[str] = []
+        self.modules = {name: self._load(name) for name in manifest.streams}
+        self.label = (f"torch {torch.__version__} eager fp32 on {self.device} "
+                      f"({torch.get_num_threads()} threads), timm/open_clip stream modules")
+
+    def _load(self, name: str):
+        from ..build import BuildRequest, load_stream_module
+        from ..checkpoint import LoraSettings
+        from ..streams import STREAM_SPECS
+
+        entry = self.manifest.streams[name]
+        build = self.manifest.raw.get("build", {})
+        dino, clip = stream_architectures(entry.details, name)
+        recorded = (entry.details.get("source") or {}).get("checkpoint")
+        weights_dir = build.get("weights_dir")
+        if recorded and not weights_dir:
+            raise BenchError(f"the manifest records a checkpoint for the {name} stream but no build.weights_dir")
+        if recorded and not (Path(weights_dir) / STREAM_SPECS[name].checkpoint).is_file():
+            raise BenchError(f"checkpoint {Path(weights_dir) / STREAM_SPECS[name].checkpoint} recorded by the "
+                             f"manifest is not there; the torch comparison needs the same weights")
+        lora = build.get("lora", {})
+        request = BuildRequest(out_dir=Path("unused"), weights_dir=Path(weights_dir) if recorded else None,
+                               seed=int(build.get("seed", 0)),
+                               lora=LoraSettings(int(lora.get("r", 32)), float(lora.get("alpha", 64.0))))
+        module, source = load_stream_module(name, request, dino, clip)
+        if recorded and source["checkpoint"]["sha256"] != recorded["sha256"]:
+            raise BenchError(f"{source['checkpoint']['file']} is not the checkpoint the engine set was built "
+                             f"from (sha256 differs)")
+        self.weights_note.append(f"{name}: " + (f"checkpoint {recorded['file']}" if recorded
+                                                else f"random init, seed {request.seed}"))
+        return module.to(self.device).eval()
+
+    def _tensor(self, rgb: np.ndarray):
+        x = self.torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(self.torch.float32).div(255)
+        return (x - self.mean) / self.std
+
+    def run(self, paths: Sequence[Path]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        torch = self.torch
+        clock = StageClock()
+        with clock.stage("decode"):
+            images = []
+            for path in paths:
+                bgr = cv2.imread(str(path))
+                if bgr is None:
+                    raise BenchError(f"cv2.imread cannot read {path}")
+                images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        with clock.stage("preprocess"):
+            batches = {}
+            for stream, size in self.sizes.items():
+                if stream == "fusion":
+                    crops = [reference_fusion_resize(rgb, size) for rgb in images]
+                else:
+                    sources = [self.face_inputs[p] for p in paths] if stream == "face" else images
+                    crops = [reference_center_crop(rgb, size) for rgb in sources]
+                batches[stream] = torch.stack([self._tensor(c) for c in crops])
+        probabilities = {}
+        with torch.no_grad():
+            for stream, batch in batches.items():
+                with clock.stage(f"stream:{stream}"):
+                    logits = self.modules[stream](batch.to(self.device))
+                    probabilities[stream] = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
+        with clock.stage("vote"):
+            for row in range(len(paths)):
+                reference_vote({s: float(p[row]) for s, p in probabilities.items()}, self.manifest.vote_weights)
+        return clock.seconds, probabilities
+
+    def close(self) -> None:
+        self.modules = {}
+        gc.collect()
+
+
+def reference_center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The reference's centre crop (no resampling); it cannot take a smaller image."""
+    h, w = rgb.shape[:2]
+    if h < size or w < size:
+        raise BenchError(f"an image of {w}x{h} is smaller than the {size} crop, which the reference "
+                         f"pipeline cannot take; use images of at least {size}x{size}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return rgb[top:top + size, left:left + size]
+
+
+def reference_fusion_resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    """``cv2.resize`` to size x size, INTER_AREA when taller, INTER_CUBIC when shorter (the
+    reference looks at the height only, and leaves an image exactly ``size`` high alone)."""
+    h, w = rgb.shape[:2]
+    if h == size:
+        if w != size:
+            raise BenchError(f"an image {size} high but {w} wide breaks the reference's fusion batch")
+        return rgb
+    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if h > size else cv2.INTER_CUBIC)
+
+
+def reference_vote(probs: dict[str, float], weights: dict[str, float]) -> float:
+    """The reference's vote: each P written as ``f"{p:.1f}"``, read back, weighted mean,
+    ``np.round(x, 1)``."""
+    names = list(probs)
+    rounded = [float(f"{probs[n]:.1f}") for n in names]
+    return float(f"{float(np.round(np.average(rounded, weights=[weights[n] for n in names]), 1)):.1f}")

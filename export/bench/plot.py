@@ -1,0 +1,67 @@
+"""The benchmark's plot: latency per image against batch size, and per-stage time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import BenchError
+from .pipelines import STAGES
+
+STAGE_COLOURS = {"decode": "#8c8c8c", "face_localisation": "#b07aa1", "preprocess": "#f28e2b",
+                 "stream:global": "#4e79a7", "stream:face": "#76b7b2", "stream:fusion": "#59a14f",
+                 "vote": "#e15759"}
+
+
+def write_plot(result: dict[str, Any], path: Path) -> Path:
+    """Latency per image vs batch size (p50, bars to p90) and stacked per-stage bars per image."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise BenchError("--plot needs matplotlib (an optional extra): pip install matplotlib") from exc
+    runs = result["runs"]
+    batch_sizes = result["settings"]["batch_sizes"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for name, run in runs.items():
+        p50 = [run["batches"][str(b)]["latency_ms"]["p50"] / b for b in batch_sizes]
+        p90 = [run["batches"][str(b)]["latency_ms"]["p90"] / b for b in batch_sizes]
+        left.errorbar(batch_sizes, p50, yerr=[np.zeros(len(p50)), np.subtract(p90, p50)], marker="o",
+                      capsize=3, label=f"{name} (p50, bar to p90)")
+    left.set_xscale("log", base=2)
+    left.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+    left.set_xlabel("batch size")
+    left.set_ylabel("ms per image")
+    left.set_title("end-to-end latency per image")
+    left.grid(alpha=0.3)
+    left.legend()
+    width = 0.8 / max(1, len(runs))
+    for index, (name, run) in enumerate(runs.items()):
+        bottoms = np.zeros(len(batch_sizes))
+        positions = np.arange(len(batch_sizes)) + (index - (len(runs) - 1) / 2) * width
+        for stage in STAGES:
+            values = np.array([run["batches"][str(b)]["stages_ms"].get(stage, {"mean": 0.0})["mean"] / b
+                               for b in batch_sizes])
+            if not values.any():
+                continue
+            right.bar(positions, values, width * 0.95, bottom=bottoms, color=STAGE_COLOURS[stage],
+                      label=stage if index == 0 or stage not in right.get_legend_handles_labels()[1] else None)
+            bottoms += values
+        for x, top in zip(positions, bottoms):
+            right.text(x, top, name, ha="center", va="bottom", fontsize=7, rotation=90)
+    right.set_xticks(np.arange(len(batch_sizes)), [f"batch {b}" for b in batch_sizes])
+    right.set_ylabel("ms per image (mean)")
+    right.set_title("per-stage time")
+    right.legend(fontsize=7)
+    title = result.get("label") or Path(result["engine_set"]["path"]).name
+    figure.suptitle(f"{title}: {result['environment']['cpu']['model']}", fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
