@@ -272,6 +272,14 @@ class Detector:
             return PreparedImage(detection, {})
         return prepared
 
+    def face_stream_image(self, rgb: np.ndarray) -> np.ndarray:
+        """What the face stream sees for a decoded image that comes with neither face crop nor box:
+        the crop of the located face, or ``rgb`` itself (no face, a face under 1/9 of the image, or
+        no locator), before the re-encode a lossy file gets. The Detector's own rule, public for
+        tools that time face localisation as a stage of its own (``dfd-export bench``)."""
+        face_rgb, box = self._face_input(DecodedImage(rgb, ()), None, None, Detection(image=""))
+        return self._face_image(rgb, face_rgb, box)
+
     @staticmethod
     def _face_image(rgb: np.ndarray, face_rgb: np.ndarray | None, box: Box | None) -> np.ndarray:
         """The face stream's image on the host: its own image, the crop of ``box``, or ``rgb``."""

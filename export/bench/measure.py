@@ -178,7 +178,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         if settings.compare_torch:
             from dfd.runtime.images import decode_image
 
-            face_inputs = {p: runtime.face_input(decode_image(str(p)).rgb) for p in distinct}
+            face_inputs = {p: runtime.detector.face_stream_image(decode_image(str(p)).rgb) for p in distinct}
 
         samples: dict[str, dict[int, dict[str, list]]] = {"runtime": {}, "torch": {}}
         torch_pipeline = None

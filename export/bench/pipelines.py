@@ -55,16 +55,6 @@ class RuntimePipeline:
             raise BenchError(f"the runtime could not score {failed[0].image}: {failed[0].error}")
         return elapsed, detections
 
-    def face_input(self, rgb: np.ndarray) -> np.ndarray:
-        """The image the face stream sees: the located face crop, else the original image."""
-        from dfd.runtime.preprocess import crop_face, face_is_too_small
-
-        locator = self.detector.face_locator
-        found = locator.locate(rgb) if locator is not None else None
-        if found is None or face_is_too_small(found.box, rgb.shape[:2]):
-            return rgb
-        return crop_face(rgb, found.box)
-
     def staged(self, paths: Sequence[Path]) -> dict[str, float]:
         from dfd.runtime.images import decode_image
         from dfd.runtime.preprocess import preprocess_face, preprocess_fusion, preprocess_global, \
@@ -80,7 +70,7 @@ class RuntimePipeline:
             images = [decode_image(str(p)).rgb for p in paths]
         if detector.face_locator is not None:
             with clock.stage("face_localisation"):
-                faces = [self.face_input(rgb) for rgb in images]
+                faces = [detector.face_stream_image(rgb) for rgb in images]
         else:
             faces = images
         with clock.stage("preprocess"):

@@ -274,6 +274,24 @@ def test_packaged_face_detector_feeds_the_face_stream(tiny_engine_set, reference
     assert abs(result.streams["face"] - expected) <= 1e-3  # box rounded to 0.01 px in the output
 
 
+def test_face_stream_image_is_what_detect_feeds_the_face_stream(tiny_engine_set, photographs):
+    """The public face rule (used by the benchmark's staged run) is the Detector's own: the crop of
+    a face that covers 1/9 of the image or more, else the image itself (a smaller face, none)."""
+    from dfd.runtime.preprocess import preprocess_face
+
+    astronaut = photographs["astronaut"]
+    cases = {"face under 1/9": (astronaut, "original image"),
+             "face crop": (np.ascontiguousarray(astronaut[:300, 100:400]), "crop"),
+             "no face": (np.random.default_rng(5).integers(0, 256, (300, 400, 3), dtype=np.uint8), None)}
+    with Detector.open(tiny_engine_set) as detector:
+        for name, (rgb, used) in cases.items():
+            prepared = detector.prepare(rgb, name)
+            assert (prepared.detection.face or {}).get("used") == used, (name, prepared.detection.face)
+            image = detector.face_stream_image(rgb)
+            assert (image is rgb) == (used != "crop"), name
+            np.testing.assert_array_equal(preprocess_face(image).tensor, prepared.tensors["face"], err_msg=name)
+
+
 def test_concurrent_stream_dispatch_gives_identical_results(tiny_engine_set, photographs):
     """Backends whose engines run on their own CUDA streams get the three streams at once."""
     detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
