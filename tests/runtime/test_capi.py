@@ -8,6 +8,7 @@ second: numpy, OpenCV, onnxruntime), so each scenario is one process.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -388,6 +389,23 @@ def _parse_result(fields: list[str]) -> dict:
             "face_found": int(values[6]), "face_box": values[7:11]}
 
 
+def _harness_cases(run: subprocess.CompletedProcess) -> dict[str, tuple[int, str]]:
+    """The harness's "name<TAB>status<TAB>message" lines, by name."""
+    assert run.returncode == 0, run.stderr
+    cases = {}
+    for line in run.stdout.splitlines():
+        name, status, message = line.split("\t")
+        cases[name] = (int(status), message)
+    return cases
+
+
+def _expect(cases: dict[str, tuple[int, str]], name: str, status: str, *words: str) -> None:
+    got_status, message = cases[name]
+    assert got_status == STATUS[status], (name, cases[name])
+    for word in words:
+        assert word in message, (name, message)
+
+
 def _assert_matches_cli(got: dict, expected: dict, where: str) -> None:
     assert got["score"] == pytest.approx(expected["score"], abs=1e-6), where
     for slot, stream in enumerate(STREAMS):
@@ -497,19 +515,12 @@ def tampered_set(tiny_engine_set, tmp_path_factory) -> Path:
 def test_null_and_nonsense_arguments_give_statuses_and_messages(tiny_engine_set, tampered_set, pictures, harness):
     run = _run([harness, "errors", tiny_engine_set, tampered_set, pictures["broken"][0],
                 pictures["astronaut_crop"][1], pictures["astronaut_crop"][0]])
-    assert run.returncode == 0, run.stderr
-    cases = {}
-    for line in run.stdout.splitlines():
-        name, status, message = line.split("\t")
-        cases[name] = (int(status), message)
+    cases = _harness_cases(run)
 
     def check(name: str, status: str, *words: str) -> None:
-        got_status, message = cases[name]
-        assert got_status == STATUS[status], (name, cases[name])
-        for word in words:
-            assert word in message, (name, message)
-        if status == "ok":
-            assert message == "", (name, message)
+        _expect(cases, name, status, *words)
+        if status == "ok":  # a call that succeeded leaves no error behind
+            assert cases[name][1] == "", (name, cases[name])
 
     assert cases["version"][1] != ""
     check("initial", "ok")
@@ -558,18 +569,8 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
     and dfd_describe says what the detector runs on."""
     png, spec = pictures["astronaut"]
     run = _run([harness, "options", tiny_engine_set, spec])
-    assert run.returncode == 0, run.stderr
-    cases = {}
-    for line in run.stdout.splitlines():
-        name, status, message = line.split("\t")
-        cases[name] = (int(status), message)
-
-    def check(name: str, status: str, *words: str) -> None:
-        got_status, message = cases[name]
-        assert got_status == STATUS[status], (name, cases[name])
-        for word in words:
-            assert word in message, (name, message)
-
+    cases = _harness_cases(run)
+    check = functools.partial(_expect, cases)
     assert cases["defaults"][1] == "1 1 8 1 40 1 0"
     expected = {"default": _cli_jsonl(tiny_engine_set, [png])[0],
                 "no_face_detect": _cli_jsonl(tiny_engine_set, [png], "--no-face-detect")[0],
