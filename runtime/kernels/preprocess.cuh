@@ -44,50 +44,21 @@ enum Interpolation { kInterIdentity = 0, kInterArea = 3, kInterCubic = 2 };
 enum ChannelOrder { kRGB = 0, kBGR = 1 };
 
 // ---- arithmetic that is never contracted into FMA -----------------------------------------------
-DFD_HD float fmul(float a, float b) {
+// On the device, the round-to-nearest intrinsic (never fused); on the host, the plain operator.
 #ifdef __CUDA_ARCH__
-    return __fmul_rn(a, b);
+#define DFD_ROUNDED(device_intrinsic, host_expression) return device_intrinsic
 #else
-    return a * b;
+#define DFD_ROUNDED(device_intrinsic, host_expression) return host_expression
 #endif
-}
-DFD_HD float fadd(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fadd_rn(a, b);
-#else
-    return a + b;
-#endif
-}
+DFD_HD float fmul(float a, float b) { DFD_ROUNDED(__fmul_rn(a, b), a * b); }
+DFD_HD float fadd(float a, float b) { DFD_ROUNDED(__fadd_rn(a, b), a + b); }
 DFD_HD float fsub(float a, float b) { return fadd(a, -b); }
-DFD_HD float fdiv(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fdiv_rn(a, b);
-#else
-    return a / b;
-#endif
-}
-DFD_HD double dmul(double a, double b) {
-#ifdef __CUDA_ARCH__
-    return __dmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-DFD_HD double dadd(double a, double b) {
-#ifdef __CUDA_ARCH__
-    return __dadd_rn(a, b);
-#else
-    return a + b;
-#endif
-}
+DFD_HD float fdiv(float a, float b) { DFD_ROUNDED(__fdiv_rn(a, b), a / b); }
+DFD_HD double dmul(double a, double b) { DFD_ROUNDED(__dmul_rn(a, b), a * b); }
+DFD_HD double dadd(double a, double b) { DFD_ROUNDED(__dadd_rn(a, b), a + b); }
 DFD_HD double dsub(double a, double b) { return dadd(a, -b); }
-DFD_HD double ddiv(double a, double b) {
-#ifdef __CUDA_ARCH__
-    return __ddiv_rn(a, b);
-#else
-    return a / b;
-#endif
-}
+DFD_HD double ddiv(double a, double b) { DFD_ROUNDED(__ddiv_rn(a, b), a / b); }
+#undef DFD_ROUNDED
 
 DFD_HD int imin(int a, int b) { return a < b ? a : b; }
 DFD_HD int imax(int a, int b) { return a > b ? a : b; }
