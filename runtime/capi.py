@@ -120,6 +120,13 @@ def write_c_string(ffi: Any, buffer: Any, size: int, message: str) -> None:
     ffi.memmove(buffer, encoded + b"\0", len(encoded) + 1)
 
 
+def report_failure(ffi: Any, error: Any, error_size: int, exc: BaseException) -> int:
+    """Write the message of ``exc`` into the caller's error buffer; returns its ``dfd_status``."""
+    status, message = status_of(exc)
+    write_c_string(ffi, error, error_size, message)
+    return status
+
+
 def _key(ffi: Any, detector: Any) -> int:
     return int(ffi.cast("uintptr_t", detector))
 
@@ -238,9 +245,7 @@ def _open(ffi: Any, out: Any, error: Any, error_size: int, run: Callable[[], Det
         out[0] = ffi.cast("dfd_detector *", _handles.add(run()))
         return DFD_OK
     except Exception as exc:
-        status, message = status_of(exc)
-        write_c_string(ffi, error, error_size, message)
-        return status
+        return report_failure(ffi, error, error_size, exc)
 
 
 def describe_detector(ffi: Any, detector: Any, buffer: Any, size: int, error: Any, error_size: int) -> int:
@@ -253,9 +258,7 @@ def describe_detector(ffi: Any, detector: Any, buffer: Any, size: int, error: An
                                        f"preprocessing and vote: {opened.preprocessing}")
         return DFD_OK
     except Exception as exc:
-        status, message = status_of(exc)
-        write_c_string(ffi, error, error_size, message)
-        return status
+        return report_failure(ffi, error, error_size, exc)
 
 
 def detect_images(ffi: Any, detector: Any, images: Any, count: int, results: Any,
@@ -306,8 +309,7 @@ def _serve(ffi: Any, error: Any, error_size: int, results: Any, count: int,
     try:
         detections = run()
     except Exception as exc:
-        status, message = status_of(exc)
-        write_c_string(ffi, error, error_size, message)
+        status = report_failure(ffi, error, error_size, exc)
         if results != ffi.NULL and 0 < count:
             for i in range(count):
                 mark_failed(results[i], status)
@@ -329,9 +331,7 @@ def close_detector(ffi: Any, detector: Any, error: Any, error_size: int) -> int:
         _handles.remove(_key(ffi, detector))
         return DFD_OK
     except Exception as exc:
-        status, message = status_of(exc)
-        write_c_string(ffi, error, error_size, message)
-        return status
+        return report_failure(ffi, error, error_size, exc)
 
 
 def bind(ffi: Any) -> None:
