@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from dfd.runtime import cuda_kernels, preprocess, vote
-from dfd.runtime.cuda_kernels import KernelArgs, check_cuda
+from dfd.runtime.cuda_kernels import CudaUnavailableError, KernelArgs, check_cuda
 from dfd.runtime.gpu_pipeline import FusedInput, GpuPipeline
 
 CROP, FUSION = 252, 224
@@ -228,13 +228,15 @@ class MeanHeadEngine:
         self.stream = device.new_stream()
         self.lock = threading.Lock()
         name = b"mean_head_f16" if half else b"mean_head_f32"
-        self._function = check_cuda(device.kernels.driver.cuModuleGetFunction(module, name), "cuModuleGetFunction")
+        self._function = check_cuda(device.kernels.driver.cuModuleGetFunction(module, name), "cuModuleGetFunction",
+                                    CudaUnavailableError)
 
     def enqueue(self, batch: int) -> None:
         args = KernelArgs(ctypes.c_void_p(self.input_address), ctypes.c_void_p(self.output_address),
                           ctypes.c_int(self.side))
         check_cuda(self._device.kernels.driver.cuLaunchKernel(self._function, batch, 2, 1, STAND_IN_BLOCK, 1, 1, 0,
-                                                              self.stream, args.address, 0), "cuLaunchKernel")
+                                                              self.stream, args.address, 0),
+                   "cuLaunchKernel", CudaUnavailableError)
 
     def close(self) -> None:
         self._device.free(self.input_address)
@@ -262,8 +264,8 @@ def gpu_pipeline(kernels, rng, count: int = 24, max_batch: int = 8, repeat: int 
 
     device = CudaPipelineDevice(kernels)
     sm = int(kernels.info.arch.removeprefix("sm_"))
-    module = check_cuda(kernels.driver.cuModuleLoadData(
-        cuda_kernels.nvrtc_compile(STAND_IN_SOURCE, "stand_in.cu", {}, sm, "cubin")), "cuModuleLoadData")
+    cubin = cuda_kernels.nvrtc_compile(STAND_IN_SOURCE, "stand_in.cu", {}, sm, "cubin")
+    module = check_cuda(kernels.driver.cuModuleLoadData(cubin), "cuModuleLoadData", CudaUnavailableError)
     items = []
     for i, (h, w) in enumerate(random_cases(rng, count)[:count]):
         rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -296,7 +298,7 @@ def gpu_pipeline(kernels, rng, count: int = 24, max_batch: int = 8, repeat: int 
             f"ms_per_batch_of_{max_batch}_graph": 1000 * seconds["graph"],
             f"ms_per_batch_of_{max_batch - 1}_plain": 1000 * seconds["plain"],
             "ok": worst < 1e-3 and mismatches == 0}
-    check_cuda(kernels.driver.cuModuleUnload(module), "cuModuleUnload")
+    check_cuda(kernels.driver.cuModuleUnload(module), "cuModuleUnload", CudaUnavailableError)
     return report
 
 

@@ -58,7 +58,6 @@ def _batch_report(batch: int, totals: Sequence[float], stages: Sequence[dict[str
     return report
 
 
-
 def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_IMAGE_COUNT) -> tuple[list[Path], str]:
     """The image files to score, and where they came from.
 
@@ -87,7 +86,6 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
 def _batch_of(paths: Sequence[Path], size: int) -> list[Path]:
     """``size`` images, cycling through ``paths`` when there are fewer."""
     return [paths[i % len(paths)] for i in range(size)]
-
 
 
 @dataclass(frozen=True)

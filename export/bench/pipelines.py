@@ -33,7 +33,6 @@ class StageClock:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-
 class RuntimePipeline:
     """The lean runtime: end to end through ``Detector.detect``, and staged through the same
     runtime functions the Detector calls, to attribute the time."""
@@ -95,7 +94,6 @@ class RuntimePipeline:
     def close(self) -> None:
         self.detector = None
         gc.collect()
-
 
 
 class TorchReferencePipeline:
