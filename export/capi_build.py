@@ -68,11 +68,21 @@ typedef struct {
     dfd_pixel_format format;
 } dfd_image;
 
+/* A face box the caller already has (its own face detector or tracker), for dfd_detect_faces
+   and dfd_detect_file_face. The runtime applies the reference's rule to it: a box covering
+   under 1/9 of the image means the face stream sees the original image, else the square crop
+   with the 1.3 margin. */
+typedef struct {
+    int32_t given;          /* 1: box holds this image's face; 0: no box for this image (the set's
+                               face localiser, or with face_detection = 0 the original image) */
+    float box[4];           /* x1, y1, x2, y2 in pixels of the image; finite, x1 <= x2, y1 <= y2 */
+} dfd_face;
+
 /* The result for one image. When status != DFD_OK the floats are NaN and face_found is 0. */
 typedef struct {
     float score;            /* discretised vote, 0.0 .. 1.0 (one decimal, as the reference) */
     float stream_prob[3];   /* raw P(fake): global, face, fusion (NaN if the set lacks one) */
-    int32_t face_found;     /* 1 when a face was located in the image, else 0 */
+    int32_t face_found;     /* 1 when the image has a face box (located, or given), else 0 */
     float face_box[4];      /* x1, y1, x2, y2 in pixels of the image when face_found, else 0 */
     dfd_status status;      /* this image's status */
 } dfd_result;
@@ -128,10 +138,19 @@ dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size);
    count == 0 is a valid no-op. Thread-safe. */
 dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, dfd_result *results);
 
+/* dfd_detect with the caller's face boxes: faces[i] is for images[i] (faces NULL: dfd_detect).
+   An unusable box (not finite, x2 < x1, too small to crop) fails only its own image, with
+   DFD_E_IMAGE in its result; a given other than 0 or 1 fails the call (DFD_E_INVALID_ARGUMENT). */
+dfd_status dfd_detect_faces(dfd_detector *d, const dfd_image *images, const dfd_face *faces, int32_t count,
+                            dfd_result *results);
+
 /* Decode the image file at path (as OpenCV's imread, EXIF orientation applied) and score it,
    exactly as `dfd-export detect` does. DFD_E_IO: the file cannot be read; DFD_E_IMAGE: it is
    not a usable image. result->status equals the returned status. Thread-safe. */
 dfd_status dfd_detect_file(dfd_detector *d, const char *path, dfd_result *result);
+
+/* dfd_detect_file with the caller's face box for that image (face NULL: dfd_detect_file). */
+dfd_status dfd_detect_file_face(dfd_detector *d, const char *path, const dfd_face *face, dfd_result *result);
 
 /* Release a detector; NULL is a no-op. Calls already running on it finish first. Using d
    afterwards gives DFD_E_INVALID_ARGUMENT. */
@@ -178,8 +197,8 @@ extern "C" {{
 # caller's thread-local buffer.
 PYTHON_FUNCTIONS = """\
 extern "Python" dfd_status dfd_py_open(const char *, const char *, dfd_detector **, char *, size_t);
-extern "Python" dfd_status dfd_py_detect(dfd_detector *, const dfd_image *, int32_t, dfd_result *, char *, size_t);
-extern "Python" dfd_status dfd_py_detect_file(dfd_detector *, const char *, dfd_result *, char *, size_t);
+extern "Python" dfd_status dfd_py_detect(dfd_detector *, const dfd_image *, const dfd_face *, int32_t, dfd_result *, char *, size_t);
+extern "Python" dfd_status dfd_py_detect_file(dfd_detector *, const char *, const dfd_face *, dfd_result *, char *, size_t);
 extern "Python" dfd_status dfd_py_close(dfd_detector *, char *, size_t);
 extern "Python" dfd_status dfd_py_open_with(const char *, const dfd_options *, dfd_detector **, char *, size_t);
 extern "Python" dfd_status dfd_py_describe(dfd_detector *, char *, size_t, char *, size_t);
@@ -195,8 +214,8 @@ C_SHIMS = r"""
 #include "dfd_runtime.h"
 
 static dfd_status dfd_py_open(const char *, const char *, dfd_detector **, char *, size_t);
-static dfd_status dfd_py_detect(dfd_detector *, const dfd_image *, int32_t, dfd_result *, char *, size_t);
-static dfd_status dfd_py_detect_file(dfd_detector *, const char *, dfd_result *, char *, size_t);
+static dfd_status dfd_py_detect(dfd_detector *, const dfd_image *, const dfd_face *, int32_t, dfd_result *, char *, size_t);
+static dfd_status dfd_py_detect_file(dfd_detector *, const char *, const dfd_face *, dfd_result *, char *, size_t);
 static dfd_status dfd_py_close(dfd_detector *, char *, size_t);
 static dfd_status dfd_py_open_with(const char *, const dfd_options *, dfd_detector **, char *, size_t);
 static dfd_status dfd_py_describe(dfd_detector *, char *, size_t, char *, size_t);
@@ -326,30 +345,41 @@ dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size)
     return dfd_finish(dfd_py_describe(d, buffer, size, dfd_error, sizeof dfd_error));
 }
 
-dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, dfd_result *results)
+dfd_status dfd_detect_faces(dfd_detector *d, const dfd_image *images, const dfd_face *faces, int32_t count,
+                            dfd_result *results)
 {
     dfd_status status;
     if (!dfd_begin()) {
         dfd_mark_results(results, count, DFD_E_INTERNAL);
         return DFD_E_INTERNAL;
     }
-    status = dfd_finish(dfd_py_detect(d, images, count, results, dfd_error, sizeof dfd_error));
+    status = dfd_finish(dfd_py_detect(d, images, faces, count, results, dfd_error, sizeof dfd_error));
     if (!dfd_runtime_ready)
         dfd_mark_results(results, count, status);
     return status;
 }
 
-dfd_status dfd_detect_file(dfd_detector *d, const char *path, dfd_result *result)
+dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, dfd_result *results)
+{
+    return dfd_detect_faces(d, images, NULL, count, results);
+}
+
+dfd_status dfd_detect_file_face(dfd_detector *d, const char *path, const dfd_face *face, dfd_result *result)
 {
     dfd_status status;
     if (!dfd_begin()) {
         dfd_mark_results(result, 1, DFD_E_INTERNAL);
         return DFD_E_INTERNAL;
     }
-    status = dfd_finish(dfd_py_detect_file(d, path, result, dfd_error, sizeof dfd_error));
+    status = dfd_finish(dfd_py_detect_file(d, path, face, result, dfd_error, sizeof dfd_error));
     if (!dfd_runtime_ready)
         dfd_mark_results(result, 1, status);
     return status;
+}
+
+dfd_status dfd_detect_file(dfd_detector *d, const char *path, dfd_result *result)
+{
+    return dfd_detect_file_face(d, path, NULL, result);
 }
 
 void dfd_close(dfd_detector *d)

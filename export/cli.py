@@ -376,6 +376,12 @@ def _csv_row(d: dict) -> dict:
               help="Folder of face crops with the same file names as the images, cropped the reference's "
                    "way; the face stream takes their 252 centre crop. Images without one go to the packaged "
                    "face detector (or, with --no-face-detect, use the original image).")
+@click.option("--face-boxes", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="File of face boxes you already have (e.g. RetinaFace's, as the reference uses): .csv with "
+                   "columns image,x1,y1,x2,y2 or .jsonl lines {\"image\": \"a.jpg\", \"box\": [x1, y1, x2, y2]}, "
+                   "pixels of the image; image is its path as listed here or its file name. The runtime crops "
+                   "them the reference's way. Images without a box go to the packaged face detector (or, with "
+                   "--no-face-detect, use the original image).")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True,
               help="Output format on stdout. jsonl/csv carry the raw (unrounded) stream probabilities.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
@@ -384,7 +390,7 @@ def _csv_row(d: dict) -> dict:
               help="Inference backend; auto picks TensorRT when the set has engines and it is usable here.")
 @click.option("--recursive", is_flag=True, help="Look for images in sub-folders of folder arguments.")
 @click.option("--no-face-detect", is_flag=True,
-              help="Do not locate faces: images without a face crop use the reference's no-face rule.")
+              help="Do not locate faces: images without a face crop or box use the reference's no-face rule.")
 @click.option("--face-min-px", type=click.FloatRange(min=0), default=40.0, show_default=True,
               help="Smallest face (image pixels) the face locator looks for: on images too large for BlazeFace's "
                    "192-pixel pass to see it, MTCNN looks for faces from this size up at full resolution "
@@ -398,7 +404,7 @@ def _csv_row(d: dict) -> dict:
               help="tensorrt backend: replay one CUDA graph of preprocessing -> three engines -> vote for "
                    "batches of exactly this many images (set --batch-size to match; other sizes run uncaptured).")
 @handles_errors
-def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, no_face_detect, face_min_px,
+def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend, recursive, no_face_detect, face_min_px,
            host_preprocessing, cuda_graph_batch):
     """Score images (files or folders) with an engine set.
 
@@ -412,7 +418,10 @@ def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, 
 
     from dfd.runtime.detector import Detector
 
+    if face_crops is not None and face_boxes is not None:
+        raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
     paths, problems = expand_inputs(images, recursive)
+    boxes, boxes_file = _assign_face_boxes(face_boxes, paths)
     detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size, face_detection=not no_face_detect,
                              face_min_px=face_min_px or None, gpu_preprocessing=not host_preprocessing,
                              cuda_graph_batch=cuda_graph_batch)
@@ -450,9 +459,12 @@ def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, 
                 crops.append(str(candidate) if candidate.is_file() else None)
                 if not candidate.is_file():
                     missing.add(path)
-        for detection in detector.detect(chunk, face_crops=crops, labels=chunk):
+        chunk_boxes = [boxes.get(path) for path in chunk] if boxes_file is not None else None
+        for detection in detector.detect(chunk, face_crops=crops, face_boxes=chunk_boxes, labels=chunk):
             if detection.image in missing and detection.ok:
                 detection.notes.append(f"no face crop named {Path(detection.image).name} in {face_crops}")
+            if boxes_file is not None and detection.image not in boxes and detection.ok:
+                detection.notes.append(f"no face box for this image in {boxes_file}")
             failed += not detection.ok
             emit(detection.to_dict())
         progress.update(len(chunk))
@@ -461,6 +473,24 @@ def detect(engine_dir, images, face_crops, fmt, batch_size, backend, recursive, 
     if failed:
         click.echo(f"{failed} of {len(paths) + len(problems)} input(s) failed", err=True)
         sys.exit(2)
+
+
+def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> tuple[dict, Path | None]:
+    """The boxes of ``--face-boxes`` per image path; entries that match no image are reported on
+    stderr (a typo there would otherwise silently send that image to the face detector)."""
+    if face_boxes is None:
+        return {}, None
+    from dfd.runtime.face_boxes import load_face_boxes
+
+    loaded = load_face_boxes(face_boxes)
+    if not loaded.boxes:
+        click.secho(f"WARNING: {face_boxes} holds no face boxes", fg="yellow", err=True)
+    assigned, unused = loaded.assign(paths)
+    if unused:
+        shown = ", ".join(repr(k) for k in unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+        click.secho(f"WARNING: {len(unused)} face box(es) in {face_boxes} match no image given: {shown}",
+                    fg="yellow", err=True)
+    return assigned, face_boxes
 
 
 def _register_external_commands() -> None:

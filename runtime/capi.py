@@ -261,46 +261,61 @@ def describe_detector(ffi: Any, detector: Any, buffer: Any, size: int, error: An
         return report_failure(ffi, error, error_size, exc)
 
 
-def detect_images(ffi: Any, detector: Any, images: Any, count: int, results: Any,
+def detect_images(ffi: Any, detector: Any, images: Any, faces: Any, count: int, results: Any,
                   error: Any, error_size: int) -> int:
-    """``dfd_detect``: score ``count`` decoded images in one batch.
+    """``dfd_detect`` / ``dfd_detect_faces``: score ``count`` decoded images in one batch, with the
+    caller's face boxes when ``faces`` is not NULL.
 
     Returns DFD_OK when every image was scored; DFD_E_IMAGE when some could not be (their
     results say so, the others are scored); a call-level status when nothing was scored.
     """
     return _serve(ffi, error, error_size, results, count,
-                  lambda: _detect_images(ffi, detector, images, count, results))
+                  lambda: _detect_images(ffi, detector, images, faces, count, results))
 
 
-def _detect_images(ffi: Any, detector: Any, images: Any, count: int, results: Any) -> list[Detection]:
+def _detect_images(ffi: Any, detector: Any, images: Any, faces: Any, count: int, results: Any) -> list[Detection]:
+    where = "dfd_detect_faces" if faces != ffi.NULL else "dfd_detect"
     if count < 0:
-        raise CapiArgumentError(f"dfd_detect: count is {count}; it must be 0 or more")
+        raise CapiArgumentError(f"{where}: count is {count}; it must be 0 or more")
     if count > 0 and results == ffi.NULL:
-        raise CapiArgumentError(f"dfd_detect: results is NULL for {count} image(s)")
+        raise CapiArgumentError(f"{where}: results is NULL for {count} image(s)")
     if count > 0 and images == ffi.NULL:
-        raise CapiArgumentError(f"dfd_detect: images is NULL for {count} image(s)")
+        raise CapiArgumentError(f"{where}: images is NULL for {count} image(s)")
     opened = _handles.get(_key(ffi, detector))
     arrays = [image_array(ffi, images[i], i) for i in range(count)]
-    return opened.detect(arrays) if arrays else []
+    boxes = None if faces == ffi.NULL else [face_box(faces[i], f"faces[{i}]") for i in range(count)]
+    return opened.detect(arrays, face_boxes=boxes) if arrays else []
 
 
-def detect_file(ffi: Any, detector: Any, path: Any, result: Any, error: Any, error_size: int) -> int:
-    """``dfd_detect_file``: decode and score one image file, exactly as ``dfd-export detect``."""
-    return _serve(ffi, error, error_size, result, 1, lambda: _detect_file(ffi, detector, path, result))
+def face_box(face: Any, where: str) -> tuple[float, float, float, float] | None:
+    """The box of a ``dfd_face``, or None when the caller gave none. Only ``given`` is checked
+    here: the box itself is the image's data, judged by the Detector (a bad one fails its image)."""
+    given = int(face.given)
+    if given not in (0, 1):
+        raise CapiArgumentError(f"{where}.given is {given}; it must be 1 (box holds the face) or 0 (no box)")
+    return tuple(float(v) for v in face.box) if given else None
 
 
-def _detect_file(ffi: Any, detector: Any, path: Any, result: Any) -> list[Detection]:
+def detect_file(ffi: Any, detector: Any, path: Any, face: Any, result: Any, error: Any, error_size: int) -> int:
+    """``dfd_detect_file`` / ``dfd_detect_file_face``: decode and score one image file, exactly as
+    ``dfd-export detect``, with the caller's face box when ``face`` is not NULL."""
+    return _serve(ffi, error, error_size, result, 1, lambda: _detect_file(ffi, detector, path, face, result))
+
+
+def _detect_file(ffi: Any, detector: Any, path: Any, face: Any, result: Any) -> list[Detection]:
+    where = "dfd_detect_file_face" if face != ffi.NULL else "dfd_detect_file"
     if result == ffi.NULL:
-        raise CapiArgumentError("dfd_detect_file: result is NULL")
+        raise CapiArgumentError(f"{where}: result is NULL")
     opened = _handles.get(_key(ffi, detector))
-    name = _text_argument(ffi, path, "dfd_detect_file: path")
+    name = _text_argument(ffi, path, f"{where}: path")
     if not name:
-        raise CapiArgumentError("dfd_detect_file: path is empty")
+        raise CapiArgumentError(f"{where}: path is empty")
+    box = None if face == ffi.NULL else face_box(face[0], "face")
     if not os.path.isfile(name) or not os.access(name, os.R_OK):
         reason = ("is a directory" if os.path.isdir(name) else
                   "does not exist" if not os.path.exists(name) else "is not a readable file")
         raise CapiIOError(f"cannot read image file '{name}': it {reason}")
-    return opened.detect([name])
+    return opened.detect([name], face_boxes=[box])
 
 
 def _serve(ffi: Any, error: Any, error_size: int, results: Any, count: int,

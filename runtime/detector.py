@@ -33,6 +33,8 @@ from .mtcnn import MtcnnDetector, onnxruntime_mtcnn
 from .preprocess import (
     FACE_CROP_SIZE,
     LOSSY_SUFFIXES,
+    PreprocessError,
+    box_corners,
     center_crop_notes,
     crop_face,
     face_is_too_small,
@@ -84,6 +86,17 @@ class PreparedImage:
 
 def _label(source: ImageInput, index: int) -> str:
     return f"<array {index}>" if isinstance(source, np.ndarray) else os.fspath(source)
+
+
+def _check_given_box(box: Box, image_hw: tuple[int, int]) -> None:
+    """A caller's box must hold four finite corners and touch the image: a box wholly outside it
+    is a coordinate mistake (normalised or another image's coordinates), and cropping it would
+    feed the face stream black padding."""
+    x1, y1, x2, y2 = box_corners(box)
+    height, width = image_hw
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        raise PreprocessError(f"face box {tuple(box)} lies outside the {width}x{height} image "
+                              f"(boxes are x1, y1, x2, y2 in pixels of the image)")
 
 
 def _usable_box(rgb: np.ndarray, box: Box, detection: Detection) -> Box | None:
@@ -323,6 +336,7 @@ class Detector:
             detection.face = {"source": "face-crop", "file": _label(face_crop, 0)}
             return crop.rgb, None
         if face_box is not None:
+            _check_given_box(face_box, decoded.rgb.shape[:2])
             detection.face = {"source": "box", "box": [float(v) for v in face_box]}
             return None, _usable_box(decoded.rgb, detection.face["box"], detection)
         if self.face_locator is None:

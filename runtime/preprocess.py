@@ -149,7 +149,8 @@ def preprocess_fusion(rgb: np.ndarray, size: int = 224, mean: Sequence[float] = 
     return StreamInput(normalise(resized, mean, std), notes)
 
 
-def _box_corners(box: Sequence[float]) -> tuple[float, float, float, float]:
+def box_corners(box: Sequence[float]) -> tuple[float, float, float, float]:
+    """(x1, y1, x2, y2) of a face box as floats; PreprocessError unless four finite, ordered corners."""
     if len(box) != 4:
         raise PreprocessError(f"a face box is (x1, y1, x2, y2); got {len(box)} values")
     x1, y1, x2, y2 = (float(value) for value in box)
@@ -163,7 +164,7 @@ def _box_corners(box: Sequence[float]) -> tuple[float, float, float, float]:
 def face_window(box: Sequence[float], margin: float = 1.3) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the reference's square face window (see `crop_face`);
     PreprocessError when the window has no area."""
-    x1, y1, x2, y2 = _box_corners(box)
+    x1, y1, x2, y2 = box_corners(box)
     box_w = x2 - x1
     box_h = y2 - y1
     cx = x1 + box_w / 2
@@ -210,7 +211,7 @@ def face_is_too_small(box: Sequence[float], image_hw: tuple[int, int]) -> bool:
     1/9 of the image is cropped. When True the reference feeds the original image to the face
     stream instead of the crop.
     """
-    x1, y1, x2, y2 = _box_corners(box)
+    x1, y1, x2, y2 = box_corners(box)
     img_h, img_w = image_hw
     return (x2 - x1) * (y2 - y1) < (img_w * img_h) / 9.0
 

@@ -307,13 +307,50 @@ static int run_options(int argc, char **argv)
     return 0;
 }
 
+/* ---- faces: dfd_detect_faces / dfd_detect_file_face with the caller's boxes; lines as in options.
+   argv: faces ENGINE SPEC FILE X1 Y1 X2 Y2 (SPEC's pixels are FILE's) */
+static int run_faces(int argc, char **argv)
+{
+    dfd_detector *d = open_or_die(argv[2]);
+    dfd_image img = make_image(load_raw(argv[3]), DFD_PIXEL_BGR8, 7), imgs[3];
+    dfd_face faces[3], none, bad; dfd_result rs[3], r; dfd_status status; int i;
+    (void)argc;
+    memset(faces, 0, sizeof faces);
+    faces[0].given = 1;
+    for (i = 0; i < 4; i++) faces[0].box[i] = (float)atof(argv[5 + i]);
+    faces[1].given = 0;                                   /* no box: the face localiser */
+    faces[2].given = 1; faces[2].box[0] = NAN;            /* fails its own image only */
+    imgs[0] = imgs[1] = imgs[2] = img;
+    status = dfd_detect_faces(d, imgs, faces, 3, rs);
+    report_result("given", status, &rs[0]); report_result("not_given", status, &rs[1]);
+    report_result("nan_box", status, &rs[2]);
+    report_result("null_faces", dfd_detect_faces(d, &img, NULL, 1, &r), &r);
+    report_result("plain_detect", dfd_detect(d, &img, 1, &r), &r);
+    faces[1].given = 2;
+    status = dfd_detect_faces(d, imgs, faces, 2, rs);
+    report("given_two", status); printf("given_two_results\t%d\t%d %d\n", status, rs[0].status, rs[1].status);
+    report_result("file_given", dfd_detect_file_face(d, argv[4], &faces[0], &r), &r);
+    memset(&none, 0, sizeof none);
+    report_result("file_not_given", dfd_detect_file_face(d, argv[4], &none, &r), &r);
+    report_result("file_null_face", dfd_detect_file_face(d, argv[4], NULL, &r), &r);
+    bad = faces[0]; bad.box[0] = bad.box[2] = 1e6f;
+    status = dfd_detect_file_face(d, argv[4], &bad, &r); report("file_outside", status);
+    printf("file_outside_result\t%d\t%d\n", status, r.status);
+    bad.given = -1; report("file_given_negative", dfd_detect_file_face(d, argv[4], &bad, &r));
+    report("file_missing_with_face", dfd_detect_file_face(d, "/nonexistent/photo.png", &faces[0], &r));
+    dfd_close(d);
+    report("faces_after_close", dfd_detect_faces(d, &img, faces, 1, &r));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 4 && !strcmp(argv[1], "options")) return run_options(argc, argv);
+    if (argc == 9 && !strcmp(argv[1], "faces")) return run_faces(argc, argv);
     if (argc >= 3 && !strcmp(argv[1], "pixels")) return run_pixels(argc, argv);
     if (argc == 8 && (!strcmp(argv[1], "threads") || !strcmp(argv[1], "rss"))) return run_concurrent(argc, argv);
     if (argc == 7 && !strcmp(argv[1], "errors")) return run_errors(argc, argv);
-    fprintf(stderr, "usage: harness pixels|threads|rss|errors|options ...\n");
+    fprintf(stderr, "usage: harness pixels|threads|rss|errors|options|faces ...\n");
     return 2;
 }
 """
@@ -443,13 +480,17 @@ def test_decoded_pixels_and_files_score_as_the_cli(tiny_engine_set, pictures, ha
 
 
 def test_example_service_reports_a_bad_file_and_goes_on(tiny_engine_set, pictures, example_service):
-    paths = [pictures["astronaut"][0], pictures["broken"][0], "/nonexistent/photo.jpg", pictures["astronaut_crop"][0]]
+    paths = [pictures["astronaut"][0], pictures["broken"][0], "/nonexistent/photo.jpg", pictures["astronaut_crop"][0],
+             f"{pictures['astronaut'][0]}\t120 30 320.5 260", f"{pictures['astronaut'][0]}\t120 30 x"]
     served = _run([example_service, tiny_engine_set], stdin="".join(f"{p}\n" for p in paths) + "\n")
     assert served.returncode == 2, served.stderr  # some failed
     lines = [json.loads(line) for line in served.stdout.splitlines()]
-    assert [line["status"] for line in lines] == ["ok", "image", "io", "ok"]
+    assert [line["status"] for line in lines] == ["ok", "image", "io", "ok", "ok", "invalid_argument"]
     assert "broken.png" in lines[1]["error"] and "does not exist" in lines[2]["error"]
     assert lines[1]["score"] is None and 0.0 <= lines[3]["score"] <= 1.0
+    assert lines[4]["image"] == str(pictures["astronaut"][0]) and lines[4]["face_box"] == [120, 30, 320.5, 260]
+    assert lines[4]["streams"]["face"] != lines[0]["streams"]["face"]  # the given box, not the located one
+    assert "four numbers" in lines[5]["error"]
     assert "backend: " in served.stderr and "preprocessing and vote: host (NumPy/OpenCV)" in served.stderr
 
     refused = _run([example_service, "/nonexistent/engine-set"], stdin="")
@@ -605,6 +646,38 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
     assert cases["describe_cut"] == (STATUS["ok"], "7 backend")
     check("describe_after_close", "invalid_argument", "not open")
     assert "Traceback" not in run.stderr
+
+
+def test_caller_face_boxes_score_as_the_cli_with_face_boxes(tiny_engine_set, pictures, harness, tmp_path):
+    """dfd_detect_faces / dfd_detect_file_face against `detect --face-boxes` (itself checked against
+    the reference's crop in test_detector), and the per-image vs per-call failures."""
+    path, spec = pictures["astronaut"]
+    box = (120.0, 30.0, 320.0, 260.0)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("image,x1,y1,x2,y2\n" + f"{path.name}," + ",".join(map(str, box)) + "\n")
+    with_box = _cli_jsonl(tiny_engine_set, [path], "--face-boxes", str(boxes))[0]
+    located = _cli_jsonl(tiny_engine_set, [path])[0]
+    assert with_box["face"]["source"] == "box" and located["face"]["source"] == "detector"
+    assert abs(with_box["streams"]["face"] - located["streams"]["face"]) > 1e-3  # the box matters
+
+    cases = _harness_cases(_run([harness, "faces", tiny_engine_set, spec, path, *box]))
+    results = {name: _parse_result([str(status)] + message.split()) for name, (status, message) in cases.items()
+               if len(message.split()) == 10}
+    for name, expected in (("given", with_box), ("file_given", with_box), ("not_given", located),
+                           ("null_faces", located), ("plain_detect", located), ("file_not_given", located),
+                           ("file_null_face", located)):
+        assert results[name]["status"] == STATUS["ok"], name
+        _assert_matches_cli(results[name], expected, name)
+    assert results["given"]["face_box"] == list(box)
+    assert results["given"]["call"] == STATUS["image"]  # the batch had one bad box
+    assert results["nan_box"]["status"] == STATUS["image"] and math.isnan(results["nan_box"]["score"])
+    _expect(cases, "given_two", "invalid_argument", "faces[1].given is 2", "must be 1")
+    assert cases["given_two_results"][1] == "1 1"  # nothing scored, every result says why
+    _expect(cases, "file_outside", "image", "lies outside the 512x512 image")
+    assert cases["file_outside_result"][1] == "4"
+    _expect(cases, "file_given_negative", "invalid_argument", "face.given is -1")
+    _expect(cases, "file_missing_with_face", "io", "does not exist")
+    _expect(cases, "faces_after_close", "invalid_argument", "not open")
 
 
 def test_capi_verb_writes_header_and_library(tmp_path):

@@ -84,6 +84,59 @@ def test_detect_cli_reproduces_the_reference_pipeline(tiny_engine_set, reference
     assert len(scores) >= 3, "the fixture should exercise several vote outcomes"
 
 
+def test_detect_cli_face_boxes_file_reproduces_the_reference_crops(tiny_engine_set, reference_ensemble, scene,
+                                                                   tmp_path):
+    images, crops, _ = scene
+    boxes = tmp_path / "boxes.csv"
+    rows = [f"{path.name},{','.join(str(v) for v in FACE_BOXES[path.stem.split('_')[0]])}"
+            for path in sorted(images.glob("*.png")) if path.stem.split("_")[0] in FACE_BOXES]
+    boxes.write_text("image,x1,y1,x2,y2\n" + "\n".join(rows) + "\n")
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(images), "--face-boxes", str(boxes),
+                                       "--format", "jsonl", "--batch-size", "5", "--no-face-detect"])
+    assert result.exit_code == 0, result.output
+    expected = _reference_results(reference_ensemble, images, crops)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == sorted(expected)
+    for line in lines:
+        probs, score = expected[line["image"]]
+        for stream in ("global", "face", "fusion"):
+            assert abs(line["streams"][stream] - probs[stream]) <= 1e-4, (line["image"], stream)
+        assert line["score"] == score, line["image"]
+        name = Path(line["image"]).name
+        if (crops / name).exists():
+            assert line["face"] == {"source": "box", "box": [float(v) for v in FACE_BOXES[Path(name).stem.split("_")[0]]],
+                                    "used": "crop"}
+        else:
+            assert line["face"] is None and any("no face box for this image" in n for n in line["notes"])
+
+
+def test_detect_cli_face_boxes_errors(tiny_engine_set, photographs, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("astronaut", "chelsea"):
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(photographs[name], cv2.COLOR_RGB2BGR))
+    boxes = tmp_path / "boxes.jsonl"
+    boxes.write_text('{"image": "astronaut.png", "box": [9000, 10, 9100, 110]}\n'
+                     '{"image": "chelsea.png", "box": [120, 40, 300, 260]}\n'
+                     '{"image": "astronuat.png", "box": [1, 2, 3, 4]}\n')
+    runner = CliRunner()
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--face-boxes", str(boxes),
+                                  "--format", "jsonl"])
+    assert result.exit_code == 2, result.output  # one image failed, the other was scored
+    lines = {Path(d["image"]).name: d for d in map(json.loads, result.stdout.splitlines())}
+    assert "lies outside the" in lines["astronaut.png"]["error"] and lines["astronaut.png"]["score"] is None
+    assert lines["chelsea.png"]["error"] is None and lines["chelsea.png"]["face"]["source"] == "box"
+    assert "1 face box(es)" in result.stderr and "'astronuat.png'" in result.stderr
+
+    boxes.write_text('{"image": "astronaut.png", "box": [1, 2, 3]}\n')
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--face-boxes", str(boxes)])
+    assert result.exit_code == 1 and "boxes.jsonl:1: a box is four numbers" in result.stderr
+    assert result.stdout == ""  # nothing scored before the file was read whole
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--face-boxes", str(boxes),
+                                  "--face-crops", str(folder)])
+    assert result.exit_code == 1 and "not both" in result.stderr
+
+
 def test_face_boxes_api_crops_like_the_reference(tiny_engine_set, reference_ensemble, photographs):
     detector = Detector.open(tiny_engine_set, backend="onnxruntime")
     rgb = photographs["astronaut"]

@@ -1,0 +1,139 @@
+"""Face boxes a user already has (from RetinaFace as the reference runs it, a tracker, a labelling
+tool), read from a file and matched to the images ``dfd-export detect`` scores.
+
+Two formats, chosen by the file's suffix:
+
+* ``.csv`` with a header holding ``image,x1,y1,x2,y2`` (other columns are ignored);
+* ``.jsonl`` / ``.ndjson``: one object per line, ``{"image": "a.jpg", "box": [x1, y1, x2, y2]}``.
+
+``image`` is the image's path as ``detect`` lists it, or its bare file name when that name is
+unique among the images. Boxes are in pixels of the image as decoded (EXIF orientation applied).
+The file is read whole before anything is scored, so a malformed line stops the run at once
+with its line number instead of after hours of scoring; a box that parses but is unusable for
+its image (not finite, x2 < x1, outside the image) fails only that image, as in the Python API.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DfdError
+
+Box = tuple[float, float, float, float]
+CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+class FaceBoxFileError(DfdError):
+    """The face-box file cannot be read, or an entry in it is malformed or ambiguous."""
+
+
+@dataclass(frozen=True)
+class FaceBoxFile:
+    """The entries of a face-box file: image key -> box, in file order."""
+
+    path: Path
+    boxes: dict[str, Box]
+
+    def assign(self, images: Sequence[str]) -> tuple[dict[str, Box], list[str]]:
+        """Match entries to ``images``: (image -> box, keys that matched no image).
+
+        A key matches an image whose path is the same once normalised; a key without a folder
+        also matches images with that file name, which is an error when there are several
+        (the user has to say which one)."""
+        by_path: dict[str, list[str]] = {}
+        by_name: dict[str, list[str]] = {}
+        for image in images:
+            by_path.setdefault(os.path.normpath(image), []).append(image)
+            by_name.setdefault(Path(image).name, []).append(image)
+        assigned: dict[str, Box] = {}
+        unused: list[str] = []
+        for key, box in self.boxes.items():
+            matches = by_path.get(os.path.normpath(key))
+            if matches is None and os.path.basename(key) == key:
+                matches = by_name.get(key)
+                if matches is not None and len(set(matches)) > 1:
+                    shown = ", ".join(sorted(set(matches))[:3])
+                    raise FaceBoxFileError(f"{self.path}: the entry for {key!r} matches {len(set(matches))} images "
+                                           f"({shown}{', ...' if len(set(matches)) > 3 else ''}); "
+                                           f"write the image's path as detect lists it")
+            if matches is None:
+                unused.append(key)
+                continue
+            for image in matches:
+                if image in assigned and assigned[image] != box:
+                    raise FaceBoxFileError(f"{self.path}: {image} gets two different boxes "
+                                           f"({assigned[image]} and {box}, the second from {key!r})")
+                assigned[image] = box
+        return assigned, unused
+
+
+def load_face_boxes(path: Path) -> FaceBoxFile:
+    """Read a ``.csv`` or ``.jsonl`` face-box file; FaceBoxFileError naming the line of any problem."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix != ".csv" and suffix not in JSONL_SUFFIXES:
+        raise FaceBoxFileError(f"{path}: face boxes are read from a .csv file (columns image,x1,y1,x2,y2) or a "
+                               f".jsonl file (lines like {{\"image\": \"a.jpg\", \"box\": [x1, y1, x2, y2]}}), "
+                               f"not {suffix or 'a file without suffix'}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FaceBoxFileError(f"cannot read face boxes from {path}: {exc}") from None
+    entries = _read_csv(path, text) if suffix == ".csv" else _read_jsonl(path, text)
+    boxes: dict[str, Box] = {}
+    for line, key, box in entries:
+        if not key:
+            raise FaceBoxFileError(f"{path}:{line}: the image name is empty")
+        if key in boxes:
+            raise FaceBoxFileError(f"{path}:{line}: a second box for {key!r}; give one box per image")
+        boxes[key] = box
+    return FaceBoxFile(path, boxes)
+
+
+def _read_csv(path: Path, text: str) -> list[tuple[int, str, Box]]:
+    reader = csv.DictReader(text.splitlines())
+    missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise FaceBoxFileError(f"{path}: the CSV header lacks {', '.join(missing)} (it needs "
+                               f"{','.join(CSV_COLUMNS)}; found {','.join(reader.fieldnames or ()) or 'no header'})")
+    entries = []
+    for row in reader:
+        line = reader.line_num
+        values = [row[c] for c in CSV_COLUMNS[1:]]
+        entries.append((line, (row["image"] or "").strip(), _box(path, line, values)))
+    return entries
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[int, str, Box]]:
+    entries = []
+    for line, content in enumerate(text.splitlines(), start=1):
+        if not content.strip():
+            continue
+        try:
+            record = json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise FaceBoxFileError(f"{path}:{line}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("image"), str) or "box" not in record:
+            raise FaceBoxFileError(f"{path}:{line}: expected an object with \"image\" (a string) and "
+                                   f"\"box\" ([x1, y1, x2, y2])")
+        box = record["box"]
+        if not isinstance(box, list):
+            raise FaceBoxFileError(f"{path}:{line}: \"box\" must be a list [x1, y1, x2, y2], not {box!r}")
+        entries.append((line, record["image"].strip(), _box(path, line, box)))
+    return entries
+
+
+def _box(path: Path, line: int, values: list) -> Box:
+    if len(values) != 4 or any(v is None or isinstance(v, bool) for v in values):
+        raise FaceBoxFileError(f"{path}:{line}: a box is four numbers x1, y1, x2, y2; got {values!r}")
+    try:
+        x1, y1, x2, y2 = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise FaceBoxFileError(f"{path}:{line}: a box is four numbers x1, y1, x2, y2; got {values!r}") from None
+    return x1, y1, x2, y2

@@ -1,0 +1,80 @@
+"""Reading face-box files (`detect --face-boxes`) and matching their entries to images."""
+
+from __future__ import annotations
+
+import pytest
+
+from dfd.runtime.face_boxes import FaceBoxFileError, load_face_boxes
+
+
+def _write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_csv_and_jsonl_give_the_same_boxes(tmp_path):
+    csv_file = _write(tmp_path, "boxes.csv", "\ufeffimage,score,x1,y1,x2,y2\n"
+                                            "a.jpg,0.99,10,20,110.5,140\n"
+                                            "\"dir/with, comma.png\",0.9,1,2,3,4\n")
+    jsonl_file = _write(tmp_path, "boxes.jsonl", '{"image": "a.jpg", "box": [10, 20, 110.5, 140]}\n\n'
+                                                 '{"image": "dir/with, comma.png", "box": [1, 2, 3, 4], "score": 1}\n')
+    expected = {"a.jpg": (10.0, 20.0, 110.5, 140.0), "dir/with, comma.png": (1.0, 2.0, 3.0, 4.0)}
+    assert load_face_boxes(csv_file).boxes == expected
+    assert load_face_boxes(jsonl_file).boxes == expected
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("boxes.txt", "a.jpg 1 2 3 4\n", ["a .csv file", ".jsonl", "not .txt"]),
+    ("boxes.csv", "name,x1,y1,x2,y2\na.jpg,1,2,3,4\n", ["lacks image"]),
+    ("boxes.csv", "", ["lacks image", "no header"]),
+    ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3,4\nb.jpg,1,two,3,4\n", ["boxes.csv:3", "four numbers"]),
+    ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3\n", ["boxes.csv:2", "four numbers"]),
+    ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3,4\na.jpg,5,6,7,8\n", ["boxes.csv:3", "second box", "'a.jpg'"]),
+    ("boxes.csv", "image,x1,y1,x2,y2\n ,1,2,3,4\n", ["boxes.csv:2", "image name is empty"]),
+    ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, 3, 4]}\n{"image": "b.jpg", "box": [1, 2, 3, 4]\n',
+     ["boxes.jsonl:2", "not JSON"]),
+    ("boxes.jsonl", '["a.jpg", [1, 2, 3, 4]]\n', ["boxes.jsonl:1", "\"image\"", "\"box\""]),
+    ("boxes.jsonl", '{"image": "a.jpg", "box": "1 2 3 4"}\n', ["boxes.jsonl:1", "must be a list"]),
+    ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, 3, true]}\n', ["boxes.jsonl:1", "four numbers"]),
+    ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, null, 4]}\n', ["boxes.jsonl:1", "four numbers"]),
+])
+def test_malformed_files_name_the_line_and_the_problem(tmp_path, name, text, words):
+    with pytest.raises(FaceBoxFileError) as raised:
+        load_face_boxes(_write(tmp_path, name, text))
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_unreadable_file_is_a_clear_error(tmp_path):
+    binary = tmp_path / "boxes.csv"
+    binary.write_bytes(b"image,x1\n\xff\xfe\x00")
+    with pytest.raises(FaceBoxFileError, match="cannot read face boxes"):
+        load_face_boxes(binary)
+
+
+def test_entries_match_by_path_or_by_unique_file_name(tmp_path):
+    boxes = load_face_boxes(_write(tmp_path, "b.csv", "image,x1,y1,x2,y2\n"
+                                                    "photos/./a.jpg,1,1,9,9\n"
+                                                    "b.png,2,2,8,8\n"
+                                                    "missing.jpg,3,3,7,7\n"
+                                                    "other/c.jpg,4,4,6,6\n"))
+    images = ["photos/a.jpg", "photos/sub/b.png", "c.jpg", "photos/d.jpg"]
+    assigned, unused = boxes.assign(images)
+    assert assigned == {"photos/a.jpg": (1.0, 1.0, 9.0, 9.0), "photos/sub/b.png": (2.0, 2.0, 8.0, 8.0)}
+    # a key with a folder must match the path: other/c.jpg is not c.jpg
+    assert unused == ["missing.jpg", "other/c.jpg"]
+
+
+def test_a_file_name_shared_by_several_images_must_be_a_path(tmp_path):
+    boxes = load_face_boxes(_write(tmp_path, "b.jsonl", '{"image": "a.jpg", "box": [1, 1, 9, 9]}\n'))
+    with pytest.raises(FaceBoxFileError, match="matches 2 images .*x/a.jpg, y/a.jpg"):
+        boxes.assign(["x/a.jpg", "y/a.jpg"])
+    # the same image listed twice is one image, not an ambiguity
+    assert boxes.assign(["x/a.jpg", "x/a.jpg"])[0] == {"x/a.jpg": (1.0, 1.0, 9.0, 9.0)}
+
+
+def test_two_entries_giving_one_image_different_boxes_are_refused(tmp_path):
+    boxes = load_face_boxes(_write(tmp_path, "b.csv", "image,x1,y1,x2,y2\nx/a.jpg,1,1,9,9\na.jpg,2,2,8,8\n"))
+    with pytest.raises(FaceBoxFileError, match="x/a.jpg gets two different boxes"):
+        boxes.assign(["x/a.jpg"])
