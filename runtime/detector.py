@@ -231,7 +231,8 @@ class Detector:
 
         ``face_crops[i]``: a face image pre-cropped the reference's way (the face stream takes
         its 252 centre crop). ``face_boxes[i]``: (x1, y1, x2, y2) in pixels of image i; the
-        runtime crops it. With neither, the face stream sees the original image. For an image
+        runtime crops it (a box that is not finite, has x2 < x1 or y2 < y1, or lies wholly outside
+        the image fails that image only). With neither, the face stream sees the original image. For an image
         file in a lossy format the face image is re-encoded in that format first, because the
         reference's face stream reads its face input back from such a file.
         """
