@@ -18,6 +18,7 @@ from torch import nn
 from dfd.runtime.errors import DfdError
 
 from . import onnx_files
+from .gelu_order import reorder_erf_gelu
 from .onnx_files import clear_graph_outputs
 
 INPUT_NAME = "pixels"
@@ -79,6 +80,7 @@ def export_stream_onnx(module: nn.Module, path: Path, input_size: int, opset: in
     example = torch.zeros(2, 3, input_size, input_size, dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1, max=4096)
     export_graph(module.eval(), example, path, INPUT_NAME, (OUTPUT_NAME,), {0: batch}, opset, external=external)
+    order_gelu_for_onnxruntime(path)
     if external:
         # the exporter names the data file after the graph; keep exactly one, next to it
         written = [path] + sorted(p for p in path.parent.glob(path.name + "*") if p != path)
@@ -86,6 +88,16 @@ def export_stream_onnx(module: nn.Module, path: Path, input_size: int, opset: in
         written = [path]
     check_stream_onnx(path, input_size)
     return written
+
+
+def order_gelu_for_onnxruntime(path: Path) -> int:
+    """Rewrite the graph at ``path`` so ONNX Runtime fuses its GELUs (see ``gelu_order``); the
+    weights, external or not, are not touched. Returns the number of GELUs rewritten."""
+    model = onnx.load(str(path), load_external_data=False)
+    rewritten = reorder_erf_gelu(model)
+    if rewritten:
+        onnx.save(model, str(path))
+    return rewritten
 
 
 def op_census(model: onnx.ModelProto) -> Counter:
