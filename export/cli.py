@@ -421,7 +421,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     if face_crops is not None and face_boxes is not None:
         raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
     paths, problems = expand_inputs(images, recursive)
-    boxes, boxes_file = _assign_face_boxes(face_boxes, paths)
+    boxes = _assign_face_boxes(face_boxes, paths)
     detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size, face_detection=not no_face_detect,
                              face_min_px=face_min_px or None, gpu_preprocessing=not host_preprocessing,
                              cuda_graph_batch=cuda_graph_batch)
@@ -459,12 +459,12 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
                 crops.append(str(candidate) if candidate.is_file() else None)
                 if not candidate.is_file():
                     missing.add(path)
-        chunk_boxes = [boxes.get(path) for path in chunk] if boxes_file is not None else None
+        chunk_boxes = [boxes.get(path) for path in chunk] if boxes is not None else None
         for detection in detector.detect(chunk, face_crops=crops, face_boxes=chunk_boxes, labels=chunk):
             if detection.image in missing and detection.ok:
                 detection.notes.append(f"no face crop named {Path(detection.image).name} in {face_crops}")
-            if boxes_file is not None and detection.image not in boxes and detection.ok:
-                detection.notes.append(f"no face box for this image in {boxes_file}")
+            if boxes is not None and detection.image not in boxes and detection.ok:
+                detection.notes.append(f"no face box for this image in {face_boxes}")
             failed += not detection.ok
             emit(detection.to_dict())
         progress.update(len(chunk))
@@ -475,11 +475,12 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         sys.exit(2)
 
 
-def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> tuple[dict, Path | None]:
-    """The boxes of ``--face-boxes`` per image path; entries that match no image are reported on
-    stderr (a typo there would otherwise silently send that image to the face detector)."""
+def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> dict | None:
+    """The boxes of ``--face-boxes`` per image path (None without the option); entries that match
+    no image are reported on stderr (a typo there would otherwise silently send that image to the
+    face detector)."""
     if face_boxes is None:
-        return {}, None
+        return None
     from dfd.runtime.face_boxes import load_face_boxes
 
     loaded = load_face_boxes(face_boxes)
@@ -490,7 +491,7 @@ def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> tuple[dict,
         shown = ", ".join(repr(k) for k in unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
         click.secho(f"WARNING: {len(unused)} face box(es) in {face_boxes} match no image given: {shown}",
                     fg="yellow", err=True)
-    return assigned, face_boxes
+    return assigned
 
 
 def _register_external_commands() -> None:

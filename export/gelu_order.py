@@ -71,11 +71,11 @@ def _scalar_constants(graph: onnx.GraphProto) -> dict[str, float]:
     tensors = [(t.name, t) for t in graph.initializer if not t.external_data]
     tensors += [(node.output[0], attr.t) for node in graph.node if node.op_type == "Constant"
                 for attr in node.attribute if attr.name == "value"]
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
     for name, tensor in tensors:
-        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
-            array = numpy_helper.to_array(tensor)
-            if array.size == 1:
-                values[name] = float(array.reshape(()))
+        # judge the size from the dims: converting every weight matrix just to find scalars is waste
+        if tensor.data_type in floats and math.prod(tensor.dims) == 1:
+            values[name] = float(numpy_helper.to_array(tensor).reshape(()))
     return values
 
 

@@ -57,11 +57,11 @@ class FaceBoxFile:
             matches = by_path.get(os.path.normpath(key))
             if matches is None and os.path.basename(key) == key:
                 matches = by_name.get(key)
-                if matches is not None and len(set(matches)) > 1:
-                    shown = ", ".join(sorted(set(matches))[:3])
-                    raise FaceBoxFileError(f"{self.path}: the entry for {key!r} matches {len(set(matches))} images "
-                                           f"({shown}{', ...' if len(set(matches)) > 3 else ''}); "
-                                           f"write the image's path as detect lists it")
+                distinct = sorted(set(matches or ()))
+                if len(distinct) > 1:
+                    shown = ", ".join(distinct[:3]) + (", ..." if len(distinct) > 3 else "")
+                    raise FaceBoxFileError(f"{self.path}: the entry for {key!r} matches {len(distinct)} images "
+                                           f"({shown}); write the image's path as detect lists it")
             if matches is None:
                 unused.append(key)
                 continue
