@@ -331,7 +331,9 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     click.echo(f"passed thresholds {report.thresholds}")
 
 
-_CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_source", "error", "notes")
+# x1..y2: the face box the face stream was cropped on, so the output is also a --face-boxes file
+_CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_source", "x1", "y1", "x2", "y2",
+               "error", "notes")
 
 
 def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
@@ -362,10 +364,13 @@ def _format_table_row(d: dict) -> str:
 
 
 def _csv_row(d: dict) -> dict:
+    face = d["face"] or {}
+    box = face.get("box") or (None,) * 4
     return {
         "image": d["image"], "score": d["score"], "raw_score": d["raw_score"],
         **{s: d["streams"].get(s) for s in STREAM_CHOICES},
-        "face_source": (d["face"] or {}).get("source"), "error": d["error"], "notes": "; ".join(d["notes"]),
+        "face_source": face.get("source"), **dict(zip(("x1", "y1", "x2", "y2"), box)),
+        "error": d["error"], "notes": "; ".join(d["notes"]),
     }
 
 
@@ -381,7 +386,8 @@ def _csv_row(d: dict) -> dict:
                    "columns image,x1,y1,x2,y2 or .jsonl lines {\"image\": \"a.jpg\", \"box\": [x1, y1, x2, y2]}, "
                    "pixels of the image; image is its path as listed here or its file name. The runtime crops "
                    "them the reference's way. Images without a box go to the packaged face detector (or, with "
-                   "--no-face-detect, use the original image).")
+                   "--no-face-detect, use the original image). detect's own jsonl/csv output is such a file: "
+                   "rerun with it to hold the located faces fixed (e.g. to compare two engine sets).")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True,
               help="Output format on stdout. jsonl/csv carry the raw (unrounded) stream probabilities.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,

@@ -347,7 +347,9 @@ class Detector:
         if found is None:
             detection.notes.append("face stream: no face found, the original image is used (reference rule)")
             return None, None
-        detection.face = {"source": "detector", "box": [round(v, 2) for v in found.box],
+        # the box unrounded: the crop truncates its corners, so a rounded box can move it by a pixel,
+        # and detect's output must work as a --face-boxes file that reproduces this run
+        detection.face = {"source": "detector", "box": [float(v) for v in found.box],
                           "score": round(found.score, 4), "strategy": found.strategy, "count": found.count}
         return None, _usable_box(decoded.rgb, found.box, detection)
 

@@ -3,8 +3,16 @@ tool), read from a file and matched to the images ``dfd-export detect`` scores.
 
 Two formats, chosen by the file's suffix:
 
-* ``.csv`` with a header holding ``image,x1,y1,x2,y2`` (other columns are ignored);
-* ``.jsonl`` / ``.ndjson``: one object per line, ``{"image": "a.jpg", "box": [x1, y1, x2, y2]}``.
+* ``.csv`` with a header holding ``image,x1,y1,x2,y2`` (other columns are ignored); a row whose
+  four box cells are all empty gives that image no box;
+* ``.jsonl`` / ``.ndjson``: one object per line, ``{"image": "a.jpg", "box": [x1, y1, x2, y2]}``;
+  ``"box": null`` gives no box. A line of ``detect --format jsonl`` output (no ``"box"``, the box in
+  ``"face"``) is read too: its face box when it has one, else no box.
+
+So ``detect``'s own jsonl or csv output is a face-box file: a second run with ``--face-boxes``
+crops exactly the faces the first run used (the boxes are written unrounded), which is how one
+compares two engine sets, or precisions, with face localisation held fixed, or corrects a few
+boxes by hand.
 
 ``image`` is the image's path as ``detect`` lists it, or its bare file name when that name is
 unique among the images. Boxes are in pixels of the image as decoded (EXIF orientation applied).
@@ -106,6 +114,8 @@ def _read_csv(path: Path, text: str) -> list[tuple[int, str, Box]]:
     for row in reader:
         line = reader.line_num
         values = [row[c] for c in CSV_COLUMNS[1:]]
+        if all(not (v or "").strip() for v in values):
+            continue  # no box for this image (detect's csv writes its rows without a face so)
         entries.append((line, (row["image"] or "").strip(), _box(path, line, values)))
     return entries
 
@@ -119,14 +129,23 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, str, Box]]:
             record = json.loads(content)
         except json.JSONDecodeError as exc:
             raise FaceBoxFileError(f"{path}:{line}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("image"), str) or "box" not in record:
+        if not isinstance(record, dict) or not isinstance(record.get("image"), str) or (
+                "box" not in record and "face" not in record):
             raise FaceBoxFileError(f"{path}:{line}: expected an object with \"image\" (a string) and "
-                                   f"\"box\" ([x1, y1, x2, y2])")
-        box = record["box"]
+                                   f"\"box\" ([x1, y1, x2, y2] or null), or a line of detect's jsonl output")
+        box = record["box"] if "box" in record else _detect_output_box(record["face"])
+        if box is None:
+            continue
         if not isinstance(box, list):
             raise FaceBoxFileError(f"{path}:{line}: \"box\" must be a list [x1, y1, x2, y2], not {box!r}")
         entries.append((line, record["image"].strip(), _box(path, line, box)))
     return entries
+
+
+def _detect_output_box(face: object) -> object:
+    """The box of a ``detect --format jsonl`` line's ``"face"``: None when the image had no face
+    box there (no face found, a face-crop file, or the line is an error)."""
+    return face.get("box") if isinstance(face, dict) else None
 
 
 def _box(path: Path, line: int, values: list) -> Box:

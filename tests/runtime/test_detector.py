@@ -324,7 +324,55 @@ def test_packaged_face_detector_feeds_the_face_stream(tiny_engine_set, reference
     assert face["used"] == "crop"
     crop = reference_face_crop(rgb, face["box"])
     expected = reference_ensemble.p_fake("face", stream_batch([crop], "face")).item()
-    assert abs(result.streams["face"] - expected) <= 1e-3  # box rounded to 0.01 px in the output
+    assert abs(result.streams["face"] - expected) <= 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_detect_output_as_face_boxes_reproduces_the_run(tiny_engine_set, photographs, tmp_path, fmt):
+    """detect's own output is a --face-boxes file: rerun with it and without the face locator,
+    every image gets the same face input, so the same stream probabilities, bit for bit."""
+    from matplotlib import cbook
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        bgr = cv2.imdecode(np.frombuffer(handle.read(), np.uint8), cv2.IMREAD_COLOR)
+    # a face that gets cropped; at this size, the located box rounded to 0.01 px moves the crop a pixel
+    cv2.imwrite(str(folder / "grace_hopper.png"), cv2.resize(bgr, (492, 492 * bgr.shape[0] // bgr.shape[1]),
+                                                            interpolation=cv2.INTER_AREA))
+    for name in ("astronaut", "coffee"):  # a face under 1/9 of the image; no face
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(photographs[name], cv2.COLOR_RGB2BGR))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    runner = CliRunner()
+    first = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--format", fmt])
+    assert first.exit_code == 2, first.output  # broken.png fails, the others are scored
+    saved = tmp_path / f"first.{fmt}"
+    saved.write_text(first.stdout)
+    again = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--face-boxes", str(saved),
+                                 "--no-face-detect", "--format", "jsonl"])
+    assert again.exit_code == 2, again.output
+    assert "match no image" not in again.stderr
+    if fmt == "jsonl":
+        before = {Path(d["image"]).name: d for d in map(json.loads, first.stdout.splitlines())}
+    else:
+        import csv
+
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(io.StringIO(first.stdout))}
+        before = {name: {"streams": {s: float(r[s]) for s in ("global", "face", "fusion")} if r["score"] else {},
+                         "face": {"source": r["face_source"], "box": [float(r[c]) for c in ("x1", "y1", "x2", "y2")]}
+                         if r["x1"] else None, "score": float(r["score"]) if r["score"] else None} for name, r in rows.items()}
+    after = {Path(d["image"]).name: d for d in map(json.loads, again.stdout.splitlines())}
+    assert set(before) == set(after) == {"grace_hopper.png", "astronaut.png", "coffee.png", "broken.png"}
+    assert before["grace_hopper.png"]["face"]["source"] == "detector" and before["coffee.png"]["face"] is None
+    assert before["astronaut.png"]["face"] is not None and before["broken.png"]["score"] is None
+    for name in ("grace_hopper.png", "astronaut.png"):
+        assert after[name]["face"]["source"] == "box"
+        assert after[name]["face"]["box"] == before[name]["face"]["box"], name
+    assert after["coffee.png"]["face"] is None
+    for name in ("grace_hopper.png", "astronaut.png", "coffee.png"):
+        assert after[name]["streams"] == before[name]["streams"], name
+        assert after[name]["score"] == before[name]["score"], name
+    assert after["broken.png"]["error"] is not None
 
 
 def test_face_stream_image_is_what_detect_feeds_the_face_stream(tiny_engine_set, photographs):

@@ -24,12 +24,27 @@ def test_csv_and_jsonl_give_the_same_boxes(tmp_path):
     assert load_face_boxes(jsonl_file).boxes == expected
 
 
+def test_images_without_a_box_and_detect_output_lines(tmp_path):
+    """Empty box cells, a null box, and detect's own jsonl lines (box in "face", or no face box)."""
+    csv_file = _write(tmp_path, "boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3,4\nb.jpg,,, ,\n")
+    jsonl_file = _write(tmp_path, "boxes.jsonl", "\n".join([
+        '{"image": "a.jpg", "box": [1, 2, 3, 4]}',
+        '{"image": "b.jpg", "box": null}',
+        '{"image": "c.jpg", "score": 0.4, "face": {"source": "detector", "box": [5.25, 6, 7, 8], "score": 0.9}}',
+        '{"image": "d.jpg", "score": 0.4, "face": null, "notes": ["face stream: no face found"]}',
+        '{"image": "e.jpg", "score": 0.4, "face": {"source": "face-crop", "file": "crops/e.jpg"}}',
+        '{"image": "f.jpg", "score": null, "face": null, "error": "cannot decode"}']) + "\n")
+    assert load_face_boxes(csv_file).boxes == {"a.jpg": (1.0, 2.0, 3.0, 4.0)}
+    assert load_face_boxes(jsonl_file).boxes == {"a.jpg": (1.0, 2.0, 3.0, 4.0), "c.jpg": (5.25, 6.0, 7.0, 8.0)}
+
+
 @pytest.mark.parametrize("name, text, words", [
     ("boxes.txt", "a.jpg 1 2 3 4\n", ["a .csv file", ".jsonl", "not .txt"]),
     ("boxes.csv", "name,x1,y1,x2,y2\na.jpg,1,2,3,4\n", ["lacks image"]),
     ("boxes.csv", "", ["lacks image", "no header"]),
     ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3,4\nb.jpg,1,two,3,4\n", ["boxes.csv:3", "four numbers"]),
     ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3\n", ["boxes.csv:2", "four numbers"]),
+    ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,,4\n", ["boxes.csv:2", "four numbers"]),
     ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3,4\na.jpg,5,6,7,8\n", ["boxes.csv:3", "second box", "'a.jpg'"]),
     ("boxes.csv", "image,x1,y1,x2,y2\n ,1,2,3,4\n", ["boxes.csv:2", "image name is empty"]),
     ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, 3, 4]}\n{"image": "b.jpg", "box": [1, 2, 3, 4]\n',
@@ -38,6 +53,8 @@ def test_csv_and_jsonl_give_the_same_boxes(tmp_path):
     ("boxes.jsonl", '{"image": "a.jpg", "box": "1 2 3 4"}\n', ["boxes.jsonl:1", "must be a list"]),
     ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, 3, true]}\n', ["boxes.jsonl:1", "four numbers"]),
     ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, null, 4]}\n', ["boxes.jsonl:1", "four numbers"]),
+    ("boxes.jsonl", '{"image": "a.jpg", "face": {"box": [1, 2, 3]}}\n', ["boxes.jsonl:1", "four numbers"]),
+    ("boxes.jsonl", '{"image": "a.jpg", "score": 0.5}\n', ["boxes.jsonl:1", "detect's jsonl output"]),
 ])
 def test_malformed_files_name_the_line_and_the_problem(tmp_path, name, text, words):
     with pytest.raises(FaceBoxFileError) as raised:
