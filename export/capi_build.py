@@ -78,6 +78,8 @@ typedef struct {
     float box[4];           /* x1, y1, x2, y2 in pixels of the image; finite, x1 <= x2, y1 <= y2 */
 } dfd_face;
 
+#define DFD_RESULT_MESSAGE_SIZE 2048
+
 /* The result for one image. When status != DFD_OK the floats are NaN and face_found is 0. */
 typedef struct {
     float score;            /* discretised vote, 0.0 .. 1.0 (one decimal, as the reference) */
@@ -85,6 +87,13 @@ typedef struct {
     int32_t face_found;     /* 1 when the image has a face box (located, or given), else 0 */
     float face_box[4];      /* x1, y1, x2, y2 in pixels of the image when face_found, else 0 */
     dfd_status status;      /* this image's status */
+    char message[DFD_RESULT_MESSAGE_SIZE];
+                            /* NUL-terminated UTF-8, zero-filled, cut on a character. Failed: why this
+                               image failed. Scored: the notes `dfd-export detect` prints, one per line
+                               ('\n' between them, "" when none): how a rule the reference lacks was
+                               applied (an image under 252 px padded, a 224-high image resized), which
+                               face input the face stream took (no face found, a face under 1/9 of the
+                               image), conversions of the decoded pixels (grayscale, alpha, 16-bit) */
 } dfd_result;
 
 /* How dfd_open_with opens a set. Fill it with dfd_options_init, then change what you need:
@@ -287,6 +296,7 @@ static dfd_status dfd_finish(dfd_status status)
     return DFD_E_INTERNAL;
 }
 
+/* Results of a call that the Python side could not serve: failed, with the thread's error. */
 static void dfd_mark_results(dfd_result *results, int32_t count, dfd_status status)
 {
     int32_t i;
@@ -297,6 +307,7 @@ static void dfd_mark_results(dfd_result *results, int32_t count, dfd_status stat
         results[i].score = NAN;
         results[i].stream_prob[0] = results[i].stream_prob[1] = results[i].stream_prob[2] = NAN;
         results[i].status = status;
+        snprintf(results[i].message, sizeof results[i].message, "%s", dfd_error);
     }
 }
 

@@ -111,13 +111,24 @@ class _Handles:
 _handles = _Handles()
 
 
+def _c_text(message: str, size: int) -> bytes:
+    """``message`` as UTF-8 cut on a character to leave room for the NUL in ``size`` bytes."""
+    encoded = message.encode("utf-8", "replace")[:size - 1]
+    return encoded.decode("utf-8", "ignore").encode("utf-8")  # drop a split last character
+
+
 def write_c_string(ffi: Any, buffer: Any, size: int, message: str) -> None:
     """Copy ``message`` as NUL-terminated UTF-8 into a caller's buffer, cut on a character."""
     if buffer == ffi.NULL or size <= 0:
         return
-    encoded = message.encode("utf-8", "replace")[:size - 1]
-    encoded = encoded.decode("utf-8", "ignore").encode("utf-8")  # drop a split last character
+    encoded = _c_text(message, size)
     ffi.memmove(buffer, encoded + b"\0", len(encoded) + 1)
+
+
+def set_result_message(result: Any, message: str) -> None:
+    """Fill ``dfd_result.message`` whole (zero-padded), so equal results compare equal bytewise."""
+    size = len(result.message)
+    result.message = _c_text(message, size).ljust(size, b"\0")
 
 
 def report_failure(ffi: Any, error: Any, error_size: int, exc: BaseException) -> int:
@@ -163,7 +174,7 @@ def image_array(ffi: Any, image: Any, index: int) -> np.ndarray:
 def fill_result(result: Any, detection: Detection) -> int:
     """Write one Detection into a ``dfd_result``; returns its status."""
     if not detection.ok:
-        return mark_failed(result, DFD_E_IMAGE)
+        return mark_failed(result, DFD_E_IMAGE, detection.error)
     result.score = detection.score
     for slot, stream in enumerate(STREAM_SLOTS):
         result.stream_prob[slot] = detection.streams.get(stream, math.nan)
@@ -171,16 +182,18 @@ def fill_result(result: Any, detection: Detection) -> int:
     result.face_found = int(box is not None)
     result.face_box = list(box) if box is not None else [0.0, 0.0, 0.0, 0.0]
     result.status = DFD_OK
+    set_result_message(result, "\n".join(detection.notes))  # a note may hold "; ", never a newline
     return DFD_OK
 
 
-def mark_failed(result: Any, status: int) -> int:
-    """A result that was not scored: NaN scores, no face, and its status."""
+def mark_failed(result: Any, status: int, message: str) -> int:
+    """A result that was not scored: NaN scores, no face, its status and why."""
     result.score = math.nan
     result.stream_prob = [math.nan] * len(STREAM_SLOTS)
     result.face_found = 0
     result.face_box = [0.0, 0.0, 0.0, 0.0]
     result.status = status
+    set_result_message(result, message)
     return status
 
 
@@ -324,10 +337,11 @@ def _serve(ffi: Any, error: Any, error_size: int, results: Any, count: int,
     try:
         detections = run()
     except Exception as exc:
-        status = report_failure(ffi, error, error_size, exc)
+        status, message = status_of(exc)
+        write_c_string(ffi, error, error_size, message)
         if results != ffi.NULL and 0 < count:
             for i in range(count):
-                mark_failed(results[i], status)
+                mark_failed(results[i], status, message)
         return status
     failures = []
     for i, detection in enumerate(detections):

@@ -5,9 +5,10 @@
  * "PATH<TAB>x1 y1 x2 y2" in pixels of the image; without one the runtime locates the face.
  *   {"image": "a.jpg", "status": "ok", "score": 0.6,
  *    "streams": {"global": 0.88, "face": 0.55, "fusion": 0.30},
- *    "face_found": true, "face_box": [173.3, 48.1, 291.6, 201.9], "error": null}
- * A path that cannot be read or decoded gives "status": "io"/"image" and its "error"; the
- * service goes on with the next line.
+ *    "face_found": true, "face_box": [173.3, 48.1, 291.6, 201.9], "notes": [], "error": null}
+ * "notes" says how the runtime treated the image where the reference has no rule (a small image
+ * padded, no face found, ...), as `dfd-export detect` does. A path that cannot be read or decoded
+ * gives "status": "io"/"image" and its "error"; the service goes on with the next line.
  *
  * Build (DIR is where `dfd-export capi --out DIR` wrote the header and library):
  *   cc -O2 -o dfd_detect dfd_detect.c -I DIR -L DIR -ldfd_runtime -Wl,-rpath,DIR
@@ -55,6 +56,27 @@ static void print_json_string(const char *text)
     putchar('"');
 }
 
+/* The result's notes ('\n'-separated in its message) as a JSON array of strings. */
+static void print_json_lines(const char *text)
+{
+    char line[DFD_RESULT_MESSAGE_SIZE];
+    const char *start = text, *end;
+    putchar('[');
+    while (*start) {
+        size_t length;
+        end = strchr(start, '\n');
+        length = end ? (size_t)(end - start) : strlen(start);
+        memcpy(line, start, length);
+        line[length] = '\0';
+        if (start != text)
+            fputs(", ", stdout);
+        print_json_string(line);
+        start += length + (end != NULL);
+    }
+    putchar(']');
+}
+
+/* error: why the image failed (the result's own message, or the service's for a bad line) */
 static void print_result(const char *path, const dfd_result *result, const char *error)
 {
     static const char *streams[3] = {"global", "face", "fusion"};
@@ -79,10 +101,12 @@ static void print_result(const char *path, const dfd_result *result, const char 
                    result->face_box[1], result->face_box[2], result->face_box[3]);
         else
             fputs(", \"face_box\": null", stdout);
+        fputs(", \"notes\": ", stdout);
+        print_json_lines(result->message);
         fputs(", \"error\": null}\n", stdout);
     } else {
-        fputs(", \"score\": null, \"streams\": null, \"face_found\": false, \"face_box\": null, \"error\": ",
-              stdout);
+        fputs(", \"score\": null, \"streams\": null, \"face_found\": false, \"face_box\": null, \"notes\": [], "
+              "\"error\": ", stdout);
         print_json_string(error);
         fputs("}\n", stdout);
     }
@@ -148,7 +172,7 @@ int main(int argc, char **argv)
         }
         status = dfd_detect_file_face(detector, line, &face, &result);
         failed += status != DFD_OK;
-        print_result(line, &result, dfd_last_error());
+        print_result(line, &result, result.message);
     }
     dfd_close(detector);
     return failed ? 2 : 0;

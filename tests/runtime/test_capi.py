@@ -171,13 +171,18 @@ static int run_concurrent(int argc, char **argv)
 }
 
 /* ---- errors: NULL and nonsense everywhere; one line per case: name, status, message */
-static void report(const char *name, int status)
+static void print_lines(const char *text)
 {
     const char *c;
-    printf("%s\t%d\t", name, status);
-    for (c = dfd_last_error(); *c; c++)   /* one line per case: newlines as " | " */
+    for (c = text; *c; c++)               /* one line per case: newlines as " | " */
         fputs(*c == '\n' ? " | " : (char[2]){*c, 0}, stdout);
     putchar('\n');
+}
+
+static void report(const char *name, int status)
+{
+    printf("%s\t%d\t", name, status);
+    print_lines(dfd_last_error());
 }
 
 static void *fail_in_thread(void *arg)
@@ -215,6 +220,7 @@ static int run_errors(int argc, char **argv)
     broken[0] = img; broken[1] = img; broken[1].width = 0;
     report("detect_width_zero", dfd_detect(d, broken, 2, rs));
     printf("detect_width_zero_results\t%d\t%d\n", rs[0].status, rs[1].status);
+    printf("detect_width_zero_messages\t%d\t%s|%s\n", rs[0].status, rs[0].message, rs[1].message);
     broken[1] = img; broken[1].height = -3; report("detect_negative_height", dfd_detect(d, broken, 2, rs));
     broken[1] = img; broken[1].stride_bytes = img.width * 3 - 1; report("detect_small_stride", dfd_detect(d, broken, 2, rs));
     broken[1] = img; broken[1].format = (dfd_pixel_format)7; report("detect_bad_format", dfd_detect(d, broken, 2, rs));
@@ -226,7 +232,8 @@ static int run_errors(int argc, char **argv)
     report("file_null_result", dfd_detect_file(d, argv[6], NULL));
     report("file_missing", dfd_detect_file(d, "/nonexistent/photo.png", &r));
     report("file_directory", dfd_detect_file(d, "/", &r));
-    report("file_undecodable", dfd_detect_file(d, argv[4], &r)); printf("file_undecodable_result\t%d\t\n", r.status);
+    report("file_undecodable", dfd_detect_file(d, argv[4], &r));
+    printf("file_undecodable_result\t%d\t%s\n", r.status, r.message);
     report("file_ok_after_failure", dfd_detect_file(d, argv[6], &r));
 
     dfd_detect_file(d, "/nonexistent/photo.png", &r);
@@ -242,12 +249,15 @@ static int run_errors(int argc, char **argv)
 }
 
 /* ---- options: dfd_options_init / dfd_open_with / dfd_describe; lines as in errors, results as
-   "status score global face fusion face_found x1 y1 x2 y2" in the message field */
+   "status score global face fusion face_found x1 y1 x2 y2" in the message field, and the
+   result's own message on a NAME_message line */
 static void report_result(const char *name, dfd_status status, const dfd_result *r)
 {
     printf("%s\t%d\t%d %.9g %.9g %.9g %.9g %d %.9g %.9g %.9g %.9g\n", name, status, r->status, r->score, r->stream_prob[0],
            r->stream_prob[1], r->stream_prob[2], r->face_found, r->face_box[0], r->face_box[1], r->face_box[2],
            r->face_box[3]);
+    printf("%s_message\t%d\t", name, r->status);
+    print_lines(r->message);
 }
 
 static void open_and_detect(const char *name, const char *dir, const dfd_options *o, const dfd_image *img)
@@ -312,23 +322,26 @@ static int run_options(int argc, char **argv)
 static int run_faces(int argc, char **argv)
 {
     dfd_detector *d = open_or_die(argv[2]);
-    dfd_image img = make_image(load_raw(argv[3]), DFD_PIXEL_BGR8, 7), imgs[3];
-    dfd_face faces[3], none, bad; dfd_result rs[3], r; dfd_status status; int i;
+    dfd_image img = make_image(load_raw(argv[3]), DFD_PIXEL_BGR8, 7), imgs[4];
+    dfd_face faces[4], none, bad; dfd_result rs[4], r; dfd_status status; int i;
     (void)argc;
     memset(faces, 0, sizeof faces);
     faces[0].given = 1;
     for (i = 0; i < 4; i++) faces[0].box[i] = (float)atof(argv[5 + i]);
     faces[1].given = 0;                                   /* no box: the face localiser */
     faces[2].given = 1; faces[2].box[0] = NAN;            /* fails its own image only */
-    imgs[0] = imgs[1] = imgs[2] = img;
-    status = dfd_detect_faces(d, imgs, faces, 3, rs);
+    faces[3] = faces[0]; faces[3].box[0] = faces[3].box[2] = 1e6f;  /* so does this: 2 failures */
+    imgs[0] = imgs[1] = imgs[2] = imgs[3] = img;
+    status = dfd_detect_faces(d, imgs, faces, 4, rs);
+    report("batch_error", status);
     report_result("given", status, &rs[0]); report_result("not_given", status, &rs[1]);
-    report_result("nan_box", status, &rs[2]);
+    report_result("nan_box", status, &rs[2]); report_result("outside_box", status, &rs[3]);
     report_result("null_faces", dfd_detect_faces(d, &img, NULL, 1, &r), &r);
     report_result("plain_detect", dfd_detect(d, &img, 1, &r), &r);
     faces[1].given = 2;
     status = dfd_detect_faces(d, imgs, faces, 2, rs);
     report("given_two", status); printf("given_two_results\t%d\t%d %d\n", status, rs[0].status, rs[1].status);
+    printf("given_two_messages\t%d\t%s|%s\n", status, rs[0].message, rs[1].message);
     report_result("file_given", dfd_detect_file_face(d, argv[4], &faces[0], &r), &r);
     memset(&none, 0, sizeof none);
     report_result("file_not_given", dfd_detect_file_face(d, argv[4], &none, &r), &r);
@@ -479,13 +492,20 @@ def test_decoded_pixels_and_files_score_as_the_cli(tiny_engine_set, pictures, ha
         _assert_matches_cli(got, reference, line["image"])
 
 
-def test_example_service_reports_a_bad_file_and_goes_on(tiny_engine_set, pictures, example_service):
+def test_example_service_reports_a_bad_file_and_goes_on(tiny_engine_set, pictures, example_service, tmp_path):
+    small_gray = tmp_path / "small_gray.png"  # several notes: grayscale, padded crop, upscaled resize
+    corner = cv2.imread(str(pictures["chelsea"][0]))[:90, :120]
+    cv2.imwrite(str(small_gray), cv2.cvtColor(corner, cv2.COLOR_BGR2GRAY))
     paths = [pictures["astronaut"][0], pictures["broken"][0], "/nonexistent/photo.jpg", pictures["astronaut_crop"][0],
-             f"{pictures['astronaut'][0]}\t120 30 320.5 260", f"{pictures['astronaut'][0]}\t120 30 x"]
+             f"{pictures['astronaut'][0]}\t120 30 320.5 260", f"{pictures['astronaut'][0]}\t120 30 x", small_gray]
     served = _run([example_service, tiny_engine_set], stdin="".join(f"{p}\n" for p in paths) + "\n")
     assert served.returncode == 2, served.stderr  # some failed
     lines = [json.loads(line) for line in served.stdout.splitlines()]
-    assert [line["status"] for line in lines] == ["ok", "image", "io", "ok", "ok", "invalid_argument"]
+    assert [line["status"] for line in lines] == ["ok", "image", "io", "ok", "ok", "invalid_argument", "ok"]
+    cli = _cli_jsonl(tiny_engine_set, [pictures["astronaut"][0], small_gray])
+    assert lines[0]["notes"] == cli[0]["notes"] and lines[6]["notes"] == cli[1]["notes"]
+    assert len(cli[1]["notes"]) >= 3 and "grayscale expanded to RGB" in cli[1]["notes"]
+    assert any("; " in note for note in cli[1]["notes"])  # notes are split on newlines, not "; "
     assert "broken.png" in lines[1]["error"] and "does not exist" in lines[2]["error"]
     assert lines[1]["score"] is None and 0.0 <= lines[3]["score"] <= 1.0
     assert lines[4]["image"] == str(pictures["astronaut"][0]) and lines[4]["face_box"] == [120, 30, 320.5, 260]
@@ -583,6 +603,7 @@ def test_null_and_nonsense_arguments_give_statuses_and_messages(tiny_engine_set,
     check("detect_zero_count", "ok")
     check("detect_width_zero", "invalid_argument", "images[1]", "0x300")
     assert cases["detect_width_zero_results"] == (1, "1")  # nothing scored, both results say why
+    assert cases["detect_width_zero_messages"][1] == "|".join([cases["detect_width_zero"][1]] * 2)
     check("detect_negative_height", "invalid_argument", "images[1]", "351x-3")
     check("detect_small_stride", "invalid_argument", "images[1].stride_bytes is 1052", "1053")
     check("detect_bad_format", "invalid_argument", "images[1].format is 7", "DFD_PIXEL_BGR8")
@@ -594,7 +615,7 @@ def test_null_and_nonsense_arguments_give_statuses_and_messages(tiny_engine_set,
     check("file_missing", "io", "/nonexistent/photo.png", "does not exist")
     check("file_directory", "io", "is a directory")
     check("file_undecodable", "image", "broken.png")
-    assert cases["file_undecodable_result"][0] == STATUS["image"]
+    assert cases["file_undecodable_result"] == (STATUS["image"], cases["file_undecodable"][1])
     check("file_ok_after_failure", "ok")
     check("thread_own_error", "invalid_argument", "detector is NULL")
     check("main_error_kept", "io", "does not exist")
@@ -623,7 +644,9 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
         got = _parse_result([str(cases[name][0]), *cases[name][1].split()])
         assert got["status"] == STATUS["ok"], (name, got)
         _assert_matches_cli(got, expected[cli], name)
+        assert cases[f"{name}_message"][1] == " | ".join(expected[cli]["notes"]), name
         check(f"{name}_describe", "ok", "backend: ", "preprocessing and vote: host (NumPy/OpenCV)")
+    assert "no face" in cases["no_face_detect_message"][1]  # the notes say which face input was used
     assert "onnxruntime" in cases["no_face_detect_describe"][1]
 
     check("uninitialised", "invalid_argument", "struct_size is 0", "dfd_options_init")
@@ -662,17 +685,24 @@ def test_caller_face_boxes_score_as_the_cli_with_face_boxes(tiny_engine_set, pic
 
     cases = _harness_cases(_run([harness, "faces", tiny_engine_set, spec, path, *box]))
     results = {name: _parse_result([str(status)] + message.split()) for name, (status, message) in cases.items()
-               if len(message.split()) == 10}
+               if f"{name}_message" in cases}
     for name, expected in (("given", with_box), ("file_given", with_box), ("not_given", located),
                            ("null_faces", located), ("plain_detect", located), ("file_not_given", located),
                            ("file_null_face", located)):
         assert results[name]["status"] == STATUS["ok"], name
         _assert_matches_cli(results[name], expected, name)
+        assert cases[f"{name}_message"][1] == " | ".join(expected["notes"]), name
+    assert "under 1/9" in cases["not_given_message"][1]  # the located face is too small to crop
     assert results["given"]["face_box"] == list(box)
     assert results["given"]["call"] == STATUS["image"]  # the batch had one bad box
     assert results["nan_box"]["status"] == STATUS["image"] and math.isnan(results["nan_box"]["score"])
+    _expect(cases, "nan_box_message", "image", "non-finite")
+    _expect(cases, "outside_box_message", "image", "lies outside the 512x512 image")
+    # the call's error names the first failure; each result has its own
+    _expect(cases, "batch_error", "image", "image 2: ", "non-finite", "(and 1 more failed image(s))")
     _expect(cases, "given_two", "invalid_argument", "faces[1].given is 2", "must be 1")
     assert cases["given_two_results"][1] == "1 1"  # nothing scored, every result says why
+    assert cases["given_two_messages"][1] == "|".join([cases["given_two"][1]] * 2)
     _expect(cases, "file_outside", "image", "lies outside the 512x512 image")
     assert cases["file_outside_result"][1] == "4"
     _expect(cases, "file_given_negative", "invalid_argument", "face.given is -1")
