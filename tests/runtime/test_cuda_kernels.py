@@ -9,6 +9,7 @@ runtime/preprocess.py and runtime/vote.py.
 from __future__ import annotations
 
 import ctypes
+import struct
 
 import cv2
 import numpy as np
@@ -92,6 +93,60 @@ def test_nvrtc_compiles_every_kernel_to_ptx(arch, tmp_path, monkeypatch):
         assert f".entry {name}(" in ptx
     assert len(list(tmp_path.glob(f"ptx-{arch}-*.ptx"))) == 1  # cached for the next call
     assert cuda_kernels.compile_ptx(arch).decode() == ptx
+
+
+def _elf_sections(binary: bytes) -> dict[str, bytes]:
+    """Section name -> contents of a 64-bit little-endian ELF file (what NVRTC's CUBIN is)."""
+    (section_offset,) = struct.unpack_from("<Q", binary, 0x28)
+    entry_size, count, names_index = struct.unpack_from("<HHH", binary, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", binary, section_offset + i * entry_size) for i in range(count)]
+    names_offset = headers[names_index][4]
+
+    def name(offset: int) -> str:
+        start = names_offset + offset
+        return binary[start:binary.index(b"\0", start)].decode()
+
+    return {name(header[0]): binary[header[4]:header[4] + header[5]] for header in headers}
+
+
+EIATTR_FRAME_SIZE, EIATTR_REGCOUNT = 0x11, 0x2F  # per-function attributes in a CUBIN's .nv.info
+
+
+def _function_attributes(nv_info: bytes, attribute: int) -> list[int]:
+    """The values of one per-function attribute (4-byte symbol index, 4-byte value) in .nv.info."""
+    values, at = [], 0
+    while at < len(nv_info):
+        kind, code = nv_info[at], nv_info[at + 1]
+        (size,) = struct.unpack_from("<H", nv_info, at + 2)
+        if kind == 0x04:  # EIFMT_SVAL: a payload of `size` bytes follows
+            if code == attribute:
+                values.append(struct.unpack_from("<I", nv_info, at + 8)[0])
+            at += 4 + size
+        else:  # the value sits in the 2-byte field itself
+            at += 4
+    return values
+
+
+@pytest.mark.parametrize("arch", ["sm_87", "sm_90"])
+def test_nvrtc_compiles_every_kernel_to_cubin_without_spills(arch, tmp_path, monkeypatch):
+    """The CUBIN is what a GPU of that architecture loads (no JIT): ptxas must assemble every kernel
+    for it with no stack frame, i.e. nothing spilled to local memory, and at most 128 registers a
+    thread, so at least two of its 256-thread blocks fit on an SM."""
+    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path))
+    cubin = cuda_kernels.compile_cubin(arch)
+    assert cubin[:4] == b"\x7fELF" and struct.unpack_from("<H", cubin, 18)[0] == 190  # EM_CUDA
+    (flags,) = struct.unpack_from("<I", cubin, 0x30)
+    assert (flags >> 8) & 0xFF == int(arch[3:])  # the SM the code was assembled for
+    sections = _elf_sections(cubin)
+    for name in cuda_kernels.KERNEL_NAMES:
+        assert sections.get(f".text.{name}"), sorted(sections)
+    frames = _function_attributes(sections[".nv.info"], EIATTR_FRAME_SIZE)
+    registers = _function_attributes(sections[".nv.info"], EIATTR_REGCOUNT)
+    assert len(registers) >= len(cuda_kernels.KERNEL_NAMES) and frames
+    assert set(frames) == {0}, frames
+    assert max(registers) <= 128, registers
+    assert len(list(tmp_path.glob(f"cubin-{arch}-*.cubin"))) == 1
+    assert cuda_kernels.compile_cubin(arch) == cubin
 
 
 def test_unknown_architecture_is_a_clear_error():
