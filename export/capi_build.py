@@ -91,7 +91,7 @@ typedef struct {
                             /* NUL-terminated UTF-8, zero-filled, cut on a character. Failed: why this
                                image failed. Scored: the notes `dfd-export detect` prints, one per line
                                ('\n' between them, "" when none): how a rule the reference lacks was
-                               applied (an image under 252 px padded, a 224-high image resized), which
+                               applied (an image under 252 px upscaled, a 224-high image resized), which
                                face input the face stream took (no face found, a face under 1/9 of the
                                image), conversions of the decoded pixels (grayscale, alpha, 16-bit) */
 } dfd_result;

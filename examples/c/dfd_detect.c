@@ -7,7 +7,7 @@
  *    "streams": {"global": 0.88, "face": 0.55, "fusion": 0.30},
  *    "face_found": true, "face_box": [173.3, 48.1, 291.6, 201.9], "notes": [], "error": null}
  * "notes" says how the runtime treated the image where the reference has no rule (a small image
- * padded, no face found, ...), as `dfd-export detect` does. A path that cannot be read or decoded
+ * upscaled, no face found, ...), as `dfd-export detect` does. A path that cannot be read or decoded
  * gives "status": "io"/"image" and its "error"; the service goes on with the next line.
  *
  * Build (DIR is where `dfd-export capi --out DIR` wrote the header and library):
