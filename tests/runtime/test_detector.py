@@ -3,6 +3,7 @@ pipeline (reference network + the reference's OpenCV preprocessing, from REFEREN
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -327,6 +328,15 @@ def test_packaged_face_detector_feeds_the_face_stream(tiny_engine_set, reference
     assert abs(result.streams["face"] - expected) <= 1e-4
 
 
+def _record_from_csv_row(row: dict) -> dict:
+    """The jsonl fields of a `detect --format csv` row (empty cells: no value)."""
+    scored = bool(row["score"])
+    box = [float(row[c]) for c in ("x1", "y1", "x2", "y2")] if row["x1"] else None
+    return {"image": row["image"], "score": float(row["score"]) if scored else None,
+            "streams": {s: float(row[s]) for s in ("global", "face", "fusion")} if scored else {},
+            "face": {"source": row["face_source"], "box": box} if box else None}
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_detect_output_as_face_boxes_reproduces_the_run(tiny_engine_set, photographs, tmp_path, fmt):
     """detect's own output is a --face-boxes file: rerun with it and without the face locator,
@@ -352,15 +362,9 @@ def test_detect_output_as_face_boxes_reproduces_the_run(tiny_engine_set, photogr
                                  "--no-face-detect", "--format", "jsonl"])
     assert again.exit_code == 2, again.output
     assert "match no image" not in again.stderr
-    if fmt == "jsonl":
-        before = {Path(d["image"]).name: d for d in map(json.loads, first.stdout.splitlines())}
-    else:
-        import csv
-
-        rows = {Path(r["image"]).name: r for r in csv.DictReader(io.StringIO(first.stdout))}
-        before = {name: {"streams": {s: float(r[s]) for s in ("global", "face", "fusion")} if r["score"] else {},
-                         "face": {"source": r["face_source"], "box": [float(r[c]) for c in ("x1", "y1", "x2", "y2")]}
-                         if r["x1"] else None, "score": float(r["score"]) if r["score"] else None} for name, r in rows.items()}
+    records = (map(json.loads, first.stdout.splitlines()) if fmt == "jsonl"
+               else map(_record_from_csv_row, csv.DictReader(io.StringIO(first.stdout))))
+    before = {Path(d["image"]).name: d for d in records}
     after = {Path(d["image"]).name: d for d in map(json.loads, again.stdout.splitlines())}
     assert set(before) == set(after) == {"grace_hopper.png", "astronaut.png", "coffee.png", "broken.png"}
     assert before["grace_hopper.png"]["face"]["source"] == "detector" and before["coffee.png"]["face"] is None
