@@ -33,6 +33,7 @@ import onnxruntime
 import skimage
 import skimage.data
 
+from dfd.export.bench.environment import cpu_description
 from dfd.export.face_detector import export_face_detector_onnx
 from dfd.export.mtcnn import export_mtcnn_onnx
 from dfd.runtime.face_detection import (
@@ -482,23 +483,13 @@ def run(detectors: Detectors) -> dict:
     }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(command: list[str]) -> dict:
     import matplotlib
 
     return {
         "command": " ".join(command),
         "machine": platform.machine(),
-        "cpu": cpu_model(),
+        "cpu": cpu_description()["model"],
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -34,6 +34,7 @@ import numpy as np
 
 from .backends import onnxruntime_session_options
 from .errors import DfdError
+from .images import check_rgb_image
 from .mtcnn import MtcnnDetector
 
 INPUT_SIZE = 192
@@ -200,14 +201,14 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def weighted_nms(
     boxes: np.ndarray,
     scores: np.ndarray,
-    keypoints: np.ndarray,
     threshold: float = MIN_SUPPRESSION_THRESHOLD,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """MediaPipe's WEIGHTED non-maximum suppression: the best remaining detection absorbs every
-    remaining one whose IoU with it is > ``threshold``; the merged box and keypoints are the
-    score-weighted mean of the cluster, the merged score is the best one's. Best score first."""
+    remaining one whose IoU with it is > ``threshold``; the merged box is the score-weighted mean
+    of the cluster, the merged score is the best one's. Best score first. (MediaPipe merges the
+    keypoints the same way; the locator uses boxes only, so they are not merged.)"""
     order = np.argsort(-scores, kind="stable")
-    out_boxes, out_scores, out_keypoints = [], [], []
+    out_boxes, out_scores = [], []
     while order.size:
         top = order[0]
         overlap = _iou(boxes[top], boxes[order])
@@ -216,12 +217,11 @@ def weighted_nms(
             cluster = order[:1]
         weights = scores[cluster][:, None]
         out_boxes.append((boxes[cluster] * weights).sum(0) / weights.sum())
-        out_keypoints.append((keypoints[cluster] * weights[:, :, None]).sum(0) / weights.sum())
         out_scores.append(scores[top])
         order = order[~np.isin(order, cluster)]
     if not out_scores:
-        return np.zeros((0, 4)), np.zeros(0), np.zeros((0, NUM_KEYPOINTS, 2))
-    return np.array(out_boxes), np.array(out_scores), np.array(out_keypoints)
+        return np.zeros((0, 4)), np.zeros(0)
+    return np.array(out_boxes), np.array(out_scores)
 
 
 # --------------------------------------------------------------------------- selection
@@ -376,13 +376,7 @@ def small_face_range(height: int, width: int, min_face_px: float | None) -> tupl
 
 
 def _check_rgb(rgb: object) -> None:
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        description = (
-            f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
-        )
-        raise FaceDetectionError(f"face detection needs an RGB uint8 image [H, W, 3], got {description}")
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise FaceDetectionError(f"face detection got an empty image of shape {rgb.shape}")
+    check_rgb_image(rgb, "face detection", FaceDetectionError)
 
 
 class FaceLocator:
@@ -459,8 +453,8 @@ class FaceLocator:
             raise FaceDetectionError(
                 f"run_detector returned shapes {regressors.shape} and {logits.shape}; expected {expected}"
             )
-        boxes, scores, keypoints = decode(regressors[0], logits[0], self._anchors, self.score_threshold)
-        boxes, scores, _ = weighted_nms(boxes, scores, keypoints)
+        boxes, scores, _ = decode(regressors[0], logits[0], self._anchors, self.score_threshold)
+        boxes, scores = weighted_nms(boxes, scores)
         return geometry.to_original(boxes.reshape(-1, 2, 2) * INPUT_SIZE).reshape(-1, 4), scores
 
     def detect_with_cascade(self, rgb: np.ndarray) -> tuple[Detections, str | None]:

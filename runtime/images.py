@@ -98,6 +98,16 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
     return _decode_bytes(data, label, max_pixels)
 
 
+def check_rgb_image(rgb: object, user: str, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``rgb`` is a non-empty uint8 [H, W, 3] array; ``user`` names what
+    needs it (the face localisers take decoded images from the caller, not files)."""
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        description = f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise error(f"{user} needs an RGB uint8 image [H, W, 3], got {description}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise error(f"{user} got an empty image of shape {rgb.shape}")
+
+
 def _read_file(path: str | os.PathLike, label: str) -> bytes:
     if os.path.isdir(path):
         raise ImageError(f"{label} is a directory, not an image file")

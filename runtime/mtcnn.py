@@ -45,6 +45,7 @@ import numpy as np
 
 from .backends import onnxruntime_session_options
 from .errors import DfdError
+from .images import check_rgb_image
 
 RunPNet = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 RunRNet = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -238,14 +239,6 @@ def _square(boxes: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- checks
 
 
-def _check_rgb(rgb: object) -> None:
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        description = f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
-        raise MtcnnError(f"MTCNN needs an RGB uint8 image [H, W, 3], got {description}")
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise MtcnnError(f"MTCNN got an empty image of shape {rgb.shape}")
-
-
 def _checked_outputs(name: str, outputs: object, expected: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
     """A network's outputs as float32 arrays of the expected shapes, or a readable error."""
     if not isinstance(outputs, (tuple, list)) or len(outputs) != len(expected):
@@ -328,7 +321,7 @@ class MtcnnDetector:
     def detect(self, rgb: np.ndarray, *, min_face_px: float = 20.0, max_face_px: float | None = None) -> MtcnnFaces:
         """Every face MTCNN finds in ``rgb`` (HxWx3 uint8 RGB) of at least ``min_face_px`` pixels
         (and, roughly, at most ``max_face_px``); an image smaller than ``min_face_px`` has none."""
-        _check_rgb(rgb)
+        check_rgb_image(rgb, "MTCNN", MtcnnError)
         height, width = rgb.shape[:2]
         scales = self.scales(height, width, min_face_px, max_face_px)
         if not scales:

@@ -87,7 +87,8 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def _cpu() -> dict[str, Any]:
+def cpu_description() -> dict[str, Any]:
+    """The CPU's model name (``/proc/cpuinfo``, else what ``platform`` knows) and core counts."""
     model, cores = platform.processor() or platform.machine(), set()
     try:
         physical_id = "0"
@@ -163,7 +164,7 @@ def capture_environment(warnings: list[str]) -> dict[str, Any]:
     return {
         "os": platform.platform(),
         "python": platform.python_version(),
-        "cpu": _cpu(),
+        "cpu": cpu_description(),
         "memory_total_bytes": memory_total,
         "gpus": gpus or "none (nvidia-smi absent or found no GPU)",
         "jetson": _jetson(warnings),

@@ -119,8 +119,7 @@ def test_decode_places_a_box_relative_to_its_anchor() -> None:
 def test_weighted_nms_averages_overlapping_boxes_by_score() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], dtype=float)
     scores = np.array([0.9, 0.6, 0.7])
-    keypoints = np.zeros((3, 6, 2))
-    merged, merged_scores, _ = weighted_nms(boxes, scores, keypoints)
+    merged, merged_scores = weighted_nms(boxes, scores)
     np.testing.assert_allclose(merged_scores, [0.9, 0.7])
     np.testing.assert_allclose(merged[0], [(0 * 0.9 + 1 * 0.6) / 1.5, 0, (10 * 0.9 + 11 * 0.6) / 1.5, 10])
     np.testing.assert_allclose(merged[1], boxes[2])
