@@ -17,10 +17,15 @@ import cv2
 import numpy as np
 
 from .errors import DfdError
+from .images import DEFAULT_MAX_PIXELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FACE_CROP_SIZE = 256  # the reference resizes the face window to this before the 252 centre crop
+# The most pixels the small-image upscale may create: the decoder's own limit on any image the
+# runtime holds. Only an image over ~1000:1 reaches it (1x1008 -> 252x254016), and without it a
+# few-kilobyte 1x60000 PNG would make cv2.resize allocate 11 GB for a 252x252 crop.
+MAX_UPSCALED_PIXELS = DEFAULT_MAX_PIXELS
 
 
 class PreprocessError(DfdError, ValueError):
@@ -59,12 +64,21 @@ def normalise(rgb: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
 
 def _upscaled_for_crop(height: int, width: int, size: int) -> tuple[int, int] | None:
     """(height, width) an image smaller than ``size`` on a side is upscaled to before its center
-    crop (short side ``size``, aspect ratio kept, Python round), or None when it is large enough."""
+    crop (short side ``size``, aspect ratio kept, Python round), or None when it is large enough.
+
+    Raises PreprocessError when that upscale would exceed MAX_UPSCALED_PIXELS. Both the host and
+    the fused GPU path size the upscale here, so they refuse the same images."""
     if height >= size and width >= size:
         return None
-    if height <= width:
-        return size, round(width * size / height)
-    return round(height * size / width), size
+    upscaled = (size, round(width * size / height)) if height <= width else (round(height * size / width), size)
+    pixels = upscaled[0] * upscaled[1]
+    if pixels > MAX_UPSCALED_PIXELS:
+        raise PreprocessError(
+            f"image {height}x{width} (HxW) is too elongated to score: the {size}x{size} center crop "
+            f"needs its short side upscaled to {size}, which would make it {upscaled[0]}x{upscaled[1]} "
+            f"({pixels / 1e6:.0f} MP, over the {MAX_UPSCALED_PIXELS / 1e6:.0f} MP limit on any image the "
+            f"runtime holds); the reference cannot score it either")
+    return upscaled
 
 
 def center_crop_notes(height: int, width: int, size: int = 252) -> tuple[str, ...]:
@@ -88,7 +102,8 @@ def center_crop(rgb: np.ndarray, size: int) -> tuple[np.ndarray, tuple[str, ...]
     loader silently substitutes another image's prediction. Here such an image is first upscaled
     with cv2.INTER_CUBIC, keeping the aspect ratio, so its short side becomes `size` and its long
     side round(long * size / short) (Python round, half to even), then center cropped; the
-    returned note says so.
+    returned note says so. An image so elongated that the upscale would pass MAX_UPSCALED_PIXELS
+    is refused with a PreprocessError.
     """
     _require_rgb(rgb)
     height, width = rgb.shape[:2]

@@ -219,6 +219,18 @@ def test_small_and_224_high_images_follow_the_documented_rules(tiny_engine_set, 
     assert any("fusion stream" in n for n in results[1].notes)
 
 
+def test_an_image_too_elongated_to_upscale_fails_alone(tiny_engine_set, photographs):
+    """A 1x60000 strip (a few-kilobyte PNG) would need an 11 GB upscale for its 252 crop: it is
+    refused before any allocation, and the images batched with it are scored as on their own."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    strip, photo = np.zeros((1, 60000, 3), np.uint8), photographs["coffee"]
+    strip_result, photo_result = detector.detect([strip, photo])
+    assert not strip_result.ok and "too elongated to score" in strip_result.error
+    assert "252x15120000" in strip_result.error and strip_result.notes == []
+    alone = detector.detect([photo])[0]
+    assert photo_result.streams == alone.streams and photo_result.notes == alone.notes
+
+
 def test_detector_is_thread_safe(tiny_engine_set, photographs):
     detector = Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=2, face_detection=False)
     images = list(photographs.values())

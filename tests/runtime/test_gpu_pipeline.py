@@ -122,6 +122,10 @@ def test_fused_path_equals_the_host_path(tiny_engine_set, kernel_host, scene, or
         refused = fused.detect(pixel, face_boxes=box)
         _same(refused, host.detect(pixel, face_boxes=box))
         assert "too small to crop" in refused[0].error
+        strip = [np.zeros((2, 3000, 3), np.uint8)]  # its 252 crop would need a 95 MP upscale
+        refused = fused.detect(strip)
+        _same(refused, host.detect(strip))
+        assert "too elongated to score" in refused[0].error
     assert backend.device.pinned == {}  # close() released every staging and result buffer
     assert set(backend.device.allocations) == {a for e in backend.engines.values()
                                                for a in (e.input_address, e.output_address)}

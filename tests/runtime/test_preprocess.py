@@ -13,8 +13,9 @@ import pytest
 import skimage.data
 
 from dfd.runtime.preprocess import (IMAGENET_MEAN, IMAGENET_STD, PreprocessError, center_crop,
-                                    crop_face, face_is_too_small, normalise, preprocess_face,
-                                    preprocess_fusion, preprocess_global, resize_fusion)
+                                    center_crop_notes, crop_face, face_is_too_small, normalise,
+                                    preprocess_face, preprocess_fusion, preprocess_global,
+                                    resize_fusion)
 
 transforms = pytest.importorskip("torchvision.transforms")
 Image = pytest.importorskip("PIL.Image")
@@ -122,6 +123,23 @@ def test_center_crop_quirk_upscale_keeps_aspect_ratio(height, width, upscaled):
                      f"{upscaled[0]}x{upscaled[1]} with bicubic interpolation (aspect ratio "
                      f"kept) before the 252x252 center crop; the reference would have substituted "
                      f"another image's prediction",)
+
+
+@pytest.mark.parametrize("height, width", [(1, 1008), (1008, 1), (3, 5000)])
+def test_center_crop_refuses_an_upscale_past_the_pixel_limit(height, width):
+    """1x1008 would become 252x254016 (64.01 MP): one pixel row more than the limit allows."""
+    rgb = np.full((height, width, 3), 9, np.uint8)
+    with pytest.raises(PreprocessError, match=rf"image {height}x{width} \(HxW\) is too elongated to score.* "
+                                              r"over the 64 MP limit"):
+        center_crop(rgb, 252)
+    with pytest.raises(PreprocessError, match="too elongated"):
+        center_crop_notes(height, width, 252)  # the fused GPU path's sizing refuses it too
+
+
+def test_center_crop_upscales_up_to_the_pixel_limit():
+    cropped, notes = center_crop(np.full((1, 1007, 3), 9, np.uint8), 252)  # 252x253764: 63.95 MP
+    assert cropped.shape == (252, 252, 3) and "upscaled to 252x253764" in notes[0]
+    assert (cropped == 9).all()
 
 
 @pytest.mark.parametrize("height, width, interpolation", [
