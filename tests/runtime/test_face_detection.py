@@ -18,6 +18,7 @@ from dfd.runtime.face_detection import (
     FaceDetectionError,
     FaceLocator,
     decode,
+    enhance,
     letterbox,
     onnxruntime_detector,
     select_face,
@@ -251,6 +252,26 @@ def test_face_free_photographs_stay_face_free_through_the_whole_cascade(default_
 
 
 # --------------------------------------------------------------------------- the cascade
+
+
+def test_cascade_runs_non_local_means_once_per_image(run_detector, monkeypatch) -> None:
+    """The reference's "nlmeans" and "nlmeans_clahe" steps denoise with the same parameters; the
+    cascade computes that (its slowest filter) once, and each step still equals the reference's
+    own OpenCV calls on the BGR image."""
+    image = skimage.data.coffee()
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    denoised = cv2.fastNlMeansDenoisingColored(bgr, None, 15, 15, 7, 21)
+    lightness, a, b = cv2.split(cv2.cvtColor(denoised, cv2.COLOR_BGR2LAB))
+    lightness = cv2.createCLAHE(clipLimit=2.5, tileGridSize=(8, 8)).apply(lightness)
+    expected = {"nlmeans": denoised, "nlmeans_clahe": cv2.cvtColor(cv2.merge((lightness, a, b)), cv2.COLOR_LAB2BGR)}
+    for strategy, want in expected.items():
+        np.testing.assert_array_equal(enhance(image, strategy).bgr, want)
+
+    calls = []
+    denoise = cv2.fastNlMeansDenoisingColored
+    monkeypatch.setattr(cv2, "fastNlMeansDenoisingColored", lambda *args: calls.append(args) or denoise(*args))
+    assert FaceLocator(run_detector).locate(image) is None  # face-free: every step runs
+    assert len(calls) == 1
 
 
 def _degraded_cameraman() -> np.ndarray:
