@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from dfd.runtime.errors import DfdError
+from dfd.runtime.images import silence_opencv_log
 
 STREAM_CHOICES = ("global", "face", "fusion")
 
@@ -90,6 +91,7 @@ def main() -> None:
       dfd-export inspect engines/fp32
       dfd-export detect engines/fp32 photos/ --format jsonl
     """
+    silence_opencv_log()  # every verb reports an unreadable image itself
 
 
 @main.command()

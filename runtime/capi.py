@@ -34,7 +34,7 @@ import numpy as np
 from .backends import BACKEND_CHOICES, BackendError
 from .detector import Detection, Detector
 from .errors import DfdError
-from .images import ImageError
+from .images import ImageError, silence_opencv_log
 from .manifest import EngineSetError
 
 DFD_OK = 0
@@ -364,7 +364,9 @@ def close_detector(ffi: Any, detector: Any, error: Any, error_size: int) -> int:
 
 
 def bind(ffi: Any) -> None:
-    """Attach the implementations to the library's ``extern "Python"`` declarations."""
+    """Attach the implementations to the library's ``extern "Python"`` declarations, and keep
+    OpenCV's own log lines out of the service's stderr (each result's message carries the cause)."""
+    silence_opencv_log()
     bindings = {
         "dfd_py_open": open_detector,
         "dfd_py_detect": detect_images,

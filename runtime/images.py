@@ -98,6 +98,17 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
     return _decode_bytes(data, label, max_pixels)
 
 
+def silence_opencv_log() -> None:
+    """Stop OpenCV writing its own log lines to stderr, for a whole process.
+
+    `decode_image` turns every image OpenCV cannot read into an `ImageError` that names the file and
+    the cause, so OpenCV's lines ("[ERROR:0@1.1] global grfmt_png.cpp:297 readHeader IHDR chunk
+    shall be first") only repeat it, without the file name, and break into the progress bar. The
+    level is process-wide state, so the entry points that own their process's stderr call this
+    (the CLI and the C library); the Python API leaves it to the application."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
 def check_rgb_image(rgb: object, user: str, error: type[Exception]) -> None:
     """Raise ``error`` unless ``rgb`` is a non-empty uint8 [H, W, 3] array; ``user`` names what
     needs it (the face localisers take decoded images from the caller, not files)."""

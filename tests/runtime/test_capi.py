@@ -512,6 +512,7 @@ def test_example_service_reports_a_bad_file_and_goes_on(tiny_engine_set, picture
     assert lines[4]["streams"]["face"] != lines[0]["streams"]["face"]  # the given box, not the located one
     assert "four numbers" in lines[5]["error"]
     assert "backend: " in served.stderr and "preprocessing and vote: host (NumPy/OpenCV)" in served.stderr
+    assert "IHDR" not in served.stderr  # OpenCV's own log line for broken.png, which the result names
 
     refused = _run([example_service, "/nonexistent/engine-set"], stdin="")
     assert refused.returncode == 1 and "engine set folder not found" in refused.stderr

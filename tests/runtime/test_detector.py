@@ -111,6 +111,17 @@ def test_detect_cli_face_boxes_file_reproduces_the_reference_crops(tiny_engine_s
             assert line["face"] is None and any("no face box for this image" in n for n in line["notes"])
 
 
+def test_detect_cli_reports_an_undecodable_file_once(tiny_engine_set, tmp_path):
+    """In its own process (OpenCV logs to fd 2, which CliRunner does not capture): the error line
+    names the file, and OpenCV's own log line for it is not printed beside it."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    run = subprocess.run([sys.executable, "-m", "dfd.export.cli", "detect", str(tiny_engine_set), str(broken),
+                          "--no-face-detect"], capture_output=True, text=True)
+    assert run.returncode == 2 and "1 of 1 input(s) failed" in run.stderr
+    assert "broken.png" in run.stdout and "IHDR" not in run.stderr
+
+
 def test_detect_cli_face_boxes_errors(tiny_engine_set, photographs, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

@@ -278,6 +278,21 @@ def test_text_file_and_random_bytes_are_not_images(tmp_path):
         decode_image(noise)
 
 
+def test_silenced_opencv_leaves_the_error_to_decode_image(tmp_path):
+    """OpenCV logs a broken PNG header on the process's own stderr (fd 2, past Python's
+    sys.stderr); once silenced, the ImageError that names the file is all that is said."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    script = ("import sys\n"
+              "from dfd.runtime.images import decode_image, silence_opencv_log\n"
+              "if sys.argv[2] == 'silenced':\n    silence_opencv_log()\n"
+              "try:\n    decode_image(sys.argv[1])\nexcept ValueError as exc:\n    print(exc)\n")
+    default, silenced = (subprocess.run([sys.executable, "-c", script, str(broken), mode], capture_output=True,
+                                        text=True, check=True) for mode in ("default", "silenced"))
+    assert "IHDR chunk shall be first" in default.stderr  # OpenCV does log this file
+    assert silenced.stderr == "" and "is not an image OpenCV can decode" in silenced.stdout
+
+
 def test_corrupt_png_data(tmp_path, photo):
     data = bytearray(cv2.imencode(".png", photo)[1].tobytes())
     middle = len(data) // 2
