@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,28 +41,45 @@ class ImageSourceError(DfdError, ValueError):
     """An image source cannot provide images (missing or empty folder, bad sample request)."""
 
 
-def list_images(folder: Path, *, recursive: bool = True) -> list[Path]:
-    """All image files under ``folder`` (hidden files and folders skipped), sorted by their path
-    relative to ``folder`` so the order does not depend on the file system."""
+@dataclass(frozen=True)
+class FolderImages:
+    """What a folder holds for the tools: its image files, and the visible files left out because
+    their names do not end in an image suffix (reported, so a folder's .gif or .heic files are not
+    dropped without a word)."""
+
+    images: list[Path]
+    other_files: list[Path]
+
+
+def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
+    """The image files under ``folder`` (hidden files and folders skipped) and its other visible
+    files, each sorted by the path relative to ``folder`` so the order does not depend on the file
+    system. A folder with no image is an error that names what it holds instead."""
     folder = Path(folder)
     if not folder.exists():
         raise ImageSourceError(f"image folder {folder} does not exist")
     if not folder.is_dir():
         raise ImageSourceError(f"{folder} is not a folder")
     candidates = folder.rglob("*") if recursive else folder.iterdir()
-    images = sorted(
+    files = sorted(
         (path for path in candidates
-         if path.is_file()
-         and path.suffix.lower() in IMAGE_EXTENSIONS
-         and not any(part.startswith(".") for part in path.relative_to(folder).parts)),
+         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)),
         key=lambda path: path.relative_to(folder).as_posix(),
     )
+    images = [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
+    other_files = [path for path in files if path.suffix.lower() not in IMAGE_EXTENSIONS]
     if not images:
         where = "under" if recursive else "directly in"
+        held = f"; it holds {len(other_files)} other file(s), e.g. {other_files[0].name}" if other_files else ""
         raise ImageSourceError(
-            f"no images {where} {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            f"no images {where} {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){held}"
         )
-    return images
+    return FolderImages(images, other_files)
+
+
+def list_images(folder: Path, *, recursive: bool = True) -> list[Path]:
+    """The image files of :func:`scan_image_folder`: calibration sets and checks only need those."""
+    return scan_image_folder(folder, recursive=recursive).images
 
 
 def sample_images(paths: Sequence[T], count: int, seed: int) -> list[T]:

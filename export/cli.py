@@ -257,7 +257,7 @@ def doctor(engine_dir, as_json):
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the degraded copies (PNG, lossless).")
 @click.option("--fixed", type=str, default=None,
@@ -271,13 +271,12 @@ def degrade(inputs, out_dir, fixed, seed, share):
     """Write degraded copies of images (the paper's compound degradation engine), for verify and
     benchmarks. One unreadable image is reported and the others still processed (exit 2)."""
     from dfd.calibration.degrade import degrade_files
-    from dfd.calibration.sources import list_images
 
-    paths: list[Path] = []
-    for item in inputs:
-        paths.extend(list_images(item) if item.is_dir() else [item])
-    failed = 0
-    for source, outcome in degrade_files(paths, out_dir, seed=seed, fixed=fixed, share=share):
+    paths, problems = expand_inputs(inputs, recursive=True)
+    for given, message in problems:
+        click.echo(f"error: {given}: {message}", err=True)
+    failed = len(problems)
+    for source, outcome in degrade_files([Path(p) for p in paths], out_dir, seed=seed, fixed=fixed, share=share):
         if isinstance(outcome, Path):
             click.echo(f"{source} -> {outcome}")
         else:
@@ -339,21 +338,29 @@ _CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_
 
 
 def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files as given; folders expanded to their images (``list_images``, the calibration sets'
-    rule). Returns (images, problems)."""
-    from dfd.calibration.sources import ImageSourceError, list_images
+    """Files as given; folders expanded to their images (``scan_image_folder``, the calibration
+    sets' rule). Returns (images, problems); a folder's other files are named in a warning on
+    stderr, since a file given by name is tried whatever its suffix."""
+    from dfd.calibration.sources import ImageSourceError, scan_image_folder
 
     images: list[str] = []
     problems: list[tuple[str, str]] = []
     for given in inputs:
         path = Path(given)
-        if path.is_dir():
-            try:
-                images.extend(str(p) for p in list_images(path, recursive=recursive))
-            except ImageSourceError as exc:
-                problems.append((given, str(exc) + ("" if recursive else " (use --recursive for sub-folders)")))
-        else:
+        if not path.is_dir():
             images.append(given)  # a missing file becomes a per-image error in the detector
+            continue
+        try:
+            found = scan_image_folder(path, recursive=recursive)
+        except ImageSourceError as exc:
+            problems.append((given, str(exc) + ("" if recursive else " (use --recursive for sub-folders)")))
+            continue
+        images.extend(str(p) for p in found.images)
+        if found.other_files:
+            names = [p.relative_to(path).as_posix() for p in found.other_files]
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            click.secho(f"WARNING: left out {len(names)} file(s) in {given} whose names do not end in an image "
+                        f"suffix: {shown} (give a file by name to try it anyway)", fg="yellow", err=True)
     return images, problems
 
 

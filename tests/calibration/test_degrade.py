@@ -337,3 +337,27 @@ def test_degrade_files_share_zero_copies_pixels(tmp_path, photo):
     cv2.imwrite(str(source), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     (_, out), = degrade_files([source], tmp_path / "out", seed=0, fixed=None, spec=PAPER_SPEC, share=0.0)
     assert np.array_equal(cv2.imread(str(out)), cv2.imread(str(source)))
+
+
+def test_degrade_cli_expands_folders_and_reports_what_it_cannot_use(tmp_path, photo):
+    """A folder's images are degraded, its other files named in a warning; an empty folder and a
+    broken file are errors of their own (exit 2) that stop nothing else."""
+    from click.testing import CliRunner
+
+    from dfd.export.cli import main
+
+    folder, empty = tmp_path / "in", tmp_path / "empty"
+    (folder / "sub").mkdir(parents=True)
+    empty.mkdir()
+    cv2.imwrite(str(folder / "sub" / "a.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    (folder / "clip.gif").write_bytes(b"GIF89a")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    result = CliRunner().invoke(main, ["degrade", str(empty), str(folder), str(broken), "--out",
+                                       str(tmp_path / "out"), "--fixed", "blur3"])
+    assert result.exit_code == 2, result.output
+    assert "left out 1 file(s) in " + str(folder) + " whose names do not end in an image suffix: clip.gif" in result.stderr
+    assert f"error: {empty}: no images under {empty}" in result.stderr
+    assert f"error: {broken}: not a readable image" in result.stderr
+    written = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "a.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(written, fixed_degradation("blur3")(photo))

@@ -13,6 +13,7 @@ from dfd.calibration.sources import (
     ImageSourceError,
     builtin_photographs,
     list_images,
+    scan_image_folder,
     sample_images,
 )
 
@@ -44,11 +45,19 @@ def test_list_images_flat(folder):
     assert [path.name for path in list_images(folder, recursive=False)] == ["A.JPG", "b.png"]
 
 
+def test_scan_names_the_visible_files_it_leaves_out(folder):
+    (folder / "sub" / "clip.gif").write_bytes(b"GIF89a")
+    found = scan_image_folder(folder)
+    assert found.images == list_images(folder)
+    assert [path.relative_to(folder).as_posix() for path in found.other_files] == ["notes.txt", "sub/clip.gif"]
+    assert [path.name for path in scan_image_folder(folder, recursive=False).other_files] == ["notes.txt"]
+
+
 def test_list_images_errors(tmp_path):
     with pytest.raises(ImageSourceError, match="does not exist"):
         list_images(tmp_path / "nowhere")
     (tmp_path / "only.txt").write_text("x")
-    with pytest.raises(ImageSourceError, match="no images under"):
+    with pytest.raises(ImageSourceError, match=r"no images under .*; it holds 1 other file\(s\), e.g. only.txt"):
         list_images(tmp_path)
     with pytest.raises(ImageSourceError, match="not a folder"):
         list_images(tmp_path / "only.txt")
