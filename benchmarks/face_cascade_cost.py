@@ -1,0 +1,127 @@
+"""What the face cascade costs on a face-free photograph, the case where every step runs.
+
+Why: when the plain pass finds no face, the locator runs the reference's nine enhancement steps on
+the full-resolution image, and a photograph without a face (a landscape, a product shot) pays for
+all of them. Non-local means is by far the slowest step, and the reference runs it twice with the
+same parameters ("nlmeans", then "nlmeans_clahe"); the runtime's ``CascadeImage`` computes it once.
+This script times, in one process and interleaved per repeat:
+
+* ``each_step_alone``: every step from the RGB image on its own (``enhance(rgb, step)``), which is
+  what the cascade computed before ``CascadeImage``: two non-local means, nine BGR conversions;
+* ``shared``: the steps in cascade order on one ``CascadeImage``, as the locator runs them now;
+* ``locate``: the whole ``FaceLocator.locate`` (plain pass, then the cascade) with the packaged
+  BlazeFace detector and the default small-face pass;
+
+and checks that both ways give identical pixels for every step.
+
+    .venv/bin/python benchmarks/face_cascade_cost.py [--out benchmarks/results/face-cascade-cost.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import skimage.data
+
+from dfd.export.bench.environment import capture_environment
+from dfd.export.face_detector import export_face_detector_onnx
+from dfd.export.mtcnn import export_mtcnn_onnx
+from dfd.runtime.face_detection import (ALL_STRATEGIES, SMALL_FACE_THRESHOLDS, CascadeImage, FaceLocator, enhance,
+                                        onnxruntime_detector)
+from dfd.runtime.mtcnn import onnxruntime_mtcnn
+
+# (width, height): about 1, 4 and 12 megapixels, the last a common phone camera's 4:3 frame
+SIZES = ((1152, 864), (2304, 1728), (4000, 3000))
+REPEATS = 2
+
+
+def photograph(width: int, height: int) -> np.ndarray:
+    """skimage's coffee cup (no face through the whole cascade) at ``width`` x ``height``."""
+    return cv2.resize(skimage.data.coffee(), (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def each_step_alone(rgb: np.ndarray) -> dict[str, np.ndarray]:
+    return {step: enhance(rgb, step).bgr for step in ALL_STRATEGIES}
+
+
+def shared(rgb: np.ndarray) -> dict[str, np.ndarray]:
+    image = CascadeImage(rgb)
+    return {step: enhance(image, step).bgr for step in ALL_STRATEGIES}
+
+
+def timed(run, *args) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = run(*args)
+    return time.perf_counter() - start, result
+
+
+def packaged_locator(work: Path) -> FaceLocator:
+    """The locator ``Detector.open`` builds from an engine set: BlazeFace plus the MTCNN pass."""
+    face_onnx = work / "face_detector.onnx"
+    export_face_detector_onnx(face_onnx)
+    graphs = export_mtcnn_onnx(work / "mtcnn")
+    small = onnxruntime_mtcnn(graphs["pnet"], graphs["rnet"], graphs["onet"], thresholds=SMALL_FACE_THRESHOLDS)
+    return FaceLocator(onnxruntime_detector(face_onnx), small_face_detector=small)
+
+
+def measure(locator: FaceLocator) -> list[dict]:
+    rows = []
+    for width, height in SIZES:
+        rgb = photograph(width, height)
+        times: dict[str, list[float]] = {"each_step_alone": [], "shared": [], "locate": []}
+        for _ in range(REPEATS):
+            alone_s, alone = timed(each_step_alone, rgb)
+            shared_s, together = timed(shared, rgb)
+            locate_s, found = timed(locator.locate, rgb)
+            if found is not None:
+                raise SystemExit(f"the {width}x{height} photograph has a face ({found}); the cascade did not run")
+            for step in ALL_STRATEGIES:
+                if not np.array_equal(alone[step], together[step]):
+                    raise SystemExit(f"{step}: the shared cascade image changed the step's pixels")
+            times["each_step_alone"].append(alone_s)
+            times["shared"].append(shared_s)
+            times["locate"].append(locate_s)
+        best = {name: min(values) for name, values in times.items()}
+        rows.append({
+            "width": width, "height": height, "megapixels": round(width * height / 1e6, 2),
+            "seconds": {name: [round(v, 3) for v in values] for name, values in times.items()},
+            "steps_speedup": round(best["each_step_alone"] / best["shared"], 2),
+            "locate_best_s": round(best["locate"], 2),
+        })
+        print(f"{width}x{height}: steps each alone {best['each_step_alone']:.2f} s, shared {best['shared']:.2f} s "
+              f"({rows[-1]['steps_speedup']}x); locate {best['locate']:.2f} s", file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/face-cascade-cost.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        rows = measure(packaged_locator(Path(work)))
+    warnings: list[str] = []
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/face_cascade_cost.py",
+        "environment": capture_environment(warnings),
+        "warnings": warnings,
+        "repeats": REPEATS,
+        "cascade_steps": list(ALL_STRATEGIES),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "sizes": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
