@@ -110,6 +110,9 @@ typedef struct {
                                    0: NumPy/OpenCV on the host                               */
     int32_t cuda_graph_batch;   /* tensorrt fused path: replay one CUDA graph for calls of
                                    exactly this many images (<= batch_size); 0 (default): none */
+    int32_t face_cascade;       /* 1 (default): when no face is found, retry on the reference's
+                                   enhanced copies of the image; 0: skip them (faster on photos
+                                   without a face, may miss a badly degraded face)            */
 } dfd_options;
 """
 
@@ -135,8 +138,9 @@ void dfd_options_init(dfd_options *options);
    cannot be honoured here (a CUDA graph without the tensorrt backend's fused path). */
 dfd_status dfd_open_with(const char *engine_dir, const dfd_options *options, dfd_detector **out);
 
-/* One line saying what d runs on: the backend and why it was chosen, and where preprocessing
-   and the vote run (e.g. whether the fused CUDA path is in use, or why not). Copied into
+/* One line saying what d runs on: the backend and why it was chosen, where preprocessing and
+   the vote run (e.g. whether the fused CUDA path is in use, or why not), and how faces are
+   found (which passes, whether the enhancement cascade runs). Copied into
    buffer, NUL-terminated and cut to size bytes. Thread-safe. */
 dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size);
 
@@ -336,6 +340,7 @@ void dfd_options_init(dfd_options *options)
     options->face_min_px = DFD_DEFAULT_FACE_MIN_PX;
     options->gpu_preprocessing = 1;
     options->cuda_graph_batch = 0;
+    options->face_cascade = 1;
 }
 
 dfd_status dfd_open_with(const char *engine_dir, const dfd_options *options, dfd_detector **out)

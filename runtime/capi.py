@@ -222,7 +222,7 @@ def detector_options(ffi: Any, options: Any) -> dict[str, Any]:
             f"dfd_open_with: options.struct_size is {options.struct_size}, not sizeof(dfd_options) = {expected}: "
             f"fill the options with dfd_options_init first (or rebuild against this library's dfd_runtime.h)")
     flags = {}
-    for field in ("face_detection", "gpu_preprocessing"):
+    for field in ("face_detection", "gpu_preprocessing", "face_cascade"):
         value = int(getattr(options, field))
         if value not in (0, 1):
             raise CapiArgumentError(f"dfd_open_with: options.{field} is {value}; it must be 0 or 1")
@@ -268,7 +268,8 @@ def describe_detector(ffi: Any, detector: Any, buffer: Any, size: int, error: An
             raise CapiArgumentError("dfd_describe: buffer is NULL or size is 0")
         opened = _handles.get(_key(ffi, detector))
         write_c_string(ffi, buffer, size, f"backend: {opened.backend_reason}; "
-                                       f"preprocessing and vote: {opened.preprocessing}")
+                                       f"preprocessing and vote: {opened.preprocessing}; "
+                                       f"face localisation: {opened.face_localisation}")
         return DFD_OK
     except Exception as exc:
         return report_failure(ffi, error, error_size, exc)

@@ -20,6 +20,7 @@ import numpy as np
 from .backends import BackendChoice, BackendError, select_backend
 from .errors import DfdError
 from .face_detection import (
+    ALL_STRATEGIES,
     DEFAULT_MIN_FACE_PX,
     DEFAULT_SCORE_THRESHOLD,
     SMALL_FACE_THRESHOLDS,
@@ -117,7 +118,8 @@ class Detector:
 
     def __init__(self, manifest: Manifest, choice: BackendChoice, batch_size: int = DEFAULT_BATCH_SIZE,
                  face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX,
-                 gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None) -> None:
+                 gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None,
+                 face_cascade: bool = True) -> None:
         if batch_size < 1:
             raise DfdError(f"batch size must be at least 1, got {batch_size}")
         if cuda_graph_batch is not None and not 1 <= cuda_graph_batch <= batch_size:
@@ -133,7 +135,8 @@ class Detector:
         prep = manifest.preprocessing
         self._mean, self._std = tuple(prep["mean"]), tuple(prep["std"])
         self._sizes = {s: manifest.streams[s].input_size for s in self.streams}
-        self.face_locator = self._open_face_locator(face_min_px) if face_detection else None
+        self.face_locator = self._open_face_locator(face_min_px, face_cascade) if face_detection else None
+        self.face_localisation = self._describe_face_localisation(face_detection)
         self.fused: GpuPipeline | None = None
         self.preprocessing = "host (NumPy/OpenCV)"
         if gpu_preprocessing:
@@ -161,7 +164,7 @@ class Detector:
         self.preprocessing = "fused CUDA kernels (preprocessing and vote)" + (
             f", CUDA graph for batches of {cuda_graph_batch}" if cuda_graph_batch else "")
 
-    def _open_face_locator(self, min_face_px: float | None) -> FaceLocator | None:
+    def _open_face_locator(self, min_face_px: float | None, cascade: bool) -> FaceLocator | None:
         entry = self.manifest.face_detector
         if entry is None:
             return None
@@ -173,8 +176,22 @@ class Detector:
             run,
             small_face_detector=self._open_small_face_detector(entry, providers) if min_face_px else None,
             score_threshold=threshold or DEFAULT_SCORE_THRESHOLD,
+            strategies=ALL_STRATEGIES if cascade else (),
             min_face_px=min_face_px,
         )
+
+    def _describe_face_localisation(self, face_detection: bool) -> str:
+        """One line on how faces are found for images that come with neither face crop nor box."""
+        locator = self.face_locator
+        if locator is None:
+            why = "" if not face_detection else " (the engine set packages no face detector)"
+            return f"off{why}: images without a face crop or box use the original image"
+        passes = "BlazeFace on a 192-pixel letterbox"
+        if locator.small_face_detector is not None:
+            passes += f", MTCNN for faces from {locator.min_face_px:g} px on larger images"
+        if not locator.strategies:
+            return f"{passes}; no enhancement cascade"
+        return f"{passes}; the reference's {len(locator.strategies)}-step enhancement cascade when that finds none"
 
     def _open_small_face_detector(self, entry: StreamEntry, providers: Sequence[str] | None) -> MtcnnDetector | None:
         """The set's MTCNN networks, or None for a set built before they were packaged (its
@@ -188,7 +205,8 @@ class Detector:
     @classmethod
     def open(cls, engine_dir: str | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
              face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX,
-             gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None) -> "Detector":
+             gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None,
+             face_cascade: bool = True) -> "Detector":
         """Verify the engine set (sha256 of every file) and open it on ``backend``.
 
         ``face_detection``: locate faces with the set's packaged detector when an image comes
@@ -200,10 +218,13 @@ class Detector:
         kernels (False: NumPy/OpenCV on the host, the ONNX Runtime path's code).
         ``cuda_graph_batch``: replay a CUDA graph of preprocessing -> engines -> vote for batches
         of exactly this size (tensorrt backend with the fused path only).
+        ``face_cascade``: when the plain pass finds no face, retry on the reference's enhanced
+        copies of the image (False: skip them; a face-free 12 MP photograph then costs one pass
+        instead of ~19 s on 2 CPU cores, and a badly degraded face may go unfound).
         """
         manifest = load_manifest(Path(engine_dir))
         return cls(manifest, select_backend(backend, manifest), batch_size, face_detection, face_min_px,
-                   gpu_preprocessing, cuda_graph_batch)
+                   gpu_preprocessing, cuda_graph_batch, face_cascade)
 
     def close(self) -> None:
         """Release the worker threads and the fused path's buffers; the backend's sessions go with

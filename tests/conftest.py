@@ -7,6 +7,7 @@ implementation, not against our own code.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from skimage import data as skdata
@@ -27,6 +28,19 @@ def reference_ensemble(tmp_path_factory) -> ReferenceEnsemble:
 def photographs() -> dict[str, np.ndarray]:
     """Real photographs that ship inside scikit-image (RGB uint8, various sizes)."""
     return {"astronaut": skdata.astronaut(), "coffee": skdata.coffee(), "chelsea": skdata.chelsea()}
+
+
+@pytest.fixture(scope="session")
+def degraded_cameraman() -> np.ndarray:
+    """The face benchmark's compound_blur_noise_jpeg (blur sigma 2, noise sigma 20, JPEG q15) on
+    scikit-image's cameraman: a face BlazeFace's plain pass misses and the cascade's first step
+    (bilateral filter) finds."""
+    camera = cv2.cvtColor(skdata.camera(), cv2.COLOR_GRAY2RGB)
+    blurred = cv2.GaussianBlur(camera, (0, 0), 2.0)
+    noisy = np.clip(np.round(blurred + np.random.default_rng(0).normal(0, 20.0, blurred.shape)), 0, 255).astype(np.uint8)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(noisy, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 15])
+    assert ok
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 @pytest.fixture(scope="session")

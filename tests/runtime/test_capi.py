@@ -281,13 +281,14 @@ static int run_options(int argc, char **argv)
     dfd_options_init(NULL);
     memset(&o, 0x5a, sizeof o);
     dfd_options_init(&o);
-    printf("defaults\t0\t%d %d %d %d %.9g %d %d\n", o.struct_size == sizeof o, o.backend == NULL, o.batch_size,
-           o.face_detection, o.face_min_px, o.gpu_preprocessing, o.cuda_graph_batch);
+    printf("defaults\t0\t%d %d %d %d %.9g %d %d %d\n", o.struct_size == sizeof o, o.backend == NULL, o.batch_size,
+           o.face_detection, o.face_min_px, o.gpu_preprocessing, o.cuda_graph_batch, o.face_cascade);
 
     open_and_detect("null_options", argv[2], NULL, &img);
     open_and_detect("initialised", argv[2], &o, &img);
     dfd_options_init(&o); o.backend = "onnxruntime"; o.face_detection = 0; open_and_detect("no_face_detect", argv[2], &o, &img);
     dfd_options_init(&o); o.face_min_px = 0; o.batch_size = 1; open_and_detect("one_pass", argv[2], &o, &img);
+    dfd_options_init(&o); o.face_cascade = 0; open_and_detect("no_cascade", argv[2], &o, &img);
 
     memset(&o, 0, sizeof o); report("uninitialised", dfd_open_with(argv[2], &o, &d));
     printf("uninitialised_out\t%d\t\n", d == NULL);
@@ -295,6 +296,7 @@ static int run_options(int argc, char **argv)
     dfd_options_init(&o); o.batch_size = 0; report("batch_zero", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.face_detection = 2; report("face_detection_two", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.gpu_preprocessing = -1; report("gpu_preprocessing_negative", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); o.face_cascade = 7; report("face_cascade_seven", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.face_min_px = NAN; report("face_min_px_nan", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.face_min_px = -1; report("face_min_px_negative", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.cuda_graph_batch = -1; report("graph_negative", dfd_open_with(argv[2], &o, &d));
@@ -634,13 +636,14 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
     run = _run([harness, "options", tiny_engine_set, spec])
     cases = _harness_cases(run)
     check = functools.partial(_expect, cases)
-    assert cases["defaults"][1] == "1 1 8 1 40 1 0"
+    assert cases["defaults"][1] == "1 1 8 1 40 1 0 1"
     expected = {"default": _cli_jsonl(tiny_engine_set, [png])[0],
                 "no_face_detect": _cli_jsonl(tiny_engine_set, [png], "--no-face-detect")[0],
-                "one_pass": _cli_jsonl(tiny_engine_set, [png], "--face-min-px", "0", "--batch-size", "1")[0]}
+                "one_pass": _cli_jsonl(tiny_engine_set, [png], "--face-min-px", "0", "--batch-size", "1")[0],
+                "no_cascade": _cli_jsonl(tiny_engine_set, [png], "--no-face-cascade")[0]}
     assert expected["default"]["face"] is not None and expected["no_face_detect"]["face"] is None
     for name, cli in (("null_options", "default"), ("initialised", "default"), ("no_face_detect", "no_face_detect"),
-                      ("one_pass", "one_pass")):
+                      ("one_pass", "one_pass"), ("no_cascade", "no_cascade")):
         assert cases[name][0] == STATUS["ok"], (name, cases[name])
         got = _parse_result([str(cases[name][0]), *cases[name][1].split()])
         assert got["status"] == STATUS["ok"], (name, got)
@@ -649,6 +652,15 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
         check(f"{name}_describe", "ok", "backend: ", "preprocessing and vote: host (NumPy/OpenCV)")
     assert "no face" in cases["no_face_detect_message"][1]  # the notes say which face input was used
     assert "onnxruntime" in cases["no_face_detect_describe"][1]
+    describe = {name: cases[f"{name}_describe"][1] for name in ("initialised", "no_face_detect", "one_pass", "no_cascade")}
+    assert describe["initialised"].endswith("face localisation: BlazeFace on a 192-pixel letterbox, MTCNN for faces "
+                                            "from 40 px on larger images; the reference's 9-step enhancement "
+                                            "cascade when that finds none")
+    assert describe["no_face_detect"].endswith("face localisation: off: images without a face crop or box use "
+                                               "the original image")
+    assert describe["one_pass"].endswith("face localisation: BlazeFace on a 192-pixel letterbox; the reference's "
+                                         "9-step enhancement cascade when that finds none")
+    assert describe["no_cascade"].endswith("MTCNN for faces from 40 px on larger images; no enhancement cascade")
 
     check("uninitialised", "invalid_argument", "struct_size is 0", "dfd_options_init")
     assert cases["uninitialised_out"][0] == 1
@@ -656,6 +668,7 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
     check("batch_zero", "invalid_argument", "batch_size is 0")
     check("face_detection_two", "invalid_argument", "face_detection is 2", "0 or 1")
     check("gpu_preprocessing_negative", "invalid_argument", "gpu_preprocessing is -1")
+    check("face_cascade_seven", "invalid_argument", "face_cascade is 7", "0 or 1")
     check("face_min_px_nan", "invalid_argument", "face_min_px is nan")
     check("face_min_px_negative", "invalid_argument", "face_min_px is -1")
     check("graph_negative", "invalid_argument", "cuda_graph_batch is -1")

@@ -230,6 +230,28 @@ def test_small_and_224_high_images_follow_the_documented_rules(tiny_engine_set, 
     assert any("fusion stream" in n for n in results[1].notes)
 
 
+def test_face_cascade_can_be_skipped(tiny_engine_set, degraded_cameraman, tmp_path):
+    """A degraded face BlazeFace finds only through the cascade (MTCNN, which sees it in the plain
+    pass, left off): found by default, not with face_cascade=False, which the CLI's
+    --no-face-cascade sets and its stderr reports."""
+    with Detector.open(tiny_engine_set, backend="onnxruntime", face_min_px=None) as full, \
+            Detector.open(tiny_engine_set, backend="onnxruntime", face_min_px=None, face_cascade=False) as plain:
+        assert full.face_localisation == ("BlazeFace on a 192-pixel letterbox; the reference's 9-step "
+                                          "enhancement cascade when that finds none")
+        assert plain.face_localisation == "BlazeFace on a 192-pixel letterbox; no enhancement cascade"
+        found, = full.detect([degraded_cameraman])
+        missed, = plain.detect([degraded_cameraman])
+    assert found.face["strategy"] == "bilateral" and missed.face is None
+    assert "face stream: no face found, the original image is used (reference rule)" in missed.notes
+    png = tmp_path / "cameraman.png"
+    cv2.imwrite(str(png), cv2.cvtColor(degraded_cameraman, cv2.COLOR_RGB2BGR))
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(png), "--no-face-cascade",
+                                       "--face-min-px", "0"])
+    assert result.exit_code == 0, result.output
+    assert "face localisation: BlazeFace on a 192-pixel letterbox; no enhancement cascade" in result.stderr
+    assert result.stdout.rstrip().endswith("face: none")
+
+
 def test_an_image_too_elongated_to_upscale_fails_alone(tiny_engine_set, photographs):
     """A 1x60000 strip (a few-kilobyte PNG) would need an 11 GB upscale for its 252 crop: it is
     refused before any allocation, and the images batched with it are scored as on their own."""

@@ -274,16 +274,8 @@ def test_cascade_runs_non_local_means_once_per_image(run_detector, monkeypatch) 
     assert len(calls) == 1
 
 
-def _degraded_cameraman() -> np.ndarray:
-    """The benchmark's compound_blur_noise_jpeg (blur sigma 2, noise sigma 20, JPEG q15) on the cameraman."""
-    blurred = cv2.GaussianBlur(cameraman(), (0, 0), 2.0)
-    noisy = np.clip(np.round(blurred + np.random.default_rng(0).normal(0, 20.0, blurred.shape)), 0, 255).astype(np.uint8)
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(noisy, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 15])
-    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
-def test_cascade_rescues_a_degraded_face_the_plain_pass_misses(run_detector) -> None:
-    image = _degraded_cameraman()
+def test_cascade_rescues_a_degraded_face_the_plain_pass_misses(run_detector, degraded_cameraman) -> None:
+    image = degraded_cameraman
     assert FaceLocator(run_detector, strategies=()).locate(image) is None
     result = FaceLocator(run_detector).locate(image)
     assert result is not None and result.strategy == "bilateral"
