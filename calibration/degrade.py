@@ -44,7 +44,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfd.runtime.errors import DfdError
+from dfd.runtime.errors import DfdError, os_error_text
 
 FloatImage = np.ndarray
 OpFunction = Callable[[FloatImage, float, np.random.Generator], FloatImage]
@@ -595,7 +595,7 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise DegradationError(f"cannot create output folder {out_dir}: {error}") from error
+        raise DegradationError(f"cannot create output folder {out_dir}: {os_error_text(error)}") from error
     results: list[tuple[Path, Path | str]] = []
     for path, out_path in zip(inputs, _output_paths(inputs, out_dir)):
         if not path.is_file():

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from dfd.runtime.errors import DfdError
+from dfd.runtime.errors import DfdError, os_error_text
 from dfd.runtime.manifest import FORMAT, FORMAT_VERSION, FileEntry, write_manifest
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS
 
@@ -262,7 +262,10 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
     out = Path(request.out_dir)
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise BuildError(f"cannot create the engine set folder {out}: {os_error_text(exc)}") from exc
     streams: dict[str, Any] = {}
     calibration = _calibration_set(request) if request.precision != "fp32" else None
     started = time.perf_counter()

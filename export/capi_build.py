@@ -34,7 +34,7 @@ from pathlib import Path
 
 import click
 
-from dfd.runtime.errors import DfdError
+from dfd.runtime.errors import DfdError, os_error_text
 
 HEADER_NAME = "dfd_runtime.h"
 LIBRARY_NAME = "libdfd_runtime.so"
@@ -516,8 +516,11 @@ def capi(out_dir: Path) -> None:
     """
     try:
         header, library = build_capi(out_dir)
-    except (DfdError, OSError) as exc:
+    except DfdError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"error: {os_error_text(exc)}", err=True)
         sys.exit(1)
     click.echo(f"header:  {header}")
     click.echo(f"library: {library}")

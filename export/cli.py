@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from dfd.runtime.errors import DfdError
+from dfd.runtime.errors import DfdError, os_error_text
 from dfd.runtime.images import silence_opencv_log
 
 STREAM_CHOICES = ("global", "face", "fusion")
@@ -36,6 +36,8 @@ def handles_errors(func):
             _fail("interrupted", 130)
         except DfdError as exc:
             _fail(str(exc))
+        except OSError as exc:  # the file system refused (full disk, permissions): not a bug
+            _fail(os_error_text(exc))
 
     return wrapper
 

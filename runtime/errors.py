@@ -8,3 +8,13 @@ message and treat anything else as a bug.
 
 class DfdError(Exception):
     """An error the user can act on; its message says what is wrong and what to do."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as a user reads it: what failed on which path, without "[Errno 17]". Creating
+    a folder where a file stands raises FileExistsError naming the file, which "File exists"
+    alone does not explain."""
+    if isinstance(exc, FileExistsError):
+        return f"{exc.filename} is a file, not a folder"
+    where = f": {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from dfd.runtime.errors import DfdError
+from dfd.runtime.errors import DfdError, os_error_text
 
 from .measure import BenchSettings, run_benchmark
-from .plot import write_plot
+from .plot import pyplot, write_plot
 
 def _parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
@@ -62,6 +63,13 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, back
     optionally next to the reference PyTorch pipeline (--compare torch)."""
     from tqdm import tqdm
 
+    for path, option in ((json_out, "--json"), (plot_out, "--plot")):
+        _prepare_output(path, option)
+    if plot_out is not None:
+        try:
+            pyplot()
+        except DfdError as exc:
+            raise click.ClickException(str(exc)) from exc
     settings = BenchSettings(engine_dir=engine_dir, images_dir=images_dir, batch_sizes=batch_sizes,
                              warmup=warmup, iterations=iterations, compare_torch=compare == "torch",
                              backend=backend, label=label)
@@ -69,19 +77,34 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, back
     bar = tqdm(total=len(batch_sizes) * iterations * pipelines, unit="it", file=sys.stderr, desc="bench")
     try:
         result = run_benchmark(settings, progress=bar.set_description, tick=lambda: bar.update(1))
-        bar.close()
-        if plot_out is not None:
-            write_plot(result, plot_out)
     except DfdError as exc:
-        bar.close()
         raise click.ClickException(str(exc)) from exc
+    finally:
+        bar.close()
     for warning in result["warnings"]:
         click.secho(f"WARNING: {warning}", fg="yellow", err=True)
     for line in _summary_lines(result):
         click.echo(line)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
+    if json_out is not None:  # the measurement first, then the plot drawn from it
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         click.echo(f"results written: {json_out}", err=True)
     if plot_out is not None:
+        try:
+            write_plot(result, plot_out)
+        except DfdError as exc:
+            raise click.ClickException(str(exc)) from exc
         click.echo(f"plot written: {plot_out}", err=True)
+
+
+def _prepare_output(path: Path | None, option: str) -> None:
+    """Create an output file's folder and check it takes files before the run: a bad path then
+    fails at once instead of after minutes (hours at paper size) of measurement."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create the folder for {path}: {os_error_text(exc)}",
+                                 param_hint=option) from exc
+    if not os.access(path.parent, os.W_OK):
+        raise click.BadParameter(f"cannot write into {path.parent}", param_hint=option)

@@ -15,8 +15,9 @@ STAGE_COLOURS = {"decode": "#8c8c8c", "face_localisation": "#b07aa1", "preproces
                  "vote": "#e15759"}
 
 
-def write_plot(result: dict[str, Any], path: Path) -> Path:
-    """Latency per image vs batch size (p50, bars to p90) and stacked per-stage bars per image."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend; the bench calls it before measuring, so a
+    missing optional extra is said in a second, not after the run."""
     try:
         import matplotlib
 
@@ -24,6 +25,12 @@ def write_plot(result: dict[str, Any], path: Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise BenchError("--plot needs matplotlib (an optional extra): pip install matplotlib") from exc
+    return plt
+
+
+def write_plot(result: dict[str, Any], path: Path) -> Path:
+    """Latency per image vs batch size (p50, bars to p90) and stacked per-stage bars per image."""
+    plt = pyplot()
     runs = result["runs"]
     batch_sizes = result["settings"]["batch_sizes"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))

@@ -148,3 +148,15 @@ def test_bad_arguments_give_one_clear_error(tmp_path):
     assert "engine set folder not found" in missing.output
     bad = runner.invoke(bench, [str(tmp_path), "--batch-sizes", "1,x"])
     assert bad.exit_code != 0 and "comma-separated integers" in bad.output
+
+
+def test_an_unwritable_output_fails_before_measuring(tiny_engine_set, tmp_path):
+    """A --json or --plot path that cannot be written is refused at once, not after the run (at
+    paper size, hours) whose result it would have lost."""
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the folder should be")
+    for option in ("--json", "--plot"):
+        result = CliRunner().invoke(bench, [str(tiny_engine_set), option, str(blocker / "out.x"), "--iterations", "1"])
+        assert result.exit_code != 0, result.output
+        assert f"cannot create the folder for {blocker / 'out.x'}: {blocker} is a file, not a folder" in result.output
+        assert "pipeline" not in result.output and "Traceback" not in result.output  # nothing was measured

@@ -96,6 +96,14 @@ def test_corrupt_checkpoint_fails_cleanly(reference_ensemble, tmp_path):
     assert not (tmp_path / "engines").exists()
 
 
+def test_an_output_folder_under_a_file_is_one_clear_error(reference_ensemble, tmp_path):
+    blocker = tmp_path / "engines"
+    blocker.write_text("a file where the folder should be")
+    result = _build(CliRunner(), reference_ensemble, blocker / "fp32", "--streams", "global")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot create the engine set folder {blocker / 'fp32'}" in result.output
+
+
 def test_bad_streams_flag_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["build", "--out", str(tmp_path / "x"), "--streams", "global,eyes"])
     assert result.exit_code == 1 and "eyes" in result.output
