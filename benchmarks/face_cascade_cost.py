@@ -11,6 +11,7 @@ This script times, in one process and interleaved per repeat:
 * ``shared``: the steps in cascade order on one ``CascadeImage``, as the locator runs them now;
 * ``locate``: the whole ``FaceLocator.locate`` (plain pass, then the cascade) with the packaged
   BlazeFace detector and the default small-face pass;
+* ``plain_pass``: ``locate`` without the cascade (``detect --no-face-cascade``);
 
 and checks that both ways give identical pixels for every step.
 
@@ -64,25 +65,29 @@ def timed(run, *args) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def packaged_locator(work: Path) -> FaceLocator:
-    """The locator ``Detector.open`` builds from an engine set: BlazeFace plus the MTCNN pass."""
+def packaged_locators(work: Path) -> tuple[FaceLocator, FaceLocator]:
+    """The locator ``Detector.open`` builds from an engine set (BlazeFace plus the MTCNN pass),
+    with the cascade and without it."""
     face_onnx = work / "face_detector.onnx"
     export_face_detector_onnx(face_onnx)
     graphs = export_mtcnn_onnx(work / "mtcnn")
     small = onnxruntime_mtcnn(graphs["pnet"], graphs["rnet"], graphs["onet"], thresholds=SMALL_FACE_THRESHOLDS)
-    return FaceLocator(onnxruntime_detector(face_onnx), small_face_detector=small)
+    blazeface = onnxruntime_detector(face_onnx)
+    return (FaceLocator(blazeface, small_face_detector=small),
+            FaceLocator(blazeface, small_face_detector=small, strategies=()))
 
 
-def measure(locator: FaceLocator) -> list[dict]:
+def measure(locator: FaceLocator, plain_locator: FaceLocator) -> list[dict]:
     rows = []
     for width, height in SIZES:
         rgb = photograph(width, height)
-        times: dict[str, list[float]] = {"each_step_alone": [], "shared": [], "locate": []}
+        times: dict[str, list[float]] = {"each_step_alone": [], "shared": [], "locate": [], "plain_pass": []}
         for _ in range(REPEATS):
             alone_s, alone = timed(each_step_alone, rgb)
             shared_s, together = timed(shared, rgb)
             locate_s, found = timed(locator.locate, rgb)
-            if found is not None:
+            plain_s, plain_found = timed(plain_locator.locate, rgb)
+            if found is not None or plain_found is not None:
                 raise SystemExit(f"the {width}x{height} photograph has a face ({found}); the cascade did not run")
             for step in ALL_STRATEGIES:
                 if not np.array_equal(alone[step], together[step]):
@@ -90,15 +95,18 @@ def measure(locator: FaceLocator) -> list[dict]:
             times["each_step_alone"].append(alone_s)
             times["shared"].append(shared_s)
             times["locate"].append(locate_s)
+            times["plain_pass"].append(plain_s)
         best = {name: min(values) for name, values in times.items()}
         rows.append({
             "width": width, "height": height, "megapixels": round(width * height / 1e6, 2),
             "seconds": {name: [round(v, 3) for v in values] for name, values in times.items()},
             "steps_speedup": round(best["each_step_alone"] / best["shared"], 2),
             "locate_best_s": round(best["locate"], 2),
+            "plain_pass_best_s": round(best["plain_pass"], 2),
         })
         print(f"{width}x{height}: steps each alone {best['each_step_alone']:.2f} s, shared {best['shared']:.2f} s "
-              f"({rows[-1]['steps_speedup']}x); locate {best['locate']:.2f} s", file=sys.stderr)
+              f"({rows[-1]['steps_speedup']}x); locate {best['locate']:.2f} s, without the cascade "
+              f"{best['plain_pass']:.2f} s", file=sys.stderr)
     return rows
 
 
@@ -107,7 +115,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/face-cascade-cost.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
-        rows = measure(packaged_locator(Path(work)))
+        rows = measure(*packaged_locators(Path(work)))
     warnings: list[str] = []
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
