@@ -34,7 +34,9 @@ from pathlib import Path
 
 import click
 
-from dfd.runtime.errors import DfdError, os_error_text
+from dfd.runtime.errors import DfdError
+
+from .cli_errors import handles_errors
 
 HEADER_NAME = "dfd_runtime.h"
 LIBRARY_NAME = "libdfd_runtime.so"
@@ -505,6 +507,7 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
 @click.command("capi")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Folder to write dfd_runtime.h and libdfd_runtime.so into (created if missing).")
+@handles_errors
 def capi(out_dir: Path) -> None:
     """Build the C ABI: dfd_runtime.h + libdfd_runtime.so, embedding this environment's runtime.
 
@@ -514,13 +517,6 @@ def capi(out_dir: Path) -> None:
     The program needs no environment variable; the library is tied to this virtualenv
     (rebuild after moving it). Needs cffi and a C compiler. Example: examples/c/dfd_detect.c.
     """
-    try:
-        header, library = build_capi(out_dir)
-    except DfdError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except OSError as exc:
-        click.echo(f"error: {os_error_text(exc)}", err=True)
-        sys.exit(1)
+    header, library = build_capi(out_dir)
     click.echo(f"header:  {header}")
     click.echo(f"library: {library}")

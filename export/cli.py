@@ -8,38 +8,16 @@ traceback means a bug.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import click
 
-from dfd.runtime.errors import DfdError, os_error_text
 from dfd.runtime.images import silence_opencv_log
 
+from .cli_errors import handles_errors
+
 STREAM_CHOICES = ("global", "face", "fusion")
-
-
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def handles_errors(func):
-    """Turn the project's own exceptions into one readable line and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except DfdError as exc:
-            _fail(str(exc))
-        except OSError as exc:  # the file system refused (full disk, permissions): not a bug
-            _fail(os_error_text(exc))
-
-    return wrapper
 
 
 def engine_dir_argument(func):

@@ -740,6 +740,10 @@ def test_capi_verb_writes_header_and_library(tmp_path):
                         "dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size);"):
         assert declaration in header
     assert (tmp_path / "out" / "libdfd_runtime.so").stat().st_size > 0
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the folder should be")
+    refused = CliRunner().invoke(capi, ["--out", str(blocker / "out")])
+    assert refused.exit_code == 1 and f"error: Not a directory: {blocker / 'out'}" in refused.output
     # the header compiles as C++ too
     if shutil.which("c++"):
         check = subprocess.run(["c++", "-fsyntax-only", "-I", ".", "-x", "c++", "-"], input='#include "dfd_runtime.h"\n',

@@ -1,0 +1,36 @@
+"""How every ``dfd-export`` verb ends on a known failure: one ``error:`` line and an exit code.
+
+Its own module so the verbs that live beside their implementation (``capi``) use the same
+handling as those in ``cli.py`` without importing it (``cli.py`` imports them).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from dfd.runtime.errors import DfdError, os_error_text
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handles_errors(func):
+    """Turn the project's own exceptions into one readable line and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except DfdError as exc:
+            _fail(str(exc))
+        except OSError as exc:  # the file system refused (full disk, permissions): not a bug
+            _fail(os_error_text(exc))
+
+    return wrapper
