@@ -10,6 +10,8 @@ positive elsewhere does not count as a success). Small faces: a side-by-side com
 photographs, and synthetic group photographs (the three faces pasted at 40-100 pixels onto
 face-free photographs, degraded), compared for three detectors. Face-free photographs, at native
 size and enlarged 2x, are run through the whole cascade: any face reported there is a false one.
+The cascade's working resolution (``CASCADE_MAX_SIDE``) is compared with the full resolution the
+reference filters at, step by step, on the face photographs enlarged 4x and the face-free ones.
 
     .venv/bin/python benchmarks/face_detection.py [--out benchmarks/face_detection.json]
 """
@@ -37,13 +39,18 @@ from dfd.export.bench.environment import cpu_description
 from dfd.export.face_detector import export_face_detector_onnx
 from dfd.export.mtcnn import export_mtcnn_onnx
 from dfd.runtime.face_detection import (
+    ALL_STRATEGIES,
+    CASCADE_MAX_SIDE,
     DEFAULT_MIN_FACE_PX,
     DEFAULT_SCORE_THRESHOLD,
     SMALL_FACE_THRESHOLDS,
+    CascadeImage,
     Detections,
     FaceLocator,
     FaceResult,
+    enhance,
     onnxruntime_detector,
+    select_face,
 )
 from dfd.runtime.mtcnn import MtcnnDetector, onnxruntime_mtcnn
 
@@ -69,6 +76,10 @@ GROUP_DEGRADATIONS = ("clean", "jpeg_q10", "noise_sigma25", "blur_sigma3")
 # 0.4 match cannot be another face.
 GROUP_MATCH_IOU = 0.4
 FACE_FREE_SCALES = (1, 2)
+# The cascade's working resolutions compared (long side; None: full resolution, as the reference
+# runs it), on the face photographs enlarged 4x and the face-free photographs.
+CASCADE_SIDES = (None, 768, 1024, 1536)
+ENLARGED_SCALE = 4
 # O-Net thresholds swept to choose SMALL_FACE_THRESHOLDS[2] (facenet-pytorch's default is 0.7).
 ONET_THRESHOLDS = (0.7, 0.8, 0.9, 0.95, 0.98)
 
@@ -378,6 +389,109 @@ def onet_threshold_sweep(detectors: Detectors, groups: list[GroupPhotograph]) ->
     return sweep
 
 
+# --------------------------------------------------------------------------- cascade resolution
+
+
+def enlarged_face_cases() -> list[tuple[dict, np.ndarray, tuple[float, ...]]]:
+    """The face photographs under every condition, enlarged ``ENLARGED_SCALE`` times with
+    ``INTER_CUBIC`` (2048-2400 px), in both orders: degraded then enlarged (a poor photograph saved
+    large: the degradation is as coarse as the face) and enlarged then degraded (a large photograph
+    degraded at its own size); with the hand box scaled."""
+    cases = []
+    for photo, image in face_photographs().items():
+        hand_box = tuple(v * ENLARGED_SCALE for v in HAND_BOXES[photo])
+        big = cv2.resize(image, None, fx=ENLARGED_SCALE, fy=ENLARGED_SCALE, interpolation=cv2.INTER_CUBIC)
+        for degradation, degrade in DEGRADATIONS.items():
+            orders = {"degrade_then_enlarge": lambda: cv2.resize(
+                degrade(image), None, fx=ENLARGED_SCALE, fy=ENLARGED_SCALE, interpolation=cv2.INTER_CUBIC)}
+            if degradation != "clean":
+                orders["enlarge_then_degrade"] = lambda: degrade(big)
+            for order, make in orders.items():
+                cases.append(({"image": photo, "degradation": degradation, "order": order}, make(), hand_box))
+    return cases
+
+
+def cascade_steps(locator: FaceLocator, rgb: np.ndarray, max_side: int | None, hand_box: tuple[float, ...] | None) -> dict:
+    """Every cascade step on ``rgb`` at the working resolution ``max_side`` with the cascade's
+    detector (the letterbox pass), as ``FaceLocator.detect_with_cascade`` runs each one: the steps
+    that miss the face at ``hand_box`` (no detection with IoU >= MIN_IOU; None on a face-free
+    photograph, ``hand_box`` None), the steps that find faces elsewhere and how many (every face
+    is false on a face-free photograph), the ``outcome``, which
+    is what the cascade reports after a plain-pass miss (the first step that finds any face, the
+    reference's selection among its faces), and the time of all nine steps."""
+    height, width = rgb.shape[:2]
+    start = time.perf_counter()
+    image = CascadeImage(rgb, max_side)
+    missed, false_faces, outcome = [], {}, None
+    for step in ALL_STRATEGIES:
+        enhanced = enhance(image, step)
+        found = locator.detect_faces(cv2.cvtColor(enhanced.bgr, cv2.COLOR_BGR2RGB), small_faces=False)
+        boxes = np.clip(image.to_original(found.boxes, enhanced), 0, [width, height, width, height])
+        overlaps = [float(iou(tuple(box), hand_box)) if hand_box else 0.0 for box in boxes]
+        if not any(o >= MIN_IOU for o in overlaps):
+            missed.append(step)
+        if any(o < MIN_IOU for o in overlaps):
+            false_faces[step] = sum(o < MIN_IOU for o in overlaps)
+        if outcome is None and len(found):
+            chosen = select_face(boxes, found.scores, (height, width))
+            outcome = {"strategy": step, "iou": round(overlaps[chosen], 3), "score": round(float(found.scores[chosen]), 3)}
+    return {"seconds": round(time.perf_counter() - start, 2), "steps_missing_the_face": missed if hand_box else None,
+            "false_faces": false_faces, "outcome": outcome}
+
+
+def cascade_resolution_sweep(detectors: Detectors) -> dict:
+    """Each working resolution of ``CASCADE_SIDES`` (None: the full resolution, as the reference
+    runs the cascade) on the enlarged face photographs and the face-free photographs at native
+    size and 2x: step by step, where the faces found are, what the cascade would report, and
+    the time of the nine steps (one run each)."""
+    locator = FaceLocator(detectors.blazeface, min_face_px=None)
+    face_free = [
+        ({"image": name, "scale": scale}, image if scale == 1 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC), None)
+        for scale in FACE_FREE_SCALES
+        for name, image in face_free_photographs().items()
+    ]
+    rows = []
+    for kind, cases in (("face", enlarged_face_cases()), ("face_free", face_free)):
+        for meta, rgb, hand_box in cases:
+            row = {"kind": kind, **meta, "size": f"{rgb.shape[1]}x{rgb.shape[0]}", "by_side": {}}
+            for side in CASCADE_SIDES:
+                row["by_side"][str(side)] = cascade_steps(locator, rgb, side, hand_box)
+            rows.append(row)
+            print(f"cascade resolution: {kind} {meta}", file=sys.stderr, flush=True)
+    faces = [row for row in rows if row["kind"] == "face"]
+    free = [row for row in rows if row["kind"] == "face_free"]
+
+    def outcome_at_face(row: dict, side_key: str) -> bool:
+        outcome = row["by_side"][side_key]["outcome"]
+        return outcome is not None and outcome["iou"] >= MIN_IOU
+
+    summary = {}
+    for side in CASCADE_SIDES:
+        key, full = str(side), str(None)
+        summary[key] = {
+            "face_images": len(faces),
+            "step_runs": len(faces) * len(ALL_STRATEGIES),
+            "steps_at_face": sum(len(ALL_STRATEGIES) - len(row["by_side"][key]["steps_missing_the_face"]) for row in faces),
+            "steps_with_false_faces": {
+                "face_images": sum(len(row["by_side"][key]["false_faces"]) for row in faces),
+                "face_free_images": sum(len(row["by_side"][key]["false_faces"]) for row in free),
+            },
+            "outcome_at_face": sum(outcome_at_face(row, key) for row in faces),
+            "outcome_at_face_where_full_resolution_is_not": sum(
+                outcome_at_face(row, key) and not outcome_at_face(row, full) for row in faces),
+            "outcome_not_at_face_where_full_resolution_is": sum(
+                outcome_at_face(row, full) and not outcome_at_face(row, key) for row in faces),
+            "face_free_images": len(free),
+            "face_free_false_outcomes": [row["image"] + f"@{row['scale']}x" for row in free if row["by_side"][key]["outcome"]],
+            "median_seconds": {
+                kind: round(float(np.median([row["by_side"][key]["seconds"] for row in rows if row["kind"] == kind])), 2)
+                for kind in ("face", "face_free")
+            },
+            "max_seconds": round(float(max(row["by_side"][key]["seconds"] for row in rows)), 2),
+        }
+    return {"summary": summary, "images": rows}
+
+
 def recall(hits: list[bool]) -> str:
     return f"{sum(hits)}/{len(hits)}"
 
@@ -448,12 +562,14 @@ def run(detectors: Detectors) -> dict:
                 }
             cases.append(case)
     face_free = face_free_false_faces(detectors)
+    resolution = cascade_resolution_sweep(detectors)
     native_default = [row for row in face_free["default"]["images"] if row["scale"] == 1]
     group_images = group_photographs()
     groups = group_recall(detectors, group_images)
     degraded_cases = [c for c in cases if c["degradation"] != "clean"]
     summary = {
-        "locator": f"default: BlazeFace letterbox + MTCNN from min_face_px={DEFAULT_MIN_FACE_PX}, thresholds {SMALL_FACE_THRESHOLDS}",
+        "locator": (f"default: BlazeFace letterbox + MTCNN from min_face_px={DEFAULT_MIN_FACE_PX}, thresholds "
+                    f"{SMALL_FACE_THRESHOLDS}; cascade at up to {CASCADE_MAX_SIDE} px"),
         "face_cases": len(cases),
         "found_plain": sum(c["plain"]["found"] for c in cases),
         "found_cascade": sum(c["cascade"]["found"] for c in cases),
@@ -472,6 +588,7 @@ def run(detectors: Detectors) -> dict:
         "face_free_false_faces": {
             label: {key: value for key, value in f.items() if key.startswith("false_faces")} for label, f in face_free.items()
         },
+        "cascade_resolution": resolution["summary"],
     }
     return {
         "summary": summary,
@@ -480,6 +597,7 @@ def run(detectors: Detectors) -> dict:
         "groups": groups,
         "cases": cases,
         "face_free": face_free,
+        "cascade_resolution": resolution,
     }
 
 

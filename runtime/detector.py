@@ -191,7 +191,10 @@ class Detector:
             passes += f", MTCNN for faces from {locator.min_face_px:g} px on larger images"
         if not locator.strategies:
             return f"{passes}; no enhancement cascade"
-        return f"{passes}; the reference's {len(locator.strategies)}-step enhancement cascade when that finds none"
+        resolution = (f"at up to {locator.cascade_max_side} px" if locator.cascade_max_side
+                      else "at full resolution")
+        return (f"{passes}; the reference's {len(locator.strategies)}-step enhancement cascade {resolution} "
+                "when that finds none")
 
     def _open_small_face_detector(self, entry: StreamEntry, providers: Sequence[str] | None) -> MtcnnDetector | None:
         """The set's MTCNN networks, or None for a set built before they were packaged (its

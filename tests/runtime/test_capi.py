@@ -655,11 +655,11 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
     describe = {name: cases[f"{name}_describe"][1] for name in ("initialised", "no_face_detect", "one_pass", "no_cascade")}
     assert describe["initialised"].endswith("face localisation: BlazeFace on a 192-pixel letterbox, MTCNN for faces "
                                             "from 40 px on larger images; the reference's 9-step enhancement "
-                                            "cascade when that finds none")
+                                            "cascade at up to 1024 px when that finds none")
     assert describe["no_face_detect"].endswith("face localisation: off: images without a face crop or box use "
                                                "the original image")
     assert describe["one_pass"].endswith("face localisation: BlazeFace on a 192-pixel letterbox; the reference's "
-                                         "9-step enhancement cascade when that finds none")
+                                         "9-step enhancement cascade at up to 1024 px when that finds none")
     assert describe["no_cascade"].endswith("MTCNN for faces from 40 px on larger images; no enhancement cascade")
 
     check("uninitialised", "invalid_argument", "struct_size is 0", "dfd_options_init")

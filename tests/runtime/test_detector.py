@@ -237,7 +237,7 @@ def test_face_cascade_can_be_skipped(tiny_engine_set, degraded_cameraman, tmp_pa
     with Detector.open(tiny_engine_set, backend="onnxruntime", face_min_px=None) as full, \
             Detector.open(tiny_engine_set, backend="onnxruntime", face_min_px=None, face_cascade=False) as plain:
         assert full.face_localisation == ("BlazeFace on a 192-pixel letterbox; the reference's 9-step "
-                                          "enhancement cascade when that finds none")
+                                          "enhancement cascade at up to 1024 px when that finds none")
         assert plain.face_localisation == "BlazeFace on a 192-pixel letterbox; no enhancement cascade"
         found, = full.detect([degraded_cameraman])
         missed, = plain.detect([degraded_cameraman])

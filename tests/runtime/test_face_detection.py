@@ -14,7 +14,10 @@ import skimage.data
 
 from dfd.runtime.face_detection import (
     ALL_STRATEGIES,
+    CASCADE_MAX_SIDE,
     SMALL_FACE_THRESHOLDS,
+    CascadeImage,
+    Enhanced,
     FaceDetectionError,
     FaceLocator,
     decode,
@@ -302,3 +305,53 @@ def test_each_strategy_maps_boxes_back_to_original_pixels(run_detector, strategy
     result = FaceLocator(_BlindFirstPass(run_detector), strategies=(strategy,)).locate(skimage.data.astronaut())
     assert result is not None and result.strategy == strategy
     assert iou(result.box, ASTRONAUT_FACE) >= 0.5, result
+
+
+@pytest.mark.parametrize("strategy", ["gamma_upscale_unsharp_clahe", "padded_equalize", "sharpen_clahe"])
+def test_each_strategy_maps_boxes_back_from_the_working_resolution(run_detector, strategy) -> None:
+    """A photograph larger than the cascade's working resolution is enhanced shrunk; the box comes
+    back in the photograph's pixels, through the step's own scale or offset too. The astronaut
+    enlarged to 2300x1900 (two different axis scales) has its face at the enlarged hand box."""
+    size = (2300, 1900)
+    image = cv2.resize(skimage.data.astronaut(), size, interpolation=cv2.INTER_CUBIC)
+    sx, sy = size[0] / 512, size[1] / 512
+    face = (ASTRONAUT_FACE[0] * sx, ASTRONAUT_FACE[1] * sy, ASTRONAUT_FACE[2] * sx, ASTRONAUT_FACE[3] * sy)
+    result = FaceLocator(_BlindFirstPass(run_detector), strategies=(strategy,), min_face_px=None).locate(image)
+    assert result is not None and result.strategy == strategy
+    assert iou(result.box, face) >= 0.5, result
+
+
+def test_working_resolution_geometry_is_exact_per_axis() -> None:
+    """2001x1333 shrinks to 1024x682: the two axes scale by different factors, and the whole
+    working image, or a step's 2x enlargement of it, or its padded copy, maps back to the whole
+    photograph."""
+    image = CascadeImage(np.zeros((1333, 2001, 3), np.uint8), max_side=1024)
+    assert image.bgr.shape == (682, 1024, 3)
+    whole = np.array([[0.0, 0.0, 2001.0, 1333.0]])
+    np.testing.assert_allclose(image.to_original(np.array([[0.0, 0.0, 1024.0, 682.0]]), Enhanced(image.bgr)), whole)
+    doubled = Enhanced(image.bgr, scale=2.0)
+    np.testing.assert_allclose(image.to_original(np.array([[0.0, 0.0, 2048.0, 1364.0]]), doubled), whole)
+    padded = Enhanced(image.bgr, offset=204.0)
+    np.testing.assert_allclose(image.to_original(np.array([[204.0, 204.0, 1228.0, 886.0]]), padded), whole)
+    small = CascadeImage(np.zeros((300, 500, 3), np.uint8), max_side=1024)
+    assert small.bgr.shape == (300, 500, 3)
+    assert CascadeImage(np.zeros((1333, 2001, 3), np.uint8)).bgr.shape == (1333, 2001, 3)
+
+
+def test_cascade_filters_a_large_photograph_at_the_working_resolution(run_detector, monkeypatch) -> None:
+    """The cost of a face-free photograph's cascade is bounded: non-local means (and every other
+    step) sees the photograph shrunk to CASCADE_MAX_SIDE; None keeps the reference's full resolution."""
+    image = cv2.resize(skimage.data.coffee(), (1800, 1200), interpolation=cv2.INTER_CUBIC)
+    shapes = []
+    denoise = cv2.fastNlMeansDenoisingColored
+    monkeypatch.setattr(cv2, "fastNlMeansDenoisingColored", lambda bgr, *args: shapes.append(bgr.shape) or denoise(bgr, *args))
+    assert FaceLocator(run_detector, min_face_px=None).locate(image) is None
+    assert shapes == [(round(1200 * CASCADE_MAX_SIDE / 1800), CASCADE_MAX_SIDE, 3)]
+    shapes.clear()
+    assert FaceLocator(run_detector, min_face_px=None, strategies=("nlmeans",), cascade_max_side=None).locate(image) is None
+    assert shapes == [(1200, 1800, 3)]
+
+
+def test_cascade_working_resolution_below_the_letterbox_is_refused(run_detector) -> None:
+    with pytest.raises(FaceDetectionError, match="cascade_max_side"):
+        FaceLocator(run_detector, cascade_max_side=100)
