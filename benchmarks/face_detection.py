@@ -402,12 +402,11 @@ def enlarged_face_cases() -> list[tuple[dict, np.ndarray, tuple[float, ...]]]:
         hand_box = tuple(v * ENLARGED_SCALE for v in HAND_BOXES[photo])
         big = cv2.resize(image, None, fx=ENLARGED_SCALE, fy=ENLARGED_SCALE, interpolation=cv2.INTER_CUBIC)
         for degradation, degrade in DEGRADATIONS.items():
-            orders = {"degrade_then_enlarge": lambda: cv2.resize(
-                degrade(image), None, fx=ENLARGED_SCALE, fy=ENLARGED_SCALE, interpolation=cv2.INTER_CUBIC)}
+            meta = {"image": photo, "degradation": degradation}
+            poor = cv2.resize(degrade(image), None, fx=ENLARGED_SCALE, fy=ENLARGED_SCALE, interpolation=cv2.INTER_CUBIC)
+            cases.append(({**meta, "order": "degrade_then_enlarge"}, poor, hand_box))
             if degradation != "clean":
-                orders["enlarge_then_degrade"] = lambda: degrade(big)
-            for order, make in orders.items():
-                cases.append(({"image": photo, "degradation": degradation, "order": order}, make(), hand_box))
+                cases.append(({**meta, "order": "enlarge_then_degrade"}, degrade(big), hand_box))
     return cases
 
 
