@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.images import silence_opencv_log
 
 from .cli_errors import handles_errors
@@ -313,8 +314,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
 
 
 # x1..y2: the face box the face stream was cropped on, so the output is also a --face-boxes file
-_CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_source", "x1", "y1", "x2", "y2",
-               "error", "notes")
+_CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_source", *BOX_COLUMNS, "error", "notes")
 
 
 def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
@@ -338,10 +338,14 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
         images.extend(str(p) for p in found.images)
         if found.other_files:
             names = [p.relative_to(path).as_posix() for p in found.other_files]
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
             click.secho(f"WARNING: left out {len(names)} file(s) in {given} whose names do not end in an image "
-                        f"suffix: {shown} (give a file by name to try it anyway)", fg="yellow", err=True)
+                        f"suffix: {_first_few(names)} (give a file by name to try it anyway)", fg="yellow", err=True)
     return images, problems
+
+
+def _first_few(names: list[str], limit: int = 5) -> str:
+    """``names`` for a warning line: the first ``limit``, then how many more."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _format_table_row(d: dict) -> str:
@@ -358,7 +362,7 @@ def _csv_row(d: dict) -> dict:
     return {
         "image": d["image"], "score": d["score"], "raw_score": d["raw_score"],
         **{s: d["streams"].get(s) for s in STREAM_CHOICES},
-        "face_source": face.get("source"), **dict(zip(("x1", "y1", "x2", "y2"), box)),
+        "face_source": face.get("source"), **dict(zip(BOX_COLUMNS, box)),
         "error": d["error"], "notes": "; ".join(d["notes"]),
     }
 
@@ -394,8 +398,8 @@ def _csv_row(d: dict) -> dict:
 @click.option("--no-face-cascade", is_flag=True,
               help="When the face locator's plain pass finds no face, do not retry on the reference's nine "
                    "enhanced copies of the image (bilateral, median, non-local means, CLAHE, ...). Much faster on "
-                   "photographs without a face (12 MP on 2 CPU cores: ~0.8 s of face localisation instead of "
-                   "~19 s); a badly degraded face may then go unfound.")
+                   "photographs without a face (12 MP on 2 CPU cores: ~0.7 s of face localisation instead of "
+                   "~1.9 s); a badly degraded face may then go unfound.")
 @click.option("--host-preprocessing", is_flag=True,
               help="tensorrt backend: preprocess and vote with NumPy/OpenCV on the host instead of the fused "
                    "CUDA kernels (for comparisons and debugging; the results are identical except where x86 "
@@ -489,9 +493,8 @@ def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> dict | None
         click.secho(f"WARNING: {face_boxes} holds no face boxes", fg="yellow", err=True)
     assigned, unused = loaded.assign(paths)
     if unused:
-        shown = ", ".join(repr(k) for k in unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
-        click.secho(f"WARNING: {len(unused)} face box(es) in {face_boxes} match no image given: {shown}",
-                    fg="yellow", err=True)
+        click.secho(f"WARNING: {len(unused)} face box(es) in {face_boxes} match no image given: "
+                    f"{_first_few([repr(k) for k in unused])}", fg="yellow", err=True)
     return assigned
 
 

@@ -222,8 +222,8 @@ class Detector:
         ``cuda_graph_batch``: replay a CUDA graph of preprocessing -> engines -> vote for batches
         of exactly this size (tensorrt backend with the fused path only).
         ``face_cascade``: when the plain pass finds no face, retry on the reference's enhanced
-        copies of the image (False: skip them; a face-free 12 MP photograph then costs ~0.8 s of face
-        localisation instead of ~19 s on 2 CPU cores, and a badly degraded face may go unfound).
+        copies of the image (False: skip them; a face-free 12 MP photograph then costs ~0.7 s of face
+        localisation instead of ~1.9 s on 2 CPU cores, and a badly degraded face may go unfound).
         """
         manifest = load_manifest(Path(engine_dir))
         return cls(manifest, select_backend(backend, manifest), batch_size, face_detection, face_min_px,

@@ -33,7 +33,8 @@ from pathlib import Path
 from .errors import DfdError
 
 Box = tuple[float, float, float, float]
-CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2")
+BOX_COLUMNS = ("x1", "y1", "x2", "y2")  # also the box columns of detect's csv output, which this reads back
+CSV_COLUMNS = ("image", *BOX_COLUMNS)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
@@ -113,7 +114,7 @@ def _read_csv(path: Path, text: str) -> list[tuple[int, str, Box]]:
     entries = []
     for row in reader:
         line = reader.line_num
-        values = [row[c] for c in CSV_COLUMNS[1:]]
+        values = [row[c] for c in BOX_COLUMNS]
         if all(not (v or "").strip() for v in values):
             continue  # no box for this image (detect's csv writes its rows without a face so)
         entries.append((line, (row["image"] or "").strip(), _box(path, line, values)))

@@ -134,16 +134,21 @@ class Letterbox:
         return (xy - np.array([self.offset_x, self.offset_y])) * scale
 
 
+def _fitted_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(width, height) of an image scaled, aspect ratio kept, so its long side is ``long_side``
+    (Python round, at least 1 pixel): the letterbox's resize and the cascade's working copy."""
+    scale = long_side / max(height, width)
+    return min(long_side, max(1, round(width * scale))), min(long_side, max(1, round(height * scale)))
+
+
 def letterbox(rgb: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, Letterbox]:
     """Fit ``rgb`` into ``size`` x ``size`` keeping its aspect ratio, centred, black borders, as
     MediaPipe's ImageToTensorCalculator (``keep_aspect_ratio``, ``BORDER_ZERO``) does; returns the
     network input ``[1, 3, size, size]`` float32 in [-1, 1] (borders are -1) and the geometry."""
     _check_rgb(rgb)
     h, w = rgb.shape[:2]
-    scale = size / max(h, w)
-    resized_w = min(size, max(1, round(w * scale)))
-    resized_h = min(size, max(1, round(h * scale)))
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized_w, resized_h = _fitted_size(h, w, size)
+    interpolation = cv2.INTER_AREA if size < max(h, w) else cv2.INTER_LINEAR
     resized = cv2.resize(rgb, (resized_w, resized_h), interpolation=interpolation)
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
     offset_x = (size - resized_w) // 2
@@ -300,9 +305,7 @@ class CascadeImage:
         _check_rgb(rgb)
         height, width = rgb.shape[:2]
         if max_side is not None and max(height, width) > max_side:
-            scale = max_side / max(height, width)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            rgb = cv2.resize(rgb, _fitted_size(height, width, max_side), interpolation=cv2.INTER_AREA)
         self.bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         working_h, working_w = self.bgr.shape[:2]
         self._working_per_original = np.array([working_w / width, working_h / height] * 2)
