@@ -17,8 +17,9 @@ near integer boundaries. Its quirks are kept on purpose:
 
 - Resampling is ``interpolate(mode="area")`` = adaptive average pooling (window ``floor(i*in/out)``
   to ``ceil((i+1)*in/out)``), not ``cv2.INTER_AREA``; computed from one integral image shared by
-  every pyramid level and every crop, and bit-exact with torch on uint8 pixels (window sums are
-  exact integers; ``sum / kh / kw`` in float32 as torch divides).
+  every pyramid level and every crop (uint32 that wraps: see ``AreaSampler``), and bit-exact with
+  torch on uint8 pixels (window sums are exact integers; ``sum / kh / kw`` in float32 as torch
+  divides).
 - P-Net's box regression uses ``x2 - x1`` as the width, R-Net's and O-Net's use ``x2 - x1 + 1``.
 - Crops are the in-image part of each box (1-based ``pad`` then ``[y - 1 : ey]``), stretched to the
   network size: out-of-image parts are not zero-padded as in the original MTCNN.
@@ -58,6 +59,12 @@ RNET_SIZE = 24
 ONET_SIZE = 48
 # facenet's fixed_batch_process chunk, which also bounds the memory of one network call.
 MAX_BATCH = 512
+# Input pixels per P-Net call: a larger pyramid level runs in bands of rows (see _pnet_level).
+PNET_BAND_PIXELS = 1 << 21
+# The largest area-resampling window whose uint8 sum fits uint32 (255 * pixels < 2**32), and the
+# pixels per band in which the summed-area table is built and read (~24 MB of int32 per band).
+MAX_WINDOW_PIXELS = (2**32 - 1) // 255
+_TABLE_BAND_PIXELS = 1 << 21
 PIXEL_MEAN = np.float32(127.5)
 PIXEL_SCALE = np.float32(0.0078125)
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
@@ -112,36 +119,56 @@ def _window_bounds(
 
 
 class AreaSampler:
-    """``torch.nn.functional.interpolate(mode="area")`` of an image and of regions of it.
+    """``torch.nn.functional.interpolate(mode="area")`` of a uint8 image and of regions of it.
 
     Why an integral image: every pyramid level and every R-/O-Net crop is an area resampling of
-    the same image, so one summed-area table (``cv2.integral``, float64: exact for uint8 pixels)
-    serves them all and each output pixel costs four look-ups, whatever the window size or ratio
-    (up or down)."""
+    the same image, so one summed-area table serves them all and each output pixel costs four
+    look-ups, whatever the window size or ratio (up or down).
+
+    Why uint32 that wraps: a window's sum is a difference of table entries, and differences modulo
+    2**32 give the exact sum of any window under ``MAX_WINDOW_PIXELS`` (255 * pixels < 2**32), even
+    where the table's own entries wrap (they do on images above 16.8 MP). That halves the table of
+    the exact float64 alternative: 12 bytes per RGB pixel instead of 24, 0.76 GB instead of 1.5 GB
+    for a 64 MP photograph (benchmarks/huge_image_memory.py). The table is built in bands of rows
+    whose own sums fit int32, so OpenCV never overflows and the wrap is NumPy's defined unsigned
+    arithmetic. MTCNN's windows are tiny beside the limit: its smallest pyramid level keeps a 12-px
+    short side and its crops are 24 or 48 px, so only a window of a multi-gigapixel image could
+    reach it, and that is refused rather than summed wrongly."""
 
     def __init__(self, image: np.ndarray) -> None:
-        if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0 or not 1 <= image.shape[2] <= 4:
-            raise MtcnnError(f"area resampling needs a non-empty [H, W, 1-4] array, got shape {image.shape}")
-        if image.dtype not in (np.uint8, np.float32, np.float64):
-            image = image.astype(np.float64)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0 \
+                or not 1 <= image.shape[2] <= 4:
+            raise MtcnnError(f"area resampling needs a non-empty uint8 [H, W, 1-4] array, "
+                             f"got {image.dtype} of shape {image.shape}")
         height, width, channels = image.shape
-        integral = cv2.integral(np.ascontiguousarray(image), sdepth=cv2.CV_64F)
-        self._integral = integral.reshape(height + 1, width + 1, channels)
+        widest = np.iinfo(np.int32).max // 255  # a band is at least one row, and its sums are int32
+        if width > widest:
+            raise MtcnnError(f"area resampling takes rows of at most {widest} pixels, got {width}")
+        self._integral = np.zeros((height + 1, width + 1, channels), np.uint32)
+        band = max(1, _TABLE_BAND_PIXELS // width)
+        for top in range(0, height, band):
+            bottom = min(height, top + band)
+            local = cv2.integral(np.ascontiguousarray(image[top:bottom]), sdepth=cv2.CV_32S)
+            local = local.reshape(bottom - top + 1, width + 1, channels)[1:].view(np.uint32)
+            np.add(local, self._integral[top], out=self._integral[top + 1 : bottom + 1])
         self.height, self.width = height, width
 
     def resize(self, out_h: int, out_w: int) -> np.ndarray:
         """The whole image at ``out_h`` x ``out_w``: ``[out_h, out_w, C]`` float32. Windows of a
-        whole-image resize are a grid, so rows and columns are differenced one after the other."""
+        whole-image resize are a grid, so rows and columns are differenced one after the other, a
+        band of output rows at a time (the row strips span the image's full width)."""
         _check_output_size(out_h, out_w)
         row_start, row_end = _window_bounds(self.height, out_h)
         col_start, col_end = _window_bounds(self.width, out_w)
-        strips = np.take(self._integral, row_end, axis=0)
-        strips -= np.take(self._integral, row_start, axis=0)
-        sums = np.take(strips, col_end, axis=1)
-        sums -= np.take(strips, col_start, axis=1)
-        rows = (row_end - row_start).astype(np.float32)[:, None, None]
-        cols = (col_end - col_start).astype(np.float32)[None, :, None]
-        return sums.astype(np.float32) / rows / cols
+        rows, cols = row_end - row_start, col_end - col_start
+        _check_window_pixels(rows, cols)
+        sums = np.empty((out_h, out_w, self._integral.shape[2]), np.uint32)
+        band = max(1, _TABLE_BAND_PIXELS // (self.width + 1))
+        for first in range(0, out_h, band):
+            part = slice(first, first + band)
+            strips = self._integral[row_end[part]] - self._integral[row_start[part]]
+            np.subtract(strips[:, col_end], strips[:, col_start], out=sums[part])
+        return sums.astype(np.float32) / rows.astype(np.float32)[:, None, None] / cols.astype(np.float32)[:, None]
 
     def regions(
         self, top: np.ndarray, left: np.ndarray, height: np.ndarray, width: np.ndarray, out_h: int, out_w: int
@@ -151,6 +178,8 @@ class AreaSampler:
         _check_output_size(out_h, out_w)
         row_start, row_end = _window_bounds(height, out_h, top)
         col_start, col_end = _window_bounds(width, out_w, left)
+        rows, cols = row_end - row_start, col_end - col_start
+        _check_window_pixels(rows, cols)
         stride = self.width + 1
         table = self._integral.reshape(-1, self._integral.shape[2])
 
@@ -161,14 +190,23 @@ class AreaSampler:
         sums -= corner(row_start, col_end)
         sums -= corner(row_end, col_start)
         sums += corner(row_start, col_start)
-        rows = (row_end - row_start).astype(np.float32)[:, :, None, None]
-        cols = (col_end - col_start).astype(np.float32)[:, None, :, None]
+        rows, cols = rows.astype(np.float32)[:, :, None, None], cols.astype(np.float32)[:, None, :, None]
         return sums.astype(np.float32) / rows / cols
 
 
 def _check_output_size(out_h: int, out_w: int) -> None:
     if out_h < 1 or out_w < 1:
         raise MtcnnError(f"area resampling needs a positive output size, got {out_h}x{out_w}")
+
+
+def _check_window_pixels(rows: np.ndarray, cols: np.ndarray) -> None:
+    """Refuse windows whose uint8 sum could pass 2**32, where the wrapping table would be wrong."""
+    largest = int(rows.max(initial=0)) * int(cols.max(initial=0))
+    if largest > MAX_WINDOW_PIXELS:
+        raise MtcnnError(
+            f"area resampling window of {largest} pixels is above the {MAX_WINDOW_PIXELS} an exact "
+            f"uint32 sum allows; resample to a larger output size"
+        )
 
 
 def area_resize(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -342,11 +380,7 @@ class MtcnnDetector:
         found_boxes, found_scores, found_offsets = [], [], []
         for scale in scales:
             out_h, out_w = int(sampler.height * scale + 1), int(sampler.width * scale + 1)
-            tensor = _network_input(sampler.resize(out_h, out_w))[None]
-            map_h, map_w = pnet_map_size(out_h), pnet_map_size(out_w)
-            offsets, probability = _checked_outputs(
-                "run_pnet", self._run_pnet(tensor), [(1, 4, map_h, map_w), (1, 2, map_h, map_w)]
-            )
+            offsets, probability = self._pnet_level(sampler.resize(out_h, out_w))
             face = probability[0, 1]
             rows, cols = np.nonzero(face >= np.float32(self.thresholds[0]))
             cells = np.stack([cols, rows], axis=1).astype(np.float32) * np.float32(PNET_STRIDE)
@@ -363,6 +397,28 @@ class MtcnnDetector:
         boxes, scores, offsets = (np.concatenate(found) for found in (found_boxes, found_scores, found_offsets))
         keep = _iou_nms(boxes, scores, self.nms.across_scales)
         return _square(_regress(boxes[keep], offsets[keep], inclusive=False))
+
+    def _pnet_level(self, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net's ``(regression [1, 4, h, w], probability [1, 2, h, w])`` for one pyramid level
+        ``[H, W, 3]``, run on bands of about ``PNET_BAND_PIXELS`` input pixels.
+
+        Why bands: P-Net's activations are ~20 floats per input pixel, 0.6 GB at the finest level
+        of a 64 MP photograph. It is fully convolutional and map row ``j`` sees input rows
+        ``2j .. 2j + 11`` only, so bands of map rows fed those input rows (starting on an even row,
+        so the ceil-mode pool pairs the same rows) give the same map as one call."""
+        out_h, out_w = level.shape[:2]
+        map_h, map_w = pnet_map_size(out_h), pnet_map_size(out_w)
+        context = PNET_CELL - PNET_STRIDE  # input rows a band needs beyond 2 per map row
+        band = max(1, (PNET_BAND_PIXELS // out_w - context) // PNET_STRIDE)
+        offsets, probability = [], []
+        for first in range(0, map_h, band):
+            rows = min(band, map_h - first)
+            pixels = level[PNET_STRIDE * first : PNET_STRIDE * (first + rows) + context]
+            outputs = _checked_outputs("run_pnet", self._run_pnet(_network_input(pixels)[None]),
+                                       [(1, 4, rows, map_w), (1, 2, rows, map_w)])
+            offsets.append(outputs[0])
+            probability.append(outputs[1])
+        return np.concatenate(offsets, axis=2), np.concatenate(probability, axis=2)
 
     # ---- stages 2 and 3: crops through R-Net and O-Net
 
@@ -473,9 +529,16 @@ def onnxruntime_mtcnn(
     """An ``MtcnnDetector`` over ONNX Runtime sessions of the graphs ``dfd.export.mtcnn`` writes
     (input ``image``; outputs ``regression``, ``probability`` and, for O-Net, ``landmarks``)."""
     options = onnxruntime_session_options()
+    # P-Net's input changes size with every pyramid level and band. ONNX Runtime's CPU arena keeps
+    # the largest it has seen and grows by doubling: a Detector that had run two 64 MP photographs
+    # kept +650-680 MiB; without P-Net's arena it keeps +390-440 MiB, for 3 % more MTCNN time on a
+    # 12 MP photograph and 18 % on a 64 MP one (benchmarks/huge_image_memory.py). R-Net and O-Net
+    # run fixed-size batches: they keep it.
+    pnet_options = onnxruntime_session_options()
+    pnet_options.enable_cpu_mem_arena = False
     chosen = list(providers) if providers else ["CPUExecutionProvider"]
     return MtcnnDetector(
-        _onnxruntime_callable(pnet_path, PNET_OUTPUTS, options, chosen),
+        _onnxruntime_callable(pnet_path, PNET_OUTPUTS, pnet_options, chosen),
         _onnxruntime_callable(rnet_path, RNET_OUTPUTS, options, chosen),
         _onnxruntime_callable(onet_path, ONET_OUTPUTS, options, chosen),
         thresholds=thresholds,

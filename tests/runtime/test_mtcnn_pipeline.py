@@ -19,6 +19,7 @@ from facenet_pytorch import MTCNN
 from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
 from torch.nn.functional import interpolate
 
+from dfd.runtime import mtcnn
 from dfd.runtime.mtcnn import (
     MAX_BATCH,
     AreaSampler,
@@ -118,9 +119,38 @@ def test_area_resize_equals_torch_area_interpolation() -> None:
         pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
         # uint8 pixels: window sums are exact, so the float32 result is bit-identical.
         np.testing.assert_array_equal(area_resize(pixels, out_h, out_w), torch_area(pixels, out_h, out_w))
-        values = rng.normal(0.0, 50.0, size=(height, width, 3)).astype(np.float32)
-        expected = torch_area(values, out_h, out_w)
-        np.testing.assert_allclose(area_resize(values, out_h, out_w), expected, atol=1e-5, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def bright_18mp() -> np.ndarray:
+    """One channel of bright pixels whose total passes 2**32, so the sampler's uint32 table wraps."""
+    image = np.random.default_rng(5).integers(240, 256, size=(4300, 4300, 1), dtype=np.uint8)
+    assert int(image.sum(dtype=np.uint64)) > 2**32
+    return image
+
+
+def test_area_sampler_is_exact_where_its_table_wraps(bright_18mp: np.ndarray) -> None:
+    sampler = AreaSampler(bright_18mp)
+    for out_h, out_w in ((37, 53), (1290, 1433)):
+        np.testing.assert_array_equal(sampler.resize(out_h, out_w), torch_area(bright_18mp, out_h, out_w))
+    # Regions ending at the last rows and columns read the table where it has wrapped most.
+    top, left = np.array([4000, 0, 2100]), np.array([4100, 3000, 0])
+    height, width = np.array([300, 4300, 2200]), np.array([200, 1300, 4300])
+    crops = sampler.regions(top, left, height, width, 48, 48)
+    for k in range(len(top)):
+        region = bright_18mp[top[k] : top[k] + height[k], left[k] : left[k] + width[k]]
+        np.testing.assert_array_equal(crops[k], torch_area(region, 48, 48))
+
+
+def test_area_sampler_refuses_what_it_cannot_sum_exactly(bright_18mp: np.ndarray) -> None:
+    with pytest.raises(MtcnnError, match="uint8"):
+        AreaSampler(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(MtcnnError, match="rows of at most 8421504 pixels"):  # one row's sum would pass int32
+        AreaSampler(np.zeros((1, 8_421_505, 1), np.uint8))
+    with pytest.raises(MtcnnError, match="exact uint32 sum"):  # one 18.5 MP window: its sum passes 2**32
+        AreaSampler(bright_18mp).resize(1, 1)
+    with pytest.raises(MtcnnError, match="exact uint32 sum"):
+        AreaSampler(bright_18mp).regions(np.array([0]), np.array([0]), np.array([4300]), np.array([4300]), 1, 1)
 
 
 def test_area_regions_equal_torch_on_crops() -> None:
@@ -173,6 +203,33 @@ def test_pnet_runs_once_per_pyramid_level(networks) -> None:
     detector.detect(skimage.data.astronaut(), min_face_px=40)
     # 512 px: 12/40 * 512 = 153.6 shrinks by 0.709 to >= 12 eight times -> 8 levels.
     assert pnet_calls == [1] * 8 == [1] * len(detector.scales(512, 512, 40))
+
+
+def test_pnet_bands_give_the_map_of_one_call(networks, monkeypatch) -> None:
+    """A level run in bands of rows (as large photographs are) equals the level run whole."""
+    pnet, rnet, onet = networks
+    image = skimage.data.astronaut()
+    heights: list[int] = []
+
+    def recording_pnet(batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        heights.append(batch.shape[2])
+        return torch_callable(pnet)(batch)
+
+    detector = MtcnnDetector(recording_pnet, torch_callable(rnet), torch_callable(onet))
+    level = AreaSampler(image).resize(154, 154)  # the finest level at min_face_px=40
+    whole = detector._pnet_level(level)
+    # 20,000 pixels: (20000 // 154 - 10) // 2 = 59 map rows a band, the level's 72 rows in two calls,
+    # the first fed input rows 0..127 (2 * 59 + 10), the last rows 118..153 (the ceil-mode edge).
+    monkeypatch.setattr(mtcnn, "PNET_BAND_PIXELS", 20_000)
+    heights.clear()
+    banded = detector._pnet_level(level)
+    assert heights == [128, 36]
+    for one_call, in_bands in zip(whole, banded):
+        assert in_bands.shape == one_call.shape == (1, in_bands.shape[1], 72, 72)
+        np.testing.assert_allclose(in_bands, one_call, rtol=0, atol=1e-5)  # torch picks conv kernels by size
+    faces = detector.detect(image, min_face_px=40)
+    monkeypatch.undo()
+    assert_same_faces(faces, detector.detect(image, min_face_px=40))
 
 
 # --------------------------------------------------------------------------- pyramid limit
