@@ -525,17 +525,20 @@ def onnxruntime_mtcnn(
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     factor: float = DEFAULT_FACTOR,
+    pnet_arena: bool = False,
 ) -> MtcnnDetector:
     """An ``MtcnnDetector`` over ONNX Runtime sessions of the graphs ``dfd.export.mtcnn`` writes
-    (input ``image``; outputs ``regression``, ``probability`` and, for O-Net, ``landmarks``)."""
+    (input ``image``; outputs ``regression``, ``probability`` and, for O-Net, ``landmarks``).
+
+    ``pnet_arena``: whether P-Net's session keeps ONNX Runtime's CPU memory arena. Off by default:
+    P-Net's input changes size with every pyramid level and band, and the arena keeps the largest
+    it has seen, growing by doubling. A Detector that had run two 64 MP photographs kept ~+650 MiB
+    with it and ~+400 MiB without; the arena saves ~3 % of MTCNN's time on a 12 MP photograph and
+    ~15 % on a 64 MP one (benchmarks/huge_image_memory.py). R-Net and O-Net run fixed-size
+    batches and always keep theirs."""
     options = onnxruntime_session_options()
-    # P-Net's input changes size with every pyramid level and band. ONNX Runtime's CPU arena keeps
-    # the largest it has seen and grows by doubling: a Detector that had run two 64 MP photographs
-    # kept +650-680 MiB; without P-Net's arena it keeps +390-440 MiB, for 3 % more MTCNN time on a
-    # 12 MP photograph and 18 % on a 64 MP one (benchmarks/huge_image_memory.py). R-Net and O-Net
-    # run fixed-size batches: they keep it.
     pnet_options = onnxruntime_session_options()
-    pnet_options.enable_cpu_mem_arena = False
+    pnet_options.enable_cpu_mem_arena = pnet_arena
     chosen = list(providers) if providers else ["CPUExecutionProvider"]
     return MtcnnDetector(
         _onnxruntime_callable(pnet_path, PNET_OUTPUTS, pnet_options, chosen),

@@ -366,7 +366,7 @@ def export_onnx(net: torch.nn.Module, example_shape, outputs, path: Path, dynami
     return path
 
 
-def test_onnxruntime_mtcnn_matches_facenet(networks, tmp_path: Path) -> None:
+def test_onnxruntime_mtcnn_matches_facenet(networks, tmp_path: Path, monkeypatch) -> None:
     pnet, rnet, onet = networks
     paths = (
         export_onnx(pnet, (1, 3, 37, 53), ("regression", "probability"), tmp_path / "p.onnx", {0: "n", 2: "h", 3: "w"}),
@@ -374,7 +374,14 @@ def test_onnxruntime_mtcnn_matches_facenet(networks, tmp_path: Path) -> None:
         export_onnx(onet, (2, 3, 48, 48), ("regression", "landmarks", "probability"), tmp_path / "o.onnx", {0: "n"}),
     )
     rgb = composite()
-    assert_same_faces(onnxruntime_mtcnn(*paths).detect(rgb, min_face_px=20), facenet_detect(rgb, 20))
+    faces = onnxruntime_mtcnn(*paths).detect(rgb, min_face_px=20)
+    assert_same_faces(faces, facenet_detect(rgb, 20))
+    # P-Net's arena and P-Net bands change memory, not results: under ONNX Runtime, bit for bit.
+    monkeypatch.setattr(mtcnn, "PNET_BAND_PIXELS", 20_000)  # the finest level (241 x 541) in 9 bands
+    for pnet_arena in (False, True):
+        again = onnxruntime_mtcnn(*paths, pnet_arena=pnet_arena).detect(rgb, min_face_px=20)
+        for field in ("boxes", "scores", "landmarks"):
+            np.testing.assert_array_equal(getattr(again, field), getattr(faces, field))
 
     with pytest.raises(MtcnnError, match="does not exist"):
         onnxruntime_mtcnn(tmp_path / "missing.onnx", paths[1], paths[2])
