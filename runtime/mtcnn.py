@@ -532,10 +532,10 @@ def onnxruntime_mtcnn(
 
     ``pnet_arena``: whether P-Net's session keeps ONNX Runtime's CPU memory arena. Off by default:
     P-Net's input changes size with every pyramid level and band, and the arena keeps the largest
-    it has seen, growing by doubling. A Detector that had run two 64 MP photographs kept ~+650 MiB
-    with it and ~+400 MiB without; the arena saves ~3 % of MTCNN's time on a 12 MP photograph and
-    ~15 % on a 64 MP one (benchmarks/huge_image_memory.py). R-Net and O-Net run fixed-size
-    batches and always keep theirs."""
+    it has seen, growing by doubling. A Detector that had run two 64 MP photographs kept +677 MiB
+    with it and +370 MiB without. Without it MTCNN takes 3-9 % longer on a 12 MP photograph (2-3 %
+    of ``detect``) and 16-18 % on a 64 MP one (benchmarks/huge_image_memory.py, two runs). R-Net
+    and O-Net run fixed-size batches and always keep theirs."""
     options = onnxruntime_session_options()
     pnet_options = onnxruntime_session_options()
     pnet_options.enable_cpu_mem_arena = pnet_arena
