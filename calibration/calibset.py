@@ -11,6 +11,7 @@ sha256 of those inputs and rebuilt only when one of them (or the code that compu
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ from dfd.calibration.sources import sample_images
 from dfd.runtime import images as images_module
 from dfd.runtime.errors import DfdError
 from dfd.runtime import preprocess as preprocess_module
-from dfd.runtime.images import ImageError, decode_image
+from dfd.runtime.images import ImageError, decode_image, read_image_file
 from dfd.runtime.preprocess import preprocess_face, preprocess_fusion, preprocess_global
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ CALIBSET_FORMAT = 1
 _PROGRESS_MIN_IMAGES = 8
 _SELECTION_STREAM = 1  # seed-sequence tags: which slots are degraded / each slot's degradation
 _SLOT_STREAM = 2
+_RESERVE_STREAM = 3  # the order in which unreadable images are replaced
 _META_KEY = "__meta__"
 
 
@@ -86,6 +88,8 @@ class CalibrationSet:
     items: list[CalibrationItem]
     spec: DegradationSpec
     cache_key: str
+    # image -> why it could not be read; each of its slots holds a replacement (_ReadableImages)
+    unreadable: dict[str, str] = field(default_factory=dict)
     from_cache: bool = field(default=False, compare=False)
 
     @property
@@ -104,6 +108,7 @@ class CalibrationSet:
             "stream_sizes": dict(self.stream_sizes),
             "degradation_spec": self.spec.to_dict(),
             "cache_key": self.cache_key,
+            "unreadable_images": [{"image": image, "error": error} for image, error in self.unreadable.items()],
         }
 
 
@@ -113,14 +118,12 @@ class CalibrationSet:
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """The file's sha256, or why it cannot be read: an unreadable file is still an input of the
+    set (it is replaced, see ``_ReadableImages``), so the key changes when it becomes readable."""
     try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as error:
-        raise CalibrationError(f"cannot read calibration image {path}: {error}") from error
-    return digest.hexdigest()
+        return hashlib.sha256(read_image_file(path)).hexdigest()
+    except ImageError as error:
+        return f"unreadable: {error}"
 
 
 def _array_sha256(array: np.ndarray) -> str:
@@ -216,13 +219,40 @@ def _check_arguments(images: Sequence[ImageInput], count: int, degrade_share: fl
     return checked
 
 
-def _load_rgb(image: ImageInput) -> np.ndarray:
-    if not isinstance(image, Path):
-        return image[1]
-    try:
-        return decode_image(image).rgb
-    except ImageError as error:
-        raise CalibrationError(f"cannot use calibration image: {error}") from error
+def _input_id(image: ImageInput) -> str:
+    """Tells inputs apart (two files of one name in different folders are two inputs)."""
+    return str(image) if isinstance(image, Path) else image[0]
+
+
+class _ReadableImages:
+    """Pixels for each sampled slot; a file that cannot be read is replaced, every time it was
+    sampled, by the next readable image of a seeded order of all the inputs, and reported.
+
+    Why replace rather than fail: one corrupt file in a folder of calibration images must not sink
+    the build; why not drop the slot: the set keeps the requested size and stays reproducible from
+    the seed and the inputs."""
+
+    def __init__(self, images: Sequence[ImageInput], seed: int) -> None:
+        order = np.random.default_rng([seed, _RESERVE_STREAM]).permutation(len(images))
+        self._reserve = itertools.cycle([images[i] for i in order])
+        self._inputs = len({_input_id(image) for image in images})
+        self.unreadable: dict[str, str] = {}
+
+    def load(self, image: ImageInput) -> tuple[ImageInput, np.ndarray]:
+        """``image`` (or its replacement) and its RGB pixels."""
+        while True:
+            if _input_id(image) not in self.unreadable:
+                if not isinstance(image, Path):
+                    return image, image[1]
+                try:
+                    return image, decode_image(image).rgb
+                except ImageError as error:
+                    self.unreadable[_input_id(image)] = str(error)
+            if len(self.unreadable) == self._inputs:
+                first = next(iter(self.unreadable.values()))
+                raise CalibrationError(
+                    f"none of the {self._inputs} calibration image(s) could be read; the first: {first}")
+            image = next(self._reserve)
 
 
 def _degraded_slots(count: int, degrade_share: float, seed: int) -> set[int]:
@@ -242,7 +272,7 @@ def _describe(images: Sequence[ImageInput]) -> str:
     return f"{len(images)} images ({shown})"
 
 
-def _compute(sampled: Sequence[ImageInput], degraded_slots: set[int], seed: int,
+def _compute(sampled: Sequence[ImageInput], readable: _ReadableImages, degraded_slots: set[int], seed: int,
              stream_sizes: Mapping[str, int], spec: DegradationSpec,
              progress: bool) -> tuple[dict[str, np.ndarray], list[CalibrationItem]]:
     count = len(sampled)
@@ -253,7 +283,7 @@ def _compute(sampled: Sequence[ImageInput], degraded_slots: set[int], seed: int,
                disable=not progress or count <= _PROGRESS_MIN_IMAGES)
     with bar:
         for slot, image in enumerate(sampled):
-            rgb = _load_rgb(image)
+            image, rgb = readable.load(image)
             ops: tuple[tuple[str, float], ...] = ()
             if slot in degraded_slots:
                 rgb, applied = degrade(rgb, np.random.default_rng([seed, _SLOT_STREAM, slot]), spec)
@@ -287,6 +317,7 @@ def _save(path: Path, calib: CalibrationSet) -> None:
         "sha256": calib.sha256,
         "source": calib.source,
         "items": [[item.name, item.degraded, [list(op) for op in item.ops]] for item in calib.items],
+        "unreadable": calib.unreadable,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
@@ -338,12 +369,14 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
             items = [CalibrationItem(name, degraded, tuple((op, strength) for op, strength in ops))
                      for name, degraded, ops in meta["items"]]
             return CalibrationSet(arrays=arrays, sha256=meta["sha256"], items=items,
-                                  from_cache=True, **common)
+                                  unreadable=meta["unreadable"], from_cache=True, **common)
 
     sampled = sample_images(checked, count, seed)
-    arrays, items = _compute(sampled, _degraded_slots(count, degrade_share, seed), seed,
+    readable = _ReadableImages(checked, seed)
+    arrays, items = _compute(sampled, readable, _degraded_slots(count, degrade_share, seed), seed,
                              stream_sizes, spec, progress)
-    calib = CalibrationSet(arrays=arrays, sha256=arrays_sha256(arrays), items=items, **common)
+    calib = CalibrationSet(arrays=arrays, sha256=arrays_sha256(arrays), items=items,
+                           unreadable=readable.unreadable, **common)
     if cache_dir is not None:
         _save(_cache_path(cache_dir, key), calib)
     return calib

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 
 from dfd.runtime.errors import DfdError, os_error_text
+from dfd.runtime.images import ImageError, decode_image
 
 FloatImage = np.ndarray
 OpFunction = Callable[[FloatImage, float, np.random.Generator], FloatImage]
@@ -585,8 +586,8 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     otherwise each image goes through :func:`degrade` with :func:`image_rng` (seed, file name).
     ``share`` < 1 degrades only that fraction of the images (a seeded per-image draw) and copies
     the others unchanged, to build mixed clean/degraded folders. A file that cannot be read or
-    written is reported (as an error message in place of the output path) and the others are
-    still processed.
+    written is reported (as an error message that names it, in place of the output path) and the
+    others are still processed.
     """
     if not 0.0 <= share <= 1.0:
         raise DegradationError(f"share must be in [0, 1], got {share}")
@@ -598,21 +599,18 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
         raise DegradationError(f"cannot create output folder {out_dir}: {os_error_text(error)}") from error
     results: list[tuple[Path, Path | str]] = []
     for path, out_path in zip(inputs, _output_paths(inputs, out_dir)):
-        if not path.is_file():
-            results.append((path, f"no such file: {path}"))
+        try:
+            rgb = decode_image(path).rgb  # the runtime's decode: imread's pixels, its refusals
+        except ImageError as error:
+            results.append((path, str(error)))
             continue
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            results.append((path, f"not a readable image: {path}"))
-            continue
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         if transform is not None:
             out = transform(rgb)
         else:
             rng = image_rng(seed, path.name)
             out = degrade(rgb, rng, spec)[0] if rng.random() < share else rgb
         if not cv2.imwrite(str(out_path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR)):
-            results.append((path, f"could not write {out_path}"))
+            results.append((path, f"could not write {out_path} (degraded from {path})"))
             continue
         results.append((path, out_path))
     return results

@@ -54,7 +54,11 @@ class FolderImages:
 def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
     """The image files under ``folder`` (hidden files and folders skipped) and its other visible
     files, each sorted by the path relative to ``folder`` so the order does not depend on the file
-    system. A folder with no image is an error that names what it holds instead."""
+    system. A folder with no image is an error that names what it holds instead.
+
+    Every entry that is not a folder counts, by its suffix: a broken link or a named pipe called
+    ``x.jpg`` is listed as an image, so that reading it fails with a message that names it instead
+    of the file silently missing from the results. Linked folders are not followed."""
     folder = Path(folder)
     if not folder.exists():
         raise ImageSourceError(f"image folder {folder} does not exist")
@@ -63,7 +67,7 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     files = sorted(
         (path for path in candidates
-         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)),
+         if not path.is_dir() and not any(part.startswith(".") for part in path.relative_to(folder).parts)),
         key=lambda path: path.relative_to(folder).as_posix(),
     )
     images = [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]

@@ -268,6 +268,11 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
         raise BuildError(f"cannot create the engine set folder {out}: {os_error_text(exc)}") from exc
     streams: dict[str, Any] = {}
     calibration = _calibration_set(request) if request.precision != "fp32" else None
+    if calibration is not None and calibration.unreadable:
+        unreadable = list(calibration.unreadable.items())
+        warn(f"{len(unreadable)} calibration image(s) could not be read; their slots hold other images of the "
+             f"set (listed in the manifest): " + "; ".join(error for _, error in unreadable[:3])
+             + (f"; and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""))
     started = time.perf_counter()
     try:
         progress = tqdm(request.streams, desc="build", unit="stream", file=sys.stderr, leave=True)

@@ -262,7 +262,7 @@ def degrade(inputs, out_dir, fixed, seed, share):
             click.echo(f"{source} -> {outcome}")
         else:
             failed += 1
-            click.echo(f"error: {source}: {outcome}", err=True)
+            click.echo(f"error: {outcome}", err=True)  # the message names the file
     if failed:
         sys.exit(2)
 

@@ -23,7 +23,7 @@ from dfd.calibration.degrade import fixed_degradation
 from dfd.calibration.sources import builtin_photographs, list_images
 from dfd.runtime.detector import Detector
 from dfd.runtime.errors import DfdError
-from dfd.runtime.images import decode_image
+from dfd.runtime.images import ImageError, decode_image
 from dfd.runtime.manifest import Manifest
 from dfd.runtime.vote import discretised_vote, softmax_fake_probability
 
@@ -83,10 +83,18 @@ def _reference_streams(detector: Detector, weights_dir: Path | None) -> dict[str
     return modules
 
 
-def _images(images_dir: Path | None) -> list[tuple[str, np.ndarray]]:
+def _images(images_dir: Path | None) -> tuple[list[tuple[str, np.ndarray]], list[dict[str, str]]]:
+    """The photographs to verify on, and the files of ``images_dir`` that could not be read (each
+    reported; the others are still verified)."""
     if images_dir is None:
-        return builtin_photographs()
-    return [(str(p), decode_image(p).rgb) for p in list_images(images_dir)]
+        return builtin_photographs(), []
+    photos, failed = [], []
+    for path in list_images(images_dir):
+        try:
+            photos.append((str(path), decode_image(path).rgb))
+        except ImageError as error:
+            failed.append({"image": str(path), "error": str(error)})
+    return photos, failed
 
 
 def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade: bool = False,
@@ -100,7 +108,7 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
     report = VerifyReport(precision, thresholds={"max_abs_dp": max_abs, "mean_dp": max_mean,
                                                  "min_vote_agreement": min_agreement})
     conditions = [("clean", None)] + ([(d, fixed_degradation(d)) for d in VERIFY_DEGRADATIONS] if degrade else [])
-    photos = _images(images_dir)
+    photos, report.failed_images = _images(images_dir)
     deltas: dict[str, list[float]] = {s: [] for s in detector.streams}
     agree = total = 0
     progress = tqdm(total=len(photos) * len(conditions), desc="verify", unit="img", file=sys.stderr)

@@ -6,8 +6,8 @@ EXIF orientation applied) and converts BGR to RGB. `decode_image` computes exact
 the same decoder and the same EXIF rotation to a buffer as to a file), and adds what the reference
 lacks:
 
-* clear `ImageError`s instead of `None` (missing file, directory, empty file, not an image,
-  corrupt or truncated data, zero-sized image);
+* clear `ImageError`s instead of `None` (missing file, broken link, directory, named pipe or
+  device, empty file, not an image, corrupt or truncated data, zero-sized image);
 * human-readable notes on the conversions OpenCV's IMREAD_COLOR silently applies (grayscale
   expanded, alpha dropped, 16-bit reduced, CMYK converted, EXIF rotation). The original kind is
   read from the file header (PNG IHDR, JPEG SOF/Adobe/EXIF, BMP info header, WebP VP8/VP8L/VP8X):
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 import cv2
@@ -91,7 +92,7 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
             raise ImageError("image bytes are empty (0 bytes)")
     elif isinstance(source, (str, os.PathLike)):
         label = f"'{os.fspath(source)}'"
-        data = _read_file(source, label)
+        data = read_image_file(source)
     else:
         raise ImageError(f"cannot decode an image from a {type(source).__name__}: pass a file "
                          f"path, encoded image bytes or a uint8 numpy array")
@@ -119,9 +120,28 @@ def check_rgb_image(rgb: object, user: str, error: type[Exception]) -> None:
         raise error(f"{user} got an empty image of shape {rgb.shape}")
 
 
-def _read_file(path: str | os.PathLike, label: str) -> bytes:
-    if os.path.isdir(path):
+_SPECIAL_FILES = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file, or an ``ImageError`` that says why not. Only regular files are
+    read: reading a named pipe blocks until a writer comes, and a device such as /dev/zero never
+    ends. (Callers that hash image files use it too, so they refuse the same files.)"""
+    label = f"'{os.fspath(path)}'"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageError(f"image file {label} is a broken symbolic link (to {os.readlink(path)})") from None
+        raise ImageError(f"image file {label} does not exist") from None
+    except OSError as error:  # a symbolic-link loop, a name too long, a folder we may not search
+        raise ImageError(f"cannot read image file {label}: {error.strerror or error}") from None
+    if stat.S_ISDIR(mode):
         raise ImageError(f"{label} is a directory, not an image file")
+    for is_kind, kind in _SPECIAL_FILES:
+        if is_kind(mode):
+            raise ImageError(f"{label} is a {kind}, not an image file; only regular files are read")
     try:
         with open(path, "rb") as handle:
             data = handle.read()

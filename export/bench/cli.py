@@ -10,10 +10,12 @@ from typing import Any
 
 import click
 
-from dfd.runtime.errors import DfdError, os_error_text
+from dfd.runtime.errors import os_error_text
 
+from ..cli_errors import handles_errors
 from .measure import BenchSettings, run_benchmark
 from .plot import pyplot, write_plot
+
 
 def _parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
@@ -58,6 +60,7 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
               help="Write the full result document here.")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write a PNG plot here (needs matplotlib).")
+@handles_errors
 def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, backend, label, json_out, plot_out):
     """Measure an engine set: latency percentiles, throughput and per-stage time per batch size,
     optionally next to the reference PyTorch pipeline (--compare torch)."""
@@ -66,10 +69,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, back
     for path, option in ((json_out, "--json"), (plot_out, "--plot")):
         _prepare_output(path, option)
     if plot_out is not None:
-        try:
-            pyplot()
-        except DfdError as exc:
-            raise click.ClickException(str(exc)) from exc
+        pyplot()  # a missing matplotlib fails now, not after the run
     settings = BenchSettings(engine_dir=engine_dir, images_dir=images_dir, batch_sizes=batch_sizes,
                              warmup=warmup, iterations=iterations, compare_torch=compare == "torch",
                              backend=backend, label=label)
@@ -77,8 +77,6 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, back
     bar = tqdm(total=len(batch_sizes) * iterations * pipelines, unit="it", file=sys.stderr, desc="bench")
     try:
         result = run_benchmark(settings, progress=bar.set_description, tick=lambda: bar.update(1))
-    except DfdError as exc:
-        raise click.ClickException(str(exc)) from exc
     finally:
         bar.close()
     for warning in result["warnings"]:
@@ -89,10 +87,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, back
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         click.echo(f"results written: {json_out}", err=True)
     if plot_out is not None:
-        try:
-            write_plot(result, plot_out)
-        except DfdError as exc:
-            raise click.ClickException(str(exc)) from exc
+        write_plot(result, plot_out)
         click.echo(f"plot written: {plot_out}", err=True)
 
 

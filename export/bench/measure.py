@@ -58,17 +58,29 @@ def _batch_report(batch: int, totals: Sequence[float], stages: Sequence[dict[str
     return report
 
 
-def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_IMAGE_COUNT) -> tuple[list[Path], str]:
-    """The image files to score, and where they came from.
+def bench_images(images_dir: Path | None, work_dir: Path,
+                 count: int = DEFAULT_IMAGE_COUNT) -> tuple[list[Path], str, list[dict[str, str]]]:
+    """The image files to score, where they came from, and the folder's files that could not be
+    read (left out and reported: one bad file must not sink a benchmark).
 
     Without a folder: photographs shipped inside installed packages (scikit-image, matplotlib),
     written losslessly as PNG so every pipeline reads the same pixels from a file.
     """
     from dfd.calibration.sources import builtin_photographs, list_images
+    from dfd.runtime.images import ImageError, decode_image
 
     if images_dir is not None:
-        paths = list_images(Path(images_dir))
-        return paths, f"folder {images_dir}"
+        paths, skipped = [], []
+        for path in list_images(Path(images_dir)):
+            try:
+                decode_image(path)
+            except ImageError as error:
+                skipped.append({"image": str(path), "error": str(error)})
+            else:
+                paths.append(path)
+        if not paths:
+            raise BenchError(f"no image in {images_dir} could be read; the first: {skipped[0]['error']}")
+        return paths, f"folder {images_dir}", skipped
     paths = []
     for name, rgb in builtin_photographs():
         if min(rgb.shape[:2]) < 252:  # the reference pipeline cannot take smaller images
@@ -80,7 +92,7 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
             break
     if not paths:
         raise BenchError("no built-in photographs of at least 252x252; pass --images DIR")
-    return paths, "photographs shipped in installed packages (scikit-image, matplotlib), as PNG"
+    return paths, "photographs shipped in installed packages (scikit-image, matplotlib), as PNG", []
 
 
 def _batch_of(paths: Sequence[Path], size: int) -> list[Path]:
@@ -150,7 +162,11 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         warnings.append("the engine set has RANDOM weights: the timings are real, the scores mean nothing")
 
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp:
-        paths, image_source = bench_images(settings.images_dir, Path(tmp))
+        paths, image_source, skipped = bench_images(settings.images_dir, Path(tmp))
+        if skipped:
+            names = ", ".join(f"{Path(item['image']).name} ({item['error']})" for item in skipped[:3])
+            warnings.append(f"left out {len(skipped)} image(s) that could not be read: {names}"
+                            + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""))
         image_sizes = [f"{w}x{h}" for h, w in (cv2.imread(str(p)).shape[:2] for p in paths)]
         memory: dict[str, Any] = {"rss_before_bytes": rss_bytes()}
         available = available_memory_bytes()
@@ -264,7 +280,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         "settings": {"batch_sizes": list(settings.batch_sizes), "warmup": settings.warmup,
                      "iterations": settings.iterations, "compare": "torch" if settings.compare_torch else None,
                      "backend": settings.backend, "interleaved": settings.compare_torch and resident},
-        "images": {"source": image_source, "count": len(paths), "sizes": image_sizes},
+        "images": {"source": image_source, "count": len(paths), "sizes": image_sizes, "skipped": skipped},
         "engine_set": _engine_set_summary(manifest),
         "face_localisation": face_localisation,
         "flops": flops,

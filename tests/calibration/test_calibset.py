@@ -4,6 +4,8 @@ reproducible from the seed, and cached on disk under a hash of the inputs."""
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -192,9 +194,39 @@ def test_bad_arguments_raise_calibration_errors(images, tmp_path):
         build_calibration_set(images, count=1, degrade_share=0.0, seed=0, stream_sizes={"clip": 224})
     with pytest.raises(CalibrationError, match="uint8 RGB"):
         build_calibration_set([("bad", np.zeros((4, 4), np.uint8))], count=1, degrade_share=0, seed=0)
-    with pytest.raises(CalibrationError, match="cannot read"):
+    with pytest.raises(CalibrationError, match=r"none of the 1 calibration image\(s\) could be read; "
+                                               r"the first: image file '.*missing.png' does not exist"):
         build_calibration_set([tmp_path / "missing.png"], count=1, degrade_share=0.0, seed=0)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    with pytest.raises(CalibrationError, match="broken.png"):
-        build_calibration_set([broken], count=1, degrade_share=0.0, seed=0)
+    with pytest.raises(CalibrationError, match=r"none of the 2 calibration image\(s\) could be read; the first: "):
+        build_calibration_set([broken, tmp_path / "missing.png"], count=3, degrade_share=0.0, seed=0)
+
+
+def test_unreadable_files_are_replaced_reproducibly_and_reported(images, tmp_path):
+    """A corrupt file, a broken link and a named pipe among the inputs: each slot they were
+    sampled for holds another input's tensor, the set is the same on every build, and the
+    manifest says which files and why; the named pipe is never opened (it would block)."""
+    paths = []
+    for name, rgb in images:
+        paths.append(tmp_path / f"{name}.png")
+        cv2.imwrite(str(paths[-1]), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    (tmp_path / "gone.png").symlink_to("nowhere.png")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    inputs = [*paths, tmp_path / "corrupt.jpg", tmp_path / "gone.png", tmp_path / "pipe.jpg"]
+    arguments = dict(count=7, degrade_share=0.0, seed=4, stream_sizes={"global": 252})
+    calib = build_calibration_set(inputs, **arguments, cache_dir=tmp_path / "cache")
+    assert sorted(Path(image).name for image in calib.unreadable) == ["corrupt.jpg", "gone.png", "pipe.jpg"]
+    assert "is a named pipe (FIFO)" in calib.unreadable[str(tmp_path / "pipe.jpg")]
+    assert "broken symbolic link (to nowhere.png)" in calib.unreadable[str(tmp_path / "gone.png")]
+    by_name = dict(images)
+    for slot, item in enumerate(calib.items):  # 7 slots from 7 inputs: 3 replaced by readable ones
+        expected = preprocess_global(by_name[Path(item.name).stem], size=252).tensor
+        np.testing.assert_array_equal(calib.arrays["global"][slot], expected)
+    assert len(calib.items) == 7 and {Path(item.name).stem for item in calib.items} == set(by_name)
+    again = build_calibration_set(inputs, **arguments)
+    assert again.sha256 == calib.sha256 and again.items == calib.items and again.unreadable == calib.unreadable
+    cached = build_calibration_set(inputs, **arguments, cache_dir=tmp_path / "cache")
+    assert cached.from_cache and cached.manifest_entry() == calib.manifest_entry()
+    assert [entry["image"] for entry in calib.manifest_entry()["unreadable_images"]] == list(calib.unreadable)

@@ -3,6 +3,7 @@ NumPy computations written from the reference's formulas), shapes, errors and th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -307,17 +308,24 @@ def test_degrade_files_reports_bad_file_and_processes_others(tmp_path, photo):
     broken = tmp_path / "in" / "broken.png"
     broken.write_bytes(b"not an image")
     missing = tmp_path / "in" / "missing.png"
+    pipe = tmp_path / "in" / "pipe.png"
+    os.mkfifo(pipe)  # refused without being opened: reading it would block
 
-    results = degrade_files([broken, good, missing], tmp_path / "out", seed=5, fixed=None,
+    results = degrade_files([broken, good, missing, pipe], tmp_path / "out", seed=5, fixed=None,
                             spec=PAPER_SPEC)
     outcome = dict(results)
-    assert isinstance(outcome[broken], str) and "not a readable image" in outcome[broken]
-    assert isinstance(outcome[missing], str) and "no such file" in outcome[missing]
+    assert outcome[broken] == f"'{broken}' is not an image OpenCV can decode (unrecognised format, or corrupt data)"
+    assert outcome[missing] == f"image file '{missing}' does not exist"
+    assert outcome[pipe] == f"'{pipe}' is a named pipe (FIFO), not an image file; only regular files are read"
     written = outcome[good]
     assert isinstance(written, Path) and written == tmp_path / "out" / "good.png"
 
     again = degrade_files([good], tmp_path / "again", seed=5, fixed=None, spec=PAPER_SPEC)
     assert written.read_bytes() == Path(again[0][1]).read_bytes()
+
+    (tmp_path / "blocked" / "good.png").mkdir(parents=True)  # a folder where the output goes
+    [(_, outcome)] = degrade_files([good], tmp_path / "blocked", seed=5, fixed=None, spec=PAPER_SPEC)
+    assert outcome == f"could not write {tmp_path / 'blocked' / 'good.png'} (degraded from {good})"
 
 
 def test_degrade_files_fixed_matches_the_function(tmp_path, photo):
@@ -358,6 +366,6 @@ def test_degrade_cli_expands_folders_and_reports_what_it_cannot_use(tmp_path, ph
     assert result.exit_code == 2, result.output
     assert "left out 1 file(s) in " + str(folder) + " whose names do not end in an image suffix: clip.gif" in result.stderr
     assert f"error: {empty}: no images under {empty}" in result.stderr
-    assert f"error: {broken}: not a readable image" in result.stderr
+    assert f"error: '{broken}' is not an image OpenCV can decode" in result.stderr
     written = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "a.png")), cv2.COLOR_BGR2RGB)
     assert np.array_equal(written, fixed_degradation("blur3")(photo))

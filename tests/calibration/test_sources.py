@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -51,6 +52,19 @@ def test_scan_names_the_visible_files_it_leaves_out(folder):
     assert found.images == list_images(folder)
     assert [path.relative_to(folder).as_posix() for path in found.other_files] == ["notes.txt", "sub/clip.gif"]
     assert [path.name for path in scan_image_folder(folder, recursive=False).other_files] == ["notes.txt"]
+
+
+def test_scan_lists_entries_that_cannot_be_read_so_they_are_reported(folder):
+    """A broken link or a named pipe with an image name is listed (its read fails with a message
+    naming it); a linked folder is neither listed nor followed."""
+    (folder / "gone.png").symlink_to("nowhere.png")
+    os.mkfifo(folder / "sub" / "pipe.jpg")
+    (folder / "sub" / "loop").symlink_to("..")
+    (folder / "sub" / "stray").symlink_to("nowhere")
+    found = scan_image_folder(folder)
+    assert [path.relative_to(folder).as_posix() for path in found.images] == [
+        "A.JPG", "b.png", "gone.png", "sub/c.webp", "sub/deeper/d.bmp", "sub/pipe.jpg"]
+    assert [path.relative_to(folder).as_posix() for path in found.other_files] == ["notes.txt", "sub/stray"]
 
 
 def test_list_images_errors(tmp_path):

@@ -33,6 +33,7 @@ def bench_result(tiny_engine_set, photographs, tmp_path_factory):
     cv2.imwrite(str(folder / "astronaut.png"), cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR))
     coffee = np.ascontiguousarray(photographs["coffee"][:260, :300])
     cv2.imwrite(str(folder / "coffee.png"), cv2.cvtColor(coffee, cv2.COLOR_RGB2BGR))
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")  # left out and reported, not fatal
     out = tmp_path_factory.mktemp("bench-out")
     args = [str(tiny_engine_set), "--images", str(folder), "--batch-sizes", "1,2", "--warmup", "0",
             "--iterations", "2", "--compare", "torch", "--json", str(out / "r.json")]
@@ -65,6 +66,15 @@ def test_result_document_has_every_field(bench_result):
     assert result["torch_weights"] == ["global: checkpoint dinov2_252.pth", "face: checkpoint dinov2_252_crop.pth",
                                        "fusion: checkpoint dinov2_clip.pth"]
     assert "speed-up vs torch at batch 1" in output
+
+
+def test_unreadable_images_are_left_out_and_reported(bench_result):
+    result, _, output = bench_result
+    assert result["images"]["count"] == 2 and result["images"]["sizes"] == ["512x512", "300x260"]
+    [skipped] = result["images"]["skipped"]
+    assert skipped["image"].endswith("corrupt.jpg") and "not an image OpenCV can decode" in skipped["error"]
+    assert any(w.startswith("left out 1 image(s) that could not be read: corrupt.jpg (") for w in result["warnings"])
+    assert "corrupt.jpg" in output
 
 
 def test_percentiles_are_ordered_and_stages_present(bench_result):
@@ -145,9 +155,17 @@ def test_bad_arguments_give_one_clear_error(tmp_path):
     runner = CliRunner()
     missing = runner.invoke(bench, [str(tmp_path / "nope")])
     assert missing.exit_code == 1
-    assert "engine set folder not found" in missing.output
+    assert "error: engine set folder not found" in missing.output  # the one error format of every verb
     bad = runner.invoke(bench, [str(tmp_path), "--batch-sizes", "1,x"])
     assert bad.exit_code != 0 and "comma-separated integers" in bad.output
+
+
+def test_a_folder_without_one_readable_image_is_refused(tiny_engine_set, tmp_path):
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    result = CliRunner().invoke(bench, [str(tiny_engine_set), "--images", str(tmp_path), "--iterations", "1"])
+    assert result.exit_code == 1, result.output
+    assert f"error: no image in {tmp_path} could be read; the first: '{tmp_path / 'corrupt.jpg'}' is not an image" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_an_unwritable_output_fails_before_measuring(tiny_engine_set, tmp_path):

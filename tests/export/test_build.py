@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import cv2
 import pytest
 from click.testing import CliRunner
 
@@ -127,6 +128,22 @@ def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):
     result = runner.invoke(main, ["inspect", str(tampered)])
     assert result.exit_code == 1
     assert "face.fp32.onnx does not match its sha256" in result.output
+
+
+def test_unreadable_calibration_images_are_replaced_and_reported(reference_ensemble, photographs, tmp_path):
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for name in ("astronaut", "coffee"):
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(photographs[name], cv2.COLOR_RGB2BGR))
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    out = tmp_path / "fp16"
+    result = _build(CliRunner(), reference_ensemble, out, "--precision", "fp16", "--calib-dir", str(folder),
+                    "--calib-count", "3", "--calib-cache", str(tmp_path / "cache"), "--streams", "global",
+                    "--no-face-detector")
+    assert result.exit_code == 0, result.output
+    assert "WARNING: 1 calibration image(s) could not be read; their slots hold other images of the set" in result.output
+    [entry] = load_manifest(out).raw["calibration"]["unreadable_images"]
+    assert entry["image"] == str(folder / "corrupt.jpg") and "is not an image OpenCV can decode" in entry["error"]
 
 
 def test_inspect_wrong_folder(tmp_path):

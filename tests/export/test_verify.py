@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 from click.testing import CliRunner
@@ -35,3 +36,19 @@ def test_exceeded_threshold_exits_3(tiny_engine_set, photographs, tmp_path):
     result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", str(_images(tmp_path, photographs)),
                                        "--max-abs-dp", "0"])
     assert result.exit_code == 3 and "FAILED thresholds" in result.output
+
+
+def test_unreadable_images_are_reported_and_the_others_verified(tiny_engine_set, photographs, tmp_path):
+    folder = _images(tmp_path, photographs)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    (folder / "gone.png").symlink_to("nowhere.png")
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", str(folder),
+                                       "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["images"] == 2 and report["vote_agreement"] == 1.0
+    assert [(Path(f["image"]).name, f["error"].split("' ")[-1]) for f in report["failed_images"]] == [
+        ("corrupt.jpg", "is not an image OpenCV can decode (unrecognised format, or corrupt data)"),
+        ("gone.png", "is a broken symbolic link (to nowhere.png)")]
+    assert "could not read" in result.output and "gone.png" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -266,6 +267,21 @@ def test_missing_file_directory_and_empty_file(tmp_path):
         decode_image(empty)
     with pytest.raises(ImageError, match=r"empty \(0 bytes\)"):
         decode_image(b"")
+
+
+def test_links_pipes_and_devices_are_refused_without_reading(tmp_path):
+    """A named pipe would block the read and /dev/zero would never end it."""
+    (tmp_path / "broken.jpg").symlink_to("gone.jpg")
+    with pytest.raises(ImageError, match=r"broken.jpg' is a broken symbolic link \(to gone.jpg\)"):
+        decode_image(tmp_path / "broken.jpg")
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+    with pytest.raises(ImageError, match="cannot read image file .*loop.jpg.*symbolic links"):
+        decode_image(tmp_path / "loop.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageError, match=r"is a named pipe \(FIFO\), not an image file"):
+        decode_image(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageError, match="/dev/zero' is a character device"):
+        decode_image("/dev/zero")
 
 
 def test_text_file_and_random_bytes_are_not_images(tmp_path):
