@@ -91,7 +91,7 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
         if not data:
             raise ImageError("image bytes are empty (0 bytes)")
     elif isinstance(source, (str, os.PathLike)):
-        label = f"'{os.fspath(source)}'"
+        label = _file_label(source)
         data = read_image_file(source)
     else:
         raise ImageError(f"cannot decode an image from a {type(source).__name__}: pass a file "
@@ -120,6 +120,10 @@ def check_rgb_image(rgb: object, user: str, error: type[Exception]) -> None:
         raise error(f"{user} got an empty image of shape {rgb.shape}")
 
 
+def _file_label(path: str | os.PathLike) -> str:
+    return f"'{os.fspath(path)}'"
+
+
 _SPECIAL_FILES = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "character device"),
                   (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
 
@@ -128,7 +132,7 @@ def read_image_file(path: str | os.PathLike) -> bytes:
     """The bytes of an image file, or an ``ImageError`` that says why not. Only regular files are
     read: reading a named pipe blocks until a writer comes, and a device such as /dev/zero never
     ends. (Callers that hash image files use it too, so they refuse the same files.)"""
-    label = f"'{os.fspath(path)}'"
+    label = _file_label(path)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:

@@ -58,10 +58,22 @@ def _batch_report(batch: int, totals: Sequence[float], stages: Sequence[dict[str
     return report
 
 
-def bench_images(images_dir: Path | None, work_dir: Path,
-                 count: int = DEFAULT_IMAGE_COUNT) -> tuple[list[Path], str, list[dict[str, str]]]:
-    """The image files to score, where they came from, and the folder's files that could not be
-    read (left out and reported: one bad file must not sink a benchmark).
+@dataclass
+class BenchImages:
+    """The image files a benchmark scores, described for its result document."""
+
+    paths: list[Path]
+    source: str  # where they came from
+    sizes: list[str]  # "WxH" of each, as decoded
+    skipped: list[dict[str, str]]  # files of the folder that could not be read, and why
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "count": len(self.paths), "sizes": self.sizes, "skipped": self.skipped}
+
+
+def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_IMAGE_COUNT) -> BenchImages:
+    """The image files to score. A folder's file that cannot be read is left out and reported:
+    one bad file must not sink a benchmark.
 
     Without a folder: photographs shipped inside installed packages (scikit-image, matplotlib),
     written losslessly as PNG so every pipeline reads the same pixels from a file.
@@ -69,30 +81,34 @@ def bench_images(images_dir: Path | None, work_dir: Path,
     from dfd.calibration.sources import builtin_photographs, list_images
     from dfd.runtime.images import ImageError, decode_image
 
+    paths: list[Path] = []
+    sizes: list[str] = []
     if images_dir is not None:
-        paths, skipped = [], []
+        skipped = []
         for path in list_images(Path(images_dir)):
             try:
-                decode_image(path)
+                height, width = decode_image(path).rgb.shape[:2]
             except ImageError as error:
                 skipped.append({"image": str(path), "error": str(error)})
             else:
                 paths.append(path)
+                sizes.append(f"{width}x{height}")
         if not paths:
             raise BenchError(f"no image in {images_dir} could be read; the first: {skipped[0]['error']}")
-        return paths, f"folder {images_dir}", skipped
-    paths = []
+        return BenchImages(paths, f"folder {images_dir}", sizes, skipped)
     for name, rgb in builtin_photographs():
         if min(rgb.shape[:2]) < 252:  # the reference pipeline cannot take smaller images
             continue
         path = work_dir / (name.replace(":", "_").rsplit(".", 1)[0] + ".png")
         cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         paths.append(path)
+        sizes.append(f"{rgb.shape[1]}x{rgb.shape[0]}")
         if len(paths) == count:
             break
     if not paths:
         raise BenchError("no built-in photographs of at least 252x252; pass --images DIR")
-    return paths, "photographs shipped in installed packages (scikit-image, matplotlib), as PNG", []
+    source = "photographs shipped in installed packages (scikit-image, matplotlib), as PNG"
+    return BenchImages(paths, source, sizes, skipped=[])
 
 
 def _batch_of(paths: Sequence[Path], size: int) -> list[Path]:
@@ -162,12 +178,12 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         warnings.append("the engine set has RANDOM weights: the timings are real, the scores mean nothing")
 
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp:
-        paths, image_source, skipped = bench_images(settings.images_dir, Path(tmp))
-        if skipped:
-            names = ", ".join(f"{Path(item['image']).name} ({item['error']})" for item in skipped[:3])
-            warnings.append(f"left out {len(skipped)} image(s) that could not be read: {names}"
-                            + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""))
-        image_sizes = [f"{w}x{h}" for h, w in (cv2.imread(str(p)).shape[:2] for p in paths)]
+        images = bench_images(settings.images_dir, Path(tmp))
+        paths = images.paths
+        if images.skipped:
+            names = ", ".join(f"{Path(item['image']).name} ({item['error']})" for item in images.skipped[:3])
+            warnings.append(f"left out {len(images.skipped)} image(s) that could not be read: {names}"
+                            + (f" and {len(images.skipped) - 3} more" if len(images.skipped) > 3 else ""))
         memory: dict[str, Any] = {"rss_before_bytes": rss_bytes()}
         available = available_memory_bytes()
         engine_bytes = _engine_set_summary(manifest)["bytes"]
@@ -280,7 +296,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         "settings": {"batch_sizes": list(settings.batch_sizes), "warmup": settings.warmup,
                      "iterations": settings.iterations, "compare": "torch" if settings.compare_torch else None,
                      "backend": settings.backend, "interleaved": settings.compare_torch and resident},
-        "images": {"source": image_source, "count": len(paths), "sizes": image_sizes, "skipped": skipped},
+        "images": images.to_dict(),
         "engine_set": _engine_set_summary(manifest),
         "face_localisation": face_localisation,
         "flops": flops,
