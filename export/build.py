@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from dfd.runtime.errors import DfdError, os_error_text
+from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.manifest import FORMAT, FORMAT_VERSION, FileEntry, write_manifest
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS
 
@@ -269,10 +269,9 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
     streams: dict[str, Any] = {}
     calibration = _calibration_set(request) if request.precision != "fp32" else None
     if calibration is not None and calibration.unreadable:
-        unreadable = list(calibration.unreadable.items())
-        warn(f"{len(unreadable)} calibration image(s) could not be read; their slots hold other images of the "
-             f"set (listed in the manifest): " + "; ".join(error for _, error in unreadable[:3])
-             + (f"; and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""))
+        errors = list(calibration.unreadable.values())
+        warn(f"{len(errors)} calibration image(s) could not be read; their slots hold other images of the "
+             f"set (listed in the manifest): {first_few(errors, 3, separator='; ')}")
     started = time.perf_counter()
     try:
         progress = tqdm(request.streams, desc="build", unit="stream", file=sys.stderr, leave=True)

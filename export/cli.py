@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from dfd.runtime.errors import first_few
 from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.images import silence_opencv_log
 
@@ -339,13 +340,8 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
         if found.other_files:
             names = [p.relative_to(path).as_posix() for p in found.other_files]
             click.secho(f"WARNING: left out {len(names)} file(s) in {given} whose names do not end in an image "
-                        f"suffix: {_first_few(names)} (give a file by name to try it anyway)", fg="yellow", err=True)
+                        f"suffix: {first_few(names)} (give a file by name to try it anyway)", fg="yellow", err=True)
     return images, problems
-
-
-def _first_few(names: list[str], limit: int = 5) -> str:
-    """``names`` for a warning line: the first ``limit``, then how many more."""
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _format_table_row(d: dict) -> str:
@@ -494,7 +490,7 @@ def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> dict | None
     assigned, unused = loaded.assign(paths)
     if unused:
         click.secho(f"WARNING: {len(unused)} face box(es) in {face_boxes} match no image given: "
-                    f"{_first_few([repr(k) for k in unused])}", fg="yellow", err=True)
+                    f"{first_few([repr(k) for k in unused])}", fg="yellow", err=True)
     return assigned
 
 

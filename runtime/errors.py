@@ -10,6 +10,12 @@ class DfdError(Exception):
     """An error the user can act on; its message says what is wrong and what to do."""
 
 
+def first_few(names: list[str], limit: int = 5, separator: str = ", ") -> str:
+    """``names`` for a one-line message: the first ``limit``, then how many more. (Warnings that
+    list files keep to one readable line however many there are.)"""
+    return separator.join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def os_error_text(exc: OSError) -> str:
     """An OSError as a user reads it: what failed on which path, without "[Errno 17]". Creating
     a folder where a file stands raises FileExistsError naming the file, which "File exists"

@@ -15,6 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from dfd.runtime.errors import first_few
+
 from . import BenchError
 from .environment import PeakRss, available_memory_bytes, capture_environment, gpu_memory_used_mib, \
     process_peak_rss_bytes, rss_bytes
@@ -181,9 +183,8 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         images = bench_images(settings.images_dir, Path(tmp))
         paths = images.paths
         if images.skipped:
-            names = ", ".join(f"{Path(item['image']).name} ({item['error']})" for item in images.skipped[:3])
-            warnings.append(f"left out {len(images.skipped)} image(s) that could not be read: {names}"
-                            + (f" and {len(images.skipped) - 3} more" if len(images.skipped) > 3 else ""))
+            names = [f"{Path(item['image']).name} ({item['error']})" for item in images.skipped]
+            warnings.append(f"left out {len(names)} image(s) that could not be read: {first_few(names, 3)}")
         memory: dict[str, Any] = {"rss_before_bytes": rss_bytes()}
         available = available_memory_bytes()
         engine_bytes = _engine_set_summary(manifest)["bytes"]

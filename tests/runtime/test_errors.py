@@ -1,0 +1,26 @@
+"""The message helpers every verb's warnings and errors go through."""
+
+from __future__ import annotations
+
+import pytest
+
+from dfd.runtime.errors import first_few, os_error_text
+
+
+def test_first_few_names_at_most_limit_then_counts_the_rest():
+    names = [f"img{i}.jpg" for i in range(7)]
+    assert first_few(names[:5]) == "img0.jpg, img1.jpg, img2.jpg, img3.jpg, img4.jpg"
+    assert first_few(names) == "img0.jpg, img1.jpg, img2.jpg, img3.jpg, img4.jpg and 2 more"
+    assert first_few(names, 3, separator="; ") == "img0.jpg; img1.jpg; img2.jpg and 4 more"
+    assert first_few([]) == ""
+
+
+def test_os_error_text_says_what_failed_on_which_path(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(NotADirectoryError) as under_a_file:
+        (blocker / "sub").mkdir(parents=True)
+    assert os_error_text(under_a_file.value) == f"Not a directory: {blocker / 'sub'}"
+    with pytest.raises(FileExistsError) as over_a_file:
+        blocker.mkdir()
+    assert os_error_text(over_a_file.value) == f"{blocker} is a file, not a folder"
