@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from dfd.runtime.errors import DfdError, first_few, os_error_text
-from dfd.runtime.manifest import FORMAT, FORMAT_VERSION, FileEntry, write_manifest
+from dfd.runtime.manifest import FORMAT, FORMAT_VERSION, PRECISIONS, FileEntry, write_manifest
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS
 
 from .checkpoint import LoraSettings, load_reference_checkpoint
@@ -32,7 +32,6 @@ from .onnx_export import DEFAULT_OPSET, export_stream_onnx, parameter_bytes
 from .streams import STREAM_NAMES, STREAM_SPECS, build_stream
 from .tensorrt_build import TensorRTOptions
 
-PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("entropy", "max")
 BACKENDS = ("onnxruntime", "tensorrt", "auto")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -9,12 +9,12 @@ is usable here, and says why it did or did not.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from .errors import DfdError
-from .manifest import EngineSetError, Manifest
+from .manifest import EngineSetError, Manifest, StreamEntry
 
 BACKEND_CHOICES = ("auto", "onnxruntime", "tensorrt")
 
@@ -57,6 +57,21 @@ def onnxruntime_session_options(intra_op_threads: int = 0):
     return options
 
 
+def stream_shape_problem(stream: StreamEntry, input_shape: Sequence[Any], output_shape: Sequence[Any]) -> str | None:
+    """Why a stream's network does not fit its manifest entry (``[N, 3, S, S]`` pixels with S the
+    entry's input_size in, ``[N, 2]`` logits out), or None. Checked when a backend opens, so an
+    edited manifest or a swapped graph fails there, not with the runtime's error on the first image.
+    Symbolic (dynamic) dimensions other than the batch count as a mismatch."""
+    size = stream.input_size
+    if len(input_shape) != 4 or list(input_shape)[1:] != [3, size, size]:
+        shown = "x".join(str(d) for d in list(input_shape)[1:])
+        return (f"the {stream.name} stream's network takes {shown} inputs but the manifest says "
+                f"3x{size}x{size}")
+    if len(output_shape) != 2 or output_shape[1] != 2:
+        return f"the {stream.name} stream's network outputs {list(output_shape)}, not [N, 2] logits"
+    return None
+
+
 class OnnxRuntimeBackend:
     """One ``InferenceSession`` per stream over the set's ONNX graphs (session.run is thread-safe)."""
 
@@ -79,6 +94,10 @@ class OnnxRuntimeBackend:
                 )
             except Exception as exc:  # onnxruntime raises its own untyped errors
                 raise EngineSetError(f"onnxruntime cannot load {graph.path}: {exc}") from exc
+            session = self.sessions[name]
+            problem = stream_shape_problem(stream, session.get_inputs()[0].shape, session.get_outputs()[0].shape)
+            if problem:
+                raise EngineSetError(f"{manifest.root}: {graph.path}: {problem}; rebuild the engine set")
         self.description = f"onnxruntime {ort.__version__} ({', '.join(self.providers)})"
 
     def run(self, stream: str, pixels: np.ndarray) -> np.ndarray:

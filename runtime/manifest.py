@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import DfdError
+from .vote import STREAMS, VoteError, stream_order_and_weights
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dfd-engine-set"
 FORMAT_VERSION = 1
-STREAM_ORDER = ("global", "face", "fusion")
+STREAM_ORDER = STREAMS
+PRECISIONS = ("fp32", "fp16", "int8")
+BUILD_BACKENDS = ("onnxruntime", "tensorrt")  # what built the files: ONNX graphs only, or engines too
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -83,13 +87,23 @@ class Manifest:
         return self.root / entry.path
 
 
-def _require(data: dict[str, Any], key: str, where: str) -> Any:
+def _require(data: dict[str, Any], key: str, where: str, kind: type = object) -> Any:
+    if not isinstance(data, dict):
+        raise EngineSetError(f"{where}: expected a JSON object, found {type(data).__name__}")
     if key not in data:
         raise EngineSetError(f"{where}: manifest field '{key}' is missing")
+    if not isinstance(data[key], kind):
+        raise EngineSetError(f"{where}: manifest field '{key}' must be a JSON "
+                             f"{_JSON_NAMES.get(kind, kind.__name__)}, found {type(data[key]).__name__}")
     return data[key]
 
 
+_JSON_NAMES = {dict: "object", list: "array", str: "string"}
+
+
 def parse_manifest(root: Path, data: dict[str, Any]) -> Manifest:
+    """Check a manifest's content and parse it; every problem is an ``EngineSetError`` naming the
+    field, so an edited or hand-written manifest fails when it is opened, not on the first image."""
     where = str(Path(root) / MANIFEST_NAME)
     if data.get("format") != FORMAT:
         raise EngineSetError(f"{where} is not a dfd-export engine-set manifest")
@@ -98,33 +112,92 @@ def parse_manifest(root: Path, data: dict[str, Any]) -> Manifest:
             f"{where} has format version {data.get('format_version')}; this runtime reads "
             f"version {FORMAT_VERSION}. Rebuild the engine set with this dfd-export."
         )
-    streams = {name: _entry(name, entry, where) for name, entry in _require(data, "streams", where).items()}
+    streams = {name: _entry(name, entry, where)
+               for name, entry in _require(data, "streams", where, dict).items()}
     unknown = sorted(set(streams) - set(STREAM_ORDER))
     if unknown or not streams:
         raise EngineSetError(f"{where}: streams must be among {STREAM_ORDER}; got {sorted(streams)}")
     face = data.get("face_detector")
-    vote = _require(data, "vote", where)
     return Manifest(
         root=Path(root),
         streams=streams,
-        vote_weights={k: float(v) for k, v in _require(vote, "weights", where).items()},
-        preprocessing=_require(data, "preprocessing", where),
+        vote_weights=_vote_weights(_require(data, "vote", where, dict), streams, where),
+        preprocessing=_preprocessing(_require(data, "preprocessing", where, dict), where),
         random_weights=bool(data.get("random_weights", False)),
         raw=data,
         face_detector=_entry("face_detector", face, where) if face else None,
     )
 
 
+def _vote_weights(vote: dict[str, Any], streams: dict[str, StreamEntry], where: str) -> dict[str, float]:
+    """The weights of the set's streams: each stream has one, and the vote can use them (finite,
+    non-negative, not all zero). A set with fewer streams may keep the others' weights."""
+    weights = _require(vote, "weights", f"{where} [vote]", dict)
+    missing = [s for s in streams if s not in weights]
+    if missing:
+        raise EngineSetError(f"{where}: the vote has no weight for the {', '.join(missing)} stream")
+    try:
+        stream_order_and_weights(weights)
+        return {name: float(weights[name]) for name in STREAM_ORDER if name in streams}
+    except VoteError as exc:  # says what it got
+        raise EngineSetError(f"{where}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise EngineSetError(f"{where}: unusable vote weights {weights}: {exc}") from exc
+
+
+def _preprocessing(preprocessing: dict[str, Any], where: str) -> dict[str, Any]:
+    """The normalisation every stream applies: three finite means and three positive stds."""
+    for key, low in (("mean", -math.inf), ("std", 0.0)):
+        values = _require(preprocessing, key, f"{where} [preprocessing]", list)
+        if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > low
+                                       for v in values):
+            bound = "finite" if key == "mean" else "finite and positive"
+            raise EngineSetError(f"{where}: preprocessing {key} must be three {bound} numbers "
+                                 f"(R, G, B), got {values}")
+    return preprocessing
+
+
 def _entry(name: str, entry: dict[str, Any], where: str) -> StreamEntry:
-    files = tuple(FileEntry(**f) for f in _require(entry, "files", f"{where} [{name}]"))
+    where_entry = f"{where} [{name}]"
+    files = _require(entry, "files", where_entry, list)
+    input_size = _require(entry, "input_size", where_entry)
+    precision = _require(entry, "precision", where_entry)
+    backend = _require(entry, "backend", where_entry)
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise EngineSetError(f"{where_entry}: input_size must be a positive integer, got {input_size!r}")
+    if precision not in PRECISIONS:
+        raise EngineSetError(f"{where_entry}: precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if backend not in BUILD_BACKENDS:
+        raise EngineSetError(f"{where_entry}: backend {backend!r} is not one of {', '.join(BUILD_BACKENDS)}")
     return StreamEntry(
         name=name,
-        input_size=int(_require(entry, "input_size", where)),
-        precision=str(_require(entry, "precision", where)),
-        backend=str(_require(entry, "backend", where)),
-        files=files,
+        input_size=input_size,
+        precision=precision,
+        backend=backend,
+        files=tuple(_file_entry(f, where_entry) for f in files),
         details={k: v for k, v in entry.items() if k not in {"input_size", "precision", "backend", "files"}},
     )
+
+
+_FILE_FIELDS = {f.name for f in fields(FileEntry)}
+
+
+def _file_entry(entry: dict[str, Any], where: str) -> FileEntry:
+    """A listed file, whose path must stay inside the engine-set folder: a manifest that names
+    ``../x`` or ``/x`` would make the runtime load (and vouch for) a file the set does not hold."""
+    if not isinstance(entry, dict):
+        raise EngineSetError(f"{where}: a file entry must be a JSON object, found {type(entry).__name__}")
+    if set(entry) != _FILE_FIELDS:
+        raise EngineSetError(f"{where}: a file entry has the fields {', '.join(sorted(_FILE_FIELDS))}; "
+                             f"got {', '.join(sorted(entry))}")
+    file = FileEntry(**entry)
+    if not isinstance(file.path, str):
+        raise EngineSetError(f"{where}: a file path must be a string, got {file.path!r}")
+    path = PurePosixPath(file.path.replace("\\", "/"))
+    if not file.path or path.is_absolute() or PureWindowsPath(file.path).drive or ".." in path.parts:
+        raise EngineSetError(f"{where}: file path {file.path!r} is not inside the engine-set folder "
+                             "(paths are relative to it, without '..')")
+    return file
 
 
 def load_manifest(engine_dir: Path, *, verify: bool = True) -> Manifest:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from .backends import stream_shape_problem
 from .cuda_kernels import CudaUnavailableError, check_cuda
 from .errors import DfdError
 from .manifest import STREAM_ORDER, EngineSetError, Manifest
@@ -99,6 +100,7 @@ class _EngineSlot:
         _, _, max_shape = engine.get_tensor_profile_shape(self.input, 0)
         self.max_batch = int(max_shape[0])
         self._input_shape = tuple(int(v) for v in engine.get_tensor_shape(self.input))[1:]
+        self.output_shape = tuple(int(v) for v in engine.get_tensor_shape(outputs[0])) if outputs else ()
         self.lock = threading.Lock()
         self.buffers: dict[str, tuple[int, np.ndarray]] = {}
         for name in names:
@@ -167,6 +169,11 @@ class TensorRTBackend:
                 _engines[entry.name] = engine
         self._engines = _engines
         self._slots = {name: _EngineSlot(self._trt, cudart, engine) for name, engine in _engines.items()}
+        for name, stream in manifest.streams.items():
+            slot = self._slots[name]
+            problem = stream_shape_problem(stream, (-1, *slot._input_shape), slot.output_shape)
+            if problem:
+                raise EngineSetError(f"{manifest.root}: {stream.file('engine').path}: {problem}; rebuild the engine set")
         self.description = f"tensorrt {self._trt.__version__}"
 
     def clone(self) -> "TensorRTBackend":

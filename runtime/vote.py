@@ -52,7 +52,9 @@ def softmax_fake_probability(logits: np.ndarray) -> np.ndarray:
     return fake.astype(np.float32)
 
 
-def _stream_order_and_weights(weights: Mapping[str, float]) -> tuple[tuple[str, ...], np.ndarray]:
+def stream_order_and_weights(weights: Mapping[str, float]) -> tuple[tuple[str, ...], np.ndarray]:
+    """The streams ``weights`` name, in the reference's file order, and their weights as float64;
+    ``VoteError`` for weights the vote cannot use (the manifest checks a set's weights with it)."""
     unknown = set(weights) - set(STREAMS)
     if unknown or not weights:
         raise VoteError(f"vote weights must name streams among {STREAMS}; got {sorted(weights)}")
@@ -88,7 +90,7 @@ def discretised_vote(probs: Mapping[str, float],
     [streams, 1] column like the reference's [files, lines] array, go through
     `np.average(axis=0, weights=...)`, `np.round(., 1)` and one-decimal formatting.
     """
-    order, weight_values = _stream_order_and_weights(weights)
+    order, weight_values = stream_order_and_weights(weights)
     if set(probs) != set(order):
         raise VoteError(f"probabilities are for streams {sorted(probs)} but the weights are for "
                         f"{sorted(order)}")
@@ -116,7 +118,7 @@ def discretised_vote_batch(probs: np.ndarray,
       3. score = rint(mean * 10) / 10 (np.round's definition); formatting it with one decimal
          and parsing it back returns the same double.
     """
-    order, weight_values = _stream_order_and_weights(weights)
+    order, weight_values = stream_order_and_weights(weights)
     if order != STREAMS:
         raise VoteError(f"the batch vote takes all three streams {STREAMS}; weights name {order}")
     array = np.asarray(probs)

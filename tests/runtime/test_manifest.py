@@ -1,0 +1,151 @@
+"""The engine-set manifest: an edited or hand-written manifest is refused when the set is opened,
+with the field named, instead of loading a file from outside the set, voting with unusable
+weights or failing on the first image."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+
+from dfd.runtime.backends import OnnxRuntimeBackend, stream_shape_problem
+from dfd.runtime.detector import Detector
+from dfd.runtime.manifest import MANIFEST_NAME, EngineSetError, load_manifest, parse_manifest, sha256_file
+
+
+@pytest.fixture(scope="module")
+def manifest_data(tiny_engine_set) -> dict:
+    return json.loads((tiny_engine_set / MANIFEST_NAME).read_text())
+
+
+def _edited(data: dict, edit) -> dict:
+    edited = copy.deepcopy(data)
+    edit(edited)
+    return edited
+
+
+def _first_file(data: dict) -> dict:
+    return data["streams"]["global"]["files"][0]
+
+
+EDITS = {
+    "path leaves the folder": (lambda d: _first_file(d).update(path="../global.fp32.onnx"),
+                               r"'\.\./global\.fp32\.onnx' is not inside the engine-set folder"),
+    "absolute path": (lambda d: _first_file(d).update(path="/etc/passwd"), "is not inside the engine-set folder"),
+    "windows drive": (lambda d: _first_file(d).update(path="C:\\sets\\global.onnx"),
+                      "is not inside the engine-set folder"),
+    "dotdot in the middle": (lambda d: _first_file(d).update(path="a/../../x.onnx"),
+                             "is not inside the engine-set folder"),
+    "empty path": (lambda d: _first_file(d).update(path=""), "is not inside the engine-set folder"),
+    "path not a string": (lambda d: _first_file(d).update(path=7), "a file path must be a string"),
+    "file entry extra field": (lambda d: _first_file(d).update(colour="red"),
+                               "a file entry has the fields bytes, path, role, sha256; got bytes, colour"),
+    "file entry not an object": (lambda d: d["streams"]["global"].update(files=["global.fp32.onnx"]),
+                                 "a file entry must be a JSON object, found str"),
+    "files not an array": (lambda d: d["streams"]["global"].update(files="global.fp32.onnx"),
+                           r"\[global\]: manifest field 'files' must be a JSON array, found str"),
+    "streams not an object": (lambda d: d.update(streams=["global"]),
+                              "manifest field 'streams' must be a JSON object, found list"),
+    "stream entry not an object": (lambda d: d["streams"].update(face=3),
+                                   r"\[face\]: expected a JSON object, found int"),
+    "negative weight": (lambda d: d["vote"]["weights"].update(face=-1.0),
+                        "vote weights must be finite, non-negative and not all zero"),
+    "NaN weight": (lambda d: d["vote"]["weights"].update(face=float("nan")),
+                   "vote weights must be finite, non-negative and not all zero"),
+    "all weights zero": (lambda d: d["vote"].update(weights={"global": 0, "face": 0, "fusion": 0}),
+                         "not all zero"),
+    "weight not a number": (lambda d: d["vote"]["weights"].update(face="two"),
+                            "unusable vote weights .* could not convert string to float"),
+    "weight missing": (lambda d: d["vote"]["weights"].pop("face"), "the vote has no weight for the face stream"),
+    "unknown weight": (lambda d: d["vote"]["weights"].update(audio=1.0), "vote weights must name streams among"),
+    "input size zero": (lambda d: d["streams"]["global"].update(input_size=0),
+                        r"\[global\]: input_size must be a positive integer, got 0"),
+    "input size a string": (lambda d: d["streams"]["fusion"].update(input_size="224"),
+                            "input_size must be a positive integer, got '224'"),
+    "input size a boolean": (lambda d: d["streams"]["fusion"].update(input_size=True),
+                             "input_size must be a positive integer, got True"),
+    "unknown precision": (lambda d: d["streams"]["face"].update(precision="int4"),
+                          "precision 'int4' is not one of fp32, fp16, int8"),
+    "unknown backend": (lambda d: d["streams"]["face"].update(backend="coreml"),
+                        "backend 'coreml' is not one of onnxruntime, tensorrt"),
+    "mean of two channels": (lambda d: d["preprocessing"].update(mean=[0.5, 0.5]),
+                             r"preprocessing mean must be three finite numbers \(R, G, B\), got \[0.5, 0.5\]"),
+    "zero std": (lambda d: d["preprocessing"].update(std=[0.2, 0, 0.2]),
+                 "preprocessing std must be three finite and positive numbers"),
+    "std not a list": (lambda d: d["preprocessing"].update(std="imagenet"),
+                       "manifest field 'std' must be a JSON array, found str"),
+    "no preprocessing": (lambda d: d.pop("preprocessing"), "manifest field 'preprocessing' is missing"),
+    "face detector entry": (lambda d: d["face_detector"].update(precision="fp8"),
+                            r"\[face_detector\]: precision 'fp8'"),
+}
+
+
+@pytest.mark.parametrize("edit, message", EDITS.values(), ids=EDITS.keys())
+def test_edited_manifest_is_refused_naming_the_field(manifest_data, tiny_engine_set, edit, message):
+    with pytest.raises(EngineSetError, match=message):
+        parse_manifest(tiny_engine_set, _edited(manifest_data, edit))
+
+
+def test_built_manifest_parses_and_a_set_with_fewer_streams_may_keep_all_weights(manifest_data, tiny_engine_set):
+    manifest = parse_manifest(tiny_engine_set, manifest_data)
+    assert manifest.vote_weights == {"global": 2.0, "face": 1.0, "fusion": 2.0}
+    assert manifest.preprocessing["mean"] == [0.485, 0.456, 0.406]
+    only_global = _edited(manifest_data, lambda d: [d["streams"].pop("face"), d["streams"].pop("fusion")])
+    assert parse_manifest(tiny_engine_set, only_global).vote_weights == {"global": 2.0}
+    face_free = _edited(manifest_data, lambda d: d["vote"]["weights"].update(face=0.0))
+    assert parse_manifest(tiny_engine_set, face_free).vote_weights["face"] == 0.0
+
+
+def _copy_with(tiny_engine_set, tmp_path, edit):
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    edit(data, folder)
+    (folder / MANIFEST_NAME).write_text(json.dumps(data))
+    return folder
+
+
+def test_a_file_outside_the_set_is_refused_even_when_its_hash_matches(tiny_engine_set, tmp_path):
+    def move_out(data, folder):
+        entry = _first_file(data)
+        shutil.move(folder / entry["path"], tmp_path / "outside.onnx")
+        entry["path"] = "../outside.onnx"
+        assert entry["sha256"] == sha256_file(tmp_path / "outside.onnx")
+
+    folder = _copy_with(tiny_engine_set, tmp_path, move_out)
+    with pytest.raises(EngineSetError, match="not inside the engine-set folder"):
+        load_manifest(folder)
+
+
+def test_a_network_that_does_not_fit_its_entry_fails_when_the_set_opens(tiny_engine_set, tmp_path):
+    sizes = {name: entry["input_size"]
+             for name, entry in json.loads((tiny_engine_set / MANIFEST_NAME).read_text())["streams"].items()}
+    assert sizes["global"] != sizes["fusion"]
+
+    def swap_graphs(data, folder):
+        data["streams"]["global"]["files"], data["streams"]["fusion"]["files"] = (
+            data["streams"]["fusion"]["files"], data["streams"]["global"]["files"])
+
+    swapped = _copy_with(tiny_engine_set, tmp_path, swap_graphs)
+    expected = (f"fusion.fp32.onnx: the global stream's network takes 3x{sizes['fusion']}x{sizes['fusion']} "
+                f"inputs but the manifest says 3x{sizes['global']}x{sizes['global']}")
+    with pytest.raises(EngineSetError, match=expected):
+        OnnxRuntimeBackend(load_manifest(swapped))
+    with pytest.raises(EngineSetError, match="the global stream's network takes"):
+        Detector.open(swapped)
+
+
+def test_stream_shape_problem():
+    manifest = parse_manifest(".", {
+        "format": "dfd-engine-set", "format_version": 1, "vote": {"weights": {"global": 2}},
+        "preprocessing": {"mean": [0.5] * 3, "std": [0.5] * 3},
+        "streams": {"global": {"input_size": 252, "precision": "fp32", "backend": "onnxruntime", "files": []}}})
+    entry = manifest.streams["global"]
+    assert stream_shape_problem(entry, ["batch", 3, 252, 252], ["batch", 2]) is None
+    assert stream_shape_problem(entry, [-1, 3, 252, 252], (-1, 2)) is None  # TensorRT's dynamic batch
+    assert "takes 3xHxW inputs" in stream_shape_problem(entry, ["batch", 3, "H", "W"], ["batch", 2])
+    assert "takes 252x252x3 inputs" in stream_shape_problem(entry, ["batch", 252, 252, 3], ["batch", 2])
+    assert "takes 3x252 inputs" in stream_shape_problem(entry, ["batch", 3, 252], ["batch", 2])
+    assert "outputs ['batch', 3], not [N, 2] logits" in stream_shape_problem(entry, [1, 3, 252, 252], ["batch", 3])
