@@ -8,6 +8,7 @@ stream is built, hashed and described in the manifest: an interrupted build lose
 from __future__ import annotations
 
 import gc
+import math
 import platform
 import shutil
 import sys
@@ -109,6 +110,9 @@ def _check_request(request: BuildRequest) -> None:
         raise BuildError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
     if request.calib_count < 1 or not 0.0 <= request.calib_degrade <= 1.0:
         raise BuildError("--calib-count must be >= 1 and --calib-degrade within [0, 1]")
+    if request.lora.r < 1 or not (math.isfinite(request.lora.alpha) and request.lora.alpha > 0):
+        raise BuildError(f"LoRA rank must be >= 1 and alpha a positive number; got r={request.lora.r}, "
+                         f"alpha={request.lora.alpha}")
     if request.calib_dir is not None and not Path(request.calib_dir).is_dir():
         raise BuildError(f"calibration folder not found: {request.calib_dir}")
     unknown = [s for s in request.streams if s not in STREAM_NAMES]
@@ -199,14 +203,12 @@ def resolve_backend(request: BuildRequest, warn: Callable[[str], None]) -> Build
     if request.backend == "onnxruntime":
         return request
     reason = tensorrt_unavailable_reason()
-    if request.backend == "tensorrt":
-        if reason:
-            raise BuildError(f"cannot build TensorRT engines here: {reason}")
-        request.tensorrt.check()
-        return request
     if reason:
+        if request.backend == "tensorrt":
+            raise BuildError(f"cannot build TensorRT engines here: {reason}")
         warn(f"--backend auto: building for onnxruntime ({reason})")
         return replace(request, backend="onnxruntime")
+    request.tensorrt.check()  # before the export, which at paper size takes many minutes
     return replace(request, backend="tensorrt")
 
 

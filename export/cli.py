@@ -18,6 +18,7 @@ from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.images import silence_opencv_log
 
 from .cli_errors import handles_errors
+from .cli_types import FiniteFloatRange
 
 STREAM_CHOICES = ("global", "face", "fusion")
 
@@ -93,7 +94,7 @@ def main() -> None:
               help="Calibration images for fp16/int8 [default: photographs shipped in installed packages].")
 @click.option("--calib-count", type=click.IntRange(min=1), default=256, show_default=True,
               help="Calibration images sampled (reproducibly; repeats only when the folder has fewer).")
-@click.option("--calib-degrade", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--calib-degrade", type=FiniteFloatRange(0, 1), default=0.5, show_default=True,
               help="Share of calibration images passed through the paper's compound degradation engine.")
 @click.option("--calib-method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True,
               help="INT8 activation range: entropy (KL threshold, as TensorRT) or max.")
@@ -106,14 +107,14 @@ def main() -> None:
 @click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True, help="TensorRT profile: smallest batch.")
 @click.option("--opt-batch", type=click.IntRange(min=1), default=4, show_default=True, help="TensorRT profile: batch tuned for.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True, help="TensorRT profile: largest batch.")
-@click.option("--workspace-gib", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+@click.option("--workspace-gib", type=FiniteFloatRange(min=0, min_open=True), default=4.0, show_default=True,
               help="TensorRT builder workspace limit.")
 @click.option("--version-compatible", is_flag=True, help="TensorRT: engines loadable by later TensorRT versions.")
 @click.option("--hardware-compatibility", is_flag=True, help="TensorRT: engines portable across Ampere+ GPUs.")
 @streams_option
 @click.option("--lora-r", type=click.IntRange(min=1), default=32, show_default=True,
               help="LoRA rank the checkpoints were trained with (the reference: 32).")
-@click.option("--lora-alpha", type=float, default=64.0, show_default=True,
+@click.option("--lora-alpha", type=FiniteFloatRange(min=0, min_open=True), default=64.0, show_default=True,
               help="LoRA alpha (the reference: 64); adapters merge as W + alpha/r * B @ A.")
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True, help="ONNX opset.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random initialisation.")
@@ -246,7 +247,7 @@ def doctor(engine_dir, as_json):
               help="One fixed degradation for every image: jpeg10, blur3, noise25, gamma_dark, down4_up, "
                    "compound_a or compound_b. Default: the paper's random compound degradation.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random compound degradation.")
-@click.option("--share", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+@click.option("--share", type=FiniteFloatRange(0, 1), default=1.0, show_default=True,
               help="Fraction of images degraded (the rest are copied unchanged).")
 @handles_errors
 def degrade(inputs, out_dir, fixed, seed, share):
@@ -275,9 +276,9 @@ def degrade(inputs, out_dir, fixed, seed, share):
 @click.option("--degrade", is_flag=True, help="Also check JPEG q10, blur, noise and two compound degradations.")
 @click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Checkpoints the set was built from, if they moved since the build.")
-@click.option("--max-abs-dp", type=float, default=None, help="Fail above this per-stream max |ΔP| [default by precision: fp32 1e-4, fp16 5e-3].")
-@click.option("--max-mean-dp", type=float, default=None, help="Fail above this per-stream mean |ΔP| [default: fp32 1e-4, fp16 5e-3, int8 0.02].")
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+@click.option("--max-abs-dp", type=FiniteFloatRange(min=0), default=None, help="Fail above this per-stream max |ΔP| [default by precision: fp32 1e-4, fp16 5e-3].")
+@click.option("--max-mean-dp", type=FiniteFloatRange(min=0), default=None, help="Fail above this per-stream mean |ΔP| [default: fp32 1e-4, fp16 5e-3, int8 0.02].")
+@click.option("--min-agreement", type=FiniteFloatRange(0, 1), default=None,
               help="Fail below this vote agreement [default: 1.0, int8 0.95].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
@@ -386,7 +387,7 @@ def _csv_row(d: dict) -> dict:
 @click.option("--recursive", is_flag=True, help="Look for images in sub-folders of folder arguments.")
 @click.option("--no-face-detect", is_flag=True,
               help="Do not locate faces: images without a face crop or box use the reference's no-face rule.")
-@click.option("--face-min-px", type=click.FloatRange(min=0), default=40.0, show_default=True,
+@click.option("--face-min-px", type=FiniteFloatRange(min=0), default=40.0, show_default=True,
               help="Smallest face (image pixels) the face locator looks for: on images too large for BlazeFace's "
                    "192-pixel pass to see it, MTCNN looks for faces from this size up at full resolution "
                    "(~100-300 ms for a 1920-pixel image on 2 CPU cores). 0: the 192-pixel pass only, faster, "

@@ -27,6 +27,7 @@ Deliberate differences from MediaPipe/the reference, all documented where they h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -457,8 +458,8 @@ class FaceLocator:
             )
         if not 0.0 < score_threshold < 1.0:
             raise FaceDetectionError(f"score_threshold must be in (0, 1), got {score_threshold}")
-        if min_face_px is not None and min_face_px <= 0:
-            raise FaceDetectionError(f"min_face_px must be positive or None, got {min_face_px}")
+        if min_face_px is not None and not (math.isfinite(min_face_px) and min_face_px > 0):
+            raise FaceDetectionError(f"min_face_px must be a positive number or None, got {min_face_px}")
         if cascade_max_side is not None and cascade_max_side < INPUT_SIZE:
             raise FaceDetectionError(
                 f"cascade_max_side must be None or at least the letterbox's {INPUT_SIZE} px, got {cascade_max_side}"

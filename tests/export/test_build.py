@@ -11,6 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import LORA_ALPHA, LORA_R
+from dfd.export.build import BuildError, BuildRequest, build_engine_set
+from dfd.export.checkpoint import LoraSettings
 from dfd.export.cli import main
 from dfd.export.mtcnn import default_mtcnn_weights_dir
 from dfd.runtime.manifest import load_manifest, sha256_file
@@ -108,6 +110,13 @@ def test_an_output_folder_under_a_file_is_one_clear_error(reference_ensemble, tm
 def test_bad_streams_flag_is_a_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["build", "--out", str(tmp_path / "x"), "--streams", "global,eyes"])
     assert result.exit_code == 1 and "eyes" in result.output
+
+
+@pytest.mark.parametrize("r, alpha", [(0, 64.0), (32, 0.0), (32, float("nan")), (32, float("inf"))])
+def test_lora_settings_that_would_merge_nonsense_are_refused(tmp_path, r, alpha):
+    with pytest.raises(BuildError, match="LoRA rank must be >= 1 and alpha a positive number"):
+        build_engine_set(BuildRequest(out_dir=tmp_path / "x", lora=LoraSettings(r, alpha)))
+    assert not (tmp_path / "x").exists()
 
 
 def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from dfd.export import tensorrt_build
+from dfd.export.build import BuildRequest, resolve_backend
 from dfd.export.cli import main
 from dfd.runtime.cuda_kernels import GpuInfo
 from dfd.runtime.manifest import load_manifest
@@ -149,3 +150,14 @@ def test_build_plumbs_options_into_the_documented_api(reference_ensemble, tmp_pa
 def test_bad_batch_profile_is_refused():
     with pytest.raises(tensorrt_build.TensorRTBuildError, match="min <= opt <= max"):
         tensorrt_build.TensorRTOptions(min_batch=4, opt_batch=2, max_batch=8).check()
+
+
+@pytest.mark.parametrize("backend", ["tensorrt", "auto"])
+def test_bad_batch_profile_is_refused_before_any_work_when_tensorrt_will_build(backend, tmp_path, monkeypatch):
+    """``auto`` resolving to TensorRT used to skip the profile check, so a bad profile failed
+    only at the engine compile, after the ONNX export. (TensorRT itself is faked as present.)"""
+    monkeypatch.setattr(tensorrt_build, "tensorrt_unavailable_reason", lambda: None)
+    request = BuildRequest(out_dir=tmp_path / "x", backend=backend,
+                           tensorrt=tensorrt_build.TensorRTOptions(min_batch=4, opt_batch=2, max_batch=8))
+    with pytest.raises(tensorrt_build.TensorRTBuildError, match="min <= opt <= max"):
+        resolve_backend(request, warn=lambda message: None)

@@ -355,3 +355,9 @@ def test_cascade_filters_a_large_photograph_at_the_working_resolution(run_detect
 def test_cascade_working_resolution_below_the_letterbox_is_refused(run_detector) -> None:
     with pytest.raises(FaceDetectionError, match="cascade_max_side"):
         FaceLocator(run_detector, cascade_max_side=100)
+
+
+@pytest.mark.parametrize("min_face_px", [0.0, -40.0, float("nan"), float("inf")])
+def test_smallest_face_must_be_a_positive_number(run_detector, min_face_px) -> None:
+    with pytest.raises(FaceDetectionError, match="min_face_px must be a positive number or None"):
+        FaceLocator(run_detector, min_face_px=min_face_px)

@@ -1,0 +1,41 @@
+"""Number flags refuse NaN and infinities, which click's own ranges let through."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from dfd.export.cli import main
+from dfd.export.cli_types import FiniteFloatRange
+
+FLAGS = [
+    (["build", "--out", "x", "--calib-degrade"], "--calib-degrade"),
+    (["build", "--out", "x", "--workspace-gib"], "--workspace-gib"),
+    (["build", "--out", "x", "--lora-alpha"], "--lora-alpha"),
+    (["degrade", "a.jpg", "--out", "x", "--share"], "--share"),
+    (["verify", "set", "--max-abs-dp"], "--max-abs-dp"),
+    (["verify", "set", "--max-mean-dp"], "--max-mean-dp"),
+    (["verify", "set", "--min-agreement"], "--min-agreement"),
+    (["detect", "set", "a.jpg", "--face-min-px"], "--face-min-px"),
+]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+@pytest.mark.parametrize("args, flag", FLAGS, ids=[flag for _, flag in FLAGS])
+def test_non_finite_values_are_usage_errors(args, flag, value):
+    result = CliRunner().invoke(main, [*args, value])
+    assert result.exit_code == 1, result.output
+    assert f"Invalid value for '{flag}'" in result.output and "Traceback" not in result.output
+
+
+def test_finite_float_range_keeps_click_bounds_and_refuses_nan():
+    share = FiniteFloatRange(0, 1)
+    assert share.convert("0.25", None, None) == 0.25
+    for bad, message in (("nan", "'nan' is not a finite number"), ("-inf", "not in the range"),
+                         ("1.5", "not in the range"), ("abc", "not a valid finite float")):
+        with pytest.raises(click.BadParameter, match=message):
+            share.convert(bad, None, None)
+    assert FiniteFloatRange().convert("-1e300", None, None) == -1e300
+    with pytest.raises(click.BadParameter, match="'inf' is not a finite number"):
+        FiniteFloatRange().convert("inf", None, None)
