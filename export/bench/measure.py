@@ -113,6 +113,16 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
     return BenchImages(paths, source, sizes, skipped=[])
 
 
+def batch_memory_floor(images: BenchImages, batch: int, stream_sizes: Sequence[int]) -> int:
+    """Bytes a batch of ``batch`` images holds at once however it runs: its decoded RGB images
+    (cycled through ``images`` as ``_batch_of`` cycles them) and each stream's float32 input.
+    A floor, not an estimate: activations, engines and the decoders come on top."""
+    pixels = [int(w) * int(h) for w, h in (size.split("x") for size in images.sizes)]
+    cycles, rest = divmod(batch, len(pixels))
+    decoded = 3 * (cycles * sum(pixels) + sum(pixels[:rest]))
+    return decoded + batch * sum(3 * size * size * 4 for size in stream_sizes)
+
+
 def _batch_of(paths: Sequence[Path], size: int) -> list[Path]:
     """``size`` images, cycling through ``paths`` when there are fewer."""
     return [paths[i % len(paths)] for i in range(size)]
@@ -187,6 +197,12 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
             warnings.append(f"left out {len(names)} image(s) that could not be read: {first_few(names, 3)}")
         memory: dict[str, Any] = {"rss_before_bytes": rss_bytes()}
         available = available_memory_bytes()
+        largest = max(settings.batch_sizes)
+        floor = batch_memory_floor(images, largest, [e.input_size for e in manifest.streams.values()])
+        if available is not None and floor > available:
+            raise BenchError(f"a batch of {largest} holds at least {floor / 1e9:.1f} GB at once (its decoded "
+                             f"images and float32 stream inputs) and {available / 1e9:.1f} GB of memory is "
+                             f"available; measure smaller batch sizes")
         engine_bytes = _engine_set_summary(manifest)["bytes"]
         resident = not settings.compare_torch or available is None or \
             engine_bytes * RESIDENT_MEMORY_FACTOR < available

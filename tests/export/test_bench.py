@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dfd.export.bench.cli import bench
 from dfd.export.bench.environment import jetson_clocks_locked
 from dfd.export.bench.flops import stream_flops
-from dfd.export.bench.measure import summarise
+from dfd.export.bench.measure import BenchImages, batch_memory_floor, summarise
 from dfd.export.configs import ClipVisionConfig, DinoV2Config
 from dfd.export.streams import build_stream
 
@@ -178,3 +178,17 @@ def test_an_unwritable_output_fails_before_measuring(tiny_engine_set, tmp_path):
         assert result.exit_code != 0, result.output
         assert f"cannot create the folder for {blocker / 'out.x'}: {blocker} is a file, not a folder" in result.output
         assert "pipeline" not in result.output and "Traceback" not in result.output  # nothing was measured
+
+
+def test_batch_memory_floor_counts_cycled_images_and_stream_inputs():
+    images = BenchImages(paths=[], source="", sizes=["400x300", "10x20"], skipped=[])
+    tensors = 3 * 4 * (252 * 252 + 224 * 224)
+    assert batch_memory_floor(images, 1, [252, 224]) == 3 * 120_000 + tensors
+    assert batch_memory_floor(images, 5, [252, 224]) == 3 * (3 * 120_000 + 2 * 200) + 5 * tensors
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_measuring(tiny_engine_set):
+    result = CliRunner().invoke(bench, [str(tiny_engine_set), "--batch-sizes", "1,1000000000", "--iterations", "1"])
+    assert result.exit_code == 1, result.output
+    assert "error: a batch of 1000000000 holds at least" in result.output and "measure smaller batch sizes" in result.output
+    assert "pipeline" not in result.output and "Traceback" not in result.output
