@@ -47,6 +47,7 @@ def write_plot(result: dict[str, Any], path: Path) -> Path:
     left.grid(alpha=0.3)
     left.legend()
     width = 0.8 / max(1, len(runs))
+    tallest = 0.0
     for index, (name, run) in enumerate(runs.items()):
         bottoms = np.zeros(len(batch_sizes))
         positions = np.arange(len(batch_sizes)) + (index - (len(runs) - 1) / 2) * width
@@ -60,10 +61,12 @@ def write_plot(result: dict[str, Any], path: Path) -> Path:
             bottoms += values
         for x, top in zip(positions, bottoms):
             right.text(x, top, name, ha="center", va="bottom", fontsize=7, rotation=90)
+        tallest = max(tallest, float(bottoms.max()))
+    right.set_ylim(0, tallest * 1.18)  # room for the pipeline names above the tallest bar
     right.set_xticks(np.arange(len(batch_sizes)), [f"batch {b}" for b in batch_sizes])
     right.set_ylabel("ms per image (mean)")
     right.set_title("per-stage time")
-    right.legend(fontsize=7)
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     title = result.get("label") or Path(result["engine_set"]["path"]).name
     figure.suptitle(f"{title}: {result['environment']['cpu']['model']}", fontsize=10)
     figure.tight_layout()
