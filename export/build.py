@@ -7,13 +7,15 @@ stream is built, hashed and described in the manifest: an interrupted build lose
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import math
 import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -261,10 +263,49 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
             "use this only for demos, benchmarks and tests."
         )
     out = Path(request.out_dir)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(f"cannot create the engine set folder {out}: {os_error_text(exc)}") from exc
+    with _exclusive_build(out):
+        return _build_into(out, request, dino, clip, warn)
+
+
+@contextmanager
+def _exclusive_build(out: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``out`` for the whole build, or refuse at once.
+
+    A second build into the same folder would delete this one's staging folder and write its
+    files into the one this build is filling. Seen without the lock (two demo-size builds, seeds 1
+    and 2, started 4 s apart): the first reported success and published a set whose three stream
+    graphs failed their sha256 and whose face detector was missing; the second failed with a
+    missing-file error. The kernel drops the lock when the process ends however it ends, so a
+    killed build never leaves the folder locked; the file is removed when the build is done.
+    """
+    lock_path = out.parent / f".{out.name}.lock"
+    try:
+        handle = open(lock_path, "a")
+    except OSError as exc:
+        raise BuildError(f"cannot create the engine set folder {out}: {os_error_text(exc)}") from exc
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildError(f"another dfd-export build is writing {out} (it holds {lock_path}); wait for it "
+                             "to finish or choose another --out") from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: ClipVisionConfig,
+                warn: Callable[[str], None]) -> Path:
+    """The build itself, in a staging folder that replaces ``out`` only when it is complete."""
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        staging.mkdir(parents=True)
+        staging.mkdir()
     except OSError as exc:
         raise BuildError(f"cannot create the engine set folder {out}: {os_error_text(exc)}") from exc
     streams: dict[str, Any] = {}

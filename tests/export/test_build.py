@@ -3,6 +3,7 @@ that name their cause and leave nothing half-written."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 
@@ -117,6 +118,20 @@ def test_lora_settings_that_would_merge_nonsense_are_refused(tmp_path, r, alpha)
     with pytest.raises(BuildError, match="LoRA rank must be >= 1 and alpha a positive number"):
         build_engine_set(BuildRequest(out_dir=tmp_path / "x", lora=LoraSettings(r, alpha)))
     assert not (tmp_path / "x").exists()
+
+
+def test_a_second_build_into_the_same_folder_is_refused_while_the_first_runs(reference_ensemble, tmp_path):
+    out = tmp_path / "engines"
+    with open(tmp_path / ".engines.lock", "a") as held:  # what a running build holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector")
+        assert result.exit_code == 1, result.output
+        assert f"another dfd-export build is writing {out} (it holds {tmp_path / '.engines.lock'})" in result.output
+        assert not out.exists() and not list(tmp_path.glob(".*partial"))
+    result = _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector")
+    assert result.exit_code == 0, result.output
+    assert load_manifest(out).streams.keys() == {"global"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engines"]  # lock file and staging gone
 
 
 def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):
