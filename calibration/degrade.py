@@ -36,6 +36,7 @@ uint8 once at the end. All randomness comes from the caller's ``numpy.random.Gen
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -44,7 +45,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfd.runtime.errors import DfdError, os_error_text
+from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.images import ImageError, decode_image
 
 FloatImage = np.ndarray
@@ -597,8 +598,13 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DegradationError(f"cannot create output folder {out_dir}: {os_error_text(error)}") from error
+    outputs = _output_paths(inputs, out_dir)
+    overwritten = [str(out) for path, out in zip(inputs, outputs) if _same_file(path, out)]
+    if overwritten:
+        raise DegradationError(f"degrading into {out_dir} would overwrite input images with their degraded "
+                               f"copies: {first_few(overwritten)}; choose an --out that is not an input folder")
     results: list[tuple[Path, Path | str]] = []
-    for path, out_path in zip(inputs, _output_paths(inputs, out_dir)):
+    for path, out_path in zip(inputs, outputs):
         try:
             rgb = decode_image(path).rgb  # the runtime's decode: imread's pixels, its refusals
         except ImageError as error:
@@ -609,8 +615,30 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
         else:
             rng = image_rng(seed, path.name)
             out = degrade(rgb, rng, spec)[0] if rng.random() < share else rgb
-        if not cv2.imwrite(str(out_path), cv2.cvtColor(out, cv2.COLOR_RGB2BGR)):
+        if not _write_png(out_path, out):
             results.append((path, f"could not write {out_path} (degraded from {path})"))
             continue
         results.append((path, out_path))
     return results
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> bool:
+    """Write through a hidden partial file renamed into place, so an interrupted run never leaves a
+    truncated image that a later ``verify --images`` or calibration would read."""
+    partial = path.with_name(f".{path.stem}.partial.png")
+    try:
+        if not cv2.imwrite(str(partial), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            return False
+        os.replace(partial, path)
+        return True
+    except OSError:
+        return False
+    finally:
+        partial.unlink(missing_ok=True)

@@ -328,6 +328,40 @@ def test_degrade_files_reports_bad_file_and_processes_others(tmp_path, photo):
     assert outcome == f"could not write {tmp_path / 'blocked' / 'good.png'} (degraded from {good})"
 
 
+def test_an_output_folder_holding_the_inputs_is_refused_before_anything_is_written(tmp_path, photo):
+    """``degrade photos/ --out photos/`` used to replace every PNG input with its degraded copy."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    first, other = folder / "a.png", tmp_path / "elsewhere" / "b.jpg"
+    other.parent.mkdir()
+    cv2.imwrite(str(first), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(other), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    originals = {path: path.read_bytes() for path in (first, other)}
+    with pytest.raises(DegradationError, match=f"degrading into {folder} would overwrite input images with their "
+                                               f"degraded copies: {first}; choose an --out"):
+        degrade_files([other, first], folder, seed=0, fixed="jpeg10")
+    assert {path: path.read_bytes() for path in originals} == originals
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]  # b.png was not written either
+
+    linked = tmp_path / "out"
+    linked.mkdir()
+    os.link(other, linked / "b.png")  # another name for the same file is the same file
+    with pytest.raises(DegradationError, match="would overwrite input images"):
+        degrade_files([other], linked, seed=0, fixed="jpeg10")
+    assert other.read_bytes() == originals[other]
+
+
+def test_degraded_files_are_written_whole_or_not_at_all(tmp_path, photo):
+    source = tmp_path / "a.png"
+    cv2.imwrite(str(source), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    (tmp_path / "out" / "a.png").mkdir(parents=True)  # the rename into place fails
+    [(_, outcome)] = degrade_files([source], tmp_path / "out", seed=0, fixed="blur3")
+    assert outcome.startswith("could not write")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]  # no partial file left
+    degrade_files([source], tmp_path / "fresh", seed=0, fixed="blur3")
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["a.png"]
+
+
 def test_degrade_files_fixed_matches_the_function(tmp_path, photo):
     source = tmp_path / "a.png"
     cv2.imwrite(str(source), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
