@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from dfd.runtime.errors import DfdError, first_few, os_error_text
-from dfd.runtime.manifest import FORMAT, FORMAT_VERSION, PRECISIONS, FileEntry, write_manifest
+from dfd.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, write_manifest
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS
 
 from .checkpoint import LoraSettings, load_reference_checkpoint
@@ -121,8 +121,12 @@ def _check_request(request: BuildRequest) -> None:
     if unknown or not request.streams:
         raise BuildError(f"unknown stream(s) {unknown}; choose from {', '.join(STREAM_NAMES)}")
     out = Path(request.out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not request.force:
-        raise BuildError(f"{out} already exists and is not empty; pass --force to replace it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not request.force:
+            raise BuildError(f"{out} already exists and is not empty; pass --force to replace it")
+        if not (out / MANIFEST_NAME).is_file():  # --force deletes the folder: only ever an engine set
+            raise BuildError(f"{out} is not an engine set (it holds no {MANIFEST_NAME}), and --force replaces "
+                             "only engine sets; choose a new or empty --out")
     if request.face_detector:
         from .face_detector import default_tflite_path
         from .mtcnn import default_mtcnn_weights_dir

@@ -118,7 +118,7 @@ def main() -> None:
               help="LoRA alpha (the reference: 64); adapters merge as W + alpha/r * B @ A.")
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True, help="ONNX opset.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random initialisation.")
-@click.option("--force", is_flag=True, help="Replace an existing, non-empty output folder.")
+@click.option("--force", is_flag=True, help="Replace an existing engine set in the output folder (a non-empty folder that is not an engine set is never deleted).")
 @click.option("--no-face-detector", is_flag=True,
               help="Do not ship the BlazeFace face localiser; detect then needs --face-crops or face boxes.")
 @handles_errors

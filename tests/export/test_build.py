@@ -68,6 +68,28 @@ def test_existing_output_is_kept_without_force(built, reference_ensemble):
     assert sha256_file(built / "manifest.json") == before
 
 
+def test_force_replaces_an_engine_set_but_never_another_folder_or_file(reference_ensemble, tmp_path):
+    """``--force`` deletes the output before publishing: given a folder of other files (or a
+    file) it used to delete them."""
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.txt").write_text("months of work")
+    lone_file = tmp_path / "notes.txt"
+    lone_file.write_text("keep me")
+    for out in (precious, lone_file):
+        result = _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector", "--force")
+        assert result.exit_code == 1, result.output
+        assert f"{out} is not an engine set (it holds no manifest.json), and --force replaces only engine sets" in result.output
+    assert (precious / "chapter1.txt").read_text() == "months of work" and lone_file.read_text() == "keep me"
+
+    engine_set = tmp_path / "set"
+    for streams in ("global", "fusion"):  # the second build replaces the first set
+        result = _build(CliRunner(), reference_ensemble, engine_set, "--streams", streams, "--no-face-detector", "--force")
+        assert result.exit_code == 0, result.output
+    assert load_manifest(engine_set).streams.keys() == {"fusion"}
+    assert not (engine_set / "global.fp32.onnx").exists()
+
+
 def test_random_weights_warn_loudly(reference_ensemble, tmp_path):
     out = tmp_path / "random"
     result = CliRunner().invoke(main, ["build", "--models-dir", str(reference_ensemble.models_dir),
