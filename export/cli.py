@@ -233,7 +233,7 @@ def doctor(engine_dir, as_json):
                + "  ".join(f"{arch}: {state}" for arch, state in (kernels.get("ptx") or {}).items()))
     engine = report.get("engine_set")
     if engine:
-        click.echo(f"engine set   {engine.get('path')}: {engine.get('error') or ''}")
+        click.echo(f"engine set   {engine['path']}" + (f": {engine['error']}" if engine["error"] else ""))
         for name, stream in (engine.get("streams") or {}).items():
             state = "runnable" if stream.get("runnable") else f"not runnable: {stream.get('reason')}"
             click.echo(f"  {name:7} {stream.get('precision')} {stream.get('backend')}  {state}")

@@ -14,19 +14,20 @@ on a CPU-only machine too. JSON keys of ``collect_doctor_report``:
 - ``kernels``: {"nvrtc_version": "13.0" or null, "ptx": {"sm_87": "ok", "sm_90": "ok",
   <local GPU arch>: "ok"} (each "ok" or the error text), "cubin_local": "ok" / error / null}
 - ``engine_set`` (only when ``engine_dir`` is given): {"path", "streams": {name: {"precision",
-  "backend", "runnable": bool, "reason"}}, "error": why the manifest could not be read or null}
+  "backend", "runnable": bool, "reason"}}, "error": why the folder is not a readable engine set
+  (the runtime's own message) or null}
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 from pathlib import Path
 from typing import Any
 
 from . import cuda_kernels
-from .tensorrt_backend import TENSORRT_INSTALL_HINT
+from .manifest import EngineSetError, Manifest, StreamEntry, load_manifest
+from .tensorrt_backend import TENSORRT_INSTALL_HINT, tensorrt_mismatch
 
 CI_ARCHS = ("sm_87", "sm_90")  # Jetson Orin, H100
 
@@ -118,45 +119,43 @@ def _kernels(local_arch: str | None) -> dict[str, Any]:
     return report
 
 
-def _engine_set(engine_dir: Path, gpu: dict[str, Any], tensorrt: dict[str, Any],
+def engine_set_report(engine_dir: Path, gpu: dict[str, Any], tensorrt: dict[str, Any],
                 onnxruntime: dict[str, Any]) -> dict[str, Any]:
     """Precision/backend of each stream and whether this machine has what that backend needs.
 
-    Deliberately shallow: the manifest format belongs to runtime/manifest.py; missing keys are
-    reported as unknown, and hashes are not verified here (opening the set does that).
+    Reads the manifest with the runtime's own parser and judges TensorRT engines with the rule the
+    runtime applies when it opens them (``tensorrt_mismatch``: TensorRT version and GPU compute
+    capability, unless built version-/hardware-compatible), so the answer is the runtime's.
+    File hashes are not verified here (opening the set does that; at paper size it reads 15 GB).
     """
     report: dict[str, Any] = {"path": str(engine_dir), "streams": {}, "error": None}
     try:
-        manifest = json.loads((Path(engine_dir) / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        report["error"] = f"cannot read manifest.json: {exc}"
+        manifest = load_manifest(Path(engine_dir), verify=False)
+    except EngineSetError as exc:
+        report["error"] = str(exc)
         return report
-    streams = manifest.get("streams") if isinstance(manifest, dict) else None
-    if not isinstance(streams, dict):
-        report["error"] = "manifest.json has no 'streams' object"
-        return report
-    for name, entry in streams.items():
-        entry = entry if isinstance(entry, dict) else {}
-        backend, precision = entry.get("backend", "unknown"), entry.get("precision", "unknown")
-        runnable, reason = True, None
-        if backend == "tensorrt":
-            built_for = (entry.get("details") or {}).get("compute_capability") or \
-                manifest.get("compute_capability")
-            if not tensorrt.get("available"):
-                runnable, reason = False, tensorrt.get("reason")
-            elif not gpu.get("available"):
-                runnable, reason = False, gpu.get("reason")
-            elif built_for and str(built_for) != gpu.get("compute_capability"):
-                runnable, reason = False, (f"engine built for compute capability {built_for}, "
-                                           f"this GPU is {gpu.get('compute_capability')}")
-        elif backend == "onnxruntime":
-            if "error" in onnxruntime:
-                runnable, reason = False, onnxruntime["error"]
-        else:
-            runnable, reason = False, f"unknown backend {backend!r}"
-        report["streams"][name] = {"precision": precision, "backend": backend, "runnable": runnable,
-                                   "reason": reason}
+    for name, entry in manifest.streams.items():
+        reason = _unrunnable_reason(entry, manifest, gpu, tensorrt, onnxruntime)
+        report["streams"][name] = {"precision": entry.precision, "backend": entry.backend,
+                                   "runnable": reason is None, "reason": reason}
     return report
+
+
+def _unrunnable_reason(entry: StreamEntry, manifest: Manifest, gpu: dict[str, Any], tensorrt: dict[str, Any],
+                       onnxruntime: dict[str, Any]) -> str | None:
+    """Why this machine cannot run ``entry`` on the backend it was built for, or None."""
+    if entry.backend == "onnxruntime":
+        return onnxruntime.get("error")
+    if not tensorrt.get("available"):
+        reason = tensorrt.get("reason")
+    elif not gpu.get("available"):
+        reason = gpu.get("reason")
+    else:
+        reason = tensorrt_mismatch(manifest.raw.get("tensorrt", {}), str(tensorrt.get("version")),
+                                   str(gpu.get("compute_capability")))
+    if reason and entry.file("onnx") is not None and "error" not in onnxruntime:
+        reason += "; its ONNX graph runs on onnxruntime (--backend auto falls back to it)"
+    return reason
 
 
 def collect_doctor_report(engine_dir: Path | None = None) -> dict:
@@ -171,5 +170,5 @@ def collect_doctor_report(engine_dir: Path | None = None) -> dict:
         "kernels": _kernels(gpu.get("arch")),
     }
     if engine_dir is not None:
-        report["engine_set"] = _engine_set(Path(engine_dir), gpu, report["tensorrt"], report["onnxruntime"])
+        report["engine_set"] = engine_set_report(Path(engine_dir), gpu, report["tensorrt"], report["onnxruntime"])
     return report

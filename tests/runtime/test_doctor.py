@@ -8,12 +8,30 @@ import json
 import pytest
 
 from dfd.runtime import cuda_kernels
-from dfd.runtime.doctor import collect_doctor_report
+from dfd.runtime.doctor import engine_set_report, collect_doctor_report
+from dfd.runtime.manifest import MANIFEST_NAME
 from dfd.runtime.tensorrt_backend import TENSORRT_INSTALL_HINT
 
 
+BUILT_FOR_ORIN = {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7",
+                  "options": {"version_compatible": False, "hardware_compatibility": False}}
+
+
+def _tensorrt_set(tiny_engine_set, folder):
+    """The tiny set's manifest as a TensorRT build for Jetson Orin would write it (the manifest is
+    all the doctor reads; the engine files need not exist)."""
+    manifest = json.loads((tiny_engine_set / MANIFEST_NAME).read_text())
+    for entry in manifest["streams"].values():
+        entry["backend"] = "tensorrt"
+        entry["files"].append({"path": "x.engine", "sha256": "0" * 64, "bytes": 1, "role": "engine"})
+    manifest["tensorrt"] = BUILT_FOR_ORIN
+    folder.mkdir()
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return folder
+
+
 @pytest.fixture
-def report(tmp_path, monkeypatch):
+def report(tmp_path, monkeypatch, tiny_engine_set):
     monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "cache"))
     try:
         has_gpu = cuda_kernels.gpu_info() is not None
@@ -21,14 +39,7 @@ def report(tmp_path, monkeypatch):
         has_gpu = False
     if has_gpu:
         pytest.skip("this test describes a machine without a GPU")
-    engine = tmp_path / "engines"
-    engine.mkdir()
-    (engine / "manifest.json").write_text(json.dumps({"streams": {
-        "global": {"precision": "fp16", "backend": "tensorrt"},
-        "face": {"precision": "fp32", "backend": "onnxruntime"},
-        "fusion": {"backend": "tensorrt"},
-    }}))
-    return collect_doctor_report(engine)
+    return collect_doctor_report(_tensorrt_set(tiny_engine_set, tmp_path / "engines"))
 
 
 def test_report_says_no_gpu_and_no_tensorrt(report):
@@ -47,15 +58,43 @@ def test_report_compiles_kernels_for_jetson_and_h100(report):
     assert report["kernels"]["cubin_local"] is None  # no local GPU to compile for
 
 
-def test_engine_set_streams_and_what_they_need(report):
+def test_engine_set_streams_and_what_they_need(report, tiny_engine_set):
     streams = report["engine_set"]["streams"]
-    assert streams["global"] == {"precision": "fp16", "backend": "tensorrt", "runnable": False,
-                                 "reason": TENSORRT_INSTALL_HINT}
-    assert streams["face"]["runnable"] is True
-    assert streams["fusion"]["precision"] == "unknown"  # tolerated missing key
+    assert set(streams) == {"global", "face", "fusion"} and report["engine_set"]["error"] is None
+    assert streams["global"] == {"precision": "fp32", "backend": "tensorrt", "runnable": False,
+                                 "reason": TENSORRT_INSTALL_HINT + "; its ONNX graph runs on onnxruntime "
+                                 "(--backend auto falls back to it)"}
+    onnx_only = collect_doctor_report(tiny_engine_set)["engine_set"]["streams"]
+    assert all(s == {"precision": "fp32", "backend": "onnxruntime", "runnable": True, "reason": None}
+               for s in onnx_only.values())
 
 
-def test_unreadable_engine_set_is_reported_not_raised(tmp_path, monkeypatch):
+def test_engines_are_judged_by_the_runtime_s_compatibility_rule(tiny_engine_set, tmp_path):
+    """What a GPU machine with TensorRT would be told (the probes' results given as the doctor's own
+    dicts): the build's recorded TensorRT version and compute capability decide, as when the
+    runtime opens the set."""
+    folder = _tensorrt_set(tiny_engine_set, tmp_path / "engines")
+    orin = {"available": True, "compute_capability": "8.7"}
+    h100 = {"available": True, "compute_capability": "9.0"}
+    trt_10_3 = {"available": True, "version": "10.3.0", "reason": None}
+    ort = {"version": "1.31.1", "providers": ["CPUExecutionProvider"]}
+    streams = engine_set_report(folder, orin, trt_10_3, ort)["streams"]
+    assert all(s["runnable"] and s["reason"] is None for s in streams.values())
+    reason = engine_set_report(folder, h100, trt_10_3, ort)["streams"]["fusion"]["reason"]
+    assert reason.startswith("the engines were built for a GPU of compute capability 8.7 (Orin) and this GPU is 9.0")
+    assert reason.endswith("its ONNX graph runs on onnxruntime (--backend auto falls back to it)")
+    newer = engine_set_report(folder, orin, {**trt_10_3, "version": "10.7.0"}, ort)["streams"]["face"]["reason"]
+    assert "built with TensorRT 10.3.0 and this machine has TensorRT 10.7.0" in newer
+
+
+def test_unreadable_engine_set_is_reported_not_raised(tmp_path, monkeypatch, tiny_engine_set):
     monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "cache"))
     result = collect_doctor_report(tmp_path / "missing")
-    assert "cannot read manifest.json" in result["engine_set"]["error"]
+    assert result["engine_set"]["error"] == f"engine set folder not found: {tmp_path / 'missing'}"
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    manifest = json.loads((tiny_engine_set / MANIFEST_NAME).read_text())
+    manifest["streams"]["face"]["files"][0]["path"] = "../elsewhere.onnx"
+    (edited / MANIFEST_NAME).write_text(json.dumps(manifest))
+    error = engine_set_report(edited, {}, {}, {})["error"]
+    assert "file path '../elsewhere.onnx' is not inside the engine-set folder" in error
