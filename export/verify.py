@@ -83,18 +83,13 @@ def _reference_streams(detector: Detector, weights_dir: Path | None) -> dict[str
     return modules
 
 
-def _images(images_dir: Path | None) -> tuple[list[tuple[str, np.ndarray]], list[dict[str, str]]]:
-    """The photographs to verify on, and the files of ``images_dir`` that could not be read (each
-    reported; the others are still verified)."""
+def _image_sources(images_dir: Path | None) -> list[tuple[str, Path | np.ndarray]]:
+    """(label, source) of each image to verify: a file of ``images_dir``, decoded only when its
+    turn comes, so a folder of photographs is never held in memory at once; or a built-in
+    photograph (a few, already decoded)."""
     if images_dir is None:
-        return builtin_photographs(), []
-    photos, failed = [], []
-    for path in list_images(images_dir):
-        try:
-            photos.append((str(path), decode_image(path).rgb))
-        except ImageError as error:
-            failed.append({"image": str(path), "error": str(error)})
-    return photos, failed
+        return builtin_photographs()
+    return [(str(path), path) for path in list_images(images_dir)]
 
 
 def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade: bool = False,
@@ -108,13 +103,18 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
     report = VerifyReport(precision, thresholds={"max_abs_dp": max_abs, "mean_dp": max_mean,
                                                  "min_vote_agreement": min_agreement})
     conditions = [("clean", None)] + ([(d, fixed_degradation(d)) for d in VERIFY_DEGRADATIONS] if degrade else [])
-    photos, report.failed_images = _images(images_dir)
+    sources = _image_sources(images_dir)
     deltas: dict[str, list[float]] = {s: [] for s in detector.streams}
-    agree = total = 0
-    progress = tqdm(total=len(photos) * len(conditions), desc="verify", unit="img", file=sys.stderr)
-    for condition, transform in conditions:
-        cond_agree = cond_total = 0
-        for label, rgb in photos:
+    counts = {condition: [0, 0] for condition, _ in conditions}  # votes that agree, images compared
+    progress = tqdm(total=len(sources) * len(conditions), desc="verify", unit="img", file=sys.stderr)
+    for label, source in sources:
+        try:  # one decode per image for all conditions; one unreadable file does not stop the others
+            rgb = decode_image(source).rgb if isinstance(source, Path) else source
+        except ImageError as error:
+            report.failed_images.append({"image": label, "error": str(error)})
+            progress.update(len(conditions))
+            continue
+        for condition, transform in conditions:
             image = transform(rgb) if transform else rgb
             prepared = detector.prepare(image, f"{label} [{condition}]")
             progress.update(1)
@@ -132,14 +132,16 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
             engine_vote = discretised_vote(engine_p, detector.vote_weights).score
             reference_vote = discretised_vote(reference_p, detector.vote_weights).score
             same = engine_vote == reference_vote
-            agree, total, cond_agree, cond_total = agree + same, total + 1, cond_agree + same, cond_total + 1
+            counts[condition][0] += same
+            counts[condition][1] += 1
             if not same:
                 report.changed_votes.append({"image": prepared.detection.image, "engine": engine_vote,
                                              "reference": reference_vote})
-        report.per_condition[condition] = {"images": cond_total,
-                                           "vote_agreement": cond_agree / cond_total if cond_total else None}
     progress.close()
-    report.images = total
+    report.per_condition = {condition: {"images": compared, "vote_agreement": agreed / compared if compared else None}
+                            for condition, (agreed, compared) in counts.items()}
+    agree = sum(agreed for agreed, _ in counts.values())
+    total = report.images = sum(compared for _, compared in counts.values())
     if total == 0:
         raise DfdError("no image could be verified")
     report.vote_agreement = agree / total
