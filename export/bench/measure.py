@@ -74,8 +74,11 @@ class BenchImages:
 
 
 def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_IMAGE_COUNT) -> BenchImages:
-    """The image files to score. A folder's file that cannot be read is left out and reported:
-    one bad file must not sink a benchmark.
+    """The image files to score: ``count`` of them at most. A folder's file that cannot be read is
+    left out and reported: one bad file must not sink a benchmark. A folder's files are taken in
+    order until ``count`` are readable; the rest are not opened (the timed batches use only the
+    first ``max(batch sizes)`` images, and every image is scored once by each pipeline for the
+    sanity check, so a dataset folder would otherwise be scored whole).
 
     Without a folder: photographs shipped inside installed packages (scikit-image, matplotlib),
     written losslessly as PNG so every pipeline reads the same pixels from a file.
@@ -87,7 +90,10 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
     sizes: list[str] = []
     if images_dir is not None:
         skipped = []
-        for path in list_images(Path(images_dir)):
+        files = list_images(Path(images_dir))
+        for path in files:
+            if len(paths) == count:
+                break
             try:
                 height, width = decode_image(path).rgb.shape[:2]
             except ImageError as error:
@@ -97,7 +103,10 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
                 sizes.append(f"{width}x{height}")
         if not paths:
             raise BenchError(f"no image in {images_dir} could be read; the first: {skipped[0]['error']}")
-        return BenchImages(paths, f"folder {images_dir}", sizes, skipped)
+        unused = len(files) - len(paths) - len(skipped)
+        source = f"folder {images_dir}" + (f" (its first {len(paths)} readable images; {unused} more not used)"
+                                           if unused else "")
+        return BenchImages(paths, source, sizes, skipped)
     for name, rgb in builtin_photographs():
         if min(rgb.shape[:2]) < 252:  # the reference pipeline cannot take smaller images
             continue
@@ -190,7 +199,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         warnings.append("the engine set has RANDOM weights: the timings are real, the scores mean nothing")
 
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp:
-        images = bench_images(settings.images_dir, Path(tmp))
+        images = bench_images(settings.images_dir, Path(tmp), max(DEFAULT_IMAGE_COUNT, *settings.batch_sizes))
         paths = images.paths
         if images.skipped:
             names = [f"{Path(item['image']).name} ({item['error']})" for item in images.skipped]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dfd.export.bench.cli import bench
 from dfd.export.bench.environment import jetson_clocks_locked
 from dfd.export.bench.flops import stream_flops
-from dfd.export.bench.measure import BenchImages, batch_memory_floor, summarise
+from dfd.export.bench.measure import BenchImages, batch_memory_floor, bench_images, summarise
 from dfd.export.configs import ClipVisionConfig, DinoV2Config
 from dfd.export.streams import build_stream
 
@@ -192,3 +193,18 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_measuring(tiny_engi
     assert result.exit_code == 1, result.output
     assert "error: a batch of 1000000000 holds at least" in result.output and "measure smaller batch sizes" in result.output
     assert "pipeline" not in result.output and "Traceback" not in result.output
+
+
+def test_a_folder_contributes_only_the_images_the_benchmark_uses(photographs, tmp_path):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "a0.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    for index in range(1, 6):
+        cv2.imwrite(str(folder / f"a{index}.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    (folder / "z9.jpg").write_bytes(b"also broken, but never opened")
+    images = bench_images(folder, tmp_path, count=3)
+    assert [p.name for p in images.paths] == ["a1.png", "a2.png", "a3.png"]
+    assert [Path(s["image"]).name for s in images.skipped] == ["a0.jpg"]  # z9.jpg was not reached
+    assert images.source == f"folder {folder} (its first 3 readable images; 3 more not used)"
+    whole = bench_images(folder, tmp_path, count=100)
+    assert len(whole.paths) == 5 and whole.source == f"folder {folder}" and len(whole.skipped) == 2
