@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import gc
 import math
+import os
 import platform
 import shutil
 import sys
@@ -266,13 +267,19 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
             "NO --weights-dir: building RANDOMLY INITIALISED streams. Their scores mean nothing; "
             "use this only for demos, benchmarks and tests."
         )
-    out = Path(request.out_dir)
+    out = _absolute(request.out_dir)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BuildError(f"cannot create the engine set folder {out}: {os_error_text(exc)}") from exc
     with _exclusive_build(out):
         return _build_into(out, request, dino, clip, warn)
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute without resolving links: the staging folder and the lock sit in the
+    parent folder, and ``.`` or ``x/..`` have no usable parent or name as given."""
+    return Path(os.path.abspath(path))
 
 
 @contextmanager

@@ -90,6 +90,17 @@ def test_force_replaces_an_engine_set_but_never_another_folder_or_file(reference
     assert not (engine_set / "global.fp32.onnx").exists()
 
 
+def test_the_current_folder_can_be_the_output(reference_ensemble, tmp_path, monkeypatch):
+    """``--out .`` in an empty folder ran the whole build and then failed ('Invalid argument: .')."""
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    result = _build(CliRunner(), reference_ensemble, ".", "--streams", "global", "--no-face-detector")
+    assert result.exit_code == 0, result.output
+    assert load_manifest(folder).streams.keys() == {"global"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no staging folder or lock left
+
+
 def test_random_weights_warn_loudly(reference_ensemble, tmp_path):
     out = tmp_path / "random"
     result = CliRunner().invoke(main, ["build", "--models-dir", str(reference_ensemble.models_dir),
