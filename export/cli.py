@@ -16,11 +16,10 @@ import click
 from dfd.runtime.errors import first_few
 from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.images import silence_opencv_log
+from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors
 from .cli_types import FiniteFloatRange
-
-STREAM_CHOICES = ("global", "face", "fusion")
 
 
 def engine_dir_argument(func):

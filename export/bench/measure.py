@@ -66,11 +66,12 @@ class BenchImages:
 
     paths: list[Path]
     source: str  # where they came from
-    sizes: list[str]  # "WxH" of each, as decoded
+    sizes: list[tuple[int, int]]  # (width, height) of each, as decoded
     skipped: list[dict[str, str]]  # files of the folder that could not be read, and why
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "count": len(self.paths), "sizes": self.sizes, "skipped": self.skipped}
+        return {"source": self.source, "count": len(self.paths), "sizes": [f"{w}x{h}" for w, h in self.sizes],
+                "skipped": self.skipped}
 
 
 def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_IMAGE_COUNT) -> BenchImages:
@@ -87,7 +88,7 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
     from dfd.runtime.images import ImageError, decode_image
 
     paths: list[Path] = []
-    sizes: list[str] = []
+    sizes: list[tuple[int, int]] = []
     if images_dir is not None:
         skipped = []
         files = list_images(Path(images_dir))
@@ -100,7 +101,7 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
                 skipped.append({"image": str(path), "error": str(error)})
             else:
                 paths.append(path)
-                sizes.append(f"{width}x{height}")
+                sizes.append((width, height))
         if not paths:
             raise BenchError(f"no image in {images_dir} could be read; the first: {skipped[0]['error']}")
         unused = len(files) - len(paths) - len(skipped)
@@ -113,7 +114,7 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
         path = work_dir / (name.replace(":", "_").rsplit(".", 1)[0] + ".png")
         cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         paths.append(path)
-        sizes.append(f"{rgb.shape[1]}x{rgb.shape[0]}")
+        sizes.append((rgb.shape[1], rgb.shape[0]))
         if len(paths) == count:
             break
     if not paths:
@@ -126,7 +127,7 @@ def batch_memory_floor(images: BenchImages, batch: int, stream_sizes: Sequence[i
     """Bytes a batch of ``batch`` images holds at once however it runs: its decoded RGB images
     (cycled through ``images`` as ``_batch_of`` cycles them) and each stream's float32 input.
     A floor, not an estimate: activations, engines and the decoders come on top."""
-    pixels = [int(w) * int(h) for w, h in (size.split("x") for size in images.sizes)]
+    pixels = [width * height for width, height in images.sizes]
     cycles, rest = divmod(batch, len(pixels))
     decoded = 3 * (cycles * sum(pixels) + sum(pixels[:rest]))
     return decoded + batch * sum(3 * size * size * 4 for size in stream_sizes)

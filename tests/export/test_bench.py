@@ -182,7 +182,7 @@ def test_an_unwritable_output_fails_before_measuring(tiny_engine_set, tmp_path):
 
 
 def test_batch_memory_floor_counts_cycled_images_and_stream_inputs():
-    images = BenchImages(paths=[], source="", sizes=["400x300", "10x20"], skipped=[])
+    images = BenchImages(paths=[], source="", sizes=[(400, 300), (10, 20)], skipped=[])
     tensors = 3 * 4 * (252 * 252 + 224 * 224)
     assert batch_memory_floor(images, 1, [252, 224]) == 3 * 120_000 + tensors
     assert batch_memory_floor(images, 5, [252, 224]) == 3 * (3 * 120_000 + 2 * 200) + 5 * tensors
