@@ -103,6 +103,23 @@ def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, 
     return stripped, unexpected
 
 
+def _non_finite_weights(tensors: Mapping[str, _Tensor]) -> list[str]:
+    """Name every floating-point tensor holding NaN or infinity, with counts.
+
+    A diverged or corrupted training run saves such weights without complaint; built into an
+    engine set they would fail every image at run time, so the build refuses them here."""
+    problems = []
+    for tensor in tensors.values():
+        value = tensor.value
+        if not value.is_floating_point():
+            continue
+        nan = int(torch.isnan(value).sum())
+        inf = int(torch.isinf(value).sum())
+        if nan or inf:
+            problems.append(f"{tensor.source}: {nan} NaN and {inf} infinite of {value.numel()} values")
+    return problems
+
+
 def _merge_lora(tensors: dict[str, _Tensor], lora: LoraSettings, problems: list[str]) -> dict[str, _Tensor]:
     """Fold every LoRA adapter into its base weight; both peft layouts."""
     adapters: dict[str, dict[str, _Tensor]] = {}
@@ -141,6 +158,10 @@ def _merge_lora(tensors: dict[str, _Tensor], lora: LoraSettings, problems: list[
             continue
         delta = (b.to(torch.float32) @ a.to(torch.float32)) * lora.scale
         value = base.value.to(torch.float32) + delta
+        if not bool(torch.isfinite(value).all()):
+            problems.append(f"merging the LoRA adapter of {module} overflows float32 (scale alpha/r = "
+                            f"{lora.scale:g}); check --lora-r and --lora-alpha ({pair['A'].source})")
+            continue
         merged[f"{module}.weight"] = _Tensor(value, base.source)
     return merged
 
@@ -344,10 +365,16 @@ def convert_reference_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Reference state dict -> state dict of our stream module (``build_stream(stream, ...)``).
 
-    Raises ``CheckpointError`` listing every unexpected, missing or mis-shaped key.
+    Raises ``CheckpointError`` listing every tensor holding NaN or infinity, or else every
+    unexpected, missing or mis-shaped key.
     """
     spec = STREAM_SPECS[stream]
     tensors, problems = _strip_wrapper_prefix(state)
+    non_finite = _non_finite_weights(tensors)
+    if non_finite:
+        listing = "\n  ".join(non_finite)
+        raise CheckpointError(f"{source} holds non-finite weights (a diverged or corrupted training run?):\n"
+                              f"  {listing}")
     problems = [f"unexpected key (no backbone. prefix): {k}" for k in problems]
     head_prefix = "fusion_head." if spec.uses_clip else "last_layer."
     components = ("vision_model.", "clip_model.", head_prefix) if spec.uses_clip else ("vision_model.", head_prefix)

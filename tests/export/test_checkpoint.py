@@ -218,3 +218,23 @@ def test_hf_dinov2_without_peft_matches_unadapted_base(reference_ensemble):
     """Sanity of the fixture itself: the LoRA-wrapped model differs from its base model."""
     reference = reference_ensemble.streams["global"]
     assert isinstance(reference.vision_model.get_base_model(), Dinov2Model)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weight_is_named_with_its_count(reference_ensemble, bad):
+    state = _state(reference_ensemble, "global")
+    key = next(k for k in state if k.endswith("encoder.layer.0.attention.attention.value.base_layer.weight"))
+    state[key] = state[key].clone()
+    state[key][0, :3] = bad
+    with pytest.raises(CheckpointError) as err:
+        _convert(reference_ensemble, state, "global")
+    nan, inf = (3, 0) if bad != bad else (0, 3)
+    assert f"{key}: {nan} NaN and {inf} infinite of {state[key].numel()} values" in str(err.value)
+    assert "non-finite weights" in str(err.value)
+
+
+def test_lora_merge_that_overflows_float32_is_refused(reference_ensemble):
+    dino, clip = _configs(reference_ensemble)
+    huge = LoraSettings(LORA_R, 1e300)
+    with pytest.raises(CheckpointError, match=r"overflows float32 \(scale alpha/r = 2.5e\+299\)"):
+        convert_reference_state_dict(_state(reference_ensemble, "global"), "global", dino, clip, huge)
