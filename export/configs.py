@@ -10,7 +10,8 @@ exactly as ``transformers`` would.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -116,18 +117,36 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _checked(source: Path, name: str, kind: str, value: Any) -> Any:
+    """``value`` if it is a valid ``kind`` for field ``name``: every number in these configs is a
+    size, a ratio or an epsilon, so it must be positive (and finite); a bool must be a JSON bool."""
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    else:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value) and value > 0)
+    if not ok:
+        wanted = {"bool": "true or false", "str": "a string", "int": "a positive integer"}.get(kind, "a positive number")
+        raise ConfigError(f"{source}: {name} must be {wanted}, got {json.dumps(value)}")
+    return float(value) if kind == "float" else value
+
+
 def _pick(cls: type, data: dict[str, Any], source: Path) -> Any:
-    known = cls.__dataclass_fields__
-    values = {k: data[k] for k in known if k in data}
-    try:
-        config = cls(**values)
-    except TypeError as exc:  # pragma: no cover - dataclass fields are all defaulted
-        raise ConfigError(f"{source}: {exc}") from exc
+    """The fields of ``cls`` that ``data`` sets, type-checked, over HuggingFace's defaults."""
+    config = cls(**{f.name: _checked(source, f.name, str(f.type), data[f.name]) for f in fields(cls) if f.name in data})
+    if config.num_channels != 3:
+        raise ConfigError(f"{source}: num_channels is {config.num_channels}; the streams take RGB images (3)")
     if config.hidden_size % config.num_attention_heads:
         raise ConfigError(
             f"{source}: hidden_size {config.hidden_size} is not divisible by "
             f"num_attention_heads {config.num_attention_heads}"
         )
+    if config.image_size < config.patch_size:
+        raise ConfigError(f"{source}: image_size {config.image_size} is smaller than patch_size {config.patch_size}")
     return config
 
 
