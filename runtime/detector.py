@@ -28,7 +28,7 @@ from .face_detection import (
     onnxruntime_detector,
 )
 from .gpu_pipeline import FusedInput, FusedResult, GpuPipeline
-from .images import DecodedImage, decode_image
+from .images import DecodedImage, decode_image, encoded_suffix
 from .manifest import STREAM_ORDER, Manifest, StreamEntry, load_manifest
 from .mtcnn import MtcnnDetector, onnxruntime_mtcnn
 from .preprocess import (
@@ -48,7 +48,7 @@ from .preprocess import (
 )
 from .vote import VoteError, discretised_vote, one_decimal, softmax_fake_probability
 
-ImageInput = Union[str, os.PathLike, np.ndarray]
+ImageInput = Union[str, os.PathLike, bytes, np.ndarray]
 Box = Sequence[float]
 DEFAULT_BATCH_SIZE = 8
 NO_FACE_NOTE = "face stream: no face input, the original image is used (the reference's no-face rule)"
@@ -86,7 +86,23 @@ class PreparedImage:
 
 
 def _label(source: ImageInput, index: int) -> str:
-    return f"<array {index}>" if isinstance(source, np.ndarray) else os.fspath(source)
+    """How results name an input: its path, or its kind and position in the call."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(os.fspath(source))
+    if isinstance(source, np.ndarray):
+        return f"<array {index}>"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<image bytes {index}>"
+    return f"<{type(source).__name__} {index}>"
+
+
+def _lossy_suffix(source: ImageInput) -> str:
+    """The suffix of the file the reference's face step would re-save ``source`` under."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(os.fsdecode(source)).suffix
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return encoded_suffix(bytes(source[:12]))
+    return ""
 
 
 def _check_given_box(box: Box, image_hw: tuple[int, int]) -> None:
@@ -251,7 +267,8 @@ class Detector:
         labels: Sequence[str] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> list[Detection]:
-        """Score ``images`` (paths or uint8 RGB arrays); one ``Detection`` per image, in order.
+        """Score ``images`` (paths, encoded image bytes or uint8 RGB arrays); one ``Detection`` per
+        image, in order. Encoded bytes score exactly as the same file does.
 
         ``face_crops[i]``: a face image pre-cropped the reference's way (the face stream takes
         its 252 centre crop). ``face_boxes[i]``: (x1, y1, x2, y2) in pixels of image i; the
@@ -293,7 +310,7 @@ class Detector:
             decoded = decode_image(source)
             detection.notes.extend(decoded.notes)
             face_rgb, box = self._face_input(decoded, face_crop, face_box, detection)
-            suffix = "" if isinstance(source, np.ndarray) else Path(source).suffix
+            suffix = _lossy_suffix(source)
             if face_crop is None and suffix.lower() in LOSSY_SUFFIXES:
                 face_rgb, notes = reencode_like_reference_face_file(
                     self._face_image(decoded.rgb, face_rgb, box), suffix)

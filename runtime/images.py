@@ -78,7 +78,7 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
     Paths and bytes give exactly `cv2.imread(path)` converted BGR->RGB (reduced by 1/2, 1/4 or
     1/8 for JPEGs above `max_pixels`, see the module docstring). A numpy array is taken as
     already decoded pixels: uint8 HxWx3 is RGB (returned as is, C-contiguous, possibly sharing
-    memory with the input), uint8 HxW gray is expanded to RGB and uint8 HxWx4 RGBA loses its alpha
+    memory with the input), uint8 HxW or HxWx1 gray is expanded to RGB and uint8 HxWx4 RGBA loses its alpha
     channel, both with a note; anything else is refused.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
@@ -94,7 +94,7 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
         label = _file_label(source)
         data = read_image_file(source)
     else:
-        raise ImageError(f"cannot decode an image from a {type(source).__name__}: pass a file "
+        raise ImageError(f"cannot decode an image from an object of type {type(source).__name__}: pass a file "
                          f"path, encoded image bytes or a uint8 numpy array")
     return _decode_bytes(data, label, max_pixels)
 
@@ -215,12 +215,14 @@ def _require_nonempty(height: int, width: int, label: str) -> None:
 
 
 def _from_array(array: np.ndarray) -> DecodedImage:
-    expected = "uint8 HxW (gray), HxWx3 (RGB) or HxWx4 (RGBA)"
+    expected = "uint8 HxW or HxWx1 (gray), HxWx3 (RGB) or HxWx4 (RGBA)"
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
-            array.ndim == 3 and array.shape[2] not in (3, 4)):
+            array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ImageError(f"image array must be {expected}; got shape {array.shape} "
                          f"dtype {array.dtype}")
     _require_nonempty(array.shape[0], array.shape[1], f"image array of shape {array.shape}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
     if array.ndim == 2:
         return DecodedImage(cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_GRAY2RGB),
                             ("grayscale expanded to RGB",))
@@ -247,6 +249,19 @@ def _describe_by_unchanged_decode(buffer: np.ndarray, pixels: int) -> tuple[str,
     elif original.dtype.kind == "f":
         notes.append("floating-point pixels converted to 8-bit")
     return tuple(notes)
+
+
+def encoded_suffix(data: bytes) -> str:
+    """The file suffix encoded image bytes would be saved under when their format is one whose
+    ``cv2.imwrite`` is lossy (JPEG, WebP, JPEG 2000), else "": the reference's face step re-saves
+    its input under the input's own name, so bytes given without a name follow their content."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return ".jpg"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return ".webp"
+    if data.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
+        return ".jp2"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------

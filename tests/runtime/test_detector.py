@@ -343,10 +343,25 @@ def test_jpeg_face_input_is_reencoded_like_the_reference_crop_files(tiny_engine_
     reread = cv2.cvtColor(cv2.imread(str(saved)), cv2.COLOR_BGR2RGB)
     expected = reference_ensemble.p_fake("face", stream_batch([reread], "face")).item()
     raw = reference_ensemble.p_fake("face", stream_batch([face_input], "face")).item()
-    result = Detector.open(tiny_engine_set).detect([path], face_boxes=[box])[0]
+    detector = Detector.open(tiny_engine_set)
+    result = detector.detect([path], face_boxes=[box])[0]
     assert abs(result.streams["face"] - expected) <= 1e-4
     assert any("re-encoded as .jpg" in note for note in result.notes)
     assert abs(raw - expected) > 1e-6, "the re-encode must matter for this test to mean anything"
+    from_bytes = detector.detect([path.read_bytes(), bytearray(path.read_bytes())], face_boxes=[box, box])
+    for index, same in enumerate(from_bytes):
+        assert same.image == f"<image bytes {index}>"
+        assert (same.streams, same.notes, same.score) == (result.streams, result.notes, result.score)
+
+
+def test_objects_that_are_not_images_fail_alone(tiny_engine_set, photographs):
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    good = photographs["coffee"]
+    results = detector.detect([None, good, 42, good[:, :, :1], good.astype(np.float32)])
+    assert [r.image for r in results] == ["<NoneType 0>", "<array 1>", "<int 2>", "<array 3>", "<array 4>"]
+    assert "object of type NoneType" in results[0].error and "object of type int" in results[2].error
+    assert results[1].ok and results[3].ok and results[3].notes[0] == "grayscale expanded to RGB"
+    assert "dtype float32" in results[4].error
 
 
 def test_packaged_face_detector_feeds_the_face_stream(tiny_engine_set, reference_ensemble, tmp_path):

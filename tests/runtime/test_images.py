@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from dfd.runtime.images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, decode_image
+from dfd.runtime.images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, decode_image, encoded_suffix
 
 
 def reference_decode(path: Path) -> np.ndarray:
@@ -345,7 +345,7 @@ def test_zero_sized_image_in_header():
 
 
 def test_unsupported_source_type():
-    with pytest.raises(ImageError, match="cannot decode an image from a int"):
+    with pytest.raises(ImageError, match="cannot decode an image from an object of type int"):
         decode_image(42)
 
 
@@ -362,6 +362,9 @@ def test_arrays_rgb_gray_rgba(photo):
     decoded = decode_image(gray)
     assert decoded.notes == ("grayscale expanded to RGB",)
     np.testing.assert_array_equal(decoded.rgb, np.dstack([gray, gray, gray]))
+    single_channel = decode_image(gray[:, :, None])
+    assert single_channel.notes == ("grayscale expanded to RGB",)
+    np.testing.assert_array_equal(single_channel.rgb, decoded.rgb)
 
     rgba = np.dstack([photo, np.zeros(photo.shape[:2], np.uint8)])
     decoded = decode_image(rgba)
@@ -373,8 +376,15 @@ def test_arrays_rgb_gray_rgba(photo):
 @pytest.mark.parametrize("array", [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 2), np.uint8),
                                    np.zeros((4, 4, 3, 1), np.uint8), np.zeros((4,), np.uint8)])
 def test_bad_arrays(array):
-    with pytest.raises(ImageError, match=r"must be uint8 HxW \(gray\), HxWx3 \(RGB\)"):
+    with pytest.raises(ImageError, match=r"must be uint8 HxW or HxWx1 \(gray\), HxWx3 \(RGB\)"):
         decode_image(array)
+
+
+@pytest.mark.parametrize(("suffix", "expected"), [(".jpg", ".jpg"), (".webp", ".webp"), (".jp2", ".jp2"),
+                                                  (".png", ""), (".bmp", ""), (".tiff", "")])
+def test_encoded_suffix_names_the_lossy_formats_by_content(photo, suffix, expected):
+    encoded = cv2.imencode(suffix, photo)[1].tobytes()
+    assert encoded_suffix(encoded) == expected
 
 
 def test_zero_sized_array():
