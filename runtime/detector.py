@@ -124,7 +124,7 @@ def _usable_box(rgb: np.ndarray, box: Box, detection: Detection) -> Box | None:
         detection.notes.append("face stream: the face covers under 1/9 of the image, "
                                "the original image is used (reference rule)")
         return None
-    face_window(box)  # a box too small to crop is an error on either path
+    face_window(box, image_hw=rgb.shape[:2])  # a box too small or too large to crop fails on either path
     detection.face["used"] = "crop"
     return box
 

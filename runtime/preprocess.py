@@ -10,8 +10,10 @@ Pure NumPy/OpenCV: the runtime never imports torch.
 
 from __future__ import annotations
 
+import numbers
+import reprlib
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -166,8 +168,12 @@ def preprocess_fusion(rgb: np.ndarray, size: int = 224, mean: Sequence[float] = 
 
 def box_corners(box: Sequence[float]) -> tuple[float, float, float, float]:
     """(x1, y1, x2, y2) of a face box as floats; PreprocessError unless four finite, ordered corners."""
+    if isinstance(box, (str, bytes)) or not isinstance(box, (Sequence, np.ndarray)):
+        raise PreprocessError(f"a face box is a sequence (x1, y1, x2, y2) of numbers; got {reprlib.repr(box)}")
     if len(box) != 4:
         raise PreprocessError(f"a face box is (x1, y1, x2, y2); got {len(box)} values")
+    if not all(isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) for value in box):
+        raise PreprocessError(f"face box coordinates must be numbers; got {reprlib.repr(tuple(box))}")
     x1, y1, x2, y2 = (float(value) for value in box)
     if not all(np.isfinite((x1, y1, x2, y2))):
         raise PreprocessError(f"face box has non-finite coordinates: {tuple(box)}")
@@ -176,9 +182,12 @@ def box_corners(box: Sequence[float]) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
-def face_window(box: Sequence[float], margin: float = 1.3) -> tuple[int, int, int, int]:
+def face_window(box: Sequence[float], margin: float = 1.3,
+                image_hw: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the reference's square face window (see `crop_face`);
-    PreprocessError when the window has no area."""
+    PreprocessError when the window has no area, or, given the image's (height, width), when it
+    is over `DEFAULT_MAX_PIXELS` and wider than any box inside the image can make it: a box far
+    larger than its image (a coordinate mistake) would otherwise allocate gigabytes of padding."""
     x1, y1, x2, y2 = box_corners(box)
     box_w = x2 - x1
     box_h = y2 - y1
@@ -190,6 +199,14 @@ def face_window(box: Sequence[float], margin: float = 1.3) -> tuple[int, int, in
     if right <= left or bottom <= top:
         raise PreprocessError(f"face box {tuple(box)} is too small to crop: the {margin} margin "
                               f"window is {right - left}x{bottom - top} pixels")
+    if image_hw is not None:
+        img_h, img_w = image_hw
+        width, height = right - left, bottom - top
+        if width * height > DEFAULT_MAX_PIXELS and max(width, height) > margin * max(img_w, img_h) + 2:
+            shown = [str(n) if n < 10**9 else f"{float(n):.3g}" for n in (width, height)]
+            raise PreprocessError(
+                f"face box {tuple(box)} makes a {shown[0]}x{shown[1]} crop window, mostly black padding, "
+                f"for a {img_w}x{img_h} image (boxes are x1, y1, x2, y2 in pixels of the image)")
     return left, top, right, bottom
 
 
@@ -208,8 +225,8 @@ def crop_face(rgb: np.ndarray, box: Sequence[float], *, margin: float = 1.3,
     its detector may have seen.
     """
     _require_rgb(rgb)
-    left, top, right, bottom = face_window(box, margin)
     img_h, img_w = rgb.shape[:2]
+    left, top, right, bottom = face_window(box, margin, (img_h, img_w))
     window = np.zeros((bottom - top, right - left, 3), dtype=np.uint8)
     src_top, src_bottom = max(top, 0), min(bottom, img_h)
     src_left, src_right = max(left, 0), min(right, img_w)

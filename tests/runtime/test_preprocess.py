@@ -223,10 +223,21 @@ def test_crop_face_custom_margin_and_size():
 
 @pytest.mark.parametrize("box, message", [
     ((10, 10, 5, 20), "x2 < x1"), ((5, 5, 5, 5), "too small"), ((1, 2, 3), "x1, y1, x2, y2"),
-    ((0, 0, float("nan"), 4), "non-finite")])
+    ((0, 0, float("nan"), 4), "non-finite"), ("1,2,3,4", "a sequence"), (5, "a sequence"),
+    ((None, 1, 2, 3), "must be numbers"), ((True, 0, 100, 100), "must be numbers"),
+    ((0, 0, 1e5, 1e5), "makes a 130000x130000 crop window, mostly black padding, for a 451x300 image"),
+    ((0, 0, 1e300, 1e300), r"makes a 1.3e\+300x1.3e\+300 crop window")])
 def test_crop_face_refuses_unusable_boxes(box, message):
     with pytest.raises(PreprocessError, match=message):
         crop_face(skimage.data.chelsea(), box)
+
+
+def test_largest_window_a_box_inside_a_large_image_makes_is_cropped():
+    """The window limit only refuses boxes that reach far beyond their image: the whole of an
+    image over 64 MP / 1.3^2 still crops (a window of 9100x9100, 82.8 MP, all but the margin real)."""
+    img = np.full((7000, 7000, 3), 200, np.uint8)
+    crop = crop_face(img, (0, 0, 7000, 7000))
+    assert crop.shape == (256, 256, 3) and crop[128, 128].tolist() == [200, 200, 200]
 
 
 def test_face_is_too_small_is_strict_one_ninth():
