@@ -167,6 +167,15 @@ dfd_status dfd_detect_file(dfd_detector *d, const char *path, dfd_result *result
 /* dfd_detect_file with the caller's face box for that image (face NULL: dfd_detect_file). */
 dfd_status dfd_detect_file_face(dfd_detector *d, const char *path, const dfd_face *face, dfd_result *result);
 
+/* Score an image file held in memory (the bytes of a JPEG, PNG, WebP, ... file, e.g. an upload)
+   exactly as dfd_detect_file scores that file: decoded as OpenCV's imread, and a JPEG, WebP or
+   JPEG 2000 (recognised from the bytes) gets the reference's face re-encode as a .jpg path does.
+   face: the caller's box for it, or NULL. DFD_E_IMAGE: not a usable image (size 0 included);
+   DFD_E_INVALID_ARGUMENT: data NULL with size > 0, or result NULL. The bytes are read only
+   during the call. result->status equals the returned status. Thread-safe. */
+dfd_status dfd_detect_encoded(dfd_detector *d, const void *data, size_t size, const dfd_face *face,
+                              dfd_result *result);
+
 /* Release a detector; NULL is a no-op. Calls already running on it finish first. Using d
    afterwards gives DFD_E_INVALID_ARGUMENT. */
 void dfd_close(dfd_detector *d);
@@ -214,6 +223,7 @@ PYTHON_FUNCTIONS = """\
 extern "Python" dfd_status dfd_py_open(const char *, const char *, dfd_detector **, char *, size_t);
 extern "Python" dfd_status dfd_py_detect(dfd_detector *, const dfd_image *, const dfd_face *, int32_t, dfd_result *, char *, size_t);
 extern "Python" dfd_status dfd_py_detect_file(dfd_detector *, const char *, const dfd_face *, dfd_result *, char *, size_t);
+extern "Python" dfd_status dfd_py_detect_encoded(dfd_detector *, const void *, size_t, const dfd_face *, dfd_result *, char *, size_t);
 extern "Python" dfd_status dfd_py_close(dfd_detector *, char *, size_t);
 extern "Python" dfd_status dfd_py_open_with(const char *, const dfd_options *, dfd_detector **, char *, size_t);
 extern "Python" dfd_status dfd_py_describe(dfd_detector *, char *, size_t, char *, size_t);
@@ -231,6 +241,7 @@ C_SHIMS = r"""
 static dfd_status dfd_py_open(const char *, const char *, dfd_detector **, char *, size_t);
 static dfd_status dfd_py_detect(dfd_detector *, const dfd_image *, const dfd_face *, int32_t, dfd_result *, char *, size_t);
 static dfd_status dfd_py_detect_file(dfd_detector *, const char *, const dfd_face *, dfd_result *, char *, size_t);
+static dfd_status dfd_py_detect_encoded(dfd_detector *, const void *, size_t, const dfd_face *, dfd_result *, char *, size_t);
 static dfd_status dfd_py_close(dfd_detector *, char *, size_t);
 static dfd_status dfd_py_open_with(const char *, const dfd_options *, dfd_detector **, char *, size_t);
 static dfd_status dfd_py_describe(dfd_detector *, char *, size_t, char *, size_t);
@@ -398,6 +409,20 @@ dfd_status dfd_detect_file_face(dfd_detector *d, const char *path, const dfd_fac
 dfd_status dfd_detect_file(dfd_detector *d, const char *path, dfd_result *result)
 {
     return dfd_detect_file_face(d, path, NULL, result);
+}
+
+dfd_status dfd_detect_encoded(dfd_detector *d, const void *data, size_t size, const dfd_face *face,
+                              dfd_result *result)
+{
+    dfd_status status;
+    if (!dfd_begin()) {
+        dfd_mark_results(result, 1, DFD_E_INTERNAL);
+        return DFD_E_INTERNAL;
+    }
+    status = dfd_finish(dfd_py_detect_encoded(d, data, size, face, result, dfd_error, sizeof dfd_error));
+    if (!dfd_runtime_ready)
+        dfd_mark_results(result, 1, status);
+    return status;
 }
 
 void dfd_close(dfd_detector *d)

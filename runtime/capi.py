@@ -332,6 +332,25 @@ def _detect_file(ffi: Any, detector: Any, path: Any, face: Any, result: Any) -> 
     return opened.detect([name], face_boxes=[box])
 
 
+def detect_encoded(ffi: Any, detector: Any, data: Any, size: int, face: Any, result: Any, error: Any,
+                   error_size: int) -> int:
+    """``dfd_detect_encoded``: decode and score one image file's bytes held by the caller, exactly
+    as ``dfd_detect_file`` scores that file (the Detector reads the format from the bytes)."""
+    return _serve(ffi, error, error_size, result, 1,
+                  lambda: _detect_encoded(ffi, detector, data, size, face, result))
+
+
+def _detect_encoded(ffi: Any, detector: Any, data: Any, size: int, face: Any, result: Any) -> list[Detection]:
+    if result == ffi.NULL:
+        raise CapiArgumentError("dfd_detect_encoded: result is NULL")
+    opened = _handles.get(_key(ffi, detector))
+    if data == ffi.NULL and size > 0:
+        raise CapiArgumentError(f"dfd_detect_encoded: data is NULL for {size} bytes")
+    box = None if face == ffi.NULL else face_box(face[0], "face")
+    encoded = memoryview(ffi.buffer(data, size)) if size else b""
+    return opened.detect([encoded], face_boxes=[box])
+
+
 def _serve(ffi: Any, error: Any, error_size: int, results: Any, count: int,
            run: Callable[[], list[Detection]]) -> int:
     """Run a detect call, fill the results and turn every outcome into a status and a message."""
@@ -372,6 +391,7 @@ def bind(ffi: Any) -> None:
         "dfd_py_open": open_detector,
         "dfd_py_detect": detect_images,
         "dfd_py_detect_file": detect_file,
+        "dfd_py_detect_encoded": detect_encoded,
         "dfd_py_close": close_detector,
         "dfd_py_open_with": open_detector_with,
         "dfd_py_describe": describe_detector,

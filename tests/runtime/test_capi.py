@@ -358,14 +358,49 @@ static int run_faces(int argc, char **argv)
     return 0;
 }
 
+/* ---- encoded: each FILE's bytes through dfd_detect_encoded, printed as in pixels ("encoded"), then
+   as in errors for NULL and nonsense. argv: encoded ENGINE FILE... */
+static unsigned char *read_all(const char *path, size_t *size)
+{
+    unsigned char *data; long n; FILE *f = fopen(path, "rb");
+    if (!f || fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) { fprintf(stderr, "cannot read %s\n", path); exit(9); }
+    data = malloc((size_t)n + 1);
+    if (fread(data, 1, (size_t)n, f) != (size_t)n) { fprintf(stderr, "cannot read %s\n", path); exit(9); }
+    fclose(f);
+    *size = (size_t)n;
+    return data;
+}
+
+static int run_encoded(int argc, char **argv)
+{
+    dfd_detector *d = open_or_die(argv[2]); dfd_result r; dfd_face face; size_t size = 0; int i;
+    unsigned char *data = NULL;
+    for (i = 3; i < argc; i++) {
+        data = read_all(argv[i], &size);
+        print_result("encoded", i - 3, dfd_detect_encoded(d, data, size, NULL, &r), &r);
+    }
+    memset(&face, 0, sizeof face); face.given = 1; face.box[2] = face.box[3] = 1e9f;
+    report_result("far_box", dfd_detect_encoded(d, data, size, &face, &r), &r);
+    report("null_data", dfd_detect_encoded(d, NULL, 5, NULL, &r));
+    report_result("empty", dfd_detect_encoded(d, data, 0, NULL, &r), &r);
+    report_result("garbage", dfd_detect_encoded(d, "not an image", 12, NULL, &r), &r);
+    report("null_result", dfd_detect_encoded(d, data, size, NULL, NULL));
+    report("null_detector", dfd_detect_encoded(NULL, data, size, NULL, &r));
+    face.given = 3; report("given_three", dfd_detect_encoded(d, data, size, &face, &r));
+    dfd_close(d);
+    report("after_close", dfd_detect_encoded(d, data, size, NULL, &r));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 4 && !strcmp(argv[1], "encoded")) return run_encoded(argc, argv);
     if (argc == 4 && !strcmp(argv[1], "options")) return run_options(argc, argv);
     if (argc == 9 && !strcmp(argv[1], "faces")) return run_faces(argc, argv);
     if (argc >= 3 && !strcmp(argv[1], "pixels")) return run_pixels(argc, argv);
     if (argc == 8 && (!strcmp(argv[1], "threads") || !strcmp(argv[1], "rss"))) return run_concurrent(argc, argv);
     if (argc == 7 && !strcmp(argv[1], "errors")) return run_errors(argc, argv);
-    fprintf(stderr, "usage: harness pixels|threads|rss|errors|options|faces ...\n");
+    fprintf(stderr, "usage: harness pixels|threads|rss|errors|options|faces|encoded ...\n");
     return 2;
 }
 """
@@ -492,6 +527,31 @@ def test_decoded_pixels_and_files_score_as_the_cli(tiny_engine_set, pictures, ha
         got = {"score": line["score"], "streams": [line["streams"][s] for s in STREAMS],
                "face_found": line["face_found"], "face_box": line["face_box"]}
         _assert_matches_cli(got, reference, line["image"])
+
+
+def test_encoded_bytes_score_as_the_cli_scores_the_files(tiny_engine_set, pictures, harness):
+    """A JPEG's bytes too: the face stream's reference re-encode follows the bytes' format."""
+    files = [pictures[name][0] for name in ("astronaut", "astronaut_jpeg", "chelsea")]
+    expected = _cli_jsonl(tiny_engine_set, files)
+    run = _run([harness, "encoded", tiny_engine_set, *files])
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    encoded = [line.split() for line in lines if line.startswith("encoded ")]
+    assert len(encoded) == len(files)
+    for fields, want in zip(encoded, expected):
+        got = _parse_result(fields[2:])
+        assert got["call"] == got["status"] == STATUS["ok"], fields
+        _assert_matches_cli(got, want, want["image"])
+    cases = _harness_cases(subprocess.CompletedProcess(run.args, 0, "\n".join(lines[len(files):]), ""))
+    _expect(cases, "far_box", "image")
+    _expect(cases, "far_box_message", "image", "crop window, mostly black padding")
+    _expect(cases, "null_data", "invalid_argument", "data is NULL for 5 bytes")
+    _expect(cases, "empty_message", "image", "image bytes are empty")
+    _expect(cases, "garbage_message", "image", "not an image OpenCV can decode")
+    _expect(cases, "null_result", "invalid_argument", "result is NULL")
+    _expect(cases, "null_detector", "invalid_argument")
+    _expect(cases, "given_three", "invalid_argument", "face.given is 3")
+    _expect(cases, "after_close", "invalid_argument")
 
 
 def test_example_service_reports_a_bad_file_and_goes_on(tiny_engine_set, pictures, example_service, tmp_path):
