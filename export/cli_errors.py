@@ -7,6 +7,7 @@ handling as those in ``cli.py`` without importing it (``cli.py`` imports them).
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import click
@@ -19,6 +20,16 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def _reader_went_away() -> None:
+    """End quietly, as a tool killed by SIGPIPE does (status 128 + 13), when whatever read stdout
+    closed it (``dfd-export detect ... | head``): the reader wanted no more, so that is no error to
+    report. stdout is pointed at /dev/null first, or Python's flush at exit fails again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(128 + 13)
+
+
 def handles_errors(func):
     """Turn the project's own exceptions into one readable line and exit code 1."""
 
@@ -28,6 +39,8 @@ def handles_errors(func):
             return func(*args, **kwargs)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:
+            _reader_went_away()
         except DfdError as exc:
             _fail(str(exc))
         except OSError as exc:  # the file system refused (full disk, permissions): not a bug
