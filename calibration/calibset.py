@@ -5,7 +5,8 @@ come from the runtime's own decoding and preprocessing (``dfd.runtime.images`` /
 ``dfd.runtime.preprocess``), never from a second copy of that code; and since the detector's
 value is its robustness, a share of the images first goes through the paper's compound
 degradation engine. A set is fully determined by its inputs, so it is cached on disk under a
-sha256 of those inputs and rebuilt only when one of them (or the code that computes it) changes.
+sha256 of those inputs and rebuilt only when one of them (or the code that computes it) changes;
+only the files the set is made of are read for that, not a whole folder.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ _PREPROCESSORS = {
     "fusion": preprocess_fusion,
 }
 
-CALIBSET_FORMAT = 1
+CALIBSET_FORMAT = 2
 """Bumped when the cache file layout changes."""
 
 _PROGRESS_MIN_IMAGES = 8
@@ -90,6 +91,8 @@ class CalibrationSet:
     cache_key: str
     # image -> why it could not be read; each of its slots holds a replacement (_ReadableImages)
     unreadable: dict[str, str] = field(default_factory=dict)
+    # input position -> sha256 of each input the replacement walk looked at (part of the cache check)
+    reserve_hashes: dict[int, str] = field(default_factory=dict)
     from_cache: bool = field(default=False, compare=False)
 
     @property
@@ -161,12 +164,17 @@ def _input_hash(image: ImageInput) -> str:
     return _file_sha256(image) if isinstance(image, Path) else _array_sha256(image[1])
 
 
-def _cache_key(images: Sequence[ImageInput], count: int, degrade_share: float, seed: int,
-               stream_sizes: Mapping[str, int], spec: DegradationSpec) -> str:
+def _cache_key(images: Sequence[ImageInput], sampled: Sequence[int], count: int, degrade_share: float,
+               seed: int, stream_sizes: Mapping[str, int], spec: DegradationSpec) -> str:
+    """What determines the set: the names of all inputs (their order decides the sample and the
+    replacement order) but the contents of the sampled ones only, so a folder of 100,000 images
+    is not read whole to key a set of 256. Replacements for unreadable samples are checked
+    against ``reserve_hashes`` in the cached metadata instead (see ``_ReadableImages``)."""
     description = {
         "format": CALIBSET_FORMAT,
         "code": _code_fingerprint(),
-        "images": [[_input_name(image), _input_hash(image)] for image in images],
+        "images": [_input_name(image) for image in images],
+        "sampled": {str(position): _input_hash(images[position]) for position in sorted(set(sampled))},
         "count": count,
         "degrade_share": degrade_share,
         "seed": seed,
@@ -230,16 +238,19 @@ class _ReadableImages:
 
     Why replace rather than fail: one corrupt file in a folder of calibration images must not sink
     the build; why not drop the slot: the set keeps the requested size and stays reproducible from
-    the seed and the inputs."""
+    the seed and the inputs. The inputs the replacement walk looks at are part of what determines
+    the set, so their hashes are kept (``reserve_hashes``, position -> sha256) for the cache."""
 
     def __init__(self, images: Sequence[ImageInput], seed: int) -> None:
-        order = np.random.default_rng([seed, _RESERVE_STREAM]).permutation(len(images))
-        self._reserve = itertools.cycle([images[i] for i in order])
+        self._images = images
+        self._reserve = itertools.cycle(np.random.default_rng([seed, _RESERVE_STREAM]).permutation(len(images)))
         self._inputs = len({_input_id(image) for image in images})
         self.unreadable: dict[str, str] = {}
+        self.reserve_hashes: dict[int, str] = {}
 
-    def load(self, image: ImageInput) -> tuple[ImageInput, np.ndarray]:
-        """``image`` (or its replacement) and its RGB pixels."""
+    def load(self, position: int) -> tuple[ImageInput, np.ndarray]:
+        """The input at ``position`` (or its replacement) and its RGB pixels."""
+        image = self._images[position]
         while True:
             if _input_id(image) not in self.unreadable:
                 if not isinstance(image, Path):
@@ -252,7 +263,20 @@ class _ReadableImages:
                 first = next(iter(self.unreadable.values()))
                 raise CalibrationError(
                     f"none of the {self._inputs} calibration image(s) could be read; the first: {first}")
-            image = next(self._reserve)
+            position = int(next(self._reserve))
+            image = self._images[position]
+            if position not in self.reserve_hashes:
+                self.reserve_hashes[position] = _input_hash(image)
+
+
+def _reserve_unchanged(images: Sequence[ImageInput], reserve_hashes: object) -> bool:
+    """Whether every input a cached set's replacement walk looked at still has the same content."""
+    if not isinstance(reserve_hashes, Mapping):
+        return False
+    try:
+        return all(_input_hash(images[int(position)]) == digest for position, digest in reserve_hashes.items())
+    except (ValueError, IndexError):  # a hand-edited cache file
+        return False
 
 
 def _degraded_slots(count: int, degrade_share: float, seed: int) -> set[int]:
@@ -272,7 +296,7 @@ def _describe(images: Sequence[ImageInput]) -> str:
     return f"{len(images)} images ({shown})"
 
 
-def _compute(sampled: Sequence[ImageInput], readable: _ReadableImages, degraded_slots: set[int], seed: int,
+def _compute(sampled: Sequence[int], readable: _ReadableImages, degraded_slots: set[int], seed: int,
              stream_sizes: Mapping[str, int], spec: DegradationSpec,
              progress: bool) -> tuple[dict[str, np.ndarray], list[CalibrationItem]]:
     count = len(sampled)
@@ -282,8 +306,8 @@ def _compute(sampled: Sequence[ImageInput], readable: _ReadableImages, degraded_
     bar = tqdm(total=count, desc="calibration set", unit="img", file=sys.stderr,
                disable=not progress or count <= _PROGRESS_MIN_IMAGES)
     with bar:
-        for slot, image in enumerate(sampled):
-            image, rgb = readable.load(image)
+        for slot, position in enumerate(sampled):
+            image, rgb = readable.load(position)
             ops: tuple[tuple[str, float], ...] = ()
             if slot in degraded_slots:
                 rgb, applied = degrade(rgb, np.random.default_rng([seed, _SLOT_STREAM, slot]), spec)
@@ -318,6 +342,7 @@ def _save(path: Path, calib: CalibrationSet) -> None:
         "source": calib.source,
         "items": [[item.name, item.degraded, [list(op) for op in item.ops]] for item in calib.items],
         "unreadable": calib.unreadable,
+        "reserve_hashes": {str(position): digest for position, digest in sorted(calib.reserve_hashes.items())},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
@@ -357,26 +382,32 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
     """
     checked = _check_arguments(images, count, degrade_share, seed, stream_sizes)
     stream_sizes = dict(stream_sizes)
-    key = _cache_key(checked, count, degrade_share, seed, stream_sizes, spec)
+    sampled = sample_images(range(len(checked)), count, seed)  # positions, drawn as the images would be
+    key = _cache_key(checked, sampled, count, degrade_share, seed, stream_sizes, spec)
     description = source or _describe(checked)
     common = dict(count=count, degrade_share=degrade_share, seed=seed, source=description,
                   stream_sizes=stream_sizes, spec=spec, cache_key=key)
 
     if cache_dir is not None and _cache_path(cache_dir, key).is_file():
         loaded = _load(_cache_path(cache_dir, key), key, stream_sizes)
+        if loaded is not None and not _reserve_unchanged(checked, loaded[1].get("reserve_hashes")):
+            log.warning("an image that replaced an unreadable calibration image changed; rebuilding %s",
+                        _cache_path(cache_dir, key))
+            loaded = None
         if loaded is not None:
             arrays, meta = loaded
             items = [CalibrationItem(name, degraded, tuple((op, strength) for op, strength in ops))
                      for name, degraded, ops in meta["items"]]
             return CalibrationSet(arrays=arrays, sha256=meta["sha256"], items=items,
-                                  unreadable=meta["unreadable"], from_cache=True, **common)
+                                  unreadable=meta["unreadable"], from_cache=True,
+                                  reserve_hashes={int(k): v for k, v in meta["reserve_hashes"].items()},
+                                  **common)
 
-    sampled = sample_images(checked, count, seed)
     readable = _ReadableImages(checked, seed)
     arrays, items = _compute(sampled, readable, _degraded_slots(count, degrade_share, seed), seed,
                              stream_sizes, spec, progress)
     calib = CalibrationSet(arrays=arrays, sha256=arrays_sha256(arrays), items=items,
-                           unreadable=readable.unreadable, **common)
+                           unreadable=readable.unreadable, reserve_hashes=readable.reserve_hashes, **common)
     if cache_dir is not None:
         _save(_cache_path(cache_dir, key), calib)
     return calib

@@ -14,6 +14,7 @@ import pytest
 from dfd.calibration import calibset
 from dfd.calibration.calibset import CalibrationError, build_calibration_set
 from dfd.calibration.degrade import PAPER_SPEC, DegradationSpec
+from dfd.calibration.sources import sample_images
 from dfd.runtime.preprocess import preprocess_face, preprocess_fusion, preprocess_global
 
 GRAY_ONLY = DegradationSpec(op_probabilities=(("grayscale", 1.0),), recompress_p=0.0)
@@ -133,8 +134,10 @@ def test_cache_hit_returns_identical_arrays_without_recomputation(images, tmp_pa
 def test_cache_key_follows_every_input(images, tmp_path):
     base = build_calibration_set(images, count=3, degrade_share=0.5, seed=0, cache_dir=tmp_path,
                                  stream_sizes={"fusion": 224})
+    used = {item.name for item in base.items}
+    assert len(used) == 3
     changed_pixel = [(name, rgb.copy()) for name, rgb in images]
-    changed_pixel[0][1][0, 0, 0] ^= 1
+    next(rgb for name, rgb in changed_pixel if name in used)[0, 0, 0] ^= 1
     variants = [
         build_calibration_set(changed_pixel, count=3, degrade_share=0.5, seed=0, cache_dir=tmp_path,
                               stream_sizes={"fusion": 224}),
@@ -148,6 +151,28 @@ def test_cache_key_follows_every_input(images, tmp_path):
     keys = {base.cache_key} | {variant.cache_key for variant in variants}
     assert len(keys) == 5
     assert not any(variant.from_cache for variant in variants)
+    unused_changed = [(name, rgb if name in used else rgb[::-1].copy()) for name, rgb in images]
+    same = build_calibration_set(unused_changed, count=3, degrade_share=0.5, seed=0, cache_dir=tmp_path,
+                                 stream_sizes={"fusion": 224})
+    assert same.from_cache and same.cache_key == base.cache_key, "an input the set is not made of is not part of it"
+
+
+def test_only_the_sampled_files_of_a_folder_are_read(images, tmp_path, monkeypatch):
+    """Keying a set of 3 on a folder of 40 files hashes those 3 files, not the folder, on a build
+    and on a cache hit."""
+    paths = []
+    for index in range(40):
+        name, rgb = images[index % len(images)]
+        paths.append(tmp_path / f"{index:02d}-{name}.png")
+        cv2.imwrite(str(paths[-1]), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    reads = []
+    real_read = calibset.read_image_file
+    monkeypatch.setattr(calibset, "read_image_file", lambda path: reads.append(path) or real_read(path))
+    arguments = dict(count=3, degrade_share=0.0, seed=1, cache_dir=tmp_path / "cache", stream_sizes={"global": 252})
+    built = build_calibration_set(paths, **arguments)
+    assert len(set(reads)) == 3 and {Path(p).name for p in reads} == {item.name for item in built.items}
+    reads.clear()
+    assert build_calibration_set(paths, **arguments).from_cache and len(reads) == 3
 
 
 def test_corrupt_cache_is_rebuilt(images, tmp_path, caplog):
@@ -230,3 +255,22 @@ def test_unreadable_files_are_replaced_reproducibly_and_reported(images, tmp_pat
     cached = build_calibration_set(inputs, **arguments, cache_dir=tmp_path / "cache")
     assert cached.from_cache and cached.manifest_entry() == calib.manifest_entry()
     assert [entry["image"] for entry in calib.manifest_entry()["unreadable_images"]] == list(calib.unreadable)
+
+
+def test_a_changed_replacement_of_an_unsampled_file_invalidates_the_cache(images, tmp_path):
+    """The key hashes only the sampled files; the file that replaced an unreadable sample is
+    checked against the cache's record instead."""
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
+    inputs = [tmp_path / "corrupt.png"]
+    for name, rgb in images:
+        inputs.append(tmp_path / f"{name}.png")
+        cv2.imwrite(str(inputs[-1]), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    seed = next(seed for seed in range(100) if sample_images(range(len(inputs)), 1, seed) == [0])
+    arguments = dict(count=1, degrade_share=0.0, seed=seed, stream_sizes={"global": 252}, cache_dir=tmp_path / "c")
+    calib = build_calibration_set(inputs, **arguments)
+    replacement = tmp_path / calib.items[0].name
+    assert list(calib.unreadable) == [str(inputs[0])] and replacement != inputs[0]
+    assert build_calibration_set(inputs, **arguments).from_cache
+    cv2.imwrite(str(replacement), cv2.cvtColor(synthetic(240, 260, 99), cv2.COLOR_RGB2BGR))
+    rebuilt = build_calibration_set(inputs, **arguments)
+    assert rebuilt.cache_key == calib.cache_key and not rebuilt.from_cache and rebuilt.sha256 != calib.sha256
