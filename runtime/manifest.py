@@ -27,6 +27,8 @@ STREAM_ORDER = STREAMS
 PRECISIONS = ("fp32", "fp16", "int8")
 BUILD_BACKENDS = ("onnxruntime", "tensorrt")  # what built the files: ONNX graphs only, or engines too
 _CHUNK = 8 * 1024 * 1024
+MAX_MANIFEST_BYTES = 1024 * 1024
+"""A manifest lists a few files per stream; anything this large is not one, and is not read."""
 
 
 class EngineSetError(DfdError, RuntimeError):
@@ -212,10 +214,16 @@ def load_manifest(engine_dir: Path, *, verify: bool = True) -> Manifest:
         raise EngineSetError(
             f"{root} is not an engine set: no {MANIFEST_NAME}. Build one with `dfd-export build --out {root}`."
         )
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise EngineSetError(f"{path} holds {size} bytes; a manifest is a few kB (at most "
+                             f"{MAX_MANIFEST_BYTES} bytes), so this is not an engine set's manifest")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EngineSetError(f"{path} is unreadable or not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise EngineSetError(f"{path} is not a manifest: its JSON is nested too deeply to read") from exc
     if not isinstance(data, dict):
         raise EngineSetError(f"{path} is not a JSON object")
     try:

@@ -149,3 +149,15 @@ def test_stream_shape_problem():
     assert "takes 252x252x3 inputs" in stream_shape_problem(entry, ["batch", 252, 252, 3], ["batch", 2])
     assert "takes 3x252 inputs" in stream_shape_problem(entry, ["batch", 3, 252], ["batch", 2])
     assert "outputs ['batch', 3], not [N, 2] logits" in stream_shape_problem(entry, [1, 3, 252, 252], ["batch", 3])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    (" " * (2 * 1024 * 1024) + "{}", "a manifest is a few kB"),
+    ("{", "unreadable or not JSON"),
+    ("[]", "is not a JSON object"),
+])
+def test_a_manifest_that_is_not_one_is_refused_without_a_traceback(tmp_path, text, message):
+    (tmp_path / MANIFEST_NAME).write_text(text)
+    with pytest.raises(EngineSetError, match=message):
+        load_manifest(tmp_path)
