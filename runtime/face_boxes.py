@@ -130,6 +130,8 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, str, Box]]:
             record = json.loads(content)
         except json.JSONDecodeError as exc:
             raise FaceBoxFileError(f"{path}:{line}: not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise FaceBoxFileError(f"{path}:{line}: JSON nested too deeply to be a face box") from None
         if not isinstance(record, dict) or not isinstance(record.get("image"), str) or (
                 "box" not in record and "face" not in record):
             raise FaceBoxFileError(f"{path}:{line}: expected an object with \"image\" (a string) and "

@@ -55,6 +55,8 @@ def test_images_without_a_box_and_detect_output_lines(tmp_path):
     ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, null, 4]}\n', ["boxes.jsonl:1", "four numbers"]),
     ("boxes.jsonl", '{"image": "a.jpg", "face": {"box": [1, 2, 3]}}\n', ["boxes.jsonl:1", "four numbers"]),
     ("boxes.jsonl", '{"image": "a.jpg", "score": 0.5}\n', ["boxes.jsonl:1", "detect's jsonl output"]),
+    ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, 3, 4]}\n' + "[" * 100_000 + "\n",
+     ["boxes.jsonl:2", "nested too deeply"]),
 ])
 def test_malformed_files_name_the_line_and_the_problem(tmp_path, name, text, words):
     with pytest.raises(FaceBoxFileError) as raised:
