@@ -358,7 +358,7 @@ def _load(path: Path, key: str, stream_sizes: Mapping[str, int]) -> tuple[dict, 
         with np.load(path, allow_pickle=False) as stored:
             meta = json.loads(str(stored[_META_KEY]))
             arrays = {stream: stored[stream] for stream in stream_sizes}
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError, RecursionError) as error:
         log.warning("ignoring unreadable calibration cache %s (%s); rebuilding", path, error)
         return None
     if meta.get("cache_key") != key or arrays_sha256(arrays) != meta.get("sha256"):

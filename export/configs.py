@@ -110,8 +110,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ConfigError(f"backbone config not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read backbone config {path}: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"cannot read backbone config {path}: its JSON is nested too deeply") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"backbone config {path} is not a JSON object")
     return data

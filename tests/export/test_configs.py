@@ -86,11 +86,14 @@ def test_bad_clip_field_is_named(tmp_path, data, message):
     (None, "backbone config not found"),
     ("{", "cannot read backbone config"),
     ("[1, 2]", "is not a JSON object"),
+    ("[" * 100_000, "nested too deeply"),
+    (b"\xff\xfe{}", "cannot read backbone config"),
     ('{"model_type": "vit"}', "model_type is 'vit', expected 'dinov2'"),
 ])
 def test_missing_unreadable_or_foreign_dinov2_config(tmp_path, text, message):
     if text is not None:
         (tmp_path / DINOV2_DIRNAME).mkdir()
-        (tmp_path / DINOV2_DIRNAME / "config.json").write_text(text)
+        config = tmp_path / DINOV2_DIRNAME / "config.json"
+        config.write_bytes(text) if isinstance(text, bytes) else config.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_dinov2_config(tmp_path)
