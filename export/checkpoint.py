@@ -78,7 +78,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """``torch.load`` a reference ``.pth`` safely (tensors only, no pickled code)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        what = ("is a directory" if path.is_dir() else "is not a regular file" if path.exists()
+                else "is a broken symbolic link" if path.is_symlink() else "does not exist")
+        raise CheckpointError(f"checkpoint {path} {what}; the reference's checkpoints are files "
+                              f"(dinov2_252.pth, dinov2_252_crop.pth, dinov2_clip.pth)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files

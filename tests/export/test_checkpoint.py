@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 
 import numpy as np
@@ -238,3 +239,15 @@ def test_lora_merge_that_overflows_float32_is_refused(reference_ensemble):
     huge = LoraSettings(LORA_R, 1e300)
     with pytest.raises(CheckpointError, match=r"overflows float32 \(scale alpha/r = 2.5e\+299\)"):
         convert_reference_state_dict(_state(reference_ensemble, "global"), "global", dino, clip, huge)
+
+
+def test_a_checkpoint_path_that_is_not_a_file_says_what_it_is(tmp_path):
+    (tmp_path / "folder.pth").mkdir()
+    (tmp_path / "link.pth").symlink_to("nowhere.pth")
+    os.mkfifo(tmp_path / "pipe.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"not a zip or a pickle")
+    for name, what in [("folder.pth", "is a directory"), ("link.pth", "is a broken symbolic link"),
+                       ("pipe.pth", "is not a regular file"), ("missing.pth", "does not exist"),
+                       ("garbage.pth", "cannot read checkpoint")]:
+        with pytest.raises(CheckpointError, match=what):
+            read_state_dict(tmp_path / name)
