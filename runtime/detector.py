@@ -277,6 +277,10 @@ class Detector:
         file in a lossy format the face image is re-encoded in that format first, because the
         reference's face stream reads its face input back from such a file.
         """
+        if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)):
+            # iterating one of these would score each character, byte or pixel row as an image
+            raise TypeError(f"detect takes a sequence of images, got one {type(images).__name__}; "
+                            f"wrap it in a list: detect([image])")
         count = len(images)
         for name, extra in (("face_crops", face_crops), ("face_boxes", face_boxes), ("labels", labels)):
             if extra is not None and len(extra) != count:

@@ -27,8 +27,9 @@ STREAM_ORDER = STREAMS
 PRECISIONS = ("fp32", "fp16", "int8")
 BUILD_BACKENDS = ("onnxruntime", "tensorrt")  # what built the files: ONNX graphs only, or engines too
 _CHUNK = 8 * 1024 * 1024
-MAX_MANIFEST_BYTES = 1024 * 1024
-"""A manifest lists a few files per stream; anything this large is not one, and is not read."""
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+"""A manifest lists a few files per stream (plus, for INT8, the calibration images that could not
+be read): a few kB. Anything this large is not one, and is not read."""
 
 
 class EngineSetError(DfdError, RuntimeError):

@@ -362,6 +362,9 @@ def test_objects_that_are_not_images_fail_alone(tiny_engine_set, photographs):
     assert "object of type NoneType" in results[0].error and "object of type int" in results[2].error
     assert results[1].ok and results[3].ok and results[3].notes[0] == "grayscale expanded to RGB"
     assert "dtype float32" in results[4].error
+    for one_image in (good, "a.jpg", b"\xff\xd8\xff", Path("a.jpg")):
+        with pytest.raises(TypeError, match=r"wrap it in a list: detect\(\[image\]\)"):
+            detector.detect(one_image)
 
 
 def test_packaged_face_detector_feeds_the_face_stream(tiny_engine_set, reference_ensemble, tmp_path):

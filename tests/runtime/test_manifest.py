@@ -153,7 +153,7 @@ def test_stream_shape_problem():
 
 @pytest.mark.parametrize(("text", "message"), [
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    (" " * (2 * 1024 * 1024) + "{}", "a manifest is a few kB"),
+    (" " * (17 * 1024 * 1024) + "{}", "a manifest is a few kB"),
     ("{", "unreadable or not JSON"),
     ("[]", "is not a JSON object"),
 ])
