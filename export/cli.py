@@ -213,15 +213,23 @@ def _echo_face_localisers(entry) -> None:
 def doctor(engine_dir, as_json):
     """Report what this machine can run: ONNX Runtime providers, CUDA, GPU, TensorRT, NVRTC
     kernel compilation for the local GPU, sm_87 (Jetson Orin) and sm_90 (H100), and whether
-    ENGINE_DIR (optional) can run here."""
+    ENGINE_DIR (optional) can run here.
+
+    Exit status 0; with ENGINE_DIR, 3 when it is not a readable engine set or a stream cannot run
+    on the backend it was built for (e.g. TensorRT engines on a machine without TensorRT, even
+    where --backend auto would fall back to the stream's ONNX graph), so a deployment script can
+    gate on it."""
     import json
 
     from dfd.runtime.doctor import collect_doctor_report
 
     report = collect_doctor_report(engine_dir)
+    engine = report.get("engine_set")
+    runs_as_built = engine is None or (engine["error"] is None and all(
+        stream["runnable"] for stream in engine["streams"].values()))
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
+        sys.exit(0 if runs_as_built else 3)
     gpu, trt, kernels = report["gpu"], report["tensorrt"], report["kernels"]
     ort_info = report["onnxruntime"]
     click.echo(f"python       {report['python']['version']}")
@@ -236,6 +244,7 @@ def doctor(engine_dir, as_json):
         for name, stream in (engine.get("streams") or {}).items():
             state = "runnable" if stream.get("runnable") else f"not runnable: {stream.get('reason')}"
             click.echo(f"  {name:7} {stream.get('precision')} {stream.get('backend')}  {state}")
+    sys.exit(0 if runs_as_built else 3)
 
 
 @main.command()

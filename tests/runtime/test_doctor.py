@@ -98,3 +98,20 @@ def test_unreadable_engine_set_is_reported_not_raised(tmp_path, monkeypatch, tin
     (edited / MANIFEST_NAME).write_text(json.dumps(manifest))
     error = engine_set_report(edited, {}, {}, {})["error"]
     assert "file path '../elsewhere.onnx' is not inside the engine-set folder" in error
+
+
+def test_doctor_exit_status_gates_on_the_engine_set(tmp_path, monkeypatch, tiny_engine_set):
+    """0 without a set or with one that runs as built here; 3 for a folder that is not a set and for
+    TensorRT engines on this machine without TensorRT (the report is still printed)."""
+    from click.testing import CliRunner
+
+    from dfd.export.cli import main
+
+    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "cache"))
+    engines = _tensorrt_set(tiny_engine_set, tmp_path / "engines")
+    for arguments, status in ([[], 0], [[str(tiny_engine_set)], 0], [[str(tmp_path / "missing")], 3],
+                              [[str(engines)], 3]):
+        for output in ([], ["--json"]):
+            result = CliRunner().invoke(main, ["doctor", *arguments, *output])
+            assert result.exit_code == status, (arguments, output, result.output)
+            assert "onnxruntime" in result.stdout
