@@ -450,6 +450,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
             click.echo(json.dumps(record))
         elif writer:
             writer.writerow(_csv_row(record))
+            sys.stdout.flush()  # as click.echo does for the other formats: a killed run keeps its rows
         else:
             click.echo(_format_table_row(record))
 
