@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from dfd.runtime.errors import DfdError
 
@@ -119,27 +119,28 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _checked(source: Path, name: str, kind: str, value: Any) -> Any:
+def _checked(source: Path, name: str, kind: type, value: Any) -> Any:
     """``value`` if it is a valid ``kind`` for field ``name``: every number in these configs is a
     size, a ratio or an epsilon, so it must be positive (and finite); a bool must be a JSON bool."""
-    if kind == "bool":
+    if kind is bool:
         ok = isinstance(value, bool)
-    elif kind == "str":
+    elif kind is str:
         ok = isinstance(value, str)
-    elif kind == "int":
+    elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
     else:
         ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
               and math.isfinite(value) and value > 0)
     if not ok:
-        wanted = {"bool": "true or false", "str": "a string", "int": "a positive integer"}.get(kind, "a positive number")
+        wanted = {bool: "true or false", str: "a string", int: "a positive integer"}.get(kind, "a positive number")
         raise ConfigError(f"{source}: {name} must be {wanted}, got {json.dumps(value)}")
-    return float(value) if kind == "float" else value
+    return float(value) if kind is float else value
 
 
 def _pick(cls: type, data: dict[str, Any], source: Path) -> Any:
     """The fields of ``cls`` that ``data`` sets, type-checked, over HuggingFace's defaults."""
-    config = cls(**{f.name: _checked(source, f.name, str(f.type), data[f.name]) for f in fields(cls) if f.name in data})
+    kinds = get_type_hints(cls)  # the fields' classes (the annotations are strings in this module)
+    config = cls(**{f.name: _checked(source, f.name, kinds[f.name], data[f.name]) for f in fields(cls) if f.name in data})
     if config.num_channels != 3:
         raise ConfigError(f"{source}: num_channels is {config.num_channels}; the streams take RGB images (3)")
     if config.hidden_size % config.num_attention_heads:

@@ -88,7 +88,7 @@ class PreparedImage:
 def _label(source: ImageInput, index: int) -> str:
     """How results name an input: its path, or its kind and position in the call."""
     if isinstance(source, (str, os.PathLike)):
-        return str(os.fspath(source))
+        return os.fsdecode(source)
     if isinstance(source, np.ndarray):
         return f"<array {index}>"
     if isinstance(source, (bytes, bytearray, memoryview)):
