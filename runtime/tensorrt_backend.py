@@ -99,7 +99,7 @@ class _EngineSlot:
         self.input, self.outputs = inputs[0], outputs
         _, _, max_shape = engine.get_tensor_profile_shape(self.input, 0)
         self.max_batch = int(max_shape[0])
-        self._input_shape = tuple(int(v) for v in engine.get_tensor_shape(self.input))[1:]
+        self.sample_shape = tuple(int(v) for v in engine.get_tensor_shape(self.input))[1:]  # [3, S, S]
         self.output_shape = tuple(int(v) for v in engine.get_tensor_shape(outputs[0])) if outputs else ()
         self.lock = threading.Lock()
         self.buffers: dict[str, tuple[int, np.ndarray]] = {}
@@ -119,7 +119,7 @@ class _EngineSlot:
 
     def enqueue(self, batch: int) -> None:
         """Queue inference of the first ``batch`` rows of the device input on this slot's stream."""
-        self.context.set_input_shape(self.input, (batch, *self._input_shape))
+        self.context.set_input_shape(self.input, (batch, *self.sample_shape))
         if not self.context.execute_async_v3(self.stream):
             raise DfdError("TensorRT execute_async_v3 failed")
 
@@ -171,7 +171,7 @@ class TensorRTBackend:
         self._slots = {name: _EngineSlot(self._trt, cudart, engine) for name, engine in _engines.items()}
         for name, stream in manifest.streams.items():
             slot = self._slots[name]
-            problem = stream_shape_problem(stream, (-1, *slot._input_shape), slot.output_shape)
+            problem = stream_shape_problem(stream, (-1, *slot.sample_shape), slot.output_shape)
             if problem:
                 raise EngineSetError(f"{manifest.root}: {stream.file('engine').path}: {problem}; rebuild the engine set")
         self.description = f"tensorrt {self._trt.__version__}"
