@@ -1,6 +1,9 @@
 """The fused pipeline's ``PipelineDevice`` on a real GPU: cuda-python's driver API and the NVRTC kernels.
 
-NOT EXECUTED in this project: neither its development machine nor CI has a GPU. Written against
+NOT EXECUTED ON A GPU in this project: neither its development machine nor CI has one. The tests
+run it on an emulated GPU (tests/host_cuda.py): every call goes through the real cuda-bindings
+function's argument checks, then runs on host memory and queues, with the kernels' arguments read
+through the compiled CUBIN's parameter layout; the driver itself is not exercised. Written against
 the documented driver API (``cuMemAlloc``/``cuMemAllocHost``, ``cuMemcpy*Async``, ``cuStreamCreate``,
 ``cuEventRecord``/``cuStreamWaitEvent``, ``cuStreamBeginCapture``/``cuStreamEndCapture``,
 ``cuGraphInstantiate``/``cuGraphLaunch``). Everything it does is queued on streams of the device's
@@ -24,12 +27,24 @@ def _ok(result: Any, what: str) -> Any:
 
 
 class CudaPipelineDevice:
-    """Device memory, page-locked host memory, streams, events and graphs on one GPU."""
+    """Device memory, page-locked host memory, streams, events and graphs on one GPU.
+
+    ``close`` destroys the streams and events it made; memory and graphs are released by whoever
+    allocated them (the pipeline), and the kernels by whoever loaded them."""
 
     def __init__(self, kernels: CudaKernels) -> None:
         self.kernels = kernels
         self._driver = kernels.driver
         self._events: dict[int, Any] = {}  # one reusable event per stream that others wait on
+        self._streams: list[int] = []
+
+    def close(self) -> None:
+        self.bind_thread()
+        for event in self._events.values():
+            _ok(self._driver.cuEventDestroy(event), "cuEventDestroy")
+        for stream in self._streams:
+            _ok(self._driver.cuStreamDestroy(stream), "cuStreamDestroy")
+        self._events, self._streams = {}, []
 
     def bind_thread(self) -> None:
         _ok(self._driver.cuCtxSetCurrent(self.kernels.context), "cuCtxSetCurrent")
@@ -49,7 +64,9 @@ class CudaPipelineDevice:
 
     def new_stream(self) -> int:
         flags = self._driver.CUstream_flags.CU_STREAM_NON_BLOCKING
-        return int(_ok(self._driver.cuStreamCreate(flags), "cuStreamCreate"))
+        stream = int(_ok(self._driver.cuStreamCreate(flags), "cuStreamCreate"))
+        self._streams.append(stream)
+        return stream
 
     def upload(self, dst: int, src: np.ndarray, stream: int) -> None:
         _ok(self._driver.cuMemcpyHtoDAsync(dst, src.ctypes.data, src.nbytes, stream), "cuMemcpyHtoDAsync")

@@ -246,12 +246,15 @@ class Detector:
                    gpu_preprocessing, cuda_graph_batch, face_cascade)
 
     def close(self) -> None:
-        """Release the worker threads and the fused path's buffers; the backend's sessions go with
-        the Detector."""
+        """Release the worker threads, the fused path's buffers and what the backend holds on a
+        GPU (TensorRT's buffers and streams); ONNX Runtime sessions go with the Detector."""
         self._pool.shutdown(wait=True)
         if self.fused is not None:
             self.fused.close()
             self.fused = None
+        release = getattr(self.backend, "close", None)
+        if release is not None:
+            release()
 
     def __enter__(self) -> "Detector":
         return self

@@ -7,7 +7,10 @@ documented TensorRT 10/11 Python API (``Runtime.deserialize_cuda_engine``,
 ``set_tensor_address``/``execute_async_v3``) and cuda-python's runtime API
 (``cuda.bindings.runtime``: streams, device and pinned host allocations, async copies); no torch,
 no pycuda. What *is* tested here: ``tensorrt_mismatch``, the check that refuses an engine set built
-for another TensorRT version or GPU.
+for another TensorRT version or GPU; and the whole class on an emulated GPU with a stand-in for
+TensorRT (tests/runtime/test_cuda_device.py): every cuda-bindings call through the real binding's
+argument checks, results against the host path, every buffer and stream released by ``close``.
+That verifies how this module calls the bindings, not TensorRT or the CUDA driver.
 
 Design: one execution context, one CUDA stream, device buffers sized for the profile's largest
 batch and pinned host staging per engine, all allocated once; ``run`` takes a per-engine lock
@@ -123,6 +126,20 @@ class _EngineSlot:
         if not self.context.execute_async_v3(self.stream):
             raise DfdError("TensorRT execute_async_v3 failed")
 
+    def close(self) -> None:
+        """Free the buffers and the stream; the execution context goes with them."""
+        cudart = self._cudart
+        with self.lock:
+            if self.context is None:
+                return
+            _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+            self.context = None
+            for device, host in self.buffers.values():
+                _check(cudart.cudaFree(device), "cudaFree")
+                _check(cudart.cudaFreeHost(host.ctypes.data), "cudaFreeHost")
+            self.buffers = {}
+            _check(cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
+
     def run(self, pixels: np.ndarray) -> np.ndarray:
         cudart = self._cudart
         kind_h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -161,7 +178,7 @@ class TensorRTBackend:
             if manifest.raw.get("tensorrt", {}).get("options", {}).get("version_compatible"):
                 self._runtime.engine_host_code_allowed = True
             _engines = {}
-            for entry in manifest.entries():
+            for entry in manifest.streams.values():  # the face detector runs on ONNX Runtime
                 engine_file = entry.file("engine")
                 engine = self._runtime.deserialize_cuda_engine(manifest.path_of(engine_file).read_bytes())
                 if engine is None:
@@ -169,6 +186,7 @@ class TensorRTBackend:
                 _engines[entry.name] = engine
         self._engines = _engines
         self._slots = {name: _EngineSlot(self._trt, cudart, engine) for name, engine in _engines.items()}
+        self._fused: list[tuple[Any, Any]] = []  # (CudaPipelineDevice, CudaKernels) of each fused path
         for name, stream in manifest.streams.items():
             slot = self._slots[name]
             problem = stream_shape_problem(stream, (-1, *slot.sample_shape), slot.output_shape)
@@ -177,8 +195,20 @@ class TensorRTBackend:
         self.description = f"tensorrt {self._trt.__version__}"
 
     def clone(self) -> "TensorRTBackend":
-        """New execution contexts, streams and buffers over the same deserialized engines."""
+        """New execution contexts, streams and buffers over the same deserialized engines; the
+        caller closes it."""
         return TensorRTBackend(self.manifest, self._engines)
+
+    def close(self) -> None:
+        """Release what this backend made on the GPU: the fused paths' streams, events and kernel
+        module (after their pipelines are closed), then every engine slot's buffers and stream.
+        Without it a service that opens and closes engine sets would leak them all."""
+        for device, kernels in self._fused:
+            device.close()
+            kernels.close()
+        self._fused = []
+        for slot in self._slots.values():
+            slot.close()
 
     def run(self, stream: str, pixels: np.ndarray) -> np.ndarray:
         return self._slots[stream].run(np.ascontiguousarray(pixels, dtype=np.float32))
@@ -196,4 +226,7 @@ class TensorRTBackend:
         problem = fused_path_problem(engines, preprocessing, input_sizes)
         if problem:
             raise FusedPathError(problem)
-        return GpuPipeline(CudaPipelineDevice(CudaKernels(0)), engines, weights, capture_batch)
+        kernels = CudaKernels(0)
+        device = CudaPipelineDevice(kernels)
+        self._fused.append((device, kernels))
+        return GpuPipeline(device, engines, weights, capture_batch)

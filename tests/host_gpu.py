@@ -13,7 +13,7 @@ that library as the kernels, and models what a real device would punish:
     reading whatever memory holds at replay time, as a CUDA graph does.
 ``HostEngine`` is an engine on its own stream over an ONNX Runtime session.
 This is a model of the CUDA semantics the pipeline relies on, not a GPU: it verifies the
-orchestration, not the driver calls (runtime/cuda_device.py is unexecuted here).
+orchestration; tests/host_cuda.py emulates the driver API on top of it to run runtime/cuda_device.py.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def load_kernel_host(directory: Path) -> ctypes.CDLL | None:
     pointer, i = ctypes.c_void_p, ctypes.c_int
     lib.host_preprocess.argtypes = [pointer, i, i, pointer, pointer, pointer]
     lib.host_vote_kernel.argtypes = [pointer, pointer, pointer, pointer, i, pointer, pointer, pointer]
+    lib.host_tasks_per_image.restype = ctypes.c_longlong
     return lib
 
 
@@ -90,11 +91,18 @@ class HostDevice:
         if self.pinned.pop(buffer.ctypes.data, None) is None:
             raise AssertionError("free of unknown pinned buffer")
 
-    def _check_range(self, address: int, nbytes: int, pool: dict[int, np.ndarray], what: str) -> None:
+    def _check_range(self, address: int, nbytes: int, pool: dict[int, np.ndarray], what: str) -> np.ndarray:
+        """The ``nbytes`` at ``address`` as a view of the allocation of ``pool`` that holds them."""
         for base, buffer in pool.items():
             if base <= address and address + nbytes <= base + buffer.size:
-                return
+                return buffer[address - base:address - base + nbytes]
         raise AssertionError(f"{what}: {nbytes} bytes at {address:#x} are outside every allocation")
+
+    def device_bytes(self, address: int, nbytes: int, what: str) -> np.ndarray:
+        return self._check_range(address, nbytes, self.allocations, what)
+
+    def pinned_bytes(self, address: int, nbytes: int, what: str) -> np.ndarray:
+        return self._check_range(address, nbytes, self.pinned, what)
 
     # streams
     def new_stream(self) -> int:
@@ -114,11 +122,18 @@ class HostDevice:
             queue.pop(0)()
 
     def wait(self, stream: int, on: int) -> None:
-        if on in self._capturing:
+        self.wait_for(stream, self.record(on))
+
+    def record(self, on: int) -> tuple[int, list[Callable[[], None]]] | None:
+        """An event recorded on ``on``: the work it had queued by now (None while it captures)."""
+        return None if on in self._capturing else (on, list(self._queues[on]))
+
+    def wait_for(self, stream: int, recorded: tuple[int, list[Callable[[], None]]] | None) -> None:
+        """``stream`` waits for a recorded event: the work queued before the record runs first."""
+        if recorded is None:
             self._capturing.add(stream)  # the fork joins the capture, as with cudaStreamWaitEvent
             return
-        mark = len(self._queues[on])
-        pending = self._queues[on][:mark]
+        on, pending = recorded
 
         def run_what_on_had_queued() -> None:
             for operation in pending:

@@ -5,7 +5,7 @@ own headers compiled with g++, the engines are the set's ONNX graphs on ONNX Run
 queues ordered only by event waits, and CUDA graphs replay recorded operations. What this checks:
 image packing and the job table, which face input each image gets (box, own image, re-encoded JPEG,
 none), the notes, chunking to the engines' batch, stream ordering, graph capture and replay, and
-buffer lifetime. It does not check the CUDA driver calls (runtime/cuda_device.py, unexecuted).
+buffer lifetime. The driver calls behind it (runtime/cuda_device.py) are checked in test_cuda_device.py.
 """
 
 from __future__ import annotations

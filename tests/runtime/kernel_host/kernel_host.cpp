@@ -68,6 +68,9 @@ void host_job_layout(long long* out) {
     out[15] = offsetof(dfd::Job, face_margin);
 }
 
+// Threads a dfd_preprocess launch needs per image: one per task.
+long long host_tasks_per_image() { return dfd::kTasksPerImage; }
+
 // What dfd_preprocess_f32 / _f16 do, task by task, on the host: the CUDA grid's threads in order.
 void host_preprocess(const dfd::Job* jobs, int batch, int half, void* global, void* face, void* fusion) {
     void* outputs[3] = {global, face, fusion};

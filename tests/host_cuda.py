@@ -1,0 +1,663 @@
+"""The CUDA driver and runtime APIs emulated on the host, and a stand-in for TensorRT, so that the
+runtime's GPU code (runtime/cuda_device.py, the launches of runtime/cuda_kernels.py,
+runtime/tensorrt_backend.py) runs where there is no GPU.
+
+Every CUDA call goes first to the real cuda-bindings function. A binding converts each argument to
+its C type before it loads the CUDA library, so on a machine without a driver a call fails only
+at that load when the binding took its arguments (the driver API raises DynamicLibNotFoundError,
+the runtime API returns cudaErrorInsufficientDriver); a wrong argument count or type raises
+TypeError first, as it would on a GPU. The call is then carried out on a ``HostDevice``
+(tests/host_gpu.py): memory is host memory, streams are its queues, CUDA graphs its recordings.
+``cuModuleLoadData`` reads the CUBIN the runtime compiled (its kernels and, per kernel, each
+parameter's offset and size), and ``cuLaunchKernel`` reads the arguments as the driver does, that
+many bytes from each ``kernelParams`` pointer, then runs the kernels' own code compiled with g++.
+Handles are checked by kind and lifetime, and what is still alive is listed for leak checks.
+
+``HostTensorRT`` imitates the documented TensorRT Python API the project calls; its "engine" is
+the stream's ONNX graph, run by ONNX Runtime on the emulated device memory, on the engine's stream.
+
+What this verifies: how the runtime calls the bindings (signatures, handle kinds, stream order,
+kernel argument packing, releases). Not the CUDA driver, a GPU or TensorRT, none of which exists
+here: benchmarks/gpu_check.py runs the real calls on a lent GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import itertools
+import json
+import struct
+import types
+from collections import Counter
+from typing import Any, Callable
+
+import numpy as np
+
+from host_gpu import HostDevice
+
+PRIMARY_CONTEXT = 0xC0
+ENGINE_MAGIC = b"HOST-EMULATED-ENGINE\n"
+EIATTR_KPARAM_INFO = 0x17
+
+
+def no_cuda_driver() -> bool:
+    """True when libcuda cannot be loaded here. The emulation relies on it: where a driver exists,
+    the argument checks would run the real calls (use benchmarks/gpu_check.py there)."""
+    from cuda.bindings import driver
+    from cuda.pathfinder import DynamicLibNotFoundError
+
+    try:
+        driver.cuDriverGetVersion()
+    except DynamicLibNotFoundError:
+        return True
+    return False
+
+
+def cubin_kernels(cubin: bytes) -> dict[str, list[tuple[int, int]]]:
+    """Kernel name -> (offset, size) of each parameter in ordinal order, from a CUBIN's sections
+    ``.text.<kernel>`` and the EIATTR_KPARAM_INFO records of ``.nv.info.<kernel>``."""
+    if cubin[:4] != b"\x7fELF" or struct.unpack_from("<H", cubin, 18)[0] != 190:  # EM_CUDA
+        raise AssertionError("cuModuleLoadData: the image is not a CUBIN")
+    (section_offset,) = struct.unpack_from("<Q", cubin, 0x28)
+    entry_size, count, names_index = struct.unpack_from("<HHH", cubin, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", cubin, section_offset + i * entry_size) for i in range(count)]
+    names_at = headers[names_index][4]
+    sections = {cubin[names_at + h[0]:cubin.index(b"\0", names_at + h[0])].decode(): cubin[h[4]:h[4] + h[5]]
+                for h in headers}
+    kernels = {}
+    for name in (s.removeprefix(".text.") for s in sections if s.startswith(".text.")):
+        info, at, params = sections.get(f".nv.info.{name}", b""), 0, {}
+        while at < len(info):
+            kind, code, size = info[at], info[at + 1], struct.unpack_from("<H", info, at + 2)[0]
+            if kind == 0x04:  # EIFMT_SVAL: a payload of `size` bytes follows
+                if code == EIATTR_KPARAM_INFO:
+                    _, ordinal, offset, flags = struct.unpack_from("<IHHI", info, at + 4)
+                    params[ordinal] = (offset, (flags >> 18) & 0x3FFF)
+                at += 4 + size
+            else:
+                at += 4
+        kernels[name] = [params[i] for i in range(len(params))]
+    return kernels
+
+
+def _read(address: int, ctype: type[ctypes._SimpleCData]) -> Any:
+    return ctype.from_address(address).value
+
+
+# The kernels of runtime/kernels/*.cu as the host runs them: their C parameter types as declared
+# there (checked against the CUBIN's parameter sizes at each launch) and a function that checks the
+# launch's geometry and queues their work on the HostDevice. Tests may add kernels of their own.
+POINTER, INT, DOUBLE = ctypes.c_uint64, ctypes.c_int32, ctypes.c_double
+Grid = tuple[int, int, int]
+HostKernel = tuple[tuple, Callable[[HostDevice, int, list, Grid, Grid], None]]
+
+
+def one_thread_per_task(name: str, grid: Grid, block: Grid, tasks: int) -> None:
+    """The runtime's kernels run task t on thread t of a 1-D grid and skip threads past the end."""
+    assert grid[1:] == block[1:] == (1, 1), f"{name}: a 1-D launch, not grid {grid} block {block}"
+    assert grid[0] * block[0] >= tasks, f"{name}: a grid of {grid[0] * block[0]} threads for {tasks} tasks"
+
+
+def _runtime_kernels(tasks_per_image: int) -> dict[str, HostKernel]:
+    def preprocess(name: str, half: bool) -> HostKernel:
+        def run(device: HostDevice, stream: int, a: list, grid: Grid, block: Grid) -> None:
+            one_thread_per_task(name, grid, block, a[1] * tasks_per_image)
+            device.preprocess(a[0], a[1], tuple(a[2:5]), half, stream)
+        return (POINTER, INT, POINTER, POINTER, POINTER), run
+
+    def vote(device: HostDevice, stream: int, a: list, grid: Grid, block: Grid) -> None:
+        one_thread_per_task("dfd_vote", grid, block, a[6])
+        device.vote(tuple(a[0:3]), tuple(a[3:6]), a[6], a[7], a[8], a[9], stream)
+
+    return {"dfd_preprocess_f32": preprocess("dfd_preprocess_f32", False),
+            "dfd_preprocess_f16": preprocess("dfd_preprocess_f16", True),
+            "dfd_vote": ((POINTER,) * 3 + (DOUBLE,) * 3 + (INT,) + (POINTER,) * 3, vote)}
+
+
+class HostCuda:
+    """One emulated GPU: the state the driver and runtime facades share (see module docstring)."""
+
+    def __init__(self, device: HostDevice, kernels: ctypes.CDLL, compute_capability: tuple[int, int] = (9, 0),
+                 name: str = "Host emulation") -> None:
+        from cuda.bindings import driver, runtime
+
+        self.device, self.compute_capability, self.name = device, compute_capability, name
+        self.real_driver, self.real_runtime = driver, runtime
+        self.kernels = _runtime_kernels(int(kernels.host_tasks_per_image()))
+        self.live: dict[str, dict[int, Any]] = {kind: {} for kind in (
+            "stream", "event", "graph", "graph_exec", "module", "function", "device_memory", "pinned_memory")}
+        self.context_references = 0
+        self.calls: Counter[str] = Counter()
+        self._ids = itertools.count(0x1000)
+        self.driver = _Driver(self)
+        self.runtime = _Runtime(self)
+
+    def install(self, monkeypatch) -> None:
+        """Make ``from cuda.bindings import driver, runtime`` give the emulation."""
+        import cuda.bindings
+
+        monkeypatch.setattr(cuda.bindings, "driver", self.driver)
+        monkeypatch.setattr(cuda.bindings, "runtime", self.runtime)
+
+    def leaks(self) -> dict[str, int]:
+        """Handles and memory still alive, by kind, and primary-context references still held."""
+        alive = {kind: len(handles) for kind, handles in self.live.items() if handles}
+        if self.context_references:
+            alive["primary_context_references"] = self.context_references
+        return alive
+
+    # handles
+    def new(self, kind: str, value: Any = None) -> int:
+        handle = next(self._ids)
+        self.live[kind][handle] = value
+        return handle
+
+    def get(self, kind: str, handle: Any, call: str) -> Any:
+        key = int(handle)
+        if key not in self.live[kind]:
+            what = {"graph_exec": "executable graph"}.get(kind, kind.replace("_", " "))
+            raise AssertionError(f"{call}: {handle!r} is not a live {what}")
+        return self.live[kind][key]
+
+    def stream(self, handle: Any, call: str) -> int:
+        if int(handle) == 0:
+            raise AssertionError(f"{call}: the legacy default stream serialises with every other stream "
+                                 "and cannot be captured; the runtime must use streams of its own")
+        self.get("stream", handle, call)
+        return int(handle)
+
+    # memory
+    def alloc(self, nbytes: int) -> int:
+        address = self.device.alloc(int(nbytes))
+        self.live["device_memory"][address] = nbytes
+        return address
+
+    def free(self, address: Any, call: str) -> None:
+        self.get("device_memory", address, call)
+        del self.live["device_memory"][int(address)]
+        self.device.free(int(address))
+
+    def alloc_pinned(self, nbytes: int) -> int:
+        address = self.device.alloc_pinned(int(nbytes)).ctypes.data
+        self.live["pinned_memory"][address] = nbytes
+        return address
+
+    def free_pinned(self, address: Any, call: str) -> None:
+        self.get("pinned_memory", address, call)
+        del self.live["pinned_memory"][int(address)]
+        self.device.free_pinned(self.device.pinned[int(address)])
+
+    def copy_to_device(self, dst: Any, src: Any, nbytes: int, stream: Any, call: str) -> None:
+        host = self.device.pinned_bytes(int(src), nbytes, f"{call} source (page-locked host memory)")
+        self.device.upload(int(dst), host, self.stream(stream, call))
+
+    def copy_to_host(self, dst: Any, src: Any, nbytes: int, stream: Any, call: str) -> None:
+        host = self.device.pinned_bytes(int(dst), nbytes, f"{call} destination (page-locked host memory)")
+        self.device.download(host, int(src), self.stream(stream, call))
+
+    def new_stream(self) -> int:
+        stream = self.device.new_stream()
+        self.live["stream"][stream] = None
+        return stream
+
+    def destroy_stream(self, handle: Any, call: str) -> None:
+        stream = self.stream(handle, call)
+        self.device.synchronize(stream)  # queued work still completes, as on a GPU
+        del self.live["stream"][stream]
+
+
+class _Facade:
+    """Passes enums and handle types through to the real binding; emulates the calls it defines."""
+
+    _success: Any
+    _no_driver: tuple = ()  # what the real call returns here instead of raising (runtime API)
+
+    def __init__(self, gpu: HostCuda, real: types.ModuleType) -> None:
+        self._gpu, self._real = gpu, real
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._real, name)
+        if callable(value) and not isinstance(value, type):
+            raise AttributeError(f"{name} is not emulated: add it to tests/host_cuda.py")
+        return value
+
+    def _accept(self, name: str, *args: Any) -> None:
+        """Hand the call to the real binding: it checks the arguments, then fails for want of a driver."""
+        from cuda.pathfinder import DynamicLibNotFoundError
+
+        self._gpu.calls[name] += 1
+        try:
+            result = getattr(self._real, name)(*args)
+        except DynamicLibNotFoundError:
+            return
+        status = result[0] if isinstance(result, tuple) else result
+        if status not in self._no_driver:
+            raise AssertionError(f"{name} reached a CUDA driver ({status!r}); the emulation needs a machine without one")
+
+    def _ok(self, *values: Any) -> tuple:
+        return (self._success, *values)
+
+
+class _Driver(_Facade):
+    """``cuda.bindings.driver`` as the runtime calls it."""
+
+    def __init__(self, gpu: HostCuda) -> None:
+        super().__init__(gpu, gpu.real_driver)
+        self._success = gpu.real_driver.CUresult.CUDA_SUCCESS
+
+    # device and context
+    def cuInit(self, flags):
+        self._accept("cuInit", flags)
+        return self._ok()
+
+    def cuDriverGetVersion(self):
+        self._accept("cuDriverGetVersion")
+        return self._ok(13000)
+
+    def cuDeviceGetCount(self):
+        self._accept("cuDeviceGetCount")
+        return self._ok(1)
+
+    def cuDeviceGet(self, ordinal):
+        self._accept("cuDeviceGet", ordinal)
+        assert ordinal == 0, f"cuDeviceGet: no device {ordinal}"
+        return self._ok(self._real.CUdevice(0))
+
+    def cuDeviceGetName(self, length, dev):
+        self._accept("cuDeviceGetName", length, dev)
+        return self._ok(self._gpu.name.encode().ljust(length, b"\0")[:length])
+
+    def cuDeviceGetAttribute(self, attribute, dev):
+        self._accept("cuDeviceGetAttribute", attribute, dev)
+        known = self._real.CUdevice_attribute
+        values = {known.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: self._gpu.compute_capability[0],
+                  known.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: self._gpu.compute_capability[1]}
+        return self._ok(values[attribute])
+
+    def cuDevicePrimaryCtxRetain(self, dev):
+        self._accept("cuDevicePrimaryCtxRetain", dev)
+        self._gpu.context_references += 1
+        return self._ok(self._real.CUcontext(PRIMARY_CONTEXT))
+
+    def cuDevicePrimaryCtxRelease(self, dev):
+        self._accept("cuDevicePrimaryCtxRelease", dev)
+        assert self._gpu.context_references > 0, "cuDevicePrimaryCtxRelease without a retain"
+        self._gpu.context_references -= 1
+        return self._ok()
+
+    def cuCtxSetCurrent(self, context):
+        self._accept("cuCtxSetCurrent", context)
+        assert int(context) == PRIMARY_CONTEXT and self._gpu.context_references > 0, \
+            "cuCtxSetCurrent: not a retained primary context"
+        self._gpu.device.bind_thread()
+        return self._ok()
+
+    def cuCtxGetDevice(self):
+        self._accept("cuCtxGetDevice")
+        return self._ok(self._real.CUdevice(0))
+
+    def cuMemGetInfo(self):
+        self._accept("cuMemGetInfo")
+        return self._ok(60 << 30, 80 << 30)
+
+    # modules and launches
+    def cuModuleLoadData(self, image):
+        self._accept("cuModuleLoadData", image)
+        major, minor = self._gpu.compute_capability
+        flags = struct.unpack_from("<I", image, 0x30)[0] if image[:4] == b"\x7fELF" else -1
+        assert (flags >> 8) & 0xFF == 10 * major + minor, "cuModuleLoadData: a CUBIN for another GPU"
+        return self._ok(self._real.CUmodule(self._gpu.new("module", cubin_kernels(image))))
+
+    def cuModuleGetFunction(self, module, name):
+        self._accept("cuModuleGetFunction", module, name)
+        kernels = self._gpu.get("module", module, "cuModuleGetFunction")
+        assert name.decode() in kernels, f"cuModuleGetFunction: no kernel {name!r} in the module"
+        return self._ok(self._real.CUfunction(self._gpu.new("function", (int(module), name.decode()))))
+
+    def cuModuleUnload(self, module):
+        self._accept("cuModuleUnload", module)
+        self._gpu.get("module", module, "cuModuleUnload")
+        del self._gpu.live["module"][int(module)]
+        for handle, (owner, _) in list(self._gpu.live["function"].items()):
+            if owner == int(module):
+                del self._gpu.live["function"][handle]
+        return self._ok()
+
+    def cuLaunchKernel(self, function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+        self._accept("cuLaunchKernel", function, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
+        call = "cuLaunchKernel"
+        module, name = self._gpu.get("function", function, call)
+        layout = self._gpu.get("module", module, call)[name]
+        types_, run = self._gpu.kernels[name]
+        assert [size for _, size in layout] == [ctypes.sizeof(t) for t in types_], \
+            f"{name}: the compiled kernel's parameter sizes {layout} are not its declaration's"
+        assert shared == 0 and extra in (0, None), f"{name}: no dynamic shared memory or extra options"
+        pointers = (ctypes.c_void_p * len(types_)).from_address(int(params))
+        args = [_read(pointer, ctype) for pointer, ctype in zip(pointers, types_)]  # size bytes each
+        run(self._gpu.device, self._gpu.stream(stream, call), args, (gx, gy, gz), (bx, by, bz))
+        return self._ok()
+
+    # memory
+    def cuMemAlloc(self, nbytes):
+        self._accept("cuMemAlloc", nbytes)
+        return self._ok(self._real.CUdeviceptr(self._gpu.alloc(nbytes)))
+
+    def cuMemFree(self, address):
+        self._accept("cuMemFree", address)
+        self._gpu.free(address, "cuMemFree")
+        return self._ok()
+
+    def cuMemAllocHost(self, nbytes):
+        self._accept("cuMemAllocHost", nbytes)
+        return self._ok(self._gpu.alloc_pinned(nbytes))
+
+    def cuMemFreeHost(self, address):
+        self._accept("cuMemFreeHost", address)
+        self._gpu.free_pinned(address, "cuMemFreeHost")
+        return self._ok()
+
+    def cuMemcpyHtoDAsync(self, dst, src, nbytes, stream):
+        self._accept("cuMemcpyHtoDAsync", dst, src, nbytes, stream)
+        self._gpu.copy_to_device(dst, src, nbytes, stream, "cuMemcpyHtoDAsync")
+        return self._ok()
+
+    def cuMemcpyDtoHAsync(self, dst, src, nbytes, stream):
+        self._accept("cuMemcpyDtoHAsync", dst, src, nbytes, stream)
+        self._gpu.copy_to_host(dst, src, nbytes, stream, "cuMemcpyDtoHAsync")
+        return self._ok()
+
+    # streams and events
+    def cuStreamCreate(self, flags):
+        self._accept("cuStreamCreate", flags)
+        return self._ok(self._real.CUstream(self._gpu.new_stream()))
+
+    def cuStreamDestroy(self, stream):
+        self._accept("cuStreamDestroy", stream)
+        self._gpu.destroy_stream(stream, "cuStreamDestroy")
+        return self._ok()
+
+    def cuStreamSynchronize(self, stream):
+        self._accept("cuStreamSynchronize", stream)
+        self._gpu.device.synchronize(self._gpu.stream(stream, "cuStreamSynchronize"))
+        return self._ok()
+
+    def cuEventCreate(self, flags):
+        self._accept("cuEventCreate", flags)
+        return self._ok(self._real.CUevent(self._gpu.new("event", "never recorded")))
+
+    def cuEventDestroy(self, event):
+        self._accept("cuEventDestroy", event)
+        self._gpu.get("event", event, "cuEventDestroy")
+        del self._gpu.live["event"][int(event)]
+        return self._ok()
+
+    def cuEventRecord(self, event, stream):
+        self._accept("cuEventRecord", event, stream)
+        self._gpu.get("event", event, "cuEventRecord")
+        self._gpu.live["event"][int(event)] = self._gpu.device.record(self._gpu.stream(stream, "cuEventRecord"))
+        return self._ok()
+
+    def cuStreamWaitEvent(self, stream, event, flags):
+        self._accept("cuStreamWaitEvent", stream, event, flags)
+        recorded = self._gpu.get("event", event, "cuStreamWaitEvent")
+        assert recorded != "never recorded", "cuStreamWaitEvent on an event never recorded waits for nothing"
+        self._gpu.device.wait_for(self._gpu.stream(stream, "cuStreamWaitEvent"), recorded)
+        return self._ok()
+
+    # graphs
+    def cuStreamBeginCapture(self, stream, mode):
+        self._accept("cuStreamBeginCapture", stream, mode)
+        self._gpu.device.begin_capture(self._gpu.stream(stream, "cuStreamBeginCapture"))
+        return self._ok()
+
+    def cuStreamEndCapture(self, stream):
+        self._accept("cuStreamEndCapture", stream)
+        graph = self._gpu.device.end_capture(self._gpu.stream(stream, "cuStreamEndCapture"))
+        return self._ok(self._real.CUgraph(self._gpu.new("graph", graph)))
+
+    def cuGraphInstantiate(self, graph, flags):
+        self._accept("cuGraphInstantiate", graph, flags)
+        operations = self._gpu.get("graph", graph, "cuGraphInstantiate")
+        return self._ok(self._real.CUgraphExec(self._gpu.new("graph_exec", list(operations))))
+
+    def cuGraphDestroy(self, graph):
+        self._accept("cuGraphDestroy", graph)
+        self._gpu.get("graph", graph, "cuGraphDestroy")
+        del self._gpu.live["graph"][int(graph)]
+        return self._ok()
+
+    def cuGraphLaunch(self, graph_exec, stream):
+        self._accept("cuGraphLaunch", graph_exec, stream)
+        operations = self._gpu.get("graph_exec", graph_exec, "cuGraphLaunch")
+        self._gpu.device.replay(operations, self._gpu.stream(stream, "cuGraphLaunch"))
+        return self._ok()
+
+    def cuGraphExecDestroy(self, graph_exec):
+        self._accept("cuGraphExecDestroy", graph_exec)
+        self._gpu.device.destroy_graph(self._gpu.get("graph_exec", graph_exec, "cuGraphExecDestroy"))
+        del self._gpu.live["graph_exec"][int(graph_exec)]
+        return self._ok()
+
+
+class _Runtime(_Facade):
+    """``cuda.bindings.runtime`` as the TensorRT backend calls it."""
+
+    def __init__(self, gpu: HostCuda) -> None:
+        super().__init__(gpu, gpu.real_runtime)
+        self._success = gpu.real_runtime.cudaError_t.cudaSuccess
+        self._no_driver = (gpu.real_runtime.cudaError_t.cudaErrorInsufficientDriver,)
+
+    def cudaRuntimeGetVersion(self):
+        return self._real.cudaRuntimeGetVersion()  # needs no driver
+
+    def cudaStreamCreate(self):
+        self._accept("cudaStreamCreate")
+        return self._ok(self._real.cudaStream_t(self._gpu.new_stream()))
+
+    def cudaStreamDestroy(self, stream):
+        self._accept("cudaStreamDestroy", stream)
+        self._gpu.destroy_stream(stream, "cudaStreamDestroy")
+        return self._ok()
+
+    def cudaStreamSynchronize(self, stream):
+        self._accept("cudaStreamSynchronize", stream)
+        self._gpu.device.synchronize(self._gpu.stream(stream, "cudaStreamSynchronize"))
+        return self._ok()
+
+    def cudaMalloc(self, nbytes):
+        self._accept("cudaMalloc", nbytes)
+        return self._ok(self._gpu.alloc(nbytes))
+
+    def cudaFree(self, address):
+        self._accept("cudaFree", address)
+        self._gpu.free(address, "cudaFree")
+        return self._ok()
+
+    def cudaMallocHost(self, nbytes):
+        self._accept("cudaMallocHost", nbytes)
+        return self._ok(self._gpu.alloc_pinned(nbytes))
+
+    def cudaFreeHost(self, address):
+        self._accept("cudaFreeHost", address)
+        self._gpu.free_pinned(address, "cudaFreeHost")
+        return self._ok()
+
+    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
+        self._accept("cudaMemcpyAsync", dst, src, nbytes, kind, stream)
+        kinds = self._real.cudaMemcpyKind
+        if kind == kinds.cudaMemcpyHostToDevice:
+            self._gpu.copy_to_device(dst, src, nbytes, stream, "cudaMemcpyAsync")
+        elif kind == kinds.cudaMemcpyDeviceToHost:
+            self._gpu.copy_to_host(dst, src, nbytes, stream, "cudaMemcpyAsync")
+        else:
+            raise AssertionError(f"cudaMemcpyAsync: copy kind {kind!r} is not emulated")
+        return self._ok()
+
+
+def host_tensorrt(gpu: HostCuda, version: str = "10.3.0") -> types.ModuleType:
+    """A ``tensorrt`` module with the documented API the project calls (see module docstring)."""
+    import onnxruntime as ort
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # found by importlib.util.find_spec
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None:
+            pass
+
+    class TensorIOMode:
+        INPUT, OUTPUT = "input", "output"
+
+    class DataType:
+        FLOAT, HALF = "float", "half"
+
+    trt.Logger, trt.TensorIOMode, trt.DataType = Logger, TensorIOMode, DataType
+    trt.nptype = lambda dtype: {DataType.FLOAT: np.float32, DataType.HALF: np.float16}[dtype]
+
+    # building: the serialized "engine" is the parsed ONNX graph behind a header with its profile
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+    trt.BuilderFlag = types.SimpleNamespace(VERSION_COMPATIBLE="version_compatible")
+    trt.HardwareCompatibilityLevel = types.SimpleNamespace(AMPERE_PLUS="ampere_plus")
+
+    class Network:
+        graph: bytes = b""
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network: Network, logger: Logger) -> None:
+            self._network = network
+
+        def parse_from_file(self, path: str) -> bool:
+            with open(path, "rb") as handle:
+                self._network.graph = handle.read()
+            return True
+
+    class Profile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, list] = {}
+
+        def set_shape(self, name: str, low, opt, high) -> None:
+            self.shapes[name] = [list(low), list(opt), list(high)]
+
+    class TimingCache:
+        def serialize(self) -> bytes:
+            return b"timing"
+
+    class Config:
+        hardware_compatibility_level = None
+
+        def __init__(self) -> None:
+            self.profiles: list[Profile] = []
+
+        def set_memory_pool_limit(self, pool, size) -> None:
+            pass
+
+        def set_flag(self, flag) -> None:
+            pass
+
+        def add_optimization_profile(self, profile: Profile) -> None:
+            self.profiles.append(profile)
+
+        def create_timing_cache(self, data: bytes) -> TimingCache:
+            return TimingCache()
+
+        def set_timing_cache(self, cache, ignore_mismatch: bool) -> None:
+            pass
+
+        def get_timing_cache(self) -> TimingCache:
+            return TimingCache()
+
+    class Builder:
+        def __init__(self, logger: Logger) -> None:
+            pass
+
+        def create_network(self, flags: int) -> Network:
+            assert flags == 1 << 5, "networks are built strongly typed"
+            return Network()
+
+        create_builder_config = staticmethod(Config)
+        create_optimization_profile = staticmethod(Profile)
+
+        def build_serialized_network(self, network: Network, config: Config) -> bytes:
+            (profile,) = config.profiles
+            return ENGINE_MAGIC + json.dumps(profile.shapes).encode() + b"\n" + network.graph
+
+    trt.Builder, trt.OnnxParser = Builder, Parser
+
+    # running
+    class Engine:
+        def __init__(self, data: bytes) -> None:
+            header, graph = data[len(ENGINE_MAGIC):].split(b"\n", 1)
+            self._profiles = json.loads(header)
+            self.session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+            self._io = {**{t.name: (TensorIOMode.INPUT, t) for t in self.session.get_inputs()},
+                        **{t.name: (TensorIOMode.OUTPUT, t) for t in self.session.get_outputs()}}
+            self.num_io_tensors = len(self._io)
+
+        def get_tensor_name(self, index: int) -> str:
+            return list(self._io)[index]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return self._io[name][0]
+
+        def get_tensor_profile_shape(self, name: str, profile: int) -> list:
+            assert profile == 0 and name in self._profiles, f"no profile for {name}"
+            return self._profiles[name]
+
+        def get_tensor_shape(self, name: str) -> tuple:
+            return tuple(-1 if not isinstance(d, int) else d for d in self._io[name][1].shape)
+
+        def get_tensor_dtype(self, name: str) -> str:
+            return DataType.HALF if self._io[name][1].type == "tensor(float16)" else DataType.FLOAT
+
+        def create_execution_context(self) -> "Context":
+            return Context(self)
+
+    class Context:
+        def __init__(self, engine: Engine) -> None:
+            self._engine, self._addresses, self._shape = engine, {}, None
+
+        def set_tensor_address(self, name: str, address: int) -> bool:
+            self._addresses[name] = int(address)
+            return True
+
+        def set_input_shape(self, name: str, shape) -> bool:
+            low, _, high = self._engine.get_tensor_profile_shape(name, 0)
+            assert all(lo <= s <= hi for lo, s, hi in zip(low, shape, high)), f"{shape} is outside the profile"
+            self._shape = tuple(shape)
+            return True
+
+        def execute_async_v3(self, stream: int) -> bool:
+            engine, shape = self._engine, self._shape
+            assert shape is not None and set(self._addresses) == set(engine._io), "input shape and addresses first"
+            (name_in, *names_out) = engine._io
+            dtype = trt.nptype(engine.get_tensor_dtype(name_in))
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            pixels = gpu.device.device_bytes(self._addresses[name_in], nbytes, "engine input")
+
+            def infer() -> None:
+                outputs = engine.session.run(names_out, {name_in: pixels.view(dtype).reshape(shape).copy()})
+                for name, value in zip(names_out, outputs):
+                    value = np.ascontiguousarray(value, trt.nptype(engine.get_tensor_dtype(name)))
+                    gpu.device.device_bytes(self._addresses[name], value.nbytes, "engine output")[:] = \
+                        value.reshape(-1).view(np.uint8)
+            gpu.device._issue(gpu.stream(stream, "execute_async_v3"), infer)
+            return True
+
+    class Runtime:
+        engine_host_code_allowed = False
+
+        def __init__(self, logger: Logger) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, data: bytes) -> Engine | None:
+            return Engine(data) if data.startswith(ENGINE_MAGIC) else None
+
+    trt.Runtime = Runtime
+    return trt

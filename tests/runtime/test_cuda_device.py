@@ -1,0 +1,194 @@
+"""The runtime's GPU code on an emulated GPU (tests/host_cuda.py), end to end: a set built with
+``--backend tensorrt``, opened on the tensorrt backend, scored through the fused path
+(runtime/cuda_device.py and the kernel launches of runtime/cuda_kernels.py) or the engines' own
+buffers (runtime/tensorrt_backend.py), against the host path of the ONNX Runtime set built from the
+same checkpoints.
+
+Every CUDA call passes through the real cuda-bindings function's argument checks, and every kernel
+launch is read through the parameter layout of the CUBIN the runtime compiled. TensorRT is a
+stand-in whose engines are the set's ONNX graphs: none of this verifies the CUDA driver, a GPU or
+TensorRT (benchmarks/gpu_check.py is for a lent GPU).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import cv2
+import numpy as np
+import pytest
+
+from dfd.runtime import cuda_kernels
+from dfd.runtime.detector import Detector
+from host_cuda import HostCuda, host_tensorrt, no_cuda_driver
+from host_gpu import HostDevice, load_kernel_host
+
+pytestmark = pytest.mark.skipif(not no_cuda_driver(), reason="a CUDA driver is installed: the emulation's "
+                                "argument checks would run real calls (use benchmarks/gpu_check.py)")
+
+
+@pytest.fixture(scope="module")
+def kernel_host(tmp_path_factory):
+    lib = load_kernel_host(tmp_path_factory.mktemp("kernel_host"))
+    if lib is None:
+        pytest.skip("g++ is needed to compile the kernels for the host")
+    return lib
+
+
+@pytest.fixture(scope="module")
+def kernel_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("kernel-cache")
+
+
+def _emulated_gpu(monkeypatch, kernel_host, kernel_cache, order: str = "lazy") -> HostCuda:
+    gpu = HostCuda(HostDevice(kernel_host, order), kernel_host)
+    gpu.install(monkeypatch)
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", host_tensorrt(gpu))
+    monkeypatch.setenv("DFD_KERNEL_CACHE", str(kernel_cache))
+    return gpu
+
+
+@pytest.fixture(scope="module")
+def tensorrt_set(reference_ensemble, kernel_host, kernel_cache, tmp_path_factory):
+    """The tiny checkpoints built as ``dfd-export build --backend tensorrt --max-batch 4`` would on
+    the emulated GPU: its engines are the ONNX graphs the build validated."""
+    from conftest import LORA_ALPHA, LORA_R
+    from dfd.export.build import BuildRequest, build_engine_set
+    from dfd.export.checkpoint import LoraSettings
+    from dfd.export.tensorrt_build import TensorRTOptions
+
+    out = tmp_path_factory.mktemp("tensorrt-set") / "fp32"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+        build_engine_set(BuildRequest(out_dir=out, weights_dir=reference_ensemble.weights_dir,
+                                      models_dir=reference_ensemble.models_dir,
+                                      lora=LoraSettings(LORA_R, LORA_ALPHA), backend="tensorrt",
+                                      tensorrt=TensorRTOptions(min_batch=1, opt_batch=2, max_batch=4)))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def opencv_without_ipp():
+    """As in test_gpu_pipeline.py: OpenCV's generic bicubic, which the kernel reproduces bit for bit."""
+    optimized = cv2.useOptimized()
+    cv2.setUseOptimized(False)
+    yield
+    cv2.setUseOptimized(optimized)
+
+
+@pytest.fixture(scope="module")
+def scene(photographs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("emulated-scene")
+
+    def write(name: str, rgb: np.ndarray) -> str:
+        cv2.imwrite(str(root / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        return str(root / name)
+
+    astronaut, coffee = photographs["astronaut"], photographs["coffee"]
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return [write("portrait.png", astronaut[0:300, 100:400]), write("portrait.jpg", astronaut[0:300, 100:400]),
+            write("coffee.png", coffee), write("small.png", cv2.resize(astronaut, (150, 100))),
+            write("wide224.png", coffee[:224, :300]), str(root / "corrupt.png"), photographs["chelsea"]]
+
+
+def _dicts(detections) -> list[dict]:
+    return [d.to_dict() for d in detections]
+
+
+@pytest.mark.parametrize("order", ["lazy", "others_first"])
+def test_tensorrt_backend_with_the_fused_path_equals_the_host_path(
+        tensorrt_set, tiny_engine_set, scene, kernel_host, kernel_cache, monkeypatch, order):
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache, order)
+    with Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=8) as host:
+        want = host.detect(scene)
+    with Detector.open(tensorrt_set, backend="auto", batch_size=8) as detector:
+        assert detector.backend.name == "tensorrt", detector.backend_reason
+        assert detector.fused is not None, detector.preprocessing
+        got = detector.detect(scene)
+        assert gpu.calls["cuLaunchKernel"] == 2 * 2  # preprocess + vote per chunk (4 + 2 good images)
+        boxes = [(120, 30, 320, 260), None]
+        assert _dicts(detector.detect(scene[:2], face_boxes=boxes)) == _dicts(host_detect(tiny_engine_set, scene[:2], boxes))
+    assert _dicts(got) == _dicts(want)
+    assert [d.ok for d in got] == [True] * 5 + [False, True]
+    assert gpu.leaks() == {}, "Detector.close() must release every CUDA resource it made"
+
+
+def host_detect(engine_set, images, boxes):
+    with Detector.open(engine_set, backend="onnxruntime") as host:
+        return host.detect(images, face_boxes=boxes)
+
+
+def test_tensorrt_backend_with_host_preprocessing_equals_the_host_path(
+        tensorrt_set, tiny_engine_set, scene, kernel_host, kernel_cache, monkeypatch):
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    with Detector.open(tensorrt_set, backend="tensorrt", gpu_preprocessing=False, batch_size=8) as detector:
+        assert detector.fused is None
+        got = detector.detect(scene)
+    assert gpu.calls["cuLaunchKernel"] == 0 and gpu.calls["cudaMemcpyAsync"] > 0
+    with Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=8) as host:
+        assert _dicts(got) == _dicts(host.detect(scene))
+    assert gpu.leaks() == {}
+
+
+def test_cuda_graph_replays_on_the_driver_api(tensorrt_set, tiny_engine_set, photographs, kernel_host,
+                                              kernel_cache, monkeypatch):
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache, "others_first")
+    rng = np.random.default_rng(5)
+    images = list(photographs.values()) + [rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8)
+                                           for h, w in rng.integers(180, 700, size=(4, 2))]
+    with Detector.open(tensorrt_set, backend="tensorrt", batch_size=2, cuda_graph_batch=2) as detector:
+        got = detector.detect(images) + detector.detect(images[::-1])
+    assert gpu.calls["cuStreamEndCapture"] == 1 and gpu.calls["cuGraphLaunch"] == 5
+    with Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=2) as host:
+        assert _dicts(got) == _dicts(host.detect(images) + host.detect(images[::-1]))
+    assert gpu.leaks() == {}
+
+
+def test_the_emulation_refuses_what_a_gpu_would(kernel_host, kernel_cache, monkeypatch):
+    """The checks this file relies on can fail: the real binding's argument check, handle kinds,
+    and a launch read through the CUBIN's parameter layout."""
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    driver = gpu.driver
+    with pytest.raises(TypeError):
+        driver.cuMemcpyHtoDAsync(0, 0, 16)  # the binding itself: four arguments
+    with pytest.raises(TypeError):
+        driver.cuModuleGetFunction(0, "dfd_vote")  # the binding itself: bytes, not str
+    (_, stream) = driver.cuStreamCreate(driver.CUstream_flags.CU_STREAM_NON_BLOCKING)
+    with pytest.raises(AssertionError, match="legacy default stream"):
+        driver.cuStreamSynchronize(0)
+    with pytest.raises(AssertionError, match="not a live executable graph"):
+        driver.cuGraphLaunch(driver.CUgraph(int(stream)), stream)
+    kernels = cuda_kernels.CudaKernels(0)
+    buffers = [int(driver.cuMemAlloc(64)[1]) for _ in range(7)]
+    with pytest.raises(AssertionError, match="a grid of 256 threads for 300 tasks"):
+        kernels._launch("dfd_vote", 1, _vote_args(buffers, 300), stream)
+    packed_as_float = cuda_kernels.KernelArgs(*[ctypes.c_void_p(b) for b in buffers[:3]],
+                                             *[ctypes.c_float(w) for w in (2, 1, 2)], ctypes.c_int(1),
+                                             *[ctypes.c_void_p(b) for b in buffers[3:6]])
+    weights = []
+    monkeypatch.setattr(gpu.device, "vote", lambda logits, w, *rest: weights.append(w))
+    kernels._launch("dfd_vote", 1, packed_as_float, stream)
+    kernels._launch("dfd_vote", 1, _vote_args(buffers, 1), stream)
+    assert weights[0] != (2.0, 1.0, 2.0) and weights[1] == (2.0, 1.0, 2.0)  # floats read as doubles
+    kernels.close()
+
+
+def _vote_args(buffers: list[int], batch: int) -> cuda_kernels.KernelArgs:
+    return cuda_kernels.KernelArgs(*[ctypes.c_void_p(b) for b in buffers[:3]],
+                                   *[ctypes.c_double(w) for w in (2, 1, 2)], ctypes.c_int(batch),
+                                   *[ctypes.c_void_p(b) for b in buffers[3:6]])
+
+
+def test_doctor_reports_the_gpu_and_a_runnable_tensorrt_set(tensorrt_set, kernel_host, kernel_cache, monkeypatch):
+    from dfd.runtime.doctor import collect_doctor_report
+
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    report = collect_doctor_report(tensorrt_set)
+    assert report["gpu"]["available"] and report["gpu"]["name"] == "Host emulation"
+    assert (report["gpu"]["compute_capability"], report["gpu"]["arch"]) == ("9.0", "sm_90")
+    assert report["gpu"]["free_memory_bytes"] == 60 << 30 and report["cuda"]["driver_version"] == "13.0"
+    assert report["tensorrt"] == {"available": True, "version": "10.3.0", "reason": None}
+    assert report["kernels"]["cubin_local"] == "ok" and report["kernels"]["ptx"]["sm_90"] == "ok"
+    streams = report["engine_set"]["streams"]
+    assert set(streams) >= {"global", "face", "fusion"} and all(s["runnable"] for s in streams.values()), streams
+    assert gpu.leaks() == {}  # its context reference is released
