@@ -298,6 +298,7 @@ def gpu_pipeline(kernels, rng, count: int = 24, max_batch: int = 8, repeat: int 
             f"ms_per_batch_of_{max_batch}_graph": 1000 * seconds["graph"],
             f"ms_per_batch_of_{max_batch - 1}_plain": 1000 * seconds["plain"],
             "ok": worst < 1e-3 and mismatches == 0}
+    device.close()
     check_cuda(kernels.driver.cuModuleUnload(module), "cuModuleUnload", CudaUnavailableError)
     return report
 

@@ -1,6 +1,8 @@
 """``benchmarks/gpu_check.py`` is run by hand on a lent GPU machine; its GPU-free part runs here so
 the script cannot rot between loans: NVRTC builds the kernels and the stand-in engines' kernel,
-job packing works, and the stand-in reference gives probabilities for fp32 and fp16 inputs."""
+job packing works, and the stand-in reference gives probabilities for fp32 and fp16 inputs. Its
+fused-pipeline section also runs here on the emulated GPU of tests/host_cuda.py (not a GPU: it
+checks the script and the calls it makes, not the driver)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from host_cuda import INT, POINTER, HostCuda, no_cuda_driver
+from host_gpu import HostDevice, load_kernel_host
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 
@@ -31,3 +37,39 @@ def test_dry_run_compiles_and_packs_without_a_gpu(gpu_check, tmp_path):
     assert all(0.0 < p < 1.0 for p in fp32 + fp16)
     # fp16 inputs move the channel means a little, never by more than fp16's resolution near 2
     assert max(abs(a - b) for a, b in zip(fp32, fp16)) < 1e-3
+
+
+def _host_mean_head(half: bool):
+    """The stand-in engines' ``mean_head`` kernel on the host: block (b, c) writes the mean of
+    input plane c of image b to logits[b, c]."""
+    dtype = np.dtype(np.float16 if half else np.float32)
+
+    def run(device: HostDevice, stream: int, args: list, grid, block) -> None:
+        inputs, logits, side = args
+        batch, channels, depth = grid
+        assert (channels, depth) == (2, 1) and block[1:] == (1, 1)
+        plane = side * side
+        pixels = device.device_bytes(inputs, batch * 3 * plane * dtype.itemsize, "stand-in input")
+        out = device.device_bytes(logits, batch * 2 * 4, "stand-in logits")
+
+        def head() -> None:
+            means = pixels.view(dtype).reshape(batch, 3, plane)[:, :2].astype(np.float64).mean(axis=2)
+            out.view(np.float32)[:] = means.astype(np.float32).reshape(-1)
+        device._issue(stream, head)
+    return (POINTER, POINTER, INT), run
+
+
+def test_pipeline_section_passes_on_an_emulated_gpu(gpu_check, tmp_path, monkeypatch):
+    lib = load_kernel_host(tmp_path)
+    if lib is None or not no_cuda_driver():
+        pytest.skip("needs g++, and no CUDA driver (the emulation would reach it)")
+    gpu = HostCuda(HostDevice(lib, "others_first"), lib)
+    gpu.install(monkeypatch)
+    gpu.kernels.update(mean_head_f32=_host_mean_head(False), mean_head_f16=_host_mean_head(True))
+    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "kernels"))
+    kernels = gpu_check.cuda_kernels.CudaKernels(0)
+    report = gpu_check.gpu_pipeline(kernels, np.random.default_rng(1), count=10, max_batch=4, repeat=1)
+    kernels.close()
+    assert report["fp32"]["ok"] and report["fp16"]["ok"], report
+    assert report["fp32"]["vote_mismatches_given_own_probs"] == 0
+    assert gpu.calls["cuGraphLaunch"] > 0 and gpu.leaks() == {}
