@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from dfd.runtime import cuda_kernels
+from dfd.runtime.backends import OnnxRuntimeBackend, select_backend
 from dfd.runtime.detector import Detector
+from dfd.runtime.manifest import load_manifest
 from host_cuda import HostCuda, host_tensorrt, no_cuda_driver
 from host_gpu import HostDevice, load_kernel_host
 
@@ -99,23 +101,18 @@ def _dicts(detections) -> list[dict]:
 def test_tensorrt_backend_with_the_fused_path_equals_the_host_path(
         tensorrt_set, tiny_engine_set, scene, kernel_host, kernel_cache, monkeypatch, order):
     gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache, order)
+    boxes = [(120, 30, 320, 260), None]
     with Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=8) as host:
-        want = host.detect(scene)
+        want, want_boxed = host.detect(scene), host.detect(scene[:2], face_boxes=boxes)
     with Detector.open(tensorrt_set, backend="auto", batch_size=8) as detector:
         assert detector.backend.name == "tensorrt", detector.backend_reason
         assert detector.fused is not None, detector.preprocessing
         got = detector.detect(scene)
         assert gpu.calls["cuLaunchKernel"] == 2 * 2  # preprocess + vote per chunk (4 + 2 good images)
-        boxes = [(120, 30, 320, 260), None]
-        assert _dicts(detector.detect(scene[:2], face_boxes=boxes)) == _dicts(host_detect(tiny_engine_set, scene[:2], boxes))
-    assert _dicts(got) == _dicts(want)
+        got_boxed = detector.detect(scene[:2], face_boxes=boxes)
+    assert _dicts(got) == _dicts(want) and _dicts(got_boxed) == _dicts(want_boxed)
     assert [d.ok for d in got] == [True] * 5 + [False, True]
     assert gpu.leaks() == {}, "Detector.close() must release every CUDA resource it made"
-
-
-def host_detect(engine_set, images, boxes):
-    with Detector.open(engine_set, backend="onnxruntime") as host:
-        return host.detect(images, face_boxes=boxes)
 
 
 def test_tensorrt_backend_with_host_preprocessing_equals_the_host_path(
@@ -192,3 +189,18 @@ def test_doctor_reports_the_gpu_and_a_runnable_tensorrt_set(tensorrt_set, kernel
     streams = report["engine_set"]["streams"]
     assert set(streams) >= {"global", "face", "fusion"} and all(s["runnable"] for s in streams.values()), streams
     assert gpu.leaks() == {}  # its context reference is released
+
+
+
+def test_a_cloned_backend_runs_alone_and_releases_its_own_buffers(tensorrt_set, kernel_host, kernel_cache, monkeypatch):
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    manifest = load_manifest(tensorrt_set)
+    backend = select_backend("tensorrt", manifest).backend
+    pixels = np.random.default_rng(2).normal(size=(6, 3, 252, 252)).astype(np.float32)  # chunks of 4 and 2
+    clone = backend.clone()
+    assert gpu.calls["cudaStreamCreate"] == 6  # one per stream engine, in each backend
+    np.testing.assert_array_equal(clone.run("global", pixels), backend.run("global", pixels))
+    clone.close()  # the original keeps its own buffers
+    np.testing.assert_array_equal(backend.run("face", pixels), OnnxRuntimeBackend(manifest).run("face", pixels))
+    backend.close()
+    assert gpu.leaks() == {}
