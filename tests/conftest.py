@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
+from host_gpu import load_kernel_host
 from reference_network import ReferenceEnsemble, tiny_clip_config, tiny_dinov2_config
 
 LORA_R, LORA_ALPHA = 4, 8.0
@@ -41,6 +42,25 @@ def degraded_cameraman() -> np.ndarray:
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(noisy, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 15])
     assert ok
     return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="session")
+def kernel_host(tmp_path_factory):
+    """The CUDA kernels' own code compiled for this CPU (tests/host_gpu.py)."""
+    lib = load_kernel_host(tmp_path_factory.mktemp("kernel_host"))
+    if lib is None:
+        pytest.skip("g++ is needed to compile the kernels for the host")
+    return lib
+
+
+@pytest.fixture
+def opencv_without_ipp():
+    """x86 OpenCV's IPP bicubic differs from OpenCV's own code by one grey level on a few percent
+    of pixels (see test_cuda_kernels.py); with it off the kernels and OpenCV agree to the last bit."""
+    optimized = cv2.useOptimized()
+    cv2.setUseOptimized(False)
+    yield
+    cv2.setUseOptimized(optimized)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from host_cuda import INT, POINTER, HostCuda, no_cuda_driver
-from host_gpu import HostDevice, load_kernel_host
+from host_gpu import HostDevice
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 
@@ -59,11 +59,10 @@ def _host_mean_head(half: bool):
     return (POINTER, POINTER, INT), run
 
 
-def test_pipeline_section_passes_on_an_emulated_gpu(gpu_check, tmp_path, monkeypatch):
-    lib = load_kernel_host(tmp_path)
-    if lib is None or not no_cuda_driver():
-        pytest.skip("needs g++, and no CUDA driver (the emulation would reach it)")
-    gpu = HostCuda(HostDevice(lib, "others_first"), lib)
+def test_pipeline_section_passes_on_an_emulated_gpu(gpu_check, kernel_host, tmp_path, monkeypatch):
+    if not no_cuda_driver():
+        pytest.skip("a CUDA driver is installed: the emulation would reach it")
+    gpu = HostCuda(HostDevice(kernel_host, "others_first"), kernel_host)
     gpu.install(monkeypatch)
     gpu.kernels.update(mean_head_f32=_host_mean_head(False), mean_head_f16=_host_mean_head(True))
     monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "kernels"))

@@ -13,6 +13,7 @@ TensorRT (benchmarks/gpu_check.py is for a lent GPU).
 from __future__ import annotations
 
 import ctypes
+import sys
 
 import cv2
 import numpy as np
@@ -23,18 +24,13 @@ from dfd.runtime.backends import OnnxRuntimeBackend, select_backend
 from dfd.runtime.detector import Detector
 from dfd.runtime.manifest import load_manifest
 from host_cuda import HostCuda, host_tensorrt, no_cuda_driver
-from host_gpu import HostDevice, load_kernel_host
+from host_gpu import HostDevice
 
-pytestmark = pytest.mark.skipif(not no_cuda_driver(), reason="a CUDA driver is installed: the emulation's "
-                                "argument checks would run real calls (use benchmarks/gpu_check.py)")
-
-
-@pytest.fixture(scope="module")
-def kernel_host(tmp_path_factory):
-    lib = load_kernel_host(tmp_path_factory.mktemp("kernel_host"))
-    if lib is None:
-        pytest.skip("g++ is needed to compile the kernels for the host")
-    return lib
+pytestmark = [
+    pytest.mark.skipif(not no_cuda_driver(), reason="a CUDA driver is installed: the emulation's argument "
+                       "checks would run real calls (use benchmarks/gpu_check.py)"),
+    pytest.mark.usefixtures("opencv_without_ipp"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,7 @@ def kernel_cache(tmp_path_factory):
 def _emulated_gpu(monkeypatch, kernel_host, kernel_cache, order: str = "lazy") -> HostCuda:
     gpu = HostCuda(HostDevice(kernel_host, order), kernel_host)
     gpu.install(monkeypatch)
-    monkeypatch.setitem(__import__("sys").modules, "tensorrt", host_tensorrt(gpu))
+    monkeypatch.setitem(sys.modules, "tensorrt", host_tensorrt(gpu))
     monkeypatch.setenv("DFD_KERNEL_CACHE", str(kernel_cache))
     return gpu
 
@@ -67,15 +63,6 @@ def tensorrt_set(reference_ensemble, kernel_host, kernel_cache, tmp_path_factory
                                       lora=LoraSettings(LORA_R, LORA_ALPHA), backend="tensorrt",
                                       tensorrt=TensorRTOptions(min_batch=1, opt_batch=2, max_batch=4)))
     return out
-
-
-@pytest.fixture(autouse=True)
-def opencv_without_ipp():
-    """As in test_gpu_pipeline.py: OpenCV's generic bicubic, which the kernel reproduces bit for bit."""
-    optimized = cv2.useOptimized()
-    cv2.setUseOptimized(False)
-    yield
-    cv2.setUseOptimized(optimized)
 
 
 @pytest.fixture(scope="module")

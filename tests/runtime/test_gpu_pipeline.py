@@ -22,28 +22,11 @@ from dfd.runtime.errors import DfdError
 from dfd.runtime.gpu_pipeline import FusedPathError, GpuPipeline, fused_path_problem
 from dfd.runtime.manifest import load_manifest
 from dfd.runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from host_gpu import HostDevice, HostEngine, load_kernel_host
+from host_gpu import HostDevice, HostEngine
 
 SIZES = {"global": 252, "face": 252, "fusion": 224}
 PREPROCESSING = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-
-
-@pytest.fixture(scope="module")
-def kernel_host(tmp_path_factory):
-    lib = load_kernel_host(tmp_path_factory.mktemp("kernel_host"))
-    if lib is None:
-        pytest.skip("g++ is needed to compile the kernels for the host")
-    return lib
-
-
-@pytest.fixture(autouse=True)
-def opencv_without_ipp():
-    """x86 OpenCV's IPP bicubic differs from OpenCV's own code by one grey level on a few percent
-    of pixels (see test_cuda_kernels.py); with it off both paths must agree to the last bit."""
-    optimized = cv2.useOptimized()
-    cv2.setUseOptimized(False)
-    yield
-    cv2.setUseOptimized(optimized)
+pytestmark = pytest.mark.usefixtures("opencv_without_ipp")
 
 
 class HostFusedBackend(OnnxRuntimeBackend):
