@@ -178,8 +178,6 @@ def _face_detector_entry(staging: Path, request: BuildRequest) -> dict[str, Any]
     export_face_detector_onnx(graph, opset=request.opset, tflite_path=tflite)
     source = FileEntry.of(tflite.parent, tflite, "tflite")
     files = [FileEntry.of(staging, graph, "onnx")]
-    if request.backend == "tensorrt":
-        files += _compile_tensorrt(staging, graph, "face_detector", INPUT_SIZE, "image", request)
     weights = default_mtcnn_weights_dir()
     small_graphs = export_mtcnn_onnx(staging, opset=request.opset, weights_dir=weights)
     files += [FileEntry.of(staging, small_graphs[net], f"mtcnn_{net}") for net in ONNX_FILES]
@@ -187,7 +185,7 @@ def _face_detector_entry(staging: Path, request: BuildRequest) -> dict[str, Any]
     return {
         "input_size": INPUT_SIZE,
         "precision": "fp32",
-        "backend": request.backend,
+        "backend": "onnxruntime",  # in TensorRT sets too: the runtime runs it on ONNX Runtime
         "files": [f.__dict__ for f in files],
         "model": "MediaPipe BlazeFace full-range (face_detection_full_range.tflite, Apache-2.0)",
         "source": {"file": source.path, "sha256": source.sha256, "bytes": source.bytes},
@@ -219,12 +217,11 @@ def resolve_backend(request: BuildRequest, warn: Callable[[str], None]) -> Build
     return replace(request, backend="tensorrt")
 
 
-def _compile_tensorrt(staging: Path, graph: Path, name: str, input_size: int, input_name: str,
-                      request: BuildRequest) -> list[FileEntry]:
+def _compile_tensorrt(staging: Path, graph: Path, input_size: int, request: BuildRequest) -> list[FileEntry]:
     from .tensorrt_build import build_engine
 
     engine = graph.with_suffix(".engine")
-    build_engine(graph, engine, input_size, request.tensorrt, staging / "timing.cache", input_name=input_name)
+    build_engine(graph, engine, input_size, request.tensorrt, staging / "timing.cache")
     return [FileEntry.of(staging, engine, "engine")]
 
 
@@ -347,7 +344,7 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
             files = [FileEntry.of(staging, p, "onnx" if p == graph else "onnx-data") for p in written]
             if request.backend == "tensorrt":
                 progress.set_description(f"build {name}: TensorRT engine")
-                files += _compile_tensorrt(staging, graph, name, STREAM_SPECS[name].input_size, "pixels", request)
+                files += _compile_tensorrt(staging, graph, STREAM_SPECS[name].input_size, request)
             streams[name] = {
                 "input_size": STREAM_SPECS[name].input_size,
                 "precision": request.precision,

@@ -109,7 +109,7 @@ class OnnxRuntimeBackend:
 
 def tensorrt_unavailable_reason(manifest: Manifest) -> str | None:
     """Why the TensorRT backend cannot run this set here, or None when it can."""
-    if not all(entry.file("engine") is not None for entry in manifest.entries()):
+    if not all(entry.file("engine") is not None for entry in manifest.streams.values()):
         return "the engine set has no TensorRT engines (built with --backend onnxruntime)"
     from .tensorrt_backend import tensorrt_mismatch, tensorrt_unusable_reason
 

@@ -32,7 +32,7 @@ import numpy as np
 from .backends import stream_shape_problem
 from .cuda_kernels import CudaUnavailableError, check_cuda
 from .errors import DfdError
-from .manifest import STREAM_ORDER, EngineSetError, Manifest
+from .manifest import EngineSetError, Manifest
 
 if TYPE_CHECKING:
     from .gpu_pipeline import GpuPipeline
@@ -222,7 +222,7 @@ class TensorRTBackend:
         from .cuda_kernels import CudaKernels
         from .gpu_pipeline import FusedPathError, GpuPipeline, fused_path_problem
 
-        engines = {name: slot for name, slot in self._slots.items() if name in STREAM_ORDER}
+        engines = dict(self._slots)  # the streams only: the face detector runs on ONNX Runtime
         problem = fused_path_problem(engines, preprocessing, input_sizes)
         if problem:
             raise FusedPathError(problem)

@@ -62,6 +62,8 @@ def tensorrt_set(reference_ensemble, kernel_host, kernel_cache, tmp_path_factory
                                       models_dir=reference_ensemble.models_dir,
                                       lora=LoraSettings(LORA_R, LORA_ALPHA), backend="tensorrt",
                                       tensorrt=TensorRTOptions(min_batch=1, opt_batch=2, max_batch=4)))
+    face_detector = load_manifest(out).face_detector  # stays an ONNX graph: the runtime runs it on ONNX Runtime
+    assert face_detector.backend == "onnxruntime" and face_detector.file("engine") is None
     return out
 
 
