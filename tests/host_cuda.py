@@ -118,13 +118,13 @@ def _runtime_kernels(tasks_per_image: int) -> dict[str, HostKernel]:
 class HostCuda:
     """One emulated GPU: the state the driver and runtime facades share (see module docstring)."""
 
-    def __init__(self, device: HostDevice, kernels: ctypes.CDLL, compute_capability: tuple[int, int] = (9, 0),
+    def __init__(self, device: HostDevice, kernel_host: ctypes.CDLL, compute_capability: tuple[int, int] = (9, 0),
                  name: str = "Host emulation") -> None:
         from cuda.bindings import driver, runtime
 
         self.device, self.compute_capability, self.name = device, compute_capability, name
         self.real_driver, self.real_runtime = driver, runtime
-        self.kernels = _runtime_kernels(int(kernels.host_tasks_per_image()))
+        self.kernels = _runtime_kernels(int(kernel_host.host_tasks_per_image()))
         self.live: dict[str, dict[int, Any]] = {kind: {} for kind in (
             "stream", "event", "graph", "graph_exec", "module", "function", "device_memory", "pinned_memory")}
         self.context_references = 0
