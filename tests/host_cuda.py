@@ -24,6 +24,7 @@ here: benchmarks/gpu_check.py runs the real calls on a lent GPU.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.machinery
 import itertools
 import json
@@ -160,6 +161,12 @@ class HostCuda:
             raise AssertionError(f"{call}: {handle!r} is not a live {what}")
         return self.live[kind][key]
 
+    def release(self, kind: str, handle: Any, call: str) -> Any:
+        """End a live handle's life; what it held."""
+        value = self.get(kind, handle, call)
+        del self.live[kind][int(handle)]
+        return value
+
     def stream(self, handle: Any, call: str) -> int:
         if int(handle) == 0:
             raise AssertionError(f"{call}: the legacy default stream serialises with every other stream "
@@ -174,8 +181,7 @@ class HostCuda:
         return address
 
     def free(self, address: Any, call: str) -> None:
-        self.get("device_memory", address, call)
-        del self.live["device_memory"][int(address)]
+        self.release("device_memory", address, call)
         self.device.free(int(address))
 
     def alloc_pinned(self, nbytes: int) -> int:
@@ -184,8 +190,7 @@ class HostCuda:
         return address
 
     def free_pinned(self, address: Any, call: str) -> None:
-        self.get("pinned_memory", address, call)
-        del self.live["pinned_memory"][int(address)]
+        self.release("pinned_memory", address, call)
         self.device.free_pinned(self.device.pinned[int(address)])
 
     def copy_to_device(self, dst: Any, src: Any, nbytes: int, stream: Any, call: str) -> None:
@@ -201,10 +206,24 @@ class HostCuda:
         self.live["stream"][stream] = None
         return stream
 
+    def synchronize(self, handle: Any, call: str) -> None:
+        self.device.synchronize(self.stream(handle, call))
+
     def destroy_stream(self, handle: Any, call: str) -> None:
-        stream = self.stream(handle, call)
-        self.device.synchronize(stream)  # queued work still completes, as on a GPU
-        del self.live["stream"][stream]
+        self.synchronize(handle, call)  # queued work still completes, as on a GPU
+        self.release("stream", handle, call)
+
+
+def _emulated(method: Callable[..., tuple | None]) -> Callable[..., tuple]:
+    """A call of a facade: the real binding checks its arguments first (``_Facade._accept``, named
+    after the method), then ``method`` carries it out and returns its outputs (None for none),
+    which come back behind the success status as cuda-bindings returns them."""
+
+    @functools.wraps(method)
+    def call(self: "_Facade", *args: Any) -> tuple:
+        self._accept(method.__name__, *args)
+        return (self._success, *(method(self, *args) or ()))
+    return call
 
 
 class _Facade:
@@ -235,9 +254,6 @@ class _Facade:
         if status not in self._no_driver:
             raise AssertionError(f"{name} reached a CUDA driver ({status!r}); the emulation needs a machine without one")
 
-    def _ok(self, *values: Any) -> tuple:
-        return (self._success, *values)
-
 
 class _Driver(_Facade):
     """``cuda.bindings.driver`` as the runtime calls it."""
@@ -247,85 +263,81 @@ class _Driver(_Facade):
         self._success = gpu.real_driver.CUresult.CUDA_SUCCESS
 
     # device and context
+    @_emulated
     def cuInit(self, flags):
-        self._accept("cuInit", flags)
-        return self._ok()
+        """Nothing to do: the emulated driver needs no initialisation."""
 
+    @_emulated
     def cuDriverGetVersion(self):
-        self._accept("cuDriverGetVersion")
-        return self._ok(13000)
+        return (13000,)
 
+    @_emulated
     def cuDeviceGetCount(self):
-        self._accept("cuDeviceGetCount")
-        return self._ok(1)
+        return (1,)
 
+    @_emulated
     def cuDeviceGet(self, ordinal):
-        self._accept("cuDeviceGet", ordinal)
         assert ordinal == 0, f"cuDeviceGet: no device {ordinal}"
-        return self._ok(self._real.CUdevice(0))
+        return (self._real.CUdevice(0),)
 
+    @_emulated
     def cuDeviceGetName(self, length, dev):
-        self._accept("cuDeviceGetName", length, dev)
-        return self._ok(self._gpu.name.encode().ljust(length, b"\0")[:length])
+        return (self._gpu.name.encode().ljust(length, b"\0")[:length],)
 
+    @_emulated
     def cuDeviceGetAttribute(self, attribute, dev):
-        self._accept("cuDeviceGetAttribute", attribute, dev)
         known = self._real.CUdevice_attribute
         values = {known.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: self._gpu.compute_capability[0],
                   known.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: self._gpu.compute_capability[1]}
-        return self._ok(values[attribute])
+        return (values[attribute],)
 
+    @_emulated
     def cuDevicePrimaryCtxRetain(self, dev):
-        self._accept("cuDevicePrimaryCtxRetain", dev)
         self._gpu.context_references += 1
-        return self._ok(self._real.CUcontext(PRIMARY_CONTEXT))
+        return (self._real.CUcontext(PRIMARY_CONTEXT),)
 
+    @_emulated
     def cuDevicePrimaryCtxRelease(self, dev):
-        self._accept("cuDevicePrimaryCtxRelease", dev)
         assert self._gpu.context_references > 0, "cuDevicePrimaryCtxRelease without a retain"
         self._gpu.context_references -= 1
-        return self._ok()
 
+    @_emulated
     def cuCtxSetCurrent(self, context):
-        self._accept("cuCtxSetCurrent", context)
         assert int(context) == PRIMARY_CONTEXT and self._gpu.context_references > 0, \
             "cuCtxSetCurrent: not a retained primary context"
         self._gpu.device.bind_thread()
-        return self._ok()
 
+    @_emulated
     def cuCtxGetDevice(self):
-        self._accept("cuCtxGetDevice")
-        return self._ok(self._real.CUdevice(0))
+        return (self._real.CUdevice(0),)
 
+    @_emulated
     def cuMemGetInfo(self):
-        self._accept("cuMemGetInfo")
-        return self._ok(60 << 30, 80 << 30)
+        return 60 << 30, 80 << 30  # free, total
 
     # modules and launches
+    @_emulated
     def cuModuleLoadData(self, image):
-        self._accept("cuModuleLoadData", image)
         major, minor = self._gpu.compute_capability
         flags = struct.unpack_from("<I", image, 0x30)[0] if image[:4] == b"\x7fELF" else -1
         assert (flags >> 8) & 0xFF == 10 * major + minor, "cuModuleLoadData: a CUBIN for another GPU"
-        return self._ok(self._real.CUmodule(self._gpu.new("module", cubin_kernels(image))))
+        return (self._real.CUmodule(self._gpu.new("module", cubin_kernels(image))),)
 
+    @_emulated
     def cuModuleGetFunction(self, module, name):
-        self._accept("cuModuleGetFunction", module, name)
         kernels = self._gpu.get("module", module, "cuModuleGetFunction")
         assert name.decode() in kernels, f"cuModuleGetFunction: no kernel {name!r} in the module"
-        return self._ok(self._real.CUfunction(self._gpu.new("function", (int(module), name.decode()))))
+        return (self._real.CUfunction(self._gpu.new("function", (int(module), name.decode()))),)
 
+    @_emulated
     def cuModuleUnload(self, module):
-        self._accept("cuModuleUnload", module)
-        self._gpu.get("module", module, "cuModuleUnload")
-        del self._gpu.live["module"][int(module)]
+        self._gpu.release("module", module, "cuModuleUnload")
         for handle, (owner, _) in list(self._gpu.live["function"].items()):
             if owner == int(module):
                 del self._gpu.live["function"][handle]
-        return self._ok()
 
+    @_emulated
     def cuLaunchKernel(self, function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
-        self._accept("cuLaunchKernel", function, gx, gy, gz, bx, by, bz, shared, stream, params, extra)
         call = "cuLaunchKernel"
         module, name = self._gpu.get("function", function, call)
         layout = self._gpu.get("module", module, call)[name]
@@ -336,108 +348,91 @@ class _Driver(_Facade):
         pointers = (ctypes.c_void_p * len(types_)).from_address(int(params))
         args = [_read(pointer, ctype) for pointer, ctype in zip(pointers, types_)]  # size bytes each
         run(self._gpu.device, self._gpu.stream(stream, call), args, (gx, gy, gz), (bx, by, bz))
-        return self._ok()
 
     # memory
+    @_emulated
     def cuMemAlloc(self, nbytes):
-        self._accept("cuMemAlloc", nbytes)
-        return self._ok(self._real.CUdeviceptr(self._gpu.alloc(nbytes)))
+        return (self._real.CUdeviceptr(self._gpu.alloc(nbytes)),)
 
+    @_emulated
     def cuMemFree(self, address):
-        self._accept("cuMemFree", address)
         self._gpu.free(address, "cuMemFree")
-        return self._ok()
 
+    @_emulated
     def cuMemAllocHost(self, nbytes):
-        self._accept("cuMemAllocHost", nbytes)
-        return self._ok(self._gpu.alloc_pinned(nbytes))
+        return (self._gpu.alloc_pinned(nbytes),)
 
+    @_emulated
     def cuMemFreeHost(self, address):
-        self._accept("cuMemFreeHost", address)
         self._gpu.free_pinned(address, "cuMemFreeHost")
-        return self._ok()
 
+    @_emulated
     def cuMemcpyHtoDAsync(self, dst, src, nbytes, stream):
-        self._accept("cuMemcpyHtoDAsync", dst, src, nbytes, stream)
         self._gpu.copy_to_device(dst, src, nbytes, stream, "cuMemcpyHtoDAsync")
-        return self._ok()
 
+    @_emulated
     def cuMemcpyDtoHAsync(self, dst, src, nbytes, stream):
-        self._accept("cuMemcpyDtoHAsync", dst, src, nbytes, stream)
         self._gpu.copy_to_host(dst, src, nbytes, stream, "cuMemcpyDtoHAsync")
-        return self._ok()
 
     # streams and events
+    @_emulated
     def cuStreamCreate(self, flags):
-        self._accept("cuStreamCreate", flags)
-        return self._ok(self._real.CUstream(self._gpu.new_stream()))
+        return (self._real.CUstream(self._gpu.new_stream()),)
 
+    @_emulated
     def cuStreamDestroy(self, stream):
-        self._accept("cuStreamDestroy", stream)
         self._gpu.destroy_stream(stream, "cuStreamDestroy")
-        return self._ok()
 
+    @_emulated
     def cuStreamSynchronize(self, stream):
-        self._accept("cuStreamSynchronize", stream)
-        self._gpu.device.synchronize(self._gpu.stream(stream, "cuStreamSynchronize"))
-        return self._ok()
+        self._gpu.synchronize(stream, "cuStreamSynchronize")
 
+    @_emulated
     def cuEventCreate(self, flags):
-        self._accept("cuEventCreate", flags)
-        return self._ok(self._real.CUevent(self._gpu.new("event", "never recorded")))
+        return (self._real.CUevent(self._gpu.new("event", "never recorded")),)
 
+    @_emulated
     def cuEventDestroy(self, event):
-        self._accept("cuEventDestroy", event)
-        self._gpu.get("event", event, "cuEventDestroy")
-        del self._gpu.live["event"][int(event)]
-        return self._ok()
+        self._gpu.release("event", event, "cuEventDestroy")
 
+    @_emulated
     def cuEventRecord(self, event, stream):
-        self._accept("cuEventRecord", event, stream)
         self._gpu.get("event", event, "cuEventRecord")
         self._gpu.live["event"][int(event)] = self._gpu.device.record(self._gpu.stream(stream, "cuEventRecord"))
-        return self._ok()
 
+    @_emulated
     def cuStreamWaitEvent(self, stream, event, flags):
-        self._accept("cuStreamWaitEvent", stream, event, flags)
         recorded = self._gpu.get("event", event, "cuStreamWaitEvent")
         assert recorded != "never recorded", "cuStreamWaitEvent on an event never recorded waits for nothing"
         self._gpu.device.wait_for(self._gpu.stream(stream, "cuStreamWaitEvent"), recorded)
-        return self._ok()
 
     # graphs
+    @_emulated
     def cuStreamBeginCapture(self, stream, mode):
-        self._accept("cuStreamBeginCapture", stream, mode)
         self._gpu.device.begin_capture(self._gpu.stream(stream, "cuStreamBeginCapture"))
-        return self._ok()
 
+    @_emulated
     def cuStreamEndCapture(self, stream):
-        self._accept("cuStreamEndCapture", stream)
         graph = self._gpu.device.end_capture(self._gpu.stream(stream, "cuStreamEndCapture"))
-        return self._ok(self._real.CUgraph(self._gpu.new("graph", graph)))
+        return (self._real.CUgraph(self._gpu.new("graph", graph)),)
 
+    @_emulated
     def cuGraphInstantiate(self, graph, flags):
-        self._accept("cuGraphInstantiate", graph, flags)
         operations = self._gpu.get("graph", graph, "cuGraphInstantiate")
-        return self._ok(self._real.CUgraphExec(self._gpu.new("graph_exec", list(operations))))
+        return (self._real.CUgraphExec(self._gpu.new("graph_exec", list(operations))),)
 
+    @_emulated
     def cuGraphDestroy(self, graph):
-        self._accept("cuGraphDestroy", graph)
-        self._gpu.get("graph", graph, "cuGraphDestroy")
-        del self._gpu.live["graph"][int(graph)]
-        return self._ok()
+        self._gpu.release("graph", graph, "cuGraphDestroy")
 
+    @_emulated
     def cuGraphLaunch(self, graph_exec, stream):
-        self._accept("cuGraphLaunch", graph_exec, stream)
         operations = self._gpu.get("graph_exec", graph_exec, "cuGraphLaunch")
         self._gpu.device.replay(operations, self._gpu.stream(stream, "cuGraphLaunch"))
-        return self._ok()
 
+    @_emulated
     def cuGraphExecDestroy(self, graph_exec):
-        self._accept("cuGraphExecDestroy", graph_exec)
-        self._gpu.device.destroy_graph(self._gpu.get("graph_exec", graph_exec, "cuGraphExecDestroy"))
-        del self._gpu.live["graph_exec"][int(graph_exec)]
-        return self._ok()
+        self._gpu.device.destroy_graph(self._gpu.release("graph_exec", graph_exec, "cuGraphExecDestroy"))
 
 
 class _Runtime(_Facade):
@@ -451,40 +446,36 @@ class _Runtime(_Facade):
     def cudaRuntimeGetVersion(self):
         return self._real.cudaRuntimeGetVersion()  # needs no driver
 
+    @_emulated
     def cudaStreamCreate(self):
-        self._accept("cudaStreamCreate")
-        return self._ok(self._real.cudaStream_t(self._gpu.new_stream()))
+        return (self._real.cudaStream_t(self._gpu.new_stream()),)
 
+    @_emulated
     def cudaStreamDestroy(self, stream):
-        self._accept("cudaStreamDestroy", stream)
         self._gpu.destroy_stream(stream, "cudaStreamDestroy")
-        return self._ok()
 
+    @_emulated
     def cudaStreamSynchronize(self, stream):
-        self._accept("cudaStreamSynchronize", stream)
-        self._gpu.device.synchronize(self._gpu.stream(stream, "cudaStreamSynchronize"))
-        return self._ok()
+        self._gpu.synchronize(stream, "cudaStreamSynchronize")
 
+    @_emulated
     def cudaMalloc(self, nbytes):
-        self._accept("cudaMalloc", nbytes)
-        return self._ok(self._gpu.alloc(nbytes))
+        return (self._gpu.alloc(nbytes),)
 
+    @_emulated
     def cudaFree(self, address):
-        self._accept("cudaFree", address)
         self._gpu.free(address, "cudaFree")
-        return self._ok()
 
+    @_emulated
     def cudaMallocHost(self, nbytes):
-        self._accept("cudaMallocHost", nbytes)
-        return self._ok(self._gpu.alloc_pinned(nbytes))
+        return (self._gpu.alloc_pinned(nbytes),)
 
+    @_emulated
     def cudaFreeHost(self, address):
-        self._accept("cudaFreeHost", address)
         self._gpu.free_pinned(address, "cudaFreeHost")
-        return self._ok()
 
+    @_emulated
     def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
-        self._accept("cudaMemcpyAsync", dst, src, nbytes, kind, stream)
         kinds = self._real.cudaMemcpyKind
         if kind == kinds.cudaMemcpyHostToDevice:
             self._gpu.copy_to_device(dst, src, nbytes, stream, "cudaMemcpyAsync")
@@ -492,7 +483,6 @@ class _Runtime(_Facade):
             self._gpu.copy_to_host(dst, src, nbytes, stream, "cudaMemcpyAsync")
         else:
             raise AssertionError(f"cudaMemcpyAsync: copy kind {kind!r} is not emulated")
-        return self._ok()
 
 
 def host_tensorrt(gpu: HostCuda, version: str = "10.3.0") -> types.ModuleType:
