@@ -72,3 +72,19 @@ def test_pipeline_section_passes_on_an_emulated_gpu(gpu_check, kernel_host, tmp_
     assert report["fp32"]["ok"] and report["fp16"]["ok"], report
     assert report["fp32"]["vote_mismatches_given_own_probs"] == 0
     assert gpu.calls["cuGraphLaunch"] > 0 and gpu.leaks() == {}
+
+
+def test_a_failing_section_is_reported_and_the_others_still_run(gpu_check):
+    """A loan is short: one section that raises must leave its traceback in the report, not end
+    the run, and the exit status must say that a check failed anywhere in the report."""
+    def broken():
+        raise RuntimeError("no such kernel")
+
+    part = gpu_check.run_section("parity", broken)
+    assert "RuntimeError: no such kernel" in part["error"] and part["section_seconds"] >= 0
+    assert not gpu_check.section_passed(part)
+    assert gpu_check.section_passed(gpu_check.run_section("vote", lambda: {"ok": True, "n": 3}))
+    nested = {"copy_bandwidth_GBps": 1.0, "32x1080x1440": {"ok": False, "fp32": {}}, "8x3000x4000": {"fp32": {}}}
+    assert not gpu_check.section_passed(nested)
+    nested["32x1080x1440"]["ok"] = True
+    assert gpu_check.section_passed(nested)
