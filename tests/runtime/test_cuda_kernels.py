@@ -128,10 +128,13 @@ def _function_attributes(nv_info: bytes, attribute: int) -> list[int]:
 
 
 @pytest.mark.parametrize("arch", ["sm_87", "sm_90"])
-def test_nvrtc_compiles_every_kernel_to_cubin_without_spills(arch, tmp_path, monkeypatch):
+def test_nvrtc_compiles_every_kernel_to_cubin_within_its_register_budget(arch, tmp_path, monkeypatch):
     """The CUBIN is what a GPU of that architecture loads (no JIT): ptxas must assemble every kernel
-    for it with no stack frame, i.e. nothing spilled to local memory, and at most 128 registers a
-    thread, so at least two of its 256-thread blocks fit on an SM."""
+    for it in at most 64 registers a thread, so the four 256-thread blocks per SM that the
+    preprocessing kernels' launch bounds ask for fit, with a stack frame of at most 16 bytes. The
+    bounds cost one spilled 8-byte value outside the pixel loops, which measured faster on an H100
+    than 72 registers and three blocks (benchmarks/gpu_preprocess_tuning.md); a larger frame would
+    mean the loops themselves spill."""
     monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path))
     cubin = cuda_kernels.compile_cubin(arch)
     assert cubin[:4] == b"\x7fELF" and struct.unpack_from("<H", cubin, 18)[0] == 190  # EM_CUDA
@@ -143,8 +146,8 @@ def test_nvrtc_compiles_every_kernel_to_cubin_without_spills(arch, tmp_path, mon
     frames = _function_attributes(sections[".nv.info"], EIATTR_FRAME_SIZE)
     registers = _function_attributes(sections[".nv.info"], EIATTR_REGCOUNT)
     assert len(registers) >= len(cuda_kernels.KERNEL_NAMES) and frames
-    assert set(frames) == {0}, frames
-    assert max(registers) <= 128, registers
+    assert max(frames) <= 16, frames
+    assert max(registers) <= 64, registers
     assert len(list(tmp_path.glob(f"cubin-{arch}-*.cubin"))) == 1
     assert cuda_kernels.compile_cubin(arch) == cubin
 
