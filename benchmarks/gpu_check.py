@@ -11,7 +11,8 @@ dfd.runtime.cuda_kernels):
 2. Throughput of the fused kernel vs the measured device-to-device copy bandwidth, both counted as
    bytes read + bytes written. The acceptance bar is >= 50% of the copy bandwidth, on a batch of 32
    1080x1440 photos; 8 12-MP photos and 64 VGA images are reported beside it.
-3. Vote kernel parity vs runtime/vote.py on random logits and every rounding boundary.
+3. Vote kernel parity vs runtime/vote.py on 100,000 random logit triples (every rounding boundary
+   is checked on the host build of the same code, tests/runtime/test_cuda_kernels.py).
 4. PyTorch fp16 latency of the three streams at the paper's sizes with random weights (DINOv2-giant/14
    at 252 via timm, DINOv2-giant + CLIP ViT-L/14 at 224 via open_clip): the bar engines must beat.
 5. The fused pipeline (runtime/gpu_pipeline.py) on the real driver API (runtime/cuda_device.py):
