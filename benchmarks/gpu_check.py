@@ -168,15 +168,15 @@ def gpu_throughput(torch, kernels, cases=THROUGHPUT_CASES) -> dict:
         boxes = [(w * 0.3, h * 0.2, w * 0.7, h * 0.8)] * batch
         jobs = device_jobs(torch, cuda_kernels.make_jobs([(images[i].data_ptr(), 3 * w, w, h) for i in range(batch)],
                                                          boxes))
+        side = max(boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]) * 1.3  # the face window
+        read = batch * (3 * CROP * CROP + 3 * side * side + 3 * h * w)
+        stream = torch.cuda.current_stream().cuda_stream
         case: dict = {"batch": batch, "height": h, "width": w}
         for half in (False, True):
             dtype = torch.float16 if half else torch.float32
             outs = [torch.empty((batch, 3, s, s), dtype=dtype, device="cuda") for s in (CROP, CROP, FUSION)]
-            stream = torch.cuda.current_stream().cuda_stream
             seconds = timed(torch, lambda: kernels.preprocess(jobs.data_ptr(), batch, tuple(o.data_ptr() for o in outs),
                                                               half=half, stream=stream))
-            side = max(boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]) * 1.3
-            read = batch * (3 * CROP * CROP + 3 * side * side + 3 * h * w)
             written = sum(o.numel() * o.element_size() for o in outs)
             bw = (read + written) / seconds
             case["fp16" if half else "fp32"] = {
@@ -369,7 +369,6 @@ def run_section(name: str, section) -> dict:
     except Exception:  # noqa: BLE001 - recorded in the report and in the exit status
         part = {"error": traceback.format_exc()}
         print(f"gpu_check: section {name} raised:\n{part['error']}", file=sys.stderr)
-    part = part if isinstance(part, dict) else {"value": part}
     part["section_seconds"] = time.perf_counter() - start
     return part
 

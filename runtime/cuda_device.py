@@ -3,10 +3,10 @@
 Run once on a real GPU: an H100, lent for one session, ran it through ``benchmarks/gpu_check.py``'s
 pipeline section. That covered allocations, staging, event-ordered streams, and CUDA-graph capture
 and replay. It matched NumPy, and compute-sanitizer found no errors (benchmarks/gpu_check_h100.json).
-Neither the development machine nor CI has a GPU, so the tests
-run it on an emulated GPU (tests/host_cuda.py): every call goes through the real cuda-bindings
-function's argument checks, then runs on host memory and queues, with the kernels' arguments read
-through the compiled CUBIN's parameter layout; the driver itself is not exercised. Written against
+Neither the development machine nor CI has a GPU, so the tests run it on an emulated GPU
+(tests/host_cuda.py): every call goes through the real cuda-bindings function's argument checks,
+then runs on host memory and queues, with the kernels' arguments read through the compiled CUBIN's
+parameter layout; the driver itself is not exercised there. Written against
 the documented driver API (``cuMemAlloc``/``cuMemAllocHost``, ``cuMemcpy*Async``, ``cuStreamCreate``,
 ``cuEventRecord``/``cuStreamWaitEvent``, ``cuStreamBeginCapture``/``cuStreamEndCapture``,
 ``cuGraphInstantiate``/``cuGraphLaunch``). Everything it does is queued on streams of the device's

@@ -17,7 +17,8 @@ addresses from the job table, which is uploaded before each replay.
 The orchestration here is device-agnostic: ``PipelineDevice`` and ``PipelineEngine`` are the
 boundary. ``CudaPipelineDevice`` (cuda-python driver API + the NVRTC kernels) and TensorRT's engine
 slots implement it on a GPU. The first ran once on an H100 with stand-in engines
-(benchmarks/gpu_check_h100.json). TensorRT's slots have never run: no machine here has TensorRT. The test suite drives this same class through a host implementation of the boundary
+(benchmarks/gpu_check_h100.json); TensorRT's slots have never run, as no machine here has
+TensorRT. The test suite drives this same class through a host implementation of the boundary
 (the kernels' own code compiled with g++, ONNX Runtime as the engines, graphs replayed from a
 recording) and checks it against the NumPy path of the Detector, and through those two GPU
 implementations on an emulated driver API with a stand-in for TensorRT (test_cuda_device.py).
