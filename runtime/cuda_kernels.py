@@ -35,12 +35,16 @@ from .errors import DfdError
 KERNEL_DIR = Path(__file__).parent / "kernels"
 KERNEL_SOURCES = ("preprocess.cu", "vote.cu")
 KERNEL_HEADERS = ("preprocess.cuh", "vote.cuh")
-KERNEL_NAMES = ("dfd_preprocess_f32", "dfd_preprocess_f16", "dfd_vote")
+KERNEL_NAMES = ("dfd_preprocess_f32", "dfd_preprocess_f16", "dfd_preprocess_rows_f32", "dfd_preprocess_rows_f16",
+                "dfd_vote")
 # --fmad=false: OpenCV's x86 build and NumPy never fuse multiply-add; the headers use explicit
 # round-to-nearest intrinsics as well, this keeps any other expression honest.
 NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
 CROP_SIDE = 252
 FUSION_SIDE = 224
+ROWS_PER_IMAGE = 2 * CROP_SIDE + FUSION_SIDE  # blocks of a row-decomposition launch per image
+PREPROCESS_DECOMPOSITIONS = ("pixels", "rows")
+DEFAULT_DECOMPOSITION = "pixels"  # measured on an H100; "rows" awaits a GPU (benchmarks/gpu_preprocess_tuning.md)
 FACE_MARGIN = 1.3
 CHANNEL_ORDER = {"RGB": 0, "BGR": 1}
 
@@ -323,25 +327,35 @@ class CudaKernels:
             for name in KERNEL_NAMES
         }
 
-    def _launch(self, name: str, threads: int, args: KernelArgs, stream) -> None:
-        grid = (threads + self.BLOCK - 1) // self.BLOCK
+    def _launch(self, name: str, blocks: int, args: KernelArgs, stream) -> None:
         check_cuda(
-            self.driver.cuLaunchKernel(self._functions[name], grid, 1, 1, self.BLOCK, 1, 1, 0, stream,
+            self.driver.cuLaunchKernel(self._functions[name], blocks, 1, 1, self.BLOCK, 1, 1, 0, stream,
                                         args.address, 0),
             f"launch {name}", CudaUnavailableError,
         )
 
     def preprocess(self, jobs_device: int, batch: int, outputs: tuple[int, int, int],
-                   half: bool = False, stream=0) -> None:
+                   half: bool = False, stream=0, decomposition: str = DEFAULT_DECOMPOSITION) -> None:
         """Write global/face [N,3,252,252] and fusion [N,3,224,224] (fp32, or fp16 if ``half``)
         from a job table (``make_jobs``) that the caller has copied to the device: the fused
-        pipeline keeps it at a fixed address, which a captured CUDA graph needs."""
+        pipeline keeps it at a fixed address, which a captured CUDA graph needs.
+
+        ``decomposition``: ``"pixels"`` (one thread per output pixel; measured on an H100, what the
+        pipeline uses) or ``"rows"`` (one block per output row, source rows staged in shared
+        memory), the candidate that benchmarks/gpu_check.py times beside it; both write the same
+        values (preprocess.cuh)."""
+        if decomposition not in PREPROCESS_DECOMPOSITIONS:
+            raise ValueError(f"decomposition must be one of {PREPROCESS_DECOMPOSITIONS}, not {decomposition!r}")
         if batch == 0:
             return
         args = KernelArgs(ctypes.c_void_p(jobs_device), ctypes.c_int(batch),
                            *[ctypes.c_void_p(int(p)) for p in outputs])
-        tasks = batch * (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE)
-        self._launch("dfd_preprocess_f16" if half else "dfd_preprocess_f32", tasks, args, stream)
+        dtype = "f16" if half else "f32"
+        if decomposition == "rows":
+            self._launch(f"dfd_preprocess_rows_{dtype}", batch * ROWS_PER_IMAGE, args, stream)
+        else:
+            tasks = batch * (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE)
+            self._launch(f"dfd_preprocess_{dtype}", -(-tasks // self.BLOCK), args, stream)
 
     def vote(self, logits: tuple[int, int, int], weights: tuple[float, float, float], batch: int,
              probs: int, score: int, mean: int, stream=0) -> None:
@@ -350,7 +364,7 @@ class CudaKernels:
                            *[ctypes.c_double(float(w)) for w in weights], ctypes.c_int(batch),
                            ctypes.c_void_p(int(probs)), ctypes.c_void_p(int(score)),
                            ctypes.c_void_p(int(mean)))
-        self._launch("dfd_vote", batch, args, stream)
+        self._launch("dfd_vote", -(-batch // self.BLOCK), args, stream)
 
     def close(self) -> None:
         """Unload the module and release the primary context reference."""

@@ -47,7 +47,10 @@ def load_kernel_host(directory: Path) -> ctypes.CDLL | None:
     pointer, i = ctypes.c_void_p, ctypes.c_int
     lib.host_preprocess.argtypes = [pointer, i, i, pointer, pointer, pointer]
     lib.host_vote_kernel.argtypes = [pointer, pointer, pointer, pointer, i, pointer, pointer, pointer]
+    lib.host_preprocess_rows.argtypes = [pointer, i, i, pointer, pointer, pointer, pointer]
+    lib.host_row_staged.argtypes = [pointer, i, pointer]
     lib.host_tasks_per_image.restype = ctypes.c_longlong
+    lib.host_rows_per_image.restype = ctypes.c_longlong
     return lib
 
 
@@ -167,14 +170,21 @@ class HostDevice:
         address, nbytes = dst.ctypes.data, dst.nbytes
         self._issue(stream, lambda: ctypes.memmove(address, src, nbytes))
 
-    def preprocess(self, jobs: int, batch: int, outputs: tuple[int, int, int], half: bool, stream: int) -> None:
+    def preprocess(self, jobs: int, batch: int, outputs: tuple[int, int, int], half: bool, stream: int,
+                   decomposition: str = "pixels") -> None:
+        """The fused preprocessing kernel; ``decomposition="rows"`` runs the row-block kernel, each
+        block's threads in reverse order between its barriers (any order is legal there)."""
         self._check_range(jobs, batch * JOB_DTYPE.itemsize, self.allocations, "job table")
         for address, side in zip(outputs, (CROP_SIDE, CROP_SIDE, FUSION_SIDE)):
             self._check_range(address, batch * 3 * side * side * (2 if half else 4), self.allocations, "stream tensor")
+        reverse = np.arange(self._kernels.host_row_threads(), dtype=np.int32)[::-1].copy()
 
         def launch() -> None:
             self.kernel_launches += 1
-            self._kernels.host_preprocess(jobs, batch, int(half), *outputs)
+            if decomposition == "rows":
+                self._kernels.host_preprocess_rows(jobs, batch, int(half), *outputs, reverse.ctypes.data)
+            else:
+                self._kernels.host_preprocess(jobs, batch, int(half), *outputs)
         self._issue(stream, launch)
 
     def vote(self, logits, weights, batch: int, probs: int, score: int, mean: int, stream: int) -> None:

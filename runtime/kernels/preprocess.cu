@@ -1,8 +1,10 @@
 // Fused preprocessing: one launch writes the global, face and fusion tensors of a whole batch.
 //
-// Thread t runs task t of dfd::preprocess_task (one output pixel of one stream of one image). The
-// per-pixel math and the work decomposition are in preprocess.cuh, which the test suite also
-// compiles for the host.
+// dfd_preprocess_*: thread t runs task t of dfd::preprocess_task (one output pixel of one stream of
+// one image). dfd_preprocess_rows_*: block b runs output row b of dfd::preprocess_row_block, the
+// candidate decomposition that stages source rows in shared memory; it replaces the per-pixel one
+// if it measures faster on a GPU (benchmarks/gpu_check.py times both). The per-pixel math and both
+// work decompositions are in preprocess.cuh, which the test suite also compiles for the host.
 #include "preprocess.cuh"
 
 namespace {
@@ -12,6 +14,34 @@ __device__ __forceinline__ void run_task(const dfd::Job* jobs, int batch, Store 
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (long long)batch * dfd::kTasksPerImage) return;
     dfd::preprocess_task(jobs, t, store);
+}
+
+// preprocess_row_block's executor on the GPU: the block's threads, its barrier, its shared memory.
+struct BlockExec {
+    dfd::RowPlan* shared_plan;
+    unsigned char (*buffers)[dfd::kStageBytes];
+    dfd::RowThread thread;
+
+    __device__ dfd::RowPlan& plan() { return *shared_plan; }
+    __device__ unsigned char* stage(int i) { return buffers[i]; }
+    __device__ void sync() { __syncthreads(); }
+    template <typename F>
+    __device__ void leader(F f) {
+        if (threadIdx.x == 0) f();
+    }
+    template <typename F>
+    __device__ void each(F f) {
+        f((int)threadIdx.x, thread);
+    }
+};
+
+template <typename Store>
+__device__ __forceinline__ void run_row_block(const dfd::Job* jobs, int batch, Store store) {
+    __shared__ dfd::RowPlan plan;
+    __shared__ __align__(16) unsigned char buffers[2][dfd::kStageBytes];
+    if ((long long)blockIdx.x >= (long long)batch * dfd::kRowsPerImage) return;  // uniform per block
+    BlockExec ex{&plan, buffers, {}};
+    dfd::preprocess_row_block(ex, jobs, (int)blockIdx.x, store);
 }
 
 }  // namespace
@@ -35,6 +65,24 @@ extern "C" __global__ void DFD_PREPROCESS_BOUNDS
 dfd_preprocess_f16(const dfd::Job* jobs, int batch, unsigned short* global, unsigned short* face,
                    unsigned short* fusion) {
     run_task(jobs, batch, [&](int stream, long long i, float v) {
+        (stream == dfd::kGlobal ? global : stream == dfd::kFace ? face : fusion)[i] =
+            dfd::float_to_half_bits(v);
+    });
+}
+
+// The row decomposition: batch * dfd::kRowsPerImage blocks of dfd::kRowThreads threads; same
+// outputs as dfd_preprocess_f32 / _f16.
+extern "C" __global__ void DFD_PREPROCESS_BOUNDS
+dfd_preprocess_rows_f32(const dfd::Job* jobs, int batch, float* global, float* face, float* fusion) {
+    run_row_block(jobs, batch, [&](int stream, long long i, float v) {
+        (stream == dfd::kGlobal ? global : stream == dfd::kFace ? face : fusion)[i] = v;
+    });
+}
+
+extern "C" __global__ void DFD_PREPROCESS_BOUNDS
+dfd_preprocess_rows_f16(const dfd::Job* jobs, int batch, unsigned short* global, unsigned short* face,
+                        unsigned short* fusion) {
+    run_row_block(jobs, batch, [&](int stream, long long i, float v) {
         (stream == dfd::kGlobal ? global : stream == dfd::kFace ? face : fusion)[i] =
             dfd::float_to_half_bits(v);
     });

@@ -205,27 +205,35 @@ DFD_HD void area_tap(const unsigned char* p, float weight, float buf[3]) {
     for (int c = 0; c < 3; ++c) buf[c] = fadd(buf[c], fmul(u8_to_float(p[c]), weight));
 }
 
-// Horizontal weighted sum of one source row over an area cell, in OpenCV's order. The hot loop of
-// the fused kernel: where the row's pixels all lie inside the image (always for the fusion
-// stream) it walks a pointer over the bytes in their stored channel order and swaps the three sums
-// once at the end (each channel's arithmetic is the same, so the order they are summed in is
-// immaterial); a face window's rows that leave the image read through fetch (black outside).
-DFD_HD void area_row(const Window& src, const AreaCell& cx, int sy, float buf[3]) {
+// Horizontal weighted sum over an area cell of one stored row, in OpenCV's order: `p` points at
+// the cell's pixel cx.first, and every pixel of the cell (cx.first - 1 with a head, cx.last with a
+// tail) is readable there, in global or shared memory. The hot loop of the fused kernel: it walks a
+// pointer over the bytes in their stored channel order and swaps the three sums once at the end
+// (each channel's arithmetic is the same, so the order they are summed in is immaterial).
+DFD_HD void area_span(const unsigned char* p, const AreaCell& cx, int order, float buf[3]) {
     buf[0] = buf[1] = buf[2] = 0.f;
+    if (cx.head) area_tap(p - 3, cx.a_head, buf);
+    for (int sx = cx.first; sx < cx.last; ++sx, p += 3) area_tap(p, cx.a_mid, buf);
+    if (cx.tail) area_tap(p, cx.a_tail, buf);
+    if (order == kBGR) {
+        const float b = buf[0];
+        buf[0] = buf[2];
+        buf[2] = b;
+    }
+}
+
+// Horizontal weighted sum of window row `sy` over an area cell: area_span where the cell lies inside
+// the image (always for the fusion stream); a face window's rows that leave the image read through
+// fetch (black outside).
+DFD_HD void area_row(const Window& src, const AreaCell& cx, int sy, float buf[3]) {
     const int iy = src.y0 + sy;
     const int left = src.x0 + cx.first - (cx.head ? 1 : 0), right = src.x0 + cx.last + (cx.tail ? 1 : 0);
     if (iy >= 0 && iy < src.image.height && left >= 0 && right <= src.image.width) {
-        const unsigned char* p = src.image.data + (long long)iy * src.image.pitch + 3LL * (src.x0 + cx.first);
-        if (cx.head) area_tap(p - 3, cx.a_head, buf);
-        for (int sx = cx.first; sx < cx.last; ++sx, p += 3) area_tap(p, cx.a_mid, buf);
-        if (cx.tail) area_tap(p, cx.a_tail, buf);
-        if (src.image.order == kBGR) {
-            const float b = buf[0];
-            buf[0] = buf[2];
-            buf[2] = b;
-        }
+        area_span(src.image.data + (long long)iy * src.image.pitch + 3LL * (src.x0 + cx.first), cx, src.image.order,
+                  buf);
         return;
     }
+    buf[0] = buf[1] = buf[2] = 0.f;
     int px[3];
     if (cx.head) {
         fetch(src, cx.first - 1, sy, px);
@@ -523,6 +531,16 @@ constexpr long long kCropPixels = (long long)kCrop * kCrop;
 constexpr long long kFusionPixels = (long long)kFusion * kFusion;
 constexpr long long kTasksPerImage = 2 * kCropPixels + kFusionPixels;
 
+// store(stream, index into that stream's [N,3,side,side] tensor, value) for the three channels of
+// output pixel (x, y) of image n.
+template <typename Store>
+DFD_HD void store_pixel(int n, int stream, int x, int y, const float v[3], Store store) {
+    const int side = stream_side(stream);
+    const long long plane = (long long)side * side;
+    const long long base = (long long)n * 3 * plane + (long long)y * side + x;
+    for (int c = 0; c < 3; ++c) store(stream, base + c * plane, v[c]);
+}
+
 // Runs task `t` (0 <= t < batch * kTasksPerImage): store(stream, index into that stream's
 // [N,3,side,side] tensor, value) three times.
 template <typename Store>
@@ -544,9 +562,179 @@ DFD_HD void preprocess_task(const Job* jobs, long long t, Store store) {
     const int x = pixel - y * side;
     float v[3];
     stream_pixel(jobs[n], stream, x, y, v);
-    const long long plane = (long long)side * side;
-    const long long base = (long long)n * 3 * plane + (long long)y * side + x;
-    for (int c = 0; c < 3; ++c) store(stream, base + c * plane, v[c]);
+    store_pixel(n, stream, x, y, v, store);
+}
+
+
+// ---- the row decomposition (candidate, benchmarks/gpu_preprocess_tuning.md) --------------------
+// Block b of a launch of batch * kRowsPerImage blocks of kRowThreads threads computes one output row
+// of one stream of one image (an image's rows laid out global, face, fusion), thread x its pixel x.
+// Where the row is an INTER_AREA downscale with fractional cells (the fusion stream of any photo
+// over 224 high, most face windows), the block computes the row's plan once, copies each source row
+// the output row reads into shared memory with 16-byte copies (asynchronous on sm_80+, the next row
+// in flight while the threads sum the current one), and its threads sum their cells from there,
+// each source byte read from device memory once per output row instead of once per thread through
+// scattered byte loads. Every other row runs the per-pixel functions above.
+//
+// The schedule is written once, against an executor that the CUDA kernel implements with real
+// threads and __syncthreads and the host test with a loop over thread indices, so the host build
+// runs the very schedule (buffer indices, row order, which thread copies what) the GPU runs.
+constexpr int kRowsPerImage = 2 * kCrop + kFusion;
+constexpr int kRowThreads = 256;                // >= the widest output row (252)
+constexpr int kStagePixels = 4096;              // widest source row staged (a 12-MP photo is 4000)
+constexpr int kStageBytes = 3 * kStagePixels + 16;  // + up to 15 bytes of alignment phase
+
+// What a block's threads share, computed once by its first thread.
+struct RowPlan {
+    int image, stream, y;  // the output row
+    bool staged;           // the area-staged schedule below; otherwise the per-pixel functions
+    Window src;            // the window the stream resizes, in image coordinates
+    Scale scale;
+    AreaCell cy;           // the output row's vertical cell, in window rows
+    int offset;            // resize coordinate of output pixel 0 (the face stream's 252 center crop)
+    int first_row, rows;   // window rows first_row .. first_row + rows - 1, each staged in turn
+    int col0, col1;        // image columns [col0, col1) of a staged row: the window's part inside
+};
+
+DFD_HD RowPlan row_plan(const Job* jobs, int block) {
+    RowPlan p;
+    p.image = block / kRowsPerImage;
+    int r = block - p.image * kRowsPerImage;
+    p.stream = r < kCrop ? kGlobal : r < 2 * kCrop ? kFace : kFusionStream;
+    p.y = r - (p.stream == kGlobal ? 0 : p.stream == kFace ? kCrop : 2 * kCrop);
+    p.staged = false;
+    const Job& job = jobs[p.image];
+    int size, interp;
+    if (p.stream == kFusionStream) {
+        p.src = whole(job.image);
+        size = kFusion;
+        interp = fusion_interpolation(job.image.width, job.image.height);
+        p.offset = 0;
+    } else if (p.stream == kFace) {
+        p.src = job_face_window(job);
+        if (p.src.width <= 0 || p.src.height <= 0) return p;  // face_pixel's center-crop cases
+        size = kFaceResize;
+        interp = kInterArea;
+        p.offset = (kFaceResize - kCrop) / 2;
+    } else {
+        return p;
+    }
+    if (interp != kInterArea || (p.src.width == size && p.src.height == size)) return p;
+    p.scale = resize_scale(p.src.width, p.src.height, size, size);
+    int ix, iy;
+    if (p.scale.x < 1.0 || p.scale.y < 1.0 || area_fast(p.scale, &ix, &iy)) return p;
+    p.col0 = imax(p.src.x0, 0);
+    p.col1 = imin(p.src.x0 + p.src.width, p.src.image.width);
+    if (p.col1 <= p.col0 || p.col1 - p.col0 > kStagePixels) return p;
+    p.cy = area_cell(p.y + p.offset, p.src.height, p.scale.y);
+    p.first_row = p.cy.first - (p.cy.head ? 1 : 0);
+    p.rows = p.cy.last + (p.cy.tail ? 1 : 0) - p.first_row;
+    p.staged = true;
+    return p;
+}
+
+// One thread's part of copying bytes [src, src + n) to stage + (src % 16), so that 16-byte-aligned
+// source chunks land on 16-byte-aligned shared addresses: the aligned middle in 16-byte copies,
+// the unaligned ends (< 16 bytes each) byte by byte. Only bytes of the row are read.
+DFD_HD void copy16(unsigned char* dst, const unsigned char* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned shared = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(shared), "l"(src) : "memory");
+#elif defined(__CUDA_ARCH__)
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+#else
+    for (int i = 0; i < 16; ++i) dst[i] = src[i];
+#endif
+}
+
+DFD_HD int stage_phase(const unsigned char* src) { return (int)((unsigned long long)src & 15u); }
+
+DFD_HD void stage_row(int tid, unsigned char* stage, const unsigned char* src, int n) {
+    unsigned char* dst = stage + stage_phase(src);
+    const int head = imin((16 - stage_phase(src)) & 15, n);
+    const int chunks = (n - head) / 16;
+    const int tail = head + 16 * chunks;
+    if (tid < head) dst[tid] = src[tid];
+    if (tid >= 16 && tid - 16 < n - tail) dst[tail + tid - 16] = src[tail + tid - 16];
+    for (int i = tid; i < chunks; i += kRowThreads) copy16(dst + head + 16 * i, src + head + 16 * i);
+}
+
+// Waits for this thread's asynchronous copies; the block barrier after it publishes them to all.
+DFD_HD void stage_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+// A thread's state across the staged schedule's barriers.
+struct RowThread {
+    AreaCell cx;     // its horizontal cell, in window columns
+    bool inside;     // the cell lies in the staged columns (else it reads through area_row)
+    float sum[3];
+};
+
+// The block's work. Exec provides: leader(f) (f on one thread), each(f) (f(x, RowThread&) on every
+// thread), sync() (block barrier), plan() (the shared RowPlan) and stage(i) (shared buffer i of
+// kStageBytes, i = 0, 1). Between barriers, each() may run the threads in any order.
+template <typename Exec, typename Store>
+DFD_HD void preprocess_row_block(Exec& ex, const Job* jobs, int block, Store store) {
+    RowPlan& plan = ex.plan();
+    ex.leader([&] { plan = row_plan(jobs, block); });
+    ex.sync();
+    const int side = stream_side(plan.stream);
+    if (!plan.staged) {
+        ex.each([&](int x, RowThread&) {
+            if (x >= side) return;
+            float v[3];
+            stream_pixel(jobs[plan.image], plan.stream, x, plan.y, v);
+            store_pixel(plan.image, plan.stream, x, plan.y, v, store);
+        });
+        return;
+    }
+    const Window& src = plan.src;
+    // source pointer of window row (first_row + k) in the staged columns; null where the row is
+    // outside the image (black: area_row reads no memory there)
+    auto row_bytes = [&](int k) -> const unsigned char* {
+        const int iy = src.y0 + plan.first_row + k;
+        if (iy < 0 || iy >= src.image.height) return nullptr;
+        return src.image.data + (long long)iy * src.image.pitch + 3LL * plan.col0;
+    };
+    auto stage = [&](int x, int k) {
+        const unsigned char* bytes = row_bytes(k);
+        if (bytes != nullptr) stage_row(x, ex.stage(k & 1), bytes, 3 * (plan.col1 - plan.col0));
+    };
+    ex.each([&](int x, RowThread& t) {
+        stage(x, 0);
+        t.sum[0] = t.sum[1] = t.sum[2] = 0.f;
+        if (x >= side) return;
+        t.cx = area_cell(x + plan.offset, src.width, plan.scale.x);
+        t.inside = src.x0 + t.cx.first - (t.cx.head ? 1 : 0) >= plan.col0 &&
+                   src.x0 + t.cx.last + (t.cx.tail ? 1 : 0) <= plan.col1;
+    });
+    for (int k = 0; k < plan.rows; ++k) {
+        ex.each([&](int, RowThread&) { stage_wait(); });
+        ex.sync();  // row k is in stage(k & 1); every thread is done with stage((k + 1) & 1)
+        ex.each([&](int x, RowThread& t) {
+            if (k + 1 < plan.rows) stage(x, k + 1);
+            if (x >= side) return;
+            const int sy = plan.first_row + k;
+            const unsigned char* bytes = row_bytes(k);
+            float buf[3];
+            if (t.inside && bytes != nullptr)
+                area_span(ex.stage(k & 1) + stage_phase(bytes) + 3 * (src.x0 + t.cx.first - plan.col0), t.cx,
+                          src.image.order, buf);
+            else
+                area_row(src, t.cx, sy, buf);
+            area_accumulate(t.sum, buf, sy < plan.cy.first ? plan.cy.a_head
+                                        : sy < plan.cy.last ? plan.cy.a_mid : plan.cy.a_tail);
+        });
+    }
+    ex.each([&](int x, RowThread& t) {
+        if (x >= side) return;
+        float v[3];
+        for (int c = 0; c < 3; ++c) v[c] = normalise(saturate_u8(cv_round(t.sum[c])), c);
+        store_pixel(plan.image, plan.stream, x, plan.y, v, store);
+    });
 }
 
 }  // namespace dfd

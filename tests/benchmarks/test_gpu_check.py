@@ -1,14 +1,18 @@
 """``benchmarks/gpu_check.py`` is run by hand on a lent GPU machine; its GPU-free part runs here so
 the script cannot rot between loans: NVRTC builds the kernels and the stand-in engines' kernel,
 job packing works, and the stand-in reference gives probabilities for fp32 and fp16 inputs. Its
-fused-pipeline section also runs here on the emulated GPU of tests/host_cuda.py (not a GPU: it
-checks the script and the calls it makes, not the driver)."""
+fused-pipeline, parity and throughput sections also run here on the emulated GPU of
+tests/host_cuda.py, the last two with torch's "cuda" tensors played by CPU tensors registered as
+its memory (not a GPU: this checks the script and the calls it makes, not the driver, and the
+timings mean nothing)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -88,3 +92,98 @@ def test_a_failing_section_is_reported_and_the_others_still_run(gpu_check):
     assert not gpu_check.section_passed(nested)
     nested["32x1080x1440"]["ok"] = True
     assert gpu_check.section_passed(nested)
+
+
+class _HostClockEvent:
+    """torch.cuda.Event on the emulated GPU: record() runs the queued work, then reads the clock."""
+
+    def __init__(self, torch_shim: "_TorchOnTheEmulatedGpu") -> None:
+        self._torch, self._at = torch_shim, None
+
+    def record(self) -> None:
+        self._torch.cuda.synchronize()
+        self._at = time.perf_counter()
+
+    def elapsed_time(self, end: "_HostClockEvent") -> float:
+        return 1000 * (end._at - self._at)
+
+
+class _TorchOnTheEmulatedGpu:
+    """The slice of torch that gpu_check's parity and throughput sections use, where a "cuda" tensor
+    is a CPU tensor registered as device memory of the emulated GPU (so the kernels' launches pass
+    its bounds checks) and torch's current stream is one emulated stream."""
+
+    def __init__(self, torch, gpu: HostCuda, monkeypatch) -> None:
+        self._torch, self._gpu = torch, gpu
+        self.uint8, self.float16, self.float32 = torch.uint8, torch.float16, torch.float32
+        self.from_numpy = torch.from_numpy
+        stream = gpu.new_stream()
+        self.cuda = SimpleNamespace(synchronize=lambda: gpu.synchronize(stream, "torch.cuda.synchronize"),
+                                    current_stream=lambda: SimpleNamespace(cuda_stream=stream),
+                                    Event=lambda enable_timing: _HostClockEvent(self))
+        monkeypatch.setattr(torch.Tensor, "cuda", lambda tensor: self._on_device(tensor.clone()))
+
+    def _on_device(self, tensor):
+        raw = tensor.view(-1).view(self._torch.uint8).numpy()
+        self._gpu.device.allocations[tensor.data_ptr()] = raw  # the tensor outlives its use here
+        return tensor
+
+    def zeros(self, shape, dtype, device):
+        return self._on_device(self._torch.zeros(shape, dtype=dtype))
+
+    def full(self, shape, value, dtype, device):
+        return self._on_device(self._torch.full(shape, value, dtype=dtype))
+
+    def empty(self, shape, dtype, device):
+        return self._on_device(self._torch.empty(shape, dtype=dtype))
+
+    def empty_like(self, tensor):
+        return self._on_device(self._torch.empty_like(tensor))
+
+    def randint(self, low, high, shape, dtype, device):
+        return self._on_device(self._torch.randint(low, high, shape, dtype=dtype))
+
+
+@pytest.fixture
+def emulated_gpu(kernel_host, tmp_path, monkeypatch):
+    if not no_cuda_driver():
+        pytest.skip("a CUDA driver is installed: the emulation would reach it")
+    gpu = HostCuda(HostDevice(kernel_host, "others_first"), kernel_host)
+    gpu.install(monkeypatch)
+    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "kernels"))
+    return gpu
+
+
+def test_parity_and_throughput_sections_run_on_an_emulated_gpu(gpu_check, emulated_gpu, monkeypatch):
+    """Both decompositions through the sections a loan runs first: parity passes on sizes that take
+    every path (and fails when the row kernel writes something else), throughput reports both."""
+    torch = pytest.importorskip("torch")
+    shim = _TorchOnTheEmulatedGpu(torch, emulated_gpu, monkeypatch)
+    kernels = gpu_check.cuda_kernels.CudaKernels(0)
+    rng = np.random.default_rng(3)
+    cases = [(1, 1), (90, 60), (224, 224), (448, 448), (300, 5000), (700, 1000), (230, 229)]
+    report = gpu_check.gpu_parity(shim, kernels, rng, cases)
+    assert gpu_check.section_passed(report), report
+    assert report["rows"]["exact_streams"] + report["rows"]["cubic_streams"] == 3 * len(cases)
+    assert report["rows"]["max_abs_diff_exact"] == 0.0 and report["rows_differing_from_pixels"] == 0
+
+    throughput = gpu_check.gpu_throughput(shim, kernels, cases=((2, 300, 400),), rounds=1, repeat=1,
+                                          copy_bytes=1 << 16)
+    case = throughput["2x300x400"]
+    assert throughput["runtime_uses"] == "pixels" and "ok" in case
+    for decomposition in ("pixels", "rows"):
+        assert case[decomposition]["fp32"]["seconds_per_batch"] > 0
+        assert case[decomposition]["fp16"]["fraction_of_copy_bandwidth"] > 0
+
+    # the parity check can fail: a row kernel that skips its last output row
+    emulated = emulated_gpu.kernels["dfd_preprocess_rows_f32"][1]
+
+    def short_of_a_row(device, stream, args, grid, block):
+        emulated(device, stream, args, grid, block)
+        fusion = device.device_bytes(args[4], args[1] * 3 * 224 * 224 * 4, "fusion").view(np.float32)
+        device._issue(stream, lambda: fusion.reshape(args[1], 3, 224, 224)[:, :, -1].fill(np.nan))
+    monkeypatch.setitem(emulated_gpu.kernels, "dfd_preprocess_rows_f32",
+                        (emulated_gpu.kernels["dfd_preprocess_rows_f32"][0], short_of_a_row))
+    report = gpu_check.gpu_parity(shim, kernels, rng, [(300, 400)])
+    assert report["rows"]["max_abs_diff_exact"] == float("inf") and not gpu_check.section_passed(report)
+    kernels.close()

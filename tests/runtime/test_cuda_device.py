@@ -159,6 +159,48 @@ def test_the_emulation_refuses_what_a_gpu_would(kernel_host, kernel_cache, monke
     kernels.close()
 
 
+def test_both_preprocessing_decompositions_launch_and_agree(kernel_host, kernel_cache, monkeypatch):
+    """CudaKernels.preprocess launches the per-pixel kernel (one thread per task) and the row
+    kernel (one block per output row) with the geometry and arguments each one's CUBIN declares,
+    and both write the same tensors; an unknown decomposition is refused before any launch."""
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    driver = gpu.driver
+    kernels = cuda_kernels.CudaKernels(0)
+    (_, stream) = driver.cuStreamCreate(driver.CUstream_flags.CU_STREAM_NON_BLOCKING)
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((500, 700, 3), (260, 240, 3))]
+    addresses = []
+    for img in images:
+        (_, address) = driver.cuMemAlloc(img.nbytes)
+        ctypes.memmove(int(address), img.ctypes.data, img.nbytes)
+        addresses.append(int(address))
+    jobs = cuda_kernels.make_jobs([(a, 3 * img.shape[1], img.shape[1], img.shape[0]) for a, img in zip(addresses, images)],
+                                  [(100.0, 80.0, 400.0, 420.0), None])
+    (_, jobs_address) = driver.cuMemAlloc(jobs.nbytes)
+    ctypes.memmove(int(jobs_address), jobs.ctypes.data, jobs.nbytes)
+    results = {}
+    for decomposition in cuda_kernels.PREPROCESS_DECOMPOSITIONS:
+        for half in (False, True):
+            shapes = [(2, 3, side, side) for side in (252, 252, 224)]
+            sizes = [int(np.prod(shape)) * (2 if half else 4) for shape in shapes]
+            outputs = [int(driver.cuMemAlloc(size)[1]) for size in sizes]
+            kernels.preprocess(int(jobs_address), 2, tuple(outputs), half=half, stream=stream,
+                               decomposition=decomposition)
+            driver.cuStreamSynchronize(stream)
+            results[decomposition, half] = [ctypes.string_at(address, size) for address, size in zip(outputs, sizes)]
+            for address in outputs:
+                driver.cuMemFree(address)
+    for half in (False, True):
+        assert results["rows", half] == results["pixels", half]
+    with pytest.raises(ValueError, match="decomposition must be one of"):
+        kernels.preprocess(int(jobs_address), 2, (0, 0, 0), decomposition="tiles")
+    assert gpu.calls["cuLaunchKernel"] == 4
+    kernels.close()
+    for address in addresses + [int(jobs_address)]:
+        driver.cuMemFree(address)
+    driver.cuStreamDestroy(stream)
+
+
 def _vote_args(buffers: list[int], batch: int) -> cuda_kernels.KernelArgs:
     return cuda_kernels.KernelArgs(*[ctypes.c_void_p(b) for b in buffers[:3]],
                                    *[ctypes.c_double(w) for w in (2, 1, 2)], ctypes.c_int(batch),

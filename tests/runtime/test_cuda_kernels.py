@@ -306,6 +306,87 @@ def test_fused_kernel_writes_every_stream_of_a_batch(host):
         np.testing.assert_array_equal(got, full.astype(np.float16))
 
 
+def _run_rows(host, jobs: np.ndarray, half: bool = False, order=None) -> list[np.ndarray]:
+    """The row kernel's blocks on the host, each block's threads in `order` between barriers."""
+    dtype = np.float16 if half else np.float32
+    outs = [np.full((len(jobs), 3, side, side), np.nan, dtype) for side in (252, 252, 224)]
+    threads = host.host_row_threads()
+    order = np.arange(threads, dtype=np.int32) if order is None else np.ascontiguousarray(order, np.int32)
+    assert sorted(order) == list(range(threads))
+    host.host_preprocess_rows(jobs.ctypes.data, len(jobs), int(half), *[o.ctypes.data for o in outs],
+                              order.ctypes.data)
+    return outs
+
+
+def _at_address_phase(img: np.ndarray, phase: int, pitch: int) -> np.ndarray:
+    """`img` copied to a view whose first byte sits `phase` bytes past a 16-byte boundary, rows
+    `pitch` bytes apart: the row kernel's copies must handle every alignment of a row."""
+    h, w = img.shape[:2]
+    storage = np.zeros(h * pitch + 64, np.uint8)
+    start = (-storage.ctypes.data) % 16 + phase
+    view = np.ndarray((h, w, 3), np.uint8, buffer=storage, offset=start, strides=(pitch, 3, 1))
+    view[...] = img
+    return view
+
+
+# (h, w, face box or None, face image shape or None): every path a row block can take. Staged:
+# fusion of photos over 224 high (fractional cells, scale near 1 too), face windows inside or
+# leaving the image on each side. Per pixel: a source row over 4096 pixels, integer scales,
+# identity, upscales (INTER_CUBIC and INTER_AREA's bilinear emulation), a face image of its own,
+# no face, 1x1.
+ROW_CASES = [
+    (1080, 1440, (500.0, 300.0, 900.0, 800.0), None),
+    (700, 1000, (-80.5, -60.0, 300.0, 250.0), None),     # window leaves the top-left
+    (700, 1000, (800.0, 500.0, 1090.0, 760.0), None),    # ... and the bottom-right
+    (300, 5000, (2000.0, 10.0, 2300.0, 290.0), None),    # fusion row > 4096 pixels: per pixel
+    (230, 229, (3.0, 4.0, 226.0, 225.0), None),          # scales just over 1: head and tail cells
+    (224, 1000, None, None),                             # vertical scale exactly 1
+    (448, 448, (100.0, 100.0, 300.0, 300.0), None),      # 2x2 area fast; a 260-px window staged
+    (224, 224, (50.0, 50.0, 150.0, 150.0), None),        # identity; a 130-px window upscaled to 256
+    (100, 300, (10.0, 10.0, 90.0, 90.0), None),          # INTER_CUBIC
+    (600, 500, None, (256, 256)),                        # a face image of its own
+    (1, 1, None, None),
+]
+
+
+def test_row_decomposition_writes_what_the_pixel_decomposition_writes(host):
+    """dfd_preprocess_rows (one block per output row, source rows staged in shared memory) against
+    dfd_preprocess (one thread per pixel, itself checked against OpenCV above): the same bits in
+    fp32 and fp16 for every path, row alignment and thread order, and the reference for two images."""
+    rng = np.random.default_rng(29)
+    images, boxes, faces = [], [], []
+    for i, (h, w, box, face) in enumerate(ROW_CASES):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        images.append(_at_address_phase(img, phase=(5 * i) % 16, pitch=3 * w + i % 7))
+        boxes.append(box)
+        faces.append(None if face is None else rng.integers(0, 256, (*face, 3), dtype=np.uint8))
+    for order in ("RGB", "BGR"):
+        jobs = cuda_kernels.make_jobs([_image_args(img) for img in images], boxes,
+                                      face_images=[None if f is None else _image_args(f) for f in faces],
+                                      channel_order=order)
+        staged = np.zeros(len(jobs) * cuda_kernels.ROWS_PER_IMAGE, np.int32)
+        host.host_row_staged(jobs.ctypes.data, len(jobs), staged.ctypes.data)
+        staged = staged.reshape(len(jobs), -1)
+        # rows per image of (global, face, fusion) that take the staged schedule: the comparison
+        # below covers both schedules only if these are what the cases were chosen for
+        assert [(int(r[:252].sum()), int(r[252:504].sum()), int(r[504:].sum())) for r in staged] == [
+            (0, 252, 224), (0, 252, 224), (0, 252, 224), (0, 252, 0), (0, 252, 224), (0, 0, 224),
+            (0, 252, 0), (0, 0, 0), (0, 0, 0), (0, 0, 224), (0, 0, 0)]
+        for half in (False, True):
+            pixels = _run_fused(host, jobs, half)
+            for thread_order in (None, rng.permutation(host.host_row_threads())):
+                for name, got, want in zip(("global", "face", "fusion"), _run_rows(host, jobs, half, thread_order),
+                                           pixels):
+                    np.testing.assert_array_equal(got, want, err_msg=f"{order} half={half} {name}")
+    for i in (0, 1):  # staged fusion and face, the window leaving the image: the reference itself
+        rgb = np.ascontiguousarray(images[i][:, :, ::-1])  # the last jobs were BGR
+        expected = (preprocess.preprocess_global(rgb).tensor,
+                    preprocess.preprocess_face(preprocess.crop_face(rgb, boxes[i])).tensor,
+                    preprocess.preprocess_fusion(rgb).tensor)
+        for got, want in zip(_run_rows(host, jobs), expected):
+            np.testing.assert_array_equal(got[i], want)
+
+
 def test_face_image_of_its_own_needs_a_valid_geometry():
     with pytest.raises(ValueError, match="face image 0"):
         cuda_kernels.make_jobs([(1, 30, 10, 10)], [None], face_images=[(2, 10, 10, 10)])

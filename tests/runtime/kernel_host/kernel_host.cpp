@@ -5,8 +5,28 @@
 #include "vote.cuh"
 
 #include <cstddef>
+#include <memory>
 
 namespace {
+// preprocess_row_block's executor on the host: the block's threads one after another between
+// barriers, in the order given (a permutation of 0..kRowThreads-1), each with its own state.
+struct HostBlockExec {
+    const int* order;
+    dfd::RowPlan shared_plan;
+    alignas(16) unsigned char buffers[2][dfd::kStageBytes];
+    dfd::RowThread threads[dfd::kRowThreads];
+
+    dfd::RowPlan& plan() { return shared_plan; }
+    unsigned char* stage(int i) { return buffers[i]; }
+    void sync() {}
+    template <typename F>
+    void leader(F f) { f(); }
+    template <typename F>
+    void each(F f) {
+        for (int i = 0; i < dfd::kRowThreads; ++i) f(order[i], threads[order[i]]);
+    }
+};
+
 dfd::Image image_of(const unsigned char* data, long long pitch, int width, int height, int order) {
     return dfd::Image{data, pitch, width, height, order};
 }
@@ -82,6 +102,35 @@ void host_preprocess(const dfd::Job* jobs, int batch, int half, void* global, vo
                 static_cast<float*>(outputs[stream])[i] = v;
         });
 }
+
+// What dfd_preprocess_rows_f32 / _f16 do on the host: the blocks in order, each block's threads in
+// `thread_order` (kRowThreads indices) between its barriers, the shared buffers poisoned first so
+// that a read of a byte no thread staged shows.
+void host_preprocess_rows(const dfd::Job* jobs, int batch, int half, void* global, void* face, void* fusion,
+                          const int* thread_order) {
+    void* outputs[3] = {global, face, fusion};
+    const auto ex = std::make_unique<HostBlockExec>();
+    ex->order = thread_order;
+    for (int b = 0; b < batch * dfd::kRowsPerImage; ++b) {
+        for (auto& buffer : ex->buffers)
+            for (unsigned char& byte : buffer) byte = 0xA5;
+        dfd::preprocess_row_block(*ex, jobs, b, [&](int stream, long long i, float v) {
+            if (half)
+                static_cast<unsigned short*>(outputs[stream])[i] = dfd::float_to_half_bits(v);
+            else
+                static_cast<float*>(outputs[stream])[i] = v;
+        });
+    }
+}
+
+// Per row block of a batch: 1 where it takes the staged schedule, 0 where it runs per pixel.
+void host_row_staged(const dfd::Job* jobs, int batch, int* out) {
+    for (int b = 0; b < batch * dfd::kRowsPerImage; ++b) out[b] = dfd::row_plan(jobs, b).staged ? 1 : 0;
+}
+
+// Row blocks a dfd_preprocess_rows launch needs per image, and the threads of each.
+long long host_rows_per_image() { return dfd::kRowsPerImage; }
+int host_row_threads() { return dfd::kRowThreads; }
 
 // What dfd_vote does on the host, image by image.
 void host_vote_kernel(const float* logits_global, const float* logits_face, const float* logits_fusion,
