@@ -9,6 +9,23 @@
 
 namespace {
 
+// Where the value of one channel of one output pixel goes: the stream's tensor, float32 or IEEE half
+// bits (round to nearest even). A conditional picks the tensor, not an array index, which would
+// put the three pointers in local memory.
+__device__ __forceinline__ float convert(float v, float*) { return v; }
+__device__ __forceinline__ unsigned short convert(float v, unsigned short*) { return dfd::float_to_half_bits(v); }
+
+template <typename T>
+struct TensorStore {
+    T* global;
+    T* face;
+    T* fusion;
+    __device__ __forceinline__ void operator()(int stream, long long i, float v) const {
+        T* const tensor = stream == dfd::kGlobal ? global : stream == dfd::kFace ? face : fusion;
+        tensor[i] = convert(v, tensor);
+    }
+};
+
 template <typename Store>
 __device__ __forceinline__ void run_task(const dfd::Job* jobs, int batch, Store store) {
     const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -55,35 +72,25 @@ __device__ __forceinline__ void run_row_block(const dfd::Job* jobs, int batch, S
 // Outputs: global and face [N,3,252,252], fusion [N,3,224,224], float32.
 extern "C" __global__ void DFD_PREPROCESS_BOUNDS
 dfd_preprocess_f32(const dfd::Job* jobs, int batch, float* global, float* face, float* fusion) {
-    run_task(jobs, batch, [&](int stream, long long i, float v) {
-        (stream == dfd::kGlobal ? global : stream == dfd::kFace ? face : fusion)[i] = v;
-    });
+    run_task(jobs, batch, TensorStore<float>{global, face, fusion});
 }
 
 // Same outputs in IEEE half precision (bits), rounded to nearest even.
 extern "C" __global__ void DFD_PREPROCESS_BOUNDS
 dfd_preprocess_f16(const dfd::Job* jobs, int batch, unsigned short* global, unsigned short* face,
                    unsigned short* fusion) {
-    run_task(jobs, batch, [&](int stream, long long i, float v) {
-        (stream == dfd::kGlobal ? global : stream == dfd::kFace ? face : fusion)[i] =
-            dfd::float_to_half_bits(v);
-    });
+    run_task(jobs, batch, TensorStore<unsigned short>{global, face, fusion});
 }
 
 // The row decomposition: batch * dfd::kRowsPerImage blocks of dfd::kRowThreads threads; same
 // outputs as dfd_preprocess_f32 / _f16.
 extern "C" __global__ void DFD_PREPROCESS_BOUNDS
 dfd_preprocess_rows_f32(const dfd::Job* jobs, int batch, float* global, float* face, float* fusion) {
-    run_row_block(jobs, batch, [&](int stream, long long i, float v) {
-        (stream == dfd::kGlobal ? global : stream == dfd::kFace ? face : fusion)[i] = v;
-    });
+    run_row_block(jobs, batch, TensorStore<float>{global, face, fusion});
 }
 
 extern "C" __global__ void DFD_PREPROCESS_BOUNDS
 dfd_preprocess_rows_f16(const dfd::Job* jobs, int batch, unsigned short* global, unsigned short* face,
                         unsigned short* fusion) {
-    run_row_block(jobs, batch, [&](int stream, long long i, float v) {
-        (stream == dfd::kGlobal ? global : stream == dfd::kFace ? face : fusion)[i] =
-            dfd::float_to_half_bits(v);
-    });
+    run_row_block(jobs, batch, TensorStore<unsigned short>{global, face, fusion});
 }
