@@ -565,7 +565,6 @@ DFD_HD void preprocess_task(const Job* jobs, long long t, Store store) {
     store_pixel(n, stream, x, y, v, store);
 }
 
-
 // ---- the row decomposition (candidate, benchmarks/gpu_preprocess_tuning.md) --------------------
 // Block b of a launch of batch * kRowsPerImage blocks of kRowThreads threads computes one output row
 // of one stream of one image (an image's rows laid out global, face, fusion), thread x its pixel x.
@@ -633,9 +632,8 @@ DFD_HD RowPlan row_plan(const Job* jobs, int block) {
     return p;
 }
 
-// One thread's part of copying bytes [src, src + n) to stage + (src % 16), so that 16-byte-aligned
-// source chunks land on 16-byte-aligned shared addresses: the aligned middle in 16-byte copies,
-// the unaligned ends (< 16 bytes each) byte by byte. Only bytes of the row are read.
+// 16 bytes, both addresses 16-byte aligned: an asynchronous global -> shared copy on sm_80 and newer
+// (cp.async, completed by stage_wait), a 16-byte load and store before that and on the host.
 DFD_HD void copy16(unsigned char* dst, const unsigned char* src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const unsigned shared = (unsigned)__cvta_generic_to_shared(dst);
@@ -649,6 +647,9 @@ DFD_HD void copy16(unsigned char* dst, const unsigned char* src) {
 
 DFD_HD int stage_phase(const unsigned char* src) { return (int)((unsigned long long)src & 15u); }
 
+// One thread's part of copying bytes [src, src + n) to stage + (src % 16), so that 16-byte-aligned
+// source chunks land on 16-byte-aligned shared addresses: the aligned middle in 16-byte copies,
+// the unaligned ends (< 16 bytes each) byte by byte. Only bytes of the row are read.
 DFD_HD void stage_row(int tid, unsigned char* stage, const unsigned char* src, int n) {
     unsigned char* dst = stage + stage_phase(src);
     const int head = imin((16 - stage_phase(src)) & 15, n);

@@ -27,6 +27,18 @@ struct HostBlockExec {
     }
 };
 
+// The fused kernels' store on the host: the three stream tensors, float32 or IEEE half bits.
+struct HostStore {
+    void* outputs[3];
+    bool half;
+    void operator()(int stream, long long i, float v) const {
+        if (half)
+            static_cast<unsigned short*>(outputs[stream])[i] = dfd::float_to_half_bits(v);
+        else
+            static_cast<float*>(outputs[stream])[i] = v;
+    }
+};
+
 dfd::Image image_of(const unsigned char* data, long long pitch, int width, int height, int order) {
     return dfd::Image{data, pitch, width, height, order};
 }
@@ -93,14 +105,8 @@ long long host_tasks_per_image() { return dfd::kTasksPerImage; }
 
 // What dfd_preprocess_f32 / _f16 do, task by task, on the host: the CUDA grid's threads in order.
 void host_preprocess(const dfd::Job* jobs, int batch, int half, void* global, void* face, void* fusion) {
-    void* outputs[3] = {global, face, fusion};
-    for (long long t = 0; t < (long long)batch * dfd::kTasksPerImage; ++t)
-        dfd::preprocess_task(jobs, t, [&](int stream, long long i, float v) {
-            if (half)
-                static_cast<unsigned short*>(outputs[stream])[i] = dfd::float_to_half_bits(v);
-            else
-                static_cast<float*>(outputs[stream])[i] = v;
-        });
+    const HostStore store{{global, face, fusion}, half != 0};
+    for (long long t = 0; t < (long long)batch * dfd::kTasksPerImage; ++t) dfd::preprocess_task(jobs, t, store);
 }
 
 // What dfd_preprocess_rows_f32 / _f16 do on the host: the blocks in order, each block's threads in
@@ -108,18 +114,13 @@ void host_preprocess(const dfd::Job* jobs, int batch, int half, void* global, vo
 // that a read of a byte no thread staged shows.
 void host_preprocess_rows(const dfd::Job* jobs, int batch, int half, void* global, void* face, void* fusion,
                           const int* thread_order) {
-    void* outputs[3] = {global, face, fusion};
+    const HostStore store{{global, face, fusion}, half != 0};
     const auto ex = std::make_unique<HostBlockExec>();
     ex->order = thread_order;
     for (int b = 0; b < batch * dfd::kRowsPerImage; ++b) {
         for (auto& buffer : ex->buffers)
             for (unsigned char& byte : buffer) byte = 0xA5;
-        dfd::preprocess_row_block(*ex, jobs, b, [&](int stream, long long i, float v) {
-            if (half)
-                static_cast<unsigned short*>(outputs[stream])[i] = dfd::float_to_half_bits(v);
-            else
-                static_cast<float*>(outputs[stream])[i] = v;
-        });
+        dfd::preprocess_row_block(*ex, jobs, b, store);
     }
 }
 
