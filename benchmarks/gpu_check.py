@@ -124,6 +124,7 @@ def gpu_parity(torch, kernels, rng, cases) -> dict:
         box = random_box(rng, h, w)
         jobs = device_jobs(torch, cuda_kernels.make_jobs([(view.data_ptr(), view.stride(0), w, h)], [box], order))
         stream = torch.cuda.current_stream().cuda_stream
+        references = reference_streams(rgb, box)
         written = {}
         for decomposition in cuda_kernels.PREPROCESS_DECOMPOSITIONS:
             outs = [torch.full((1, 3, s, s), float("nan"), dtype=torch.float32, device="cuda")
@@ -133,7 +134,7 @@ def gpu_parity(torch, kernels, rng, cases) -> dict:
             torch.cuda.synchronize()
             written[decomposition] = [o[0].cpu().numpy() for o in outs]
             worst = report[decomposition]
-            for name, got, ref in zip(("global", "face", "fusion"), written[decomposition], reference_streams(rgb, box)):
+            for name, got, ref in zip(("global", "face", "fusion"), written[decomposition], references):
                 diff = float(np.abs(got - ref).max())
                 diff = float("inf") if np.isnan(diff) else diff  # a pixel never written
                 cubic = (name == "fusion" and (h < FUSION or (h == FUSION and w < FUSION))) or \

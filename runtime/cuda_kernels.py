@@ -327,6 +327,10 @@ class CudaKernels:
             for name in KERNEL_NAMES
         }
 
+    def _blocks_for(self, threads: int) -> int:
+        """Blocks of ``BLOCK`` threads that cover ``threads``, for the one-thread-per-task kernels."""
+        return (threads + self.BLOCK - 1) // self.BLOCK
+
     def _launch(self, name: str, blocks: int, args: KernelArgs, stream) -> None:
         check_cuda(
             self.driver.cuLaunchKernel(self._functions[name], blocks, 1, 1, self.BLOCK, 1, 1, 0, stream,
@@ -355,7 +359,7 @@ class CudaKernels:
             self._launch(f"dfd_preprocess_rows_{dtype}", batch * ROWS_PER_IMAGE, args, stream)
         else:
             tasks = batch * (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE)
-            self._launch(f"dfd_preprocess_{dtype}", -(-tasks // self.BLOCK), args, stream)
+            self._launch(f"dfd_preprocess_{dtype}", self._blocks_for(tasks), args, stream)
 
     def vote(self, logits: tuple[int, int, int], weights: tuple[float, float, float], batch: int,
              probs: int, score: int, mean: int, stream=0) -> None:
@@ -364,7 +368,7 @@ class CudaKernels:
                            *[ctypes.c_double(float(w)) for w in weights], ctypes.c_int(batch),
                            ctypes.c_void_p(int(probs)), ctypes.c_void_p(int(score)),
                            ctypes.c_void_p(int(mean)))
-        self._launch("dfd_vote", -(-batch // self.BLOCK), args, stream)
+        self._launch("dfd_vote", self._blocks_for(batch), args, stream)
 
     def close(self) -> None:
         """Unload the module and release the primary context reference."""

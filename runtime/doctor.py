@@ -120,7 +120,7 @@ def _kernels(local_arch: str | None) -> dict[str, Any]:
 
 
 def engine_set_report(engine_dir: Path, gpu: dict[str, Any], tensorrt: dict[str, Any],
-                onnxruntime: dict[str, Any]) -> dict[str, Any]:
+                      onnxruntime: dict[str, Any]) -> dict[str, Any]:
     """Precision/backend of each stream and whether this machine has what that backend needs.
 
     Reads the manifest with the runtime's own parser and judges TensorRT engines with the rule the

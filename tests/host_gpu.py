@@ -61,6 +61,8 @@ class HostDevice:
         if order not in ("lazy", "others_first"):
             raise ValueError(order)
         self._kernels, self._order = kernels, order
+        # the row kernel's threads run in reverse between barriers (any order is legal there)
+        self._reverse_threads = np.arange(kernels.host_row_threads(), dtype=np.int32)[::-1].copy()
         self.allocations: dict[int, np.ndarray] = {}  # device memory, by address
         self.pinned: dict[int, np.ndarray] = {}
         self._queues: dict[int, list[Callable[[], None]]] = {}
@@ -172,17 +174,15 @@ class HostDevice:
 
     def preprocess(self, jobs: int, batch: int, outputs: tuple[int, int, int], half: bool, stream: int,
                    decomposition: str = "pixels") -> None:
-        """The fused preprocessing kernel; ``decomposition="rows"`` runs the row-block kernel, each
-        block's threads in reverse order between its barriers (any order is legal there)."""
+        """The fused preprocessing kernel; ``decomposition="rows"`` runs the row-block kernel."""
         self._check_range(jobs, batch * JOB_DTYPE.itemsize, self.allocations, "job table")
         for address, side in zip(outputs, (CROP_SIDE, CROP_SIDE, FUSION_SIDE)):
             self._check_range(address, batch * 3 * side * side * (2 if half else 4), self.allocations, "stream tensor")
-        reverse = np.arange(self._kernels.host_row_threads(), dtype=np.int32)[::-1].copy()
 
         def launch() -> None:
             self.kernel_launches += 1
             if decomposition == "rows":
-                self._kernels.host_preprocess_rows(jobs, batch, int(half), *outputs, reverse.ctypes.data)
+                self._kernels.host_preprocess_rows(jobs, batch, int(half), *outputs, self._reverse_threads.ctypes.data)
             else:
                 self._kernels.host_preprocess(jobs, batch, int(half), *outputs)
         self._issue(stream, launch)
