@@ -44,7 +44,11 @@ CROP_SIDE = 252
 FUSION_SIDE = 224
 ROWS_PER_IMAGE = 2 * CROP_SIDE + FUSION_SIDE  # blocks of a row-decomposition launch per image
 PREPROCESS_DECOMPOSITIONS = ("pixels", "rows")
-DEFAULT_DECOMPOSITION = "pixels"  # measured on an H100; "rows" awaits a GPU (benchmarks/gpu_preprocess_tuning.md)
+# On an H100 "pixels" is faster on 1080x1440 and 480x640 photos, "rows" on 12-MP ones
+# (benchmarks/gpu_preprocess_tuning.md); the runtime uses the one that meets the throughput bar.
+DEFAULT_DECOMPOSITION = "pixels"
+# The per-pixel kernel numbers a batch's tasks in 32 bits (preprocess_task).
+MAX_PREPROCESS_BATCH = (2**32 - 1) // (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE)
 FACE_MARGIN = 1.3
 CHANNEL_ORDER = {"RGB": 0, "BGR": 1}
 
@@ -344,12 +348,14 @@ class CudaKernels:
         from a job table (``make_jobs``) that the caller has copied to the device: the fused
         pipeline keeps it at a fixed address, which a captured CUDA graph needs.
 
-        ``decomposition``: ``"pixels"`` (one thread per output pixel; measured on an H100, what the
-        pipeline uses) or ``"rows"`` (one block per output row, source rows staged in shared
-        memory), the candidate that benchmarks/gpu_check.py times beside it; both write the same
-        values (preprocess.cuh)."""
+        ``decomposition``: ``"pixels"`` (one thread per output pixel, what the pipeline uses) or
+        ``"rows"`` (one block per output row, source rows staged in shared memory: faster on 12-MP
+        photos), which benchmarks/gpu_check.py times beside it; both write the same values
+        (preprocess.cuh)."""
         if decomposition not in PREPROCESS_DECOMPOSITIONS:
             raise ValueError(f"decomposition must be one of {PREPROCESS_DECOMPOSITIONS}, not {decomposition!r}")
+        if batch > MAX_PREPROCESS_BATCH:
+            raise ValueError(f"a preprocessing launch takes at most {MAX_PREPROCESS_BATCH} images, not {batch}")
         if batch == 0:
             return
         args = KernelArgs(ctypes.c_void_p(jobs_device), ctypes.c_int(batch),

@@ -2,9 +2,10 @@
 //
 // dfd_preprocess_*: thread t runs task t of dfd::preprocess_task (one output pixel of one stream of
 // one image). dfd_preprocess_rows_*: block b runs output row b of dfd::preprocess_row_block, the
-// candidate decomposition that stages source rows in shared memory; it replaces the per-pixel one
-// if it measures faster on a GPU (benchmarks/gpu_check.py times both). The per-pixel math and both
-// work decompositions are in preprocess.cuh, which the test suite also compiles for the host.
+// decomposition that stages source rows in shared memory: faster on 12-MP photos, slower on smaller
+// ones, on an H100 (benchmarks/gpu_check.py times both; the runtime uses the per-pixel one). The
+// per-pixel math and both work decompositions are in preprocess.cuh, which the test suite also
+// compiles for the host.
 #include "preprocess.cuh"
 
 namespace {
@@ -36,11 +37,13 @@ __device__ __forceinline__ void run_task(const dfd::Job* jobs, int batch, Store 
 // preprocess_row_block's executor on the GPU: the block's threads, its barrier, its shared memory.
 struct BlockExec {
     dfd::RowPlan* shared_plan;
-    unsigned char (*buffers)[dfd::kStageBytes];
+    unsigned char* buffer;
+    int* slot_offsets;
     dfd::RowThread thread;
 
     __device__ dfd::RowPlan& plan() { return *shared_plan; }
-    __device__ unsigned char* stage(int i) { return buffers[i]; }
+    __device__ unsigned char* stage() { return buffer; }
+    __device__ int* slots() { return slot_offsets; }
     __device__ void sync() { __syncthreads(); }
     template <typename F>
     __device__ void leader(F f) {
@@ -55,9 +58,10 @@ struct BlockExec {
 template <typename Store>
 __device__ __forceinline__ void run_row_block(const dfd::Job* jobs, int batch, Store store) {
     __shared__ dfd::RowPlan plan;
-    __shared__ __align__(16) unsigned char buffers[2][dfd::kStageBytes];
+    __shared__ __align__(16) unsigned char buffer[dfd::kStageBytes];
+    __shared__ int slot_offsets[dfd::kStageSlots];
     if ((long long)blockIdx.x >= (long long)batch * dfd::kRowsPerImage) return;  // uniform per block
-    BlockExec ex{&plan, buffers, {}};
+    BlockExec ex{&plan, buffer, slot_offsets, {}};
     dfd::preprocess_row_block(ex, jobs, (int)blockIdx.x, store);
 }
 
@@ -65,7 +69,8 @@ __device__ __forceinline__ void run_row_block(const dfd::Job* jobs, int batch, S
 
 // Launch bounds: 256-thread blocks (cuda_kernels.CudaKernels.BLOCK), at least 4 resident per SM, so
 // ptxas holds the kernels to 64 registers (72 unbounded: 3 blocks). On an H100 that took a batch of
-// 32 1080x1440 photos from 300 to 260 us, at the price of an 8-byte spill outside the pixel loops
+// 32 1080x1440 photos from 300 to 260 us when it was introduced; the per-pixel kernels now fit
+// without spilling, the row kernels spill up to 48 bytes outside their summing loops
 // (benchmarks/gpu_preprocess_tuning.md).
 #define DFD_PREPROCESS_BOUNDS __launch_bounds__(256, 4)
 

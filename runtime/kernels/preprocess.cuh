@@ -176,14 +176,16 @@ DFD_HD AreaCell area_cell(int d, int ssize, double scale) {
     s1 = imin(s1, s2);
     c.first = s1;
     c.last = s2;
+    // a_head and a_tail only where OpenCV has those taps: a zero numerator (a cell edge on a pixel
+    // edge) would send the division down its slow path, for every lane of the warp
     c.head = dsub((double)s1, fs1) > 1e-3;
-    c.a_head = (float)ddiv(dsub((double)s1, fs1), cell);
+    c.a_head = c.head ? (float)ddiv(dsub((double)s1, fs1), cell) : 0.f;
     c.a_mid = (float)ddiv(1.0, cell);
     const double t = dsub(fs2, (double)s2);
     c.tail = t > 1e-3;
     double tw = t < 1.0 ? t : 1.0;
     tw = tw < cell ? tw : cell;
-    c.a_tail = (float)ddiv(tw, cell);
+    c.a_tail = c.tail ? (float)ddiv(tw, cell) : 0.f;
     return c;
 }
 
@@ -200,9 +202,23 @@ DFD_HD float u8_to_float(unsigned v) {
     return fsub(biased, 8388608.f);
 }
 
-// buf += bytes p[0..2] * weight, channel by channel, in OpenCV's operation order.
-DFD_HD void area_tap(const unsigned char* p, float weight, float buf[3]) {
-    for (int c = 0; c < 3; ++c) buf[c] = fadd(buf[c], fmul(u8_to_float(p[c]), weight));
+// fl(v * weight) for a uint8 v, from the biased float 2^23 + v (u8_to_float's first step) in one
+// fused multiply-add: (2^23 + v) * weight + bias, with bias = -2^23 * weight (exact: a power-of-two
+// multiple), is v * weight exactly before its single rounding, so the result is the rounded product
+// bit for bit, one instruction fewer than subtracting 2^23 first. std::fmaf is exact on the host too.
+DFD_HD float biased_product(unsigned v, float weight, float bias) {
+#ifdef __CUDA_ARCH__
+    return __fmaf_rn(__uint_as_float(0x4B000000u | v), weight, bias);
+#else
+    union { unsigned int u; float f; } bits;
+    bits.u = 0x4B000000u | v;
+    return fmaf(bits.f, weight, bias);
+#endif
+}
+
+// buf += bytes p[0..2] * weight, channel by channel, in OpenCV's operation order (bias: -2^23 * weight).
+DFD_HD void area_tap(const unsigned char* p, float weight, float bias, float buf[3]) {
+    for (int c = 0; c < 3; ++c) buf[c] = fadd(buf[c], biased_product(p[c], weight, bias));
 }
 
 // Horizontal weighted sum over an area cell of one stored row, in OpenCV's order: `p` points at
@@ -212,13 +228,46 @@ DFD_HD void area_tap(const unsigned char* p, float weight, float buf[3]) {
 // (each channel's arithmetic is the same, so the order they are summed in is immaterial).
 DFD_HD void area_span(const unsigned char* p, const AreaCell& cx, int order, float buf[3]) {
     buf[0] = buf[1] = buf[2] = 0.f;
-    if (cx.head) area_tap(p - 3, cx.a_head, buf);
-    for (int sx = cx.first; sx < cx.last; ++sx, p += 3) area_tap(p, cx.a_mid, buf);
-    if (cx.tail) area_tap(p, cx.a_tail, buf);
+    const float two23 = -8388608.f;
+    if (cx.head) area_tap(p - 3, cx.a_head, fmul(two23, cx.a_head), buf);
+    const float bias = fmul(two23, cx.a_mid);
+    for (int sx = cx.first; sx < cx.last; ++sx, p += 3) area_tap(p, cx.a_mid, bias, buf);
+    if (cx.tail) area_tap(p, cx.a_tail, fmul(two23, cx.a_tail), buf);
     if (order == kBGR) {
         const float b = buf[0];
         buf[0] = buf[2];
         buf[2] = b;
+    }
+}
+
+// area_span of two stored rows at once (p and q point at the same cell of each): the same sums in
+// the same order, with one walk over the cell for both.
+DFD_HD void area_span_pair(const unsigned char* p, const unsigned char* q, const AreaCell& cx, int order,
+                           float a[3], float b[3]) {
+    a[0] = a[1] = a[2] = b[0] = b[1] = b[2] = 0.f;
+    const float two23 = -8388608.f;
+    if (cx.head) {
+        const float bias = fmul(two23, cx.a_head);
+        area_tap(p - 3, cx.a_head, bias, a);
+        area_tap(q - 3, cx.a_head, bias, b);
+    }
+    const float bias = fmul(two23, cx.a_mid);
+    for (int sx = cx.first; sx < cx.last; ++sx, p += 3, q += 3) {
+        area_tap(p, cx.a_mid, bias, a);
+        area_tap(q, cx.a_mid, bias, b);
+    }
+    if (cx.tail) {
+        const float tail_bias = fmul(two23, cx.a_tail);
+        area_tap(p, cx.a_tail, tail_bias, a);
+        area_tap(q, cx.a_tail, tail_bias, b);
+    }
+    if (order == kBGR) {
+        float v = a[0];
+        a[0] = a[2];
+        a[2] = v;
+        v = b[0];
+        b[0] = b[2];
+        b[2] = v;
     }
 }
 
@@ -258,6 +307,28 @@ DFD_HD void resize_area_general(const Window& src, const Scale& s, int dx, int d
     const AreaCell cx = area_cell(dx, src.width, s.x);
     const AreaCell cy = area_cell(dy, src.height, s.y);
     float sum[3] = {0.f, 0.f, 0.f}, buf[3];
+    const int first_row = cy.first - (cy.head ? 1 : 0), end_row = cy.last + (cy.tail ? 1 : 0);
+    const int left = src.x0 + cx.first - (cx.head ? 1 : 0), right = src.x0 + cx.last + (cx.tail ? 1 : 0);
+    if (left >= 0 && right <= src.image.width && src.y0 + first_row >= 0 && src.y0 + end_row <= src.image.height) {
+        // the whole cell inside the image (always for the fusion stream): walk a pointer down its
+        // rows, with no per-row bounds checks or address arithmetic
+        const unsigned char* p = src.image.data + (long long)(src.y0 + first_row) * src.image.pitch +
+                                 3LL * (src.x0 + cx.first);
+        auto weight = [&](int sy) { return sy < cy.first ? cy.a_head : sy < cy.last ? cy.a_mid : cy.a_tail; };
+        int sy = first_row;
+        for (; sy + 1 < end_row; sy += 2, p += 2 * src.image.pitch) {  // two rows' loads in flight at once
+            float next[3];
+            area_span_pair(p, p + src.image.pitch, cx, src.image.order, buf, next);
+            area_accumulate(sum, buf, weight(sy));
+            area_accumulate(sum, next, weight(sy + 1));
+        }
+        if (sy < end_row) {
+            area_span(p, cx, src.image.order, buf);
+            area_accumulate(sum, buf, weight(sy));
+        }
+        for (int c = 0; c < 3; ++c) out[c] = saturate_u8(cv_round(sum[c]));
+        return;
+    }
     if (cy.head) {
         area_row(src, cx, cy.first - 1, buf);
         area_accumulate(sum, buf, cy.a_head);
@@ -450,11 +521,35 @@ DFD_HD void fusion_pixel(const Image& img, int x, int y, unsigned char out[3]) {
 
 // ---- normalisation and output dtype -------------------------------------------------------------
 // ImageNet statistics, float32: (v / 255 - mean) / std, as the reference computes in float32.
-DFD_HD float normalise(unsigned char v, int channel) {
+DFD_HD float normalise_value(unsigned char v, int channel) {
     const float mean[3] = {0.485f, 0.456f, 0.406f};
     const float stdv[3] = {0.229f, 0.224f, 0.225f};
     return fdiv(fsub(fdiv((float)v, 255.f), mean[channel]), stdv[channel]);
 }
+
+// normalise_value of every byte and channel, evaluated by the compiler (IEEE float32 arithmetic,
+// so the same bits as at run time): one load instead of two correctly rounded divisions per value.
+struct NormaliseTable {
+    float value[3][256];
+};
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+__host__ __device__
+#endif
+constexpr NormaliseTable make_normalise_table() {
+    NormaliseTable t{};
+    const float mean[3] = {0.485f, 0.456f, 0.406f};
+    const float stdv[3] = {0.229f, 0.224f, 0.225f};
+    for (int c = 0; c < 3; ++c)
+        for (int v = 0; v < 256; ++v) t.value[c][v] = ((float)v / 255.f - mean[c]) / stdv[c];
+    return t;
+}
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+__device__ constexpr NormaliseTable kNormaliseTable = make_normalise_table();
+#else
+constexpr NormaliseTable kNormaliseTable = make_normalise_table();
+#endif
+
+DFD_HD float normalise(unsigned char v, int channel) { return kNormaliseTable.value[channel][v]; }
 
 // float32 -> IEEE binary16 bits, round to nearest even (what __float2half_rn and NumPy do).
 DFD_HD unsigned short float_to_half_bits(float f) {
@@ -545,8 +640,10 @@ DFD_HD void store_pixel(int n, int stream, int x, int y, const float v[3], Store
 // [N,3,side,side] tensor, value) three times.
 template <typename Store>
 DFD_HD void preprocess_task(const Job* jobs, long long t, Store store) {
-    const int n = (int)(t / kTasksPerImage);
-    long long r = t % kTasksPerImage;
+    // 32-bit division by a constant (the launcher keeps batch * kTasksPerImage below 2^32)
+    const unsigned task = (unsigned)t;
+    const int n = (int)(task / (unsigned)kTasksPerImage);
+    unsigned r = task - (unsigned)n * (unsigned)kTasksPerImage;
     int stream = kGlobal;
     if (r >= kCropPixels) {
         r -= kCropPixels;
@@ -565,23 +662,24 @@ DFD_HD void preprocess_task(const Job* jobs, long long t, Store store) {
     store_pixel(n, stream, x, y, v, store);
 }
 
-// ---- the row decomposition (candidate, benchmarks/gpu_preprocess_tuning.md) --------------------
+// ---- the row decomposition (the faster one for 12-MP photos, benchmarks/gpu_preprocess_tuning.md) -
 // Block b of a launch of batch * kRowsPerImage blocks of kRowThreads threads computes one output row
 // of one stream of one image (an image's rows laid out global, face, fusion), thread x its pixel x.
 // Where the row is an INTER_AREA downscale with fractional cells (the fusion stream of any photo
-// over 224 high, most face windows), the block computes the row's plan once, copies each source row
-// the output row reads into shared memory with 16-byte copies (asynchronous on sm_80+, the next row
-// in flight while the threads sum the current one), and its threads sum their cells from there,
-// each source byte read from device memory once per output row instead of once per thread through
-// scattered byte loads. Every other row runs the per-pixel functions above.
+// over 224 high, most face windows), the block computes the row's plan once, its warps copy the
+// source rows the output row reads into shared memory with 16-byte copies (asynchronous on sm_80+),
+// all at once where they fit, else in double-buffered chunks (the next chunk in flight while the
+// threads sum the current one), and its threads sum their cells from there: each source byte is
+// read from device memory once per output row instead of once per thread through scattered byte
+// loads. Every other row runs the per-pixel functions above.
 //
 // The schedule is written once, against an executor that the CUDA kernel implements with real
 // threads and __syncthreads and the host test with a loop over thread indices, so the host build
-// runs the very schedule (buffer indices, row order, which thread copies what) the GPU runs.
+// runs the very schedule (buffer offsets, row order, which thread copies what) the GPU runs.
 constexpr int kRowsPerImage = 2 * kCrop + kFusion;
 constexpr int kRowThreads = 256;                // >= the widest output row (252)
-constexpr int kStagePixels = 4096;              // widest source row staged (a 12-MP photo is 4000)
-constexpr int kStageBytes = 3 * kStagePixels + 16;  // + up to 15 bytes of alignment phase
+constexpr int kStageBytes = 36864;              // the block's shared buffer of staged source rows
+constexpr int kStageSlots = 64;                 // staged rows at a time, at most (both halves)
 
 // What a block's threads share, computed once by its first thread.
 struct RowPlan {
@@ -593,6 +691,9 @@ struct RowPlan {
     int offset;            // resize coordinate of output pixel 0 (the face stream's 252 center crop)
     int first_row, rows;   // window rows first_row .. first_row + rows - 1, each staged in turn
     int col0, col1;        // image columns [col0, col1) of a staged row: the window's part inside
+    int stride;            // bytes from one staged row to the next (the row, its phase, 16-aligned)
+    int chunk_rows;        // rows staged per chunk: all of them, or half the buffer's worth
+    int chunks;            // chunks of the row: ceil(rows / chunk_rows)
 };
 
 DFD_HD RowPlan row_plan(const Job* jobs, int block) {
@@ -624,10 +725,15 @@ DFD_HD RowPlan row_plan(const Job* jobs, int block) {
     if (p.scale.x < 1.0 || p.scale.y < 1.0 || area_fast(p.scale, &ix, &iy)) return p;
     p.col0 = imax(p.src.x0, 0);
     p.col1 = imin(p.src.x0 + p.src.width, p.src.image.width);
-    if (p.col1 <= p.col0 || p.col1 - p.col0 > kStagePixels) return p;
+    if (p.col1 <= p.col0) return p;
     p.cy = area_cell(p.y + p.offset, p.src.height, p.scale.y);
     p.first_row = p.cy.first - (p.cy.head ? 1 : 0);
     p.rows = p.cy.last + (p.cy.tail ? 1 : 0) - p.first_row;
+    p.stride = (3 * (p.col1 - p.col0) + 15 + 15) / 16 * 16;
+    const int capacity = kStageBytes / p.stride;
+    if (p.rows > capacity && capacity < 2) return p;  // rows too wide to double-buffer
+    p.chunk_rows = p.rows <= imin(capacity, kStageSlots) ? p.rows : imin(capacity, kStageSlots) / 2;
+    p.chunks = (p.rows + p.chunk_rows - 1) / p.chunk_rows;
     p.staged = true;
     return p;
 }
@@ -650,14 +756,14 @@ DFD_HD int stage_phase(const unsigned char* src) { return (int)((unsigned long l
 // One thread's part of copying bytes [src, src + n) to stage + (src % 16), so that 16-byte-aligned
 // source chunks land on 16-byte-aligned shared addresses: the aligned middle in 16-byte copies,
 // the unaligned ends (< 16 bytes each) byte by byte. Only bytes of the row are read.
-DFD_HD void stage_row(int tid, unsigned char* stage, const unsigned char* src, int n) {
+DFD_HD void stage_row(int lane, unsigned char* stage, const unsigned char* src, int n) {
     unsigned char* dst = stage + stage_phase(src);
     const int head = imin((16 - stage_phase(src)) & 15, n);
     const int chunks = (n - head) / 16;
     const int tail = head + 16 * chunks;
-    if (tid < head) dst[tid] = src[tid];
-    if (tid >= 16 && tid - 16 < n - tail) dst[tail + tid - 16] = src[tail + tid - 16];
-    for (int i = tid; i < chunks; i += kRowThreads) copy16(dst + head + 16 * i, src + head + 16 * i);
+    if (lane < head) dst[lane] = src[lane];
+    if (lane >= 16 && lane - 16 < n - tail) dst[tail + lane - 16] = src[tail + lane - 16];
+    for (int i = lane; i < chunks; i += 32) copy16(dst + head + 16 * i, src + head + 16 * i);
 }
 
 // Waits for this thread's asynchronous copies; the block barrier after it publishes them to all.
@@ -670,13 +776,15 @@ DFD_HD void stage_wait() {
 // A thread's state across the staged schedule's barriers.
 struct RowThread {
     AreaCell cx;     // its horizontal cell, in window columns
-    bool inside;     // the cell lies in the staged columns (else it reads through area_row)
+    int column;      // byte offset of its cell's pixel cx.first in a staged row, or -1 where the cell
+                     // leaves the staged columns (it then reads through area_row)
     float sum[3];
 };
 
 // The block's work. Exec provides: leader(f) (f on one thread), each(f) (f(x, RowThread&) on every
-// thread), sync() (block barrier), plan() (the shared RowPlan) and stage(i) (shared buffer i of
-// kStageBytes, i = 0, 1). Between barriers, each() may run the threads in any order.
+// thread), sync() (block barrier), plan() (the shared RowPlan), stage() (the shared buffer of
+// kStageBytes) and slots() (kStageSlots shared ints). Between barriers, each() may run the threads
+// in any order.
 template <typename Exec, typename Store>
 DFD_HD void preprocess_row_block(Exec& ex, const Job* jobs, int block, Store store) {
     RowPlan& plan = ex.plan();
@@ -700,34 +808,57 @@ DFD_HD void preprocess_row_block(Exec& ex, const Job* jobs, int block, Store sto
         if (iy < 0 || iy >= src.image.height) return nullptr;
         return src.image.data + (long long)iy * src.image.pitch + 3LL * plan.col0;
     };
-    auto stage = [&](int x, int k) {
-        const unsigned char* bytes = row_bytes(k);
-        if (bytes != nullptr) stage_row(x, ex.stage(k & 1), bytes, 3 * (plan.col1 - plan.col0));
+    // Chunk j is rows j * chunk_rows ..., staged in half (j & 1) of the buffer (all of it when one
+    // chunk holds every row); row r of the chunk is at slot (j & 1) * chunk_rows + r, its first byte
+    // at buffer offset ex.slots()[slot] (-1: a row outside the image). Warp w stages rows w, w + 8, ...
+    auto chunk_count = [&](int j) { return imin(plan.chunk_rows, plan.rows - j * plan.chunk_rows); };
+    auto stage_chunk = [&](int x, int j) {
+        for (int r = x / 32; r < chunk_count(j); r += kRowThreads / 32) {
+            const int slot = (j & 1) * plan.chunk_rows + r;
+            const unsigned char* bytes = row_bytes(j * plan.chunk_rows + r);
+            if (bytes != nullptr) stage_row(x % 32, ex.stage() + slot * plan.stride, bytes, 3 * (plan.col1 - plan.col0));
+            if (x % 32 == 0) ex.slots()[slot] = bytes != nullptr ? slot * plan.stride + stage_phase(bytes) : -1;
+        }
     };
     ex.each([&](int x, RowThread& t) {
-        stage(x, 0);
+        stage_chunk(x, 0);
         t.sum[0] = t.sum[1] = t.sum[2] = 0.f;
         if (x >= side) return;
         t.cx = area_cell(x + plan.offset, src.width, plan.scale.x);
-        t.inside = src.x0 + t.cx.first - (t.cx.head ? 1 : 0) >= plan.col0 &&
-                   src.x0 + t.cx.last + (t.cx.tail ? 1 : 0) <= plan.col1;
+        const bool inside = src.x0 + t.cx.first - (t.cx.head ? 1 : 0) >= plan.col0 &&
+                            src.x0 + t.cx.last + (t.cx.tail ? 1 : 0) <= plan.col1;
+        t.column = inside ? 3 * (src.x0 + t.cx.first - plan.col0) : -1;
     });
-    for (int k = 0; k < plan.rows; ++k) {
+    for (int j = 0; j < plan.chunks; ++j) {
         ex.each([&](int, RowThread&) { stage_wait(); });
-        ex.sync();  // row k is in stage(k & 1); every thread is done with stage((k + 1) & 1)
+        ex.sync();  // chunk j is staged; every thread is done with chunk j - 1, in the other half
         ex.each([&](int x, RowThread& t) {
-            if (k + 1 < plan.rows) stage(x, k + 1);
+            if (j + 1 < plan.chunks) stage_chunk(x, j + 1);
             if (x >= side) return;
-            const int sy = plan.first_row + k;
-            const unsigned char* bytes = row_bytes(k);
-            float buf[3];
-            if (t.inside && bytes != nullptr)
-                area_span(ex.stage(k & 1) + stage_phase(bytes) + 3 * (src.x0 + t.cx.first - plan.col0), t.cx,
-                          src.image.order, buf);
-            else
-                area_row(src, t.cx, sy, buf);
-            area_accumulate(t.sum, buf, sy < plan.cy.first ? plan.cy.a_head
-                                        : sy < plan.cy.last ? plan.cy.a_mid : plan.cy.a_tail);
+            const int first = j * plan.chunk_rows, count = chunk_count(j), half = (j & 1) * plan.chunk_rows;
+            auto weight = [&](int sy) {
+                return sy < plan.cy.first ? plan.cy.a_head : sy < plan.cy.last ? plan.cy.a_mid : plan.cy.a_tail;
+            };
+            int r = 0;
+            // rows two at a time while both are staged and the cell lies in the staged columns
+            for (; t.column >= 0 && r + 1 < count; r += 2) {
+                const int at0 = ex.slots()[half + r], at1 = ex.slots()[half + r + 1];
+                if (at0 < 0 || at1 < 0) break;
+                float a[3], b[3];
+                area_span_pair(ex.stage() + at0 + t.column, ex.stage() + at1 + t.column, t.cx, src.image.order, a, b);
+                const int sy = plan.first_row + first + r;
+                area_accumulate(t.sum, a, weight(sy));
+                area_accumulate(t.sum, b, weight(sy + 1));
+            }
+            for (; r < count; ++r) {
+                const int sy = plan.first_row + first + r, at = ex.slots()[half + r];
+                float buf[3];
+                if (t.column >= 0 && at >= 0)
+                    area_span(ex.stage() + at + t.column, t.cx, src.image.order, buf);
+                else
+                    area_row(src, t.cx, sy, buf);
+                area_accumulate(t.sum, buf, weight(sy));
+            }
         });
     }
     ex.each([&](int x, RowThread& t) {

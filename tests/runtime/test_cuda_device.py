@@ -162,7 +162,8 @@ def test_the_emulation_refuses_what_a_gpu_would(kernel_host, kernel_cache, monke
 def test_both_preprocessing_decompositions_launch_and_agree(kernel_host, kernel_cache, monkeypatch):
     """CudaKernels.preprocess launches the per-pixel kernel (one thread per task) and the row
     kernel (one block per output row) with the geometry and arguments each one's CUBIN declares,
-    and both write the same tensors; an unknown decomposition is refused before any launch."""
+    and both write the same tensors; an unknown decomposition, or a batch too large to number in
+    32 bits, is refused before any launch."""
     gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
     driver = gpu.driver
     kernels = cuda_kernels.CudaKernels(0)
@@ -194,6 +195,8 @@ def test_both_preprocessing_decompositions_launch_and_agree(kernel_host, kernel_
         assert results["rows", half] == results["pixels", half]
     with pytest.raises(ValueError, match="decomposition must be one of"):
         kernels.preprocess(int(jobs_address), 2, (0, 0, 0), decomposition="tiles")
+    with pytest.raises(ValueError, match="at most 24240 images"):  # the 32-bit task numbering
+        kernels.preprocess(int(jobs_address), cuda_kernels.MAX_PREPROCESS_BATCH + 1, (0, 0, 0))
     assert gpu.calls["cuLaunchKernel"] == 4
     kernels.close()
     for address in addresses + [int(jobs_address)]:

@@ -131,10 +131,10 @@ def _function_attributes(nv_info: bytes, attribute: int) -> list[int]:
 def test_nvrtc_compiles_every_kernel_to_cubin_within_its_register_budget(arch, tmp_path, monkeypatch):
     """The CUBIN is what a GPU of that architecture loads (no JIT): ptxas must assemble every kernel
     for it in at most 64 registers a thread, so the four 256-thread blocks per SM that the
-    preprocessing kernels' launch bounds ask for fit, with a stack frame of at most 16 bytes. The
-    bounds cost one spilled 8-byte value outside the pixel loops, which measured faster on an H100
-    than 72 registers and three blocks (benchmarks/gpu_preprocess_tuning.md); a larger frame would
-    mean the loops themselves spill."""
+    preprocessing kernels' launch bounds ask for fit, which measured faster on an H100 than 72
+    registers and three blocks (benchmarks/gpu_preprocess_tuning.md). Stack frames stay within 48
+    bytes: the per-pixel kernels spill nothing; the row kernels spill up to 48 bytes in their staging
+    and image-edge paths, not in the summing loops (a larger frame would mean those spill too)."""
     monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path))
     cubin = cuda_kernels.compile_cubin(arch)
     assert cubin[:4] == b"\x7fELF" and struct.unpack_from("<H", cubin, 18)[0] == 190  # EM_CUDA
@@ -146,7 +146,7 @@ def test_nvrtc_compiles_every_kernel_to_cubin_within_its_register_budget(arch, t
     frames = _function_attributes(sections[".nv.info"], EIATTR_FRAME_SIZE)
     registers = _function_attributes(sections[".nv.info"], EIATTR_REGCOUNT)
     assert len(registers) >= len(cuda_kernels.KERNEL_NAMES) and frames
-    assert max(frames) <= 16, frames
+    assert max(frames) <= 48, frames
     assert max(registers) <= 64, registers
     assert len(list(tmp_path.glob(f"cubin-{arch}-*.cubin"))) == 1
     assert cuda_kernels.compile_cubin(arch) == cubin
@@ -331,14 +331,16 @@ def _at_address_phase(img: np.ndarray, phase: int, pitch: int) -> np.ndarray:
 
 # (h, w, face box or None, face image shape or None): every path a row block can take. Staged:
 # fusion of photos over 224 high (fractional cells, scale near 1 too), face windows inside or
-# leaving the image on each side. Per pixel: a source row over 4096 pixels, integer scales,
+# leaving the image on each side, 5000-px rows (one to a chunk, double-buffered). Per pixel: a row
+# too wide to double-buffer (over 6139 px), integer scales,
 # identity, upscales (INTER_CUBIC and INTER_AREA's bilinear emulation), a face image of its own,
 # no face, 1x1.
 ROW_CASES = [
     (1080, 1440, (500.0, 300.0, 900.0, 800.0), None),
     (700, 1000, (-80.5, -60.0, 300.0, 250.0), None),     # window leaves the top-left
     (700, 1000, (800.0, 500.0, 1090.0, 760.0), None),    # ... and the bottom-right
-    (300, 5000, (2000.0, 10.0, 2300.0, 290.0), None),    # fusion row > 4096 pixels: per pixel
+    (300, 5000, (2000.0, 10.0, 2300.0, 290.0), None),    # fusion rows in chunks of one
+    (240, 6200, (3000.0, 20.0, 3200.0, 220.0), None),    # fusion row > 6139 pixels: per pixel
     (230, 229, (3.0, 4.0, 226.0, 225.0), None),          # scales just over 1: head and tail cells
     (224, 1000, None, None),                             # vertical scale exactly 1
     (448, 448, (100.0, 100.0, 300.0, 300.0), None),      # 2x2 area fast; a 260-px window staged
@@ -352,7 +354,7 @@ ROW_CASES = [
 def test_row_decomposition_writes_what_the_pixel_decomposition_writes(host):
     """dfd_preprocess_rows (one block per output row, source rows staged in shared memory) against
     dfd_preprocess (one thread per pixel, itself checked against OpenCV above): the same bits in
-    fp32 and fp16 for every path, at 11 row alignments, in two thread orders, and the reference for
+    fp32 and fp16 for every path, at 12 row alignments, in two thread orders, and the reference for
     two images."""
     rng = np.random.default_rng(29)
     images, boxes, faces = [], [], []
@@ -371,7 +373,7 @@ def test_row_decomposition_writes_what_the_pixel_decomposition_writes(host):
         # rows per image of (global, face, fusion) that take the staged schedule: the comparison
         # below covers both schedules only if these are what the cases were chosen for
         assert [(int(r[:252].sum()), int(r[252:504].sum()), int(r[504:].sum())) for r in staged] == [
-            (0, 252, 224), (0, 252, 224), (0, 252, 224), (0, 252, 0), (0, 252, 224), (0, 0, 224),
+            (0, 252, 224), (0, 252, 224), (0, 252, 224), (0, 252, 224), (0, 252, 0), (0, 252, 224), (0, 0, 224),
             (0, 252, 0), (0, 0, 0), (0, 0, 0), (0, 0, 224), (0, 0, 0)]
         for half in (False, True):
             pixels = _run_fused(host, jobs, half)

@@ -13,11 +13,13 @@ namespace {
 struct HostBlockExec {
     const int* order;
     dfd::RowPlan shared_plan;
-    alignas(16) unsigned char buffers[2][dfd::kStageBytes];
+    alignas(16) unsigned char buffer[dfd::kStageBytes];
+    int slot_offsets[dfd::kStageSlots];
     dfd::RowThread threads[dfd::kRowThreads];
 
     dfd::RowPlan& plan() { return shared_plan; }
-    unsigned char* stage(int i) { return buffers[i]; }
+    unsigned char* stage() { return buffer; }
+    int* slots() { return slot_offsets; }
     void sync() {}
     template <typename F>
     void leader(F f) { f(); }
@@ -118,8 +120,8 @@ void host_preprocess_rows(const dfd::Job* jobs, int batch, int half, void* globa
     const auto ex = std::make_unique<HostBlockExec>();
     ex->order = thread_order;
     for (int b = 0; b < batch * dfd::kRowsPerImage; ++b) {
-        for (auto& buffer : ex->buffers)
-            for (unsigned char& byte : buffer) byte = 0xA5;
+        for (unsigned char& byte : ex->buffer) byte = 0xA5;
+        for (int& offset : ex->slot_offsets) offset = 0x5A5A5A5A;
         dfd::preprocess_row_block(*ex, jobs, b, store);
     }
 }
