@@ -43,12 +43,13 @@ NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
 CROP_SIDE = 252
 FUSION_SIDE = 224
 ROWS_PER_IMAGE = 2 * CROP_SIDE + FUSION_SIDE  # blocks of a row-decomposition launch per image
+TASKS_PER_IMAGE = 2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE  # threads of a per-pixel launch per image
 PREPROCESS_DECOMPOSITIONS = ("pixels", "rows")
 # On an H100 "pixels" is faster on 1080x1440 and 480x640 photos, "rows" on 12-MP ones
 # (benchmarks/gpu_preprocess_tuning.md); the runtime uses the one that meets the throughput bar.
 DEFAULT_DECOMPOSITION = "pixels"
 # The per-pixel kernel numbers a batch's tasks in 32 bits (preprocess_task).
-MAX_PREPROCESS_BATCH = (2**32 - 1) // (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE)
+MAX_PREPROCESS_BATCH = (2**32 - 1) // TASKS_PER_IMAGE
 FACE_MARGIN = 1.3
 CHANNEL_ORDER = {"RGB": 0, "BGR": 1}
 
@@ -364,8 +365,7 @@ class CudaKernels:
         if decomposition == "rows":
             self._launch(f"dfd_preprocess_rows_{dtype}", batch * ROWS_PER_IMAGE, args, stream)
         else:
-            tasks = batch * (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE)
-            self._launch(f"dfd_preprocess_{dtype}", self._blocks_for(tasks), args, stream)
+            self._launch(f"dfd_preprocess_{dtype}", self._blocks_for(batch * TASKS_PER_IMAGE), args, stream)
 
     def vote(self, logits: tuple[int, int, int], weights: tuple[float, float, float], batch: int,
              probs: int, score: int, mean: int, stream=0) -> None:

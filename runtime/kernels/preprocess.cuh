@@ -189,23 +189,19 @@ DFD_HD AreaCell area_cell(int d, int ssize, double scale) {
     return c;
 }
 
-// A uint8 as float, exactly: 2^23 + v has v in its low mantissa bits, so building those bits and
-// subtracting 2^23 is exact. Two full-rate instructions on the GPU instead of a quarter-rate I2F.
-DFD_HD float u8_to_float(unsigned v) {
-#ifdef __CUDA_ARCH__
-    const float biased = __uint_as_float(0x4B000000u | v);
-#else
-    union { unsigned int u; float f; } bits;
-    bits.u = 0x4B000000u | v;
-    const float biased = bits.f;
-#endif
-    return fsub(biased, 8388608.f);
-}
+// The source pixels a cell reads: [cell_begin, cell_end), its partial head and tail included.
+DFD_HD int cell_begin(const AreaCell& c) { return c.first - (c.head ? 1 : 0); }
+DFD_HD int cell_end(const AreaCell& c) { return c.last + (c.tail ? 1 : 0); }
 
-// fl(v * weight) for a uint8 v, from the biased float 2^23 + v (u8_to_float's first step) in one
-// fused multiply-add: (2^23 + v) * weight + bias, with bias = -2^23 * weight (exact: a power-of-two
-// multiple), is v * weight exactly before its single rounding, so the result is the rounded product
-// bit for bit, one instruction fewer than subtracting 2^23 first. std::fmaf is exact on the host too.
+// The weight of source pixel s (cell_begin <= s < cell_end) in cell c.
+DFD_HD float cell_weight(const AreaCell& c, int s) { return s < c.first ? c.a_head : s < c.last ? c.a_mid : c.a_tail; }
+
+// fl(v * weight) for a uint8 v, without converting v: the float 2^23 + v has v in its low mantissa
+// bits (one integer instruction builds it, instead of a quarter-rate I2F), and one fused
+// multiply-add (2^23 + v) * weight + bias, with bias = tap_bias(weight) = -2^23 * weight (exact: a
+// power-of-two multiple), is v * weight exactly before its single rounding, so the result is the
+// rounded product bit for bit. std::fmaf is exact on the host too.
+DFD_HD float tap_bias(float weight) { return fmul(-8388608.f, weight); }
 DFD_HD float biased_product(unsigned v, float weight, float bias) {
 #ifdef __CUDA_ARCH__
     return __fmaf_rn(__uint_as_float(0x4B000000u | v), weight, bias);
@@ -216,59 +212,49 @@ DFD_HD float biased_product(unsigned v, float weight, float bias) {
 #endif
 }
 
-// buf += bytes p[0..2] * weight, channel by channel, in OpenCV's operation order (bias: -2^23 * weight).
+// buf += bytes p[0..2] * weight, channel by channel, in OpenCV's operation order (bias: tap_bias).
 DFD_HD void area_tap(const unsigned char* p, float weight, float bias, float buf[3]) {
     for (int c = 0; c < 3; ++c) buf[c] = fadd(buf[c], biased_product(p[c], weight, bias));
 }
 
-// Horizontal weighted sum over an area cell of one stored row, in OpenCV's order: `p` points at
-// the cell's pixel cx.first, and every pixel of the cell (cx.first - 1 with a head, cx.last with a
-// tail) is readable there, in global or shared memory. The hot loop of the fused kernel: it walks a
-// pointer over the bytes in their stored channel order and swaps the three sums once at the end
-// (each channel's arithmetic is the same, so the order they are summed in is immaterial).
-DFD_HD void area_span(const unsigned char* p, const AreaCell& cx, int order, float buf[3]) {
-    buf[0] = buf[1] = buf[2] = 0.f;
-    const float two23 = -8388608.f;
-    if (cx.head) area_tap(p - 3, cx.a_head, fmul(two23, cx.a_head), buf);
-    const float bias = fmul(two23, cx.a_mid);
-    for (int sx = cx.first; sx < cx.last; ++sx, p += 3) area_tap(p, cx.a_mid, bias, buf);
-    if (cx.tail) area_tap(p, cx.a_tail, fmul(two23, cx.a_tail), buf);
+// Horizontal weighted sums over an area cell of R stored rows, in OpenCV's order: `p` points at the
+// cell's pixel cx.first in the first row, row r's at p + r * delta, and every pixel of the cell
+// (cx.first - 1 with a head, cx.last with a tail) is readable there, in global or shared memory.
+// buf[3 * r ...] gets row r's three sums. The hot loop of the fused kernel: one walk over the cell
+// for all R rows (two rows keep both rows' loads in flight), a pointer over the bytes in their
+// stored channel order, the three sums swapped once at the end (each channel's arithmetic is the
+// same, so the order they are summed in is immaterial).
+template <int R>
+DFD_HD void area_spans(const unsigned char* p, long long delta, const AreaCell& cx, int order, float* buf) {
+    const unsigned char* row[R];  // one pointer per row, each walked: no per-tap offset arithmetic
+    for (int r = 0; r < R; ++r) row[r] = p + r * delta;
+    for (int i = 0; i < 3 * R; ++i) buf[i] = 0.f;
+    if (cx.head) {
+        const float bias = tap_bias(cx.a_head);
+        for (int r = 0; r < R; ++r) area_tap(row[r] - 3, cx.a_head, bias, buf + 3 * r);
+    }
+    const float bias = tap_bias(cx.a_mid);
+    for (int sx = cx.first; sx < cx.last; ++sx)
+        for (int r = 0; r < R; ++r) {
+            area_tap(row[r], cx.a_mid, bias, buf + 3 * r);
+            row[r] += 3;
+        }
+    if (cx.tail) {
+        const float tail_bias = tap_bias(cx.a_tail);
+        for (int r = 0; r < R; ++r) area_tap(row[r], cx.a_tail, tail_bias, buf + 3 * r);
+    }
     if (order == kBGR) {
-        const float b = buf[0];
-        buf[0] = buf[2];
-        buf[2] = b;
+        for (int r = 0; r < R; ++r) {
+            const float b = buf[3 * r];
+            buf[3 * r] = buf[3 * r + 2];
+            buf[3 * r + 2] = b;
+        }
     }
 }
 
-// area_span of two stored rows at once (p and q point at the same cell of each): the same sums in
-// the same order, with one walk over the cell for both.
-DFD_HD void area_span_pair(const unsigned char* p, const unsigned char* q, const AreaCell& cx, int order,
-                           float a[3], float b[3]) {
-    a[0] = a[1] = a[2] = b[0] = b[1] = b[2] = 0.f;
-    const float two23 = -8388608.f;
-    if (cx.head) {
-        const float bias = fmul(two23, cx.a_head);
-        area_tap(p - 3, cx.a_head, bias, a);
-        area_tap(q - 3, cx.a_head, bias, b);
-    }
-    const float bias = fmul(two23, cx.a_mid);
-    for (int sx = cx.first; sx < cx.last; ++sx, p += 3, q += 3) {
-        area_tap(p, cx.a_mid, bias, a);
-        area_tap(q, cx.a_mid, bias, b);
-    }
-    if (cx.tail) {
-        const float tail_bias = fmul(two23, cx.a_tail);
-        area_tap(p, cx.a_tail, tail_bias, a);
-        area_tap(q, cx.a_tail, tail_bias, b);
-    }
-    if (order == kBGR) {
-        float v = a[0];
-        a[0] = a[2];
-        a[2] = v;
-        v = b[0];
-        b[0] = b[2];
-        b[2] = v;
-    }
+// One stored row's sums (area_spans of one row).
+DFD_HD void area_span(const unsigned char* p, const AreaCell& cx, int order, float buf[3]) {
+    area_spans<1>(p, 0, cx, order, buf);
 }
 
 // Horizontal weighted sum of window row `sy` over an area cell: area_span where the cell lies inside
@@ -276,7 +262,7 @@ DFD_HD void area_span_pair(const unsigned char* p, const unsigned char* q, const
 // fetch (black outside).
 DFD_HD void area_row(const Window& src, const AreaCell& cx, int sy, float buf[3]) {
     const int iy = src.y0 + sy;
-    const int left = src.x0 + cx.first - (cx.head ? 1 : 0), right = src.x0 + cx.last + (cx.tail ? 1 : 0);
+    const int left = src.x0 + cell_begin(cx), right = src.x0 + cell_end(cx);
     if (iy >= 0 && iy < src.image.height && left >= 0 && right <= src.image.width) {
         area_span(src.image.data + (long long)iy * src.image.pitch + 3LL * (src.x0 + cx.first), cx, src.image.order,
                   buf);
@@ -307,24 +293,23 @@ DFD_HD void resize_area_general(const Window& src, const Scale& s, int dx, int d
     const AreaCell cx = area_cell(dx, src.width, s.x);
     const AreaCell cy = area_cell(dy, src.height, s.y);
     float sum[3] = {0.f, 0.f, 0.f}, buf[3];
-    const int first_row = cy.first - (cy.head ? 1 : 0), end_row = cy.last + (cy.tail ? 1 : 0);
-    const int left = src.x0 + cx.first - (cx.head ? 1 : 0), right = src.x0 + cx.last + (cx.tail ? 1 : 0);
+    const int first_row = cell_begin(cy), end_row = cell_end(cy);
+    const int left = src.x0 + cell_begin(cx), right = src.x0 + cell_end(cx);
     if (left >= 0 && right <= src.image.width && src.y0 + first_row >= 0 && src.y0 + end_row <= src.image.height) {
         // the whole cell inside the image (always for the fusion stream): walk a pointer down its
         // rows, with no per-row bounds checks or address arithmetic
         const unsigned char* p = src.image.data + (long long)(src.y0 + first_row) * src.image.pitch +
                                  3LL * (src.x0 + cx.first);
-        auto weight = [&](int sy) { return sy < cy.first ? cy.a_head : sy < cy.last ? cy.a_mid : cy.a_tail; };
         int sy = first_row;
-        for (; sy + 1 < end_row; sy += 2, p += 2 * src.image.pitch) {  // two rows' loads in flight at once
-            float next[3];
-            area_span_pair(p, p + src.image.pitch, cx, src.image.order, buf, next);
-            area_accumulate(sum, buf, weight(sy));
-            area_accumulate(sum, next, weight(sy + 1));
+        for (; sy + 1 < end_row; sy += 2, p += 2 * src.image.pitch) {
+            float two[6];
+            area_spans<2>(p, src.image.pitch, cx, src.image.order, two);
+            area_accumulate(sum, two, cell_weight(cy, sy));
+            area_accumulate(sum, two + 3, cell_weight(cy, sy + 1));
         }
         if (sy < end_row) {
             area_span(p, cx, src.image.order, buf);
-            area_accumulate(sum, buf, weight(sy));
+            area_accumulate(sum, buf, cell_weight(cy, sy));
         }
         for (int c = 0; c < 3; ++c) out[c] = saturate_u8(cv_round(sum[c]));
         return;
@@ -520,15 +505,9 @@ DFD_HD void fusion_pixel(const Image& img, int x, int y, unsigned char out[3]) {
 }
 
 // ---- normalisation and output dtype -------------------------------------------------------------
-// ImageNet statistics, float32: (v / 255 - mean) / std, as the reference computes in float32.
-DFD_HD float normalise_value(unsigned char v, int channel) {
-    const float mean[3] = {0.485f, 0.456f, 0.406f};
-    const float stdv[3] = {0.229f, 0.224f, 0.225f};
-    return fdiv(fsub(fdiv((float)v, 255.f), mean[channel]), stdv[channel]);
-}
-
-// normalise_value of every byte and channel, evaluated by the compiler (IEEE float32 arithmetic,
-// so the same bits as at run time): one load instead of two correctly rounded divisions per value.
+// ImageNet statistics, float32: (v / 255 - mean) / std, as the reference computes in float32, for
+// every byte and channel, evaluated by the compiler (IEEE float32 arithmetic, the bits NumPy gets):
+// one load instead of two correctly rounded divisions per value.
 struct NormaliseTable {
     float value[3][256];
 };
@@ -727,8 +706,8 @@ DFD_HD RowPlan row_plan(const Job* jobs, int block) {
     p.col1 = imin(p.src.x0 + p.src.width, p.src.image.width);
     if (p.col1 <= p.col0) return p;
     p.cy = area_cell(p.y + p.offset, p.src.height, p.scale.y);
-    p.first_row = p.cy.first - (p.cy.head ? 1 : 0);
-    p.rows = p.cy.last + (p.cy.tail ? 1 : 0) - p.first_row;
+    p.first_row = cell_begin(p.cy);
+    p.rows = cell_end(p.cy) - p.first_row;
     p.stride = (3 * (p.col1 - p.col0) + 15 + 15) / 16 * 16;
     const int capacity = kStageBytes / p.stride;
     if (p.rows > capacity && capacity < 2) return p;  // rows too wide to double-buffer
@@ -825,8 +804,7 @@ DFD_HD void preprocess_row_block(Exec& ex, const Job* jobs, int block, Store sto
         t.sum[0] = t.sum[1] = t.sum[2] = 0.f;
         if (x >= side) return;
         t.cx = area_cell(x + plan.offset, src.width, plan.scale.x);
-        const bool inside = src.x0 + t.cx.first - (t.cx.head ? 1 : 0) >= plan.col0 &&
-                            src.x0 + t.cx.last + (t.cx.tail ? 1 : 0) <= plan.col1;
+        const bool inside = src.x0 + cell_begin(t.cx) >= plan.col0 && src.x0 + cell_end(t.cx) <= plan.col1;
         t.column = inside ? 3 * (src.x0 + t.cx.first - plan.col0) : -1;
     });
     for (int j = 0; j < plan.chunks; ++j) {
@@ -836,19 +814,16 @@ DFD_HD void preprocess_row_block(Exec& ex, const Job* jobs, int block, Store sto
             if (j + 1 < plan.chunks) stage_chunk(x, j + 1);
             if (x >= side) return;
             const int first = j * plan.chunk_rows, count = chunk_count(j), half = (j & 1) * plan.chunk_rows;
-            auto weight = [&](int sy) {
-                return sy < plan.cy.first ? plan.cy.a_head : sy < plan.cy.last ? plan.cy.a_mid : plan.cy.a_tail;
-            };
             int r = 0;
             // rows two at a time while both are staged and the cell lies in the staged columns
             for (; t.column >= 0 && r + 1 < count; r += 2) {
                 const int at0 = ex.slots()[half + r], at1 = ex.slots()[half + r + 1];
                 if (at0 < 0 || at1 < 0) break;
-                float a[3], b[3];
-                area_span_pair(ex.stage() + at0 + t.column, ex.stage() + at1 + t.column, t.cx, src.image.order, a, b);
+                float two[6];
+                area_spans<2>(ex.stage() + at0 + t.column, at1 - at0, t.cx, src.image.order, two);
                 const int sy = plan.first_row + first + r;
-                area_accumulate(t.sum, a, weight(sy));
-                area_accumulate(t.sum, b, weight(sy + 1));
+                area_accumulate(t.sum, two, cell_weight(plan.cy, sy));
+                area_accumulate(t.sum, two + 3, cell_weight(plan.cy, sy + 1));
             }
             for (; r < count; ++r) {
                 const int sy = plan.first_row + first + r, at = ex.slots()[half + r];
@@ -857,7 +832,7 @@ DFD_HD void preprocess_row_block(Exec& ex, const Job* jobs, int block, Store sto
                     area_span(ex.stage() + at + t.column, t.cx, src.image.order, buf);
                 else
                     area_row(src, t.cx, sy, buf);
-                area_accumulate(t.sum, buf, weight(sy));
+                area_accumulate(t.sum, buf, cell_weight(plan.cy, sy));
             }
         });
     }
