@@ -1,7 +1,7 @@
 // Fused preprocessing: one launch writes the global, face and fusion tensors of a whole batch.
 //
-// dfd_preprocess_*: thread t runs task t of dfd::preprocess_task (one output pixel of one stream of
-// one image). dfd_preprocess_rows_*: block b runs output row b of dfd::preprocess_row_block, the
+// dfd_preprocess_*: thread t runs task t of dfd::preprocess_task (two vertically adjacent output
+// pixels of one stream of one image). dfd_preprocess_rows_*: block b runs output row b of dfd::preprocess_row_block, the
 // decomposition that stages source rows in shared memory: faster on 12-MP photos, slower on smaller
 // ones, on an H100 (benchmarks/gpu_check.py times both; the runtime uses the per-pixel one). The
 // per-pixel math and both work decompositions are in preprocess.cuh, which the test suite also

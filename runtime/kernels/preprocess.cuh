@@ -288,44 +288,61 @@ DFD_HD void area_accumulate(float sum[3], const float buf[3], float beta) {
     for (int c = 0; c < 3; ++c) sum[c] = fadd(sum[c], fmul(beta, buf[c]));
 }
 
-// General area downscale (both scales >= 1, not both integral).
-DFD_HD void resize_area_general(const Window& src, const Scale& s, int dx, int dy, unsigned char out[3]) {
-    const AreaCell cx = area_cell(dx, src.width, s.x);
-    const AreaCell cy = area_cell(dy, src.height, s.y);
-    float sum[3] = {0.f, 0.f, 0.f}, buf[3];
-    const int first_row = cell_begin(cy), end_row = cell_end(cy);
+// The horizontal sums over cell cx of window rows first_row .. end_row - 1, in ascending order:
+// row_sums(sy, buf) gets row sy's three sums. Where the cells lie inside the image (always for the
+// fusion stream) a pointer walks down the rows two at a time, so both rows' loads are in flight,
+// with no per-row bounds checks or address arithmetic; a face window's rows that leave the image
+// go through area_row (black outside).
+template <typename RowSums>
+DFD_HD void area_walk(const Window& src, const AreaCell& cx, int first_row, int end_row, RowSums row_sums) {
+    float buf[3];
     const int left = src.x0 + cell_begin(cx), right = src.x0 + cell_end(cx);
     if (left >= 0 && right <= src.image.width && src.y0 + first_row >= 0 && src.y0 + end_row <= src.image.height) {
-        // the whole cell inside the image (always for the fusion stream): walk a pointer down its
-        // rows, with no per-row bounds checks or address arithmetic
         const unsigned char* p = src.image.data + (long long)(src.y0 + first_row) * src.image.pitch +
                                  3LL * (src.x0 + cx.first);
         int sy = first_row;
         for (; sy + 1 < end_row; sy += 2, p += 2 * src.image.pitch) {
             float two[6];
             area_spans<2>(p, src.image.pitch, cx, src.image.order, two);
-            area_accumulate(sum, two, cell_weight(cy, sy));
-            area_accumulate(sum, two + 3, cell_weight(cy, sy + 1));
+            row_sums(sy, two);
+            row_sums(sy + 1, two + 3);
         }
         if (sy < end_row) {
             area_span(p, cx, src.image.order, buf);
-            area_accumulate(sum, buf, cell_weight(cy, sy));
+            row_sums(sy, buf);
         }
-        for (int c = 0; c < 3; ++c) out[c] = saturate_u8(cv_round(sum[c]));
         return;
     }
-    if (cy.head) {
-        area_row(src, cx, cy.first - 1, buf);
-        area_accumulate(sum, buf, cy.a_head);
-    }
-    for (int sy = cy.first; sy < cy.last; ++sy) {
+    for (int sy = first_row; sy < end_row; ++sy) {
         area_row(src, cx, sy, buf);
-        area_accumulate(sum, buf, cy.a_mid);
+        row_sums(sy, buf);
     }
-    if (cy.tail) {
-        area_row(src, cx, cy.last, buf);
-        area_accumulate(sum, buf, cy.a_tail);
-    }
+}
+
+// OpenCV's general area sum of output cell (cx, cy), before rounding.
+DFD_HD void area_cell_sum(const Window& src, const AreaCell& cx, const AreaCell& cy, float sum[3]) {
+    sum[0] = sum[1] = sum[2] = 0.f;
+    area_walk(src, cx, cell_begin(cy), cell_end(cy),
+              [&](int sy, const float* buf) { area_accumulate(sum, buf, cell_weight(cy, sy)); });
+}
+
+// area_cell_sum of two vertically adjacent cells, cy0 and the next output row's cy1, in one walk
+// down their rows (contiguous: consecutive cells tile the source): the fractional source row they
+// share is summed once, and the cells share cx. Each sum adds its rows in ascending order, as OpenCV
+// does, so it equals area_cell_sum of its cell bit for bit.
+DFD_HD void area_cell_sum_pair(const Window& src, const AreaCell& cx, const AreaCell& cy0, const AreaCell& cy1,
+                               float sum0[3], float sum1[3]) {
+    for (int c = 0; c < 3; ++c) sum0[c] = sum1[c] = 0.f;
+    area_walk(src, cx, cell_begin(cy0), cell_end(cy1), [&](int sy, const float* buf) {
+        if (sy < cell_end(cy0)) area_accumulate(sum0, buf, cell_weight(cy0, sy));
+        if (sy >= cell_begin(cy1)) area_accumulate(sum1, buf, cell_weight(cy1, sy));
+    });
+}
+
+// General area downscale (both scales >= 1, not both integral).
+DFD_HD void resize_area_general(const Window& src, const Scale& s, int dx, int dy, unsigned char out[3]) {
+    float sum[3];
+    area_cell_sum(src, area_cell(dx, src.width, s.x), area_cell(dy, src.height, s.y), sum);
     for (int c = 0; c < 3; ++c) out[c] = saturate_u8(cv_round(sum[c]));
 }
 
@@ -597,13 +614,63 @@ DFD_HD void stream_pixel(const Job& job, int stream, int x, int y, float out[3])
     for (int c = 0; c < 3; ++c) out[c] = normalise(v[c], c);
 }
 
+// Where stream `stream` of `job` is OpenCV's general INTER_AREA (fractional cells, the fusion stream
+// of a photo over 224 high and most face windows): its window, scale factors and the resize
+// coordinate of output pixel 0 (the face stream's 252 center crop of 256). False in every other
+// case, which stream_pixel handles.
+DFD_HD bool general_area(const Job& job, int stream, Window* src, Scale* s, int* offset) {
+    int size;
+    if (stream == kFusionStream) {
+        *src = whole(job.image);
+        if (fusion_interpolation(job.image.width, job.image.height) != kInterArea) return false;
+        size = kFusion;
+        *offset = 0;
+    } else if (stream == kFace) {
+        *src = job_face_window(job);
+        if (src->width <= 0 || src->height <= 0) return false;
+        size = kFaceResize;
+        *offset = (kFaceResize - kCrop) / 2;
+    } else {
+        return false;
+    }
+    if (src->width == size && src->height == size) return false;
+    *s = resize_scale(src->width, src->height, size, size);
+    int ix, iy;
+    return s->x >= 1.0 && s->y >= 1.0 && !area_fast(*s, &ix, &iy);
+}
+
+// stream_pixel at (x, y) and (x, y + 1): a general area resize sums both cells in one walk
+// (area_cell_sum_pair), and computes the window, scale factors and horizontal cell once.
+DFD_HD void stream_pixel_pair(const Job& job, int stream, int x, int y, float v0[3], float v1[3]) {
+    Window src;
+    Scale s;
+    int offset;
+    if (!general_area(job, stream, &src, &s, &offset)) {
+        stream_pixel(job, stream, x, y, v0);
+        stream_pixel(job, stream, x, y + 1, v1);
+        return;
+    }
+    float sum0[3], sum1[3];
+    area_cell_sum_pair(src, area_cell(x + offset, src.width, s.x), area_cell(y + offset, src.height, s.y),
+                       area_cell(y + 1 + offset, src.height, s.y), sum0, sum1);
+    for (int c = 0; c < 3; ++c) {
+        v0[c] = normalise(saturate_u8(cv_round(sum0[c])), c);
+        v1[c] = normalise(saturate_u8(cv_round(sum1[c])), c);
+    }
+}
+
 // ---- the fused kernel's work decomposition ---------------------------------------------------
-// Task t of a batch is one output pixel (all three channels) of one stream of one image; an
-// image's tasks are laid out global (252x252), face (252x252), fusion (224x224), so neighbouring
-// tasks write neighbouring addresses of the same CHW plane.
+// Task t of a batch is two vertically adjacent output pixels (all three channels), rows y and
+// y + 1 (y even), of one stream of one image: a pair shares the per-pixel setup and the source row
+// between its two cells (about 11 % faster than single pixels on an H100 for 32 phone photos,
+// benchmarks/gpu_preprocess_tuning.md). An image's tasks are laid out global (252x126 pairs),
+// face (252x126), fusion (224x112), so neighbouring tasks write neighbouring addresses of the same
+// CHW plane.
 constexpr long long kCropPixels = (long long)kCrop * kCrop;
 constexpr long long kFusionPixels = (long long)kFusion * kFusion;
-constexpr long long kTasksPerImage = 2 * kCropPixels + kFusionPixels;
+static_assert(kCrop % 2 == 0 && kFusion % 2 == 0, "tasks are pairs of output rows");
+constexpr long long kCropTasks = kCropPixels / 2;
+constexpr long long kTasksPerImage = 2 * kCropTasks + kFusionPixels / 2;
 
 // store(stream, index into that stream's [N,3,side,side] tensor, value) for the three channels of
 // output pixel (x, y) of image n.
@@ -616,7 +683,7 @@ DFD_HD void store_pixel(int n, int stream, int x, int y, const float v[3], Store
 }
 
 // Runs task `t` (0 <= t < batch * kTasksPerImage): store(stream, index into that stream's
-// [N,3,side,side] tensor, value) three times.
+// [N,3,side,side] tensor, value) six times.
 template <typename Store>
 DFD_HD void preprocess_task(const Job* jobs, long long t, Store store) {
     // 32-bit division by a constant (the launcher keeps batch * kTasksPerImage below 2^32)
@@ -624,21 +691,22 @@ DFD_HD void preprocess_task(const Job* jobs, long long t, Store store) {
     const int n = (int)(task / (unsigned)kTasksPerImage);
     unsigned r = task - (unsigned)n * (unsigned)kTasksPerImage;
     int stream = kGlobal;
-    if (r >= kCropPixels) {
-        r -= kCropPixels;
+    if (r >= kCropTasks) {
+        r -= kCropTasks;
         stream = kFace;
-        if (r >= kCropPixels) {
-            r -= kCropPixels;
+        if (r >= kCropTasks) {
+            r -= kCropTasks;
             stream = kFusionStream;
         }
     }
     const int side = stream_side(stream);
-    const int pixel = (int)r;  // < kCropPixels: 32-bit division by a constant, not a 64-bit one by a variable
-    const int y = stream == kFusionStream ? pixel / kFusion : pixel / kCrop;
-    const int x = pixel - y * side;
-    float v[3];
-    stream_pixel(jobs[n], stream, x, y, v);
-    store_pixel(n, stream, x, y, v, store);
+    const int pair = (int)r;  // < kCropTasks: 32-bit division by a constant, not a 64-bit one by a variable
+    const int row_pair = stream == kFusionStream ? pair / kFusion : pair / kCrop;
+    const int x = pair - row_pair * side, y = 2 * row_pair;
+    float v0[3], v1[3];
+    stream_pixel_pair(jobs[n], stream, x, y, v0, v1);
+    store_pixel(n, stream, x, y, v0, store);
+    store_pixel(n, stream, x, y + 1, v1, store);
 }
 
 // ---- the row decomposition (the faster one for 12-MP photos, benchmarks/gpu_preprocess_tuning.md) -
@@ -682,26 +750,7 @@ DFD_HD RowPlan row_plan(const Job* jobs, int block) {
     p.stream = r < kCrop ? kGlobal : r < 2 * kCrop ? kFace : kFusionStream;
     p.y = r - (p.stream == kGlobal ? 0 : p.stream == kFace ? kCrop : 2 * kCrop);
     p.staged = false;
-    const Job& job = jobs[p.image];
-    int size, interp;
-    if (p.stream == kFusionStream) {
-        p.src = whole(job.image);
-        size = kFusion;
-        interp = fusion_interpolation(job.image.width, job.image.height);
-        p.offset = 0;
-    } else if (p.stream == kFace) {
-        p.src = job_face_window(job);
-        if (p.src.width <= 0 || p.src.height <= 0) return p;  // face_pixel's center-crop cases
-        size = kFaceResize;
-        interp = kInterArea;
-        p.offset = (kFaceResize - kCrop) / 2;
-    } else {
-        return p;
-    }
-    if (interp != kInterArea || (p.src.width == size && p.src.height == size)) return p;
-    p.scale = resize_scale(p.src.width, p.src.height, size, size);
-    int ix, iy;
-    if (p.scale.x < 1.0 || p.scale.y < 1.0 || area_fast(p.scale, &ix, &iy)) return p;
+    if (!general_area(jobs[p.image], p.stream, &p.src, &p.scale, &p.offset)) return p;
     p.col0 = imax(p.src.x0, 0);
     p.col1 = imin(p.src.x0 + p.src.width, p.src.image.width);
     if (p.col1 <= p.col0) return p;

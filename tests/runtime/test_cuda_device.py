@@ -195,7 +195,7 @@ def test_both_preprocessing_decompositions_launch_and_agree(kernel_host, kernel_
         assert results["rows", half] == results["pixels", half]
     with pytest.raises(ValueError, match="decomposition must be one of"):
         kernels.preprocess(int(jobs_address), 2, (0, 0, 0), decomposition="tiles")
-    with pytest.raises(ValueError, match="at most 24240 images"):  # the 32-bit task numbering
+    with pytest.raises(ValueError, match="at most 48480 images"):  # 32-bit task numbers, 88,592 tasks an image
         kernels.preprocess(int(jobs_address), cuda_kernels.MAX_PREPROCESS_BATCH + 1, (0, 0, 0))
     assert gpu.calls["cuLaunchKernel"] == 4
     kernels.close()

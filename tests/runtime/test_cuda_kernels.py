@@ -132,9 +132,11 @@ def test_nvrtc_compiles_every_kernel_to_cubin_within_its_register_budget(arch, t
     """The CUBIN is what a GPU of that architecture loads (no JIT): ptxas must assemble every kernel
     for it in at most 64 registers a thread, so the four 256-thread blocks per SM that the
     preprocessing kernels' launch bounds ask for fit, which measured faster on an H100 than 72
-    registers and three blocks (benchmarks/gpu_preprocess_tuning.md). Stack frames stay within 48
-    bytes: the per-pixel kernels spill nothing; the row kernels spill up to 48 bytes in their staging
-    and image-edge paths, not in the summing loops (a larger frame would mean those spill too)."""
+    registers and three blocks (benchmarks/gpu_preprocess_tuning.md). Stack frames stay within 56
+    bytes, what the kernels timed on an H100 have: the per-pixel kernels spill up to 40 bytes (a
+    pair's second cell; 80 registers without spilling but three blocks per SM measured slower), the
+    row kernels up to 56 in their plan, staging and image-edge paths. A larger frame means more of
+    the state went to memory than in any timed build."""
     monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path))
     cubin = cuda_kernels.compile_cubin(arch)
     assert cubin[:4] == b"\x7fELF" and struct.unpack_from("<H", cubin, 18)[0] == 190  # EM_CUDA
@@ -146,7 +148,7 @@ def test_nvrtc_compiles_every_kernel_to_cubin_within_its_register_budget(arch, t
     frames = _function_attributes(sections[".nv.info"], EIATTR_FRAME_SIZE)
     registers = _function_attributes(sections[".nv.info"], EIATTR_REGCOUNT)
     assert len(registers) >= len(cuda_kernels.KERNEL_NAMES) and frames
-    assert max(frames) <= 48, frames
+    assert max(frames) <= 56, frames
     assert max(registers) <= 64, registers
     assert len(list(tmp_path.glob(f"cubin-{arch}-*.cubin"))) == 1
     assert cuda_kernels.compile_cubin(arch) == cubin
@@ -277,11 +279,12 @@ def test_fused_kernel_writes_every_stream_of_a_batch(host):
     image's three tensors equal runtime/preprocess.py, whichever face input the job names."""
     rng = np.random.default_rng(17)
     images = [rng.integers(0, 256, (h, w + 3, 3), dtype=np.uint8)[:, :w] for h, w in
-              ((300, 400), (600, 260), (260, 300), (700, 500))]
+              ((300, 400), (600, 260), (260, 300), (700, 500), (330, 280))]
     own_face = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)  # e.g. a re-encoded crop
     small_face = rng.integers(0, 256, (200, 150, 3), dtype=np.uint8)  # a user's face file
-    boxes = [(60.0, 50.0, 200.0, 230.0), None, (10.5, 20.25, 120.0, 140.0), None]
-    faces = [None, None, own_face, small_face]
+    # the last window leaves the image on the left and at the bottom: black rows and columns
+    boxes = [(60.0, 50.0, 200.0, 230.0), None, (10.5, 20.25, 120.0, 140.0), None, (-30.0, 190.0, 160.0, 345.0)]
+    faces = [None, None, own_face, small_face, None]
     jobs = cuda_kernels.make_jobs([_image_args(img) for img in images], boxes,
                                   face_images=[None if f is None else _image_args(f) for f in faces])
     outs = _run_fused(host, jobs)
