@@ -6,10 +6,10 @@ dfd.runtime.cuda_kernels):
     python benchmarks/gpu_check.py --out benchmarks/gpu_check_<gpu>.json
 
 1. Preprocessing parity: random image sizes (1x1 .. 4000x3000, pitched rows at every alignment, RGB
-   and BGR) through the fused kernel, in both decompositions (one thread per pixel, one block per
-   row), vs runtime/preprocess.py (OpenCV). INTER_AREA paths and crops must be bit-exact; INTER_CUBIC
-   is bit-exact with OpenCV's own code and within one grey level of x86 OpenCV's IPP; the two
-   decompositions must write the same bits.
+   and BGR) through the fused kernel, in both decompositions (one thread per pixel pair, one block
+   per row), vs runtime/preprocess.py (OpenCV). INTER_AREA paths and crops must be bit-exact;
+   INTER_CUBIC is bit-exact with OpenCV's own code and within one grey level of x86 OpenCV's IPP;
+   the two decompositions must write the same bits.
 2. Throughput of the fused kernel, both decompositions interleaved, vs the measured
    device-to-device copy bandwidth, both counted as bytes read + bytes written. The acceptance bar
    is >= 50% of the copy bandwidth, on a batch of 32 1080x1440 photos; 8 12-MP photos and 64 VGA

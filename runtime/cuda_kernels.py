@@ -350,7 +350,7 @@ class CudaKernels:
         from a job table (``make_jobs``) that the caller has copied to the device: the fused
         pipeline keeps it at a fixed address, which a captured CUDA graph needs.
 
-        ``decomposition``: ``"pixels"`` (one thread per output pixel, what the pipeline uses) or
+        ``decomposition``: ``"pixels"`` (one thread per two output pixels, what the pipeline uses) or
         ``"rows"`` (one block per output row, source rows staged in shared memory: faster on 12-MP
         photos), which benchmarks/gpu_check.py times beside it; both write the same values
         (preprocess.cuh)."""
