@@ -69,8 +69,9 @@ __device__ __forceinline__ void run_row_block(const dfd::Job* jobs, int batch, S
 
 // Launch bounds: 256-thread blocks (cuda_kernels.CudaKernels.BLOCK), at least 4 resident per SM, so
 // ptxas holds the kernels to 64 registers (72 unbounded: 3 blocks). On an H100 that took a batch of
-// 32 1080x1440 photos from 300 to 260 us when it was introduced; the per-pixel kernels now fit
-// without spilling, the row kernels spill up to 48 bytes outside their summing loops
+// 32 1080x1440 photos from 300 to 260 us when it was introduced. The per-pixel kernels spill 40 bytes
+// (a pair's second cell; 80 registers without spilling, at 3 blocks per SM, measured slower), the
+// row kernels up to 56 bytes in their plan, staging and image-edge paths
 // (benchmarks/gpu_preprocess_tuning.md).
 #define DFD_PREPROCESS_BOUNDS __launch_bounds__(256, 4)
 

@@ -547,6 +547,9 @@ constexpr NormaliseTable kNormaliseTable = make_normalise_table();
 
 DFD_HD float normalise(unsigned char v, int channel) { return kNormaliseTable.value[channel][v]; }
 
+// The normalised value of channel `channel` of an area sum: OpenCV's rounding to uint8, then normalise.
+DFD_HD float normalised_area_sum(float sum, int channel) { return normalise(saturate_u8(cv_round(sum)), channel); }
+
 // float32 -> IEEE binary16 bits, round to nearest even (what __float2half_rn and NumPy do).
 DFD_HD unsigned short float_to_half_bits(float f) {
 #ifdef __CUDA_ARCH__
@@ -654,8 +657,8 @@ DFD_HD void stream_pixel_pair(const Job& job, int stream, int x, int y, float v0
     area_cell_sum_pair(src, area_cell(x + offset, src.width, s.x), area_cell(y + offset, src.height, s.y),
                        area_cell(y + 1 + offset, src.height, s.y), sum0, sum1);
     for (int c = 0; c < 3; ++c) {
-        v0[c] = normalise(saturate_u8(cv_round(sum0[c])), c);
-        v1[c] = normalise(saturate_u8(cv_round(sum1[c])), c);
+        v0[c] = normalised_area_sum(sum0[c], c);
+        v1[c] = normalised_area_sum(sum1[c], c);
     }
 }
 
@@ -888,7 +891,7 @@ DFD_HD void preprocess_row_block(Exec& ex, const Job* jobs, int block, Store sto
     ex.each([&](int x, RowThread& t) {
         if (x >= side) return;
         float v[3];
-        for (int c = 0; c < 3; ++c) v[c] = normalise(saturate_u8(cv_round(t.sum[c])), c);
+        for (int c = 0; c < 3; ++c) v[c] = normalised_area_sum(t.sum[c], c);
         store_pixel(plan.image, plan.stream, x, plan.y, v, store);
     });
 }
