@@ -47,7 +47,7 @@ ROWS_PER_IMAGE = 2 * CROP_SIDE + FUSION_SIDE  # blocks of a row-decomposition la
 TASKS_PER_IMAGE = (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE) // 2
 PREPROCESS_DECOMPOSITIONS = ("pixels", "rows")
 # On an H100 "pixels" is faster on 1080x1440 and 480x640 photos, "rows" on 12-MP ones
-# (benchmarks/gpu_preprocess_tuning.md); the runtime uses the one that meets the throughput bar.
+# (benchmarks/gpu_preprocess_tuning.md); the runtime uses the one that is faster at the bar's case.
 DEFAULT_DECOMPOSITION = "pixels"
 # The per-pixel kernel numbers a batch's tasks in 32 bits (preprocess_task).
 MAX_PREPROCESS_BATCH = (2**32 - 1) // TASKS_PER_IMAGE

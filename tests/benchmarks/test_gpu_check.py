@@ -43,6 +43,30 @@ def test_dry_run_compiles_and_packs_without_a_gpu(gpu_check, tmp_path):
     assert max(abs(a - b) for a, b in zip(fp32, fp16)) < 1e-3
 
 
+@pytest.mark.parametrize("batch, height, width", [(32, 1080, 1440), (8, 3000, 4000), (64, 480, 640), (2, 200, 900)])
+def test_throughput_counts_each_byte_once(gpu_check, batch, height, width):
+    """The bar's bytes read are the union of what the three streams read (marked pixel by pixel
+    here from runtime/preprocess.py's geometry), not their sum: the crop and the face window lie
+    inside the image that the fusion resize reads whole."""
+    from dfd.runtime import preprocess
+
+    streams = np.zeros((3, height, width), dtype=bool)
+    if min(height, width) >= 252:
+        top, left = (height - 252) // 2, (width - 252) // 2
+        streams[0, top:top + 252, left:left + 252] = True
+    else:
+        streams[0] = True  # upscaled whole before its crop
+    box = (width * 0.3, height * 0.2, width * 0.7, height * 0.8)  # the throughput section's box
+    left, top, right, bottom = preprocess.face_window(box)
+    streams[1, max(top, 0):max(bottom, 0), max(left, 0):max(right, 0)] = True
+    streams[2] = True  # the fusion resize: every source pixel has a weight in some output pixel
+    read, written = gpu_check.fused_bytes(batch, height, width, 2)
+    assert read == batch * 3 * int(streams.any(axis=0).sum())
+    assert read < batch * 3 * int(streams.sum())  # what counting each stream's reads would give
+    assert written == batch * 2 * sum(3 * side * side for side in (252, 252, 224))
+    assert gpu_check.fused_bytes(batch, height, width, 4) == (read, 2 * written)
+
+
 def _host_mean_head(half: bool):
     """The stand-in engines' ``mean_head`` kernel on the host: block (b, c) writes the mean of
     input plane c of image b to logits[b, c]."""
