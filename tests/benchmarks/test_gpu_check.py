@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from emulated_torch import TorchOnTheEmulatedGpu
 from host_cuda import INT, POINTER, HostCuda, no_cuda_driver
 from host_gpu import HostDevice
 
@@ -118,71 +117,11 @@ def test_a_failing_section_is_reported_and_the_others_still_run(gpu_check):
     assert gpu_check.section_passed(nested)
 
 
-class _HostClockEvent:
-    """torch.cuda.Event on the emulated GPU: record() runs the queued work, then reads the clock."""
-
-    def __init__(self, torch_shim: "_TorchOnTheEmulatedGpu") -> None:
-        self._torch, self._at = torch_shim, None
-
-    def record(self) -> None:
-        self._torch.cuda.synchronize()
-        self._at = time.perf_counter()
-
-    def elapsed_time(self, end: "_HostClockEvent") -> float:
-        return 1000 * (end._at - self._at)
-
-
-class _TorchOnTheEmulatedGpu:
-    """The slice of torch that gpu_check's parity and throughput sections use, where a "cuda" tensor
-    is a CPU tensor registered as device memory of the emulated GPU (so the kernels' launches pass
-    its bounds checks) and torch's current stream is one emulated stream."""
-
-    def __init__(self, torch, gpu: HostCuda, monkeypatch) -> None:
-        self._torch, self._gpu = torch, gpu
-        self.uint8, self.float16, self.float32 = torch.uint8, torch.float16, torch.float32
-        self.from_numpy = torch.from_numpy
-        stream = gpu.new_stream()
-        self.cuda = SimpleNamespace(synchronize=lambda: gpu.synchronize(stream, "torch.cuda.synchronize"),
-                                    current_stream=lambda: SimpleNamespace(cuda_stream=stream),
-                                    Event=lambda enable_timing: _HostClockEvent(self))
-        monkeypatch.setattr(torch.Tensor, "cuda", lambda tensor: self._on_device(tensor.clone()))
-
-    def _on_device(self, tensor):
-        raw = tensor.view(-1).view(self._torch.uint8).numpy()
-        self._gpu.device.allocations[tensor.data_ptr()] = raw  # the tensor outlives its use here
-        return tensor
-
-    def zeros(self, shape, dtype, device):
-        return self._on_device(self._torch.zeros(shape, dtype=dtype))
-
-    def full(self, shape, value, dtype, device):
-        return self._on_device(self._torch.full(shape, value, dtype=dtype))
-
-    def empty(self, shape, dtype, device):
-        return self._on_device(self._torch.empty(shape, dtype=dtype))
-
-    def empty_like(self, tensor):
-        return self._on_device(self._torch.empty_like(tensor))
-
-    def randint(self, low, high, shape, dtype, device):
-        return self._on_device(self._torch.randint(low, high, shape, dtype=dtype))
-
-
-@pytest.fixture
-def emulated_gpu(kernel_host, tmp_path, monkeypatch):
-    if not no_cuda_driver():
-        pytest.skip("a CUDA driver is installed: the emulation would reach it")
-    gpu = HostCuda(HostDevice(kernel_host, "others_first"), kernel_host)
-    gpu.install(monkeypatch)
-    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "kernels"))
-    return gpu
-
-
 def test_parity_and_throughput_sections_run_on_an_emulated_gpu(gpu_check, emulated_gpu, monkeypatch):
     """Both decompositions through the sections a loan runs first: parity passes on sizes that take
     every path (and fails when the row kernel writes something else), throughput reports both."""
     torch = pytest.importorskip("torch")
-    shim = _TorchOnTheEmulatedGpu(torch, emulated_gpu, monkeypatch)
+    shim = TorchOnTheEmulatedGpu(torch, emulated_gpu, monkeypatch)
     kernels = gpu_check.cuda_kernels.CudaKernels(0)
     rng = np.random.default_rng(3)
     cases = [(1, 1), (90, 60), (224, 224), (448, 448), (300, 5000), (700, 1000), (230, 229)]

@@ -1,0 +1,97 @@
+"""``benchmarks/preprocess_variants.py`` times kernel versions on a lent GPU; here it runs on the
+emulated GPU of tests/host_cuda.py (the kernels' own code compiled for the host), which checks its
+variant specs, its loading of kernel folders, and that it reports which variants wrote other bits
+than the first. Its timings mean nothing here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emulated_torch import TorchOnTheEmulatedGpu
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "preprocess_variants.py"
+KERNELS = ROOT / "runtime" / "kernels"
+
+
+@pytest.fixture(scope="module")
+def variants():
+    spec = importlib.util.spec_from_file_location("preprocess_variants", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass resolves annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_variant_specs(variants, tmp_path):
+    v = variants.parse_variant(f"old={tmp_path}:rows:1")
+    assert (v.name, v.directory, v.decomposition, v.pixels_per_task) == ("old", tmp_path, "rows", 1)
+    v = variants.parse_variant(f"new={KERNELS}")
+    assert (v.decomposition, v.pixels_per_task) == ("pixels", 2)
+    for bad, why in [("nodir", "NAME=DIR"), (f"a={tmp_path}:tiles", "decomposition"),
+                     (f"a={tmp_path}:pixels:two", "whole number"), (f"a={tmp_path}:pixels:5", "does not divide"),
+                     (f"a={tmp_path / 'missing'}", "not a folder")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            variants.parse_variant(bad)
+    assert variants.parse_case("32x1080x1440") == (32, 1080, 1440)
+    with pytest.raises(argparse.ArgumentTypeError):
+        variants.parse_case("32x1080")
+
+
+def test_duplicate_names_are_refused(variants, capsys):
+    with pytest.raises(SystemExit):
+        variants.main([f"a={KERNELS}", f"a={KERNELS}:rows"])
+    assert "must differ" in capsys.readouterr().err
+
+
+def test_variants_are_loaded_timed_and_compared(variants, emulated_gpu, tmp_path, monkeypatch):
+    """Three variants over the same sources (a folder with only preprocess.cu of its own, one with
+    nothing of its own, and the row decomposition): all write the first one's bits, until the
+    emulated per-pixel kernel is made to skip the last fusion row, which the report must show."""
+    torch = pytest.importorskip("torch")
+    shim = TorchOnTheEmulatedGpu(torch, emulated_gpu, monkeypatch)
+    own = tmp_path / "own"
+    own.mkdir()
+    shutil.copy(KERNELS / "preprocess.cu", own / "preprocess.cu")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    chosen = [variants.parse_variant(s) for s in (f"own={own}", f"empty={empty}", f"rows={KERNELS}:rows")]
+    work = tmp_path / "work"
+    work.mkdir()
+    for v in chosen:
+        variants.load(v, work)
+    assert sorted(p.name for p in (work / "own").iterdir()) == sorted(
+        variants.cuda_kernels.KERNEL_SOURCES + variants.cuda_kernels.KERNEL_HEADERS)
+    assert variants.cuda_kernels.KERNEL_DIR == KERNELS  # restored after loading
+
+    report = variants.compare(shim, chosen, [(2, 300, 400)], rounds=2, repeat=1, copy_bytes=1 << 16)
+    assert report["copy_bandwidth_GBps"] > 0
+    assert set(report["cases"]) == {"2x300x400 fp32", "2x300x400 fp16"}
+    for case in report["cases"].values():
+        assert [case[name]["same_bits_as_own"] for name in ("own", "empty", "rows")] == [True, True, True]
+        assert all(len(case[name]["rounds_us"]) == 2 and case[name]["fraction_of_copy_bandwidth"] > 0
+                   for name in case)
+    json.dumps(report)
+
+    emulated_f32 = emulated_gpu.kernels["dfd_preprocess_f32"]
+
+    def short_of_a_row(device, stream, args, grid, block):
+        emulated_f32[1](device, stream, args, grid, block)
+        fusion = device.device_bytes(args[4], args[1] * 3 * 224 * 224 * 4, "fusion").view(np.float32)
+        device._issue(stream, lambda: fusion.reshape(args[1], 3, 224, 224)[:, :, -1].fill(0.0))
+    monkeypatch.setitem(emulated_gpu.kernels, "dfd_preprocess_f32", (emulated_f32[0], short_of_a_row))
+    report = variants.compare(shim, chosen, [(1, 300, 400)], rounds=1, repeat=1, copy_bytes=1 << 16)
+    fp32, fp16 = report["cases"]["1x300x400 fp32"], report["cases"]["1x300x400 fp16"]
+    assert [fp32[name]["same_bits_as_own"] for name in ("own", "empty", "rows")] == [True, True, False]
+    assert all(fp16[name]["same_bits_as_own"] for name in fp16)
+    for v in chosen:
+        v.kernels.close()
