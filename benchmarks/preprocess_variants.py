@@ -8,11 +8,13 @@ the same process, on the same images, interleaved (A B C ... A B C), and only ra
         old=/tmp/old/runtime/kernels:pixels new=runtime/kernels:pixels new_rows=runtime/kernels:rows
 
 Each variant is NAME=DIR[:DECOMPOSITION[:PIXELS_PER_TASK]]. DIR holds kernel files that replace
-runtime/kernels' (a file DIR lacks comes from runtime/kernels), e.g. an older commit's
-(``git archive d3e73d9 runtime/kernels | tar -x -C /tmp/old``). DECOMPOSITION is ``pixels`` (the
-default) or ``rows``. PIXELS_PER_TASK is how many output pixels one thread of the per-pixel kernel
-computes in that version: 2 since the pair kernel, 1 before it (b9e8324 and older); it sets the launch
-grid.
+runtime/kernels' (a file DIR lacks comes from runtime/kernels), e.g. an older commit's:
+
+    mkdir -p /tmp/old && git archive d3e73d9 runtime/kernels | tar -x -C /tmp/old
+
+DECOMPOSITION is ``pixels`` (the default) or ``rows``. PIXELS_PER_TASK is how many output pixels
+one thread of the per-pixel kernel computes in that version: 2 since the pair kernel, 1 before it
+(b9e8324 and older); it sets the launch grid.
 
 For every case of gpu_check.THROUGHPUT_CASES (or --cases) and both dtypes, each variant writes into
 its own NaN-filled tensors, and the report says whether it wrote the same bits as the first variant.
