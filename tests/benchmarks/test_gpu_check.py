@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from emulated_torch import TorchOnTheEmulatedGpu
-from host_cuda import INT, POINTER, HostCuda, no_cuda_driver
+from host_cuda import INT, POINTER
 from host_gpu import HostDevice
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
@@ -86,13 +86,9 @@ def _host_mean_head(half: bool):
     return (POINTER, POINTER, INT), run
 
 
-def test_pipeline_section_passes_on_an_emulated_gpu(gpu_check, kernel_host, tmp_path, monkeypatch):
-    if not no_cuda_driver():
-        pytest.skip("a CUDA driver is installed: the emulation would reach it")
-    gpu = HostCuda(HostDevice(kernel_host, "others_first"), kernel_host)
-    gpu.install(monkeypatch)
+def test_pipeline_section_passes_on_an_emulated_gpu(gpu_check, emulated_gpu):
+    gpu = emulated_gpu
     gpu.kernels.update(mean_head_f32=_host_mean_head(False), mean_head_f16=_host_mean_head(True))
-    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "kernels"))
     kernels = gpu_check.cuda_kernels.CudaKernels(0)
     report = gpu_check.gpu_pipeline(kernels, np.random.default_rng(1), count=10, max_batch=4, repeat=1)
     kernels.close()
