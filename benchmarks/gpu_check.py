@@ -185,11 +185,29 @@ def fused_bytes(batch: int, height: int, width: int, itemsize: int) -> tuple[int
     (the 252 crop, or the whole image where it is upscaled first; the face window's part inside
     the image) lies inside it, so the union of the three streams' reads is the whole image. Counting
     the crop and the face window again on top of it, as the records up to commit d3e73d9 did,
-    credits the kernel with bytes it need not read: 1.4x at the bar case
+    credits the kernel with bytes it need not read: 1.39x at the bar case
     (benchmarks/gpu_preprocess_tuning.md, "Bytes counted once")."""
     read = batch * 3 * height * width
     written = batch * 3 * (2 * CROP * CROP + FUSION * FUSION) * itemsize
     return read, written
+
+
+def copy_bandwidth(torch, copy_bytes: int, repeat: int) -> float:
+    """Bytes read + written per second of a device-to-device copy of ``copy_bytes`` (the bar's
+    reference; its buffers are freed on return, before the kernels' cases allocate theirs)."""
+    src = torch.randint(0, 256, (copy_bytes,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * copy_bytes / timed(torch, lambda: dst.copy_(src), repeat)
+
+
+def throughput_batch(torch, batch: int, h: int, w: int):
+    """(images, job table) on the device for a throughput case: random uint8 photos, each with the
+    face box (0.3w, 0.2h, 0.7w, 0.8h); the caller keeps both alive while kernels read them."""
+    images = torch.randint(0, 256, (batch, h, 3 * w), dtype=torch.uint8, device="cuda")
+    boxes = [(w * 0.3, h * 0.2, w * 0.7, h * 0.8)] * batch
+    jobs = device_jobs(torch, cuda_kernels.make_jobs([(images[i].data_ptr(), 3 * w, w, h) for i in range(batch)],
+                                                     boxes))
+    return images, jobs
 
 
 def gpu_throughput(torch, kernels, cases=THROUGHPUT_CASES, rounds: int = 2, repeat: int = 20,
@@ -199,19 +217,12 @@ def gpu_throughput(torch, kernels, cases=THROUGHPUT_CASES, rounds: int = 2, repe
     The kernel's bytes are the fewest it must move (fused_bytes): the image once and the three
     tensors once. Both decompositions are timed, interleaved over `rounds` rounds (each a median of
     event-timed groups), and the faster round counts; the rounds' spread says how far to trust a
-    difference. The acceptance bar (>= 50% of the copy) is judged on the first case, a batch of 1080x1440 photos, for
-    the decomposition the runtime uses (cuda_kernels.DEFAULT_DECOMPOSITION)."""
-    src = torch.randint(0, 256, (copy_bytes,), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    copy_s = timed(torch, lambda: dst.copy_(src), repeat)
-    copy_bw = 2 * src.numel() / copy_s
-    src = dst = None  # release the copy buffers (512 MiB) before the cases
+    difference. The acceptance bar (>= 50% of the copy) is judged on the first case, a batch of
+    1080x1440 photos, for the decomposition the runtime uses (cuda_kernels.DEFAULT_DECOMPOSITION)."""
+    copy_bw = copy_bandwidth(torch, copy_bytes, repeat)
     results: dict = {"copy_bandwidth_GBps": copy_bw / 1e9, "runtime_uses": cuda_kernels.DEFAULT_DECOMPOSITION}
     for index, (batch, h, w) in enumerate(cases):
-        images = torch.randint(0, 256, (batch, h, 3 * w), dtype=torch.uint8, device="cuda")
-        boxes = [(w * 0.3, h * 0.2, w * 0.7, h * 0.8)] * batch
-        jobs = device_jobs(torch, cuda_kernels.make_jobs([(images[i].data_ptr(), 3 * w, w, h) for i in range(batch)],
-                                                         boxes))
+        images, jobs = throughput_batch(torch, batch, h, w)  # jobs point into images
         stream = torch.cuda.current_stream().cuda_stream
         case: dict = {"batch": batch, "height": h, "width": w}
         for half in (False, True):

@@ -115,17 +115,11 @@ def launch_geometry(variant: Variant) -> Iterator[None]:
 def compare(torch, variants: list[Variant], cases, rounds: int, repeat: int, copy_bytes: int) -> dict:
     """The report: copy bandwidth, then per case and dtype each variant's best time, rounds, share
     of the copy bandwidth and whether it wrote the first variant's bits."""
-    src = torch.randint(0, 256, (copy_bytes,), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    copy_bw = 2 * copy_bytes / gpu_check.timed(torch, lambda: dst.copy_(src), repeat)
-    src = dst = None  # release the copy buffers before the cases
+    copy_bw = gpu_check.copy_bandwidth(torch, copy_bytes, repeat)
     report: dict = {"copy_bandwidth_GBps": copy_bw / 1e9, "cases": {}}
     stream = torch.cuda.current_stream().cuda_stream
     for batch, h, w in cases:
-        images = torch.randint(0, 256, (batch, h, 3 * w), dtype=torch.uint8, device="cuda")
-        boxes = [(w * 0.3, h * 0.2, w * 0.7, h * 0.8)] * batch  # gpu_check's throughput box
-        jobs = gpu_check.device_jobs(torch, cuda_kernels.make_jobs(
-            [(images[i].data_ptr(), 3 * w, w, h) for i in range(batch)], boxes))
+        images, jobs = gpu_check.throughput_batch(torch, batch, h, w)  # jobs point into images
         for half in (False, True):
             dtype, bits = (torch.float16, torch.int16) if half else (torch.float32, torch.int32)
             outs = {v.name: [torch.full((batch, 3, s, s), float("nan"), dtype=dtype, device="cuda")
