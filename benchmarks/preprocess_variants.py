@@ -12,7 +12,8 @@ runtime/kernels' (a file DIR lacks comes from runtime/kernels), e.g. an older co
 
     mkdir -p /tmp/old && git archive d3e73d9 runtime/kernels | tar -x -C /tmp/old
 
-DECOMPOSITION is ``pixels`` (the default) or ``rows``. PIXELS_PER_TASK is how many output pixels
+DECOMPOSITION is ``pixels`` (the default), ``rows`` or ``columns`` (the grid of the last is
+cuda_kernels.COLUMN_BLOCKS_PER_IMAGE, so a version with another kColumnRows needs that changed too). PIXELS_PER_TASK is how many output pixels
 one thread of the per-pixel kernel computes in that version: 2 since the pair kernel, 1 before it
 (b9e8324 and older); it sets the launch grid.
 
@@ -83,6 +84,12 @@ def parse_case(text: str) -> tuple[int, int, int]:
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise argparse.ArgumentTypeError(f"expected BATCHxHEIGHTxWIDTH, not {text!r}")
     return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def parse_cases(text: str) -> list[tuple[int, int, int]]:
+    """Comma-separated cases, e.g. 32x1080x1440,8x3000x4000: one argument, so that the variants
+    may follow --cases on the command line."""
+    return [parse_case(part) for part in text.split(",")]
 
 
 def load(variant: Variant, work: Path) -> None:
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("variants", nargs="+", type=parse_variant, metavar="NAME=DIR[:DECOMPOSITION[:PIXELS_PER_TASK]]",
                         help="a kernel version to time; the first is the one whose bits the others must write")
-    parser.add_argument("--cases", nargs="+", type=parse_case, metavar="BxHxW",
+    parser.add_argument("--cases", type=parse_cases, metavar="BxHxW[,BxHxW...]",
                         default=list(gpu_check.THROUGHPUT_CASES), help="batches to time (default: gpu_check's)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--repeat", type=int, default=20, help="launches per timed group (default 20)")

@@ -36,7 +36,7 @@ KERNEL_DIR = Path(__file__).parent / "kernels"
 KERNEL_SOURCES = ("preprocess.cu", "vote.cu")
 KERNEL_HEADERS = ("preprocess.cuh", "vote.cuh")
 KERNEL_NAMES = ("dfd_preprocess_f32", "dfd_preprocess_f16", "dfd_preprocess_rows_f32", "dfd_preprocess_rows_f16",
-                "dfd_vote")
+                "dfd_preprocess_columns_f32", "dfd_preprocess_columns_f16", "dfd_vote")
 # --fmad=false: OpenCV's x86 build and NumPy never fuse multiply-add; the headers use explicit
 # round-to-nearest intrinsics as well, this keeps any other expression honest.
 NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
@@ -45,10 +45,12 @@ FUSION_SIDE = 224
 ROWS_PER_IMAGE = 2 * CROP_SIDE + FUSION_SIDE  # blocks of a row-decomposition launch per image
 # threads of a per-pixel launch per image: one per pair of vertically adjacent output pixels
 TASKS_PER_IMAGE = (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE) // 2
-PREPROCESS_DECOMPOSITIONS = ("pixels", "rows")
-# On an H100 "pixels" is faster on 1080x1440 and 480x640 photos, "rows" on 12-MP ones
-# (benchmarks/gpu_preprocess_tuning.md); the runtime uses the one that is faster at the bar's case.
-DEFAULT_DECOMPOSITION = "pixels"
+COLUMN_ROWS = 7  # output rows per block of a column-decomposition launch (kColumnRows)
+COLUMN_BLOCKS_PER_IMAGE = (2 * CROP_SIDE + FUSION_SIDE) // COLUMN_ROWS
+PREPROCESS_DECOMPOSITIONS = ("pixels", "rows", "columns")
+# On an H100 "columns" is the fastest on 1080x1440 and 480x640 photos, "rows" on 12-MP ones
+# (benchmarks/gpu_preprocess_tuning.md); the runtime uses the one that is fastest at the bar's case.
+DEFAULT_DECOMPOSITION = "columns"
 # The per-pixel kernel numbers a batch's tasks in 32 bits (preprocess_task).
 MAX_PREPROCESS_BATCH = (2**32 - 1) // TASKS_PER_IMAGE
 FACE_MARGIN = 1.3
@@ -350,10 +352,11 @@ class CudaKernels:
         from a job table (``make_jobs``) that the caller has copied to the device: the fused
         pipeline keeps it at a fixed address, which a captured CUDA graph needs.
 
-        ``decomposition``: ``"pixels"`` (one thread per two output pixels, what the pipeline uses) or
-        ``"rows"`` (one block per output row, source rows staged in shared memory: faster on 12-MP
-        photos), which benchmarks/gpu_check.py times beside it; both write the same values
-        (preprocess.cuh)."""
+        ``decomposition``: ``"columns"`` (a block per COLUMN_ROWS output rows of a stream, each
+        thread walking one column down them: what the pipeline uses), ``"pixels"`` (one thread per
+        two output pixels) or ``"rows"`` (one block per output row, source rows staged in shared
+        memory: the fastest on 12-MP photos), which benchmarks/gpu_check.py times side by side; all
+        write the same values (preprocess.cuh)."""
         if decomposition not in PREPROCESS_DECOMPOSITIONS:
             raise ValueError(f"decomposition must be one of {PREPROCESS_DECOMPOSITIONS}, not {decomposition!r}")
         if batch > MAX_PREPROCESS_BATCH:
@@ -365,6 +368,8 @@ class CudaKernels:
         dtype = "f16" if half else "f32"
         if decomposition == "rows":
             self._launch(f"dfd_preprocess_rows_{dtype}", batch * ROWS_PER_IMAGE, args, stream)
+        elif decomposition == "columns":
+            self._launch(f"dfd_preprocess_columns_{dtype}", batch * COLUMN_BLOCKS_PER_IMAGE, args, stream)
         else:
             self._launch(f"dfd_preprocess_{dtype}", self._blocks_for(batch * TASKS_PER_IMAGE), args, stream)
 

@@ -101,14 +101,16 @@ def one_thread_per_task(name: str, grid: Grid, block: Grid, tasks: int) -> None:
 
 
 def one_block_per_row(name: str, grid: Grid, block: Grid, rows: int, threads: int) -> None:
-    """The row kernels run output row b on block b of a 1-D grid of exactly that many blocks (a block
+    """The row and column kernels run output row (group) b on block b of a 1-D grid of exactly that
+    many blocks (a block
     past the end would return before its barrier, which is legal, but the launch would be wasteful),
     each of the kernel's block size (its schedule indexes threads up to that size)."""
     assert grid == (rows, 1, 1), f"{name}: a grid of {grid} for {rows} rows"
     assert block == (threads, 1, 1), f"{name}: blocks of {block}, not ({threads}, 1, 1)"
 
 
-def _runtime_kernels(tasks_per_image: int, rows_per_image: int, row_threads: int) -> dict[str, HostKernel]:
+def _runtime_kernels(tasks_per_image: int, rows_per_image: int, row_threads: int,
+                     column_blocks_per_image: int) -> dict[str, HostKernel]:
     def preprocess(name: str, half: bool) -> HostKernel:
         def run(device: HostDevice, stream: int, a: list, grid: Grid, block: Grid) -> None:
             one_thread_per_task(name, grid, block, a[1] * tasks_per_image)
@@ -121,6 +123,12 @@ def _runtime_kernels(tasks_per_image: int, rows_per_image: int, row_threads: int
             device.preprocess(a[0], a[1], tuple(a[2:5]), half, stream, decomposition="rows")
         return (POINTER, INT, POINTER, POINTER, POINTER), run
 
+    def preprocess_columns(name: str, half: bool) -> HostKernel:
+        def run(device: HostDevice, stream: int, a: list, grid: Grid, block: Grid) -> None:
+            one_block_per_row(name, grid, block, a[1] * column_blocks_per_image, row_threads)
+            device.preprocess(a[0], a[1], tuple(a[2:5]), half, stream, decomposition="columns")
+        return (POINTER, INT, POINTER, POINTER, POINTER), run
+
     def vote(device: HostDevice, stream: int, a: list, grid: Grid, block: Grid) -> None:
         one_thread_per_task("dfd_vote", grid, block, a[6])
         device.vote(tuple(a[0:3]), tuple(a[3:6]), a[6], a[7], a[8], a[9], stream)
@@ -129,6 +137,8 @@ def _runtime_kernels(tasks_per_image: int, rows_per_image: int, row_threads: int
             "dfd_preprocess_f16": preprocess("dfd_preprocess_f16", True),
             "dfd_preprocess_rows_f32": preprocess_rows("dfd_preprocess_rows_f32", False),
             "dfd_preprocess_rows_f16": preprocess_rows("dfd_preprocess_rows_f16", True),
+            "dfd_preprocess_columns_f32": preprocess_columns("dfd_preprocess_columns_f32", False),
+            "dfd_preprocess_columns_f16": preprocess_columns("dfd_preprocess_columns_f16", True),
             "dfd_vote": ((POINTER,) * 3 + (DOUBLE,) * 3 + (INT,) + (POINTER,) * 3, vote)}
 
 
@@ -142,7 +152,8 @@ class HostCuda:
         self.device, self.compute_capability, self.name = device, compute_capability, name
         self.real_driver, self.real_runtime = driver, runtime
         self.kernels = _runtime_kernels(int(kernel_host.host_tasks_per_image()), int(kernel_host.host_rows_per_image()),
-                                        int(kernel_host.host_row_threads()))
+                                        int(kernel_host.host_row_threads()),
+                                        int(kernel_host.host_column_blocks_per_image()))
         self.live: dict[str, dict[int, Any]] = {kind: {} for kind in (
             "stream", "event", "graph", "graph_exec", "module", "function", "device_memory", "pinned_memory")}
         self.context_references = 0

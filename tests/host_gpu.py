@@ -49,6 +49,8 @@ def load_kernel_host(directory: Path) -> ctypes.CDLL | None:
     lib.host_vote_kernel.argtypes = [pointer, pointer, pointer, pointer, i, pointer, pointer, pointer]
     lib.host_preprocess_rows.argtypes = [pointer, i, i, pointer, pointer, pointer, pointer]
     lib.host_row_staged.argtypes = [pointer, i, pointer]
+    lib.host_preprocess_columns.argtypes = [pointer, i, i, pointer, pointer, pointer, pointer]
+    lib.host_column_blocks_per_image.restype = ctypes.c_longlong
     lib.host_tasks_per_image.restype = ctypes.c_longlong
     lib.host_rows_per_image.restype = ctypes.c_longlong
     return lib
@@ -174,7 +176,8 @@ class HostDevice:
 
     def preprocess(self, jobs: int, batch: int, outputs: tuple[int, int, int], half: bool, stream: int,
                    decomposition: str = "pixels") -> None:
-        """The fused preprocessing kernel; ``decomposition="rows"`` runs the row-block kernel."""
+        """The fused preprocessing kernel; ``decomposition="rows"`` runs the row-block kernel,
+        ``"columns"`` the column-block kernel."""
         self._check_range(jobs, batch * JOB_DTYPE.itemsize, self.allocations, "job table")
         for address, side in zip(outputs, (CROP_SIDE, CROP_SIDE, FUSION_SIDE)):
             self._check_range(address, batch * 3 * side * side * (2 if half else 4), self.allocations, "stream tensor")
@@ -183,6 +186,9 @@ class HostDevice:
             self.kernel_launches += 1
             if decomposition == "rows":
                 self._kernels.host_preprocess_rows(jobs, batch, int(half), *outputs, self._reverse_threads.ctypes.data)
+            elif decomposition == "columns":
+                self._kernels.host_preprocess_columns(jobs, batch, int(half), *outputs,
+                                                      self._reverse_threads.ctypes.data)
             else:
                 self._kernels.host_preprocess(jobs, batch, int(half), *outputs)
         self._issue(stream, launch)

@@ -1,11 +1,12 @@
 // Fused preprocessing: one launch writes the global, face and fusion tensors of a whole batch.
 //
-// dfd_preprocess_*: thread t runs task t of dfd::preprocess_task (two vertically adjacent output
-// pixels of one stream of one image). dfd_preprocess_rows_*: block b runs output row b of dfd::preprocess_row_block, the
-// decomposition that stages source rows in shared memory: faster on 12-MP photos, slower on smaller
-// ones, on an H100 (benchmarks/gpu_check.py times both; the runtime uses the per-pixel one). The
-// per-pixel math and both work decompositions are in preprocess.cuh, which the test suite also
-// compiles for the host.
+// dfd_preprocess_columns_*: block b runs dfd::preprocess_column_block (dfd::kColumnRows output rows
+// of one stream of one image, each thread walking one column down them), what the runtime uses: the
+// fastest on 1080x1440 and 480x640 photos on an H100. dfd_preprocess_*: thread t runs task t of
+// dfd::preprocess_task (two vertically adjacent output pixels). dfd_preprocess_rows_*: block b runs
+// output row b of dfd::preprocess_row_block, which stages source rows in shared memory: the fastest
+// on 12-MP photos (benchmarks/gpu_check.py times all three). The per-pixel math and the work
+// decompositions are in preprocess.cuh, which the test suite also compiles for the host.
 #include "preprocess.cuh"
 
 namespace {
@@ -65,13 +66,32 @@ __device__ __forceinline__ void run_row_block(const dfd::Job* jobs, int batch, S
     dfd::preprocess_row_block(ex, jobs, (int)blockIdx.x, store);
 }
 
+// preprocess_column_block's executor on the GPU.
+struct ColumnExec {
+    dfd::ColumnPlan* shared_plan;
+    __device__ dfd::ColumnPlan& plan() { return *shared_plan; }
+    __device__ void sync() { __syncthreads(); }
+    template <typename F>
+    __device__ void each(F f) {
+        f((int)threadIdx.x);
+    }
+};
+
+template <typename Store>
+__device__ __forceinline__ void run_column_block(const dfd::Job* jobs, int batch, Store store) {
+    __shared__ dfd::ColumnPlan plan;
+    if ((long long)blockIdx.x >= (long long)batch * dfd::kColumnBlocksPerImage) return;  // uniform per block
+    ColumnExec ex{&plan};
+    dfd::preprocess_column_block(ex, jobs, batch, (int)blockIdx.x, store);
+}
+
 }  // namespace
 
 // Launch bounds: 256-thread blocks (cuda_kernels.CudaKernels.BLOCK), at least 4 resident per SM, so
 // ptxas holds the kernels to 64 registers (72 unbounded: 3 blocks). On an H100 that took a batch of
 // 32 1080x1440 photos from 300 to 260 us when it was introduced. The per-pixel kernels spill 40 bytes
 // (a pair's second cell; 80 registers without spilling, at 3 blocks per SM, measured slower), the
-// row kernels up to 56 bytes in their plan, staging and image-edge paths
+// column kernels 32, the row kernels up to 56 bytes in their plan, staging and image-edge paths
 // (benchmarks/gpu_preprocess_tuning.md).
 #define DFD_PREPROCESS_BOUNDS __launch_bounds__(256, 4)
 
@@ -99,4 +119,17 @@ extern "C" __global__ void DFD_PREPROCESS_BOUNDS
 dfd_preprocess_rows_f16(const dfd::Job* jobs, int batch, unsigned short* global, unsigned short* face,
                         unsigned short* fusion) {
     run_row_block(jobs, batch, TensorStore<unsigned short>{global, face, fusion});
+}
+
+// The column decomposition: batch * dfd::kColumnBlocksPerImage blocks of dfd::kColumnThreads
+// threads; same outputs as dfd_preprocess_f32 / _f16.
+extern "C" __global__ void DFD_PREPROCESS_BOUNDS
+dfd_preprocess_columns_f32(const dfd::Job* jobs, int batch, float* global, float* face, float* fusion) {
+    run_column_block(jobs, batch, TensorStore<float>{global, face, fusion});
+}
+
+extern "C" __global__ void DFD_PREPROCESS_BOUNDS
+dfd_preprocess_columns_f16(const dfd::Job* jobs, int batch, unsigned short* global, unsigned short* face,
+                           unsigned short* fusion) {
+    run_column_block(jobs, batch, TensorStore<unsigned short>{global, face, fusion});
 }

@@ -896,4 +896,113 @@ DFD_HD void preprocess_row_block(Exec& ex, const Job* jobs, int block, Store sto
     });
 }
 
+// ---- the column decomposition -----------------------------------------------------------------
+// Block b of a launch of batch * kColumnBlocksPerImage blocks of kColumnThreads threads computes
+// kColumnRows consecutive output rows of one stream of one image; thread x walks output column x
+// down them. Where the stream is a general area resize, the block's first warp computes the window,
+// the scale factors and the rows' vertical cells once for the block, each thread computes its
+// horizontal cell once for its kColumnRows pixels, and the source row that two consecutive cells
+// share is summed once (carried from one cell to the next). Each sum still adds its rows in
+// ascending order, as OpenCV does, so every pixel equals area_cell_sum of its cell bit for bit.
+// Blocks are numbered heaviest first: every image's fusion groups, then face, then global.
+constexpr int kColumnRows = 7;
+static_assert(kCrop % kColumnRows == 0 && kFusion % kColumnRows == 0, "row groups tile every stream");
+constexpr int kCropGroups = kCrop / kColumnRows;
+constexpr int kFusionGroups = kFusion / kColumnRows;
+constexpr int kColumnBlocksPerImage = 2 * kCropGroups + kFusionGroups;
+constexpr int kColumnThreads = 256;  // >= the widest output row (252)
+
+// A block's output rows: y0 .. y0 + kColumnRows - 1 of one stream of one image.
+struct ColumnGroup {
+    int image, stream, y0;
+};
+DFD_HD ColumnGroup column_group(int block, int batch) {
+    ColumnGroup g;
+    int r = block;
+    if (r < batch * kFusionGroups) {
+        g.stream = kFusionStream;
+        g.image = r / kFusionGroups;
+        g.y0 = (r - g.image * kFusionGroups) * kColumnRows;
+        return g;
+    }
+    r -= batch * kFusionGroups;
+    g.stream = kFace;
+    if (r >= batch * kCropGroups) {
+        r -= batch * kCropGroups;
+        g.stream = kGlobal;
+    }
+    g.image = r / kCropGroups;
+    g.y0 = (r - g.image * kCropGroups) * kColumnRows;
+    return g;
+}
+
+// What a block's threads share, computed by its first warp.
+struct ColumnPlan {
+    bool general;  // general_area: the walk below; otherwise stream_pixel per pixel
+    Window src;
+    Scale scale;
+    int offset;
+    AreaCell cy[kColumnRows];  // the vertical cells of the block's output rows
+};
+
+// The block's work. Exec provides plan() (the shared ColumnPlan), sync() (block barrier) and each(f)
+// (f(x) on every thread x; between barriers the threads may run in any order).
+template <typename Exec, typename Store>
+DFD_HD void preprocess_column_block(Exec& ex, const Job* jobs, int batch, int block, Store store) {
+    const ColumnGroup g = column_group(block, batch);
+    const Job& job = jobs[g.image];
+    ColumnPlan& plan = ex.plan();
+    ex.each([&](int x) {
+        if (x >= kColumnRows) return;
+        Window src;
+        Scale s;
+        int offset;
+        const bool general = general_area(job, g.stream, &src, &s, &offset);
+        if (general) plan.cy[x] = area_cell(g.y0 + x + offset, src.height, s.y);
+        if (x == 0) {
+            plan.general = general;
+            plan.src = src;
+            plan.scale = s;
+            plan.offset = offset;
+        }
+    });
+    ex.sync();
+    const int side = stream_side(g.stream);
+    ex.each([&](int x) {
+        if (x >= side) return;
+        float v[3];
+        if (!plan.general) {
+            for (int k = 0; k < kColumnRows; ++k) {
+                stream_pixel(job, g.stream, x, g.y0 + k, v);
+                store_pixel(g.image, g.stream, x, g.y0 + k, v, store);
+            }
+            return;
+        }
+        const Window src = plan.src;
+        const AreaCell cx = area_cell(x + plan.offset, src.width, plan.scale.x);
+        float carry[3] = {0.f, 0.f, 0.f};  // the sums of window row carry_row
+        int carry_row = -1;
+        for (int k = 0; k < kColumnRows; ++k) {
+            const AreaCell cy = plan.cy[k];
+            int begin = cell_begin(cy);
+            const int end = cell_end(cy);
+            float sum[3] = {0.f, 0.f, 0.f};
+            if (begin == carry_row && begin < end) {
+                area_accumulate(sum, carry, cell_weight(cy, begin));
+                ++begin;
+            }
+            if (begin < end) {
+                area_walk(src, cx, begin, end, [&](int sy, const float* buf) {
+                    area_accumulate(sum, buf, cell_weight(cy, sy));
+                    if (sy == end - 1)
+                        for (int c = 0; c < 3; ++c) carry[c] = buf[c];
+                });
+                carry_row = end - 1;
+            }
+            for (int c = 0; c < 3; ++c) v[c] = normalised_area_sum(sum[c], c);
+            store_pixel(g.image, g.stream, x, g.y0 + k, v, store);
+        }
+    });
+}
+
 }  // namespace dfd

@@ -114,8 +114,9 @@ def test_a_failing_section_is_reported_and_the_others_still_run(gpu_check):
 
 
 def test_parity_and_throughput_sections_run_on_an_emulated_gpu(gpu_check, emulated_gpu, monkeypatch):
-    """Both decompositions through the sections a loan runs first: parity passes on sizes that take
-    every path (and fails when the row kernel writes something else), throughput reports both."""
+    """Every decomposition through the sections a loan runs first: parity passes on sizes that take
+    every path (and fails when the row or column kernel writes something else), throughput reports
+    each."""
     torch = pytest.importorskip("torch")
     shim = TorchOnTheEmulatedGpu(torch, emulated_gpu, monkeypatch)
     kernels = gpu_check.cuda_kernels.CudaKernels(0)
@@ -123,26 +124,31 @@ def test_parity_and_throughput_sections_run_on_an_emulated_gpu(gpu_check, emulat
     cases = [(1, 1), (90, 60), (224, 224), (448, 448), (300, 5000), (700, 1000), (230, 229)]
     report = gpu_check.gpu_parity(shim, kernels, rng, cases)
     assert gpu_check.section_passed(report), report
-    assert report["rows"]["exact_streams"] + report["rows"]["cubic_streams"] == 3 * len(cases)
-    assert report["rows"]["max_abs_diff_exact"] == 0.0 and report["rows_differing_from_pixels"] == 0
+    for decomposition in ("pixels", "rows", "columns"):
+        assert report[decomposition]["exact_streams"] + report[decomposition]["cubic_streams"] == 3 * len(cases)
+        assert report[decomposition]["max_abs_diff_exact"] == 0.0
+    assert report["tensors_differing_from_pixels"] == {"rows": 0, "columns": 0}
 
     throughput = gpu_check.gpu_throughput(shim, kernels, cases=((2, 300, 400),), rounds=1, repeat=1,
                                           copy_bytes=1 << 16)
     case = throughput["2x300x400"]
-    assert throughput["runtime_uses"] == "pixels" and "ok" in case
-    for decomposition in ("pixels", "rows"):
+    assert throughput["runtime_uses"] == "columns" and "ok" in case
+    for decomposition in ("pixels", "rows", "columns"):
         assert case[decomposition]["fp32"]["seconds_per_batch"] > 0
         assert case[decomposition]["fp16"]["fraction_of_copy_bandwidth"] > 0
 
-    # the parity check can fail: a row kernel that skips its last output row
-    emulated = emulated_gpu.kernels["dfd_preprocess_rows_f32"][1]
+    # the parity check can fail: a row or column kernel that skips its last output row
+    for decomposition in ("rows", "columns"):
+        name = f"dfd_preprocess_{decomposition}_f32"
+        emulated = emulated_gpu.kernels[name]
 
-    def short_of_a_row(device, stream, args, grid, block):
-        emulated(device, stream, args, grid, block)
-        fusion = device.device_bytes(args[4], args[1] * 3 * 224 * 224 * 4, "fusion").view(np.float32)
-        device._issue(stream, lambda: fusion.reshape(args[1], 3, 224, 224)[:, :, -1].fill(np.nan))
-    monkeypatch.setitem(emulated_gpu.kernels, "dfd_preprocess_rows_f32",
-                        (emulated_gpu.kernels["dfd_preprocess_rows_f32"][0], short_of_a_row))
-    report = gpu_check.gpu_parity(shim, kernels, rng, [(300, 400)])
-    assert report["rows"]["max_abs_diff_exact"] == float("inf") and not gpu_check.section_passed(report)
+        def short_of_a_row(device, stream, args, grid, block, run=emulated[1]):
+            run(device, stream, args, grid, block)
+            fusion = device.device_bytes(args[4], args[1] * 3 * 224 * 224 * 4, "fusion").view(np.float32)
+            device._issue(stream, lambda: fusion.reshape(args[1], 3, 224, 224)[:, :, -1].fill(np.nan))
+        monkeypatch.setitem(emulated_gpu.kernels, name, (emulated[0], short_of_a_row))
+        report = gpu_check.gpu_parity(shim, kernels, rng, [(300, 400)])
+        assert report[decomposition]["max_abs_diff_exact"] == float("inf") and not gpu_check.section_passed(report)
+        assert report["tensors_differing_from_pixels"][decomposition] == 1
+        monkeypatch.setitem(emulated_gpu.kernels, name, emulated)
     kernels.close()

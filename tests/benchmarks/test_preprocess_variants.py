@@ -45,6 +45,15 @@ def test_variant_specs(variants, tmp_path):
     assert variants.parse_case("32x1080x1440") == (32, 1080, 1440)
     with pytest.raises(argparse.ArgumentTypeError):
         variants.parse_case("32x1080")
+    assert variants.parse_cases("1x2x3,4x5x6") == [(1, 2, 3), (4, 5, 6)]
+
+
+def test_variants_may_follow_the_cases(variants, monkeypatch):
+    """--cases takes one argument, so a variant after it is not read as a case (argparse would exit
+    with a usage error instead of reaching main's torch import)."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # main stops at its torch import, after parsing
+    with pytest.raises(ImportError):
+        variants.main(["--cases", "1x300x400,2x30x40", f"a={KERNELS}:columns"])
 
 
 def test_duplicate_names_are_refused(variants, capsys):

@@ -159,11 +159,11 @@ def test_the_emulation_refuses_what_a_gpu_would(kernel_host, kernel_cache, monke
     kernels.close()
 
 
-def test_both_preprocessing_decompositions_launch_and_agree(kernel_host, kernel_cache, monkeypatch):
-    """CudaKernels.preprocess launches the per-pixel kernel (one thread per task) and the row
-    kernel (one block per output row) with the geometry and arguments each one's CUBIN declares,
-    and both write the same tensors; an unknown decomposition, or a batch too large to number in
-    32 bits, is refused before any launch."""
+def test_every_preprocessing_decomposition_launches_and_agrees(kernel_host, kernel_cache, monkeypatch):
+    """CudaKernels.preprocess launches the per-pixel kernel (one thread per task), the row kernel
+    (one block per output row) and the column kernel (one block per group of output rows) with the
+    geometry and arguments each one's CUBIN declares, and all three write the same tensors; an
+    unknown decomposition, or a batch too large to number in 32 bits, is refused before any launch."""
     gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
     driver = gpu.driver
     kernels = cuda_kernels.CudaKernels(0)
@@ -192,12 +192,12 @@ def test_both_preprocessing_decompositions_launch_and_agree(kernel_host, kernel_
             for address in outputs:
                 driver.cuMemFree(address)
     for half in (False, True):
-        assert results["rows", half] == results["pixels", half]
+        assert results["rows", half] == results["pixels", half] == results["columns", half]
     with pytest.raises(ValueError, match="decomposition must be one of"):
         kernels.preprocess(int(jobs_address), 2, (0, 0, 0), decomposition="tiles")
     with pytest.raises(ValueError, match="at most 48480 images"):  # 32-bit task numbers, 88,592 tasks an image
         kernels.preprocess(int(jobs_address), cuda_kernels.MAX_PREPROCESS_BATCH + 1, (0, 0, 0))
-    assert gpu.calls["cuLaunchKernel"] == 4
+    assert gpu.calls["cuLaunchKernel"] == 6
     kernels.close()
     for address in addresses + [int(jobs_address)]:
         driver.cuMemFree(address)

@@ -394,6 +394,55 @@ def test_row_decomposition_writes_what_the_pixel_decomposition_writes(host):
             np.testing.assert_array_equal(got[i], want)
 
 
+def _run_columns(host, jobs: np.ndarray, half: bool, order: np.ndarray) -> list[np.ndarray]:
+    """The column kernel's blocks on the host, each block's threads in `order` around its barrier."""
+    dtype = np.float16 if half else np.float32
+    outs = [np.full((len(jobs), 3, side, side), np.nan, dtype) for side in (252, 252, 224)]
+    order = np.ascontiguousarray(order, np.int32)
+    assert sorted(order) == list(range(host.host_row_threads()))
+    host.host_preprocess_columns(jobs.ctypes.data, len(jobs), int(half), *[o.ctypes.data for o in outs],
+                                 order.ctypes.data)
+    return outs
+
+
+def test_column_decomposition_writes_what_the_pixel_decomposition_writes(host):
+    """dfd_preprocess_columns (a block per kColumnRows output rows, each thread walking a column
+    down them and carrying the source row two cells share) against dfd_preprocess (itself checked
+    against OpenCV above): the same bits in fp32 and fp16 for every path of ROW_CASES plus a photo
+    whose scale leaves some source rows in no cell (OpenCV drops them) and cells one row high, at 16
+    row alignments, in two thread orders; and the reference itself for two images."""
+    assert host.host_column_blocks_per_image() == cuda_kernels.COLUMN_BLOCKS_PER_IMAGE
+    rng = np.random.default_rng(31)
+    cases = ROW_CASES + [(1080, 1440, (432.0, 216.0, 1008.0, 864.0), None),  # the bar's photo and box
+                         (97, 3001, (5.0, 5.0, 90.0, 90.0), None),  # fusion: upscaled rows, area columns
+                         (257, 300, (0.0, 0.0, 300.0, 257.0), None),  # cells of one row and a tail
+                         (1000, 1339, (-5.0, 700.0, 400.0, 1003.0), None)]  # window past the corner
+    images, boxes, faces = [], [], []
+    for i, (h, w, box, face) in enumerate(cases):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        images.append(_at_address_phase(img, phase=i % 16, pitch=3 * w + i % 5))
+        boxes.append(box)
+        faces.append(None if face is None else rng.integers(0, 256, (*face, 3), dtype=np.uint8))
+    for order in ("RGB", "BGR"):
+        jobs = cuda_kernels.make_jobs([_image_args(img) for img in images], boxes,
+                                      face_images=[None if f is None else _image_args(f) for f in faces],
+                                      channel_order=order)
+        for half in (False, True):
+            pixels = _run_fused(host, jobs, half)
+            for thread_order in (np.arange(256), rng.permutation(256)):
+                columns = _run_columns(host, jobs, half, thread_order)
+                for name, got, want in zip(("global", "face", "fusion"), columns, pixels):
+                    np.testing.assert_array_equal(got, want, err_msg=f"{order} half={half} {name}")
+    columns = _run_columns(host, jobs, False, np.arange(256))  # the last jobs were BGR
+    for i in (0, 1):
+        rgb = np.ascontiguousarray(images[i][:, :, ::-1])
+        expected = (preprocess.preprocess_global(rgb).tensor,
+                    preprocess.preprocess_face(preprocess.crop_face(rgb, boxes[i])).tensor,
+                    preprocess.preprocess_fusion(rgb).tensor)
+        for got, want in zip(columns, expected):
+            np.testing.assert_array_equal(got[i], want)
+
+
 def test_face_image_of_its_own_needs_a_valid_geometry():
     with pytest.raises(ValueError, match="face image 0"):
         cuda_kernels.make_jobs([(1, 30, 10, 10)], [None], face_images=[(2, 10, 10, 10)])

@@ -5,6 +5,7 @@
 #include "vote.cuh"
 
 #include <cstddef>
+#include <cstring>
 #include <memory>
 
 namespace {
@@ -26,6 +27,20 @@ struct HostBlockExec {
     template <typename F>
     void each(F f) {
         for (int i = 0; i < dfd::kRowThreads; ++i) f(order[i], threads[order[i]]);
+    }
+};
+
+// preprocess_column_block's executor on the host: the block's threads in the order given (a
+// permutation of 0..kColumnThreads-1) on each side of its barrier.
+static_assert(dfd::kColumnThreads == dfd::kRowThreads, "one thread order serves both block kernels");
+struct HostColumnExec {
+    const int* order;
+    dfd::ColumnPlan shared_plan;
+    dfd::ColumnPlan& plan() { return shared_plan; }
+    void sync() {}
+    template <typename F>
+    void each(F f) {
+        for (int i = 0; i < dfd::kColumnThreads; ++i) f(order[i]);
     }
 };
 
@@ -134,6 +149,21 @@ void host_row_staged(const dfd::Job* jobs, int batch, int* out) {
 // Row blocks a dfd_preprocess_rows launch needs per image, and the threads of each.
 long long host_rows_per_image() { return dfd::kRowsPerImage; }
 int host_row_threads() { return dfd::kRowThreads; }
+
+// What dfd_preprocess_columns_f32 / _f16 do on the host: the blocks in order, each block's threads
+// in `thread_order` (kColumnThreads indices), its shared plan poisoned first.
+void host_preprocess_columns(const dfd::Job* jobs, int batch, int half, void* global, void* face, void* fusion,
+                             const int* thread_order) {
+    const HostStore store{{global, face, fusion}, half != 0};
+    HostColumnExec ex{thread_order, {}};
+    for (int b = 0; b < batch * dfd::kColumnBlocksPerImage; ++b) {
+        std::memset(static_cast<void*>(&ex.shared_plan), 0xA5, sizeof ex.shared_plan);
+        dfd::preprocess_column_block(ex, jobs, batch, b, store);
+    }
+}
+
+// Column blocks a dfd_preprocess_columns launch needs per image.
+long long host_column_blocks_per_image() { return dfd::kColumnBlocksPerImage; }
 
 // What dfd_vote does on the host, image by image.
 void host_vote_kernel(const float* logits_global, const float* logits_face, const float* logits_fusion,
