@@ -354,18 +354,36 @@ ROW_CASES = [
 ]
 
 
+def _block_cases(rng, cases) -> tuple[list, list, list]:
+    """Random images, face boxes and face images of `cases`, image i at address phase 5i mod 16
+    with rows padded by i mod 7 bytes: the block kernels must handle every alignment of a row."""
+    images, boxes, faces = [], [], []
+    for i, (h, w, box, face) in enumerate(cases):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        images.append(_at_address_phase(img, phase=(5 * i) % 16, pitch=3 * w + i % 7))
+        boxes.append(box)
+        faces.append(None if face is None else rng.integers(0, 256, (*face, 3), dtype=np.uint8))
+    return images, boxes, faces
+
+
+def _assert_bgr_reference(outs: list[np.ndarray], images: list, boxes: list, indices) -> None:
+    """Images `indices` of a BGR batch's outputs equal runtime/preprocess.py itself."""
+    for i in indices:
+        rgb = np.ascontiguousarray(images[i][:, :, ::-1])
+        expected = (preprocess.preprocess_global(rgb).tensor,
+                    preprocess.preprocess_face(preprocess.crop_face(rgb, boxes[i])).tensor,
+                    preprocess.preprocess_fusion(rgb).tensor)
+        for got, want in zip(outs, expected):
+            np.testing.assert_array_equal(got[i], want)
+
+
 def test_row_decomposition_writes_what_the_pixel_decomposition_writes(host):
     """dfd_preprocess_rows (one block per output row, source rows staged in shared memory) against
     dfd_preprocess (one thread per pixel, itself checked against OpenCV above): the same bits in
     fp32 and fp16 for every path, at 12 row alignments, in two thread orders, and the reference for
     two images."""
     rng = np.random.default_rng(29)
-    images, boxes, faces = [], [], []
-    for i, (h, w, box, face) in enumerate(ROW_CASES):
-        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        images.append(_at_address_phase(img, phase=(5 * i) % 16, pitch=3 * w + i % 7))
-        boxes.append(box)
-        faces.append(None if face is None else rng.integers(0, 256, (*face, 3), dtype=np.uint8))
+    images, boxes, faces = _block_cases(rng, ROW_CASES)
     for order in ("RGB", "BGR"):
         jobs = cuda_kernels.make_jobs([_image_args(img) for img in images], boxes,
                                       face_images=[None if f is None else _image_args(f) for f in faces],
@@ -384,14 +402,8 @@ def test_row_decomposition_writes_what_the_pixel_decomposition_writes(host):
                 for name, got, want in zip(("global", "face", "fusion"), _run_rows(host, jobs, half, thread_order),
                                            pixels):
                     np.testing.assert_array_equal(got, want, err_msg=f"{order} half={half} {name}")
-    rows = _run_rows(host, jobs)  # the last jobs were BGR
-    for i in (0, 1):  # staged fusion and face, the window leaving the image: the reference itself
-        rgb = np.ascontiguousarray(images[i][:, :, ::-1])
-        expected = (preprocess.preprocess_global(rgb).tensor,
-                    preprocess.preprocess_face(preprocess.crop_face(rgb, boxes[i])).tensor,
-                    preprocess.preprocess_fusion(rgb).tensor)
-        for got, want in zip(rows, expected):
-            np.testing.assert_array_equal(got[i], want)
+    # the last jobs were BGR; staged fusion and face, the window leaving the image: the reference
+    _assert_bgr_reference(_run_rows(host, jobs), images, boxes, (0, 1))
 
 
 def _run_columns(host, jobs: np.ndarray, half: bool, order: np.ndarray) -> list[np.ndarray]:
@@ -408,21 +420,17 @@ def _run_columns(host, jobs: np.ndarray, half: bool, order: np.ndarray) -> list[
 def test_column_decomposition_writes_what_the_pixel_decomposition_writes(host):
     """dfd_preprocess_columns (a block per kColumnRows output rows, each thread walking a column
     down them and carrying the source row two cells share) against dfd_preprocess (itself checked
-    against OpenCV above): the same bits in fp32 and fp16 for every path of ROW_CASES plus a photo
-    whose scale leaves some source rows in no cell (OpenCV drops them) and cells one row high, at 16
-    row alignments, in two thread orders; and the reference itself for two images."""
+    against OpenCV above): the same bits in fp32 and fp16 for every path of ROW_CASES, the bar's
+    photo and face box, a 97x3001 photo (upscaled rows), scales just over 1 and a window past the
+    image's corner, at all 16 row alignments, in two thread orders; and the reference itself for
+    three images."""
     assert host.host_column_blocks_per_image() == cuda_kernels.COLUMN_BLOCKS_PER_IMAGE
     rng = np.random.default_rng(31)
     cases = ROW_CASES + [(1080, 1440, (432.0, 216.0, 1008.0, 864.0), None),  # the bar's photo and box
                          (97, 3001, (5.0, 5.0, 90.0, 90.0), None),  # fusion: upscaled rows, area columns
                          (257, 300, (0.0, 0.0, 300.0, 257.0), None),  # cells of one row and a tail
                          (1000, 1339, (-5.0, 700.0, 400.0, 1003.0), None)]  # window past the corner
-    images, boxes, faces = [], [], []
-    for i, (h, w, box, face) in enumerate(cases):
-        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        images.append(_at_address_phase(img, phase=i % 16, pitch=3 * w + i % 5))
-        boxes.append(box)
-        faces.append(None if face is None else rng.integers(0, 256, (*face, 3), dtype=np.uint8))
+    images, boxes, faces = _block_cases(rng, cases)
     for order in ("RGB", "BGR"):
         jobs = cuda_kernels.make_jobs([_image_args(img) for img in images], boxes,
                                       face_images=[None if f is None else _image_args(f) for f in faces],
@@ -433,14 +441,7 @@ def test_column_decomposition_writes_what_the_pixel_decomposition_writes(host):
                 columns = _run_columns(host, jobs, half, thread_order)
                 for name, got, want in zip(("global", "face", "fusion"), columns, pixels):
                     np.testing.assert_array_equal(got, want, err_msg=f"{order} half={half} {name}")
-    columns = _run_columns(host, jobs, False, np.arange(256))  # the last jobs were BGR
-    for i in (0, 1):
-        rgb = np.ascontiguousarray(images[i][:, :, ::-1])
-        expected = (preprocess.preprocess_global(rgb).tensor,
-                    preprocess.preprocess_face(preprocess.crop_face(rgb, boxes[i])).tensor,
-                    preprocess.preprocess_fusion(rgb).tensor)
-        for got, want in zip(columns, expected):
-            np.testing.assert_array_equal(got[i], want)
+    _assert_bgr_reference(_run_columns(host, jobs, False, np.arange(256)), images, boxes, (0, 1, 12))
 
 
 def test_face_image_of_its_own_needs_a_valid_geometry():
