@@ -95,41 +95,24 @@ __device__ __forceinline__ void run_column_block(const dfd::Job* jobs, int batch
 // (benchmarks/gpu_preprocess_tuning.md).
 #define DFD_PREPROCESS_BOUNDS __launch_bounds__(256, 4)
 
-// Outputs: global and face [N,3,252,252], fusion [N,3,224,224], float32.
-extern "C" __global__ void DFD_PREPROCESS_BOUNDS
-dfd_preprocess_f32(const dfd::Job* jobs, int batch, float* global, float* face, float* fusion) {
-    run_task(jobs, batch, TensorStore<float>{global, face, fusion});
-}
+// One decomposition's two kernels: NAME_f32 writes global and face [N,3,252,252] and fusion
+// [N,3,224,224] in float32, NAME_f16 the same in IEEE half precision (bits, rounded to nearest
+// even); RUN(jobs, batch, store) is the decomposition's block or thread body.
+#define DFD_PREPROCESS_KERNELS(NAME, RUN)                                                                   \
+    extern "C" __global__ void DFD_PREPROCESS_BOUNDS NAME##_f32(const dfd::Job* jobs, int batch, float* global, \
+                                                                float* face, float* fusion) {                \
+        RUN(jobs, batch, TensorStore<float>{global, face, fusion});                                         \
+    }                                                                                                       \
+    extern "C" __global__ void DFD_PREPROCESS_BOUNDS NAME##_f16(                                            \
+        const dfd::Job* jobs, int batch, unsigned short* global, unsigned short* face, unsigned short* fusion) { \
+        RUN(jobs, batch, TensorStore<unsigned short>{global, face, fusion});                                \
+    }
 
-// Same outputs in IEEE half precision (bits), rounded to nearest even.
-extern "C" __global__ void DFD_PREPROCESS_BOUNDS
-dfd_preprocess_f16(const dfd::Job* jobs, int batch, unsigned short* global, unsigned short* face,
-                   unsigned short* fusion) {
-    run_task(jobs, batch, TensorStore<unsigned short>{global, face, fusion});
-}
+// The pair decomposition: one thread per task of dfd::preprocess_task, in 256-thread blocks.
+DFD_PREPROCESS_KERNELS(dfd_preprocess, run_task)
 
-// The row decomposition: batch * dfd::kRowsPerImage blocks of dfd::kRowThreads threads; same
-// outputs as dfd_preprocess_f32 / _f16.
-extern "C" __global__ void DFD_PREPROCESS_BOUNDS
-dfd_preprocess_rows_f32(const dfd::Job* jobs, int batch, float* global, float* face, float* fusion) {
-    run_row_block(jobs, batch, TensorStore<float>{global, face, fusion});
-}
+// The row decomposition: batch * dfd::kRowsPerImage blocks of dfd::kRowThreads threads.
+DFD_PREPROCESS_KERNELS(dfd_preprocess_rows, run_row_block)
 
-extern "C" __global__ void DFD_PREPROCESS_BOUNDS
-dfd_preprocess_rows_f16(const dfd::Job* jobs, int batch, unsigned short* global, unsigned short* face,
-                        unsigned short* fusion) {
-    run_row_block(jobs, batch, TensorStore<unsigned short>{global, face, fusion});
-}
-
-// The column decomposition: batch * dfd::kColumnBlocksPerImage blocks of dfd::kColumnThreads
-// threads; same outputs as dfd_preprocess_f32 / _f16.
-extern "C" __global__ void DFD_PREPROCESS_BOUNDS
-dfd_preprocess_columns_f32(const dfd::Job* jobs, int batch, float* global, float* face, float* fusion) {
-    run_column_block(jobs, batch, TensorStore<float>{global, face, fusion});
-}
-
-extern "C" __global__ void DFD_PREPROCESS_BOUNDS
-dfd_preprocess_columns_f16(const dfd::Job* jobs, int batch, unsigned short* global, unsigned short* face,
-                           unsigned short* fusion) {
-    run_column_block(jobs, batch, TensorStore<unsigned short>{global, face, fusion});
-}
+// The column decomposition: batch * dfd::kColumnBlocksPerImage blocks of dfd::kColumnThreads threads.
+DFD_PREPROCESS_KERNELS(dfd_preprocess_columns, run_column_block)

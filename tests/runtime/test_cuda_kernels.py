@@ -309,15 +309,16 @@ def test_fused_kernel_writes_every_stream_of_a_batch(host):
         np.testing.assert_array_equal(got, full.astype(np.float16))
 
 
-def _run_rows(host, jobs: np.ndarray, half: bool = False, order=None) -> list[np.ndarray]:
-    """The row kernel's blocks on the host, each block's threads in `order` between barriers."""
+def _run_blocks(host, decomposition: str, jobs: np.ndarray, half: bool = False, order=None) -> list[np.ndarray]:
+    """The row or column kernel's blocks on the host (host_preprocess_rows / _columns), each
+    block's threads in `order` (default ascending) on each side of its barriers."""
     dtype = np.float16 if half else np.float32
     outs = [np.full((len(jobs), 3, side, side), np.nan, dtype) for side in (252, 252, 224)]
-    threads = host.host_row_threads()
+    threads = host.host_row_threads()  # kRowThreads, which kColumnThreads equals
     order = np.arange(threads, dtype=np.int32) if order is None else np.ascontiguousarray(order, np.int32)
     assert sorted(order) == list(range(threads))
-    host.host_preprocess_rows(jobs.ctypes.data, len(jobs), int(half), *[o.ctypes.data for o in outs],
-                              order.ctypes.data)
+    kernel = getattr(host, f"host_preprocess_{decomposition}")
+    kernel(jobs.ctypes.data, len(jobs), int(half), *[o.ctypes.data for o in outs], order.ctypes.data)
     return outs
 
 
@@ -366,6 +367,17 @@ def _block_cases(rng, cases) -> tuple[list, list, list]:
     return images, boxes, faces
 
 
+def _assert_blocks_match_pixels(host, decomposition: str, jobs: np.ndarray, rng, label: str) -> None:
+    """The row or column kernel writes the per-pixel kernel's bits, in fp32 and fp16, with its
+    threads in ascending and in a random order."""
+    for half in (False, True):
+        pixels = _run_fused(host, jobs, half)
+        for thread_order in (None, rng.permutation(host.host_row_threads())):
+            blocks = _run_blocks(host, decomposition, jobs, half, thread_order)
+            for name, got, want in zip(("global", "face", "fusion"), blocks, pixels):
+                np.testing.assert_array_equal(got, want, err_msg=f"{label} half={half} {name}")
+
+
 def _assert_bgr_reference(outs: list[np.ndarray], images: list, boxes: list, indices) -> None:
     """Images `indices` of a BGR batch's outputs equal runtime/preprocess.py itself."""
     for i in indices:
@@ -396,25 +408,9 @@ def test_row_decomposition_writes_what_the_pixel_decomposition_writes(host):
         assert [(int(r[:252].sum()), int(r[252:504].sum()), int(r[504:].sum())) for r in staged] == [
             (0, 252, 224), (0, 252, 224), (0, 252, 224), (0, 252, 224), (0, 252, 0), (0, 252, 224), (0, 0, 224),
             (0, 252, 0), (0, 0, 0), (0, 0, 0), (0, 0, 224), (0, 0, 0)]
-        for half in (False, True):
-            pixels = _run_fused(host, jobs, half)
-            for thread_order in (None, rng.permutation(host.host_row_threads())):
-                for name, got, want in zip(("global", "face", "fusion"), _run_rows(host, jobs, half, thread_order),
-                                           pixels):
-                    np.testing.assert_array_equal(got, want, err_msg=f"{order} half={half} {name}")
+        _assert_blocks_match_pixels(host, "rows", jobs, rng, order)
     # the last jobs were BGR; staged fusion and face, the window leaving the image: the reference
-    _assert_bgr_reference(_run_rows(host, jobs), images, boxes, (0, 1))
-
-
-def _run_columns(host, jobs: np.ndarray, half: bool, order: np.ndarray) -> list[np.ndarray]:
-    """The column kernel's blocks on the host, each block's threads in `order` around its barrier."""
-    dtype = np.float16 if half else np.float32
-    outs = [np.full((len(jobs), 3, side, side), np.nan, dtype) for side in (252, 252, 224)]
-    order = np.ascontiguousarray(order, np.int32)
-    assert sorted(order) == list(range(host.host_row_threads()))
-    host.host_preprocess_columns(jobs.ctypes.data, len(jobs), int(half), *[o.ctypes.data for o in outs],
-                                 order.ctypes.data)
-    return outs
+    _assert_bgr_reference(_run_blocks(host, "rows", jobs), images, boxes, (0, 1))
 
 
 def test_column_decomposition_writes_what_the_pixel_decomposition_writes(host):
@@ -435,13 +431,8 @@ def test_column_decomposition_writes_what_the_pixel_decomposition_writes(host):
         jobs = cuda_kernels.make_jobs([_image_args(img) for img in images], boxes,
                                       face_images=[None if f is None else _image_args(f) for f in faces],
                                       channel_order=order)
-        for half in (False, True):
-            pixels = _run_fused(host, jobs, half)
-            for thread_order in (np.arange(256), rng.permutation(256)):
-                columns = _run_columns(host, jobs, half, thread_order)
-                for name, got, want in zip(("global", "face", "fusion"), columns, pixels):
-                    np.testing.assert_array_equal(got, want, err_msg=f"{order} half={half} {name}")
-    _assert_bgr_reference(_run_columns(host, jobs, False, np.arange(256)), images, boxes, (0, 1, 12))
+        _assert_blocks_match_pixels(host, "columns", jobs, rng, order)
+    _assert_bgr_reference(_run_blocks(host, "columns", jobs), images, boxes, (0, 1, 12))
 
 
 def test_face_image_of_its_own_needs_a_valid_geometry():
