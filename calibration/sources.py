@@ -43,12 +43,14 @@ class ImageSourceError(DfdError, ValueError):
 
 @dataclass(frozen=True)
 class FolderImages:
-    """What a folder holds for the tools: its image files, and the visible files left out because
-    their names do not end in an image suffix (reported, so a folder's .gif or .heic files are not
-    dropped without a word)."""
+    """What a folder holds for the tools: its image files, the visible files left out because their
+    names do not end in an image suffix, and, when not searched recursively, the visible
+    sub-folders not looked into (both reported, so a folder's .gif or .heic files, or a photo
+    shoot sorted into sub-folders, are not dropped without a word)."""
 
     images: list[Path]
     other_files: list[Path]
+    sub_folders: list[Path]
 
 
 def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
@@ -65,11 +67,12 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
     if not folder.is_dir():
         raise ImageSourceError(f"{folder} is not a folder")
     candidates = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(
-        (path for path in candidates
-         if not path.is_dir() and not any(part.startswith(".") for part in path.relative_to(folder).parts)),
+    visible = sorted(
+        (path for path in candidates if not any(part.startswith(".") for part in path.relative_to(folder).parts)),
         key=lambda path: path.relative_to(folder).as_posix(),
     )
+    files = [path for path in visible if not path.is_dir()]
+    sub_folders = [] if recursive else [path for path in visible if path.is_dir()]
     images = [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
     other_files = [path for path in files if path.suffix.lower() not in IMAGE_EXTENSIONS]
     if not images:
@@ -78,7 +81,7 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
         raise ImageSourceError(
             f"no images {where} {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){held}"
         )
-    return FolderImages(images, other_files)
+    return FolderImages(images, other_files, sub_folders)
 
 
 def list_images(folder: Path, *, recursive: bool = True) -> list[Path]:

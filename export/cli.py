@@ -350,6 +350,10 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
             names = [p.relative_to(path).as_posix() for p in found.other_files]
             click.secho(f"WARNING: left out {len(names)} file(s) in {given} whose names do not end in an image "
                         f"suffix: {first_few(names)} (give a file by name to try it anyway)", fg="yellow", err=True)
+        if found.sub_folders:
+            names = [p.name for p in found.sub_folders]
+            click.secho(f"WARNING: did not look in {len(names)} sub-folder(s) of {given}: {first_few(names)} "
+                        "(use --recursive to include their images)", fg="yellow", err=True)
     return images, problems
 
 

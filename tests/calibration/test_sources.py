@@ -54,6 +54,13 @@ def test_scan_names_the_visible_files_it_leaves_out(folder):
     assert [path.name for path in scan_image_folder(folder, recursive=False).other_files] == ["notes.txt"]
 
 
+def test_flat_scan_names_the_sub_folders_it_does_not_enter(folder):
+    """Hidden folders stay out of it, and a recursive scan enters every visible one."""
+    (folder / "empty").mkdir()
+    assert [path.name for path in scan_image_folder(folder, recursive=False).sub_folders] == ["empty", "sub"]
+    assert scan_image_folder(folder).sub_folders == []
+
+
 def test_scan_lists_entries_that_cannot_be_read_so_they_are_reported(folder):
     """A broken link or a named pipe with an image name is listed (its read fails with a message
     naming it); a linked folder is neither listed nor followed."""

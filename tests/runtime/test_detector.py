@@ -417,10 +417,12 @@ def test_detect_output_as_face_boxes_reproduces_the_run(tiny_engine_set, photogr
         cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(photographs[name], cv2.COLOR_RGB2BGR))
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     (folder / "readme.txt").write_text("left out of the folder's images, with a warning")
+    (folder / "rejected").mkdir()  # not searched without --recursive, with a warning
     runner = CliRunner()
     first = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--format", fmt])
     assert first.exit_code == 2, first.output  # broken.png fails, the others are scored
     assert f"left out 1 file(s) in {folder} whose names do not end in an image suffix: readme.txt" in first.stderr
+    assert f"did not look in 1 sub-folder(s) of {folder}: rejected (use --recursive" in first.stderr
     saved = tmp_path / f"first.{fmt}"
     saved.write_text(first.stdout)
     again = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--face-boxes", str(saved),
