@@ -72,7 +72,8 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
         key=lambda path: path.relative_to(folder).as_posix(),
     )
     files = [path for path in visible if not path.is_dir()]
-    sub_folders = [] if recursive else [path for path in visible if path.is_dir()]
+    # a linked folder is not named: --recursive would not follow it either
+    sub_folders = [] if recursive else [path for path in visible if path.is_dir() and not path.is_symlink()]
     images = [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
     other_files = [path for path in files if path.suffix.lower() not in IMAGE_EXTENSIONS]
     if not images:

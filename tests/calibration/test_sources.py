@@ -55,8 +55,10 @@ def test_scan_names_the_visible_files_it_leaves_out(folder):
 
 
 def test_flat_scan_names_the_sub_folders_it_does_not_enter(folder):
-    """Hidden folders stay out of it, and a recursive scan enters every visible one."""
+    """Hidden and linked folders stay out of it (a recursive scan does not follow a link either),
+    and a recursive scan enters every visible one."""
     (folder / "empty").mkdir()
+    (folder / "linked").symlink_to(folder / "sub")
     assert [path.name for path in scan_image_folder(folder, recursive=False).sub_folders] == ["empty", "sub"]
     assert scan_image_folder(folder).sub_folders == []
 
