@@ -12,10 +12,10 @@ runtime/kernels' (a file DIR lacks comes from runtime/kernels), e.g. an older co
 
     mkdir -p /tmp/old && git archive d3e73d9 runtime/kernels | tar -x -C /tmp/old
 
-DECOMPOSITION is ``pixels`` (the default), ``rows`` or ``columns`` (the grid of the last is
-cuda_kernels.COLUMN_BLOCKS_PER_IMAGE, so a version with another kColumnRows needs that changed too). PIXELS_PER_TASK is how many output pixels
-one thread of the per-pixel kernel computes in that version: 2 since the pair kernel, 1 before it
-(b9e8324 and older); it sets the launch grid.
+DECOMPOSITION is ``pixels`` (the default), ``rows`` or ``columns``; a column launch's grid follows
+the version's own kColumnRows (read from its preprocess.cuh), so columns of other heights compare
+directly. PIXELS_PER_TASK is how many output pixels one thread of the per-pixel kernel computes in
+that version: 2 since the pair kernel, 1 before it (b9e8324 and older); it sets the launch grid.
 
 For every case of gpu_check.THROUGHPUT_CASES (or --cases) and both dtypes, each variant writes into
 its own NaN-filled tensors, and the report says whether it wrote the same bits as the first variant.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -55,6 +56,7 @@ class Variant:
     decomposition: str
     pixels_per_task: int
     kernels: cuda_kernels.CudaKernels | None = None
+    column_blocks_per_image: int = cuda_kernels.COLUMN_BLOCKS_PER_IMAGE  # set by load from kColumnRows
 
 
 def parse_variant(spec: str) -> Variant:
@@ -92,6 +94,16 @@ def parse_cases(text: str) -> list[tuple[int, int, int]]:
     return [parse_case(part) for part in text.split(",")]
 
 
+def column_blocks_per_image(header: str) -> int:
+    """Blocks per image of a column launch of the version whose preprocess.cuh is ``header``: its
+    output rows (2 crops and the fusion stream) over its kColumnRows; the runtime's count for a
+    version without column kernels (its variants cannot ask for them)."""
+    found = re.search(r"constexpr int kColumnRows = (\d+);", header)
+    if found is None:
+        return cuda_kernels.COLUMN_BLOCKS_PER_IMAGE
+    return (2 * cuda_kernels.CROP_SIDE + cuda_kernels.FUSION_SIDE) // int(found.group(1))
+
+
 def load(variant: Variant, work: Path) -> None:
     """Compile and load the variant's kernels: its files over runtime/kernels', in a folder of its
     own (the NVRTC cache is keyed by the sources, so variants never share a build)."""
@@ -100,6 +112,7 @@ def load(variant: Variant, work: Path) -> None:
     for name in cuda_kernels.KERNEL_SOURCES + cuda_kernels.KERNEL_HEADERS:
         own = variant.directory / name
         shutil.copy(own if own.exists() else cuda_kernels.KERNEL_DIR / name, folder / name)
+    variant.column_blocks_per_image = column_blocks_per_image((folder / "preprocess.cuh").read_text())
     default = cuda_kernels.KERNEL_DIR
     cuda_kernels.KERNEL_DIR = folder
     try:
@@ -110,13 +123,15 @@ def load(variant: Variant, work: Path) -> None:
 
 @contextmanager
 def launch_geometry(variant: Variant) -> Iterator[None]:
-    """The per-pixel launch grid of the variant's version (threads per image)."""
-    default = cuda_kernels.TASKS_PER_IMAGE
+    """The launch grids of the variant's version: threads per image of the per-pixel kernel, blocks
+    per image of the column kernel."""
+    defaults = cuda_kernels.TASKS_PER_IMAGE, cuda_kernels.COLUMN_BLOCKS_PER_IMAGE
     cuda_kernels.TASKS_PER_IMAGE = OUTPUT_PIXELS // variant.pixels_per_task
+    cuda_kernels.COLUMN_BLOCKS_PER_IMAGE = variant.column_blocks_per_image
     try:
         yield
     finally:
-        cuda_kernels.TASKS_PER_IMAGE = default
+        cuda_kernels.TASKS_PER_IMAGE, cuda_kernels.COLUMN_BLOCKS_PER_IMAGE = defaults
 
 
 def compare(torch, variants: list[Variant], cases, rounds: int, repeat: int, copy_bytes: int) -> dict:

@@ -102,9 +102,9 @@ def one_thread_per_task(name: str, grid: Grid, block: Grid, tasks: int) -> None:
 
 def one_block_per_row(name: str, grid: Grid, block: Grid, rows: int, threads: int) -> None:
     """The row and column kernels run output row (group) b on block b of a 1-D grid of exactly that
-    many blocks (a block
-    past the end would return before its barrier, which is legal, but the launch would be wasteful),
-    each of the kernel's block size (its schedule indexes threads up to that size)."""
+    many blocks (a block past the end would return before its barrier, which is legal, but the
+    launch would be wasteful), each of the kernel's block size (its schedule indexes threads up to
+    that size)."""
     assert grid == (rows, 1, 1), f"{name}: a grid of {grid} for {rows} rows"
     assert block == (threads, 1, 1), f"{name}: blocks of {block}, not ({threads}, 1, 1)"
 

@@ -48,6 +48,30 @@ def test_variant_specs(variants, tmp_path):
     assert variants.parse_cases("1x2x3,4x5x6") == [(1, 2, 3), (4, 5, 6)]
 
 
+def test_column_grid_follows_the_versions_column_height(variants, tmp_path, monkeypatch):
+    """A version with columns of 4 rows launches 182 blocks per image, the runtime's (7 rows) 104;
+    load reads the height from the version's own header, and launch_geometry applies it only
+    while that version runs."""
+    header = (KERNELS / "preprocess.cuh").read_text()
+    assert variants.column_blocks_per_image(header) == variants.cuda_kernels.COLUMN_BLOCKS_PER_IMAGE == 104
+    short = header.replace("constexpr int kColumnRows = 7;", "constexpr int kColumnRows = 4;")
+    assert short != header
+    assert variants.column_blocks_per_image(short) == 182
+    assert variants.column_blocks_per_image("// a version before the column kernels") == 104
+    own = tmp_path / "c4"
+    own.mkdir()
+    (own / "preprocess.cuh").write_text(short)
+    v = variants.parse_variant(f"c4={own}:columns")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(variants.cuda_kernels, "CudaKernels", lambda device: None)  # no GPU: no build
+    variants.load(v, work)
+    assert v.column_blocks_per_image == 182
+    with variants.launch_geometry(v):
+        assert variants.cuda_kernels.COLUMN_BLOCKS_PER_IMAGE == 182
+    assert variants.cuda_kernels.COLUMN_BLOCKS_PER_IMAGE == 104
+
+
 def test_variants_may_follow_the_cases(variants, monkeypatch):
     """--cases takes one argument, so a variant after it is not read as a case (argparse would exit
     with a usage error instead of reaching main's torch import)."""

@@ -336,9 +336,8 @@ def _at_address_phase(img: np.ndarray, phase: int, pitch: int) -> np.ndarray:
 # (h, w, face box or None, face image shape or None): every path a row block can take. Staged:
 # fusion of photos over 224 high (fractional cells, scale near 1 too), face windows inside or
 # leaving the image on each side, 5000-px rows (one to a chunk, double-buffered). Per pixel: a row
-# too wide to double-buffer (over 6139 px), integer scales,
-# identity, upscales (INTER_CUBIC and INTER_AREA's bilinear emulation), a face image of its own,
-# no face, 1x1.
+# too wide to double-buffer (over 6139 px), integer scales, identity, upscales (INTER_CUBIC and
+# INTER_AREA's bilinear emulation), a face image of its own, no face, 1x1.
 ROW_CASES = [
     (1080, 1440, (500.0, 300.0, 900.0, 800.0), None),
     (700, 1000, (-80.5, -60.0, 300.0, 250.0), None),     # window leaves the top-left
