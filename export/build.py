@@ -118,6 +118,9 @@ def _check_request(request: BuildRequest) -> None:
                          f"alpha={request.lora.alpha}")
     if request.calib_dir is not None and not Path(request.calib_dir).is_dir():
         raise BuildError(f"calibration folder not found: {request.calib_dir}")
+    # contradictory flags are refused whatever the backend: the same command must not pass here
+    # (ONNX Runtime, options unused) and fail on a machine where --backend auto finds TensorRT
+    request.tensorrt.check()
     unknown = [s for s in request.streams if s not in STREAM_NAMES]
     if unknown or not request.streams:
         raise BuildError(f"unknown stream(s) {unknown}; choose from {', '.join(STREAM_NAMES)}")
@@ -213,7 +216,6 @@ def resolve_backend(request: BuildRequest, warn: Callable[[str], None]) -> Build
             raise BuildError(f"cannot build TensorRT engines here: {reason}")
         warn(f"--backend auto: building for onnxruntime ({reason})")
         return replace(request, backend="onnxruntime")
-    request.tensorrt.check()  # before the export, which at paper size takes many minutes
     return replace(request, backend="tensorrt")
 
 

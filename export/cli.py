@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from dfd.runtime.errors import first_few
 from dfd.runtime.face_boxes import BOX_COLUMNS
@@ -129,6 +130,14 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
     from .checkpoint import LoraSettings
     from .tensorrt_build import TensorRTOptions
 
+    def warn(message: str) -> None:
+        click.secho(f"WARNING: {message}", fg="yellow", err=True)
+
+    unused = _tensorrt_flags_given(click.get_current_context())
+    if backend == "onnxruntime" and unused:
+        warn(f"{', '.join(unused)} only shape TensorRT engines, and --backend onnxruntime builds none "
+             "(its ONNX graphs take any batch size); pass --backend tensorrt or auto to build engines")
+
     request = BuildRequest(
         out_dir=out_dir or Path("engines") / precision,
         weights_dir=weights_dir,
@@ -150,8 +159,18 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
         calib_seed=calib_seed,
         calib_cache=calib_cache,
     )
-    manifest = build_engine_set(request, warn=lambda m: click.secho(f"WARNING: {m}", fg="yellow", err=True))
+    manifest = build_engine_set(request, warn=warn)
     click.echo(f"engine set written: {manifest.parent}")
+
+
+_TENSORRT_ONLY_OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_gib", "version_compatible",
+                          "hardware_compatibility")
+
+
+def _tensorrt_flags_given(ctx: click.Context) -> list[str]:
+    """The TensorRT builder flags the user typed (not defaults), as spelled on the command line."""
+    return [f"--{name.replace('_', '-')}" for name in _TENSORRT_ONLY_OPTIONS
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
 
 
 @main.command()

@@ -106,9 +106,21 @@ def test_random_weights_warn_loudly(reference_ensemble, tmp_path):
     result = CliRunner().invoke(main, ["build", "--models-dir", str(reference_ensemble.models_dir),
                                        "--out", str(out), "--streams", "face"])
     assert result.exit_code == 0, result.output
-    assert "RANDOMLY INITIALISED" in result.output
+    assert "RANDOMLY INITIALISED" in result.output and "only shape TensorRT engines" not in result.output
     manifest = load_manifest(out)
     assert manifest.random_weights and list(manifest.streams) == ["face"]
+
+
+def test_tensorrt_flags_typed_for_an_onnxruntime_build_are_named_as_unused(reference_ensemble, tmp_path):
+    """The default backend is onnxruntime, so ``build --max-batch 32`` without ``--backend``
+    used to build no engine and say nothing about the flag."""
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "e", "--streams", "global", "--no-face-detector",
+                    "--max-batch", "32", "--version-compatible", "--opt-batch", "4")
+    assert result.exit_code == 0, result.output
+    warning = next(line for line in result.output.splitlines() if "only shape TensorRT engines" in line)
+    assert warning.startswith("WARNING: --opt-batch, --max-batch, --version-compatible only shape")
+    assert "--min-batch" not in warning and "--backend tensorrt or auto" in warning
+    assert "tensorrt" not in load_manifest(tmp_path / "e").raw
 
 
 def test_missing_checkpoint_is_named_and_nothing_is_left(reference_ensemble, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from dfd.export import tensorrt_build
-from dfd.export.build import BuildRequest, resolve_backend
+from dfd.export.build import BuildRequest, build_engine_set
 from dfd.export.cli import main
 from dfd.runtime.cuda_kernels import GpuInfo
 from dfd.runtime.manifest import load_manifest
@@ -152,12 +152,17 @@ def test_bad_batch_profile_is_refused():
         tensorrt_build.TensorRTOptions(min_batch=4, opt_batch=2, max_batch=8).check()
 
 
-@pytest.mark.parametrize("backend", ["tensorrt", "auto"])
-def test_bad_batch_profile_is_refused_before_any_work_when_tensorrt_will_build(backend, tmp_path, monkeypatch):
-    """``auto`` resolving to TensorRT used to skip the profile check, so a bad profile failed
-    only at the engine compile, after the ONNX export. (TensorRT itself is faked as present.)"""
-    monkeypatch.setattr(tensorrt_build, "tensorrt_unavailable_reason", lambda: None)
-    request = BuildRequest(out_dir=tmp_path / "x", backend=backend,
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt", "auto"])
+@pytest.mark.parametrize("tensorrt_here", [True, False])
+def test_bad_batch_profile_is_refused_before_any_work_on_every_backend(backend, tensorrt_here, reference_ensemble,
+                                                                          tmp_path, monkeypatch):
+    """The profile was once checked only when TensorRT would build, so the same command passed on a
+    CPU machine (options unused) and failed on a GPU one; now it fails everywhere, before the
+    export. (TensorRT itself is faked as present for ``tensorrt_here``.)"""
+    monkeypatch.setattr(tensorrt_build, "tensorrt_unavailable_reason",
+                        lambda: None if tensorrt_here else "TensorRT is not installed")
+    request = BuildRequest(out_dir=tmp_path / "x", backend=backend, models_dir=reference_ensemble.models_dir,
                            tensorrt=tensorrt_build.TensorRTOptions(min_batch=4, opt_batch=2, max_batch=8))
     with pytest.raises(tensorrt_build.TensorRTBuildError, match="min <= opt <= max"):
-        resolve_backend(request, warn=lambda message: None)
+        build_engine_set(request)
+    assert not (tmp_path / "x").exists()
