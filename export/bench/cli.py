@@ -22,7 +22,9 @@ def _parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -
         sizes = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers like 1,4,16, got {value!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
+    if not sizes:
+        raise click.BadParameter("expected at least one batch size, like 1,4,16")
+    if any(s < 1 for s in sizes):
         raise click.BadParameter(f"batch sizes must be positive, got {value!r}")
     return tuple(sorted(set(sizes)))
 

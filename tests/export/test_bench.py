@@ -159,6 +159,10 @@ def test_bad_arguments_give_one_clear_error(tmp_path):
     assert "error: engine set folder not found" in missing.output  # the one error format of every verb
     bad = runner.invoke(bench, [str(tmp_path), "--batch-sizes", "1,x"])
     assert bad.exit_code != 0 and "comma-separated integers" in bad.output
+    for value, message in [("", "at least one batch size"), (" , ", "at least one batch size"),
+                           ("4,0", "must be positive, got '4,0'")]:
+        result = runner.invoke(bench, [str(tmp_path), "--batch-sizes", value])
+        assert result.exit_code != 0 and message in result.output, (value, result.output)
 
 
 def test_a_folder_without_one_readable_image_is_refused(tiny_engine_set, tmp_path):
