@@ -44,8 +44,6 @@ import gpu_check  # noqa: E402 - the sibling script, for its timer, byte count a
 
 from dfd.runtime import cuda_kernels  # noqa: E402
 
-OUTPUT_PIXELS = 2 * cuda_kernels.CROP_SIDE ** 2 + cuda_kernels.FUSION_SIDE ** 2  # per image, all streams
-
 
 @dataclass
 class Variant:
@@ -73,8 +71,9 @@ def parse_variant(spec: str) -> Variant:
     if not per_task.isdigit() and per_task:
         raise argparse.ArgumentTypeError(f"{spec!r}: pixels per task must be a whole number")
     pixels_per_task = int(per_task or 2)
-    if OUTPUT_PIXELS % pixels_per_task:
-        raise argparse.ArgumentTypeError(f"{spec!r}: {pixels_per_task} does not divide {OUTPUT_PIXELS} pixels")
+    if cuda_kernels.PIXELS_PER_IMAGE % pixels_per_task:
+        raise argparse.ArgumentTypeError(
+            f"{spec!r}: {pixels_per_task} does not divide {cuda_kernels.PIXELS_PER_IMAGE} pixels")
     if not Path(directory).is_dir():
         raise argparse.ArgumentTypeError(f"{spec!r}: {directory} is not a folder")
     return Variant(name, Path(directory), decomposition, pixels_per_task)
@@ -101,7 +100,7 @@ def column_blocks_per_image(header: str) -> int:
     found = re.search(r"constexpr int kColumnRows = (\d+);", header)
     if found is None:
         return cuda_kernels.COLUMN_BLOCKS_PER_IMAGE
-    return (2 * cuda_kernels.CROP_SIDE + cuda_kernels.FUSION_SIDE) // int(found.group(1))
+    return cuda_kernels.ROWS_PER_IMAGE // int(found.group(1))
 
 
 def load(variant: Variant, work: Path) -> None:
@@ -126,7 +125,7 @@ def launch_geometry(variant: Variant) -> Iterator[None]:
     """The launch grids of the variant's version: threads per image of the per-pixel kernel, blocks
     per image of the column kernel."""
     defaults = cuda_kernels.TASKS_PER_IMAGE, cuda_kernels.COLUMN_BLOCKS_PER_IMAGE
-    cuda_kernels.TASKS_PER_IMAGE = OUTPUT_PIXELS // variant.pixels_per_task
+    cuda_kernels.TASKS_PER_IMAGE = cuda_kernels.PIXELS_PER_IMAGE // variant.pixels_per_task
     cuda_kernels.COLUMN_BLOCKS_PER_IMAGE = variant.column_blocks_per_image
     try:
         yield

@@ -42,11 +42,13 @@ KERNEL_NAMES = ("dfd_preprocess_f32", "dfd_preprocess_f16", "dfd_preprocess_rows
 NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
 CROP_SIDE = 252
 FUSION_SIDE = 224
-ROWS_PER_IMAGE = 2 * CROP_SIDE + FUSION_SIDE  # blocks of a row-decomposition launch per image
+# an image's output rows and pixels, all three streams
+ROWS_PER_IMAGE = 2 * CROP_SIDE + FUSION_SIDE  # also the blocks of a row-decomposition launch per image
+PIXELS_PER_IMAGE = 2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE
 # threads of a per-pixel launch per image: one per pair of vertically adjacent output pixels
-TASKS_PER_IMAGE = (2 * CROP_SIDE * CROP_SIDE + FUSION_SIDE * FUSION_SIDE) // 2
+TASKS_PER_IMAGE = PIXELS_PER_IMAGE // 2
 COLUMN_ROWS = 7  # output rows per block of a column-decomposition launch (kColumnRows)
-COLUMN_BLOCKS_PER_IMAGE = (2 * CROP_SIDE + FUSION_SIDE) // COLUMN_ROWS
+COLUMN_BLOCKS_PER_IMAGE = ROWS_PER_IMAGE // COLUMN_ROWS
 PREPROCESS_DECOMPOSITIONS = ("pixels", "rows", "columns")
 # On an H100 "columns" is the fastest on 1080x1440 and 480x640 photos, "rows" on 12-MP ones
 # (benchmarks/gpu_preprocess_tuning.md); the runtime uses the one that is fastest at the bar's case.

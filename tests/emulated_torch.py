@@ -7,7 +7,11 @@ calls they make, not the driver, and its timings mean nothing."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
+from typing import Iterator
+
+import numpy as np
 
 from host_cuda import HostCuda
 
@@ -59,3 +63,22 @@ class TorchOnTheEmulatedGpu:
 
     def randint(self, low, high, shape, dtype, device):
         return self._on_device(self._torch.randint(low, high, shape, dtype=dtype))
+
+
+@contextmanager
+def short_of_the_last_fusion_row(gpu: HostCuda, kernel: str, value: float) -> Iterator[None]:
+    """While inside, the emulated float32 preprocessing kernel ``kernel`` overwrites the last row
+    of every fusion tensor with ``value`` after it runs: a kernel that misses a row, which the
+    scripts' comparisons must report."""
+    signature, run = gpu.kernels[kernel]
+
+    def short_of_a_row(device, stream, args, grid, block):
+        run(device, stream, args, grid, block)
+        fusion = device.device_bytes(args[4], args[1] * 3 * 224 * 224 * 4, "fusion").view(np.float32)
+        device._issue(stream, lambda: fusion.reshape(args[1], 3, 224, 224)[:, :, -1].fill(value))
+
+    gpu.kernels[kernel] = (signature, short_of_a_row)
+    try:
+        yield
+    finally:
+        gpu.kernels[kernel] = (signature, run)

@@ -12,10 +12,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from emulated_torch import TorchOnTheEmulatedGpu
+from emulated_torch import TorchOnTheEmulatedGpu, short_of_the_last_fusion_row
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "preprocess_variants.py"
@@ -115,14 +114,8 @@ def test_variants_are_loaded_timed_and_compared(variants, emulated_gpu, tmp_path
                    for name in case)
     json.dumps(report)
 
-    emulated_f32 = emulated_gpu.kernels["dfd_preprocess_f32"]
-
-    def short_of_a_row(device, stream, args, grid, block):
-        emulated_f32[1](device, stream, args, grid, block)
-        fusion = device.device_bytes(args[4], args[1] * 3 * 224 * 224 * 4, "fusion").view(np.float32)
-        device._issue(stream, lambda: fusion.reshape(args[1], 3, 224, 224)[:, :, -1].fill(0.0))
-    monkeypatch.setitem(emulated_gpu.kernels, "dfd_preprocess_f32", (emulated_f32[0], short_of_a_row))
-    report = variants.compare(shim, chosen, [(1, 300, 400)], rounds=1, repeat=1, copy_bytes=1 << 16)
+    with short_of_the_last_fusion_row(emulated_gpu, "dfd_preprocess_f32", 0.0):
+        report = variants.compare(shim, chosen, [(1, 300, 400)], rounds=1, repeat=1, copy_bytes=1 << 16)
     fp32, fp16 = report["cases"]["1x300x400 fp32"], report["cases"]["1x300x400 fp16"]
     assert [fp32[name]["same_bits_as_own"] for name in ("own", "empty", "rows")] == [True, True, False]
     assert all(fp16[name]["same_bits_as_own"] for name in fp16)
