@@ -7,8 +7,9 @@ Sampling is reproducible from a seed so that the same command builds the same ca
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,13 +45,15 @@ class ImageSourceError(DfdError, ValueError):
 @dataclass(frozen=True)
 class FolderImages:
     """What a folder holds for the tools: its image files, the visible files left out because their
-    names do not end in an image suffix, and, when not searched recursively, the visible
-    sub-folders not looked into (both reported, so a folder's .gif or .heic files, or a photo
-    shoot sorted into sub-folders, are not dropped without a word)."""
+    names do not end in an image suffix, when not searched recursively the visible sub-folders not
+    looked into, and when searched recursively the sub-folders that could not be listed, with why
+    (all reported, so a folder's .gif or .heic files, a photo shoot sorted into sub-folders, or one
+    the user may not read, are not dropped without a word)."""
 
     images: list[Path]
     other_files: list[Path]
     sub_folders: list[Path]
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
@@ -60,34 +63,67 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
 
     Every entry that is not a folder counts, by its suffix: a broken link or a named pipe called
     ``x.jpg`` is listed as an image, so that reading it fails with a message that names it instead
-    of the file silently missing from the results. Linked folders are not followed."""
+    of the file silently missing from the results. Linked folders are not followed. A folder that
+    cannot be listed is an error; a sub-folder that cannot be is listed in ``unreadable``."""
     folder = Path(folder)
     if not folder.exists():
         raise ImageSourceError(f"image folder {folder} does not exist")
     if not folder.is_dir():
         raise ImageSourceError(f"{folder} is not a folder")
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    visible = sorted(
-        (path for path in candidates if not any(part.startswith(".") for part in path.relative_to(folder).parts)),
-        key=lambda path: path.relative_to(folder).as_posix(),
-    )
-    files = [path for path in visible if not path.is_dir()]
-    # a linked folder is not named: --recursive would not follow it either
-    sub_folders = [] if recursive else [path for path in visible if path.is_dir() and not path.is_symlink()]
+    files, sub_folders, unreadable = _walk_visible(folder, recursive)
     images = [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
     other_files = [path for path in files if path.suffix.lower() not in IMAGE_EXTENSIONS]
     if not images:
         where = "under" if recursive else "directly in"
         held = f"; it holds {len(other_files)} other file(s), e.g. {other_files[0].name}" if other_files else ""
+        locked = (f"; {len(unreadable)} sub-folder(s) could not be listed, e.g. {unreadable[0][0]} "
+                  f"({unreadable[0][1]})" if unreadable else "")
         raise ImageSourceError(
-            f"no images {where} {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){held}"
+            f"no images {where} {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){held}{locked}"
         )
-    return FolderImages(images, other_files, sub_folders)
+    return FolderImages(images, other_files, sub_folders, unreadable)
+
+
+def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
+    """(files, sub-folders not looked into, sub-folders that could not be listed) under ``folder``,
+    hidden names skipped, each list sorted by the path relative to ``folder``. ``os.walk`` rather
+    than ``Path.rglob``, which skips a folder it may not list without a word."""
+    files: list[Path] = []
+    sub_folders: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+
+    def record_failure(error: OSError) -> None:
+        reason = error.strerror or str(error)
+        if Path(error.filename) == folder:
+            raise ImageSourceError(f"cannot list image folder {folder}: {reason}")
+        unreadable.append((Path(error.filename), reason))
+
+    for root, dirs, names in os.walk(folder, onerror=record_failure):  # links to folders are not followed
+        here = Path(root)
+        dirs[:] = [name for name in dirs if not name.startswith(".")]
+        files += [here / name for name in names if not name.startswith(".")]
+        if not recursive:
+            # a linked folder is not named: --recursive would not follow it either
+            sub_folders += [here / name for name in dirs if not (here / name).is_symlink()]
+            break
+
+    def relative(path: Path) -> str:
+        return path.relative_to(folder).as_posix()
+
+    return (sorted(files, key=relative), sorted(sub_folders, key=relative),
+            sorted(unreadable, key=lambda failure: relative(failure[0])))
 
 
 def list_images(folder: Path, *, recursive: bool = True) -> list[Path]:
-    """The image files of :func:`scan_image_folder`: calibration sets and checks only need those."""
-    return scan_image_folder(folder, recursive=recursive).images
+    """The image files of :func:`scan_image_folder`: calibration sets and checks only need those.
+    A sub-folder that cannot be listed is an error here, since a set silently short of its images
+    would measure, or calibrate on, something else than the user gave."""
+    found = scan_image_folder(folder, recursive=recursive)
+    if found.unreadable:
+        path, reason = found.unreadable[0]
+        raise ImageSourceError(f"cannot list {len(found.unreadable)} sub-folder(s) of {folder}, e.g. {path}: "
+                               f"{reason}; make them readable or give a folder without them")
+    return found.images
 
 
 def sample_images(paths: Sequence[T], count: int, seed: int) -> list[T]:

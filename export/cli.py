@@ -362,9 +362,13 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
         try:
             found = scan_image_folder(path, recursive=recursive)
         except ImageSourceError as exc:
-            problems.append((given, str(exc) + ("" if recursive else " (use --recursive for sub-folders)")))
+            hint = " (use --recursive for sub-folders)" if "no images directly in" in str(exc) else ""
+            problems.append((given, f"{exc}{hint}"))
             continue
         images.extend(str(p) for p in found.images)
+        # a sub-folder that cannot be listed may hold images: each is an input that failed
+        problems += [(str(sub), f"cannot list this folder ({reason}); its images, if any, are not scored")
+                     for sub, reason in found.unreadable]
         if found.other_files:
             names = [p.relative_to(path).as_posix() for p in found.other_files]
             click.secho(f"WARNING: left out {len(names)} file(s) in {given} whose names do not end in an image "
@@ -376,12 +380,20 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
     return images, problems
 
 
+def _printable(name: str) -> str:
+    """A file name for one row of the table: characters that would break the row or the terminal
+    (line breaks, other control characters, bytes undecodable in the file system's encoding) are
+    written as Python escapes; jsonl and csv carry the name exactly."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in name)
+
+
 def _format_table_row(d: dict) -> str:
     if d["error"]:
-        return f"{d['image']}  ERROR: {d['error']}"
+        return f"{_printable(d['image'])}  ERROR: {d['error']}"
     streams = "  ".join(f"{s} {p:.4f}" for s, p in d["streams"].items())
     face = (d["face"] or {}).get("source", "none")
-    return f"{d['image']}  score {d['score']:.1f}  (raw {d['raw_score']:.4f})  {streams}  face: {face}"
+    return f"{_printable(d['image'])}  score {d['score']:.1f}  (raw {d['raw_score']:.4f})  {streams}  face: {face}"
 
 
 def _csv_row(d: dict) -> dict:
@@ -400,8 +412,10 @@ def _csv_row(d: dict) -> dict:
 @click.argument("images", nargs=-1, required=True)
 @click.option("--face-crops", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="Folder of face crops with the same file names as the images, cropped the reference's "
-                   "way; the face stream takes their 252 centre crop. Images without one go to the packaged "
-                   "face detector (or, with --no-face-detect, use the original image).")
+                   "way; the face stream takes their 252 centre crop. With --recursive a crop may sit at the "
+                   "image's path relative to its folder (crops/sub/a.png), which is needed where two images "
+                   "share a name. Images without one go to the packaged face detector (or, with "
+                   "--no-face-detect, use the original image).")
 @click.option("--face-boxes", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="File of face boxes you already have (e.g. RetinaFace's, as the reference uses): .csv with "
                    "columns image,x1,y1,x2,y2 or .jsonl lines {\"image\": \"a.jpg\", \"box\": [x1, y1, x2, y2]}, "
@@ -454,6 +468,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
     paths, problems = expand_inputs(images, recursive)
     boxes = _assign_face_boxes(face_boxes, paths)
+    crop_files = _match_face_crops(face_crops, images, paths)
     detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size, face_detection=not no_face_detect,
                              face_min_px=face_min_px or None, gpu_preprocessing=not host_preprocessing,
                              cuda_graph_batch=cuda_graph_batch, face_cascade=not no_face_cascade)
@@ -462,6 +477,10 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     click.echo(f"face localisation: {detector.face_localisation}", err=True)
     if detector.manifest.random_weights:
         click.secho("WARNING: this engine set has RANDOM weights; its scores are meaningless.", fg="yellow", err=True)
+    if hasattr(sys.stdout, "reconfigure"):
+        # a file name that is not valid in the file system's encoding is held with surrogate escapes
+        # (PEP 383); csv writes it back as its original bytes, where a strict stdout would raise
+        sys.stdout.reconfigure(errors="surrogateescape")
     writer = csv.DictWriter(sys.stdout, fieldnames=_CSV_FIELDS) if fmt == "csv" else None
     if writer:
         writer.writeheader()
@@ -485,18 +504,12 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) < 16)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        crops, missing = None, set()
-        if face_crops is not None:
-            crops = []
-            for path in chunk:
-                candidate = face_crops / Path(path).name
-                crops.append(str(candidate) if candidate.is_file() else None)
-                if not candidate.is_file():
-                    missing.add(path)
+        crops = [crop_files.get(path) for path in chunk] if crop_files is not None else None
         chunk_boxes = [boxes.get(path) for path in chunk] if boxes is not None else None
         for detection in detector.detect(chunk, face_crops=crops, face_boxes=chunk_boxes, labels=chunk):
-            if detection.image in missing and detection.ok:
-                detection.notes.append(f"no face crop named {Path(detection.image).name} in {face_crops}")
+            if crop_files is not None and crop_files.get(detection.image) is None and detection.ok:
+                detection.notes.append(f"no face crop for this image in {face_crops} (looked for "
+                                       f"{_crop_key(detection.image, images).as_posix()})")
             if boxes is not None and detection.image not in boxes and detection.ok:
                 detection.notes.append(f"no face box for this image in {face_boxes}")
             failed += not detection.ok
@@ -507,6 +520,45 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     if failed:
         click.echo(f"{failed} of {len(paths) + len(problems)} input(s) failed", err=True)
         sys.exit(2)
+
+
+def _crop_key(image: str, inputs: tuple[str, ...]) -> Path:
+    """Where an image's crop lies under --face-crops: its path relative to the folder argument it
+    was found in (``crops/sub/a.png`` for ``photos/sub/a.png`` of ``photos``), its name for an image
+    given as a file."""
+    for given in inputs:
+        folder = Path(given)
+        if folder.is_dir() and Path(image).is_relative_to(folder):
+            return Path(image).relative_to(folder)
+    return Path(Path(image).name)
+
+
+def _match_face_crops(face_crops: Path | None, inputs: tuple[str, ...], paths: list[str]) -> dict[str, str | None] | None:
+    """Each image's face-crop file (None where it has none), without --face-crops None. A crop is
+    looked for at the image's relative path (``_crop_key``), then, as the reference's flat crops
+    folder holds them, at its bare file name; a bare name shared by several images would give them
+    all one face, so that is refused, naming them."""
+    if face_crops is None:
+        return None
+    by_name: dict[str, set[str]] = {}
+    for path in paths:
+        by_name.setdefault(Path(path).name, set()).add(path)
+    crops: dict[str, str | None] = {}
+    for path in paths:
+        nested, flat = face_crops / _crop_key(path, inputs), face_crops / Path(path).name
+        if nested.is_file():
+            crops[path] = str(nested)
+        elif flat.is_file():
+            sharing = sorted(by_name[flat.name])
+            if len(sharing) > 1:
+                raise click.UsageError(
+                    f"--face-crops: {flat} is the only crop for {len(sharing)} images named {flat.name} "
+                    f"({first_few(sharing)}); put each image's crop at its path relative to its folder "
+                    f"under {face_crops}")
+            crops[path] = str(flat)
+        else:
+            crops[path] = None
+    return crops
 
 
 def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> dict | None:

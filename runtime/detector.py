@@ -332,6 +332,10 @@ class Detector:
             detection.error = str(exc)
             detection.notes.clear()
             return PreparedImage(detection, {})
+        except Exception as exc:  # noqa: BLE001 - one image's unforeseen failure must not sink its batch
+            detection.error = f"unexpected {type(exc).__name__} while preparing this image: {exc}"
+            detection.notes.clear()
+            return PreparedImage(detection, {})
         return prepared
 
     def face_stream_image(self, rgb: np.ndarray) -> np.ndarray:

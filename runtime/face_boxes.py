@@ -24,6 +24,7 @@ its image (not finite, x2 < x1, outside the image) fails only that image, as in 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -91,8 +92,12 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
                                f".jsonl file (lines like {{\"image\": \"a.jpg\", \"box\": [x1, y1, x2, y2]}}), "
                                f"not {suffix or 'a file without suffix'}")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        # surrogateescape: a name that is not UTF-8 (detect writes such file names back as their own
+        # bytes) reads as the same str that listing the folder gives, so it still matches its image;
+        # newline="": line ends are left to the readers, so a \r inside a quoted CSV name stays one
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+            text = handle.read()
+    except OSError as exc:
         raise FaceBoxFileError(f"cannot read face boxes from {path}: {exc}") from None
     entries = _read_csv(path, text) if suffix == ".csv" else _read_jsonl(path, text)
     boxes: dict[str, Box] = {}
@@ -106,7 +111,18 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
 
 
 def _read_csv(path: Path, text: str) -> list[tuple[int, str, Box]]:
-    reader = csv.DictReader(text.splitlines())
+    # rows are split by the csv module itself, on \r and \n outside quotes only, so a quoted name
+    # holding a line break (which detect's csv writes so) reads back whole; strict, so a stray quote
+    # that would swallow every following row into one cell is an error instead
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        return _csv_entries(path, reader)
+    except csv.Error as exc:  # line_num counts the lines of complete rows: the bad one starts after them
+        raise FaceBoxFileError(f"{path}:{reader.line_num + 1}: malformed CSV row ({exc}); a quote that opens "
+                               f"a cell must close it, and a quote inside a quoted cell is written twice") from None
+
+
+def _csv_entries(path: Path, reader: csv.DictReader) -> list[tuple[int, str, Box]]:
     missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or ())]
     if missing:
         raise FaceBoxFileError(f"{path}: the CSV header lacks {', '.join(missing)} (it needs "
@@ -123,7 +139,9 @@ def _read_csv(path: Path, text: str) -> list[tuple[int, str, Box]]:
 
 def _read_jsonl(path: Path, text: str) -> list[tuple[int, str, Box]]:
     entries = []
-    for line, content in enumerate(text.splitlines(), start=1):
+    # JSON lines end at \n only: str.splitlines would also split at U+2028, form feeds and other
+    # characters a file name may hold (json.loads ignores a \r left at the end)
+    for line, content in enumerate(text.split("\n"), start=1):
         if not content.strip():
             continue
         try:
@@ -156,6 +174,6 @@ def _box(path: Path, line: int, values: list) -> Box:
         raise FaceBoxFileError(f"{path}:{line}: a box is four numbers x1, y1, x2, y2; got {values!r}")
     try:
         x1, y1, x2, y2 = (float(v) for v in values)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise FaceBoxFileError(f"{path}:{line}: a box is four numbers x1, y1, x2, y2; got {values!r}") from None
     return x1, y1, x2, y2

@@ -15,15 +15,19 @@ lacks:
   (TIFF, PNM, JPEG 2000, ...) are decoded plainly and described by a second IMREAD_UNCHANGED
   decode only when the image is small (at most `UNCHANGED_PROBE_MAX_PIXELS`), so the description
   never doubles the cost of a large decode;
-* memory safety: the header gives the size before anything is allocated. An image larger than
-  `max_pixels` (default `DEFAULT_MAX_PIXELS` = 64 MP, i.e. 192 MB of RGB, well above any camera
-  photo the detector is meant for) is never decoded at full size. JPEG is decoded reduced by
-  1/2, 1/4 or 1/8 (`IMREAD_REDUCED_COLOR_*`: libjpeg scales inside its IDCT, so the full image
-  never exists in memory) and the note says so. Every other format is refused: OpenCV implements
-  IMREAD_REDUCED_* for them by decoding the full image and resizing it afterwards (measured: a
-  20000x20000 PNG read with IMREAD_REDUCED_COLOR_8 peaks at +1.17 GB), which is exactly the
-  allocation the limit exists to prevent. Formats this module cannot size beforehand are bounded
-  only by OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS, 2^30 pixels by default).
+* memory safety: the header gives the size before anything is allocated (PNG, JPEG, BMP, WebP,
+  TIFF, PNM/PAM/PFM, GIF and JPEG 2000: every format `dfd-export detect` takes from a folder, and
+  GIF). An image larger than `max_pixels` (default `DEFAULT_MAX_PIXELS` = 64 MP, i.e. 192 MB of
+  RGB, well above any camera photo the detector is meant for) is never decoded at full size. JPEG
+  is decoded reduced by 1/2, 1/4 or 1/8 (`IMREAD_REDUCED_COLOR_*`: libjpeg scales inside its IDCT,
+  so the full image never exists in memory) and the note says so. Every other format is refused:
+  OpenCV implements IMREAD_REDUCED_* for them by decoding the full image and resizing it afterwards
+  (measured: a 20000x20000 PNG read with IMREAD_REDUCED_COLOR_8 peaks at +1.17 GB), which is
+  exactly the allocation the limit exists to prevent. A format this module cannot size beforehand
+  (Sun raster, Radiance HDR, ...) is bounded while decoding only by OpenCV's own limit
+  (OPENCV_IO_MAX_IMAGE_PIXELS, 2^30 pixels by default) and refused after it when above
+  `max_pixels`, so the limit holds for what follows (face localisation, resizing) in every format;
+  an image above OpenCV's limit is an `ImageError` like any other undecodable file.
 
 Truncated data: OpenCV 4.x releases since 4.10 refuse a JPEG or PNG whose data ends early; older
 ones decode what is there with only a warning. The header walk detects truncation (JPEG: no
@@ -69,6 +73,9 @@ class _Header:
     height: int
     notes: tuple[str, ...]  # what IMREAD_COLOR will convert
     truncated: str | None  # why the data looks cut short, None when complete
+    # False where only the size is parsed (TIFF, PNM, GIF, JPEG 2000): the colour layout is then
+    # described by the unchanged probe, as for a format without a parsed header
+    colour_known: bool = True
 
 
 def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
@@ -141,6 +148,8 @@ def read_image_file(path: str | os.PathLike) -> bytes:
         raise ImageError(f"image file {label} does not exist") from None
     except OSError as error:  # a symbolic-link loop, a name too long, a folder we may not search
         raise ImageError(f"cannot read image file {label}: {error.strerror or error}") from None
+    except ValueError as error:  # a NUL character, which no file name may hold
+        raise ImageError(f"cannot read image file {label}: {error}") from None
     if stat.S_ISDIR(mode):
         raise ImageError(f"{label} is a directory, not an image file")
     for is_kind, kind in _SPECIAL_FILES:
@@ -164,17 +173,18 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
     header = _read_header(data)
     buffer = np.frombuffer(data, dtype=np.uint8)
     if header is None:
-        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        bgr = _imdecode(buffer, cv2.IMREAD_COLOR, label)
         if bgr is None:
             raise ImageError(f"{label} is not an image OpenCV can decode "
                              f"(unrecognised format, or corrupt data)")
         _require_nonempty(bgr.shape[0], bgr.shape[1], label)
-        notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1])
+        _require_within_limit_after_decoding(bgr, label, max_pixels)
+        notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label)
         return DecodedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), notes)
 
     _require_nonempty(header.height, header.width, label)
     flag, size_note = _choose_decode_flag(header, label, max_pixels)
-    bgr = cv2.imdecode(buffer, flag)
+    bgr = _imdecode(buffer, flag, label)
     if bgr is None:
         if header.truncated:
             raise ImageError(f"{label}: {header.format} data is truncated ({header.truncated}); "
@@ -182,10 +192,35 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
         raise ImageError(f"{label}: {header.format} data is corrupt; OpenCV could not decode it")
     _require_nonempty(bgr.shape[0], bgr.shape[1], label)
     notes = header.notes + size_note
+    if not header.colour_known:
+        notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label) + notes
     if header.truncated:
         notes += (f"{header.format} data is truncated ({header.truncated}): OpenCV decoded what "
                   f"was present and filled the rest",)
     return DecodedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), notes)
+
+
+def _imdecode(buffer: np.ndarray, flag: int, label: str) -> np.ndarray | None:
+    """``cv2.imdecode``, with OpenCV's exceptions (an image above its own pixel limit, a decoder's
+    failed assertion) turned into an ``ImageError`` that names the image: they are about that one
+    file, and a batch goes on without it."""
+    try:
+        return cv2.imdecode(buffer, flag)
+    except cv2.error as error:
+        reason = (getattr(error, "err", "") or str(error).strip().splitlines()[-1]).strip()
+        if "CV_IO_MAX_IMAGE_PIXELS" in reason:
+            reason = "the image is larger than OpenCV decodes (OPENCV_IO_MAX_IMAGE_PIXELS)"
+        raise ImageError(f"{label}: OpenCV could not decode it: {reason}") from None
+
+
+def _require_within_limit_after_decoding(bgr: np.ndarray, label: str, max_pixels: int) -> None:
+    """The size limit for a format whose header this module does not parse: the decode has
+    happened, but the face localisation and resizing that follow would multiply its memory."""
+    height, width = bgr.shape[:2]
+    if width * height > max_pixels:
+        raise ImageError(f"{label}: image {width}x{height} ({width * height / 1e6:.1f} MP) is above the "
+                         f"limit of {max_pixels / 1e6:.1f} MP; pass a larger max_pixels if this machine "
+                         f"can afford it")
 
 
 def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[int, tuple[str, ...]]:
@@ -231,11 +266,12 @@ def _from_array(array: np.ndarray) -> DecodedImage:
     return DecodedImage(np.ascontiguousarray(array), ())
 
 
-def _describe_by_unchanged_decode(buffer: np.ndarray, pixels: int) -> tuple[str, ...]:
-    """Notes for a format without a parsed header, from an IMREAD_UNCHANGED decode of a small image."""
+def _describe_by_unchanged_decode(buffer: np.ndarray, pixels: int, label: str) -> tuple[str, ...]:
+    """Colour notes for a format whose header says only the size or nothing, from an
+    IMREAD_UNCHANGED decode of a small image."""
     if pixels > UNCHANGED_PROBE_MAX_PIXELS:
         return ()
-    original = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    original = _imdecode(buffer, cv2.IMREAD_UNCHANGED, label)
     if original is None:
         return ()
     channels = 1 if original.ndim == 2 else original.shape[2]
@@ -278,9 +314,25 @@ def _read_header(data: bytes) -> _Header | None:
             return _bmp_header(data)
         if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
             return _webp_header(data)
+        if data.startswith((b"II", b"MM")):
+            return _tiff_header(data)
+        if data[:1] == b"P" and data[1:2] in b"1234567Ff" and len(data) > 2:
+            return _pnm_header(data)
+        if data.startswith((b"GIF87a", b"GIF89a")) and len(data) >= 10:
+            return _Header("GIF", _uint(data, 6, 2, "little"), _uint(data, 8, 2, "little"), (), None, False)
+        if data.startswith(_JP2_CODESTREAM) or data.startswith(_JP2_SIGNATURE):
+            return _jpeg2000_header(data)
     except (IndexError, ValueError):
         return None
     return None
+
+
+def _uint(data: bytes, pos: int, size: int, order: str) -> int:
+    """An unsigned integer of ``size`` bytes at ``pos``; IndexError where the data ends first
+    (a slice past the end would silently read as a shorter number)."""
+    if pos < 0 or pos + size > len(data):
+        raise IndexError(f"header field at {pos} is past the end of the data")
+    return int.from_bytes(data[pos:pos + size], order)
 
 
 def _png_header(data: bytes) -> _Header | None:
@@ -450,3 +502,88 @@ def _webp_header(data: bytes) -> _Header | None:
     truncated = (f"{len(data)} of the {declared} bytes the header declares"
                  if declared > len(data) else None)
     return _Header("WebP", width, height, notes, truncated)
+
+
+_TIFF_SIZE_TAGS = {256: "width", 257: "height"}
+_TIFF_INTEGER_SIZES = {3: 2, 4: 4, 16: 8}  # SHORT, LONG, LONG8
+
+
+def _tiff_header(data: bytes) -> _Header | None:
+    """Size from the first image file directory (classic TIFF or BigTIFF); the first page is the
+    one IMREAD_COLOR decodes, and a second directory gets a note."""
+    order = "little" if data[:2] == b"II" else "big"
+    magic = _uint(data, 2, 2, order)
+    if magic == 42:
+        field, count_size, directory = 4, 2, _uint(data, 4, 4, order)
+    elif magic == 43 and _uint(data, 4, 2, order) == 8:  # BigTIFF: 8-byte offsets
+        field, count_size, directory = 8, 8, _uint(data, 8, 8, order)
+    else:
+        return None
+    entry_size = 4 + 2 * field  # tag, type, count, value (a value that fits is left-justified)
+    entries = _uint(data, directory, count_size, order)
+    size: dict[str, int] = {}
+    for index in range(entries):
+        entry = directory + count_size + index * entry_size
+        name = _TIFF_SIZE_TAGS.get(_uint(data, entry, 2, order))
+        if name is not None:
+            value_size = _TIFF_INTEGER_SIZES.get(_uint(data, entry + 2, 2, order))
+            if value_size is None or value_size > field:
+                return None
+            size[name] = _uint(data, entry + 4 + field, value_size, order)
+    if len(size) != 2:
+        return None
+    following = _uint(data, directory + count_size + entries * entry_size, field, order)
+    notes = ("TIFF holds more than one page: the first is used",) if following else ()
+    return _Header("TIFF", size["width"], size["height"], notes, None, False)
+
+
+# a header number, after whitespace and "#" comments (which may sit between any two fields)
+_PNM_NUMBER = re.compile(rb"(?:\s|#[^\r\n]*[\r\n])+(\d{1,10})")
+_PAM_FIELD = re.compile(rb"^(WIDTH|HEIGHT)\s+(\d{1,10})\s*$", re.MULTILINE)
+
+
+def _pnm_header(data: bytes) -> _Header | None:
+    """Netpbm: P1-P6 (width and height are the first two numbers), P7 PAM (WIDTH/HEIGHT lines
+    before ENDHDR) and PFM (PF/Pf, then width and height)."""
+    if data[1:2] == b"7":
+        end = data.find(b"ENDHDR")
+        fields = dict(_PAM_FIELD.findall(data[:end])) if end > 0 else {}
+        if len(fields) != 2:
+            return None
+        return _Header("PAM", int(fields[b"WIDTH"]), int(fields[b"HEIGHT"]), (), None, False)
+    first = _PNM_NUMBER.match(data, 2)
+    second = _PNM_NUMBER.match(data, first.end()) if first else None
+    if second is None:
+        return None
+    kind = "PFM" if data[1:2] in b"Ff" else "PNM"
+    return _Header(kind, int(first.group(1)), int(second.group(1)), (), None, False)
+
+
+_JP2_CODESTREAM = b"\xff\x4f\xff\x51"  # SOC then SIZ: a bare JPEG 2000 codestream (.j2k)
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+def _jpeg2000_header(data: bytes) -> _Header | None:
+    """Size from a codestream's SIZ segment (reference grid less its offset), or from the ``ihdr``
+    box inside a JP2 file's ``jp2h`` header box."""
+    if data.startswith(_JP2_CODESTREAM):
+        width = _uint(data, 8, 4, "big") - _uint(data, 16, 4, "big")
+        height = _uint(data, 12, 4, "big") - _uint(data, 20, 4, "big")
+        return _Header("JPEG 2000", width, height, (), None, False)
+    pos = 0
+    while pos + 8 <= len(data):
+        length, kind, body = _uint(data, pos, 4, "big"), data[pos + 4:pos + 8], pos + 8
+        if length == 1:
+            length, body = _uint(data, pos + 8, 8, "big"), pos + 16
+        elif length == 0:
+            length = len(data) - pos
+        if kind == b"ihdr":
+            return _Header("JPEG 2000", _uint(data, body + 4, 4, "big"), _uint(data, body, 4, "big"), (),
+                           None, False)
+        if kind == b"jp2h":
+            pos = body  # a super box: its first child follows its header
+        elif length < body - pos:
+            return None
+        else:
+            pos += length
+    return None

@@ -174,7 +174,10 @@ def box_corners(box: Sequence[float]) -> tuple[float, float, float, float]:
         raise PreprocessError(f"a face box is (x1, y1, x2, y2); got {len(box)} values")
     if not all(isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) for value in box):
         raise PreprocessError(f"face box coordinates must be numbers; got {reprlib.repr(tuple(box))}")
-    x1, y1, x2, y2 = (float(value) for value in box)
+    try:
+        x1, y1, x2, y2 = (float(value) for value in box)
+    except OverflowError:
+        raise PreprocessError(f"face box coordinates are too large to be pixels: {reprlib.repr(tuple(box))}") from None
     if not all(np.isfinite((x1, y1, x2, y2))):
         raise PreprocessError(f"face box has non-finite coordinates: {tuple(box)}")
     if x2 < x1 or y2 < y1:

@@ -7,6 +7,9 @@ implementation, not against our own code.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -51,6 +54,31 @@ def kernel_host(tmp_path_factory):
     if lib is None:
         pytest.skip("g++ is needed to compile the kernels for the host")
     return lib
+
+
+@pytest.fixture
+def make_unlistable(monkeypatch):
+    """A function that makes listing a folder fail as a folder the user may not read does: chmod
+    000 where that binds, and where it does not (root, as in containers) the same PermissionError
+    raised by ``os.scandir`` for that folder alone. Permissions are restored afterwards."""
+    locked: list[Path] = []
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):
+        if any(Path(path) == folder for folder in locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path, *args)
+
+    def make(folder: Path) -> None:
+        locked.append(folder)
+        if os.geteuid() != 0:
+            folder.chmod(0)
+        else:
+            monkeypatch.setattr(os, "scandir", scandir)
+
+    yield make
+    for folder in locked:
+        folder.chmod(0o755)
 
 
 @pytest.fixture

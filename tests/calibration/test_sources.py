@@ -76,6 +76,25 @@ def test_scan_lists_entries_that_cannot_be_read_so_they_are_reported(folder):
     assert [path.relative_to(folder).as_posix() for path in found.other_files] == ["notes.txt", "sub/stray"]
 
 
+@pytest.fixture()
+def unlistable(folder, make_unlistable):
+    locked = folder / "sub" / "locked"
+    write_image(locked / "x.png")
+    make_unlistable(locked)
+    return locked
+
+
+def test_a_sub_folder_that_cannot_be_listed_is_reported_not_skipped(folder, unlistable):
+    found = scan_image_folder(folder)
+    assert [path.relative_to(folder).as_posix() for path in found.images] == [
+        "A.JPG", "b.png", "sub/c.webp", "sub/deeper/d.bmp"]
+    assert found.unreadable == [(unlistable, "Permission denied")]
+    with pytest.raises(ImageSourceError, match=r"cannot list 1 sub-folder\(s\) of .*sub/locked: Permission denied"):
+        list_images(folder)  # a calibration set or check would silently be short of those images
+    with pytest.raises(ImageSourceError, match="cannot list image folder .*locked: Permission denied"):
+        scan_image_folder(unlistable)
+
+
 def test_list_images_errors(tmp_path):
     with pytest.raises(ImageSourceError, match="does not exist"):
         list_images(tmp_path / "nowhere")

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -149,6 +150,93 @@ def test_detect_cli_face_boxes_errors(tiny_engine_set, photographs, tmp_path):
     assert result.exit_code == 1 and "not both" in result.stderr
 
 
+def test_detect_cli_face_crops_follow_sub_folders(tiny_engine_set, photographs, tmp_path):
+    """With --recursive, x/a.png and y/a.png take crops/x/a.png and crops/y/a.png; a flat
+    crops/a.png that both would share is refused (it gave both images one face), and a name no
+    other image has still finds its flat crop, as in the reference's crops folder."""
+    def put(path, rgb):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    photos, crops, flat = tmp_path / "photos", tmp_path / "crops", tmp_path / "flat"
+    put(photos / "x" / "a.png", photographs["astronaut"])
+    put(photos / "y" / "a.png", photographs["chelsea"])
+    put(photos / "b.png", photographs["coffee"])
+    put(photos / "c.png", photographs["coffee"][::-1])
+    put(crops / "x" / "a.png", photographs["astronaut"][:256, :256])
+    put(crops / "y" / "a.png", photographs["chelsea"][:256, :256])
+    put(crops / "b.png", photographs["coffee"][:256, :256])
+    put(flat / "a.png", photographs["astronaut"][:256, :256])
+    runner = CliRunner()
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(photos), "--recursive", "--face-crops",
+                                  str(crops), "--no-face-detect", "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    lines = {Path(d["image"]).relative_to(photos).as_posix(): d for d in map(json.loads, result.stdout.splitlines())}
+    for key in ("x/a.png", "y/a.png", "b.png"):
+        assert lines[key]["face"] == {"source": "face-crop", "file": str(crops / key)}, key
+    assert lines["x/a.png"]["streams"]["face"] != lines["y/a.png"]["streams"]["face"]
+    assert lines["c.png"]["face"] is None
+    assert f"no face crop for this image in {crops} (looked for c.png)" in lines["c.png"]["notes"]
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(photos), "--recursive", "--face-crops",
+                                  str(flat), "--no-face-detect"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert f"{flat / 'a.png'} is the only crop for 2 images named a.png" in result.stderr
+
+
+def test_detect_cli_reports_a_sub_folder_it_cannot_list(tiny_engine_set, photographs, tmp_path, make_unlistable):
+    """An unreadable sub-folder is an input that failed (exit 2), not silently skipped; an
+    unreadable folder argument fails alone and the other arguments are still scored."""
+    folder = tmp_path / "photos"
+    for rel in ("a.png", "locked/b.png"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / rel), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    make_unlistable(folder / "locked")
+    runner = CliRunner()
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--recursive", "--format", "jsonl",
+                                  "--no-face-detect"])
+    assert result.exit_code == 2, result.output
+    lines = {d["image"]: d for d in map(json.loads, result.stdout.splitlines())}
+    assert lines[str(folder / "a.png")]["error"] is None
+    assert lines[str(folder / "locked")]["error"] == ("cannot list this folder (Permission denied); its images, "
+                                                      "if any, are not scored")
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder / "locked"), str(folder / "a.png"),
+                                  "--format", "jsonl", "--no-face-detect"])
+    assert result.exit_code == 2, result.output
+    lines = {d["image"]: d for d in map(json.loads, result.stdout.splitlines())}
+    assert lines[str(folder / "a.png")]["error"] is None
+    assert "cannot list image folder" in lines[str(folder / "locked")]["error"]
+
+
+def test_detect_cli_names_that_are_not_utf8_or_hold_line_breaks(tiny_engine_set, photographs, tmp_path):
+    """A strict UTF-8 stdout (CliRunner's, or a UTF-8 locale's) takes csv rows naming a file whose
+    name is not UTF-8, written as its own bytes; that output reads back as a --face-boxes file
+    matching every image, and the table keeps one row per image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    png = cv2.imencode(".png", cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR))[1].tobytes()
+    names = [b"caf\xe9.png", b"new\nline.png", b"plain.png"]
+    for name in names:
+        with open(os.path.join(os.fsencode(folder), name), "wb") as handle:
+            handle.write(png)
+    runner = CliRunner()
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout_bytes.decode("utf-8", "surrogateescape"), newline="")))
+    assert sorted(row["image"] for row in rows) == sorted(str(folder / os.fsdecode(name)) for name in names)
+    assert all(row["x1"] for row in rows)  # the packaged locator found the astronaut's face in each
+    saved = tmp_path / "first.csv"
+    saved.write_bytes(result.stdout_bytes)
+    again = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--face-boxes", str(saved),
+                                 "--no-face-detect", "--format", "jsonl"])
+    assert again.exit_code == 0, again.output
+    assert "match no image" not in again.stderr
+    assert all(json.loads(line)["face"]["source"] == "box" for line in again.stdout.splitlines())
+    table = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--no-face-detect"])
+    assert table.exit_code == 0, table.output
+    assert table.stdout.count("\n") == 1 + len(names)
+    assert "caf\\udce9.png  score" in table.stdout and "new\\nline.png  score" in table.stdout
+
+
 def test_face_boxes_api_crops_like_the_reference(tiny_engine_set, reference_ensemble, photographs):
     detector = Detector.open(tiny_engine_set, backend="onnxruntime")
     rgb = photographs["astronaut"]
@@ -190,6 +278,11 @@ def _write_bad_inputs(folder: Path, good: np.ndarray) -> dict[str, tuple[Path, s
     # 20000x20000 PNG of zeros: a tiny file whose full decode would need 1.2 GB
     write("huge.png", cv2.imencode(".png", np.zeros((20000, 20000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes(),
           "pixels")
+    write("huge.pgm", b"P5\n40000 40000\n255\n" + bytes(1000), "above the limit")  # 19 bytes of header
+    # a Sun raster header (a format sized by no parser here) beyond OpenCV's own 2^30-pixel limit,
+    # which OpenCV raises as an exception rather than returning None
+    write("huge.ras", struct.pack(">8I", 0x59A66A95, 40000, 40000, 24, 0, 1, 0, 0) + bytes(1000),
+          "larger than opencv decodes")
     return cases
 
 
@@ -365,6 +458,23 @@ def test_objects_that_are_not_images_fail_alone(tiny_engine_set, photographs):
     for one_image in (good, "a.jpg", b"\xff\xd8\xff", Path("a.jpg")):
         with pytest.raises(TypeError, match=r"wrap it in a list: detect\(\[image\]\)"):
             detector.detect(one_image)
+
+
+class _UnconvertibleCoordinate(float):
+    """A caller's number type whose conversion fails in a way no check here foresees."""
+
+    def __float__(self):
+        raise RuntimeError("this coordinate cannot be read")
+
+
+def test_unforeseen_failures_of_one_image_do_not_sink_the_others(tiny_engine_set, photographs):
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    good = photographs["coffee"]
+    results = detector.detect([good, good, good], face_boxes=[
+        (0, 0, 10**400, 100), (_UnconvertibleCoordinate(1), 2, 300, 200), None])
+    assert "too large to be pixels" in results[0].error
+    assert results[1].error == ("unexpected RuntimeError while preparing this image: this coordinate cannot be read")
+    assert results[2].ok and results[2].score is not None
 
 
 def test_packaged_face_detector_feeds_the_face_stream(tiny_engine_set, reference_ensemble, tmp_path):

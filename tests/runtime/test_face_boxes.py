@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
+
 import pytest
 
 from dfd.runtime.face_boxes import FaceBoxFileError, load_face_boxes
@@ -57,6 +62,11 @@ def test_images_without_a_box_and_detect_output_lines(tmp_path):
     ("boxes.jsonl", '{"image": "a.jpg", "score": 0.5}\n', ["boxes.jsonl:1", "detect's jsonl output"]),
     ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, 3, 4]}\n' + "[" * 100_000 + "\n",
      ["boxes.jsonl:2", "nested too deeply"]),
+    ("boxes.jsonl", '{"image": "a.jpg", "box": [0, 0, 1%s, 4]}\n' % ("0" * 400), ["boxes.jsonl:1", "four numbers"]),
+    # a stray quote would otherwise swallow every following row into one cell, silently
+    ("boxes.csv", 'image,x1,y1,x2,y2\na.jpg,1,2,3,4\n"b.jpg,1,2,3,4\nc.jpg,1,2,3,4\n',
+     ["boxes.csv:3", "malformed CSV row", "unexpected end of data"]),
+    ("boxes.csv", 'image,x1,y1,x2,y2\n"a"b.jpg,1,2,3,4\n', ["boxes.csv:2", "malformed CSV row"]),
 ])
 def test_malformed_files_name_the_line_and_the_problem(tmp_path, name, text, words):
     with pytest.raises(FaceBoxFileError) as raised:
@@ -66,10 +76,37 @@ def test_malformed_files_name_the_line_and_the_problem(tmp_path, name, text, wor
 
 
 def test_unreadable_file_is_a_clear_error(tmp_path):
-    binary = tmp_path / "boxes.csv"
+    folder = tmp_path / "boxes.csv"
+    folder.mkdir()
+    with pytest.raises(FaceBoxFileError, match="cannot read face boxes from .*boxes.csv: .*Is a directory"):
+        load_face_boxes(folder)
+    binary = tmp_path / "binary.csv"
     binary.write_bytes(b"image,x1\n\xff\xfe\x00")
-    with pytest.raises(FaceBoxFileError, match="cannot read face boxes"):
+    with pytest.raises(FaceBoxFileError, match="the CSV header lacks y1, x2, y2"):
         load_face_boxes(binary)
+
+
+NAMES = ["new\nline.jpg", "carriage\rreturn.jpg", "sep\u2028arator.jpg", "form\x0cfeed.jpg",
+         os.fsdecode(b"caf\xe9.jpg"), "plain.jpg"]  # the last but one: not UTF-8 (surrogate escapes)
+
+
+def test_names_with_line_breaks_or_undecodable_bytes_read_back(tmp_path):
+    """detect's csv (quoted cells, names written as their own bytes) and jsonl (escapes, or raw
+    characters as another tool may write them) read back to the same names: a row is not split at
+    a quoted line break, U+2028 or a form feed, nor refused for a byte that is not UTF-8."""
+    expected = {name: (1.0, 2.0, 3.0 + i, 4.0) for i, name in enumerate(NAMES)}
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["image", "x1", "y1", "x2", "y2"])
+    writer.writerows([name, *box] for name, box in expected.items())
+    csv_file = tmp_path / "boxes.csv"
+    csv_file.write_bytes(text.getvalue().encode("utf-8", "surrogateescape"))
+    assert load_face_boxes(csv_file).boxes == expected
+    for ensure_ascii in (True, False):
+        jsonl_file = tmp_path / "boxes.jsonl"
+        lines = [json.dumps({"image": name, "box": list(box)}, ensure_ascii=ensure_ascii) for name, box in expected.items()]
+        jsonl_file.write_bytes("\n".join(lines).encode("utf-8", "surrogateescape"))
+        assert load_face_boxes(jsonl_file).boxes == expected
 
 
 def test_entries_match_by_path_or_by_unique_file_name(tmp_path):

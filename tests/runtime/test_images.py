@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -207,6 +208,82 @@ def test_header_sizes_are_read_before_decoding(tmp_path, suffix, params):
         decode_image(path, max_pixels=1)
 
 
+def _pillow_bytes(image: np.ndarray, fmt: str, **options) -> bytes:
+    image_module = pytest.importorskip("PIL.Image", reason="Pillow writes JPEG 2000 and BigTIFF")
+    buffer = io.BytesIO()
+    image_module.fromarray(image).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _encoded(suffix: str, image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(suffix, image)
+    assert ok
+    return data.tobytes()
+
+
+SIZED_BY_HEADER = {  # formats whose size is parsed here; OpenCV decodes each at full size only
+    "TIFF": lambda im: _encoded(".tiff", im),
+    "TIFF big-endian": lambda im: _pillow_bytes(im, "TIFF", byteorder=">"),
+    "BigTIFF": lambda im: _pillow_bytes(im, "TIFF", big_tiff=True),
+    "PPM": lambda im: _encoded(".ppm", im),
+    "PGM with comments": lambda im: b"P5\n# made by hand\n53 # width\n37\n255\n" + im[:, :, 1].tobytes(),
+    "PAM": lambda im: _encoded(".pam", im),
+    "PFM": lambda im: _encoded(".pfm", im.astype(np.float32) / 255),
+    "GIF": lambda im: _encoded(".gif", im),
+    "JP2": lambda im: _pillow_bytes(im, "JPEG2000"),
+    "J2K codestream": lambda im: _pillow_bytes(im, "JPEG2000", no_jp2=True),
+}
+
+
+@pytest.mark.parametrize("kind", SIZED_BY_HEADER)
+def test_other_formats_are_sized_from_their_header_and_decode_as_the_reference(kind):
+    image = np.random.default_rng(2).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    data = SIZED_BY_HEADER[kind](image)
+    reference = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(decode_image(data).rgb, reference)
+    with pytest.raises(ImageError, match="53x37 .* is above the limit of 0.0 MP; OpenCV can only decode"):
+        decode_image(data, max_pixels=1)
+
+
+def test_sized_formats_still_describe_their_colours_and_pages():
+    gray16 = np.random.default_rng(3).integers(0, 65536, (37, 53), dtype=np.uint16)
+    assert decode_image(_encoded(".pgm", gray16)).notes == ("grayscale expanded to RGB", "16-bit scaled to 8-bit")
+    image = np.random.default_rng(4).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image_module = pytest.importorskip("PIL.Image", reason="Pillow writes multi-page TIFF")
+    pages = _pillow_bytes(image, "TIFF", save_all=True, append_images=[image_module.fromarray(image[::-1])])
+    decoded = decode_image(pages)
+    assert decoded.notes == ("TIFF holds more than one page: the first is used",)
+    np.testing.assert_array_equal(decoded.rgb, image)
+
+
+@pytest.mark.parametrize("header", [
+    b"P6\n40000 40000\n255\n",
+    b"P7\nWIDTH 40000\nHEIGHT 40000\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n",
+    b"GIF89a" + struct.pack("<HH", 40000, 40000),
+    # classic TIFF, one directory holding ImageWidth and ImageLength (LONG), no next directory
+    b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 2) + struct.pack("<HHII", 256, 4, 1, 40000)
+    + struct.pack("<HHII", 257, 4, 1, 40000) + struct.pack("<I", 0),
+    b"\xff\x4f\xff\x51" + struct.pack(">HHIIII", 41, 0, 40000, 40000, 0, 0),
+], ids=["PPM", "PAM", "GIF", "TIFF", "J2K"])
+def test_a_huge_header_of_another_format_is_refused_before_decoding(header):
+    """A few bytes claiming 1600 MP: refused from the header (before, OpenCV's exception for images
+    above 2^30 pixels escaped decode_image and ended a whole batch)."""
+    with pytest.raises(ImageError, match="40000x40000 \\(1600.0 MP\\) is above the limit of 64.0 MP"):
+        decode_image(header + bytes(1000))
+
+
+def test_opencv_exceptions_become_image_errors_and_unsized_formats_keep_the_limit():
+    """Sun raster is sized by no parser here: above OpenCV's own limit its decode raises, which
+    becomes an ImageError; below it, the image is refused after decoding when above max_pixels."""
+    huge = struct.pack(">8I", 0x59A66A95, 40000, 40000, 24, 0, 1, 0, 0) + bytes(1000)
+    with pytest.raises(ImageError, match="OpenCV could not decode it: the image is larger than OpenCV decodes"):
+        decode_image(huge)
+    small = _encoded(".sr", np.zeros((37, 53, 3), np.uint8))
+    assert decode_image(small).rgb.shape == (37, 53, 3)
+    with pytest.raises(ImageError, match="image 53x37 \\(0.0 MP\\) is above the limit of 0.0 MP"):
+        decode_image(small, max_pixels=1)
+
+
 # --- memory safety -----------------------------------------------------------------------------
 
 def test_default_limit_is_64_megapixels():
@@ -267,6 +344,8 @@ def test_missing_file_directory_and_empty_file(tmp_path):
         decode_image(empty)
     with pytest.raises(ImageError, match=r"empty \(0 bytes\)"):
         decode_image(b"")
+    with pytest.raises(ImageError, match=r"cannot read image file 'a\x00b.png': embedded null byte"):
+        decode_image("a\x00b.png")
 
 
 def test_links_pipes_and_devices_are_refused_without_reading(tmp_path):
