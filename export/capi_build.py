@@ -92,7 +92,7 @@ typedef struct {
     char message[DFD_RESULT_MESSAGE_SIZE];
                             /* NUL-terminated UTF-8, zero-filled, cut on a character. Failed: why this
                                image failed. Scored: the notes `dfd-export detect` prints, one per line
-                               ('\n' between them, "" when none): how a rule the reference lacks was
+                               ('\\n' between them, "" when none): how a rule the reference lacks was
                                applied (an image under 252 px upscaled, a 224-high image resized), which
                                face input the face stream took (no face found, a face under 1/9 of the
                                image), conversions of the decoded pixels (grayscale, alpha, 16-bit) */
@@ -106,8 +106,9 @@ typedef struct {
     int32_t batch_size;         /* images per engine call; default 8                         */
     int32_t face_detection;     /* 1 (default): locate faces with the set's detector when an
                                    image has no face box; 0: the reference's no-face rule    */
-    float face_min_px;          /* smallest face looked for, in image pixels; default 40;
-                                   0: BlazeFace's 192-pixel pass only (faster, misses small) */
+    float face_min_px;          /* smallest face looked for, in image pixels; default 40, at
+                                   least 12 (MTCNN's smallest window); 0: BlazeFace's
+                                   192-pixel pass only (faster, misses small faces)          */
     int32_t gpu_preprocessing;  /* tensorrt: 1 (default) fused CUDA preprocessing and vote;
                                    0: NumPy/OpenCV on the host                               */
     int32_t cuda_graph_batch;   /* tensorrt fused path: replay one CUDA graph for calls of
@@ -181,7 +182,8 @@ dfd_status dfd_detect_encoded(dfd_detector *d, const void *data, size_t size, co
 void dfd_close(dfd_detector *d);
 
 /* The message of the last failed dfd_* call on this thread; "" after a call that succeeded.
-   Thread-local; valid until the next dfd_* call on this thread. Never NULL. */
+   dfd_version and dfd_last_error itself leave it as it is. Thread-local; valid until the next
+   other dfd_* call on this thread. Never NULL. */
 const char *dfd_last_error(void);
 """
 
@@ -343,6 +345,7 @@ dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **
 
 void dfd_options_init(dfd_options *options)
 {
+    dfd_error[0] = '\0';
     if (options == NULL)
         return;
     memset(options, 0, sizeof *options);

@@ -433,10 +433,11 @@ def _csv_row(d: dict) -> dict:
 @click.option("--no-face-detect", is_flag=True,
               help="Do not locate faces: images without a face crop or box use the reference's no-face rule.")
 @click.option("--face-min-px", type=FiniteFloatRange(min=0), default=40.0, show_default=True,
+              callback=lambda ctx, param, value: _check_face_min_px(value),
               help="Smallest face (image pixels) the face locator looks for: on images too large for BlazeFace's "
                    "192-pixel pass to see it, MTCNN looks for faces from this size up at full resolution "
-                   "(~100-300 ms for a 1920-pixel image on 2 CPU cores). 0: the 192-pixel pass only, faster, "
-                   "misses small faces.")
+                   "(~100-300 ms for a 1920-pixel image on 2 CPU cores); at least 12, MTCNN's smallest window. "
+                   "0: the 192-pixel pass only, faster, misses small faces.")
 @click.option("--no-face-cascade", is_flag=True,
               help="When the face locator's plain pass finds no face, do not retry on the reference's nine "
                    "enhanced copies of the image (bilateral, median, non-local means, CLAHE, ...). Much faster on "
@@ -520,6 +521,17 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     if failed:
         click.echo(f"{failed} of {len(paths) + len(problems)} input(s) failed", err=True)
         sys.exit(2)
+
+
+def _check_face_min_px(value: float) -> float:
+    """0 (off) or a size MTCNN looks for without upscaling the image (see SMALLEST_FACE_PX)."""
+    from dfd.runtime.face_detection import SMALLEST_FACE_PX
+
+    if 0 < value < SMALLEST_FACE_PX:
+        raise click.BadParameter(f"{value:g} is below {SMALLEST_FACE_PX:g} px, MTCNN's smallest window: a smaller face "
+                                 f"is found only in the image upscaled {SMALLEST_FACE_PX:g}/{value:g} times per side; "
+                                 f"give 0 to turn the small-face pass off", param_hint="--face-min-px")
+    return value
 
 
 def _crop_key(image: str, inputs: tuple[str, ...]) -> Path:

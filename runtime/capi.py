@@ -34,6 +34,7 @@ import numpy as np
 from .backends import BACKEND_CHOICES, BackendError
 from .detector import Detection, Detector
 from .errors import DfdError
+from .face_detection import SMALLEST_FACE_PX
 from .images import ImageError, silence_opencv_log
 from .manifest import EngineSetError
 
@@ -234,9 +235,9 @@ def detector_options(ffi: Any, options: Any) -> dict[str, Any]:
         raise CapiArgumentError(f"dfd_open_with: options.cuda_graph_batch is {graph_batch}; "
                                 f"it must be 0 (no graph) or a batch size")
     face_min_px = float(options.face_min_px)
-    if not math.isfinite(face_min_px) or face_min_px < 0:
-        raise CapiArgumentError(f"dfd_open_with: options.face_min_px is {face_min_px}; it must be 0 "
-                                f"(the 192-pixel pass only) or a face size in pixels")
+    if not math.isfinite(face_min_px) or face_min_px < 0 or 0 < face_min_px < SMALLEST_FACE_PX:
+        raise CapiArgumentError(f"dfd_open_with: options.face_min_px is {face_min_px:g}; it must be 0 "
+                                f"(the 192-pixel pass only) or a face size of at least {SMALLEST_FACE_PX:g} pixels")
     return {"backend": _backend_argument(ffi, options.backend, "dfd_open_with: options"), "batch_size": batch_size,
             "face_min_px": face_min_px or None, "cuda_graph_batch": graph_batch or None, **flags}
 

@@ -38,7 +38,7 @@ import numpy as np
 from .backends import onnxruntime_session_options
 from .errors import DfdError
 from .images import check_rgb_image
-from .mtcnn import MtcnnDetector
+from .mtcnn import PNET_CELL, MtcnnDetector
 
 INPUT_SIZE = 192
 NUM_ANCHORS = 2304
@@ -61,6 +61,10 @@ RESOLVED_FACE_INPUT_PX = 20.0
 # Faces of this many image pixels and up are looked for, as the reference's full-resolution
 # RetinaFace finds them; None: the BlazeFace letterbox pass only.
 DEFAULT_MIN_FACE_PX: float | None = 40.0
+# The smallest min_face_px: MTCNN's P-Net window. A smaller face is found only in the image
+# upscaled PNET_CELL / min_face_px times per side (0.1 px: 120x, a 49 GiB pyramid level for a
+# 512x600 photograph), and a face that small is of no use to the face stream anyway.
+SMALLEST_FACE_PX = float(PNET_CELL)
 # MTCNN looks for faces up to this many times the smallest size the letterbox resolves, so that
 # faces around that size are seen by both detectors (BlazeFace's recall is not a step function).
 SMALL_FACE_OVERLAP = 2.0
@@ -458,8 +462,10 @@ class FaceLocator:
             )
         if not 0.0 < score_threshold < 1.0:
             raise FaceDetectionError(f"score_threshold must be in (0, 1), got {score_threshold}")
-        if min_face_px is not None and not (math.isfinite(min_face_px) and min_face_px > 0):
-            raise FaceDetectionError(f"min_face_px must be a positive number or None, got {min_face_px}")
+        if min_face_px is not None and not (math.isfinite(min_face_px) and min_face_px >= SMALLEST_FACE_PX):
+            raise FaceDetectionError(
+                f"min_face_px must be None (the letterbox pass only) or at least {SMALLEST_FACE_PX:g} pixels, MTCNN's "
+                f"smallest window (a smaller face is found only in an upscaled image), got {min_face_px}")
         if cascade_max_side is not None and cascade_max_side < INPUT_SIZE:
             raise FaceDetectionError(
                 f"cascade_max_side must be None or at least the letterbox's {INPUT_SIZE} px, got {cascade_max_side}"

@@ -36,10 +36,36 @@ static const char *status_name(dfd_status status)
     return "unknown";
 }
 
-/* A JSON string literal: quotes, backslashes and control characters escaped; UTF-8 passes. */
+/* The length (2-4) of the well-formed UTF-8 sequence at c, or 0 when c starts none. */
+static int utf8_sequence(const unsigned char *c)
+{
+    int length, i;
+    if (c[0] >= 0xC2 && c[0] <= 0xDF)
+        length = 2;
+    else if (c[0] >= 0xE0 && c[0] <= 0xEF)
+        length = 3;
+    else if (c[0] >= 0xF0 && c[0] <= 0xF4)
+        length = 4;
+    else
+        return 0;
+    for (i = 1; i < length; i++)  /* the terminating NUL fails this too */
+        if ((c[i] & 0xC0) != 0x80)
+            return 0;
+    /* overlong forms, UTF-16 surrogates, code points above U+10FFFF */
+    if ((c[0] == 0xE0 && c[1] < 0xA0) || (c[0] == 0xED && c[1] >= 0xA0) || (c[0] == 0xF0 && c[1] < 0x90)
+        || (c[0] == 0xF4 && c[1] >= 0x90))
+        return 0;
+    return length;
+}
+
+/* text as a JSON string literal: quotes, backslashes and control characters escaped, UTF-8
+   passed through. A byte that is not part of well-formed UTF-8 (a file name in another
+   encoding) is written as Python's json writes a name read with surrogate escapes, "\udcXX", so
+   the line stays valid JSON and `dfd-export detect --format jsonl` names the same file alike. */
 static void print_json_string(const char *text)
 {
     const unsigned char *c;
+    int length;
     putchar('"');
     for (c = (const unsigned char *)text; *c; c++) {
         if (*c == '"' || *c == '\\')
@@ -50,8 +76,14 @@ static void print_json_string(const char *text)
             fputs("\\t", stdout);
         else if (*c < 0x20)
             printf("\\u%04x", *c);
-        else
+        else if (*c < 0x80)
             putchar(*c);
+        else if ((length = utf8_sequence(c)) == 0)
+            printf("\\udc%02x", *c);
+        else {
+            fwrite(c, 1, (size_t)length, stdout);
+            c += length - 1;
+        }
     }
     putchar('"');
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -299,6 +300,8 @@ static int run_options(int argc, char **argv)
     dfd_options_init(&o); o.face_cascade = 7; report("face_cascade_seven", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.face_min_px = NAN; report("face_min_px_nan", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.face_min_px = -1; report("face_min_px_negative", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); report("options_init_clears", DFD_OK);  /* after the failure above */
+    o.face_min_px = 0.5f; report("face_min_px_small", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.cuda_graph_batch = -1; report("graph_negative", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.cuda_graph_batch = o.batch_size + 1; report("graph_over_batch", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.backend = "onnxruntime"; o.cuda_graph_batch = 4;
@@ -580,6 +583,23 @@ def test_example_service_reports_a_bad_file_and_goes_on(tiny_engine_set, picture
     assert refused.returncode == 1 and "engine set folder not found" in refused.stderr
 
 
+def test_example_service_writes_json_for_any_file_name(tiny_engine_set, pictures, example_service, tmp_path):
+    """A name that is not UTF-8 comes out as valid JSON, naming the file as detect's jsonl does
+    ("\\udce9", Python's surrogate escape); a UTF-8 name passes through unchanged."""
+    folder = os.fsencode(tmp_path)
+    names = [b"caf\xe9.png", "na\u00efve \u5199\u771f.png".encode(), b"truncated\xe5\x86.png"]
+    paths = [os.path.join(folder, name) for name in names]
+    for path in paths:
+        shutil.copyfile(pictures["astronaut"][0], path)
+    served = subprocess.run([str(example_service), str(tiny_engine_set)], input=b"".join(p + b"\n" for p in paths),
+                            capture_output=True, env={}, timeout=120)
+    assert served.returncode == 0, served.stderr
+    lines = [json.loads(line) for line in served.stdout.decode("utf-8").splitlines()]  # strict: valid UTF-8
+    cli = _cli_jsonl(tiny_engine_set, [os.fsdecode(path) for path in paths])
+    assert [line["image"] for line in lines] == [line["image"] for line in cli] == [os.fsdecode(p) for p in paths]
+    assert [line["score"] for line in lines] == [line["score"] for line in cli]
+
+
 def test_one_detector_from_four_threads_gives_identical_results(tiny_engine_set, pictures, harness):
     """4 threads x 50 calls at once (RGB and BGR images alternating), each result byte-equal to
     the serial one computed first."""
@@ -731,6 +751,9 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
     check("face_cascade_seven", "invalid_argument", "face_cascade is 7", "0 or 1")
     check("face_min_px_nan", "invalid_argument", "face_min_px is nan")
     check("face_min_px_negative", "invalid_argument", "face_min_px is -1")
+    check("options_init_clears", "ok")
+    # a 0.5-px face would need the image upscaled 24 times per side (a 512x600 photo: 165 GiB)
+    check("face_min_px_small", "invalid_argument", "face_min_px is 0.5", "at least 12 pixels")
     check("graph_negative", "invalid_argument", "cuda_graph_batch is -1")
     check("graph_over_batch", "invalid_argument", "batches of 9", "never replay")
     check("graph_on_onnxruntime", "engine", "needs the tensorrt backend")

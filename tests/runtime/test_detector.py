@@ -616,6 +616,9 @@ def test_face_min_px_flag_switches_the_small_face_pass(tiny_engine_set, tmp_path
     assert counts == {False: 3, True: 2}
     bad = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(path), "--face-min-px", "-5"])
     assert bad.exit_code == 1 and "--face-min-px" in bad.output
+    small = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(path), "--face-min-px", "0.1"])
+    assert small.exit_code == 1 and small.stdout == ""
+    assert "--face-min-px" in small.stderr and "0.1 is below 12 px, MTCNN's smallest window" in small.stderr
 
 
 def test_sets_without_mtcnn_open_with_the_letterbox_pass_only(tiny_engine_set, tmp_path):

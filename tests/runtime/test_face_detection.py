@@ -357,7 +357,10 @@ def test_cascade_working_resolution_below_the_letterbox_is_refused(run_detector)
         FaceLocator(run_detector, cascade_max_side=100)
 
 
-@pytest.mark.parametrize("min_face_px", [0.0, -40.0, float("nan"), float("inf")])
-def test_smallest_face_must_be_a_positive_number(run_detector, min_face_px) -> None:
-    with pytest.raises(FaceDetectionError, match="min_face_px must be a positive number or None"):
+@pytest.mark.parametrize("min_face_px", [0.0, -40.0, float("nan"), float("inf"), 0.1, 11.99])
+def test_smallest_face_is_at_least_mtcnns_window(run_detector, min_face_px) -> None:
+    """Below 12 px MTCNN would look in the image upscaled 12/min_face_px times per side (0.1: a
+    49 GiB pyramid level for a 512x600 photograph); 12 itself needs no upscale."""
+    with pytest.raises(FaceDetectionError, match="min_face_px must be None .* or at least 12 pixels"):
         FaceLocator(run_detector, min_face_px=min_face_px)
+    assert FaceLocator(run_detector, min_face_px=12.0).min_face_px == 12.0
