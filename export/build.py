@@ -37,6 +37,9 @@ from .streams import STREAM_NAMES, STREAM_SPECS, build_stream
 from .tensorrt_build import TensorRTOptions
 
 CALIBRATION_METHODS = ("entropy", "max")
+# Fewer distinct calibration photographs than this draw a warning: ranges (INT8) and overflow
+# checks (fp16) measured on a handful of images need not cover what the engines will see.
+FEW_CALIBRATION_IMAGES = 8
 BACKENDS = ("onnxruntime", "tensorrt", "auto")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -125,6 +128,9 @@ def _check_request(request: BuildRequest) -> None:
     if unknown or not request.streams:
         raise BuildError(f"unknown stream(s) {unknown}; choose from {', '.join(STREAM_NAMES)}")
     out = Path(request.out_dir)
+    if out.is_symlink():  # a build replaces its folder whole, and a link is not a folder to replace
+        raise BuildError(f"{out} is a symbolic link (to {os.readlink(out)}); give the folder it points to, "
+                         f"or a new --out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not request.force:
             raise BuildError(f"{out} already exists and is not empty; pass --force to replace it")
@@ -227,7 +233,7 @@ def _compile_tensorrt(staging: Path, graph: Path, input_size: int, request: Buil
     return [FileEntry.of(staging, engine, "engine")]
 
 
-def _calibration_set(request: BuildRequest):
+def _calibration_set(request: BuildRequest, warn: Callable[[str], None]):
     """The calibration set of an fp16/INT8 build, from the runtime's own preprocessing."""
     from dfd.calibration.calibset import build_calibration_set
     from dfd.calibration.sources import builtin_photographs, list_images
@@ -236,6 +242,10 @@ def _calibration_set(request: BuildRequest):
         images, source = list_images(Path(request.calib_dir)), str(request.calib_dir)
     else:
         images, source = builtin_photographs(), "photographs shipped in installed packages"
+    if len(images) < min(FEW_CALIBRATION_IMAGES, request.calib_count):
+        warn(f"the calibration set draws its {request.calib_count} slots from only {len(images)} photograph(s) "
+             f"in {source}; a {request.precision} graph calibrated on so few may not cover the images it will "
+             f"score. Give --calib-dir a folder of at least {FEW_CALIBRATION_IMAGES} (a few hundred is better)")
     cache = request.calib_cache or Path.home() / ".cache" / "dfd-export" / "calibration"
     return build_calibration_set(
         images, count=request.calib_count, degrade_share=request.calib_degrade, seed=request.calib_seed,
@@ -273,6 +283,21 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
         raise BuildError(f"cannot create the engine set folder {out}: {os_error_text(exc)}") from exc
     with _exclusive_build(out):
         return _build_into(out, request, dino, clip, warn)
+
+
+def _warn_about_shared_checkpoints(streams: dict[str, Any], warn: Callable[[str], None]) -> None:
+    """Two streams built from one checkpoint file (the same bytes under two names, e.g. a copy
+    made to fill a missing file) are one stream counted twice: the vote loses its complementarity."""
+    by_hash: dict[str, list[str]] = {}
+    for name, entry in streams.items():
+        checkpoint = entry["source"].get("checkpoint")
+        if checkpoint is not None:
+            by_hash.setdefault(checkpoint["sha256"], []).append(name)
+    for sha256, names in by_hash.items():
+        if len(names) > 1:
+            warn(f"the {' and '.join(names)} streams were built from identical checkpoint files (sha256 "
+                 f"{sha256[:12]}...): they will give the same probabilities, and the vote counts one stream twice. "
+                 f"Check that each file in --weights-dir is that stream's own checkpoint")
 
 
 def _absolute(path: Path) -> Path:
@@ -319,13 +344,13 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
     except OSError as exc:
         raise BuildError(f"cannot create the engine set folder {out}: {os_error_text(exc)}") from exc
     streams: dict[str, Any] = {}
-    calibration = _calibration_set(request) if request.precision != "fp32" else None
-    if calibration is not None and calibration.unreadable:
-        errors = list(calibration.unreadable.values())
-        warn(f"{len(errors)} calibration image(s) could not be read; their slots hold other images of the "
-             f"set (listed in the manifest): {first_few(errors, 3, separator='; ')}")
     started = time.perf_counter()
     try:
+        calibration = _calibration_set(request, warn) if request.precision != "fp32" else None
+        if calibration is not None and calibration.unreadable:
+            errors = list(calibration.unreadable.values())
+            warn(f"{len(errors)} calibration image(s) could not be read; their slots hold other images of the "
+                 f"set (listed in the manifest): {first_few(errors, 3, separator='; ')}")
         progress = tqdm(request.streams, desc="build", unit="stream", file=sys.stderr, leave=True)
         for name in progress:
             progress.set_description(f"build {name}: load")
@@ -360,6 +385,7 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
                 },
             }
         progress.close()
+        _warn_about_shared_checkpoints(streams, warn)
         face_detector = _face_detector_entry(staging, request) if request.face_detector else None
         manifest = {
             "format": FORMAT,
@@ -372,8 +398,9 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
                 "opset": request.opset,
                 "seed": request.seed,
                 "lora": {"r": request.lora.r, "alpha": request.lora.alpha},
-                "models_dir": str(request.models_dir) if request.models_dir else None,
-                "weights_dir": str(request.weights_dir) if request.weights_dir else None,
+                # absolute, so verify and bench find the checkpoints from any working folder
+                "models_dir": str(_absolute(request.models_dir)) if request.models_dir else None,
+                "weights_dir": str(_absolute(request.weights_dir)) if request.weights_dir else None,
             },
             "vote": {"weights": {s: DEFAULT_VOTE_WEIGHTS[s] for s in STREAM_NAMES},
                      "stream_decimals": 1, "score_decimals": 1, "score_rounding": "half-even"},

@@ -82,15 +82,47 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 else "is a broken symbolic link" if path.is_symlink() else "does not exist")
         raise CheckpointError(f"checkpoint {path} {what}; the reference's checkpoints are files "
                               f"(dinov2_252.pth, dinov2_252_crop.pth, dinov2_clip.pth)")
+    not_a_checkpoint = _not_a_torch_file(path)
+    if not_a_checkpoint:
+        raise CheckpointError(f"checkpoint {path} {not_a_checkpoint}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "Weights only load failed" in str(exc):
+            raise CheckpointError(f"checkpoint {path} holds pickled Python objects besides tensors (a whole model "
+                                  f"saved with torch.save(model)?), which are never unpickled here since that can "
+                                  f"run code; save model.state_dict() instead") from exc
+        raise CheckpointError(f"cannot read checkpoint {path} (corrupt or truncated?): {first_line}") from exc
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is not a state dict of tensors")
+    odd = [key for key in state if not isinstance(key, str)]
+    if odd:
+        raise CheckpointError(f"{path} is not a reference state dict: {len(odd)} key(s) are not parameter names, "
+                              f"e.g. {odd[0]!r}")
     return dict(state)
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why the file cannot be a ``torch.save`` output (a ZIP archive, or the legacy pickle format),
+    read from its first bytes, or None. The usual cases are a failed download: an empty file, a
+    Git LFS pointer, an HTML error page."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if not head:
+        return "is empty (0 bytes)"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    if head.startswith(b"version https://git-lfs"):
+        return "is a Git LFS pointer, not the checkpoint itself: fetch it with `git lfs pull`"
+    if head.lstrip().startswith(b"<"):
+        return "is an HTML or XML page, not a checkpoint (a failed download?)"
+    return "is not a PyTorch checkpoint (torch.save writes a ZIP archive; this file starts otherwise)"
 
 
 def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, _Tensor], list[str]]:

@@ -8,7 +8,11 @@ traceback means a bug.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -20,7 +24,7 @@ from dfd.runtime.images import silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors
-from .cli_types import FiniteFloatRange
+from .cli_types import FiniteFloatRange, prepare_output_file
 
 
 def engine_dir_argument(func):
@@ -32,7 +36,8 @@ def streams_option(func):
         "--streams",
         default=",".join(STREAM_CHOICES),
         show_default=True,
-        help="Comma-separated subset of streams to build.",
+        help="Comma-separated subset of streams to build. A set without all three votes with the streams it "
+             "has (their weights renormalised), which is not the paper's ensemble: for tests and benchmarks.",
         callback=_parse_streams,
     )(func)
 
@@ -120,7 +125,8 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random initialisation.")
 @click.option("--force", is_flag=True, help="Replace an existing engine set in the output folder (a non-empty folder that is not an engine set is never deleted).")
 @click.option("--no-face-detector", is_flag=True,
-              help="Do not ship the BlazeFace face localiser; detect then needs --face-crops or face boxes.")
+              help="Do not ship the face localisers (BlazeFace and MTCNN); detect then needs --face-crops or face "
+                   "boxes, or uses the reference's no-face rule.")
 @handles_errors
 def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, calib_degrade, calib_method,
           calib_seed, calib_cache, backend, min_batch, opt_batch, max_batch, workspace_gib,
@@ -133,10 +139,15 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
     def warn(message: str) -> None:
         click.secho(f"WARNING: {message}", fg="yellow", err=True)
 
-    unused = _tensorrt_flags_given(click.get_current_context())
+    context = click.get_current_context()
+    unused = _flags_given(context, _TENSORRT_ONLY_OPTIONS)
     if backend == "onnxruntime" and unused:
         warn(f"{', '.join(unused)} only shape TensorRT engines, and --backend onnxruntime builds none "
              "(its ONNX graphs take any batch size); pass --backend tensorrt or auto to build engines")
+    unused = _flags_given(context, _CALIBRATION_OPTIONS)
+    if precision == "fp32" and unused:
+        warn(f"{', '.join(unused)} only shape the calibration of fp16 and int8 graphs, and an fp32 build has "
+             "none; pass --precision fp16 or int8 to use them")
 
     request = BuildRequest(
         out_dir=out_dir or Path("engines") / precision,
@@ -159,17 +170,37 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
         calib_seed=calib_seed,
         calib_cache=calib_cache,
     )
-    manifest = build_engine_set(request, warn=warn)
+    with _sigterm_interrupts():
+        manifest = build_engine_set(request, warn=warn)
     click.echo(f"engine set written: {manifest.parent}")
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM (kill, a cancelled CI job, docker stop) as Ctrl-C for the duration: the build
+    then removes its staging folder (gigabytes at paper size) and its lock, as it does on Ctrl-C,
+    instead of dying with them on disk."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 _TENSORRT_ONLY_OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_gib", "version_compatible",
                           "hardware_compatibility")
+_CALIBRATION_OPTIONS = ("calib_dir", "calib_count", "calib_degrade", "calib_method", "calib_seed", "calib_cache")
 
 
-def _tensorrt_flags_given(ctx: click.Context) -> list[str]:
-    """The TensorRT builder flags the user typed (not defaults), as spelled on the command line."""
-    return [f"--{name.replace('_', '-')}" for name in _TENSORRT_ONLY_OPTIONS
+def _flags_given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
+    """Which of these options the user typed (not defaults), as spelled on the command line."""
+    return [f"--{name.replace('_', '-')}" for name in names
             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
 
 
@@ -303,12 +334,14 @@ def degrade(inputs, out_dir, fixed, seed, share):
 @click.option("--degrade", is_flag=True, help="Also check JPEG q10, blur, noise and two compound degradations.")
 @click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Checkpoints the set was built from, if they moved since the build.")
-@click.option("--max-abs-dp", type=FiniteFloatRange(min=0), default=None, help="Fail above this per-stream max |ΔP| [default by precision: fp32 1e-4, fp16 5e-3].")
+@click.option("--max-abs-dp", type=FiniteFloatRange(min=0), default=None, help="Fail above this per-stream max |ΔP| [default by precision: fp32 1e-4, fp16 5e-3, int8 1.0, i.e. no bound: INT8 is judged by mean |ΔP| and vote agreement].")
 @click.option("--max-mean-dp", type=FiniteFloatRange(min=0), default=None, help="Fail above this per-stream mean |ΔP| [default: fp32 1e-4, fp16 5e-3, int8 0.02].")
 @click.option("--min-agreement", type=FiniteFloatRange(0, 1), default=None,
               help="Fail below this vote agreement [default: 1.0, int8 0.95].")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the report as JSON.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
+              help="Runtime backend whose results are compared; auto picks TensorRT when the set has engines and it is "
+                   "usable here.")
 @handles_errors
 def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp, min_agreement, json_out, backend):
     """Compare an engine set with the fp32 PyTorch streams it was built from: per-stream |ΔP(fake)|,
@@ -317,6 +350,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
 
     from .verify import DEFAULT_THRESHOLDS, engine_set_precision, verify_engine_set
 
+    prepare_output_file(json_out, "--json")  # a bad path fails now, not after the whole comparison
     overrides = (max_abs_dp, max_mean_dp, min_agreement)
     thresholds = None
     if any(v is not None for v in overrides):
@@ -478,6 +512,9 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     click.echo(f"face localisation: {detector.face_localisation}", err=True)
     if detector.manifest.random_weights:
         click.secho("WARNING: this engine set has RANDOM weights; its scores are meaningless.", fg="yellow", err=True)
+    if len(detector.streams) < len(STREAM_CHOICES):
+        click.secho(f"WARNING: this engine set has only the {', '.join(detector.streams)} stream(s); scores are their "
+                    "vote, not the paper's three-stream ensemble.", fg="yellow", err=True)
     if hasattr(sys.stdout, "reconfigure"):
         # a file name that is not valid in the file system's encoding is held with surrogate escapes
         # (PEP 383); csv writes it back as its original bytes, where a strict stdout would raise

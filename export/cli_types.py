@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import click
+
+from dfd.runtime.errors import os_error_text
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -22,3 +26,17 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+def prepare_output_file(path: Path | None, option: str) -> None:
+    """Create an output file's folder and check it takes files before the run: a bad path then
+    fails at once instead of after minutes (hours at paper size) of measurement."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create the folder for {path}: {os_error_text(exc)}",
+                                 param_hint=option) from exc
+    if not os.access(path.parent, os.W_OK):
+        raise click.BadParameter(f"cannot write into {path.parent}", param_hint=option)

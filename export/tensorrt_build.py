@@ -41,7 +41,9 @@ class TensorRTOptions:
     def check(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise TensorRTBuildError(
-                f"batch profile must satisfy 1 <= min <= opt <= max; got {self.min_batch}/{self.opt_batch}/{self.max_batch}"
+                f"batch profile must satisfy 1 <= min <= opt <= max; got --min-batch {self.min_batch}, --opt-batch "
+                f"{self.opt_batch}, --max-batch {self.max_batch} (defaults 1, 4, 16: a --max-batch below 4 needs a "
+                f"--opt-batch no larger)"
             )
         if self.workspace_gib <= 0:
             raise TensorRTBuildError("the workspace limit must be positive")

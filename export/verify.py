@@ -143,7 +143,9 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
     agree = sum(agreed for agreed, _ in counts.values())
     total = report.images = sum(compared for _, compared in counts.values())
     if total == 0:
-        raise DfdError("no image could be verified")
+        first = (f"; the first, {report.failed_images[0]['image']}: {report.failed_images[0]['error']}"
+                 if report.failed_images else "")
+        raise DfdError(f"no image could be verified ({len(report.failed_images)} could not be read{first})")
     report.vote_agreement = agree / total
     report.streams = {s: {"max_abs_dp": float(np.max(d)), "mean_abs_dp": float(np.mean(d))} for s, d in deltas.items()}
     report.passed = (report.vote_agreement >= min_agreement

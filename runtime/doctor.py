@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cuda_kernels
-from .manifest import EngineSetError, Manifest, StreamEntry, load_manifest
+from .manifest import EngineSetError, Manifest, StreamEntry, load_manifest, verify_files
 from .tensorrt_backend import TENSORRT_INSTALL_HINT, tensorrt_mismatch
 
 CI_ARCHS = ("sm_87", "sm_90")  # Jetson Orin, H100
@@ -126,11 +126,13 @@ def engine_set_report(engine_dir: Path, gpu: dict[str, Any], tensorrt: dict[str,
     Reads the manifest with the runtime's own parser and judges TensorRT engines with the rule the
     runtime applies when it opens them (``tensorrt_mismatch``: TensorRT version and GPU compute
     capability, unless built version-/hardware-compatible), so the answer is the runtime's.
-    File hashes are not verified here (opening the set does that; at paper size it reads 15 GB).
+    Every listed file must be there with its size; file hashes are not verified here (opening
+    the set does that; at paper size it reads 15 GB).
     """
     report: dict[str, Any] = {"path": str(engine_dir), "streams": {}, "error": None}
     try:
         manifest = load_manifest(Path(engine_dir), verify=False)
+        verify_files(manifest, hashes=False)
     except EngineSetError as exc:
         report["error"] = str(exc)
         return report

@@ -172,12 +172,18 @@ def _entry(name: str, entry: dict[str, Any], where: str) -> StreamEntry:
         raise EngineSetError(f"{where_entry}: precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if backend not in BUILD_BACKENDS:
         raise EngineSetError(f"{where_entry}: backend {backend!r} is not one of {', '.join(BUILD_BACKENDS)}")
+    listed = tuple(_file_entry(f, where_entry) for f in files)
+    # every build lists the ONNX graph (a TensorRT engine's too: the fallback and the verify input)
+    needed = ["onnx"] + (["engine"] if backend == "tensorrt" else [])
+    missing = [role for role in needed if all(f.role != role for f in listed)]
+    if missing:
+        raise EngineSetError(f"{where_entry}: lists no {' or '.join(missing)} file, so the {name} stream cannot run")
     return StreamEntry(
         name=name,
         input_size=input_size,
         precision=precision,
         backend=backend,
-        files=tuple(_file_entry(f, where_entry) for f in files),
+        files=listed,
         details={k: v for k, v in entry.items() if k not in {"input_size", "precision", "backend", "files"}},
     )
 
@@ -236,8 +242,9 @@ def load_manifest(engine_dir: Path, *, verify: bool = True) -> Manifest:
     return manifest
 
 
-def verify_files(manifest: Manifest) -> None:
-    """Every listed file exists, has its size, and hashes to its sha256 (tamper check)."""
+def verify_files(manifest: Manifest, *, hashes: bool = True) -> None:
+    """Every listed file exists, has its size, and (``hashes``) hashes to its sha256: the tamper
+    check. Without hashes it is a stat of each file, for reports that must not read 15 GB."""
     problems: list[str] = []
     for stream in manifest.entries():
         for entry in stream.files:
@@ -246,7 +253,7 @@ def verify_files(manifest: Manifest) -> None:
                 problems.append(f"missing file {entry.path} ({stream.name} stream)")
             elif path.stat().st_size != entry.bytes:
                 problems.append(f"{entry.path} has {path.stat().st_size} bytes, manifest says {entry.bytes}")
-            elif sha256_file(path) != entry.sha256:
+            elif hashes and sha256_file(path) != entry.sha256:
                 problems.append(f"{entry.path} does not match its sha256 (modified or corrupt)")
     if problems:
         listing = "\n  ".join(problems)

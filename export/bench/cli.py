@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from dfd.runtime.errors import os_error_text
-
 from ..cli_errors import handles_errors
+from ..cli_types import prepare_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import pyplot, write_plot
 
@@ -56,6 +54,9 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
               help="Recorded iterations per batch size (and pipeline).")
 @click.option("--compare", type=click.Choice(["torch"]), default=None,
               help="Also measure the reference-style PyTorch eager pipeline on the same images.")
+@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="--compare torch: the checkpoints the set was built from, if they moved since the build "
+                   "[default: the folder its manifest records].")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto",
               show_default=True, help="Runtime backend to measure.")
 @click.option("--label", default=None, help="A name for this run, kept in the JSON and the plot title.")
@@ -64,18 +65,19 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write a PNG plot here (needs matplotlib).")
 @handles_errors
-def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, backend, label, json_out, plot_out):
+def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weights_dir, backend, label, json_out,
+          plot_out):
     """Measure an engine set: latency percentiles, throughput and per-stage time per batch size,
     optionally next to the reference PyTorch pipeline (--compare torch)."""
     from tqdm import tqdm
 
     for path, option in ((json_out, "--json"), (plot_out, "--plot")):
-        _prepare_output(path, option)
+        prepare_output_file(path, option)
     if plot_out is not None:
         pyplot()  # a missing matplotlib fails now, not after the run
     settings = BenchSettings(engine_dir=engine_dir, images_dir=images_dir, batch_sizes=batch_sizes,
                              warmup=warmup, iterations=iterations, compare_torch=compare == "torch",
-                             backend=backend, label=label)
+                             backend=backend, label=label, weights_dir=weights_dir)
     pipelines = 2 if settings.compare_torch else 1
     bar = tqdm(total=len(batch_sizes) * iterations * pipelines, unit="it", file=sys.stderr, desc="bench")
     try:
@@ -92,17 +94,3 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, back
     if plot_out is not None:
         write_plot(result, plot_out)
         click.echo(f"plot written: {plot_out}", err=True)
-
-
-def _prepare_output(path: Path | None, option: str) -> None:
-    """Create an output file's folder and check it takes files before the run: a bad path then
-    fails at once instead of after minutes (hours at paper size) of measurement."""
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise click.BadParameter(f"cannot create the folder for {path}: {os_error_text(exc)}",
-                                 param_hint=option) from exc
-    if not os.access(path.parent, os.W_OK):
-        raise click.BadParameter(f"cannot write into {path.parent}", param_hint=option)

@@ -148,6 +148,7 @@ class BenchSettings:
     compare_torch: bool = False
     backend: str = "auto"
     label: str | None = None
+    weights_dir: Path | None = None  # compare_torch: checkpoints moved since the build (default: the manifest's)
 
 
 def _check(settings: BenchSettings) -> None:
@@ -260,7 +261,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
 
         def open_torch() -> Any:
             progress("build the PyTorch reference pipeline")
-            pipeline = TorchReferencePipeline(manifest, face_inputs)
+            pipeline = TorchReferencePipeline(manifest, face_inputs, settings.weights_dir)
             memory["torch_rss_after_open_bytes"] = rss_bytes()
             return pipeline
 

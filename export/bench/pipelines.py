@@ -103,7 +103,7 @@ class TorchReferencePipeline:
 
     name = "torch"
 
-    def __init__(self, manifest, face_inputs: dict[Path, np.ndarray]) -> None:
+    def __init__(self, manifest, face_inputs: dict[Path, np.ndarray], weights_dir: Path | None = None) -> None:
         import torch
 
         self.torch = torch
@@ -115,6 +115,7 @@ class TorchReferencePipeline:
         self.mean = torch.tensor(prep["mean"], dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(prep["std"], dtype=torch.float32).view(3, 1, 1)
         self.weights_note: list[str] = []
+        self.weights_dir = weights_dir
         self.modules = {name: self._load(name) for name in manifest.streams}
         self.label = (f"torch {torch.__version__} eager fp32 on {self.device} "
                       f"({torch.get_num_threads()} threads), timm/open_clip stream modules")
@@ -128,12 +129,14 @@ class TorchReferencePipeline:
         build = self.manifest.raw.get("build", {})
         dino, clip = stream_architectures(entry.details, name)
         recorded = (entry.details.get("source") or {}).get("checkpoint")
-        weights_dir = build.get("weights_dir")
+        weights_dir = self.weights_dir or build.get("weights_dir")
         if recorded and not weights_dir:
-            raise BenchError(f"the manifest records a checkpoint for the {name} stream but no build.weights_dir")
+            raise BenchError(f"the manifest records a checkpoint for the {name} stream but no build.weights_dir; "
+                             f"pass --weights-dir")
         if recorded and not (Path(weights_dir) / STREAM_SPECS[name].checkpoint).is_file():
-            raise BenchError(f"checkpoint {Path(weights_dir) / STREAM_SPECS[name].checkpoint} recorded by the "
-                             f"manifest is not there; the torch comparison needs the same weights")
+            where = "given by --weights-dir" if self.weights_dir else "recorded by the manifest"
+            raise BenchError(f"checkpoint {Path(weights_dir) / STREAM_SPECS[name].checkpoint} {where} is not there; "
+                             f"the torch comparison needs the same weights (pass --weights-dir where they are now)")
         lora = build.get("lora", {})
         request = BuildRequest(out_dir=Path("unused"), weights_dir=Path(weights_dir) if recorded else None,
                                seed=int(build.get("seed", 0)),

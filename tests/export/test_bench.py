@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -183,6 +184,20 @@ def test_an_unwritable_output_fails_before_measuring(tiny_engine_set, tmp_path):
         assert result.exit_code != 0, result.output
         assert f"cannot create the folder for {blocker / 'out.x'}: {blocker} is a file, not a folder" in result.output
         assert "pipeline" not in result.output and "Traceback" not in result.output  # nothing was measured
+
+
+def test_weights_dir_finds_checkpoints_that_moved_since_the_build(tiny_engine_set, reference_ensemble, tmp_path):
+    moved = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["build"]["weights_dir"] = str(tmp_path / "gone")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    args = [str(moved), "--batch-sizes", "1", "--warmup", "0", "--iterations", "1", "--compare", "torch"]
+    lost = CliRunner().invoke(bench, args)
+    assert lost.exit_code == 1 and "recorded by the manifest is not there" in lost.output
+    assert "pass --weights-dir where they are now" in lost.output
+    found = CliRunner().invoke(bench, [*args, "--weights-dir", str(reference_ensemble.weights_dir)])
+    assert found.exit_code == 0, found.output
 
 
 def test_batch_memory_floor_counts_cycled_images_and_stream_inputs():

@@ -6,6 +6,10 @@ from __future__ import annotations
 import fcntl
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import cv2
 import pytest
@@ -123,6 +127,98 @@ def test_tensorrt_flags_typed_for_an_onnxruntime_build_are_named_as_unused(refer
     assert "tensorrt" not in load_manifest(tmp_path / "e").raw
 
 
+def test_calibration_flags_typed_for_an_fp32_build_are_named_and_source_folders_recorded_whole(
+        reference_ensemble, tmp_path, monkeypatch):
+    """fp32 has no calibration, so --calib-* there were ignored without a word; and the manifest
+    records the folders absolute, so verify and bench find the checkpoints from any folder."""
+    shutil.copytree(reference_ensemble.weights_dir, tmp_path / "weights")
+    monkeypatch.chdir(tmp_path)
+    result = _build(CliRunner(), reference_ensemble, "e", "--streams", "global", "--no-face-detector",
+                    "--calib-count", "16", "--calib-method", "max", weights_dir="weights")
+    assert result.exit_code == 0, result.output
+    assert ("WARNING: --calib-count, --calib-method only shape the calibration of fp16 and int8 graphs, and an "
+            "fp32 build has none") in result.output
+    assert "--calib-dir" not in result.output
+    assert load_manifest(tmp_path / "e").raw["build"]["weights_dir"] == str(tmp_path / "weights")
+
+
+def test_a_partial_set_says_its_scores_are_not_the_ensemble(built, reference_ensemble, photographs, tmp_path):
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "e", "--streams", "global", "--no-face-detector")
+    assert result.exit_code == 0, result.output
+    image = tmp_path / "coffee.png"
+    cv2.imwrite(str(image), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    result = CliRunner().invoke(main, ["detect", str(tmp_path / "e"), str(image), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert ("WARNING: this engine set has only the global stream(s); scores are their vote, not the paper's "
+            "three-stream ensemble.") in result.stderr
+    full = CliRunner().invoke(main, ["detect", str(built), str(image)])
+    assert full.exit_code == 0 and "only the" not in full.stderr
+
+
+def test_a_symbolic_link_as_out_is_refused_before_any_work(reference_ensemble, tmp_path):
+    """A build replaces its folder whole; through a link it used to build every stream and then
+    fail on "Cannot call rmtree on a symbolic link", losing the work."""
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "link", "--force")
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'link'} is a symbolic link (to {tmp_path / 'target'})" in result.output
+    assert "build global" not in result.output and not list(tmp_path.glob(".*"))
+
+
+def test_two_streams_from_identical_checkpoint_files_are_warned_about(reference_ensemble, tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(reference_ensemble.weights_dir, weights)
+    shutil.copyfile(weights / "dinov2_252.pth", weights / "dinov2_252_crop.pth")  # "filling" a missing file
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "e", "--streams", "global,face",
+                    "--no-face-detector", weights_dir=weights)
+    assert result.exit_code == 0, result.output
+    assert "WARNING: the global and face streams were built from identical checkpoint files" in result.output
+
+
+def test_a_calibration_that_fails_leaves_nothing_and_few_images_are_warned_about(reference_ensemble, photographs,
+                                                                                  tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "i8", "--precision", "int8", "--calib-dir",
+                    str(empty), "--streams", "global", "--no-face-detector")
+    assert result.exit_code == 1 and f"no images under {empty}" in result.output
+    assert not list(tmp_path.glob(".*"))  # neither the staging folder nor the lock
+    one = tmp_path / "one"
+    one.mkdir()
+    cv2.imwrite(str(one / "coffee.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "f16", "--precision", "fp16", "--calib-dir",
+                    str(one), "--calib-count", "4", "--calib-cache", str(tmp_path / "cache"), "--streams", "global",
+                    "--no-face-detector")
+    assert result.exit_code == 0, result.output
+    assert "WARNING: the calibration set draws its 4 slots from only 1 photograph(s)" in result.output
+
+
+def test_a_terminated_build_leaves_nothing_behind(reference_ensemble, tmp_path):
+    """SIGTERM (kill, a cancelled CI job, docker stop) mid-build removes the staging folder and the
+    lock as Ctrl-C does; they were left on disk (gigabytes at paper size). Sent again if the build
+    runs on for 30 s: a signal that lands in a finaliser is only printed by Python."""
+    out = tmp_path / "e"
+    build = subprocess.Popen(
+        [sys.executable, "-m", "dfd.export.cli", "build", "--weights-dir", str(reference_ensemble.weights_dir),
+         "--models-dir", str(reference_ensemble.models_dir), "--out", str(out), "--lora-r", str(LORA_R),
+         "--lora-alpha", str(LORA_ALPHA)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    staging = tmp_path / ".e.partial"
+    deadline = time.monotonic() + 300
+    while build.poll() is None and not list(staging.glob("*.onnx")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert build.poll() is None, "the build ended before its first stream was written"
+    while build.poll() is None and time.monotonic() < deadline:
+        build.send_signal(signal.SIGTERM)
+        try:
+            build.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    _, stderr = build.communicate(timeout=60)
+    assert build.returncode == 130 and "error: interrupted" in stderr, stderr
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
 def test_missing_checkpoint_is_named_and_nothing_is_left(reference_ensemble, tmp_path):
     weights = tmp_path / "weights"
     shutil.copytree(reference_ensemble.weights_dir, weights)
@@ -141,7 +237,7 @@ def test_corrupt_checkpoint_fails_cleanly(reference_ensemble, tmp_path):
     (weights / "dinov2_252.pth").write_bytes(b"not a checkpoint")
     result = _build(CliRunner(), reference_ensemble, tmp_path / "engines", "--streams", "global", weights_dir=weights)
     assert result.exit_code == 1
-    assert "cannot read checkpoint" in result.output and "Traceback" not in result.output
+    assert "dinov2_252.pth is not a PyTorch checkpoint" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "engines").exists()
 
 
@@ -211,6 +307,7 @@ def test_unreadable_calibration_images_are_replaced_and_reported(reference_ensem
                     "--no-face-detector")
     assert result.exit_code == 0, result.output
     assert "WARNING: 1 calibration image(s) could not be read; their slots hold other images of the set" in result.output
+    assert "draws its" not in result.output  # three images for three slots: no photograph repeated
     [entry] = load_manifest(out).raw["calibration"]["unreadable_images"]
     assert entry["image"] == str(folder / "corrupt.jpg") and "is not an image OpenCV can decode" in entry["error"]
 

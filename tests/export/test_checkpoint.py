@@ -248,6 +248,26 @@ def test_a_checkpoint_path_that_is_not_a_file_says_what_it_is(tmp_path):
     (tmp_path / "garbage.pth").write_bytes(b"not a zip or a pickle")
     for name, what in [("folder.pth", "is a directory"), ("link.pth", "is a broken symbolic link"),
                        ("pipe.pth", "is not a regular file"), ("missing.pth", "does not exist"),
-                       ("garbage.pth", "cannot read checkpoint")]:
+                       ("garbage.pth", "is not a PyTorch checkpoint")]:
+        with pytest.raises(CheckpointError, match=what):
+            read_state_dict(tmp_path / name)
+
+
+def test_files_that_are_not_state_dicts_say_what_they_are(tmp_path):
+    """What failed downloads and wrong saves leave behind, each named (torch's own messages for
+    them were "101", an empty string, or advice to load with weights_only=False)."""
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "lfs.pth").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 4620000000\n")
+    (tmp_path / "page.pth").write_text("\n<!DOCTYPE html><html><body>Not Found</body></html>")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "model.pth")  # a whole model, not its state_dict
+    torch.save({3: torch.zeros(1)}, tmp_path / "intkey.pth")
+    full = tmp_path / "full.pth"
+    torch.save({"backbone.w": torch.zeros(1000)}, full)
+    (tmp_path / "cut.pth").write_bytes(full.read_bytes()[:300])
+    for name, what in [("empty.pth", r"is empty \(0 bytes\)"), ("lfs.pth", "is a Git LFS pointer"),
+                       ("page.pth", "is an HTML or XML page"),
+                       ("model.pth", r"holds pickled Python objects besides tensors .* save model.state_dict\(\)"),
+                       ("intkey.pth", "1 key\\(s\\) are not parameter names, e.g. 3"),
+                       ("cut.pth", r"cannot read checkpoint .*cut.pth \(corrupt or truncated\?\): \S")]:
         with pytest.raises(CheckpointError, match=what):
             read_state_dict(tmp_path / name)

@@ -150,6 +150,10 @@ def test_build_plumbs_options_into_the_documented_api(reference_ensemble, tmp_pa
 def test_bad_batch_profile_is_refused():
     with pytest.raises(tensorrt_build.TensorRTBuildError, match="min <= opt <= max"):
         tensorrt_build.TensorRTOptions(min_batch=4, opt_batch=2, max_batch=8).check()
+    # --max-batch 2 alone: the message names the default --opt-batch that breaks the order
+    with pytest.raises(tensorrt_build.TensorRTBuildError,
+                       match=r"got --min-batch 1, --opt-batch 4, --max-batch 2 \(defaults 1, 4, 16"):
+        tensorrt_build.TensorRTOptions(max_batch=2).check()
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt", "auto"])

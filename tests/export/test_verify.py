@@ -54,6 +54,19 @@ def test_unreadable_images_are_reported_and_the_others_verified(tiny_engine_set,
     assert "could not read" in result.output and "gone.png" in result.output
 
 
+def test_no_readable_image_names_the_first_failure_and_a_bad_json_path_fails_first(tiny_engine_set, tmp_path):
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "no image could be verified (1 could not be read; the first, " in result.output
+    assert "corrupt.jpg' is not an image OpenCV can decode" in result.output
+    blocker = tmp_path / "reports"
+    blocker.write_text("a file where the folder should be")
+    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--json", str(blocker / "r.json")])
+    assert result.exit_code != 0 and f"cannot create the folder for {blocker / 'r.json'}" in result.output
+    assert "vote agreement" not in result.output  # refused before the comparison, not after it
+
+
 def test_a_folder_is_decoded_one_image_at_a_time(tiny_engine_set, photographs, tmp_path, monkeypatch):
     """Each file is decoded once, just before its conditions run, so a large folder is never held
     in memory at once (measured: 24 photographs of 12 MP, peak RSS 2.42 GB -> 1.63 GB)."""

@@ -4,6 +4,8 @@ what is missing."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import pytest
 
@@ -18,14 +20,16 @@ BUILT_FOR_ORIN = {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7
 
 
 def _tensorrt_set(tiny_engine_set, folder):
-    """The tiny set's manifest as a TensorRT build for Jetson Orin would write it (the manifest is
-    all the doctor reads; the engine files need not exist)."""
-    manifest = json.loads((tiny_engine_set / MANIFEST_NAME).read_text())
+    """The tiny set as a TensorRT build for Jetson Orin would write it. The doctor reads the
+    manifest and checks that each file is there with its size; it never hashes or opens the engine
+    (a stand-in byte here)."""
+    shutil.copytree(tiny_engine_set, folder)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
     for entry in manifest["streams"].values():
         entry["backend"] = "tensorrt"
         entry["files"].append({"path": "x.engine", "sha256": "0" * 64, "bytes": 1, "role": "engine"})
     manifest["tensorrt"] = BUILT_FOR_ORIN
-    folder.mkdir()
+    (folder / "x.engine").write_bytes(b"\0")
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     return folder
 
@@ -98,6 +102,24 @@ def test_unreadable_engine_set_is_reported_not_raised(tmp_path, monkeypatch, tin
     (edited / MANIFEST_NAME).write_text(json.dumps(manifest))
     error = engine_set_report(edited, {}, {}, {})["error"]
     assert "file path '../elsewhere.onnx' is not inside the engine-set folder" in error
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda folder, manifest: (folder / "face.fp32.onnx").unlink(), r"missing file face.fp32.onnx \(face stream\)"),
+    (lambda folder, manifest: (folder / "global.fp32.onnx").write_bytes(b"cut"), "global.fp32.onnx has 3 bytes"),
+    (lambda folder, manifest: manifest["streams"]["fusion"].update(files=[]),
+     r"\[fusion\]: lists no onnx file, so the fusion stream cannot run"),
+])
+def test_a_set_missing_what_a_stream_needs_is_not_called_runnable(tmp_path, tiny_engine_set, edit, message):
+    """A deleted or truncated graph, or a stream listing none, would fail when the set is opened:
+    the doctor says so (exit 3) instead of calling every stream runnable."""
+    folder = tmp_path / "edited"
+    shutil.copytree(tiny_engine_set, folder)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    edit(folder, manifest)
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    report = engine_set_report(folder, {}, {}, {"version": "1", "providers": ["CPUExecutionProvider"]})
+    assert report["streams"] == {} and re.search(message, report["error"])
 
 
 def test_doctor_exit_status_gates_on_the_engine_set(tmp_path, monkeypatch, tiny_engine_set):

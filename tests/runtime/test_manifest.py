@@ -141,7 +141,8 @@ def test_stream_shape_problem():
     manifest = parse_manifest(".", {
         "format": "dfd-engine-set", "format_version": 1, "vote": {"weights": {"global": 2}},
         "preprocessing": {"mean": [0.5] * 3, "std": [0.5] * 3},
-        "streams": {"global": {"input_size": 252, "precision": "fp32", "backend": "onnxruntime", "files": []}}})
+        "streams": {"global": {"input_size": 252, "precision": "fp32", "backend": "onnxruntime", "files": [
+            {"path": "global.fp32.onnx", "sha256": "0" * 64, "bytes": 1, "role": "onnx"}]}}})
     entry = manifest.streams["global"]
     assert stream_shape_problem(entry, ["batch", 3, 252, 252], ["batch", 2]) is None
     assert stream_shape_problem(entry, [-1, 3, 252, 252], (-1, 2)) is None  # TensorRT's dynamic batch
