@@ -503,7 +503,8 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
     paths, problems = expand_inputs(images, recursive)
     boxes = _assign_face_boxes(face_boxes, paths)
-    crop_files = _match_face_crops(face_crops, images, paths)
+    folders = [Path(given) for given in images if Path(given).is_dir()]
+    crop_files = _match_face_crops(face_crops, folders, paths)
     detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size, face_detection=not no_face_detect,
                              face_min_px=face_min_px or None, gpu_preprocessing=not host_preprocessing,
                              cuda_graph_batch=cuda_graph_batch, face_cascade=not no_face_cascade)
@@ -547,7 +548,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         for detection in detector.detect(chunk, face_crops=crops, face_boxes=chunk_boxes, labels=chunk):
             if crop_files is not None and crop_files.get(detection.image) is None and detection.ok:
                 detection.notes.append(f"no face crop for this image in {face_crops} (looked for "
-                                       f"{_crop_key(detection.image, images).as_posix()})")
+                                       f"{_crop_key(detection.image, folders).as_posix()})")
             if boxes is not None and detection.image not in boxes and detection.ok:
                 detection.notes.append(f"no face box for this image in {face_boxes}")
             failed += not detection.ok
@@ -571,18 +572,17 @@ def _check_face_min_px(value: float) -> float:
     return value
 
 
-def _crop_key(image: str, inputs: tuple[str, ...]) -> Path:
+def _crop_key(image: str, folders: list[Path]) -> Path:
     """Where an image's crop lies under --face-crops: its path relative to the folder argument it
     was found in (``crops/sub/a.png`` for ``photos/sub/a.png`` of ``photos``), its name for an image
     given as a file."""
-    for given in inputs:
-        folder = Path(given)
-        if folder.is_dir() and Path(image).is_relative_to(folder):
+    for folder in folders:
+        if Path(image).is_relative_to(folder):
             return Path(image).relative_to(folder)
     return Path(Path(image).name)
 
 
-def _match_face_crops(face_crops: Path | None, inputs: tuple[str, ...], paths: list[str]) -> dict[str, str | None] | None:
+def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[str]) -> dict[str, str | None] | None:
     """Each image's face-crop file (None where it has none), without --face-crops None. A crop is
     looked for at the image's relative path (``_crop_key``), then, as the reference's flat crops
     folder holds them, at its bare file name; a bare name shared by several images would give them
@@ -594,7 +594,7 @@ def _match_face_crops(face_crops: Path | None, inputs: tuple[str, ...], paths: l
         by_name.setdefault(Path(path).name, set()).add(path)
     crops: dict[str, str | None] = {}
     for path in paths:
-        nested, flat = face_crops / _crop_key(path, inputs), face_crops / Path(path).name
+        nested, flat = face_crops / _crop_key(path, folders), face_crops / Path(path).name
         if nested.is_file():
             crops[path] = str(nested)
         elif flat.is_file():

@@ -287,6 +287,10 @@ def _describe_by_unchanged_decode(buffer: np.ndarray, pixels: int, label: str) -
     return tuple(notes)
 
 
+_JP2_CODESTREAM = b"\xff\x4f\xff\x51"  # SOC then SIZ: a bare JPEG 2000 codestream (.j2k)
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
 def encoded_suffix(data: bytes) -> str:
     """The file suffix encoded image bytes would be saved under when their format is one whose
     ``cv2.imwrite`` is lossy (JPEG, WebP, JPEG 2000), else "": the reference's face step re-saves
@@ -295,7 +299,7 @@ def encoded_suffix(data: bytes) -> str:
         return ".jpg"
     if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
         return ".webp"
-    if data.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
+    if data.startswith((_JP2_SIGNATURE, _JP2_CODESTREAM)):
         return ".jp2"
     return ""
 
@@ -320,7 +324,7 @@ def _read_header(data: bytes) -> _Header | None:
             return _pnm_header(data)
         if data.startswith((b"GIF87a", b"GIF89a")) and len(data) >= 10:
             return _Header("GIF", _uint(data, 6, 2, "little"), _uint(data, 8, 2, "little"), (), None, False)
-        if data.startswith(_JP2_CODESTREAM) or data.startswith(_JP2_SIGNATURE):
+        if data.startswith((_JP2_CODESTREAM, _JP2_SIGNATURE)):
             return _jpeg2000_header(data)
     except (IndexError, ValueError):
         return None
@@ -557,10 +561,6 @@ def _pnm_header(data: bytes) -> _Header | None:
         return None
     kind = "PFM" if data[1:2] in b"Ff" else "PNM"
     return _Header(kind, int(first.group(1)), int(second.group(1)), (), None, False)
-
-
-_JP2_CODESTREAM = b"\xff\x4f\xff\x51"  # SOC then SIZ: a bare JPEG 2000 codestream (.j2k)
-_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
 def _jpeg2000_header(data: bytes) -> _Header | None:
