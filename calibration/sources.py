@@ -42,6 +42,15 @@ class ImageSourceError(DfdError, ValueError):
     """An image source cannot provide images (missing or empty folder, bad sample request)."""
 
 
+class NoImagesError(ImageSourceError):
+    """A folder that could be listed holds no image. ``sub_folders`` are those a scan that was not
+    recursive did not look into, so a caller can suggest recursing when there are some."""
+
+    def __init__(self, message: str, sub_folders: list[Path]) -> None:
+        super().__init__(message)
+        self.sub_folders = sub_folders
+
+
 @dataclass(frozen=True)
 class FolderImages:
     """What a folder holds for the tools: its image files, the visible files left out because their
@@ -78,8 +87,11 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
         held = f"; it holds {len(other_files)} other file(s), e.g. {other_files[0].name}" if other_files else ""
         locked = (f"; {len(unreadable)} sub-folder(s) could not be listed, e.g. {unreadable[0][0]} "
                   f"({unreadable[0][1]})" if unreadable else "")
-        raise ImageSourceError(
-            f"no images {where} {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){held}{locked}"
+        skipped = (f"; it has {len(sub_folders)} sub-folder(s) not looked into, e.g. {sub_folders[0].name}"
+                   if sub_folders else "")
+        raise NoImagesError(
+            f"no images {where} {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){held}{skipped}{locked}",
+            sub_folders,
         )
     return FolderImages(images, other_files, sub_folders, unreadable)
 

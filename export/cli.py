@@ -384,7 +384,7 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
     """Files as given; folders expanded to their images (``scan_image_folder``, the calibration
     sets' rule). Returns (images, problems); a folder's other files are named in a warning on
     stderr, since a file given by name is tried whatever its suffix."""
-    from dfd.calibration.sources import ImageSourceError, scan_image_folder
+    from dfd.calibration.sources import ImageSourceError, NoImagesError, scan_image_folder
 
     images: list[str] = []
     problems: list[tuple[str, str]] = []
@@ -396,7 +396,7 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
         try:
             found = scan_image_folder(path, recursive=recursive)
         except ImageSourceError as exc:
-            hint = " (use --recursive for sub-folders)" if "no images directly in" in str(exc) else ""
+            hint = " (use --recursive to look in them)" if isinstance(exc, NoImagesError) and exc.sub_folders else ""
             problems.append((given, f"{exc}{hint}"))
             continue
         images.extend(str(p) for p in found.images)

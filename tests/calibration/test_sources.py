@@ -12,6 +12,7 @@ import pytest
 
 from dfd.calibration.sources import (
     ImageSourceError,
+    NoImagesError,
     builtin_photographs,
     list_images,
     scan_image_folder,
@@ -103,6 +104,12 @@ def test_list_images_errors(tmp_path):
         list_images(tmp_path)
     with pytest.raises(ImageSourceError, match="not a folder"):
         list_images(tmp_path / "only.txt")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.png").write_bytes(b"")
+    with pytest.raises(NoImagesError, match=r"no images directly in .*; it has 1 sub-folder\(s\) not looked "
+                                            r"into, e.g. sub$") as raised:
+        list_images(tmp_path, recursive=False)
+    assert raised.value.sub_folders == [tmp_path / "sub"]
 
 
 def test_sample_without_replacement_is_reproducible():
