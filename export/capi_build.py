@@ -177,8 +177,9 @@ dfd_status dfd_detect_file_face(dfd_detector *d, const char *path, const dfd_fac
 dfd_status dfd_detect_encoded(dfd_detector *d, const void *data, size_t size, const dfd_face *face,
                               dfd_result *result);
 
-/* Release a detector; NULL is a no-op. Calls already running on it finish first. Using d
-   afterwards gives DFD_E_INVALID_ARGUMENT. */
+/* Release a detector; NULL is a no-op. Calls already running on it finish first, and its
+   threads and GPU buffers are freed when the last of them returns. Using d afterwards gives
+   DFD_E_INVALID_ARGUMENT. */
 void dfd_close(dfd_detector *d);
 
 /* The message of the last failed dfd_* call on this thread; "" after a call that succeeded.

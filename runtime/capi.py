@@ -25,8 +25,11 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -76,12 +79,25 @@ def status_of(exc: BaseException) -> tuple[int, str]:
     return DFD_E_INTERNAL, f"internal error in the dfd runtime (a bug; please report it): {type(exc).__name__}: {exc}"
 
 
+@dataclass
+class _OpenDetector:
+    """A handle's Detector and the calls running on it; ``closing`` once ``dfd_close`` forgot it."""
+
+    detector: Detector
+    calls: int = 0
+    closing: bool = False
+
+
 class _Handles:
-    """Open detectors by opaque key. Thread-safe; keys are never reused within a process."""
+    """Open detectors by opaque key. Thread-safe; keys are never reused within a process.
+
+    ``dfd_close`` forgets a key at once (later calls with it are refused) and closes its Detector
+    when the last call still running on it returns, so its GPU buffers and threads are released
+    then rather than whenever the garbage collector gets to them."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._detectors: dict[int, Detector] = {}
+        self._open: dict[int, _OpenDetector] = {}
         # 16-aligned, high bits random: no small or typical garbage pointer value is a key
         self._next = (secrets.randbits(40) << 16) | 0x10
 
@@ -89,24 +105,50 @@ class _Handles:
         with self._lock:
             key = self._next
             self._next += 0x10
-            self._detectors[key] = detector
+            self._open[key] = _OpenDetector(detector)
             return key
 
-    def get(self, key: int) -> Detector:
+    @contextmanager
+    def using(self, key: int) -> Iterator[Detector]:
+        """The Detector of ``key`` for the length of one call; it stays open until the call ends."""
         if key == 0:
             raise CapiArgumentError("detector is NULL; open one with dfd_open first")
         with self._lock:
-            detector = self._detectors.get(key)
-        if detector is None:
-            raise CapiArgumentError(f"detector {key:#x} is not open (already closed, or not a "
-                                    f"pointer that dfd_open returned)")
-        return detector
+            entry = self._open.get(key)
+            if entry is None:
+                raise CapiArgumentError(f"detector {key:#x} is not open (already closed, or not a "
+                                        f"pointer that dfd_open returned)")
+            entry.calls += 1
+        try:
+            yield entry.detector
+        finally:
+            with self._lock:
+                entry.calls -= 1
+                last = entry.closing and entry.calls == 0
+            if last:
+                _close_after_last_call(entry.detector)
 
     def remove(self, key: int) -> None:
+        """Forget ``key``; close its Detector now, or when the calls still running on it end."""
         with self._lock:
-            if self._detectors.pop(key, None) is None:
+            entry = self._open.pop(key, None)
+            if entry is None:
                 raise CapiArgumentError(f"dfd_close: detector {key:#x} is not open (closed twice, "
                                         f"or not a pointer that dfd_open returned)")
+            entry.closing = True
+            idle = entry.calls == 0
+        if idle:
+            entry.detector.close()
+
+
+def _close_after_last_call(detector: Detector) -> None:
+    """Close a detector that ``dfd_close`` left to the last call running on it. A failure here
+    belongs to no caller (that call's own result stands, and dfd_close has returned), so it is
+    written to stderr rather than lost."""
+    try:
+        detector.close()
+    except Exception as exc:
+        sys.stderr.write(f"dfd runtime: releasing a closed detector failed: {type(exc).__name__}: {exc}\n")
 
 
 _handles = _Handles()
@@ -267,10 +309,10 @@ def describe_detector(ffi: Any, detector: Any, buffer: Any, size: int, error: An
     try:
         if buffer == ffi.NULL or size <= 0:
             raise CapiArgumentError("dfd_describe: buffer is NULL or size is 0")
-        opened = _handles.get(_key(ffi, detector))
-        write_c_string(ffi, buffer, size, f"backend: {opened.backend_reason}; "
-                                       f"preprocessing and vote: {opened.preprocessing}; "
-                                       f"face localisation: {opened.face_localisation}")
+        with _handles.using(_key(ffi, detector)) as opened:
+            write_c_string(ffi, buffer, size, f"backend: {opened.backend_reason}; "
+                                           f"preprocessing and vote: {opened.preprocessing}; "
+                                           f"face localisation: {opened.face_localisation}")
         return DFD_OK
     except Exception as exc:
         return report_failure(ffi, error, error_size, exc)
@@ -296,10 +338,10 @@ def _detect_images(ffi: Any, detector: Any, images: Any, faces: Any, count: int,
         raise CapiArgumentError(f"{where}: results is NULL for {count} image(s)")
     if count > 0 and images == ffi.NULL:
         raise CapiArgumentError(f"{where}: images is NULL for {count} image(s)")
-    opened = _handles.get(_key(ffi, detector))
-    arrays = [image_array(ffi, images[i], i) for i in range(count)]
-    boxes = None if faces == ffi.NULL else [face_box(faces[i], f"faces[{i}]") for i in range(count)]
-    return opened.detect(arrays, face_boxes=boxes) if arrays else []
+    with _handles.using(_key(ffi, detector)) as opened:
+        arrays = [image_array(ffi, images[i], i) for i in range(count)]
+        boxes = None if faces == ffi.NULL else [face_box(faces[i], f"faces[{i}]") for i in range(count)]
+        return opened.detect(arrays, face_boxes=boxes) if arrays else []
 
 
 def face_box(face: Any, where: str) -> tuple[float, float, float, float] | None:
@@ -321,16 +363,16 @@ def _detect_file(ffi: Any, detector: Any, path: Any, face: Any, result: Any) -> 
     where = "dfd_detect_file_face" if face != ffi.NULL else "dfd_detect_file"
     if result == ffi.NULL:
         raise CapiArgumentError(f"{where}: result is NULL")
-    opened = _handles.get(_key(ffi, detector))
-    name = _text_argument(ffi, path, f"{where}: path")
-    if not name:
-        raise CapiArgumentError(f"{where}: path is empty")
-    box = None if face == ffi.NULL else face_box(face[0], "face")
-    if not os.path.isfile(name) or not os.access(name, os.R_OK):
-        reason = ("is a directory" if os.path.isdir(name) else
-                  "does not exist" if not os.path.exists(name) else "is not a readable file")
-        raise CapiIOError(f"cannot read image file '{name}': it {reason}")
-    return opened.detect([name], face_boxes=[box])
+    with _handles.using(_key(ffi, detector)) as opened:
+        name = _text_argument(ffi, path, f"{where}: path")
+        if not name:
+            raise CapiArgumentError(f"{where}: path is empty")
+        box = None if face == ffi.NULL else face_box(face[0], "face")
+        if not os.path.isfile(name) or not os.access(name, os.R_OK):
+            reason = ("is a directory" if os.path.isdir(name) else
+                      "does not exist" if not os.path.exists(name) else "is not a readable file")
+            raise CapiIOError(f"cannot read image file '{name}': it {reason}")
+        return opened.detect([name], face_boxes=[box])
 
 
 def detect_encoded(ffi: Any, detector: Any, data: Any, size: int, face: Any, result: Any, error: Any,
@@ -344,12 +386,12 @@ def detect_encoded(ffi: Any, detector: Any, data: Any, size: int, face: Any, res
 def _detect_encoded(ffi: Any, detector: Any, data: Any, size: int, face: Any, result: Any) -> list[Detection]:
     if result == ffi.NULL:
         raise CapiArgumentError("dfd_detect_encoded: result is NULL")
-    opened = _handles.get(_key(ffi, detector))
-    if data == ffi.NULL and size > 0:
-        raise CapiArgumentError(f"dfd_detect_encoded: data is NULL for {size} bytes")
-    box = None if face == ffi.NULL else face_box(face[0], "face")
-    encoded = memoryview(ffi.buffer(data, size)) if size else b""
-    return opened.detect([encoded], face_boxes=[box])
+    with _handles.using(_key(ffi, detector)) as opened:
+        if data == ffi.NULL and size > 0:
+            raise CapiArgumentError(f"dfd_detect_encoded: data is NULL for {size} bytes")
+        box = None if face == ffi.NULL else face_box(face[0], "face")
+        encoded = memoryview(ffi.buffer(data, size)) if size else b""
+        return opened.detect([encoded], face_boxes=[box])
 
 
 def _serve(ffi: Any, error: Any, error_size: int, results: Any, count: int,
@@ -376,7 +418,7 @@ def _serve(ffi: Any, error: Any, error_size: int, results: Any, count: int,
 
 
 def close_detector(ffi: Any, detector: Any, error: Any, error_size: int) -> int:
-    """``dfd_close``: forget a handle; the Detector is freed once no call is using it."""
+    """``dfd_close``: forget a handle; its Detector is closed once no call is using it."""
     try:
         _handles.remove(_key(ffi, detector))
         return DFD_OK

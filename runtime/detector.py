@@ -161,6 +161,7 @@ class Detector:
             raise DfdError("a CUDA graph needs the fused GPU path, which host preprocessing "
                            "(--host-preprocessing, gpu_preprocessing=False) turns off")
         self._pool = ThreadPoolExecutor(max_workers=len(self.streams), thread_name_prefix="dfd-stream")
+        self.closed = False
 
     def _open_fused_path(self, cuda_graph_batch: int | None) -> None:
         """Use the backend's fused GPU path (preprocessing and vote kernels) when it has one."""
@@ -247,7 +248,12 @@ class Detector:
 
     def close(self) -> None:
         """Release the worker threads, the fused path's buffers and what the backend holds on a
-        GPU (TensorRT's buffers and streams); ONNX Runtime sessions go with the Detector."""
+        GPU (TensorRT's buffers and streams); ONNX Runtime sessions go with the Detector. Closing
+        twice is harmless; ``detect`` afterwards is refused, since on a GPU it would reach freed
+        buffers. Call it once no ``detect`` is running."""
+        if self.closed:
+            return
+        self.closed = True
         self._pool.shutdown(wait=True)
         if self.fused is not None:
             self.fused.close()
@@ -284,6 +290,8 @@ class Detector:
             # iterating one of these would score each character, byte or pixel row as an image
             raise TypeError(f"detect takes a sequence of images, got one {type(images).__name__}; "
                             f"wrap it in a list: detect([image])")
+        if self.closed:
+            raise DfdError("this detector is closed; open the engine set again to score images")
         count = len(images)
         for name, extra in (("face_crops", face_crops), ("face_boxes", face_boxes), ("labels", labels)):
             if extra is not None and len(extra) != count:

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from dfd.calibration.degrade import fixed_degradation
 from dfd.export.cli import main
 from dfd.runtime.detector import Detector
+from dfd.runtime.errors import DfdError
 from dfd.runtime.manifest import EngineSetError
 from reference_preprocessing import reference_face_crop, reference_vote, stream_batch
 
@@ -205,6 +206,34 @@ def test_detect_cli_reports_a_sub_folder_it_cannot_list(tiny_engine_set, photogr
     lines = {d["image"]: d for d in map(json.loads, result.stdout.splitlines())}
     assert lines[str(folder / "a.png")]["error"] is None
     assert "cannot list image folder" in lines[str(folder / "locked")]["error"]
+
+
+def test_a_closed_detector_refuses_to_score(tiny_engine_set, photographs):
+    """detect after close is a clear error (on a GPU it would reach freed buffers); close twice is harmless."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    assert detector.detect([photographs["coffee"]])[0].ok
+    detector.close()
+    detector.close()
+    with pytest.raises(DfdError, match="this detector is closed; open the engine set again"):
+        detector.detect([photographs["coffee"]])
+
+
+def test_detect_cli_suggests_recursive_only_for_a_folder_with_sub_folders(tiny_engine_set, photographs, tmp_path):
+    """A folder whose images are all in sub-folders fails with the sub-folders named and a hint to
+    recurse; a folder with no sub-folder gets no such hint, since recursing would find nothing."""
+    nested = tmp_path / "nested"
+    (nested / "day1").mkdir(parents=True)
+    cv2.imwrite(str(nested / "day1" / "a.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "notes.txt").write_text("no image here")
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(nested), str(flat), "--format", "jsonl",
+                                       "--no-face-detect"])
+    assert result.exit_code == 2, result.output
+    lines = {d["image"]: d["error"] for d in map(json.loads, result.stdout.splitlines())}
+    assert lines[str(nested)].endswith("; it has 1 sub-folder(s) not looked into, e.g. day1 "
+                                       "(use --recursive to look in them)")
+    assert lines[str(flat)].endswith("; it holds 1 other file(s), e.g. notes.txt")
 
 
 def test_detect_cli_names_that_are_not_utf8_or_hold_line_breaks(tiny_engine_set, photographs, tmp_path):
