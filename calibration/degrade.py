@@ -54,7 +54,6 @@ OpFunction = Callable[[FloatImage, float, np.random.Generator], FloatImage]
 PAPER_DEGRADE_SHARE = 0.5
 """The reference's ``global_p``: the share of training images that entered the pipeline."""
 
-_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _BORDER = cv2.BORDER_REFLECT_101  # scipy.ndimage mode="mirror", what the reference convolves with
 
 
@@ -81,6 +80,13 @@ def _to_float(rgb: np.ndarray) -> FloatImage:
 
 def _to_uint8(img: FloatImage) -> np.ndarray:
     return np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _truncated_bytes(img: FloatImage) -> np.ndarray:
+    """The reference's ``(img * 255).astype(np.uint8)`` hand-off to OpenCV's colour conversions
+    and to PIL, which truncates (its JPEG step rounds, as ``_to_uint8``). The two agree on values
+    that are whole grey levels, and differ by one level between them (after noise or a blur)."""
+    return (np.clip(img, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
 
 
 def _check_rgb(rgb: np.ndarray) -> None:
@@ -173,15 +179,16 @@ def _salt_and_pepper(img: FloatImage, strength: float, rng: np.random.Generator)
 
 
 def _colour_cast(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
-    """30 %: fade (saturation x U(0.1, max(0.2, 1 - s))); 70 %: per-channel gains U(1 -/+ 0.4 s).
+    """30 %: fade (PIL's ImageEnhance.Color x U(0.1, max(0.2, 1 - s)) on the truncated uint8
+    image, as the reference); 70 %: per-channel gains U(1 -/+ 0.4 s).
 
     One cast in five is the reference's fixed green cast (0.8, 1.2, 0.8).
     """
     if rng.random() < 0.3:
         upper = max(0.2, 1.0 - strength)
-        factor = np.float32(0.1 + (upper - 0.1) * rng.random())
-        luma = (img @ _LUMA_WEIGHTS)[..., None]
-        return np.clip(luma + factor * (img - luma), 0.0, 1.0)
+        factor = 0.1 + (upper - 0.1) * rng.random()
+        image = _truncated_bytes(img)
+        return _to_float(_pil_blend(_pil_luma(image)[..., None], image, factor))
     gains = rng.uniform(1.0 - 0.4 * strength, 1.0 + 0.4 * strength, size=3)
     if rng.random() < 0.2:
         gains = np.array([0.8, 1.2, 0.8])
@@ -190,7 +197,7 @@ def _colour_cast(img: FloatImage, strength: float, rng: np.random.Generator) -> 
 
 def _grayscale(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
     """Colour drop: OpenCV luma copied to all three channels (strength-independent)."""
-    gray = cv2.cvtColor(_to_uint8(img), cv2.COLOR_RGB2GRAY)
+    gray = cv2.cvtColor(_truncated_bytes(img), cv2.COLOR_RGB2GRAY)
     return _to_float(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB))
 
 
@@ -199,7 +206,7 @@ def _chroma_subsampling(img: FloatImage, strength: float, rng: np.random.Generat
     height, width = img.shape[:2]
     if height < 2 or width < 2:
         return img.copy()
-    y, cr, cb = cv2.split(cv2.cvtColor(_to_uint8(img), cv2.COLOR_RGB2YCrCb))
+    y, cr, cb = cv2.split(cv2.cvtColor(_truncated_bytes(img), cv2.COLOR_RGB2YCrCb))
     small = (width // 2, height // 2)
     cr = cv2.resize(cv2.resize(cr, small, interpolation=cv2.INTER_AREA), (width, height),
                     interpolation=cv2.INTER_NEAREST)
@@ -215,18 +222,28 @@ def _banding(img: FloatImage, strength: float, rng: np.random.Generator) -> Floa
     return np.clip(np.round(img * np.float32(255.0) / step) * step / np.float32(255.0), 0.0, 1.0)
 
 
-def _pil_quantise(img: FloatImage) -> FloatImage:
-    """PIL's ImageEnhance works on uint8 images: round and clip after every enhancement."""
-    return np.rint(np.clip(img, 0.0, 1.0) * 255.0) / np.float32(255.0)
+def _pil_blend(degenerate: np.ndarray | int, image: np.ndarray, factor: float) -> np.ndarray:
+    """``ImageEnhance.*.enhance(factor)`` on uint8 RGB: PIL's ``Image.blend`` of the enhancer's
+    degenerate image towards ``image``, computed in single precision, clipped and truncated."""
+    low = np.asarray(degenerate, dtype=np.float32)
+    blended = low + np.float32(factor) * (image.astype(np.float32) - low)
+    return np.clip(blended, 0.0, 255.0).astype(np.uint8)
 
 
-def _brightness(img: FloatImage, factor: float) -> FloatImage:
-    return _pil_quantise(img * np.float32(factor))
+def _pil_luma(image: np.ndarray) -> np.ndarray:
+    """PIL's RGB -> L conversion: (19595 R + 38470 G + 7471 B + 2^15) >> 16, in integers."""
+    weighted = image.astype(np.uint32) @ np.array([19595, 38470, 7471], dtype=np.uint32)
+    return ((weighted + 0x8000) >> 16).astype(np.uint8)
 
 
-def _contrast(img: FloatImage, factor: float) -> FloatImage:
-    mean_gray = np.floor(float(((img * 255.0) @ _LUMA_WEIGHTS).mean()) + 0.5) / 255.0
-    return _pil_quantise(mean_gray + np.float32(factor) * (img - np.float32(mean_gray)))
+def _pil_brightness(image: np.ndarray, factor: float) -> np.ndarray:
+    return _pil_blend(0, image, factor)
+
+
+def _pil_contrast(image: np.ndarray, factor: float) -> np.ndarray:
+    """Towards the mean grey level of PIL's luma, rounded half up (``ImageEnhance.Contrast``)."""
+    mean = int(_pil_luma(image).sum(dtype=np.int64) / (image.shape[0] * image.shape[1]) + 0.5)
+    return _pil_blend(mean, image, factor)
 
 
 def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
@@ -236,15 +253,19 @@ def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
 
 def _brightness_contrast(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
     """45 %: darken (x U(max(0.02, 1 - 0.98 s), 1)); 45 %: brighten (x U(1, 1 + 1.5 s)) then
-    flatten contrast (U(max(0.1, 1 - 0.9 s), 0.8)); 10 %: brightness or contrast x U(1 -/+ 0.5 s)."""
+    flatten contrast (U(max(0.1, 1 - 0.9 s), 0.8)); 10 %: brightness or contrast x U(1 -/+ 0.5 s).
+    PIL's ImageEnhance on the truncated uint8 image, as the reference."""
+    image = _truncated_bytes(img)
     choice = rng.random()
     if choice < 0.45:
-        return _brightness(img, _uniform(rng, max(0.02, 1.0 - 0.98 * strength), 1.0))
-    if choice < 0.90:
-        img = _brightness(img, _uniform(rng, 1.0, 1.0 + 1.5 * strength))
-        return _contrast(img, _uniform(rng, max(0.1, 1.0 - 0.9 * strength), 0.8))
-    enhance = _brightness if rng.random() < 0.5 else _contrast
-    return enhance(img, _uniform(rng, max(0.5, 1.0 - 0.5 * strength), 1.0 + 0.5 * strength))
+        image = _pil_brightness(image, _uniform(rng, max(0.02, 1.0 - 0.98 * strength), 1.0))
+    elif choice < 0.90:
+        image = _pil_brightness(image, _uniform(rng, 1.0, 1.0 + 1.5 * strength))
+        image = _pil_contrast(image, _uniform(rng, max(0.1, 1.0 - 0.9 * strength), 0.8))
+    else:
+        enhance = _pil_brightness if rng.random() < 0.5 else _pil_contrast
+        image = enhance(image, _uniform(rng, max(0.5, 1.0 - 0.5 * strength), 1.0 + 0.5 * strength))
+    return _to_float(image)
 
 
 def _chromatic_aberration(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
