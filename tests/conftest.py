@@ -50,10 +50,7 @@ def degraded_cameraman() -> np.ndarray:
 @pytest.fixture(scope="session")
 def kernel_host(tmp_path_factory):
     """The CUDA kernels' own code compiled for this CPU (tests/host_gpu.py)."""
-    lib = load_kernel_host(tmp_path_factory.mktemp("kernel_host"))
-    if lib is None:
-        pytest.skip("g++ is needed to compile the kernels for the host")
-    return lib
+    return load_kernel_host(tmp_path_factory.mktemp("kernel_host"))
 
 
 @pytest.fixture

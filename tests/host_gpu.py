@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pytest
 
 from dfd.runtime.cuda_kernels import CROP_SIDE, FUSION_SIDE, JOB_DTYPE
 
@@ -35,11 +36,20 @@ KERNELS = ROOT / "runtime" / "kernels"
 HOST_SOURCE = Path(__file__).parent / "runtime" / "kernel_host" / "kernel_host.cpp"
 
 
-def load_kernel_host(directory: Path) -> ctypes.CDLL | None:
-    """The kernels' header math compiled for this CPU; None without g++."""
-    compiler = shutil.which("g++")
-    if compiler is None:
-        return None
+def required_compiler(name: str) -> str:
+    """The path of a system compiler the suite builds with. Missing, it fails the test rather than
+    skipping it: the host build is CI's only check of the kernels' math (and cc of the C ABI), and
+    a skip would let a machine without them pass the suite unchecked."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed; the tests compile with it (install a C/C++ toolchain, "
+                    f"e.g. apt install build-essential)")
+    return path
+
+
+def load_kernel_host(directory: Path) -> ctypes.CDLL:
+    """The kernels' header math compiled for this CPU with g++."""
+    compiler = required_compiler("g++")
     library = directory / "kernel_host.so"
     subprocess.run([compiler, "-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC",
                     f"-I{KERNELS}", str(HOST_SOURCE), "-o", str(library)], check=True)

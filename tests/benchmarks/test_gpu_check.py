@@ -117,7 +117,8 @@ def test_parity_and_throughput_sections_run_on_an_emulated_gpu(gpu_check, emulat
     """Every decomposition through the sections a loan runs first: parity passes on sizes that take
     every path (and fails when the row or column kernel writes something else), throughput reports
     each."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     shim = TorchOnTheEmulatedGpu(torch, emulated_gpu, monkeypatch)
     kernels = gpu_check.cuda_kernels.CudaKernels(0)
     rng = np.random.default_rng(3)

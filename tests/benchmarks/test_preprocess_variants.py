@@ -89,7 +89,8 @@ def test_variants_are_loaded_timed_and_compared(variants, emulated_gpu, tmp_path
     """Three variants over the same sources (a folder with only preprocess.cu of its own, one with
     nothing of its own, and the row decomposition): all write the first one's bits, until the
     emulated per-pixel kernel is made to skip the last fusion row, which the report must show."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     shim = TorchOnTheEmulatedGpu(torch, emulated_gpu, monkeypatch)
     own = tmp_path / "own"
     own.mkdir()

@@ -4,7 +4,6 @@ performance is measured in benchmarks/, never in unit tests."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -39,15 +38,10 @@ def bench_result(tiny_engine_set, photographs, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-out")
     args = [str(tiny_engine_set), "--images", str(folder), "--batch-sizes", "1,2", "--warmup", "0",
             "--iterations", "2", "--compare", "torch", "--json", str(out / "r.json")]
-    if _has_matplotlib():
-        args += ["--plot", str(out / "r.png")]
+    args += ["--plot", str(out / "r.png")]
     result = CliRunner().invoke(bench, args)
     assert result.exit_code == 0, result.output
     return json.loads((out / "r.json").read_text()), out, result.output
-
-
-def _has_matplotlib() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
 
 
 def test_result_document_has_every_field(bench_result):
@@ -102,8 +96,6 @@ def test_torch_comparison_gives_the_engines_probabilities(bench_result):
 
 
 def test_plot_is_written(bench_result):
-    if not _has_matplotlib():
-        pytest.skip("matplotlib is not installed")
     _, out, _ = bench_result
     assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -86,7 +86,8 @@ def test_int8_matches_fp32_on_clean_and_degraded_photographs(probabilities, vari
     reference, candidate = probabilities["fp32"], probabilities[variant]
     for s in STREAMS:
         delta = np.abs(candidate[s].astype(np.float64) - reference[s])
-        assert delta.mean() <= 0.02, (s, delta.mean())
+        # mean and worst image: at most half of the vote's 0.1 step on any one image (measured: 0.033)
+        assert delta.mean() <= 0.02 and delta.max() <= 0.05, (s, delta.mean(), delta.max())
     assert np.mean(_votes(candidate) == _votes(reference)) >= 0.95
 
 
@@ -259,15 +260,19 @@ def test_bad_arguments_give_clear_errors(tiny_engine_set, calibration, tmp_path)
 def test_graphs_past_the_external_data_threshold_are_written_with_a_data_file(
         tiny_engine_set, calibration, tmp_path, monkeypatch):
     """The > 2 GB path (external data, shape inference without the tensor bytes), exercised by
-    lowering the threshold instead of building a 2 GB graph."""
-    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_THRESHOLD", 10_000)
+    lowering the threshold instead of building a 2 GB graph: the graph written with a data file
+    computes exactly what the same graph written inline computes."""
     source, array = tiny_engine_set / "global.fp32.onnx", calibration.arrays["global"][:4]
     makers = ((make_fp16_graph, "global.fp16.onnx", {}), (make_int8_graph, "global.int8.onnx", {"method": "max"}))
+    (tmp_path / "inline").mkdir()
+    inline = {name: make(source, tmp_path / "inline" / name, array, **options)[0] for make, name, options in makers}
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_THRESHOLD", 10_000)
     for make, name, options in makers:
         path = tmp_path / name
         written = make(source, path, array, **options)
         assert written == [path, tmp_path / f"{name}.data"]
         stored = onnx.load(str(path), load_external_data=False).graph.initializer
         assert any(t.data_location == TensorProto.EXTERNAL for t in stored)
-        delta = np.abs(fake_probabilities(path, array) - fake_probabilities(source, array))
-        assert delta.max() < 0.05
+        inline_stored = onnx.load(str(inline[name]), load_external_data=False).graph.initializer
+        assert not any(t.data_location == TensorProto.EXTERNAL for t in inline_stored)
+        assert np.array_equal(fake_probabilities(path, array), fake_probabilities(inline[name], array))

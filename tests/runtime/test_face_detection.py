@@ -68,7 +68,8 @@ def default_locator(run_detector, small_face_detector) -> FaceLocator:
 
 
 def grace_hopper() -> np.ndarray:
-    cbook = pytest.importorskip("matplotlib.cbook")
+    from matplotlib import cbook
+
     bgr = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
@@ -236,8 +237,7 @@ def test_a_face_both_detectors_see_is_reported_once_with_blazefaces_box(run_dete
 
 def _terrain() -> np.ndarray:
     """A landscape-like photograph stand-in: matplotlib's topography sample, hill-shaded."""
-    cbook = pytest.importorskip("matplotlib.cbook")
-    from matplotlib import cm
+    from matplotlib import cbook, cm
     from matplotlib.colors import LightSource
 
     with np.load(cbook.get_sample_data("topobathy.npz", asfileobj=False)) as data:

@@ -54,7 +54,7 @@ def black_png(width: int, height: int, rows_per_block: int = 1000) -> bytes:
 
 
 MEASURE = """
-import json, sys, time
+import json, sys
 from dfd.runtime.images import ImageError, decode_image
 
 def peak_rss_kib():
@@ -64,13 +64,11 @@ def peak_rss_kib():
 
 path, max_pixels = sys.argv[1], int(sys.argv[2])
 before = peak_rss_kib()
-start = time.perf_counter()
 try:
     decoded = decode_image(path, max_pixels=max_pixels)
     result = {"shape": list(decoded.rgb.shape), "notes": list(decoded.notes)}
 except ImageError as error:
     result = {"error": str(error)}
-result["seconds"] = time.perf_counter() - start
 result["peak_growth_mb"] = (peak_rss_kib() - before) / 1024
 print(json.dumps(result))
 """
@@ -156,7 +154,8 @@ def test_16_bit_gray_tiff_is_described_by_the_unchanged_probe(tmp_path, photo):
 
 
 def test_cmyk_jpeg_is_converted_like_imread(tmp_path, photo):
-    image_module = pytest.importorskip("PIL.Image", reason="Pillow writes the CMYK JPEG")
+    from PIL import Image as image_module
+
     path = tmp_path / "cmyk.jpg"
     image_module.fromarray(photo).convert("CMYK").save(path, quality=95)
     decoded = decode_image(path)
@@ -166,7 +165,8 @@ def test_cmyk_jpeg_is_converted_like_imread(tmp_path, photo):
 
 
 def test_exif_orientation_is_applied_and_noted(tmp_path, photo):
-    image_module = pytest.importorskip("PIL.Image", reason="Pillow writes the EXIF block")
+    from PIL import Image as image_module
+
     image = image_module.fromarray(photo)
     exif = image.getexif()
     exif[0x0112] = 6
@@ -209,7 +209,8 @@ def test_header_sizes_are_read_before_decoding(tmp_path, suffix, params):
 
 
 def _pillow_bytes(image: np.ndarray, fmt: str, **options) -> bytes:
-    image_module = pytest.importorskip("PIL.Image", reason="Pillow writes JPEG 2000 and BigTIFF")
+    from PIL import Image as image_module
+
     buffer = io.BytesIO()
     image_module.fromarray(image).save(buffer, fmt, **options)
     return buffer.getvalue()
@@ -249,7 +250,8 @@ def test_sized_formats_still_describe_their_colours_and_pages():
     gray16 = np.random.default_rng(3).integers(0, 65536, (37, 53), dtype=np.uint16)
     assert decode_image(_encoded(".pgm", gray16)).notes == ("grayscale expanded to RGB", "16-bit scaled to 8-bit")
     image = np.random.default_rng(4).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    image_module = pytest.importorskip("PIL.Image", reason="Pillow writes multi-page TIFF")
+    from PIL import Image as image_module
+
     pages = _pillow_bytes(image, "TIFF", save_all=True, append_images=[image_module.fromarray(image[::-1])])
     decoded = decode_image(pages)
     assert decoded.notes == ("TIFF holds more than one page: the first is used",)
@@ -298,7 +300,6 @@ def test_huge_png_is_refused_from_its_header_without_allocating(tmp_path):
     assert "larger max_pixels" in result["error"]
     # the full image is 1144 MiB; refusing it costs only reading the 1 MB file
     assert result["peak_growth_mb"] < 50
-    assert result["seconds"] < 2
 
 
 def test_large_jpeg_is_decoded_reduced_without_the_full_image(tmp_path):
@@ -405,15 +406,16 @@ def test_truncated_png(photo, keep):
 
 @pytest.mark.parametrize("cut", [2, 500, 20000])
 def test_truncated_jpeg_is_refused_or_noted(photo, cut):
-    """OpenCV >= 4.10 refuses a truncated JPEG; older ones decode it partially with a warning."""
+    """OpenCV >= 4.10 refuses a truncated JPEG; older ones (4.9 is supported) decode it partially,
+    which the decoded image's notes say. The installed version decides which must happen."""
     data = cv2.imencode(".jpg", photo)[1].tobytes()
-    try:
-        decoded = decode_image(data[:-cut])
-    except ImageError as error:
-        assert "JPEG data is truncated" in str(error) and "end-of-image" in str(error)
+    if tuple(int(part) for part in cv2.__version__.split(".")[:2]) >= (4, 10):
+        with pytest.raises(ImageError, match=r"JPEG data is truncated \(no end-of-image marker"):
+            decode_image(data[:-cut])
     else:
+        decoded = decode_image(data[:-cut])
         assert decoded.rgb.shape == photo.shape
-        assert any("truncated" in note for note in decoded.notes)
+        assert any("JPEG data is truncated" in note for note in decoded.notes)
 
 
 def test_zero_sized_image_in_header():

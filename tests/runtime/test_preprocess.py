@@ -17,8 +17,8 @@ from dfd.runtime.preprocess import (IMAGENET_MEAN, IMAGENET_STD, PreprocessError
                                     preprocess_face, preprocess_fusion, preprocess_global,
                                     resize_fusion)
 
-transforms = pytest.importorskip("torchvision.transforms")
-Image = pytest.importorskip("PIL.Image")
+import torchvision.transforms as transforms
+from PIL import Image
 
 SIZES = [(252, 252), (253, 300), (300, 224), (1000, 700), (700, 1000), (224, 300), (224, 224),
          (100, 400), (1, 1)]
