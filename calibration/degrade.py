@@ -20,14 +20,20 @@ Faithfulness to the reference training code (``training/dataset/noise_augment_wr
   grayscale (0.3 x 0.2) / colour cast (0.3 x 0.8); salt-and-pepper gets its third of the noise
   slot (0.3 / 3; speckle and Poisson noise, the other two thirds, are not reproduced). Banding fires
   with 0.15: the reference skips it with probability equal to its strength (E = 0.5 under
-  Beta(1.2, 1.2)), which this engine turns into a lower firing rate instead of a strength-dependent
-  skip. The text/patch "distractor" overlay (an occlusion augmentation, not a capture degradation)
-  is not reproduced.
+  Beta(1.2, 1.2)), which this engine turns into that lower firing rate and strengths from
+  Beta(1.2, 2.2), the strengths the reference's skip lets through (:data:`STRENGTH_SKIPPED_OPS`),
+  so that an op recorded as applied did something. The text/patch "distractor" overlay (an
+  occlusion augmentation, not a capture degradation) is not reproduced.
 * JPEG quality is tied to the strength (95 at 0, 10 at 1) instead of uniform in [10, 95], so that a
   named op with a given strength is a well-defined degradation; the Beta draw keeps the mean
   quality of the reference. The prelude keeps the reference's uniform quality.
-* The reference's "smoothing" slot (anisotropic Gaussian, isotropic Gaussian or box kernel) is
-  reproduced by its anisotropic Gaussian variant (per-axis variance uniform in [0, 30 s]).
+* A rescale leaves the image at its new size until the end, where one resize (linear, cubic or
+  area) restores the input size, as in the reference: the ops after a rescale work at its scale.
+* The smoothing slot keeps the reference's three kernels (anisotropic Gaussian, isotropic
+  Gaussian, box) and its kernel sizes; motion blur draws its line as the reference does.
+* The reference degraded 252-pixel training crops; calibration sets degrade whole photographs, so
+  the ops that scale with the image (vignetting, the number of glitch lines per image) act on the
+  whole photograph rather than on its centre crop.
 
 Images travel between ops as float32 RGB in [0, 1] (as in the reference) and are quantised to
 uint8 once at the end. All randomness comes from the caller's ``numpy.random.Generator``.
@@ -101,8 +107,8 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise DegradationError(f"image has no pixels (shape {rgb.shape})")
 
 
-def _filter(img: FloatImage, kernel: np.ndarray) -> FloatImage:
-    return cv2.filter2D(img, -1, kernel.astype(np.float32), borderType=_BORDER)
+def _filter(img: FloatImage, kernel: np.ndarray, anchor: tuple[int, int] = (-1, -1)) -> FloatImage:
+    return cv2.filter2D(img, -1, kernel.astype(np.float32), anchor=anchor, borderType=_BORDER)
 
 
 def _jpeg_roundtrip(img: FloatImage, quality: int) -> FloatImage:
@@ -119,7 +125,8 @@ def _jpeg_quality(strength: float) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# the ops: float32 RGB in [0, 1], strength in [0, 1], rng -> float32 RGB of the same shape
+# the ops: float32 RGB in [0, 1], strength in [0, 1], rng -> float32 RGB (of the same size, but
+# for resize, which the compound pipeline and apply_op restore at the end, as the reference)
 # --------------------------------------------------------------------------------------------
 
 
@@ -129,43 +136,93 @@ def _jpeg(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatIm
 
 
 def _gaussian_blur(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
-    """Anisotropic Gaussian blur, per-axis variance uniform in [0, 30 s], random orientation."""
-    variances = np.maximum(rng.uniform(0.0, 30.0 * strength, size=2), 0.09)  # sigma >= 0.3
-    theta = rng.uniform(0.0, math.pi)
-    rotation = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
-    precision = np.linalg.inv(rotation @ np.diag(variances) @ rotation.T)
-    half = int(math.ceil(3.0 * math.sqrt(float(variances.max()))))
-    grid = np.arange(-half, half + 1, dtype=np.float64)
-    xx, yy = np.meshgrid(grid, grid)
-    points = np.stack([xx, yy], axis=-1)
-    kernel = np.exp(-0.5 * np.einsum("...i,ij,...j->...", points, precision, points))
-    return _filter(img, kernel / kernel.sum())
+    """The reference's smoothing slot (add_smoothing2), a third each, with spread w = 30 s:
+
+    * anisotropic Gaussian: per-axis variances U(0, w), random orientation, on a square of side
+      2 int(largest variance) + 1 (so a variance under 1 gives no blur, and small ones are cut);
+    * isotropic Gaussian: sigma U(0, w) (a standard deviation here) on a square of side 7..25,
+      taps below 1e-8 of the peak zeroed;
+    * box: side U{3..max(3, int(w))}; an even side shifts the image by half a pixel.
+
+    Convolved with the mirror border (scipy's ``mode="mirror"``, OpenCV's REFLECT_101)."""
+    spread = 30.0 * strength
+    draw = rng.random()
+    if draw < 1.0 / 3.0:
+        variances = spread * rng.random(2)
+        side = int(variances.max()) * 2 + 1
+        theta = rng.random() * math.pi
+        rotation = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+        precision = rotation @ np.diag(1.0 / np.maximum(variances, 1e-12)) @ rotation.T
+        half = side // 2
+        grid = np.arange(-half, half + 1, dtype=np.float64)
+        points = np.stack(np.meshgrid(grid, grid), axis=-1)  # (x, y) offsets from the centre
+        kernel = np.exp(-0.5 * np.einsum("...i,ij,...j->...", points, precision, points))
+        return _filter(img, kernel / kernel.sum())
+    if draw < 2.0 / 3.0:
+        side = 2 * int(rng.integers(2, 12)) + 3
+        sigma = max(spread * rng.random(), 1e-12)
+        grid = np.arange(side, dtype=np.float64) - (side - 1) / 2.0
+        kernel = np.exp(-(grid[None, :] ** 2 + grid[:, None] ** 2) / (2.0 * sigma * sigma))
+        kernel[kernel < 1e-8 * kernel.max()] = 0.0
+        return _filter(img, kernel / kernel.sum())
+    side = int(rng.integers(3, max(3, int(spread)) + 1))
+    # scipy's convolution centres an even box one pixel up-left of OpenCV's default anchor
+    return _filter(img, np.full((side, side), 1.0 / side ** 2), anchor=((side - 1) // 2, (side - 1) // 2))
 
 
 def _motion_blur(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
-    """Linear motion blur, length max(3, 12 s) pixels (odd), random direction in [0, 180)."""
-    length = max(3, int(12.0 * strength))
-    length += 1 - length % 2
-    angle = math.radians(rng.uniform(0.0, 180.0))
-    center = length // 2
-    dx, dy = center * math.cos(angle), center * math.sin(angle)
-    kernel = np.zeros((length, length), dtype=np.float32)
-    start = (int(round(center - dx)), int(round(center - dy)))
-    end = (int(round(center + dx)), int(round(center + dy)))
-    cv2.line(kernel, start, end, 1.0, thickness=1)
-    return _filter(img, kernel / kernel.sum())
+    """Linear motion blur on a square of side int(max(3, 12 s)) (odd), at an angle U(0, 180)
+    degrees, drawn as the reference does: one tap per column x at row int(tan(angle) (x - c) + c),
+    truncated towards zero, kept when inside the square. So a steep angle leaves fewer taps (near
+    vertical: the centre one only, no blur), as in the reference."""
+    side = int(max(3.0, 15.0 * strength * 0.8))
+    side += 1 - side % 2
+    angle = rng.uniform(0.0, 180.0)
+    center = side // 2
+    columns = np.arange(side)
+    rows = np.trunc(math.tan(math.radians(angle)) * (columns - center) + center)
+    inside = (rows >= 0) & (rows < side)
+    kernel = np.zeros((side, side), dtype=np.float64)
+    kernel[rows[inside].astype(np.int64), columns[inside]] = 1.0
+    return np.clip(_filter(img, kernel / kernel.sum()), 0.0, 1.0)
 
 
 def _gaussian_noise(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
     """Additive Gaussian noise, sigma = U{60..100} x s (20 %: U{2..100} x s) on the 0-255 scale.
 
-    70 % independent per channel (colour noise), 30 % one value for all channels (luma noise).
+    70 % independent per channel (colour noise), 20 % one value for all channels (luma noise),
+    10 % channel-correlated noise with the reference's random covariance
+    |L^2 orth(U)^T diag(u) orth(U')| for L = 100 s / 255 (``_correlated_noise``).
     """
     low = 2 if rng.random() < 0.2 else 60
     sigma = float(rng.integers(low, 101)) * strength / 255.0
-    channels = 3 if rng.random() < 0.7 else 1
-    noise = rng.normal(0.0, sigma, size=(img.shape[0], img.shape[1], channels))
+    kind = rng.random()
+    if kind < 0.9:
+        channels = 3 if kind < 0.7 else 1
+        noise = rng.normal(0.0, sigma, size=(img.shape[0], img.shape[1], channels))
+    else:
+        noise = _correlated_noise(100.0 * strength / 255.0, img.shape[:2], rng)
     return np.clip(img + noise.astype(np.float32), 0.0, 1.0)
+
+
+def _orthonormal_basis(matrix: np.ndarray) -> np.ndarray:
+    """scipy.linalg.orth: the left singular vectors spanning the range of ``matrix``."""
+    left, singular, _ = np.linalg.svd(matrix, full_matrices=False)
+    rank = int((singular > max(matrix.shape) * np.finfo(float).eps * singular.max()).sum())
+    return left[:, :rank]
+
+
+def _correlated_noise(level: float, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """The reference's third noise branch. Its "covariance" |L^2 A^T D B| (A, B orthonormal bases
+    of two random matrices) is neither symmetric nor always positive semi-definite; NumPy's
+    multivariate normal factors it by SVD all the same (noise = z sqrt(S) V^T), and so does this,
+    without NumPy's warning."""
+    first = _orthonormal_basis(rng.random((3, 3)))
+    scales = np.diag(rng.random(3))
+    second = _orthonormal_basis(rng.random((3, 3)))
+    covariance = np.abs(level ** 2 * (first.T @ scales @ second))
+    _, singular, right = np.linalg.svd(covariance)
+    return rng.standard_normal((*shape, 3)) @ (np.sqrt(singular)[:, None] * right)
 
 
 def _salt_and_pepper(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
@@ -216,7 +273,8 @@ def _chroma_subsampling(img: FloatImage, strength: float, rng: np.random.Generat
 
 
 def _banding(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
-    """Posterisation to int(32 - 14 s) levels per channel (the reference's range, 32 down to 18)."""
+    """Posterisation to int(32 - 14 s) levels per channel (the reference's range, 32 down to 18).
+    In the compound pipeline its strength comes from Beta(a, b + 1) (see ``STRENGTH_SKIPPED_OPS``)."""
     levels = int(max(4.0, 32.0 - 28.0 * strength * 0.5))
     step = np.float32(255.0 / (levels - 1))
     return np.clip(np.round(img * np.float32(255.0) / step) * step / np.float32(255.0), 0.0, 1.0)
@@ -325,9 +383,11 @@ _RESTORE_INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA)
 
 
 def _resize(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
-    """Rescale and back (the reference's add_resize with sf=2, then its final resize to the
-    input size): 70 % down by U(0.25 / s, 1) (at least 0.1), 20 % up by U(1, 2), 10 % unchanged;
-    nearest-neighbour for half of the downscales, else linear / cubic / area."""
+    """Rescale (the reference's add_resize with sf=2): 70 % down by U(0.25 / s, 1) (at least 0.1),
+    20 % up by U(1, 2), 10 % unchanged; nearest-neighbour for half of the downscales, else linear /
+    cubic / area. The image keeps its new size: the ops after it (and the rest of the
+    recompression prelude) work at that size, and the scales of several rescales multiply, until
+    ``_restore_size`` brings the image back at the end, as the reference's final resize."""
     height, width = img.shape[:2]
     draw = rng.random()
     if draw > 0.8:
@@ -342,9 +402,17 @@ def _resize(img: FloatImage, strength: float, rng: np.random.Generator) -> Float
         interpolation = _RESTORE_INTERPOLATIONS[int(rng.integers(0, 3))]
     size = (max(1, int(scale * width)), max(1, int(scale * height)))
     scaled = cv2.resize(img, size, interpolation=interpolation)
-    restore = _RESTORE_INTERPOLATIONS[int(rng.integers(0, 3))]
-    restored = cv2.resize(scaled, (width, height), interpolation=restore)
-    return np.clip(restored.reshape(img.shape), 0.0, 1.0)
+    return np.clip(scaled.reshape(size[1], size[0], img.shape[2]), 0.0, 1.0)
+
+
+def _restore_size(img: FloatImage, height: int, width: int, rng: np.random.Generator) -> FloatImage:
+    """The reference's last step: back to the input size, linear / cubic / area at random (not
+    clipped there; the uint8 conversion clips). An image already at that size is left as it is,
+    as OpenCV's resize to the same size copies it."""
+    if img.shape[:2] == (height, width):
+        return img
+    interpolation = _RESTORE_INTERPOLATIONS[int(rng.integers(0, 3))]
+    return cv2.resize(img, (width, height), interpolation=interpolation).reshape(height, width, img.shape[2])
 
 
 OPS: dict[str, OpFunction] = {
@@ -414,6 +482,12 @@ class DegradationSpec:
         return asdict(self)
 
 
+STRENGTH_SKIPPED_OPS = {"banding": 1}
+"""Ops the reference skips with a probability equal to their strength (banding: ``if
+random.random() < strength: return img``). Such an op fires with p x E[1 - s] (0.3 x 0.5 in
+:data:`PAPER_SPEC`), and the strengths it fires with follow Beta(a, b) x (1 - s), that is
+Beta(a, b + 1): the value here is added to b for it, so that a firing op always does something."""
+
 _PAPER_OP_P = 0.3
 PAPER_SPEC = DegradationSpec(
     op_probabilities=(
@@ -471,10 +545,11 @@ def degrade(rgb: np.ndarray, rng: np.random.Generator,
     for index in rng.permutation(len(spec.op_probabilities)):
         name, probability = spec.op_probabilities[index]
         if rng.random() < probability:
-            strength = spec.max_strength * float(rng.beta(spec.beta_a, spec.beta_b))
+            beta_b = spec.beta_b + STRENGTH_SKIPPED_OPS.get(name, 0)
+            strength = spec.max_strength * float(rng.beta(spec.beta_a, beta_b))
             img = OPS[name](img, strength, rng)
             applied.append(AppliedOp(name, strength))
-    return _to_uint8(img), applied
+    return _to_uint8(_restore_size(img, *rgb.shape[:2], rng)), applied
 
 
 def apply_op(name: str, rgb: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
@@ -484,7 +559,7 @@ def apply_op(name: str, rgb: np.ndarray, strength: float, rng: np.random.Generat
     if not 0.0 <= strength <= 1.0:
         raise DegradationError(f"strength must be in [0, 1], got {strength}")
     _check_rgb(rgb)
-    return _to_uint8(OPS[name](_to_float(rgb), float(strength), rng))
+    return _to_uint8(_restore_size(OPS[name](_to_float(rgb), float(strength), rng), *rgb.shape[:2], rng))
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
-from scipy import stats
+from scipy import linalg, ndimage, stats
 
 from dfd.calibration.degrade import (
     FIXED_DEGRADATIONS,
@@ -128,11 +128,73 @@ def test_jpeg_quality_grows_as_strength_drops(photo):
     assert errors[0] < errors[1] < errors[2]
 
 
-@pytest.mark.parametrize("name", ["gaussian_blur", "motion_blur"])
-def test_blurs_lower_laplacian_variance(photo, name):
-    before = laplacian_variance(photo)
-    for seed in range(3):
-        assert laplacian_variance(apply_op(name, photo, 1.0, rng(seed))) < 0.3 * before
+def _reference_smoothing_kernel(strength: float, seed: int) -> tuple[np.ndarray, str]:
+    """The reference's add_smoothing2 kernel, written from its formulas with scipy, its draws
+    replayed from the op's seed: anisotropic Gaussian pdf with covariance V D V^-1 on a side of
+    2 int(max variance) + 1, fspecial-style isotropic Gaussian, or a box."""
+    replay, spread = rng(seed), 30.0 * strength
+    draw = replay.random()
+    if draw < 1 / 3:
+        l1, l2 = spread * replay.random(2)
+        size = int(max(l1, l2)) * 2 + 1
+        theta = replay.random() * np.pi
+        v = np.array([np.cos(theta), np.sin(theta)])
+        basis = np.array([[v[0], v[1]], [v[1], -v[0]]])
+        covariance = basis @ np.diag([l1, l2]) @ np.linalg.inv(basis)
+        center = size / 2.0 + 0.5
+        kernel = np.array([[stats.multivariate_normal.pdf([x - center + 1, y - center + 1], mean=[0, 0],
+                                                          cov=covariance) for x in range(size)] for y in range(size)])
+        return kernel / kernel.sum(), "anisotropic"
+    if draw < 2 / 3:
+        size = 2 * int(replay.integers(2, 12)) + 3
+        sigma = spread * replay.random()
+        half = (size - 1.0) / 2.0
+        x, y = np.meshgrid(np.arange(-half, half + 1), np.arange(-half, half + 1))
+        kernel = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
+        kernel[kernel < 1e-8 * kernel.max()] = 0
+        return kernel / kernel.sum(), "isotropic"
+    side = int(replay.integers(3, max(3, int(30 * strength)) + 1))
+    return np.ones((side, side)) / side ** 2, f"box {side}"
+
+
+def test_smoothing_equals_scipys_convolution_with_the_reference_kernels(photo):
+    """Every branch, even and odd boxes and a variance under 1 (a 1x1 kernel: no blur), against
+    scipy.ndimage.convolve with mode="mirror", as the reference convolves."""
+    image = photo[:60, :70].astype(np.float32) / 255
+    kinds = set()
+    for strength in (1.0, 0.3, 0.02):
+        for seed in range(12):  # boxes: seeds 4, 5, 9, 10 (side 10 and 4 are even)
+            kernel, kind = _reference_smoothing_kernel(strength, seed)
+            kinds.add("even box" if kind.startswith("box") and kernel.shape[0] % 2 == 0 else kind.split()[0])
+            kinds.add("identity" if kernel.shape == (1, 1) else "blur")
+            expected = ndimage.convolve(image, kernel[..., None], mode="mirror")
+            out = OPS["gaussian_blur"](image, strength, rng(seed))
+            assert np.abs(out - expected).max() < 2e-6, (strength, seed, kind)
+    assert kinds >= {"anisotropic", "isotropic", "box", "even box", "identity", "blur"}
+
+
+def test_motion_blur_draws_its_line_as_the_reference(photo):
+    """The kernel built column by column as the reference does (a near-vertical angle leaves the
+    centre tap only: no blur), applied with OpenCV's filter2D as the reference applies it."""
+    image = photo.astype(np.float32) / 255
+    taps = []
+    for strength in (1.0, 0.5, 0.1):
+        for seed in range(6):
+            size = int(max(3, 15 * strength * 0.8))
+            size += size % 2 == 0
+            angle = rng(seed).uniform(0, 180)
+            center, slope = size // 2, np.tan(np.radians(angle))
+            kernel = np.zeros((size, size))
+            for x in range(size):
+                y = int(slope * (x - center) + center)
+                if 0 <= y < size:
+                    kernel[y, x] = 1
+            kernel /= kernel.sum()
+            taps.append(int(np.count_nonzero(kernel)))
+            expected = np.clip(cv2.filter2D(image, -1, kernel.astype(np.float32)), 0, 1)
+            assert np.array_equal(OPS["motion_blur"](image, strength, rng(seed)), expected), (strength, seed)
+    assert min(taps) == 1 and max(taps) == 13  # seed 1 at strength 1 is near vertical: the centre tap only
+    assert laplacian_variance(apply_op("motion_blur", photo, 1.0, rng(0))) < 0.3 * laplacian_variance(photo)
 
 
 def test_fixed_blur3_is_gaussian_sigma_3(photo):
@@ -151,23 +213,47 @@ def test_fixed_noise25_raises_residual_std_by_sigma():
 
 
 def test_gaussian_noise_sigma_and_channels_follow_the_reference_draw():
-    """sigma = U{60..100} x s (U{2..100} x s one time in five), colour noise 70 % of the time and
-    one value for all channels otherwise: the draws are replayed from the same seed and the noise
-    measured. Seeds 0-4 take the U{60..100} branch, 3 and 11 the U{2..100} one; 2, 3 and 4 are luma
-    noise. At s = 0.3 sigma stays under 30 grey levels, so clipping at 0 and 255 (4+ sigma from
-    128) does not bias the measured deviation."""
+    """sigma = U{60..100} x s (U{2..100} x s one time in five); colour noise 70 % of the time, one
+    value for all channels 20 %: the draws are replayed from the same seed and the noise measured.
+    Seeds 0, 1 and 5 are colour noise, 2 and 3 luma noise (3 from U{2..100}). At s = 0.3 sigma
+    stays under 30 grey levels, so clipping at 0 and 255 (4+ sigma from 128) does not bias the
+    measured deviation. The correlated branch has its own test below."""
     gray = flat(128, (160, 160))
     strength = 0.3
-    for seed in (0, 1, 2, 3, 4, 11):
+    for seed in (0, 1, 2, 3, 5):
         replay = rng(seed)
         low = 2 if replay.random() < 0.2 else 60
         sigma = float(replay.integers(low, 101)) * strength
-        colour = replay.random() < 0.7
+        kind = replay.random()
+        assert kind < 0.9, seed
         residual = apply_op("gaussian_noise", gray, strength, rng(seed)).astype(np.float64) - 128
         for channel in range(3):
             assert residual[..., channel].std() == pytest.approx(sigma, rel=0.04), (seed, channel)
-        assert colour != (np.array_equal(residual[..., 0], residual[..., 1])
-                          and np.array_equal(residual[..., 1], residual[..., 2])), seed
+        luma = np.array_equal(residual[..., 0], residual[..., 1]) and np.array_equal(residual[..., 1], residual[..., 2])
+        assert luma == (kind >= 0.7), seed
+
+
+def test_correlated_gaussian_noise_has_the_references_covariance():
+    """The 10 % branch (seeds 4 and 33): the reference's covariance |L^2 orth(A)^T diag(d) orth(B)|
+    (scipy's orth, the draws replayed) is not symmetric, and the reference samples it with the
+    legacy np.random.multivariate_normal, whose SVD factor gives the noise the covariance V^T S V.
+    The op's noise over 90,000 pixels has the covariance of 90,000 legacy draws, within sampling
+    error (0.5 %); the new Generator's factor (U S U^T) would be off by far more."""
+    image = np.full((300, 300, 3), 0.5, np.float32)
+    for strength, seed in ((0.3, 4), (0.25, 33)):  # sigma < 0.12: no clipping around 0.5
+        replay = rng(seed)
+        low = 2 if replay.random() < 0.2 else 60
+        replay.integers(low, 101)
+        assert replay.random() >= 0.9, seed
+        first, scales, second = linalg.orth(replay.random((3, 3))), np.diag(replay.random(3)), linalg.orth(replay.random((3, 3)))
+        covariance = np.abs((100 * strength / 255) ** 2 * (first.T @ scales @ second))
+        with pytest.warns(RuntimeWarning, match="positive-semidefinite"):
+            legacy = np.random.RandomState(seed).multivariate_normal(np.zeros(3), covariance, 90_000)
+        noise = (OPS["gaussian_noise"](image, strength, rng(seed)) - image).reshape(-1, 3).astype(np.float64)
+        tolerance = 0.03 * np.abs(covariance).max()
+        assert np.abs(np.cov(noise.T) - np.cov(legacy.T)).max() < tolerance, seed
+        left, singular, right = np.linalg.svd(covariance)
+        assert np.abs((left * singular) @ left.T - right.T @ (singular[:, None] * right)).max() > 3 * tolerance
 
 
 def test_salt_and_pepper_share():
@@ -311,6 +397,71 @@ def test_vignetting_darkens_corners_more_than_centre():
     # corner: radius sqrt(2) -> gain 1 - (0.4 + 0.4) = 0.2
     for corner in (out[0, 0], out[0, -1], out[-1, 0], out[-1, -1]):
         assert corner.mean() == pytest.approx(40, abs=1)
+
+
+RESTORE = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA)
+
+
+def _reference_rescale(img: np.ndarray, strength: float, replay: np.random.Generator) -> np.ndarray:
+    """The reference's add_resize(sf=2), its draws replayed: the image keeps its new size."""
+    draw = replay.random()
+    if draw > 0.8:
+        scale = replay.uniform(1, 2)
+    elif draw < 0.7:
+        low = 0.5 / 2 / strength
+        scale = float(np.clip(low + (1 - low) * replay.random(), 0.1, 1))
+    else:
+        scale = 1.0
+    nearest = scale < 1.0 and replay.random() < 0.5
+    interpolation = cv2.INTER_NEAREST if nearest else RESTORE[int(replay.integers(0, 3))]
+    size = (max(1, int(scale * img.shape[1])), max(1, int(scale * img.shape[0])))
+    return np.clip(cv2.resize(img, size, interpolation=interpolation).reshape(size[1], size[0], 3), 0, 1)
+
+
+def test_ops_after_a_rescale_work_at_its_size_until_the_final_resize(photo):
+    """With resize and salt-and-pepper both firing, the pipeline equals the reference's order of
+    events replayed: the rescale keeps its size, salt-and-pepper (when it comes after) marks
+    pixels of the rescaled image, and one resize at the end restores the input size. Seeds cover
+    both orders, and rescales that change the size."""
+    spec = DegradationSpec(op_probabilities=(("resize", 1.0), ("salt_and_pepper", 1.0)), recompress_p=0.0)
+    image = photo[:90, :120]
+    firsts, rescaled = set(), 0
+    for seed in range(10):
+        replay = rng(seed)
+        assert not replay.random() < 0.0  # the prelude's draw
+        img = image.astype(np.float32) / np.float32(255)
+        names = [spec.op_probabilities[index][0] for index in replay.permutation(2)]
+        for name in names:
+            assert replay.random() < 1.0
+            strength = float(replay.beta(1.2, 1.2))
+            img = _reference_rescale(img, strength, replay) if name == "resize" else OPS[name](img, strength, replay)
+        if img.shape[:2] != image.shape[:2]:
+            rescaled += 1
+            img = cv2.resize(img, (image.shape[1], image.shape[0]), interpolation=RESTORE[int(replay.integers(0, 3))])
+        expected = np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8)
+        out, applied = degrade(image, rng(seed), spec)
+        assert np.array_equal(out, expected), (seed, names)
+        assert [op.name for op in applied] == names
+        firsts.add(names[0])
+    assert firsts == {"resize", "salt_and_pepper"} and rescaled >= 5
+
+
+def test_resize_keeps_its_size_alone_and_apply_op_restores_it(photo):
+    image = photo.astype(np.float32) / 255
+    sizes = {OPS["resize"](image, 1.0, rng(seed)).shape for seed in range(6)}
+    assert len(sizes) > 1 and all(size[2] == 3 for size in sizes)
+    for seed in range(6):
+        assert apply_op("resize", photo, 1.0, rng(seed)).shape == photo.shape
+
+
+def test_banding_strengths_are_those_the_references_skip_lets_through():
+    """The reference skips banding with probability equal to its strength; strengths that pass
+    follow Beta(1.2, 1.2) x (1 - s), i.e. Beta(1.2, 2.2), which this engine draws from directly."""
+    spec = DegradationSpec(op_probabilities=(("banding", 1.0),), recompress_p=0.0)
+    strengths = [op.strength for seed in range(400) for op in degrade(flat(128, (4, 4)), rng(seed), spec)[1]]
+    assert len(strengths) == 400
+    assert stats.kstest(strengths, stats.beta(1.2, 2.2).cdf).pvalue > 0.01
+    assert stats.kstest(strengths, stats.beta(1.2, 1.2).cdf).pvalue < 1e-6
 
 
 def test_resize_loses_detail(photo):
