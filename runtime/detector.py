@@ -33,7 +33,7 @@ from .manifest import STREAM_ORDER, Manifest, StreamEntry, load_manifest
 from .mtcnn import MtcnnDetector, onnxruntime_mtcnn
 from .preprocess import (
     FACE_CROP_SIZE,
-    LOSSY_SUFFIXES,
+    FACE_REENCODE_SUFFIXES,
     PreprocessError,
     box_corners,
     center_crop_notes,
@@ -97,7 +97,8 @@ def _label(source: ImageInput, index: int) -> str:
 
 
 def _lossy_suffix(source: ImageInput) -> str:
-    """The suffix of the file the reference's face step would re-save ``source`` under."""
+    """The suffix of the file the reference's face step would re-save ``source`` under (bytes: by
+    their content, ".jpg" for JPEG)."""
     if isinstance(source, (str, os.PathLike)):
         return Path(os.fsdecode(source)).suffix
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -282,9 +283,9 @@ class Detector:
         ``face_crops[i]``: a face image pre-cropped the reference's way (the face stream takes
         its 252 centre crop). ``face_boxes[i]``: (x1, y1, x2, y2) in pixels of image i; the
         runtime crops it (a box that is not finite, has x2 < x1 or y2 < y1, or lies wholly outside
-        the image fails that image only). With neither, the face stream sees the original image. For an image
-        file in a lossy format the face image is re-encoded in that format first, because the
-        reference's face stream reads its face input back from such a file.
+        the image fails that image only). With neither, the face stream sees the original image. For a
+        JPEG file the face image is re-encoded as JPEG first, because the reference's cropping
+        step saves a JPEG's face input as JPEG and its face stream reads that file back.
         """
         if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)):
             # iterating one of these would score each character, byte or pixel row as an image
@@ -326,7 +327,7 @@ class Detector:
             detection.notes.extend(decoded.notes)
             face_rgb, box = self._face_input(decoded, face_crop, face_box, detection)
             suffix = _lossy_suffix(source)
-            if face_crop is None and suffix.lower() in LOSSY_SUFFIXES:
+            if face_crop is None and suffix.lower() in FACE_REENCODE_SUFFIXES:
                 face_rgb, notes = reencode_like_reference_face_file(
                     self._face_image(decoded.rgb, face_rgb, box), suffix)
                 detection.notes.extend(notes)
@@ -349,7 +350,7 @@ class Detector:
     def face_stream_image(self, rgb: np.ndarray) -> np.ndarray:
         """What the face stream sees for a decoded image that comes with neither face crop nor box:
         the crop of the located face, or ``rgb`` itself (no face, a face under 1/9 of the image, or
-        no locator), before the re-encode a lossy file gets. The Detector's own rule, public for
+        no locator), before the re-encode a JPEG file gets. The Detector's own rule, public for
         tools that time face localisation as a stage of its own (``dfd-export bench``)."""
         face_rgb, box = self._face_input(DecodedImage(rgb, ()), None, None, Detection(image=""))
         return self._face_image(rgb, face_rgb, box)

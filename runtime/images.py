@@ -292,16 +292,10 @@ _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
 def encoded_suffix(data: bytes) -> str:
-    """The file suffix encoded image bytes would be saved under when their format is one whose
-    ``cv2.imwrite`` is lossy (JPEG, WebP, JPEG 2000), else "": the reference's face step re-saves
-    its input under the input's own name, so bytes given without a name follow their content."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return ".jpg"
-    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        return ".webp"
-    if data.startswith((_JP2_SIGNATURE, _JP2_CODESTREAM)):
-        return ".jp2"
-    return ""
+    """".jpg" for the bytes of a JPEG file, else "": the reference's face step re-saves its input
+    under the input's own name, lossily for JPEG only, so bytes given without a name follow their
+    content (see ``preprocess.reencode_like_reference_face_file``)."""
+    return ".jpg" if data.startswith(b"\xff\xd8\xff") else ""
 
 
 # ---------------------------------------------------------------------------------------------

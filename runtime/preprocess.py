@@ -262,22 +262,25 @@ def preprocess_face(face_rgb: np.ndarray, size: int = 252, mean: Sequence[float]
     return StreamInput(normalise(cropped, mean, std), notes)
 
 
-# Formats whose cv2.imwrite at default settings is lossy (JPEG quality 95, WebP quality 100 is
-# still lossy in OpenCV, JPEG 2000 at its default rate).
-LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".webp", ".jp2"})
+# The suffixes the reference's face-cropping step accepts (preprocess.py: .jpg, .jpeg, .png) whose
+# cv2.imwrite is lossy: JPEG at OpenCV's default quality 95.
+FACE_REENCODE_SUFFIXES = frozenset({".jpg", ".jpeg"})
 
 
 def reencode_like_reference_face_file(face_rgb: np.ndarray, suffix: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    """The face image as the reference's face stream reads it back from disk.
+    """The face image as the reference's face stream would read it back from disk.
 
-    The reference's face-cropping step saves every face input (the crop, or the original image
-    when no usable face is found) with ``cv2.imwrite`` under the input's file name, then the face
-    stream decodes that file. For a lossy format such as JPEG the face stream therefore sees a
-    default-quality re-encode, not the raw crop; reproducing it keeps the runtime exact for
-    JPEG inputs. Lossless formats round-trip unchanged, so they are skipped.
+    The reference's face-cropping step takes .jpg, .jpeg and .png files and saves every face input
+    (the crop, or the original image when no usable face is found) with ``cv2.imwrite`` under the
+    input's file name; the face stream then decodes that file. For a JPEG the face stream
+    therefore sees a quality-95 re-encode, not the raw crop, and this reproduces it. The
+    reference's published scoring lists PNG files only (its test JSON builder), where the
+    round trip changes nothing, so the JPEG rule follows its cropping step rather than a run it
+    published. Formats the cropping step does not take (WebP, JPEG 2000, ...) have no reference
+    behaviour: their face stream gets the crop itself.
     """
     suffix = suffix.lower()
-    if suffix not in LOSSY_SUFFIXES:
+    if suffix not in FACE_REENCODE_SUFFIXES:
         return face_rgb, ()
     ok, encoded = cv2.imencode(suffix, cv2.cvtColor(face_rgb, cv2.COLOR_RGB2BGR))
     if not ok:

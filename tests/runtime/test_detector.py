@@ -476,6 +476,24 @@ def test_jpeg_face_input_is_reencoded_like_the_reference_crop_files(tiny_engine_
         assert (same.streams, same.notes, same.score) == (result.streams, result.notes, result.score)
 
 
+@pytest.mark.parametrize("suffix", [".webp", ".jp2", ".png"])
+def test_formats_the_reference_crop_step_does_not_reencode_give_the_face_stream_the_crop(
+        tiny_engine_set, photographs, tmp_path, suffix):
+    """Only JPEG face inputs are re-encoded (the reference's cropping step takes .jpg/.jpeg/.png,
+    and PNG is lossless): a WebP or JPEG 2000 file scores as its decoded pixels given as an array,
+    with no re-encode note. An upper-case .JPG is re-encoded, as the reference lower-cases."""
+    path = tmp_path / f"astronaut{suffix}"
+    cv2.imwrite(str(path), cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR))
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    from_file, from_array = detector.detect([path, rgb], face_boxes=[FACE_BOXES["astronaut"]] * 2)
+    assert from_file.streams == from_array.streams and from_file.score == from_array.score
+    assert not any("re-encoded" in note for note in from_file.notes)
+    upper = tmp_path / "astronaut.JPG"
+    cv2.imwrite(str(upper), cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR))
+    assert any("re-encoded as .jpg" in note for note in detector.detect([upper], face_boxes=[FACE_BOXES["astronaut"]])[0].notes)
+
+
 def test_objects_that_are_not_images_fail_alone(tiny_engine_set, photographs):
     detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
     good = photographs["coffee"]
