@@ -38,8 +38,10 @@ def softmax_fake_probability(logits: np.ndarray) -> np.ndarray:
     Computed in float64 as 1 / (1 + exp(l_real - l_fake)) in the overflow-free form and rounded
     once to float32, so it is within half a float32 ulp of the exact value. torch's float32
     softmax, which the reference used, is itself a few ulp off the exact value (measured: up to
-    4 ulp for P in [0.05, 0.95]), so the two agree to about 1e-7 absolute, far below the 0.05
-    steps where the vote's rounding changes. NaN logits give NaN, which the vote refuses.
+    4 ulp for P in [0.05, 0.95]) and differs between its CPU and CUDA kernels, so there is no one
+    torch value to match. The two agree to about 1e-7 absolute; only a P within those ulp of a
+    rounding boundary (x.x5) can be written with another digit, which moves the vote by 0.1 (see
+    README, "Vote"). NaN logits give NaN, which the vote refuses.
     """
     array = np.asarray(logits)
     if array.ndim != 2 or array.shape[1] != 2 or array.dtype.kind not in "fiu":
