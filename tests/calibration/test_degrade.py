@@ -83,7 +83,8 @@ def test_paper_spec_matches_reference_config():
     assert (PAPER_SPEC.beta_a, PAPER_SPEC.beta_b, PAPER_SPEC.max_strength) == (1.2, 1.2, 1.0)
     assert probabilities["jpeg"] == pytest.approx(0.3)
     assert probabilities["grayscale"] + probabilities["colour_cast"] == pytest.approx(0.3)
-    assert probabilities["salt_and_pepper"] == pytest.approx(0.1)
+    noise_slot = [probabilities[name] for name in ("speckle_noise", "poisson_noise", "salt_and_pepper")]
+    assert noise_slot == pytest.approx([0.3 * 0.33, 0.3 * 0.33, 0.3 * 0.34])
     assert set(probabilities) == set(OPS)
 
 
@@ -254,6 +255,41 @@ def test_correlated_gaussian_noise_has_the_references_covariance():
         assert np.abs(np.cov(noise.T) - np.cov(legacy.T)).max() < tolerance, seed
         left, singular, right = np.linalg.svd(covariance)
         assert np.abs((left * singular) @ left.T - right.T @ (singular[:, None] * right)).max() > 3 * tolerance
+
+
+def test_speckle_noise_scales_with_the_pixel_and_follows_the_reference_draw():
+    """img x (1 + n) with sigma(n) = U{2..25} x s / 255, replayed: on two flat levels the
+    residual's deviation is level x sigma; seed 0 is one value for all channels, 1 per channel."""
+    strength = 0.8
+    for seed in (0, 1):
+        replay = rng(seed)
+        sigma = float(replay.integers(2, 26)) * strength / 255
+        kind = replay.random()
+        assert not 0.4 <= kind <= 0.6, seed
+        for level in (0.2, 0.5):
+            image = np.full((200, 200, 3), level, np.float32)
+            residual = OPS["speckle_noise"](image, strength, rng(seed)).astype(np.float64) - level
+            assert residual.std() == pytest.approx(level * sigma, rel=0.04), (seed, level)
+            same = np.array_equal(residual[..., 0], residual[..., 2])
+            assert same == (kind < 0.4), seed
+
+
+def test_poisson_noise_has_the_shot_noise_variance_of_the_drawn_photon_count():
+    """Variance level / photons around the grey level, photons = 10^U(2, 4) replayed; seed 0 is
+    per channel, seed 1 the luma branch (one offset for all channels)."""
+    image = np.full((200, 200, 3), 0.4, np.float32)
+    branches = set()
+    for seed in (0, 1):
+        replay = rng(seed)
+        photons = 10 ** (2 * replay.random() + 2)
+        per_channel = replay.random() < 0.5
+        branches.add(per_channel)
+        out = OPS["poisson_noise"](image, 0.7, rng(seed)).astype(np.float64)
+        level = np.round(0.4 * 255) / 255  # the op first rounds to grey levels, as the reference
+        assert out.mean() == pytest.approx(level, abs=3e-3)
+        assert out.var() == pytest.approx(level / photons, rel=0.05), seed
+        assert np.array_equal(out[..., 0], out[..., 1]) != per_channel
+    assert branches == {True, False}
 
 
 def test_salt_and_pepper_share():
