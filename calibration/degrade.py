@@ -34,7 +34,8 @@ Faithfulness to the reference training code (``training/dataset/noise_augment_wr
   Gaussian, box) and its kernel sizes; motion blur draws its line as the reference does.
 * The reference degraded 252-pixel training crops; calibration sets degrade whole photographs, so
   the ops that scale with the image (vignetting, the number of glitch lines per image) act on the
-  whole photograph rather than on its centre crop.
+  whole photograph rather than on its centre crop. A deployed detector receives whole degraded
+  photographs, and that is what calibration must represent.
 
 Images travel between ops as float32 RGB in [0, 1] (as in the reference) and are quantised to
 uint8 once at the end. All randomness comes from the caller's ``numpy.random.Generator``.
