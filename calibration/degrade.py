@@ -199,12 +199,19 @@ def _gaussian_noise(img: FloatImage, strength: float, rng: np.random.Generator) 
     low = 2 if rng.random() < 0.2 else 60
     sigma = float(rng.integers(low, 101)) * strength / 255.0
     kind = rng.random()
-    if kind < 0.9:
-        channels = 3 if kind < 0.7 else 1
-        noise = rng.normal(0.0, sigma, size=(img.shape[0], img.shape[1], channels))
-    else:
-        noise = _correlated_noise(100.0 * strength / 255.0, img.shape[:2], rng)
+    branch = "colour" if kind < 0.7 else "luma" if kind < 0.9 else "correlated"
+    noise = _channel_noise(branch, sigma, 100.0 * strength / 255.0, img.shape[:2], rng)
     return np.clip(img + noise.astype(np.float32), 0.0, 1.0)
+
+
+def _channel_noise(branch: str, sigma: float, level: float, shape: tuple[int, int],
+                   rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean noise of one of the reference's three noise branches, which its Gaussian and
+    speckle noise share: "colour" (independent per channel) and "luma" (one value for all
+    channels) of deviation ``sigma``, or "correlated" (``_correlated_noise`` at ``level``)."""
+    if branch == "correlated":
+        return _correlated_noise(level, shape, rng)
+    return rng.normal(0.0, sigma, size=(*shape, 3 if branch == "colour" else 1))
 
 
 def _orthonormal_basis(matrix: np.ndarray) -> np.ndarray:
@@ -233,11 +240,8 @@ def _speckle_noise(img: FloatImage, strength: float, rng: np.random.Generator) -
     (L = 25 s / 255), as the reference's add_speckle_noise with its defaults."""
     sigma = float(rng.integers(2, 26)) * strength / 255.0
     kind = rng.random()
-    if kind > 0.6 or kind < 0.4:
-        channels = 3 if kind > 0.6 else 1
-        noise = rng.normal(0.0, sigma, size=(img.shape[0], img.shape[1], channels))
-    else:
-        noise = _correlated_noise(25.0 * strength / 255.0, img.shape[:2], rng)
+    branch = "colour" if kind > 0.6 else "luma" if kind < 0.4 else "correlated"
+    noise = _channel_noise(branch, sigma, 25.0 * strength / 255.0, img.shape[:2], rng)
     return np.clip(img + img * noise.astype(np.float32), 0.0, 1.0)
 
 
