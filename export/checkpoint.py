@@ -75,13 +75,16 @@ class _Tensor:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """``torch.load`` a reference ``.pth`` safely (tensors only, no pickled code)."""
+    """``torch.load`` a reference ``.pth`` safely (tensors only, no pickled code), or read the same
+    state dict saved as safetensors."""
     path = Path(path)
     if not path.is_file():
         what = ("is a directory" if path.is_dir() else "is not a regular file" if path.exists()
                 else "is a broken symbolic link" if path.is_symlink() else "does not exist")
         raise CheckpointError(f"checkpoint {path} {what}; the reference's checkpoints are files "
                               f"(dinov2_252.pth, dinov2_252_crop.pth, dinov2_clip.pth)")
+    if _is_safetensors(path):
+        return _read_safetensors(path)
     not_a_checkpoint = _not_a_torch_file(path)
     if not_a_checkpoint:
         raise CheckpointError(f"checkpoint {path} {not_a_checkpoint}")
@@ -105,6 +108,33 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def _is_safetensors(path: Path) -> bool:
+    """Whether the file is in the safetensors format (a little-endian u64 header length, then the
+    JSON header), which state dicts re-saved from the hub often are; read from its first bytes."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False  # _not_a_torch_file reports the read error
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors state dict (the same keys as the reference's ``.pth``). Nothing in the
+    format can run code, so it needs no ``weights_only`` guard."""
+    from safetensors import SafetensorError  # installed with timm
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot read safetensors checkpoint {path} (corrupt or truncated?): "
+                              f"{first_line}") from exc
+
+
 def _not_a_torch_file(path: Path) -> str | None:
     """Why the file cannot be a ``torch.save`` output (a ZIP archive, or the legacy pickle format),
     read from its first bytes, or None. The usual cases are a failed download: an empty file, a
@@ -125,17 +155,30 @@ def _not_a_torch_file(path: Path) -> str | None:
     return "is not a PyTorch checkpoint (torch.save writes a ZIP archive; this file starts otherwise)"
 
 
-def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, _Tensor], list[str]]:
+def _put(out: dict[str, _Tensor], name: str, tensor: _Tensor, problems: list[str]) -> None:
+    """Store ``tensor`` as ``name`` unless another key already gave that name.
+
+    Two spellings of one weight (``module.backbone.`` beside ``backbone.``, ``query.weight`` beside
+    ``query.base_layer.weight``, a 5.x alias beside its 4.x name) would otherwise let the later key
+    silently replace the one the reference actually loads; which of them a ``strict=False`` load
+    uses depends on the reference's wrapper, so the checkpoint is ambiguous and refused."""
+    earlier = out.get(name)
+    if earlier is not None:
+        problems.append(f"ambiguous keys: {earlier.source} and {tensor.source} both give {name}")
+        return
+    out[name] = tensor
+
+
+def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor], problems: list[str]) -> dict[str, _Tensor]:
     stripped: dict[str, _Tensor] = {}
-    unexpected: list[str] = []
     for key, value in state.items():
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                stripped[key[len(prefix):]] = _Tensor(value, key)
+                _put(stripped, key[len(prefix):], _Tensor(value, key), problems)
                 break
         else:
-            unexpected.append(key)
-    return stripped, unexpected
+            problems.append(f"unexpected key (no backbone. prefix): {key}")
+    return stripped
 
 
 def _non_finite_weights(tensors: Mapping[str, _Tensor]) -> list[str]:
@@ -172,7 +215,8 @@ def _merge_lora(tensors: dict[str, _Tensor], lora: LoraSettings, problems: list[
         adapters.setdefault(module, {})[which] = tensor
     merged: dict[str, _Tensor] = {}
     for name, tensor in plain.items():
-        merged[name.replace(".base_layer.", ".")] = tensor
+        _put(merged, name.replace(".base_layer.", "."), tensor, problems)
+    other_rank: dict[int, list[str]] = {}  # well-formed adapters of another rank than --lora-r
     for module, pair in adapters.items():
         if set(pair) != {"A", "B"}:
             missing = "lora_B" if "A" in pair else "lora_A"
@@ -183,7 +227,15 @@ def _merge_lora(tensors: dict[str, _Tensor], lora: LoraSettings, problems: list[
             problems.append(f"missing key: {module}.base_layer.weight (LoRA adapters without a base weight)")
             continue
         a, b = pair["A"].value, pair["B"].value
+        if base.value.ndim != 2 or a.ndim != 2 or b.ndim != 2:
+            problems.append(f"LoRA adapter on {module}, whose weight is {tuple(base.value.shape)}: only adapters on "
+                            f"linear layers (the reference's query/key/value/dense) can be merged ({pair['A'].source})")
+            continue
         out_f, in_f = base.value.shape
+        rank = a.shape[0]
+        if rank != lora.r and a.shape == (rank, in_f) and b.shape == (out_f, rank):
+            other_rank.setdefault(rank, []).append(pair["A"].source)
+            continue
         if a.shape != (lora.r, in_f) or b.shape != (out_f, lora.r):
             problems.append(
                 f"mis-shaped LoRA adapter for {module}: lora_A {tuple(a.shape)}, lora_B "
@@ -198,6 +250,10 @@ def _merge_lora(tensors: dict[str, _Tensor], lora: LoraSettings, problems: list[
                             f"{lora.scale:g}); check --lora-r and --lora-alpha ({pair['A'].source})")
             continue
         merged[f"{module}.weight"] = _Tensor(value, base.source)
+    for rank, sources in sorted(other_rank.items()):
+        problems.append(f"{len(sources)} LoRA adapter(s) have rank {rank}, not --lora-r {lora.r} (e.g. {sources[0]}): "
+                        f"build with --lora-r {rank} and the --lora-alpha they were trained with (the checkpoint "
+                        f"does not store alpha)")
     return merged
 
 
@@ -222,14 +278,14 @@ def _canonical_dino(tensors: dict[str, _Tensor], problems: list[str]) -> dict[st
                 gate_up.setdefault(f"{layer}mlp.weights_in.{gate.group(2)}", {})[gate.group(1)] = tensor
                 continue
             name = layer + rest
-        out[name] = tensor
+        _put(out, name, tensor, problems)
     for name, parts in gate_up.items():
         if set(parts) != {"gate_proj", "up_proj"}:
             have = next(iter(parts.values())).source
             problems.append(f"gate_proj and up_proj must come together: only {have}")
             continue
         value = torch.cat((parts["gate_proj"].value, parts["up_proj"].value), dim=0)
-        out[name] = _Tensor(value, parts["gate_proj"].source)
+        _put(out, name, _Tensor(value, f"{parts['gate_proj'].source} + {parts['up_proj'].source}"), problems)
     return out
 
 
@@ -404,13 +460,13 @@ def convert_reference_state_dict(
     unexpected, missing or mis-shaped key.
     """
     spec = STREAM_SPECS[stream]
-    tensors, problems = _strip_wrapper_prefix(state)
+    problems: list[str] = []
+    tensors = _strip_wrapper_prefix(state, problems)
     non_finite = _non_finite_weights(tensors)
     if non_finite:
         listing = "\n  ".join(non_finite)
         raise CheckpointError(f"{source} holds non-finite weights (a diverged or corrupted training run?):\n"
                               f"  {listing}")
-    problems = [f"unexpected key (no backbone. prefix): {k}" for k in problems]
     head_prefix = "fusion_head." if spec.uses_clip else "last_layer."
     components = ("vision_model.", "clip_model.", head_prefix) if spec.uses_clip else ("vision_model.", head_prefix)
     for name in sorted(k for k in tensors if not k.startswith(components)):

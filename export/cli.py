@@ -120,7 +120,8 @@ def main() -> None:
 @click.option("--lora-r", type=click.IntRange(min=1), default=32, show_default=True,
               help="LoRA rank the checkpoints were trained with (the reference: 32).")
 @click.option("--lora-alpha", type=FiniteFloatRange(min=0, min_open=True), default=64.0, show_default=True,
-              help="LoRA alpha (the reference: 64); adapters merge as W + alpha/r * B @ A.")
+              help="LoRA alpha (the reference: 64); adapters merge as W + alpha/r * B @ A. Checkpoints do not "
+                   "store it, so a wrong value cannot be detected: it silently changes every score.")
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True, help="ONNX opset.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random initialisation.")
 @click.option("--force", is_flag=True, help="Replace an existing engine set in the output folder (a non-empty folder that is not an engine set is never deleted).")

@@ -156,10 +156,85 @@ def test_key_without_backbone_prefix_is_unexpected(reference_ensemble):
         _convert(reference_ensemble, state, "global")
 
 
-def test_lora_rank_mismatch_is_reported(reference_ensemble):
+def test_lora_rank_mismatch_is_one_line_naming_the_checkpoint_rank(reference_ensemble):
+    """A wrong --lora-r mis-shapes every adapter alike: one line with the rank to use, not one per
+    adapter (160 at the paper's size)."""
     dino, clip = _configs(reference_ensemble)
-    with pytest.raises(CheckpointError, match="for r=32"):
-        convert_reference_state_dict(_state(reference_ensemble, "global"), "global", dino, clip, LoraSettings())
+    state = _state(reference_ensemble, "global")
+    adapters = sum(1 for k in state if k.endswith(".lora_A.default.weight"))
+    with pytest.raises(CheckpointError) as err:
+        convert_reference_state_dict(state, "global", dino, clip, LoraSettings(LORA_R + 1, LORA_ALPHA))
+    lines = str(err.value).splitlines()[1:]
+    assert len(lines) == 1
+    assert f"{adapters} LoRA adapter(s) have rank {LORA_R}, not --lora-r {LORA_R + 1}" in lines[0]
+    assert f"build with --lora-r {LORA_R} " in lines[0]
+
+
+def _first_key(state, suffix):
+    return next(k for k in state if k.endswith(suffix))
+
+
+def _with_gate_up(state, weights_in):
+    gate, up = state[weights_in].chunk(2, dim=0)
+    return {weights_in.replace(".weights_in.", ".gate_proj."): gate,
+            weights_in.replace(".weights_in.", ".up_proj."): up}
+
+
+@pytest.mark.parametrize("spelling", ["dataparallel", "unwrapped-lora", "transformers5", "gate-up"])
+def test_two_spellings_of_one_weight_are_refused(reference_ensemble, spelling):
+    """A key added beside the one the reference loads used to replace it silently (|dlogit| up to
+    40); the reference's strict=False load would list it as unexpected and keep the genuine one."""
+    state = _state(reference_ensemble, "global")
+    query = _first_key(state, "encoder.layer.0.attention.attention.query.base_layer.weight")
+    if spelling == "dataparallel":
+        first = _first_key(state, "encoder.layer.1.norm2.weight")
+        second = first.replace("backbone.", "module.backbone.", 1)
+        added = {second: state[first] + 1}
+    elif spelling == "unwrapped-lora":
+        first, second = query, query.replace(".base_layer.", ".")
+        added = {second: state[first] + 1}
+    elif spelling == "transformers5":
+        first, second = query, query.replace(".attention.attention.query.base_layer.", ".attention.q_proj.")
+        added = {second: state[first] + 1}
+    else:
+        first = _first_key(state, "encoder.layer.0.mlp.weights_in.weight")
+        added = _with_gate_up(state, first)
+        second = next(iter(added))
+    state.update(added)
+    with pytest.raises(CheckpointError) as err:
+        _convert(reference_ensemble, state, "global")
+    message = str(err.value)
+    assert "ambiguous keys: " in message
+    line = next(line for line in message.splitlines() if "ambiguous keys" in line)
+    assert first in line and second in line
+
+
+def test_lora_adapter_on_a_convolution_is_refused_by_name(reference_ensemble):
+    state = _state(reference_ensemble, "global")
+    conv = _first_key(state, "embeddings.patch_embeddings.projection.weight")
+    module = conv[: -len(".weight")]
+    out_c, in_c, k, _ = state[conv].shape
+    state[f"{module}.lora_A.default.weight"] = torch.zeros(LORA_R, in_c, k, k)
+    state[f"{module}.lora_B.default.weight"] = torch.zeros(out_c, LORA_R, 1, 1)
+    with pytest.raises(CheckpointError, match=r"LoRA adapter on embeddings\.patch_embeddings\.projection, whose "
+                       r"weight is \(\d+, 3, \d+, \d+\): only adapters on linear layers"):
+        _convert(reference_ensemble, state, "global")
+
+
+def test_safetensors_checkpoint_reads_as_the_same_state_dict(reference_ensemble, tmp_path):
+    from safetensors.torch import save_file
+
+    state = _state(reference_ensemble)
+    path = tmp_path / "dinov2_clip.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    expected = _convert(reference_ensemble, state)
+    converted = _convert(reference_ensemble, read_state_dict(path))
+    assert converted.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(converted[key], expected[key], rtol=0, atol=0)
+    (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read safetensors checkpoint .*cut.safetensors \(corrupt"):
+        read_state_dict(tmp_path / "cut.safetensors")
 
 
 def _base_model_p_fake(reference: ReferenceDinoV2, pixels: torch.Tensor) -> torch.Tensor:
