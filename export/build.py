@@ -30,7 +30,7 @@ from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, write_manifest
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS
 
-from .checkpoint import LoraSettings, load_reference_checkpoint
+from .checkpoint import LoraSettings, find_checkpoint, load_reference_checkpoint
 from .configs import PAPER_CLIP, PAPER_DINOV2, ClipVisionConfig, DinoV2Config, load_clip_config, load_dinov2_config
 from .onnx_export import DEFAULT_OPSET, export_stream_onnx, parameter_bytes
 from .streams import STREAM_NAMES, STREAM_SPECS, build_stream
@@ -147,13 +147,10 @@ def _check_request(request: BuildRequest) -> None:
         except DfdError as exc:
             raise BuildError(f"{exc} (or build without face localisation: --no-face-detector)") from exc
     if request.weights_dir is not None:
-        missing = [
-            str(Path(request.weights_dir) / STREAM_SPECS[s].checkpoint)
-            for s in request.streams
-            if not (Path(request.weights_dir) / STREAM_SPECS[s].checkpoint).is_file()
-        ]
+        missing = [str(path) for path in (find_checkpoint(request.weights_dir, s) for s in request.streams)
+                   if not path.is_file()]
         if missing:
-            raise BuildError("checkpoint(s) not found: " + ", ".join(missing))
+            raise BuildError("checkpoint(s) not found: " + ", ".join(missing) + " (nor the same names as .safetensors)")
 
 
 def load_stream_module(name: str, request: BuildRequest, dino: DinoV2Config, clip: ClipVisionConfig) -> tuple[torch.nn.Module, dict]:
@@ -163,7 +160,7 @@ def load_stream_module(name: str, request: BuildRequest, dino: DinoV2Config, cli
     module = build_stream(name, dino, clip if STREAM_SPECS[name].uses_clip else None)
     if request.weights_dir is None:
         return module, {"checkpoint": None}
-    path = Path(request.weights_dir) / STREAM_SPECS[name].checkpoint
+    path = find_checkpoint(request.weights_dir, name)
     state = load_reference_checkpoint(path, name, dino, clip, request.lora)
     module.load_state_dict(state, strict=True)
     del state

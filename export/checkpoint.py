@@ -74,6 +74,15 @@ class _Tensor:
     source: str  # the checkpoint key it came from, for error messages
 
 
+def find_checkpoint(weights_dir: Path, stream: str) -> Path:
+    """The ``stream``'s checkpoint in ``weights_dir``: the reference's file name
+    (``dinov2_252.pth``, ...), else the same name as ``.safetensors``; the ``.pth`` path when
+    neither is there, for the caller's not-found message."""
+    reference = Path(weights_dir) / STREAM_SPECS[stream].checkpoint
+    converted = reference.with_suffix(".safetensors")
+    return converted if not reference.exists() and converted.is_file() else reference
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """``torch.load`` a reference ``.pth`` safely (tensors only, no pickled code), or read the same
     state dict saved as safetensors."""

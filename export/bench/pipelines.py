@@ -122,8 +122,7 @@ class TorchReferencePipeline:
 
     def _load(self, name: str):
         from ..build import BuildRequest, load_stream_module
-        from ..checkpoint import LoraSettings
-        from ..streams import STREAM_SPECS
+        from ..checkpoint import LoraSettings, find_checkpoint
 
         entry = self.manifest.streams[name]
         build = self.manifest.raw.get("build", {})
@@ -133,9 +132,9 @@ class TorchReferencePipeline:
         if recorded and not weights_dir:
             raise BenchError(f"the manifest records a checkpoint for the {name} stream but no build.weights_dir; "
                              f"pass --weights-dir")
-        if recorded and not (Path(weights_dir) / STREAM_SPECS[name].checkpoint).is_file():
+        if recorded and not find_checkpoint(weights_dir, name).is_file():
             where = "given by --weights-dir" if self.weights_dir else "recorded by the manifest"
-            raise BenchError(f"checkpoint {Path(weights_dir) / STREAM_SPECS[name].checkpoint} {where} is not there; "
+            raise BenchError(f"checkpoint {find_checkpoint(weights_dir, name)} {where} is not there; "
                              f"the torch comparison needs the same weights (pass --weights-dir where they are now)")
         lora = build.get("lora", {})
         request = BuildRequest(out_dir=Path("unused"), weights_dir=Path(weights_dir) if recorded else None,

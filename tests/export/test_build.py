@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from conftest import LORA_ALPHA, LORA_R
 from dfd.export.build import BuildError, BuildRequest, build_engine_set
-from dfd.export.checkpoint import LoraSettings
+from dfd.export.checkpoint import LoraSettings, read_state_dict
 from dfd.export.cli import main
 from dfd.export.mtcnn import default_mtcnn_weights_dir
 from dfd.runtime.manifest import load_manifest, sha256_file
@@ -229,6 +229,24 @@ def test_missing_checkpoint_is_named_and_nothing_is_left(reference_ensemble, tmp
     assert result.exit_code == 1
     assert "dinov2_252_crop.pth" in result.output and "Traceback" not in result.output
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_a_safetensors_checkpoint_builds_the_same_graph(reference_ensemble, tmp_path):
+    """dinov2_252.safetensors stands in for a missing dinov2_252.pth: same weights, same graph bytes."""
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    state = read_state_dict(reference_ensemble.weights_dir / "dinov2_252.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights / "dinov2_252.safetensors"))
+    runner = CliRunner()
+    for out, where in (("pth", reference_ensemble.weights_dir), ("st", weights)):
+        result = _build(runner, reference_ensemble, tmp_path / out, "--streams", "global", "--no-face-detector",
+                        weights_dir=where)
+        assert result.exit_code == 0, result.output
+    recorded = load_manifest(tmp_path / "st").streams["global"].details["source"]["checkpoint"]
+    assert recorded["file"] == "dinov2_252.safetensors"
+    assert (tmp_path / "st/global.fp32.onnx").read_bytes() == (tmp_path / "pth/global.fp32.onnx").read_bytes()
 
 
 def test_corrupt_checkpoint_fails_cleanly(reference_ensemble, tmp_path):
