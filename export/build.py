@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import json
 import math
 import os
 import platform
@@ -131,12 +132,9 @@ def _check_request(request: BuildRequest) -> None:
     if out.is_symlink():  # a build replaces its folder whole, and a link is not a folder to replace
         raise BuildError(f"{out} is a symbolic link (to {os.readlink(out)}); give the folder it points to, "
                          f"or a new --out")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not request.force:
-            raise BuildError(f"{out} already exists and is not empty; pass --force to replace it")
-        if not (out / MANIFEST_NAME).is_file():  # --force deletes the folder: only ever an engine set
-            raise BuildError(f"{out} is not an engine set (it holds no {MANIFEST_NAME}), and --force replaces "
-                             "only engine sets; choose a new or empty --out")
+    problem = _output_problem(out, request.force)
+    if problem:
+        raise BuildError(problem)
     if request.face_detector:
         from .face_detector import default_tflite_path
         from .mtcnn import default_mtcnn_weights_dir
@@ -297,6 +295,72 @@ def _warn_about_shared_checkpoints(streams: dict[str, Any], warn: Callable[[str]
                  f"Check that each file in --weights-dir is that stream's own checkpoint")
 
 
+def _output_problem(out: Path, force: bool) -> str | None:
+    """Why the build may not put its engine set at ``out``, or None.
+
+    A build replaces ``out`` whole, so it may only replace an empty folder or, with ``--force``,
+    an engine set holding nothing but its own files: a folder that merely has a file called
+    manifest.json (a web app's), or an engine set where someone keeps their notes or benchmark
+    results, is never deleted. Checked before the build and again, under the build's lock, just
+    before the new set replaces the old, since a long build leaves time for files to appear."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return None
+    if not force:
+        return f"{out} already exists and is not empty; pass --force to replace it"
+    listed = _engine_set_files(out)
+    if listed is None:
+        return (f"{out} is not an engine set (it holds no dfd-export {MANIFEST_NAME}), and --force replaces "
+                "only engine sets; choose a new or empty --out")
+    others = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                    if not p.is_dir() and str(p.relative_to(out)) not in listed)
+    if others:
+        return (f"{out} holds files that are not part of its engine set ({first_few(others, 5)}), and --force "
+                "replaces only an engine set's own files; move them out or choose a new --out")
+    return None
+
+
+def _engine_set_files(folder: Path) -> set[str] | None:
+    """The paths an engine set's manifest names (itself included), or None when ``folder`` holds
+    no dfd-export manifest. Read leniently: a set of an older format version is still one."""
+    try:
+        data = json.loads((folder / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    entries = list((data.get("streams") or {}).values()) + [data.get("face_detector") or {}]
+    listed = {MANIFEST_NAME}
+    for entry in entries:
+        for item in (entry.get("files") or []) if isinstance(entry, dict) else []:
+            if isinstance(item, dict) and isinstance(item.get("path"), str):
+                listed.add(item["path"])
+    tensorrt = data.get("tensorrt")
+    if isinstance(tensorrt, dict) and isinstance(tensorrt.get("timing_cache"), str):
+        listed.add(tensorrt["timing_cache"])
+    return listed
+
+
+def _publish(staging: Path, out: Path, force: bool) -> None:
+    """Put the finished ``staging`` folder at ``out``. The old set is renamed aside, not deleted,
+    until the new one is in place, so an interrupt at any moment leaves one complete set at
+    ``out`` (the old on failure, the new after)."""
+    problem = _output_problem(out, force)
+    if problem:
+        raise BuildError(f"{problem} (this appeared while the build ran; nothing was replaced)")
+    if not out.exists():
+        staging.rename(out)
+        return
+    aside = out.parent / f".{out.name}.replaced"
+    shutil.rmtree(aside, ignore_errors=True)
+    out.rename(aside)
+    try:
+        staging.rename(out)
+    except BaseException:
+        aside.rename(out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _absolute(path: Path) -> Path:
     """``path`` made absolute without resolving links: the staging folder and the lock sit in the
     parent folder, and ``.`` or ``x/..`` have no usable parent or name as given."""
@@ -411,9 +475,7 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
 
             manifest["tensorrt"] = {**manifest_entry(request.tensorrt), "timing_cache": "timing.cache"}
         write_manifest(staging, manifest)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        staging.rename(out)
+        _publish(staging, out, request.force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

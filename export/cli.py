@@ -124,7 +124,9 @@ def main() -> None:
                    "store it, so a wrong value cannot be detected: it silently changes every score.")
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True, help="ONNX opset.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random initialisation.")
-@click.option("--force", is_flag=True, help="Replace an existing engine set in the output folder (a non-empty folder that is not an engine set is never deleted).")
+@click.option("--force", is_flag=True, help="Replace an existing engine set in the output folder. A folder that is not a dfd-export engine set, or "
+                   "an engine set that holds other files, is never deleted; the old set stays until the new one is "
+                   "complete.")
 @click.option("--no-face-detector", is_flag=True,
               help="Do not ship the face localisers (BlazeFace and MTCNN); detect then needs --face-crops or face "
                    "boxes, or uses the reference's no-face rule.")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import pytest
@@ -83,8 +84,13 @@ def test_force_replaces_an_engine_set_but_never_another_folder_or_file(reference
     for out in (precious, lone_file):
         result = _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector", "--force")
         assert result.exit_code == 1, result.output
-        assert f"{out} is not an engine set (it holds no manifest.json), and --force replaces only engine sets" in result.output
+        assert (f"{out} is not an engine set (it holds no dfd-export manifest.json), and --force replaces only "
+                "engine sets") in result.output
     assert (precious / "chapter1.txt").read_text() == "months of work" and lone_file.read_text() == "keep me"
+    (precious / "manifest.json").write_text('{"name": "My PWA", "start_url": "/"}')  # a web app's, not ours
+    result = _build(CliRunner(), reference_ensemble, precious, "--streams", "global", "--no-face-detector", "--force")
+    assert result.exit_code == 1 and "is not an engine set" in result.output
+    assert (precious / "chapter1.txt").read_text() == "months of work"
 
     engine_set = tmp_path / "set"
     for streams in ("global", "fusion"):  # the second build replaces the first set
@@ -92,6 +98,58 @@ def test_force_replaces_an_engine_set_but_never_another_folder_or_file(reference
         assert result.exit_code == 0, result.output
     assert load_manifest(engine_set).streams.keys() == {"fusion"}
     assert not (engine_set / "global.fp32.onnx").exists()
+
+
+def test_force_keeps_an_engine_set_that_holds_other_files(reference_ensemble, tmp_path):
+    engine_set = tmp_path / "set"
+    assert _build(CliRunner(), reference_ensemble, engine_set, "--streams", "global", "--no-face-detector").exit_code == 0
+    (engine_set / "results").mkdir()
+    (engine_set / "results/bench.json").write_text("{}")
+    before = sha256_file(engine_set / "manifest.json")
+    result = _build(CliRunner(), reference_ensemble, engine_set, "--streams", "fusion", "--no-face-detector", "--force")
+    assert result.exit_code == 1
+    assert "holds files that are not part of its engine set (results/bench.json)" in result.output
+    assert sha256_file(engine_set / "manifest.json") == before and (engine_set / "results/bench.json").exists()
+
+
+def test_files_that_appear_in_out_during_the_build_are_kept(reference_ensemble, tmp_path, monkeypatch):
+    """The emptiness check ran once, before a build that takes minutes at the paper's size; a file
+    put into --out meanwhile was deleted when the set was published."""
+    import dfd.export.build as build_module
+
+    out = tmp_path / "late"
+    write_manifest = build_module.write_manifest
+
+    def user_writes_meanwhile(folder, manifest):
+        out.mkdir(exist_ok=True)
+        (out / "notes.txt").write_text("user notes")
+        write_manifest(folder, manifest)
+
+    monkeypatch.setattr(build_module, "write_manifest", user_writes_meanwhile)
+    result = _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector")
+    assert result.exit_code == 1
+    assert "already exists and is not empty" in result.output and "appeared while the build ran" in result.output
+    assert (out / "notes.txt").read_text() == "user notes" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert not list(tmp_path.glob(".late*"))
+
+
+def test_an_interrupt_while_publishing_keeps_the_old_set(reference_ensemble, tmp_path, monkeypatch):
+    """The old set was deleted before the new one was moved in; an interrupt between the two lost both."""
+    out = tmp_path / "set"
+    assert _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector").exit_code == 0
+    before = {p.name: sha256_file(p) for p in out.iterdir()}
+    rename = Path.rename
+
+    def interrupted(self, target):
+        if self.name == ".set.partial":
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted)
+    result = _build(CliRunner(), reference_ensemble, out, "--streams", "fusion", "--no-face-detector", "--force")
+    assert result.exit_code != 0
+    assert {p.name: sha256_file(p) for p in out.iterdir()} == before
+    assert not list(tmp_path.glob(".set*"))
 
 
 def test_the_current_folder_can_be_the_output(reference_ensemble, tmp_path, monkeypatch):
