@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -714,9 +714,10 @@ def _output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
 
 
 def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | None,
-                  spec: DegradationSpec = PAPER_SPEC,
-                  share: float = 1.0) -> list[tuple[Path, Path | str]]:
-    """Degrade image files into ``out_dir`` as PNGs.
+                  spec: DegradationSpec = PAPER_SPEC, share: float = 1.0,
+                  replace: bool = False) -> Iterator[tuple[Path, Path | str]]:
+    """Degrade image files into ``out_dir`` as PNGs, yielding (input, output path) as each is
+    written, so a caller can report progress and an interrupt leaves a true account.
 
     ``fixed`` names a fixed degradation (then ``seed``, ``spec`` and ``share`` do not matter);
     otherwise each image goes through :func:`degrade` with :func:`image_rng` (seed, file name).
@@ -724,6 +725,10 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     the others unchanged, to build mixed clean/degraded folders. A file that cannot be read or
     written is reported (as an error message that names it, in place of the output path) and the
     others are still processed.
+
+    Raises ``DegradationError`` before anything is written when an output would be one of the
+    inputs (whichever input: ``x.jpg`` writes ``x.png``, which may be another input), or, unless
+    ``replace``, when an output file already exists.
     """
     if not 0.0 <= share <= 1.0:
         raise DegradationError(f"share must be in [0, 1], got {share}")
@@ -734,16 +739,25 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     except OSError as error:
         raise DegradationError(f"cannot create output folder {out_dir}: {os_error_text(error)}") from error
     outputs = _output_paths(inputs, out_dir)
-    overwritten = [str(out) for path, out in zip(inputs, outputs) if _same_file(path, out)]
+    identities = {identity for identity in map(_file_identity, inputs) if identity is not None}
+    overwritten = [str(out) for out in outputs if _file_identity(out) in identities]
     if overwritten:
-        raise DegradationError(f"degrading into {out_dir} would overwrite input images with their degraded "
+        raise DegradationError(f"degrading into {out_dir} would overwrite input images with degraded "
                                f"copies: {first_few(overwritten)}; choose an --out that is not an input folder")
-    results: list[tuple[Path, Path | str]] = []
+    existing = [out.name for out in outputs if os.path.lexists(out)]
+    if existing and not replace:
+        raise DegradationError(f"{len(existing)} output file(s) already exist in {out_dir}: {first_few(existing)}; "
+                               f"pass --force to replace them, or choose another --out")
+    return _degrade_each(inputs, outputs, seed, transform, spec, share)
+
+
+def _degrade_each(inputs: Sequence[Path], outputs: Sequence[Path], seed: int, transform: Callable | None,
+                  spec: DegradationSpec, share: float) -> Iterator[tuple[Path, Path | str]]:
     for path, out_path in zip(inputs, outputs):
         try:
             rgb = decode_image(path).rgb  # the runtime's decode: imread's pixels, its refusals
         except ImageError as error:
-            results.append((path, str(error)))
+            yield path, str(error)
             continue
         if transform is not None:
             out = transform(rgb)
@@ -751,17 +765,18 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
             rng = image_rng(seed, path.name)
             out = degrade(rgb, rng, spec)[0] if rng.random() < share else rgb
         if not _write_png(out_path, out):
-            results.append((path, f"could not write {out_path} (degraded from {path})"))
+            yield path, f"could not write {out_path} (degraded from {path})"
             continue
-        results.append((path, out_path))
-    return results
+        yield path, out_path
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, so another name or a hard link of an input is caught."""
     try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet): not the same file
-        return False
+        info = os.stat(path)
+    except OSError:  # does not exist (yet): nothing to overwrite
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> bool:

@@ -310,17 +310,30 @@ def doctor(engine_dir, as_json):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random compound degradation.")
 @click.option("--share", type=FiniteFloatRange(0, 1), default=1.0, show_default=True,
               help="Fraction of images degraded (the rest are copied unchanged).")
+@click.option("--recursive", is_flag=True, help="Also take the images in sub-folders of a folder (never those "
+              "inside --out).")
+@click.option("--force", is_flag=True, help="Replace files that already exist in --out (an input is never replaced).")
 @handles_errors
-def degrade(inputs, out_dir, fixed, seed, share):
+def degrade(inputs, out_dir, fixed, seed, share, recursive, force):
     """Write degraded copies of images (the paper's compound degradation engine), for verify and
-    benchmarks. One unreadable image is reported and the others still processed (exit 2)."""
+    benchmarks: INPUTS are image files and folders, each image becomes one PNG in --out, and each
+    line printed says which file became which. One unreadable image is reported and the others
+    still processed (exit 2). Nothing is overwritten without --force, and an input never."""
+    from tqdm import tqdm
+
     from dfd.calibration.degrade import degrade_files
 
-    paths, problems = expand_inputs(inputs, recursive=True)
+    paths, problems = expand_inputs(inputs, recursive=recursive)
+    paths, inside_out = _outside_folder(paths, out_dir)
+    if inside_out:
+        click.secho(f"WARNING: left out {len(inside_out)} image(s) inside --out {out_dir} (earlier degraded "
+                    f"copies?): {first_few(inside_out)}", fg="yellow", err=True)
     for given, message in problems:
         click.echo(f"error: {given}: {message}", err=True)
     failed = len(problems)
-    for source, outcome in degrade_files([Path(p) for p in paths], out_dir, seed=seed, fixed=fixed, share=share):
+    results = degrade_files([Path(p) for p in paths], out_dir, seed=seed, fixed=fixed, share=share, replace=force)
+    for source, outcome in tqdm(results, total=len(paths), desc="degrade", unit="image", file=sys.stderr,
+                                disable=len(paths) < 2, leave=False):
         if isinstance(outcome, Path):
             click.echo(f"{source} -> {outcome}")
         else:
@@ -328,6 +341,16 @@ def degrade(inputs, out_dir, fixed, seed, share):
             click.echo(f"error: {outcome}", err=True)  # the message names the file
     if failed:
         sys.exit(2)
+
+
+def _outside_folder(paths: list[str], folder: Path) -> tuple[list[str], list[str]]:
+    """``paths`` split into those outside ``folder`` and those inside it (resolved, so ``./out``
+    and a link to it are the same folder)."""
+    root = folder.resolve()
+    outside, inside = [], []
+    for path in paths:
+        (inside if root in Path(path).resolve().parents else outside).append(path)
+    return outside, inside
 
 
 @main.command()

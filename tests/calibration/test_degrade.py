@@ -579,11 +579,11 @@ def test_degrade_files_reports_bad_file_and_processes_others(tmp_path, photo):
     written = outcome[good]
     assert isinstance(written, Path) and written == tmp_path / "out" / "good.png"
 
-    again = degrade_files([good], tmp_path / "again", seed=5, fixed=None, spec=PAPER_SPEC)
+    again = list(degrade_files([good], tmp_path / "again", seed=5, fixed=None, spec=PAPER_SPEC))
     assert written.read_bytes() == Path(again[0][1]).read_bytes()
 
     (tmp_path / "blocked" / "good.png").mkdir(parents=True)  # a folder where the output goes
-    [(_, outcome)] = degrade_files([good], tmp_path / "blocked", seed=5, fixed=None, spec=PAPER_SPEC)
+    [(_, outcome)] = degrade_files([good], tmp_path / "blocked", seed=5, fixed=None, spec=PAPER_SPEC, replace=True)
     assert outcome == f"could not write {tmp_path / 'blocked' / 'good.png'} (degraded from {good})"
 
 
@@ -596,7 +596,7 @@ def test_an_output_folder_holding_the_inputs_is_refused_before_anything_is_writt
     cv2.imwrite(str(first), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(other), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     originals = {path: path.read_bytes() for path in (first, other)}
-    with pytest.raises(DegradationError, match=f"degrading into {folder} would overwrite input images with their "
+    with pytest.raises(DegradationError, match=f"degrading into {folder} would overwrite input images with "
                                                f"degraded copies: {first}; choose an --out"):
         degrade_files([other, first], folder, seed=0, fixed="jpeg10")
     assert {path: path.read_bytes() for path in originals} == originals
@@ -610,14 +610,42 @@ def test_an_output_folder_holding_the_inputs_is_refused_before_anything_is_writt
     assert other.read_bytes() == originals[other]
 
 
+def test_an_output_named_like_another_input_is_refused(tmp_path, photo):
+    """x.jpg writes x.png: with x.png among the inputs, it was overwritten before it was read."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    jpeg, png = folder / "x.jpg", folder / "x.png"
+    cv2.imwrite(str(jpeg), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(png), cv2.cvtColor(photo[::-1], cv2.COLOR_RGB2BGR))
+    originals = {path: path.read_bytes() for path in (jpeg, png)}
+    for replace in (False, True):
+        with pytest.raises(DegradationError, match=f"would overwrite input images with degraded copies: {png}"):
+            degrade_files([jpeg, png], folder, seed=0, fixed="blur3", replace=replace)
+    assert {path: path.read_bytes() for path in originals} == originals
+    assert sorted(p.name for p in folder.iterdir()) == ["x.jpg", "x.png"]
+
+
+def test_existing_outputs_are_replaced_only_when_asked(tmp_path, photo):
+    source = tmp_path / "a.jpg"
+    cv2.imwrite(str(source), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"someone's file")
+    with pytest.raises(DegradationError, match=f"1 output file\\(s\\) already exist in {out}: a.png; pass --force"):
+        degrade_files([source], out, seed=0, fixed="blur3")
+    assert (out / "a.png").read_bytes() == b"someone's file"
+    [(_, written)] = degrade_files([source], out, seed=0, fixed="blur3", replace=True)
+    assert written == out / "a.png" and cv2.imread(str(written)) is not None
+
+
 def test_degraded_files_are_written_whole_or_not_at_all(tmp_path, photo):
     source = tmp_path / "a.png"
     cv2.imwrite(str(source), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     (tmp_path / "out" / "a.png").mkdir(parents=True)  # the rename into place fails
-    [(_, outcome)] = degrade_files([source], tmp_path / "out", seed=0, fixed="blur3")
+    [(_, outcome)] = degrade_files([source], tmp_path / "out", seed=0, fixed="blur3", replace=True)
     assert outcome.startswith("could not write")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]  # no partial file left
-    degrade_files([source], tmp_path / "fresh", seed=0, fixed="blur3")
+    list(degrade_files([source], tmp_path / "fresh", seed=0, fixed="blur3"))
     assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["a.png"]
 
 
@@ -627,7 +655,7 @@ def test_degrade_files_fixed_matches_the_function(tmp_path, photo):
     twin = tmp_path / "sub" / "a.png"
     twin.parent.mkdir()
     twin.write_bytes(source.read_bytes())
-    results = degrade_files([source, twin], tmp_path / "out", seed=0, fixed="blur3", spec=PAPER_SPEC)
+    results = list(degrade_files([source, twin], tmp_path / "out", seed=0, fixed="blur3", spec=PAPER_SPEC))
     assert [Path(out).name for _, out in results] == ["a.png", "a-1.png"]
     written = cv2.cvtColor(cv2.imread(str(results[0][1])), cv2.COLOR_BGR2RGB)
     assert np.array_equal(written, fixed_degradation("blur3")(photo))
@@ -657,8 +685,34 @@ def test_degrade_cli_expands_folders_and_reports_what_it_cannot_use(tmp_path, ph
     result = CliRunner().invoke(main, ["degrade", str(empty), str(folder), str(broken), "--out",
                                        str(tmp_path / "out"), "--fixed", "blur3"])
     assert result.exit_code == 2, result.output
+    assert f"error: {folder}: no images directly in {folder}" in result.stderr
+    assert "(use --recursive to look in them)" in result.stderr
+    assert not (tmp_path / "out" / "a.png").exists()
+    result = CliRunner().invoke(main, ["degrade", str(empty), str(folder), str(broken), "--out",
+                                       str(tmp_path / "out"), "--fixed", "blur3", "--recursive"])
+    assert result.exit_code == 2, result.output
     assert "left out 1 file(s) in " + str(folder) + " whose names do not end in an image suffix: clip.gif" in result.stderr
     assert f"error: {empty}: no images under {empty}" in result.stderr
     assert f"error: '{broken}' is not an image OpenCV can decode" in result.stderr
     written = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "a.png")), cv2.COLOR_BGR2RGB)
     assert np.array_equal(written, fixed_degradation("blur3")(photo))
+
+
+def test_degrade_cli_never_takes_its_own_outputs_as_inputs(tmp_path, photo):
+    """``degrade photos --out photos/deg --recursive`` run twice degraded its earlier copies again."""
+    from click.testing import CliRunner
+
+    from dfd.export.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.jpg"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    args = ["degrade", str(photos), "--out", str(photos / "deg"), "--fixed", "blur3", "--recursive"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert first.stdout.splitlines() == [f"{photos / 'a.jpg'} -> {photos / 'deg' / 'a.png'}"]
+    again = CliRunner().invoke(main, args + ["--force"])
+    assert again.exit_code == 0, again.output
+    assert f"left out 1 image(s) inside --out {photos / 'deg'}" in again.stderr
+    assert again.stdout.splitlines() == first.stdout.splitlines()
+    assert sorted(p.name for p in (photos / "deg").iterdir()) == ["a.png"]
