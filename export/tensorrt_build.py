@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dfd.runtime.errors import DfdError
+from dfd.runtime.tensorrt_backend import local_platform
 from dfd.runtime.tensorrt_backend import tensorrt_unusable_reason as tensorrt_unavailable_reason
 
 
@@ -63,7 +64,8 @@ def local_target() -> dict[str, Any]:
     trt = _tensorrt()
     gpu = gpu_info()
     major, minor = gpu.compute_capability
-    return {"version": trt.__version__, "gpu": gpu.name, "compute_capability": f"{major}.{minor}"}
+    return {"version": trt.__version__, "gpu": gpu.name, "compute_capability": f"{major}.{minor}",
+            "platform": local_platform()}
 
 
 def build_engine(onnx_path: Path, engine_path: Path, input_size: int, options: TensorRTOptions,

@@ -133,8 +133,13 @@ def select_backend(name: str, manifest: Manifest) -> BackendChoice:
         if reason is None:
             from .tensorrt_backend import TensorRTBackend
 
-            backend = TensorRTBackend(manifest)
-            return BackendChoice(backend, backend.description)
+            try:
+                backend = TensorRTBackend(manifest)
+                return BackendChoice(backend, backend.description)
+            except DfdError as exc:  # e.g. a driver too old for cuda-python, no GPU memory left
+                if name == "tensorrt":
+                    raise
+                reason = f"opening the engines failed: {exc}"
         if name == "tensorrt":
             raise BackendError(f"cannot use the tensorrt backend: {reason}")
         backend = OnnxRuntimeBackend(manifest)

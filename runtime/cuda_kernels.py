@@ -326,16 +326,20 @@ class CudaKernels:
         driver = self.driver = cuda_driver()
         self.info = gpu_info(device)
         dev = check_cuda(driver.cuDeviceGet(device), "cuDeviceGet", CudaUnavailableError)
+        cubin = compile_cubin(self.info.arch)  # before the context is retained: no NVRTC leaks nothing
         self.context = check_cuda(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain",
                                CudaUnavailableError)
-        check_cuda(driver.cuCtxSetCurrent(self.context), "cuCtxSetCurrent", CudaUnavailableError)
-        cubin = compile_cubin(self.info.arch)
-        self._module = check_cuda(driver.cuModuleLoadData(cubin), "cuModuleLoadData", CudaUnavailableError)
-        self._functions = {
-            name: check_cuda(driver.cuModuleGetFunction(self._module, name.encode()), "cuModuleGetFunction",
-                         CudaUnavailableError)
-            for name in KERNEL_NAMES
-        }
+        try:
+            check_cuda(driver.cuCtxSetCurrent(self.context), "cuCtxSetCurrent", CudaUnavailableError)
+            self._module = check_cuda(driver.cuModuleLoadData(cubin), "cuModuleLoadData", CudaUnavailableError)
+            self._functions = {
+                name: check_cuda(driver.cuModuleGetFunction(self._module, name.encode()), "cuModuleGetFunction",
+                             CudaUnavailableError)
+                for name in KERNEL_NAMES
+            }
+        except BaseException:
+            driver.cuDevicePrimaryCtxRelease(dev)
+            raise
 
     def _blocks_for(self, threads: int) -> int:
         """Blocks of ``BLOCK`` threads that cover ``threads``, for the one-thread-per-task kernels."""

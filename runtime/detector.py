@@ -427,6 +427,8 @@ class Detector:
             return
         if self.fused is not None:
             self._record_fused(prepared, self.fused.run([p.fused for p in prepared]))
+            if self.fused.capture_problem and self.fused.capture_problem not in self.preprocessing:
+                self.preprocessing = f"fused CUDA kernels (preprocessing and vote); {self.fused.capture_problem}"
             return
         batches = {stream: np.stack([p.tensors[stream] for p in prepared]) for stream in self.streams}
         if getattr(self.backend, "concurrent_streams", False):

@@ -8,8 +8,14 @@ stream, the discretised vote and the raw mean; those come back in one small copy
 allocated per call (buffers grow to the largest batch seen and stay).
 
 With ``capture_batch`` set, a batch of exactly that many images replays a CUDA graph of
-preprocess -> three engines -> vote -> result copy, captured once after a plain run of that size
-(TensorRT wants one enqueue before capture). A graph keeps the addresses it was captured with,
+preprocess -> three engines -> vote -> result copy, captured after a plain run of that size
+(TensorRT wants one enqueue before capture). A batch of another size (the last, partial one of a
+call) runs the engines' execution contexts at another input shape, which changes their internal
+state; TensorRT documents a captured graph as valid only while the shape it was captured at
+stays (NVIDIA/TensorRT#3798, trtexec), so the next batch of the captured size runs plainly and
+captures again. A capture that fails (TensorRT may refuse to enqueue into one) is ended, and the
+pipeline goes on without graphs, saying why in ``capture_problem``: that batch's results came
+from its plain run and stand. A graph keeps the addresses it was captured with,
 so everything it touches lives at a fixed address: the job table, the engines' tensors and the
 result buffers. The images themselves may move (their staging grows); the graph reads their
 addresses from the job table, which is uploaded before each replay.
@@ -27,7 +33,7 @@ implementations on an emulated driver API with a stand-in for TensorRT (test_cud
 from __future__ import annotations
 
 import threading
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
@@ -181,6 +187,8 @@ class GpuPipeline:
         self._mean_host = device.alloc_pinned(n * 8).view(np.float64)
         self._probs, self._score, self._mean = (device.alloc(n * 3 * 4), device.alloc(n * 8), device.alloc(n * 8))
         self._graph: Any = None
+        self._engines_batch = 0  # the input shape the engines' contexts last ran at
+        self.capture_problem: str | None = None  # why graphs were given up, once they were
 
     def run(self, items: Sequence[FusedInput]) -> FusedResult:
         """Score ``items`` in chunks of at most ``max_batch``; blocks until the results are back."""
@@ -198,18 +206,47 @@ class GpuPipeline:
     def _run_chunk(self, items: Sequence[FusedInput]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n, stream = len(items), self._stream
         self._upload(items)
-        if n == self.capture_batch and self._graph is not None:
+        if n == self.capture_batch and self._graph is not None and self._engines_batch == n:
             self._device.replay(self._graph, stream)
         else:
+            if n == self.capture_batch:
+                self._drop_graph()  # the contexts ran another shape since it was captured
             self._enqueue(n)
         self._device.synchronize(stream)
         result = (self._probs_host[:n].copy(), self._score_host[:n].copy(), self._mean_host[:n].copy())
         if n == self.capture_batch and self._graph is None:
-            # captured after a plain run of this size: TensorRT's first enqueue may allocate
-            self._device.begin_capture(stream)
-            self._enqueue(n)
-            self._graph = self._device.end_capture(stream)
+            self._capture(n)  # after a plain run of this size: TensorRT's first enqueue may allocate
         return result
+
+    def _capture(self, n: int) -> None:
+        """Record preprocess -> engines -> vote -> copy for batches of ``n`` as a graph; on failure,
+        end the capture (leaving a stream capturing would make every later call fail) and go on
+        without graphs."""
+        device, stream = self._device, self._stream
+        device.begin_capture(stream)
+        try:
+            self._enqueue(n)
+        except Exception as exc:  # noqa: BLE001 - TensorRT and the driver raise their own types
+            self._end_failed_capture()
+            self.capture_batch = None
+            self.capture_problem = f"CUDA-graph capture failed ({exc}); batches run without a graph"
+            return
+        self._graph = device.end_capture(stream)
+
+    def _end_failed_capture(self) -> None:
+        """Rejoin the forked engine streams and end the capture, whatever state the failure left
+        them in; an invalidated capture ends with an error of its own, which changes nothing here."""
+        device, stream = self._device, self._stream
+        for engine in self._engines:
+            with suppress(Exception):
+                device.wait(stream, engine.stream)
+        with suppress(Exception):
+            device.destroy_graph(device.end_capture(stream))
+
+    def _drop_graph(self) -> None:
+        if self._graph is not None:
+            self._device.destroy_graph(self._graph)
+            self._graph = None
 
     def _upload(self, items: Sequence[FusedInput]) -> None:
         """Pack every image into the staging buffer, copy it and the job table to the device."""
@@ -237,6 +274,7 @@ class GpuPipeline:
         """Preprocess -> three engines on their streams -> vote -> result copy, all queued."""
         device, stream = self._device, self._stream
         device.preprocess(self._jobs, n, tuple(e.input_address for e in self._engines), self._half, stream)
+        self._engines_batch = n
         for engine in self._engines:
             device.wait(engine.stream, stream)
             engine.enqueue(n)
@@ -253,9 +291,7 @@ class GpuPipeline:
         with self._lock:
             self._device.bind_thread()
             self._device.synchronize(self._stream)
-            if self._graph is not None:
-                self._device.destroy_graph(self._graph)
-                self._graph = None
+            self._drop_graph()
             self._staging.release()
             for address in (self._jobs, self._probs, self._score, self._mean):
                 self._device.free(address)

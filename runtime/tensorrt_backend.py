@@ -15,7 +15,10 @@ That verifies how this module calls the bindings, not TensorRT or the CUDA drive
 Design: one execution context, one CUDA stream, device buffers sized for the profile's largest
 batch and pinned host staging per engine, all allocated once; ``run`` takes a per-engine lock
 (an execution context is not re-entrant), so threads that call different streams overlap; a
-thread that wants its own contexts over the shared engines calls ``clone()``.
+thread that wants its own contexts over the shared engines calls ``clone()``. Every TensorRT call
+whose result says it failed (``create_execution_context`` returning None, ``set_input_shape`` and
+``set_tensor_address`` returning False) is checked, as Polygraphy's runner does, and an engine slot
+or backend that fails half-way releases what it had allocated.
 ``fused_pipeline`` hands the same engine slots to the fused GPU path (gpu_pipeline.py): the
 preprocessing kernel writes their input tensors in place and the vote kernel reads their logits.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import platform
 import threading
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -52,23 +56,53 @@ def tensorrt_unusable_reason() -> str | None:
     try:
         gpu_info()
     except Exception as exc:  # noqa: BLE001 - any driver failure means: no GPU to run on
-        return f"no usable NVIDIA GPU for TensorRT: {exc}"
+        return f"TensorRT cannot run here: {exc}"
     return None
 
 
-def tensorrt_mismatch(recorded: dict[str, Any], local_version: str, local_compute_capability: str) -> str | None:
+# (built, running) major versions NVIDIA supports across a major boundary for engines built
+# --version-compatible (TensorRT 11.4 support matrix, "Engine Portability"); within a major, any
+# later runtime takes them
+_CROSS_MAJOR = {(8, 10), (10, 11)}
+
+
+def local_platform() -> str:
+    """Operating system and machine, e.g. ``Linux-x86_64``: serialized engines are not portable
+    across platforms, whatever their compatibility options (TensorRT support matrix)."""
+    return f"{platform.system()}-{platform.machine()}"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def tensorrt_mismatch(recorded: dict[str, Any], local_version: str, local_compute_capability: str,
+                      platform_name: str | None = None) -> str | None:
     """Why engines built as ``recorded`` (the manifest's ``tensorrt`` block) cannot be
-    deserialized here, or None. Engines are specific to the TensorRT version and the GPU
-    architecture unless built version-/hardware-compatible."""
+    deserialized here, or None. NVIDIA's rules (TensorRT 11.1 "Engine Compatibility"): an engine
+    runs only on the TensorRT version that built it, unless built version-compatible, when it
+    also runs on later versions of its major (and TensorRT 10's on 11); only on the GPU
+    architecture it was built for, unless built hardware-compatible (Ampere and later); and
+    never on another platform. ``platform_name`` defaults to this machine's."""
     options = recorded.get("options", {})
     built = str(recorded.get("version", "?"))
+    built_platform = recorded.get("platform")  # absent in sets built before it was recorded
+    here = platform_name or local_platform()
+    if built_platform and built_platform != here:
+        return (f"the engines were built on {built_platform} and this machine is {here}; TensorRT engines are not "
+                f"portable across platforms: rebuild the engine set here")
     if built != local_version:
-        same_major = built.split(".")[0] == local_version.split(".")[0]
-        newer = tuple(int(p) for p in local_version.split(".")[:2] if p.isdigit()) >= tuple(
-            int(p) for p in built.split(".")[:2] if p.isdigit())
-        if not (options.get("version_compatible") and same_major and newer):
+        if not options.get("version_compatible"):
             return (f"the engines were built with TensorRT {built} and this machine has TensorRT "
-                    f"{local_version}; rebuild the engine set here (or build it with --version-compatible)")
+                    f"{local_version}; rebuild the engine set here (or build it with --version-compatible "
+                    f"to run on later TensorRT versions)")
+        built_v, local_v = _version(built), _version(local_version)
+        if not built_v or not local_v or local_v < built_v:
+            return (f"the engines were built version-compatible with TensorRT {built}, which runs them on that "
+                    f"version or a later one; this machine has the older TensorRT {local_version}")
+        if local_v[0] != built_v[0] and (built_v[0], local_v[0]) not in _CROSS_MAJOR:
+            return (f"the engines were built version-compatible with TensorRT {built}; TensorRT {local_version} "
+                    f"does not run engines of major version {built_v[0]}: rebuild the engine set here")
     built_cc = str(recorded.get("compute_capability", "?"))
     if built_cc != local_compute_capability:
         ampere_plus = float(local_compute_capability) >= 8.0 if local_compute_capability.replace(".", "").isdigit() else False
@@ -90,41 +124,67 @@ class _EngineSlot:
     fused GPU pipeline, which writes ``input_address`` and reads ``output_address`` on the device
     and calls ``enqueue`` (the ``PipelineEngine`` interface of gpu_pipeline.py)."""
 
-    def __init__(self, trt, cudart, engine) -> None:
-        self.engine, self._cudart = engine, cudart
+    def __init__(self, trt, cudart, engine, name: str) -> None:
+        self.engine, self._cudart, self.name = engine, cudart, name
+        self.lock = threading.Lock()
+        self.buffers: dict[str, tuple[int, np.ndarray]] = {}
+        self.stream = 0
         self.context = engine.create_execution_context()
-        self.stream = int(_check(cudart.cudaStreamCreate(), "cudaStreamCreate"))
+        if self.context is None:  # TensorRT returns None, e.g. when the GPU is out of memory
+            raise EngineSetError(f"TensorRT could not create an execution context for the {name} engine "
+                                 f"(out of GPU memory?)")
+        try:
+            self._allocate(trt, cudart, engine)
+        except BaseException:
+            self.close()  # what was allocated before the failure
+            raise
+
+    def _allocate(self, trt, cudart, engine) -> None:
+        # non-blocking: a blocking stream that captures a graph makes the legacy stream unusable
+        # for every other thread until the capture ends (cudaStreamIsCapturing)
+        self.stream = int(_check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
+                                 "cudaStreamCreateWithFlags"))
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1:
-            raise EngineSetError(f"expected one engine input, found {inputs}")
+            raise EngineSetError(f"the {self.name} engine has inputs {inputs}; a stream engine has one")
         self.input, self.outputs = inputs[0], outputs
-        _, _, max_shape = engine.get_tensor_profile_shape(self.input, 0)
-        self.max_batch = int(max_shape[0])
+        min_shape, _, max_shape = engine.get_tensor_profile_shape(self.input, 0)
+        self.min_batch, self.max_batch = int(min_shape[0]), int(max_shape[0])
         self.sample_shape = tuple(int(v) for v in engine.get_tensor_shape(self.input))[1:]  # [3, S, S]
         self.output_shape = tuple(int(v) for v in engine.get_tensor_shape(outputs[0])) if outputs else ()
-        self.lock = threading.Lock()
-        self.buffers: dict[str, tuple[int, np.ndarray]] = {}
         for name in names:
             shape = list(engine.get_tensor_shape(name))
             shape[0] = self.max_batch
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             nbytes = int(np.prod(shape)) * dtype.itemsize
-            device = _check(cudart.cudaMalloc(nbytes), "cudaMalloc")
-            host_ptr = _check(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+            device = int(_check(cudart.cudaMalloc(nbytes), "cudaMalloc"))
+            try:
+                host_ptr = _check(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+            except BaseException:
+                _check(cudart.cudaFree(device), "cudaFree")
+                raise
             host = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_byte * nbytes).from_address(int(host_ptr)))
-            self.buffers[name] = (int(device), host.view(dtype).reshape(shape))
-            self.context.set_tensor_address(name, int(device))
+            self.buffers[name] = (device, host.view(dtype).reshape(shape))
+            if not self.context.set_tensor_address(name, device):
+                raise EngineSetError(f"TensorRT refused the address of the {self.name} engine's tensor {name}")
         self.input_address, self.input_dtype = self.buffers[self.input][0], self.buffers[self.input][1].dtype
         self.output_address, self.output_dtype = (self.buffers[self.outputs[0]][0],
                                                   self.buffers[self.outputs[0]][1].dtype)
 
     def enqueue(self, batch: int) -> None:
-        """Queue inference of the first ``batch`` rows of the device input on this slot's stream."""
-        self.context.set_input_shape(self.input, (batch, *self.sample_shape))
+        """Queue inference of the first ``batch`` rows of the device input on this slot's stream.
+
+        A batch below the profile's smallest (``--min-batch``) runs at that size: the rows past
+        ``batch`` hold whatever the buffer held, and their logits are never read (the streams'
+        networks treat rows independently)."""
+        rows = max(batch, self.min_batch)
+        if not self.context.set_input_shape(self.input, (rows, *self.sample_shape)):
+            raise DfdError(f"TensorRT refused batch {rows} for the {self.name} engine (its profile takes "
+                           f"{self.min_batch}..{self.max_batch}; see TensorRT's log above)")
         if not self.context.execute_async_v3(self.stream):
-            raise DfdError("TensorRT execute_async_v3 failed")
+            raise DfdError(f"TensorRT execute_async_v3 failed for the {self.name} engine (see TensorRT's log above)")
 
     def close(self) -> None:
         """Free the buffers and the stream; the execution context goes with them."""
@@ -132,13 +192,15 @@ class _EngineSlot:
         with self.lock:
             if self.context is None:
                 return
-            _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+            if self.stream:
+                _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
             self.context = None
             for device, host in self.buffers.values():
                 _check(cudart.cudaFree(device), "cudaFree")
                 _check(cudart.cudaFreeHost(host.ctypes.data), "cudaFreeHost")
             self.buffers = {}
-            _check(cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
+            if self.stream:
+                _check(cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         cudart = self._cudart
@@ -185,13 +247,20 @@ class TensorRTBackend:
                     raise EngineSetError(f"TensorRT could not deserialize {engine_file.path}")
                 _engines[entry.name] = engine
         self._engines = _engines
-        self._slots = {name: _EngineSlot(self._trt, cudart, engine) for name, engine in _engines.items()}
+        self._slots: dict[str, _EngineSlot] = {}
         self._fused: list[tuple[Any, Any]] = []  # (CudaPipelineDevice, CudaKernels) of each fused path
-        for name, stream in manifest.streams.items():
-            slot = self._slots[name]
-            problem = stream_shape_problem(stream, (-1, *slot.sample_shape), slot.output_shape)
-            if problem:
-                raise EngineSetError(f"{manifest.root}: {stream.file('engine').path}: {problem}; rebuild the engine set")
+        try:
+            for name, engine in _engines.items():
+                self._slots[name] = _EngineSlot(self._trt, cudart, engine, name)
+            for name, stream in manifest.streams.items():
+                slot = self._slots[name]
+                problem = stream_shape_problem(stream, (-1, *slot.sample_shape), slot.output_shape)
+                if problem:
+                    raise EngineSetError(f"{manifest.root}: {stream.file('engine').path}: {problem}; "
+                                         f"rebuild the engine set")
+        except BaseException:
+            self.close()  # the slots made before the failure
+            raise
         self.description = f"tensorrt {self._trt.__version__}"
 
     def clone(self) -> "TensorRTBackend":

@@ -475,7 +475,8 @@ class _Runtime(_Facade):
         return self._real.cudaRuntimeGetVersion()  # needs no driver
 
     @_emulated
-    def cudaStreamCreate(self):
+    def cudaStreamCreateWithFlags(self, flags):
+        assert flags == self._real.cudaStreamNonBlocking, "engine streams are non-blocking (see _EngineSlot)"
         return (self._real.cudaStream_t(self._gpu.new_stream()),)
 
     @_emulated
@@ -646,8 +647,10 @@ def host_tensorrt(gpu: HostCuda, version: str = "10.3.0") -> types.ModuleType:
             return True
 
         def set_input_shape(self, name: str, shape) -> bool:
+            """As TensorRT: False (and an error logged) for a shape outside the profile."""
             low, _, high = self._engine.get_tensor_profile_shape(name, 0)
-            assert all(lo <= s <= hi for lo, s, hi in zip(low, shape, high)), f"{shape} is outside the profile"
+            if not all(lo <= s <= hi for lo, s, hi in zip(low, shape, high)):
+                return False
             self._shape = tuple(shape)
             return True
 
@@ -660,6 +663,10 @@ def host_tensorrt(gpu: HostCuda, version: str = "10.3.0") -> types.ModuleType:
             pixels = gpu.device.device_bytes(self._addresses[name_in], nbytes, "engine input")
 
             def infer() -> None:
+                # a CUDA graph captured at one shape is invalid once the context ran another
+                # (NVIDIA/TensorRT#3798): replaying it then would compute at the wrong shape
+                assert self._shape == shape, (f"work enqueued at {shape} ran on a context set to {self._shape}: "
+                                              "a CUDA graph replayed after its context changed shape")
                 outputs = engine.session.run(names_out, {name_in: pixels.view(dtype).reshape(shape).copy()})
                 for name, value in zip(names_out, outputs):
                     value = np.ascontiguousarray(value, trt.nptype(engine.get_tensor_dtype(name)))

@@ -246,14 +246,22 @@ class HostEngine:
         self.stream = device.new_stream()
         self.lock = threading.Lock()
         self.batches: list[int] = []
+        self.shape = 0  # the batch its execution context was last set to, as TensorRT's input shape
+        self.refuse_capture = False  # enqueue fails while its stream captures, as TensorRT may
 
     def enqueue(self, batch: int) -> None:
+        if self.refuse_capture and self._device._capturing:
+            raise RuntimeError("TensorRT execute_async_v3 failed")
         self.batches.append(batch)
+        self.shape = batch
         pixels = self._device.allocations[self.input_address].view(np.float32)
         logits = self._device.allocations[self.output_address].view(np.float32)
         shape = (batch, 3, self._side, self._side)
 
         def infer() -> None:
+            # TensorRT: a graph captured at one input shape is invalid once the context ran another
+            assert self.shape == batch, (f"inference of {batch} rows ran on a context set to {self.shape}: a CUDA "
+                                         "graph replayed after its execution context changed shape")
             name = self._session.get_inputs()[0].name
             (out,) = self._session.run(None, {name: pixels[:np.prod(shape)].reshape(shape).copy()})
             logits[:batch * 2] = np.asarray(out, np.float32).reshape(-1)

@@ -124,7 +124,9 @@ def test_cuda_graph_replays_on_the_driver_api(tensorrt_set, tiny_engine_set, pho
                                            for h, w in rng.integers(180, 700, size=(4, 2))]
     with Detector.open(tensorrt_set, backend="tensorrt", batch_size=2, cuda_graph_batch=2) as detector:
         got = detector.detect(images) + detector.detect(images[::-1])
-    assert gpu.calls["cuStreamEndCapture"] == 1 and gpu.calls["cuGraphLaunch"] == 5
+    # 7 images in batches of 2 (2, 2, 2, 1) twice: a capture per call, since the last batch of 1
+    # re-set the contexts' shape; replays of the other two batches of 2
+    assert gpu.calls["cuStreamEndCapture"] == 2 and gpu.calls["cuGraphLaunch"] == 4
     with Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=2) as host:
         assert _dicts(got) == _dicts(host.detect(images) + host.detect(images[::-1]))
     assert gpu.leaks() == {}
@@ -232,9 +234,78 @@ def test_a_cloned_backend_runs_alone_and_releases_its_own_buffers(tensorrt_set, 
     backend = select_backend("tensorrt", manifest).backend
     pixels = np.random.default_rng(2).normal(size=(6, 3, 252, 252)).astype(np.float32)  # chunks of 4 and 2
     clone = backend.clone()
-    assert gpu.calls["cudaStreamCreate"] == 6  # one per stream engine, in each backend
+    assert gpu.calls["cudaStreamCreateWithFlags"] == 6  # one per stream engine, in each backend
     np.testing.assert_array_equal(clone.run("global", pixels), backend.run("global", pixels))
     clone.close()  # the original keeps its own buffers
     np.testing.assert_array_equal(backend.run("face", pixels), OnnxRuntimeBackend(manifest).run("face", pixels))
     backend.close()
+    assert gpu.leaks() == {}
+
+
+def test_a_batch_below_the_profile_minimum_runs_at_the_minimum(reference_ensemble, kernel_host, kernel_cache,
+                                                               tmp_path, monkeypatch):
+    """``--min-batch 2``: one image used to fail (TensorRT's set_input_shape returns False, which
+    was ignored); it now runs in a batch of 2 whose second row is never read."""
+    from conftest import LORA_ALPHA, LORA_R
+    from dfd.export.build import BuildRequest, build_engine_set
+    from dfd.export.checkpoint import LoraSettings
+    from dfd.export.tensorrt_build import TensorRTOptions
+
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    out = tmp_path / "min2"
+    build_engine_set(BuildRequest(out_dir=out, weights_dir=reference_ensemble.weights_dir,
+                                  models_dir=reference_ensemble.models_dir, lora=LoraSettings(LORA_R, LORA_ALPHA),
+                                  backend="tensorrt", streams=("global",), face_detector=False,
+                                  tensorrt=TensorRTOptions(min_batch=2, opt_batch=2, max_batch=4)))
+    manifest = load_manifest(out)
+    backend = select_backend("tensorrt", manifest).backend
+    pixels = np.random.default_rng(4).normal(size=(5, 3, 252, 252)).astype(np.float32)  # chunks of 4 and 1
+    want = OnnxRuntimeBackend(manifest).run("global", pixels)
+    np.testing.assert_array_equal(backend.run("global", pixels), want)
+    np.testing.assert_array_equal(backend.run("global", pixels[:1]), want[:1])
+    backend.close()
+    assert gpu.leaks() == {}
+
+
+def test_an_engine_that_cannot_open_releases_the_others_and_auto_falls_back(tensorrt_set, kernel_host,
+                                                                           kernel_cache, monkeypatch):
+    """create_execution_context returns None when TensorRT fails (out of GPU memory): that was an
+    AttributeError later, the engines opened before it leaked their buffers and streams, and
+    ``--backend auto`` failed instead of running the set's ONNX graphs."""
+    from dfd.runtime.manifest import EngineSetError
+
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    trt = sys.modules["tensorrt"]
+    deserialize = trt.Runtime.deserialize_cuda_engine
+    opened = []
+
+    def third_engine_has_no_memory(self, data):
+        engine = deserialize(self, data)
+        opened.append(engine)
+        if len(opened) % 3 == 0:  # the fusion engine, after global and face
+            engine.create_execution_context = lambda: None
+        return engine
+
+    monkeypatch.setattr(trt.Runtime, "deserialize_cuda_engine", third_engine_has_no_memory)
+    manifest = load_manifest(tensorrt_set)
+    with pytest.raises(EngineSetError, match="could not create an execution context for the fusion engine"):
+        select_backend("tensorrt", manifest)
+    assert gpu.leaks() == {}
+    choice = select_backend("auto", manifest)
+    assert choice.backend.name == "onnxruntime"
+    assert "TensorRT not used: opening the engines failed: TensorRT could not create an execution context" \
+        in choice.reason
+    assert gpu.leaks() == {}
+
+
+def test_kernels_that_cannot_compile_hold_no_context_reference(kernel_host, kernel_cache, monkeypatch):
+    """Without NVRTC every Detector.open on the tensorrt backend kept one primary-context reference."""
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+
+    def no_nvrtc(arch):
+        raise cuda_kernels.KernelBuildError("NVRTC is not installed")
+
+    monkeypatch.setattr(cuda_kernels, "compile_cubin", no_nvrtc)
+    with pytest.raises(cuda_kernels.KernelBuildError):
+        cuda_kernels.CudaKernels(0)
     assert gpu.leaks() == {}

@@ -116,7 +116,9 @@ def test_fused_path_equals_the_host_path(tiny_engine_set, kernel_host, scene, or
 
 def test_cuda_graph_replays_later_batches_with_their_own_images(tiny_engine_set, kernel_host, photographs):
     """Batches of the captured size replay the graph; each must still see its own images (the
-    graph reads the job table's addresses, which are uploaded before every replay)."""
+    graph reads the job table's addresses, which are uploaded before every replay). After a batch
+    of another size the contexts ran another shape, so the graph is captured again: replaying it
+    then computed on a context TensorRT had re-set (the HostEngine asserts this)."""
     rng = np.random.default_rng(3)
     images = [photographs["astronaut"], photographs["coffee"], photographs["chelsea"]]
     images += [rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8) for h, w in
@@ -128,9 +130,30 @@ def test_cuda_graph_replays_later_batches_with_their_own_images(tiny_engine_set,
         assert "CUDA graph for batches of 2" in fused.preprocessing
         _same(fused.detect(images), host.detect(images))  # 2, 2, 2, 1
         assert (backend.device.graphs_captured, backend.device.graphs_replayed) == (1, 2)
-        _same(fused.detect(images[::-1]), host.detect(images[::-1]))
-        assert (backend.device.graphs_captured, backend.device.graphs_replayed) == (1, 5)
-    assert [e.batches for e in backend.engines.values()] == [[2, 2, 1, 1]] * 3  # plain, capture, 1, 1
+        _same(fused.detect(images[::-1]), host.detect(images[::-1]))  # 2 (recaptured), 2, 2, 1
+        assert (backend.device.graphs_captured, backend.device.graphs_replayed) == (2, 4)
+    # plain, capture, (replays), 1; plain, capture, (replays), 1
+    assert [e.batches for e in backend.engines.values()] == [[2, 2, 1, 2, 2, 1]] * 3
+
+
+def test_a_failed_capture_is_ended_and_batches_go_on_without_graphs(tiny_engine_set, kernel_host, photographs):
+    """TensorRT may refuse to enqueue into a capture: the capture used to stay open, so every later
+    call failed (a capturing stream cannot be synchronised) and close() raised."""
+    images = [photographs["astronaut"], photographs["coffee"], photographs["chelsea"]] * 2
+    manifest = load_manifest(tiny_engine_set)
+    backend = HostFusedBackend(manifest, kernel_host, max_batch=4)
+    for engine in backend.engines.values():
+        engine.refuse_capture = True
+    with _open(tiny_engine_set, backend, batch_size=2, cuda_graph_batch=2) as fused, \
+            _open(tiny_engine_set, OnnxRuntimeBackend(manifest), batch_size=2) as host:
+        _same(fused.detect(images), host.detect(images))
+        _same(fused.detect(images[:3]), host.detect(images[:3]))
+        assert "CUDA-graph capture failed (TensorRT execute_async_v3 failed); batches run without a graph" \
+            in fused.preprocessing
+        # the one failed capture was ended (and its graph destroyed); nothing was captured or replayed after
+        assert (backend.device.graphs_captured, backend.device.graphs_replayed) == (1, 0)
+        assert not backend.device._capturing
+    assert backend.device.pinned == {}
 
 
 def test_cuda_graph_needs_the_fused_path(tiny_engine_set, kernel_host):
