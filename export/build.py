@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import gc
-import json
 import math
 import os
 import platform
@@ -28,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from dfd.runtime.errors import DfdError, first_few, os_error_text
-from dfd.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, write_manifest
+from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, engine_set_files,
+                                  write_manifest)
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS
 
 from .checkpoint import LoraSettings, find_checkpoint, load_reference_checkpoint
@@ -307,7 +307,7 @@ def _output_problem(out: Path, force: bool) -> str | None:
         return None
     if not force:
         return f"{out} already exists and is not empty; pass --force to replace it"
-    listed = _engine_set_files(out)
+    listed = engine_set_files(out)
     if listed is None:
         return (f"{out} is not an engine set (it holds no dfd-export {MANIFEST_NAME}), and --force replaces "
                 "only engine sets; choose a new or empty --out")
@@ -317,27 +317,6 @@ def _output_problem(out: Path, force: bool) -> str | None:
         return (f"{out} holds files that are not part of its engine set ({first_few(others, 5)}), and --force "
                 "replaces only an engine set's own files; move them out or choose a new --out")
     return None
-
-
-def _engine_set_files(folder: Path) -> set[str] | None:
-    """The paths an engine set's manifest names (itself included), or None when ``folder`` holds
-    no dfd-export manifest. Read leniently: a set of an older format version is still one."""
-    try:
-        data = json.loads((folder / MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        return None
-    entries = list((data.get("streams") or {}).values()) + [data.get("face_detector") or {}]
-    listed = {MANIFEST_NAME}
-    for entry in entries:
-        for item in (entry.get("files") or []) if isinstance(entry, dict) else []:
-            if isinstance(item, dict) and isinstance(item.get("path"), str):
-                listed.add(item["path"])
-    tensorrt = data.get("tensorrt")
-    if isinstance(tensorrt, dict) and isinstance(tensorrt.get("timing_cache"), str):
-        listed.add(tensorrt["timing_cache"])
-    return listed
 
 
 def _publish(staging: Path, out: Path, force: bool) -> None:

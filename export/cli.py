@@ -376,7 +376,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
 
     from .verify import DEFAULT_THRESHOLDS, engine_set_precision, verify_engine_set
 
-    prepare_output_file(json_out, "--json")  # a bad path fails now, not after the whole comparison
+    prepare_output_file(json_out, "--json", engine_dir)  # a bad path fails now, not after the whole comparison
     overrides = (max_abs_dp, max_mean_dp, min_agreement)
     thresholds = None
     if any(v is not None for v in overrides):

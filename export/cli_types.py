@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from dfd.runtime.errors import os_error_text
+from dfd.runtime.manifest import engine_set_files
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -28,15 +29,35 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
-def prepare_output_file(path: Path | None, option: str) -> None:
-    """Create an output file's folder and check it takes files before the run: a bad path then
-    fails at once instead of after minutes (hours at paper size) of measurement."""
+def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None = None) -> None:
+    """Create an output file's folder and check the file can be written before the run: a bad
+    path then fails at once instead of after minutes (hours at paper size) of measurement. The
+    check opens the file for appending (which changes nothing, and is removed again if it was
+    not there): a permission test such as ``os.access`` says yes to root for any path. A file of
+    the engine set being measured (its manifest.json, a graph) is never an output."""
     if path is None:
         return
+    if engine_dir is not None and path.exists():
+        if any(_same_file(path, engine_dir / name) for name in engine_set_files(engine_dir) or ()):
+            raise click.BadParameter(f"{path} is a file of the engine set {engine_dir}; writing there would "
+                                     f"destroy the set", param_hint=option)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise click.BadParameter(f"cannot create the folder for {path}: {os_error_text(exc)}",
                                  param_hint=option) from exc
-    if not os.access(path.parent, os.W_OK):
-        raise click.BadParameter(f"cannot write into {path.parent}", param_hint=option)
+    try:
+        existed = path.exists()
+        with open(path, "ab"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {path}: {os_error_text(exc)}", param_hint=option) from exc
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

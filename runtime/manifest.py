@@ -271,3 +271,25 @@ def write_manifest(engine_dir: Path, data: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def engine_set_files(folder: Path) -> set[str] | None:
+    """The paths an engine set's manifest names (itself included), or None when ``folder`` holds
+    no dfd-export manifest. Read leniently, without checking anything: a set of an older format
+    version is still one. What a build may replace, and what an output file may not overwrite."""
+    try:
+        data = json.loads((folder / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    entries = list((data.get("streams") or {}).values()) + [data.get("face_detector") or {}]
+    listed = {MANIFEST_NAME}
+    for entry in entries:
+        for item in (entry.get("files") or []) if isinstance(entry, dict) else []:
+            if isinstance(item, dict) and isinstance(item.get("path"), str):
+                listed.add(item["path"])
+    tensorrt = data.get("tensorrt")
+    if isinstance(tensorrt, dict) and isinstance(tensorrt.get("timing_cache"), str):
+        listed.add(tensorrt["timing_cache"])
+    return listed

@@ -72,7 +72,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     from tqdm import tqdm
 
     for path, option in ((json_out, "--json"), (plot_out, "--plot")):
-        prepare_output_file(path, option)
+        prepare_output_file(path, option, engine_dir)
     if plot_out is not None:
         pyplot()  # a missing matplotlib fails now, not after the run
     settings = BenchSettings(engine_dir=engine_dir, images_dir=images_dir, batch_sizes=batch_sizes,

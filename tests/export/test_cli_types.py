@@ -39,3 +39,22 @@ def test_finite_float_range_keeps_click_bounds_and_refuses_nan():
     assert FiniteFloatRange().convert("-1e300", None, None) == -1e300
     with pytest.raises(click.BadParameter, match="'inf' is not a finite number"):
         FiniteFloatRange().convert("inf", None, None)
+
+
+def test_an_output_file_that_is_part_of_the_engine_set_is_refused_before_the_run(tiny_engine_set, tmp_path):
+    """``bench SET --json SET/manifest.json`` wrote its results over the manifest: the set was gone."""
+    manifest = tiny_engine_set / "manifest.json"
+    before = manifest.read_bytes()
+    for verb in (["bench", str(tiny_engine_set), "--iterations", "1", "--warmup", "0"], ["verify", str(tiny_engine_set)]):
+        for target in (manifest, tiny_engine_set / "global.fp32.onnx"):
+            result = CliRunner().invoke(main, [*verb, "--json", str(target)])
+            assert result.exit_code == 1, result.output
+            assert f"{target} is a file of the engine set {tiny_engine_set}" in result.output
+    assert manifest.read_bytes() == before
+
+
+def test_an_unwritable_output_file_fails_before_the_run_even_as_root(tiny_engine_set):
+    """os.access says yes to root for any path: /proc/x.json passed, and the report was lost after the run."""
+    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--json", "/proc/dfd-report.json"])
+    assert result.exit_code == 1 and "cannot write /proc/dfd-report.json" in result.output
+    assert "max |" not in result.output  # nothing was measured
