@@ -229,7 +229,7 @@ def inspect(engine_dir, as_json, no_verify):
         click.secho("weights      RANDOM (demo/benchmark set; scores are meaningless)", fg="yellow")
     click.echo("vote         " + ", ".join(f"{k} {v:g}" for k, v in manifest.vote_weights.items())
                + "  (one-decimal per stream, weighted mean, round half to even)")
-    click.echo(f"integrity    {'not checked (--no-verify)' if no_verify else 'ok (sha256 of every file)'}")
+    click.echo(f"integrity    {'not checked (--no-verify)' if no_verify else 'ok (manifest digest and sha256 of every file)'}")
     click.echo("")
     click.echo(f"{'stream':8} {'input':>9} {'precision':>9} {'backend':>12} {'size':>10}  files")
     for name, stream in manifest.streams.items():

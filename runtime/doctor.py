@@ -126,8 +126,9 @@ def engine_set_report(engine_dir: Path, gpu: dict[str, Any], tensorrt: dict[str,
     Reads the manifest with the runtime's own parser and judges TensorRT engines with the rule the
     runtime applies when it opens them (``tensorrt_mismatch``: TensorRT version and GPU compute
     capability, unless built version-/hardware-compatible), so the answer is the runtime's.
-    Every listed file must be there with its size; file hashes are not verified here (opening
-    the set does that; at paper size it reads 15 GB).
+    The manifest's own digest must match and every listed file must be there with its size; file
+    hashes and the graphs' input shapes are not checked here (opening the set does that; at paper
+    size it reads 15 GB).
     """
     report: dict[str, Any] = {"path": str(engine_dir), "streams": {}, "error": None}
     try:

@@ -22,6 +22,7 @@ from .vote import STREAMS, VoteError, stream_order_and_weights
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dfd-engine-set"
+CONTENT_HASH_KEY = "content_sha256"
 FORMAT_VERSION = 1
 STREAM_ORDER = STREAMS
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -242,10 +243,24 @@ def load_manifest(engine_dir: Path, *, verify: bool = True) -> Manifest:
     return manifest
 
 
+def manifest_digest(data: dict[str, Any]) -> str:
+    """sha256 of the manifest's content (canonical JSON, without the digest itself). The files'
+    hashes guard the graphs; this guards the fields beside them, which decide scores as much: an
+    edited vote weight, normalisation or precision label would otherwise pass every check. It
+    catches accidents and casual edits, not someone who recomputes it: that takes a signature."""
+    content = {key: value for key, value in data.items() if key != CONTENT_HASH_KEY}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def verify_files(manifest: Manifest, *, hashes: bool = True) -> None:
-    """Every listed file exists, has its size, and (``hashes``) hashes to its sha256: the tamper
-    check. Without hashes it is a stat of each file, for reports that must not read 15 GB."""
+    """The manifest's own digest (when it has one: sets built before it was recorded do not),
+    then every listed file exists, has its size, and (``hashes``) hashes to its sha256: the
+    tamper check. Without hashes it is a stat of each file, for reports that must not read 15 GB."""
     problems: list[str] = []
+    recorded = manifest.raw.get(CONTENT_HASH_KEY)
+    if recorded is not None and recorded != manifest_digest(manifest.raw):
+        problems.append(f"{MANIFEST_NAME} was edited after the build (its {CONTENT_HASH_KEY} no longer matches): "
+                        f"its vote weights, preprocessing, precision and sizes decide the scores")
     for stream in manifest.entries():
         for entry in stream.files:
             path = manifest.path_of(entry)
@@ -266,6 +281,7 @@ def write_manifest(engine_dir: Path, data: dict[str, Any]) -> Path:
     """Write ``manifest.json`` atomically (a crash never leaves half a manifest)."""
     root = Path(engine_dir)
     parse_manifest(root, data)  # never write something the runtime would refuse to read
+    data = {**data, CONTENT_HASH_KEY: manifest_digest(data)}
     path = root / MANIFEST_NAME
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")

@@ -21,6 +21,17 @@ from reference_network import ReferenceEnsemble, tiny_clip_config, tiny_dinov2_c
 LORA_R, LORA_ALPHA = 4, 8.0
 
 
+def write_rebuilt_manifest(folder: Path, data: dict) -> None:
+    """Write ``data`` as a build would have, its content digest recomputed: a test that stands in
+    for another build (other engines, fewer streams, moved checkpoints) reaches the checks after
+    the digest instead of being refused as an edited manifest."""
+    import json
+
+    from dfd.runtime.manifest import CONTENT_HASH_KEY, MANIFEST_NAME, manifest_digest
+
+    (Path(folder) / MANIFEST_NAME).write_text(json.dumps({**data, CONTENT_HASH_KEY: manifest_digest(data)}))
+
+
 @pytest.fixture(scope="session")
 def reference_ensemble(tmp_path_factory) -> ReferenceEnsemble:
     """Three tiny reference streams and their checkpoints in the reference file names."""

@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from conftest import write_rebuilt_manifest
 import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
@@ -183,7 +185,7 @@ def test_weights_dir_finds_checkpoints_that_moved_since_the_build(tiny_engine_se
     shutil.copytree(tiny_engine_set, moved)
     manifest = json.loads((moved / "manifest.json").read_text())
     manifest["build"]["weights_dir"] = str(tmp_path / "gone")
-    (moved / "manifest.json").write_text(json.dumps(manifest))
+    write_rebuilt_manifest(moved, manifest)
     args = [str(moved), "--batch-sizes", "1", "--warmup", "0", "--iterations", "1", "--compare", "torch"]
     lost = CliRunner().invoke(bench, args)
     assert lost.exit_code == 1 and "recorded by the manifest is not there" in lost.output

@@ -19,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from conftest import write_rebuilt_manifest
 from click.testing import CliRunner
 
 from dfd.export.capi_build import build_capi
@@ -630,7 +632,7 @@ def global_only_set(tiny_engine_set, tmp_path_factory) -> Path:
     root.mkdir()
     for entry in manifest["streams"]["global"]["files"]:
         shutil.copyfile(tiny_engine_set / entry["path"], root / entry["path"])
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    write_rebuilt_manifest(root, manifest)
     return root
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from conftest import write_rebuilt_manifest
 from click.testing import CliRunner
 
 from dfd.calibration.degrade import fixed_degradation
@@ -682,6 +684,6 @@ def test_sets_without_mtcnn_open_with_the_letterbox_pass_only(tiny_engine_set, t
         (older / file["path"]).unlink()
     entry["files"] = [f for f in entry["files"] if not f["role"].startswith("mtcnn_")]
     del entry["small_faces"]
-    (older / "manifest.json").write_text(json.dumps(manifest))
+    write_rebuilt_manifest(older, manifest)
     with Detector.open(older) as detector:
         assert detector.face_locator is not None and detector.face_locator.small_face_detector is None

@@ -9,6 +9,8 @@ import shutil
 
 import pytest
 
+from conftest import write_rebuilt_manifest
+
 from dfd.runtime import cuda_kernels
 from dfd.runtime.doctor import engine_set_report, collect_doctor_report
 from dfd.runtime.manifest import MANIFEST_NAME
@@ -30,7 +32,7 @@ def _tensorrt_set(tiny_engine_set, folder):
         entry["files"].append({"path": "x.engine", "sha256": "0" * 64, "bytes": 1, "role": "engine"})
     manifest["tensorrt"] = BUILT_FOR_ORIN
     (folder / "x.engine").write_bytes(b"\0")
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    write_rebuilt_manifest(folder, manifest)
     return folder
 
 
@@ -99,7 +101,7 @@ def test_unreadable_engine_set_is_reported_not_raised(tmp_path, monkeypatch, tin
     edited.mkdir()
     manifest = json.loads((tiny_engine_set / MANIFEST_NAME).read_text())
     manifest["streams"]["face"]["files"][0]["path"] = "../elsewhere.onnx"
-    (edited / MANIFEST_NAME).write_text(json.dumps(manifest))
+    write_rebuilt_manifest(edited, manifest)
     error = engine_set_report(edited, {}, {}, {})["error"]
     assert "file path '../elsewhere.onnx' is not inside the engine-set folder" in error
 
@@ -117,7 +119,7 @@ def test_a_set_missing_what_a_stream_needs_is_not_called_runnable(tmp_path, tiny
     shutil.copytree(tiny_engine_set, folder)
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     edit(folder, manifest)
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    write_rebuilt_manifest(folder, manifest)
     report = engine_set_report(folder, {}, {}, {"version": "1", "providers": ["CPUExecutionProvider"]})
     assert report["streams"] == {} and re.search(message, report["error"])
 

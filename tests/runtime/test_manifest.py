@@ -10,9 +10,12 @@ import shutil
 
 import pytest
 
+from conftest import write_rebuilt_manifest
+
 from dfd.runtime.backends import OnnxRuntimeBackend, stream_shape_problem
 from dfd.runtime.detector import Detector
-from dfd.runtime.manifest import MANIFEST_NAME, EngineSetError, load_manifest, parse_manifest, sha256_file
+from dfd.runtime.manifest import (MANIFEST_NAME, EngineSetError, load_manifest, manifest_digest, parse_manifest,
+                                  sha256_file, verify_files)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,7 @@ def _copy_with(tiny_engine_set, tmp_path, edit):
     shutil.copytree(tiny_engine_set, folder)
     data = json.loads((folder / MANIFEST_NAME).read_text())
     edit(data, folder)
-    (folder / MANIFEST_NAME).write_text(json.dumps(data))
+    write_rebuilt_manifest(folder, data)
     return folder
 
 
@@ -162,3 +165,35 @@ def test_a_manifest_that_is_not_one_is_refused_without_a_traceback(tmp_path, tex
     (tmp_path / MANIFEST_NAME).write_text(text)
     with pytest.raises(EngineSetError, match=message):
         load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: d["vote"]["weights"].update({"global": 0.0}),
+    lambda d: d["preprocessing"].update(mean=[0.0, 0.0, 0.0]),
+    lambda d: d["streams"]["global"].update(precision="int8"),
+    lambda d: d.update(random_weights=not d["random_weights"]),
+], ids=["vote-weight", "normalisation", "precision-label", "random-weights-flag"])
+def test_an_edited_manifest_field_fails_the_integrity_check(tiny_engine_set, tmp_path, edit):
+    """Only the listed files were hashed: an edited vote weight, normalisation or precision label
+    changed scores (or verify's thresholds) while inspect said 'integrity ok'."""
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    edit(data)
+    (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=2))
+    with pytest.raises(EngineSetError, match="manifest.json was edited after the build"):
+        load_manifest(folder)
+    with pytest.raises(EngineSetError, match="was edited after the build"):
+        verify_files(load_manifest(folder, verify=False), hashes=False)  # what doctor runs
+
+
+def test_the_digest_ignores_formatting_and_a_set_without_one_still_opens(tiny_engine_set, tmp_path):
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    assert data["content_sha256"] == manifest_digest(data)
+    (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=None, sort_keys=True))  # re-formatted only
+    load_manifest(folder)
+    del data["content_sha256"]  # a set built before the digest was recorded
+    (folder / MANIFEST_NAME).write_text(json.dumps(data))
+    load_manifest(folder)
