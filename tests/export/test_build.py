@@ -355,7 +355,7 @@ def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["inspect", str(built)])
     assert result.exit_code == 0, result.output
-    assert "fusion    224x224" in result.output and "ok (sha256" in result.output
+    assert "fusion    224x224" in result.output and "ok (manifest digest and sha256 of every file)" in result.output
     assert "faces        MediaPipe BlazeFace" in result.output
     assert "small faces  MTCNN" in result.output and "thresholds 0.6/0.7/0.9" in result.output
     raw = json.loads(runner.invoke(main, ["inspect", str(built), "--json"]).output)
@@ -369,6 +369,14 @@ def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):
     result = runner.invoke(main, ["inspect", str(tampered)])
     assert result.exit_code == 1
     assert "face.fp32.onnx does not match its sha256" in result.output
+
+    edited = tmp_path / "edited"
+    shutil.copytree(built, edited)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["vote"]["weights"]["face"] = 5.0
+    (edited / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    result = runner.invoke(main, ["inspect", str(edited)])
+    assert result.exit_code == 1 and "manifest.json was edited after the build" in result.output
 
 
 def test_unreadable_calibration_images_are_replaced_and_reported(reference_ensemble, photographs, tmp_path):
