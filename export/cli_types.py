@@ -37,7 +37,8 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
     the engine set being measured (its manifest.json, a graph) is never an output."""
     if path is None:
         return
-    if engine_dir is not None and path.exists():
+    existed = path.exists()
+    if engine_dir is not None and existed:
         if any(_same_file(path, engine_dir / name) for name in engine_set_files(engine_dir) or ()):
             raise click.BadParameter(f"{path} is a file of the engine set {engine_dir}; writing there would "
                                      f"destroy the set", param_hint=option)
@@ -47,7 +48,6 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
         raise click.BadParameter(f"cannot create the folder for {path}: {os_error_text(exc)}",
                                  param_hint=option) from exc
     try:
-        existed = path.exists()
         with open(path, "ab"):
             pass
         if not existed:

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dfd.runtime.errors import DfdError
-from dfd.runtime.tensorrt_backend import local_platform
-from dfd.runtime.tensorrt_backend import tensorrt_unusable_reason as tensorrt_unavailable_reason
+from dfd.runtime.tensorrt_backend import local_platform, tensorrt_unusable_reason as tensorrt_unavailable_reason
 
 
 

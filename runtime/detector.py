@@ -155,7 +155,7 @@ class Detector:
         self.face_locator = self._open_face_locator(face_min_px, face_cascade) if face_detection else None
         self.face_localisation = self._describe_face_localisation(face_detection)
         self.fused: GpuPipeline | None = None
-        self.preprocessing = "host (NumPy/OpenCV)"
+        self._preprocessing = "host (NumPy/OpenCV)"
         if gpu_preprocessing:
             self._open_fused_path(cuda_graph_batch)
         elif cuda_graph_batch:
@@ -163,6 +163,13 @@ class Detector:
                            "(--host-preprocessing, gpu_preprocessing=False) turns off")
         self._pool = ThreadPoolExecutor(max_workers=len(self.streams), thread_name_prefix="dfd-stream")
         self.closed = False
+
+    @property
+    def preprocessing(self) -> str:
+        """Where images are preprocessed and voted (host or fused kernels, and why), with the reason
+        CUDA graphs were given up once a capture failed."""
+        problem = self.fused.capture_problem if self.fused is not None else None
+        return f"{self._preprocessing}; {problem}" if problem else self._preprocessing
 
     def _open_fused_path(self, cuda_graph_batch: int | None) -> None:
         """Use the backend's fused GPU path (preprocessing and vote kernels) when it has one."""
@@ -177,9 +184,9 @@ class Detector:
         except DfdError as exc:  # no NVRTC or GPU, or engines the kernels cannot feed
             if cuda_graph_batch:
                 raise BackendError(f"a CUDA graph needs the fused GPU path, which is unavailable: {exc}") from exc
-            self.preprocessing = f"host (NumPy/OpenCV); the fused GPU path is unavailable: {exc}"
+            self._preprocessing = f"host (NumPy/OpenCV); the fused GPU path is unavailable: {exc}"
             return
-        self.preprocessing = "fused CUDA kernels (preprocessing and vote)" + (
+        self._preprocessing = "fused CUDA kernels (preprocessing and vote)" + (
             f", CUDA graph for batches of {cuda_graph_batch}" if cuda_graph_batch else "")
 
     def _open_face_locator(self, min_face_px: float | None, cascade: bool) -> FaceLocator | None:
@@ -427,8 +434,6 @@ class Detector:
             return
         if self.fused is not None:
             self._record_fused(prepared, self.fused.run([p.fused for p in prepared]))
-            if self.fused.capture_problem and self.fused.capture_problem not in self.preprocessing:
-                self.preprocessing = f"fused CUDA kernels (preprocessing and vote); {self.fused.capture_problem}"
             return
         batches = {stream: np.stack([p.tensors[stream] for p in prepared]) for stream in self.streams}
         if getattr(self.backend, "concurrent_streams", False):

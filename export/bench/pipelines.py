@@ -132,9 +132,10 @@ class TorchReferencePipeline:
         if recorded and not weights_dir:
             raise BenchError(f"the manifest records a checkpoint for the {name} stream but no build.weights_dir; "
                              f"pass --weights-dir")
-        if recorded and not find_checkpoint(weights_dir, name).is_file():
+        checkpoint = find_checkpoint(weights_dir, name) if recorded else None
+        if checkpoint is not None and not checkpoint.is_file():
             where = "given by --weights-dir" if self.weights_dir else "recorded by the manifest"
-            raise BenchError(f"checkpoint {find_checkpoint(weights_dir, name)} {where} is not there; "
+            raise BenchError(f"checkpoint {checkpoint} {where} is not there; "
                              f"the torch comparison needs the same weights (pass --weights-dir where they are now)")
         lora = build.get("lora", {})
         request = BuildRequest(out_dir=Path("unused"), weights_dir=Path(weights_dir) if recorded else None,
