@@ -488,8 +488,40 @@ def _c_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# What marks a file as one this verb wrote, so a rebuild replaces it and nothing else.
+_OURS = {HEADER_NAME: b"/* dfd_runtime.h - C ABI of the dfd-export lean runtime", LIBRARY_NAME: b"dfd_last_error"}
+
+
+def _replace_problem(path: Path) -> str | None:
+    """Why ``path`` must not be replaced, or None: it is missing, or a file an earlier build wrote.
+
+    A file of the same name that this verb did not write (the user's own header, another
+    library) is refused rather than lost."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() or not path.is_file():
+        return f"{path} exists and is not a regular file; remove it or choose another --out"
+    with open(path, "rb") as handle:
+        content = handle.read()
+    if _OURS[path.name] not in content:
+        return f"{path} exists and was not written by dfd-export capi; remove it or choose another --out"
+    return None
+
+
+def _place(built: Path, target: Path) -> None:
+    """Move ``built`` to ``target`` by a rename in ``target``'s folder: a running program that has
+    the old library mapped keeps its file (writing over it in place would crash that program),
+    and an interrupted build never leaves a half-written file."""
+    staged = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(built, staged)
+    staged.replace(target)
+
+
 def build_capi(out_dir: Path) -> tuple[Path, Path]:
-    """Write ``out_dir/dfd_runtime.h`` and ``out_dir/libdfd_runtime.so``; returns both paths."""
+    """Write ``out_dir/dfd_runtime.h`` and ``out_dir/libdfd_runtime.so``; returns both paths.
+
+    Both are compiled in a temporary folder first and put in place only when the library built,
+    so a failed build leaves an earlier header and library as they were, matching each other."""
     try:
         import cffi
     except ImportError:
@@ -501,41 +533,46 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
 
     python_lib_dir = _python_library_dir()
     out_dir = Path(out_dir).resolve()
+    header, library = out_dir / HEADER_NAME, out_dir / LIBRARY_NAME
+    for target in (header, library):
+        problem = _replace_problem(target)
+        if problem:
+            raise CapiBuildError(problem)
     out_dir.mkdir(parents=True, exist_ok=True)
-    header = out_dir / HEADER_NAME
-    header.write_text(HEADER)
-
-    ffibuilder = cffi.FFI()
-    ffibuilder.cdef(API_TYPES + PYTHON_FUNCTIONS)
-    ffibuilder.embedding_api("")  # the exported functions are the C shims, not cdef'd ones
-    ffibuilder.set_source(
-        MODULE_NAME,
-        C_SHIMS,
-        include_dirs=[str(out_dir)],
-        define_macros=[
-            ("DFD_PYTHON_EXECUTABLE", _c_string(sys.executable)),
-            ("DFD_VERSION", _c_string(importlib.metadata.version("dfd-export"))),
-            ("DFD_ERROR_CAPACITY", str(ERROR_CAPACITY)),
-            ("DFD_DEFAULT_BATCH_SIZE", str(DEFAULT_BATCH_SIZE)),
-            ("DFD_DEFAULT_FACE_MIN_PX", f"{DEFAULT_MIN_FACE_PX or 0.0!r}f"),
-        ],
-        library_dirs=[str(python_lib_dir)],
-        extra_link_args=[f"-Wl,-rpath,{python_lib_dir}", f"-Wl,-soname,{LIBRARY_NAME}"],
-    )
-    ffibuilder.embedding_init_code(INIT_CODE.format(site_dirs=site.getsitepackages(), module=MODULE_NAME))
-    library = out_dir / LIBRARY_NAME
     with tempfile.TemporaryDirectory(prefix="dfd-capi-") as work:
+        staged_header = Path(work) / HEADER_NAME
+        staged_header.write_text(HEADER)
+        ffibuilder = cffi.FFI()
+        ffibuilder.cdef(API_TYPES + PYTHON_FUNCTIONS)
+        ffibuilder.embedding_api("")  # the exported functions are the C shims, not cdef'd ones
+        ffibuilder.set_source(
+            MODULE_NAME,
+            C_SHIMS,
+            include_dirs=[work],
+            define_macros=[
+                ("DFD_PYTHON_EXECUTABLE", _c_string(sys.executable)),
+                ("DFD_VERSION", _c_string(importlib.metadata.version("dfd-export"))),
+                ("DFD_ERROR_CAPACITY", str(ERROR_CAPACITY)),
+                ("DFD_DEFAULT_BATCH_SIZE", str(DEFAULT_BATCH_SIZE)),
+                ("DFD_DEFAULT_FACE_MIN_PX", f"{DEFAULT_MIN_FACE_PX or 0.0!r}f"),
+            ],
+            library_dirs=[str(python_lib_dir)],
+            extra_link_args=[f"-Wl,-rpath,{python_lib_dir}", f"-Wl,-soname,{LIBRARY_NAME}"],
+        )
+        ffibuilder.embedding_init_code(INIT_CODE.format(site_dirs=site.getsitepackages(), module=MODULE_NAME))
         try:
             built = ffibuilder.compile(tmpdir=work, target=LIBRARY_NAME, verbose=False)
         except Exception as exc:  # distutils/setuptools raise their own compile/link errors
             raise CapiBuildError(f"compiling {LIBRARY_NAME} failed: {exc}") from exc
-        shutil.copyfile(built, library)
+        _place(Path(built), library)
+        _place(staged_header, header)
     return header, library
 
 
 @click.command("capi")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Folder to write dfd_runtime.h and libdfd_runtime.so into (created if missing).")
+              help="Folder to write dfd_runtime.h and libdfd_runtime.so into (created if missing). An earlier "
+                   "build's two files there are replaced; other files of those names are refused.")
 @handles_errors
 def capi(out_dir: Path) -> None:
     """Build the C ABI: dfd_runtime.h + libdfd_runtime.so, embedding this environment's runtime.

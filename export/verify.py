@@ -65,6 +65,9 @@ def _reference_streams(detector: Detector, weights_dir: Path | None) -> dict[str
     recorded = build.get("weights_dir")
     weights = Path(weights_dir) if weights_dir else (Path(recorded) if recorded else None)
     if raw.get("random_weights"):
+        if weights_dir:
+            raise DfdError(f"--weights-dir {weights_dir}: this engine set was built with random weights, not from "
+                           f"checkpoints, so there is nothing to load from it; leave --weights-dir out")
         weights = None
     elif weights is None or not weights.is_dir():
         raise DfdError(f"the checkpoints this set was built from ({recorded}) are not there; pass --weights-dir")

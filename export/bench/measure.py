@@ -156,6 +156,8 @@ def _check(settings: BenchSettings) -> None:
         raise BenchError(f"batch sizes must be positive integers, got {settings.batch_sizes}")
     if settings.iterations < 1 or settings.warmup < 0:
         raise BenchError("--iterations must be at least 1 and --warmup at least 0")
+    if settings.weights_dir is not None and not settings.compare_torch:
+        raise BenchError("--weights-dir is used only by --compare torch (the engines need no checkpoints)")
 
 
 def _engine_set_summary(manifest) -> dict[str, Any]:
@@ -198,7 +200,14 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
     flops = ensemble_flops(manifest)
     per_image_flops = flops["per_image"]["ensemble"]
     if manifest.random_weights:
+        if settings.weights_dir is not None:
+            raise BenchError(f"--weights-dir {settings.weights_dir}: this engine set was built with random weights, "
+                             f"and the torch pipeline rebuilds them from the recorded seed; leave --weights-dir out")
         warnings.append("the engine set has RANDOM weights: the timings are real, the scores mean nothing")
+    if settings.warmup == 0:
+        warnings.append("--warmup 0: each batch size's first recorded iteration includes one-time costs (memory "
+                        "arenas, kernel choices for a new shape), which p90/p99 and, with few iterations, p50 and "
+                        "the speed-up show")
 
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp:
         images = bench_images(settings.images_dir, Path(tmp), max(DEFAULT_IMAGE_COUNT, *settings.batch_sizes))

@@ -194,6 +194,28 @@ def test_weights_dir_finds_checkpoints_that_moved_since_the_build(tiny_engine_se
     assert found.exit_code == 0, found.output
 
 
+def test_weights_dir_that_nothing_would_use_is_refused(tiny_engine_set, reference_ensemble, tmp_path):
+    weights = str(reference_ensemble.weights_dir)
+    alone = CliRunner().invoke(bench, [str(tiny_engine_set), "--iterations", "1", "--weights-dir", weights])
+    assert alone.exit_code == 1 and "--weights-dir is used only by --compare torch" in alone.output
+    random_set = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, random_set)
+    manifest = json.loads((random_set / "manifest.json").read_text())
+    manifest["random_weights"] = True
+    write_rebuilt_manifest(random_set, manifest)
+    ignored = CliRunner().invoke(bench, [str(random_set), "--iterations", "1", "--compare", "torch",
+                                         "--weights-dir", weights])
+    assert ignored.exit_code == 1 and "was built with random weights" in ignored.output
+    assert "p50 ms" not in ignored.output  # refused before measuring
+
+
+def test_no_warmup_is_pointed_out(bench_result):
+    result, _, output = bench_result
+    assert any(w.startswith("--warmup 0: each batch size's first recorded iteration includes one-time costs")
+               for w in result["warnings"])
+    assert "WARNING: --warmup 0" in output
+
+
 def test_batch_memory_floor_counts_cycled_images_and_stream_inputs():
     images = BenchImages(paths=[], source="", sizes=[(400, 300), (10, 20)], skipped=[])
     tensors = 3 * 4 * (252 * 252 + 224 * 224)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
 from click.testing import CliRunner
+from conftest import write_rebuilt_manifest
 
 from dfd.export.cli import main
 
@@ -82,3 +84,15 @@ def test_a_folder_is_decoded_one_image_at_a_time(tiny_engine_set, photographs, t
     assert report.images == 2 * 6 and report.passed
     assert events == ["decode astronaut.png", *["prepare"] * 6, "decode coffee.png", *["prepare"] * 6]
     assert report.per_condition["blur3"] == {"images": 2, "vote_agreement": 1.0}
+
+
+def test_weights_dir_for_a_random_weights_set_is_refused(tiny_engine_set, reference_ensemble, tmp_path):
+    random_set = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, random_set)
+    manifest = json.loads((random_set / "manifest.json").read_text())
+    manifest["random_weights"] = True
+    write_rebuilt_manifest(random_set, manifest)
+    result = CliRunner().invoke(main, ["verify", str(random_set), "--weights-dir", str(reference_ensemble.weights_dir)])
+    assert result.exit_code == 1, result.output
+    assert "was built with random weights, not from checkpoints" in result.output
+    assert "leave --weights-dir out" in result.output

@@ -830,7 +830,23 @@ def test_capi_verb_writes_header_and_library(tmp_path):
                         "dfd_status dfd_open_with(const char *engine_dir, const dfd_options *options, dfd_detector **out);",
                         "dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size);"):
         assert declaration in header
-    assert (tmp_path / "out" / "libdfd_runtime.so").stat().st_size > 0
+    library = tmp_path / "out" / "libdfd_runtime.so"
+    assert library.stat().st_size > 0
+    # a rebuild replaces its own files by a rename: a service with the old library mapped keeps its file
+    with open(library, "rb") as mapped_by_a_service:
+        again = CliRunner().invoke(capi, ["--out", str(tmp_path / "out")])
+        assert again.exit_code == 0, again.output
+        assert os.fstat(mapped_by_a_service.fileno()).st_ino != library.stat().st_ino
+        assert os.fstat(mapped_by_a_service.fileno()).st_nlink == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dfd_runtime.h", "libdfd_runtime.so"]
+    # files of those names that this verb did not write are refused, and kept
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "dfd_runtime.h").write_text("/* my own header */\n")
+    kept = CliRunner().invoke(capi, ["--out", str(foreign)])
+    assert kept.exit_code == 1 and "was not written by dfd-export capi" in kept.output
+    assert (foreign / "dfd_runtime.h").read_text() == "/* my own header */\n"
+    assert not (foreign / "libdfd_runtime.so").exists()
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the folder should be")
     refused = CliRunner().invoke(capi, ["--out", str(blocker / "out")])
@@ -839,3 +855,22 @@ def test_capi_verb_writes_header_and_library(tmp_path):
     check = subprocess.run([required_compiler("c++"), "-fsyntax-only", "-I", ".", "-x", "c++", "-"],
                            input='#include "dfd_runtime.h"\n', text=True, capture_output=True, cwd=tmp_path / "out")
     assert check.returncode == 0, check.stderr
+
+
+def test_capi_failed_build_keeps_the_earlier_files(tmp_path, monkeypatch):
+    import cffi
+
+    from dfd.export.capi_build import CapiBuildError, build_capi
+
+    (tmp_path / "dfd_runtime.h").write_text("/* dfd_runtime.h - C ABI of the dfd-export lean runtime, older */\n")
+    (tmp_path / "libdfd_runtime.so").write_bytes(b"older library exporting dfd_last_error")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("linker says no")
+
+    monkeypatch.setattr(cffi.FFI, "compile", fails)
+    with pytest.raises(CapiBuildError, match="linker says no"):
+        build_capi(tmp_path)
+    assert (tmp_path / "dfd_runtime.h").read_text().endswith("older */\n")
+    assert (tmp_path / "libdfd_runtime.so").read_bytes() == b"older library exporting dfd_last_error"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dfd_runtime.h", "libdfd_runtime.so"]
