@@ -8,6 +8,7 @@ traceback means a bug.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -611,29 +612,33 @@ def _crop_key(image: str, folders: list[Path]) -> Path:
 def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[str]) -> dict[str, str | None] | None:
     """Each image's face-crop file (None where it has none), without --face-crops None. A crop is
     looked for at the image's relative path (``_crop_key``), then, as the reference's flat crops
-    folder holds them, at its bare file name; a bare name shared by several images would give them
-    all one face, so that is refused, naming them."""
+    folder holds them, at its bare file name when no other image has that name. A crop that
+    several different images would take (one relative path under two folder arguments, or a bare
+    name shared anywhere) would give them all one face, so that is refused, naming them; one image
+    listed twice is one image."""
     if face_crops is None:
         return None
-    by_name: dict[str, set[str]] = {}
+    same_name: dict[str, set[str]] = {}
     for path in paths:
-        by_name.setdefault(Path(path).name, set()).add(path)
-    crops: dict[str, str | None] = {}
+        same_name.setdefault(Path(path).name, set()).add(os.path.realpath(path))
+    chosen: dict[str, Path | None] = {}
+    takers: dict[Path, set[str]] = {}  # crop file -> the distinct images that would take it
     for path in paths:
         nested, flat = face_crops / _crop_key(path, folders), face_crops / Path(path).name
-        if nested.is_file():
-            crops[path] = str(nested)
-        elif flat.is_file():
-            sharing = sorted(by_name[flat.name])
-            if len(sharing) > 1:
-                raise click.UsageError(
-                    f"--face-crops: {flat} is the only crop for {len(sharing)} images named {flat.name} "
-                    f"({first_few(sharing)}); put each image's crop at its path relative to its folder "
-                    f"under {face_crops}")
-            crops[path] = str(flat)
-        else:
-            crops[path] = None
-    return crops
+        crop = nested if nested.is_file() else flat if flat.is_file() else None
+        chosen[path] = crop
+        if crop is not None:
+            takers.setdefault(crop, set()).add(os.path.realpath(path))
+            if crop != nested:  # the flat fallback: every image of that name could claim it
+                takers[crop] |= same_name[crop.name]
+    for path, crop in chosen.items():
+        if crop is not None and len(takers[crop]) > 1:
+            sharing = sorted(p for p in paths if os.path.realpath(p) in takers[crop])
+            raise click.UsageError(
+                f"--face-crops: {crop} is the only crop for {len(takers[crop])} images named {crop.name} "
+                f"({first_few(sharing)}); put each image's crop at its path relative to its folder under "
+                f"{face_crops}, and score folders whose images share relative paths in separate runs")
+    return {path: None if crop is None else str(crop) for path, crop in chosen.items()}
 
 
 def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> dict | None:

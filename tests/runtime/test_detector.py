@@ -184,6 +184,17 @@ def test_detect_cli_face_crops_follow_sub_folders(tiny_engine_set, photographs, 
                                   str(flat), "--no-face-detect"])
     assert result.exit_code == 1 and result.stdout == ""
     assert f"{flat / 'a.png'} is the only crop for 2 images named a.png" in result.stderr
+    # the same name directly inside two folder arguments, or given as two files: refused as well
+    for inputs in ([photos / "x", photos / "y"], [photos / "x" / "a.png", photos / "y" / "a.png"]):
+        result = runner.invoke(main, ["detect", str(tiny_engine_set), *map(str, inputs), "--face-crops", str(flat),
+                                      "--no-face-detect"])
+        assert result.exit_code == 1 and result.stdout == "", inputs
+        assert f"{flat / 'a.png'} is the only crop for 2 images named a.png" in result.stderr
+    # one image reached twice is one image, and takes its crop
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(photos / "x"), str(photos / "x" / "a.png"),
+                                  "--face-crops", str(flat), "--no-face-detect", "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["face"]["file"] for line in result.stdout.splitlines()] == [str(flat / "a.png")] * 2
 
 
 def test_detect_cli_reports_a_sub_folder_it_cannot_list(tiny_engine_set, photographs, tmp_path, make_unlistable):
