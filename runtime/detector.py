@@ -117,15 +117,21 @@ def _check_given_box(box: Box, image_hw: tuple[int, int]) -> None:
                               f"(boxes are x1, y1, x2, y2 in pixels of the image)")
 
 
-def _usable_box(rgb: np.ndarray, box: Box, detection: Detection) -> Box | None:
-    """The reference's rule for a face box: the box to crop, or None (the original image) when it
-    covers under 1/9 of the image; records which in ``detection``."""
-    if face_is_too_small(box, rgb.shape[:2]):
+def _usable_box(decoded: DecodedImage, box: Box, detection: Detection) -> Box | None:
+    """The reference's rule for a face box in pixels of the full-size image: the box to crop in
+    pixels of ``decoded`` (scaled when a JPEG was decoded reduced), or None (the original image)
+    when it covers under 1/9 of the image; records which in ``detection``."""
+    if face_is_too_small(box, decoded.full_size_hw):
         detection.face["used"] = "original image"
         detection.notes.append("face stream: the face covers under 1/9 of the image, "
                                "the original image is used (reference rule)")
         return None
-    face_window(box, image_hw=rgb.shape[:2])  # a box too small or too large to crop fails on either path
+    if decoded.reduction > 1:
+        box = [float(v) / decoded.reduction for v in box]
+        height, width = decoded.full_size_hw
+        detection.notes.append(f"face stream: the face box, in pixels of the full-size {width}x{height} image, "
+                               f"is cropped from the 1/{decoded.reduction} decode")
+    face_window(box, image_hw=decoded.rgb.shape[:2])  # a box too small or too large to crop fails on either path
     detection.face["used"] = "crop"
     return box
 
@@ -404,10 +410,10 @@ class Detector:
             detection.notes.extend(f"face crop: {note}" for note in crop.notes)
             detection.face = {"source": "face-crop", "file": _label(face_crop, 0)}
             return crop.rgb, None
-        if face_box is not None:
-            _check_given_box(face_box, decoded.rgb.shape[:2])
+        if face_box is not None:  # in pixels of the full-size image, as the reference decodes it
+            _check_given_box(face_box, decoded.full_size_hw)
             detection.face = {"source": "box", "box": [float(v) for v in face_box]}
-            return None, _usable_box(decoded.rgb, detection.face["box"], detection)
+            return None, _usable_box(decoded, detection.face["box"], detection)
         if self.face_locator is None:
             detection.notes.append(NO_FACE_NOTE)
             return None, None
@@ -415,11 +421,12 @@ class Detector:
         if found is None:
             detection.notes.append("face stream: no face found, the original image is used (reference rule)")
             return None, None
-        # the box unrounded: the crop truncates its corners, so a rounded box can move it by a pixel,
-        # and detect's output must work as a --face-boxes file that reproduces this run
-        detection.face = {"source": "detector", "box": [float(v) for v in found.box],
+        # the box unrounded, in pixels of the full-size image (a power-of-two scale is exact): the crop
+        # truncates its corners, so a rounded box can move it by a pixel, and detect's output must work
+        # as a --face-boxes file that reproduces this run
+        detection.face = {"source": "detector", "box": [float(v) * decoded.reduction for v in found.box],
                           "score": round(found.score, 4), "strategy": found.strategy, "count": found.count}
-        return None, _usable_box(decoded.rgb, found.box, detection)
+        return None, _usable_box(decoded, detection.face["box"], detection)
 
     def _preprocess(self, stream: str, rgb: np.ndarray):
         size = self._sizes[stream]

@@ -62,6 +62,15 @@ class ImageError(DfdError, ValueError):
 class DecodedImage:
     rgb: np.ndarray  # uint8 HxWx3 RGB, C-contiguous
     notes: tuple[str, ...]  # conversions applied, human-readable
+    # A JPEG decoded reduced: file pixels per decoded pixel (1, 2, 4 or 8), and the (height,
+    # width) of the full-size image `cv2.imread` gives, in whose pixels face boxes are given
+    reduction: int = 1
+    full_hw: tuple[int, int] | None = None
+
+    @property
+    def full_size_hw(self) -> tuple[int, int]:
+        """(height, width) of the image as the reference decodes it, whatever this decode's size."""
+        return self.full_hw or self.rgb.shape[:2]
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,7 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
         return DecodedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), notes)
 
     _require_nonempty(header.height, header.width, label)
-    flag, size_note = _choose_decode_flag(header, label, max_pixels)
+    flag, reduction, size_note = _choose_decode_flag(header, label, max_pixels)
     bgr = _imdecode(buffer, flag, label)
     if bgr is None:
         if header.truncated:
@@ -197,7 +206,19 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
     if header.truncated:
         notes += (f"{header.format} data is truncated ({header.truncated}): OpenCV decoded what "
                   f"was present and filled the rest",)
-    return DecodedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), notes)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if reduction == 1:
+        return DecodedImage(rgb, notes)
+    return DecodedImage(rgb, notes, reduction, _full_hw(header, rgb.shape[:2], reduction))
+
+
+def _full_hw(header: _Header, reduced_hw: tuple[int, int], reduction: int) -> tuple[int, int]:
+    """The full-size (height, width) of a JPEG decoded reduced: the header's, swapped when its EXIF
+    orientation turned the image (libjpeg's reduced sides are ceil(side / reduction))."""
+    upright = (header.height, header.width)
+    if tuple(-(-side // reduction) for side in upright) == tuple(reduced_hw):
+        return upright
+    return header.width, header.height
 
 
 def _imdecode(buffer: np.ndarray, flag: int, label: str) -> np.ndarray | None:
@@ -223,11 +244,12 @@ def _require_within_limit_after_decoding(bgr: np.ndarray, label: str, max_pixels
                          f"can afford it")
 
 
-def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[int, tuple[str, ...]]:
-    """IMREAD_COLOR when the image fits, else the smallest JPEG reduction that fits, else refuse."""
+def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[int, int, tuple[str, ...]]:
+    """IMREAD_COLOR when the image fits, else the smallest JPEG reduction that fits, else refuse;
+    with the reduction (1 at full size) and its note."""
     pixels = header.width * header.height
     if pixels <= max_pixels:
-        return cv2.IMREAD_COLOR, ()
+        return cv2.IMREAD_COLOR, 1, ()
     size = f"{header.width}x{header.height} ({pixels / 1e6:.1f} MP)"
     if header.format != "JPEG":
         raise ImageError(
@@ -238,8 +260,8 @@ def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[i
     for factor, flag in _REDUCED_JPEG_FLAGS:
         # libjpeg's scaled output is ceil(side / factor)
         if -(-header.width // factor) * -(-header.height // factor) <= max_pixels:
-            return flag, (f"downscaled 1/{factor} at decode (image {header.width}x"
-                          f"{header.height} above max_pixels={max_pixels})",)
+            return flag, factor, (f"downscaled 1/{factor} at decode (image {header.width}x"
+                                  f"{header.height} above max_pixels={max_pixels})",)
     raise ImageError(f"{label}: JPEG image {size} is too large even decoded at 1/8 "
                      f"(limit {max_pixels / 1e6:.1f} MP); pass a larger max_pixels to decode it")
 

@@ -489,6 +489,31 @@ def test_jpeg_face_input_is_reencoded_like_the_reference_crop_files(tiny_engine_
         assert (same.streams, same.notes, same.score) == (result.streams, result.notes, result.score)
 
 
+def test_face_boxes_on_a_jpeg_decoded_reduced_are_in_full_size_pixels(tiny_engine_set, reference_ensemble,
+                                                                       photographs, tmp_path):
+    """A JPEG over 64 MP is decoded at 1/2; a box in the pixels cv2.imread gives (the reference's
+    RetinaFace boxes) is scaled to that decode, and the 1/9 rule is judged at full size."""
+    path = tmp_path / "huge.jpg"
+    cv2.imwrite(str(path), cv2.resize(cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR), (8000, 8200)))
+    reduced = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_2), cv2.COLOR_BGR2RGB)
+    assert reduced.shape == (4100, 4000, 3)
+    box = (2800.0, 1000.0, 5600.0, 4000.0)  # 0.128 of the full image
+    saved = tmp_path / "crop.jpg"
+    cv2.imwrite(str(saved), cv2.cvtColor(reference_face_crop(reduced, [v / 2 for v in box]), cv2.COLOR_RGB2BGR))
+    reread = cv2.cvtColor(cv2.imread(str(saved)), cv2.COLOR_BGR2RGB)
+    expected = reference_ensemble.p_fake("face", stream_batch([reread], "face")).item()
+    detector = Detector.open(tiny_engine_set, face_detection=False)
+    small_face = (3700.0, 1800.0, 5900.0, 4500.0)  # 0.0905 of the full image, 0.362 of the reduced one
+    result, too_small = detector.detect([path, path], face_boxes=[box, small_face])
+    assert result.error is None and abs(result.streams["face"] - expected) <= 1e-4
+    assert result.face == {"source": "box", "box": list(box), "used": "crop"}
+    assert ("face stream: the face box, in pixels of the full-size 8000x8200 image, is cropped from the 1/2 "
+            "decode") in result.notes
+    assert too_small.face["used"] == "original image"
+    outside = detector.detect([path], face_boxes=[(7000.0, 8150.0, 7990.0, 8199.0)])[0]  # outside the reduced one
+    assert outside.error is None and outside.face["used"] == "original image"
+
+
 @pytest.mark.parametrize("suffix", [".webp", ".jp2", ".png"])
 def test_formats_the_reference_crop_step_does_not_reencode_give_the_face_stream_the_crop(
         tiny_engine_set, photographs, tmp_path, suffix):

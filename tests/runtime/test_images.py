@@ -332,6 +332,26 @@ def test_smallest_sufficient_jpeg_reduction_is_chosen(tmp_path, photo):
         decode_image(path, max_pixels=1000)
 
 
+def test_a_reduced_decode_knows_the_full_size_face_boxes_are_given_in(tmp_path, photo):
+    """Boxes (the reference's RetinaFace on cv2.imread) are in full-size pixels: a reduced decode
+    carries its reduction and the full size, turned as EXIF orientation turns the image."""
+    from PIL import Image as image_module
+
+    path = write(tmp_path / "photo.jpg", cv2.cvtColor(photo[:, :399], cv2.COLOR_RGB2BGR))  # 399x300
+    decoded = decode_image(path, max_pixels=29_999)
+    assert decoded.rgb.shape == (75, 100, 3)  # ceil(300/4) x ceil(399/4)
+    assert (decoded.reduction, decoded.full_size_hw) == (4, (300, 399))
+    image = image_module.fromarray(photo[:, :399])
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotated a quarter turn: cv2.imread gives 399 rows of 300
+    image.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    decoded = decode_image(tmp_path / "rotated.jpg", max_pixels=29_999)
+    assert decoded.rgb.shape == (100, 75, 3)
+    assert (decoded.reduction, decoded.full_size_hw) == (4, (399, 300))
+    full = decode_image(tmp_path / "rotated.jpg")
+    assert (full.reduction, full.full_size_hw) == (1, (399, 300))
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def test_missing_file_directory_and_empty_file(tmp_path):
