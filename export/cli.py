@@ -404,7 +404,8 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
 
 
 # x1..y2: the face box the face stream was cropped on, so the output is also a --face-boxes file
-_CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_source", *BOX_COLUMNS, "error", "notes")
+_CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_source", "face_used", *BOX_COLUMNS,
+               "error", "notes")
 
 
 def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
@@ -453,8 +454,17 @@ def _format_table_row(d: dict) -> str:
     if d["error"]:
         return f"{_printable(d['image'])}  ERROR: {d['error']}"
     streams = "  ".join(f"{s} {p:.4f}" for s, p in d["streams"].items())
-    face = (d["face"] or {}).get("source", "none")
-    return f"{_printable(d['image'])}  score {d['score']:.1f}  (raw {d['raw_score']:.4f})  {streams}  face: {face}"
+    return f"{_printable(d['image'])}  score {d['score']:.1f}  (raw {d['raw_score']:.4f})  {streams}  face: {_face_input(d)}"
+
+
+def _face_input(d: dict) -> str:
+    """Where the face stream's image came from, and which image it was: a found face under 1/9 of
+    the image, or none found, means the original image."""
+    face = d["face"] or {}
+    source, used = face.get("source", "none"), face.get("used")
+    if not face:
+        used = "original image"
+    return f"{source} -> {used}" if used else source
 
 
 def _csv_row(d: dict) -> dict:
@@ -463,7 +473,7 @@ def _csv_row(d: dict) -> dict:
     return {
         "image": d["image"], "score": d["score"], "raw_score": d["raw_score"],
         **{s: d["streams"].get(s) for s in STREAM_CHOICES},
-        "face_source": face.get("source"), **dict(zip(BOX_COLUMNS, box)),
+        "face_source": face.get("source"), "face_used": face.get("used"), **dict(zip(BOX_COLUMNS, box)),
         "error": d["error"], "notes": "; ".join(d["notes"]),
     }
 

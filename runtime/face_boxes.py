@@ -102,10 +102,10 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
     entries = _read_csv(path, text) if suffix == ".csv" else _read_jsonl(path, text)
     boxes: dict[str, Box] = {}
     for line, key, box in entries:
-        if not key:
+        if not key.strip():
             raise FaceBoxFileError(f"{path}:{line}: the image name is empty")
-        if key in boxes:
-            raise FaceBoxFileError(f"{path}:{line}: a second box for {key!r}; give one box per image")
+        if key in boxes and boxes[key] != box:  # the same box again: detect's output for an image given twice
+            raise FaceBoxFileError(f"{path}:{line}: a second, different box for {key!r}; give one box per image")
         boxes[key] = box
     return FaceBoxFile(path, boxes)
 
@@ -123,17 +123,25 @@ def _read_csv(path: Path, text: str) -> list[tuple[int, str, Box]]:
 
 
 def _csv_entries(path: Path, reader: csv.DictReader) -> list[tuple[int, str, Box]]:
-    missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or ())]
+    header = reader.fieldnames or ()
+    missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
         raise FaceBoxFileError(f"{path}: the CSV header lacks {', '.join(missing)} (it needs "
-                               f"{','.join(CSV_COLUMNS)}; found {','.join(reader.fieldnames or ()) or 'no header'})")
+                               f"{','.join(CSV_COLUMNS)}; found {','.join(header) or 'no header'})")
+    twice = [c for c in CSV_COLUMNS if header.count(c) > 1]
+    if twice:  # DictReader would silently take the last of them
+        raise FaceBoxFileError(f"{path}: the CSV header names {', '.join(twice)} more than once")
     entries = []
     for row in reader:
         line = reader.line_num
+        if None in row:  # more cells than the header has columns: the box columns cannot be trusted
+            raise FaceBoxFileError(f"{path}:{line}: the row has {len(header) + len(row[None])} cells and the "
+                                   f"header {len(header)} columns")
         values = [row[c] for c in BOX_COLUMNS]
         if all(not (v or "").strip() for v in values):
             continue  # no box for this image (detect's csv writes its rows without a face so)
-        entries.append((line, (row["image"] or "").strip(), _box(path, line, values)))
+        # the name exactly as written: detect writes names with leading or trailing spaces unquoted
+        entries.append((line, row["image"] or "", _box(path, line, values)))
     return entries
 
 
@@ -159,7 +167,7 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, str, Box]]:
             continue
         if not isinstance(box, list):
             raise FaceBoxFileError(f"{path}:{line}: \"box\" must be a list [x1, y1, x2, y2], not {box!r}")
-        entries.append((line, record["image"].strip(), _box(path, line, box)))
+        entries.append((line, record["image"], _box(path, line, box)))
     return entries
 
 

@@ -384,7 +384,7 @@ def test_face_cascade_can_be_skipped(tiny_engine_set, degraded_cameraman, tmp_pa
                                        "--face-min-px", "0"])
     assert result.exit_code == 0, result.output
     assert "face localisation: BlazeFace on a 192-pixel letterbox; no enhancement cascade" in result.stderr
-    assert result.stdout.rstrip().endswith("face: none")
+    assert result.stdout.rstrip().endswith("face: none -> original image")
 
 
 def test_an_image_too_elongated_to_upscale_fails_alone(tiny_engine_set, photographs):
@@ -591,7 +591,7 @@ def _record_from_csv_row(row: dict) -> dict:
     box = [float(row[c]) for c in ("x1", "y1", "x2", "y2")] if row["x1"] else None
     return {"image": row["image"], "score": float(row["score"]) if scored else None,
             "streams": {s: float(row[s]) for s in ("global", "face", "fusion")} if scored else {},
-            "face": {"source": row["face_source"], "box": box} if box else None}
+            "face": {"source": row["face_source"], "box": box, "used": row["face_used"]} if box else None}
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -630,6 +630,10 @@ def test_detect_output_as_face_boxes_reproduces_the_run(tiny_engine_set, photogr
     assert set(before) == set(after) == {"grace_hopper.png", "astronaut.png", "coffee.png", "broken.png"}
     assert before["grace_hopper.png"]["face"]["source"] == "detector" and before["coffee.png"]["face"] is None
     assert before["astronaut.png"]["face"] is not None and before["broken.png"]["score"] is None
+    assert before["astronaut.png"]["face"]["used"] == "original image"  # a face under 1/9 of the image
+    assert before["grace_hopper.png"]["face"]["used"] == "crop"
+    table = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder / "astronaut.png")])
+    assert table.stdout.rstrip().endswith("face: detector -> original image"), table.output
     for name in ("grace_hopper.png", "astronaut.png"):
         assert after[name]["face"]["source"] == "box"
         assert after[name]["face"]["box"] == before[name]["face"]["box"], name

@@ -50,7 +50,10 @@ def test_images_without_a_box_and_detect_output_lines(tmp_path):
     ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3,4\nb.jpg,1,two,3,4\n", ["boxes.csv:3", "four numbers"]),
     ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3\n", ["boxes.csv:2", "four numbers"]),
     ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,,4\n", ["boxes.csv:2", "four numbers"]),
-    ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3,4\na.jpg,5,6,7,8\n", ["boxes.csv:3", "second box", "'a.jpg'"]),
+    ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3,4\na.jpg,5,6,7,8\n", ["boxes.csv:3", "second, different box", "'a.jpg'"]),
+    ("boxes.csv", "image,x1,y1,x2,x1,y2\na.jpg,1,2,3,4,5\n", ["header names x1 more than once"]),
+    # a score cell the header does not name would shift the box: (0.98, 10, 20, 300)
+    ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,0.98,10,20,300,400\n", ["boxes.csv:2", "6 cells", "header 5 columns"]),
     ("boxes.csv", "image,x1,y1,x2,y2\n ,1,2,3,4\n", ["boxes.csv:2", "image name is empty"]),
     ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, 3, 4]}\n{"image": "b.jpg", "box": [1, 2, 3, 4]\n',
      ["boxes.jsonl:2", "not JSON"]),
@@ -134,3 +137,27 @@ def test_two_entries_giving_one_image_different_boxes_are_refused(tmp_path):
     boxes = load_face_boxes(_write(tmp_path, "b.csv", "image,x1,y1,x2,y2\nx/a.jpg,1,1,9,9\na.jpg,2,2,8,8\n"))
     with pytest.raises(FaceBoxFileError, match="x/a.jpg gets two different boxes"):
         boxes.assign(["x/a.jpg"])
+
+
+def test_an_image_listed_twice_in_detect_output_reads_back(tmp_path):
+    """detect prints one line per input, so an image given twice has two lines with one box."""
+    line = '{"image": "p/a.png", "face": {"source": "detector", "box": [1, 2, 3, 4]}}\n'
+    assert load_face_boxes(_write(tmp_path, "run.jsonl", line * 2)).boxes == {"p/a.png": (1.0, 2.0, 3.0, 4.0)}
+
+
+def test_names_with_leading_or_trailing_spaces_read_back_exactly(tmp_path):
+    """detect writes such names as they are (csv leaves them unquoted); stripping them made the
+    entries match no image."""
+    names = [" p/a.png", "b.png ", "c d.png"]
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["image", "x1", "y1", "x2", "y2"])
+    writer.writerows([name, 1, 2, 3, 4] for name in names)
+    csv_file = tmp_path / "boxes.csv"
+    csv_file.write_text(text.getvalue(), newline="")
+    jsonl_file = _write(tmp_path, "boxes.jsonl", "".join(json.dumps({"image": n, "box": [1, 2, 3, 4]}) + "\n"
+                                                        for n in names))
+    for path in (csv_file, jsonl_file):
+        boxes = load_face_boxes(path)
+        assert boxes.boxes == {name: (1.0, 2.0, 3.0, 4.0) for name in names}
+        assert boxes.assign(names) == ({name: (1.0, 2.0, 3.0, 4.0) for name in names}, [])
