@@ -85,15 +85,16 @@ class PreparedImage:
     fused: FusedInput | None = None
 
 
-def _label(source: ImageInput, index: int) -> str:
-    """How results name an input: its path, or its kind and position in the call."""
+def _label(source: ImageInput, index: int | None = None) -> str:
+    """How results name an input: its path, or its kind and (for an image) position in the call."""
     if isinstance(source, (str, os.PathLike)):
         return os.fsdecode(source)
+    position = "" if index is None else f" {index}"
     if isinstance(source, np.ndarray):
-        return f"<array {index}>"
+        return f"<array{position}>"
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<image bytes {index}>"
-    return f"<{type(source).__name__} {index}>"
+        return f"<image bytes{position}>"
+    return f"<{type(source).__name__}{position}>"
 
 
 def _lossy_suffix(source: ImageInput) -> str:
@@ -352,11 +353,13 @@ class Detector:
                                               detection)
         except (DfdError, ValueError) as exc:  # ImageError/PreprocessError are ValueErrors
             detection.error = str(exc)
-            detection.notes.clear()
+            detection.notes.clear()  # notes and face describe a scoring that did not happen
+            detection.face = None
             return PreparedImage(detection, {})
         except Exception as exc:  # noqa: BLE001 - one image's unforeseen failure must not sink its batch
             detection.error = f"unexpected {type(exc).__name__} while preparing this image: {exc}"
             detection.notes.clear()
+            detection.face = None
             return PreparedImage(detection, {})
         return prepared
 
@@ -408,7 +411,7 @@ class Detector:
         if face_crop is not None:
             crop = decode_image(face_crop)
             detection.notes.extend(f"face crop: {note}" for note in crop.notes)
-            detection.face = {"source": "face-crop", "file": _label(face_crop, 0)}
+            detection.face = {"source": "face-crop", "file": _label(face_crop)}
             return crop.rgb, None
         if face_box is not None:  # in pixels of the full-size image, as the reference decodes it
             _check_given_box(face_box, decoded.full_size_hw)

@@ -255,15 +255,18 @@ def select_face(boxes: np.ndarray, scores: np.ndarray, image_hw: tuple[int, int]
     1. If the best score beats the second best by >= 0.02, take the best.
     2. Else the largest box that contains the image centre (borders included).
     3. Else the box whose centre is nearest the image centre.
-    Ties: the reference sorts ``(score, key)`` and takes ``max`` over ``(area, key)``, so on an exact
-    tie the later detection wins steps 1-2; ``min`` over distances keeps the earlier one in step 3.
+    Ties: the reference sorts ``(score, key)`` and takes ``max`` over ``(area, key)``, where the keys
+    are RetinaFace's strings ``face_1``, ``face_2``, ... compared as strings (``face_9`` beats
+    ``face_10``); the same keys are made here from the detection order. ``min`` over distances
+    keeps the earlier detection in step 3.
     """
     if len(scores) == 0:
         raise FaceDetectionError("select_face needs at least one detection")
     if len(scores) == 1:
         return 0
     indices = list(range(len(scores)))
-    by_score = sorted(indices, key=lambda i: (scores[i], i), reverse=True)
+    keys = [f"face_{i + 1}" for i in indices]
+    by_score = sorted(indices, key=lambda i: (scores[i], keys[i]), reverse=True)
     if scores[by_score[0]] - scores[by_score[1]] >= SCORE_MARGIN:
         return by_score[0]
     height, width = image_hw
@@ -273,7 +276,7 @@ def select_face(boxes: np.ndarray, scores: np.ndarray, image_hw: tuple[int, int]
     ]
     if containing:
         areas = {i: (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1]) for i in containing}
-        return max(containing, key=lambda i: (areas[i], i))
+        return max(containing, key=lambda i: (areas[i], keys[i]))
     distances = [((boxes[i, 0] + boxes[i, 2]) / 2 - cx) ** 2 + ((boxes[i, 1] + boxes[i, 3]) / 2 - cy) ** 2 for i in indices]
     return int(np.argmin(distances))
 

@@ -141,6 +141,7 @@ def test_detect_cli_face_boxes_errors(tiny_engine_set, photographs, tmp_path):
     assert result.exit_code == 2, result.output  # one image failed, the other was scored
     lines = {Path(d["image"]).name: d for d in map(json.loads, result.stdout.splitlines())}
     assert "lies outside the" in lines["astronaut.png"]["error"] and lines["astronaut.png"]["score"] is None
+    assert lines["astronaut.png"]["face"] is None and lines["astronaut.png"]["notes"] == []  # nothing was scored
     assert lines["chelsea.png"]["error"] is None and lines["chelsea.png"]["face"]["source"] == "box"
     assert "1 face box(es)" in result.stderr and "'astronuat.png'" in result.stderr
 
@@ -487,6 +488,18 @@ def test_jpeg_face_input_is_reencoded_like_the_reference_crop_files(tiny_engine_
     for index, same in enumerate(from_bytes):
         assert same.image == f"<image bytes {index}>"
         assert (same.streams, same.notes, same.score) == (result.streams, result.notes, result.score)
+
+
+def test_a_face_crop_given_as_pixels_or_bytes_is_named_by_its_kind(tiny_engine_set, photographs):
+    crop = photographs["astronaut"][:256, :256]
+    encoded = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))[1].tobytes()
+    results = Detector.open(tiny_engine_set, face_detection=False).detect(
+        [photographs["coffee"]] * 3, face_crops=[None, crop, encoded])
+    assert [r.face and r.face["file"] for r in results] == [None, "<array>", "<image bytes>"]
+    assert [r.image for r in results] == ["<array 0>", "<array 1>", "<array 2>"]
+    failed = Detector.open(tiny_engine_set, face_detection=False).detect(
+        [photographs["coffee"]], face_boxes=[(-1e6, -1e6, 1e6, 1e6)])[0]  # a window of gigabytes
+    assert "mostly black padding" in failed.error and failed.face is None and failed.notes == []
 
 
 def test_face_boxes_on_a_jpeg_decoded_reduced_are_in_full_size_pixels(tiny_engine_set, reference_ensemble,

@@ -144,6 +144,36 @@ def test_selection_follows_the_reference_rule() -> None:
     assert select_face(np.array([corner, near], float), np.array([0.9, 0.89]), hw) == 1
 
 
+def _reference_selection(boxes: np.ndarray, scores: np.ndarray, image_hw: tuple[int, int]) -> int:
+    """The reference's choice (preprocessing/preprocess.py), over RetinaFace's dict of face_1..face_N."""
+    detections = {f"face_{i + 1}": {"score": float(s), "facial_area": list(b)} for i, (b, s) in enumerate(zip(boxes, scores))}
+    ranked = sorted(detections.items(), key=lambda item: (item[1].get("score", 0), item[0]), reverse=True)
+    if ranked[0][1]["score"] - ranked[1][1]["score"] >= 0.02:
+        return int(ranked[0][0][5:]) - 1
+    img_h, img_w = image_hw
+    img_cx, img_cy = img_w / 2.0, img_h / 2.0
+    containing, distances = {}, {}
+    for k, v in detections.items():
+        x1, y1, x2, y2 = v["facial_area"]
+        distances[k] = ((x1 + x2) / 2.0 - img_cx) ** 2 + ((y1 + y2) / 2.0 - img_cy) ** 2
+        if x1 <= img_cx <= x2 and y1 <= img_cy <= y2:
+            containing[k] = (x2 - x1) * (y2 - y1)
+    best = max(containing, key=lambda k: (containing[k], k)) if containing else min(distances, key=distances.get)
+    return int(best[5:]) - 1
+
+
+def test_selection_equals_the_reference_on_ties_among_many_faces() -> None:
+    """Exact score and area ties among up to 14 faces: RetinaFace's keys compare as strings."""
+    rng = np.random.default_rng(7)
+    for _ in range(3000):
+        n = int(rng.integers(2, 15))
+        corners = rng.integers(0, 60, size=(n, 2))
+        sides = rng.choice([20, 30, 50], size=(n, 1))  # few sizes: many equal areas
+        boxes = np.hstack([corners, corners + sides]).astype(float)
+        scores = rng.choice([0.95, 0.96, 0.99], size=n)  # few values: many equal scores
+        assert select_face(boxes, scores, (100, 100)) == _reference_selection(boxes, scores, (100, 100))
+
+
 def test_bad_input_is_a_clear_error(run_detector) -> None:
     locator = FaceLocator(run_detector)
     with pytest.raises(FaceDetectionError, match="RGB uint8"):
