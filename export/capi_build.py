@@ -24,7 +24,9 @@ moving either.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import re
 import shutil
 import site
 import sys
@@ -99,7 +101,7 @@ typedef struct {
 } dfd_result;
 
 /* How dfd_open_with opens a set. Fill it with dfd_options_init, then change what you need:
-   struct_size tells the library which version of this struct the caller was compiled with. */
+   struct_size tells the library that the struct was filled (and by which header's layout). */
 typedef struct {
     uint32_t struct_size;       /* sizeof(dfd_options); set by dfd_options_init              */
     const char *backend;        /* "auto" (NULL), "onnxruntime" or "tensorrt"                */
@@ -130,16 +132,25 @@ const char *dfd_version(void);
    are verified). backend: "auto", "onnxruntime" or "tensorrt"; NULL means "auto".
    On success *out is the detector; otherwise *out is NULL and the status says why
    (DFD_E_ENGINE: missing/tampered/unusable set; DFD_E_INVALID_ARGUMENT: NULL or unknown
-   backend). The first call starts the embedded Python runtime (about a second). */
-dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **out);
+   backend, or a program compiled against the header of another build: the macro passes
+   DFD_ABI_VERSION, so structs of another layout are never read or written). The first call
+   starts the embedded Python runtime (about a second). */
+dfd_status dfd_open_abi(const char *engine_dir, const char *backend, dfd_detector **out, uint32_t abi);
+#define dfd_open(engine_dir, backend, out) dfd_open_abi((engine_dir), (backend), (out), DFD_ABI_VERSION)
 
-/* The defaults of every option (as `dfd-export detect` without flags); NULL is a no-op. */
-void dfd_options_init(dfd_options *options);
+/* The defaults of every option (as `dfd-export detect` without flags); NULL is a no-op. The
+   macro passes the caller's sizeof(dfd_options): a struct of another layout is left untouched
+   (and dfd_last_error says why). */
+void dfd_options_init_sized(dfd_options *options, size_t struct_size);
+#define dfd_options_init(options) dfd_options_init_sized((options), sizeof(dfd_options))
 
 /* dfd_open with options (NULL: the defaults). DFD_E_INVALID_ARGUMENT for options that were not
-   filled by dfd_options_init or hold a value out of range; DFD_E_ENGINE also when an option
-   cannot be honoured here (a CUDA graph without the tensorrt backend's fused path). */
-dfd_status dfd_open_with(const char *engine_dir, const dfd_options *options, dfd_detector **out);
+   filled by dfd_options_init or hold a value out of range, and as dfd_open for another build's
+   header; DFD_E_ENGINE also when an option cannot be honoured here (a CUDA graph without the
+   tensorrt backend's fused path). */
+dfd_status dfd_open_with_abi(const char *engine_dir, const dfd_options *options, dfd_detector **out, uint32_t abi);
+#define dfd_open_with(engine_dir, options, out) \
+    dfd_open_with_abi((engine_dir), (options), (out), DFD_ABI_VERSION)
 
 /* One line saying what d runs on: the backend and why it was chosen, where preprocessing and
    the vote run (e.g. whether the fused CUDA path is in use, or why not), and how faces are
@@ -151,7 +162,7 @@ dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size);
    Returns DFD_OK when every image was scored; DFD_E_IMAGE when some could not be (their
    results[i].status says so, the others are scored); any other status when nothing was
    scored (then every results[i].status carries it, if results is not NULL).
-   count == 0 is a valid no-op. Thread-safe. */
+   count == 0 on an open detector is a no-op. Thread-safe. */
 dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, dfd_result *results);
 
 /* dfd_detect with the caller's face boxes: faces[i] is for images[i] (faces NULL: dfd_detect).
@@ -184,9 +195,18 @@ void dfd_close(dfd_detector *d);
 
 /* The message of the last failed dfd_* call on this thread; "" after a call that succeeded.
    dfd_version and dfd_last_error itself leave it as it is. Thread-local; valid until the next
-   other dfd_* call on this thread. Never NULL. */
+   other dfd_* call on this thread, or until the thread ends. Never NULL. */
 const char *dfd_last_error(void);
 """
+
+def _abi_version(declarations: str) -> int:
+    """A digest of the header's declarations, comments and spacing aside: it changes with any
+    layout or signature, and not with a reworded comment (which needs no rebuild of callers)."""
+    code = re.sub(r"/\*.*?\*/", " ", declarations, flags=re.DOTALL)
+    return int(hashlib.sha256(" ".join(code.split()).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+ABI_VERSION = _abi_version(API_TYPES + API_FUNCTIONS)
 
 HEADER = f"""\
 /* dfd_runtime.h - C ABI of the dfd-export lean runtime (three-stream deepfake detector).
@@ -200,12 +220,19 @@ HEADER = f"""\
        dfd_result r;
        if (dfd_detect_file(d, "photo.jpg", &r) == DFD_OK) printf("%.1f\\n", r.score);
        dfd_close(d);
+
+   Paths and messages are UTF-8. fork() only while no dfd_* call runs in another thread; let
+   every call return (and close detectors) before exit(); calling threads need 128 KiB of stack.
 */
 #ifndef DFD_RUNTIME_H
 #define DFD_RUNTIME_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* Identifies this header's layouts and signatures (a digest of its declarations): a library
+   refuses a program compiled against another build's header (see dfd_open). */
+#define DFD_ABI_VERSION {ABI_VERSION}u
 
 #ifdef __cplusplus
 extern "C" {{
@@ -266,9 +293,21 @@ static void dfd_startup_failed(const char *message)
 static void dfd_start_python(void)
 {
     PyStatus status;
+    PyPreConfig preconfig;
     PyConfig config;
     if (Py_IsInitialized()) {            /* loaded into a running interpreter: use it */
         dfd_python_started = 1;
+        return;
+    }
+    /* UTF-8 mode: paths and messages are UTF-8 whatever the C program's locale (one that never
+       called setlocale runs in "C", where Python would take every non-ASCII byte of a path as an
+       undecodable one); other bytes still round-trip as surrogate escapes */
+    PyPreConfig_InitIsolatedConfig(&preconfig);
+    preconfig.utf8_mode = 1;
+    status = Py_PreInitialize(&preconfig);
+    if (PyStatus_Exception(status)) {
+        snprintf(dfd_python_failure, sizeof dfd_python_failure, "cannot start the embedded Python of %s: %s",
+                 DFD_PYTHON_EXECUTABLE, status.err_msg ? status.err_msg : "unknown error");
         return;
     }
     PyConfig_InitIsolatedConfig(&config);
@@ -335,20 +374,42 @@ const char *dfd_version(void) { return DFD_VERSION; }
 
 const char *dfd_last_error(void) { return dfd_error; }
 
-dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **out)
+#define DFD_REBUILD_ADVICE "rebuild it against the dfd_runtime.h that `dfd-export capi` wrote beside this library"
+
+/* Was the caller compiled against this build's header? Sets the thread's error when not. */
+static int dfd_abi_matches(uint32_t abi)
+{
+    if (abi == DFD_ABI_VERSION)
+        return 1;
+    snprintf(dfd_error, sizeof dfd_error, "this program was compiled against the dfd_runtime.h of another build "
+             "(ABI %lu; this library's is %lu): " DFD_REBUILD_ADVICE,
+             (unsigned long)abi, (unsigned long)DFD_ABI_VERSION);
+    return 0;
+}
+
+dfd_status dfd_open_abi(const char *engine_dir, const char *backend, dfd_detector **out, uint32_t abi)
 {
     if (out != NULL)
         *out = NULL;
+    dfd_error[0] = '\0';
+    if (!dfd_abi_matches(abi))
+        return DFD_E_INVALID_ARGUMENT;
     if (!dfd_begin())
         return DFD_E_INTERNAL;
     return dfd_finish(dfd_py_open(engine_dir, backend, out, dfd_error, sizeof dfd_error));
 }
 
-void dfd_options_init(dfd_options *options)
+void dfd_options_init_sized(dfd_options *options, size_t struct_size)
 {
     dfd_error[0] = '\0';
     if (options == NULL)
         return;
+    if (struct_size != sizeof *options) {   /* another header's layout: writing ours would overrun it */
+        snprintf(dfd_error, sizeof dfd_error, "dfd_options_init: the program's dfd_options has %lu bytes, this "
+                 "library's %lu; the struct was left untouched: " DFD_REBUILD_ADVICE,
+                 (unsigned long)struct_size, (unsigned long)sizeof *options);
+        return;
+    }
     memset(options, 0, sizeof *options);
     options->struct_size = (uint32_t)sizeof *options;
     options->backend = NULL;
@@ -360,13 +421,54 @@ void dfd_options_init(dfd_options *options)
     options->face_cascade = 1;
 }
 
-dfd_status dfd_open_with(const char *engine_dir, const dfd_options *options, dfd_detector **out)
+dfd_status dfd_open_with_abi(const char *engine_dir, const dfd_options *options, dfd_detector **out, uint32_t abi)
 {
     if (out != NULL)
         *out = NULL;
+    dfd_error[0] = '\0';
+    if (!dfd_abi_matches(abi))
+        return DFD_E_INVALID_ARGUMENT;
     if (!dfd_begin())
         return DFD_E_INTERNAL;
     return dfd_finish(dfd_py_open_with(engine_dir, options, out, dfd_error, sizeof dfd_error));
+}
+
+/* The entry points of headers that passed no ABI version: a program compiled against one is
+   refused when it opens, and its options are left untouched, instead of the library reading
+   and writing structs whose layout it cannot know. */
+#undef dfd_open
+#undef dfd_open_with
+#undef dfd_options_init
+#define DFD_UNVERSIONED "this program was compiled against a dfd_runtime.h without DFD_ABI_VERSION: " DFD_REBUILD_ADVICE
+
+dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **out);
+dfd_status dfd_open_with(const char *engine_dir, const void *options, dfd_detector **out);
+void dfd_options_init(void *options);
+
+dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **out)
+{
+    (void)engine_dir;
+    (void)backend;
+    if (out != NULL)
+        *out = NULL;
+    dfd_set_error(DFD_UNVERSIONED);
+    return DFD_E_INVALID_ARGUMENT;
+}
+
+dfd_status dfd_open_with(const char *engine_dir, const void *options, dfd_detector **out)
+{
+    (void)engine_dir;
+    (void)options;
+    if (out != NULL)
+        *out = NULL;
+    dfd_set_error(DFD_UNVERSIONED);
+    return DFD_E_INVALID_ARGUMENT;
+}
+
+void dfd_options_init(void *options)
+{
+    (void)options;
+    dfd_set_error(DFD_UNVERSIONED);
 }
 
 dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size)

@@ -203,6 +203,8 @@ def image_array(ffi: Any, image: Any, index: int) -> np.ndarray:
         raise CapiArgumentError(f"{where}.stride_bytes is {stride}, less than width*3 = {width * 3} "
                                 f"(3 bytes per pixel, rows may only be padded)")
     pixel_format = int(image.format)
+    if pixel_format >= 2**31:  # the enum reads back unsigned: show the caller's negative value
+        pixel_format -= 2**32
     if pixel_format not in PIXEL_FORMAT_NAMES:
         raise CapiArgumentError(f"{where}.format is {pixel_format}, not a dfd_pixel_format "
                                 f"(DFD_PIXEL_RGB8 = 0, DFD_PIXEL_BGR8 = 1)")
@@ -389,6 +391,8 @@ def _detect_encoded(ffi: Any, detector: Any, data: Any, size: int, face: Any, re
     with _handles.using(_key(ffi, detector)) as opened:
         if data == ffi.NULL and size > 0:
             raise CapiArgumentError(f"dfd_detect_encoded: data is NULL for {size} bytes")
+        if size > sys.maxsize:  # no buffer in this process holds that many: a wrong size argument
+            raise CapiArgumentError(f"dfd_detect_encoded: size is {size} bytes, more than a process can address")
         box = None if face == ffi.NULL else face_box(face[0], "face")
         encoded = memoryview(ffi.buffer(data, size)) if size else b""
         return opened.detect([encoded], face_boxes=[box])

@@ -100,7 +100,7 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     if isinstance(source, np.ndarray):
-        return _from_array(source)
+        return _from_array(source, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         label = f"image bytes ({len(data)} bytes)"
@@ -271,13 +271,20 @@ def _require_nonempty(height: int, width: int, label: str) -> None:
         raise ImageError(f"{label} has a zero-sized side ({width}x{height} pixels)")
 
 
-def _from_array(array: np.ndarray) -> DecodedImage:
+def _from_array(array: np.ndarray, max_pixels: int) -> DecodedImage:
     expected = "uint8 HxW or HxWx1 (gray), HxWx3 (RGB) or HxWx4 (RGBA)"
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
             array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ImageError(f"image array must be {expected}; got shape {array.shape} "
                          f"dtype {array.dtype}")
     _require_nonempty(array.shape[0], array.shape[1], f"image array of shape {array.shape}")
+    # the caller holds the pixels, but scoring them takes several times their size again (face
+    # localisation's pyramid and integral images), so the files' limit holds for arrays too
+    height, width = array.shape[:2]
+    if height * width > max_pixels:
+        raise ImageError(f"image array {width}x{height} ({width * height / 1e6:.1f} MP) is above the limit of "
+                         f"{max_pixels / 1e6:.1f} MP; downscale it first, or pass a larger max_pixels if "
+                         f"this machine can afford it")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim == 2:

@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -821,13 +822,15 @@ def test_capi_verb_writes_header_and_library(tmp_path):
     result = CliRunner().invoke(capi, ["--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     header = (tmp_path / "out" / "dfd_runtime.h").read_text()
-    for declaration in ("dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **out);",
+    for declaration in ("dfd_status dfd_open_abi(const char *engine_dir, const char *backend, dfd_detector **out, "
+                        "uint32_t abi);", "#define dfd_open(engine_dir, backend, out) dfd_open_abi(",
                         "dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, dfd_result *results);",
                         "dfd_status dfd_detect_file(dfd_detector *d, const char *path, dfd_result *result);",
                         "void dfd_close(dfd_detector *d);", "const char *dfd_last_error(void);",
                         "const char *dfd_version(void);", "DFD_E_INTERNAL = 5", "DFD_PIXEL_BGR8 = 1",
-                        "void dfd_options_init(dfd_options *options);",
-                        "dfd_status dfd_open_with(const char *engine_dir, const dfd_options *options, dfd_detector **out);",
+                        "#define dfd_options_init(options) dfd_options_init_sized((options), sizeof(dfd_options))",
+                        "dfd_status dfd_open_with_abi(const char *engine_dir, const dfd_options *options, "
+                        "dfd_detector **out, uint32_t abi);",
                         "dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size);"):
         assert declaration in header
     library = tmp_path / "out" / "libdfd_runtime.so"
@@ -874,3 +877,124 @@ def test_capi_failed_build_keeps_the_earlier_files(tmp_path, monkeypatch):
     assert (tmp_path / "dfd_runtime.h").read_text().endswith("older */\n")
     assert (tmp_path / "libdfd_runtime.so").read_bytes() == b"older library exporting dfd_last_error"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dfd_runtime.h", "libdfd_runtime.so"]
+
+
+BOUNDARY_PROBE = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include "dfd_runtime.h"
+
+/* What the library does with a program's struct, an open, a file name, an encoded size and a
+   pixel format; one line per case: name status|message. */
+int main(int argc, char **argv)
+{
+    struct { dfd_options options; uint64_t next; } frame;
+    dfd_detector *d = NULL;
+    dfd_result r;
+    dfd_image image;
+    static const uint8_t pixel[3] = {1, 2, 3};
+    dfd_status st;
+    (void)argc;
+    memset(&frame, 0x5A, sizeof frame);
+    dfd_options_init(&frame.options);
+    printf("init %d|%s|%llx\n", frame.options.struct_size == sizeof frame.options,
+           dfd_last_error(), (unsigned long long)frame.next);
+    st = dfd_open(argv[1], NULL, &d);
+    printf("open %d|%s\n", st, dfd_last_error());
+    if (st != DFD_OK)
+        return 0;
+    st = dfd_detect_file(d, argv[2], &r);
+    printf("file %d|%s\n", st, r.message);
+    st = dfd_detect_encoded(d, pixel, SIZE_MAX, NULL, &r);
+    printf("encoded %d|%s\n", st, dfd_last_error());
+    image.data = pixel; image.width = 1; image.height = 1; image.stride_bytes = 3;
+    image.format = (dfd_pixel_format)-1;
+    st = dfd_detect(d, &image, 1, &r);
+    printf("format %d|%s\n", st, dfd_last_error());
+    dfd_close(d);
+    return 0;
+}
+"""
+
+UNVERSIONED_PROBE = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+/* a program from before DFD_ABI_VERSION: its own declarations, its own (older) options struct */
+typedef struct dfd_detector dfd_detector;
+typedef struct { uint32_t struct_size; const char *backend; int32_t batch_size; } old_options;
+int dfd_open(const char *engine_dir, const char *backend, dfd_detector **out);
+void dfd_options_init(old_options *options);
+const char *dfd_last_error(void);
+
+int main(int argc, char **argv)
+{
+    struct { old_options options; uint64_t next; } frame;
+    dfd_detector *d = (dfd_detector *)&frame;
+    int st;
+    (void)argc;
+    memset(&frame, 0x5A, sizeof frame);
+    dfd_options_init(&frame.options);
+    printf("init %llx %llx|%s\n", (unsigned long long)frame.options.struct_size, (unsigned long long)frame.next,
+           dfd_last_error());
+    st = dfd_open(argv[1], NULL, &d);
+    printf("open %d %d|%s\n", st, d == NULL, dfd_last_error());
+    return 0;
+}
+"""
+
+
+def _probe_lines(run: subprocess.CompletedProcess) -> dict[str, str]:
+    assert run.returncode == 0, run.stderr
+    return dict(line.split(" ", 1) for line in run.stdout.splitlines())
+
+
+def test_a_program_compiled_against_another_header_is_refused_untouched(tiny_engine_set, capi_lib, tmp_path):
+    """dfd_options_init wrote the library's sizeof into the caller's struct, overrunning an older
+    header's smaller one; now the caller's size travels with the call, and opening checks the
+    header's ABI version, so another build's layouts are never read or written."""
+    header = (capi_lib / "dfd_runtime.h").read_text()
+    older = tmp_path / "older"
+    older.mkdir()
+    changed = re.sub(r"#define DFD_ABI_VERSION \d+u", "#define DFD_ABI_VERSION 12345u", header)
+    for field in ("cuda_graph_batch", "face_cascade"):  # the struct as a header without these fields had it
+        changed = changed.replace(f"    int32_t {field};", "")
+    assert changed.count("12345u") == 1 and "int32_t face_cascade;" not in changed
+    (older / "dfd_runtime.h").write_text(changed)
+    (tmp_path / "probe.c").write_text(BOUNDARY_PROBE)
+    built = subprocess.run(["cc", "-Wall", "-Werror", str(tmp_path / "probe.c"), "-I", str(older), "-L", str(capi_lib),
+                            "-ldfd_runtime", f"-Wl,-rpath,{capi_lib}", "-o", str(tmp_path / "probe")],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    lines = _probe_lines(_run([tmp_path / "probe", tiny_engine_set, "unused"]))
+    # struct_size is not the header's sizeof: the struct (0x5A bytes) and what follows it are untouched
+    assert lines["init"].startswith("0|dfd_options_init: the program's dfd_options has 32 bytes, this library's 40")
+    assert lines["init"].endswith("|5a5a5a5a5a5a5a5a")
+    assert lines["open"].startswith("1|this program was compiled against the dfd_runtime.h of another build (ABI 12345;")
+    (tmp_path / "old.c").write_text(UNVERSIONED_PROBE)
+    built = subprocess.run(["cc", str(tmp_path / "old.c"), "-L", str(capi_lib), "-ldfd_runtime",
+                            f"-Wl,-rpath,{capi_lib}", "-o", str(tmp_path / "old")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    lines = _probe_lines(_run([tmp_path / "old", tiny_engine_set]))
+    assert lines["init"].startswith("5a5a5a5a 5a5a5a5a5a5a5a5a|this program was compiled against a dfd_runtime.h "
+                                    "without DFD_ABI_VERSION")
+    assert lines["open"].startswith("1 1|this program was compiled against a dfd_runtime.h without DFD_ABI_VERSION")
+
+
+def test_utf8_paths_sizes_and_formats_at_the_boundary(tiny_engine_set, capi_lib, pictures, tmp_path):
+    """A program that never calls setlocale (the C locale) opens a set and reads a file with
+    non-ASCII UTF-8 names, and its messages carry them intact; an encoded size no buffer can have
+    and a negative pixel format are the caller's mistakes, named as such."""
+    (tmp_path / "probe.c").write_text(BOUNDARY_PROBE)
+    exe = _compile(tmp_path / "probe.c", tmp_path / "probe", capi_lib)
+    engines = tmp_path / "modèles-検出"
+    engines.symlink_to(tiny_engine_set, target_is_directory=True)
+    missing = tmp_path / "naïve-写真.png"
+    lines = _probe_lines(_run([exe, engines, missing]))
+    assert lines["init"] == "1||5a5a5a5a5a5a5a5a" and lines["open"] == "0|"
+    assert lines["file"] == f"{STATUS['io']}|cannot read image file {str(missing)!r}: it does not exist"
+    assert lines["encoded"].startswith(f"{STATUS['invalid_argument']}|dfd_detect_encoded: size is 18446744073709551615 "
+                                       f"bytes, more than a process can address")
+    assert lines["format"] == (f"{STATUS['invalid_argument']}|images[0].format is -1, not a "
+                               f"dfd_pixel_format (DFD_PIXEL_RGB8 = 0, DFD_PIXEL_BGR8 = 1)")
