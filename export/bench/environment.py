@@ -144,6 +144,32 @@ def _jetson(warnings: list[str]) -> dict[str, Any] | None:
             "clocks": clocks or "unknown (jetson_clocks --show needs root)", "clocks_locked": locked}
 
 
+# Other work above this share of the usable cores (1-minute load average, before measuring)
+# draws a warning: the two pipelines' timings, and so their ratio, then swing from run to run.
+BUSY_LOAD_SHARE = 0.5
+
+
+def busy_machine_warning(load_average: tuple[float, float, float] | None, usable_cores: int) -> str | None:
+    """A warning when the machine was already busy before the benchmark started, else None."""
+    if load_average is None or load_average[0] <= BUSY_LOAD_SHARE * usable_cores:
+        return None
+    return (f"the machine was busy before measuring (1-minute load average {load_average[0]:.1f} on "
+            f"{usable_cores} usable core(s)): timings and speed-ups swing with that load; rerun on an idle machine")
+
+
+def source_commit() -> str | None:
+    """The git commit of this dfd-export checkout (with "+changes" when its tree differs), or None
+    for an installed wheel: what exactly was measured."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    commit = _command(["git", "-C", str(root), "rev-parse", "HEAD"])
+    if commit is None:
+        return None
+    changed = _command(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"])
+    return commit + ("+changes" if changed else "")
+
+
 def capture_environment(warnings: list[str]) -> dict[str, Any]:
     """Machine and software this benchmark ran on; appends warnings about unstable settings."""
     import onnxruntime
@@ -161,6 +187,11 @@ def capture_environment(warnings: list[str]) -> dict[str, Any]:
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
         memory_total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     gpus = _gpus()
+    load_average = os.getloadavg() if hasattr(os, "getloadavg") else None
+    usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = busy_machine_warning(load_average, usable_cores)
+    if busy:
+        warnings.append(busy)
     return {
         "os": platform.platform(),
         "python": platform.python_version(),
@@ -168,9 +199,11 @@ def capture_environment(warnings: list[str]) -> dict[str, Any]:
         "memory_total_bytes": memory_total,
         "gpus": gpus or "none (nvidia-smi absent or found no GPU)",
         "jetson": _jetson(warnings),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average": load_average,
+        "usable_cores": usable_cores,
         "versions": {
             "dfd-export": _version("dfd-export"),
+            "dfd-export_commit": source_commit(),
             "onnxruntime": onnxruntime.__version__,
             "onnxruntime_providers": onnxruntime.get_available_providers(),
             "tensorrt": _version("tensorrt"),

@@ -244,8 +244,12 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         face_inputs = {}
         if settings.compare_torch:
             from dfd.runtime.images import decode_image
+            from dfd.runtime.preprocess import reencode_like_reference_face_file
 
-            face_inputs = {p: runtime.detector.face_stream_image(decode_image(str(p)).rgb) for p in distinct}
+            # the reference's offline cropping step: the face input, saved as a JPEG's crop file is
+            # (re-encoded) and read back, so both pipelines' face streams see the same pixels
+            face_inputs = {p: reencode_like_reference_face_file(
+                runtime.detector.face_stream_image(decode_image(str(p)).rgb), p.suffix)[0] for p in distinct}
 
         samples: dict[str, dict[int, dict[str, list]]] = {"runtime": {}, "torch": {}}
         torch_pipeline = None
