@@ -5,8 +5,8 @@ downloads from NVIDIA's index; no GPU either). The code is written against the d
 TensorRT 10.x/11.x Python API only (``Builder``, ``OnnxParser.parse_from_file``,
 ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, ``IBuilderConfig.set_memory_pool_limit``,
 optimization profiles, timing caches, ``BuilderFlag.VERSION_COMPATIBLE``,
-``HardwareCompatibilityLevel``, ``build_serialized_network``), and its argument plumbing is
-tested with a fake module. Precision is decided in the ONNX graph (explicit Casts, Q/DQ); the
+``HardwareCompatibilityLevel``, ``BuilderFlag.TF32`` cleared, ``build_serialized_network``), and its
+argument plumbing is tested with a fake module. Precision is decided in the ONNX graph (explicit Casts, Q/DQ); the
 network is created strongly typed, so TensorRT keeps every tensor's type — the mode TensorRT 11
 keeps (it has no FP16/INT8 builder flags and no calibrators) and TensorRT 10 supports.
 """
@@ -85,6 +85,10 @@ def build_engine(onnx_path: Path, engine_path: Path, input_size: int, options: T
         raise TensorRTBuildError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+    # TF32 is on by default and lets float32 MatMuls/Convs round their inputs to 10-bit mantissas on
+    # Ampere and later: the fp32 graph, and the fp32 parts of the fp16/INT8 graphs, would no longer
+    # compute what ONNX Runtime validated. Precision is decided in the graph, so TF32 is off.
+    config.clear_flag(trt.BuilderFlag.TF32)
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if options.hardware_compatibility:

@@ -49,6 +49,7 @@ def _fake_tensorrt() -> types.ModuleType:
 
     class BuilderFlag:
         VERSION_COMPATIBLE = "version_compatible"
+        TF32 = "tf32"
 
     class HW:
         AMPERE_PLUS = "ampere_plus"
@@ -65,6 +66,9 @@ def _fake_tensorrt() -> types.ModuleType:
 
         def set_flag(self, flag):
             calls.append(("flag", flag))
+
+        def clear_flag(self, flag):
+            calls.append(("clear_flag", flag))
 
         def add_optimization_profile(self, profile):
             calls.append(("profile", profile.shapes))
@@ -135,6 +139,7 @@ def test_build_plumbs_options_into_the_documented_api(reference_ensemble, tmp_pa
     assert ("parse", "global.fp32.onnx") in calls and ("parse", "fusion.fp32.onnx") in calls
     assert ("pool", "workspace", int(1.5 * (1 << 30))) in calls
     assert ("flag", "version_compatible") in calls
+    assert ("clear_flag", "tf32") in calls  # float32 stays float32, as ONNX Runtime validated it
     assert ("profile", [("pixels", (2, 3, 252, 252), (3, 3, 252, 252), (5, 3, 252, 252))]) in calls
     assert ("profile", [("pixels", (2, 3, 224, 224), (3, 3, 224, 224), (5, 3, 224, 224))]) in calls
     assert ("timing_cache_in", b"timing") in calls  # the second stream reuses the first's cache
