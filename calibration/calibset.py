@@ -60,6 +60,9 @@ _SLOT_STREAM = 2
 _RESERVE_STREAM = 3  # the order in which unreadable images are replaced
 _META_KEY = "__meta__"
 
+SOURCE_PIXELS_KEY = "source_pixels_sha256"
+"""Manifest key: the :func:`pixels_sha256` of each distinct image the set drew from."""
+
 
 class CalibrationError(DfdError, ValueError):
     """A calibration set cannot be built from the given arguments or images."""
@@ -93,6 +96,8 @@ class CalibrationSet:
     unreadable: dict[str, str] = field(default_factory=dict)
     # input position -> sha256 of each input the replacement walk looked at (part of the cache check)
     reserve_hashes: dict[int, str] = field(default_factory=dict)
+    # pixels_sha256 of each distinct source image the slots hold (replacements, not the unreadable), sorted
+    source_pixels: list[str] = field(default_factory=list)
     from_cache: bool = field(default=False, compare=False)
 
     @property
@@ -112,6 +117,7 @@ class CalibrationSet:
             "degradation_spec": self.spec.to_dict(),
             "cache_key": self.cache_key,
             "unreadable_images": [{"image": image, "error": error} for image, error in self.unreadable.items()],
+            SOURCE_PIXELS_KEY: list(self.source_pixels),
         }
 
 
@@ -133,6 +139,14 @@ def _array_sha256(array: np.ndarray) -> str:
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
     digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def pixels_sha256(rgb: np.ndarray) -> str:
+    """Content hash of a decoded image (dtype, shape and pixel bytes). ``dfd-export verify`` hashes
+    its images the same way to tell which were calibration images, whose agreement is optimistic:
+    decoded pixels, not file bytes, so the same photograph saved under another name or format
+    (PNG vs BMP) is still recognised."""
+    return _array_sha256(rgb)
 
 
 def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
@@ -298,16 +312,20 @@ def _describe(images: Sequence[ImageInput]) -> str:
 
 def _compute(sampled: Sequence[int], readable: _ReadableImages, degraded_slots: set[int], seed: int,
              stream_sizes: Mapping[str, int], spec: DegradationSpec,
-             progress: bool) -> tuple[dict[str, np.ndarray], list[CalibrationItem]]:
+             progress: bool) -> tuple[dict[str, np.ndarray], list[CalibrationItem], list[str]]:
+    """The arrays, what fills each slot, and the sorted pixels_sha256 of the distinct source images."""
     count = len(sampled)
     arrays = {stream: np.empty((count, 3, size, size), dtype=np.float32)
               for stream, size in stream_sizes.items()}
     items = []
+    source_pixels: dict[str, str] = {}  # input id -> pixels_sha256, each input hashed once
     bar = tqdm(total=count, desc="calibration set", unit="img", file=sys.stderr,
                disable=not progress or count <= _PROGRESS_MIN_IMAGES)
     with bar:
         for slot, position in enumerate(sampled):
             image, rgb = readable.load(position)
+            if _input_id(image) not in source_pixels:
+                source_pixels[_input_id(image)] = pixels_sha256(rgb)
             ops: tuple[tuple[str, float], ...] = ()
             if slot in degraded_slots:
                 rgb, applied = degrade(rgb, np.random.default_rng([seed, _SLOT_STREAM, slot]), spec)
@@ -322,7 +340,7 @@ def _compute(sampled: Sequence[int], readable: _ReadableImages, degraded_slots: 
                 arrays[stream][slot] = tensor
             items.append(CalibrationItem(_input_name(image), slot in degraded_slots, ops))
             bar.update(1)
-    return arrays, items
+    return arrays, items, sorted(set(source_pixels.values()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,6 +361,7 @@ def _save(path: Path, calib: CalibrationSet) -> None:
         "items": [[item.name, item.degraded, [list(op) for op in item.ops]] for item in calib.items],
         "unreadable": calib.unreadable,
         "reserve_hashes": {str(position): digest for position, digest in sorted(calib.reserve_hashes.items())},
+        SOURCE_PIXELS_KEY: calib.source_pixels,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
@@ -401,13 +420,14 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
             return CalibrationSet(arrays=arrays, sha256=meta["sha256"], items=items,
                                   unreadable=meta["unreadable"], from_cache=True,
                                   reserve_hashes={int(k): v for k, v in meta["reserve_hashes"].items()},
-                                  **common)
+                                  source_pixels=meta[SOURCE_PIXELS_KEY], **common)
 
     readable = _ReadableImages(checked, seed)
-    arrays, items = _compute(sampled, readable, _degraded_slots(count, degrade_share, seed), seed,
-                             stream_sizes, spec, progress)
+    arrays, items, source_pixels = _compute(sampled, readable, _degraded_slots(count, degrade_share, seed), seed,
+                                            stream_sizes, spec, progress)
     calib = CalibrationSet(arrays=arrays, sha256=arrays_sha256(arrays), items=items,
-                           unreadable=readable.unreadable, reserve_hashes=readable.reserve_hashes, **common)
+                           unreadable=readable.unreadable, reserve_hashes=readable.reserve_hashes,
+                           source_pixels=source_pixels, **common)
     if cache_dir is not None:
         _save(_cache_path(cache_dir, key), calib)
     return calib

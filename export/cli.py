@@ -364,7 +364,8 @@ def _outside_folder(paths: list[str], folder: Path) -> tuple[list[str], list[str
 @click.option("--max-abs-dp", type=FiniteFloatRange(min=0), default=None, help="Fail above this per-stream max |ΔP| [default by precision: fp32 1e-4, fp16 5e-3, int8 1.0, i.e. no bound: INT8 is judged by mean |ΔP| and vote agreement].")
 @click.option("--max-mean-dp", type=FiniteFloatRange(min=0), default=None, help="Fail above this per-stream mean |ΔP| [default: fp32 1e-4, fp16 5e-3, int8 0.02].")
 @click.option("--min-agreement", type=FiniteFloatRange(0, 1), default=None,
-              help="Fail below this vote agreement [default: 1.0, int8 0.95].")
+              help="Fail when the vote agreement of any condition (clean, each degradation) is below this "
+                   "[default: 1.0, int8 0.95]. A vote that moves more than one step (0.1) fails whatever the agreement.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
               help="Runtime backend whose results are compared; auto picks TensorRT when the set has engines and it is "
@@ -372,7 +373,8 @@ def _outside_folder(paths: list[str], folder: Path) -> tuple[list[str], list[str
 @handles_errors
 def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp, min_agreement, json_out, backend):
     """Compare an engine set with the fp32 PyTorch streams it was built from: per-stream |ΔP(fake)|,
-    vote agreement, the images whose vote changed. Exits 3 when a threshold is exceeded."""
+    vote agreement per condition with a lower confidence bound, the images whose vote changed, how many
+    distinct images (and calibration images) it rests on. Exits 3 when a rule fails, naming it."""
     import json
 
     from .verify import DEFAULT_THRESHOLDS, engine_set_precision, verify_engine_set
@@ -386,19 +388,36 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
         precision = engine_set_precision(load_manifest(engine_dir, verify=False))
         thresholds = tuple(v if v is not None else d for v, d in zip(overrides, DEFAULT_THRESHOLDS[precision]))
     report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend)
-    click.echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image(s)")
+    level = f"{report.confidence['level']:.0%} lower bound"
+    click.echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image x condition pair(s) "
+               f"from {report.distinct_images} distinct image(s)")
+    click.echo(f"  engine set  {engine_dir} (content_sha256 {report.engine_set_sha256 or 'not recorded'})")
+    click.echo(f"  backend     {report.backend}")
+    click.echo(f"  images      {report.image_source}")
     for stream, values in report.streams.items():
         click.echo(f"  {stream:7} max |dP| {values['max_abs_dp']:.2e}   mean |dP| {values['mean_abs_dp']:.2e}")
     for condition, values in report.per_condition.items():
-        click.echo(f"  {condition:11} vote agreement {values['vote_agreement']:.1%} over {values['images']} image(s)")
-    click.echo(f"  vote agreement {report.vote_agreement:.2%}; changed: "
+        measured = (f"vote agreement {values['vote_agreement']:.1%} over {values['images']} image(s), {level} "
+                    f"{values['vote_agreement_lower_bound']:.1%}" if values["images"] else "no image could be compared")
+        click.echo(f"  {condition:11} {measured}")
+    click.echo(f"  vote agreement {report.vote_agreement:.2%} ({level} {report.vote_agreement_lower_bound:.1%}, "
+               f"{report.confidence['method']}); changed: "
                + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes) or "none"))
+    largest = report.largest_vote_change
+    click.echo("  largest vote change: " + (f"{largest['steps']} step(s), {largest['image']} "
+                                          f"({largest['reference']} -> {largest['engine']})" if largest else "none"))
+    if report.calibration_overlap is not None:
+        click.echo(f"  calibration images among them: {report.calibration_overlap}")
+    for warning in report.warnings:
+        click.secho(f"WARNING: {warning}", fg="yellow", err=True)
     for failure in report.failed_images:
         click.echo(f"  could not read {failure['image']}: {failure['error']}", err=True)
     if json_out:
         json_out.write_text(json.dumps(report.to_dict(), indent=2))
     if not report.passed:
         click.echo(f"FAILED thresholds {report.thresholds}", err=True)
+        for failure in report.failures:
+            click.echo(f"  {failure}", err=True)
         sys.exit(3)
     click.echo(f"passed thresholds {report.thresholds}")
 

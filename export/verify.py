@@ -5,26 +5,36 @@ rebuilt from the same checkpoints (or the same random seed) that the manifest re
 the identical preprocessed tensors, so every difference is the engine's. Reported per stream:
 max and mean |ΔP(fake)|; for the ensemble: how often the discretised vote stays the same, and
 which images' votes changed. The paper's point is robustness under degradation, so degraded
-copies are checked too (``--degrade``).
+copies are checked too (``--degrade``), and each condition must keep the votes on its own.
+
+A pass is only as good as its sample, so the report also says how many distinct photographs it
+rests on (duplicates counted once), a lower confidence bound on the agreement, how many of the
+photographs the set was calibrated on (agreement there is optimistic), and which engine set,
+backend and images it measured.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from dfd.calibration.calibset import SOURCE_PIXELS_KEY, pixels_sha256
 from dfd.calibration.degrade import fixed_degradation
 from dfd.calibration.sources import builtin_photographs, list_images
 from dfd.runtime.detector import Detector
-from dfd.runtime.errors import DfdError
+from dfd.runtime.errors import DfdError, first_few
 from dfd.runtime.images import ImageError, decode_image
-from dfd.runtime.manifest import Manifest
+from dfd.runtime.manifest import CONTENT_HASH_KEY, Manifest
 from dfd.runtime.vote import discretised_vote, softmax_fake_probability
 
 from .build import BuildRequest, load_stream_module
@@ -42,20 +52,116 @@ def engine_set_precision(manifest: Manifest) -> str:
     return next((p for p in ("int8", "fp16") if p in precisions), "fp32")
 
 
+VOTE_STEP = 0.1
+MAX_VOTE_STEPS = 1
+"""A vote may move by one step (0.1) where the weighted mean sits at a rounding boundary, which a
+tiny |ΔP| can cross; a larger move means the engine computes something else, whatever the
+agreement."""
+CONFIDENCE = 0.95
+FEW_DISTINCT_IMAGES = 30
+"""Below this many distinct images the lower bound on the agreement is weak: with all 30 votes the
+same it is 90.5 % (Clopper-Pearson, one-sided 95 %)."""
+BUILTIN_IMAGES = "photographs shipped in installed packages"
+
+
 @dataclass
 class VerifyReport:
     precision: str
-    images: int = 0
+    backend: str = ""  # the backend the engines ran on, and why (``Detector.backend_reason``)
+    engine_set_sha256: str | None = None  # the manifest's content_sha256 (None: not recorded)
+    image_source: str = ""  # the --images folder, or BUILTIN_IMAGES
+    images: int = 0  # image x condition comparisons
+    distinct_images: int = 0  # compared images with distinct decoded pixels
+    duplicate_images: list[dict[str, str]] = field(default_factory=list)  # {"image", "same_as"}: verified once
     per_condition: dict[str, Any] = field(default_factory=dict)
     streams: dict[str, dict[str, float]] = field(default_factory=dict)
     vote_agreement: float = 1.0
+    # pooled over image x condition pairs, which are not independent (one photograph under several
+    # degradations): optimistic beside the per-condition bounds
+    vote_agreement_lower_bound: float = 0.0
+    confidence: dict[str, Any] = field(default_factory=dict)  # {"level", "method"} of the lower bounds
     changed_votes: list[dict[str, Any]] = field(default_factory=list)
+    largest_vote_change: dict[str, Any] | None = None  # the changed vote with the most steps
+    # verified images the set was calibrated on; "unknown" when its manifest does not record them;
+    # None for a set without calibration (fp32)
+    calibration_overlap: int | str | None = None
     failed_images: list[dict[str, str]] = field(default_factory=list)
-    thresholds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # each rule broken, in words
     passed: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+
+def vote_steps(engine: float, reference: float) -> int:
+    """How many 0.1 steps two votes are apart. Votes are one-decimal floats (0.8 - 0.7 is
+    0.10000000000000009), so the difference is rounded to whole steps, not compared with 0.1."""
+    return round(abs(engine - reference) / VOTE_STEP)
+
+
+def _percent(share: float) -> str:
+    """95 % as "95%", 95.5 % as "95.5%" (a threshold as the user typed it)."""
+    return f"{share * 100:g}%"
+
+
+def judge(counts: Mapping[str, Sequence[int]], changed_votes: Sequence[Mapping[str, Any]],
+          streams: Mapping[str, Mapping[str, float]], thresholds: tuple[float, float, float]) -> list[str]:
+    """Each rule the comparison breaks, in words; none: it passes.
+
+    ``counts``: condition -> (votes that stayed the same, images compared); ``changed_votes``:
+    {"image", "reference", "engine", "steps"}; ``streams``: stream -> {"max_abs_dp", "mean_abs_dp"};
+    ``thresholds``: (max |ΔP|, mean |ΔP|, min vote agreement). Each condition must reach the
+    agreement on its own, since a pooled figure lets a degradation that breaks the engine hide
+    behind the clean images, and robustness to degradation is what the detector is for. A vote that
+    moves more than one step fails whatever the agreement.
+    """
+    max_abs, max_mean, min_agreement = thresholds
+    failures = []
+    for condition, (agreed, compared) in counts.items():
+        if compared == 0:
+            failures.append(f"{condition}: no image could be compared")
+        elif agreed / compared < min_agreement:
+            failures.append(f"{condition}: vote agreement {agreed / compared:.1%} < {_percent(min_agreement)} "
+                            f"({agreed} of {compared} votes the same)")
+    moved = sorted((c for c in changed_votes if c["steps"] > MAX_VOTE_STEPS), key=lambda c: -c["steps"])
+    if moved:
+        worst, others = moved[0], len(moved) - 1
+        failures.append(f"{worst['image']}: vote {worst['reference']} -> {worst['engine']} moved {worst['steps']} steps"
+                        + (f" ({others} other vote(s) moved more than {MAX_VOTE_STEPS} step too)" if others else ""))
+    for stream, values in streams.items():
+        if values["max_abs_dp"] > max_abs:
+            failures.append(f"{stream}: max |dP| {values['max_abs_dp']:.2e} > {max_abs:g}")
+        if values["mean_abs_dp"] > max_mean:
+            failures.append(f"{stream}: mean |dP| {values['mean_abs_dp']:.2e} > {max_mean:g}")
+    return failures
+
+
+def clopper_pearson_lower_bound(agreed: int, compared: int, confidence: float = CONFIDENCE) -> float:
+    """Exact (Clopper-Pearson) one-sided lower confidence bound on a proportion: its coverage is
+    never below ``confidence``, however few the images."""
+    from scipy.stats import beta
+
+    return 0.0 if agreed == 0 else float(beta.ppf(1 - confidence, agreed, compared - agreed + 1))
+
+
+def wilson_lower_bound(agreed: int, compared: int, confidence: float = CONFIDENCE) -> float:
+    """Wilson score one-sided lower confidence bound: needs no scipy; near 100 % agreement it is a
+    little higher (less cautious) than Clopper-Pearson's."""
+    z = NormalDist().inv_cdf(confidence)
+    share = agreed / compared
+    centre = share + z * z / (2 * compared)
+    spread = z * math.sqrt(share * (1 - share) / compared + z * z / (4 * compared * compared))
+    return max(0.0, (centre - spread) / (1 + z * z / compared))
+
+
+def agreement_bound() -> tuple[str, Callable[[int, int], float]]:
+    """The lower-bound method and its name for the report: Clopper-Pearson where scipy is
+    installed (scikit-image brings it; dfd-export does not depend on it), else Wilson."""
+    if importlib.util.find_spec("scipy") is None:
+        return f"Wilson score, one-sided {CONFIDENCE:.0%}", wilson_lower_bound
+    return f"Clopper-Pearson (exact), one-sided {CONFIDENCE:.0%}", clopper_pearson_lower_bound
 
 
 def _reference_streams(detector: Detector, weights_dir: Path | None) -> dict[str, torch.nn.Module]:
@@ -95,20 +201,38 @@ def _image_sources(images_dir: Path | None) -> list[tuple[str, Path | np.ndarray
     return [(str(path), path) for path in list_images(images_dir)]
 
 
-def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade: bool = False,
-                      weights_dir: Path | None = None, thresholds: tuple[float, float, float] | None = None,
-                      backend: str = "auto") -> VerifyReport:
-    # host preprocessing: each stream graph is compared with torch on the very tensor it ran
-    detector = Detector.open(engine_dir, backend=backend, gpu_preprocessing=False)
-    precision = engine_set_precision(detector.manifest)
-    max_abs, max_mean, min_agreement = thresholds or DEFAULT_THRESHOLDS[precision]
-    reference = _reference_streams(detector, weights_dir)
-    report = VerifyReport(precision, thresholds={"max_abs_dp": max_abs, "mean_dp": max_mean,
-                                                 "min_vote_agreement": min_agreement})
-    conditions = [("clean", None)] + ([(d, fixed_degradation(d)) for d in VERIFY_DEGRADATIONS] if degrade else [])
-    sources = _image_sources(images_dir)
-    deltas: dict[str, list[float]] = {s: [] for s in detector.streams}
-    counts = {condition: [0, 0] for condition, _ in conditions}  # votes that agree, images compared
+def _stream_probabilities(detector: Detector, reference: Mapping[str, torch.nn.Module],
+                          tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, float], dict[str, float]]:
+    """P(fake) of each stream from the engine and from the fp32 reference, on the very same tensor."""
+    engine_p, reference_p = {}, {}
+    for stream in detector.streams:
+        batch = tensors[stream][None]
+        engine_p[stream] = float(softmax_fake_probability(detector.backend.run(stream, batch))[0])
+        with torch.no_grad():
+            logits = reference[stream](torch.from_numpy(batch)).numpy()
+        reference_p[stream] = float(softmax_fake_probability(logits)[0])
+    return engine_p, reference_p
+
+
+@dataclass
+class _Tally:
+    """What the comparisons add up to, before the report summarises it."""
+
+    counts: dict[str, list[int]]  # condition -> [votes that stayed the same, images compared]
+    deltas: dict[str, list[float]]  # stream -> |ΔP| of every comparison
+    verified: dict[str, str] = field(default_factory=dict)  # pixels_sha256 -> label, of compared images
+
+
+def _compare_images(detector: Detector, reference: Mapping[str, torch.nn.Module],
+                    sources: Sequence[tuple[str, Path | np.ndarray]],
+                    conditions: Sequence[tuple[str, Callable[[np.ndarray], np.ndarray] | None]],
+                    report: VerifyReport) -> _Tally:
+    """Run every distinct image under every condition through both; changed votes, unreadable
+    images and duplicates go to ``report``. A duplicate (the same decoded pixels as an earlier
+    image, under any name or format) is verified once: it would only repeat the same votes and
+    make the sample look larger than it is."""
+    tally = _Tally({condition: [0, 0] for condition, _ in conditions}, {s: [] for s in detector.streams})
+    first_seen: dict[str, str] = {}  # pixels_sha256 -> label of the first image with those pixels
     progress = tqdm(total=len(sources) * len(conditions), desc="verify", unit="img", file=sys.stderr)
     for label, source in sources:
         try:  # one decode per image for all conditions; one unreadable file does not stop the others
@@ -117,6 +241,12 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
             report.failed_images.append({"image": label, "error": str(error)})
             progress.update(len(conditions))
             continue
+        digest = pixels_sha256(rgb)
+        if digest in first_seen:
+            report.duplicate_images.append({"image": label, "same_as": first_seen[digest]})
+            progress.update(len(conditions))
+            continue
+        first_seen[digest] = label
         for condition, transform in conditions:
             image = transform(rgb) if transform else rgb
             prepared = detector.prepare(image, f"{label} [{condition}]")
@@ -124,33 +254,99 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
             if not prepared.detection.ok:
                 report.failed_images.append({"image": prepared.detection.image, "error": prepared.detection.error})
                 continue
-            engine_p, reference_p = {}, {}
+            engine_p, reference_p = _stream_probabilities(detector, reference, prepared.tensors)
             for stream in detector.streams:
-                batch = prepared.tensors[stream][None]
-                engine_p[stream] = float(softmax_fake_probability(detector.backend.run(stream, batch))[0])
-                with torch.no_grad():
-                    logits = reference[stream](torch.from_numpy(batch)).numpy()
-                reference_p[stream] = float(softmax_fake_probability(logits)[0])
-                deltas[stream].append(abs(engine_p[stream] - reference_p[stream]))
+                tally.deltas[stream].append(abs(engine_p[stream] - reference_p[stream]))
             engine_vote = discretised_vote(engine_p, detector.vote_weights).score
             reference_vote = discretised_vote(reference_p, detector.vote_weights).score
-            same = engine_vote == reference_vote
-            counts[condition][0] += same
-            counts[condition][1] += 1
-            if not same:
+            tally.verified[digest] = label
+            tally.counts[condition][0] += engine_vote == reference_vote
+            tally.counts[condition][1] += 1
+            if engine_vote != reference_vote:
                 report.changed_votes.append({"image": prepared.detection.image, "engine": engine_vote,
-                                             "reference": reference_vote})
+                                             "reference": reference_vote,
+                                             "steps": vote_steps(engine_vote, reference_vote)})
     progress.close()
-    report.per_condition = {condition: {"images": compared, "vote_agreement": agreed / compared if compared else None}
-                            for condition, (agreed, compared) in counts.items()}
-    agree = sum(agreed for agreed, _ in counts.values())
-    total = report.images = sum(compared for _, compared in counts.values())
+    return tally
+
+
+def _calibration_overlap(calibration: Mapping[str, Any] | None,
+                         verified: Mapping[str, str]) -> tuple[int | str | None, list[str]]:
+    """How many verified images the set was calibrated on, and the warning that goes with it.
+    Agreement on a calibration image is optimistic: the INT8 ranges were fitted to it. A set
+    without calibration (fp32) says nothing; a manifest written before the calibration images'
+    hashes were recorded cannot tell."""
+    if calibration is None:
+        return None, []
+    recorded = calibration.get(SOURCE_PIXELS_KEY)
+    if recorded is None:
+        return "unknown", ["this engine set's manifest does not record which images it was calibrated on (built "
+                           "before that was recorded), so whether verified images were among them is unknown; "
+                           "rebuild the set to know"]
+    calibrated = set(recorded)
+    shared = [label for digest, label in verified.items() if digest in calibrated]
+    if not shared:
+        return 0, []
+    return len(shared), [f"{len(shared)} of the {len(verified)} verified image(s) were calibration images of this set "
+                         f"({first_few(shared, 3)}): agreement on them is optimistic; verify with --images on "
+                         f"photographs the set was not calibrated on"]
+
+
+def _sample_warnings(report: VerifyReport, bound: Callable[[int, int], float]) -> list[str]:
+    """Why the sample may be weaker than its image x condition count suggests."""
+    warnings = []
+    if report.duplicate_images:
+        pairs = [f"{d['image']} = {d['same_as']}" for d in report.duplicate_images]
+        warnings.append(f"{len(pairs)} image(s) have the same decoded pixels as an earlier one and were verified "
+                        f"once: {first_few(pairs, 3, separator='; ')}")
+    distinct = report.distinct_images
+    if distinct < FEW_DISTINCT_IMAGES:
+        warnings.append(f"only {distinct} distinct image(s) were verified, so the {CONFIDENCE:.0%} lower bound on "
+                        f"each condition's vote agreement is weak (with every vote the same it is "
+                        f"{bound(distinct, distinct):.1%}); pass --images with a folder of more photographs (at "
+                        f"least {FEW_DISTINCT_IMAGES}, a few hundred is better)")
+    return warnings
+
+
+def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade: bool = False,
+                      weights_dir: Path | None = None, thresholds: tuple[float, float, float] | None = None,
+                      backend: str = "auto") -> VerifyReport:
+    """Compare the engine set with its fp32 PyTorch streams; ``thresholds`` (max |ΔP|, mean |ΔP|,
+    min vote agreement) default by precision (``DEFAULT_THRESHOLDS``)."""
+    # host preprocessing: each stream graph is compared with torch on the very tensor it ran
+    detector = Detector.open(engine_dir, backend=backend, gpu_preprocessing=False)
+    precision = engine_set_precision(detector.manifest)
+    limits = thresholds or DEFAULT_THRESHOLDS[precision]
+    reference = _reference_streams(detector, weights_dir)
+    method, bound = agreement_bound()
+    max_abs, max_mean, min_agreement = limits
+    report = VerifyReport(
+        precision, backend=detector.backend_reason, engine_set_sha256=detector.manifest.raw.get(CONTENT_HASH_KEY),
+        image_source=str(images_dir) if images_dir is not None else BUILTIN_IMAGES,
+        confidence={"level": CONFIDENCE, "method": method},
+        thresholds={"max_abs_dp": max_abs, "mean_dp": max_mean, "min_vote_agreement": min_agreement,
+                    "min_vote_agreement_applies_to": "each condition",
+                    "max_vote_change": round(MAX_VOTE_STEPS * VOTE_STEP, 1)})
+    conditions = [("clean", None)] + ([(d, fixed_degradation(d)) for d in VERIFY_DEGRADATIONS] if degrade else [])
+    tally = _compare_images(detector, reference, _image_sources(images_dir), conditions, report)
+    agree = sum(agreed for agreed, _ in tally.counts.values())
+    total = report.images = sum(compared for _, compared in tally.counts.values())
     if total == 0:
         first = (f"; the first, {report.failed_images[0]['image']}: {report.failed_images[0]['error']}"
                  if report.failed_images else "")
         raise DfdError(f"no image could be verified ({len(report.failed_images)} could not be read{first})")
-    report.vote_agreement = agree / total
-    report.streams = {s: {"max_abs_dp": float(np.max(d)), "mean_abs_dp": float(np.mean(d))} for s, d in deltas.items()}
-    report.passed = (report.vote_agreement >= min_agreement
-                     and all(v["max_abs_dp"] <= max_abs and v["mean_abs_dp"] <= max_mean for v in report.streams.values()))
+    report.distinct_images = len(tally.verified)
+    report.per_condition = {
+        condition: {"images": compared, "vote_agreement": agreed / compared if compared else None,
+                    "vote_agreement_lower_bound": bound(agreed, compared) if compared else None}
+        for condition, (agreed, compared) in tally.counts.items()}
+    report.vote_agreement, report.vote_agreement_lower_bound = agree / total, bound(agree, total)
+    report.streams = {s: {"max_abs_dp": float(np.max(d)), "mean_abs_dp": float(np.mean(d))}
+                      for s, d in tally.deltas.items()}
+    report.largest_vote_change = max(report.changed_votes, key=lambda c: c["steps"], default=None)
+    report.calibration_overlap, overlap_warnings = _calibration_overlap(detector.manifest.raw.get("calibration"),
+                                                                        tally.verified)
+    report.warnings = _sample_warnings(report, bound) + overlap_warnings
+    report.failures = judge(tally.counts, report.changed_votes, report.streams, limits)
+    report.passed = not report.failures
     return report

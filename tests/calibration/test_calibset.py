@@ -15,6 +15,7 @@ from dfd.calibration import calibset
 from dfd.calibration.calibset import CalibrationError, build_calibration_set
 from dfd.calibration.degrade import PAPER_SPEC, DegradationSpec
 from dfd.calibration.sources import sample_images
+from dfd.runtime.images import decode_image
 from dfd.runtime.preprocess import preprocess_face, preprocess_fusion, preprocess_global
 
 GRAY_ONLY = DegradationSpec(op_probabilities=(("grayscale", 1.0),), recompress_p=0.0)
@@ -199,6 +200,27 @@ def test_manifest_entry(images):
     assert entry["source"] == "demo photographs"
     assert entry["stream_sizes"] == {"global": 252}
     assert entry["degradation_spec"]["beta_a"] == 1.2
+
+
+def test_manifest_entry_records_the_decoded_pixels_of_each_distinct_source_image(images, tmp_path):
+    """``dfd-export verify`` tells its calibration images by these hashes of the decoded pixels: one
+    photograph saved twice (PNG and BMP) counts once, an unreadable file not at all (its slots hold
+    other images), and a cached set records the same."""
+    paths = []
+    for name, rgb in images:
+        paths.append(tmp_path / f"{name}.png")
+        cv2.imwrite(str(paths[-1]), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "again.bmp"), cv2.cvtColor(images[0][1], cv2.COLOR_RGB2BGR))
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    inputs = [*paths, tmp_path / "again.bmp", tmp_path / "corrupt.jpg"]
+    arguments = dict(count=12, degrade_share=0.5, seed=2, stream_sizes={"fusion": 32}, cache_dir=tmp_path / "cache")
+    calib = build_calibration_set(inputs, **arguments)
+    assert {Path(item.name).name for item in calib.items} == {path.name for path in inputs[:-1]}
+    expected = sorted({calibset.pixels_sha256(decode_image(path).rgb) for path in paths})
+    assert calib.manifest_entry()[calibset.SOURCE_PIXELS_KEY] == expected and len(expected) == len(images)
+    assert expected == sorted(calibset.pixels_sha256(rgb) for _, rgb in images)  # file or array: same pixels
+    cached = build_calibration_set(inputs, **arguments)
+    assert cached.from_cache and cached.manifest_entry() == calib.manifest_entry()
 
 
 def test_progress_bar_on_stderr_for_larger_sets(images, capsys):

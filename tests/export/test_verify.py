@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
+from statistics import NormalDist
 
 import cv2
+import numpy as np
+import onnx
+import pytest
 from click.testing import CliRunner
-from conftest import write_rebuilt_manifest
+from conftest import LORA_ALPHA, LORA_R, write_rebuilt_manifest
+from onnx import numpy_helper
 
+from dfd.calibration import sources
+from dfd.calibration.calibset import SOURCE_PIXELS_KEY
+from dfd.export import verify
 from dfd.export.cli import main
+from dfd.export.verify import (agreement_bound, clopper_pearson_lower_bound, judge, vote_steps,
+                               wilson_lower_bound)
+from dfd.runtime.manifest import load_manifest, sha256_file
 
 
 def _images(tmp_path, photographs):
@@ -72,7 +84,6 @@ def test_no_readable_image_names_the_first_failure_and_a_bad_json_path_fails_fir
 def test_a_folder_is_decoded_one_image_at_a_time(tiny_engine_set, photographs, tmp_path, monkeypatch):
     """Each file is decoded once, just before its conditions run, so a large folder is never held
     in memory at once (measured: 24 photographs of 12 MP, peak RSS 2.42 GB -> 1.63 GB)."""
-    from dfd.export import verify
     from dfd.runtime.detector import Detector
 
     events = []
@@ -83,7 +94,8 @@ def test_a_folder_is_decoded_one_image_at_a_time(tiny_engine_set, photographs, t
     report = verify.verify_engine_set(tiny_engine_set, _images(tmp_path, photographs), degrade=True)
     assert report.images == 2 * 6 and report.passed
     assert events == ["decode astronaut.png", *["prepare"] * 6, "decode coffee.png", *["prepare"] * 6]
-    assert report.per_condition["blur3"] == {"images": 2, "vote_agreement": 1.0}
+    assert report.per_condition["blur3"] == {"images": 2, "vote_agreement": 1.0,
+                                             "vote_agreement_lower_bound": pytest.approx(0.05 ** (1 / 2))}
 
 
 def test_weights_dir_for_a_random_weights_set_is_refused(tiny_engine_set, reference_ensemble, tmp_path):
@@ -96,3 +108,162 @@ def test_weights_dir_for_a_random_weights_set_is_refused(tiny_engine_set, refere
     assert result.exit_code == 1, result.output
     assert "was built with random weights, not from checkpoints" in result.output
     assert "leave --weights-dir out" in result.output
+
+
+def _counts(**conditions):
+    """verify's six conditions, every vote the same, except ``conditions`` (name=(agreed, compared))."""
+    counts = {name: (100, 100) for name in ("clean", "jpeg10", "blur3", "noise25", "compound_a", "compound_b")}
+    return {**counts, **conditions}
+
+
+STREAMS_OK = {"global": {"max_abs_dp": 0.3, "mean_abs_dp": 0.01}}
+INT8 = (1.0, 0.02, 0.95)
+
+
+def test_each_condition_must_reach_the_agreement_on_its_own():
+    """Pooled over the six conditions, 510 of 513 votes (99.4 %) stay the same, above 95 %; one
+    degradation keeps only 10 of 13, which the pooled figure hid."""
+    assert judge(_counts(), [], STREAMS_OK, INT8) == []
+    assert judge(_counts(compound_b=(10, 13)), [], STREAMS_OK, INT8) == [
+        "compound_b: vote agreement 76.9% < 95% (10 of 13 votes the same)"]
+    assert judge(_counts(blur3=(0, 0)), [], STREAMS_OK, INT8) == ["blur3: no image could be compared"]
+    assert judge(_counts(clean=(190, 200)), [], STREAMS_OK, (1.0, 0.02, 0.955)) == [
+        "clean: vote agreement 95.0% < 95.5% (190 of 200 votes the same)"]
+    assert judge(_counts(), [], {"face": {"max_abs_dp": 1.5e-4, "mean_abs_dp": 0.03}}, (1e-4, 0.02, 0.95)) == [
+        "face: max |dP| 1.50e-04 > 0.0001", "face: mean |dP| 3.00e-02 > 0.02"]
+
+
+def test_a_vote_that_moves_more_than_one_step_fails_whatever_the_agreement():
+    one_step = {"image": "coffee [clean]", "reference": 0.7, "engine": 0.8, "steps": vote_steps(0.8, 0.7)}
+    assert 0.8 - 0.7 > 0.1 and one_step["steps"] == 1  # one-decimal floats: one step, not "more than 0.1"
+    assert judge(_counts(clean=(99, 100)), [one_step], STREAMS_OK, INT8) == []
+    moved = [{"image": "astronaut [clean]", "reference": 0.3, "engine": 0.6, "steps": vote_steps(0.6, 0.3)},
+             {"image": "coffee [blur3]", "reference": 0.5, "engine": 0.3, "steps": vote_steps(0.3, 0.5)}]
+    assert [change["steps"] for change in moved] == [3, 2]
+    assert judge(_counts(clean=(99, 100), blur3=(99, 100)), moved, STREAMS_OK, (1.0, 0.02, 0.0)) == [
+        "astronaut [clean]: vote 0.3 -> 0.6 moved 3 steps (1 other vote(s) moved more than 1 step too)"]
+
+
+def _binomial_tail(successes: int, trials: int, p: float) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, p), summed exactly."""
+    return sum(math.comb(trials, k) * p ** k * (1 - p) ** (trials - k) for k in range(successes, trials + 1))
+
+
+def test_agreement_lower_bounds(monkeypatch):
+    # Clopper-Pearson: all n agree -> 0.05 ** (1 / n); otherwise P(X >= x | bound) is exactly 5 %
+    assert clopper_pearson_lower_bound(30, 30) == pytest.approx(0.05 ** (1 / 30))  # 90.5 %
+    assert clopper_pearson_lower_bound(0, 13) == 0.0
+    assert _binomial_tail(10, 13, clopper_pearson_lower_bound(10, 13)) == pytest.approx(0.05)
+    # Wilson, one-sided z = 1.645: all n agree -> 1 / (1 + z^2 / n)
+    z = NormalDist().inv_cdf(0.95)
+    assert wilson_lower_bound(30, 30) == pytest.approx(1 / (1 + z * z / 30))  # 91.7 %, less cautious
+    assert wilson_lower_bound(0, 13) == 0.0 and 0.5 < wilson_lower_bound(10, 13) < 10 / 13
+    assert agreement_bound() == ("Clopper-Pearson (exact), one-sided 95%", clopper_pearson_lower_bound)
+    find_spec = verify.importlib.util.find_spec
+    monkeypatch.setattr(verify.importlib.util, "find_spec", lambda name: None if name == "scipy" else find_spec(name))
+    assert agreement_bound() == ("Wilson score, one-sided 95%", wilson_lower_bound)
+
+
+def _copy_with_global_head_bias(engine_set: Path, out: Path, bias: list[float]) -> Path:
+    """The set with its global stream's head bias replaced, the file hash and manifest digest
+    redone as a build would: an engine that really computes something else."""
+    shutil.copytree(engine_set, out)
+    graph_path = out / "global.fp32.onnx"
+    graph = onnx.load(str(graph_path))
+    head = next(init for init in graph.graph.initializer if init.name == "head.bias")
+    head.CopyFrom(numpy_helper.from_array(np.array(bias, dtype=np.float32), "head.bias"))
+    onnx.save(graph, str(graph_path))
+    manifest = json.loads((out / "manifest.json").read_text())
+    [entry] = manifest["streams"]["global"]["files"]
+    entry.update(sha256=sha256_file(graph_path), bytes=graph_path.stat().st_size)
+    write_rebuilt_manifest(out, manifest)
+    return out
+
+
+def test_an_engine_whose_votes_move_several_steps_fails_even_with_no_agreement_required(
+        tiny_engine_set, photographs, tmp_path):
+    """The global head always says "real" (P(fake) ~ 0): astronaut's vote falls from 0.6 to 0.2
+    and coffee's from 0.3 to 0.1. With every other bound relaxed the vote-step rule still fails it."""
+    broken = _copy_with_global_head_bias(tiny_engine_set, tmp_path / "broken", [10.0, -10.0])
+    folder = _images(tmp_path, photographs)
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["verify", str(broken), "--images", str(folder), "--min-agreement", "0",
+                                       "--max-abs-dp", "1", "--max-mean-dp", "1", "--json", str(report_path)])
+    assert result.exit_code == 3, result.output
+    astronaut = f"{folder / 'astronaut.png'} [clean]"
+    assert f"  {astronaut}: vote 0.6 -> 0.2 moved 4 steps (1 other vote(s) moved more than 1 step too)" in result.output
+    assert f"largest vote change: 4 step(s), {astronaut} (0.6 -> 0.2)" in result.output
+    report = json.loads(report_path.read_text())
+    assert report["largest_vote_change"] == {"image": astronaut, "engine": 0.2, "reference": 0.6, "steps": 4}
+    assert report["thresholds"]["max_vote_change"] == 0.1
+    assert report["thresholds"]["min_vote_agreement_applies_to"] == "each condition"
+    assert report["failures"] == [f"{astronaut}: vote 0.6 -> 0.2 moved 4 steps (1 other vote(s) moved more than "
+                                  f"1 step too)"] and not report["passed"]
+
+
+def test_the_report_counts_distinct_images_bounds_the_agreement_and_names_its_provenance(
+        tiny_engine_set, photographs, tmp_path):
+    """The same photograph saved again as BMP is recognised by its pixels, verified once and
+    warned about; two distinct photographs give a weak bound, and the warning says what to do."""
+    folder = _images(tmp_path, photographs)
+    cv2.imwrite(str(folder / "copy.bmp"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", str(folder),
+                                       "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["images"] == 2 and report["distinct_images"] == 2
+    assert report["duplicate_images"] == [{"image": str(folder / "copy.bmp"), "same_as": str(folder / "coffee.png")}]
+    bound = 0.05 ** (1 / 2)  # Clopper-Pearson, 2 of 2
+    assert report["per_condition"]["clean"]["vote_agreement_lower_bound"] == pytest.approx(bound)
+    assert report["vote_agreement_lower_bound"] == pytest.approx(bound)
+    assert report["confidence"] == {"level": 0.95, "method": "Clopper-Pearson (exact), one-sided 95%"}
+    assert "on 2 image x condition pair(s) from 2 distinct image(s)" in result.output
+    assert "clean       vote agreement 100.0% over 2 image(s), 95% lower bound 22.4%" in result.output
+    assert "(95% lower bound 22.4%, Clopper-Pearson (exact), one-sided 95%)" in result.output
+    assert (f"WARNING: 1 image(s) have the same decoded pixels as an earlier one and were verified once: "
+            f"{folder / 'copy.bmp'} = {folder / 'coffee.png'}") in result.output
+    assert ("WARNING: only 2 distinct image(s) were verified, so the 95% lower bound on each condition's vote "
+            "agreement is weak (with every vote the same it is 22.4%); pass --images with a folder of more "
+            "photographs") in result.output
+    manifest = load_manifest(tiny_engine_set)
+    assert report["backend"].startswith("auto: onnxruntime ") and "TensorRT not used: " in report["backend"]
+    assert report["engine_set_sha256"] == manifest.raw["content_sha256"] and report["image_source"] == str(folder)
+    assert f"engine set  {tiny_engine_set} (content_sha256 {manifest.raw['content_sha256']})" in result.output
+    assert f"backend     {report['backend']}" in result.output and f"images      {folder}" in result.output
+    assert report["calibration_overlap"] is None and "calibration" not in result.output.lower()  # fp32: none
+
+
+def test_calibration_images_among_the_verified_ones_are_counted_and_warned_about(
+        reference_ensemble, photographs, tmp_path, monkeypatch):
+    """By default a build calibrates on, and verify checks, the same packaged photographs (two here,
+    to stay small). A manifest that predates the record says the overlap is unknown."""
+    packaged = [("skimage:coffee.png", photographs["coffee"]), ("skimage:chelsea.png", photographs["chelsea"])]
+    monkeypatch.setattr(sources, "builtin_photographs", lambda: packaged)  # what the build calibrates on
+    monkeypatch.setattr(verify, "builtin_photographs", lambda: packaged)  # what verify checks
+    fp16 = tmp_path / "fp16"
+    result = CliRunner().invoke(main, [
+        "build", "--weights-dir", str(reference_ensemble.weights_dir),
+        "--models-dir", str(reference_ensemble.models_dir), "--out", str(fp16), "--lora-r", str(LORA_R),
+        "--lora-alpha", str(LORA_ALPHA), "--precision", "fp16", "--calib-count", "2",
+        "--calib-cache", str(tmp_path / "cache"), "--streams", "global", "--no-face-detector"])
+    assert result.exit_code == 0, result.output
+    assert len(load_manifest(fp16).raw["calibration"][SOURCE_PIXELS_KEY]) == 2
+    report_path = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["verify", str(fp16), "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["calibration_overlap"] == 2 and report["image_source"] == "photographs shipped in installed packages"
+    assert "calibration images among them: 2" in result.output
+    assert ("WARNING: 2 of the 2 verified image(s) were calibration images of this set (skimage:coffee.png, "
+            "skimage:chelsea.png): agreement on them is optimistic") in result.output
+    older = tmp_path / "older"
+    shutil.copytree(fp16, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["calibration"][SOURCE_PIXELS_KEY]
+    write_rebuilt_manifest(older, manifest)
+    result = CliRunner().invoke(main, ["verify", str(older), "--json", str(report_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(report_path.read_text())["calibration_overlap"] == "unknown"
+    assert "calibration images among them: unknown" in result.output
+    assert ("WARNING: this engine set's manifest does not record which images it was calibrated on") in result.output
