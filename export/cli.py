@@ -358,7 +358,8 @@ def _outside_folder(paths: list[str], folder: Path) -> tuple[list[str], list[str
 @engine_dir_argument
 @click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="Folder of images [default: photographs shipped in installed packages].")
-@click.option("--degrade", is_flag=True, help="Also check JPEG q10, blur, noise and two compound degradations.")
+@click.option("--degrade", is_flag=True, help="Also check JPEG q10, blur, noise, two compound degradations and one seeded draw of the "
+                   "paper's random compound engine per image.")
 @click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Checkpoints the set was built from, if they moved since the build.")
 @click.option("--max-abs-dp", type=FiniteFloatRange(min=0), default=None, help="Fail above this per-stream max |ΔP| [default by precision: fp32 1e-4, fp16 5e-3, int8 1.0, i.e. no bound: INT8 is judged by mean |ΔP| and vote agreement].")

@@ -39,8 +39,9 @@ def test_fp32_set_passes_and_reports(tiny_engine_set, photographs, tmp_path):
                                        "--degrade", "--json", str(report_path)])
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
-    assert report["precision"] == "fp32" and report["images"] == 2 * 6
-    assert set(report["per_condition"]) == {"clean", "jpeg10", "blur3", "noise25", "compound_a", "compound_b"}
+    assert report["precision"] == "fp32" and report["images"] == 2 * 7
+    assert set(report["per_condition"]) == {"clean", "jpeg10", "blur3", "noise25", "compound_a", "compound_b",
+                                            "paper_compound"}
     assert report["vote_agreement"] == 1.0 and report["changed_votes"] == []
     for stream in ("global", "face", "fusion"):
         assert report["streams"][stream]["max_abs_dp"] <= 1e-4
@@ -92,8 +93,8 @@ def test_a_folder_is_decoded_one_image_at_a_time(tiny_engine_set, photographs, t
     monkeypatch.setattr(Detector, "prepare", lambda self, image, label, **kw: events.append("prepare")
                         or prepare(self, image, label, **kw))
     report = verify.verify_engine_set(tiny_engine_set, _images(tmp_path, photographs), degrade=True)
-    assert report.images == 2 * 6 and report.passed
-    assert events == ["decode astronaut.png", *["prepare"] * 6, "decode coffee.png", *["prepare"] * 6]
+    assert report.images == 2 * 7 and report.passed
+    assert events == ["decode astronaut.png", *["prepare"] * 7, "decode coffee.png", *["prepare"] * 7]
     assert report.per_condition["blur3"] == {"images": 2, "vote_agreement": 1.0,
                                              "vote_agreement_lower_bound": pytest.approx(0.05 ** (1 / 2))}
 
@@ -267,3 +268,22 @@ def test_calibration_images_among_the_verified_ones_are_counted_and_warned_about
     assert json.loads(report_path.read_text())["calibration_overlap"] == "unknown"
     assert "calibration images among them: unknown" in result.output
     assert ("WARNING: this engine set's manifest does not record which images it was calibrated on") in result.output
+
+
+def test_the_paper_compound_condition_is_one_seeded_draw_of_the_paper_engine(photographs):
+    """Seeded by the pixels: the same image gets the same degraded copy in every run, different
+    images get different draws, and a draw always changes the image."""
+    from dfd.calibration.calibset import pixels_sha256
+    from dfd.calibration.degrade import degrade
+    from dfd.export.verify import paper_compound
+
+    astronaut, coffee = photographs["astronaut"], photographs["coffee"]
+    once = paper_compound(astronaut)
+    np.testing.assert_array_equal(once, paper_compound(astronaut.copy()))
+    assert once.shape == astronaut.shape and once.dtype == np.uint8 and not np.array_equal(once, astronaut)
+    rng = np.random.default_rng(int(pixels_sha256(astronaut)[:16], 16))
+    expected, applied = degrade(astronaut, rng)
+    while not applied:
+        expected, applied = degrade(astronaut, rng)
+    np.testing.assert_array_equal(once, expected)
+    assert not np.array_equal(paper_compound(coffee), coffee)
