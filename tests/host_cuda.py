@@ -540,7 +540,7 @@ def host_tensorrt(gpu: HostCuda, version: str = "10.3.0") -> types.ModuleType:
     # building: the serialized "engine" is the parsed ONNX graph behind a header with its profile
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-    trt.BuilderFlag = types.SimpleNamespace(VERSION_COMPATIBLE="version_compatible")
+    trt.BuilderFlag = types.SimpleNamespace(VERSION_COMPATIBLE="version_compatible", TF32="tf32")
     trt.HardwareCompatibilityLevel = types.SimpleNamespace(AMPERE_PLUS="ampere_plus")
 
     class Network:
@@ -578,6 +578,9 @@ def host_tensorrt(gpu: HostCuda, version: str = "10.3.0") -> types.ModuleType:
             pass
 
         def set_flag(self, flag) -> None:
+            pass
+
+        def clear_flag(self, flag) -> None:  # TF32: the emulated engines compute in float32 anyway
             pass
 
         def add_optimization_profile(self, profile: Profile) -> None:
