@@ -445,24 +445,26 @@ dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **
 dfd_status dfd_open_with(const char *engine_dir, const void *options, dfd_detector **out);
 void dfd_options_init(void *options);
 
-dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **out)
+static dfd_status dfd_refuse_unversioned(dfd_detector **out)
 {
-    (void)engine_dir;
-    (void)backend;
     if (out != NULL)
         *out = NULL;
     dfd_set_error(DFD_UNVERSIONED);
     return DFD_E_INVALID_ARGUMENT;
 }
 
+dfd_status dfd_open(const char *engine_dir, const char *backend, dfd_detector **out)
+{
+    (void)engine_dir;
+    (void)backend;
+    return dfd_refuse_unversioned(out);
+}
+
 dfd_status dfd_open_with(const char *engine_dir, const void *options, dfd_detector **out)
 {
     (void)engine_dir;
     (void)options;
-    if (out != NULL)
-        *out = NULL;
-    dfd_set_error(DFD_UNVERSIONED);
-    return DFD_E_INVALID_ARGUMENT;
+    return dfd_refuse_unversioned(out);
 }
 
 void dfd_options_init(void *options)

@@ -234,10 +234,11 @@ def _imdecode(buffer: np.ndarray, flag: int, label: str) -> np.ndarray | None:
         raise ImageError(f"{label}: OpenCV could not decode it: {reason}") from None
 
 
-def _require_within_limit_after_decoding(bgr: np.ndarray, label: str, max_pixels: int) -> None:
-    """The size limit for a format whose header this module does not parse: the decode has
-    happened, but the face localisation and resizing that follow would multiply its memory."""
-    height, width = bgr.shape[:2]
+def _require_within_limit_after_decoding(pixels: np.ndarray, label: str, max_pixels: int) -> None:
+    """The size limit for pixels already in memory (a format whose header this module does not
+    parse, or a caller's array): the face localisation and resizing that follow would multiply
+    their memory."""
+    height, width = pixels.shape[:2]
     if width * height > max_pixels:
         raise ImageError(f"{label}: image {width}x{height} ({width * height / 1e6:.1f} MP) is above the "
                          f"limit of {max_pixels / 1e6:.1f} MP; pass a larger max_pixels if this machine "
@@ -278,13 +279,7 @@ def _from_array(array: np.ndarray, max_pixels: int) -> DecodedImage:
         raise ImageError(f"image array must be {expected}; got shape {array.shape} "
                          f"dtype {array.dtype}")
     _require_nonempty(array.shape[0], array.shape[1], f"image array of shape {array.shape}")
-    # the caller holds the pixels, but scoring them takes several times their size again (face
-    # localisation's pyramid and integral images), so the files' limit holds for arrays too
-    height, width = array.shape[:2]
-    if height * width > max_pixels:
-        raise ImageError(f"image array {width}x{height} ({width * height / 1e6:.1f} MP) is above the limit of "
-                         f"{max_pixels / 1e6:.1f} MP; downscale it first, or pass a larger max_pixels if "
-                         f"this machine can afford it")
+    _require_within_limit_after_decoding(array, "image array", max_pixels)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim == 2:

@@ -33,12 +33,16 @@ def _images(tmp_path, photographs):
     return folder
 
 
-def test_fp32_set_passes_and_reports(tiny_engine_set, photographs, tmp_path):
+def _run_verify(engine_dir, tmp_path, *args, exit_code=0):
+    """``verify ENGINE_DIR ARGS --json``: the CLI result (its exit status checked) and the report."""
     report_path = tmp_path / "report.json"
-    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", str(_images(tmp_path, photographs)),
-                                       "--degrade", "--json", str(report_path)])
-    assert result.exit_code == 0, result.output
-    report = json.loads(report_path.read_text())
+    result = CliRunner().invoke(main, ["verify", str(engine_dir), *args, "--json", str(report_path)])
+    assert result.exit_code == exit_code, result.output
+    return result, json.loads(report_path.read_text())
+
+
+def test_fp32_set_passes_and_reports(tiny_engine_set, photographs, tmp_path):
+    _, report = _run_verify(tiny_engine_set, tmp_path, "--images", str(_images(tmp_path, photographs)), "--degrade")
     assert report["precision"] == "fp32" and report["images"] == 2 * 7
     assert set(report["per_condition"]) == {"clean", "jpeg10", "blur3", "noise25", "compound_a", "compound_b",
                                             "paper_compound"}
@@ -57,11 +61,7 @@ def test_unreadable_images_are_reported_and_the_others_verified(tiny_engine_set,
     folder = _images(tmp_path, photographs)
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
     (folder / "gone.png").symlink_to("nowhere.png")
-    report_path = tmp_path / "report.json"
-    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", str(folder),
-                                       "--json", str(report_path)])
-    assert result.exit_code == 0, result.output
-    report = json.loads(report_path.read_text())
+    result, report = _run_verify(tiny_engine_set, tmp_path, "--images", str(folder))
     assert report["images"] == 2 and report["vote_agreement"] == 1.0
     assert [(Path(f["image"]).name, f["error"].split("' ")[-1]) for f in report["failed_images"]] == [
         ("corrupt.jpg", "is not an image OpenCV can decode (unrecognised format, or corrupt data)"),
@@ -187,14 +187,11 @@ def test_an_engine_whose_votes_move_several_steps_fails_even_with_no_agreement_r
     and coffee's from 0.3 to 0.1. With every other bound relaxed the vote-step rule still fails it."""
     broken = _copy_with_global_head_bias(tiny_engine_set, tmp_path / "broken", [10.0, -10.0])
     folder = _images(tmp_path, photographs)
-    report_path = tmp_path / "report.json"
-    result = CliRunner().invoke(main, ["verify", str(broken), "--images", str(folder), "--min-agreement", "0",
-                                       "--max-abs-dp", "1", "--max-mean-dp", "1", "--json", str(report_path)])
-    assert result.exit_code == 3, result.output
+    result, report = _run_verify(broken, tmp_path, "--images", str(folder), "--min-agreement", "0",
+                                 "--max-abs-dp", "1", "--max-mean-dp", "1", exit_code=3)
     astronaut = f"{folder / 'astronaut.png'} [clean]"
     assert f"  {astronaut}: vote 0.6 -> 0.2 moved 4 steps (1 other vote(s) moved more than 1 step too)" in result.output
     assert f"largest vote change: 4 step(s), {astronaut} (0.6 -> 0.2)" in result.output
-    report = json.loads(report_path.read_text())
     assert report["largest_vote_change"] == {"image": astronaut, "engine": 0.2, "reference": 0.6, "steps": 4}
     assert report["thresholds"]["max_vote_change"] == 0.1
     assert report["thresholds"]["min_vote_agreement_applies_to"] == "each condition"
@@ -208,11 +205,7 @@ def test_the_report_counts_distinct_images_bounds_the_agreement_and_names_its_pr
     warned about; two distinct photographs give a weak bound, and the warning says what to do."""
     folder = _images(tmp_path, photographs)
     cv2.imwrite(str(folder / "copy.bmp"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
-    report_path = tmp_path / "report.json"
-    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", str(folder),
-                                       "--json", str(report_path)])
-    assert result.exit_code == 0, result.output
-    report = json.loads(report_path.read_text())
+    result, report = _run_verify(tiny_engine_set, tmp_path, "--images", str(folder))
     assert report["images"] == 2 and report["distinct_images"] == 2
     assert report["duplicate_images"] == [{"image": str(folder / "copy.bmp"), "same_as": str(folder / "coffee.png")}]
     bound = 0.05 ** (1 / 2)  # Clopper-Pearson, 2 of 2
@@ -250,10 +243,7 @@ def test_calibration_images_among_the_verified_ones_are_counted_and_warned_about
         "--calib-cache", str(tmp_path / "cache"), "--streams", "global", "--no-face-detector"])
     assert result.exit_code == 0, result.output
     assert len(load_manifest(fp16).raw["calibration"][SOURCE_PIXELS_KEY]) == 2
-    report_path = tmp_path / "report.json"
-    result = CliRunner().invoke(main, ["verify", str(fp16), "--json", str(report_path)])
-    assert result.exit_code == 0, result.output
-    report = json.loads(report_path.read_text())
+    result, report = _run_verify(fp16, tmp_path)
     assert report["calibration_overlap"] == 2 and report["image_source"] == "photographs shipped in installed packages"
     assert "calibration images among them: 2" in result.output
     assert ("WARNING: 2 of the 2 verified image(s) were calibration images of this set (skimage:coffee.png, "
@@ -263,9 +253,8 @@ def test_calibration_images_among_the_verified_ones_are_counted_and_warned_about
     manifest = json.loads((older / "manifest.json").read_text())
     del manifest["calibration"][SOURCE_PIXELS_KEY]
     write_rebuilt_manifest(older, manifest)
-    result = CliRunner().invoke(main, ["verify", str(older), "--json", str(report_path)])
-    assert result.exit_code == 0, result.output
-    assert json.loads(report_path.read_text())["calibration_overlap"] == "unknown"
+    result, report = _run_verify(older, tmp_path)
+    assert report["calibration_overlap"] == "unknown"
     assert "calibration images among them: unknown" in result.output
     assert ("WARNING: this engine set's manifest does not record which images it was calibrated on") in result.output
 

@@ -497,7 +497,7 @@ def test_an_array_over_the_pixel_limit_is_refused_as_files_are():
     """Scoring takes several times an image's size again (face localisation), so a caller's
     pixels meet the same limit as a file's; np.zeros maps its pages lazily, so this costs nothing."""
     assert decode_image(np.zeros((10, 10, 3), np.uint8), max_pixels=100).rgb.shape == (10, 10, 3)
-    with pytest.raises(ImageError, match=r"image array 11x10 \(0.0 MP\) is above the limit"):
+    with pytest.raises(ImageError, match=r"image array: image 11x10 \(0.0 MP\) is above the limit"):
         decode_image(np.zeros((10, 11), np.uint8), max_pixels=100)
-    with pytest.raises(ImageError, match=r"image array 8001x8001 \(64.0 MP\) is above the limit of 64.0 MP"):
+    with pytest.raises(ImageError, match=r"image array: image 8001x8001 \(64.0 MP\) is above the limit of 64.0 MP"):
         decode_image(np.zeros((8001, 8001, 3), np.uint8))
