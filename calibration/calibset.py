@@ -33,7 +33,7 @@ from dfd.calibration.sources import sample_images
 from dfd.runtime import images as images_module
 from dfd.runtime.errors import DfdError
 from dfd.runtime import preprocess as preprocess_module
-from dfd.runtime.images import ImageError, decode_image, read_image_file
+from dfd.runtime.images import ImageError, array_sha256, decode_image, read_image_file
 from dfd.runtime.preprocess import preprocess_face, preprocess_fusion, preprocess_global
 
 log = logging.getLogger(__name__)
@@ -135,18 +135,12 @@ def _file_sha256(path: Path) -> str:
         return f"unreadable: {error}"
 
 
-def _array_sha256(array: np.ndarray) -> str:
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
 def pixels_sha256(rgb: np.ndarray) -> str:
     """Content hash of a decoded image (dtype, shape and pixel bytes). ``dfd-export verify`` hashes
     its images the same way to tell which were calibration images, whose agreement is optimistic:
     decoded pixels, not file bytes, so the same photograph saved under another name or format
     (PNG vs BMP) is still recognised."""
-    return _array_sha256(rgb)
+    return array_sha256(rgb)
 
 
 def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
@@ -154,7 +148,7 @@ def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
     for name in sorted(arrays):
         digest.update(name.encode())
-        digest.update(_array_sha256(arrays[name]).encode())
+        digest.update(array_sha256(arrays[name]).encode())
     return digest.hexdigest()
 
 
@@ -175,7 +169,7 @@ def _input_name(image: ImageInput) -> str:
 
 
 def _input_hash(image: ImageInput) -> str:
-    return _file_sha256(image) if isinstance(image, Path) else _array_sha256(image[1])
+    return _file_sha256(image) if isinstance(image, Path) else array_sha256(image[1])
 
 
 def _cache_key(images: Sequence[ImageInput], sampled: Sequence[int], count: int, degrade_share: float,

@@ -30,6 +30,11 @@ Faithfulness to the reference training code (``training/dataset/noise_augment_wr
   quality of the reference. The prelude keeps the reference's uniform quality.
 * A rescale leaves the image at its new size until the end, where one resize (linear, cubic or
   area) restores the input size, as in the reference: the ops after a rescale work at its scale.
+  Upscales are capped so that the working image never exceeds 4x the input's pixels (nor 64 MP,
+  unless the input is larger): the reference's scales multiply across the prelude and the rescale
+  op (up to 2^6 per side), which its 252-pixel crops could afford and a whole photograph cannot
+  (a 12 MP photograph would need hundreds of GB). About 1.7 % of images reach the cap; their
+  draws are unchanged, only the upscale factor is clipped.
 * The smoothing slot keeps the reference's three kernels (anisotropic Gaussian, isotropic
   Gaussian, box) and its kernel sizes; motion blur draws its line as the reference does.
 * The reference degraded 252-pixel training crops; calibration sets degrade whole photographs, so
@@ -45,7 +50,7 @@ from __future__ import annotations
 
 import math
 import os
-import zlib
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,7 +59,7 @@ import cv2
 import numpy as np
 
 from dfd.runtime.errors import DfdError, first_few, os_error_text
-from dfd.runtime.images import ImageError, decode_image
+from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image
 
 FloatImage = np.ndarray
 OpFunction = Callable[[FloatImage, float, np.random.Generator], FloatImage]
@@ -417,16 +422,21 @@ def _vignetting(img: FloatImage, strength: float, rng: np.random.Generator) -> F
 _RESTORE_INTERPOLATIONS = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA)
 
 
-def _resize(img: FloatImage, strength: float, rng: np.random.Generator) -> FloatImage:
+def _resize(img: FloatImage, strength: float, rng: np.random.Generator, *,
+            max_pixels: int | None = None) -> FloatImage:
     """Rescale (the reference's add_resize with sf=2): 70 % down by U(0.25 / s, 1) (at least 0.1),
     20 % up by U(1, 2), 10 % unchanged; nearest-neighbour for half of the downscales, else linear /
     cubic / area. The image keeps its new size: the ops after it (and the rest of the
     recompression prelude) work at that size, and the scales of several rescales multiply, until
-    ``_restore_size`` brings the image back at the end, as the reference's final resize."""
+    ``_restore_size`` brings the image back at the end, as the reference's final resize. An
+    upscale is clipped so that the result holds at most ``max_pixels`` (see
+    :func:`working_pixel_limit`); the draws are the same either way."""
     height, width = img.shape[:2]
     draw = rng.random()
     if draw > 0.8:
         scale = rng.uniform(1.0, 2.0)
+        if max_pixels is not None:
+            scale = max(1.0, min(scale, math.sqrt(max_pixels / (height * width))))
     elif draw < 0.7:
         scale = float(np.clip(_uniform(rng, 0.25 / max(strength, 1e-6), 1.0), 0.1, 1.0))
     else:
@@ -438,6 +448,14 @@ def _resize(img: FloatImage, strength: float, rng: np.random.Generator) -> Float
     size = (max(1, int(scale * width)), max(1, int(scale * height)))
     scaled = cv2.resize(img, size, interpolation=interpolation)
     return np.clip(scaled.reshape(size[1], size[0], img.shape[2]), 0.0, 1.0)
+
+
+def working_pixel_limit(height: int, width: int) -> int:
+    """The most pixels the compound engine lets an image of this size grow to while degraded:
+    4x the input (2x per side, one reference upscale), at most :data:`DEFAULT_MAX_PIXELS` unless
+    the input is already larger, in which case it never grows."""
+    pixels = height * width
+    return max(pixels, min(4 * pixels, DEFAULT_MAX_PIXELS))
 
 
 def _restore_size(img: FloatImage, height: int, width: int, rng: np.random.Generator) -> FloatImage:
@@ -552,7 +570,7 @@ PAPER_SPEC = DegradationSpec(
 
 
 def _recompress(img: FloatImage, spec: DegradationSpec, rng: np.random.Generator,
-                applied: list[AppliedOp]) -> FloatImage:
+                applied: list[AppliedOp], max_pixels: int) -> FloatImage:
     low, high = spec.recompress_cycles
     cycles = int(rng.integers(low, high + 1))
     jpeg_first = rng.random() < 0.5
@@ -563,7 +581,7 @@ def _recompress(img: FloatImage, spec: DegradationSpec, rng: np.random.Generator
             img = _jpeg_roundtrip(img, quality)
             applied.append(AppliedOp("jpeg", (95.0 - quality) / 85.0))
         elif img.shape[0] > 10 and img.shape[1] > 10:
-            img = _resize(img, rescale_strength, rng)
+            img = _resize(img, rescale_strength, rng, max_pixels=max_pixels)
             applied.append(AppliedOp("resize", rescale_strength))
     return img
 
@@ -574,19 +592,24 @@ def degrade(rgb: np.ndarray, rng: np.random.Generator,
 
     Returns the degraded image (uint8, same shape) and the ops that fired, in order. The result
     depends only on the image, the spec and the generator's state, so a seeded generator gives
-    the same bytes every time. An image may come back unchanged when no op fires.
+    the same bytes every time. An image may come back unchanged when no op fires. While degraded,
+    the image never holds more than :func:`working_pixel_limit` pixels.
     """
     _check_rgb(rgb)
     img = _to_float(rgb)
+    max_pixels = working_pixel_limit(*rgb.shape[:2])
     applied: list[AppliedOp] = []
     if rng.random() < spec.recompress_p:
-        img = _recompress(img, spec, rng, applied)
+        img = _recompress(img, spec, rng, applied, max_pixels)
     for index in rng.permutation(len(spec.op_probabilities)):
         name, probability = spec.op_probabilities[index]
         if rng.random() < probability:
             beta_b = spec.beta_b + STRENGTH_SKIPPED_OPS.get(name, 0)
             strength = spec.max_strength * float(rng.beta(spec.beta_a, beta_b))
-            img = OPS[name](img, strength, rng)
+            if name == "resize":
+                img = _resize(img, strength, rng, max_pixels=max_pixels)
+            else:
+                img = OPS[name](img, strength, rng)
             applied.append(AppliedOp(name, strength))
     return _to_uint8(_restore_size(img, *rgb.shape[:2], rng)), applied
 
@@ -689,12 +712,26 @@ def fixed_degradation(name: str) -> Callable[[np.ndarray], np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def image_rng(seed: int, name: str) -> np.random.Generator:
-    """The generator for one named image: depends on the seed and the name, not on the order in
-    which images are processed, so adding a file does not change the others' degradations."""
+def image_rng(seed: int, rgb: np.ndarray) -> np.random.Generator:
+    """The generator for one image: depends on the seed and the decoded pixels (their
+    :func:`~dfd.runtime.images.array_sha256`), not on the file's name, folder or format, nor on
+    the order in which images are processed. So adding a file does not change the others'
+    degradations, and two different photographs that share a name (``real/x.jpg``,
+    ``fake/x.jpg``) get unrelated draws."""
     if seed < 0:
         raise DegradationError(f"seed must be >= 0, got {seed}")
-    return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+    return np.random.default_rng([seed, int(array_sha256(rgb)[:16], 16)])
+
+
+@dataclass(frozen=True)
+class DegradedFile:
+    """What became of one input of :func:`degrade_files`: the PNG written, or why not (a message
+    that names the file), and the conversions its decoding applied (``DecodedImage.notes``)."""
+
+    source: Path
+    output: Path | None
+    error: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 def _output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
@@ -715,29 +752,26 @@ def _output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
 
 def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | None,
                   spec: DegradationSpec = PAPER_SPEC, share: float = 1.0,
-                  replace: bool = False) -> Iterator[tuple[Path, Path | str]]:
-    """Degrade image files into ``out_dir`` as PNGs, yielding (input, output path) as each is
+                  replace: bool = False) -> Iterator[DegradedFile]:
+    """Degrade image files into ``out_dir`` as PNGs, yielding a :class:`DegradedFile` as each is
     written, so a caller can report progress and an interrupt leaves a true account.
 
-    ``fixed`` names a fixed degradation (then ``seed``, ``spec`` and ``share`` do not matter);
-    otherwise each image goes through :func:`degrade` with :func:`image_rng` (seed, file name).
-    ``share`` < 1 degrades only that fraction of the images (a seeded per-image draw) and copies
-    the others unchanged, to build mixed clean/degraded folders. A file that cannot be read or
-    written is reported (as an error message that names it, in place of the output path) and the
-    others are still processed.
+    ``fixed`` names a fixed degradation (then ``spec`` does not matter); otherwise each image
+    goes through :func:`degrade` with :func:`image_rng` (seed, pixels). ``share`` < 1 degrades
+    only that fraction of the images (a draw from the same generator, so seeded per image) and
+    copies the others unchanged, to build mixed clean/degraded folders. An image that cannot be
+    read, degraded or written is reported (as an error message that names it) and the others are
+    still processed.
 
-    Raises ``DegradationError`` before anything is written when an output would be one of the
-    inputs (whichever input: ``x.jpg`` writes ``x.png``, which may be another input), or, unless
-    ``replace``, when an output file already exists.
+    Raises ``DegradationError`` before anything is written (``out_dir`` included) when an output
+    would be one of the inputs (whichever input: ``x.jpg`` writes ``x.png``, which may be another
+    input), or, unless ``replace``, when an output file already exists.
     """
     if not 0.0 <= share <= 1.0:
         raise DegradationError(f"share must be in [0, 1], got {share}")
     transform = fixed_degradation(fixed) if fixed is not None else None
-    image_rng(seed, "")  # validates the seed before any file is touched
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DegradationError(f"cannot create output folder {out_dir}: {os_error_text(error)}") from error
+    if seed < 0:
+        raise DegradationError(f"seed must be >= 0, got {seed}")
     outputs = _output_paths(inputs, out_dir)
     identities = {identity for identity in map(_file_identity, inputs) if identity is not None}
     overwritten = [str(out) for out in outputs if _file_identity(out) in identities]
@@ -748,26 +782,41 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     if existing and not replace:
         raise DegradationError(f"{len(existing)} output file(s) already exist in {out_dir}: {first_few(existing)}; "
                                f"pass --force to replace them, or choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DegradationError(f"cannot create output folder {out_dir}: {os_error_text(error)}") from error
     return _degrade_each(inputs, outputs, seed, transform, spec, share)
 
 
 def _degrade_each(inputs: Sequence[Path], outputs: Sequence[Path], seed: int, transform: Callable | None,
-                  spec: DegradationSpec, share: float) -> Iterator[tuple[Path, Path | str]]:
+                  spec: DegradationSpec, share: float) -> Iterator[DegradedFile]:
     for path, out_path in zip(inputs, outputs):
+        notes: tuple[str, ...] = ()
         try:
-            rgb = decode_image(path).rgb  # the runtime's decode: imread's pixels, its refusals
-        except ImageError as error:
-            yield path, str(error)
+            decoded = decode_image(path)  # the runtime's decode: imread's pixels, its refusals
+            notes, rgb = decoded.notes, decoded.rgb
+            rng = image_rng(seed, rgb)
+            if rng.random() >= share:
+                out = rgb
+            elif transform is not None:
+                out = transform(rgb)
+            else:
+                out = degrade(rgb, rng, spec)[0]
+            _write_png(out_path, out)
+        except ImageError as error:  # names the file
+            yield DegradedFile(path, None, str(error), notes)
             continue
-        if transform is not None:
-            out = transform(rgb)
-        else:
-            rng = image_rng(seed, path.name)
-            out = degrade(rgb, rng, spec)[0] if rng.random() < share else rgb
-        if not _write_png(out_path, out):
-            yield path, f"could not write {out_path} (degraded from {path})"
+        except OSError as error:
+            # strerror only: the file it names would be the hidden temporary one
+            yield DegradedFile(path, None, f"could not write {out_path} (degraded from {path}): "
+                                           f"{error.strerror or error}", notes)
             continue
-        yield path, out_path
+        except (DfdError, MemoryError, cv2.error) as error:
+            # one image that cannot be degraded (memory, OpenCV) must not end the run
+            yield DegradedFile(path, None, f"{path}: could not degrade it: {type(error).__name__}: {error}", notes)
+            continue
+        yield DegradedFile(path, out_path, None, notes)
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
@@ -779,16 +828,20 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> bool:
-    """Write through a hidden partial file renamed into place, so an interrupted run never leaves a
-    truncated image that a later ``verify --images`` or calibration would read."""
-    partial = path.with_name(f".{path.stem}.partial.png")
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    """Encode in memory and write through a hidden temporary file of a name no other file has,
+    renamed into place: an interrupted run never leaves a truncated image that a later
+    ``verify --images`` or calibration would read, and no file of the user's is touched but
+    ``path``. Python writes the file, not OpenCV, whose ``imwrite`` crashes on names that are not
+    valid UTF-8. Raises ``DegradationError``/``OSError``."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise DegradationError(f"OpenCV could not PNG-encode an image of shape {rgb.shape} for {path}")
+    handle, partial = tempfile.mkstemp(prefix=".", suffix=".partial.png", dir=path.parent)
     try:
-        if not cv2.imwrite(str(partial), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            return False
+        with os.fdopen(handle, "wb") as file:
+            file.write(encoded.tobytes())
         os.replace(partial, path)
-        return True
-    except OSError:
-        return False
-    finally:
-        partial.unlink(missing_ok=True)
+    except BaseException:
+        os.unlink(partial)
+        raise

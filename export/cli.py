@@ -310,7 +310,8 @@ def doctor(engine_dir, as_json):
                    "compound_a or compound_b. Default: the paper's random compound degradation.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random compound degradation.")
 @click.option("--share", type=FiniteFloatRange(0, 1), default=1.0, show_default=True,
-              help="Fraction of images degraded (the rest are copied unchanged).")
+              help="Fraction of images degraded, with --fixed too (a seeded draw per image; the rest are "
+                   "copied unchanged).")
 @click.option("--recursive", is_flag=True, help="Also take the images in sub-folders of a folder (never those "
               "inside --out).")
 @click.option("--force", is_flag=True, help="Replace files that already exist in --out (an input is never replaced).")
@@ -318,40 +319,66 @@ def doctor(engine_dir, as_json):
 def degrade(inputs, out_dir, fixed, seed, share, recursive, force):
     """Write degraded copies of images (the paper's compound degradation engine), for verify and
     benchmarks: INPUTS are image files and folders, each image becomes one PNG in --out, and each
-    line printed says which file became which. One unreadable image is reported and the others
-    still processed (exit 2). Nothing is overwritten without --force, and an input never."""
+    line printed says which file became which (and what decoding converted: EXIF rotation, alpha,
+    16-bit, a reduced decode of a huge JPEG). Each image's draw depends on --seed and its pixels,
+    not its name. One unreadable image is reported and the others still processed (exit 2).
+    Nothing is overwritten without --force, and an input never."""
     from tqdm import tqdm
 
-    from dfd.calibration.degrade import degrade_files
+    from dfd.calibration.degrade import DegradationError, degrade_files
 
-    paths, problems = expand_inputs(inputs, recursive=recursive)
-    paths, inside_out = _outside_folder(paths, out_dir)
-    if inside_out:
-        click.secho(f"WARNING: left out {len(inside_out)} image(s) inside --out {out_dir} (earlier degraded "
-                    f"copies?): {first_few(inside_out)}", fg="yellow", err=True)
+    paths, problems = _degrade_inputs(inputs, out_dir, recursive)
     for given, message in problems:
         click.echo(f"error: {given}: {message}", err=True)
+    if not paths:
+        if problems:
+            sys.exit(2)
+        raise DegradationError("no images to degrade")
     failed = len(problems)
     results = degrade_files([Path(p) for p in paths], out_dir, seed=seed, fixed=fixed, share=share, replace=force)
-    for source, outcome in tqdm(results, total=len(paths), desc="degrade", unit="image", file=sys.stderr,
-                                disable=len(paths) < 2, leave=False):
-        if isinstance(outcome, Path):
-            click.echo(f"{source} -> {outcome}")
+    for result in tqdm(results, total=len(paths), desc="degrade", unit="image", file=sys.stderr,
+                       disable=len(paths) < 2, leave=False):
+        if result.output is not None:
+            notes = f"  ({'; '.join(result.notes)})" if result.notes else ""
+            click.echo(f"{result.source} -> {result.output}{notes}")
         else:
             failed += 1
-            click.echo(f"error: {outcome}", err=True)  # the message names the file
+            click.echo(f"error: {result.error}", err=True)  # the message names the file
     if failed:
         sys.exit(2)
 
 
-def _outside_folder(paths: list[str], folder: Path) -> tuple[list[str], list[str]]:
-    """``paths`` split into those outside ``folder`` and those inside it (resolved, so ``./out``
-    and a link to it are the same folder)."""
-    root = folder.resolve()
-    outside, inside = [], []
-    for path in paths:
-        (inside if root in Path(path).resolve().parents else outside).append(path)
-    return outside, inside
+def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """The images to degrade, each once (by resolved path, first spelling kept), and the problems.
+    A folder argument that holds --out leaves out the images inside --out (earlier degraded
+    copies, with a warning); an image or folder named explicitly is always taken, since the
+    output checks already refuse to overwrite an input."""
+    out_root = out_dir.resolve()
+    images: list[str] = []
+    problems: list[tuple[str, str]] = []
+    left_out: list[str] = []
+    seen: set[Path] = set()
+    repeated = 0
+    for given in inputs:
+        found, given_problems = expand_inputs((given,), recursive=recursive)
+        problems += given_problems
+        given_root = Path(given).resolve()
+        scans_out = Path(given).is_dir() and (given_root == out_root or given_root in out_root.parents)
+        for image in found:
+            resolved = Path(image).resolve()
+            if scans_out and out_root in resolved.parents:
+                left_out.append(image)
+            elif resolved in seen:
+                repeated += 1
+            else:
+                seen.add(resolved)
+                images.append(image)
+    if left_out:
+        click.secho(f"WARNING: left out {len(left_out)} image(s) inside --out {out_dir} (earlier degraded "
+                    f"copies?): {first_few(left_out)}", fg="yellow", err=True)
+    if repeated:
+        click.secho(f"WARNING: {repeated} image(s) given more than once are degraded once", fg="yellow", err=True)
+    return images, problems
 
 
 @main.command()

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from dfd.calibration.calibset import SOURCE_PIXELS_KEY, pixels_sha256
 from dfd.calibration.degrade import degrade as paper_degrade
-from dfd.calibration.degrade import fixed_degradation
+from dfd.calibration.degrade import fixed_degradation, image_rng
 from dfd.calibration.sources import builtin_photographs, list_images
 from dfd.runtime.detector import Detector
 from dfd.runtime.errors import DfdError, first_few
@@ -105,7 +105,7 @@ def paper_compound(rgb: np.ndarray) -> np.ndarray:
     (the same image always gets the same draw). The fixed conditions miss most of its families
     (salt-and-pepper, glitch lines, moiré, banding, chroma subsampling, ...); across images this
     condition reaches them. A draw in which no operation fired is drawn again."""
-    rng = np.random.default_rng(int(pixels_sha256(rgb)[:16], 16))
+    rng = image_rng(0, rgb)
     for _ in range(_PAPER_COMPOUND_TRIES):
         degraded, applied = paper_degrade(rgb, rng)
         if applied:

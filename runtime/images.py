@@ -37,6 +37,7 @@ header declares), so a refusal names the cause and an accepted partial image car
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -134,6 +135,15 @@ def check_rgb_image(rgb: object, user: str, error: type[Exception]) -> None:
         raise error(f"{user} needs an RGB uint8 image [H, W, 3], got {description}")
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise error(f"{user} got an empty image of shape {rgb.shape}")
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """Content hash of an array: its dtype, shape and bytes. Of a decoded image, it names the
+    pixels whatever file, name or format they came from; calibration records it, ``verify`` uses
+    it to spot calibration images, and the degradation engine seeds each image's draw with it."""
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _file_label(path: str | os.PathLike) -> str:

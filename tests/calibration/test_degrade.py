@@ -572,7 +572,7 @@ def test_degrade_files_reports_bad_file_and_processes_others(tmp_path, photo):
 
     results = degrade_files([broken, good, missing, pipe], tmp_path / "out", seed=5, fixed=None,
                             spec=PAPER_SPEC)
-    outcome = dict(results)
+    outcome = {result.source: result.error or result.output for result in results}
     assert outcome[broken] == f"'{broken}' is not an image OpenCV can decode (unrecognised format, or corrupt data)"
     assert outcome[missing] == f"image file '{missing}' does not exist"
     assert outcome[pipe] == f"'{pipe}' is a named pipe (FIFO), not an image file; only regular files are read"
@@ -580,11 +580,13 @@ def test_degrade_files_reports_bad_file_and_processes_others(tmp_path, photo):
     assert isinstance(written, Path) and written == tmp_path / "out" / "good.png"
 
     again = list(degrade_files([good], tmp_path / "again", seed=5, fixed=None, spec=PAPER_SPEC))
-    assert written.read_bytes() == Path(again[0][1]).read_bytes()
+    assert written.read_bytes() == again[0].output.read_bytes()
 
     (tmp_path / "blocked" / "good.png").mkdir(parents=True)  # a folder where the output goes
-    [(_, outcome)] = degrade_files([good], tmp_path / "blocked", seed=5, fixed=None, spec=PAPER_SPEC, replace=True)
-    assert outcome == f"could not write {tmp_path / 'blocked' / 'good.png'} (degraded from {good})"
+    [result] = degrade_files([good], tmp_path / "blocked", seed=5, fixed=None, spec=PAPER_SPEC, replace=True)
+    assert result.output is None
+    assert result.error == (f"could not write {tmp_path / 'blocked' / 'good.png'} (degraded from {good}): "
+                            f"Is a directory")
 
 
 def test_an_output_folder_holding_the_inputs_is_refused_before_anything_is_written(tmp_path, photo):
@@ -634,16 +636,16 @@ def test_existing_outputs_are_replaced_only_when_asked(tmp_path, photo):
     with pytest.raises(DegradationError, match=f"1 output file\\(s\\) already exist in {out}: a.png; pass --force"):
         degrade_files([source], out, seed=0, fixed="blur3")
     assert (out / "a.png").read_bytes() == b"someone's file"
-    [(_, written)] = degrade_files([source], out, seed=0, fixed="blur3", replace=True)
-    assert written == out / "a.png" and cv2.imread(str(written)) is not None
+    [result] = degrade_files([source], out, seed=0, fixed="blur3", replace=True)
+    assert result.output == out / "a.png" and cv2.imread(str(result.output)) is not None
 
 
 def test_degraded_files_are_written_whole_or_not_at_all(tmp_path, photo):
     source = tmp_path / "a.png"
     cv2.imwrite(str(source), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     (tmp_path / "out" / "a.png").mkdir(parents=True)  # the rename into place fails
-    [(_, outcome)] = degrade_files([source], tmp_path / "out", seed=0, fixed="blur3", replace=True)
-    assert outcome.startswith("could not write")
+    [result] = degrade_files([source], tmp_path / "out", seed=0, fixed="blur3", replace=True)
+    assert result.output is None and result.error.startswith("could not write")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]  # no partial file left
     list(degrade_files([source], tmp_path / "fresh", seed=0, fixed="blur3"))
     assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["a.png"]
@@ -656,16 +658,17 @@ def test_degrade_files_fixed_matches_the_function(tmp_path, photo):
     twin.parent.mkdir()
     twin.write_bytes(source.read_bytes())
     results = list(degrade_files([source, twin], tmp_path / "out", seed=0, fixed="blur3", spec=PAPER_SPEC))
-    assert [Path(out).name for _, out in results] == ["a.png", "a-1.png"]
-    written = cv2.cvtColor(cv2.imread(str(results[0][1])), cv2.COLOR_BGR2RGB)
+    assert [result.output.name for result in results] == ["a.png", "a-1.png"]
+    written = cv2.cvtColor(cv2.imread(str(results[0].output)), cv2.COLOR_BGR2RGB)
     assert np.array_equal(written, fixed_degradation("blur3")(photo))
 
 
 def test_degrade_files_share_zero_copies_pixels(tmp_path, photo):
     source = tmp_path / "a.png"
     cv2.imwrite(str(source), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
-    (_, out), = degrade_files([source], tmp_path / "out", seed=0, fixed=None, spec=PAPER_SPEC, share=0.0)
-    assert np.array_equal(cv2.imread(str(out)), cv2.imread(str(source)))
+    for fixed in (None, "blur3"):  # --share applies to a fixed degradation too
+        [result] = degrade_files([source], tmp_path / f"out-{fixed}", seed=0, fixed=fixed, spec=PAPER_SPEC, share=0.0)
+        assert np.array_equal(cv2.imread(str(result.output)), cv2.imread(str(source)))
 
 
 def test_degrade_cli_expands_folders_and_reports_what_it_cannot_use(tmp_path, photo):
@@ -716,3 +719,179 @@ def test_degrade_cli_never_takes_its_own_outputs_as_inputs(tmp_path, photo):
     assert f"left out 1 image(s) inside --out {photos / 'deg'}" in again.stderr
     assert again.stdout.splitlines() == first.stdout.splitlines()
     assert sorted(p.name for p in (photos / "deg").iterdir()) == ["a.png"]
+
+
+# ------------------------------------------------------------------------------ bounded growth
+
+
+def test_the_working_image_never_grows_past_four_times_the_input(monkeypatch):
+    """Upscales multiply across the prelude and the rescale op (up to 2^6 per side): a 2000x1500
+    photograph grew to 128 MP and the run died for memory. Capped at 4x the input's pixels; the
+    cap is reached (so the test exercises it) and the result still has the input's size."""
+    import dfd.calibration.degrade as module
+
+    sizes: list[int] = []
+    original = module._resize
+
+    def recording_resize(img, strength, rng, **kwargs):
+        out = original(img, strength, rng, **kwargs)
+        sizes.append(out.shape[0] * out.shape[1])
+        return out
+
+    monkeypatch.setattr(module, "_resize", recording_resize)
+    growth = DegradationSpec(op_probabilities=(("resize", 1.0),), recompress_p=1.0, recompress_cycles=(5, 5))
+    image = flat(128, shape=(40, 30))
+    largest = 0
+    for seed in range(300):
+        sizes.clear()
+        out, _ = degrade(image, rng(seed), growth)
+        assert out.shape == image.shape
+        largest = max(largest, *sizes)
+    assert 3.6 * image[..., 0].size <= largest <= 4 * image[..., 0].size
+
+
+def test_the_working_pixel_limit():
+    from dfd.calibration.degrade import working_pixel_limit
+
+    assert working_pixel_limit(100, 200) == 80_000
+    assert working_pixel_limit(5000, 5000) == 64_000_000  # 4x would be 100 MP
+    assert working_pixel_limit(9000, 8000) == 72_000_000  # already above 64 MP: never grows
+
+
+# ------------------------------------------------------------------------------ files, robustness
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def test_the_draw_follows_the_pixels_not_the_name(tmp_path, photo):
+    """real/x.png and fake/x.png (different photographs) got the identical op chain; the same
+    photograph under another name or format gets the same degradation."""
+    from dfd.calibration.degrade import image_rng
+
+    chains = [[op.name for op in degrade(rgb, image_rng(3, rgb))[1]] for rgb in (photo, photo[::-1].copy())]
+    assert chains[0] != chains[1]
+    png, bmp = write_rgb(tmp_path / "a" / "x.png", photo), write_rgb(tmp_path / "b" / "other.bmp", photo)
+    flipped = write_rgb(tmp_path / "c" / "x.png", photo[::-1].copy())
+    results = list(degrade_files([png, bmp, flipped], tmp_path / "out", seed=3, fixed=None))
+    written = [result.output.read_bytes() for result in results]
+    assert written[0] == written[1] != written[2]
+    generator = image_rng(3, photo)
+    generator.random()  # the share draw comes first, then the degradation
+    expected = degrade(photo, generator, PAPER_SPEC)[0]
+    assert np.array_equal(cv2.cvtColor(cv2.imread(str(results[0].output)), cv2.COLOR_BGR2RGB), expected)
+
+
+def test_a_name_that_is_not_utf8_is_degraded_like_any_other(tmp_path, photo):
+    """zlib.crc32(name.encode('utf-8')) raised on such a name and ended the run; with --fixed,
+    cv2.imwrite of the partial file crashed the process (SIGSEGV)."""
+    folder = tmp_path / "in"
+    odd = Path(os.fsdecode(os.fsencode(str(folder)) + b"/bad\xff.jpg"))
+    write_rgb(folder / "plain.jpg", photo)
+    odd.write_bytes((folder / "plain.jpg").read_bytes())
+    for fixed in (None, "blur3"):
+        results = list(degrade_files([odd, folder / "plain.jpg"], tmp_path / f"out-{fixed}", seed=0, fixed=fixed))
+        assert [result.error for result in results] == [None, None]
+        assert results[0].output.name == odd.stem + ".png" and results[0].output.exists()
+        assert results[0].output.read_bytes() == results[1].output.read_bytes()  # same pixels, same draw
+
+
+def test_an_image_that_cannot_be_degraded_is_reported_and_the_others_still_are(tmp_path, photo, monkeypatch):
+    """Only decoding errors were caught: a MemoryError or an OpenCV error inside the engine ended
+    the run and the images after it were never processed."""
+    import dfd.calibration.degrade as module
+
+    first, second = write_rgb(tmp_path / "in" / "a.png", photo), write_rgb(tmp_path / "in" / "b.png", photo[:, ::-1])
+    original = module.degrade
+
+    def failing_on_first(rgb, generator, spec=PAPER_SPEC):
+        if np.array_equal(rgb, photo):
+            raise MemoryError("Unable to allocate 2.87 GiB")
+        return original(rgb, generator, spec)
+
+    monkeypatch.setattr(module, "degrade", failing_on_first)
+    results = list(degrade_files([first, second], tmp_path / "out", seed=0, fixed=None))
+    assert results[0].output is None
+    assert results[0].error == f"{first}: could not degrade it: MemoryError: Unable to allocate 2.87 GiB"
+    assert results[1].error is None and results[1].output.exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.png"]
+
+
+def test_a_user_file_named_like_the_old_partial_file_is_left_alone(tmp_path, photo):
+    source = write_rgb(tmp_path / "x.jpg", photo)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".x.partial.png").write_bytes(b"precious")
+    [result] = degrade_files([source], out, seed=0, fixed="blur3")
+    assert result.error is None
+    assert sorted(p.name for p in out.iterdir()) == [".x.partial.png", "x.png"]
+    assert (out / ".x.partial.png").read_bytes() == b"precious"
+
+
+def test_a_refused_run_does_not_create_the_output_folder(tmp_path, photo):
+    folder = tmp_path / "d"
+    jpeg, png = write_rgb(folder / "x.jpg", photo), write_rgb(folder / "x.png", photo)
+    out = tmp_path / "never"
+    with pytest.raises(DegradationError, match="would overwrite"):
+        degrade_files([jpeg, png], folder, seed=0, fixed="blur3")
+    with pytest.raises(DegradationError, match="seed must be >= 0"):
+        degrade_files([jpeg], out, seed=-1, fixed=None)
+    assert not out.exists()
+
+
+def test_decoding_notes_come_with_the_output(tmp_path, photo):
+    """An RGBA PNG loses its alpha and a rotated JPEG is stood upright: the output says so."""
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 200, np.uint8)])
+    source = tmp_path / "alpha.png"
+    assert cv2.imwrite(str(source), rgba)
+    [result] = degrade_files([source], tmp_path / "out", seed=0, fixed="blur3")
+    assert result.error is None and "alpha channel dropped" in result.notes
+
+
+def run_degrade_cli(*args: str, cwd: Path | None = None):
+    from click.testing import CliRunner
+
+    from dfd.export.cli import main
+
+    previous = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        return CliRunner().invoke(main, ["degrade", *args])
+    finally:
+        os.chdir(previous)
+
+
+def test_an_image_named_explicitly_inside_out_is_degraded(tmp_path, photo):
+    """``cd in && dfd-export degrade b --out .`` left b's images out as 'inside --out' and exited
+    0 having written nothing; only a folder scan that reaches into --out leaves images out."""
+    write_rgb(tmp_path / "in" / "b" / "x.jpg", photo)
+    result = run_degrade_cli("b", "--out", ".", "--fixed", "blur3", cwd=tmp_path / "in")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["b/x.jpg -> x.png"]
+    result = run_degrade_cli(str(tmp_path / "in" / "b" / "x.jpg"), "--out", str(tmp_path / "in" / "b"),
+                             "--fixed", "blur3")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "in" / "b" / "x.png").exists()
+
+
+def test_nothing_left_to_degrade_is_an_error(tmp_path, photo):
+    out = tmp_path / "photos" / "deg"
+    write_rgb(out / "a.png", photo)
+    result = run_degrade_cli(str(tmp_path / "photos"), "--out", str(out), "--fixed", "blur3", "--recursive")
+    assert result.exit_code == 1
+    assert "left out 1 image(s) inside --out" in result.stderr and "error: no images to degrade" in result.stderr
+
+
+def test_an_image_given_twice_is_degraded_once_and_notes_are_printed(tmp_path, photo):
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 200, np.uint8)])
+    source = tmp_path / "a.png"
+    assert cv2.imwrite(str(source), rgba)
+    result = run_degrade_cli(str(source), str(tmp_path / "." / "a.png"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [f"{source} -> {tmp_path / 'out' / 'a.png'}  (alpha channel dropped)"]
+    assert "1 image(s) given more than once are degraded once" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
