@@ -10,10 +10,18 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
+# A .venv whose interpreter is gone (a Python upgrade), lacks pip, or is older than 3.10 is made
+# again: its install stamp is dropped here, so the rule below runs and recreates it.
+VENV_WORKS := $(shell $(PY) -c 'import sys, pip; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 && echo yes)
+ifneq ($(VENV_WORKS),yes)
+$(shell rm -f $(STAMP))
+endif
+
 .PHONY: demo test clean
 
 $(STAMP): pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 10) else "dfd-export needs Python >= 3.10, and $(PYTHON) is " + sys.version.split()[0] + ": run make PYTHON=python3.11 (or another >= 3.10)")'
+	$(PY) -c 'import sys, pip; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PINS)
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -683,8 +683,8 @@ def capi(out_dir: Path) -> None:
 
     \b
     Then, from C:
-      cc app.c -I DIR -L DIR -ldfd_runtime -Wl,-rpath,DIR
-    The program needs no environment variable; the library is tied to this virtualenv
+      cc app.c -I DIR -L DIR -ldfd_runtime -Wl,-rpath,/absolute/DIR
+    (the rpath absolute, or '$ORIGIN/...' relative to the program). The program needs no environment variable; the library is tied to this virtualenv
     (rebuild after moving it). Needs cffi and a C compiler. Example: examples/c/dfd_detect.c.
     """
     header, library = build_capi(out_dir)

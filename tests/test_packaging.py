@@ -3,6 +3,7 @@ runtime loads from beside its modules: the CUDA kernel sources that NVRTC compil
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -33,3 +34,37 @@ def test_wheel_carries_every_kernel_source_and_the_three_packages(tmp_path):
         modules = {f"dfd/{package}/{p.relative_to(REPO / package).as_posix()}"
                    for p in (REPO / package).rglob("*.py") if "__pycache__" not in p.parts}
         assert modules <= names, sorted(modules - names)
+
+
+def _make_dry_run(folder: Path) -> list[str]:
+    """The commands ``make test`` would run in ``folder`` (a copy of the Makefile), not running them."""
+    run = subprocess.run(["make", "-n", "test"], cwd=folder, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.splitlines()
+
+
+def test_make_test_remakes_a_venv_that_no_longer_works_and_keeps_one_that_does(tmp_path):
+    """A .venv whose interpreter was removed (a Python upgrade) kept its install stamp, so every
+    ``make test`` ran the missing interpreter and failed until ``make clean``."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    stamp = tmp_path / ".venv" / ".dfd-installed"
+
+    def installed() -> None:  # the stamp newer than the Makefile and pyproject.toml
+        stamp.touch()
+        later = (tmp_path / "Makefile").stat().st_mtime + 10
+        os.utime(stamp, (later, later))
+
+    python.symlink_to(tmp_path / "gone" / "python3.11")
+    installed()
+    commands = _make_dry_run(tmp_path)
+    assert any(line.endswith("|| python3 -m venv --clear .venv") for line in commands), commands
+    assert any("pip install" in line for line in commands) and commands[-1] == ".venv/bin/python -m pytest tests"
+
+    python.unlink()
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")  # a working interpreter with pip
+    python.chmod(0o755)
+    installed()
+    assert _make_dry_run(tmp_path) == [".venv/bin/python -m pytest tests"]

@@ -10,13 +10,16 @@
  * upscaled, no face found, ...), as `dfd-export detect` does. A path that cannot be read or decoded
  * gives "status": "io"/"image" and its "error"; the service goes on with the next line.
  *
- * Build (DIR is where `dfd-export capi --out DIR` wrote the header and library):
- *   cc -O2 -o dfd_detect dfd_detect.c -I DIR -L DIR -ldfd_runtime -Wl,-rpath,DIR
+ * Build (DIR is where `dfd-export capi --out DIR` wrote the header and library; the rpath must be
+ * absolute, or relative to the program through $ORIGIN, or it only works from one folder):
+ *   cc -O2 -o dfd_detect dfd_detect.c -I DIR -L DIR -ldfd_runtime -Wl,-rpath,/absolute/DIR
  * Run:
  *   find photos -name "*.jpg" | ./dfd_detect engines/fp32 [backend]
  * Exit status: 0 when every image was scored, 2 when some were not, 1 when the engine set
- * cannot be opened.
+ * cannot be opened or the results cannot be written.
  */
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,7 +148,13 @@ static void print_result(const char *path, const dfd_result *result, const char 
     fflush(stdout);
 }
 
-/* Split "PATH<TAB>x1 y1 x2 y2" at the tab; 0 when the text after it is not four numbers. */
+static int is_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Split "PATH<TAB>x1 y1 x2 y2" at the tab; 0 when the text after it is not four finite decimal
+   numbers separated by spaces or tabs (strtof alone would also take "0x10", "inf" or "1e40"). */
 static int parse_face(char *line, dfd_face *face)
 {
     char *tab = strchr(line, '\t'), *end;
@@ -157,14 +166,31 @@ static int parse_face(char *line, dfd_face *face)
     end = tab + 1;
     for (i = 0; i < 4; i++) {
         char *start = end;
+        size_t length;
+        while (is_blank(*start))
+            start++;
+        length = strspn(start, "0123456789+-.eE");
+        if (length == 0 || (start[length] != '\0' && !is_blank(start[length])))
+            return 0;
+        errno = 0;
         face->box[i] = strtof(start, &end);
-        if (end == start)
+        if (end != start + length || errno == ERANGE || !isfinite(face->box[i]))
             return 0;
     }
-    while (*end == ' ')
+    while (is_blank(*end))
         end++;
     face->given = 1;
     return *end == '\0';
+}
+
+/* Skip the rest of a line longer than the buffer; 0 at the end of input. */
+static int skip_rest_of_line(void)
+{
+    int c;
+    while ((c = getchar()) != EOF)
+        if (c == '\n')
+            return 1;
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -173,7 +199,7 @@ int main(int argc, char **argv)
     dfd_options options;
     dfd_detector *detector = NULL;
     dfd_status status;
-    int failed = 0;
+    int failed = 0, write_error;
 
     if (argc < 2 || argc > 3) {
         fprintf(stderr, "usage: %s ENGINE_DIR [auto|onnxruntime|tensorrt] < image-paths\n", argv[0]);
@@ -189,9 +215,17 @@ int main(int argc, char **argv)
     if (dfd_describe(detector, description, sizeof description) != DFD_OK)
         snprintf(description, sizeof description, "(%s)", dfd_last_error());
     fprintf(stderr, "dfd runtime %s: engine set %s open; %s\n", dfd_version(), argv[1], description);
-    while (fgets(line, sizeof line, stdin) != NULL) {
+    while (!ferror(stdout) && fgets(line, sizeof line, stdin) != NULL) {
         dfd_result result;
         dfd_face face;
+        if (strchr(line, '\n') == NULL && !feof(stdin)) {  /* one line, not two paths */
+            memset(&result, 0, sizeof result);
+            result.status = DFD_E_INVALID_ARGUMENT;
+            failed++;
+            skip_rest_of_line();
+            print_result(line, &result, "line longer than 8190 bytes: not read as a path");
+            continue;
+        }
         line[strcspn(line, "\r\n")] = '\0';
         if (line[0] == '\0')
             continue;
@@ -206,6 +240,14 @@ int main(int argc, char **argv)
         failed += status != DFD_OK;
         print_result(line, &result, result.message);
     }
+    write_error = ferror(stdout) ? errno : 0;  /* the loop stops at the write that failed */
     dfd_close(detector);
+    if (!write_error && fflush(stdout) != 0)
+        write_error = errno;
+    if (write_error || ferror(stdout)) {  /* a full disk or a closed pipe: the results are lost */
+        fprintf(stderr, "error: cannot write the results to standard output: %s\n",
+                write_error ? strerror(write_error) : "write error");
+        return 1;
+    }
     return failed ? 2 : 0;
 }

@@ -592,6 +592,28 @@ def test_example_service_reports_a_bad_file_and_goes_on(tiny_engine_set, picture
     assert refused.returncode == 1 and "engine set folder not found" in refused.stderr
 
 
+def test_example_service_reads_each_line_strictly_and_reports_lost_output(tiny_engine_set, pictures, example_service):
+    """A line over the buffer was read as two paths (two output lines); "0x10" and "1e40" were
+    taken as box coordinates; a trailing tab refused a good box; and with standard output on a
+    full disk the service exited 0, every result lost."""
+    photo = pictures["astronaut"][0]
+    lines = [f"{photo}\t120 30 320.5 260\t", f"{photo}\t120\t30\t320.5\t260", f"{photo}\t0x10 30 320 260",
+             f"{photo}\t1e40 30 320 260", f"{photo}\tinf 30 320 260", "x" * 9000, str(photo)]
+    served = _run([example_service, tiny_engine_set], stdin="".join(f"{line}\n" for line in lines))
+    assert served.returncode == 2, served.stderr
+    results = [json.loads(line) for line in served.stdout.splitlines()]
+    assert [r["status"] for r in results] == ["ok", "ok", "invalid_argument", "invalid_argument", "invalid_argument",
+                                              "invalid_argument", "ok"]
+    assert results[0]["face_box"] == results[1]["face_box"] == [120, 30, 320.5, 260]
+    assert "line longer than 8190 bytes" in results[5]["error"]
+
+    with open("/dev/full", "wb") as full:
+        lost = subprocess.run([str(example_service), str(tiny_engine_set)], input=f"{photo}\n".encode(),
+                              stdout=full, stderr=subprocess.PIPE, env={}, timeout=120)
+    assert lost.returncode == 1
+    assert "cannot write the results to standard output: No space left on device" in lost.stderr.decode()
+
+
 def test_example_service_writes_json_for_any_file_name(tiny_engine_set, pictures, example_service, tmp_path):
     """A name that is not UTF-8 comes out as valid JSON, naming the file as detect's jsonl does
     ("\\udce9", Python's surrogate escape); a UTF-8 name passes through unchanged."""
@@ -948,6 +970,36 @@ int main(int argc, char **argv)
 def _probe_lines(run: subprocess.CompletedProcess) -> dict[str, str]:
     assert run.returncode == 0, run.stderr
     return dict(line.split(" ", 1) for line in run.stdout.splitlines())
+
+
+def _documented_command(readme: Path, start: str) -> str:
+    """The shell command of ``readme`` that begins with ``start``, its continuation lines joined."""
+    lines = readme.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(start))
+    command = [lines[first]]
+    while command[-1].rstrip().endswith("\\"):
+        command.append(lines[first + len(command)])
+    return "\n".join(command)
+
+
+def test_the_documented_build_commands_give_programs_that_start_from_any_folder(capi_lib, tmp_path):
+    """The READMEs linked with -Wl,-rpath,build/capi, which the loader reads from the folder a
+    program is started in: the example service failed to start (exit 127) anywhere but the
+    repository root. Each documented command is run as written, the program started elsewhere."""
+    root = tmp_path / "checkout"
+    shutil.copytree(capi_lib, root / "build" / "capi")
+    (root / "examples" / "c").mkdir(parents=True)
+    shutil.copy(EXAMPLE, root / "examples" / "c")
+    shutil.copy(EXAMPLE, root / "app.c")  # the README's "your program"
+    documented = {root / "build" / "dfd_detect": _documented_command(REPO / "examples" / "c" / "README.md", "cc "),
+                  root / "a.out": _documented_command(REPO / "README.md", "cc app.c")}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for program, command in documented.items():
+        built = subprocess.run(["bash", "-c", command], cwd=root, capture_output=True, text=True)
+        assert built.returncode == 0, (command, built.stderr)
+        started = subprocess.run([str(program)], cwd=elsewhere, capture_output=True, text=True, env={}, timeout=60)
+        assert started.returncode == 1 and "usage" in started.stderr.lower(), (command, started.stderr)
 
 
 def test_a_program_compiled_against_another_header_is_refused_untouched(tiny_engine_set, capi_lib, tmp_path):
