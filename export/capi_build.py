@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import re
 import shutil
 import site
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -612,6 +614,39 @@ def _replace_problem(path: Path) -> str | None:
     return None
 
 
+_IMPORT_PROBE = """\
+import json, site, sys
+for directory in json.loads(sys.argv[1]):
+    site.addsitedir(directory)
+import dfd.runtime.capi
+import onnxruntime  # the default backend, imported when a set is opened
+"""
+
+
+def embedded_site_dirs() -> list[str]:
+    """Where the library's embedded interpreter finds dfd and its dependencies: this Python's
+    site-packages, and the user's (``pip install --user``) when this Python reads it. The
+    embedded interpreter is isolated, so PYTHONPATH and the current folder do not count."""
+    directories = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        directories.append(site.getusersitepackages())
+    return directories
+
+
+def _require_runtime_importable(site_dirs: list[str]) -> None:
+    """Refuse to build a library that could never open a detector: import ``dfd.runtime.capi``
+    in an interpreter started as the embedded one is (isolated, no automatic site-packages, only
+    ``site_dirs``). Without this the build succeeded and every ``dfd_open`` failed."""
+    probe = subprocess.run([sys.executable, "-I", "-S", "-c", _IMPORT_PROBE, json.dumps(site_dirs)],
+                           capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CapiBuildError(
+            f"the library's embedded Python ({sys.executable}, isolated: no PYTHONPATH, no current folder) "
+            f"would not load dfd.runtime from {site_dirs}: {reason}. Install dfd-export and its dependencies "
+            f"into this Python's environment (a virtualenv is simplest) and build again")
+
+
 def _place(built: Path, target: Path) -> None:
     """Move ``built`` to ``target`` by a rename in ``target``'s folder: a running program that has
     the old library mapped keeps its file (writing over it in place would crash that program),
@@ -636,6 +671,8 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
     from dfd.runtime.face_detection import DEFAULT_MIN_FACE_PX
 
     python_lib_dir = _python_library_dir()
+    site_dirs = embedded_site_dirs()
+    _require_runtime_importable(site_dirs)
     out_dir = Path(out_dir).resolve()
     header, library = out_dir / HEADER_NAME, out_dir / LIBRARY_NAME
     for target in (header, library):
@@ -663,7 +700,7 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
             library_dirs=[str(python_lib_dir)],
             extra_link_args=[f"-Wl,-rpath,{python_lib_dir}", f"-Wl,-soname,{LIBRARY_NAME}"],
         )
-        ffibuilder.embedding_init_code(INIT_CODE.format(site_dirs=site.getsitepackages(), module=MODULE_NAME))
+        ffibuilder.embedding_init_code(INIT_CODE.format(site_dirs=site_dirs, module=MODULE_NAME))
         try:
             built = ffibuilder.compile(tmpdir=work, target=LIBRARY_NAME, verbose=False)
         except Exception as exc:  # distutils/setuptools raise their own compile/link errors

@@ -882,6 +882,29 @@ def test_capi_verb_writes_header_and_library(tmp_path):
     assert check.returncode == 0, check.stderr
 
 
+def test_capi_refuses_a_library_whose_embedded_python_could_not_load_the_runtime(tmp_path, monkeypatch):
+    """Built from a Python whose dfd lives where the isolated embedded interpreter does not look,
+    the library was written without a word and every dfd_open failed with ModuleNotFoundError;
+    the user's site-packages (pip install --user) is now one of the places it looks."""
+    import site
+
+    from dfd.export.capi_build import CapiBuildError, build_capi, embedded_site_dirs
+
+    installed = embedded_site_dirs()
+    monkeypatch.setattr(site, "getsitepackages", lambda: [str(tmp_path / "empty")])
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", False)
+    with pytest.raises(CapiBuildError, match=r"would not load dfd.runtime from \[.*empty'\]: ModuleNotFoundError: "
+                                             r"No module named 'dfd'\. Install dfd-export"):
+        build_capi(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", True)  # dfd and its dependencies installed with --user
+    monkeypatch.setattr(site, "getusersitepackages", lambda: installed[0])
+    assert embedded_site_dirs() == [str(tmp_path / "empty"), installed[0]]
+    header, library = build_capi(tmp_path / "out")
+    assert library.exists() and repr(installed[0]) in library.read_bytes().decode("latin-1")
+
+
 def test_capi_failed_build_keeps_the_earlier_files(tmp_path, monkeypatch):
     import cffi
 
