@@ -35,6 +35,7 @@ import onnx
 import onnxruntime as ort
 
 from dfd.calibration.calibset import build_calibration_set
+from dfd.runtime.backends import onnxruntime_session_options
 from dfd.calibration.degrade import fixed_degradation
 from dfd.calibration.sources import builtin_photographs
 from dfd.export.precision import DEFAULT_KEEP, fake_probabilities, make_fp16_graph, make_int8_graph, quantized_layers
@@ -96,8 +97,7 @@ def evaluation_arrays() -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
 
 
 def session(path: Path, threads: int, optimized: Path | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options = onnxruntime_session_options(threads)  # the runtime's (u8 x u8 INT8 kernels on x86 without VNNI)
     options.log_severity_level = 3
     if optimized is not None:
         options.optimized_model_filepath = str(optimized)

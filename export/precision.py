@@ -66,6 +66,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from dfd.runtime.backends import onnxruntime_session_options
 from dfd.runtime.errors import DfdError
 
 from . import onnx_files
@@ -201,7 +202,7 @@ def _check_calibration(calibration: np.ndarray, model: onnx.ModelProto, what: st
 
 
 def _session(model: onnx.ModelProto, workdir: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
+    options = onnxruntime_session_options()
     options.log_severity_level = 3
     if onnx_files.needs_external_data(_tensor_bytes(model)):
         path = workdir / "probe.onnx"
@@ -232,9 +233,8 @@ def fake_probabilities(graph_path: Path, arrays: np.ndarray, batch: int = 8,
     graph_path = Path(graph_path)
     if not graph_path.is_file():
         raise PrecisionError(f"ONNX graph {graph_path} does not exist")
-    options = ort.SessionOptions()
+    options = onnxruntime_session_options(intra_op_threads)  # the runtime's, so the same numbers
     options.log_severity_level = 3
-    options.intra_op_num_threads = intra_op_threads
     session = ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
     logits = [session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0] for chunk in _batches(arrays, batch)]
     return softmax_fake_probability(np.concatenate(logits))
