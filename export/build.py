@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from tqdm import tqdm
@@ -73,7 +73,8 @@ class BuildRequest:
 
 
 def _versions() -> dict[str, str]:
-    names = ("dfd-export", "torch", "timm", "open_clip_torch", "onnx", "onnxscript", "onnxruntime", "numpy")
+    names = ("dfd-export", "torch", "timm", "open_clip_torch", "onnx", "onnxscript", "onnxruntime", "numpy",
+             "opencv-python-headless")
     found = {"python": platform.python_version()}
     for name in names:
         try:
@@ -129,6 +130,11 @@ def _check_request(request: BuildRequest) -> None:
     if unknown or not request.streams:
         raise BuildError(f"unknown stream(s) {unknown}; choose from {', '.join(STREAM_NAMES)}")
     out = Path(request.out_dir)
+    if request.precision != "fp32" and request.calib_cache is not None:
+        cache, root = _absolute(request.calib_cache).resolve(), _absolute(out).resolve()
+        if cache == root or root in cache.parents:
+            raise BuildError(f"--calib-cache {request.calib_cache} is inside --out {out}, which the build replaces "
+                             "whole; choose a cache folder outside it")
     if out.is_symlink():  # a build replaces its folder whole, and a link is not a folder to replace
         raise BuildError(f"{out} is a symbolic link (to {os.readlink(out)}); give the folder it points to, "
                          f"or a new --out")
@@ -241,7 +247,7 @@ def _calibration_set(request: BuildRequest, warn: Callable[[str], None]):
         warn(f"the calibration set draws its {request.calib_count} slots from only {len(images)} photograph(s) "
              f"in {source}; a {request.precision} graph calibrated on so few may not cover the images it will "
              f"score. Give --calib-dir a folder of at least {FEW_CALIBRATION_IMAGES} (a few hundred is better)")
-    cache = request.calib_cache or Path.home() / ".cache" / "dfd-export" / "calibration"
+    cache = request.calib_cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dfd-export" / "calibration"
     return build_calibration_set(
         images, count=request.calib_count, degrade_share=request.calib_degrade, seed=request.calib_seed,
         stream_sizes={s: STREAM_SPECS[s].input_size for s in request.streams}, cache_dir=cache, source=source,
@@ -277,6 +283,7 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
     except OSError as exc:
         raise BuildError(f"cannot create the engine set folder {out}: {os_error_text(exc)}") from exc
     with _exclusive_build(out):
+        _restore_set_left_aside(out, request.force, warn)
         return _build_into(out, request, dino, clip, warn)
 
 
@@ -303,7 +310,9 @@ def _output_problem(out: Path, force: bool) -> str | None:
     manifest.json (a web app's), or an engine set where someone keeps their notes or benchmark
     results, is never deleted. Checked before the build and again, under the build's lock, just
     before the new set replaces the old, since a long build leaves time for files to appear."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        return f"{out} is a file, not a folder; choose another --out"
+    if not out.exists() or not any(out.iterdir()):
         return None
     if not force:
         return f"{out} already exists and is not empty; pass --force to replace it"
@@ -319,17 +328,25 @@ def _output_problem(out: Path, force: bool) -> str | None:
     return None
 
 
+def _aside(out: Path) -> Path:
+    """Where :func:`_publish` keeps the old set while the new one moves in."""
+    return out.parent / f".{out.name}.replaced"
+
+
 def _publish(staging: Path, out: Path, force: bool) -> None:
     """Put the finished ``staging`` folder at ``out``. The old set is renamed aside, not deleted,
-    until the new one is in place, so an interrupt at any moment leaves one complete set at
-    ``out`` (the old on failure, the new after)."""
+    until the new one is in place, so an interrupt leaves one complete set at ``out`` (the old on
+    failure, the new after); a process killed between the two renames leaves the old set aside,
+    and the next build puts it back (:func:`_restore_set_left_aside`). Once the new set is in
+    place the build has succeeded: an interrupt while the old one is deleted only leaves its
+    remains for the next build to delete."""
     problem = _output_problem(out, force)
     if problem:
         raise BuildError(f"{problem} (this appeared while the build ran; nothing was replaced)")
     if not out.exists():
         staging.rename(out)
         return
-    aside = out.parent / f".{out.name}.replaced"
+    aside = _aside(out)
     shutil.rmtree(aside, ignore_errors=True)
     out.rename(aside)
     try:
@@ -337,7 +354,22 @@ def _publish(staging: Path, out: Path, force: bool) -> None:
     except BaseException:
         aside.rename(out)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    try:
+        shutil.rmtree(aside, ignore_errors=True)
+    except KeyboardInterrupt:
+        pass  # the new set is complete and in place; the next build removes what is left
+
+
+def _restore_set_left_aside(out: Path, force: bool, warn: Callable[[str], None]) -> None:
+    """A build killed (SIGKILL, power loss) between :func:`_publish`'s two renames left no set at
+    ``out`` and the old one aside: put it back before anything else, under the build's lock."""
+    aside = _aside(out)
+    if aside.is_dir() and not out.exists() and engine_set_files(aside) is not None:
+        aside.rename(out)
+        warn(f"restored the engine set an interrupted build had moved aside ({aside} -> {out})")
+        problem = _output_problem(out, force)
+        if problem:
+            raise BuildError(problem)
 
 
 def _absolute(path: Path) -> Path:
@@ -356,22 +388,39 @@ def _exclusive_build(out: Path) -> Iterator[None]:
     graphs failed their sha256 and whose face detector was missing; the second failed with a
     missing-file error. The kernel drops the lock when the process ends however it ends, so a
     killed build never leaves the folder locked; the file is removed when the build is done.
+    Because it is removed, a build that opened it just before may lock a file that no longer has
+    the name, while a third creates and locks a new one: a lock only counts when the locked file
+    is still the one at ``lock_path``, else it is taken again.
     """
     lock_path = out.parent / f".{out.name}.lock"
-    try:
-        handle = open(lock_path, "a")
-    except OSError as exc:
-        raise BuildError(f"cannot create the engine set folder {out}: {os_error_text(exc)}") from exc
-    with handle:
+    while True:
+        try:
+            handle = open(lock_path, "a")
+        except OSError as exc:
+            raise BuildError(f"cannot create the engine set folder {out}: {os_error_text(exc)}") from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise BuildError(f"another dfd-export build is writing {out} (it holds {lock_path}); wait for it "
                              "to finish or choose another --out") from None
+        if _same_file(handle, lock_path):
+            break
+        handle.close()  # the build that held it removed it in the meantime: lock the current file
+    with handle:
         try:
             yield
         finally:
             lock_path.unlink(missing_ok=True)
+
+
+def _same_file(handle: IO, path: Path) -> bool:
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: ClipVisionConfig,
@@ -452,7 +501,8 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
         if request.backend == "tensorrt":
             from .tensorrt_build import manifest_entry
 
-            manifest["tensorrt"] = {**manifest_entry(request.tensorrt), "timing_cache": "timing.cache"}
+            timing_cache = FileEntry.of(staging, staging / "timing.cache", "timing-cache")
+            manifest["tensorrt"] = {**manifest_entry(request.tensorrt), "timing_cache": timing_cache.__dict__}
         write_manifest(staging, manifest)
         _publish(staging, out, request.force)
     except BaseException:

@@ -721,8 +721,9 @@ def capi(out_dir: Path) -> None:
     \b
     Then, from C:
       cc app.c -I DIR -L DIR -ldfd_runtime -Wl,-rpath,/absolute/DIR
-    (the rpath absolute, or '$ORIGIN/...' relative to the program). The program needs no environment variable; the library is tied to this virtualenv
-    (rebuild after moving it). Needs cffi and a C compiler. Example: examples/c/dfd_detect.c.
+    (the rpath absolute, or '$ORIGIN/...' relative to the program). The program needs no
+    environment variable; the library is tied to this virtualenv (rebuild after moving it).
+    Needs cffi and a C compiler. Example: examples/c/dfd_detect.c in the source repository.
     """
     header, library = build_capi(out_dir)
     click.echo(f"header:  {header}")

@@ -496,14 +496,69 @@ def convert_reference_state_dict(
     head = _account(f"backbone.{head_prefix}", _sub(tensors, head_prefix), head_shapes, set(), problems)
 
     if problems:
-        listing = "\n  ".join(problems)
-        raise CheckpointError(f"{source} does not match the {stream} stream architecture:\n  {listing}")
+        raise CheckpointError(f"{source} does not match the {stream} stream architecture:\n  "
+                              + "\n  ".join(_diagnoses(state, tensors, stream, dino, clip) + _summarised(problems)))
 
     result = _dino_to_timm(weights, dino, spec.input_size, "dino.vit.")
     if spec.uses_clip:
         result.update(_clip_to_open_clip(clip_weights, clip, "clip.vit."))
     result.update({f"head.{k}": v for k, v in head.items()})
     return result
+
+
+_LISTED_PER_KIND = 8
+
+
+def _summarised(problems: list[str]) -> list[str]:
+    """The problems, at most :data:`_LISTED_PER_KIND` of each kind (missing, unexpected,
+    mis-shaped key, ...) and a count of the rest: a paper-size checkpoint built against the wrong
+    config gave over a thousand lines, in which the cause could not be seen."""
+    by_kind: dict[str, list[str]] = {}
+    for problem in problems:
+        by_kind.setdefault(problem.split(":", 1)[0], []).append(problem)
+    lines = []
+    for kind, listed in by_kind.items():
+        lines += listed[:_LISTED_PER_KIND]
+        if len(listed) > _LISTED_PER_KIND:
+            lines.append(f"... and {len(listed) - _LISTED_PER_KIND} more of kind '{kind}' ({len(listed)} in all)")
+    return lines
+
+
+def _diagnoses(state: Mapping[str, torch.Tensor], tensors: Mapping[str, _Tensor], stream: str,
+               dino: DinoV2Config, clip: ClipVisionConfig | None) -> list[str]:
+    """What the key listing means, where it can be told: another stream's checkpoint, keys
+    without the wrapper's prefix, or a backbone of another size than the config describes."""
+    diagnoses = []
+    if state and not tensors:
+        diagnoses.append(f"none of its {len(state)} keys starts with backbone. or module.backbone. (e.g. "
+                         f"{next(iter(state))}): it is not a state dict of the reference's wrapper")
+    uses_clip = STREAM_SPECS[stream].uses_clip
+    if not uses_clip and any(k.startswith(("clip_model.", "fusion_head.")) for k in tensors):
+        diagnoses.append(f"it holds clip_model. and fusion_head. keys: it looks like the fusion stream's checkpoint "
+                         f"(dinov2_clip.pth), not the {stream} stream's")
+    if uses_clip and tensors and not any(k.startswith("clip_model.") for k in tensors):
+        diagnoses.append("it has no clip_model. keys: it looks like a global or face stream's checkpoint "
+                         "(dinov2_252.pth, dinov2_252_crop.pth), not the fusion stream's")
+    found = _backbone_size(tensors, "vision_model.", "embeddings.cls_token", r"encoder\.layer\.(\d+)\.")
+    if found and found != (dino.hidden_size, dino.num_hidden_layers):
+        diagnoses.append(f"its DINOv2 has hidden size {found[0]} and {found[1]} layers, the config "
+                         f"{dino.hidden_size} and {dino.num_hidden_layers}: pass --models-dir with the configs it was "
+                         "trained from")
+    found = _backbone_size(tensors, "clip_model.", "embeddings.class_embedding", r"encoder\.layers\.(\d+)\.")
+    if uses_clip and clip is not None and found and found != (clip.hidden_size, clip.num_hidden_layers):
+        diagnoses.append(f"its CLIP tower has hidden size {found[0]} and {found[1]} layers, the config "
+                         f"{clip.hidden_size} and {clip.num_hidden_layers}: pass --models-dir with the configs it "
+                         "was trained from")
+    return diagnoses
+
+
+def _backbone_size(tensors: Mapping[str, _Tensor], component: str, embedding: str,
+                   layer_pattern: str) -> tuple[int, int] | None:
+    """(hidden size, layers) of the backbone under ``component``, read from its keys, or None."""
+    width = next((t.value.shape[-1] for k, t in tensors.items() if k.startswith(component) and k.endswith(embedding)),
+                 None)
+    layers = {int(m.group(1)) for k in tensors if k.startswith(component) and (m := re.search(layer_pattern, k))}
+    return (int(width), max(layers) + 1) if width is not None and layers else None
 
 
 def load_reference_checkpoint(

@@ -26,6 +26,7 @@ from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors
 from .cli_types import FiniteFloatRange, prepare_output_file
+from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
 def engine_dir_argument(func):
@@ -106,7 +107,8 @@ def main() -> None:
               help="INT8 activation range: entropy (KL threshold, as TensorRT) or max.")
 @click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of sampling and degradation.")
 @click.option("--calib-cache", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Cache folder for calibration sets [default: ~/.cache/dfd-export/calibration].")
+              help="Cache folder for calibration sets; the 4 most recently used are kept [default: "
+                   "$XDG_CACHE_HOME/dfd-export/calibration, else ~/.cache/dfd-export/calibration].")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "auto"]), default="onnxruntime",
               show_default=True, help="onnxruntime: ONNX graphs only. tensorrt: also compile strongly typed "
               "TensorRT engines for this GPU (needs TensorRT and a GPU). auto: tensorrt when possible.")
@@ -123,7 +125,9 @@ def main() -> None:
 @click.option("--lora-alpha", type=FiniteFloatRange(min=0, min_open=True), default=64.0, show_default=True,
               help="LoRA alpha (the reference: 64); adapters merge as W + alpha/r * B @ A. Checkpoints do not "
                    "store it, so a wrong value cannot be detected: it silently changes every score.")
-@click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
+              help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (from 23 attention is exported as one fused node whose "
+                   "softmax the fp16/INT8 passes cannot keep in fp32).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random initialisation.")
 @click.option("--force", is_flag=True, help="Replace an existing engine set in the output folder. A folder that is not a dfd-export engine set, or "
                    "an engine set that holds other files, is never deleted; the old set stays until the new one is "
@@ -152,6 +156,15 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
     if precision == "fp32" and unused:
         warn(f"{', '.join(unused)} only shape the calibration of fp16 and int8 graphs, and an fp32 build has "
              "none; pass --precision fp16 or int8 to use them")
+    elif precision == "fp16" and "--calib-method" in unused:
+        warn("--calib-method only chooses INT8 activation ranges; an fp16 build uses its calibration set to find "
+             "the values out of fp16's range, whatever the method")
+    unused = _flags_given(context, ("lora_r", "lora_alpha"))
+    if weights_dir is None and unused:
+        warn(f"{', '.join(unused)} describe the adapters of the checkpoints in --weights-dir, and without it the "
+             "streams are random")
+    if weights_dir is not None and _flags_given(context, ("seed",)):
+        warn("--seed only initialises random streams, and the streams come from the checkpoints in --weights-dir")
 
     request = BuildRequest(
         out_dir=out_dir or Path("engines") / precision,
@@ -211,15 +224,17 @@ def _flags_given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
 @main.command()
 @engine_dir_argument
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest as JSON.")
-@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of every file (faster on large sets).")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 of every file (faster on large sets); the manifest "
+              "digest, and each file's presence and size, are still checked.")
 @handles_errors
 def inspect(engine_dir, as_json, no_verify):
     """Print an engine set's manifest readably (and check its integrity)."""
     import json
 
-    from dfd.runtime.manifest import load_manifest
+    from dfd.runtime.manifest import load_manifest, verify_files
 
-    manifest = load_manifest(engine_dir, verify=not no_verify)
+    manifest = load_manifest(engine_dir, verify=False)
+    verify_files(manifest, hashes=not no_verify)
     if as_json:
         click.echo(json.dumps(manifest.raw, indent=2))
         return
@@ -230,7 +245,8 @@ def inspect(engine_dir, as_json, no_verify):
         click.secho("weights      RANDOM (demo/benchmark set; scores are meaningless)", fg="yellow")
     click.echo("vote         " + ", ".join(f"{k} {v:g}" for k, v in manifest.vote_weights.items())
                + "  (one-decimal per stream, weighted mean, round half to even)")
-    click.echo(f"integrity    {'not checked (--no-verify)' if no_verify else 'ok (manifest digest and sha256 of every file)'}")
+    click.echo("integrity    ok (" + ("manifest digest, and every file present with its size; sha256 not checked: "
+                                     "--no-verify)" if no_verify else "manifest digest and sha256 of every file)"))
     click.echo("")
     click.echo(f"{'stream':8} {'input':>9} {'precision':>9} {'backend':>12} {'size':>10}  files")
     for name, stream in manifest.streams.items():
@@ -419,7 +435,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     level = f"{report.confidence['level']:.0%} lower bound"
     click.echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image x condition pair(s) "
                f"from {report.distinct_images} distinct image(s)")
-    click.echo(f"  engine set  {engine_dir} (content_sha256 {report.engine_set_sha256 or 'not recorded'})")
+    click.echo(f"  engine set  {engine_dir} (content_sha256 {report.engine_set_sha256})")
     click.echo(f"  backend     {report.backend}")
     click.echo(f"  images      {report.image_source}")
     for stream, values in report.streams.items():

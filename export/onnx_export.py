@@ -1,7 +1,7 @@
 """Export one stream module to ONNX under the stream contract of ARCHITECTURE.md.
 
 Contract: input ``pixels`` float32 [N,3,H,W] (already normalised), output ``logits`` float32
-[N,2]; dynamic N, static H/W; opset >= 17; native ``LayerNormalization``; no ``Resize`` (the
+[N,2]; dynamic N, static H/W; opset 17..22; native ``LayerNormalization``; no ``Resize`` (the
 position grid is baked in); external data only when the file would pass protobuf's 2 GB limit.
 """
 
@@ -19,11 +19,10 @@ from dfd.runtime.errors import DfdError
 
 from . import onnx_files
 from .gelu_order import reorder_erf_gelu
-from .onnx_files import clear_graph_outputs
+from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, clear_graph_outputs
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "logits"
-DEFAULT_OPSET = 18
 
 
 class ExportError(DfdError, RuntimeError):
@@ -73,8 +72,10 @@ def export_stream_onnx(module: nn.Module, path: Path, input_size: int, opset: in
     Uses the torch.export-based exporter (torch's maintained path); the example batch is 2 so the
     batch dimension cannot be specialised to 1.
     """
-    if opset < 17:
-        raise ExportError("opset must be >= 17 for a native LayerNormalization")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"opset must be within {MIN_OPSET}..{MAX_OPSET}, got {opset}: below {MIN_OPSET} there is no "
+                          f"native LayerNormalization; above {MAX_OPSET} attention is one fused node whose softmax "
+                          f"the fp16 and INT8 passes cannot keep in fp32")
     path = Path(path)
     external = onnx_files.needs_external_data(parameter_bytes(module))
     example = torch.zeros(2, 3, input_size, input_size, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""One rule for where every ONNX graph the build writes puts its weights.
+"""The rules every ONNX graph the build writes follows: which opsets, and where its weights go.
 
 protobuf cannot serialise a message past 2 GB, so a graph whose tensors come near that limit
 keeps them in one ``<graph>.data`` file beside it. Shared by the fp32 exporter (which needs
@@ -8,6 +8,13 @@ torch) and the precision passes (which must not), hence its own torch-free modul
 from __future__ import annotations
 
 from pathlib import Path
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 17  # native LayerNormalization
+MAX_OPSET = 22
+"""From opset 23 torch's exporter fuses each attention into one ``Attention`` node with its softmax
+inside, which the precision passes would run wholly in fp16 (they keep ``Softmax`` in fp32);
+from 26 it writes an ``Attention`` the ONNX checker does not know."""
 
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3
 # Tensors plus graph overhead: stay well clear of protobuf's hard limit.

@@ -69,7 +69,7 @@ BUILTIN_IMAGES = "photographs shipped in installed packages"
 class VerifyReport:
     precision: str
     backend: str = ""  # the backend the engines ran on, and why (``Detector.backend_reason``)
-    engine_set_sha256: str | None = None  # the manifest's content_sha256 (None: not recorded)
+    engine_set_sha256: str = ""  # the manifest's content_sha256
     image_source: str = ""  # the --images folder, or BUILTIN_IMAGES
     images: int = 0  # image x condition comparisons
     distinct_images: int = 0  # compared images with distinct decoded pixels
@@ -339,7 +339,7 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
     method, bound = agreement_bound()
     max_abs, max_mean, min_agreement = limits
     report = VerifyReport(
-        precision, backend=detector.backend_reason, engine_set_sha256=detector.manifest.raw.get(CONTENT_HASH_KEY),
+        precision, backend=detector.backend_reason, engine_set_sha256=detector.manifest.raw[CONTENT_HASH_KEY],
         image_source=str(images_dir) if images_dir is not None else BUILTIN_IMAGES,
         confidence={"level": CONFIDENCE, "method": method},
         thresholds={"max_abs_dp": max_abs, "mean_dp": max_mean, "min_vote_agreement": min_agreement,

@@ -111,11 +111,13 @@ def parse_manifest(root: Path, data: dict[str, Any]) -> Manifest:
     where = str(Path(root) / MANIFEST_NAME)
     if data.get("format") != FORMAT:
         raise EngineSetError(f"{where} is not a dfd-export engine-set manifest")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise EngineSetError(
-            f"{where} has format version {data.get('format_version')}; this runtime reads "
-            f"version {FORMAT_VERSION}. Rebuild the engine set with this dfd-export."
-        )
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+        remedy = ("it was built by a newer dfd-export: upgrade this one (pip install -U dfd-export), or rebuild "
+                  "the set with it" if newer else "rebuild the engine set with this dfd-export")
+        raise EngineSetError(f"{where} has format version {version!r}; this runtime reads version "
+                             f"{FORMAT_VERSION}: {remedy}")
     streams = {name: _entry(name, entry, where)
                for name, entry in _require(data, "streams", where, dict).items()}
     unknown = sorted(set(streams) - set(STREAM_ORDER))
@@ -253,12 +255,17 @@ def manifest_digest(data: dict[str, Any]) -> str:
 
 
 def verify_files(manifest: Manifest, *, hashes: bool = True) -> None:
-    """The manifest's own digest (when it has one: sets built before it was recorded do not),
-    then every listed file exists, has its size, and (``hashes``) hashes to its sha256: the
-    tamper check. Without hashes it is a stat of each file, for reports that must not read 15 GB."""
+    """The manifest's own digest, then every listed file exists, has its size, and (``hashes``)
+    hashes to its sha256: the tamper check. Without hashes it is a stat of each file, for reports
+    that must not read 15 GB. A manifest without a digest is refused: deleting the field was an
+    easier edit than recomputing it, and let any edit through."""
     problems: list[str] = []
     recorded = manifest.raw.get(CONTENT_HASH_KEY)
-    if recorded is not None and recorded != manifest_digest(manifest.raw):
+    if recorded is None:
+        problems.append(f"{MANIFEST_NAME} has no {CONTENT_HASH_KEY}: it was edited (the digest removed), or built by "
+                        f"a dfd-export from before the digest was recorded; its vote weights, preprocessing, "
+                        f"precision and sizes cannot be trusted")
+    elif recorded != manifest_digest(manifest.raw):
         problems.append(f"{MANIFEST_NAME} was edited after the build (its {CONTENT_HASH_KEY} no longer matches): "
                         f"its vote weights, preprocessing, precision and sizes decide the scores")
     for stream in manifest.entries():
@@ -306,6 +313,7 @@ def engine_set_files(folder: Path) -> set[str] | None:
             if isinstance(item, dict) and isinstance(item.get("path"), str):
                 listed.add(item["path"])
     tensorrt = data.get("tensorrt")
-    if isinstance(tensorrt, dict) and isinstance(tensorrt.get("timing_cache"), str):
-        listed.add(tensorrt["timing_cache"])
+    timing_cache = tensorrt.get("timing_cache") if isinstance(tensorrt, dict) else None
+    if isinstance(timing_cache, dict) and isinstance(timing_cache.get("path"), str):
+        listed.add(timing_cache["path"])
     return listed

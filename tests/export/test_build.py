@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+import torch
 from click.testing import CliRunner
 
 from conftest import LORA_ALPHA, LORA_R
@@ -81,11 +82,12 @@ def test_force_replaces_an_engine_set_but_never_another_folder_or_file(reference
     (precious / "chapter1.txt").write_text("months of work")
     lone_file = tmp_path / "notes.txt"
     lone_file.write_text("keep me")
-    for out in (precious, lone_file):
+    for out, refusal in ((precious, "is not an engine set (it holds no dfd-export manifest.json), and --force "
+                                    "replaces only engine sets"),
+                         (lone_file, "is a file, not a folder; choose another --out")):
         result = _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector", "--force")
         assert result.exit_code == 1, result.output
-        assert (f"{out} is not an engine set (it holds no dfd-export manifest.json), and --force replaces only "
-                "engine sets") in result.output
+        assert f"{out} {refusal}" in result.output
     assert (precious / "chapter1.txt").read_text() == "months of work" and lone_file.read_text() == "keep me"
     (precious / "manifest.json").write_text('{"name": "My PWA", "start_url": "/"}')  # a web app's, not ours
     result = _build(CliRunner(), reference_ensemble, precious, "--streams", "global", "--no-face-detector", "--force")
@@ -421,3 +423,125 @@ def test_reduced_precision_build_records_calibration_and_is_deterministic(refere
         hashes.append({n: s.file("onnx").sha256 for n, s in manifest.streams.items()})
         hashes[-1]["calibration"] = calibration["sha256"]
     assert hashes[0] == hashes[1]
+
+
+def test_opsets_whose_attention_the_precision_passes_cannot_split_are_refused(reference_ensemble, tmp_path):
+    """At opset 23..25 the fp16 graph ran each fused Attention, softmax included, in fp16 while
+    the manifest said softmax stayed fp32; from 26 the build ended in a traceback."""
+    from dfd.export.onnx_export import ExportError, export_stream_onnx
+
+    for opset in ("23", "26"):
+        result = _build(CliRunner(), reference_ensemble, tmp_path / "e", "--opset", opset)
+        assert result.exit_code == 1 and "is not in the range 17<=x<=22" in result.output, result.output
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(ExportError, match="opset must be within 17..22, got 23"):
+        export_stream_onnx(torch.nn.Linear(2, 2), tmp_path / "x.onnx", 4, opset=23)
+
+
+def test_a_lock_whose_file_was_replaced_meanwhile_is_taken_again(tmp_path, monkeypatch):
+    """A build that opened the lock file just before the build holding it finished and removed
+    it locked a file with no name, while a third build locked a new one: two builds in one folder."""
+    import dfd.export.build as build_module
+
+    out = tmp_path / "engines"
+    lock_path = tmp_path / ".engines.lock"
+    stale = tmp_path / "stale-lock"
+    opened: list[Path] = []
+
+    def open_before_the_holder_finished(path, mode="r", *args, **kwargs):
+        if not opened:  # what this build opened is removed, and a third build locks a new file
+            opened.append(path)
+            handle = open(stale, mode)
+            stale.unlink()
+            return handle
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(build_module, "open", open_before_the_holder_finished, raising=False)
+    with open(lock_path, "a") as third:
+        fcntl.flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(BuildError, match="another dfd-export build is writing"):
+            with build_module._exclusive_build(out):
+                pass
+    assert opened == [lock_path]
+
+
+def test_an_interrupt_while_the_old_set_is_removed_still_publishes_the_new(reference_ensemble, tmp_path, monkeypatch):
+    """Ctrl-C while the replaced set was deleted reported 'interrupted' (exit 130) with the new
+    set already in place."""
+    import dfd.export.build as build_module
+
+    out = tmp_path / "set"
+    assert _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector").exit_code == 0
+    rmtree = shutil.rmtree
+
+    def interrupted(path, *args, **kwargs):
+        if Path(path).name == ".set.replaced" and Path(path).exists():
+            raise KeyboardInterrupt
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(build_module.shutil, "rmtree", interrupted)
+    result = _build(CliRunner(), reference_ensemble, out, "--streams", "fusion", "--no-face-detector", "--force")
+    assert result.exit_code == 0, result.output
+    assert load_manifest(out).streams.keys() == {"fusion"}
+
+
+def test_a_set_left_aside_by_a_killed_build_is_restored(built, reference_ensemble, tmp_path):
+    """Killed between the two renames of publishing, a build left no set at --out and the old one
+    hidden at .NAME.replaced for good."""
+    out = tmp_path / "engines"
+    shutil.copytree(built, tmp_path / ".engines.replaced")
+    result = _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector")
+    assert result.exit_code == 1
+    assert "restored the engine set an interrupted build had moved aside" in result.output
+    assert f"{out} already exists and is not empty; pass --force" in result.output
+    assert load_manifest(out).streams.keys() == load_manifest(built).streams.keys()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engines"]
+
+
+def test_out_that_is_a_file_and_a_calibration_cache_inside_out_are_refused_up_front(reference_ensemble, tmp_path):
+    """A file as --out was called 'not empty; pass --force' (which then failed too); a cache
+    inside --out failed only after every stream was built."""
+    target = tmp_path / "a-file"
+    target.write_text("")
+    result = _build(CliRunner(), reference_ensemble, target, "--streams", "global", "--no-face-detector")
+    assert result.exit_code == 1 and f"{target} is a file, not a folder; choose another --out" in result.output
+    out = tmp_path / "engines"
+    result = _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector",
+                    "--precision", "int8", "--calib-cache", str(out / "cache"))
+    assert result.exit_code == 1
+    assert f"--calib-cache {out / 'cache'} is inside --out {out}, which the build replaces whole" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_flags_the_build_would_not_use_are_named(reference_ensemble, tmp_path):
+    result = CliRunner().invoke(main, ["build", "--models-dir", str(reference_ensemble.models_dir), "--out",
+                                       str(tmp_path / "random"), "--streams", "global", "--no-face-detector",
+                                       "--lora-r", "8", "--precision", "fp16", "--calib-method", "max",
+                                       "--calib-count", "4"])
+    assert result.exit_code == 0, result.output
+    assert "WARNING: --lora-r describe the adapters of the checkpoints in --weights-dir" in result.output
+    assert "WARNING: --calib-method only chooses INT8 activation ranges" in result.output
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "real", "--streams", "global", "--no-face-detector",
+                    "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert "WARNING: --seed only initialises random streams" in result.output
+    assert "--lora-r describe" not in result.output
+
+
+def test_inspect_without_hashes_still_checks_the_digest_and_the_files(built, tmp_path):
+    """--no-verify skipped every check: an edited vote weight and a missing graph passed."""
+    edited = tmp_path / "edited"
+    shutil.copytree(built, edited)
+    data = json.loads((edited / "manifest.json").read_text())
+    data["vote"]["weights"]["face"] = 5
+    (edited / "manifest.json").write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["inspect", str(edited), "--no-verify"])
+    assert result.exit_code == 1 and "manifest.json was edited after the build" in result.output
+    missing = tmp_path / "missing"
+    shutil.copytree(built, missing)
+    (missing / "global.fp32.onnx").unlink()
+    result = CliRunner().invoke(main, ["inspect", str(missing), "--no-verify"])
+    assert result.exit_code == 1 and "missing file global.fp32.onnx (global stream)" in result.output
+    result = CliRunner().invoke(main, ["inspect", str(built), "--no-verify"])
+    assert result.exit_code == 0
+    assert "integrity    ok (manifest digest, and every file present with its size; sha256 not checked" in result.output

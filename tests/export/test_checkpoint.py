@@ -156,6 +156,38 @@ def test_key_without_backbone_prefix_is_unexpected(reference_ensemble):
         _convert(reference_ensemble, state, "global")
 
 
+def test_a_checkpoint_for_another_config_says_so_in_a_short_message(reference_ensemble):
+    """A tiny checkpoint against the paper's giant config gave 728 lines of missing keys that
+    never said why; now the sizes are compared, and each kind of problem is listed 8 times at most."""
+    from dfd.export.configs import PAPER_CLIP, PAPER_DINOV2
+
+    dino, _ = _configs(reference_ensemble)
+    with pytest.raises(CheckpointError) as err:
+        convert_reference_state_dict(_state(reference_ensemble, "global"), "global", PAPER_DINOV2, PAPER_CLIP, LORA)
+    message = str(err.value)
+    assert (f"its DINOv2 has hidden size {dino.hidden_size} and {dino.num_hidden_layers} layers, the config 1536 "
+            f"and 40: pass --models-dir") in message
+    assert len(message.splitlines()) <= 1 + 1 + 3 * 9, message
+    assert re.search(r"\.\.\. and \d+ more of kind 'missing key' \(\d+ in all\)", message)
+
+
+@pytest.mark.parametrize("given, slot, diagnosis", [
+    ("fusion", "global", "it looks like the fusion stream's checkpoint (dinov2_clip.pth), not the global stream's"),
+    ("face", "fusion", "it looks like a global or face stream's checkpoint"),
+])
+def test_another_streams_checkpoint_is_recognised(reference_ensemble, given, slot, diagnosis):
+    with pytest.raises(CheckpointError, match=re.escape(diagnosis)):
+        _convert(reference_ensemble, _state(reference_ensemble, given), slot)
+
+
+def test_a_state_dict_without_the_wrapper_prefix_says_so(reference_ensemble):
+    state = {key.removeprefix("backbone."): value for key, value in _state(reference_ensemble, "global").items()}
+    with pytest.raises(CheckpointError) as err:
+        _convert(reference_ensemble, state, "global")
+    assert f"none of its {len(state)} keys starts with backbone. or module.backbone." in str(err.value)
+    assert len(str(err.value).splitlines()) <= 2 + 2 * 9  # the diagnosis, then two kinds of 8 lines and a count
+
+
 def test_lora_rank_mismatch_is_one_line_naming_the_checkpoint_rank(reference_ensemble):
     """A wrong --lora-r mis-shapes every adapter alike: one line with the rank to use, not one per
     adapter (160 at the paper's size)."""

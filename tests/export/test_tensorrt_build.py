@@ -4,6 +4,7 @@ arguments; it is not a verification of TensorRT (which is never executed in this
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import types
 from pathlib import Path
@@ -147,6 +148,8 @@ def test_build_plumbs_options_into_the_documented_api(reference_ensemble, tmp_pa
     assert manifest.raw["tensorrt"]["version"] == "10.3.0"
     assert manifest.raw["tensorrt"]["compute_capability"] == "8.7"
     assert manifest.raw["tensorrt"]["options"]["max_batch"] == 5
+    assert manifest.raw["tensorrt"]["timing_cache"] == {  # every file of the set has its sha256
+        "path": "timing.cache", "sha256": hashlib.sha256(b"timing").hexdigest(), "bytes": 6, "role": "timing-cache"}
     for stream in manifest.streams.values():
         assert stream.backend == "tensorrt" and stream.file("engine").path.endswith(".engine")
     assert (out / "global.fp32.engine").read_bytes() == b"serialized-engine"

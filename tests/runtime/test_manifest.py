@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 
 import pytest
@@ -187,13 +188,34 @@ def test_an_edited_manifest_field_fails_the_integrity_check(tiny_engine_set, tmp
         verify_files(load_manifest(folder, verify=False), hashes=False)  # what doctor runs
 
 
-def test_the_digest_ignores_formatting_and_a_set_without_one_still_opens(tiny_engine_set, tmp_path):
+def test_the_digest_ignores_formatting_and_a_set_without_one_is_refused(tiny_engine_set, tmp_path):
+    """Deleting content_sha256 let an edited vote weight pass as 'integrity ok'."""
     folder = tmp_path / "set"
     shutil.copytree(tiny_engine_set, folder)
     data = json.loads((folder / MANIFEST_NAME).read_text())
     assert data["content_sha256"] == manifest_digest(data)
     (folder / MANIFEST_NAME).write_text(json.dumps(data, indent=None, sort_keys=True))  # re-formatted only
     load_manifest(folder)
-    del data["content_sha256"]  # a set built before the digest was recorded
+    del data["content_sha256"]
+    data["vote"]["weights"]["face"] = 5
     (folder / MANIFEST_NAME).write_text(json.dumps(data))
-    load_manifest(folder)
+    with pytest.raises(EngineSetError, match="manifest.json has no content_sha256: it was edited"):
+        load_manifest(folder)
+    with pytest.raises(EngineSetError, match="has no content_sha256"):
+        verify_files(load_manifest(folder, verify=False), hashes=False)  # what doctor runs
+
+
+@pytest.mark.parametrize("version, remedy", [
+    (2, "it was built by a newer dfd-export: upgrade this one (pip install -U dfd-export)"),
+    (0, "rebuild the engine set with this dfd-export"),
+    ("1", "rebuild the engine set with this dfd-export"),
+])
+def test_another_format_version_says_which_side_to_update(tiny_engine_set, tmp_path, version, remedy):
+    """A set from a newer dfd-export was told to rebuild with this older one."""
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    write_rebuilt_manifest(folder, {**data, "format_version": version})
+    with pytest.raises(EngineSetError, match=re.escape(f"has format version {version!r}; this runtime reads "
+                                                       f"version 1: {remedy}")):
+        load_manifest(folder)
