@@ -18,11 +18,14 @@ import logging
 import math
 import os
 import sys
+import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -34,7 +37,8 @@ from dfd.runtime import images as images_module
 from dfd.runtime.errors import DfdError
 from dfd.runtime import preprocess as preprocess_module
 from dfd.runtime.images import ImageError, array_sha256, decode_image, read_image_file
-from dfd.runtime.preprocess import preprocess_face, preprocess_fusion, preprocess_global
+from dfd.runtime.preprocess import (preprocess_face, preprocess_fusion, preprocess_global,
+                                    reencode_like_reference_face_file)
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,15 @@ DEFAULT_STREAM_SIZES: Mapping[str, int] = {"global": 252, "face": 252, "fusion":
 _PREPROCESSORS = {
     "global": preprocess_global,
     # The face stream is calibrated on whole images: the runtime's rule when no usable face is
-    # found, and the only choice that needs no face detector at build time.
+    # found, and the only choice that needs no face detector at build time. A JPEG file's face
+    # input is its quality-95 re-encode there (``_face_input``), as the runtime scores it.
     "face": preprocess_face,
     "fusion": preprocess_fusion,
 }
+
+KEPT_CACHED_SETS = 4
+"""Cached sets kept in a cache folder, the most recently used: a paper-size default set is
+~545 MB, and every seed, count, share or code change makes a new one."""
 
 CALIBSET_FORMAT = 2
 """Bumped when the cache file layout changes."""
@@ -161,11 +170,20 @@ def _code_fingerprint() -> str:
     digest = hashlib.sha256()
     for module in modules:
         digest.update(Path(module.__file__).read_bytes())
+    # OpenCV decodes, resizes and JPEG-encodes, NumPy draws the degradations: their versions
+    # decide the values as much as this code does
+    digest.update(f"opencv {cv2.__version__} numpy {np.__version__}".encode())
     return digest.hexdigest()
 
 
 def _input_name(image: ImageInput) -> str:
     return image.name if isinstance(image, Path) else image[0]
+
+
+def _input_location(image: ImageInput) -> str:
+    """A file by its absolute path (the set's report of unreadable files names it, so a moved
+    folder is another set), an array by its name."""
+    return os.path.abspath(image) if isinstance(image, Path) else image[0]
 
 
 def _input_hash(image: ImageInput) -> str:
@@ -181,7 +199,7 @@ def _cache_key(images: Sequence[ImageInput], sampled: Sequence[int], count: int,
     description = {
         "format": CALIBSET_FORMAT,
         "code": _code_fingerprint(),
-        "images": [_input_name(image) for image in images],
+        "images": [_input_location(image) for image in images],
         "sampled": {str(position): _input_hash(images[position]) for position in sorted(set(sampled))},
         "count": count,
         "degrade_share": degrade_share,
@@ -256,15 +274,16 @@ class _ReadableImages:
         self.unreadable: dict[str, str] = {}
         self.reserve_hashes: dict[int, str] = {}
 
-    def load(self, position: int) -> tuple[ImageInput, np.ndarray]:
-        """The input at ``position`` (or its replacement) and its RGB pixels."""
+    def load(self, position: int) -> tuple[int, ImageInput, np.ndarray]:
+        """The position of the input at ``position`` or of its replacement, that input, and its
+        RGB pixels."""
         image = self._images[position]
         while True:
             if _input_id(image) not in self.unreadable:
                 if not isinstance(image, Path):
-                    return image, image[1]
+                    return position, image, image[1]
                 try:
-                    return image, decode_image(image).rgb
+                    return position, image, decode_image(image).rgb
                 except ImageError as error:
                     self.unreadable[_input_id(image)] = str(error)
             if len(self.unreadable) == self._inputs:
@@ -312,20 +331,21 @@ def _compute(sampled: Sequence[int], readable: _ReadableImages, degraded_slots: 
     arrays = {stream: np.empty((count, 3, size, size), dtype=np.float32)
               for stream, size in stream_sizes.items()}
     items = []
-    source_pixels: dict[str, str] = {}  # input id -> pixels_sha256, each input hashed once
+    source_pixels: dict[int, str] = {}  # input position -> pixels_sha256, each input hashed once
     bar = tqdm(total=count, desc="calibration set", unit="img", file=sys.stderr,
                disable=not progress or count <= _PROGRESS_MIN_IMAGES)
     with bar:
         for slot, position in enumerate(sampled):
-            image, rgb = readable.load(position)
-            if _input_id(image) not in source_pixels:
-                source_pixels[_input_id(image)] = pixels_sha256(rgb)
+            used, image, rgb = readable.load(position)
+            if used not in source_pixels:
+                source_pixels[used] = pixels_sha256(rgb)
             ops: tuple[tuple[str, float], ...] = ()
             if slot in degraded_slots:
                 rgb, applied = degrade(rgb, np.random.default_rng([seed, _SLOT_STREAM, slot]), spec)
                 ops = tuple((op.name, round(op.strength, 6)) for op in applied)
             for stream, size in stream_sizes.items():
-                tensor = _PREPROCESSORS[stream](rgb, size=size).tensor
+                pixels = _face_input(image, rgb) if stream == "face" else rgb
+                tensor = _PREPROCESSORS[stream](pixels, size=size).tensor
                 if tensor.shape != (3, size, size):
                     raise CalibrationError(
                         f"runtime preprocessing for stream {stream!r} returned shape "
@@ -335,6 +355,14 @@ def _compute(sampled: Sequence[int], readable: _ReadableImages, degraded_slots: 
             items.append(CalibrationItem(_input_name(image), slot in degraded_slots, ops))
             bar.update(1)
     return arrays, items, sorted(set(source_pixels.values()))
+
+
+def _face_input(image: ImageInput, rgb: np.ndarray) -> np.ndarray:
+    """The face stream's input for a whole image, as the runtime scores a file with no usable
+    face: a JPEG's is its quality-95 re-encode (the reference's face-crop file), others as is."""
+    if not isinstance(image, Path):
+        return rgb
+    return reencode_like_reference_face_file(rgb, image.suffix)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,10 +386,37 @@ def _save(path: Path, calib: CalibrationSet) -> None:
         SOURCE_PIXELS_KEY: calib.source_pixels,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as handle:
-        np.savez(handle, **calib.arrays, **{_META_KEY: np.array(json.dumps(meta))})
-    os.replace(partial, path)  # readers never see a half-written cache file
+    # a name of its own per writer (two builds in one process once shared one partial file)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **calib.arrays, **{_META_KEY: np.array(json.dumps(meta))})
+        os.replace(partial, path)  # readers never see a half-written cache file
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
+def _save_quietly(path: Path, calib: CalibrationSet) -> None:
+    """The cache only saves time: a cache that cannot be written (full disk, read-only or not a
+    folder) is warned about and the build goes on with the set it computed."""
+    try:
+        _save(path, calib)
+    except OSError as error:
+        log.warning("could not cache the calibration set in %s (%s); the build goes on without caching it",
+                    path.parent, error.strerror or error)
+        return
+    _prune(path.parent, keep=path)
+
+
+def _prune(cache_dir: Path, keep: Path) -> None:
+    """Delete all but the :data:`KEPT_CACHED_SETS` most recently used sets (``keep`` among them)."""
+    try:
+        cached = sorted(cache_dir.glob("calibset-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in [p for p in cached if p != keep][KEPT_CACHED_SETS - 1:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # another build pruned (or is using) the same folder: nothing is lost
 
 
 def _load(path: Path, key: str, stream_sizes: Mapping[str, int]) -> tuple[dict, dict] | None:
@@ -371,7 +426,8 @@ def _load(path: Path, key: str, stream_sizes: Mapping[str, int]) -> tuple[dict, 
         with np.load(path, allow_pickle=False) as stored:
             meta = json.loads(str(stored[_META_KEY]))
             arrays = {stream: stored[stream] for stream in stream_sizes}
-    except (OSError, KeyError, ValueError, RecursionError) as error:
+    except (OSError, KeyError, ValueError, RecursionError, EOFError, zipfile.BadZipFile) as error:
+        # truncated (a crash before the data reached the disk), bit-flipped or not a cache file
         log.warning("ignoring unreadable calibration cache %s (%s); rebuilding", path, error)
         return None
     if meta.get("cache_key") != key or arrays_sha256(arrays) != meta.get("sha256"):
@@ -409,6 +465,10 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
             loaded = None
         if loaded is not None:
             arrays, meta = loaded
+            try:
+                os.utime(_cache_path(cache_dir, key))  # most recently used: kept by _prune
+            except OSError:
+                pass
             items = [CalibrationItem(name, degraded, tuple((op, strength) for op, strength in ops))
                      for name, degraded, ops in meta["items"]]
             return CalibrationSet(arrays=arrays, sha256=meta["sha256"], items=items,
@@ -423,5 +483,5 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
                            unreadable=readable.unreadable, reserve_hashes=readable.reserve_hashes,
                            source_pixels=source_pixels, **common)
     if cache_dir is not None:
-        _save(_cache_path(cache_dir, key), calib)
+        _save_quietly(_cache_path(cache_dir, key), calib)
     return calib

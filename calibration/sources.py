@@ -72,8 +72,9 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
 
     Every entry that is not a folder counts, by its suffix: a broken link or a named pipe called
     ``x.jpg`` is listed as an image, so that reading it fails with a message that names it instead
-    of the file silently missing from the results. Linked folders are not followed. A folder that
-    cannot be listed is an error; a sub-folder that cannot be is listed in ``unreadable``."""
+    of the file silently missing from the results. With ``recursive``, linked folders are followed
+    as linked files are (each real folder once, so a link loop ends). A folder that cannot be
+    listed is an error; a sub-folder that cannot be is listed in ``unreadable``."""
     folder = Path(folder)
     if not folder.exists():
         raise ImageSourceError(f"image folder {folder} does not exist")
@@ -99,10 +100,14 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
 def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
     """(files, sub-folders not looked into, sub-folders that could not be listed) under ``folder``,
     hidden names skipped, each list sorted by the path relative to ``folder``. ``os.walk`` rather
-    than ``Path.rglob``, which skips a folder it may not list without a word."""
+    than ``Path.rglob``, which skips a folder it may not list without a word. The real tree is
+    walked first and linked folders after it, each real folder once: a file reached both ways
+    keeps its real path, and a link loop ends."""
     files: list[Path] = []
     sub_folders: list[Path] = []
     unreadable: list[tuple[Path, str]] = []
+    walked: set[tuple[int, int]] = set()  # (device, inode) of each real folder listed
+    links: list[Path] = []  # linked folders met, walked after the real tree
 
     def record_failure(error: OSError) -> None:
         reason = error.strerror or str(error)
@@ -110,14 +115,24 @@ def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]
             raise ImageSourceError(f"cannot list image folder {folder}: {reason}")
         unreadable.append((Path(error.filename), reason))
 
-    for root, dirs, names in os.walk(folder, onerror=record_failure):  # links to folders are not followed
-        here = Path(root)
-        dirs[:] = [name for name in dirs if not name.startswith(".")]
-        files += [here / name for name in names if not name.startswith(".")]
-        if not recursive:
-            # a linked folder is not named: --recursive would not follow it either
-            sub_folders += [here / name for name in dirs if not (here / name).is_symlink()]
-            break
+    def walk(top: Path) -> None:
+        for root, dirs, names in os.walk(top, onerror=record_failure):  # descends real folders only
+            here = Path(root)
+            info = os.stat(root)
+            if (info.st_dev, info.st_ino) in walked:  # a link to a folder already listed, or a loop
+                dirs[:] = []
+                continue
+            walked.add((info.st_dev, info.st_ino))
+            dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+            files.extend(here / name for name in names if not name.startswith("."))
+            if not recursive:
+                sub_folders.extend(here / name for name in dirs)
+                return
+            links.extend(here / name for name in dirs if (here / name).is_symlink())
+
+    walk(folder)
+    while links:
+        walk(links.pop(0))
 
     def relative(path: Path) -> str:
         return path.relative_to(folder).as_posix()

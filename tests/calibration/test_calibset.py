@@ -137,6 +137,10 @@ def test_cache_key_follows_every_input(images, tmp_path):
                                  stream_sizes={"fusion": 224})
     used = {item.name for item in base.items}
     assert len(used) == 3
+    unused_changed = [(name, rgb if name in used else rgb[::-1].copy()) for name, rgb in images]
+    same = build_calibration_set(unused_changed, count=3, degrade_share=0.5, seed=0, cache_dir=tmp_path,
+                                 stream_sizes={"fusion": 224})
+    assert same.from_cache and same.cache_key == base.cache_key, "an input the set is not made of is not part of it"
     changed_pixel = [(name, rgb.copy()) for name, rgb in images]
     next(rgb for name, rgb in changed_pixel if name in used)[0, 0, 0] ^= 1
     variants = [
@@ -152,10 +156,6 @@ def test_cache_key_follows_every_input(images, tmp_path):
     keys = {base.cache_key} | {variant.cache_key for variant in variants}
     assert len(keys) == 5
     assert not any(variant.from_cache for variant in variants)
-    unused_changed = [(name, rgb if name in used else rgb[::-1].copy()) for name, rgb in images]
-    same = build_calibration_set(unused_changed, count=3, degrade_share=0.5, seed=0, cache_dir=tmp_path,
-                                 stream_sizes={"fusion": 224})
-    assert same.from_cache and same.cache_key == base.cache_key, "an input the set is not made of is not part of it"
 
 
 def test_only_the_sampled_files_of_a_folder_are_read(images, tmp_path, monkeypatch):
@@ -296,3 +296,95 @@ def test_a_changed_replacement_of_an_unsampled_file_invalidates_the_cache(images
     cv2.imwrite(str(replacement), cv2.cvtColor(synthetic(240, 260, 99), cv2.COLOR_RGB2BGR))
     rebuilt = build_calibration_set(inputs, **arguments)
     assert rebuilt.cache_key == calib.cache_key and not rebuilt.from_cache and rebuilt.sha256 != calib.sha256
+
+
+# ------------------------------------------------------------------------------ cache robustness
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "tail cut", "bit flip"])
+def test_a_damaged_cache_file_is_rebuilt_not_fatal(images, tmp_path, caplog, damage):
+    """Only pure garbage was handled: an emptied or truncated file (EOFError, BadZipFile) or a
+    flipped byte (bad CRC) crashed every later build until someone found and deleted it."""
+    arguments = dict(count=2, degrade_share=0.0, seed=0, cache_dir=tmp_path, stream_sizes={"global": 252})
+    built = build_calibration_set(images, **arguments)
+    cache_file = tmp_path / f"calibset-{built.cache_key}.npz"
+    data = cache_file.read_bytes()
+    damaged = {"empty": b"", "truncated": data[:len(data) // 2], "tail cut": data[:-10],
+               "bit flip": data[:200] + bytes([data[200] ^ 0xFF]) + data[201:]}[damage]
+    cache_file.write_bytes(damaged)
+    with caplog.at_level(logging.WARNING):
+        rebuilt = build_calibration_set(images, **arguments)
+    assert not rebuilt.from_cache and rebuilt.sha256 == built.sha256 and "rebuilding" in caplog.text
+    assert build_calibration_set(images, **arguments).from_cache  # the rebuilt file replaced it
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_cache(images, tmp_path, caplog, monkeypatch):
+    """A cache folder that is a file, or a full disk, failed the build (after computing the set)
+    and left a partial file of up to ~545 MB."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    arguments = dict(count=2, degrade_share=0.0, seed=0, stream_sizes={"global": 252})
+    with caplog.at_level(logging.WARNING):
+        calib = build_calibration_set(images, cache_dir=blocker, **arguments)
+    assert calib.arrays["global"].shape == (2, 3, 252, 252) and "could not cache the calibration set" in caplog.text
+
+    def disk_full(file, **arrays):
+        file.write(b"x" * 1000)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(calibset.np, "savez", disk_full)
+    cache = tmp_path / "cache"
+    calib = build_calibration_set(images, cache_dir=cache, **arguments)
+    assert calib.arrays["global"].shape == (2, 3, 252, 252)
+    assert list(cache.iterdir()) == []  # no partial file left behind
+
+
+def test_only_the_most_recently_used_sets_are_kept(images, tmp_path):
+    arguments = dict(count=2, degrade_share=0.0, cache_dir=tmp_path, stream_sizes={"fusion": 16})
+    keys = [build_calibration_set(images, seed=seed, **arguments).cache_key for seed in range(6)]
+    first = tmp_path / f"calibset-{keys[0]}.npz"
+    assert not first.exists()
+    os.utime(tmp_path / f"calibset-{keys[2]}.npz", (0, 0))  # the oldest use of those left
+    assert build_calibration_set(images, seed=3, **arguments).from_cache  # a hit counts as a use
+    build_calibration_set(images, seed=6, **arguments)
+    kept = sorted(p.name for p in tmp_path.glob("calibset-*.npz"))
+    assert len(kept) == calibset.KEPT_CACHED_SETS and f"calibset-{keys[2]}.npz" not in kept
+    assert f"calibset-{keys[3]}.npz" in kept
+
+
+def test_the_cache_key_follows_the_opencv_and_numpy_versions_and_the_folder(images, tmp_path, monkeypatch):
+    """Both decide the tensors (decoding, resizing, JPEG, the degradations' draws); and a moved
+    folder is another set, whose report names the files where they are now."""
+    arguments = dict(count=2, degrade_share=0.0, seed=0, stream_sizes={"fusion": 16})
+    key = build_calibration_set(images, **arguments).cache_key
+    monkeypatch.setattr(calibset.cv2, "__version__", "9.9.9")
+    assert build_calibration_set(images, **arguments).cache_key != key
+    monkeypatch.undo()
+    for folder in ("v1", "v2"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "a.png"), images[0][1])
+    keys = {build_calibration_set([tmp_path / folder / "a.png"], **arguments).cache_key for folder in ("v1", "v2")}
+    assert len(keys) == 2
+
+
+def test_a_jpeg_files_face_input_is_its_reference_reencode(images, tmp_path):
+    """The runtime scores a JPEG with no usable face on its quality-95 re-encode (the reference's
+    face-crop file); the calibration set took the decoded pixels as they were."""
+    from dfd.runtime.preprocess import reencode_like_reference_face_file
+
+    path = tmp_path / "a.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(images[0][1], cv2.COLOR_RGB2BGR))
+    rgb = decode_image(path).rgb
+    calib = build_calibration_set([path], count=1, degrade_share=0.0, seed=0, stream_sizes={"face": 252, "global": 252})
+    reencoded = reencode_like_reference_face_file(rgb, ".jpg")[0]
+    assert not np.array_equal(reencoded, rgb)
+    np.testing.assert_array_equal(calib.arrays["face"][0], preprocess_face(reencoded, size=252).tensor)
+    np.testing.assert_array_equal(calib.arrays["global"][0], preprocess_global(rgb, size=252).tensor)
+
+
+def test_arrays_of_one_name_each_have_their_pixels_recorded(images):
+    """Inputs were told apart by name: of two arrays both called 'photo', one was missing from
+    source_pixels_sha256, and verify undercounted its overlap with the calibration images."""
+    twins = [("photo", images[0][1]), ("photo", images[1][1])]
+    calib = build_calibration_set(twins, count=2, degrade_share=0.0, seed=0, stream_sizes={"fusion": 16})
+    assert calib.source_pixels == sorted(calibset.pixels_sha256(rgb) for _, rgb in twins)

@@ -56,17 +56,29 @@ def test_scan_names_the_visible_files_it_leaves_out(folder):
 
 
 def test_flat_scan_names_the_sub_folders_it_does_not_enter(folder):
-    """Hidden and linked folders stay out of it (a recursive scan does not follow a link either),
-    and a recursive scan enters every visible one."""
+    """Hidden folders stay out of it, linked ones are named (a recursive scan follows them), and
+    a recursive scan enters every visible one."""
     (folder / "empty").mkdir()
     (folder / "linked").symlink_to(folder / "sub")
-    assert [path.name for path in scan_image_folder(folder, recursive=False).sub_folders] == ["empty", "sub"]
+    assert [path.name for path in scan_image_folder(folder, recursive=False).sub_folders] == ["empty", "linked", "sub"]
     assert scan_image_folder(folder).sub_folders == []
+
+
+def test_a_recursive_scan_follows_linked_folders_once(folder, tmp_path_factory):
+    """A recursive --calib-dir left out the images of a linked folder without a word. A folder
+    reached by a link and for real keeps its real path, and each is listed once."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    write_image(elsewhere / "e.png")
+    (folder / "a_link").symlink_to(elsewhere)
+    (folder / "0_alias").symlink_to(folder / "sub")  # sorts before sub: the real path still wins
+    (folder / "sub" / "deeper" / "up").symlink_to("../..")
+    names = [path.relative_to(folder).as_posix() for path in list_images(folder)]
+    assert names == ["A.JPG", "a_link/e.png", "b.png", "sub/c.webp", "sub/deeper/d.bmp"]
 
 
 def test_scan_lists_entries_that_cannot_be_read_so_they_are_reported(folder):
     """A broken link or a named pipe with an image name is listed (its read fails with a message
-    naming it); a linked folder is neither listed nor followed."""
+    naming it); a link loop ends."""
     (folder / "gone.png").symlink_to("nowhere.png")
     os.mkfifo(folder / "sub" / "pipe.jpg")
     (folder / "sub" / "loop").symlink_to("..")
