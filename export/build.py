@@ -247,7 +247,8 @@ def _calibration_set(request: BuildRequest, warn: Callable[[str], None]):
         warn(f"the calibration set draws its {request.calib_count} slots from only {len(images)} photograph(s) "
              f"in {source}; a {request.precision} graph calibrated on so few may not cover the images it will "
              f"score. Give --calib-dir a folder of at least {FEW_CALIBRATION_IMAGES} (a few hundred is better)")
-    cache = request.calib_cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dfd-export" / "calibration"
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cache = request.calib_cache or user_cache / "dfd-export" / "calibration"
     return build_calibration_set(
         images, count=request.calib_count, degrade_share=request.calib_degrade, seed=request.calib_seed,
         stream_sizes={s: STREAM_SPECS[s].input_size for s in request.streams}, cache_dir=cache, source=source,
@@ -404,7 +405,7 @@ def _exclusive_build(out: Path) -> Iterator[None]:
             handle.close()
             raise BuildError(f"another dfd-export build is writing {out} (it holds {lock_path}); wait for it "
                              "to finish or choose another --out") from None
-        if _same_file(handle, lock_path):
+        if _still_at(handle, lock_path):
             break
         handle.close()  # the build that held it removed it in the meantime: lock the current file
     with handle:
@@ -414,7 +415,8 @@ def _exclusive_build(out: Path) -> Iterator[None]:
             lock_path.unlink(missing_ok=True)
 
 
-def _same_file(handle: IO, path: Path) -> bool:
+def _still_at(handle: IO, path: Path) -> bool:
+    """Whether the open file ``handle`` is the file now at ``path``."""
     try:
         at_path = os.stat(path)
     except FileNotFoundError:
