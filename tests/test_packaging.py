@@ -37,8 +37,11 @@ def test_wheel_carries_every_kernel_source_and_the_three_packages(tmp_path):
 
 
 def _make_dry_run(folder: Path) -> list[str]:
-    """The commands ``make test`` would run in ``folder`` (a copy of the Makefile), not running them."""
-    run = subprocess.run(["make", "-n", "test"], cwd=folder, capture_output=True, text=True)
+    """The commands ``make test`` would run in ``folder`` (a copy of the Makefile), not running them;
+    as a make of its own, not a sub-make of the ``make test`` running this suite."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    run = subprocess.run(["make", "--no-print-directory", "-n", "test"], cwd=folder, capture_output=True, text=True,
+                         env=env)
     assert run.returncode == 0, run.stderr
     return run.stdout.splitlines()
 
