@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dfd.calibration import degrade as degrade_module
+from dfd.calibration.atomic_files import write_atomically
 from dfd.calibration import sources as sources_module
 from dfd.calibration.degrade import PAPER_SPEC, DegradationSpec, degrade
 from dfd.calibration.sources import sample_images
@@ -386,15 +386,9 @@ def _save(path: Path, calib: CalibrationSet) -> None:
         SOURCE_PIXELS_KEY: calib.source_pixels,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a name of its own per writer (two builds in one process once shared one partial file)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **calib.arrays, **{_META_KEY: np.array(json.dumps(meta))})
-        os.replace(partial, path)  # readers never see a half-written cache file
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    # readers never see a half-written cache file; each writer has its own temporary file (two
+    # builds in one process once shared one)
+    write_atomically(path, lambda file: np.savez(file, **calib.arrays, **{_META_KEY: np.array(json.dumps(meta))}))
 
 
 def _save_quietly(path: Path, calib: CalibrationSet) -> None:

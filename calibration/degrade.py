@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,6 +57,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dfd.calibration.atomic_files import write_atomically
 from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image
 
@@ -712,14 +712,18 @@ def fixed_degradation(name: str) -> Callable[[np.ndarray], np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
+def _require_seed(seed: int) -> None:
+    if seed < 0:
+        raise DegradationError(f"seed must be >= 0, got {seed}")
+
+
 def image_rng(seed: int, rgb: np.ndarray) -> np.random.Generator:
     """The generator for one image: depends on the seed and the decoded pixels (their
     :func:`~dfd.runtime.images.array_sha256`), not on the file's name, folder or format, nor on
     the order in which images are processed. So adding a file does not change the others'
     degradations, and two different photographs that share a name (``real/x.jpg``,
     ``fake/x.jpg``) get unrelated draws."""
-    if seed < 0:
-        raise DegradationError(f"seed must be >= 0, got {seed}")
+    _require_seed(seed)
     return np.random.default_rng([seed, int(array_sha256(rgb)[:16], 16)])
 
 
@@ -770,8 +774,7 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     if not 0.0 <= share <= 1.0:
         raise DegradationError(f"share must be in [0, 1], got {share}")
     transform = fixed_degradation(fixed) if fixed is not None else None
-    if seed < 0:
-        raise DegradationError(f"seed must be >= 0, got {seed}")
+    _require_seed(seed)  # before any file is touched
     outputs = _output_paths(inputs, out_dir)
     identities = {identity for identity in map(_file_identity, inputs) if identity is not None}
     overwritten = [str(out) for out in outputs if _file_identity(out) in identities]
@@ -829,19 +832,10 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    """Encode in memory and write through a hidden temporary file of a name no other file has,
-    renamed into place: an interrupted run never leaves a truncated image that a later
-    ``verify --images`` or calibration would read, and no file of the user's is touched but
-    ``path``. Python writes the file, not OpenCV, whose ``imwrite`` crashes on names that are not
-    valid UTF-8. Raises ``DegradationError``/``OSError``."""
+    """Encode in memory and write atomically (:func:`write_atomically`): an interrupted run never
+    leaves a truncated image that a later ``verify --images`` or calibration would read, and no
+    file of the user's is touched but ``path``. Raises ``DegradationError``/``OSError``."""
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise DegradationError(f"OpenCV could not PNG-encode an image of shape {rgb.shape} for {path}")
-    handle, partial = tempfile.mkstemp(prefix=".", suffix=".partial.png", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(encoded.tobytes())
-        os.replace(partial, path)
-    except BaseException:
-        os.unlink(partial)
-        raise
+    write_atomically(path, lambda file: file.write(encoded.tobytes()))

@@ -307,13 +307,9 @@ def engine_set_files(folder: Path) -> set[str] | None:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None
     entries = list((data.get("streams") or {}).values()) + [data.get("face_detector") or {}]
-    listed = {MANIFEST_NAME}
-    for entry in entries:
-        for item in (entry.get("files") or []) if isinstance(entry, dict) else []:
-            if isinstance(item, dict) and isinstance(item.get("path"), str):
-                listed.add(item["path"])
+    items = [item for entry in entries if isinstance(entry, dict) for item in entry.get("files") or []]
     tensorrt = data.get("tensorrt")
-    timing_cache = tensorrt.get("timing_cache") if isinstance(tensorrt, dict) else None
-    if isinstance(timing_cache, dict) and isinstance(timing_cache.get("path"), str):
-        listed.add(timing_cache["path"])
-    return listed
+    if isinstance(tensorrt, dict):
+        items.append(tensorrt.get("timing_cache"))  # a file entry of the set as the streams' are
+    return {MANIFEST_NAME} | {item["path"] for item in items
+                              if isinstance(item, dict) and isinstance(item.get("path"), str)}
