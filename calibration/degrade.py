@@ -606,22 +606,30 @@ def degrade(rgb: np.ndarray, rng: np.random.Generator,
         if rng.random() < probability:
             beta_b = spec.beta_b + STRENGTH_SKIPPED_OPS.get(name, 0)
             strength = spec.max_strength * float(rng.beta(spec.beta_a, beta_b))
-            if name == "resize":
-                img = _resize(img, strength, rng, max_pixels=max_pixels)
-            else:
-                img = OPS[name](img, strength, rng)
+            img = _apply_named(name, img, strength, rng, max_pixels)
             applied.append(AppliedOp(name, strength))
     return _to_uint8(_restore_size(img, *rgb.shape[:2], rng)), applied
 
 
+def _apply_named(name: str, img: FloatImage, strength: float, rng: np.random.Generator,
+                 max_pixels: int) -> FloatImage:
+    """One op of :data:`OPS`; a rescale is held to ``max_pixels`` (the only op that grows the
+    image)."""
+    if name == "resize":
+        return _resize(img, strength, rng, max_pixels=max_pixels)
+    return OPS[name](img, strength, rng)
+
+
 def apply_op(name: str, rgb: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """Apply one named op (see :data:`OPS`) at a strength in [0, 1]; uint8 RGB in and out."""
+    """Apply one named op (see :data:`OPS`) at a strength in [0, 1]; uint8 RGB in and out. Held
+    to :func:`working_pixel_limit` as the compound pipeline is."""
     if name not in OPS:
         raise DegradationError(f"unknown degradation op {name!r}; known: {sorted(OPS)}")
     if not 0.0 <= strength <= 1.0:
         raise DegradationError(f"strength must be in [0, 1], got {strength}")
     _check_rgb(rgb)
-    return _to_uint8(_restore_size(OPS[name](_to_float(rgb), float(strength), rng), *rgb.shape[:2], rng))
+    degraded = _apply_named(name, _to_float(rgb), float(strength), rng, working_pixel_limit(*rgb.shape[:2]))
+    return _to_uint8(_restore_size(degraded, *rgb.shape[:2], rng))
 
 
 # --------------------------------------------------------------------------------------------

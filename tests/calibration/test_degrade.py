@@ -750,6 +750,27 @@ def test_the_working_image_never_grows_past_four_times_the_input(monkeypatch):
     assert 3.6 * image[..., 0].size <= largest <= 4 * image[..., 0].size
 
 
+def test_one_rescale_op_is_held_to_the_same_limit(monkeypatch):
+    """apply_op('resize') upscaled by up to 2 per side whatever the image's size (a 40 MP
+    photograph grew to 160 MP); it meets the compound pipeline's limit (lowered here to 2x the
+    input so that small images reach it)."""
+    import dfd.calibration.degrade as module
+
+    sizes: list[int] = []
+    resize = module.cv2.resize
+
+    def recording_resize(img, size, **kwargs):
+        sizes.append(size[0] * size[1])
+        return resize(img, size, **kwargs)
+
+    image = flat(128, shape=(40, 30))
+    monkeypatch.setattr(module, "DEFAULT_MAX_PIXELS", 2 * image[..., 0].size)
+    monkeypatch.setattr(module.cv2, "resize", recording_resize)
+    for seed in range(40):
+        assert apply_op("resize", image, 0.5, rng(seed)).shape == image.shape
+    assert 1.8 * image[..., 0].size <= max(sizes) <= 2 * image[..., 0].size
+
+
 def test_the_working_pixel_limit():
     from dfd.calibration.degrade import working_pixel_limit
 
