@@ -181,8 +181,10 @@ def _input_name(image: ImageInput) -> str:
 
 
 def _input_location(image: ImageInput) -> str:
-    """A file by its absolute path (the set's report of unreadable files names it, so a moved
-    folder is another set), an array by its name."""
+    """A file by its absolute path, an array by its name: what tells inputs apart (two files of
+    one name in different folders are two inputs, one file named two ways is one), keys the
+    cache (a moved folder is another set) and names a file in the report of unreadable ones
+    (the same whichever directory a cached set is used from)."""
     return os.path.abspath(image) if isinstance(image, Path) else image[0]
 
 
@@ -253,11 +255,6 @@ def _check_arguments(images: Sequence[ImageInput], count: int, degrade_share: fl
     return checked
 
 
-def _input_id(image: ImageInput) -> str:
-    """Tells inputs apart (two files of one name in different folders are two inputs)."""
-    return str(image) if isinstance(image, Path) else image[0]
-
-
 class _ReadableImages:
     """Pixels for each sampled slot; a file that cannot be read is replaced, every time it was
     sampled, by the next readable image of a seeded order of all the inputs, and reported.
@@ -270,7 +267,7 @@ class _ReadableImages:
     def __init__(self, images: Sequence[ImageInput], seed: int) -> None:
         self._images = images
         self._reserve = itertools.cycle(np.random.default_rng([seed, _RESERVE_STREAM]).permutation(len(images)))
-        self._inputs = len({_input_id(image) for image in images})
+        self._inputs = len({_input_location(image) for image in images})
         self.unreadable: dict[str, str] = {}
         self.reserve_hashes: dict[int, str] = {}
 
@@ -279,13 +276,13 @@ class _ReadableImages:
         RGB pixels."""
         image = self._images[position]
         while True:
-            if _input_id(image) not in self.unreadable:
+            if _input_location(image) not in self.unreadable:
                 if not isinstance(image, Path):
                     return position, image, image[1]
                 try:
                     return position, image, decode_image(image).rgb
                 except ImageError as error:
-                    self.unreadable[_input_id(image)] = str(error)
+                    self.unreadable[_input_location(image)] = str(error)
             if len(self.unreadable) == self._inputs:
                 first = next(iter(self.unreadable.values()))
                 raise CalibrationError(

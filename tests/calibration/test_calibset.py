@@ -279,6 +279,27 @@ def test_unreadable_files_are_replaced_reproducibly_and_reported(images, tmp_pat
     assert [entry["image"] for entry in calib.manifest_entry()["unreadable_images"]] == list(calib.unreadable)
 
 
+def test_unreadable_files_are_named_by_absolute_path(images, tmp_path, monkeypatch):
+    """The cache is keyed by absolute paths, but the report named a file as first given: the
+    same set used from another directory named 'corrupt.jpg' relative to the first one, and
+    'corrupt.jpg' and './corrupt.jpg' counted as two inputs."""
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    for name, rgb in images:
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    arguments = dict(count=4, degrade_share=0.0, seed=1, stream_sizes={"global": 252}, cache_dir=tmp_path / "c")
+    monkeypatch.chdir(folder)
+    first = build_calibration_set([Path(f"{name}.png") for name, _ in images] + [Path("corrupt.jpg")], **arguments)
+    monkeypatch.chdir(tmp_path)
+    relative = [Path("shoot") / f"{name}.png" for name, _ in images]
+    cached = build_calibration_set(relative + [Path("shoot/corrupt.jpg")], **arguments)
+    assert cached.from_cache and list(cached.unreadable) == list(first.unreadable) == [str(folder / "corrupt.jpg")]
+    with pytest.raises(CalibrationError, match=r"none of the 1 calibration image\(s\)"):
+        build_calibration_set([Path("shoot/corrupt.jpg"), Path("./shoot/corrupt.jpg")], count=2,
+                              degrade_share=0.0, seed=0)
+
+
 def test_a_changed_replacement_of_an_unsampled_file_invalidates_the_cache(images, tmp_path):
     """The key hashes only the sampled files; the file that replaced an unreadable sample is
     checked against the cache's record instead."""
