@@ -19,9 +19,9 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from dfd.runtime.errors import first_few
+from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.face_boxes import BOX_COLUMNS
-from dfd.runtime.images import silence_opencv_log
+from dfd.runtime.images import DEFAULT_MAX_PIXELS, silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors
@@ -379,7 +379,7 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
         found, given_problems = expand_inputs((given,), recursive=recursive)
         problems += given_problems
         given_root = Path(given).resolve()
-        scans_out = Path(given).is_dir() and (given_root == out_root or given_root in out_root.parents)
+        scans_out = _is_folder(given) and (given_root == out_root or given_root in out_root.parents)
         for image in found:
             resolved = Path(image).resolve()
             if scans_out and out_root in resolved.parents:
@@ -471,6 +471,16 @@ _CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_
                "error", "notes")
 
 
+def _is_folder(given: str) -> bool:
+    """Whether an argument names a folder. A path that cannot even be looked at (a name too long,
+    a folder on the way that may not be entered) is taken as a file, which then fails on its own
+    line as an unreadable image instead of ending the run."""
+    try:
+        return Path(given).is_dir()
+    except OSError:
+        return False
+
+
 def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
     """Files as given; folders expanded to their images (``scan_image_folder``, the calibration
     sets' rule). Returns (images, problems); a folder's other files are named in a warning on
@@ -481,7 +491,7 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
     problems: list[tuple[str, str]] = []
     for given in inputs:
         path = Path(given)
-        if not path.is_dir():
+        if not _is_folder(given):
             images.append(given)  # a missing file becomes a per-image error in the detector
             continue
         try:
@@ -514,8 +524,8 @@ def _printable(name: str) -> str:
 
 
 def _format_table_row(d: dict) -> str:
-    if d["error"]:
-        return f"{_printable(d['image'])}  ERROR: {d['error']}"
+    if d["error"]:  # the message names the file too
+        return f"{_printable(d['image'])}  ERROR: {_printable(d['error'])}"
     streams = "  ".join(f"{s} {p:.4f}" for s, p in d["streams"].items())
     return f"{_printable(d['image'])}  score {d['score']:.1f}  (raw {d['raw_score']:.4f})  {streams}  face: {_face_input(d)}"
 
@@ -584,13 +594,21 @@ def _csv_row(d: dict) -> dict:
 @click.option("--cuda-graph-batch", type=click.IntRange(min=1), default=None,
               help="tensorrt backend: replay one CUDA graph of preprocessing -> three engines -> vote for "
                    "batches of exactly this many images (set --batch-size to match; other sizes run uncaptured).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Largest image, in pixels, decoded at full size: a larger JPEG is decoded reduced (1/2 .. 1/8), "
+                   "any other larger image fails on its own line. Face localisation and resizing hold a few "
+                   "copies of an image in memory (3 bytes a pixel each); raise it where memory allows.")
 @handles_errors
 def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend, recursive, no_face_detect, face_min_px,
-           no_face_cascade, host_preprocessing, cuda_graph_batch):
+           no_face_cascade, host_preprocessing, cuda_graph_batch, max_pixels):
     """Score images (files or folders) with an engine set.
 
+    One output line per image, in the order given (a folder's images sorted; a folder that
+    yields none, or cannot be listed, is a failed input in its place).
+
     Exit status: 0 when every image was scored, 2 when some failed (their output carries
-    "error"), 1 on a usage or engine-set error.
+    "error"), 1 on a usage or engine-set error or when the output cannot be written, 130 when
+    interrupted, 141 when the reader of stdout went away (| head).
     """
     import csv
     import json
@@ -601,13 +619,21 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
 
     if face_crops is not None and face_boxes is not None:
         raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
-    paths, problems = expand_inputs(images, recursive)
+    if sys.stdout is None:  # started with stdout closed (>&-): every result would be lost
+        raise DfdError("stdout is closed, so the results cannot be written; redirect it to a file")
+    paths: list[str] = []
+    problems: list[tuple[int, str, str]] = []  # (images before it, input, why): emitted in its place
+    for given in images:
+        found, found_problems = expand_inputs((given,), recursive)
+        problems += [(len(paths), failed_input, message) for failed_input, message in found_problems]
+        paths += found
     boxes = _assign_face_boxes(face_boxes, paths)
-    folders = [Path(given) for given in images if Path(given).is_dir()]
+    folders = [Path(given) for given in images if _is_folder(given)]
     crop_files = _match_face_crops(face_crops, folders, paths)
     detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size, face_detection=not no_face_detect,
                              face_min_px=face_min_px or None, gpu_preprocessing=not host_preprocessing,
-                             cuda_graph_batch=cuda_graph_batch, face_cascade=not no_face_cascade)
+                             cuda_graph_batch=cuda_graph_batch, face_cascade=not no_face_cascade,
+                             max_pixels=max_pixels)
     click.echo(f"backend: {detector.backend_reason}", err=True)
     click.echo(f"preprocessing and vote: {detector.preprocessing}", err=True)
     click.echo(f"face localisation: {detector.face_localisation}", err=True)
@@ -627,25 +653,43 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         click.echo("image  score  (raw weighted mean)  stream P(fake)  face input")
 
     def emit(record: dict) -> None:
-        if fmt == "jsonl":
-            click.echo(json.dumps(record))
-        elif writer:
-            writer.writerow(_csv_row(record))
-            sys.stdout.flush()  # as click.echo does for the other formats: a killed run keeps its rows
-        else:
-            click.echo(_format_table_row(record))
+        try:
+            if fmt == "jsonl":
+                click.echo(json.dumps(record))
+            elif writer:
+                writer.writerow(_csv_row(record))
+                sys.stdout.flush()  # as click.echo does for the other formats: a killed run keeps its rows
+            else:
+                click.echo(_format_table_row(record))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # a full disk, a file size limit: stdout has no name to give
+            raise DfdError(f"writing the results to stdout failed: {os_error_text(exc)}") from exc
+
+    pending = iter(problems)
+    next_problem = next(pending, None)
+
+    def emit_problems_before(position: int) -> int:
+        """Emit the failed inputs that come before image ``position``; how many."""
+        nonlocal next_problem
+        count = 0
+        while next_problem is not None and next_problem[0] <= position:
+            _, given, message = next_problem
+            emit({"image": given, "score": None, "raw_score": None, "streams": {}, "rounded_streams": {},
+                  "face": None, "notes": [], "error": message})
+            count += 1
+            next_problem = next(pending, None)
+        return count
 
     failed = 0
-    for given, message in problems:
-        failed += 1
-        emit({"image": given, "score": None, "raw_score": None, "streams": {}, "rounded_streams": {},
-              "face": None, "notes": [], "error": message})
     progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) < 16)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         crops = [crop_files.get(path) for path in chunk] if crop_files is not None else None
         chunk_boxes = [boxes.get(path) for path in chunk] if boxes is not None else None
-        for detection in detector.detect(chunk, face_crops=crops, face_boxes=chunk_boxes, labels=chunk):
+        for offset, detection in enumerate(detector.detect(chunk, face_crops=crops, face_boxes=chunk_boxes,
+                                                           labels=chunk)):
+            failed += emit_problems_before(start + offset)
             if crop_files is not None and crop_files.get(detection.image) is None and detection.ok:
                 detection.notes.append(f"no face crop for this image in {face_crops} (looked for "
                                        f"{_crop_key(detection.image, folders).as_posix()})")
@@ -654,6 +698,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
             failed += not detection.ok
             emit(detection.to_dict())
         progress.update(len(chunk))
+    failed += emit_problems_before(len(paths))
     progress.close()
     detector.close()
     if failed:

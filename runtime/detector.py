@@ -8,8 +8,9 @@ one Detector may be used from several threads at once (the backends' ``run`` is 
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from .face_detection import (
     onnxruntime_detector,
 )
 from .gpu_pipeline import FusedInput, FusedResult, GpuPipeline
-from .images import DecodedImage, decode_image, encoded_suffix
+from .images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, decode_image, encoded_suffix
 from .manifest import STREAM_ORDER, Manifest, StreamEntry, load_manifest
 from .mtcnn import MtcnnDetector, onnxruntime_mtcnn
 from .preprocess import (
@@ -86,10 +87,15 @@ class PreparedImage:
 
 
 def _label(source: ImageInput, index: int | None = None) -> str:
-    """How results name an input: its path, or its kind and (for an image) position in the call."""
-    if isinstance(source, (str, os.PathLike)):
-        return os.fsdecode(source)
+    """How results name an input: its path, or its kind and (for an image) position in the call
+    (also for a path-like object whose ``__fspath__`` fails: that is its image's error, not the
+    call's)."""
     position = "" if index is None else f" {index}"
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            return os.fsdecode(source)
+        except Exception:  # noqa: BLE001 - a caller's __fspath__ may raise anything
+            return f"<{type(source).__name__}{position}>"
     if isinstance(source, np.ndarray):
         return f"<array{position}>"
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -137,23 +143,45 @@ def _usable_box(decoded: DecodedImage, box: Box, detection: Detection) -> Box | 
     return box
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_options(batch_size: object, face_detection: object, face_min_px: object, gpu_preprocessing: object,
+                   cuda_graph_batch: object, face_cascade: object, max_pixels: object) -> None:
+    """Refuse option values before anything is opened: a float batch size used to pass and fail
+    on the first ``detect``, and ``face_detection="no"`` (truthy) turned detection on."""
+    if not _is_int(batch_size) or batch_size < 1:
+        raise DfdError(f"batch size must be an integer of at least 1, got {batch_size!r}")
+    for name, flag in (("face_detection", face_detection), ("gpu_preprocessing", gpu_preprocessing),
+                       ("face_cascade", face_cascade)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise DfdError(f"{name} must be True or False, got {flag!r}")
+    if face_min_px is not None and (not isinstance(face_min_px, (int, float, np.integer, np.floating))
+                                    or isinstance(face_min_px, (bool, np.bool_)) or not math.isfinite(face_min_px)):
+        raise DfdError(f"face_min_px must be a number of pixels or None, got {face_min_px!r}")
+    if not _is_int(max_pixels) or max_pixels < 1:
+        raise DfdError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if cuda_graph_batch is not None and not (_is_int(cuda_graph_batch) and 1 <= cuda_graph_batch <= batch_size):
+        raise DfdError(f"a CUDA graph for batches of {cuda_graph_batch!r} would never replay: the detector "
+                       f"runs at most batch_size = {batch_size} images at a time (give a graph batch "
+                       f"from 1 to the batch size)")
+
+
 class Detector:
     """An opened engine set. Create with ``Detector.open``."""
 
     def __init__(self, manifest: Manifest, choice: BackendChoice, batch_size: int = DEFAULT_BATCH_SIZE,
                  face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX,
                  gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None,
-                 face_cascade: bool = True) -> None:
-        if batch_size < 1:
-            raise DfdError(f"batch size must be at least 1, got {batch_size}")
-        if cuda_graph_batch is not None and not 1 <= cuda_graph_batch <= batch_size:
-            raise DfdError(f"a CUDA graph for batches of {cuda_graph_batch} would never replay: the detector "
-                           f"runs at most batch_size = {batch_size} images at a time (give a graph batch "
-                           f"from 1 to the batch size)")
+                 face_cascade: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        _check_options(batch_size, face_detection, face_min_px, gpu_preprocessing, cuda_graph_batch,
+                       face_cascade, max_pixels)
         self.manifest = manifest
         self.backend = choice.backend
         self.backend_reason = choice.reason
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
+        self.max_pixels = int(max_pixels)
         self.streams = tuple(s for s in STREAM_ORDER if s in manifest.streams)
         self.vote_weights = {s: manifest.vote_weights[s] for s in self.streams}
         prep = manifest.preprocessing
@@ -237,12 +265,22 @@ class Detector:
         thresholds = entry.details.get("small_faces", {}).get("thresholds", SMALL_FACE_THRESHOLDS)
         paths = [self.manifest.path_of(graph) for graph in graphs]
         return onnxruntime_mtcnn(*paths, providers=providers, thresholds=tuple(thresholds))
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"batch_size={self.batch_size}"
+        return (f"<Detector {str(self.manifest.root)!r} on {self.backend.name}, streams "
+                f"{'/'.join(self.streams)}, {state}>")
+
     @classmethod
     def open(cls, engine_dir: str | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
              face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX,
              gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None,
-             face_cascade: bool = True) -> "Detector":
+             face_cascade: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Detector":
         """Verify the engine set (sha256 of every file) and open it on ``backend``.
+
+        Raises ``DfdError`` (``dfd.runtime.errors``; ``EngineSetError`` for the set,
+        ``BackendError`` for the backend) with a message saying what is wrong; option values are
+        checked before anything is opened.
 
         ``face_detection``: locate faces with the set's packaged detector when an image comes
         with neither a face crop nor a face box (False: the reference's no-face rule instead).
@@ -256,10 +294,22 @@ class Detector:
         ``face_cascade``: when the plain pass finds no face, retry on the reference's enhanced
         copies of the image (False: skip them; a face-free 12 MP photograph then costs ~0.7 s of face
         localisation instead of ~1.9 s on 2 CPU cores, and a badly degraded face may go unfound).
+        ``max_pixels``: the largest image, in pixels, decoded at full size (a larger JPEG is
+        decoded reduced, any other image fails on its own): localising faces and resizing hold a
+        few copies of it in memory.
         """
+        _check_options(batch_size, face_detection, face_min_px, gpu_preprocessing, cuda_graph_batch,
+                       face_cascade, max_pixels)
         manifest = load_manifest(Path(engine_dir))
-        return cls(manifest, select_backend(backend, manifest), batch_size, face_detection, face_min_px,
-                   gpu_preprocessing, cuda_graph_batch, face_cascade)
+        choice = select_backend(backend, manifest)
+        try:
+            return cls(manifest, choice, batch_size, face_detection, face_min_px, gpu_preprocessing,
+                       cuda_graph_batch, face_cascade, max_pixels)
+        except BaseException:
+            release = getattr(choice.backend, "close", None)  # GPU buffers and streams, on TensorRT
+            if release is not None:
+                release()
+            raise
 
     def close(self) -> None:
         """Release the worker threads, the fused path's buffers and what the backend holds on a
@@ -285,10 +335,10 @@ class Detector:
 
     def detect(
         self,
-        images: Sequence[ImageInput],
-        face_crops: Sequence[ImageInput | None] | None = None,
-        face_boxes: Sequence[Box | None] | None = None,
-        labels: Sequence[str] | None = None,
+        images: Iterable[ImageInput],
+        face_crops: Iterable[ImageInput | None] | None = None,
+        face_boxes: Iterable[Box | None] | None = None,
+        labels: Iterable[str] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> list[Detection]:
         """Score ``images`` (paths, encoded image bytes or uint8 RGB arrays); one ``Detection`` per
@@ -300,17 +350,24 @@ class Detector:
         the image fails that image only). With neither, the face stream sees the original image. For a
         JPEG file the face image is re-encoded as JPEG first, because the reference's cropping
         step saves a JPEG's face input as JPEG and its face stream reads that file back.
+
+        Any iterable works (a generator too); a call that cannot be understood as a whole (one
+        image instead of a list, lengths that differ, labels that are not strings) raises
+        ``TypeError`` or ``DfdError`` before anything is scored.
         """
-        if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)):
-            # iterating one of these would score each character, byte or pixel row as an image
-            raise TypeError(f"detect takes a sequence of images, got one {type(images).__name__}; "
-                            f"wrap it in a list: detect([image])")
         if self.closed:
             raise DfdError("this detector is closed; open the engine set again to score images")
+        images = _listed("images", images)
         count = len(images)
+        face_crops, face_boxes, labels = (
+            None if extra is None else _listed(name, extra)
+            for name, extra in (("face_crops", face_crops), ("face_boxes", face_boxes), ("labels", labels)))
         for name, extra in (("face_crops", face_crops), ("face_boxes", face_boxes), ("labels", labels)):
             if extra is not None and len(extra) != count:
                 raise DfdError(f"{name} has {len(extra)} entries for {count} images")
+        if labels is not None and not all(isinstance(label, str) for label in labels):
+            wrong = next(label for label in labels if not isinstance(label, str))
+            raise DfdError(f"labels must be strings, got {type(wrong).__name__} {wrong!r}")
         results: list[Detection] = []
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
@@ -337,7 +394,7 @@ class Detector:
         (``dfd-export verify``, benchmarks)."""
         detection = Detection(image=label)
         try:
-            decoded = decode_image(source)
+            decoded = decode_image(source, max_pixels=self.max_pixels)
             detection.notes.extend(decoded.notes)
             face_rgb, box = self._face_input(decoded, face_crop, face_box, detection)
             suffix = _lossy_suffix(source)
@@ -409,7 +466,10 @@ class Detector:
         if face_crop is not None and face_box is not None:
             raise DfdError("give a face crop or a face box for an image, not both")
         if face_crop is not None:
-            crop = decode_image(face_crop)
+            try:
+                crop = decode_image(face_crop, max_pixels=self.max_pixels)
+            except ImageError as error:  # say it is the crop, not the image, that failed
+                raise ImageError(f"face crop: {error}") from None
             detection.notes.extend(f"face crop: {note}" for note in crop.notes)
             detection.face = {"source": "face-crop", "file": _label(face_crop)}
             return crop.rgb, None
@@ -484,6 +544,23 @@ class Detector:
             detection.rounded_streams = {s: one_decimal(p) for s, p in probs.items()}
             detection.score = float(result.score[row])
             detection.raw_score = float(result.raw_mean[row])
+
+
+def _listed(name: str, items: object) -> list:
+    """``items`` as a list (an (N, 4) array of boxes gives its rows); one image, path or label
+    where a collection belongs is refused, since iterating it would score each character, byte
+    or pixel row as an image."""
+    if isinstance(items, np.ndarray) and name == "images":
+        advice = "detect(list(batch))" if items.ndim == 4 else "wrap it in a list: detect([image])"
+        raise TypeError(f"images is one {items.shape} array; detect takes a list of images: {advice}")
+    if isinstance(items, (str, bytes, bytearray, memoryview, os.PathLike, Mapping)):
+        raise TypeError(f"detect's {name} must be a list (one entry per image), got one "
+                        f"{type(items).__name__}; wrap it in a list: detect([image])")
+    try:
+        return list(items)
+    except TypeError:
+        raise TypeError(f"detect's {name} must be a list (one entry per image), got "
+                        f"{type(items).__name__}") from None
 
 
 def _refuse_non_finite(detection: Detection, probs: dict[str, float]) -> None:

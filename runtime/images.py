@@ -88,6 +88,9 @@ class _Header:
     colour_known: bool = True
 
 
+RAISE_LIMIT = "raise the limit (max_pixels of Detector.open, detect --max-pixels) if this machine can afford it"
+
+
 def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode a file path, encoded bytes or a pixel array into uint8 RGB, as the reference does.
@@ -102,18 +105,28 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        label = f"image bytes ({len(data)} bytes)"
-        if not data:
-            raise ImageError("image bytes are empty (0 bytes)")
-    elif isinstance(source, (str, os.PathLike)):
-        label = _file_label(source)
-        data = read_image_file(source)
-    else:
+    if isinstance(source, (str, os.PathLike)):
+        return _decode_bytes(read_image_file(source), _file_label(source), max_pixels)
+    if not isinstance(source, (bytes, bytearray, memoryview)):
         raise ImageError(f"cannot decode an image from an object of type {type(source).__name__}: pass a file "
                          f"path, encoded image bytes or a uint8 numpy array")
-    return _decode_bytes(data, label, max_pixels)
+    data = bytes(source)
+    if not data:
+        raise ImageError("image bytes are empty (0 bytes)")
+    try:
+        return _decode_bytes(data, f"image bytes ({len(data)} bytes)", max_pixels)
+    except ImageError as error:
+        raise ImageError(f"{error}{_path_hint(data)}") from None
+
+
+def _path_hint(data: bytes) -> str:
+    """Bytes are encoded image data; when they fail to decode and name an existing file, the
+    caller most likely meant a path (os.fsencode'd, or read from a bytes-mode listing)."""
+    try:
+        named = len(data) < 4096 and os.path.exists(data)
+    except (ValueError, OSError):  # an embedded NUL byte, a name too long for the system
+        named = False
+    return "; these bytes name an existing file: pass a path as str or Path" if named else ""
 
 
 def silence_opencv_log() -> None:
@@ -208,7 +221,7 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
         if header.truncated:
             raise ImageError(f"{label}: {header.format} data is truncated ({header.truncated}); "
                              f"OpenCV could not decode it")
-        raise ImageError(f"{label}: {header.format} data is corrupt; OpenCV could not decode it")
+        raise ImageError(f"{label}: {_undecodable_reason(buffer, header.format, label)}")
     _require_nonempty(bgr.shape[0], bgr.shape[1], label)
     notes = header.notes + size_note
     if not header.colour_known:
@@ -220,6 +233,19 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
     if reduction == 1:
         return DecodedImage(rgb, notes)
     return DecodedImage(rgb, notes, reduction, _full_hw(header, rgb.shape[:2], reduction))
+
+
+def _undecodable_reason(buffer: np.ndarray, image_format: str, label: str) -> str:
+    """Why an image whose header parsed gives no 8-bit colour decode: samples OpenCV reads only
+    unchanged (a float or 32-bit TIFF, which the reference's cv2.imread cannot read either), else
+    corrupt data."""
+    unchanged = _imdecode(buffer, cv2.IMREAD_UNCHANGED, label)
+    if unchanged is None:
+        return f"{image_format} data is corrupt; OpenCV could not decode it"
+    channels = 1 if unchanged.ndim == 2 else unchanged.shape[2]
+    return (f"{image_format} with {unchanged.dtype} samples ({channels} channel(s)), which OpenCV decodes "
+            f"only unchanged, not as the 8-bit colour image the reference's cv2.imread reads; convert it "
+            f"to 8- or 16-bit integer samples")
 
 
 def _full_hw(header: _Header, reduced_hw: tuple[int, int], reduction: int) -> tuple[int, int]:
@@ -251,8 +277,7 @@ def _require_within_limit_after_decoding(pixels: np.ndarray, label: str, max_pix
     height, width = pixels.shape[:2]
     if width * height > max_pixels:
         raise ImageError(f"{label}: image {width}x{height} ({width * height / 1e6:.1f} MP) is above the "
-                         f"limit of {max_pixels / 1e6:.1f} MP; pass a larger max_pixels if this machine "
-                         f"can afford it")
+                         f"limit of {max_pixels / 1e6:.1f} MP; {RAISE_LIMIT}")
 
 
 def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[int, int, tuple[str, ...]]:
@@ -266,15 +291,14 @@ def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[i
         raise ImageError(
             f"{label}: {header.format} image {size} is above the limit of {max_pixels / 1e6:.1f} "
             f"MP; OpenCV can only decode {header.format} at full size (about "
-            f"{pixels * 3 / 2**30:.1f} GiB), so it is refused. Pass a larger max_pixels if this "
-            f"machine can afford it, or convert the image to JPEG")
+            f"{pixels * 3 / 2**30:.1f} GiB), so it is refused. Convert it to JPEG, or {RAISE_LIMIT}")
     for factor, flag in _REDUCED_JPEG_FLAGS:
         # libjpeg's scaled output is ceil(side / factor)
         if -(-header.width // factor) * -(-header.height // factor) <= max_pixels:
             return flag, factor, (f"downscaled 1/{factor} at decode (image {header.width}x"
                                   f"{header.height} above max_pixels={max_pixels})",)
     raise ImageError(f"{label}: JPEG image {size} is too large even decoded at 1/8 "
-                     f"(limit {max_pixels / 1e6:.1f} MP); pass a larger max_pixels to decode it")
+                     f"(limit {max_pixels / 1e6:.1f} MP); {RAISE_LIMIT}")
 
 
 def _require_nonempty(height: int, width: int, label: str) -> None:

@@ -197,6 +197,9 @@ def face_window(box: Sequence[float], margin: float = 1.3,
     cx = x1 + box_w / 2
     cy = y1 + box_h / 2
     side = max(box_w, box_h) * margin
+    if not all(np.isfinite((cx, cy, side))):  # finite corners whose width or centre overflow
+        raise PreprocessError(f"face box {reprlib.repr(tuple(box))} is too large to be pixels: its "
+                              f"{margin} margin window is not a finite size")
     left, top = int(cx - side / 2), int(cy - side / 2)
     right, bottom = int(cx + side / 2), int(cy + side / 2)
     if right <= left or bottom <= top:

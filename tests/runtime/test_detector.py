@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -278,6 +279,11 @@ def test_detect_cli_names_that_are_not_utf8_or_hold_line_breaks(tiny_engine_set,
     assert table.exit_code == 0, table.output
     assert table.stdout.count("\n") == 1 + len(names)
     assert "caf\\udce9.png  score" in table.stdout and "new\\nline.png  score" in table.stdout
+    # an error row names the file in its message too: escaped there as well (it broke the row)
+    (folder / "empty\x1b[31m\n.png").write_bytes(b"")
+    table = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--no-face-detect"])
+    assert table.exit_code == 2 and table.stdout.count("\n") == 2 + len(names)
+    assert "empty\\x1b[31m\\n.png  ERROR: image file '" in table.stdout and "\x1b" not in table.stdout
 
 
 def test_face_boxes_api_crops_like_the_reference(tiny_engine_set, reference_ensemble, photographs):
@@ -565,6 +571,142 @@ def test_formats_the_reference_crop_step_does_not_reencode_give_the_face_stream_
     upper = tmp_path / "astronaut.JPG"
     cv2.imwrite(str(upper), cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR))
     assert any("re-encoded as .jpg" in note for note in detector.detect([upper], face_boxes=[FACE_BOXES["astronaut"]])[0].notes)
+
+
+class _UnreadablePath:
+    """A caller's path-like object whose __fspath__ fails."""
+
+    def __fspath__(self):
+        raise RuntimeError("no path here")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 2.5}, "batch size must be an integer of at least 1, got 2.5"),
+    ({"batch_size": True}, "got True"), ({"batch_size": "4"}, "got '4'"), ({"batch_size": 0}, "got 0"),
+    ({"face_detection": "no"}, "face_detection must be True or False, got 'no'"),
+    ({"face_cascade": 1}, "face_cascade must be True or False"),
+    ({"face_min_px": "x"}, "face_min_px must be a number of pixels or None"),
+    ({"face_min_px": float("nan")}, "face_min_px must be a number"),
+    ({"max_pixels": 0}, "max_pixels must be a positive integer"),
+    ({"max_pixels": 1e6}, "max_pixels must be a positive integer"),
+    ({"cuda_graph_batch": 1.5}, "a CUDA graph for batches of 1.5 would never replay")])
+def test_option_values_are_refused_before_the_set_is_opened(tiny_engine_set, monkeypatch, options, message):
+    """A float batch size passed and failed on the first detect (range()), face_detection='no'
+    turned detection on, face_min_px='x' raised a bare TypeError; all after the backend was open."""
+    import dfd.runtime.detector as module
+
+    def no_backend(*args, **kwargs):
+        raise AssertionError("the backend was opened before the options were checked")
+
+    monkeypatch.setattr(module, "select_backend", no_backend)
+    with pytest.raises(DfdError, match=re.escape(message)):
+        Detector.open(tiny_engine_set, **options)
+
+
+def test_an_opening_that_fails_after_the_backend_releases_it(tiny_engine_set, monkeypatch):
+    """On TensorRT the backend holds GPU buffers and streams; a Detector that failed to open never
+    closed it (no __del__), so they stayed until the garbage collector found it."""
+    import dfd.runtime.detector as module
+
+    closed = []
+    real_select = module.select_backend
+
+    def recording_select(*args, **kwargs):
+        choice = real_select(*args, **kwargs)
+        choice.backend.close = lambda: closed.append(True)
+        return choice
+
+    monkeypatch.setattr(module, "select_backend", recording_select)
+    with pytest.raises(DfdError, match="a CUDA graph needs the fused GPU path"):
+        Detector.open(tiny_engine_set, backend="onnxruntime", gpu_preprocessing=False, cuda_graph_batch=1)
+    assert closed == [True]
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, batch_size=np.int64(2))
+    assert closed == [True] and detector.batch_size == 2
+    assert repr(detector) == f"<Detector {str(tiny_engine_set)!r} on onnxruntime, streams global/face/fusion, batch_size=2>"
+    detector.close()
+    assert repr(detector).endswith(", closed>")
+
+
+def test_detect_takes_any_iterable_and_refuses_what_is_not_a_collection(tiny_engine_set, photographs):
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    good = photographs["coffee"]
+    expected = detector.detect([good, good[::-1]])
+    for images in ((good, good[::-1]), (image for image in (good, good[::-1])), map(np.ascontiguousarray, [good, good[::-1]])):
+        assert [r.score for r in detector.detect(images)] == [r.score for r in expected]
+    boxes = np.array([[100, 50, 300, 250], [120, 60, 330, 280]], dtype=np.float32)  # one (N, 4) array of boxes
+    assert all(r.ok and r.face["source"] == "box" for r in detector.detect([good, good], face_boxes=boxes))
+    with pytest.raises(TypeError, match=r"images is one \(2, 400, 600, 3\) array; .* detect\(list\(batch\)\)"):
+        detector.detect(np.stack([good, good]))
+    for not_a_collection in (None, 3, {"a.jpg": None}):
+        with pytest.raises(TypeError, match="detect's images must be a list"):
+            detector.detect(not_a_collection)
+    with pytest.raises(DfdError, match="labels must be strings, got int 5"):
+        detector.detect([good, good], labels=["a", 5])
+
+
+def test_inputs_whose_failure_is_their_own(tiny_engine_set, photographs, tmp_path):
+    """A face crop that cannot be decoded said so as if the image had failed; a path-like object
+    whose __fspath__ raises sank the call; a path given as bytes read as undecodable image data."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    good = photographs["coffee"]
+    path = tmp_path / "coffee.png"
+    cv2.imwrite(str(path), cv2.cvtColor(good, cv2.COLOR_RGB2BGR))
+    results = detector.detect([good, _UnreadablePath(), os.fsencode(path), good],
+                              face_crops=[good.astype(np.float32), None, None, None])
+    assert results[0].error.startswith("face crop: image array must be uint8")
+    assert results[1].image == "<_UnreadablePath 1>" and results[1].error.endswith("no path here")
+    assert results[2].error.endswith("; these bytes name an existing file: pass a path as str or Path")
+    assert results[3].ok
+
+
+def test_max_pixels_is_the_callers_to_raise(tiny_engine_set, photographs, tmp_path):
+    """The size limit's message told callers to pass a larger max_pixels, which neither the
+    Detector nor detect took."""
+    path = tmp_path / "coffee.png"
+    cv2.imwrite(str(path), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))  # 600x400
+    small = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, max_pixels=200_000)
+    [refused] = small.detect([path])
+    assert "is above the limit of 0.2 MP" in refused.error and "max_pixels of Detector.open, detect --max-pixels" in refused.error
+    assert small.detect([photographs["coffee"][:400, :500]])[0].ok
+    runner = CliRunner()
+    for limit, code in (("200000", 2), ("240000", 0)):
+        result = runner.invoke(main, ["detect", str(tiny_engine_set), str(path), "--no-face-detect",
+                                      "--max-pixels", limit, "--format", "jsonl"])
+        assert result.exit_code == code, result.output
+
+
+def test_detect_cli_keeps_the_input_order_and_fails_unreachable_paths_alone(tiny_engine_set, photographs, tmp_path):
+    """A folder that yields no image was printed before every image wherever it was given; a path
+    too long to look at (ENAMETOOLONG from is_dir) ended the run with nothing scored."""
+    path = tmp_path / "coffee.png"
+    cv2.imwrite(str(path), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    (tmp_path / "empty").mkdir()
+    too_long = str(tmp_path / ("y" * 300 + ".png"))
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(path), str(tmp_path / "empty"), too_long,
+                                       str(path), "--no-face-detect", "--format", "jsonl"])
+    assert result.exit_code == 2, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [str(path), str(tmp_path / "empty"), too_long, str(path)]
+    assert [line["error"] is None for line in lines] == [True, False, False, True]
+    assert "File name too long" in lines[2]["error"]
+
+
+def test_detect_cli_refuses_an_output_it_cannot_write(tiny_engine_set, photographs, tmp_path):
+    """With stdout closed (>&-) every result was lost and the run exited 0 (csv: a traceback); a
+    write error named no destination."""
+    path = tmp_path / "coffee.png"
+    cv2.imwrite(str(path), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    command = [sys.executable, "-m", "dfd.export.cli", "detect", str(tiny_engine_set), str(path), "--no-face-detect"]
+    for fmt in ("table", "jsonl", "csv"):
+        closed = subprocess.run([*command, "--format", fmt], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=lambda: os.close(1))
+        assert closed.returncode == 1 and "error: stdout is closed, so the results cannot be written" in closed.stderr
+        assert "Traceback" not in closed.stderr
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            run = subprocess.run([*command, "--format", "jsonl"], stdout=full, stderr=subprocess.PIPE, text=True)
+        assert run.returncode == 1, run.stderr
+        assert run.stderr.splitlines()[-1] == "error: writing the results to stdout failed: No space left on device"
 
 
 def test_objects_that_are_not_images_fail_alone(tiny_engine_set, photographs):

@@ -153,6 +153,16 @@ def test_16_bit_gray_tiff_is_described_by_the_unchanged_probe(tmp_path, photo):
     np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
 
 
+def test_a_float_tiff_is_refused_for_its_samples_not_as_corrupt(tmp_path, photo):
+    """cv2.imread (the reference) cannot read float samples either; the message said the valid
+    file's data was corrupt."""
+    path = write(tmp_path / "float.tiff", photo.astype(np.float32) / 255)
+    assert cv2.imread(str(path)) is None
+    with pytest.raises(ImageError, match=r"TIFF with float32 samples \(3 channel\(s\)\), which OpenCV decodes only "
+                                         r"unchanged.*convert it to 8- or 16-bit integer samples"):
+        decode_image(path)
+
+
 def test_cmyk_jpeg_is_converted_like_imread(tmp_path, photo):
     from PIL import Image as image_module
 
@@ -297,7 +307,7 @@ def test_huge_png_is_refused_from_its_header_without_allocating(tmp_path):
     path.write_bytes(black_png(20000, 20000))
     result = decode_in_fresh_process(path, DEFAULT_MAX_PIXELS)
     assert "20000x20000 (400.0 MP) is above the limit of 64.0 MP" in result["error"]
-    assert "larger max_pixels" in result["error"]
+    assert "Convert it to JPEG, or raise the limit (max_pixels of Detector.open, detect --max-pixels)" in result["error"]
     # the full image is 1144 MiB; refusing it costs only reading the 1 MB file
     assert result["peak_growth_mb"] < 50
 

@@ -227,7 +227,10 @@ def test_crop_face_custom_margin_and_size():
     ((None, 1, 2, 3), "must be numbers"), ((True, 0, 100, 100), "must be numbers"),
     ((0, 0, 1e5, 1e5), "makes a 130000x130000 crop window, mostly black padding, for a 451x300 image"),
     ((0, 0, 1e300, 1e300), r"makes a 1.3e\+300x1.3e\+300 crop window"),
-    ((0, 0, 10**400, 100), "too large to be pixels")])
+    ((0, 0, 10**400, 100), "too large to be pixels"),
+    # finite corners whose window is not (int(inf) raised OverflowError, int(nan) ValueError)
+    ((0, 0, 1.5e308, 1.5e308), "window is not a finite size"),
+    ((-1e308, -1e308, 1e308, 1e308), "window is not a finite size")])
 def test_crop_face_refuses_unusable_boxes(box, message):
     with pytest.raises(PreprocessError, match=message):
         crop_face(skimage.data.chelsea(), box)
