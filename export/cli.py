@@ -421,15 +421,23 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     distinct images (and calibration images) it rests on. Exits 3 when a rule fails, naming it."""
     import json
 
-    from .verify import DEFAULT_THRESHOLDS, engine_set_precision, verify_engine_set
+    from dfd.calibration.atomic_files import write_atomically
+    from dfd.calibration.sources import ImageSourceError, list_images
+    from dfd.runtime.manifest import load_manifest
 
-    prepare_output_file(json_out, "--json", engine_dir)  # a bad path fails now, not after the whole comparison
+    from .verify import DEFAULT_THRESHOLDS, engine_set_precision, reference_checkpoints, verify_engine_set
+
+    manifest = load_manifest(engine_dir, verify=False)  # a folder that is no set fails before anything is made
+    try:
+        images = list_images(images_dir) if images_dir is not None else []
+    except ImageSourceError:
+        images = []  # the comparison says what is wrong with the folder
+    # a bad path fails now, not after the whole comparison; never over a file the run reads
+    prepare_output_file(json_out, "--json", engine_dir, inputs=reference_checkpoints(manifest, weights_dir) + images)
     overrides = (max_abs_dp, max_mean_dp, min_agreement)
     thresholds = None
     if any(v is not None for v in overrides):
-        from dfd.runtime.manifest import load_manifest
-
-        precision = engine_set_precision(load_manifest(engine_dir, verify=False))
+        precision = engine_set_precision(manifest)
         thresholds = tuple(v if v is not None else d for v, d in zip(overrides, DEFAULT_THRESHOLDS[precision]))
     report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend)
     level = f"{report.confidence['level']:.0%} lower bound"
@@ -437,6 +445,10 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
                f"from {report.distinct_images} distinct image(s)")
     click.echo(f"  engine set  {engine_dir} (content_sha256 {report.engine_set_sha256})")
     click.echo(f"  backend     {report.backend}")
+    reference = report.reference
+    click.echo("  reference   fp32 PyTorch " + (
+        f"from {', '.join(c['file'] for c in reference['checkpoints'].values())}" if reference["weights"] == "checkpoints"
+        else f"with random weights from seed {reference['seed']}"))
     click.echo(f"  images      {report.image_source}")
     for stream, values in report.streams.items():
         click.echo(f"  {stream:7} max |dP| {values['max_abs_dp']:.2e}   mean |dP| {values['mean_abs_dp']:.2e}")
@@ -457,7 +469,8 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     for failure in report.failed_images:
         click.echo(f"  could not read {failure['image']}: {failure['error']}", err=True)
     if json_out:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        text = json.dumps(report.to_dict(), indent=2).encode()
+        write_atomically(json_out, lambda file: file.write(text))
     if not report.passed:
         click.echo(f"FAILED thresholds {report.thresholds}", err=True)
         for failure in report.failures:

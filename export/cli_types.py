@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -29,12 +30,15 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
-def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None = None) -> None:
+def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None = None,
+                        inputs: Sequence[Path] = ()) -> None:
     """Create an output file's folder and check the file can be written before the run: a bad
     path then fails at once instead of after minutes (hours at paper size) of measurement. The
     check opens the file for appending (which changes nothing, and is removed again if it was
-    not there): a permission test such as ``os.access`` says yes to root for any path. A file of
-    the engine set being measured (its manifest.json, a graph) is never an output."""
+    not there): a permission test such as ``os.access`` says yes to root for any path. Never an
+    output: a file of the engine set being measured (its manifest.json, a graph), anything else
+    inside its folder (a later ``build --force`` there would refuse the stranger), or one of
+    ``inputs``, the files the run reads (checkpoints, images)."""
     if path is None:
         return
     existed = path.exists()
@@ -42,6 +46,12 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
         if any(_same_file(path, engine_dir / name) for name in engine_set_files(engine_dir) or ()):
             raise click.BadParameter(f"{path} is a file of the engine set {engine_dir}; writing there would "
                                      f"destroy the set", param_hint=option)
+    if engine_dir is not None and engine_dir.resolve() in path.resolve().parents:
+        raise click.BadParameter(f"{path} is inside the engine set's folder {engine_dir}; write reports "
+                                 f"beside it, not in it", param_hint=option)
+    if existed and any(_same_file(path, source) for source in inputs):
+        raise click.BadParameter(f"{path} is a file this run reads (a checkpoint or an image); writing there "
+                                 f"would destroy it", param_hint=option)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

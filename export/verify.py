@@ -70,6 +70,9 @@ class VerifyReport:
     precision: str
     backend: str = ""  # the backend the engines ran on, and why (``Detector.backend_reason``)
     engine_set_sha256: str = ""  # the manifest's content_sha256
+    # what the engines were compared with: {"weights": "checkpoints", "checkpoints": {stream: {"file",
+    # "sha256"}}} or {"weights": "random", "seed": n}
+    reference: dict[str, Any] = field(default_factory=dict)
     image_source: str = ""  # the --images folder, or BUILTIN_IMAGES
     images: int = 0  # image x condition comparisons
     distinct_images: int = 0  # compared images with distinct decoded pixels
@@ -82,6 +85,9 @@ class VerifyReport:
     vote_agreement_lower_bound: float = 0.0
     confidence: dict[str, Any] = field(default_factory=dict)  # {"level", "method"} of the lower bounds
     changed_votes: list[dict[str, Any]] = field(default_factory=list)
+    # comparisons where the engine gave no probability ({"image", "streams"}: NaN/inf, e.g. an fp16
+    # overflow): each counts as a changed vote and fails the set
+    non_finite: list[dict[str, Any]] = field(default_factory=list)
     largest_vote_change: dict[str, Any] | None = None  # the changed vote with the most steps
     # verified images the set was calibrated on; "unknown" when its manifest does not record them;
     # None for a set without calibration (fp32)
@@ -125,15 +131,18 @@ def _percent(share: float) -> str:
 
 
 def judge(counts: Mapping[str, Sequence[int]], changed_votes: Sequence[Mapping[str, Any]],
-          streams: Mapping[str, Mapping[str, float]], thresholds: tuple[float, float, float]) -> list[str]:
+          condition_streams: Mapping[str, Mapping[str, Mapping[str, float]]],
+          thresholds: tuple[float, float, float], non_finite: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """Each rule the comparison breaks, in words; none: it passes.
 
     ``counts``: condition -> (votes that stayed the same, images compared); ``changed_votes``:
-    {"image", "reference", "engine", "steps"}; ``streams``: stream -> {"max_abs_dp", "mean_abs_dp"};
-    ``thresholds``: (max |ΔP|, mean |ΔP|, min vote agreement). Each condition must reach the
-    agreement on its own, since a pooled figure lets a degradation that breaks the engine hide
-    behind the clean images, and robustness to degradation is what the detector is for. A vote that
-    moves more than one step fails whatever the agreement.
+    {"image", "reference", "engine", "steps"}; ``condition_streams``: condition -> stream ->
+    {"max_abs_dp", "mean_abs_dp"}; ``thresholds``: (max |ΔP|, mean |ΔP|, min vote agreement);
+    ``non_finite``: {"image", "streams"} where the engine gave NaN/inf. Each condition must reach
+    the agreement and the |ΔP| limits on its own, since a pooled figure lets a degradation that
+    breaks the engine hide behind the clean images, and robustness to degradation is what the
+    detector is for. A vote that moves more than one step, or an engine that gives no
+    probability, fails whatever the agreement.
     """
     max_abs, max_mean, min_agreement = thresholds
     failures = []
@@ -148,11 +157,16 @@ def judge(counts: Mapping[str, Sequence[int]], changed_votes: Sequence[Mapping[s
         worst, others = moved[0], len(moved) - 1
         failures.append(f"{worst['image']}: vote {worst['reference']} -> {worst['engine']} moved {worst['steps']} steps"
                         + (f" ({others} other vote(s) moved more than {MAX_VOTE_STEPS} step too)" if others else ""))
-    for stream, values in streams.items():
-        if values["max_abs_dp"] > max_abs:
-            failures.append(f"{stream}: max |dP| {values['max_abs_dp']:.2e} > {max_abs:g}")
-        if values["mean_abs_dp"] > max_mean:
-            failures.append(f"{stream}: mean |dP| {values['mean_abs_dp']:.2e} > {max_mean:g}")
+    if non_finite:
+        first = non_finite[0]
+        failures.append(f"{len(non_finite)} comparison(s) gave a non-finite engine probability; the first: "
+                        f"{first['image']} ({', '.join(first['streams'])} stream)")
+    for condition, streams in condition_streams.items():
+        for stream, values in streams.items():
+            if values["max_abs_dp"] > max_abs:
+                failures.append(f"{condition}: {stream}: max |dP| {values['max_abs_dp']:.2e} > {max_abs:g}")
+            if values["mean_abs_dp"] > max_mean:
+                failures.append(f"{condition}: {stream}: mean |dP| {values['mean_abs_dp']:.2e} > {max_mean:g}")
     return failures
 
 
@@ -182,8 +196,23 @@ def agreement_bound() -> tuple[str, Callable[[int, int], float]]:
     return f"Clopper-Pearson (exact), one-sided {CONFIDENCE:.0%}", clopper_pearson_lower_bound
 
 
-def _reference_streams(detector: Detector, weights_dir: Path | None) -> dict[str, torch.nn.Module]:
-    """The fp32 PyTorch streams the set was built from, rebuilt from what its manifest records."""
+def reference_checkpoints(manifest: Manifest, weights_dir: Path | None) -> list[Path]:
+    """The checkpoint files the reference is rebuilt from (none for a random-weights set): files
+    ``verify`` reads, which its ``--json`` must never overwrite."""
+    if manifest.raw.get("random_weights"):
+        return []
+    recorded = manifest.raw.get("build", {}).get("weights_dir")
+    folder = Path(weights_dir) if weights_dir else Path(recorded) if recorded else None
+    if folder is None:
+        return []
+    files = [manifest.raw["streams"][name].get("source", {}).get("checkpoint") for name in manifest.streams]
+    return [folder / entry["file"] for entry in files if entry and entry.get("file")]
+
+
+def _reference_streams(detector: Detector, weights_dir: Path | None,
+                       report: VerifyReport) -> dict[str, torch.nn.Module]:
+    """The fp32 PyTorch streams the set was built from, rebuilt from what its manifest records;
+    ``report.reference`` says which."""
     raw = detector.manifest.raw
     build = raw.get("build", {})
     recorded = build.get("weights_dir")
@@ -194,6 +223,8 @@ def _reference_streams(detector: Detector, weights_dir: Path | None) -> dict[str
                            f"checkpoints, so there is nothing to load from it; leave --weights-dir out")
         weights = None
     elif weights is None or not weights.is_dir():
+        if weights_dir:
+            raise DfdError(f"--weights-dir {weights_dir} is not a folder of checkpoints")
         raise DfdError(f"the checkpoints this set was built from ({recorded}) are not there; pass --weights-dir")
     lora = LoraSettings(**build.get("lora", {})) if build.get("lora") else LoraSettings()
     modules = {}
@@ -207,6 +238,12 @@ def _reference_streams(detector: Detector, weights_dir: Path | None) -> dict[str
         if expected and source["checkpoint"] and source["checkpoint"]["sha256"] != expected["sha256"]:
             raise DfdError(f"{name}: checkpoint {source['checkpoint']['file']} differs from the one the set was built from")
         modules[name] = module
+        if source["checkpoint"]:
+            report.reference.setdefault("checkpoints", {})[name] = {
+                "file": str(weights / source["checkpoint"]["file"]), "sha256": source["checkpoint"]["sha256"]}
+    report.reference["weights"] = "checkpoints" if weights else "random"
+    if weights is None:
+        report.reference["seed"] = build.get("seed", 0)
     return modules
 
 
@@ -237,8 +274,9 @@ class _Tally:
     """What the comparisons add up to, before the report summarises it."""
 
     counts: dict[str, list[int]]  # condition -> [votes that stayed the same, images compared]
-    deltas: dict[str, list[float]]  # stream -> |ΔP| of every comparison
+    deltas: dict[str, dict[str, list[float]]]  # condition -> stream -> |ΔP| of every comparison
     verified: dict[str, str] = field(default_factory=dict)  # pixels_sha256 -> label, of compared images
+    first_seen: dict[str, str] = field(default_factory=dict)  # pixels_sha256 -> label of the first image
 
 
 def _compare_images(detector: Detector, reference: Mapping[str, torch.nn.Module],
@@ -249,43 +287,54 @@ def _compare_images(detector: Detector, reference: Mapping[str, torch.nn.Module]
     images and duplicates go to ``report``. A duplicate (the same decoded pixels as an earlier
     image, under any name or format) is verified once: it would only repeat the same votes and
     make the sample look larger than it is."""
-    tally = _Tally({condition: [0, 0] for condition, _ in conditions}, {s: [] for s in detector.streams})
-    first_seen: dict[str, str] = {}  # pixels_sha256 -> label of the first image with those pixels
-    progress = tqdm(total=len(sources) * len(conditions), desc="verify", unit="img", file=sys.stderr)
-    for label, source in sources:
-        try:  # one decode per image for all conditions; one unreadable file does not stop the others
-            rgb = decode_image(source).rgb if isinstance(source, Path) else source
-        except ImageError as error:
-            report.failed_images.append({"image": label, "error": str(error)})
-            progress.update(len(conditions))
-            continue
-        digest = pixels_sha256(rgb)
-        if digest in first_seen:
-            report.duplicate_images.append({"image": label, "same_as": first_seen[digest]})
-            progress.update(len(conditions))
-            continue
-        first_seen[digest] = label
-        for condition, transform in conditions:
-            image = transform(rgb) if transform else rgb
-            prepared = detector.prepare(image, f"{label} [{condition}]")
-            progress.update(1)
-            if not prepared.detection.ok:
-                report.failed_images.append({"image": prepared.detection.image, "error": prepared.detection.error})
-                continue
-            engine_p, reference_p = _stream_probabilities(detector, reference, prepared.tensors)
-            for stream in detector.streams:
-                tally.deltas[stream].append(abs(engine_p[stream] - reference_p[stream]))
-            engine_vote = discretised_vote(engine_p, detector.vote_weights).score
-            reference_vote = discretised_vote(reference_p, detector.vote_weights).score
-            tally.verified[digest] = label
-            tally.counts[condition][0] += engine_vote == reference_vote
-            tally.counts[condition][1] += 1
-            if engine_vote != reference_vote:
-                report.changed_votes.append({"image": prepared.detection.image, "engine": engine_vote,
-                                             "reference": reference_vote,
-                                             "steps": vote_steps(engine_vote, reference_vote)})
-    progress.close()
+    tally = _Tally({condition: [0, 0] for condition, _ in conditions},
+                   {condition: {s: [] for s in detector.streams} for condition, _ in conditions})
+    with tqdm(total=len(sources) * len(conditions), desc="verify", unit="img", file=sys.stderr) as progress:
+        for label, source in sources:
+            _compare_image(detector, reference, label, source, conditions, report, tally, progress)
     return tally
+
+
+def _compare_image(detector: Detector, reference: Mapping[str, torch.nn.Module], label: str,
+                   source: Path | np.ndarray, conditions: Sequence[tuple[str, Callable[[np.ndarray], np.ndarray] | None]],
+                   report: VerifyReport, tally: _Tally, progress: tqdm) -> None:
+    """One image under every condition. The clean condition gets the file itself, as ``detect``
+    does: a JPEG's face input is then re-encoded as the reference's crop step does."""
+    try:  # one decode per image for all conditions; one unreadable file does not stop the others
+        rgb = decode_image(source).rgb if isinstance(source, Path) else source
+    except ImageError as error:
+        report.failed_images.append({"image": label, "error": str(error)})
+        progress.update(len(conditions))
+        return
+    digest = pixels_sha256(rgb)
+    if digest in tally.first_seen:
+        report.duplicate_images.append({"image": label, "same_as": tally.first_seen[digest]})
+        progress.update(len(conditions))
+        return
+    tally.first_seen[digest] = label
+    for condition, transform in conditions:
+        image = transform(rgb) if transform else source if isinstance(source, Path) else rgb
+        prepared = detector.prepare(image, f"{label} [{condition}]")
+        progress.update(1)
+        if not prepared.detection.ok:
+            report.failed_images.append({"image": prepared.detection.image, "error": prepared.detection.error})
+            continue
+        engine_p, reference_p = _stream_probabilities(detector, reference, prepared.tensors)
+        tally.verified[digest] = label
+        tally.counts[condition][1] += 1
+        broken = [s for s, p in engine_p.items() if not 0.0 <= p <= 1.0]  # NaN fails both comparisons
+        if broken:
+            report.non_finite.append({"image": prepared.detection.image, "streams": broken})
+            continue
+        for stream in detector.streams:
+            tally.deltas[condition][stream].append(abs(engine_p[stream] - reference_p[stream]))
+        engine_vote = discretised_vote(engine_p, detector.vote_weights).score
+        reference_vote = discretised_vote(reference_p, detector.vote_weights).score
+        tally.counts[condition][0] += engine_vote == reference_vote
+        if engine_vote != reference_vote:
+            report.changed_votes.append({"image": prepared.detection.image, "engine": engine_vote,
+                                         "reference": reference_vote,
+                                         "steps": vote_steps(engine_vote, reference_vote)})
 
 
 def _calibration_overlap(calibration: Mapping[str, Any] | None,
@@ -310,9 +359,37 @@ def _calibration_overlap(calibration: Mapping[str, Any] | None,
                          f"photographs the set was not calibrated on"]
 
 
+def _delta_summary(deltas: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:
+    """stream -> {"max_abs_dp", "mean_abs_dp"} of its |ΔP|s (streams without one left out: every
+    comparison of that condition gave a non-finite probability)."""
+    return {s: {"max_abs_dp": float(np.max(d)), "mean_abs_dp": float(np.mean(d))} for s, d in deltas.items() if d}
+
+
+def _reference_warnings(manifest: Manifest, report: VerifyReport) -> list[str]:
+    """What limits the comparison itself: a random-weights reference is rebuilt from the seed, which
+    only reproduces the build's weights under the same torch; a set of fewer streams is not the
+    paper's ensemble."""
+    warnings = []
+    if report.reference.get("weights") == "random":
+        built_with = manifest.raw.get("tool_versions", {}).get("torch")
+        warnings.append(f"this engine set has RANDOM weights: the reference is rebuilt from seed "
+                        f"{report.reference['seed']}" + (
+                            f", under torch {torch.__version__} where the set was built under torch {built_with}; "
+                            f"large differences may be the reference's, not the engine's"
+                            if built_with and built_with != torch.__version__ else ""))
+    streams = list(manifest.streams)
+    if len(streams) < 3:
+        warnings.append(f"this engine set has only the {', '.join(streams)} stream(s): the votes compared are "
+                        f"theirs, not the paper's three-stream ensemble")
+    return warnings
+
+
 def _sample_warnings(report: VerifyReport, bound: Callable[[int, int], float]) -> list[str]:
     """Why the sample may be weaker than its image x condition count suggests."""
     warnings = []
+    if report.failed_images:
+        warnings.append(f"{len(report.failed_images)} input(s) could not be read or prepared, so the comparison "
+                        f"leaves them out (listed in failed_images)")
     if report.duplicate_images:
         pairs = [f"{d['image']} = {d['same_as']}" for d in report.duplicate_images]
         warnings.append(f"{len(pairs)} image(s) have the same decoded pixels as an earlier one and were verified "
@@ -335,7 +412,6 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
     detector = Detector.open(engine_dir, backend=backend, gpu_preprocessing=False)
     precision = engine_set_precision(detector.manifest)
     limits = thresholds or DEFAULT_THRESHOLDS[precision]
-    reference = _reference_streams(detector, weights_dir)
     method, bound = agreement_bound()
     max_abs, max_mean, min_agreement = limits
     report = VerifyReport(
@@ -345,6 +421,7 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
         thresholds={"max_abs_dp": max_abs, "mean_dp": max_mean, "min_vote_agreement": min_agreement,
                     "min_vote_agreement_applies_to": "each condition",
                     "max_vote_change": round(MAX_VOTE_STEPS * VOTE_STEP, 1)})
+    reference = _reference_streams(detector, weights_dir, report)
     conditions = [("clean", None)]
     if degrade:
         conditions += [(d, fixed_degradation(d)) for d in VERIFY_DEGRADATIONS] + [(PAPER_COMPOUND, paper_compound)]
@@ -356,17 +433,20 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
                  if report.failed_images else "")
         raise DfdError(f"no image could be verified ({len(report.failed_images)} could not be read{first})")
     report.distinct_images = len(tally.verified)
+    condition_streams = {condition: _delta_summary(deltas) for condition, deltas in tally.deltas.items()}
     report.per_condition = {
         condition: {"images": compared, "vote_agreement": agreed / compared if compared else None,
-                    "vote_agreement_lower_bound": bound(agreed, compared) if compared else None}
+                    "vote_agreement_lower_bound": bound(agreed, compared) if compared else None,
+                    "streams": condition_streams[condition]}
         for condition, (agreed, compared) in tally.counts.items()}
     report.vote_agreement, report.vote_agreement_lower_bound = agree / total, bound(agree, total)
-    report.streams = {s: {"max_abs_dp": float(np.max(d)), "mean_abs_dp": float(np.mean(d))}
-                      for s, d in tally.deltas.items()}
+    report.streams = _delta_summary({s: [d for deltas in tally.deltas.values() for d in deltas[s]]
+                                     for s in detector.streams})
     report.largest_vote_change = max(report.changed_votes, key=lambda c: c["steps"], default=None)
     report.calibration_overlap, overlap_warnings = _calibration_overlap(detector.manifest.raw.get("calibration"),
                                                                         tally.verified)
-    report.warnings = _sample_warnings(report, bound) + overlap_warnings
-    report.failures = judge(tally.counts, report.changed_votes, report.streams, limits)
+    report.warnings = (_reference_warnings(detector.manifest, report) + _sample_warnings(report, bound)
+                       + overlap_warnings)
+    report.failures = judge(tally.counts, report.changed_votes, condition_streams, limits, report.non_finite)
     report.passed = not report.failures
     return report
