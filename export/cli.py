@@ -9,11 +9,7 @@ traceback means a bug.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -24,7 +20,7 @@ from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
-from .cli_errors import handles_errors
+from .cli_errors import handles_errors, sigterm_interrupts
 from .cli_types import FiniteFloatRange, prepare_output_file
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
@@ -187,27 +183,9 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
         calib_seed=calib_seed,
         calib_cache=calib_cache,
     )
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         manifest = build_engine_set(request, warn=warn)
     click.echo(f"engine set written: {manifest.parent}")
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Treat SIGTERM (kill, a cancelled CI job, docker stop) as Ctrl-C for the duration: the build
-    then removes its staging folder (gigabytes at paper size) and its lock, as it does on Ctrl-C,
-    instead of dying with them on disk."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 _TENSORRT_ONLY_OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_gib", "version_compatible",

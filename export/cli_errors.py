@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -47,3 +51,22 @@ def handles_errors(func):
             _fail(os_error_text(exc))
 
     return wrapper
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM (kill, a cancelled CI job, docker stop) as Ctrl-C for the duration: a build
+    then removes its staging folder (gigabytes at paper size) and its lock, and a benchmark its
+    temporary images and keeps the batch sizes it finished, as on Ctrl-C, instead of dying with
+    them on disk or lost."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

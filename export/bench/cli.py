@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
-from ..cli_errors import handles_errors
+from dfd.calibration.atomic_files import write_atomically
+from dfd.runtime.errors import DfdError, os_error_text
+
+from ..cli_errors import handles_errors, sigterm_interrupts
 from ..cli_types import prepare_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import pyplot, write_plot
@@ -81,7 +85,8 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     pipelines = 2 if settings.compare_torch else 1
     bar = tqdm(total=len(batch_sizes) * iterations * pipelines, unit="it", file=sys.stderr, desc="bench")
     try:
-        result = run_benchmark(settings, progress=bar.set_description, tick=lambda: bar.update(1))
+        with sigterm_interrupts():
+            result = run_benchmark(settings, progress=bar.set_description, tick=lambda: bar.update(1))
     finally:
         bar.close()
     for warning in result["warnings"]:
@@ -89,8 +94,20 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     for line in _summary_lines(result):
         click.echo(line)
     if json_out is not None:  # the measurement first, then the plot drawn from it
-        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        text = (json.dumps(result, indent=2) + "\n").encode("utf-8")
+        _write(json_out, lambda file: file.write(text))
         click.echo(f"results written: {json_out}", err=True)
     if plot_out is not None:
-        write_plot(result, plot_out)
+        _write(plot_out, lambda file: write_plot(result, file))
         click.echo(f"plot written: {plot_out}", err=True)
+    if result["interrupted"]:
+        sys.exit(130)
+
+
+def _write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Replace ``path`` only once the new file is whole: a full disk or an interrupt leaves the
+    earlier result as it was, not a truncated one; the error names the file."""
+    try:
+        write_atomically(path, write)
+    except OSError as exc:
+        raise DfdError(f"cannot write {path}: {os_error_text(exc)}") from exc

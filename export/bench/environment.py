@@ -170,16 +170,24 @@ def source_commit() -> str | None:
     return commit + ("+changes" if changed else "")
 
 
-def capture_environment(warnings: list[str]) -> dict[str, Any]:
-    """Machine and software this benchmark ran on; appends warnings about unstable settings."""
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS",
+                    "CUDA_VISIBLE_DEVICES")
+
+
+def capture_environment(warnings: list[str], torch_details: bool = False) -> dict[str, Any]:
+    """Machine and software this benchmark ran on; appends warnings about unstable settings.
+    torch is imported only with ``torch_details`` (``--compare torch``): a runtime-only benchmark
+    must not carry torch's ~0.5 GB in the runtime's memory figures, nor fail on a broken torch."""
     import onnxruntime
 
-    cuda = {"torch_build": "torch not installed"}
+    cuda: dict[str, Any] = {"torch_build": "torch not installed"}
     if _version("torch") != "not installed":
-        import torch
+        cuda["torch_build"] = "not inspected (torch is imported only with --compare torch)"
+        if torch_details:
+            import torch
 
-        cuda["torch_build"] = torch.version.cuda or "none (CPU build of torch)"
-        cuda["torch_sees_gpu"] = torch.cuda.is_available()
+            cuda["torch_build"] = torch.version.cuda or "none (CPU build of torch)"
+            cuda["torch_sees_gpu"] = torch.cuda.is_available()
     header = _command(["nvidia-smi"]) or ""
     driver_cuda = [part.split(":")[1].split()[0] for part in header.split("|") if "CUDA Version:" in part]
     cuda["driver"] = driver_cuda[0] if driver_cuda else "no NVIDIA driver (nvidia-smi absent)"
@@ -201,6 +209,8 @@ def capture_environment(warnings: list[str]) -> dict[str, Any]:
         "jetson": _jetson(warnings),
         "load_average": load_average,
         "usable_cores": usable_cores,
+        "working_directory": os.getcwd(),
+        "thread_variables": {name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ},
         "versions": {
             "dfd-export": _version("dfd-export"),
             "dfd-export_commit": source_commit(),

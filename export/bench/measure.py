@@ -70,7 +70,8 @@ class BenchImages:
     skipped: list[dict[str, str]]  # files of the folder that could not be read, and why
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "count": len(self.paths), "sizes": [f"{w}x{h}" for w, h in self.sizes],
+        return {"source": self.source, "count": len(self.paths), "names": [p.name for p in self.paths],
+                "sizes": [f"{w}x{h}" for w, h in self.sizes],
                 "skipped": self.skipped}
 
 
@@ -133,9 +134,11 @@ def batch_memory_floor(images: BenchImages, batch: int, stream_sizes: Sequence[i
     return decoded + batch * sum(3 * size * size * 4 for size in stream_sizes)
 
 
-def _batch_of(paths: Sequence[Path], size: int) -> list[Path]:
-    """``size`` images, cycling through ``paths`` when there are fewer."""
-    return [paths[i % len(paths)] for i in range(size)]
+def _batch_of(paths: Sequence[Path], size: int, iteration: int = 0) -> list[Path]:
+    """The ``iteration``-th batch of ``size`` images, walking on through ``paths`` (and round again)
+    from one iteration to the next: every batch size then times the same mix of images (batch 1
+    timed the first image only, and one face-free image in batch 2 made it look 3x slower)."""
+    return [paths[(iteration * size + i) % len(paths)] for i in range(size)]
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,7 @@ def _check(settings: BenchSettings) -> None:
 def _engine_set_summary(manifest) -> dict[str, Any]:
     entries = manifest.entries()
     return {
-        "path": str(manifest.root),
+        "path": str(Path(manifest.root).resolve()),
         "random_weights": manifest.random_weights,
         "streams": {name: {"input_size": e.input_size, "precision": e.precision, "backend": e.backend,
                            "bytes": sum(f.bytes for f in e.files)} for name, e in manifest.streams.items()},
@@ -195,7 +198,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
     _check(settings)
     warnings: list[str] = []
     started = datetime.now(timezone.utc)
-    environment = capture_environment(warnings)
+    environment = capture_environment(warnings, torch_details=settings.compare_torch)
     manifest = load_manifest(settings.engine_dir)
     flops = ensemble_flops(manifest)
     per_image_flops = flops["per_image"]["ensemble"]
@@ -278,18 +281,30 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
             memory["torch_rss_after_open_bytes"] = rss_bytes()
             return pipeline
 
+        interrupted: list[int] = []  # the batch size Ctrl-C (or SIGTERM) stopped, if any
+
         def loop(measures: list[Callable[[list[Path], bool], None]]) -> None:
+            """Each batch size's warm-up and recorded iterations. An interrupt keeps the batch sizes
+            measured to the end (hours of measurement at paper size) and drops the one it cut short;
+            with none finished it ends the run."""
             for batch_size in settings.batch_sizes:
-                batch = _batch_of(paths, batch_size)
-                progress(f"batch {batch_size}: warm-up")
-                for _ in range(settings.warmup):
-                    for measure in measures:
-                        measure(batch, False)
-                progress(f"batch {batch_size}: measure")
-                for _ in range(settings.iterations):
-                    for measure in measures:
-                        measure(batch, True)
-                        tick()
+                try:
+                    progress(f"batch {batch_size}: warm-up")
+                    for iteration in range(settings.warmup):
+                        for measure in measures:
+                            measure(_batch_of(paths, batch_size, iteration), False)
+                    progress(f"batch {batch_size}: measure")
+                    for iteration in range(settings.iterations):
+                        for measure in measures:
+                            measure(_batch_of(paths, batch_size, settings.warmup + iteration), True)
+                            tick()
+                except KeyboardInterrupt:
+                    for by_batch in samples.values():
+                        by_batch.pop(batch_size, None)
+                    if not any(samples.values()):
+                        raise
+                    interrupted.append(batch_size)
+                    return
 
         if not settings.compare_torch:
             with PeakRss() as peak:
@@ -308,17 +323,22 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
             memory["runtime_peak_rss_bytes"] = peak.peak
             memory["gpu_memory_used_mib_runtime"] = gpu_memory_used_mib()
             runtime.close()
-            with PeakRss() as peak:
-                torch_pipeline = open_torch()
-                _, torch_probs = torch_pipeline.run(distinct)
-                sanity = _sanity(runtime_detections, torch_probs, manifest.vote_weights)
-                loop([measure_torch])
-            memory["torch_peak_rss_bytes"] = peak.peak
+            if not interrupted:
+                with PeakRss() as peak:
+                    torch_pipeline = open_torch()
+                    _, torch_probs = torch_pipeline.run(distinct)
+                    sanity = _sanity(runtime_detections, torch_probs, manifest.vote_weights)
+                    loop([measure_torch])
+                memory["torch_peak_rss_bytes"] = peak.peak
         memory["gpu_memory_used_mib"] = gpu_memory_used_mib()
         if torch_pipeline is not None and torch_pipeline.device.type == "cuda":
             memory["torch_gpu_max_allocated_bytes"] = torch_pipeline.torch.cuda.max_memory_allocated()
         memory["process_peak_rss_bytes"] = process_peak_rss_bytes()
 
+    if interrupted:
+        finished = sorted(set().union(*(by_batch for by_batch in samples.values())))
+        warnings.append(f"interrupted while measuring batch {interrupted[0]}: the results hold the batch sizes "
+                        f"measured to the end ({', '.join(map(str, finished))}) and no other")
     runs = {}
     labels = {"runtime": runtime.label, "torch": torch_pipeline.label if torch_pipeline else None}
     for name, by_batch in samples.items():
@@ -334,6 +354,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         "created_utc": started.isoformat(timespec="seconds"),
         "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
         "command": sys.argv,
+        "interrupted": bool(interrupted),
         "settings": {"batch_sizes": list(settings.batch_sizes), "warmup": settings.warmup,
                      "iterations": settings.iterations, "compare": "torch" if settings.compare_torch else None,
                      "backend": settings.backend, "interleaved": settings.compare_torch and resident},
@@ -359,6 +380,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
                 / _stage_sum_without_face(runs["runtime"]["batches"][str(b)]),
             }
             for b in settings.batch_sizes
+            if str(b) in runs.get("torch", {}).get("batches", {}) and str(b) in runs["runtime"]["batches"]
         }
         torch_pipeline.close()
     environment["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -92,6 +92,9 @@ class RuntimePipeline:
         return clock.seconds
 
     def close(self) -> None:
+        """Release the runtime before the torch pipeline opens: on TensorRT only Detector.close
+        frees the GPU buffers and streams."""
+        self.detector.close()
         self.detector = None
         gc.collect()
 

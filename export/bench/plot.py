@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -28,11 +28,14 @@ def pyplot() -> Any:
     return plt
 
 
-def write_plot(result: dict[str, Any], path: Path) -> Path:
-    """Latency per image vs batch size (p50, bars to p90) and stacked per-stage bars per image."""
+def write_plot(result: dict[str, Any], file: BinaryIO) -> None:
+    """Latency per image vs batch size (p50, bars to p90) and stacked per-stage bars per image, as
+    PNG into ``file`` whatever its name (matplotlib chose the format by the suffix, refused an
+    unknown one after the whole run and wrote 'out' to 'out.png'). The batch sizes every pipeline
+    finished (all of them unless the run was interrupted)."""
     plt = pyplot()
     runs = result["runs"]
-    batch_sizes = result["settings"]["batch_sizes"]
+    batch_sizes = [b for b in result["settings"]["batch_sizes"] if all(str(b) in run["batches"] for run in runs.values())]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for name, run in runs.items():
         p50 = [run["batches"][str(b)]["latency_ms"]["p50"] / b for b in batch_sizes]
@@ -70,8 +73,5 @@ def write_plot(result: dict[str, Any], path: Path) -> Path:
     title = result.get("label") or Path(result["engine_set"]["path"]).name
     figure.suptitle(f"{title}: {result['environment']['cpu']['model']}", fontsize=10)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(file, format="png", dpi=110)
     plt.close(figure)
-    return path

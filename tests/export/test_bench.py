@@ -258,3 +258,80 @@ def test_a_folder_contributes_only_the_images_the_benchmark_uses(photographs, tm
     assert images.source == f"folder {folder} (its first 3 readable images; 3 more not used)"
     whole = bench_images(folder, tmp_path, count=100)
     assert len(whole.paths) == 5 and whole.source == f"folder {folder}" and len(whole.skipped) == 2
+
+
+def test_every_batch_size_walks_through_the_same_images():
+    """The same first b images every iteration: batch 1 timed only the first image, and a
+    face-free second image (the slow enhancement cascade) made batch 2 look 3x slower."""
+    from dfd.export.bench.measure import _batch_of
+
+    paths = [Path(name) for name in "abc"]
+    assert [_batch_of(paths, 1, i) for i in range(4)] == [[Path("a")], [Path("b")], [Path("c")], [Path("a")]]
+    assert [_batch_of(paths, 2, i) for i in range(3)] == [[Path("a"), Path("b")], [Path("c"), Path("a")],
+                                                          [Path("b"), Path("c")]]
+
+
+def _quick_bench(engine_dir: Path, out: Path, *extra: str):
+    return CliRunner().invoke(bench, [str(engine_dir), "--batch-sizes", "1,2", "--warmup", "0", "--iterations", "2",
+                                      "--json", str(out / "r.json"), *extra])
+
+
+def test_an_interrupt_keeps_the_batch_sizes_measured_to_the_end(tiny_engine_set, tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM) lost every finished iteration: no result, no JSON."""
+    from dfd.export.bench import pipelines
+
+    calls = []
+    end_to_end = pipelines.RuntimePipeline.end_to_end
+
+    def interrupted_in_batch_2(self, paths):
+        calls.append(len(paths))
+        if len(paths) == 2 and calls.count(2) == 2:  # batch 2's first timed iteration, after batch 1's two
+            raise KeyboardInterrupt
+        return end_to_end(self, paths)
+
+    monkeypatch.setattr(pipelines.RuntimePipeline, "end_to_end", interrupted_in_batch_2)
+    result = _quick_bench(tiny_engine_set, tmp_path, "--plot", str(tmp_path / "r.png"))
+    assert result.exit_code == 130, result.output
+    document = json.loads((tmp_path / "r.json").read_text())
+    assert document["interrupted"] and list(document["runs"]["runtime"]["batches"]) == ["1"]
+    assert "interrupted while measuring batch 2: the results hold the batch sizes measured to the end (1)" in \
+        " ".join(document["warnings"])
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_outputs_are_replaced_whole_or_not_at_all(tiny_engine_set, tmp_path, monkeypatch):
+    """--json was truncated first (a full disk left cut-off JSON where the last result was); --plot
+    with an unknown suffix raised matplotlib's traceback after the run, and 'out' became 'out.png'."""
+    from dfd.calibration import atomic_files
+
+    (tmp_path / "r.json").write_text('{"earlier": true}')
+    result = _quick_bench(tiny_engine_set, tmp_path, "--plot", str(tmp_path / "plot.xyz"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "plot.xyz").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "plot.xyz.png").exists()
+    earlier = (tmp_path / "r.json").read_text()
+
+    def full_disk(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic_files.os, "replace", full_disk)
+    result = _quick_bench(tiny_engine_set, tmp_path)
+    assert result.exit_code == 1 and f"cannot write {tmp_path / 'r.json'}: No space left on device" in result.output
+    assert (tmp_path / "r.json").read_text() == earlier
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_a_runtime_benchmark_never_imports_torch_and_releases_its_detector(tiny_engine_set):
+    """capture_environment imported torch for every benchmark (the runtime's RSS figures grew by
+    ~0.5 GB); RuntimePipeline.close dropped the Detector without closing it (GPU buffers on TensorRT)."""
+    import sys
+
+    probe = ("import sys; from dfd.export.bench.environment import capture_environment; "
+             "environment = capture_environment([]); print('torch' in sys.modules, environment['versions']['torch'])")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert run.stdout.split()[0] == "False"
+    from dfd.export.bench.pipelines import RuntimePipeline
+
+    pipeline = RuntimePipeline(tiny_engine_set, "onnxruntime")
+    detector = pipeline.detector
+    pipeline.close()
+    assert detector.closed
