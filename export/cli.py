@@ -424,9 +424,10 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     click.echo(f"  engine set  {engine_dir} (content_sha256 {report.engine_set_sha256})")
     click.echo(f"  backend     {report.backend}")
     reference = report.reference
-    click.echo("  reference   fp32 PyTorch " + (
-        f"from {', '.join(c['file'] for c in reference['checkpoints'].values())}" if reference["weights"] == "checkpoints"
-        else f"with random weights from seed {reference['seed']}"))
+    if reference["weights"] == "checkpoints":
+        click.echo(f"  reference   fp32 PyTorch from {', '.join(c['file'] for c in reference['checkpoints'].values())}")
+    else:
+        click.echo(f"  reference   fp32 PyTorch with random weights from seed {reference['seed']}")
     click.echo(f"  images      {report.image_source}")
     for stream, values in report.streams.items():
         click.echo(f"  {stream:7} max |dP| {values['max_abs_dp']:.2e}   mean |dP| {values['mean_abs_dp']:.2e}")

@@ -269,6 +269,9 @@ def _stream_probabilities(detector: Detector, reference: Mapping[str, torch.nn.M
     return engine_p, reference_p
 
 
+Condition = tuple[str, Callable[[np.ndarray], np.ndarray] | None]  # a name and its transform (None: clean)
+
+
 @dataclass
 class _Tally:
     """What the comparisons add up to, before the report summarises it."""
@@ -281,8 +284,7 @@ class _Tally:
 
 def _compare_images(detector: Detector, reference: Mapping[str, torch.nn.Module],
                     sources: Sequence[tuple[str, Path | np.ndarray]],
-                    conditions: Sequence[tuple[str, Callable[[np.ndarray], np.ndarray] | None]],
-                    report: VerifyReport) -> _Tally:
+                    conditions: Sequence[Condition], report: VerifyReport) -> _Tally:
     """Run every distinct image under every condition through both; changed votes, unreadable
     images and duplicates go to ``report``. A duplicate (the same decoded pixels as an earlier
     image, under any name or format) is verified once: it would only repeat the same votes and
@@ -296,8 +298,8 @@ def _compare_images(detector: Detector, reference: Mapping[str, torch.nn.Module]
 
 
 def _compare_image(detector: Detector, reference: Mapping[str, torch.nn.Module], label: str,
-                   source: Path | np.ndarray, conditions: Sequence[tuple[str, Callable[[np.ndarray], np.ndarray] | None]],
-                   report: VerifyReport, tally: _Tally, progress: tqdm) -> None:
+                   source: Path | np.ndarray, conditions: Sequence[Condition], report: VerifyReport,
+                   tally: _Tally, progress: tqdm) -> None:
     """One image under every condition. The clean condition gets the file itself, as ``detect``
     does: a JPEG's face input is then re-encoded as the reference's crop step does."""
     try:  # one decode per image for all conditions; one unreadable file does not stop the others

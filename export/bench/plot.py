@@ -35,7 +35,8 @@ def write_plot(result: dict[str, Any], file: BinaryIO) -> None:
     finished (all of them unless the run was interrupted)."""
     plt = pyplot()
     runs = result["runs"]
-    batch_sizes = [b for b in result["settings"]["batch_sizes"] if all(str(b) in run["batches"] for run in runs.values())]
+    batch_sizes = [b for b in result["settings"]["batch_sizes"]
+                   if all(str(b) in run["batches"] for run in runs.values())]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for name, run in runs.items():
         p50 = [run["batches"][str(b)]["latency_ms"]["p50"] / b for b in batch_sizes]
