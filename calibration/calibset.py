@@ -70,7 +70,9 @@ _RESERVE_STREAM = 3  # the order in which unreadable images are replaced
 _META_KEY = "__meta__"
 
 SOURCE_PIXELS_KEY = "source_pixels_sha256"
-"""Manifest key: the :func:`pixels_sha256` of each distinct image the set drew from."""
+"""Manifest key: the :func:`~dfd.runtime.images.array_sha256` of each distinct image the set drew
+from, its decoded pixels: ``dfd-export verify`` hashes its images the same way to tell which were
+calibration images (the same photograph under another name or format is still recognised)."""
 
 
 class CalibrationError(DfdError, ValueError):
@@ -105,7 +107,7 @@ class CalibrationSet:
     unreadable: dict[str, str] = field(default_factory=dict)
     # input position -> sha256 of each input the replacement walk looked at (part of the cache check)
     reserve_hashes: dict[int, str] = field(default_factory=dict)
-    # pixels_sha256 of each distinct source image the slots hold (replacements, not the unreadable), sorted
+    # array_sha256 of each distinct source image the slots hold (replacements, not the unreadable), sorted
     source_pixels: list[str] = field(default_factory=list)
     from_cache: bool = field(default=False, compare=False)
 
@@ -142,14 +144,6 @@ def _file_sha256(path: Path) -> str:
         return hashlib.sha256(read_image_file(path)).hexdigest()
     except ImageError as error:
         return f"unreadable: {error}"
-
-
-def pixels_sha256(rgb: np.ndarray) -> str:
-    """Content hash of a decoded image (dtype, shape and pixel bytes). ``dfd-export verify`` hashes
-    its images the same way to tell which were calibration images, whose agreement is optimistic:
-    decoded pixels, not file bytes, so the same photograph saved under another name or format
-    (PNG vs BMP) is still recognised."""
-    return array_sha256(rgb)
 
 
 def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
@@ -323,19 +317,19 @@ def _describe(images: Sequence[ImageInput]) -> str:
 def _compute(sampled: Sequence[int], readable: _ReadableImages, degraded_slots: set[int], seed: int,
              stream_sizes: Mapping[str, int], spec: DegradationSpec,
              progress: bool) -> tuple[dict[str, np.ndarray], list[CalibrationItem], list[str]]:
-    """The arrays, what fills each slot, and the sorted pixels_sha256 of the distinct source images."""
+    """The arrays, what fills each slot, and the sorted array_sha256 of the distinct source images."""
     count = len(sampled)
     arrays = {stream: np.empty((count, 3, size, size), dtype=np.float32)
               for stream, size in stream_sizes.items()}
     items = []
-    source_pixels: dict[int, str] = {}  # input position -> pixels_sha256, each input hashed once
+    source_pixels: dict[int, str] = {}  # input position -> array_sha256, each input hashed once
     bar = tqdm(total=count, desc="calibration set", unit="img", file=sys.stderr,
                disable=not progress or count <= _PROGRESS_MIN_IMAGES)
     with bar:
         for slot, position in enumerate(sampled):
             used, image, rgb = readable.load(position)
             if used not in source_pixels:
-                source_pixels[used] = pixels_sha256(rgb)
+                source_pixels[used] = array_sha256(rgb)
             ops: tuple[tuple[str, float], ...] = ()
             if slot in degraded_slots:
                 rgb, applied = degrade(rgb, np.random.default_rng([seed, _SLOT_STREAM, slot]), spec)

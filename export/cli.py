@@ -21,7 +21,7 @@ from dfd.runtime.images import DEFAULT_MAX_PIXELS, silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors, sigterm_interrupts
-from .cli_types import FiniteFloatRange, prepare_output_file
+from .cli_types import FiniteFloatRange, prepare_output_file, write_output_file
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
@@ -399,7 +399,6 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     distinct images (and calibration images) it rests on. Exits 3 when a rule fails, naming it."""
     import json
 
-    from dfd.calibration.atomic_files import write_atomically
     from dfd.calibration.sources import ImageSourceError, list_images
     from dfd.runtime.manifest import load_manifest
 
@@ -449,7 +448,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
         click.echo(f"  could not read {failure['image']}: {failure['error']}", err=True)
     if json_out:
         text = json.dumps(report.to_dict(), indent=2).encode()
-        write_atomically(json_out, lambda file: file.write(text))
+        write_output_file(json_out, lambda file: file.write(text))
     if not report.passed:
         click.echo(f"FAILED thresholds {report.thresholds}", err=True)
         for failure in report.failures:
@@ -614,11 +613,13 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     if sys.stdout is None:  # started with stdout closed (>&-): every result would be lost
         raise DfdError("stdout is closed, so the results cannot be written; redirect it to a file")
     paths: list[str] = []
-    problems: list[tuple[int, str, str]] = []  # (images before it, input, why): emitted in its place
+    problems_before: dict[int, list[tuple[str, str]]] = {}  # image position -> (input, why) given just before
     for given in images:
         found, found_problems = expand_inputs((given,), recursive)
-        problems += [(len(paths), failed_input, message) for failed_input, message in found_problems]
+        if found_problems:
+            problems_before.setdefault(len(paths), []).extend(found_problems)
         paths += found
+    inputs = len(paths) + sum(len(problems) for problems in problems_before.values())
     boxes = _assign_face_boxes(face_boxes, paths)
     folders = [Path(given) for given in images if _is_folder(given)]
     crop_files = _match_face_crops(face_crops, folders, paths)
@@ -658,20 +659,13 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         except OSError as exc:  # a full disk, a file size limit: stdout has no name to give
             raise DfdError(f"writing the results to stdout failed: {os_error_text(exc)}") from exc
 
-    pending = iter(problems)
-    next_problem = next(pending, None)
-
     def emit_problems_before(position: int) -> int:
-        """Emit the failed inputs that come before image ``position``; how many."""
-        nonlocal next_problem
-        count = 0
-        while next_problem is not None and next_problem[0] <= position:
-            _, given, message = next_problem
+        """Emit the failed inputs that came just before image ``position`` (in their place); how many."""
+        problems = problems_before.get(position, [])
+        for given, message in problems:
             emit({"image": given, "score": None, "raw_score": None, "streams": {}, "rounded_streams": {},
                   "face": None, "notes": [], "error": message})
-            count += 1
-            next_problem = next(pending, None)
-        return count
+        return len(problems)
 
     failed = 0
     progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) < 16)
@@ -694,7 +688,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     progress.close()
     detector.close()
     if failed:
-        click.echo(f"{failed} of {len(paths) + len(problems)} input(s) failed", err=True)
+        click.echo(f"{failed} of {inputs} input(s) failed", err=True)
         sys.exit(2)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 
-from dfd.runtime.errors import os_error_text
+from dfd.calibration.atomic_files import write_atomically
+from dfd.runtime.errors import DfdError, os_error_text
 from dfd.runtime.manifest import engine_set_files
 
 
@@ -64,6 +66,16 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
             path.unlink()
     except OSError as exc:
         raise click.BadParameter(f"cannot write {path}: {os_error_text(exc)}", param_hint=option) from exc
+
+
+def write_output_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a report (``verify --json``, ``bench --json/--plot``) with ``write`` and put it in
+    place only once it is whole: a full disk or an interrupt leaves the earlier file as it was, not
+    a truncated one; the error names the file."""
+    try:
+        write_atomically(path, write)
+    except OSError as exc:
+        raise DfdError(f"cannot write {path}: {os_error_text(exc)}") from exc
 
 
 def _same_file(a: Path, b: Path) -> bool:

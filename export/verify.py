@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dfd.calibration.calibset import SOURCE_PIXELS_KEY, pixels_sha256
+from dfd.calibration.calibset import SOURCE_PIXELS_KEY
 from dfd.calibration.degrade import degrade as paper_degrade
 from dfd.calibration.degrade import fixed_degradation, image_rng
 from dfd.calibration.sources import builtin_photographs, list_images
 from dfd.runtime.detector import Detector
 from dfd.runtime.errors import DfdError, first_few
-from dfd.runtime.images import ImageError, decode_image
-from dfd.runtime.manifest import CONTENT_HASH_KEY, Manifest
+from dfd.runtime.images import ImageError, array_sha256, decode_image
+from dfd.runtime.manifest import CONTENT_HASH_KEY, STREAM_ORDER, Manifest
 from dfd.runtime.vote import discretised_vote, softmax_fake_probability
 
 from .build import BuildRequest, load_stream_module
@@ -196,13 +196,19 @@ def agreement_bound() -> tuple[str, Callable[[int, int], float]]:
     return f"Clopper-Pearson (exact), one-sided {CONFIDENCE:.0%}", clopper_pearson_lower_bound
 
 
+def _checkpoint_folder(manifest: Manifest, weights_dir: Path | None) -> Path | None:
+    """Where the set's checkpoints are: ``--weights-dir``, else the folder the build recorded; None
+    for a random-weights set (or a manifest that records none)."""
+    if manifest.raw.get("random_weights"):
+        return None
+    recorded = manifest.raw.get("build", {}).get("weights_dir")
+    return Path(weights_dir) if weights_dir else Path(recorded) if recorded else None
+
+
 def reference_checkpoints(manifest: Manifest, weights_dir: Path | None) -> list[Path]:
     """The checkpoint files the reference is rebuilt from (none for a random-weights set): files
     ``verify`` reads, which its ``--json`` must never overwrite."""
-    if manifest.raw.get("random_weights"):
-        return []
-    recorded = manifest.raw.get("build", {}).get("weights_dir")
-    folder = Path(weights_dir) if weights_dir else Path(recorded) if recorded else None
+    folder = _checkpoint_folder(manifest, weights_dir)
     if folder is None:
         return []
     files = [manifest.raw["streams"][name].get("source", {}).get("checkpoint") for name in manifest.streams]
@@ -215,17 +221,16 @@ def _reference_streams(detector: Detector, weights_dir: Path | None,
     ``report.reference`` says which."""
     raw = detector.manifest.raw
     build = raw.get("build", {})
-    recorded = build.get("weights_dir")
-    weights = Path(weights_dir) if weights_dir else (Path(recorded) if recorded else None)
+    weights = _checkpoint_folder(detector.manifest, weights_dir)
     if raw.get("random_weights"):
         if weights_dir:
             raise DfdError(f"--weights-dir {weights_dir}: this engine set was built with random weights, not from "
                            f"checkpoints, so there is nothing to load from it; leave --weights-dir out")
-        weights = None
     elif weights is None or not weights.is_dir():
         if weights_dir:
             raise DfdError(f"--weights-dir {weights_dir} is not a folder of checkpoints")
-        raise DfdError(f"the checkpoints this set was built from ({recorded}) are not there; pass --weights-dir")
+        raise DfdError(f"the checkpoints this set was built from ({build.get('weights_dir')}) are not there; "
+                       f"pass --weights-dir")
     lora = LoraSettings(**build.get("lora", {})) if build.get("lora") else LoraSettings()
     modules = {}
     for name in detector.streams:
@@ -278,8 +283,8 @@ class _Tally:
 
     counts: dict[str, list[int]]  # condition -> [votes that stayed the same, images compared]
     deltas: dict[str, dict[str, list[float]]]  # condition -> stream -> |ΔP| of every comparison
-    verified: dict[str, str] = field(default_factory=dict)  # pixels_sha256 -> label, of compared images
-    first_seen: dict[str, str] = field(default_factory=dict)  # pixels_sha256 -> label of the first image
+    verified: dict[str, str] = field(default_factory=dict)  # array_sha256 -> label, of compared images
+    first_seen: dict[str, str] = field(default_factory=dict)  # array_sha256 -> label of the first image
 
 
 def _compare_images(detector: Detector, reference: Mapping[str, torch.nn.Module],
@@ -308,7 +313,7 @@ def _compare_image(detector: Detector, reference: Mapping[str, torch.nn.Module],
         report.failed_images.append({"image": label, "error": str(error)})
         progress.update(len(conditions))
         return
-    digest = pixels_sha256(rgb)
+    digest = array_sha256(rgb)
     if digest in tally.first_seen:
         report.duplicate_images.append({"image": label, "same_as": tally.first_seen[digest]})
         progress.update(len(conditions))
@@ -380,7 +385,7 @@ def _reference_warnings(manifest: Manifest, report: VerifyReport) -> list[str]:
                             f"large differences may be the reference's, not the engine's"
                             if built_with and built_with != torch.__version__ else ""))
     streams = list(manifest.streams)
-    if len(streams) < 3:
+    if len(streams) < len(STREAM_ORDER):
         warnings.append(f"this engine set has only the {', '.join(streams)} stream(s): the votes compared are "
                         f"theirs, not the paper's three-stream ensemble")
     return warnings

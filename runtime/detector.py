@@ -306,9 +306,7 @@ class Detector:
             return cls(manifest, choice, batch_size, face_detection, face_min_px, gpu_preprocessing,
                        cuda_graph_batch, face_cascade, max_pixels)
         except BaseException:
-            release = getattr(choice.backend, "close", None)  # GPU buffers and streams, on TensorRT
-            if release is not None:
-                release()
+            _close_backend(choice.backend)
             raise
 
     def close(self) -> None:
@@ -323,9 +321,7 @@ class Detector:
         if self.fused is not None:
             self.fused.close()
             self.fused = None
-        release = getattr(self.backend, "close", None)
-        if release is not None:
-            release()
+        _close_backend(self.backend)
 
     def __enter__(self) -> "Detector":
         return self
@@ -544,6 +540,14 @@ class Detector:
             detection.rounded_streams = {s: one_decimal(p) for s, p in probs.items()}
             detection.score = float(result.score[row])
             detection.raw_score = float(result.raw_mean[row])
+
+
+def _close_backend(backend: object) -> None:
+    """Release what a backend holds on a GPU (TensorRT's buffers and streams); ONNX Runtime's
+    sessions have no close and go with their Detector."""
+    release = getattr(backend, "close", None)
+    if release is not None:
+        release()
 
 
 def _listed(name: str, items: object) -> list:

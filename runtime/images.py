@@ -88,7 +88,7 @@ class _Header:
     colour_known: bool = True
 
 
-RAISE_LIMIT = "raise the limit (max_pixels of Detector.open, detect --max-pixels) if this machine can afford it"
+_RAISE_LIMIT = "raise the limit (max_pixels of Detector.open, detect --max-pixels) if this machine can afford it"
 
 
 def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
@@ -277,7 +277,7 @@ def _require_within_limit_after_decoding(pixels: np.ndarray, label: str, max_pix
     height, width = pixels.shape[:2]
     if width * height > max_pixels:
         raise ImageError(f"{label}: image {width}x{height} ({width * height / 1e6:.1f} MP) is above the "
-                         f"limit of {max_pixels / 1e6:.1f} MP; {RAISE_LIMIT}")
+                         f"limit of {max_pixels / 1e6:.1f} MP; {_RAISE_LIMIT}")
 
 
 def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[int, int, tuple[str, ...]]:
@@ -291,14 +291,14 @@ def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[i
         raise ImageError(
             f"{label}: {header.format} image {size} is above the limit of {max_pixels / 1e6:.1f} "
             f"MP; OpenCV can only decode {header.format} at full size (about "
-            f"{pixels * 3 / 2**30:.1f} GiB), so it is refused. Convert it to JPEG, or {RAISE_LIMIT}")
+            f"{pixels * 3 / 2**30:.1f} GiB), so it is refused. Convert it to JPEG, or {_RAISE_LIMIT}")
     for factor, flag in _REDUCED_JPEG_FLAGS:
         # libjpeg's scaled output is ceil(side / factor)
         if -(-header.width // factor) * -(-header.height // factor) <= max_pixels:
             return flag, factor, (f"downscaled 1/{factor} at decode (image {header.width}x"
                                   f"{header.height} above max_pixels={max_pixels})",)
     raise ImageError(f"{label}: JPEG image {size} is too large even decoded at 1/8 "
-                     f"(limit {max_pixels / 1e6:.1f} MP); {RAISE_LIMIT}")
+                     f"(limit {max_pixels / 1e6:.1f} MP); {_RAISE_LIMIT}")
 
 
 def _require_nonempty(height: int, width: int, label: str) -> None:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import click
 
-from dfd.calibration.atomic_files import write_atomically
-from dfd.runtime.errors import DfdError, os_error_text
-
 from ..cli_errors import handles_errors, sigterm_interrupts
-from ..cli_types import prepare_output_file
+from ..cli_types import prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import pyplot, write_plot
 
@@ -95,19 +91,10 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
         click.echo(line)
     if json_out is not None:  # the measurement first, then the plot drawn from it
         text = (json.dumps(result, indent=2) + "\n").encode("utf-8")
-        _write(json_out, lambda file: file.write(text))
+        write_output_file(json_out, lambda file: file.write(text))
         click.echo(f"results written: {json_out}", err=True)
     if plot_out is not None:
-        _write(plot_out, lambda file: write_plot(result, file))
+        write_output_file(plot_out, lambda file: write_plot(result, file))
         click.echo(f"plot written: {plot_out}", err=True)
     if result["interrupted"]:
         sys.exit(130)
-
-
-def _write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Replace ``path`` only once the new file is whole: a full disk or an interrupt leaves the
-    earlier result as it was, not a truncated one; the error names the file."""
-    try:
-        write_atomically(path, write)
-    except OSError as exc:
-        raise DfdError(f"cannot write {path}: {os_error_text(exc)}") from exc

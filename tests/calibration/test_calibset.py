@@ -15,7 +15,7 @@ from dfd.calibration import calibset
 from dfd.calibration.calibset import CalibrationError, build_calibration_set
 from dfd.calibration.degrade import PAPER_SPEC, DegradationSpec
 from dfd.calibration.sources import sample_images
-from dfd.runtime.images import decode_image
+from dfd.runtime.images import array_sha256, decode_image
 from dfd.runtime.preprocess import preprocess_face, preprocess_fusion, preprocess_global
 
 GRAY_ONLY = DegradationSpec(op_probabilities=(("grayscale", 1.0),), recompress_p=0.0)
@@ -216,9 +216,9 @@ def test_manifest_entry_records_the_decoded_pixels_of_each_distinct_source_image
     arguments = dict(count=12, degrade_share=0.5, seed=2, stream_sizes={"fusion": 32}, cache_dir=tmp_path / "cache")
     calib = build_calibration_set(inputs, **arguments)
     assert {Path(item.name).name for item in calib.items} == {path.name for path in inputs[:-1]}
-    expected = sorted({calibset.pixels_sha256(decode_image(path).rgb) for path in paths})
+    expected = sorted({array_sha256(decode_image(path).rgb) for path in paths})
     assert calib.manifest_entry()[calibset.SOURCE_PIXELS_KEY] == expected and len(expected) == len(images)
-    assert expected == sorted(calibset.pixels_sha256(rgb) for _, rgb in images)  # file or array: same pixels
+    assert expected == sorted(array_sha256(rgb) for _, rgb in images)  # file or array: same pixels
     cached = build_calibration_set(inputs, **arguments)
     assert cached.from_cache and cached.manifest_entry() == calib.manifest_entry()
 
@@ -408,4 +408,4 @@ def test_arrays_of_one_name_each_have_their_pixels_recorded(images):
     source_pixels_sha256, and verify undercounted its overlap with the calibration images."""
     twins = [("photo", images[0][1]), ("photo", images[1][1])]
     calib = build_calibration_set(twins, count=2, degrade_share=0.0, seed=0, stream_sizes={"fusion": 16})
-    assert calib.source_pixels == sorted(calibset.pixels_sha256(rgb) for _, rgb in twins)
+    assert calib.source_pixels == sorted(array_sha256(rgb) for _, rgb in twins)
