@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import shutil
@@ -18,7 +19,7 @@ from onnx import numpy_helper
 
 from dfd.calibration import sources
 from dfd.calibration.calibset import SOURCE_PIXELS_KEY
-from dfd.export import verify
+from dfd.export import cli_types, verify
 from dfd.export.cli import main
 from dfd.export.verify import (agreement_bound, clopper_pearson_lower_bound, judge, vote_steps,
                                wilson_lower_bound)
@@ -51,10 +52,22 @@ def test_fp32_set_passes_and_reports(tiny_engine_set, photographs, tmp_path):
         assert report["streams"][stream]["max_abs_dp"] <= 1e-4
 
 
-def test_exceeded_threshold_exits_3(tiny_engine_set, photographs, tmp_path):
-    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", str(_images(tmp_path, photographs)),
-                                       "--max-abs-dp", "0"])
+def test_exceeded_threshold_exits_3_even_when_the_report_cannot_be_written(tiny_engine_set, photographs, tmp_path,
+                                                                            monkeypatch):
+    images = str(_images(tmp_path, photographs))
+    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", images, "--max-abs-dp", "0"])
     assert result.exit_code == 3 and "FAILED thresholds" in result.output
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli_types, "write_atomically", full_disk)
+    report = tmp_path / "report.json"
+    for limit, exit_code, verdict in (("0", 3, "FAILED thresholds"), ("1", 1, "passed thresholds")):
+        result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", images, "--max-abs-dp", limit,
+                                           "--max-mean-dp", limit, "--json", str(report)])
+        assert result.exit_code == exit_code, result.output  # the verdict wins over the lost report
+        assert verdict in result.output and f"cannot write {report}: No space left on device" in result.output
 
 
 def test_unreadable_images_are_reported_and_the_others_verified(tiny_engine_set, photographs, tmp_path):
