@@ -120,6 +120,10 @@ typedef struct {
     int32_t face_cascade;       /* 1 (default): when no face is found, retry on the reference's
                                    enhanced copies of the image; 0: skip them (faster on photos
                                    without a face, may miss a badly degraded face)            */
+    int64_t max_pixels;         /* the largest image decoded at full size, in pixels; default
+                                   64000000. A larger JPEG is decoded reduced, any other image
+                                   fails on its own (DFD_E_IMAGE): faces and resizing hold a
+                                   few copies of it in memory                                 */
 } dfd_options;
 """
 
@@ -421,6 +425,7 @@ void dfd_options_init_sized(dfd_options *options, size_t struct_size)
     options->gpu_preprocessing = 1;
     options->cuda_graph_batch = 0;
     options->face_cascade = 1;
+    options->max_pixels = DFD_DEFAULT_MAX_PIXELS;
 }
 
 dfd_status dfd_open_with_abi(const char *engine_dir, const dfd_options *options, dfd_detector **out, uint32_t abi)
@@ -669,6 +674,7 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
         raise CapiBuildError("building the C library needs a C compiler (cc/gcc) on PATH")
     from dfd.runtime.detector import DEFAULT_BATCH_SIZE  # the C defaults are the Python ones
     from dfd.runtime.face_detection import DEFAULT_MIN_FACE_PX
+    from dfd.runtime.images import DEFAULT_MAX_PIXELS
 
     python_lib_dir = _python_library_dir()
     site_dirs = embedded_site_dirs()
@@ -696,6 +702,7 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
                 ("DFD_ERROR_CAPACITY", str(ERROR_CAPACITY)),
                 ("DFD_DEFAULT_BATCH_SIZE", str(DEFAULT_BATCH_SIZE)),
                 ("DFD_DEFAULT_FACE_MIN_PX", f"{DEFAULT_MIN_FACE_PX or 0.0!r}f"),
+                ("DFD_DEFAULT_MAX_PIXELS", f"{DEFAULT_MAX_PIXELS}LL"),
             ],
             library_dirs=[str(python_lib_dir)],
             extra_link_args=[f"-Wl,-rpath,{python_lib_dir}", f"-Wl,-soname,{LIBRARY_NAME}"],

@@ -282,8 +282,13 @@ def detector_options(ffi: Any, options: Any) -> dict[str, Any]:
     if not math.isfinite(face_min_px) or face_min_px < 0 or 0 < face_min_px < SMALLEST_FACE_PX:
         raise CapiArgumentError(f"dfd_open_with: options.face_min_px is {face_min_px:g}; it must be 0 "
                                 f"(the 192-pixel pass only) or a face size of at least {SMALLEST_FACE_PX:g} pixels")
+    max_pixels = int(options.max_pixels)
+    if max_pixels < 1:
+        raise CapiArgumentError(f"dfd_open_with: options.max_pixels is {max_pixels}; it must be at least 1 "
+                                f"(dfd_options_init sets the default)")
     return {"backend": _backend_argument(ffi, options.backend, "dfd_open_with: options"), "batch_size": batch_size,
-            "face_min_px": face_min_px or None, "cuda_graph_batch": graph_batch or None, **flags}
+            "face_min_px": face_min_px or None, "cuda_graph_batch": graph_batch or None, "max_pixels": max_pixels,
+            **flags}
 
 
 def _backend_argument(ffi: Any, backend: Any, where: str) -> str:

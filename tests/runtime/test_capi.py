@@ -291,14 +291,16 @@ static int run_options(int argc, char **argv)
     dfd_options_init(NULL);
     memset(&o, 0x5a, sizeof o);
     dfd_options_init(&o);
-    printf("defaults\t0\t%d %d %d %d %.9g %d %d %d\n", o.struct_size == sizeof o, o.backend == NULL, o.batch_size,
-           o.face_detection, o.face_min_px, o.gpu_preprocessing, o.cuda_graph_batch, o.face_cascade);
+    printf("defaults\t0\t%d %d %d %d %.9g %d %d %d %lld\n", o.struct_size == sizeof o, o.backend == NULL,
+           o.batch_size, o.face_detection, o.face_min_px, o.gpu_preprocessing, o.cuda_graph_batch, o.face_cascade,
+           (long long)o.max_pixels);
 
     open_and_detect("null_options", argv[2], NULL, &img);
     open_and_detect("initialised", argv[2], &o, &img);
     dfd_options_init(&o); o.backend = "onnxruntime"; o.face_detection = 0; open_and_detect("no_face_detect", argv[2], &o, &img);
     dfd_options_init(&o); o.face_min_px = 0; o.batch_size = 1; open_and_detect("one_pass", argv[2], &o, &img);
     dfd_options_init(&o); o.face_cascade = 0; open_and_detect("no_cascade", argv[2], &o, &img);
+    dfd_options_init(&o); o.max_pixels = 1000; open_and_detect("max_pixels_small", argv[2], &o, &img);
 
     memset(&o, 0, sizeof o); report("uninitialised", dfd_open_with(argv[2], &o, &d));
     printf("uninitialised_out\t%d\t\n", d == NULL);
@@ -307,6 +309,7 @@ static int run_options(int argc, char **argv)
     dfd_options_init(&o); o.face_detection = 2; report("face_detection_two", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.gpu_preprocessing = -1; report("gpu_preprocessing_negative", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.face_cascade = 7; report("face_cascade_seven", dfd_open_with(argv[2], &o, &d));
+    dfd_options_init(&o); o.max_pixels = 0; report("max_pixels_zero", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.face_min_px = NAN; report("face_min_px_nan", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); o.face_min_px = -1; report("face_min_px_negative", dfd_open_with(argv[2], &o, &d));
     dfd_options_init(&o); report("options_init_clears", DFD_OK);  /* after the failure above */
@@ -747,7 +750,7 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
     run = _run([harness, "options", tiny_engine_set, spec])
     cases = _harness_cases(run)
     check = functools.partial(_expect, cases)
-    assert cases["defaults"][1] == "1 1 8 1 40 1 0 1"
+    assert cases["defaults"][1] == "1 1 8 1 40 1 0 1 64000000"
     expected = {"default": _cli_jsonl(tiny_engine_set, [png])[0],
                 "no_face_detect": _cli_jsonl(tiny_engine_set, [png], "--no-face-detect")[0],
                 "one_pass": _cli_jsonl(tiny_engine_set, [png], "--face-min-px", "0", "--batch-size", "1")[0],
@@ -762,6 +765,11 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
         assert cases[f"{name}_message"][1] == " | ".join(expected[cli]["notes"]), name
         check(f"{name}_describe", "ok", "backend: ", "preprocessing and vote: host (NumPy/OpenCV)")
     assert "no face" in cases["no_face_detect_message"][1]  # the notes say which face input was used
+    # the limit applies to each image, not to opening
+    assert cases["max_pixels_small"][0] == cases["max_pixels_small_message"][0] == STATUS["image"]
+    assert cases["max_pixels_small_message"][1].endswith("is above the limit of 0.0 MP; raise the limit (max_pixels "
+                                                         "of Detector.open or dfd_options, detect --max-pixels) if "
+                                                         "this machine can afford it")
     assert "onnxruntime" in cases["no_face_detect_describe"][1]
     describe = {name: cases[f"{name}_describe"][1] for name in ("initialised", "no_face_detect", "one_pass", "no_cascade")}
     assert describe["initialised"].endswith("face localisation: BlazeFace on a 192-pixel letterbox, MTCNN for faces "
@@ -780,6 +788,7 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
     check("face_detection_two", "invalid_argument", "face_detection is 2", "0 or 1")
     check("gpu_preprocessing_negative", "invalid_argument", "gpu_preprocessing is -1")
     check("face_cascade_seven", "invalid_argument", "face_cascade is 7", "0 or 1")
+    check("max_pixels_zero", "invalid_argument", "max_pixels is 0", "at least 1")
     check("face_min_px_nan", "invalid_argument", "face_min_px is nan")
     check("face_min_px_negative", "invalid_argument", "face_min_px is -1")
     check("options_init_clears", "ok")
@@ -1033,8 +1042,8 @@ def test_a_program_compiled_against_another_header_is_refused_untouched(tiny_eng
     older = tmp_path / "older"
     older.mkdir()
     changed = re.sub(r"#define DFD_ABI_VERSION \d+u", "#define DFD_ABI_VERSION 12345u", header)
-    for field in ("cuda_graph_batch", "face_cascade"):  # the struct as a header without these fields had it
-        changed = changed.replace(f"    int32_t {field};", "")
+    for field in ("int32_t cuda_graph_batch", "int32_t face_cascade", "int64_t max_pixels"):
+        changed = changed.replace(f"    {field};", "")  # the struct as a header without these fields had it
     assert changed.count("12345u") == 1 and "int32_t face_cascade;" not in changed
     (older / "dfd_runtime.h").write_text(changed)
     (tmp_path / "probe.c").write_text(BOUNDARY_PROBE)
@@ -1044,7 +1053,7 @@ def test_a_program_compiled_against_another_header_is_refused_untouched(tiny_eng
     assert built.returncode == 0, built.stderr
     lines = _probe_lines(_run([tmp_path / "probe", tiny_engine_set, "unused"]))
     # struct_size is not the header's sizeof: the struct (0x5A bytes) and what follows it are untouched
-    assert lines["init"].startswith("0|dfd_options_init: the program's dfd_options has 32 bytes, this library's 40")
+    assert lines["init"].startswith("0|dfd_options_init: the program's dfd_options has 32 bytes, this library's 48")
     assert lines["init"].endswith("|5a5a5a5a5a5a5a5a")
     assert lines["open"].startswith("1|this program was compiled against the dfd_runtime.h of another build (ABI 12345;")
     (tmp_path / "old.c").write_text(UNVERSIONED_PROBE)
