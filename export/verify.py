@@ -15,6 +15,7 @@ backend and images it measured.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import math
 import sys
@@ -379,11 +380,14 @@ def _reference_warnings(manifest: Manifest, report: VerifyReport) -> list[str]:
     warnings = []
     if report.reference.get("weights") == "random":
         built_with = manifest.raw.get("tool_versions", {}).get("torch")
+        # the package version, as the build records it: torch.__version__ adds the wheel's local
+        # tag (2.14.1+cu130), which is no other torch
+        running = importlib.metadata.version("torch")
         warnings.append(f"this engine set has RANDOM weights: the reference is rebuilt from seed "
                         f"{report.reference['seed']}" + (
-                            f", under torch {torch.__version__} where the set was built under torch {built_with}; "
+                            f", under torch {running} where the set was built under torch {built_with}; "
                             f"large differences may be the reference's, not the engine's"
-                            if built_with and built_with != torch.__version__ else ""))
+                            if built_with and built_with != running else ""))
     streams = list(manifest.streams)
     if len(streams) < len(STREAM_ORDER):
         warnings.append(f"this engine set has only the {', '.join(streams)} stream(s): the votes compared are "

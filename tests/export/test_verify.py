@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import json
 import math
 import shutil
@@ -371,3 +372,16 @@ def test_a_jpeg_is_verified_with_the_face_input_detect_gives_it(tiny_engine_set,
     expected = detector.prepare(folder / "coffee.jpg", "coffee.jpg")
     np.testing.assert_array_equal(prepared.tensors["face"], expected.tensors["face"])
     assert any("re-encoded" in note for note in prepared.detection.notes)
+
+
+def test_a_random_weights_reference_warns_of_another_torch_only_when_it_is_another(tiny_engine_set):
+    """The build records the torch package's version (2.14.1); comparing it with torch.__version__
+    (2.14.1+cu130 for the CUDA wheel the Makefile installs) warned of another torch on every set."""
+    manifest = load_manifest(tiny_engine_set, verify=False)
+    report = verify.VerifyReport(precision="fp32", reference={"weights": "random", "seed": 0})
+    running = importlib.metadata.version("torch")
+    for built_with, warned in ((running, False), ("1.13.1", True)):
+        manifest.raw["tool_versions"] = {"torch": built_with}
+        [warning] = verify._reference_warnings(manifest, report)
+        assert warning.startswith("this engine set has RANDOM weights: the reference is rebuilt from seed 0")
+        assert (f"under torch {running} where the set was built under torch 1.13.1" in warning) is warned, warning
