@@ -24,6 +24,7 @@ from .face_detection import (
     ALL_STRATEGIES,
     DEFAULT_MIN_FACE_PX,
     DEFAULT_SCORE_THRESHOLD,
+    SMALLEST_FACE_PX,
     SMALL_FACE_THRESHOLDS,
     FaceLocator,
     onnxruntime_detector,
@@ -160,6 +161,10 @@ def _check_options(batch_size: object, face_detection: object, face_min_px: obje
     if face_min_px is not None and (not isinstance(face_min_px, (int, float, np.integer, np.floating))
                                     or isinstance(face_min_px, (bool, np.bool_)) or not math.isfinite(face_min_px)):
         raise DfdError(f"face_min_px must be a number of pixels or None, got {face_min_px!r}")
+    if face_min_px is not None and face_min_px < SMALLEST_FACE_PX:  # before a paper-size set is hashed
+        raise DfdError(f"face_min_px must be None (the letterbox pass only) or at least {SMALLEST_FACE_PX:g} "
+                       f"pixels, MTCNN's smallest window (a smaller face is found only in an upscaled image), "
+                       f"got {face_min_px!r}")
     if not _is_int(max_pixels) or max_pixels < 1:
         raise DfdError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     if cuda_graph_batch is not None and not (_is_int(cuda_graph_batch) and 1 <= cuda_graph_batch <= batch_size):
@@ -343,8 +348,9 @@ class Detector:
         ``face_crops[i]``: a face image pre-cropped the reference's way (the face stream takes
         its 252 centre crop). ``face_boxes[i]``: (x1, y1, x2, y2) in pixels of image i; the
         runtime crops it (a box that is not finite, has x2 < x1 or y2 < y1, or lies wholly outside
-        the image fails that image only). With neither, the face stream sees the original image. For a
-        JPEG file the face image is re-encoded as JPEG first, because the reference's cropping
+        the image fails that image only). With neither, the set's face locator looks for a face
+        (unless opened with ``face_detection=False``); where none is found, or the face covers under
+        1/9 of the image, the face stream sees the original image. For a JPEG file the face image is re-encoded as JPEG first, because the reference's cropping
         step saves a JPEG's face input as JPEG and its face stream reads that file back.
 
         Any iterable works (a generator too); a call that cannot be understood as a whole (one

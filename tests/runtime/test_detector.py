@@ -587,6 +587,8 @@ class _UnreadablePath:
     ({"face_cascade": 1}, "face_cascade must be True or False"),
     ({"face_min_px": "x"}, "face_min_px must be a number of pixels or None"),
     ({"face_min_px": float("nan")}, "face_min_px must be a number"),
+    ({"face_min_px": 5}, "face_min_px must be None (the letterbox pass only) or at least 12 pixels"),
+    ({"face_min_px": 0}, "got 0"),
     ({"max_pixels": 0}, "max_pixels must be a positive integer"),
     ({"max_pixels": 1e6}, "max_pixels must be a positive integer"),
     ({"cuda_graph_batch": 1.5}, "a CUDA graph for batches of 1.5 would never replay")])
