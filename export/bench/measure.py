@@ -6,7 +6,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +21,7 @@ from . import BenchError
 from .environment import PeakRss, available_memory_bytes, capture_environment, gpu_memory_used_mib, \
     process_peak_rss_bytes, rss_bytes
 from .flops import ensemble_flops
-from .pipelines import STAGES, RuntimePipeline, TorchReferencePipeline, reference_vote
+from .pipelines import STAGES, RuntimePipeline, TorchReferencePipeline, reference_cannot_take, reference_vote
 
 SCHEMA = "dfd-bench/1"
 PERCENTILES = (50, 90, 99)
@@ -75,9 +75,11 @@ class BenchImages:
                 "skipped": self.skipped}
 
 
-def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_IMAGE_COUNT) -> BenchImages:
-    """The image files to score: ``count`` of them at most. A folder's file that cannot be read is
-    left out and reported: one bad file must not sink a benchmark. A folder's files are taken in
+def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_IMAGE_COUNT,
+                 reference_sizes: Mapping[str, int] | None = None) -> BenchImages:
+    """The image files to score: ``count`` of them at most. A folder's file that cannot be read,
+    or (given the streams' ``reference_sizes``, for ``--compare torch``) that the reference-style
+    pipeline cannot take, is left out and reported: one bad file must not sink a benchmark. A folder's files are taken in
     order until ``count`` are readable; the rest are not opened (the timed batches use only the
     first ``max(batch sizes)`` images, and every image is scored once by each pipeline for the
     sanity check, so a dataset folder would otherwise be scored whole).
@@ -100,11 +102,15 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
                 height, width = decode_image(path).rgb.shape[:2]
             except ImageError as error:
                 skipped.append({"image": str(path), "error": str(error)})
+                continue
+            refused = reference_cannot_take(width, height, reference_sizes) if reference_sizes else None
+            if refused:
+                skipped.append({"image": str(path), "error": refused})
             else:
                 paths.append(path)
                 sizes.append((width, height))
         if not paths:
-            raise BenchError(f"no image in {images_dir} could be read; the first: {skipped[0]['error']}")
+            raise BenchError(f"no image in {images_dir} could be used; the first: {skipped[0]['error']}")
         unused = len(files) - len(paths) - len(skipped)
         source = f"folder {images_dir}" + (f" (its first {len(paths)} readable images; {unused} more not used)"
                                            if unused else "")
@@ -213,15 +219,17 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
                         "the speed-up show")
 
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp:
-        images = bench_images(settings.images_dir, Path(tmp), max(DEFAULT_IMAGE_COUNT, *settings.batch_sizes))
+        stream_sizes = {name: entry.input_size for name, entry in manifest.streams.items()}
+        images = bench_images(settings.images_dir, Path(tmp), max(DEFAULT_IMAGE_COUNT, *settings.batch_sizes),
+                              stream_sizes if settings.compare_torch else None)
         paths = images.paths
         if images.skipped:
             names = [f"{Path(item['image']).name} ({item['error']})" for item in images.skipped]
-            warnings.append(f"left out {len(names)} image(s) that could not be read: {first_few(names, 3)}")
+            warnings.append(f"left out {len(names)} image(s) that could not be read or used: {first_few(names, 3)}")
         memory: dict[str, Any] = {"rss_before_bytes": rss_bytes()}
         available = available_memory_bytes()
         largest = max(settings.batch_sizes)
-        floor = batch_memory_floor(images, largest, [e.input_size for e in manifest.streams.values()])
+        floor = batch_memory_floor(images, largest, list(stream_sizes.values()))
         if available is not None and floor > available:
             raise BenchError(f"a batch of {largest} holds at least {floor / 1e9:.1f} GB at once (its decoded "
                              f"images and float32 stream inputs) and {available / 1e9:.1f} GB of memory is "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -189,6 +189,21 @@ class TorchReferencePipeline:
     def close(self) -> None:
         self.modules = {}
         gc.collect()
+
+
+def reference_cannot_take(width: int, height: int, sizes: Mapping[str, int]) -> str | None:
+    """Why the reference-style pipeline cannot score an image of this size with streams of these
+    input ``sizes``, or None. ``bench --compare torch`` leaves such an image out before anything is
+    measured: it raised in the torch pipeline and sank the run after the engines were timed."""
+    crop = max((size for stream, size in sizes.items() if stream != "fusion"), default=0)
+    if width < crop or height < crop:
+        return (f"an image of {width}x{height} is smaller than the {crop} crop, which the reference pipeline "
+                f"(--compare torch) cannot take")
+    fusion = sizes.get("fusion")
+    if height == fusion and width != fusion:
+        return (f"an image {fusion} high but {width} wide breaks the reference pipeline's fusion batch "
+                f"(--compare torch)")
+    return None
 
 
 def reference_center_crop(rgb: np.ndarray, size: int) -> np.ndarray:

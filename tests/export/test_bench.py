@@ -22,6 +22,7 @@ from dfd.export.bench.cli import bench
 from dfd.export.bench.environment import busy_machine_warning, jetson_clocks_locked
 from dfd.export.bench.flops import stream_flops
 from dfd.export.bench.measure import BenchImages, batch_memory_floor, bench_images, summarise
+from dfd.export.bench.pipelines import reference_cannot_take
 from dfd.export.configs import ClipVisionConfig, DinoV2Config
 from dfd.export.streams import build_stream
 
@@ -39,6 +40,8 @@ def bench_result(tiny_engine_set, photographs, tmp_path_factory):
     # a JPEG: the reference's cropping step saves its face input as a JPEG crop file, for both pipelines
     cv2.imwrite(str(folder / "coffee.jpg"), cv2.cvtColor(coffee, cv2.COLOR_RGB2BGR))
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")  # left out and reported, not fatal
+    # readable, but under the 252 crop the reference pipeline needs: it sank the run after the engines were timed
+    cv2.imwrite(str(folder / "small.png"), np.zeros((80, 100, 3), np.uint8))
     out = tmp_path_factory.mktemp("bench-out")
     args = [str(tiny_engine_set), "--images", str(folder), "--batch-sizes", "1,2", "--warmup", "0",
             "--iterations", "2", "--compare", "torch", "--json", str(out / "r.json")]
@@ -73,13 +76,24 @@ def test_result_document_has_every_field(bench_result):
     assert "speed-up vs torch at batch 1" in output
 
 
-def test_unreadable_images_are_left_out_and_reported(bench_result):
+def test_unreadable_images_and_those_the_reference_cannot_take_are_left_out_and_reported(bench_result):
     result, _, output = bench_result
     assert result["images"]["count"] == 2 and result["images"]["sizes"] == ["512x512", "300x260"]
-    [skipped] = result["images"]["skipped"]
-    assert skipped["image"].endswith("corrupt.jpg") and "not an image OpenCV can decode" in skipped["error"]
-    assert any(w.startswith("left out 1 image(s) that could not be read: corrupt.jpg (") for w in result["warnings"])
-    assert "corrupt.jpg" in output
+    corrupt, small = result["images"]["skipped"]
+    assert corrupt["image"].endswith("corrupt.jpg") and "not an image OpenCV can decode" in corrupt["error"]
+    assert small["image"].endswith("small.png") and small["error"] == (
+        "an image of 100x80 is smaller than the 252 crop, which the reference pipeline (--compare torch) cannot take")
+    assert any(w.startswith("left out 2 image(s) that could not be read or used: corrupt.jpg (") for w in
+               result["warnings"])
+    assert "corrupt.jpg" in output and "small.png" in output
+
+
+def test_the_reference_pipeline_sizes_it_cannot_take():
+    sizes = {"global": 252, "face": 252, "fusion": 224}
+    assert reference_cannot_take(252, 252, sizes) is None and reference_cannot_take(224, 224, {"fusion": 224}) is None
+    assert "251x300 is smaller than the 252 crop" in reference_cannot_take(251, 300, sizes)
+    assert "an image 224 high but 300 wide breaks" in reference_cannot_take(300, 224, {"fusion": 224})
+    assert reference_cannot_take(300, 224, {"global": 224}) is None  # no fusion stream, no batch to break
 
 
 def test_percentiles_are_ordered_and_stages_present(bench_result):
@@ -171,7 +185,7 @@ def test_a_folder_without_one_readable_image_is_refused(tiny_engine_set, tmp_pat
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
     result = CliRunner().invoke(bench, [str(tiny_engine_set), "--images", str(tmp_path), "--iterations", "1"])
     assert result.exit_code == 1, result.output
-    assert f"error: no image in {tmp_path} could be read; the first: '{tmp_path / 'corrupt.jpg'}' is not an image" in result.output
+    assert f"error: no image in {tmp_path} could be used; the first: '{tmp_path / 'corrupt.jpg'}' is not an image" in result.output
     assert "Traceback" not in result.output
 
 
