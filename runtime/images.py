@@ -276,8 +276,15 @@ def _require_within_limit_after_decoding(pixels: np.ndarray, label: str, max_pix
     their memory."""
     height, width = pixels.shape[:2]
     if width * height > max_pixels:
-        raise ImageError(f"{label}: image {width}x{height} ({width * height / 1e6:.1f} MP) is above the "
-                         f"limit of {max_pixels / 1e6:.1f} MP; {_RAISE_LIMIT}")
+        raise ImageError(f"{label}: image {width}x{height} ({_pixel_count(width * height)}) is above the "
+                         f"limit of {_pixel_count(max_pixels)}; {_RAISE_LIMIT}")
+
+
+def _pixel_count(pixels: int) -> str:
+    """A size for messages: megapixels, or the count where a limit of 1000 pixels would read 0.0 MP."""
+    if pixels >= 100_000:
+        return f"{pixels / 1e6:.1f} MP"
+    return f"{pixels} pixel" + ("" if pixels == 1 else "s")
 
 
 def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[int, int, tuple[str, ...]]:
@@ -286,11 +293,11 @@ def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[i
     pixels = header.width * header.height
     if pixels <= max_pixels:
         return cv2.IMREAD_COLOR, 1, ()
-    size = f"{header.width}x{header.height} ({pixels / 1e6:.1f} MP)"
+    size = f"{header.width}x{header.height} ({_pixel_count(pixels)})"
     if header.format != "JPEG":
         raise ImageError(
-            f"{label}: {header.format} image {size} is above the limit of {max_pixels / 1e6:.1f} "
-            f"MP; OpenCV can only decode {header.format} at full size (about "
+            f"{label}: {header.format} image {size} is above the limit of {_pixel_count(max_pixels)}; "
+            f"OpenCV can only decode {header.format} at full size (about "
             f"{pixels * 3 / 2**30:.1f} GiB), so it is refused. Convert it to JPEG, or {_RAISE_LIMIT}")
     for factor, flag in _REDUCED_JPEG_FLAGS:
         # libjpeg's scaled output is ceil(side / factor)
@@ -298,7 +305,7 @@ def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[i
             return flag, factor, (f"downscaled 1/{factor} at decode (image {header.width}x"
                                   f"{header.height} above max_pixels={max_pixels})",)
     raise ImageError(f"{label}: JPEG image {size} is too large even decoded at 1/8 "
-                     f"(limit {max_pixels / 1e6:.1f} MP); {_RAISE_LIMIT}")
+                     f"(limit {_pixel_count(max_pixels)}); {_RAISE_LIMIT}")
 
 
 def _require_nonempty(height: int, width: int, label: str) -> None:

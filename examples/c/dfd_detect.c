@@ -16,7 +16,8 @@
  * Run:
  *   find photos -name "*.jpg" | ./dfd_detect engines/fp32 [backend]
  * Exit status: 0 when every image was scored, 2 when some were not, 1 when the engine set
- * cannot be opened or the results cannot be written.
+ * cannot be opened or the results cannot be written (a full disk); a reader that closes the pipe
+ * ends it by SIGPIPE (status 141), as it ends any Unix filter.
  */
 #include <errno.h>
 #include <math.h>
