@@ -420,7 +420,12 @@ def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade:
     """Compare the engine set with its fp32 PyTorch streams; ``thresholds`` (max |ΔP|, mean |ΔP|,
     min vote agreement) default by precision (``DEFAULT_THRESHOLDS``)."""
     # host preprocessing: each stream graph is compared with torch on the very tensor it ran
-    detector = Detector.open(engine_dir, backend=backend, gpu_preprocessing=False)
+    with Detector.open(engine_dir, backend=backend, gpu_preprocessing=False) as detector:
+        return _verify_with(detector, images_dir, degrade, weights_dir, thresholds)
+
+
+def _verify_with(detector: Detector, images_dir: Path | None, degrade: bool, weights_dir: Path | None,
+                 thresholds: tuple[float, float, float] | None) -> VerifyReport:
     precision = engine_set_precision(detector.manifest)
     limits = thresholds or DEFAULT_THRESHOLDS[precision]
     method, bound = agreement_bound()

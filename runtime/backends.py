@@ -109,6 +109,11 @@ class OnnxRuntimeBackend:
                 raise EngineSetError(f"{manifest.root}: {graph.path}: {problem}; rebuild the engine set")
         self.description = f"onnxruntime {ort.__version__} ({', '.join(self.providers)})"
 
+    def close(self) -> None:
+        """Drop the sessions, whose weights and thread pools otherwise stay as long as anything
+        holds the closed Detector (gigabytes at paper size)."""
+        self.sessions = {}
+
     def run(self, stream: str, pixels: np.ndarray) -> np.ndarray:
         session = self.sessions[stream]
         input_name = session.get_inputs()[0].name

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -203,6 +206,10 @@ class Detector:
                            "(--host-preprocessing, gpu_preprocessing=False) turns off")
         self._pool = ThreadPoolExecutor(max_workers=len(self.streams), thread_name_prefix="dfd-stream")
         self.closed = False
+        # public calls in progress, per thread: close waits for them, or leaves the release to them
+        self._users = threading.Condition()
+        self._running: Counter[int] = Counter()
+        self._release_pending = False
 
     @property
     def preprocessing(self) -> str:
@@ -315,18 +322,52 @@ class Detector:
             raise
 
     def close(self) -> None:
-        """Release the worker threads, the fused path's buffers and what the backend holds on a
-        GPU (TensorRT's buffers and streams); ONNX Runtime sessions go with the Detector. Closing
-        twice is harmless; ``detect`` afterwards is refused, since on a GPU it would reach freed
-        buffers. Call it once no ``detect`` is running."""
-        if self.closed:
-            return
-        self.closed = True
+        """Release the worker threads, the fused path's buffers, the backend's sessions and what it
+        holds on a GPU (TensorRT's buffers and streams) and the face locator. New calls are refused
+        from now on, since on a GPU they would reach freed buffers; calls already running in other
+        threads finish first (a server shutting down while a request is scored), and a close from
+        inside a call (an ``on_progress`` callback) releases when that call ends. Closing twice
+        is harmless."""
+        with self._users:
+            if self.closed:
+                return
+            self.closed = True
+            if threading.get_ident() in self._running:
+                self._release_pending = True  # waiting here would wait for this thread itself
+                return
+            while self._running:
+                self._users.wait()
+        self._release()
+
+    def _release(self) -> None:
         self._pool.shutdown(wait=True)
         if self.fused is not None:
             self.fused.close()
             self.fused = None
+        self.face_locator = None
         _close_backend(self.backend)
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """One public call in progress, so that ``close`` never frees what it uses."""
+        me = threading.get_ident()
+        with self._users:
+            if self.closed:
+                raise DfdError("this detector is closed; open the engine set again to score images")
+            self._running[me] += 1
+        try:
+            yield
+        finally:
+            with self._users:
+                self._running[me] -= 1
+                if not self._running[me]:
+                    del self._running[me]
+                release = self._release_pending and not self._running
+                if release:
+                    self._release_pending = False
+                self._users.notify_all()
+            if release:
+                self._release()
 
     def __enter__(self) -> "Detector":
         return self
@@ -357,8 +398,12 @@ class Detector:
         image instead of a list, lengths that differ, labels that are not strings) raises
         ``TypeError`` or ``DfdError`` before anything is scored.
         """
-        if self.closed:
-            raise DfdError("this detector is closed; open the engine set again to score images")
+        with self._in_use():
+            return self._detect(images, face_crops, face_boxes, labels, on_progress)
+
+    def _detect(self, images: Iterable[ImageInput], face_crops: Iterable[ImageInput | None] | None,
+                face_boxes: Iterable[Box | None] | None, labels: Iterable[str] | None,
+                on_progress: Callable[[int], None] | None) -> list[Detection]:
         images = _listed("images", images)
         count = len(images)
         face_crops, face_boxes, labels = (
@@ -374,7 +419,7 @@ class Detector:
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
             prepared = [
-                self.prepare(
+                self._prepare(
                     images[i],
                     labels[i] if labels is not None else _label(images[i], i),
                     face_crops[i] if face_crops is not None else None,
@@ -394,6 +439,11 @@ class Detector:
         normalised stream tensors (what ``detect`` feeds the backend). Errors land in
         ``.detection.error``. Public for tools that compare backends on identical inputs
         (``dfd-export verify``, benchmarks)."""
+        with self._in_use():
+            return self._prepare(source, label, face_crop, face_box)
+
+    def _prepare(self, source: ImageInput, label: str, face_crop: ImageInput | None,
+                 face_box: Box | None) -> "PreparedImage":
         detection = Detection(image=label)
         try:
             decoded = decode_image(source, max_pixels=self.max_pixels)
@@ -427,8 +477,9 @@ class Detector:
         the crop of the located face, or ``rgb`` itself (no face, a face under 1/9 of the image, or
         no locator), before the re-encode a JPEG file gets. The Detector's own rule, public for
         tools that time face localisation as a stage of its own (``dfd-export bench``)."""
-        face_rgb, box = self._face_input(DecodedImage(rgb, ()), None, None, Detection(image=""))
-        return self._face_image(rgb, face_rgb, box)
+        with self._in_use():
+            face_rgb, box = self._face_input(DecodedImage(rgb, ()), None, None, Detection(image=""))
+            return self._face_image(rgb, face_rgb, box)
 
     @staticmethod
     def _face_image(rgb: np.ndarray, face_rgb: np.ndarray | None, box: Box | None) -> np.ndarray:

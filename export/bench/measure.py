@@ -7,6 +7,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -218,7 +219,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
                         "arenas, kernel choices for a new shape), which p90/p99 and, with few iterations, p50 and "
                         "the speed-up show")
 
-    with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp, ExitStack() as opened:
         stream_sizes = {name: entry.input_size for name, entry in manifest.streams.items()}
         images = bench_images(settings.images_dir, Path(tmp), max(DEFAULT_IMAGE_COUNT, *settings.batch_sizes),
                               stream_sizes if settings.compare_torch else None)
@@ -245,6 +246,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         progress("open engine set")
         with PeakRss() as open_peak:
             runtime = RuntimePipeline(settings.engine_dir, settings.backend)
+        opened.callback(runtime.close)  # on every way out: on TensorRT it holds GPU buffers and streams
         memory["runtime_rss_after_open_bytes"] = rss_bytes()
         memory["runtime_open_peak_rss_bytes"] = open_peak.peak
         face_localisation = {"present": runtime.detector.face_locator is not None}

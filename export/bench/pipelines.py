@@ -93,10 +93,11 @@ class RuntimePipeline:
 
     def close(self) -> None:
         """Release the runtime before the torch pipeline opens: on TensorRT only Detector.close
-        frees the GPU buffers and streams."""
-        self.detector.close()
-        self.detector = None
-        gc.collect()
+        frees the GPU buffers and streams. Closing twice is harmless."""
+        if self.detector is not None:
+            self.detector.close()
+            self.detector = None
+            gc.collect()
 
 
 class TorchReferencePipeline:

@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
+from dfd.export.bench import measure as bench_measure
 from dfd.export.bench.cli import bench
 from dfd.export.bench.environment import busy_machine_warning, jetson_clocks_locked
 from dfd.export.bench.flops import stream_flops
@@ -348,4 +349,20 @@ def test_a_runtime_benchmark_never_imports_torch_and_releases_its_detector(tiny_
     pipeline = RuntimePipeline(tiny_engine_set, "onnxruntime")
     detector = pipeline.detector
     pipeline.close()
+    pipeline.close()
     assert detector.closed
+
+
+def test_a_benchmark_closes_its_detector_when_it_ends_and_when_it_fails(tiny_engine_set, tmp_path, monkeypatch):
+    """run_benchmark closed the runtime's Detector only before a torch pipeline that did not fit
+    beside it: a notebook benchmarking several sets on TensorRT leaked GPU buffers each time."""
+    from dfd.runtime.detector import Detector
+
+    opened = []
+    real_open = Detector.open
+    monkeypatch.setattr(Detector, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
+    assert _quick_bench(tiny_engine_set, tmp_path).exit_code == 0
+    monkeypatch.setattr(bench_measure, "_batch_of", lambda *a: [tmp_path / "gone.png"])  # every timed batch fails
+    failed = _quick_bench(tiny_engine_set, tmp_path)
+    assert failed.exit_code == 1 and "gone.png" in failed.output
+    assert len(opened) == 2 and all(detector.closed for detector in opened)

@@ -24,6 +24,7 @@ from dfd.export import cli_types, verify
 from dfd.export.cli import main
 from dfd.export.verify import (agreement_bound, clopper_pearson_lower_bound, judge, vote_steps,
                                wilson_lower_bound)
+from dfd.runtime.detector import Detector
 from dfd.runtime.manifest import load_manifest, sha256_file
 
 
@@ -83,10 +84,16 @@ def test_unreadable_images_are_reported_and_the_others_verified(tiny_engine_set,
     assert "could not read" in result.output and "gone.png" in result.output
 
 
-def test_no_readable_image_names_the_first_failure_and_a_bad_json_path_fails_first(tiny_engine_set, tmp_path):
+def test_no_readable_image_names_the_first_failure_and_a_bad_json_path_fails_first(tiny_engine_set, tmp_path,
+                                                                                   monkeypatch):
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    opened = []
+    real_open = Detector.open
+    monkeypatch.setattr(Detector, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
     result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", str(tmp_path)])
     assert result.exit_code == 1
+    # the Detector is closed on the way out (verify_engine_set never closed it: GPU buffers on TensorRT)
+    assert len(opened) == 1 and opened[0].closed
     assert "no image could be verified (1 could not be read; the first, " in result.output
     assert "corrupt.jpg' is not an image OpenCV can decode" in result.output
     blocker = tmp_path / "reports"
@@ -99,7 +106,6 @@ def test_no_readable_image_names_the_first_failure_and_a_bad_json_path_fails_fir
 def test_a_folder_is_decoded_one_image_at_a_time(tiny_engine_set, photographs, tmp_path, monkeypatch):
     """Each file is decoded once, just before its conditions run, so a large folder is never held
     in memory at once (measured: 24 photographs of 12 MP, peak RSS 2.42 GB -> 1.63 GB)."""
-    from dfd.runtime.detector import Detector
 
     events = []
     decode, prepare = verify.decode_image, Detector.prepare
@@ -357,8 +363,6 @@ def test_json_is_never_written_over_what_verify_reads(tiny_engine_set, reference
 def test_a_jpeg_is_verified_with_the_face_input_detect_gives_it(tiny_engine_set, photographs, tmp_path, monkeypatch):
     """verify passed the decoded pixels, so a JPEG's face input skipped the reference crop step's
     re-encode that detect applies (face tensor off by up to 0.23)."""
-    from dfd.runtime.detector import Detector
-
     folder = tmp_path / "jpegs"
     folder.mkdir()
     cv2.imwrite(str(folder / "coffee.jpg"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))

@@ -233,6 +233,54 @@ def test_a_closed_detector_refuses_to_score(tiny_engine_set, photographs):
         detector.detect([photographs["coffee"]])
 
 
+def test_a_close_from_another_thread_waits_for_the_running_detect(tiny_engine_set, photographs, monkeypatch):
+    """close() freed what a detect running in another thread was using (on TensorRT: the stream
+    pool, the GPU buffers) and that detect then failed with RuntimeError or KeyError; it now
+    finishes with every image scored, and the release comes after it."""
+    from dfd.runtime.backends import OnnxRuntimeBackend
+
+    events, running, proceed = [], threading.Event(), threading.Event()
+    real_run, real_close = OnnxRuntimeBackend.run, OnnxRuntimeBackend.close
+
+    def slow_run(self, stream, pixels):
+        running.set()
+        assert proceed.wait(60)
+        events.append(f"run {stream}")
+        return real_run(self, stream, pixels)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "run", slow_run)
+    monkeypatch.setattr(OnnxRuntimeBackend, "close", lambda self: events.append("backend closed") or real_close(self))
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    results = []
+    scoring = threading.Thread(target=lambda: results.extend(detector.detect([photographs["coffee"]] * 2)))
+    scoring.start()
+    assert running.wait(60)
+    closing = threading.Thread(target=detector.close)
+    closing.start()
+    closing.join(0.5)
+    assert closing.is_alive() and detector.closed  # waiting for the detect; new calls are refused already
+    with pytest.raises(DfdError, match="this detector is closed"):
+        detector.prepare(photographs["coffee"], "late")
+    proceed.set()
+    scoring.join(60)
+    closing.join(60)
+    assert [r.ok for r in results] == [True, True] and detector.backend.sessions == {}
+    assert events == ["run global", "run face", "run fusion", "backend closed"]
+
+
+def test_a_close_inside_detect_releases_when_that_call_ends(tiny_engine_set, photographs):
+    """close() from an on_progress callback would wait for its own thread; it leaves the release
+    to the running call, whose remaining batches are still scored."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, batch_size=1)
+    sessions = []
+    results = detector.detect([photographs["coffee"]] * 2,
+                              on_progress=lambda done: sessions.append(len(detector.backend.sessions)) or detector.close())
+    assert [r.ok for r in results] == [True, True] and detector.closed
+    assert sessions == [3, 3] and detector.backend.sessions == {} and detector.face_locator is None
+    with pytest.raises(DfdError, match="this detector is closed"):
+        detector.detect([photographs["coffee"]])
+
+
 def test_detect_cli_suggests_recursive_only_for_a_folder_with_sub_folders(tiny_engine_set, photographs, tmp_path):
     """A folder whose images are all in sub-folders fails with the sub-folders named and a hint to
     recurse; a folder with no sub-folder gets no such hint, since recursing would find nothing."""
