@@ -142,8 +142,12 @@ def cache_dir() -> Path:
     return Path(base) / "dfd-export" / "kernels"
 
 
+_DIGEST_BYTES = 32  # the sha256 each cache file ends with
+_CACHE_FORMAT = b"binary+sha256"  # in the key, so files of an earlier layout are never read as this one
+
+
 def _cache_key(kind: str, sm: int, version: str, sources: dict[str, bytes]) -> str:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(_CACHE_FORMAT + b"\0")
     for name in sorted(sources):
         digest.update(name.encode() + b"\0" + sources[name] + b"\0")
     digest.update("\0".join(NVRTC_OPTIONS).encode())
@@ -191,19 +195,33 @@ def nvrtc_compile(source: bytes, name: str, headers: dict[str, bytes], sm: int, 
 
 
 def _cached(arch: str, kind: str) -> bytes:
+    """The compiled kernels from the cache, or compiled now and cached. Each file ends with the
+    sha256 of what precedes it: a file truncated or damaged on disk (a full disk, a crash, a bad
+    sector) is compiled again and replaced, never handed to the driver, whose refusal would turn
+    the fused path off on every run."""
     sm = _normalise_arch(arch)
     key = _cache_key(kind, sm, nvrtc_version(), _read_sources())
     path = cache_dir() / f"{key}.{kind}"
-    if path.is_file():
-        return path.read_bytes()
+    try:
+        stored = path.read_bytes()
+    except OSError:  # not cached yet, or unreadable
+        stored = b""
+    binary, digest = stored[:-_DIGEST_BYTES], stored[-_DIGEST_BYTES:]
+    if binary and hashlib.sha256(binary).digest() == digest:
+        return binary
     binary = _compile(sm, kind)
+    partial = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-            handle.write(binary)
-        os.replace(handle.name, path)  # atomic: concurrent processes never read a partial file
+        handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        with os.fdopen(handle, "wb") as file:
+            file.write(binary + hashlib.sha256(binary).digest())
+        os.replace(partial, path)  # atomic: concurrent processes never read a partial file
     except OSError:
-        pass  # a read-only cache only costs a recompilation next time
+        pass  # a full or read-only cache only costs a recompilation next time
+    finally:
+        if partial is not None and os.path.exists(partial):  # a failed write or an interrupt
+            os.unlink(partial)
     return binary
 
 

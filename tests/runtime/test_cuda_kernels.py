@@ -89,8 +89,24 @@ def test_nvrtc_compiles_every_kernel_to_ptx(arch, tmp_path, monkeypatch):
     assert f".target {arch}" in ptx
     for name in cuda_kernels.KERNEL_NAMES:
         assert f".entry {name}(" in ptx
-    assert len(list(tmp_path.glob(f"ptx-{arch}-*.ptx"))) == 1  # cached for the next call
+    [cached] = tmp_path.glob(f"ptx-{arch}-*.ptx")  # cached for the next call
     assert cuda_kernels.compile_ptx(arch).decode() == ptx
+    # a cache file damaged on disk was handed to the driver as it was; it is compiled again (here
+    # by a stand-in for NVRTC, counted) and replaced whole
+    whole, compiled = cached.read_bytes(), []
+    monkeypatch.setattr(cuda_kernels, "_compile", lambda sm, kind: compiled.append(sm) or ptx.encode())
+    for damage in (lambda data: data[:100], lambda data: data[:50] + b"x" + data[51:], lambda data: b""):
+        cached.write_bytes(damage(whole))
+        assert cuda_kernels.compile_ptx(arch).decode() == ptx and cached.read_bytes() == whole
+    assert len(compiled) == 3
+
+    def full_disk(source, target):
+        raise OSError(28, "No space left on device")
+
+    cached.unlink()
+    monkeypatch.setattr(cuda_kernels.os, "replace", full_disk)
+    assert cuda_kernels.compile_ptx(arch).decode() == ptx  # a cache that cannot be written costs nothing
+    assert list(tmp_path.iterdir()) == []  # nor leaves a partial file behind, one more per attempt
 
 
 def _elf_sections(binary: bytes) -> dict[str, bytes]:
