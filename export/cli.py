@@ -20,7 +20,7 @@ from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
-from .cli_errors import handles_errors, sigterm_interrupts
+from .cli_errors import handles_errors, termination_interrupts
 from .cli_types import FiniteFloatRange, prepare_output_file, write_output_file
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
@@ -183,7 +183,7 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
         calib_seed=calib_seed,
         calib_cache=calib_cache,
     )
-    with sigterm_interrupts():
+    with termination_interrupts():
         manifest = build_engine_set(request, warn=warn)
     click.echo(f"engine set written: {manifest.parent}")
 

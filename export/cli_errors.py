@@ -54,19 +54,26 @@ def handles_errors(func):
 
 
 @contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Treat SIGTERM (kill, a cancelled CI job, docker stop) as Ctrl-C for the duration: a build
-    then removes its staging folder (gigabytes at paper size) and its lock, and a benchmark its
-    temporary images and keeps the batch sizes it finished, as on Ctrl-C, instead of dying with
-    them on disk or lost."""
+def termination_interrupts() -> Iterator[None]:
+    """Treat SIGTERM (kill, a cancelled CI job, docker stop) and SIGHUP (the terminal or ssh session
+    closed) as Ctrl-C for the duration: a build then removes its staging folder (gigabytes at paper
+    size), its lock and its temporary graphs, and a benchmark its temporary images and keeps the
+    batch sizes it finished, as on Ctrl-C, instead of dying with them on disk or lost. A signal
+    the process was told to ignore (``nohup`` ignores SIGHUP) stays ignored."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    numbers = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    # None: a handler installed outside Python, which cannot be put back; the default is the closest
+    previous = {number: signal.getsignal(number) or signal.SIG_DFL for number in numbers}
+    for number, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -457,7 +457,9 @@ def make_fp16_graph(fp32_path: Path, out_path: Path, calibration: np.ndarray | N
         calibration = _check_calibration(calibration, model, "fp16 graph")
     _hoist_constants(model.graph)
     types = _elem_types(model)
-    with tempfile.TemporaryDirectory(prefix="dfd-fp16-") as workdir:
+    # beside the output (a build's staging folder, which the next build clears): a process killed
+    # outright (OOM, SIGKILL) left the probe's copy of the weights (4.4 GB at paper size) in /tmp
+    with tempfile.TemporaryDirectory(prefix=".dfd-fp16-", dir=Path(out_path).parent) as workdir:
         keep = _fp16_exceptions(model, types, calibration, Path(workdir))
     _convert_to_fp16(model, types, keep)
     model = _write_value_info(model)
@@ -658,7 +660,9 @@ def make_int8_graph(fp32_path: Path, out_path: Path, calibration: np.ndarray, *,
     if not layers:
         raise PrecisionError(f"{fp32_path}: no linear layer left to quantize (keep_fp32={list(keep_fp32)})")
     activations = sorted({model.graph.node[index].input[0] for index, _ in layers})
-    with tempfile.TemporaryDirectory(prefix="dfd-int8-") as workdir:
+    # beside the output (a build's staging folder, which the next build clears): a process killed
+    # outright (OOM, SIGKILL) left the probe's copy of the weights (4.4 GB at paper size) in /tmp
+    with tempfile.TemporaryDirectory(prefix=".dfd-int8-", dir=Path(out_path).parent) as workdir:
         amax = _calibrate_amax(model, activations, calibration, method, Path(workdir))
     _insert_qdq(model, layers, amax)
     del model.graph.value_info[:]

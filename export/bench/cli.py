@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..cli_errors import handles_errors, sigterm_interrupts
+from ..cli_errors import handles_errors, termination_interrupts
 from ..cli_types import prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import pyplot, write_plot
@@ -83,7 +83,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     pipelines = 2 if settings.compare_torch else 1
     bar = tqdm(total=len(batch_sizes) * iterations * pipelines, unit="it", file=sys.stderr, desc="bench")
     try:
-        with sigterm_interrupts():
+        with termination_interrupts():
             result = run_benchmark(settings, progress=bar.set_description, tick=lambda: bar.update(1))
     finally:
         bar.close()

@@ -3,6 +3,8 @@ against the fp32 graphs on real photographs and their degraded versions (issue 4
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -287,3 +289,25 @@ def test_graphs_past_the_external_data_threshold_are_written_with_a_data_file(
         inline_stored = onnx.load(str(inline[name]), load_external_data=False).graph.initializer
         assert not any(t.data_location == TensorProto.EXTERNAL for t in inline_stored)
         assert np.array_equal(fake_probabilities(path, array), fake_probabilities(inline[name], array))
+
+
+def test_the_work_folder_is_beside_the_output_and_removed(tiny_engine_set, calibration, tmp_path, monkeypatch):
+    """The calibration probes wrote the weights' copy (4.4 GB at paper size) to /tmp, where a build
+    killed outright (OOM, SIGKILL) left it for good; beside the output it is in the build's staging
+    folder, which the next build clears."""
+    source, out = tiny_engine_set / "global.fp32.onnx", tmp_path / "staging"
+    out.mkdir()
+    folders = []
+
+    def record(*args):
+        folders.append(next(arg for arg in args if isinstance(arg, Path)))
+        raise RuntimeError("stopped here")
+
+    monkeypatch.setattr(precision, "_calibrate_amax", record)
+    monkeypatch.setattr(precision, "_fp16_exceptions", record)
+    with pytest.raises(RuntimeError, match="stopped here"):
+        make_int8_graph(source, out / "global.int8.onnx", calibration.arrays["global"])
+    with pytest.raises(RuntimeError, match="stopped here"):
+        make_fp16_graph(source, out / "global.fp16.onnx", calibration.arrays["global"])
+    assert [(f.parent, f.name[:10]) for f in folders] == [(out, ".dfd-int8-"), (out, ".dfd-fp16-")]
+    assert list(out.iterdir()) == []
