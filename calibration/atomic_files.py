@@ -23,7 +23,42 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
+            file.flush()
+            os.fsync(file.fileno())  # the data reaches the disk before the rename can
         os.replace(partial, path)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync ``folder`` itself, so renames and new names in it are on disk. A file system that
+    cannot sync a folder (some network ones) is left to its own ordering."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def flush_to_disk(folder: Path) -> None:
+    """fsync every file under ``folder``, then its folders: a build publishes its staging folder by
+    renaming it over the old set and then deletes the old set, so a power loss or kernel crash
+    soon after must not find the new set's graphs still empty in the page cache, and the old one
+    gone."""
+    folders = [folder]
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            folders.append(path)
+            continue
+        handle = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    for each in reversed(folders):
+        sync_folder(each)

@@ -26,6 +26,7 @@ from typing import IO, Any
 import torch
 from tqdm import tqdm
 
+from dfd.calibration.atomic_files import flush_to_disk, sync_folder
 from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, engine_set_files,
                                   write_manifest)
@@ -346,6 +347,7 @@ def _publish(staging: Path, out: Path, force: bool) -> None:
         raise BuildError(f"{problem} (this appeared while the build ran; nothing was replaced)")
     if not out.exists():
         staging.rename(out)
+        sync_folder(out.parent)
         return
     aside = _aside(out)
     shutil.rmtree(aside, ignore_errors=True)
@@ -355,6 +357,7 @@ def _publish(staging: Path, out: Path, force: bool) -> None:
     except BaseException:
         aside.rename(out)
         raise
+    sync_folder(out.parent)  # the renames reach the disk before the old set's files are deleted
     try:
         shutil.rmtree(aside, ignore_errors=True)
     except KeyboardInterrupt:
@@ -506,6 +509,7 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
             timing_cache = FileEntry.of(staging, staging / "timing.cache", "timing-cache")
             manifest["tensorrt"] = {**manifest_entry(request.tensorrt), "timing_cache": timing_cache.__dict__}
         write_manifest(staging, manifest)
+        flush_to_disk(staging)
         _publish(staging, out, request.force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

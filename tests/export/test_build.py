@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,8 @@ import torch
 from click.testing import CliRunner
 
 from conftest import LORA_ALPHA, LORA_R
+from dfd.calibration import atomic_files
+from dfd.export import build as build_module
 from dfd.export.build import BuildError, BuildRequest, build_engine_set
 from dfd.export.checkpoint import LoraSettings, read_state_dict
 from dfd.export.cli import main
@@ -74,9 +77,11 @@ def test_existing_output_is_kept_without_force(built, reference_ensemble):
     assert sha256_file(built / "manifest.json") == before
 
 
-def test_force_replaces_an_engine_set_but_never_another_folder_or_file(reference_ensemble, tmp_path):
+def test_force_replaces_an_engine_set_but_never_another_folder_or_file(reference_ensemble, tmp_path, monkeypatch):
     """``--force`` deletes the output before publishing: given a folder of other files (or a
-    file) it used to delete them."""
+    file) it used to delete them. The new set's files and the renames reach the disk before the
+    old set is deleted (nothing was fsynced: a power loss just after a build could leave empty
+    graphs and no old set)."""
     precious = tmp_path / "thesis"
     precious.mkdir()
     (precious / "chapter1.txt").write_text("months of work")
@@ -95,9 +100,23 @@ def test_force_replaces_an_engine_set_but_never_another_folder_or_file(reference
     assert (precious / "chapter1.txt").read_text() == "months of work"
 
     engine_set = tmp_path / "set"
+    events = []  # (what, name) in order
+    real_fsync, real_sync_folder, real_rmtree = os.fsync, build_module.sync_folder, shutil.rmtree
+    monkeypatch.setattr(atomic_files.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(build_module, "sync_folder", lambda folder: events.append(("sync", str(folder)))
+                        or real_sync_folder(folder))
+    monkeypatch.setattr(build_module.shutil, "rmtree", lambda path, **kw: events.append(("delete", str(path)))
+                        or real_rmtree(path, **kw))
     for streams in ("global", "fusion"):  # the second build replaces the first set
+        events.clear()
         result = _build(CliRunner(), reference_ensemble, engine_set, "--streams", streams, "--no-face-detector", "--force")
         assert result.exit_code == 0, result.output
+        published = events.index(("sync", str(tmp_path)))  # after the rename that publishes the set
+        staged = {name.replace("/.set.partial", "/set") for what, name in events[:published] if what == "fsync"}
+        assert {str(f) for f in engine_set.iterdir()} <= staged, events
+    old_set_deleted = max(i for i, event in enumerate(events) if event == ("delete", str(tmp_path / ".set.replaced")))
+    assert old_set_deleted > published  # the old set goes only once the new one is on disk
     assert load_manifest(engine_set).streams.keys() == {"fusion"}
     assert not (engine_set / "global.fp32.onnx").exists()
 
@@ -117,8 +136,6 @@ def test_force_keeps_an_engine_set_that_holds_other_files(reference_ensemble, tm
 def test_files_that_appear_in_out_during_the_build_are_kept(reference_ensemble, tmp_path, monkeypatch):
     """The emptiness check ran once, before a build that takes minutes at the paper's size; a file
     put into --out meanwhile was deleted when the set was published."""
-    import dfd.export.build as build_module
-
     out = tmp_path / "late"
     write_manifest = build_module.write_manifest
 
@@ -441,7 +458,6 @@ def test_opsets_whose_attention_the_precision_passes_cannot_split_are_refused(re
 def test_a_lock_whose_file_was_replaced_meanwhile_is_taken_again(tmp_path, monkeypatch):
     """A build that opened the lock file just before the build holding it finished and removed
     it locked a file with no name, while a third build locked a new one: two builds in one folder."""
-    import dfd.export.build as build_module
 
     out = tmp_path / "engines"
     lock_path = tmp_path / ".engines.lock"
@@ -468,7 +484,6 @@ def test_a_lock_whose_file_was_replaced_meanwhile_is_taken_again(tmp_path, monke
 def test_an_interrupt_while_the_old_set_is_removed_still_publishes_the_new(reference_ensemble, tmp_path, monkeypatch):
     """Ctrl-C while the replaced set was deleted reported 'interrupted' (exit 130) with the new
     set already in place."""
-    import dfd.export.build as build_module
 
     out = tmp_path / "set"
     assert _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector").exit_code == 0
