@@ -102,8 +102,8 @@ def test_force_replaces_an_engine_set_but_never_another_folder_or_file(reference
     engine_set = tmp_path / "set"
     events = []  # (what, name) in order
     real_fsync, real_sync_folder, real_rmtree = os.fsync, build_module.sync_folder, shutil.rmtree
-    monkeypatch.setattr(atomic_files.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-                        or real_fsync(fd))
+    monkeypatch.setattr(atomic_files.os, "fsync",
+                        lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
     monkeypatch.setattr(build_module, "sync_folder", lambda folder: events.append(("sync", str(folder)))
                         or real_sync_folder(folder))
     monkeypatch.setattr(build_module.shutil, "rmtree", lambda path, **kw: events.append(("delete", str(path)))
