@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import sys
+import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ _PREPROCESSORS = {
 }
 
 KEPT_CACHED_SETS = 4
+STALE_PARTIAL_SECONDS = 3600  # a save takes seconds; a partial file this old is from a killed build
 """Cached sets kept in a cache folder, the most recently used: a paper-size default set is
 ~545 MB, and every seed, count, share or code change makes a new one."""
 
@@ -395,11 +397,17 @@ def _save_quietly(path: Path, calib: CalibrationSet) -> None:
 
 
 def _prune(cache_dir: Path, keep: Path) -> None:
-    """Delete all but the :data:`KEPT_CACHED_SETS` most recently used sets (``keep`` among them)."""
+    """Delete all but the :data:`KEPT_CACHED_SETS` most recently used sets (``keep`` among them),
+    and the partial files of saves killed outright (up to ~0.5 GB each at paper size, never read);
+    a partial file younger than :data:`STALE_PARTIAL_SECONDS` may be another build's save."""
     try:
         cached = sorted(cache_dir.glob("calibset-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in [p for p in cached if p != keep][KEPT_CACHED_SETS - 1:]:
             old.unlink(missing_ok=True)
+        now = time.time()
+        for partial in cache_dir.glob(".calibset-*.partial"):
+            if now - partial.stat().st_mtime > STALE_PARTIAL_SECONDS:
+                partial.unlink(missing_ok=True)
     except OSError:
         pass  # another build pruned (or is using) the same folder: nothing is lost
 

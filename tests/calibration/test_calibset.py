@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -371,6 +372,13 @@ def test_only_the_most_recently_used_sets_are_kept(images, tmp_path):
     kept = sorted(p.name for p in tmp_path.glob("calibset-*.npz"))
     assert len(kept) == calibset.KEPT_CACHED_SETS and f"calibset-{keys[2]}.npz" not in kept
     assert f"calibset-{keys[3]}.npz" in kept
+    # a save killed outright (SIGKILL, OOM) left its partial file for good; one being written now stays
+    killed, running = tmp_path / f".calibset-{keys[0]}.npz.x1.partial", tmp_path / f".calibset-{keys[1]}.npz.x2.partial"
+    killed.write_bytes(b"half a set")
+    running.write_bytes(b"a set being written")
+    os.utime(killed, (time.time() - 2 * calibset.STALE_PARTIAL_SECONDS,) * 2)
+    build_calibration_set(images, seed=7, **arguments)
+    assert not killed.exists() and running.exists()
 
 
 def test_the_cache_key_follows_the_opencv_and_numpy_versions_and_the_folder(images, tmp_path, monkeypatch):
