@@ -814,7 +814,7 @@ def _degrade_each(inputs: Sequence[Path], outputs: Sequence[Path], seed: int, tr
                 out = transform(rgb)
             else:
                 out = degrade(rgb, rng, spec)[0]
-            _write_png(out_path, out)
+            write_png(out_path, out)
         except ImageError as error:  # names the file
             yield DegradedFile(path, None, str(error), notes)
             continue
@@ -839,7 +839,7 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> None:
+def write_png(path: Path, rgb: np.ndarray) -> None:
     """Encode in memory and write atomically (:func:`write_atomically`): an interrupted run never
     leaves a truncated image that a later ``verify --images`` or calibration would read, and no
     file of the user's is touched but ``path``. Raises ``DegradationError``/``OSError``."""

@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import click
-import cv2
 
-from dfd.calibration.degrade import fixed_degradation
+from dfd.calibration.degrade import fixed_degradation, write_png
 from dfd.calibration.sources import builtin_photographs
 
 from .cli import main as cli
@@ -43,9 +42,8 @@ def _write_photos(folder: Path) -> None:
         name = Path(source.split(":", 1)[-1]).stem  # "skimage:astronaut.png" -> "astronaut"
         if name not in DEMO_PHOTOS:
             continue
-        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(folder / f"{name}.png"), bgr)
-        cv2.imwrite(str(folder / f"{name}_jpeg10.png"), cv2.cvtColor(jpeg10(rgb), cv2.COLOR_RGB2BGR))
+        write_png(folder / f"{name}.png", rgb)  # raises on a full disk (cv2.imwrite returned False)
+        write_png(folder / f"{name}_jpeg10.png", jpeg10(rgb))
 
 
 @click.command()

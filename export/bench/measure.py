@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from dfd.runtime.errors import first_few
+from dfd.calibration.degrade import write_png
+from dfd.runtime.errors import first_few, os_error_text
 
 from . import BenchError
 from .environment import PeakRss, available_memory_bytes, capture_environment, gpu_memory_used_mib, \
@@ -120,7 +120,11 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
         if min(rgb.shape[:2]) < 252:  # the reference pipeline cannot take smaller images
             continue
         path = work_dir / (name.replace(":", "_").rsplit(".", 1)[0] + ".png")
-        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        try:
+            write_png(path, rgb)
+        except OSError as error:  # cv2.imwrite's failure was ignored and the run failed later, unclearly
+            raise BenchError(f"cannot write the benchmark's temporary image {path}: {os_error_text(error)} "
+                             f"(set TMPDIR to a folder with room)") from error
         paths.append(path)
         sizes.append((rgb.shape[1], rgb.shape[0]))
         if len(paths) == count:

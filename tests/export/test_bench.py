@@ -4,7 +4,9 @@ performance is measured in benchmarks/, never in unit tests."""
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from click.testing import CliRunner
 from torch.utils.flop_counter import FlopCounterMode
 
+from dfd.export.bench import BenchError
 from dfd.export.bench import measure as bench_measure
 from dfd.export.bench.cli import bench
 from dfd.export.bench.environment import busy_machine_warning, jetson_clocks_locked
@@ -366,3 +369,15 @@ def test_a_benchmark_closes_its_detector_when_it_ends_and_when_it_fails(tiny_eng
     failed = _quick_bench(tiny_engine_set, tmp_path)
     assert failed.exit_code == 1 and "gone.png" in failed.output
     assert len(opened) == 2 and all(detector.closed for detector in opened)
+
+
+def test_temporary_images_that_cannot_be_written_are_named(tmp_path, monkeypatch):
+    """cv2.imwrite's False was ignored on a full /tmp: the run failed later, saying the image did
+    not exist."""
+    def full_disk(path, rgb):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bench_measure, "write_png", full_disk)
+    with pytest.raises(BenchError, match=f"cannot write the benchmark's temporary image {re.escape(str(tmp_path))}/"
+                                         f".*: No space left on device \\(set TMPDIR to a folder with room\\)"):
+        bench_images(None, tmp_path)
