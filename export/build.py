@@ -511,6 +511,13 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
         write_manifest(staging, manifest)
         flush_to_disk(staging)
         _publish(staging, out, request.force)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.filename:
+            raise
+        # a write that names no file (ONNX's, on a full disk): say where the build was writing
+        raise BuildError(f"{os_error_text(exc)} while writing the engine set's files in {staging.parent} "
+                         f"(staged in {staging.name}, now removed)") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

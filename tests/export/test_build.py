@@ -3,6 +3,7 @@ that name their cause and leave nothing half-written."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -269,6 +270,21 @@ def test_a_calibration_that_fails_leaves_nothing_and_few_images_are_warned_about
                     "--no-face-detector")
     assert result.exit_code == 0, result.output
     assert "WARNING: the calibration set draws its 4 slots from only 1 photograph(s)" in result.output
+
+
+def test_a_full_disk_names_where_the_build_was_writing(reference_ensemble, tmp_path, monkeypatch):
+    """onnx.save's write error names no file: the build said only "No space left on device", and a
+    user could not tell --out from /tmp or the calibration cache."""
+    def full_disk(module, path, *args):
+        path.write_bytes(b"half a graph")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(build_module, "export_stream_onnx", full_disk)
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "set", "--streams", "global", "--no-face-detector")
+    assert result.exit_code == 1
+    assert (f"error: No space left on device while writing the engine set's files in {tmp_path} (staged in "
+            f".set.partial, now removed)") in result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_terminated_build_leaves_nothing_behind(reference_ensemble, tmp_path):
