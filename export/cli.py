@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from dfd.runtime.errors import DfdError, first_few, os_error_text
+from dfd.runtime.errors import DfdError, first_few
 from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors, termination_interrupts
-from .cli_types import FiniteFloatRange, prepare_output_file, write_output_file
+from .cli_types import FiniteFloatRange, RowOutput, prepare_output_file, write_output_file
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
@@ -610,6 +611,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     interrupted, 141 when the reader of stdout went away (| head).
     """
     import csv
+    import io
     import json
 
     from tqdm import tqdm
@@ -647,25 +649,28 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         # a file name that is not valid in the file system's encoding is held with surrogate escapes
         # (PEP 383); csv writes it back as its original bytes, where a strict stdout would raise
         sys.stdout.reconfigure(errors="surrogateescape")
-    writer = csv.DictWriter(sys.stdout, fieldnames=_CSV_FIELDS) if fmt == "csv" else None
+    output = RowOutput(sys.stdout)
+    rendered = io.StringIO(newline="")  # one CSV row at a time, so each is written whole or not at all
+    writer = csv.DictWriter(rendered, fieldnames=_CSV_FIELDS) if fmt == "csv" else None
+
+    def csv_text(write_row: Callable[[], object]) -> str:
+        rendered.seek(0)
+        rendered.truncate()
+        write_row()
+        return rendered.getvalue()
+
     if writer:
-        writer.writeheader()
+        output.write(csv_text(writer.writeheader), counts=False)
     elif fmt == "table":
-        click.echo("image  score  (raw weighted mean)  stream P(fake)  face input")
+        output.write("image  score  (raw weighted mean)  stream P(fake)  face input\n", counts=False)
 
     def emit(record: dict) -> None:
-        try:
-            if fmt == "jsonl":
-                click.echo(json.dumps(record))
-            elif writer:
-                writer.writerow(_csv_row(record))
-                sys.stdout.flush()  # as click.echo does for the other formats: a killed run keeps its rows
-            else:
-                click.echo(_format_table_row(record))
-        except BrokenPipeError:
-            raise
-        except OSError as exc:  # a full disk, a file size limit: stdout has no name to give
-            raise DfdError(f"writing the results to stdout failed: {os_error_text(exc)}") from exc
+        if fmt == "jsonl":
+            output.write(json.dumps(record) + "\n")
+        elif writer:
+            output.write(csv_text(lambda: writer.writerow(_csv_row(record))))
+        else:
+            output.write(_format_table_row(record) + "\n")
 
     def emit_problems_before(position: int) -> int:
         """Emit the failed inputs that came just before image ``position`` (in their place); how many."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import click
 
@@ -83,3 +85,60 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+class RowOutput:
+    """Rows written to a text stream (``detect``'s stdout), each flushed, so a killed run keeps its
+    rows, and each whole or absent: when a row cannot be written (a full disk, a file size limit)
+    and the stream is a regular file, the file is cut back to the rows before it. A half-written
+    CSV row with its score column complete read as a scored image to whatever parsed it later."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.rows = 0
+        self._fd: int | None = None
+        self._end = 0
+        try:
+            fd = stream.fileno()
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                stream.flush()
+                self._fd, self._end = fd, os.lseek(fd, 0, os.SEEK_CUR)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass  # a pipe, a terminal, a test's buffer: nothing to cut back
+
+    def write(self, text: str, counts: bool = True) -> None:
+        """Write ``text`` (one row and its line end) and flush; ``counts``: a result row, not the header."""
+        try:
+            if self._fd is None:
+                self.stream.write(text)
+                self.stream.flush()
+            else:
+                # straight to the file: Python's buffer takes a short write (the disk filled mid-row)
+                # for progress and raises nothing, where the next os.write says why
+                pending = memoryview(text.encode(self.stream.encoding or "utf-8", self.stream.errors or "strict"))
+                while pending:
+                    pending = pending[os.write(self._fd, pending):]
+                self._end = os.lseek(self._fd, 0, os.SEEK_CUR)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # stdout has no name to give
+            kept = self._cut_back()
+            raise DfdError(f"writing the results to stdout failed: {os_error_text(exc)}"
+                           + (f"; the file keeps the {self.rows} whole row(s) written before" if kept else "")) from exc
+        if counts:
+            self.rows += 1
+
+    def _cut_back(self) -> bool:
+        """Truncate the file to the last whole row, and send what is still buffered nowhere (the
+        interpreter's flush at exit would write it after the cut). Whether the file was cut."""
+        if self._fd is None:
+            return False
+        try:
+            os.ftruncate(self._fd, self._end)
+        except OSError:
+            return False
+        finally:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._fd)
+            os.close(devnull)
+        return True

@@ -8,7 +8,9 @@ import io
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -757,6 +759,23 @@ def test_detect_cli_refuses_an_output_it_cannot_write(tiny_engine_set, photograp
             run = subprocess.run([*command, "--format", "jsonl"], stdout=full, stderr=subprocess.PIPE, text=True)
         assert run.returncode == 1, run.stderr
         assert run.stderr.splitlines()[-1] == "error: writing the results to stdout failed: No space left on device"
+    # a file that fills up (here a file size limit) is cut back to its whole rows: a half-written CSV
+    # row with its score complete read as a scored image to whatever parsed the file later
+    results = tmp_path / "results.csv"
+
+    def limit_the_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG for the write instead of a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (700, 700))
+
+    with open(results, "w") as out:
+        run = subprocess.run([*command[:-2], *[str(path)] * 6, "--no-face-detect", "--format", "csv"], stdout=out,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=limit_the_file_size)
+    assert run.returncode == 1, run.stderr
+    rows = list(csv.DictReader(io.StringIO(results.read_text())))
+    assert run.stderr.splitlines()[-1] == (f"error: writing the results to stdout failed: File too large; the file "
+                                           f"keeps the {len(rows)} whole row(s) written before")
+    assert 0 < len(rows) < 6 and results.read_text().endswith("\n")
+    assert all(row["image"] == str(path) and row["error"] == "" and float(row["score"]) >= 0 for row in rows)
 
 
 def test_objects_that_are_not_images_fail_alone(tiny_engine_set, photographs):
