@@ -32,9 +32,13 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def sync_folder(folder: Path) -> None:
-    """fsync ``folder`` itself, so renames and new names in it are on disk. A file system that
-    cannot sync a folder (some network ones) is left to its own ordering."""
-    handle = os.open(folder, os.O_RDONLY)
+    """fsync ``folder`` itself, so renames and new names in it are on disk. A folder that cannot be
+    opened or synced (some network file systems) is left to the file system's own ordering: this
+    runs after a build's point of no return, where nothing may fail."""
+    try:  # best effort: a folder that may be written but not read (mode 1733) cannot be opened
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(handle)
     except OSError:

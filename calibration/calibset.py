@@ -58,9 +58,9 @@ _PREPROCESSORS = {
 }
 
 KEPT_CACHED_SETS = 4
-STALE_PARTIAL_SECONDS = 3600  # a save takes seconds; a partial file this old is from a killed build
 """Cached sets kept in a cache folder, the most recently used: a paper-size default set is
 ~545 MB, and every seed, count, share or code change makes a new one."""
+STALE_PARTIAL_SECONDS = 3600  # a save takes seconds; a partial file this old is from a killed build
 
 CALIBSET_FORMAT = 2
 """Bumped when the cache file layout changes."""

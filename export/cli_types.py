@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import fcntl
 import io
 import math
 import os
@@ -102,9 +104,18 @@ class RowOutput:
             fd = stream.fileno()
             if stat.S_ISREG(os.fstat(fd).st_mode):
                 stream.flush()
-                self._fd, self._end = fd, os.lseek(fd, 0, os.SEEK_CUR)
+                # appending (>>), writes land at the end whatever the offset, which is 0 until the
+                # first write: a cut back to it would erase the file's earlier contents
+                appending = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
+                self._fd, self._end = fd, os.fstat(fd).st_size if appending else os.lseek(fd, 0, os.SEEK_CUR)
         except (OSError, ValueError, io.UnsupportedOperation):
             pass  # a pipe, a terminal, a test's buffer: nothing to cut back
+        # one encoder for the whole output, as the stream's own: a BOM (utf-8-sig, utf-16) once, at
+        # the start of the file only
+        encoding, errors = getattr(stream, "encoding", None), getattr(stream, "errors", None)
+        self._encoder = codecs.getincrementalencoder(encoding or "utf-8")(errors or "strict")
+        if self._end:
+            self._encoder.setstate(0)
 
     def write(self, text: str, counts: bool = True) -> None:
         """Write ``text`` (one row and its line end) and flush; ``counts``: a result row, not the header."""
@@ -115,7 +126,7 @@ class RowOutput:
             else:
                 # straight to the file: Python's buffer takes a short write (the disk filled mid-row)
                 # for progress and raises nothing, where the next os.write says why
-                pending = memoryview(text.encode(self.stream.encoding or "utf-8", self.stream.errors or "strict"))
+                pending = memoryview(self._encoder.encode(text))
                 while pending:
                     pending = pending[os.write(self._fd, pending):]
                 self._end = os.lseek(self._fd, 0, os.SEEK_CUR)

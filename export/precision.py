@@ -459,6 +459,7 @@ def make_fp16_graph(fp32_path: Path, out_path: Path, calibration: np.ndarray | N
     types = _elem_types(model)
     # beside the output (a build's staging folder, which the next build clears): a process killed
     # outright (OOM, SIGKILL) left the probe's copy of the weights (4.4 GB at paper size) in /tmp
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dfd-fp16-", dir=Path(out_path).parent) as workdir:
         keep = _fp16_exceptions(model, types, calibration, Path(workdir))
     _convert_to_fp16(model, types, keep)
@@ -662,6 +663,7 @@ def make_int8_graph(fp32_path: Path, out_path: Path, calibration: np.ndarray, *,
     activations = sorted({model.graph.node[index].input[0] for index, _ in layers})
     # beside the output (a build's staging folder, which the next build clears): a process killed
     # outright (OOM, SIGKILL) left the probe's copy of the weights (4.4 GB at paper size) in /tmp
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".dfd-int8-", dir=Path(out_path).parent) as workdir:
         amax = _calibrate_amax(model, activations, calibration, method, Path(workdir))
     _insert_qdq(model, layers, amax)

@@ -382,7 +382,10 @@ def _reference_warnings(manifest: Manifest, report: VerifyReport) -> list[str]:
         built_with = manifest.raw.get("tool_versions", {}).get("torch")
         # the package version, as the build records it: torch.__version__ adds the wheel's local
         # tag (2.14.1+cu130), which is no other torch
-        running = importlib.metadata.version("torch")
+        try:
+            running = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:  # a torch without package metadata (a source tree)
+            running = torch.__version__.split("+")[0]
         warnings.append(f"this engine set has RANDOM weights: the reference is rebuilt from seed "
                         f"{report.reference['seed']}" + (
                             f", under torch {running} where the set was built under torch {built_with}; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -209,7 +210,8 @@ class Detector:
         # public calls in progress, per thread: close waits for them, or leaves the release to them
         self._users = threading.Condition()
         self._running: Counter[int] = Counter()
-        self._release_pending = False
+        self._release_lock = threading.Lock()  # one release, which every closer waits for
+        self._released = False
 
     @property
     def preprocessing(self) -> str:
@@ -325,27 +327,33 @@ class Detector:
         """Release the worker threads, the fused path's buffers, the backend's sessions and what it
         holds on a GPU (TensorRT's buffers and streams) and the face locator. New calls are refused
         from now on, since on a GPU they would reach freed buffers; calls already running in other
-        threads finish first (a server shutting down while a request is scored), and a close from
-        inside a call (an ``on_progress`` callback) releases when that call ends. Closing twice
-        is harmless."""
+        threads finish first (a server shutting down while a request is scored), and every closer
+        returns once the release is done. A close from inside a call (an ``on_progress``
+        callback) leaves the release to the end of the last running call. Closing twice is
+        harmless."""
         with self._users:
-            if self.closed:
-                return
             self.closed = True
             if threading.get_ident() in self._running:
-                self._release_pending = True  # waiting here would wait for this thread itself
-                return
+                return  # waiting here would wait for this thread itself
             while self._running:
                 self._users.wait()
-        self._release()
+        self._release_once()
 
-    def _release(self) -> None:
-        self._pool.shutdown(wait=True)
-        if self.fused is not None:
-            self.fused.close()
-            self.fused = None
-        self.face_locator = None
-        _close_backend(self.backend)
+    def _release_once(self) -> None:
+        with self._release_lock:
+            if self._released:
+                return
+            self._released = True
+            try:
+                self._pool.shutdown(wait=True)
+            finally:  # each resource is released even if one before it fails
+                fused, self.fused = self.fused, None
+                try:
+                    if fused is not None:
+                        fused.close()
+                finally:
+                    self.face_locator = None
+                    _close_backend(self.backend)
 
     @contextmanager
     def _in_use(self) -> Iterator[None]:
@@ -362,12 +370,14 @@ class Detector:
                 self._running[me] -= 1
                 if not self._running[me]:
                     del self._running[me]
-                release = self._release_pending and not self._running
-                if release:
-                    self._release_pending = False
+                release = self.closed and not self._running  # closed while this call ran
                 self._users.notify_all()
             if release:
-                self._release()
+                try:
+                    self._release_once()
+                except Exception as exc:  # noqa: BLE001 - this call's own results stand
+                    warnings.warn(f"releasing the closed detector failed: {type(exc).__name__}: {exc}",
+                                  RuntimeWarning, stacklevel=3)
 
     def __enter__(self) -> "Detector":
         return self

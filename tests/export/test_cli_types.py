@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from dfd.export.cli import main
-from dfd.export.cli_types import FiniteFloatRange
+from dfd.export.cli_types import FiniteFloatRange, RowOutput
 
 FLAGS = [
     (["build", "--out", "x", "--calib-degrade"], "--calib-degrade"),
@@ -58,3 +58,14 @@ def test_an_unwritable_output_file_fails_before_the_run_even_as_root(tiny_engine
     result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--json", "/proc/dfd-report.json"])
     assert result.exit_code == 1 and "cannot write /proc/dfd-report.json" in result.output
     assert "max |" not in result.output  # nothing was measured
+
+
+def test_row_output_writes_one_byte_order_mark_at_the_start_of_a_file_only(tmp_path):
+    """Each row was encoded on its own: with PYTHONIOENCODING=utf-8-sig every row began with a BOM."""
+    path = tmp_path / "rows.csv"
+    for mode, expected in (("w", "\ufeffa,1\r\nb,2\r\n"), ("a", "\ufeffa,1\r\nb,2\r\nc,3\r\n")):
+        with open(path, mode, encoding="utf-8-sig", newline="") as stream:
+            output = RowOutput(stream)
+            for row in (["c,3\r\n"] if mode == "a" else ["a,1\r\n", "b,2\r\n"]):
+                output.write(row)
+        assert path.read_bytes().decode() == expected and output.rows == (1 if mode == "a" else 2)

@@ -295,8 +295,7 @@ def test_the_work_folder_is_beside_the_output_and_removed(tiny_engine_set, calib
     """The calibration probes wrote the weights' copy (4.4 GB at paper size) to /tmp, where a build
     killed outright (OOM, SIGKILL) left it for good; beside the output it is in the build's staging
     folder, which the next build clears."""
-    source, out = tiny_engine_set / "global.fp32.onnx", tmp_path / "staging"
-    out.mkdir()
+    source, out = tiny_engine_set / "global.fp32.onnx", tmp_path / "staging"  # not there yet: it is made
     folders = []
 
     def record(*args):

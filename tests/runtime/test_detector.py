@@ -257,17 +257,20 @@ def test_a_close_from_another_thread_waits_for_the_running_detect(tiny_engine_se
     scoring = threading.Thread(target=lambda: results.extend(detector.detect([photographs["coffee"]] * 2)))
     scoring.start()
     assert running.wait(60)
-    closing = threading.Thread(target=detector.close)
-    closing.start()
-    closing.join(0.5)
-    assert closing.is_alive() and detector.closed  # waiting for the detect; new calls are refused already
+    # two closers (a signal handler's and a with block's): each returns once the release is done
+    closers = [threading.Thread(target=lambda: detector.close() or events.append("closed")) for _ in range(2)]
+    for closing in closers:
+        closing.start()
+    closers[1].join(0.5)
+    assert all(c.is_alive() for c in closers) and detector.closed  # waiting; new calls are refused already
     with pytest.raises(DfdError, match="this detector is closed"):
         detector.prepare(photographs["coffee"], "late")
     proceed.set()
     scoring.join(60)
-    closing.join(60)
+    for closing in closers:
+        closing.join(60)
     assert [r.ok for r in results] == [True, True] and detector.backend.sessions == {}
-    assert events == ["run global", "run face", "run fusion", "backend closed"]
+    assert events == ["run global", "run face", "run fusion", "backend closed", "closed", "closed"]
 
 
 def test_a_close_inside_detect_releases_when_that_call_ends(tiny_engine_set, photographs):
@@ -281,6 +284,22 @@ def test_a_close_inside_detect_releases_when_that_call_ends(tiny_engine_set, pho
     assert sessions == [3, 3] and detector.backend.sessions == {} and detector.face_locator is None
     with pytest.raises(DfdError, match="this detector is closed"):
         detector.detect([photographs["coffee"]])
+
+
+def test_a_release_that_fails_at_the_end_of_a_call_keeps_its_results(tiny_engine_set, photographs, monkeypatch):
+    """The release left to the end of a call (close from on_progress) raised in place of the call's
+    return value, losing the scored images; the failure is now a warning."""
+    from dfd.runtime.backends import OnnxRuntimeBackend
+
+    def broken_close(self):
+        raise RuntimeError("the driver went away")
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "close", broken_close)
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    with pytest.warns(RuntimeWarning, match="releasing the closed detector failed: RuntimeError: the driver went away"):
+        results = detector.detect([photographs["coffee"]] * 2, on_progress=lambda done: detector.close())
+    assert [r.ok for r in results] == [True, True] and detector.closed and detector.face_locator is None
+    detector.close()  # released (as far as it could be) once; closing again does nothing
 
 
 def test_detect_cli_suggests_recursive_only_for_a_folder_with_sub_folders(tiny_engine_set, photographs, tmp_path):
@@ -776,6 +795,19 @@ def test_detect_cli_refuses_an_output_it_cannot_write(tiny_engine_set, photograp
                                            f"keeps the {len(rows)} whole row(s) written before")
     assert 0 < len(rows) < 6 and results.read_text().endswith("\n")
     assert all(row["image"] == str(path) and row["error"] == "" and float(row["score"]) >= 0 for row in rows)
+    # appending (>>) to a file that is full: the offset reads 0 until the first write, and the cut
+    # back to it erased the file's earlier results
+    earlier = results.read_bytes()
+
+    def no_room_left():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(earlier), len(earlier)))
+
+    with open(results, "a") as out:
+        run = subprocess.run([*command, "--format", "csv"], stdout=out, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=no_room_left)
+    assert run.returncode == 1 and "File too large; the file keeps the 0 whole row(s)" in run.stderr, run.stderr
+    assert results.read_bytes() == earlier
 
 
 def test_objects_that_are_not_images_fail_alone(tiny_engine_set, photographs):
