@@ -328,8 +328,12 @@ def test_outputs_are_replaced_whole_or_not_at_all(tiny_engine_set, tmp_path, mon
     assert (tmp_path / "plot.xyz").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "plot.xyz.png").exists()
     earlier = (tmp_path / "r.json").read_text()
 
-    def full_disk(source, target):
-        raise OSError(28, "No space left on device")
+    real_replace = atomic_files.os.replace
+
+    def full_disk(source, target):  # the report's folder is full; the temporary images' is not
+        if Path(target).parent == tmp_path:
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
 
     monkeypatch.setattr(atomic_files.os, "replace", full_disk)
     result = _quick_bench(tiny_engine_set, tmp_path)

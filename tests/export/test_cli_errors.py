@@ -28,14 +28,15 @@ def test_termination_signals_interrupt_as_ctrl_c_unless_ignored(name):
     """SIGHUP (an ssh session or terminal closed) killed a build outright, leaving its staging
     folder, lock and INT8 work folder (gigabytes at paper size); under nohup it stays ignored."""
     number = getattr(signal, name)
-    before = signal.getsignal(number)
-    with pytest.raises(KeyboardInterrupt):
-        with termination_interrupts():
-            os.kill(os.getpid(), number)
-            time.sleep(5)  # the handler runs at the next bytecode; this is never waited out
-    assert signal.getsignal(number) == before
-    signal.signal(number, signal.SIG_IGN)
+    before = signal.getsignal(number)  # SIG_IGN when the tests themselves run under nohup
     try:
+        signal.signal(number, signal.SIG_DFL)
+        with pytest.raises(KeyboardInterrupt):
+            with termination_interrupts():
+                os.kill(os.getpid(), number)
+                time.sleep(5)  # the handler runs at the next bytecode; this is never waited out
+        assert signal.getsignal(number) == signal.SIG_DFL
+        signal.signal(number, signal.SIG_IGN)
         with termination_interrupts():
             os.kill(os.getpid(), number)
         assert signal.getsignal(number) == signal.SIG_IGN
