@@ -401,8 +401,9 @@ class Detector:
         runtime crops it (a box that is not finite, has x2 < x1 or y2 < y1, or lies wholly outside
         the image fails that image only). With neither, the set's face locator looks for a face
         (unless opened with ``face_detection=False``); where none is found, or the face covers under
-        1/9 of the image, the face stream sees the original image. For a JPEG file the face image is re-encoded as JPEG first, because the reference's cropping
-        step saves a JPEG's face input as JPEG and its face stream reads that file back.
+        1/9 of the image, the face stream sees the original image. For a JPEG file the face image
+        is re-encoded as JPEG first, because the reference's cropping step saves a JPEG's face
+        input as JPEG and its face stream reads that file back.
 
         Any iterable works (a generator too); a call that cannot be understood as a whole (one
         image instead of a list, lengths that differ, labels that are not strings) raises

@@ -88,7 +88,8 @@ class _Header:
     colour_known: bool = True
 
 
-_RAISE_LIMIT = "raise the limit (max_pixels of Detector.open or dfd_options, detect --max-pixels) if this machine can afford it"
+_RAISE_LIMIT = ("raise the limit (max_pixels of Detector.open or dfd_options, detect --max-pixels) if this machine "
+                "can afford it")
 
 
 def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,

@@ -80,10 +80,10 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
                  reference_sizes: Mapping[str, int] | None = None) -> BenchImages:
     """The image files to score: ``count`` of them at most. A folder's file that cannot be read,
     or (given the streams' ``reference_sizes``, for ``--compare torch``) that the reference-style
-    pipeline cannot take, is left out and reported: one bad file must not sink a benchmark. A folder's files are taken in
-    order until ``count`` are readable; the rest are not opened (the timed batches use only the
-    first ``max(batch sizes)`` images, and every image is scored once by each pipeline for the
-    sanity check, so a dataset folder would otherwise be scored whole).
+    pipeline cannot take, is left out and reported: one bad file must not sink a benchmark. A
+    folder's files are taken in order until ``count`` are usable; the rest are not opened (the
+    timed batches use only the first ``max(batch sizes)`` images, and every image is scored once
+    by each pipeline for the sanity check, so a dataset folder would otherwise be scored whole).
 
     Without a folder: photographs shipped inside installed packages (scikit-image, matplotlib),
     written losslessly as PNG so every pipeline reads the same pixels from a file.

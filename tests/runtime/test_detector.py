@@ -278,8 +278,11 @@ def test_a_close_inside_detect_releases_when_that_call_ends(tiny_engine_set, pho
     to the running call, whose remaining batches are still scored."""
     detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, batch_size=1)
     sessions = []
-    results = detector.detect([photographs["coffee"]] * 2,
-                              on_progress=lambda done: sessions.append(len(detector.backend.sessions)) or detector.close())
+    def close_midway(done):
+        sessions.append(len(detector.backend.sessions))
+        detector.close()
+
+    results = detector.detect([photographs["coffee"]] * 2, on_progress=close_midway)
     assert [r.ok for r in results] == [True, True] and detector.closed
     assert sessions == [3, 3] and detector.backend.sessions == {} and detector.face_locator is None
     with pytest.raises(DfdError, match="this detector is closed"):
@@ -737,7 +740,8 @@ def test_max_pixels_is_the_callers_to_raise(tiny_engine_set, photographs, tmp_pa
     cv2.imwrite(str(path), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))  # 600x400
     small = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, max_pixels=200_000)
     [refused] = small.detect([path])
-    assert "is above the limit of 0.2 MP" in refused.error and "max_pixels of Detector.open or dfd_options, detect --max-pixels" in refused.error
+    assert "is above the limit of 0.2 MP" in refused.error
+    assert "max_pixels of Detector.open or dfd_options, detect --max-pixels" in refused.error
     assert small.detect([photographs["coffee"][:400, :500]])[0].ok
     runner = CliRunner()
     for limit, code in (("200000", 2), ("240000", 0)):
