@@ -729,24 +729,29 @@ def _crop_key(image: str, folders: list[Path]) -> Path:
 def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[str]) -> dict[str, str | None] | None:
     """Each image's face-crop file (None where it has none), without --face-crops None. A crop is
     looked for at the image's relative path (``_crop_key``), then, as the reference's flat crops
-    folder holds them, at its bare file name when no other image has that name. A crop that
-    several different images would take (one relative path under two folder arguments, or a bare
-    name shared anywhere) would give them all one face, so that is refused, naming them; one image
-    listed twice is one image."""
+    folder holds them, at its bare file name when no other image without a crop of its own has
+    that name. A crop that several different images would take (one relative path under two
+    folder arguments, or a bare name shared that way) would give them all one face, so that is
+    refused, naming them; one image listed twice is one image. Images left without a crop (the
+    face detector looks for their faces) are counted in a warning: a wrong folder or suffix would
+    otherwise go unnoticed."""
     if face_crops is None:
         return None
-    same_name: dict[str, set[str]] = {}
+    nested = {path: face_crops / _crop_key(path, folders) for path in paths}
+    own = {path for path in paths if _is_file(nested[path])}
+    same_name: dict[str, set[str]] = {}  # bare name -> the distinct images without a nested crop
     for path in paths:
-        same_name.setdefault(Path(path).name, set()).add(os.path.realpath(path))
+        if path not in own:
+            same_name.setdefault(Path(path).name, set()).add(os.path.realpath(path))
     chosen: dict[str, Path | None] = {}
     takers: dict[Path, set[str]] = {}  # crop file -> the distinct images that would take it
     for path in paths:
-        nested, flat = face_crops / _crop_key(path, folders), face_crops / Path(path).name
-        crop = nested if nested.is_file() else flat if flat.is_file() else None
+        flat = face_crops / Path(path).name
+        crop = nested[path] if path in own else flat if _is_file(flat) else None
         chosen[path] = crop
         if crop is not None:
             takers.setdefault(crop, set()).add(os.path.realpath(path))
-            if crop != nested:  # the flat fallback: every image of that name could claim it
+            if crop != nested[path]:  # the flat fallback: every image of that name could claim it
                 takers[crop] |= same_name[crop.name]
     for path, crop in chosen.items():
         if crop is not None and len(takers[crop]) > 1:
@@ -755,7 +760,20 @@ def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[
                 f"--face-crops: {crop} is the only crop for {len(takers[crop])} images named {crop.name} "
                 f"({first_few(sharing)}); put each image's crop at its path relative to its folder under "
                 f"{face_crops}, and score folders whose images share relative paths in separate runs")
+    missing = sorted({path for path, crop in chosen.items() if crop is None})
+    if missing:
+        click.secho(f"WARNING: {len(missing)} of {len(set(paths))} image(s) have no crop in {face_crops} (looked "
+                    f"for at their path relative to their folder, then at their file name); the face detector "
+                    f"looks for their faces: {first_few(missing)}", fg="yellow", err=True)
     return {path: None if crop is None else str(crop) for path, crop in chosen.items()}
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a name the file system refuses (too long) is none, not an error."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> dict | None:
@@ -770,6 +788,11 @@ def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> dict | None
     if not loaded.boxes:
         click.secho(f"WARNING: {face_boxes} holds no face boxes", fg="yellow", err=True)
     assigned, unused = loaded.assign(paths)
+    if unused and not assigned and paths:
+        # every image would silently go to the face detector instead: almost surely the wrong file,
+        # or paths written where another folder spells them differently
+        raise DfdError(f"none of the {len(unused)} face box(es) in {face_boxes} matches an image given "
+                       f"(the first: {unused[0]!r}); give the images as the boxes file names them")
     if unused:
         click.secho(f"WARNING: {len(unused)} face box(es) in {face_boxes} match no image given: "
                     f"{first_few([repr(k) for k in unused])}", fg="yellow", err=True)

@@ -53,21 +53,26 @@ class FaceBoxFile:
     def assign(self, images: Sequence[str]) -> tuple[dict[str, Box], list[str]]:
         """Match entries to ``images``: (image -> box, keys that matched no image).
 
-        A key matches an image whose path is the same once normalised; a key without a folder
-        also matches images with that file name, which is an error when there are several
-        (the user has to say which one)."""
+        A key matches an image whose path is the same once normalised, else the same file: the key
+        resolved from the current folder or, when it names a folder, from the boxes file's folder
+        (an earlier ``detect``'s output lists paths as given where it ran, which another folder
+        spells differently). A key without a folder also matches images with that file name,
+        which is an error when they are several different files (the user has to say which)."""
         by_path: dict[str, list[str]] = {}
+        by_file: dict[str, list[str]] = {}
         by_name: dict[str, list[str]] = {}
         for image in images:
             by_path.setdefault(os.path.normpath(image), []).append(image)
+            by_file.setdefault(os.path.realpath(image), []).append(image)
             by_name.setdefault(Path(image).name, []).append(image)
         assigned: dict[str, Box] = {}
         unused: list[str] = []
         for key, box in self.boxes.items():
-            matches = by_path.get(os.path.normpath(key))
+            matches = by_path.get(os.path.normpath(key)) or self._same_file(key, by_file)
             if matches is None and os.path.basename(key) == key:
                 matches = by_name.get(key)
-                distinct = sorted(set(matches or ()))
+                files = {os.path.realpath(image): image for image in reversed(matches or ())}
+                distinct = sorted(files.values())  # one spelling of each different file
                 if len(distinct) > 1:
                     shown = ", ".join(distinct[:3]) + (", ..." if len(distinct) > 3 else "")
                     raise FaceBoxFileError(f"{self.path}: the entry for {key!r} matches {len(distinct)} images "
@@ -81,6 +86,20 @@ class FaceBoxFile:
                                            f"({assigned[image]} and {box}, the second from {key!r})")
                 assigned[image] = box
         return assigned, unused
+
+    def _same_file(self, key: str, by_file: dict[str, list[str]]) -> list[str] | None:
+        """The images that are the file ``key`` names, from here or from the boxes file's folder."""
+        places = [key]
+        if not os.path.isabs(key) and os.path.basename(key) != key:
+            places.append(os.path.join(self.path.parent, key))
+        for place in places:
+            try:
+                matches = by_file.get(os.path.realpath(place))
+            except (OSError, ValueError):  # a name too long to resolve, a NUL character
+                continue
+            if matches:
+                return matches
+        return None
 
 
 def load_face_boxes(path: Path) -> FaceBoxFile:

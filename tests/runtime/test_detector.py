@@ -148,6 +148,11 @@ def test_detect_cli_face_boxes_errors(tiny_engine_set, photographs, tmp_path):
     assert lines["chelsea.png"]["error"] is None and lines["chelsea.png"]["face"]["source"] == "box"
     assert "1 face box(es)" in result.stderr and "'astronuat.png'" in result.stderr
 
+    boxes.write_text('{"image": "astronuat.png", "box": [1, 2, 3, 4]}\n{"image": "chelsae.png", "box": [1, 2, 3, 4]}\n')
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--face-boxes", str(boxes)])
+    assert result.exit_code == 1 and result.stdout == ""  # every image would have gone to the detector instead
+    assert f"none of the 2 face box(es) in {boxes} matches an image given (the first: 'astronuat.png')" in result.stderr
+
     boxes.write_text('{"image": "astronaut.png", "box": [1, 2, 3]}\n')
     result = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--face-boxes", str(boxes)])
     assert result.exit_code == 1 and "boxes.jsonl:1: a box is four numbers" in result.stderr
@@ -184,6 +189,23 @@ def test_detect_cli_face_crops_follow_sub_folders(tiny_engine_set, photographs, 
     assert lines["x/a.png"]["streams"]["face"] != lines["y/a.png"]["streams"]["face"]
     assert lines["c.png"]["face"] is None
     assert f"no face crop for this image in {crops} (looked for c.png)" in lines["c.png"]["notes"]
+    assert f"WARNING: 1 of 4 image(s) have no crop in {crops}" in result.stderr  # a table shows no notes
+    # a flat crop is the only one left for y/a.png once x/a.png has its own: no ambiguity
+    mixed = tmp_path / "mixed"
+    put(mixed / "x" / "a.png", photographs["astronaut"][:256, :256])
+    put(mixed / "a.png", photographs["chelsea"][:256, :256])
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(photos), "--recursive", "--face-crops",
+                                  str(mixed), "--no-face-detect", "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    lines = {Path(d["image"]).relative_to(photos).as_posix(): d for d in map(json.loads, result.stdout.splitlines())}
+    assert lines["x/a.png"]["face"]["file"] == str(mixed / "x" / "a.png")
+    assert lines["y/a.png"]["face"]["file"] == str(mixed / "a.png")
+    # an image name too long for the file system fails on its own instead of ending the run
+    too_long = str(tmp_path / ("y" * 300 + ".png"))
+    result = runner.invoke(main, ["detect", str(tiny_engine_set), str(photos / "b.png"), too_long, "--face-crops",
+                                  str(crops), "--no-face-detect", "--format", "jsonl"])
+    assert result.exit_code == 2, result.output
+    assert [json.loads(line)["error"] is None for line in result.stdout.splitlines()] == [True, False]
     result = runner.invoke(main, ["detect", str(tiny_engine_set), str(photos), "--recursive", "--face-crops",
                                   str(flat), "--no-face-detect"])
     assert result.exit_code == 1 and result.stdout == ""

@@ -161,3 +161,23 @@ def test_names_with_leading_or_trailing_spaces_read_back_exactly(tmp_path):
         boxes = load_face_boxes(path)
         assert boxes.boxes == {name: (1.0, 2.0, 3.0, 4.0) for name in names}
         assert boxes.assign(names) == ({name: (1.0, 2.0, 3.0, 4.0) for name in names}, [])
+
+
+def test_entries_match_the_same_file_spelled_otherwise(tmp_path, monkeypatch):
+    """detect's output lists paths as given where it ran: a second run from another folder, or
+    with the folder spelled otherwise, matched no entry and sent every image to the detector."""
+    photos = tmp_path / "run" / "photos"
+    photos.mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        (photos / name).write_bytes(b"not decoded here")
+    boxes = load_face_boxes(_write(tmp_path / "run", "b.csv", "image,x1,y1,x2,y2\n"
+                                                              "photos/a.jpg,1,1,9,9\n"
+                                                              f"{photos / 'b.jpg'},2,2,8,8\n"))
+    monkeypatch.chdir(tmp_path)  # not where the boxes file was written
+    assigned, unused = boxes.assign(["run/photos/a.jpg", "run/photos/b.jpg"])
+    assert assigned == {"run/photos/a.jpg": (1.0, 1.0, 9.0, 9.0), "run/photos/b.jpg": (2.0, 2.0, 8.0, 8.0)}
+    assert unused == []
+    # one file given two ways is one image for a bare name too, not an ambiguity
+    bare = load_face_boxes(_write(tmp_path, "bare.csv", "image,x1,y1,x2,y2\na.jpg,1,1,9,9\n"))
+    assert bare.assign(["run/photos/a.jpg", str(photos / "a.jpg")])[0] == {
+        "run/photos/a.jpg": (1.0, 1.0, 9.0, 9.0), str(photos / "a.jpg"): (1.0, 1.0, 9.0, 9.0)}
