@@ -146,7 +146,7 @@ def _csv_entries(path: Path, reader: csv.DictReader) -> list[tuple[int, str, Box
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
         raise FaceBoxFileError(f"{path}: the CSV header lacks {', '.join(missing)} (it needs "
-                               f"{','.join(CSV_COLUMNS)}; found {','.join(header) or 'no header'})")
+                               f"{','.join(CSV_COLUMNS)}; found {_shown(','.join(header)) or 'no header'})")
     twice = [c for c in CSV_COLUMNS if header.count(c) > 1]
     if twice:  # DictReader would silently take the last of them
         raise FaceBoxFileError(f"{path}: the CSV header names {', '.join(twice)} more than once")
@@ -162,6 +162,13 @@ def _csv_entries(path: Path, reader: csv.DictReader) -> list[tuple[int, str, Box
         # the name exactly as written: detect writes names with leading or trailing spaces unquoted
         entries.append((line, row["image"] or "", _box(path, line, values)))
     return entries
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A file's text as an error message may show it: cut short, and escaped when it is not
+    printable (a binary file named .csv put control bytes and NULs on the terminal)."""
+    cut = text[:limit] + ("..." if len(text) > limit else "")
+    return cut if cut.isprintable() else ascii(cut)
 
 
 def _read_jsonl(path: Path, text: str) -> list[tuple[int, str, Box]]:

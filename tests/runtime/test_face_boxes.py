@@ -47,6 +47,8 @@ def test_images_without_a_box_and_detect_output_lines(tmp_path):
     ("boxes.txt", "a.jpg 1 2 3 4\n", ["a .csv file", ".jsonl", "not .txt"]),
     ("boxes.csv", "name,x1,y1,x2,y2\na.jpg,1,2,3,4\n", ["lacks image"]),
     ("boxes.csv", "", ["lacks image", "no header"]),
+    # a binary file named .csv: its bytes are escaped and cut short, not put on the terminal
+    ("boxes.csv", "\x7fELF\x02\x01\x01\x00" * 40 + "\n", ["found '\\x7fELF\\x02\\x01\\x01\\x00", "...'"]),
     ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3,4\nb.jpg,1,two,3,4\n", ["boxes.csv:3", "four numbers"]),
     ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3\n", ["boxes.csv:2", "four numbers"]),
     ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,,4\n", ["boxes.csv:2", "four numbers"]),
