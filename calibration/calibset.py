@@ -30,11 +30,11 @@ import numpy as np
 from tqdm import tqdm
 
 from dfd.calibration import degrade as degrade_module
-from dfd.calibration.atomic_files import write_atomically
 from dfd.calibration import sources as sources_module
 from dfd.calibration.degrade import PAPER_SPEC, DegradationSpec, degrade
 from dfd.calibration.sources import sample_images
 from dfd.runtime import images as images_module
+from dfd.runtime.atomic_files import write_atomically
 from dfd.runtime.errors import DfdError
 from dfd.runtime import preprocess as preprocess_module
 from dfd.runtime.images import ImageError, array_sha256, decode_image, read_image_file

@@ -57,7 +57,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfd.calibration.atomic_files import write_atomically
+from dfd.runtime.atomic_files import write_atomically
 from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image
 

@@ -26,7 +26,7 @@ from typing import IO, Any
 import torch
 from tqdm import tqdm
 
-from dfd.calibration.atomic_files import flush_to_disk, sync_folder
+from dfd.runtime.atomic_files import flush_to_disk, sync_folder
 from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, engine_set_files,
                                   write_manifest)

@@ -14,7 +14,7 @@ from typing import BinaryIO, TextIO
 
 import click
 
-from dfd.calibration.atomic_files import write_atomically
+from dfd.runtime.atomic_files import write_atomically
 from dfd.runtime.errors import DfdError, os_error_text
 from dfd.runtime.manifest import engine_set_files
 

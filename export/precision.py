@@ -57,7 +57,8 @@ from __future__ import annotations
 
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -444,6 +445,16 @@ def _write_value_info(model: onnx.ModelProto) -> onnx.ModelProto:
     return _infer_shapes(model, strict_mode=True, data_prop=True)
 
 
+@contextmanager
+def _work_folder(out_path: Path, kind: str) -> Iterator[Path]:
+    """A temporary folder for the calibration probes, beside ``out_path`` (a build's staging
+    folder, which the next build clears): a process killed outright (OOM, SIGKILL) left the probe's
+    copy of the weights (4.4 GB at paper size) in /tmp for good."""
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".dfd-{kind}-", dir=Path(out_path).parent) as workdir:
+        yield Path(workdir)
+
+
 def make_fp16_graph(fp32_path: Path, out_path: Path, calibration: np.ndarray | None = None) -> list[Path]:
     """Write the mixed-precision fp16 graph of the fp32 stream graph at ``fp32_path``.
 
@@ -457,11 +468,8 @@ def make_fp16_graph(fp32_path: Path, out_path: Path, calibration: np.ndarray | N
         calibration = _check_calibration(calibration, model, "fp16 graph")
     _hoist_constants(model.graph)
     types = _elem_types(model)
-    # beside the output (a build's staging folder, which the next build clears): a process killed
-    # outright (OOM, SIGKILL) left the probe's copy of the weights (4.4 GB at paper size) in /tmp
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".dfd-fp16-", dir=Path(out_path).parent) as workdir:
-        keep = _fp16_exceptions(model, types, calibration, Path(workdir))
+    with _work_folder(out_path, "fp16") as workdir:
+        keep = _fp16_exceptions(model, types, calibration, workdir)
     _convert_to_fp16(model, types, keep)
     model = _write_value_info(model)
     return _save(model, out_path)
@@ -661,11 +669,8 @@ def make_int8_graph(fp32_path: Path, out_path: Path, calibration: np.ndarray, *,
     if not layers:
         raise PrecisionError(f"{fp32_path}: no linear layer left to quantize (keep_fp32={list(keep_fp32)})")
     activations = sorted({model.graph.node[index].input[0] for index, _ in layers})
-    # beside the output (a build's staging folder, which the next build clears): a process killed
-    # outright (OOM, SIGKILL) left the probe's copy of the weights (4.4 GB at paper size) in /tmp
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".dfd-int8-", dir=Path(out_path).parent) as workdir:
-        amax = _calibrate_amax(model, activations, calibration, method, Path(workdir))
+    with _work_folder(out_path, "int8") as workdir:
+        amax = _calibrate_amax(model, activations, calibration, method, workdir)
     _insert_qdq(model, layers, amax)
     del model.graph.value_info[:]
     model = _infer_shapes(model, strict_mode=True)

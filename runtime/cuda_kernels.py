@@ -23,13 +23,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .atomic_files import write_atomically
 from .errors import DfdError
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
@@ -210,18 +210,12 @@ def _cached(arch: str, kind: str) -> bytes:
     if binary and hashlib.sha256(binary).digest() == digest:
         return binary
     binary = _compile(sm, kind)
-    partial = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        with os.fdopen(handle, "wb") as file:
-            file.write(binary + hashlib.sha256(binary).digest())
-        os.replace(partial, path)  # atomic: concurrent processes never read a partial file
+        # atomic: concurrent processes never read a partial file, and a failed write leaves none
+        write_atomically(path, lambda file: file.write(binary + hashlib.sha256(binary).digest()))
     except OSError:
         pass  # a full or read-only cache only costs a recompilation next time
-    finally:
-        if partial is not None and os.path.exists(partial):  # a failed write or an interrupt
-            os.unlink(partial)
     return binary
 
 

@@ -611,8 +611,8 @@ class Detector:
 
 
 def _close_backend(backend: object) -> None:
-    """Release what a backend holds on a GPU (TensorRT's buffers and streams); ONNX Runtime's
-    sessions have no close and go with their Detector."""
+    """Release what a backend holds: TensorRT's GPU buffers and streams, ONNX Runtime's sessions
+    (their weights and thread pools)."""
     release = getattr(backend, "close", None)
     if release is not None:
         release()

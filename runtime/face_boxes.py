@@ -59,16 +59,20 @@ class FaceBoxFile:
         spells differently). A key without a folder also matches images with that file name,
         which is an error when they are several different files (the user has to say which)."""
         by_path: dict[str, list[str]] = {}
-        by_file: dict[str, list[str]] = {}
         by_name: dict[str, list[str]] = {}
         for image in images:
             by_path.setdefault(os.path.normpath(image), []).append(image)
-            by_file.setdefault(os.path.realpath(image), []).append(image)
             by_name.setdefault(Path(image).name, []).append(image)
+        by_file: dict[str, list[str]] = {}  # resolved (file-system lookups) only once a key needs it
         assigned: dict[str, Box] = {}
         unused: list[str] = []
         for key, box in self.boxes.items():
-            matches = by_path.get(os.path.normpath(key)) or self._same_file(key, by_file)
+            matches = by_path.get(os.path.normpath(key))
+            if matches is None:
+                if not by_file:
+                    for image in images:
+                        by_file.setdefault(os.path.realpath(image), []).append(image)
+                matches = self._same_file(key, by_file)
             if matches is None and os.path.basename(key) == key:
                 matches = by_name.get(key)
                 files = {os.path.realpath(image): image for image in reversed(matches or ())}

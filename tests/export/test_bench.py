@@ -320,7 +320,7 @@ def test_an_interrupt_keeps_the_batch_sizes_measured_to_the_end(tiny_engine_set,
 def test_outputs_are_replaced_whole_or_not_at_all(tiny_engine_set, tmp_path, monkeypatch):
     """--json was truncated first (a full disk left cut-off JSON where the last result was); --plot
     with an unknown suffix raised matplotlib's traceback after the run, and 'out' became 'out.png'."""
-    from dfd.calibration import atomic_files
+    from dfd.runtime import atomic_files
 
     (tmp_path / "r.json").write_text('{"earlier": true}')
     result = _quick_bench(tiny_engine_set, tmp_path, "--plot", str(tmp_path / "plot.xyz"))

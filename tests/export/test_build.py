@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import LORA_ALPHA, LORA_R
-from dfd.calibration import atomic_files
+from dfd.runtime import atomic_files
 from dfd.export import build as build_module
 from dfd.export.build import BuildError, BuildRequest, build_engine_set
 from dfd.export.checkpoint import LoraSettings, read_state_dict
@@ -270,16 +270,6 @@ def test_a_calibration_that_fails_leaves_nothing_and_few_images_are_warned_about
                     "--no-face-detector")
     assert result.exit_code == 0, result.output
     assert "WARNING: the calibration set draws its 4 slots from only 1 photograph(s)" in result.output
-
-
-def test_syncing_a_folder_that_cannot_be_opened_is_skipped(tmp_path, monkeypatch):
-    """It runs after the renames that publish a set: a parent folder that may be written but not read
-    (mode 1733) made the build fail with the new set already in place and the old one aside."""
-    def refused(path, flags):
-        raise PermissionError(13, "Permission denied", str(path))
-
-    monkeypatch.setattr(atomic_files.os, "open", refused)
-    atomic_files.sync_folder(tmp_path)
 
 
 def test_a_full_disk_names_where_the_build_was_writing(reference_ensemble, tmp_path, monkeypatch):

@@ -1,8 +1,9 @@
 """Writing a file so that readers see either the old file or the whole new one.
 
-Degraded copies and cached calibration sets are read back later (by ``verify --images``, by the
-next build), so an interrupted or failed write must never leave a truncated file under the real
-name, nor touch any other file of the user's.
+Degraded copies, cached calibration sets and compiled kernels are read back later (by ``verify
+--images``, by the next build, by the next process), and reports replace earlier ones, so an
+interrupted or failed write must never leave a truncated file under the real name, nor touch any
+other file of the user's. Standard library only: the runtime uses it too.
 """
 
 from __future__ import annotations
