@@ -9,6 +9,8 @@ Two formats, chosen by the file's suffix:
   ``"box": null`` gives no box. A line of ``detect --format jsonl`` output (no ``"box"``, the box in
   ``"face"``) is read too: its face box when it has one, else no box.
 
+An empty file is an error (a failed redirect, not a list of images without boxes).
+
 So ``detect``'s own jsonl or csv output is a face-box file: a second run with ``--face-boxes``
 crops exactly the faces the first run used (the boxes are written unrounded), which is how one
 compares two engine sets, or precisions, with face localisation held fixed, or corrects a few
@@ -122,6 +124,9 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
             text = handle.read()
     except OSError as exc:
         raise FaceBoxFileError(f"cannot read face boxes from {path}: {exc}") from None
+    if not text.strip():  # an output redirect that failed, not a file saying "no boxes" (a header, or null boxes)
+        raise FaceBoxFileError(f"{path} is empty: it names no image (a file of images without boxes "
+                               f"says so per image, e.g. detect's own output)")
     entries = _read_csv(path, text) if suffix == ".csv" else _read_jsonl(path, text)
     boxes: dict[str, Box] = {}
     for line, key, box in entries:
@@ -192,7 +197,7 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, str, Box]]:
                 "box" not in record and "face" not in record):
             raise FaceBoxFileError(f"{path}:{line}: expected an object with \"image\" (a string) and "
                                    f"\"box\" ([x1, y1, x2, y2] or null), or a line of detect's jsonl output")
-        box = record["box"] if "box" in record else _detect_output_box(record["face"])
+        box = record["box"] if "box" in record else _detect_output_box(path, line, record["face"])
         if box is None:
             continue
         if not isinstance(box, list):
@@ -201,10 +206,16 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, str, Box]]:
     return entries
 
 
-def _detect_output_box(face: object) -> object:
+def _detect_output_box(path: Path, line: int, face: object) -> object:
     """The box of a ``detect --format jsonl`` line's ``"face"``: None when the image had no face
-    box there (no face found, a face-crop file, or the line is an error)."""
-    return face.get("box") if isinstance(face, dict) else None
+    box there (no face found, a face-crop file, or the line is an error). detect writes an object
+    or null there; anything else (a string, a bare list) is a malformed line, not "no box"."""
+    if face is None:
+        return None
+    if not isinstance(face, dict):
+        raise FaceBoxFileError(f"{path}:{line}: \"face\" must be an object holding \"box\" (as detect's jsonl "
+                               f"writes it) or null, not {_shown(repr(face))}")
+    return face.get("box")
 
 
 def _box(path: Path, line: int, values: list) -> Box:

@@ -46,7 +46,10 @@ def test_images_without_a_box_and_detect_output_lines(tmp_path):
 @pytest.mark.parametrize("name, text, words", [
     ("boxes.txt", "a.jpg 1 2 3 4\n", ["a .csv file", ".jsonl", "not .txt"]),
     ("boxes.csv", "name,x1,y1,x2,y2\na.jpg,1,2,3,4\n", ["lacks image"]),
-    ("boxes.csv", "", ["lacks image", "no header"]),
+    # empty: a failed redirect, not "no boxes" (every image would go to the detector unnoticed)
+    ("boxes.csv", "", ["boxes.csv is empty", "names no image"]),
+    ("boxes.jsonl", "\n \n", ["boxes.jsonl is empty"]),
+    ("boxes.csv", "\ufeff\n", ["boxes.csv is empty"]),
     # a binary file named .csv: its bytes are escaped and cut short, not put on the terminal
     ("boxes.csv", "\x7fELF\x02\x01\x01\x00" * 40 + "\n", ["found '\\x7fELF\\x02\\x01\\x01\\x00", "...'"]),
     ("boxes.csv", "image,x1,y1,x2,y2\na.jpg,1,2,3,4\nb.jpg,1,two,3,4\n", ["boxes.csv:3", "four numbers"]),
@@ -65,6 +68,10 @@ def test_images_without_a_box_and_detect_output_lines(tmp_path):
     ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, null, 4]}\n', ["boxes.jsonl:1", "four numbers"]),
     ("boxes.jsonl", '{"image": "a.jpg", "face": {"box": [1, 2, 3]}}\n', ["boxes.jsonl:1", "four numbers"]),
     ("boxes.jsonl", '{"image": "a.jpg", "score": 0.5}\n', ["boxes.jsonl:1", "detect's jsonl output"]),
+    # a "face" that is neither detect's object nor null read as "no box" for that image
+    ("boxes.jsonl", '{"image": "a.jpg", "face": "1 2 3 4"}\n', ["boxes.jsonl:1", "\"face\" must be an object",
+                                                                "not '1 2 3 4'"]),
+    ("boxes.jsonl", '{"image": "a.jpg", "face": [1, 2, 3, 4]}\n', ["boxes.jsonl:1", "not [1, 2, 3, 4]"]),
     ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, 3, 4]}\n' + "[" * 100_000 + "\n",
      ["boxes.jsonl:2", "nested too deeply"]),
     ("boxes.jsonl", '{"image": "a.jpg", "box": [0, 0, 1%s, 4]}\n' % ("0" * 400), ["boxes.jsonl:1", "four numbers"]),
