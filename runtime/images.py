@@ -17,7 +17,7 @@ lacks:
   never doubles the cost of a large decode;
 * memory safety: the header gives the size before anything is allocated (PNG, JPEG, BMP, WebP,
   TIFF, PNM/PAM/PFM, GIF and JPEG 2000: every format `dfd-export detect` takes from a folder, and
-  GIF). An image larger than `max_pixels` (default `DEFAULT_MAX_PIXELS` = 64 MP, i.e. 192 MB of
+  GIF and AVIF). An image larger than `max_pixels` (default `DEFAULT_MAX_PIXELS` = 64 MP, i.e. 192 MB of
   RGB, well above any camera photo the detector is meant for) is never decoded at full size. JPEG
   is decoded reduced by 1/2, 1/4 or 1/8 (`IMREAD_REDUCED_COLOR_*`: libjpeg scales inside its IDCT,
   so the full image never exists in memory) and the note says so. Every other format is refused:
@@ -29,8 +29,13 @@ lacks:
   `max_pixels`, so the limit holds for what follows (face localisation, resizing) in every format;
   an image above OpenCV's limit is an `ImageError` like any other undecodable file.
 
-Truncated data: OpenCV 4.x releases since 4.10 refuse a JPEG or PNG whose data ends early; older
-ones decode what is there with only a warning. The header walk detects truncation (JPEG: no
+Truncated data: ``cv2.imread`` decodes a JPEG that ends early (libjpeg's file reader supplies an
+end-of-image marker at every read past the end, and the missing part comes out grey), while
+``cv2.imdecode`` refuses the same bytes since OpenCV 4.10 (its memory reader has no such stand-in).
+A JPEG that fails to decode is therefore decoded again with end-of-image markers appended, enough
+for the longest segment a read can be inside of, which gives imread's pixels (checked at every
+cut point of baseline, progressive, restart-interval, grayscale and APP-segment JPEGs). A PNG
+that ends early is refused, as imread refuses it. The header walk detects truncation (JPEG: no
 end-of-image marker after the last scan; PNG: no IEND chunk; BMP/WebP: shorter than the size the
 header declares), so a refusal names the cause and an accepted partial image carries a note.
 """
@@ -53,6 +58,10 @@ UNCHANGED_PROBE_MAX_PIXELS = 4_000_000
 
 _REDUCED_JPEG_FLAGS = ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4),
                        (8, cv2.IMREAD_REDUCED_COLOR_8))
+# What libjpeg's file reader (cv2.imread) reads past the end of a JPEG: an end-of-image marker at
+# every read. A read can be inside a marker segment (at most 65,535 bytes), which it then skips
+# through those markers, so this many cover the rest of any segment and the marker after it.
+_JPEG_END_AS_IMREAD_READS_IT = b"\xff\xd9" * 32_784
 
 
 class ImageError(DfdError, ValueError):
@@ -206,18 +215,18 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
     header = _read_header(data)
     buffer = np.frombuffer(data, dtype=np.uint8)
     if header is None:
-        bgr = _imdecode(buffer, cv2.IMREAD_COLOR, label)
+        bgr, ended_early = _imdecode_as_imread(data, buffer, cv2.IMREAD_COLOR, label)
         if bgr is None:
             raise ImageError(f"{label} is not an image OpenCV can decode "
                              f"(unrecognised format, or corrupt data)")
         _require_nonempty(bgr.shape[0], bgr.shape[1], label)
         _require_within_limit_after_decoding(bgr, label, max_pixels)
-        notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label)
+        notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label) + ended_early
         return DecodedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), notes)
 
     _require_nonempty(header.height, header.width, label)
     flag, reduction, size_note = _choose_decode_flag(header, label, max_pixels)
-    bgr = _imdecode(buffer, flag, label)
+    bgr, ended_early = _imdecode_as_imread(data, buffer, flag, label)
     if bgr is None:
         if header.truncated:
             raise ImageError(f"{label}: {header.format} data is truncated ({header.truncated}); "
@@ -230,6 +239,8 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
     if header.truncated:
         notes += (f"{header.format} data is truncated ({header.truncated}): OpenCV decoded what "
                   f"was present and filled the rest",)
+    elif ended_early:
+        notes += ended_early
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if reduction == 1:
         return DecodedImage(rgb, notes)
@@ -258,6 +269,21 @@ def _full_hw(header: _Header, reduced_hw: tuple[int, int], reduction: int) -> tu
     return header.width, header.height
 
 
+def _imdecode_as_imread(data: bytes, buffer: np.ndarray, flag: int,
+                        label: str) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """``cv2.imdecode`` giving what ``cv2.imread`` gives for the same bytes in a file: a JPEG that
+    imdecode refuses is decoded again as imread's file reader reads it (see the module docstring),
+    with a note that its data ended early."""
+    bgr = _imdecode(buffer, flag, label)
+    if bgr is not None or not data.startswith(b"\xff\xd8"):
+        return bgr, ()
+    padded = np.frombuffer(data + _JPEG_END_AS_IMREAD_READS_IT, dtype=np.uint8)
+    bgr = _imdecode(padded, flag, label)
+    if bgr is None:
+        return None, ()
+    return bgr, ("JPEG data ends early: OpenCV decoded what was present and filled the rest, as cv2.imread does",)
+
+
 def _imdecode(buffer: np.ndarray, flag: int, label: str) -> np.ndarray | None:
     """``cv2.imdecode``, with OpenCV's exceptions (an image above its own pixel limit, a decoder's
     failed assertion) turned into an ``ImageError`` that names the image: they are about that one
@@ -277,15 +303,19 @@ def _require_within_limit_after_decoding(pixels: np.ndarray, label: str, max_pix
     their memory."""
     height, width = pixels.shape[:2]
     if width * height > max_pixels:
-        raise ImageError(f"{label}: image {width}x{height} ({_pixel_count(width * height)}) is above the "
-                         f"limit of {_pixel_count(max_pixels)}; {_RAISE_LIMIT}")
+        raise ImageError(f"{label}: image {width}x{height} ({_pixel_count(width * height, max_pixels)}) is above "
+                         f"the limit of {_pixel_count(max_pixels, width * height)}; {_RAISE_LIMIT}")
 
 
-def _pixel_count(pixels: int) -> str:
-    """A size for messages: megapixels, or the count where a limit of 1000 pixels would read 0.0 MP."""
-    if pixels >= 100_000:
-        return f"{pixels / 1e6:.1f} MP"
-    return f"{pixels} pixel" + ("" if pixels == 1 else "s")
+def _pixel_count(pixels: int, compared_with: int | None = None) -> str:
+    """A size for messages: megapixels, or the count where a limit of 1000 pixels would read 0.0 MP,
+    or where ``compared_with`` would read the same (8001x8001 "64.0 MP" above a limit of "64.0 MP")."""
+    if pixels < 100_000:
+        return f"{pixels} pixel" + ("" if pixels == 1 else "s")
+    megapixels = f"{pixels / 1e6:.1f} MP"
+    if compared_with is not None and megapixels == f"{compared_with / 1e6:.1f} MP":
+        return f"{pixels:,} pixels"
+    return megapixels
 
 
 def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[int, int, tuple[str, ...]]:
@@ -294,10 +324,10 @@ def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[i
     pixels = header.width * header.height
     if pixels <= max_pixels:
         return cv2.IMREAD_COLOR, 1, ()
-    size = f"{header.width}x{header.height} ({_pixel_count(pixels)})"
+    size = f"{header.width}x{header.height} ({_pixel_count(pixels, max_pixels)})"
     if header.format != "JPEG":
         raise ImageError(
-            f"{label}: {header.format} image {size} is above the limit of {_pixel_count(max_pixels)}; "
+            f"{label}: {header.format} image {size} is above the limit of {_pixel_count(max_pixels, pixels)}; "
             f"OpenCV can only decode {header.format} at full size (about "
             f"{pixels * 3 / 2**30:.1f} GiB), so it is refused. Convert it to JPEG, or {_RAISE_LIMIT}")
     for factor, flag in _REDUCED_JPEG_FLAGS:
@@ -306,7 +336,7 @@ def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[i
             return flag, factor, (f"downscaled 1/{factor} at decode (image {header.width}x"
                                   f"{header.height} above max_pixels={max_pixels})",)
     raise ImageError(f"{label}: JPEG image {size} is too large even decoded at 1/8 "
-                     f"(limit {_pixel_count(max_pixels)}); {_RAISE_LIMIT}")
+                     f"(limit {_pixel_count(max_pixels, pixels)}); {_RAISE_LIMIT}")
 
 
 def _require_nonempty(height: int, width: int, label: str) -> None:
@@ -386,6 +416,8 @@ def _read_header(data: bytes) -> _Header | None:
             return _Header("GIF", _uint(data, 6, 2, "little"), _uint(data, 8, 2, "little"), (), None, False)
         if data.startswith((_JP2_CODESTREAM, _JP2_SIGNATURE)):
             return _jpeg2000_header(data)
+        if data[4:8] == b"ftyp":
+            return _heif_header(data)
     except (IndexError, ValueError):
         return None
     return None
@@ -442,6 +474,8 @@ _SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 
 # the marker after entropy-coded data: 0xFF (plus fill 0xFFs) not followed by a stuffed 0x00
 # or a restart marker RST0..RST7, which belong to the scan
 _NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+# any marker, as libjpeg looks for one after bytes where a marker should be (it skips them)
+_ANY_MARKER = re.compile(rb"\xff+[^\x00\xff]")
 
 
 def _jpeg_header(data: bytes) -> _Header | None:
@@ -449,13 +483,19 @@ def _jpeg_header(data: bytes) -> _Header | None:
     adobe_transform = None
     orientation = None
     truncated = None
+    extraneous = 0
     pos = 2
     while True:
         if pos + 2 > len(data):
             truncated = "no end-of-image marker"
             break
-        if data[pos] != 0xFF:
-            return None
+        if data[pos] != 0xFF:  # libjpeg warns and skips to the next marker: so does the walk
+            following = _ANY_MARKER.search(data, pos)
+            if following is None:
+                truncated = "no end-of-image marker"
+                break
+            extraneous += following.end() - 2 - pos
+            pos = following.end() - 2
         while pos + 2 < len(data) and data[pos + 1] == 0xFF:  # fill bytes before a marker
             pos += 1
         marker = data[pos + 1]
@@ -498,6 +538,9 @@ def _jpeg_header(data: bytes) -> _Header | None:
         notes.append(f"{precision}-bit scaled to 8-bit")
     if orientation is not None and 2 <= orientation <= 8:
         notes.append(f"rotated/flipped upright as EXIF orientation {orientation} asks")
+    if extraneous:
+        notes.append(f"corrupt JPEG data: {extraneous} extraneous byte(s) between markers, skipped as "
+                     f"cv2.imread skips them")
     return _Header("JPEG", width, height, tuple(notes), truncated)
 
 
@@ -569,7 +612,9 @@ def _webp_header(data: bytes) -> _Header | None:
 
 
 _TIFF_SIZE_TAGS = {256: "width", 257: "height"}
-_TIFF_INTEGER_SIZES = {3: 2, 4: 4, 16: 8}  # SHORT, LONG, LONG8
+# BYTE, SHORT, LONG, their signed kinds and LONG8/SLONG8: libtiff takes the size from any of them
+# (a negative one fails its decode; read unsigned it is refused as too large or fails there too)
+_TIFF_INTEGER_SIZES = {1: 1, 3: 2, 4: 4, 6: 1, 8: 2, 9: 4, 16: 8, 17: 8}
 
 
 def _tiff_header(data: bytes) -> _Header | None:
@@ -621,6 +666,48 @@ def _pnm_header(data: bytes) -> _Header | None:
         return None
     kind = "PFM" if data[1:2] in b"Ff" else "PNM"
     return _Header(kind, int(first.group(1)), int(second.group(1)), (), None, False)
+
+
+_HEIF_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIF", b"heix": "HEIF", b"mif1": "HEIF",
+                b"msf1": "HEIF"}
+_HEIF_CONTAINERS = {b"meta": 4, b"iprp": 0, b"ipco": 0}  # boxes holding the size, and their extra header bytes
+
+
+def _heif_header(data: bytes) -> _Header | None:
+    """AVIF/HEIF: the size of the largest image among the ``ispe`` (image spatial extents)
+    properties in ``meta/iprp/ipco``; the primary image is the largest (a thumbnail, an alpha
+    plane or a grid tile is not larger). A 2 KB AVIF that declares 9000x9000 pixels otherwise
+    reached the decoder, which allocated 1.4 GB before the limit could refuse it."""
+    brands = [data[8:12]] + [data[pos:pos + 4] for pos in range(16, min(_uint(data, 0, 4, "big"), 64), 4)]
+    kind = next((_HEIF_BRANDS[brand] for brand in brands if brand in _HEIF_BRANDS), None)
+    if kind is None:
+        return None
+    sizes = [(width, height) for width, height in _heif_extents(data, 0, len(data))]
+    if not sizes:
+        return None
+    width, height = max(sizes, key=lambda size: size[0] * size[1])
+    return _Header(kind, width, height, (), None, False)
+
+
+def _heif_extents(data: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """(width, height) of every ``ispe`` box inside the boxes from ``start`` to ``end``."""
+    extents = []
+    pos = start
+    while pos + 8 <= end:
+        length, kind, body = _uint(data, pos, 4, "big"), data[pos + 4:pos + 8], pos + 8
+        if length == 1:
+            length, body = _uint(data, pos + 8, 8, "big"), pos + 16
+        elif length == 0:
+            length = end - pos
+        if length < body - pos:
+            break
+        box_end = min(pos + length, end)
+        if kind == b"ispe":  # a full box: version and flags, then width and height
+            extents.append((_uint(data, body + 4, 4, "big"), _uint(data, body + 8, 4, "big")))
+        elif kind in _HEIF_CONTAINERS:
+            extents += _heif_extents(data, body + _HEIF_CONTAINERS[kind], box_end)
+        pos = box_end
+    return extents
 
 
 def _jpeg2000_header(data: bytes) -> _Header | None:

@@ -406,7 +406,10 @@ def _write_bad_inputs(folder: Path, good: np.ndarray) -> dict[str, tuple[Path, s
         cases[name] = (path, expect)
 
     write("corrupt.png", png[:40] + bytes(range(256)) * 4, "PNG data is truncated")
-    write("truncated.jpg", jpg[: len(jpg) // 2], "JPEG data is truncated (no end-of-image marker")
+    # half a JPEG is scored, as cv2.imread decodes it (grey where data is missing), with a note; one
+    # cut inside its tables cannot be decoded, by imread either
+    write("truncated.jpg", jpg[: len(jpg) // 2], None)
+    write("cut-tables.jpg", jpg[:600], "JPEG data is truncated (segment 0xFFC4 is cut short)")
     write("empty.png", b"", "empty")
     write("text.jpg", b"this is not an image\n" * 10, "is not an image OpenCV can decode")
     write("gray.png", cv2.cvtColor(good, cv2.COLOR_RGB2GRAY), None)

@@ -268,6 +268,11 @@ def test_sized_formats_still_describe_their_colours_and_pages():
     np.testing.assert_array_equal(decoded.rgb, image)
 
 
+def _box(kind: bytes, body: bytes) -> bytes:
+    """An ISO base media file box (AVIF/HEIF)."""
+    return struct.pack(">I", 8 + len(body)) + kind + body
+
+
 @pytest.mark.parametrize("header", [
     b"P6\n40000 40000\n255\n",
     b"P7\nWIDTH 40000\nHEIGHT 40000\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n",
@@ -275,8 +280,15 @@ def test_sized_formats_still_describe_their_colours_and_pages():
     # classic TIFF, one directory holding ImageWidth and ImageLength (LONG), no next directory
     b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 2) + struct.pack("<HHII", 256, 4, 1, 40000)
     + struct.pack("<HHII", 257, 4, 1, 40000) + struct.pack("<I", 0),
+    # the same with the sizes typed SLONG, which libtiff reads as well (the walk gave up on it)
+    b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 2) + struct.pack(">HHII", 256, 9, 1, 40000)
+    + struct.pack(">HHII", 257, 9, 1, 40000) + struct.pack(">I", 0),
     b"\xff\x4f\xff\x51" + struct.pack(">HHIIII", 41, 0, 40000, 40000, 0, 0),
-], ids=["PPM", "PAM", "GIF", "TIFF", "J2K"])
+    # AVIF: ftyp, then meta (a full box) / iprp / ipco holding a thumbnail's ispe and the image's
+    b"\x00\x00\x00\x18ftypavif\x00\x00\x00\x00mif1avif" + _box(b"meta", bytes(4) + _box(b"iprp", _box(
+        b"ipco", _box(b"ispe", bytes(4) + struct.pack(">II", 160, 160))
+        + _box(b"ispe", bytes(4) + struct.pack(">II", 40000, 40000))))),
+], ids=["PPM", "PAM", "GIF", "TIFF", "TIFF SLONG", "J2K", "AVIF"])
 def test_a_huge_header_of_another_format_is_refused_before_decoding(header):
     """A few bytes claiming 1600 MP: refused from the header (before, OpenCV's exception for images
     above 2^30 pixels escaped decode_image and ended a whole batch)."""
@@ -434,18 +446,75 @@ def test_truncated_png(photo, keep):
         decode_image(data[:int(len(data) * keep)])
 
 
-@pytest.mark.parametrize("cut", [2, 500, 20000])
-def test_truncated_jpeg_is_refused_or_noted(photo, cut):
-    """OpenCV >= 4.10 refuses a truncated JPEG; older ones (4.9 is supported) decode it partially,
-    which the decoded image's notes say. The installed version decides which must happen."""
-    data = cv2.imencode(".jpg", photo)[1].tobytes()
-    if tuple(int(part) for part in cv2.__version__.split(".")[:2]) >= (4, 10):
-        with pytest.raises(ImageError, match=r"JPEG data is truncated \(no end-of-image marker"):
-            decode_image(data[:-cut])
-    else:
-        decoded = decode_image(data[:-cut])
-        assert decoded.rgb.shape == photo.shape
-        assert any("JPEG data is truncated" in note for note in decoded.notes)
+def _jpeg_kinds(photo: np.ndarray) -> dict[str, bytes]:
+    small = cv2.cvtColor(cv2.resize(photo, (80, 60), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+    baseline = _encoded(".jpg", small)
+    app = b"\xff\xe2" + struct.pack(">H", 1202) + bytes(range(256)) * 4 + bytes(176)  # a 1200-byte APP2
+    return {
+        "baseline": baseline,
+        "progressive": cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
+        "restart intervals": cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_RST_INTERVAL, 2])[1].tobytes(),
+        "grayscale progressive": cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_BGR2GRAY),
+                                              [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
+        "APP segment": baseline[:2] + app + baseline[2:],
+    }
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "restart intervals", "grayscale progressive",
+                                  "APP segment"])
+def test_a_jpeg_cut_anywhere_decodes_as_imread_reads_the_file(tmp_path, photo, kind):
+    """The reference's cv2.imread decodes a JPEG that ends early (grey where data is missing);
+    cv2.imdecode refuses the same bytes since OpenCV 4.10, so a cut JPEG the reference scores was
+    refused. At every 5th cut point, at full size and reduced: imread's pixels, or imread's refusal."""
+    data = _jpeg_kinds(photo)[kind]
+    path = tmp_path / "cut.jpg"
+    decoded_some = refused_some = 0
+    for end in range(3, len(data), 5):
+        path.write_bytes(data[:end])
+        for flag, max_pixels in ((cv2.IMREAD_COLOR, DEFAULT_MAX_PIXELS), (cv2.IMREAD_REDUCED_COLOR_2, 1200)):
+            expected = cv2.imread(str(path), flag)
+            if expected is None:
+                refused_some += 1
+                with pytest.raises(ImageError):
+                    decode_image(path, max_pixels=max_pixels)
+                continue
+            decoded_some += 1
+            decoded = decode_image(path, max_pixels=max_pixels)
+            np.testing.assert_array_equal(decoded.rgb, cv2.cvtColor(expected, cv2.COLOR_BGR2RGB), err_msg=str(end))
+            assert any("truncated" in note or "ends early" in note for note in decoded.notes), (end, decoded.notes)
+    assert decoded_some > 100 and refused_some > 10
+
+
+def test_a_cut_photograph_is_scored_from_what_is_there(tmp_path, photo):
+    """The photograph cut 2 bytes short (its end-of-image marker only) decodes to the whole image."""
+    data = _encoded(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    decoded = decode_image(data[:-2])
+    np.testing.assert_array_equal(decoded.rgb, decode_image(data).rgb)
+    assert decoded.notes == ("JPEG data is truncated (no end-of-image marker after the image data): OpenCV "
+                             "decoded what was present and filled the rest",)
+
+
+def test_bytes_between_jpeg_markers_are_skipped_as_libjpeg_skips_them(tmp_path, photo):
+    """One stray byte after a segment, which libjpeg skips with a warning, made the header walk give
+    up: the image was decoded at full size and only then held to the pixel limit (a 5 KB file
+    declaring 20000x20000 allocated 2.4 GB before being refused)."""
+    data = _encoded(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    app0_end = 4 + struct.unpack(">H", data[4:6])[0]
+    path = tmp_path / "junk.jpg"
+    path.write_bytes(data[:app0_end] + b"\x00\x13" + data[app0_end:])
+    decoded = decode_image(path)
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+    assert decoded.notes == ("corrupt JPEG data: 2 extraneous byte(s) between markers, skipped as cv2.imread "
+                             "skips them",)
+    reduced = decode_image(path, max_pixels=40_000)  # sized from the header: decoded at 1/2, not refused
+    assert reduced.reduction == 2 and reduced.rgb.shape == (150, 200, 3)
+
+
+def test_the_limit_message_never_shows_two_equal_sizes():
+    """8001x8001 said "(64.0 MP) is above the limit of 64.0 MP"."""
+    header = b"P6\n8001 8001\n255\n"
+    with pytest.raises(ImageError, match=r"8001x8001 \(64,016,001 pixels\) is above the limit of 64,000,000 pixels"):
+        decode_image(header + bytes(100))
 
 
 def test_zero_sized_image_in_header():
@@ -509,5 +578,6 @@ def test_an_array_over_the_pixel_limit_is_refused_as_files_are():
     assert decode_image(np.zeros((10, 10, 3), np.uint8), max_pixels=100).rgb.shape == (10, 10, 3)
     with pytest.raises(ImageError, match=r"image array: image 11x10 \(110 pixels\) is above the limit of 100 pixels"):
         decode_image(np.zeros((10, 11), np.uint8), max_pixels=100)
-    with pytest.raises(ImageError, match=r"image array: image 8001x8001 \(64.0 MP\) is above the limit of 64.0 MP"):
+    with pytest.raises(ImageError, match=r"image array: image 8001x8001 \(64,016,001 pixels\) is above "
+                                           r"the limit of 64,000,000 pixels"):
         decode_image(np.zeros((8001, 8001, 3), np.uint8))
