@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -748,16 +749,18 @@ class DegradedFile:
 
 def _output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
     """One PNG (lossless, so the file holds exactly the degraded pixels) per input; inputs that
-    share a stem get -1, -2, ... suffixes in input order."""
+    share a stem get -1, -2, ... suffixes in input order. Stems that differ only in case do too:
+    on a file system that ignores case (macOS, Windows shares, exFAT) IMG_1.png and img_1.png are
+    one file, and the second image replaced the first's copy unnoticed."""
     taken: set[str] = set()
     outputs = []
     for path in inputs:
         stem, counter = path.stem, 0
         candidate = f"{stem}.png"
-        while candidate in taken:
+        while candidate.casefold() in taken:
             counter += 1
             candidate = f"{stem}-{counter}.png"
-        taken.add(candidate)
+        taken.add(candidate.casefold())
         outputs.append(out_dir / candidate)
     return outputs
 
@@ -797,6 +800,12 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DegradationError(f"cannot create output folder {out_dir}: {os_error_text(error)}") from error
+    try:  # a folder that cannot be written fails now, not once per image after each was degraded
+        handle, probe = tempfile.mkstemp(prefix=".degrade-", suffix=".partial", dir=out_dir)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise DegradationError(f"cannot write into output folder {out_dir}: {error.strerror or error}") from error
     return _degrade_each(inputs, outputs, seed, transform, spec, share)
 
 

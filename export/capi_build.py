@@ -41,6 +41,7 @@ import click
 from dfd.runtime.errors import DfdError
 
 from .cli_errors import handles_errors
+from .cli_types import OutputFolder
 
 HEADER_NAME = "dfd_runtime.h"
 LIBRARY_NAME = "libdfd_runtime.so"
@@ -718,7 +719,7 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
 
 
 @click.command("capi")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+@click.option("--out", "out_dir", type=OutputFolder(), required=True,
               help="Folder to write dfd_runtime.h and libdfd_runtime.so into (created if missing). An earlier "
                    "build's two files there are replaced; other files of those names are refused.")
 @handles_errors

@@ -22,7 +22,7 @@ from dfd.runtime.images import DEFAULT_MAX_PIXELS, silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors, termination_interrupts
-from .cli_types import FiniteFloatRange, RowOutput, prepare_output_file, write_output_file
+from .cli_types import FiniteFloatRange, OutputFolder, RowOutput, prepare_output_file, write_output_file
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
@@ -298,12 +298,15 @@ def doctor(engine_dir, as_json):
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder for the degraded copies (PNG, lossless).")
+@click.option("--out", "out_dir", required=True, type=OutputFolder(),
+              help="Folder for the degraded copies (PNG, lossless), all in this one folder: an image "
+                   "becomes <its name>.png there, and images from different folders that share a name "
+                   "get -1, -2, ... suffixes.")
 @click.option("--fixed", type=str, default=None,
               help="One fixed degradation for every image: jpeg10, blur3, noise25, gamma_dark, down4_up, "
                    "compound_a or compound_b. Default: the paper's random compound degradation.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random compound degradation.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random draws: the compound degradation and, with --share, which images are degraded.")
 @click.option("--share", type=FiniteFloatRange(0, 1), default=1.0, show_default=True,
               help="Fraction of images degraded, with --fixed too (a seeded draw per image; the rest are "
                    "copied unchanged).")
@@ -322,24 +325,34 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force):
 
     from dfd.calibration.degrade import DegradationError, degrade_files
 
+    for given in inputs:
+        if _is_folder(given) and os.path.realpath(given) == os.path.realpath(out_dir):
+            raise DegradationError(f"--out {out_dir} is the folder {given} of the images to degrade; write the "
+                                   f"degraded copies to another folder")
     paths, problems = _degrade_inputs(inputs, out_dir, recursive)
     for given, message in problems:
-        click.echo(f"error: {given}: {message}", err=True)
+        click.echo(_printable(f"error: {given}: {message}"), err=True)
     if not paths:
         if problems:
             sys.exit(2)
         raise DegradationError("no images to degrade")
     failed = len(problems)
     results = degrade_files([Path(p) for p in paths], out_dir, seed=seed, fixed=fixed, share=share, replace=force)
-    for result in tqdm(results, total=len(paths), desc="degrade", unit="image", file=sys.stderr,
-                       disable=len(paths) < 2, leave=False):
-        if result.output is not None:
-            notes = f"  ({'; '.join(result.notes)})" if result.notes else ""
-            click.echo(f"{result.source} -> {result.output}{notes}")
-        else:
-            failed += 1
-            click.echo(f"error: {result.error}", err=True)  # the message names the file
+    # the bar only on a terminal, where each line is written above it: in a file or a pipe its
+    # redraws began the lines printed after them, so scripts looking for "error:" missed some
+    with termination_interrupts(), tqdm(total=len(paths), desc="degrade", unit="image", file=sys.stderr,
+                                        disable=len(paths) < 2 or not sys.stderr.isatty(), leave=False) as bar:
+        for result in results:
+            with bar.external_write_mode(file=sys.stderr):
+                if result.output is not None:
+                    notes = f"  ({'; '.join(result.notes)})" if result.notes else ""
+                    click.echo(_printable(f"{result.source} -> {result.output}{notes}"))
+                else:
+                    failed += 1
+                    click.echo(_printable(f"error: {result.error}"), err=True)  # the message names the file
+            bar.update(1)
     if failed:
+        click.echo(f"{failed} of {len(paths) + len(problems)} input(s) failed", err=True)
         sys.exit(2)
 
 
@@ -348,7 +361,9 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     A folder argument that holds --out leaves out the images inside --out (earlier degraded
     copies, with a warning); an image or folder named explicitly is always taken, since the
     output checks already refuse to overwrite an input."""
-    out_root = out_dir.resolve()
+    # realpath, not Path.resolve: a symbolic link loop among the images stopped the run with a
+    # traceback (Python 3.11 raises RuntimeError); the loop fails on its own line when it is read
+    out_root = Path(os.path.realpath(out_dir))
     images: list[str] = []
     problems: list[tuple[str, str]] = []
     left_out: list[str] = []
@@ -357,10 +372,10 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     for given in inputs:
         found, given_problems = expand_inputs((given,), recursive=recursive)
         problems += given_problems
-        given_root = Path(given).resolve()
+        given_root = Path(os.path.realpath(given))
         scans_out = _is_folder(given) and (given_root == out_root or given_root in out_root.parents)
         for image in found:
-            resolved = Path(image).resolve()
+            resolved = Path(os.path.realpath(image))
             if scans_out and out_root in resolved.parents:
                 left_out.append(image)
             elif resolved in seen:
@@ -502,7 +517,7 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
             continue
         images.extend(str(p) for p in found.images)
         # a sub-folder that cannot be listed may hold images: each is an input that failed
-        problems += [(str(sub), f"cannot list this folder ({reason}); its images, if any, are not scored")
+        problems += [(str(sub), f"cannot list this folder ({reason}); its images, if any, are left out")
                      for sub, reason in found.unreadable]
         if found.other_files:
             names = [p.relative_to(path).as_posix() for p in found.other_files]

@@ -36,6 +36,19 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+class OutputFolder(click.Path):
+    """A folder to write into (``click.Path`` that may not be a file), refusing an empty name:
+    ``--out "$DEST"`` with DEST unset wrote into the current folder, which ``Path("")`` means."""
+
+    def __init__(self) -> None:
+        super().__init__(path_type=Path, file_okay=False)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty (an unset shell variable?); give a folder, '.' for the current one", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None = None,
                         inputs: Sequence[Path] = ()) -> None:
     """Create an output file's folder and check the file can be written before the run: a bad

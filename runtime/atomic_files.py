@@ -9,18 +9,24 @@ other file of the user's. Standard library only: the runtime uses it too.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+# of the file's own name in its temporary one: ".{name}.{8 hex}.partial" stays within the 255
+# bytes a name may have, where the whole name would pass it for a name of over 237 bytes
+_NAME_BYTES_KEPT = 200
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write`` on a hidden temporary file beside ``path`` (a name no other file has, so
     each writer has its own) and rename it to ``path``; on any failure the temporary file is
     removed and the error raised. Python opens the file, so any name the file system takes
-    works (OpenCV's ``imwrite`` crashes on names that are not valid UTF-8)."""
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    works (OpenCV's ``imwrite`` crashes on names that are not valid UTF-8). The file gets the
+    mode any new file gets (0666 less the umask), not mkstemp's 0600, which kept degraded copies
+    and reports from other users and containers reading a shared folder."""
+    handle, partial = _create_partial(path)
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
@@ -30,6 +36,18 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+
+
+def _create_partial(path: Path) -> tuple[int, str]:
+    """A new hidden file beside ``path``, opened for writing: (descriptor, its path)."""
+    stem = os.fsdecode(os.fsencode(path.name)[:_NAME_BYTES_KEPT])
+    for _ in range(100):
+        partial = str(path.parent / f".{stem}.{secrets.token_hex(4)}.partial")
+        try:
+            return os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), partial
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path} after 100 tries")
 
 
 def sync_folder(folder: Path) -> None:

@@ -916,3 +916,90 @@ def test_an_image_given_twice_is_degraded_once_and_notes_are_printed(tmp_path, p
     assert result.stdout.splitlines() == [f"{source} -> {tmp_path / 'out' / 'a.png'}  (alpha channel dropped)"]
     assert "1 image(s) given more than once are degraded once" in result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+
+
+def test_a_symbolic_link_loop_fails_on_its_own_line(tmp_path, photo):
+    """Path.resolve raised RuntimeError on a loop (Python 3.11): a traceback, and no image degraded."""
+    folder = tmp_path / "in"
+    write_rgb(folder / "good.png", photo)
+    os.symlink("l2.jpg", folder / "l1.jpg")
+    os.symlink("l1.jpg", folder / "l2.jpg")
+    out = tmp_path / "out"
+    for args in ([str(folder)], [str(folder / "good.png"), str(folder / "l1.jpg")]):
+        result = run_degrade_cli(*args, "--out", str(out), "--fixed", "blur3", "--force")
+        assert result.exit_code == 2, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert "Too many levels of symbolic links" in result.stderr
+        assert (out / "good.png").exists()
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_any_image_is_degraded(tmp_path, photo, monkeypatch):
+    """Each image was decoded and degraded, then failed to be written, one error line per image."""
+    import dfd.calibration.degrade as module
+
+    source = write_rgb(tmp_path / "a.png", photo)
+    if os.geteuid() == 0:  # root writes into any folder whatever its mode; sysfs refuses even root
+        out = Path("/sys/kernel")
+    else:
+        out = tmp_path / "locked"
+        out.mkdir(mode=0o555)
+    monkeypatch.setattr(module, "degrade", lambda *args, **kwargs: pytest.fail("degraded for nothing"))
+    result = run_degrade_cli(str(source), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"error: cannot write into output folder {out}: ")
+
+
+def test_an_output_folder_that_is_an_input_folder_or_empty_is_refused(tmp_path, photo):
+    folder = tmp_path / "same"
+    write_rgb(folder / "a.jpg", photo)
+    result = run_degrade_cli(str(folder), "--out", str(folder))
+    assert result.exit_code == 1
+    assert f"--out {folder} is the folder {folder} of the images to degrade" in result.stderr
+    result = run_degrade_cli(str(folder / "a.jpg"), "--out", "", cwd=tmp_path)  # an unset $DEST
+    assert result.exit_code == 1 and "is empty (an unset shell variable?)" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]
+
+
+def test_every_line_is_whole_and_names_are_escaped(tmp_path, photo):
+    """Progress-bar redraws began the lines after them (grep '^error:' missed some), and a name
+    holding a line break split its 'which file became which' line in two."""
+    folder = tmp_path / "in"
+    write_rgb(folder / "a.png", photo)
+    write_rgb(folder / "line\nbreak.png", photo[::-1])
+    (folder / "broken.png").write_bytes(b"not an image")
+    result = run_degrade_cli(str(folder), "--out", str(tmp_path / "out"), "--fixed", "blur3")
+    assert result.exit_code == 2, result.output
+    assert result.stdout.splitlines() == [f"{folder / 'a.png'} -> {tmp_path / 'out' / 'a.png'}",
+                                          f"{folder}/line\\nbreak.png -> {tmp_path}/out/line\\nbreak.png"]
+    assert result.stderr.splitlines() == [f"error: '{folder / 'broken.png'}' is not an image OpenCV can decode "
+                                          f"(unrecognised format, or corrupt data)", "1 of 3 input(s) failed"]
+
+
+def test_names_that_differ_only_in_case_get_different_outputs(tmp_path, photo):
+    """On a file system that ignores case, IMG_1.png and img_1.png are one file: the second image's
+    copy silently replaced the first's."""
+    first, second = write_rgb(tmp_path / "real" / "IMG_1.jpg", photo), write_rgb(tmp_path / "fake" / "img_1.jpg", photo)
+    results = list(degrade_files([first, second], tmp_path / "out", seed=0, fixed="blur3"))
+    assert [result.output.name for result in results] == ["IMG_1.png", "img_1-1.png"]
+
+
+def test_a_termination_signal_cleans_up_as_ctrl_c_does(tmp_path, photo):
+    """SIGTERM (docker stop, a cancelled job) or SIGHUP while a copy was being written left its
+    hidden partial file behind and said nothing."""
+    import subprocess
+    import sys
+
+    for number, name in enumerate(("SIGTERM", "SIGHUP")):
+        source = write_rgb(tmp_path / f"in{number}" / "a.png", photo)
+        out = tmp_path / f"out{number}"
+        script = ("import os, signal\n"
+                  "import dfd.runtime.atomic_files as atomic\n"
+                  "def fsync(handle):\n"
+                  f"    os.kill(os.getpid(), signal.{name})\n"
+                  "atomic.os.fsync = fsync\n"
+                  "from dfd.export.cli import main\n"
+                  f"main(['degrade', {str(source)!r}, '--out', {str(out)!r}, '--fixed', 'blur3'])\n")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 130, (name, done.returncode, done.stderr)
+        assert "error: interrupted" in done.stderr
+        assert list(out.iterdir()) == []

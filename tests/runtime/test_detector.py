@@ -238,7 +238,7 @@ def test_detect_cli_reports_a_sub_folder_it_cannot_list(tiny_engine_set, photogr
     lines = {d["image"]: d for d in map(json.loads, result.stdout.splitlines())}
     assert lines[str(folder / "a.png")]["error"] is None
     assert lines[str(folder / "locked")]["error"] == ("cannot list this folder (Permission denied); its images, "
-                                                      "if any, are not scored")
+                                                      "if any, are left out")
     result = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder / "locked"), str(folder / "a.png"),
                                   "--format", "jsonl", "--no-face-detect"])
     assert result.exit_code == 2, result.output
