@@ -437,7 +437,7 @@ def _png_header(data: bytes) -> _Header | None:
     width = int.from_bytes(data[16:20], "big")
     height = int.from_bytes(data[20:24], "big")
     depth, color_type = data[24], data[25]
-    chunks, truncated = _png_chunk_types(data)
+    chunks, exif, truncated = _png_chunks(data)
     notes = []
     if color_type in (0, 4):
         notes.append("grayscale expanded to RGB" if depth >= 8
@@ -450,23 +450,37 @@ def _png_header(data: bytes) -> _Header | None:
         notes.append("transparency (tRNS) dropped")
     if depth == 16:
         notes.append("16-bit scaled to 8-bit (high byte kept)")
+    if b"acTL" in chunks:
+        notes.append("animated: first frame only")
+    notes += _orientation_notes(_exif_orientation(exif))
     return _Header("PNG", width, height, tuple(notes), truncated)
 
 
-def _png_chunk_types(data: bytes) -> tuple[set[bytes], str | None]:
-    """Chunk types found by walking the chunk lengths, and why the walk ended early if it did."""
+def _png_chunks(data: bytes) -> tuple[set[bytes], bytes, str | None]:
+    """Chunk types found by walking the chunk lengths, the eXIf chunk's body (b"" without one), and
+    why the walk ended early if it did."""
     types: set[bytes] = set()
+    exif = b""
     pos = 8
     while pos + 8 <= len(data):
         length = int.from_bytes(data[pos:pos + 4], "big")
         kind = data[pos + 4:pos + 8]
         types.add(kind)
+        if kind == b"eXIf" and not exif:
+            exif = data[pos + 8:pos + 8 + length]
         pos += 12 + length
         if pos > len(data):
-            return types, f"the {kind.decode('latin-1')} chunk is cut short"
+            return types, exif, f"the {kind.decode('latin-1')} chunk is cut short"
         if kind == b"IEND":
-            return types, None
-    return types, "no IEND chunk"
+            return types, exif, None
+    return types, exif, "no IEND chunk"
+
+
+def _orientation_notes(orientation: int | None) -> list[str]:
+    """The note for an EXIF orientation, which IMREAD_COLOR applies (in JPEG, PNG, WebP and TIFF)."""
+    if orientation is not None and 2 <= orientation <= 8:
+        return [f"rotated/flipped upright as EXIF orientation {orientation} asks"]
+    return []
 
 
 _SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
@@ -536,8 +550,7 @@ def _jpeg_header(data: bytes) -> _Header | None:
                      else "CMYK converted to RGB")
     if precision > 8:
         notes.append(f"{precision}-bit scaled to 8-bit")
-    if orientation is not None and 2 <= orientation <= 8:
-        notes.append(f"rotated/flipped upright as EXIF orientation {orientation} asks")
+    notes += _orientation_notes(orientation)
     if extraneous:
         notes.append(f"corrupt JPEG data: {extraneous} extraneous byte(s) between markers, skipped as "
                      f"cv2.imread skips them")
@@ -546,6 +559,7 @@ def _jpeg_header(data: bytes) -> _Header | None:
 
 def _exif_orientation(tiff: bytes) -> int | None:
     """The Orientation tag (0x0112) of IFD0 in an EXIF TIFF block, None when absent."""
+    tiff = tiff.removeprefix(b"Exif\x00\x00")  # WebP writers disagree on whether it is there
     order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
     if order is None or len(tiff) < 8:
         return None
@@ -603,6 +617,8 @@ def _webp_header(data: bytes) -> _Header | None:
         height = int.from_bytes(body[7:10], "little") + 1
         notes = (("alpha channel dropped",) if flags & 0x10 else ()) + (
             ("animated: first frame only",) if flags & 0x02 else ())
+        if flags & 0x08:  # an EXIF chunk, whose orientation IMREAD_COLOR applies
+            notes += tuple(_orientation_notes(_exif_orientation(_riff_chunk(data, b"EXIF"))))
     else:
         return None
     declared = int.from_bytes(data[4:8], "little") + 8
@@ -611,7 +627,18 @@ def _webp_header(data: bytes) -> _Header | None:
     return _Header("WebP", width, height, notes, truncated)
 
 
-_TIFF_SIZE_TAGS = {256: "width", 257: "height"}
+def _riff_chunk(data: bytes, kind: bytes) -> bytes:
+    """The body of a WebP file's first chunk of ``kind`` (b"" when absent)."""
+    pos = 12
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos + 4:pos + 8], "little")
+        if data[pos:pos + 4] == kind:
+            return data[pos + 8:pos + 8 + size]
+        pos += 8 + size + (size & 1)
+    return b""
+
+
+_TIFF_SIZE_TAGS = {256: "width", 257: "height", 274: "orientation"}
 # BYTE, SHORT, LONG, their signed kinds and LONG8/SLONG8: libtiff takes the size from any of them
 # (a negative one fails its decode; read unsigned it is refused as too large or fails there too)
 _TIFF_INTEGER_SIZES = {1: 1, 3: 2, 4: 4, 6: 1, 8: 2, 9: 4, 16: 8, 17: 8}
@@ -639,10 +666,11 @@ def _tiff_header(data: bytes) -> _Header | None:
             if value_size is None or value_size > field:
                 return None
             size[name] = _uint(data, entry + 4 + field, value_size, order)
-    if len(size) != 2:
+    if "width" not in size or "height" not in size:
         return None
     following = _uint(data, directory + count_size + entries * entry_size, field, order)
     notes = ("TIFF holds more than one page: the first is used",) if following else ()
+    notes += tuple(_orientation_notes(size.get("orientation")))
     return _Header("TIFF", size["width"], size["height"], notes, None, False)
 
 

@@ -581,3 +581,33 @@ def test_an_array_over_the_pixel_limit_is_refused_as_files_are():
     with pytest.raises(ImageError, match=r"image array: image 8001x8001 \(64,016,001 pixels\) is above "
                                            r"the limit of 64,000,000 pixels"):
         decode_image(np.zeros((8001, 8001, 3), np.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_exif_orientation_outside_jpeg_is_noted(photo, fmt):
+    """IMREAD_COLOR turns a PNG (eXIf), WebP (EXIF chunk) or TIFF upright as it turns a JPEG, but
+    only the JPEG's rotation was reported."""
+    from PIL import Image as image_module
+
+    exif = image_module.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    options = {"tiffinfo": {0x0112: 6}} if fmt == "TIFF" else {"exif": exif.tobytes()}
+    options.update({"lossless": True} if fmt == "WEBP" else {})
+    image_module.fromarray(photo).save(buffer, fmt, **options)
+    data = buffer.getvalue()
+    decoded = decode_image(data)
+    expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(decoded.rgb, expected)
+    assert decoded.rgb.shape == (photo.shape[1], photo.shape[0], 3)
+    assert "rotated/flipped upright as EXIF orientation 6 asks" in decoded.notes
+
+
+def test_an_animated_png_notes_that_its_first_frame_is_used(photo):
+    from PIL import Image as image_module
+
+    buffer = io.BytesIO()
+    image_module.fromarray(photo).save(buffer, "PNG", save_all=True, append_images=[image_module.fromarray(photo[::-1])])
+    decoded = decode_image(buffer.getvalue())
+    np.testing.assert_array_equal(decoded.rgb, photo)
+    assert decoded.notes == ("animated: first frame only",)
