@@ -507,6 +507,9 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
     for given in inputs:
         path = Path(given)
         if not _is_folder(given):
+            if given.endswith(os.sep) and not os.path.lexists(given):  # "photos/": a folder was meant
+                problems.append((given, "no such folder"))
+                continue
             images.append(given)  # a missing file becomes a per-image error in the detector
             continue
         try:

@@ -1003,3 +1003,12 @@ def test_a_termination_signal_cleans_up_as_ctrl_c_does(tmp_path, photo):
         assert done.returncode == 130, (name, done.returncode, done.stderr)
         assert "error: interrupted" in done.stderr
         assert list(out.iterdir()) == []
+
+
+def test_a_missing_folder_is_called_a_folder(tmp_path, photo):
+    """'missing/' was reported as "image file 'missing' does not exist"."""
+    source = write_rgb(tmp_path / "a.png", photo)
+    result = run_degrade_cli(f"{tmp_path / 'missing'}/", str(source), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[0] == f"error: {tmp_path / 'missing'}/: no such folder"
+    assert (tmp_path / "out" / "a.png").exists()
