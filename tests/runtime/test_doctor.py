@@ -36,16 +36,32 @@ def _tensorrt_set(tiny_engine_set, folder):
     return folder
 
 
-@pytest.fixture
-def report(tmp_path, monkeypatch, tiny_engine_set):
-    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module")
+def kernel_cache(tmp_path_factory):
+    """One kernel cache for the module, empty when the first report is collected: that report
+    compiles every kernel with NVRTC (what test_report_compiles_kernels_for_jetson_and_h100 checks),
+    and the later doctor runs find them compiled, as a second run on a machine does (each test
+    compiling afresh took 20 s of the suite)."""
+    return tmp_path_factory.mktemp("kernel-cache")
+
+
+@pytest.fixture(autouse=True)
+def _shared_kernel_cache(monkeypatch, kernel_cache):
+    monkeypatch.setenv("DFD_KERNEL_CACHE", str(kernel_cache))
+
+
+@pytest.fixture(scope="module")
+def report(kernel_cache, tiny_engine_set, tmp_path_factory):
     try:
         has_gpu = cuda_kernels.gpu_info() is not None
     except cuda_kernels.CudaUnavailableError:
         has_gpu = False
     if has_gpu:
         pytest.skip("this test describes a machine without a GPU")
-    return collect_doctor_report(_tensorrt_set(tiny_engine_set, tmp_path / "engines"))
+    assert not any(kernel_cache.iterdir()), "the first report must compile the kernels itself"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DFD_KERNEL_CACHE", str(kernel_cache))
+        return collect_doctor_report(_tensorrt_set(tiny_engine_set, tmp_path_factory.mktemp("doctor") / "engines"))
 
 
 def test_report_says_no_gpu_and_no_tensorrt(report):
@@ -93,8 +109,7 @@ def test_engines_are_judged_by_the_runtime_s_compatibility_rule(tiny_engine_set,
     assert "built with TensorRT 10.3.0 and this machine has TensorRT 10.7.0" in newer
 
 
-def test_unreadable_engine_set_is_reported_not_raised(tmp_path, monkeypatch, tiny_engine_set):
-    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "cache"))
+def test_unreadable_engine_set_is_reported_not_raised(tmp_path, tiny_engine_set):
     result = collect_doctor_report(tmp_path / "missing")
     assert result["engine_set"]["error"] == f"engine set folder not found: {tmp_path / 'missing'}"
     edited = tmp_path / "edited"
@@ -124,14 +139,13 @@ def test_a_set_missing_what_a_stream_needs_is_not_called_runnable(tmp_path, tiny
     assert report["streams"] == {} and re.search(message, report["error"])
 
 
-def test_doctor_exit_status_gates_on_the_engine_set(tmp_path, monkeypatch, tiny_engine_set):
+def test_doctor_exit_status_gates_on_the_engine_set(tmp_path, tiny_engine_set):
     """0 without a set or with one that runs as built here; 3 for a folder that is not a set and for
     TensorRT engines on this machine without TensorRT (the report is still printed)."""
     from click.testing import CliRunner
 
     from dfd.export.cli import main
 
-    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "cache"))
     engines = _tensorrt_set(tiny_engine_set, tmp_path / "engines")
     for arguments, status in ([[], 0], [[str(tiny_engine_set)], 0], [[str(tmp_path / "missing")], 3],
                               [[str(engines)], 3]):
