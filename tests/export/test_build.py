@@ -439,12 +439,14 @@ def test_inspect_wrong_folder(tmp_path):
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_reduced_precision_build_records_calibration_and_is_deterministic(reference_ensemble, tmp_path, precision):
     """Two builds from scratch (each draws and degrades its own calibration set: no shared cache)
-    write byte-identical graphs."""
+    write byte-identical graphs. The two architectures (DINOv2, and DINOv2 + CLIP): the face
+    stream is the global stream's network, and without a face detector its calibration input too."""
     hashes = []
     for attempt in range(2):
         out = tmp_path / f"{precision}-{attempt}"
         result = _build(CliRunner(), reference_ensemble, out, "--precision", precision, "--calib-count", "8",
-                        "--calib-cache", str(tmp_path / f"cache-{attempt}"), "--no-face-detector")
+                        "--calib-cache", str(tmp_path / f"cache-{attempt}"), "--no-face-detector",
+                        "--streams", "global,fusion")
         assert result.exit_code == 0, result.output
         manifest = load_manifest(out)
         calibration = manifest.raw["calibration"]
