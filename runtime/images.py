@@ -638,7 +638,7 @@ def _riff_chunk(data: bytes, kind: bytes) -> bytes:
     return b""
 
 
-_TIFF_SIZE_TAGS = {256: "width", 257: "height", 274: "orientation"}
+_TIFF_TAGS = {256: "width", 257: "height", 274: "orientation"}
 # BYTE, SHORT, LONG, their signed kinds and LONG8/SLONG8: libtiff takes the size from any of them
 # (a negative one fails its decode; read unsigned it is refused as too large or fails there too)
 _TIFF_INTEGER_SIZES = {1: 1, 3: 2, 4: 4, 6: 1, 8: 2, 9: 4, 16: 8, 17: 8}
@@ -657,21 +657,23 @@ def _tiff_header(data: bytes) -> _Header | None:
         return None
     entry_size = 4 + 2 * field  # tag, type, count, value (a value that fits is left-justified)
     entries = _uint(data, directory, count_size, order)
-    size: dict[str, int] = {}
+    tags: dict[str, int] = {}
     for index in range(entries):
         entry = directory + count_size + index * entry_size
-        name = _TIFF_SIZE_TAGS.get(_uint(data, entry, 2, order))
+        name = _TIFF_TAGS.get(_uint(data, entry, 2, order))
         if name is not None:
             value_size = _TIFF_INTEGER_SIZES.get(_uint(data, entry + 2, 2, order))
             if value_size is None or value_size > field:
+                if name == "orientation":  # only a note depends on it
+                    continue
                 return None
-            size[name] = _uint(data, entry + 4 + field, value_size, order)
-    if "width" not in size or "height" not in size:
+            tags[name] = _uint(data, entry + 4 + field, value_size, order)
+    if "width" not in tags or "height" not in tags:
         return None
     following = _uint(data, directory + count_size + entries * entry_size, field, order)
     notes = ("TIFF holds more than one page: the first is used",) if following else ()
-    notes += tuple(_orientation_notes(size.get("orientation")))
-    return _Header("TIFF", size["width"], size["height"], notes, None, False)
+    notes += tuple(_orientation_notes(tags.get("orientation")))
+    return _Header("TIFF", tags["width"], tags["height"], notes, None, False)
 
 
 # a header number, after whitespace and "#" comments (which may sit between any two fields)

@@ -283,12 +283,15 @@ def _box(kind: bytes, body: bytes) -> bytes:
     # the same with the sizes typed SLONG, which libtiff reads as well (the walk gave up on it)
     b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 2) + struct.pack(">HHII", 256, 9, 1, 40000)
     + struct.pack(">HHII", 257, 9, 1, 40000) + struct.pack(">I", 0),
+    # an orientation tag of a type no reader takes does not keep the size from being read
+    b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 3) + struct.pack("<HHII", 256, 4, 1, 40000)
+    + struct.pack("<HHII", 257, 4, 1, 40000) + struct.pack("<HHII", 274, 5, 1, 0) + struct.pack("<I", 0),
     b"\xff\x4f\xff\x51" + struct.pack(">HHIIII", 41, 0, 40000, 40000, 0, 0),
     # AVIF: ftyp, then meta (a full box) / iprp / ipco holding a thumbnail's ispe and the image's
     b"\x00\x00\x00\x18ftypavif\x00\x00\x00\x00mif1avif" + _box(b"meta", bytes(4) + _box(b"iprp", _box(
         b"ipco", _box(b"ispe", bytes(4) + struct.pack(">II", 160, 160))
         + _box(b"ispe", bytes(4) + struct.pack(">II", 40000, 40000))))),
-], ids=["PPM", "PAM", "GIF", "TIFF", "TIFF SLONG", "J2K", "AVIF"])
+], ids=["PPM", "PAM", "GIF", "TIFF", "TIFF SLONG", "TIFF odd orientation", "J2K", "AVIF"])
 def test_a_huge_header_of_another_format_is_refused_before_decoding(header):
     """A few bytes claiming 1600 MP: refused from the header (before, OpenCV's exception for images
     above 2^30 pixels escaped decode_image and ended a whole batch)."""
