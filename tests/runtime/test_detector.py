@@ -765,7 +765,7 @@ def test_max_pixels_is_the_callers_to_raise(tiny_engine_set, photographs, tmp_pa
     cv2.imwrite(str(path), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))  # 600x400
     small = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, max_pixels=200_000)
     [refused] = small.detect([path])
-    assert "is above the limit of 0.2 MP" in refused.error
+    assert "(240,000 pixels) is above the limit of 200,000 pixels" in refused.error  # both read 0.2 MP
     assert "max_pixels of Detector.open or dfd_options, detect --max-pixels" in refused.error
     assert small.detect([photographs["coffee"][:400, :500]])[0].ok
     runner = CliRunner()
