@@ -325,10 +325,6 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force):
 
     from dfd.calibration.degrade import DegradationError, degrade_files
 
-    for given in inputs:
-        if _is_folder(given) and os.path.realpath(given) == os.path.realpath(out_dir):
-            raise DegradationError(f"--out {out_dir} is the folder {given} of the images to degrade; write the "
-                                   f"degraded copies to another folder")
     paths, problems = _degrade_inputs(inputs, out_dir, recursive)
     for given, message in problems:
         click.echo(_printable(f"error: {given}: {message}"), err=True)
@@ -360,7 +356,10 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     """The images to degrade, each once (by resolved path, first spelling kept), and the problems.
     A folder argument that holds --out leaves out the images inside --out (earlier degraded
     copies, with a warning); an image or folder named explicitly is always taken, since the
-    output checks already refuse to overwrite an input."""
+    output checks already refuse to overwrite an input. An --out that is a folder argument itself
+    is refused: its images and their copies would be one folder."""
+    from dfd.calibration.degrade import DegradationError
+
     # realpath, not Path.resolve: a symbolic link loop among the images stopped the run with a
     # traceback (Python 3.11 raises RuntimeError); the loop fails on its own line when it is read
     out_root = Path(os.path.realpath(out_dir))
@@ -370,10 +369,14 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     seen: set[Path] = set()
     repeated = 0
     for given in inputs:
+        given_root = Path(os.path.realpath(given))
+        is_folder = _is_folder(given)
+        if is_folder and given_root == out_root:
+            raise DegradationError(f"--out {out_dir} is the folder {given} of the images to degrade; write the "
+                                   f"degraded copies to another folder")
         found, given_problems = expand_inputs((given,), recursive=recursive)
         problems += given_problems
-        given_root = Path(os.path.realpath(given))
-        scans_out = _is_folder(given) and (given_root == out_root or given_root in out_root.parents)
+        scans_out = is_folder and given_root in out_root.parents
         for image in found:
             resolved = Path(os.path.realpath(image))
             if scans_out and out_root in resolved.parents:
