@@ -10,8 +10,8 @@ lacks:
   device, empty file, not an image, corrupt or truncated data, zero-sized image);
 * human-readable notes on the conversions OpenCV's IMREAD_COLOR silently applies (grayscale
   expanded, alpha dropped, 16-bit reduced, CMYK converted, EXIF rotation). The original kind is
-  read from the file header (PNG IHDR, JPEG SOF/Adobe/EXIF, BMP info header, WebP VP8/VP8L/VP8X):
-  a few hundred bytes, no second decode. Formats whose header this module does not parse
+  read from the file header (PNG IHDR, JPEG SOF/Adobe/EXIF, BMP info header, WebP VP8/VP8L/VP8X,
+  the GIF blocks before the second frame), with no second decode. Formats whose header this module does not parse
   (TIFF, PNM, JPEG 2000, ...) are decoded plainly and described by a second IMREAD_UNCHANGED
   decode only when the image is small (at most `UNCHANGED_PROBE_MAX_PIXELS`), so the description
   never doubles the cost of a large decode;
@@ -92,7 +92,7 @@ class _Header:
     height: int
     notes: tuple[str, ...]  # what IMREAD_COLOR will convert
     truncated: str | None  # why the data looks cut short, None when complete
-    # False where only the size is parsed (TIFF, PNM, GIF, JPEG 2000): the colour layout is then
+    # False where only the size is parsed (TIFF, PNM, JPEG 2000): the colour layout is then
     # described by the unchanged probe, as for a format without a parsed header
     colour_known: bool = True
 
@@ -413,7 +413,7 @@ def _read_header(data: bytes) -> _Header | None:
         if data[:1] == b"P" and data[1:2] in b"1234567Ff" and len(data) > 2:
             return _pnm_header(data)
         if data.startswith((b"GIF87a", b"GIF89a")) and len(data) >= 10:
-            return _Header("GIF", _uint(data, 6, 2, "little"), _uint(data, 8, 2, "little"), (), None, False)
+            return _gif_header(data)
         if data.startswith((_JP2_CODESTREAM, _JP2_SIGNATURE)):
             return _jpeg2000_header(data)
         if data[4:8] == b"ftyp":
@@ -738,6 +738,51 @@ def _heif_extents(data: bytes, start: int, end: int) -> list[tuple[int, int]]:
             extents += _heif_extents(data, body + _HEIF_CONTAINERS[kind], box_end)
         pos = box_end
     return extents
+
+
+def _gif_header(data: bytes) -> _Header:
+    """The logical screen size, with notes from the blocks before the second frame: IMREAD_COLOR
+    reads the first frame only and drops its transparency (a GIF is always a palette image, so
+    the palette itself is not worth a note). Colour is known from these blocks, which spares the
+    unchanged probe; OpenCV's unchanged decode of an animated GIF is four-channel even without
+    transparency, so the probe would misreport an opaque one as having an alpha channel."""
+    width, height = _uint(data, 6, 2, "little"), _uint(data, 8, 2, "little")
+    frames, transparent = _gif_frames(data)
+    notes = ("transparency dropped",) if transparent else ()
+    if frames > 1:
+        notes += ("animated: first frame only",)
+    return _Header("GIF", width, height, notes, None)
+
+
+def _gif_frames(data: bytes) -> tuple[int, bool]:
+    """(image descriptors found, stopping at 2; whether the first frame's graphic control
+    extension sets a transparent colour), walking the block structure; a walk that runs out of
+    data or meets an unknown block stops there, with what it found so far."""
+    frames, transparent = 0, False
+    pos = 13 + _gif_colour_table_size(data[10] if len(data) > 10 else 0)
+    while pos < len(data) and frames < 2:
+        block = data[pos]
+        if block == 0x21 and pos + 2 < len(data):  # extension: label, then data sub-blocks
+            if frames == 0 and data[pos + 1] == 0xF9 and pos + 3 < len(data):
+                transparent = bool(data[pos + 3] & 0x01)
+            pos = _gif_skip_sub_blocks(data, pos + 2)
+        elif block == 0x2C and pos + 10 < len(data):  # image descriptor, colour table, LZW size
+            frames += 1
+            pos = _gif_skip_sub_blocks(data, pos + 11 + _gif_colour_table_size(data[pos + 9]))
+        else:  # 0x3B trailer, or data that is not a block
+            break
+    return frames, transparent
+
+
+def _gif_colour_table_size(flags: int) -> int:
+    return 3 << ((flags & 0x07) + 1) if flags & 0x80 else 0
+
+
+def _gif_skip_sub_blocks(data: bytes, pos: int) -> int:
+    """The position after a chain of length-prefixed sub-blocks ending with a zero length."""
+    while pos < len(data) and data[pos]:
+        pos += data[pos] + 1
+    return pos + 1
 
 
 def _jpeg2000_header(data: bytes) -> _Header | None:

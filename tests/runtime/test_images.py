@@ -614,3 +614,23 @@ def test_an_animated_png_notes_that_its_first_frame_is_used(photo):
     decoded = decode_image(buffer.getvalue())
     np.testing.assert_array_equal(decoded.rgb, photo)
     assert decoded.notes == ("animated: first frame only",)
+
+
+@pytest.mark.parametrize("transparency", [None, 0], ids=["opaque", "transparent"])
+def test_a_gif_notes_its_first_frame_and_transparency_from_its_blocks(transparency):
+    """OpenCV reads an animated GIF's first frame only; its unchanged decode is four-channel even
+    for an opaque animation, which the unchanged probe used to report as "alpha channel dropped"."""
+    from PIL import Image as image_module
+
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(0, 4, (37, 53, 3), dtype=np.uint8) * 80 for _ in range(3)]
+    options = {} if transparency is None else {"transparency": transparency}
+    still = _pillow_bytes(frames[0], "GIF", **options)
+    animated = _pillow_bytes(frames[0], "GIF", save_all=True, duration=100, loop=0,
+                             append_images=[image_module.fromarray(frame) for frame in frames[1:]], **options)
+    transparency_note = () if transparency is None else ("transparency dropped",)
+    for data, notes in ((still, transparency_note), (animated, transparency_note + ("animated: first frame only",))):
+        decoded = decode_image(data)
+        reference = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(decoded.rgb, cv2.cvtColor(reference, cv2.COLOR_BGR2RGB))
+        assert decoded.notes == notes
