@@ -711,8 +711,8 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
                                                            labels=chunk)):
             failed += emit_problems_before(start + offset)
             if crop_files is not None and crop_files.get(detection.image) is None and detection.ok:
-                detection.notes.append(f"no face crop for this image in {face_crops} (looked for "
-                                       f"{_crop_key(detection.image, folders).as_posix()})")
+                looked_for = " and ".join(key.as_posix() for key in _crop_keys(detection.image, folders))
+                detection.notes.append(f"no face crop for this image in {face_crops} (looked for {looked_for})")
             if boxes is not None and detection.image not in boxes and detection.ok:
                 detection.notes.append(f"no face box for this image in {face_boxes}")
             failed += not detection.ok
@@ -737,19 +737,18 @@ def _check_face_min_px(value: float) -> float:
     return value
 
 
-def _crop_key(image: str, folders: list[Path]) -> Path:
-    """Where an image's crop lies under --face-crops: its path relative to the folder argument it
-    was found in (``crops/sub/a.png`` for ``photos/sub/a.png`` of ``photos``), its name for an image
-    given as a file."""
-    for folder in folders:
-        if Path(image).is_relative_to(folder):
-            return Path(image).relative_to(folder)
-    return Path(Path(image).name)
+def _crop_keys(image: str, folders: list[Path]) -> list[Path]:
+    """Where an image's crop may lie under --face-crops: its path relative to each folder argument
+    holding it (``crops/sub/a.png`` for ``photos/sub/a.png`` of ``photos``), outermost folder first,
+    so an image under nested folder arguments finds the same crop whatever their order; its name
+    for an image given as a file."""
+    keys = {Path(image).relative_to(folder) for folder in folders if Path(image).is_relative_to(folder)}
+    return sorted(keys, key=lambda key: (-len(key.parts), key)) or [Path(Path(image).name)]
 
 
 def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[str]) -> dict[str, str | None] | None:
     """Each image's face-crop file (None where it has none), without --face-crops None. A crop is
-    looked for at the image's relative path (``_crop_key``), then, as the reference's flat crops
+    looked for at the image's relative paths (``_crop_keys``), then, as the reference's flat crops
     folder holds them, at its bare file name when no other image without a crop of its own has
     that name. A crop that several different images would take (one relative path under two
     folder arguments, or a bare name shared that way) would give them all one face, so that is
@@ -758,7 +757,10 @@ def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[
     otherwise go unnoticed."""
     if face_crops is None:
         return None
-    nested = {path: face_crops / _crop_key(path, folders) for path in paths}
+    nested: dict[str, Path] = {}
+    for path in paths:
+        places = [face_crops / key for key in _crop_keys(path, folders)]
+        nested[path] = next((place for place in places if _is_file(place)), places[0])
     own = {path for path in paths if _is_file(nested[path])}
     same_name: dict[str, set[str]] = {}  # bare name -> the distinct images without a nested crop
     for path in paths:

@@ -216,6 +216,14 @@ def test_detect_cli_face_crops_follow_sub_folders(tiny_engine_set, photographs, 
                                       "--no-face-detect"])
         assert result.exit_code == 1 and result.stdout == "", inputs
         assert f"{flat / 'a.png'} is the only crop for 2 images named a.png" in result.stderr
+    # nested folder arguments: x/a.png takes crops/x/a.png whichever folder is given first (it took
+    # none when photos/x came first, which made its key a.png)
+    for inputs in ([photos, photos / "x"], [photos / "x", photos]):
+        result = runner.invoke(main, ["detect", str(tiny_engine_set), *map(str, inputs), "--recursive",
+                                      "--face-crops", str(crops), "--no-face-detect", "--format", "jsonl"])
+        assert result.exit_code == 0, result.output
+        faces = {json.loads(line)["image"]: json.loads(line)["face"] for line in result.stdout.splitlines()}
+        assert faces[str(photos / "x" / "a.png")]["file"] == str(crops / "x" / "a.png"), inputs
     # one image reached twice is one image, and takes its crop
     result = runner.invoke(main, ["detect", str(tiny_engine_set), str(photos / "x"), str(photos / "x" / "a.png"),
                                   "--face-crops", str(flat), "--no-face-detect", "--format", "jsonl"])
