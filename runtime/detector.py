@@ -118,15 +118,22 @@ def _lossy_suffix(source: ImageInput) -> str:
     return ""
 
 
-def _check_given_box(box: Box, image_hw: tuple[int, int]) -> None:
+def _check_given_box(box: Box, image_hw: tuple[int, int], detection: Detection) -> None:
     """A caller's box must hold four finite corners and touch the image: a box wholly outside it
     is a coordinate mistake (normalised or another image's coordinates), and cropping it would
-    feed the face stream black padding."""
+    feed the face stream black padding. A box mostly outside the image is most likely the same
+    mistake (coordinates of a resized copy); it is cropped, as the reference would, with a note."""
     x1, y1, x2, y2 = box_corners(box)
     height, width = image_hw
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
         raise PreprocessError(f"face box {tuple(box)} lies outside the {width}x{height} image "
                               f"(boxes are x1, y1, x2, y2 in pixels of the image)")
+    area = (x2 - x1) * (y2 - y1)
+    inside = (min(x2, width) - max(x1, 0.0)) * (min(y2, height) - max(y1, 0.0))
+    if area > 0 and inside < area / 2:
+        detection.notes.append(f"face stream: only {int(100 * inside / area)}% of the face box lies inside the "
+                               f"{width}x{height} image, so its crop is mostly black padding (are the "
+                               f"coordinates for another size of this image?)")
 
 
 def _usable_box(decoded: DecodedImage, box: Box, detection: Detection) -> Box | None:
@@ -538,7 +545,7 @@ class Detector:
             detection.face = {"source": "face-crop", "file": _label(face_crop)}
             return crop.rgb, None
         if face_box is not None:  # in pixels of the full-size image, as the reference decodes it
-            _check_given_box(face_box, decoded.full_size_hw)
+            _check_given_box(face_box, decoded.full_size_hw, detection)
             detection.face = {"source": "box", "box": [float(v) for v in face_box]}
             return None, _usable_box(decoded, detection.face["box"], detection)
         if self.face_locator is None:

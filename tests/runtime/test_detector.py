@@ -401,6 +401,25 @@ def test_face_boxes_api_crops_like_the_reference(tiny_engine_set, reference_ense
     assert any("1/9" in note for note in results[1].notes)
 
 
+def test_a_face_box_mostly_outside_its_image_is_cropped_with_a_note(tiny_engine_set, reference_ensemble,
+                                                                   photographs):
+    """Coordinates of a resized copy put a box mostly outside the image: it is cropped as the
+    reference crops it (mostly black), and the note says so; a face at the edge gets no note."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime")
+    rgb = photographs["astronaut"]
+    height, width = rgb.shape[:2]
+    doubled = (width / 4, height / 4, width * 1.5, height * 1.5)  # 36% inside: (0.75 / 1.25)²
+    at_edge = (width * 0.6, height * 0.3, width * 1.1, height * 0.8)  # 80% inside
+    results = detector.detect([rgb, rgb], face_boxes=[doubled, at_edge])
+    crops = [reference_face_crop(rgb, box) for box in (doubled, at_edge)]
+    expected = reference_ensemble.p_fake("face", stream_batch(crops, "face")).numpy()
+    for result, p in zip(results, expected):
+        assert result.face["used"] == "crop" and abs(result.streams["face"] - p) <= 1e-4
+    assert (f"face stream: only 36% of the face box lies inside the {width}x{height} image, so its crop is mostly "
+            f"black padding (are the coordinates for another size of this image?)") in results[0].notes
+    assert not any("lies inside" in note for note in results[1].notes)
+
+
 def _write_bad_inputs(folder: Path, good: np.ndarray) -> dict[str, tuple[Path, str | None]]:
     """name -> (file, expected error substring or None when a documented conversion applies)."""
     folder.mkdir()
