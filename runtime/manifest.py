@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from .atomic_files import write_atomically
 from .errors import DfdError
 from .vote import STREAMS, VoteError, stream_order_and_weights
 
@@ -285,14 +285,13 @@ def verify_files(manifest: Manifest, *, hashes: bool = True) -> None:
 
 
 def write_manifest(engine_dir: Path, data: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically (a crash never leaves half a manifest)."""
+    """Write ``manifest.json`` atomically (a crash never leaves half a manifest, nor a stray
+    temporary file)."""
     root = Path(engine_dir)
     parse_manifest(root, data)  # never write something the runtime would refuse to read
-    data = {**data, CONTENT_HASH_KEY: manifest_digest(data)}
+    text = json.dumps({**data, CONTENT_HASH_KEY: manifest_digest(data)}, indent=2, sort_keys=False) + "\n"
     path = root / MANIFEST_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, lambda file: file.write(text.encode("utf-8")))
     return path
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 
@@ -16,7 +17,7 @@ from conftest import write_rebuilt_manifest
 from dfd.runtime.backends import OnnxRuntimeBackend, stream_shape_problem
 from dfd.runtime.detector import Detector
 from dfd.runtime.manifest import (MANIFEST_NAME, EngineSetError, load_manifest, manifest_digest, parse_manifest,
-                                  sha256_file, verify_files)
+                                  sha256_file, verify_files, write_manifest)
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +220,27 @@ def test_another_format_version_says_which_side_to_update(tiny_engine_set, tmp_p
     with pytest.raises(EngineSetError, match=re.escape(f"has format version {version!r}; this runtime reads "
                                                        f"version 1: {remedy}")):
         load_manifest(folder)
+
+
+def test_a_manifest_write_that_fails_leaves_the_old_manifest_and_no_partial_file(tiny_engine_set, tmp_path,
+                                                                                  monkeypatch):
+    """write_manifest kept its own fixed-name temporary file, which a failed rename (or a second
+    build into the folder) left behind; it now writes as every other output does."""
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    before = sorted(path.name for path in folder.iterdir())
+    old = (folder / MANIFEST_NAME).read_bytes()
+    data = json.loads(old)
+    del data["content_sha256"]
+
+    def rename_fails(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", rename_fails)
+    with pytest.raises(OSError, match="No space left"):
+        write_manifest(folder, data)
+    monkeypatch.undo()
+    assert sorted(path.name for path in folder.iterdir()) == before
+    assert (folder / MANIFEST_NAME).read_bytes() == old
+    write_manifest(folder, data)
+    assert json.loads((folder / MANIFEST_NAME).read_text()) == json.loads(old)
