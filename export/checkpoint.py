@@ -3,7 +3,8 @@
 The reference loads its state dicts with ``strict=False``, so a renamed or missing key silently
 leaves random weights in the network. Here every key is either used, or on a short, named list
 of tensors the computation never reads (DINOv2's ``mask_token``, CLIP's ``position_ids``
-buffer); anything else fails with an error that names it.
+buffer, the training loss's buffers and an SWA average's sample count beside the backbone);
+anything else fails with an error that names it.
 
 Accepted layouts (after the ``backbone.`` / ``module.backbone.`` prefix):
 
@@ -42,6 +43,13 @@ _ADAPTER = "default"
 # Tensors the inference computation never reads; accounted for by name, then dropped.
 _UNUSED_DINO = {"embeddings.mask_token"}
 _UNUSED_CLIP = {"embeddings.position_ids"}
+# Training-only entries of the reference's detector state dict, outside its backbone: the buffers of
+# its training loss (cross_entropy_weighted's class weights, region_independent's centres and
+# margin), also under DataParallel's ``module.``, and the sample count an SWA ``AveragedModel``
+# saves beside the model (whose keys it prefixes with ``module.``). The reference's strict=False
+# load skips them; here they are accounted for by name, then dropped.
+_TRAINING_ONLY = {f"{prefix}loss_func.{buffer}" for prefix in ("", "module.")
+                  for buffer in ("class_weights", "feature_centers", "intra_margin")} | {"n_averaged"}
 # 5.x-style names -> the 4.x names the rest of this module speaks.
 _DINO_ALIASES = {
     "attention.q_proj": "attention.attention.query",
@@ -186,7 +194,8 @@ def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor], problems: list[str]
                 _put(stripped, key[len(prefix):], _Tensor(value, key), problems)
                 break
         else:
-            problems.append(f"unexpected key (no backbone. prefix): {key}")
+            if key not in _TRAINING_ONLY:
+                problems.append(f"unexpected key (no backbone. prefix): {key}")
     return stripped
 
 

@@ -156,6 +156,26 @@ def test_key_without_backbone_prefix_is_unexpected(reference_ensemble):
         _convert(reference_ensemble, state, "global")
 
 
+def test_training_only_entries_beside_the_backbone_are_accounted_for_and_dropped(reference_ensemble):
+    """The reference's trainer saves its loss module's buffers (loss_func.class_weights with the
+    weighted cross-entropy, also as module.loss_func. under DataParallel) and an SWA average's
+    n_averaged in the state dict; its strict=False load skips them, and so does the import."""
+    state = _state(reference_ensemble, "global")
+    expected = _convert(reference_ensemble, state, "global")
+    swa = {key.replace("backbone.", "module.backbone.", 1): value for key, value in state.items()}
+    swa.update({"n_averaged": torch.tensor(7), "module.loss_func.class_weights": torch.tensor([1.0, 3.0])})
+    for extra in ({"loss_func.class_weights": torch.tensor([1.0, 3.0])},
+                  {"loss_func.feature_centers": torch.zeros(2, 8), "loss_func.intra_margin": torch.tensor([0.1])}):
+        converted = _convert(reference_ensemble, {**state, **extra}, "global")
+        assert converted.keys() == expected.keys()
+        assert all(torch.equal(converted[key], expected[key]) for key in expected)
+    converted = _convert(reference_ensemble, swa, "global")
+    assert all(torch.equal(converted[key], expected[key]) for key in expected)
+    state["loss_func.other_buffer"] = torch.zeros(1)  # a key of the loss not on the list is still named
+    with pytest.raises(CheckpointError, match=r"unexpected key \(no backbone. prefix\): loss_func.other_buffer"):
+        _convert(reference_ensemble, state, "global")
+
+
 def test_a_checkpoint_for_another_config_says_so_in_a_short_message(reference_ensemble):
     """A tiny checkpoint against the paper's giant config gave 728 lines of missing keys that
     never said why; now the sizes are compared, and each kind of problem is listed 8 times at most."""
