@@ -613,11 +613,22 @@ def _replace_problem(path: Path) -> str | None:
         return None
     if path.is_symlink() or not path.is_file():
         return f"{path} exists and is not a regular file; remove it or choose another --out"
-    with open(path, "rb") as handle:
-        content = handle.read()
-    if _OURS[path.name] not in content:
+    if not _file_contains(path, _OURS[path.name]):
         return f"{path} exists and was not written by dfd-export capi; remove it or choose another --out"
     return None
+
+
+def _file_contains(path: Path, marker: bytes, chunk_size: int = 1 << 20) -> bool:
+    """Whether ``marker`` occurs in the file, read a chunk at a time: the file in the way may be
+    anything of that name, a multi-gigabyte library included."""
+    tail = b""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            window = tail + chunk
+            if marker in window:
+                return True
+            tail = window[max(0, len(window) - len(marker) + 1):]
+    return False
 
 
 _IMPORT_PROBE = """\

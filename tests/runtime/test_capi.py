@@ -1082,3 +1082,18 @@ def test_utf8_paths_sizes_and_formats_at_the_boundary(tiny_engine_set, capi_lib,
                                        f"bytes, more than a process can address")
     assert lines["format"] == (f"{STATUS['invalid_argument']}|images[0].format is -1, not a "
                                f"dfd_pixel_format (DFD_PIXEL_RGB8 = 0, DFD_PIXEL_BGR8 = 1)")
+
+
+def test_the_ownership_check_finds_its_marker_across_read_chunks(tmp_path):
+    """capi decides whether a file in --out is its own by a marker, read a chunk at a time (a
+    file in the way may be huge): the marker is found wherever a chunk boundary cuts it."""
+    from dfd.export.capi_build import _file_contains
+
+    marker = b"dfd_last_error"
+    path = tmp_path / "libdfd_runtime.so"
+    for offset in range(0, 12):
+        path.write_bytes(b"x" * offset + marker + b"y" * 5)
+        for chunk_size in range(1, len(marker) + 3):
+            assert _file_contains(path, marker, chunk_size), (offset, chunk_size)
+        path.write_bytes(b"x" * offset + marker[:-1] + b"y" + marker[1:])
+        assert not any(_file_contains(path, marker, size) for size in range(1, len(marker) + 3)), offset
