@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from dfd.runtime.decoder_messages import capture_decoder_messages
 from dfd.runtime.errors import DfdError, first_few
 from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, silence_opencv_log
@@ -79,6 +80,7 @@ def main() -> None:
       dfd-export detect engines/fp32 photos/ --format jsonl
     """
     silence_opencv_log()  # every verb reports an unreadable image itself
+    capture_decoder_messages()  # and what libjpeg/libpng print about one, as its note or error
 
 
 @main.command()

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .decoder_messages import decoder_messages
 from .errors import DfdError
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -215,25 +216,27 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
     header = _read_header(data)
     buffer = np.frombuffer(data, dtype=np.uint8)
     if header is None:
-        bgr, ended_early = _imdecode_as_imread(data, buffer, cv2.IMREAD_COLOR, label)
+        bgr, ended_early, said = _imdecode_as_imread(data, buffer, cv2.IMREAD_COLOR, label)
         if bgr is None:
             raise ImageError(f"{label} is not an image OpenCV can decode "
-                             f"(unrecognised format, or corrupt data)")
+                             f"(unrecognised format, or corrupt data){_in_parentheses(said)}")
         _require_nonempty(bgr.shape[0], bgr.shape[1], label)
         _require_within_limit_after_decoding(bgr, label, max_pixels)
         notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label) + ended_early
+        if said:
+            notes += (_decoder_said(said),)
         return DecodedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), notes)
 
     _require_nonempty(header.height, header.width, label)
     flag, reduction, size_note = _choose_decode_flag(header, label, max_pixels)
-    bgr, ended_early = _imdecode_as_imread(data, buffer, flag, label)
+    bgr, ended_early, said = _imdecode_as_imread(data, buffer, flag, label)
     if bgr is None:
         if header.truncated:
             raise ImageError(f"{label}: {header.format} data is truncated ({header.truncated}); "
-                             f"OpenCV could not decode it")
-        raise ImageError(f"{label}: {_undecodable_reason(buffer, header.format, label)}")
+                             f"OpenCV could not decode it{_in_parentheses(said)}")
+        raise ImageError(f"{label}: {_undecodable_reason(buffer, header.format, label)}{_in_parentheses(said)}")
     _require_nonempty(bgr.shape[0], bgr.shape[1], label)
-    notes = header.notes + size_note
+    notes = header.notes + size_note + ((_decoder_said(said),) if said else ())
     if not header.colour_known:
         notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label) + notes
     if header.truncated:
@@ -245,6 +248,10 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
     if reduction == 1:
         return DecodedImage(rgb, notes)
     return DecodedImage(rgb, notes, reduction, _full_hw(header, rgb.shape[:2], reduction))
+
+
+def _in_parentheses(said: list[str]) -> str:
+    return f" ({_decoder_said(said)})" if said else ""
 
 
 def _undecodable_reason(buffer: np.ndarray, image_format: str, label: str) -> str:
@@ -270,26 +277,43 @@ def _full_hw(header: _Header, reduced_hw: tuple[int, int], reduction: int) -> tu
 
 
 def _imdecode_as_imread(data: bytes, buffer: np.ndarray, flag: int,
-                        label: str) -> tuple[np.ndarray | None, tuple[str, ...]]:
+                        label: str) -> tuple[np.ndarray | None, tuple[str, ...], list[str]]:
     """``cv2.imdecode`` giving what ``cv2.imread`` gives for the same bytes in a file: a JPEG that
     imdecode refuses is decoded again as imread's file reader reads it (see the module docstring),
-    with a note that its data ended early."""
-    bgr = _imdecode(buffer, flag, label)
+    with a note that its data ended early. Also returns what the decoder printed while producing
+    the result (see ``decoder_messages``; its "premature end" warning is what the note says)."""
+    said: list[str] = []
+    bgr = _imdecode(buffer, flag, label, said)
     if bgr is not None or not data.startswith(b"\xff\xd8"):
-        return bgr, ()
+        return bgr, (), said
     padded = np.frombuffer(data + _JPEG_END_AS_IMREAD_READS_IT, dtype=np.uint8)
-    bgr = _imdecode(padded, flag, label)
+    said = []
+    bgr = _imdecode(padded, flag, label, said)
     if bgr is None:
-        return None, ()
-    return bgr, ("JPEG data ends early: OpenCV decoded what was present and filled the rest, as cv2.imread does",)
+        return None, (), said
+    said = [line for line in said if "premature end of data segment" not in line]
+    return bgr, ("JPEG data ends early: OpenCV decoded what was present and filled the rest, as cv2.imread does",), said
 
 
-def _imdecode(buffer: np.ndarray, flag: int, label: str) -> np.ndarray | None:
+def _decoder_said(said: list[str]) -> str:
+    """The decoder's own lines, once each, the first three in full."""
+    lines = list(dict.fromkeys(said))
+    more = f" (and {len(lines) - 3} more)" if len(lines) > 3 else ""
+    return "decoder: " + "; ".join(lines[:3]) + more
+
+
+def _imdecode(buffer: np.ndarray, flag: int, label: str, said: list[str] | None = None) -> np.ndarray | None:
     """``cv2.imdecode``, with OpenCV's exceptions (an image above its own pixel limit, a decoder's
     failed assertion) turned into an ``ImageError`` that names the image: they are about that one
-    file, and a batch goes on without it."""
+    file, and a batch goes on without it. What the decoder prints meanwhile is captured where the
+    program asked for that (``decoder_messages``), added to ``said`` when given and otherwise
+    dropped: a probe's repeat of the main decode's complaint is no news."""
     try:
-        return cv2.imdecode(buffer, flag)
+        with decoder_messages() as captured:
+            bgr = cv2.imdecode(buffer, flag)
+        if said is not None:
+            said.extend(captured)
+        return bgr
     except cv2.error as error:
         reason = (getattr(error, "err", "") or str(error).strip().splitlines()[-1]).strip()
         if "CV_IO_MAX_IMAGE_PIXELS" in reason:

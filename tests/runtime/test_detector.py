@@ -129,6 +129,28 @@ def test_detect_cli_reports_an_undecodable_file_once(tiny_engine_set, tmp_path):
     assert "broken.png" in run.stdout and "IHDR" not in run.stderr
 
 
+def test_detect_cli_puts_what_the_decoders_print_on_the_images_line(tiny_engine_set, photographs, tmp_path):
+    """libjpeg and libpng print to fd 2 themselves, past OpenCV's log level: detect captures it as
+    the image's note (a JPEG corrupt in the middle still decodes) or in its error, so stderr holds
+    only detect's own lines and each complaint is on the line of the image it is about."""
+    jpeg = bytearray(cv2.imencode(".jpg", cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))[1].tobytes())
+    middle = len(jpeg) // 2
+    jpeg[middle:middle + 40] = np.random.default_rng(0).integers(0, 256, 40, dtype=np.uint8).tobytes()
+    png = bytearray(cv2.imencode(".png", photographs["coffee"])[1].tobytes())
+    png[len(png) // 2:len(png) // 2 + 64] = bytes(64)
+    (tmp_path / "corrupt.jpg").write_bytes(bytes(jpeg))
+    (tmp_path / "corrupt.png").write_bytes(bytes(png))
+    run = subprocess.run([sys.executable, "-m", "dfd.export.cli", "detect", str(tiny_engine_set),
+                          str(tmp_path / "corrupt.jpg"), str(tmp_path / "corrupt.png"), "--no-face-detect",
+                          "--format", "jsonl"], capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    jpeg_line, png_line = map(json.loads, run.stdout.splitlines())
+    assert jpeg_line["error"] is None
+    assert any(note.startswith("decoder: Corrupt JPEG data") for note in jpeg_line["notes"]), jpeg_line["notes"]
+    assert "(decoder: libpng error: " in png_line["error"]
+    assert "Corrupt JPEG" not in run.stderr and "libpng" not in run.stderr
+
+
 def test_detect_cli_face_boxes_errors(tiny_engine_set, photographs, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
