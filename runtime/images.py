@@ -11,10 +11,12 @@ lacks:
 * human-readable notes on the conversions OpenCV's IMREAD_COLOR silently applies (grayscale
   expanded, alpha dropped, 16-bit reduced, CMYK converted, EXIF rotation). The original kind is
   read from the file header (PNG IHDR, JPEG SOF/Adobe/EXIF, BMP info header, WebP VP8/VP8L/VP8X,
-  the GIF blocks before the second frame), with no second decode. Formats whose header this module does not parse
-  (TIFF, PNM, JPEG 2000, ...) are decoded plainly and described by a second IMREAD_UNCHANGED
-  decode only when the image is small (at most `UNCHANGED_PROBE_MAX_PIXELS`), so the description
-  never doubles the cost of a large decode;
+  the GIF blocks before the second frame), with no second decode. Formats whose header this
+  module does not parse (TIFF, PNM, JPEG 2000, ...) are decoded plainly and described by a
+  second IMREAD_UNCHANGED decode only when the image is small (at most
+  `UNCHANGED_PROBE_MAX_PIXELS`), so the description never doubles the cost of a large decode;
+* what libjpeg and libpng print about the image, as a note or in the error, where the program
+  captures it (`decoder_messages`: the CLI does);
 * memory safety: the header gives the size before anything is allocated (PNG, JPEG, BMP, WebP,
   TIFF, PNM/PAM/PFM, GIF and JPEG 2000: every format `dfd-export detect` takes from a folder, and
   GIF and AVIF). An image larger than `max_pixels` (default `DEFAULT_MAX_PIXELS` = 64 MP, i.e. 192 MB of
