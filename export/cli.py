@@ -593,7 +593,8 @@ def _csv_row(d: dict) -> dict:
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True,
               help="Output format on stdout. jsonl/csv carry the raw (unrounded) stream probabilities.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images per inference batch.")
+              help="Images per inference batch. Output rows appear a batch at a time; 1 writes each "
+                   "row as soon as its image is scored.")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
               help="Inference backend; auto picks TensorRT when the set has engines and it is usable here.")
 @click.option("--recursive", is_flag=True, help="Look for images in sub-folders of folder arguments.")
