@@ -239,6 +239,8 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
         raise ImageError(f"{label}: {_undecodable_reason(buffer, header.format, label)}{_in_parentheses(said)}")
     _require_nonempty(bgr.shape[0], bgr.shape[1], label)
     notes = header.notes + size_note + ((_decoder_said(said),) if said else ())
+    if any("extraneous bytes before marker" in line for line in said):  # libjpeg's own words for the walk's note
+        notes = tuple(note for note in notes if not note.startswith(_EXTRANEOUS_NOTE))
     if not header.colour_known:
         notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label) + notes
     if header.truncated:
@@ -516,6 +518,7 @@ _SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 
 _NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
 # any marker, as libjpeg looks for one after bytes where a marker should be (it skips them)
 _ANY_MARKER = re.compile(rb"\xff+[^\x00\xff]")
+_EXTRANEOUS_NOTE = "corrupt JPEG data: "
 
 
 def _jpeg_header(data: bytes) -> _Header | None:
@@ -578,7 +581,7 @@ def _jpeg_header(data: bytes) -> _Header | None:
         notes.append(f"{precision}-bit scaled to 8-bit")
     notes += _orientation_notes(orientation)
     if extraneous:
-        notes.append(f"corrupt JPEG data: {extraneous} extraneous byte(s) between markers, skipped as "
+        notes.append(f"{_EXTRANEOUS_NOTE}{extraneous} extraneous byte(s) between markers, skipped as "
                      f"cv2.imread skips them")
     return _Header("JPEG", width, height, tuple(notes), truncated)
 

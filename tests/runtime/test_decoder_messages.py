@@ -41,7 +41,10 @@ def damaged(tmp_path_factory):
     jpeg[middle:middle + 40] = np.random.default_rng(0).integers(0, 256, 40, dtype=np.uint8).tobytes()
     png = bytearray(cv2.imencode(".png", image)[1].tobytes())
     png[len(png) // 2:len(png) // 2 + 64] = bytes(64)
-    files = {"corrupt.jpg": bytes(jpeg), "corrupt.png": bytes(png), "sound.jpg": cv2.imencode(".jpg", image)[1].tobytes()}
+    sound = cv2.imencode(".jpg", image)[1].tobytes()
+    tables = sound.index(b"\xff\xc4")
+    stray = sound[:tables] + b"\x00\x01\x02" + sound[tables:]  # between header markers: sized by the header walk
+    files = {"corrupt.jpg": bytes(jpeg), "corrupt.png": bytes(png), "sound.jpg": sound, "stray.jpg": stray}
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return [folder / name for name in files]
@@ -55,14 +58,17 @@ def _decode_in_a_process(mode: str, paths) -> tuple[list, str]:
 
 def test_captured_decoder_lines_become_the_images_note_or_error(damaged):
     results, stderr = _decode_in_a_process("captured", damaged)
-    jpeg_notes, png_error, sound_notes = results
+    jpeg_notes, png_error, sound_notes, stray_notes = results
     assert jpeg_notes == ["decoder: Corrupt JPEG data: 51 extraneous bytes before marker 0xd9"]
     assert "PNG data is corrupt; OpenCV could not decode it (decoder: libpng error: " in png_error
     assert sound_notes == []
+    # libjpeg's line replaces the header walk's note on the same bytes rather than repeating it
+    assert stray_notes == ["decoder: Corrupt JPEG data: 3 extraneous bytes before marker 0xc4"]
     assert stderr == "python's own line\n"  # nothing else on the process's stderr; its own lines still reach it
 
 
 def test_without_capture_the_lines_stay_on_stderr(damaged):
     results, stderr = _decode_in_a_process("default", damaged)
     assert results[0] == [] and "decoder:" not in results[1]
+    assert results[3] == ["corrupt JPEG data: 3 extraneous byte(s) between markers, skipped as cv2.imread skips them"]
     assert "Corrupt JPEG data: 51 extraneous bytes before marker 0xd9" in stderr and "libpng error: " in stderr
