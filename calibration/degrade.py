@@ -767,7 +767,7 @@ def _output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
 
 def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | None,
                   spec: DegradationSpec = PAPER_SPEC, share: float = 1.0,
-                  replace: bool = False) -> Iterator[DegradedFile]:
+                  replace: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[DegradedFile]:
     """Degrade image files into ``out_dir`` as PNGs, yielding a :class:`DegradedFile` as each is
     written, so a caller can report progress and an interrupt leaves a true account.
 
@@ -776,7 +776,8 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     only that fraction of the images (a draw from the same generator, so seeded per image) and
     copies the others unchanged, to build mixed clean/degraded folders. An image that cannot be
     read, degraded or written is reported (as an error message that names it) and the others are
-    still processed.
+    still processed. ``max_pixels`` is the decoding limit (``decode_image``): a larger JPEG is
+    degraded from its reduced decode, with a note, and any other larger image is refused.
 
     Raises ``DegradationError`` before anything is written (``out_dir`` included) when an output
     would be one of the inputs (whichever input: ``x.jpg`` writes ``x.png``, which may be another
@@ -806,15 +807,15 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
         os.unlink(probe)
     except OSError as error:
         raise DegradationError(f"cannot write into output folder {out_dir}: {error.strerror or error}") from error
-    return _degrade_each(inputs, outputs, seed, transform, spec, share)
+    return _degrade_each(inputs, outputs, seed, transform, spec, share, max_pixels)
 
 
 def _degrade_each(inputs: Sequence[Path], outputs: Sequence[Path], seed: int, transform: Callable | None,
-                  spec: DegradationSpec, share: float) -> Iterator[DegradedFile]:
+                  spec: DegradationSpec, share: float, max_pixels: int) -> Iterator[DegradedFile]:
     for path, out_path in zip(inputs, outputs):
         notes: tuple[str, ...] = ()
         try:
-            decoded = decode_image(path)  # the runtime's decode: imread's pixels, its refusals
+            decoded = decode_image(path, max_pixels=max_pixels)  # the runtime's decode: imread's pixels, its refusals
             notes, rgb = decoded.notes, decoded.rgb
             rng = image_rng(seed, rgb)
             if rng.random() >= share:

@@ -315,8 +315,12 @@ def doctor(engine_dir, as_json):
 @click.option("--recursive", is_flag=True, help="Also take the images in sub-folders of a folder (never those "
               "inside --out).")
 @click.option("--force", is_flag=True, help="Replace files that already exist in --out (an input is never replaced).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Largest image, in pixels, decoded at full size: a larger JPEG is degraded from its reduced "
+                   "decode (1/2 .. 1/8, noted), any other larger image fails on its own line. Degrading holds a "
+                   "few float copies of an image (12 bytes a pixel each); raise it where memory allows.")
 @handles_errors
-def degrade(inputs, out_dir, fixed, seed, share, recursive, force):
+def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
     """Write degraded copies of images (the paper's compound degradation engine), for verify and
     benchmarks: INPUTS are image files and folders, each image becomes one PNG in --out, and each
     line printed says which file became which (and what decoding converted: EXIF rotation, alpha,
@@ -335,7 +339,8 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force):
             sys.exit(2)
         raise DegradationError("no images to degrade")
     failed = len(problems)
-    results = degrade_files([Path(p) for p in paths], out_dir, seed=seed, fixed=fixed, share=share, replace=force)
+    results = degrade_files([Path(p) for p in paths], out_dir, seed=seed, fixed=fixed, share=share, replace=force,
+                            max_pixels=max_pixels)
     # the bar only on a terminal, where each line is written above it: in a file or a pipe its
     # redraws began the lines printed after them, so scripts looking for "error:" missed some
     with termination_interrupts(), tqdm(total=len(paths), desc="degrade", unit="image", file=sys.stderr,

@@ -701,6 +701,33 @@ def test_degrade_cli_expands_folders_and_reports_what_it_cannot_use(tmp_path, ph
     assert np.array_equal(written, fixed_degradation("blur3")(photo))
 
 
+def test_degrade_cli_takes_a_decoding_limit_of_its_own(tmp_path, photo):
+    """A PNG over the limit was refused with advice to raise detect's --max-pixels, which degrade
+    did not have; --max-pixels now sets degrade's limit, and a JPEG over it is degraded from its
+    reduced decode, with the note."""
+    from click.testing import CliRunner
+
+    from dfd.export.cli import main
+
+    height, width = photo.shape[:2]
+    png, jpeg = tmp_path / "photo.png", tmp_path / "photo.jpg"
+    cv2.imwrite(str(png), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(jpeg), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    limit = height * width - 1
+    result = CliRunner().invoke(main, ["degrade", str(png), str(jpeg), "--out", str(tmp_path / "small"),
+                                       "--fixed", "blur3", "--max-pixels", str(limit)])
+    assert result.exit_code == 2, result.output
+    assert f"({height * width} pixels) is above the limit of {limit} pixels" in result.stderr
+    assert "(detect or degrade --max-pixels, max_pixels of Detector.open or dfd_options)" in result.stderr
+    reduced = cv2.imread(str(tmp_path / "small" / "photo-1.png"))
+    assert reduced.shape[:2] == (-(-height // 2), -(-width // 2)) and "downscaled 1/2 at decode" in result.stdout
+    result = CliRunner().invoke(main, ["degrade", str(png), "--out", str(tmp_path / "enough"), "--fixed", "blur3",
+                                       "--max-pixels", str(height * width)])
+    assert result.exit_code == 0, result.output
+    written = cv2.cvtColor(cv2.imread(str(tmp_path / "enough" / "photo.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(written, fixed_degradation("blur3")(photo))
+
+
 def test_degrade_cli_never_takes_its_own_outputs_as_inputs(tmp_path, photo):
     """``degrade photos --out photos/deg --recursive`` run twice degraded its earlier copies again."""
     from click.testing import CliRunner
