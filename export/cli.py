@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from dfd.runtime.decoder_messages import capture_decoder_messages
+from dfd.runtime.decoder_messages import capturing_decoder_messages
 from dfd.runtime.errors import DfdError, first_few
 from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, silence_opencv_log
@@ -80,7 +80,8 @@ def main() -> None:
       dfd-export detect engines/fp32 photos/ --format jsonl
     """
     silence_opencv_log()  # every verb reports an unreadable image itself
-    capture_decoder_messages()  # and what libjpeg/libpng print about one, as its note or error
+    # and what libjpeg/libpng print about one becomes its note or error, for this command only
+    click.get_current_context().with_resource(capturing_decoder_messages())
 
 
 @main.command()

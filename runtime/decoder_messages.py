@@ -9,7 +9,7 @@ did decode is damaged (a JPEG corrupt in the middle decodes, with grey or smeare
 
 ``decoder_messages`` points descriptor 2 at an unlinked temporary file for the length of one
 decode and returns what was written there. That is process-wide state: it is switched on
-(``capture_decoder_messages``) only by entry points that own their process and decode on one
+(``capturing_decoder_messages``) only by entry points that own their process and decode on one
 thread, the CLI; decodes are then serialised by a lock. The Python API and the C library leave
 the host's stderr alone, where the lines stay as the libraries print them.
 """
@@ -29,18 +29,24 @@ _enabled = False
 _sink: int | None = None  # descriptor of an unlinked temporary file, made at the first capture
 
 
-def capture_decoder_messages() -> None:
-    """From now on, ``decoder_messages`` captures what decoders print, for the whole process.
-    Only for single-threaded programs that own their stderr: while a decode runs, anything any
-    thread writes to descriptor 2 lands in the capture."""
+@contextmanager
+def capturing_decoder_messages() -> Iterator[None]:
+    """Within the block, ``decoder_messages`` captures what decoders print, for the whole process;
+    afterwards it is as it was (a CLI command run in-process, as tests run it, leaves nothing
+    switched on). Only for single-threaded programs that own their stderr: while a decode runs,
+    anything any thread writes to descriptor 2 lands in the capture."""
     global _enabled
-    _enabled = True
+    before, _enabled = _enabled, True
+    try:
+        yield
+    finally:
+        _enabled = before
 
 
 @contextmanager
 def decoder_messages() -> Iterator[list[str]]:
     """A list that, once the block has run, holds the lines written to descriptor 2 during it
-    (empty, and nothing redirected, unless ``capture_decoder_messages`` was called)."""
+    (empty, and nothing redirected, outside ``capturing_decoder_messages``)."""
     said: list[str] = []
     if not _enabled:
         yield said

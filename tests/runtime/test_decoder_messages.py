@@ -13,15 +13,17 @@ import pytest
 
 _SCRIPT = """\
 import json, sys
-from dfd.runtime.decoder_messages import capture_decoder_messages
+from dfd.runtime.decoder_messages import capturing_decoder_messages
 from dfd.runtime.images import ImageError, decode_image, silence_opencv_log
 silence_opencv_log()
-if sys.argv[1] == "captured":
-    capture_decoder_messages()
 results = []
 for path in sys.argv[2:]:
     try:
-        results.append(list(decode_image(path).notes))
+        if sys.argv[1] == "captured":
+            with capturing_decoder_messages():
+                results.append(list(decode_image(path).notes))
+        else:
+            results.append(list(decode_image(path).notes))
     except ImageError as error:
         results.append(str(error))
 print("python's own line", file=sys.stderr)
@@ -72,3 +74,19 @@ def test_without_capture_the_lines_stay_on_stderr(damaged):
     assert results[0] == [] and "decoder:" not in results[1]
     assert results[3] == ["corrupt JPEG data: 3 extraneous byte(s) between markers, skipped as cv2.imread skips them"]
     assert "Corrupt JPEG data: 51 extraneous bytes before marker 0xd9" in stderr and "libpng error: " in stderr
+
+
+def test_a_cli_command_captures_for_its_own_length_only(damaged, tmp_path):
+    """The CLI switches capture on for the command it runs; run in-process (as CliRunner runs it),
+    it used to leave capture on for everything the process decoded afterwards."""
+    from click.testing import CliRunner
+
+    from dfd.export.cli import main
+    from dfd.runtime.images import decode_image
+
+    corrupt_jpeg = damaged[0]
+    result = CliRunner().invoke(main, ["degrade", str(corrupt_jpeg), "--out", str(tmp_path / "out"),
+                                       "--fixed", "blur3"])
+    assert result.exit_code == 0, result.output
+    assert "decoder: Corrupt JPEG data: 51 extraneous bytes before marker 0xd9" in result.stdout
+    assert decode_image(corrupt_jpeg).notes == ()
