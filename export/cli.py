@@ -767,10 +767,13 @@ def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[
     if face_crops is None:
         return None
     nested: dict[str, Path] = {}
+    own: set[str] = set()  # the images with a crop at one of their relative paths
     for path in paths:
         places = [face_crops / key for key in _crop_keys(path, folders)]
-        nested[path] = next((place for place in places if _is_file(place)), places[0])
-    own = {path for path in paths if _is_file(nested[path])}
+        found = next((place for place in places if _is_file(place)), None)
+        nested[path] = found or places[0]
+        if found is not None:
+            own.add(path)
     same_name: dict[str, set[str]] = {}  # bare name -> the distinct images without a nested crop
     for path in paths:
         if path not in own:
