@@ -59,6 +59,16 @@ def degraded_cameraman() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def kernel_cache(tmp_path_factory) -> Path:
+    """One NVRTC kernel cache ($DFD_KERNEL_CACHE) for the whole session. The suite needs the same
+    four builds (PTX and CUBIN for sm_87 and sm_90) in many tests; the first test to ask compiles
+    each with NVRTC and the others read it, as a second run on a machine does. Each build took 10
+    to 20 s, and compiling afresh per module cost over two minutes of the suite. Tests of the cache
+    itself (damaged or unwritable files) work on a copy in their own folder."""
+    return tmp_path_factory.mktemp("kernel-cache")
+
+
+@pytest.fixture(scope="session")
 def kernel_host(tmp_path_factory):
     """The CUDA kernels' own code compiled for this CPU (tests/host_gpu.py)."""
     return load_kernel_host(tmp_path_factory.mktemp("kernel_host"))

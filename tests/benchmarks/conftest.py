@@ -9,10 +9,10 @@ from host_gpu import HostDevice
 
 
 @pytest.fixture
-def emulated_gpu(kernel_host, tmp_path, monkeypatch):
+def emulated_gpu(kernel_host, kernel_cache, monkeypatch):
     if not no_cuda_driver():
         pytest.skip("a CUDA driver is installed: the emulation would reach it")
     gpu = HostCuda(HostDevice(kernel_host, "others_first"), kernel_host)
     gpu.install(monkeypatch)
-    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("DFD_KERNEL_CACHE", str(kernel_cache))
     return gpu

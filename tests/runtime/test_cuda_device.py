@@ -33,11 +33,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def kernel_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("kernel-cache")
-
-
 def _emulated_gpu(monkeypatch, kernel_host, kernel_cache, order: str = "lazy") -> HostCuda:
     gpu = HostCuda(HostDevice(kernel_host, order), kernel_host)
     gpu.install(monkeypatch)

@@ -83,14 +83,18 @@ SIZES = random_sizes()
 
 
 @pytest.mark.parametrize("arch", ["sm_87", "sm_90"])
-def test_nvrtc_compiles_every_kernel_to_ptx(arch, tmp_path, monkeypatch):
-    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path))
+def test_nvrtc_compiles_every_kernel_to_ptx(arch, kernel_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("DFD_KERNEL_CACHE", str(kernel_cache))
     ptx = cuda_kernels.compile_ptx(arch).decode()
     assert f".target {arch}" in ptx
     for name in cuda_kernels.KERNEL_NAMES:
         assert f".entry {name}(" in ptx
-    [cached] = tmp_path.glob(f"ptx-{arch}-*.ptx")  # cached for the next call
+    [shared] = kernel_cache.glob(f"ptx-{arch}-*.ptx")  # cached for the next call
     assert cuda_kernels.compile_ptx(arch).decode() == ptx
+    # the cache's own behaviour, on a copy in a folder of this test's own
+    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path))
+    cached = tmp_path / shared.name
+    cached.write_bytes(shared.read_bytes())
     # a cache file damaged on disk was handed to the driver as it was; it is compiled again (here
     # by a stand-in for NVRTC, counted) and replaced whole
     whole, compiled = cached.read_bytes(), []
@@ -142,7 +146,7 @@ def _function_attributes(nv_info: bytes, attribute: int) -> list[int]:
 
 
 @pytest.mark.parametrize("arch", ["sm_87", "sm_90"])
-def test_nvrtc_compiles_every_kernel_to_cubin_within_its_register_budget(arch, tmp_path, monkeypatch):
+def test_nvrtc_compiles_every_kernel_to_cubin_within_its_register_budget(arch, kernel_cache, monkeypatch):
     """The CUBIN is what a GPU of that architecture loads (no JIT): ptxas must assemble every kernel
     for it in at most 64 registers a thread, so the four 256-thread blocks per SM that the
     preprocessing kernels' launch bounds ask for fit, which measured faster on an H100 than 72
@@ -151,7 +155,7 @@ def test_nvrtc_compiles_every_kernel_to_cubin_within_its_register_budget(arch, t
     pair's second cell; 80 registers without spilling but three blocks per SM measured slower), the
     row kernels up to 56 in their plan, staging and image-edge paths. A larger frame means more of
     the state went to memory than in any timed build."""
-    monkeypatch.setenv("DFD_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("DFD_KERNEL_CACHE", str(kernel_cache))
     cubin = cuda_kernels.compile_cubin(arch)
     assert cubin[:4] == b"\x7fELF" and struct.unpack_from("<H", cubin, 18)[0] == 190  # EM_CUDA
     (flags,) = struct.unpack_from("<I", cubin, 0x30)
@@ -164,7 +168,7 @@ def test_nvrtc_compiles_every_kernel_to_cubin_within_its_register_budget(arch, t
     assert len(registers) >= len(cuda_kernels.KERNEL_NAMES) and frames
     assert max(frames) <= 56, frames
     assert max(registers) <= 64, registers
-    assert len(list(tmp_path.glob(f"cubin-{arch}-*.cubin"))) == 1
+    assert len(list(kernel_cache.glob(f"cubin-{arch}-*.cubin"))) == 1
     assert cuda_kernels.compile_cubin(arch) == cubin
 
 
