@@ -37,7 +37,7 @@ from dfd.runtime import images as images_module
 from dfd.runtime.atomic_files import write_atomically
 from dfd.runtime.errors import DfdError
 from dfd.runtime import preprocess as preprocess_module
-from dfd.runtime.images import ImageError, array_sha256, decode_image, read_image_file
+from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image, read_image_file
 from dfd.runtime.preprocess import (preprocess_face, preprocess_fusion, preprocess_global,
                                     reencode_like_reference_face_file)
 
@@ -105,6 +105,7 @@ class CalibrationSet:
     items: list[CalibrationItem]
     spec: DegradationSpec
     cache_key: str
+    max_pixels: int = DEFAULT_MAX_PIXELS  # the decoding limit the images were read with
     # image -> why it could not be read; each of its slots holds a replacement (_ReadableImages)
     unreadable: dict[str, str] = field(default_factory=dict)
     # input position -> sha256 of each input the replacement walk looked at (part of the cache check)
@@ -129,6 +130,7 @@ class CalibrationSet:
             "stream_sizes": dict(self.stream_sizes),
             "degradation_spec": self.spec.to_dict(),
             "cache_key": self.cache_key,
+            "max_pixels": self.max_pixels,
             "unreadable_images": [{"image": image, "error": error} for image, error in self.unreadable.items()],
             SOURCE_PIXELS_KEY: list(self.source_pixels),
         }
@@ -189,7 +191,7 @@ def _input_hash(image: ImageInput) -> str:
 
 
 def _cache_key(images: Sequence[ImageInput], sampled: Sequence[int], count: int, degrade_share: float,
-               seed: int, stream_sizes: Mapping[str, int], spec: DegradationSpec) -> str:
+               seed: int, stream_sizes: Mapping[str, int], spec: DegradationSpec, max_pixels: int) -> str:
     """What determines the set: the names of all inputs (their order decides the sample and the
     replacement order) but the contents of the sampled ones only, so a folder of 100,000 images
     is not read whole to key a set of 256. Replacements for unreadable samples are checked
@@ -204,6 +206,7 @@ def _cache_key(images: Sequence[ImageInput], sampled: Sequence[int], count: int,
         "seed": seed,
         "stream_sizes": dict(sorted(stream_sizes.items())),
         "spec": spec.to_dict(),
+        "max_pixels": max_pixels,  # a JPEG over it is calibrated from its reduced decode
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
@@ -260,8 +263,9 @@ class _ReadableImages:
     the seed and the inputs. The inputs the replacement walk looks at are part of what determines
     the set, so their hashes are kept (``reserve_hashes``, position -> sha256) for the cache."""
 
-    def __init__(self, images: Sequence[ImageInput], seed: int) -> None:
+    def __init__(self, images: Sequence[ImageInput], seed: int, max_pixels: int) -> None:
         self._images = images
+        self._max_pixels = max_pixels
         self._reserve = itertools.cycle(np.random.default_rng([seed, _RESERVE_STREAM]).permutation(len(images)))
         self._inputs = len({_input_location(image) for image in images})
         self.unreadable: dict[str, str] = {}
@@ -276,7 +280,7 @@ class _ReadableImages:
                 if not isinstance(image, Path):
                     return position, image, image[1]
                 try:
-                    return position, image, decode_image(image).rgb
+                    return position, image, decode_image(image, max_pixels=self._max_pixels).rgb
                 except ImageError as error:
                     self.unreadable[_input_location(image)] = str(error)
             if len(self.unreadable) == self._inputs:
@@ -432,7 +436,8 @@ def _load(path: Path, key: str, stream_sizes: Mapping[str, int]) -> tuple[dict, 
 def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_share: float,
                           seed: int, stream_sizes: Mapping[str, int] = DEFAULT_STREAM_SIZES,
                           cache_dir: Path | None = None, spec: DegradationSpec = PAPER_SPEC,
-                          source: str | None = None, progress: bool = True) -> CalibrationSet:
+                          source: str | None = None, progress: bool = True,
+                          max_pixels: int = DEFAULT_MAX_PIXELS) -> CalibrationSet:
     """Build (or load from ``cache_dir``) a calibration set of ``count`` images.
 
     ``count`` images are sampled reproducibly from ``images`` (see :func:`sample_images`; repeats
@@ -440,15 +445,17 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
     them, chosen from ``seed``, go through :func:`degrade` with ``spec``, each with its own seeded
     generator. Every slot is then preprocessed for every stream in ``stream_sizes`` by the
     runtime (the face stream gets the whole image, the runtime's no-face rule). ``source``
-    describes the images in the manifest (default: derived from their names).
+    describes the images in the manifest (default: derived from their names). ``max_pixels`` is
+    the decoding limit (``decode_image``): a larger JPEG is calibrated from its reduced decode, any
+    other larger image is replaced as an unreadable one is.
     """
     checked = _check_arguments(images, count, degrade_share, seed, stream_sizes)
     stream_sizes = dict(stream_sizes)
     sampled = sample_images(range(len(checked)), count, seed)  # positions, drawn as the images would be
-    key = _cache_key(checked, sampled, count, degrade_share, seed, stream_sizes, spec)
+    key = _cache_key(checked, sampled, count, degrade_share, seed, stream_sizes, spec, max_pixels)
     description = source or _describe(checked)
     common = dict(count=count, degrade_share=degrade_share, seed=seed, source=description,
-                  stream_sizes=stream_sizes, spec=spec, cache_key=key)
+                  stream_sizes=stream_sizes, spec=spec, cache_key=key, max_pixels=max_pixels)
 
     if cache_dir is not None and _cache_path(cache_dir, key).is_file():
         loaded = _load(_cache_path(cache_dir, key), key, stream_sizes)
@@ -469,7 +476,7 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
                                   reserve_hashes={int(k): v for k, v in meta["reserve_hashes"].items()},
                                   source_pixels=meta[SOURCE_PIXELS_KEY], **common)
 
-    readable = _ReadableImages(checked, seed)
+    readable = _ReadableImages(checked, seed, max_pixels)
     arrays, items, source_pixels = _compute(sampled, readable, _degraded_slots(count, degrade_share, seed), seed,
                                             stream_sizes, spec, progress)
     calib = CalibrationSet(arrays=arrays, sha256=arrays_sha256(arrays), items=items,

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from dfd.runtime.atomic_files import flush_to_disk, sync_folder
 from dfd.runtime.errors import DfdError, first_few, os_error_text
+from dfd.runtime.images import DEFAULT_MAX_PIXELS
 from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, engine_set_files,
                                   write_manifest)
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS
@@ -71,6 +72,7 @@ class BuildRequest:
     calib_method: str = "entropy"
     calib_seed: int = 0
     calib_cache: Path | None = None
+    calib_max_pixels: int = DEFAULT_MAX_PIXELS  # decoding limit of the calibration images
 
 
 def _versions() -> dict[str, str]:
@@ -119,6 +121,8 @@ def _check_request(request: BuildRequest) -> None:
         raise BuildError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
     if request.calib_count < 1 or not 0.0 <= request.calib_degrade <= 1.0:
         raise BuildError("--calib-count must be >= 1 and --calib-degrade within [0, 1]")
+    if request.calib_max_pixels < 1:
+        raise BuildError(f"--max-pixels must be >= 1, got {request.calib_max_pixels}")
     if request.lora.r < 1 or not (math.isfinite(request.lora.alpha) and request.lora.alpha > 0):
         raise BuildError(f"LoRA rank must be >= 1 and alpha a positive number; got r={request.lora.r}, "
                          f"alpha={request.lora.alpha}")
@@ -253,6 +257,7 @@ def _calibration_set(request: BuildRequest, warn: Callable[[str], None]):
     return build_calibration_set(
         images, count=request.calib_count, degrade_share=request.calib_degrade, seed=request.calib_seed,
         stream_sizes={s: STREAM_SPECS[s].input_size for s in request.streams}, cache_dir=cache, source=source,
+        max_pixels=request.calib_max_pixels,
     )
 
 

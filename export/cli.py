@@ -19,11 +19,12 @@ from click.core import ParameterSource
 from dfd.runtime.decoder_messages import capturing_decoder_messages
 from dfd.runtime.errors import DfdError, first_few
 from dfd.runtime.face_boxes import BOX_COLUMNS
-from dfd.runtime.images import DEFAULT_MAX_PIXELS, silence_opencv_log
+from dfd.runtime.images import silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors, termination_interrupts
-from .cli_types import FiniteFloatRange, OutputFolder, RowOutput, prepare_output_file, write_output_file
+from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, RowOutput, max_pixels_option, \
+    prepare_output_file, write_output_file
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
@@ -109,6 +110,8 @@ def main() -> None:
 @click.option("--calib-cache", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Cache folder for calibration sets; the 4 most recently used are kept [default: "
                    "$XDG_CACHE_HOME/dfd-export/calibration, else ~/.cache/dfd-export/calibration].")
+@max_pixels_option("among the calibration images is calibrated from its reduced decode (1/2 .. 1/8)",
+                   "is replaced as an unreadable one is (reported)", DEGRADING_MEMORY)
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "auto"]), default="onnxruntime",
               show_default=True, help="onnxruntime: ONNX graphs only. tensorrt: also compile strongly typed "
               "TensorRT engines for this GPU (needs TensorRT and a GPU). auto: tensorrt when possible.")
@@ -137,7 +140,7 @@ def main() -> None:
                    "boxes, or uses the reference's no-face rule.")
 @handles_errors
 def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, calib_degrade, calib_method,
-          calib_seed, calib_cache, backend, min_batch, opt_batch, max_batch, workspace_gib,
+          calib_seed, calib_cache, max_pixels, backend, min_batch, opt_batch, max_batch, workspace_gib,
           version_compatible, hardware_compatibility, streams, lora_r, lora_alpha, opset, seed, force, no_face_detector):
     """Build an engine set: import checkpoints, export each stream to ONNX, write manifest.json."""
     from .build import BuildRequest, build_engine_set
@@ -186,6 +189,7 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
         calib_method=calib_method,
         calib_seed=calib_seed,
         calib_cache=calib_cache,
+        calib_max_pixels=max_pixels,
     )
     with termination_interrupts():
         manifest = build_engine_set(request, warn=warn)
@@ -194,7 +198,8 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
 
 _TENSORRT_ONLY_OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_gib", "version_compatible",
                           "hardware_compatibility")
-_CALIBRATION_OPTIONS = ("calib_dir", "calib_count", "calib_degrade", "calib_method", "calib_seed", "calib_cache")
+_CALIBRATION_OPTIONS = ("calib_dir", "calib_count", "calib_degrade", "calib_method", "calib_seed", "calib_cache",
+                        "max_pixels")
 
 
 def _flags_given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
@@ -316,10 +321,8 @@ def doctor(engine_dir, as_json):
 @click.option("--recursive", is_flag=True, help="Also take the images in sub-folders of a folder (never those "
               "inside --out).")
 @click.option("--force", is_flag=True, help="Replace files that already exist in --out (an input is never replaced).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
-              help="Largest image, in pixels, decoded at full size: a larger JPEG is degraded from its reduced "
-                   "decode (1/2 .. 1/8, noted), any other larger image fails on its own line. Degrading holds a "
-                   "few float copies of an image (12 bytes a pixel each); raise it where memory allows.")
+@max_pixels_option("is degraded from its reduced decode (1/2 .. 1/8, noted)", "fails on its own line",
+                   DEGRADING_MEMORY)
 @handles_errors
 def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
     """Write degraded copies of images (the paper's compound degradation engine), for verify and
@@ -419,8 +422,11 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
               help="Runtime backend whose results are compared; auto picks TensorRT when the set has engines and it is "
                    "usable here.")
+@max_pixels_option("is compared on its reduced decode (1/2 .. 1/8), as detect scores it",
+                   "is reported unreadable and left out", DEGRADING_MEMORY)
 @handles_errors
-def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp, min_agreement, json_out, backend):
+def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp, min_agreement, json_out, backend,
+           max_pixels):
     """Compare an engine set with the fp32 PyTorch streams it was built from: per-stream |ΔP(fake)|,
     vote agreement per condition with a lower confidence bound, the images whose vote changed, how many
     distinct images (and calibration images) it rests on. Exits 3 when a rule fails, naming it."""
@@ -443,7 +449,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     if any(v is not None for v in overrides):
         precision = engine_set_precision(manifest)
         thresholds = tuple(v if v is not None else d for v, d in zip(overrides, DEFAULT_THRESHOLDS[precision]))
-    report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend)
+    report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend, max_pixels)
     level = f"{report.confidence['level']:.0%} lower bound"
     click.echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image x condition pair(s) "
                f"from {report.distinct_images} distinct image(s)")
@@ -624,10 +630,8 @@ def _csv_row(d: dict) -> dict:
 @click.option("--cuda-graph-batch", type=click.IntRange(min=1), default=None,
               help="tensorrt backend: replay one CUDA graph of preprocessing -> three engines -> vote for "
                    "batches of exactly this many images (set --batch-size to match; other sizes run uncaptured).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
-              help="Largest image, in pixels, decoded at full size: a larger JPEG is decoded reduced (1/2 .. 1/8), "
-                   "any other larger image fails on its own line. Face localisation and resizing hold a few "
-                   "copies of an image in memory (3 bytes a pixel each); raise it where memory allows.")
+@max_pixels_option("is decoded reduced (1/2 .. 1/8)", "fails on its own line",
+                   "Face localisation and resizing hold a few copies of an image in memory (3 bytes a pixel each)")
 @handles_errors
 def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend, recursive, no_face_detect, face_min_px,
            no_face_cascade, host_preprocessing, cuda_graph_batch, max_pixels):

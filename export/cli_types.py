@@ -16,6 +16,7 @@ import click
 
 from dfd.runtime.atomic_files import write_atomically
 from dfd.runtime.errors import DfdError, os_error_text
+from dfd.runtime.images import DEFAULT_MAX_PIXELS
 from dfd.runtime.manifest import engine_set_files
 
 
@@ -34,6 +35,20 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+DEGRADING_MEMORY = "Degrading holds a few float copies of an image (12 bytes a pixel each)"
+
+
+def max_pixels_option(larger_jpeg: str, larger_other: str, memory: str) -> Callable:
+    """``--max-pixels``, the decoding limit of every verb that reads images (``decode_image``); the
+    texts say what this verb does with a larger JPEG and with any other larger image, and what a
+    pixel costs it. One option for every verb, so an error that says "raise --max-pixels" holds
+    whichever verb printed it."""
+    return click.option(
+        "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+        help=f"Largest image, in pixels, decoded at full size: a larger JPEG {larger_jpeg}, any other larger "
+             f"image {larger_other}. {memory}; raise it where memory allows.")
 
 
 class OutputFolder(click.Path):

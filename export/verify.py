@@ -35,7 +35,7 @@ from dfd.calibration.degrade import fixed_degradation, image_rng
 from dfd.calibration.sources import builtin_photographs, list_images
 from dfd.runtime.detector import Detector
 from dfd.runtime.errors import DfdError, first_few
-from dfd.runtime.images import ImageError, array_sha256, decode_image
+from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image
 from dfd.runtime.manifest import CONTENT_HASH_KEY, STREAM_ORDER, Manifest
 from dfd.runtime.vote import discretised_vote, softmax_fake_probability
 
@@ -309,7 +309,7 @@ def _compare_image(detector: Detector, reference: Mapping[str, torch.nn.Module],
     """One image under every condition. The clean condition gets the file itself, as ``detect``
     does: a JPEG's face input is then re-encoded as the reference's crop step does."""
     try:  # one decode per image for all conditions; one unreadable file does not stop the others
-        rgb = decode_image(source).rgb if isinstance(source, Path) else source
+        rgb = decode_image(source, max_pixels=detector.max_pixels).rgb if isinstance(source, Path) else source
     except ImageError as error:
         report.failed_images.append({"image": label, "error": str(error)})
         progress.update(len(conditions))
@@ -419,11 +419,13 @@ def _sample_warnings(report: VerifyReport, bound: Callable[[int, int], float]) -
 
 def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade: bool = False,
                       weights_dir: Path | None = None, thresholds: tuple[float, float, float] | None = None,
-                      backend: str = "auto") -> VerifyReport:
+                      backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> VerifyReport:
     """Compare the engine set with its fp32 PyTorch streams; ``thresholds`` (max |ΔP|, mean |ΔP|,
-    min vote agreement) default by precision (``DEFAULT_THRESHOLDS``)."""
+    min vote agreement) default by precision (``DEFAULT_THRESHOLDS``). ``max_pixels`` is the
+    decoding limit (``decode_image``): a larger JPEG is compared on its reduced decode, as detect
+    scores it, any other larger image is reported unreadable."""
     # host preprocessing: each stream graph is compared with torch on the very tensor it ran
-    with Detector.open(engine_dir, backend=backend, gpu_preprocessing=False) as detector:
+    with Detector.open(engine_dir, backend=backend, gpu_preprocessing=False, max_pixels=max_pixels) as detector:
         return _verify_with(detector, images_dir, degrade, weights_dir, thresholds)
 
 

@@ -100,8 +100,8 @@ class _Header:
     colour_known: bool = True
 
 
-_RAISE_LIMIT = ("raise the limit (detect or degrade --max-pixels, max_pixels of Detector.open or dfd_options) "
-                "if this machine can afford it")
+_RAISE_LIMIT = ("raise the limit (--max-pixels of the dfd-export command, max_pixels of Detector.open or "
+                "dfd_options) if this machine can afford it")
 
 
 def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..cli_errors import handles_errors, termination_interrupts
-from ..cli_types import prepare_output_file, write_output_file
+from ..cli_types import max_pixels_option, prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import pyplot, write_plot
 
@@ -66,9 +66,12 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
               help="Write the full result document here.")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write a PNG plot here (needs matplotlib).")
+@max_pixels_option("is scored on its reduced decode (1/2 .. 1/8; with --compare torch it is left out, as the "
+                   "reference pipeline would read it at full size)", "is left out with a warning",
+                   "A batch holds its decoded images (3 bytes a pixel each)")
 @handles_errors
 def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weights_dir, backend, label, json_out,
-          plot_out):
+          plot_out, max_pixels):
     """Measure an engine set: latency percentiles, throughput and per-stage time per batch size,
     optionally next to the reference PyTorch pipeline (--compare torch)."""
     from tqdm import tqdm
@@ -79,7 +82,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
         pyplot()  # a missing matplotlib fails now, not after the run
     settings = BenchSettings(engine_dir=engine_dir, images_dir=images_dir, batch_sizes=batch_sizes,
                              warmup=warmup, iterations=iterations, compare_torch=compare == "torch",
-                             backend=backend, label=label, weights_dir=weights_dir)
+                             backend=backend, label=label, weights_dir=weights_dir, max_pixels=max_pixels)
     pipelines = 2 if settings.compare_torch else 1
     bar = tqdm(total=len(batch_sizes) * iterations * pipelines, unit="it", file=sys.stderr, desc="bench")
     try:

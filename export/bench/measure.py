@@ -17,6 +17,7 @@ import numpy as np
 
 from dfd.calibration.degrade import write_png
 from dfd.runtime.errors import first_few, os_error_text
+from dfd.runtime.images import DEFAULT_MAX_PIXELS
 
 from . import BenchError
 from .environment import PeakRss, available_memory_bytes, capture_environment, gpu_memory_used_mib, \
@@ -77,10 +78,12 @@ class BenchImages:
 
 
 def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_IMAGE_COUNT,
-                 reference_sizes: Mapping[str, int] | None = None) -> BenchImages:
+                 reference_sizes: Mapping[str, int] | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> BenchImages:
     """The image files to score: ``count`` of them at most. A folder's file that cannot be read,
     or (given the streams' ``reference_sizes``, for ``--compare torch``) that the reference-style
-    pipeline cannot take, is left out and reported: one bad file must not sink a benchmark. A
+    pipeline cannot take or would read at another size (a JPEG over ``max_pixels``, which the
+    runtime decodes reduced), is left out and reported: one bad file must not sink a benchmark. A
     folder's files are taken in order until ``count`` are usable; the rest are not opened (the
     timed batches use only the first ``max(batch sizes)`` images, and every image is scored once
     by each pipeline for the sanity check, so a dataset folder would otherwise be scored whole).
@@ -100,11 +103,18 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
             if len(paths) == count:
                 break
             try:
-                height, width = decode_image(path).rgb.shape[:2]
+                decoded = decode_image(path, max_pixels=max_pixels)
             except ImageError as error:
                 skipped.append({"image": str(path), "error": str(error)})
                 continue
+            height, width = decoded.rgb.shape[:2]
             refused = reference_cannot_take(width, height, reference_sizes) if reference_sizes else None
+            if reference_sizes and decoded.reduction > 1:
+                full_height, full_width = decoded.full_size_hw
+                refused = (f"a JPEG of {full_width}x{full_height}, over --max-pixels, is decoded reduced (1/"
+                           f"{decoded.reduction}) by the runtime and at full size by the reference pipeline "
+                           "(--compare torch), which would then not score the same pixels; raise --max-pixels "
+                           "to include it")
             if refused:
                 skipped.append({"image": str(path), "error": refused})
             else:
@@ -163,6 +173,7 @@ class BenchSettings:
     backend: str = "auto"
     label: str | None = None
     weights_dir: Path | None = None  # compare_torch: checkpoints moved since the build (default: the manifest's)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # the decoding limit (decode_image)
 
 
 def _check(settings: BenchSettings) -> None:
@@ -226,7 +237,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp, ExitStack() as opened:
         stream_sizes = {name: entry.input_size for name, entry in manifest.streams.items()}
         images = bench_images(settings.images_dir, Path(tmp), max(DEFAULT_IMAGE_COUNT, *settings.batch_sizes),
-                              stream_sizes if settings.compare_torch else None)
+                              stream_sizes if settings.compare_torch else None, settings.max_pixels)
         paths = images.paths
         if images.skipped:
             names = [f"{Path(item['image']).name} ({item['error']})" for item in images.skipped]
@@ -249,7 +260,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
 
         progress("open engine set")
         with PeakRss() as open_peak:
-            runtime = RuntimePipeline(settings.engine_dir, settings.backend)
+            runtime = RuntimePipeline(settings.engine_dir, settings.backend, settings.max_pixels)
         opened.callback(runtime.close)  # on every way out: on TensorRT it holds GPU buffers and streams
         memory["runtime_rss_after_open_bytes"] = rss_bytes()
         memory["runtime_open_peak_rss_bytes"] = open_peak.peak
@@ -266,7 +277,8 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
             # the reference's offline cropping step: the face input, saved as a JPEG's crop file is
             # (re-encoded) and read back, so both pipelines' face streams see the same pixels
             face_inputs = {p: reencode_like_reference_face_file(
-                runtime.detector.face_stream_image(decode_image(str(p)).rgb), p.suffix)[0] for p in distinct}
+                runtime.detector.face_stream_image(decode_image(str(p), max_pixels=settings.max_pixels).rgb),
+                p.suffix)[0] for p in distinct}
 
         samples: dict[str, dict[int, dict[str, list]]] = {"runtime": {}, "torch": {}}
         torch_pipeline = None

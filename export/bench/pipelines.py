@@ -39,10 +39,10 @@ class RuntimePipeline:
 
     name = "runtime"
 
-    def __init__(self, engine_dir: Path, backend: str) -> None:
+    def __init__(self, engine_dir: Path, backend: str, max_pixels: int) -> None:
         from dfd.runtime.detector import Detector
 
-        self.detector = Detector.open(engine_dir, backend=backend, batch_size=1 << 30)
+        self.detector = Detector.open(engine_dir, backend=backend, batch_size=1 << 30, max_pixels=max_pixels)
         self.label = f"{self.detector.backend.description}; preprocessing: {self.detector.preprocessing}"
 
     def end_to_end(self, paths: Sequence[Path]) -> tuple[float, list]:
@@ -66,7 +66,7 @@ class RuntimePipeline:
         sizes = {s: detector.manifest.streams[s].input_size for s in detector.streams}
         clock = StageClock()
         with clock.stage("decode"):
-            images = [decode_image(str(p)).rgb for p in paths]
+            images = [decode_image(str(p), max_pixels=detector.max_pixels).rgb for p in paths]
         if detector.face_locator is not None:
             with clock.stage("face_localisation"):
                 faces = [detector.face_stream_image(rgb) for rgb in images]

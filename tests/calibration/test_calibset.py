@@ -280,6 +280,29 @@ def test_unreadable_files_are_replaced_reproducibly_and_reported(images, tmp_pat
     assert [entry["image"] for entry in calib.manifest_entry()["unreadable_images"]] == list(calib.unreadable)
 
 
+def test_max_pixels_is_the_decoding_limit_of_the_calibration_images(images, tmp_path):
+    """build --max-pixels: a JPEG over the limit is calibrated from its reduced decode, any other
+    larger image is replaced as an unreadable one is; the limit keys the cache and is recorded."""
+    (_, small), (_, large) = images[0], images[1]  # 280x300 (84,000 pixels) and 401x260 (104,260)
+    inputs = [tmp_path / "small.png", tmp_path / "large.jpg", tmp_path / "large.png"]
+    for path, rgb in zip(inputs, (small, large, large)):
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    arguments = dict(count=3, degrade_share=0.0, seed=0, stream_sizes={"fusion": 16}, cache_dir=tmp_path / "cache")
+    calib = build_calibration_set(inputs, **arguments, max_pixels=90_000)
+    assert list(calib.unreadable) == [str(inputs[2])] and "above the limit" in calib.unreadable[str(inputs[2])]
+    reduced = decode_image(inputs[1], max_pixels=90_000)
+    assert reduced.reduction == 2
+    slots = [slot for slot, item in enumerate(calib.items) if Path(item.name).name == "large.jpg"]
+    for slot in slots:
+        np.testing.assert_array_equal(calib.arrays["fusion"][slot], preprocess_fusion(reduced.rgb, size=16).tensor)
+    assert slots and calib.manifest_entry()["max_pixels"] == 90_000
+    whole = build_calibration_set(inputs, **arguments)  # the default limit reads every image at full size
+    assert whole.cache_key != calib.cache_key and not whole.from_cache and whole.unreadable == {}
+    assert whole.manifest_entry()["max_pixels"] == 64_000_000
+    cached = build_calibration_set(inputs, **arguments, max_pixels=90_000)
+    assert cached.from_cache and cached.manifest_entry() == calib.manifest_entry()
+
+
 def test_unreadable_files_are_named_by_absolute_path(images, tmp_path, monkeypatch):
     """The cache is keyed by absolute paths, but the report named a file as first given: the
     same set used from another directory named 'corrupt.jpg' relative to the first one, and

@@ -718,7 +718,7 @@ def test_degrade_cli_takes_a_decoding_limit_of_its_own(tmp_path, photo):
                                        "--fixed", "blur3", "--max-pixels", str(limit)])
     assert result.exit_code == 2, result.output
     assert f"({height * width} pixels) is above the limit of {limit} pixels" in result.stderr
-    assert "(detect or degrade --max-pixels, max_pixels of Detector.open or dfd_options)" in result.stderr
+    assert "(--max-pixels of the dfd-export command, max_pixels of Detector.open or dfd_options)" in result.stderr
     reduced = cv2.imread(str(tmp_path / "small" / "photo-1.png"))
     assert reduced.shape[:2] == (-(-height // 2), -(-width // 2)) and "downscaled 1/2 at decode" in result.stdout
     result = CliRunner().invoke(main, ["degrade", str(png), "--out", str(tmp_path / "enough"), "--fixed", "blur3",

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dfd.export.bench import BenchError
 from dfd.export.bench import measure as bench_measure
+from dfd.export.bench import cli as bench_cli
 from dfd.export.bench.cli import bench
 from dfd.export.bench.environment import busy_machine_warning, jetson_clocks_locked
 from dfd.export.bench.flops import stream_flops
@@ -278,6 +280,31 @@ def test_a_folder_contributes_only_the_images_the_benchmark_uses(photographs, tm
     assert len(whole.paths) == 5 and whole.source == f"folder {folder}" and len(whole.skipped) == 2
 
 
+def test_max_pixels_leaves_out_what_the_pipelines_would_not_decode_alike(photographs, tmp_path, monkeypatch):
+    """bench --max-pixels: a larger PNG is left out, with the advice the message gives; a larger
+    JPEG is scored on its reduced decode alone, and left out next to the reference pipeline
+    (--compare torch), which would read it at full size and so score other pixels."""
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    coffee = cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR)  # 600x400
+    cv2.imwrite(str(folder / "a.jpg"), coffee)
+    cv2.imwrite(str(folder / "b.png"), coffee)
+    cv2.imwrite(str(folder / "c.png"), coffee[:300, :300])
+    alone = bench_images(folder, tmp_path, count=8, max_pixels=200_000)
+    assert [p.name for p in alone.paths] == ["a.jpg", "c.png"] and alone.sizes == [(300, 200), (300, 300)]
+    [(refused, why)] = [(Path(s["image"]).name, s["error"]) for s in alone.skipped]
+    assert refused == "b.png" and "--max-pixels of the dfd-export command" in why
+    beside_torch = bench_images(folder, tmp_path, count=8, reference_sizes={"global": 252, "fusion": 224},
+                                max_pixels=200_000)
+    assert [p.name for p in beside_torch.paths] == ["c.png"]
+    assert beside_torch.skipped[0]["error"].startswith("a JPEG of 600x400, over --max-pixels, is decoded reduced "
+                                                       "(1/2) by the runtime and at full size by the reference")
+    settings = []
+    monkeypatch.setattr(bench_cli, "run_benchmark", lambda s, **kw: settings.append(s) or sys.exit(0))
+    result = CliRunner().invoke(bench, ["engines", "--max-pixels", "200000"])
+    assert result.exit_code == 0 and settings[0].max_pixels == 200_000
+
+
 def test_every_batch_size_walks_through_the_same_images():
     """The same first b images every iteration: batch 1 timed only the first image, and a
     face-free second image (the slow enhancement cascade) made batch 2 look 3x slower."""
@@ -345,16 +372,15 @@ def test_outputs_are_replaced_whole_or_not_at_all(tiny_engine_set, tmp_path, mon
 def test_a_runtime_benchmark_never_imports_torch_and_releases_its_detector(tiny_engine_set):
     """capture_environment imported torch for every benchmark (the runtime's RSS figures grew by
     ~0.5 GB); RuntimePipeline.close dropped the Detector without closing it (GPU buffers on TensorRT)."""
-    import sys
-
     probe = ("import sys; from dfd.export.bench.environment import capture_environment; "
              "environment = capture_environment([]); print('torch' in sys.modules, environment['versions']['torch'])")
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert run.stdout.split()[0] == "False"
     from dfd.export.bench.pipelines import RuntimePipeline
 
-    pipeline = RuntimePipeline(tiny_engine_set, "onnxruntime")
+    pipeline = RuntimePipeline(tiny_engine_set, "onnxruntime", 5_000_000)
     detector = pipeline.detector
+    assert detector.max_pixels == 5_000_000  # bench --max-pixels: the runtime decodes with it
     pipeline.close()
     pipeline.close()
     assert detector.closed

@@ -550,14 +550,17 @@ def test_flags_the_build_would_not_use_are_named(reference_ensemble, tmp_path):
     result = CliRunner().invoke(main, ["build", "--models-dir", str(reference_ensemble.models_dir), "--out",
                                        str(tmp_path / "random"), "--streams", "global", "--no-face-detector",
                                        "--lora-r", "8", "--precision", "fp16", "--calib-method", "max",
-                                       "--calib-count", "4"])
+                                       "--calib-count", "4", "--max-pixels", "20000000"])
     assert result.exit_code == 0, result.output
     assert "WARNING: --lora-r describe the adapters of the checkpoints in --weights-dir" in result.output
     assert "WARNING: --calib-method only chooses INT8 activation ranges" in result.output
+    assert "--max-pixels" not in result.output  # it decoded the calibration images
+    assert load_manifest(tmp_path / "random").raw["calibration"]["max_pixels"] == 20_000_000
     result = _build(CliRunner(), reference_ensemble, tmp_path / "real", "--streams", "global", "--no-face-detector",
-                    "--seed", "3")
+                    "--seed", "3", "--max-pixels", "1000")
     assert result.exit_code == 0, result.output
     assert "WARNING: --seed only initialises random streams" in result.output
+    assert "WARNING: --max-pixels only shape the calibration of fp16 and int8 graphs" in result.output
     assert "--lora-r describe" not in result.output
 
 

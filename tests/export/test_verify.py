@@ -110,7 +110,8 @@ def test_a_folder_is_decoded_one_image_at_a_time(tiny_engine_set, photographs, t
 
     events = []
     decode, prepare = verify.decode_image, Detector.prepare
-    monkeypatch.setattr(verify, "decode_image", lambda path: events.append(f"decode {Path(path).name}") or decode(path))
+    monkeypatch.setattr(verify, "decode_image",
+                        lambda path, **kw: events.append(f"decode {Path(path).name}") or decode(path, **kw))
     monkeypatch.setattr(Detector, "prepare", lambda self, image, label, **kw: events.append("prepare")
                         or prepare(self, image, label, **kw))
     report = verify.verify_engine_set(tiny_engine_set, _images(tmp_path, photographs), degrade=True)
@@ -121,6 +122,25 @@ def test_a_folder_is_decoded_one_image_at_a_time(tiny_engine_set, photographs, t
     assert blur3["vote_agreement_lower_bound"] == pytest.approx(0.05 ** (1 / 2))
     assert set(blur3["streams"]) == {"global", "face", "fusion"}
     assert all(v["max_abs_dp"] <= 1e-4 for v in blur3["streams"].values())
+
+
+def test_max_pixels_is_the_decoding_limit_of_every_image_verified(tiny_engine_set, photographs, tmp_path,
+                                                                   monkeypatch):
+    """verify's own --max-pixels: a larger PNG was refused with advice to raise a limit verify
+    did not have; a larger JPEG is compared on its reduced decode, the pixels detect scores."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "astronaut.png"), cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR))  # 512x512
+    cv2.imwrite(str(folder / "coffee.jpg"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))  # 600x400
+    decoded, decode = [], verify.decode_image
+    monkeypatch.setattr(verify, "decode_image", lambda path, **kw: decoded.append(decode(path, **kw)) or decoded[-1])
+    result, report = _run_verify(tiny_engine_set, tmp_path, "--images", str(folder), "--max-pixels", "200000")
+    assert report["images"] == 1 and report["vote_agreement"] == 1.0
+    [failed] = report["failed_images"]
+    assert Path(failed["image"]).name == "astronaut.png" and "above the limit of 0.2 MP" in failed["error"]
+    assert "--max-pixels of the dfd-export command" in failed["error"]
+    assert [d.rgb.shape for d in decoded] == [(200, 300, 3)]  # coffee.jpg at 1/2
+    assert decoded[0].reduction == 2
 
 
 def test_weights_dir_for_a_random_weights_set_is_refused(tiny_engine_set, reference_ensemble, tmp_path):

@@ -815,7 +815,7 @@ def test_max_pixels_is_the_callers_to_raise(tiny_engine_set, photographs, tmp_pa
     small = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, max_pixels=200_000)
     [refused] = small.detect([path])
     assert "(240,000 pixels) is above the limit of 200,000 pixels" in refused.error  # both read 0.2 MP
-    assert "(detect or degrade --max-pixels, max_pixels of Detector.open or dfd_options)" in refused.error
+    assert "(--max-pixels of the dfd-export command, max_pixels of Detector.open or dfd_options)" in refused.error
     assert small.detect([photographs["coffee"][:400, :500]])[0].ok
     runner = CliRunner()
     for limit, code in (("200000", 2), ("240000", 0)):

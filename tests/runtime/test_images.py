@@ -322,7 +322,7 @@ def test_huge_png_is_refused_from_its_header_without_allocating(tmp_path):
     path.write_bytes(black_png(20000, 20000))
     result = decode_in_fresh_process(path, DEFAULT_MAX_PIXELS)
     assert "20000x20000 (400.0 MP) is above the limit of 64.0 MP" in result["error"]
-    assert "Convert it to JPEG, or raise the limit (detect or degrade --max-pixels, max_pixels of Detector.open or dfd_options)" in result["error"]
+    assert "Convert it to JPEG, or raise the limit (--max-pixels of the dfd-export command, max_pixels of Detector.open or dfd_options)" in result["error"]
     # the full image is 1144 MiB; refusing it costs only reading the 1 MB file
     assert result["peak_growth_mb"] < 50
 
