@@ -11,22 +11,23 @@ lacks:
 * human-readable notes on the conversions OpenCV's IMREAD_COLOR silently applies (grayscale
   expanded, alpha dropped, 16-bit reduced, CMYK converted, EXIF rotation). The original kind is
   read from the file header (PNG IHDR, JPEG SOF/Adobe/EXIF, BMP info header, WebP VP8/VP8L/VP8X,
-  the GIF blocks before the second frame), with no second decode. Formats whose header this
-  module does not parse (TIFF, PNM, JPEG 2000, ...) are decoded plainly and described by a
-  second IMREAD_UNCHANGED decode only when the image is small (at most
+  the GIF blocks before the second frame), with no second decode. Formats whose colour layout this
+  module does not parse (TIFF, PNM, JPEG 2000, Sun raster, Radiance HDR, ...) are decoded plainly and
+  described by a second IMREAD_UNCHANGED decode only when the image is small (at most
   `UNCHANGED_PROBE_MAX_PIXELS`), so the description never doubles the cost of a large decode;
 * what libjpeg and libpng print about the image, as a note or in the error, where the program
   captures it (`decoder_messages`: the CLI does);
 * memory safety: the header gives the size before anything is allocated (PNG, JPEG, BMP, WebP,
-  TIFF, PNM/PAM/PFM, GIF and JPEG 2000: every format `dfd-export detect` takes from a folder, and
-  GIF and AVIF). An image larger than `max_pixels` (default `DEFAULT_MAX_PIXELS` = 64 MP, i.e. 192 MB of
-  RGB, well above any camera photo the detector is meant for) is never decoded at full size. JPEG
+  TIFF, PNM/PAM/PFM, GIF and JPEG 2000: every format `dfd-export detect` takes from a folder; and
+  AVIF/HEIF, Sun raster and Radiance HDR, the other formats OpenCV decodes by default). An image
+  larger than `max_pixels` (default `DEFAULT_MAX_PIXELS` = 64 MP, i.e. 192 MB of RGB, well above
+  any camera photo the detector is meant for) is never decoded at full size. JPEG
   is decoded reduced by 1/2, 1/4 or 1/8 (`IMREAD_REDUCED_COLOR_*`: libjpeg scales inside its IDCT,
   so the full image never exists in memory) and the note says so. Every other format is refused:
   OpenCV implements IMREAD_REDUCED_* for them by decoding the full image and resizing it afterwards
   (measured: a 20000x20000 PNG read with IMREAD_REDUCED_COLOR_8 peaks at +1.17 GB), which is
-  exactly the allocation the limit exists to prevent. A format this module cannot size beforehand
-  (Sun raster, Radiance HDR, ...) is bounded while decoding only by OpenCV's own limit
+  exactly the allocation the limit exists to prevent. A file whose header cannot be read (an
+  unknown format, a damaged header) is bounded while decoding only by OpenCV's own limit
   (OPENCV_IO_MAX_IMAGE_PIXELS, 2^30 pixels by default) and refused after it when above
   `max_pixels`, so the limit holds for what follows (face localisation, resizing) in every format;
   an image above OpenCV's limit is an `ImageError` like any other undecodable file.
@@ -346,6 +347,11 @@ def _pixel_count(pixels: int, compared_with: int | None = None) -> str:
     return megapixels
 
 
+# What decoding holds a pixel in, where more than the 3 bytes of the result: the float formats
+# decode to 32-bit RGB first (12 bytes) and convert it
+_DECODE_BYTES_PER_PIXEL = {"Radiance HDR": 15, "PFM": 15}
+
+
 def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[int, int, tuple[str, ...]]:
     """IMREAD_COLOR when the image fits, else the smallest JPEG reduction that fits, else refuse;
     with the reduction (1 at full size) and its note."""
@@ -357,7 +363,8 @@ def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[i
         raise ImageError(
             f"{label}: {header.format} image {size} is above the limit of {_pixel_count(max_pixels, pixels)}; "
             f"OpenCV can only decode {header.format} at full size (about "
-            f"{pixels * 3 / 2**30:.1f} GiB), so it is refused. Convert it to JPEG, or {_RAISE_LIMIT}")
+            f"{pixels * _DECODE_BYTES_PER_PIXEL.get(header.format, 3) / 2**30:.1f} GiB), so it is refused. "
+            f"Convert it to JPEG, or {_RAISE_LIMIT}")
     for factor, flag in _REDUCED_JPEG_FLAGS:
         # libjpeg's scaled output is ceil(side / factor)
         if -(-header.width // factor) * -(-header.height // factor) <= max_pixels:
@@ -446,6 +453,10 @@ def _read_header(data: bytes) -> _Header | None:
             return _jpeg2000_header(data)
         if data[4:8] == b"ftyp":
             return _heif_header(data)
+        if data.startswith(_SUN_RASTER_MAGIC):
+            return _sun_raster_header(data)
+        if data.startswith(_RADIANCE_SIGNATURES):
+            return _radiance_header(data)
     except (IndexError, ValueError):
         return None
     return None
@@ -725,6 +736,46 @@ def _pnm_header(data: bytes) -> _Header | None:
         return None
     kind = "PFM" if data[1:2] in b"Ff" else "PNM"
     return _Header(kind, int(first.group(1)), int(second.group(1)), (), None, False)
+
+
+_SUN_RASTER_MAGIC = b"\x59\xa6\x6a\x95"
+_RADIANCE_SIGNATURES = (b"#?RGBE", b"#?RADIANCE")  # what OpenCV's HDR decoder recognises
+_RADIANCE_SIZE = re.compile(rb"-Y\s*([+-]?\d{1,10})\s*\+X\s*([+-]?\d{1,10})")
+
+
+def _sun_raster_header(data: bytes) -> _Header:
+    """Sun raster: width and height are the 32-bit big-endian words after the magic number. Its
+    run-length encoding lets a small file declare a huge image: a 30000x30000 one reached the
+    decoder, which allocated it whole before the limit could refuse it."""
+    return _Header("Sun raster", _uint(data, 4, 4, "big"), _uint(data, 8, 4, "big"), (), None, False)
+
+
+def _header_lines(data: bytes):
+    """The lines C's ``fgets`` with a 128-byte buffer returns, as OpenCV's HDR reader reads its
+    header: a line longer than 127 bytes comes in pieces, so the blank line that ends the header
+    is found where OpenCV finds it."""
+    pos = 0
+    while pos < len(data):
+        newline = data.find(b"\n", pos, pos + 127)
+        end = newline + 1 if newline >= 0 else min(pos + 127, len(data))
+        yield data[pos:end]
+        pos = end
+
+
+def _radiance_header(data: bytes) -> _Header | None:
+    """Radiance HDR (RGBE), read as OpenCV's reader reads it (rgbe.cpp): the lines after the
+    signature up to a blank one, then the resolution line "-Y <height> +X <width>". Its scanlines
+    are run-length encoded and decoded to 32-bit floats, so a 6 MB file of 10000x10000 pixels
+    took 1.5 GB and 3.7 s of decoding before the limit refused it."""
+    lines = _header_lines(data)  # no cap: OpenCV reads a header of any length
+    next(lines)  # the signature
+    for line in lines:
+        if line == b"\n":
+            size = _RADIANCE_SIZE.match(next(lines, b""))
+            if size is None:
+                return None
+            return _Header("Radiance HDR", int(size.group(2)), int(size.group(1)), (), None, False)
+    return None
 
 
 _HEIF_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIF", b"heix": "HEIF", b"mif1": "HEIF",

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import skimage.data
 
+from dfd.runtime import images
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, decode_image, encoded_suffix
 
 
@@ -243,6 +244,13 @@ SIZED_BY_HEADER = {  # formats whose size is parsed here; OpenCV decodes each at
     "GIF": lambda im: _encoded(".gif", im),
     "JP2": lambda im: _pillow_bytes(im, "JPEG2000"),
     "J2K codestream": lambda im: _pillow_bytes(im, "JPEG2000", no_jp2=True),
+    "Sun raster": lambda im: _encoded(".sr", im),
+    "Sun raster, gray": lambda im: _encoded(".sr", im[:, :, 0]),
+    "Radiance HDR": lambda im: _encoded(".hdr", im.astype(np.float32) / 255),
+    # a header line of 127 bytes ends where C's fgets(128) cuts it, and the line break after it
+    # is then the blank line that ends the header, as OpenCV's reader reads it
+    "Radiance HDR, long line": lambda im: _encoded(".hdr", im.astype(np.float32) / 255).replace(
+        b"rgbe\n\n-Y", b"rgbe\n#" + b"x" * 126 + b"\n-Y", 1),
 }
 
 
@@ -287,25 +295,45 @@ def _box(kind: bytes, body: bytes) -> bytes:
     b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 3) + struct.pack("<HHII", 256, 4, 1, 40000)
     + struct.pack("<HHII", 257, 4, 1, 40000) + struct.pack("<HHII", 274, 5, 1, 0) + struct.pack("<I", 0),
     b"\xff\x4f\xff\x51" + struct.pack(">HHIIII", 41, 0, 40000, 40000, 0, 0),
+    # Sun raster, run-length encoded: a small file may hold a huge image
+    struct.pack(">8I", 0x59A66A95, 40000, 40000, 8, 0, 2, 0, 0),
+    # Radiance HDR, its scanlines run-length encoded and decoded to floats (12 bytes a pixel), after
+    # a comment longer than any fixed-size read
+    b"#?RADIANCE\n# " + b"x" * 70000 + b"\nFORMAT=32-bit_rle_rgbe\n\n-Y 40000 +X 40000\n",
     # AVIF: ftyp, then meta (a full box) / iprp / ipco holding a thumbnail's ispe and the image's
     b"\x00\x00\x00\x18ftypavif\x00\x00\x00\x00mif1avif" + _box(b"meta", bytes(4) + _box(b"iprp", _box(
         b"ipco", _box(b"ispe", bytes(4) + struct.pack(">II", 160, 160))
         + _box(b"ispe", bytes(4) + struct.pack(">II", 40000, 40000))))),
-], ids=["PPM", "PAM", "GIF", "TIFF", "TIFF SLONG", "TIFF odd orientation", "J2K", "AVIF"])
-def test_a_huge_header_of_another_format_is_refused_before_decoding(header):
+], ids=["PPM", "PAM", "GIF", "TIFF", "TIFF SLONG", "TIFF odd orientation", "J2K", "Sun raster", "Radiance HDR",
+         "AVIF"])
+def test_a_huge_header_of_another_format_is_refused_before_decoding(header, monkeypatch):
     """A few bytes claiming 1600 MP: refused from the header (before, OpenCV's exception for images
-    above 2^30 pixels escaped decode_image and ended a whole batch)."""
+    above 2^30 pixels escaped decode_image and ended a whole batch; Sun raster and Radiance HDR
+    were decoded first: a 6 MB HDR of 100 MP took 1.5 GB before the limit refused it)."""
+    monkeypatch.setattr(images.cv2, "imdecode", lambda *args: pytest.fail("decoded"))
     with pytest.raises(ImageError, match="40000x40000 \\(1600.0 MP\\) is above the limit of 64.0 MP"):
         decode_image(header + bytes(1000))
 
 
-def test_opencv_exceptions_become_image_errors_and_unsized_formats_keep_the_limit():
-    """Sun raster is sized by no parser here: above OpenCV's own limit its decode raises, which
-    becomes an ImageError; below it, the image is refused after decoding when above max_pixels."""
+def test_the_refusal_counts_the_memory_a_float_format_decodes_into():
+    """Radiance HDR and PFM decode to 32-bit floats before the 8-bit result (measured: 1.5 GB for
+    100 MP of HDR), which the message put at the 3 bytes a pixel of the result."""
+    hdr = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 10000 +X 10000\n"
+    with pytest.raises(ImageError, match="at full size \\(about 1.4 GiB\\)"):
+        decode_image(hdr + bytes(100))
+    with pytest.raises(ImageError, match="at full size \\(about 0.3 GiB\\)"):
+        decode_image(b"P6\n10000 10000\n255\n" + bytes(100))
+
+
+def test_opencv_exceptions_become_image_errors_and_unsized_formats_keep_the_limit(monkeypatch):
+    """Above OpenCV's own limit (2^30 pixels) its decode raises, which becomes an ImageError. A
+    format no parser here sizes (OpenEXR where OPENCV_IO_ENABLE_OPENEXR switches it on; stood for
+    by a Sun raster whose header goes unread) is refused after decoding when above max_pixels."""
     huge = struct.pack(">8I", 0x59A66A95, 40000, 40000, 24, 0, 1, 0, 0) + bytes(1000)
     with pytest.raises(ImageError, match="OpenCV could not decode it: the image is larger than OpenCV decodes"):
-        decode_image(huge)
+        decode_image(huge, max_pixels=2**31)
     small = _encoded(".sr", np.zeros((37, 53, 3), np.uint8))
+    monkeypatch.setattr(images, "_read_header", lambda data: None)
     assert decode_image(small).rgb.shape == (37, 53, 3)
     with pytest.raises(ImageError, match="image 53x37 \\(1961 pixels\\) is above the limit of 1 pixel"):
         decode_image(small, max_pixels=1)
