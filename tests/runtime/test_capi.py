@@ -767,8 +767,8 @@ def test_open_with_options_and_describe(tiny_engine_set, pictures, harness):
     assert "no face" in cases["no_face_detect_message"][1]  # the notes say which face input was used
     # the limit applies to each image, not to opening
     assert cases["max_pixels_small"][0] == cases["max_pixels_small_message"][0] == STATUS["image"]
-    assert cases["max_pixels_small_message"][1].endswith("is above the limit of 1000 pixels; raise the limit (detect or "
-                                                         "degrade --max-pixels, max_pixels of Detector.open or "
+    assert cases["max_pixels_small_message"][1].endswith("is above the limit of 1000 pixels; raise the limit (--max-pixels of "
+                                                         "the dfd-export command, max_pixels of Detector.open or "
                                                          "dfd_options) if this machine can afford it")
     assert "onnxruntime" in cases["no_face_detect_describe"][1]
     describe = {name: cases[f"{name}_describe"][1] for name in ("initialised", "no_face_detect", "one_pass", "no_cascade")}
