@@ -474,10 +474,10 @@ def _write_bad_inputs(folder: Path, good: np.ndarray) -> dict[str, tuple[Path, s
     write("huge.png", cv2.imencode(".png", np.zeros((20000, 20000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes(),
           "pixels")
     write("huge.pgm", b"P5\n40000 40000\n255\n" + bytes(1000), "above the limit")  # 19 bytes of header
-    # a Sun raster header (a format sized by no parser here) beyond OpenCV's own 2^30-pixel limit,
-    # which OpenCV raises as an exception rather than returning None
+    # a Sun raster header beyond OpenCV's own 2^30-pixel limit: refused from the header (decoded,
+    # OpenCV raised an exception rather than returning None; test_images checks that path)
     write("huge.ras", struct.pack(">8I", 0x59A66A95, 40000, 40000, 24, 0, 1, 0, 0) + bytes(1000),
-          "larger than opencv decodes")
+          "sun raster image 40000x40000 (1600.0 mp) is above the limit")
     return cases
 
 
