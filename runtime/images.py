@@ -49,6 +49,7 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -745,12 +746,12 @@ _RADIANCE_SIZE = re.compile(rb"-Y\s*([+-]?\d{1,10})\s*\+X\s*([+-]?\d{1,10})")
 
 def _sun_raster_header(data: bytes) -> _Header:
     """Sun raster: width and height are the 32-bit big-endian words after the magic number. Its
-    run-length encoding lets a small file declare a huge image: a 30000x30000 one reached the
-    decoder, which allocated it whole before the limit could refuse it."""
+    run-length encoding lets a small file declare a huge image, and OpenCV allocates the whole
+    image before it reads the data, so the size must be known before decoding."""
     return _Header("Sun raster", _uint(data, 4, 4, "big"), _uint(data, 8, 4, "big"), (), None, False)
 
 
-def _header_lines(data: bytes):
+def _header_lines(data: bytes) -> Iterator[bytes]:
     """The lines C's ``fgets`` with a 128-byte buffer returns, as OpenCV's HDR reader reads its
     header: a line longer than 127 bytes comes in pieces, so the blank line that ends the header
     is found where OpenCV finds it."""
