@@ -17,7 +17,7 @@ import numpy as np
 
 from dfd.calibration.degrade import write_png
 from dfd.runtime.errors import first_few, os_error_text
-from dfd.runtime.images import DEFAULT_MAX_PIXELS
+from dfd.runtime.images import DEFAULT_MAX_PIXELS, DecodedImage
 
 from . import BenchError
 from .environment import PeakRss, available_memory_bytes, capture_environment, gpu_memory_used_mib, \
@@ -108,13 +108,10 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
                 skipped.append({"image": str(path), "error": str(error)})
                 continue
             height, width = decoded.rgb.shape[:2]
-            refused = reference_cannot_take(width, height, reference_sizes) if reference_sizes else None
-            if reference_sizes and decoded.reduction > 1:
-                full_height, full_width = decoded.full_size_hw
-                refused = (f"a JPEG of {full_width}x{full_height}, over --max-pixels, is decoded reduced (1/"
-                           f"{decoded.reduction}) by the runtime and at full size by the reference pipeline "
-                           "(--compare torch), which would then not score the same pixels; raise --max-pixels "
-                           "to include it")
+            refused = None
+            if reference_sizes:
+                refused = (_read_whole_by_the_reference(decoded) if decoded.reduction > 1
+                           else reference_cannot_take(width, height, reference_sizes))
             if refused:
                 skipped.append({"image": str(path), "error": refused})
             else:
@@ -143,6 +140,14 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
         raise BenchError("no built-in photographs of at least 252x252; pass --images DIR")
     source = "photographs shipped in installed packages (scikit-image, matplotlib), as PNG"
     return BenchImages(paths, source, sizes, skipped=[])
+
+
+def _read_whole_by_the_reference(decoded: DecodedImage) -> str:
+    """Why a JPEG the runtime decoded reduced (over --max-pixels) is left out of --compare torch."""
+    full_height, full_width = decoded.full_size_hw
+    return (f"a JPEG of {full_width}x{full_height}, over --max-pixels, is decoded reduced (1/{decoded.reduction}) "
+            "by the runtime and at full size by the reference pipeline (--compare torch), which would then not "
+            "score the same pixels; raise --max-pixels to include it")
 
 
 def batch_memory_floor(images: BenchImages, batch: int, stream_sizes: Sequence[int]) -> int:
