@@ -267,6 +267,7 @@ extern "Python" dfd_status dfd_py_describe(dfd_detector *, char *, size_t, char 
 void dfd_startup_succeeded(void);
 void dfd_startup_failed(const char *message);
 """
+PYTHON_FUNCTION_NAMES = tuple(re.findall(r'extern "Python" \w+ (\w+)\(', PYTHON_FUNCTIONS))
 
 C_SHIMS = r"""
 #include <math.h>
@@ -572,6 +573,10 @@ except Exception as exc:
     lib.dfd_startup_failed(
         f"the embedded Python runtime cannot load dfd.runtime ({{type(exc).__name__}}: {{exc}}); "
         f"interpreter {{sys.executable}}, sys.path {{sys.path}}".encode("utf-8", "replace"))
+    # The C shims answer every call with that message. Without an implementation attached, cffi
+    # would also write a line of its own to the service's stderr on every call.
+    for name in {python_functions!r}:
+        ffi.def_extern(name=name)(lambda *args: lib.DFD_E_INTERNAL)
 else:
     lib.dfd_startup_succeeded()
 """
@@ -719,7 +724,8 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
             library_dirs=[str(python_lib_dir)],
             extra_link_args=[f"-Wl,-rpath,{python_lib_dir}", f"-Wl,-soname,{LIBRARY_NAME}"],
         )
-        ffibuilder.embedding_init_code(INIT_CODE.format(site_dirs=site_dirs, module=MODULE_NAME))
+        ffibuilder.embedding_init_code(INIT_CODE.format(site_dirs=site_dirs, module=MODULE_NAME,
+                                                     python_functions=PYTHON_FUNCTION_NAMES))
         try:
             built = ffibuilder.compile(tmpdir=work, target=LIBRARY_NAME, verbose=False)
         except Exception as exc:  # distutils/setuptools raise their own compile/link errors

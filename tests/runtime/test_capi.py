@@ -933,6 +933,57 @@ def test_capi_failed_build_keeps_the_earlier_files(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dfd_runtime.h", "libdfd_runtime.so"]
 
 
+STARTUP_PROBE = r"""
+#include <stdio.h>
+#include "dfd_runtime.h"
+
+/* Every entry point that reaches the embedded runtime, with its status and the thread's error. */
+int main(int argc, char **argv)
+{
+    dfd_detector *d = NULL;
+    dfd_options options;
+    dfd_result r;
+    char text[256];
+    dfd_status st;
+    (void)argc;
+    st = dfd_open(argv[1], NULL, &d);
+    printf("open %d|%s\n", st, dfd_last_error());
+    dfd_options_init(&options);
+    st = dfd_open_with(argv[1], &options, &d);
+    printf("open_with %d|%s\n", st, dfd_last_error());
+    d = (dfd_detector *)&options;         /* never opened: the runtime must not get as far as using it */
+    st = dfd_detect_file(d, argv[1], &r);
+    printf("file %d|%s\n", st, r.message);
+    st = dfd_describe(d, text, sizeof text);
+    printf("describe %d|%s\n", st, dfd_last_error());
+    return 0;
+}
+"""
+
+
+def test_a_runtime_that_cannot_start_answers_every_call_and_writes_nothing_to_stderr(tmp_path, monkeypatch):
+    """When the embedded interpreter cannot import dfd.runtime (here: the environment changed
+    after the build), every call fails with the reason; cffi also wrote a line of its own to the
+    service's stderr on every call, because no implementation was attached to its entry points."""
+    from dfd.export import capi_build
+
+    later = tmp_path / "site"                        # a site folder the library reads, empty when built
+    later.mkdir()
+    installed = capi_build.embedded_site_dirs()
+    monkeypatch.setattr(capi_build, "embedded_site_dirs", lambda: [*installed, str(later)])
+    header, library = capi_build.build_capi(tmp_path / "lib")
+    (later / "broken.pth").write_text("import sys; sys.modules['dfd.runtime.capi'] = None\n")
+    (tmp_path / "probe.c").write_text(STARTUP_PROBE)
+    probe = _compile(tmp_path / "probe.c", tmp_path / "probe", library.parent)
+    run = _run([probe, tmp_path])
+    assert run.returncode == 0 and run.stderr == ""
+    lines = _probe_lines(run)
+    assert sorted(lines) == ["describe", "file", "open", "open_with"]
+    for name, line in lines.items():
+        assert line.startswith(f"{STATUS['internal']}|the embedded Python runtime cannot load dfd.runtime "
+                               "(ModuleNotFoundError: import of dfd.runtime.capi halted"), (name, line)
+
+
 BOUNDARY_PROBE = r"""
 #include <stdint.h>
 #include <stdio.h>
