@@ -18,7 +18,7 @@ boxes by hand.
 
 ``image`` is the image's path as ``detect`` lists it, or its bare file name when that name is
 unique among the images. Boxes are in pixels of the image as decoded (EXIF orientation applied).
-The file is read whole before anything is scored, so a malformed line stops the run at once
+All of the file is read before anything is scored, so a malformed line stops the run at once
 with its line number instead of after hours of scoring; a box that parses but is unusable for
 its image (not finite, x2 < x1, outside the image) fails only that image, as in the Python API.
 """
@@ -26,12 +26,14 @@ its image (not finite, x2 < x1, outside the image) fails only that image, as in 
 from __future__ import annotations
 
 import csv
-import io
+import itertools
 import json
 import os
-from collections.abc import Sequence
+import stat
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from .errors import DfdError
 
@@ -39,6 +41,9 @@ Box = tuple[float, float, float, float]
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")  # also the box columns of detect's csv output, which this reads back
 CSV_COLUMNS = ("image", *BOX_COLUMNS)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+# Longer than any line detect writes (a path is at most 4096 bytes), short enough that a file
+# without line breaks is refused before it fills the memory
+MAX_LINE_CHARS = 1 << 20
 
 
 class FaceBoxFileError(DfdError):
@@ -109,7 +114,10 @@ class FaceBoxFile:
 
 
 def load_face_boxes(path: Path) -> FaceBoxFile:
-    """Read a ``.csv`` or ``.jsonl`` face-box file; FaceBoxFileError naming the line of any problem."""
+    """Read a ``.csv`` or ``.jsonl`` face-box file; FaceBoxFileError naming the line of any problem.
+
+    The file is read a line at a time, so memory grows with the boxes it holds, not with its text
+    (detect's jsonl output of a million images is about 230 MB)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix != ".csv" and suffix not in JSONL_SUFFIXES:
@@ -117,17 +125,31 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
                                f".jsonl file (lines like {{\"image\": \"a.jpg\", \"box\": [x1, y1, x2, y2]}}), "
                                f"not {suffix or 'a file without suffix'}")
     try:
+        mode = path.stat().st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            # /dev/zero behind a link named boxes.jsonl never ends a line: reading it fills the memory
+            raise FaceBoxFileError(f"{path} is a device, not a file of face boxes")
         # surrogateescape: a name that is not UTF-8 (detect writes such file names back as their own
-        # bytes) reads as the same str that listing the folder gives, so it still matches its image;
-        # newline="": line ends are left to the readers, so a \r inside a quoted CSV name stays one
-        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
-            text = handle.read()
+        # bytes) reads as the same str that listing the folder gives, so it still matches its image.
+        # CSV: newline="", line ends are left to the csv module, so a \r inside a quoted name stays
+        # one; JSON lines end at \n only (str.splitlines would also split at U+2028, form feeds and
+        # other characters a file name may hold; json.loads ignores a \r left at the end)
+        with open(path, encoding="utf-8-sig", errors="surrogateescape",
+                  newline="" if suffix == ".csv" else "\n") as handle:
+            lines = _bounded_lines(path, handle)
+            leading = _through_first_content(lines)
+            if not leading[-1:] or not leading[-1].strip():
+                # an output redirect that failed, not a file saying "no boxes" (a header, or null boxes)
+                raise FaceBoxFileError(f"{path} is empty: it names no image (a file of images without boxes "
+                                       f"says so per image, e.g. detect's own output)")
+            lines = itertools.chain(leading, lines)
+            return FaceBoxFile(path, _boxes_by_image(path, _read_csv(path, lines) if suffix == ".csv"
+                                                     else _read_jsonl(path, lines)))
     except OSError as exc:
         raise FaceBoxFileError(f"cannot read face boxes from {path}: {exc}") from None
-    if not text.strip():  # an output redirect that failed, not a file saying "no boxes" (a header, or null boxes)
-        raise FaceBoxFileError(f"{path} is empty: it names no image (a file of images without boxes "
-                               f"says so per image, e.g. detect's own output)")
-    entries = _read_csv(path, text) if suffix == ".csv" else _read_jsonl(path, text)
+
+
+def _boxes_by_image(path: Path, entries: Iterable[tuple[int, str, Box]]) -> dict[str, Box]:
     boxes: dict[str, Box] = {}
     for line, key, box in entries:
         if not key.strip():
@@ -135,22 +157,44 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
         if key in boxes and boxes[key] != box:  # the same box again: detect's output for an image given twice
             raise FaceBoxFileError(f"{path}:{line}: a second, different box for {key!r}; give one box per image")
         boxes[key] = box
-    return FaceBoxFile(path, boxes)
+    return boxes
 
 
-def _read_csv(path: Path, text: str) -> list[tuple[int, str, Box]]:
+def _bounded_lines(path: Path, handle: TextIO) -> Iterator[str]:
+    """The file's lines, each at most MAX_LINE_CHARS long: a file without line breaks (a binary
+    named .jsonl, say) is refused at its first long line instead of read whole into memory."""
+    number = 0
+    while line := handle.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise FaceBoxFileError(f"{path}:{number}: a line of over {MAX_LINE_CHARS:,} characters; a face-box "
+                                   f"file has one short line per image")
+        yield line
+
+
+def _through_first_content(lines: Iterator[str]) -> list[str]:
+    """The lines up to and including the first that is not blank (all of them when none is)."""
+    leading = []
+    for line in lines:
+        leading.append(line)
+        if line.strip():
+            break
+    return leading
+
+
+def _read_csv(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, str, Box]]:
     # rows are split by the csv module itself, on \r and \n outside quotes only, so a quoted name
     # holding a line break (which detect's csv writes so) reads back whole; strict, so a stray quote
     # that would swallow every following row into one cell is an error instead
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.DictReader(lines, strict=True)
     try:
-        return _csv_entries(path, reader)
+        yield from _csv_entries(path, reader)
     except csv.Error as exc:  # line_num counts the lines of complete rows: the bad one starts after them
         raise FaceBoxFileError(f"{path}:{reader.line_num + 1}: malformed CSV row ({exc}); a quote that opens "
                                f"a cell must close it, and a quote inside a quoted cell is written twice") from None
 
 
-def _csv_entries(path: Path, reader: csv.DictReader) -> list[tuple[int, str, Box]]:
+def _csv_entries(path: Path, reader: csv.DictReader) -> Iterator[tuple[int, str, Box]]:
     header = reader.fieldnames or ()
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
@@ -159,7 +203,6 @@ def _csv_entries(path: Path, reader: csv.DictReader) -> list[tuple[int, str, Box
     twice = [c for c in CSV_COLUMNS if header.count(c) > 1]
     if twice:  # DictReader would silently take the last of them
         raise FaceBoxFileError(f"{path}: the CSV header names {', '.join(twice)} more than once")
-    entries = []
     for row in reader:
         line = reader.line_num
         if None in row:  # more cells than the header has columns: the box columns cannot be trusted
@@ -169,8 +212,7 @@ def _csv_entries(path: Path, reader: csv.DictReader) -> list[tuple[int, str, Box
         if all(not (v or "").strip() for v in values):
             continue  # no box for this image (detect's csv writes its rows without a face so)
         # the name exactly as written: detect writes names with leading or trailing spaces unquoted
-        entries.append((line, row["image"] or "", _box(path, line, values)))
-    return entries
+        yield line, row["image"] or "", _box(path, line, values)
 
 
 def _shown(text: str, limit: int = 80) -> str:
@@ -180,11 +222,8 @@ def _shown(text: str, limit: int = 80) -> str:
     return cut if cut.isprintable() else ascii(cut)
 
 
-def _read_jsonl(path: Path, text: str) -> list[tuple[int, str, Box]]:
-    entries = []
-    # JSON lines end at \n only: str.splitlines would also split at U+2028, form feeds and other
-    # characters a file name may hold (json.loads ignores a \r left at the end)
-    for line, content in enumerate(text.split("\n"), start=1):
+def _read_jsonl(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, str, Box]]:
+    for line, content in enumerate(lines, start=1):
         if not content.strip():
             continue
         try:
@@ -202,8 +241,7 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, str, Box]]:
             continue
         if not isinstance(box, list):
             raise FaceBoxFileError(f"{path}:{line}: \"box\" must be a list [x1, y1, x2, y2], not {box!r}")
-        entries.append((line, record["image"], _box(path, line, box)))
-    return entries
+        yield line, record["image"], _box(path, line, box)
 
 
 def _detect_output_box(path: Path, line: int, face: object) -> object:

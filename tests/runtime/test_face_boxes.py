@@ -6,10 +6,11 @@ import csv
 import io
 import json
 import os
+import threading
 
 import pytest
 
-from dfd.runtime.face_boxes import FaceBoxFileError, load_face_boxes
+from dfd.runtime.face_boxes import MAX_LINE_CHARS, FaceBoxFileError, load_face_boxes
 
 
 def _write(tmp_path, name: str, text: str):
@@ -96,6 +97,35 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
     binary.write_bytes(b"image,x1\n\xff\xfe\x00")
     with pytest.raises(FaceBoxFileError, match="the CSV header lacks y1, x2, y2"):
         load_face_boxes(binary)
+
+
+def test_a_device_or_a_file_without_line_breaks_is_refused_before_it_fills_the_memory(tmp_path):
+    """The file was read whole: /dev/zero behind a link named boxes.jsonl took all the memory."""
+    device = tmp_path / "zero.jsonl"
+    device.symlink_to("/dev/zero")
+    with pytest.raises(FaceBoxFileError, match="zero.jsonl is a device, not a file of face boxes"):
+        load_face_boxes(device)
+    header = "image,x1,y1,x2,y2\n"
+    for name, tail in (("boxes.csv", header), ("boxes.jsonl", '{"image": "a.jpg", "box": [1, 2, 3, 4]}\n')):
+        endless = tmp_path / name
+        endless.write_bytes((tail + "a" * MAX_LINE_CHARS + "\n").encode())
+        with pytest.raises(FaceBoxFileError, match=f"{name}:2: a line of over 1,048,576 characters"):
+            load_face_boxes(endless)
+        endless.write_bytes((tail + "\n" + "a" * (MAX_LINE_CHARS - 1) + "\n").encode())  # the longest line read
+        with pytest.raises(FaceBoxFileError, match=f"{name}:3: (malformed CSV row|not JSON)"):
+            load_face_boxes(endless)
+
+
+def test_a_named_pipe_is_read_as_it_is_written(tmp_path):
+    """Read a line at a time, a pipe named boxes.csv works as a file does."""
+    pipe = tmp_path / "boxes.csv"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_text, args=("image,x1,y1,x2,y2\na.jpg,1,2,3,4\n",))
+    writer.start()
+    try:
+        assert load_face_boxes(pipe).boxes == {"a.jpg": (1.0, 2.0, 3.0, 4.0)}
+    finally:
+        writer.join(timeout=10)
 
 
 NAMES = ["new\nline.jpg", "carriage\rreturn.jpg", "sep\u2028arator.jpg", "form\x0cfeed.jpg",
