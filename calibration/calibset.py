@@ -39,7 +39,7 @@ from dfd.runtime.errors import DfdError
 from dfd.runtime import preprocess as preprocess_module
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image, read_image_file
 from dfd.runtime.preprocess import (preprocess_face, preprocess_fusion, preprocess_global,
-                                    reencode_like_reference_face_file)
+                                    reencode_like_reference_face_file, unscorable_reason)
 
 log = logging.getLogger(__name__)
 
@@ -263,9 +263,11 @@ class _ReadableImages:
     the seed and the inputs. The inputs the replacement walk looks at are part of what determines
     the set, so their hashes are kept (``reserve_hashes``, position -> sha256) for the cache."""
 
-    def __init__(self, images: Sequence[ImageInput], seed: int, max_pixels: int) -> None:
+    def __init__(self, images: Sequence[ImageInput], seed: int, max_pixels: int,
+                 stream_sizes: Mapping[str, int]) -> None:
         self._images = images
         self._max_pixels = max_pixels
+        self._stream_sizes = stream_sizes
         self._reserve = itertools.cycle(np.random.default_rng([seed, _RESERVE_STREAM]).permutation(len(images)))
         self._inputs = len({_input_location(image) for image in images})
         self.unreadable: dict[str, str] = {}
@@ -273,16 +275,21 @@ class _ReadableImages:
 
     def load(self, position: int) -> tuple[int, ImageInput, np.ndarray]:
         """The position of the input at ``position`` or of its replacement, that input, and its
-        RGB pixels."""
+        RGB pixels. An image the runtime refuses to score (too elongated for the crop streams) is
+        replaced as an unreadable one is: it stopped the build, without naming the file."""
         image = self._images[position]
         while True:
-            if _input_location(image) not in self.unreadable:
-                if not isinstance(image, Path):
-                    return position, image, image[1]
+            location = _input_location(image)
+            if location not in self.unreadable:
                 try:
-                    return position, image, decode_image(image, max_pixels=self._max_pixels).rgb
+                    rgb = decode_image(image, max_pixels=self._max_pixels).rgb if isinstance(image, Path) else image[1]
                 except ImageError as error:
-                    self.unreadable[_input_location(image)] = str(error)
+                    self.unreadable[location] = str(error)
+                else:
+                    problem = unscorable_reason(*rgb.shape[:2], self._stream_sizes)
+                    if problem is None:
+                        return position, image, rgb
+                    self.unreadable[location] = f"{location}: {problem}"
             if len(self.unreadable) == self._inputs:
                 first = next(iter(self.unreadable.values()))
                 raise CalibrationError(
@@ -476,7 +483,7 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
                                   reserve_hashes={int(k): v for k, v in meta["reserve_hashes"].items()},
                                   source_pixels=meta[SOURCE_PIXELS_KEY], **common)
 
-    readable = _ReadableImages(checked, seed, max_pixels)
+    readable = _ReadableImages(checked, seed, max_pixels, stream_sizes)
     arrays, items, source_pixels = _compute(sampled, readable, _degraded_slots(count, degrade_share, seed), seed,
                                             stream_sizes, spec, progress)
     calib = CalibrationSet(arrays=arrays, sha256=arrays_sha256(arrays), items=items,

@@ -248,17 +248,26 @@ def _calibration_set(request: BuildRequest, warn: Callable[[str], None]):
         images, source = list_images(Path(request.calib_dir)), str(request.calib_dir)
     else:
         images, source = builtin_photographs(), "photographs shipped in installed packages"
-    if len(images) < min(FEW_CALIBRATION_IMAGES, request.calib_count):
-        warn(f"the calibration set draws its {request.calib_count} slots from only {len(images)} photograph(s) "
-             f"in {source}; a {request.precision} graph calibrated on so few may not cover the images it will "
-             f"score. Give --calib-dir a folder of at least {FEW_CALIBRATION_IMAGES} (a few hundred is better)")
     user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     cache = request.calib_cache or user_cache / "dfd-export" / "calibration"
-    return build_calibration_set(
+    calibration = build_calibration_set(
         images, count=request.calib_count, degrade_share=request.calib_degrade, seed=request.calib_seed,
         stream_sizes={s: STREAM_SPECS[s].input_size for s in request.streams}, cache_dir=cache, source=source,
         max_pixels=request.calib_max_pixels,
     )
+    if calibration.unreadable:
+        errors = list(calibration.unreadable.values())
+        warn(f"{len(errors)} calibration image(s) could not be read; their slots hold other images of the "
+             f"set (listed in the manifest): {first_few(errors, 3, separator='; ')}")
+    # distinct photographs read, not files found: a folder of one good file and seven corrupt ones
+    # filled every slot from that one file without this warning
+    photographs = len(calibration.source_pixels)
+    if photographs < min(FEW_CALIBRATION_IMAGES, request.calib_count):
+        warn(f"the calibration set draws its {request.calib_count} slots from only {photographs} distinct "
+             f"photograph(s) of the {len(images)} image(s) in {source}; a {request.precision} graph calibrated on "
+             f"so few may not cover the images it will score. Give --calib-dir a folder of at least "
+             f"{FEW_CALIBRATION_IMAGES} (a few hundred is better)")
+    return calibration
 
 
 def _precision_graph(fp32_graph: Path, graph: Path, precision: str, calibration, name: str, method: str) -> tuple[list[Path], dict]:
@@ -446,10 +455,6 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
     started = time.perf_counter()
     try:
         calibration = _calibration_set(request, warn) if request.precision != "fp32" else None
-        if calibration is not None and calibration.unreadable:
-            errors = list(calibration.unreadable.values())
-            warn(f"{len(errors)} calibration image(s) could not be read; their slots hold other images of the "
-                 f"set (listed in the manifest): {first_few(errors, 3, separator='; ')}")
         progress = tqdm(request.streams, desc="build", unit="stream", file=sys.stderr, leave=True)
         for name in progress:
             progress.set_description(f"build {name}: load")

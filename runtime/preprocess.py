@@ -13,7 +13,7 @@ from __future__ import annotations
 import numbers
 import reprlib
 from dataclasses import dataclass
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -81,6 +81,21 @@ def _upscaled_for_crop(height: int, width: int, size: int) -> tuple[int, int] | 
             f"({pixels / 1e6:.0f} MP, over the {MAX_UPSCALED_PIXELS / 1e6:.0f} MP limit on any image the "
             f"runtime holds); the reference cannot score it either")
     return upscaled
+
+
+def unscorable_reason(height: int, width: int, stream_sizes: Mapping[str, int]) -> str | None:
+    """Why the preprocessing of these streams (name -> input size) refuses an image of this size,
+    or None. The crop streams (all but fusion, which resizes any shape) refuse one too elongated
+    to upscale (``_upscaled_for_crop``). For tools that choose images before scoring them
+    (calibration sets, ``bench``): they leave such an image out with this reason, as ``detect``
+    fails it alone, instead of stopping when they reach it."""
+    try:
+        for stream, size in stream_sizes.items():
+            if stream != "fusion":
+                _upscaled_for_crop(height, width, size)
+    except PreprocessError as error:
+        return str(error)
+    return None
 
 
 def center_crop_notes(height: int, width: int, size: int = 252) -> tuple[str, ...]:

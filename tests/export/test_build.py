@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -269,7 +270,8 @@ def test_a_calibration_that_fails_leaves_nothing_and_few_images_are_warned_about
                     str(one), "--calib-count", "4", "--calib-cache", str(tmp_path / "cache"), "--streams", "global",
                     "--no-face-detector")
     assert result.exit_code == 0, result.output
-    assert "WARNING: the calibration set draws its 4 slots from only 1 photograph(s)" in result.output
+    assert ("WARNING: the calibration set draws its 4 slots from only 1 distinct photograph(s) of the 1 image(s) in "
+            f"{one}") in result.output
 
 
 def test_a_full_disk_names_where_the_build_was_writing(reference_ensemble, tmp_path, monkeypatch):
@@ -426,9 +428,35 @@ def test_unreadable_calibration_images_are_replaced_and_reported(reference_ensem
                     "--no-face-detector")
     assert result.exit_code == 0, result.output
     assert "WARNING: 1 calibration image(s) could not be read; their slots hold other images of the set" in result.output
-    assert "draws its" not in result.output  # three images for three slots: no photograph repeated
+    # three files for three slots, but the corrupt one's slot repeats a photograph
+    assert "draws its 3 slots from only 2 distinct photograph(s) of the 3 image(s)" in result.output
     [entry] = load_manifest(out).raw["calibration"]["unreadable_images"]
     assert entry["image"] == str(folder / "corrupt.jpg") and "is not an image OpenCV can decode" in entry["error"]
+
+
+def test_an_image_the_runtime_cannot_score_is_replaced_and_few_photographs_are_counted_as_read(
+        reference_ensemble, photographs, tmp_path):
+    """A readable 1x3000 strip (too elongated for the crop) stopped the build with an error that
+    named no file; and a folder of one good image and seven corrupt ones calibrated every slot on
+    the one photograph without the few-photographs warning, which counted the files found."""
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "coffee.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "strip.png"), np.zeros((1, 3000, 3), np.uint8))
+    for index in range(7):
+        (folder / f"corrupt{index}.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    out = tmp_path / "fp16"
+    result = _build(CliRunner(), reference_ensemble, out, "--precision", "fp16", "--calib-dir", str(folder),
+                    "--calib-count", "8", "--calib-cache", str(tmp_path / "cache"), "--streams", "global",
+                    "--no-face-detector")
+    assert result.exit_code == 0, result.output
+    assert "WARNING: 8 calibration image(s) could not be read" in result.output
+    assert ("WARNING: the calibration set draws its 8 slots from only 1 distinct photograph(s) of the 9 image(s) "
+            f"in {folder}") in result.output
+    calibration = load_manifest(out).raw["calibration"]
+    [strip] = [entry for entry in calibration["unreadable_images"] if entry["image"].endswith("strip.png")]
+    assert strip["error"].startswith(f"{folder / 'strip.png'}: image 1x3000 (HxW) is too elongated to score")
+    assert len(calibration["source_pixels_sha256"]) == 1
 
 
 def test_inspect_wrong_folder(tmp_path):
