@@ -78,12 +78,13 @@ class BenchImages:
 
 
 def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_IMAGE_COUNT,
-                 reference_sizes: Mapping[str, int] | None = None,
+                 stream_sizes: Mapping[str, int] | None = None, compare_torch: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> BenchImages:
     """The image files to score: ``count`` of them at most. A folder's file that cannot be read,
-    or (given the streams' ``reference_sizes``, for ``--compare torch``) that the reference-style
-    pipeline cannot take or would read at another size (a JPEG over ``max_pixels``, which the
-    runtime decodes reduced), is left out and reported: one bad file must not sink a benchmark. A
+    that the runtime refuses for the streams' ``stream_sizes`` (too elongated to crop), or (with
+    ``compare_torch``) that the reference-style pipeline cannot take or would read at another size
+    (a JPEG over ``max_pixels``, which the runtime decodes reduced), is left out and reported: one
+    bad file must not sink a benchmark. A
     folder's files are taken in order until ``count`` are usable; the rest are not opened (the
     timed batches use only the first ``max(batch sizes)`` images, and every image is scored once
     by each pipeline for the sanity check, so a dataset folder would otherwise be scored whole).
@@ -93,6 +94,7 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
     """
     from dfd.calibration.sources import builtin_photographs, list_images
     from dfd.runtime.images import ImageError, decode_image
+    from dfd.runtime.preprocess import unscorable_reason
 
     paths: list[Path] = []
     sizes: list[tuple[int, int]] = []
@@ -108,10 +110,10 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
                 skipped.append({"image": str(path), "error": str(error)})
                 continue
             height, width = decoded.rgb.shape[:2]
-            refused = None
-            if reference_sizes:
+            refused = unscorable_reason(height, width, stream_sizes or {})
+            if not refused and compare_torch:
                 refused = (_read_whole_by_the_reference(decoded) if decoded.reduction > 1
-                           else reference_cannot_take(width, height, reference_sizes))
+                           else reference_cannot_take(width, height, stream_sizes or {}))
             if refused:
                 skipped.append({"image": str(path), "error": refused})
             else:
@@ -242,7 +244,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp, ExitStack() as opened:
         stream_sizes = {name: entry.input_size for name, entry in manifest.streams.items()}
         images = bench_images(settings.images_dir, Path(tmp), max(DEFAULT_IMAGE_COUNT, *settings.batch_sizes),
-                              stream_sizes if settings.compare_torch else None, settings.max_pixels)
+                              stream_sizes, settings.compare_torch, settings.max_pixels)
         paths = images.paths
         if images.skipped:
             names = [f"{Path(item['image']).name} ({item['error']})" for item in images.skipped]

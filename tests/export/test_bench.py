@@ -280,6 +280,23 @@ def test_a_folder_contributes_only_the_images_the_benchmark_uses(photographs, tm
     assert len(whole.paths) == 5 and whole.source == f"folder {folder}" and len(whole.skipped) == 2
 
 
+def test_an_image_the_runtime_cannot_score_is_left_out_with_its_reason(photographs, tiny_engine_set, tmp_path):
+    """A readable 1x3000 strip, too elongated for the crop streams, stopped the whole benchmark
+    when the runtime reached it ("the runtime could not score ...")."""
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "b.png"), np.zeros((1, 3000, 3), np.uint8))
+    images = bench_images(folder, tmp_path, count=8, stream_sizes={"global": 252, "fusion": 224})
+    assert [p.name for p in images.paths] == ["a.png"]
+    [skipped] = images.skipped
+    assert skipped["image"] == str(folder / "b.png") and "is too elongated to score" in skipped["error"]
+    result = CliRunner().invoke(bench, [str(tiny_engine_set), "--images", str(folder), "--batch-sizes", "1",
+                                        "--iterations", "1", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    assert "b.png" in result.output and "too elongated" in result.output
+
+
 def test_max_pixels_leaves_out_what_the_pipelines_would_not_decode_alike(photographs, tmp_path, monkeypatch):
     """bench --max-pixels: a larger PNG is left out, with the advice the message gives; a larger
     JPEG is scored on its reduced decode alone, and left out next to the reference pipeline
@@ -294,8 +311,8 @@ def test_max_pixels_leaves_out_what_the_pipelines_would_not_decode_alike(photogr
     assert [p.name for p in alone.paths] == ["a.jpg", "c.png"] and alone.sizes == [(300, 200), (300, 300)]
     [(refused, why)] = [(Path(s["image"]).name, s["error"]) for s in alone.skipped]
     assert refused == "b.png" and "--max-pixels of the dfd-export command" in why
-    beside_torch = bench_images(folder, tmp_path, count=8, reference_sizes={"global": 252, "fusion": 224},
-                                max_pixels=200_000)
+    beside_torch = bench_images(folder, tmp_path, count=8, stream_sizes={"global": 252, "fusion": 224},
+                                compare_torch=True, max_pixels=200_000)
     assert [p.name for p in beside_torch.paths] == ["c.png"]
     assert beside_torch.skipped[0]["error"].startswith("a JPEG of 600x400, over --max-pixels, is decoded reduced "
                                                        "(1/2) by the runtime and at full size by the reference")
