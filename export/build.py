@@ -455,40 +455,40 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
     started = time.perf_counter()
     try:
         calibration = _calibration_set(request, warn) if request.precision != "fp32" else None
-        progress = tqdm(request.streams, desc="build", unit="stream", file=sys.stderr, leave=True)
-        for name in progress:
-            progress.set_description(f"build {name}: load")
-            module, source = load_stream_module(name, request, dino, clip)
-            progress.set_description(f"build {name}: export ONNX ({parameter_bytes(module) / 1e9:.2f} GB)")
-            graph = staging / f"{name}.{request.precision}.onnx"
-            fp32_graph = graph if request.precision == "fp32" else staging / ".fp32" / f"{name}.fp32.onnx"
-            written = export_stream_onnx(module, fp32_graph, STREAM_SPECS[name].input_size, request.opset)
-            del module
-            gc.collect()
-            precision_details: dict[str, Any] = {}
-            if request.precision != "fp32":
-                progress.set_description(f"build {name}: {request.precision} graph")
-                written, precision_details = _precision_graph(fp32_graph, graph, request.precision, calibration,
-                                                              name, request.calib_method)
-                shutil.rmtree(fp32_graph.parent)
-            progress.set_description(f"build {name}: hash")
-            files = [FileEntry.of(staging, p, "onnx" if p == graph else "onnx-data") for p in written]
-            if request.backend == "tensorrt":
-                progress.set_description(f"build {name}: TensorRT engine")
-                files += _compile_tensorrt(staging, graph, STREAM_SPECS[name].input_size, request)
-            streams[name] = {
-                "input_size": STREAM_SPECS[name].input_size,
-                "precision": request.precision,
-                "backend": request.backend,
-                "files": [f.__dict__ for f in files],
-                "source": source,
-                **({"precision_details": precision_details} if precision_details else {}),
-                "architecture": {
-                    "dinov2": dino.to_dict(),
-                    **({"clip": clip.to_dict()} if STREAM_SPECS[name].uses_clip else {}),
-                },
-            }
-        progress.close()
+        # closed however the build ends, so that its error starts a line of its own
+        with tqdm(request.streams, desc="build", unit="stream", file=sys.stderr, leave=True) as progress:
+            for name in progress:
+                progress.set_description(f"build {name}: load")
+                module, source = load_stream_module(name, request, dino, clip)
+                progress.set_description(f"build {name}: export ONNX ({parameter_bytes(module) / 1e9:.2f} GB)")
+                graph = staging / f"{name}.{request.precision}.onnx"
+                fp32_graph = graph if request.precision == "fp32" else staging / ".fp32" / f"{name}.fp32.onnx"
+                written = export_stream_onnx(module, fp32_graph, STREAM_SPECS[name].input_size, request.opset)
+                del module
+                gc.collect()
+                precision_details: dict[str, Any] = {}
+                if request.precision != "fp32":
+                    progress.set_description(f"build {name}: {request.precision} graph")
+                    written, precision_details = _precision_graph(fp32_graph, graph, request.precision, calibration,
+                                                                  name, request.calib_method)
+                    shutil.rmtree(fp32_graph.parent)
+                progress.set_description(f"build {name}: hash")
+                files = [FileEntry.of(staging, p, "onnx" if p == graph else "onnx-data") for p in written]
+                if request.backend == "tensorrt":
+                    progress.set_description(f"build {name}: TensorRT engine")
+                    files += _compile_tensorrt(staging, graph, STREAM_SPECS[name].input_size, request)
+                streams[name] = {
+                    "input_size": STREAM_SPECS[name].input_size,
+                    "precision": request.precision,
+                    "backend": request.backend,
+                    "files": [f.__dict__ for f in files],
+                    "source": source,
+                    **({"precision_details": precision_details} if precision_details else {}),
+                    "architecture": {
+                        "dinov2": dino.to_dict(),
+                        **({"clip": clip.to_dict()} if STREAM_SPECS[name].uses_clip else {}),
+                    },
+                }
         _warn_about_shared_checkpoints(streams, warn)
         face_detector = _face_detector_entry(staging, request) if request.face_detector else None
         manifest = {

@@ -715,24 +715,24 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         return len(problems)
 
     failed = 0
-    progress = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) < 16)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        crops = [crop_files.get(path) for path in chunk] if crop_files is not None else None
-        chunk_boxes = [boxes.get(path) for path in chunk] if boxes is not None else None
-        for offset, detection in enumerate(detector.detect(chunk, face_crops=crops, face_boxes=chunk_boxes,
-                                                           labels=chunk)):
-            failed += emit_problems_before(start + offset)
-            if crop_files is not None and crop_files.get(detection.image) is None and detection.ok:
-                looked_for = " and ".join(key.as_posix() for key in _crop_keys(detection.image, folders))
-                detection.notes.append(f"no face crop for this image in {face_crops} (looked for {looked_for})")
-            if boxes is not None and detection.image not in boxes and detection.ok:
-                detection.notes.append(f"no face box for this image in {face_boxes}")
-            failed += not detection.ok
-            emit(detection.to_dict())
-        progress.update(len(chunk))
-    failed += emit_problems_before(len(paths))
-    progress.close()
+    # closed however the run ends, so that an error or an interruption starts a line of its own
+    with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) < 16) as progress:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            crops = [crop_files.get(path) for path in chunk] if crop_files is not None else None
+            chunk_boxes = [boxes.get(path) for path in chunk] if boxes is not None else None
+            for offset, detection in enumerate(detector.detect(chunk, face_crops=crops, face_boxes=chunk_boxes,
+                                                               labels=chunk)):
+                failed += emit_problems_before(start + offset)
+                if crop_files is not None and crop_files.get(detection.image) is None and detection.ok:
+                    looked_for = " and ".join(key.as_posix() for key in _crop_keys(detection.image, folders))
+                    detection.notes.append(f"no face crop for this image in {face_crops} (looked for {looked_for})")
+                if boxes is not None and detection.image not in boxes and detection.ok:
+                    detection.notes.append(f"no face box for this image in {face_boxes}")
+                failed += not detection.ok
+                emit(detection.to_dict())
+            progress.update(len(chunk))
+        failed += emit_problems_before(len(paths))
     detector.close()
     if failed:
         click.echo(f"{failed} of {inputs} input(s) failed", err=True)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import cv2
+import numpy as np
 import pytest
 
 from dfd.export.cli_errors import termination_interrupts
@@ -42,3 +45,47 @@ def test_termination_signals_interrupt_as_ctrl_c_unless_ignored(name):
         assert signal.getsignal(number) == signal.SIG_IGN
     finally:
         signal.signal(number, before)
+
+
+def test_an_interrupted_detect_ends_its_progress_bar_before_the_error(tiny_engine_set, tmp_path, monkeypatch):
+    """The bar was left open when a run stopped, so "error: interrupted" was glued to its last
+    line in a log file (stderr not a terminal), where `grep '^error:'` missed it."""
+    from click.testing import CliRunner
+
+    from dfd.export.cli import main
+    from dfd.runtime.detector import Detector
+
+    for index in range(16):  # the bar is drawn from 16 images
+        cv2.imwrite(str(tmp_path / f"{index:02d}.png"), np.full((256, 256, 3), index * 8, np.uint8))
+    scored = Detector.detect
+
+    def interrupted_on_the_second_batch(self, images, **kwargs):
+        if images[0].endswith("08.png"):
+            raise KeyboardInterrupt
+        return scored(self, images, **kwargs)
+
+    monkeypatch.setattr(Detector, "detect", interrupted_on_the_second_batch)
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--batch-size", "8",
+                                       "--format", "jsonl"])
+    assert result.exit_code == 130, result.output
+    assert re.search(r"8/16 \[.*\]\nerror: interrupted", result.output), result.output
+
+
+def test_a_failed_build_ends_its_progress_bar_before_the_error(reference_ensemble, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from conftest import LORA_ALPHA, LORA_R
+    from dfd.export import build as build_module
+    from dfd.export.build import BuildError
+    from dfd.export.cli import main
+
+    def fails(*args, **kwargs):
+        raise BuildError("the disk is on fire")
+
+    monkeypatch.setattr(build_module, "export_stream_onnx", fails)
+    result = CliRunner().invoke(main, ["build", "--weights-dir", str(reference_ensemble.weights_dir), "--models-dir",
+                                       str(reference_ensemble.models_dir), "--out", str(tmp_path / "set"),
+                                       "--lora-r", str(LORA_R), "--lora-alpha", str(LORA_ALPHA),
+                                       "--streams", "global"])
+    assert result.exit_code == 1, result.output
+    assert re.search(r"\]\nerror: the disk is on fire", result.output), result.output
