@@ -118,6 +118,19 @@ def test_detect_cli_face_boxes_file_reproduces_the_reference_crops(tiny_engine_s
             assert line["face"] is None and any("no face box for this image" in n for n in line["notes"])
 
 
+def test_detect_cli_says_host_preprocessing_has_no_effect_on_onnxruntime(tiny_engine_set, tmp_path):
+    """--cuda-graph-batch is refused on onnxruntime; --host-preprocessing was accepted without a word."""
+    image = tmp_path / "grey.png"
+    cv2.imwrite(str(image), np.full((300, 300, 3), 128, np.uint8))
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(image), "--host-preprocessing",
+                                       "--no-face-detect", "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert ("WARNING: --host-preprocessing has no effect: the onnxruntime backend always preprocesses on the host"
+            in result.output)
+    plain = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(image), "--no-face-detect"])
+    assert plain.exit_code == 0 and "--host-preprocessing" not in plain.output, plain.output
+
+
 def test_detect_cli_reports_an_undecodable_file_once(tiny_engine_set, tmp_path):
     """In its own process (OpenCV logs to fd 2, which CliRunner does not capture): the error line
     names the file, and OpenCV's own log line for it is not printed beside it."""
