@@ -558,11 +558,24 @@ def _printable(name: str) -> str:
                    for c in name)
 
 
-def _format_table_row(d: dict) -> str:
+def _format_table_row(d: dict, omitted_notes: frozenset[str] = frozenset()) -> str:
+    """One image's row, then its notes indented below it, but ``omitted_notes``: what the decoder
+    said of a damaged file, a conversion, an upscale are as much the result as the score."""
     if d["error"]:  # the message names the file too
         return f"{_printable(d['image'])}  ERROR: {_printable(d['error'])}"
     streams = "  ".join(f"{s} {p:.4f}" for s, p in d["streams"].items())
-    return f"{_printable(d['image'])}  score {d['score']:.1f}  (raw {d['raw_score']:.4f})  {streams}  face: {_face_input(d)}"
+    row = f"{_printable(d['image'])}  score {d['score']:.1f}  (raw {d['raw_score']:.4f})  {streams}  face: {_face_input(d)}"
+    return row + "".join(f"\n    note: {_printable(note)}" for note in d["notes"] if note not in omitted_notes)
+
+
+def _notes_the_table_omits() -> frozenset[str]:
+    """Notes the table's row already states (where the face stream's image came from), or that
+    every JPEG gets (its face image re-encoded as the reference's crop files are): one under
+    each row would bury the rest. jsonl and csv carry every note."""
+    from dfd.runtime.detector import FACE_INPUT_NOTES
+    from dfd.runtime.preprocess import FACE_REENCODE_NOTE, FACE_REENCODE_SUFFIXES
+
+    return FACE_INPUT_NOTES | {FACE_REENCODE_NOTE.format(suffix=suffix) for suffix in FACE_REENCODE_SUFFIXES}
 
 
 def _face_input(d: dict) -> str:
@@ -603,7 +616,8 @@ def _csv_row(d: dict) -> dict:
                    "--no-face-detect, use the original image). detect's own jsonl/csv output is such a file: "
                    "rerun with it to hold the located faces fixed (e.g. to compare two engine sets).")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True,
-              help="Output format on stdout. jsonl/csv carry the raw (unrounded) stream probabilities.")
+              help="Output format on stdout: table (a row per image, its notes indented below it) or jsonl/csv, "
+                   "which carry the raw (unrounded) stream probabilities.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per inference batch. Output rows appear a batch at a time; 1 writes each "
                    "row as soon as its image is scored.")
@@ -701,6 +715,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         output.write(csv_text(writer.writeheader), counts=False)
     elif fmt == "table":
         output.write("image  score  (raw weighted mean)  stream P(fake)  face input\n", counts=False)
+    omitted_notes = _notes_the_table_omits()
 
     def emit(record: dict) -> None:
         if fmt == "jsonl":
@@ -708,7 +723,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         elif writer:
             output.write(csv_text(lambda: writer.writerow(_csv_row(record))))
         else:
-            output.write(_format_table_row(record) + "\n")
+            output.write(_format_table_row(record, omitted_notes) + "\n")
 
     def emit_problems_before(position: int) -> int:
         """Emit the failed inputs that came just before image ``position`` (in their place); how many."""

@@ -58,6 +58,10 @@ ImageInput = Union[str, os.PathLike, bytes, np.ndarray]
 Box = Sequence[float]
 DEFAULT_BATCH_SIZE = 8
 NO_FACE_NOTE = "face stream: no face input, the original image is used (the reference's no-face rule)"
+NO_FACE_FOUND_NOTE = "face stream: no face found, the original image is used (reference rule)"
+SMALL_FACE_NOTE = "face stream: the face covers under 1/9 of the image, the original image is used (reference rule)"
+# the notes that say where the face stream's image came from, which Detection.face records too
+FACE_INPUT_NOTES = frozenset({NO_FACE_NOTE, NO_FACE_FOUND_NOTE, SMALL_FACE_NOTE})
 
 
 @dataclass
@@ -142,8 +146,7 @@ def _usable_box(decoded: DecodedImage, box: Box, detection: Detection) -> Box | 
     when it covers under 1/9 of the image; records which in ``detection``."""
     if face_is_too_small(box, decoded.full_size_hw):
         detection.face["used"] = "original image"
-        detection.notes.append("face stream: the face covers under 1/9 of the image, "
-                               "the original image is used (reference rule)")
+        detection.notes.append(SMALL_FACE_NOTE)
         return None
     if decoded.reduction > 1:
         box = [float(v) / decoded.reduction for v in box]
@@ -553,7 +556,7 @@ class Detector:
             return None, None
         found = self.face_locator.locate(decoded.rgb)
         if found is None:
-            detection.notes.append("face stream: no face found, the original image is used (reference rule)")
+            detection.notes.append(NO_FACE_FOUND_NOTE)
             return None, None
         # the box unrounded, in pixels of the full-size image (a power-of-two scale is exact): the crop
         # truncates its corners, so a rounded box can move it by a pixel, and detect's output must work

@@ -283,6 +283,8 @@ def preprocess_face(face_rgb: np.ndarray, size: int = 252, mean: Sequence[float]
 # The suffixes the reference's face-cropping step accepts (preprocess.py: .jpg, .jpeg, .png) whose
 # cv2.imwrite is lossy: JPEG at OpenCV's default quality 95.
 FACE_REENCODE_SUFFIXES = frozenset({".jpg", ".jpeg"})
+FACE_REENCODE_NOTE = ("face stream: face image re-encoded as {suffix} at OpenCV's default quality, as the "
+                      "reference's crop files are")
 
 
 def reencode_like_reference_face_file(face_rgb: np.ndarray, suffix: str) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -304,5 +306,4 @@ def reencode_like_reference_face_file(face_rgb: np.ndarray, suffix: str) -> tupl
     if not ok:
         raise PreprocessError(f"OpenCV cannot encode the face image as {suffix}")
     decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
-    note = f"face stream: face image re-encoded as {suffix} at OpenCV's default quality, as the reference's crop files are"
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), (note,)
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), (FACE_REENCODE_NOTE.format(suffix=suffix),)

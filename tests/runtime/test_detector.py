@@ -131,6 +131,25 @@ def test_detect_cli_says_host_preprocessing_has_no_effect_on_onnxruntime(tiny_en
     assert plain.exit_code == 0 and "--host-preprocessing" not in plain.output, plain.output
 
 
+def test_detect_cli_table_shows_each_images_notes_below_its_row(tiny_engine_set, tmp_path):
+    """The table dropped every note: a 16-bit image's conversion, an upscale, a damaged file's
+    decoder message were in jsonl and csv only. The notes its row states already (no face input)
+    and the one every JPEG gets (its face image re-encoded) stay out of it."""
+    cv2.imwrite(str(tmp_path / "a16.png"), np.full((300, 300, 3), 30000, np.uint16))
+    cv2.imwrite(str(tmp_path / "b.jpg"), np.full((300, 300, 3), 128, np.uint8))
+    cv2.imwrite(str(tmp_path / "c.png"), np.full((100, 300, 3), 128, np.uint8))
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--no-face-detect"])
+    assert result.exit_code == 0, result.output
+    header, a16, a16_note, jpeg, small, *small_notes = result.stdout.splitlines()
+    assert a16.startswith(str(tmp_path / "a16.png")) and jpeg.startswith(str(tmp_path / "b.jpg"))
+    assert a16_note.startswith("    note: ") and "16-bit" in a16_note
+    assert small.startswith(str(tmp_path / "c.png"))
+    assert small_notes and all(note.startswith("    note: ") and "upscaled" in note for note in small_notes)
+    lines = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--no-face-detect", "--format",
+                                      "jsonl"]).stdout.splitlines()
+    assert any("re-encoded" in note for note in json.loads(lines[1])["notes"])  # jsonl keeps every note
+
+
 def test_detect_cli_reports_an_undecodable_file_once(tiny_engine_set, tmp_path):
     """In its own process (OpenCV logs to fd 2, which CliRunner does not capture): the error line
     names the file, and OpenCV's own log line for it is not printed beside it."""
@@ -550,7 +569,7 @@ def test_face_cascade_can_be_skipped(tiny_engine_set, degraded_cameraman, tmp_pa
                                        "--face-min-px", "0"])
     assert result.exit_code == 0, result.output
     assert "face localisation: BlazeFace on a 192-pixel letterbox; no enhancement cascade" in result.stderr
-    assert result.stdout.rstrip().endswith("face: none -> original image")
+    assert result.stdout.rstrip().endswith("face: none -> original image")  # no note repeats it
 
 
 def test_an_image_too_elongated_to_upscale_fails_alone(tiny_engine_set, photographs):
