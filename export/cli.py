@@ -275,7 +275,8 @@ def doctor(engine_dir, as_json):
     Exit status 0; with ENGINE_DIR, 3 when it is not a readable engine set or a stream cannot run
     on the backend it was built for (e.g. TensorRT engines on a machine without TensorRT, even
     where --backend auto would fall back to the stream's ONNX graph), so a deployment script can
-    gate on it."""
+    gate on it. ENGINE_DIR's files are checked for presence and size, not hashed (15 GB to read
+    at the paper's sizes): `dfd-export inspect ENGINE_DIR` hashes them, as opening the set does."""
     import json
 
     from dfd.runtime.doctor import collect_doctor_report
