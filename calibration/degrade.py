@@ -797,6 +797,7 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     if existing and not replace:
         raise DegradationError(f"{len(existing)} output file(s) already exist in {out_dir}: {first_few(existing)}; "
                                f"pass --force to replace them, or choose another --out")
+    created = [folder for folder in (out_dir, *out_dir.parents) if not os.path.lexists(folder)]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -807,11 +808,29 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
         os.unlink(probe)
     except OSError as error:
         raise DegradationError(f"cannot write into output folder {out_dir}: {error.strerror or error}") from error
-    return _degrade_each(inputs, outputs, seed, transform, spec, share, max_pixels)
+    return _degrade_each(inputs, outputs, seed, transform, spec, share, max_pixels, created)
 
 
 def _degrade_each(inputs: Sequence[Path], outputs: Sequence[Path], seed: int, transform: Callable | None,
-                  spec: DegradationSpec, share: float, max_pixels: int) -> Iterator[DegradedFile]:
+                  spec: DegradationSpec, share: float, max_pixels: int,
+                  created: Sequence[Path]) -> Iterator[DegradedFile]:
+    """Each image in turn; the folders ``created`` for the outputs are removed again when no image
+    was written into them (every input missing or unreadable, or an interrupt before the first)."""
+    written = False
+    try:
+        for result in _degrade_one_by_one(inputs, outputs, seed, transform, spec, share, max_pixels):
+            written = written or result.output is not None
+            yield result
+    finally:
+        for folder in created if not written else ():
+            try:
+                folder.rmdir()  # only while empty
+            except OSError:
+                break
+
+
+def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], seed: int, transform: Callable | None,
+                        spec: DegradationSpec, share: float, max_pixels: int) -> Iterator[DegradedFile]:
     for path, out_path in zip(inputs, outputs):
         notes: tuple[str, ...] = ()
         try:

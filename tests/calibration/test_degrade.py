@@ -651,6 +651,24 @@ def test_degraded_files_are_written_whole_or_not_at_all(tmp_path, photo):
     assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["a.png"]
 
 
+def test_degrade_files_leaves_no_folder_behind_when_it_wrote_nothing(tmp_path, photo):
+    """Every input missing or unreadable: the --out folder (and the folders made for it) stayed
+    behind, empty. An existing folder is kept, and so is one that received an image."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    results = list(degrade_files([broken, tmp_path / "missing.png"], tmp_path / "new" / "out", seed=5, fixed=None,
+                                 spec=PAPER_SPEC))
+    assert [result.output for result in results] == [None, None]
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    list(degrade_files([broken], tmp_path / "kept", seed=5, fixed=None, spec=PAPER_SPEC))
+    assert (tmp_path / "kept").is_dir()
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    list(degrade_files([broken, good], tmp_path / "made", seed=5, fixed=None, spec=PAPER_SPEC))
+    assert [path.name for path in (tmp_path / "made").iterdir()] == ["good.png"]
+
+
 def test_degrade_files_fixed_matches_the_function(tmp_path, photo):
     source = tmp_path / "a.png"
     cv2.imwrite(str(source), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
@@ -1029,7 +1047,7 @@ def test_a_termination_signal_cleans_up_as_ctrl_c_does(tmp_path, photo):
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
         assert done.returncode == 130, (name, done.returncode, done.stderr)
         assert "error: interrupted" in done.stderr
-        assert list(out.iterdir()) == []
+        assert not out.exists()  # neither the partial file nor the folder made for it
 
 
 def test_a_missing_folder_is_called_a_folder(tmp_path, photo):
