@@ -698,6 +698,10 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     if len(detector.streams) < len(STREAM_CHOICES):
         click.secho(f"WARNING: this engine set has only the {', '.join(detector.streams)} stream(s); scores are their "
                     "vote, not the paper's three-stream ensemble.", fg="yellow", err=True)
+    if "face" not in detector.streams and (face_crops is not None or face_boxes is not None):
+        option = "--face-crops" if face_crops is not None else "--face-boxes"
+        click.secho(f"WARNING: {option} has no effect: this engine set has no face stream", fg="yellow", err=True)
+        crop_files = boxes = None  # nor a note per image on a crop or box it lacks
     if hasattr(sys.stdout, "reconfigure"):
         # a file name that is not valid in the file system's encoding is held with surrogate escapes
         # (PEP 383); csv writes it back as its original bytes, where a strict stdout would raise

@@ -206,7 +206,9 @@ class Detector:
         prep = manifest.preprocessing
         self._mean, self._std = tuple(prep["mean"]), tuple(prep["std"])
         self._sizes = {s: manifest.streams[s].input_size for s in self.streams}
-        self.face_locator = self._open_face_locator(face_min_px, face_cascade) if face_detection else None
+        # a set without the face stream locates no face: BlazeFace and its cascade would run for nothing
+        self.face_locator = (self._open_face_locator(face_min_px, face_cascade)
+                             if face_detection and "face" in self.streams else None)
         self.face_localisation = self._describe_face_localisation(face_detection)
         self.fused: GpuPipeline | None = None
         self._preprocessing = "host (NumPy/OpenCV)"
@@ -267,6 +269,8 @@ class Detector:
     def _describe_face_localisation(self, face_detection: bool) -> str:
         """One line on how faces are found for images that come with neither face crop nor box."""
         locator = self.face_locator
+        if "face" not in self.streams:
+            return "not needed: the engine set has no face stream"
         if locator is None:
             why = "" if not face_detection else " (the engine set packages no face detector)"
             return f"off{why}: images without a face crop or box use the original image"
@@ -413,7 +417,8 @@ class Detector:
         (unless opened with ``face_detection=False``); where none is found, or the face covers under
         1/9 of the image, the face stream sees the original image. For a JPEG file the face image
         is re-encoded as JPEG first, because the reference's cropping step saves a JPEG's face
-        input as JPEG and its face stream reads that file back.
+        input as JPEG and its face stream reads that file back. A set without the face stream
+        ignores face crops and boxes (``detection.face`` stays None).
 
         Any iterable works (a generator too); a call that cannot be understood as a whole (one
         image instead of a list, lengths that differ, labels that are not strings) raises
@@ -469,13 +474,15 @@ class Detector:
         try:
             decoded = decode_image(source, max_pixels=self.max_pixels)
             detection.notes.extend(decoded.notes)
-            face_rgb, box = self._face_input(decoded, face_crop, face_box, detection)
-            suffix = _lossy_suffix(source)
-            if face_crop is None and suffix.lower() in FACE_REENCODE_SUFFIXES:
-                face_rgb, notes = reencode_like_reference_face_file(
-                    self._face_image(decoded.rgb, face_rgb, box), suffix)
-                detection.notes.extend(notes)
-                box = None
+            face_rgb, box = None, None  # a set without the face stream: nothing to crop or re-encode
+            if "face" in self.streams:
+                face_rgb, box = self._face_input(decoded, face_crop, face_box, detection)
+                suffix = _lossy_suffix(source)
+                if face_crop is None and suffix.lower() in FACE_REENCODE_SUFFIXES:
+                    face_rgb, notes = reencode_like_reference_face_file(
+                        self._face_image(decoded.rgb, face_rgb, box), suffix)
+                    detection.notes.extend(notes)
+                    box = None
             if self.fused is not None:
                 prepared = self._fused_input(decoded.rgb, face_rgb, box, detection)
             else:

@@ -150,6 +150,37 @@ def test_detect_cli_table_shows_each_images_notes_below_its_row(tiny_engine_set,
     assert any("re-encoded" in note for note in json.loads(lines[1])["notes"])  # jsonl keeps every note
 
 
+def test_a_set_without_the_face_stream_locates_crops_and_re_encodes_no_face(tiny_engine_set, tmp_path):
+    """Such a set (build --streams global,fusion) still ran the packaged face locator, with its
+    enhancement cascade, on every image, cropped given boxes, re-encoded JPEG faces, and reported
+    a face input no stream used."""
+    root = tmp_path / "set"
+    root.mkdir()
+    manifest = json.loads((tiny_engine_set / "manifest.json").read_text())
+    del manifest["streams"]["face"]
+    assert manifest["face_detector"] is not None  # packaged, as a build without --no-face-detector does
+    for entry in [*manifest["face_detector"]["files"],
+                  *(f for stream in manifest["streams"].values() for f in stream["files"])]:
+        shutil.copyfile(tiny_engine_set / entry["path"], root / entry["path"])
+    write_rebuilt_manifest(root, manifest)
+    image = tmp_path / "a.jpg"
+    cv2.imwrite(str(image), np.full((300, 300, 3), 128, np.uint8))
+    with Detector.open(root) as detector:
+        assert detector.face_locator is None
+        assert detector.face_localisation == "not needed: the engine set has no face stream"
+        [scored] = detector.detect([str(image)], face_boxes=[(10, 10, 290, 290)])
+    partial_vote = "vote over the streams this engine set has (global, fusion), not the reference's three"
+    assert scored.ok and scored.face is None and scored.notes == [partial_vote]
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text(f"image,x1,y1,x2,y2\n{image},10,10,290,290\n")
+    result = CliRunner().invoke(main, ["detect", str(root), str(image), "--face-boxes", str(boxes),
+                                       "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert "WARNING: --face-boxes has no effect: this engine set has no face stream" in result.stderr
+    line = json.loads(result.stdout)
+    assert line["face"] is None and line["notes"] == [partial_vote] and set(line["streams"]) == {"global", "fusion"}
+
+
 def test_detect_cli_reports_an_undecodable_file_once(tiny_engine_set, tmp_path):
     """In its own process (OpenCV logs to fd 2, which CliRunner does not capture): the error line
     names the file, and OpenCV's own log line for it is not printed beside it."""
