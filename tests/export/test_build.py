@@ -416,20 +416,27 @@ def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):
     assert result.exit_code == 1 and "manifest.json was edited after the build" in result.output
 
 
+def _fp16_build_calibrated_on(reference_ensemble, folder, count: int, tmp_path) -> tuple[Path, str]:
+    """A global-stream fp16 build whose calibration set draws ``count`` slots from ``folder``:
+    the set's folder and what the build printed."""
+    out = tmp_path / "fp16"
+    result = _build(CliRunner(), reference_ensemble, out, "--precision", "fp16", "--calib-dir", str(folder),
+                    "--calib-count", str(count), "--calib-cache", str(tmp_path / "cache"), "--streams", "global",
+                    "--no-face-detector")
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
 def test_unreadable_calibration_images_are_replaced_and_reported(reference_ensemble, photographs, tmp_path):
     folder = tmp_path / "calibration"
     folder.mkdir()
     for name in ("astronaut", "coffee"):
         cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(photographs[name], cv2.COLOR_RGB2BGR))
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
-    out = tmp_path / "fp16"
-    result = _build(CliRunner(), reference_ensemble, out, "--precision", "fp16", "--calib-dir", str(folder),
-                    "--calib-count", "3", "--calib-cache", str(tmp_path / "cache"), "--streams", "global",
-                    "--no-face-detector")
-    assert result.exit_code == 0, result.output
-    assert "WARNING: 1 calibration image(s) could not be read; their slots hold other images of the set" in result.output
+    out, output = _fp16_build_calibrated_on(reference_ensemble, folder, 3, tmp_path)
+    assert "WARNING: 1 calibration image(s) could not be read; their slots hold other images of the set" in output
     # three files for three slots, but the corrupt one's slot repeats a photograph
-    assert "draws its 3 slots from only 2 distinct photograph(s) of the 3 image(s)" in result.output
+    assert "draws its 3 slots from only 2 distinct photograph(s) of the 3 image(s)" in output
     [entry] = load_manifest(out).raw["calibration"]["unreadable_images"]
     assert entry["image"] == str(folder / "corrupt.jpg") and "is not an image OpenCV can decode" in entry["error"]
 
@@ -445,14 +452,10 @@ def test_an_image_the_runtime_cannot_score_is_replaced_and_few_photographs_are_c
     cv2.imwrite(str(folder / "strip.png"), np.zeros((1, 3000, 3), np.uint8))
     for index in range(7):
         (folder / f"corrupt{index}.jpg").write_bytes(b"\xff\xd8 not a JPEG")
-    out = tmp_path / "fp16"
-    result = _build(CliRunner(), reference_ensemble, out, "--precision", "fp16", "--calib-dir", str(folder),
-                    "--calib-count", "8", "--calib-cache", str(tmp_path / "cache"), "--streams", "global",
-                    "--no-face-detector")
-    assert result.exit_code == 0, result.output
-    assert "WARNING: 8 calibration image(s) could not be read" in result.output
+    out, output = _fp16_build_calibrated_on(reference_ensemble, folder, 8, tmp_path)
+    assert "WARNING: 8 calibration image(s) could not be read" in output
     assert ("WARNING: the calibration set draws its 8 slots from only 1 distinct photograph(s) of the 9 image(s) "
-            f"in {folder}") in result.output
+            f"in {folder}") in output
     calibration = load_manifest(out).raw["calibration"]
     [strip] = [entry for entry in calibration["unreadable_images"] if entry["image"].endswith("strip.png")]
     assert strip["error"].startswith(f"{folder / 'strip.png'}: image 1x3000 (HxW) is too elongated to score")
