@@ -184,23 +184,41 @@ static int parse_face(char *line, dfd_face *face)
     return *end == '\0';
 }
 
-/* Skip the rest of a line longer than the buffer; 0 at the end of input. */
-static int skip_rest_of_line(void)
+/* Read one line of standard input into line (size bytes, without its '\n'); its length, or -1 at
+   the end of input. A longer line is read to its end (so it stays one line, not two paths) and
+   flagged in *too_long. The length counts a NUL byte inside the line, which fgets could not:
+   its line was taken for a long one, and the next path was skipped with it. */
+static long read_line(char *line, size_t size, int *too_long)
 {
+    size_t length = 0;
     int c;
-    while ((c = getchar()) != EOF)
-        if (c == '\n')
-            return 1;
-    return 0;
+    *too_long = 0;
+    while ((c = getchar()) != EOF && c != '\n') {
+        if (length + 1 < size)
+            line[length++] = (char)c;
+        else
+            *too_long = 1;
+    }
+    line[length] = '\0';
+    return c == EOF && length == 0 && !*too_long ? -1 : (long)length;
+}
+
+static void refuse_line(const char *line, const char *why)
+{
+    dfd_result result;
+    memset(&result, 0, sizeof result);
+    result.status = DFD_E_INVALID_ARGUMENT;
+    print_result(line, &result, why);
 }
 
 int main(int argc, char **argv)
 {
-    char line[8192], description[1024];
+    char line[8191], description[1024];
     dfd_options options;
     dfd_detector *detector = NULL;
     dfd_status status;
-    int failed = 0, write_error;
+    int failed = 0, write_error, too_long;
+    long length;
 
     if (argc < 2 || argc > 3) {
         fprintf(stderr, "usage: %s ENGINE_DIR [auto|onnxruntime|tensorrt] < image-paths\n", argv[0]);
@@ -216,25 +234,26 @@ int main(int argc, char **argv)
     if (dfd_describe(detector, description, sizeof description) != DFD_OK)
         snprintf(description, sizeof description, "(%s)", dfd_last_error());
     fprintf(stderr, "dfd runtime %s: engine set %s open; %s\n", dfd_version(), argv[1], description);
-    while (!ferror(stdout) && fgets(line, sizeof line, stdin) != NULL) {
+    while (!ferror(stdout) && (length = read_line(line, sizeof line, &too_long)) >= 0) {
         dfd_result result;
         dfd_face face;
-        if (strchr(line, '\n') == NULL && !feof(stdin)) {  /* one line, not two paths */
-            memset(&result, 0, sizeof result);
-            result.status = DFD_E_INVALID_ARGUMENT;
+        if (too_long) {
             failed++;
-            skip_rest_of_line();
-            print_result(line, &result, "line longer than 8190 bytes: not read as a path");
+            refuse_line(line, "line longer than 8190 bytes: not read as a path");
             continue;
         }
-        line[strcspn(line, "\r\n")] = '\0';
+        if (memchr(line, '\0', (size_t)length) != NULL) {
+            failed++;
+            refuse_line(line, "the line holds a NUL byte, which no path can: not read as a path");
+            continue;
+        }
+        if (length > 0 && line[length - 1] == '\r')  /* a CRLF line end */
+            line[--length] = '\0';
         if (line[0] == '\0')
             continue;
         if (!parse_face(line, &face)) {
-            memset(&result, 0, sizeof result);
-            result.status = DFD_E_INVALID_ARGUMENT;
             failed++;
-            print_result(line, &result, "after the tab give the face box as four numbers: x1 y1 x2 y2");
+            refuse_line(line, "after the tab give the face box as four numbers: x1 y1 x2 y2");
             continue;
         }
         status = dfd_detect_file_face(detector, line, &face, &result);

@@ -596,19 +596,23 @@ def test_example_service_reports_a_bad_file_and_goes_on(tiny_engine_set, picture
 
 
 def test_example_service_reads_each_line_strictly_and_reports_lost_output(tiny_engine_set, pictures, example_service):
-    """A line over the buffer was read as two paths (two output lines); "0x10" and "1e40" were
-    taken as box coordinates; a trailing tab refused a good box; and with standard output on a
-    full disk the service exited 0, every result lost."""
+    """A line over the buffer was read as two paths (two output lines); a line holding a NUL byte
+    was taken for a long one and the next path skipped with it; "0x10" and "1e40" were taken as
+    box coordinates; a trailing tab refused a good box; and with standard output on a full disk
+    the service exited 0, every result lost."""
     photo = pictures["astronaut"][0]
     lines = [f"{photo}\t120 30 320.5 260\t", f"{photo}\t120\t30\t320.5\t260", f"{photo}\t0x10 30 320 260",
-             f"{photo}\t1e40 30 320 260", f"{photo}\tinf 30 320 260", "x" * 9000, str(photo)]
+             f"{photo}\t1e40 30 320 260", f"{photo}\tinf 30 320 260", "x" * 9000, str(photo), "ab\0cd",
+             f"{photo}\r"]
     served = _run([example_service, tiny_engine_set], stdin="".join(f"{line}\n" for line in lines))
     assert served.returncode == 2, served.stderr
     results = [json.loads(line) for line in served.stdout.splitlines()]
     assert [r["status"] for r in results] == ["ok", "ok", "invalid_argument", "invalid_argument", "invalid_argument",
-                                              "invalid_argument", "ok"]
+                                              "invalid_argument", "ok", "invalid_argument", "ok"]
     assert results[0]["face_box"] == results[1]["face_box"] == [120, 30, 320.5, 260]
     assert "line longer than 8190 bytes" in results[5]["error"]
+    assert results[7]["image"] == "ab" and "holds a NUL byte" in results[7]["error"]
+    assert results[8]["image"] == str(photo)  # a CRLF line end is not part of the path
 
     with open("/dev/full", "wb") as full:
         lost = subprocess.run([str(example_service), str(tiny_engine_set)], input=f"{photo}\n".encode(),
