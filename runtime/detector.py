@@ -328,7 +328,7 @@ class Detector:
         """
         _check_options(batch_size, face_detection, face_min_px, gpu_preprocessing, cuda_graph_batch,
                        face_cascade, max_pixels)
-        manifest = load_manifest(Path(engine_dir))
+        manifest = load_manifest(engine_dir)
         choice = select_backend(backend, manifest)
         try:
             return cls(manifest, choice, batch_size, face_detection, face_min_px, gpu_preprocessing,

@@ -132,7 +132,7 @@ def engine_set_report(engine_dir: Path, gpu: dict[str, Any], tensorrt: dict[str,
     """
     report: dict[str, Any] = {"path": str(engine_dir), "streams": {}, "error": None}
     try:
-        manifest = load_manifest(Path(engine_dir), verify=False)
+        manifest = load_manifest(engine_dir, verify=False)
         verify_files(manifest, hashes=False)
     except EngineSetError as exc:
         report["error"] = str(exc)

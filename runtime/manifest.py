@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -212,12 +213,19 @@ def _file_entry(entry: dict[str, Any], where: str) -> FileEntry:
     return file
 
 
-def load_manifest(engine_dir: Path, *, verify: bool = True) -> Manifest:
+def load_manifest(engine_dir: str | os.PathLike, *, verify: bool = True) -> Manifest:
     """Read and (by default) verify an engine set; ``EngineSetError`` says what is wrong."""
+    if isinstance(engine_dir, (str, bytes)) and not engine_dir:  # Path("") would be the current folder
+        raise EngineSetError("the engine set path is empty")
     root = Path(engine_dir)
-    if not root.exists():
-        raise EngineSetError(f"engine set folder not found: {root}")
-    if not root.is_dir():
+    try:
+        if not root.exists():
+            raise EngineSetError(f"engine set folder not found: {root}")
+        is_folder = root.is_dir()
+    except OSError as exc:  # a name too long, a folder on the way that may not be entered
+        shown = str(root) if len(str(root)) <= 200 else f"{str(root)[:200]}... ({len(str(root))} characters)"
+        raise EngineSetError(f"cannot look at the engine set folder {shown}: {exc.strerror or exc}") from None
+    if not is_folder:
         raise EngineSetError(f"{root} is a file; pass the engine set folder (it holds {MANIFEST_NAME})")
     path = root / MANIFEST_NAME
     if not path.is_file():

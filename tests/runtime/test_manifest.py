@@ -244,3 +244,13 @@ def test_a_manifest_write_that_fails_leaves_the_old_manifest_and_no_partial_file
     assert (folder / MANIFEST_NAME).read_bytes() == old
     write_manifest(folder, data)
     assert json.loads((folder / MANIFEST_NAME).read_text()) == json.loads(old)
+
+
+def test_an_empty_or_unusable_path_is_an_engine_set_error():
+    """A path too long to look at raised a bare OSError from Detector.open (the C ABI's dfd_open
+    said "input/output error"), and "" opened the current folder, which dfd_detect_file refuses."""
+    with pytest.raises(EngineSetError, match="the engine set path is empty"):
+        Detector.open("")
+    with pytest.raises(EngineSetError, match=r"cannot look at the engine set folder /a{199}\.\.\. \(5001 characters\): "
+                                             r"File name too long"):
+        Detector.open("/" + "a" * 5000)
