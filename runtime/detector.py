@@ -9,6 +9,7 @@ one Detector may be used from several threads at once (the backends' ``run`` is 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import threading
 import warnings
@@ -640,16 +641,24 @@ def _listed(name: str, items: object) -> list:
     where a collection belongs is refused, since iterating it would score each character, byte
     or pixel row as an image."""
     if isinstance(items, np.ndarray) and name == "images":
-        advice = "detect(list(batch))" if items.ndim == 4 else "wrap it in a list: detect([image])"
+        if items.ndim == 4 or (items.ndim == 1 and items.dtype.kind in "OSU"):  # a batch, or an array of paths
+            advice = "detect(list(batch))"
+        else:
+            advice = "wrap it in a list: detect([image])"
         raise TypeError(f"images is one {items.shape} array; detect takes a list of images: {advice}")
     if isinstance(items, (str, bytes, bytearray, memoryview, os.PathLike, Mapping)):
         raise TypeError(f"detect's {name} must be a list (one entry per image), got one "
                         f"{type(items).__name__}; wrap it in a list: detect([image])")
     try:
-        return list(items)
+        listed = list(items)
     except TypeError:
         raise TypeError(f"detect's {name} must be a list (one entry per image), got "
                         f"{type(items).__name__}") from None
+    if name == "face_boxes" and listed and all(isinstance(v, numbers.Real) for v in listed):
+        # for four images each number would fail its image as "not a box"; it is one box for all
+        raise TypeError(f"face_boxes is one box ({', '.join(str(v) for v in listed)}); give one entry per image "
+                        f"(a box or None), e.g. face_boxes=[box] for one image")
+    return listed
 
 
 def _refuse_non_finite(detection: Detection, probs: dict[str, float]) -> None:

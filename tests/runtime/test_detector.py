@@ -962,6 +962,14 @@ def test_objects_that_are_not_images_fail_alone(tiny_engine_set, photographs):
     for one_image in (good, "a.jpg", b"\xff\xd8\xff", Path("a.jpg")):
         with pytest.raises(TypeError, match=r"wrap it in a list: detect\(\[image\]\)"):
             detector.detect(one_image)
+    # an array of paths: "wrap it in a list" led to a per-image dtype error
+    with pytest.raises(TypeError, match=r"images is one \(2,\) array; .*detect\(list\(batch\)\)"):
+        detector.detect(np.array(["a.jpg", "b.jpg"]))
+    # one box for four images failed each image as "got 0", "got 40", ...: a caller's mistake
+    for one_box in ((0, 0, 40, 40), np.array([0.0, 0, 40, 40])):
+        with pytest.raises(TypeError, match=r"face_boxes is one box \(0(\.0)?, 0(\.0)?, 40(\.0)?, 40(\.0)?\); give one "
+                                             r"entry per image"):
+            detector.detect([good] * 4, face_boxes=one_box)
 
 
 class _UnconvertibleCoordinate(float):
