@@ -91,7 +91,8 @@ typedef struct {
 typedef struct {
     float score;            /* discretised vote, 0.0 .. 1.0 (one decimal, as the reference) */
     float stream_prob[3];   /* raw P(fake): global, face, fusion (NaN if the set lacks one) */
-    int32_t face_found;     /* 1 when the image has a face box (located, or given), else 0 */
+    int32_t face_found;     /* 1 when the image has a face box (located, or given), else 0; always 0 for an
+                               engine set without the face stream, which locates no face and ignores given ones */
     float face_box[4];      /* x1, y1, x2, y2 in pixels of the image when face_found, else 0 */
     dfd_status status;      /* this image's status */
     char message[DFD_RESULT_MESSAGE_SIZE];
