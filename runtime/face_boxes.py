@@ -138,7 +138,7 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
                   newline="" if suffix == ".csv" else "\n") as handle:
             lines = _bounded_lines(path, handle)
             leading = _through_first_content(lines)
-            if not leading[-1:] or not leading[-1].strip():
+            if not leading or not leading[-1].strip():
                 # an output redirect that failed, not a file saying "no boxes" (a header, or null boxes)
                 raise FaceBoxFileError(f"{path} is empty: it names no image (a file of images without boxes "
                                        f"says so per image, e.g. detect's own output)")
