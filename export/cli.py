@@ -419,6 +419,9 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
 @click.option("--min-agreement", type=FiniteFloatRange(0, 1), default=None,
               help="Fail when the vote agreement of any condition (clean, each degradation) is below this "
                    "[default: 1.0, int8 0.95]. A vote that moves more than one step (0.1) fails whatever the agreement.")
+@click.option("--strict", is_flag=True,
+              help="Also fail (exit 3) when an image of --images cannot be read or prepared; by default it is "
+                   "reported and left out, and the others decide.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
               help="Runtime backend whose results are compared; auto picks TensorRT when the set has engines and it is "
@@ -426,8 +429,8 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
 @max_pixels_option("is compared on its reduced decode (1/2 .. 1/8), as detect scores it",
                    "is reported unreadable and left out", DEGRADING_MEMORY)
 @handles_errors
-def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp, min_agreement, json_out, backend,
-           max_pixels):
+def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp, min_agreement, strict, json_out,
+           backend, max_pixels):
     """Compare an engine set with the fp32 PyTorch streams it was built from: per-stream |ΔP(fake)|,
     vote agreement per condition with a lower confidence bound, the images whose vote changed, how many
     distinct images (and calibration images) it rests on. Exits 3 when a rule fails, naming it."""
@@ -450,7 +453,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     if any(v is not None for v in overrides):
         precision = engine_set_precision(manifest)
         thresholds = tuple(v if v is not None else d for v, d in zip(overrides, DEFAULT_THRESHOLDS[precision]))
-    report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend, max_pixels)
+    report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend, max_pixels, strict)
     level = f"{report.confidence['level']:.0%} lower bound"
     click.echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image x condition pair(s) "
                f"from {report.distinct_images} distinct image(s)")

@@ -419,18 +419,21 @@ def _sample_warnings(report: VerifyReport, bound: Callable[[int, int], float]) -
 
 def verify_engine_set(engine_dir: Path, images_dir: Path | None = None, degrade: bool = False,
                       weights_dir: Path | None = None, thresholds: tuple[float, float, float] | None = None,
-                      backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> VerifyReport:
+                      backend: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
+                      strict: bool = False) -> VerifyReport:
     """Compare the engine set with its fp32 PyTorch streams; ``thresholds`` (max |ΔP|, mean |ΔP|,
     min vote agreement) default by precision (``DEFAULT_THRESHOLDS``). ``max_pixels`` is the
     decoding limit (``decode_image``): a larger JPEG is compared on its reduced decode, as detect
-    scores it, any other larger image is reported unreadable."""
+    scores it, any other larger image is reported unreadable. An input that cannot be read or
+    prepared is left out with a warning, or, with ``strict``, also fails the set: a release gate
+    should not pass on fewer images than it was given."""
     # host preprocessing: each stream graph is compared with torch on the very tensor it ran
     with Detector.open(engine_dir, backend=backend, gpu_preprocessing=False, max_pixels=max_pixels) as detector:
-        return _verify_with(detector, images_dir, degrade, weights_dir, thresholds)
+        return _verify_with(detector, images_dir, degrade, weights_dir, thresholds, strict)
 
 
 def _verify_with(detector: Detector, images_dir: Path | None, degrade: bool, weights_dir: Path | None,
-                 thresholds: tuple[float, float, float] | None) -> VerifyReport:
+                 thresholds: tuple[float, float, float] | None, strict: bool) -> VerifyReport:
     precision = engine_set_precision(detector.manifest)
     limits = thresholds or DEFAULT_THRESHOLDS[precision]
     method, bound = agreement_bound()
@@ -441,7 +444,8 @@ def _verify_with(detector: Detector, images_dir: Path | None, degrade: bool, wei
         confidence={"level": CONFIDENCE, "method": method},
         thresholds={"max_abs_dp": max_abs, "mean_dp": max_mean, "min_vote_agreement": min_agreement,
                     "min_vote_agreement_applies_to": "each condition",
-                    "max_vote_change": round(MAX_VOTE_STEPS * VOTE_STEP, 1)})
+                    "max_vote_change": round(MAX_VOTE_STEPS * VOTE_STEP, 1),
+                    "unreadable_inputs": "fail" if strict else "left out"})
     reference = _reference_streams(detector, weights_dir, report)
     conditions = [("clean", None)]
     if degrade:
@@ -469,5 +473,9 @@ def _verify_with(detector: Detector, images_dir: Path | None, degrade: bool, wei
     report.warnings = (_reference_warnings(detector.manifest, report) + _sample_warnings(report, bound)
                        + overlap_warnings)
     report.failures = judge(tally.counts, report.changed_votes, condition_streams, limits, report.non_finite)
+    if strict and report.failed_images:
+        first = report.failed_images[0]
+        report.failures.append(f"{len(report.failed_images)} input(s) could not be read or prepared (strict); the "
+                               f"first, {first['image']}: {first['error']}")
     report.passed = not report.failures
     return report

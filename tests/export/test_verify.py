@@ -83,6 +83,15 @@ def test_unreadable_images_are_reported_and_the_others_verified(tiny_engine_set,
         ("corrupt.jpg", "is not an image OpenCV can decode (unrecognised format, or corrupt data)"),
         ("gone.png", "is a broken symbolic link (to nowhere.png)")]
     assert "could not read" in result.output and "gone.png" in result.output
+    assert report["passed"] and report["thresholds"]["unreadable_inputs"] == "left out"
+
+    # a release gate: the same comparison fails the set when it rests on fewer images than given
+    result, report = _run_verify(tiny_engine_set, tmp_path, "--images", str(folder), "--strict", exit_code=3)
+    assert report["images"] == 2 and report["vote_agreement"] == 1.0
+    assert not report["passed"] and report["thresholds"]["unreadable_inputs"] == "fail"
+    assert report["failures"] == [f"2 input(s) could not be read or prepared (strict); the first, "
+                                  f"{report['failed_images'][0]['image']}: {report['failed_images'][0]['error']}"]
+    assert "FAILED thresholds" in result.output and "2 input(s) could not be read or prepared (strict)" in result.output
 
 
 def test_no_readable_image_names_the_first_failure_and_a_bad_json_path_fails_first(tiny_engine_set, tmp_path,
