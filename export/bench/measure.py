@@ -125,8 +125,11 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
         source = f"folder {images_dir}" + (f" (its first {len(paths)} readable images; {unused} more not used)"
                                            if unused else "")
         return BenchImages(paths, source, sizes, skipped)
+    sizes_by_stream = stream_sizes or {}
     for name, rgb in builtin_photographs():
-        if min(rgb.shape[:2]) < 252:  # the reference pipeline cannot take smaller images
+        height, width = rgb.shape[:2]
+        # the photographs' rule is --compare torch's, with or without it, so both runs time the same images
+        if unscorable_reason(height, width, sizes_by_stream) or reference_cannot_take(width, height, sizes_by_stream):
             continue
         path = work_dir / (name.replace(":", "_").rsplit(".", 1)[0] + ".png")
         try:
@@ -135,11 +138,12 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
             raise BenchError(f"cannot write the benchmark's temporary image {path}: {os_error_text(error)} "
                              f"(set TMPDIR to a folder with room)") from error
         paths.append(path)
-        sizes.append((rgb.shape[1], rgb.shape[0]))
+        sizes.append((width, height))
         if len(paths) == count:
             break
     if not paths:
-        raise BenchError("no built-in photographs of at least 252x252; pass --images DIR")
+        raise BenchError(f"no built-in photograph fits the streams' input sizes {dict(sizes_by_stream)}; "
+                         f"pass --images DIR")
     source = "photographs shipped in installed packages (scikit-image, matplotlib), as PNG"
     return BenchImages(paths, source, sizes, skipped=[])
 

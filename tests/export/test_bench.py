@@ -428,3 +428,18 @@ def test_temporary_images_that_cannot_be_written_are_named(tmp_path, monkeypatch
     with pytest.raises(BenchError, match=f"cannot write the benchmark's temporary image {re.escape(str(tmp_path))}/"
                                          f".*: No space left on device \\(set TMPDIR to a folder with room\\)"):
         bench_images(None, tmp_path)
+
+
+def test_built_in_photographs_are_chosen_by_the_streams_input_sizes(tmp_path):
+    """The rule was a literal 252: a set whose crop is larger timed photographs its reference
+    pipeline cannot take."""
+    for name in ("large", "small", "none"):
+        (tmp_path / name).mkdir()
+    images = bench_images(None, tmp_path / "large", count=100, stream_sizes={"global": 700, "fusion": 224})
+    assert images.paths and all(min(w, h) >= 700 for w, h in images.sizes)
+    assert [p.name for p in images.paths] == ["skimage_hubble_deep_field.png"]
+    small = bench_images(None, tmp_path / "small", count=100, stream_sizes={"global": 252, "fusion": 224})
+    assert len(small.paths) == 13 and all(min(w, h) >= 252 for w, h in small.sizes)
+    with pytest.raises(BenchError, match=r"no built-in photograph fits the streams' input sizes "
+                                         r"\{'global': 1001, 'fusion': 224\}; pass --images DIR"):
+        bench_images(None, tmp_path / "none", count=100, stream_sizes={"global": 1001, "fusion": 224})
