@@ -608,9 +608,9 @@ def _csv_row(d: dict) -> dict:
 @click.argument("images", nargs=-1, required=True)
 @click.option("--face-crops", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="Folder of face crops with the same file names as the images, cropped the reference's "
-                   "way; the face stream takes their 252 centre crop. With --recursive a crop may sit at the "
-                   "image's path relative to its folder (crops/sub/a.png), which is needed where two images "
-                   "share a name. Images without one go to the packaged face detector (or, with "
+                   "way; the face stream takes their 252 centre crop. A crop may also sit at the image's path "
+                   "relative to the folder argument holding it (crops/sub/a.png for photos/sub/a.png of "
+                   "photos), which is needed where two images share a name. Images without one go to the packaged face detector (or, with "
                    "--no-face-detect, use the original image).")
 @click.option("--face-boxes", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="File of face boxes you already have (e.g. RetinaFace's, as the reference uses): .csv with "

@@ -445,7 +445,7 @@ def _verify_with(detector: Detector, images_dir: Path | None, degrade: bool, wei
         thresholds={"max_abs_dp": max_abs, "mean_dp": max_mean, "min_vote_agreement": min_agreement,
                     "min_vote_agreement_applies_to": "each condition",
                     "max_vote_change": round(MAX_VOTE_STEPS * VOTE_STEP, 1),
-                    "unreadable_inputs": "fail" if strict else "left out"})
+                    "non_finite": "fail", "unreadable_inputs": "fail" if strict else "left out"})
     reference = _reference_streams(detector, weights_dir, report)
     conditions = [("clean", None)]
     if degrade:

@@ -259,6 +259,7 @@ def test_an_engine_whose_votes_move_several_steps_fails_even_with_no_agreement_r
     assert report["largest_vote_change"] == {"image": astronaut, "engine": 0.2, "reference": 0.6, "steps": 4}
     assert report["thresholds"]["max_vote_change"] == 0.1
     assert report["thresholds"]["min_vote_agreement_applies_to"] == "each condition"
+    assert report["thresholds"]["non_finite"] == "fail"  # the README: the thresholds name every rule
     assert report["failures"] == [f"{astronaut}: vote 0.6 -> 0.2 moved 4 steps (1 other vote(s) moved more than "
                                   f"1 step too)"] and not report["passed"]
 
