@@ -14,8 +14,8 @@ Faithfulness to the reference training code (``training/dataset/noise_augment_wr
 * Each op fires with ``op_p = 0.3``, in a random order, after an optional "recompression prelude"
   (1–5 alternating JPEG / rescale cycles, itself taken with probability ``op_p``).
 * ``global_p = 0.5`` (the share of images that enter the pipeline at all) is not part of one
-  image's degradation: it is :data:`PAPER_DEGRADE_SHARE`, the default share of degraded images
-  of a calibration set.
+  image's degradation: it is the default share of degraded images of a calibration set
+  (``build --calib-degrade 0.5``).
 * The reference's shared slots are split into independent ops with the same overall rates:
   grayscale (0.3 x 0.2) / colour cast (0.3 x 0.8); speckle (0.3 x 0.33), Poisson (0.3 x 0.33) and
   salt-and-pepper (0.3 x 0.34) noise. Ops split from one slot may both fire on an image, which
@@ -64,9 +64,6 @@ from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, dec
 
 FloatImage = np.ndarray
 OpFunction = Callable[[FloatImage, float, np.random.Generator], FloatImage]
-
-PAPER_DEGRADE_SHARE = 0.5
-"""The reference's ``global_p``: the share of training images that entered the pipeline."""
 
 _BORDER = cv2.BORDER_REFLECT_101  # scipy.ndimage mode="mirror", what the reference convolves with
 

@@ -9,12 +9,15 @@ is usable here, and says why it did or did not.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
 from .errors import DfdError
 from .manifest import EngineSetError, Manifest, StreamEntry
+
+if TYPE_CHECKING:  # imported where a session is made: the runtime opens without it until then
+    import onnxruntime as ort
 
 BACKEND_CHOICES = ("auto", "onnxruntime", "tensorrt")
 
@@ -40,7 +43,7 @@ class BackendChoice:
     reason: str  # why this backend, in words, for `--backend auto`
 
 
-def onnxruntime_session_options(intra_op_threads: int = 0):
+def onnxruntime_session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
     """Session options every ONNX Runtime session of an engine set shares.
 
     Spinning is off: the set's sessions (three streams and the face detector) each own a thread

@@ -25,7 +25,8 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from types import ModuleType
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def _nvrtc():
     return nvrtc
 
 
-def check_cuda(result: tuple, what: str, error_cls: type[RuntimeError] = KernelBuildError):
+def check_cuda(result: tuple, what: str, error_cls: type[RuntimeError] = KernelBuildError) -> Any:
     """Unpack a cuda-bindings (status, *values) tuple, raising ``error_cls`` unless it succeeded."""
     status, *values = result
     if int(status) != 0:
@@ -281,7 +282,8 @@ class GpuInfo:
         return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}"
 
 
-def cuda_driver():
+def cuda_driver() -> ModuleType:
+    """cuda-bindings' driver module, initialised; CudaUnavailableError without the package or a driver."""
     try:
         from cuda.bindings import driver
     except ImportError as exc:
@@ -357,7 +359,7 @@ class CudaKernels:
         """Blocks of ``BLOCK`` threads that cover ``threads``, for the one-thread-per-task kernels."""
         return (threads + self.BLOCK - 1) // self.BLOCK
 
-    def _launch(self, name: str, blocks: int, args: KernelArgs, stream) -> None:
+    def _launch(self, name: str, blocks: int, args: KernelArgs, stream: int) -> None:
         check_cuda(
             self.driver.cuLaunchKernel(self._functions[name], blocks, 1, 1, self.BLOCK, 1, 1, 0, stream,
                                         args.address, 0),
@@ -365,7 +367,7 @@ class CudaKernels:
         )
 
     def preprocess(self, jobs_device: int, batch: int, outputs: tuple[int, int, int],
-                   half: bool = False, stream=0, decomposition: str = DEFAULT_DECOMPOSITION) -> None:
+                   half: bool = False, stream: int = 0, decomposition: str = DEFAULT_DECOMPOSITION) -> None:
         """Write global/face [N,3,252,252] and fusion [N,3,224,224] (fp32, or fp16 if ``half``)
         from a job table (``make_jobs``) that the caller has copied to the device: the fused
         pipeline keeps it at a fixed address, which a captured CUDA graph needs.
@@ -392,7 +394,7 @@ class CudaKernels:
             self._launch(f"dfd_preprocess_{dtype}", self._blocks_for(batch * TASKS_PER_IMAGE), args, stream)
 
     def vote(self, logits: tuple[int, int, int], weights: tuple[float, float, float], batch: int,
-             probs: int, score: int, mean: int, stream=0) -> None:
+             probs: int, score: int, mean: int, stream: int = 0) -> None:
         """Softmax + discretised vote: probs [N,3] f32, score [N] f64, raw weighted mean [N] f64."""
         args = KernelArgs(*[ctypes.c_void_p(int(p)) for p in logits],
                            *[ctypes.c_double(float(w)) for w in weights], ctypes.c_int(batch),

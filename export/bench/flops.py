@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dfd.runtime.manifest import Manifest
+
 from ..configs import ClipVisionConfig, DinoV2Config
 from . import BenchError
 
@@ -81,7 +83,7 @@ def stream_architectures(details: dict[str, Any], name: str) -> tuple[DinoV2Conf
     return dino, clip
 
 
-def ensemble_flops(manifest) -> dict[str, Any]:
+def ensemble_flops(manifest: Manifest) -> dict[str, Any]:
     """FLOPs per image of every stream of ``manifest`` and of the whole ensemble."""
     streams = {}
     for name, entry in manifest.streams.items():
