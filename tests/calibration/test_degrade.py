@@ -972,8 +972,7 @@ def test_a_symbolic_link_loop_fails_on_its_own_line(tmp_path, photo):
     out = tmp_path / "out"
     for args in ([str(folder)], [str(folder / "good.png"), str(folder / "l1.jpg")]):
         result = run_degrade_cli(*args, "--out", str(out), "--fixed", "blur3", "--force")
-        assert result.exit_code == 2, result.output
-        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert result.exit_code == 2, result.output  # a loop is an unreadable input, not a traceback (exit 1)
         assert "Too many levels of symbolic links" in result.stderr
         assert (out / "good.png").exists()
 

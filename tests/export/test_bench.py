@@ -77,6 +77,16 @@ def test_result_document_has_every_field(bench_result):
     assert result["memory"]["interleaved_peak_rss_bytes"] >= result["memory"]["rss_before_bytes"]
     assert set(result["runs"]) == {"runtime", "torch"}
     assert set(result["speedup"]) == {"1", "2"}
+    for batch, speedup in result["speedup"].items():  # the README quotes these ratios: each from its runs' p50s
+        torch_run, runtime_run = (result["runs"][name]["batches"][batch] for name in ("torch", "runtime"))
+        streams = {name: sum(v["p50"] for stage, v in run["stages_ms"].items() if stage.startswith("stream:"))
+                   for name, run in (("torch", torch_run), ("runtime", runtime_run))}
+        assert speedup["end_to_end_p50"] == pytest.approx(torch_run["latency_ms"]["p50"]
+                                                          / runtime_run["latency_ms"]["p50"])
+        assert speedup["streams_p50"] == pytest.approx(streams["torch"] / streams["runtime"])
+        assert speedup["without_face_localisation_p50"] == pytest.approx(
+            torch_run["stage_sum_ms_p50"]
+            / (runtime_run["stage_sum_ms_p50"] - runtime_run["stages_ms"]["face_localisation"]["p50"]))
     assert result["torch_weights"] == ["global: checkpoint dinov2_252.pth", "face: checkpoint dinov2_252_crop.pth",
                                        "fusion: checkpoint dinov2_clip.pth"]
     assert "speed-up vs torch at batch 1" in output

@@ -13,11 +13,15 @@ from dfd.runtime import atomic_files
 def test_syncing_a_folder_that_cannot_be_opened_is_skipped(tmp_path, monkeypatch):
     """It runs after the renames that publish a set: a parent folder that may be written but not read
     (mode 1733) made the build fail with the new set already in place and the old one aside."""
+    tried = []
+
     def refused(path, flags):
+        tried.append(path)
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(atomic_files.os, "open", refused)
-    atomic_files.sync_folder(tmp_path)
+    atomic_files.sync_folder(tmp_path)  # returns: the refusal is not an error
+    assert tried == [tmp_path]
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

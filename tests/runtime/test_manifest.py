@@ -5,11 +5,13 @@ weights or failing on the first image."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from conftest import write_rebuilt_manifest
@@ -254,3 +256,16 @@ def test_an_empty_or_unusable_path_is_an_engine_set_error():
     with pytest.raises(EngineSetError, match=r"cannot look at the engine set folder /a{199}\.\.\. \(5001 characters\): "
                                              r"File name too long"):
         Detector.open("/" + "a" * 5000)
+
+
+def test_file_hashes_are_sha256_of_the_whole_file_across_read_chunks(tmp_path):
+    """Build and open both hash with this function, so a chunking bug would agree with itself; the
+    reference is FIPS 180-2's test vector and hashlib over the bytes at once. The sets the tests
+    build are under one 8 MiB chunk, so a larger file is written here."""
+    (tmp_path / "abc").write_bytes(b"abc")
+    assert sha256_file(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    data = np.random.default_rng(0).integers(0, 256, 2 * 8 * 1024 * 1024 + 12_345, dtype=np.uint8).tobytes()
+    (tmp_path / "large").write_bytes(data)
+    assert sha256_file(tmp_path / "large") == hashlib.sha256(data).hexdigest()
+    (tmp_path / "empty").write_bytes(b"")
+    assert sha256_file(tmp_path / "empty") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
