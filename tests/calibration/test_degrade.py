@@ -355,6 +355,42 @@ def test_chroma_subsampling_keeps_luma_loses_chroma(photo):
     assert np.abs(source_chroma[0::2, 0::2] - source_chroma[1::2, 1::2]).mean() > 1.0
 
 
+def _reference_chroma_subsampling(img: np.ndarray) -> np.ndarray:
+    """The reference's add_chroma_subsampling, restated: truncate to bytes, YCrCb, Cr and Cb
+    INTER_AREA to half size (at least 1), INTER_NEAREST back, RGB, /255 in float32."""
+    if img.shape[0] < 2 or img.shape[1] < 2:
+        return img
+    y, cr, cb = cv2.split(cv2.cvtColor((img * 255).astype(np.uint8), cv2.COLOR_RGB2YCrCb))
+    half = (max(1, cr.shape[1] // 2), max(1, cr.shape[0] // 2))
+    cr, cb = (cv2.resize(cv2.resize(c, half, interpolation=cv2.INTER_AREA), (c.shape[1], c.shape[0]),
+                         interpolation=cv2.INTER_NEAREST) for c in (cr, cb))
+    return cv2.cvtColor(cv2.merge([y, cr, cb]), cv2.COLOR_YCrCb2RGB).astype(np.float32) / 255.0
+
+
+def test_chroma_subsampling_equals_the_reference_on_odd_sizes_and_between_grey_levels(photo):
+    noisy = np.clip(photo / 255.0 + rng(7).normal(0, 0.02, photo.shape), 0, 1).astype(np.float32)
+    for image in (noisy, noisy[:101, :77], noisy[:2, :3], noisy[:1, :9]):
+        expected = _reference_chroma_subsampling(image)
+        out = OPS["chroma_subsampling"](image, 0.5, rng())
+        assert out.dtype == np.float32 and np.array_equal(out, expected), image.shape
+
+
+def test_moire_equals_the_reference_formula_with_its_draws_replayed(photo):
+    """frequency U(0.5, 3) then angle U(0, pi), as the reference draws them; the grating on
+    linspace coordinates (0..w over w points, not pixel indices), blended with 0.15 s."""
+    image = photo.astype(np.float32) / 255.0
+    height, width = image.shape[:2]
+    for seed, strength in ((0, 1.0), (3, 0.4)):
+        replay = rng(seed)
+        frequency, angle = replay.uniform(0.5, 3.0), replay.uniform(0, np.pi)
+        xx, yy = np.meshgrid(np.linspace(0, width, width), np.linspace(0, height, height))
+        wave = (np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * frequency) + 1) / 2.0
+        alpha = 0.15 * strength
+        expected = np.clip(image * (1 - alpha) + wave[..., np.newaxis] * alpha, 0.0, 1.0)
+        out = OPS["moire"](image, strength, rng(seed))
+        assert np.abs(out - expected).max() < 1e-6, (seed, strength)
+
+
 def test_banding_posterises_to_the_reference_levels(photo):
     out = apply_op("banding", photo, 1.0, rng())
     levels = 18  # int(max(4, 32 - 28 * 1.0 * 0.5))
