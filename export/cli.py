@@ -610,8 +610,8 @@ def _csv_row(d: dict) -> dict:
               help="Folder of face crops with the same file names as the images, cropped the reference's "
                    "way; the face stream takes their 252 centre crop. A crop may also sit at the image's path "
                    "relative to the folder argument holding it (crops/sub/a.png for photos/sub/a.png of "
-                   "photos), which is needed where two images share a name. Images without one go to the packaged face detector (or, with "
-                   "--no-face-detect, use the original image).")
+                   "photos), which is needed where two images share a name. Images without one go to the "
+                   "packaged face detector (or, with --no-face-detect, use the original image).")
 @click.option("--face-boxes", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="File of face boxes you already have (e.g. RetinaFace's, as the reference uses): .csv with "
                    "columns image,x1,y1,x2,y2 or .jsonl lines {\"image\": \"a.jpg\", \"box\": [x1, y1, x2, y2]}, "
