@@ -25,6 +25,7 @@ from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 from .cli_errors import handles_errors, termination_interrupts
 from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, RowOutput, max_pixels_option, \
     prepare_output_file, write_output_file
+from .detect_resume import ScoredImages, load_scored_images, refuse_stdout_over
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
@@ -648,11 +649,15 @@ def _csv_row(d: dict) -> dict:
 @click.option("--cuda-graph-batch", type=click.IntRange(min=1), default=None,
               help="tensorrt backend: replay one CUDA graph of preprocessing -> three engines -> vote for "
                    "batches of exactly this many images (set --batch-size to match; other sizes run uncaptured).")
+@click.option("--skip-scored", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="An earlier run's --format jsonl or csv output: the images it lists with a score are not scored "
+                   "again (those that failed there are), so an interrupted run resumes by appending to the same "
+                   "file with >>. Images are matched by their path as detect lists it.")
 @max_pixels_option("is decoded reduced (1/2 .. 1/8)", "fails on its own line",
                    "Face localisation and resizing hold a few copies of an image in memory (3 bytes a pixel each)")
 @handles_errors
 def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend, recursive, no_face_detect, face_min_px,
-           no_face_cascade, host_preprocessing, cuda_graph_batch, max_pixels):
+           no_face_cascade, host_preprocessing, cuda_graph_batch, skip_scored, max_pixels):
     """Score images (files or folders) with an engine set.
 
     One output line per image, in the order given (a folder's images sorted; a folder that
@@ -674,14 +679,26 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
     if sys.stdout is None:  # started with stdout closed (>&-): every result would be lost
         raise DfdError("stdout is closed, so the results cannot be written; redirect it to a file")
+    scored = None
+    if skip_scored is not None:
+        refuse_stdout_over(skip_scored)
+        scored = load_scored_images(skip_scored)
     paths: list[str] = []
     problems_before: dict[int, list[tuple[str, str]]] = {}  # image position -> (input, why) given just before
+    skipped = 0
     for given in images:
         found, found_problems = expand_inputs((given,), recursive)
         if found_problems:
             problems_before.setdefault(len(paths), []).extend(found_problems)
+        if scored is not None:
+            kept = [path for path in found if not scored.holds(path)]
+            skipped, found = skipped + len(found) - len(kept), kept
         paths += found
     inputs = len(paths) + sum(len(problems) for problems in problems_before.values())
+    if scored is not None:
+        _report_skipped(scored, skipped, inputs)
+        if not inputs:
+            return
     boxes = _assign_face_boxes(face_boxes, paths)
     folders = [Path(given) for given in images if _is_folder(given)]
     crop_files = _match_face_crops(face_crops, folders, paths)
@@ -719,7 +736,9 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         write_row()
         return rendered.getvalue()
 
-    if writer:
+    if output.continues_file:
+        pass  # appended (>>) to a file with rows already: its header is there
+    elif writer:
         output.write(csv_text(writer.writeheader), counts=False)
     elif fmt == "table":
         output.write("image  score  (raw weighted mean)  stream P(fake)  face input\n", counts=False)
@@ -764,6 +783,17 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     if failed:
         click.echo(f"{failed} of {inputs} input(s) failed", err=True)
         sys.exit(2)
+
+
+def _report_skipped(scored: ScoredImages, skipped: int, left: int) -> None:
+    """Say on stderr what --skip-scored left out, and what is scored again."""
+    again = []
+    if scored.failed:
+        again.append(f"{scored.failed} row(s) there are failures, whose images are tried again")
+    if scored.cut_row:
+        again.append("its last row was cut short (a killed run) and its image is scored again")
+    click.echo(f"skipping {skipped} image(s) already scored in {scored.path}; {left} input(s) left"
+               + (f" ({'; '.join(again)})" if again else ""), err=True)
 
 
 def _check_face_min_px(value: float) -> float:

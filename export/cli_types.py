@@ -128,6 +128,8 @@ class RowOutput:
         self.rows = 0
         self._fd: int | None = None
         self._end = 0
+        # appending (>>) to a file that already holds rows: its header is there already
+        self.continues_file = False
         try:
             fd = stream.fileno()
             if stat.S_ISREG(os.fstat(fd).st_mode):
@@ -136,6 +138,7 @@ class RowOutput:
                 # first write: a cut back to it would erase the file's earlier contents
                 appending = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
                 self._fd, self._end = fd, os.fstat(fd).st_size if appending else os.lseek(fd, 0, os.SEEK_CUR)
+                self.continues_file = bool(appending) and self._end > 0
         except (OSError, ValueError, io.UnsupportedOperation):
             pass  # a pipe, a terminal, a test's buffer: nothing to cut back
         # one encoder for the whole output, as the stream's own: a BOM (utf-8-sig, utf-16) once, at

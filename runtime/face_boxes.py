@@ -136,7 +136,7 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
         # other characters a file name may hold; json.loads ignores a \r left at the end)
         with open(path, encoding="utf-8-sig", errors="surrogateescape",
                   newline="" if suffix == ".csv" else "\n") as handle:
-            lines = _bounded_lines(path, handle)
+            lines = bounded_lines(path, handle)
             leading = _through_first_content(lines)
             if not leading or not leading[-1].strip():
                 # an output redirect that failed, not a file saying "no boxes" (a header, or null boxes)
@@ -160,15 +160,17 @@ def _boxes_by_image(path: Path, entries: Iterable[tuple[int, str, Box]]) -> dict
     return boxes
 
 
-def _bounded_lines(path: Path, handle: TextIO) -> Iterator[str]:
+def bounded_lines(path: Path, handle: TextIO, error: type[DfdError] = FaceBoxFileError,
+                  what: str = "a face-box file") -> Iterator[str]:
     """The file's lines, each at most MAX_LINE_CHARS long: a file without line breaks (a binary
-    named .jsonl, say) is refused at its first long line instead of read whole into memory."""
+    named .jsonl, say) is refused at its first long line (``error``, saying ``what`` the file
+    should be) instead of read whole into memory."""
     number = 0
     while line := handle.readline(MAX_LINE_CHARS + 1):
         number += 1
         if len(line) > MAX_LINE_CHARS:
-            raise FaceBoxFileError(f"{path}:{number}: a line of over {MAX_LINE_CHARS:,} characters; a face-box "
-                                   f"file has one short line per image")
+            raise error(f"{path}:{number}: a line of over {MAX_LINE_CHARS:,} characters; {what} has one short "
+                        f"line per image")
         yield line
 
 
