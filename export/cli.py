@@ -736,12 +736,11 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         write_row()
         return rendered.getvalue()
 
-    if output.continues_file:
-        pass  # appended (>>) to a file with rows already: its header is there
-    elif writer:
-        output.write(csv_text(writer.writeheader), counts=False)
-    elif fmt == "table":
-        output.write("image  score  (raw weighted mean)  stream P(fake)  face input\n", counts=False)
+    if not output.continues_file:  # appended (>>) to a file with rows already, its header is there
+        if writer:
+            output.write(csv_text(writer.writeheader), counts=False)
+        elif fmt == "table":
+            output.write("image  score  (raw weighted mean)  stream P(fake)  face input\n", counts=False)
     omitted_notes = _notes_the_table_omits()
 
     def emit(record: dict) -> None:

@@ -117,6 +117,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def regular_file_output(stream: TextIO) -> tuple[int, os.stat_result, bool] | None:
+    """(descriptor, its status, whether it appends) when ``stream`` writes to a regular file (a
+    shell's ``>`` or ``>>``); None for a pipe, a terminal or a test's buffer."""
+    try:
+        fd = stream.fileno()
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        return fd, status, bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+
+
 class RowOutput:
     """Rows written to a text stream (``detect``'s stdout), each flushed, so a killed run keeps its
     rows, and each whole or absent: when a row cannot be written (a full disk, a file size limit)
@@ -130,17 +143,17 @@ class RowOutput:
         self._end = 0
         # appending (>>) to a file that already holds rows: its header is there already
         self.continues_file = False
-        try:
-            fd = stream.fileno()
-            if stat.S_ISREG(os.fstat(fd).st_mode):
+        found = regular_file_output(stream)  # else nothing to cut back
+        if found is not None:
+            fd, _, appending = found
+            try:
                 stream.flush()
                 # appending (>>), writes land at the end whatever the offset, which is 0 until the
                 # first write: a cut back to it would erase the file's earlier contents
-                appending = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
                 self._fd, self._end = fd, os.fstat(fd).st_size if appending else os.lseek(fd, 0, os.SEEK_CUR)
-                self.continues_file = bool(appending) and self._end > 0
-        except (OSError, ValueError, io.UnsupportedOperation):
-            pass  # a pipe, a terminal, a test's buffer: nothing to cut back
+                self.continues_file = appending and self._end > 0
+            except (OSError, ValueError):
+                pass
         # one encoder for the whole output, as the stream's own: a BOM (utf-8-sig, utf-16) once, at
         # the start of the file only
         encoding, errors = getattr(stream, "encoding", None), getattr(stream, "errors", None)

@@ -11,18 +11,17 @@ else means the file is not a detect output, and is an error naming its line.
 from __future__ import annotations
 
 import csv
-import fcntl
-import io
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from dfd.runtime.errors import DfdError
-from dfd.runtime.face_boxes import JSONL_SUFFIXES, bounded_lines
+from dfd.runtime.face_boxes import JSONL_SUFFIXES, bounded_lines, open_line_file
+
+from .cli_types import regular_file_output
 
 REQUIRED_CSV_COLUMNS = ("image", "score", "error")
 
@@ -56,11 +55,9 @@ def load_scored_images(path: Path) -> ScoredImages:
     if not path.is_file():  # a device behind the name would never end a line
         raise ScoredFileError(f"{path} is not a file" if path.exists() else f"{path} does not exist")
     try:
-        # as face-box files are read: a name that is not UTF-8 reads as the str listing the folder
-        # gives; CSV line ends are the csv module's, JSON lines end at \n only
-        with open(path, encoding="utf-8-sig", errors="surrogateescape",
-                  newline="" if suffix == ".csv" else "\n") as handle:
-            rows = _csv_rows(path, handle) if suffix == ".csv" else _jsonl_rows(path, handle)
+        with open_line_file(path) as handle:
+            lines = bounded_lines(path, handle, ScoredFileError, "a detect output")
+            rows = _csv_rows(path, lines) if suffix == ".csv" else _jsonl_rows(path, lines)
             scored, failed, cut_row = set(), 0, False
             for image, score, error in rows:
                 if image is None:
@@ -77,9 +74,9 @@ def load_scored_images(path: Path) -> ScoredImages:
 Row = tuple[str | None, object, object]  # (image, score, error); image None: the cut-short last row
 
 
-def _jsonl_rows(path: Path, handle: TextIO) -> Iterator[Row]:
+def _jsonl_rows(path: Path, lines: Iterable[str]) -> Iterator[Row]:
     previous_cut = None  # the line number of a row that did not parse and ended the file so far
-    for number, line in enumerate(bounded_lines(path, handle, ScoredFileError, "a detect output"), start=1):
+    for number, line in enumerate(lines, start=1):
         if previous_cut is not None:
             raise ScoredFileError(f"{path}:{previous_cut}: not JSON; only the last line of a killed run may be cut "
                                   f"short")
@@ -101,8 +98,8 @@ def _jsonl_rows(path: Path, handle: TextIO) -> Iterator[Row]:
         raise ScoredFileError(f"{path}:{previous_cut}: not JSON, and the line is whole: not a detect output")
 
 
-def _csv_rows(path: Path, handle: TextIO) -> Iterator[Row]:
-    reader = csv.DictReader(bounded_lines(path, handle, ScoredFileError, "a detect output"), strict=True)
+def _csv_rows(path: Path, lines: Iterable[str]) -> Iterator[Row]:
+    reader = csv.DictReader(lines, strict=True)
     try:
         header = reader.fieldnames or ()
         missing = [c for c in REQUIRED_CSV_COLUMNS if c not in header]
@@ -132,12 +129,14 @@ def _csv_rows(path: Path, handle: TextIO) -> Iterator[Row]:
 def refuse_stdout_over(path: Path) -> None:
     """``detect ... --skip-scored out.jsonl > out.jsonl``: the shell emptied the file before detect
     started, so the run would score everything again while the user believes it resumes."""
-    try:
-        fd = sys.stdout.fileno()
-        same = os.path.samestat(os.fstat(fd), os.stat(path))
-        appending = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+    found = regular_file_output(sys.stdout)
+    if found is None:
         return  # a pipe, a terminal, a test's buffer: not the file
+    _, status, appending = found
+    try:
+        same = os.path.samestat(status, os.stat(path))
+    except OSError:
+        return
     if same and not appending:
         raise ScoredFileError(f"stdout writes over {path}, the --skip-scored file ('>' emptied it before detect "
                               f"started, so the rows it held are gone); to resume a run, append with '>>'")

@@ -129,13 +129,7 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             # /dev/zero behind a link named boxes.jsonl never ends a line: reading it fills the memory
             raise FaceBoxFileError(f"{path} is a device, not a file of face boxes")
-        # surrogateescape: a name that is not UTF-8 (detect writes such file names back as their own
-        # bytes) reads as the same str that listing the folder gives, so it still matches its image.
-        # CSV: newline="", line ends are left to the csv module, so a \r inside a quoted name stays
-        # one; JSON lines end at \n only (str.splitlines would also split at U+2028, form feeds and
-        # other characters a file name may hold; json.loads ignores a \r left at the end)
-        with open(path, encoding="utf-8-sig", errors="surrogateescape",
-                  newline="" if suffix == ".csv" else "\n") as handle:
+        with open_line_file(path) as handle:
             lines = bounded_lines(path, handle)
             leading = _through_first_content(lines)
             if not leading or not leading[-1].strip():
@@ -147,6 +141,17 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
                                                      else _read_jsonl(path, lines)))
     except OSError as exc:
         raise FaceBoxFileError(f"cannot read face boxes from {path}: {exc}") from None
+
+
+def open_line_file(path: Path) -> TextIO:
+    """Open a ``.csv`` or JSON-lines file of image names (face boxes, detect's output) for reading
+    a line at a time. surrogateescape: a name that is not UTF-8 (detect writes such file names back
+    as their own bytes) reads as the same str that listing the folder gives, so it still matches
+    its image. CSV: newline="", line ends are left to the csv module, so a \r inside a quoted name
+    stays one; JSON lines end at \n only (str.splitlines would also split at U+2028, form feeds and
+    other characters a file name may hold; json.loads ignores a \r left at the end)."""
+    return open(path, encoding="utf-8-sig", errors="surrogateescape",
+                newline="" if path.suffix.lower() == ".csv" else "\n")
 
 
 def _boxes_by_image(path: Path, entries: Iterable[tuple[int, str, Box]]) -> dict[str, Box]:

@@ -96,6 +96,7 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
     from dfd.runtime.images import ImageError, decode_image
     from dfd.runtime.preprocess import unscorable_reason
 
+    sizes_by_stream = stream_sizes or {}
     paths: list[Path] = []
     sizes: list[tuple[int, int]] = []
     if images_dir is not None:
@@ -110,10 +111,10 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
                 skipped.append({"image": str(path), "error": str(error)})
                 continue
             height, width = decoded.rgb.shape[:2]
-            refused = unscorable_reason(height, width, stream_sizes or {})
+            refused = unscorable_reason(height, width, sizes_by_stream)
             if not refused and compare_torch:
                 refused = (_read_whole_by_the_reference(decoded) if decoded.reduction > 1
-                           else reference_cannot_take(width, height, stream_sizes or {}))
+                           else reference_cannot_take(width, height, sizes_by_stream))
             if refused:
                 skipped.append({"image": str(path), "error": refused})
             else:
@@ -125,7 +126,6 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
         source = f"folder {images_dir}" + (f" (its first {len(paths)} readable images; {unused} more not used)"
                                            if unused else "")
         return BenchImages(paths, source, sizes, skipped)
-    sizes_by_stream = stream_sizes or {}
     for name, rgb in builtin_photographs():
         height, width = rgb.shape[:2]
         # the photographs' rule is --compare torch's, with or without it, so both runs time the same images
