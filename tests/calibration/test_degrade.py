@@ -3,6 +3,7 @@ and Pillow computations written from the reference's formulas), shapes, errors a
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -463,6 +464,46 @@ def test_glitch_lines_touch_whole_rows_only(photo):
     assert np.array_equal(apply_op("glitch_lines", photo, 0.0, rng(2)), photo)
 
 
+def _reference_glitch_lines(image: np.ndarray, strength: float, replay: np.random.Generator) -> tuple[np.ndarray, set]:
+    """The reference's add_glitch_and_shift step by step, its random.randint / random.random /
+    random.uniform draws taken from ``replay`` (randint's inclusive bounds as integers(a, b + 1)).
+    The reference builds [0.0, 1.0, uniform(0.2, 0.8)] before choosing, so it always draws the
+    grey; this engine draws it only when grey is chosen, and the replay follows this engine's
+    order, which draws the same distribution. Returns the kinds of band it made."""
+    height = image.shape[0]
+    out, kinds = image.copy(), set()
+    for _ in range(int(10 * strength)):
+        top = int(replay.integers(0, height - 1 + 1))
+        thickness = int(replay.integers(1, max(2, int(8 * strength)) + 1))
+        if top + thickness >= height:
+            kinds.add("skipped")
+            continue
+        if replay.random() < 0.4:
+            choice = int(replay.integers(0, 3))
+            out[top:top + thickness, :] = (0.0, 1.0)[choice] if choice < 2 else replay.uniform(0.2, 0.8)
+            kinds.add(("black", "white", "grey")[choice])
+        else:
+            shift = int(replay.integers(-int(30 * strength), int(30 * strength) + 1))
+            out[top:top + thickness, :] = np.roll(out[top:top + thickness, :], shift, axis=1)
+            kinds.add("rolled")
+    return np.clip(out, 0.0, 1.0), kinds
+
+
+def test_glitch_lines_equal_the_reference_steps_with_their_draws_replayed(photo):
+    """Bit-exact on every kind of band (black, white, grey, rolled; a band running off the bottom
+    skipped), on the photograph and on a 12-row strip where bands reach the last row."""
+    image = photo.astype(np.float32) / 255.0
+    kinds = set()
+    for picture in (image, image[:12]):
+        for seed in range(8):
+            for strength in (1.0, 0.55):
+                expected, made = _reference_glitch_lines(picture, strength, rng(seed))
+                kinds |= made
+                out = OPS["glitch_lines"](picture, strength, rng(seed))
+                assert out.dtype == np.float32 and np.array_equal(out, expected), (picture.shape, seed, strength)
+    assert kinds == {"black", "white", "grey", "rolled", "skipped"}
+
+
 def test_vignetting_darkens_corners_more_than_centre():
     out = apply_op("vignetting", flat(200, (101, 121)), 1.0, rng()).astype(np.float64)
     assert out[50, 60].mean() == pytest.approx(200, abs=2)
@@ -474,11 +515,14 @@ def test_vignetting_darkens_corners_more_than_centre():
 RESTORE = (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA)
 
 
-def _reference_rescale(img: np.ndarray, strength: float, replay: np.random.Generator) -> np.ndarray:
-    """The reference's add_resize(sf=2), its draws replayed: the image keeps its new size."""
+def _reference_rescale(img: np.ndarray, strength: float, replay: np.random.Generator,
+                       max_pixels: float = np.inf) -> np.ndarray:
+    """The reference's add_resize(sf=2), its draws replayed: the image keeps its new size. An
+    upscale past ``max_pixels`` is clipped to it, the engine's documented cap (the reference has
+    none); the draws stay the same."""
     draw = replay.random()
     if draw > 0.8:
-        scale = replay.uniform(1, 2)
+        scale = max(1.0, min(replay.uniform(1, 2), np.sqrt(max_pixels / (img.shape[0] * img.shape[1]))))
     elif draw < 0.7:
         low = 0.5 / 2 / strength
         scale = float(np.clip(low + (1 - low) * replay.random(), 0.1, 1))
@@ -516,6 +560,51 @@ def test_ops_after_a_rescale_work_at_its_size_until_the_final_resize(photo):
         assert [op.name for op in applied] == names
         firsts.add(names[0])
     assert firsts == {"resize", "salt_and_pepper"} and rescaled >= 5
+
+
+def _reference_jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    """The reference's add_JPEG_noise at a given quality: single2uint (round), RGB to BGR,
+    OpenCV encode and decode, back to RGB, uint2single (float64 / 255 cast to float32)."""
+    bgr = cv2.cvtColor(np.uint8((img.clip(0, 1) * 255.0).round()), cv2.COLOR_RGB2BGR)
+    decoded = cv2.imdecode(cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), quality])[1], 1)
+    return cv2.cvtColor(np.float32(decoded / 255.0), cv2.COLOR_BGR2RGB)
+
+
+def test_the_recompression_prelude_equals_the_reference_steps_replayed(photo):
+    """The reference's prelude, its draws replayed: randint(1, 5) cycles, JPEG first or second
+    (one coin), one strength for all its rescales, JPEG at a uniform quality 10..95 alternating
+    with a rescale that keeps its size (skipped once a side is 10 pixels or less), one resize at
+    the end. Seeds cover both orders, one to five cycles, the skip of a rescale, and upscales
+    that meet the engine's cap of 4x the input's pixels."""
+    spec = DegradationSpec(op_probabilities=(), recompress_p=1.0)
+    image = photo[:48, :40]
+    limit = 4 * image.shape[0] * image.shape[1]  # the engine's cap on the working image
+    orders, cycle_counts, skipped, capped = set(), set(), 0, 0
+    for seed in range(40):
+        replay = rng(seed)
+        assert replay.random() < 1.0
+        cycles, jpeg_first, strength = int(replay.integers(1, 6)), replay.random() < 0.5, float(replay.beta(1.2, 1.2))
+        img, expected_ops = image.astype(np.float32) / np.float32(255), []
+        for step in range(2 * cycles):
+            if (step % 2 == 0) if jpeg_first else (step % 2 == 1):
+                quality = int(replay.integers(10, 96))
+                img = _reference_jpeg(img, quality)
+                expected_ops.append(("jpeg", (95 - quality) / 85))
+            elif img.shape[0] > 10 and img.shape[1] > 10:
+                peek = copy.deepcopy(replay)
+                capped += peek.random() > 0.8 and peek.uniform(1, 2) ** 2 * img.shape[0] * img.shape[1] > limit
+                img = _reference_rescale(img, strength, replay, limit)
+                expected_ops.append(("resize", strength))
+            else:
+                skipped += 1
+        if img.shape[:2] != image.shape[:2]:
+            img = cv2.resize(img, (image.shape[1], image.shape[0]), interpolation=RESTORE[int(replay.integers(0, 3))])
+        out, applied = degrade(image, rng(seed), spec)
+        assert np.array_equal(out, np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8)), seed
+        assert [(op.name, pytest.approx(op.strength)) for op in applied] == expected_ops, seed
+        orders.add(jpeg_first)
+        cycle_counts.add(cycles)
+    assert orders == {True, False} and cycle_counts == {1, 2, 3, 4, 5} and skipped > 0 and capped > 0
 
 
 def test_resize_keeps_its_size_alone_and_apply_op_restores_it(photo):
