@@ -168,14 +168,17 @@ dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size);
 
 /* Score count decoded images as one batch; results[i] is written for images[i].
    Returns DFD_OK when every image was scored; DFD_E_IMAGE when some could not be (their
-   results[i].status says so, the others are scored); any other status when nothing was
-   scored (then every results[i].status carries it, if results is not NULL).
+   results[i].status says so, the others are scored): DFD_E_IMAGE for pixels that cannot be
+   used, DFD_E_INVALID_ARGUMENT for an images[i] that cannot be read (data NULL, width or
+   height not positive, stride_bytes < width * 3, an unknown format). Any other status when
+   the call itself was wrong (d, images or results NULL, count < 0) and nothing was scored
+   (then every results[i].status carries it, if results is not NULL).
    count == 0 on an open detector is a no-op. Thread-safe. */
 dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, dfd_result *results);
 
 /* dfd_detect with the caller's face boxes: faces[i] is for images[i] (faces NULL: dfd_detect).
    An unusable box (not finite, x2 < x1, too small to crop) fails only its own image, with
-   DFD_E_IMAGE in its result; a given other than 0 or 1 fails the call (DFD_E_INVALID_ARGUMENT). */
+   DFD_E_IMAGE in its result; so does a given other than 0 or 1, with DFD_E_INVALID_ARGUMENT. */
 dfd_status dfd_detect_faces(dfd_detector *d, const dfd_image *images, const dfd_face *faces, int32_t count,
                             dfd_result *results);
 

@@ -216,10 +216,17 @@ def image_array(ffi: Any, image: Any, index: int) -> np.ndarray:
     return pixels[:, :, ::-1] if pixel_format == DFD_PIXEL_BGR8 else pixels
 
 
+class RefusedDescriptor(Detection):
+    """An image whose ``dfd_image`` or ``dfd_face`` held nonsense (NULL data, a size or stride
+    that cannot be, an unknown format or ``given``): refused before scoring, with
+    DFD_E_INVALID_ARGUMENT in its own result, while the rest of the batch is scored."""
+
+
 def fill_result(result: Any, detection: Detection) -> int:
     """Write one Detection into a ``dfd_result``; returns its status."""
     if not detection.ok:
-        return mark_failed(result, DFD_E_IMAGE, detection.error)
+        status = DFD_E_INVALID_ARGUMENT if isinstance(detection, RefusedDescriptor) else DFD_E_IMAGE
+        return mark_failed(result, status, detection.error)
     result.score = detection.score
     for slot, stream in enumerate(STREAM_SLOTS):
         result.stream_prob[slot] = detection.streams.get(stream, math.nan)
@@ -331,7 +338,8 @@ def detect_images(ffi: Any, detector: Any, images: Any, faces: Any, count: int, 
     caller's face boxes when ``faces`` is not NULL.
 
     Returns DFD_OK when every image was scored; DFD_E_IMAGE when some could not be (their
-    results say so, the others are scored); a call-level status when nothing was scored.
+    results say so, the others are scored), a descriptor with nonsense in it included; a
+    call-level status when the call itself was wrong and nothing was scored.
     """
     return _serve(ffi, error, error_size, results, count,
                   lambda: _detect_images(ffi, detector, images, faces, count, results))
@@ -346,9 +354,18 @@ def _detect_images(ffi: Any, detector: Any, images: Any, faces: Any, count: int,
     if count > 0 and images == ffi.NULL:
         raise CapiArgumentError(f"{where}: images is NULL for {count} image(s)")
     with _handles.using(_key(ffi, detector)) as opened:
-        arrays = [image_array(ffi, images[i], i) for i in range(count)]
-        boxes = None if faces == ffi.NULL else [face_box(faces[i], f"faces[{i}]") for i in range(count)]
-        return opened.detect(arrays, face_boxes=boxes) if arrays else []
+        arrays, boxes, refused = [], [], {}
+        for i in range(count):
+            try:
+                array = image_array(ffi, images[i], i)
+                box = None if faces == ffi.NULL else face_box(faces[i], f"faces[{i}]")
+            except CapiArgumentError as exc:  # this descriptor's nonsense sinks only its own image
+                refused[i] = RefusedDescriptor(f"images[{i}]", error=str(exc))
+                continue
+            arrays.append(array)
+            boxes.append(box)
+        scored = iter(opened.detect(arrays, face_boxes=None if faces == ffi.NULL else boxes) if arrays else [])
+        return [refused[i] if i in refused else next(scored) for i in range(count)]
 
 
 def face_box(face: Any, where: str) -> tuple[float, float, float, float] | None:
@@ -418,7 +435,8 @@ def _serve(ffi: Any, error: Any, error_size: int, results: Any, count: int,
     failures = []
     for i, detection in enumerate(detections):
         if fill_result(results[i], detection) != DFD_OK:
-            failures.append(f"image {i}: {detection.error}" if len(detections) > 1 else detection.error)
+            named = len(detections) == 1 or isinstance(detection, RefusedDescriptor)  # "images[i]..." already
+            failures.append(detection.error if named else f"image {i}: {detection.error}")
     if not failures:
         return DFD_OK
     more = f" (and {len(failures) - 1} more failed image(s))" if len(failures) > 1 else ""

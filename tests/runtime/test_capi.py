@@ -195,6 +195,17 @@ static void report(const char *name, int status)
     print_lines(dfd_last_error());
 }
 
+/* dfd_detect on a good image and a broken one: the call's line, then "<name>_results" with both
+   statuses and the good image's score, then "<name>_message" with the broken one's message. */
+static void report_pair(const char *name, dfd_detector *d, const dfd_image *pair, dfd_result *rs)
+{
+    dfd_status status = dfd_detect(d, pair, 2, rs);
+    report(name, status);
+    printf("%s_results\t%d\t%d %d %.9g\n", name, status, rs[0].status, rs[1].status, rs[0].score);
+    printf("%s_message\t%d\t", name, rs[1].status);
+    print_lines(rs[1].message);
+}
+
 static void *fail_in_thread(void *arg)
 {
     dfd_result r;
@@ -227,15 +238,12 @@ static int run_errors(int argc, char **argv)
     report("detect_null_results", dfd_detect(d, &img, 1, NULL));
     report("detect_negative_count", dfd_detect(d, &img, -1, &r));
     report("detect_zero_count", dfd_detect(d, NULL, 0, NULL));
-    broken[0] = img; broken[1] = img; broken[1].width = 0;
-    report("detect_width_zero", dfd_detect(d, broken, 2, rs));
-    printf("detect_width_zero_results\t%d\t%d\n", rs[0].status, rs[1].status);
-    printf("detect_width_zero_messages\t%d\t%s|%s\n", rs[0].status, rs[0].message, rs[1].message);
-    broken[1] = img; broken[1].height = -3; report("detect_negative_height", dfd_detect(d, broken, 2, rs));
-    broken[1] = img; broken[1].stride_bytes = img.width * 3 - 1; report("detect_small_stride", dfd_detect(d, broken, 2, rs));
-    broken[1] = img; broken[1].format = (dfd_pixel_format)7; report("detect_bad_format", dfd_detect(d, broken, 2, rs));
-    broken[1] = img; broken[1].data = NULL; report("detect_null_data", dfd_detect(d, broken, 2, rs));
-    report("detect_ok", dfd_detect(d, &img, 1, &r));
+    broken[0] = img; broken[1] = img; broken[1].width = 0; report_pair("detect_width_zero", d, broken, rs);
+    broken[1] = img; broken[1].height = -3; report_pair("detect_negative_height", d, broken, rs);
+    broken[1] = img; broken[1].stride_bytes = img.width * 3 - 1; report_pair("detect_small_stride", d, broken, rs);
+    broken[1] = img; broken[1].format = (dfd_pixel_format)7; report_pair("detect_bad_format", d, broken, rs);
+    broken[1] = img; broken[1].data = NULL; report_pair("detect_null_data", d, broken, rs);
+    report("detect_ok", dfd_detect(d, &img, 1, &r)); printf("detect_ok_score\t%d\t%.9g\n", r.status, r.score);
 
     report("file_null_detector", dfd_detect_file(NULL, argv[6], &r));
     report("file_null_path", dfd_detect_file(d, NULL, &r));
@@ -358,7 +366,8 @@ static int run_faces(int argc, char **argv)
     faces[1].given = 2;
     status = dfd_detect_faces(d, imgs, faces, 2, rs);
     report("given_two", status); printf("given_two_results\t%d\t%d %d\n", status, rs[0].status, rs[1].status);
-    printf("given_two_messages\t%d\t%s|%s\n", status, rs[0].message, rs[1].message);
+    printf("given_two_error\t%d\t", rs[1].status); print_lines(rs[1].message);
+    printf("given_two_score\t%d\t%.9g\n", rs[0].status, rs[0].score);
     report_result("file_given", dfd_detect_file_face(d, argv[4], &faces[0], &r), &r);
     memset(&none, 0, sizeof none);
     report_result("file_not_given", dfd_detect_file_face(d, argv[4], &none, &r), &r);
@@ -722,14 +731,17 @@ def test_null_and_nonsense_arguments_give_statuses_and_messages(tiny_engine_set,
     check("detect_null_results", "invalid_argument", "results is NULL")
     check("detect_negative_count", "invalid_argument", "count is -1")
     check("detect_zero_count", "ok")
-    check("detect_width_zero", "invalid_argument", "images[1]", "0x300")
-    assert cases["detect_width_zero_results"] == (1, "1")  # nothing scored, both results say why
-    assert cases["detect_width_zero_messages"][1] == "|".join([cases["detect_width_zero"][1]] * 2)
-    check("detect_negative_height", "invalid_argument", "images[1]", "351x-3")
-    check("detect_small_stride", "invalid_argument", "images[1].stride_bytes is 1052", "1053")
-    check("detect_bad_format", "invalid_argument", "images[1].format is 7", "DFD_PIXEL_BGR8")
-    check("detect_null_data", "invalid_argument", "images[1].data is NULL")
     check("detect_ok", "ok")
+    # a dfd_image with nonsense in it fails only its own image: the other is scored as alone
+    for name, words in (("detect_width_zero", ("images[1]", "0x300")), ("detect_negative_height", ("images[1]", "351x-3")),
+                        ("detect_small_stride", ("images[1].stride_bytes is 1052", "1053")),
+                        ("detect_bad_format", ("images[1].format is 7", "DFD_PIXEL_BGR8")),
+                        ("detect_null_data", ("images[1].data is NULL",))):
+        check(name, "image", *words)  # the call: some image was not scored; its error is that image's
+        assert cases[f"{name}_message"] == (STATUS["invalid_argument"], cases[name][1]), name
+        call, statuses = cases[f"{name}_results"][0], cases[f"{name}_results"][1].split()
+        assert call == STATUS["image"] and statuses[:2] == ["0", str(STATUS["invalid_argument"])], name
+        assert statuses[2] == cases["detect_ok_score"][1], name
     check("file_null_detector", "invalid_argument", "detector is NULL")
     check("file_null_path", "invalid_argument", "path is NULL")
     check("file_null_result", "invalid_argument", "result is NULL")
@@ -841,9 +853,11 @@ def test_caller_face_boxes_score_as_the_cli_with_face_boxes(tiny_engine_set, pic
     _expect(cases, "outside_box_message", "image", "lies outside the 512x512 image")
     # the call's error names the first failure; each result has its own
     _expect(cases, "batch_error", "image", "image 2: ", "non-finite", "(and 1 more failed image(s))")
-    _expect(cases, "given_two", "invalid_argument", "faces[1].given is 2", "must be 1")
-    assert cases["given_two_results"][1] == "1 1"  # nothing scored, every result says why
-    assert cases["given_two_messages"][1] == "|".join([cases["given_two"][1]] * 2)
+    # a given that is neither 0 nor 1 fails only its own image; the other keeps its box
+    _expect(cases, "given_two", "image", "faces[1].given is 2", "must be 1")
+    assert cases["given_two_results"][1] == f"0 {STATUS['invalid_argument']}"
+    assert cases["given_two_error"] == (STATUS["invalid_argument"], cases["given_two"][1])
+    assert float(cases["given_two_score"][1]) == pytest.approx(with_box["score"], abs=1e-6)
     _expect(cases, "file_outside", "image", "lies outside the 512x512 image")
     assert cases["file_outside_result"][1] == "4"
     _expect(cases, "file_given_negative", "invalid_argument", "face.given is -1")
