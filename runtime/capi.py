@@ -38,7 +38,7 @@ from .backends import BACKEND_CHOICES, BackendError
 from .detector import Detection, Detector
 from .errors import DfdError
 from .face_detection import SMALLEST_FACE_PX
-from .images import ImageError, silence_opencv_log
+from .images import ImageError, silence_opencv_log, unreadable_file_reason
 from .manifest import EngineSetError
 
 DFD_OK = 0
@@ -392,10 +392,9 @@ def _detect_file(ffi: Any, detector: Any, path: Any, face: Any, result: Any) -> 
         if not name:
             raise CapiArgumentError(f"{where}: path is empty")
         box = None if face == ffi.NULL else face_box(face[0], "face")
-        if not os.path.isfile(name) or not os.access(name, os.R_OK):
-            reason = ("is a directory" if os.path.isdir(name) else
-                      "does not exist" if not os.path.exists(name) else "is not a readable file")
-            raise CapiIOError(f"cannot read image file '{name}': it {reason}")
+        reason = unreadable_file_reason(name)
+        if reason:
+            raise CapiIOError(reason)
         return opened.detect([name], face_boxes=[box])
 
 

@@ -182,26 +182,40 @@ _SPECIAL_FILES = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "characte
                   (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
 
 
-def read_image_file(path: str | os.PathLike) -> bytes:
-    """The bytes of an image file, or an ``ImageError`` that says why not. Only regular files are
-    read: reading a named pipe blocks until a writer comes, and a device such as /dev/zero never
-    ends. (Callers that hash image files use it too, so they refuse the same files.)"""
+def unreadable_file_reason(path: str | os.PathLike) -> str | None:
+    """Why the file at ``path`` cannot be read as an image file, or None: missing (a broken
+    symbolic link named as one), not searchable, a folder, not a regular file, or not readable.
+    Only regular files are read: reading a named pipe blocks until a writer comes, and a device
+    such as /dev/zero never ends. The C ABI reports these as input/output errors."""
     label = _file_label(path)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         if os.path.islink(path):
-            raise ImageError(f"image file {label} is a broken symbolic link (to {os.readlink(path)})") from None
-        raise ImageError(f"image file {label} does not exist") from None
+            return f"image file {label} is a broken symbolic link (to {os.readlink(path)})"
+        return f"image file {label} does not exist"
     except OSError as error:  # a symbolic-link loop, a name too long, a folder we may not search
-        raise ImageError(f"cannot read image file {label}: {error.strerror or error}") from None
+        return f"cannot read image file {label}: {error.strerror or error}"
     except ValueError as error:  # a NUL character, which no file name may hold
-        raise ImageError(f"cannot read image file {label}: {error}") from None
+        return f"cannot read image file {label}: {error}"
     if stat.S_ISDIR(mode):
-        raise ImageError(f"{label} is a directory, not an image file")
+        return f"{label} is a directory, not an image file"
     for is_kind, kind in _SPECIAL_FILES:
         if is_kind(mode):
-            raise ImageError(f"{label} is a {kind}, not an image file; only regular files are read")
+            return f"{label} is a {kind}, not an image file; only regular files are read"
+    if not os.access(path, os.R_OK):
+        return f"cannot read image file {label}: permission denied"
+    return None
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file, or an ``ImageError`` that says why not (see
+    ``unreadable_file_reason``). Callers that hash image files use it too, so they refuse the
+    same files."""
+    label = _file_label(path)
+    reason = unreadable_file_reason(path)
+    if reason:
+        raise ImageError(reason)
     try:
         with open(path, "rb") as handle:
             data = handle.read()

@@ -604,6 +604,28 @@ def test_example_service_reports_a_bad_file_and_goes_on(tiny_engine_set, picture
     assert refused.returncode == 1 and "engine set folder not found" in refused.stderr
 
 
+def test_files_that_cannot_be_read_are_io_errors_that_say_what_detect_says(tiny_engine_set, pictures,
+                                                                            example_service, tmp_path):
+    """A broken link, a link loop, a FIFO and a device are input/output errors with the reason
+    the CLI gives (they were all "does not exist" or "not a readable file"), and the service goes on."""
+    (tmp_path / "broken.jpg").symlink_to("/nonexistent/target.jpg")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    paths = [tmp_path / "broken.jpg", tmp_path / "loop.jpg", tmp_path / "pipe.jpg", Path("/dev/zero"),
+             pictures["astronaut"][0]]
+    served = _run([example_service, tiny_engine_set], stdin="".join(f"{p}\n" for p in paths))
+    assert served.returncode == 2, served.stderr
+    lines = [json.loads(line) for line in served.stdout.splitlines()]
+    assert [line["status"] for line in lines] == ["io"] * 4 + ["ok"]
+    cli = CliRunner().invoke(cli_main, ["detect", str(tiny_engine_set), *map(str, paths[:4]), "--format", "jsonl"])
+    assert cli.exit_code == 2 and "4 of 4 input(s) failed" in cli.stderr
+    rows = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert [line["error"] for line in lines[:4]] == [row["error"] for row in rows]
+    for line, words in zip(lines, ("broken symbolic link (to /nonexistent/target.jpg)", "symbolic links",
+                                   "named pipe (FIFO)", "character device")):
+        assert words in line["error"], line
+
+
 def test_example_service_reads_each_line_strictly_and_reports_lost_output(tiny_engine_set, pictures, example_service):
     """A line over the buffer was read as two paths (two output lines); a line holding a NUL byte
     was taken for a long one and the next path skipped with it; "0x10" and "1e40" were taken as
