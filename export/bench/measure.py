@@ -23,7 +23,8 @@ from . import BenchError
 from .environment import PeakRss, available_memory_bytes, capture_environment, gpu_memory_used_mib, \
     process_peak_rss_bytes, rss_bytes
 from .flops import ensemble_flops
-from .pipelines import STAGES, RuntimePipeline, TorchReferencePipeline, reference_cannot_take, reference_vote
+from .pipelines import (STAGES, RuntimePipeline, TorchReferencePipeline, reference_cannot_open, reference_cannot_take,
+                        reference_vote)
 
 SCHEMA = "dfd-bench/1"
 PERCENTILES = (50, 90, 99)
@@ -82,12 +83,12 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> BenchImages:
     """The image files to score: ``count`` of them at most. A folder's file that cannot be read,
     that the runtime refuses for the streams' ``stream_sizes`` (too elongated to crop), or (with
-    ``compare_torch``) that the reference-style pipeline cannot take or would read at another size
-    (a JPEG over ``max_pixels``, which the runtime decodes reduced), is left out and reported: one
-    bad file must not sink a benchmark. A
-    folder's files are taken in order until ``count`` are usable; the rest are not opened (the
-    timed batches use only the first ``max(batch sizes)`` images, and every image is scored once
-    by each pipeline for the sanity check, so a dataset folder would otherwise be scored whole).
+    ``compare_torch``) that the reference-style pipeline cannot open or take or would read at
+    another size (a JPEG over ``max_pixels``, which the runtime decodes reduced), is left out and
+    reported: one bad file must not sink a benchmark. A folder's files are taken in order until
+    ``count`` are usable; the rest are not opened (the timed batches use only the first
+    ``max(batch sizes)`` images, and every image is scored once by each pipeline for the sanity
+    check, so a dataset folder would otherwise be scored whole).
 
     Without a folder: photographs shipped inside installed packages (scikit-image, matplotlib),
     written losslessly as PNG so every pipeline reads the same pixels from a file.
@@ -105,6 +106,10 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
         for path in files:
             if len(paths) == count:
                 break
+            unopenable = reference_cannot_open(path) if compare_torch else None
+            if unopenable:
+                skipped.append({"image": str(path), "error": unopenable})
+                continue
             try:
                 decoded = decode_image(path, max_pixels=max_pixels)
             except ImageError as error:

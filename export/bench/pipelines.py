@@ -207,6 +207,19 @@ def reference_cannot_take(width: int, height: int, sizes: Mapping[str, int]) -> 
     return None
 
 
+def reference_cannot_open(path: Path) -> str | None:
+    """Why the reference-style pipeline's ``cv2.imread`` cannot be given this file name, or None.
+    OpenCV takes the name as UTF-8; a name that is not (its undecodable bytes held as surrogate
+    escapes) makes imread crash the process with a segmentation fault (OpenCV 4.14), which took
+    the whole benchmark and its results down with it."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return ("its name is not valid UTF-8, which OpenCV's imread, the reference pipeline's decoder "
+                "(--compare torch), cannot open")
+    return None
+
+
 def reference_center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     """The reference's centre crop (no resampling); it cannot take a smaller image."""
     h, w = rgb.shape[:2]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ from dfd.export.bench.cli import bench
 from dfd.export.bench.environment import busy_machine_warning, jetson_clocks_locked
 from dfd.export.bench.flops import stream_flops
 from dfd.export.bench.measure import BenchImages, batch_memory_floor, bench_images, summarise
-from dfd.export.bench.pipelines import reference_cannot_take
+from dfd.export.bench.pipelines import reference_cannot_open, reference_cannot_take
 from dfd.export.configs import ClipVisionConfig, DinoV2Config
 from dfd.export.streams import build_stream
 
@@ -330,6 +331,28 @@ def test_max_pixels_leaves_out_what_the_pipelines_would_not_decode_alike(photogr
     monkeypatch.setattr(bench_cli, "run_benchmark", lambda s, **kw: settings.append(s) or sys.exit(0))
     result = CliRunner().invoke(bench, ["engines", "--max-pixels", "200000"])
     assert result.exit_code == 0 and settings[0].max_pixels == 200_000
+
+
+def test_a_name_opencv_cannot_open_is_left_out_beside_torch_only(tiny_engine_set, photographs, tmp_path):
+    """cv2.imread crashes the process (segmentation fault) on a name that is not UTF-8, and took a
+    --compare torch run down with it; the runtime reads such a file, so bench alone still times it."""
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    odd = os.fsdecode(os.path.join(os.fsencode(folder), b"b_\xff\xfe.png"))
+    cv2.imwrite(str(folder / "a.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    shutil.copyfile(folder / "a.png", os.fsencode(odd))
+    sizes = {"global": 252, "face": 252, "fusion": 224}
+    alone = bench_images(folder, tmp_path, count=8, stream_sizes=sizes)
+    assert sorted(str(p) for p in alone.paths) == sorted([str(folder / "a.png"), odd])
+    beside_torch = bench_images(folder, tmp_path, count=8, stream_sizes=sizes, compare_torch=True)
+    assert beside_torch.paths == [folder / "a.png"]
+    assert beside_torch.skipped == [{"image": odd, "error": reference_cannot_open(Path(odd))}]
+    assert "not valid UTF-8" in beside_torch.skipped[0]["error"]
+    run = subprocess.run([sys.executable, "-m", "dfd.export.cli", "bench", str(tiny_engine_set), "--images", str(folder),
+                          "--batch-sizes", "1", "--warmup", "0", "--iterations", "1", "--compare", "torch"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "not valid UTF-8" in run.stderr and "torch" in run.stdout
 
 
 def test_every_batch_size_walks_through_the_same_images():
