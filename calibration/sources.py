@@ -16,11 +16,13 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from dfd.runtime.errors import DfdError
+from dfd.runtime.errors import DfdError, first_few
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".pgm",
-                              ".ppm", ".pnm"})
-"""File name endings (case-insensitive) taken as images: what OpenCV decodes out of the box."""
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff",
+                              ".jp2", ".pbm", ".pgm", ".ppm", ".pnm"})
+"""File name endings (case-insensitive) taken as images: what every OpenCV 4.9+ decodes out of
+the box (GIF only from 4.11, so a folder's .gif files are named as left out, and read when given
+by name)."""
 
 SKIMAGE_PHOTOGRAPHS = (
     "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -63,6 +65,20 @@ class FolderImages:
     other_files: list[Path]
     sub_folders: list[Path]
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    def unlisted(self) -> list[tuple[str, str]]:
+        """(sub-folder, why) for each sub-folder that could not be listed: each is an input that
+        failed, since it may hold images."""
+        return [(str(sub), f"cannot list this folder ({reason}); its images, if any, are left out")
+                for sub, reason in self.unreadable]
+
+    def left_out_files(self, folder: Path) -> str | None:
+        """A warning naming the visible files of ``folder`` left out by their suffix, or None."""
+        if not self.other_files:
+            return None
+        names = [path.relative_to(folder).as_posix() for path in self.other_files]
+        return (f"left out {len(names)} file(s) in {folder} whose names do not end in an image suffix: "
+                f"{first_few(names)}")
 
 
 def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
@@ -142,9 +158,9 @@ def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]
 
 
 def list_images(folder: Path, *, recursive: bool = True) -> list[Path]:
-    """The image files of :func:`scan_image_folder`: calibration sets and checks only need those.
-    A sub-folder that cannot be listed is an error here, since a set silently short of its images
-    would measure, or calibrate on, something else than the user gave."""
+    """The image files of :func:`scan_image_folder`, for a calibration set. A sub-folder that
+    cannot be listed is an error here, since a set silently short of its images would calibrate
+    on something else than the user gave (verify and bench report it and go on, as detect does)."""
     found = scan_image_folder(folder, recursive=recursive)
     if found.unreadable:
         path, reason = found.unreadable[0]

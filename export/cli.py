@@ -22,7 +22,7 @@ from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.images import silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
-from .cli_errors import handles_errors, termination_interrupts
+from .cli_errors import handles_errors, printable, termination_interrupts, warn
 from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, RowOutput, max_pixels_option, \
     prepare_output_file, write_output_file
 from .detect_resume import ScoredImages, load_scored_images, refuse_stdout_over
@@ -147,9 +147,6 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
     from .build import BuildRequest, build_engine_set
     from .checkpoint import LoraSettings
     from .tensorrt_build import TensorRTOptions
-
-    def warn(message: str) -> None:
-        click.secho(f"WARNING: {message}", fg="yellow", err=True)
 
     context = click.get_current_context()
     unused = _flags_given(context, _TENSORRT_ONLY_OPTIONS)
@@ -339,7 +336,7 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
 
     paths, problems = _degrade_inputs(inputs, out_dir, recursive)
     for given, message in problems:
-        click.echo(_printable(f"error: {given}: {message}"), err=True)
+        click.echo(printable(f"error: {given}: {message}"), err=True)
     if not paths:
         if problems:
             sys.exit(2)
@@ -355,10 +352,10 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
             with bar.external_write_mode(file=sys.stderr):
                 if result.output is not None:
                     notes = f"  ({'; '.join(result.notes)})" if result.notes else ""
-                    click.echo(_printable(f"{result.source} -> {result.output}{notes}"))
+                    click.echo(printable(f"{result.source} -> {result.output}{notes}"))
                 else:
                     failed += 1
-                    click.echo(_printable(f"error: {result.error}"), err=True)  # the message names the file
+                    click.echo(printable(f"error: {result.error}"), err=True)  # the message names the file
             bar.update(1)
     if failed:
         click.echo(f"{failed} of {len(paths) + len(problems)} input(s) failed", err=True)
@@ -400,17 +397,18 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
                 seen.add(resolved)
                 images.append(image)
     if left_out:
-        click.secho(f"WARNING: left out {len(left_out)} image(s) inside --out {out_dir} (earlier degraded "
-                    f"copies?): {first_few(left_out)}", fg="yellow", err=True)
+        warn(f"left out {len(left_out)} image(s) inside --out {out_dir} (earlier degraded copies?): "
+             f"{first_few(left_out)}")
     if repeated:
-        click.secho(f"WARNING: {repeated} image(s) given more than once are degraded once", fg="yellow", err=True)
+        warn(f"{repeated} image(s) given more than once are degraded once")
     return images, problems
 
 
 @main.command()
 @engine_dir_argument
 @click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
-              help="Folder of images [default: photographs shipped in installed packages].")
+              help="Folder of images, searched with its sub-folders [default: photographs shipped in installed "
+                   "packages].")
 @click.option("--degrade", is_flag=True, help="Also check JPEG q10, blur, noise, two compound degradations and one seeded draw of the "
                    "paper's random compound engine per image.")
 @click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -437,14 +435,14 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     distinct images (and calibration images) it rests on. Exits 3 when a rule fails, naming it."""
     import json
 
-    from dfd.calibration.sources import ImageSourceError, list_images
+    from dfd.calibration.sources import ImageSourceError, scan_image_folder
     from dfd.runtime.manifest import load_manifest
 
     from .verify import DEFAULT_THRESHOLDS, engine_set_precision, reference_checkpoints, verify_engine_set
 
     manifest = load_manifest(engine_dir, verify=False)  # a folder that is no set fails before anything is made
     try:
-        images = list_images(images_dir) if images_dir is not None else []
+        images = scan_image_folder(images_dir).images if images_dir is not None else []
     except ImageSourceError:
         images = []  # the comparison says what is wrong with the folder
     # a bad path fails now, not after the whole comparison; never over a file the run reads
@@ -465,31 +463,34 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
         click.echo(f"  reference   fp32 PyTorch from {', '.join(c['file'] for c in reference['checkpoints'].values())}")
     else:
         click.echo(f"  reference   fp32 PyTorch with random weights from seed {reference['seed']}")
-    click.echo(f"  images      {report.image_source}")
+    click.echo(printable(f"  images      {report.image_source}"))
     for stream, values in report.streams.items():
         click.echo(f"  {stream:7} max |dP| {values['max_abs_dp']:.2e}   mean |dP| {values['mean_abs_dp']:.2e}")
     for condition, values in report.per_condition.items():
         measured = (f"vote agreement {values['vote_agreement']:.1%} over {values['images']} image(s), {level} "
                     f"{values['vote_agreement_lower_bound']:.1%}" if values["images"] else "no image could be compared")
         click.echo(f"  {condition:11} {measured}")
-    click.echo(f"  vote agreement {report.vote_agreement:.2%} ({level} {report.vote_agreement_lower_bound:.1%}, "
-               f"{report.confidence['method']}); changed: "
-               + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes) or "none"))
+    click.echo(printable(f"  vote agreement {report.vote_agreement:.2%} ({level} {report.vote_agreement_lower_bound:.1%}, "
+                         f"{report.confidence['method']}); changed: "
+                         + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes)
+                            or "none")))
     largest = report.largest_vote_change
-    click.echo("  largest vote change: " + (f"{largest['steps']} step(s), {largest['image']} "
-                                          f"({largest['reference']} -> {largest['engine']})" if largest else "none"))
+    click.echo(printable("  largest vote change: " + (f"{largest['steps']} step(s), {largest['image']} "
+                                                    f"({largest['reference']} -> {largest['engine']})"
+                                                    if largest else "none")))
     if report.calibration_overlap is not None:
         click.echo(f"  calibration images among them: {report.calibration_overlap}")
     for warning in report.warnings:
-        click.secho(f"WARNING: {warning}", fg="yellow", err=True)
+        warn(warning)
     for failure in report.failed_images:
-        click.echo(f"  could not read {failure['image']}: {failure['error']}", err=True)
+        under = f" (under {', '.join(failure['conditions'])})" if "conditions" in failure else ""
+        click.echo(printable(f"  left out {failure['image']}{under}: {failure['error']}"), err=True)
     if report.passed:
         click.echo(f"passed thresholds {report.thresholds}")
     else:
         click.echo(f"FAILED thresholds {report.thresholds}", err=True)
         for failure in report.failures:
-            click.echo(f"  {failure}", err=True)
+            click.echo(printable(f"  {failure}"), err=True)
     if json_out:
         text = json.dumps(report.to_dict(), indent=2).encode()
         try:
@@ -541,36 +542,25 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
             problems.append((given, f"{exc}{hint}"))
             continue
         images.extend(str(p) for p in found.images)
-        # a sub-folder that cannot be listed may hold images: each is an input that failed
-        problems += [(str(sub), f"cannot list this folder ({reason}); its images, if any, are left out")
-                     for sub, reason in found.unreadable]
-        if found.other_files:
-            names = [p.relative_to(path).as_posix() for p in found.other_files]
-            click.secho(f"WARNING: left out {len(names)} file(s) in {given} whose names do not end in an image "
-                        f"suffix: {first_few(names)} (give a file by name to try it anyway)", fg="yellow", err=True)
+        problems += found.unlisted()
+        left_out = found.left_out_files(path)
+        if left_out:
+            warn(f"{left_out} (give a file by name to try it anyway)")
         if found.sub_folders:
             names = [p.name for p in found.sub_folders]
-            click.secho(f"WARNING: did not look in {len(names)} sub-folder(s) of {given}: {first_few(names)} "
-                        "(use --recursive to include their images)", fg="yellow", err=True)
+            warn(f"did not look in {len(names)} sub-folder(s) of {given}: {first_few(names)} "
+                 "(use --recursive to include their images)")
     return images, problems
-
-
-def _printable(name: str) -> str:
-    """A file name for one row of the table: characters that would break the row or the terminal
-    (line breaks, other control characters, bytes undecodable in the file system's encoding) are
-    written as Python escapes; jsonl and csv carry the name exactly."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   for c in name)
 
 
 def _format_table_row(d: dict, omitted_notes: frozenset[str] = frozenset()) -> str:
     """One image's row, then its notes indented below it, but ``omitted_notes``: what the decoder
     said of a damaged file, a conversion, an upscale are as much the result as the score."""
     if d["error"]:  # the message names the file too
-        return f"{_printable(d['image'])}  ERROR: {_printable(d['error'])}"
+        return f"{printable(d['image'])}  ERROR: {printable(d['error'])}"
     streams = "  ".join(f"{s} {p:.4f}" for s, p in d["streams"].items())
-    row = f"{_printable(d['image'])}  score {d['score']:.1f}  (raw {d['raw_score']:.4f})  {streams}  face: {_face_input(d)}"
-    return row + "".join(f"\n    note: {_printable(note)}" for note in d["notes"] if note not in omitted_notes)
+    row = f"{printable(d['image'])}  score {d['score']:.1f}  (raw {d['raw_score']:.4f})  {streams}  face: {_face_input(d)}"
+    return row + "".join(f"\n    note: {printable(note)}" for note in d["notes"] if note not in omitted_notes)
 
 
 def _notes_the_table_omits() -> frozenset[str]:
@@ -709,18 +699,17 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     click.echo(f"backend: {detector.backend_reason}", err=True)
     click.echo(f"preprocessing and vote: {detector.preprocessing}", err=True)
     if host_preprocessing and getattr(detector.backend, "fused_pipeline", None) is None:
-        click.secho(f"WARNING: --host-preprocessing has no effect: the {detector.backend.name} backend always "
-                    f"preprocesses on the host (the fused CUDA kernels are the tensorrt backend's)",
-                    fg="yellow", err=True)
+        warn(f"--host-preprocessing has no effect: the {detector.backend.name} backend always "
+             f"preprocesses on the host (the fused CUDA kernels are the tensorrt backend's)")
     click.echo(f"face localisation: {detector.face_localisation}", err=True)
     if detector.manifest.random_weights:
-        click.secho("WARNING: this engine set has RANDOM weights; its scores are meaningless.", fg="yellow", err=True)
+        warn("this engine set has RANDOM weights; its scores are meaningless.")
     if len(detector.streams) < len(STREAM_CHOICES):
-        click.secho(f"WARNING: this engine set has only the {', '.join(detector.streams)} stream(s); scores are their "
-                    "vote, not the paper's three-stream ensemble.", fg="yellow", err=True)
+        warn(f"this engine set has only the {', '.join(detector.streams)} stream(s); scores are their "
+             "vote, not the paper's three-stream ensemble.")
     if "face" not in detector.streams and (face_crops is not None or face_boxes is not None):
         option = "--face-crops" if face_crops is not None else "--face-boxes"
-        click.secho(f"WARNING: {option} has no effect: this engine set has no face stream", fg="yellow", err=True)
+        warn(f"{option} has no effect: this engine set has no face stream")
         crop_files = boxes = None  # nor a note per image on a crop or box it lacks
     if hasattr(sys.stdout, "reconfigure"):
         # a file name that is not valid in the file system's encoding is held with surrogate escapes
@@ -857,9 +846,9 @@ def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[
                 f"{face_crops}, and score folders whose images share relative paths in separate runs")
     missing = sorted({path for path, crop in chosen.items() if crop is None})
     if missing:
-        click.secho(f"WARNING: {len(missing)} of {len(set(paths))} image(s) have no crop in {face_crops} (looked "
-                    f"for at their path relative to their folder, then at their file name); the face detector "
-                    f"looks for their faces: {first_few(missing)}", fg="yellow", err=True)
+        warn(f"{len(missing)} of {len(set(paths))} image(s) have no crop in {face_crops} (looked for at their path "
+             f"relative to their folder, then at their file name); the face detector looks for their faces: "
+             f"{first_few(missing)}")
     return {path: None if crop is None else str(crop) for path, crop in chosen.items()}
 
 
@@ -881,7 +870,7 @@ def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> dict | None
 
     loaded = load_face_boxes(face_boxes)
     if not loaded.boxes:
-        click.secho(f"WARNING: {face_boxes} holds no face boxes", fg="yellow", err=True)
+        warn(f"{face_boxes} holds no face boxes")
     assigned, unused = loaded.assign(paths)
     if unused and not assigned and paths:
         # every image would silently go to the face detector instead: almost surely the wrong file,
@@ -889,8 +878,7 @@ def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> dict | None
         raise DfdError(f"none of the {len(unused)} face box(es) in {face_boxes} matches an image given "
                        f"(the first: {unused[0]!r}); give the images as the boxes file names them")
     if unused:
-        click.secho(f"WARNING: {len(unused)} face box(es) in {face_boxes} match no image given: "
-                    f"{first_few([repr(k) for k in unused])}", fg="yellow", err=True)
+        warn(f"{len(unused)} face box(es) in {face_boxes} match no image given: {first_few([repr(k) for k in unused])}")
     return assigned
 
 

@@ -19,8 +19,22 @@ import click
 from dfd.runtime.errors import DfdError, os_error_text
 
 
+def printable(text: str) -> str:
+    """Text for one line of the terminal: characters that would break the line or drive the
+    terminal (line breaks, escape sequences, other control characters, bytes undecodable in the
+    file system's encoding, all of which a file name may hold) are written as Python escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
+def warn(message: str) -> None:
+    """One ``WARNING:`` line on stderr, whatever the file names in it hold."""
+    click.secho(f"WARNING: {printable(message)}", fg="yellow", err=True)
+
+
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
+    # a message may span lines on purpose (a checkpoint's list of mismatches); the file names in it may not
+    click.echo("\n".join(printable(line) for line in f"error: {message}".split("\n")), err=True)
     sys.exit(code)
 
 

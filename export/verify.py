@@ -32,7 +32,7 @@ from tqdm import tqdm
 from dfd.calibration.calibset import SOURCE_PIXELS_KEY
 from dfd.calibration.degrade import degrade as paper_degrade
 from dfd.calibration.degrade import fixed_degradation, image_rng
-from dfd.calibration.sources import builtin_photographs, list_images
+from dfd.calibration.sources import builtin_photographs, scan_image_folder
 from dfd.runtime.detector import Detector
 from dfd.runtime.errors import DfdError, first_few
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image
@@ -253,13 +253,19 @@ def _reference_streams(detector: Detector, weights_dir: Path | None,
     return modules
 
 
-def _image_sources(images_dir: Path | None) -> list[tuple[str, Path | np.ndarray]]:
+def _image_sources(images_dir: Path | None, report: VerifyReport) -> tuple[list[tuple[str, Path | np.ndarray]],
+                                                                          list[str]]:
     """(label, source) of each image to verify: a file of ``images_dir``, decoded only when its
     turn comes, so a folder of photographs is never held in memory at once; or a built-in
-    photograph (a few, already decoded)."""
+    photograph (a few, already decoded). And warnings about the folder: the files left out by
+    their suffix. A sub-folder that cannot be listed goes to ``report.failed_images``, as a file
+    that cannot be read does: left out, or with --strict a failure."""
     if images_dir is None:
-        return builtin_photographs()
-    return [(str(path), path) for path in list_images(images_dir)]
+        return builtin_photographs(), []
+    found = scan_image_folder(images_dir)
+    report.failed_images += [{"image": folder, "error": why} for folder, why in found.unlisted()]
+    left_out = found.left_out_files(Path(images_dir))
+    return [(str(path), path) for path in found.images], [left_out] if left_out else []
 
 
 def _stream_probabilities(detector: Detector, reference: Mapping[str, torch.nn.Module],
@@ -320,12 +326,13 @@ def _compare_image(detector: Detector, reference: Mapping[str, torch.nn.Module],
         progress.update(len(conditions))
         return
     tally.first_seen[digest] = label
+    refused: dict[str, list[str]] = {}  # why an image could not be prepared -> the conditions it came under
     for condition, transform in conditions:
         image = transform(rgb) if transform else source if isinstance(source, Path) else rgb
         prepared = detector.prepare(image, f"{label} [{condition}]")
         progress.update(1)
         if not prepared.detection.ok:
-            report.failed_images.append({"image": prepared.detection.image, "error": prepared.detection.error})
+            refused.setdefault(prepared.detection.error, []).append(condition)
             continue
         engine_p, reference_p = _stream_probabilities(detector, reference, prepared.tensors)
         tally.verified[digest] = label
@@ -343,6 +350,9 @@ def _compare_image(detector: Detector, reference: Mapping[str, torch.nn.Module],
             report.changed_votes.append({"image": prepared.detection.image, "engine": engine_vote,
                                          "reference": reference_vote,
                                          "steps": vote_steps(engine_vote, reference_vote)})
+    if refused:  # one input, however many of its conditions it was left out of
+        report.failed_images.append({"image": label, "error": "; ".join(refused),
+                                     "conditions": [c for c, _ in conditions if any(c in r for r in refused.values())]})
 
 
 def _calibration_overlap(calibration: Mapping[str, Any] | None,
@@ -450,7 +460,8 @@ def _verify_with(detector: Detector, images_dir: Path | None, degrade: bool, wei
     conditions = [("clean", None)]
     if degrade:
         conditions += [(d, fixed_degradation(d)) for d in VERIFY_DEGRADATIONS] + [(PAPER_COMPOUND, paper_compound)]
-    tally = _compare_images(detector, reference, _image_sources(images_dir), conditions, report)
+    sources, folder_warnings = _image_sources(images_dir, report)
+    tally = _compare_images(detector, reference, sources, conditions, report)
     agree = sum(agreed for agreed, _ in tally.counts.values())
     total = report.images = sum(compared for _, compared in tally.counts.values())
     if total == 0:
@@ -470,8 +481,8 @@ def _verify_with(detector: Detector, images_dir: Path | None, degrade: bool, wei
     report.largest_vote_change = max(report.changed_votes, key=lambda c: c["steps"], default=None)
     report.calibration_overlap, overlap_warnings = _calibration_overlap(detector.manifest.raw.get("calibration"),
                                                                         tally.verified)
-    report.warnings = (_reference_warnings(detector.manifest, report) + _sample_warnings(report, bound)
-                       + overlap_warnings)
+    report.warnings = (_reference_warnings(detector.manifest, report) + folder_warnings
+                       + _sample_warnings(report, bound) + overlap_warnings)
     report.failures = judge(tally.counts, report.changed_votes, condition_streams, limits, report.non_finite)
     if strict and report.failed_images:
         first = report.failed_images[0]

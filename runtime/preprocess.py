@@ -78,8 +78,9 @@ def _upscaled_for_crop(height: int, width: int, size: int) -> tuple[int, int] | 
         raise PreprocessError(
             f"image {height}x{width} (HxW) is too elongated to score: the {size}x{size} center crop "
             f"needs its short side upscaled to {size}, which would make it {upscaled[0]}x{upscaled[1]} "
-            f"({pixels / 1e6:.0f} MP, over the {MAX_UPSCALED_PIXELS / 1e6:.0f} MP limit on any image the "
-            f"runtime holds); the reference cannot score it either")
+            f"({pixels / 1e6:.0f} MP, over the {MAX_UPSCALED_PIXELS / 1e6:.0f} MP the runtime upscales an image "
+            f"to, a fixed limit that --max-pixels, the decoding limit, does not change); the reference cannot "
+            f"score it either")
     return upscaled
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..cli_errors import handles_errors, termination_interrupts
+from ..cli_errors import handles_errors, termination_interrupts, warn
 from ..cli_types import max_pixels_option, prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import pyplot, write_plot
@@ -44,7 +44,8 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
 @click.command("bench")
 @click.argument("engine_dir", type=click.Path(path_type=Path))
 @click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder of images to score: its first readable ones, as many as the largest batch size "
+              help="Folder of images to score, searched with its sub-folders: its first readable ones, as many as "
+                   "the largest batch size "
                    "(at least 8); with --compare torch, of at least 252x252 (the reference pipeline's crop; "
                    "smaller ones are left out with a warning) [default: photographs shipped in installed "
                    "packages].")
@@ -91,7 +92,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     finally:
         bar.close()
     for warning in result["warnings"]:
-        click.secho(f"WARNING: {warning}", fg="yellow", err=True)
+        warn(warning)
     for line in _summary_lines(result):
         click.echo(line)
     if json_out is not None:  # the measurement first, then the plot drawn from it

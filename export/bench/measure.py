@@ -70,7 +70,8 @@ class BenchImages:
     paths: list[Path]
     source: str  # where they came from
     sizes: list[tuple[int, int]]  # (width, height) of each, as decoded
-    skipped: list[dict[str, str]]  # files of the folder that could not be read, and why
+    skipped: list[dict[str, str]]  # files (and sub-folders) of the folder that could not be read or used, and why
+    left_out: str | None = None  # the warning naming the folder's files without an image suffix
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "count": len(self.paths), "names": [p.name for p in self.paths],
@@ -93,7 +94,7 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
     Without a folder: photographs shipped inside installed packages (scikit-image, matplotlib),
     written losslessly as PNG so every pipeline reads the same pixels from a file.
     """
-    from dfd.calibration.sources import builtin_photographs, list_images
+    from dfd.calibration.sources import builtin_photographs, scan_image_folder
     from dfd.runtime.images import ImageError, decode_image
     from dfd.runtime.preprocess import unscorable_reason
 
@@ -101,8 +102,9 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
     paths: list[Path] = []
     sizes: list[tuple[int, int]] = []
     if images_dir is not None:
-        skipped = []
-        files = list_images(Path(images_dir))
+        found = scan_image_folder(Path(images_dir))
+        files = found.images
+        skipped = [{"image": folder, "error": why} for folder, why in found.unlisted()]
         for path in files:
             if len(paths) == count:
                 break
@@ -127,10 +129,10 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
                 sizes.append((width, height))
         if not paths:
             raise BenchError(f"no image in {images_dir} could be used; the first: {skipped[0]['error']}")
-        unused = len(files) - len(paths) - len(skipped)
+        unused = len(files) - len(paths) - (len(skipped) - len(found.unreadable))
         source = f"folder {images_dir}" + (f" (its first {len(paths)} readable images; {unused} more not used)"
                                            if unused else "")
-        return BenchImages(paths, source, sizes, skipped)
+        return BenchImages(paths, source, sizes, skipped, found.left_out_files(Path(images_dir)))
     for name, rgb in builtin_photographs():
         height, width = rgb.shape[:2]
         # the photographs' rule is --compare torch's, with or without it, so both runs time the same images
@@ -255,12 +257,17 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         images = bench_images(settings.images_dir, Path(tmp), max(DEFAULT_IMAGE_COUNT, *settings.batch_sizes),
                               stream_sizes, settings.compare_torch, settings.max_pixels)
         paths = images.paths
+        if images.left_out:
+            warnings.append(images.left_out)
         if images.skipped:
             names = [f"{Path(item['image']).name} ({item['error']})" for item in images.skipped]
-            warnings.append(f"left out {len(names)} image(s) that could not be read or used: {first_few(names, 3)}")
+            warnings.append(f"left out {len(names)} input(s) that could not be read or used: {first_few(names, 3)}")
+        largest = max(settings.batch_sizes)
+        if settings.images_dir is not None and len(paths) < largest:
+            warnings.append(f"{settings.images_dir} gave {len(paths)} usable image(s), fewer than the largest batch "
+                            f"size {largest}: its batches repeat images, each decoded again")
         memory: dict[str, Any] = {"rss_before_bytes": rss_bytes()}
         available = available_memory_bytes()
-        largest = max(settings.batch_sizes)
         floor = batch_memory_floor(images, largest, list(stream_sizes.values()))
         if available is not None and floor > available:
             raise BenchError(f"a batch of {largest} holds at least {floor / 1e9:.1f} GB at once (its decoded "

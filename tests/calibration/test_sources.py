@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dfd.calibration.sources import (
+    IMAGE_EXTENSIONS,
     ImageSourceError,
     NoImagesError,
     builtin_photographs,
@@ -41,6 +42,21 @@ def folder(tmp_path: Path) -> Path:
 def test_list_images_recursive_sorted_filtered(folder):
     names = [path.relative_to(folder).as_posix() for path in list_images(folder)]
     assert names == ["A.JPG", "b.png", "sub/c.webp", "sub/deeper/d.bmp"]
+
+
+def test_every_suffix_listed_is_one_opencv_decodes(tmp_path):
+    """JPEG's other names (.jpe, .jfif) and PBM were left out of folders, though OpenCV reads them."""
+    image = np.full((64, 80, 3), 100, dtype=np.uint8)  # JPEG 2000's resolution levels need 64 pixels or so
+    for suffix in IMAGE_EXTENSIONS:
+        # OpenCV writes .jpe and .jfif only as .jpg, and PBM and PGM only from one channel
+        ok, encoded = cv2.imencode(".jpg" if suffix in (".jpe", ".jfif") else suffix,
+                                   image[..., 0] if suffix in (".pbm", ".pgm") else image)
+        assert ok, suffix
+        (tmp_path / f"x{suffix}").write_bytes(encoded.tobytes())
+    found = scan_image_folder(tmp_path)
+    assert sorted(path.suffix for path in found.images) == sorted(IMAGE_EXTENSIONS) and not found.other_files
+    for path in found.images:
+        assert cv2.imread(str(path)).shape == (64, 80, 3), path.name
 
 
 def test_list_images_flat(folder):

@@ -100,7 +100,7 @@ def test_unreadable_images_and_those_the_reference_cannot_take_are_left_out_and_
     assert corrupt["image"].endswith("corrupt.jpg") and "not an image OpenCV can decode" in corrupt["error"]
     assert small["image"].endswith("small.png") and small["error"] == (
         "an image of 100x80 is smaller than the 252 crop, which the reference pipeline (--compare torch) cannot take")
-    assert any(w.startswith("left out 2 image(s) that could not be read or used: corrupt.jpg (") for w in
+    assert any(w.startswith("left out 2 input(s) that could not be read or used: corrupt.jpg (") for w in
                result["warnings"])
     assert "corrupt.jpg" in output and "small.png" in output
 
@@ -353,6 +353,33 @@ def test_a_name_opencv_cannot_open_is_left_out_beside_torch_only(tiny_engine_set
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "not valid UTF-8" in run.stderr and "torch" in run.stdout
+
+
+def test_a_locked_sub_folder_files_without_an_image_suffix_and_repeats_are_reported(tiny_engine_set, photographs,
+                                                                                   tmp_path, make_unlistable):
+    """A sub-folder that cannot be listed stopped the benchmark, where detect reports it and goes
+    on; a folder's .gif files were dropped without a word, and a batch larger than the usable
+    images repeated them without one."""
+    folder = tmp_path / "dataset"
+    (folder / "locked").mkdir(parents=True)
+    cv2.imwrite(str(folder / "a.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "locked" / "b.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    (folder / "clip.gif").write_bytes(b"GIF89a")
+    make_unlistable(folder / "locked")
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(bench, [str(tiny_engine_set), "--images", str(folder), "--batch-sizes", "1,3",
+                                        "--warmup", "0", "--iterations", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["images"]["names"] == ["a.png"]
+    assert report["images"]["skipped"] == [{"image": str(folder / "locked"), "error": "cannot list this folder "
+                                            "(Permission denied); its images, if any, are left out"}]
+    assert report["warnings"][-3:] == [
+        f"left out 1 file(s) in {folder} whose names do not end in an image suffix: clip.gif",
+        "left out 1 input(s) that could not be read or used: locked (cannot list this folder (Permission denied); "
+        "its images, if any, are left out)",
+        f"{folder} gave 1 usable image(s), fewer than the largest batch size 3: its batches repeat images, "
+        "each decoded again"]
 
 
 def test_every_batch_size_walks_through_the_same_images():

@@ -1,4 +1,5 @@
-"""How verbs end: a reader that closes stdout early ends the verb quietly, as SIGPIPE would."""
+"""How verbs end: a reader that closes stdout early ends the verb quietly, as SIGPIPE would; an
+error's line and warnings cannot be split or drive the terminal by the file names they hold."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import time
 
 import cv2
 import numpy as np
+import click
 import pytest
+from click.testing import CliRunner
 
-from dfd.export.cli_errors import termination_interrupts
+from dfd.export.cli_errors import handles_errors, termination_interrupts, warn
+from dfd.runtime.errors import DfdError
 
 
 def test_closed_stdout_ends_quietly_with_the_sigpipe_status(tiny_engine_set):
@@ -89,3 +93,25 @@ def test_a_failed_build_ends_its_progress_bar_before_the_error(reference_ensembl
                                        "--streams", "global"])
     assert result.exit_code == 1, result.output
     assert re.search(r"\]\nerror: the disk is on fire", result.output), result.output
+
+
+def test_errors_and_warnings_escape_what_a_file_name_may_hold():
+    """A warning is always one line. An error keeps the line breaks it was written with (a
+    checkpoint's list of mismatches), so a name's own line break breaks it too, and escapes every
+    other control character and undecodable byte (surrogate): no escape sequence reaches the terminal."""
+
+    @click.command()
+    @click.argument("what")
+    @handles_errors
+    def verb(what):
+        name = "bad\x1b[31m\nname\udcff.png"
+        if what == "warn":
+            warn(f"left out {name}")
+        else:
+            raise DfdError(f"cannot use {name}:\n  first reason\n  second reason")
+
+    warned = CliRunner().invoke(verb, ["warn"])
+    assert warned.exit_code == 0 and warned.stderr == "WARNING: left out bad\\x1b[31m\\nname\\udcff.png\n"
+    failed = CliRunner().invoke(verb, ["fail"])
+    assert failed.exit_code == 1
+    assert failed.stderr == "error: cannot use bad\\x1b[31m\nname\\udcff.png:\n  first reason\n  second reason\n"

@@ -82,7 +82,7 @@ def test_unreadable_images_are_reported_and_the_others_verified(tiny_engine_set,
     assert [(Path(f["image"]).name, f["error"].split("' ")[-1]) for f in report["failed_images"]] == [
         ("corrupt.jpg", "is not an image OpenCV can decode (unrecognised format, or corrupt data)"),
         ("gone.png", "is a broken symbolic link (to nowhere.png)")]
-    assert "could not read" in result.output and "gone.png" in result.output
+    assert "left out " in result.output and "gone.png" in result.output
     assert report["passed"] and report["thresholds"]["unreadable_inputs"] == "left out"
 
     # a release gate: the same comparison fails the set when it rests on fewer images than given
@@ -92,6 +92,33 @@ def test_unreadable_images_are_reported_and_the_others_verified(tiny_engine_set,
     assert report["failures"] == [f"2 input(s) could not be read or prepared (strict); the first, "
                                   f"{report['failed_images'][0]['image']}: {report['failed_images'][0]['error']}"]
     assert "FAILED thresholds" in result.output and "2 input(s) could not be read or prepared (strict)" in result.output
+
+
+def test_each_input_left_out_counts_once_and_a_locked_sub_folder_is_one_of_them(tiny_engine_set, photographs,
+                                                                               tmp_path, make_unlistable):
+    """A strip too elongated to crop was listed once per condition ("14 input(s)" for two strips
+    under --degrade); a sub-folder that cannot be listed stopped the whole run, where detect reports
+    it and goes on; files left out by their suffix were dropped without a word."""
+    folder = tmp_path / "images"
+    (folder / "locked").mkdir(parents=True)
+    cv2.imwrite(str(folder / "astronaut.png"), cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "strip.png"), np.full((1, 2048, 3), 128, np.uint8))
+    cv2.imwrite(str(folder / "locked" / "coffee.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    (folder / "clip.gif").write_bytes(b"GIF89a")
+    make_unlistable(folder / "locked")
+    result, report = _run_verify(tiny_engine_set, tmp_path, "--images", str(folder), "--degrade")
+    assert report["images"] == 7 and report["distinct_images"] == 1 and report["passed"]
+    locked, strip = report["failed_images"]
+    assert locked == {"image": str(folder / "locked"),
+                      "error": "cannot list this folder (Permission denied); its images, if any, are left out"}
+    assert strip["image"] == str(folder / "strip.png") and "too elongated" in strip["error"]
+    assert strip["conditions"] == list(report["per_condition"]) and len(strip["conditions"]) == 7
+    assert f"left out 1 file(s) in {folder} whose names do not end in an image suffix: clip.gif" in report["warnings"]
+    assert any(w.startswith("2 input(s) could not be read or prepared") for w in report["warnings"])
+    assert f"left out {folder / 'strip.png'} (under clean, jpeg10, " in result.output
+    _, report = _run_verify(tiny_engine_set, tmp_path, "--images", str(folder), "--strict", exit_code=3)
+    assert report["failures"][-1].startswith(f"2 input(s) could not be read or prepared (strict); the first, "
+                                             f"{folder / 'locked'}: cannot list this folder")
 
 
 def test_no_readable_image_names_the_first_failure_and_a_bad_json_path_fails_first(tiny_engine_set, tmp_path,

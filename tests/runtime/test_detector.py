@@ -474,6 +474,13 @@ def test_detect_cli_names_that_are_not_utf8_or_hold_line_breaks(tiny_engine_set,
     table = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--no-face-detect"])
     assert table.exit_code == 2 and table.stdout.count("\n") == 2 + len(names)
     assert "empty\\x1b[31m\\n.png  ERROR: image file '" in table.stdout and "\x1b" not in table.stdout
+    # so are the names in warnings on stderr (a file left out by its suffix split the line, and an
+    # escape sequence in it reached the terminal)
+    (folder / "notes\x1b[2J\nsecond line.txt").write_text("not an image")
+    table = runner.invoke(main, ["detect", str(tiny_engine_set), str(folder), "--no-face-detect"])
+    [warning] = [line for line in table.stderr.splitlines() if "whose names do not end" in line]
+    assert warning.endswith("image suffix: notes\\x1b[2J\\nsecond line.txt (give a file by name to try it anyway)")
+    assert "\x1b" not in table.stderr
 
 
 def test_face_boxes_api_crops_like_the_reference(tiny_engine_set, reference_ensemble, photographs):

@@ -129,8 +129,9 @@ def test_center_crop_quirk_upscale_keeps_aspect_ratio(height, width, upscaled):
 def test_center_crop_refuses_an_upscale_past_the_pixel_limit(height, width):
     """1x1008 would become 252x254016 (64.01 MP): one pixel row more than the limit allows."""
     rgb = np.full((height, width, 3), 9, np.uint8)
-    with pytest.raises(PreprocessError, match=rf"image {height}x{width} \(HxW\) is too elongated to score.* "
-                                              r"over the 64 MP limit"):
+    with pytest.raises(PreprocessError, match=rf"image {height}x{width} \(HxW\) is too elongated to score.* over "
+                                              r"the 64 MP the runtime upscales an image to, a fixed limit that "
+                                              r"--max-pixels"):
         center_crop(rgb, 252)
     with pytest.raises(PreprocessError, match="too elongated"):
         center_crop_notes(height, width, 252)  # the fused GPU path's sizing refuses it too
