@@ -555,11 +555,14 @@ def onnxruntime_detector(onnx_path: str | Path, providers: Sequence[str] | None 
     path = Path(onnx_path)
     if not path.is_file():
         raise FaceDetectionError(f"face detector ONNX file {path} does not exist")
-    session = onnxruntime.InferenceSession(
-        str(path),
-        sess_options=onnxruntime_session_options(),
-        providers=list(providers) if providers else ["CPUExecutionProvider"],
-    )
+    try:
+        session = onnxruntime.InferenceSession(
+            str(path),
+            sess_options=onnxruntime_session_options(),
+            providers=list(providers) if providers else ["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise FaceDetectionError(f"onnxruntime cannot load {path}: {exc}") from exc
     input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()]
     if sorted(output_names) != ["regressors", "scores"]:

@@ -113,7 +113,7 @@ def parse_manifest(root: Path, data: dict[str, Any]) -> Manifest:
     if data.get("format") != FORMAT:
         raise EngineSetError(f"{where} is not a dfd-export engine-set manifest")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # true and 1.0 equal 1 too
         newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
         remedy = ("it was built by a newer dfd-export: upgrade this one (pip install -U dfd-export), or rebuild "
                   "the set with it" if newer else "rebuild the engine set with this dfd-export")
@@ -125,15 +125,60 @@ def parse_manifest(root: Path, data: dict[str, Any]) -> Manifest:
     if unknown or not streams:
         raise EngineSetError(f"{where}: streams must be among {STREAM_ORDER}; got {sorted(streams)}")
     face = data.get("face_detector")
+    face_detector = _face_detector(face, where) if face is not None else None
+    _files_listed_once(list(streams.values()) + ([face_detector] if face_detector else []), where)
+    random_weights = data.get("random_weights", False)
+    if not isinstance(random_weights, bool):
+        raise EngineSetError(f"{where}: random_weights must be true or false, got {random_weights!r}")
     return Manifest(
         root=Path(root),
         streams=streams,
         vote_weights=_vote_weights(_require(data, "vote", where, dict), streams, where),
         preprocessing=_preprocessing(_require(data, "preprocessing", where, dict), where),
-        random_weights=bool(data.get("random_weights", False)),
+        random_weights=random_weights,
         raw=data,
-        face_detector=_entry("face_detector", face, where) if face else None,
+        face_detector=face_detector,
     )
+
+
+def _face_detector(entry: Any, where: str) -> StreamEntry:
+    """The packaged face localiser and the settings the runtime reads from it: BlazeFace's score
+    threshold, in (0, 1], and MTCNN's three stage thresholds, in [0, 1)."""
+    parsed = _entry("face_detector", entry, where)
+    where_entry = f"{where} [face_detector]"
+    threshold = parsed.details.get("score_threshold")
+    if threshold is not None and not (_is_number(threshold) and 0 < threshold <= 1):
+        raise EngineSetError(f"{where_entry}: score_threshold must be a number in (0, 1], got {threshold!r}")
+    small = parsed.details.get("small_faces")
+    if small is not None:
+        if not isinstance(small, dict):
+            raise EngineSetError(f"{where_entry}: small_faces must be a JSON object, found {type(small).__name__}")
+        thresholds = small.get("thresholds")
+        if thresholds is not None and not (isinstance(thresholds, list) and len(thresholds) == 3
+                                           and all(_is_number(t) and 0 <= t < 1 for t in thresholds)):
+            raise EngineSetError(f"{where_entry}: small_faces thresholds must be three numbers in [0, 1), "
+                                 f"got {thresholds!r}")
+    return parsed
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _files_listed_once(entries: list[StreamEntry], where: str) -> None:
+    """Each role once per entry and each file under one entry: ``StreamEntry.file`` takes a role's
+    first file, so a second one, or another stream's graph, would run unnoticed beside the hashes."""
+    owners: dict[str, str] = {}
+    for entry in entries:
+        roles = [f.role for f in entry.files]
+        doubled = sorted({role for role in roles if roles.count(role) > 1})
+        if doubled:
+            raise EngineSetError(f"{where} [{entry.name}]: lists more than one {', '.join(doubled)} file")
+        for file in entry.files:
+            path = PurePosixPath(file.path.replace("\\", "/")).as_posix()
+            if path in owners:
+                raise EngineSetError(f"{where}: {file.path} is listed under both {owners[path]} and {entry.name}")
+            owners[path] = entry.name
 
 
 def _vote_weights(vote: dict[str, Any], streams: dict[str, StreamEntry], where: str) -> dict[str, float]:
@@ -228,11 +273,14 @@ def load_manifest(engine_dir: str | os.PathLike, *, verify: bool = True) -> Mani
     if not is_folder:
         raise EngineSetError(f"{root} is a file; pass the engine set folder (it holds {MANIFEST_NAME})")
     path = root / MANIFEST_NAME
-    if not path.is_file():
-        raise EngineSetError(
-            f"{root} is not an engine set: no {MANIFEST_NAME}. Build one with `dfd-export build --out {root}`."
-        )
-    size = path.stat().st_size
+    try:
+        if not path.is_file():
+            raise EngineSetError(
+                f"{root} is not an engine set: no {MANIFEST_NAME}. Build one with `dfd-export build --out {root}`."
+            )
+        size = path.stat().st_size
+    except OSError as exc:  # a folder that may be listed but not entered
+        raise EngineSetError(f"cannot read {path}: {exc.strerror or exc}") from None
     if size > MAX_MANIFEST_BYTES:
         raise EngineSetError(f"{path} holds {size} bytes; a manifest is a few kB (at most "
                              f"{MAX_MANIFEST_BYTES} bytes), so this is not an engine set's manifest")
@@ -279,12 +327,15 @@ def verify_files(manifest: Manifest, *, hashes: bool = True) -> None:
     for stream in manifest.entries():
         for entry in stream.files:
             path = manifest.path_of(entry)
-            if not path.is_file():
-                problems.append(f"missing file {entry.path} ({stream.name} stream)")
-            elif path.stat().st_size != entry.bytes:
-                problems.append(f"{entry.path} has {path.stat().st_size} bytes, manifest says {entry.bytes}")
-            elif hashes and sha256_file(path) != entry.sha256:
-                problems.append(f"{entry.path} does not match its sha256 (modified or corrupt)")
+            try:
+                if not path.is_file():
+                    problems.append(f"missing file {entry.path} ({stream.name} stream)")
+                elif path.stat().st_size != entry.bytes:
+                    problems.append(f"{entry.path} has {path.stat().st_size} bytes, manifest says {entry.bytes}")
+                elif hashes and sha256_file(path) != entry.sha256:
+                    problems.append(f"{entry.path} does not match its sha256 (modified or corrupt)")
+            except OSError as exc:  # no permission to read it, a name too long
+                problems.append(f"cannot read {entry.path} ({stream.name} stream): {exc.strerror or exc}")
     if problems:
         listing = "\n  ".join(problems)
         raise EngineSetError(

@@ -62,8 +62,10 @@ def stream_order_and_weights(weights: Mapping[str, float]) -> tuple[tuple[str, .
         raise VoteError(f"vote weights must name streams among {STREAMS}; got {sorted(weights)}")
     order = tuple(name for name in STREAMS if name in weights)
     values = np.array([float(weights[name]) for name in order], dtype=np.float64)
-    if not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0:
-        raise VoteError(f"vote weights must be finite, non-negative and not all zero; "
+    with np.errstate(over="ignore"):  # their sum too: 1e308 each overflows it, and every vote came out 0.0
+        total = values.sum()
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or not 0 < total < np.inf:
+        raise VoteError(f"vote weights must be finite, non-negative, not all zero and of a finite sum; "
                         f"got {dict(weights)}")
     return order, values
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from conftest import write_rebuilt_manifest
 
 from dfd.runtime.backends import OnnxRuntimeBackend, stream_shape_problem
 from dfd.runtime.detector import Detector
+from dfd.runtime.errors import DfdError
 from dfd.runtime.manifest import (MANIFEST_NAME, EngineSetError, load_manifest, manifest_digest, parse_manifest,
                                   sha256_file, verify_files, write_manifest)
 
@@ -58,9 +60,9 @@ EDITS = {
     "stream entry not an object": (lambda d: d["streams"].update(face=3),
                                    r"\[face\]: expected a JSON object, found int"),
     "negative weight": (lambda d: d["vote"]["weights"].update(face=-1.0),
-                        "vote weights must be finite, non-negative and not all zero"),
+                        "vote weights must be finite, non-negative, not all zero"),
     "NaN weight": (lambda d: d["vote"]["weights"].update(face=float("nan")),
-                   "vote weights must be finite, non-negative and not all zero"),
+                   "vote weights must be finite, non-negative, not all zero"),
     "all weights zero": (lambda d: d["vote"].update(weights={"global": 0, "face": 0, "fusion": 0}),
                          "not all zero"),
     "weight not a number": (lambda d: d["vote"]["weights"].update(face="two"),
@@ -86,6 +88,24 @@ EDITS = {
     "no preprocessing": (lambda d: d.pop("preprocessing"), "manifest field 'preprocessing' is missing"),
     "face detector entry": (lambda d: d["face_detector"].update(precision="fp8"),
                             r"\[face_detector\]: precision 'fp8'"),
+    # fields the runtime reads, which reached it unchecked (a traceback, or a silently wrong vote)
+    "weights summing past float": (lambda d: d["vote"].update(weights={"global": 1e308, "face": 1e308,
+                                                                       "fusion": 1e308}), "of a finite sum"),
+    "score threshold a word": (lambda d: d["face_detector"].update(score_threshold="high"),
+                               r"\[face_detector\]: score_threshold must be a number in \(0, 1\], got 'high'"),
+    "score threshold above one": (lambda d: d["face_detector"].update(score_threshold=5), "got 5"),
+    "score threshold zero": (lambda d: d["face_detector"].update(score_threshold=0), "got 0"),
+    "small faces a word": (lambda d: d["face_detector"].update(small_faces="x"),
+                           "small_faces must be a JSON object, found str"),
+    "mtcnn thresholds words": (lambda d: d["face_detector"]["small_faces"].update(thresholds=["a", "b", "c"]),
+                               r"small_faces thresholds must be three numbers in \[0, 1\), got \['a'"),
+    "empty face detector": (lambda d: d.update(face_detector={}), r"\[face_detector\]: manifest field 'files'"),
+    "a role listed twice": (lambda d: d["streams"]["global"]["files"].insert(0, dict(
+        d["streams"]["face"]["files"][0])), r"\[global\]: lists more than one onnx file"),
+    "one graph under two streams": (lambda d: d["streams"]["global"]["files"][0].update(
+        d["streams"]["face"]["files"][0]), "face.fp32.onnx is listed under both global and face"),
+    "random weights a word": (lambda d: d.update(random_weights="false"),
+                              "random_weights must be true or false, got 'false'"),
 }
 
 
@@ -212,6 +232,8 @@ def test_the_digest_ignores_formatting_and_a_set_without_one_is_refused(tiny_eng
     (2, "it was built by a newer dfd-export: upgrade this one (pip install -U dfd-export)"),
     (0, "rebuild the engine set with this dfd-export"),
     ("1", "rebuild the engine set with this dfd-export"),
+    (True, "rebuild the engine set with this dfd-export"),  # equal to 1 in Python, as 1.0 is
+    (1.0, "rebuild the engine set with this dfd-export"),
 ])
 def test_another_format_version_says_which_side_to_update(tiny_engine_set, tmp_path, version, remedy):
     """A set from a newer dfd-export was told to rebuild with this older one."""
@@ -256,6 +278,46 @@ def test_an_empty_or_unusable_path_is_an_engine_set_error():
     with pytest.raises(EngineSetError, match=r"cannot look at the engine set folder /a{199}\.\.\. \(5001 characters\): "
                                              r"File name too long"):
         Detector.open("/" + "a" * 5000)
+
+
+def test_a_set_that_cannot_be_read_is_an_engine_set_error(tiny_engine_set, tmp_path, monkeypatch):
+    """A folder that may be listed but not entered, or a graph that may not be read, raised a bare
+    PermissionError from Detector.open (and doctor --json printed no JSON)."""
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    real_open = open
+
+    def refusing_open(path, *args, **kwargs):
+        if Path(path) == folder / "fusion.fp32.onnx":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refusing_open)
+    with pytest.raises(EngineSetError, match=r"cannot read fusion.fp32.onnx \(fusion stream\): Permission denied"):
+        Detector.open(folder)
+    monkeypatch.undo()
+    real_is_file = Path.is_file
+
+    def refusing_is_file(path):
+        if path == folder / MANIFEST_NAME:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", refusing_is_file)
+    with pytest.raises(EngineSetError, match=f"cannot read {re.escape(str(folder / MANIFEST_NAME))}: Permission denied"):
+        Detector.open(folder)
+
+
+def test_a_face_detector_graph_onnxruntime_cannot_load_is_named(tiny_engine_set, tmp_path):
+    """A garbage BlazeFace graph with its hash updated gave onnxruntime's own traceback."""
+    def garbage(data, folder):
+        entry = data["face_detector"]["files"][0]
+        (folder / entry["path"]).write_bytes(b"not an onnx graph")
+        entry.update(sha256=sha256_file(folder / entry["path"]), bytes=len(b"not an onnx graph"))
+
+    folder = _copy_with(tiny_engine_set, tmp_path, garbage)
+    with pytest.raises(DfdError, match="onnxruntime cannot load .*face_detector.fp32.onnx"):
+        Detector.open(folder)
 
 
 def test_file_hashes_are_sha256_of_the_whole_file_across_read_chunks(tmp_path):
