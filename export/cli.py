@@ -436,11 +436,13 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     import json
 
     from dfd.calibration.sources import ImageSourceError, scan_image_folder
-    from dfd.runtime.manifest import load_manifest
+    from dfd.runtime.manifest import load_manifest, verify_files
 
     from .verify import DEFAULT_THRESHOLDS, engine_set_precision, reference_checkpoints, verify_engine_set
 
-    manifest = load_manifest(engine_dir, verify=False)  # a folder that is no set fails before anything is made
+    # a folder that is no set, or an edited manifest, fails before anything is made or read from it
+    manifest = load_manifest(engine_dir, verify=False)
+    verify_files(manifest, hashes=False)  # the digest and sizes; the hashes when the set is opened
     try:
         images = scan_image_folder(images_dir).images if images_dir is not None else []
     except ImageSourceError:

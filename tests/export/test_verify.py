@@ -121,6 +121,19 @@ def test_each_input_left_out_counts_once_and_a_locked_sub_folder_is_one_of_them(
                                              f"{folder / 'locked'}: cannot list this folder")
 
 
+def test_an_edited_manifest_fails_its_integrity_check_before_verify_reads_it(tiny_engine_set, tmp_path):
+    """verify read the build fields of a manifest it had not checked yet: "build": "x" gave an
+    AttributeError traceback instead of the digest mismatch every other verb reports."""
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    data = json.loads((folder / "manifest.json").read_text())
+    data["build"] = "x"
+    (folder / "manifest.json").write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["verify", str(folder)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "manifest.json was edited after the build" in result.output
+
+
 def test_no_readable_image_names_the_first_failure_and_a_bad_json_path_fails_first(tiny_engine_set, tmp_path,
                                                                                    monkeypatch):
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
