@@ -1056,7 +1056,7 @@ int main(int argc, char **argv)
     image.data = pixel; image.width = 1; image.height = 1; image.stride_bytes = 3;
     image.format = (dfd_pixel_format)-1;
     st = dfd_detect(d, &image, 1, &r);
-    printf("format %d|%s\n", st, dfd_last_error());
+    printf("format %d %d|%s\n", st, (int)r.status, dfd_last_error());
     dfd_close(d);
     return 0;
 }
@@ -1168,10 +1168,11 @@ def test_utf8_paths_sizes_and_formats_at_the_boundary(tiny_engine_set, capi_lib,
     missing = tmp_path / "naïve-写真.png"
     lines = _probe_lines(_run([exe, engines, missing]))
     assert lines["init"] == "1||5a5a5a5a5a5a5a5a" and lines["open"] == "0|"
-    assert lines["file"] == f"{STATUS['io']}|cannot read image file {str(missing)!r}: it does not exist"
+    assert lines["file"] == f"{STATUS['io']}|image file {str(missing)!r} does not exist"
     assert lines["encoded"].startswith(f"{STATUS['invalid_argument']}|dfd_detect_encoded: size is 18446744073709551615 "
                                        f"bytes, more than a process can address")
-    assert lines["format"] == (f"{STATUS['invalid_argument']}|images[0].format is -1, not a "
+    # a bad descriptor fails its own image (DFD_E_INVALID_ARGUMENT in its result); the call says one failed
+    assert lines["format"] == (f"{STATUS['image']} {STATUS['invalid_argument']}|images[0].format is -1, not a "
                                f"dfd_pixel_format (DFD_PIXEL_RGB8 = 0, DFD_PIXEL_BGR8 = 1)")
 
 

@@ -27,11 +27,11 @@ def _tensorrt_set(tiny_engine_set, folder):
     (a stand-in byte here)."""
     shutil.copytree(tiny_engine_set, folder)
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    for entry in manifest["streams"].values():
+    for name, entry in manifest["streams"].items():
         entry["backend"] = "tensorrt"
-        entry["files"].append({"path": "x.engine", "sha256": "0" * 64, "bytes": 1, "role": "engine"})
+        entry["files"].append({"path": f"{name}.engine", "sha256": "0" * 64, "bytes": 1, "role": "engine"})
+        (folder / f"{name}.engine").write_bytes(b"\0")
     manifest["tensorrt"] = BUILT_FOR_ORIN
-    (folder / "x.engine").write_bytes(b"\0")
     write_rebuilt_manifest(folder, manifest)
     return folder
 
