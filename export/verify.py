@@ -326,13 +326,16 @@ def _compare_image(detector: Detector, reference: Mapping[str, torch.nn.Module],
         progress.update(len(conditions))
         return
     tally.first_seen[digest] = label
-    refused: dict[str, list[str]] = {}  # why an image could not be prepared -> the conditions it came under
+    left_out_under: list[str] = []  # the conditions under which it could not be prepared
+    reasons: list[str] = []  # why, each reason once
     for condition, transform in conditions:
         image = transform(rgb) if transform else source if isinstance(source, Path) else rgb
         prepared = detector.prepare(image, f"{label} [{condition}]")
         progress.update(1)
         if not prepared.detection.ok:
-            refused.setdefault(prepared.detection.error, []).append(condition)
+            left_out_under.append(condition)
+            if prepared.detection.error not in reasons:
+                reasons.append(prepared.detection.error)
             continue
         engine_p, reference_p = _stream_probabilities(detector, reference, prepared.tensors)
         tally.verified[digest] = label
@@ -350,9 +353,8 @@ def _compare_image(detector: Detector, reference: Mapping[str, torch.nn.Module],
             report.changed_votes.append({"image": prepared.detection.image, "engine": engine_vote,
                                          "reference": reference_vote,
                                          "steps": vote_steps(engine_vote, reference_vote)})
-    if refused:  # one input, however many of its conditions it was left out of
-        report.failed_images.append({"image": label, "error": "; ".join(refused),
-                                     "conditions": [c for c, _ in conditions if any(c in r for r in refused.values())]})
+    if left_out_under:  # one input, however many of its conditions it was left out of
+        report.failed_images.append({"image": label, "error": "; ".join(reasons), "conditions": left_out_under})
 
 
 def _calibration_overlap(calibration: Mapping[str, Any] | None,

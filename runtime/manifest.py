@@ -175,7 +175,7 @@ def _files_listed_once(entries: list[StreamEntry], where: str) -> None:
         if doubled:
             raise EngineSetError(f"{where} [{entry.name}]: lists more than one {', '.join(doubled)} file")
         for file in entry.files:
-            path = PurePosixPath(file.path.replace("\\", "/")).as_posix()
+            path = _as_posix(file.path).as_posix()
             if path in owners:
                 raise EngineSetError(f"{where}: {file.path} is listed under both {owners[path]} and {entry.name}")
             owners[path] = entry.name
@@ -240,6 +240,11 @@ def _entry(name: str, entry: dict[str, Any], where: str) -> StreamEntry:
 _FILE_FIELDS = {f.name for f in fields(FileEntry)}
 
 
+def _as_posix(path: str) -> PurePosixPath:
+    """A listed path with either separator, as the one form it is checked and compared in."""
+    return PurePosixPath(path.replace("\\", "/"))
+
+
 def _file_entry(entry: dict[str, Any], where: str) -> FileEntry:
     """A listed file, whose path must stay inside the engine-set folder: a manifest that names
     ``../x`` or ``/x`` would make the runtime load (and vouch for) a file the set does not hold."""
@@ -251,7 +256,7 @@ def _file_entry(entry: dict[str, Any], where: str) -> FileEntry:
     file = FileEntry(**entry)
     if not isinstance(file.path, str):
         raise EngineSetError(f"{where}: a file path must be a string, got {file.path!r}")
-    path = PurePosixPath(file.path.replace("\\", "/"))
+    path = _as_posix(file.path)
     if not file.path or path.is_absolute() or PureWindowsPath(file.path).drive or ".." in path.parts:
         raise EngineSetError(f"{where}: file path {file.path!r} is not inside the engine-set folder "
                              "(paths are relative to it, without '..')")

@@ -44,11 +44,10 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
 @click.command("bench")
 @click.argument("engine_dir", type=click.Path(path_type=Path))
 @click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder of images to score, searched with its sub-folders: its first readable ones, as many as "
-                   "the largest batch size "
-                   "(at least 8); with --compare torch, of at least 252x252 (the reference pipeline's crop; "
-                   "smaller ones are left out with a warning) [default: photographs shipped in installed "
-                   "packages].")
+              help="Folder of images to score, searched with its sub-folders: its first readable ones, as many "
+                   "as the largest batch size (at least 8); with --compare torch, of at least 252x252 (the "
+                   "reference pipeline's crop; smaller ones are left out with a warning) [default: photographs "
+                   "shipped in installed packages].")
 @click.option("--batch-sizes", default="1,4,16", show_default=True, callback=_parse_batch_sizes,
               help="Comma-separated batch sizes to measure.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
