@@ -33,10 +33,12 @@ from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISI
                                   write_manifest)
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS
 
-from .checkpoint import LoraSettings, find_checkpoint, load_reference_checkpoint
-from .configs import PAPER_CLIP, PAPER_DINOV2, ClipVisionConfig, DinoV2Config, load_clip_config, load_dinov2_config
+from .checkpoint import CheckpointError, find_checkpoint, load_reference_checkpoint
+from .configs import (PAPER_CLIP, PAPER_DINOV2, STREAM_NAMES, STREAM_SPECS, ClipVisionConfig, DinoV2Config,
+                      LoraSettings, load_clip_config, load_dinov2_config)
 from .onnx_export import DEFAULT_OPSET, export_stream_onnx, parameter_bytes
-from .streams import STREAM_NAMES, STREAM_SPECS, build_stream
+from .recorded_build import SEED_RANGE, RecordedBuild
+from .streams import build_stream
 from .tensorrt_build import TensorRTOptions
 
 CALIBRATION_METHODS = ("entropy", "max")
@@ -126,6 +128,9 @@ def _check_request(request: BuildRequest) -> None:
     if request.lora.r < 1 or not (math.isfinite(request.lora.alpha) and request.lora.alpha > 0):
         raise BuildError(f"LoRA rank must be >= 1 and alpha a positive number; got r={request.lora.r}, "
                          f"alpha={request.lora.alpha}")
+    if not SEED_RANGE[0] <= request.seed <= SEED_RANGE[1]:
+        raise BuildError(f"--seed must be within [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (what torch can seed with), "
+                         f"got {request.seed}")
     if request.calib_dir is not None and not Path(request.calib_dir).is_dir():
         raise BuildError(f"calibration folder not found: {request.calib_dir}")
     # contradictory flags are refused whatever the backend: the same command must not pass here
@@ -175,6 +180,21 @@ def load_stream_module(name: str, request: BuildRequest, dino: DinoV2Config, cli
     del state
     source = FileEntry.of(path.parent, path, "checkpoint")
     return module, {"checkpoint": {"file": source.path, "sha256": source.sha256, "bytes": source.bytes}}
+
+
+def load_reference_stream(build: RecordedBuild, name: str, weights_dir: Path | None) -> torch.nn.Module:
+    """The fp32 PyTorch module the set's ``name`` stream was built from: its checkpoint, found in
+    ``weights_dir`` (which must hold the very file the build hashed), or the build's seeded
+    random weights."""
+    stream = build.streams[name]
+    request = BuildRequest(out_dir=Path("."), weights_dir=weights_dir if stream.checkpoint else None,
+                           seed=build.seed, lora=build.lora)
+    module, source = load_stream_module(name, request, stream.dino, stream.clip)
+    loaded = source["checkpoint"]
+    if stream.checkpoint and loaded["sha256"] != stream.checkpoint.sha256:
+        raise CheckpointError(f"{Path(weights_dir) / loaded['file']} is not the checkpoint the {name} stream was "
+                              f"built from (its sha256 differs); pass --weights-dir where that file is")
+    return module
 
 
 def _face_detector_entry(staging: Path, request: BuildRequest) -> dict[str, Any]:

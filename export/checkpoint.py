@@ -31,12 +31,9 @@ import torch
 
 from dfd.runtime.errors import DfdError
 
-from .configs import ClipVisionConfig, DinoV2Config
-from .streams import FUSION_HIDDEN, NUM_CLASSES, STREAM_SPECS
+from .configs import FUSION_HIDDEN, NUM_CLASSES, STREAM_SPECS, ClipVisionConfig, DinoV2Config, LoraSettings
 from .towers import interpolate_position_grid
 
-REFERENCE_LORA_R = 32
-REFERENCE_LORA_ALPHA = 64.0
 _PREFIXES = ("module.backbone.", "backbone.")
 _PEFT_PREFIX = "base_model.model."
 _ADAPTER = "default"
@@ -62,18 +59,6 @@ _DINO_ALIASES = {
 
 class CheckpointError(DfdError, ValueError):
     """A checkpoint does not match the architecture its config describes; names the keys."""
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA hyper-parameters of the reference training config (r=32, alpha=64)."""
-
-    r: int = REFERENCE_LORA_R
-    alpha: float = REFERENCE_LORA_ALPHA
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.r
 
 
 @dataclass

@@ -145,7 +145,7 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
           version_compatible, hardware_compatibility, streams, lora_r, lora_alpha, opset, seed, force, no_face_detector):
     """Build an engine set: import checkpoints, export each stream to ONNX, write manifest.json."""
     from .build import BuildRequest, build_engine_set
-    from .checkpoint import LoraSettings
+    from .configs import LoraSettings
     from .tensorrt_build import TensorRTOptions
 
     context = click.get_current_context()
@@ -225,7 +225,9 @@ def inspect(engine_dir, as_json, no_verify):
         return
     raw = manifest.raw
     click.echo(f"engine set   {manifest.root}")
-    click.echo(f"created      {raw.get('created_utc', '?')}  by dfd-export {raw.get('tool_versions', {}).get('dfd-export', '?')}")
+    versions = raw.get("tool_versions")  # the trains side's record, not checked to run: shown as it is
+    built_by = versions.get("dfd-export", "?") if isinstance(versions, dict) else "?"
+    click.echo(printable(f"created      {raw.get('created_utc', '?')}  by dfd-export {built_by}"))
     if manifest.random_weights:
         click.secho("weights      RANDOM (demo/benchmark set; scores are meaningless)", fg="yellow")
     click.echo("vote         " + ", ".join(f"{k} {v:g}" for k, v in manifest.vote_weights.items())

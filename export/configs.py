@@ -1,4 +1,6 @@
-"""Backbone sizes, read from the HuggingFace ``config.json`` files the reference keeps.
+"""The explicit configs of the ensemble: what distinguishes each stream, the backbone sizes
+(read from the HuggingFace ``config.json`` files the reference keeps) and the LoRA settings.
+Plain data without torch, so the lean verbs (bench without --compare torch) can read them.
 
 The reference builds its backbones with ``AutoModel.from_pretrained("models/dinov2-giant")`` and
 ``CLIPVisionModel.from_pretrained("models/clip-vit-large-patch14")``, so the architecture of a
@@ -19,6 +21,27 @@ from dfd.runtime.errors import DfdError
 
 DINOV2_DIRNAME = "dinov2-giant"
 CLIP_DIRNAME = "clip-vit-large-patch14"
+
+STREAM_NAMES = ("global", "face", "fusion")
+FUSION_HIDDEN = 512  # the fusion head's hidden width: Linear(DINO + CLIP, 512) -> GELU -> Linear(512, 2)
+NUM_CLASSES = 2
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What distinguishes one stream: its reference checkpoint file and its input size."""
+
+    name: str
+    checkpoint: str
+    input_size: int
+    uses_clip: bool
+
+
+STREAM_SPECS: dict[str, StreamSpec] = {
+    "global": StreamSpec("global", "dinov2_252.pth", 252, uses_clip=False),
+    "face": StreamSpec("face", "dinov2_252_crop.pth", 252, uses_clip=False),
+    "fusion": StreamSpec("fusion", "dinov2_clip.pth", 224, uses_clip=True),
+}
 
 
 class ConfigError(DfdError, ValueError):
@@ -80,6 +103,19 @@ class ClipVisionConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA hyper-parameters of the reference training config (r=32, alpha=64): how a checkpoint's
+    adapters merge into the backbone (scale alpha / r)."""
+
+    r: int = 32
+    alpha: float = 64.0
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+
 # The paper's backbones (facebook/dinov2-giant and openai/clip-vit-large-patch14), used when a
 # user builds without a models folder (demo engine sets with random weights).
 PAPER_DINOV2 = DinoV2Config(
@@ -119,7 +155,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _checked(source: Path, name: str, kind: type, value: Any) -> Any:
+def _checked(where: str, name: str, kind: type, value: Any) -> Any:
     """``value`` if it is a valid ``kind`` for field ``name``: every number in these configs is a
     size, a ratio or an epsilon, so it must be positive (and finite); a bool must be a JSON bool."""
     if kind is bool:
@@ -133,23 +169,44 @@ def _checked(source: Path, name: str, kind: type, value: Any) -> Any:
               and math.isfinite(value) and value > 0)
     if not ok:
         wanted = {bool: "true or false", str: "a string", int: "a positive integer"}.get(kind, "a positive number")
-        raise ConfigError(f"{source}: {name} must be {wanted}, got {json.dumps(value)}")
+        raise ConfigError(f"{where}: {name} must be {wanted}, got {json.dumps(value)}")
     return float(value) if kind is float else value
 
 
-def _pick(cls: type, data: dict[str, Any], source: Path) -> Any:
+def _pick(cls: type, data: dict[str, Any], where: str) -> Any:
     """The fields of ``cls`` that ``data`` sets, type-checked, over HuggingFace's defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {json.dumps(data)[:80]}")
     kinds = get_type_hints(cls)  # the fields' classes (the annotations are strings in this module)
-    config = cls(**{f.name: _checked(source, f.name, kinds[f.name], data[f.name]) for f in fields(cls) if f.name in data})
+    config = cls(**{f.name: _checked(where, f.name, kinds[f.name], data[f.name]) for f in fields(cls) if f.name in data})
     if config.num_channels != 3:
-        raise ConfigError(f"{source}: num_channels is {config.num_channels}; the streams take RGB images (3)")
+        raise ConfigError(f"{where}: num_channels is {config.num_channels}; the streams take RGB images (3)")
     if config.hidden_size % config.num_attention_heads:
         raise ConfigError(
-            f"{source}: hidden_size {config.hidden_size} is not divisible by "
+            f"{where}: hidden_size {config.hidden_size} is not divisible by "
             f"num_attention_heads {config.num_attention_heads}"
         )
     if config.image_size < config.patch_size:
-        raise ConfigError(f"{source}: image_size {config.image_size} is smaller than patch_size {config.patch_size}")
+        raise ConfigError(f"{where}: image_size {config.image_size} is smaller than patch_size {config.patch_size}")
+    return config
+
+
+def dinov2_config_from(data: dict[str, Any], where: str) -> DinoV2Config:
+    """The DINOv2 config ``data`` describes (a ``config.json``, or a manifest's record of one),
+    checked; ``where`` names it in errors. Keys it leaves out take HuggingFace's defaults."""
+    config = _pick(DinoV2Config, data, where)
+    if config.hidden_act not in ("gelu", "silu", "swish"):
+        raise ConfigError(f"{where}: unsupported hidden_act {config.hidden_act!r}")
+    return config
+
+
+def clip_config_from(data: dict[str, Any], where: str) -> ClipVisionConfig:
+    """The CLIP vision config ``data`` describes, checked as ``dinov2_config_from`` checks its own."""
+    config = _pick(ClipVisionConfig, data, where)
+    if config.hidden_act not in ("quick_gelu", "gelu"):
+        raise ConfigError(f"{where}: unsupported hidden_act {config.hidden_act!r}")
+    if config.image_size % config.patch_size:
+        raise ConfigError(f"{where}: image_size is not a multiple of patch_size")
     return config
 
 
@@ -160,10 +217,7 @@ def load_dinov2_config(models_dir: Path) -> DinoV2Config:
     model_type = data.get("model_type", "dinov2")
     if model_type != "dinov2":
         raise ConfigError(f"{path}: model_type is {model_type!r}, expected 'dinov2'")
-    config = _pick(DinoV2Config, data, path)
-    if config.hidden_act not in ("gelu", "silu", "swish"):
-        raise ConfigError(f"{path}: unsupported hidden_act {config.hidden_act!r}")
-    return config
+    return dinov2_config_from(data, str(path))
 
 
 def load_clip_config(models_dir: Path) -> ClipVisionConfig:
@@ -171,11 +225,6 @@ def load_clip_config(models_dir: Path) -> ClipVisionConfig:
     ``vision_config`` is used, as ``CLIPVisionModel.from_pretrained`` does) or a vision config."""
     path = Path(models_dir) / CLIP_DIRNAME / "config.json"
     data = _read_json(path)
-    if "vision_config" in data:
-        data = data["vision_config"] or {}
-    config = _pick(ClipVisionConfig, data, path)
-    if config.hidden_act not in ("quick_gelu", "gelu"):
-        raise ConfigError(f"{path}: unsupported hidden_act {config.hidden_act!r}")
-    if config.image_size % config.patch_size:
-        raise ConfigError(f"{path}: image_size is not a multiple of patch_size")
-    return config
+    if "vision_config" in data:  # null: the vision tower's defaults, as transformers takes it
+        return clip_config_from(data["vision_config"] or {}, f"{path}: vision_config")
+    return clip_config_from(data, str(path))

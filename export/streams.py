@@ -9,35 +9,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from .configs import ClipVisionConfig, ConfigError, DinoV2Config
+from .configs import FUSION_HIDDEN, NUM_CLASSES, STREAM_NAMES, STREAM_SPECS, ClipVisionConfig, ConfigError, DinoV2Config
 from .towers import ClipVisionTower, DinoV2Tower
-
-STREAM_NAMES = ("global", "face", "fusion")
-FUSION_HIDDEN = 512
-NUM_CLASSES = 2
-
-
-@dataclass(frozen=True)
-class StreamSpec:
-    """What distinguishes one stream: its reference checkpoint file and its input size."""
-
-    name: str
-    checkpoint: str
-    input_size: int
-    uses_clip: bool
-
-
-STREAM_SPECS: dict[str, StreamSpec] = {
-    "global": StreamSpec("global", "dinov2_252.pth", 252, uses_clip=False),
-    "face": StreamSpec("face", "dinov2_252_crop.pth", 252, uses_clip=False),
-    "fusion": StreamSpec("fusion", "dinov2_clip.pth", 224, uses_clip=True),
-}
-
 
 class DinoLinearStream(nn.Module):
     """DINOv2 CLS feature -> Linear(D, 2): the reference's ``DINOv2`` backbone wrapper."""

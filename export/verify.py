@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dfd.calibration.calibset import SOURCE_PIXELS_KEY
 from dfd.calibration.degrade import degrade as paper_degrade
 from dfd.calibration.degrade import fixed_degradation, image_rng
 from dfd.calibration.sources import builtin_photographs, scan_image_folder
@@ -39,9 +38,8 @@ from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, dec
 from dfd.runtime.manifest import CONTENT_HASH_KEY, STREAM_ORDER, Manifest
 from dfd.runtime.vote import discretised_vote, softmax_fake_probability
 
-from .build import BuildRequest, load_stream_module
-from .checkpoint import LoraSettings
-from .configs import ClipVisionConfig, DinoV2Config
+from .build import load_reference_stream
+from .recorded_build import RecordedBuild, read_recorded_build
 
 VERIFY_DEGRADATIONS = ("jpeg10", "blur3", "noise25", "compound_a", "compound_b")
 # Acceptance thresholds per precision: (max |ΔP|, mean |ΔP|, min vote agreement)
@@ -197,59 +195,47 @@ def agreement_bound() -> tuple[str, Callable[[int, int], float]]:
     return f"Clopper-Pearson (exact), one-sided {CONFIDENCE:.0%}", clopper_pearson_lower_bound
 
 
-def _checkpoint_folder(manifest: Manifest, weights_dir: Path | None) -> Path | None:
+def _checkpoint_folder(build: RecordedBuild, weights_dir: Path | None) -> Path | None:
     """Where the set's checkpoints are: ``--weights-dir``, else the folder the build recorded; None
-    for a random-weights set (or a manifest that records none)."""
-    if manifest.raw.get("random_weights"):
+    for a random-weights set."""
+    if build.random_weights:
         return None
-    recorded = manifest.raw.get("build", {}).get("weights_dir")
-    return Path(weights_dir) if weights_dir else Path(recorded) if recorded else None
+    return Path(weights_dir) if weights_dir else build.weights_dir
 
 
 def reference_checkpoints(manifest: Manifest, weights_dir: Path | None) -> list[Path]:
     """The checkpoint files the reference is rebuilt from (none for a random-weights set): files
-    ``verify`` reads, which its ``--json`` must never overwrite."""
-    folder = _checkpoint_folder(manifest, weights_dir)
+    ``verify`` reads, which its ``--json`` must never overwrite. Call it after ``verify_files``."""
+    build = read_recorded_build(manifest)
+    folder = _checkpoint_folder(build, weights_dir)
     if folder is None:
         return []
-    files = [manifest.raw["streams"][name].get("source", {}).get("checkpoint") for name in manifest.streams]
-    return [folder / entry["file"] for entry in files if entry and entry.get("file")]
+    return [folder / stream.checkpoint.file for stream in build.streams.values() if stream.checkpoint]
 
 
-def _reference_streams(detector: Detector, weights_dir: Path | None,
+def _reference_streams(build: RecordedBuild, weights_dir: Path | None,
                        report: VerifyReport) -> dict[str, torch.nn.Module]:
     """The fp32 PyTorch streams the set was built from, rebuilt from what its manifest records;
     ``report.reference`` says which."""
-    raw = detector.manifest.raw
-    build = raw.get("build", {})
-    weights = _checkpoint_folder(detector.manifest, weights_dir)
-    if raw.get("random_weights"):
+    weights = _checkpoint_folder(build, weights_dir)
+    if build.random_weights:
         if weights_dir:
             raise DfdError(f"--weights-dir {weights_dir}: this engine set was built with random weights, not from "
                            f"checkpoints, so there is nothing to load from it; leave --weights-dir out")
     elif weights is None or not weights.is_dir():
         if weights_dir:
             raise DfdError(f"--weights-dir {weights_dir} is not a folder of checkpoints")
-        raise DfdError(f"the checkpoints this set was built from ({build.get('weights_dir')}) are not there; "
+        raise DfdError(f"the checkpoints this set was built from ({build.weights_dir}) are not there; "
                        f"pass --weights-dir")
-    lora = LoraSettings(**build.get("lora", {})) if build.get("lora") else LoraSettings()
     modules = {}
-    for name in detector.streams:
-        arch = raw["streams"][name]["architecture"]
-        dino = DinoV2Config(**arch["dinov2"])
-        clip = ClipVisionConfig(**arch["clip"]) if "clip" in arch else None
-        request = BuildRequest(out_dir=Path("."), weights_dir=weights, seed=build.get("seed", 0), lora=lora)
-        module, source = load_stream_module(name, request, dino, clip)
-        expected = raw["streams"][name].get("source", {}).get("checkpoint")
-        if expected and source["checkpoint"] and source["checkpoint"]["sha256"] != expected["sha256"]:
-            raise DfdError(f"{name}: checkpoint {source['checkpoint']['file']} differs from the one the set was built from")
-        modules[name] = module
-        if source["checkpoint"]:
+    for name, stream in build.streams.items():
+        modules[name] = load_reference_stream(build, name, weights)
+        if stream.checkpoint:
             report.reference.setdefault("checkpoints", {})[name] = {
-                "file": str(weights / source["checkpoint"]["file"]), "sha256": source["checkpoint"]["sha256"]}
+                "file": str(weights / stream.checkpoint.file), "sha256": stream.checkpoint.sha256}
     report.reference["weights"] = "checkpoints" if weights else "random"
     if weights is None:
-        report.reference["seed"] = build.get("seed", 0)
+        report.reference["seed"] = build.seed
     return modules
 
 
@@ -357,21 +343,18 @@ def _compare_image(detector: Detector, reference: Mapping[str, torch.nn.Module],
         report.failed_images.append({"image": label, "error": "; ".join(reasons), "conditions": left_out_under})
 
 
-def _calibration_overlap(calibration: Mapping[str, Any] | None,
-                         verified: Mapping[str, str]) -> tuple[int | str | None, list[str]]:
+def _calibration_overlap(build: RecordedBuild, verified: Mapping[str, str]) -> tuple[int | str | None, list[str]]:
     """How many verified images the set was calibrated on, and the warning that goes with it.
     Agreement on a calibration image is optimistic: the INT8 ranges were fitted to it. A set
     without calibration (fp32) says nothing; a manifest written before the calibration images'
     hashes were recorded cannot tell."""
-    if calibration is None:
+    if not build.calibrated:
         return None, []
-    recorded = calibration.get(SOURCE_PIXELS_KEY)
-    if recorded is None:
+    if build.calibration_images is None:
         return "unknown", ["this engine set's manifest does not record which images it was calibrated on (built "
                            "before that was recorded), so whether verified images were among them is unknown; "
                            "rebuild the set to know"]
-    calibrated = set(recorded)
-    shared = [label for digest, label in verified.items() if digest in calibrated]
+    shared = [label for digest, label in verified.items() if digest in build.calibration_images]
     if not shared:
         return 0, []
     return len(shared), [f"{len(shared)} of the {len(verified)} verified image(s) were calibration images of this set "
@@ -385,13 +368,13 @@ def _delta_summary(deltas: Mapping[str, Sequence[float]]) -> dict[str, dict[str,
     return {s: {"max_abs_dp": float(np.max(d)), "mean_abs_dp": float(np.mean(d))} for s, d in deltas.items() if d}
 
 
-def _reference_warnings(manifest: Manifest, report: VerifyReport) -> list[str]:
+def _reference_warnings(build: RecordedBuild, report: VerifyReport) -> list[str]:
     """What limits the comparison itself: a random-weights reference is rebuilt from the seed, which
     only reproduces the build's weights under the same torch; a set of fewer streams is not the
     paper's ensemble."""
     warnings = []
     if report.reference.get("weights") == "random":
-        built_with = manifest.raw.get("tool_versions", {}).get("torch")
+        built_with = build.versions.get("torch")
         # the package version, as the build records it: torch.__version__ adds the wheel's local
         # tag (2.14.1+cu130), which is no other torch
         try:
@@ -403,7 +386,7 @@ def _reference_warnings(manifest: Manifest, report: VerifyReport) -> list[str]:
                             f", under torch {running} where the set was built under torch {built_with}; "
                             f"large differences may be the reference's, not the engine's"
                             if built_with and built_with != running else ""))
-    streams = list(manifest.streams)
+    streams = list(build.streams)
     if len(streams) < len(STREAM_ORDER):
         warnings.append(f"this engine set has only the {', '.join(streams)} stream(s): the votes compared are "
                         f"theirs, not the paper's three-stream ensemble")
@@ -458,7 +441,8 @@ def _verify_with(detector: Detector, images_dir: Path | None, degrade: bool, wei
                     "min_vote_agreement_applies_to": "each condition",
                     "max_vote_change": round(MAX_VOTE_STEPS * VOTE_STEP, 1),
                     "non_finite": "fail", "unreadable_inputs": "fail" if strict else "left out"})
-    reference = _reference_streams(detector, weights_dir, report)
+    build = read_recorded_build(detector.manifest)
+    reference = _reference_streams(build, weights_dir, report)
     conditions = [("clean", None)]
     if degrade:
         conditions += [(d, fixed_degradation(d)) for d in VERIFY_DEGRADATIONS] + [(PAPER_COMPOUND, paper_compound)]
@@ -481,9 +465,8 @@ def _verify_with(detector: Detector, images_dir: Path | None, degrade: bool, wei
     report.streams = _delta_summary({s: [d for deltas in tally.deltas.values() for d in deltas[s]]
                                      for s in detector.streams})
     report.largest_vote_change = max(report.changed_votes, key=lambda c: c["steps"], default=None)
-    report.calibration_overlap, overlap_warnings = _calibration_overlap(detector.manifest.raw.get("calibration"),
-                                                                        tally.verified)
-    report.warnings = (_reference_warnings(detector.manifest, report) + folder_warnings
+    report.calibration_overlap, overlap_warnings = _calibration_overlap(build, tally.verified)
+    report.warnings = (_reference_warnings(build, report) + folder_warnings
                        + _sample_warnings(report, bound) + overlap_warnings)
     report.failures = judge(tally.counts, report.changed_votes, condition_streams, limits, report.non_finite)
     if strict and report.failed_images:

@@ -120,3 +120,13 @@ def tiny_engine_set(reference_ensemble, tmp_path_factory):
     build_engine_set(BuildRequest(out_dir=out, weights_dir=reference_ensemble.weights_dir,
                                   models_dir=reference_ensemble.models_dir, lora=LoraSettings(LORA_R, LORA_ALPHA)))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_random_engine_set(reference_ensemble, tmp_path_factory):
+    """The tiny architecture built with seeded random weights (no checkpoints, no face detector)."""
+    from dfd.export.build import BuildRequest, build_engine_set
+
+    out = tmp_path_factory.mktemp("engine-set") / "random"
+    build_engine_set(BuildRequest(out_dir=out, models_dir=reference_ensemble.models_dir, seed=7, face_detector=False))
+    return out

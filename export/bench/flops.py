@@ -7,11 +7,8 @@ from typing import Any
 
 from dfd.runtime.manifest import Manifest
 
-from ..configs import ClipVisionConfig, DinoV2Config
-from . import BenchError
-
-FUSION_HIDDEN = 512  # the fusion head's hidden width (export/streams.py)
-NUM_CLASSES = 2
+from ..configs import FUSION_HIDDEN, NUM_CLASSES, ClipVisionConfig, DinoV2Config
+from ..recorded_build import read_recorded_build
 
 FLOP_FORMULA = (
     "1 multiply-add = 2 FLOPs; only matrix products are counted (LayerNorm, softmax, GELU/SiLU, "
@@ -55,12 +52,10 @@ def clip_flops(config: ClipVisionConfig) -> dict[str, int]:
                      config.intermediate_size, swiglu=False, channels=config.num_channels)
 
 
-def stream_flops(name: str, input_size: int, dino: DinoV2Config, clip: ClipVisionConfig | None) -> dict[str, Any]:
-    """Per-image FLOPs of one stream: its towers and its head."""
+def stream_flops(input_size: int, dino: DinoV2Config, clip: ClipVisionConfig | None) -> dict[str, Any]:
+    """Per-image FLOPs of one stream: its towers and its head (the fusion head where it has CLIP)."""
     towers = {"dinov2": dinov2_flops(dino, input_size)}
-    if name == "fusion":
-        if clip is None:
-            raise BenchError("the fusion stream's architecture has no CLIP config in the manifest")
+    if clip is not None:
         towers["clip"] = clip_flops(clip)
         head = 2 * FUSION_HIDDEN * (dino.hidden_size + clip.hidden_size) + 2 * FUSION_HIDDEN * NUM_CLASSES
     else:
@@ -69,26 +64,11 @@ def stream_flops(name: str, input_size: int, dino: DinoV2Config, clip: ClipVisio
     return {"towers": towers, "head": head, "total": total}
 
 
-def stream_architectures(details: dict[str, Any], name: str) -> tuple[DinoV2Config, ClipVisionConfig | None]:
-    """The configs a stream was built from, as its manifest entry records them."""
-    arch = details.get("architecture")
-    if not isinstance(arch, dict) or "dinov2" not in arch:
-        raise BenchError(f"the manifest's {name} stream records no architecture; rebuild the engine set "
-                         f"with this dfd-export")
-    try:
-        dino = DinoV2Config(**arch["dinov2"])
-        clip = ClipVisionConfig(**arch["clip"]) if "clip" in arch else None
-    except TypeError as exc:
-        raise BenchError(f"the manifest's {name} architecture is not understood: {exc}") from exc
-    return dino, clip
-
-
 def ensemble_flops(manifest: Manifest) -> dict[str, Any]:
     """FLOPs per image of every stream of ``manifest`` and of the whole ensemble."""
-    streams = {}
-    for name, entry in manifest.streams.items():
-        dino, clip = stream_architectures(entry.details, name)
-        streams[name] = stream_flops(name, entry.input_size, dino, clip)
+    recorded = read_recorded_build(manifest).streams
+    streams = {name: stream_flops(entry.input_size, recorded[name].dino, recorded[name].clip)
+               for name, entry in manifest.streams.items()}
     return {
         "per_image": {**{n: s["total"] for n, s in streams.items()},
                       "ensemble": sum(s["total"] for s in streams.values())},

@@ -253,6 +253,16 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
                         "the speed-up show")
 
     with tempfile.TemporaryDirectory(prefix="dfd-bench-") as tmp, ExitStack() as opened:
+        # the set first: a set the runtime refuses (a graph that is not what its manifest says) is
+        # the error to report, not the images chosen for the sizes that manifest gives
+        memory: dict[str, Any] = {"rss_before_bytes": rss_bytes()}
+        available = available_memory_bytes()  # before the runtime takes its share, as the checks below assume
+        progress("open engine set")
+        with PeakRss() as open_peak:
+            runtime = RuntimePipeline(settings.engine_dir, settings.backend, settings.max_pixels)
+        opened.callback(runtime.close)  # on every way out: on TensorRT it holds GPU buffers and streams
+        memory["runtime_rss_after_open_bytes"] = rss_bytes()
+        memory["runtime_open_peak_rss_bytes"] = open_peak.peak
         stream_sizes = {name: entry.input_size for name, entry in manifest.streams.items()}
         images = bench_images(settings.images_dir, Path(tmp), max(DEFAULT_IMAGE_COUNT, *settings.batch_sizes),
                               stream_sizes, settings.compare_torch, settings.max_pixels)
@@ -266,8 +276,6 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         if settings.images_dir is not None and len(paths) < largest:
             warnings.append(f"{settings.images_dir} gave {len(paths)} usable image(s), fewer than the largest batch "
                             f"size {largest}: its batches repeat images, each decoded again")
-        memory: dict[str, Any] = {"rss_before_bytes": rss_bytes()}
-        available = available_memory_bytes()
         floor = batch_memory_floor(images, largest, list(stream_sizes.values()))
         if available is not None and floor > available:
             raise BenchError(f"a batch of {largest} holds at least {floor / 1e9:.1f} GB at once (its decoded "
@@ -281,12 +289,6 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
                             f"{available / 1e9:.1f} GB available): they ran one after the other, not interleaved, "
                             f"so the ratio is more exposed to load changes")
 
-        progress("open engine set")
-        with PeakRss() as open_peak:
-            runtime = RuntimePipeline(settings.engine_dir, settings.backend, settings.max_pixels)
-        opened.callback(runtime.close)  # on every way out: on TensorRT it holds GPU buffers and streams
-        memory["runtime_rss_after_open_bytes"] = rss_bytes()
-        memory["runtime_open_peak_rss_bytes"] = open_peak.peak
         face_localisation = {"present": runtime.detector.face_locator is not None}
         if not face_localisation["present"]:
             face_localisation["reason"] = "the engine set has no face detector (or it is switched off)"

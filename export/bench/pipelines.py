@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..recorded_build import read_recorded_build
 from . import BenchError
-from .flops import stream_architectures
 
 STAGES = ("decode", "face_localisation", "preprocess", "stream:global", "stream:face", "stream:fusion", "vote")
 
@@ -120,37 +120,25 @@ class TorchReferencePipeline:
         self.std = torch.tensor(prep["std"], dtype=torch.float32).view(3, 1, 1)
         self.weights_note: list[str] = []
         self.weights_dir = weights_dir
+        self.build = read_recorded_build(manifest)
         self.modules = {name: self._load(name) for name in manifest.streams}
         self.label = (f"torch {torch.__version__} eager fp32 on {self.device} "
                       f"({torch.get_num_threads()} threads), timm/open_clip stream modules")
 
     def _load(self, name: str):
-        from ..build import BuildRequest, load_stream_module
-        from ..checkpoint import LoraSettings, find_checkpoint
+        from ..build import load_reference_stream
+        from ..checkpoint import find_checkpoint
 
-        entry = self.manifest.streams[name]
-        build = self.manifest.raw.get("build", {})
-        dino, clip = stream_architectures(entry.details, name)
-        recorded = (entry.details.get("source") or {}).get("checkpoint")
-        weights_dir = self.weights_dir or build.get("weights_dir")
-        if recorded and not weights_dir:
-            raise BenchError(f"the manifest records a checkpoint for the {name} stream but no build.weights_dir; "
-                             f"pass --weights-dir")
-        checkpoint = find_checkpoint(weights_dir, name) if recorded else None
+        stream = self.build.streams[name]
+        weights_dir = self.weights_dir or self.build.weights_dir
+        checkpoint = find_checkpoint(weights_dir, name) if stream.checkpoint else None
         if checkpoint is not None and not checkpoint.is_file():
             where = "given by --weights-dir" if self.weights_dir else "recorded by the manifest"
             raise BenchError(f"checkpoint {checkpoint} {where} is not there; "
                              f"the torch comparison needs the same weights (pass --weights-dir where they are now)")
-        lora = build.get("lora", {})
-        request = BuildRequest(out_dir=Path("unused"), weights_dir=Path(weights_dir) if recorded else None,
-                               seed=int(build.get("seed", 0)),
-                               lora=LoraSettings(int(lora.get("r", 32)), float(lora.get("alpha", 64.0))))
-        module, source = load_stream_module(name, request, dino, clip)
-        if recorded and source["checkpoint"]["sha256"] != recorded["sha256"]:
-            raise BenchError(f"{source['checkpoint']['file']} is not the checkpoint the engine set was built "
-                             f"from (sha256 differs)")
-        self.weights_note.append(f"{name}: " + (f"checkpoint {recorded['file']}" if recorded
-                                                else f"random init, seed {request.seed}"))
+        module = load_reference_stream(self.build, name, weights_dir)
+        self.weights_note.append(f"{name}: " + (f"checkpoint {stream.checkpoint.file}" if stream.checkpoint
+                                                else f"random init, seed {self.build.seed}"))
         return module.to(self.device).eval()
 
     def _tensor(self, rgb: np.ndarray):

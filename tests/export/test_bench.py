@@ -144,13 +144,13 @@ def test_flops_match_a_hand_computation():
     # DINOv2 at 252: grid 18, T = 325, D = 32, SwiGLU hidden M = (int(128*2/3)+7)//8*8 = 88
     t, d, m = 325, 32, 88
     dino = 2 * 324 * d * 3 * 14 * 14 + 2 * (2 * t * d * 3 * d + 4 * t * t * d + 2 * t * d * d + 6 * t * d * m)
-    assert stream_flops("global", 252, TINY_DINO, None)["total"] == dino + 2 * d * 2
+    assert stream_flops(252, TINY_DINO, None)["total"] == dino + 2 * d * 2
     # fusion at 224: DINOv2 grid 16 (T = 257) + CLIP (D = 24, M = 48, plain MLP) + the 512-wide head
     t, c, cm = 257, 24, 48
     dino224 = 2 * 256 * d * 3 * 196 + 2 * (2 * t * d * 3 * d + 4 * t * t * d + 2 * t * d * d + 6 * t * d * m)
     clip = 2 * 256 * c * 3 * 196 + 2 * (2 * t * c * 3 * c + 4 * t * t * c + 2 * t * c * c + 4 * t * c * cm)
     head = 2 * 512 * (d + c) + 2 * 512 * 2
-    assert stream_flops("fusion", 224, TINY_DINO, TINY_CLIP)["total"] == dino224 + clip + head
+    assert stream_flops(224, TINY_DINO, TINY_CLIP)["total"] == dino224 + clip + head
 
 
 @pytest.mark.parametrize("swiglu", [True, False])
@@ -165,7 +165,7 @@ def test_flops_match_torch_flop_counter(swiglu):
             layer.fused_attn = False
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(torch.zeros(1, 3, 252, 252))
-    assert stream_flops("global", 252, config, None)["total"] == counter.get_total_flops()
+    assert stream_flops(252, config, None)["total"] == counter.get_total_flops()
 
 
 def test_summarise_percentiles():
@@ -232,19 +232,28 @@ def test_weights_dir_finds_checkpoints_that_moved_since_the_build(tiny_engine_se
     assert found.exit_code == 0, found.output
 
 
-def test_weights_dir_that_nothing_would_use_is_refused(tiny_engine_set, reference_ensemble, tmp_path):
+def test_weights_dir_that_nothing_would_use_is_refused(tiny_engine_set, tiny_random_engine_set, reference_ensemble):
     weights = str(reference_ensemble.weights_dir)
     alone = CliRunner().invoke(bench, [str(tiny_engine_set), "--iterations", "1", "--weights-dir", weights])
     assert alone.exit_code == 1 and "--weights-dir is used only by --compare torch" in alone.output
-    random_set = tmp_path / "set"
-    shutil.copytree(tiny_engine_set, random_set)
-    manifest = json.loads((random_set / "manifest.json").read_text())
-    manifest["random_weights"] = True
-    write_rebuilt_manifest(random_set, manifest)
-    ignored = CliRunner().invoke(bench, [str(random_set), "--iterations", "1", "--compare", "torch",
+    ignored = CliRunner().invoke(bench, [str(tiny_random_engine_set), "--iterations", "1", "--compare", "torch",
                                          "--weights-dir", weights])
     assert ignored.exit_code == 1 and "was built with random weights" in ignored.output
     assert "p50 ms" not in ignored.output  # refused before measuring
+
+
+def test_a_set_the_runtime_refuses_is_reported_before_images_are_chosen_for_it(tiny_engine_set, tmp_path):
+    """bench chose images for the input sizes the manifest gives before opening the set, so a
+    manifest its graphs contradict was blamed on the images ("no built-in photograph fits")."""
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["streams"]["global"]["input_size"] = 10**9
+    write_rebuilt_manifest(folder, manifest)
+    result = CliRunner().invoke(bench, [str(folder), "--iterations", "1", "--warmup", "0", "--batch-sizes", "1"])
+    assert result.exit_code == 1 and "photograph" not in result.output, result.output
+    assert "the global stream's network takes 3x252x252 inputs but the manifest says 3x1000000000x1000000000" \
+        in result.output
 
 
 def test_no_warmup_is_pointed_out(bench_result):

@@ -374,6 +374,16 @@ def test_lora_settings_that_would_merge_nonsense_are_refused(tmp_path, r, alpha)
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("seed", [str(2**64 - 2), str(-2**63 - 1), str(2**70)])
+def test_a_seed_torch_cannot_take_is_refused_before_any_work(tmp_path, seed):
+    """torch.manual_seed takes [-2**63, 2**64 - 1] and each stream adds its index: a larger --seed
+    gave torch's "Overflow when unpacking long long" traceback after the output was prepared."""
+    result = CliRunner().invoke(main, ["build", "--out", str(tmp_path / "x"), "--seed", seed])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"--seed must be within [{-2**63}, {2**64 - 3}] (what torch can seed with), got {seed}" in result.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_second_build_into_the_same_folder_is_refused_while_the_first_runs(reference_ensemble, tmp_path):
     out = tmp_path / "engines"
     with open(tmp_path / ".engines.lock", "a") as held:  # what a running build holds

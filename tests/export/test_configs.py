@@ -73,6 +73,9 @@ def test_bad_dinov2_field_is_named(tmp_path, field, value, message):
     ({"vision_config": {"intermediate_size": 0}}, "intermediate_size must be a positive integer, got 0"),
     ({"image_size": 30, "patch_size": 14}, "image_size is not a multiple of patch_size"),
     ({"hidden_act": "relu"}, "unsupported hidden_act 'relu'"),
+    # a vision_config that is no object was searched as a string: ViT-B/32's defaults, silently
+    ({"vision_config": "hidden_size 1024"}, 'vision_config: expected a JSON object, got "hidden_size 1024"'),
+    ({"vision_config": [1]}, "vision_config: expected a JSON object, got \\[1\\]"),
 ])
 def test_bad_clip_field_is_named(tmp_path, data, message):
     path = tmp_path / CLIP_DIRNAME / "config.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib.metadata
 import json
@@ -23,6 +24,7 @@ from dfd.calibration import sources
 from dfd.calibration.calibset import SOURCE_PIXELS_KEY
 from dfd.export import cli_types, verify
 from dfd.export.cli import main
+from dfd.export.recorded_build import read_recorded_build
 from dfd.export.verify import (agreement_bound, clopper_pearson_lower_bound, judge, vote_steps,
                                wilson_lower_bound)
 from dfd.runtime.detector import Detector
@@ -192,13 +194,9 @@ def test_max_pixels_is_the_decoding_limit_of_every_image_verified(tiny_engine_se
     assert decoded[0].reduction == 2
 
 
-def test_weights_dir_for_a_random_weights_set_is_refused(tiny_engine_set, reference_ensemble, tmp_path):
-    random_set = tmp_path / "set"
-    shutil.copytree(tiny_engine_set, random_set)
-    manifest = json.loads((random_set / "manifest.json").read_text())
-    manifest["random_weights"] = True
-    write_rebuilt_manifest(random_set, manifest)
-    result = CliRunner().invoke(main, ["verify", str(random_set), "--weights-dir", str(reference_ensemble.weights_dir)])
+def test_weights_dir_for_a_random_weights_set_is_refused(tiny_random_engine_set, reference_ensemble):
+    result = CliRunner().invoke(main, ["verify", str(tiny_random_engine_set), "--weights-dir",
+                                       str(reference_ensemble.weights_dir)])
     assert result.exit_code == 1, result.output
     assert "was built with random weights, not from checkpoints" in result.output
     assert "leave --weights-dir out" in result.output
@@ -452,12 +450,12 @@ def test_a_jpeg_is_verified_with_the_face_input_detect_gives_it(tiny_engine_set,
 def test_a_random_weights_reference_warns_of_another_torch_only_when_it_is_another(tiny_engine_set, monkeypatch):
     """The build records the torch package's version (2.14.1); comparing it with torch.__version__
     (2.14.1+cu130 for the CUDA wheel the Makefile installs) warned of another torch on every set."""
-    manifest = load_manifest(tiny_engine_set, verify=False)
+    recorded = read_recorded_build(load_manifest(tiny_engine_set, verify=False))
     report = verify.VerifyReport(precision="fp32", reference={"weights": "random", "seed": 0})
     running = importlib.metadata.version("torch")
     for built_with, warned in ((running, False), ("1.13.1", True)):
-        manifest.raw["tool_versions"] = {"torch": built_with}
-        [warning] = verify._reference_warnings(manifest, report)
+        build = dataclasses.replace(recorded, versions={"torch": built_with})
+        [warning] = verify._reference_warnings(build, report)
         assert warning.startswith("this engine set has RANDOM weights: the reference is rebuilt from seed 0")
         assert (f"under torch {running} where the set was built under torch 1.13.1" in warning) is warned, warning
 
@@ -465,5 +463,5 @@ def test_a_random_weights_reference_warns_of_another_torch_only_when_it_is_anoth
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", no_metadata)
-    [warning] = verify._reference_warnings(manifest, report)
+    [warning] = verify._reference_warnings(build, report)
     assert f"under torch {torch.__version__.split('+')[0]} where" in warning
