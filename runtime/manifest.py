@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -127,6 +128,7 @@ def parse_manifest(root: Path, data: dict[str, Any]) -> Manifest:
     face = data.get("face_detector")
     face_detector = _face_detector(face, where) if face is not None else None
     _files_listed_once(list(streams.values()) + ([face_detector] if face_detector else []), where)
+    _tensorrt_target(data.get("tensorrt"), streams, where)
     random_weights = data.get("random_weights", False)
     if not isinstance(random_weights, bool):
         raise EngineSetError(f"{where}: random_weights must be true or false, got {random_weights!r}")
@@ -159,6 +161,35 @@ def _face_detector(entry: Any, where: str) -> StreamEntry:
             raise EngineSetError(f"{where_entry}: small_faces thresholds must be three numbers in [0, 1), "
                                  f"got {thresholds!r}")
     return parsed
+
+
+def _tensorrt_target(block: Any, streams: dict[str, StreamEntry], where: str) -> None:
+    """The ``tensorrt`` block, which a set with engines must have: the runtime reads the version,
+    GPU, platform and compatibility options the engines were built for before it deserializes one
+    (``tensorrt_mismatch``). Without it an engine was loaded unchecked; with a word in it the check
+    itself failed with a traceback."""
+    engines = [name for name, entry in streams.items() if entry.backend == "tensorrt"]
+    if block is None:
+        if engines:
+            raise EngineSetError(f"{where}: the {', '.join(engines)} stream(s) hold TensorRT engines but the manifest "
+                                 f"has no tensorrt block (the TensorRT version and GPU they were built for)")
+        return
+    where_block = f"{where} [tensorrt]"
+    if not isinstance(block, dict):
+        raise EngineSetError(f"{where_block}: expected a JSON object, found {type(block).__name__}")
+    version = _require(block, "version", where_block, str)
+    if not version:
+        raise EngineSetError(f"{where_block}: version is empty")
+    capability = _require(block, "compute_capability", where_block, str)
+    if not re.fullmatch(r"\d+\.\d+", capability):
+        raise EngineSetError(f"{where_block}: compute_capability must be MAJOR.MINOR (e.g. 8.7), got {capability!r}")
+    for key in ("gpu", "platform"):  # platform: absent in sets built before it was recorded
+        if key in block and not isinstance(block[key], str):
+            raise EngineSetError(f"{where_block}: {key} must be a string, got {block[key]!r}")
+    options = _require(block, "options", where_block, dict)
+    for key in ("version_compatible", "hardware_compatibility"):
+        if not isinstance(options.get(key, False), bool):
+            raise EngineSetError(f"{where_block}: options.{key} must be true or false, got {options[key]!r}")
 
 
 def _is_number(value: Any) -> bool:

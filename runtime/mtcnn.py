@@ -491,10 +491,31 @@ class MtcnnDetector:
 PNET_OUTPUTS = ("regression", "probability")
 RNET_OUTPUTS = ("regression", "probability")
 ONET_OUTPUTS = ("regression", "landmarks", "probability")
+OUTPUT_WIDTHS = {"regression": 4, "probability": 2, "landmarks": 10}
 INPUT_NAME = "image"
 
 
-def _onnxruntime_callable(path: str | Path, outputs: tuple[str, ...], options, providers: list[str]) -> Callable:
+def _shape_problem(inputs: list, outputs: list, side: int | None) -> str | None:
+    """Why a graph's declared shapes are not the stage's (None when they are): its input is
+    ``[batch, 3, side, side]`` (P-Net: any height and width, one per pyramid level) and each
+    output ``[batch, width]`` (P-Net: ``[batch, width, h, w]``, a map). Another stage's graph,
+    swapped in under a consistent manifest, opened and then failed every image reaching it."""
+    shape = list(inputs[0].shape)
+    fixed = [dim for dim in shape[2:] if isinstance(dim, int)]
+    if len(shape) != 4 or shape[1] != 3 or (shape[2:] != [side, side] if side else fixed):
+        wanted = f"[batch, 3, {side}, {side}]" if side else "[batch, 3, height, width] (any height and width)"
+        return f"input {INPUT_NAME!r} is {shape}, expected {wanted}"
+    rank = 2 if side else 4
+    for output in outputs:
+        dims = list(output.shape)
+        if len(dims) != rank or dims[1] != OUTPUT_WIDTHS[output.name]:
+            wanted = f"[batch, {OUTPUT_WIDTHS[output.name]}" + ("]" if side else ", h, w]")
+            return f"output {output.name!r} is {dims}, expected {wanted}"
+    return None
+
+
+def _onnxruntime_callable(path: str | Path, outputs: tuple[str, ...], options, providers: list[str],
+                          side: int | None) -> Callable:
     import onnxruntime
 
     path = Path(path)
@@ -510,6 +531,10 @@ def _onnxruntime_callable(path: str | Path, outputs: tuple[str, ...], options, p
         raise MtcnnError(
             f"{path} has inputs {inputs} and outputs {names}; expected input {INPUT_NAME!r} and outputs {list(outputs)}"
         )
+    problem = _shape_problem(session.get_inputs(), session.get_outputs(), side)
+    if problem:
+        stage = {None: "P-Net", RNET_SIZE: "R-Net", ONET_SIZE: "O-Net"}[side]
+        raise MtcnnError(f"{path} is not MTCNN's {stage}: its {problem}")
 
     def run(image: np.ndarray) -> tuple[np.ndarray, ...]:
         return tuple(session.run(list(outputs), {INPUT_NAME: image}))
@@ -541,9 +566,9 @@ def onnxruntime_mtcnn(
     pnet_options.enable_cpu_mem_arena = pnet_arena
     chosen = list(providers) if providers else ["CPUExecutionProvider"]
     return MtcnnDetector(
-        _onnxruntime_callable(pnet_path, PNET_OUTPUTS, pnet_options, chosen),
-        _onnxruntime_callable(rnet_path, RNET_OUTPUTS, options, chosen),
-        _onnxruntime_callable(onet_path, ONET_OUTPUTS, options, chosen),
+        _onnxruntime_callable(pnet_path, PNET_OUTPUTS, pnet_options, chosen, None),
+        _onnxruntime_callable(rnet_path, RNET_OUTPUTS, options, chosen, RNET_SIZE),
+        _onnxruntime_callable(onet_path, ONET_OUTPUTS, options, chosen, ONET_SIZE),
         thresholds=thresholds,
         factor=factor,
     )

@@ -22,6 +22,7 @@ from dfd.runtime.detector import Detector
 from dfd.runtime.errors import DfdError
 from dfd.runtime.manifest import (MANIFEST_NAME, EngineSetError, load_manifest, manifest_digest, parse_manifest,
                                   sha256_file, verify_files, write_manifest)
+from dfd.runtime.mtcnn import MtcnnError
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,20 @@ def _edited(data: dict, edit) -> dict:
 
 def _first_file(data: dict) -> dict:
     return data["streams"]["global"]["files"][0]
+
+
+TENSORRT_TARGET = {"version": "10.13.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
+                   "platform": "Linux-x86_64", "options": {"version_compatible": False, "hardware_compatibility": False}}
+
+
+def _with_engines(data: dict, block) -> None:
+    """The global stream as a TensorRT build lists it (graph and engine), under ``block``."""
+    stream = data["streams"]["global"]
+    stream["backend"] = "tensorrt"
+    stream["files"].append({"path": "global.fp32.engine", "role": "engine", "sha256": "0" * 64, "bytes": 1})
+    data.pop("tensorrt", None)
+    if block is not None:
+        data["tensorrt"] = block
 
 
 EDITS = {
@@ -106,6 +121,25 @@ EDITS = {
         d["streams"]["face"]["files"][0]), "face.fp32.onnx is listed under both global and face"),
     "random weights a word": (lambda d: d.update(random_weights="false"),
                               "random_weights must be true or false, got 'false'"),
+    # the engines' target, which the runtime checks before deserializing an engine
+    "engines without a tensorrt block": (lambda d: _with_engines(d, None),
+                                         "the global stream\\(s\\) hold TensorRT engines but the manifest has no "
+                                         "tensorrt block"),
+    "tensorrt block a word": (lambda d: _with_engines(d, "x"), r"\[tensorrt\]: expected a JSON object, found str"),
+    "tensorrt version a number": (lambda d: _with_engines(d, {**TENSORRT_TARGET, "version": 10}),
+                                  "manifest field 'version' must be a JSON string, found int"),
+    "tensorrt version empty": (lambda d: _with_engines(d, {**TENSORRT_TARGET, "version": ""}), "version is empty"),
+    "compute capability a word": (lambda d: _with_engines(d, {**TENSORRT_TARGET, "compute_capability": "hopper"}),
+                                  r"compute_capability must be MAJOR.MINOR \(e.g. 8.7\), got 'hopper'"),
+    "no compute capability": (lambda d: _with_engines(d, {k: v for k, v in TENSORRT_TARGET.items()
+                                                          if k != "compute_capability"}),
+                              "manifest field 'compute_capability' is missing"),
+    "platform a number": (lambda d: _with_engines(d, {**TENSORRT_TARGET, "platform": 1}),
+                          "platform must be a string, got 1"),
+    "options a word": (lambda d: _with_engines(d, {**TENSORRT_TARGET, "options": "x"}),
+                       "manifest field 'options' must be a JSON object, found str"),
+    "compatibility a word": (lambda d: _with_engines(d, {**TENSORRT_TARGET, "options": {"version_compatible": "no"}}),
+                             "options.version_compatible must be true or false, got 'no'"),
 }
 
 
@@ -113,6 +147,12 @@ EDITS = {
 def test_edited_manifest_is_refused_naming_the_field(manifest_data, tiny_engine_set, edit, message):
     with pytest.raises(EngineSetError, match=message):
         parse_manifest(tiny_engine_set, _edited(manifest_data, edit))
+
+
+def test_a_set_with_engines_and_their_target_parses(manifest_data, tiny_engine_set):
+    for block in (TENSORRT_TARGET, {k: v for k, v in TENSORRT_TARGET.items() if k != "platform"}):
+        manifest = parse_manifest(tiny_engine_set, _edited(manifest_data, lambda d: _with_engines(d, block)))
+        assert manifest.streams["global"].file("engine").path == "global.fp32.engine"
 
 
 def test_built_manifest_parses_and_a_set_with_fewer_streams_may_keep_all_weights(manifest_data, tiny_engine_set):
@@ -132,6 +172,18 @@ def _copy_with(tiny_engine_set, tmp_path, edit):
     edit(data, folder)
     write_rebuilt_manifest(folder, data)
     return folder
+
+
+def test_mtcnn_stages_swapped_under_a_consistent_manifest_fail_when_the_set_opens(tiny_engine_set, tmp_path):
+    """P-Net and R-Net share input and output names, so the swap opened; each image that reached
+    the small-face pass then failed."""
+    def swap(data, folder):
+        by_role = {f["role"]: f for f in data["face_detector"]["files"]}
+        by_role["mtcnn_pnet"]["role"], by_role["mtcnn_rnet"]["role"] = "mtcnn_rnet", "mtcnn_pnet"
+
+    folder = _copy_with(tiny_engine_set, tmp_path, swap)
+    with pytest.raises(MtcnnError, match="mtcnn_rnet.onnx is not MTCNN's P-Net: its input 'image' is "):
+        Detector.open(folder)
 
 
 def test_a_file_outside_the_set_is_refused_even_when_its_hash_matches(tiny_engine_set, tmp_path):

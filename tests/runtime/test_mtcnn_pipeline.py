@@ -387,6 +387,13 @@ def test_onnxruntime_mtcnn_matches_facenet(networks, tmp_path: Path, monkeypatch
         onnxruntime_mtcnn(tmp_path / "missing.onnx", paths[1], paths[2])
     with pytest.raises(MtcnnError, match="expected input 'image'"):
         onnxruntime_mtcnn(paths[0], paths[2], paths[2])  # O-Net graph where R-Net's belongs
+    # P-Net and R-Net have the same input and output names: their shapes tell them apart
+    with pytest.raises(MtcnnError, match=r"r.onnx is not MTCNN's P-Net: its input 'image' is \['n', 3, 24, 24\], "
+                                         r"expected \[batch, 3, height, width\] \(any height and width\)"):
+        onnxruntime_mtcnn(paths[1], paths[0], paths[2])
+    with pytest.raises(MtcnnError, match=r"p.onnx is not MTCNN's R-Net: its input 'image' is \['n', 3, 'h', 'w'\], "
+                                         r"expected \[batch, 3, 24, 24\]"):
+        onnxruntime_mtcnn(paths[0], paths[0], paths[2])
 
 
 def test_runtime_module_does_not_import_torch() -> None:
