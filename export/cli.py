@@ -702,7 +702,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
                              max_pixels=max_pixels)
     click.echo(f"backend: {detector.backend_reason}", err=True)
     click.echo(f"preprocessing and vote: {detector.preprocessing}", err=True)
-    if host_preprocessing and getattr(detector.backend, "fused_pipeline", None) is None:
+    if host_preprocessing and not detector.backend_has_fused_path:
         warn(f"--host-preprocessing has no effect: the {detector.backend.name} backend always "
              f"preprocesses on the host (the fused CUDA kernels are the tensorrt backend's)")
     click.echo(f"face localisation: {detector.face_localisation}", err=True)

@@ -233,16 +233,22 @@ class Detector:
         problem = self.fused.capture_problem if self.fused is not None else None
         return f"{self._preprocessing}; {problem}" if problem else self._preprocessing
 
+    @property
+    def backend_has_fused_path(self) -> bool:
+        """Whether the backend has a fused GPU path at all (TensorRT's), used or not: where it has
+        none, host preprocessing is not a choice but the only way."""
+        return getattr(self.backend, "fused_pipeline", None) is not None
+
     def _open_fused_path(self, cuda_graph_batch: int | None) -> None:
         """Use the backend's fused GPU path (preprocessing and vote kernels) when it has one."""
-        make = getattr(self.backend, "fused_pipeline", None)
-        if make is None:
+        if not self.backend_has_fused_path:
             if cuda_graph_batch:
                 raise BackendError(f"a CUDA graph needs the tensorrt backend; this detector runs on "
                                    f"{self.backend.name}")
             return
         try:
-            self.fused = make(self.vote_weights, self.manifest.preprocessing, self._sizes, cuda_graph_batch)
+            self.fused = self.backend.fused_pipeline(self.vote_weights, self.manifest.preprocessing, self._sizes,
+                                                     cuda_graph_batch)
         except DfdError as exc:  # no NVRTC or GPU, or engines the kernels cannot feed
             if cuda_graph_batch:
                 raise BackendError(f"a CUDA graph needs the fused GPU path, which is unavailable: {exc}") from exc

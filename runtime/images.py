@@ -362,6 +362,15 @@ def _pixel_count(pixels: int, compared_with: int | None = None) -> str:
     return megapixels
 
 
+def _memory_size(size: int) -> str:
+    """Bytes for messages, in the largest binary unit that keeps a digit before the point (a
+    small limit's refusal read "about 0.0 GiB")."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
 # What decoding holds a pixel in, where more than the 3 bytes of the result: the float formats
 # decode to 32-bit RGB first (12 bytes) and convert it
 _DECODE_BYTES_PER_PIXEL = {"Radiance HDR": 15, "PFM": 15}
@@ -378,7 +387,7 @@ def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[i
         raise ImageError(
             f"{label}: {header.format} image {size} is above the limit of {_pixel_count(max_pixels, pixels)}; "
             f"OpenCV can only decode {header.format} at full size (about "
-            f"{pixels * _DECODE_BYTES_PER_PIXEL.get(header.format, 3) / 2**30:.1f} GiB), so it is refused. "
+            f"{_memory_size(pixels * _DECODE_BYTES_PER_PIXEL.get(header.format, 3))}), so it is refused. "
             f"Convert it to JPEG, or {_RAISE_LIMIT}")
     for factor, flag in _REDUCED_JPEG_FLAGS:
         # libjpeg's scaled output is ceil(side / factor)

@@ -76,8 +76,8 @@ def _upscaled_for_crop(height: int, width: int, size: int) -> tuple[int, int] | 
     pixels = upscaled[0] * upscaled[1]
     if pixels > MAX_UPSCALED_PIXELS:
         raise PreprocessError(
-            f"image {height}x{width} (HxW) is too elongated to score: the {size}x{size} center crop "
-            f"needs its short side upscaled to {size}, which would make it {upscaled[0]}x{upscaled[1]} "
+            f"image {width}x{height} is too elongated to score: the {size}x{size} center crop "
+            f"needs its short side upscaled to {size}, which would make it {upscaled[1]}x{upscaled[0]} "
             f"({pixels / 1e6:.0f} MP, over the {MAX_UPSCALED_PIXELS / 1e6:.0f} MP the runtime upscales an image "
             f"to, a fixed limit that --max-pixels, the decoding limit, does not change); the reference cannot "
             f"score it either")
@@ -106,8 +106,9 @@ def center_crop_notes(height: int, width: int, size: int = 252) -> tuple[str, ..
     if upscaled is None:
         return ()
     new_height, new_width = upscaled
-    return (f"image {height}x{width} (HxW) is smaller than {size} on a side: upscaled to "
-            f"{new_height}x{new_width} with bicubic interpolation (aspect ratio kept) before "
+    # width x height, as the decoder's notes and limits give an image's size
+    return (f"image {width}x{height} is smaller than {size} on a side: upscaled to "
+            f"{new_width}x{new_height} with bicubic interpolation (aspect ratio kept) before "
             f"the {size}x{size} center crop; the reference would have substituted another "
             f"image's prediction",)
 

@@ -321,8 +321,10 @@ def test_the_refusal_counts_the_memory_a_float_format_decodes_into():
     hdr = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 10000 +X 10000\n"
     with pytest.raises(ImageError, match="at full size \\(about 1.4 GiB\\)"):
         decode_image(hdr + bytes(100))
-    with pytest.raises(ImageError, match="at full size \\(about 0.3 GiB\\)"):
+    with pytest.raises(ImageError, match="at full size \\(about 286.1 MiB\\)"):
         decode_image(b"P6\n10000 10000\n255\n" + bytes(100))
+    with pytest.raises(ImageError, match="at full size \\(about 29.3 KiB\\)"):  # it read "about 0.0 GiB"
+        decode_image(b"P6\n100 100\n255\n" + bytes(100), max_pixels=1000)
 
 
 def test_opencv_exceptions_become_image_errors_and_unsized_formats_keep_the_limit(monkeypatch):

@@ -119,8 +119,8 @@ def test_center_crop_quirk_upscale_keeps_aspect_ratio(height, width, upscaled):
     big = cv2.resize(rgb, (upscaled[1], upscaled[0]), interpolation=cv2.INTER_CUBIC)
     top, left = (upscaled[0] - 252) // 2, (upscaled[1] - 252) // 2
     np.testing.assert_array_equal(cropped, big[top:top + 252, left:left + 252])
-    assert notes == (f"image {height}x{width} (HxW) is smaller than 252 on a side: upscaled to "
-                     f"{upscaled[0]}x{upscaled[1]} with bicubic interpolation (aspect ratio "
+    assert notes == (f"image {width}x{height} is smaller than 252 on a side: upscaled to "
+                     f"{upscaled[1]}x{upscaled[0]} with bicubic interpolation (aspect ratio "
                      f"kept) before the 252x252 center crop; the reference would have substituted "
                      f"another image's prediction",)
 
@@ -129,7 +129,7 @@ def test_center_crop_quirk_upscale_keeps_aspect_ratio(height, width, upscaled):
 def test_center_crop_refuses_an_upscale_past_the_pixel_limit(height, width):
     """1x1008 would become 252x254016 (64.01 MP): one pixel row more than the limit allows."""
     rgb = np.full((height, width, 3), 9, np.uint8)
-    with pytest.raises(PreprocessError, match=rf"image {height}x{width} \(HxW\) is too elongated to score.* over "
+    with pytest.raises(PreprocessError, match=rf"image {width}x{height} is too elongated to score.* over "
                                               r"the 64 MP the runtime upscales an image to, a fixed limit that "
                                               r"--max-pixels"):
         center_crop(rgb, 252)
@@ -138,8 +138,8 @@ def test_center_crop_refuses_an_upscale_past_the_pixel_limit(height, width):
 
 
 def test_center_crop_upscales_up_to_the_pixel_limit():
-    cropped, notes = center_crop(np.full((1, 1007, 3), 9, np.uint8), 252)  # 252x253764: 63.95 MP
-    assert cropped.shape == (252, 252, 3) and "upscaled to 252x253764" in notes[0]
+    cropped, notes = center_crop(np.full((1, 1007, 3), 9, np.uint8), 252)  # 253764x252: 63.95 MP
+    assert cropped.shape == (252, 252, 3) and "upscaled to 253764x252" in notes[0]
     assert (cropped == 9).all()
 
 
