@@ -136,7 +136,7 @@ def _recorded_stream(name: str, entry: dict[str, Any], where: str) -> RecordedSt
         if not isinstance(record, dict):
             raise _error(where, f"{prefix}architecture.{tower} must be a JSON object, got {_shown(record)}")
         known = [f.name for f in fields(cls)]
-        unknown, missing = sorted(set(record) - set(known)), [name for name in known if name not in record]
+        unknown, missing = sorted(set(record) - set(known)), [key for key in known if key not in record]
         if unknown or missing:
             raise _error(where, f"{prefix}architecture.{tower} " + "; ".join(
                 ([f"has field(s) this dfd-export does not know: {', '.join(unknown)}"] if unknown else [])
@@ -154,7 +154,7 @@ def _checkpoint(entry: dict[str, Any] | None, label: str, where: str) -> Recorde
     if entry is None:
         return None
     file, sha256 = entry.get("file"), entry.get("sha256")
-    if not (isinstance(file, str) and file and Path(file).name == file):
+    if not (isinstance(file, str) and file not in ("", "..") and Path(file).name == file):
         raise _error(where, f"{label}.file must be a file name in the weights folder, got {_shown(file)}")
     if not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
         raise _error(where, f"{label}.sha256 must be 64 lowercase hex digits, got {_shown(sha256)}")

@@ -80,6 +80,8 @@ DAMAGE = {
     "a checkpoint outside the folder": (
         lambda m: m["streams"]["face"]["source"]["checkpoint"].update(file="../x.pth"),
         'streams.face.source.checkpoint.file must be a file name in the weights folder, got "../x.pth"'),
+    "a checkpoint named ..": (lambda m: m["streams"]["face"]["source"]["checkpoint"].update(file=".."),
+                              'streams.face.source.checkpoint.file must be a file name in the weights folder, got ".."'),
     "tool versions a string": (lambda m: m.update(tool_versions="x"), 'tool_versions must be a JSON object, got "x"'),
     "a tool version a number": (lambda m: m["tool_versions"].update(torch=2),
                                 "tool_versions must map each tool to a version string"),
