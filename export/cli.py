@@ -232,6 +232,16 @@ def inspect(engine_dir, as_json, no_verify):
         click.secho("weights      RANDOM (demo/benchmark set; scores are meaningless)", fg="yellow")
     click.echo("vote         " + ", ".join(f"{k} {v:g}" for k, v in manifest.vote_weights.items())
                + "  (one-decimal per stream, weighted mean, round half to even)")
+    tensorrt = raw.get("tensorrt")
+    if tensorrt is not None:  # checked when the manifest was parsed: what the engines run on
+        portable = [text for option, text in (
+            ("version_compatible", "version-compatible (later TensorRT versions run it)"),
+            ("hardware_compatibility", "hardware-compatible (any Ampere or newer GPU runs it)"))
+            if tensorrt["options"].get(option)]
+        click.echo(printable(f"tensorrt     {tensorrt['version']} on {tensorrt.get('gpu', 'a GPU')} (compute capability "
+                             f"{tensorrt['compute_capability']}), {tensorrt.get('platform', 'platform not recorded')}; "
+                             + (f"built {' and '.join(portable)}" if portable else
+                                "runs on that TensorRT version and GPU architecture only")))
     click.echo("integrity    ok (" + ("manifest digest, and every file present with its size; sha256 not checked: "
                                      "--no-verify)" if no_verify else "manifest digest and sha256 of every file)"))
     click.echo("")
@@ -239,8 +249,8 @@ def inspect(engine_dir, as_json, no_verify):
     for name, stream in manifest.streams.items():
         size = sum(f.bytes for f in stream.files)
         files = ", ".join(f.path for f in stream.files)
-        click.echo(f"{name:8} {stream.input_size:>4}x{stream.input_size:<4} {stream.precision:>9} "
-                   f"{stream.backend:>12} {size / 1e6:>8.1f}MB  {files}")
+        click.echo(printable(f"{name:8} {stream.input_size:>4}x{stream.input_size:<4} {stream.precision:>9} "
+                             f"{stream.backend:>12} {size / 1e6:>8.1f}MB  {files}"))
     _echo_face_localisers(manifest.face_detector)
 
 
@@ -260,7 +270,7 @@ def _echo_face_localisers(entry) -> None:
                    f"{'/'.join(f'{t:g}' for t in small.get('thresholds', []))}")
     else:
         click.echo("small faces  none in this set (built before MTCNN was packaged): letterbox pass only")
-    click.echo(f"             {size:.1f}MB  {', '.join(f.path for f in entry.files)}")
+    click.echo(printable(f"             {size:.1f}MB  {', '.join(f.path for f in entry.files)}"))
 
 
 @main.command()

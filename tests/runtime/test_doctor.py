@@ -143,3 +143,24 @@ def test_doctor_exit_status_gates_on_the_engine_set(tmp_path, tiny_engine_set):
             result = CliRunner().invoke(main, ["doctor", *arguments, *output])
             assert result.exit_code == status, (arguments, output, result.output)
             assert "onnxruntime" in result.stdout
+
+
+def test_inspect_shows_what_the_engines_were_built_for(tiny_engine_set, tmp_path):
+    """The TensorRT version, GPU and compatibility options decide where a set runs; inspect did not
+    show them."""
+    from click.testing import CliRunner
+
+    from dfd.export.cli import main
+
+    folder = _tensorrt_set(tiny_engine_set, tmp_path / "orin")
+    result = CliRunner().invoke(main, ["inspect", "--no-verify", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert ("tensorrt     10.3.0 on Orin (compute capability 8.7), platform not recorded; runs on that TensorRT "
+            "version and GPU architecture only") in result.output
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest["tensorrt"] = {**BUILT_FOR_ORIN, "platform": "Linux-aarch64",
+                            "options": {"version_compatible": True, "hardware_compatibility": True}}
+    write_rebuilt_manifest(folder, manifest)
+    result = CliRunner().invoke(main, ["inspect", "--no-verify", str(folder)])
+    assert ("tensorrt     10.3.0 on Orin (compute capability 8.7), Linux-aarch64; built version-compatible (later "
+            "TensorRT versions run it) and hardware-compatible (any Ampere or newer GPU runs it)") in result.output
