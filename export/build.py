@@ -29,8 +29,8 @@ from tqdm import tqdm
 from dfd.runtime.atomic_files import flush_to_disk, sync_folder
 from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.images import DEFAULT_MAX_PIXELS
-from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, engine_set_files,
-                                  write_manifest)
+from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, VOTE_RULES, FileEntry,
+                                  engine_set_files, write_manifest)
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS
 
 from .checkpoint import CheckpointError, find_checkpoint, load_reference_checkpoint
@@ -526,8 +526,7 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
                 "models_dir": str(_absolute(request.models_dir)) if request.models_dir else None,
                 "weights_dir": str(_absolute(request.weights_dir)) if request.weights_dir else None,
             },
-            "vote": {"weights": {s: DEFAULT_VOTE_WEIGHTS[s] for s in STREAM_NAMES},
-                     "stream_decimals": 1, "score_decimals": 1, "score_rounding": "half-even"},
+            "vote": {"weights": {s: DEFAULT_VOTE_WEIGHTS[s] for s in STREAM_NAMES}, **VOTE_RULES},
             "preprocessing": preprocessing_parameters(),
             **({"calibration": calibration.manifest_entry()} if calibration is not None else {}),
             "streams": streams,

@@ -212,10 +212,21 @@ def _files_listed_once(entries: list[StreamEntry], where: str) -> None:
             owners[path] = entry.name
 
 
+# the reference's vote, as a build records it: one-decimal stream probabilities, a weighted mean
+# rounded to one decimal, half to even
+VOTE_RULES = {"stream_decimals": 1, "score_decimals": 1, "score_rounding": "half-even"}
+
+
 def _vote_weights(vote: dict[str, Any], streams: dict[str, StreamEntry], where: str) -> dict[str, float]:
     """The weights of the set's streams: each stream has one, and the vote can use them (finite,
-    non-negative, not all zero). A set with fewer streams may keep the others' weights."""
+    non-negative, not all zero). A set with fewer streams may keep the others' weights. The
+    recorded rounding rules must be the ones the runtime applies: an edit there changed nothing
+    the runtime did, while the manifest said otherwise."""
     weights = _require(vote, "weights", f"{where} [vote]", dict)
+    for key, implemented in VOTE_RULES.items():  # recorded to say what the vote does, which is fixed
+        if key in vote and (type(vote[key]) is not type(implemented) or vote[key] != implemented):
+            raise EngineSetError(f"{where}: vote {key} is {vote[key]!r}; this runtime votes as the reference does "
+                                 f"({key} {implemented!r})")
     missing = [s for s in streams if s not in weights]
     if missing:
         raise EngineSetError(f"{where}: the vote has no weight for the {', '.join(missing)} stream")

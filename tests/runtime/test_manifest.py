@@ -121,6 +121,13 @@ EDITS = {
         d["streams"]["face"]["files"][0]), "face.fp32.onnx is listed under both global and face"),
     "random weights a word": (lambda d: d.update(random_weights="false"),
                               "random_weights must be true or false, got 'false'"),
+    # the recorded rounding rules: an edit changed nothing the runtime did, while the manifest said otherwise
+    "two-decimal streams": (lambda d: d["vote"].update(stream_decimals=2),
+                            "vote stream_decimals is 2; this runtime votes as the reference does "
+                            r"\(stream_decimals 1\)"),
+    "score decimals true": (lambda d: d["vote"].update(score_decimals=True), "vote score_decimals is True"),
+    "rounding half up": (lambda d: d["vote"].update(score_rounding="half-up"),
+                         r"vote score_rounding is 'half-up'; .* \(score_rounding 'half-even'\)"),
     # the engines' target, which the runtime checks before deserializing an engine
     "engines without a tensorrt block": (lambda d: _with_engines(d, None),
                                          "the global stream\\(s\\) hold TensorRT engines but the manifest has no "
