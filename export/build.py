@@ -29,9 +29,9 @@ from tqdm import tqdm
 from dfd.runtime.atomic_files import flush_to_disk, sync_folder
 from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.images import DEFAULT_MAX_PIXELS
-from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, VOTE_RULES, FileEntry,
-                                  engine_set_files, write_manifest)
-from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS
+from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, engine_set_files,
+                                  write_manifest)
+from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS, VOTE_RULES
 
 from .checkpoint import CheckpointError, find_checkpoint, load_reference_checkpoint
 from .configs import (PAPER_CLIP, PAPER_DINOV2, STREAM_NAMES, STREAM_SPECS, ClipVisionConfig, DinoV2Config,

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from dfd.runtime.errors import DfdError
+from dfd.runtime.vote import STREAMS
 
 DINOV2_DIRNAME = "dinov2-giant"
 CLIP_DIRNAME = "clip-vit-large-patch14"
 
-STREAM_NAMES = ("global", "face", "fusion")
+STREAM_NAMES = STREAMS  # the vote's order
 FUSION_HIDDEN = 512  # the fusion head's hidden width: Linear(DINO + CLIP, 512) -> GELU -> Linear(512, 2)
 NUM_CLASSES = 2
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -126,28 +127,31 @@ def _recorded_stream(name: str, entry: dict[str, Any], where: str) -> RecordedSt
     if set(architecture) != expected:
         raise _error(where, f"{prefix}architecture must hold {' and '.join(sorted(expected))}, "
                             f"got {', '.join(sorted(architecture)) or 'nothing'}")
-    configs = []
-    for tower, (cls, read) in (("dinov2", (DinoV2Config, dinov2_config_from)),
-                               ("clip", (ClipVisionConfig, clip_config_from))):
-        if tower not in architecture:
-            configs.append(None)
-            continue
-        record, label = architecture[tower], f"{where}: {prefix}architecture.{tower}"
-        if not isinstance(record, dict):
-            raise _error(where, f"{prefix}architecture.{tower} must be a JSON object, got {_shown(record)}")
-        known = [f.name for f in fields(cls)]
-        unknown, missing = sorted(set(record) - set(known)), [key for key in known if key not in record]
-        if unknown or missing:
-            raise _error(where, f"{prefix}architecture.{tower} " + "; ".join(
-                ([f"has field(s) this dfd-export does not know: {', '.join(unknown)}"] if unknown else [])
-                + ([f"lacks {', '.join(missing)}"] if missing else [])))
-        try:
-            configs.append(read(record, label))
-        except ConfigError as exc:
-            raise EngineSetError(f"{exc}; rebuild the engine set with this dfd-export") from None
+    label = f"{prefix}architecture."
+    dino = _tower_config(architecture["dinov2"], DinoV2Config, dinov2_config_from, f"{label}dinov2", where)
+    clip = (_tower_config(architecture["clip"], ClipVisionConfig, clip_config_from, f"{label}clip", where)
+            if "clip" in architecture else None)
     source = _field(entry, "source", dict, where, prefix)
     checkpoint = _field(source, "checkpoint", (dict, type(None)), where, f"{prefix}source.")
-    return RecordedStream(configs[0], configs[1], _checkpoint(checkpoint, f"{prefix}source.checkpoint", where))
+    return RecordedStream(dino, clip, _checkpoint(checkpoint, f"{prefix}source.checkpoint", where))
+
+
+def _tower_config(record: Any, cls: type, read: Callable[[dict[str, Any], str], Any], label: str, where: str) -> Any:
+    """One backbone's recorded config: exactly the fields of ``cls`` (the build writes them all, so
+    one missing or unknown is another tool's record), each checked as ``read`` checks a
+    ``config.json``."""
+    if not isinstance(record, dict):
+        raise _error(where, f"{label} must be a JSON object, got {_shown(record)}")
+    known = [f.name for f in fields(cls)]
+    unknown, missing = sorted(set(record) - set(known)), [key for key in known if key not in record]
+    if unknown or missing:
+        raise _error(where, f"{label} " + "; ".join(
+            ([f"has field(s) this dfd-export does not know: {', '.join(unknown)}"] if unknown else [])
+            + ([f"lacks {', '.join(missing)}"] if missing else [])))
+    try:
+        return read(record, f"{where}: {label}")
+    except ConfigError as exc:
+        raise EngineSetError(f"{exc}; rebuild the engine set with this dfd-export") from None
 
 
 def _checkpoint(entry: dict[str, Any] | None, label: str, where: str) -> RecordedCheckpoint | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from .atomic_files import write_atomically
 from .errors import DfdError
-from .vote import STREAMS, VoteError, stream_order_and_weights
+from .vote import STREAMS, VOTE_RULES, VoteError, stream_order_and_weights
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dfd-engine-set"
@@ -210,11 +210,6 @@ def _files_listed_once(entries: list[StreamEntry], where: str) -> None:
             if path in owners:
                 raise EngineSetError(f"{where}: {file.path} is listed under both {owners[path]} and {entry.name}")
             owners[path] = entry.name
-
-
-# the reference's vote, as a build records it: one-decimal stream probabilities, a weighted mean
-# rounded to one decimal, half to even
-VOTE_RULES = {"stream_decimals": 1, "score_decimals": 1, "score_rounding": "half-even"}
 
 
 def _vote_weights(vote: dict[str, Any], streams: dict[str, StreamEntry], where: str) -> dict[str, float]:

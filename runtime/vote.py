@@ -19,6 +19,9 @@ from .errors import DfdError
 
 STREAMS = ("global", "face", "fusion")
 DEFAULT_VOTE_WEIGHTS = {"global": 2.0, "face": 1.0, "fusion": 2.0}
+# the rounding this vote applies, as an engine set's manifest records it: one-decimal stream
+# probabilities, a weighted mean rounded to one decimal, half to even
+VOTE_RULES = {"stream_decimals": 1, "score_decimals": 1, "score_rounding": "half-even"}
 
 
 class VoteError(DfdError, ValueError):
