@@ -31,6 +31,7 @@ from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.images import DEFAULT_MAX_PIXELS
 from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, engine_set_files,
                                   write_manifest)
+from dfd.runtime.preprocess import preprocessing_record
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS, VOTE_RULES
 
 from .checkpoint import CheckpointError, find_checkpoint, load_reference_checkpoint
@@ -46,8 +47,6 @@ CALIBRATION_METHODS = ("entropy", "max")
 # checks (fp16) measured on a handful of images need not cover what the engines will see.
 FEW_CALIBRATION_IMAGES = 8
 BACKENDS = ("onnxruntime", "tensorrt", "auto")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class BuildError(DfdError, RuntimeError):
@@ -87,23 +86,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def preprocessing_parameters() -> dict[str, Any]:
-    """The preprocessing the runtime applies, recorded so an engine set is self-describing."""
-    return {
-        "decoder": "opencv imread IMREAD_COLOR, BGR->RGB, uint8",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "global": {"op": "center_crop", "size": STREAM_SPECS["global"].input_size,
-                   "smaller_than_size": "upscale (INTER_CUBIC) so the short side equals size, then center crop"},
-        "face": {"op": "face_crop_then_center_crop", "crop_margin": 1.3, "crop_size": 256,
-                 "crop_interpolation": "INTER_AREA", "size": STREAM_SPECS["face"].input_size,
-                 "no_face": "original image", "min_face_area_fraction": "1/9"},
-        "fusion": {"op": "resize", "size": STREAM_SPECS["fusion"].input_size,
-                   "interpolation": "INTER_AREA if height > size, INTER_CUBIC if height < size",
-                   "height_equals_size": "resize to size x size (INTER_AREA if the width shrinks, else INTER_CUBIC)"},
-    }
 
 
 def _resolve_configs(request: BuildRequest) -> tuple[DinoV2Config, ClipVisionConfig]:
@@ -527,7 +509,7 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
                 "weights_dir": str(_absolute(request.weights_dir)) if request.weights_dir else None,
             },
             "vote": {"weights": {s: DEFAULT_VOTE_WEIGHTS[s] for s in STREAM_NAMES}, **VOTE_RULES},
-            "preprocessing": preprocessing_parameters(),
+            "preprocessing": preprocessing_record({s: STREAM_SPECS[s].input_size for s in STREAM_NAMES}),
             **({"calibration": calibration.manifest_entry()} if calibration is not None else {}),
             "streams": streams,
             **({"face_detector": face_detector} if face_detector else {}),

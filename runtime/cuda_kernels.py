@@ -32,6 +32,7 @@ import numpy as np
 
 from .atomic_files import write_atomically
 from .errors import DfdError
+from .preprocess import FACE_CROP_MARGIN
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
 KERNEL_SOURCES = ("preprocess.cu", "vote.cu")
@@ -56,7 +57,6 @@ PREPROCESS_DECOMPOSITIONS = ("pixels", "rows", "columns")
 DEFAULT_DECOMPOSITION = "columns"
 # The per-pixel kernel numbers a batch's tasks in 32 bits (preprocess_task).
 MAX_PREPROCESS_BATCH = (2**32 - 1) // TASKS_PER_IMAGE
-FACE_MARGIN = 1.3
 CHANNEL_ORDER = {"RGB": 0, "BGR": 1}
 
 # Must match dfd::Job in kernels/preprocess.cuh (checked by the host test against sizeof/offsetof):
@@ -240,7 +240,7 @@ def make_jobs(
     images: Sequence[DeviceImage],
     face_boxes: Sequence[tuple[float, float, float, float] | None],
     channel_order: str = "RGB",
-    margin: float = FACE_MARGIN,
+    margin: float = FACE_CROP_MARGIN,
     face_images: Sequence[DeviceImage | None] | None = None,
 ) -> np.ndarray:
     """Pack per-image parameters for the preprocessing kernel.

@@ -20,6 +20,7 @@ from typing import Any
 
 from .atomic_files import write_atomically
 from .errors import DfdError
+from .preprocess import preprocessing_record
 from .vote import STREAMS, VOTE_RULES, VoteError, stream_order_and_weights
 
 MANIFEST_NAME = "manifest.json"
@@ -136,7 +137,7 @@ def parse_manifest(root: Path, data: dict[str, Any]) -> Manifest:
         root=Path(root),
         streams=streams,
         vote_weights=_vote_weights(_require(data, "vote", where, dict), streams, where),
-        preprocessing=_preprocessing(_require(data, "preprocessing", where, dict), where),
+        preprocessing=_preprocessing(_require(data, "preprocessing", where, dict), streams, where),
         random_weights=random_weights,
         raw=data,
         face_detector=face_detector,
@@ -234,16 +235,38 @@ def _vote_weights(vote: dict[str, Any], streams: dict[str, StreamEntry], where: 
         raise EngineSetError(f"{where}: unusable vote weights {weights}: {exc}") from exc
 
 
-def _preprocessing(preprocessing: dict[str, Any], where: str) -> dict[str, Any]:
-    """The normalisation every stream applies: three finite means and three positive stds."""
+def _preprocessing(preprocessing: dict[str, Any], streams: dict[str, StreamEntry], where: str) -> dict[str, Any]:
+    """The normalisation every stream applies (three finite means and three positive stds, which
+    the runtime takes from here), and a record of the rest that says what this runtime does: the
+    crops, resizes and face rules are the runtime's own, so a record claiming others (an edited
+    crop margin or size) described a preprocessing the set was never run with. A record may leave
+    a rule out (a hand-written manifest); the descriptions of streams the set lacks are not read."""
     for key, low in (("mean", -math.inf), ("std", 0.0)):
         values = _require(preprocessing, key, f"{where} [preprocessing]", list)
-        if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > low
-                                       for v in values):
+        if len(values) != 3 or not all(_is_number(v) and v > low for v in values):
             bound = "finite" if key == "mean" else "finite and positive"
             raise EngineSetError(f"{where}: preprocessing {key} must be three {bound} numbers "
                                  f"(R, G, B), got {values}")
+    applied = preprocessing_record({name: entry.input_size for name, entry in streams.items()})
+    for key, recorded in preprocessing.items():
+        if key in ("mean", "std") or (key in STREAM_ORDER and key not in streams):
+            continue
+        expected = applied.get(key, _NO_RULE)
+        if isinstance(expected, dict) and isinstance(recorded, dict):
+            claims = [(f"{key}.{rule}", value, expected.get(rule, _NO_RULE)) for rule, value in recorded.items()]
+        else:
+            claims = [(key, recorded, expected)]
+        for name, value, rule in claims:
+            if rule is _NO_RULE:
+                raise EngineSetError(f"{where}: preprocessing {name} is no rule this runtime applies; "
+                                     "rebuild the engine set with this dfd-export")
+            if type(value) is not type(rule) or value != rule:  # 1 and True, 256 and 256.0, "1/9" and 0.111 differ
+                raise EngineSetError(f"{where}: preprocessing {name} is {value!r}, but this runtime applies "
+                                     f"{rule!r}; rebuild the engine set with this dfd-export")
     return preprocessing
+
+
+_NO_RULE = object()
 
 
 def _entry(name: str, entry: dict[str, Any], where: str) -> StreamEntry:

@@ -14,6 +14,7 @@ import numbers
 import reprlib
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,6 +25,7 @@ from .images import DEFAULT_MAX_PIXELS
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FACE_CROP_SIZE = 256  # the reference resizes the face window to this before the 252 centre crop
+FACE_CROP_MARGIN = 1.3  # the face window is a square of side max(w, h) * 1.3 around the box centre
 # The most pixels the small-image upscale may create: the decoder's own limit on any image the
 # runtime holds. Only an image over ~1000:1 reaches it (1x1008 -> 252x254016), and without it a
 # few-kilobyte 1x60000 PNG would make cv2.resize allocate 11 GB for a 252x252 crop.
@@ -32,6 +34,25 @@ MAX_UPSCALED_PIXELS = DEFAULT_MAX_PIXELS
 
 class PreprocessError(DfdError, ValueError):
     """Input the preprocessing cannot use (wrong array type, unusable face box)."""
+
+
+def preprocessing_record(sizes: Mapping[str, int]) -> dict[str, Any]:
+    """The preprocessing this module applies, for the streams of ``sizes`` (name -> input size), as
+    an engine set's manifest records it: the build writes it, and the runtime compares a set's
+    record with it on open, since a record describing other rules (an edited crop margin) would
+    be run with these while claiming otherwise. The normalisation is the one value the runtime
+    takes from the record."""
+    streams = {
+        "global": {"op": "center_crop",
+                   "smaller_than_size": "upscale (INTER_CUBIC) so the short side equals size, then center crop"},
+        "face": {"op": "face_crop_then_center_crop", "crop_margin": FACE_CROP_MARGIN, "crop_size": FACE_CROP_SIZE,
+                 "crop_interpolation": "INTER_AREA", "no_face": "original image", "min_face_area_fraction": "1/9"},
+        "fusion": {"op": "resize", "interpolation": "INTER_AREA if height > size, INTER_CUBIC if height < size",
+                   "height_equals_size": "resize to size x size (INTER_AREA if the width shrinks, else INTER_CUBIC)"},
+    }
+    return {"decoder": "opencv imread IMREAD_COLOR, BGR->RGB, uint8",
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            **{name: {**rule, "size": sizes[name]} for name, rule in streams.items() if name in sizes}}
 
 
 @dataclass(frozen=True)
@@ -202,7 +223,7 @@ def box_corners(box: Sequence[float]) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
-def face_window(box: Sequence[float], margin: float = 1.3,
+def face_window(box: Sequence[float], margin: float = FACE_CROP_MARGIN,
                 image_hw: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the reference's square face window (see `crop_face`);
     PreprocessError when the window has no area, or, given the image's (height, width), when it
@@ -233,7 +254,7 @@ def face_window(box: Sequence[float], margin: float = 1.3,
     return left, top, right, bottom
 
 
-def crop_face(rgb: np.ndarray, box: Sequence[float], *, margin: float = 1.3,
+def crop_face(rgb: np.ndarray, box: Sequence[float], *, margin: float = FACE_CROP_MARGIN,
               out_size: int = FACE_CROP_SIZE) -> np.ndarray:
     """The reference's face crop (`crop_face_with_margin`): square around the box, black padding.
 

@@ -23,6 +23,7 @@ from dfd.runtime.errors import DfdError
 from dfd.runtime.manifest import (MANIFEST_NAME, EngineSetError, load_manifest, manifest_digest, parse_manifest,
                                   sha256_file, verify_files, write_manifest)
 from dfd.runtime.mtcnn import MtcnnError
+from dfd.runtime.preprocess import preprocessing_record
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,27 @@ EDITS = {
     "std not a list": (lambda d: d["preprocessing"].update(std="imagenet"),
                        "manifest field 'std' must be a JSON array, found str"),
     "no preprocessing": (lambda d: d.pop("preprocessing"), "manifest field 'preprocessing' is missing"),
+    "boolean mean": (lambda d: d["preprocessing"].update(mean=[True, 0.5, 0.5]),
+                     r"preprocessing mean must be three finite numbers \(R, G, B\), got \[True, 0.5, 0.5\]"),
+    # the recorded crops and resizes: the runtime applies its own, which an edit claimed were others
+    "face crop margin": (lambda d: d["preprocessing"]["face"].update(crop_margin=1.5),
+                         r"preprocessing face.crop_margin is 1.5, but this runtime applies 1.3; rebuild"),
+    "crop size a float": (lambda d: d["preprocessing"]["face"].update(crop_size=256.0),
+                          "preprocessing face.crop_size is 256.0, but this runtime applies 256"),
+    "size not the stream's": (lambda d: d["preprocessing"]["global"].update(size=224),
+                              "preprocessing global.size is 224, but this runtime applies 252"),
+    "area fraction a number": (lambda d: d["preprocessing"]["face"].update(min_face_area_fraction=0.25),
+                               "preprocessing face.min_face_area_fraction is 0.25, but this runtime applies '1/9'"),
+    "fusion resized otherwise": (lambda d: d["preprocessing"]["fusion"].update(op="letterbox"),
+                                 "preprocessing fusion.op is 'letterbox', but this runtime applies 'resize'"),
+    "an unknown rule": (lambda d: d["preprocessing"].update(gamma=2.2),
+                        "preprocessing gamma is no rule this runtime applies"),
+    "an unknown face rule": (lambda d: d["preprocessing"]["face"].update(blur=3),
+                             "preprocessing face.blur is no rule this runtime applies"),
+    "face rules a word": (lambda d: d["preprocessing"].update(face="crop"),
+                          "preprocessing face is 'crop', but this runtime applies {'op'"),
+    "another decoder": (lambda d: d["preprocessing"].update(decoder="pillow"),
+                        "preprocessing decoder is 'pillow', but this runtime applies 'opencv imread"),
     "face detector entry": (lambda d: d["face_detector"].update(precision="fp8"),
                             r"\[face_detector\]: precision 'fp8'"),
     # fields the runtime reads, which reached it unchecked (a traceback, or a silently wrong vote)
@@ -170,6 +192,20 @@ def test_built_manifest_parses_and_a_set_with_fewer_streams_may_keep_all_weights
     assert parse_manifest(tiny_engine_set, only_global).vote_weights == {"global": 2.0}
     face_free = _edited(manifest_data, lambda d: d["vote"]["weights"].update(face=0.0))
     assert parse_manifest(tiny_engine_set, face_free).vote_weights["face"] == 0.0
+
+
+def test_the_preprocessing_record_is_checked_for_the_streams_the_set_holds(manifest_data, tiny_engine_set):
+    """A set without the face stream is not run with face rules, so their record is not read; a
+    hand-written record may leave rules out; the built record is the runtime's own description."""
+    without_face = _edited(manifest_data, lambda d: [d["streams"].pop("face"),
+                                                      d["preprocessing"]["face"].update(crop_margin=9)])
+    assert parse_manifest(tiny_engine_set, without_face).preprocessing["face"]["crop_margin"] == 9
+    bare = _edited(manifest_data, lambda d: d.update(preprocessing={"mean": [0.5] * 3, "std": [0.5] * 3}))
+    assert parse_manifest(tiny_engine_set, bare).preprocessing == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    sizes = {name: entry["input_size"] for name, entry in manifest_data["streams"].items()}
+    assert manifest_data["preprocessing"] == preprocessing_record(sizes)
+    assert manifest_data["preprocessing"]["face"]["crop_margin"] == 1.3  # the reference's margin
+    assert manifest_data["preprocessing"]["face"]["crop_size"] == 256
 
 
 def _copy_with(tiny_engine_set, tmp_path, edit):
