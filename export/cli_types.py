@@ -72,7 +72,9 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
     not there): a permission test such as ``os.access`` says yes to root for any path. Never an
     output: a file of the engine set being measured (its manifest.json, a graph), anything else
     inside its folder (a later ``build --force`` there would refuse the stranger), or one of
-    ``inputs``, the files the run reads (checkpoints, images)."""
+    ``inputs``, the files the run reads (checkpoints, images). A device or pipe (``/dev/stdout``,
+    ``>(jq .)``) is not opened: a pipe without a reader would block here, and it is written to
+    as a stream (``write_output_file``)."""
     if path is None:
         return
     existed = path.exists()
@@ -86,6 +88,10 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
     if existed and any(_same_file(path, source) for source in inputs):
         raise click.BadParameter(f"{path} is a file this run reads (a checkpoint or an image); writing there "
                                  f"would destroy it", param_hint=option)
+    if existed and path.is_dir():
+        raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=option)
+    if existed and not path.is_file():
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -103,9 +109,16 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
 def write_output_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write a report (``verify --json``, ``bench --json/--plot``) with ``write`` and put it in
     place only once it is whole: a full disk or an interrupt leaves the earlier file as it was, not
-    a truncated one; the error names the file."""
+    a truncated one; the error names the file. A link is followed, so the file it names is
+    replaced and the link kept; a device or pipe (``/dev/stdout``, ``/dev/null``, ``>(jq .)``) is
+    written to as a stream: renaming a file over it replaced /dev/null for every program on the
+    machine (as root), or sent nothing to the pipe's reader."""
     try:
-        write_atomically(path, write)
+        if path.exists() and not path.is_file():
+            with open(path, "wb") as stream:
+                write(stream)
+        else:
+            write_atomically(Path(os.path.realpath(path)), write)
     except OSError as exc:
         raise DfdError(f"cannot write {path}: {os_error_text(exc)}") from exc
 

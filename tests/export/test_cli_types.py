@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import click
 import pytest
 from click.testing import CliRunner
 
 from dfd.export.cli import main
-from dfd.export.cli_types import FiniteFloatRange, RowOutput
+from dfd.export.cli_types import FiniteFloatRange, RowOutput, prepare_output_file, write_output_file
 
 FLAGS = [
     (["build", "--out", "x", "--calib-degrade"], "--calib-degrade"),
@@ -58,6 +61,41 @@ def test_an_unwritable_output_file_fails_before_the_run_even_as_root(tiny_engine
     result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--json", "/proc/dfd-report.json"])
     assert result.exit_code == 1 and "cannot write /proc/dfd-report.json" in result.output
     assert "max |" not in result.output  # nothing was measured
+
+
+def test_a_report_written_through_a_link_replaces_the_file_it_names_and_keeps_the_link(tmp_path):
+    """The report was renamed over the link itself: link.json became a file, target.json stayed old."""
+    (tmp_path / "target.json").write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to("target.json")
+    prepare_output_file(link, "--json")
+    write_output_file(link, lambda file: file.write(b"new"))
+    assert link.is_symlink() and (tmp_path / "target.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "target.json"]  # no temporary left
+
+
+def test_a_report_to_a_device_or_pipe_is_written_to_it_not_renamed_over_it(tmp_path):
+    """--json /dev/null replaced the device node with a regular file (as root: for the whole
+    machine), and --json >(jq .) sent the pipe's reader nothing."""
+    null = tmp_path / "null.json"
+    null.symlink_to(os.devnull)
+    prepare_output_file(null, "--json")
+    write_output_file(null, lambda file: file.write(b"{}"))
+    assert null.is_symlink() and os.path.realpath(null) == os.devnull and not os.path.isfile(os.devnull)
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    prepare_output_file(fifo, "--json")  # returns: opening a pipe without a reader would block
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    write_output_file(fifo, lambda file: file.write(b'{"score": 0.5}'))
+    reader.join(timeout=30)
+    assert received == [b'{"score": 0.5}'] and fifo.exists() and not fifo.is_file()
+
+
+def test_a_folder_as_report_file_is_refused(tmp_path):
+    with pytest.raises(click.BadParameter, match="is a folder; give a file name"):
+        prepare_output_file(tmp_path, "--json")
 
 
 def test_row_output_writes_one_byte_order_mark_at_the_start_of_a_file_only(tmp_path):
