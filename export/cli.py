@@ -8,6 +8,7 @@ traceback means a bug.
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 from collections.abc import Callable
@@ -703,6 +704,12 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         _report_skipped(scored, skipped, inputs)
         if not inputs:
             return
+    if hasattr(sys.stdout, "reconfigure"):
+        # a file name that is not valid in the file system's encoding is held with surrogate escapes
+        # (PEP 383); csv writes it back as its original bytes, where a strict stdout would raise
+        sys.stdout.reconfigure(errors="surrogateescape")
+    output = RowOutput(sys.stdout)
+    _continue_output(output, fmt, scored)
     boxes = _assign_face_boxes(face_boxes, paths)
     folders = [Path(given) for given in images if _is_folder(given)]
     crop_files = _match_face_crops(face_crops, folders, paths)
@@ -725,11 +732,6 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         option = "--face-crops" if face_crops is not None else "--face-boxes"
         warn(f"{option} has no effect: this engine set has no face stream")
         crop_files = boxes = None  # nor a note per image on a crop or box it lacks
-    if hasattr(sys.stdout, "reconfigure"):
-        # a file name that is not valid in the file system's encoding is held with surrogate escapes
-        # (PEP 383); csv writes it back as its original bytes, where a strict stdout would raise
-        sys.stdout.reconfigure(errors="surrogateescape")
-    output = RowOutput(sys.stdout)
     rendered = io.StringIO(newline="")  # one CSV row at a time, so each is written whole or not at all
     writer = csv.DictWriter(rendered, fieldnames=_CSV_FIELDS) if fmt == "csv" else None
 
@@ -785,6 +787,36 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     if failed:
         click.echo(f"{failed} of {inputs} input(s) failed", err=True)
         sys.exit(2)
+
+
+def _continue_output(output: RowOutput, fmt: str, scored: ScoredImages | None) -> None:
+    """Rows appended (>>) to a file must continue what it holds. The --skip-scored file loses the
+    cut-short last row of a killed run (its image is scored again), which the new rows continued
+    into a line no later resume could read; a file they would not continue (the other format, a
+    CSV with other columns, another last line cut short) is refused before anything is scored."""
+    if scored is not None and output.writes_to(scored.path):
+        if fmt != scored.format:
+            raise click.UsageError(f"stdout appends to {scored.path}, a --format {scored.format} output; "
+                                   f"give --format {scored.format}")
+        output.cut_to(scored.whole_rows_bytes)
+    ends = output.appended_file_ends()
+    if ends is None:
+        return
+    first, last = ends
+    if last != b"\n":
+        if fmt == "table" or scored is not None and output.writes_to(scored.path):
+            # its last row had no line end, or half of csv's \r\n
+            output.write("\r\n" if fmt == "csv" and last != b"\r" else "\n", counts=False)
+        else:
+            raise DfdError("stdout appends to a file whose last line is cut short (a killed run?); the rows would "
+                           "continue it: resume with --skip-scored FILE, which drops it, or write to a new file")
+    first = first.removeprefix(codecs.BOM_UTF8).rstrip(b"\r")
+    if fmt == "csv" and first != ",".join(_CSV_FIELDS).encode():
+        raise DfdError(f"stdout appends to a file that does not begin with detect's CSV header ({_CSV_FIELDS[0]},"
+                       f"{_CSV_FIELDS[1]},...): the rows would not match its columns; write to a new file")
+    if fmt == "jsonl" and not first.startswith(b"{"):
+        raise DfdError("stdout appends to a file that is not detect's jsonl output (its first line is not a JSON "
+                       "object); write to a new file")
 
 
 def _report_skipped(scored: ScoredImages, skipped: int, left: int) -> None:

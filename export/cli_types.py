@@ -174,6 +174,47 @@ class RowOutput:
         if self._end:
             self._encoder.setstate(0)
 
+    def writes_to(self, path: Path) -> bool:
+        """Whether the rows go to the file ``path`` (stdout redirected to it)."""
+        if self._fd is None:
+            return False
+        try:
+            return os.path.samestat(os.fstat(self._fd), os.stat(path))
+        except OSError:
+            return False
+
+    def cut_to(self, size: int) -> None:
+        """Before any row: cut the file back to its first ``size`` bytes (a killed run's cut-short
+        last row, which the rows appended after it would otherwise continue)."""
+        if self._fd is None or size >= self._end:
+            return
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError as exc:
+            raise DfdError(f"cannot cut the cut-short last row off the file stdout appends to: "
+                           f"{os_error_text(exc)}") from exc
+        self._end = size
+        self.continues_file = size > 0
+
+    def appended_file_ends(self, limit: int = 64 * 1024) -> tuple[bytes, bytes] | None:
+        """(its first line, its last byte) when the rows are appended to a file holding some, read
+        through /proc/self/fd (the shell opened it for writing only); None where that cannot be
+        read (another system, a file the process may write but not read)."""
+        if self._fd is None or not self.continues_file:
+            return None
+        try:
+            reader = os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            head = os.pread(reader, limit, 0)
+            last = os.pread(reader, 1, self._end - 1)
+        except OSError:
+            return None
+        finally:
+            os.close(reader)
+        return head.split(b"\n", 1)[0], last
+
     def write(self, text: str, counts: bool = True) -> None:
         """Write ``text`` (one row and its line end) and flush; ``counts``: a result row, not the header."""
         try:

@@ -10,6 +10,7 @@ else means the file is not a detect output, and is an error naming its line.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -38,6 +39,8 @@ class ScoredImages:
     images: frozenset[str]  # normalised paths (os.path.normpath) of the images scored there
     failed: int  # rows there with an error: their images are tried again
     cut_row: bool  # the last row was cut short (a killed run): its image is scored again
+    format: str  # "jsonl" or "csv", by the file's suffix
+    whole_rows_bytes: int  # the file's bytes before the cut row (all of them when none is cut)
 
     def holds(self, image: str) -> bool:
         """Whether ``image``, as ``detect`` lists it, was scored there."""
@@ -55,26 +58,54 @@ def load_scored_images(path: Path) -> ScoredImages:
     if not path.is_file():  # a device behind the name would never end a line
         raise ScoredFileError(f"{path} is not a file" if path.exists() else f"{path} does not exist")
     try:
+        with open(path, "rb") as raw:
+            bom = len(codecs.BOM_UTF8) if raw.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else 0
         with open_line_file(path) as handle:
-            lines = bounded_lines(path, handle, ScoredFileError, "a detect output")
+            lines = _CountedLines(bounded_lines(path, handle, ScoredFileError, "a detect output"), bom)
             rows = _csv_rows(path, lines) if suffix == ".csv" else _jsonl_rows(path, lines)
-            scored, failed, cut_row = set(), 0, False
-            for image, score, error in rows:
-                if image is None:
-                    cut_row = True
-                elif score is not None and not error:
+            scored, failed, cut_at = set(), 0, None
+            for row in rows:
+                if isinstance(row, _CutRow):
+                    cut_at = row.starts_at
+                    continue
+                image, score, error = row
+                if score is not None and not error:
                     scored.add(os.path.normpath(image))
                 else:
                     failed += 1
     except OSError as exc:
         raise ScoredFileError(f"cannot read {path}: {exc}") from None
-    return ScoredImages(path, frozenset(scored), failed, cut_row)
+    return ScoredImages(path, frozenset(scored), failed, cut_at is not None, "csv" if suffix == ".csv" else "jsonl",
+                        lines.consumed if cut_at is None else cut_at)
 
 
-Row = tuple[str | None, object, object]  # (image, score, error); image None: the cut-short last row
+class _CountedLines:
+    """A file's lines, counting the bytes read so far (its byte-order mark included): where a cut
+    row starts, so that a resumed run appending to the file can drop it."""
+
+    def __init__(self, lines: Iterable[str], bom: int) -> None:
+        self._lines = lines
+        self.consumed = bom
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self._lines:
+            # the file is read as UTF-8 with surrogate escapes and its line ends untranslated, so
+            # this gives back its own bytes
+            self.consumed += len(line.encode("utf-8", "surrogateescape"))
+            yield line
 
 
-def _jsonl_rows(path: Path, lines: Iterable[str]) -> Iterator[Row]:
+@dataclass(frozen=True)
+class _CutRow:
+    """The last row of a killed run, cut short: not scored."""
+
+    starts_at: int  # the file's bytes before it
+
+
+Row = tuple[str, object, object]  # (image, score, error)
+
+
+def _jsonl_rows(path: Path, lines: _CountedLines) -> Iterator[Row | _CutRow]:
     previous_cut = None  # the line number of a row that did not parse and ended the file so far
     for number, line in enumerate(lines, start=1):
         if previous_cut is not None:
@@ -86,7 +117,7 @@ def _jsonl_rows(path: Path, lines: Iterable[str]) -> Iterator[Row]:
             record = json.loads(line)
         except (json.JSONDecodeError, RecursionError):
             if not line.endswith("\n"):  # the run was killed while writing it
-                yield None, None, None
+                yield _CutRow(lines.consumed - len(line.encode("utf-8", "surrogateescape")))
                 return
             previous_cut = number
             continue
@@ -98,14 +129,16 @@ def _jsonl_rows(path: Path, lines: Iterable[str]) -> Iterator[Row]:
         raise ScoredFileError(f"{path}:{previous_cut}: not JSON, and the line is whole: not a detect output")
 
 
-def _csv_rows(path: Path, lines: Iterable[str]) -> Iterator[Row]:
+def _csv_rows(path: Path, lines: _CountedLines) -> Iterator[Row | _CutRow]:
     reader = csv.DictReader(lines, strict=True)
+    row_end = lines.consumed  # where the rows read so far end: the csv module reads no line ahead
     try:
         header = reader.fieldnames or ()
         missing = [c for c in REQUIRED_CSV_COLUMNS if c not in header]
         if header and missing:
             raise ScoredFileError(f"{path}: the CSV header lacks {', '.join(missing)}: not detect's --format csv "
                                   f"output")
+        row_end = lines.consumed
         short = None  # the line of a row with fewer cells than the header: only the last may be
         for row in reader:
             if short is not None:
@@ -116,12 +149,13 @@ def _csv_rows(path: Path, lines: Iterable[str]) -> Iterator[Row]:
             if any(row[c] is None for c in REQUIRED_CSV_COLUMNS):
                 short = reader.line_num
                 continue
+            row_end = lines.consumed
             yield row["image"], row["score"] or None, row["error"]
         if short is not None:
-            yield None, None, None
+            yield _CutRow(row_end)
     except csv.Error as exc:
         if "unexpected end of data" in str(exc):  # a quoted cell the killed run did not close
-            yield None, None, None
+            yield _CutRow(row_end)
             return
         raise ScoredFileError(f"{path}:{reader.line_num + 1}: malformed CSV row ({exc})") from None
 

@@ -59,6 +59,56 @@ def test_an_interrupted_run_resumes_by_appending_to_its_own_output(tiny_engine_s
     assert out.read_text() == text
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_killed_run_resumes_without_its_cut_row(tiny_engine_set, folder, tmp_path, fmt):
+    """The resumed rows were appended to the cut-short row, gluing them into one line that the next
+    resume refused ("not JSON, and the line is whole" / "malformed CSV row")."""
+    out = tmp_path / f"scores.{fmt}"
+    with open(out, "w") as stdout:
+        first = _detect(tiny_engine_set, "images/astronaut.png", "images/chelsea.png", "--format", fmt,
+                        stdout=stdout, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    whole = out.read_bytes()
+    out.write_bytes(whole[:-25])  # killed while writing chelsea's row
+    for _ in range(2):  # the resume, then a resume of the resumed file
+        with open(out, "a") as stdout:
+            resumed = _detect(tiny_engine_set, "images", "--format", fmt, "--skip-scored", str(out),
+                              stdout=stdout, cwd=tmp_path)
+        assert resumed.returncode == 2, resumed.stderr  # broken.png
+    text = out.read_text()
+    rows = ([json.loads(line) for line in text.splitlines()] if fmt == "jsonl"
+            else list(csv.DictReader(io.StringIO(text))))
+    assert [row["image"] for row in rows] == ["images/astronaut.png", "images/broken.png", "images/chelsea.png",
+                                              "images/coffee.png", "images/broken.png"]
+    assert out.read_bytes().startswith(whole.split(b"images/chelsea.png")[0])  # the whole rows, as they were
+
+
+def test_rows_that_would_not_continue_the_appended_file_are_refused_before_scoring(tiny_engine_set, folder,
+                                                                                   tmp_path):
+    """CSV rows went after JSON lines, or after a file's own header-less text, and a cut row of an
+    earlier run was continued by the new rows: each file was unreadable afterwards."""
+    cases = [
+        ("scores.jsonl", '{"image": "images/astronaut.png", "score": 0.4, "error": null}\n',
+         ["--format", "csv", "--skip-scored", "scores.jsonl"], "give --format jsonl"),
+        ("notes.csv", "my notes\n", ["--format", "csv"], "does not begin with detect's CSV header"),
+        ("rows.csv", "image,score\n", ["--format", "jsonl"], "its first line is not a JSON object"),
+        ("cut.jsonl", '{"image": "images/astronaut.png", "sco', ["--format", "jsonl"],
+         "whose last line is cut short (a killed run?)"),
+    ]
+    for name, text, args, message in cases:
+        out = tmp_path / name
+        out.write_text(text)
+        with open(out, "a") as stdout:
+            run = _detect(tiny_engine_set, "images/chelsea.png", *args, stdout=stdout, cwd=tmp_path)
+        assert run.returncode == 1 and message in run.stderr, (name, run.stderr)
+        assert "backend:" not in run.stderr and out.read_text() == text
+    table = tmp_path / "log.txt"
+    table.write_text("scores of today:")
+    with open(table, "a") as stdout:
+        assert _detect(tiny_engine_set, "images/chelsea.png", stdout=stdout, cwd=tmp_path).returncode == 0
+    assert table.read_text().splitlines()[1].startswith("images/chelsea.png  score ")
+
+
 def test_a_redirect_that_emptied_the_file_is_refused(tiny_engine_set, folder, tmp_path):
     out = tmp_path / "scores.jsonl"
     out.write_text('{"image": "images/astronaut.png", "score": 0.4, "error": null}\n')
@@ -85,6 +135,23 @@ def test_the_last_row_of_a_killed_run_may_be_cut_and_is_scored_again(tmp_path):
     assert scored.images == {"a.png"} and scored.failed == 1 and scored.cut_row
     table.write_text('image,score,error,notes\r\na.png,0.4,,"cut in a quo')
     assert load_scored_images(table).images == frozenset() and load_scored_images(table).cut_row
+
+
+def test_the_bytes_before_a_cut_row_are_counted_as_the_file_holds_them(tmp_path):
+    """What a resumed run keeps of the file: up to the cut row, counted in the file's own bytes
+    (a byte-order mark, names that are not UTF-8, a quoted name holding a line break)."""
+    whole_rows = ('\ufeffimage,score,error\r\n"two\nlines.png",0.4,\r\nna\u00efve.png,0.1,\r\n'.encode()
+                  + b"\xff.png,0.2,\r\n")
+    for cut in (b'c.png,0.', b'"c\r\nd.png",0.1,"no'):
+        (tmp_path / "a.csv").write_bytes(whole_rows + cut)
+        scored = load_scored_images(tmp_path / "a.csv")
+        assert scored.cut_row and scored.whole_rows_bytes == len(whole_rows) and len(scored.images) == 3
+    (tmp_path / "a.csv").write_bytes(whole_rows)
+    assert load_scored_images(tmp_path / "a.csv").whole_rows_bytes == len(whole_rows)
+    lines = '{"image": "na\u00efve.png", "score": 0.4}\n\n'.encode()
+    (tmp_path / "a.jsonl").write_bytes(lines + b'{"image": "b')
+    scored = load_scored_images(tmp_path / "a.jsonl")
+    assert (scored.format, scored.whole_rows_bytes, scored.cut_row) == ("jsonl", len(lines), True)
 
 
 @pytest.mark.parametrize("name, text, message", [
