@@ -544,9 +544,14 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
     problems: list[tuple[str, str]] = []
     for given in inputs:
         path = Path(given)
+        if not given:  # Path("") is the current folder, whose images were all scored
+            problems.append((given, "an empty image argument (an unset shell variable?); give '.' for the "
+                                    "current folder"))
+            continue
         if not _is_folder(given):
             if given.endswith(os.sep) and not os.path.lexists(given):  # "photos/": a folder was meant
-                problems.append((given, "no such folder"))
+                a_file = os.path.isfile(given.rstrip(os.sep))
+                problems.append((given, "a file, not a folder (drop the trailing /)" if a_file else "no such folder"))
                 continue
             images.append(given)  # a missing file becomes a per-image error in the detector
             continue

@@ -919,12 +919,16 @@ def test_detect_cli_keeps_the_input_order_and_fails_unreachable_paths_alone(tiny
     (tmp_path / "empty").mkdir()
     too_long = str(tmp_path / ("y" * 300 + ".png"))
     result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(path), str(tmp_path / "empty"), too_long,
-                                       str(path), "--no-face-detect", "--format", "jsonl"])
+                                       "", f"{path}/", str(path), "--no-face-detect", "--format", "jsonl"])
     assert result.exit_code == 2, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["image"] for line in lines] == [str(path), str(tmp_path / "empty"), too_long, str(path)]
-    assert [line["error"] is None for line in lines] == [True, False, False, True]
+    assert [line["image"] for line in lines] == [str(path), str(tmp_path / "empty"), too_long, "", f"{path}/",
+                                                 str(path)]
+    assert [line["error"] is None for line in lines] == [True, False, False, False, False, True]
     assert "File name too long" in lines[2]["error"]
+    # "" (an unset variable) scored every image of the current folder; "a.png/" said "no such folder"
+    assert lines[3]["error"] == "an empty image argument (an unset shell variable?); give '.' for the current folder"
+    assert lines[4]["error"] == "a file, not a folder (drop the trailing /)"
 
 
 def test_detect_cli_refuses_an_output_it_cannot_write(tiny_engine_set, photographs, tmp_path):
