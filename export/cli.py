@@ -23,7 +23,7 @@ from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.images import silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
-from .cli_errors import handles_errors, printable, termination_interrupts, warn
+from .cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
 from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, RowOutput, max_pixels_option, \
     prepare_output_file, write_output_file
 from .detect_resume import ScoredImages, load_scored_images, refuse_stdout_over
@@ -82,6 +82,10 @@ def main() -> None:
       dfd-export inspect engines/fp32
       dfd-export detect engines/fp32 photos/ --format jsonl
     """
+    if hasattr(sys.stdout, "reconfigure"):
+        # a name the locale's encoding cannot show (an "ü" under LANG=C or PYTHONIOENCODING=ascii) is
+        # written as an escape: it was a UnicodeEncodeError traceback, and the rows after it lost
+        sys.stdout.reconfigure(errors="backslashreplace")
     silence_opencv_log()  # every verb reports an unreadable image itself
     # and what libjpeg/libpng print about one becomes its note or error, for this command only
     click.get_current_context().with_resource(capturing_decoder_messages())
@@ -219,6 +223,7 @@ def inspect(engine_dir, as_json, no_verify):
 
     from dfd.runtime.manifest import load_manifest, verify_files
 
+    require_stdout()
     manifest = load_manifest(engine_dir, verify=False)
     verify_files(manifest, hashes=not no_verify)
     if as_json:
@@ -292,6 +297,7 @@ def doctor(engine_dir, as_json):
 
     from dfd.runtime.doctor import collect_doctor_report
 
+    require_stdout()
     report = collect_doctor_report(engine_dir)
     engine = report.get("engine_set")
     runs_as_built = engine is None or (engine["error"] is None and all(
@@ -453,6 +459,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
 
     from .verify import DEFAULT_THRESHOLDS, engine_set_precision, reference_checkpoints, verify_engine_set
 
+    require_stdout()
     # a folder that is no set, or an edited manifest, fails before anything is made or read from it
     manifest = load_manifest(engine_dir, verify=False)
     verify_files(manifest, hashes=False)  # the digest and sizes; the hashes when the set is opened
@@ -687,8 +694,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
 
     if face_crops is not None and face_boxes is not None:
         raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
-    if sys.stdout is None:  # started with stdout closed (>&-): every result would be lost
-        raise DfdError("stdout is closed, so the results cannot be written; redirect it to a file")
+    require_stdout()
     scored = None
     if skip_scored is not None:
         refuse_stdout_over(skip_scored)
@@ -709,10 +715,12 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         _report_skipped(scored, skipped, inputs)
         if not inputs:
             return
-    if hasattr(sys.stdout, "reconfigure"):
+    if fmt != "table" and hasattr(sys.stdout, "reconfigure"):
+        # csv and jsonl are data, read back as UTF-8 (--skip-scored, --face-boxes) whatever the locale;
         # a file name that is not valid in the file system's encoding is held with surrogate escapes
-        # (PEP 383); csv writes it back as its original bytes, where a strict stdout would raise
-        sys.stdout.reconfigure(errors="surrogateescape")
+        # (PEP 383), which csv writes back as its original bytes
+        utf8 = codecs.lookup(sys.stdout.encoding).name in ("utf-8", "utf-8-sig")  # keeps a BOM asked for
+        sys.stdout.reconfigure(encoding=None if utf8 else "utf-8", errors="surrogateescape")
     output = RowOutput(sys.stdout)
     _continue_output(output, fmt, scored)
     boxes = _assign_face_boxes(face_boxes, paths)

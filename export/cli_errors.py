@@ -48,6 +48,14 @@ def _reader_went_away() -> None:
     sys.exit(128 + 13)
 
 
+def require_stdout() -> None:
+    """Refuse to run a verb whose results go to stdout when the process has none (started with
+    ``>&-``): click writes nothing to a missing stdout, so such a run ended with status 0 and its
+    results lost."""
+    if sys.stdout is None:
+        raise DfdError("stdout is closed, so the results cannot be written; redirect it to a file")
+
+
 def handles_errors(func):
     """Turn the project's own exceptions into one readable line and exit code 1."""
 

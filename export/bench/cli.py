@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..cli_errors import handles_errors, termination_interrupts, warn
+from ..cli_errors import handles_errors, require_stdout, termination_interrupts, warn
 from ..cli_types import max_pixels_option, prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import pyplot, write_plot
@@ -76,6 +76,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     optionally next to the reference PyTorch pipeline (--compare torch)."""
     from tqdm import tqdm
 
+    require_stdout()
     for path, option in ((json_out, "--json"), (plot_out, "--plot")):
         prepare_output_file(path, option, engine_dir)
     if plot_out is not None:

@@ -30,6 +30,32 @@ def test_closed_stdout_ends_quietly_with_the_sigpipe_status(tiny_engine_set):
     assert "error" not in stderr.lower() and "Traceback" not in stderr, stderr
 
 
+def test_a_verb_whose_results_go_to_stdout_refuses_to_run_without_one(tiny_engine_set):
+    """``dfd-export inspect SET >&-`` (or doctor) printed nothing and exited 0: click writes nothing
+    to a missing stdout."""
+    for verb in (["inspect", str(tiny_engine_set)], ["doctor"]):
+        run = subprocess.run([sys.executable, "-m", "dfd.export.cli", *verb], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1), timeout=300)
+        assert run.returncode == 1, (verb, run.stderr)
+        assert run.stderr.splitlines()[-1] == "error: stdout is closed, so the results cannot be written; redirect it to a file"
+
+
+def test_names_the_locale_cannot_encode_are_escaped_or_written_as_utf8(tiny_engine_set, photographs, tmp_path):
+    """Under an ASCII (or latin-1) stdout an "ü" in a file name ended detect's table and csv with a
+    UnicodeEncodeError traceback, losing the rows after it. The table shows an escape; csv and
+    jsonl are data, read back as UTF-8 (--skip-scored, --face-boxes), and written so."""
+    cv2.imwrite(str(tmp_path / "m\u00fcller.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    rows = {}
+    for fmt in ("table", "csv", "jsonl"):
+        run = subprocess.run([sys.executable, "-m", "dfd.export.cli", "detect", str(tiny_engine_set), "m\u00fcller.png",
+                              "--no-face-detect", "--format", fmt], capture_output=True, cwd=tmp_path, timeout=300,
+                             env={**os.environ, "PYTHONIOENCODING": "ascii"})
+        assert run.returncode == 0, run.stderr.decode()
+        rows[fmt] = run.stdout.decode("utf-8").splitlines()[1 if fmt != "jsonl" else 0]
+    assert rows["table"].startswith("m\\xfcller.png  score ")
+    assert rows["csv"].startswith("m\u00fcller.png,") and '"image": "m\\u00fcller.png"' in rows["jsonl"]
+
+
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
 def test_termination_signals_interrupt_as_ctrl_c_unless_ignored(name):
     """SIGHUP (an ssh session or terminal closed) killed a build outright, leaving its staging
