@@ -725,7 +725,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     _continue_output(output, fmt, scored)
     boxes = _assign_face_boxes(face_boxes, paths)
     folders = [Path(given) for given in images if _is_folder(given)]
-    crop_files = _match_face_crops(face_crops, folders, paths)
+    crop_files = _match_face_crops(face_crops, folders, paths, face_detection=not no_face_detect)
     detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size, face_detection=not no_face_detect,
                              face_min_px=face_min_px or None, gpu_preprocessing=not host_preprocessing,
                              cuda_graph_batch=cuda_graph_batch, face_cascade=not no_face_cascade,
@@ -863,14 +863,15 @@ def _crop_keys(image: str, folders: list[Path]) -> list[Path]:
     return sorted(keys, key=lambda key: (-len(key.parts), key)) or [Path(Path(image).name)]
 
 
-def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[str]) -> dict[str, str | None] | None:
+def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[str],
+                      face_detection: bool) -> dict[str, str | None] | None:
     """Each image's face-crop file (None where it has none), without --face-crops None. A crop is
     looked for at the image's relative paths (``_crop_keys``), then, as the reference's flat crops
     folder holds them, at its bare file name when no other image without a crop of its own has
     that name. A crop that several different images would take (one relative path under two
     folder arguments, or a bare name shared that way) would give them all one face, so that is
     refused, naming them; one image listed twice is one image. Images left without a crop (the
-    face detector looks for their faces) are counted in a warning: a wrong folder or suffix would
+    face detector looks for their faces, or they use the original image) are counted in a warning: a wrong folder or suffix would
     otherwise go unnoticed."""
     if face_crops is None:
         return None
@@ -906,8 +907,9 @@ def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[
     missing = sorted({path for path, crop in chosen.items() if crop is None})
     if missing:
         warn(f"{len(missing)} of {len(set(paths))} image(s) have no crop in {face_crops} (looked for at their path "
-             f"relative to their folder, then at their file name); the face detector looks for their faces: "
-             f"{first_few(missing)}")
+             f"relative to their folder, then at their file name); "
+             + ("the face detector looks for their faces: " if face_detection
+                else "they use the original image (--no-face-detect): ") + first_few(missing))
     return {path: None if crop is None else str(crop) for path, crop in chosen.items()}
 
 

@@ -100,6 +100,7 @@ class _Header:
     # False where only the size is parsed (TIFF, PNM, JPEG 2000): the colour layout is then
     # described by the unchanged probe, as for a format without a parsed header
     colour_known: bool = True
+    cmyk: bool = False  # four channels in the unchanged probe are CMYK (a TIFF says so), not RGBA
 
 
 _RAISE_LIMIT = ("raise the limit (--max-pixels of the dfd-export command, max_pixels of Detector.open or "
@@ -258,7 +259,7 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
     if any("extraneous bytes before marker" in line for line in said):  # libjpeg's own words for the walk's note
         notes = tuple(note for note in notes if not note.startswith(_EXTRANEOUS_NOTE))
     if not header.colour_known:
-        notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label) + notes
+        notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label, header.cmyk) + notes
     if header.truncated:
         notes += (f"{header.format} data is truncated ({header.truncated}): OpenCV decoded what "
                   f"was present and filled the rest",)
@@ -400,7 +401,8 @@ def _choose_decode_flag(header: _Header, label: str, max_pixels: int) -> tuple[i
 
 def _require_nonempty(height: int, width: int, label: str) -> None:
     if height <= 0 or width <= 0:
-        raise ImageError(f"{label} has a zero-sized side ({width}x{height} pixels)")
+        kind = "negative" if min(width, height) < 0 else "zero-sized"  # a BMP header's width is signed
+        raise ImageError(f"{label} has a {kind} side ({width}x{height} pixels)")
 
 
 def _from_array(array: np.ndarray, max_pixels: int) -> DecodedImage:
@@ -421,7 +423,8 @@ def _from_array(array: np.ndarray, max_pixels: int) -> DecodedImage:
     return DecodedImage(np.ascontiguousarray(array), ())
 
 
-def _describe_by_unchanged_decode(buffer: np.ndarray, pixels: int, label: str) -> tuple[str, ...]:
+def _describe_by_unchanged_decode(buffer: np.ndarray, pixels: int, label: str,
+                                  cmyk: bool = False) -> tuple[str, ...]:
     """Colour notes for a format whose header says only the size or nothing, from an
     IMREAD_UNCHANGED decode of a small image."""
     if pixels > UNCHANGED_PROBE_MAX_PIXELS:
@@ -433,7 +436,7 @@ def _describe_by_unchanged_decode(buffer: np.ndarray, pixels: int, label: str) -
     notes = []
     if channels in (1, 2):
         notes.append("grayscale expanded to RGB")
-    if channels in (2, 4):
+    if channels == 2 or channels == 4 and not cmyk:
         notes.append("alpha channel dropped")
     if original.dtype == np.uint16:
         notes.append("16-bit scaled to 8-bit")
@@ -702,7 +705,8 @@ def _riff_chunk(data: bytes, kind: bytes) -> bytes:
     return b""
 
 
-_TIFF_TAGS = {256: "width", 257: "height", 274: "orientation"}
+_TIFF_TAGS = {256: "width", 257: "height", 262: "photometric", 274: "orientation"}
+_TIFF_SEPARATED = 5  # PhotometricInterpretation: CMYK inks, which OpenCV converts to RGB
 # BYTE, SHORT, LONG, their signed kinds and LONG8/SLONG8: libtiff takes the size from any of them
 # (a negative one fails its decode; read unsigned it is refused as too large or fails there too)
 _TIFF_INTEGER_SIZES = {1: 1, 3: 2, 4: 4, 6: 1, 8: 2, 9: 4, 16: 8, 17: 8}
@@ -728,7 +732,7 @@ def _tiff_header(data: bytes) -> _Header | None:
         if name is not None:
             value_size = _TIFF_INTEGER_SIZES.get(_uint(data, entry + 2, 2, order))
             if value_size is None or value_size > field:
-                if name == "orientation":  # only a note depends on it
+                if name in ("orientation", "photometric"):  # only a note depends on it
                     continue
                 return None
             tags[name] = _uint(data, entry + 4 + field, value_size, order)
@@ -736,8 +740,10 @@ def _tiff_header(data: bytes) -> _Header | None:
         return None
     following = _uint(data, directory + count_size + entries * entry_size, field, order)
     notes = ("TIFF holds more than one page: the first is used",) if following else ()
+    cmyk = tags.get("photometric") == _TIFF_SEPARATED
+    notes += ("CMYK converted to RGB",) if cmyk else ()
     notes += tuple(_orientation_notes(tags.get("orientation")))
-    return _Header("TIFF", tags["width"], tags["height"], notes, None, False)
+    return _Header("TIFF", tags["width"], tags["height"], notes, None, False, cmyk)
 
 
 # a header number, after whitespace and "#" comments (which may sit between any two fields)

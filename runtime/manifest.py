@@ -330,7 +330,8 @@ def load_manifest(engine_dir: str | os.PathLike, *, verify: bool = True) -> Mani
     root = Path(engine_dir)
     try:
         if not root.exists():
-            raise EngineSetError(f"engine set folder not found: {root}")
+            raise EngineSetError(f"{root} is a link that leads nowhere (a missing target, or a loop)"
+                                 if root.is_symlink() else f"engine set folder not found: {root}")
         is_folder = root.is_dir()
     except OSError as exc:  # a name too long, a folder on the way that may not be entered
         shown = str(root) if len(str(root)) <= 200 else f"{str(root)[:200]}... ({len(str(root))} characters)"
@@ -341,6 +342,8 @@ def load_manifest(engine_dir: str | os.PathLike, *, verify: bool = True) -> Mani
     try:
         if not path.is_file():
             raise EngineSetError(
+                f"{path} is not a file (a folder, device or broken link), so {root} is not an engine set"
+                if path.exists() or path.is_symlink() else
                 f"{root} is not an engine set: no {MANIFEST_NAME}. Build one with `dfd-export build --out {root}`."
             )
         size = path.stat().st_size
@@ -381,6 +384,7 @@ def verify_files(manifest: Manifest, *, hashes: bool = True) -> None:
     that must not read 15 GB. A manifest without a digest is refused: deleting the field was an
     easier edit than recomputing it, and let any edit through."""
     problems: list[str] = []
+    unreadable: list[str] = []  # a file that may not be read is no sign of damage: a rebuild would not help
     recorded = manifest.raw.get(CONTENT_HASH_KEY)
     if recorded is None:
         problems.append(f"{MANIFEST_NAME} has no {CONTENT_HASH_KEY}: it was edited (the digest removed), or built by "
@@ -400,12 +404,14 @@ def verify_files(manifest: Manifest, *, hashes: bool = True) -> None:
                 elif hashes and sha256_file(path) != entry.sha256:
                     problems.append(f"{entry.path} does not match its sha256 (modified or corrupt)")
             except OSError as exc:  # no permission to read it, a name too long
-                problems.append(f"cannot read {entry.path} ({stream.name} stream): {exc.strerror or exc}")
+                unreadable.append(f"cannot read {entry.path} ({stream.name} stream): {exc.strerror or exc}")
     if problems:
-        listing = "\n  ".join(problems)
-        raise EngineSetError(
-            f"engine set {manifest.root} failed its integrity check; rebuild it:\n  {listing}"
-        )
+        listing = "\n  ".join(problems + unreadable)
+        raise EngineSetError(f"engine set {manifest.root} failed its integrity check; rebuild it:\n  {listing}")
+    if unreadable:
+        listing = "\n  ".join(unreadable)
+        raise EngineSetError(f"engine set {manifest.root} cannot be checked: some of its files cannot be read (the "
+                             f"user running this needs to read them):\n  {listing}")
 
 
 def write_manifest(engine_dir: Path, data: dict[str, Any]) -> Path:

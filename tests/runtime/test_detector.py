@@ -275,6 +275,8 @@ def test_detect_cli_face_crops_follow_sub_folders(tiny_engine_set, photographs, 
     assert lines["c.png"]["face"] is None
     assert f"no face crop for this image in {crops} (looked for c.png)" in lines["c.png"]["notes"]
     assert f"WARNING: 1 of 4 image(s) have no crop in {crops}" in result.stderr  # a table shows no notes
+    # what happens to it: with --no-face-detect no detector looks (the warning said one did)
+    assert "they use the original image (--no-face-detect): " in result.stderr
     # a flat crop is the only one left for y/a.png once x/a.png has its own: no ambiguity
     mixed = tmp_path / "mixed"
     put(mixed / "x" / "a.png", photographs["astronaut"][:256, :256])

@@ -175,6 +175,20 @@ def test_cmyk_jpeg_is_converted_like_imread(tmp_path, photo):
     assert np.abs(decoded.rgb.astype(int) - photo).mean() < 10  # really the photo
 
 
+def test_cmyk_tiff_is_converted_like_imread_and_noted_as_cmyk(tmp_path, photo):
+    """Its fourth channel (black ink) was noted as "alpha channel dropped"."""
+    from PIL import Image as image_module
+
+    path = tmp_path / "cmyk.tif"
+    image_module.fromarray(photo).convert("CMYK").save(path)
+    decoded = decode_image(path)
+    assert decoded.notes == ("CMYK converted to RGB",)
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+    assert np.abs(decoded.rgb.astype(int) - photo).mean() < 10
+    rgba = write(tmp_path / "rgba.tiff", np.dstack([photo, np.full(photo.shape[:2], 128, np.uint8)]))
+    assert decode_image(rgba).notes == ("alpha channel dropped",)
+
+
 def test_exif_orientation_is_applied_and_noted(tmp_path, photo):
     from PIL import Image as image_module
 
@@ -555,6 +569,10 @@ def test_zero_sized_image_in_header():
     data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b"")
     with pytest.raises(ImageError, match=r"zero-sized side \(0x5 pixels\)"):
         decode_image(data)
+    bmp = bytearray(cv2.imencode(".bmp", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+    bmp[18:22] = struct.pack("<i", -16)  # was "a zero-sized side (-16x16 pixels)"
+    with pytest.raises(ImageError, match=r"has a negative side \(-16x16 pixels\)"):
+        decode_image(bytes(bmp))
 
 
 def test_unsupported_source_type():

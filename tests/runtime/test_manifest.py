@@ -274,6 +274,22 @@ def test_stream_shape_problem():
     assert "outputs ['batch', 3], not [N, 2] logits" in stream_shape_problem(entry, [1, 3, 252, 252], ["batch", 3])
 
 
+def test_a_folder_that_is_no_set_is_told_apart_from_a_missing_one(tmp_path):
+    """A link loop was "engine set folder not found", and a manifest.json that is a folder "no
+    manifest.json"."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(EngineSetError, match=r"loop is a link that leads nowhere \(a missing target, or a loop\)"):
+        load_manifest(loop)
+    (tmp_path / "set" / MANIFEST_NAME).mkdir(parents=True)
+    with pytest.raises(EngineSetError, match=r"manifest.json is not a file \(a folder, device or broken link\), so "):
+        load_manifest(tmp_path / "set")
+    with pytest.raises(EngineSetError, match="engine set folder not found"):
+        load_manifest(tmp_path / "missing")
+    with pytest.raises(EngineSetError, match=r"is not an engine set: no manifest.json\. Build one"):
+        load_manifest(tmp_path)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     (" " * (17 * 1024 * 1024) + "{}", "a manifest is a few kB"),
@@ -284,6 +300,30 @@ def test_a_manifest_that_is_not_one_is_refused_without_a_traceback(tmp_path, tex
     (tmp_path / MANIFEST_NAME).write_text(text)
     with pytest.raises(EngineSetError, match=message):
         load_manifest(tmp_path)
+
+
+def test_a_file_that_cannot_be_read_asks_for_access_not_a_rebuild(tiny_engine_set, monkeypatch):
+    """An unreadable graph (permissions) was reported as "failed its integrity check; rebuild it":
+    a rebuild as the same user changes nothing. Damage found beside it still asks for a rebuild."""
+    import dfd.runtime.manifest as manifest_module
+
+    real = manifest_module.sha256_file
+
+    def sha256_file(path):
+        if path.name == "face.fp32.onnx":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(manifest_module, "sha256_file", sha256_file)
+    with pytest.raises(EngineSetError) as refused:
+        load_manifest(tiny_engine_set)
+    assert str(refused.value) == (f"engine set {tiny_engine_set} cannot be checked: some of its files cannot be read "
+                                  f"(the user running this needs to read them):\n  cannot read face.fp32.onnx (face "
+                                  f"stream): Permission denied")
+    manifest = load_manifest(tiny_engine_set, verify=False)
+    monkeypatch.setitem(manifest.raw, "content_sha256", "0" * 64)
+    with pytest.raises(EngineSetError, match="(?s)failed its integrity check; rebuild it:.*\n  cannot read face"):
+        verify_files(manifest)
 
 
 @pytest.mark.parametrize("edit", [
