@@ -232,8 +232,11 @@ HEADER = f"""\
        if (dfd_detect_file(d, "photo.jpg", &r) == DFD_OK) printf("%.1f\\n", r.score);
        dfd_close(d);
 
-   Paths and messages are UTF-8. fork() only while no dfd_* call runs in another thread; let
-   every call return (and close detectors) before exit(); calling threads need 128 KiB of stack.
+   Paths and messages are UTF-8. After fork(), a child of a process that opened a detector can
+   make no dfd_* call (each is refused: the runtime's threads stay in the parent) and must end
+   with _exit() or exec(), since exit() would wait on those threads; fork workers before the
+   first dfd_open. Let every call return (and close detectors) before exit(); calling threads
+   need 128 KiB of stack.
 */
 #ifndef DFD_RUNTIME_H
 #define DFD_RUNTIME_H
@@ -278,6 +281,7 @@ C_SHIMS = r"""
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include "dfd_runtime.h"
 
 static dfd_status dfd_py_open(const char *, const char *, dfd_detector **, char *, size_t);
@@ -291,6 +295,7 @@ static dfd_status dfd_py_describe(dfd_detector *, char *, size_t, char *, size_t
 static __thread char dfd_error[DFD_ERROR_CAPACITY];
 static pthread_once_t dfd_python_once = PTHREAD_ONCE_INIT;
 static int dfd_python_started;                       /* written once, under dfd_python_once */
+static pid_t dfd_python_pid;                         /* the process it started in, likewise */
 static char dfd_python_failure[DFD_ERROR_CAPACITY];
 static volatile int dfd_runtime_ready;               /* set by the init code once bound */
 static char dfd_runtime_failure[DFD_ERROR_CAPACITY];
@@ -307,6 +312,7 @@ static void dfd_start_python(void)
     PyStatus status;
     PyPreConfig preconfig;
     PyConfig config;
+    dfd_python_pid = getpid();
     if (Py_IsInitialized()) {            /* loaded into a running interpreter: use it */
         dfd_python_started = 1;
         return;
@@ -345,16 +351,26 @@ static void dfd_set_error(const char *message)
     snprintf(dfd_error, sizeof dfd_error, "%s", message);
 }
 
-/* Clear the thread's error and make sure the interpreter runs. */
-static int dfd_begin(void)
+#define DFD_FORKED "this process is a fork() of the one that started the runtime: the threads of its embedded " \
+    "Python and ONNX Runtime did not survive the fork, so no dfd_* call can run here (it would hang or crash); " \
+    "open detectors in each worker after forking, before any dfd_open in the parent, and end a child of a " \
+    "process with detectors with _exit() or exec()"
+
+/* Clear the thread's error and make sure the interpreter runs, in this process: DFD_OK, or why
+   no call can run (the thread's error says it). */
+static dfd_status dfd_begin(void)
 {
     dfd_error[0] = '\0';
     pthread_once(&dfd_python_once, dfd_start_python);
     if (!dfd_python_started) {
         dfd_set_error(dfd_python_failure);
-        return 0;
+        return DFD_E_INTERNAL;
     }
-    return 1;
+    if (getpid() != dfd_python_pid) {    /* a fork() child has the memory of those threads, not them */
+        dfd_set_error(DFD_FORKED);
+        return DFD_E_INVALID_ARGUMENT;
+    }
+    return DFD_OK;
 }
 
 /* After an extern "Python" call: did the runtime's Python code actually serve it? */
@@ -401,13 +417,14 @@ static int dfd_abi_matches(uint32_t abi)
 
 dfd_status dfd_open_abi(const char *engine_dir, const char *backend, dfd_detector **out, uint32_t abi)
 {
+    dfd_status began;
     if (out != NULL)
         *out = NULL;
     dfd_error[0] = '\0';
     if (!dfd_abi_matches(abi))
         return DFD_E_INVALID_ARGUMENT;
-    if (!dfd_begin())
-        return DFD_E_INTERNAL;
+    if ((began = dfd_begin()) != DFD_OK)
+        return began;
     return dfd_finish(dfd_py_open(engine_dir, backend, out, dfd_error, sizeof dfd_error));
 }
 
@@ -436,13 +453,14 @@ void dfd_options_init_sized(dfd_options *options, size_t struct_size)
 
 dfd_status dfd_open_with_abi(const char *engine_dir, const dfd_options *options, dfd_detector **out, uint32_t abi)
 {
+    dfd_status began;
     if (out != NULL)
         *out = NULL;
     dfd_error[0] = '\0';
     if (!dfd_abi_matches(abi))
         return DFD_E_INVALID_ARGUMENT;
-    if (!dfd_begin())
-        return DFD_E_INTERNAL;
+    if ((began = dfd_begin()) != DFD_OK)
+        return began;
     return dfd_finish(dfd_py_open_with(engine_dir, options, out, dfd_error, sizeof dfd_error));
 }
 
@@ -488,10 +506,11 @@ void dfd_options_init(void *options)
 
 dfd_status dfd_describe(dfd_detector *d, char *buffer, size_t size)
 {
+    dfd_status began;
     if (buffer != NULL && size > 0)
         buffer[0] = '\0';
-    if (!dfd_begin())
-        return DFD_E_INTERNAL;
+    if ((began = dfd_begin()) != DFD_OK)
+        return began;
     return dfd_finish(dfd_py_describe(d, buffer, size, dfd_error, sizeof dfd_error));
 }
 
@@ -499,9 +518,9 @@ dfd_status dfd_detect_faces(dfd_detector *d, const dfd_image *images, const dfd_
                             dfd_result *results)
 {
     dfd_status status;
-    if (!dfd_begin()) {
-        dfd_mark_results(results, count, DFD_E_INTERNAL);
-        return DFD_E_INTERNAL;
+    if ((status = dfd_begin()) != DFD_OK) {
+        dfd_mark_results(results, count, status);
+        return status;
     }
     status = dfd_finish(dfd_py_detect(d, images, faces, count, results, dfd_error, sizeof dfd_error));
     if (!dfd_runtime_ready)
@@ -517,9 +536,9 @@ dfd_status dfd_detect(dfd_detector *d, const dfd_image *images, int32_t count, d
 dfd_status dfd_detect_file_face(dfd_detector *d, const char *path, const dfd_face *face, dfd_result *result)
 {
     dfd_status status;
-    if (!dfd_begin()) {
-        dfd_mark_results(result, 1, DFD_E_INTERNAL);
-        return DFD_E_INTERNAL;
+    if ((status = dfd_begin()) != DFD_OK) {
+        dfd_mark_results(result, 1, status);
+        return status;
     }
     status = dfd_finish(dfd_py_detect_file(d, path, face, result, dfd_error, sizeof dfd_error));
     if (!dfd_runtime_ready)
@@ -536,9 +555,9 @@ dfd_status dfd_detect_encoded(dfd_detector *d, const void *data, size_t size, co
                               dfd_result *result)
 {
     dfd_status status;
-    if (!dfd_begin()) {
-        dfd_mark_results(result, 1, DFD_E_INTERNAL);
-        return DFD_E_INTERNAL;
+    if ((status = dfd_begin()) != DFD_OK) {
+        dfd_mark_results(result, 1, status);
+        return status;
     }
     status = dfd_finish(dfd_py_detect_encoded(d, data, size, face, result, dfd_error, sizeof dfd_error));
     if (!dfd_runtime_ready)
@@ -555,7 +574,7 @@ void dfd_close(dfd_detector *d)
         dfd_set_error("dfd_close: not a detector that dfd_open returned");
         return;
     }
-    if (dfd_begin())
+    if (dfd_begin() == DFD_OK)
         dfd_finish(dfd_py_close(d, dfd_error, sizeof dfd_error));
 }
 """

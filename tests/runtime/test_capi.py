@@ -1176,6 +1176,59 @@ def test_utf8_paths_sizes_and_formats_at_the_boundary(tiny_engine_set, capi_lib,
                                f"dfd_pixel_format (DFD_PIXEL_RGB8 = 0, DFD_PIXEL_BGR8 = 1)")
 
 
+FORK_PROBE = r"""
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "dfd_runtime.h"
+
+int main(int argc, char **argv)
+{
+    dfd_detector *d = NULL, *mine = NULL;
+    dfd_result r;
+    dfd_status s;
+    pid_t child;
+    int wstatus;
+    if (argc != 3 || dfd_open(argv[1], NULL, &d) != DFD_OK)
+        return 1;
+    printf("parent %d\n", dfd_detect_file(d, argv[2], &r));
+    fflush(stdout);
+    child = fork();
+    if (child == 0) {
+        alarm(60);  /* a hang ends the child, which the parent reports */
+        s = dfd_detect_file(d, argv[2], &r);
+        printf("child-detect %d %d|%s\n", s, r.status, dfd_last_error());
+        s = dfd_open(argv[1], NULL, &mine);
+        printf("child-open %d %d\n", s, mine == NULL);
+        dfd_close(d);
+        printf("child-close %d\n", dfd_last_error()[0] != 0);
+        fflush(stdout);
+        _exit(0);
+    }
+    waitpid(child, &wstatus, 0);
+    printf("child-exit %d\n", WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -WTERMSIG(wstatus));
+    printf("parent-again %d\n", dfd_detect_file(d, argv[2], &r));
+    dfd_close(d);
+    return 0;
+}
+"""
+
+
+def test_a_fork_child_is_refused_every_call_instead_of_hanging(tiny_engine_set, capi_lib, pictures, tmp_path):
+    """A fork() child detected with the parent's detector as if all was well, then hung in
+    dfd_close (ONNX Runtime's thread pools are the parent's; their condition variables wait for
+    threads the child does not have), and one that opened its own crashed at exit. Every call in
+    the child is now refused with the reason; the parent goes on."""
+    (tmp_path / "fork.c").write_text(FORK_PROBE)
+    exe = _compile(tmp_path / "fork.c", tmp_path / "fork", capi_lib)
+    lines = _probe_lines(_run([exe, tiny_engine_set, pictures["astronaut"][0]]))
+    assert lines["parent"] == "0" and lines["parent-again"] == "0" and lines["child-exit"] == "0"
+    invalid = STATUS["invalid_argument"]
+    assert lines["child-detect"].startswith(f"{invalid} {invalid}|this process is a fork() of the one that started "
+                                            f"the runtime")
+    assert lines["child-open"] == f"{invalid} 1" and lines["child-close"] == "1"
+
+
 def test_the_ownership_check_finds_its_marker_across_read_chunks(tmp_path):
     """capi decides whether a file in --out is its own by a marker, read a chunk at a time (a
     file in the way may be huge): the marker is found wherever a chunk boundary cuts it."""
