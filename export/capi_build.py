@@ -191,8 +191,9 @@ dfd_status dfd_detect_file(dfd_detector *d, const char *path, dfd_result *result
 dfd_status dfd_detect_file_face(dfd_detector *d, const char *path, const dfd_face *face, dfd_result *result);
 
 /* Score an image file held in memory (the bytes of a JPEG, PNG, WebP, ... file, e.g. an upload)
-   exactly as dfd_detect_file scores that file: decoded as OpenCV's imread, and a JPEG
-   (recognised from the bytes) gets the reference's face re-encode as a .jpg path does.
+   exactly as dfd_detect_file scores that file named with its format's usual suffix: decoded as
+   OpenCV's imread, and a JPEG (recognised from the bytes) gets the reference's face re-encode
+   as a .jpg path does (a path decides by its suffix: a JPEG named .jfif or .png does not).
    face: the caller's box for it, or NULL. DFD_E_IMAGE: not a usable image (size 0 included);
    DFD_E_INVALID_ARGUMENT: data NULL with size > 0, or result NULL. The bytes are read only
    during the call. result->status equals the returned status. Thread-safe. */

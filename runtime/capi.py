@@ -38,7 +38,7 @@ from .backends import BACKEND_CHOICES, BackendError
 from .detector import Detection, Detector
 from .errors import DfdError
 from .face_detection import SMALLEST_FACE_PX
-from .images import ImageError, silence_opencv_log, unreadable_file_reason
+from .images import ImageError, ImageFileError, read_image_file, silence_opencv_log
 from .manifest import EngineSetError
 
 DFD_OK = 0
@@ -392,16 +392,20 @@ def _detect_file(ffi: Any, detector: Any, path: Any, face: Any, result: Any) -> 
         if not name:
             raise CapiArgumentError(f"{where}: path is empty")
         box = None if face == ffi.NULL else face_box(face[0], "face")
-        reason = unreadable_file_reason(name)
-        if reason:
-            raise CapiIOError(reason)
+        try:  # read here too: an I/O error (EIO, a file gone since) is the file's, which no stat foresees
+            read_image_file(name)
+        except ImageFileError as exc:
+            raise CapiIOError(str(exc)) from None
+        except ImageError:
+            pass  # an empty file: an image that cannot be used, as the detector reports it
         return opened.detect([name], face_boxes=[box])
 
 
 def detect_encoded(ffi: Any, detector: Any, data: Any, size: int, face: Any, result: Any, error: Any,
                    error_size: int) -> int:
     """``dfd_detect_encoded``: decode and score one image file's bytes held by the caller, exactly
-    as ``dfd_detect_file`` scores that file (the Detector reads the format from the bytes)."""
+    as ``dfd_detect_file`` scores that file under its format's usual suffix (the Detector reads the
+    format from the bytes; a path's face re-encode follows its suffix)."""
     return _serve(ffi, error, error_size, result, 1,
                   lambda: _detect_encoded(ffi, detector, data, size, face, result))
 

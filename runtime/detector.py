@@ -307,7 +307,7 @@ class Detector:
                 f"{'/'.join(self.streams)}, {state}>")
 
     @classmethod
-    def open(cls, engine_dir: str | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
+    def open(cls, engine_dir: str | bytes | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
              face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX,
              gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None,
              face_cascade: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Detector":
@@ -415,7 +415,9 @@ class Detector:
         on_progress: Callable[[int], None] | None = None,
     ) -> list[Detection]:
         """Score ``images`` (paths, encoded image bytes or uint8 RGB arrays); one ``Detection`` per
-        image, in order. Encoded bytes score exactly as the same file does.
+        image, in order. Encoded bytes score exactly as the same file does under its format's usual
+        suffix (the face re-encode of a path follows its suffix, as in the reference; of bytes, their
+        content: ".jpg" for JPEG).
 
         ``face_crops[i]``: a face image pre-cropped the reference's way (the face stream takes
         its 252 centre crop). ``face_boxes[i]``: (x1, y1, x2, y2) in pixels of image i; the

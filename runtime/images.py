@@ -73,6 +73,15 @@ class ImageError(DfdError, ValueError):
     """An image that cannot be used, with a message that names the image and the problem."""
 
 
+MAX_ENCODED_BYTES = 2**31 - 1  # OpenCV's imdecode takes a buffer of at most INT_MAX bytes
+_OVER_ENCODED_LIMIT = f"is over the {MAX_ENCODED_BYTES:,} bytes OpenCV can decode from one buffer"
+
+
+class ImageFileError(ImageError):
+    """An image file that cannot be read at all (missing, not a regular file, no permission, an
+    I/O error): a problem of the file, not of its content (the C ABI's DFD_E_IO)."""
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     rgb: np.ndarray  # uint8 HxWx3 RGB, C-contiguous
@@ -126,6 +135,8 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
     if not isinstance(source, (bytes, bytearray, memoryview)):
         raise ImageError(f"cannot decode an image from an object of type {type(source).__name__}: pass a file "
                          f"path, encoded image bytes or a uint8 numpy array")
+    if len(source) > MAX_ENCODED_BYTES:  # before bytes() copies it
+        raise ImageError(f"image bytes ({len(source):,} bytes) {_OVER_ENCODED_LIMIT}")
     data = bytes(source)
     if not data:
         raise ImageError("image bytes are empty (0 bytes)")
@@ -210,22 +221,25 @@ def unreadable_file_reason(path: str | os.PathLike) -> str | None:
 
 
 def read_image_file(path: str | os.PathLike) -> bytes:
-    """The bytes of an image file, or an ``ImageError`` that says why not (see
-    ``unreadable_file_reason``). Callers that hash image files use it too, so they refuse the
+    """The bytes of an image file, or an ``ImageFileError`` that says why not (see
+    ``unreadable_file_reason``; an empty file is an ``ImageError``). Callers that hash image files use it too, so they refuse the
     same files."""
     label = _file_label(path)
     reason = unreadable_file_reason(path)
     if reason:
-        raise ImageError(reason)
+        raise ImageFileError(reason)
     try:
         with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_ENCODED_BYTES:  # refused before reading gigabytes OpenCV would refuse
+                raise ImageError(f"image file {label} ({size:,} bytes) {_OVER_ENCODED_LIMIT}")
             data = handle.read()
     except FileNotFoundError:
-        raise ImageError(f"image file {label} does not exist") from None
+        raise ImageFileError(f"image file {label} does not exist") from None
     except PermissionError:
-        raise ImageError(f"cannot read image file {label}: permission denied") from None
+        raise ImageFileError(f"cannot read image file {label}: permission denied") from None
     except OSError as error:
-        raise ImageError(f"cannot read image file {label}: {error.strerror or error}") from None
+        raise ImageFileError(f"cannot read image file {label}: {error.strerror or error}") from None
     if not data:
         raise ImageError(f"image file {label} is empty (0 bytes)")
     return data

@@ -323,11 +323,14 @@ def _file_entry(entry: dict[str, Any], where: str) -> FileEntry:
     return file
 
 
-def load_manifest(engine_dir: str | os.PathLike, *, verify: bool = True) -> Manifest:
+def load_manifest(engine_dir: str | bytes | os.PathLike, *, verify: bool = True) -> Manifest:
     """Read and (by default) verify an engine set; ``EngineSetError`` says what is wrong."""
     if isinstance(engine_dir, (str, bytes)) and not engine_dir:  # Path("") would be the current folder
         raise EngineSetError("the engine set path is empty")
-    root = Path(engine_dir)
+    if not isinstance(engine_dir, (str, bytes, os.PathLike)):
+        raise EngineSetError(f"the engine set path must be a str, bytes or os.PathLike, not "
+                             f"{type(engine_dir).__name__}")
+    root = Path(os.fsdecode(engine_dir))  # bytes as os.listdir gives them
     try:
         if not root.exists():
             raise EngineSetError(f"{root} is a link that leads nowhere (a missing target, or a loop)"

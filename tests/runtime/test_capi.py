@@ -613,10 +613,14 @@ def test_files_that_cannot_be_read_are_io_errors_that_say_what_detect_says(tiny_
     os.mkfifo(tmp_path / "pipe.jpg")
     paths = [tmp_path / "broken.jpg", tmp_path / "loop.jpg", tmp_path / "pipe.jpg", Path("/dev/zero"),
              pictures["astronaut"][0]]
+    # a regular, readable file whose read fails (EIO: offset 0 of a process's memory is unmapped),
+    # which the stat before the read cannot foresee: it was DFD_E_IMAGE
+    paths.insert(4, Path("/proc/self/mem"))
     served = _run([example_service, tiny_engine_set], stdin="".join(f"{p}\n" for p in paths))
     assert served.returncode == 2, served.stderr
     lines = [json.loads(line) for line in served.stdout.splitlines()]
-    assert [line["status"] for line in lines] == ["io"] * 4 + ["ok"]
+    assert [line["status"] for line in lines] == ["io"] * 5 + ["ok"]
+    assert lines[4]["error"] == "cannot read image file '/proc/self/mem': Input/output error"
     cli = CliRunner().invoke(cli_main, ["detect", str(tiny_engine_set), *map(str, paths[:4]), "--format", "jsonl"])
     assert cli.exit_code == 2 and "4 of 4 input(s) failed" in cli.stderr
     rows = [json.loads(line) for line in cli.stdout.splitlines()]

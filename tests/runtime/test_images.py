@@ -575,6 +575,21 @@ def test_zero_sized_image_in_header():
         decode_image(bytes(bmp))
 
 
+def test_an_encoded_image_over_what_opencv_takes_is_refused_before_it_is_read(tmp_path):
+    """A 2.5 GB file behind a JPEG signature was read whole (48 s, 2.7 GB of memory), and then
+    failed with OpenCV's internal "Overload resolution failed ... s >= 0 in function 'setSize'"."""
+    path = tmp_path / "huge.jpg"
+    with open(path, "wb") as file:
+        file.write(b"\xff\xd8\xff")
+        file.truncate(2**31 + 5)  # sparse: no disk used
+    with pytest.raises(ImageError, match=r"huge\.jpg' \(2,147,483,653 bytes\) is over the 2,147,483,647 bytes "
+                                         r"OpenCV can decode from one buffer"):
+        decode_image(path)
+    untouched = np.zeros(2**31, np.uint8)  # calloc'd: its pages are never touched
+    with pytest.raises(ImageError, match=r"image bytes \(2,147,483,648 bytes\) is over"):
+        decode_image(memoryview(untouched))
+
+
 def test_unsupported_source_type():
     with pytest.raises(ImageError, match="cannot decode an image from an object of type int"):
         decode_image(42)

@@ -288,6 +288,11 @@ def test_a_folder_that_is_no_set_is_told_apart_from_a_missing_one(tmp_path):
         load_manifest(tmp_path / "missing")
     with pytest.raises(EngineSetError, match=r"is not an engine set: no manifest.json\. Build one"):
         load_manifest(tmp_path)
+    # a path as bytes (as os.listdir gives them) opens; another object is named, not a TypeError
+    with pytest.raises(EngineSetError, match="engine set folder not found"):
+        load_manifest(os.fsencode(tmp_path / "missing"))
+    with pytest.raises(EngineSetError, match="must be a str, bytes or os.PathLike, not int"):
+        load_manifest(5)
 
 
 @pytest.mark.parametrize(("text", "message"), [
