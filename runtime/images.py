@@ -3,8 +3,9 @@
 The reference decodes every image with `cv2.imread(path)` (IMREAD_COLOR: 8-bit, 3 channels,
 EXIF orientation applied) and converts BGR to RGB. `decode_image` computes exactly that, with
 `cv2.imdecode` on bytes read in Python (so non-ASCII paths work on every platform; OpenCV applies
-the same decoder and the same EXIF rotation to a buffer as to a file), and adds what the reference
-lacks:
+the same decoder and the same EXIF rotation to a buffer as to a file, except that OpenCV 4.14's
+`imread` fails on a TIFF with an EXIF orientation, which is decoded here rotated, as from memory),
+and adds what the reference lacks:
 
 * clear `ImageError`s instead of `None` (missing file, broken link, directory, named pipe or
   device, empty file, not an image, corrupt or truncated data, zero-sized image);
