@@ -201,6 +201,13 @@ def test_exif_orientation_is_applied_and_noted(tmp_path, photo):
     assert decoded.rgb.shape == (400, 300, 3)
     assert decoded.notes == ("rotated/flipped upright as EXIF orientation 6 asks",)
     np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+    # a TIFF, whose file OpenCV 4.14's imread cannot read (the same bytes decode from memory):
+    # rotated as the JPEG is, turned 90 degrees clockwise
+    tiff = tmp_path / "rotated.tif"
+    image.save(tiff, exif=exif.tobytes())
+    decoded = decode_image(tiff)
+    assert decoded.notes == ("rotated/flipped upright as EXIF orientation 6 asks",)
+    np.testing.assert_array_equal(decoded.rgb, np.rot90(photo, k=-1))
 
 
 def test_one_pixel_image(tmp_path):
