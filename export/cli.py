@@ -807,7 +807,8 @@ def _continue_output(output: RowOutput, fmt: str, scored: ScoredImages | None) -
     cut-short last row of a killed run (its image is scored again), which the new rows continued
     into a line no later resume could read; a file they would not continue (the other format, a
     CSV with other columns, another last line cut short) is refused before anything is scored."""
-    if scored is not None and output.writes_to(scored.path):
+    resuming = scored is not None and output.writes_to(scored.path)
+    if resuming:
         if fmt != scored.format:
             raise click.UsageError(f"stdout appends to {scored.path}, a --format {scored.format} output; "
                                    f"give --format {scored.format}")
@@ -817,7 +818,7 @@ def _continue_output(output: RowOutput, fmt: str, scored: ScoredImages | None) -
         return
     first, last = ends
     if last != b"\n":
-        if fmt == "table" or scored is not None and output.writes_to(scored.path):
+        if fmt == "table" or resuming:
             # its last row had no line end, or half of csv's \r\n
             output.write("\r\n" if fmt == "csv" and last != b"\r" else "\n", counts=False)
         else:
@@ -871,8 +872,8 @@ def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[
     that name. A crop that several different images would take (one relative path under two
     folder arguments, or a bare name shared that way) would give them all one face, so that is
     refused, naming them; one image listed twice is one image. Images left without a crop (the
-    face detector looks for their faces, or they use the original image) are counted in a warning: a wrong folder or suffix would
-    otherwise go unnoticed."""
+    face detector looks for their faces, or they use the original image) are counted in a
+    warning: a wrong folder or suffix would otherwise go unnoticed."""
     if face_crops is None:
         return None
     nested: dict[str, Path] = {}
