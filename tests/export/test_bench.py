@@ -248,7 +248,7 @@ def test_a_set_the_runtime_refuses_is_reported_before_images_are_chosen_for_it(t
     folder = tmp_path / "set"
     shutil.copytree(tiny_engine_set, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["streams"]["global"]["input_size"] = 10**9
+    manifest["streams"]["global"]["input_size"] = manifest["preprocessing"]["global"]["size"] = 10**9
     write_rebuilt_manifest(folder, manifest)
     result = CliRunner().invoke(bench, [str(folder), "--iterations", "1", "--warmup", "0", "--batch-sizes", "1"])
     assert result.exit_code == 1 and "photograph" not in result.output, result.output
