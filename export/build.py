@@ -115,6 +115,8 @@ def _check_request(request: BuildRequest) -> None:
                          f"got {request.seed}")
     if request.calib_dir is not None and not Path(request.calib_dir).is_dir():
         raise BuildError(f"calibration folder not found: {request.calib_dir}")
+    if request.precision != "fp32":
+        _check_calibration_memory(request)
     # contradictory flags are refused whatever the backend: the same command must not pass here
     # (ONNX Runtime, options unused) and fail on a machine where --backend auto finds TensorRT
     request.tensorrt.check()
@@ -241,6 +243,19 @@ def _compile_tensorrt(staging: Path, graph: Path, input_size: int, request: Buil
     return [FileEntry.of(staging, engine, "engine")]
 
 
+def _check_calibration_memory(request: BuildRequest) -> None:
+    """The calibration tensors (float32, every stream's input for every slot) are held at once:
+    a --calib-count they cannot fit in failed minutes in with a numpy allocation traceback."""
+    from .bench.environment import available_memory_bytes
+
+    needed = request.calib_count * sum(3 * STREAM_SPECS[s].input_size ** 2 * 4 for s in request.streams)
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise BuildError(f"--calib-count {request.calib_count} makes calibration tensors of {needed / 2**30:,.1f} GiB, "
+                         f"more than the {available / 2**30:,.1f} GiB of memory available; lower it (the default "
+                         f"is {BuildRequest.calib_count})")
+
+
 def _calibration_set(request: BuildRequest, warn: Callable[[str], None]):
     """The calibration set of an fp16/INT8 build, from the runtime's own preprocessing."""
     from dfd.calibration.calibset import build_calibration_set
@@ -338,8 +353,11 @@ def _output_problem(out: Path, force: bool) -> str | None:
     if listed is None:
         return (f"{out} is not an engine set (it holds no dfd-export {MANIFEST_NAME}), and --force replaces "
                 "only engine sets; choose a new or empty --out")
-    others = sorted(str(p.relative_to(out)) for p in out.rglob("*")
-                    if not p.is_dir() and str(p.relative_to(out)) not in listed)
+    # a link is the user's whatever it leads to (a folder's was taken for one of the set's), and
+    # so is an empty folder (a non-empty one shows by what it holds)
+    others = sorted(rel for p in out.rglob("*")
+                    if (rel := p.relative_to(out).as_posix()) not in listed
+                    and (p.is_symlink() or not p.is_dir() or not any(p.iterdir())))
     if others:
         return (f"{out} holds files that are not part of its engine set ({first_few(others, 5)}), and --force "
                 "replaces only an engine set's own files; move them out or choose a new --out")
@@ -528,6 +546,13 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
             raise
         # a write that names no file (ONNX's, on a full disk): say where the build was writing
         raise BuildError(f"{os_error_text(exc)} while writing the engine set's files in {staging.parent} "
+                         f"(staged in {staging.name}, now removed)") from exc
+    except (MemoryError, RuntimeError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, RuntimeError) and "can't allocate memory" not in str(exc):  # torch's CPU allocator's words
+            raise
+        raise BuildError(f"out of memory ({exc}); the sizes in the backbone config.json files and --calib-count "
+                         f"decide what a build holds: build on a machine with more memory "
                          f"(staged in {staging.name}, now removed)") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

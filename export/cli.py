@@ -457,7 +457,8 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     from dfd.calibration.sources import ImageSourceError, scan_image_folder
     from dfd.runtime.manifest import load_manifest, verify_files
 
-    from .verify import DEFAULT_THRESHOLDS, engine_set_precision, reference_checkpoints, verify_engine_set
+    from .recorded_build import read_recorded_build
+    from .verify import DEFAULT_THRESHOLDS, engine_set_precision, verify_engine_set
 
     require_stdout()
     # a folder that is no set, or an edited manifest, fails before anything is made or read from it
@@ -468,7 +469,8 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     except ImageSourceError:
         images = []  # the comparison says what is wrong with the folder
     # a bad path fails now, not after the whole comparison; never over a file the run reads
-    prepare_output_file(json_out, "--json", engine_dir, inputs=reference_checkpoints(manifest, weights_dir) + images)
+    checkpoints = read_recorded_build(manifest).checkpoint_files(weights_dir)
+    prepare_output_file(json_out, "--json", engine_dir, inputs=checkpoints + images)
     overrides = (max_abs_dp, max_mean_dp, min_agreement)
     thresholds = None
     if any(v is not None for v in overrides):

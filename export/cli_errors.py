@@ -71,6 +71,9 @@ def handles_errors(func):
             _fail(str(exc))
         except OSError as exc:  # the file system refused (full disk, permissions): not a bug
             _fail(os_error_text(exc))
+        except MemoryError as exc:  # numpy says how much it wanted
+            _fail(f"out of memory{f' ({exc})' if str(exc) else ''}; this machine cannot hold what the command "
+                  f"was asked to do")
 
     return wrapper
 

@@ -62,6 +62,22 @@ class RecordedBuild:
     calibrated: bool  # the set has a calibration record (an INT8 build)
     calibration_images: frozenset[str] | None  # sha256 of each calibration image's pixels; None: not recorded
 
+    def checkpoint_folder(self, weights_dir: Path | None) -> Path | None:
+        """Where the set's checkpoints are: ``weights_dir`` (they moved since the build), else the
+        folder the build recorded; None for a random-weights set."""
+        if self.random_weights:
+            return None
+        return Path(weights_dir) if weights_dir else self.weights_dir
+
+    def checkpoint_files(self, weights_dir: Path | None) -> list[Path]:
+        """The checkpoint files the fp32 reference is rebuilt from (none for a random-weights set):
+        files ``verify`` and ``bench --compare torch`` read, which their reports must never
+        overwrite."""
+        folder = self.checkpoint_folder(weights_dir)
+        if folder is None:
+            return []
+        return [folder / stream.checkpoint.file for stream in self.streams.values() if stream.checkpoint]
+
 
 def read_recorded_build(manifest: Manifest) -> RecordedBuild:
     """The build record of ``manifest``, every field the reference is rebuilt from checked.

@@ -195,29 +195,11 @@ def agreement_bound() -> tuple[str, Callable[[int, int], float]]:
     return f"Clopper-Pearson (exact), one-sided {CONFIDENCE:.0%}", clopper_pearson_lower_bound
 
 
-def _checkpoint_folder(build: RecordedBuild, weights_dir: Path | None) -> Path | None:
-    """Where the set's checkpoints are: ``--weights-dir``, else the folder the build recorded; None
-    for a random-weights set."""
-    if build.random_weights:
-        return None
-    return Path(weights_dir) if weights_dir else build.weights_dir
-
-
-def reference_checkpoints(manifest: Manifest, weights_dir: Path | None) -> list[Path]:
-    """The checkpoint files the reference is rebuilt from (none for a random-weights set): files
-    ``verify`` reads, which its ``--json`` must never overwrite. Call it after ``verify_files``."""
-    build = read_recorded_build(manifest)
-    folder = _checkpoint_folder(build, weights_dir)
-    if folder is None:
-        return []
-    return [folder / stream.checkpoint.file for stream in build.streams.values() if stream.checkpoint]
-
-
 def _reference_streams(build: RecordedBuild, weights_dir: Path | None,
                        report: VerifyReport) -> dict[str, torch.nn.Module]:
     """The fp32 PyTorch streams the set was built from, rebuilt from what its manifest records;
     ``report.reference`` says which."""
-    weights = _checkpoint_folder(build, weights_dir)
+    weights = build.checkpoint_folder(weights_dir)
     if build.random_weights:
         if weights_dir:
             raise DfdError(f"--weights-dir {weights_dir}: this engine set was built with random weights, not from "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,37 @@ from .plot import pyplot, write_plot
 
 
 def _parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 1,4,16, got {value!r}") from None
-    if not sizes:
+    entries = [v.strip() for v in value.split(",")]
+    if not any(entries):
         raise click.BadParameter("expected at least one batch size, like 1,4,16")
+    # plain digits: int() also takes "1_0" (10), and an empty entry ("1,,2") was a typo passed over
+    if not all(re.fullmatch(r"[+-]?\d+", v) for v in entries):
+        raise click.BadParameter(f"expected comma-separated integers like 1,4,16, got {value!r}")
+    sizes = tuple(int(v) for v in entries)
     if any(s < 1 for s in sizes):
         raise click.BadParameter(f"batch sizes must be positive, got {value!r}")
     return tuple(sorted(set(sizes)))
+
+
+def _files_read(engine_dir: Path, images_dir: Path | None, compare_torch: bool, weights_dir: Path | None) -> list[Path]:
+    """The files the run reads, which --json and --plot must never overwrite: the images of
+    --images and, with --compare torch, the checkpoints the reference is rebuilt from."""
+    from dfd.calibration.sources import ImageSourceError, scan_image_folder
+    from dfd.runtime.manifest import load_manifest, verify_files
+
+    from ..recorded_build import read_recorded_build
+
+    files: list[Path] = []
+    if images_dir is not None:
+        try:
+            files += scan_image_folder(images_dir).images
+        except ImageSourceError:
+            pass  # the run says what is wrong with the folder
+    if compare_torch:
+        manifest = load_manifest(engine_dir, verify=False)
+        verify_files(manifest, hashes=False)  # the digest: the record is then one a build wrote
+        files += read_recorded_build(manifest).checkpoint_files(weights_dir)
+    return files
 
 
 def _summary_lines(result: dict[str, Any]) -> list[str]:
@@ -77,8 +100,12 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     from tqdm import tqdm
 
     require_stdout()
+    if json_out is not None and plot_out is not None and json_out.resolve() == plot_out.resolve():
+        raise click.BadParameter(f"{json_out} is the --json file too; the plot would replace the results",
+                                 param_hint="--plot")
+    read = _files_read(engine_dir, images_dir, compare == "torch", weights_dir)
     for path, option in ((json_out, "--json"), (plot_out, "--plot")):
-        prepare_output_file(path, option, engine_dir)
+        prepare_output_file(path, option, engine_dir, inputs=read)
     if plot_out is not None:
         pyplot()  # a missing matplotlib fails now, not after the run
     settings = BenchSettings(engine_dir=engine_dir, images_dir=images_dir, batch_sizes=batch_sizes,

@@ -26,6 +26,7 @@ from dfd.export.bench import BenchError
 from dfd.export.bench import measure as bench_measure
 from dfd.export.bench import cli as bench_cli
 from dfd.export.bench.cli import bench
+from dfd.export.cli import main
 from dfd.export.bench.environment import busy_machine_warning, jetson_clocks_locked
 from dfd.export.bench.flops import stream_flops
 from dfd.export.bench.measure import BenchImages, batch_memory_floor, bench_images, summarise
@@ -193,9 +194,32 @@ def test_bad_arguments_give_one_clear_error(tmp_path):
     bad = runner.invoke(bench, [str(tmp_path), "--batch-sizes", "1,x"])
     assert bad.exit_code != 0 and "comma-separated integers" in bad.output
     for value, message in [("", "at least one batch size"), (" , ", "at least one batch size"),
-                           ("4,0", "must be positive, got '4,0'")]:
+                           ("4,0", "must be positive, got '4,0'"),
+                           # an empty entry was skipped and "1_0" read as 10
+                           ("1,,2", "comma-separated integers like 1,4,16, got '1,,2'"),
+                           ("1_0", "comma-separated integers")]:
         result = runner.invoke(bench, [str(tmp_path), "--batch-sizes", value])
         assert result.exit_code != 0 and message in result.output, (value, result.output)
+
+
+def test_reports_are_never_written_over_what_bench_reads(tiny_engine_set, reference_ensemble, tmp_path):
+    """--json over a checkpoint of --compare torch, or --plot over an image of --images, replaced
+    it with the report; --json X --plot X kept the plot, the results lost."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = folder / "a.png"
+    cv2.imwrite(str(image), np.full((300, 300, 3), 90, np.uint8))
+    checkpoint = reference_ensemble.weights_dir / "dinov2_252.pth"
+    before = checkpoint.read_bytes(), image.read_bytes()
+    args = [str(tiny_engine_set), "--images", str(folder), "--iterations", "1", "--warmup", "0", "--batch-sizes", "1"]
+    for option, target in (("--json", checkpoint), ("--plot", image)):
+        result = CliRunner().invoke(main, ["bench", *args, "--compare", "torch", option, str(target)])
+        assert result.exit_code == 1 and f"{target} is a file this run reads" in result.output, result.output
+        assert "p50" not in result.output  # refused before measuring
+    same = tmp_path / "report"
+    result = CliRunner().invoke(main, ["bench", *args, "--json", str(same), "--plot", str(same)])
+    assert result.exit_code == 1 and "is the --json file too; the plot would replace the results" in result.output
+    assert (checkpoint.read_bytes(), image.read_bytes()) == before and not same.exists()
 
 
 def test_a_folder_without_one_readable_image_is_refused(tiny_engine_set, tmp_path):

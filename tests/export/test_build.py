@@ -133,6 +133,37 @@ def test_force_keeps_an_engine_set_that_holds_other_files(reference_ensemble, tm
     assert result.exit_code == 1
     assert "holds files that are not part of its engine set (results/bench.json)" in result.output
     assert sha256_file(engine_set / "manifest.json") == before and (engine_set / "results/bench.json").exists()
+    # a link to a folder and an empty folder are the user's too: both were deleted
+    shutil.rmtree(engine_set / "results")
+    (tmp_path / "precious").mkdir()
+    (engine_set / "results").symlink_to(tmp_path / "precious", target_is_directory=True)
+    (engine_set / "empty").mkdir()
+    result = _build(CliRunner(), reference_ensemble, engine_set, "--streams", "fusion", "--no-face-detector", "--force")
+    assert result.exit_code == 1 and "not part of its engine set (empty, results)" in result.output, result.output
+    assert (engine_set / "results").is_symlink() and (engine_set / "empty").is_dir()
+
+
+def test_a_build_beyond_this_machines_memory_is_an_error_not_a_traceback(reference_ensemble, tmp_path, monkeypatch):
+    """--calib-count 10000000 failed minutes in with numpy's allocation traceback; a config.json of
+    huge sizes with torch's "DefaultCPUAllocator: can't allocate memory" traceback."""
+    from dfd.export.bench import environment
+
+    monkeypatch.setattr(environment, "available_memory_bytes", lambda: 2**30)
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "int8", "--precision", "int8", "--calib-count", "2000")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ("error: --calib-count 2000 makes calibration tensors of 4.0 GiB, more than the 1.0 GiB of memory "
+            "available; lower it (the default is 256)") in result.output
+    assert not (tmp_path / "int8").exists()
+
+    def allocation_fails(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:119] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 13194139533312 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(build_module, "load_stream_module", allocation_fails)
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "huge", "--streams", "global", "--no-face-detector")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: out of memory ([enforce fail" in result.output and "build on a machine with more memory" in result.output
+    assert not (tmp_path / "huge").exists() and not (tmp_path / ".huge.partial").exists()
 
 
 def test_files_that_appear_in_out_during_the_build_are_kept(reference_ensemble, tmp_path, monkeypatch):

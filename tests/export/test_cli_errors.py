@@ -30,6 +30,18 @@ def test_closed_stdout_ends_quietly_with_the_sigpipe_status(tiny_engine_set):
     assert "error" not in stderr.lower() and "Traceback" not in stderr, stderr
 
 
+def test_running_out_of_memory_is_one_line_not_a_traceback():
+    @click.command()
+    @handles_errors
+    def allocates():
+        raise MemoryError("Unable to allocate 6.93 TiB for an array with shape (10000000, 3, 252, 252)")
+
+    result = CliRunner().invoke(allocates, [])
+    assert result.exit_code == 1
+    assert result.output == ("error: out of memory (Unable to allocate 6.93 TiB for an array with shape "
+                             "(10000000, 3, 252, 252)); this machine cannot hold what the command was asked to do\n")
+
+
 def test_a_verb_whose_results_go_to_stdout_refuses_to_run_without_one(tiny_engine_set):
     """``dfd-export inspect SET >&-`` (or doctor) printed nothing and exited 0: click writes nothing
     to a missing stdout."""
