@@ -742,6 +742,7 @@ class DegradedFile:
     output: Path | None
     error: str | None = None
     notes: tuple[str, ...] = ()
+    degraded: bool = True  # False: a clean copy, left out of the degraded share (``share`` < 1)
 
 
 def _output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
@@ -834,7 +835,8 @@ def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], seed: i
             decoded = decode_image(path, max_pixels=max_pixels)  # the runtime's decode: imread's pixels, its refusals
             notes, rgb = decoded.notes, decoded.rgb
             rng = image_rng(seed, rgb)
-            if rng.random() >= share:
+            degraded = rng.random() < share
+            if not degraded:
                 out = rgb
             elif transform is not None:
                 out = transform(rgb)
@@ -853,7 +855,7 @@ def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], seed: i
             # one image that cannot be degraded (memory, OpenCV) must not end the run
             yield DegradedFile(path, None, f"{path}: could not degrade it: {type(error).__name__}: {error}", notes)
             continue
-        yield DegradedFile(path, out_path, None, notes)
+        yield DegradedFile(path, out_path, None, notes, degraded)
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

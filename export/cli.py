@@ -371,7 +371,10 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
             with bar.external_write_mode(file=sys.stderr):
                 if result.output is not None:
                     notes = f"  ({'; '.join(result.notes)})" if result.notes else ""
-                    click.echo(printable(f"{result.source} -> {result.output}{notes}"))
+                    # with a share, which images are the degraded ones is the label a user needs
+                    kind = ("" if share >= 1 else "  [degraded]" if result.degraded
+                            else "  [clean copy: outside the --share]")
+                    click.echo(printable(f"{result.source} -> {result.output}{kind}{notes}"))
                 else:
                     failed += 1
                     click.echo(printable(f"error: {result.error}"), err=True)  # the message names the file

@@ -814,6 +814,25 @@ def test_degrade_files_share_zero_copies_pixels(tmp_path, photo):
         assert np.array_equal(cv2.imread(str(result.output)), cv2.imread(str(source)))
 
 
+def test_degrade_cli_with_a_share_says_which_images_it_degraded(tmp_path, photo):
+    """With --share 0.5 every line read "a.png -> out/a.png" whether the image was degraded or
+    copied clean, so a mixed folder could not be labelled; the label now matches the pixels."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(6):
+        cv2.imwrite(str(folder / f"{index}.png"), cv2.cvtColor(np.roll(photo, 7 * index, axis=1), cv2.COLOR_RGB2BGR))
+    result = run_degrade_cli(str(folder), "--out", str(tmp_path / "out"), "--share", "0.5", "--fixed", "blur3")
+    assert result.exit_code == 0, result.output
+    labels = {}
+    for line in result.stdout.splitlines():
+        source, rest = line.split(" -> ")
+        output, label = rest.split("  ", 1)
+        labels[label] = labels.get(label, 0) + 1
+        same = np.array_equal(cv2.imread(output), cv2.imread(source))
+        assert same == (label == "[clean copy: outside the --share]"), line
+    assert set(labels) == {"[degraded]", "[clean copy: outside the --share]"}, labels  # seed 0 draws both
+
+
 def test_degrade_cli_expands_folders_and_reports_what_it_cannot_use(tmp_path, photo):
     """A folder's images are degraded, its other files named in a warning; an empty folder and a
     broken file are errors of their own (exit 2) that stop nothing else."""
