@@ -112,7 +112,8 @@ def main() -> None:
               help="Share of calibration images passed through the paper's compound degradation engine.")
 @click.option("--calib-method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True,
               help="INT8 activation range: entropy (KL threshold, as TensorRT) or max.")
-@click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of sampling and degradation.")
+@click.option("--calib-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of sampling and degradation.")
 @click.option("--calib-cache", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Cache folder for calibration sets; the 4 most recently used are kept [default: "
                    "$XDG_CACHE_HOME/dfd-export/calibration, else ~/.cache/dfd-export/calibration].")
@@ -331,7 +332,7 @@ def doctor(engine_dir, as_json):
 @click.option("--fixed", type=str, default=None,
               help="One fixed degradation for every image: jpeg10, blur3, noise25, gamma_dark, down4_up, "
                    "compound_a or compound_b. Default: the paper's random compound degradation.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the random draws: the compound degradation and, with --share, which images are degraded.")
 @click.option("--share", type=FiniteFloatRange(0, 1), default=1.0, show_default=True,
               help="Fraction of images degraded, with --fixed too (a seeded draw per image; the rest are "

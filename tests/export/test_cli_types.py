@@ -32,6 +32,14 @@ def test_non_finite_values_are_usage_errors(args, flag, value):
     assert f"Invalid value for '{flag}'" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("args, flag", [(["degrade", "a.jpg", "--out", "x", "--seed"], "--seed"),
+                                        (["build", "--out", "x", "--precision", "int8", "--calib-seed"], "--calib-seed")])
+def test_a_negative_seed_is_refused_naming_its_flag(args, flag):
+    """It failed later with "seed must be >= 0, got -1", naming no flag, while --help showed a plain INTEGER."""
+    result = CliRunner().invoke(main, [*args, "-1"])
+    assert result.exit_code == 1 and f"Invalid value for '{flag}': -1 is not in the range x>=0" in result.output
+
+
 def test_finite_float_range_keeps_click_bounds_and_refuses_nan():
     share = FiniteFloatRange(0, 1)
     assert share.convert("0.25", None, None) == 0.25
