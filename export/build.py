@@ -281,7 +281,7 @@ def _calibration_set(request: BuildRequest, warn: Callable[[str], None]):
     photographs = len(calibration.source_pixels)
     if photographs < min(FEW_CALIBRATION_IMAGES, request.calib_count):
         warn(f"the calibration set draws its {request.calib_count} slots from only {photographs} distinct "
-             f"photograph(s) of the {len(images)} image(s) in {source}; a {request.precision} graph calibrated on "
+             f"photograph(s) of the {len(images)} image(s) in {source}; an {request.precision} graph calibrated on "
              f"so few may not cover the images it will score. Give --calib-dir a folder of at least "
              f"{FEW_CALIBRATION_IMAGES} (a few hundred is better)")
     return calibration

@@ -157,11 +157,13 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
     context = click.get_current_context()
     unused = _flags_given(context, _TENSORRT_ONLY_OPTIONS)
     if backend == "onnxruntime" and unused:
-        warn(f"{', '.join(unused)} only shape TensorRT engines, and --backend onnxruntime builds none "
+        warn(f"{', '.join(unused)} only shape{'s' if len(unused) == 1 else ''} TensorRT engines, and --backend "
+             "onnxruntime builds none "
              "(its ONNX graphs take any batch size); pass --backend tensorrt or auto to build engines")
     unused = _flags_given(context, _CALIBRATION_OPTIONS)
     if precision == "fp32" and unused:
-        warn(f"{', '.join(unused)} only shape the calibration of fp16 and int8 graphs, and an fp32 build has "
+        warn(f"{', '.join(unused)} only shape{'s' if len(unused) == 1 else ''} the calibration of fp16 and int8 "
+             "graphs, and an fp32 build has "
              "none; pass --precision fp16 or int8 to use them")
     elif precision == "fp16" and "--calib-method" in unused:
         warn("--calib-method only chooses INT8 activation ranges; an fp16 build uses its calibration set to find "

@@ -220,7 +220,7 @@ def test_random_weights_warn_loudly(reference_ensemble, tmp_path):
     result = CliRunner().invoke(main, ["build", "--models-dir", str(reference_ensemble.models_dir),
                                        "--out", str(out), "--streams", "face"])
     assert result.exit_code == 0, result.output
-    assert "RANDOMLY INITIALISED" in result.output and "only shape TensorRT engines" not in result.output
+    assert "RANDOMLY INITIALISED" in result.output and "TensorRT engines, and --backend" not in result.output
     manifest = load_manifest(out)
     assert manifest.random_weights and list(manifest.streams) == ["face"]
 
@@ -632,7 +632,7 @@ def test_flags_the_build_would_not_use_are_named(reference_ensemble, tmp_path):
                     "--seed", "3", "--max-pixels", "1000")
     assert result.exit_code == 0, result.output
     assert "WARNING: --seed only initialises random streams" in result.output
-    assert "WARNING: --max-pixels only shape the calibration of fp16 and int8 graphs" in result.output
+    assert "WARNING: --max-pixels only shapes the calibration of fp16 and int8 graphs" in result.output
     assert "--lora-r describe" not in result.output
 
 
