@@ -223,8 +223,8 @@ def unreadable_file_reason(path: str | os.PathLike) -> str | None:
 
 def read_image_file(path: str | os.PathLike) -> bytes:
     """The bytes of an image file, or an ``ImageFileError`` that says why not (see
-    ``unreadable_file_reason``; an empty file is an ``ImageError``). Callers that hash image files use it too, so they refuse the
-    same files."""
+    ``unreadable_file_reason``; an empty file, or one over ``MAX_ENCODED_BYTES``, is an
+    ``ImageError``). Callers that hash image files use it too, so they refuse the same files."""
     label = _file_label(path)
     reason = unreadable_file_reason(path)
     if reason:
