@@ -38,7 +38,7 @@ from .backends import BACKEND_CHOICES, BackendError
 from .detector import Detection, Detector
 from .errors import DfdError
 from .face_detection import SMALLEST_FACE_PX
-from .images import ImageError, ImageFileError, read_image_file, silence_opencv_log
+from .images import ImageError, silence_opencv_log
 from .manifest import EngineSetError
 
 DFD_OK = 0
@@ -60,18 +60,12 @@ class CapiArgumentError(DfdError, ValueError):
     """A C caller passed NULL or nonsense; maps to DFD_E_INVALID_ARGUMENT."""
 
 
-class CapiIOError(DfdError, OSError):
-    """A file the caller named cannot be read at all; maps to DFD_E_IO."""
-
-
 def status_of(exc: BaseException) -> tuple[int, str]:
     """The ``dfd_status`` and the message for an exception raised while serving a call."""
     if isinstance(exc, (EngineSetError, BackendError)):
         return DFD_E_ENGINE, str(exc)
     if isinstance(exc, ImageError):
         return DFD_E_IMAGE, str(exc)
-    if isinstance(exc, CapiIOError):
-        return DFD_E_IO, str(exc)
     if isinstance(exc, DfdError):  # every other user-caused error: the arguments were wrong
         return DFD_E_INVALID_ARGUMENT, str(exc)
     if isinstance(exc, OSError):
@@ -225,7 +219,8 @@ class RefusedDescriptor(Detection):
 def fill_result(result: Any, detection: Detection) -> int:
     """Write one Detection into a ``dfd_result``; returns its status."""
     if not detection.ok:
-        status = DFD_E_INVALID_ARGUMENT if isinstance(detection, RefusedDescriptor) else DFD_E_IMAGE
+        status = (DFD_E_INVALID_ARGUMENT if isinstance(detection, RefusedDescriptor)
+                  else DFD_E_IO if detection.file_unreadable else DFD_E_IMAGE)
         return mark_failed(result, status, detection.error)
     result.score = detection.score
     for slot, stream in enumerate(STREAM_SLOTS):
@@ -392,12 +387,6 @@ def _detect_file(ffi: Any, detector: Any, path: Any, face: Any, result: Any) -> 
         if not name:
             raise CapiArgumentError(f"{where}: path is empty")
         box = None if face == ffi.NULL else face_box(face[0], "face")
-        try:  # read here too: an I/O error (EIO, a file gone since) is the file's, which no stat foresees
-            read_image_file(name)
-        except ImageFileError as exc:
-            raise CapiIOError(str(exc)) from None
-        except ImageError:
-            pass  # an empty file: an image that cannot be used, as the detector reports it
         return opened.detect([name], face_boxes=[box])
 
 
@@ -444,7 +433,9 @@ def _serve(ffi: Any, error: Any, error_size: int, results: Any, count: int,
         return DFD_OK
     more = f" (and {len(failures) - 1} more failed image(s))" if len(failures) > 1 else ""
     write_c_string(ffi, error, error_size, failures[0] + more)
-    return DFD_E_IMAGE
+    # a file that cannot be read (dfd_detect_file, one image) is the call's I/O error, as its result's;
+    # any other failed image, a refused descriptor's too, leaves the call DFD_E_IMAGE
+    return DFD_E_IO if len(detections) == 1 and detections[0].file_unreadable else DFD_E_IMAGE
 
 
 def close_detector(ffi: Any, detector: Any, error: Any, error_size: int) -> int:

@@ -35,7 +35,7 @@ from .face_detection import (
     onnxruntime_detector,
 )
 from .gpu_pipeline import FusedInput, FusedResult, GpuPipeline
-from .images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, decode_image, encoded_suffix
+from .images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, ImageFileError, decode_image, encoded_suffix
 from .manifest import STREAM_ORDER, Manifest, StreamEntry, load_manifest
 from .mtcnn import MtcnnDetector, onnxruntime_mtcnn
 from .preprocess import (
@@ -77,13 +77,18 @@ class Detection:
     face: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    # the error is the file's own (missing, not a regular file, no permission, an I/O error), not
+    # its content's: the C ABI's DFD_E_IO. Not part of the output record (to_dict)
+    file_unreadable: bool = field(default=False, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        del record["file_unreadable"]
+        return record
 
 
 @dataclass
@@ -499,6 +504,7 @@ class Detector:
                                               detection)
         except (DfdError, ValueError) as exc:  # ImageError/PreprocessError are ValueErrors
             detection.error = str(exc)
+            detection.file_unreadable = isinstance(exc, ImageFileError)
             detection.notes.clear()  # notes and face describe a scoring that did not happen
             detection.face = None
             return PreparedImage(detection, {})
