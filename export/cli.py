@@ -24,8 +24,8 @@ from dfd.runtime.images import silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
-from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, RowOutput, max_pixels_option, \
-    prepare_output_file, write_output_file
+from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, RowOutput, files_a_run_reads, \
+    max_pixels_option, prepare_output_file, write_output_file
 from .detect_resume import ScoredImages, load_scored_images, refuse_stdout_over
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
@@ -460,23 +460,16 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     distinct images (and calibration images) it rests on. Exits 3 when a rule fails, naming it."""
     import json
 
-    from dfd.calibration.sources import ImageSourceError, scan_image_folder
     from dfd.runtime.manifest import load_manifest, verify_files
 
-    from .recorded_build import read_recorded_build
     from .verify import DEFAULT_THRESHOLDS, engine_set_precision, verify_engine_set
 
     require_stdout()
     # a folder that is no set, or an edited manifest, fails before anything is made or read from it
     manifest = load_manifest(engine_dir, verify=False)
     verify_files(manifest, hashes=False)  # the digest and sizes; the hashes when the set is opened
-    try:
-        images = scan_image_folder(images_dir).images if images_dir is not None else []
-    except ImageSourceError:
-        images = []  # the comparison says what is wrong with the folder
     # a bad path fails now, not after the whole comparison; never over a file the run reads
-    checkpoints = read_recorded_build(manifest).checkpoint_files(weights_dir)
-    prepare_output_file(json_out, "--json", engine_dir, inputs=checkpoints + images)
+    prepare_output_file(json_out, "--json", engine_dir, inputs=files_a_run_reads(images_dir, manifest, weights_dir))
     overrides = (max_abs_dp, max_mean_dp, min_agreement)
     thresholds = None
     if any(v is not None for v in overrides):

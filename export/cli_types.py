@@ -17,7 +17,7 @@ import click
 from dfd.runtime.atomic_files import write_atomically
 from dfd.runtime.errors import DfdError, os_error_text
 from dfd.runtime.images import DEFAULT_MAX_PIXELS
-from dfd.runtime.manifest import engine_set_files
+from dfd.runtime.manifest import Manifest, engine_set_files
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -104,6 +104,27 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
             path.unlink()
     except OSError as exc:
         raise click.BadParameter(f"cannot write {path}: {os_error_text(exc)}", param_hint=option) from exc
+
+
+def files_a_run_reads(images_dir: Path | None, manifest: Manifest | None = None,
+                      weights_dir: Path | None = None) -> list[Path]:
+    """The files a run reads, which its reports must never overwrite: the images of
+    ``images_dir`` (none where the folder cannot be scanned: the run itself says why) and, given
+    the manifest of a run that rebuilds the fp32 reference (verify, bench --compare torch), the
+    checkpoints it is rebuilt from. Call it after ``verify_files`` (the digest)."""
+    from dfd.calibration.sources import ImageSourceError, scan_image_folder
+
+    from .recorded_build import read_recorded_build
+
+    files: list[Path] = []
+    if images_dir is not None:
+        try:
+            files += scan_image_folder(images_dir).images
+        except ImageSourceError:
+            pass
+    if manifest is not None:
+        files += read_recorded_build(manifest).checkpoint_files(weights_dir)
+    return files
 
 
 def write_output_file(path: Path, write: Callable[[BinaryIO], object]) -> None:

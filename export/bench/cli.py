@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..cli_errors import handles_errors, require_stdout, termination_interrupts, warn
-from ..cli_types import max_pixels_option, prepare_output_file, write_output_file
+from ..cli_types import files_a_run_reads, max_pixels_option, prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import pyplot, write_plot
 
@@ -27,27 +27,6 @@ def _parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -
     if any(s < 1 for s in sizes):
         raise click.BadParameter(f"batch sizes must be positive, got {value!r}")
     return tuple(sorted(set(sizes)))
-
-
-def _files_read(engine_dir: Path, images_dir: Path | None, compare_torch: bool, weights_dir: Path | None) -> list[Path]:
-    """The files the run reads, which --json and --plot must never overwrite: the images of
-    --images and, with --compare torch, the checkpoints the reference is rebuilt from."""
-    from dfd.calibration.sources import ImageSourceError, scan_image_folder
-    from dfd.runtime.manifest import load_manifest, verify_files
-
-    from ..recorded_build import read_recorded_build
-
-    files: list[Path] = []
-    if images_dir is not None:
-        try:
-            files += scan_image_folder(images_dir).images
-        except ImageSourceError:
-            pass  # the run says what is wrong with the folder
-    if compare_torch:
-        manifest = load_manifest(engine_dir, verify=False)
-        verify_files(manifest, hashes=False)  # the digest: the record is then one a build wrote
-        files += read_recorded_build(manifest).checkpoint_files(weights_dir)
-    return files
 
 
 def _summary_lines(result: dict[str, Any]) -> list[str]:
@@ -99,11 +78,17 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     optionally next to the reference PyTorch pipeline (--compare torch)."""
     from tqdm import tqdm
 
+    from dfd.runtime.manifest import load_manifest, verify_files
+
     require_stdout()
     if json_out is not None and plot_out is not None and json_out.resolve() == plot_out.resolve():
         raise click.BadParameter(f"{json_out} is the --json file too; the plot would replace the results",
                                  param_hint="--plot")
-    read = _files_read(engine_dir, images_dir, compare == "torch", weights_dir)
+    manifest = None  # the build record --compare torch rebuilds the reference from, its digest checked
+    if compare == "torch":
+        manifest = load_manifest(engine_dir, verify=False)
+        verify_files(manifest, hashes=False)
+    read = files_a_run_reads(images_dir, manifest, weights_dir)
     for path, option in ((json_out, "--json"), (plot_out, "--plot")):
         prepare_output_file(path, option, engine_dir, inputs=read)
     if plot_out is not None:

@@ -130,7 +130,7 @@ class TorchReferencePipeline:
         from ..checkpoint import find_checkpoint
 
         stream = self.build.streams[name]
-        weights_dir = self.weights_dir or self.build.weights_dir
+        weights_dir = self.build.checkpoint_folder(self.weights_dir)
         checkpoint = find_checkpoint(weights_dir, name) if stream.checkpoint else None
         if checkpoint is not None and not checkpoint.is_file():
             where = "given by --weights-dir" if self.weights_dir else "recorded by the manifest"
