@@ -34,7 +34,7 @@ from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISI
 from dfd.runtime.preprocess import preprocessing_record
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS, VOTE_RULES
 
-from .checkpoint import CheckpointError, find_checkpoint, load_reference_checkpoint
+from .checkpoint import CheckpointError, check_reference_checkpoint, find_checkpoint, load_reference_checkpoint
 from .configs import (PAPER_CLIP, PAPER_DINOV2, STREAM_NAMES, STREAM_SPECS, ClipVisionConfig, DinoV2Config,
                       LoraSettings, load_clip_config, load_dinov2_config)
 from .onnx_export import DEFAULT_OPSET, export_stream_onnx, parameter_bytes
@@ -149,6 +149,23 @@ def _check_request(request: BuildRequest) -> None:
                    if not path.is_file()]
         if missing:
             raise BuildError("checkpoint(s) not found: " + ", ".join(missing) + " (nor the same names as .safetensors)")
+
+
+def _check_checkpoints(request: BuildRequest, dino: DinoV2Config, clip: ClipVisionConfig) -> None:
+    """Check every stream's checkpoint (names, shapes, dtypes; no values read) before the build's
+    long work, and name the problems of all of them at once: a wrong third checkpoint used to be
+    found only after the calibration set and two streams' exports, and the next one after that."""
+    errors = []
+    for name in request.streams:
+        try:
+            check_reference_checkpoint(find_checkpoint(request.weights_dir, name), name, dino, clip, request.lora)
+        except CheckpointError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise CheckpointError(f"{len(errors)} of the {len(request.streams)} checkpoints cannot be built:\n"
+                              + "\n".join(str(error) for error in errors))
 
 
 def load_stream_module(name: str, request: BuildRequest, dino: DinoV2Config, clip: ClipVisionConfig) -> tuple[torch.nn.Module, dict]:
@@ -305,6 +322,8 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
     _check_request(request)
     request = resolve_backend(request, warn)
     dino, clip = _resolve_configs(request)
+    if request.weights_dir is not None:
+        _check_checkpoints(request, dino, clip)
     if request.weights_dir is None:
         warn(
             "NO --weights-dir: building RANDOMLY INITIALISED streams. Their scores mean nothing; "

@@ -375,6 +375,31 @@ def test_a_safetensors_checkpoint_builds_the_same_graph(reference_ensemble, tmp_
     assert (tmp_path / "st/global.fp32.onnx").read_bytes() == (tmp_path / "pth/global.fp32.onnx").read_bytes()
 
 
+def test_every_checkpoint_is_checked_before_calibration_and_export(reference_ensemble, tmp_path, monkeypatch):
+    """A wrong face and fusion checkpoint are both named at once, before the calibration set or
+    any export (the fusion one used to be found after the calibration and two streams' exports)."""
+    weights = tmp_path / "weights"
+    shutil.copytree(reference_ensemble.weights_dir, weights)
+    shutil.copyfile(weights / "dinov2_252.pth", weights / "dinov2_clip.pth")
+    state = read_state_dict(weights / "dinov2_252_crop.pth")
+    key = next(k for k in state if k.endswith("last_layer.weight"))
+    state[key] = state[key].to(torch.int64)
+    torch.save(state, weights / "dinov2_252_crop.pth")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the build's long work started")
+
+    monkeypatch.setattr(build_module, "_calibration_set", never)
+    monkeypatch.setattr(build_module, "export_stream_onnx", never)
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "engines", "--precision", "int8", weights_dir=weights)
+    assert result.exit_code == 1, result.output
+    assert "2 of the 3 checkpoints cannot be built:" in result.output
+    assert f"non-floating-point key: {key} is int64" in result.output
+    assert "dinov2_clip.pth does not match the fusion stream architecture" in result.output
+    assert "looks like a global or face stream's checkpoint" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "engines").exists()
+
+
 def test_corrupt_checkpoint_fails_cleanly(reference_ensemble, tmp_path):
     weights = tmp_path / "weights"
     shutil.copytree(reference_ensemble.weights_dir, weights)

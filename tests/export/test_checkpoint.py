@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from conftest import LORA_ALPHA, LORA_R
-from dfd.export.checkpoint import CheckpointError, LoraSettings, convert_reference_state_dict, read_state_dict
+from dfd.export.checkpoint import (CheckpointError, LoraSettings, check_reference_checkpoint, convert_reference_state_dict,
+                                   load_reference_checkpoint, read_state_dict)
 from dfd.export.configs import load_clip_config, load_dinov2_config
 from dfd.export.streams import STREAM_SPECS, build_stream
 from reference_network import (
@@ -391,3 +393,121 @@ def test_files_that_are_not_state_dicts_say_what_they_are(tmp_path):
                        ("cut.pth", r"cannot read checkpoint .*cut.pth \(corrupt or truncated\?\): \S")]:
         with pytest.raises(CheckpointError, match=what):
             read_state_dict(tmp_path / name)
+
+
+def _save(state, path):
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path, _use_new_zipfile_serialization=path.suffix != ".legacy")
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".legacy", ".safetensors"])
+def test_shapes_only_reads_names_shapes_and_dtypes_without_values(reference_ensemble, tmp_path, suffix):
+    state = _state(reference_ensemble)
+    state["backbone.last_layer_scale"] = torch.zeros(2, dtype=torch.bfloat16)  # a dtype besides float32
+    path = _save(state, tmp_path / f"dinov2_clip{suffix}")
+    meta = read_state_dict(path, shapes_only=True)
+    assert sorted(meta) == sorted(state)  # safetensors stores its keys sorted
+    for key, value in state.items():
+        assert meta[key].is_meta and (meta[key].shape, meta[key].dtype) == (value.shape, value.dtype), key
+
+
+def _check_and_load_errors(reference_ensemble, state, path, name="fusion"):
+    """What the up-front check and the full load say of one saved state dict."""
+    dino, clip = _configs(reference_ensemble)
+    _save(state, path)
+    said = []
+    for read in (check_reference_checkpoint, load_reference_checkpoint):
+        with pytest.raises(CheckpointError) as err:
+            read(path, name, dino, clip, LORA)
+        said.append(str(err.value))
+    return said
+
+
+def _renamed(state):
+    key = next(k for k in state if k.endswith("encoder.layer.1.norm2.weight"))
+    state[key.replace("norm2", "norm_2")] = state.pop(key)
+
+
+def _misshaped_adapter(state):
+    key = next(k for k in state if k.endswith("attention.output.dense.lora_B.default.weight"))
+    state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])
+
+
+def _other_rank(state):
+    for key in [k for k in state if ".lora_A." in k]:
+        state[key] = state[key][:LORA_R // 2]
+    for key in [k for k in state if ".lora_B." in k]:
+        state[key] = state[key][:, :LORA_R // 2]
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("damage", [_renamed, _misshaped_adapter, _other_rank, lambda state: state.clear()],
+                         ids=["renamed", "misshaped-adapter", "other-rank", "empty"])
+def test_the_up_front_check_says_what_the_full_load_says(reference_ensemble, tmp_path, damage, suffix):
+    state = _state(reference_ensemble)
+    damage(state)
+    if not state and suffix == ".safetensors":
+        state["unrelated"] = torch.zeros(1)  # safetensors keeps an empty dict; the point is a keyless backbone
+    checked, loaded = _check_and_load_errors(reference_ensemble, state, tmp_path / f"dinov2_clip{suffix}")
+    assert checked == loaded
+
+
+def test_another_streams_checkpoint_is_found_by_the_up_front_check(reference_ensemble, tmp_path):
+    checked, loaded = _check_and_load_errors(reference_ensemble, _state(reference_ensemble, "global"),
+                                             tmp_path / "dinov2_clip.pth")
+    assert checked == loaded and "looks like a global or face stream's checkpoint" in checked
+
+
+def test_good_checkpoints_pass_the_up_front_check(reference_ensemble, tmp_path):
+    dino, clip = _configs(reference_ensemble)
+    for name in STREAM_SPECS:
+        state = _state(reference_ensemble, name)
+        for suffix in (".pth", ".legacy", ".safetensors"):
+            check_reference_checkpoint(_save(state, tmp_path / f"{name}{suffix}"), name, dino, clip, LORA)
+
+
+def test_non_finite_values_are_left_to_the_full_load(reference_ensemble, tmp_path):
+    """The check reads no values, so NaN weights pass it and are named when the weights load."""
+    state = _state(reference_ensemble, "global")
+    key = next(k for k in state if k.endswith("layernorm.weight"))
+    state[key] = torch.full_like(state[key], float("nan"))
+    path = _save(state, tmp_path / "dinov2_252.pth")
+    dino, clip = _configs(reference_ensemble)
+    check_reference_checkpoint(path, "global", dino, clip, LORA)
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        load_reference_checkpoint(path, "global", dino, clip, LORA)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool])
+def test_an_integer_weight_is_refused_by_name(reference_ensemble, tmp_path, dtype):
+    """An integer tensor in a weight's place was converted to float32 and built without a word."""
+    state = _state(reference_ensemble)
+    key = next(k for k in state if k.endswith("fusion_head.3.weight"))
+    state[key] = torch.ones_like(state[key], dtype=dtype)
+    checked, loaded = _check_and_load_errors(reference_ensemble, state, tmp_path / "dinov2_clip.pth")
+    assert checked == loaded
+    assert f"non-floating-point key: {key} is {str(dtype).removeprefix('torch.')}, not the floating-point" in loaded
+
+
+def test_integer_position_ids_and_half_precision_weights_are_accepted(reference_ensemble, tmp_path):
+    state = {k: v.to(torch.float16) for k, v in _state(reference_ensemble).items()}
+    state["backbone.clip_model.vision_model.embeddings.position_ids"] = torch.arange(5)[None]
+    dino, clip = _configs(reference_ensemble)
+    path = _save(state, tmp_path / "dinov2_clip.pth")
+    check_reference_checkpoint(path, "fusion", dino, clip, LORA)
+    assert load_reference_checkpoint(path, "fusion", dino, clip, LORA)["head.0.weight"].dtype == torch.float32
+
+
+def test_a_safetensors_dtype_no_weight_has_is_named(tmp_path):
+    """A dtype the format knows and no checkpoint weight has (an 8-bit exponent-only scale)."""
+    header = json.dumps({"backbone.a": {"dtype": "F8_E8M0", "shape": [8], "data_offsets": [0, 8]}}).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    with pytest.raises(CheckpointError, match=r"1 tensor\(s\) have a dtype no checkpoint weight has, e.g. "
+                                              r"backbone.a \(F8_E8M0\); expected one of F64, F32"):
+        read_state_dict(path, shapes_only=True)
