@@ -13,7 +13,7 @@ import click
 from ..cli_errors import handles_errors, require_stdout, termination_interrupts, warn
 from ..cli_types import files_a_run_reads, max_pixels_option, prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
-from .plot import pyplot, write_plot
+from .plot import plot_format, write_plot
 
 
 def _parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -67,7 +67,8 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the full result document here.")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write a PNG plot here (needs matplotlib).")
+              help="Write a plot here, in the format its suffix names (.png, .svg, .pdf, .jpg, ...; PNG without a "
+                   "suffix); needs matplotlib.")
 @max_pixels_option("is scored on its reduced decode (1/2 .. 1/8; with --compare torch it is left out, as the "
                    "reference pipeline would read it at full size)", "is left out with a warning",
                    "A batch holds its decoded images (3 bytes a pixel each)")
@@ -91,8 +92,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     read = files_a_run_reads(images_dir, manifest, weights_dir)
     for path, option in ((json_out, "--json"), (plot_out, "--plot")):
         prepare_output_file(path, option, engine_dir, inputs=read)
-    if plot_out is not None:
-        pyplot()  # a missing matplotlib fails now, not after the run
+    image_format = plot_format(plot_out) if plot_out is not None else None  # a missing matplotlib fails now
     settings = BenchSettings(engine_dir=engine_dir, images_dir=images_dir, batch_sizes=batch_sizes,
                              warmup=warmup, iterations=iterations, compare_torch=compare == "torch",
                              backend=backend, label=label, weights_dir=weights_dir, max_pixels=max_pixels)
@@ -112,7 +112,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
         write_output_file(json_out, lambda file: file.write(text))
         click.echo(f"results written: {json_out}", err=True)
     if plot_out is not None:
-        write_output_file(plot_out, lambda file: write_plot(result, file))
+        write_output_file(plot_out, lambda file: write_plot(result, file, image_format))
         click.echo(f"plot written: {plot_out}", err=True)
     if result["interrupted"]:
         sys.exit(130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,10 +29,33 @@ def pyplot() -> Any:
     return plt
 
 
-def write_plot(result: dict[str, Any], file: BinaryIO) -> None:
-    """Latency per image vs batch size (p50, bars to p90) and stacked per-stage bars per image, as
-    PNG into ``file`` whatever its name (matplotlib chose the format by the suffix, refused an
-    unknown one after the whole run and wrote 'out' to 'out.png'). The batch sizes every pipeline
+def plot_format(path: Path) -> str:
+    """The image format ``--plot`` writes to ``path``: its suffix's (``.svg``, ``.pdf``, ``.jpg``,
+    ...) or PNG for a name without one (``/dev/stdout``, a pipe). Called before the run: left to
+    matplotlib, an unknown suffix failed after the whole run and a name without one became
+    ``name.png``; a ``.jpg`` given PNG data misled every viewer that trusts the name."""
+    plt = pyplot()
+    suffix = path.suffix.lower().removeprefix(".")
+    if not suffix:
+        return "png"
+    figure = plt.figure(figsize=(1, 1))
+    try:
+        known = figure.canvas.get_supported_filetypes()
+        if suffix in known:
+            figure.savefig(io.BytesIO(), format=suffix)  # a format whose writer is missing fails now
+            return suffix
+    except (ValueError, OSError, ImportError, RuntimeError) as exc:
+        raise BenchError(f"--plot {path}: matplotlib cannot write .{suffix} here ({exc}); use .png, .svg or "
+                         f".pdf") from exc
+    finally:
+        plt.close(figure)
+    raise BenchError(f"--plot {path}: .{suffix} is not an image format matplotlib writes; use one of "
+                     f"{', '.join('.' + name for name in known)} (or a name without a suffix for PNG)")
+
+
+def write_plot(result: dict[str, Any], file: BinaryIO, image_format: str) -> None:
+    """Latency per image vs batch size (p50, bars to p90) and stacked per-stage bars per image, in
+    ``image_format`` (see :func:`plot_format`) into ``file``. The batch sizes every pipeline
     finished (all of them unless the run was interrupted)."""
     plt = pyplot()
     runs = result["runs"]
@@ -74,5 +98,5 @@ def write_plot(result: dict[str, Any], file: BinaryIO) -> None:
     title = result.get("label") or Path(result["engine_set"]["path"]).name
     figure.suptitle(f"{title}: {result['environment']['cpu']['model']}", fontsize=10)
     figure.tight_layout()
-    figure.savefig(file, format="png", dpi=110)
+    figure.savefig(file, format=image_format, dpi=110)
     plt.close(figure)

@@ -454,15 +454,31 @@ def test_an_interrupt_keeps_the_batch_sizes_measured_to_the_end(tiny_engine_set,
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_plot_is_in_the_format_its_suffix_names_and_an_unknown_one_is_refused_before_the_run(
+        tiny_engine_set, tmp_path):
+    """--plot x.svg or x.jpg wrote PNG data under that name; plot.xyz was PNG too, unasked."""
+    result = _quick_bench(tiny_engine_set, tmp_path, "--plot", str(tmp_path / "plot.XYZ"))
+    assert result.exit_code == 1, result.output
+    assert f"--plot {tmp_path / 'plot.XYZ'}: .xyz is not an image format matplotlib writes; use one of " in \
+        result.output and ".svg" in result.output
+    assert "pipeline" not in result.output and not (tmp_path / "r.json").exists()  # nothing was measured
+    result = _quick_bench(tiny_engine_set, tmp_path, "--plot", str(tmp_path / "plot.svg"))
+    assert result.exit_code == 0, result.output
+    assert b"<svg" in (tmp_path / "plot.svg").read_bytes()[:1000]
+    result = _quick_bench(tiny_engine_set, tmp_path, "--plot", str(tmp_path / "plot.JPG"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "plot.JPG").read_bytes()[:3] == b"\xff\xd8\xff"
+
+
 def test_outputs_are_replaced_whole_or_not_at_all(tiny_engine_set, tmp_path, monkeypatch):
     """--json was truncated first (a full disk left cut-off JSON where the last result was); --plot
-    with an unknown suffix raised matplotlib's traceback after the run, and 'out' became 'out.png'."""
+    'out' became 'out.png'."""
     from dfd.runtime import atomic_files
 
     (tmp_path / "r.json").write_text('{"earlier": true}')
-    result = _quick_bench(tiny_engine_set, tmp_path, "--plot", str(tmp_path / "plot.xyz"))
+    result = _quick_bench(tiny_engine_set, tmp_path, "--plot", str(tmp_path / "plot"))
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "plot.xyz").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "plot.xyz.png").exists()
+    assert (tmp_path / "plot").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "plot.png").exists()
     earlier = (tmp_path / "r.json").read_text()
 
     real_replace = atomic_files.os.replace
