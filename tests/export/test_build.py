@@ -287,7 +287,8 @@ def test_two_streams_from_identical_checkpoint_files_are_warned_about(reference_
 
 
 def test_a_calibration_that_fails_leaves_nothing_and_few_images_are_warned_about(reference_ensemble, photographs,
-                                                                                  tmp_path):
+                                                                                  tmp_path, monkeypatch):
+    """... and a relative --calib-dir is recorded (and named) absolute, as --weights-dir is."""
     empty = tmp_path / "empty"
     empty.mkdir()
     result = _build(CliRunner(), reference_ensemble, tmp_path / "i8", "--precision", "int8", "--calib-dir",
@@ -297,12 +298,14 @@ def test_a_calibration_that_fails_leaves_nothing_and_few_images_are_warned_about
     one = tmp_path / "one"
     one.mkdir()
     cv2.imwrite(str(one / "coffee.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    monkeypatch.chdir(tmp_path)
     result = _build(CliRunner(), reference_ensemble, tmp_path / "f16", "--precision", "fp16", "--calib-dir",
-                    str(one), "--calib-count", "4", "--calib-cache", str(tmp_path / "cache"), "--streams", "global",
+                    "one", "--calib-count", "4", "--calib-cache", str(tmp_path / "cache"), "--streams", "global",
                     "--no-face-detector")
     assert result.exit_code == 0, result.output
     assert ("WARNING: the calibration set draws its 4 slots from only 1 distinct photograph(s) of the 1 image(s) in "
             f"{one}") in result.output
+    assert load_manifest(tmp_path / "f16").raw["calibration"]["source"] == str(one)
 
 
 def test_a_full_disk_names_where_the_build_was_writing(reference_ensemble, tmp_path, monkeypatch):
