@@ -429,6 +429,49 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     return images, problems
 
 
+def _print_verification(report, engine_dir: Path) -> None:
+    """verify's report as text: the measurements and verdict on stdout, the images left out and
+    the failed rules on stderr."""
+    level = f"{report.confidence['level']:.0%} lower bound"
+    click.echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image x condition pair(s) "
+               f"from {report.distinct_images} distinct image(s)")
+    click.echo(f"  engine set  {engine_dir} (content_sha256 {report.engine_set_sha256})")
+    click.echo(f"  backend     {report.backend}")
+    reference = report.reference
+    if reference["weights"] == "checkpoints":
+        click.echo(f"  reference   fp32 PyTorch from {', '.join(c['file'] for c in reference['checkpoints'].values())}")
+    else:
+        click.echo(f"  reference   fp32 PyTorch with random weights from seed {reference['seed']}")
+    click.echo(printable(f"  images      {report.image_source}"))
+    for stream, values in report.streams.items():
+        click.echo(f"  {stream:7} max |dP| {values['max_abs_dp']:.2e}   mean |dP| {values['mean_abs_dp']:.2e}")
+    for condition, values in report.per_condition.items():
+        measured = (f"vote agreement {values['vote_agreement']:.1%} over {values['images']} image(s), {level} "
+                    f"{values['vote_agreement_lower_bound']:.1%}" if values["images"] else "no image could be compared")
+        click.echo(f"  {condition:11} {measured}")
+    click.echo(printable(f"  vote agreement {report.vote_agreement:.2%} ({level} {report.vote_agreement_lower_bound:.1%}, "
+                         f"{report.confidence['method']}); changed: "
+                         + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes)
+                            or "none")))
+    largest = report.largest_vote_change
+    click.echo(printable("  largest vote change: " + (f"{largest['steps']} step(s), {largest['image']} "
+                                                    f"({largest['reference']} -> {largest['engine']})"
+                                                    if largest else "none")))
+    if report.calibration_overlap is not None:
+        click.echo(f"  calibration images among them: {report.calibration_overlap}")
+    for warning in report.warnings:
+        warn(warning)
+    for failure in report.failed_images:
+        under = f" (under {', '.join(failure['conditions'])})" if "conditions" in failure else ""
+        click.echo(printable(f"  left out {failure['image']}{under}: {failure['error']}"), err=True)
+    if report.passed:
+        click.echo(f"passed thresholds {report.thresholds}")
+    else:
+        click.echo(f"FAILED thresholds {report.thresholds}", err=True)
+        for failure in report.failures:
+            click.echo(printable(f"  {failure}"), err=True)
+
+
 @main.command()
 @engine_dir_argument
 @click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
@@ -476,53 +519,19 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
         precision = engine_set_precision(manifest)
         thresholds = tuple(v if v is not None else d for v, d in zip(overrides, DEFAULT_THRESHOLDS[precision]))
     report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend, max_pixels, strict)
-    level = f"{report.confidence['level']:.0%} lower bound"
-    click.echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image x condition pair(s) "
-               f"from {report.distinct_images} distinct image(s)")
-    click.echo(f"  engine set  {engine_dir} (content_sha256 {report.engine_set_sha256})")
-    click.echo(f"  backend     {report.backend}")
-    reference = report.reference
-    if reference["weights"] == "checkpoints":
-        click.echo(f"  reference   fp32 PyTorch from {', '.join(c['file'] for c in reference['checkpoints'].values())}")
-    else:
-        click.echo(f"  reference   fp32 PyTorch with random weights from seed {reference['seed']}")
-    click.echo(printable(f"  images      {report.image_source}"))
-    for stream, values in report.streams.items():
-        click.echo(f"  {stream:7} max |dP| {values['max_abs_dp']:.2e}   mean |dP| {values['mean_abs_dp']:.2e}")
-    for condition, values in report.per_condition.items():
-        measured = (f"vote agreement {values['vote_agreement']:.1%} over {values['images']} image(s), {level} "
-                    f"{values['vote_agreement_lower_bound']:.1%}" if values["images"] else "no image could be compared")
-        click.echo(f"  {condition:11} {measured}")
-    click.echo(printable(f"  vote agreement {report.vote_agreement:.2%} ({level} {report.vote_agreement_lower_bound:.1%}, "
-                         f"{report.confidence['method']}); changed: "
-                         + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes)
-                            or "none")))
-    largest = report.largest_vote_change
-    click.echo(printable("  largest vote change: " + (f"{largest['steps']} step(s), {largest['image']} "
-                                                    f"({largest['reference']} -> {largest['engine']})"
-                                                    if largest else "none")))
-    if report.calibration_overlap is not None:
-        click.echo(f"  calibration images among them: {report.calibration_overlap}")
-    for warning in report.warnings:
-        warn(warning)
-    for failure in report.failed_images:
-        under = f" (under {', '.join(failure['conditions'])})" if "conditions" in failure else ""
-        click.echo(printable(f"  left out {failure['image']}{under}: {failure['error']}"), err=True)
-    if report.passed:
-        click.echo(f"passed thresholds {report.thresholds}")
-    else:
-        click.echo(f"FAILED thresholds {report.thresholds}", err=True)
-        for failure in report.failures:
-            click.echo(printable(f"  {failure}"), err=True)
+    report_error = None  # the report is written first: a stdout that fails must not lose it
     if json_out:
         text = json.dumps(report.to_dict(), indent=2).encode()
         try:
             write_output_file(json_out, lambda file: file.write(text))
         except DfdError as exc:
-            if report.passed:
-                raise
-            # the verdict is known and printed: a script must still read "failed" (3), not "error" (1)
-            click.echo(f"error: {exc}", err=True)
+            report_error = exc
+    _print_verification(report, engine_dir)
+    if report_error is not None:
+        if report.passed:
+            raise report_error
+        # the verdict is known and printed: a script must still read "failed" (3), not "error" (1)
+        click.echo(f"error: {report_error}", err=True)
     if not report.passed:
         sys.exit(3)
 

@@ -56,6 +56,20 @@ def require_stdout() -> None:
         raise DfdError("stdout is closed, so the results cannot be written; redirect it to a file")
 
 
+def _raised_echoing_to_stdout(exc: OSError) -> bool:
+    """Whether ``exc`` came from ``click.echo`` writing to stdout (``> /dev/full``, a full disk
+    under ``> report.txt``). Such an error names no file, so "error: No space left on device"
+    read as if the command's own work had failed. Told from the traceback, whose ``echo`` frame
+    holds ``err``; a failed flush drops the buffer, so a second flush cannot tell."""
+    traceback = exc.__traceback__
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code is click.utils.echo.__code__ and not frame.f_locals.get("err"):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
 def handles_errors(func):
     """Turn the project's own exceptions into one readable line and exit code 1."""
 
@@ -70,6 +84,8 @@ def handles_errors(func):
         except DfdError as exc:
             _fail(str(exc))
         except OSError as exc:  # the file system refused (full disk, permissions): not a bug
+            if exc.filename is None and _raised_echoing_to_stdout(exc):
+                _fail(f"cannot write the results to stdout: {exc.strerror or exc}")
             _fail(os_error_text(exc))
         except MemoryError as exc:  # numpy says how much it wanted
             _fail(f"out of memory{f' ({exc})' if str(exc) else ''}; this machine cannot hold what the command "

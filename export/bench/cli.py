@@ -105,14 +105,16 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
         bar.close()
     for warning in result["warnings"]:
         warn(warning)
-    for line in _summary_lines(result):
-        click.echo(line)
-    if json_out is not None:  # the measurement first, then the plot drawn from it
+    # the files before the summary on stdout, whose failure (a full disk, > /dev/full) must not lose them;
+    # the measurement first, then the plot drawn from it
+    if json_out is not None:
         text = (json.dumps(result, indent=2) + "\n").encode("utf-8")
         write_output_file(json_out, lambda file: file.write(text))
         click.echo(f"results written: {json_out}", err=True)
     if plot_out is not None:
         write_output_file(plot_out, lambda file: write_plot(result, file, image_format))
         click.echo(f"plot written: {plot_out}", err=True)
+    for line in _summary_lines(result):
+        click.echo(line)
     if result["interrupted"]:
         sys.exit(130)

@@ -3,6 +3,7 @@ error's line and warnings cannot be split or drive the terminal by the file name
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -50,6 +51,34 @@ def test_a_verb_whose_results_go_to_stdout_refuses_to_run_without_one(tiny_engin
                              stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1), timeout=300)
         assert run.returncode == 1, (verb, run.stderr)
         assert run.stderr.splitlines()[-1] == "error: stdout is closed, so the results cannot be written; redirect it to a file"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_stdout_that_refuses_writes_is_named_and_the_report_files_are_kept(tiny_engine_set, tmp_path):
+    """``> /dev/full`` (a full disk under ``> report.txt``) said only "error: No space left on
+    device", as if the verb's own work had failed; verify and bench printed their summary before
+    writing --json/--plot, so the failed print lost the report of the whole run."""
+    cli = [sys.executable, "-m", "dfd.export.cli"]
+    reports = {"verify": tmp_path / "v.json", "bench": tmp_path / "b.json", "plot": tmp_path / "b.png"}
+    verbs = [["inspect", str(tiny_engine_set)], ["doctor", "--json"],
+             ["verify", str(tiny_engine_set), "--json", str(reports["verify"])],
+             ["bench", str(tiny_engine_set), "--batch-sizes", "1", "--warmup", "0", "--iterations", "1",
+              "--json", str(reports["bench"]), "--plot", str(reports["plot"])]]
+    with open("/dev/full", "w") as full:
+        for verb in verbs:
+            run = subprocess.run(cli + verb, stdout=full, stderr=subprocess.PIPE, text=True, timeout=600)
+            assert run.returncode == 1, (verb, run.stderr)
+            assert run.stderr.splitlines()[-1] == "error: cannot write the results to stdout: No space left on device"
+    assert json.loads(reports["verify"].read_text())["passed"]
+    assert json.loads(reports["bench"].read_text())["runs"]["runtime"]["batches"]["1"]
+    assert reports["plot"].read_bytes()[:4] == b"\x89PNG"
+
+    @click.command()
+    @handles_errors
+    def writes_elsewhere():  # an error that names no file, from anything but stdout, stays as it was
+        raise OSError(28, "No space left on device")
+
+    assert CliRunner().invoke(writes_elsewhere, []).output == "error: No space left on device\n"
 
 
 def test_names_the_locale_cannot_encode_are_escaped_or_written_as_utf8(tiny_engine_set, photographs, tmp_path):
