@@ -325,7 +325,7 @@ def build_engine_set(request: BuildRequest, warn: Callable[[str], None] = lambda
     dino, clip = _resolve_configs(request)
     if request.weights_dir is not None:
         _check_checkpoints(request, dino, clip)
-    if request.weights_dir is None:
+    else:
         warn(
             "NO --weights-dir: building RANDOMLY INITIALISED streams. Their scores mean nothing; "
             "use this only for demos, benchmarks and tests."
