@@ -518,7 +518,9 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     if any(v is not None for v in overrides):
         precision = engine_set_precision(manifest)
         thresholds = tuple(v if v is not None else d for v, d in zip(overrides, DEFAULT_THRESHOLDS[precision]))
-    report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend, max_pixels, strict)
+    with termination_interrupts():  # SIGTERM or SIGHUP ends it as Ctrl-C does (exit 130)
+        report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend, max_pixels,
+                                   strict)
     report_error = None  # the report is written first: a stdout that fails must not lose it
     if json_out:
         text = json.dumps(report.to_dict(), indent=2).encode()
@@ -788,8 +790,10 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         return len(problems)
 
     failed = 0
-    # closed however the run ends, so that an error or an interruption starts a line of its own
-    with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) < 16) as progress:
+    # closed however the run ends, so that an error or an interruption starts a line of its own; SIGTERM
+    # (timeout, a service manager) ends the run as Ctrl-C does: exit 130, every row written whole
+    with termination_interrupts(), tqdm(total=len(paths), unit="img", file=sys.stderr,
+                                        disable=len(paths) < 16) as progress:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             crops = [crop_files.get(path) for path in chunk] if crop_files is not None else None
@@ -827,6 +831,17 @@ def _continue_output(output: RowOutput, fmt: str, scored: ScoredImages | None) -
     if ends is None:
         return
     first, last = ends
+    first = first.removeprefix(codecs.BOM_UTF8).rstrip(b"\r")
+    held = "csv" if first == ",".join(_CSV_FIELDS).encode() else "jsonl" if first.startswith(b"{") else None
+    if fmt == "table" and held:
+        raise click.UsageError(f"stdout appends to a file of detect's --format {held} rows, which table lines would "
+                               f"break; give --format {held} (and --skip-scored FILE to resume a killed run)")
+    if fmt == "csv" and held != "csv":
+        raise DfdError(f"stdout appends to a file that does not begin with detect's CSV header ({_CSV_FIELDS[0]},"
+                       f"{_CSV_FIELDS[1]},...): the rows would not match its columns; write to a new file")
+    if fmt == "jsonl" and held != "jsonl":
+        raise DfdError("stdout appends to a file that is not detect's jsonl output (its first line is not a JSON "
+                       "object); write to a new file")
     if last != b"\n":
         if fmt == "table" or resuming:
             # its last row had no line end, or half of csv's \r\n
@@ -834,13 +849,6 @@ def _continue_output(output: RowOutput, fmt: str, scored: ScoredImages | None) -
         else:
             raise DfdError("stdout appends to a file whose last line is cut short (a killed run?); the rows would "
                            "continue it: resume with --skip-scored FILE, which drops it, or write to a new file")
-    first = first.removeprefix(codecs.BOM_UTF8).rstrip(b"\r")
-    if fmt == "csv" and first != ",".join(_CSV_FIELDS).encode():
-        raise DfdError(f"stdout appends to a file that does not begin with detect's CSV header ({_CSV_FIELDS[0]},"
-                       f"{_CSV_FIELDS[1]},...): the rows would not match its columns; write to a new file")
-    if fmt == "jsonl" and not first.startswith(b"{"):
-        raise DfdError("stdout appends to a file that is not detect's jsonl output (its first line is not a JSON "
-                       "object); write to a new file")
 
 
 def _report_skipped(scored: ScoredImages, skipped: int, left: int) -> None:

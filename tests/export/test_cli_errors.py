@@ -118,6 +118,50 @@ def test_termination_signals_interrupt_as_ctrl_c_unless_ignored(name):
         signal.signal(number, before)
 
 
+def _terminated_when(command: list[str], ready, timeout: float = 300) -> tuple[int, str]:
+    """Run ``command``, send SIGTERM once ``ready(stderr so far)`` holds; its status and stderr."""
+    import selectors
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    selector = selectors.DefaultSelector()
+    selector.register(process.stderr, selectors.EVENT_READ)
+    stderr, deadline = b"", time.monotonic() + timeout
+    while not ready(stderr.decode(errors="replace")) and time.monotonic() < deadline and process.poll() is None:
+        if selector.select(timeout=0.05):
+            stderr += os.read(process.stderr.fileno(), 65536)
+    assert process.poll() is None, f"it ended before it was ready: {stderr.decode(errors='replace')}"
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=120)[1]
+    return process.returncode, (stderr + rest).decode(errors="replace")
+
+
+def test_sigterm_ends_detect_and_verify_as_ctrl_c_does(tiny_engine_set, photographs, tmp_path):
+    """detect and verify died of SIGTERM (``timeout``, a service manager) with status 143 and no
+    word, while build, degrade and bench stop as on Ctrl-C; detect keeps every row whole."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(200):
+        cv2.imwrite(str(images / f"{index:03d}.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    rows = tmp_path / "rows.jsonl"
+    cli = [sys.executable, "-m", "dfd.export.cli"]
+    detect = cli + ["detect", str(tiny_engine_set), str(images), "--format", "jsonl", "--batch-size", "1",
+                    "--no-face-detect"]
+    with open(rows, "w") as stdout:
+        process = subprocess.Popen(detect, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while process.poll() is None and rows.stat().st_size == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, "detect ended before its first row"
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130 and stderr.splitlines()[-1] == "error: interrupted", stderr
+    scored = [json.loads(line) for line in rows.read_text().splitlines()]  # every row whole
+    assert 0 < len(scored) < 200 and all(row["error"] is None for row in scored)
+    status, stderr = _terminated_when(cli + ["verify", str(tiny_engine_set), "--images", str(images)],
+                                      lambda text: "verify:" in text)
+    assert status == 130 and stderr.splitlines()[-1] == "error: interrupted", stderr
+
+
 def test_an_interrupted_detect_ends_its_progress_bar_before_the_error(tiny_engine_set, tmp_path, monkeypatch):
     """The bar was left open when a run stopped, so "error: interrupted" was glued to its last
     line in a log file (stderr not a terminal), where `grep '^error:'` missed it."""

@@ -85,9 +85,15 @@ def test_a_killed_run_resumes_without_its_cut_row(tiny_engine_set, folder, tmp_p
 
 def test_rows_that_would_not_continue_the_appended_file_are_refused_before_scoring(tiny_engine_set, folder,
                                                                                    tmp_path):
-    """CSV rows went after JSON lines, or after a file's own header-less text, and a cut row of an
-    earlier run was continued by the new rows: each file was unreadable afterwards."""
+    """CSV rows went after JSON lines, or after a file's own header-less text, table lines after
+    detect's jsonl or csv rows, and a cut row of an earlier run was continued by the new rows: each
+    file was unreadable afterwards."""
     cases = [
+        ("done.jsonl", '{"image": "images/astronaut.png", "score": 0.4, "error": null}\n', [],
+         "stdout appends to a file of detect's --format jsonl rows, which table lines would break; give --format "
+         "jsonl (and --skip-scored FILE to resume a killed run)"),
+        ("done.csv", "image,score,raw_score,global,face,fusion,face_source,face_used,x1,y1,x2,y2,error,notes\n"
+         "images/astronaut.png,0.4,0.41,0.4,0.4,0.4,,,,,,,,\n", [], "detect's --format csv rows"),
         ("scores.jsonl", '{"image": "images/astronaut.png", "score": 0.4, "error": null}\n',
          ["--format", "csv", "--skip-scored", "scores.jsonl"], "give --format jsonl"),
         ("notes.csv", "my notes\n", ["--format", "csv"], "does not begin with detect's CSV header"),
