@@ -41,7 +41,7 @@ import click
 from dfd.runtime.errors import DfdError
 
 from .cli_errors import handles_errors
-from .cli_types import OutputFolder
+from .cli_types import OutputFolder, Verb
 
 HEADER_NAME = "dfd_runtime.h"
 LIBRARY_NAME = "libdfd_runtime.so"
@@ -759,7 +759,7 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
     return header, library
 
 
-@click.command("capi")
+@click.command("capi", cls=Verb)
 @click.option("--out", "out_dir", type=OutputFolder(), required=True,
               help="Folder to write dfd_runtime.h and libdfd_runtime.so into (created if missing). An earlier "
                    "build's two files there are replaced; other files of those names are refused.")

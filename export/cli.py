@@ -9,6 +9,7 @@ traceback means a bug.
 from __future__ import annotations
 
 import codecs
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -24,8 +25,8 @@ from dfd.runtime.images import silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
-from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, RowOutput, files_a_run_reads, \
-    max_pixels_option, prepare_output_file, write_output_file
+from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, RowOutput, Verb, files_a_run_reads, \
+    is_stdout, max_pixels_option, prepare_output_file, write_output_file
 from .detect_resume import ScoredImages, load_scored_images, refuse_stdout_over
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
@@ -55,6 +56,8 @@ def _parse_streams(ctx: click.Context, param: click.Parameter, value: str) -> tu
 
 class _Group(click.Group):
     """Usage errors exit 1 (not click's 2): exit 2 means "some images failed" for ``detect``."""
+
+    command_class = Verb
 
     def main(self, *args, **kwargs):
         if not kwargs.get("standalone_mode", True):
@@ -92,7 +95,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--out", "out_dir", type=OutputFolder(), default=None,
               help="Engine set folder to write [default: engines/<precision>].")
 @click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder with the reference checkpoints dinov2_252.pth, dinov2_252_crop.pth, "
@@ -429,43 +432,45 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     return images, problems
 
 
-def _print_verification(report, engine_dir: Path) -> None:
-    """verify's report as text: the measurements and verdict on stdout, the images left out and
-    the failed rules on stderr."""
+def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
+    """verify's report as text: the measurements and verdict on stdout (on stderr with
+    ``to_stderr``: the JSON report goes to stdout), the images left out and the failed rules on
+    stderr."""
+    echo = functools.partial(click.echo, err=to_stderr)
     level = f"{report.confidence['level']:.0%} lower bound"
-    click.echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image x condition pair(s) "
+    echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image x condition pair(s) "
                f"from {report.distinct_images} distinct image(s)")
-    click.echo(f"  engine set  {engine_dir} (content_sha256 {report.engine_set_sha256})")
-    click.echo(f"  backend     {report.backend}")
+    echo(f"  engine set  {engine_dir} (content_sha256 {report.engine_set_sha256})")
+    echo(f"  backend     {report.backend}")
     reference = report.reference
     if reference["weights"] == "checkpoints":
-        click.echo(f"  reference   fp32 PyTorch from {', '.join(c['file'] for c in reference['checkpoints'].values())}")
+        echo(f"  reference   fp32 PyTorch from {', '.join(c['file'] for c in reference['checkpoints'].values())}")
     else:
-        click.echo(f"  reference   fp32 PyTorch with random weights from seed {reference['seed']}")
-    click.echo(printable(f"  images      {report.image_source}"))
+        echo(f"  reference   fp32 PyTorch with random weights from seed {reference['seed']}")
+    echo(printable(f"  images      {report.image_source}"))
     for stream, values in report.streams.items():
-        click.echo(f"  {stream:7} max |dP| {values['max_abs_dp']:.2e}   mean |dP| {values['mean_abs_dp']:.2e}")
+        echo(f"  {stream:7} max |dP| {values['max_abs_dp']:.2e}   mean |dP| {values['mean_abs_dp']:.2e}")
     for condition, values in report.per_condition.items():
         measured = (f"vote agreement {values['vote_agreement']:.1%} over {values['images']} image(s), {level} "
                     f"{values['vote_agreement_lower_bound']:.1%}" if values["images"] else "no image could be compared")
-        click.echo(f"  {condition:11} {measured}")
-    click.echo(printable(f"  vote agreement {report.vote_agreement:.2%} ({level} {report.vote_agreement_lower_bound:.1%}, "
+        echo(f"  {condition:11} {measured}")
+    echo(printable(f"  vote agreement {report.vote_agreement:.2%} ({level} {report.vote_agreement_lower_bound:.1%}, "
                          f"{report.confidence['method']}); changed: "
                          + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes)
                             or "none")))
     largest = report.largest_vote_change
-    click.echo(printable("  largest vote change: " + (f"{largest['steps']} step(s), {largest['image']} "
+    echo(printable("  largest vote change: " + (f"{largest['steps']} step(s), {largest['image']} "
                                                     f"({largest['reference']} -> {largest['engine']})"
                                                     if largest else "none")))
     if report.calibration_overlap is not None:
-        click.echo(f"  calibration images among them: {report.calibration_overlap}")
+        echo(f"  calibration images among them: {report.calibration_overlap}")
     for warning in report.warnings:
         warn(warning)
     for failure in report.failed_images:
         under = f" (under {', '.join(failure['conditions'])})" if "conditions" in failure else ""
         click.echo(printable(f"  left out {failure['image']}{under}: {failure['error']}"), err=True)
     if report.passed:
-        click.echo(f"passed thresholds {report.thresholds}")
+        echo(f"passed thresholds {report.thresholds}")
     else:
         click.echo(f"FAILED thresholds {report.thresholds}", err=True)
         for failure in report.failures:
@@ -528,7 +533,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
             write_output_file(json_out, lambda file: file.write(text))
         except DfdError as exc:
             report_error = exc
-    _print_verification(report, engine_dir)
+    _print_verification(report, engine_dir, to_stderr=is_stdout(json_out))
     if report_error is not None:
         if report.passed:
             raise report_error

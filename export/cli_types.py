@@ -51,6 +51,30 @@ def max_pixels_option(larger_jpeg: str, larger_other: str, memory: str) -> Calla
              f"image {larger_other}. {memory}; raise it where memory allows.")
 
 
+class Verb(click.Command):
+    """A ``dfd-export`` verb whose options cannot take another of its options as their value.
+
+    ``verify SET --json --strict`` wrote its report to a file named ``--strict`` and ran without
+    ``--strict``: a release gate weakened without a word (``build --out --force`` built into a
+    folder named ``--force``). Click takes the next word as an option's value whatever it is."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        names = {name for param in self.get_params(ctx) if isinstance(param, click.Option)
+                 for name in (*param.opts, *param.secondary_opts)}
+        for param in self.get_params(ctx):
+            if not isinstance(param, click.Option) or param.is_flag or param.count:
+                continue
+            value = ctx.params.get(param.name)
+            given = value if isinstance(value, (tuple, list)) else (value,)
+            swallowed = [str(v) for v in given if v is not None and str(v) in names]
+            if swallowed:
+                raise click.UsageError(f"{param.opts[-1]} took {swallowed[0]!r}, another option, as its value: give "
+                                       f"{param.opts[-1]} a value (a file or folder really named {swallowed[0]}: "
+                                       f"./{swallowed[0]})", ctx)
+        return rest
+
+
 class OutputFolder(click.Path):
     """A folder to write into (``click.Path`` that may not be a file), refusing an empty name:
     ``--out "$DEST"`` with DEST unset wrote into the current folder, which ``Path("")`` means."""
@@ -61,6 +85,8 @@ class OutputFolder(click.Path):
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value.strip():
             self.fail("is empty (an unset shell variable?); give a folder, '.' for the current one", param, ctx)
+        if os.path.isfile(value):
+            self.fail(f"{value} is a file, not a folder; choose another", param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -77,6 +103,9 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
     as a stream (``write_output_file``)."""
     if path is None:
         return
+    if str(path) == "-":
+        raise click.BadParameter("'-' would be a file named '-'; give /dev/stdout to write to stdout (the summary "
+                                 "then goes to stderr)", param_hint=option)
     existed = path.exists()
     if engine_dir is not None and existed:
         if any(_same_file(path, engine_dir / name) for name in engine_set_files(engine_dir) or ()):
@@ -125,6 +154,18 @@ def files_a_run_reads(images_dir: Path | None, manifest: Manifest | None = None,
     if manifest is not None:
         files += read_recorded_build(manifest).checkpoint_files(weights_dir)
     return files
+
+
+def is_stdout(path: Path | None) -> bool:
+    """Whether ``path`` is the file stdout writes to (``/dev/stdout``, ``/proc/self/fd/1``, or the
+    file stdout is redirected to): a verb's text summary then goes to stderr, or ``--json
+    /dev/stdout | jq`` read JSON followed by text."""
+    if path is None:
+        return False
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(1))
+    except OSError:
+        return False
 
 
 def write_output_file(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..cli_errors import handles_errors, require_stdout, termination_interrupts, warn
-from ..cli_types import files_a_run_reads, max_pixels_option, prepare_output_file, write_output_file
+from ..cli_types import Verb, files_a_run_reads, is_stdout, max_pixels_option, prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import plot_format, write_plot
 
@@ -43,9 +43,9 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-@click.command("bench")
+@click.command("bench", cls=Verb)
 @click.argument("engine_dir", type=click.Path(path_type=Path))
-@click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="Folder of images to score, searched with its sub-folders: its first readable ones, as many "
                    "as the largest batch size (at least 8); with --compare torch, of at least 252x252 (the "
                    "reference pipeline's crop; smaller ones are left out with a warning) [default: photographs "
@@ -114,7 +114,8 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     if plot_out is not None:
         write_output_file(plot_out, lambda file: write_plot(result, file, image_format))
         click.echo(f"plot written: {plot_out}", err=True)
+    to_stderr = is_stdout(json_out) or is_stdout(plot_out)
     for line in _summary_lines(result):
-        click.echo(line)
+        click.echo(line, err=to_stderr)
     if result["interrupted"]:
         sys.exit(130)

@@ -230,6 +230,16 @@ def test_a_folder_without_one_readable_image_is_refused(tiny_engine_set, tmp_pat
     assert "Traceback" not in result.output
 
 
+def test_a_missing_or_empty_images_folder_is_refused_as_verify_refuses_it(tiny_engine_set, tmp_path, monkeypatch):
+    """``--images missing`` failed after the engine set was opened (at paper size, 15 GB hashed);
+    ``--images ""`` (an unset variable) benchmarked the current folder and its sub-folders."""
+    monkeypatch.chdir(tmp_path)
+    for value in (str(tmp_path / "missing"), ""):
+        result = CliRunner().invoke(main, ["bench", str(tiny_engine_set), "--images", value])
+        assert result.exit_code == 1 and f"Directory '{value}' does not exist" in result.output, result.output
+        assert "open engine set" not in result.output
+
+
 def test_an_unwritable_output_fails_before_measuring(tiny_engine_set, tmp_path):
     """A --json or --plot path that cannot be written is refused at once, not after the run (at
     paper size, hours) whose result it would have lost."""

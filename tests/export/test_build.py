@@ -91,7 +91,7 @@ def test_force_replaces_an_engine_set_but_never_another_folder_or_file(reference
     lone_file.write_text("keep me")
     for out, refusal in ((precious, "is not an engine set (it holds no dfd-export manifest.json), and --force "
                                     "replaces only engine sets"),
-                         (lone_file, "is a file, not a folder; choose another --out")):
+                         (lone_file, "is a file, not a folder; choose another")):
         result = _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector", "--force")
         assert result.exit_code == 1, result.output
         assert f"{out} {refusal}" in result.output
@@ -637,7 +637,9 @@ def test_out_that_is_a_file_and_a_calibration_cache_inside_out_are_refused_up_fr
     target = tmp_path / "a-file"
     target.write_text("")
     result = _build(CliRunner(), reference_ensemble, target, "--streams", "global", "--no-face-detector")
-    assert result.exit_code == 1 and f"{target} is a file, not a folder; choose another --out" in result.output
+    assert result.exit_code == 1 and f"'--out': {target} is a file, not a folder; choose another" in result.output
+    result = _build(CliRunner(), reference_ensemble, "", "--streams", "global", "--no-face-detector")
+    assert result.exit_code == 1 and "'--out': is empty (an unset shell variable?)" in result.output
     out = tmp_path / "engines"
     result = _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector",
                     "--precision", "int8", "--calib-cache", str(out / "cache"))

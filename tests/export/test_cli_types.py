@@ -1,8 +1,13 @@
-"""Number flags refuse NaN and infinities, which click's own ranges let through."""
+"""The parameter types and output helpers every verb shares: number flags refuse NaN and
+infinities, which click's own ranges let through; an option takes no other option as its value;
+reports go where they are asked, stdout included."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 
 import click
@@ -10,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from dfd.export.cli import main
-from dfd.export.cli_types import FiniteFloatRange, RowOutput, prepare_output_file, write_output_file
+from dfd.export.cli_types import FiniteFloatRange, RowOutput, Verb, prepare_output_file, write_output_file
 
 FLAGS = [
     (["build", "--out", "x", "--calib-degrade"], "--calib-degrade"),
@@ -115,3 +120,42 @@ def test_row_output_writes_one_byte_order_mark_at_the_start_of_a_file_only(tmp_p
             for row in (["c,3\r\n"] if mode == "a" else ["a,1\r\n", "b,2\r\n"]):
                 output.write(row)
         assert path.read_bytes().decode() == expected and output.rows == (1 if mode == "a" else 2)
+
+
+def test_an_option_that_takes_another_option_as_its_value_is_refused(tiny_engine_set, tmp_path, monkeypatch):
+    """``verify SET --json --strict`` wrote a report named --strict and ran without --strict."""
+    @click.command(cls=Verb)
+    @click.option("--json", "json_out")
+    @click.option("--strict", is_flag=True)
+    @click.option("--tag", multiple=True)
+    def verb(json_out, strict, tag):
+        click.echo(f"{json_out} {strict} {tag}")
+
+    runner = CliRunner()
+    result = runner.invoke(verb, ["--json", "--strict"])
+    assert result.exit_code == 2
+    assert ("--json took '--strict', another option, as its value: give --json a value (a file or folder really "
+            "named --strict: ./--strict)") in result.output
+    assert runner.invoke(verb, ["--tag", "a", "--tag", "--json"]).exit_code == 2
+    assert runner.invoke(verb, ["--json", "./--strict", "--strict"]).output == "./--strict True ()\n"
+    assert runner.invoke(verb, ["--json", "-x"]).output == "-x False ()\n"  # not one of its options
+    monkeypatch.chdir(tmp_path)
+    for args in (["verify", str(tiny_engine_set), "--json", "--strict"], ["build", "--out", "--force"],
+                 ["bench", str(tiny_engine_set), "--label", "--json"], ["capi", "--out", "--help"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 1 and "another option, as its value" in result.output, (args, result.output)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_to_stdout_is_alone_there_and_a_dash_is_refused(tiny_engine_set, tmp_path):
+    """``--json /dev/stdout | jq`` read the JSON followed by the text summary; ``--json -`` wrote
+    a file named '-'."""
+    cli = [sys.executable, "-m", "dfd.export.cli"]
+    for verb in (["verify", str(tiny_engine_set)], ["bench", str(tiny_engine_set), "--batch-sizes", "1",
+                                                    "--warmup", "0", "--iterations", "1"]):
+        run = subprocess.run(cli + verb + ["--json", "/dev/stdout"], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["engine_set" if verb[0] == "bench" else "engine_set_sha256"]
+        assert "vote agreement" in run.stderr or "p50 ms" in run.stderr  # the summary, on stderr
+        result = CliRunner().invoke(main, verb + ["--json", "-"], catch_exceptions=False)
+        assert result.exit_code == 1 and "'-' would be a file named '-'; give /dev/stdout" in result.output
