@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -365,6 +366,10 @@ def _output_problem(out: Path, force: bool) -> str | None:
     before the new set replaces the old, since a long build leaves time for files to appear."""
     if out.exists() and not out.is_dir():
         return f"{out} is a file, not a folder; choose another --out"
+    if out.is_dir() and os.path.ismount(out):
+        return (f"{out} is a mount point, which the build cannot replace (it stages the set beside the folder and "
+                f"renames it into place, so the whole build would fail at its end); give a folder inside it, e.g. "
+                f"{out / 'engines'}")
     if not out.exists() or not any(out.iterdir()):
         return None
     if not force:
@@ -403,6 +408,7 @@ def _publish(staging: Path, out: Path, force: bool) -> None:
         staging.rename(out)
         sync_folder(out.parent)
         return
+    _take_access_of(out, staging)
     aside = _aside(out)
     shutil.rmtree(aside, ignore_errors=True)
     out.rename(aside)
@@ -416,6 +422,16 @@ def _publish(staging: Path, out: Path, force: bool) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     except KeyboardInterrupt:
         pass  # the new set is complete and in place; the next build removes what is left
+
+
+def _take_access_of(out: Path, staging: Path) -> None:
+    """Give ``staging`` the permission bits (and, as root, the owner) of the folder it replaces: a
+    shared ``--out`` made 0750 or 2775 for a group, or chowned to a service user, came back 0755
+    and the builder's."""
+    status = out.stat()
+    if os.geteuid() == 0:
+        os.chown(staging, status.st_uid, status.st_gid)
+    os.chmod(staging, stat.S_IMODE(status.st_mode))  # after chown, which may clear set-id bits
 
 
 def _restore_set_left_aside(out: Path, force: bool, warn: Callable[[str], None]) -> None:

@@ -200,9 +200,20 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
         calib_cache=calib_cache,
         calib_max_pixels=max_pixels,
     )
+    replaces_cwd = out_dir is not None and _is_current_folder(out_dir)
     with termination_interrupts():
         manifest = build_engine_set(request, warn=warn)
     click.echo(f"engine set written: {manifest.parent}")
+    if replaces_cwd:
+        click.echo("note: the set replaced the folder this shell is in; run `cd .` to see its files", err=True)
+
+
+def _is_current_folder(path: Path) -> bool:
+    """Whether ``path`` is the working folder, which a build replaces with a new one."""
+    try:
+        return os.path.samefile(path, ".")
+    except OSError:
+        return False
 
 
 _TENSORRT_ONLY_OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_gib", "version_compatible",

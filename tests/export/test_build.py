@@ -213,6 +213,30 @@ def test_the_current_folder_can_be_the_output(reference_ensemble, tmp_path, monk
     assert result.exit_code == 0, result.output
     assert load_manifest(folder).streams.keys() == {"global"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no staging folder or lock left
+    assert "note: the set replaced the folder this shell is in; run `cd .` to see its files" in result.output
+
+
+def test_a_replaced_folder_keeps_its_permissions_and_a_mount_point_is_refused_up_front(
+        reference_ensemble, tmp_path, monkeypatch):
+    """The set replaces --out whole: a shared folder made 0750 or 2770 came back 0755, and a mount
+    point (a Docker volume) failed with 'Device or resource busy' after the whole build."""
+    out = tmp_path / "shared"
+    out.mkdir()
+    for mode, extra in ((0o750, ()), (0o2770, ("--force",))):
+        os.chmod(out, mode)
+        result = _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector", *extra)
+        assert result.exit_code == 0, result.output
+        assert oct(out.stat().st_mode & 0o7777) == oct(mode) and load_manifest(out).streams.keys() == {"global"}
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(build_module.os.path, "ismount", lambda path: Path(path) == mount or real_ismount(path))
+    monkeypatch.setattr(build_module, "export_stream_onnx", lambda *a, **k: pytest.fail("the build started"))
+    result = _build(CliRunner(), reference_ensemble, mount, "--streams", "global", "--no-face-detector")
+    assert result.exit_code == 1
+    assert (f"{mount} is a mount point, which the build cannot replace (it stages the set beside the folder and "
+            f"renames it into place, so the whole build would fail at its end); give a folder inside it, e.g. "
+            f"{mount / 'engines'}") in result.output
 
 
 def test_random_weights_warn_loudly(reference_ensemble, tmp_path):
