@@ -504,7 +504,8 @@ def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
                    "[default: 1.0, int8 0.95]. A vote that moves more than one step (0.1) fails whatever the agreement.")
 @click.option("--strict", is_flag=True,
               help="Also fail (exit 3) when an image of --images cannot be read or prepared; by default it is "
-                   "reported and left out, and the others decide.")
+                   "reported and left out, and the others decide. No image readable at all is an error (exit 1) "
+                   "either way.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
               help="Runtime backend whose results are compared; auto picks TensorRT when the set has engines and it is "
