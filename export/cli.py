@@ -723,6 +723,10 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
 
     if face_crops is not None and face_boxes is not None:
         raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
+    if cuda_graph_batch is not None and cuda_graph_batch > batch_size:
+        raise click.BadParameter(f"{cuda_graph_batch} is more than --batch-size {batch_size}, the most images scored "
+                                 f"at a time, so the graph would never replay; give at most {batch_size}",
+                                 param_hint="--cuda-graph-batch")
     require_stdout()
     scored = None
     if skip_scored is not None:

@@ -129,6 +129,12 @@ def test_detect_cli_says_host_preprocessing_has_no_effect_on_onnxruntime(tiny_en
             in result.output)
     plain = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(image), "--no-face-detect"])
     assert plain.exit_code == 0 and "--host-preprocessing" not in plain.output, plain.output
+    graph = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(image), "--cuda-graph-batch", "16"])
+    assert graph.exit_code == 1  # named by its flags, not the API's batch_size, before the set is opened
+    assert ("Invalid value for --cuda-graph-batch: 16 is more than --batch-size 8, the most images scored at a "
+            "time, so the graph would never replay; give at most 8") in graph.output
+    graph = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(image), "--cuda-graph-batch", "8"])
+    assert graph.exit_code == 1 and "a CUDA graph needs the tensorrt backend" in graph.output
 
 
 def test_detect_cli_table_shows_each_images_notes_below_its_row(tiny_engine_set, tmp_path):
