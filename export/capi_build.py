@@ -760,7 +760,7 @@ def build_capi(out_dir: Path) -> tuple[Path, Path]:
 
 
 @click.command("capi", cls=Verb)
-@click.option("--out", "out_dir", type=OutputFolder(), required=True,
+@click.option("--out", "out_dir", type=OutputFolder(outside_engine_sets=True), required=True,
               help="Folder to write dfd_runtime.h and libdfd_runtime.so into (created if missing). An earlier "
                    "build's two files there are replaced; other files of those names are refused.")
 @handles_errors

@@ -341,7 +341,7 @@ def doctor(engine_dir, as_json):
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=OutputFolder(),
+@click.option("--out", "out_dir", required=True, type=OutputFolder(outside_engine_sets=True),
               help="Folder for the degraded copies (PNG, lossless), all in this one folder: an image "
                    "becomes <its name>.png there, and images from different folders that share a name "
                    "get -1, -2, ... suffixes.")

@@ -77,17 +77,28 @@ class Verb(click.Command):
 
 class OutputFolder(click.Path):
     """A folder to write into (``click.Path`` that may not be a file), refusing an empty name:
-    ``--out "$DEST"`` with DEST unset wrote into the current folder, which ``Path("")`` means."""
+    ``--out "$DEST"`` with DEST unset wrote into the current folder, which ``Path("")`` means.
+    With ``outside_engine_sets``, also a folder in an engine set: files there are strangers to
+    the set, which a later ``build --force`` of it refuses to replace."""
 
-    def __init__(self) -> None:
+    def __init__(self, outside_engine_sets: bool = False) -> None:
         super().__init__(path_type=Path, file_okay=False)
+        self.outside_engine_sets = outside_engine_sets
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value.strip():
             self.fail("is empty (an unset shell variable?); give a folder, '.' for the current one", param, ctx)
         if os.path.isfile(value):
             self.fail(f"{value} is a file, not a folder; choose another", param, ctx)
-        return super().convert(value, param, ctx)
+        path = super().convert(value, param, ctx)
+        if self.outside_engine_sets:
+            folder = Path(os.path.abspath(path))
+            engine_set = next((f for f in (folder, *folder.parents) if engine_set_files(f) is not None), None)
+            if engine_set is not None:
+                self.fail(f"{value} is {'' if engine_set == folder else 'inside '}the engine set {engine_set}, whose "
+                          f"folder holds its own files only (a later build --force there would refuse the "
+                          f"strangers); write beside it", param, ctx)
+        return path
 
 
 def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None = None,

@@ -159,3 +159,25 @@ def test_a_report_to_stdout_is_alone_there_and_a_dash_is_refused(tiny_engine_set
         assert "vote agreement" in run.stderr or "p50 ms" in run.stderr  # the summary, on stderr
         result = CliRunner().invoke(main, verb + ["--json", "-"], catch_exceptions=False)
         assert result.exit_code == 1 and "'-' would be a file named '-'; give /dev/stdout" in result.output
+
+
+def test_capi_and_degrade_do_not_write_into_an_engine_set(tiny_engine_set, photographs, tmp_path):
+    """capi --out SET and degrade --out SET/x wrote into the set, whose next build --force then
+    refused the strangers; bench and verify already kept their reports out of it."""
+    import shutil
+
+    import cv2
+
+    engine_set = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, engine_set)
+    before = sorted(p.name for p in engine_set.rglob("*"))
+    image = tmp_path / "coffee.png"
+    cv2.imwrite(str(image), photographs["coffee"])
+    for args, where in ((["capi", "--out", str(engine_set)], f"{engine_set} is the engine set"),
+                        (["degrade", str(image), "--out", str(engine_set / "x")],
+                         f"{engine_set / 'x'} is inside the engine set {engine_set}")):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and where in result.output and "write beside it" in result.output, result.output
+    assert sorted(p.name for p in engine_set.rglob("*")) == before
+    result = CliRunner().invoke(main, ["degrade", str(image), "--out", str(tmp_path / "beside")])
+    assert result.exit_code == 0, result.output
