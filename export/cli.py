@@ -769,6 +769,10 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         warn(f"--host-preprocessing has no effect: the {detector.backend.name} backend always "
              f"preprocesses on the host (the fused CUDA kernels are the tensorrt backend's)")
     click.echo(f"face localisation: {detector.face_localisation}", err=True)
+    unused = _flags_given(click.get_current_context(), ("face_min_px", "no_face_cascade"))
+    if unused and (detector.face_locator is None or "face" not in detector.streams):
+        warn(f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect: no face is looked for "
+             f"(face localisation {detector.face_localisation})")
     if detector.manifest.random_weights:
         warn("this engine set has RANDOM weights; its scores are meaningless.")
     if len(detector.streams) < len(STREAM_CHOICES):

@@ -135,6 +135,13 @@ def test_detect_cli_says_host_preprocessing_has_no_effect_on_onnxruntime(tiny_en
             "time, so the graph would never replay; give at most 8") in graph.output
     graph = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(image), "--cuda-graph-batch", "8"])
     assert graph.exit_code == 1 and "a CUDA graph needs the tensorrt backend" in graph.output
+    faces = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(image), "--no-face-detect",
+                                      "--face-min-px", "20", "--no-face-cascade"])
+    assert faces.exit_code == 0, faces.output
+    assert ("WARNING: --face-min-px and --no-face-cascade have no effect: no face is looked for (face localisation "
+            "off: images without a face crop or box use the original image)") in faces.output
+    faces = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(image), "--face-min-px", "20"])
+    assert faces.exit_code == 0 and "no effect" not in faces.output, faces.output
 
 
 def test_detect_cli_table_shows_each_images_notes_below_its_row(tiny_engine_set, tmp_path):
