@@ -343,8 +343,9 @@ def doctor(engine_dir, as_json):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=OutputFolder(outside_engine_sets=True),
               help="Folder for the degraded copies (PNG, lossless), all in this one folder: an image "
-                   "becomes <its name>.png there, and images from different folders that share a name "
-                   "get -1, -2, ... suffixes.")
+                   "becomes <its name without its suffix>.png there (a.jpg -> a.png), and images whose names "
+                   "share that stem (a.jpg and a.png, or a.jpg in two folders; case ignored) get -1, -2, ... "
+                   "suffixes in input order; each line printed says which file became which.")
 @click.option("--fixed", type=str, default=None,
               help="One fixed degradation for every image: jpeg10, blur3, noise25, gamma_dark, down4_up, "
                    "compound_a or compound_b. Default: the paper's random compound degradation.")
