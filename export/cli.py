@@ -518,7 +518,11 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
            backend, max_pixels):
     """Compare an engine set with the fp32 PyTorch streams it was built from: per-stream |ΔP(fake)|,
     vote agreement per condition with a lower confidence bound, the images whose vote changed, how many
-    distinct images (and calibration images) it rests on. Exits 3 when a rule fails, naming it."""
+    distinct images (and calibration images) it rests on. Exits 3 when a rule fails, naming it.
+
+    Both sides take the same host-prepared (NumPy/OpenCV) tensors, so each engine is judged on the
+    very input it ran; on a TensorRT set the fused CUDA preprocessing and vote that detect uses by
+    default are checked by the kernel tests and benchmarks/gpu_check.py, not here."""
     import json
 
     from dfd.runtime.manifest import load_manifest, verify_files
