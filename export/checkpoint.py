@@ -145,9 +145,11 @@ def _read_safetensors(path: Path, shapes_only: bool = False) -> dict[str, torch.
     try:
         if not shapes_only:
             return load_file(str(path), device="cpu")
+        header = {}
         with safe_open(str(path), framework="pt") as handle:
-            header = {key: (handle.get_slice(key).get_shape(), handle.get_slice(key).get_dtype())
-                      for key in handle.keys()}
+            for key in handle.keys():
+                entry = handle.get_slice(key)
+                header[key] = (entry.get_shape(), entry.get_dtype())
     except (SafetensorError, OSError, ValueError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"cannot read safetensors checkpoint {path} (corrupt or truncated?): "
@@ -213,7 +215,7 @@ def _not_floating_point(tensors: Mapping[str, _Tensor], problems: list[str]) -> 
     place (a quantised export, a tensor saved by mistake) was converted to float32 and built into
     an engine without a word; only the unused buffers (CLIP's ``position_ids``) may be integers."""
     for name, tensor in tensors.items():
-        if not tensor.value.is_floating_point() and name.rsplit(".", 2)[-2:] != ["embeddings", "position_ids"]:
+        if not tensor.value.is_floating_point() and not name.endswith(tuple(f".{u}" for u in _UNUSED_CLIP)):
             problems.append(f"non-floating-point key: {tensor.source} is {str(tensor.value.dtype).removeprefix('torch.')}"
                             f", not the floating-point weights the network computes with")
 

@@ -26,7 +26,7 @@ from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
 from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, RowOutput, Verb, files_a_run_reads, \
-    is_stdout, max_pixels_option, prepare_output_file, write_output_file
+    is_stdout, max_pixels_option, prepare_output_file, same_file, write_output_file
 from .detect_resume import ScoredImages, load_scored_images, refuse_stdout_over
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
@@ -200,20 +200,12 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
         calib_cache=calib_cache,
         calib_max_pixels=max_pixels,
     )
-    replaces_cwd = out_dir is not None and _is_current_folder(out_dir)
+    replaces_cwd = out_dir is not None and same_file(out_dir, Path("."))  # the build replaces that folder
     with termination_interrupts():
         manifest = build_engine_set(request, warn=warn)
     click.echo(f"engine set written: {manifest.parent}")
     if replaces_cwd:
         click.echo("note: the set replaced the folder this shell is in; run `cd .` to see its files", err=True)
-
-
-def _is_current_folder(path: Path) -> bool:
-    """Whether ``path`` is the working folder, which a build replaces with a new one."""
-    try:
-        return os.path.samefile(path, ".")
-    except OSError:
-        return False
 
 
 _TENSORRT_ONLY_OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_gib", "version_compatible",
@@ -451,7 +443,7 @@ def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
     echo = functools.partial(click.echo, err=to_stderr)
     level = f"{report.confidence['level']:.0%} lower bound"
     echo(f"{report.precision} engine set vs fp32 PyTorch on {report.images} image x condition pair(s) "
-               f"from {report.distinct_images} distinct image(s)")
+         f"from {report.distinct_images} distinct image(s)")
     echo(f"  engine set  {engine_dir} (content_sha256 {report.engine_set_sha256})")
     echo(f"  backend     {report.backend}")
     reference = report.reference
@@ -467,13 +459,13 @@ def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
                     f"{values['vote_agreement_lower_bound']:.1%}" if values["images"] else "no image could be compared")
         echo(f"  {condition:11} {measured}")
     echo(printable(f"  vote agreement {report.vote_agreement:.2%} ({level} {report.vote_agreement_lower_bound:.1%}, "
-                         f"{report.confidence['method']}); changed: "
-                         + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes)
-                            or "none")))
+                   f"{report.confidence['method']}); changed: "
+                   + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes)
+                      or "none")))
     largest = report.largest_vote_change
     echo(printable("  largest vote change: " + (f"{largest['steps']} step(s), {largest['image']} "
-                                                    f"({largest['reference']} -> {largest['engine']})"
-                                                    if largest else "none")))
+                                              f"({largest['reference']} -> {largest['engine']})"
+                                              if largest else "none")))
     if report.calibration_overlap is not None:
         echo(f"  calibration images among them: {report.calibration_overlap}")
     for warning in report.warnings:

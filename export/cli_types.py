@@ -60,10 +60,10 @@ class Verb(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         rest = super().parse_args(ctx, args)
-        names = {name for param in self.get_params(ctx) if isinstance(param, click.Option)
-                 for name in (*param.opts, *param.secondary_opts)}
-        for param in self.get_params(ctx):
-            if not isinstance(param, click.Option) or param.is_flag or param.count:
+        options = [param for param in self.get_params(ctx) if isinstance(param, click.Option)]
+        names = {name for option in options for name in (*option.opts, *option.secondary_opts)}
+        for param in options:
+            if param.is_flag or param.count:
                 continue
             value = ctx.params.get(param.name)
             given = value if isinstance(value, (tuple, list)) else (value,)
@@ -119,13 +119,13 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
                                  "then goes to stderr)", param_hint=option)
     existed = path.exists()
     if engine_dir is not None and existed:
-        if any(_same_file(path, engine_dir / name) for name in engine_set_files(engine_dir) or ()):
+        if any(same_file(path, engine_dir / name) for name in engine_set_files(engine_dir) or ()):
             raise click.BadParameter(f"{path} is a file of the engine set {engine_dir}; writing there would "
                                      f"destroy the set", param_hint=option)
     if engine_dir is not None and engine_dir.resolve() in path.resolve().parents:
         raise click.BadParameter(f"{path} is inside the engine set's folder {engine_dir}; write reports "
                                  f"beside it, not in it", param_hint=option)
-    if existed and any(_same_file(path, source) for source in inputs):
+    if existed and any(same_file(path, source) for source in inputs):
         raise click.BadParameter(f"{path} is a file this run reads (a checkpoint or an image); writing there "
                                  f"would destroy it", param_hint=option)
     if existed and path.is_dir():
@@ -196,7 +196,8 @@ def write_output_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise DfdError(f"cannot write {path}: {os_error_text(exc)}") from exc
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file or folder (False where either cannot be found)."""
     try:
         return os.path.samefile(a, b)
     except OSError:
