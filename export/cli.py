@@ -27,7 +27,7 @@ from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 from .cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
 from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, RowOutput, Verb, files_a_run_reads, \
     is_stdout, max_pixels_option, prepare_output_file, same_file, write_output_file
-from .detect_resume import ScoredImages, load_scored_images, refuse_stdout_over
+from .detect_resume import ENGINE_SET_FIELD, ScoredImages, check_engine_set, load_scored_images, refuse_stdout_over
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
@@ -554,7 +554,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
 
 # x1..y2: the face box the face stream was cropped on, so the output is also a --face-boxes file
 _CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_source", "face_used", *BOX_COLUMNS,
-               "error", "notes")
+               "error", "notes", ENGINE_SET_FIELD)
 
 
 def _is_folder(given: str) -> bool:
@@ -643,7 +643,7 @@ def _csv_row(d: dict) -> dict:
         "image": d["image"], "score": d["score"], "raw_score": d["raw_score"],
         **{s: d["streams"].get(s) for s in STREAM_CHOICES},
         "face_source": face.get("source"), "face_used": face.get("used"), **dict(zip(BOX_COLUMNS, box)),
-        "error": d["error"], "notes": "; ".join(d["notes"]),
+        "error": d["error"], "notes": "; ".join(d["notes"]), ENGINE_SET_FIELD: d[ENGINE_SET_FIELD],
     }
 
 
@@ -717,6 +717,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     from tqdm import tqdm
 
     from dfd.runtime.detector import Detector
+    from dfd.runtime.manifest import CONTENT_HASH_KEY, load_manifest, manifest_digest
 
     if face_crops is not None and face_boxes is not None:
         raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
@@ -729,6 +730,9 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     if skip_scored is not None:
         refuse_stdout_over(skip_scored)
         scored = load_scored_images(skip_scored)
+        unchecked = check_engine_set(scored, manifest_digest(load_manifest(engine_dir, verify=False).raw), engine_dir)
+        if unchecked:
+            warn(unchecked)
     paths: list[str] = []
     problems_before: dict[int, list[tuple[str, str]]] = {}  # image position -> (input, why) given just before
     skipped = 0
@@ -795,13 +799,17 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
             output.write("image  score  (raw weighted mean)  stream P(fake)  face input\n", counts=False)
     omitted_notes = _notes_the_table_omits()
 
+    engine_set = detector.manifest.raw[CONTENT_HASH_KEY]  # which set scored a row, for --skip-scored
+
     def emit(record: dict) -> None:
+        if fmt == "table":
+            output.write(_format_table_row(record, omitted_notes) + "\n")
+            return
+        record[ENGINE_SET_FIELD] = engine_set
         if fmt == "jsonl":
             output.write(json.dumps(record) + "\n")
-        elif writer:
-            output.write(csv_text(lambda: writer.writerow(_csv_row(record))))
         else:
-            output.write(_format_table_row(record, omitted_notes) + "\n")
+            output.write(csv_text(lambda: writer.writerow(_csv_row(record))))
 
     def emit_problems_before(position: int) -> int:
         """Emit the failed inputs that came just before image ``position`` (in their place); how many."""
@@ -842,36 +850,48 @@ def _continue_output(output: RowOutput, fmt: str, scored: ScoredImages | None) -
     """Rows appended (>>) to a file must continue what it holds. The --skip-scored file loses the
     cut-short last row of a killed run (its image is scored again), which the new rows continued
     into a line no later resume could read; a file they would not continue (the other format, a
-    CSV with other columns, another last line cut short) is refused before anything is scored."""
+    CSV with other columns, another last line cut short) is refused before anything is scored or
+    cut."""
     resuming = scored is not None and output.writes_to(scored.path)
-    if resuming:
-        if fmt != scored.format:
-            raise click.UsageError(f"stdout appends to {scored.path}, a --format {scored.format} output; "
-                                   f"give --format {scored.format}")
-        output.cut_to(scored.whole_rows_bytes)
+    if resuming and fmt != scored.format:
+        raise click.UsageError(f"stdout appends to {scored.path}, a --format {scored.format} output; "
+                               f"give --format {scored.format}")
     ends = output.appended_file_ends()
+    if ends is not None:
+        _refuse_other_rows(ends[0].removeprefix(codecs.BOM_UTF8).rstrip(b"\r"), fmt)
+    if resuming:
+        output.cut_to(scored.whole_rows_bytes)
+        ends = output.appended_file_ends()
     if ends is None:
         return
-    first, last = ends
-    first = first.removeprefix(codecs.BOM_UTF8).rstrip(b"\r")
-    held = "csv" if first == ",".join(_CSV_FIELDS).encode() else "jsonl" if first.startswith(b"{") else None
-    if fmt == "table" and held:
-        raise click.UsageError(f"stdout appends to a file of detect's --format {held} rows, which table lines would "
-                               f"break; give --format {held} (and --skip-scored FILE to resume a killed run)")
-    if fmt == "csv" and held != "csv":
-        raise DfdError(f"stdout appends to a file that does not begin with detect's CSV header ({_CSV_FIELDS[0]},"
-                       f"{_CSV_FIELDS[1]},...): the rows would not match its columns; write to a new file")
-    if fmt == "jsonl" and held != "jsonl":
-        raise DfdError("stdout appends to a file that is not detect's jsonl output (its first line is not a JSON "
-                       "object); write to a new file")
-    if last != b"\n":
+    if ends[1] != b"\n":
         if fmt == "table" or resuming:
             # its last row had no line end, or half of csv's \r\n
-            output.write("\r\n" if fmt == "csv" and last != b"\r" else "\n", counts=False)
+            output.write("\r\n" if fmt == "csv" and ends[1] != b"\r" else "\n", counts=False)
         else:
             raise DfdError("stdout appends to a file whose last line is cut short (a killed run?); the rows would "
                            "continue it: resume with --skip-scored FILE, which drops it, or write to a new file")
 
+
+def _refuse_other_rows(first: bytes, fmt: str) -> None:
+    """Refuse ``fmt`` rows appended to a file whose ``first`` line (without a byte-order mark or
+    carriage return) begins something they would not continue."""
+    header = ",".join(_CSV_FIELDS).encode()
+    # an earlier dfd-export's CSV had fewer columns: still detect's rows, which table lines would break
+    held = "csv" if first.startswith(f"{_CSV_FIELDS[0]},{_CSV_FIELDS[1]},".encode()) else \
+        "jsonl" if first.startswith(b"{") else None
+    if fmt == "table" and held:
+        raise click.UsageError(f"stdout appends to a file of detect's --format {held} rows, which table lines would "
+                               f"break; give --format {held} (and --skip-scored FILE to resume a killed run)")
+    if fmt == "csv" and first != header:
+        raise DfdError(f"stdout appends to a file that does not begin with detect's CSV header ({_CSV_FIELDS[0]},"
+                       f"{_CSV_FIELDS[1]},...): the rows would not match its columns; write to a new file"
+                       if held != "csv" else
+                       f"stdout appends to detect CSV rows with other columns than this version writes (an earlier "
+                       f"dfd-export's, without {ENGINE_SET_FIELD}?): the rows would not match them; write to a new file")
+    if fmt == "jsonl" and held != "jsonl":
+        raise DfdError("stdout appends to a file that is not detect's jsonl output (its first line is not a JSON "
+                       "object); write to a new file")
 
 def _report_skipped(scored: ScoredImages, skipped: int, left: int) -> None:
     """Say on stderr what --skip-scored left out, and what is scored again."""

@@ -25,6 +25,9 @@ from dfd.runtime.face_boxes import JSONL_SUFFIXES, bounded_lines, open_line_file
 from .cli_types import regular_file_output
 
 REQUIRED_CSV_COLUMNS = ("image", "score", "error")
+ENGINE_SET_FIELD = "engine_set"
+"""The row's field (jsonl key, csv column) naming the engine set that scored it: its manifest's
+``content_sha256``."""
 
 
 class ScoredFileError(DfdError):
@@ -41,6 +44,7 @@ class ScoredImages:
     cut_row: bool  # the last row was cut short (a killed run): its image is scored again
     format: str  # "jsonl" or "csv", by the file's suffix
     whole_rows_bytes: int  # the file's bytes before the cut row (all of them when none is cut)
+    engine_sets: frozenset[str | None]  # the sets that scored its rows; None: a row names none
 
     def holds(self, image: str) -> bool:
         """Whether ``image``, as ``detect`` lists it, was scored there."""
@@ -63,20 +67,40 @@ def load_scored_images(path: Path) -> ScoredImages:
         with open_line_file(path) as handle:
             lines = _CountedLines(bounded_lines(path, handle, ScoredFileError, "a detect output"), bom)
             rows = _csv_rows(path, lines) if suffix == ".csv" else _jsonl_rows(path, lines)
-            scored, failed, cut_at = set(), 0, None
+            scored, failed, cut_at, engine_sets = set(), 0, None, set()
             for row in rows:
                 if isinstance(row, _CutRow):
                     cut_at = row.starts_at
                     continue
-                image, score, error = row
+                image, score, error, engine_set = row
                 if score is not None and not error:
                     scored.add(os.path.normpath(image))
+                    engine_sets.add(engine_set)
                 else:
                     failed += 1
     except OSError as exc:
         raise ScoredFileError(f"cannot read {path}: {exc}") from None
     return ScoredImages(path, frozenset(scored), failed, cut_at is not None, "csv" if suffix == ".csv" else "jsonl",
-                        lines.consumed if cut_at is None else cut_at)
+                        lines.consumed if cut_at is None else cut_at, frozenset(engine_sets))
+
+
+def check_engine_set(scored: ScoredImages, content_sha256: str, engine_dir: Path) -> str | None:
+    """Refuse to resume with another engine set than the one that scored ``scored``'s rows: the
+    images left would get another set's scores (fp16 beside fp32, another checkpoint), and nothing
+    in the file would tell them apart. Returns a warning when some rows name no set (written by a
+    dfd-export from before rows named it), whose set cannot be checked."""
+    others = sorted(s for s in scored.engine_sets if s is not None and s != content_sha256)
+    if others:
+        named = ", ".join(f"{s[:12]}..." for s in others)
+        raise ScoredFileError(f"{scored.path} holds scores from another engine set (content_sha256 {named}) than "
+                              f"{engine_dir} ({content_sha256[:12]}...); the images left would be scored by another "
+                              f"set than those already there. Resume with the set that scored them (dfd-export inspect "
+                              f"SET shows its content_sha256), or score the images with this set into a new file "
+                              f"without --skip-scored")
+    if None in scored.engine_sets:
+        return (f"some scored rows of {scored.path} do not name their engine set (written by an earlier dfd-export), "
+                f"so whether {engine_dir} scored them cannot be checked")
+    return None
 
 
 class _CountedLines:
@@ -86,12 +110,14 @@ class _CountedLines:
     def __init__(self, lines: Iterable[str], bom: int) -> None:
         self._lines = lines
         self.consumed = bom
+        self.ended = True  # whether the last line read so far has its line end: detect writes every row whole
 
     def __iter__(self) -> Iterator[str]:
         for line in self._lines:
             # the file is read as UTF-8 with surrogate escapes and its line ends untranslated, so
             # this gives back its own bytes
             self.consumed += len(line.encode("utf-8", "surrogateescape"))
+            self.ended = line.endswith(("\n", "\r"))
             yield line
 
 
@@ -102,7 +128,7 @@ class _CutRow:
     starts_at: int  # the file's bytes before it
 
 
-Row = tuple[str, object, object]  # (image, score, error)
+Row = tuple[str, object, object, object]  # (image, score, error, engine set)
 
 
 def _jsonl_rows(path: Path, lines: _CountedLines) -> Iterator[Row | _CutRow]:
@@ -124,9 +150,14 @@ def _jsonl_rows(path: Path, lines: _CountedLines) -> Iterator[Row | _CutRow]:
         if not isinstance(record, dict) or not isinstance(record.get("image"), str) or "score" not in record:
             raise ScoredFileError(f"{path}:{number}: not a line of detect's jsonl output (an object with \"image\" "
                                   f"and \"score\")")
-        yield record["image"], record["score"], record.get("error")
+        yield record["image"], record["score"], record.get("error"), _engine_set(record.get(ENGINE_SET_FIELD))
     if previous_cut is not None:
         raise ScoredFileError(f"{path}:{previous_cut}: not JSON, and the line is whole: not a detect output")
+
+
+def _engine_set(value: object) -> str | None:
+    """A row's engine set as read: a jsonl value that is no string is taken as none named."""
+    return value if isinstance(value, str) and value else None
 
 
 def _csv_rows(path: Path, lines: _CountedLines) -> Iterator[Row | _CutRow]:
@@ -146,11 +177,14 @@ def _csv_rows(path: Path, lines: _CountedLines) -> Iterator[Row | _CutRow]:
                                       f"of a killed run may be cut short")
             if None in row:
                 raise ScoredFileError(f"{path}:{reader.line_num}: the row has more cells than the header")
+            if not lines.ended:  # the file's last line, cut in its last cell (every cell may be there)
+                yield _CutRow(row_end)
+                return
             if any(row[c] is None for c in REQUIRED_CSV_COLUMNS):
                 short = reader.line_num
                 continue
             row_end = lines.consumed
-            yield row["image"], row["score"] or None, row["error"]
+            yield row["image"], row["score"] or None, row["error"], _engine_set(row.get(ENGINE_SET_FIELD))
         if short is not None:
             yield _CutRow(row_end)
     except csv.Error as exc:

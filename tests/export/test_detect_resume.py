@@ -115,6 +115,61 @@ def test_rows_that_would_not_continue_the_appended_file_are_refused_before_scori
     assert table.read_text().splitlines()[1].startswith("images/chelsea.png  score ")
 
 
+@pytest.mark.parametrize("fmt, cut", [("jsonl", '{"image": "images/che'), ("csv", "images/chelsea.png,0.")])
+def test_a_resume_with_another_engine_set_is_refused_before_the_file_is_touched(tiny_engine_set, tiny_random_engine_set,
+                                                                             folder, tmp_path, fmt, cut):
+    """Rows named no engine set, so a resume with another one (fp16 after fp32, another
+    checkpoint) appended its scores to the first set's, and nothing told them apart."""
+    out = tmp_path / f"scores.{fmt}"
+    with open(out, "w") as stdout:
+        assert _detect(tiny_engine_set, "images/astronaut.png", "--format", fmt, stdout=stdout,
+                       cwd=tmp_path).returncode == 0
+    text = out.read_text()
+    rows = ([json.loads(line) for line in text.splitlines()] if fmt == "jsonl"
+            else list(csv.DictReader(io.StringIO(text))))
+    digest = json.loads((tiny_engine_set / "manifest.json").read_text())["content_sha256"]
+    assert [row["engine_set"] for row in rows] == [digest]
+    out.write_text(text + cut)  # and a killed run's cut row, which a refused resume must not cut off
+    other = json.loads((tiny_random_engine_set / "manifest.json").read_text())["content_sha256"]
+    for images in ("images", "images/astronaut.png"):  # images left to score, and none
+        with open(out, "a") as stdout:
+            run = _detect(tiny_random_engine_set, images, "--format", fmt, "--skip-scored", str(out), stdout=stdout,
+                          cwd=tmp_path)
+        assert run.returncode == 1 and "backend:" not in run.stderr
+        assert (f"error: {out} holds scores from another engine set (content_sha256 {digest[:12]}...) than "
+                f"{tiny_random_engine_set} ({other[:12]}...)") in run.stderr
+        assert out.read_text() == text + cut
+
+
+def test_rows_that_name_no_engine_set_resume_with_a_warning(tiny_engine_set, folder, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    old_row = '{"image": "images/astronaut.png", "score": 0.4, "error": null}\n'  # an earlier dfd-export's
+    out.write_text(old_row)
+    with open(out, "a") as stdout:
+        run = _detect(tiny_engine_set, "images/astronaut.png", "images/coffee.png", "--format", "jsonl",
+                      "--skip-scored", str(out), stdout=stdout, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (f"WARNING: some scored rows of {out} do not name their engine set (written by an earlier dfd-export), so "
+            f"whether {tiny_engine_set} scored them cannot be checked") in run.stderr
+    assert [json.loads(line)["image"] for line in out.read_text().splitlines()] == ["images/astronaut.png",
+                                                                                     "images/coffee.png"]
+
+
+def test_an_earlier_versions_csv_is_refused_before_its_cut_row_is_cut(tiny_engine_set, folder, tmp_path):
+    """Its header lacks engine_set: the new rows would have a cell more than its columns. The
+    refusal came after the cut row was already cut off the file."""
+    out = tmp_path / "scores.csv"
+    text = ("image,score,raw_score,global,face,fusion,face_source,face_used,x1,y1,x2,y2,error,notes\r\n"
+            "images/astronaut.png,0.4,0.41,0.4,0.4,0.4,,,,,,,,\r\nimages/chel")
+    out.write_text(text, newline="")
+    with open(out, "a") as stdout:
+        run = _detect(tiny_engine_set, "images", "--format", "csv", "--skip-scored", str(out), stdout=stdout,
+                      cwd=tmp_path)
+    assert run.returncode == 1 and "stdout appends to detect CSV rows with other columns than this version writes " \
+        "(an earlier dfd-export's, without engine_set?)" in run.stderr
+    assert out.read_bytes() == text.encode()
+
+
 def test_a_redirect_that_emptied_the_file_is_refused(tiny_engine_set, folder, tmp_path):
     out = tmp_path / "scores.jsonl"
     out.write_text('{"image": "images/astronaut.png", "score": 0.4, "error": null}\n')
@@ -141,6 +196,20 @@ def test_the_last_row_of_a_killed_run_may_be_cut_and_is_scored_again(tmp_path):
     assert scored.images == {"a.png"} and scored.failed == 1 and scored.cut_row
     table.write_text('image,score,error,notes\r\na.png,0.4,,"cut in a quo')
     assert load_scored_images(table).images == frozenset() and load_scored_images(table).cut_row
+    table.write_text("image,score,error,engine_set\r\na.png,0.4,,aa\r\nb.png,0.1,,bb")  # cut in its last cell
+    scored = load_scored_images(table)
+    assert scored.images == {"a.png"} and scored.cut_row and scored.engine_sets == {"aa"}
+
+
+def test_the_engine_sets_are_those_of_the_scored_rows(tmp_path):
+    """A failed row's image is scored again, so the set that failed it does not matter."""
+    (tmp_path / "a.jsonl").write_text('{"image": "a.png", "score": 0.4, "engine_set": "aa"}\n'
+                                      '{"image": "b.png", "score": 0.1}\n'
+                                      '{"image": "c.png", "score": null, "error": "bad", "engine_set": "cc"}\n'
+                                      '{"image": "d.png", "score": 0.2, "engine_set": 7}\n')
+    assert load_scored_images(tmp_path / "a.jsonl").engine_sets == {"aa", None}
+    (tmp_path / "a.csv").write_text("image,score,error,engine_set\na.png,0.4,,aa\nb.png,0.1,,\nc.png,,bad,cc\n")
+    assert load_scored_images(tmp_path / "a.csv").engine_sets == {"aa", None}
 
 
 def test_the_bytes_before_a_cut_row_are_counted_as_the_file_holds_them(tmp_path):
