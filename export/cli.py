@@ -227,14 +227,22 @@ def _flags_given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
               "digest, and each file's presence and size, are still checked.")
 @handles_errors
 def inspect(engine_dir, as_json, no_verify):
-    """Print an engine set's manifest readably (and check its integrity)."""
+    """Print an engine set's manifest readably (and check its integrity).
+
+    Exit status 0 when the set is intact, 3 when ENGINE_DIR is not an engine set or fails its
+    integrity check (as doctor's), 1 on a usage error or when stdout cannot be written.
+    """
     import json
 
-    from dfd.runtime.manifest import load_manifest, verify_files
+    from dfd.runtime.manifest import EngineSetError, load_manifest, verify_files
 
     require_stdout()
-    manifest = load_manifest(engine_dir, verify=False)
-    verify_files(manifest, hashes=not no_verify)
+    try:
+        manifest = load_manifest(engine_dir, verify=False)
+        verify_files(manifest, hashes=not no_verify)
+    except EngineSetError as exc:  # the verdict, not a failure to give one: a script tells them apart
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(3)
     if as_json:
         click.echo(json.dumps(manifest.raw, indent=2))
         return

@@ -497,7 +497,7 @@ def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):
         handle.seek(100)
         handle.write(b"\x00\x01\x02")
     result = runner.invoke(main, ["inspect", str(tampered)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # the verdict, as doctor's; 1 is a usage error
     assert "face.fp32.onnx does not match its sha256" in result.output
 
     edited = tmp_path / "edited"
@@ -506,7 +506,7 @@ def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):
     manifest["vote"]["weights"]["face"] = 5.0
     (edited / "manifest.json").write_text(json.dumps(manifest, indent=2))
     result = runner.invoke(main, ["inspect", str(edited)])
-    assert result.exit_code == 1 and "manifest.json was edited after the build" in result.output
+    assert result.exit_code == 3 and "manifest.json was edited after the build" in result.output
 
 
 def _fp16_build_calibrated_on(reference_ensemble, folder, count: int, tmp_path) -> tuple[Path, str]:
@@ -557,7 +557,7 @@ def test_an_image_the_runtime_cannot_score_is_replaced_and_few_photographs_are_c
 
 def test_inspect_wrong_folder(tmp_path):
     result = CliRunner().invoke(main, ["inspect", str(tmp_path)])
-    assert result.exit_code == 1 and "no manifest.json" in result.output
+    assert result.exit_code == 3 and "no manifest.json" in result.output
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
@@ -698,12 +698,12 @@ def test_inspect_without_hashes_still_checks_the_digest_and_the_files(built, tmp
     data["vote"]["weights"]["face"] = 5
     (edited / "manifest.json").write_text(json.dumps(data))
     result = CliRunner().invoke(main, ["inspect", str(edited), "--no-verify"])
-    assert result.exit_code == 1 and "manifest.json was edited after the build" in result.output
+    assert result.exit_code == 3 and "manifest.json was edited after the build" in result.output
     missing = tmp_path / "missing"
     shutil.copytree(built, missing)
     (missing / "global.fp32.onnx").unlink()
     result = CliRunner().invoke(main, ["inspect", str(missing), "--no-verify"])
-    assert result.exit_code == 1 and "missing file global.fp32.onnx (global stream)" in result.output
+    assert result.exit_code == 3 and "missing file global.fp32.onnx (global stream)" in result.output
     result = CliRunner().invoke(main, ["inspect", str(built), "--no-verify"])
     assert result.exit_code == 0
     assert "integrity    ok (manifest digest, and every file present with its size; sha256 not checked" in result.output
