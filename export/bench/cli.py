@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..cli_errors import handles_errors, require_stdout, termination_interrupts, warn
+from ..cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
 from ..cli_types import Verb, files_a_run_reads, is_stdout, max_pixels_option, prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import plot_format, write_plot
@@ -30,7 +30,10 @@ def _parse_batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -
 
 
 def _summary_lines(result: dict[str, Any]) -> list[str]:
-    lines = [f"{'pipeline':8} {'batch':>5} {'p50 ms':>10} {'p90 ms':>10} {'p99 ms':>10} {'img/s':>8}"]
+    """The table printed after a run; headed by its --label, which names it on screen too and
+    not only in the --json and --plot files."""
+    lines = [printable(f"run: {result['label']}")] if result.get("label") else []
+    lines.append(f"{'pipeline':8} {'batch':>5} {'p50 ms':>10} {'p90 ms':>10} {'p99 ms':>10} {'img/s':>8}")
     for name, run in result["runs"].items():
         for b, r in run["batches"].items():
             lat = r["latency_ms"]
@@ -63,7 +66,8 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
                    "[default: the folder its manifest records].")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto",
               show_default=True, help="Runtime backend to measure.")
-@click.option("--label", default=None, help="A name for this run, kept in the JSON and the plot title.")
+@click.option("--label", default=None, help="A name for this run, kept in the JSON and the plot title, and "
+                                             "printed above the summary.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the full result document here.")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None,

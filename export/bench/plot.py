@@ -8,6 +8,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..cli_errors import printable
 from . import BenchError
 from .pipelines import STAGES
 
@@ -96,7 +97,9 @@ def write_plot(result: dict[str, Any], file: BinaryIO, image_format: str) -> Non
     right.set_title("per-stage time")
     right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     title = result.get("label") or Path(result["engine_set"]["path"]).name
-    figure.suptitle(f"{title}: {result['environment']['cpu']['model']}", fontsize=10)
+    # a --label is the user's text: "$" pairs are no math to typeset (a stray "\\frac" raised), control
+    # characters no glyphs
+    figure.suptitle(printable(f"{title}: {result['environment']['cpu']['model']}"), fontsize=10, parse_math=False)
     figure.tight_layout()
     figure.savefig(file, format=image_format, dpi=110)
     plt.close(figure)

@@ -52,7 +52,8 @@ def bench_result(tiny_engine_set, photographs, tmp_path_factory):
     cv2.imwrite(str(folder / "small.png"), np.zeros((80, 100, 3), np.uint8))
     out = tmp_path_factory.mktemp("bench-out")
     args = [str(tiny_engine_set), "--images", str(folder), "--batch-sizes", "1,2", "--warmup", "0",
-            "--iterations", "2", "--compare", "torch", "--json", str(out / "r.json")]
+            "--iterations", "2", "--compare", "torch", "--json", str(out / "r.json"),
+            "--label", "nightly $\\frac$\x1b[2J"]
     args += ["--plot", str(out / "r.png")]
     result = CliRunner().invoke(bench, args)
     assert result.exit_code == 0, result.output
@@ -92,6 +93,9 @@ def test_result_document_has_every_field(bench_result):
     assert result["torch_weights"] == ["global: checkpoint dinov2_252.pth", "face: checkpoint dinov2_252_crop.pth",
                                        "fusion: checkpoint dinov2_clip.pth"]
     assert "speed-up vs torch at batch 1" in output
+    # on screen too, its control character shown escaped; the plot did not take "$...$" for math (it raised)
+    assert result["label"] == "nightly $\\frac$\x1b[2J"
+    assert "\nrun: nightly $\\frac$\\x1b[2J\npipeline " in output
 
 
 def test_unreadable_images_and_those_the_reference_cannot_take_are_left_out_and_reported(bench_result):
