@@ -256,7 +256,9 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
                              f"(unrecognised format, or corrupt data){_in_parentheses(said)}")
         _require_nonempty(bgr.shape[0], bgr.shape[1], label)
         _require_within_limit_after_decoding(bgr, label, max_pixels)
-        notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label) + ended_early
+        notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label)
+        if ended_early:
+            notes += (f"JPEG data ends early: {_what_was_filled(bgr)}",)
         if said:
             notes += (_decoder_said(said),)
         return DecodedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), notes)
@@ -275,11 +277,9 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
         notes = tuple(note for note in notes if not note.startswith(_EXTRANEOUS_NOTE))
     if not header.colour_known:
         notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label, header.cmyk) + notes
-    if header.truncated:
-        notes += (f"{header.format} data is truncated ({header.truncated}): OpenCV decoded what "
-                  f"was present and filled the rest",)
-    elif ended_early:
-        notes += ended_early
+    if header.truncated or ended_early:
+        why = f"is truncated ({header.truncated})" if header.truncated else "ends early"
+        notes += (f"{header.format} data {why}: {_what_was_filled(bgr)}",)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if reduction == 1:
         return DecodedImage(rgb, notes)
@@ -313,22 +313,53 @@ def _full_hw(header: _Header, reduced_hw: tuple[int, int], reduction: int) -> tu
 
 
 def _imdecode_as_imread(data: bytes, buffer: np.ndarray, flag: int,
-                        label: str) -> tuple[np.ndarray | None, tuple[str, ...], list[str]]:
+                        label: str) -> tuple[np.ndarray | None, bool, list[str]]:
     """``cv2.imdecode`` giving what ``cv2.imread`` gives for the same bytes in a file: a JPEG that
     imdecode refuses is decoded again as imread's file reader reads it (see the module docstring),
-    with a note that its data ended early. Also returns what the decoder printed while producing
-    the result (see ``decoder_messages``; its "premature end" warning is what the note says)."""
+    and said to have ended early. Also returns what the decoder printed while producing the result
+    (see ``decoder_messages``; its "premature end" warning is what the caller's note says)."""
     said: list[str] = []
     bgr = _imdecode(buffer, flag, label, said)
     if bgr is not None or not data.startswith(b"\xff\xd8"):
-        return bgr, (), said
+        return bgr, False, said
     padded = np.frombuffer(data + _JPEG_END_AS_IMREAD_READS_IT, dtype=np.uint8)
     said = []
     bgr = _imdecode(padded, flag, label, said)
     if bgr is None:
-        return None, (), said
+        return None, False, said
     said = [line for line in said if "premature end of data segment" not in line]
-    return bgr, ("JPEG data ends early: OpenCV decoded what was present and filled the rest, as cv2.imread does",), said
+    return bgr, True, said
+
+
+_MISSING_DATA_GREY = 128
+"""What libjpeg decodes scan data it never received to: every coefficient zero, mid-grey."""
+
+
+def _what_was_filled(bgr: np.ndarray) -> str:
+    """How much of a JPEG that ends early is the decoder's stand-in: a baseline JPEG decodes the
+    blocks it has and fills the rest with flat mid-grey, a band at the image's bottom (another edge
+    once EXIF orientation turned it). Counted in whole rows or columns, so the row the data ends
+    in, grey from there on, is not counted: a lower bound. A score from an image that is mostly
+    fill says little about the image, so the note says how much."""
+    grey = (bgr == _MISSING_DATA_GREY).all(axis=2)
+    bands = [(_leading(grey.all(axis=1)[::-1]), "bottom", "row", grey.shape[0]),
+             (_leading(grey.all(axis=1)), "top", "row", grey.shape[0]),
+             (_leading(grey.all(axis=0)[::-1]), "right", "column", grey.shape[1]),
+             (_leading(grey.all(axis=0)), "left", "column", grey.shape[1])]
+    count, edge, line, side = max(bands, key=lambda band: band[0] / band[3])
+    if not count:
+        return ("OpenCV decoded what was present, as cv2.imread does; no edge of the image is grey fill (only the "
+                "end marker was missing, or a progressive JPEG lacks later scans, which lowers detail throughout)")
+    share = 100 * count / side
+    return (f"OpenCV decoded what was present and filled the rest with flat grey, as cv2.imread does: "
+            f"{share:.0f} % of the image (its {edge} {count} of {side} {line}s) is fill"
+            if count < side else "OpenCV decoded what was present, as cv2.imread does: none of the image was "
+                                 "there, it is all flat grey fill")
+
+
+def _leading(flags: np.ndarray) -> int:
+    """How many of ``flags`` are True before the first False."""
+    return len(flags) if flags.all() else int(np.argmin(flags))
 
 
 def _decoder_said(said: list[str]) -> str:

@@ -545,7 +545,45 @@ def test_a_cut_photograph_is_scored_from_what_is_there(tmp_path, photo):
     decoded = decode_image(data[:-2])
     np.testing.assert_array_equal(decoded.rgb, decode_image(data).rgb)
     assert decoded.notes == ("JPEG data is truncated (no end-of-image marker after the image data): OpenCV "
-                             "decoded what was present and filled the rest",)
+                             "decoded what was present, as cv2.imread does; no edge of the image is grey fill (only "
+                             "the end marker was missing, or a progressive JPEG lacks later scans, which lowers "
+                             "detail throughout)",)
+
+
+def _grey_lines(pixels: np.ndarray) -> int:
+    """How many whole rows at the end of ``pixels`` are mid-grey, one row at a time."""
+    count = 0
+    while count < len(pixels) and (pixels[len(pixels) - 1 - count] == 128).all():
+        count += 1
+    return count
+
+
+def test_a_cut_jpeg_says_how_much_of_it_is_grey_fill(tmp_path, photo):
+    """The note said "filled the rest" whether a few rows or nearly all of the image were the
+    decoder's grey: a score from an image that is mostly fill says little about it."""
+    from PIL import Image as image_module
+
+    data = _encoded(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    path = tmp_path / "cut.jpg"
+    for fifths in (1, 4):
+        path.write_bytes(data[:len(data) * fifths // 5])
+        expected = reference_decode(path)
+        height, rows = expected.shape[0], _grey_lines(expected)
+        assert 0 < rows < height
+        assert decode_image(path).notes[-1].endswith(
+            f"filled the rest with flat grey, as cv2.imread does: {100 * rows / height:.0f} % of the image (its bottom "
+            f"{rows} of {height} rows) is fill")
+    # turned upright by EXIF orientation 6 (90 degrees clockwise), the band is at the left
+    image = image_module.fromarray(photo)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    stored = io.BytesIO()
+    image.save(stored, format="JPEG", exif=exif.tobytes())
+    path.write_bytes(stored.getvalue()[:len(stored.getvalue()) // 2])
+    expected = reference_decode(path)
+    width, columns = expected.shape[1], _grey_lines(expected.transpose(1, 0, 2)[::-1])
+    assert 0 < columns < width
+    assert decode_image(path).notes[-1].endswith(f"(its left {columns} of {width} columns) is fill")
 
 
 def test_bytes_between_jpeg_markers_are_skipped_as_libjpeg_skips_them(tmp_path, photo):
