@@ -15,6 +15,7 @@ import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -138,6 +139,9 @@ def _check_given_box(box: Box, image_hw: tuple[int, int], detection: Detection) 
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
         raise PreprocessError(f"face box {tuple(box)} lies outside the {width}x{height} image "
                               f"(boxes are x1, y1, x2, y2 in pixels of the image)")
+    if max(x2, y2) <= 1 and min(width, height) >= 3:  # the whole box in one pixel: under 1/9 of any such image
+        raise PreprocessError(f"face box {tuple(box)} lies within [0, 1], a fraction of the {width}x{height} image's "
+                              f"sides rather than pixels (boxes are x1, y1, x2, y2 in pixels of the image)")
     area = (x2 - x1) * (y2 - y1)
     inside = (min(x2, width) - max(x1, 0.0)) * (min(y2, height) - max(y1, 0.0))
     if area > 0 and inside < area / 2:
@@ -306,6 +310,12 @@ class Detector:
         paths = [self.manifest.path_of(graph) for graph in graphs]
         return onnxruntime_mtcnn(*paths, providers=providers, thresholds=tuple(thresholds))
 
+    def __reduce_ex__(self, protocol: object) -> None:
+        """Refuse copy.copy, copy.deepcopy and pickle: a shallow copy shared the backend's
+        sessions, so closing it broke the original, which still said it was open."""
+        raise TypeError("a Detector holds open inference sessions and cannot be copied or pickled; share one "
+                        "between threads (it is thread-safe) or open another with Detector.open")
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"batch_size={self.batch_size}"
         return (f"<Detector {str(self.manifest.root)!r} on {self.backend.name}, streams "
@@ -434,9 +444,11 @@ class Detector:
         input as JPEG and its face stream reads that file back. A set without the face stream
         ignores face crops and boxes (``detection.face`` stays None).
 
-        Any iterable works (a generator too); a call that cannot be understood as a whole (one
-        image instead of a list, lengths that differ, labels that are not strings) raises
-        ``TypeError`` or ``DfdError`` before anything is scored.
+        Any ordered iterable works (a generator too); a call that cannot be understood as a whole
+        (one image instead of a list, lengths that differ, labels that are not strings, a set that
+        would pair images with crops, boxes or labels at random, an ``on_progress`` that cannot be
+        called) raises ``TypeError`` or ``DfdError`` before anything is scored. ``on_progress(n)``
+        is called after each batch of ``n`` images; an exception it raises ends the call.
         """
         with self._in_use():
             return self._detect(images, face_crops, face_boxes, labels, on_progress)
@@ -444,6 +456,16 @@ class Detector:
     def _detect(self, images: Iterable[ImageInput], face_crops: Iterable[ImageInput | None] | None,
                 face_boxes: Iterable[Box | None] | None, labels: Iterable[str] | None,
                 on_progress: Callable[[int], None] | None) -> list[Detection]:
+        if on_progress is not None and not callable(on_progress):
+            raise TypeError(f"on_progress must be a function taking the number of images just scored, got "
+                            f"{type(on_progress).__name__}")
+        paired = [name for name, extra in (("face_crops", face_crops), ("face_boxes", face_boxes),
+                                           ("labels", labels)) if extra is not None]
+        for name, extra in (("images", images), ("face_crops", face_crops), ("face_boxes", face_boxes),
+                            ("labels", labels)):
+            if isinstance(extra, AbstractSet) and (name != "images" or paired):
+                raise TypeError(f"detect's {name} is a {type(extra).__name__}, whose order is arbitrary, so images "
+                                f"would pair with their {' and '.join(paired)} at random; give a list")
         images = _listed("images", images)
         count = len(images)
         face_crops, face_boxes, labels = (
@@ -670,8 +692,11 @@ def _listed(name: str, items: object) -> list:
                         f"{type(items).__name__}") from None
     if name == "face_boxes" and listed and all(isinstance(v, numbers.Real) for v in listed):
         # for four images each number would fail its image as "not a box"; it is one box for all
-        raise TypeError(f"face_boxes is one box ({', '.join(str(v) for v in listed)}); give one entry per image "
-                        f"(a box or None), e.g. face_boxes=[box] for one image")
+        numbers_given = ", ".join(str(v) for v in listed)
+        raise TypeError((f"face_boxes is one box ({numbers_given})" if len(listed) == 4 else
+                         f"face_boxes holds numbers ({numbers_given}), not a box per image")
+                        + "; give one entry per image (a box (x1, y1, x2, y2) or None), e.g. face_boxes=[box] for "
+                          "one image")
     return listed
 
 

@@ -136,8 +136,9 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
     if not isinstance(source, (bytes, bytearray, memoryview)):
         raise ImageError(f"cannot decode an image from an object of type {type(source).__name__}: pass a file "
                          f"path, encoded image bytes or a uint8 numpy array")
-    if len(source) > MAX_ENCODED_BYTES:  # before bytes() copies it
-        raise ImageError(f"image bytes ({len(source):,} bytes) {_OVER_ENCODED_LIMIT}")
+    size = source.nbytes if isinstance(source, memoryview) else len(source)  # len() counts a view's items
+    if size > MAX_ENCODED_BYTES:  # before bytes() copies it
+        raise ImageError(f"image bytes ({size:,} bytes) {_OVER_ENCODED_LIMIT}")
     data = bytes(source)
     if not data:
         raise ImageError("image bytes are empty (0 bytes)")
@@ -451,8 +452,31 @@ def _require_nonempty(height: int, width: int, label: str) -> None:
         raise ImageError(f"{label} has a {kind} side ({width}x{height} pixels)")
 
 
+_JP2_CODESTREAM = b"\xff\x4f\xff\x51"  # SOC then SIZ: a bare JPEG 2000 codestream (.j2k)
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+_ENCODED_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+                       b"II*\x00": "TIFF", b"MM\x00*": "TIFF", _JP2_CODESTREAM: "JPEG 2000",
+                       _JP2_SIGNATURE: "JPEG 2000"}
+"""File signatures long enough that no column of real pixels begins with one by chance."""
+
+
+def _encoded_format(array: np.ndarray) -> str | None:
+    """The format whose file an array of one byte per row holds (what ``np.frombuffer`` of a file,
+    or ``cv2.imencode``, gives), or None: pixels of a 1-pixel-wide image would be scored as one."""
+    if array.dtype != np.uint8 or array.size < 12 or array.shape[1:] not in ((), (1,), (1, 1)):
+        return None
+    head = array.reshape(-1)[:12].tobytes()
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for signature, name in _ENCODED_SIGNATURES.items() if head.startswith(signature)), None)
+
+
 def _from_array(array: np.ndarray, max_pixels: int) -> DecodedImage:
     expected = "uint8 HxW or HxWx1 (gray), HxWx3 (RGB) or HxWx4 (RGBA)"
+    encoded = _encoded_format(array)
+    if encoded is not None:
+        raise ImageError(f"image array of shape {array.shape} holds the bytes of a {encoded} file, not pixels; "
+                         f"pass array.tobytes() to decode it")
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
             array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ImageError(f"image array must be {expected}; got shape {array.shape} "
@@ -489,10 +513,6 @@ def _describe_by_unchanged_decode(buffer: np.ndarray, pixels: int, label: str,
     elif original.dtype.kind == "f":
         notes.append("floating-point pixels converted to 8-bit")
     return tuple(notes)
-
-
-_JP2_CODESTREAM = b"\xff\x4f\xff\x51"  # SOC then SIZ: a bare JPEG 2000 codestream (.j2k)
-_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
 def encoded_suffix(data: bytes) -> str:

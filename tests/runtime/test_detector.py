@@ -1013,6 +1013,47 @@ def test_objects_that_are_not_images_fail_alone(tiny_engine_set, photographs):
         with pytest.raises(TypeError, match=r"face_boxes is one box \(0(\.0)?, 0(\.0)?, 40(\.0)?, 40(\.0)?\); give one "
                                              r"entry per image"):
             detector.detect([good] * 4, face_boxes=one_box)
+    with pytest.raises(TypeError, match=r"face_boxes holds numbers \(1, 2\), not a box per image; give one entry"):
+        detector.detect([good] * 2, face_boxes=[1, 2])  # it said "is one box (1, 2)"
+
+
+def test_calls_that_would_pair_or_report_at_random_are_refused_before_scoring(tiny_engine_set, photographs):
+    """A set of labels or boxes paired with the images in its own arbitrary order; a non-callable
+    on_progress raised only after the first batch was scored; a copy of a detector shared its
+    sessions, so closing the copy broke the original (a KeyError), which still said it was open."""
+    import copy
+    import pickle
+
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, batch_size=1)
+    good = photographs["coffee"]
+    scored = []
+    with pytest.raises(TypeError, match="detect's labels is a set, whose order is arbitrary, so images would pair "
+                                        "with their labels at random; give a list"):
+        detector.detect([good, good[::-1]], labels={"a", "b"}, on_progress=scored.append)
+    with pytest.raises(TypeError, match="detect's images is a frozenset, whose order is arbitrary, so images would "
+                                        "pair with their face_boxes at random"):
+        detector.detect(frozenset(["a.jpg", "b.jpg"]), face_boxes=[None, None], on_progress=scored.append)
+    with pytest.raises(TypeError, match="on_progress must be a function taking the number of images just scored, "
+                                        "got int"):
+        detector.detect([good, good], on_progress=5)
+    assert scored == []
+    assert len(detector.detect({"a.jpg", "b.jpg"})) == 2  # alone, a set of images is labelled by their paths
+    for copier in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="a Detector holds open inference sessions and cannot be copied or "
+                                            "pickled"):
+            copier(detector)
+    assert detector.detect([good])[0].ok
+
+
+def test_a_box_in_fractions_of_the_sides_fails_its_image(tiny_engine_set, photographs):
+    """(0.1, 0.1, 0.5, 0.5) was taken as a box of under a pixel, and the face stream quietly saw the
+    original image."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    good = photographs["coffee"]
+    fraction, whole = detector.detect([good, good[:1, :1]], face_boxes=[(0.1, 0.1, 0.5, 0.5), (0, 0, 1, 1)])
+    assert fraction.error == ("face box (0.1, 0.1, 0.5, 0.5) lies within [0, 1], a fraction of the 600x400 image's "
+                              "sides rather than pixels (boxes are x1, y1, x2, y2 in pixels of the image)")
+    assert whole.ok  # a 1x1 image's whole box
 
 
 class _UnconvertibleCoordinate(float):

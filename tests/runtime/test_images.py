@@ -742,3 +742,25 @@ def test_a_gif_notes_its_first_frame_and_transparency_from_its_blocks(transparen
         reference = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         np.testing.assert_array_equal(decoded.rgb, cv2.cvtColor(reference, cv2.COLOR_BGR2RGB))
         assert decoded.notes == notes
+
+
+def test_an_array_of_an_encoded_files_bytes_is_refused_with_what_to_pass(photo):
+    """``cv2.imencode``'s (N, 1) array (older OpenCV) was scored as a 1-pixel-wide grey image, and
+    ``np.frombuffer`` of a file failed as a wrong shape with no word of the bytes it holds."""
+    for suffix, name in ((".png", "PNG"), (".jpg", "JPEG"), (".tiff", "TIFF")):
+        encoded = np.frombuffer(_encoded(suffix, cv2.cvtColor(photo, cv2.COLOR_RGB2BGR)), np.uint8)
+        for array in (encoded, encoded.reshape(-1, 1), encoded.reshape(-1, 1, 1)):
+            with pytest.raises(ImageError, match=rf"image array of shape \({len(encoded)},.*\) holds the bytes of a "
+                                                 rf"{name} file, not pixels; pass array\.tobytes\(\) to decode it"):
+                decode_image(array)
+        np.testing.assert_array_equal(decode_image(encoded.tobytes()).rgb, decode_image(_encoded(suffix, cv2.cvtColor(
+            photo, cv2.COLOR_RGB2BGR))).rgb)
+    column = np.arange(40, dtype=np.uint8).reshape(-1, 1)  # a 1-pixel-wide image is still one
+    assert decode_image(column).rgb.shape == (40, 1, 3)
+
+
+def test_the_byte_limit_counts_a_memoryviews_bytes_not_its_items(monkeypatch):
+    monkeypatch.setattr(images, "MAX_ENCODED_BYTES", 32)
+    view = memoryview(np.zeros(16, np.uint32))  # 16 items, 64 bytes
+    with pytest.raises(ImageError, match=r"image bytes \(64 bytes\) is over the"):
+        decode_image(view)
