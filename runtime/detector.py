@@ -501,6 +501,8 @@ class Detector:
         normalised stream tensors (what ``detect`` feeds the backend). Errors land in
         ``.detection.error``. Public for tools that compare backends on identical inputs
         (``dfd-export verify``, benchmarks)."""
+        if not isinstance(label, str):  # it names the image in every result and message
+            raise DfdError(f"label must be a string, got {type(label).__name__} {label!r}")
         with self._in_use():
             return self._prepare(source, label, face_crop, face_box)
 

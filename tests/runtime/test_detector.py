@@ -892,6 +892,8 @@ def test_detect_takes_any_iterable_and_refuses_what_is_not_a_collection(tiny_eng
             detector.detect(not_a_collection)
     with pytest.raises(DfdError, match="labels must be strings, got int 5"):
         detector.detect([good, good], labels=["a", 5])
+    with pytest.raises(DfdError, match="label must be a string, got int 5"):
+        detector.prepare(good, 5)  # it became the result's image name
 
 
 def test_inputs_whose_failure_is_their_own(tiny_engine_set, photographs, tmp_path):
