@@ -444,6 +444,14 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     return images, problems
 
 
+def _thresholds_text(thresholds: dict) -> str:
+    """verify's thresholds in the words of its options and the README."""
+    return (f"max |dP| {thresholds['max_abs_dp']:g}, mean |dP| {thresholds['mean_dp']:g}, vote agreement >= "
+            f"{thresholds['min_vote_agreement']:.1%} on {thresholds['min_vote_agreement_applies_to']}, a vote moves at "
+            f"most {thresholds['max_vote_change']:g}, non-finite probability: {thresholds['non_finite']}, unreadable "
+            f"inputs: {thresholds['unreadable_inputs']}")
+
+
 def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
     """verify's report as text: the measurements and verdict on stdout (on stderr with
     ``to_stderr``: the JSON report goes to stdout), the images left out and the failed rules on
@@ -462,10 +470,11 @@ def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
     echo(printable(f"  images      {report.image_source}"))
     for stream, values in report.streams.items():
         echo(f"  {stream:7} max |dP| {values['max_abs_dp']:.2e}   mean |dP| {values['mean_abs_dp']:.2e}")
+    width = max(map(len, report.per_condition), default=0)  # paper_compound is the longest name
     for condition, values in report.per_condition.items():
         measured = (f"vote agreement {values['vote_agreement']:.1%} over {values['images']} image(s), {level} "
                     f"{values['vote_agreement_lower_bound']:.1%}" if values["images"] else "no image could be compared")
-        echo(f"  {condition:11} {measured}")
+        echo(f"  {condition:{width}} {measured}")
     echo(printable(f"  vote agreement {report.vote_agreement:.2%} ({level} {report.vote_agreement_lower_bound:.1%}, "
                    f"{report.confidence['method']}); changed: "
                    + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes)
@@ -482,9 +491,9 @@ def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
         under = f" (under {', '.join(failure['conditions'])})" if "conditions" in failure else ""
         click.echo(printable(f"  left out {failure['image']}{under}: {failure['error']}"), err=True)
     if report.passed:
-        echo(f"passed thresholds {report.thresholds}")
+        echo(f"passed thresholds: {_thresholds_text(report.thresholds)}")
     else:
-        click.echo(f"FAILED thresholds {report.thresholds}", err=True)
+        click.echo(f"FAILED thresholds: {_thresholds_text(report.thresholds)}", err=True)
         for failure in report.failures:
             click.echo(printable(f"  {failure}"), err=True)
 
@@ -829,9 +838,10 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
 
     failed = 0
     # closed however the run ends, so that an error or an interruption starts a line of its own; SIGTERM
-    # (timeout, a service manager) ends the run as Ctrl-C does: exit 130, every row written whole
+    # (timeout, a service manager) ends the run as Ctrl-C does: exit 130, every row written whole. On a
+    # terminal only: in a log file its redraws piled up on one line (one per 0.1 s of a long run)
     with termination_interrupts(), tqdm(total=len(paths), unit="img", file=sys.stderr,
-                                        disable=len(paths) < 16) as progress:
+                                        disable=len(paths) < 16 or not sys.stderr.isatty()) as progress:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             crops = [crop_files.get(path) for path in chunk] if crop_files is not None else None

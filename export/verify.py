@@ -92,6 +92,9 @@ class VerifyReport:
     # None for a set without calibration (fp32)
     calibration_overlap: int | str | None = None
     failed_images: list[dict[str, str]] = field(default_factory=list)
+    # {"image", "notes"}: how a verified image was decoded where it was not plain (truncated or corrupt
+    # data filled in as cv2.imread fills it, a reduced decode, a conversion), as detect notes it
+    decode_notes: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     thresholds: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)  # each rule broken, in words
@@ -271,7 +274,9 @@ def _compare_images(detector: Detector, reference: Mapping[str, torch.nn.Module]
     make the sample look larger than it is."""
     tally = _Tally({condition: [0, 0] for condition, _ in conditions},
                    {condition: {s: [] for s in detector.streams} for condition, _ in conditions})
-    with tqdm(total=len(sources) * len(conditions), desc="verify", unit="img", file=sys.stderr) as progress:
+    # on a terminal only: in a log its redraws piled up on one line before the report
+    with tqdm(total=len(sources) * len(conditions), desc="verify", unit="img", file=sys.stderr,
+              disable=not sys.stderr.isatty()) as progress:
         for label, source in sources:
             _compare_image(detector, reference, label, source, conditions, report, tally, progress)
     return tally
@@ -283,17 +288,20 @@ def _compare_image(detector: Detector, reference: Mapping[str, torch.nn.Module],
     """One image under every condition. The clean condition gets the file itself, as ``detect``
     does: a JPEG's face input is then re-encoded as the reference's crop step does."""
     try:  # one decode per image for all conditions; one unreadable file does not stop the others
-        rgb = decode_image(source, max_pixels=detector.max_pixels).rgb if isinstance(source, Path) else source
+        decoded = decode_image(source, max_pixels=detector.max_pixels) if isinstance(source, Path) else None
     except ImageError as error:
         report.failed_images.append({"image": label, "error": str(error)})
         progress.update(len(conditions))
         return
+    rgb = source if decoded is None else decoded.rgb
     digest = array_sha256(rgb)
     if digest in tally.first_seen:
         report.duplicate_images.append({"image": label, "same_as": tally.first_seen[digest]})
         progress.update(len(conditions))
         return
     tally.first_seen[digest] = label
+    if decoded is not None and decoded.notes:
+        report.decode_notes.append({"image": label, "notes": list(decoded.notes)})
     left_out_under: list[str] = []  # the conditions under which it could not be prepared
     reasons: list[str] = []  # why, each reason once
     for condition, transform in conditions:
@@ -381,6 +389,11 @@ def _sample_warnings(report: VerifyReport, bound: Callable[[int, int], float]) -
     if report.failed_images:
         warnings.append(f"{len(report.failed_images)} input(s) could not be read or prepared, so the comparison "
                         f"leaves them out (listed in failed_images)")
+    if report.decode_notes:
+        first = report.decode_notes[0]
+        warnings.append(f"{len(report.decode_notes)} verified image(s) were not decoded plainly (truncated or corrupt "
+                        f"data, a reduced decode, a conversion; listed in decode_notes), so they are not the "
+                        f"photographs they may seem; the first, {first['image']}: {'; '.join(first['notes'])}")
     if report.duplicate_images:
         pairs = [f"{d['image']} = {d['same_as']}" for d in report.duplicate_images]
         warnings.append(f"{len(pairs)} image(s) have the same decoded pixels as an earlier one and were verified "

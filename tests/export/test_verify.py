@@ -96,6 +96,27 @@ def test_unreadable_images_are_reported_and_the_others_verified(tiny_engine_set,
     assert "FAILED thresholds" in result.output and "2 input(s) could not be read or prepared (strict)" in result.output
 
 
+def test_images_not_decoded_plainly_are_named_and_the_report_reads_as_words(tiny_engine_set, photographs, tmp_path):
+    """A JPEG that was 40 % grey fill, or one decoded reduced under --max-pixels, was verified
+    without a word (detect and degrade note both); the thresholds were printed as a Python dict,
+    and a progress bar's redraws went into a log."""
+    folder = _images(tmp_path, photographs)
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(photographs["chelsea"], cv2.COLOR_RGB2BGR))
+    (folder / "cut.jpg").write_bytes(data.tobytes()[:len(data) // 2])
+    result, report = _run_verify(tiny_engine_set, tmp_path, "--images", str(folder))
+    [cut] = report["decode_notes"]
+    assert cut["image"] == str(folder / "cut.jpg") and len(cut["notes"]) == 1
+    assert cut["notes"][0].startswith("JPEG data is truncated (no end-of-image marker after the image data): OpenCV "
+                                      "decoded what was present and filled the rest with flat grey")
+    assert (f"WARNING: 1 verified image(s) were not decoded plainly (truncated or corrupt data, a reduced decode, a "
+            f"conversion; listed in decode_notes), so they are not the photographs they may seem; the first, "
+            f"{folder / 'cut.jpg'}: JPEG data is truncated") in result.output
+    assert report["passed"] and ("passed thresholds: max |dP| 0.0001, mean |dP| 0.0001, vote agreement >= 100.0% on "
+                                 "each condition, a vote moves at most 0.1, non-finite probability: fail, unreadable "
+                                 "inputs: left out") in result.output
+    assert "\r" not in result.output and "verify:" not in result.output  # stderr is no terminal here
+
+
 def test_each_input_left_out_counts_once_and_a_locked_sub_folder_is_one_of_them(tiny_engine_set, photographs,
                                                                                tmp_path, make_unlistable):
     """A strip too elongated to crop was listed once per condition ("14 input(s)" for two strips
