@@ -48,6 +48,8 @@ uint8 once at the end. All randomness comes from the caller's ``numpy.random.Gen
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -61,6 +63,7 @@ import numpy as np
 from dfd.runtime.atomic_files import write_atomically
 from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image
+from dfd.runtime.manifest import sha256_file
 
 FloatImage = np.ndarray
 OpFunction = Callable[[FloatImage, float, np.random.Generator], FloatImage]
@@ -842,7 +845,9 @@ def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], seed: i
                 out = transform(rgb)
             else:
                 out = degrade(rgb, rng, spec)[0]
-            write_png(out_path, out)
+            encoded = encode_png(out)
+            write_atomically(out_path, lambda file: file.write(encoded))
+            _record_copy(out_path, encoded)
         except ImageError as error:  # names the file
             yield DegradedFile(path, None, str(error), notes)
             continue
@@ -867,11 +872,55 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
+def encode_png(rgb: np.ndarray) -> bytes:
+    """An RGB image as the bytes of a PNG file. Raises ``DegradationError``."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise DegradationError(f"OpenCV could not PNG-encode an image of shape {rgb.shape}")
+    return encoded.tobytes()
+
+
 def write_png(path: Path, rgb: np.ndarray) -> None:
     """Encode in memory and write atomically (:func:`write_atomically`): an interrupted run never
     leaves a truncated image that a later ``verify --images`` or calibration would read, and no
     file of the user's is touched but ``path``. Raises ``DegradationError``/``OSError``."""
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise DegradationError(f"OpenCV could not PNG-encode an image of shape {rgb.shape} for {path}")
-    write_atomically(path, lambda file: file.write(encoded.tobytes()))
+    encoded = encode_png(rgb)
+    write_atomically(path, lambda file: file.write(encoded))
+
+
+COPIES_RECORD = ".dfd-degrade-copies.jsonl"
+"""In an output folder, one line per copy degrade wrote there: {"file": name, "sha256": ...}.
+Hidden, so folder scans pass over it. It tells degrade's own copies from images that were there
+before (originals), where an output folder lies inside a folder being degraded: the copies are
+left out of the inputs and may be replaced with --force, anything else is the user's."""
+
+
+def _record_copy(out_path: Path, encoded: bytes) -> None:
+    """Add a written copy to its folder's record. A record that cannot be written (a disk that
+    just filled) is passed over: the copy then counts as the user's, which only keeps a later run
+    from replacing it."""
+    line = json.dumps({"file": out_path.name, "sha256": hashlib.sha256(encoded).hexdigest()})
+    try:
+        with open(out_path.parent / COPIES_RECORD, "a", encoding="utf-8") as record:
+            record.write(line + "\n")
+    except OSError:
+        pass
+
+
+def is_recorded_copy(path: Path) -> bool:
+    """Whether ``path`` is a copy degrade wrote into its folder and nothing changed it since: its
+    name and content in the folder's :data:`COPIES_RECORD` (a line cut short by a killed run, or
+    not degrade's, is passed over)."""
+    try:
+        with open(path.parent / COPIES_RECORD, encoding="utf-8", errors="replace") as record:
+            recorded = set()
+            for line in record:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(entry, dict) and entry.get("file") == path.name:
+                    recorded.add(entry.get("sha256"))
+        return bool(recorded) and sha256_file(path) in recorded
+    except OSError:
+        return False

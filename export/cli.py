@@ -354,8 +354,8 @@ def doctor(engine_dir, as_json):
 @click.option("--share", type=FiniteFloatRange(0, 1), default=1.0, show_default=True,
               help="Fraction of images degraded, with --fixed too (a seeded draw per image; the rest are "
                    "copied unchanged).")
-@click.option("--recursive", is_flag=True, help="Also take the images in sub-folders of a folder (never those "
-              "inside --out).")
+@click.option("--recursive", is_flag=True, help="Also take the images in sub-folders of a folder (never the copies "
+              "degrade wrote into --out; an --out there holding other images is refused).")
 @click.option("--force", is_flag=True, help="Replace files that already exist in --out (an input is never replaced).")
 @max_pixels_option("is degraded from its reduced decode (1/2 .. 1/8, noted)", "fails on its own line",
                    DEGRADING_MEMORY)
@@ -404,11 +404,13 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
 
 def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
     """The images to degrade, each once (by resolved path, first spelling kept), and the problems.
-    A folder argument that holds --out leaves out the images inside --out (earlier degraded
-    copies, with a warning); an image or folder named explicitly is always taken, since the
-    output checks already refuse to overwrite an input. An --out that is a folder argument itself
-    is refused: its images and their copies would be one folder."""
-    from dfd.calibration.degrade import DegradationError
+    A folder argument that holds --out leaves out the copies degrade wrote there earlier (with a
+    warning), and refuses an --out that holds anything else: those are the user's images (a
+    sub-folder of originals), which --force would have replaced as if they were old copies. An
+    image or folder named explicitly is always taken, since the output checks already refuse to
+    overwrite an input. An --out that is a folder argument itself is refused: its images and their
+    copies would be one folder."""
+    from dfd.calibration.degrade import DegradationError, is_recorded_copy
 
     # realpath, not Path.resolve: a symbolic link loop among the images stopped the run with a
     # traceback (Python 3.11 raises RuntimeError); the loop fails on its own line when it is read
@@ -416,6 +418,7 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     images: list[str] = []
     problems: list[tuple[str, str]] = []
     left_out: list[str] = []
+    not_copies: list[str] = []  # images inside --out that degrade did not write there
     seen: set[Path] = set()
     repeated = 0
     for given in inputs:
@@ -430,15 +433,18 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
         for image in found:
             resolved = Path(os.path.realpath(image))
             if scans_out and out_root in resolved.parents:
-                left_out.append(image)
+                (left_out if is_recorded_copy(Path(image)) else not_copies).append(image)
             elif resolved in seen:
                 repeated += 1
             else:
                 seen.add(resolved)
                 images.append(image)
+    if not_copies:
+        raise DegradationError(f"--out {out_dir} lies inside a folder being degraded and holds {len(not_copies)} "
+                               f"image(s) that degrade did not write there (originals?): {first_few(not_copies)}; "
+                               f"choose an --out outside the folders being degraded, or a new one")
     if left_out:
-        warn(f"left out {len(left_out)} image(s) inside --out {out_dir} (earlier degraded copies?): "
-             f"{first_few(left_out)}")
+        warn(f"left out {len(left_out)} earlier degraded cop(ies) inside --out {out_dir}: {first_few(left_out)}")
     if repeated:
         warn(f"{repeated} image(s) given more than once are degraded once")
     return images, problems

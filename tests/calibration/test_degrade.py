@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ from PIL import Image, ImageEnhance
 from scipy import linalg, ndimage, stats
 
 from dfd.calibration.degrade import (
+    COPIES_RECORD,
     FIXED_DEGRADATIONS,
     OPS,
     PAPER_SPEC,
@@ -773,7 +775,7 @@ def test_degraded_files_are_written_whole_or_not_at_all(tmp_path, photo):
     assert result.output is None and result.error.startswith("could not write")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]  # no partial file left
     list(degrade_files([source], tmp_path / "fresh", seed=0, fixed="blur3"))
-    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["a.png"]
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == [COPIES_RECORD, "a.png"]
 
 
 def test_degrade_files_leaves_no_folder_behind_when_it_wrote_nothing(tmp_path, photo):
@@ -791,7 +793,7 @@ def test_degrade_files_leaves_no_folder_behind_when_it_wrote_nothing(tmp_path, p
     good = tmp_path / "good.png"
     cv2.imwrite(str(good), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     list(degrade_files([broken, good], tmp_path / "made", seed=5, fixed=None, spec=PAPER_SPEC))
-    assert [path.name for path in (tmp_path / "made").iterdir()] == ["good.png"]
+    assert sorted(path.name for path in (tmp_path / "made").iterdir()) == [COPIES_RECORD, "good.png"]
 
 
 def test_degrade_files_fixed_matches_the_function(tmp_path, photo):
@@ -905,9 +907,35 @@ def test_degrade_cli_never_takes_its_own_outputs_as_inputs(tmp_path, photo):
     assert first.stdout.splitlines() == [f"{photos / 'a.jpg'} -> {photos / 'deg' / 'a.png'}"]
     again = CliRunner().invoke(main, args + ["--force"])
     assert again.exit_code == 0, again.output
-    assert f"left out 1 image(s) inside --out {photos / 'deg'}" in again.stderr
+    assert f"left out 1 earlier degraded cop(ies) inside --out {photos / 'deg'}" in again.stderr
     assert again.stdout.splitlines() == first.stdout.splitlines()
-    assert sorted(p.name for p in (photos / "deg").iterdir()) == ["a.png"]
+    assert sorted(p.name for p in (photos / "deg").iterdir()) == [COPIES_RECORD, "a.png"]
+
+
+def test_originals_inside_out_are_never_taken_for_earlier_copies(tmp_path, photo):
+    """``degrade photos --recursive --out photos/originals --force`` left the originals out as
+    'earlier degraded copies?' and then replaced them with degraded copies of photos/."""
+    photos = tmp_path / "photos"
+    write_rgb(photos / "b.png", photo)
+    write_rgb(photos / "originals" / "b.png", photo[::-1])
+    original = (photos / "originals" / "b.png").read_bytes()
+    for force in ([], ["--force"]):
+        result = run_degrade_cli(str(photos), "--recursive", "--out", str(photos / "originals"), "--fixed", "blur3",
+                                 *force)
+        assert result.exit_code == 1
+        assert (f"error: --out {photos / 'originals'} lies inside a folder being degraded and holds 1 image(s) that "
+                f"degrade did not write there (originals?): {photos / 'originals' / 'b.png'}; choose an --out "
+                f"outside the folders being degraded, or a new one") in result.stderr
+        assert (photos / "originals" / "b.png").read_bytes() == original
+    # its own copies are left out of the inputs and replaced with --force; one changed since is not one of them
+    shutil.rmtree(photos / "originals")
+    args = [str(photos), "--recursive", "--out", str(photos / "deg"), "--fixed", "blur3"]
+    assert run_degrade_cli(*args).exit_code == 0
+    again = run_degrade_cli(*args, "--force")
+    assert again.exit_code == 0 and "left out 1 earlier degraded cop(ies)" in again.stderr
+    write_rgb(photos / "deg" / "b.png", photo)  # edited by hand
+    result = run_degrade_cli(*args, "--force")
+    assert result.exit_code == 1 and "holds 1 image(s) that degrade did not write there" in result.stderr
 
 
 # ------------------------------------------------------------------------------ bounded growth
@@ -1027,7 +1055,7 @@ def test_an_image_that_cannot_be_degraded_is_reported_and_the_others_still_are(t
     assert results[0].output is None
     assert results[0].error == f"{first}: could not degrade it: MemoryError: Unable to allocate 2.87 GiB"
     assert results[1].error is None and results[1].output.exists()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [COPIES_RECORD, "b.png"]
 
 
 def test_a_user_file_named_like_the_old_partial_file_is_left_alone(tmp_path, photo):
@@ -1037,7 +1065,7 @@ def test_a_user_file_named_like_the_old_partial_file_is_left_alone(tmp_path, pho
     (out / ".x.partial.png").write_bytes(b"precious")
     [result] = degrade_files([source], out, seed=0, fixed="blur3")
     assert result.error is None
-    assert sorted(p.name for p in out.iterdir()) == [".x.partial.png", "x.png"]
+    assert sorted(p.name for p in out.iterdir()) == [COPIES_RECORD, ".x.partial.png", "x.png"]
     assert (out / ".x.partial.png").read_bytes() == b"precious"
 
 
@@ -1090,10 +1118,12 @@ def test_an_image_named_explicitly_inside_out_is_degraded(tmp_path, photo):
 
 def test_nothing_left_to_degrade_is_an_error(tmp_path, photo):
     out = tmp_path / "photos" / "deg"
-    write_rgb(out / "a.png", photo)
+    write_rgb(tmp_path / "a.png", photo)
+    assert run_degrade_cli(str(tmp_path / "a.png"), "--out", str(out), "--fixed", "blur3").exit_code == 0
     result = run_degrade_cli(str(tmp_path / "photos"), "--out", str(out), "--fixed", "blur3", "--recursive")
     assert result.exit_code == 1
-    assert "left out 1 image(s) inside --out" in result.stderr and "error: no images to degrade" in result.stderr
+    assert "left out 1 earlier degraded cop(ies) inside --out" in result.stderr
+    assert "error: no images to degrade" in result.stderr
 
 
 def test_an_image_given_twice_is_degraded_once_and_notes_are_printed(tmp_path, photo):
@@ -1104,7 +1134,7 @@ def test_an_image_given_twice_is_degraded_once_and_notes_are_printed(tmp_path, p
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [f"{source} -> {tmp_path / 'out' / 'a.png'}  (alpha channel dropped)"]
     assert "1 image(s) given more than once are degraded once" in result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [COPIES_RECORD, "a.png"]
 
 
 def test_a_symbolic_link_loop_fails_on_its_own_line(tmp_path, photo):
