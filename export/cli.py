@@ -346,7 +346,7 @@ def doctor(engine_dir, as_json):
                    "becomes <its name without its suffix>.png there (a.jpg -> a.png), and images whose names "
                    "share that stem (a.jpg and a.png, or a.jpg in two folders; case ignored) get -1, -2, ... "
                    "suffixes in input order; each line printed says which file became which.")
-@click.option("--fixed", type=str, default=None,
+@click.option("--fixed", type=str, default=None, callback=lambda ctx, param, value: _check_fixed(value),
               help="One fixed degradation for every image: jpeg10, blur3, noise25, gamma_dark, down4_up, "
                    "compound_a or compound_b. Default: the paper's random compound degradation.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -371,6 +371,7 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
 
     from dfd.calibration.degrade import DegradationError, degrade_files
 
+    require_stdout()  # each line says which file became which: lost without one, for a run that exits 0
     paths, problems = _degrade_inputs(inputs, out_dir, recursive)
     for given, message in problems:
         click.echo(printable(f"error: {given}: {message}"), err=True)
@@ -400,6 +401,16 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
     if failed:
         click.echo(f"{failed} of {len(paths) + len(problems)} input(s) failed", err=True)
         sys.exit(2)
+
+
+def _check_fixed(name: str | None) -> str | None:
+    """A --fixed name degrade knows, checked before the inputs are scanned (a bad name came after
+    the scan's warnings, or after "no images" with exit 2)."""
+    from dfd.calibration.degrade import FIXED_DEGRADATIONS
+
+    if name is not None and name not in FIXED_DEGRADATIONS:
+        raise click.BadParameter(f"unknown fixed degradation {name!r}; known: {', '.join(FIXED_DEGRADATIONS)}")
+    return name
 
 
 def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:

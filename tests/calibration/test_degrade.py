@@ -1116,6 +1116,16 @@ def test_an_image_named_explicitly_inside_out_is_degraded(tmp_path, photo):
     assert (tmp_path / "in" / "b" / "x.png").exists()
 
 
+def test_an_unknown_fixed_degradation_is_a_usage_error_before_the_scan(tmp_path):
+    """It came after the scan's warnings, or after "no images to degrade" with exit 2."""
+    (tmp_path / "empty").mkdir()
+    result = run_degrade_cli(str(tmp_path / "empty"), "--out", str(tmp_path / "out"), "--fixed", "bogus")
+    assert result.exit_code == 1  # a usage error
+    assert ("Invalid value for '--fixed': unknown fixed degradation 'bogus'; known: jpeg10, blur3, noise25, "
+            "gamma_dark, down4_up, compound_a, compound_b") in result.output
+    assert "no images" not in result.output
+
+
 def test_nothing_left_to_degrade_is_an_error(tmp_path, photo):
     out = tmp_path / "photos" / "deg"
     write_rgb(tmp_path / "a.png", photo)

@@ -43,14 +43,17 @@ def test_running_out_of_memory_is_one_line_not_a_traceback():
                              "(10000000, 3, 252, 252)); this machine cannot hold what the command was asked to do\n")
 
 
-def test_a_verb_whose_results_go_to_stdout_refuses_to_run_without_one(tiny_engine_set):
+def test_a_verb_whose_results_go_to_stdout_refuses_to_run_without_one(tiny_engine_set, tmp_path, photographs):
     """``dfd-export inspect SET >&-`` (or doctor) printed nothing and exited 0: click writes nothing
-    to a missing stdout."""
-    for verb in (["inspect", str(tiny_engine_set)], ["doctor"]):
+    to a missing stdout. degrade wrote its copies without the lines saying which file became which."""
+    cv2.imwrite(str(tmp_path / "a.png"), photographs["coffee"])
+    degrade = ["degrade", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--fixed", "blur3"]
+    for verb in (["inspect", str(tiny_engine_set)], ["doctor"], degrade):
         run = subprocess.run([sys.executable, "-m", "dfd.export.cli", *verb], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1), timeout=300)
         assert run.returncode == 1, (verb, run.stderr)
         assert run.stderr.splitlines()[-1] == "error: stdout is closed, so the results cannot be written; redirect it to a file"
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
