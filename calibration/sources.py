@@ -96,7 +96,7 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
         raise ImageSourceError(f"image folder {folder} does not exist")
     if not folder.is_dir():
         raise ImageSourceError(f"{folder} is not a folder")
-    files, sub_folders, unreadable = _walk_visible(folder, recursive)
+    files, sub_folders, unreadable, hidden = _walk_visible(folder, recursive)
     images = [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
     other_files = [path for path in files if path.suffix.lower() not in IMAGE_EXTENSIONS]
     if not images:
@@ -106,6 +106,10 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
                   f"({unreadable[0][1]})" if unreadable else "")
         skipped = (f"; it has {len(sub_folders)} sub-folder(s) not looked into, e.g. {sub_folders[0].name}"
                    if sub_folders else "")
+        hidden_images = [path for path in hidden if path.suffix.lower() in IMAGE_EXTENSIONS]
+        if hidden_images:
+            skipped += (f"; {len(hidden_images)} hidden image file(s) skipped (a name starting with '.'), e.g. "
+                        f"{hidden_images[0].name}")
         raise NoImagesError(
             f"no images {where} {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){held}{skipped}{locked}",
             sub_folders,
@@ -113,9 +117,10 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
     return FolderImages(images, other_files, sub_folders, unreadable)
 
 
-def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
-    """(files, sub-folders not looked into, sub-folders that could not be listed) under ``folder``,
-    hidden names skipped, each list sorted by the path relative to ``folder``. ``os.walk`` rather
+def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path], list[tuple[Path, str]], list[Path]]:
+    """(files, sub-folders not looked into, sub-folders that could not be listed, hidden files
+    skipped) under ``folder``, hidden names skipped, the first three sorted by the path relative to
+    ``folder``. ``os.walk`` rather
     than ``Path.rglob``, which skips a folder it may not list without a word. The real tree is
     walked first and linked folders after it, each real folder once: a file reached both ways
     keeps its real path, and a link loop ends."""
@@ -124,6 +129,7 @@ def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]
     unreadable: list[tuple[Path, str]] = []
     walked: set[tuple[int, int]] = set()  # (device, inode) of each real folder listed
     links: list[Path] = []  # linked folders met, walked after the real tree
+    hidden: list[Path] = []  # hidden files of the folders walked: named when no image is found
 
     def record_failure(error: OSError) -> None:
         reason = error.strerror or str(error)
@@ -141,6 +147,7 @@ def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]
             walked.add((info.st_dev, info.st_ino))
             dirs[:] = sorted(name for name in dirs if not name.startswith("."))
             files.extend(here / name for name in names if not name.startswith("."))
+            hidden.extend(here / name for name in sorted(names) if name.startswith("."))
             if not recursive:
                 sub_folders.extend(here / name for name in dirs)
                 return
@@ -154,7 +161,7 @@ def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]
         return path.relative_to(folder).as_posix()
 
     return (sorted(files, key=relative), sorted(sub_folders, key=relative),
-            sorted(unreadable, key=lambda failure: relative(failure[0])))
+            sorted(unreadable, key=lambda failure: relative(failure[0])), hidden)
 
 
 def list_images(folder: Path, *, recursive: bool = True) -> list[Path]:

@@ -372,6 +372,8 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
     from dfd.calibration.degrade import DegradationError, degrade_files
 
     require_stdout()  # each line says which file became which: lost without one, for a run that exits 0
+    if fixed is not None and share >= 1 and _flags_given(click.get_current_context(), ("seed",)):
+        warn("--seed has no effect: a --fixed degradation draws nothing, and with --share 1 every image is degraded")
     paths, problems = _degrade_inputs(inputs, out_dir, recursive)
     for given, message in problems:
         click.echo(printable(f"error: {given}: {message}"), err=True)
@@ -457,7 +459,7 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     if left_out:
         warn(f"left out {len(left_out)} earlier degraded cop(ies) inside --out {out_dir}: {first_few(left_out)}")
     if repeated:
-        warn(f"{repeated} image(s) given more than once are degraded once")
+        warn(f"{repeated} image(s) given more than once (or through links to one file) are degraded once")
     return images, problems
 
 

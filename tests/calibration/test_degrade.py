@@ -1126,6 +1126,16 @@ def test_an_unknown_fixed_degradation_is_a_usage_error_before_the_scan(tmp_path)
     assert "no images" not in result.output
 
 
+def test_a_seed_that_changes_nothing_is_said_to(tmp_path, photo):
+    write_rgb(tmp_path / "a.png", photo)
+    warning = "WARNING: --seed has no effect: a --fixed degradation draws nothing, and with --share 1 every image"
+    for args, said in ((["--fixed", "noise25", "--seed", "3"], True), (["--fixed", "noise25"], False),
+                       (["--fixed", "noise25", "--seed", "3", "--share", "0.5"], False), (["--seed", "3"], False)):
+        result = run_degrade_cli(str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--force", *args)
+        assert result.exit_code == 0, result.output
+        assert (warning in result.stderr) == said, args
+
+
 def test_nothing_left_to_degrade_is_an_error(tmp_path, photo):
     out = tmp_path / "photos" / "deg"
     write_rgb(tmp_path / "a.png", photo)
@@ -1143,7 +1153,7 @@ def test_an_image_given_twice_is_degraded_once_and_notes_are_printed(tmp_path, p
     result = run_degrade_cli(str(source), str(tmp_path / "." / "a.png"), "--out", str(tmp_path / "out"))
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [f"{source} -> {tmp_path / 'out' / 'a.png'}  (alpha channel dropped)"]
-    assert "1 image(s) given more than once are degraded once" in result.stderr
+    assert "1 image(s) given more than once (or through links to one file) are degraded once" in result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [COPIES_RECORD, "a.png"]
 
 

@@ -138,6 +138,12 @@ def test_list_images_errors(tmp_path):
                                             r"into, e.g. sub$") as raised:
         list_images(tmp_path, recursive=False)
     assert raised.value.sub_folders == [tmp_path / "sub"]
+    # a folder of hidden images only: "no images" said nothing of the files that were skipped
+    (tmp_path / "sub" / "a.png").rename(tmp_path / "sub" / ".a.png")
+    (tmp_path / "sub" / ".notes").write_text("x")
+    with pytest.raises(NoImagesError, match=r"no images under .*sub .*; 1 hidden image file\(s\) skipped \(a name "
+                                            r"starting with '\.'\), e.g. \.a\.png$"):
+        list_images(tmp_path / "sub")
 
 
 def test_sample_without_replacement_is_reproducible():
