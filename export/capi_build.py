@@ -211,6 +211,7 @@ void dfd_close(dfd_detector *d);
 const char *dfd_last_error(void);
 """
 
+
 def _abi_version(declarations: str) -> int:
     """A digest of the header's declarations, comments and spacing aside: it changes with any
     layout or signature, and not with a reworded comment (which needs no rebuild of callers)."""

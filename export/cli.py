@@ -930,6 +930,7 @@ def _refuse_other_rows(first: bytes, fmt: str) -> None:
         raise DfdError("stdout appends to a file that is not detect's jsonl output (its first line is not a JSON "
                        "object); write to a new file")
 
+
 def _report_skipped(scored: ScoredImages, skipped: int, left: int) -> None:
     """Say on stderr what --skip-scored left out, and what is scored again."""
     again = []

@@ -15,6 +15,7 @@ from torch import nn
 from .configs import FUSION_HIDDEN, NUM_CLASSES, STREAM_NAMES, STREAM_SPECS, ClipVisionConfig, ConfigError, DinoV2Config
 from .towers import ClipVisionTower, DinoV2Tower
 
+
 class DinoLinearStream(nn.Module):
     """DINOv2 CLS feature -> Linear(D, 2): the reference's ``DINOv2`` backbone wrapper."""
 

@@ -22,7 +22,6 @@ from dfd.runtime.errors import DfdError
 from dfd.runtime.tensorrt_backend import local_platform, tensorrt_unusable_reason as tensorrt_unavailable_reason
 
 
-
 class TensorRTBuildError(DfdError, RuntimeError):
     """TensorRT is missing here, or it rejected a graph; one readable line."""
 

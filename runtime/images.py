@@ -342,25 +342,27 @@ def _what_was_filled(bgr: np.ndarray) -> str:
     once EXIF orientation turned it). Counted in whole rows or columns, so the row the data ends
     in, grey from there on, is not counted: a lower bound. A score from an image that is mostly
     fill says little about the image, so the note says how much."""
-    grey = (bgr == _MISSING_DATA_GREY).all(axis=2)
-    bands = [(_leading(grey.all(axis=1)[::-1]), "bottom", "row", grey.shape[0]),
-             (_leading(grey.all(axis=1)), "top", "row", grey.shape[0]),
-             (_leading(grey.all(axis=0)[::-1]), "right", "column", grey.shape[1]),
-             (_leading(grey.all(axis=0)), "left", "column", grey.shape[1])]
+    height, width = bgr.shape[:2]
+    bands = [(_grey_lines(bgr[::-1]), "bottom", "row", height), (_grey_lines(bgr), "top", "row", height),
+             (_grey_lines(bgr[:, ::-1].swapaxes(0, 1)), "right", "column", width),
+             (_grey_lines(bgr.swapaxes(0, 1)), "left", "column", width)]
     count, edge, line, side = max(bands, key=lambda band: band[0] / band[3])
     if not count:
         return ("OpenCV decoded what was present, as cv2.imread does; no edge of the image is grey fill (only the "
                 "end marker was missing, or a progressive JPEG lacks later scans, which lowers detail throughout)")
-    share = 100 * count / side
+    if count == side:
+        return "OpenCV decoded what was present, as cv2.imread does: none of the image was there, it is all grey fill"
     return (f"OpenCV decoded what was present and filled the rest with flat grey, as cv2.imread does: "
-            f"{share:.0f} % of the image (its {edge} {count} of {side} {line}s) is fill"
-            if count < side else "OpenCV decoded what was present, as cv2.imread does: none of the image was "
-                                 "there, it is all flat grey fill")
+            f"{100 * count / side:.0f} % of the image (its {edge} {count} of {side} {line}s) is fill")
 
 
-def _leading(flags: np.ndarray) -> int:
-    """How many of ``flags`` are True before the first False."""
-    return len(flags) if flags.all() else int(np.argmin(flags))
+def _grey_lines(lines: np.ndarray) -> int:
+    """How many of ``lines`` (rows, or columns as rows) are all the decoder's grey before the first
+    that is not: one line at a time, so a 64 MP image costs no full-size mask."""
+    for count, pixels in enumerate(lines):
+        if not (pixels == _MISSING_DATA_GREY).all():
+            return count
+    return len(lines)
 
 
 def _decoder_said(said: list[str]) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+
 def rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm", encoding="ascii") as handle:

@@ -222,7 +222,6 @@ def test_doctor_reports_the_gpu_and_a_runnable_tensorrt_set(tensorrt_set, kernel
     assert gpu.leaks() == {}  # its context reference is released
 
 
-
 def test_a_cloned_backend_runs_alone_and_releases_its_own_buffers(tensorrt_set, kernel_host, kernel_cache, monkeypatch):
     gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
     manifest = load_manifest(tensorrt_set)
