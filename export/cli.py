@@ -857,10 +857,9 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
 
     failed = 0
     # closed however the run ends, so that an error or an interruption starts a line of its own; SIGTERM
-    # (timeout, a service manager) ends the run as Ctrl-C does: exit 130, every row written whole. On a
-    # terminal only: in a log file its redraws piled up on one line (one per 0.1 s of a long run)
+    # (timeout, a service manager) ends the run as Ctrl-C does: exit 130, every row written whole
     with termination_interrupts(), tqdm(total=len(paths), unit="img", file=sys.stderr,
-                                        disable=len(paths) < 16 or not sys.stderr.isatty()) as progress:
+                                        disable=len(paths) < 16) as progress:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             crops = [crop_files.get(path) for path in chunk] if crop_files is not None else None

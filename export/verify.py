@@ -274,9 +274,7 @@ def _compare_images(detector: Detector, reference: Mapping[str, torch.nn.Module]
     make the sample look larger than it is."""
     tally = _Tally({condition: [0, 0] for condition, _ in conditions},
                    {condition: {s: [] for s in detector.streams} for condition, _ in conditions})
-    # on a terminal only: in a log its redraws piled up on one line before the report
-    with tqdm(total=len(sources) * len(conditions), desc="verify", unit="img", file=sys.stderr,
-              disable=not sys.stderr.isatty()) as progress:
+    with tqdm(total=len(sources) * len(conditions), desc="verify", unit="img", file=sys.stderr) as progress:
         for label, source in sources:
             _compare_image(detector, reference, label, source, conditions, report, tally, progress)
     return tally
