@@ -907,20 +907,31 @@ def _record_copy(out_path: Path, encoded: bytes) -> None:
         pass
 
 
-def is_recorded_copy(path: Path) -> bool:
-    """Whether ``path`` is a copy degrade wrote into its folder and nothing changed it since: its
-    name and content in the folder's :data:`COPIES_RECORD` (a line cut short by a killed run, or
-    not degrade's, is passed over)."""
+def recorded_copies(folder: Path) -> dict[str, set[str]]:
+    """The copies degrade recorded writing into ``folder``: name -> the sha256s written under it
+    (empty without a record; a line cut short by a killed run, or not degrade's, is passed over).
+    Read once per folder: a scan checks every image inside it against this."""
+    copies: dict[str, set[str]] = {}
     try:
-        with open(path.parent / COPIES_RECORD, encoding="utf-8", errors="replace") as record:
-            recorded = set()
+        with open(folder / COPIES_RECORD, encoding="utf-8", errors="replace") as record:
             for line in record:
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(entry, dict) and entry.get("file") == path.name:
-                    recorded.add(entry.get("sha256"))
-        return bool(recorded) and sha256_file(path) in recorded
+                if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+                    copies.setdefault(entry["file"], set()).add(entry.get("sha256"))
+    except OSError:
+        pass
+    return copies
+
+
+def is_recorded_copy(path: Path, copies: dict[str, set[str]]) -> bool:
+    """Whether ``path`` is a copy degrade wrote into its folder (``copies``, that folder's
+    :func:`recorded_copies`) and nothing changed it since."""
+    if path.name not in copies:
+        return False
+    try:
+        return sha256_file(path) in copies[path.name]
     except OSError:
         return False

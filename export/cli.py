@@ -423,7 +423,7 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     image or folder named explicitly is always taken, since the output checks already refuse to
     overwrite an input. An --out that is a folder argument itself is refused: its images and their
     copies would be one folder."""
-    from dfd.calibration.degrade import DegradationError, is_recorded_copy
+    from dfd.calibration.degrade import DegradationError, is_recorded_copy, recorded_copies
 
     # realpath, not Path.resolve: a symbolic link loop among the images stopped the run with a
     # traceback (Python 3.11 raises RuntimeError); the loop fails on its own line when it is read
@@ -432,6 +432,7 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     problems: list[tuple[str, str]] = []
     left_out: list[str] = []
     not_copies: list[str] = []  # images inside --out that degrade did not write there
+    records: dict[Path, dict[str, set[str]]] = {}  # folder inside --out -> the copies recorded there
     seen: set[Path] = set()
     repeated = 0
     for given in inputs:
@@ -446,7 +447,10 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
         for image in found:
             resolved = Path(os.path.realpath(image))
             if scans_out and out_root in resolved.parents:
-                (left_out if is_recorded_copy(Path(image)) else not_copies).append(image)
+                folder = Path(image).parent
+                if folder not in records:
+                    records[folder] = recorded_copies(folder)
+                (left_out if is_recorded_copy(Path(image), records[folder]) else not_copies).append(image)
             elif resolved in seen:
                 repeated += 1
             else:
