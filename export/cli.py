@@ -25,14 +25,14 @@ from dfd.runtime.images import silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
-from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, RowOutput, Verb, files_a_run_reads, \
-    is_stdout, max_pixels_option, prepare_output_file, same_file, write_output_file
+from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, GivenPath, OutputFolder, RowOutput, Verb, \
+    files_a_run_reads, is_stdout, max_pixels_option, prepare_output_file, same_file, write_output_file
 from .detect_resume import ENGINE_SET_FIELD, ScoredImages, check_engine_set, load_scored_images, refuse_stdout_over
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
 def engine_dir_argument(func):
-    return click.argument("engine_dir", type=click.Path(path_type=Path))(func)
+    return click.argument("engine_dir", type=GivenPath())(func)
 
 
 def streams_option(func):
@@ -97,17 +97,17 @@ def main() -> None:
 @main.command()
 @click.option("--out", "out_dir", type=OutputFolder(), default=None,
               help="Engine set folder to write [default: engines/<precision>].")
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--weights-dir", type=GivenPath(file_okay=False), default=None,
               help="Folder with the reference checkpoints dinov2_252.pth, dinov2_252_crop.pth, "
                    "dinov2_clip.pth. Without it the streams are RANDOMLY initialised (demo only).")
-@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--models-dir", type=GivenPath(file_okay=False), default=None,
               help="Folder laid out like the reference's models/: dinov2-giant/config.json and "
                    "clip-vit-large-patch14/config.json (any size). Default: the paper's DINOv2-giant "
                    "and CLIP ViT-L/14.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="fp32: exact to the reference. fp16: mixed precision (LayerNorm, softmax, residual stream and "
                    "heads stay fp32). int8: explicit Q/DQ on the linear layers, calibrated.")
-@click.option("--calib-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--calib-dir", type=GivenPath(file_okay=False), default=None,
               help="Calibration images for fp16/int8 [default: photographs shipped in installed packages].")
 @click.option("--calib-count", type=click.IntRange(min=1), default=256, show_default=True,
               help="Calibration images sampled (reproducibly; repeats only when the folder has fewer).")
@@ -117,7 +117,7 @@ def main() -> None:
               help="INT8 activation range: entropy (KL threshold, as TensorRT) or max.")
 @click.option("--calib-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of sampling and degradation.")
-@click.option("--calib-cache", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--calib-cache", type=GivenPath(file_okay=False), default=None,
               help="Cache folder for calibration sets; the 4 most recently used are kept [default: "
                    "$XDG_CACHE_HOME/dfd-export/calibration, else ~/.cache/dfd-export/calibration].")
 @max_pixels_option("among the calibration images is calibrated from its reduced decode (1/2 .. 1/8)",
@@ -297,7 +297,7 @@ def _echo_face_localisers(entry) -> None:
 
 
 @main.command()
-@click.argument("engine_dir", required=False, type=click.Path(path_type=Path))
+@click.argument("engine_dir", required=False, type=GivenPath())
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (keys documented in dfd.runtime.doctor).")
 @handles_errors
 def doctor(engine_dir, as_json):
@@ -523,15 +523,16 @@ def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
 
 @main.command()
 @engine_dir_argument
-@click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+@click.option("--images", "images_dir", type=GivenPath(file_okay=False, exists=True), default=None,
               help="Folder of images, searched with its sub-folders [default: photographs shipped in installed "
                    "packages].")
 @click.option("--degrade", is_flag=True, help="Also check JPEG q10, blur, noise, two compound degradations and one seeded draw of the "
                    "paper's random compound engine per image.")
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--weights-dir", type=GivenPath(file_okay=False), default=None,
               help="Checkpoints the set was built from, if they moved since the build.")
-@click.option("--max-abs-dp", type=FiniteFloatRange(min=0), default=None, help="Fail above this per-stream max |ΔP| [default by precision: fp32 1e-4, fp16 5e-3, int8 1.0, i.e. no bound: INT8 is judged by mean |ΔP| and vote agreement].")
-@click.option("--max-mean-dp", type=FiniteFloatRange(min=0), default=None, help="Fail above this per-stream mean |ΔP| [default: fp32 1e-4, fp16 5e-3, int8 0.02].")
+@click.option("--max-abs-dp", type=FiniteFloatRange(0, 1), default=None, help="Fail above this per-stream max |ΔP|, a "
+              "difference of probabilities, so 0 to 1 [default by precision: fp32 1e-4, fp16 5e-3, int8 1.0, i.e. no bound: INT8 is judged by mean |ΔP| and vote agreement].")
+@click.option("--max-mean-dp", type=FiniteFloatRange(0, 1), default=None, help="Fail above this per-stream mean |ΔP| [default: fp32 1e-4, fp16 5e-3, int8 0.02].")
 @click.option("--min-agreement", type=FiniteFloatRange(0, 1), default=None,
               help="Fail when the vote agreement of any condition (clean, each degradation) is below this "
                    "[default: 1.0, int8 0.95]. A vote that moves more than one step (0.1) fails whatever the agreement.")
@@ -539,7 +540,7 @@ def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
               help="Also fail (exit 3) when an image of --images cannot be read or prepared; by default it is "
                    "reported and left out, and the others decide. No image readable at all is an error (exit 1) "
                    "either way.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write the report as JSON.")
+@click.option("--json", "json_out", type=GivenPath(dir_okay=False), default=None, help="Write the report as JSON.")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
               help="Runtime backend whose results are compared; auto picks TensorRT when the set has engines and it is "
                    "usable here.")
@@ -690,13 +691,13 @@ def _csv_row(d: dict) -> dict:
 @main.command()
 @engine_dir_argument
 @click.argument("images", nargs=-1, required=True)
-@click.option("--face-crops", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+@click.option("--face-crops", type=GivenPath(file_okay=False, exists=True), default=None,
               help="Folder of face crops with the same file names as the images, cropped the reference's "
                    "way; the face stream takes their 252 centre crop. A crop may also sit at the image's path "
                    "relative to the folder argument holding it (crops/sub/a.png for photos/sub/a.png of "
                    "photos), which is needed where two images share a name. Images without one go to the "
                    "packaged face detector (or, with --no-face-detect, use the original image).")
-@click.option("--face-boxes", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+@click.option("--face-boxes", type=GivenPath(dir_okay=False, exists=True), default=None,
               help="File of face boxes you already have (e.g. RetinaFace's, as the reference uses): .csv with "
                    "columns image,x1,y1,x2,y2 or .jsonl lines {\"image\": \"a.jpg\", \"box\": [x1, y1, x2, y2]}, "
                    "pixels of the image; image is its path as listed here or its file name. The runtime crops "
@@ -732,7 +733,7 @@ def _csv_row(d: dict) -> dict:
 @click.option("--cuda-graph-batch", type=click.IntRange(min=1), default=None,
               help="tensorrt backend: replay one CUDA graph of preprocessing -> three engines -> vote for "
                    "batches of exactly this many images (set --batch-size to match; other sizes run uncaptured).")
-@click.option("--skip-scored", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+@click.option("--skip-scored", type=GivenPath(dir_okay=False, exists=True), default=None,
               help="An earlier run's --format jsonl or csv output: the images it lists with a score are not scored "
                    "again (those that failed there are), so an interrupted run resumes by appending to the same "
                    "file with >>. Images are matched by their path as detect lists it.")

@@ -75,21 +75,42 @@ class Verb(click.Command):
         return rest
 
 
-class OutputFolder(click.Path):
-    """A folder to write into (``click.Path`` that may not be a file), refusing an empty name:
-    ``--out "$DEST"`` with DEST unset wrote into the current folder, which ``Path("")`` means.
+class GivenPath(click.Path):
+    """``click.Path`` refusing an empty (or blank) value, which ``Path("")`` reads as the current
+    folder: ``--calib-cache "$CACHE"`` with CACHE unset wrote a 0.5 GB cache there, ``inspect
+    "$SET"`` said ". is not an engine set", ``--weights-dir "$W"`` looked for checkpoints in the
+    current folder. Every path option and argument of the CLI is one."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(path_type=Path, **kwargs)
+
+    def convert(self, value, param, ctx):
+        self.refuse_empty(value, param, ctx)
+        return super().convert(value, param, ctx)
+
+    def refuse_empty(self, value, param, ctx) -> None:
+        if isinstance(value, str) and not value.strip():
+            wanted = ("a file" if not self.dir_okay else "a folder, '.' for the current one" if not self.file_okay
+                      else "a path, '.' for the current folder")
+            self.fail(f"is empty (an unset shell variable?); give {wanted}", param, ctx)
+
+
+class OutputFolder(GivenPath):
+    """A folder to write into (a path that may not be a file or a broken link).
     With ``outside_engine_sets``, also a folder in an engine set: files there are strangers to
     the set, which a later ``build --force`` of it refuses to replace."""
 
     def __init__(self, outside_engine_sets: bool = False) -> None:
-        super().__init__(path_type=Path, file_okay=False)
+        super().__init__(file_okay=False)
         self.outside_engine_sets = outside_engine_sets
 
     def convert(self, value, param, ctx):
-        if isinstance(value, str) and not value.strip():
-            self.fail("is empty (an unset shell variable?); give a folder, '.' for the current one", param, ctx)
+        self.refuse_empty(value, param, ctx)
         if os.path.isfile(value):
             self.fail(f"{value} is a file, not a folder; choose another", param, ctx)
+        if os.path.islink(value) and not os.path.exists(value):
+            self.fail(f"{value} is a link to {os.readlink(value)}, which does not exist; create that folder or "
+                      f"choose another", param, ctx)
         path = super().convert(value, param, ctx)
         if self.outside_engine_sets:
             folder = Path(os.path.abspath(path))
@@ -117,7 +138,7 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
     if str(path) == "-":
         raise click.BadParameter("'-' would be a file named '-'; give /dev/stdout to write to stdout (the summary "
                                  "then goes to stderr)", param_hint=option)
-    existed = path.exists()
+    existed = os.path.exists(path)  # False, not an error, for a name too long to look up
     if engine_dir is not None and existed:
         if any(same_file(path, engine_dir / name) for name in engine_set_files(engine_dir) or ()):
             raise click.BadParameter(f"{path} is a file of the engine set {engine_dir}; writing there would "
@@ -143,7 +164,8 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
         if not existed:
             path.unlink()
     except OSError as exc:
-        raise click.BadParameter(f"cannot write {path}: {os_error_text(exc)}", param_hint=option) from exc
+        reason = exc.strerror if exc.filename == str(path) else os_error_text(exc)  # the name once, not twice
+        raise click.BadParameter(f"cannot write {path}: {reason}", param_hint=option) from exc
 
 
 def files_a_run_reads(images_dir: Path | None, manifest: Manifest | None = None,

@@ -18,6 +18,7 @@ from dfd.calibration.degrade import fixed_degradation, write_png
 from dfd.calibration.sources import builtin_photographs
 
 from .cli import main as cli
+from .cli_types import GivenPath
 
 # A small DINOv2/CLIP pair (ViT-Ti-like) so the random demo set builds in well under a minute.
 DEMO_DINOV2 = {"model_type": "dinov2", "hidden_size": 192, "num_hidden_layers": 6, "num_attention_heads": 3,
@@ -47,10 +48,10 @@ def _write_photos(folder: Path) -> None:
 
 
 @click.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+@click.option("--out", type=GivenPath(), default=Path("demo-out"), show_default=True)
+@click.option("--weights-dir", type=GivenPath(file_okay=False, exists=True), default=None,
               help="Real reference checkpoints (then --models-dir too).")
-@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None)
+@click.option("--models-dir", type=GivenPath(file_okay=False, exists=True), default=None)
 def demo(out: Path, weights_dir: Path | None, models_dir: Path | None) -> None:
     """Build an engine set and score packaged photographs (and JPEG-q10 copies) with it."""
     if weights_dir is not None and models_dir is None:

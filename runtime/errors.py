@@ -5,6 +5,8 @@ derives from ``DfdError``, so the CLI and the C ABI can turn exactly those into 
 message and treat anything else as a bug.
 """
 
+import os
+
 
 class DfdError(Exception):
     """An error the user can act on; its message says what is wrong and what to do."""
@@ -18,9 +20,11 @@ def first_few(names: list[str], limit: int = 5, separator: str = ", ") -> str:
 
 def os_error_text(exc: OSError) -> str:
     """An OSError as a user reads it: what failed on which path, without "[Errno 17]". Creating
-    a folder where a file stands raises FileExistsError naming the file, which "File exists"
-    alone does not explain."""
+    a folder where a file (or a link to nothing) stands raises FileExistsError naming it, which
+    "File exists" alone does not explain."""
     if isinstance(exc, FileExistsError):
+        if exc.filename is not None and os.path.islink(exc.filename) and not os.path.exists(exc.filename):
+            return f"{exc.filename} is a link to {os.readlink(exc.filename)}, which does not exist"
         return f"{exc.filename} is a file, not a folder"
     where = f": {exc.filename}" if exc.filename else ""
     return f"{exc.strerror or exc}{where}"

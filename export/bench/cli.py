@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
-from ..cli_types import Verb, files_a_run_reads, is_stdout, max_pixels_option, prepare_output_file, write_output_file
+from ..cli_types import GivenPath, Verb, files_a_run_reads, is_stdout, max_pixels_option, prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import plot_format, write_plot
 
@@ -47,8 +47,8 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 @click.command("bench", cls=Verb)
-@click.argument("engine_dir", type=click.Path(path_type=Path))
-@click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+@click.argument("engine_dir", type=GivenPath())
+@click.option("--images", "images_dir", type=GivenPath(file_okay=False, exists=True), default=None,
               help="Folder of images to score, searched with its sub-folders: its first readable ones, as many "
                    "as the largest batch size (at least 8); with --compare torch, of at least 252x252 (the "
                    "reference pipeline's crop; smaller ones are left out with a warning) [default: photographs "
@@ -61,16 +61,16 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
               help="Recorded iterations per batch size (and pipeline).")
 @click.option("--compare", type=click.Choice(["torch"]), default=None,
               help="Also measure the reference-style PyTorch eager pipeline on the same images.")
-@click.option("--weights-dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+@click.option("--weights-dir", type=GivenPath(file_okay=False, exists=True), default=None,
               help="--compare torch: the checkpoints the set was built from, if they moved since the build "
                    "[default: the folder its manifest records].")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto",
               show_default=True, help="Runtime backend to measure.")
 @click.option("--label", default=None, help="A name for this run, kept in the JSON and the plot title, and "
                                              "printed above the summary.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--json", "json_out", type=GivenPath(dir_okay=False), default=None,
               help="Write the full result document here.")
-@click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--plot", "plot_out", type=GivenPath(dir_okay=False), default=None,
               help="Write a plot here, in the format its suffix names (.png, .svg, .pdf, .jpg, ...; PNG without a "
                    "suffix); needs matplotlib.")
 @max_pixels_option("is scored on its reduced decode (1/2 .. 1/8; with --compare torch it is left out, as the "

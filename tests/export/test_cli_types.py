@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from dfd.export.cli import main
 from dfd.export.cli_types import FiniteFloatRange, RowOutput, Verb, prepare_output_file, write_output_file
+from dfd.export.demo import demo
 
 FLAGS = [
     (["build", "--out", "x", "--calib-degrade"], "--calib-degrade"),
@@ -55,6 +56,74 @@ def test_finite_float_range_keeps_click_bounds_and_refuses_nan():
     assert FiniteFloatRange().convert("-1e300", None, None) == -1e300
     with pytest.raises(click.BadParameter, match="'inf' is not a finite number"):
         FiniteFloatRange().convert("inf", None, None)
+
+
+EMPTY_PATHS = [
+    (["inspect", ""], "'ENGINE_DIR'", "a path"), (["doctor", ""], "'[ENGINE_DIR]'", "a path"),
+    (["detect", "", "a.png"], "'ENGINE_DIR'", "a path"),
+    (["detect", "{set}", "a.png", "--face-boxes", ""], "'--face-boxes'", "a file"),
+    (["detect", "{set}", "a.png", "--face-crops", ""], "'--face-crops'", "a folder"),
+    (["detect", "{set}", "a.png", "--skip-scored", ""], "'--skip-scored'", "a file"),
+    (["verify", "{set}", "--images", ""], "'--images'", "a folder"),
+    (["verify", "{set}", "--weights-dir", ""], "'--weights-dir'", "a folder"),
+    (["verify", "{set}", "--json", ""], "'--json'", "a file"),
+    (["bench", "", "--iterations", "1"], "'ENGINE_DIR'", "a path"),
+    (["bench", "{set}", "--weights-dir", ""], "'--weights-dir'", "a folder"),
+    (["bench", "{set}", "--plot", ""], "'--plot'", "a file"),
+    (["build", "--out", "o", "--weights-dir", ""], "'--weights-dir'", "a folder"),
+    (["build", "--out", "o", "--models-dir", ""], "'--models-dir'", "a folder"),
+    (["build", "--out", "o", "--models-dir", "/no-models", "--precision", "int8", "--calib-dir", ""],
+     "'--calib-dir'", "a folder"),
+    (["build", "--out", "o", "--models-dir", "/no-models", "--precision", "int8", "--calib-cache", " "],
+     "'--calib-cache'", "a folder"),
+]
+
+
+@pytest.mark.parametrize("args, label, wanted", EMPTY_PATHS, ids=[" ".join(a[:1] + [l]) for a, l, _ in EMPTY_PATHS])
+def test_every_path_refuses_an_empty_value_which_meant_the_current_folder(args, label, wanted, tiny_engine_set,
+                                                                          tmp_path, monkeypatch):
+    """``Path("")`` is the current folder: ``build --calib-cache "$CACHE"`` with CACHE unset wrote a 0.5 GB
+    cache there, ``inspect "$SET"`` said ". is not an engine set", ``--weights-dir ""`` read the
+    current folder's checkpoints."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [a.replace("{set}", str(tiny_engine_set)) for a in args])
+    assert result.exit_code == 1, result.output
+    assert f"Invalid value for {label}: is empty (an unset shell variable?); give {wanted}" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_refuses_empty_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for option in ("--out", "--models-dir", "--weights-dir"):
+        result = CliRunner().invoke(demo, [option, ""])
+        assert result.exit_code == 2 and f"'{option}': is empty (an unset shell variable?)" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--max-abs-dp", "--max-mean-dp"])
+def test_a_probability_bound_above_one_is_refused(tiny_engine_set, flag):
+    """|ΔP| is at most 1: ``--max-abs-dp 5`` was taken, a bound that can never fail, printed as "max |dP| 5"."""
+    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), flag, "5"])
+    assert result.exit_code == 1 and f"Invalid value for '{flag}': 5.0 is not in the range 0<=x<=1" in result.output
+
+
+def test_a_report_name_too_long_fails_naming_its_option_before_the_run(tiny_engine_set, tmp_path):
+    """Path.exists() raised "File name too long" out of the check: a bare error naming no option."""
+    report = tmp_path / ("r" * 300 + ".json")
+    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--json", str(report)])
+    assert result.exit_code == 1, result.output
+    assert f"Invalid value for --json: cannot write {report}: File name too long" in result.output
+    assert result.output.count("r" * 300) == 1 and "max |" not in result.output
+
+
+@pytest.mark.parametrize("verb", [["build"], ["degrade", "a.png", "--fixed", "jpeg10"]])
+def test_an_output_folder_that_is_a_link_to_nothing_is_called_so(verb, tmp_path):
+    """It was called "a file, not a folder" (mkdir raised FileExistsError on the link)."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    result = CliRunner().invoke(main, [*verb, "--out", str(link)])
+    assert result.exit_code == 1, result.output
+    assert f"'--out': {link} is a link to {tmp_path / 'gone'}, which does not exist" in result.output
 
 
 def test_an_output_file_that_is_part_of_the_engine_set_is_refused_before_the_run(tiny_engine_set, tmp_path):

@@ -24,3 +24,8 @@ def test_os_error_text_says_what_failed_on_which_path(tmp_path):
     with pytest.raises(FileExistsError) as over_a_file:
         blocker.mkdir()
     assert os_error_text(over_a_file.value) == f"{blocker} is a file, not a folder"
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(FileExistsError) as over_a_broken_link:
+        link.mkdir()
+    assert os_error_text(over_a_broken_link.value) == f"{link} is a link to {tmp_path / 'gone'}, which does not exist"
