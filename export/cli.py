@@ -355,7 +355,8 @@ def doctor(engine_dir, as_json):
               help="Fraction of images degraded, with --fixed too (a seeded draw per image; the rest are "
                    "copied unchanged).")
 @click.option("--recursive", is_flag=True, help="Also take the images in sub-folders of a folder (never the copies "
-              "degrade wrote into --out; an --out there holding other images is refused).")
+              "degrade wrote into --out). An --out inside a folder given, holding images degrade did not write "
+              "there, is refused with or without it.")
 @click.option("--force", is_flag=True, help="Replace files that already exist in --out (an input is never replaced).")
 @max_pixels_option("is degraded from its reduced decode (1/2 .. 1/8, noted)", "fails on its own line",
                    DEGRADING_MEMORY)
@@ -418,8 +419,9 @@ def _check_fixed(name: str | None) -> str | None:
 def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
     """The images to degrade, each once (by resolved path, first spelling kept), and the problems.
     A folder argument that holds --out leaves out the copies degrade wrote there earlier (with a
-    warning), and refuses an --out that holds anything else: those are the user's images (a
-    sub-folder of originals), which --force would have replaced as if they were old copies. An
+    warning), and refuses an --out that holds anything else, scanned (--recursive) or not: those
+    are the user's images (a sub-folder of originals), which --force would have replaced as if they
+    were old copies. An
     image or folder named explicitly is always taken, since the output checks already refuse to
     overwrite an input. An --out that is a folder argument itself is refused: its images and their
     copies would be one folder."""
@@ -456,6 +458,10 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
             else:
                 seen.add(resolved)
                 images.append(image)
+    if not recursive and any(_is_folder(given) and Path(os.path.realpath(given)) in out_root.parents
+                             for given in inputs):
+        # not scanned, yet --force would replace the originals there whose names the copies take
+        not_copies += _images_not_recorded_as_copies(out_dir)
     if not_copies:
         raise DegradationError(f"--out {out_dir} lies inside a folder being degraded and holds {len(not_copies)} "
                                f"image(s) that degrade did not write there (originals?): {first_few(not_copies)}; "
@@ -465,6 +471,20 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     if repeated:
         warn(f"{repeated} image(s) given more than once (or through links to one file) are degraded once")
     return images, problems
+
+
+def _images_not_recorded_as_copies(folder: Path) -> list[str]:
+    """The images directly in ``folder`` that degrade did not write there (none where it does not
+    exist or holds no image)."""
+    from dfd.calibration.degrade import is_recorded_copy, recorded_copies
+    from dfd.calibration.sources import ImageSourceError, scan_image_folder
+
+    try:
+        found = scan_image_folder(folder, recursive=False).images
+    except ImageSourceError:
+        return []
+    copies = recorded_copies(folder)
+    return [str(image) for image in found if not is_recorded_copy(image, copies)]
 
 
 def _thresholds_text(thresholds: dict) -> str:

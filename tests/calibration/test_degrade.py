@@ -912,15 +912,17 @@ def test_degrade_cli_never_takes_its_own_outputs_as_inputs(tmp_path, photo):
     assert sorted(p.name for p in (photos / "deg").iterdir()) == [COPIES_RECORD, "a.png"]
 
 
-def test_originals_inside_out_are_never_taken_for_earlier_copies(tmp_path, photo):
+@pytest.mark.parametrize("recursive", [["--recursive"], []], ids=["recursive", "folder only"])
+def test_originals_inside_out_are_never_taken_for_earlier_copies(tmp_path, photo, recursive):
     """``degrade photos --recursive --out photos/originals --force`` left the originals out as
-    'earlier degraded copies?' and then replaced them with degraded copies of photos/."""
+    'earlier degraded copies?' and then replaced them with degraded copies of photos/; without
+    --recursive (originals not scanned) --force replaced them too."""
     photos = tmp_path / "photos"
     write_rgb(photos / "b.png", photo)
     write_rgb(photos / "originals" / "b.png", photo[::-1])
     original = (photos / "originals" / "b.png").read_bytes()
     for force in ([], ["--force"]):
-        result = run_degrade_cli(str(photos), "--recursive", "--out", str(photos / "originals"), "--fixed", "blur3",
+        result = run_degrade_cli(str(photos), *recursive, "--out", str(photos / "originals"), "--fixed", "blur3",
                                  *force)
         assert result.exit_code == 1
         assert (f"error: --out {photos / 'originals'} lies inside a folder being degraded and holds 1 image(s) that "
@@ -929,10 +931,10 @@ def test_originals_inside_out_are_never_taken_for_earlier_copies(tmp_path, photo
         assert (photos / "originals" / "b.png").read_bytes() == original
     # its own copies are left out of the inputs and replaced with --force; one changed since is not one of them
     shutil.rmtree(photos / "originals")
-    args = [str(photos), "--recursive", "--out", str(photos / "deg"), "--fixed", "blur3"]
+    args = [str(photos), *recursive, "--out", str(photos / "deg"), "--fixed", "blur3"]
     assert run_degrade_cli(*args).exit_code == 0
     again = run_degrade_cli(*args, "--force")
-    assert again.exit_code == 0 and "left out 1 earlier degraded cop(ies)" in again.stderr
+    assert again.exit_code == 0 and ("left out 1 earlier degraded cop(ies)" in again.stderr) == bool(recursive)
     write_rgb(photos / "deg" / "b.png", photo)  # edited by hand
     result = run_degrade_cli(*args, "--force")
     assert result.exit_code == 1 and "holds 1 image(s) that degrade did not write there" in result.stderr
