@@ -787,10 +787,19 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
                                  f"at a time, so the graph would never replay; give at most {batch_size}",
                                  param_hint="--cuda-graph-batch")
     require_stdout()
+    if fmt != "table" and hasattr(sys.stdout, "reconfigure"):
+        # csv and jsonl are data, read back as UTF-8 (--skip-scored, --face-boxes) whatever the locale;
+        # a file name that is not valid in the file system's encoding is held with surrogate escapes
+        # (PEP 383), which csv writes back as its original bytes
+        utf8 = codecs.lookup(sys.stdout.encoding).name in ("utf-8", "utf-8-sig")  # keeps a BOM asked for
+        sys.stdout.reconfigure(encoding=None if utf8 else "utf-8", errors="surrogateescape")
+    output = RowOutput(sys.stdout)
     scored = None
     if skip_scored is not None:
         refuse_stdout_over(skip_scored)
         scored = load_scored_images(skip_scored)
+    _check_continuation(output, fmt, scored)
+    if scored is not None:
         unchecked = check_engine_set(scored, manifest_digest(load_manifest(engine_dir, verify=False).raw), engine_dir)
         if unchecked:
             warn(unchecked)
@@ -810,13 +819,6 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         _report_skipped(scored, skipped, inputs)
         if not inputs:
             return
-    if fmt != "table" and hasattr(sys.stdout, "reconfigure"):
-        # csv and jsonl are data, read back as UTF-8 (--skip-scored, --face-boxes) whatever the locale;
-        # a file name that is not valid in the file system's encoding is held with surrogate escapes
-        # (PEP 383), which csv writes back as its original bytes
-        utf8 = codecs.lookup(sys.stdout.encoding).name in ("utf-8", "utf-8-sig")  # keeps a BOM asked for
-        sys.stdout.reconfigure(encoding=None if utf8 else "utf-8", errors="surrogateescape")
-    output = RowOutput(sys.stdout)
     _continue_output(output, fmt, scored)
     boxes = _assign_face_boxes(face_boxes, paths)
     folders = [Path(given) for given in images if _is_folder(given)]
@@ -907,31 +909,34 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         sys.exit(2)
 
 
-def _continue_output(output: RowOutput, fmt: str, scored: ScoredImages | None) -> None:
-    """Rows appended (>>) to a file must continue what it holds. The --skip-scored file loses the
-    cut-short last row of a killed run (its image is scored again), which the new rows continued
-    into a line no later resume could read; a file they would not continue (the other format, a
-    CSV with other columns, another last line cut short) is refused before anything is scored or
-    cut."""
+def _check_continuation(output: RowOutput, fmt: str, scored: ScoredImages | None) -> None:
+    """Rows appended (>>) to a file must continue what it holds: a file they would not continue
+    (the other format than the --skip-scored file's, a CSV with other columns, a last line cut short
+    other than a resumed file's) is refused before the inputs are scanned, anything is scored or
+    the file is touched (an older CSV was refused after "skipping N image(s)" had been said)."""
     resuming = scored is not None and output.writes_to(scored.path)
     if resuming and fmt != scored.format:
         raise click.UsageError(f"stdout appends to {scored.path}, a --format {scored.format} output; "
                                f"give --format {scored.format}")
     ends = output.appended_file_ends()
-    if ends is not None:
-        _refuse_other_rows(ends[0].removeprefix(codecs.BOM_UTF8).rstrip(b"\r"), fmt)
-    if resuming:
-        output.cut_to(scored.whole_rows_bytes)
-        ends = output.appended_file_ends()
     if ends is None:
         return
-    if ends[1] != b"\n":
-        if fmt == "table" or resuming:
-            # its last row had no line end, or half of csv's \r\n
-            output.write("\r\n" if fmt == "csv" and ends[1] != b"\r" else "\n", counts=False)
-        else:
-            raise DfdError("stdout appends to a file whose last line is cut short (a killed run?); the rows would "
-                           "continue it: resume with --skip-scored FILE, which drops it, or write to a new file")
+    _refuse_other_rows(ends[0].removeprefix(codecs.BOM_UTF8).rstrip(b"\r"), fmt)
+    if ends[1] != b"\n" and fmt != "table" and not resuming:
+        raise DfdError("stdout appends to a file whose last line is cut short (a killed run?); the rows would "
+                       "continue it: resume with --skip-scored FILE, which drops it, or write to a new file")
+
+
+def _continue_output(output: RowOutput, fmt: str, scored: ScoredImages | None) -> None:
+    """Make an appended file ready for the rows (checked by ``_check_continuation``): the
+    --skip-scored file loses the cut-short last row of a killed run (its image is scored again),
+    which the new rows continued into a line no later resume could read; a last row without its
+    line end gets one."""
+    if scored is not None and output.writes_to(scored.path):
+        output.cut_to(scored.whole_rows_bytes)
+    ends = output.appended_file_ends()
+    if ends is not None and ends[1] != b"\n":
+        output.write("\r\n" if fmt == "csv" and ends[1] != b"\r" else "\n", counts=False)  # or half of csv's \r\n
 
 
 def _refuse_other_rows(first: bytes, fmt: str) -> None:
@@ -949,7 +954,8 @@ def _refuse_other_rows(first: bytes, fmt: str) -> None:
                        f"{_CSV_FIELDS[1]},...): the rows would not match its columns; write to a new file"
                        if held != "csv" else
                        f"stdout appends to detect CSV rows with other columns than this version writes (an earlier "
-                       f"dfd-export's, without {ENGINE_SET_FIELD}?): the rows would not match them; write to a new file")
+                       f"dfd-export's, without {ENGINE_SET_FIELD}?): the rows would not match them; write to a new file (with "
+                       f"--skip-scored FILE > NEW.csv, the images FILE has not scored)")
     if fmt == "jsonl" and held != "jsonl":
         raise DfdError("stdout appends to a file that is not detect's jsonl output (its first line is not a JSON "
                        "object); write to a new file")

@@ -168,6 +168,16 @@ def test_an_earlier_versions_csv_is_refused_before_its_cut_row_is_cut(tiny_engin
     assert run.returncode == 1 and "stdout appends to detect CSV rows with other columns than this version writes " \
         "(an earlier dfd-export's, without engine_set?)" in run.stderr
     assert out.read_bytes() == text.encode()
+    # refused first: it came after the unchecked-set warning and "skipping 1 image(s)", as if resumed
+    assert run.stderr.startswith("error: ") and "skipping" not in run.stderr and "WARNING" not in run.stderr
+    # what the error says to do: the rest scored into a new file
+    with open(tmp_path / "rest.csv", "w") as stdout:
+        run = _detect(tiny_engine_set, "images", "--format", "csv", "--skip-scored", str(out), stdout=stdout,
+                      cwd=tmp_path)
+    assert run.returncode == 2, run.stderr  # broken.png
+    rest = (tmp_path / "rest.csv").read_text().splitlines()
+    assert rest[0].endswith(",engine_set") and [row.split(",")[0] for row in rest[1:]] == [
+        "images/broken.png", "images/chelsea.png", "images/coffee.png"]
 
 
 def test_a_redirect_that_emptied_the_file_is_refused(tiny_engine_set, folder, tmp_path):
