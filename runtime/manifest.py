@@ -347,7 +347,9 @@ def load_manifest(engine_dir: str | bytes | os.PathLike, *, verify: bool = True)
             raise EngineSetError(
                 f"{path} is not a file (a folder, device or broken link), so {root} is not an engine set"
                 if path.exists() or path.is_symlink() else
-                f"{root} is not an engine set: no {MANIFEST_NAME}. Build one with `dfd-export build --out {root}`."
+                f"{root} is not an engine set: no {MANIFEST_NAME}. Build one with `dfd-export build --out "
+                + (f"{root}`." if not any(root.iterdir()) else  # build refuses a folder holding other files
+                   "NEW_FOLDER` (see `dfd-export build --help`).")
             )
         size = path.stat().st_size
     except OSError as exc:  # a folder that may be listed but not entered

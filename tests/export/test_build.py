@@ -490,6 +490,8 @@ def test_inspect_prints_streams_and_refuses_tampering(built, tmp_path):
     assert "small faces  MTCNN" in result.output and "thresholds 0.6/0.7/0.9" in result.output
     raw = json.loads(runner.invoke(main, ["inspect", str(built), "--json"]).output)
     assert raw["format"] == "dfd-engine-set"
+    # what detect's rows name, and a refused resume tells the user to look up here
+    assert f"content      sha256 {raw['content_sha256']}  (detect rows' engine_set)\n" in result.output
 
     tampered = tmp_path / "tampered"
     shutil.copytree(built, tampered)
