@@ -728,7 +728,8 @@ def _csv_row(d: dict) -> dict:
                    "rerun with it to hold the located faces fixed (e.g. to compare two engine sets).")
 @click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True,
               help="Output format on stdout: table (a row per image, its notes indented below it) or jsonl/csv, "
-                   "which carry the raw (unrounded) stream probabilities.")
+                   "which carry the raw (unrounded) stream probabilities and the engine set that scored each "
+                   "image (engine_set: its content sha256, as inspect shows it).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per inference batch. Output rows appear a batch at a time; 1 writes each "
                    "row as soon as its image is scored.")
@@ -758,7 +759,8 @@ def _csv_row(d: dict) -> dict:
 @click.option("--skip-scored", type=GivenPath(dir_okay=False, exists=True), default=None,
               help="An earlier run's --format jsonl or csv output: the images it lists with a score are not scored "
                    "again (those that failed there are), so an interrupted run resumes by appending to the same "
-                   "file with >>. Images are matched by their path as detect lists it.")
+                   "file with >>. Images are matched by their path as detect lists it. The file's suffix (.jsonl "
+                   "or .csv) says its format; rows another engine set scored are refused.")
 @max_pixels_option("is decoded reduced (1/2 .. 1/8)", "fails on its own line",
                    "Face localisation and resizing hold a few copies of an image in memory (3 bytes a pixel each)")
 @handles_errors

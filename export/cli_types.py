@@ -328,7 +328,7 @@ class RowOutput:
             raise
         except OSError as exc:  # stdout has no name to give
             kept = self._cut_back()
-            raise DfdError(f"writing the results to stdout failed: {os_error_text(exc)}"
+            raise DfdError(f"cannot write the results to stdout: {os_error_text(exc)}"
                            + (f"; the file keeps the {self.rows} whole row(s) written before" if kept else "")) from exc
         if counts:
             self.rows += 1

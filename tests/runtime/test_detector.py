@@ -963,7 +963,7 @@ def test_detect_cli_refuses_an_output_it_cannot_write(tiny_engine_set, photograp
         with open("/dev/full", "w") as full:
             run = subprocess.run([*command, "--format", "jsonl"], stdout=full, stderr=subprocess.PIPE, text=True)
         assert run.returncode == 1, run.stderr
-        assert run.stderr.splitlines()[-1] == "error: writing the results to stdout failed: No space left on device"
+        assert run.stderr.splitlines()[-1] == "error: cannot write the results to stdout: No space left on device"
     # a file that fills up (here a file size limit) is cut back to its whole rows: a half-written CSV
     # row with its score complete read as a scored image to whatever parsed the file later
     results = tmp_path / "results.csv"
@@ -977,7 +977,7 @@ def test_detect_cli_refuses_an_output_it_cannot_write(tiny_engine_set, photograp
                              stderr=subprocess.PIPE, text=True, preexec_fn=limit_the_file_size)
     assert run.returncode == 1, run.stderr
     rows = list(csv.DictReader(io.StringIO(results.read_text())))
-    assert run.stderr.splitlines()[-1] == (f"error: writing the results to stdout failed: File too large; the file "
+    assert run.stderr.splitlines()[-1] == (f"error: cannot write the results to stdout: File too large; the file "
                                            f"keeps the {len(rows)} whole row(s) written before")
     assert 0 < len(rows) < 6 and results.read_text().endswith("\n")
     assert all(row["image"] == str(path) and row["error"] == "" and float(row["score"]) >= 0 for row in rows)
