@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from ..cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
-from ..cli_types import GivenPath, Verb, files_a_run_reads, is_stdout, max_pixels_option, prepare_output_file, write_output_file
+from ..cli_types import GivenPath, Verb, files_a_run_reads, is_stdout, max_pixels_option, prepare_output_file, \
+    write_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import plot_format, write_plot
 
