@@ -48,22 +48,15 @@ uint8 once at the end. All randomness comes from the caller's ``numpy.random.Gen
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from dfd.runtime.atomic_files import write_atomically
-from dfd.runtime.errors import DfdError, first_few, os_error_text
-from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image
-from dfd.runtime.manifest import sha256_file
+from dfd.runtime.errors import DfdError
+from dfd.runtime.images import DEFAULT_MAX_PIXELS, array_sha256
 
 FloatImage = np.ndarray
 OpFunction = Callable[[FloatImage, float, np.random.Generator], FloatImage]
@@ -721,7 +714,7 @@ def fixed_degradation(name: str) -> Callable[[np.ndarray], np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def _require_seed(seed: int) -> None:
+def require_seed(seed: int) -> None:
     if seed < 0:
         raise DegradationError(f"seed must be >= 0, got {seed}")
 
@@ -732,206 +725,5 @@ def image_rng(seed: int, rgb: np.ndarray) -> np.random.Generator:
     the order in which images are processed. So adding a file does not change the others'
     degradations, and two different photographs that share a name (``real/x.jpg``,
     ``fake/x.jpg``) get unrelated draws."""
-    _require_seed(seed)
+    require_seed(seed)
     return np.random.default_rng([seed, int(array_sha256(rgb)[:16], 16)])
-
-
-@dataclass(frozen=True)
-class DegradedFile:
-    """What became of one input of :func:`degrade_files`: the PNG written, or why not (a message
-    that names the file), and the conversions its decoding applied (``DecodedImage.notes``)."""
-
-    source: Path
-    output: Path | None
-    error: str | None = None
-    notes: tuple[str, ...] = ()
-    degraded: bool = True  # False: a clean copy, left out of the degraded share (``share`` < 1)
-
-
-def _output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
-    """One PNG (lossless, so the file holds exactly the degraded pixels) per input; inputs that
-    share a stem get -1, -2, ... suffixes in input order. Stems that differ only in case do too:
-    on a file system that ignores case (macOS, Windows shares, exFAT) IMG_1.png and img_1.png are
-    one file, and the second image replaced the first's copy unnoticed."""
-    taken: set[str] = set()
-    outputs = []
-    for path in inputs:
-        stem, counter = path.stem, 0
-        candidate = f"{stem}.png"
-        while candidate.casefold() in taken:
-            counter += 1
-            candidate = f"{stem}-{counter}.png"
-        taken.add(candidate.casefold())
-        outputs.append(out_dir / candidate)
-    return outputs
-
-
-def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | None,
-                  spec: DegradationSpec = PAPER_SPEC, share: float = 1.0,
-                  replace: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[DegradedFile]:
-    """Degrade image files into ``out_dir`` as PNGs, yielding a :class:`DegradedFile` as each is
-    written, so a caller can report progress and an interrupt leaves a true account.
-
-    ``fixed`` names a fixed degradation (then ``spec`` does not matter); otherwise each image
-    goes through :func:`degrade` with :func:`image_rng` (seed, pixels). ``share`` < 1 degrades
-    only that fraction of the images (a draw from the same generator, so seeded per image) and
-    copies the others unchanged, to build mixed clean/degraded folders. An image that cannot be
-    read, degraded or written is reported (as an error message that names it) and the others are
-    still processed. ``max_pixels`` is the decoding limit (``decode_image``): a larger JPEG is
-    degraded from its reduced decode, with a note, and any other larger image is refused.
-
-    Raises ``DegradationError`` before anything is written (``out_dir`` included) when an output
-    would be one of the inputs (whichever input: ``x.jpg`` writes ``x.png``, which may be another
-    input), or, unless ``replace``, when an output file already exists.
-    """
-    if not 0.0 <= share <= 1.0:
-        raise DegradationError(f"share must be in [0, 1], got {share}")
-    transform = fixed_degradation(fixed) if fixed is not None else None
-    _require_seed(seed)  # before any file is touched
-    outputs = _output_paths(inputs, out_dir)
-    identities = {identity for identity in map(_file_identity, inputs) if identity is not None}
-    overwritten = [str(out) for out in outputs if _file_identity(out) in identities]
-    if overwritten:
-        raise DegradationError(f"degrading into {out_dir} would overwrite input images with degraded "
-                               f"copies: {first_few(overwritten)}; choose an --out that is not an input folder")
-    existing = [out.name for out in outputs if os.path.lexists(out)]
-    if existing and not replace:
-        raise DegradationError(f"{len(existing)} output file(s) already exist in {out_dir}: {first_few(existing)}; "
-                               f"pass --force to replace them, or choose another --out")
-    created = [folder for folder in (out_dir, *out_dir.parents) if not os.path.lexists(folder)]
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DegradationError(f"cannot create output folder {out_dir}: {os_error_text(error)}") from error
-    try:  # a folder that cannot be written fails now, not once per image after each was degraded
-        handle, probe = tempfile.mkstemp(prefix=".degrade-", suffix=".partial", dir=out_dir)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise DegradationError(f"cannot write into output folder {out_dir}: {error.strerror or error}") from error
-    return _degrade_each(inputs, outputs, seed, transform, spec, share, max_pixels, created)
-
-
-def _degrade_each(inputs: Sequence[Path], outputs: Sequence[Path], seed: int, transform: Callable | None,
-                  spec: DegradationSpec, share: float, max_pixels: int,
-                  created: Sequence[Path]) -> Iterator[DegradedFile]:
-    """Each image in turn; the folders ``created`` for the outputs are removed again when no image
-    was written into them (every input missing or unreadable, or an interrupt before the first)."""
-    written = False
-    try:
-        for result in _degrade_one_by_one(inputs, outputs, seed, transform, spec, share, max_pixels):
-            written = written or result.output is not None
-            yield result
-    finally:
-        for folder in created if not written else ():
-            try:
-                folder.rmdir()  # only while empty
-            except OSError:
-                break
-
-
-def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], seed: int, transform: Callable | None,
-                        spec: DegradationSpec, share: float, max_pixels: int) -> Iterator[DegradedFile]:
-    for path, out_path in zip(inputs, outputs):
-        notes: tuple[str, ...] = ()
-        try:
-            decoded = decode_image(path, max_pixels=max_pixels)  # the runtime's decode: imread's pixels, its refusals
-            notes, rgb = decoded.notes, decoded.rgb
-            rng = image_rng(seed, rgb)
-            degraded = rng.random() < share
-            if not degraded:
-                out = rgb
-            elif transform is not None:
-                out = transform(rgb)
-            else:
-                out = degrade(rgb, rng, spec)[0]
-            encoded = encode_png(out)
-            write_atomically(out_path, lambda file: file.write(encoded))
-            _record_copy(out_path, encoded)
-        except ImageError as error:  # names the file
-            yield DegradedFile(path, None, str(error), notes)
-            continue
-        except OSError as error:
-            # strerror only: the file it names would be the hidden temporary one
-            yield DegradedFile(path, None, f"could not write {out_path} (degraded from {path}): "
-                                           f"{error.strerror or error}", notes)
-            continue
-        except (DfdError, MemoryError, cv2.error) as error:
-            # one image that cannot be degraded (memory, OpenCV) must not end the run
-            yield DegradedFile(path, None, f"{path}: could not degrade it: {type(error).__name__}: {error}", notes)
-            continue
-        yield DegradedFile(path, out_path, None, notes, degraded)
-
-
-def _file_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of an existing file, so another name or a hard link of an input is caught."""
-    try:
-        info = os.stat(path)
-    except OSError:  # does not exist (yet): nothing to overwrite
-        return None
-    return info.st_dev, info.st_ino
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """An RGB image as the bytes of a PNG file. Raises ``DegradationError``."""
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise DegradationError(f"OpenCV could not PNG-encode an image of shape {rgb.shape}")
-    return encoded.tobytes()
-
-
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Encode in memory and write atomically (:func:`write_atomically`): an interrupted run never
-    leaves a truncated image that a later ``verify --images`` or calibration would read, and no
-    file of the user's is touched but ``path``. Raises ``DegradationError``/``OSError``."""
-    encoded = encode_png(rgb)
-    write_atomically(path, lambda file: file.write(encoded))
-
-
-COPIES_RECORD = ".dfd-degrade-copies.jsonl"
-"""In an output folder, one line per copy degrade wrote there: {"file": name, "sha256": ...}.
-Hidden, so folder scans pass over it. It tells degrade's own copies from images that were there
-before (originals), where an output folder lies inside a folder being degraded: the copies are
-left out of the inputs and may be replaced with --force, anything else is the user's."""
-
-
-def _record_copy(out_path: Path, encoded: bytes) -> None:
-    """Add a written copy to its folder's record. A record that cannot be written (a disk that
-    just filled) is passed over: the copy then counts as the user's, which only keeps a later run
-    from replacing it."""
-    line = json.dumps({"file": out_path.name, "sha256": hashlib.sha256(encoded).hexdigest()})
-    try:
-        with open(out_path.parent / COPIES_RECORD, "a", encoding="utf-8") as record:
-            record.write(line + "\n")
-    except OSError:
-        pass
-
-
-def recorded_copies(folder: Path) -> dict[str, set[str]]:
-    """The copies degrade recorded writing into ``folder``: name -> the sha256s written under it
-    (empty without a record; a line cut short by a killed run, or not degrade's, is passed over).
-    Read once per folder: a scan checks every image inside it against this."""
-    copies: dict[str, set[str]] = {}
-    try:
-        with open(folder / COPIES_RECORD, encoding="utf-8", errors="replace") as record:
-            for line in record:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(entry, dict) and isinstance(entry.get("file"), str):
-                    copies.setdefault(entry["file"], set()).add(entry.get("sha256"))
-    except OSError:
-        pass
-    return copies
-
-
-def is_recorded_copy(path: Path, copies: dict[str, set[str]]) -> bool:
-    """Whether ``path`` is a copy degrade wrote into its folder (``copies``, that folder's
-    :func:`recorded_copies`) and nothing changed it since."""
-    if path.name not in copies:
-        return False
-    try:
-        return sha256_file(path) in copies[path.name]
-    except OSError:
-        return False

@@ -372,7 +372,8 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
     Nothing is overwritten without --force, and an input never."""
     from tqdm import tqdm
 
-    from dfd.calibration.degrade import DegradationError, degrade_files
+    from dfd.calibration.degrade import DegradationError
+    from dfd.calibration.degrade_files import degrade_files
 
     require_stdout()  # each line says which file became which: lost without one, for a run that exits 0
     if fixed is not None and share >= 1 and _flags_given(click.get_current_context(), ("seed",)):
@@ -427,7 +428,8 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     image or folder named explicitly is always taken, since the output checks already refuse to
     overwrite an input. An --out that is a folder argument itself is refused: its images and their
     copies would be one folder."""
-    from dfd.calibration.degrade import DegradationError, is_recorded_copy, recorded_copies
+    from dfd.calibration.degrade import DegradationError
+    from dfd.calibration.degrade_files import is_recorded_copy, recorded_copies
 
     # realpath, not Path.resolve: a symbolic link loop among the images stopped the run with a
     # traceback (Python 3.11 raises RuntimeError); the loop fails on its own line when it is read
@@ -478,7 +480,7 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
 def _images_not_recorded_as_copies(folder: Path) -> list[str]:
     """The images directly in ``folder`` that degrade did not write there (none where it does not
     exist or holds no image)."""
-    from dfd.calibration.degrade import is_recorded_copy, recorded_copies
+    from dfd.calibration.degrade_files import is_recorded_copy, recorded_copies
     from dfd.calibration.sources import ImageSourceError, scan_image_folder
 
     try:

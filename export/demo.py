@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from dfd.calibration.degrade import fixed_degradation, write_png
+from dfd.calibration.degrade import fixed_degradation
+from dfd.calibration.degrade_files import write_png
 from dfd.calibration.sources import builtin_photographs
 
 from .cli import main as cli

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dfd.calibration.degrade import write_png
+from dfd.calibration.degrade_files import write_png
 from dfd.runtime.errors import first_few, os_error_text
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, DecodedImage
 
