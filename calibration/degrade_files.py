@@ -10,10 +10,11 @@ pixels out); this one is the file work around it, which only the CLI verb and th
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,30 @@ class DegradedFile:
     error: str | None = None
     notes: tuple[str, ...] = ()
     degraded: bool = True  # False: a clean copy, left out of the degraded share (``share`` < 1)
+    kept: bool = False  # True: an earlier run's copy of this image with these settings, kept (``resume``)
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    """What decides a copy's bytes besides its image. A copy an earlier run wrote from the same
+    image with the same settings (and the same versions of the code that computes it) is the copy
+    this run would write, so a resumed run keeps it instead of computing it again."""
+
+    seed: int
+    fixed: str | None
+    share: float
+    max_pixels: int
+    spec: DegradationSpec
+
+    def record(self) -> dict:
+        """The settings as the copies record keeps them (JSON), compared whole on a resume."""
+        try:
+            version = importlib.metadata.version("dfd-export")
+        except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+            version = "unknown"
+        return {"seed": self.seed, "fixed": self.fixed, "share": self.share, "max_pixels": self.max_pixels,
+                "spec": None if self.fixed is not None else hashlib.sha256(repr(self.spec).encode()).hexdigest(),
+                "versions": {"dfd-export": version, "opencv": cv2.__version__, "numpy": np.__version__}}
 
 
 def _output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
@@ -59,8 +84,8 @@ def _output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
 
 
 def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | None,
-                  spec: DegradationSpec = PAPER_SPEC, share: float = 1.0,
-                  replace: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[DegradedFile]:
+                  spec: DegradationSpec = PAPER_SPEC, share: float = 1.0, replace: bool = False,
+                  resume: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[DegradedFile]:
     """Degrade image files into ``out_dir`` as PNGs, yielding a :class:`DegradedFile` as each is
     written, so a caller can report progress and an interrupt leaves a true account.
 
@@ -71,25 +96,35 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     read, degraded or written is reported (as an error message that names it) and the others are
     still processed. ``max_pixels`` is the decoding limit (``decode_image``): a larger JPEG is
     degraded from its reduced decode, with a note, and any other larger image is refused.
+    ``resume`` keeps the outputs an earlier (interrupted) run recorded writing from the same
+    images with the same settings, unchanged since, and degrades the rest.
 
     Raises ``DegradationError`` before anything is written (``out_dir`` included) when an output
     would be one of the inputs (whichever input: ``x.jpg`` writes ``x.png``, which may be another
-    input), or, unless ``replace``, when an output file already exists.
+    input), or, unless ``replace``, when an output file already exists that ``resume`` does not keep.
     """
     if not 0.0 <= share <= 1.0:
         raise DegradationError(f"share must be in [0, 1], got {share}")
-    transform = fixed_degradation(fixed) if fixed is not None else None
-    require_seed(seed)  # before any file is touched
+    if fixed is not None:
+        fixed_degradation(fixed)  # an unknown name fails before any file is touched
+    require_seed(seed)
+    settings = CopySettings(seed, fixed, share, max_pixels, spec)
     outputs = _output_paths(inputs, out_dir)
     identities = {identity for identity in map(_file_identity, inputs) if identity is not None}
     overwritten = [str(out) for out in outputs if _file_identity(out) in identities]
     if overwritten:
         raise DegradationError(f"degrading into {out_dir} would overwrite input images with degraded "
                                f"copies: {first_few(overwritten)}; choose an --out that is not an input folder")
-    existing = [out.name for out in outputs if os.path.lexists(out)]
+    earlier = _earlier_copies(inputs, outputs, settings)
+    kept = earlier if resume else {}
+    existing = [out.name for out in outputs if os.path.lexists(out) and out not in kept]
     if existing and not replace:
-        raise DegradationError(f"{len(existing)} output file(s) already exist in {out_dir}: {first_few(existing)}; "
-                               f"pass --force to replace them, or choose another --out")
+        said = f"{len(existing)} output file(s) already exist in {out_dir}: {first_few(existing)}; "
+        if earlier and not resume:
+            raise DegradationError(f"{said}{len(earlier)} of them an earlier run wrote from these images with these "
+                                   f"settings (interrupted?): pass --resume to keep those and degrade the rest, "
+                                   f"--force to replace them all, or choose another --out")
+        raise DegradationError(f"{said}pass --force to replace them, or choose another --out")
     created = [folder for folder in (out_dir, *out_dir.parents) if not os.path.lexists(folder)]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,17 +136,43 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
         os.unlink(probe)
     except OSError as error:
         raise DegradationError(f"cannot write into output folder {out_dir}: {error.strerror or error}") from error
-    return _degrade_each(inputs, outputs, seed, transform, spec, share, max_pixels, created)
+    return _degrade_each(inputs, outputs, settings, kept, created)
 
 
-def _degrade_each(inputs: Sequence[Path], outputs: Sequence[Path], seed: int, transform: Callable | None,
-                  spec: DegradationSpec, share: float, max_pixels: int,
+def _earlier_copies(inputs: Sequence[Path], outputs: Sequence[Path], settings: CopySettings) -> dict[Path, dict]:
+    """The outputs that already hold what this run would write there: recorded in their folder's
+    copies record as written from the same image (its sha256) with the same settings, and
+    unchanged since. Output -> its record entry. Only existing outputs with such an entry are
+    hashed (with their images)."""
+    wanted = settings.record()
+    records: dict[Path, dict[str, list[dict]]] = {}
+    found: dict[Path, dict] = {}
+    for source, output in zip(inputs, outputs):
+        if not os.path.lexists(output):
+            continue
+        if output.parent not in records:
+            records[output.parent] = recorded_copies(output.parent)
+        entries = [entry for entry in records[output.parent].get(output.name, []) if entry.get("made_with") == wanted]
+        if not entries:
+            continue
+        try:
+            output_sha256, source_sha256 = sha256_file(output), sha256_file(source)
+        except OSError:
+            continue
+        match = next((entry for entry in entries if entry.get("sha256") == output_sha256
+                      and entry.get("source_sha256") == source_sha256), None)
+        if match is not None:
+            found[output] = match
+    return found
+
+
+def _degrade_each(inputs: Sequence[Path], outputs: Sequence[Path], settings: CopySettings, kept: dict[Path, dict],
                   created: Sequence[Path]) -> Iterator[DegradedFile]:
     """Each image in turn; the folders ``created`` for the outputs are removed again when no image
     was written into them (every input missing or unreadable, or an interrupt before the first)."""
     written = False
     try:
-        for result in _degrade_one_by_one(inputs, outputs, seed, transform, spec, share, max_pixels):
+        for result in _degrade_one_by_one(inputs, outputs, settings, kept):
             written = written or result.output is not None
             yield result
     finally:
@@ -122,24 +183,33 @@ def _degrade_each(inputs: Sequence[Path], outputs: Sequence[Path], seed: int, tr
                 break
 
 
-def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], seed: int, transform: Callable | None,
-                        spec: DegradationSpec, share: float, max_pixels: int) -> Iterator[DegradedFile]:
+def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], settings: CopySettings,
+                        kept: dict[Path, dict]) -> Iterator[DegradedFile]:
+    transform = fixed_degradation(settings.fixed) if settings.fixed is not None else None
+    made_with = settings.record()
     for path, out_path in zip(inputs, outputs):
+        if out_path in kept:
+            entry = kept[out_path]
+            yield DegradedFile(path, out_path, None, tuple(map(str, entry.get("notes", ()))),
+                               bool(entry.get("degraded", True)), kept=True)
+            continue
         notes: tuple[str, ...] = ()
         try:
-            decoded = decode_image(path, max_pixels=max_pixels)  # the runtime's decode: imread's pixels, its refusals
+            decoded = decode_image(path, max_pixels=settings.max_pixels)  # the runtime's: imread's pixels, refusals
             notes, rgb = decoded.notes, decoded.rgb
-            rng = image_rng(seed, rgb)
-            degraded = rng.random() < share
+            source_sha256 = sha256_file(path)  # what a resume checks the image against
+            rng = image_rng(settings.seed, rgb)
+            degraded = rng.random() < settings.share
             if not degraded:
                 out = rgb
             elif transform is not None:
                 out = transform(rgb)
             else:
-                out = degrade(rgb, rng, spec)[0]
+                out = degrade(rgb, rng, settings.spec)[0]
             encoded = encode_png(out)
             write_atomically(out_path, lambda file: file.write(encoded))
-            _record_copy(out_path, encoded)
+            _record_copy(out_path, {"sha256": hashlib.sha256(encoded).hexdigest(), "source_sha256": source_sha256,
+                                    "made_with": made_with, "degraded": degraded, "notes": list(notes)})
         except ImageError as error:  # names the file
             yield DegradedFile(path, None, str(error), notes)
             continue
@@ -181,17 +251,20 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 COPIES_RECORD = ".dfd-degrade-copies.jsonl"
-"""In an output folder, one line per copy degrade wrote there: {"file": name, "sha256": ...}.
+"""In an output folder, one line per copy degrade wrote there: {"file": name, "sha256": ...,
+"source_sha256": ..., "made_with": CopySettings.record(), "degraded": ..., "notes": [...]}.
 Hidden, so folder scans pass over it. It tells degrade's own copies from images that were there
 before (originals), where an output folder lies inside a folder being degraded: the copies are
-left out of the inputs and may be replaced with --force, anything else is the user's."""
+left out of the inputs and may be replaced with --force, anything else is the user's. And it lets
+an interrupted run resume (--resume): a copy written from the same image with the same settings
+is kept."""
 
 
-def _record_copy(out_path: Path, encoded: bytes) -> None:
+def _record_copy(out_path: Path, entry: dict) -> None:
     """Add a written copy to its folder's record. A record that cannot be written (a disk that
     just filled) is passed over: the copy then counts as the user's, which only keeps a later run
-    from replacing it."""
-    line = json.dumps({"file": out_path.name, "sha256": hashlib.sha256(encoded).hexdigest()})
+    from replacing or keeping it."""
+    line = json.dumps({"file": out_path.name, **entry})
     try:
         with open(out_path.parent / COPIES_RECORD, "a", encoding="utf-8") as record:
             record.write(line + "\n")
@@ -199,11 +272,11 @@ def _record_copy(out_path: Path, encoded: bytes) -> None:
         pass
 
 
-def recorded_copies(folder: Path) -> dict[str, set[str]]:
-    """The copies degrade recorded writing into ``folder``: name -> the sha256s written under it
-    (empty without a record; a line cut short by a killed run, or not degrade's, is passed over).
-    Read once per folder: a scan checks every image inside it against this."""
-    copies: dict[str, set[str]] = {}
+def recorded_copies(folder: Path) -> dict[str, list[dict]]:
+    """The copies degrade recorded writing into ``folder``: name -> the record's entries for it,
+    oldest first (empty without a record; a line cut short by a killed run, or not degrade's, is
+    passed over). Read once per folder: a scan checks every image inside it against this."""
+    copies: dict[str, list[dict]] = {}
     try:
         with open(folder / COPIES_RECORD, encoding="utf-8", errors="replace") as record:
             for line in record:
@@ -212,18 +285,18 @@ def recorded_copies(folder: Path) -> dict[str, set[str]]:
                 except json.JSONDecodeError:
                     continue
                 if isinstance(entry, dict) and isinstance(entry.get("file"), str):
-                    copies.setdefault(entry["file"], set()).add(entry.get("sha256"))
+                    copies.setdefault(entry["file"], []).append(entry)
     except OSError:
         pass
     return copies
 
 
-def is_recorded_copy(path: Path, copies: dict[str, set[str]]) -> bool:
+def is_recorded_copy(path: Path, copies: dict[str, list[dict]]) -> bool:
     """Whether ``path`` is a copy degrade wrote into its folder (``copies``, that folder's
     :func:`recorded_copies`) and nothing changed it since."""
     if path.name not in copies:
         return False
     try:
-        return sha256_file(path) in copies[path.name]
+        return sha256_file(path) in {entry.get("sha256") for entry in copies[path.name]}
     except OSError:
         return False

@@ -360,16 +360,20 @@ def doctor(engine_dir, as_json):
               "degrade wrote into --out). An --out inside a folder given, holding images degrade did not write "
               "there, is refused with or without it.")
 @click.option("--force", is_flag=True, help="Replace files that already exist in --out (an input is never replaced).")
+@click.option("--resume", is_flag=True, help="Keep the copies an earlier, interrupted run wrote into --out from the "
+              "same images with the same settings (as recorded in its hidden .dfd-degrade-copies.jsonl, and "
+              "unchanged since) and degrade the rest.")
 @max_pixels_option("is degraded from its reduced decode (1/2 .. 1/8, noted)", "fails on its own line",
                    DEGRADING_MEMORY)
 @handles_errors
-def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
+def degrade(inputs, out_dir, fixed, seed, share, recursive, force, resume, max_pixels):
     """Write degraded copies of images (the paper's compound degradation engine), for verify and
     benchmarks: INPUTS are image files and folders, each image becomes one PNG in --out, and each
     line printed says which file became which (and what decoding converted: EXIF rotation, alpha,
     16-bit, a reduced decode of a huge JPEG). Each image's draw depends on --seed and its pixels,
     not its name. One unreadable image is reported and the others still processed (exit 2).
-    Nothing is overwritten without --force, and an input never."""
+    Nothing is overwritten without --force, and an input never; --resume goes on where an
+    interrupted run stopped."""
     from tqdm import tqdm
 
     from dfd.calibration.degrade import DegradationError
@@ -385,9 +389,9 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
         if problems:
             sys.exit(2)
         raise DegradationError("no images to degrade")
-    failed = len(problems)
+    failed, kept, written = len(problems), 0, 0
     results = degrade_files([Path(p) for p in paths], out_dir, seed=seed, fixed=fixed, share=share, replace=force,
-                            max_pixels=max_pixels)
+                            resume=resume, max_pixels=max_pixels)
     # the bar only on a terminal, where each line is written above it: in a file or a pipe its
     # redraws began the lines printed after them, so scripts looking for "error:" missed some
     with termination_interrupts(), tqdm(total=len(paths), desc="degrade", unit="image", file=sys.stderr,
@@ -399,11 +403,15 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, max_pixels):
                     # with a share, which images are the degraded ones is the label a user needs
                     kind = ("" if share >= 1 else "  [degraded]" if result.degraded
                             else "  [clean copy: outside the --share]")
-                    click.echo(printable(f"{result.source} -> {result.output}{kind}{notes}"))
+                    kept, written = kept + result.kept, written + (not result.kept)
+                    click.echo(printable(f"{result.source} -> {result.output}{kind}"
+                                         f"{'  [kept: written by an earlier run]' if result.kept else ''}{notes}"))
                 else:
                     failed += 1
                     click.echo(printable(f"error: {result.error}"), err=True)  # the message names the file
             bar.update(1)
+    if kept:
+        click.echo(f"kept {kept} cop(ies) an earlier run wrote, wrote {written} new one(s)", err=True)
     if failed:
         click.echo(f"{failed} of {len(paths) + len(problems)} input(s) failed", err=True)
         sys.exit(2)

@@ -116,6 +116,51 @@ def test_existing_outputs_are_replaced_only_when_asked(tmp_path, photo):
     assert result.output == out / "a.png" and cv2.imread(str(result.output)) is not None
 
 
+def test_an_interrupted_run_resumes_keeping_only_copies_it_would_write_again(tmp_path, photo):
+    """An interrupted run (a kill, a stdout that filled) left its copies, and the re-run had to
+    --force every image again: there was no resume. --resume keeps a copy only where the record
+    says this image and these settings made it and the file is unchanged; the result is the same
+    bytes as one uninterrupted run, and anything else existing is still refused or replaced."""
+    sources = [write_rgb(tmp_path / "in" / f"{name}.png", rgb)
+               for name, rgb in (("a", photo), ("b", photo[::-1]), ("c", photo[:, ::-1]))]
+    whole = {r.output.name: r.output.read_bytes() for r in degrade_files(sources, tmp_path / "whole", seed=4,
+                                                                          fixed=None, share=0.5)}
+    out = tmp_path / "out"
+    run = degrade_files(sources, out, seed=4, fixed=None, share=0.5)
+    first = next(run)
+    run.close()  # interrupted after the first copy
+    assert sorted(p.name for p in out.iterdir()) == [COPIES_RECORD, "a.png"]
+    with pytest.raises(DegradationError, match=r"1 of them an earlier run wrote from these images with these settings "
+                                               r"\(interrupted\?\): pass --resume to keep those"):
+        list(degrade_files(sources, out, seed=4, fixed=None, share=0.5))
+    resumed = list(degrade_files(sources, out, seed=4, fixed=None, share=0.5, resume=True))
+    assert [(r.output.name, r.kept) for r in resumed] == [("a.png", True), ("b.png", False), ("c.png", False)]
+    assert resumed[0].degraded == first.degraded and resumed[0].notes == first.notes
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == whole
+    # other settings, an edited copy or a changed image: not what this run would write, so not kept
+    with pytest.raises(DegradationError, match="3 output file\\(s\\) already exist in .*; pass --force"):
+        list(degrade_files(sources, out, seed=5, fixed=None, share=0.5, resume=True))
+    (out / "b.png").write_bytes((out / "a.png").read_bytes())
+    write_rgb(sources[2], photo[::2])
+    with pytest.raises(DegradationError, match=r"2 output file\(s\) already exist in .*: b.png, c.png; pass --force"):
+        list(degrade_files(sources, out, seed=4, fixed=None, share=0.5, resume=True))
+    again = list(degrade_files(sources, out, seed=4, fixed=None, share=0.5, resume=True, replace=True))
+    assert [r.kept for r in again] == [True, False, False] and (out / "b.png").read_bytes() == whole["b.png"]
+
+
+def test_degrade_cli_resume_says_what_it_kept(tmp_path, photo):
+    sources = [write_rgb(tmp_path / "in" / f"{name}.png", rgb) for name, rgb in (("a", photo), ("b", photo[::-1]))]
+    out = tmp_path / "out"
+    run = degrade_files(sources, out, seed=0, fixed="blur3")
+    next(run)
+    run.close()
+    result = run_degrade_cli(str(tmp_path / "in"), "--out", str(out), "--fixed", "blur3", "--resume")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [f"{sources[0]} -> {out / 'a.png'}  [kept: written by an earlier run]",
+                                          f"{sources[1]} -> {out / 'b.png'}"]
+    assert "kept 1 cop(ies) an earlier run wrote, wrote 1 new one(s)" in result.stderr
+
+
 def test_degraded_files_are_written_whole_or_not_at_all(tmp_path, photo):
     source = tmp_path / "a.png"
     cv2.imwrite(str(source), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
