@@ -9,6 +9,7 @@ pixels out); this one is the file work around it, which only the CLI verb and th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -215,8 +216,11 @@ def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], setting
             continue
         except OSError as error:
             # strerror only: the file it names would be the hidden temporary one
-            yield DegradedFile(path, None, f"could not write {out_path} (degraded from {path}): "
-                                           f"{error.strerror or error}", notes)
+            said = f"could not write {out_path} (degraded from {path}): {error.strerror or error}"
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):  # every later copy would fail alike, one line each
+                raise DegradationError(f"{said}; stopped there: free some space, then run again with --resume to "
+                                       f"keep the copies written so far") from error
+            yield DegradedFile(path, None, said, notes)
             continue
         except (DfdError, MemoryError, cv2.error) as error:
             # one image that cannot be degraded (memory, OpenCV) must not end the run

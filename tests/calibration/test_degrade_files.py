@@ -4,6 +4,7 @@ there), one bad image does not sink the others, and every line says which file b
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -159,6 +160,34 @@ def test_degrade_cli_resume_says_what_it_kept(tmp_path, photo):
     assert result.stdout.splitlines() == [f"{sources[0]} -> {out / 'a.png'}  [kept: written by an earlier run]",
                                           f"{sources[1]} -> {out / 'b.png'}"]
     assert "kept 1 cop(ies) an earlier run wrote, wrote 1 new one(s)" in result.stderr
+
+
+def test_a_full_disk_stops_the_run_once_and_it_resumes_after(tmp_path, photo, monkeypatch):
+    """A disk that filled failed every later image on its own line (thousands of lines for a big
+    folder) after reading and degrading each for nothing."""
+    import dfd.calibration.degrade_files as module
+
+    sources = [write_rgb(tmp_path / "in" / f"{name}.png", rgb)
+               for name, rgb in (("a", photo), ("b", photo[::-1]), ("c", photo[:, ::-1]))]
+    out, writes = tmp_path / "out", []
+    original = module.write_atomically
+
+    def filling(path, write):
+        writes.append(path.name)
+        if len(writes) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(path, write)
+
+    monkeypatch.setattr(module, "write_atomically", filling)
+    result = run_degrade_cli(str(tmp_path / "in"), "--out", str(out), "--fixed", "blur3")
+    assert result.exit_code == 1 and writes == ["a.png", "b.png"]  # c.png was not tried
+    assert result.stdout.splitlines() == [f"{sources[0]} -> {out / 'a.png'}"]
+    assert result.stderr.splitlines()[-1] == (
+        f"error: could not write {out / 'b.png'} (degraded from {sources[1]}): No space left on device; stopped "
+        f"there: free some space, then run again with --resume to keep the copies written so far")
+    monkeypatch.setattr(module, "write_atomically", original)
+    resumed = run_degrade_cli(str(tmp_path / "in"), "--out", str(out), "--fixed", "blur3", "--resume")
+    assert resumed.exit_code == 0 and "kept 1 cop(ies) an earlier run wrote, wrote 2 new one(s)" in resumed.stderr
 
 
 def test_degraded_files_are_written_whole_or_not_at_all(tmp_path, photo):
