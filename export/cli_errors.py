@@ -33,9 +33,25 @@ def warn(message: str) -> None:
 
 
 def _fail(message: str, code: int = 1) -> None:
+    _end_open_progress_bars()
     # a message may span lines on purpose (a checkpoint's list of mismatches); the file names in it may not
     click.echo("\n".join(printable(line) for line in f"error: {message}".split("\n")), err=True)
     sys.exit(code)
+
+
+def _end_open_progress_bars() -> None:
+    """End the line of every progress bar still open, so the error begins a line of its own. A
+    bar's ``with`` closes it on any exception, but a signal that lands inside tqdm's constructor,
+    right after it drew the bar, comes before the ``with`` took hold: verify's interrupted run
+    then printed "verify:   0%| ... error: interrupted" on one line of a log, which ``grep
+    '^error:'`` misses. tqdm is looked up, never imported: a verb without bars has none open."""
+    tqdm_module = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", ())):
+        if hasattr(bar, "last_print_t"):
+            bar.close()
+        else:  # stopped inside its constructor, where close() takes it for never drawn
+            bar.disable = True
+            bar.fp.write("\n")
 
 
 def _reader_went_away() -> None:

@@ -189,6 +189,28 @@ def test_an_interrupted_detect_ends_its_progress_bar_before_the_error(tiny_engin
     assert re.search(r"8/16 \[.*\]\nerror: interrupted", result.output), result.output
 
 
+def test_a_bar_interrupted_before_its_with_took_hold_is_ended_before_the_error(capsys):
+    """SIGTERM right after tqdm's constructor drew the bar (verify's, the instant "verify:" showed)
+    came before the ``with`` that closes it: the error was glued to the bar's line in a log."""
+    from tqdm import tqdm
+
+    class SignalledOnceDrawn(tqdm):
+        def refresh(self, *args, **kwargs):  # the constructor's first drawing
+            super().refresh(*args, **kwargs)
+            raise KeyboardInterrupt
+
+    @handles_errors
+    def interrupted_in_the_constructor():
+        with SignalledOnceDrawn(total=200, desc="verify", unit="img", file=sys.stderr):
+            pytest.fail("the constructor was not interrupted")
+
+    with pytest.raises(SystemExit) as ended:
+        interrupted_in_the_constructor()
+    assert ended.value.code == 130
+    stderr = capsys.readouterr().err
+    assert re.search(r"\rverify:   0%\|[^\r\n]*\| 0/200 \[[^\r\n]*\]\nerror: interrupted\n$", stderr), repr(stderr)
+
+
 def test_a_failed_build_ends_its_progress_bar_before_the_error(reference_ensemble, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
