@@ -1,38 +1,30 @@
 """The ``dfd-export`` command line.
 
 Every verb imports its heavy machinery lazily, so ``detect``/``inspect``/``doctor`` never load
-torch, and ``--help`` is instant. Option groups shared by several verbs are defined once here
-(Polygraphy-style argument groups). Known failures print one ``error:`` line and exit 1; a
+torch, and ``--help`` is instant. The group and build, inspect, doctor and verify are here; the
+other verbs live in modules of their own (``detect_cli``, ``degrade_cli``, ``bench.cli``,
+``capi_build``). Parameter types and option groups shared by several verbs are defined once in
+``cli_types`` (Polygraphy-style argument groups). Known failures print one ``error:`` line and exit 1; a
 traceback means a bug.
 """
 
 from __future__ import annotations
 
-import codecs
 import functools
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import click
-from click.core import ParameterSource
 
 from dfd.runtime.decoder_messages import capturing_decoder_messages
-from dfd.runtime.errors import DfdError, first_few
-from dfd.runtime.face_boxes import BOX_COLUMNS
+from dfd.runtime.errors import DfdError
 from dfd.runtime.images import silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
-from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, GivenPath, OutputFolder, RowOutput, Verb, \
-    files_a_run_reads, is_stdout, max_pixels_option, prepare_output_file, same_file, write_output_file
-from .detect_resume import ENGINE_SET_FIELD, ScoredImages, check_engine_set, load_scored_images, refuse_stdout_over
+from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, GivenPath, OutputFolder, Verb, engine_dir_argument, \
+    files_a_run_reads, flags_given, is_stdout, max_pixels_option, prepare_output_file, same_file, write_output_file
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-
-
-def engine_dir_argument(func):
-    return click.argument("engine_dir", type=GivenPath())(func)
 
 
 def streams_option(func):
@@ -158,12 +150,12 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
     from .tensorrt_build import TensorRTOptions
 
     context = click.get_current_context()
-    unused = _flags_given(context, _TENSORRT_ONLY_OPTIONS)
+    unused = flags_given(context, _TENSORRT_ONLY_OPTIONS)
     if backend == "onnxruntime" and unused:
         warn(f"{', '.join(unused)} only shape{'s' if len(unused) == 1 else ''} TensorRT engines, and --backend "
              "onnxruntime builds none "
              "(its ONNX graphs take any batch size); pass --backend tensorrt or auto to build engines")
-    unused = _flags_given(context, _CALIBRATION_OPTIONS)
+    unused = flags_given(context, _CALIBRATION_OPTIONS)
     if precision == "fp32" and unused:
         warn(f"{', '.join(unused)} only shape{'s' if len(unused) == 1 else ''} the calibration of fp16 and int8 "
              "graphs, and an fp32 build has "
@@ -171,11 +163,11 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
     elif precision == "fp16" and "--calib-method" in unused:
         warn("--calib-method only chooses INT8 activation ranges; an fp16 build uses its calibration set to find "
              "the values out of fp16's range, whatever the method")
-    unused = _flags_given(context, ("lora_r", "lora_alpha"))
+    unused = flags_given(context, ("lora_r", "lora_alpha"))
     if weights_dir is None and unused:
         warn(f"{', '.join(unused)} describe the adapters of the checkpoints in --weights-dir, and without it the "
              "streams are random")
-    if weights_dir is not None and _flags_given(context, ("seed",)):
+    if weights_dir is not None and flags_given(context, ("seed",)):
         warn("--seed only initialises random streams, and the streams come from the checkpoints in --weights-dir")
 
     request = BuildRequest(
@@ -212,12 +204,6 @@ _TENSORRT_ONLY_OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_gib"
                           "hardware_compatibility")
 _CALIBRATION_OPTIONS = ("calib_dir", "calib_count", "calib_degrade", "calib_method", "calib_seed", "calib_cache",
                         "max_pixels")
-
-
-def _flags_given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
-    """Which of these options the user typed (not defaults), as spelled on the command line."""
-    return [f"--{name.replace('_', '-')}" for name in names
-            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
 
 
 @main.command()
@@ -339,164 +325,6 @@ def doctor(engine_dir, as_json):
             state = "runnable" if stream.get("runnable") else f"not runnable: {stream.get('reason')}"
             click.echo(f"  {name:7} {stream.get('precision')} {stream.get('backend')}  {state}")
     sys.exit(0 if runs_as_built else 3)
-
-
-@main.command()
-@click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=OutputFolder(outside_engine_sets=True),
-              help="Folder for the degraded copies (PNG, lossless), all in this one folder: an image "
-                   "becomes <its name without its suffix>.png there (a.jpg -> a.png), and images whose names "
-                   "share that stem (a.jpg and a.png, or a.jpg in two folders; case ignored) get -1, -2, ... "
-                   "suffixes in input order; each line printed says which file became which.")
-@click.option("--fixed", type=str, default=None, callback=lambda ctx, param, value: _check_fixed(value),
-              help="One fixed degradation for every image: jpeg10, blur3, noise25, gamma_dark, down4_up, "
-                   "compound_a or compound_b. Default: the paper's random compound degradation.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the random draws: the compound degradation and, with --share, which images are degraded.")
-@click.option("--share", type=FiniteFloatRange(0, 1), default=1.0, show_default=True,
-              help="Fraction of images degraded, with --fixed too (a seeded draw per image; the rest are "
-                   "copied unchanged).")
-@click.option("--recursive", is_flag=True, help="Also take the images in sub-folders of a folder (never the copies "
-              "degrade wrote into --out). An --out inside a folder given, holding images degrade did not write "
-              "there, is refused with or without it.")
-@click.option("--force", is_flag=True, help="Replace files that already exist in --out (an input is never replaced).")
-@click.option("--resume", is_flag=True, help="Keep the copies an earlier, interrupted run wrote into --out from the "
-              "same images with the same settings (as recorded in its hidden .dfd-degrade-copies.jsonl, and "
-              "unchanged since) and degrade the rest.")
-@max_pixels_option("is degraded from its reduced decode (1/2 .. 1/8, noted)", "fails on its own line",
-                   DEGRADING_MEMORY)
-@handles_errors
-def degrade(inputs, out_dir, fixed, seed, share, recursive, force, resume, max_pixels):
-    """Write degraded copies of images (the paper's compound degradation engine), for verify and
-    benchmarks: INPUTS are image files and folders, each image becomes one PNG in --out, and each
-    line printed says which file became which (and what decoding converted: EXIF rotation, alpha,
-    16-bit, a reduced decode of a huge JPEG). Each image's draw depends on --seed and its pixels,
-    not its name. One unreadable image is reported and the others still processed (exit 2).
-    Nothing is overwritten without --force, and an input never; --resume goes on where an
-    interrupted run stopped."""
-    from tqdm import tqdm
-
-    from dfd.calibration.degrade import DegradationError
-    from dfd.calibration.degrade_files import degrade_files
-
-    require_stdout()  # each line says which file became which: lost without one, for a run that exits 0
-    if fixed is not None and share >= 1 and _flags_given(click.get_current_context(), ("seed",)):
-        warn("--seed has no effect: a --fixed degradation draws nothing, and with --share 1 every image is degraded")
-    paths, problems = _degrade_inputs(inputs, out_dir, recursive)
-    for given, message in problems:
-        click.echo(printable(f"error: {given}: {message}"), err=True)
-    if not paths:
-        if problems:
-            sys.exit(2)
-        raise DegradationError("no images to degrade")
-    failed, kept, written = len(problems), 0, 0
-    results = degrade_files([Path(p) for p in paths], out_dir, seed=seed, fixed=fixed, share=share, replace=force,
-                            resume=resume, max_pixels=max_pixels)
-    # the bar only on a terminal, where each line is written above it: in a file or a pipe its
-    # redraws began the lines printed after them, so scripts looking for "error:" missed some
-    with termination_interrupts(), tqdm(total=len(paths), desc="degrade", unit="image", file=sys.stderr,
-                                        disable=len(paths) < 2 or not sys.stderr.isatty(), leave=False) as bar:
-        for result in results:
-            with bar.external_write_mode(file=sys.stderr):
-                if result.output is not None:
-                    notes = f"  ({'; '.join(result.notes)})" if result.notes else ""
-                    # with a share, which images are the degraded ones is the label a user needs
-                    kind = ("" if share >= 1 else "  [degraded]" if result.degraded
-                            else "  [clean copy: outside the --share]")
-                    kept, written = kept + result.kept, written + (not result.kept)
-                    click.echo(printable(f"{result.source} -> {result.output}{kind}"
-                                         f"{'  [kept: written by an earlier run]' if result.kept else ''}{notes}"))
-                else:
-                    failed += 1
-                    click.echo(printable(f"error: {result.error}"), err=True)  # the message names the file
-            bar.update(1)
-    if kept:
-        click.echo(f"kept {kept} cop(ies) an earlier run wrote, wrote {written} new one(s)", err=True)
-    if failed:
-        click.echo(f"{failed} of {len(paths) + len(problems)} input(s) failed", err=True)
-        sys.exit(2)
-
-
-def _check_fixed(name: str | None) -> str | None:
-    """A --fixed name degrade knows, checked before the inputs are scanned (a bad name came after
-    the scan's warnings, or after "no images" with exit 2)."""
-    from dfd.calibration.degrade import FIXED_DEGRADATIONS
-
-    if name is not None and name not in FIXED_DEGRADATIONS:
-        raise click.BadParameter(f"unknown fixed degradation {name!r}; known: {', '.join(FIXED_DEGRADATIONS)}")
-    return name
-
-
-def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
-    """The images to degrade, each once (by resolved path, first spelling kept), and the problems.
-    A folder argument that holds --out leaves out the copies degrade wrote there earlier (with a
-    warning), and refuses an --out that holds anything else, scanned (--recursive) or not: those
-    are the user's images (a sub-folder of originals), which --force would have replaced as if they
-    were old copies. An
-    image or folder named explicitly is always taken, since the output checks already refuse to
-    overwrite an input. An --out that is a folder argument itself is refused: its images and their
-    copies would be one folder."""
-    from dfd.calibration.degrade import DegradationError
-    from dfd.calibration.degrade_files import is_recorded_copy, recorded_copies
-
-    # realpath, not Path.resolve: a symbolic link loop among the images stopped the run with a
-    # traceback (Python 3.11 raises RuntimeError); the loop fails on its own line when it is read
-    out_root = Path(os.path.realpath(out_dir))
-    images: list[str] = []
-    problems: list[tuple[str, str]] = []
-    left_out: list[str] = []
-    not_copies: list[str] = []  # images inside --out that degrade did not write there
-    records: dict[Path, dict[str, set[str]]] = {}  # folder inside --out -> the copies recorded there
-    seen: set[Path] = set()
-    repeated = 0
-    for given in inputs:
-        given_root = Path(os.path.realpath(given))
-        is_folder = _is_folder(given)
-        if is_folder and given_root == out_root:
-            raise DegradationError(f"--out {out_dir} is the folder {given} of the images to degrade; write the "
-                                   f"degraded copies to another folder")
-        found, given_problems = expand_inputs((given,), recursive=recursive)
-        problems += given_problems
-        scans_out = is_folder and given_root in out_root.parents
-        for image in found:
-            resolved = Path(os.path.realpath(image))
-            if scans_out and out_root in resolved.parents:
-                folder = Path(image).parent
-                if folder not in records:
-                    records[folder] = recorded_copies(folder)
-                (left_out if is_recorded_copy(Path(image), records[folder]) else not_copies).append(image)
-            elif resolved in seen:
-                repeated += 1
-            else:
-                seen.add(resolved)
-                images.append(image)
-    if not recursive and any(_is_folder(given) and Path(os.path.realpath(given)) in out_root.parents
-                             for given in inputs):
-        # not scanned, yet --force would replace the originals there whose names the copies take
-        not_copies += _images_not_recorded_as_copies(out_dir)
-    if not_copies:
-        raise DegradationError(f"--out {out_dir} lies inside a folder being degraded and holds {len(not_copies)} "
-                               f"image(s) that degrade did not write there (originals?): {first_few(not_copies)}; "
-                               f"choose an --out outside the folders being degraded, or a new one")
-    if left_out:
-        warn(f"left out {len(left_out)} earlier degraded cop(ies) inside --out {out_dir}: {first_few(left_out)}")
-    if repeated:
-        warn(f"{repeated} image(s) given more than once (or through links to one file) are degraded once")
-    return images, problems
-
-
-def _images_not_recorded_as_copies(folder: Path) -> list[str]:
-    """The images directly in ``folder`` that degrade did not write there (none where it does not
-    exist or holds no image)."""
-    from dfd.calibration.degrade_files import is_recorded_copy, recorded_copies
-    from dfd.calibration.sources import ImageSourceError, scan_image_folder
-
-    try:
-        found = scan_image_folder(folder, recursive=False).images
-    except ImageSourceError:
-        return []
-    copies = recorded_copies(folder)
-    return [str(image) for image in found if not is_recorded_copy(image, copies)]
 
 
 def _thresholds_text(thresholds: dict) -> str:
@@ -625,474 +453,15 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
         sys.exit(3)
 
 
-# x1..y2: the face box the face stream was cropped on, so the output is also a --face-boxes file
-_CSV_FIELDS = ("image", "score", "raw_score", "global", "face", "fusion", "face_source", "face_used", *BOX_COLUMNS,
-               "error", "notes", ENGINE_SET_FIELD)
-
-
-def _is_folder(given: str) -> bool:
-    """Whether an argument names a folder. A path that cannot even be looked at (a name too long,
-    a folder on the way that may not be entered) is taken as a file, which then fails on its own
-    line as an unreadable image instead of ending the run."""
-    try:
-        return Path(given).is_dir()
-    except OSError:
-        return False
-
-
-def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files as given; folders expanded to their images (``scan_image_folder``, the calibration
-    sets' rule). Returns (images, problems); a folder's other files are named in a warning on
-    stderr, since a file given by name is tried whatever its suffix."""
-    from dfd.calibration.sources import ImageSourceError, NoImagesError, scan_image_folder
-
-    images: list[str] = []
-    problems: list[tuple[str, str]] = []
-    for given in inputs:
-        path = Path(given)
-        if not given:  # Path("") is the current folder, whose images were all scored
-            problems.append((given, "an empty image argument (an unset shell variable?); give '.' for the "
-                                    "current folder"))
-            continue
-        if not _is_folder(given):
-            if given.endswith(os.sep) and not os.path.lexists(given):  # "photos/": a folder was meant
-                a_file = os.path.isfile(given.rstrip(os.sep))
-                problems.append((given, "a file, not a folder (drop the trailing /)" if a_file else "no such folder"))
-                continue
-            images.append(given)  # a missing file becomes a per-image error in the detector
-            continue
-        try:
-            found = scan_image_folder(path, recursive=recursive)
-        except ImageSourceError as exc:
-            hint = " (use --recursive to look in them)" if isinstance(exc, NoImagesError) and exc.sub_folders else ""
-            problems.append((given, f"{exc}{hint}"))
-            continue
-        images.extend(str(p) for p in found.images)
-        problems += found.unlisted()
-        left_out = found.left_out_files(path)
-        if left_out:
-            warn(f"{left_out} (give a file by name to try it anyway)")
-        if found.sub_folders:
-            names = [p.name for p in found.sub_folders]
-            warn(f"did not look in {len(names)} sub-folder(s) of {given}: {first_few(names)} "
-                 "(use --recursive to include their images)")
-    return images, problems
-
-
-def _format_table_row(d: dict, omitted_notes: frozenset[str] = frozenset()) -> str:
-    """One image's row, then its notes indented below it, but ``omitted_notes``: what the decoder
-    said of a damaged file, a conversion, an upscale are as much the result as the score."""
-    if d["error"]:  # the message names the file too
-        return f"{printable(d['image'])}  ERROR: {printable(d['error'])}"
-    streams = "  ".join(f"{s} {p:.4f}" for s, p in d["streams"].items())
-    row = f"{printable(d['image'])}  score {d['score']:.1f}  (raw {d['raw_score']:.4f})  {streams}  face: {_face_input(d)}"
-    return row + "".join(f"\n    note: {printable(note)}" for note in d["notes"] if note not in omitted_notes)
-
-
-def _notes_the_table_omits() -> frozenset[str]:
-    """Notes the table's row already states (where the face stream's image came from), or that
-    every JPEG gets (its face image re-encoded as the reference's crop files are): one under
-    each row would bury the rest. jsonl and csv carry every note."""
-    from dfd.runtime.detector import FACE_INPUT_NOTES
-    from dfd.runtime.preprocess import FACE_REENCODE_NOTE, FACE_REENCODE_SUFFIXES
-
-    return FACE_INPUT_NOTES | {FACE_REENCODE_NOTE.format(suffix=suffix) for suffix in FACE_REENCODE_SUFFIXES}
-
-
-def _face_input(d: dict) -> str:
-    """Where the face stream's image came from, and which image it was: a found face under 1/9 of
-    the image, or none found, means the original image."""
-    face = d["face"] or {}
-    source, used = face.get("source", "none"), face.get("used")
-    if not face:
-        used = "original image"
-    return f"{source} -> {used}" if used else source
-
-
-def _csv_row(d: dict) -> dict:
-    face = d["face"] or {}
-    box = face.get("box") or (None,) * 4
-    return {
-        "image": d["image"], "score": d["score"], "raw_score": d["raw_score"],
-        **{s: d["streams"].get(s) for s in STREAM_CHOICES},
-        "face_source": face.get("source"), "face_used": face.get("used"), **dict(zip(BOX_COLUMNS, box)),
-        "error": d["error"], "notes": "; ".join(d["notes"]), ENGINE_SET_FIELD: d[ENGINE_SET_FIELD],
-    }
-
-
-@main.command()
-@engine_dir_argument
-@click.argument("images", nargs=-1, required=True)
-@click.option("--face-crops", type=GivenPath(file_okay=False, exists=True), default=None,
-              help="Folder of face crops with the same file names as the images, cropped the reference's "
-                   "way; the face stream takes their 252 centre crop. A crop may also sit at the image's path "
-                   "relative to the folder argument holding it (crops/sub/a.png for photos/sub/a.png of "
-                   "photos), which is needed where two images share a name. Images without one go to the "
-                   "packaged face detector (or, with --no-face-detect, use the original image).")
-@click.option("--face-boxes", type=GivenPath(dir_okay=False, exists=True), default=None,
-              help="File of face boxes you already have (e.g. RetinaFace's, as the reference uses): .csv with "
-                   "columns image,x1,y1,x2,y2 or .jsonl lines {\"image\": \"a.jpg\", \"box\": [x1, y1, x2, y2]}, "
-                   "pixels of the image; image is its path as listed here or its file name. The runtime crops "
-                   "them the reference's way. Images without a box go to the packaged face detector (or, with "
-                   "--no-face-detect, use the original image). detect's own jsonl/csv output is such a file: "
-                   "rerun with it to hold the located faces fixed (e.g. to compare two engine sets).")
-@click.option("--format", "fmt", type=click.Choice(["table", "jsonl", "csv"]), default="table", show_default=True,
-              help="Output format on stdout: table (a row per image, its notes indented below it) or jsonl/csv, "
-                   "which carry the raw (unrounded) stream probabilities and the engine set that scored each "
-                   "image (engine_set: its content sha256, as inspect shows it).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images per inference batch. Output rows appear a batch at a time; 1 writes each "
-                   "row as soon as its image is scored.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
-              help="Inference backend; auto picks TensorRT when the set has engines and it is usable here.")
-@click.option("--recursive", is_flag=True, help="Look for images in sub-folders of folder arguments.")
-@click.option("--no-face-detect", is_flag=True,
-              help="Do not locate faces: images without a face crop or box use the reference's no-face rule.")
-@click.option("--face-min-px", type=FiniteFloatRange(min=0), default=40.0, show_default=True,
-              callback=lambda ctx, param, value: _check_face_min_px(value),
-              help="Smallest face (image pixels) the face locator looks for: on images too large for BlazeFace's "
-                   "192-pixel pass to see it, MTCNN looks for faces from this size up at full resolution "
-                   "(~100-300 ms for a 1920-pixel image on 2 CPU cores); at least 12, MTCNN's smallest window. "
-                   "0: the 192-pixel pass only, faster, misses small faces.")
-@click.option("--no-face-cascade", is_flag=True,
-              help="When the face locator's plain pass finds no face, do not retry on the reference's nine "
-                   "enhanced copies of the image (bilateral, median, non-local means, CLAHE, ...). Much faster on "
-                   "photographs without a face (12 MP on 2 CPU cores: ~0.7 s of face localisation instead of "
-                   "~1.9 s); a badly degraded face may then go unfound.")
-@click.option("--host-preprocessing", is_flag=True,
-              help="tensorrt backend: preprocess and vote with NumPy/OpenCV on the host instead of the fused "
-                   "CUDA kernels (for comparisons and debugging; the results are identical except where x86 "
-                   "OpenCV's IPP bicubic upscale differs by one grey level).")
-@click.option("--cuda-graph-batch", type=click.IntRange(min=1), default=None,
-              help="tensorrt backend: replay one CUDA graph of preprocessing -> three engines -> vote for "
-                   "batches of exactly this many images (set --batch-size to match; other sizes run uncaptured).")
-@click.option("--skip-scored", type=GivenPath(dir_okay=False, exists=True), default=None,
-              help="An earlier run's --format jsonl or csv output: the images it lists with a score are not scored "
-                   "again (those that failed there are), so an interrupted run resumes by appending to the same "
-                   "file with >>. Images are matched by their path as detect lists it. The file's suffix (.jsonl "
-                   "or .csv) says its format; rows another engine set scored are refused.")
-@max_pixels_option("is decoded reduced (1/2 .. 1/8)", "fails on its own line",
-                   "Face localisation and resizing hold a few copies of an image in memory (3 bytes a pixel each)")
-@handles_errors
-def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend, recursive, no_face_detect, face_min_px,
-           no_face_cascade, host_preprocessing, cuda_graph_batch, skip_scored, max_pixels):
-    """Score images (files or folders) with an engine set.
-
-    One output line per image, in the order given (a folder's images sorted; a folder that
-    yields none, or cannot be listed, is a failed input in its place).
-
-    Exit status: 0 when every image was scored, 2 when some failed (their output carries
-    "error"), 1 on a usage or engine-set error or when the output cannot be written, 130 when
-    interrupted, 141 when the reader of stdout went away (| head).
-    """
-    import csv
-    import io
-    import json
-
-    from tqdm import tqdm
-
-    from dfd.runtime.detector import Detector
-    from dfd.runtime.manifest import CONTENT_HASH_KEY, load_manifest, manifest_digest
-
-    if face_crops is not None and face_boxes is not None:
-        raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
-    if cuda_graph_batch is not None and cuda_graph_batch > batch_size:
-        raise click.BadParameter(f"{cuda_graph_batch} is more than --batch-size {batch_size}, the most images scored "
-                                 f"at a time, so the graph would never replay; give at most {batch_size}",
-                                 param_hint="--cuda-graph-batch")
-    require_stdout()
-    if fmt != "table" and hasattr(sys.stdout, "reconfigure"):
-        # csv and jsonl are data, read back as UTF-8 (--skip-scored, --face-boxes) whatever the locale;
-        # a file name that is not valid in the file system's encoding is held with surrogate escapes
-        # (PEP 383), which csv writes back as its original bytes
-        utf8 = codecs.lookup(sys.stdout.encoding).name in ("utf-8", "utf-8-sig")  # keeps a BOM asked for
-        sys.stdout.reconfigure(encoding=None if utf8 else "utf-8", errors="surrogateescape")
-    output = RowOutput(sys.stdout)
-    scored = None
-    if skip_scored is not None:
-        refuse_stdout_over(skip_scored)
-        scored = load_scored_images(skip_scored)
-    _check_continuation(output, fmt, scored)
-    if scored is not None:
-        unchecked = check_engine_set(scored, manifest_digest(load_manifest(engine_dir, verify=False).raw), engine_dir)
-        if unchecked:
-            warn(unchecked)
-    paths: list[str] = []
-    problems_before: dict[int, list[tuple[str, str]]] = {}  # image position -> (input, why) given just before
-    skipped = 0
-    for given in images:
-        found, found_problems = expand_inputs((given,), recursive)
-        if found_problems:
-            problems_before.setdefault(len(paths), []).extend(found_problems)
-        if scored is not None:
-            kept = [path for path in found if not scored.holds(path)]
-            skipped, found = skipped + len(found) - len(kept), kept
-        paths += found
-    inputs = len(paths) + sum(len(problems) for problems in problems_before.values())
-    if scored is not None:
-        _report_skipped(scored, skipped, inputs)
-        if not inputs:
-            return
-    _continue_output(output, fmt, scored)
-    boxes = _assign_face_boxes(face_boxes, paths)
-    folders = [Path(given) for given in images if _is_folder(given)]
-    crop_files = _match_face_crops(face_crops, folders, paths, face_detection=not no_face_detect)
-    detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size, face_detection=not no_face_detect,
-                             face_min_px=face_min_px or None, gpu_preprocessing=not host_preprocessing,
-                             cuda_graph_batch=cuda_graph_batch, face_cascade=not no_face_cascade,
-                             max_pixels=max_pixels)
-    click.echo(f"backend: {detector.backend_reason}", err=True)
-    click.echo(f"preprocessing and vote: {detector.preprocessing}", err=True)
-    if host_preprocessing and not detector.backend_has_fused_path:
-        warn(f"--host-preprocessing has no effect: the {detector.backend.name} backend always "
-             f"preprocesses on the host (the fused CUDA kernels are the tensorrt backend's)")
-    click.echo(f"face localisation: {detector.face_localisation}", err=True)
-    unused = _flags_given(click.get_current_context(), ("face_min_px", "no_face_cascade"))
-    if unused and (detector.face_locator is None or "face" not in detector.streams):
-        warn(f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect: no face is looked for "
-             f"(face localisation {detector.face_localisation})")
-    if detector.manifest.random_weights:
-        warn("this engine set has RANDOM weights; its scores are meaningless.")
-    if len(detector.streams) < len(STREAM_CHOICES):
-        warn(f"this engine set has only the {', '.join(detector.streams)} stream(s); scores are their "
-             "vote, not the paper's three-stream ensemble.")
-    if "face" not in detector.streams and (face_crops is not None or face_boxes is not None):
-        option = "--face-crops" if face_crops is not None else "--face-boxes"
-        warn(f"{option} has no effect: this engine set has no face stream")
-        crop_files = boxes = None  # nor a note per image on a crop or box it lacks
-    rendered = io.StringIO(newline="")  # one CSV row at a time, so each is written whole or not at all
-    writer = csv.DictWriter(rendered, fieldnames=_CSV_FIELDS) if fmt == "csv" else None
-
-    def csv_text(write_row: Callable[[], object]) -> str:
-        rendered.seek(0)
-        rendered.truncate()
-        write_row()
-        return rendered.getvalue()
-
-    if not output.continues_file:  # appended (>>) to a file with rows already, its header is there
-        if writer:
-            output.write(csv_text(writer.writeheader), counts=False)
-        elif fmt == "table":
-            output.write("image  score  (raw weighted mean)  stream P(fake)  face input\n", counts=False)
-    omitted_notes = _notes_the_table_omits()
-
-    engine_set = detector.manifest.raw[CONTENT_HASH_KEY]  # which set scored a row, for --skip-scored
-
-    def emit(record: dict) -> None:
-        if fmt == "table":
-            output.write(_format_table_row(record, omitted_notes) + "\n")
-            return
-        record[ENGINE_SET_FIELD] = engine_set
-        if fmt == "jsonl":
-            output.write(json.dumps(record) + "\n")
-        else:
-            output.write(csv_text(lambda: writer.writerow(_csv_row(record))))
-
-    def emit_problems_before(position: int) -> int:
-        """Emit the failed inputs that came just before image ``position`` (in their place); how many."""
-        problems = problems_before.get(position, [])
-        for given, message in problems:
-            emit({"image": given, "score": None, "raw_score": None, "streams": {}, "rounded_streams": {},
-                  "face": None, "notes": [], "error": message})
-        return len(problems)
-
-    failed = 0
-    # closed however the run ends, so that an error or an interruption starts a line of its own; SIGTERM
-    # (timeout, a service manager) ends the run as Ctrl-C does: exit 130, every row written whole
-    with termination_interrupts(), tqdm(total=len(paths), unit="img", file=sys.stderr,
-                                        disable=len(paths) < 16) as progress:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            crops = [crop_files.get(path) for path in chunk] if crop_files is not None else None
-            chunk_boxes = [boxes.get(path) for path in chunk] if boxes is not None else None
-            for offset, detection in enumerate(detector.detect(chunk, face_crops=crops, face_boxes=chunk_boxes,
-                                                               labels=chunk)):
-                failed += emit_problems_before(start + offset)
-                if crop_files is not None and crop_files.get(detection.image) is None and detection.ok:
-                    looked_for = " and ".join(key.as_posix() for key in _crop_keys(detection.image, folders))
-                    detection.notes.append(f"no face crop for this image in {face_crops} (looked for {looked_for})")
-                if boxes is not None and detection.image not in boxes and detection.ok:
-                    detection.notes.append(f"no face box for this image in {face_boxes}")
-                failed += not detection.ok
-                emit(detection.to_dict())
-            progress.update(len(chunk))
-        failed += emit_problems_before(len(paths))
-    detector.close()
-    if failed:
-        click.echo(f"{failed} of {inputs} input(s) failed", err=True)
-        sys.exit(2)
-
-
-def _check_continuation(output: RowOutput, fmt: str, scored: ScoredImages | None) -> None:
-    """Rows appended (>>) to a file must continue what it holds: a file they would not continue
-    (the other format than the --skip-scored file's, a CSV with other columns, a last line cut short
-    other than a resumed file's) is refused before the inputs are scanned, anything is scored or
-    the file is touched (an older CSV was refused after "skipping N image(s)" had been said)."""
-    resuming = scored is not None and output.writes_to(scored.path)
-    if resuming and fmt != scored.format:
-        raise click.UsageError(f"stdout appends to {scored.path}, a --format {scored.format} output; "
-                               f"give --format {scored.format}")
-    ends = output.appended_file_ends()
-    if ends is None:
-        return
-    _refuse_other_rows(ends[0].removeprefix(codecs.BOM_UTF8).rstrip(b"\r"), fmt)
-    if ends[1] != b"\n" and fmt != "table" and not resuming:
-        raise DfdError("stdout appends to a file whose last line is cut short (a killed run?); the rows would "
-                       "continue it: resume with --skip-scored FILE, which drops it, or write to a new file")
-
-
-def _continue_output(output: RowOutput, fmt: str, scored: ScoredImages | None) -> None:
-    """Make an appended file ready for the rows (checked by ``_check_continuation``): the
-    --skip-scored file loses the cut-short last row of a killed run (its image is scored again),
-    which the new rows continued into a line no later resume could read; a last row without its
-    line end gets one."""
-    if scored is not None and output.writes_to(scored.path):
-        output.cut_to(scored.whole_rows_bytes)
-    ends = output.appended_file_ends()
-    if ends is not None and ends[1] != b"\n":
-        output.write("\r\n" if fmt == "csv" and ends[1] != b"\r" else "\n", counts=False)  # or half of csv's \r\n
-
-
-def _refuse_other_rows(first: bytes, fmt: str) -> None:
-    """Refuse ``fmt`` rows appended to a file whose ``first`` line (without a byte-order mark or
-    carriage return) begins something they would not continue."""
-    header = ",".join(_CSV_FIELDS).encode()
-    # an earlier dfd-export's CSV had fewer columns: still detect's rows, which table lines would break
-    held = "csv" if first.startswith(f"{_CSV_FIELDS[0]},{_CSV_FIELDS[1]},".encode()) else \
-        "jsonl" if first.startswith(b"{") else None
-    if fmt == "table" and held:
-        raise click.UsageError(f"stdout appends to a file of detect's --format {held} rows, which table lines would "
-                               f"break; give --format {held} (and --skip-scored FILE to resume a killed run)")
-    if fmt == "csv" and first != header:
-        raise DfdError(f"stdout appends to a file that does not begin with detect's CSV header ({_CSV_FIELDS[0]},"
-                       f"{_CSV_FIELDS[1]},...): the rows would not match its columns; write to a new file"
-                       if held != "csv" else
-                       f"stdout appends to detect CSV rows with other columns than this version writes (an earlier "
-                       f"dfd-export's, without {ENGINE_SET_FIELD}?): the rows would not match them; write to a new file (with "
-                       f"--skip-scored FILE > NEW.csv, the images FILE has not scored)")
-    if fmt == "jsonl" and held != "jsonl":
-        raise DfdError("stdout appends to a file that is not detect's jsonl output (its first line is not a JSON "
-                       "object); write to a new file")
-
-
-def _report_skipped(scored: ScoredImages, skipped: int, left: int) -> None:
-    """Say on stderr what --skip-scored left out, and what is scored again."""
-    again = []
-    if scored.failed:
-        again.append(f"{scored.failed} row(s) there are failures, whose images are tried again")
-    if scored.cut_row:
-        again.append("its last row was cut short (a killed run) and its image is scored again")
-    click.echo(f"skipping {skipped} image(s) already scored in {scored.path}; {left} input(s) left"
-               + (f" ({'; '.join(again)})" if again else ""), err=True)
-
-
-def _check_face_min_px(value: float) -> float:
-    """0 (off) or a size MTCNN looks for without upscaling the image (see SMALLEST_FACE_PX)."""
-    from dfd.runtime.face_detection import SMALLEST_FACE_PX
-
-    if 0 < value < SMALLEST_FACE_PX:
-        raise click.BadParameter(f"{value:g} is below {SMALLEST_FACE_PX:g} px, MTCNN's smallest window: a smaller face "
-                                 f"is found only in the image upscaled {SMALLEST_FACE_PX:g}/{value:g} times per side; "
-                                 f"give 0 to turn the small-face pass off", param_hint="--face-min-px")
-    return value
-
-
-def _crop_keys(image: str, folders: list[Path]) -> list[Path]:
-    """Where an image's crop may lie under --face-crops: its path relative to each folder argument
-    holding it (``crops/sub/a.png`` for ``photos/sub/a.png`` of ``photos``), outermost folder first,
-    so an image under nested folder arguments finds the same crop whatever their order; its name
-    for an image given as a file."""
-    keys = {Path(image).relative_to(folder) for folder in folders if Path(image).is_relative_to(folder)}
-    return sorted(keys, key=lambda key: (-len(key.parts), key)) or [Path(Path(image).name)]
-
-
-def _match_face_crops(face_crops: Path | None, folders: list[Path], paths: list[str],
-                      face_detection: bool) -> dict[str, str | None] | None:
-    """Each image's face-crop file (None where it has none), without --face-crops None. A crop is
-    looked for at the image's relative paths (``_crop_keys``), then, as the reference's flat crops
-    folder holds them, at its bare file name when no other image without a crop of its own has
-    that name. A crop that several different images would take (one relative path under two
-    folder arguments, or a bare name shared that way) would give them all one face, so that is
-    refused, naming them; one image listed twice is one image. Images left without a crop (the
-    face detector looks for their faces, or they use the original image) are counted in a
-    warning: a wrong folder or suffix would otherwise go unnoticed."""
-    if face_crops is None:
-        return None
-    nested: dict[str, Path] = {}
-    own: set[str] = set()  # the images with a crop at one of their relative paths
-    for path in paths:
-        places = [face_crops / key for key in _crop_keys(path, folders)]
-        found = next((place for place in places if _is_file(place)), None)
-        nested[path] = found or places[0]
-        if found is not None:
-            own.add(path)
-    same_name: dict[str, set[str]] = {}  # bare name -> the distinct images without a nested crop
-    for path in paths:
-        if path not in own:
-            same_name.setdefault(Path(path).name, set()).add(os.path.realpath(path))
-    chosen: dict[str, Path | None] = {}
-    takers: dict[Path, set[str]] = {}  # crop file -> the distinct images that would take it
-    for path in paths:
-        flat = face_crops / Path(path).name
-        crop = nested[path] if path in own else flat if _is_file(flat) else None
-        chosen[path] = crop
-        if crop is not None:
-            takers.setdefault(crop, set()).add(os.path.realpath(path))
-            if crop != nested[path]:  # the flat fallback: every image of that name could claim it
-                takers[crop] |= same_name[crop.name]
-    for path, crop in chosen.items():
-        if crop is not None and len(takers[crop]) > 1:
-            sharing = sorted(p for p in paths if os.path.realpath(p) in takers[crop])
-            raise click.UsageError(
-                f"--face-crops: {crop} is the only crop for {len(takers[crop])} images named {crop.name} "
-                f"({first_few(sharing)}); put each image's crop at its path relative to its folder under "
-                f"{face_crops}, and score folders whose images share relative paths in separate runs")
-    missing = sorted({path for path, crop in chosen.items() if crop is None})
-    if missing:
-        warn(f"{len(missing)} of {len(set(paths))} image(s) have no crop in {face_crops} (looked for at their path "
-             f"relative to their folder, then at their file name); "
-             + ("the face detector looks for their faces: " if face_detection
-                else "they use the original image (--no-face-detect): ") + first_few(missing))
-    return {path: None if crop is None else str(crop) for path, crop in chosen.items()}
-
-
-def _is_file(path: Path) -> bool:
-    """Whether ``path`` is a file; a name the file system refuses (too long) is none, not an error."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
-
-
-def _assign_face_boxes(face_boxes: Path | None, paths: list[str]) -> dict | None:
-    """The boxes of ``--face-boxes`` per image path (None without the option); entries that match
-    no image are reported on stderr (a typo there would otherwise silently send that image to the
-    face detector)."""
-    if face_boxes is None:
-        return None
-    from dfd.runtime.face_boxes import load_face_boxes
-
-    loaded = load_face_boxes(face_boxes)
-    if not loaded.boxes:
-        warn(f"{face_boxes} holds no face boxes")
-    assigned, unused = loaded.assign(paths)
-    if unused and not assigned and paths:
-        # every image would silently go to the face detector instead: almost surely the wrong file,
-        # or paths written where another folder spells them differently
-        raise DfdError(f"none of the {len(unused)} face box(es) in {face_boxes} matches an image given "
-                       f"(the first: {unused[0]!r}); give the images as the boxes file names them")
-    if unused:
-        warn(f"{len(unused)} face box(es) in {face_boxes} match no image given: {first_few([repr(k) for k in unused])}")
-    return assigned
-
-
 def _register_external_commands() -> None:
     """Verbs that live beside their implementation (their modules import nothing heavy at load)."""
     from .bench.cli import bench
     from .capi_build import capi
+    from .degrade_cli import degrade
+    from .detect_cli import detect
 
-    main.add_command(bench)
-    main.add_command(capi)
+    for command in (bench, capi, degrade, detect):
+        main.add_command(command)
 
 
 _register_external_commands()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 import click
+from click.core import ParameterSource
 
 from dfd.runtime.atomic_files import write_atomically
 from dfd.runtime.errors import DfdError, os_error_text
@@ -347,3 +348,14 @@ class RowOutput:
             os.dup2(devnull, self._fd)
             os.close(devnull)
         return True
+
+
+def engine_dir_argument(func: Callable) -> Callable:
+    """ENGINE_DIR, the first argument of every verb that reads an engine set."""
+    return click.argument("engine_dir", type=GivenPath())(func)
+
+
+def flags_given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
+    """Which of these options the user typed (not defaults), as spelled on the command line."""
+    return [f"--{name.replace('_', '-')}" for name in names
+            if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]

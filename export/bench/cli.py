@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from ..cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
-from ..cli_types import GivenPath, Verb, files_a_run_reads, is_stdout, max_pixels_option, prepare_output_file, \
-    write_output_file
+from ..cli_types import GivenPath, Verb, engine_dir_argument, files_a_run_reads, is_stdout, max_pixels_option, \
+    prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
 from .plot import plot_format, write_plot
 
@@ -47,7 +47,7 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 @click.command("bench", cls=Verb)
-@click.argument("engine_dir", type=GivenPath())
+@engine_dir_argument
 @click.option("--images", "images_dir", type=GivenPath(file_okay=False, exists=True), default=None,
               help="Folder of images to score, searched with its sub-folders: its first readable ones, as many "
                    "as the largest batch size (at least 8); with --compare torch, of at least 252x252 (the "
