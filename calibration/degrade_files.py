@@ -61,7 +61,9 @@ class CopySettings:
             version = importlib.metadata.version("dfd-export")
         except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
             version = "unknown"
-        return {"seed": self.seed, "fixed": self.fixed, "share": self.share, "max_pixels": self.max_pixels,
+        seed_counts = self.fixed is None or self.share < 1  # a fixed degradation of every image draws nothing
+        return {"seed": self.seed if seed_counts else None, "fixed": self.fixed, "share": self.share,
+                "max_pixels": self.max_pixels,
                 "spec": None if self.fixed is not None else hashlib.sha256(repr(self.spec).encode()).hexdigest(),
                 "versions": {"dfd-export": version, "opencv": cv2.__version__, "numpy": np.__version__}}
 
@@ -116,16 +118,12 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     if overwritten:
         raise DegradationError(f"degrading into {out_dir} would overwrite input images with degraded "
                                f"copies: {first_few(overwritten)}; choose an --out that is not an input folder")
+    _check_copies_record(out_dir)
     earlier = _earlier_copies(inputs, outputs, settings)
     kept = earlier if resume else {}
-    existing = [out.name for out in outputs if os.path.lexists(out) and out not in kept]
+    existing = [out for out in outputs if os.path.lexists(out) and out not in kept]
     if existing and not replace:
-        said = f"{len(existing)} output file(s) already exist in {out_dir}: {first_few(existing)}; "
-        if earlier and not resume:
-            raise DegradationError(f"{said}{len(earlier)} of them an earlier run wrote from these images with these "
-                                   f"settings (interrupted?): pass --resume to keep those and degrade the rest, "
-                                   f"--force to replace them all, or choose another --out")
-        raise DegradationError(f"{said}pass --force to replace them, or choose another --out")
+        raise DegradationError(_existing_outputs_refusal(out_dir, existing, earlier, resume, settings))
     created = [folder for folder in (out_dir, *out_dir.parents) if not os.path.lexists(folder)]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +136,44 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     except OSError as error:
         raise DegradationError(f"cannot write into output folder {out_dir}: {error.strerror or error}") from error
     return _degrade_each(inputs, outputs, settings, kept, created)
+
+
+def _existing_outputs_refusal(out_dir: Path, existing: Sequence[Path], earlier: dict[Path, dict], resume: bool,
+                              settings: CopySettings) -> str:
+    """Why outputs that exist stop the run, and what would go on: --resume where an earlier run
+    wrote them with these settings, the settings it used where it used others."""
+    said = f"{len(existing)} output file(s) already exist in {out_dir}: {first_few([out.name for out in existing])}"
+    others = [out for out in existing if out not in earlier]
+    if earlier and not resume:
+        if not others:
+            return (f"{said}; an earlier run wrote them from these images with these settings (interrupted?): pass "
+                    f"--resume to keep them and degrade the rest, --force to replace them, or choose another --out")
+        return (f"{said}; {len(earlier)} of them an earlier run wrote from these images with these settings "
+                f"(--resume keeps those), but not {first_few([out.name for out in others])}: pass --force to "
+                f"replace those (with --resume, only those), or choose another --out")
+    other_settings = _other_settings(existing, settings)
+    if other_settings:
+        return (f"{said}; {other_settings}: give the same settings to resume that run, or pass --force to replace "
+                f"them, or choose another --out")
+    cannot = " that --resume cannot keep (not written from these images, or changed since)" if resume else ""
+    return f"{said}{cannot}; pass --force to replace them, or choose another --out"
+
+
+def _other_settings(outputs: Sequence[Path], settings: CopySettings) -> str | None:
+    """"an earlier run wrote a.png with seed 0 (not 1)": the first output recorded as written with
+    other settings, and which, so a resume that keeps nothing says why."""
+    wanted = settings.record()
+    records: dict[Path, dict[str, list[dict]]] = {}
+    for output in outputs:
+        if output.parent not in records:
+            records[output.parent] = recorded_copies(output.parent)
+        for entry in reversed(records[output.parent].get(output.name, [])):
+            made_with = entry.get("made_with")
+            if isinstance(made_with, dict) and made_with != wanted:
+                differences = [f"{key} {made_with.get(key)!r} (not {value!r})" for key, value in wanted.items()
+                               if made_with.get(key) != value]
+                return f"an earlier run wrote {output.name} with {', '.join(differences)}"
+    return None
 
 
 def _earlier_copies(inputs: Sequence[Path], outputs: Sequence[Path], settings: CopySettings) -> dict[Path, dict]:
@@ -191,8 +227,9 @@ def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], setting
     for path, out_path in zip(inputs, outputs):
         if out_path in kept:
             entry = kept[out_path]
-            yield DegradedFile(path, out_path, None, tuple(map(str, entry.get("notes", ()))),
-                               bool(entry.get("degraded", True)), kept=True)
+            notes = entry.get("notes")
+            yield DegradedFile(path, out_path, None, tuple(map(str, notes)) if isinstance(notes, list) else (),
+                               entry.get("degraded") is not False, kept=True)
             continue
         notes: tuple[str, ...] = ()
         try:
@@ -209,8 +246,14 @@ def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], setting
                 out = degrade(rgb, rng, settings.spec)[0]
             encoded = encode_png(out)
             write_atomically(out_path, lambda file: file.write(encoded))
-            _record_copy(out_path, {"sha256": hashlib.sha256(encoded).hexdigest(), "source_sha256": source_sha256,
-                                    "made_with": made_with, "degraded": degraded, "notes": list(notes)})
+            try:
+                _record_copy(out_path, {"sha256": hashlib.sha256(encoded).hexdigest(), "source_sha256": source_sha256,
+                                        "made_with": made_with, "degraded": degraded, "notes": list(notes)})
+            except OSError:
+                # unrecorded, the copy would pass for the user's own image: no resume would keep it, and
+                # an --out inside the inputs would be refused for it
+                out_path.unlink(missing_ok=True)
+                raise
         except ImageError as error:  # names the file
             yield DegradedFile(path, None, str(error), notes)
             continue
@@ -264,16 +307,34 @@ an interrupted run resume (--resume): a copy written from the same image with th
 is kept."""
 
 
-def _record_copy(out_path: Path, entry: dict) -> None:
-    """Add a written copy to its folder's record. A record that cannot be written (a disk that
-    just filled) is passed over: the copy then counts as the user's, which only keeps a later run
-    from replacing or keeping it."""
-    line = json.dumps({"file": out_path.name, **entry})
+def _check_copies_record(out_dir: Path) -> None:
+    """Refuse, before any work, a copies record that is not a regular file degrade may read and
+    append to: a record written to nowhere left every copy unrecorded without a word (a folder of
+    that name, a file of another user's), and one that is a link appended JSON to the file it
+    names."""
+    record = out_dir / COPIES_RECORD
+    if not os.path.lexists(record):
+        return
+    if os.path.islink(record) or not record.is_file():
+        what = "a link" if os.path.islink(record) else "not a file"
+        raise DegradationError(f"{record} is not degrade's copies record ({what}); remove it, or choose another --out")
     try:
-        with open(out_path.parent / COPIES_RECORD, "a", encoding="utf-8") as record:
-            record.write(line + "\n")
-    except OSError:
-        pass
+        with open(record, "rb"), open(record, "ab"):
+            pass
+    except OSError as error:
+        raise DegradationError(f"cannot use the copies record {record}: {error.strerror or error}") from error
+
+
+def _record_copy(out_path: Path, entry: dict) -> None:
+    """Add a written copy to its folder's record, on a line of its own even after a line a full
+    disk cut short (whose copy is then unrecorded). Raises ``OSError``."""
+    line = json.dumps({"file": out_path.name, **entry}) + "\n"
+    with open(out_path.parent / COPIES_RECORD, "a+b") as record:
+        if record.tell() > 0:
+            record.seek(-1, os.SEEK_END)
+            if record.read(1) != b"\n":
+                line = "\n" + line
+        record.write(line.encode("utf-8"))
 
 
 def recorded_copies(folder: Path) -> dict[str, list[dict]]:

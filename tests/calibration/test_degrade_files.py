@@ -5,6 +5,7 @@ there), one bad image does not sink the others, and every line says which file b
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -131,22 +132,99 @@ def test_an_interrupted_run_resumes_keeping_only_copies_it_would_write_again(tmp
     first = next(run)
     run.close()  # interrupted after the first copy
     assert sorted(p.name for p in out.iterdir()) == [COPIES_RECORD, "a.png"]
-    with pytest.raises(DegradationError, match=r"1 of them an earlier run wrote from these images with these settings "
-                                               r"\(interrupted\?\): pass --resume to keep those"):
+    with pytest.raises(DegradationError, match=r"a.png; an earlier run wrote them from these images with these "
+                                               r"settings \(interrupted\?\): pass --resume to keep them"):
         list(degrade_files(sources, out, seed=4, fixed=None, share=0.5))
+    # what --resume would not keep is named in the same refusal, not in a second one after it
+    write_rgb(out / "c.png", photo)  # the user's own
+    with pytest.raises(DegradationError, match=r"1 of them an earlier run wrote from these images with these settings "
+                                               r"\(--resume keeps those\), but not c.png: pass --force to replace "
+                                               r"those \(with --resume, only those\)"):
+        list(degrade_files(sources, out, seed=4, fixed=None, share=0.5))
+    (out / "c.png").unlink()
     resumed = list(degrade_files(sources, out, seed=4, fixed=None, share=0.5, resume=True))
     assert [(r.output.name, r.kept) for r in resumed] == [("a.png", True), ("b.png", False), ("c.png", False)]
     assert resumed[0].degraded == first.degraded and resumed[0].notes == first.notes
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == whole
     # other settings, an edited copy or a changed image: not what this run would write, so not kept
-    with pytest.raises(DegradationError, match="3 output file\\(s\\) already exist in .*; pass --force"):
+    with pytest.raises(DegradationError, match=r"3 output file\(s\) already exist in .*; an earlier run wrote a.png "
+                                               r"with seed 4 \(not 5\): give the same settings to resume that run"):
         list(degrade_files(sources, out, seed=5, fixed=None, share=0.5, resume=True))
     (out / "b.png").write_bytes((out / "a.png").read_bytes())
     write_rgb(sources[2], photo[::2])
-    with pytest.raises(DegradationError, match=r"2 output file\(s\) already exist in .*: b.png, c.png; pass --force"):
+    with pytest.raises(DegradationError, match=r"2 output file\(s\) already exist in .*: b.png, c.png that --resume "
+                                               r"cannot keep \(not written from these images, or changed since\); "
+                                               r"pass --force"):
         list(degrade_files(sources, out, seed=4, fixed=None, share=0.5, resume=True))
     again = list(degrade_files(sources, out, seed=4, fixed=None, share=0.5, resume=True, replace=True))
     assert [r.kept for r in again] == [True, False, False] and (out / "b.png").read_bytes() == whole["b.png"]
+
+
+def test_the_seed_of_a_fixed_degradation_of_every_image_does_not_stop_a_resume(tmp_path, photo):
+    """degrade says --seed has no effect there, yet a resume with another seed kept nothing."""
+    sources = [write_rgb(tmp_path / "in" / f"{name}.png", rgb) for name, rgb in (("a", photo), ("b", photo[::-1]))]
+    run = degrade_files(sources, tmp_path / "out", seed=5, fixed="jpeg10")
+    next(run)
+    run.close()
+    assert [r.kept for r in degrade_files(sources, tmp_path / "out", seed=0, fixed="jpeg10", resume=True)] == [
+        True, False]
+
+
+def test_a_copies_record_degrade_cannot_use_is_refused_before_any_work(tmp_path, photo):
+    """A record that was a folder (or another user's file) left every copy unrecorded without a
+    word; one that was a link appended JSON to the file it named."""
+    source = write_rgb(tmp_path / "a.png", photo)
+    (tmp_path / "folder" / COPIES_RECORD).mkdir(parents=True)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / COPIES_RECORD).symlink_to(notes)
+    for out, what in (("folder", "not a file"), ("linked", "a link")):
+        with pytest.raises(DegradationError, match=f"{COPIES_RECORD} is not degrade's copies record \\({what}\\); "
+                                                   f"remove it, or choose another --out"):
+            degrade_files([source], tmp_path / out, seed=0, fixed="blur3")
+        assert not (tmp_path / out / "a.png").exists()
+    assert notes.read_text() == "mine\n"
+
+
+def test_a_record_line_a_full_disk_cut_short_leaves_the_next_whole(tmp_path, photo):
+    """The next line was glued to the cut one, so that copy too went unrecorded, and --resume
+    refused it after space was freed."""
+    sources = [write_rgb(tmp_path / "in" / f"{name}.png", rgb) for name, rgb in (("a", photo), ("b", photo[::-1]))]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / COPIES_RECORD).write_text('{"file": "gone.png", "sha2')  # cut short, its copy removed
+    run = degrade_files(sources, out, seed=0, fixed="blur3")
+    next(run)
+    run.close()
+    assert [r.kept for r in degrade_files(sources, out, seed=0, fixed="blur3", resume=True)] == [True, False]
+
+
+def test_a_copy_whose_record_cannot_be_written_is_removed_and_a_full_disk_stops(tmp_path, photo, monkeypatch):
+    """The record's OSError was passed over: the copy stayed, unrecorded, so it passed for the
+    user's own image and no resume would keep it."""
+    import dfd.calibration.degrade_files as module
+
+    sources = [write_rgb(tmp_path / "in" / f"{name}.png", rgb) for name, rgb in (("a", photo), ("b", photo[::-1]))]
+
+    def full(out_path, entry):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module, "_record_copy", full)
+    run = degrade_files(sources, tmp_path / "out", seed=0, fixed="blur3")
+    with pytest.raises(DegradationError, match=r"could not write .*a.png .*No space left on device; stopped there"):
+        next(run)
+    assert not (tmp_path / "out" / "a.png").exists()
+
+
+def test_a_hand_edited_record_entry_is_read_without_a_traceback(tmp_path, photo):
+    source = write_rgb(tmp_path / "in" / "a.png", photo)
+    [result] = degrade_files([source], tmp_path / "out", seed=0, fixed="blur3")
+    record = tmp_path / "out" / COPIES_RECORD
+    entry = json.loads(record.read_text())
+    record.write_text(json.dumps({**entry, "notes": None, "degraded": "yes"}) + "\n")
+    [kept] = degrade_files([source], tmp_path / "out", seed=0, fixed="blur3", resume=True)
+    assert kept.kept and kept.notes == () and kept.degraded
 
 
 def test_degrade_cli_resume_says_what_it_kept(tmp_path, photo):
@@ -476,6 +554,14 @@ def test_nothing_left_to_degrade_is_an_error(tmp_path, photo):
     assert result.exit_code == 1
     assert "left out 1 earlier degraded cop(ies) inside --out" in result.stderr
     assert "error: no images to degrade" in result.stderr
+
+
+def test_an_empty_image_argument_is_named_as_quotes(tmp_path, photo):
+    """It printed "error: : an empty image argument" (nothing between the colons)."""
+    source = write_rgb(tmp_path / "a.png", photo)
+    result = run_degrade_cli(str(source), "", "--out", str(tmp_path / "out"), "--fixed", "blur3")
+    assert result.exit_code == 2 and (tmp_path / "out" / "a.png").exists()
+    assert "error: '': an empty image argument (an unset shell variable?)" in result.stderr
 
 
 def test_an_image_given_twice_is_degraded_once_and_notes_are_printed(tmp_path, photo):
