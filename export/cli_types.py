@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import errno
 import fcntl
 import io
 import math
@@ -110,6 +111,8 @@ class OutputFolder(GivenPath):
         if os.path.isfile(value):
             self.fail(f"{value} is a file, not a folder; choose another", param, ctx)
         if os.path.islink(value) and not os.path.exists(value):
+            if _is_link_loop(value):
+                self.fail(f"{value} is a link that leads back to itself (a loop); choose another", param, ctx)
             self.fail(f"{value} is a link to {os.readlink(value)}, which does not exist; create that folder or "
                       f"choose another", param, ctx)
         path = super().convert(value, param, ctx)
@@ -121,6 +124,14 @@ class OutputFolder(GivenPath):
                           f"folder holds its own files only (a later build --force there would refuse the "
                           f"strangers); write beside it", param, ctx)
         return path
+
+
+def _is_link_loop(path: str | os.PathLike) -> bool:
+    try:
+        os.stat(path)
+    except OSError as error:
+        return error.errno == errno.ELOOP
+    return False
 
 
 def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None = None,

@@ -58,7 +58,7 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, resume, max_p
         warn("--seed has no effect: a --fixed degradation draws nothing, and with --share 1 every image is degraded")
     paths, problems = _degrade_inputs(inputs, out_dir, recursive)
     for given, message in problems:
-        click.echo(printable(f"error: {given}: {message}"), err=True)
+        click.echo(printable(f"error: {given or repr(given)}: {message}"), err=True)
     if not paths:
         if problems:
             sys.exit(2)

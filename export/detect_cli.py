@@ -308,16 +308,17 @@ def _refuse_other_rows(first: bytes, fmt: str) -> None:
     # an earlier dfd-export's CSV had fewer columns: still detect's rows, which table lines would break
     held = "csv" if first.startswith(f"{_CSV_FIELDS[0]},{_CSV_FIELDS[1]},".encode()) else \
         "jsonl" if first.startswith(b"{") else None
-    if fmt == "table" and held:
-        raise click.UsageError(f"stdout appends to a file of detect's --format {held} rows, which table lines would "
-                               f"break; give --format {held} (and --skip-scored FILE to resume a killed run)")
+    if held and fmt != held:
+        raise click.UsageError(f"stdout appends to a file of detect's --format {held} rows, which {fmt} "
+                               f"{'lines' if fmt == 'table' else 'rows'} would break; give --format {held} (and "
+                               f"--skip-scored FILE to resume a killed run)")
     if fmt == "csv" and first != header:
         raise DfdError(f"stdout appends to a file that does not begin with detect's CSV header ({_CSV_FIELDS[0]},"
                        f"{_CSV_FIELDS[1]},...): the rows would not match its columns; write to a new file"
                        if held != "csv" else
                        f"stdout appends to detect CSV rows with other columns than this version writes (an earlier "
-                       f"dfd-export's, without {ENGINE_SET_FIELD}?): the rows would not match them; write to a new file (with "
-                       f"--skip-scored FILE > NEW.csv, the images FILE has not scored)")
+                       f"dfd-export's, without {ENGINE_SET_FIELD}?): the rows would not match them; write to a new "
+                       f"file (with --skip-scored FILE > NEW.csv, the images FILE has not scored)")
     if fmt == "jsonl" and held != "jsonl":
         raise DfdError("stdout appends to a file that is not detect's jsonl output (its first line is not a JSON "
                        "object); write to a new file")

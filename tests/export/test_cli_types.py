@@ -124,6 +124,10 @@ def test_an_output_folder_that_is_a_link_to_nothing_is_called_so(verb, tmp_path)
     result = CliRunner().invoke(main, [*verb, "--out", str(link)])
     assert result.exit_code == 1, result.output
     assert f"'--out': {link} is a link to {tmp_path / 'gone'}, which does not exist" in result.output
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    result = CliRunner().invoke(main, [*verb, "--out", str(loop)])
+    assert result.exit_code == 1 and f"'--out': {loop} is a link that leads back to itself (a loop)" in result.output
 
 
 def test_an_output_file_that_is_part_of_the_engine_set_is_refused_before_the_run(tiny_engine_set, tmp_path):

@@ -98,6 +98,8 @@ def test_rows_that_would_not_continue_the_appended_file_are_refused_before_scori
          ["--format", "csv", "--skip-scored", "scores.jsonl"], "give --format jsonl"),
         ("notes.csv", "my notes\n", ["--format", "csv"], "does not begin with detect's CSV header"),
         ("rows.csv", "image,score\n", ["--format", "jsonl"], "its first line is not a JSON object"),
+        ("detect.csv", "image,score,raw_score,global,face,fusion,face_source,face_used,x1,y1,x2,y2,error,notes\n",
+         ["--format", "jsonl"], "detect's --format csv rows, which jsonl rows would break; give --format csv"),
         ("cut.jsonl", '{"image": "images/astronaut.png", "sco', ["--format", "jsonl"],
          "whose last line is cut short (a killed run?)"),
     ]
