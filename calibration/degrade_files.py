@@ -119,7 +119,8 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
         raise DegradationError(f"degrading into {out_dir} would overwrite input images with degraded "
                                f"copies: {first_few(overwritten)}; choose an --out that is not an input folder")
     _check_copies_record(out_dir)
-    earlier = _earlier_copies(inputs, outputs, settings)
+    # hashed only where it decides something: what --resume keeps, or what a refusal says it would
+    earlier = _earlier_copies(inputs, outputs, settings) if resume or not replace else {}
     kept = earlier if resume else {}
     existing = [out for out in outputs if os.path.lexists(out) and out not in kept]
     if existing and not replace:
