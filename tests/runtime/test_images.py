@@ -356,7 +356,7 @@ def test_opencv_exceptions_become_image_errors_and_unsized_formats_keep_the_limi
     with pytest.raises(ImageError, match="OpenCV could not decode it: the image is larger than OpenCV decodes"):
         decode_image(huge, max_pixels=2**31)
     small = _encoded(".sr", np.zeros((37, 53, 3), np.uint8))
-    monkeypatch.setattr(images, "_read_header", lambda data: None)
+    monkeypatch.setattr(images, "read_header", lambda data: None)
     assert decode_image(small).rgb.shape == (37, 53, 3)
     with pytest.raises(ImageError, match="image 53x37 \\(1961 pixels\\) is above the limit of 1 pixel"):
         decode_image(small, max_pixels=1)
