@@ -136,10 +136,11 @@ def _is_link_loop(path: str | os.PathLike) -> bool:
 
 def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None = None,
                         inputs: Sequence[Path] = ()) -> None:
-    """Create an output file's folder and check the file can be written before the run: a bad
-    path then fails at once instead of after minutes (hours at paper size) of measurement. The
-    check opens the file for appending (which changes nothing, and is removed again if it was
-    not there): a permission test such as ``os.access`` says yes to root for any path. Never an
+    """Check an output file can be written before the run: a bad path then fails at once instead
+    of after minutes (hours at paper size) of measurement. The check creates its folder and opens
+    the file for appending (which changes nothing; the file and the folders are removed again if
+    they were not there, and made again by ``write_output_file``): a permission test such as
+    ``os.access`` says yes to root for any path. Never an
     output: a file of the engine set being measured (its manifest.json, a graph), anything else
     inside its folder (a later ``build --force`` there would refuse the stranger), or one of
     ``inputs``, the files the run reads (checkpoints, images). A device or pipe (``/dev/stdout``,
@@ -165,6 +166,7 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
         raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=option)
     if existed and not path.is_file():
         return
+    created = _missing_folders(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -178,6 +180,22 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
     except OSError as exc:
         reason = exc.strerror if exc.filename == str(path) else os_error_text(exc)  # the name once, not twice
         raise click.BadParameter(f"cannot write {path}: {reason}", param_hint=option) from exc
+    finally:
+        # made again when the report is written: a run that fails before leaves no empty folders
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist yet, innermost first."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def files_a_run_reads(images_dir: Path | None, manifest: Manifest | None = None,
@@ -225,7 +243,9 @@ def write_output_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
             with open(path, "wb") as stream:
                 write(stream)
         else:
-            write_atomically(Path(os.path.realpath(path)), write)
+            target = Path(os.path.realpath(path))
+            target.parent.mkdir(parents=True, exist_ok=True)  # prepare_output_file removed what it made
+            write_atomically(target, write)
     except OSError as exc:
         raise DfdError(f"cannot write {path}: {os_error_text(exc)}") from exc
 

@@ -149,6 +149,19 @@ def test_an_unwritable_output_file_fails_before_the_run_even_as_root(tiny_engine
     assert "max |" not in result.output  # nothing was measured
 
 
+def test_a_run_that_fails_leaves_no_folder_its_report_would_have_gone_to(tiny_engine_set, tmp_path):
+    """The check before the run created --json's folders, which a run failing after it left
+    behind empty; they are made when the report is written."""
+    report = tmp_path / "reports" / "today" / "verify.json"
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    result = CliRunner().invoke(main, ["verify", str(tiny_engine_set), "--images", str(empty), "--json", str(report)])
+    assert result.exit_code == 1 and "no images" in result.output, result.output
+    assert not (tmp_path / "reports").exists()
+    write_output_file(report, lambda file: file.write(b"{}"))
+    assert report.read_bytes() == b"{}"
+
+
 def test_a_report_written_through_a_link_replaces_the_file_it_names_and_keeps_the_link(tmp_path):
     """The report was renamed over the link itself: link.json became a file, target.json stayed old."""
     (tmp_path / "target.json").write_text("old")
