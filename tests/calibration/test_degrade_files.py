@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dfd.calibration.degrade import PAPER_SPEC, DegradationError, degrade, fixed_degradation
+from dfd.calibration.degrade import PAPER_SPEC, DegradationError, DegradationSpec, degrade, fixed_degradation
 from dfd.calibration.degrade_files import COPIES_RECORD, degrade_files
 from dfd.export.cli import main
 
@@ -158,6 +159,50 @@ def test_an_interrupted_run_resumes_keeping_only_copies_it_would_write_again(tmp
         list(degrade_files(sources, out, seed=4, fixed=None, share=0.5, resume=True))
     again = list(degrade_files(sources, out, seed=4, fixed=None, share=0.5, resume=True, replace=True))
     assert [r.kept for r in again] == [True, False, False] and (out / "b.png").read_bytes() == whole["b.png"]
+
+
+RESUMED_WITH_OTHER_SETTINGS = [
+    ({"fixed": "blur3"}, {"fixed": "jpeg10"}, "fixed 'blur3' (not 'jpeg10')"),
+    ({"fixed": None, "share": 0.5}, {"fixed": None, "share": 1.0}, "share 0.5 (not 1.0)"),
+    ({"fixed": "blur3", "share": 0.5, "seed": 1}, {"fixed": "blur3", "share": 0.5, "seed": 2}, "seed 1 (not 2)"),
+    ({"fixed": "blur3"}, {"fixed": "blur3", "max_pixels": 10**7}, "max_pixels 64000000 (not 10000000)"),
+    ({"fixed": None}, {"fixed": None, "spec": DegradationSpec(op_probabilities=(("jpeg", 1.0),))}, "spec '"),
+]
+
+
+@pytest.mark.parametrize("first, then, named", RESUMED_WITH_OTHER_SETTINGS,
+                         ids=[named.split()[0] for _, _, named in RESUMED_WITH_OTHER_SETTINGS])
+def test_a_copy_made_with_other_settings_is_not_kept_and_the_setting_is_named(tmp_path, photo, first, then, named):
+    """Each setting that decides a copy's bytes is compared: dropping one from the record kept
+    copies another run would not write (a clean copy of a --share 0.5 run in an all-degraded folder)."""
+    source = write_rgb(tmp_path / "in" / "a.png", photo)
+    list(degrade_files([source], tmp_path / "out", **{"seed": 0, **first}))
+    with pytest.raises(DegradationError, match=f"an earlier run wrote a.png with {re.escape(named)}"):
+        list(degrade_files([source], tmp_path / "out", resume=True, **{"seed": 0, **then}))
+    [again] = degrade_files([source], tmp_path / "out", resume=True, replace=True, **{"seed": 0, **then})
+    assert not again.kept
+
+
+def test_a_copy_made_by_other_library_versions_is_not_kept(tmp_path, photo, monkeypatch):
+    source = write_rgb(tmp_path / "in" / "a.png", photo)
+    list(degrade_files([source], tmp_path / "out", seed=0, fixed="blur3"))
+    monkeypatch.setattr(cv2, "__version__", "3.0.0")
+    with pytest.raises(DegradationError, match=r"an earlier run wrote a.png with versions \{.*'opencv': '"):
+        list(degrade_files([source], tmp_path / "out", seed=0, fixed="blur3", resume=True))
+
+
+def test_a_kept_copy_keeps_its_decoding_notes(tmp_path, photo):
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 200, np.uint8)])
+    sources = [tmp_path / "in" / "a.png", write_rgb(tmp_path / "in" / "b.png", photo)]
+    assert cv2.imwrite(str(sources[0]), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    run = degrade_files(sources, tmp_path / "out", seed=0, fixed="blur3")
+    first = next(run)
+    run.close()
+    assert first.notes  # the alpha channel dropped
+    result = run_degrade_cli(*map(str, sources), "--out", str(tmp_path / "out"), "--fixed", "blur3", "--resume")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (f"{sources[0]} -> {tmp_path / 'out' / 'a.png'}  [kept: written by an "
+                                             f"earlier run]  ({'; '.join(first.notes)})")
 
 
 def test_the_seed_of_a_fixed_degradation_of_every_image_does_not_stop_a_resume(tmp_path, photo):

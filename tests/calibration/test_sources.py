@@ -46,6 +46,8 @@ def test_list_images_recursive_sorted_filtered(folder):
 
 def test_every_suffix_listed_is_one_opencv_decodes(tmp_path):
     """JPEG's other names (.jpe, .jfif) and PBM were left out of folders, though OpenCV reads them."""
+    assert set(IMAGE_EXTENSIONS) == {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff",
+                                     ".jp2", ".pbm", ".pgm", ".ppm", ".pnm"}  # as the README lists them
     image = np.full((64, 80, 3), 100, dtype=np.uint8)  # JPEG 2000's resolution levels need 64 pixels or so
     for suffix in IMAGE_EXTENSIONS:
         # OpenCV writes .jpe and .jfif only as .jpg, and PBM and PGM only from one channel

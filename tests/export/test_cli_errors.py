@@ -133,6 +133,7 @@ def _terminated_when(command: list[str], ready, timeout: float = 300) -> tuple[i
         if selector.select(timeout=0.05):
             stderr += os.read(process.stderr.fileno(), 65536)
     assert process.poll() is None, f"it ended before it was ready: {stderr.decode(errors='replace')}"
+    assert ready(stderr.decode(errors="replace")), "it was not ready before the deadline"
     process.send_signal(signal.SIGTERM)
     rest = process.communicate(timeout=120)[1]
     return process.returncode, (stderr + rest).decode(errors="replace")
