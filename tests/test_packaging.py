@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("export", "calibration", "runtime")
 
 
-def test_wheel_carries_every_kernel_source_and_the_three_packages(tmp_path):
+def test_wheel_carries_every_kernel_source_the_c_shims_and_the_three_packages(tmp_path):
     source = tmp_path / "source"  # built from a copy, so the build leaves nothing in the checkout
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -30,6 +30,7 @@ def test_wheel_carries_every_kernel_source_and_the_three_packages(tmp_path):
     kernels = {f"dfd/runtime/kernels/{p.name}" for p in (REPO / "runtime" / "kernels").iterdir()
                if p.suffix in (".cu", ".cuh")}
     assert kernels and kernels <= names, sorted(kernels - names)
+    assert "dfd/export/capi_shims.c" in names  # what `dfd-export capi` compiles
     for package in PACKAGES:
         modules = {f"dfd/{package}/{p.relative_to(REPO / package).as_posix()}"
                    for p in (REPO / package).rglob("*.py") if "__pycache__" not in p.parts}
