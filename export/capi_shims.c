@@ -140,15 +140,22 @@ static int dfd_abi_matches(uint32_t abi)
     return 0;
 }
 
-dfd_status dfd_open_abi(const char *engine_dir, const char *backend, dfd_detector **out, uint32_t abi)
+/* What both ways of opening do before the runtime is asked: no handle until one is made, the
+ * caller's header checked, the interpreter started. */
+static dfd_status dfd_open_begin(dfd_detector **out, uint32_t abi)
 {
-    dfd_status began;
     if (out != NULL)
         *out = NULL;
     dfd_error[0] = '\0';
     if (!dfd_abi_matches(abi))
         return DFD_E_INVALID_ARGUMENT;
-    if ((began = dfd_begin()) != DFD_OK)
+    return dfd_begin();
+}
+
+dfd_status dfd_open_abi(const char *engine_dir, const char *backend, dfd_detector **out, uint32_t abi)
+{
+    dfd_status began = dfd_open_begin(out, abi);
+    if (began != DFD_OK)
         return began;
     return dfd_finish(dfd_py_open(engine_dir, backend, out, dfd_error, sizeof dfd_error));
 }
@@ -178,13 +185,8 @@ void dfd_options_init_sized(dfd_options *options, size_t struct_size)
 
 dfd_status dfd_open_with_abi(const char *engine_dir, const dfd_options *options, dfd_detector **out, uint32_t abi)
 {
-    dfd_status began;
-    if (out != NULL)
-        *out = NULL;
-    dfd_error[0] = '\0';
-    if (!dfd_abi_matches(abi))
-        return DFD_E_INVALID_ARGUMENT;
-    if ((began = dfd_begin()) != DFD_OK)
+    dfd_status began = dfd_open_begin(out, abi);
+    if (began != DFD_OK)
         return began;
     return dfd_finish(dfd_py_open_with(engine_dir, options, out, dfd_error, sizeof dfd_error));
 }
