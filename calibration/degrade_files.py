@@ -10,6 +10,7 @@ pixels out); this one is the file work around it, which only the CLI verb and th
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -55,8 +56,10 @@ class CopySettings:
     max_pixels: int
     spec: DegradationSpec
 
-    def record(self) -> dict:
-        """The settings as the copies record keeps them (JSON), compared whole on a resume."""
+    @functools.cached_property
+    def made_with(self) -> dict:
+        """The settings as the copies record keeps them (JSON), compared whole on a resume; worked
+        out once (the installed version is looked up in the package metadata)."""
         try:
             version = importlib.metadata.version("dfd-export")
         except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
@@ -119,12 +122,13 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
         raise DegradationError(f"degrading into {out_dir} would overwrite input images with degraded "
                                f"copies: {first_few(overwritten)}; choose an --out that is not an input folder")
     _check_copies_record(out_dir)
-    # hashed only where it decides something: what --resume keeps, or what a refusal says it would
-    earlier = _earlier_copies(inputs, outputs, settings) if resume or not replace else {}
+    # read and hashed only where it decides something: what --resume keeps, or what a refusal says
+    copies = recorded_copies(out_dir) if resume or not replace else {}
+    earlier = _earlier_copies(inputs, outputs, copies, settings)
     kept = earlier if resume else {}
     existing = [out for out in outputs if os.path.lexists(out) and out not in kept]
     if existing and not replace:
-        raise DegradationError(_existing_outputs_refusal(out_dir, existing, earlier, resume, settings))
+        raise DegradationError(_existing_outputs_refusal(out_dir, existing, earlier, resume, copies, settings))
     created = [folder for folder in (out_dir, *out_dir.parents) if not os.path.lexists(folder)]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +144,7 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
 
 
 def _existing_outputs_refusal(out_dir: Path, existing: Sequence[Path], earlier: dict[Path, dict], resume: bool,
-                              settings: CopySettings) -> str:
+                              copies: dict[str, list[dict]], settings: CopySettings) -> str:
     """Why outputs that exist stop the run, and what would go on: --resume where an earlier run
     wrote them with these settings, the settings it used where it used others."""
     said = f"{len(existing)} output file(s) already exist in {out_dir}: {first_few([out.name for out in existing])}"
@@ -152,7 +156,7 @@ def _existing_outputs_refusal(out_dir: Path, existing: Sequence[Path], earlier: 
         return (f"{said}; {len(earlier)} of them an earlier run wrote from these images with these settings "
                 f"(--resume keeps those), but not {first_few([out.name for out in others])}: pass --force to "
                 f"replace those (with --resume, only those), or choose another --out")
-    other_settings = _other_settings(existing, settings)
+    other_settings = _other_settings(existing, copies, settings)
     if other_settings:
         return (f"{said}; {other_settings}: give the same settings to resume that run, or pass --force to replace "
                 f"them, or choose another --out")
@@ -160,15 +164,13 @@ def _existing_outputs_refusal(out_dir: Path, existing: Sequence[Path], earlier: 
     return f"{said}{cannot}; pass --force to replace them, or choose another --out"
 
 
-def _other_settings(outputs: Sequence[Path], settings: CopySettings) -> str | None:
-    """"an earlier run wrote a.png with seed 0 (not 1)": the first output recorded as written with
-    other settings, and which, so a resume that keeps nothing says why."""
-    wanted = settings.record()
-    records: dict[Path, dict[str, list[dict]]] = {}
+def _other_settings(outputs: Sequence[Path], copies: dict[str, list[dict]], settings: CopySettings) -> str | None:
+    """"an earlier run wrote a.png with seed 0 (not 1)": the first output the output folder's
+    ``copies`` record as written with other settings, and which, so a resume that keeps nothing
+    says why."""
+    wanted = settings.made_with
     for output in outputs:
-        if output.parent not in records:
-            records[output.parent] = recorded_copies(output.parent)
-        for entry in reversed(records[output.parent].get(output.name, [])):
+        for entry in reversed(copies.get(output.name, [])):
             made_with = entry.get("made_with")
             if isinstance(made_with, dict) and made_with != wanted:
                 differences = [f"{key} {made_with.get(key)!r} (not {value!r})" for key, value in wanted.items()
@@ -177,20 +179,17 @@ def _other_settings(outputs: Sequence[Path], settings: CopySettings) -> str | No
     return None
 
 
-def _earlier_copies(inputs: Sequence[Path], outputs: Sequence[Path], settings: CopySettings) -> dict[Path, dict]:
-    """The outputs that already hold what this run would write there: recorded in their folder's
-    copies record as written from the same image (its sha256) with the same settings, and
+def _earlier_copies(inputs: Sequence[Path], outputs: Sequence[Path], copies: dict[str, list[dict]],
+                    settings: CopySettings) -> dict[Path, dict]:
+    """The outputs that already hold what this run would write there: recorded in the output
+    folder's ``copies`` as written from the same image (its sha256) with the same settings, and
     unchanged since. Output -> its record entry. Only existing outputs with such an entry are
     hashed (with their images)."""
-    wanted = settings.record()
-    records: dict[Path, dict[str, list[dict]]] = {}
     found: dict[Path, dict] = {}
     for source, output in zip(inputs, outputs):
         if not os.path.lexists(output):
             continue
-        if output.parent not in records:
-            records[output.parent] = recorded_copies(output.parent)
-        entries = [entry for entry in records[output.parent].get(output.name, []) if entry.get("made_with") == wanted]
+        entries = [entry for entry in copies.get(output.name, []) if entry.get("made_with") == settings.made_with]
         if not entries:
             continue
         try:
@@ -224,7 +223,6 @@ def _degrade_each(inputs: Sequence[Path], outputs: Sequence[Path], settings: Cop
 def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], settings: CopySettings,
                         kept: dict[Path, dict]) -> Iterator[DegradedFile]:
     transform = fixed_degradation(settings.fixed) if settings.fixed is not None else None
-    made_with = settings.record()
     for path, out_path in zip(inputs, outputs):
         if out_path in kept:
             entry = kept[out_path]
@@ -249,7 +247,8 @@ def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], setting
             write_atomically(out_path, lambda file: file.write(encoded))
             try:
                 _record_copy(out_path, {"sha256": hashlib.sha256(encoded).hexdigest(), "source_sha256": source_sha256,
-                                        "made_with": made_with, "degraded": degraded, "notes": list(notes)})
+                                        "made_with": settings.made_with, "degraded": degraded,
+                                        "notes": list(notes)})
             except OSError:
                 # unrecorded, the copy would pass for the user's own image: no resume would keep it, and
                 # an --out inside the inputs would be refused for it
@@ -300,7 +299,7 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
 
 COPIES_RECORD = ".dfd-degrade-copies.jsonl"
 """In an output folder, one line per copy degrade wrote there: {"file": name, "sha256": ...,
-"source_sha256": ..., "made_with": CopySettings.record(), "degraded": ..., "notes": [...]}.
+"source_sha256": ..., "made_with": CopySettings.made_with, "degraded": ..., "notes": [...]}.
 Hidden, so folder scans pass over it. It tells degrade's own copies from images that were there
 before (originals), where an output folder lies inside a folder being degraded: the copies are
 left out of the inputs and may be replaced with --force, anything else is the user's. And it lets
