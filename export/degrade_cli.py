@@ -106,9 +106,8 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     A folder argument that holds --out leaves out the copies degrade wrote there earlier (with a
     warning), and refuses an --out that holds anything else, scanned (--recursive) or not: those
     are the user's images (a sub-folder of originals), which --force would have replaced as if they
-    were old copies. An
-    image or folder named explicitly is always taken, since the output checks already refuse to
-    overwrite an input. An --out that is a folder argument itself is refused: its images and their
+    were old copies. An image or folder named explicitly is always taken, since the output checks
+    already refuse to overwrite an input. An --out that is a folder argument itself is refused: its images and their
     copies would be one folder."""
     from dfd.calibration.degrade import DegradationError
     from dfd.calibration.degrade_files import is_recorded_copy, recorded_copies
@@ -123,6 +122,7 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
     records: dict[Path, dict[str, list[dict]]] = {}  # folder inside --out -> the copies recorded there
     seen: set[Path] = set()
     repeated = 0
+    out_in_a_folder_given = False
     for given in inputs:
         given_root = Path(os.path.realpath(given))
         folder_given = is_folder(given)
@@ -132,6 +132,7 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
         found, given_problems = expand_inputs((given,), recursive=recursive)
         problems += given_problems
         scans_out = folder_given and given_root in out_root.parents
+        out_in_a_folder_given = out_in_a_folder_given or scans_out
         for image in found:
             resolved = Path(os.path.realpath(image))
             if scans_out and out_root in resolved.parents:
@@ -144,8 +145,7 @@ def _degrade_inputs(inputs: tuple[str, ...], out_dir: Path, recursive: bool) -> 
             else:
                 seen.add(resolved)
                 images.append(image)
-    if not recursive and any(is_folder(given) and Path(os.path.realpath(given)) in out_root.parents
-                             for given in inputs):
+    if out_in_a_folder_given and not recursive:
         # not scanned, yet --force would replace the originals there whose names the copies take
         not_copies += _images_not_recorded_as_copies(out_dir)
     if not_copies:
