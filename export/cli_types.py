@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import errno
 import fcntl
 import io
 import math
@@ -17,7 +16,7 @@ import click
 from click.core import ParameterSource
 
 from dfd.runtime.atomic_files import write_atomically
-from dfd.runtime.errors import DfdError, os_error_text
+from dfd.runtime.errors import DfdError, dangling_link_text, os_error_text
 from dfd.runtime.images import DEFAULT_MAX_PIXELS
 from dfd.runtime.manifest import Manifest, engine_set_files
 
@@ -110,11 +109,9 @@ class OutputFolder(GivenPath):
         self.refuse_empty(value, param, ctx)
         if os.path.isfile(value):
             self.fail(f"{value} is a file, not a folder; choose another", param, ctx)
-        if os.path.islink(value) and not os.path.exists(value):
-            if _is_link_loop(value):
-                self.fail(f"{value} is a link that leads back to itself (a loop); choose another", param, ctx)
-            self.fail(f"{value} is a link to {os.readlink(value)}, which does not exist; create that folder or "
-                      f"choose another", param, ctx)
+        dangling = dangling_link_text(value)
+        if dangling:
+            self.fail(f"{dangling}; choose another, or make the link lead to a folder", param, ctx)
         path = super().convert(value, param, ctx)
         if self.outside_engine_sets:
             folder = Path(os.path.abspath(path))
@@ -124,14 +121,6 @@ class OutputFolder(GivenPath):
                           f"folder holds its own files only (a later build --force there would refuse the "
                           f"strangers); write beside it", param, ctx)
         return path
-
-
-def _is_link_loop(path: str | os.PathLike) -> bool:
-    try:
-        os.stat(path)
-    except OSError as error:
-        return error.errno == errno.ELOOP
-    return False
 
 
 def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None = None,

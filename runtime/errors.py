@@ -5,6 +5,7 @@ derives from ``DfdError``, so the CLI and the C ABI can turn exactly those into 
 message and treat anything else as a bug.
 """
 
+import errno
 import os
 
 
@@ -23,8 +24,21 @@ def os_error_text(exc: OSError) -> str:
     a folder where a file (or a link to nothing) stands raises FileExistsError naming it, which
     "File exists" alone does not explain."""
     if isinstance(exc, FileExistsError):
-        if exc.filename is not None and os.path.islink(exc.filename) and not os.path.exists(exc.filename):
-            return f"{exc.filename} is a link to {os.readlink(exc.filename)}, which does not exist"
-        return f"{exc.filename} is a file, not a folder"
+        dangling = dangling_link_text(exc.filename) if exc.filename is not None else None
+        return dangling or f"{exc.filename} is a file, not a folder"
     where = f": {exc.filename}" if exc.filename else ""
     return f"{exc.strerror or exc}{where}"
+
+
+def dangling_link_text(path: str | os.PathLike) -> str | None:
+    """What a link that leads nowhere is, said of ``path`` ("a link to X, which does not exist",
+    or a loop); None where ``path`` is no such link. Creating a folder there fails as if a file
+    stood in the way."""
+    if not os.path.islink(path) or os.path.exists(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"{path} is a link that leads back to itself (a loop)"
+    return f"{path} is a link to {os.readlink(path)}, which does not exist"
