@@ -48,7 +48,8 @@ class DegradedFile:
 class CopySettings:
     """What decides a copy's bytes besides its image. A copy an earlier run wrote from the same
     image with the same settings (and the same versions of the code that computes it) is the copy
-    this run would write, so a resumed run keeps it instead of computing it again."""
+    this run would write, so a resumed run keeps it instead of computing it again. The decoding
+    limit decides only for an image above it (:meth:`differences`)."""
 
     seed: int
     fixed: str | None
@@ -58,8 +59,9 @@ class CopySettings:
 
     @functools.cached_property
     def made_with(self) -> dict:
-        """The settings as the copies record keeps them (JSON), compared whole on a resume; worked
-        out once (the installed version is looked up in the package metadata)."""
+        """The settings as the copies record keeps them (JSON), compared on a resume
+        (:meth:`differences`); worked out once (the installed version is looked up in the package
+        metadata)."""
         try:
             version = importlib.metadata.version("dfd-export")
         except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
@@ -69,6 +71,19 @@ class CopySettings:
                 "max_pixels": self.max_pixels,
                 "spec": None if self.fixed is not None else hashlib.sha256(repr(self.spec).encode()).hexdigest(),
                 "versions": {"dfd-export": version, "opencv": cv2.__version__, "numpy": np.__version__}}
+
+    def differences(self, entry: dict) -> list[str]:
+        """The settings of :attr:`made_with` that a copies record ``entry`` was written with
+        otherwise, as "seed 4 (not 5)" (none: this run writes that copy again). ``max_pixels``
+        counts only where the image is above either limit: below both, each run decodes it whole,
+        and a run that failed on one large image goes on with a higher limit keeping the others."""
+        made_with = entry.get("made_with") if isinstance(entry.get("made_with"), dict) else {}
+        pixels = entry.get("pixels")
+        recorded_limit = made_with.get("max_pixels")
+        below_both = (type(pixels) is int and type(recorded_limit) is int
+                      and pixels <= min(recorded_limit, self.max_pixels))
+        return [f"{key} {made_with.get(key)!r} (not {value!r})" for key, value in self.made_with.items()
+                if made_with.get(key) != value and not (key == "max_pixels" and below_both)]
 
 
 def _output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
@@ -168,13 +183,10 @@ def _other_settings(outputs: Sequence[Path], copies: dict[str, list[dict]], sett
     """"an earlier run wrote a.png with seed 0 (not 1)": the first output the output folder's
     ``copies`` record as written with other settings, and which, so a resume that keeps nothing
     says why."""
-    wanted = settings.made_with
     for output in outputs:
         for entry in reversed(copies.get(output.name, [])):
-            made_with = entry.get("made_with")
-            if isinstance(made_with, dict) and made_with != wanted:
-                differences = [f"{key} {made_with.get(key)!r} (not {value!r})" for key, value in wanted.items()
-                               if made_with.get(key) != value]
+            differences = settings.differences(entry) if isinstance(entry.get("made_with"), dict) else []
+            if differences:
                 return f"an earlier run wrote {output.name} with {', '.join(differences)}"
     return None
 
@@ -189,7 +201,7 @@ def _earlier_copies(inputs: Sequence[Path], outputs: Sequence[Path], copies: dic
     for source, output in zip(inputs, outputs):
         if not os.path.lexists(output):
             continue
-        entries = [entry for entry in copies.get(output.name, []) if entry.get("made_with") == settings.made_with]
+        entries = [entry for entry in copies.get(output.name, []) if not settings.differences(entry)]
         if not entries:
             continue
         try:
@@ -246,9 +258,10 @@ def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], setting
             encoded = encode_png(out)
             write_atomically(out_path, lambda file: file.write(encoded))
             try:
+                height, width = decoded.full_size_hw
                 _record_copy(out_path, {"sha256": hashlib.sha256(encoded).hexdigest(), "source_sha256": source_sha256,
-                                        "made_with": settings.made_with, "degraded": degraded,
-                                        "notes": list(notes)})
+                                        "pixels": height * width, "made_with": settings.made_with,
+                                        "degraded": degraded, "notes": list(notes)})
             except OSError:
                 # unrecorded, the copy would pass for the user's own image: no resume would keep it, and
                 # an --out inside the inputs would be refused for it
@@ -299,7 +312,8 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
 
 COPIES_RECORD = ".dfd-degrade-copies.jsonl"
 """In an output folder, one line per copy degrade wrote there: {"file": name, "sha256": ...,
-"source_sha256": ..., "made_with": CopySettings.made_with, "degraded": ..., "notes": [...]}.
+"source_sha256": ..., "pixels": the image's, "made_with": CopySettings.made_with, "degraded": ...,
+"notes": [...]}.
 Hidden, so folder scans pass over it. It tells degrade's own copies from images that were there
 before (originals), where an output folder lies inside a folder being degraded: the copies are
 left out of the inputs and may be replaced with --force, anything else is the user's. And it lets

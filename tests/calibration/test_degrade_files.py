@@ -165,7 +165,6 @@ RESUMED_WITH_OTHER_SETTINGS = [
     ({"fixed": "blur3"}, {"fixed": "jpeg10"}, "fixed 'blur3' (not 'jpeg10')"),
     ({"fixed": None, "share": 0.5}, {"fixed": None, "share": 1.0}, "share 0.5 (not 1.0)"),
     ({"fixed": "blur3", "share": 0.5, "seed": 1}, {"fixed": "blur3", "share": 0.5, "seed": 2}, "seed 1 (not 2)"),
-    ({"fixed": "blur3"}, {"fixed": "blur3", "max_pixels": 10**7}, "max_pixels 64000000 (not 10000000)"),
     ({"fixed": None}, {"fixed": None, "spec": DegradationSpec(op_probabilities=(("jpeg", 1.0),))}, "spec '"),
 ]
 
@@ -181,6 +180,29 @@ def test_a_copy_made_with_other_settings_is_not_kept_and_the_setting_is_named(tm
         list(degrade_files([source], tmp_path / "out", resume=True, **{"seed": 0, **then}))
     [again] = degrade_files([source], tmp_path / "out", resume=True, replace=True, **{"seed": 0, **then})
     assert not again.kept
+
+
+def test_the_decoding_limit_decides_a_resume_only_for_an_image_above_it(tmp_path, photo):
+    """A run that failed on one image above --max-pixels, resumed with a higher limit, kept none of
+    the copies it had written, though each image below both limits decodes whole either way. A
+    JPEG above the earlier limit was degraded from its reduced decode: not kept, and the limit named."""
+    small = write_rgb(tmp_path / "in" / "small.png", photo)  # 160x164 = 26,240 pixels
+    jpeg = write_rgb(tmp_path / "in" / "large.jpg", np.tile(photo, (2, 2, 1)))  # 104,960 pixels
+    out = tmp_path / "out"
+    first = {r.output.name: r for r in degrade_files([small, jpeg], out, seed=0, fixed="blur3", max_pixels=50_000)}
+    assert first["large.png"].notes and not first["small.png"].notes  # the JPEG decoded at 1/2
+    with pytest.raises(DegradationError, match=r"an earlier run wrote large.png with max_pixels 50000 \(not 200000\)"):
+        list(degrade_files([small, jpeg], out, seed=0, fixed="blur3", max_pixels=200_000, resume=True))
+    resumed = list(degrade_files([small, jpeg], out, seed=0, fixed="blur3", max_pixels=200_000, resume=True,
+                                 replace=True))
+    assert [(r.output.name, r.kept) for r in resumed] == [("small.png", True), ("large.png", False)]
+    whole = {r.output.name: r.output.read_bytes()
+             for r in degrade_files([small, jpeg], tmp_path / "whole", seed=0, fixed="blur3", max_pixels=200_000)}
+    assert {name: (out / name).read_bytes() for name in whole} == whole
+    # a limit below the image: that run refuses it, so the copy an earlier run wrote is not its copy
+    with pytest.raises(DegradationError, match=r"small.png, large.png; an earlier run wrote small.png with "
+                                               r"max_pixels 50000 \(not 20000\)"):
+        list(degrade_files([small, jpeg], out, seed=0, fixed="blur3", max_pixels=20_000, resume=True))
 
 
 def test_a_copy_made_by_other_library_versions_is_not_kept(tmp_path, photo, monkeypatch):
