@@ -710,11 +710,13 @@ def fixed_degradation(name: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------
-# file work for the `dfd-export degrade` verb
+# seeds: one generator per image, drawn from the pixels (degrade, verify's degraded images)
 # --------------------------------------------------------------------------------------------
 
 
 def require_seed(seed: int) -> None:
+    """Refuse a negative seed before any file is touched (NumPy refuses one too, but only when the
+    first image's generator is made)."""
     if seed < 0:
         raise DegradationError(f"seed must be >= 0, got {seed}")
 

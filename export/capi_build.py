@@ -8,16 +8,18 @@ exported ``dfd_*`` functions are C shims written here; they
   building virtualenv's ``python``: CPython's path calculation then finds that venv's
   ``pyvenv.cfg`` and gives the embedded interpreter exactly the ``sys.prefix``/``sys.path``
   the venv's own ``python`` has (the editable ``dfd`` install included). The config is
-  isolated (no ``PYTHON*`` variables, no user site, no signal handlers), so the caller's
-  environment cannot redirect or break it and Ctrl-C stays the C program's;
+  isolated (no ``PYTHON*`` variables, no automatic user site, no signal handlers), so the
+  caller's environment cannot redirect or break it and Ctrl-C stays the C program's; the init
+  code adds the site-packages the building Python reads (``embedded_site_dirs``: the venv's, and
+  the user's ``pip install --user`` folder where that Python reads it);
 * keep the last-error text in a C thread-local buffer, which the Python side fills: a buffer
   owned by C stays valid until the thread's next call, whatever the interpreter does with its
   thread states between calls;
 * answer ``dfd_version``, ``dfd_last_error`` and ``dfd_close(NULL)`` without starting Python.
 
-The library links ``libpython3.X.so`` with an rpath to its directory and the init code adds
-the venv's site-packages if they are missing (when the library is loaded into an already
-running interpreter), so a C program needs no environment variable. The price of embedding:
+The library links ``libpython3.X.so`` with an rpath to its directory, and those site-packages
+are added even when the library is loaded into an already running interpreter, so a C program
+needs no environment variable. The price of embedding:
 the library is bound to the interpreter and virtualenv it was built from; rebuild it after
 moving either.
 """

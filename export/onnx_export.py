@@ -19,10 +19,8 @@ from dfd.runtime.errors import DfdError
 
 from . import onnx_files
 from .gelu_order import reorder_erf_gelu
-from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, clear_graph_outputs
+from .onnx_files import DEFAULT_OPSET, INPUT_NAME, MAX_OPSET, MIN_OPSET, OUTPUT_NAME, clear_graph_outputs
 
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "logits"
 
 
 class ExportError(DfdError, RuntimeError):

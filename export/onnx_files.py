@@ -1,4 +1,5 @@
-"""The rules every ONNX graph the build writes follows: which opsets, and where its weights go.
+"""The rules every ONNX graph the build writes follows: its names, which opsets, and where its
+weights go.
 
 protobuf cannot serialise a message past 2 GB, so a graph whose tensors come near that limit
 keeps them in one ``<graph>.data`` file beside it. Shared by the fp32 exporter (which needs
@@ -8,6 +9,10 @@ torch) and the precision passes (which must not), hence its own torch-free modul
 from __future__ import annotations
 
 from pathlib import Path
+
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "logits"
+"""The stream graph contract (ARCHITECTURE.md): input ``pixels`` [N,3,H,W], output ``logits`` [N,2]."""
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # native LayerNormalization

@@ -9,7 +9,7 @@ torch; the graphs keep the stream contract: ``pixels`` float32 [N,3,H,W] in, ``l
 Why our own passes and not NVIDIA ModelOpt (measured on this machine, ModelOpt 0.47.0)
 ------------------------------------------------------------------------------------------
 ``nvidia-modelopt[onnx]`` pins ``onnxruntime-gpu==1.24.*`` and ``onnx==1.21`` on x86. In the
-project's environment (onnxruntime 1.31.1, onnx 1.23.2) that installs a second distribution of the
+project's environment (onnxruntime 1.31.1, onnx 1.23.2 when measured) that installs a second distribution of the
 ``onnxruntime`` module over the first and downgrades onnx, so it cannot be a dependency here.
 In a scratch environment its AutoCast did run on CPU (0.9 s for the tiny fusion stream, LayerNorm
 and Softmax excluded, default ``data_max=512``: max |delta logit| 1.0e-2 against fp32), but it
@@ -71,11 +71,9 @@ from dfd.runtime.backends import onnxruntime_session_options
 from dfd.runtime.errors import DfdError
 
 from . import onnx_files
-from .onnx_files import clear_graph_outputs
+from .onnx_files import INPUT_NAME, OUTPUT_NAME, clear_graph_outputs
 from dfd.runtime.vote import softmax_fake_probability
 
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "logits"
 
 FP16_SAFE_MAX = 2.0**14
 """Largest |activation| left in fp16: a factor 4 below fp16's maximum 65504."""
@@ -228,25 +226,16 @@ def _batches(array: np.ndarray, batch: int) -> Iterable[np.ndarray]:
         yield np.ascontiguousarray(array[start:start + batch])
 
 
-def fake_probabilities(graph_path: Path, arrays: np.ndarray, batch: int = 8,
-                       intra_op_threads: int = 0) -> np.ndarray:
+def fake_probabilities(graph_path: Path, arrays: np.ndarray, batch: int = 8) -> np.ndarray:
     """P(fake) per image from a stream graph on ONNX Runtime CPU ([N] float32)."""
     graph_path = Path(graph_path)
     if not graph_path.is_file():
         raise PrecisionError(f"ONNX graph {graph_path} does not exist")
-    options = onnxruntime_session_options(intra_op_threads)  # the runtime's, so the same numbers
+    options = onnxruntime_session_options()  # the runtime's, so the same numbers
     options.log_severity_level = 3
     session = ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
     logits = [session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0] for chunk in _batches(arrays, batch)]
     return softmax_fake_probability(np.concatenate(logits))
-
-
-def compare_graphs(reference_path: Path, candidate_path: Path, arrays: np.ndarray,
-                   batch: int = 8) -> np.ndarray:
-    """|P_candidate - P_reference| per image (float64 [N]) for one stream's two graphs."""
-    reference = fake_probabilities(reference_path, arrays, batch)
-    candidate = fake_probabilities(candidate_path, arrays, batch)
-    return np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -688,7 +677,7 @@ def quantized_layers(graph_path: Path) -> dict[str, str]:
 
 
 __all__ = [
-    "CALIBRATION_METHODS", "DEFAULT_KEEP", "FP16_SAFE_MAX", "PrecisionError", "compare_graphs",
+    "CALIBRATION_METHODS", "DEFAULT_KEEP", "FP16_SAFE_MAX", "PrecisionError",
     "fake_probabilities", "head_nodes", "make_fp16_graph", "make_int8_graph", "module_path",
     "quantized_layers", "residual_adds",
 ]

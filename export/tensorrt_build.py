@@ -21,6 +21,8 @@ from typing import Any
 from dfd.runtime.errors import DfdError
 from dfd.runtime.tensorrt_backend import local_platform, tensorrt_unusable_reason as tensorrt_unavailable_reason
 
+from .onnx_files import INPUT_NAME
+
 
 class TensorRTBuildError(DfdError, RuntimeError):
     """TensorRT is missing here, or it rejected a graph; one readable line."""
@@ -67,7 +69,7 @@ def local_target() -> dict[str, Any]:
 
 
 def build_engine(onnx_path: Path, engine_path: Path, input_size: int, options: TensorRTOptions,
-                 timing_cache: Path, input_name: str = "pixels") -> Path:
+                 timing_cache: Path) -> Path:
     """Parse ``onnx_path`` as a strongly typed network and write the serialized engine.
 
     The timing cache file is read if present and rewritten after the build, so rebuilding (or
@@ -94,7 +96,7 @@ def build_engine(onnx_path: Path, engine_path: Path, input_size: int, options: T
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     profile = builder.create_optimization_profile()
     shape = lambda n: (n, 3, input_size, input_size)  # noqa: E731 - a one-line shape helper
-    profile.set_shape(input_name, shape(options.min_batch), shape(options.opt_batch), shape(options.max_batch))
+    profile.set_shape(INPUT_NAME, shape(options.min_batch), shape(options.opt_batch), shape(options.max_batch))
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)

@@ -89,12 +89,12 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, *, intra_op_threads: int = 0) -> None:
+    def __init__(self, manifest: Manifest) -> None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
         self.providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        options = onnxruntime_session_options(intra_op_threads)
+        options = onnxruntime_session_options()
         self.sessions = {}
         for name, stream in manifest.streams.items():
             graph = stream.file("onnx")

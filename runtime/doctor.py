@@ -12,7 +12,8 @@ on a CPU-only machine too. JSON keys of ``collect_doctor_report``:
   "free_memory_bytes", "total_memory_bytes"} or {"available": false, "reason": "no GPU: ..."}
 - ``tensorrt``: {"available": bool, "version": str or null, "reason": why not or null}
 - ``kernels``: {"nvrtc_version": "13.0" or null, "ptx": {"sm_87": "ok", "sm_90": "ok",
-  <local GPU arch>: "ok"} (each "ok" or the error text), "cubin_local": "ok" / error / null}
+  <local GPU arch>: "ok"} (each "ok" or the error text), "cubin_local": "ok" / error / null},
+  and "error": why, where NVRTC cannot be loaded (then "ptx" is empty)
 - ``engine_set`` (only when ``engine_dir`` is given): {"path", "streams": {name: {"precision",
   "backend", "runnable": bool, "reason"}}, "error": why the folder is not a readable engine set
   (the runtime's own message) or null}

@@ -19,10 +19,10 @@ Deliberate differences from MediaPipe/the reference, all documented where they h
   ``INTER_LINEAR``. The mapping back is exact for the resize actually performed.
 - Boxes are floats in original-image pixels, clipped to the image (RetinaFace clips too); the
   reference's ``int()`` truncation after the 2x-upscale strategy is not reproduced.
-- The two GFPGAN restoration steps are skipped (no weights); the other nine steps keep the
-  reference's order and parameters and run on the BGR image as the reference does, but on a copy
-  shrunk to ``CASCADE_MAX_SIDE`` pixels when the image is larger (the reference filters at full
-  resolution).
+- The three GFPGAN restoration steps (the reference's 10, 11, 12) are skipped (no weights); the
+  other nine steps keep the reference's order and parameters and run on the BGR image as the
+  reference does, but on a copy shrunk to ``CASCADE_MAX_SIDE`` pixels when the image is larger
+  (the reference filters at full resolution).
 """
 
 from __future__ import annotations

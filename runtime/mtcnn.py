@@ -209,11 +209,6 @@ def _check_window_pixels(rows: np.ndarray, cols: np.ndarray) -> None:
         )
 
 
-def area_resize(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """``[H, W, C]`` -> ``[out_h, out_w, C]`` float32, as ``interpolate(mode="area")`` resamples."""
-    return AreaSampler(np.asarray(image)).resize(out_h, out_w)
-
-
 # --------------------------------------------------------------------------- box arithmetic (float32)
 
 

@@ -26,7 +26,6 @@ from dfd.runtime.mtcnn import (
     MtcnnDetector,
     MtcnnError,
     MtcnnFaces,
-    area_resize,
     onnxruntime_mtcnn,
 )
 
@@ -111,14 +110,14 @@ def torch_area(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return interpolate(tensor, size=(out_h, out_w), mode="area")[0].permute(1, 2, 0).numpy()
 
 
-def test_area_resize_equals_torch_area_interpolation() -> None:
+def test_area_sampler_equals_torch_area_interpolation() -> None:
     rng = np.random.default_rng(0)
     for _ in range(12):
         height, width = (int(v) for v in rng.integers(5, 160, size=2))
         out_h, out_w = (int(v) for v in rng.integers(3, 200, size=2))  # up, down, non-integer ratios
         pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
         # uint8 pixels: window sums are exact, so the float32 result is bit-identical.
-        np.testing.assert_array_equal(area_resize(pixels, out_h, out_w), torch_area(pixels, out_h, out_w))
+        np.testing.assert_array_equal(AreaSampler(pixels).resize(out_h, out_w), torch_area(pixels, out_h, out_w))
 
 
 @pytest.fixture(scope="module")
