@@ -35,7 +35,8 @@ from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISI
 from dfd.runtime.preprocess import preprocessing_record
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS, VOTE_RULES
 
-from .checkpoint import CheckpointError, check_reference_checkpoint, find_checkpoint, load_reference_checkpoint
+from .checkpoint import CheckpointError, check_reference_checkpoint, load_reference_checkpoint
+from .checkpoint_files import find_checkpoint
 from .configs import (PAPER_CLIP, PAPER_DINOV2, STREAM_NAMES, STREAM_SPECS, ClipVisionConfig, DinoV2Config,
                       LoraSettings, load_clip_config, load_dinov2_config)
 from .onnx_export import DEFAULT_OPSET, export_stream_onnx, parameter_bytes

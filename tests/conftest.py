@@ -21,6 +21,20 @@ from reference_network import ReferenceEnsemble, tiny_clip_config, tiny_dinov2_c
 LORA_R, LORA_ALPHA = 4, 8.0
 
 
+def save_state_dict(state: dict, path: Path) -> Path:
+    """Save a state dict as the path's suffix says: ``.safetensors``, ``.legacy`` (torch's old
+    pickle format, as older reference checkpoints are) or anything else as ``torch.save``'s ZIP."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path, _use_new_zipfile_serialization=path.suffix != ".legacy")
+    return path
+
+
 def write_rebuilt_manifest(folder: Path, data: dict) -> None:
     """Write ``data`` as a build would have, its content digest recomputed: a test that stands in
     for another build (other engines, fewer streams, moved checkpoints) reaches the checks after

@@ -24,7 +24,8 @@ from conftest import LORA_ALPHA, LORA_R
 from dfd.runtime import atomic_files
 from dfd.export import build as build_module
 from dfd.export.build import BuildError, BuildRequest, build_engine_set
-from dfd.export.checkpoint import LoraSettings, read_state_dict
+from dfd.export.checkpoint import LoraSettings
+from dfd.export.checkpoint_files import read_state_dict
 from dfd.export.cli import main
 from dfd.export.mtcnn import default_mtcnn_weights_dir
 from dfd.runtime.manifest import load_manifest, sha256_file
