@@ -21,6 +21,13 @@ from reference_network import ReferenceEnsemble, tiny_clip_config, tiny_dinov2_c
 LORA_R, LORA_ALPHA = 4, 8.0
 
 
+def write_rgb(path: Path, rgb: np.ndarray) -> Path:
+    """Write an RGB image file (the format from the suffix), making its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
 def save_state_dict(state: dict, path: Path) -> Path:
     """Save a state dict as the path's suffix says: ``.safetensors``, ``.legacy`` (torch's old
     pickle format, as older reference checkpoints are) or anything else as ``torch.save``'s ZIP."""
@@ -44,6 +51,14 @@ def write_rebuilt_manifest(folder: Path, data: dict) -> None:
     from dfd.runtime.manifest import CONTENT_HASH_KEY, MANIFEST_NAME, manifest_digest
 
     (Path(folder) / MANIFEST_NAME).write_text(json.dumps({**data, CONTENT_HASH_KEY: manifest_digest(data)}))
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """A 160x164 crop of a real photograph (face and texture), odd-free but not block-aligned."""
+    from dfd.calibration.sources import builtin_photographs
+
+    return dict(builtin_photographs())["skimage:astronaut.png"][40:200, 180:344].copy()
 
 
 @pytest.fixture(scope="session")
