@@ -28,6 +28,10 @@ class ImageHeader:
     # described by the unchanged probe, as for a format without a parsed header
     colour_known: bool = True
     cmyk: bool = False  # four channels in the unchanged probe are CMYK (a TIFF says so), not RGBA
+    # A JPEG libjpeg decodes in buffered mode (progressive, or a first scan that does not carry
+    # every component): the bytes of DCT coefficients it then holds for the whole image, whatever
+    # the reduction asked for (2 per coefficient, 64 per 8x8 block of each component); else 0
+    coefficient_bytes: int = 0
 
 
 JP2_CODESTREAM = b"\xff\x4f\xff\x51"  # SOC then SIZ: a bare JPEG 2000 codestream (.j2k)
@@ -126,6 +130,7 @@ def _orientation_notes(orientation: int | None) -> list[str]:
 
 _SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
                           0xCE, 0xCF))
+_PROGRESSIVE_SOF_MARKERS = frozenset((0xC2, 0xC6, 0xCA, 0xCE))
 # the marker after entropy-coded data: 0xFF (plus fill 0xFFs) not followed by a stuffed 0x00
 # or a restart marker RST0..RST7, which belong to the scan
 _NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
@@ -136,6 +141,9 @@ EXTRANEOUS_NOTE = "corrupt JPEG data: "
 
 def _jpeg_header(data: bytes) -> ImageHeader | None:
     frame = None
+    frame_segment = b""
+    progressive = False
+    first_scan_components = None
     adobe_transform = None
     orientation = None
     truncated = None
@@ -168,6 +176,9 @@ def _jpeg_header(data: bytes) -> ImageHeader | None:
         if marker in _SOF_MARKERS and frame is None:
             frame = (segment[0], int.from_bytes(segment[1:3], "big"),
                      int.from_bytes(segment[3:5], "big"), segment[5])
+            frame_segment, progressive = segment, marker in _PROGRESSIVE_SOF_MARKERS
+        elif marker == 0xDA and first_scan_components is None and segment:
+            first_scan_components = segment[0]
         elif marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
             adobe_transform = segment[11]
         elif marker == 0xE1 and segment.startswith(b"Exif\x00\x00") and orientation is None:
@@ -196,7 +207,22 @@ def _jpeg_header(data: bytes) -> ImageHeader | None:
     if extraneous:
         notes.append(f"{EXTRANEOUS_NOTE}{extraneous} extraneous byte(s) between markers, skipped as "
                      f"cv2.imread skips them")
-    return ImageHeader("JPEG", width, height, tuple(notes), truncated)
+    buffered = progressive or (first_scan_components is not None and first_scan_components < components)
+    coefficients = _coefficient_bytes(frame_segment, width, height) if buffered else 0
+    return ImageHeader("JPEG", width, height, tuple(notes), truncated, coefficient_bytes=coefficients)
+
+
+def _coefficient_bytes(frame_segment: bytes, width: int, height: int) -> int:
+    """What libjpeg's whole-image coefficient buffer takes for a frame (its SOF segment): for each
+    component, its 8x8 blocks at its sampling (libjpeg rounds each to whole blocks), 64 coefficients
+    of 2 bytes each. A frame too short to list its components counts as 4:4:4 with 3 components."""
+    count = frame_segment[5] if len(frame_segment) > 5 else 3
+    factors = [(frame_segment[7 + 3 * i] >> 4, frame_segment[7 + 3 * i] & 0x0F)
+               for i in range(count) if 7 + 3 * i < len(frame_segment)] or [(1, 1)] * 3
+    largest_h = max(h for h, _ in factors) or 1
+    largest_v = max(v for _, v in factors) or 1
+    blocks = sum(-(-width * h // (8 * largest_h)) * -(-height * v // (8 * largest_v)) for h, v in factors)
+    return blocks * 64 * 2
 
 
 def _exif_orientation(tiff: bytes) -> int | None:

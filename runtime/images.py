@@ -24,7 +24,9 @@ and adds what the reference lacks:
   larger than `max_pixels` (default `DEFAULT_MAX_PIXELS` = 64 MP, i.e. 192 MB of RGB, well above
   any camera photo the detector is meant for) is never decoded at full size. JPEG
   is decoded reduced by 1/2, 1/4 or 1/8 (`IMREAD_REDUCED_COLOR_*`: libjpeg scales inside its IDCT,
-  so the full image never exists in memory) and the note says so. Every other format is refused:
+  so the full image never exists in memory) and the note says so; a progressive JPEG only while
+  the coefficients libjpeg holds for its whole image fit the limit (`_choose_decode_flag`). Every
+  other format is refused:
   OpenCV implements IMREAD_REDUCED_* for them by decoding the full image and resizing it afterwards
   (measured: a 20000x20000 PNG read with IMREAD_REDUCED_COLOR_8 peaks at +1.17 GB), which is
   exactly the allocation the limit exists to prevent. A file whose header cannot be read (an
@@ -410,13 +412,26 @@ def _memory_size(size: int) -> str:
 _DECODE_BYTES_PER_PIXEL = {"Radiance HDR": 15, "PFM": 15}
 
 
+# A progressive JPEG's coefficients at full colour resolution (4:4:4): 3 components of 2 bytes
+_LARGEST_COEFFICIENT_BYTES_PER_PIXEL = 6
+
+
 def _choose_decode_flag(header: ImageHeader, label: str, max_pixels: int) -> tuple[int, int, tuple[str, ...]]:
     """IMREAD_COLOR when the image fits, else the smallest JPEG reduction that fits, else refuse;
-    with the reduction (1 at full size) and its note."""
+    with the reduction (1 at full size) and its note. A reduction bounds the memory of a baseline
+    JPEG only: a progressive one above the limit is decoded reduced while its coefficients take no
+    more than those of a 4:4:4 progressive JPEG within the limit (a 1 KB file claiming 32000x32000
+    pixels took 6 GB decoded at 1/8), so a 4:2:0 photograph up to twice the limit still is."""
     pixels = header.width * header.height
     if pixels <= max_pixels:
         return cv2.IMREAD_COLOR, 1, ()
     size = f"{header.width}x{header.height} ({_pixel_count(pixels, max_pixels)})"
+    if header.coefficient_bytes > _LARGEST_COEFFICIENT_BYTES_PER_PIXEL * max_pixels:
+        raise ImageError(
+            f"{label}: JPEG image {size} is above the limit of {_pixel_count(max_pixels, pixels)} and "
+            f"progressive (or multi-scan): libjpeg holds every coefficient of the full-size image whatever "
+            f"the reduction asked for, about {_memory_size(header.coefficient_bytes)}, more than any JPEG "
+            f"within the limit takes, so it is refused. Re-encode it as a baseline JPEG, or {_RAISE_LIMIT}")
     if header.format != "JPEG":
         raise ImageError(
             f"{label}: {header.format} image {size} is above the limit of {_pixel_count(max_pixels, pixels)}; "

@@ -396,6 +396,38 @@ def test_large_jpeg_is_decoded_reduced_without_the_full_image(tmp_path):
                                   cv2.cvtColor(reduced, cv2.COLOR_BGR2RGB))
 
 
+def _progressive_jpeg(rgb: np.ndarray, sampling: int, claimed: tuple[int, int] | None = None) -> bytes:
+    """A progressive JPEG of ``rgb``, or with ``claimed`` (width, height) written into its frame
+    header: a file of 1 KB that says it is huge, as a crafted upload does."""
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
+    data = bytearray(encoded.tobytes())
+    if claimed is not None:
+        frame = data.index(b"\xff\xc2")
+        data[frame + 5:frame + 9] = claimed[1].to_bytes(2, "big") + claimed[0].to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_progressive_jpeg_is_decoded_reduced_only_while_its_coefficients_fit_the_limit(tmp_path, photo):
+    """libjpeg holds a progressive JPEG's coefficients for the whole image whatever the reduction:
+    a 1 KB file claiming 32000x32000 pixels took 6 GB and 14 s "decoded at 1/8" with the default
+    limit. Above the limit, one is decoded reduced only while its coefficients take no more than a
+    4:4:4 progressive JPEG within the limit (6 bytes a pixel): a 4:2:0 one up to twice the limit."""
+    bomb = _progressive_jpeg(photo[:16, :16], cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, claimed=(4000, 4000))
+    with pytest.raises(ImageError, match=r"JPEG image 4000x4000 \(16.0 MP\) is above the limit of 1.0 MP and "
+                                         r"progressive \(or multi-scan\): libjpeg holds every coefficient of the "
+                                         r"full-size image whatever the reduction asked for, about 91.6 MiB, .* "
+                                         r"Re-encode it as a baseline JPEG, or raise the limit"):
+        decode_image(bomb, max_pixels=1_000_000)
+    pixels = photo.shape[0] * photo.shape[1]  # 120,000: 400x300
+    limit = pixels * 2 // 3  # above it, and a 4:2:0 file's 3 bytes a pixel are within 6 bytes a pixel of it
+    subsampled = decode_image(_progressive_jpeg(photo, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420), max_pixels=limit)
+    assert subsampled.rgb.shape == (150, 200, 3) and subsampled.reduction == 2
+    with pytest.raises(ImageError, match=r"progressive \(or multi-scan\)"):
+        decode_image(_progressive_jpeg(photo, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444), max_pixels=limit)
+    assert decode_image(_progressive_jpeg(photo, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444), max_pixels=pixels).reduction == 1
+
+
 def test_smallest_sufficient_jpeg_reduction_is_chosen(tmp_path, photo):
     path = write(tmp_path / "photo.jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     assert decode_image(path, max_pixels=30_000).rgb.shape == (150, 200, 3)  # 1/2 just fits
@@ -525,7 +557,8 @@ def test_a_jpeg_cut_anywhere_decodes_as_imread_reads_the_file(tmp_path, photo, k
     decoded_some = refused_some = 0
     for end in range(3, len(data), 5):
         path.write_bytes(data[:end])
-        for flag, max_pixels in ((cv2.IMREAD_COLOR, DEFAULT_MAX_PIXELS), (cv2.IMREAD_REDUCED_COLOR_2, 1200)):
+        # 2560: decoded at 1/2, which a progressive 4:2:0 80x60's coefficients (15 KiB) allow
+        for flag, max_pixels in ((cv2.IMREAD_COLOR, DEFAULT_MAX_PIXELS), (cv2.IMREAD_REDUCED_COLOR_2, 2560)):
             expected = cv2.imread(str(path), flag)
             if expected is None:
                 refused_some += 1
