@@ -234,6 +234,7 @@ class Detector:
         self._running: Counter[int] = Counter()
         self._release_lock = threading.Lock()  # one release, which every closer waits for
         self._released = False
+        self._opened_in = os.getpid()  # a fork() child has this memory, not the threads it uses
 
     @property
     def preprocessing(self) -> str:
@@ -366,7 +367,11 @@ class Detector:
         threads finish first (a server shutting down while a request is scored), and every closer
         returns once the release is done. A close from inside a call (an ``on_progress``
         callback) leaves the release to the end of the last running call. Closing twice is
-        harmless."""
+        harmless. In a fork() child of the process that opened it, nothing is released: freeing
+        ONNX Runtime's sessions there waits for threads that stayed in the parent, and hung."""
+        if os.getpid() != self._opened_in:
+            self.closed = True
+            return
         with self._users:
             self.closed = True
             if threading.get_ident() in self._running:
@@ -394,6 +399,11 @@ class Detector:
     @contextmanager
     def _in_use(self) -> Iterator[None]:
         """One public call in progress, so that ``close`` never frees what it uses."""
+        if os.getpid() != self._opened_in:  # before the lock, which another thread may have held at the fork
+            raise DfdError(f"this detector was opened in process {self._opened_in}, and this process is a fork() "
+                           f"of it: ONNX Runtime's threads (and a GPU's context) did not survive the fork, so it "
+                           f"cannot score here; open the engine set in each worker after forking (a pre-fork "
+                           f"server: in its post-fork hook)")
         me = threading.get_ident()
         with self._users:
             if self.closed:

@@ -365,6 +365,44 @@ def test_a_closed_detector_refuses_to_score(tiny_engine_set, photographs):
         detector.detect([photographs["coffee"]])
 
 
+FORK_CHILD = """
+import os, sys
+import numpy as np
+from dfd.runtime.detector import Detector
+from dfd.runtime.errors import DfdError
+detector = Detector.open(sys.argv[1], face_detection=False)
+image = np.full((300, 300, 3), 120, np.uint8)
+parent_score = detector.detect([image])[0].score
+pid = os.fork()
+if pid == 0:
+    try:
+        detector.detect([image])
+        print("child scored", flush=True)
+    except DfdError as error:
+        print("child refused:", error, flush=True)
+    detector.close()
+    print("child closed it", flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print("parent scores after the fork:", detector.detect([image])[0].score == parent_score)
+detector.close()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_fork_child_is_refused_and_its_close_does_not_hang(tiny_engine_set):
+    """A Detector opened before os.fork() seemed to work in the child, whose close() then hung:
+    freeing ONNX Runtime's sessions waited for threads that stayed in the parent. The child is
+    now refused and says why, its close() returns, and the parent is unharmed."""
+    done = subprocess.run([sys.executable, "-c", FORK_CHILD, str(tiny_engine_set)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("child refused: this detector was opened in process ") and (
+        "is a fork() of it" in lines[0] and "open the engine set in each worker after forking" in lines[0])
+    assert lines[1:] == ["child closed it", "parent scores after the fork: True"]
+
+
 def test_a_close_from_another_thread_waits_for_the_running_detect(tiny_engine_set, photographs, monkeypatch):
     """close() freed what a detect running in another thread was using (on TensorRT: the stream
     pool, the GPU buffers) and that detect then failed with RuntimeError or KeyError; it now
