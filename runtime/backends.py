@@ -141,10 +141,16 @@ def tensorrt_unavailable_reason(manifest: Manifest) -> str | None:
     return tensorrt_mismatch(manifest.raw.get("tensorrt", {}), tensorrt.__version__, f"{major}.{minor}")
 
 
-def select_backend(name: str, manifest: Manifest) -> BackendChoice:
-    """Open the backend ``name`` ("auto", "onnxruntime" or "tensorrt") for ``manifest``."""
+def check_backend_name(name: object) -> None:
+    """Refuse a backend name that is none of ``BACKEND_CHOICES``, before the engine set's files are
+    hashed (minutes at paper size) rather than after."""
     if name not in BACKEND_CHOICES:
         raise BackendError(f"unknown backend {name!r}; choose from {', '.join(BACKEND_CHOICES)}")
+
+
+def select_backend(name: str, manifest: Manifest) -> BackendChoice:
+    """Open the backend ``name`` ("auto", "onnxruntime" or "tensorrt") for ``manifest``."""
+    check_backend_name(name)
     if name in ("auto", "tensorrt"):
         reason = tensorrt_unavailable_reason(manifest)
         if reason is None:

@@ -24,7 +24,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .backends import BackendChoice, BackendError, select_backend
+from .backends import BackendChoice, BackendError, check_backend_name, select_backend
 from .errors import DfdError
 from .face_detection import (
     ALL_STRATEGIES,
@@ -349,6 +349,7 @@ class Detector:
         decoded reduced, any other image fails on its own): localising faces and resizing hold a
         few copies of it in memory.
         """
+        check_backend_name(backend)
         _check_options(batch_size, face_detection, face_min_px, gpu_preprocessing, cuda_graph_batch,
                        face_cascade, max_pixels)
         manifest = load_manifest(engine_dir)

@@ -877,16 +877,18 @@ class _UnreadablePath:
     ({"face_min_px": 0}, "got 0"),
     ({"max_pixels": 0}, "max_pixels must be a positive integer"),
     ({"max_pixels": 1e6}, "max_pixels must be a positive integer"),
-    ({"cuda_graph_batch": 1.5}, "a CUDA graph for batches of 1.5 would never replay")])
+    ({"cuda_graph_batch": 1.5}, "a CUDA graph for batches of 1.5 would never replay"),
+    ({"backend": "onnxrutime"}, "unknown backend 'onnxrutime'; choose from auto, onnxruntime, tensorrt")])
 def test_option_values_are_refused_before_the_set_is_opened(tiny_engine_set, monkeypatch, options, message):
     """A float batch size passed and failed on the first detect (range()), face_detection='no'
-    turned detection on, face_min_px='x' raised a bare TypeError; all after the backend was open."""
+    turned detection on, face_min_px='x' raised a bare TypeError; all after the backend was open.
+    A misspelt backend was named only after every file was hashed (minutes at paper size)."""
     import dfd.runtime.detector as module
 
-    def no_backend(*args, **kwargs):
-        raise AssertionError("the backend was opened before the options were checked")
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the set was hashed before the options were checked")
 
-    monkeypatch.setattr(module, "select_backend", no_backend)
+    monkeypatch.setattr(module, "load_manifest", not_yet)
     with pytest.raises(DfdError, match=re.escape(message)):
         Detector.open(tiny_engine_set, **options)
 
