@@ -59,7 +59,7 @@ def read_header(data: bytes) -> ImageHeader | None:
             return _jpeg2000_header(data)
         if data[4:8] == b"ftyp":
             return _heif_header(data)
-        if data.startswith(_SUN_RASTER_MAGIC):
+        if data.startswith(SUN_RASTER_MAGIC):
             return _sun_raster_header(data)
         if data.startswith(_RADIANCE_SIGNATURES):
             return _radiance_header(data)
@@ -369,7 +369,7 @@ def _pnm_header(data: bytes) -> ImageHeader | None:
     return ImageHeader(kind, int(first.group(1)), int(second.group(1)), (), None, False)
 
 
-_SUN_RASTER_MAGIC = b"\x59\xa6\x6a\x95"
+SUN_RASTER_MAGIC = b"\x59\xa6\x6a\x95"
 _RADIANCE_SIGNATURES = (b"#?RGBE", b"#?RADIANCE")  # what OpenCV's HDR decoder recognises
 _RADIANCE_SIZE = re.compile(rb"-Y\s*([+-]?\d{1,10})\s*\+X\s*([+-]?\d{1,10})")
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ import numpy as np
 
 from .decoder_messages import decoder_messages
 from .errors import DfdError
-from .image_headers import EXTRANEOUS_NOTE, JP2_CODESTREAM, JP2_SIGNATURE, ImageHeader, read_header
+from .image_headers import EXTRANEOUS_NOTE, JP2_CODESTREAM, JP2_SIGNATURE, SUN_RASTER_MAGIC, ImageHeader, read_header
 
 DEFAULT_MAX_PIXELS = 64_000_000
 UNCHANGED_PROBE_MAX_PIXELS = 4_000_000
@@ -455,8 +456,11 @@ def _require_nonempty(height: int, width: int, label: str) -> None:
 
 _ENCODED_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF",
                        b"II*\x00": "TIFF", b"MM\x00*": "TIFF", JP2_CODESTREAM: "JPEG 2000",
-                       JP2_SIGNATURE: "JPEG 2000"}
+                       JP2_SIGNATURE: "JPEG 2000", SUN_RASTER_MAGIC: "Sun raster", b"#?RGBE": "Radiance HDR",
+                       b"#?RADIANCE": "Radiance HDR"}
 """File signatures long enough that no column of real pixels begins with one by chance."""
+# A Netpbm header (PBM/PGM/PPM/PAM/PFM): magic, white space, then a size or PAM's first field
+_NETPBM_START = re.compile(rb"P[1-7Ff][ \t\r\n]+(?:#[^\n]*\n[ \t\r\n]*)*(?:\d|WIDTH|HEIGHT|DEPTH|MAXVAL)")
 
 
 def _encoded_format(array: np.ndarray) -> str | None:
@@ -464,9 +468,13 @@ def _encoded_format(array: np.ndarray) -> str | None:
     or ``cv2.imencode``, gives), or None: pixels of a 1-pixel-wide image would be scored as one."""
     if array.dtype != np.uint8 or array.size < 12 or array.shape[1:] not in ((), (1,), (1, 1)):
         return None
-    head = array.reshape(-1)[:12].tobytes()
+    head = array.reshape(-1)[:64].tobytes()
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "WebP"
+    if head.startswith(b"BM") and int.from_bytes(head[2:6], "little") == array.size:  # the file's own size
+        return "BMP"
+    if _NETPBM_START.match(head):
+        return "Netpbm (PBM/PGM/PPM/PAM/PFM)"
     return next((name for signature, name in _ENCODED_SIGNATURES.items() if head.startswith(signature)), None)
 
 

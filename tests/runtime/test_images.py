@@ -780,7 +780,9 @@ def test_a_gif_notes_its_first_frame_and_transparency_from_its_blocks(transparen
 def test_an_array_of_an_encoded_files_bytes_is_refused_with_what_to_pass(photo):
     """``cv2.imencode``'s (N, 1) array (older OpenCV) was scored as a 1-pixel-wide grey image, and
     ``np.frombuffer`` of a file failed as a wrong shape with no word of the bytes it holds."""
-    for suffix, name in ((".png", "PNG"), (".jpg", "JPEG"), (".tiff", "TIFF")):
+    for suffix, name in ((".png", "PNG"), (".jpg", "JPEG"), (".tiff", "TIFF"), (".bmp", "BMP"),
+                         (".ppm", r"Netpbm \(PBM/PGM/PPM/PAM/PFM\)"), (".pam", r"Netpbm \(PBM/PGM/PPM/PAM/PFM\)"),
+                         (".ras", "Sun raster"), (".hdr", "Radiance HDR")):
         encoded = np.frombuffer(_encoded(suffix, cv2.cvtColor(photo, cv2.COLOR_RGB2BGR)), np.uint8)
         for array in (encoded, encoded.reshape(-1, 1), encoded.reshape(-1, 1, 1)):
             with pytest.raises(ImageError, match=rf"image array of shape \({len(encoded)},.*\) holds the bytes of a "
@@ -790,6 +792,10 @@ def test_an_array_of_an_encoded_files_bytes_is_refused_with_what_to_pass(photo):
             photo, cv2.COLOR_RGB2BGR))).rgb)
     column = np.arange(40, dtype=np.uint8).reshape(-1, 1)  # a 1-pixel-wide image is still one
     assert decode_image(column).rgb.shape == (40, 1, 3)
+    # one whose first pixels spell "BM" and "P5", but not the rest of those headers
+    for start in (b"BM\x00\x00\x00\x00", b"P5 x"):
+        pixels = np.frombuffer((start + bytes(range(40)))[:40], np.uint8).reshape(-1, 1)
+        assert decode_image(pixels).rgb.shape == (40, 1, 3)
 
 
 def test_the_byte_limit_counts_a_memoryviews_bytes_not_its_items(monkeypatch):
