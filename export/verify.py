@@ -132,6 +132,20 @@ def _percent(share: float) -> str:
     return f"{share * 100:g}%"
 
 
+def beside_limit(value: float, limit: float, percent: bool = False) -> tuple[str, str]:
+    """A measurement and the limit it broke, the measurement with as many digits as it takes to
+    read on the side of the limit it is on: "100.0% < 100%" (1999 of 2000) and "5.00e-03 > 0.005"
+    read as contradictions. ``percent``: shares written as percentages (the limit as typed)."""
+    shown_limit = _percent(limit) if percent else f"{limit:g}"
+    above = value > limit
+    for digits in range(1 if percent else 2, 18):
+        shown = f"{value:.{digits}%}" if percent else f"{value:.{digits}e}"
+        number = float(shown.rstrip("%")) / (100 if percent else 1)
+        if (number > limit) if above else (number < limit):
+            break
+    return shown, shown_limit
+
+
 def judge(counts: Mapping[str, Sequence[int]], changed_votes: Sequence[Mapping[str, Any]],
           condition_streams: Mapping[str, Mapping[str, Mapping[str, float]]],
           thresholds: tuple[float, float, float], non_finite: Sequence[Mapping[str, Any]] = ()) -> list[str]:
@@ -152,8 +166,8 @@ def judge(counts: Mapping[str, Sequence[int]], changed_votes: Sequence[Mapping[s
         if compared == 0:
             failures.append(f"{condition}: no image could be compared")
         elif agreed / compared < min_agreement:
-            failures.append(f"{condition}: vote agreement {agreed / compared:.1%} < {_percent(min_agreement)} "
-                            f"({agreed} of {compared} votes the same)")
+            shown, limit = beside_limit(agreed / compared, min_agreement, percent=True)
+            failures.append(f"{condition}: vote agreement {shown} < {limit} ({agreed} of {compared} votes the same)")
     moved = sorted((c for c in changed_votes if c["steps"] > MAX_VOTE_STEPS), key=lambda c: -c["steps"])
     if moved:
         worst, others = moved[0], len(moved) - 1
@@ -165,10 +179,10 @@ def judge(counts: Mapping[str, Sequence[int]], changed_votes: Sequence[Mapping[s
                         f"{first['image']} ({', '.join(first['streams'])} stream)")
     for condition, streams in condition_streams.items():
         for stream, values in streams.items():
-            if values["max_abs_dp"] > max_abs:
-                failures.append(f"{condition}: {stream}: max |dP| {values['max_abs_dp']:.2e} > {max_abs:g}")
-            if values["mean_abs_dp"] > max_mean:
-                failures.append(f"{condition}: {stream}: mean |dP| {values['mean_abs_dp']:.2e} > {max_mean:g}")
+            for key, what, limit in (("max_abs_dp", "max", max_abs), ("mean_abs_dp", "mean", max_mean)):
+                if values[key] > limit:
+                    shown, shown_limit = beside_limit(values[key], limit)
+                    failures.append(f"{condition}: {stream}: {what} |dP| {shown} > {shown_limit}")
     return failures
 
 
@@ -315,11 +329,12 @@ def _compare_image(detector: Detector, reference: Mapping[str, torch.nn.Module],
         tally.verified[digest] = label
         tally.counts[condition][1] += 1
         broken = [s for s, p in engine_p.items() if not 0.0 <= p <= 1.0]  # NaN fails both comparisons
+        for stream in detector.streams:  # the streams that gave a probability count, whatever the others gave
+            if stream not in broken:
+                tally.deltas[condition][stream].append(abs(engine_p[stream] - reference_p[stream]))
         if broken:
             report.non_finite.append({"image": prepared.detection.image, "streams": broken})
             continue
-        for stream in detector.streams:
-            tally.deltas[condition][stream].append(abs(engine_p[stream] - reference_p[stream]))
         engine_vote = discretised_vote(engine_p, detector.vote_weights).score
         reference_vote = discretised_vote(reference_p, detector.vote_weights).score
         tally.counts[condition][0] += engine_vote == reference_vote
