@@ -484,7 +484,7 @@ class Detector:
             for name, extra in (("face_crops", face_crops), ("face_boxes", face_boxes), ("labels", labels)))
         for name, extra in (("face_crops", face_crops), ("face_boxes", face_boxes), ("labels", labels)):
             if extra is not None and len(extra) != count:
-                raise DfdError(f"{name} has {len(extra)} entries for {count} images")
+                raise DfdError(f"{name} has {len(extra)} entries for {count} image(s): give one per image")
         if labels is not None and not all(isinstance(label, str) for label in labels):
             wrong = next(label for label in labels if not isinstance(label, str))
             raise DfdError(f"labels must be strings, got {type(wrong).__name__} {wrong!r}")
@@ -696,8 +696,9 @@ def _listed(name: str, items: object) -> list:
             advice = "wrap it in a list: detect([image])"
         raise TypeError(f"images is one {items.shape} array; detect takes a list of images: {advice}")
     if isinstance(items, (str, bytes, bytearray, memoryview, os.PathLike, Mapping)):
+        wrapped = "detect([image])" if name == "images" else f"{name}=[{name.removesuffix('s').removeprefix('face_')}]"
         raise TypeError(f"detect's {name} must be a list (one entry per image), got one "
-                        f"{type(items).__name__}; wrap it in a list: detect([image])")
+                        f"{type(items).__name__}; wrap it in a list: {wrapped}")
     try:
         listed = list(items)
     except TypeError:

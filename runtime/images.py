@@ -121,8 +121,7 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
     if isinstance(source, (str, os.PathLike)):
         return _decode_bytes(read_image_file(source), _file_label(source), max_pixels)
     if not isinstance(source, (bytes, bytearray, memoryview)):
-        raise ImageError(f"cannot decode an image from an object of type {type(source).__name__}: pass a file "
-                         f"path, encoded image bytes or a uint8 numpy array")
+        raise ImageError(f"cannot decode an image from {_what_to_pass_instead(source)}")
     size = source.nbytes if isinstance(source, memoryview) else len(source)  # len() counts a view's items
     if size > MAX_ENCODED_BYTES:  # before bytes() copies it
         raise ImageError(f"image bytes ({size:,} bytes) {_OVER_ENCODED_LIMIT}")
@@ -175,8 +174,24 @@ def array_sha256(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def _what_to_pass_instead(source: object) -> str:
+    """An object decode_image cannot take, and the fix for the usual ones."""
+    generic = "pass a file path, encoded image bytes or a uint8 numpy array"
+    if source is None:
+        return f"None (what cv2.imread returns for a file it cannot read): {generic}"
+    kind = f"an object of type {type(source).__name__}"
+    if hasattr(source, "__array_interface__") or hasattr(source, "__array__"):  # a PIL image, a tensor
+        return f"{kind}: convert it with np.asarray(...) to uint8 RGB pixels, or {generic}"
+    if hasattr(source, "getvalue") or hasattr(source, "read"):  # io.BytesIO, an open file
+        return f"{kind}: pass its bytes (.getvalue() or .read()), or {generic}"
+    return f"{kind}: {generic}"
+
+
 def _file_label(path: str | os.PathLike) -> str:
-    return f"'{os.fspath(path)}'"
+    """A path quoted for a message; with its control characters escaped (a NUL, a line break),
+    which would otherwise cut or forge the message's line."""
+    name = os.fsdecode(path)
+    return f"'{name}'" if name.isprintable() else repr(name)
 
 
 _SPECIAL_FILES = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISCHR, "character device"),
@@ -478,6 +493,16 @@ def _encoded_format(array: np.ndarray) -> str | None:
     return next((name for signature, name in _ENCODED_SIGNATURES.items() if head.startswith(signature)), None)
 
 
+def _conversion_hint(array: np.ndarray) -> str:
+    """How to turn pixels of another depth into the uint8 the networks were trained on, as the
+    file path would: a 16-bit file is decoded to its high byte (cv2.imread's IMREAD_COLOR)."""
+    if array.dtype.kind == "f":
+        return "; float pixels in 0..1 convert with (array * 255).round().astype(np.uint8)"
+    if array.dtype in (np.uint16, np.dtype(">u2")):
+        return "; 16-bit pixels convert as a 16-bit file decodes, keeping the high byte: (array >> 8).astype(np.uint8)"
+    return ""
+
+
 def _from_array(array: np.ndarray, max_pixels: int) -> DecodedImage:
     expected = "uint8 HxW or HxWx1 (gray), HxWx3 (RGB) or HxWx4 (RGBA)"
     encoded = _encoded_format(array)
@@ -487,7 +512,7 @@ def _from_array(array: np.ndarray, max_pixels: int) -> DecodedImage:
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (
             array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise ImageError(f"image array must be {expected}; got shape {array.shape} "
-                         f"dtype {array.dtype}")
+                         f"dtype {array.dtype}{_conversion_hint(array)}")
     _require_nonempty(array.shape[0], array.shape[1], f"image array of shape {array.shape}")
     _require_within_limit_after_decoding(array, "image array", max_pixels)
     if array.ndim == 3 and array.shape[2] == 1:

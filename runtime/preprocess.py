@@ -100,7 +100,7 @@ def _upscaled_for_crop(height: int, width: int, size: int) -> tuple[int, int] | 
             f"image {width}x{height} is too elongated to score: the {size}x{size} center crop "
             f"needs its short side upscaled to {size}, which would make it {upscaled[1]}x{upscaled[0]} "
             f"({pixels / 1e6:.0f} MP, over the {MAX_UPSCALED_PIXELS / 1e6:.0f} MP the runtime upscales an image "
-            f"to, a fixed limit that --max-pixels, the decoding limit, does not change); the reference cannot "
+            f"to, a fixed limit that the decoding limit, max_pixels or --max-pixels, does not change); the reference cannot "
             f"score it either")
     return upscaled
 
@@ -216,10 +216,11 @@ def box_corners(box: Sequence[float]) -> tuple[float, float, float, float]:
         x1, y1, x2, y2 = (float(value) for value in box)
     except OverflowError:
         raise PreprocessError(f"face box coordinates are too large to be pixels: {reprlib.repr(tuple(box))}") from None
+    shown = f"({x1:g}, {y1:g}, {x2:g}, {y2:g})"  # numpy's scalars print as np.float64(...)
     if not all(np.isfinite((x1, y1, x2, y2))):
-        raise PreprocessError(f"face box has non-finite coordinates: {tuple(box)}")
+        raise PreprocessError(f"face box has non-finite coordinates: {shown}")
     if x2 < x1 or y2 < y1:
-        raise PreprocessError(f"face box {tuple(box)} has x2 < x1 or y2 < y1")
+        raise PreprocessError(f"face box {shown} has x2 < x1 or y2 < y1")
     return x1, y1, x2, y2
 
 

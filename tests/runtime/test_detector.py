@@ -1041,9 +1041,21 @@ def test_objects_that_are_not_images_fail_alone(tiny_engine_set, photographs):
     good = photographs["coffee"]
     results = detector.detect([None, good, 42, good[:, :, :1], good.astype(np.float32)])
     assert [r.image for r in results] == ["<NoneType 0>", "<array 1>", "<int 2>", "<array 3>", "<array 4>"]
-    assert "object of type NoneType" in results[0].error and "object of type int" in results[2].error
+    assert "from None (what cv2.imread returns for a file it cannot read)" in results[0].error
+    assert "object of type int" in results[2].error
     assert results[1].ok and results[3].ok and results[3].notes[0] == "grayscale expanded to RGB"
-    assert "dtype float32" in results[4].error
+    assert "dtype float32; float pixels in 0..1 convert with (array * 255).round().astype(np.uint8)" in results[4].error
+    [buffer] = detector.detect([io.BytesIO(b"...")])
+    assert "object of type BytesIO: pass its bytes (.getvalue() or .read())" in buffer.error
+    # the advice named detect([image]) for a label or crop given bare, and "1 images"
+    with pytest.raises(TypeError, match=r"wrap it in a list: labels=\[label\]"):
+        detector.detect([good], labels="a.jpg")
+    with pytest.raises(TypeError, match=r"wrap it in a list: face_crops=\[crop\]"):
+        detector.detect([good], face_crops="face.png")
+    with pytest.raises(DfdError, match=r"labels has 2 entries for 1 image\(s\): give one per image"):
+        detector.detect([good], labels=["a", "b"])
+    [nan_box] = detector.detect([good], face_boxes=[np.array([np.nan, 1.0, 50.0, 60.0])])
+    assert nan_box.error.endswith("face box has non-finite coordinates: (nan, 1, 50, 60)")  # not np.float64(nan)
     for one_image in (good, "a.jpg", b"\xff\xd8\xff", Path("a.jpg")):
         with pytest.raises(TypeError, match=r"wrap it in a list: detect\(\[image\]\)"):
             detector.detect(one_image)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -473,7 +474,7 @@ def test_missing_file_directory_and_empty_file(tmp_path):
         decode_image(empty)
     with pytest.raises(ImageError, match=r"empty \(0 bytes\)"):
         decode_image(b"")
-    with pytest.raises(ImageError, match=r"cannot read image file 'a\x00b.png': embedded null byte"):
+    with pytest.raises(ImageError, match=re.escape("cannot read image file 'a\\x00b.png': embedded null byte")):
         decode_image("a\x00b.png")
 
 

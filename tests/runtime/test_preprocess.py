@@ -131,7 +131,7 @@ def test_center_crop_refuses_an_upscale_past_the_pixel_limit(height, width):
     rgb = np.full((height, width, 3), 9, np.uint8)
     with pytest.raises(PreprocessError, match=rf"image {width}x{height} is too elongated to score.* over "
                                               r"the 64 MP the runtime upscales an image to, a fixed limit that "
-                                              r"--max-pixels"):
+                                              r"the decoding limit, max_pixels or --max-pixels, does not change"):
         center_crop(rgb, 252)
     with pytest.raises(PreprocessError, match="too elongated"):
         center_crop_notes(height, width, 252)  # the fused GPU path's sizing refuses it too
