@@ -127,7 +127,7 @@ class TorchReferencePipeline:
 
     def _load(self, name: str):
         from ..build import load_reference_stream
-        from ..checkpoint import find_checkpoint
+        from ..checkpoint_files import find_checkpoint
 
         stream = self.build.streams[name]
         weights_dir = self.build.checkpoint_folder(self.weights_dir)
