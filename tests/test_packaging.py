@@ -72,3 +72,48 @@ def test_make_test_remakes_a_venv_that_no_longer_works_and_keeps_one_that_does(t
     python.chmod(0o755)
     installed()
     assert _make_dry_run(tmp_path) == [".venv/bin/python -m pytest tests"]
+
+
+def _imports_of_our_modules(path: Path, package: str | None) -> list[tuple[int, str, str]]:
+    """(line, module, name) of every ``from X import name`` in a source file that names one of
+    our modules, at any depth: imports inside functions run only when that code path does."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level and package is not None:  # relative: resolved against the file's own package
+            parts = [package, *path.relative_to(REPO / PACKAGES_BY_NAME[package]).parent.parts]
+            base = parts[:len(parts) - node.level + 1]
+            module = ".".join(base + ([node.module] if node.module else []))
+        elif node.module and node.module.startswith("dfd."):
+            module = node.module
+        else:
+            continue
+        found += [(node.lineno, module, alias.name) for alias in node.names]
+    return found
+
+
+PACKAGES_BY_NAME = {f"dfd.{name}": name for name in PACKAGES}
+
+
+def test_every_import_of_our_own_modules_resolves_lazy_ones_included():
+    """A module split left a function-level import of a name that had moved (``bench --compare
+    torch`` failed with ImportError, and only its own tests ran that line): every name imported
+    from our modules, wherever the import sits, exists there."""
+    import importlib
+
+    missing = []
+    sources = [(package, path) for package, folder in PACKAGES_BY_NAME.items()
+               for path in sorted((REPO / folder).rglob("*.py"))]
+    sources += [(None, path) for path in sorted((REPO / "benchmarks").glob("*.py"))]  # scripts: absolute imports
+    for package, path in sources:
+        for line, module, name in _imports_of_our_modules(path, package):
+            imported = importlib.import_module(module)
+            if name != "*" and not hasattr(imported, name):
+                try:
+                    importlib.import_module(f"{module}.{name}")  # a submodule
+                except ModuleNotFoundError:
+                    missing.append(f"{path.relative_to(REPO)}:{line}: {module} has no {name}")
+    assert missing == []
