@@ -43,7 +43,10 @@ for the longest segment a read can be inside of, which gives imread's pixels (ch
 cut point of baseline, progressive, restart-interval, grayscale and APP-segment JPEGs). A PNG
 that ends early is refused, as imread refuses it. The header walk detects truncation (JPEG: no
 end-of-image marker after the last scan; PNG: no IEND chunk; BMP/WebP: shorter than the size the
-header declares), so a refusal names the cause and an accepted partial image carries a note.
+header declares), so a refusal names the cause and an accepted partial image carries a note. A
+JPEG whose end marker follows a cut scan looks complete to the walk; where an edge of it decodes
+to the decoder's flat grey, a second decode with bytes before that marker tells (see
+``_scan_cut_short_before_its_end_marker``).
 """
 
 from __future__ import annotations
@@ -283,6 +286,8 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
     if header.truncated or ended_early:
         why = f"is truncated ({header.truncated})" if header.truncated else "ends early"
         notes += (f"{header.format} data {why}: {_what_was_filled(bgr)}",)
+    elif header.format == "JPEG" and _scan_cut_short_before_its_end_marker(data, flag, bgr, label):
+        notes += (f"JPEG image data ends early (its end marker follows a cut scan): {_what_was_filled(bgr)}",)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if reduction == 1:
         return DecodedImage(rgb, notes)
@@ -336,6 +341,27 @@ def _imdecode_as_imread(data: bytes, buffer: np.ndarray, flag: int,
 
 _MISSING_DATA_GREY = 128
 """What libjpeg decodes scan data it never received to: every coefficient zero, mid-grey."""
+
+_ENTROPY_PROBE = bytes(range(0xFF)) * 4
+"""Bytes put before a JPEG's end marker to see whether its last scan takes them: no 0xFF, so no
+marker among them."""
+
+
+def _scan_cut_short_before_its_end_marker(data: bytes, flag: int, bgr: np.ndarray, label: str) -> bool:
+    """Whether a JPEG whose end marker is present decoded grey fill all the same: its scan data was
+    cut and an end marker put after it (a repair tool, a cut upload), and libjpeg, meeting the marker
+    early, filled the rest with flat grey without a word the caller sees. Checked only where an edge
+    row or column is that grey, which a photograph's edge almost never is exactly, by decoding again
+    with bytes put before the end marker: a complete scan leaves them unread (libjpeg skips bytes
+    before a marker), a cut one decodes them as its missing data, so the pixels change."""
+    edges = (bgr[-1], bgr[0], bgr[:, -1], bgr[:, 0])
+    if not any((edge == _MISSING_DATA_GREY).all() for edge in edges):
+        return False
+    end = data.rfind(b"\xff\xd9")
+    if end < 0:
+        return False
+    probed = _imdecode(np.frombuffer(data[:end] + _ENTROPY_PROBE + data[end:], np.uint8), flag, label)
+    return probed is not None and probed.shape == bgr.shape and not np.array_equal(probed, bgr)
 
 
 def _what_was_filled(bgr: np.ndarray) -> str:

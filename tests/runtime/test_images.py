@@ -620,6 +620,32 @@ def test_a_cut_jpeg_says_how_much_of_it_is_grey_fill(tmp_path, photo):
     assert decode_image(path).notes[-1].endswith(f"(its left {columns} of {width} columns) is fill")
 
 
+@pytest.mark.parametrize("progressive", [0, 1])
+def test_a_jpeg_cut_and_given_an_end_marker_again_says_how_much_is_fill(tmp_path, photo, progressive):
+    """Scan data cut short and an end marker put after it (a repair tool, a cut upload) decoded to
+    98 % grey fill with no note: the header walk sees a complete file. An image whose own edge is
+    that flat grey, complete, has no such note."""
+    data = cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_PROGRESSIVE, progressive])[1]
+    data = data.tobytes()
+    last_scan = data.rfind(b"\xff\xda")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[:last_scan + (len(data) - last_scan) // 3] + b"\xff\xd9")
+    expected = reference_decode(path)
+    height, rows = expected.shape[0], _grey_lines(expected)
+    if progressive:  # the last scan refines detail: cut, it leaves no grey band, and nothing is claimed
+        assert rows == 0 and not any("ends early" in note for note in decode_image(path).notes)
+        return
+    assert 0 < rows < height
+    assert decode_image(path).notes[-1] == (
+        f"JPEG image data ends early (its end marker follows a cut scan): OpenCV decoded what was present and "
+        f"filled the rest with flat grey, as cv2.imread does: {100 * rows / height:.0f} % of the image (its bottom "
+        f"{rows} of {height} rows) is fill")
+    footer = photo.copy()
+    footer[-40:] = 128  # a flat mid-grey band of its own, exactly the decoder's fill
+    path.write_bytes(_encoded(".jpg", cv2.cvtColor(footer, cv2.COLOR_RGB2BGR)))
+    assert _grey_lines(reference_decode(path)) > 0 and decode_image(path).notes == ()
+
+
 def test_bytes_between_jpeg_markers_are_skipped_as_libjpeg_skips_them(tmp_path, photo):
     """One stray byte after a segment, which libjpeg skips with a warning, made the header walk give
     up: the image was decoded at full size and only then held to the pixel limit (a 5 KB file
