@@ -19,6 +19,9 @@ from host_gpu import load_kernel_host
 from reference_network import ReferenceEnsemble, tiny_clip_config, tiny_dinov2_config
 
 LORA_R, LORA_ALPHA = 4, 8.0
+# Face boxes (x1, y1, x2, y2) of the built-in photographs that show one, as the reference's
+# RetinaFace step would give them: the source of reference-style face crops
+FACE_BOXES = {"astronaut": (120, 30, 320, 260), "chelsea": (120, 40, 300, 260)}
 
 
 def write_rgb(path: Path, rgb: np.ndarray) -> Path:
