@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -27,7 +28,8 @@ from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, GivenPath, OutputFold
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
-def streams_option(func):
+def streams_option(func: Callable) -> Callable:
+    """``--streams``, shared by the verbs that build or compare a subset of the three streams."""
     return click.option(
         "--streams",
         default=",".join(STREAM_CHOICES),

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
@@ -86,7 +86,7 @@ def _raised_echoing_to_stdout(exc: OSError) -> bool:
     return False
 
 
-def handles_errors(func):
+def handles_errors(func: Callable) -> Callable:
     """Turn the project's own exceptions into one readable line and exit code 1."""
 
     @functools.wraps(func)

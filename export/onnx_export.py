@@ -28,6 +28,7 @@ class ExportError(DfdError, RuntimeError):
 
 
 def parameter_bytes(module: nn.Module) -> int:
+    """The bytes of a module's parameters: what decides whether its graph needs external data."""
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 

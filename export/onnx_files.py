@@ -27,10 +27,12 @@ EXTERNAL_DATA_THRESHOLD = int(PROTOBUF_LIMIT_BYTES * 0.9)
 
 
 def needs_external_data(tensor_bytes: int) -> bool:
+    """Whether a graph with this many bytes of tensors must keep them outside its protobuf."""
     return tensor_bytes > EXTERNAL_DATA_THRESHOLD
 
 
 def data_file_of(graph: Path) -> Path:
+    """The one external-data file a graph keeps its tensors in, beside it (``x.onnx.data``)."""
     return graph.with_name(graph.name + ".data")
 
 

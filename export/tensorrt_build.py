@@ -40,6 +40,7 @@ class TensorRTOptions:
     hardware_compatibility: bool = False  # Ampere+ engines, portable across those GPUs
 
     def check(self) -> None:
+        """Refuse options TensorRT would refuse only after parsing the network."""
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise TensorRTBuildError(
                 f"batch profile must satisfy 1 <= min <= opt <= max; got --min-batch {self.min_batch}, --opt-batch "

@@ -118,6 +118,7 @@ class OnnxRuntimeBackend:
         self.sessions = {}
 
     def run(self, stream: str, pixels: np.ndarray) -> np.ndarray:
+        """One stream's logits [N, 2] for normalised pixels [N, 3, S, S]."""
         session = self.sessions[stream]
         input_name = session.get_inputs()[0].name
         (logits,) = session.run(None, {input_name: np.ascontiguousarray(pixels, dtype=np.float32)})

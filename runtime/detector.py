@@ -429,7 +429,7 @@ class Detector:
     def __enter__(self) -> "Detector":
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def detect(

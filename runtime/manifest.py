@@ -41,6 +41,7 @@ class EngineSetError(DfdError, RuntimeError):
 
 
 def sha256_file(path: Path) -> str:
+    """The file's sha256, read in chunks: engine files and checkpoints are gigabytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -50,6 +51,8 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class FileEntry:
+    """One file of an engine set as the manifest records it, so a changed file is caught."""
+
     path: str  # relative to the engine-set folder
     sha256: str
     bytes: int
@@ -57,12 +60,15 @@ class FileEntry:
 
     @classmethod
     def of(cls, root: Path, path: Path, role: str) -> "FileEntry":
+        """The entry for a file the build just wrote under ``root`` (hashed now)."""
         path = Path(path)
         return cls(str(path.relative_to(root)), sha256_file(path), path.stat().st_size, role)
 
 
 @dataclass(frozen=True)
 class StreamEntry:
+    """One network of the set (a stream, or the face detector): its input, precision and files."""
+
     name: str
     input_size: int
     precision: str  # "fp32", "fp16", "int8"
@@ -71,6 +77,8 @@ class StreamEntry:
     details: dict[str, Any] = field(default_factory=dict)  # architecture, calibration, ...
 
     def file(self, role: str) -> FileEntry | None:
+        """The file of that role ("onnx", "engine", ...), or None: a set built for ONNX Runtime
+        has no engine."""
         return next((f for f in self.files if f.role == role), None)
 
 
@@ -91,6 +99,7 @@ class Manifest:
         return list(self.streams.values()) + ([self.face_detector] if self.face_detector else [])
 
     def path_of(self, entry: FileEntry) -> Path:
+        """Where the file is now: entries are relative, so a moved set still opens."""
         return self.root / entry.path
 
 

@@ -280,6 +280,7 @@ class TensorRTBackend:
             slot.close()
 
     def run(self, stream: str, pixels: np.ndarray) -> np.ndarray:
+        """One stream's logits [N, 2] for normalised pixels [N, 3, S, S] (float32 on the host)."""
         return self._slots[stream].run(np.ascontiguousarray(pixels, dtype=np.float32))
 
     def fused_pipeline(self, weights: Mapping[str, float], preprocessing: Mapping[str, Any],
