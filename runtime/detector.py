@@ -696,7 +696,8 @@ def _listed(name: str, items: object) -> list:
             advice = "wrap it in a list: detect([image])"
         raise TypeError(f"images is one {items.shape} array; detect takes a list of images: {advice}")
     if isinstance(items, (str, bytes, bytearray, memoryview, os.PathLike, Mapping)):
-        wrapped = "detect([image])" if name == "images" else f"{name}=[{name.removesuffix('s').removeprefix('face_')}]"
+        one = {"images": "image", "face_crops": "crop", "face_boxes": "box", "labels": "label"}[name]
+        wrapped = "detect([image])" if name == "images" else f"{name}=[{one}]"
         raise TypeError(f"detect's {name} must be a list (one entry per image), got one "
                         f"{type(items).__name__}; wrap it in a list: {wrapped}")
     try:

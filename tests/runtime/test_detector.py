@@ -630,6 +630,8 @@ def test_objects_that_are_not_images_fail_alone(tiny_engine_set, photographs):
         detector.detect([good], labels="a.jpg")
     with pytest.raises(TypeError, match=r"wrap it in a list: face_crops=\[crop\]"):
         detector.detect([good], face_crops="face.png")
+    with pytest.raises(TypeError, match=r"wrap it in a list: face_boxes=\[box\]"):
+        detector.detect([good], face_boxes="0 0 40 40")
     with pytest.raises(DfdError, match=r"labels has 2 entries for 1 image\(s\): give one per image"):
         detector.detect([good], labels=["a", "b"])
     [nan_box] = detector.detect([good], face_boxes=[np.array([np.nan, 1.0, 50.0, 60.0])])
