@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfd.runtime.errors import DfdError
-from dfd.runtime.face_boxes import JSONL_SUFFIXES, bounded_lines, open_line_file
+from dfd.runtime.line_files import JSONL_SUFFIXES, bounded_lines, open_line_file
 
 from .cli_types import regular_file_output
 

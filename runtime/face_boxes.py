@@ -33,17 +33,13 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from .errors import DfdError
+from .line_files import JSONL_SUFFIXES, bounded_lines, open_line_file
 
 Box = tuple[float, float, float, float]
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")  # also the box columns of detect's csv output, which this reads back
 CSV_COLUMNS = ("image", *BOX_COLUMNS)
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
-# Longer than any line detect writes (a path is at most 4096 bytes), short enough that a file
-# without line breaks is refused before it fills the memory
-MAX_LINE_CHARS = 1 << 20
 
 
 class FaceBoxFileError(DfdError):
@@ -130,7 +126,7 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
             # /dev/zero behind a link named boxes.jsonl never ends a line: reading it fills the memory
             raise FaceBoxFileError(f"{path} is a device, not a file of face boxes")
         with open_line_file(path) as handle:
-            lines = bounded_lines(path, handle)
+            lines = bounded_lines(path, handle, FaceBoxFileError, "a face-box file")
             leading = _through_first_content(lines)
             if not leading or not leading[-1].strip():
                 # an output redirect that failed, not a file saying "no boxes" (a header, or null boxes)
@@ -143,17 +139,6 @@ def load_face_boxes(path: Path) -> FaceBoxFile:
         raise FaceBoxFileError(f"cannot read face boxes from {path}: {exc}") from None
 
 
-def open_line_file(path: Path) -> TextIO:
-    """Open a ``.csv`` or JSON-lines file of image names (face boxes, detect's output) for reading
-    a line at a time. surrogateescape: a name that is not UTF-8 (detect writes such file names back
-    as their own bytes) reads as the same str that listing the folder gives, so it still matches
-    its image. CSV: newline="", line ends are left to the csv module, so a \r inside a quoted name
-    stays one; JSON lines end at \n only (str.splitlines would also split at U+2028, form feeds and
-    other characters a file name may hold; json.loads ignores a \r left at the end)."""
-    return open(path, encoding="utf-8-sig", errors="surrogateescape",
-                newline="" if path.suffix.lower() == ".csv" else "\n")
-
-
 def _boxes_by_image(path: Path, entries: Iterable[tuple[int, str, Box]]) -> dict[str, Box]:
     boxes: dict[str, Box] = {}
     for line, key, box in entries:
@@ -163,20 +148,6 @@ def _boxes_by_image(path: Path, entries: Iterable[tuple[int, str, Box]]) -> dict
             raise FaceBoxFileError(f"{path}:{line}: a second, different box for {key!r}; give one box per image")
         boxes[key] = box
     return boxes
-
-
-def bounded_lines(path: Path, handle: TextIO, error: type[DfdError] = FaceBoxFileError,
-                  what: str = "a face-box file") -> Iterator[str]:
-    """The file's lines, each at most MAX_LINE_CHARS long: a file without line breaks (a binary
-    named .jsonl, say) is refused at its first long line (``error``, saying ``what`` the file
-    should be) instead of read whole into memory."""
-    number = 0
-    while line := handle.readline(MAX_LINE_CHARS + 1):
-        number += 1
-        if len(line) > MAX_LINE_CHARS:
-            raise error(f"{path}:{number}: a line of over {MAX_LINE_CHARS:,} characters; {what} has one short "
-                        f"line per image")
-        yield line
 
 
 def _through_first_content(lines: Iterator[str]) -> list[str]:

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from dfd.runtime.face_boxes import MAX_LINE_CHARS, FaceBoxFileError, load_face_boxes
+from dfd.runtime.face_boxes import FaceBoxFileError, load_face_boxes
+from dfd.runtime.line_files import MAX_LINE_CHARS
 
 
 def _write(tmp_path, name: str, text: str):
