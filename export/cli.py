@@ -331,8 +331,8 @@ def doctor(engine_dir, as_json):
 
 def _thresholds_text(thresholds: dict) -> str:
     """verify's thresholds in the words of its options and the README."""
-    return (f"max |dP| {thresholds['max_abs_dp']:g}, mean |dP| {thresholds['mean_dp']:g}, vote agreement >= "
-            f"{thresholds['min_vote_agreement'] * 100:g}% on {thresholds['min_vote_agreement_applies_to']}, a vote moves at "
+    return (f"max |dP| {thresholds['max_abs_dp']:.12g}, mean |dP| {thresholds['mean_dp']:.12g}, vote agreement >= "
+            f"{thresholds['min_vote_agreement'] * 100:.12g}% on {thresholds['min_vote_agreement_applies_to']}, a vote moves at "
             f"most {thresholds['max_vote_change']:g}, non-finite probability: {thresholds['non_finite']}, unreadable "
             f"inputs: {thresholds['unreadable_inputs']}")
 

@@ -43,6 +43,12 @@ def capturing_decoder_messages() -> Iterator[None]:
         _enabled = before
 
 
+def decoder_messages_captured() -> bool:
+    """Whether ``decoder_messages`` captures now: a decode that makes libjpeg warn about bytes it
+    put there itself (a probe) may run only then, or the warning reaches the host's stderr."""
+    return _enabled
+
+
 @contextmanager
 def decoder_messages() -> Iterator[list[str]]:
     """A list that, once the block has run, holds the lines written to descriptor 2 during it

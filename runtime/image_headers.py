@@ -32,6 +32,9 @@ class ImageHeader:
     # every component): the bytes of DCT coefficients it then holds for the whole image, whatever
     # the reduction asked for (2 per coefficient, 64 per 8x8 block of each component); else 0
     coefficient_bytes: int = 0
+    scans: int = 0  # JPEG: the scans the walk passed (each one more pass over the coefficients)
+    lossless: bool = False  # a lossless JPEG (SOF3/7/11/15), which libjpeg cannot decode reduced
+    end_marker_at: int | None = None  # JPEG: the offset of the end-of-image marker the walk reached
 
 
 JP2_CODESTREAM = b"\xff\x4f\xff\x51"  # SOC then SIZ: a bare JPEG 2000 codestream (.j2k)
@@ -131,6 +134,7 @@ def _orientation_notes(orientation: int | None) -> list[str]:
 _SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
                           0xCE, 0xCF))
 _PROGRESSIVE_SOF_MARKERS = frozenset((0xC2, 0xC6, 0xCA, 0xCE))
+_LOSSLESS_SOF_MARKERS = frozenset((0xC3, 0xC7, 0xCB, 0xCF))
 # the marker after entropy-coded data: 0xFF (plus fill 0xFFs) not followed by a stuffed 0x00
 # or a restart marker RST0..RST7, which belong to the scan
 _NEXT_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
@@ -142,8 +146,10 @@ EXTRANEOUS_NOTE = "corrupt JPEG data: "
 def _jpeg_header(data: bytes) -> ImageHeader | None:
     frame = None
     frame_segment = b""
-    progressive = False
+    progressive = lossless = False
     first_scan_components = None
+    scans = 0
+    end_marker_at = None
     adobe_transform = None
     orientation = None
     truncated = None
@@ -164,6 +170,7 @@ def _jpeg_header(data: bytes) -> ImageHeader | None:
             pos += 1
         marker = data[pos + 1]
         if marker == 0xD9:
+            end_marker_at = pos
             break
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:
             pos += 2
@@ -177,8 +184,11 @@ def _jpeg_header(data: bytes) -> ImageHeader | None:
             frame = (segment[0], int.from_bytes(segment[1:3], "big"),
                      int.from_bytes(segment[3:5], "big"), segment[5])
             frame_segment, progressive = segment, marker in _PROGRESSIVE_SOF_MARKERS
-        elif marker == 0xDA and first_scan_components is None and segment:
-            first_scan_components = segment[0]
+            lossless = marker in _LOSSLESS_SOF_MARKERS
+        elif marker == 0xDA:
+            scans += 1
+            if first_scan_components is None and segment:
+                first_scan_components = segment[0]
         elif marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
             adobe_transform = segment[11]
         elif marker == 0xE1 and segment.startswith(b"Exif\x00\x00") and orientation is None:
@@ -209,7 +219,8 @@ def _jpeg_header(data: bytes) -> ImageHeader | None:
                      f"cv2.imread skips them")
     buffered = progressive or (first_scan_components is not None and first_scan_components < components)
     coefficients = _coefficient_bytes(frame_segment, width, height) if buffered else 0
-    return ImageHeader("JPEG", width, height, tuple(notes), truncated, coefficient_bytes=coefficients)
+    return ImageHeader("JPEG", width, height, tuple(notes), truncated, coefficient_bytes=coefficients, scans=scans,
+                       lossless=lossless, end_marker_at=end_marker_at)
 
 
 def _coefficient_bytes(frame_segment: bytes, width: int, height: int) -> int:

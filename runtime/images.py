@@ -60,7 +60,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .decoder_messages import decoder_messages
+from .decoder_messages import decoder_messages, decoder_messages_captured
 from .errors import DfdError
 from .image_headers import EXTRANEOUS_NOTE, JP2_CODESTREAM, JP2_SIGNATURE, SUN_RASTER_MAGIC, ImageHeader, read_header
 
@@ -276,7 +276,8 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
         if header.truncated:
             raise ImageError(f"{label}: {header.format} data is truncated ({header.truncated}); "
                              f"OpenCV could not decode it{_in_parentheses(said)}")
-        raise ImageError(f"{label}: {_undecodable_reason(buffer, header.format, label)}{_in_parentheses(said)}")
+        kind = "lossless JPEG" if header.lossless else header.format
+        raise ImageError(f"{label}: {_undecodable_reason(buffer, kind, label)}{_in_parentheses(said)}")
     _require_nonempty(bgr.shape[0], bgr.shape[1], label)
     notes = header.notes + size_note + ((_decoder_said(said),) if said else ())
     if any("extraneous bytes before marker" in line for line in said):  # libjpeg's own words for the walk's note
@@ -286,7 +287,8 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
     if header.truncated or ended_early:
         why = f"is truncated ({header.truncated})" if header.truncated else "ends early"
         notes += (f"{header.format} data {why}: {_what_was_filled(bgr)}",)
-    elif header.format == "JPEG" and _scan_cut_short_before_its_end_marker(data, flag, bgr, label):
+    elif header.end_marker_at is not None and _scan_cut_short_before_its_end_marker(data, header.end_marker_at,
+                                                                                      flag, bgr, label):
         notes += (f"JPEG image data ends early (its end marker follows a cut scan): {_what_was_filled(bgr)}",)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if reduction == 1:
@@ -306,9 +308,10 @@ def _undecodable_reason(buffer: np.ndarray, image_format: str, label: str) -> st
     if unchanged is None:
         return f"{image_format} data is corrupt; OpenCV could not decode it"
     channels = 1 if unchanged.ndim == 2 else unchanged.shape[2]
+    advice = ("re-encode it (PNG, or a baseline JPEG)" if unchanged.dtype in (np.uint8, np.uint16)
+              else "convert it to 8- or 16-bit integer samples")  # a grayscale lossless JPEG is uint8 already
     return (f"{image_format} with {unchanged.dtype} samples ({channels} channel(s)), which OpenCV decodes "
-            f"only unchanged, not as the 8-bit colour image the reference's cv2.imread reads; convert it "
-            f"to 8- or 16-bit integer samples")
+            f"only unchanged, not as the 8-bit colour image the reference's cv2.imread reads; {advice}")
 
 
 def _full_hw(header: ImageHeader, reduced_hw: tuple[int, int], reduction: int) -> tuple[int, int]:
@@ -347,18 +350,18 @@ _ENTROPY_PROBE = bytes(range(0xFF)) * 4
 marker among them."""
 
 
-def _scan_cut_short_before_its_end_marker(data: bytes, flag: int, bgr: np.ndarray, label: str) -> bool:
+def _scan_cut_short_before_its_end_marker(data: bytes, end: int, flag: int, bgr: np.ndarray, label: str) -> bool:
     """Whether a JPEG whose end marker is present decoded grey fill all the same: its scan data was
     cut and an end marker put after it (a repair tool, a cut upload), and libjpeg, meeting the marker
     early, filled the rest with flat grey without a word the caller sees. Checked only where an edge
     row or column is that grey, which a photograph's edge almost never is exactly, by decoding again
     with bytes put before the end marker: a complete scan leaves them unread (libjpeg skips bytes
-    before a marker), a cut one decodes them as its missing data, so the pixels change."""
+    before a marker), a cut one decodes them as its missing data, so the pixels change. ``end``:
+    the end marker after the image's scans (data may follow it: a multi-picture file's second
+    image). Only where decoder messages are captured (the CLI), which drop libjpeg's warning about
+    the skipped bytes: elsewhere it would reach the host's stderr as a false "Corrupt JPEG data"."""
     edges = (bgr[-1], bgr[0], bgr[:, -1], bgr[:, 0])
-    if not any((edge == _MISSING_DATA_GREY).all() for edge in edges):
-        return False
-    end = data.rfind(b"\xff\xd9")
-    if end < 0:
+    if not decoder_messages_captured() or not any((edge == _MISSING_DATA_GREY).all() for edge in edges):
         return False
     probed = _imdecode(np.frombuffer(data[:end] + _ENTROPY_PROBE + data[end:], np.uint8), flag, label)
     return probed is not None and probed.shape == bgr.shape and not np.array_equal(probed, bgr)
@@ -456,6 +459,9 @@ _DECODE_BYTES_PER_PIXEL = {"Radiance HDR": 15, "PFM": 15}
 
 # A progressive JPEG's coefficients at full colour resolution (4:4:4): 3 components of 2 bytes
 _LARGEST_COEFFICIENT_BYTES_PER_PIXEL = 6
+# Passes over a limit-sized 4:4:4 image's coefficients a progressive JPEG may ask for: real ones
+# have about 10 scans; a crafted 110 KB file of 8000 scans claiming 128 MP took 107 s of CPU
+_MAX_SCAN_PASSES = 100
 
 
 def _choose_decode_flag(header: ImageHeader, label: str, max_pixels: int) -> tuple[int, int, tuple[str, ...]]:
@@ -463,23 +469,34 @@ def _choose_decode_flag(header: ImageHeader, label: str, max_pixels: int) -> tup
     with the reduction (1 at full size) and its note. A reduction bounds the memory of a baseline
     JPEG only: a progressive one above the limit is decoded reduced while its coefficients take no
     more than those of a 4:4:4 progressive JPEG within the limit (a 1 KB file claiming 32000x32000
-    pixels took 6 GB decoded at 1/8), so a 4:2:0 photograph up to twice the limit still is."""
+    pixels took 6 GB decoded at 1/8), so a 4:2:0 photograph up to twice the limit still is. At any
+    size, such a JPEG's scans (each a pass over those coefficients) are bounded too, and a lossless
+    JPEG, which libjpeg cannot decode reduced, is held to the limit as other formats are."""
     pixels = header.width * header.height
-    if pixels <= max_pixels:
-        return cv2.IMREAD_COLOR, 1, ()
+    budget = _LARGEST_COEFFICIENT_BYTES_PER_PIXEL * max_pixels
     size = f"{header.width}x{header.height} ({_pixel_count(pixels, max_pixels)})"
-    if header.coefficient_bytes > _LARGEST_COEFFICIENT_BYTES_PER_PIXEL * max_pixels:
+    if pixels > max_pixels and header.coefficient_bytes > budget:
         raise ImageError(
             f"{label}: JPEG image {size} is above the limit of {_pixel_count(max_pixels, pixels)} and "
             f"progressive (or multi-scan): libjpeg holds every coefficient of the full-size image whatever "
-            f"the reduction asked for, about {_memory_size(header.coefficient_bytes)}, more than any JPEG "
-            f"within the limit takes, so it is refused. Re-encode it as a baseline JPEG, or {_RAISE_LIMIT}")
-    if header.format != "JPEG":
+            f"the reduction asked for, about {_memory_size(header.coefficient_bytes)}, more than the "
+            f"{_memory_size(budget)} a 4:4:4 JPEG of the limit's size takes, so it is refused. Re-encode it as "
+            f"a baseline JPEG, or {_RAISE_LIMIT}")
+    if header.coefficient_bytes and header.scans * header.coefficient_bytes > _MAX_SCAN_PASSES * budget:
         raise ImageError(
-            f"{label}: {header.format} image {size} is above the limit of {_pixel_count(max_pixels, pixels)}; "
-            f"OpenCV can only decode {header.format} at full size (about "
+            f"{label}: JPEG image {header.width}x{header.height} has {header.scans} scans, each a pass over "
+            f"the coefficients of the whole image (about {_memory_size(header.coefficient_bytes)}): more than "
+            f"{_MAX_SCAN_PASSES} passes over those of a JPEG of the limit's size (real progressive JPEGs have "
+            f"about 10 scans), so it is refused. Re-encode it as a baseline JPEG, or {_RAISE_LIMIT}")
+    if pixels <= max_pixels:
+        return cv2.IMREAD_COLOR, 1, ()
+    if header.format != "JPEG" or header.lossless:
+        kind = "lossless JPEG" if header.lossless else header.format
+        raise ImageError(
+            f"{label}: {kind} image {size} is above the limit of {_pixel_count(max_pixels, pixels)}; "
+            f"OpenCV can only decode {kind} at full size (about "
             f"{_memory_size(pixels * _DECODE_BYTES_PER_PIXEL.get(header.format, 3))}), so it is refused. "
-            f"Convert it to JPEG, or {_RAISE_LIMIT}")
+            f"Convert it to {'a baseline JPEG' if header.lossless else 'JPEG'}, or {_RAISE_LIMIT}")
     for factor, flag in _REDUCED_JPEG_FLAGS:
         # libjpeg's scaled output is ceil(side / factor)
         if -(-header.width // factor) * -(-header.height // factor) <= max_pixels:

@@ -262,6 +262,11 @@ def test_a_failure_line_never_reads_as_a_contradiction():
     assert judge(_counts(), [], {"clean": {"global": {"max_abs_dp": 0.0050001, "mean_abs_dp": 0.0200004}}},
                  (0.005, 0.02, 0.0)) == ["clean: global: max |dP| 5.0001e-03 > 0.005",
                                          "clean: global: mean |dP| 2.00004e-02 > 0.02"]
+    # a limit typed with more digits than :g's six is shown with them
+    assert judge(_counts(), [], {"clean": {"global": {"max_abs_dp": 2.980225000015e-07, "mean_abs_dp": 0.0}}},
+                 (2.98022500001e-07, 0.02, 0.0)) == ["clean: global: max |dP| 2.98023e-07 > 2.98022500001e-07"]
+    assert judge({"clean": (12, 100)}, [], STREAMS_OK, (1.0, 0.02, 0.120000001)) == [
+        "clean: vote agreement 12.0% < 12.0000001% (12 of 100 votes the same)"]
 
 
 def test_each_condition_must_keep_the_dp_limits_on_its_own():

@@ -18,6 +18,7 @@ import pytest
 import skimage.data
 
 from dfd.runtime import images
+from dfd.runtime.decoder_messages import capturing_decoder_messages
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, decode_image, encoded_suffix
 
 
@@ -429,6 +430,47 @@ def test_a_progressive_jpeg_is_decoded_reduced_only_while_its_coefficients_fit_t
     assert decode_image(_progressive_jpeg(photo, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444), max_pixels=pixels).reduction == 1
 
 
+def _segment(marker: int, body: bytes) -> bytes:
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def _lossless_jpeg(width: int, height: int, components: int) -> bytes:
+    """A lossless JPEG (SOF3, predictor 1) whose every difference is 0: flat grey, a few bytes."""
+    ids = range(1, components + 1)
+    frame = bytes([8]) + struct.pack(">HH", height, width) + bytes([components]) + b"".join(bytes([c, 0x11, 0]) for c in ids)
+    huffman = _segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")  # one 1-bit code: difference 0
+    scan = _segment(0xDA, bytes([components]) + b"".join(bytes([c, 0]) for c in ids) + bytes([1, 0, 0]))
+    return b"\xff\xd8" + _segment(0xC3, frame) + huffman + scan + bytes(-(-width * height * components // 8)) + b"\xff\xd9"
+
+
+def test_a_lossless_jpeg_is_held_to_the_limit_as_formats_that_cannot_be_decoded_reduced():
+    """libjpeg ignores the reduction for a lossless JPEG: a 97-byte file claiming 30000x30000 pixels
+    was decoded whole (7.8 GB), and one of 3 MP under a 0.2 MP limit was scored, noted as
+    "downscaled 1/4" though nothing was. A grayscale one, which OpenCV decodes only unchanged, was
+    told to convert its samples to 8-bit, which they are."""
+    with pytest.raises(ImageError, match=r"lossless JPEG image 2000x1500 \(3.0 MP\) is above the limit of 0.2 MP; "
+                                         r"OpenCV can only decode lossless JPEG at full size .* Convert it to a "
+                                         r"baseline JPEG, or raise the limit"):
+        decode_image(_lossless_jpeg(2000, 1500, 3), max_pixels=200_000)
+    with pytest.raises(ImageError, match=r"lossless JPEG with uint8 samples \(1 channel\(s\)\), which OpenCV decodes "
+                                         r"only unchanged, .*; re-encode it \(PNG, or a baseline JPEG\)"):
+        decode_image(_lossless_jpeg(8, 8, 1))
+
+
+def test_a_jpeg_of_more_scans_than_any_encoder_writes_is_refused_before_decoding(photo):
+    """Each progressive scan is a pass over every coefficient: a crafted 110 KB file of 8000 scans
+    claiming 128 MP took 107 s of CPU. The scans a JPEG may ask for are bounded by 100 passes over
+    a limit-sized image's coefficients; a real progressive photograph (about 10 scans) is decoded."""
+    data = cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    limit = photo.shape[0] * photo.shape[1]
+    assert decode_image(data, max_pixels=limit).rgb.shape == photo.shape
+    last_scan, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    repeated = data[:end] + data[last_scan:end] * 300 + data[end:]
+    with pytest.raises(ImageError, match=r"JPEG image 400x300 has 3\d\d scans, each a pass over the coefficients of "
+                                         r"the whole image .* more than 100 passes"):
+        decode_image(repeated, max_pixels=limit)
+
+
 def test_smallest_sufficient_jpeg_reduction_is_chosen(tmp_path, photo):
     path = write(tmp_path / "photo.jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     assert decode_image(path, max_pixels=30_000).rgb.shape == (150, 200, 3)  # 1/2 just fits
@@ -621,7 +663,7 @@ def test_a_cut_jpeg_says_how_much_of_it_is_grey_fill(tmp_path, photo):
 
 
 @pytest.mark.parametrize("progressive", [0, 1])
-def test_a_jpeg_cut_and_given_an_end_marker_again_says_how_much_is_fill(tmp_path, photo, progressive):
+def test_a_jpeg_cut_and_given_an_end_marker_again_says_how_much_is_fill(tmp_path, photo, progressive, capfd):
     """Scan data cut short and an end marker put after it (a repair tool, a cut upload) decoded to
     98 % grey fill with no note: the header walk sees a complete file. An image whose own edge is
     that flat grey, complete, has no such note."""
@@ -636,14 +678,24 @@ def test_a_jpeg_cut_and_given_an_end_marker_again_says_how_much_is_fill(tmp_path
         assert rows == 0 and not any("ends early" in note for note in decode_image(path).notes)
         return
     assert 0 < rows < height
-    assert decode_image(path).notes[-1] == (
-        f"JPEG image data ends early (its end marker follows a cut scan): OpenCV decoded what was present and "
-        f"filled the rest with flat grey, as cv2.imread does: {100 * rows / height:.0f} % of the image (its bottom "
-        f"{rows} of {height} rows) is fill")
+    note = (f"JPEG image data ends early (its end marker follows a cut scan): OpenCV decoded what was present and "
+            f"filled the rest with flat grey, as cv2.imread does: {100 * rows / height:.0f} % of the image (its bottom "
+            f"{rows} of {height} rows) is fill")
+    with capturing_decoder_messages():  # the CLI's case: the probe's own libjpeg warning is captured
+        assert decode_image(path).notes[-1] == note
+        # a second picture after the end marker (a multi-picture file) does not hide it
+        path.write_bytes(path.read_bytes() + data)
+        assert decode_image(path).notes[-1] == note
     footer = photo.copy()
     footer[-40:] = 128  # a flat mid-grey band of its own, exactly the decoder's fill
     path.write_bytes(_encoded(".jpg", cv2.cvtColor(footer, cv2.COLOR_RGB2BGR)))
-    assert _grey_lines(reference_decode(path)) > 0 and decode_image(path).notes == ()
+    assert _grey_lines(reference_decode(path)) > 0
+    with capturing_decoder_messages():
+        assert decode_image(path).notes == ()
+    capfd.readouterr()
+    # not captured (the Python API, the C library): no probe, whose skipped bytes libjpeg would have
+    # reported on the host's stderr as "Corrupt JPEG data: 1020 extraneous bytes"
+    assert decode_image(path).notes == () and "extraneous" not in capfd.readouterr().err
 
 
 def test_bytes_between_jpeg_markers_are_skipped_as_libjpeg_skips_them(tmp_path, photo):
