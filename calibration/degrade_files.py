@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dfd.runtime.atomic_files import write_atomically
+from dfd.runtime.atomic_files import missing_folders, remove_empty_folders, write_atomically
 from dfd.runtime.errors import DfdError, first_few, os_error_text
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from dfd.runtime.manifest import sha256_file
@@ -144,7 +144,7 @@ def degrade_files(inputs: list[Path], out_dir: Path, *, seed: int, fixed: str | 
     existing = [out for out in outputs if os.path.lexists(out) and out not in kept]
     if existing and not replace:
         raise DegradationError(_existing_outputs_refusal(out_dir, existing, earlier, resume, copies, settings))
-    created = [folder for folder in (out_dir, *out_dir.parents) if not os.path.lexists(folder)]
+    created = missing_folders(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -225,11 +225,8 @@ def _degrade_each(inputs: Sequence[Path], outputs: Sequence[Path], settings: Cop
             written = written or result.output is not None
             yield result
     finally:
-        for folder in created if not written else ():
-            try:
-                folder.rmdir()  # only while empty
-            except OSError:
-                break
+        if not written:
+            remove_empty_folders(created)
 
 
 def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], settings: CopySettings,

@@ -15,7 +15,7 @@ from typing import BinaryIO, TextIO
 import click
 from click.core import ParameterSource
 
-from dfd.runtime.atomic_files import write_atomically
+from dfd.runtime.atomic_files import missing_folders, remove_empty_folders, write_atomically
 from dfd.runtime.errors import DfdError, dangling_link_text, os_error_text
 from dfd.runtime.images import DEFAULT_MAX_PIXELS
 from dfd.runtime.manifest import Manifest, engine_set_files
@@ -155,7 +155,7 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
         raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=option)
     if existed and not path.is_file():
         return
-    created = _missing_folders(path.parent)
+    created = missing_folders(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -171,20 +171,7 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
         raise click.BadParameter(f"cannot write {path}: {reason}", param_hint=option) from exc
     finally:
         # made again when the report is written: a run that fails before leaves no empty folders
-        for folder in created:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-
-
-def _missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and those above it that do not exist yet, innermost first."""
-    missing = []
-    while not os.path.lexists(folder) and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
+        remove_empty_folders(created)
 
 
 def files_a_run_reads(images_dir: Path | None, manifest: Manifest | None = None,

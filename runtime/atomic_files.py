@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -85,3 +85,24 @@ def flush_to_disk(folder: Path) -> None:
             os.close(handle)
     for each in reversed(folders):
         sync_folder(each)
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist yet, innermost first: what making it will
+    create, for :func:`remove_empty_folders` to take back when nothing was written there."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove folders a run made (``missing_folders``, innermost first) while they are empty: a run
+    that failed or wrote nothing leaves none behind. Stops at the first that is not empty (or
+    cannot be removed), which keeps every folder above it."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # only while empty
+        except OSError:
+            break
