@@ -36,6 +36,11 @@ class ImageHeader:
     lossless: bool = False  # a lossless JPEG (SOF3/7/11/15), which libjpeg cannot decode reduced
     end_marker_at: int | None = None  # JPEG: the offset of the end-of-image marker the walk reached
 
+    @property
+    def kind(self) -> str:
+        """The format as messages name it: "lossless JPEG" is refused and advised otherwise."""
+        return "lossless JPEG" if self.lossless else self.format
+
 
 JP2_CODESTREAM = b"\xff\x4f\xff\x51"  # SOC then SIZ: a bare JPEG 2000 codestream (.j2k)
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
@@ -64,7 +69,7 @@ def read_header(data: bytes) -> ImageHeader | None:
             return _heif_header(data)
         if data.startswith(SUN_RASTER_MAGIC):
             return _sun_raster_header(data)
-        if data.startswith(_RADIANCE_SIGNATURES):
+        if data.startswith(RADIANCE_SIGNATURES):
             return _radiance_header(data)
     except (IndexError, ValueError):
         return None
@@ -381,7 +386,7 @@ def _pnm_header(data: bytes) -> ImageHeader | None:
 
 
 SUN_RASTER_MAGIC = b"\x59\xa6\x6a\x95"
-_RADIANCE_SIGNATURES = (b"#?RGBE", b"#?RADIANCE")  # what OpenCV's HDR decoder recognises
+RADIANCE_SIGNATURES = (b"#?RGBE", b"#?RADIANCE")  # what OpenCV's HDR decoder recognises
 _RADIANCE_SIZE = re.compile(rb"-Y\s*([+-]?\d{1,10})\s*\+X\s*([+-]?\d{1,10})")
 
 

@@ -62,7 +62,8 @@ import numpy as np
 
 from .decoder_messages import decoder_messages, decoder_messages_captured
 from .errors import DfdError
-from .image_headers import EXTRANEOUS_NOTE, JP2_CODESTREAM, JP2_SIGNATURE, SUN_RASTER_MAGIC, ImageHeader, read_header
+from .image_headers import (EXTRANEOUS_NOTE, JP2_CODESTREAM, JP2_SIGNATURE, RADIANCE_SIGNATURES, SUN_RASTER_MAGIC,
+                            ImageHeader, read_header)
 
 DEFAULT_MAX_PIXELS = 64_000_000
 UNCHANGED_PROBE_MAX_PIXELS = 4_000_000
@@ -276,8 +277,7 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
         if header.truncated:
             raise ImageError(f"{label}: {header.format} data is truncated ({header.truncated}); "
                              f"OpenCV could not decode it{_in_parentheses(said)}")
-        kind = "lossless JPEG" if header.lossless else header.format
-        raise ImageError(f"{label}: {_undecodable_reason(buffer, kind, label)}{_in_parentheses(said)}")
+        raise ImageError(f"{label}: {_undecodable_reason(buffer, header.kind, label)}{_in_parentheses(said)}")
     _require_nonempty(bgr.shape[0], bgr.shape[1], label)
     notes = header.notes + size_note + ((_decoder_said(said),) if said else ())
     if any("extraneous bytes before marker" in line for line in said):  # libjpeg's own words for the walk's note
@@ -491,10 +491,9 @@ def _choose_decode_flag(header: ImageHeader, label: str, max_pixels: int) -> tup
     if pixels <= max_pixels:
         return cv2.IMREAD_COLOR, 1, ()
     if header.format != "JPEG" or header.lossless:
-        kind = "lossless JPEG" if header.lossless else header.format
         raise ImageError(
-            f"{label}: {kind} image {size} is above the limit of {_pixel_count(max_pixels, pixels)}; "
-            f"OpenCV can only decode {kind} at full size (about "
+            f"{label}: {header.kind} image {size} is above the limit of {_pixel_count(max_pixels, pixels)}; "
+            f"OpenCV can only decode {header.kind} at full size (about "
             f"{_memory_size(pixels * _DECODE_BYTES_PER_PIXEL.get(header.format, 3))}), so it is refused. "
             f"Convert it to {'a baseline JPEG' if header.lossless else 'JPEG'}, or {_RAISE_LIMIT}")
     for factor, flag in _REDUCED_JPEG_FLAGS:
@@ -514,8 +513,8 @@ def _require_nonempty(height: int, width: int, label: str) -> None:
 
 _ENCODED_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF",
                        b"II*\x00": "TIFF", b"MM\x00*": "TIFF", JP2_CODESTREAM: "JPEG 2000",
-                       JP2_SIGNATURE: "JPEG 2000", SUN_RASTER_MAGIC: "Sun raster", b"#?RGBE": "Radiance HDR",
-                       b"#?RADIANCE": "Radiance HDR"}
+                       JP2_SIGNATURE: "JPEG 2000", SUN_RASTER_MAGIC: "Sun raster",
+                       **dict.fromkeys(RADIANCE_SIGNATURES, "Radiance HDR")}
 """File signatures long enough that no column of real pixels begins with one by chance."""
 # A Netpbm header (PBM/PGM/PPM/PAM/PFM): magic, white space, then a size or PAM's first field
 _NETPBM_START = re.compile(rb"P[1-7Ff][ \t\r\n]+(?:#[^\n]*\n[ \t\r\n]*)*(?:\d|WIDTH|HEIGHT|DEPTH|MAXVAL)")

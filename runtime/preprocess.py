@@ -100,8 +100,8 @@ def _upscaled_for_crop(height: int, width: int, size: int) -> tuple[int, int] | 
             f"image {width}x{height} is too elongated to score: the {size}x{size} center crop "
             f"needs its short side upscaled to {size}, which would make it {upscaled[1]}x{upscaled[0]} "
             f"({pixels / 1e6:.0f} MP, over the {MAX_UPSCALED_PIXELS / 1e6:.0f} MP the runtime upscales an image "
-            f"to, a fixed limit that the decoding limit, max_pixels or --max-pixels, does not change); the reference cannot "
-            f"score it either")
+            f"to, a fixed limit that the decoding limit, max_pixels or --max-pixels, does not change); the "
+            f"reference cannot score it either")
     return upscaled
 
 
