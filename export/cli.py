@@ -331,10 +331,12 @@ def doctor(engine_dir, as_json):
 
 def _thresholds_text(thresholds: dict) -> str:
     """verify's thresholds in the words of its options and the README."""
-    return (f"max |dP| {thresholds['max_abs_dp']:.12g}, mean |dP| {thresholds['mean_dp']:.12g}, vote agreement >= "
-            f"{thresholds['min_vote_agreement'] * 100:.12g}% on {thresholds['min_vote_agreement_applies_to']}, a vote moves at "
-            f"most {thresholds['max_vote_change']:g}, non-finite probability: {thresholds['non_finite']}, unreadable "
-            f"inputs: {thresholds['unreadable_inputs']}")
+    from .verify import limit_as_typed, share_as_typed
+
+    return (f"max |dP| {limit_as_typed(thresholds['max_abs_dp'])}, mean |dP| {limit_as_typed(thresholds['mean_dp'])}, "
+            f"vote agreement >= {share_as_typed(thresholds['min_vote_agreement'])} on "
+            f"{thresholds['min_vote_agreement_applies_to']}, a vote moves at most {thresholds['max_vote_change']:g}, "
+            f"non-finite probability: {thresholds['non_finite']}, unreadable inputs: {thresholds['unreadable_inputs']}")
 
 
 def _largest_deltas(streams: dict) -> str:
@@ -363,7 +365,8 @@ def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
     else:
         echo(f"  reference   fp32 PyTorch with random weights from seed {reference['seed']}")
     echo(printable(f"  images      {report.image_source}"))
-    pooled = "   (all conditions pooled; each is judged on its own, below)" if len(report.per_condition) > 1 else ""
+    several_conditions = len(report.per_condition) > 1
+    pooled = "   (all conditions pooled; each is judged on its own, below)" if several_conditions else ""
     for stream, values in report.streams.items():
         echo(f"  {stream:7} max |dP| {values['max_abs_dp']:.2e}   mean |dP| {values['mean_abs_dp']:.2e}{pooled}")
         pooled = ""
@@ -371,7 +374,7 @@ def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
     for condition, values in report.per_condition.items():
         measured = (f"vote agreement {values['vote_agreement']:.1%} over {values['images']} image(s), {level} "
                     f"{values['vote_agreement_lower_bound']:.1%}" if values["images"] else "no image could be compared")
-        echo(f"  {condition:{width}} {measured}{_largest_deltas(values['streams']) if len(report.per_condition) > 1 else ''}")
+        echo(f"  {condition:{width}} {measured}{_largest_deltas(values['streams']) if several_conditions else ''}")
     echo(printable(f"  vote agreement {report.vote_agreement:.2%} ({level} {report.vote_agreement_lower_bound:.1%}, "
                    f"{report.confidence['method']}); changed: "
                    + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes)

@@ -127,12 +127,12 @@ def vote_steps(engine: float, reference: float) -> int:
     return round(abs(engine - reference) / VOTE_STEP)
 
 
-def _percent(share: float) -> str:
+def share_as_typed(share: float) -> str:
     """95 % as "95%", 95.5 % as "95.5%" (a threshold as the user typed it, to 12 digits)."""
     return f"{share * 100:.12g}%"
 
 
-def _limit(value: float) -> str:
+def limit_as_typed(value: float) -> str:
     """A |dP| threshold as the user typed it (to 12 digits: ``:g``'s 6 showed 2.98022500001e-07
     as 2.98023e-07, beside a measurement of the same digits)."""
     return f"{value:.12g}"
@@ -142,13 +142,15 @@ def beside_limit(value: float, limit: float, percent: bool = False) -> tuple[str
     """A measurement and the limit it broke, the measurement with as many digits as it takes to
     read on the side of the limit it is on: "100.0% < 100%" (1999 of 2000) and "5.00e-03 > 0.005"
     read as contradictions. ``percent``: shares written as percentages (the limit as typed)."""
-    shown_limit = _percent(limit) if percent else _limit(limit)
-    limits = (limit, float(shown_limit.rstrip("%")) / (100 if percent else 1))  # true, and as shown
+    def number(text: str) -> float:
+        return float(text.rstrip("%")) / (100 if percent else 1)
+
+    shown_limit = share_as_typed(limit) if percent else limit_as_typed(limit)
+    limits = (limit, number(shown_limit))  # true, and as shown
     above = value > limit
     for digits in range(1 if percent else 2, 18):
         shown = f"{value:.{digits}%}" if percent else f"{value:.{digits}e}"
-        number = float(shown.rstrip("%")) / (100 if percent else 1)
-        if all(number > bound for bound in limits) if above else all(number < bound for bound in limits):
+        if all(number(shown) > bound for bound in limits) if above else all(number(shown) < bound for bound in limits):
             break
     return shown, shown_limit
 
