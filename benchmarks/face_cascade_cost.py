@@ -40,8 +40,8 @@ import skimage.data
 from dfd.export.bench.environment import capture_environment
 from dfd.export.face_detector import export_face_detector_onnx
 from dfd.export.mtcnn import export_mtcnn_onnx
-from dfd.runtime.face_detection import (ALL_STRATEGIES, CASCADE_MAX_SIDE, SMALL_FACE_THRESHOLDS, CascadeImage,
-                                        FaceLocator, enhance, onnxruntime_detector)
+from dfd.runtime.face_cascade import ALL_STRATEGIES, CASCADE_MAX_SIDE, CascadeImage, enhance
+from dfd.runtime.face_detection import SMALL_FACE_THRESHOLDS, FaceLocator, onnxruntime_detector
 from dfd.runtime.mtcnn import onnxruntime_mtcnn
 
 # (width, height): about 1, 4 and 12 megapixels, the last a common phone camera's 4:3 frame

@@ -38,17 +38,14 @@ import skimage.data
 from dfd.export.bench.environment import cpu_description
 from dfd.export.face_detector import export_face_detector_onnx
 from dfd.export.mtcnn import export_mtcnn_onnx
+from dfd.runtime.face_cascade import ALL_STRATEGIES, CASCADE_MAX_SIDE, CascadeImage, enhance
 from dfd.runtime.face_detection import (
-    ALL_STRATEGIES,
-    CASCADE_MAX_SIDE,
     DEFAULT_MIN_FACE_PX,
     DEFAULT_SCORE_THRESHOLD,
     SMALL_FACE_THRESHOLDS,
-    CascadeImage,
     Detections,
     FaceLocator,
     FaceResult,
-    enhance,
     onnxruntime_detector,
     select_face,
 )

@@ -12,16 +12,12 @@ import numpy as np
 import pytest
 import skimage.data
 
+from dfd.runtime.face_cascade import ALL_STRATEGIES, CASCADE_MAX_SIDE
 from dfd.runtime.face_detection import (
-    ALL_STRATEGIES,
-    CASCADE_MAX_SIDE,
     SMALL_FACE_THRESHOLDS,
-    CascadeImage,
-    Enhanced,
     FaceDetectionError,
     FaceLocator,
     decode,
-    enhance,
     letterbox,
     onnxruntime_detector,
     select_face,
@@ -289,21 +285,12 @@ def test_face_free_photographs_stay_face_free_through_the_whole_cascade(default_
 
 def test_cascade_runs_non_local_means_once_per_image(run_detector, monkeypatch) -> None:
     """The reference's "nlmeans" and "nlmeans_clahe" steps denoise with the same parameters; the
-    cascade computes that (its slowest filter) once, and each step still equals the reference's
-    own OpenCV calls on the BGR image."""
-    image = skimage.data.coffee()
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    denoised = cv2.fastNlMeansDenoisingColored(bgr, None, 15, 15, 7, 21)
-    lightness, a, b = cv2.split(cv2.cvtColor(denoised, cv2.COLOR_BGR2LAB))
-    lightness = cv2.createCLAHE(clipLimit=2.5, tileGridSize=(8, 8)).apply(lightness)
-    expected = {"nlmeans": denoised, "nlmeans_clahe": cv2.cvtColor(cv2.merge((lightness, a, b)), cv2.COLOR_LAB2BGR)}
-    for strategy, want in expected.items():
-        np.testing.assert_array_equal(enhance(image, strategy).bgr, want)
-
+    locator's cascade computes that (its slowest filter) once per image. (That each step equals the
+    reference's own OpenCV calls is tests/runtime/test_face_cascade.py's.)"""
     calls = []
     denoise = cv2.fastNlMeansDenoisingColored
     monkeypatch.setattr(cv2, "fastNlMeansDenoisingColored", lambda *args: calls.append(args) or denoise(*args))
-    assert FaceLocator(run_detector).locate(image) is None  # face-free: every step runs
+    assert FaceLocator(run_detector).locate(skimage.data.coffee()) is None  # face-free: every step runs
     assert len(calls) == 1
 
 
@@ -349,23 +336,6 @@ def test_each_strategy_maps_boxes_back_from_the_working_resolution(run_detector,
     result = FaceLocator(_BlindFirstPass(run_detector), strategies=(strategy,), min_face_px=None).locate(image)
     assert result is not None and result.strategy == strategy
     assert iou(result.box, face) >= 0.5, result
-
-
-def test_working_resolution_geometry_is_exact_per_axis() -> None:
-    """2001x1333 shrinks to 1024x682: the two axes scale by different factors, and the whole
-    working image, or a step's 2x enlargement of it, or its padded copy, maps back to the whole
-    photograph."""
-    image = CascadeImage(np.zeros((1333, 2001, 3), np.uint8), max_side=1024)
-    assert image.bgr.shape == (682, 1024, 3)
-    whole = np.array([[0.0, 0.0, 2001.0, 1333.0]])
-    np.testing.assert_allclose(image.to_original(np.array([[0.0, 0.0, 1024.0, 682.0]]), Enhanced(image.bgr)), whole)
-    doubled = Enhanced(image.bgr, scale=2.0)
-    np.testing.assert_allclose(image.to_original(np.array([[0.0, 0.0, 2048.0, 1364.0]]), doubled), whole)
-    padded = Enhanced(image.bgr, offset=204.0)
-    np.testing.assert_allclose(image.to_original(np.array([[204.0, 204.0, 1228.0, 886.0]]), padded), whole)
-    small = CascadeImage(np.zeros((300, 500, 3), np.uint8), max_side=1024)
-    assert small.bgr.shape == (300, 500, 3)
-    assert CascadeImage(np.zeros((1333, 2001, 3), np.uint8)).bgr.shape == (1333, 2001, 3)
 
 
 def test_cascade_filters_a_large_photograph_at_the_working_resolution(run_detector, monkeypatch) -> None:

@@ -1,0 +1,130 @@
+"""The enhancement cascade against the reference's own OpenCV calls, step by step, and the
+geometry that maps boxes found in an enhanced copy back to the photograph."""
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from dfd.runtime.face_cascade import (
+    ALL_STRATEGIES,
+    CascadeImage,
+    Enhanced,
+    FaceDetectionError,
+    enhance,
+    fitted_size,
+)
+
+
+def _clahe_lab(bgr: np.ndarray, clip_limit: float) -> np.ndarray:
+    lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)
+    lightness, a, b = cv2.split(lab)
+    lightness = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(8, 8)).apply(lightness)
+    return cv2.cvtColor(cv2.merge((lightness, a, b)), cv2.COLOR_LAB2BGR)
+
+
+def _gray_equalised(bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(cv2.equalizeHist(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)), cv2.COLOR_GRAY2BGR)
+
+
+def _nuclear(img: np.ndarray) -> np.ndarray:
+    table = np.array([((i / 255.0) ** (1.0 / 0.5)) * 255 for i in np.arange(0, 256)]).astype("uint8")
+    bright = cv2.LUT(img, table)
+    height, width = bright.shape[:2]
+    upscaled = cv2.resize(bright, (width * 2, height * 2), interpolation=cv2.INTER_CUBIC)
+    unsharp = cv2.addWeighted(upscaled, 2.0, cv2.GaussianBlur(upscaled, (0, 0), 3.0), -1.0, 0)
+    return _clahe_lab(unsharp, 4.0)
+
+
+def _padded(img: np.ndarray) -> np.ndarray:
+    pad = int(max(img.shape[:2]) * 0.2)
+    return _gray_equalised(cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=[128, 128, 128]))
+
+
+# Each step as the reference's detect_faces_with_fallbacks writes it, on the BGR image cv2.imread
+# gives (its integer sharpening kernel included), in the reference's order without the GFPGAN steps.
+REFERENCE_STEPS = {
+    "bilateral": lambda img: cv2.bilateralFilter(img, 9, 75, 75),
+    "median_heavy": lambda img: cv2.medianBlur(img, 9),
+    "sharpen_clahe": lambda img: _clahe_lab(cv2.filter2D(img, -1, np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]])), 3.0),
+    "nlmeans": lambda img: cv2.fastNlMeansDenoisingColored(img, None, 15, 15, 7, 21),
+    "median": lambda img: cv2.medianBlur(img, 5),
+    "nlmeans_clahe": lambda img: _clahe_lab(cv2.fastNlMeansDenoisingColored(img, None, 15, 15, 7, 21), 2.5),
+    "minmax_equalize": lambda img: _gray_equalised(cv2.normalize(img, None, alpha=0, beta=255, norm_type=cv2.NORM_MINMAX)),
+    "gamma_upscale_unsharp_clahe": _nuclear,
+    "padded_equalize": _padded,
+}
+
+
+@pytest.fixture(scope="module")
+def photograph() -> np.ndarray:
+    """An RGB photograph of odd size (both parities of every filter's border), low-contrast so that
+    the min-max stretch changes it."""
+    rgb = cv2.resize(skimage.data.astronaut(), (171, 133), interpolation=cv2.INTER_AREA)
+    return (rgb // 2 + 40).astype(np.uint8)
+
+
+def test_the_steps_are_the_references_in_its_order() -> None:
+    assert ALL_STRATEGIES == tuple(REFERENCE_STEPS)
+
+
+@pytest.mark.parametrize("strategy", list(REFERENCE_STEPS))
+def test_each_step_equals_the_references_opencv_calls(photograph, strategy) -> None:
+    """Bit-exact on the BGR image, at full resolution (no working-resolution shrink below 1024 px)."""
+    bgr = cv2.cvtColor(photograph, cv2.COLOR_RGB2BGR)
+    expected = REFERENCE_STEPS[strategy](bgr)
+    image = CascadeImage(photograph, max_side=1024)
+    got = enhance(image, strategy)
+    assert got.bgr.dtype == np.uint8 and got.bgr.shape == expected.shape
+    np.testing.assert_array_equal(got.bgr, expected)
+    np.testing.assert_array_equal(enhance(photograph, strategy).bgr, expected)
+
+
+def test_each_steps_own_geometry_maps_its_corners_back(photograph) -> None:
+    """The 2x step scales and the padded step offsets: the enhanced copy's image corners come back
+    as the photograph's."""
+    height, width = photograph.shape[:2]
+    image = CascadeImage(photograph)
+    pad = int(max(height, width) * 0.2)
+    corners = {"gamma_upscale_unsharp_clahe": [0.0, 0.0, 2.0 * width, 2.0 * height],
+               "padded_equalize": [pad, pad, pad + width, pad + height], "median": [0.0, 0.0, width, height]}
+    for strategy, box in corners.items():
+        back = image.to_original(np.array([box], dtype=float), enhance(image, strategy))
+        np.testing.assert_allclose(back, [[0.0, 0.0, width, height]])
+
+
+def test_working_resolution_geometry_is_exact_per_axis() -> None:
+    """2001x1333 shrinks to 1024x682: the two axes scale by different factors, and the whole
+    working image, or a step's 2x enlargement of it, or its padded copy, maps back to the whole
+    photograph."""
+    image = CascadeImage(np.zeros((1333, 2001, 3), np.uint8), max_side=1024)
+    assert image.bgr.shape == (682, 1024, 3)
+    whole = np.array([[0.0, 0.0, 2001.0, 1333.0]])
+    np.testing.assert_allclose(image.to_original(np.array([[0.0, 0.0, 1024.0, 682.0]]), Enhanced(image.bgr)), whole)
+    doubled = Enhanced(image.bgr, scale=2.0)
+    np.testing.assert_allclose(image.to_original(np.array([[0.0, 0.0, 2048.0, 1364.0]]), doubled), whole)
+    padded = Enhanced(image.bgr, offset=204.0)
+    np.testing.assert_allclose(image.to_original(np.array([[204.0, 204.0, 1228.0, 886.0]]), padded), whole)
+    small = CascadeImage(np.zeros((300, 500, 3), np.uint8), max_side=1024)
+    assert small.bgr.shape == (300, 500, 3)
+    assert CascadeImage(np.zeros((1333, 2001, 3), np.uint8)).bgr.shape == (1333, 2001, 3)
+
+
+@pytest.mark.parametrize(("height", "width", "long_side", "expected"), [
+    (1333, 2001, 1024, (1024, 682)),   # 682.17 rounds down
+    (2001, 1333, 1024, (682, 1024)),
+    (100, 300, 192, (192, 64)),
+    (1, 5000, 192, (192, 1)),          # never below one pixel
+    (480, 480, 192, (192, 192)),
+])
+def test_fitted_size_keeps_the_aspect_ratio_with_the_long_side_given(height, width, long_side, expected) -> None:
+    assert fitted_size(height, width, long_side) == expected
+
+
+def test_bad_input_is_a_clear_error(photograph) -> None:
+    with pytest.raises(FaceDetectionError, match="unknown face-detection strategy 'gfpgan'"):
+        enhance(photograph, "gfpgan")
+    with pytest.raises(FaceDetectionError, match="RGB uint8"):
+        CascadeImage(photograph[..., 0])
+    with pytest.raises(FaceDetectionError, match="RGB uint8"):
+        enhance(photograph.astype(np.float32), "median")
