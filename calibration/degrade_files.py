@@ -25,7 +25,7 @@ import numpy as np
 
 from dfd.runtime.atomic_files import missing_folders, remove_empty_folders, write_atomically
 from dfd.runtime.errors import DfdError, first_few, os_error_text
-from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, decode_image_file
 from dfd.runtime.manifest import sha256_file
 
 from .degrade import PAPER_SPEC, DegradationError, DegradationSpec, degrade, fixed_degradation, image_rng, require_seed
@@ -241,9 +241,9 @@ def _degrade_one_by_one(inputs: Sequence[Path], outputs: Sequence[Path], setting
             continue
         notes: tuple[str, ...] = ()
         try:
-            decoded = decode_image(path, max_pixels=settings.max_pixels)  # the runtime's: imread's pixels, refusals
+            # the runtime's decoding (imread's pixels, its refusals), and what a resume checks the image against
+            decoded, source_sha256 = decode_image_file(path, max_pixels=settings.max_pixels)
             notes, rgb = decoded.notes, decoded.rgb
-            source_sha256 = sha256_file(path)  # what a resume checks the image against
             rng = image_rng(settings.seed, rgb)
             degraded = rng.random() < settings.share
             if not degraded:

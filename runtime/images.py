@@ -118,8 +118,7 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
     memory with the input), uint8 HxW or HxWx1 gray is expanded to RGB and uint8 HxWx4 RGBA loses its alpha
     channel, both with a note; anything else is refused.
     """
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    _check_max_pixels(max_pixels)
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)
     if isinstance(source, (str, os.PathLike)):
@@ -136,6 +135,24 @@ def decode_image(source: str | os.PathLike | bytes | np.ndarray, *,
         return _decode_bytes(data, f"image bytes ({len(data)} bytes)", max_pixels)
     except ImageError as error:
         raise ImageError(f"{error}{_path_hint(data)}") from None
+
+
+def decode_image_file(path: str | os.PathLike, *,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[DecodedImage, str]:
+    """`decode_image` of a file, and the sha256 of the very bytes decoded.
+
+    Why: a caller that records which file a result came from (``degrade``'s record, which a
+    resume checks the image against) must hash what it decoded; hashing the file in a second
+    read would record the new bytes of an image replaced in between with a result made from the
+    old ones, and reads every image twice."""
+    _check_max_pixels(max_pixels)
+    data = read_image_file(path)
+    return _decode_bytes(data, _file_label(path), max_pixels), hashlib.sha256(data).hexdigest()
+
+
+def _check_max_pixels(max_pixels: object) -> None:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
 
 
 def _path_hint(data: bytes) -> str:

@@ -5,6 +5,7 @@ sink the others, and an interrupted run resumes keeping exactly the copies it wo
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -360,6 +361,31 @@ def test_an_image_that_cannot_be_degraded_is_reported_and_the_others_still_are(t
     assert results[0].error == f"{first}: could not degrade it: MemoryError: Unable to allocate 2.87 GiB"
     assert results[1].error is None and results[1].output.exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [COPIES_RECORD, "b.png"]
+
+
+def test_the_record_names_the_bytes_the_copy_was_made_from(tmp_path, photo, monkeypatch):
+    """Each image was read twice, once to decode it and once to hash it for the record: an image
+    replaced in between (a sync client, another job) was recorded under its new bytes, and a
+    resume then kept a copy made from the old ones as if it were the new image's. The one read
+    that is decoded is the one hashed."""
+    source = write_rgb(tmp_path / "in" / "a.png", photo)
+    decoded_bytes = source.read_bytes()
+    imdecode = cv2.imdecode
+
+    def replacing_the_source(*args):
+        pixels = imdecode(*args)
+        if source.read_bytes() == decoded_bytes:
+            write_rgb(source, photo[::-1])  # replaced just after it was read
+        return pixels
+
+    monkeypatch.setattr(cv2, "imdecode", replacing_the_source)
+    [made] = degrade_files([source], tmp_path / "out", seed=0, fixed=None, share=1.0)
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    assert made.error is None
+    [entry] = [json.loads(line) for line in (tmp_path / "out" / COPIES_RECORD).read_text().splitlines()]
+    assert entry["source_sha256"] == hashlib.sha256(decoded_bytes).hexdigest()
+    with pytest.raises(DegradationError, match=r"a.png that --resume cannot keep \(not written from these images"):
+        list(degrade_files([source], tmp_path / "out", seed=0, fixed=None, share=1.0, resume=True))
 
 
 def test_a_user_file_named_like_the_old_partial_file_is_left_alone(tmp_path, photo):

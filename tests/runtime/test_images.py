@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -19,7 +20,8 @@ import skimage.data
 
 from dfd.runtime import images
 from dfd.runtime.decoder_messages import capturing_decoder_messages
-from dfd.runtime.images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, decode_image, encoded_suffix
+from dfd.runtime.images import (DEFAULT_MAX_PIXELS, DecodedImage, ImageError, decode_image, decode_image_file,
+                               encoded_suffix)
 
 
 def reference_decode(path: Path) -> np.ndarray:
@@ -882,3 +884,18 @@ def test_the_byte_limit_counts_a_memoryviews_bytes_not_its_items(monkeypatch):
     view = memoryview(np.zeros(16, np.uint32))  # 16 items, 64 bytes
     with pytest.raises(ImageError, match=r"image bytes \(64 bytes\) is over the"):
         decode_image(view)
+
+
+def test_decode_image_file_hashes_the_bytes_it_decoded(tmp_path, photo):
+    """The file's pixels and notes as decode_image gives them, with the sha256 of that one read."""
+    path = write(tmp_path / "photo.jpg", photo, cv2.IMWRITE_JPEG_QUALITY, 80)
+    decoded, sha256 = decode_image_file(path, max_pixels=10_000)
+    expected = decode_image(path, max_pixels=10_000)
+    np.testing.assert_array_equal(decoded.rgb, expected.rgb)
+    assert decoded.notes == expected.notes and decoded.notes  # reduced: the note comes along
+    assert sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer, got 0"):
+        decode_image_file(path, max_pixels=0)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageError, match=r"empty.png' is empty \(0 bytes\)"):
+        decode_image_file(tmp_path / "empty.png")
