@@ -18,3 +18,7 @@ def test_a_baseline_jpeg_whose_first_scan_lacks_a_component_counts_as_buffered()
     # luma 250x375 blocks, each chroma 125x188 (rounded up), 128 bytes a block
     assert multi_scan.coefficient_bytes == (250 * 375 + 2 * 125 * 188) * 128
     assert interleaved.coefficient_bytes == 0
+    # the first scan decides: a later scan that interleaves every component does not undo it
+    later_interleaved = read_header(b"\xff\xd8" + frame + one_component_scan + b"\x00" * 8 + every_component_scan
+                                    + b"\x00" * 8 + b"\xff\xd9")
+    assert later_interleaved.coefficient_bytes == multi_scan.coefficient_bytes and later_interleaved.scans == 2

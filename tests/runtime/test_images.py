@@ -423,6 +423,13 @@ def test_a_progressive_jpeg_is_decoded_reduced_only_while_its_coefficients_fit_t
                                          r"full-size image whatever the reduction asked for, about 91.6 MiB, .* "
                                          r"Re-encode it as a baseline JPEG, or raise the limit"):
         decode_image(bomb, max_pixels=1_000_000)
+    arithmetic = bomb.replace(b"\xff\xc2", b"\xff\xca", 1)  # arithmetic-coded progressive (SOF10): libjpeg decodes it
+    with pytest.raises(ImageError, match=r"JPEG image 4000x4000 .* progressive \(or multi-scan\)"):
+        decode_image(arithmetic, max_pixels=1_000_000)
+    # the budget is what a 4:4:4 one at the limit takes: 6 bytes a pixel, 11.4 MiB at 2 MP
+    with pytest.raises(ImageError, match=r"about 14.6 MiB, more than the 11.4 MiB"):
+        decode_image(_progressive_jpeg(photo[:16, :16], cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, claimed=(1600, 1600)),
+                     max_pixels=2_000_000)
     pixels = photo.shape[0] * photo.shape[1]  # 120,000: 400x300
     limit = pixels * 2 // 3  # above it, and a 4:2:0 file's 3 bytes a pixel are within 6 bytes a pixel of it
     subsampled = decode_image(_progressive_jpeg(photo, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420), max_pixels=limit)
@@ -471,6 +478,8 @@ def test_a_jpeg_of_more_scans_than_any_encoder_writes_is_refused_before_decoding
     with pytest.raises(ImageError, match=r"JPEG image 400x300 has 3\d\d scans, each a pass over the coefficients of "
                                          r"the whole image .* more than 100 passes"):
         decode_image(repeated, max_pixels=limit)
+    # the bound is on scans times coefficients: at the default limit the same file is decoded
+    assert decode_image(repeated).rgb.shape == photo.shape
 
 
 def test_smallest_sufficient_jpeg_reduction_is_chosen(tmp_path, photo):
@@ -858,6 +867,31 @@ def test_a_gif_notes_its_first_frame_and_transparency_from_its_blocks(transparen
         assert decoded.notes == notes
 
 
+@pytest.mark.parametrize(("orientation", "band"), [(3, "top {} of {} rows"), (6, "left {} of {} columns"),
+                                                   (8, "right {} of {} columns")])
+def test_a_turned_jpeg_cut_and_given_an_end_marker_again_says_where_the_fill_is(tmp_path, photo, orientation, band):
+    """EXIF orientation turns the decoder's grey band to another edge: the check that looks for it
+    before probing must look at every edge, not only the bottom row."""
+    from PIL import Image as image_module
+
+    image = image_module.fromarray(photo)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    stored = io.BytesIO()
+    image.save(stored, format="JPEG", exif=exif.tobytes())
+    data = stored.getvalue()
+    last_scan = data.rfind(b"\xff\xda")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[:last_scan + (len(data) - last_scan) // 3] + b"\xff\xd9")
+    expected = reference_decode(path)
+    # the band's lines, last first (as _grey_lines counts them): rows from the top, columns from either side
+    lines_last_first = {3: expected[::-1], 6: expected.transpose(1, 0, 2)[::-1], 8: expected.transpose(1, 0, 2)}
+    lines, side = _grey_lines(lines_last_first[orientation]), len(lines_last_first[orientation])
+    assert 0 < lines < side
+    with capturing_decoder_messages():
+        assert decode_image(path).notes[-1].endswith(f"(its {band.format(lines, side)}) is fill")
+
+
 def test_an_array_of_an_encoded_files_bytes_is_refused_with_what_to_pass(photo):
     """``cv2.imencode``'s (N, 1) array (older OpenCV) was scored as a 1-pixel-wide grey image, and
     ``np.frombuffer`` of a file failed as a wrong shape with no word of the bytes it holds."""
@@ -877,6 +911,32 @@ def test_an_array_of_an_encoded_files_bytes_is_refused_with_what_to_pass(photo):
     for start in (b"BM\x00\x00\x00\x00", b"P5 x"):
         pixels = np.frombuffer((start + bytes(range(40)))[:40], np.uint8).reshape(-1, 1)
         assert decode_image(pixels).rgb.shape == (40, 1, 3)
+
+
+def test_a_netpbm_file_with_a_comment_held_in_an_array_is_refused_as_one():
+    """An editor's comment pushes the size past the first dozen bytes the format check reads."""
+    ppm = b"P6\n# written by an image editor\n4 4\n255\n" + bytes(48)
+    with pytest.raises(ImageError, match=r"holds the bytes of a Netpbm \(PBM/PGM/PPM/PAM/PFM\) file"):
+        decode_image(np.frombuffer(ppm, np.uint8).reshape(-1, 1))
+
+
+class _ArrayLike:
+    """Neither bytes nor an ndarray, but numpy converts it (a torch tensor has ``__array__`` only)."""
+
+    def __init__(self, protocol: str) -> None:
+        setattr(self, protocol, None)
+
+
+@pytest.mark.parametrize("source, advice", [
+    (np.zeros((4, 4, 3), np.uint16), r"dtype uint16; 16-bit pixels convert as a 16-bit file decodes, keeping the "
+                                     r"high byte: \(array >> 8\).astype\(np.uint8\)"),
+    (np.zeros((4, 4, 3), ">u2"), r"keeping the high byte: \(array >> 8\)"),  # big-endian (a FITS or raw read)
+    (_ArrayLike("__array__"), r"object of type _ArrayLike: convert it with np.asarray\(...\) to uint8 RGB pixels"),
+    (_ArrayLike("__array_interface__"), r"object of type _ArrayLike: convert it with np.asarray\(...\)"),
+])
+def test_pixels_of_another_kind_are_refused_with_how_to_convert_them(source, advice):
+    with pytest.raises(ImageError, match=advice):
+        decode_image(source)
 
 
 def test_the_byte_limit_counts_a_memoryviews_bytes_not_its_items(monkeypatch):
