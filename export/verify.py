@@ -145,9 +145,12 @@ def beside_limit(value: float, limit: float, percent: bool = False) -> tuple[str
     def number(text: str) -> float:
         return float(text.rstrip("%")) / (100 if percent else 1)
 
-    shown_limit = share_as_typed(limit) if percent else limit_as_typed(limit)
-    limits = (limit, number(shown_limit))  # true, and as shown
     above = value > limit
+    shown_limit = share_as_typed(limit) if percent else limit_as_typed(limit)
+    if (value <= number(shown_limit)) if above else (value >= number(shown_limit)):
+        # typed with more than 12 digits, and rounded past the measurement: shown whole
+        shown_limit = f"{limit * 100!r}%" if percent else repr(limit)
+    limits = (limit, number(shown_limit))  # true, and as shown
     for digits in range(1 if percent else 2, 18):
         shown = f"{value:.{digits}%}" if percent else f"{value:.{digits}e}"
         if all(number(shown) > bound for bound in limits) if above else all(number(shown) < bound for bound in limits):

@@ -186,6 +186,26 @@ def test_the_decoding_limit_decides_a_resume_only_for_an_image_above_it(tmp_path
         list(degrade_files([small, jpeg], out, seed=0, fixed="blur3", max_pixels=20_000, resume=True))
 
 
+def test_an_image_at_the_limit_is_below_it_and_a_record_without_pixels_is_judged_by_the_limit(tmp_path, photo):
+    """An image of exactly --max-pixels decodes whole, so its copy stays on a resume with a higher
+    limit. A record written before records kept each image's pixel count (or by hand without the
+    limit) cannot say the image is below both limits: its copy is replaced, without a traceback."""
+    small = write_rgb(tmp_path / "in" / "small.png", photo)  # 160x164 = 26,240 pixels
+    out = tmp_path / "out"
+    list(degrade_files([small], out, seed=0, fixed="blur3", max_pixels=26_240))
+    [kept] = degrade_files([small], out, seed=0, fixed="blur3", max_pixels=50_000, resume=True)
+    assert kept.kept
+    record = out / COPIES_RECORD
+    entry = json.loads(record.read_text())
+    for edit in (lambda e: e.pop("pixels"), lambda e: e["made_with"].pop("max_pixels"),
+                 lambda e: e.update(pixels="26240")):
+        edited = json.loads(json.dumps(entry))
+        edit(edited)
+        record.write_text(json.dumps(edited) + "\n")
+        [replaced] = degrade_files([small], out, seed=0, fixed="blur3", max_pixels=50_000, resume=True, replace=True)
+        assert not replaced.kept and replaced.error is None
+
+
 def test_a_copy_made_by_other_library_versions_is_not_kept(tmp_path, photo, monkeypatch):
     source = write_rgb(tmp_path / "in" / "a.png", photo)
     list(degrade_files([source], tmp_path / "out", seed=0, fixed="blur3"))

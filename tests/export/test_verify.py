@@ -267,6 +267,22 @@ def test_a_failure_line_never_reads_as_a_contradiction():
                  (2.98022500001e-07, 0.02, 0.0)) == ["clean: global: max |dP| 2.98023e-07 > 2.98022500001e-07"]
     assert judge({"clean": (12, 100)}, [], STREAMS_OK, (1.0, 0.02, 0.120000001)) == [
         "clean: vote agreement 12.0% < 12.0000001% (12 of 100 votes the same)"]
+    # a limit typed with more digits than the 12 shown, rounded up past the measurement, is shown whole
+    # (it read "1.11111111111699995e-01 > 0.111111111112")
+    assert judge(_counts(), [], {"clean": {"global": {"max_abs_dp": 0.1111111111117, "mean_abs_dp": 0.0}}},
+                 (0.1111111111116, 0.02, 0.0)) == ["clean: global: max |dP| 1.11111111112e-01 > 0.1111111111116"]
+    # and a measurement above the limit as shown reads above it, not equal to it
+    assert judge(_counts(), [], {"clean": {"global": {"max_abs_dp": 0.11111111111205, "mean_abs_dp": 0.0}}},
+                 (0.1111111111116, 0.02, 0.0)) == ["clean: global: max |dP| 1.111111111121e-01 > 0.111111111112"]
+
+def test_a_measurement_at_its_limit_passes():
+    """The limits are the largest |dP| allowed: a bit-exact fp32 set meets --max-abs-dp 0, and an
+    agreement equal to the minimum meets it."""
+    exact = {"clean": {"global": {"max_abs_dp": 0.0, "mean_abs_dp": 0.0}}}
+    assert judge(_counts(), [], exact, (0.0, 0.0, 0.0)) == []
+    assert judge(_counts(), [], {"clean": {"face": {"max_abs_dp": 0.25, "mean_abs_dp": 0.015625}}},
+                 (0.25, 0.015625, 0.0)) == []
+    assert judge({"clean": (19, 20)}, [], STREAMS_OK, (1.0, 0.02, 0.95)) == []
 
 
 def test_each_condition_must_keep_the_dp_limits_on_its_own():
