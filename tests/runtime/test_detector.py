@@ -87,7 +87,7 @@ if pid == 0:
     except DfdError as error:
         print("child refused:", error, flush=True)
     detector.close()
-    print("child closed it", flush=True)
+    print("child closed it:", detector.closed, flush=True)
     os._exit(0)
 os.waitpid(pid, 0)
 print("parent scores after the fork:", detector.detect([image])[0].score == parent_score)
@@ -106,7 +106,7 @@ def test_a_fork_child_is_refused_and_its_close_does_not_hang(tiny_engine_set):
     lines = done.stdout.splitlines()
     assert lines[0].startswith("child refused: this detector was opened in process ") and (
         "is a fork() of it" in lines[0] and "open the engine set in each worker after forking" in lines[0])
-    assert lines[1:] == ["child closed it", "parent scores after the fork: True"]
+    assert lines[1:] == ["child closed it: True", "parent scores after the fork: True"]
 
 
 def test_a_close_from_another_thread_waits_for_the_running_detect(tiny_engine_set, photographs, monkeypatch):

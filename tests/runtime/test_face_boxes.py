@@ -152,6 +152,15 @@ def test_names_with_line_breaks_or_undecodable_bytes_read_back(tmp_path):
         assert load_face_boxes(jsonl_file).boxes == expected
 
 
+@pytest.mark.parametrize("name", ["boxes.csv", "BOXES.CSV"])
+def test_a_csv_with_carriage_return_line_ends_reads_as_any_other(tmp_path, name):
+    """Classic Mac Excel ends lines with a lone \r; the csv module reads those whatever the
+    suffix's case, and an upper-case .CSV is a CSV too."""
+    path = tmp_path / name
+    path.write_bytes(b"image,x1,y1,x2,y2\ra.jpg,1,2,3,4\rb.jpg,5,6,7,8\r")
+    assert load_face_boxes(path).boxes == {"a.jpg": (1.0, 2.0, 3.0, 4.0), "b.jpg": (5.0, 6.0, 7.0, 8.0)}
+
+
 def test_entries_match_by_path_or_by_unique_file_name(tmp_path):
     boxes = load_face_boxes(_write(tmp_path, "b.csv", "image,x1,y1,x2,y2\n"
                                                     "photos/./a.jpg,1,1,9,9\n"
