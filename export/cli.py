@@ -222,7 +222,7 @@ def inspect(engine_dir, as_json, no_verify):
     """
     import json
 
-    from dfd.runtime.manifest import EngineSetError, load_manifest, manifest_digest, verify_files
+    from dfd.runtime.manifest import CONTENT_HASH_KEY, EngineSetError, load_manifest, verify_files
 
     require_stdout()
     try:
@@ -256,7 +256,7 @@ def inspect(engine_dir, as_json, no_verify):
     click.echo("integrity    ok (" + ("manifest digest, and every file present with its size; sha256 not checked: "
                                      "--no-verify)" if no_verify else "manifest digest and sha256 of every file)"))
     # what detect's rows name as their engine_set, and a resume is checked against
-    click.echo(f"content      sha256 {manifest_digest(raw)}  (detect rows' engine_set)")
+    click.echo(f"content      sha256 {raw[CONTENT_HASH_KEY]}  (detect rows' engine_set)")
     click.echo("")
     click.echo(f"{'stream':8} {'input':>9} {'precision':>9} {'backend':>12} {'size':>10}  files")
     for name, stream in manifest.streams.items():

@@ -162,7 +162,9 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         scored = load_scored_images(skip_scored)
     _check_continuation(output, fmt, scored)
     if scored is not None:
-        unchecked = check_engine_set(scored, manifest_digest(load_manifest(engine_dir, verify=False).raw), engine_dir)
+        # the digest the set records, as its rows name it (opening the set checks it)
+        raw = load_manifest(engine_dir, verify=False).raw
+        unchecked = check_engine_set(scored, raw.get(CONTENT_HASH_KEY) or manifest_digest(raw), engine_dir)
         if unchecked:
             warn(unchecked)
     paths: list[str] = []

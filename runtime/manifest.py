@@ -384,11 +384,27 @@ def load_manifest(engine_dir: str | bytes | os.PathLike, *, verify: bool = True)
 
 
 def manifest_digest(data: dict[str, Any]) -> str:
-    """sha256 of the manifest's content (canonical JSON, without the digest itself). The files'
-    hashes guard the graphs; this guards the fields beside them, which decide scores as much: an
-    edited vote weight, normalisation or precision label would otherwise pass every check. It
-    catches accidents and casual edits, not someone who recomputes it: that takes a signature."""
-    content = {key: value for key, value in data.items() if key != CONTENT_HASH_KEY}
+    """sha256 of the manifest's content (canonical JSON, without the digest itself), leaving out
+    when the set was built and how long that took. The files' hashes guard the graphs; this guards
+    the fields beside them, which decide scores as much: an edited vote weight, normalisation or
+    precision label would otherwise pass every check. It catches accidents and casual edits, not
+    someone who recomputes it: that takes a signature.
+
+    It is also the set's name in detect's rows (``engine_set``), which a resume checks: a rebuild
+    that computes the same scores (the same graphs from the same command) must keep the name, so
+    the build's time and duration, which differ every run and decide nothing, are not part of it."""
+    content = {key: value for key, value in data.items() if key not in (CONTENT_HASH_KEY, "created_utc")}
+    if isinstance(content.get("build"), dict):
+        content["build"] = {key: value for key, value in content["build"].items() if key != "seconds"}
+    return _canonical_sha256(content)
+
+
+def _legacy_manifest_digest(data: dict[str, Any]) -> str:
+    """The digest as sets built before it left out the build's time recorded it: of every field."""
+    return _canonical_sha256({key: value for key, value in data.items() if key != CONTENT_HASH_KEY})
+
+
+def _canonical_sha256(content: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -404,7 +420,7 @@ def verify_files(manifest: Manifest, *, hashes: bool = True) -> None:
         problems.append(f"{MANIFEST_NAME} has no {CONTENT_HASH_KEY}: it was edited (the digest removed), or built by "
                         f"a dfd-export from before the digest was recorded; its vote weights, preprocessing, "
                         f"precision and sizes cannot be trusted")
-    elif recorded != manifest_digest(manifest.raw):
+    elif recorded not in (manifest_digest(manifest.raw), _legacy_manifest_digest(manifest.raw)):
         problems.append(f"{MANIFEST_NAME} was edited after the build (its {CONTENT_HASH_KEY} no longer matches): "
                         f"its vote weights, preprocessing, precision and sizes decide the scores")
     for stream in manifest.entries():

@@ -566,8 +566,10 @@ def test_inspect_wrong_folder(tmp_path):
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_reduced_precision_build_records_calibration_and_is_deterministic(reference_ensemble, tmp_path, precision):
     """Two builds from scratch (each draws and degrades its own calibration set: no shared cache)
-    write byte-identical graphs. The two architectures (DINOv2, and DINOv2 + CLIP): the face
-    stream is the global stream's network, and without a face detector its calibration input too."""
+    write byte-identical graphs, and so one content_sha256: a resume of detect's rows with the
+    rebuilt set was refused as "another engine set" (the digest held the build's time). The two
+    architectures (DINOv2, and DINOv2 + CLIP): the face stream is the global stream's network, and
+    without a face detector its calibration input too."""
     hashes = []
     for attempt in range(2):
         out = tmp_path / f"{precision}-{attempt}"
@@ -584,6 +586,7 @@ def test_reduced_precision_build_records_calibration_and_is_deterministic(refere
         assert not (out / ".fp32").exists()
         hashes.append({n: s.file("onnx").sha256 for n, s in manifest.streams.items()})
         hashes[-1]["calibration"] = calibration["sha256"]
+        hashes[-1]["content_sha256"] = manifest.raw["content_sha256"]
     assert hashes[0] == hashes[1]
 
 

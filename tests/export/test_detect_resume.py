@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -141,6 +143,27 @@ def test_a_resume_with_another_engine_set_is_refused_before_the_file_is_touched(
         assert (f"error: {out} holds scores from another engine set (content_sha256 {digest[:12]}...) than "
                 f"{tiny_random_engine_set} ({other[:12]}...)") in run.stderr
         assert out.read_text() == text + cut
+
+
+def test_a_set_whose_digest_covers_its_build_time_resumes_its_own_rows(tiny_engine_set, folder, tmp_path):
+    """A set built before the digest left out the build's time records a digest of every field: its
+    rows name that digest, and a resume with the same set is checked against it, not refused."""
+    legacy_set = tmp_path / "legacy"
+    shutil.copytree(tiny_engine_set, legacy_set)
+    content = {k: v for k, v in json.loads((legacy_set / "manifest.json").read_text()).items() if k != "content_sha256"}
+    legacy = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    (legacy_set / "manifest.json").write_text(json.dumps({**content, "content_sha256": legacy}))
+    out = tmp_path / "scores.jsonl"
+    with open(out, "w") as stdout:
+        assert _detect(legacy_set, "images/astronaut.png", "--format", "jsonl", stdout=stdout,
+                       cwd=tmp_path).returncode == 0
+    with open(out, "a") as stdout:
+        run = _detect(legacy_set, "images/astronaut.png", "images/coffee.png", "--format", "jsonl",
+                      "--skip-scored", str(out), stdout=stdout, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(row["image"], row["engine_set"]) for row in rows] == [("images/astronaut.png", legacy),
+                                                                   ("images/coffee.png", legacy)]
 
 
 def test_rows_that_name_no_engine_set_resume_with_a_warning(tiny_engine_set, folder, tmp_path):

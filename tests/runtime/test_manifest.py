@@ -357,6 +357,29 @@ def test_an_edited_manifest_field_fails_the_integrity_check(tiny_engine_set, tmp
         verify_files(load_manifest(folder, verify=False), hashes=False)  # what doctor runs
 
 
+def test_the_digest_leaves_out_when_and_how_long_the_build_was_and_older_digests_still_hold(tiny_engine_set, tmp_path):
+    """A rebuild computing the same scores keeps the set's name (detect's rows, a resume's check);
+    a set recorded before, whose digest covers every field, still passes its integrity check, and
+    a legacy digest is no pass for an edited field."""
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    rebuilt = json.loads(json.dumps(data))
+    rebuilt["created_utc"], rebuilt["build"]["seconds"] = "2031-01-01T00:00:00+00:00", 1234.5
+    assert manifest_digest(rebuilt) == manifest_digest(data) == data["content_sha256"]
+    moved = json.loads(json.dumps(data))
+    moved["build"]["opset"] = 17
+    assert manifest_digest(moved) != manifest_digest(data)
+    content = {key: value for key, value in data.items() if key != "content_sha256"}
+    legacy = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    (folder / MANIFEST_NAME).write_text(json.dumps({**content, "content_sha256": legacy}))
+    assert load_manifest(folder).raw["content_sha256"] == legacy
+    content["vote"]["weights"]["face"] = 5
+    (folder / MANIFEST_NAME).write_text(json.dumps({**content, "content_sha256": legacy}))
+    with pytest.raises(EngineSetError, match="manifest.json was edited after the build"):
+        load_manifest(folder)
+
+
 def test_the_digest_ignores_formatting_and_a_set_without_one_is_refused(tiny_engine_set, tmp_path):
     """Deleting content_sha256 let an edited vote weight pass as 'integrity ok'."""
     folder = tmp_path / "set"
