@@ -65,6 +65,7 @@ class FolderImages:
     other_files: list[Path]
     sub_folders: list[Path]
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    enclosing_links: list[Path] = field(default_factory=list)  # linked folders not followed: they lead out
 
     def unlisted(self) -> list[tuple[str, str]]:
         """(sub-folder, why) for each sub-folder that could not be listed: each is an input that
@@ -79,6 +80,20 @@ class FolderImages:
         names = [path.relative_to(folder).as_posix() for path in self.other_files]
         return (f"left out {len(names)} file(s) in {folder} whose names do not end in an image suffix: "
                 f"{first_few(names)}")
+
+    def links_not_followed(self, folder: Path) -> str | None:
+        """A warning naming the linked folders of ``folder`` that lead to a folder holding it (a
+        link to ``..``, to the home folder), or None: following one would take in images from
+        outside the folder given (its siblings, the whole tree), without a word."""
+        if not self.enclosing_links:
+            return None
+        names = [f"{path.relative_to(folder).as_posix()} -> {os.readlink(path)}" for path in self.enclosing_links]
+        return (f"did not follow {len(names)} linked folder(s) in {folder} that lead to a folder holding it (their "
+                f"images are outside the folder given): {first_few(names)}")
+
+    def warnings(self, folder: Path) -> list[str]:
+        """What a verb that reads the folder's images says about the rest of it."""
+        return [text for text in (self.left_out_files(folder), self.links_not_followed(folder)) if text]
 
 
 def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
@@ -96,7 +111,7 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
         raise ImageSourceError(f"image folder {folder} does not exist")
     if not folder.is_dir():
         raise ImageSourceError(f"{folder} is not a folder")
-    files, sub_folders, unreadable, hidden = _walk_visible(folder, recursive)
+    files, sub_folders, unreadable, hidden, enclosing_links = _walk_visible(folder, recursive)
     images = [path for path in files if path.suffix.lower() in IMAGE_EXTENSIONS]
     other_files = [path for path in files if path.suffix.lower() not in IMAGE_EXTENSIONS]
     if not images:
@@ -114,16 +129,19 @@ def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
             f"no images {where} {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){held}{skipped}{locked}",
             sub_folders,
         )
-    return FolderImages(images, other_files, sub_folders, unreadable)
+    return FolderImages(images, other_files, sub_folders, unreadable, enclosing_links)
 
 
-def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path], list[tuple[Path, str]], list[Path]]:
+def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path], list[tuple[Path, str]], list[Path],
+                                                          list[Path]]:
     """(files, sub-folders not looked into, sub-folders that could not be listed, hidden files
-    skipped) under ``folder``, hidden names skipped, the first three sorted by the path relative to
-    ``folder``. ``os.walk`` rather
-    than ``Path.rglob``, which skips a folder it may not list without a word. The real tree is
-    walked first and linked folders after it, each real folder once: a file reached both ways
-    keeps its real path, and a link loop ends."""
+    skipped, linked folders not followed) under ``folder``, hidden names skipped, the first three
+    sorted by the path relative to ``folder``. ``os.walk`` rather than ``Path.rglob``, which skips
+    a folder it may not list without a word. The real tree is walked first and linked folders
+    after it, each real folder once: a file reached both ways keeps its real path, and a link loop
+    ends. A link to a folder holding ``folder`` is not followed: the walk would leave it."""
+    holding = set(Path(os.path.realpath(folder)).parents)  # a link to folder itself is a loop: listed once
+    enclosing_links: list[Path] = []
     files: list[Path] = []
     sub_folders: list[Path] = []
     unreadable: list[tuple[Path, str]] = []
@@ -151,7 +169,8 @@ def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]
             if not recursive:
                 sub_folders.extend(here / name for name in dirs)
                 return
-            links.extend(here / name for name in dirs if (here / name).is_symlink())
+            for link in (here / name for name in dirs if (here / name).is_symlink()):
+                (enclosing_links if Path(os.path.realpath(link)) in holding else links).append(link)
 
     walk(folder)
     while links:
@@ -161,19 +180,19 @@ def _walk_visible(folder: Path, recursive: bool) -> tuple[list[Path], list[Path]
         return path.relative_to(folder).as_posix()
 
     return (sorted(files, key=relative), sorted(sub_folders, key=relative),
-            sorted(unreadable, key=lambda failure: relative(failure[0])), hidden)
+            sorted(unreadable, key=lambda failure: relative(failure[0])), hidden, sorted(enclosing_links, key=relative))
 
 
-def list_images(folder: Path, *, recursive: bool = True) -> list[Path]:
-    """The image files of :func:`scan_image_folder`, for a calibration set. A sub-folder that
-    cannot be listed is an error here, since a set silently short of its images would calibrate
-    on something else than the user gave (verify and bench report it and go on, as detect does)."""
+def list_images(folder: Path, *, recursive: bool = True) -> FolderImages:
+    """:func:`scan_image_folder` for a calibration set. A sub-folder that cannot be listed is an
+    error here, since a set silently short of its images would calibrate on something else than
+    the user gave (verify and bench report it and go on, as detect does)."""
     found = scan_image_folder(folder, recursive=recursive)
     if found.unreadable:
         path, reason = found.unreadable[0]
         raise ImageSourceError(f"cannot list {len(found.unreadable)} sub-folder(s) of {folder}, e.g. {path}: "
                                f"{reason}; make them readable or give a folder without them")
-    return found.images
+    return found
 
 
 def sample_images(paths: Sequence[T], count: int, seed: int) -> list[T]:

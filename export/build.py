@@ -281,8 +281,11 @@ def _calibration_set(request: BuildRequest, warn: Callable[[str], None]):
     from dfd.calibration.sources import builtin_photographs, list_images
 
     if request.calib_dir is not None:
+        found = list_images(Path(request.calib_dir))
+        for warning in found.warnings(Path(request.calib_dir)):  # what the set is not drawn from
+            warn(warning)
         # absolute, so the manifest says which folder whichever folder the build ran from
-        images, source = list_images(Path(request.calib_dir)), str(_absolute(Path(request.calib_dir)))
+        images, source = found.images, str(_absolute(Path(request.calib_dir)))
     else:
         images, source = builtin_photographs(), "photographs shipped in installed packages"
     user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -54,6 +54,9 @@ def expand_inputs(inputs: tuple[str, ...], recursive: bool) -> tuple[list[str], 
         left_out = found.left_out_files(path)
         if left_out:
             warn(f"{left_out} (give a file by name to try it anyway)")
+        links = found.links_not_followed(path)
+        if links:
+            warn(links)
         if found.sub_folders:
             names = [p.name for p in found.sub_folders]
             warn(f"did not look in {len(names)} sub-folder(s) of {given}: {first_few(names)} "

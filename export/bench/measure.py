@@ -71,7 +71,7 @@ class BenchImages:
     source: str  # where they came from
     sizes: list[tuple[int, int]]  # (width, height) of each, as decoded
     skipped: list[dict[str, str]]  # files (and sub-folders) of the folder that could not be read or used, and why
-    left_out: str | None = None  # the warning naming the folder's files without an image suffix
+    folder_warnings: tuple[str, ...] = ()  # the folder's files without an image suffix, links not followed
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "count": len(self.paths), "names": [p.name for p in self.paths],
@@ -132,7 +132,7 @@ def bench_images(images_dir: Path | None, work_dir: Path, count: int = DEFAULT_I
         unused = len(files) - len(paths) - (len(skipped) - len(found.unreadable))
         source = f"folder {images_dir}" + (f" (its first {len(paths)} readable images; {unused} more not used)"
                                            if unused else "")
-        return BenchImages(paths, source, sizes, skipped, found.left_out_files(Path(images_dir)))
+        return BenchImages(paths, source, sizes, skipped, tuple(found.warnings(Path(images_dir))))
     for name, rgb in builtin_photographs():
         height, width = rgb.shape[:2]
         # the photographs' rule is --compare torch's, with or without it, so both runs time the same images
@@ -267,8 +267,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] = lam
         images = bench_images(settings.images_dir, Path(tmp), max(DEFAULT_IMAGE_COUNT, *settings.batch_sizes),
                               stream_sizes, settings.compare_torch, settings.max_pixels)
         paths = images.paths
-        if images.left_out:
-            warnings.append(images.left_out)
+        warnings.extend(images.folder_warnings)
         if images.skipped:
             names = [f"{Path(item['image']).name} ({item['error']})" for item in images.skipped]
             warnings.append(f"left out {len(names)} input(s) that could not be read or used: {first_few(names, 3)}")

@@ -40,7 +40,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_list_images_recursive_sorted_filtered(folder):
-    names = [path.relative_to(folder).as_posix() for path in list_images(folder)]
+    names = [path.relative_to(folder).as_posix() for path in list_images(folder).images]
     assert names == ["A.JPG", "b.png", "sub/c.webp", "sub/deeper/d.bmp"]
 
 
@@ -62,13 +62,13 @@ def test_every_suffix_listed_is_one_opencv_decodes(tmp_path):
 
 
 def test_list_images_flat(folder):
-    assert [path.name for path in list_images(folder, recursive=False)] == ["A.JPG", "b.png"]
+    assert [path.name for path in list_images(folder, recursive=False).images] == ["A.JPG", "b.png"]
 
 
 def test_scan_names_the_visible_files_it_leaves_out(folder):
     (folder / "sub" / "clip.gif").write_bytes(b"GIF89a")
     found = scan_image_folder(folder)
-    assert found.images == list_images(folder)
+    assert found.images == list_images(folder).images
     assert [path.relative_to(folder).as_posix() for path in found.other_files] == ["notes.txt", "sub/clip.gif"]
     assert [path.name for path in scan_image_folder(folder, recursive=False).other_files] == ["notes.txt"]
 
@@ -90,8 +90,29 @@ def test_a_recursive_scan_follows_linked_folders_once(folder, tmp_path_factory):
     (folder / "a_link").symlink_to(elsewhere)
     (folder / "0_alias").symlink_to(folder / "sub")  # sorts before sub: the real path still wins
     (folder / "sub" / "deeper" / "up").symlink_to("../..")
-    names = [path.relative_to(folder).as_posix() for path in list_images(folder)]
+    names = [path.relative_to(folder).as_posix() for path in list_images(folder).images]
     assert names == ["A.JPG", "a_link/e.png", "b.png", "sub/c.webp", "sub/deeper/d.bmp"]
+
+
+def test_a_link_to_a_folder_holding_the_one_given_is_not_followed_and_is_named(tmp_path):
+    """A "parent -> .." link in a calibration folder of two photographs drew the set from 13
+    photographs of a sibling folder, without a word (a link to the home folder walks all of it).
+    A link to a folder elsewhere is still followed."""
+    folder = tmp_path / "project" / "photos"
+    write_image(folder / "a.png")
+    write_image(folder / "sub" / "b.png")
+    write_image(tmp_path / "project" / "sibling" / "s.png")
+    write_image(tmp_path / "elsewhere" / "e.png")
+    (folder / "sub" / "parent").symlink_to("../..")  # folder's parent, from a sub-folder
+    (folder / "top").symlink_to(tmp_path)
+    (folder / "more").symlink_to(tmp_path / "elsewhere")
+    found = scan_image_folder(folder)
+    assert [path.relative_to(folder).as_posix() for path in found.images] == ["a.png", "more/e.png", "sub/b.png"]
+    assert [path.relative_to(folder).as_posix() for path in found.enclosing_links] == ["sub/parent", "top"]
+    assert found.warnings(folder) == [
+        f"did not follow 2 linked folder(s) in {folder} that lead to a folder holding it (their images are outside "
+        f"the folder given): sub/parent -> ../.., top -> {tmp_path}"]
+    assert scan_image_folder(folder, recursive=False).enclosing_links == []  # a flat scan follows no link
 
 
 def test_scan_lists_entries_that_cannot_be_read_so_they_are_reported(folder):

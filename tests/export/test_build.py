@@ -537,6 +537,26 @@ def test_unreadable_calibration_images_are_replaced_and_reported(reference_ensem
     assert entry["image"] == str(folder / "corrupt.jpg") and "is not an image OpenCV can decode" in entry["error"]
 
 
+def test_a_calibration_folder_says_what_the_set_is_not_drawn_from(reference_ensemble, photographs, tmp_path):
+    """A folder of mostly HEIC files calibrated on its few PNGs without a word (detect names what
+    it leaves out), and a link to the folder's parent drew the set from its sibling folders."""
+    folder = tmp_path / "project" / "calibration"
+    folder.mkdir(parents=True)
+    for name in ("astronaut", "coffee"):
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(photographs[name], cv2.COLOR_RGB2BGR))
+    (folder / "holiday.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (folder / "parent").symlink_to("..")
+    (tmp_path / "project" / "other").mkdir()
+    cv2.imwrite(str(tmp_path / "project" / "other" / "chelsea.png"),
+                cv2.cvtColor(photographs["chelsea"], cv2.COLOR_RGB2BGR))
+    out, output = _fp16_build_calibrated_on(reference_ensemble, folder, 3, tmp_path)
+    assert (f"WARNING: left out 1 file(s) in {folder} whose names do not end in an image suffix: holiday.heic"
+            in output)
+    assert (f"WARNING: did not follow 1 linked folder(s) in {folder} that lead to a folder holding it (their images "
+            f"are outside the folder given): parent -> ..") in output
+    assert "draws its 3 slots from only 2 distinct photograph(s) of the 2 image(s)" in output
+
+
 def test_an_image_the_runtime_cannot_score_is_replaced_and_few_photographs_are_counted_as_read(
         reference_ensemble, photographs, tmp_path):
     """A readable 1x3000 strip (too elongated for the crop) stopped the build with an error that
