@@ -17,26 +17,23 @@ import json
 import logging
 import math
 import os
+import platform
 import sys
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from dfd.calibration import degrade as degrade_module
-from dfd.calibration import sources as sources_module
 from dfd.calibration.degrade import PAPER_SPEC, DegradationSpec, degrade
 from dfd.calibration.sources import sample_images
 from dfd.runtime import images as images_module
 from dfd.runtime.atomic_files import write_atomically
 from dfd.runtime.errors import DfdError
-from dfd.runtime import preprocess as preprocess_module
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image, read_image_file
 from dfd.runtime.preprocess import (preprocess_face, preprocess_fusion, preprocess_global,
                                     reencode_like_reference_face_file, unscorable_reason)
@@ -159,18 +156,27 @@ def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def fingerprinted_sources() -> list[Path]:
+    """Every module of the two packages a set's tensors come from (the degradation engine and
+    sampling here; decoding, header reading and preprocessing in the runtime), in a fixed order.
+    All of them rather than a chosen few: a list kept by hand missed the JPEG header walk, which
+    decides the reduced decode and the EXIF turn, so a change there served a stale set."""
+    folders = (Path(sys.modules[__name__].__file__).parent, Path(images_module.__file__).parent)
+    return sorted((path for folder in folders for path in folder.glob("*.py")), key=lambda path: path.as_posix())
+
+
 def _code_fingerprint() -> str:
-    """Hash of the source of every module that decides the tensors' values, so a change in the
-    degradation engine or the runtime preprocessing invalidates cached sets."""
-    modules: tuple[ModuleType, ...] = (
-        sys.modules[__name__], degrade_module, sources_module, images_module, preprocess_module,
-    )
+    """Hash of the source that decides the tensors' values (:func:`fingerprinted_sources`) and of
+    the libraries and machine that compute them, so a change in any invalidates cached sets."""
     digest = hashlib.sha256()
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
+    for path in fingerprinted_sources():
+        digest.update(f"{path.parent.name}/{path.name}".encode())
+        digest.update(path.read_bytes())
     # OpenCV decodes, resizes and JPEG-encodes, NumPy draws the degradations: their versions
-    # decide the values as much as this code does
-    digest.update(f"opencv {cv2.__version__} numpy {np.__version__}".encode())
+    # decide the values as much as this code does, and so does whether OpenCV uses Intel's IPP
+    # (x86; its INTER_CUBIC differs by a grey level), which a cache shared with a Jetson would mix
+    ipp = cv2.ipp.useIPP() if hasattr(cv2, "ipp") else None
+    digest.update(f"opencv {cv2.__version__} ipp {ipp} numpy {np.__version__} {platform.machine()}".encode())
     return digest.hexdigest()
 
 

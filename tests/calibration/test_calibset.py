@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dfd.calibration import calibset
-from dfd.calibration.calibset import CalibrationError, build_calibration_set
+from dfd.calibration.calibset import CalibrationError, build_calibration_set, fingerprinted_sources
 from dfd.calibration.degrade import PAPER_SPEC, DegradationSpec
 from dfd.calibration.sources import sample_images
 from dfd.runtime.images import array_sha256, decode_image
@@ -440,3 +440,28 @@ def test_arrays_of_one_name_each_have_their_pixels_recorded(images):
     twins = [("photo", images[0][1]), ("photo", images[1][1])]
     calib = build_calibration_set(twins, count=2, degrade_share=0.0, seed=0, stream_sizes={"fusion": 16})
     assert calib.source_pixels == sorted(array_sha256(rgb) for _, rgb in twins)
+
+
+def test_the_cache_key_covers_every_module_that_decides_the_tensors(tmp_path, monkeypatch):
+    """The key hashed five hand-picked modules and missed the JPEG header walk (which decides the
+    reduced decode and the EXIF turn): a change there served a stale set. It also ignored whether
+    OpenCV used IPP, whose cubic resize differs, so a cache shared between x86 and a Jetson mixed
+    them. Now every module of both packages counts, and the IPP switch and the machine too."""
+    import cv2
+
+    import dfd.calibration.calibset as calibset
+
+    names = {f"{path.parent.name}/{path.name}" for path in fingerprinted_sources()}
+    assert {"runtime/image_headers.py", "runtime/images.py", "runtime/preprocess.py", "calibration/degrade.py",
+            "calibration/sources.py", "calibration/calibset.py"} <= names
+    assert len(names) == len(fingerprinted_sources())
+    before = calibset._code_fingerprint()
+    ipp = cv2.ipp.useIPP()
+    try:
+        cv2.ipp.setUseIPP(not ipp)
+        assert calibset._code_fingerprint() != before
+    finally:
+        cv2.ipp.setUseIPP(ipp)
+    assert calibset._code_fingerprint() == before
+    monkeypatch.setattr(calibset.platform, "machine", lambda: "another-machine")
+    assert calibset._code_fingerprint() != before
