@@ -11,6 +11,7 @@ only the files the set is made of are read for that, not a whole folder.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
@@ -21,7 +22,7 @@ import platform
 import sys
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -380,6 +381,10 @@ def _face_input(image: ImageInput, rgb: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def _log_warning(message: str) -> None:
+    log.warning("%s", message)
+
+
 def _cache_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / f"calibset-{key}.npz"
 
@@ -401,16 +406,32 @@ def _save(path: Path, calib: CalibrationSet) -> None:
     write_atomically(path, lambda file: np.savez(file, **calib.arrays, **{_META_KEY: np.array(json.dumps(meta))}))
 
 
-def _save_quietly(path: Path, calib: CalibrationSet) -> None:
+def _save_quietly(path: Path, calib: CalibrationSet, warn: Callable[[str], None]) -> None:
     """The cache only saves time: a cache that cannot be written (full disk, read-only or not a
-    folder) is warned about and the build goes on with the set it computed."""
-    try:
-        _save(path, calib)
-    except OSError as error:
-        log.warning("could not cache the calibration set in %s (%s); the build goes on without caching it",
-                    path.parent, error.strerror or error)
-        return
+    folder) is warned about and the build goes on with the set it computed. On a full disk the
+    least recently used sets make room, oldest first (they were pruned only after a save that
+    succeeded, so a full cache kept its oldest set and never cached another)."""
+    older = _cached_sets(path.parent)[::-1]
+    while True:
+        try:
+            _save(path, calib)
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT) and older:
+                older.pop(0).unlink(missing_ok=True)
+                continue
+            warn(f"could not cache the calibration set in {path.parent} ({error.strerror or error}); the build "
+                 f"goes on without caching it")
+            return
+        break
     _prune(path.parent, keep=path)
+
+
+def _cached_sets(cache_dir: Path) -> list[Path]:
+    """The cached sets, most recently used first (none where the folder cannot be listed)."""
+    try:
+        return sorted(cache_dir.glob("calibset-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
 
 
 def _prune(cache_dir: Path, keep: Path) -> None:
@@ -418,8 +439,7 @@ def _prune(cache_dir: Path, keep: Path) -> None:
     and the partial files of saves killed outright (up to ~0.5 GB each at paper size, never read);
     a partial file younger than :data:`STALE_PARTIAL_SECONDS` may be another build's save."""
     try:
-        cached = sorted(cache_dir.glob("calibset-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in [p for p in cached if p != keep][KEPT_CACHED_SETS - 1:]:
+        for old in [p for p in _cached_sets(cache_dir) if p != keep][KEPT_CACHED_SETS - 1:]:
             old.unlink(missing_ok=True)
         now = time.time()
         for partial in cache_dir.glob(".calibset-*.partial"):
@@ -429,7 +449,8 @@ def _prune(cache_dir: Path, keep: Path) -> None:
         pass  # another build pruned (or is using) the same folder: nothing is lost
 
 
-def _load(path: Path, key: str, stream_sizes: Mapping[str, int]) -> tuple[dict, dict] | None:
+def _load(path: Path, key: str, stream_sizes: Mapping[str, int],
+          warn: Callable[[str], None]) -> tuple[dict, dict] | None:
     """The cached arrays and metadata, or None (with a warning) when the file does not hold a
     valid set for ``key``."""
     try:
@@ -438,10 +459,10 @@ def _load(path: Path, key: str, stream_sizes: Mapping[str, int]) -> tuple[dict, 
             arrays = {stream: stored[stream] for stream in stream_sizes}
     except (OSError, KeyError, ValueError, RecursionError, EOFError, zipfile.BadZipFile) as error:
         # truncated (a crash before the data reached the disk), bit-flipped or not a cache file
-        log.warning("ignoring unreadable calibration cache %s (%s); rebuilding", path, error)
+        warn(f"ignoring unreadable calibration cache {path} ({error}); rebuilding")
         return None
     if meta.get("cache_key") != key or arrays_sha256(arrays) != meta.get("sha256"):
-        log.warning("calibration cache %s does not match its inputs or content; rebuilding", path)
+        warn(f"calibration cache {path} does not match its inputs or content; rebuilding")
         return None
     return arrays, meta
 
@@ -450,7 +471,8 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
                           seed: int, stream_sizes: Mapping[str, int] = DEFAULT_STREAM_SIZES,
                           cache_dir: Path | None = None, spec: DegradationSpec = PAPER_SPEC,
                           source: str | None = None, progress: bool = True,
-                          max_pixels: int = DEFAULT_MAX_PIXELS) -> CalibrationSet:
+                          max_pixels: int = DEFAULT_MAX_PIXELS,
+                          warn: Callable[[str], None] = _log_warning) -> CalibrationSet:
     """Build (or load from ``cache_dir``) a calibration set of ``count`` images.
 
     ``count`` images are sampled reproducibly from ``images`` (see :func:`sample_images`; repeats
@@ -460,7 +482,8 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
     runtime (the face stream gets the whole image, the runtime's no-face rule). ``source``
     describes the images in the manifest (default: derived from their names). ``max_pixels`` is
     the decoding limit (``decode_image``): a larger JPEG is calibrated from its reduced decode, any
-    other larger image is replaced as an unreadable one is.
+    other larger image is replaced as an unreadable one is. ``warn`` hears about a cache that
+    cannot be read or written (the CLI's warning lines; by default, this module's logger).
     """
     checked = _check_arguments(images, count, degrade_share, seed, stream_sizes)
     stream_sizes = dict(stream_sizes)
@@ -471,10 +494,10 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
                   stream_sizes=stream_sizes, spec=spec, cache_key=key, max_pixels=max_pixels)
 
     if cache_dir is not None and _cache_path(cache_dir, key).is_file():
-        loaded = _load(_cache_path(cache_dir, key), key, stream_sizes)
+        loaded = _load(_cache_path(cache_dir, key), key, stream_sizes, warn)
         if loaded is not None and not _reserve_unchanged(checked, loaded[1].get("reserve_hashes")):
-            log.warning("an image that replaced an unreadable calibration image changed; rebuilding %s",
-                        _cache_path(cache_dir, key))
+            warn(f"an image that replaced an unreadable calibration image changed; rebuilding "
+                 f"{_cache_path(cache_dir, key)}")
             loaded = None
         if loaded is not None:
             arrays, meta = loaded
@@ -496,5 +519,5 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
                            unreadable=readable.unreadable, reserve_hashes=readable.reserve_hashes,
                            source_pixels=source_pixels, **common)
     if cache_dir is not None:
-        _save_quietly(_cache_path(cache_dir, key), calib)
+        _save_quietly(_cache_path(cache_dir, key), calib, warn)
     return calib

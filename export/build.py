@@ -293,7 +293,7 @@ def _calibration_set(request: BuildRequest, warn: Callable[[str], None]):
     calibration = build_calibration_set(
         images, count=request.calib_count, degrade_share=request.calib_degrade, seed=request.calib_seed,
         stream_sizes={s: STREAM_SPECS[s].input_size for s in request.streams}, cache_dir=cache, source=source,
-        max_pixels=request.calib_max_pixels,
+        max_pixels=request.calib_max_pixels, warn=warn,
     )
     if calibration.unreadable:
         errors = list(calibration.unreadable.values())

@@ -384,6 +384,36 @@ def test_a_cache_that_cannot_be_written_costs_only_the_cache(images, tmp_path, c
     assert list(cache.iterdir()) == []  # no partial file left behind
 
 
+def test_a_full_cache_disk_makes_room_by_dropping_the_least_recently_used_sets(images, tmp_path, monkeypatch):
+    """Sets were pruned only after a save that succeeded: on a full disk the oldest set stayed
+    forever and no new set was ever cached. The warning goes to the caller's ``warn`` (the CLI's
+    WARNING lines), not to the logging module."""
+    arguments = dict(count=2, degrade_share=0.0, cache_dir=tmp_path, stream_sizes={"fusion": 16})
+    keys = [build_calibration_set(images, seed=seed, **arguments).cache_key for seed in range(2)]
+    os.utime(tmp_path / f"calibset-{keys[0]}.npz", (0, 0))  # the least recently used
+    savez = calibset.np.savez
+
+    def room_for_two(file, **arrays):
+        if len(list(tmp_path.glob("calibset-*.npz"))) >= 2:
+            raise OSError(28, "No space left on device")
+        savez(file, **arrays)
+
+    monkeypatch.setattr(calibset.np, "savez", room_for_two)
+    warnings: list[str] = []
+    new = build_calibration_set(images, seed=2, warn=warnings.append, **arguments)
+    assert warnings == []
+    assert sorted(p.name for p in tmp_path.glob("calibset-*.npz")) == sorted(
+        f"calibset-{key}.npz" for key in (keys[1], new.cache_key))
+
+    def no_room(file, **arrays):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(calibset.np, "savez", no_room)
+    build_calibration_set(images, seed=3, warn=warnings.append, **arguments)
+    assert warnings == [f"could not cache the calibration set in {tmp_path} (No space left on device); the build goes "
+                        f"on without caching it"]
+
+
 def test_only_the_most_recently_used_sets_are_kept(images, tmp_path):
     arguments = dict(count=2, degrade_share=0.0, cache_dir=tmp_path, stream_sizes={"fusion": 16})
     keys = [build_calibration_set(images, seed=seed, **arguments).cache_key for seed in range(6)]
