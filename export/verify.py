@@ -255,8 +255,9 @@ def _image_sources(images_dir: Path | None, report: VerifyReport) -> tuple[list[
     """(label, source) of each image to verify: a file of ``images_dir``, decoded only when its
     turn comes, so a folder of photographs is never held in memory at once; or a built-in
     photograph (a few, already decoded). And warnings about the folder: the files left out by
-    their suffix, the linked folders not followed. A sub-folder that cannot be listed goes to ``report.failed_images``, as a file
-    that cannot be read does: left out, or with --strict a failure."""
+    their suffix, the linked folders not followed. A sub-folder that cannot be listed goes to
+    ``report.failed_images``, as a file that cannot be read does: left out, or with --strict a
+    failure."""
     if images_dir is None:
         return builtin_photographs(), []
     found = scan_image_folder(images_dir)
