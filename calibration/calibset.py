@@ -162,7 +162,7 @@ def fingerprinted_sources() -> list[Path]:
     sampling here; decoding, header reading and preprocessing in the runtime), in a fixed order.
     All of them rather than a chosen few: a list kept by hand missed the JPEG header walk, which
     decides the reduced decode and the EXIF turn, so a change there served a stale set."""
-    folders = (Path(sys.modules[__name__].__file__).parent, Path(images_module.__file__).parent)
+    folders = (Path(__file__).parent, Path(images_module.__file__).parent)
     return sorted((path for folder in folders for path in folder.glob("*.py")), key=lambda path: path.as_posix())
 
 
@@ -411,19 +411,29 @@ def _save_quietly(path: Path, calib: CalibrationSet, warn: Callable[[str], None]
     folder) is warned about and the build goes on with the set it computed. On a full disk the
     least recently used sets make room, oldest first (they were pruned only after a save that
     succeeded, so a full cache kept its oldest set and never cached another)."""
-    older = _cached_sets(path.parent)[::-1]
+    older = _cached_sets(path.parent)[::-1]  # least recently used first
     while True:
         try:
             _save(path, calib)
+            break
         except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT) and older:
-                older.pop(0).unlink(missing_ok=True)
-                continue
-            warn(f"could not cache the calibration set in {path.parent} ({error.strerror or error}); the build "
-                 f"goes on without caching it")
-            return
-        break
+            if not (error.errno in (errno.ENOSPC, errno.EDQUOT) and _drop_first(older)):
+                warn(f"could not cache the calibration set in {path.parent} ({error.strerror or error}); the "
+                     f"build goes on without caching it")
+                return
     _prune(path.parent, keep=path)
+
+
+def _drop_first(sets: list[Path]) -> bool:
+    """Delete the first of ``sets`` (and take it off the list); False when none is left or it
+    cannot be deleted (then no room can be made, and the cache is given up, not the build)."""
+    if not sets:
+        return False
+    try:
+        sets.pop(0).unlink(missing_ok=True)
+    except OSError:
+        return False
+    return True
 
 
 def _cached_sets(cache_dir: Path) -> list[Path]:

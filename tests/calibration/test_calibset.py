@@ -412,6 +412,23 @@ def test_a_full_cache_disk_makes_room_by_dropping_the_least_recently_used_sets(i
     build_calibration_set(images, seed=3, warn=warnings.append, **arguments)
     assert warnings == [f"could not cache the calibration set in {tmp_path} (No space left on device); the build goes "
                         f"on without caching it"]
+    # an old set that cannot be deleted gives up the cache, not the build
+    monkeypatch.setattr(calibset.np, "savez", savez)
+    build_calibration_set(images, seed=4, **{**arguments, "cache_dir": tmp_path / "other"})
+    assert len(list((tmp_path / "other").glob("calibset-*.npz"))) == 1
+    monkeypatch.setattr(calibset.np, "savez", no_room)
+    unlink = calibset.Path.unlink
+
+    def kept_sets_undeletable(self, missing_ok=False):
+        if self.name.startswith("calibset-"):
+            raise PermissionError(13, "Permission denied")
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(calibset.Path, "unlink", kept_sets_undeletable)
+    warnings.clear()
+    assert build_calibration_set(images, seed=5, warn=warnings.append,
+                                 **{**arguments, "cache_dir": tmp_path / "other"}).arrays["fusion"].shape[0] == 2
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
 
 
 def test_only_the_most_recently_used_sets_are_kept(images, tmp_path):
