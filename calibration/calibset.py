@@ -60,7 +60,7 @@ KEPT_CACHED_SETS = 4
 ~545 MB, and every seed, count, share or code change makes a new one."""
 STALE_PARTIAL_SECONDS = 3600  # a save takes seconds; a partial file this old is from a killed build
 
-CALIBSET_FORMAT = 2
+CALIBSET_FORMAT = 3
 """Bumped when the cache file layout changes."""
 
 _PROGRESS_MIN_IMAGES = 8
@@ -81,11 +81,32 @@ class CalibrationError(DfdError, ValueError):
 
 @dataclass(frozen=True)
 class CalibrationItem:
-    """Which source image fills one slot of the set, and what degraded it."""
+    """Which source image fills one slot of the set (a file by its absolute path, an array by its
+    name), what degraded it, and the notes of the preprocessing rules it met (e.g. an image
+    smaller than a stream's crop, upscaled as ``detect`` would)."""
 
     name: str
     degraded: bool
     ops: tuple[tuple[str, float], ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def manifest_entry(self) -> dict:
+        return {"image": self.name, "degraded": self.degraded, "degradations": [list(op) for op in self.ops],
+                **({"notes": list(self.notes)} if self.notes else {})}
+
+    @classmethod
+    def from_cached(cls, stored: object) -> CalibrationItem:
+        """The item a cache file records, as ``[name, degraded, ops, notes]``; ValueError when it
+        does not hold one (a hand-edited file whose arrays still match their digest)."""
+        try:
+            name, degraded, ops, notes = stored  # type: ignore[misc]
+            item = cls(name, degraded, tuple((op, strength) for op, strength in ops), tuple(notes))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"malformed slot record {stored!r}") from error
+        if not (isinstance(name, str) and isinstance(degraded, bool) and all(isinstance(n, str) for n in item.notes)
+                and all(isinstance(op, str) and isinstance(s, (int, float)) for op, s in item.ops)):
+            raise ValueError(f"malformed slot record {stored!r}")
+        return item
 
 
 @dataclass
@@ -116,8 +137,15 @@ class CalibrationSet:
     def degraded_count(self) -> int:
         return sum(item.degraded for item in self.items)
 
+    @property
+    def noted_slots(self) -> list[int]:
+        """The slots whose image met a preprocessing rule with a note (see CalibrationItem)."""
+        return [slot for slot, item in enumerate(self.items) if item.notes]
+
     def manifest_entry(self) -> dict:
-        """What the engine-set manifest records about the calibration data of an INT8 build."""
+        """What the engine-set manifest records about the calibration data of an fp16/INT8 build,
+        down to which image fills each slot and how it was degraded: what a reviewer of a
+        quantised engine asks first, and nothing else keeps it once the cache is pruned."""
         return {
             "sha256": self.sha256,
             "count": self.count,
@@ -131,6 +159,7 @@ class CalibrationSet:
             "max_pixels": self.max_pixels,
             "unreadable_images": [{"image": image, "error": error} for image, error in self.unreadable.items()],
             SOURCE_PIXELS_KEY: list(self.source_pixels),
+            "slots": [item.manifest_entry() for item in self.items],
         }
 
 
@@ -182,6 +211,7 @@ def _code_fingerprint() -> str:
 
 
 def _input_name(image: ImageInput) -> str:
+    """Short name for messages (a file's own name)."""
     return image.name if isinstance(image, Path) else image[0]
 
 
@@ -354,16 +384,18 @@ def _compute(sampled: Sequence[int], readable: _ReadableImages, degraded_slots: 
             if slot in degraded_slots:
                 rgb, applied = degrade(rgb, np.random.default_rng([seed, _SLOT_STREAM, slot]), spec)
                 ops = tuple((op.name, round(op.strength, 6)) for op in applied)
+            notes: dict[str, None] = {}  # each note once, in stream order
             for stream, size in stream_sizes.items():
                 pixels = _face_input(image, rgb) if stream == "face" else rgb
-                tensor = _PREPROCESSORS[stream](pixels, size=size).tensor
-                if tensor.shape != (3, size, size):
+                prepared = _PREPROCESSORS[stream](pixels, size=size)
+                if prepared.tensor.shape != (3, size, size):
                     raise CalibrationError(
                         f"runtime preprocessing for stream {stream!r} returned shape "
-                        f"{tensor.shape}, expected (3, {size}, {size})"
+                        f"{prepared.tensor.shape}, expected (3, {size}, {size})"
                     )
-                arrays[stream][slot] = tensor
-            items.append(CalibrationItem(_input_name(image), slot in degraded_slots, ops))
+                arrays[stream][slot] = prepared.tensor
+                notes.update(dict.fromkeys(f"{stream}: {note}" for note in prepared.notes))
+            items.append(CalibrationItem(_input_location(image), slot in degraded_slots, ops, tuple(notes)))
             bar.update(1)
     return arrays, items, sorted(set(source_pixels.values()))
 
@@ -395,7 +427,8 @@ def _save(path: Path, calib: CalibrationSet) -> None:
         "cache_key": calib.cache_key,
         "sha256": calib.sha256,
         "source": calib.source,
-        "items": [[item.name, item.degraded, [list(op) for op in item.ops]] for item in calib.items],
+        "items": [[item.name, item.degraded, [list(op) for op in item.ops], list(item.notes)]
+                  for item in calib.items],
         "unreadable": calib.unreadable,
         "reserve_hashes": {str(position): digest for position, digest in sorted(calib.reserve_hashes.items())},
         SOURCE_PIXELS_KEY: calib.source_pixels,
@@ -471,8 +504,18 @@ def _load(path: Path, key: str, stream_sizes: Mapping[str, int],
         # truncated (a crash before the data reached the disk), bit-flipped or not a cache file
         warn(f"ignoring unreadable calibration cache {path} ({error}); rebuilding")
         return None
-    if meta.get("cache_key") != key or arrays_sha256(arrays) != meta.get("sha256"):
+    if not isinstance(meta, dict) or meta.get("cache_key") != key or arrays_sha256(arrays) != meta.get("sha256"):
         warn(f"calibration cache {path} does not match its inputs or content; rebuilding")
+        return None
+    try:  # the record beside the arrays, which their digest does not cover
+        meta["items"] = [CalibrationItem.from_cached(stored) for stored in meta["items"]]
+        if len(meta["items"]) != len(next(iter(arrays.values()))):
+            raise ValueError(f"{len(meta['items'])} slot records for {len(next(iter(arrays.values())))} slots")
+        if not (isinstance(meta["unreadable"], dict) and isinstance(meta[SOURCE_PIXELS_KEY], list)
+                and isinstance(meta["reserve_hashes"], dict)):
+            raise ValueError("malformed record of its images")
+    except (KeyError, TypeError, ValueError) as error:
+        warn(f"ignoring calibration cache {path} ({error}); rebuilding")
         return None
     return arrays, meta
 
@@ -515,9 +558,7 @@ def build_calibration_set(images: Sequence[ImageInput], *, count: int, degrade_s
                 os.utime(_cache_path(cache_dir, key))  # most recently used: kept by _prune
             except OSError:
                 pass
-            items = [CalibrationItem(name, degraded, tuple((op, strength) for op, strength in ops))
-                     for name, degraded, ops in meta["items"]]
-            return CalibrationSet(arrays=arrays, sha256=meta["sha256"], items=items,
+            return CalibrationSet(arrays=arrays, sha256=meta["sha256"], items=meta["items"],
                                   unreadable=meta["unreadable"], from_cache=True,
                                   reserve_hashes={int(k): v for k, v in meta["reserve_hashes"].items()},
                                   source_pixels=meta[SOURCE_PIXELS_KEY], **common)

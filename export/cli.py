@@ -265,6 +265,26 @@ def inspect(engine_dir, as_json, no_verify):
         click.echo(printable(f"{name:8} {stream.input_size:>4}x{stream.input_size:<4} {stream.precision:>9} "
                              f"{stream.backend:>12} {size / 1e6:>8.1f}MB  {files}"))
     _echo_face_localisers(manifest.face_detector)
+    _echo_calibration(raw.get("calibration"))
+
+
+def _echo_calibration(entry: object) -> None:
+    """What an fp16/INT8 set was calibrated on, in brief (``--json`` prints each slot)."""
+    from dfd.calibration.calibset import SOURCE_PIXELS_KEY
+
+    if not isinstance(entry, dict):  # an fp32 set has none
+        return
+    click.echo("")
+    photographs = entry.get(SOURCE_PIXELS_KEY)
+    drawn = f" from {len(photographs)} distinct photograph(s)" if isinstance(photographs, list) else ""
+    click.echo(printable(f"calibration  {entry.get('count', '?')} slots{drawn} in {entry.get('source', '?')}, "
+                         f"{entry.get('degraded_count', '?')} degraded (seed {entry.get('seed', '?')})"))
+    unreadable = entry.get("unreadable_images") or []
+    slots = entry.get("slots")
+    noted = sum(bool(slot.get("notes")) for slot in slots if isinstance(slot, dict)) if isinstance(slots, list) else 0
+    remarks = ([f"{len(unreadable)} unreadable image(s) replaced"] if unreadable else []) + (
+        [f"{noted} slot(s) preprocessed by a documented rule (e.g. upscaled)"] if noted else [])
+    click.echo(f"             data sha256 {entry.get('sha256', '?')}" + (f"; {'; '.join(remarks)}" if remarks else ""))
 
 
 def _echo_face_localisers(entry) -> None:

@@ -3,6 +3,7 @@ reproducible from the seed, and cached on disk under a hash of the inputs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -109,7 +110,7 @@ def test_files_give_the_same_tensors_as_arrays(images, tmp_path):
     from_files = build_calibration_set(paths, count=5, degrade_share=0.4, seed=3)
     from_arrays = build_calibration_set(images, count=5, degrade_share=0.4, seed=3)
     assert from_files.sha256 == from_arrays.sha256
-    assert [item.name for item in from_files.items] == [f"{i.name}.png" for i in from_arrays.items]
+    assert [item.name for item in from_files.items] == [str(tmp_path / f"{i.name}.png") for i in from_arrays.items]
     assert str(tmp_path.resolve()) in from_files.source
 
 
@@ -172,7 +173,7 @@ def test_only_the_sampled_files_of_a_folder_are_read(images, tmp_path, monkeypat
     monkeypatch.setattr(calibset, "read_image_file", lambda path: reads.append(path) or real_read(path))
     arguments = dict(count=3, degrade_share=0.0, seed=1, cache_dir=tmp_path / "cache", stream_sizes={"global": 252})
     built = build_calibration_set(paths, **arguments)
-    assert len(set(reads)) == 3 and {Path(p).name for p in reads} == {item.name for item in built.items}
+    assert len(set(reads)) == 3 and {str(p) for p in reads} == {item.name for item in built.items}
     reads.clear()
     assert build_calibration_set(paths, **arguments).from_cache and len(reads) == 3
 
@@ -201,6 +202,68 @@ def test_manifest_entry(images):
     assert entry["source"] == "demo photographs"
     assert entry["stream_sizes"] == {"global": 252}
     assert entry["degradation_spec"]["beta_a"] == 1.2
+
+
+def test_the_manifest_entry_records_each_slots_image_degradations_and_preprocessing_notes(images, tmp_path):
+    """Which images an fp16/INT8 graph was calibrated on, how each was degraded, and which met a
+    preprocessing rule (img2 is 150x200: below every crop; img3 is 224 high and 300 wide: the
+    fusion quirk) was known only while the cache kept the set; files are named by absolute path,
+    as two files of one name in two sub-folders are two images."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    paths = [tmp_path / ("a" if index % 2 else "b") / "same.png" if index < 2 else tmp_path / f"{name}.png"
+             for index, (name, _) in enumerate(images)]
+    for path, (_, rgb) in zip(paths, images):
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    arguments = dict(count=8, degrade_share=0.0, seed=4, cache_dir=tmp_path / "cache")
+    slots = build_calibration_set(paths, **arguments).manifest_entry()["slots"]
+    assert [slot["image"] for slot in slots] == [str(paths[p]) for p in sample_images(range(4), 8, 4)]
+    for slot in slots:
+        assert slot["degraded"] is False and slot["degradations"] == []
+        notes = slot.get("notes", [])
+        if slot["image"] == str(paths[2]):
+            assert [note.split(":")[0] for note in notes] == ["global", "face"]
+            assert all("image 150x200 is smaller than 252 on a side: upscaled to 252x336" in n for n in notes)
+        elif slot["image"] == str(paths[3]):
+            assert [note.split(":")[0] for note in notes] == ["global", "face", "fusion"]
+            assert notes[-1] == ("fusion: image is exactly 224 high but 300 wide: resized to 224x224 with area "
+                                 "interpolation (the reference would not resize it and its batch would fail)")
+        else:
+            assert "notes" not in slot
+    assert build_calibration_set(paths, **arguments).manifest_entry()["slots"] == slots  # from the cache
+
+    degraded = build_calibration_set(images, count=6, degrade_share=0.5, seed=1)
+    recorded = degraded.manifest_entry()["slots"]
+    assert [slot["degraded"] for slot in recorded] == [item.degraded for item in degraded.items]
+    assert sum(slot["degraded"] for slot in recorded) == 3
+    assert [slot["degradations"] for slot in recorded] == [[list(op) for op in item.ops] for item in degraded.items]
+    assert all(slot["degradations"] for slot in recorded if slot["degraded"])
+
+
+@pytest.mark.parametrize("key, value", [
+    ("items", [["img0", False]]), ("items", [["img0", "no", [], []]] * 2), ("items", [[1, False, [], []]] * 2),
+    ("items", [["img0", False, [["jpeg"]], []]] * 2), ("items", "x"), ("items", None), ("items", []),
+    ("unreadable", None), ("unreadable", []), (calibset.SOURCE_PIXELS_KEY, None), ("reserve_hashes", None)])
+def test_a_cache_file_with_malformed_records_is_rebuilt(images, tmp_path, caplog, key, value):
+    """The arrays' digest does not cover the records beside them (``None``: left out): a
+    hand-edited one crashed the build (an unpacking ValueError, a KeyError) or reached the manifest."""
+    arguments = dict(count=2, degrade_share=0.0, seed=0, cache_dir=tmp_path, stream_sizes={"global": 252})
+    built = build_calibration_set(images, **arguments)
+    cache_file = tmp_path / f"calibset-{built.cache_key}.npz"
+    with np.load(cache_file) as stored:
+        contents = {key: stored[key] for key in stored.files}
+    meta = json.loads(str(contents["__meta__"]))
+    if value is None:
+        del meta[key]
+    else:
+        meta[key] = value
+    contents["__meta__"] = np.array(json.dumps(meta))
+    with open(cache_file, "wb") as file:
+        np.savez(file, **contents)
+    with caplog.at_level(logging.WARNING):
+        rebuilt = build_calibration_set(images, **arguments)
+    assert not rebuilt.from_cache and f"ignoring calibration cache {cache_file}" in caplog.text
+    assert rebuilt.manifest_entry() == built.manifest_entry()
 
 
 def test_manifest_entry_records_the_decoded_pixels_of_each_distinct_source_image(images, tmp_path):

@@ -578,6 +578,36 @@ def test_an_image_the_runtime_cannot_score_is_replaced_and_few_photographs_are_c
     assert len(calibration["source_pixels_sha256"]) == 1
 
 
+def test_the_calibration_slots_are_recorded_warned_about_and_inspected(reference_ensemble, photographs, tmp_path):
+    """A calibration photograph smaller than the crop is upscaled as detect would score it, but the
+    build said nothing; which image filled each slot (and how it was degraded) was known only while
+    the cache kept the set; and inspect did not show what a set was calibrated on."""
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "coffee.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "small.png"), np.full((90, 120, 3), 128, np.uint8))
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    out, output = _fp16_build_calibrated_on(reference_ensemble, folder, 3, tmp_path)
+    calibration = load_manifest(out).raw["calibration"]
+    small = [slot for slot in calibration["slots"] if slot["image"] == str(folder / "small.png")]
+    assert len(calibration["slots"]) == 3 and small
+    assert {slot["image"] for slot in calibration["slots"]} <= {str(folder / "coffee.png"), str(folder / "small.png")}
+    assert all(slot["notes"] == [f"global: {center_crop_note}"] for slot in small
+               for center_crop_note in ["image 120x90 is smaller than 252 on a side: upscaled to 336x252 with bicubic "
+                                        "interpolation (aspect ratio kept) before the 252x252 center crop; the "
+                                        "reference would have substituted another image's prediction"])
+    assert (f"WARNING: {len(small)} of the 3 calibration slot(s) hold an image preprocessed by a documented rule, "
+            f"as detect would score it; the first, {folder / 'small.png'}: global: image 120x90 is smaller") in output
+    assert sum(slot["degraded"] for slot in calibration["slots"]) == calibration["degraded_count"] == 2
+
+    shown = CliRunner().invoke(main, ["inspect", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert (f"calibration  3 slots from {len(calibration['source_pixels_sha256'])} distinct photograph(s) in "
+            f"{folder}, 2 degraded (seed 0)") in shown.output
+    assert (f"data sha256 {calibration['sha256']}; 1 unreadable image(s) replaced; {len(small)} slot(s) "
+            "preprocessed by a documented rule (e.g. upscaled)") in shown.output
+
+
 def test_inspect_wrong_folder(tmp_path):
     result = CliRunner().invoke(main, ["inspect", str(tmp_path)])
     assert result.exit_code == 3 and "no manifest.json" in result.output
