@@ -241,7 +241,7 @@ def resolve_backend(request: BuildRequest, warn: Callable[[str], None]) -> Build
     TensorRT or a GPU -> one clear error before any work starts."""
     from dataclasses import replace
 
-    from .tensorrt_build import tensorrt_unavailable_reason
+    from .tensorrt_build import check_hardware_compatibility, tensorrt_unavailable_reason
 
     if request.backend == "onnxruntime":
         return request
@@ -251,6 +251,7 @@ def resolve_backend(request: BuildRequest, warn: Callable[[str], None]) -> Build
             raise BuildError(f"cannot build TensorRT engines here: {reason}")
         warn(f"--backend auto: building for onnxruntime ({reason})")
         return replace(request, backend="onnxruntime")
+    check_hardware_compatibility(request.tensorrt)
     return replace(request, backend="tensorrt")
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from dfd.runtime.errors import DfdError
-from dfd.runtime.tensorrt_backend import local_platform, tensorrt_unusable_reason as tensorrt_unavailable_reason
+from dfd.runtime.tensorrt_backend import local_platform, tensorrt_logger
+from dfd.runtime.tensorrt_backend import tensorrt_unusable_reason as tensorrt_unavailable_reason
 
 from .onnx_files import INPUT_NAME
 
@@ -78,13 +79,15 @@ def build_engine(onnx_path: Path, engine_path: Path, input_size: int, options: T
     """
     options.check()
     trt = _tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = tensorrt_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network = builder.create_network(_strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):  # resolves external data next to the file
+    parsed = parser.parse_from_file(str(onnx_path))  # resolves external data next to the file
+    if not parsed or parser.num_errors:  # an error recorded with success reported fails too (as Polygraphy)
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise TensorRTBuildError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+        raise TensorRTBuildError(f"TensorRT cannot parse {onnx_path.name}: "
+                                 f"{errors or 'no error recorded; see TensorRT log above'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
     # TF32 is on by default and lets float32 MatMuls/Convs round their inputs to 10-bit mantissas on
@@ -98,15 +101,39 @@ def build_engine(onnx_path: Path, engine_path: Path, input_size: int, options: T
     profile = builder.create_optimization_profile()
     shape = lambda n: (n, 3, input_size, input_size)  # noqa: E731 - a one-line shape helper
     profile.set_shape(INPUT_NAME, shape(options.min_batch), shape(options.opt_batch), shape(options.max_batch))
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:  # the profile's index, -1 when it is invalid
+        raise TensorRTBuildError(f"TensorRT refused the batch profile {options.min_batch}/{options.opt_batch}/"
+                                 f"{options.max_batch} for {onnx_path.name} (see TensorRT log above)")
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise TensorRTBuildError(f"TensorRT refused the timing cache {timing_cache} (made by another TensorRT "
+                                 f"version or GPU); delete it and build again")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TensorRTBuildError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
     engine_path.write_bytes(bytes(serialized))
     timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return engine_path
+
+
+def _strongly_typed_flags(trt: Any) -> int:
+    """The network creation flags: strongly typed. The flag's number differs between TensorRT 10
+    (1) and 11 (0, deprecated: every network is strongly typed), so it is read by name; where a
+    later version has dropped the name, no flag is needed."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def check_hardware_compatibility(options: TensorRTOptions) -> None:
+    """Refuse --hardware-compatibility on a GPU older than Ampere: TensorRT builds Ampere-and-later
+    engines only on such a GPU (``HardwareCompatibilityLevel.AMPERE_PLUS``), and refuses only when
+    the first engine is built, after minutes of export."""
+    if not options.hardware_compatibility:
+        return
+    compute_capability = local_target()["compute_capability"]
+    if int(compute_capability.split(".")[0]) < 8:
+        raise TensorRTBuildError(f"--hardware-compatibility builds engines for Ampere and newer GPUs, which TensorRT "
+                                 f"does only on such a GPU; this one is of compute capability {compute_capability}")
 
 
 def manifest_entry(options: TensorRTOptions) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from . import cuda_kernels
 from .manifest import EngineSetError, Manifest, StreamEntry, load_manifest, verify_files
-from .tensorrt_backend import TENSORRT_INSTALL_HINT, tensorrt_mismatch
+from .tensorrt_backend import tensorrt_mismatch, tensorrt_package
 
 CI_ARCHS = ("sm_87", "sm_90")  # Jetson Orin, H100
 
@@ -88,13 +88,9 @@ def _gpu() -> dict[str, Any]:
 
 
 def _tensorrt() -> dict[str, Any]:
-    try:
-        import tensorrt
-    except ImportError:
-        return {"available": False, "version": None, "reason": TENSORRT_INSTALL_HINT}
-    except Exception as exc:  # the PyPI stub or a broken install raises other errors on import
-        return {"available": False, "version": None, "reason": f"tensorrt failed to import: {exc}"}
-    return {"available": True, "version": getattr(tensorrt, "__version__", "unknown"), "reason": None}
+    trt, reason = tensorrt_package()  # not installed, failing to load, or older than TensorRT 10
+    version = None if trt is None else str(getattr(trt, "__version__", "unknown"))
+    return {"available": reason is None, "version": version, "reason": reason}
 
 
 def _kernels(local_arch: str | None) -> dict[str, Any]:

@@ -25,11 +25,12 @@ preprocessing kernel writes their input tensors in place and the vote kernel rea
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import platform
 import threading
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
@@ -46,11 +47,44 @@ TENSORRT_INSTALL_HINT = ("TensorRT is not installed: on Jetson it ships with Jet
                          "python3-libnvinfer); on x86 install the tensorrt wheel from NVIDIA's package index")
 
 
-def tensorrt_unusable_reason() -> str | None:
-    """Why TensorRT cannot run on this machine at all (no package, no GPU), or None. Shared by the
-    build (compiling engines) and the runtime (running them)."""
+MIN_TENSORRT_MAJOR = 10
+"""Strongly typed networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED, TensorRT 9+) and the
+name-based I/O API (``execute_async_v3``) this project uses: TensorRT 10 or later (JetPack 6.1+)."""
+
+
+def tensorrt_package() -> tuple[Any, str | None]:
+    """The ``tensorrt`` module and None, or what of it there is (the module, or None where it cannot
+    be imported) and why it cannot serve: not installed; installed but failing to load (its
+    ``__init__`` loads libnvinfer, and a missing or mismatched library raises there); or older
+    than TensorRT 10 (JetPack 5 and 6.0 ship 8.x, whose builder lacks strongly typed networks)."""
     if importlib.util.find_spec("tensorrt") is None:
-        return TENSORRT_INSTALL_HINT
+        return None, TENSORRT_INSTALL_HINT
+    try:
+        trt = importlib.import_module("tensorrt")
+    except Exception as exc:  # noqa: BLE001 - ImportError, OSError or whatever a broken install raises
+        return None, (f"the tensorrt package is installed but cannot be loaded ({type(exc).__name__}: {exc}); "
+                      f"reinstall it for this CUDA version")
+    version = str(getattr(trt, "__version__", "unknown"))
+    major = _version(version)[:1]
+    if not major or major[0] < MIN_TENSORRT_MAJOR:
+        return trt, (f"TensorRT {version} is too old: dfd-export builds and runs strongly typed engines, which "
+                     f"need TensorRT {MIN_TENSORRT_MAJOR} or later (on Jetson, JetPack 6.1 or later)")
+    return trt, None
+
+
+@functools.cache
+def tensorrt_logger(trt: Any) -> Any:
+    """The one logger of this process for ``trt``: TensorRT keeps a single logger, and a Builder or
+    Runtime created with another one only draws a warning (NVIDIA/TensorRT#1475)."""
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def tensorrt_unusable_reason() -> str | None:
+    """Why TensorRT cannot run on this machine at all (no usable package, no GPU), or None. Shared
+    by the build (compiling engines) and the runtime (running them)."""
+    reason = tensorrt_package()[1]
+    if reason:
+        return reason
     from .cuda_kernels import gpu_info
 
     try:
@@ -76,6 +110,15 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".") if part.isdigit())
 
 
+def _same_version(built: str, local: str) -> bool:
+    """Whether two TensorRT version strings name one version. Engines need major, minor, patch and
+    build to match, but one version is spelled with or without its build ("10.3.0" and
+    "10.3.0.26", by different packagings): the parts both spell out must agree, at least three."""
+    built_v, local_v = _version(built), _version(local)
+    shared = min(len(built_v), len(local_v))
+    return built == local or (shared >= 3 and built_v[:shared] == local_v[:shared])
+
+
 def tensorrt_mismatch(recorded: dict[str, Any], local_version: str, local_compute_capability: str,
                       platform_name: str | None = None) -> str | None:
     """Why engines built as ``recorded`` (the manifest's ``tensorrt`` block) cannot be
@@ -91,7 +134,7 @@ def tensorrt_mismatch(recorded: dict[str, Any], local_version: str, local_comput
     if built_platform and built_platform != here:
         return (f"the engines were built on {built_platform} and this machine is {here}; TensorRT engines are not "
                 f"portable across platforms: rebuild the engine set here")
-    if built != local_version:
+    if not _same_version(built, local_version):
         if not options.get("version_compatible"):
             return (f"the engines were built with TensorRT {built} and this machine has TensorRT "
                     f"{local_version}; rebuild the engine set here (or build it with --version-compatible "
@@ -115,6 +158,15 @@ def tensorrt_mismatch(recorded: dict[str, Any], local_version: str, local_comput
 
 def _check(result: tuple, what: str) -> Any:
     return check_cuda(result, f"CUDA {what}", CudaUnavailableError)
+
+
+def _attempt(failures: list[BaseException], release: Callable[[], object]) -> None:
+    """Call ``release``; its failure is added to ``failures`` instead of raised, so that the
+    releases after it still run."""
+    try:
+        release()
+    except Exception as exc:  # noqa: BLE001 - kept, and raised once everything else is released
+        failures.append(exc)
 
 
 class _EngineSlot:
@@ -157,7 +209,12 @@ class _EngineSlot:
         for name in names:
             shape = list(engine.get_tensor_shape(name))
             shape[0] = self.max_batch
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            try:
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            except TypeError as exc:  # bf16, fp8, int4: no NumPy type (tensorrt.nptype raises)
+                raise EngineSetError(f"the {self.name} engine's tensor {name} is of type "
+                                     f"{engine.get_tensor_dtype(name)}, which has no NumPy type: a stream engine "
+                                     f"takes and gives float32 or float16 ({exc})") from exc
             nbytes = int(np.prod(shape)) * dtype.itemsize
             device = int(_check(cudart.cudaMalloc(nbytes), "cudaMalloc"))
             try:
@@ -187,20 +244,26 @@ class _EngineSlot:
             raise DfdError(f"TensorRT execute_async_v3 failed for the {self.name} engine (see TensorRT's log above)")
 
     def close(self) -> None:
-        """Free the buffers and the stream; the execution context goes with them."""
+        """Free the buffers and the stream; the execution context goes with them. Every release is
+        tried even after one fails (a failed synchronize, e.g. after a kernel fault, still frees
+        the memory); the first failure is raised at the end."""
         cudart = self._cudart
         with self.lock:
             if self.context is None:
                 return
+            failures: list[BaseException] = []
             if self.stream:
-                _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+                _attempt(failures, lambda: _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize"))
             self.context = None
             for device, host in self.buffers.values():
-                _check(cudart.cudaFree(device), "cudaFree")
-                _check(cudart.cudaFreeHost(host.ctypes.data), "cudaFreeHost")
+                _attempt(failures, lambda: _check(cudart.cudaFree(device), "cudaFree"))
+                _attempt(failures, lambda: _check(cudart.cudaFreeHost(host.ctypes.data), "cudaFreeHost"))
             self.buffers = {}
             if self.stream:
-                _check(cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
+                _attempt(failures, lambda: _check(cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy"))
+                self.stream = 0
+            if failures:
+                raise failures[0]
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         cudart = self._cudart
@@ -234,9 +297,9 @@ class TensorRTBackend:
 
         self._cudart = cudart
         self.manifest = manifest
+        self._runtime = None  # a clone uses the engines of the backend it was cloned from
         if _engines is None:
-            logger = self._trt.Logger(self._trt.Logger.WARNING)
-            self._runtime = self._trt.Runtime(logger)
+            self._runtime = self._trt.Runtime(tensorrt_logger(self._trt))
             if manifest.raw.get("tensorrt", {}).get("options", {}).get("version_compatible"):
                 self._runtime.engine_host_code_allowed = True
             _engines = {}
@@ -271,13 +334,19 @@ class TensorRTBackend:
     def close(self) -> None:
         """Release what this backend made on the GPU: the fused paths' streams, events and kernel
         module (after their pipelines are closed), then every engine slot's buffers and stream.
-        Without it a service that opens and closes engine sets would leak them all."""
+        Without it a service that opens and closes engine sets would leak them all. The engines
+        are let go too (their weights stay on the GPU while anything holds them: a clone keeps its
+        own reference). Every release is tried; the first failure is raised at the end."""
+        failures: list[BaseException] = []
         for device, kernels in self._fused:
-            device.close()
-            kernels.close()
+            _attempt(failures, device.close)
+            _attempt(failures, kernels.close)
         self._fused = []
         for slot in self._slots.values():
-            slot.close()
+            _attempt(failures, slot.close)
+        self._engines, self._runtime = {}, None
+        if failures:
+            raise failures[0]
 
     def run(self, stream: str, pixels: np.ndarray) -> np.ndarray:
         """One stream's logits [N, 2] for normalised pixels [N, 3, S, S] (float32 on the host)."""

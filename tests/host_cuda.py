@@ -535,10 +535,15 @@ def host_tensorrt(gpu: HostCuda, version: str = "10.3.0") -> types.ModuleType:
         FLOAT, HALF = "float", "half"
 
     trt.Logger, trt.TensorIOMode, trt.DataType = Logger, TensorIOMode, DataType
-    trt.nptype = lambda dtype: {DataType.FLOAT: np.float32, DataType.HALF: np.float16}[dtype]
+    def nptype(dtype: str) -> type:  # as tensorrt.nptype: TypeError for a type NumPy lacks (bf16, fp8, int4)
+        if dtype not in (DataType.FLOAT, DataType.HALF):
+            raise TypeError(f"Could not resolve TensorRT datatype to an equivalent numpy datatype. {dtype}")
+        return {DataType.FLOAT: np.float32, DataType.HALF: np.float16}[dtype]
+
+    trt.nptype = nptype
 
     # building: the serialized "engine" is the parsed ONNX graph behind a header with its profile
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)  # TensorRT 10's number
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
     trt.BuilderFlag = types.SimpleNamespace(VERSION_COMPATIBLE="version_compatible", TF32="tf32")
     trt.HardwareCompatibilityLevel = types.SimpleNamespace(AMPERE_PLUS="ampere_plus")
@@ -583,14 +588,15 @@ def host_tensorrt(gpu: HostCuda, version: str = "10.3.0") -> types.ModuleType:
         def clear_flag(self, flag) -> None:  # TF32: the emulated engines compute in float32 anyway
             pass
 
-        def add_optimization_profile(self, profile: Profile) -> None:
+        def add_optimization_profile(self, profile: Profile) -> int:
             self.profiles.append(profile)
+            return len(self.profiles) - 1  # its index (TensorRT: -1 for an invalid profile)
 
         def create_timing_cache(self, data: bytes) -> TimingCache:
             return TimingCache()
 
-        def set_timing_cache(self, cache, ignore_mismatch: bool) -> None:
-            pass
+        def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+            return True
 
         def get_timing_cache(self) -> TimingCache:
             return TimingCache()
@@ -600,7 +606,7 @@ def host_tensorrt(gpu: HostCuda, version: str = "10.3.0") -> types.ModuleType:
             pass
 
         def create_network(self, flags: int) -> Network:
-            assert flags == 1 << 5, "networks are built strongly typed"
+            assert flags == 1 << 1, "networks are built strongly typed"
             return Network()
 
         create_builder_config = staticmethod(Config)

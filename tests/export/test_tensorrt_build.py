@@ -43,7 +43,7 @@ def _fake_tensorrt() -> types.ModuleType:
             pass
 
     class Flag:  # enum-like attributes
-        STRONGLY_TYPED = 5
+        STRONGLY_TYPED = 1  # TensorRT 10's number (11's is 0)
 
     class Pool:
         WORKSPACE = "workspace"
@@ -73,13 +73,14 @@ def _fake_tensorrt() -> types.ModuleType:
 
         def add_optimization_profile(self, profile):
             calls.append(("profile", profile.shapes))
+            return 0
 
         def create_timing_cache(self, data):
             calls.append(("timing_cache_in", data))
             return Cache()
 
         def set_timing_cache(self, cache, ignore_mismatch):
-            pass
+            return True
 
         def get_timing_cache(self):
             return Cache()
@@ -136,7 +137,7 @@ def test_build_plumbs_options_into_the_documented_api(reference_ensemble, tmp_pa
         "--workspace-gib", "1.5", "--version-compatible", "--no-face-detector"])
     assert result.exit_code == 0, result.output
     calls = _Recorder.calls
-    assert ("network_flags", 1 << 5) in calls  # strongly typed, nothing else
+    assert ("network_flags", 1 << 1) in calls  # strongly typed, nothing else
     assert ("parse", "global.fp32.onnx") in calls and ("parse", "fusion.fp32.onnx") in calls
     assert ("pool", "workspace", int(1.5 * (1 << 30))) in calls
     assert ("flag", "version_compatible") in calls
@@ -178,3 +179,95 @@ def test_bad_batch_profile_is_refused_before_any_work_on_every_backend(backend, 
     with pytest.raises(tensorrt_build.TensorRTBuildError, match="min <= opt <= max"):
         build_engine_set(request)
     assert not (tmp_path / "x").exists()
+
+
+def _fake_installed(monkeypatch, trt: types.ModuleType, compute_capability=(8, 7)) -> None:
+    """``trt`` as the installed tensorrt package (found by find_spec) on a GPU of this capability."""
+    import importlib.machinery
+
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr("dfd.runtime.cuda_kernels.gpu_info", lambda device=0: GpuInfo("Fake GPU", compute_capability))
+
+
+def test_tensorrt_8_is_refused_by_version_and_auto_builds_for_onnxruntime(reference_ensemble, tmp_path, monkeypatch):
+    """TensorRT 8.x (JetPack 5 and 6.0) has no strongly typed networks: the build chose it and
+    crashed with an AttributeError, under ``--backend auto`` too."""
+    old = types.ModuleType("tensorrt")
+    old.__version__ = "8.6.1"
+    _fake_installed(monkeypatch, old)
+    arguments = ["build", "--models-dir", str(reference_ensemble.models_dir), "--streams", "global",
+                 "--no-face-detector"]
+    refused = CliRunner().invoke(main, [*arguments, "--backend", "tensorrt", "--out", str(tmp_path / "t")])
+    assert refused.exit_code == 1 and refused.output.startswith(
+        "error: cannot build TensorRT engines here: TensorRT 8.6.1 is too old: dfd-export builds and runs strongly "
+        "typed engines, which need TensorRT 10 or later")
+    built = CliRunner().invoke(main, [*arguments, "--backend", "auto", "--out", str(tmp_path / "a")])
+    assert built.exit_code == 0, built.output
+    assert "WARNING: --backend auto: building for onnxruntime (TensorRT 8.6.1 is too old" in built.output
+    assert load_manifest(tmp_path / "a").streams["global"].backend == "onnxruntime"
+
+
+def test_hardware_compatibility_is_refused_before_any_work_on_a_gpu_older_than_ampere(reference_ensemble, tmp_path,
+                                                                                    monkeypatch):
+    """TensorRT builds Ampere-and-later engines only on such a GPU, and said so at the first
+    engine, after the calibration set and an export."""
+    _fake_installed(monkeypatch, _fake_tensorrt(), compute_capability=(7, 5))
+    result = CliRunner().invoke(main, ["build", "--backend", "tensorrt", "--hardware-compatibility", "--models-dir",
+                                       str(reference_ensemble.models_dir), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 1 and not (tmp_path / "e").exists()
+    assert ("error: --hardware-compatibility builds engines for Ampere and newer GPUs, which TensorRT does only on "
+            "such a GPU; this one is of compute capability 7.5") in result.output
+    monkeypatch.setattr("dfd.runtime.cuda_kernels.gpu_info", lambda device=0: GpuInfo("Fake GPU", (8, 0)))
+    tensorrt_build.check_hardware_compatibility(tensorrt_build.TensorRTOptions(hardware_compatibility=True))
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({"STRONGLY_TYPED": 1}, 1 << 1),  # TensorRT 10
+    ({"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1}, 1 << 0),  # TensorRT 11: renumbered, deprecated
+    ({"PREFER_JIT_PYTHON_PLUGINS": 1}, 0),  # a later one without the name: every network is strongly typed
+])
+def test_the_strongly_typed_flag_is_read_by_name(flags, expected):
+    trt = types.SimpleNamespace(NetworkDefinitionCreationFlag=types.SimpleNamespace(**flags))
+    assert tensorrt_build._strongly_typed_flags(trt) == expected
+
+
+@pytest.mark.parametrize("failure, message", [
+    ("parsed with an error", "TensorRT cannot parse global.fp32.onnx: In node 3 (Foo): unsupported operator"),
+    ("failed silently", "TensorRT cannot parse global.fp32.onnx: no error recorded; see TensorRT log above"),
+    ("profile refused", "TensorRT refused the batch profile 1/4/16 for global.fp32.onnx"),
+    ("timing cache refused", "TensorRT refused the timing cache"),
+])
+def test_every_failure_tensorrt_reports_stops_the_build_with_its_words(failure, message, tmp_path, monkeypatch):
+    """A parse that returned True with errors recorded built a wrong engine; one that failed
+    without errors said nothing after its colon; a refused profile (index -1) or timing cache
+    (False) were ignored."""
+    trt = _fake_tensorrt()
+    parser, config = trt.OnnxParser, trt.Builder.create_builder_config(None).__class__
+    if failure == "parsed with an error":
+        monkeypatch.setattr(parser, "num_errors", 1)
+        monkeypatch.setattr(parser, "get_error", lambda self, i: "In node 3 (Foo): unsupported operator",
+                            raising=False)
+    elif failure == "failed silently":
+        monkeypatch.setattr(parser, "parse_from_file", lambda self, path: False)
+    elif failure == "profile refused":
+        monkeypatch.setattr(config, "add_optimization_profile", lambda self, profile: -1)
+    else:
+        monkeypatch.setattr(config, "set_timing_cache", lambda self, cache, ignore_mismatch: False)
+    _fake_installed(monkeypatch, trt)
+    with pytest.raises(tensorrt_build.TensorRTBuildError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tensorrt_build.build_engine(tmp_path / "global.fp32.onnx", tmp_path / "global.engine", 252,
+                                    tensorrt_build.TensorRTOptions(), tmp_path / "timing.cache")
+    assert not (tmp_path / "global.engine").exists()
+
+
+def test_one_logger_serves_every_builder(tmp_path, monkeypatch):
+    """TensorRT keeps one logger per process and warns when a Builder brings another."""
+    trt = _fake_tensorrt()
+    made = []
+    monkeypatch.setattr(trt.Logger, "__init__", lambda self, level: made.append(level))
+    _fake_installed(monkeypatch, trt)
+    for name in ("global", "fusion"):
+        tensorrt_build.build_engine(tmp_path / f"{name}.onnx", tmp_path / f"{name}.engine", 252,
+                                    tensorrt_build.TensorRTOptions(), tmp_path / "timing.cache")
+    assert made == [trt.Logger.WARNING]

@@ -303,3 +303,43 @@ def test_kernels_that_cannot_compile_hold_no_context_reference(kernel_host, kern
     with pytest.raises(cuda_kernels.KernelBuildError):
         cuda_kernels.CudaKernels(0)
     assert gpu.leaks() == {}
+
+
+def test_closing_releases_everything_even_after_a_failed_synchronize(tensorrt_set, kernel_host, kernel_cache,
+                                                                    monkeypatch):
+    """After a kernel fault every synchronize fails: close raised at the first slot's synchronize and
+    left every buffer and stream allocated, and the closed backend kept its engines (their weights
+    on the GPU) while anything held it."""
+    from dfd.runtime.cuda_kernels import CudaUnavailableError
+
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    backend = select_backend("tensorrt", load_manifest(tensorrt_set)).backend
+    illegal_address = gpu.real_runtime.cudaError_t.cudaErrorIllegalAddress
+    monkeypatch.setattr(gpu.runtime, "cudaStreamSynchronize", lambda stream: (illegal_address,))
+    with pytest.raises(CudaUnavailableError, match="cudaStreamSynchronize"):
+        backend.close()
+    assert gpu.leaks() == {} and backend._engines == {}
+
+
+def test_an_engine_tensor_without_a_numpy_type_is_refused_by_name(tensorrt_set, kernel_host, kernel_cache,
+                                                                 monkeypatch):
+    """tensorrt.nptype raises TypeError for bf16, fp8 and int4: that escaped as a bare TypeError,
+    so ``--backend auto`` did not fall back to the set's ONNX graphs."""
+    from dfd.runtime.manifest import EngineSetError
+
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    trt = sys.modules["tensorrt"]
+    deserialize = trt.Runtime.deserialize_cuda_engine
+
+    def bf16_logits(self, data):
+        engine = deserialize(self, data)
+        engine.get_tensor_dtype = lambda name: "BF16" if name == "logits" else trt.DataType.FLOAT
+        return engine
+
+    monkeypatch.setattr(trt.Runtime, "deserialize_cuda_engine", bf16_logits)
+    manifest = load_manifest(tensorrt_set)
+    with pytest.raises(EngineSetError, match="the global engine's tensor logits is of type BF16, which has no "
+                                             "NumPy type"):
+        select_backend("tensorrt", manifest)
+    assert gpu.leaks() == {}
+    assert select_backend("auto", manifest).backend.name == "onnxruntime"

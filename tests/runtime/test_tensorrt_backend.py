@@ -6,11 +6,15 @@ without it (see runtime/tensorrt_backend.py), and do not count as verification o
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import pytest
 
+from dfd.runtime import doctor
 from dfd.runtime.backends import BackendError, select_backend, tensorrt_unavailable_reason
 from dfd.runtime.manifest import load_manifest
-from dfd.runtime.tensorrt_backend import tensorrt_mismatch
+from dfd.runtime.tensorrt_backend import tensorrt_mismatch, tensorrt_package, tensorrt_unusable_reason
 
 BUILT = {"version": "10.3.0", "gpu": "Orin", "compute_capability": "8.7",
          "options": {"version_compatible": False, "hardware_compatibility": False}}
@@ -30,6 +34,15 @@ def test_a_patch_release_is_another_version():
     built = {**BUILT, "version": "10.3.1.9"}
     assert "TensorRT 10.3.1.9" in tensorrt_mismatch(built, "10.3.0.26", "8.7")
     assert tensorrt_mismatch(BUILT, "10.3.1", "8.7") is not None
+    assert "TensorRT 10.3.0.26" in tensorrt_mismatch({**BUILT, "version": "10.3.0.26"}, "10.3.0.30", "8.7")
+
+
+def test_one_version_spelled_with_and_without_its_build_number_is_one_version():
+    """Packagings spell one TensorRT version "10.3.0" or "10.3.0.26": a set refused as built by
+    another version would send its user to rebuild for nothing."""
+    assert tensorrt_mismatch({**BUILT, "version": "10.3.0.26"}, "10.3.0", "8.7") is None
+    assert tensorrt_mismatch(BUILT, "10.3.0.26", "8.7") is None
+    assert tensorrt_mismatch({**BUILT, "version": "10.3"}, "10.3.0", "8.7") is not None  # too little to tell
 
 
 def test_version_compatible_engines_load_on_later_versions_nvidia_supports():
@@ -66,3 +79,48 @@ def test_onnxruntime_set_falls_back_under_auto_and_refuses_explicit_tensorrt(tin
     assert choice.backend.name == "onnxruntime" and "TensorRT not used" in choice.reason
     with pytest.raises(BackendError, match="cannot use the tensorrt backend"):
         select_backend("tensorrt", manifest)
+
+
+@pytest.fixture
+def installed_tensorrt(tmp_path, monkeypatch):
+    """Installs a ``tensorrt`` package whose ``__init__.py`` is the given source where the import
+    system finds it (as a wheel's is), and forgets the module afterwards."""
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+
+    def install(source: str) -> None:
+        package = tmp_path / "site" / "tensorrt"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+        importlib.invalidate_caches()
+
+    yield install
+    sys.modules.pop("tensorrt", None)
+
+
+def test_a_tensorrt_package_that_cannot_load_is_a_reason_not_a_crash(installed_tensorrt):
+    """The wheel's __init__ loads libnvinfer: a missing or mismatched library raised out of
+    ``--backend auto`` (found by ``find_spec``, never imported) instead of falling back."""
+    installed_tensorrt('raise OSError("libnvinfer.so.10: cannot open shared object file: No such file")')
+    reason = ("the tensorrt package is installed but cannot be loaded (OSError: libnvinfer.so.10: cannot open "
+              "shared object file: No such file); reinstall it for this CUDA version")
+    assert tensorrt_package() == (None, reason) and tensorrt_unusable_reason() == reason
+    assert doctor._tensorrt() == {"available": False, "version": None, "reason": reason}
+
+
+def test_tensorrt_older_than_10_is_refused_by_version(installed_tensorrt):
+    """JetPack 6.0 ships TensorRT 8.6, whose builder has no strongly typed networks: the build
+    crashed with an AttributeError where it now says what to install."""
+    installed_tensorrt('__version__ = "8.6.2"')
+    module, reason = tensorrt_package()
+    assert module is sys.modules["tensorrt"]
+    assert reason == ("TensorRT 8.6.2 is too old: dfd-export builds and runs strongly typed engines, which need "
+                      "TensorRT 10 or later (on Jetson, JetPack 6.1 or later)")
+    assert tensorrt_unusable_reason() == reason
+    assert doctor._tensorrt() == {"available": False, "version": "8.6.2", "reason": reason}
+
+
+def test_tensorrt_10_is_usable_as_a_package(installed_tensorrt):
+    installed_tensorrt('__version__ = "10.3.0.30"')
+    assert tensorrt_package() == (sys.modules["tensorrt"], None)
+    assert doctor._tensorrt() == {"available": True, "version": "10.3.0.30", "reason": None}
