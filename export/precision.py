@@ -666,14 +666,15 @@ def make_int8_graph(fp32_path: Path, out_path: Path, calibration: np.ndarray, *,
     return _save(model, out_path)
 
 
-def quantized_layers(graph_path: Path) -> dict[str, str]:
-    """Module path -> op type of every MatMul/Gemm in an INT8 graph whose weight is dequantized
-    from int8 (for censuses and reports)."""
+def quantized_layers(graph_path: Path) -> list[tuple[str, str]]:
+    """(module path, op type) of every MatMul/Gemm in an INT8 graph whose weight is dequantized
+    from int8, in graph order (for censuses and reports). A list, not a mapping by path: one
+    module can hold two layers (open_clip's attention: its in_proj MatMul and out_proj Gemm)."""
     model = onnx.load(str(graph_path), load_external_data=False)
     dequantized = {n.output[0] for n in model.graph.node
                    if n.op_type == "DequantizeLinear" and n.input[0].endswith("__int8")}
-    return {module_path(n) or n.name: n.op_type for n in model.graph.node
-            if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in dequantized}
+    return [(module_path(n) or n.name, n.op_type) for n in model.graph.node
+            if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in dequantized]
 
 
 __all__ = [
