@@ -72,22 +72,18 @@ def export_stream_onnx(module: nn.Module, path: Path, input_size: int, opset: in
     batch dimension cannot be specialised to 1.
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"opset must be within {MIN_OPSET}..{MAX_OPSET}, got {opset}: below {MIN_OPSET} there is no "
-                          f"native LayerNormalization; above {MAX_OPSET} attention is one fused node whose softmax "
-                          f"the fp16 and INT8 passes cannot keep in fp32")
+        raise ExportError(f"opset must be within {MIN_OPSET}..{MAX_OPSET}, got {opset}: below {MIN_OPSET} torch's "
+                          f"exporter writes graphs the ONNX checker refuses; above {MAX_OPSET} attention is one fused "
+                          f"node whose softmax the fp16 and INT8 passes cannot keep in fp32")
     path = Path(path)
     external = onnx_files.needs_external_data(parameter_bytes(module))
     example = torch.zeros(2, 3, input_size, input_size, dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1, max=4096)
     export_graph(module.eval(), example, path, INPUT_NAME, (OUTPUT_NAME,), {0: batch}, opset, external=external)
     order_gelu_for_onnxruntime(path)
-    if external:
-        # the exporter names the data file after the graph; keep exactly one, next to it
-        written = [path] + sorted(p for p in path.parent.glob(path.name + "*") if p != path)
-    else:
-        written = [path]
     check_stream_onnx(path, input_size)
-    return written
+    # the exporter names the data file after the graph, next to it (onnx_files.data_file_of)
+    return [path, onnx_files.data_file_of(path)] if external else [path]
 
 
 def order_gelu_for_onnxruntime(path: Path) -> int:
@@ -121,8 +117,14 @@ def op_census(model: onnx.ModelProto) -> Counter:
 
 
 def check_stream_onnx(path: Path, input_size: int) -> None:
-    """Validate a stream graph against the contract; raise ``ExportError`` naming the breach."""
-    onnx.checker.check_model(str(path))  # by path: works past 2 GB with external data
+    """Validate a stream graph against the contract (ARCHITECTURE.md: ``pixels`` float32
+    [N,3,H,W] in, ``logits`` float32 [N,2] out, symbolic N, opset >= MIN_OPSET, native
+    LayerNormalization, no Resize); raise ``ExportError`` naming the breach."""
+    try:
+        onnx.checker.check_model(str(path))  # by path: works past 2 GB with external data
+    except onnx.checker.ValidationError as exc:
+        first_line = (str(exc).strip().splitlines() or ["invalid"])[0]
+        raise ExportError(f"{path}: the exported graph is not valid ONNX ({first_line})") from exc
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     if [i.name for i in graph.input] != [INPUT_NAME] or [o.name for o in graph.output] != [OUTPUT_NAME]:
@@ -130,11 +132,17 @@ def check_stream_onnx(path: Path, input_size: int) -> None:
     dims = graph.input[0].type.tensor_type.shape.dim
     if len(dims) != 4 or not dims[0].dim_param or [d.dim_value for d in dims[1:]] != [3, input_size, input_size]:
         raise ExportError(f"{path}: input must be [N,3,{input_size},{input_size}] with a symbolic N")
-    if graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise ExportError(f"{path}: input must be float32")
+    out_dims = graph.output[0].type.tensor_type.shape.dim
+    if len(out_dims) != 2 or not out_dims[0].dim_param or out_dims[1].dim_value != 2:
+        raise ExportError(f"{path}: output must be [N,2] with a symbolic N")
+    for value, name in ((graph.input[0], "input"), (graph.output[0], "output")):
+        if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise ExportError(f"{path}: {name} must be float32")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 17:
-        raise ExportError(f"{path}: opset {opset} < 17")
+    if opset < MIN_OPSET:
+        raise ExportError(f"{path}: opset {opset} < {MIN_OPSET}")
     census = op_census(model)
     if census["Resize"]:
         raise ExportError(f"{path}: {census['Resize']} Resize node(s); the position grid must be baked in")
+    if not census["LayerNormalization"]:
+        raise ExportError(f"{path}: no native LayerNormalization node; the fp16 pass keeps those in fp32 by type")

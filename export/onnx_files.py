@@ -15,7 +15,10 @@ OUTPUT_NAME = "logits"
 """The stream graph contract (ARCHITECTURE.md): input ``pixels`` [N,3,H,W], output ``logits`` [N,2]."""
 
 DEFAULT_OPSET = 18
-MIN_OPSET = 17  # native LayerNormalization
+MIN_OPSET = 18
+"""Native LayerNormalization needs 17, but torch's exporter writes opset 18 and its conversion down
+to 17 keeps opset 18's ``Split(num_outputs)``, which opset 17 does not have (the checker refuses
+the graph); TensorRT 10, the oldest this project builds for, parses opset 18."""
 MAX_OPSET = 22
 """From opset 23 torch's exporter fuses each attention into one ``Attention`` node with its softmax
 inside, which the precision passes would run wholly in fp16 (they keep ``Softmax`` in fp32);

@@ -647,9 +647,9 @@ def test_opsets_whose_attention_the_precision_passes_cannot_split_are_refused(re
 
     for opset in ("23", "26"):
         result = _build(CliRunner(), reference_ensemble, tmp_path / "e", "--opset", opset)
-        assert result.exit_code == 1 and "is not in the range 17<=x<=22" in result.output, result.output
+        assert result.exit_code == 1 and "is not in the range 18<=x<=22" in result.output, result.output
     assert not (tmp_path / "e").exists()
-    with pytest.raises(ExportError, match="opset must be within 17..22, got 23"):
+    with pytest.raises(ExportError, match="opset must be within 18..22, got 23"):
         export_stream_onnx(torch.nn.Linear(2, 2), tmp_path / "x.onnx", 4, opset=23)
 
 
