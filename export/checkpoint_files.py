@@ -63,8 +63,17 @@ def read_state_dict(path: Path, *, shapes_only: bool = False) -> dict[str, torch
         raise CheckpointError(f"cannot read checkpoint {path} (corrupt or truncated?): {first_line}") from exc
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a state dict of tensors")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} is not a state dict of tensors: it holds a {type(state).__name__}")
+    others = [(key, value) for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if others:
+        key, value = others[0]
+        nested = [k for k, v in others if isinstance(v, Mapping) and v and all(isinstance(t, torch.Tensor)
+                                                                               for t in v.values())]
+        hint = (f"; its tensors look nested under {nested[0]!r} (a training checkpoint?): save that mapping alone, "
+                f"torch.save(checkpoint[{nested[0]!r}], path)" if nested else "")
+        raise CheckpointError(f"{path} is not a state dict of tensors: {len(others)} of its {len(state)} entries are "
+                              f"not tensors, e.g. {key!r} ({type(value).__name__}){hint}")
     odd = [key for key in state if not isinstance(key, str)]
     if odd:
         raise CheckpointError(f"{path} is not a reference state dict: {len(odd)} key(s) are not parameter names, "

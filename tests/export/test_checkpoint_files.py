@@ -93,6 +93,21 @@ def test_files_that_are_not_state_dicts_say_what_they_are(tmp_path):
             read_state_dict(tmp_path / name)
 
 
+def test_entries_that_are_not_tensors_are_named(tmp_path):
+    """"is not a state dict of tensors" named neither the entry nor what it held, and a training
+    checkpoint (weights under "model", beside the epoch) got no hint where its tensors are."""
+    torch.save({**STATE, "epoch": 3}, tmp_path / "epoch.pth")
+    torch.save({"model": STATE, "epoch": 3, "optimizer": {}}, tmp_path / "training.pth")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    for name, what in [("epoch.pth", r"1 of its 5 entries are not tensors, e.g. 'epoch' \(int\)$"),
+                       ("training.pth", r"3 of its 3 entries are not tensors, e.g. 'model' \(dict\); its tensors look "
+                                        r"nested under 'model' \(a training checkpoint\?\): save that mapping alone, "
+                                        r"torch.save\(checkpoint\['model'\], path\)"),
+                       ("list.pth", "is not a state dict of tensors: it holds a list")]:
+        with pytest.raises(CheckpointError, match=what):
+            read_state_dict(tmp_path / name)
+
+
 def test_a_safetensors_dtype_no_weight_has_is_named(tmp_path):
     """A dtype the format knows and no checkpoint weight has (an 8-bit exponent-only scale)."""
     header = json.dumps({"backbone.a": {"dtype": "F8_E8M0", "shape": [8], "data_offsets": [0, 8]}}).encode()
