@@ -99,7 +99,7 @@ class CalibrationItem:
         """The item a cache file records, as ``[name, degraded, ops, notes]``; ValueError when it
         does not hold one (a hand-edited file whose arrays still match their digest)."""
         try:
-            name, degraded, ops, notes = stored  # type: ignore[misc]
+            name, degraded, ops, notes = stored
             item = cls(name, degraded, tuple((op, strength) for op, strength in ops), tuple(notes))
         except (TypeError, ValueError) as error:
             raise ValueError(f"malformed slot record {stored!r}") from error

@@ -300,14 +300,14 @@ def _calibration_set(request: BuildRequest, warn: Callable[[str], None]):
         errors = list(calibration.unreadable.values())
         warn(f"{len(errors)} calibration image(s) could not be read; their slots hold other images of the "
              f"set (listed in the manifest): {first_few(errors, 3, separator='; ')}")
-    # distinct photographs read, not files found: a folder of one good file and seven corrupt ones
-    # filled every slot from that one file without this warning
     noted = calibration.noted_slots
     if noted:  # as detect's rows carry them, so a small calibration photograph is not taken for a large one
         first = calibration.items[noted[0]]
         warn(f"{len(noted)} of the {request.calib_count} calibration slot(s) hold an image preprocessed by a "
              f"documented rule, as detect would score it; the first, {first.name}: {first.notes[0]} (the "
              f"manifest's calibration slots list each)")
+    # distinct photographs read, not files found: a folder of one good file and seven corrupt ones
+    # filled every slot from that one file without this warning
     photographs = len(calibration.source_pixels)
     if photographs < min(FEW_CALIBRATION_IMAGES, request.calib_count):
         warn(f"the calibration set draws its {request.calib_count} slots from only {photographs} distinct "
