@@ -470,11 +470,20 @@ def _drop_first(sets: list[Path]) -> bool:
 
 
 def _cached_sets(cache_dir: Path) -> list[Path]:
-    """The cached sets, most recently used first (none where the folder cannot be listed)."""
+    """The cached sets, most recently used first (none where the folder cannot be listed). An
+    entry whose date cannot be read (a dangling link, a set another build just removed) is left
+    out alone: it once emptied the whole list, which turned pruning and eviction off for good."""
     try:
-        return sorted(cache_dir.glob("calibset-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+        found = list(cache_dir.glob("calibset-*.npz"))
     except OSError:
         return []
+    dated = []
+    for path in found:
+        try:
+            dated.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    return [path for _, path in sorted(dated, key=lambda entry: entry[0], reverse=True)]
 
 
 def _prune(cache_dir: Path, keep: Path) -> None:

@@ -514,12 +514,27 @@ def test_only_the_most_recently_used_sets_are_kept(images, tmp_path):
     assert not killed.exists() and running.exists()
 
 
+def test_an_entry_whose_date_cannot_be_read_leaves_the_other_sets_pruned(images, tmp_path):
+    """One dangling ``calibset-*.npz`` link (or a set another build removed between listing and
+    dating) emptied the list of cached sets: nothing was pruned or evicted again."""
+    (tmp_path / "calibset-dangling.npz").symlink_to(tmp_path / "nowhere")
+    arguments = dict(count=2, degrade_share=0.0, cache_dir=tmp_path, stream_sizes={"fusion": 16})
+    for seed in range(calibset.KEPT_CACHED_SETS + 3):
+        build_calibration_set(images, seed=seed, **arguments)
+    kept = [p for p in tmp_path.glob("calibset-*.npz") if p.exists()]
+    assert len(kept) == calibset.KEPT_CACHED_SETS
+    assert calibset._drop_first([tmp_path / "calibset-removed-meanwhile.npz"])  # already gone: room made
+
+
 def test_the_cache_key_follows_the_opencv_and_numpy_versions_and_the_folder(images, tmp_path, monkeypatch):
     """Both decide the tensors (decoding, resizing, JPEG, the degradations' draws); and a moved
     folder is another set, whose report names the files where they are now."""
     arguments = dict(count=2, degrade_share=0.0, seed=0, stream_sizes={"fusion": 16})
     key = build_calibration_set(images, **arguments).cache_key
     monkeypatch.setattr(calibset.cv2, "__version__", "9.9.9")
+    assert build_calibration_set(images, **arguments).cache_key != key
+    monkeypatch.undo()
+    monkeypatch.setattr(calibset.np, "__version__", "9.9.9")
     assert build_calibration_set(images, **arguments).cache_key != key
     monkeypatch.undo()
     for folder in ("v1", "v2"):

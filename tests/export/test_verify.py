@@ -25,7 +25,7 @@ from dfd.calibration.calibset import SOURCE_PIXELS_KEY
 from dfd.export import cli_types, verify
 from dfd.export.cli import main
 from dfd.export.recorded_build import read_recorded_build
-from dfd.export.verify import (agreement_bound, clopper_pearson_lower_bound, judge, vote_steps,
+from dfd.export.verify import (beside_limit, agreement_bound, clopper_pearson_lower_bound, judge, vote_steps,
                                wilson_lower_bound)
 from dfd.runtime.detector import Detector
 from dfd.runtime.manifest import load_manifest, sha256_file
@@ -532,3 +532,11 @@ def test_a_random_weights_reference_warns_of_another_torch_only_when_it_is_anoth
     monkeypatch.setattr(importlib.metadata, "version", no_metadata)
     [warning] = verify._reference_warnings(build, report)
     assert f"under torch {torch.__version__.split('+')[0]} where" in warning
+
+
+def test_a_limit_typed_past_12_digits_reads_on_its_side_of_the_measurement():
+    """The shown-whole limit is compared on the side the measurement broke it: above it too
+    ("1.11111111112000005e-01 > 0.111111111112" read as a contradiction), and the measurement gets
+    the digits that set it apart from the true limit, not only from the one shown."""
+    assert beside_limit(0.111111111112, 0.1111111111116) == ("1.11111111112e-01", "0.1111111111116")
+    assert beside_limit(0.11111111111141, 0.1111111111114) == ("1.1111111111141e-01", "0.111111111111")

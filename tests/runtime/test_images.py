@@ -954,8 +954,12 @@ def test_decode_image_file_hashes_the_bytes_it_decoded(tmp_path, photo):
     np.testing.assert_array_equal(decoded.rgb, expected.rgb)
     assert decoded.notes == expected.notes and decoded.notes  # reduced: the note comes along
     assert sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    with pytest.raises(ValueError, match="max_pixels must be a positive integer, got 0"):
-        decode_image_file(path, max_pixels=0)
+    for limit in (0, True):
+        with pytest.raises(ValueError, match=f"max_pixels must be a positive integer, got {limit}"):
+            decode_image_file(path, max_pixels=limit)
+        for source in (path, path.read_bytes(), photo):  # every kind decode_image takes
+            with pytest.raises(ValueError, match=f"max_pixels must be a positive integer, got {limit}"):
+                decode_image(source, max_pixels=limit)
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(ImageError, match=r"empty.png' is empty \(0 bytes\)"):
         decode_image_file(tmp_path / "empty.png")

@@ -500,3 +500,14 @@ def test_file_hashes_are_sha256_of_the_whole_file_across_read_chunks(tmp_path):
     assert sha256_file(tmp_path / "large") == hashlib.sha256(data).hexdigest()
     (tmp_path / "empty").write_bytes(b"")
     assert sha256_file(tmp_path / "empty") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_the_digest_leaves_the_manifest_it_hashes_untouched():
+    """Leaving the build's duration out of the digest must not take it out of the manifest: a
+    digest that popped it changed every manifest a build writes, and no other test noticed."""
+    data = {"created_utc": "2026-11-24T00:00:00+00:00", "build": {"seconds": 1.5, "opset": 18}, "vote": {}}
+    before = copy.deepcopy(data)
+    digest = manifest_digest(data)
+    assert data == before
+    assert digest == manifest_digest({**data, "created_utc": "later", "build": {"seconds": 9.0, "opset": 18}})
+    assert digest != manifest_digest({**data, "build": {"seconds": 1.5, "opset": 19}})
