@@ -384,7 +384,7 @@ def _compute(sampled: Sequence[int], readable: _ReadableImages, degraded_slots: 
             if slot in degraded_slots:
                 rgb, applied = degrade(rgb, np.random.default_rng([seed, _SLOT_STREAM, slot]), spec)
                 ops = tuple((op.name, round(op.strength, 6)) for op in applied)
-            notes: dict[str, None] = {}  # each note once, in stream order
+            notes: list[str] = []  # in stream order, each named by its stream
             for stream, size in stream_sizes.items():
                 pixels = _face_input(image, rgb) if stream == "face" else rgb
                 prepared = _PREPROCESSORS[stream](pixels, size=size)
@@ -394,7 +394,7 @@ def _compute(sampled: Sequence[int], readable: _ReadableImages, degraded_slots: 
                         f"{prepared.tensor.shape}, expected (3, {size}, {size})"
                     )
                 arrays[stream][slot] = prepared.tensor
-                notes.update(dict.fromkeys(f"{stream}: {note}" for note in prepared.notes))
+                notes += [f"{stream}: {note}" for note in prepared.notes]
             items.append(CalibrationItem(_input_location(image), slot in degraded_slots, ops, tuple(notes)))
             bar.update(1)
     return arrays, items, sorted(set(source_pixels.values()))
@@ -518,8 +518,9 @@ def _load(path: Path, key: str, stream_sizes: Mapping[str, int],
         return None
     try:  # the record beside the arrays, which their digest does not cover
         meta["items"] = [CalibrationItem.from_cached(stored) for stored in meta["items"]]
-        if len(meta["items"]) != len(next(iter(arrays.values()))):
-            raise ValueError(f"{len(meta['items'])} slot records for {len(next(iter(arrays.values())))} slots")
+        slots = len(next(iter(arrays.values())))
+        if len(meta["items"]) != slots:
+            raise ValueError(f"{len(meta['items'])} slot records for {slots} slots")
         if not (isinstance(meta["unreadable"], dict) and isinstance(meta[SOURCE_PIXELS_KEY], list)
                 and isinstance(meta["reserve_hashes"], dict)):
             raise ValueError("malformed record of its images")

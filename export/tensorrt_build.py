@@ -128,12 +128,14 @@ def check_hardware_compatibility(options: TensorRTOptions) -> None:
     """Refuse --hardware-compatibility on a GPU older than Ampere: TensorRT builds Ampere-and-later
     engines only on such a GPU (``HardwareCompatibilityLevel.AMPERE_PLUS``), and refuses only when
     the first engine is built, after minutes of export."""
+    from dfd.runtime.cuda_kernels import gpu_info
+
     if not options.hardware_compatibility:
         return
-    compute_capability = local_target()["compute_capability"]
-    if int(compute_capability.split(".")[0]) < 8:
+    major, minor = gpu_info().compute_capability
+    if major < 8:
         raise TensorRTBuildError(f"--hardware-compatibility builds engines for Ampere and newer GPUs, which TensorRT "
-                                 f"does only on such a GPU; this one is of compute capability {compute_capability}")
+                                 f"does only on such a GPU; this one is of compute capability {major}.{minor}")
 
 
 def manifest_entry(options: TensorRTOptions) -> dict[str, Any]:
