@@ -21,6 +21,7 @@ import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -127,35 +128,59 @@ def vote_steps(engine: float, reference: float) -> int:
     return round(abs(engine - reference) / VOTE_STEP)
 
 
-def share_as_typed(share: float) -> str:
-    """95 % as "95%", 95.5 % as "95.5%" (a threshold as the user typed it, to 12 digits)."""
-    return f"{share * 100:.12g}%"
-
-
 def limit_as_typed(value: float) -> str:
-    """A |dP| threshold as the user typed it (to 12 digits: ``:g``'s 6 showed 2.98022500001e-07
-    as 2.98023e-07, beside a measurement of the same digits)."""
-    return f"{value:.12g}"
+    """A threshold as the user typed it: to 12 digits (``:g``'s 6 showed 2.98022500001e-07 as
+    2.98023e-07, beside a measurement of the same digits), or whole where 12 digits would read back
+    as another number. Shown so, a limit is never rounded onto the other side of a measurement."""
+    text = f"{value:.12g}"
+    return text if float(text) == value else repr(value)
 
 
-def beside_limit(value: float, limit: float, percent: bool = False) -> tuple[str, str]:
-    """A measurement and the limit it broke, the measurement with as many digits as it takes to
-    read on the side of the limit it is on: "100.0% < 100%" (1999 of 2000) and "5.00e-03 > 0.005"
-    read as contradictions. ``percent``: shares written as percentages (the limit as typed)."""
-    def number(text: str) -> float:
-        return float(text.rstrip("%")) / (100 if percent else 1)
+def typed_decimal(value: float) -> Fraction:
+    """The decimal a threshold was typed as, exactly: 0.9 is 9/10, not the binary float just above
+    it, which 9 of 10 votes would fall short of."""
+    return Fraction(limit_as_typed(value))
 
+
+def _percent(share: Fraction, decimals: int) -> str:
+    """``share`` as a percentage rounded half to even to ``decimals`` places, in exact arithmetic
+    (a float's ×100 and ``:%`` round on their own)."""
+    digits = str(round(share * 100 * 10**decimals)).rjust(decimals + 1, "0")  # a share is not negative
+    whole, fraction = digits[:len(digits) - decimals], digits[len(digits) - decimals:]
+    return f"{whole}{'.' + fraction if decimals else ''}%"
+
+
+def share_as_typed(share: float) -> str:
+    """A share threshold as the percentage the user typed: 0.95 as "95%", 0.955 as "95.5%",
+    0.9500000000000001 as "95.00000000000001%" (it read "95%", beside a failing 95.0%)."""
+    exact = typed_decimal(share) * 100
+    decimals = 0
+    while (exact * 10**decimals).denominator != 1:  # a decimal: it ends
+        decimals += 1
+    return _percent(typed_decimal(share), decimals)
+
+
+def beside_limit(value: float, limit: float) -> tuple[str, str]:
+    """A |dP| measurement and the limit it broke, the measurement with as many digits as it takes
+    to read on the side of the limit it is on ("5.00e-03 > 0.005" read as a contradiction)."""
     above = value > limit
-    shown_limit = share_as_typed(limit) if percent else limit_as_typed(limit)
-    if (value <= number(shown_limit)) if above else (value >= number(shown_limit)):
-        # typed with more than 12 digits, and rounded past the measurement: shown whole
-        shown_limit = f"{limit * 100!r}%" if percent else repr(limit)
-    limits = (limit, number(shown_limit))  # true, and as shown
-    for digits in range(1 if percent else 2, 18):
-        shown = f"{value:.{digits}%}" if percent else f"{value:.{digits}e}"
-        if all(number(shown) > bound for bound in limits) if above else all(number(shown) < bound for bound in limits):
+    for digits in range(2, 18):  # 17 significant digits read back as the float itself
+        shown = f"{value:.{digits}e}"
+        if (float(shown) > limit) if above else (float(shown) < limit):
             break
-    return shown, shown_limit
+    return shown, limit_as_typed(limit)
+
+
+def share_beside_limit(agreed: int, compared: int, limit: float) -> tuple[str, str]:
+    """An agreement and the minimum it fell short of, as percentages, the agreement with as many
+    decimals as it takes to read below the minimum as typed: "100.0% < 100%" (1999 of 2000) and
+    "95.00000000000000000% < 95.0%" read as contradictions. Exact: the share is a ratio of counts
+    and the minimum the decimal typed, so no rounding of either decides the side."""
+    share, bound = Fraction(agreed, compared), typed_decimal(limit)
+    decimals = 1
+    while not Fraction(_percent(share, decimals)[:-1]) < bound * 100:
+        decimals += 1  # ends: the share is below the bound, and enough decimals read it there
+    return _percent(share, decimals), share_as_typed(limit)
 
 
 def judge(counts: Mapping[str, Sequence[int]], changed_votes: Sequence[Mapping[str, Any]],
@@ -177,8 +202,8 @@ def judge(counts: Mapping[str, Sequence[int]], changed_votes: Sequence[Mapping[s
     for condition, (agreed, compared) in counts.items():
         if compared == 0:
             failures.append(f"{condition}: no image could be compared")
-        elif agreed / compared < min_agreement:
-            shown, limit = beside_limit(agreed / compared, min_agreement, percent=True)
+        elif Fraction(agreed, compared) < typed_decimal(min_agreement):
+            shown, limit = share_beside_limit(agreed, compared, min_agreement)
             failures.append(f"{condition}: vote agreement {shown} < {limit} ({agreed} of {compared} votes the same)")
     moved = sorted((c for c in changed_votes if c["steps"] > MAX_VOTE_STEPS), key=lambda c: -c["steps"])
     if moved:

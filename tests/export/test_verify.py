@@ -25,8 +25,8 @@ from dfd.calibration.calibset import SOURCE_PIXELS_KEY
 from dfd.export import cli_types, verify
 from dfd.export.cli import main
 from dfd.export.recorded_build import read_recorded_build
-from dfd.export.verify import (beside_limit, agreement_bound, clopper_pearson_lower_bound, judge, vote_steps,
-                               wilson_lower_bound)
+from dfd.export.verify import (agreement_bound, beside_limit, clopper_pearson_lower_bound, judge, share_as_typed,
+                               share_beside_limit, vote_steps, wilson_lower_bound)
 from dfd.runtime.detector import Detector
 from dfd.runtime.manifest import load_manifest, sha256_file
 
@@ -267,13 +267,30 @@ def test_a_failure_line_never_reads_as_a_contradiction():
                  (2.98022500001e-07, 0.02, 0.0)) == ["clean: global: max |dP| 2.98023e-07 > 2.98022500001e-07"]
     assert judge({"clean": (12, 100)}, [], STREAMS_OK, (1.0, 0.02, 0.120000001)) == [
         "clean: vote agreement 12.0% < 12.0000001% (12 of 100 votes the same)"]
-    # a limit typed with more digits than the 12 shown, rounded up past the measurement, is shown whole
-    # (it read "1.11111111111699995e-01 > 0.111111111112")
+    # a limit typed with more than 12 digits is shown whole, as typed, so it is never rounded onto
+    # the measurement's side (it read "1.11111111111699995e-01 > 0.111111111112")
     assert judge(_counts(), [], {"clean": {"global": {"max_abs_dp": 0.1111111111117, "mean_abs_dp": 0.0}}},
                  (0.1111111111116, 0.02, 0.0)) == ["clean: global: max |dP| 1.11111111112e-01 > 0.1111111111116"]
-    # and a measurement above the limit as shown reads above it, not equal to it
     assert judge(_counts(), [], {"clean": {"global": {"max_abs_dp": 0.11111111111205, "mean_abs_dp": 0.0}}},
-                 (0.1111111111116, 0.02, 0.0)) == ["clean: global: max |dP| 1.111111111121e-01 > 0.111111111112"]
+                 (0.1111111111116, 0.02, 0.0)) == ["clean: global: max |dP| 1.11111111112e-01 > 0.1111111111116"]
+    # so is a minimum agreement: 19 of 20 against 0.9500000000000001 read "95.00000000000000000% < 95.0%"
+    # (the share went through a float /100 and the limit through a float x100, each rounding)
+    assert judge({"clean": (19, 20)}, [], STREAMS_OK, (1.0, 0.02, 0.9500000000000001)) == [
+        "clean: vote agreement 95.0% < 95.00000000000001% (19 of 20 votes the same)"]
+
+
+def test_a_minimum_agreement_is_the_decimal_typed():
+    """The float nearest 0.9 lies above 9/10, and 0.1 + 0.2 above 0.3; the minimum compared is
+    the decimal the user typed, so 9 of 10 meets --min-agreement 0.9 and the text shows each
+    threshold as typed, however many digits."""
+    assert judge({"clean": (9, 10)}, [], STREAMS_OK, (1.0, 0.02, 0.9)) == []
+    assert judge({"clean": (3, 10)}, [], STREAMS_OK, (1.0, 0.02, 0.1 + 0.2)) == [
+        "clean: vote agreement 30.0% < 30.000000000000004% (3 of 10 votes the same)"]
+    assert [share_as_typed(v) for v in (0.95, 0.955, 1.0, 0.0, 0.869, 1e-20)] == [
+        "95%", "95.5%", "100%", "0%", "86.9%", "0.000000000000000001%"]
+    assert share_beside_limit(0, 3, 1e-20) == ("0.0%", "0.000000000000000001%")
+    assert share_beside_limit(2, 3, 0.66667) == ("66.6667%", "66.667%")  # not 66.7% nor 66.667%
+
 
 def test_a_measurement_at_its_limit_passes():
     """The limits are the largest |dP| allowed: a bit-exact fp32 set meets --max-abs-dp 0, and an
@@ -535,8 +552,8 @@ def test_a_random_weights_reference_warns_of_another_torch_only_when_it_is_anoth
 
 
 def test_a_limit_typed_past_12_digits_reads_on_its_side_of_the_measurement():
-    """The shown-whole limit is compared on the side the measurement broke it: above it too
+    """A limit past 12 digits is shown whole, on either side of the measurement
     ("1.11111111112000005e-01 > 0.111111111112" read as a contradiction), and the measurement gets
-    the digits that set it apart from the true limit, not only from the one shown."""
+    the digits that set it apart from it ("0.111111111111" hid the limit's last digit)."""
     assert beside_limit(0.111111111112, 0.1111111111116) == ("1.11111111112e-01", "0.1111111111116")
-    assert beside_limit(0.11111111111141, 0.1111111111114) == ("1.1111111111141e-01", "0.111111111111")
+    assert beside_limit(0.11111111111141, 0.1111111111114) == ("1.1111111111141e-01", "0.1111111111114")
