@@ -140,7 +140,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     from tqdm import tqdm
 
     from dfd.runtime.detector import Detector
-    from dfd.runtime.manifest import CONTENT_HASH_KEY, load_manifest, manifest_digest
+    from dfd.runtime.manifest import CONTENT_HASH_KEY, load_manifest, verify_files
 
     if face_crops is not None and face_boxes is not None:
         raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
@@ -156,15 +156,16 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         utf8 = codecs.lookup(sys.stdout.encoding).name in ("utf-8", "utf-8-sig")  # keeps a BOM asked for
         sys.stdout.reconfigure(encoding=None if utf8 else "utf-8", errors="surrogateescape")
     output = RowOutput(sys.stdout)
+    # a folder that is no set, or an edited manifest, fails before any folder is listed or row read
+    manifest = load_manifest(engine_dir, verify=False)
+    verify_files(manifest, hashes=False)  # the digest and sizes; the hashes when the set is opened
     scored = None
     if skip_scored is not None:
         refuse_stdout_over(skip_scored)
         scored = load_scored_images(skip_scored)
     _check_continuation(output, fmt, scored)
     if scored is not None:
-        # the digest the set records, as its rows name it (opening the set checks it)
-        raw = load_manifest(engine_dir, verify=False).raw
-        unchecked = check_engine_set(scored, raw.get(CONTENT_HASH_KEY) or manifest_digest(raw), engine_dir)
+        unchecked = check_engine_set(scored, manifest.raw[CONTENT_HASH_KEY], engine_dir)  # as its rows name it
         if unchecked:
             warn(unchecked)
     paths: list[str] = []

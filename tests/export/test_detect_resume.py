@@ -166,6 +166,29 @@ def test_a_set_whose_digest_covers_its_build_time_resumes_its_own_rows(tiny_engi
                                                                    ("images/coffee.png", legacy)]
 
 
+def test_a_resume_with_a_set_that_records_no_digest_says_so(tiny_engine_set, folder, tmp_path):
+    """A set whose manifest was edited and lost its content_sha256 (the easy way to hide an edit)
+    was refused as "another engine set" than the rows', named by a digest it never recorded; it is
+    refused for what it is, before the file is touched, as detect refuses it without --skip-scored."""
+    out = tmp_path / "scores.jsonl"
+    with open(out, "w") as stdout:
+        assert _detect(tiny_engine_set, "images/astronaut.png", "--format", "jsonl", stdout=stdout,
+                       cwd=tmp_path).returncode == 0
+    text = out.read_text()
+    stripped = tmp_path / "stripped"
+    shutil.copytree(tiny_engine_set, stripped)
+    manifest = json.loads((stripped / "manifest.json").read_text())
+    del manifest["content_sha256"]
+    manifest["vote"]["weights"]["face"] = 5
+    (stripped / "manifest.json").write_text(json.dumps(manifest))
+    for resume in (("--skip-scored", str(out)), ()):
+        with open(out, "a") as stdout:
+            run = _detect(stripped, "images", "--format", "jsonl", *resume, stdout=stdout, cwd=tmp_path)
+        assert run.returncode == 1 and "another engine set" not in run.stderr
+        assert "manifest.json has no content_sha256: it was edited" in run.stderr, run.stderr
+        assert out.read_text() == text
+
+
 def test_rows_that_name_no_engine_set_resume_with_a_warning(tiny_engine_set, folder, tmp_path):
     out = tmp_path / "scores.jsonl"
     old_row = '{"image": "images/astronaut.png", "score": 0.4, "error": null}\n'  # an earlier dfd-export's
