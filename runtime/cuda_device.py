@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .cuda_kernels import CudaKernels, CudaUnavailableError, check_cuda
+from .errors import attempt_release
 
 
 def _ok(result: Any, what: str) -> Any:
@@ -42,12 +43,17 @@ class CudaPipelineDevice:
         self._streams: list[int] = []
 
     def close(self) -> None:
-        self.bind_thread()
+        """Destroy every event and stream, each tried even after one fails (it stopped at the
+        first, leaving the rest); the first failure is raised at the end."""
+        failures: list[BaseException] = []
+        attempt_release(failures, self.bind_thread)
         for event in self._events.values():
-            _ok(self._driver.cuEventDestroy(event), "cuEventDestroy")
+            attempt_release(failures, lambda: _ok(self._driver.cuEventDestroy(event), "cuEventDestroy"))
         for stream in self._streams:
-            _ok(self._driver.cuStreamDestroy(stream), "cuStreamDestroy")
+            attempt_release(failures, lambda: _ok(self._driver.cuStreamDestroy(stream), "cuStreamDestroy"))
         self._events, self._streams = {}, []
+        if failures:
+            raise failures[0]
 
     def bind_thread(self) -> None:
         _ok(self._driver.cuCtxSetCurrent(self.kernels.context), "cuCtxSetCurrent")

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .atomic_files import write_atomically
-from .errors import DfdError
+from .errors import DfdError, attempt_release
 from .preprocess import FACE_CROP_MARGIN
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
@@ -403,9 +403,20 @@ class CudaKernels:
         self._launch("dfd_vote", self._blocks_for(batch), args, stream)
 
     def close(self) -> None:
-        """Unload the module and release the primary context reference."""
-        if self._module is not None:
-            self.driver.cuModuleUnload(self._module)
-            self._module = None
+        """Unload the module and release the primary context reference, each tried even when the
+        other fails (their statuses went unread: a failed unload passed for done); the first
+        failure is raised at the end."""
+        if self._module is None:
+            return
+        module, self._module = self._module, None
+        failures: list[BaseException] = []
+        attempt_release(failures, lambda: check_cuda(self.driver.cuModuleUnload(module), "cuModuleUnload",
+                                                     CudaUnavailableError))
+
+        def release_context() -> None:
             dev = check_cuda(self.driver.cuCtxGetDevice(), "cuCtxGetDevice", CudaUnavailableError)
-            self.driver.cuDevicePrimaryCtxRelease(dev)
+            check_cuda(self.driver.cuDevicePrimaryCtxRelease(dev), "cuDevicePrimaryCtxRelease", CudaUnavailableError)
+
+        attempt_release(failures, release_context)
+        if failures:
+            raise failures[0]

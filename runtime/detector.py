@@ -25,7 +25,7 @@ from typing import Any, Union
 import numpy as np
 
 from .backends import BackendChoice, BackendError, check_backend_name, select_backend
-from .errors import DfdError
+from .errors import DfdError, attempt_release
 from .face_detection import (
     ALL_STRATEGIES,
     DEFAULT_MIN_FACE_PX,
@@ -386,16 +386,15 @@ class Detector:
             if self._released:
                 return
             self._released = True
-            try:
-                self._pool.shutdown(wait=True)
-            finally:  # each resource is released even if one before it fails
-                fused, self.fused = self.fused, None
-                try:
-                    if fused is not None:
-                        fused.close()
-                finally:
-                    self.face_locator = None
-                    _close_backend(self.backend)
+            failures: list[BaseException] = []  # each resource is released even if one before it fails
+            attempt_release(failures, lambda: self._pool.shutdown(wait=True))
+            fused, self.fused = self.fused, None
+            if fused is not None:
+                attempt_release(failures, fused.close)
+            self.face_locator = None
+            attempt_release(failures, lambda: _close_backend(self.backend))
+            if failures:  # the first: a later one (the backend's) may only follow from it
+                raise failures[0]
 
     @contextmanager
     def _in_use(self) -> Iterator[None]:

@@ -7,6 +7,7 @@ message and treat anything else as a bug.
 
 import errno
 import os
+from collections.abc import Callable
 
 
 class DfdError(Exception):
@@ -17,6 +18,18 @@ def first_few(names: list[str], limit: int = 5, separator: str = ", ") -> str:
     """``names`` for a one-line message: the first ``limit``, then how many more. (Warnings that
     list files keep to one readable line however many there are.)"""
     return separator.join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def attempt_release(failures: list[BaseException], release: Callable[[], object]) -> None:
+    """Call ``release``; its failure is added to ``failures`` instead of raised, so that the
+    releases after it still run, and the caller raises the first once all are done. After a GPU
+    kernel fault every call on the context fails: a close that stopped at the first (a
+    synchronize) left all the memory, streams and events behind. An interrupt is held too, and
+    raised after the releases."""
+    try:
+        release()
+    except BaseException as exc:  # noqa: BLE001 - kept, and raised once everything else is released
+        failures.append(exc)
 
 
 def os_error_text(exc: OSError) -> str:

@@ -40,7 +40,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from .cuda_kernels import CROP_SIDE, FUSION_SIDE, JOB_DTYPE, DeviceImage, make_jobs
-from .errors import DfdError
+from .errors import DfdError, attempt_release
 from .manifest import STREAM_ORDER
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -154,10 +154,16 @@ class _Staging:
         self.address = self._device.alloc(capacity)
 
     def release(self) -> None:
+        """Free both buffers, each tried (the host one alone is held when the device allocation
+        after it failed)."""
+        failures: list[BaseException] = []
         if self.address:
-            self._device.free(self.address)
-            self._device.free_pinned(self.host)
-            self.host, self.address = np.empty(0, np.uint8), 0
+            attempt_release(failures, lambda: self._device.free(self.address))
+        if self.host.size:
+            attempt_release(failures, lambda: self._device.free_pinned(self.host))
+        self.host, self.address = np.empty(0, np.uint8), 0
+        if failures:
+            raise failures[0]
 
 
 class GpuPipeline:
@@ -287,14 +293,22 @@ class GpuPipeline:
         device.download(self._mean_host[:n].view(np.uint8), self._mean, stream)
 
     def close(self) -> None:
-        """Release the graph and every buffer (the engines belong to their backend)."""
+        """Release the graph and every buffer (the engines belong to their backend). Every release
+        is tried even after one fails (after a kernel fault the synchronize fails, and stopping
+        there left every buffer allocated); the first failure is raised at the end."""
         with self._lock:
-            self._device.bind_thread()
-            self._device.synchronize(self._stream)
-            self._drop_graph()
-            self._staging.release()
+            failures: list[BaseException] = []
+            attempt_release(failures, self._device.bind_thread)
+            attempt_release(failures, lambda: self._device.synchronize(self._stream))
+            attempt_release(failures, self._drop_graph)
+            attempt_release(failures, self._staging.release)
             for address in (self._jobs, self._probs, self._score, self._mean):
-                self._device.free(address)
+                if address:
+                    attempt_release(failures, lambda: self._device.free(address))
             for buffer in (self._jobs_host, self._probs_host, self._score_host, self._mean_host):
-                self._device.free_pinned(buffer)
+                if buffer.size:
+                    attempt_release(failures, lambda: self._device.free_pinned(buffer))
             self._jobs = self._probs = self._score = self._mean = 0
+            self._jobs_host = self._probs_host = self._score_host = self._mean_host = np.empty(0, np.uint8)
+            if failures:
+                raise failures[0]

@@ -30,13 +30,13 @@ import importlib
 import importlib.util
 import platform
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from .backends import stream_shape_problem
 from .cuda_kernels import CudaUnavailableError, check_cuda
-from .errors import DfdError
+from .errors import DfdError, attempt_release
 from .manifest import EngineSetError, Manifest
 
 if TYPE_CHECKING:
@@ -160,15 +160,6 @@ def _check(result: tuple, what: str) -> Any:
     return check_cuda(result, f"CUDA {what}", CudaUnavailableError)
 
 
-def _attempt(failures: list[BaseException], release: Callable[[], object]) -> None:
-    """Call ``release``; its failure is added to ``failures`` instead of raised, so that the
-    releases after it still run."""
-    try:
-        release()
-    except Exception as exc:  # noqa: BLE001 - kept, and raised once everything else is released
-        failures.append(exc)
-
-
 class _EngineSlot:
     """One engine's execution context, CUDA stream and buffers, allocated once.
 
@@ -253,14 +244,14 @@ class _EngineSlot:
                 return
             failures: list[BaseException] = []
             if self.stream:
-                _attempt(failures, lambda: _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize"))
+                attempt_release(failures, lambda: _check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize"))
             self.context = None
             for device, host in self.buffers.values():
-                _attempt(failures, lambda: _check(cudart.cudaFree(device), "cudaFree"))
-                _attempt(failures, lambda: _check(cudart.cudaFreeHost(host.ctypes.data), "cudaFreeHost"))
+                attempt_release(failures, lambda: _check(cudart.cudaFree(device), "cudaFree"))
+                attempt_release(failures, lambda: _check(cudart.cudaFreeHost(host.ctypes.data), "cudaFreeHost"))
             self.buffers = {}
             if self.stream:
-                _attempt(failures, lambda: _check(cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy"))
+                attempt_release(failures, lambda: _check(cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy"))
                 self.stream = 0
             if failures:
                 raise failures[0]
@@ -339,11 +330,11 @@ class TensorRTBackend:
         own reference). Every release is tried; the first failure is raised at the end."""
         failures: list[BaseException] = []
         for device, kernels in self._fused:
-            _attempt(failures, device.close)
-            _attempt(failures, kernels.close)
+            attempt_release(failures, device.close)
+            attempt_release(failures, kernels.close)
         self._fused = []
         for slot in self._slots.values():
-            _attempt(failures, slot.close)
+            attempt_release(failures, slot.close)
         self._engines, self._runtime = {}, None
         if failures:
             raise failures[0]

@@ -321,6 +321,48 @@ def test_closing_releases_everything_even_after_a_failed_synchronize(tensorrt_se
     assert gpu.leaks() == {} and backend._engines == {}
 
 
+def test_closing_the_fused_path_after_a_kernel_fault_releases_everything(tensorrt_set, tiny_engine_set, scene,
+                                                                        kernel_host, kernel_cache, monkeypatch):
+    """After a kernel fault every synchronize fails: the fused pipeline's close stopped at its
+    synchronize, its device stopped at the first failed cuEventDestroy, and the kernels' unload went
+    unchecked, so the pipeline's buffers and the other events and streams stayed allocated."""
+    from dfd.runtime.cuda_kernels import CudaUnavailableError
+
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    detector = Detector.open(tensorrt_set, backend="tensorrt", batch_size=8)
+    assert detector.fused is not None, detector.preprocessing
+    assert all(d.ok for d in detector.detect(scene[:3]))
+    assert gpu.live["event"] and gpu.live["stream"]
+    first_event = min(gpu.live["event"])
+    fault = gpu.real_driver.CUresult.CUDA_ERROR_ILLEGAL_ADDRESS
+    destroy_event = gpu.driver.cuEventDestroy
+    monkeypatch.setattr(gpu.driver, "cuStreamSynchronize", lambda stream: (fault,))
+    monkeypatch.setattr(gpu.runtime, "cudaStreamSynchronize",
+                        lambda stream: (gpu.real_runtime.cudaError_t.cudaErrorIllegalAddress,))
+    monkeypatch.setattr(gpu.driver, "cuEventDestroy",
+                        lambda event: (fault,) if int(event) == first_event else destroy_event(event))
+    monkeypatch.setattr(gpu.driver, "cuModuleUnload", lambda module: (fault,))
+    with pytest.raises(CudaUnavailableError, match="cuStreamSynchronize"):  # the first failure
+        detector.close()
+    # what failed to be released stays (the module with its functions); everything else is freed,
+    # the context reference too
+    leaks = gpu.leaks()
+    assert leaks.pop("function") > 0 and leaks == {"event": 1, "module": 1}
+
+
+def test_a_failed_kernel_module_unload_is_reported(kernel_host, kernel_cache, monkeypatch):
+    """cuModuleUnload's status went unread: a failed unload passed for done."""
+    from dfd.runtime.cuda_kernels import CudaKernels, CudaUnavailableError
+
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    kernels = CudaKernels(0)
+    monkeypatch.setattr(gpu.driver, "cuModuleUnload", lambda module: (gpu.real_driver.CUresult.CUDA_ERROR_INVALID_HANDLE,))
+    with pytest.raises(CudaUnavailableError, match="cuModuleUnload failed"):
+        kernels.close()
+    assert "primary_context_references" not in gpu.leaks()  # released all the same
+    kernels.close()  # once is enough: a second close has nothing left to release
+
+
 def test_an_engine_tensor_without_a_numpy_type_is_refused_by_name(tensorrt_set, kernel_host, kernel_cache,
                                                                  monkeypatch):
     """tensorrt.nptype raises TypeError for bf16, fp8 and int4: that escaped as a bare TypeError,
