@@ -139,7 +139,7 @@ def _check_given_box(box: Box, image_hw: tuple[int, int], detection: Detection) 
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
         raise PreprocessError(f"face box {tuple(box)} lies outside the {width}x{height} image "
                               f"(boxes are x1, y1, x2, y2 in pixels of the image)")
-    if max(x2, y2) <= 1 and min(width, height) >= 3:  # the whole box in one pixel: under 1/9 of any such image
+    if max(x2, y2) <= 1 and width * height > 9:  # the whole box in one pixel: under 1/9 of such an image
         raise PreprocessError(f"face box {tuple(box)} lies within [0, 1], a fraction of the {width}x{height} image's "
                               f"sides rather than pixels (boxes are x1, y1, x2, y2 in pixels of the image)")
     area = (x2 - x1) * (y2 - y1)

@@ -87,6 +87,7 @@ class CascadeImage:
         self.bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         working_h, working_w = self.bgr.shape[:2]
         self._working_per_original = np.array([working_w / width, working_h / height] * 2)
+        self._original_corner = np.array([width, height] * 2, dtype=np.float64)
         self._denoised: np.ndarray | None = None
 
     @property
@@ -99,6 +100,15 @@ class CascadeImage:
         """Boxes ``[K, 4]`` found in ``enhanced`` (a step's output for this image) -> pixels of the
         image the cascade was given."""
         return (boxes - enhanced.offset) / enhanced.scale / self._working_per_original
+
+    def extent(self, enhanced: Enhanced) -> tuple[np.ndarray, np.ndarray]:
+        """Where a box found in ``enhanced`` may lie, as the lower and upper bound of ``[x1, y1, x2,
+        y2]`` in pixels of the image the cascade was given: the image, and for the padded step its
+        border too. RetinaFace clips a box to the image it is given, the padded one there, and the
+        reference takes the padding off after, so a face cut by the image's edge (what the step is
+        for) keeps the part of its box beyond it: its centre, its side and the 1/9 rule's area."""
+        border = enhanced.offset / enhanced.scale / self._working_per_original
+        return -border, self._original_corner + border
 
 
 def _bilateral(image: CascadeImage) -> Enhanced:

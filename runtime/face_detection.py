@@ -17,8 +17,10 @@ Deliberate differences from MediaPipe/the reference, all documented where they h
 - The letterbox shrinks with ``INTER_AREA`` (MediaPipe warps with bilinear sampling, which aliases
   badly when a multi-megapixel photo is brought down to 192 pixels); enlarging uses
   ``INTER_LINEAR``. The mapping back is exact for the resize actually performed.
-- Boxes are floats in original-image pixels, clipped to the image (RetinaFace clips too); the
-  reference's ``int()`` truncation after the 2x-upscale strategy is not reproduced.
+- Boxes are floats in original-image pixels, clipped to the image a pass was given (RetinaFace
+  clips too): for the cascade's padded step that is the image with its border, so a box there can
+  reach beyond the photograph by up to the border, as the reference's does. The reference's
+  ``int()`` truncation after the 2x-upscale strategy is not reproduced.
 - The cascade skips the reference's three GFPGAN steps and filters a large image at
   ``CASCADE_MAX_SIDE`` pixels (see :mod:`dfd.runtime.face_cascade`).
 """
@@ -384,13 +386,12 @@ class FaceLocator:
         detections = self.detect_faces(rgb)
         if len(detections):
             return detections, PLAIN
-        height, width = rgb.shape[:2]
         cascade_image = CascadeImage(rgb, self.cascade_max_side)
         for name in self.strategies:
             enhanced = enhance(cascade_image, name)
             found = self.detect_faces(cv2.cvtColor(enhanced.bgr, cv2.COLOR_BGR2RGB), small_faces=False)
             if len(found):
-                boxes = np.clip(cascade_image.to_original(found.boxes, enhanced), 0, [width, height, width, height])
+                boxes = np.clip(cascade_image.to_original(found.boxes, enhanced), *cascade_image.extent(enhanced))
                 return Detections(boxes, found.scores), name
         return detections, None
 

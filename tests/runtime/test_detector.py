@@ -688,6 +688,11 @@ def test_a_box_in_fractions_of_the_sides_fails_its_image(tiny_engine_set, photog
     assert fraction.error == ("face box (0.1, 0.1, 0.5, 0.5) lies within [0, 1], a fraction of the 600x400 image's "
                               "sides rather than pixels (boxes are x1, y1, x2, y2 in pixels of the image)")
     assert whole.ok  # a 1x1 image's whole box
+    # a pixel of a 3x3 image is 1/9 of it, not under: the reference crops it (it was refused as a
+    # fraction); of a 2x5 image it is under 1/9, so the box would be pointless as pixels
+    pixel, strip = detector.detect([good[:3, :3], good[:2, :5]], face_boxes=[(0, 0, 1, 1), (0, 0, 1, 1)])
+    assert pixel.ok and pixel.face["used"] == "crop", pixel.error
+    assert "a fraction of the 5x2 image's sides" in strip.error
 
 
 class _UnconvertibleCoordinate(float):

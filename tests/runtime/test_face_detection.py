@@ -324,6 +324,20 @@ def test_each_strategy_maps_boxes_back_to_original_pixels(run_detector, strategy
     assert iou(result.box, ASTRONAUT_FACE) >= 0.5, result
 
 
+def test_the_padded_step_keeps_the_part_of_a_cut_face_beyond_the_edge(run_detector) -> None:
+    """The padded step is for a face cut by the image's edge: the reference's RetinaFace clips the
+    box to the padded image and takes the padding off after, so the box reaches past the edge. It
+    was clipped to the photograph (x1 0 here), which moved the crop's centre and shrank its side
+    and the area the 1/9 rule reads. The astronaut with 200 columns cut off has the left 22 pixels
+    of its hand-checked face box beyond the edge."""
+    image = np.ascontiguousarray(skimage.data.astronaut()[:, 200:])
+    result = FaceLocator(_BlindFirstPass(run_detector), strategies=("padded_equalize",)).locate(image)
+    assert result is not None and result.strategy == "padded_equalize"
+    assert result.box[0] < -15, result.box  # measured -26.4
+    face = (ASTRONAUT_FACE[0] - 200, ASTRONAUT_FACE[1], ASTRONAUT_FACE[2] - 200, ASTRONAUT_FACE[3])
+    assert iou(result.box, face) >= 0.7, result
+
+
 @pytest.mark.parametrize("strategy", ["gamma_upscale_unsharp_clahe", "padded_equalize", "sharpen_clahe"])
 def test_each_strategy_maps_boxes_back_from_the_working_resolution(run_detector, strategy) -> None:
     """A photograph larger than the cascade's working resolution is enhanced shrunk; the box comes
