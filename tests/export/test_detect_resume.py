@@ -164,6 +164,10 @@ def test_a_set_whose_digest_covers_its_build_time_resumes_its_own_rows(tiny_engi
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(row["image"], row["engine_set"]) for row in rows] == [("images/astronaut.png", legacy),
                                                                    ("images/coffee.png", legacy)]
+    # inspect shows the digest the rows name, the one the set records, not one of today's rule
+    shown = subprocess.run([sys.executable, "-m", "dfd.export.cli", "inspect", str(legacy_set)], capture_output=True,
+                           text=True)
+    assert f"content      sha256 {legacy}  (detect rows' engine_set)\n" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_a_resume_with_a_set_that_records_no_digest_says_so(tiny_engine_set, folder, tmp_path):

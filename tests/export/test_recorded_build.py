@@ -92,6 +92,7 @@ DAMAGE = {
                                         "random_weights is false, yet the face stream(s) record no checkpoint"),
     "checkpoints without their folder": (lambda m: m["build"].update(weights_dir=None),
                                          "the streams record checkpoints but build.weights_dir names no folder"),
+    "build not an object": (lambda m: m.update(build=None), "build must be a JSON object, got null"),
     "weights folder a number": (lambda m: m["build"].update(weights_dir=3),
                                 "build.weights_dir must be a string or null, got 3"),
     "calibration a number": (lambda m: m.update(calibration=5), "calibration must be a JSON object, got 5"),
