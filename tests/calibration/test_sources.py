@@ -90,8 +90,11 @@ def test_a_recursive_scan_follows_linked_folders_once(folder, tmp_path_factory):
     (folder / "a_link").symlink_to(elsewhere)
     (folder / "0_alias").symlink_to(folder / "sub")  # sorts before sub: the real path still wins
     (folder / "sub" / "deeper" / "up").symlink_to("../..")
-    names = [path.relative_to(folder).as_posix() for path in list_images(folder).images]
+    found = scan_image_folder(folder)
+    names = [path.relative_to(folder).as_posix() for path in found.images]
     assert names == ["A.JPG", "a_link/e.png", "b.png", "sub/c.webp", "sub/deeper/d.bmp"]
+    # "up" leads to the folder itself: a loop, listed once, and no folder outside it left unfollowed
+    assert found.enclosing_links == [] and found.links_not_followed(folder) is None
 
 
 def test_a_link_to_a_folder_holding_the_one_given_is_not_followed_and_is_named(tmp_path):
@@ -113,6 +116,18 @@ def test_a_link_to_a_folder_holding_the_one_given_is_not_followed_and_is_named(t
         f"did not follow 2 linked folder(s) in {folder} that lead to a folder holding it (their images are outside "
         f"the folder given): sub/parent -> ../.., top -> {tmp_path}"]
     assert scan_image_folder(folder, recursive=False).enclosing_links == []  # a flat scan follows no link
+
+
+def test_a_relative_folder_finds_the_links_that_lead_out_of_it(tmp_path, monkeypatch):
+    """Given as a relative path ("photos"), the folder's parents are those of its real path: a
+    "parent -> .." link in it leads out as it does when the path is absolute."""
+    write_image(tmp_path / "photos" / "a.png")
+    write_image(tmp_path / "sibling" / "s.png")
+    (tmp_path / "photos" / "parent").symlink_to("..")
+    monkeypatch.chdir(tmp_path)
+    found = scan_image_folder(Path("photos"))
+    assert [path.as_posix() for path in found.images] == ["photos/a.png"]
+    assert [path.as_posix() for path in found.enclosing_links] == ["photos/parent"]
 
 
 def test_scan_lists_entries_that_cannot_be_read_so_they_are_reported(folder):
