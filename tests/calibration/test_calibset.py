@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import errno
 import os
 import time
 from pathlib import Path
@@ -492,6 +493,58 @@ def test_a_full_cache_disk_makes_room_by_dropping_the_least_recently_used_sets(i
     assert build_calibration_set(images, seed=5, warn=warnings.append,
                                  **{**arguments, "cache_dir": tmp_path / "other"}).arrays["fusion"].shape[0] == 2
     assert len(warnings) == 1 and "No space left on device" in warnings[0]
+
+
+@pytest.mark.parametrize("error, evicts", [(errno.EDQUOT, True), (errno.EACCES, False), (errno.EROFS, False)],
+                         ids=["quota", "permission", "read-only"])
+def test_only_a_full_disk_or_quota_evicts_cached_sets(images, tmp_path, monkeypatch, error, evicts):
+    """A quota reached is a full disk for this user; a folder that may not be written is no lack
+    of room, and deleting the cached sets would not make the save succeed: they are kept."""
+    arguments = dict(count=2, degrade_share=0.0, cache_dir=tmp_path, stream_sizes={"fusion": 16})
+    keys = [build_calibration_set(images, seed=seed, **arguments).cache_key for seed in range(2)]
+    os.utime(tmp_path / f"calibset-{keys[0]}.npz", (0, 0))  # the least recently used
+    savez = calibset.np.savez
+
+    def room_for_one(file, **arrays):
+        if len(list(tmp_path.glob("calibset-*.npz"))) >= 2 or error != errno.EDQUOT:
+            raise OSError(error, os.strerror(error))
+        savez(file, **arrays)
+
+    monkeypatch.setattr(calibset.np, "savez", room_for_one)
+    warnings: list[str] = []
+    new = build_calibration_set(images, seed=2, warn=warnings.append, **arguments)
+    cached = sorted(p.name for p in tmp_path.glob("calibset-*.npz"))
+    if evicts:
+        assert warnings == [] and cached == sorted(f"calibset-{key}.npz" for key in (keys[1], new.cache_key))
+    else:
+        assert len(warnings) == 1 and os.strerror(error) in warnings[0]
+        assert cached == sorted(f"calibset-{key}.npz" for key in keys)
+
+
+def test_eviction_stops_at_a_set_that_cannot_be_deleted(images, tmp_path, monkeypatch):
+    """No room can be made past a set that cannot be deleted (another user's, a read-only file
+    system under a writable folder): the cache is given up, and the newer sets are kept."""
+    arguments = dict(count=2, degrade_share=0.0, cache_dir=tmp_path, stream_sizes={"fusion": 16})
+    keys = [build_calibration_set(images, seed=seed, **arguments).cache_key for seed in range(2)]
+    oldest = tmp_path / f"calibset-{keys[0]}.npz"
+    os.utime(oldest, (0, 0))
+
+    def no_room(file, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    unlink = calibset.Path.unlink
+
+    def oldest_undeletable(self, missing_ok=False):
+        if self == oldest:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(calibset.np, "savez", no_room)
+    monkeypatch.setattr(calibset.Path, "unlink", oldest_undeletable)
+    warnings: list[str] = []
+    build_calibration_set(images, seed=2, warn=warnings.append, **arguments)
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    assert sorted(p.name for p in tmp_path.glob("calibset-*.npz")) == sorted(f"calibset-{key}.npz" for key in keys)
 
 
 def test_only_the_most_recently_used_sets_are_kept(images, tmp_path):
