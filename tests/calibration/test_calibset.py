@@ -245,7 +245,7 @@ def test_the_manifest_entry_records_each_slots_image_degradations_and_preprocess
     ("items", [["img0", False]]), ("items", [["img0", "no", [], []]] * 2), ("items", [[1, False, [], []]] * 2),
     ("items", [["img0", False, [["jpeg"]], []]] * 2), ("items", "x"), ("items", None), ("items", []),
     ("unreadable", None), ("unreadable", []), (calibset.SOURCE_PIXELS_KEY, None), ("reserve_hashes", None)])
-def test_a_cache_file_with_malformed_records_is_rebuilt(images, tmp_path, caplog, key, value):
+def test_a_cache_file_with_malformed_records_is_rebuilt(images, tmp_path, key, value):
     """The arrays' digest does not cover the records beside them (``None``: left out): a
     hand-edited one crashed the build (an unpacking ValueError, a KeyError) or reached the manifest."""
     arguments = dict(count=2, degrade_share=0.0, seed=0, cache_dir=tmp_path, stream_sizes={"global": 252})
@@ -261,10 +261,23 @@ def test_a_cache_file_with_malformed_records_is_rebuilt(images, tmp_path, caplog
     contents["__meta__"] = np.array(json.dumps(meta))
     with open(cache_file, "wb") as file:
         np.savez(file, **contents)
-    with caplog.at_level(logging.WARNING):
-        rebuilt = build_calibration_set(images, **arguments)
-    assert not rebuilt.from_cache and f"ignoring calibration cache {cache_file}" in caplog.text
+    warnings: list[str] = []  # the caller's warn (the CLI's WARNING lines), not the module's logger
+    rebuilt = build_calibration_set(images, warn=warnings.append, **arguments)
+    assert not rebuilt.from_cache and [w.split(" (")[0] for w in warnings] == [f"ignoring calibration cache {cache_file}"]
     assert rebuilt.manifest_entry() == built.manifest_entry()
+
+
+def test_a_cache_file_of_other_inputs_is_rebuilt(images, tmp_path):
+    """A cache file whose key is not the one it is stored under (copied, or renamed by hand)."""
+    arguments = dict(count=2, degrade_share=0.0, seed=0, cache_dir=tmp_path, stream_sizes={"global": 252})
+    built = build_calibration_set(images, **arguments)
+    cache_file = tmp_path / f"calibset-{built.cache_key}.npz"
+    other = build_calibration_set(images, **{**arguments, "seed": 1})
+    os.replace(tmp_path / f"calibset-{other.cache_key}.npz", cache_file)
+    warnings: list[str] = []
+    rebuilt = build_calibration_set(images, warn=warnings.append, **arguments)
+    assert not rebuilt.from_cache and rebuilt.sha256 == built.sha256
+    assert warnings == [f"calibration cache {cache_file} does not match its inputs or content; rebuilding"]
 
 
 def test_manifest_entry_records_the_decoded_pixels_of_each_distinct_source_image(images, tmp_path):
@@ -403,15 +416,18 @@ def test_a_changed_replacement_of_an_unsampled_file_invalidates_the_cache(images
     assert list(calib.unreadable) == [str(inputs[0])] and replacement != inputs[0]
     assert build_calibration_set(inputs, **arguments).from_cache
     cv2.imwrite(str(replacement), cv2.cvtColor(synthetic(240, 260, 99), cv2.COLOR_RGB2BGR))
-    rebuilt = build_calibration_set(inputs, **arguments)
+    warnings: list[str] = []
+    rebuilt = build_calibration_set(inputs, warn=warnings.append, **arguments)
     assert rebuilt.cache_key == calib.cache_key and not rebuilt.from_cache and rebuilt.sha256 != calib.sha256
+    assert warnings == [f"an image that replaced an unreadable calibration image changed; rebuilding "
+                        f"{tmp_path / 'c' / f'calibset-{calib.cache_key}.npz'}"]
 
 
 # ------------------------------------------------------------------------------ cache robustness
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "tail cut", "bit flip"])
-def test_a_damaged_cache_file_is_rebuilt_not_fatal(images, tmp_path, caplog, damage):
+def test_a_damaged_cache_file_is_rebuilt_not_fatal(images, tmp_path, damage):
     """Only pure garbage was handled: an emptied or truncated file (EOFError, BadZipFile) or a
     flipped byte (bad CRC) crashed every later build until someone found and deleted it."""
     arguments = dict(count=2, degrade_share=0.0, seed=0, cache_dir=tmp_path, stream_sizes={"global": 252})
@@ -421,9 +437,10 @@ def test_a_damaged_cache_file_is_rebuilt_not_fatal(images, tmp_path, caplog, dam
     damaged = {"empty": b"", "truncated": data[:len(data) // 2], "tail cut": data[:-10],
                "bit flip": data[:200] + bytes([data[200] ^ 0xFF]) + data[201:]}[damage]
     cache_file.write_bytes(damaged)
-    with caplog.at_level(logging.WARNING):
-        rebuilt = build_calibration_set(images, **arguments)
-    assert not rebuilt.from_cache and rebuilt.sha256 == built.sha256 and "rebuilding" in caplog.text
+    warnings: list[str] = []
+    rebuilt = build_calibration_set(images, warn=warnings.append, **arguments)
+    assert not rebuilt.from_cache and rebuilt.sha256 == built.sha256
+    assert len(warnings) == 1 and warnings[0].startswith(f"ignoring unreadable calibration cache {cache_file} (")
     assert build_calibration_set(images, **arguments).from_cache  # the rebuilt file replaced it
 
 
