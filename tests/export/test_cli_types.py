@@ -267,3 +267,27 @@ def test_capi_and_degrade_do_not_write_into_an_engine_set(tiny_engine_set, photo
     assert sorted(p.name for p in engine_set.rglob("*")) == before
     result = CliRunner().invoke(main, ["degrade", str(image), "--out", str(tmp_path / "beside")])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("verb", ["detect", "verify", "bench"])
+def test_every_verb_that_reads_a_folder_says_what_it_left_out(tiny_engine_set, photographs, tmp_path, verb):
+    """A file that is no image and a link that leads out of the folder are left out, each with a
+    warning, by every verb that takes a folder of images (the same scan, which one verb passing on
+    only some of its warnings would hide)."""
+    import cv2
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "parent").symlink_to("..")
+    args = {"detect": ["detect", str(tiny_engine_set), str(folder), "--recursive", "--no-face-detect"],
+            "verify": ["verify", str(tiny_engine_set), "--images", str(folder)],
+            "bench": ["bench", str(tiny_engine_set), "--images", str(folder), "--batch-sizes", "1", "--warmup", "0",
+                      "--iterations", "1"]}[verb]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())  # a warning may be wrapped
+    assert f"left out 1 file(s) in {folder} whose names do not end in an image suffix: notes.txt" in shown, shown
+    assert (f"did not follow 1 linked folder(s) in {folder} that lead to a folder holding it (their images are "
+            f"outside the folder given): parent -> ..") in shown
