@@ -535,6 +535,15 @@ def test_unreadable_calibration_images_are_replaced_and_reported(reference_ensem
     assert "draws its 3 slots from only 2 distinct photograph(s) of the 3 image(s)" in output
     [entry] = load_manifest(out).raw["calibration"]["unreadable_images"]
     assert entry["image"] == str(folder / "corrupt.jpg") and "is not an image OpenCV can decode" in entry["error"]
+    # a damaged cache file is said on the build's WARNING lines, and rebuilt
+    [cached] = (tmp_path / "cache").glob("calibset-*.npz")
+    cached.write_bytes(b"garbage")
+    result = _build(CliRunner(), reference_ensemble, tmp_path / "again", "--precision", "fp16", "--calib-dir",
+                    str(folder), "--calib-count", "3", "--calib-cache", str(tmp_path / "cache"), "--streams", "global",
+                    "--no-face-detector")
+    assert result.exit_code == 0, result.output
+    assert f"WARNING: ignoring unreadable calibration cache {cached} (" in result.output
+    assert load_manifest(tmp_path / "again").raw["calibration"] == load_manifest(out).raw["calibration"]
 
 
 def test_a_calibration_folder_says_what_the_set_is_not_drawn_from(reference_ensemble, photographs, tmp_path):
