@@ -87,13 +87,22 @@ class FolderImages:
         outside the folder given (its siblings, the whole tree), without a word."""
         if not self.enclosing_links:
             return None
-        names = [f"{path.relative_to(folder).as_posix()} -> {os.readlink(path)}" for path in self.enclosing_links]
+        names = [f"{path.relative_to(folder).as_posix()} -> {_link_target(path)}" for path in self.enclosing_links]
         return (f"did not follow {len(names)} linked folder(s) in {folder} that lead to a folder holding it (their "
                 f"images are outside the folder given): {first_few(names)}")
 
     def warnings(self, folder: Path) -> list[str]:
         """What a verb that reads the folder's images says about the rest of it."""
         return [text for text in (self.left_out_files(folder), self.links_not_followed(folder)) if text]
+
+
+def _link_target(link: Path) -> str:
+    """Where ``link`` points, as written; read when warning, so a link removed since the scan is
+    said to be gone (its reading failed, and the verb with it)."""
+    try:
+        return os.readlink(link)
+    except OSError as exc:
+        return f"(unreadable now: {exc.strerror})"
 
 
 def scan_image_folder(folder: Path, *, recursive: bool = True) -> FolderImages:
