@@ -153,11 +153,11 @@ def _percent(share: Fraction, decimals: int) -> str:
 def share_as_typed(share: float) -> str:
     """A share threshold as the percentage the user typed: 0.95 as "95%", 0.955 as "95.5%",
     0.9500000000000001 as "95.00000000000001%" (it read "95%", beside a failing 95.0%)."""
-    exact = typed_decimal(share) * 100
+    typed = typed_decimal(share)
     decimals = 0
-    while (exact * 10**decimals).denominator != 1:  # a decimal: it ends
+    while (typed * 100 * 10**decimals).denominator != 1:  # a decimal: it ends
         decimals += 1
-    return _percent(typed_decimal(share), decimals)
+    return _percent(typed, decimals)
 
 
 def beside_limit(value: float, limit: float) -> tuple[str, str]:
