@@ -103,7 +103,8 @@ class CalibrationItem:
             item = cls(name, degraded, tuple((op, strength) for op, strength in ops), tuple(notes))
         except (TypeError, ValueError) as error:
             raise ValueError(f"malformed slot record {stored!r}") from error
-        if not (isinstance(name, str) and isinstance(degraded, bool) and all(isinstance(n, str) for n in item.notes)
+        if not (isinstance(name, str) and isinstance(degraded, bool) and isinstance(ops, list)
+                and isinstance(notes, list) and all(isinstance(n, str) for n in item.notes)
                 and all(isinstance(op, str) and isinstance(s, (int, float)) for op, s in item.ops)):
             raise ValueError(f"malformed slot record {stored!r}")
         return item

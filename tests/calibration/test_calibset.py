@@ -244,6 +244,9 @@ def test_the_manifest_entry_records_each_slots_image_degradations_and_preprocess
 @pytest.mark.parametrize("key, value", [
     ("items", [["img0", False]]), ("items", [["img0", "no", [], []]] * 2), ("items", [[1, False, [], []]] * 2),
     ("items", [["img0", False, [["jpeg"]], []]] * 2), ("items", "x"), ("items", None), ("items", []),
+    ("items", [["img0", False, [], "abc"]] * 2), ("items", [["img0", False, [], [1]]] * 2),
+    ("items", [["img0", True, [[1, 0.5]], []]] * 2), ("items", [["img0", True, [["jpeg", "x"]], []]] * 2),
+    ("items", [["img0", False, [], []]] * 3),
     ("unreadable", None), ("unreadable", []), (calibset.SOURCE_PIXELS_KEY, None), ("reserve_hashes", None)])
 def test_a_cache_file_with_malformed_records_is_rebuilt(images, tmp_path, key, value):
     """The arrays' digest does not cover the records beside them (``None``: left out): a
@@ -277,6 +280,14 @@ def test_a_cache_file_of_other_inputs_is_rebuilt(images, tmp_path):
     warnings: list[str] = []
     rebuilt = build_calibration_set(images, warn=warnings.append, **arguments)
     assert not rebuilt.from_cache and rebuilt.sha256 == built.sha256
+    assert warnings == [f"calibration cache {cache_file} does not match its inputs or content; rebuilding"]
+    with np.load(cache_file) as stored:
+        contents = {name: stored[name] for name in stored.files}
+    contents["__meta__"] = np.array(json.dumps([]))  # a record that is no JSON object
+    with open(cache_file, "wb") as file:
+        np.savez(file, **contents)
+    warnings.clear()
+    assert not build_calibration_set(images, warn=warnings.append, **arguments).from_cache
     assert warnings == [f"calibration cache {cache_file} does not match its inputs or content; rebuilding"]
 
 
