@@ -43,6 +43,9 @@ def test_one_version_spelled_with_and_without_its_build_number_is_one_version():
     assert tensorrt_mismatch({**BUILT, "version": "10.3.0.26"}, "10.3.0", "8.7") is None
     assert tensorrt_mismatch(BUILT, "10.3.0.26", "8.7") is None
     assert tensorrt_mismatch({**BUILT, "version": "10.3"}, "10.3.0", "8.7") is not None  # too little to tell
+    # a pre-release (TensorRT 10.0 early access was "10.0.0b6") is one version only spelled alike
+    assert tensorrt_mismatch({**BUILT, "version": "10.0.0b6"}, "10.0.0b6", "8.7") is None
+    assert tensorrt_mismatch({**BUILT, "version": "10.0.0b6"}, "10.0.0b7", "8.7") is not None
 
 
 def test_version_compatible_engines_load_on_later_versions_nvidia_supports():
@@ -118,6 +121,15 @@ def test_tensorrt_older_than_10_is_refused_by_version(installed_tensorrt):
                       "TensorRT 10 or later (on Jetson, JetPack 6.1 or later)")
     assert tensorrt_unusable_reason() == reason
     assert doctor._tensorrt() == {"available": False, "version": "8.6.2", "reason": reason}
+
+
+@pytest.mark.parametrize("source, shown", [("", "''"), ('__version__ = "dev"', "'dev'")])
+def test_a_tensorrt_package_without_a_version_is_refused_saying_so(installed_tensorrt, source, shown):
+    """A package named tensorrt with no version number (a stub, a namesake) is no TensorRT to build
+    with; it must be a reason, not an IndexError."""
+    installed_tensorrt(source)
+    assert tensorrt_package()[1] == (f"the tensorrt package gives no version number ({shown}); "
+                                     f"dfd-export needs TensorRT 10 or later")
 
 
 def test_tensorrt_10_is_usable_as_a_package(installed_tensorrt):
