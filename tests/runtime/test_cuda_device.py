@@ -316,7 +316,14 @@ def test_closing_releases_everything_even_after_a_failed_synchronize(tensorrt_se
     backend = select_backend("tensorrt", load_manifest(tensorrt_set)).backend
     illegal_address = gpu.real_runtime.cudaError_t.cudaErrorIllegalAddress
     monkeypatch.setattr(gpu.runtime, "cudaStreamSynchronize", lambda stream: (illegal_address,))
-    with pytest.raises(CudaUnavailableError, match="cudaStreamSynchronize"):
+    destroy = gpu.runtime.cudaStreamDestroy
+
+    def destroyed_but_failing(stream):
+        destroy(stream)
+        return (gpu.real_runtime.cudaError_t.cudaErrorInvalidResourceHandle,)
+
+    monkeypatch.setattr(gpu.runtime, "cudaStreamDestroy", destroyed_but_failing)
+    with pytest.raises(CudaUnavailableError, match="cudaStreamSynchronize"):  # the first failure, not the last
         backend.close()
     assert gpu.leaks() == {} and backend._engines == {}
 
@@ -348,6 +355,45 @@ def test_closing_the_fused_path_after_a_kernel_fault_releases_everything(tensorr
     # the context reference too
     leaks = gpu.leaks()
     assert leaks.pop("function") > 0 and leaks == {"event": 1, "module": 1}
+
+
+def test_a_failed_release_of_one_resource_keeps_only_that_one(tensorrt_set, scene, kernel_host, kernel_cache,
+                                                              monkeypatch):
+    """Each release is tried on its own: one cudaFree that fails keeps its buffer alone (the slot's
+    pinned buffers, its other buffers and its stream are freed), a fused path whose kernels fail to
+    close keeps the kernels alone (every engine slot is still freed), and the failure raised is the
+    first, not the last."""
+    from dfd.runtime import cuda_kernels
+    from dfd.runtime.cuda_kernels import CudaUnavailableError
+
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    detector = Detector.open(tensorrt_set, backend="tensorrt", batch_size=8)
+    assert detector.fused is not None and all(d.ok for d in detector.detect(scene[:3]))
+    runtime = gpu.runtime
+    free, destroy = runtime.cudaFree, runtime.cudaStreamDestroy
+    kept: list[int] = []
+
+    def first_free_fails(address):
+        if not kept:
+            kept.append(int(address))
+            return (gpu.real_runtime.cudaError_t.cudaErrorInvalidValue,)
+        return free(address)
+
+    def destroy_fails_too(stream):
+        destroy(stream)
+        return (gpu.real_runtime.cudaError_t.cudaErrorInvalidResourceHandle,)
+
+    def kernels_fail_to_close(self):
+        raise CudaUnavailableError("cuModuleUnload failed: CUDA_ERROR_ILLEGAL_ADDRESS")
+
+    monkeypatch.setattr(runtime, "cudaFree", first_free_fails)
+    monkeypatch.setattr(runtime, "cudaStreamDestroy", destroy_fails_too)
+    monkeypatch.setattr(cuda_kernels.CudaKernels, "close", kernels_fail_to_close)
+    with pytest.raises(CudaUnavailableError, match="cuModuleUnload"):  # the first to fail
+        detector.close()
+    leaks = gpu.leaks()
+    assert leaks.pop("function") > 0
+    assert leaks == {"module": 1, "primary_context_references": 1, "device_memory": 1}, leaks
 
 
 def test_a_failed_kernel_module_unload_is_reported(kernel_host, kernel_cache, monkeypatch):
