@@ -220,6 +220,9 @@ def test_hardware_compatibility_is_refused_before_any_work_on_a_gpu_older_than_a
             "such a GPU; this one is of compute capability 7.5") in result.output
     monkeypatch.setattr("dfd.runtime.cuda_kernels.gpu_info", lambda device=0: GpuInfo("Fake GPU", (8, 0)))
     tensorrt_build.check_hardware_compatibility(tensorrt_build.TensorRTOptions(hardware_compatibility=True))
+    # a plain build on the older GPU (a Turing card, a Jetson Xavier) is no concern of this check
+    monkeypatch.setattr("dfd.runtime.cuda_kernels.gpu_info", lambda device=0: GpuInfo("Fake GPU", (7, 2)))
+    tensorrt_build.check_hardware_compatibility(tensorrt_build.TensorRTOptions())
 
 
 @pytest.mark.parametrize("flags, expected", [
