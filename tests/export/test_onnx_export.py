@@ -101,6 +101,7 @@ def _stream_like_graph(path, *, out_shape=("N", 2), out_type=onnx.TensorProto.FL
 @pytest.mark.parametrize("breach, message", [
     ({"out_shape": ("N", 5)}, r"output must be \[N,2\] with a symbolic N"),
     ({"out_shape": (1, 2)}, r"output must be \[N,2\] with a symbolic N"),
+    ({"out_shape": ("N", 2, 1)}, r"output must be \[N,2\] with a symbolic N"),
     ({"out_type": onnx.TensorProto.DOUBLE}, "output must be float32"),
     ({"layer_norm": False}, "no native LayerNormalization node"),
     ({"opset": 17}, "opset 17 < 18"),
