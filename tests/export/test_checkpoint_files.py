@@ -99,7 +99,12 @@ def test_entries_that_are_not_tensors_are_named(tmp_path):
     torch.save({**STATE, "epoch": 3}, tmp_path / "epoch.pth")
     torch.save({"model": STATE, "epoch": 3, "optimizer": {}}, tmp_path / "training.pth")
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    # a mapping that is empty, or holds more than tensors, is no state dict to point to
+    torch.save({**STATE, "optimizer": {}}, tmp_path / "empty.pth")
+    torch.save({**STATE, "extra": {"a": torch.zeros(1), "step": 3}}, tmp_path / "mixed.pth")
     for name, what in [("epoch.pth", r"1 of its 5 entries are not tensors, e.g. 'epoch' \(int\)$"),
+                       ("empty.pth", r"1 of its 5 entries are not tensors, e.g. 'optimizer' \(dict\)$"),
+                       ("mixed.pth", r"1 of its 5 entries are not tensors, e.g. 'extra' \(dict\)$"),
                        ("training.pth", r"3 of its 3 entries are not tensors, e.g. 'model' \(dict\); its tensors look "
                                         r"nested under 'model' \(a training checkpoint\?\): save that mapping alone, "
                                         r"torch.save\(checkpoint\['model'\], path\)"),
