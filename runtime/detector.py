@@ -40,6 +40,7 @@ from .images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, ImageFileError
 from .manifest import STREAM_ORDER, Manifest, StreamEntry, load_manifest
 from .mtcnn import MtcnnDetector, onnxruntime_mtcnn
 from .preprocess import (
+    FACE_BOX_REACH,
     FACE_CROP_SIZE,
     FACE_REENCODE_SUFFIXES,
     PreprocessError,
@@ -132,8 +133,8 @@ def _lossy_suffix(source: ImageInput) -> str:
 def _check_given_box(box: Box, image_hw: tuple[int, int], detection: Detection) -> None:
     """A caller's box must hold four finite corners and touch the image: a box wholly outside it
     is a coordinate mistake (normalised or another image's coordinates), and cropping it would
-    feed the face stream black padding. A box mostly outside the image is most likely the same
-    mistake (coordinates of a resized copy); it is cropped, as the reference would, with a note."""
+    feed the face stream black padding. A box mostly outside the image is cropped, as the
+    reference would, with a note (`_padding_note`)."""
     x1, y1, x2, y2 = box_corners(box)
     height, width = image_hw
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
@@ -142,12 +143,26 @@ def _check_given_box(box: Box, image_hw: tuple[int, int], detection: Detection) 
     if max(x2, y2) <= 1 and width * height > 9:  # the whole box in one pixel: under 1/9 of such an image
         raise PreprocessError(f"face box {tuple(box)} lies within [0, 1], a fraction of the {width}x{height} image's "
                               f"sides rather than pixels (boxes are x1, y1, x2, y2 in pixels of the image)")
+
+
+def _padding_note(box: Box, image_hw: tuple[int, int]) -> str | None:
+    """A note when under half of a face box lies inside its image, so that its crop is mostly black
+    padding. The face cascade's padded step finds such a box for a face cut by the image's edge,
+    reaching up to `FACE_BOX_REACH` beyond it; a box reaching further is most likely a coordinate
+    mistake (those of a resized copy), and the note asks. Detected and given boxes get the same
+    note, so that detect's output, read back as a face-box file, reproduces its run."""
+    x1, y1, x2, y2 = box_corners(box)
+    height, width = image_hw
     area = (x2 - x1) * (y2 - y1)
     inside = (min(x2, width) - max(x1, 0.0)) * (min(y2, height) - max(y1, 0.0))
-    if area > 0 and inside < area / 2:
-        detection.notes.append(f"face stream: only {int(100 * inside / area)}% of the face box lies inside the "
-                               f"{width}x{height} image, so its crop is mostly black padding (are the "
-                               f"coordinates for another size of this image?)")
+    if not area > 0 or inside >= area / 2:
+        return None
+    reach = FACE_BOX_REACH * max(width, height)
+    within_reach = x1 >= -reach and y1 >= -reach and x2 <= width + reach and y2 <= height + reach
+    why = ("as for a face cut by the image's edge" if within_reach
+           else "are the coordinates for another size of this image?")
+    return (f"face stream: only {int(100 * inside / area)}% of the face box lies inside the {width}x{height} image, "
+            f"so its crop is mostly black padding ({why})")
 
 
 def _usable_box(decoded: DecodedImage, box: Box, detection: Detection) -> Box | None:
@@ -158,12 +173,15 @@ def _usable_box(decoded: DecodedImage, box: Box, detection: Detection) -> Box | 
         detection.face["used"] = "original image"
         detection.notes.append(SMALL_FACE_NOTE)
         return None
+    padding = _padding_note(box, decoded.full_size_hw)
     if decoded.reduction > 1:
         box = [float(v) / decoded.reduction for v in box]
         height, width = decoded.full_size_hw
         detection.notes.append(f"face stream: the face box, in pixels of the full-size {width}x{height} image, "
                                f"is cropped from the 1/{decoded.reduction} decode")
     face_window(box, image_hw=decoded.rgb.shape[:2])  # a box too small or too large to crop fails on either path
+    if padding is not None:
+        detection.notes.append(padding)
     detection.face["used"] = "crop"
     return box
 

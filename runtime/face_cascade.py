@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import DfdError
 from .images import check_rgb_image
+from .preprocess import FACE_BOX_REACH
 
 # The cascade's working resolution (long side, pixels): a larger image is shrunk to it (INTER_AREA)
 # before the enhancement steps. The reference filters at full resolution for a RetinaFace that sees
@@ -158,8 +159,9 @@ def _gamma_upscale_unsharp_clahe(image: CascadeImage) -> Enhanced:
 
 
 def _padded_equalize(image: CascadeImage) -> Enhanced:
-    """Grey border of 20% of the long side, then grey-level equalisation; ``offset=pad``."""
-    pad = int(max(image.bgr.shape[:2]) * 0.2)
+    """Grey border of `FACE_BOX_REACH` (20%) of the long side, then grey-level equalisation;
+    ``offset=pad``."""
+    pad = int(max(image.bgr.shape[:2]) * FACE_BOX_REACH)
     padded = cv2.copyMakeBorder(image.bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=[128, 128, 128])
     equalised = cv2.equalizeHist(cv2.cvtColor(padded, cv2.COLOR_BGR2GRAY))
     return Enhanced(cv2.cvtColor(equalised, cv2.COLOR_GRAY2BGR), offset=float(pad))

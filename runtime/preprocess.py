@@ -26,6 +26,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FACE_CROP_SIZE = 256  # the reference resizes the face window to this before the 252 centre crop
 FACE_CROP_MARGIN = 1.3  # the face window is a square of side max(w, h) * 1.3 around the box centre
+# How far beyond each edge of an image a detected face box may reach, as a fraction of its long side:
+# the face cascade's last step looks in a copy with a grey border this wide and keeps the part of a
+# box on the border (as the reference does), so a face cut by the image's edge keeps its size.
+FACE_BOX_REACH = 0.2
 # The most pixels the small-image upscale may create: the decoder's own limit on any image the
 # runtime holds. Only an image over ~1000:1 reaches it (1x1008 -> 252x254016), and without it a
 # few-kilobyte 1x60000 PNG would make cv2.resize allocate 11 GB for a 252x252 crop.
@@ -228,8 +232,9 @@ def face_window(box: Sequence[float], margin: float = FACE_CROP_MARGIN,
                 image_hw: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the reference's square face window (see `crop_face`);
     PreprocessError when the window has no area, or, given the image's (height, width), when it
-    is over `DEFAULT_MAX_PIXELS` and wider than any box inside the image can make it: a box far
-    larger than its image (a coordinate mistake) would otherwise allocate gigabytes of padding."""
+    is over `DEFAULT_MAX_PIXELS` and wider than any box a detector can find for the image makes it
+    (one reaching `FACE_BOX_REACH` beyond each edge): a box far larger than its image (a coordinate
+    mistake) would otherwise allocate gigabytes of padding."""
     x1, y1, x2, y2 = box_corners(box)
     box_w = x2 - x1
     box_h = y2 - y1
@@ -247,7 +252,8 @@ def face_window(box: Sequence[float], margin: float = FACE_CROP_MARGIN,
     if image_hw is not None:
         img_h, img_w = image_hw
         width, height = right - left, bottom - top
-        if width * height > DEFAULT_MAX_PIXELS and max(width, height) > margin * max(img_w, img_h) + 2:
+        widest = margin * (1 + 2 * FACE_BOX_REACH) * max(img_w, img_h) + 2
+        if width * height > DEFAULT_MAX_PIXELS and max(width, height) > widest:
             shown = [str(n) if n < 10**9 else f"{float(n):.3g}" for n in (width, height)]
             raise PreprocessError(
                 f"face box {tuple(box)} makes a {shown[0]}x{shown[1]} crop window, mostly black padding, "

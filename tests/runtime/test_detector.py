@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from dfd.export.cli import main
 from dfd.runtime.detector import Detector
 from dfd.runtime.errors import DfdError
+from dfd.runtime.face_detection import FaceResult
 from dfd.runtime.manifest import EngineSetError
 from reference_preprocessing import reference_face_crop, reference_vote, stream_batch
 
@@ -198,20 +199,42 @@ def test_face_boxes_api_crops_like_the_reference(tiny_engine_set, reference_ense
 def test_a_face_box_mostly_outside_its_image_is_cropped_with_a_note(tiny_engine_set, reference_ensemble,
                                                                    photographs):
     """Coordinates of a resized copy put a box mostly outside the image: it is cropped as the
-    reference crops it (mostly black), and the note says so; a face at the edge gets no note."""
+    reference crops it (mostly black), and the note says so; a face at the edge gets no note, and
+    one cut by the edge, whose box reaches no further than the padded detection step's border,
+    gets a note that does not call its coordinates a mistake."""
     detector = Detector.open(tiny_engine_set, backend="onnxruntime")
     rgb = photographs["astronaut"]
     height, width = rgb.shape[:2]
     doubled = (width / 4, height / 4, width * 1.5, height * 1.5)  # 36% inside: (0.75 / 1.25)²
     at_edge = (width * 0.6, height * 0.3, width * 1.1, height * 0.8)  # 80% inside
-    results = detector.detect([rgb, rgb], face_boxes=[doubled, at_edge])
-    crops = [reference_face_crop(rgb, box) for box in (doubled, at_edge)]
+    cut = (-width * 0.2, height * 0.2, width * 0.18, height * 0.6)  # 47% inside, 0.2 of the side past the edge
+    results = detector.detect([rgb, rgb, rgb], face_boxes=[doubled, at_edge, cut])
+    crops = [reference_face_crop(rgb, box) for box in (doubled, at_edge, cut)]
     expected = reference_ensemble.p_fake("face", stream_batch(crops, "face")).numpy()
     for result, p in zip(results, expected):
         assert result.face["used"] == "crop" and abs(result.streams["face"] - p) <= 1e-4
     assert (f"face stream: only 36% of the face box lies inside the {width}x{height} image, so its crop is mostly "
             f"black padding (are the coordinates for another size of this image?)") in results[0].notes
     assert not any("lies inside" in note for note in results[1].notes)
+    assert (f"face stream: only 47% of the face box lies inside the {width}x{height} image, so its crop is mostly "
+            f"black padding (as for a face cut by the image's edge)") in results[2].notes
+
+
+def test_a_detected_box_past_the_edge_gets_the_note_its_given_box_gets(tiny_engine_set, photographs, monkeypatch):
+    """The padded cascade step finds a face cut by the edge with a box reaching past it: the run
+    notes the mostly black crop, and detect's output read back as a face box reproduces the run,
+    notes and all (the note had been given to the box read back only)."""
+    rgb = photographs["astronaut"]
+    height, width = rgb.shape[:2]
+    cut = (-width * 0.2, height * 0.2, width * 0.18, height * 0.6)
+    with Detector.open(tiny_engine_set, backend="onnxruntime") as detector:
+        monkeypatch.setattr(detector.face_locator, "locate",
+                            lambda image: FaceResult(cut, 0.93, "padded_equalize", 1))
+        [found] = detector.detect([rgb])
+        [given] = detector.detect([rgb], face_boxes=[found.face["box"]])
+    assert found.face["strategy"] == "padded_equalize" and found.face["box"] == list(cut)
+    assert any("47% of the face box lies inside" in note for note in found.notes)
+    assert found.notes == given.notes and found.score == given.score and found.streams == given.streams
 
 
 def _write_bad_inputs(folder: Path, good: np.ndarray) -> dict[str, tuple[Path, str | None]]:

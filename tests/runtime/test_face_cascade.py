@@ -8,12 +8,14 @@ import skimage.data
 
 from dfd.runtime.face_cascade import (
     ALL_STRATEGIES,
+    CASCADE_MAX_SIDE,
     CascadeImage,
     Enhanced,
     FaceDetectionError,
     enhance,
     fitted_size,
 )
+from dfd.runtime.preprocess import FACE_BOX_REACH, face_window
 
 
 def _clahe_lab(bgr: np.ndarray, clip_limit: float) -> np.ndarray:
@@ -128,3 +130,19 @@ def test_bad_input_is_a_clear_error(photograph) -> None:
         CascadeImage(photograph[..., 0])
     with pytest.raises(FaceDetectionError, match="RGB uint8"):
         enhance(photograph.astype(np.float32), "median")
+
+
+@pytest.mark.parametrize("height, width", [(4800, 6400), (6400, 4401), (4401, 4399), (7, 6400), (6400, 3),
+                                           (4500, 4500), (3001, 6001)])
+def test_the_largest_box_the_padded_step_can_find_crops(height: int, width: int) -> None:
+    """`face_window` refuses a window wider than any box a detector can find for the image makes: a
+    box over the whole of the padded step's extent, at the working resolution and at full, with
+    rounded working sizes and extreme aspect ratios, still crops. It had refused an extreme
+    close-up of a 6400x4800 photograph whose box reached 100 pixels past each side."""
+    for max_side in (CASCADE_MAX_SIDE, None):
+        image = CascadeImage(np.zeros((height, width, 3), np.uint8), max_side=max_side)
+        pad = int(max(image.bgr.shape[:2]) * FACE_BOX_REACH)
+        lower, upper = image.extent(Enhanced(image.bgr, offset=float(pad)))
+        box = [float(lower[0]), float(lower[1]), float(upper[2]), float(upper[3])]
+        left, top, right, bottom = face_window(box, image_hw=(height, width))
+        assert max(right - left, bottom - top) > 1.3 * max(height, width), (box, max_side)

@@ -13,7 +13,7 @@ import pytest
 import skimage.data
 
 from dfd.runtime.preprocess import (IMAGENET_MEAN, IMAGENET_STD, PreprocessError, center_crop,
-                                    center_crop_notes, crop_face, face_is_too_small, normalise,
+                                    center_crop_notes, crop_face, face_is_too_small, face_window, normalise,
                                     preprocess_face, preprocess_fusion, preprocess_global,
                                     resize_fusion)
 
@@ -243,6 +243,14 @@ def test_largest_window_a_box_inside_a_large_image_makes_is_cropped():
     img = np.full((7000, 7000, 3), 200, np.uint8)
     crop = crop_face(img, (0, 0, 7000, 7000))
     assert crop.shape == (256, 256, 3) and crop[128, 128].tolist() == [200, 200, 200]
+
+
+def test_a_window_past_the_padded_steps_reach_is_refused():
+    """The window limit is the widest box a detector can find, one reaching a fifth of the long
+    side past each edge (11648 pixels for a 6400x4800 image): 4 pixels more is a coordinate mistake."""
+    assert face_window((-1280, 0, 7680, 4800), image_hw=(4800, 6400)) == (-2624, -3424, 9024, 8224)
+    with pytest.raises(PreprocessError, match="makes a 11652x11652 crop window"):
+        face_window((-1282, 0, 7682, 4800), image_hw=(4800, 6400))
 
 
 def test_face_is_too_small_is_strict_one_ninth():
