@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .cuda_kernels import CudaKernels, CudaUnavailableError, check_cuda
-from .errors import attempt_release
+from .errors import attempt_release, raise_held
 
 
 def _ok(result: Any, what: str) -> Any:
@@ -52,8 +52,7 @@ class CudaPipelineDevice:
         for stream in self._streams:
             attempt_release(failures, lambda: _ok(self._driver.cuStreamDestroy(stream), "cuStreamDestroy"))
         self._events, self._streams = {}, []
-        if failures:
-            raise failures[0]
+        raise_held(failures)
 
     def bind_thread(self) -> None:
         _ok(self._driver.cuCtxSetCurrent(self.kernels.context), "cuCtxSetCurrent")

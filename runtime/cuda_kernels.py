@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .atomic_files import write_atomically
-from .errors import DfdError, attempt_release
+from .errors import DfdError, attempt_release, raise_held
 from .preprocess import FACE_CROP_MARGIN
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
@@ -418,5 +418,4 @@ class CudaKernels:
             check_cuda(self.driver.cuDevicePrimaryCtxRelease(dev), "cuDevicePrimaryCtxRelease", CudaUnavailableError)
 
         attempt_release(failures, release_context)
-        if failures:
-            raise failures[0]
+        raise_held(failures)

@@ -25,7 +25,7 @@ from typing import Any, Union
 import numpy as np
 
 from .backends import BackendChoice, BackendError, check_backend_name, select_backend
-from .errors import DfdError, attempt_release
+from .errors import DfdError, attempt_release, raise_held
 from .face_detection import (
     ALL_STRATEGIES,
     DEFAULT_MIN_FACE_PX,
@@ -411,8 +411,7 @@ class Detector:
                 attempt_release(failures, fused.close)
             self.face_locator = None
             attempt_release(failures, lambda: _close_backend(self.backend))
-            if failures:  # the first: a later one (the backend's) may only follow from it
-                raise failures[0]
+            raise_held(failures)
 
     @contextmanager
     def _in_use(self) -> Iterator[None]:

@@ -25,11 +25,20 @@ def attempt_release(failures: list[BaseException], release: Callable[[], object]
     releases after it still run, and the caller raises the first once all are done. After a GPU
     kernel fault every call on the context fails: a close that stopped at the first (a
     synchronize) left all the memory, streams and events behind. An interrupt is held too, and
-    raised after the releases."""
+    raised after the releases (`raise_held`)."""
     try:
         release()
     except BaseException as exc:  # noqa: BLE001 - kept, and raised once everything else is released
         failures.append(exc)
+
+
+def raise_held(failures: list[BaseException]) -> None:
+    """Raise what `attempt_release` held, once every release has run: an interrupt (Ctrl-C,
+    SystemExit) before any error, since a close after a GPU fault always fails first with a CUDA
+    error and the user's Ctrl-C must still stop the program; otherwise the first error, since a
+    later one may only follow from it."""
+    if failures:
+        raise next((exc for exc in failures if not isinstance(exc, Exception)), failures[0])
 
 
 def os_error_text(exc: OSError) -> str:

@@ -40,7 +40,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from .cuda_kernels import CROP_SIDE, FUSION_SIDE, JOB_DTYPE, DeviceImage, make_jobs
-from .errors import DfdError, attempt_release
+from .errors import DfdError, attempt_release, raise_held
 from .manifest import STREAM_ORDER
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -162,8 +162,7 @@ class _Staging:
         if self.host.size:
             attempt_release(failures, lambda: self._device.free_pinned(self.host))
         self.host, self.address = np.empty(0, np.uint8), 0
-        if failures:
-            raise failures[0]
+        raise_held(failures)
 
 
 class GpuPipeline:
@@ -310,5 +309,4 @@ class GpuPipeline:
                     attempt_release(failures, lambda: self._device.free_pinned(buffer))
             self._jobs = self._probs = self._score = self._mean = 0
             self._jobs_host = self._probs_host = self._score_host = self._mean_host = np.empty(0, np.uint8)
-            if failures:
-                raise failures[0]
+            raise_held(failures)

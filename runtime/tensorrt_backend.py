@@ -36,7 +36,7 @@ import numpy as np
 
 from .backends import stream_shape_problem
 from .cuda_kernels import CudaUnavailableError, check_cuda
-from .errors import DfdError, attempt_release
+from .errors import DfdError, attempt_release, raise_held
 from .manifest import EngineSetError, Manifest
 
 if TYPE_CHECKING:
@@ -256,8 +256,7 @@ class _EngineSlot:
             if self.stream:
                 attempt_release(failures, lambda: _check(cudart.cudaStreamDestroy(self.stream), "cudaStreamDestroy"))
                 self.stream = 0
-            if failures:
-                raise failures[0]
+            raise_held(failures)
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         cudart = self._cudart
@@ -339,8 +338,7 @@ class TensorRTBackend:
         for slot in self._slots.values():
             attempt_release(failures, slot.close)
         self._engines, self._runtime = {}, None
-        if failures:
-            raise failures[0]
+        raise_held(failures)
 
     def run(self, stream: str, pixels: np.ndarray) -> np.ndarray:
         """One stream's logits [N, 2] for normalised pixels [N, 3, S, S] (float32 on the host)."""

@@ -357,6 +357,32 @@ def test_closing_the_fused_path_after_a_kernel_fault_releases_everything(tensorr
     assert leaks.pop("function") > 0 and leaks == {"event": 1, "module": 1}
 
 
+def test_a_ctrl_c_during_a_close_after_a_kernel_fault_is_not_lost(tensorrt_set, scene, kernel_host, kernel_cache,
+                                                                   monkeypatch):
+    """After a kernel fault the first failure of a close is always a CUDA error; a Ctrl-C later in
+    the same close was held and then dropped for it, so detect exited 1 instead of 130. The
+    interrupt is raised, after every release has still been tried."""
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    detector = Detector.open(tensorrt_set, backend="tensorrt", batch_size=8)
+    assert detector.fused is not None and all(d.ok for d in detector.detect(scene[:3]))
+    destroy_stream = gpu.driver.cuStreamDestroy
+    interrupted: list[int] = []
+
+    def ctrl_c_on_the_first(stream):
+        if not interrupted:
+            interrupted.append(int(stream))
+            raise KeyboardInterrupt
+        return destroy_stream(stream)
+
+    monkeypatch.setattr(gpu.driver, "cuStreamSynchronize",
+                        lambda stream: (gpu.real_driver.CUresult.CUDA_ERROR_ILLEGAL_ADDRESS,))
+    monkeypatch.setattr(gpu.driver, "cuStreamDestroy", ctrl_c_on_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        detector.close()
+    assert interrupted and detector.closed
+    assert gpu.leaks() == {"stream": 1}, gpu.leaks()
+
+
 def test_a_failed_release_of_one_resource_keeps_only_that_one(tensorrt_set, scene, kernel_host, kernel_cache,
                                                               monkeypatch):
     """Each release is tried on its own: one cudaFree that fails keeps its buffer alone (the slot's

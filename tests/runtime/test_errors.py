@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dfd.runtime.errors import first_few, os_error_text
+from dfd.runtime.errors import attempt_release, first_few, os_error_text, raise_held
 
 
 def test_first_few_names_at_most_limit_then_counts_the_rest():
@@ -29,3 +29,29 @@ def test_os_error_text_says_what_failed_on_which_path(tmp_path):
     with pytest.raises(FileExistsError) as over_a_broken_link:
         link.mkdir()
     assert os_error_text(over_a_broken_link.value) == f"{link} is a link to {tmp_path / 'gone'}, which does not exist"
+
+
+def test_held_failures_raise_an_interrupt_first_then_the_first_error():
+    """Every release runs; then a held Ctrl-C or SystemExit wins over any error (after a GPU fault
+    the first failure is always a CUDA error), and among errors the first wins."""
+    released: list[str] = []
+
+    def release(name: str, exc: BaseException | None = None):
+        def run():
+            released.append(name)
+            if exc is not None:
+                raise exc
+        return run
+
+    first, later = RuntimeError("first"), RuntimeError("later")
+    failures: list[BaseException] = []
+    for name, exc in (("a", first), ("b", None), ("c", KeyboardInterrupt()), ("d", later)):
+        attempt_release(failures, release(name, exc))
+    assert released == ["a", "b", "c", "d"]
+    with pytest.raises(KeyboardInterrupt):
+        raise_held(failures)
+    with pytest.raises(SystemExit):
+        raise_held([first, SystemExit(130), KeyboardInterrupt()])
+    with pytest.raises(RuntimeError, match="^first$"):
+        raise_held([first, later])
+    raise_held([])
