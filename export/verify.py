@@ -150,6 +150,18 @@ def _percent(share: Fraction, decimals: int) -> str:
     return f"{whole}{'.' + fraction if decimals else ''}%"
 
 
+def share_text(share: float, decimals: int = 1) -> str:
+    """A share as a percentage with ``decimals`` places, or more where fewer would round a share
+    below 1 up to 100% or one above 0 down to 0%: 1999 of 2000 read "100.0%" beside a FAILED line
+    that said 99.95% < 100%."""
+    while True:
+        shown = f"{share:.{decimals}%}"
+        rounded_away = (share < 1 and float(shown[:-1]) >= 100) or (share > 0 and float(shown[:-1]) == 0)
+        if not rounded_away or decimals >= 17:
+            return shown
+        decimals += 1
+
+
 def share_as_typed(share: float) -> str:
     """A share threshold as the percentage the user typed: 0.95 as "95%", 0.955 as "95.5%",
     0.9500000000000001 as "95.00000000000001%" (it read "95%", beside a failing 95.0%)."""

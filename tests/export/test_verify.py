@@ -284,12 +284,41 @@ def test_a_minimum_agreement_is_the_decimal_typed():
     the decimal the user typed, so 9 of 10 meets --min-agreement 0.9 and the text shows each
     threshold as typed, however many digits."""
     assert judge({"clean": (9, 10)}, [], STREAMS_OK, (1.0, 0.02, 0.9)) == []
+    # 5/6 and 0.8333333333333334 are one float, so a float comparison passed 5 of 6 against a
+    # minimum above 5/6 (rounding is monotonic: only this direction can differ)
+    assert judge({"clean": (5, 6)}, [], STREAMS_OK, (1.0, 0.02, 0.8333333333333334)) == [
+        "clean: vote agreement 83.3% < 83.33333333333334% (5 of 6 votes the same)"]
+    assert judge({"clean": (5, 6)}, [], STREAMS_OK, (1.0, 0.02, 0.8333333333333333)) == []
     assert judge({"clean": (3, 10)}, [], STREAMS_OK, (1.0, 0.02, 0.1 + 0.2)) == [
         "clean: vote agreement 30.0% < 30.000000000000004% (3 of 10 votes the same)"]
     assert [share_as_typed(v) for v in (0.95, 0.955, 1.0, 0.0, 0.869, 1e-20)] == [
         "95%", "95.5%", "100%", "0%", "86.9%", "0.000000000000000001%"]
     assert share_beside_limit(0, 3, 1e-20) == ("0.0%", "0.000000000000000001%")
     assert share_beside_limit(2, 3, 0.66667) == ("66.6667%", "66.667%")  # not 66.7% nor 66.667%
+
+
+def test_an_agreement_below_every_vote_never_reads_100_percent(capsys):
+    """The text report's agreements read on their side of 100% and 0%: 1999 of 2000 read "100.0%"
+    on its condition's line, beside a FAILED line that said 99.95% < 100%."""
+    from dfd.export.cli import _print_verification
+
+    assert [verify.share_text(v) for v in (1999 / 2000, 1.0, 0.95, 0.0, 1 / 30000, 0.99996)] == [
+        "99.95%", "100.0%", "95.0%", "0.0%", "0.003%", "99.996%"]
+    assert verify.share_text(19999 / 20000, 2) == "99.995%"
+    streams = {"global": {"max_abs_dp": 1e-3, "mean_abs_dp": 1e-4}}
+    report = verify.VerifyReport(
+        "int8", images=2000, distinct_images=2000, streams=streams, vote_agreement=1999 / 2000,
+        vote_agreement_lower_bound=0.99972, confidence={"level": 0.95, "method": "Clopper-Pearson"},
+        reference={"weights": "random", "seed": 0},
+        thresholds={"max_abs_dp": 0.05, "mean_dp": 0.01, "min_vote_agreement": 0.99, "max_vote_change": 0.1,
+                    "min_vote_agreement_applies_to": "each condition", "non_finite": "fail",
+                    "unreadable_inputs": "left out"},
+        per_condition={"clean": {"images": 2000, "vote_agreement": 1999 / 2000,
+                                 "vote_agreement_lower_bound": 0.99972, "streams": streams}})
+    _print_verification(report, Path("set"), to_stderr=False)
+    out = capsys.readouterr().out
+    assert "  clean vote agreement 99.95% over 2000 image(s), 95% lower bound 99.97%" in out
+    assert "  vote agreement 99.95% (95% lower bound 99.97%, Clopper-Pearson)" in out
 
 
 def test_a_measurement_at_its_limit_passes():
