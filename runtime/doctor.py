@@ -89,7 +89,8 @@ def _gpu() -> dict[str, Any]:
 
 def _tensorrt() -> dict[str, Any]:
     trt, reason = tensorrt_package()  # not installed, failing to load, or older than TensorRT 10
-    version = None if trt is None else str(getattr(trt, "__version__", "unknown"))
+    version = getattr(trt, "__version__", None)
+    version = None if version is None else str(version)  # None: not importable, or no __version__
     return {"available": reason is None, "version": version, "reason": reason}
 
 

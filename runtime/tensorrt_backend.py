@@ -64,11 +64,11 @@ def tensorrt_package() -> tuple[Any, str | None]:
     except Exception as exc:  # noqa: BLE001 - ImportError, OSError or whatever a broken install raises
         return None, (f"the tensorrt package is installed but cannot be loaded ({type(exc).__name__}: {exc}); "
                       f"reinstall it for this CUDA version")
-    version = str(getattr(trt, "__version__", ""))
-    major = _version(version)[:1]
+    version = getattr(trt, "__version__", None)
+    major = _version(str(version))[:1]
     if not major:  # a package that is no TensorRT wheel (a stub, a namesake): nothing says what it builds
-        return trt, (f"the tensorrt package gives no version number ({version!r}); dfd-export "
-                     f"needs TensorRT {MIN_TENSORRT_MAJOR} or later")
+        given = "has no __version__" if version is None else f"gives {str(version)!r}, no TensorRT version number,"
+        return trt, f"the tensorrt package {given}; dfd-export needs TensorRT {MIN_TENSORRT_MAJOR} or later"
     if major[0] < MIN_TENSORRT_MAJOR:
         return trt, (f"TensorRT {version} is too old: dfd-export builds and runs strongly typed engines, which "
                      f"need TensorRT {MIN_TENSORRT_MAJOR} or later (on Jetson, JetPack 6.1 or later)")

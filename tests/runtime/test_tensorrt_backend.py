@@ -123,13 +123,17 @@ def test_tensorrt_older_than_10_is_refused_by_version(installed_tensorrt):
     assert doctor._tensorrt() == {"available": False, "version": "8.6.2", "reason": reason}
 
 
-@pytest.mark.parametrize("source, shown", [("", "''"), ('__version__ = "dev"', "'dev'")])
-def test_a_tensorrt_package_without_a_version_is_refused_saying_so(installed_tensorrt, source, shown):
+@pytest.mark.parametrize("source, given, version", [
+    ("", "has no __version__", None),
+    ('__version__ = "dev"', "gives 'dev', no TensorRT version number,", "dev")])
+def test_a_tensorrt_package_without_a_version_is_refused_saying_so(installed_tensorrt, source, given, version):
     """A package named tensorrt with no version number (a stub, a namesake) is no TensorRT to build
-    with; it must be a reason, not an IndexError."""
+    with, and the reason says what it gives: it read "TensorRT dev is too old", and doctor showed
+    the version "unknown" where the package has none."""
     installed_tensorrt(source)
-    assert tensorrt_package()[1] == (f"the tensorrt package gives no version number ({shown}); "
-                                     f"dfd-export needs TensorRT 10 or later")
+    reason = f"the tensorrt package {given}; dfd-export needs TensorRT 10 or later"
+    assert tensorrt_package()[1] == reason
+    assert doctor._tensorrt() == {"available": False, "version": version, "reason": reason}
 
 
 def test_tensorrt_10_is_usable_as_a_package(installed_tensorrt):
