@@ -118,7 +118,8 @@ def main() -> None:
                    "is replaced as an unreadable one is (reported)", DEGRADING_MEMORY)
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "auto"]), default="onnxruntime",
               show_default=True, help="onnxruntime: ONNX graphs only. tensorrt: also compile strongly typed "
-              "TensorRT engines for this GPU (needs TensorRT and a GPU). auto: tensorrt when possible.")
+              "TensorRT engines for this GPU (needs TensorRT and a GPU; written to TensorRT's documented API "
+              "but never executed by this project, see the README). auto: tensorrt when possible.")
 @click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True, help="TensorRT profile: smallest batch.")
 @click.option("--opt-batch", type=click.IntRange(min=1), default=4, show_default=True, help="TensorRT profile: batch tuned for.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True, help="TensorRT profile: largest batch.")
@@ -336,6 +337,9 @@ def doctor(engine_dir, as_json):
     ort_info = report["onnxruntime"]
     click.echo(f"python       {report['python']['version']}")
     click.echo(f"onnxruntime  {ort_info.get('version', '-')}  providers: {', '.join(ort_info.get('providers', [])) or ort_info.get('error')}")
+    cuda = report["cuda"]
+    click.echo(f"cuda         driver {cuda.get('driver_version') or 'none'}  "
+               f"runtime {cuda.get('runtime_version') or 'none'}")
     click.echo(f"gpu          {gpu.get('name') + ' (' + gpu.get('arch', '?') + ')' if gpu.get('available') else gpu.get('reason')}")
     click.echo(f"tensorrt     {trt.get('version') if trt.get('available') else trt.get('reason')}")
     click.echo(f"nvrtc        {kernels.get('nvrtc_version') or '-'}  "

@@ -80,7 +80,8 @@ def _csv_row(d: dict) -> dict:
 @click.option("--face-boxes", type=GivenPath(dir_okay=False, exists=True), default=None,
               help="File of face boxes you already have (e.g. RetinaFace's, as the reference uses): .csv with "
                    "columns image,x1,y1,x2,y2 or .jsonl lines {\"image\": \"a.jpg\", \"box\": [x1, y1, x2, y2]}, "
-                   "pixels of the image; image is its path as listed here or its file name. The runtime crops "
+                   "pixels of the image; image is its path as listed here, another path to the same file, or its "
+                   "file name where that names one image only. The runtime crops "
                    "them the reference's way. Images without a box go to the packaged face detector (or, with "
                    "--no-face-detect, use the original image). detect's own jsonl/csv output is such a file: "
                    "rerun with it to hold the located faces fixed (e.g. to compare two engine sets).")

