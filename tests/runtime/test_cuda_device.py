@@ -383,6 +383,41 @@ def test_a_ctrl_c_during_a_close_after_a_kernel_fault_is_not_lost(tensorrt_set, 
     assert gpu.leaks() == {"stream": 1}, gpu.leaks()
 
 
+@pytest.mark.parametrize("call, nth, kept", [
+    ("cuCtxSetCurrent", 0, None),     # the pipeline's bind
+    ("cuCtxSetCurrent", 1, None),     # the device's
+    ("cuGraphExecDestroy", 0, "graph_exec"),
+    ("cuMemFree", 0, "device_memory"),  # the staging buffer's
+    ("cuMemFree", 1, "device_memory"),  # the jobs buffer's
+    ("cuMemFreeHost", 1, "pinned_memory"),
+    ("cuEventDestroy", 0, "event"),
+    ("cuStreamDestroy", 0, "stream")])
+def test_each_release_of_the_fused_path_is_tried_after_one_fails(tensorrt_set, scene, kernel_host, kernel_cache,
+                                                                 monkeypatch, call, nth, kept):
+    """The fused path's close goes on past any one failed release (its bind, its CUDA graph, the
+    staging buffers, its own buffers, the device's events and streams): that one resource alone
+    stays, and its failure is raised."""
+    from dfd.runtime.cuda_kernels import CudaUnavailableError
+
+    gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
+    detector = Detector.open(tensorrt_set, backend="tensorrt", batch_size=2, cuda_graph_batch=2)
+    assert detector.fused is not None and all(d.ok for d in detector.detect(scene[:2]))
+    real = getattr(gpu.driver, call)
+    calls: list[int] = []
+
+    def fails_once(*args):
+        calls.append(1)
+        if len(calls) == nth + 1:
+            return (gpu.real_driver.CUresult.CUDA_ERROR_ILLEGAL_ADDRESS,)
+        return real(*args)
+
+    monkeypatch.setattr(gpu.driver, call, fails_once)
+    with pytest.raises(CudaUnavailableError, match=call):
+        detector.close()
+    assert len(calls) > nth
+    assert gpu.leaks() == ({} if kept is None else {kept: 1}), gpu.leaks()
+
+
 def test_a_failed_release_of_one_resource_keeps_only_that_one(tensorrt_set, scene, kernel_host, kernel_cache,
                                                               monkeypatch):
     """Each release is tried on its own: one cudaFree that fails keeps its buffer alone (the slot's

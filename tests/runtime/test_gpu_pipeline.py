@@ -239,3 +239,56 @@ def test_a_non_finite_stream_output_fails_only_its_image(tiny_engine_set, kernel
     _same(got, want)
     assert [d.ok for d in got] == [True, False, True]
     assert "face stream produced a non-finite probability" in got[1].error and got[1].score is None
+
+
+class _StagingDevice:
+    """The four calls a staging buffer makes, recorded; ``fail`` names calls that raise once."""
+
+    def __init__(self, *fail: str) -> None:
+        self.calls: list[str] = []
+        self.fail = set(fail)
+
+    def _call(self, name: str, value=None):
+        self.calls.append(name)
+        if name in self.fail:
+            self.fail.discard(name)
+            raise DfdError(f"{name} failed")
+        return value
+
+    def synchronize(self, stream) -> None:
+        self._call("synchronize")
+
+    def alloc_pinned(self, nbytes: int) -> np.ndarray:
+        return self._call("alloc_pinned", np.zeros(nbytes, np.uint8))
+
+    def alloc(self, nbytes: int) -> int:
+        return self._call("alloc", 4096)
+
+    def free(self, address: int) -> None:
+        self._call("free")
+
+    def free_pinned(self, buffer: np.ndarray) -> None:
+        self._call("free_pinned")
+
+
+def test_a_staging_buffer_releases_each_half_once_whatever_fails():
+    """The host buffer alone is held when the device allocation after it failed, and is freed; a
+    failed free is raised after the other is freed, and a second release frees nothing again
+    (the buffers are forgotten before the failure is raised)."""
+    from dfd.runtime.gpu_pipeline import _Staging
+
+    device = _StagingDevice("alloc")
+    staging = _Staging(device)
+    with pytest.raises(DfdError, match="alloc failed"):
+        staging.reserve(64, stream=0)
+    staging.release()
+    assert device.calls == ["synchronize", "alloc_pinned", "alloc", "free_pinned"]
+    device = _StagingDevice("free")
+    staging = _Staging(device)
+    staging.reserve(64, stream=0)
+    with pytest.raises(DfdError, match="free failed"):
+        staging.release()
+    assert device.calls[-2:] == ["free", "free_pinned"]
+    made = len(device.calls)
+    staging.release()
+    assert len(device.calls) == made and staging.address == 0 and staging.host.size == 0
