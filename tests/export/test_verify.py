@@ -295,6 +295,10 @@ def test_a_minimum_agreement_is_the_decimal_typed():
         "95%", "95.5%", "100%", "0%", "86.9%", "0.000000000000000001%"]
     assert share_beside_limit(0, 3, 1e-20) == ("0.0%", "0.000000000000000001%")
     assert share_beside_limit(2, 3, 0.66667) == ("66.6667%", "66.667%")  # not 66.7% nor 66.667%
+    # the typed 0.1 lies below its float: "10.0%" reads below the float but not below what was typed
+    assert share_beside_limit(99999, 1000000, 0.1) == ("9.9999%", "10%")
+    # a |dP| below its limit is shown with the digits that read below it, not one rounded onto it
+    assert verify.beside_limit(0.0049999, 0.005) == ("4.9999e-03", "0.005")
 
 
 def test_an_agreement_below_every_vote_never_reads_100_percent(capsys):
@@ -307,18 +311,19 @@ def test_an_agreement_below_every_vote_never_reads_100_percent(capsys):
     assert verify.share_text(19999 / 20000, 2) == "99.995%"
     streams = {"global": {"max_abs_dp": 1e-3, "mean_abs_dp": 1e-4}}
     report = verify.VerifyReport(
-        "int8", images=2000, distinct_images=2000, streams=streams, vote_agreement=1999 / 2000,
-        vote_agreement_lower_bound=0.99972, confidence={"level": 0.95, "method": "Clopper-Pearson"},
+        "int8", images=2000, distinct_images=2000, streams=streams, vote_agreement=0.9876,
+        vote_agreement_lower_bound=0.9835, confidence={"level": 0.95, "method": "Clopper-Pearson"},
         reference={"weights": "random", "seed": 0},
-        thresholds={"max_abs_dp": 0.05, "mean_dp": 0.01, "min_vote_agreement": 0.99, "max_vote_change": 0.1,
+        thresholds={"max_abs_dp": 0.05, "mean_dp": 0.01, "min_vote_agreement": 0.955, "max_vote_change": 0.1,
                     "min_vote_agreement_applies_to": "each condition", "non_finite": "fail",
                     "unreadable_inputs": "left out"},
         per_condition={"clean": {"images": 2000, "vote_agreement": 1999 / 2000,
-                                 "vote_agreement_lower_bound": 0.99972, "streams": streams}})
+                                 "vote_agreement_lower_bound": 0.99763, "streams": streams}})
     _print_verification(report, Path("set"), to_stderr=False)
     out = capsys.readouterr().out
-    assert "  clean vote agreement 99.95% over 2000 image(s), 95% lower bound 99.97%" in out
-    assert "  vote agreement 99.95% (95% lower bound 99.97%, Clopper-Pearson)" in out
+    assert "  clean vote agreement 99.95% over 2000 image(s), 95% lower bound 99.8%" in out
+    assert "  vote agreement 98.76% (95% lower bound 98.4%, Clopper-Pearson)" in out  # pooled: two decimals
+    assert "vote agreement >= 95.5% on each condition" in out  # the minimum as typed
 
 
 def test_a_measurement_at_its_limit_passes():

@@ -463,11 +463,19 @@ def test_a_failed_kernel_module_unload_is_reported(kernel_host, kernel_cache, mo
 
     gpu = _emulated_gpu(monkeypatch, kernel_host, kernel_cache)
     kernels = CudaKernels(0)
+    unload = gpu.driver.cuModuleUnload
     monkeypatch.setattr(gpu.driver, "cuModuleUnload", lambda module: (gpu.real_driver.CUresult.CUDA_ERROR_INVALID_HANDLE,))
     with pytest.raises(CudaUnavailableError, match="cuModuleUnload failed"):
         kernels.close()
     assert "primary_context_references" not in gpu.leaks()  # released all the same
     kernels.close()  # once is enough: a second close has nothing left to release
+    # and the primary context's release is checked too
+    kernels = CudaKernels(0)
+    monkeypatch.setattr(gpu.driver, "cuModuleUnload", unload)
+    monkeypatch.setattr(gpu.driver, "cuDevicePrimaryCtxRelease",
+                        lambda device: (gpu.real_driver.CUresult.CUDA_ERROR_INVALID_CONTEXT,))
+    with pytest.raises(CudaUnavailableError, match="cuDevicePrimaryCtxRelease failed"):
+        kernels.close()
 
 
 def test_an_engine_tensor_without_a_numpy_type_is_refused_by_name(tensorrt_set, kernel_host, kernel_cache,

@@ -159,7 +159,9 @@ def test_doctors_text_shows_the_cuda_driver_and_runtime(monkeypatch):
     for cuda, line in (({"driver_version": "12.4", "runtime_version": "13.0", "error": None},
                         "cuda         driver 12.4  runtime 13.0\n"),
                        ({"driver_version": None, "runtime_version": "13.0", "error": "driver: none"},
-                        "cuda         driver none  runtime 13.0\n")):
+                        "cuda         driver none  runtime 13.0\n"),
+                       ({"driver_version": "12.4", "runtime_version": None, "error": "runtime: none"},
+                        "cuda         driver 12.4  runtime none\n")):
         monkeypatch.setattr(doctor, "collect_doctor_report", lambda engine_dir, cuda=cuda: {**collect(engine_dir),
                                                                                            "cuda": cuda})
         result = CliRunner().invoke(main, ["doctor"])
