@@ -377,7 +377,7 @@ def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
     """verify's report as text: the measurements and verdict on stdout (on stderr with
     ``to_stderr``: the JSON report goes to stdout), the images left out and the failed rules on
     stderr."""
-    from .verify import share_text
+    from .verify import lower_bound_text, share_text
 
     echo = functools.partial(click.echo, err=to_stderr)
     level = f"{report.confidence['level']:.0%} lower bound"
@@ -399,11 +399,11 @@ def _print_verification(report, engine_dir: Path, to_stderr: bool) -> None:
     width = max(map(len, report.per_condition), default=0)  # paper_compound is the longest name
     for condition, values in report.per_condition.items():
         measured = (f"vote agreement {share_text(values['vote_agreement'])} over {values['images']} image(s), {level} "
-                    f"{share_text(values['vote_agreement_lower_bound'])}" if values["images"]
+                    f"{lower_bound_text(values['vote_agreement_lower_bound'])}" if values["images"]
                     else "no image could be compared")
         echo(f"  {condition:{width}} {measured}{_largest_deltas(values['streams']) if several_conditions else ''}")
     echo(printable(f"  vote agreement {share_text(report.vote_agreement, 2)} "
-                   f"({level} {share_text(report.vote_agreement_lower_bound)}, "
+                   f"({level} {lower_bound_text(report.vote_agreement_lower_bound)}, "
                    f"{report.confidence['method']}); changed: "
                    + (", ".join(f"{c['image']} ({c['reference']} -> {c['engine']})" for c in report.changed_votes)
                       or "none")))

@@ -162,6 +162,13 @@ def share_text(share: float, decimals: int = 1) -> str:
         decimals += 1
 
 
+def lower_bound_text(bound: float, decimals: int = 1) -> str:
+    """A confidence lower bound as a percentage rounded down, never up: rounded to the nearest, a
+    bound of 99.763% read "lower bound 99.8%", a claim the data do not support."""
+    scale = 100 * 10**decimals
+    return _percent(Fraction(math.floor(Fraction(bound) * scale), scale), decimals)
+
+
 def share_as_typed(share: float) -> str:
     """A share threshold as the percentage the user typed: 0.95 as "95%", 0.955 as "95.5%",
     0.9500000000000001 as "95.00000000000001%" (it read "95%", beside a failing 95.0%)."""
