@@ -309,6 +309,7 @@ def test_an_agreement_below_every_vote_never_reads_100_percent(capsys):
     assert [verify.share_text(v) for v in (1999 / 2000, 1.0, 0.95, 0.0, 1 / 30000, 0.99996)] == [
         "99.95%", "100.0%", "95.0%", "0.0%", "0.003%", "99.996%"]
     assert verify.share_text(19999 / 20000, 2) == "99.995%"
+    assert verify.share_text(1 - 1e-6) == "99.9999%"  # as many places as it takes, not a few more
     assert [verify.lower_bound_text(b) for b in (0.99763, 0.9835, 0.9995, 1.0, 0.0, 0.00049)] == [
         "99.7%", "98.3%", "99.9%", "100.0%", "0.0%", "0.0%"]
     streams = {"global": {"max_abs_dp": 1e-3, "mean_abs_dp": 1e-4}}
