@@ -125,14 +125,20 @@ def _strongly_typed_flags(trt: Any) -> int:
 
 
 def check_hardware_compatibility(options: TensorRTOptions) -> None:
-    """Refuse --hardware-compatibility on a GPU older than Ampere: TensorRT builds Ampere-and-later
-    engines only on such a GPU (``HardwareCompatibilityLevel.AMPERE_PLUS``), and refuses only when
-    the first engine is built, after minutes of export."""
+    """Refuse --hardware-compatibility where TensorRT cannot honour it, before minutes of export:
+    on a GPU older than Ampere (``HardwareCompatibilityLevel.AMPERE_PLUS`` engines are built only
+    on such a GPU), and on a Jetson or DRIVE GPU (integrated), where NVIDIA does not support
+    hardware compatibility."""
     from dfd.runtime.cuda_kernels import gpu_info
 
     if not options.hardware_compatibility:
         return
-    major, minor = gpu_info().compute_capability
+    gpu = gpu_info()
+    if gpu.integrated:
+        raise TensorRTBuildError(f"--hardware-compatibility is not supported by TensorRT on Jetson or DRIVE GPUs "
+                                 f"(this is {gpu.name}, an integrated GPU): build without it; engines for each "
+                                 f"Jetson model are built on that model")
+    major, minor = gpu.compute_capability
     if major < 8:
         raise TensorRTBuildError(f"--hardware-compatibility builds engines for Ampere and newer GPUs, which TensorRT "
                                  f"does only on such a GPU; this one is of compute capability {major}.{minor}")

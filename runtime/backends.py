@@ -138,8 +138,10 @@ def tensorrt_unavailable_reason(manifest: Manifest) -> str | None:
 
     from .cuda_kernels import gpu_info
 
-    major, minor = gpu_info().compute_capability
-    return tensorrt_mismatch(manifest.raw.get("tensorrt", {}), tensorrt.__version__, f"{major}.{minor}")
+    gpu = gpu_info()
+    major, minor = gpu.compute_capability
+    return tensorrt_mismatch(manifest.raw.get("tensorrt", {}), tensorrt.__version__, f"{major}.{minor}",
+                             local_integrated=gpu.integrated)
 
 
 def check_backend_name(name: object) -> None:

@@ -276,6 +276,7 @@ def make_jobs(
 class GpuInfo:
     name: str
     compute_capability: tuple[int, int]
+    integrated: bool = False  # a Jetson's or DRIVE's GPU, sharing the SoC's memory
 
     @property
     def arch(self) -> str:
@@ -310,7 +311,9 @@ def gpu_info(device: int = 0) -> GpuInfo:
                    "cuDeviceGetAttribute", CudaUnavailableError)
     minor = check_cuda(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev),
                    "cuDeviceGetAttribute", CudaUnavailableError)
-    return GpuInfo(name.split(b"\0", 1)[0].decode(), (major, minor))
+    integrated = check_cuda(driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_INTEGRATED, dev),
+                            "cuDeviceGetAttribute", CudaUnavailableError)
+    return GpuInfo(name.split(b"\0", 1)[0].decode(), (major, minor), bool(integrated))
 
 
 class KernelArgs:

@@ -9,7 +9,7 @@ on a CPU-only machine too. JSON keys of ``collect_doctor_report``:
 - ``cuda``: {"driver_version": "12.4" or null, "runtime_version": "13.0" or null,
   "error": why or null} (driver from libcuda, runtime from libcudart)
 - ``gpu``: {"available": bool, "name", "compute_capability": "9.0", "arch": "sm_90",
-  "free_memory_bytes", "total_memory_bytes"} or {"available": false, "reason": "no GPU: ..."}
+  "integrated": bool (a Jetson's or DRIVE's GPU), "free_memory_bytes", "total_memory_bytes"} or {"available": false, "reason": "no GPU: ..."}
 - ``tensorrt``: {"available": bool, "version": str or null, "reason": why not or null}
 - ``kernels``: {"nvrtc_version": "13.0" or null, "ptx": {"sm_87": "ok", "sm_90": "ok",
   <local GPU arch>: "ok"} (each "ok" or the error text), "cubin_local": "ok" / error / null},
@@ -84,7 +84,8 @@ def _gpu() -> dict[str, Any]:
         return {"available": False, "reason": f"no GPU: {exc}"}
     major, minor = info.compute_capability
     return {"available": True, "name": info.name, "compute_capability": f"{major}.{minor}",
-            "arch": info.arch, "free_memory_bytes": int(free), "total_memory_bytes": int(total)}
+            "arch": info.arch, "integrated": info.integrated, "free_memory_bytes": int(free),
+            "total_memory_bytes": int(total)}
 
 
 def _tensorrt() -> dict[str, Any]:
@@ -153,7 +154,7 @@ def _unrunnable_reason(entry: StreamEntry, manifest: Manifest, gpu: dict[str, An
         reason = gpu.get("reason")
     else:
         reason = tensorrt_mismatch(manifest.raw.get("tensorrt", {}), str(tensorrt.get("version")),
-                                   str(gpu.get("compute_capability")))
+                                   str(gpu.get("compute_capability")), local_integrated=bool(gpu.get("integrated")))
     if reason and entry.file("onnx") is not None and "error" not in onnxruntime:
         reason += "; its ONNX graph runs on onnxruntime (--backend auto falls back to it)"
     return reason

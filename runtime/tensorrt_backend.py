@@ -123,13 +123,14 @@ def _same_version(built: str, local: str) -> bool:
 
 
 def tensorrt_mismatch(recorded: dict[str, Any], local_version: str, local_compute_capability: str,
-                      platform_name: str | None = None) -> str | None:
+                      platform_name: str | None = None, local_integrated: bool = False) -> str | None:
     """Why engines built as ``recorded`` (the manifest's ``tensorrt`` block) cannot be
     deserialized here, or None. NVIDIA's rules (TensorRT 11.1 "Engine Compatibility"): an engine
     runs only on the TensorRT version that built it, unless built version-compatible, when it
     also runs on later versions of its major (and TensorRT 10's on 11); only on the GPU
-    architecture it was built for, unless built hardware-compatible (Ampere and later); and
-    never on another platform. ``platform_name`` defaults to this machine's."""
+    architecture it was built for, unless built hardware-compatible (Ampere and later, but not
+    on a Jetson or DRIVE GPU: ``local_integrated``); and never on another platform.
+    ``platform_name`` defaults to this machine's."""
     options = recorded.get("options", {})
     built = str(recorded.get("version", "?"))
     built_platform = recorded.get("platform")  # absent in sets built before it was recorded
@@ -152,6 +153,10 @@ def tensorrt_mismatch(recorded: dict[str, Any], local_version: str, local_comput
     built_cc = str(recorded.get("compute_capability", "?"))
     if built_cc != local_compute_capability:
         ampere_plus = float(local_compute_capability) >= 8.0 if local_compute_capability.replace(".", "").isdigit() else False
+        if options.get("hardware_compatibility") and ampere_plus and local_integrated:
+            return (f"the engines were built hardware-compatible on a GPU of compute capability {built_cc} "
+                    f"({recorded.get('gpu', '?')}), and TensorRT does not support hardware compatibility on a "
+                    f"Jetson or DRIVE GPU like this one ({local_compute_capability}): rebuild the engine set here")
         if not (options.get("hardware_compatibility") and ampere_plus):
             return (f"the engines were built for a GPU of compute capability {built_cc} "
                     f"({recorded.get('gpu', '?')}) and this GPU is {local_compute_capability}; rebuild the "

@@ -146,10 +146,11 @@ class HostCuda:
     """One emulated GPU: the state the driver and runtime facades share (see module docstring)."""
 
     def __init__(self, device: HostDevice, kernel_host: ctypes.CDLL, compute_capability: tuple[int, int] = (9, 0),
-                 name: str = "Host emulation") -> None:
+                 name: str = "Host emulation", integrated: bool = False) -> None:
         from cuda.bindings import driver, runtime
 
         self.device, self.compute_capability, self.name = device, compute_capability, name
+        self.integrated = integrated
         self.real_driver, self.real_runtime = driver, runtime
         self.kernels = _runtime_kernels(int(kernel_host.host_tasks_per_image()), int(kernel_host.host_rows_per_image()),
                                         int(kernel_host.host_row_threads()),
@@ -316,7 +317,8 @@ class _Driver(_Facade):
     def cuDeviceGetAttribute(self, attribute, dev):
         known = self._real.CUdevice_attribute
         values = {known.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: self._gpu.compute_capability[0],
-                  known.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: self._gpu.compute_capability[1]}
+                  known.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: self._gpu.compute_capability[1],
+                  known.CU_DEVICE_ATTRIBUTE_INTEGRATED: int(self._gpu.integrated)}
         return (values[attribute],)
 
     @_emulated

@@ -225,6 +225,20 @@ def test_hardware_compatibility_is_refused_before_any_work_on_a_gpu_older_than_a
     tensorrt_build.check_hardware_compatibility(tensorrt_build.TensorRTOptions())
 
 
+def test_hardware_compatibility_is_refused_before_any_work_on_a_jetson(reference_ensemble, tmp_path, monkeypatch):
+    """NVIDIA does not support hardware compatibility on Jetson or DRIVE, whose Orin GPU is Ampere
+    (8.7): the compute-capability check alone let the build go on to TensorRT."""
+    _fake_installed(monkeypatch, _fake_tensorrt())
+    orin = GpuInfo("Orin", (8, 7), integrated=True)
+    monkeypatch.setattr("dfd.runtime.cuda_kernels.gpu_info", lambda device=0: orin)
+    result = CliRunner().invoke(main, ["build", "--backend", "tensorrt", "--hardware-compatibility", "--models-dir",
+                                       str(reference_ensemble.models_dir), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 1 and not (tmp_path / "e").exists()
+    assert ("error: --hardware-compatibility is not supported by TensorRT on Jetson or DRIVE GPUs (this is Orin, "
+            "an integrated GPU): build without it") in result.output
+    tensorrt_build.check_hardware_compatibility(tensorrt_build.TensorRTOptions())  # a plain build goes on
+
+
 @pytest.mark.parametrize("flags, expected", [
     ({"STRONGLY_TYPED": 1}, 1 << 1),  # TensorRT 10
     ({"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1}, 1 << 0),  # TensorRT 11: renumbered, deprecated

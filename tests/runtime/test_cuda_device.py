@@ -214,12 +214,40 @@ def test_doctor_reports_the_gpu_and_a_runnable_tensorrt_set(tensorrt_set, kernel
     report = collect_doctor_report(tensorrt_set)
     assert report["gpu"]["available"] and report["gpu"]["name"] == "Host emulation"
     assert (report["gpu"]["compute_capability"], report["gpu"]["arch"]) == ("9.0", "sm_90")
+    assert report["gpu"]["integrated"] is False
     assert report["gpu"]["free_memory_bytes"] == 60 << 30 and report["cuda"]["driver_version"] == "13.0"
     assert report["tensorrt"] == {"available": True, "version": "10.3.0", "reason": None}
     assert report["kernels"]["cubin_local"] == "ok" and report["kernels"]["ptx"]["sm_90"] == "ok"
     streams = report["engine_set"]["streams"]
     assert set(streams) >= {"global", "face", "fusion"} and all(s["runnable"] for s in streams.values()), streams
     assert gpu.leaks() == {}  # its context reference is released
+
+
+def test_a_jetson_refuses_a_hardware_compatible_set_built_elsewhere(tensorrt_set, kernel_host, kernel_cache,
+                                                                    monkeypatch, tmp_path):
+    """The GPU's integrated attribute reaches the compatibility rule: NVIDIA does not support
+    hardware compatibility on Jetson or DRIVE, so the set built so on the (emulated) H100 is not
+    opened on an Orin, whose compute capability alone would have let it through."""
+    import json
+    import shutil
+
+    from conftest import write_rebuilt_manifest
+    from dfd.runtime.backends import tensorrt_unavailable_reason
+    from dfd.runtime.manifest import MANIFEST_NAME
+
+    folder = tmp_path / "compatible"
+    shutil.copytree(tensorrt_set, folder)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    data["tensorrt"]["options"]["hardware_compatibility"] = True
+    write_rebuilt_manifest(folder, data)
+    orins = [HostCuda(HostDevice(kernel_host, "lazy"), kernel_host, (8, 7), "Orin", integrated=integrated)
+             for integrated in (False, True)]  # made before either is installed: each wraps the real driver
+    for orin, integrated, refused in zip(orins, (False, True), (False, True)):
+        orin.install(monkeypatch)
+        monkeypatch.setitem(sys.modules, "tensorrt", host_tensorrt(orin))
+        assert cuda_kernels.gpu_info(0).integrated is integrated
+        reason = tensorrt_unavailable_reason(load_manifest(folder))
+        assert (reason is not None and "not support hardware compatibility on a Jetson" in reason) is refused, reason
 
 
 def test_a_cloned_backend_runs_alone_and_releases_its_own_buffers(tensorrt_set, kernel_host, kernel_cache, monkeypatch):

@@ -99,6 +99,16 @@ def test_engines_are_judged_by_the_runtime_s_compatibility_rule(tiny_engine_set,
     assert reason.endswith("its ONNX graph runs on onnxruntime (--backend auto falls back to it)")
     newer = engine_set_report(folder, orin, {**trt_10_3, "version": "10.7.0"}, ort)["streams"]["face"]["reason"]
     assert "built with TensorRT 10.3.0 and this machine has TensorRT 10.7.0" in newer
+    # built hardware-compatible, an Orin set runs on an H100 but an H100 set not on a Jetson
+    compatible = {**BUILT_FOR_ORIN, "options": {**BUILT_FOR_ORIN.get("options", {}), "hardware_compatibility": True}}
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    write_rebuilt_manifest(folder, {**manifest, "tensorrt": compatible})
+    assert all(s["runnable"] for s in engine_set_report(folder, h100, trt_10_3, ort)["streams"].values())
+    write_rebuilt_manifest(folder, {**manifest, "tensorrt": {**compatible, "compute_capability": "9.0"}})
+    assert all(s["runnable"] for s in engine_set_report(folder, orin, trt_10_3, ort)["streams"].values())
+    jetson = {**orin, "integrated": True}
+    reason = engine_set_report(folder, jetson, trt_10_3, ort)["streams"]["global"]["reason"]
+    assert "TensorRT does not support hardware compatibility on a Jetson or DRIVE GPU like this one (8.7)" in reason
 
 
 def test_unreadable_engine_set_is_reported_not_raised(tmp_path, tiny_engine_set):

@@ -75,6 +75,21 @@ def test_other_gpu_is_refused_unless_hardware_compatible():
     assert tensorrt_mismatch(built, "10.3.0", "7.5") is not None  # pre-Ampere
 
 
+def test_a_hardware_compatible_engine_is_refused_on_a_jetson():
+    """NVIDIA does not support hardware compatibility on Jetson or DRIVE: an engine built so on a
+    Grace Hopper (aarch64, like the Jetson) was accepted on an Orin (8.7, Ampere) and left to
+    TensorRT's deserialization to refuse."""
+    built = {**BUILT, "gpu": "GH200", "compute_capability": "9.0", "platform": "Linux-aarch64",
+             "options": {"hardware_compatibility": True}}
+    assert tensorrt_mismatch(built, "10.3.0", "8.7", "Linux-aarch64") is None  # a discrete Ampere GPU runs it
+    reason = tensorrt_mismatch(built, "10.3.0", "8.7", "Linux-aarch64", local_integrated=True)
+    assert reason == ("the engines were built hardware-compatible on a GPU of compute capability 9.0 (GH200), and "
+                      "TensorRT does not support hardware compatibility on a Jetson or DRIVE GPU like this one (8.7): "
+                      "rebuild the engine set here")
+    # the same engine on its own architecture is no concern of that rule
+    assert tensorrt_mismatch(built, "10.3.0", "9.0", "Linux-aarch64", local_integrated=True) is None
+
+
 def test_onnxruntime_set_falls_back_under_auto_and_refuses_explicit_tensorrt(tiny_engine_set):
     manifest = load_manifest(tiny_engine_set)
     assert "no TensorRT engines" in tensorrt_unavailable_reason(manifest)
