@@ -247,6 +247,7 @@ def test_the_manifest_entry_records_each_slots_image_degradations_and_preprocess
     ("items", [["img0", False, [], "abc"]] * 2), ("items", [["img0", False, [], [1]]] * 2),
     ("items", [["img0", True, [[1, 0.5]], []]] * 2), ("items", [["img0", True, [["jpeg", "x"]], []]] * 2),
     ("items", [["img0", False, [], []]] * 3),
+    ("items", [["img0", False, {}, []]] * 2), ("items", [["img0", False, [], {"a": "b"}]] * 2),  # no lists
     ("unreadable", None), ("unreadable", []), (calibset.SOURCE_PIXELS_KEY, None), ("reserve_hashes", None)])
 def test_a_cache_file_with_malformed_records_is_rebuilt(images, tmp_path, key, value):
     """The arrays' digest does not cover the records beside them (``None``: left out): a

@@ -118,6 +118,8 @@ def test_a_link_to_a_folder_holding_the_one_given_is_not_followed_and_is_named(t
     assert scan_image_folder(folder, recursive=False).enclosing_links == []  # a flat scan follows no link
     (folder / "top").unlink()  # removed between the scan and the warning: the warning still comes
     assert found.warnings(folder)[0].endswith("sub/parent -> ../.., top -> (unreadable now: No such file or directory)")
+    (folder / "top").write_text("a file now")  # replaced by a file: no link to read, and no crash either
+    assert found.warnings(folder)[0].endswith("top -> (unreadable now: Invalid argument)")
 
 
 def test_a_relative_folder_finds_the_links_that_lead_out_of_it(tmp_path, monkeypatch):

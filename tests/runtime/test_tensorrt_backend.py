@@ -140,6 +140,7 @@ def test_tensorrt_older_than_10_is_refused_by_version(installed_tensorrt):
 
 @pytest.mark.parametrize("source, given, version", [
     ("", "has no __version__", None),
+    ('__version__ = ""', "gives '', no TensorRT version number,", ""),
     ('__version__ = "dev"', "gives 'dev', no TensorRT version number,", "dev")])
 def test_a_tensorrt_package_without_a_version_is_refused_saying_so(installed_tensorrt, source, given, version):
     """A package named tensorrt with no version number (a stub, a namesake) is no TensorRT to build
@@ -151,7 +152,13 @@ def test_a_tensorrt_package_without_a_version_is_refused_saying_so(installed_ten
     assert doctor._tensorrt() == {"available": False, "version": version, "reason": reason}
 
 
-def test_tensorrt_10_is_usable_as_a_package(installed_tensorrt):
-    installed_tensorrt('__version__ = "10.3.0.30"')
-    assert tensorrt_package() == (sys.modules["tensorrt"], None)
-    assert doctor._tensorrt() == {"available": True, "version": "10.3.0.30", "reason": None}
+@pytest.mark.parametrize("version", ["10.3.0.30", "10.3.0", "11.1.0"])
+def test_tensorrt_10_is_usable_as_a_package(installed_tensorrt, version):
+    installed_tensorrt(f'__version__ = "{version}"')
+    assert tensorrt_package() == (sys.modules["tensorrt"], None)  # judged by its major version
+    assert doctor._tensorrt() == {"available": True, "version": version, "reason": None}
+
+
+def test_doctor_shows_a_version_that_is_no_string_as_text(installed_tensorrt):
+    installed_tensorrt("__version__ = 10")
+    assert doctor._tensorrt() == {"available": True, "version": "10", "reason": None}
