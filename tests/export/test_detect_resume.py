@@ -193,6 +193,16 @@ def test_a_resume_with_a_set_that_records_no_digest_says_so(tiny_engine_set, fol
         assert out.read_text() == text
 
 
+def test_a_wrong_engine_folder_is_named_before_the_scored_file_is_read(folder, tmp_path):
+    """The folder is the first thing detect is given and the rows are judged against its digest:
+    its error comes first, whatever is wrong with the file to resume."""
+    (tmp_path / "scores.txt").write_text("a.png 0.4\n")
+    with open(tmp_path / "out.jsonl", "a") as stdout:
+        run = _detect(tmp_path / "no-set", "images", "--skip-scored", "scores.txt", stdout=stdout, cwd=tmp_path)
+    assert run.returncode != 0 and "--skip-scored reads" not in run.stderr
+    assert f"engine set folder not found: {tmp_path / 'no-set'}" in run.stderr, run.stderr
+
+
 def test_rows_that_name_no_engine_set_resume_with_a_warning(tiny_engine_set, folder, tmp_path):
     out = tmp_path / "scores.jsonl"
     old_row = '{"image": "images/astronaut.png", "score": 0.4, "error": null}\n'  # an earlier dfd-export's
