@@ -220,6 +220,19 @@ def test_a_face_box_mostly_outside_its_image_is_cropped_with_a_note(tiny_engine_
             f"black padding (as for a face cut by the image's edge)") in results[2].notes
 
 
+def test_the_padding_note_starts_below_half_and_reaches_a_fifth_of_the_long_side():
+    """Exactly half inside is no note; the padded step's reach is a fifth of the long side in
+    both directions (its grey border is that wide on every side), so a wide image's cut face
+    reaching 110 pixels above it is still "a face cut by the edge"."""
+    from dfd.runtime.detector import _padding_note
+
+    assert _padding_note((-50, 100, 50, 300), (512, 512)) is None  # 50% inside
+    assert "49% of the face box" in _padding_note((-50.5, 100, 49.5, 300), (512, 512))
+    cut, past = (50, -110, 200, 40), (50, -121, 200, 29)  # 600 wide, 300 high: the reach is 120
+    assert _padding_note(cut, (300, 600)).endswith("(as for a face cut by the image's edge)")
+    assert _padding_note(past, (300, 600)).endswith("(are the coordinates for another size of this image?)")
+
+
 def test_a_detected_box_past_the_edge_gets_the_note_its_given_box_gets(tiny_engine_set, photographs, monkeypatch):
     """The padded cascade step finds a face cut by the edge with a box reaching past it: the run
     notes the mostly black crop, and detect's output read back as a face box reproduces the run,
