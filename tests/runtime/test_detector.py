@@ -228,8 +228,10 @@ def test_the_padding_note_starts_below_half_and_reaches_a_fifth_of_the_long_side
 
     assert _padding_note((-50, 100, 50, 300), (512, 512)) is None  # 50% inside
     assert "49% of the face box" in _padding_note((-50.5, 100, 49.5, 300), (512, 512))
-    cut, past = (50, -110, 200, 40), (50, -121, 200, 29)  # 600 wide, 300 high: the reach is 120
-    assert _padding_note(cut, (300, 600)).endswith("(as for a face cut by the image's edge)")
+    # 600 wide, 300 high: the reach is 120 past each of the four sides
+    for cut in ((50, -110, 200, 40), (50, 260, 200, 410), (-110, 50, 40, 200), (560, 50, 710, 200)):
+        assert _padding_note(cut, (300, 600)).endswith("(as for a face cut by the image's edge)"), cut
+    past = (50, -121, 200, 29)
     assert _padding_note(past, (300, 600)).endswith("(are the coordinates for another size of this image?)")
 
 
