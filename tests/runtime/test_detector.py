@@ -72,6 +72,23 @@ def test_a_closed_detector_refuses_to_score(tiny_engine_set, photographs):
         detector.detect([photographs["coffee"]])
 
 
+def test_a_ctrl_c_while_the_workers_stop_still_releases_the_sessions(tiny_engine_set, photographs, monkeypatch):
+    """close waits for the worker threads first; a Ctrl-C there is raised once the backend's
+    sessions (gigabytes at paper size) are released too, not instead of releasing them."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    assert detector.detect([photographs["coffee"]])[0].ok
+    backend, stop = detector.backend, detector._pool.shutdown
+
+    def interrupted(wait: bool = True) -> None:
+        stop(wait=wait)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detector._pool, "shutdown", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        detector.close()
+    assert backend.sessions == {} and detector.closed
+
+
 FORK_CHILD = """
 import os, sys
 import numpy as np
