@@ -336,6 +336,12 @@ def test_the_padded_step_keeps_the_part_of_a_cut_face_beyond_the_edge(run_detect
     assert result.box[0] < -15, result.box  # measured -26.4
     face = (ASTRONAUT_FACE[0] - 200, ASTRONAUT_FACE[1], ASTRONAUT_FACE[2] - 200, ASTRONAUT_FACE[3])
     assert iou(result.box, face) >= 0.7, result
+    # cut by the bottom edge (rows from 150 on), the box reaches past that one: 28 rows of the face
+    result = FaceLocator(_BlindFirstPass(run_detector), strategies=("padded_equalize",)).locate(
+        np.ascontiguousarray(skimage.data.astronaut()[:150]))
+    assert result is not None and result.strategy == "padded_equalize"
+    assert result.box[3] > 150 + 15, result.box  # measured 168.2
+    assert iou(result.box, ASTRONAUT_FACE) >= 0.7, result
 
 
 @pytest.mark.parametrize("strategy", ["gamma_upscale_unsharp_clahe", "padded_equalize", "sharpen_clahe"])
