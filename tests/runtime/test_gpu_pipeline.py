@@ -89,6 +89,7 @@ def test_fused_path_equals_the_host_path(tiny_engine_set, kernel_host, scene, or
             _open(tiny_engine_set, OnnxRuntimeBackend(manifest), batch_size=8) as host:
         assert fused.fused is not None and fused.preprocessing.startswith("fused CUDA kernels")
         assert host.fused is None and host.preprocessing == "host (NumPy/OpenCV)"
+        pipeline = fused.fused
         got, want = fused.detect(images), host.detect(images)
         _same(got, want)
         assert [d.ok for d in got] == [True] * 5 + [False, True]  # the corrupt file sinks nothing
@@ -110,6 +111,7 @@ def test_fused_path_equals_the_host_path(tiny_engine_set, kernel_host, scene, or
         _same(refused, host.detect(strip))
         assert "too elongated to score" in refused[0].error
     assert backend.device.pinned == {}  # close() released every staging and result buffer
+    pipeline.close()  # closing again frees nothing twice
     assert set(backend.device.allocations) == {a for e in backend.engines.values()
                                                for a in (e.input_address, e.output_address)}
 
