@@ -9,7 +9,8 @@ on a CPU-only machine too. JSON keys of ``collect_doctor_report``:
 - ``cuda``: {"driver_version": "12.4" or null, "runtime_version": "13.0" or null,
   "error": why or null} (driver from libcuda, runtime from libcudart)
 - ``gpu``: {"available": bool, "name", "compute_capability": "9.0", "arch": "sm_90",
-  "integrated": bool (a Jetson's or DRIVE's GPU), "free_memory_bytes", "total_memory_bytes"} or {"available": false, "reason": "no GPU: ..."}
+  "integrated": bool (a Jetson's or DRIVE's GPU), "free_memory_bytes", "total_memory_bytes"} or
+  {"available": false, "reason": "no GPU: ..."}
 - ``tensorrt``: {"available": bool, "version": str or null, "reason": why not or null}
 - ``kernels``: {"nvrtc_version": "13.0" or null, "ptx": {"sm_87": "ok", "sm_90": "ok",
   <local GPU arch>: "ok"} (each "ok" or the error text), "cubin_local": "ok" / error / null},

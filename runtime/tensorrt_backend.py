@@ -153,11 +153,12 @@ def tensorrt_mismatch(recorded: dict[str, Any], local_version: str, local_comput
     built_cc = str(recorded.get("compute_capability", "?"))
     if built_cc != local_compute_capability:
         ampere_plus = float(local_compute_capability) >= 8.0 if local_compute_capability.replace(".", "").isdigit() else False
-        if options.get("hardware_compatibility") and ampere_plus and local_integrated:
+        portable = options.get("hardware_compatibility") and ampere_plus
+        if portable and local_integrated:
             return (f"the engines were built hardware-compatible on a GPU of compute capability {built_cc} "
                     f"({recorded.get('gpu', '?')}), and TensorRT does not support hardware compatibility on a "
                     f"Jetson or DRIVE GPU like this one ({local_compute_capability}): rebuild the engine set here")
-        if not (options.get("hardware_compatibility") and ampere_plus):
+        if not portable:
             return (f"the engines were built for a GPU of compute capability {built_cc} "
                     f"({recorded.get('gpu', '?')}) and this GPU is {local_compute_capability}; rebuild the "
                     f"engine set on this GPU (or build it with --hardware-compatibility for Ampere and newer)")
