@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import platform
-import sys
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +27,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from dfd.calibration.degrade import PAPER_SPEC, DegradationSpec, degrade
 from dfd.calibration.sources import sample_images
@@ -38,6 +36,7 @@ from dfd.runtime.errors import DfdError
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image, read_image_file
 from dfd.runtime.preprocess import (preprocess_face, preprocess_fusion, preprocess_global,
                                     reencode_like_reference_face_file, unscorable_reason)
+from dfd.runtime.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +373,8 @@ def _compute(sampled: Sequence[int], readable: _ReadableImages, degraded_slots: 
               for stream, size in stream_sizes.items()}
     items = []
     source_pixels: dict[int, str] = {}  # input position -> array_sha256, each input hashed once
-    bar = tqdm(total=count, desc="calibration set", unit="img", file=sys.stderr,
-               disable=not progress or count <= _PROGRESS_MIN_IMAGES)
+    bar = progress_bar(total=count, desc="calibration set", unit="img",
+                       disable=not progress or count <= _PROGRESS_MIN_IMAGES)
     with bar:
         for slot, position in enumerate(sampled):
             used, image, rgb = readable.load(position)

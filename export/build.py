@@ -14,7 +14,6 @@ import os
 import platform
 import shutil
 import stat
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from tqdm import tqdm
 
 from dfd.runtime.atomic_files import flush_to_disk, sync_folder
 from dfd.runtime.errors import DfdError, first_few, os_error_text
@@ -33,6 +31,7 @@ from dfd.runtime.images import DEFAULT_MAX_PIXELS
 from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, engine_set_files,
                                   write_manifest)
 from dfd.runtime.preprocess import preprocessing_record
+from dfd.runtime.progress import progress_bar
 from dfd.runtime.vote import DEFAULT_VOTE_WEIGHTS, VOTE_RULES
 
 from .checkpoint import CheckpointError, check_reference_checkpoint, load_reference_checkpoint
@@ -523,8 +522,8 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
     try:
         calibration = _calibration_set(request, warn) if request.precision != "fp32" else None
         # closed however the build ends, so that its error starts a line of its own
-        with tqdm(request.streams, desc="build", unit="stream", file=sys.stderr, leave=True) as progress:
-            for name in progress:
+        with progress_bar(total=len(request.streams), desc="build", unit="stream") as progress:
+            for name in request.streams:
                 progress.set_description(f"build {name}: load")
                 module, source = load_stream_module(name, request, dino, clip)
                 progress.set_description(f"build {name}: export ONNX ({parameter_bytes(module) / 1e9:.2f} GB)")
@@ -556,6 +555,7 @@ def _build_into(out: Path, request: BuildRequest, dino: DinoV2Config, clip: Clip
                         **({"clip": clip.to_dict()} if STREAM_SPECS[name].uses_clip else {}),
                     },
                 }
+                progress.update(1)
         _warn_about_shared_checkpoints(streams, warn)
         face_detector = _face_detector_entry(staging, request) if request.face_detector else None
         manifest = {

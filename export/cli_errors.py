@@ -51,7 +51,8 @@ def _end_open_progress_bars() -> None:
             bar.close()
         else:  # stopped inside its constructor, where close() takes it for never drawn
             bar.disable = True
-            bar.fp.write("\n")
+            if not getattr(bar, "ends_its_lines", False):  # a log's progress line ended itself
+                bar.fp.write("\n")
 
 
 def _reader_went_away() -> None:

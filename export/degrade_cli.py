@@ -48,10 +48,9 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, resume, max_p
     not its name. One unreadable image is reported and the others still processed (exit 2).
     Nothing is overwritten without --force, and an input never; --resume goes on where an
     interrupted run stopped."""
-    from tqdm import tqdm
-
     from dfd.calibration.degrade import DegradationError
     from dfd.calibration.degrade_files import degrade_files
+    from dfd.runtime.progress import progress_bar, stderr_is_terminal
 
     require_stdout()  # each line says which file became which: lost without one, for a run that exits 0
     if fixed is not None and share >= 1 and flags_given(click.get_current_context(), ("seed",)):
@@ -66,10 +65,10 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, resume, max_p
     failed, kept, written = len(problems), 0, 0
     results = degrade_files([Path(p) for p in paths], out_dir, seed=seed, fixed=fixed, share=share, replace=force,
                             resume=resume, max_pixels=max_pixels)
-    # the bar only on a terminal, where each line is written above it: in a file or a pipe its
-    # redraws began the lines printed after them, so scripts looking for "error:" missed some
-    with termination_interrupts(), tqdm(total=len(paths), desc="degrade", unit="image", file=sys.stderr,
-                                        disable=len(paths) < 2 or not sys.stderr.isatty(), leave=False) as bar:
+    # the bar only on a terminal, where each line is written above it: in a log the line each
+    # image gets is its progress already
+    with termination_interrupts(), progress_bar(total=len(paths), desc="degrade", unit="image", leave=False,
+                                                disable=len(paths) < 2 or not stderr_is_terminal()) as bar:
         for result in results:
             with bar.external_write_mode(file=sys.stderr):
                 if result.output is not None:

@@ -138,10 +138,9 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     import io
     import json
 
-    from tqdm import tqdm
-
     from dfd.runtime.detector import Detector
     from dfd.runtime.manifest import CONTENT_HASH_KEY, load_manifest, verify_files
+    from dfd.runtime.progress import bars_paused_for, progress_bar
 
     if face_crops is not None and face_boxes is not None:
         raise click.UsageError("give --face-crops or --face-boxes, not both: each says what the face stream sees")
@@ -232,13 +231,12 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
 
     def emit(record: dict) -> None:
         if fmt == "table":
-            output.write(_format_table_row(record, omitted_notes) + "\n")
-            return
-        record[ENGINE_SET_FIELD] = engine_set
-        if fmt == "jsonl":
-            output.write(json.dumps(record) + "\n")
+            row = _format_table_row(record, omitted_notes) + "\n"
         else:
-            output.write(csv_text(lambda: writer.writerow(_csv_row(record))))
+            record[ENGINE_SET_FIELD] = engine_set
+            row = json.dumps(record) + "\n" if fmt == "jsonl" else csv_text(lambda: writer.writerow(_csv_row(record)))
+        with bars_paused_for(sys.stdout):
+            output.write(row)
 
     def emit_problems_before(position: int) -> int:
         """Emit the failed inputs that came just before image ``position`` (in their place); how many."""
@@ -251,8 +249,8 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     failed = 0
     # closed however the run ends, so that an error or an interruption starts a line of its own; SIGTERM
     # (timeout, a service manager) ends the run as Ctrl-C does: exit 130, every row written whole
-    with termination_interrupts(), tqdm(total=len(paths), unit="img", file=sys.stderr,
-                                        disable=len(paths) < 16) as progress:
+    with termination_interrupts(), progress_bar(total=len(paths), desc="detect", unit="img",
+                                                disable=len(paths) < 16) as progress:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             crops = [crop_files.get(path) for path in chunk] if crop_files is not None else None

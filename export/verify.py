@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -37,6 +36,7 @@ from dfd.runtime.detector import Detector
 from dfd.runtime.errors import DfdError, first_few
 from dfd.runtime.images import DEFAULT_MAX_PIXELS, ImageError, array_sha256, decode_image
 from dfd.runtime.manifest import CONTENT_HASH_KEY, STREAM_ORDER, Manifest
+from dfd.runtime.progress import progress_bar
 from dfd.runtime.vote import discretised_vote, softmax_fake_probability
 
 from .build import load_reference_stream
@@ -344,7 +344,7 @@ def _compare_images(detector: Detector, reference: Mapping[str, torch.nn.Module]
     make the sample look larger than it is."""
     tally = _Tally({condition: [0, 0] for condition, _ in conditions},
                    {condition: {s: [] for s in detector.streams} for condition, _ in conditions})
-    with tqdm(total=len(sources) * len(conditions), desc="verify", unit="img", file=sys.stderr) as progress:
+    with progress_bar(total=len(sources) * len(conditions), desc="verify", unit="img") as progress:
         for label, source in sources:
             _compare_image(detector, reference, label, source, conditions, report, tally, progress)
     return tally

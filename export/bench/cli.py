@@ -81,9 +81,8 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
           plot_out, max_pixels):
     """Measure an engine set: latency percentiles, throughput and per-stage time per batch size,
     optionally next to the reference PyTorch pipeline (--compare torch)."""
-    from tqdm import tqdm
-
     from dfd.runtime.manifest import load_manifest, verify_files
+    from dfd.runtime.progress import progress_bar
 
     require_stdout()
     if json_out is not None and plot_out is not None and json_out.resolve() == plot_out.resolve():
@@ -101,7 +100,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
                              warmup=warmup, iterations=iterations, compare_torch=compare == "torch",
                              backend=backend, label=label, weights_dir=weights_dir, max_pixels=max_pixels)
     pipelines = 2 if settings.compare_torch else 1
-    bar = tqdm(total=len(batch_sizes) * iterations * pipelines, unit="it", file=sys.stderr, desc="bench")
+    bar = progress_bar(total=len(batch_sizes) * iterations * pipelines, desc="bench", unit="it")
     try:
         with termination_interrupts():
             result = run_benchmark(settings, progress=bar.set_description, tick=lambda: bar.update(1))

@@ -187,7 +187,7 @@ def test_an_interrupted_detect_ends_its_progress_bar_before_the_error(tiny_engin
     result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--batch-size", "8",
                                        "--format", "jsonl"])
     assert result.exit_code == 130, result.output
-    assert re.search(r"8/16 \[.*\]\nerror: interrupted", result.output), result.output
+    assert re.search(r"\ndetect: 8/16 \(50%\)[^\r\n]*\nerror: interrupted\n$", result.output), result.output
 
 
 def test_a_bar_interrupted_before_its_with_took_hold_is_ended_before_the_error(capsys):
@@ -212,6 +212,27 @@ def test_a_bar_interrupted_before_its_with_took_hold_is_ended_before_the_error(c
     assert re.search(r"\rverify:   0%\|[^\r\n]*\| 0/200 \[[^\r\n]*\]\nerror: interrupted\n$", stderr), repr(stderr)
 
 
+def test_a_log_progress_interrupted_in_its_constructor_adds_no_blank_line(capsys):
+    """A log's progress line ends itself: the line break added for a bar cut short in its
+    constructor would leave an empty line before the error."""
+    from dfd.runtime.progress import LoggedProgress
+
+    class SignalledOnceWritten(LoggedProgress):
+        def refresh(self, *args, **kwargs):  # the constructor's first line
+            super().refresh(*args, **kwargs)
+            raise KeyboardInterrupt
+
+    @handles_errors
+    def interrupted_in_the_constructor():
+        with SignalledOnceWritten(total=200, desc="verify", unit="img"):
+            pytest.fail("the constructor was not interrupted")
+
+    with pytest.raises(SystemExit) as ended:
+        interrupted_in_the_constructor()
+    assert ended.value.code == 130
+    assert capsys.readouterr().err == "verify: 0/200 (0%)\nerror: interrupted\n"
+
+
 def test_a_failed_build_ends_its_progress_bar_before_the_error(reference_ensemble, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
@@ -229,7 +250,8 @@ def test_a_failed_build_ends_its_progress_bar_before_the_error(reference_ensembl
                                        "--lora-r", str(LORA_R), "--lora-alpha", str(LORA_ALPHA),
                                        "--streams", "global"])
     assert result.exit_code == 1, result.output
-    assert re.search(r"\]\nerror: the disk is on fire", result.output), result.output
+    assert re.search(r"\nbuild global: export ONNX [^\r\n]*: 0/1 \(0%\)\nerror: the disk is on fire", result.output), \
+        result.output
 
 
 def test_errors_and_warnings_escape_what_a_file_name_may_hold():

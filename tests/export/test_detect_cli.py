@@ -23,6 +23,7 @@ from conftest import FACE_BOXES
 from dfd.calibration.degrade import fixed_degradation
 from dfd.export.cli import main
 from reference_preprocessing import reference_face_crop, reference_vote, stream_batch
+from terminal_screen import terminal_screen
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +153,34 @@ def test_detect_cli_table_shows_each_images_notes_below_its_row(tiny_engine_set,
     lines = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--no-face-detect", "--format",
                                       "jsonl"]).stdout.splitlines()
     assert any("re-encoded" in note for note in json.loads(lines[1])["notes"])  # jsonl keeps every note
+
+
+def test_detect_cli_rows_on_a_terminal_begin_lines_of_their_own(tiny_engine_set, tmp_path, monkeypatch):
+    """Rows printed to the terminal the bar is drawn on began on the bar's line, after its text."""
+    from dfd.runtime import progress
+
+    for index in range(16):  # the bar is drawn from 16 images
+        cv2.imwrite(str(tmp_path / f"{index:02d}.png"), np.full((64, 64, 3), index * 8, np.uint8))
+    monkeypatch.setattr(progress, "_is_terminal", lambda stream: True)
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--no-face-detect",
+                                       "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    screen = terminal_screen(result.output)  # stdout and stderr as they came
+    rows = [line for line in screen if ".png" in line]
+    assert [row.split()[0] for row in rows] == [str(tmp_path / f"{index:02d}.png") for index in range(16)], screen
+    assert screen[-2].startswith("detect: 100%|") and screen[-1] == "", screen  # the bar under the rows
+
+
+def test_detect_cli_progress_in_a_log_is_whole_lines(tiny_engine_set, tmp_path):
+    """In a log (stderr not a terminal) the bar was one line of carriage returns without end."""
+    for index in range(16):
+        cv2.imwrite(str(tmp_path / f"{index:02d}.png"), np.full((64, 64, 3), index * 8, np.uint8))
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--no-face-detect",
+                                       "--batch-size", "4", "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("detect: ")]
+    assert progress[0] == "detect: 0/16 (0%)" and progress[-1].startswith("detect: 16/16 (100%), "), result.stderr
 
 
 def test_detect_cli_reports_an_undecodable_file_once(tiny_engine_set, tmp_path):
