@@ -22,7 +22,8 @@ from dfd.runtime.errors import DfdError
 from dfd.runtime.images import silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
-from .cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
+from .cli_errors import (handles_errors, keep_descriptor_2_for_stderr, printable, require_stdout, termination_interrupts,
+                         warn)
 from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, GivenPath, OutputFolder, Verb, engine_dir_argument, \
     files_a_run_reads, flags_given, is_stdout, max_pixels_option, prepare_output_file, same_file, write_output_file
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
@@ -79,6 +80,7 @@ def main() -> None:
       dfd-export inspect engines/fp32
       dfd-export detect engines/fp32 photos/ --format jsonl
     """
+    keep_descriptor_2_for_stderr()
     if hasattr(sys.stdout, "reconfigure"):
         # a name the locale's encoding cannot show (an "ü" under LANG=C or PYTHONIOENCODING=ascii) is
         # written as an escape: it was a UnicodeEncodeError traceback, and the rows after it lost

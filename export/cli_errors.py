@@ -73,6 +73,25 @@ def require_stdout() -> None:
         raise DfdError("stdout is closed, so the results cannot be written; redirect it to a file")
 
 
+def keep_descriptor_2_for_stderr() -> None:
+    """Started with stderr closed (``2>&-``), point descriptor 2 at /dev/null and give Python a
+    stderr there. Otherwise the first file the process opens becomes descriptor 2, where libjpeg
+    and libpng print and where decoder-message capture swaps its sink in and back: degrade, so
+    started, failed every copy ("Bad file descriptor") without a word, and a progress bar with no
+    stream to draw on ended detect before its first row. What is said on stderr is then gone, as
+    the caller chose; results, files and the exit status are not."""
+    try:
+        os.fstat(2)
+        return
+    except OSError:
+        pass
+    null = os.open(os.devnull, os.O_WRONLY)
+    if null != 2:  # 2 is the lowest free descriptor unless 0 or 1 is closed too
+        os.dup2(null, 2)
+        os.close(null)
+    sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
+
+
 def _raised_echoing_to_stdout(exc: OSError) -> bool:
     """Whether ``exc`` came from ``click.echo`` writing to stdout (``> /dev/full``, a full disk
     under ``> report.txt``). Such an error names no file, so "error: No space left on device"

@@ -44,7 +44,10 @@ def bars_paused_for(stream: TextIO) -> AbstractContextManager[Any]:
 
 def progress_bar(*, total: int, desc: str, unit: str, leave: bool = True, disable: bool = False) -> tqdm:
     """A progress bar on stderr, moved on with ``update``: tqdm's on a terminal (``leave``: kept
-    on screen when it ends), a ``LoggedProgress`` elsewhere."""
+    on screen when it ends), a ``LoggedProgress`` elsewhere, none where stderr is closed (``2>&-``
+    leaves Python no stream: the first draw raised, and detect lost every row)."""
+    if sys.stderr is None:
+        disable = True
     if stderr_is_terminal():
         return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=leave, disable=disable)
     return LoggedProgress(total=total, desc=desc, unit=unit, disable=disable)

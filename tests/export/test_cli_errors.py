@@ -31,6 +31,31 @@ def test_closed_stdout_ends_quietly_with_the_sigpipe_status(tiny_engine_set):
     assert "error" not in stderr.lower() and "Traceback" not in stderr, stderr
 
 
+def test_closed_stderr_loses_no_row_and_no_copy(tiny_engine_set, tmp_path):
+    """Started with ``2>&-``: degrade's first file opened became descriptor 2, where decoder-message
+    capture swaps its sink in and back, and every copy failed ("Bad file descriptor") without a
+    word; detect's progress bar, with no stream to draw on, ended the run before its first row."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(16):  # detect draws its progress from 16 images
+        cv2.imwrite(str(images / f"{index:02d}.png"), np.full((64, 64, 3), index * 8, np.uint8))
+    (images / "16.png").write_bytes(b"not an image")
+    cli = [sys.executable, "-m", "dfd.export.cli"]
+
+    def closed_stderr(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(cli + list(args), stdout=subprocess.PIPE, text=True, timeout=300,
+                              preexec_fn=lambda: os.close(2))
+
+    degraded = closed_stderr("degrade", str(images), "--out", str(tmp_path / "copies"), "--fixed", "jpeg10")
+    assert degraded.returncode == 2 and len(degraded.stdout.splitlines()) == 16, degraded.stdout
+    copies = sorted((tmp_path / "copies").glob("*.png"))
+    assert [copy.name for copy in copies] == [f"{index:02d}.png" for index in range(16)]
+    assert all(cv2.imread(str(copy)).shape == (64, 64, 3) for copy in copies)
+    detected = closed_stderr("detect", str(tiny_engine_set), str(images), "--format", "jsonl", "--no-face-detect")
+    rows = [json.loads(line) for line in detected.stdout.splitlines()]
+    assert detected.returncode == 2 and len(rows) == 17 and [row["error"] is None for row in rows] == [True] * 16 + [False]
+
+
 def test_running_out_of_memory_is_one_line_not_a_traceback():
     @click.command()
     @handles_errors

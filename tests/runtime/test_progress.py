@@ -123,3 +123,11 @@ def test_bars_are_left_alone_for_a_row_that_goes_elsewhere(monkeypatch, bar_on):
         with bars_paused_for(sys.stdout):
             sys.stdout.write("row 0\n")
         assert drawn and sys.stderr.getvalue() == drawn
+
+
+def test_no_stderr_no_bar(monkeypatch):
+    """A process without stderr (``2>&-``, pythonw): Python's stderr is None, and the first draw raised."""
+    monkeypatch.setattr(sys, "stderr", None)
+    with progress_bar(total=4, desc="calibration set", unit="img") as bar:
+        bar.update(4)
+    assert bar.disable
