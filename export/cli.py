@@ -22,8 +22,8 @@ from dfd.runtime.errors import DfdError
 from dfd.runtime.images import silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
-from .cli_errors import (handles_errors, keep_descriptor_2_for_stderr, printable, require_stdout, termination_interrupts,
-                         warn)
+from .cli_errors import (colour, echo_error, fail_interrupted, handles_errors, printable, require_stdout, steady_stderr,
+                         termination_interrupts, warn)
 from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, GivenPath, OutputFolder, Verb, engine_dir_argument, \
     files_a_run_reads, flags_given, is_stdout, max_pixels_option, prepare_output_file, same_file, write_output_file
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
@@ -63,9 +63,8 @@ class _Group(click.Group):
         except click.ClickException as exc:
             exc.show()
             sys.exit(1)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
+        except click.Abort:  # an interrupt while click read the arguments: no prompt here reads stdin
+            fail_interrupted()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -80,14 +79,17 @@ def main() -> None:
       dfd-export inspect engines/fp32
       dfd-export detect engines/fp32 photos/ --format jsonl
     """
-    keep_descriptor_2_for_stderr()
+    steady_stderr()
+    context = click.get_current_context()
+    # SIGTERM and SIGHUP end any verb as Ctrl-C does (exit 130), from its first line to its last
+    context.with_resource(termination_interrupts())
     if hasattr(sys.stdout, "reconfigure"):
         # a name the locale's encoding cannot show (an "ü" under LANG=C or PYTHONIOENCODING=ascii) is
         # written as an escape: it was a UnicodeEncodeError traceback, and the rows after it lost
         sys.stdout.reconfigure(errors="backslashreplace")
     silence_opencv_log()  # every verb reports an unreadable image itself
     # and what libjpeg/libpng print about one becomes its note or error, for this command only
-    click.get_current_context().with_resource(capturing_decoder_messages())
+    context.with_resource(capturing_decoder_messages())
 
 
 @main.command()
@@ -198,9 +200,8 @@ def build(out_dir, weights_dir, models_dir, precision, calib_dir, calib_count, c
         calib_max_pixels=max_pixels,
     )
     replaces_cwd = out_dir is not None and same_file(out_dir, Path("."))  # the build replaces that folder
-    with termination_interrupts():
-        manifest = build_engine_set(request, warn=warn)
-    click.echo(f"engine set written: {manifest.parent}")
+    manifest = build_engine_set(request, warn=warn)
+    click.echo(printable(f"engine set written: {manifest.parent}"))
     if replaces_cwd:
         click.echo("note: the set replaced the folder this shell is in; run `cd .` to see its files", err=True)
 
@@ -232,18 +233,18 @@ def inspect(engine_dir, as_json, no_verify):
         manifest = load_manifest(engine_dir, verify=False)
         verify_files(manifest, hashes=not no_verify)
     except EngineSetError as exc:  # the verdict, not a failure to give one: a script tells them apart
-        click.echo(f"error: {exc}", err=True)
+        echo_error(str(exc))
         sys.exit(3)
     if as_json:
         click.echo(json.dumps(manifest.raw, indent=2))
         return
     raw = manifest.raw
-    click.echo(f"engine set   {manifest.root}")
+    click.echo(printable(f"engine set   {manifest.root}"))
     versions = raw.get("tool_versions")  # the trains side's record, not checked to run: shown as it is
     built_by = versions.get("dfd-export", "?") if isinstance(versions, dict) else "?"
     click.echo(printable(f"created      {raw.get('created_utc', '?')}  by dfd-export {built_by}"))
     if manifest.random_weights:
-        click.secho("weights      RANDOM (demo/benchmark set; scores are meaningless)", fg="yellow")
+        click.secho("weights      RANDOM (demo/benchmark set; scores are meaningless)", fg="yellow", color=colour())
     click.echo("vote         " + ", ".join(f"{k} {v:g}" for k, v in manifest.vote_weights.items())
                + "  (one-decimal per stream, weighted mean, round half to even)")
     tensorrt = raw.get("tensorrt")
@@ -348,7 +349,7 @@ def doctor(engine_dir, as_json):
                + "  ".join(f"{arch}: {state}" for arch, state in (kernels.get("ptx") or {}).items()))
     engine = report.get("engine_set")
     if engine:
-        click.echo(f"engine set   {engine['path']}" + (f": {engine['error']}" if engine["error"] else ""))
+        click.echo(printable(f"engine set   {engine['path']}" + (f": {engine['error']}" if engine["error"] else "")))
         for name, stream in (engine.get("streams") or {}).items():
             state = "runnable" if stream.get("runnable") else f"not runnable: {stream.get('reason')}"
             click.echo(f"  {name:7} {stream.get('precision')} {stream.get('backend')}  {state}")
@@ -483,9 +484,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
     if any(v is not None for v in overrides):
         precision = engine_set_precision(manifest)
         thresholds = tuple(v if v is not None else d for v, d in zip(overrides, DEFAULT_THRESHOLDS[precision]))
-    with termination_interrupts():  # SIGTERM or SIGHUP ends it as Ctrl-C does (exit 130)
-        report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend, max_pixels,
-                                   strict)
+    report = verify_engine_set(engine_dir, images_dir, degrade, weights_dir, thresholds, backend, max_pixels, strict)
     report_error = None  # the report is written first: a stdout that fails must not lose it
     if json_out:
         text = json.dumps(report.to_dict(), indent=2).encode()
@@ -498,7 +497,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
         if report.passed:
             raise report_error
         # the verdict is known and printed: a script must still read "failed" (3), not "error" (1)
-        click.echo(f"error: {report_error}", err=True)
+        echo_error(str(report_error))
     if not report.passed:
         sys.exit(3)
 

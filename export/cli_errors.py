@@ -7,12 +7,14 @@ handling as those in ``cli.py`` without importing it (``cli.py`` imports them).
 from __future__ import annotations
 
 import functools
+import io
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 import click
 
@@ -27,16 +29,32 @@ def printable(text: str) -> str:
                    for c in text)
 
 
+def colour() -> bool | None:
+    """click's ``color`` for the lines this tool colours: off where NO_COLOR is set (no-color.org)
+    or TERM is "dumb"; else click's own choice (on a terminal only)."""
+    return False if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" else None
+
+
 def warn(message: str) -> None:
     """One ``WARNING:`` line on stderr, whatever the file names in it hold."""
-    click.secho(f"WARNING: {printable(message)}", fg="yellow", err=True)
+    click.secho(f"WARNING: {printable(message)}", fg="yellow", err=True, color=colour())
+
+
+def echo_error(message: str) -> None:
+    """The ``error:`` line(s) on stderr. A message may span lines on purpose (a checkpoint's list
+    of mismatches); the file names in it may not, nor drive the terminal."""
+    click.echo("\n".join(printable(line) for line in f"error: {message}".split("\n")), err=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
     _end_open_progress_bars()
-    # a message may span lines on purpose (a checkpoint's list of mismatches); the file names in it may not
-    click.echo("\n".join(printable(line) for line in f"error: {message}".split("\n")), err=True)
+    echo_error(message)
     sys.exit(code)
+
+
+def fail_interrupted() -> None:
+    """End as an interrupted run: ``error: interrupted``, exit 130."""
+    _fail("interrupted", 130)
 
 
 def _end_open_progress_bars() -> None:
@@ -73,23 +91,80 @@ def require_stdout() -> None:
         raise DfdError("stdout is closed, so the results cannot be written; redirect it to a file")
 
 
-def keep_descriptor_2_for_stderr() -> None:
-    """Started with stderr closed (``2>&-``), point descriptor 2 at /dev/null and give Python a
-    stderr there. Otherwise the first file the process opens becomes descriptor 2, where libjpeg
-    and libpng print and where decoder-message capture swaps its sink in and back: degrade, so
-    started, failed every copy ("Bad file descriptor") without a word, and a progress bar with no
-    stream to draw on ended detect before its first row. What is said on stderr is then gone, as
-    the caller chose; results, files and the exit status are not."""
+def steady_stderr() -> None:
+    """Make what the process says on stderr unable to end or spoil the run, before a verb runs.
+
+    - Started with stderr closed (``2>&-``): descriptor 2 is pointed at /dev/null. Otherwise the
+      first file the process opens becomes descriptor 2, where libjpeg and libpng print and where
+      decoder-message capture swaps its sink in and back: degrade, so started, failed every copy
+      ("Bad file descriptor") without a word.
+    - Its reader gone (``2>&1 >rows.jsonl | grep -m1 WARNING``): the write that finds the pipe
+      closed, and every later one, goes to /dev/null. The EPIPE ended detect, verify and bench as
+      if stdout's reader had gone (exit 141, no rows, no report), and failed a build.
+
+    What was said there is then gone, as whoever closed it chose; results, files and the exit
+    status are not. Only the process's own stderr is replaced, not one a caller set up (tests)."""
     try:
         os.fstat(2)
-        return
     except OSError:
-        pass
+        _point_descriptor_2_at_devnull()
+        sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
+    if sys.stderr is not None and sys.stderr is sys.__stderr__:
+        sys.stderr = _StderrOutlivingItsReader(sys.stderr)
+
+
+def _point_descriptor_2_at_devnull() -> None:
     null = os.open(os.devnull, os.O_WRONLY)
-    if null != 2:  # 2 is the lowest free descriptor unless 0 or 1 is closed too
+    if null != 2:  # 2 is the lowest free descriptor when it is closed, unless 0 or 1 is too
         os.dup2(null, 2)
         os.close(null)
-    sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
+
+
+class _StderrOutlivingItsReader(io.TextIOBase):
+    """A text stream that writes to ``stream`` until its reader is gone (EPIPE), then to /dev/null
+    through the same descriptor. No ``buffer``: click then writes through it whatever the
+    encoding, where it would wrap the bytes beneath and go round it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    @property
+    def encoding(self) -> str:
+        return self._stream.encoding
+
+    @property
+    def errors(self) -> str | None:
+        return self._stream.errors
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        _point_descriptor_2_at_devnull()
+        try:
+            self._stream.flush()  # what it still holds goes to /dev/null now
+        except OSError:
+            pass
 
 
 def _raised_echoing_to_stdout(exc: OSError) -> bool:
@@ -107,43 +182,84 @@ def _raised_echoing_to_stdout(exc: OSError) -> bool:
 
 
 def handles_errors(func: Callable) -> Callable:
-    """Turn the project's own exceptions into one readable line and exit code 1."""
+    """Turn an interrupt, and the project's and the OS's exceptions, into one readable line and an
+    exit code (130 interrupted, 141 stdout's reader gone, else 1)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except BrokenPipeError:
-            _reader_went_away()
-        except DfdError as exc:
-            _fail(str(exc))
-        except OSError as exc:  # the file system refused (full disk, permissions): not a bug
-            if exc.filename is None and _raised_echoing_to_stdout(exc):
-                _fail(f"cannot write the results to stdout: {exc.strerror or exc}")
-            _fail(os_error_text(exc))
-        except MemoryError as exc:  # numpy says how much it wanted
-            _fail(f"out of memory{f' ({exc})' if str(exc) else ''}; this machine cannot hold what the command "
-                  f"was asked to do")
+            fail_interrupted()
+        except Exception as exc:
+            if _raised_by_an_interrupt(exc):
+                fail_interrupted()
+            _fail_for(exc)
+            raise  # a bug: its traceback
+        if stop_requested():  # an interrupt raised where it was swallowed (a weakref callback)
+            _fail("interrupted, though the run went on to its end", 130)
+        return result
 
     return wrapper
 
 
+def _raised_by_an_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is what an interrupt turned into on its way out: onnxruntime's import,
+    interrupted, raises "ImportError: initialization failed" from it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _fail_for(exc: Exception) -> None:
+    """End with the line and exit code for a known failure; return for anything else."""
+    if isinstance(exc, BrokenPipeError):
+        _reader_went_away()
+    elif isinstance(exc, DfdError):
+        _fail(str(exc))
+    elif isinstance(exc, OSError):  # the file system refused (full disk, permissions): not a bug
+        if exc.filename is None and _raised_echoing_to_stdout(exc):
+            _fail(f"cannot write the results to stdout: {exc.strerror or exc}")
+        _fail(os_error_text(exc))
+    elif isinstance(exc, MemoryError):  # numpy says how much it wanted
+        _fail(f"out of memory{f' ({exc})' if str(exc) else ''}; this machine cannot hold what the command "
+              f"was asked to do")
+
+
+_stop_requested = False
+_stop_signals_caught = False  # within termination_interrupts
+
+
+def stop_requested() -> bool:
+    """Whether a stop signal came within ``termination_interrupts``, even one whose interrupt
+    was swallowed where it was raised (an exception in a weakref callback is only printed)."""
+    return _stop_requested
+
+
 @contextmanager
 def termination_interrupts() -> Iterator[None]:
-    """Treat SIGTERM (kill, a cancelled CI job, docker stop) and SIGHUP (the terminal or ssh session
-    closed) as Ctrl-C for the duration: a build then removes its staging folder (gigabytes at paper
-    size), its lock and its temporary graphs, and a benchmark its temporary images and keeps the
-    batch sizes it finished, as on Ctrl-C, instead of dying with them on disk or lost. A signal
-    the process was told to ignore (``nohup`` ignores SIGHUP) stays ignored."""
+    """For the duration: treat SIGTERM (kill, a cancelled CI job, docker stop) and SIGHUP (the
+    terminal or ssh session closed) as Ctrl-C, and remember that one of the three came. A build then
+    removes its staging folder (gigabytes at paper size), its lock and its temporary graphs, and a
+    benchmark its temporary images and keeps the batch sizes it finished, instead of dying with
+    them on disk or lost. A signal the process was told to ignore (``nohup`` ignores SIGHUP, a
+    shell's background job SIGINT) stays ignored."""
     def interrupt(signum, frame):
+        global _stop_requested
+        _stop_requested = True
         raise KeyboardInterrupt
 
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+    global _stop_requested, _stop_signals_caught
+    # signals reach the main thread only; within an outer use, that one catches them
+    if threading.current_thread() is not threading.main_thread() or _stop_signals_caught:
         yield
         return
-    numbers = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    _stop_requested, _stop_signals_caught = False, True
+    numbers = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
     # None: a handler installed outside Python, which cannot be put back; the default is the closest
     previous = {number: signal.getsignal(number) or signal.SIG_DFL for number in numbers}
     for number, handler in previous.items():
@@ -154,3 +270,4 @@ def termination_interrupts() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        _stop_requested = _stop_signals_caught = False

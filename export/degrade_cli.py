@@ -10,7 +10,7 @@ import click
 
 from dfd.runtime.errors import first_few
 
-from .cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
+from .cli_errors import handles_errors, printable, require_stdout, warn
 from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, OutputFolder, Verb, flags_given, max_pixels_option
 from .image_arguments import expand_inputs, is_folder
 
@@ -67,8 +67,8 @@ def degrade(inputs, out_dir, fixed, seed, share, recursive, force, resume, max_p
                             resume=resume, max_pixels=max_pixels)
     # the bar only on a terminal, where each line is written above it: in a log the line each
     # image gets is its progress already
-    with termination_interrupts(), progress_bar(total=len(paths), desc="degrade", unit="image", leave=False,
-                                                disable=len(paths) < 2 or not stderr_is_terminal()) as bar:
+    with progress_bar(total=len(paths), desc="degrade", unit="image", leave=False,
+                      disable=len(paths) < 2 or not stderr_is_terminal()) as bar:
         for result in results:
             with bar.external_write_mode(file=sys.stderr):
                 if result.output is not None:

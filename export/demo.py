@@ -19,6 +19,7 @@ from dfd.calibration.degrade_files import write_png
 from dfd.calibration.sources import builtin_photographs
 
 from .cli import main as cli
+from .cli_errors import colour
 from .cli_types import GivenPath
 
 # A small DINOv2/CLIP pair (ViT-Ti-like) so the random demo set builds in well under a minute.
@@ -61,7 +62,7 @@ def demo(out: Path, weights_dir: Path | None, models_dir: Path | None) -> None:
     if models_dir is None:
         models_dir = _write_demo_models(out / "models")
         click.secho("demo: building a SMALL RANDOMLY INITIALISED engine set (scores are meaningless; "
-                    "pass --weights-dir/--models-dir for the real detector)", fg="yellow", err=True)
+                    "pass --weights-dir/--models-dir for the real detector)", fg="yellow", err=True, color=colour())
     engines = out / "engines"
     build_args = ["build", "--out", str(engines), "--models-dir", str(models_dir), "--force"]
     if weights_dir is not None:

@@ -15,7 +15,7 @@ from dfd.runtime.errors import DfdError, first_few
 from dfd.runtime.face_boxes import BOX_COLUMNS
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
-from .cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
+from .cli_errors import handles_errors, printable, require_stdout, warn
 from .cli_types import FiniteFloatRange, GivenPath, RowOutput, Verb, engine_dir_argument, flags_given, \
     max_pixels_option
 from .detect_resume import ENGINE_SET_FIELD, ScoredImages, check_engine_set, load_scored_images, refuse_stdout_over
@@ -247,10 +247,9 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
         return len(problems)
 
     failed = 0
-    # closed however the run ends, so that an error or an interruption starts a line of its own; SIGTERM
-    # (timeout, a service manager) ends the run as Ctrl-C does: exit 130, every row written whole
-    with termination_interrupts(), progress_bar(total=len(paths), desc="detect", unit="img",
-                                                disable=len(paths) < 16) as progress:
+    # closed however the run ends, so that an error or an interruption (Ctrl-C, SIGTERM, SIGHUP: exit
+    # 130, every row written whole) starts a line of its own
+    with progress_bar(total=len(paths), desc="detect", unit="img", disable=len(paths) < 16) as progress:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             crops = [crop_files.get(path) for path in chunk] if crop_files is not None else None
@@ -333,8 +332,8 @@ def _report_skipped(scored: ScoredImages, skipped: int, left: int) -> None:
         again.append(f"{scored.failed} row(s) there are failures, whose images are tried again")
     if scored.cut_row:
         again.append("its last row was cut short (a killed run) and its image is scored again")
-    click.echo(f"skipping {skipped} image(s) already scored in {scored.path}; {left} input(s) left"
-               + (f" ({'; '.join(again)})" if again else ""), err=True)
+    click.echo(printable(f"skipping {skipped} image(s) already scored in {scored.path}; {left} input(s) left"
+                         + (f" ({'; '.join(again)})" if again else "")), err=True)
 
 
 def _check_face_min_px(value: float) -> float:

@@ -9,6 +9,8 @@ began inside it.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TextIO
@@ -28,6 +30,23 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
+def _is_pipe(stream: TextIO | None) -> bool:
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):  # none, closed, or not a descriptor (a test's)
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def _bar_width() -> int | None:
+    """Two columns short of the terminal's width: a full-width bar made the ``^C`` echoed on
+    an interrupt wrap to a line of its own, and the bar stayed on screen above it."""
+    try:
+        return max(os.get_terminal_size(sys.stderr.fileno()).columns - 2, 10)
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def stderr_is_terminal() -> bool:
     """Whether progress drawn on stderr is seen in place (a redrawn bar) or kept (a log)."""
     return _is_terminal(sys.stderr)
@@ -45,11 +64,16 @@ def bars_paused_for(stream: TextIO) -> AbstractContextManager[Any]:
 def progress_bar(*, total: int, desc: str, unit: str, leave: bool = True, disable: bool = False) -> tqdm:
     """A progress bar on stderr, moved on with ``update``: tqdm's on a terminal (``leave``: kept
     on screen when it ends), a ``LoggedProgress`` elsewhere, none where stderr is closed (``2>&-``
-    leaves Python no stream: the first draw raised, and detect lost every row)."""
+    leaves Python no stream: the first draw raised, and detect lost every row).
+
+    With stdout a pipe (``detect ... | tee rows.csv``) the reader may print to the same terminal,
+    at moments this process cannot know to clear the bar for: its rows began on the bar's line
+    and left half-drawn bars between them. Whole lines, as in a log, then, which never mix."""
     if sys.stderr is None:
         disable = True
-    if stderr_is_terminal():
-        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=leave, disable=disable)
+    if stderr_is_terminal() and not _is_pipe(sys.stdout):
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=leave, disable=disable,
+                    ncols=_bar_width())
     return LoggedProgress(total=total, desc=desc, unit=unit, disable=disable)
 
 

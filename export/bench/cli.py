@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..cli_errors import handles_errors, printable, require_stdout, termination_interrupts, warn
+from ..cli_errors import handles_errors, printable, require_stdout, warn
 from ..cli_types import GivenPath, Verb, engine_dir_argument, files_a_run_reads, is_stdout, max_pixels_option, \
     prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
@@ -102,8 +102,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     pipelines = 2 if settings.compare_torch else 1
     bar = progress_bar(total=len(batch_sizes) * iterations * pipelines, desc="bench", unit="it")
     try:
-        with termination_interrupts():
-            result = run_benchmark(settings, progress=bar.set_description, tick=lambda: bar.update(1))
+        result = run_benchmark(settings, progress=bar.set_description, tick=lambda: bar.update(1))
     finally:
         bar.close()
     for warning in result["warnings"]:
@@ -113,10 +112,10 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     if json_out is not None:
         text = (json.dumps(result, indent=2) + "\n").encode("utf-8")
         write_output_file(json_out, lambda file: file.write(text))
-        click.echo(f"results written: {json_out}", err=True)
+        click.echo(printable(f"results written: {json_out}"), err=True)
     if plot_out is not None:
         write_output_file(plot_out, lambda file: write_plot(result, file, image_format))
-        click.echo(f"plot written: {plot_out}", err=True)
+        click.echo(printable(f"plot written: {plot_out}"), err=True)
     to_stderr = is_stdout(json_out) or is_stdout(plot_out)
     for line in _summary_lines(result):
         click.echo(line, err=to_stderr)

@@ -56,6 +56,122 @@ def test_closed_stderr_loses_no_row_and_no_copy(tiny_engine_set, tmp_path):
     assert detected.returncode == 2 and len(rows) == 17 and [row["error"] is None for row in rows] == [True] * 16 + [False]
 
 
+def test_a_gone_reader_of_stderr_loses_no_row(tiny_engine_set, tmp_path):
+    """``detect ... 2>&1 >rows.jsonl | grep -m1 WARNING``: the first write to stderr after grep
+    ended raised EPIPE, which ended the run as if stdout's reader had gone (exit 141, no rows)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(16):
+        cv2.imwrite(str(images / f"{index:02d}.png"), np.full((64, 64, 3), index * 8, np.uint8))
+    rows = tmp_path / "rows.jsonl"
+    command = [sys.executable, "-m", "dfd.export.cli", "detect", str(tiny_engine_set), str(images), "--format", "jsonl",
+               "--no-face-detect", "--batch-size", "1"]
+    with open(rows, "w") as stdout:
+        process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE)
+        process.stderr.close()  # the reader is gone before the first line
+        assert process.wait(timeout=300) == 0
+    assert [json.loads(line)["error"] for line in rows.read_text().splitlines()] == [None] * 16
+
+
+def test_a_stop_signal_before_the_work_ends_as_ctrl_c_does(tiny_engine_set, tmp_path):
+    """SIGTERM while detect opened its engine set (hashing every file: 15 GB at paper size) killed
+    it outright (status -15, nothing said): the signal was caught only around the scoring loop."""
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.full((64, 64, 3), 80, np.uint8))
+    script = ("import os, signal\n"
+              "from dfd.runtime import detector\n"
+              "def open_signalled(*args, **kwargs):\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "detector.Detector.open = open_signalled\n"
+              "from dfd.export.cli import main\n"
+              f"main(['detect', {str(tiny_engine_set)!r}, {str(image)!r}])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and done.stderr.splitlines()[-1] == "error: interrupted", (done.returncode,
+                                                                                            done.stderr)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the interrupt it swallowed
+def test_a_stop_signal_swallowed_where_it_was_raised_still_ends_in_130(tiny_engine_set, tmp_path, monkeypatch):
+    """A signal landing in a weakref callback (torch's, during a build's export) raised there,
+    where Python only prints "Exception ignored": the build went on and exited 0."""
+    import weakref
+
+    from dfd.export.cli import main
+    from dfd.runtime.detector import Detector
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 64, 3), 80, np.uint8))
+    scored = Detector.detect
+
+    def signalled_in_a_callback(self, *args, **kwargs):
+        class Dropped:
+            pass
+
+        dropped = Dropped()
+        weakref.finalize(dropped, lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(1)))
+        del dropped  # the callback runs here; the interrupt raised in it is printed, not raised
+        return scored(self, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "detect", signalled_in_a_callback)
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--format", "jsonl"])
+    assert result.exit_code == 130, result.output
+    assert len(result.stdout.splitlines()) == 1  # the row, whole
+    assert result.stderr.splitlines()[-1] == "error: interrupted, though the run went on to its end"
+
+
+def test_an_interrupt_turned_into_another_error_is_an_interrupt(capsys):
+    """onnxruntime's import, interrupted, raises "ImportError: initialization failed" from the
+    KeyboardInterrupt: a traceback and exit 1."""
+
+    @handles_errors
+    def imports():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise ImportError("initialization failed") from interrupt
+
+    with pytest.raises(SystemExit) as ended:
+        imports()
+    assert ended.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_an_interrupt_while_the_arguments_are_read_is_an_interrupt(tiny_engine_set, monkeypatch):
+    """click turns it into Abort, which printed "Aborted!" and exited 1, a usage error's status."""
+    from dfd.export import cli_types
+    from dfd.export.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_types.GivenPath, "convert", interrupted)
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), "x.png"])
+    assert result.exit_code == 130 and result.stderr.endswith("error: interrupted\n"), result.output
+
+
+def test_names_in_inspect_and_doctor_errors_do_not_drive_the_terminal(tmp_path):
+    """inspect's "not an engine set" error and doctor's engine line wrote a folder's name raw: an
+    escape sequence in it turned the terminal red (doctor's line also broke at a line break)."""
+    from dfd.export.cli import main
+
+    inspected = CliRunner().invoke(main, ["inspect", str(tmp_path / "no\x1b[31mdir")])
+    assert inspected.exit_code == 3
+    assert inspected.stderr == f"error: engine set folder not found: {tmp_path}/no\\x1b[31mdir\n"
+    doctored = CliRunner().invoke(main, ["doctor", str(tmp_path / "no\x1b[31m\ndir")])
+    assert "\x1b" not in doctored.output and f"{tmp_path}/no\\x1b[31m\\ndir: " in doctored.output
+
+
+@pytest.mark.parametrize("environment", [{"NO_COLOR": "1"}, {"TERM": "dumb"}])
+def test_no_colour_where_asked_or_where_the_terminal_has_none(environment, monkeypatch):
+    @click.command()
+    @handles_errors
+    def verb():
+        warn("a warning")
+
+    assert "\x1b[" in CliRunner().invoke(verb, [], color=True).stderr  # a terminal that shows colour
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert CliRunner().invoke(verb, [], color=True).stderr == "WARNING: a warning\n"
+
+
 def test_running_out_of_memory_is_one_line_not_a_traceback():
     @click.command()
     @handles_errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 
 import pytest
@@ -131,3 +132,28 @@ def test_no_stderr_no_bar(monkeypatch):
     with progress_bar(total=4, desc="calibration set", unit="img") as bar:
         bar.update(4)
     assert bar.disable
+
+
+def test_a_terminal_bar_beside_a_piped_stdout_is_whole_lines(monkeypatch):
+    """``detect ... | tee rows.csv``: tee prints the rows to the terminal the bar is on, at moments
+    this process cannot clear the bar for; they began on its line, between half-drawn bars."""
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb"), os.fdopen(write_end, "w") as pipe:
+        monkeypatch.setattr(sys, "stderr", Terminal())
+        monkeypatch.setattr(sys, "stdout", pipe)
+        with progress_bar(total=4, desc="detect", unit="img") as bar:
+            assert isinstance(bar, LoggedProgress)
+        monkeypatch.setattr(sys, "stdout", Terminal())
+        with progress_bar(total=4, desc="detect", unit="img") as bar:
+            assert type(bar) is tqdm
+
+
+def test_a_terminal_bar_leaves_room_for_the_interrupts_echo(monkeypatch):
+    """A bar as wide as the terminal made the ``^C`` the terminal echoes wrap to a line of its own."""
+    terminal = Terminal()
+    terminal.fileno = lambda: 2
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((60, 20)))
+    with progress_bar(total=4, desc="detect", unit="img") as bar:
+        bar.update(2)
+    assert max(len(line) for line in terminal.screen()) == 58
