@@ -22,8 +22,8 @@ from dfd.runtime.errors import DfdError
 from dfd.runtime.images import silence_opencv_log
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
-from .cli_errors import (colour, echo_error, fail_interrupted, handles_errors, printable, require_stdout, steady_stderr,
-                         termination_interrupts, warn)
+from .cli_errors import (colour, echo_error, fail_interrupted, handles_errors, printable, require_stdout,
+                         steady_standard_streams, termination_interrupts, warn)
 from .cli_types import DEGRADING_MEMORY, FiniteFloatRange, GivenPath, OutputFolder, Verb, engine_dir_argument, \
     files_a_run_reads, flags_given, is_stdout, max_pixels_option, prepare_output_file, same_file, write_output_file
 from .onnx_files import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
@@ -61,10 +61,27 @@ class _Group(click.Group):
         try:
             return super().main(*args, **kwargs)
         except click.ClickException as exc:
-            exc.show()
+            _show_usage_error(exc)
             sys.exit(1)
         except click.Abort:  # an interrupt while click read the arguments: no prompt here reads stdin
             fail_interrupted()
+
+
+def _show_usage_error(exc: click.ClickException) -> None:
+    """click's usage block and hint, then the message as every other error line: click's own
+    "Error:" line was the one failure ``grep '^error:'`` missed, and showed a name's undecodable
+    bytes as U+FFFD."""
+    if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # no verb: the help is the answer
+        exc.show()
+        return
+    context = exc.ctx if isinstance(exc, click.UsageError) else None
+    if context is not None:
+        hint = ""
+        if context.command.get_help_option(context) is not None:
+            option = max(context.command.get_help_option_names(context), key=len)
+            hint = f"Try '{context.command_path} {option}' for help.\n"
+        click.echo(f"{context.get_usage()}\n{hint}", err=True)
+    echo_error(exc.format_message())
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -79,7 +96,7 @@ def main() -> None:
       dfd-export inspect engines/fp32
       dfd-export detect engines/fp32 photos/ --format jsonl
     """
-    steady_stderr()
+    steady_standard_streams()
     context = click.get_current_context()
     # SIGTERM and SIGHUP end any verb as Ctrl-C does (exit 130), from its first line to its last
     context.with_resource(termination_interrupts())
@@ -473,7 +490,8 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
 
     from .verify import DEFAULT_THRESHOLDS, engine_set_precision, verify_engine_set
 
-    require_stdout()
+    if json_out is None or is_stdout(json_out):  # a report file keeps the results without one
+        require_stdout()
     # a folder that is no set, or an edited manifest, fails before anything is made or read from it
     manifest = load_manifest(engine_dir, verify=False)
     verify_files(manifest, hashes=False)  # the digest and sizes; the hashes when the set is opened
@@ -492,7 +510,7 @@ def verify(engine_dir, images_dir, degrade, weights_dir, max_abs_dp, max_mean_dp
             write_output_file(json_out, lambda file: file.write(text))
         except DfdError as exc:
             report_error = exc
-    _print_verification(report, engine_dir, to_stderr=is_stdout(json_out))
+    _print_verification(report, engine_dir, to_stderr=is_stdout(json_out) or sys.stdout is None)
     if report_error is not None:
         if report.passed:
             raise report_error

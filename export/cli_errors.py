@@ -91,32 +91,36 @@ def require_stdout() -> None:
         raise DfdError("stdout is closed, so the results cannot be written; redirect it to a file")
 
 
-def steady_stderr() -> None:
-    """Make what the process says on stderr unable to end or spoil the run, before a verb runs.
+def steady_standard_streams() -> None:
+    """Make the standard streams unable to end or spoil the run, before a verb runs.
 
-    - Started with stderr closed (``2>&-``): descriptor 2 is pointed at /dev/null. Otherwise the
-      first file the process opens becomes descriptor 2, where libjpeg and libpng print and where
-      decoder-message capture swaps its sink in and back: degrade, so started, failed every copy
-      ("Bad file descriptor") without a word.
-    - Its reader gone (``2>&1 >rows.jsonl | grep -m1 WARNING``): the write that finds the pipe
-      closed, and every later one, goes to /dev/null. The EPIPE ended detect, verify and bench as
-      if stdout's reader had gone (exit 141, no rows, no report), and failed a build.
+    - A closed one (``2>&-``, ``>&-``, ``<&-``): its descriptor is pointed at /dev/null. Otherwise
+      the first file the process opens takes that number: as descriptor 2, where libjpeg and
+      libpng print and decoder-message capture swaps its sink in and back, degrade so started
+      failed every copy ("Bad file descriptor") without a word; as descriptor 1, a report file
+      passed for stdout. A closed stdout stays None to Python, so a verb whose results go there
+      still refuses to run; a closed stderr becomes one that says nothing.
+    - stderr's reader gone (``2>&1 >rows.jsonl | grep -m1 WARNING``): the write that finds the
+      pipe closed, and every later one, goes to /dev/null. The EPIPE ended detect, verify and
+      bench as if stdout's reader had gone (exit 141, no rows, no report), and failed a build.
 
-    What was said there is then gone, as whoever closed it chose; results, files and the exit
+    What was said on stderr is then gone, as whoever closed it chose; results, files and the exit
     status are not. Only the process's own stderr is replaced, not one a caller set up (tests)."""
-    try:
-        os.fstat(2)
-    except OSError:
-        _point_descriptor_2_at_devnull()
-        sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
+    for descriptor in (0, 1, 2):
+        try:
+            os.fstat(descriptor)
+        except OSError:
+            _point_at_devnull(descriptor)
+            if descriptor == 2:
+                sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
     if sys.stderr is not None and sys.stderr is sys.__stderr__:
         sys.stderr = _StderrOutlivingItsReader(sys.stderr)
 
 
-def _point_descriptor_2_at_devnull() -> None:
-    null = os.open(os.devnull, os.O_WRONLY)
-    if null != 2:  # 2 is the lowest free descriptor when it is closed, unless 0 or 1 is too
-        os.dup2(null, 2)
+def _point_at_devnull(descriptor: int) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    if null != descriptor:  # a closed descriptor is the lowest free one unless a lower one is closed too
+        os.dup2(null, descriptor)
         os.close(null)
 
 
@@ -160,7 +164,7 @@ class _StderrOutlivingItsReader(io.TextIOBase):
             self._reader_gone()
 
     def _reader_gone(self) -> None:
-        _point_descriptor_2_at_devnull()
+        _point_at_devnull(2)
         try:
             self._stream.flush()  # what it still holds goes to /dev/null now
         except OSError:

@@ -84,7 +84,8 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     from dfd.runtime.manifest import load_manifest, verify_files
     from dfd.runtime.progress import progress_bar
 
-    require_stdout()
+    if json_out is None or is_stdout(json_out):  # a results file keeps them without one
+        require_stdout()
     if json_out is not None and plot_out is not None and json_out.resolve() == plot_out.resolve():
         raise click.BadParameter(f"{json_out} is the --json file too; the plot would replace the results",
                                  param_hint="--plot")
@@ -116,7 +117,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     if plot_out is not None:
         write_output_file(plot_out, lambda file: write_plot(result, file, image_format))
         click.echo(printable(f"plot written: {plot_out}"), err=True)
-    to_stderr = is_stdout(json_out) or is_stdout(plot_out)
+    to_stderr = is_stdout(json_out) or is_stdout(plot_out) or sys.stdout is None  # >&- with --json FILE
     for line in _summary_lines(result):
         click.echo(line, err=to_stderr)
     if result["interrupted"]:

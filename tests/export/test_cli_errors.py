@@ -172,6 +172,18 @@ def test_no_colour_where_asked_or_where_the_terminal_has_none(environment, monke
     assert CliRunner().invoke(verb, [], color=True).stderr == "WARNING: a warning\n"
 
 
+def test_usage_errors_end_in_an_error_line_as_every_failure_does():
+    """click's "Error: No such option" was the one failure ``grep '^error:'`` missed."""
+    from dfd.export.cli import main
+
+    result = CliRunner().invoke(main, ["detect", "--bogus"])
+    assert result.exit_code == 1
+    assert result.stderr == ("Usage: main detect [OPTIONS] ENGINE_DIR IMAGES...\nTry 'main detect --help' for help.\n\n"
+                             "error: No such option '--bogus'.\n")
+    bare = CliRunner().invoke(main, [])  # no verb: the help, as before
+    assert bare.exit_code == 1 and "Typical flow:" in bare.output and "error" not in bare.output
+
+
 def test_running_out_of_memory_is_one_line_not_a_traceback():
     @click.command()
     @handles_errors
@@ -195,6 +207,18 @@ def test_a_verb_whose_results_go_to_stdout_refuses_to_run_without_one(tiny_engin
         assert run.returncode == 1, (verb, run.stderr)
         assert run.stderr.splitlines()[-1] == "error: stdout is closed, so the results cannot be written; redirect it to a file"
     assert not (tmp_path / "out").exists()
+
+
+def test_verify_with_a_report_file_runs_without_stdout(tiny_engine_set, tmp_path, photographs):
+    """``verify SET --json report.json >&-`` (a cron job) was refused though the report keeps the
+    results; its summary now goes to stderr. The report file does not take stdout's descriptor."""
+    cv2.imwrite(str(tmp_path / "a.png"), photographs["coffee"])
+    report = tmp_path / "report.json"
+    run = subprocess.run([sys.executable, "-m", "dfd.export.cli", "verify", str(tiny_engine_set), "--images",
+                          str(tmp_path), "--json", str(report)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=lambda: os.close(1), timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(report.read_text())["passed"] and "vote agreement 100.00%" in run.stderr
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
