@@ -26,7 +26,7 @@ from typing import IO, Any
 import torch
 
 from dfd.runtime.atomic_files import flush_to_disk, sync_folder
-from dfd.runtime.errors import DfdError, first_few, os_error_text
+from dfd.runtime.errors import DfdError, first_few, os_error_text, stop_request_handled
 from dfd.runtime.images import DEFAULT_MAX_PIXELS
 from dfd.runtime.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PRECISIONS, FileEntry, engine_set_files,
                                   write_manifest)
@@ -430,8 +430,8 @@ def _publish(staging: Path, out: Path, force: bool) -> None:
     sync_folder(out.parent)  # the renames reach the disk before the old set's files are deleted
     try:
         shutil.rmtree(aside, ignore_errors=True)
-    except KeyboardInterrupt:
-        pass  # the new set is complete and in place; the next build removes what is left
+    except KeyboardInterrupt:  # the new set is complete and in place; the next build removes what is left
+        stop_request_handled()
 
 
 def _take_access_of(out: Path, staging: Path) -> None:

@@ -6,6 +6,7 @@ handling as those in ``cli.py`` without importing it (``cli.py`` imports them).
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
@@ -18,7 +19,7 @@ from typing import TextIO
 
 import click
 
-from dfd.runtime.errors import DfdError, os_error_text
+from dfd.runtime.errors import DfdError, note_stop_request, os_error_text, stop_request_handled, stop_requested
 
 
 def printable(text: str) -> str:
@@ -153,17 +154,21 @@ class _StderrOutlivingItsReader(io.TextIOBase):
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
-            self._reader_gone()
+        except OSError as exc:
+            self._reader_gone(exc)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
-            self._reader_gone()
+        except OSError as exc:
+            self._reader_gone(exc)
 
-    def _reader_gone(self) -> None:
+    def _reader_gone(self, exc: OSError) -> None:
+        """EPIPE: the pipe's reader ended; EIO: the terminal hung up (SIGHUP's "error:
+        interrupted" itself failed, exit 1 with a traceback). Anything else is raised."""
+        if exc.errno not in (errno.EPIPE, errno.EIO):
+            raise exc
         _point_at_devnull(2)
         try:
             self._stream.flush()  # what it still holds goes to /dev/null now
@@ -187,35 +192,49 @@ def _raised_echoing_to_stdout(exc: OSError) -> bool:
 
 def handles_errors(func: Callable) -> Callable:
     """Turn an interrupt, and the project's and the OS's exceptions, into one readable line and an
-    exit code (130 interrupted, 141 stdout's reader gone, else 1)."""
+    exit code (130 interrupted, 141 stdout's reader gone, else 1). Stop signals are caught for the
+    whole verb, whether it runs under ``main`` (which catches them from before its arguments are
+    read) or on its own."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        try:
-            result = func(*args, **kwargs)
-        except KeyboardInterrupt:
-            fail_interrupted()
-        except Exception as exc:
-            if _raised_by_an_interrupt(exc):
+        with termination_interrupts():
+            try:
+                result = func(*args, **kwargs)
+            except KeyboardInterrupt:
                 fail_interrupted()
-            _fail_for(exc)
-            raise  # a bug: its traceback
-        if stop_requested():  # an interrupt raised where it was swallowed (a weakref callback)
-            _fail("interrupted, though the run went on to its end", 130)
-        return result
+            except SystemExit as exit_:
+                if exit_.code != 130 and stop_requested():  # detect's 2, verify's 3 after a swallowed stop
+                    _fail_swallowed_stop()
+                raise
+            except Exception as exc:
+                if _raised_by_an_interrupt(exc):
+                    fail_interrupted()
+                _fail_for(exc)
+                raise  # a bug: its traceback
+            if stop_requested():
+                _fail_swallowed_stop()
+            return result
 
     return wrapper
 
 
+def _fail_swallowed_stop() -> None:
+    """A stop signal whose interrupt was raised where Python only prints it (a weakref callback
+    during a build's export: "Exception ignored ... KeyboardInterrupt"), so the run went on."""
+    _fail("interrupted, though the run went on to its end", 130)
+
+
 def _raised_by_an_interrupt(exc: BaseException) -> bool:
-    """Whether ``exc`` is what an interrupt turned into on its way out: onnxruntime's import,
-    interrupted, raises "ImportError: initialization failed" from it."""
+    """Whether ``exc`` was raised from an interrupt (``raise ... from``): onnxruntime's import,
+    interrupted, raises "ImportError: initialization failed" so. An error met while handling one
+    (``__context__``: a failed rename while a build puts the old set back) keeps its own message."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):
             return True
         seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__
     return False
 
 
@@ -234,35 +253,29 @@ def _fail_for(exc: Exception) -> None:
               f"was asked to do")
 
 
-_stop_requested = False
 _stop_signals_caught = False  # within termination_interrupts
-
-
-def stop_requested() -> bool:
-    """Whether a stop signal came within ``termination_interrupts``, even one whose interrupt
-    was swallowed where it was raised (an exception in a weakref callback is only printed)."""
-    return _stop_requested
 
 
 @contextmanager
 def termination_interrupts() -> Iterator[None]:
     """For the duration: treat SIGTERM (kill, a cancelled CI job, docker stop) and SIGHUP (the
-    terminal or ssh session closed) as Ctrl-C, and remember that one of the three came. A build then
-    removes its staging folder (gigabytes at paper size), its lock and its temporary graphs, and a
-    benchmark its temporary images and keeps the batch sizes it finished, instead of dying with
-    them on disk or lost. A signal the process was told to ignore (``nohup`` ignores SIGHUP, a
-    shell's background job SIGINT) stays ignored."""
+    terminal or ssh session closed) as Ctrl-C, and record that one of the three came
+    (``note_stop_request``). A build then removes its staging folder (gigabytes at paper size),
+    its lock and its temporary graphs, and a benchmark its temporary images and keeps the batch
+    sizes it finished, instead of dying with them on disk or lost. A signal the process was told
+    to ignore (``nohup`` ignores SIGHUP, a shell's background job SIGINT) stays ignored. Within an
+    outer use, nothing changes."""
     def interrupt(signum, frame):
-        global _stop_requested
-        _stop_requested = True
+        note_stop_request()
         raise KeyboardInterrupt
 
-    global _stop_requested, _stop_signals_caught
-    # signals reach the main thread only; within an outer use, that one catches them
+    global _stop_signals_caught
+    # signals reach the main thread only
     if threading.current_thread() is not threading.main_thread() or _stop_signals_caught:
         yield
         return
-    _stop_requested, _stop_signals_caught = False, True
+    stop_request_handled()  # a new run: nothing pending from an earlier one in this process
+    _stop_signals_caught = True
     numbers = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
     # None: a handler installed outside Python, which cannot be put back; the default is the closest
     previous = {number: signal.getsignal(number) or signal.SIG_DFL for number in numbers}
@@ -274,4 +287,5 @@ def termination_interrupts() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        _stop_requested = _stop_signals_caught = False
+        _stop_signals_caught = False
+        stop_request_handled()

@@ -41,6 +41,29 @@ def raise_held(failures: list[BaseException]) -> None:
         raise next((exc for exc in failures if not isinstance(exc, Exception)), failures[0])
 
 
+_stop_requested = False
+
+
+def note_stop_request() -> None:
+    """Record that the user asked the process to stop (Ctrl-C, SIGTERM, SIGHUP), before the
+    interrupt is raised: raised inside a weakref callback or a destructor, Python only prints it
+    ("Exception ignored") and the run goes on, which the record lets the CLI still report."""
+    global _stop_requested
+    _stop_requested = True
+
+
+def stop_requested() -> bool:
+    """Whether a stop was asked for and not dealt with (``stop_request_handled``)."""
+    return _stop_requested
+
+
+def stop_request_handled() -> None:
+    """The code that caught the interrupt dealt with it on purpose (a build whose new set is in
+    place finishes deleting the old one later), or a new run begins: no stop is pending."""
+    global _stop_requested
+    _stop_requested = False
+
+
 def os_error_text(exc: OSError) -> str:
     """An OSError as a user reads it: what failed on which path, without "[Errno 17]". Creating
     a folder where a file (or a link to nothing) stands raises FileExistsError naming it, which

@@ -106,7 +106,7 @@ class LoggedProgress(tqdm):
         now = self._time()
         # tqdm sets start_t after drawing the first line
         done, total, elapsed = self.n, self.total, now - getattr(self, "start_t", now)
-        text = f"{self.desc.removesuffix(': ')}: {done:g}/{total:g}"
+        text = f"{self.desc.removesuffix(': ')}: {done:.0f}/{total:.0f}"
         if total:
             text += f" ({100 * done / total:.0f}%)"
         if done and elapsed > 0:

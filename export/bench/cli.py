@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..cli_errors import handles_errors, printable, require_stdout, warn
+from ..cli_errors import fail_interrupted, handles_errors, printable, require_stdout, warn
 from ..cli_types import GivenPath, Verb, engine_dir_argument, files_a_run_reads, is_stdout, max_pixels_option, \
     prepare_output_file, write_output_file
 from .measure import BenchSettings, run_benchmark
@@ -84,7 +84,7 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     from dfd.runtime.manifest import load_manifest, verify_files
     from dfd.runtime.progress import progress_bar
 
-    if json_out is None or is_stdout(json_out):  # a results file keeps them without one
+    if json_out is None or is_stdout(json_out) or is_stdout(plot_out):  # a results file keeps them without one
         require_stdout()
     if json_out is not None and plot_out is not None and json_out.resolve() == plot_out.resolve():
         raise click.BadParameter(f"{json_out} is the --json file too; the plot would replace the results",
@@ -121,4 +121,4 @@ def bench(engine_dir, images_dir, batch_sizes, warmup, iterations, compare, weig
     for line in _summary_lines(result):
         click.echo(line, err=to_stderr)
     if result["interrupted"]:
-        sys.exit(130)
+        fail_interrupted()

@@ -205,6 +205,25 @@ def test_an_interrupt_while_publishing_keeps_the_old_set(reference_ensemble, tmp
     assert not list(tmp_path.glob(".set*"))
 
 
+def test_a_stop_while_the_old_set_is_deleted_is_taken_as_dealt_with(reference_ensemble, tmp_path, monkeypatch):
+    """The new set is in place: the build finishes and exits 0, leaving the rest of the old set's
+    deletion to the next build (the stop signal's record made it exit 130, "interrupted")."""
+    out = tmp_path / "set"
+    assert _build(CliRunner(), reference_ensemble, out, "--streams", "global", "--no-face-detector").exit_code == 0
+    rmtree = shutil.rmtree
+
+    def signalled(path, *args, **kwargs):
+        if Path(path).name.startswith(".set.replaced") and Path(path).exists():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode; never waited out
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", signalled)
+    result = _build(CliRunner(), reference_ensemble, out, "--streams", "fusion", "--no-face-detector", "--force")
+    assert result.exit_code == 0, result.output
+    assert load_manifest(out).streams.keys() == {"fusion"}
+
+
 def test_the_current_folder_can_be_the_output(reference_ensemble, tmp_path, monkeypatch):
     """``--out .`` in an empty folder ran the whole build and then failed ('Invalid argument: .')."""
     folder = tmp_path / "empty"

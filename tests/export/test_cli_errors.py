@@ -3,6 +3,8 @@ error's line and warnings cannot be split or drive the terminal by the file name
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import re
@@ -100,6 +102,7 @@ def test_a_stop_signal_swallowed_where_it_was_raised_still_ends_in_130(tiny_engi
     from dfd.runtime.detector import Detector
 
     cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 64, 3), 80, np.uint8))
+    (tmp_path / "b.png").write_bytes(b"")  # a failed image: detect would exit 2
     scored = Detector.detect
 
     def signalled_in_a_callback(self, *args, **kwargs):
@@ -114,7 +117,7 @@ def test_a_stop_signal_swallowed_where_it_was_raised_still_ends_in_130(tiny_engi
     monkeypatch.setattr(Detector, "detect", signalled_in_a_callback)
     result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--format", "jsonl"])
     assert result.exit_code == 130, result.output
-    assert len(result.stdout.splitlines()) == 1  # the row, whole
+    assert len(result.stdout.splitlines()) == 2  # the rows, whole
     assert result.stderr.splitlines()[-1] == "error: interrupted, though the run went on to its end"
 
 
@@ -166,6 +169,8 @@ def test_no_colour_where_asked_or_where_the_terminal_has_none(environment, monke
     def verb():
         warn("a warning")
 
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
     assert "\x1b[" in CliRunner().invoke(verb, [], color=True).stderr  # a terminal that shows colour
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
@@ -182,6 +187,60 @@ def test_usage_errors_end_in_an_error_line_as_every_failure_does():
                              "error: No such option '--bogus'.\n")
     bare = CliRunner().invoke(main, [])  # no verb: the help, as before
     assert bare.exit_code == 1 and "Typical flow:" in bare.output and "error" not in bare.output
+
+
+def test_a_verb_run_on_its_own_catches_stop_signals_too(tmp_path, photographs):
+    """A verb invoked as a click command of its own, not through ``main``: SIGTERM killed it (143),
+    leaving degrade's hidden partial copy behind."""
+    cv2.imwrite(str(tmp_path / "a.png"), photographs["coffee"])
+    out = tmp_path / "out"
+    script = ("import os, signal\n"
+              "import dfd.runtime.atomic_files as atomic\n"
+              "def fsync(handle):\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "atomic.os.fsync = fsync\n"
+              "from dfd.export.degrade_cli import degrade\n"
+              f"degrade.main([{str(tmp_path / 'a.png')!r}, '--out', {str(out)!r}, '--fixed', 'blur3'])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and done.stderr.splitlines()[-1] == "error: interrupted", done.stderr
+    assert not out.exists()
+
+
+def test_an_error_met_while_handling_an_interrupt_keeps_its_message(capsys):
+    """Only an error raised *from* an interrupt is one: a failed rename while a build put the old
+    set back would have read "interrupted", hiding where the old set was left."""
+
+    @handles_errors
+    def cleanup_fails():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise DfdError("could not put the old set back; it is in .set.replaced")
+
+    with pytest.raises(SystemExit) as ended:
+        cleanup_fails()
+    assert ended.value.code == 1
+    assert capsys.readouterr().err == "error: could not put the old set back; it is in .set.replaced\n"
+
+
+@pytest.mark.parametrize("number", [errno.EPIPE, errno.EIO])
+def test_stderr_outlives_a_gone_reader_or_a_hung_up_terminal(number, monkeypatch):
+    """EIO: SIGHUP after the terminal closed, whose "error: interrupted" itself failed (exit 1,
+    a traceback)."""
+    from dfd.export import cli_errors
+
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise OSError(number, os.strerror(number))
+
+    pointed = []
+    monkeypatch.setattr(cli_errors, "_point_at_devnull", pointed.append)
+    stream = cli_errors._StderrOutlivingItsReader(Gone())
+    assert stream.write("error: interrupted\n") == len("error: interrupted\n") and pointed == [2]
+    other = cli_errors._StderrOutlivingItsReader(type("Full", (io.StringIO,), {
+        "write": lambda self, text: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))})())
+    with pytest.raises(OSError):
+        other.write("x")
 
 
 def test_running_out_of_memory_is_one_line_not_a_traceback():

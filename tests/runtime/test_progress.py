@@ -57,6 +57,15 @@ def test_a_log_gets_whole_lines_at_start_every_interval_and_at_the_end(monkeypat
     ]
 
 
+def test_a_log_line_writes_large_counts_whole(capsys):
+    """Formatted with :g, 1234567 of 2000000 read "1.23457e+06/2e+06"."""
+    bar, clock = logged(total=2_000_000)
+    clock.now += 60
+    bar.update(1_234_567)
+    bar.close()
+    assert capsys.readouterr().err.splitlines()[-1].startswith("detect: 1234567/2000000 (62%), 01:00 elapsed")
+
+
 def test_a_log_line_says_seconds_per_item_when_items_are_slow(monkeypatch, capsys):
     bar, clock = logged(total=3, desc="build", unit="stream")
     clock.now += 95.0
@@ -130,8 +139,8 @@ def test_no_stderr_no_bar(monkeypatch):
     """A process without stderr (``2>&-``, pythonw): Python's stderr is None, and the first draw raised."""
     monkeypatch.setattr(sys, "stderr", None)
     with progress_bar(total=4, desc="calibration set", unit="img") as bar:
+        assert bar.disable
         bar.update(4)
-    assert bar.disable
 
 
 def test_a_terminal_bar_beside_a_piped_stdout_is_whole_lines(monkeypatch):
