@@ -78,9 +78,7 @@ def _reader_went_away() -> None:
     """End quietly, as a tool killed by SIGPIPE does (status 128 + 13), when whatever read stdout
     closed it (``dfd-export detect ... | head``): the reader wanted no more, so that is no error to
     report. stdout is pointed at /dev/null first, or Python's flush at exit fails again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    _point_at_devnull(sys.stdout.fileno())
     sys.exit(128 + 13)
 
 
@@ -126,9 +124,9 @@ def _point_at_devnull(descriptor: int) -> None:
 
 
 class _StderrOutlivingItsReader(io.TextIOBase):
-    """A text stream that writes to ``stream`` until its reader is gone (EPIPE), then to /dev/null
-    through the same descriptor. No ``buffer``: click then writes through it whatever the
-    encoding, where it would wrap the bytes beneath and go round it."""
+    """A text stream that writes to ``stream`` until its reader is gone (EPIPE, or EIO from a
+    hung-up terminal), then to /dev/null through the same descriptor. No ``buffer``: click then
+    writes through it whatever the encoding, where it would wrap the bytes beneath and go round it."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__()

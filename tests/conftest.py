@@ -31,6 +31,13 @@ def write_rgb(path: Path, rgb: np.ndarray) -> Path:
     return path
 
 
+def write_grey_images(folder: Path, count: int = 16, side: int = 64) -> list[Path]:
+    """``count`` grey PNGs 00.png, 01.png, ... of distinct levels, making ``folder``: 16 by
+    default, where detect starts drawing its progress."""
+    return [write_rgb(folder / f"{index:02d}.png", np.full((side, side, 3), index * 8, np.uint8))
+            for index in range(count)]
+
+
 def save_state_dict(state: dict, path: Path) -> Path:
     """Save a state dict as the path's suffix says: ``.safetensors``, ``.legacy`` (torch's old
     pickle format, as older reference checkpoints are) or anything else as ``torch.save``'s ZIP."""

@@ -19,6 +19,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from conftest import write_grey_images
 from dfd.export.cli_errors import handles_errors, termination_interrupts, warn
 from dfd.runtime.errors import DfdError
 
@@ -38,9 +39,7 @@ def test_closed_stderr_loses_no_row_and_no_copy(tiny_engine_set, tmp_path):
     capture swaps its sink in and back, and every copy failed ("Bad file descriptor") without a
     word; detect's progress bar, with no stream to draw on, ended the run before its first row."""
     images = tmp_path / "images"
-    images.mkdir()
-    for index in range(16):  # detect draws its progress from 16 images
-        cv2.imwrite(str(images / f"{index:02d}.png"), np.full((64, 64, 3), index * 8, np.uint8))
+    write_grey_images(images)  # detect draws its progress from 16 images
     (images / "16.png").write_bytes(b"not an image")
     cli = [sys.executable, "-m", "dfd.export.cli"]
 
@@ -62,9 +61,7 @@ def test_a_gone_reader_of_stderr_loses_no_row(tiny_engine_set, tmp_path):
     """``detect ... 2>&1 >rows.jsonl | grep -m1 WARNING``: the first write to stderr after grep
     ended raised EPIPE, which ended the run as if stdout's reader had gone (exit 141, no rows)."""
     images = tmp_path / "images"
-    images.mkdir()
-    for index in range(16):
-        cv2.imwrite(str(images / f"{index:02d}.png"), np.full((64, 64, 3), index * 8, np.uint8))
+    write_grey_images(images)
     rows = tmp_path / "rows.jsonl"
     command = [sys.executable, "-m", "dfd.export.cli", "detect", str(tiny_engine_set), str(images), "--format", "jsonl",
                "--no-face-detect", "--batch-size", "1"]
@@ -398,8 +395,7 @@ def test_an_interrupted_detect_ends_its_progress_bar_before_the_error(tiny_engin
     from dfd.export.cli import main
     from dfd.runtime.detector import Detector
 
-    for index in range(16):  # the bar is drawn from 16 images
-        cv2.imwrite(str(tmp_path / f"{index:02d}.png"), np.full((256, 256, 3), index * 8, np.uint8))
+    write_grey_images(tmp_path, side=256)  # the bar is drawn from 16 images
     scored = Detector.detect
 
     def interrupted_on_the_second_batch(self, images, **kwargs):
@@ -414,24 +410,31 @@ def test_an_interrupted_detect_ends_its_progress_bar_before_the_error(tiny_engin
     assert re.search(r"\ndetect: 8/16 \(50%\)[^\r\n]*\nerror: interrupted\n$", result.output), result.output
 
 
-def test_a_bar_interrupted_before_its_with_took_hold_is_ended_before_the_error(capsys):
-    """SIGTERM right after tqdm's constructor drew the bar (verify's, the instant "verify:" showed)
-    came before the ``with`` that closes it: the error was glued to the bar's line in a log."""
-    from tqdm import tqdm
+def _interrupted_in_its_constructor(bar_class: type, **kwargs) -> None:
+    """Run a verb whose progress bar (of ``bar_class``) is interrupted right after its
+    constructor's first drawing, before the ``with`` that closes it took hold; it exits 130."""
 
-    class SignalledOnceDrawn(tqdm):
+    class SignalledOnceDrawn(bar_class):
         def refresh(self, *args, **kwargs):  # the constructor's first drawing
             super().refresh(*args, **kwargs)
             raise KeyboardInterrupt
 
     @handles_errors
     def interrupted_in_the_constructor():
-        with SignalledOnceDrawn(total=200, desc="verify", unit="img", file=sys.stderr):
+        with SignalledOnceDrawn(total=200, desc="verify", unit="img", **kwargs):
             pytest.fail("the constructor was not interrupted")
 
     with pytest.raises(SystemExit) as ended:
         interrupted_in_the_constructor()
     assert ended.value.code == 130
+
+
+def test_a_bar_interrupted_before_its_with_took_hold_is_ended_before_the_error(capsys):
+    """SIGTERM right after tqdm's constructor drew the bar (verify's, the instant "verify:" showed)
+    came before the ``with`` that closes it: the error was glued to the bar's line in a log."""
+    from tqdm import tqdm
+
+    _interrupted_in_its_constructor(tqdm, file=sys.stderr)
     stderr = capsys.readouterr().err
     assert re.search(r"\rverify:   0%\|[^\r\n]*\| 0/200 \[[^\r\n]*\]\nerror: interrupted\n$", stderr), repr(stderr)
 
@@ -441,19 +444,7 @@ def test_a_log_progress_interrupted_in_its_constructor_adds_no_blank_line(capsys
     constructor would leave an empty line before the error."""
     from dfd.runtime.progress import LoggedProgress
 
-    class SignalledOnceWritten(LoggedProgress):
-        def refresh(self, *args, **kwargs):  # the constructor's first line
-            super().refresh(*args, **kwargs)
-            raise KeyboardInterrupt
-
-    @handles_errors
-    def interrupted_in_the_constructor():
-        with SignalledOnceWritten(total=200, desc="verify", unit="img"):
-            pytest.fail("the constructor was not interrupted")
-
-    with pytest.raises(SystemExit) as ended:
-        interrupted_in_the_constructor()
-    assert ended.value.code == 130
+    _interrupted_in_its_constructor(LoggedProgress)
     assert capsys.readouterr().err == "verify: 0/200 (0%)\nerror: interrupted\n"
 
 

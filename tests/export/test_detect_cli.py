@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import FACE_BOXES
+from conftest import FACE_BOXES, write_grey_images
 from dfd.calibration.degrade import fixed_degradation
 from dfd.export.cli import main
 from reference_preprocessing import reference_face_crop, reference_vote, stream_batch
@@ -159,8 +159,7 @@ def test_detect_cli_rows_on_a_terminal_begin_lines_of_their_own(tiny_engine_set,
     """Rows printed to the terminal the bar is drawn on began on the bar's line, after its text."""
     from dfd.runtime import progress
 
-    for index in range(16):  # the bar is drawn from 16 images
-        cv2.imwrite(str(tmp_path / f"{index:02d}.png"), np.full((64, 64, 3), index * 8, np.uint8))
+    write_grey_images(tmp_path)  # the bar is drawn from 16 images
     monkeypatch.setattr(progress, "_is_terminal", lambda stream: True)
     result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--no-face-detect",
                                        "--batch-size", "4"])
@@ -173,8 +172,7 @@ def test_detect_cli_rows_on_a_terminal_begin_lines_of_their_own(tiny_engine_set,
 
 def test_detect_cli_progress_in_a_log_is_whole_lines(tiny_engine_set, tmp_path):
     """In a log (stderr not a terminal) the bar was one line of carriage returns without end."""
-    for index in range(16):
-        cv2.imwrite(str(tmp_path / f"{index:02d}.png"), np.full((64, 64, 3), index * 8, np.uint8))
+    write_grey_images(tmp_path)
     result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--no-face-detect",
                                        "--batch-size", "4", "--format", "jsonl"])
     assert result.exit_code == 0, result.output
