@@ -19,6 +19,7 @@ from typing import TextIO
 
 import click
 
+from dfd.runtime.decoder_messages import outside_decoder_captures
 from dfd.runtime.errors import DfdError, note_stop_request, os_error_text, stop_request_handled, stop_requested
 
 
@@ -105,6 +106,7 @@ def steady_standard_streams() -> None:
 
     What was said on stderr is then gone, as whoever closed it chose; results, files and the exit
     status are not. Only the process's own stderr is replaced, not one a caller set up (tests)."""
+    own_stderr = sys.stderr is not None and sys.stderr is sys.__stderr__
     for descriptor in (0, 1, 2):
         try:
             os.fstat(descriptor)
@@ -112,7 +114,8 @@ def steady_standard_streams() -> None:
             _point_at_devnull(descriptor)
             if descriptor == 2:
                 sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
-    if sys.stderr is not None and sys.stderr is sys.__stderr__:
+                own_stderr = True
+    if own_stderr:  # the wrapper also keeps writes out of decoder captures, even to /dev/null
         sys.stderr = _StderrOutlivingItsReader(sys.stderr)
 
 
@@ -149,18 +152,22 @@ class _StderrOutlivingItsReader(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    # Writes wait while another thread's decode is captured (its descriptor 2 is the capture's
+    # file), and so does pointing descriptor 2 at /dev/null, which that decode would undo.
     def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except OSError as exc:
-            self._reader_gone(exc)
-            return len(text)
+        with outside_decoder_captures():
+            try:
+                return self._stream.write(text)
+            except OSError as exc:
+                self._reader_gone(exc)
+                return len(text)
 
     def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except OSError as exc:
-            self._reader_gone(exc)
+        with outside_decoder_captures():
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._reader_gone(exc)
 
     def _reader_gone(self, exc: OSError) -> None:
         """EPIPE: the pipe's reader ended; EIO: the terminal hung up (SIGHUP's "error:

@@ -13,6 +13,7 @@ import click
 
 from dfd.runtime.errors import DfdError, first_few
 from dfd.runtime.face_boxes import BOX_COLUMNS
+from dfd.runtime.preparation import MAX_DEFAULT_WORKERS, default_prepare_workers
 from dfd.runtime.vote import STREAMS as STREAM_CHOICES
 
 from .cli_errors import handles_errors, printable, require_stdout, warn
@@ -122,9 +123,15 @@ def _csv_row(d: dict) -> dict:
                    "or .csv) says its format; rows another engine set scored are refused.")
 @max_pixels_option("is decoded reduced (1/2 .. 1/8)", "fails on its own line",
                    "Face localisation and resizing hold a few copies of an image in memory (3 bytes a pixel each)")
+@click.option("--prepare-workers", type=click.IntRange(min=1), default=None,
+              help=f"Threads that decode, localise faces and preprocess images, the next batch while the engines "
+                   f"score this one [default: one per core, at most {MAX_DEFAULT_WORKERS}; here "
+                   f"{default_prepare_workers()}]. 1: one image at a time between batches. Scores are the same "
+                   f"whatever the number; images being prepared at once share the --max-pixels budget. An "
+                   f"interrupt waits for the images being prepared.")
 @handles_errors
 def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend, recursive, no_face_detect, face_min_px,
-           no_face_cascade, host_preprocessing, cuda_graph_batch, skip_scored, max_pixels):
+           no_face_cascade, host_preprocessing, cuda_graph_batch, skip_scored, max_pixels, prepare_workers):
     """Score images (files or folders) with an engine set.
 
     One output line per image, in the order given (a folder's images sorted; a folder that
@@ -191,7 +198,7 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     detector = Detector.open(engine_dir, backend=backend, batch_size=batch_size, face_detection=not no_face_detect,
                              face_min_px=face_min_px or None, gpu_preprocessing=not host_preprocessing,
                              cuda_graph_batch=cuda_graph_batch, face_cascade=not no_face_cascade,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, prepare_workers=prepare_workers)
     click.echo(f"backend: {detector.backend_reason}", err=True)
     click.echo(f"preprocessing and vote: {detector.preprocessing}", err=True)
     if host_preprocessing and not detector.backend_has_fused_path:
@@ -249,14 +256,14 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
     failed = 0
     # closed however the run ends, so that an error or an interruption (Ctrl-C, SIGTERM, SIGHUP: exit
     # 130, every row written whole) starts a line of its own
-    with progress_bar(total=len(paths), desc="detect", unit="img", disable=len(paths) < 16) as progress:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            crops = [crop_files.get(path) for path in chunk] if crop_files is not None else None
-            chunk_boxes = [boxes.get(path) for path in chunk] if boxes is not None else None
-            for offset, detection in enumerate(detector.detect(chunk, face_crops=crops, face_boxes=chunk_boxes,
-                                                               labels=chunk)):
-                failed += emit_problems_before(start + offset)
+    crops = [crop_files.get(path) for path in paths] if crop_files is not None else None
+    path_boxes = [boxes.get(path) for path in paths] if boxes is not None else None
+    # one call for the whole run, so the next batch is prepared while this one is scored
+    scored = detector.detections(paths, face_crops=crops, face_boxes=path_boxes, labels=paths)
+    try:
+        with progress_bar(total=len(paths), desc="detect", unit="img", disable=len(paths) < 16) as progress:
+            for position, detection in enumerate(scored):
+                failed += emit_problems_before(position)
                 if crop_files is not None and crop_files.get(detection.image) is None and detection.ok:
                     looked_for = " and ".join(key.as_posix() for key in _crop_keys(detection.image, folders))
                     detection.notes.append(f"no face crop for this image in {face_crops} (looked for {looked_for})")
@@ -264,8 +271,10 @@ def detect(engine_dir, images, face_crops, face_boxes, fmt, batch_size, backend,
                     detection.notes.append(f"no face box for this image in {face_boxes}")
                 failed += not detection.ok
                 emit(detection.to_dict())
-            progress.update(len(chunk))
-        failed += emit_problems_before(len(paths))
+                progress.update(1)
+            failed += emit_problems_before(len(paths))
+    finally:  # on an error or an interrupt too: the images being prepared are waited for here
+        scored.close()
     detector.close()
     if failed:
         click.echo(f"{failed} of {inputs} input(s) failed", err=True)

@@ -9,9 +9,13 @@ did decode is damaged (a JPEG corrupt in the middle decodes, with grey or smeare
 
 ``decoder_messages`` points descriptor 2 at an unlinked temporary file for the length of one
 decode and returns what was written there. That is process-wide state: it is switched on
-(``capturing_decoder_messages``) only by entry points that own their process and decode on one
-thread, the CLI; decodes are then serialised by a lock. The Python API and the C library leave
-the host's stderr alone, where the lines stay as the libraries print them.
+(``capturing_decoder_messages``) only by entry points that own their process and its stderr, the
+CLI; decodes are then serialised by a lock, and the CLI's own writes to stderr wait for it
+(``outside_decoder_captures``): images are prepared on several threads, and a progress bar
+redrawn by one while another decodes landed in that image's notes. A line a library writes
+straight to descriptor 2 from another thread during a decode still lands there (ONNX Runtime's
+warnings; OpenCV's own log is silenced). The Python API and the C library leave the host's
+stderr alone, where the lines stay as the libraries print them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _MAX_CAPTURED_BYTES = 1 << 16  # a file corrupt throughout makes libjpeg warn per damaged block
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: a decoding thread that writes to stderr itself takes it again
 _enabled = False
 _sink: int | None = None  # descriptor of an unlinked temporary file, made at the first capture
 
@@ -33,8 +37,10 @@ _sink: int | None = None  # descriptor of an unlinked temporary file, made at th
 def capturing_decoder_messages() -> Iterator[None]:
     """Within the block, ``decoder_messages`` captures what decoders print, for the whole process;
     afterwards it is as it was (a CLI command run in-process, as tests run it, leaves nothing
-    switched on). Only for single-threaded programs that own their stderr: while a decode runs,
-    anything any thread writes to descriptor 2 lands in the capture."""
+    switched on). Only for programs that own their stderr: while a decode runs, anything another
+    thread writes to descriptor 2 lands in the capture, unless it waits in
+    ``outside_decoder_captures`` (the CLI's stderr does; ``detect``'s preparation threads only
+    decode, and take turns)."""
     global _enabled
     before, _enabled = _enabled, True
     try:
@@ -47,6 +53,17 @@ def decoder_messages_captured() -> bool:
     """Whether ``decoder_messages`` captures now: a decode that makes libjpeg warn about bytes it
     put there itself (a probe) may run only then, or the warning reaches the host's stderr."""
     return _enabled
+
+
+@contextmanager
+def outside_decoder_captures() -> Iterator[None]:
+    """Hold a write to stderr (from Python) until no decode is being captured, so it reaches
+    stderr instead of an image's notes."""
+    if not _enabled:
+        yield
+        return
+    with _lock:
+        yield
 
 
 @contextmanager

@@ -8,6 +8,7 @@ one Detector may be used from several threads at once (the backends' ``run`` is 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -39,6 +40,7 @@ from .gpu_pipeline import FusedInput, FusedResult, GpuPipeline
 from .images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, ImageFileError, decode_image, encoded_suffix
 from .manifest import STREAM_ORDER, Manifest, StreamEntry, load_manifest
 from .mtcnn import MtcnnDetector, onnxruntime_mtcnn
+from .preparation import MAX_DEFAULT_WORKERS, PixelBudget, default_prepare_workers, prepared_in_order
 from .preprocess import (
     FACE_BOX_REACH,
     FACE_CROP_SIZE,
@@ -191,7 +193,8 @@ def _is_int(value: object) -> bool:
 
 
 def _check_options(batch_size: object, face_detection: object, face_min_px: object, gpu_preprocessing: object,
-                   cuda_graph_batch: object, face_cascade: object, max_pixels: object) -> None:
+                   cuda_graph_batch: object, face_cascade: object, max_pixels: object,
+                   prepare_workers: object) -> None:
     """Refuse option values before anything is opened: a float batch size used to pass and fail
     on the first ``detect``, and ``face_detection="no"`` (truthy) turned detection on."""
     if not _is_int(batch_size) or batch_size < 1:
@@ -209,6 +212,9 @@ def _check_options(batch_size: object, face_detection: object, face_min_px: obje
                        f"got {face_min_px!r}")
     if not _is_int(max_pixels) or max_pixels < 1:
         raise DfdError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if prepare_workers is not None and (not _is_int(prepare_workers) or prepare_workers < 1):
+        raise DfdError(f"prepare_workers must be None (one per core, at most {MAX_DEFAULT_WORKERS}) or a "
+                       f"number of threads of at least 1, got {prepare_workers!r}")
     if cuda_graph_batch is not None and not (_is_int(cuda_graph_batch) and 1 <= cuda_graph_batch <= batch_size):
         raise DfdError(f"a CUDA graph for batches of {cuda_graph_batch!r} would never replay: the detector "
                        f"runs at most batch_size = {batch_size} images at a time (give a graph batch "
@@ -221,9 +227,10 @@ class Detector:
     def __init__(self, manifest: Manifest, choice: BackendChoice, batch_size: int = DEFAULT_BATCH_SIZE,
                  face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX,
                  gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None,
-                 face_cascade: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 face_cascade: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 prepare_workers: int | None = None) -> None:
         _check_options(batch_size, face_detection, face_min_px, gpu_preprocessing, cuda_graph_batch,
-                       face_cascade, max_pixels)
+                       face_cascade, max_pixels, prepare_workers)
         self.manifest = manifest
         self.backend = choice.backend
         self.backend_reason = choice.reason
@@ -246,6 +253,8 @@ class Detector:
             raise DfdError("a CUDA graph needs the fused GPU path, which host preprocessing "
                            "(--host-preprocessing, gpu_preprocessing=False) turns off")
         self._pool = ThreadPoolExecutor(max_workers=len(self.streams), thread_name_prefix="dfd-stream")
+        self.prepare_workers = int(prepare_workers) if prepare_workers is not None else default_prepare_workers()
+        self._pixel_budget = PixelBudget(self.max_pixels)  # shared by the calls' preparation threads
         self.closed = False
         # public calls in progress, per thread: close waits for them, or leaves the release to them
         self._users = threading.Condition()
@@ -344,7 +353,8 @@ class Detector:
     def open(cls, engine_dir: str | bytes | os.PathLike, backend: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
              face_detection: bool = True, face_min_px: float | None = DEFAULT_MIN_FACE_PX,
              gpu_preprocessing: bool = True, cuda_graph_batch: int | None = None,
-             face_cascade: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Detector":
+             face_cascade: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS,
+             prepare_workers: int | None = None) -> "Detector":
         """Verify the engine set (sha256 of every file) and open it on ``backend``.
 
         Raises ``DfdError`` (``dfd.runtime.errors``; ``EngineSetError`` for the set,
@@ -366,15 +376,20 @@ class Detector:
         ``max_pixels``: the largest image, in pixels, decoded at full size (a larger JPEG is
         decoded reduced, any other image fails on its own): localising faces and resizing hold a
         few copies of it in memory.
+        ``prepare_workers``: threads that decode, localise faces and preprocess the images of a
+        ``detect`` call, the next batch while the engines score this one (None: one per core, at
+        most 8; 1: each image in the calling thread, between batches). Results are the same
+        whatever the number; images being prepared at once share a budget of ``max_pixels``
+        pixels (``dfd.runtime.preparation`` says what else a prepared image holds).
         """
         check_backend_name(backend)
         _check_options(batch_size, face_detection, face_min_px, gpu_preprocessing, cuda_graph_batch,
-                       face_cascade, max_pixels)
+                       face_cascade, max_pixels, prepare_workers)
         manifest = load_manifest(engine_dir)
         choice = select_backend(backend, manifest)
         try:
             return cls(manifest, choice, batch_size, face_detection, face_min_px, gpu_preprocessing,
-                       cuda_graph_batch, face_cascade, max_pixels)
+                       cuda_graph_batch, face_cascade, max_pixels, prepare_workers)
         except BaseException:
             _close_backend(choice.backend)
             raise
@@ -413,18 +428,23 @@ class Detector:
             attempt_release(failures, lambda: _close_backend(self.backend))
             raise_held(failures)
 
-    @contextmanager
-    def _in_use(self) -> Iterator[None]:
-        """One public call in progress, so that ``close`` never frees what it uses."""
-        if os.getpid() != self._opened_in:  # before the lock, which another thread may have held at the fork
+    def _refuse_when_unusable(self) -> None:
+        """A forked or closed detector cannot score: say so before a call is looked at."""
+        if os.getpid() != self._opened_in:  # before any lock, which another thread may have held at the fork
             raise DfdError(f"this detector was opened in process {self._opened_in}, and this process is a fork() "
                            f"of it: ONNX Runtime's threads (and a GPU's context) did not survive the fork, so it "
                            f"cannot score here; open the engine set in each worker after forking (a pre-fork "
                            f"server: in its post-fork hook)")
+        if self.closed:
+            raise DfdError("this detector is closed; open the engine set again to score images")
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """One public call in progress, so that ``close`` never frees what it uses."""
+        self._refuse_when_unusable()
         me = threading.get_ident()
         with self._users:
-            if self.closed:
-                raise DfdError("this detector is closed; open the engine set again to score images")
+            self._refuse_when_unusable()  # closed since the first look
             self._running[me] += 1
         try:
             yield
@@ -477,15 +497,57 @@ class Detector:
         called) raises ``TypeError`` or ``DfdError`` before anything is scored. ``on_progress(n)``
         is called after each batch of ``n`` images; an exception it raises ends the call.
         """
-        with self._in_use():
-            return self._detect(images, face_crops, face_boxes, labels, on_progress)
-
-    def _detect(self, images: Iterable[ImageInput], face_crops: Iterable[ImageInput | None] | None,
-                face_boxes: Iterable[Box | None] | None, labels: Iterable[str] | None,
-                on_progress: Callable[[int], None] | None) -> list[Detection]:
+        batches = self._batches(images, face_crops, face_boxes, labels)
         if on_progress is not None and not callable(on_progress):
             raise TypeError(f"on_progress must be a function taking the number of images just scored, got "
                             f"{type(on_progress).__name__}")
+        results: list[Detection] = []
+        try:
+            for batch in batches:
+                results.extend(batch)
+                if on_progress is not None:
+                    on_progress(len(batch))
+        finally:  # now, not when an exception's traceback lets go of it: the call ends here
+            batches.close()
+        return results
+
+    def detections(
+        self,
+        images: Iterable[ImageInput],
+        face_crops: Iterable[ImageInput | None] | None = None,
+        face_boxes: Iterable[Box | None] | None = None,
+        labels: Iterable[str] | None = None,
+    ) -> Iterator[Detection]:
+        """``detect``, yielding each ``Detection`` in order as soon as its batch is scored (a
+        command line writes rows while later images are prepared and scored). The call is checked
+        as a whole before this returns; the detector counts as in use until the iterator is
+        exhausted or closed (``close()`` from another thread waits for that)."""
+        return _each_of(self._batches(images, face_crops, face_boxes, labels))
+
+    def _batches(self, images: Iterable[ImageInput], face_crops: Iterable[ImageInput | None] | None,
+                 face_boxes: Iterable[Box | None] | None, labels: Iterable[str] | None) -> Iterator[list[Detection]]:
+        """The call checked now; then its scored batches, lazily."""
+        self._refuse_when_unusable()
+        return self._scored_batches(self._jobs(images, face_crops, face_boxes, labels))
+
+    def _scored_batches(self, jobs: list) -> Iterator[list[Detection]]:
+        with self._in_use():
+            # the next batch is prepared while this one is scored, and as many images more as there
+            # are threads, so that none waits for the batch to be taken
+            preparing = prepared_in_order(jobs, self.prepare_workers, self._pixel_budget,
+                                          ahead=self.batch_size + self.prepare_workers - 1)
+            try:
+                for start in range(0, len(jobs), self.batch_size):
+                    prepared = [next(preparing) for _ in range(min(self.batch_size, len(jobs) - start))]
+                    self._score([p for p in prepared if p.detection.ok])
+                    yield [p.detection for p in prepared]
+            finally:
+                preparing.close()
+
+    def _jobs(self, images: Iterable[ImageInput], face_crops: Iterable[ImageInput | None] | None,
+              face_boxes: Iterable[Box | None] | None, labels: Iterable[str] | None) -> list:
+        """One preparation per image, with the inputs it decodes; a call that cannot be
+        understood as a whole raises here."""
         paired = [name for name, extra in (("face_crops", face_crops), ("face_boxes", face_boxes),
                                            ("labels", labels)) if extra is not None]
         for name, extra in (("images", images), ("face_crops", face_crops), ("face_boxes", face_boxes),
@@ -504,23 +566,11 @@ class Detector:
         if labels is not None and not all(isinstance(label, str) for label in labels):
             wrong = next(label for label in labels if not isinstance(label, str))
             raise DfdError(f"labels must be strings, got {type(wrong).__name__} {wrong!r}")
-        results: list[Detection] = []
-        for start in range(0, count, self.batch_size):
-            stop = min(start + self.batch_size, count)
-            prepared = [
-                self._prepare(
-                    images[i],
-                    labels[i] if labels is not None else _label(images[i], i),
-                    face_crops[i] if face_crops is not None else None,
-                    face_boxes[i] if face_boxes is not None else None,
-                )
-                for i in range(start, stop)
-            ]
-            self._score([p for p in prepared if p.detection.ok])
-            results.extend(p.detection for p in prepared)
-            if on_progress is not None:
-                on_progress(stop - start)
-        return results
+        crops = face_crops if face_crops is not None else [None] * count
+        boxes = face_boxes if face_boxes is not None else [None] * count
+        names = labels if labels is not None else [_label(image, i) for i, image in enumerate(images)]
+        return [(functools.partial(self._prepare, image, name, crop, box), (image, crop))
+                for image, name, crop, box in zip(images, names, crops, boxes)]
 
     def prepare(self, source: ImageInput, label: str, face_crop: ImageInput | None = None,
                 face_box: Box | None = None) -> "PreparedImage":
@@ -691,6 +741,14 @@ class Detector:
             detection.rounded_streams = {s: one_decimal(p) for s, p in probs.items()}
             detection.score = float(result.score[row])
             detection.raw_score = float(result.raw_mean[row])
+
+
+def _each_of(batches: Iterator[list[Detection]]) -> Iterator[Detection]:
+    try:
+        for batch in batches:
+            yield from batch
+    finally:
+        batches.close()
 
 
 def _close_backend(backend: object) -> None:

@@ -140,9 +140,14 @@ def make_unlistable(monkeypatch):
 
 
 @pytest.fixture
-def opencv_without_ipp():
+def opencv_without_ipp(monkeypatch):
     """x86 OpenCV's IPP bicubic differs from OpenCV's own code by one grey level on a few percent
-    of pixels (see test_cuda_kernels.py); with it off the kernels and OpenCV agree to the last bit."""
+    of pixels (see test_cuda_kernels.py); with it off the kernels and OpenCV agree to the last bit.
+    OpenCV keeps the switch per thread, so Detectors opened without a ``prepare_workers`` prepare
+    in the calling thread here, where it is off."""
+    import dfd.runtime.detector
+
+    monkeypatch.setattr(dfd.runtime.detector, "default_prepare_workers", lambda: 1)
     optimized = cv2.useOptimized()
     cv2.setUseOptimized(False)
     yield

@@ -43,7 +43,10 @@ class RuntimePipeline:
         from dfd.runtime.detector import Detector
 
         self.detector = Detector.open(engine_dir, backend=backend, batch_size=1 << 30, max_pixels=max_pixels)
-        self.label = f"{self.detector.backend.description}; preprocessing: {self.detector.preprocessing}"
+        # end to end, images are prepared on the detector's threads; the stages are timed in one
+        self.label = (f"{self.detector.backend.description}; preprocessing: {self.detector.preprocessing}; "
+                      f"images prepared on {self.detector.prepare_workers} thread(s) end to end, "
+                      f"stages timed in one")
 
     def end_to_end(self, paths: Sequence[Path]) -> tuple[float, list]:
         start = time.perf_counter()

@@ -100,7 +100,7 @@ def test_a_stop_signal_swallowed_where_it_was_raised_still_ends_in_130(tiny_engi
 
     cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 64, 3), 80, np.uint8))
     (tmp_path / "b.png").write_bytes(b"")  # a failed image: detect would exit 2
-    scored = Detector.detect
+    scored = Detector.detections
 
     def signalled_in_a_callback(self, *args, **kwargs):
         class Dropped:
@@ -111,7 +111,7 @@ def test_a_stop_signal_swallowed_where_it_was_raised_still_ends_in_130(tiny_engi
         del dropped  # the callback runs here; the interrupt raised in it is printed, not raised
         return scored(self, *args, **kwargs)
 
-    monkeypatch.setattr(Detector, "detect", signalled_in_a_callback)
+    monkeypatch.setattr(Detector, "detections", signalled_in_a_callback)
     result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--format", "jsonl"])
     assert result.exit_code == 130, result.output
     assert len(result.stdout.splitlines()) == 2  # the rows, whole
@@ -238,6 +238,42 @@ def test_stderr_outlives_a_gone_reader_or_a_hung_up_terminal(number, monkeypatch
         "write": lambda self, text: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))})())
     with pytest.raises(OSError):
         other.write("x")
+
+
+_WRITE_DURING_ANOTHER_THREADS_DECODE = """
+import json, os, sys, threading
+from dfd.export.cli_errors import steady_standard_streams
+from dfd.runtime.decoder_messages import capturing_decoder_messages, decoder_messages
+steady_standard_streams()
+inside, written = threading.Event(), threading.Event()
+
+def progress_bar_redraw():
+    inside.wait()
+    sys.stderr.write("detect: 3/32 (9%)\\n")
+    written.set()
+
+with capturing_decoder_messages():
+    thread = threading.Thread(target=progress_bar_redraw)
+    thread.start()
+    with decoder_messages() as said:
+        os.write(2, b"Corrupt JPEG data\\n")
+        inside.set()
+        written.wait(1)  # held back until the capture ends; without the hold it would be in it
+    thread.join()
+print(json.dumps(said))
+"""
+
+
+@pytest.mark.parametrize("stderr", ["open", "closed"])
+def test_a_line_written_while_another_thread_decodes_stays_out_of_its_notes(stderr):
+    """Images are prepared on several threads: detect's progress bar, redrawn while a worker
+    decoded, became a note of that image (with stderr closed too: it goes to /dev/null)."""
+    shell = f'exec "{sys.executable}" -c "$0"' + (" 2>&-" if stderr == "closed" else "")
+    run = subprocess.run(["/bin/sh", "-c", shell, _WRITE_DURING_ANOTHER_THREADS_DECODE],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == ["Corrupt JPEG data"]
+    assert run.stderr == ("detect: 3/32 (9%)\n" if stderr == "open" else "")
 
 
 def test_running_out_of_memory_is_one_line_not_a_traceback():
@@ -396,14 +432,14 @@ def test_an_interrupted_detect_ends_its_progress_bar_before_the_error(tiny_engin
     from dfd.runtime.detector import Detector
 
     write_grey_images(tmp_path, side=256)  # the bar is drawn from 16 images
-    scored = Detector.detect
+    score = Detector._score
 
-    def interrupted_on_the_second_batch(self, images, **kwargs):
-        if images[0].endswith("08.png"):
+    def interrupted_on_the_second_batch(self, prepared):
+        if prepared[0].detection.image.endswith("08.png"):
             raise KeyboardInterrupt
-        return scored(self, images, **kwargs)
+        return score(self, prepared)
 
-    monkeypatch.setattr(Detector, "detect", interrupted_on_the_second_batch)
+    monkeypatch.setattr(Detector, "_score", interrupted_on_the_second_batch)
     result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--batch-size", "8",
                                        "--format", "jsonl"])
     assert result.exit_code == 130, result.output

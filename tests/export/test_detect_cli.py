@@ -468,3 +468,21 @@ def test_detect_cli_refuses_an_output_it_cannot_write(tiny_engine_set, photograp
                              preexec_fn=no_room_left)
     assert run.returncode == 1 and "File too large; the file keeps the 0 whole row(s)" in run.stderr, run.stderr
     assert results.read_bytes() == earlier
+
+
+def test_prepare_workers_change_nothing_in_the_rows(tiny_engine_set, photographs, tmp_path):
+    """One call for the whole run, so the next batch is prepared while this one is scored; the
+    rows are those of one image at a time, a bad image's included."""
+    for name in ("astronaut", "coffee", "chelsea"):
+        cv2.imwrite(str(tmp_path / f"{name}.jpg"), cv2.cvtColor(photographs[name], cv2.COLOR_RGB2BGR))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    rows = {}
+    for workers in ("1", "3"):
+        result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), str(tmp_path / "nothing.png"),
+                                           "--batch-size", "2", "--format", "jsonl", "--prepare-workers", workers])
+        assert result.exit_code == 2, result.output
+        rows[workers] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows["3"] == rows["1"] and len(rows["1"]) == 5
+    assert [row["error"] is None for row in rows["1"]] == [True, False, True, True, False]
+    refused = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--prepare-workers", "0"])
+    assert refused.exit_code == 1 and "--prepare-workers" in refused.stderr

@@ -85,7 +85,8 @@ def test_fused_path_equals_the_host_path(tiny_engine_set, kernel_host, scene, or
     images, crops = scene
     manifest = load_manifest(tiny_engine_set)
     backend = HostFusedBackend(manifest, kernel_host, order, max_batch=4)
-    with _open(tiny_engine_set, backend, batch_size=8) as fused, \
+    # the fused path's images prepared on threads (the kernels resize, in this thread), the host's in turn
+    with _open(tiny_engine_set, backend, batch_size=8, prepare_workers=3) as fused, \
             _open(tiny_engine_set, OnnxRuntimeBackend(manifest), batch_size=8) as host:
         assert fused.fused is not None and fused.preprocessing.startswith("fused CUDA kernels")
         assert host.fused is None and host.preprocessing == "host (NumPy/OpenCV)"

@@ -1,0 +1,324 @@
+"""Images prepared on threads: in order, the same results as one at a time, within a budget of
+pixels, cancelled when the caller stops; a Detector's prepare_workers option."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from dfd.runtime.detector import Detector
+from dfd.runtime.errors import DfdError
+from dfd.runtime.preparation import (MAX_DEFAULT_WORKERS, PixelBudget, default_prepare_workers, estimated_pixels,
+                                     prepared_in_order)
+
+# long enough for a thread that should wait to have gone past the point where it would not
+NOT_ENTERED_S = 0.3
+
+
+def test_estimated_pixels_from_headers_arrays_and_crops(tmp_path):
+    png = tmp_path / "a.png"
+    cv2.imwrite(str(png), np.zeros((30, 50, 3), np.uint8))
+    jpeg = cv2.imencode(".jpg", np.zeros((70, 20, 3), np.uint8))[1].tobytes()
+    array = np.zeros((11, 13, 3), np.uint8)
+    assert estimated_pixels(png) == 1500
+    assert estimated_pixels(str(png), None) == 1500  # no face crop
+    assert estimated_pixels(jpeg) == 1400
+    assert estimated_pixels(bytearray(jpeg), array) == 1400 + 143  # an image and its face crop
+    assert estimated_pixels(memoryview(jpeg)) == 1400
+
+
+class _RaisingPath:
+    def __fspath__(self) -> str:
+        raise RuntimeError("no path here")
+
+
+def test_what_cannot_be_sized_cheaply_is_none_and_never_raises(tmp_path):
+    """Decoding reports what is wrong with such an input; the estimate must not fail it first."""
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    assert estimated_pixels(tmp_path / "junk.png") is None
+    assert estimated_pixels(tmp_path / "missing.png") is None
+    assert estimated_pixels(tmp_path) is None  # a folder
+    assert estimated_pixels(_RaisingPath()) is None
+    assert estimated_pixels(42) is None
+    assert estimated_pixels(np.zeros(5, np.uint8)) is None
+    assert estimated_pixels(np.zeros((4, 4, 3), np.uint8), tmp_path / "junk.png") is None  # one unknown: all
+
+
+def test_a_fifo_is_not_opened_for_its_header(tmp_path):
+    """Opening a FIFO would release a writer waiting for a reader (then killed by SIGPIPE), and
+    reading it would wait for one."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (estimated_pixels(fifo), done.set()), daemon=True)
+    thread.start()
+    assert done.wait(10), "estimated_pixels blocked on a FIFO"
+    try:  # a writer finds no reader: nothing opened it
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        opened = True
+    except OSError:
+        opened = False
+    assert not opened
+
+
+def test_default_workers_are_the_usable_cores_at_most_eight():
+    assert default_prepare_workers() == max(1, min(MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def _holder(budget: PixelBudget, pixels: int | None, entered: threading.Event,
+            leave: threading.Event) -> threading.Thread:
+    def hold() -> None:
+        with budget.held(pixels):
+            entered.set()
+            leave.wait(30)
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_budget_holds_images_that_fit_together_and_queues_the_rest():
+    budget = PixelBudget(100)
+    first, second, third = (threading.Event() for _ in range(3))
+    leave_first, leave_rest = threading.Event(), threading.Event()
+    holders = [_holder(budget, 60, first, leave_first)]
+    assert first.wait(10)
+    holders.append(_holder(budget, 40, second, leave_rest))  # 60 + 40 fits
+    assert second.wait(10)
+    holders.append(_holder(budget, 1, third, leave_rest))  # 101 would not
+    assert not third.wait(NOT_ENTERED_S)
+    leave_first.set()
+    assert third.wait(10)
+    leave_rest.set()
+    for thread in holders:
+        thread.join(10)
+
+
+def test_a_large_image_is_not_passed_over_by_smaller_ones_arriving_after_it():
+    """A service's threads sharing a detector: small images kept the budget busy, and an image
+    needing most of it waited for as long as they came."""
+    budget = PixelBudget(100)
+    small, large, later = (threading.Event() for _ in range(3))
+    leave_small, leave_large, leave_later = (threading.Event() for _ in range(3))
+    holders = [_holder(budget, 30, small, leave_small)]
+    assert small.wait(10)
+    holders.append(_holder(budget, 90, large, leave_large))  # waits: 30 + 90 > 100
+    time.sleep(NOT_ENTERED_S)  # queued first
+    holders.append(_holder(budget, 10, later, leave_later))  # would fit now, but comes after
+    assert not later.wait(NOT_ENTERED_S) and not large.is_set()
+    leave_small.set()
+    assert large.wait(10)
+    assert later.wait(10)  # 90 + 10 fit together
+    leave_large.set()
+    leave_later.set()
+    for thread in holders:
+        thread.join(10)
+
+
+def test_an_image_over_the_budget_or_of_unknown_size_runs_alone():
+    budget = PixelBudget(100)
+    for pixels in (500, None):
+        big, small = threading.Event(), threading.Event()
+        leave_big, leave_small = threading.Event(), threading.Event()
+        first = _holder(budget, pixels, big, leave_big)
+        assert big.wait(10)  # alone, it is let through although it exceeds the budget
+        second = _holder(budget, 1, small, leave_small)
+        assert not small.wait(NOT_ENTERED_S)
+        leave_big.set()
+        assert small.wait(10)
+        leave_small.set()
+        first.join(10)
+        second.join(10)
+
+
+def test_results_come_in_order_with_a_bounded_number_under_way():
+    lock = threading.Lock()
+    started: list[int] = []
+    rng = random.Random(0)
+    delays = [rng.uniform(0, 0.02) for _ in range(40)]
+
+    def job(index: int):
+        def run() -> int:
+            with lock:
+                started.append(index)
+            time.sleep(delays[index])
+            return index
+        return run, (np.zeros((2, 2, 3), np.uint8),)
+
+    taken = 0
+    results = []
+    iterator = prepared_in_order([job(i) for i in range(40)], 4, PixelBudget(10**9), ahead=5)
+    for value in iterator:
+        results.append(value)
+        taken += 1
+        with lock:  # never more than the one waited for and 5 more started past those taken
+            assert max(started) < taken + 5
+    assert results == list(range(40))
+
+
+def test_stopping_early_drops_the_jobs_not_started_and_waits_for_the_running_ones():
+    """Nothing may read the caller's images once the call has ended: the C ABI's are views of
+    the caller's memory, which it frees when dfd_detect returns (on an error too)."""
+    ran: list[int] = []
+    release = threading.Event()
+
+    def job(index: int):
+        def run() -> int:
+            if index:  # the first is taken at once; the others hold both threads until released
+                release.wait(10)
+            ran.append(index)
+            return index
+        return run, ()
+
+    iterator = prepared_in_order([job(i) for i in range(50)], 2, PixelBudget(10**9), ahead=3)  # jobs 0-3 submitted
+    assert next(iterator) == 0
+    threading.Timer(NOT_ENTERED_S, release.set).start()
+    iterator.close()  # what an exception or an interrupt in the caller does
+    assert release.is_set()  # close() returned only after the running jobs ended
+    assert sorted(ran) in ([0, 1], [0, 1, 2])  # job 3 waited in the queue, and was dropped
+
+
+def test_one_worker_prepares_lazily_in_the_calling_thread():
+    threads: list[int] = []
+
+    def job():
+        return (lambda: threads.append(threading.get_ident()) or len(threads)), ()
+
+    iterator = prepared_in_order([job() for _ in range(3)], 1, PixelBudget(100), ahead=8)
+    assert threads == []  # nothing runs before it is asked for
+    assert next(iterator) == 1 and threads == [threading.get_ident()]
+    iterator.close()
+    assert len(threads) == 1
+
+
+def _photo_files(photographs, folder) -> list:
+    """The photographs as files and arrays, with inputs that fail, in one list."""
+    paths = []
+    for name, rgb in photographs.items():
+        path = folder / f"{name}.jpg"
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return [*paths, folder / "corrupt.png", photographs["coffee"], folder / "missing.jpg", *paths]
+
+
+def test_detections_are_the_same_whatever_the_number_of_workers(tiny_engine_set, photographs, tmp_path):
+    images = _photo_files(photographs, tmp_path)
+    results = {}
+    for workers in (1, 3):
+        with Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=2, prepare_workers=workers) as detector:
+            assert detector.prepare_workers == workers
+            progress: list[int] = []
+            results[workers] = [d.to_dict() for d in detector.detect(images, on_progress=progress.append)]
+            assert progress == [2] * (len(images) // 2) + [1] * (len(images) % 2)
+    assert results[3] == results[1]
+    assert [r["error"] is None for r in results[1]].count(False) == 2
+
+
+def test_images_prepared_at_once_stay_within_max_pixels(tiny_engine_set, photographs, tmp_path):
+    """Four threads, a budget that two of the images fill: never more than that at once."""
+    images = [cv2.resize(photographs["coffee"], (300, 200))] * 8  # 60,000 pixels each
+    with Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, prepare_workers=4,
+                       max_pixels=120_000) as detector:
+        lock = threading.Lock()
+        now, peak = [0], [0]
+        prepare = detector._prepare
+
+        def counted(*args):
+            with lock:
+                now[0] += 1
+                peak[0] = max(peak[0], now[0])
+            try:
+                time.sleep(0.05)
+                return prepare(*args)
+            finally:
+                with lock:
+                    now[0] -= 1
+
+        detector._prepare = counted
+        assert all(d.ok for d in detector.detect(images))
+    assert peak[0] == 2
+
+
+def test_the_worker_count_is_checked_before_the_set_is_opened(tmp_path):
+    for wrong in (0, -1, 2.0, "2", True):
+        with pytest.raises(DfdError, match="prepare_workers must be None"):
+            Detector.open(tmp_path / "no-such-set", prepare_workers=wrong)
+
+
+def test_default_workers_on_open(tiny_engine_set):
+    with Detector.open(tiny_engine_set, backend="onnxruntime") as detector:
+        assert detector.prepare_workers == default_prepare_workers()
+
+
+def test_the_next_batch_is_prepared_while_this_one_is_scored(tiny_engine_set, photographs):
+    """The point of the threads: while the engines score batch 1, images of batch 2 are being
+    prepared (the first scoring waits to see one start, and fails the test if none does)."""
+    images = [photographs["coffee"]] * 4
+    with Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, batch_size=2,
+                       prepare_workers=2) as detector:
+        prepare, score = detector._prepare, detector._score
+        second_batch_started = threading.Event()
+        overlapped: list[bool] = []
+
+        def prepared(source, label, *args):
+            if label in ("<array 2>", "<array 3>"):
+                second_batch_started.set()
+            return prepare(source, label, *args)
+
+        def scored(batch):
+            if not overlapped:
+                overlapped.append(second_batch_started.wait(10))
+            return score(batch)
+
+        detector._prepare, detector._score = prepared, scored
+        assert all(d.ok for d in detector.detect(images))
+    assert overlapped == [True]
+
+
+def test_detections_yields_each_batch_as_it_is_scored(tiny_engine_set, photographs):
+    images = [photographs["coffee"], photographs["chelsea"], 42]
+    with Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, batch_size=2) as detector:
+        scored = detector.detections(images)
+        first = next(scored)
+        assert first.ok and detector._running  # in use until the iterator ends
+        rest = list(scored)
+        assert [d.ok for d in rest] == [True, False] and not detector._running
+        with pytest.raises(DfdError, match="labels has 1 entries for 3 image"):
+            detector.detections(images, labels=["x"])  # checked before anything is scored
+        abandoned = detector.detections(images)
+        next(abandoned)
+        abandoned.close()
+        assert not detector._running
+    with pytest.raises(DfdError, match="this detector is closed"):
+        detector.detections(images)
+
+
+_DETECT_AT_EXIT = """
+import atexit, sys
+import numpy as np
+from dfd.runtime.detector import Detector
+
+detector = Detector.open(sys.argv[1], backend="onnxruntime", face_detection=False, prepare_workers=2)
+
+@atexit.register
+def score_at_exit():
+    results = detector.detect([np.full((64, 64, 3), 90, np.uint8)] * 3)
+    print(all(d.ok for d in results))
+"""
+
+
+def test_a_detect_from_an_exit_handler_prepares_in_its_own_thread(tiny_engine_set):
+    """No thread can start once the interpreter shuts down: detect raised RuntimeError there."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _DETECT_AT_EXIT, str(tiny_engine_set)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "True"
