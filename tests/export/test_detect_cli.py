@@ -12,6 +12,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -486,3 +487,65 @@ def test_prepare_workers_change_nothing_in_the_rows(tiny_engine_set, photographs
     assert [row["error"] is None for row in rows["1"]] == [True, False, True, True, False]
     refused = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--prepare-workers", "0"])
     assert refused.exit_code == 1 and "--prepare-workers" in refused.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_prepare_workers_reach_the_detector(tiny_engine_set, tmp_path, monkeypatch, workers):
+    """--prepare-workers 1 prepares every image in the command's own thread; more, on the
+    preparation threads."""
+    from dfd.runtime.detector import Detector
+
+    write_grey_images(tmp_path, count=6)
+    prepare = Detector._prepare
+    threads: list[str] = []
+
+    def recorded(self, *args):
+        threads.append(threading.current_thread().name)
+        return prepare(self, *args)
+
+    monkeypatch.setattr(Detector, "_prepare", recorded)
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--format", "jsonl",
+                                       "--batch-size", "2", "--prepare-workers", str(workers)])
+    assert result.exit_code == 0, result.output
+    assert len(threads) == 6
+    mine = threading.current_thread().name
+    assert all(name == mine for name in threads) if workers == 1 else mine not in threads
+
+
+def test_an_interrupted_detect_waits_for_the_images_being_prepared(tiny_engine_set, tmp_path, monkeypatch):
+    """An interrupt while a row is written ends the run only once the preparation threads are
+    done with the images they hold (the run's exception, kept by the caller, must not keep them
+    running)."""
+    from dfd.runtime.detector import Detection, Detector
+
+    write_grey_images(tmp_path, count=6)
+    prepare = Detector._prepare
+    lock = threading.Lock()
+    running = [0]
+    started, release = threading.Event(), threading.Event()
+
+    def prepared(self, source, label, *args):
+        if Path(label).name in ("00.png", "01.png"):
+            return prepare(self, source, label, *args)
+        with lock:
+            running[0] += 1
+        try:
+            if not started.is_set():
+                started.set()
+                threading.Timer(0.3, release.set).start()
+            release.wait(30)
+            return prepare(self, source, label, *args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    def interrupted(self):
+        assert started.wait(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Detector, "_prepare", prepared)
+    monkeypatch.setattr(Detection, "to_dict", interrupted)
+    result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--format", "jsonl",
+                                       "--batch-size", "2", "--prepare-workers", "2"])
+    assert result.exit_code == 130, result.output
+    assert release.is_set() and running[0] == 0

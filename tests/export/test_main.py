@@ -56,3 +56,10 @@ def test_python_dash_m_runs_the_command_line():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 3, run.stderr
     assert run.stderr.splitlines()[-1] == "error: engine set folder not found: /nonexistent/set"
+
+
+def test_interrupt_while_the_cli_is_imported_with_stderr_closed_by_python_still_exits_130():
+    """A closed ``sys.stderr`` object (writing raises ValueError) is as quiet as no stderr."""
+    run = _run_entry("import sys; sys.stderr.close()\n" + _INTERRUPTED_IMPORT)
+    assert run.returncode == 130, run.stderr
+    assert run.stdout == ""

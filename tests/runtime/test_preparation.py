@@ -72,12 +72,12 @@ def test_default_workers_are_the_usable_cores_at_most_eight():
 
 
 def _holder(budget: PixelBudget, pixels: int | None, entered: threading.Event,
-            leave: threading.Event) -> threading.Thread:
+            leave: threading.Event, name: str | None = None) -> threading.Thread:
     def hold() -> None:
         with budget.held(pixels):
             entered.set()
             leave.wait(30)
-    thread = threading.Thread(target=hold, daemon=True)
+    thread = threading.Thread(target=hold, daemon=True, name=name)
     thread.start()
     return thread
 
@@ -225,24 +225,33 @@ def test_images_prepared_at_once_stay_within_max_pixels(tiny_engine_set, photogr
     images = [cv2.resize(photographs["coffee"], (300, 200))] * 8  # 60,000 pixels each
     with Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, prepare_workers=4,
                        max_pixels=120_000) as detector:
-        lock = threading.Lock()
-        now, peak = [0], [0]
-        prepare = detector._prepare
-
-        def counted(*args):
-            with lock:
-                now[0] += 1
-                peak[0] = max(peak[0], now[0])
-            try:
-                time.sleep(0.05)
-                return prepare(*args)
-            finally:
-                with lock:
-                    now[0] -= 1
-
-        detector._prepare = counted
+        peak = _count_prepared_at_once(detector, 2)
         assert all(d.ok for d in detector.detect(images))
     assert peak[0] == 2
+
+
+def _count_prepared_at_once(detector: Detector, limit: int) -> list[int]:
+    """Patch ``detector._prepare`` to count the images prepared at once; each waits a moment for
+    one more than ``limit`` to join it, which the budget must prevent. Returns [peak], filled as
+    the detector runs."""
+    changed = threading.Condition()
+    now, peak = [0], [0]
+    prepare = detector._prepare
+
+    def counted(*args):
+        with changed:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+            changed.notify_all()
+            changed.wait_for(lambda: now[0] > limit, timeout=NOT_ENTERED_S)
+        try:
+            return prepare(*args)
+        finally:
+            with changed:
+                now[0] -= 1
+
+    detector._prepare = counted
+    return peak
 
 
 def test_the_worker_count_is_checked_before_the_set_is_opened(tmp_path):
@@ -322,3 +331,240 @@ def test_a_detect_from_an_exit_handler_prepares_in_its_own_thread(tiny_engine_se
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "True"
+
+
+def test_default_workers_stop_at_eight_and_fall_back_to_the_cpu_count(monkeypatch):
+    """Many cores: still eight threads (each holds an image). No affinity call (macOS): the CPU
+    count, or one where even that is unknown."""
+    import dfd.runtime.preparation as preparation
+
+    monkeypatch.setattr(preparation.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert default_prepare_workers() == 8
+    monkeypatch.delattr(preparation.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(preparation.os, "cpu_count", lambda: 3)
+    assert default_prepare_workers() == 3
+    monkeypatch.setattr(preparation.os, "cpu_count", lambda: None)
+    assert default_prepare_workers() == 1
+
+
+def test_a_grey_array_and_a_jpeg_with_large_metadata_are_sized(tmp_path):
+    """A 2-D (grey) array has its pixels too; a JPEG's size may follow 64 KB EXIF and ICC
+    segments, which the header prefix must reach past."""
+    assert estimated_pixels(np.zeros((4, 5), np.uint8)) == 20
+    jpeg = cv2.imencode(".jpg", np.zeros((70, 20, 3), np.uint8))[1].tobytes()
+    segment = b"\xff\xe2" + (0xFFFF).to_bytes(2, "big") + bytes(0xFFFF - 2)  # a full-size APP2 (ICC)
+    padded = jpeg[:2] + segment * 2 + jpeg[2:]
+    (tmp_path / "big-metadata.jpg").write_bytes(padded)
+    assert estimated_pixels(padded) == 1400
+    assert estimated_pixels(tmp_path / "big-metadata.jpg") == 1400
+
+
+def test_a_fifo_is_not_read_for_its_header(tmp_path):
+    """Bytes a writer put in a FIFO belong to whoever decodes it: sizing it must not take them."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        data = cv2.imencode(".png", np.zeros((3, 4, 3), np.uint8))[1].tobytes()
+        os.write(writer, data)
+        assert estimated_pixels(fifo) is None
+        assert os.read(reader, len(data) + 1) == data
+    finally:
+        os.close(writer)
+        os.close(reader)
+
+
+def test_sizing_files_leaves_no_descriptor_open(tmp_path):
+    png = tmp_path / "a.png"
+    cv2.imwrite(str(png), np.zeros((30, 50, 3), np.uint8))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        assert estimated_pixels(png) == 1500
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+class _WokenLateInThread(threading.Condition):
+    """A condition where the thread named ``late`` is the last to act on its first wake-up: the
+    others woken with it look at the queue while it is still there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delayed = False
+
+    def wait(self, timeout=None):
+        woken = super().wait(timeout)
+        if threading.current_thread().name == "late" and not self.delayed:
+            self.delayed = True
+            super().wait(NOT_ENTERED_S)
+        return woken
+
+
+def test_the_next_in_line_is_woken_when_the_one_before_it_goes_in():
+    """An image queued behind one that has just gone in may fit beside it: it must be told, not
+    left waiting until some image leaves the budget."""
+    budget = PixelBudget(100)
+    budget._changed = _WokenLateInThread()
+    small, head, behind = (threading.Event() for _ in range(3))
+    leave_small, leave_rest = threading.Event(), threading.Event()
+    holders = [_holder(budget, 30, small, leave_small)]
+    assert small.wait(10)
+    holders.append(_holder(budget, 90, head, leave_rest, name="late"))  # waits: 30 + 90 > 100
+    deadline = time.monotonic() + 10
+    while not budget._queue and time.monotonic() < deadline:  # queued first, however slow the machine
+        time.sleep(0.01)
+    assert len(budget._queue) == 1
+    holders.append(_holder(budget, 10, behind, leave_rest))  # queued behind it
+    assert not behind.wait(NOT_ENTERED_S)
+    leave_small.set()  # wakes both; the one behind looks first and sees the large one still queued
+    assert head.wait(10)
+    assert behind.wait(10)  # 90 + 10 fit, while the large one still holds its share
+    leave_rest.set()
+    for thread in holders:
+        thread.join(10)
+
+
+class _InterruptedWait(threading.Condition):
+    """A condition whose first wait is interrupted (a Ctrl-C in the thread that waits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
+    def wait(self, timeout=None):
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return super().wait(timeout)
+
+
+def test_an_interrupted_wait_leaves_its_place_in_the_queue():
+    """Otherwise every later image waits for ever behind an image that is no longer there."""
+    budget = PixelBudget(100)
+    budget._changed = _InterruptedWait()
+    first, later = threading.Event(), threading.Event()
+    leave_first, leave_later = threading.Event(), threading.Event()
+    holder = _holder(budget, 100, first, leave_first)
+    assert first.wait(10)
+    with pytest.raises(KeyboardInterrupt):
+        with budget.held(50):
+            pass
+    leave_first.set()
+    holder.join(10)
+    other = _holder(budget, 50, later, leave_later)
+    assert later.wait(10)
+    leave_later.set()
+    other.join(10)
+
+
+def test_one_job_runs_in_the_calling_thread_whatever_the_workers():
+    threads: list[int] = []
+    jobs = [(lambda: threads.append(threading.get_ident()) or 7, (np.zeros((2, 2, 3), np.uint8),))]
+    assert list(prepared_in_order(jobs, 4, PixelBudget(100), ahead=8)) == [7]
+    assert threads == [threading.get_ident()]
+
+
+def test_the_look_ahead_starts_that_many_jobs_past_the_one_waited_for():
+    """``ahead`` jobs past the one the caller waits for are under way (workers to spare)."""
+    started = [threading.Event() for _ in range(8)]
+    release = threading.Event()
+
+    def job(index: int):
+        def run() -> int:
+            started[index].set()
+            if index:
+                release.wait(30)
+            return index
+        return run, ()
+
+    iterator = prepared_in_order([job(i) for i in range(8)], 8, PixelBudget(10**9), ahead=3)
+    try:
+        assert next(iterator) == 0
+        assert all(started[i].wait(10) for i in (1, 2, 3))
+    finally:
+        release.set()
+        iterator.close()
+
+
+def test_the_whole_next_batch_is_under_way_while_this_one_is_scored(tiny_engine_set, photographs):
+    """With a thread per image of a batch, every image of the next batch has started by the
+    time the first batch is scored, not only its first."""
+    images = [photographs["coffee"]] * 6
+    with Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, batch_size=2,
+                       prepare_workers=2) as detector:
+        prepare, score = detector._prepare, detector._score
+        started = {label: threading.Event() for label in ("<array 2>", "<array 3>")}
+        overlapped: list[bool] = []
+
+        def prepared(source, label, *args):
+            if label in started:
+                started[label].set()
+            return prepare(source, label, *args)
+
+        def scored(batch):
+            if not overlapped:
+                overlapped.append(all(event.wait(10) for event in started.values()))
+            return score(batch)
+
+        detector._prepare, detector._score = prepared, scored
+        assert all(d.ok for d in detector.detect(images))
+    assert overlapped == [True]
+
+
+def test_a_face_crop_counts_in_the_pixel_budget(tiny_engine_set, photographs):
+    """An image and its face crop are decoded together: both count, or twice the memory is in
+    flight. Image and crop of 60,000 pixels each, a budget of two images: two at once, not four."""
+    image = cv2.resize(photographs["coffee"], (300, 200))
+    with Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, prepare_workers=4,
+                       max_pixels=240_000) as detector:
+        peak = _count_prepared_at_once(detector, 2)
+        assert all(d.ok for d in detector.detect([image] * 4, face_crops=[image] * 4))
+    assert peak[0] <= 2
+
+
+def _blocked_after_the_first_batch(detector: Detector):
+    """Patch ``detector._prepare``: images after the first two wait for ``release`` (set a
+    moment after the first of them starts). Returns (running, started, release)."""
+    prepare = detector._prepare
+    lock = threading.Lock()
+    running = [0]
+    started, release = threading.Event(), threading.Event()
+
+    def prepared(source, label, *args):
+        if label in ("<array 0>", "<array 1>"):
+            return prepare(source, label, *args)
+        with lock:
+            running[0] += 1
+        try:
+            if not started.is_set():
+                started.set()
+                threading.Timer(NOT_ENTERED_S, release.set).start()
+            release.wait(30)
+            return prepare(source, label, *args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    detector._prepare = prepared
+    return running, started, release
+
+
+@pytest.mark.parametrize("raised_in", ["scoring", "on_progress"])
+def test_a_call_that_fails_waits_for_the_images_being_prepared(tiny_engine_set, photographs, raised_in):
+    """The C ABI's images are views of the caller's memory, freed when the call returns: an
+    error (here kept alive by its traceback) must not leave threads reading them."""
+    images = [photographs["coffee"]] * 6
+    with Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, batch_size=2,
+                       prepare_workers=2) as detector:
+        running, started, release = _blocked_after_the_first_batch(detector)
+
+        def fail(*args):
+            assert started.wait(10)
+            raise RuntimeError("stop here")
+
+        if raised_in == "scoring":
+            detector._score = fail
+        with pytest.raises(RuntimeError, match="stop here") as raised:
+            detector.detect(images, on_progress=fail if raised_in == "on_progress" else None)
+        assert release.is_set() and running[0] == 0
+        del raised
