@@ -8,6 +8,8 @@ implementation, not against our own code.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -36,6 +38,33 @@ def write_grey_images(folder: Path, count: int = 16, side: int = 64) -> list[Pat
     default, where detect starts drawing its progress."""
     return [write_rgb(folder / f"{index:02d}.png", np.full((side, side, 3), index * 8, np.uint8))
             for index in range(count)]
+
+
+class HeldPreparations:
+    """A stand-in for ``Detector._prepare`` whose images, except those ``passes(*args)`` lets
+    through, wait for ``release``, set ``release_after_s`` after the first of them starts.
+    ``running`` counts those in progress: 0 once a call has waited for its preparations."""
+
+    def __init__(self, prepare: Callable, passes: Callable[..., bool], release_after_s: float = 0.3) -> None:
+        self._prepare, self._passes, self._release_after_s = prepare, passes, release_after_s
+        self._lock = threading.Lock()
+        self.running = 0
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, *args):
+        if self._passes(*args):
+            return self._prepare(*args)
+        with self._lock:
+            self.running += 1
+        try:
+            if not self.started.is_set():
+                self.started.set()
+                threading.Timer(self._release_after_s, self.release.set).start()
+            self.release.wait(30)
+            return self._prepare(*args)
+        finally:
+            with self._lock:
+                self.running -= 1
 
 
 def save_state_dict(state: dict, path: Path) -> Path:

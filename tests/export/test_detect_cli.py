@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import FACE_BOXES, write_grey_images
+from conftest import FACE_BOXES, HeldPreparations, write_grey_images
 from dfd.calibration.degrade import fixed_degradation
 from dfd.export.cli import main
 from reference_preprocessing import reference_face_crop, reference_vote, stream_batch
@@ -519,33 +519,16 @@ def test_an_interrupted_detect_waits_for_the_images_being_prepared(tiny_engine_s
     from dfd.runtime.detector import Detection, Detector
 
     write_grey_images(tmp_path, count=6)
-    prepare = Detector._prepare
-    lock = threading.Lock()
-    running = [0]
-    started, release = threading.Event(), threading.Event()
-
-    def prepared(self, source, label, *args):
-        if Path(label).name in ("00.png", "01.png"):
-            return prepare(self, source, label, *args)
-        with lock:
-            running[0] += 1
-        try:
-            if not started.is_set():
-                started.set()
-                threading.Timer(0.3, release.set).start()
-            release.wait(30)
-            return prepare(self, source, label, *args)
-        finally:
-            with lock:
-                running[0] -= 1
+    held = HeldPreparations(Detector._prepare,
+                            lambda self, source, label, *rest: Path(label).name in ("00.png", "01.png"))
 
     def interrupted(self):
-        assert started.wait(10)
+        assert held.started.wait(10)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Detector, "_prepare", prepared)
+    monkeypatch.setattr(Detector, "_prepare", lambda self, *args: held(self, *args))
     monkeypatch.setattr(Detection, "to_dict", interrupted)
     result = CliRunner().invoke(main, ["detect", str(tiny_engine_set), str(tmp_path), "--format", "jsonl",
                                        "--batch-size", "2", "--prepare-workers", "2"])
     assert result.exit_code == 130, result.output
-    assert release.is_set() and running[0] == 0
+    assert held.release.is_set() and held.running == 0

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import HeldPreparations
 from dfd.runtime.detector import Detector
 from dfd.runtime.errors import DfdError
 from dfd.runtime.preparation import (MAX_DEFAULT_WORKERS, PixelBudget, default_prepare_workers, estimated_pixels,
@@ -522,33 +523,6 @@ def test_a_face_crop_counts_in_the_pixel_budget(tiny_engine_set, photographs):
     assert peak[0] <= 2
 
 
-def _blocked_after_the_first_batch(detector: Detector):
-    """Patch ``detector._prepare``: images after the first two wait for ``release`` (set a
-    moment after the first of them starts). Returns (running, started, release)."""
-    prepare = detector._prepare
-    lock = threading.Lock()
-    running = [0]
-    started, release = threading.Event(), threading.Event()
-
-    def prepared(source, label, *args):
-        if label in ("<array 0>", "<array 1>"):
-            return prepare(source, label, *args)
-        with lock:
-            running[0] += 1
-        try:
-            if not started.is_set():
-                started.set()
-                threading.Timer(NOT_ENTERED_S, release.set).start()
-            release.wait(30)
-            return prepare(source, label, *args)
-        finally:
-            with lock:
-                running[0] -= 1
-
-    detector._prepare = prepared
-    return running, started, release
-
-
 @pytest.mark.parametrize("raised_in", ["scoring", "on_progress"])
 def test_a_call_that_fails_waits_for_the_images_being_prepared(tiny_engine_set, photographs, raised_in):
     """The C ABI's images are views of the caller's memory, freed when the call returns: an
@@ -556,15 +530,17 @@ def test_a_call_that_fails_waits_for_the_images_being_prepared(tiny_engine_set, 
     images = [photographs["coffee"]] * 6
     with Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, batch_size=2,
                        prepare_workers=2) as detector:
-        running, started, release = _blocked_after_the_first_batch(detector)
+        held = HeldPreparations(detector._prepare, lambda source, label, *rest: label in ("<array 0>", "<array 1>"),
+                                NOT_ENTERED_S)
+        detector._prepare = held
 
         def fail(*args):
-            assert started.wait(10)
+            assert held.started.wait(10)
             raise RuntimeError("stop here")
 
         if raised_in == "scoring":
             detector._score = fail
         with pytest.raises(RuntimeError, match="stop here") as raised:
             detector.detect(images, on_progress=fail if raised_in == "on_progress" else None)
-        assert release.is_set() and running[0] == 0
+        assert held.release.is_set() and held.running == 0
         del raised
