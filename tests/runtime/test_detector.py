@@ -72,6 +72,43 @@ def test_a_closed_detector_refuses_to_score(tiny_engine_set, photographs):
         detector.detect([photographs["coffee"]])
 
 
+class _ClosedOnTheWayIn:
+    """A detector's condition variable at which a close() from another thread lands, whole, after
+    a call's first look at ``closed`` and before the call takes the lock."""
+
+    def __init__(self, detector: Detector) -> None:
+        self._users, self._detector, self._armed = detector._users, detector, True
+
+    def __enter__(self) -> bool:
+        if self._armed:
+            self._armed = False
+            closer = threading.Thread(target=self._detector.close)
+            closer.start()
+            closer.join(60)
+            assert not closer.is_alive()
+        return self._users.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._users.__exit__(*exc_info)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._users.wait(timeout)
+
+    def notify_all(self) -> None:
+        self._users.notify_all()
+
+
+def test_a_close_between_the_first_look_and_the_lock_is_refused(tiny_engine_set, photographs):
+    """A call looks at ``closed`` before the lock (a forked child must not take a lock) and again
+    under it: a close() that lands between the two has already released the sessions, so the call
+    is refused there rather than run on what was freed, and it leaves no count of a running call."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    detector._users = _ClosedOnTheWayIn(detector)
+    with pytest.raises(DfdError, match="this detector is closed; open the engine set again"):
+        detector.prepare(photographs["coffee"], "coffee")
+    assert detector.closed and detector.backend.sessions == {} and not detector._running
+
+
 def test_a_ctrl_c_while_the_workers_stop_still_releases_the_sessions(tiny_engine_set, photographs, monkeypatch):
     """close waits for the worker threads first; a Ctrl-C there is raised once the backend's
     sessions (gigabytes at paper size) are released too, not instead of releasing them."""
