@@ -89,7 +89,7 @@ def _makefile_pins() -> dict[str, str]:
 
 def test_the_tested_versions_are_complete_one_each_inside_the_declared_ranges_and_the_makefiles_pins():
     """constraints.txt, what ``make`` installs where its marker holds: each line one ``name==version``
-    under the same marker, each package once, every requirement ``make`` installs pinned, each pin
+    under the same marker, which names the Python, system and machine, each package once, every requirement ``make`` installs pinned, each pin
     inside the range pyproject.toml declares (one outside would be a resolution error on a fresh
     machine) and equal to the version the Makefile names for the same package."""
     from packaging.markers import Marker
@@ -109,13 +109,14 @@ def test_the_tested_versions_are_complete_one_each_inside_the_declared_ranges_an
         pins[name], markers = specifier.version, markers | {str(requirement.marker)}
     assert len(markers) == 1, f"lines under different markers: {sorted(markers)}"
     (marker,) = markers
-    assert Marker(marker).evaluate({"python_version": "3.11", "sys_platform": "linux", "platform_machine": "x86_64",
-                                    "extra": ""})
+    for elsewhere in ({"python_version": "3.0"}, {"sys_platform": "no-such-os"}, {"platform_machine": "no-such-cpu"}):
+        assert not Marker(marker).evaluate(elsewhere), f"{marker} holds for {elsewhere} too"
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     installed_by_make = project["dependencies"] + project["optional-dependencies"]["test"]
     for declared in map(Requirement, installed_by_make):
         name = canonicalize_name(declared.name)
-        assert name in pins, f"{name} is installed by make but not in constraints.txt (make constraints, once make test passes)"
+        assert name in pins, f"{name} is installed by make but not in constraints.txt (run make constraints " \
+                             f"once make test passes)"
         assert declared.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is not {declared}"
     for name, version in _makefile_pins().items():
         assert pins.get(canonicalize_name(name)) == version, f"the Makefile installs {name}=={version}"
