@@ -161,7 +161,8 @@ def _engine_set(value: object) -> str | None:
 
 
 def _csv_rows(path: Path, lines: _CountedLines) -> Iterator[Row | _CutRow]:
-    reader = csv.DictReader(lines, strict=True)
+    zero_tail: list[int] = []  # the line where a zero-filled tail starts, once one is met
+    reader = csv.DictReader(_refusing_nul(path, lines, zero_tail), strict=True)
     row_end = lines.consumed  # where the rows read so far end: the csv module reads no line ahead
     try:
         header = reader.fieldnames or ()
@@ -185,13 +186,27 @@ def _csv_rows(path: Path, lines: _CountedLines) -> Iterator[Row | _CutRow]:
                 continue
             row_end = lines.consumed
             yield row["image"], row["score"] or None, row["error"], _engine_set(row.get(ENGINE_SET_FIELD))
-        if short is not None:
+        if short is not None or zero_tail:
             yield _CutRow(row_end)
     except csv.Error as exc:
         if "unexpected end of data" in str(exc):  # a quoted cell the killed run did not close
             yield _CutRow(row_end)
             return
         raise ScoredFileError(f"{path}:{reader.line_num + 1}: malformed CSV row ({exc})") from None
+
+
+def _refusing_nul(path: Path, lines: _CountedLines, zero_tail: list[int]) -> Iterator[str]:
+    """The lines up to a NUL, which detect never writes. The csv module reads one on Python 3.11 and
+    later but calls it a malformed row on 3.10, so the rule is ours, the jsonl reader's: a last line
+    without its line end (the zero-filled tail a power loss can leave) is where the rows end, and a
+    NUL anywhere else, the header included, is no detect output."""
+    for number, line in enumerate(lines, start=1):
+        if "\0" in line:
+            if number > 1 and not lines.ended:
+                zero_tail.append(number)
+                return
+            raise ScoredFileError(f"{path}:{number}: a NUL byte: not detect's --format csv output")
+        yield line
 
 
 def refuse_stdout_over(path: Path) -> None:

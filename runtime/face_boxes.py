@@ -164,12 +164,23 @@ def _read_csv(path: Path, lines: Iterable[str]) -> Iterator[tuple[int, str, Box]
     # rows are split by the csv module itself, on \r and \n outside quotes only, so a quoted name
     # holding a line break (which detect's csv writes so) reads back whole; strict, so a stray quote
     # that would swallow every following row into one cell is an error instead
-    reader = csv.DictReader(lines, strict=True)
+    reader = csv.DictReader(_refusing_nul(path, lines), strict=True)
     try:
         yield from _csv_entries(path, reader)
     except csv.Error as exc:  # line_num counts the lines of complete rows: the bad one starts after them
         raise FaceBoxFileError(f"{path}:{reader.line_num + 1}: malformed CSV row ({exc}); a quote that opens "
                                f"a cell must close it, and a quote inside a quoted cell is written twice") from None
+
+
+def _refusing_nul(path: Path, lines: Iterable[str]) -> Iterator[str]:
+    """The lines, refusing one that holds a NUL: no image name holds one, and the csv module reads
+    it on Python 3.11 and later but calls it a malformed row on 3.10, so the check is ours."""
+    for number, line in enumerate(lines, start=1):
+        if "\0" in line:
+            found = _shown(line.rstrip("\r\n"))
+            raise FaceBoxFileError(f"{path}:{number}: a NUL byte, which no image name holds: not a CSV of face "
+                                   f"boxes (found {found})")
+        yield line
 
 
 def _csv_entries(path: Path, reader: csv.DictReader) -> Iterator[tuple[int, str, Box]]:

@@ -66,7 +66,9 @@ def write_plot(result: dict[str, Any], file: BinaryIO, image_format: str) -> Non
     for name, run in runs.items():
         p50 = [run["batches"][str(b)]["latency_ms"]["p50"] / b for b in batch_sizes]
         p90 = [run["batches"][str(b)]["latency_ms"]["p90"] / b for b in batch_sizes]
-        left.errorbar(batch_sizes, p50, yerr=[np.zeros(len(p50)), np.subtract(p90, p50)], marker="o",
+        # one 2xN array: matplotlib 3.10 reads a list of arrays through a NumPy conversion deprecated
+        # in 1.25 (a DeprecationWarning on one batch size, an error once NumPy removes it)
+        left.errorbar(batch_sizes, p50, yerr=np.array([np.zeros(len(p50)), np.subtract(p90, p50)]), marker="o",
                       capsize=3, label=f"{name} (p50, bar to p90)")
     left.set_xscale("log", base=2)
     left.set_xticks(batch_sizes, [str(b) for b in batch_sizes])

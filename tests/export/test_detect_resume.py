@@ -273,6 +273,26 @@ def test_the_last_row_of_a_killed_run_may_be_cut_and_is_scored_again(tmp_path):
     assert scored.images == {"a.png"} and scored.cut_row and scored.engine_sets == {"aa"}
 
 
+def test_a_zero_filled_tail_is_where_the_rows_end_and_a_nul_elsewhere_is_refused_on_every_python(tmp_path):
+    """A power loss can leave a file's last block as NULs. The jsonl reader took that tail for a
+    cut row; the CSV reader did so on Python 3.11 (whose csv module reads a NUL as a character) and
+    refused the file on 3.10 (a malformed row). Both now cut there on every Python, and a NUL in a
+    whole line or in the header is no detect output on every Python too (3.11 took a name with a
+    NUL for a scored image)."""
+    rows = {"a.csv": "image,score,error\na.png,0.4,\n", "a.jsonl": '{"image": "a.png", "score": 0.4}\n'}
+    for name, whole in rows.items():
+        (tmp_path / name).write_text(whole + "\0" * 512)
+        scored = load_scored_images(tmp_path / name)
+        assert scored.images == {"a.png"} and scored.cut_row and scored.whole_rows_bytes == len(whole)
+    refused = [("image,score,error\na\0.png,0.4,\nb.png,0.1,\n", "a.csv:2"),
+               ("image,score,error\na.png,0.4,\n" + "\0" * 512 + "\n", "a.csv:3"),
+               ("\0" * 512, "a.csv:1"), ("image,score,\0error\n", "a.csv:1")]
+    for text, where in refused:
+        (tmp_path / "a.csv").write_text(text)
+        with pytest.raises(ScoredFileError, match=f"{where}: a NUL byte: not detect's --format csv output"):
+            load_scored_images(tmp_path / "a.csv")
+
+
 def test_the_engine_sets_are_those_of_the_scored_rows(tmp_path):
     """A failed row's image is scored again, so the set that failed it does not matter."""
     (tmp_path / "a.jsonl").write_text('{"image": "a.png", "score": 0.4, "engine_set": "aa"}\n'
