@@ -233,8 +233,8 @@ def unreadable_file_reason(path: str | os.PathLike) -> str | None:
         return f"image file {label} does not exist"
     except OSError as error:  # a symbolic-link loop, a name too long, a folder we may not search
         return f"cannot read image file {label}: {error.strerror or error}"
-    except ValueError as error:  # a NUL character, which no file name may hold
-        return f"cannot read image file {label}: {error}"
+    except ValueError:  # our words: Python 3.13 says "stat: embedded null character in path", 3.11 "embedded null byte"
+        return f"cannot read image file {label}: its name holds a NUL character, which no file name may hold"
     if stat.S_ISDIR(mode):
         return f"{label} is a directory, not an image file"
     for is_kind, kind in _SPECIAL_FILES:
