@@ -203,7 +203,14 @@ def _tensorrt_target(block: Any, streams: dict[str, StreamEntry], where: str) ->
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number: no bool, and no integer too large for a float (math.isfinite of
+    10**400 raises OverflowError, which escaped as a traceback)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _files_listed_once(entries: list[StreamEntry], where: str) -> None:
@@ -307,6 +314,7 @@ def _entry(name: str, entry: dict[str, Any], where: str) -> StreamEntry:
 
 
 _FILE_FIELDS = {f.name for f in fields(FileEntry)}
+_SHA256 = re.compile("[0-9a-f]{64}")
 
 
 def _as_posix(path: str) -> PurePosixPath:
@@ -325,6 +333,14 @@ def _file_entry(entry: dict[str, Any], where: str) -> FileEntry:
     file = FileEntry(**entry)
     if not isinstance(file.path, str):
         raise EngineSetError(f"{where}: a file path must be a string, got {file.path!r}")
+    # the size and hash are compared with the file's own: "416933" never equals 416933, and the
+    # refusal said the sizes differed while it printed the same number twice
+    if not isinstance(file.bytes, int) or isinstance(file.bytes, bool) or file.bytes < 0:
+        raise EngineSetError(f"{where}: {file.path}'s bytes must be a whole number of bytes, got {file.bytes!r}")
+    if not isinstance(file.sha256, str) or not _SHA256.fullmatch(file.sha256):
+        raise EngineSetError(f"{where}: {file.path}'s sha256 must be 64 lowercase hex digits, got {file.sha256!r}")
+    if not isinstance(file.role, str):  # a list as the role raised "unhashable type" where roles are counted
+        raise EngineSetError(f"{where}: {file.path}'s role must be a string, got {file.role!r}")
     path = _as_posix(file.path)
     if not file.path or path.is_absolute() or PureWindowsPath(file.path).drive or ".." in path.parts:
         raise EngineSetError(f"{where}: file path {file.path!r} is not inside the engine-set folder "
@@ -369,7 +385,7 @@ def load_manifest(engine_dir: str | bytes | os.PathLike, *, verify: bool = True)
                              f"{MAX_MANIFEST_BYTES} bytes), so this is not an engine set's manifest")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON, an integer of over 4300 digits
         raise EngineSetError(f"{path} is unreadable or not JSON: {exc}") from exc
     except RecursionError as exc:
         raise EngineSetError(f"{path} is not a manifest: its JSON is nested too deeply to read") from exc

@@ -64,13 +64,20 @@ def stream_order_and_weights(weights: Mapping[str, float]) -> tuple[tuple[str, .
     if unknown or not weights:
         raise VoteError(f"vote weights must name streams among {STREAMS}; got {sorted(weights)}")
     order = tuple(name for name in STREAMS if name in weights)
-    values = np.array([float(weights[name]) for name in order], dtype=np.float64)
+    try:
+        values = np.array([float(weights[name]) for name in order], dtype=np.float64)
+    except OverflowError:  # an integer too large for a float (JSON's 10**400): not finite either
+        raise _unusable(weights) from None
     with np.errstate(over="ignore"):  # their sum too: 1e308 each overflows it, and every vote came out 0.0
         total = values.sum()
     if not np.all(np.isfinite(values)) or np.any(values < 0) or not 0 < total < np.inf:
-        raise VoteError(f"vote weights must be finite, non-negative, not all zero and of a finite sum; "
-                        f"got {dict(weights)}")
+        raise _unusable(weights)
     return order, values
+
+
+def _unusable(weights: Mapping[str, float]) -> VoteError:
+    return VoteError(f"vote weights must be finite, non-negative, not all zero and of a finite sum; "
+                     f"got {dict(weights)}")
 
 
 def _as_float32_probabilities(values: np.ndarray, what: str) -> np.ndarray:

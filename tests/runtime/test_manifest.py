@@ -20,8 +20,8 @@ from conftest import write_rebuilt_manifest
 from dfd.runtime.backends import OnnxRuntimeBackend, stream_shape_problem
 from dfd.runtime.detector import Detector
 from dfd.runtime.errors import DfdError
-from dfd.runtime.manifest import (MANIFEST_NAME, EngineSetError, load_manifest, manifest_digest, parse_manifest,
-                                  sha256_file, verify_files, write_manifest)
+from dfd.runtime.manifest import (MANIFEST_NAME, MAX_MANIFEST_BYTES, EngineSetError, engine_set_files, load_manifest,
+                                  manifest_digest, parse_manifest, sha256_file, verify_files, write_manifest)
 from dfd.runtime.mtcnn import MtcnnError
 from dfd.runtime.preprocess import preprocessing_record
 
@@ -515,3 +515,285 @@ def test_the_digest_leaves_the_manifest_it_hashes_untouched():
     assert digest != manifest_digest({**data, "build": {"seconds": 1.5, "opset": 19}})
     # a damaged build record is digested as it is, for the build record's own check to name it
     assert manifest_digest({**data, "build": None}) != manifest_digest({**data, "build": "x"}) != digest
+
+
+# --- Gaps found by a mutation audit of runtime/manifest.py: behaviour no other test pinned down ---
+
+
+def _where(tiny_engine_set) -> str:
+    return str(tiny_engine_set / MANIFEST_NAME)
+
+
+def _refusal(tiny_engine_set, data) -> str:
+    with pytest.raises(EngineSetError) as refused:
+        parse_manifest(tiny_engine_set, data)
+    return str(refused.value)
+
+
+def test_a_json_manifest_of_another_format_is_no_engine_set(manifest_data, tiny_engine_set):
+    """Every other check reads the fields as an engine set's: a manifest.json another tool wrote
+    (or one whose format was edited) must be refused as such before any of them is trusted."""
+    for fmt in ("another-tool", None):
+        data = _edited(manifest_data, lambda d: d.update(format=fmt))
+        assert _refusal(tiny_engine_set, data) == f"{_where(tiny_engine_set)} is not a dfd-export engine-set manifest"
+
+
+def test_a_set_without_streams_is_refused(manifest_data, tiny_engine_set):
+    """A set with no stream has nothing to vote with: every image would get no score at all."""
+    data = _edited(manifest_data, lambda d: d.update(streams={}))
+    assert _refusal(tiny_engine_set, data) == (f"{_where(tiny_engine_set)}: streams must be among "
+                                               "('global', 'face', 'fusion'); got []")
+
+
+def test_a_stream_graph_listed_as_the_face_detector_is_refused(manifest_data, tiny_engine_set):
+    """The face detector's files are checked for doubles as the streams' are: a stream's graph
+    listed as the face detector's would be run as the face localiser, its hash vouched for."""
+    data = _edited(manifest_data, lambda d: d["face_detector"]["files"][0].update(d["streams"]["global"]["files"][0]))
+    assert _refusal(tiny_engine_set, data) == (f"{_where(tiny_engine_set)}: global.fp32.onnx is listed under both "
+                                               "global and face_detector")
+
+
+@pytest.mark.parametrize("other_path, listed", [
+    ("./global.fp32.onnx", "./global.fp32.onnx"),
+    ("sub\\g.onnx", "sub\\g.onnx"),
+])
+def test_one_file_under_two_spellings_is_still_one_file(manifest_data, tiny_engine_set, other_path, listed):
+    """``./x`` and ``x``, or ``a\\x`` and ``a/x``, name one file: comparing the strings as written
+    let two streams share a graph unnoticed."""
+    def edit(d):
+        if "\\" in other_path:
+            d["streams"]["global"]["files"][0]["path"] = "sub/g.onnx"
+        d["streams"]["face"]["files"][0]["path"] = other_path
+
+    assert _refusal(tiny_engine_set, _edited(manifest_data, edit)) == (
+        f"{_where(tiny_engine_set)}: {listed} is listed under both global and face")
+
+
+def test_a_manifest_without_random_weights_is_taken_as_trained(manifest_data, tiny_engine_set):
+    """Sets written before the flag was recorded (and hand-written ones) hold trained streams;
+    taking them for random ones would warn of meaningless scores, and verify would seek a seed."""
+    data = _edited(manifest_data, lambda d: d.pop("random_weights"))
+    assert parse_manifest(tiny_engine_set, data).random_weights is False
+
+
+def test_the_face_detector_thresholds_take_their_documented_bounds(manifest_data, tiny_engine_set):
+    """BlazeFace's score threshold is in (0, 1] (1 keeps only certain faces), MTCNN's three stage
+    thresholds in [0, 1) (0 keeps every candidate): the ends that belong to the range must open,
+    the others, and a fourth threshold, must be named."""
+    where = f"{_where(tiny_engine_set)} [face_detector]"
+    certain = _edited(manifest_data, lambda d: d["face_detector"].update(score_threshold=1))
+    assert parse_manifest(tiny_engine_set, certain).face_detector.details["score_threshold"] == 1
+    every = _edited(manifest_data, lambda d: d["face_detector"]["small_faces"].update(thresholds=[0, 0.7, 0.9]))
+    assert parse_manifest(tiny_engine_set, every).face_detector.details["small_faces"]["thresholds"] == [0, 0.7, 0.9]
+    for thresholds in ([0.6, 0.7, 1], [0.6, 0.7, 0.9, 0.5]):
+        data = _edited(manifest_data, lambda d: d["face_detector"]["small_faces"].update(thresholds=thresholds))
+        assert _refusal(tiny_engine_set, data) == (f"{where}: small_faces thresholds must be three numbers in "
+                                                   f"[0, 1), got {thresholds!r}")
+
+
+@pytest.mark.parametrize("block, message", [
+    ({**TENSORRT_TARGET, "compute_capability": "9.0.1"},
+     "compute_capability must be MAJOR.MINOR (e.g. 8.7), got '9.0.1'"),
+    ({**TENSORRT_TARGET, "gpu": 7}, "gpu must be a string, got 7"),
+    ({**TENSORRT_TARGET, "options": {"version_compatible": False, "hardware_compatibility": "yes"}},
+     "options.hardware_compatibility must be true or false, got 'yes'"),
+], ids=["capability with a third part", "gpu a number", "hardware compatibility a word"])
+def test_every_field_of_the_engines_target_is_checked(manifest_data, tiny_engine_set, block, message):
+    """The runtime compares each of these with the GPU before it deserializes an engine: a field
+    of the wrong kind made that comparison fail with a traceback, or pass when it should not."""
+    data = _edited(manifest_data, lambda d: _with_engines(d, block))
+    assert _refusal(tiny_engine_set, data) == f"{_where(tiny_engine_set)} [tensorrt]: {message}"
+
+
+def test_the_engines_target_may_leave_its_compatibility_options_out(manifest_data, tiny_engine_set):
+    """An absent option is off, as TensorRT's default is: a set recorded without them opens
+    (a KeyError from the check would escape as a traceback)."""
+    data = _edited(manifest_data, lambda d: _with_engines(d, {**TENSORRT_TARGET, "options": {}}))
+    assert parse_manifest(tiny_engine_set, data).raw["tensorrt"]["options"] == {}
+
+
+def test_each_stream_must_list_the_files_its_backend_runs(manifest_data, tiny_engine_set):
+    """Every stream runs (or falls back to) its ONNX graph, and a TensorRT stream its engine: a
+    stream listing neither failed on the first image instead of when the set opened."""
+    where = f"{_where(tiny_engine_set)} [global]"
+    no_engine = _edited(manifest_data, lambda d: [_with_engines(d, TENSORRT_TARGET),
+                                                  d["streams"]["global"]["files"].pop()])
+    assert _refusal(tiny_engine_set, no_engine) == f"{where}: lists no engine file, so the global stream cannot run"
+    no_graph = _edited(manifest_data, lambda d: d["streams"]["global"].update(files=[]))
+    assert _refusal(tiny_engine_set, no_graph) == f"{where}: lists no onnx file, so the global stream cannot run"
+    nothing = _edited(manifest_data, lambda d: [_with_engines(d, TENSORRT_TARGET),
+                                                d["streams"]["global"].update(files=[])])
+    assert _refusal(tiny_engine_set, nothing) == (f"{where}: lists no onnx or engine file, so the global stream "
+                                                  "cannot run")
+
+
+def test_a_file_entry_missing_a_field_is_named_not_a_type_error(manifest_data, tiny_engine_set):
+    """A file entry without its sha256 reached ``FileEntry(**entry)`` and raised a TypeError about
+    an ``__init__`` argument; the message names the fields an entry has."""
+    data = _edited(manifest_data, lambda d: _first_file(d).pop("sha256"))
+    assert _refusal(tiny_engine_set, data) == (f"{_where(tiny_engine_set)} [global]: a file entry has the fields "
+                                               "bytes, path, role, sha256; got bytes, path, role")
+
+
+@pytest.mark.parametrize("path", ["..\\global.fp32.onnx", "models\\..\\..\\global.fp32.onnx"])
+def test_a_path_leaving_the_set_with_backslashes_is_refused(manifest_data, tiny_engine_set, path):
+    """On Windows a backslash separates folders: ``..\\x`` leaves the set as ``../x`` does."""
+    data = _edited(manifest_data, lambda d: _first_file(d).update(path=path))
+    assert _refusal(tiny_engine_set, data) == (f"{_where(tiny_engine_set)} [global]: file path {path!r} is not "
+                                               "inside the engine-set folder (paths are relative to it, without '..')")
+
+
+@pytest.mark.parametrize("key, values, bound", [
+    ("mean", [float("inf"), 0.456, 0.406], "finite"),
+    ("std", [0.229, float("inf"), 0.225], "finite and positive"),
+    ("mean", [0.485, 0.456, 0.406, 0.5], "finite"),
+], ids=["infinite mean", "infinite std", "four means"])
+def test_the_normalisation_is_three_finite_numbers(manifest_data, tiny_engine_set, key, values, bound):
+    """The runtime divides by these per channel: an infinite one turned every pixel into 0 or NaN
+    and the stream into a constant score, and a fourth had no channel to apply to."""
+    data = _edited(manifest_data, lambda d: d["preprocessing"].update({key: values}))
+    assert _refusal(tiny_engine_set, data) == (f"{_where(tiny_engine_set)}: preprocessing {key} must be three "
+                                               f"{bound} numbers (R, G, B), got {values}")
+
+
+def test_a_streams_details_are_the_fields_beside_the_checked_ones(manifest_data, tiny_engine_set):
+    """``details`` holds what the runtime does not check (architecture, sources, the face
+    detector's thresholds); the checked fields are read from their own attributes only, so a
+    copy of them there could drift from the checked values unnoticed."""
+    manifest = parse_manifest(tiny_engine_set, manifest_data)
+    for entry in manifest.entries():
+        recorded = (manifest_data["face_detector"] if entry.name == "face_detector" else
+                    manifest_data["streams"][entry.name])
+        assert entry.details == {key: value for key, value in recorded.items()
+                                 if key not in ("input_size", "precision", "backend", "files")}
+        assert not {"input_size", "precision", "backend", "files"} & set(entry.details)
+
+
+def test_a_file_passed_as_the_set_is_named_as_one(tiny_engine_set):
+    """A graph or the manifest itself passed instead of the folder said "Not a directory" about a
+    path the user never typed; the message says to pass the folder."""
+    path = tiny_engine_set / MANIFEST_NAME
+    with pytest.raises(EngineSetError) as refused:
+        load_manifest(path)
+    assert str(refused.value) == f"{path} is a file; pass the engine set folder (it holds manifest.json)"
+
+
+def test_a_manifest_of_exactly_the_size_limit_is_read(tmp_path):
+    """The limit refuses what is larger than MAX_MANIFEST_BYTES: a manifest of exactly that size is
+    read, and judged by its content."""
+    (tmp_path / MANIFEST_NAME).write_text(" " * (MAX_MANIFEST_BYTES - 2) + "{}")
+    with pytest.raises(EngineSetError) as refused:
+        load_manifest(tmp_path)
+    assert str(refused.value) == f"{tmp_path / MANIFEST_NAME} is not a dfd-export engine-set manifest"
+
+
+def test_a_path_of_exactly_two_hundred_characters_is_shown_whole(monkeypatch):
+    """Only a path longer than 200 characters is shortened in the message; one of 200 is shown as
+    typed, with no count of characters after it."""
+    path = "/" + "b" * 199
+
+    def refusing_exists(self, *args, **kwargs):
+        raise OSError(5, "Input/output error", str(self))
+
+    monkeypatch.setattr(Path, "exists", refusing_exists)
+    with pytest.raises(EngineSetError) as refused:
+        load_manifest(path)
+    assert str(refused.value) == f"cannot look at the engine set folder {path}: Input/output error"
+
+
+def test_every_face_detector_file_is_verified(tiny_engine_set, tmp_path):
+    """The face detector's graphs are files of the set as the streams' are: a damaged MTCNN stage
+    ran unnoticed beside a passing integrity check."""
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    stage = folder / "mtcnn_onet.onnx"
+    data = bytearray(stage.read_bytes())
+    data[-1] ^= 0xFF
+    stage.write_bytes(bytes(data))
+    with pytest.raises(EngineSetError) as refused:
+        load_manifest(folder)
+    assert str(refused.value) == (f"engine set {folder} failed its integrity check; rebuild it:\n  "
+                                  "mtcnn_onet.onnx does not match its sha256 (modified or corrupt)")
+
+
+def test_a_size_check_without_hashes_still_catches_a_truncated_or_replaced_file(tiny_engine_set, tmp_path):
+    """Doctor checks sizes only (it must not read gigabytes): a truncated graph, and a folder where
+    a graph should be, must still fail that check, each named for what it is."""
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    manifest = load_manifest(folder)
+    recorded = manifest.streams["face"].file("onnx").bytes
+    with open(folder / "face.fp32.onnx", "r+b") as graph:
+        graph.truncate(recorded - 1)
+    (folder / "global.fp32.onnx").unlink()
+    (folder / "global.fp32.onnx").mkdir()
+    with pytest.raises(EngineSetError) as refused:
+        verify_files(manifest, hashes=False)
+    assert str(refused.value) == (f"engine set {folder} failed its integrity check; rebuild it:\n  "
+                                  "missing file global.fp32.onnx (global stream)\n  "
+                                  f"face.fp32.onnx has {recorded - 1} bytes, manifest says {recorded}")
+
+
+def test_a_manifest_the_runtime_would_refuse_is_never_written(tiny_engine_set, tmp_path):
+    """The build writes through write_manifest: a mistake there must fail the build, not leave a
+    set that every later open refuses."""
+    folder = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, folder)
+    old = (folder / MANIFEST_NAME).read_bytes()
+    data = json.loads(old)
+    del data["content_sha256"]
+    data["streams"]["global"]["precision"] = "fp8"
+    with pytest.raises(EngineSetError, match=r"\[global\]: precision 'fp8' is not one of fp32, fp16, int8"):
+        write_manifest(folder, data)
+    assert (folder / MANIFEST_NAME).read_bytes() == old
+
+
+def test_the_files_of_an_engine_set_are_its_manifest_and_every_file_it_lists(tiny_engine_set, tmp_path):
+    """What build --force may replace and what an output file may not overwrite: every listed file
+    (the face detector's and the TensorRT timing cache included) and the manifest itself; a folder
+    whose manifest.json is not ours, or not JSON, holds no set."""
+    assert engine_set_files(tiny_engine_set) == {path.name for path in tiny_engine_set.iterdir()}
+    assert {"face_detector.fp32.onnx", "mtcnn_pnet.onnx", MANIFEST_NAME} <= engine_set_files(tiny_engine_set)
+    data = json.loads((tiny_engine_set / MANIFEST_NAME).read_text())
+    data["tensorrt"] = {**TENSORRT_TARGET, "timing_cache": {"path": "timing.cache", "sha256": "0" * 64, "bytes": 1,
+                                                            "role": "timing-cache"}}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    assert "timing.cache" in engine_set_files(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({**data, "format": "another-tool"}))
+    assert engine_set_files(tmp_path) is None
+    (tmp_path / MANIFEST_NAME).write_text("{")
+    assert engine_set_files(tmp_path) is None
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["face_detector"].update(score_threshold=10**400), "score_threshold must be a number in (0, 1]"),
+    (lambda d: d["preprocessing"].update(mean=[10**400, 0.456, 0.406]), "mean"),
+    (lambda d: d["vote"]["weights"].update(face=10**400), "vote weights must be finite"),
+], ids=["face threshold", "normalisation mean", "vote weight"])
+def test_an_integer_too_large_for_a_float_is_refused_by_name(manifest_data, tiny_engine_set, edit, message):
+    """JSON integers have no bound: 10**400 as a threshold, a mean or a weight raised OverflowError
+    from math.isfinite or float(), a traceback where every other bad number is an EngineSetError."""
+    assert message in _refusal(tiny_engine_set, _edited(manifest_data, edit))
+
+
+def test_a_manifest_with_an_integer_python_will_not_read_is_not_json_to_us(tiny_engine_set, tmp_path):
+    """An integer of over 4300 digits makes json.loads raise a plain ValueError (Python's limit on
+    integer conversion), which escaped load_manifest as a traceback."""
+    (tmp_path / MANIFEST_NAME).write_text('{"format": "dfd-engine-set", "format_version": ' + "1" * 5000 + "}")
+    with pytest.raises(EngineSetError, match=r"manifest\.json is unreadable or not JSON: Exceeds the limit"):
+        load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("bytes", "416933", "global.fp32.onnx's bytes must be a whole number of bytes, got '416933'"),
+    ("bytes", True, "global.fp32.onnx's bytes must be a whole number of bytes, got True"),
+    ("bytes", -1, "global.fp32.onnx's bytes must be a whole number of bytes, got -1"),
+    ("sha256", "0" * 63, f"global.fp32.onnx's sha256 must be 64 lowercase hex digits, got '{'0' * 63}'"),
+    ("sha256", "A" * 64, f"global.fp32.onnx's sha256 must be 64 lowercase hex digits, got '{'A' * 64}'"),
+    ("role", ["onnx"], "global.fp32.onnx's role must be a string, got ['onnx']"),
+])
+def test_a_file_entry_of_the_wrong_kind_is_named(manifest_data, tiny_engine_set, field, value, message):
+    """A size written as a string was refused as "has 416933 bytes, manifest says 416933" (the same
+    number twice), and a list as the role raised "unhashable type" where roles are counted."""
+    data = _edited(manifest_data, lambda d: _first_file(d).update({field: value}))
+    assert _refusal(tiny_engine_set, data) == f"{_where(tiny_engine_set)} [global]: {message}"
