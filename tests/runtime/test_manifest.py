@@ -767,7 +767,7 @@ def test_the_files_of_an_engine_set_are_its_manifest_and_every_file_it_lists(tin
 
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d["face_detector"].update(score_threshold=10**400), "score_threshold must be a number in (0, 1]"),
-    (lambda d: d["preprocessing"].update(mean=[10**400, 0.456, 0.406]), "mean"),
+    (lambda d: d["preprocessing"].update(mean=[10**400, 0.456, 0.406]), "preprocessing mean must be three finite"),
     (lambda d: d["vote"]["weights"].update(face=10**400), "vote weights must be finite"),
 ], ids=["face threshold", "normalisation mean", "vote weight"])
 def test_an_integer_too_large_for_a_float_is_refused_by_name(manifest_data, tiny_engine_set, edit, message):
