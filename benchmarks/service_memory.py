@@ -37,12 +37,13 @@ CONFIGURATIONS = {"serial": (1, {}), "default": (None, {}), "default_arena_max_2
 
 
 def resident_kib() -> int:
-    """This process's resident set (Linux)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise SystemExit("error: /proc/self/status has no VmRSS (Linux only)")
+    """This process's resident set (Linux), read as ``dfd-export bench`` reads it."""
+    from dfd.export.bench.environment import rss_bytes
+
+    resident = rss_bytes()
+    if resident is None:
+        raise SystemExit("error: /proc/self/statm is unreadable (Linux only)")
+    return resident // 1024
 
 
 def run_configuration(engine_set: Path, images: Path, workers: int | None, threads: int, calls: int,
