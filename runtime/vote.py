@@ -10,6 +10,7 @@ rint(x * 10) / 10, half to even) and writes `f"{float(x):.1f}"`. The score is th
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -92,13 +93,28 @@ def _unusable(weights: Mapping[str, float]) -> VoteError:
 def _as_float32_probabilities(values: np.ndarray, what: str) -> np.ndarray:
     """The float32 values the reference rounds; float64 that came from float32 is unchanged."""
     given = np.asarray(values)
-    if given.dtype.kind not in "fiu":  # text ("0.5" was parsed), None, 10**400, booleans alone
+    if given.dtype == object and all(_is_real_number(value) for value in given.flat):
+        # NumPy keeps a Python int beyond int64 (10**400) or a Fraction as an object: a number,
+        # which float() takes or finds too large for a probability
+        try:
+            given = np.array([float(value) for value in given.flat]).reshape(given.shape)
+        except OverflowError:
+            raise _not_probabilities(values, what) from None
+    if given.dtype.kind not in "fiu":  # text ("0.5" was parsed), None, booleans alone
         raise VoteError(f"{what} must be numbers; got {values} ({given.dtype})")
     probabilities = given.astype(np.float64).astype(np.float32)
     if not np.all(np.isfinite(probabilities)) or np.any(probabilities < 0) \
             or np.any(probabilities > 1):
-        raise VoteError(f"{what} must be finite probabilities in [0, 1]; got {values}")
+        raise _not_probabilities(values, what)
     return probabilities
+
+
+def _is_real_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _not_probabilities(values: object, what: str) -> VoteError:
+    return VoteError(f"{what} must be finite probabilities in [0, 1]; got {values}")
 
 
 def one_decimal(probability: float) -> float:

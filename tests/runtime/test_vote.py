@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -148,10 +149,30 @@ def test_inexact_weights_sum_in_the_reference_order(weights):
     ({"global": 0.2, "face": 0.1, "fusion": 0.1}, {"global": True, "face": 1, "fusion": 1}, "must be numbers"),
     ({"global": "0.5", "face": 0.1, "fusion": 0.1}, DEFAULT_VOTE_WEIGHTS, "stream probabilities must be numbers"),
     ({"global": None, "face": 0.1, "fusion": 0.1}, DEFAULT_VOTE_WEIGHTS, "stream probabilities must be numbers"),
+    # an integer too large for a float is a number, out of range (it was called "not a number")
+    ({"global": 10**400, "face": 0.1, "fusion": 0.1}, DEFAULT_VOTE_WEIGHTS,
+     "stream probabilities must be finite probabilities in [0, 1]"),
+    ({"global": -10**400, "face": 0.1, "fusion": 0.1}, DEFAULT_VOTE_WEIGHTS,
+     "stream probabilities must be finite probabilities in [0, 1]"),
+    ({"global": 2**64, "face": 0.1, "fusion": 0.1}, DEFAULT_VOTE_WEIGHTS,
+     "stream probabilities must be finite probabilities in [0, 1]"),
 ])
 def test_vote_refuses_bad_input(probs, weights, message):
     with pytest.raises(VoteError, match=message.replace("[", r"\[").replace("]", r"\]")):
         discretised_vote(probs, weights)
+
+
+def test_numbers_numpy_keeps_as_objects_are_voted_on_as_their_float_values():
+    """A Fraction, or a Python int beside one, makes an object array; they are still numbers."""
+    exact = {"global": Fraction(3, 4), "face": 1, "fusion": Fraction(1, 20)}
+    assert discretised_vote(exact) == discretised_vote({"global": 0.75, "face": 1.0, "fusion": 0.05})
+    rows = np.array([[Fraction(3, 4), 1, Fraction(1, 20)], [0, Fraction(1, 2), 0.25]], dtype=object)
+    assert discretised_vote_batch(rows).tolist() == discretised_vote_batch(
+        np.array([[0.75, 1.0, 0.05], [0.0, 0.5, 0.25]])).tolist()
+    with pytest.raises(VoteError, match="batch probabilities must be finite probabilities"):
+        discretised_vote_batch(np.array([[10**400, 0.1, 0.1]], dtype=object))
+    with pytest.raises(VoteError, match="batch probabilities must be numbers"):
+        discretised_vote_batch(np.array([[Fraction(1, 2), "0.1", 0.1]], dtype=object))
 
 
 def test_batch_refuses_bad_shapes():
