@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import skimage.data
 
+from dfd.runtime.errors import DfdError
 from dfd.runtime.face_cascade import (
     ALL_STRATEGIES,
     CASCADE_MAX_SIDE,
@@ -95,6 +96,17 @@ def test_each_steps_own_geometry_maps_its_corners_back(photograph) -> None:
         np.testing.assert_allclose(back, [[0.0, 0.0, width, height]])
 
 
+
+def test_only_the_2x_and_padded_steps_change_the_geometry(photograph) -> None:
+    """Every other step returns a copy of the working image's size at scale 1 and offset 0, so its
+    boxes map back unchanged; the 2x step doubles both sides, the padded one adds 34 = int(0.2 *
+    171) on each."""
+    image = CascadeImage(photograph)
+    changed = {"gamma_upscale_unsharp_clahe": (2.0, 0.0, (266, 342, 3)), "padded_equalize": (1.0, 34.0, (201, 239, 3))}
+    for strategy in ALL_STRATEGIES:
+        got = enhance(image, strategy)
+        assert (got.scale, got.offset, got.bgr.shape) == changed.get(strategy, (1.0, 0.0, (133, 171, 3))), strategy
+
 def test_working_resolution_geometry_is_exact_per_axis() -> None:
     """2001x1333 shrinks to 1024x682: the two axes scale by different factors, and the whole
     working image, or a step's 2x enlargement of it, or its padded copy, maps back to the whole
@@ -112,11 +124,67 @@ def test_working_resolution_geometry_is_exact_per_axis() -> None:
     assert CascadeImage(np.zeros((1333, 2001, 3), np.uint8)).bgr.shape == (1333, 2001, 3)
 
 
+
+def test_a_larger_image_is_shrunk_with_inter_area_and_each_step_runs_on_that(photograph) -> None:
+    """A strip 40x171 with a working long side of 100: its long side (not its short one) is over
+    the limit, and the working copy is OpenCV's INTER_AREA shrink to 100x23, then in BGR."""
+    strip = np.ascontiguousarray(photograph[:40])
+    image = CascadeImage(strip, max_side=100)
+    working = cv2.cvtColor(cv2.resize(strip, (100, 23), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+    np.testing.assert_array_equal(image.bgr, working)
+    np.testing.assert_array_equal(enhance(image, "median").bgr, cv2.medianBlur(working, 5))
+    # the working resolution benchmarked (see CASCADE_MAX_SIDE's comment): a 12 MP photograph at 1024
+    assert CascadeImage(np.zeros((3000, 4000, 3), np.uint8), max_side=CASCADE_MAX_SIDE).bgr.shape == (768, 1024, 3)
+
+
+def test_the_extent_is_the_photograph_and_the_steps_border_in_its_pixels() -> None:
+    """2001x1333 works at 1024x682, where the padded step's border is int(0.2 * 1024) = 204
+    pixels: 204 * 2001 / 1024 photograph pixels across, 204 * 1333 / 682 down. Every bound of
+    [x1, y1, x2, y2] is the whole photograph and that border (x1 may lie as far right as x2)."""
+    image = CascadeImage(np.zeros((1333, 2001, 3), np.uint8), max_side=1024)
+    padded = enhance(image, "padded_equalize")
+    assert padded.offset == 204.0
+    across, down = 204 * 2001 / 1024, 204 * 1333 / 682
+    lower, upper = image.extent(padded)
+    np.testing.assert_allclose(lower, [-across, -down, -across, -down])
+    np.testing.assert_allclose(upper, [2001 + across, 1333 + down, 2001 + across, 1333 + down])
+    lower, upper = image.extent(enhance(image, "gamma_upscale_unsharp_clahe"))  # 2x, no border
+    np.testing.assert_allclose(lower, [0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(upper, [2001.0, 1333.0, 2001.0, 1333.0])
+    lower, upper = image.extent(Enhanced(image.bgr, scale=2.0, offset=204.0))  # a border in a 2x copy: half
+    np.testing.assert_allclose(lower, [-across / 2, -down / 2, -across / 2, -down / 2])
+    np.testing.assert_allclose(upper, [2001 + across / 2, 1333 + down / 2, 2001 + across / 2, 1333 + down / 2])
+
+
+def test_non_local_means_runs_once_per_image_for_both_steps_that_need_it(photograph, monkeypatch) -> None:
+    """The cascade's slowest filter: "nlmeans" and "nlmeans_clahe" share one run on a
+    `CascadeImage`; a plain array is a new image each time."""
+    expected = REFERENCE_STEPS["nlmeans"](cv2.cvtColor(photograph, cv2.COLOR_RGB2BGR))
+    calls = []
+    denoise = cv2.fastNlMeansDenoisingColored
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return denoise(*args)
+
+    monkeypatch.setattr(cv2, "fastNlMeansDenoisingColored", counted)
+    image = CascadeImage(photograph)
+    first = enhance(image, "nlmeans")
+    enhance(image, "nlmeans_clahe")
+    enhance(image, "nlmeans")
+    assert calls == [(133, 171, 3)]
+    np.testing.assert_array_equal(first.bgr, expected)
+    enhance(photograph, "nlmeans")
+    enhance(photograph, "nlmeans")
+    assert len(calls) == 3
+
 @pytest.mark.parametrize(("height", "width", "long_side", "expected"), [
     (1333, 2001, 1024, (1024, 682)),   # 682.17 rounds down
+    (1334, 2001, 1024, (1024, 683)),   # 682.68 rounds up, not down as int() would
     (2001, 1333, 1024, (682, 1024)),
     (100, 300, 192, (192, 64)),
     (1, 5000, 192, (192, 1)),          # never below one pixel
+    (5000, 1, 192, (1, 192)),          # in width either
     (480, 480, 192, (192, 192)),
 ])
 def test_fitted_size_keeps_the_aspect_ratio_with_the_long_side_given(height, width, long_side, expected) -> None:
@@ -131,6 +199,13 @@ def test_bad_input_is_a_clear_error(photograph) -> None:
     with pytest.raises(FaceDetectionError, match="RGB uint8"):
         enhance(photograph.astype(np.float32), "median")
 
+
+
+@pytest.mark.parametrize("caught", [DfdError, ValueError])
+def test_bad_input_is_caught_as_a_dfd_error_and_as_a_value_error(photograph, caught) -> None:
+    """What a caller may catch: the project's error, or Python's for a bad argument."""
+    with pytest.raises(caught, match="unknown face-detection strategy"):
+        enhance(photograph, "gfpgan")
 
 @pytest.mark.parametrize("height, width", [(4800, 6400), (6400, 4401), (4401, 4399), (7, 6400), (6400, 3),
                                            (4500, 4500), (3001, 6001)])

@@ -7,6 +7,7 @@ import os
 import random
 import threading
 import time
+import types
 
 import cv2
 import numpy as np
@@ -360,6 +361,17 @@ def test_a_grey_array_and_a_jpeg_with_large_metadata_are_sized(tmp_path):
     assert estimated_pixels(tmp_path / "big-metadata.jpg") == 1400
 
 
+
+def test_a_size_past_the_header_prefix_is_unknown(tmp_path):
+    """Sizing reads the first 256 KB, not the whole file: a JPEG whose size follows five 64 KB
+    segments (320 KB) counts as unknown (the whole budget), from bytes as from its file."""
+    jpeg = cv2.imencode(".jpg", np.zeros((70, 20, 3), np.uint8))[1].tobytes()
+    segment = b"\xff\xe2" + (0xFFFF).to_bytes(2, "big") + bytes(0xFFFF - 2)
+    (tmp_path / "far.jpg").write_bytes(jpeg[:2] + segment * 5 + jpeg[2:])
+    assert estimated_pixels(jpeg[:2] + segment * 3 + jpeg[2:]) == 1400  # 192 KB: within reach
+    assert estimated_pixels(jpeg[:2] + segment * 5 + jpeg[2:]) is None
+    assert estimated_pixels(tmp_path / "far.jpg") is None
+
 def test_a_fifo_is_not_read_for_its_header(tmp_path):
     """Bytes a writer put in a FIFO belong to whoever decodes it: sizing it must not take them."""
     fifo = tmp_path / "pipe.png"
@@ -375,6 +387,25 @@ def test_a_fifo_is_not_read_for_its_header(tmp_path):
         os.close(writer)
         os.close(reader)
 
+
+
+def test_a_fifo_swapped_in_after_the_check_is_not_waited_on(tmp_path, monkeypatch):
+    """A file replaced by a FIFO between the regular-file check and the open (here: a check that
+    is told it is regular) must not leave the estimate waiting for a writer that never comes."""
+    import dfd.runtime.preparation as preparation
+
+    monkeypatch.setattr(preparation, "stat", types.SimpleNamespace(S_ISREG=lambda mode: True))
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (estimated_pixels(fifo), done.set()), daemon=True)
+    thread.start()
+    try:
+        assert done.wait(10), "estimated_pixels waited for a FIFO's writer"
+    finally:
+        if not done.is_set():  # release the thread's open
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
 
 def test_sizing_files_leaves_no_descriptor_open(tmp_path):
     png = tmp_path / "a.png"
@@ -544,3 +575,59 @@ def test_a_call_that_fails_waits_for_the_images_being_prepared(tiny_engine_set, 
             detector.detect(images, on_progress=fail if raised_in == "on_progress" else None)
         assert held.release.is_set() and held.running == 0
         del raised
+
+
+def test_default_workers_fall_back_to_the_cpu_count_when_the_affinity_call_fails(monkeypatch):
+    """Where the affinity call exists but fails (OSError), the CPU count is used, not the error."""
+    import dfd.runtime.preparation as preparation
+
+    def refused(pid):
+        raise OSError("affinity not available")
+
+    monkeypatch.setattr(preparation.os, "sched_getaffinity", refused, raising=False)
+    monkeypatch.setattr(preparation.os, "cpu_count", lambda: 5)
+    assert default_prepare_workers() == 5
+
+
+class _TellsWhenWaiting(threading.Condition):
+    """A condition that sets ``waiting`` when a thread starts waiting on it: a test knows a holder
+    is queued without sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout=None):
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def test_an_image_leaving_gives_back_only_its_own_share():
+    """60 and 40 held, the 40 leaves: the 60 still counts, so a 50 waits for it."""
+    budget = PixelBudget(100)
+    budget._changed = _TellsWhenWaiting()
+    large, small, next_one = (threading.Event() for _ in range(3))
+    leave_large, leave_small, leave_next = (threading.Event() for _ in range(3))
+    holders = [_holder(budget, 60, large, leave_large), _holder(budget, 40, small, leave_small)]
+    assert large.wait(10) and small.wait(10)
+    assert not budget._changed.waiting.is_set()  # 60 + 40 fit: neither waited
+    leave_small.set()
+    holders[1].join(10)
+    holders.append(_holder(budget, 50, next_one, leave_next))
+    assert budget._changed.waiting.wait(10) and not next_one.is_set()  # 60 + 50 > 100
+    leave_large.set()
+    assert next_one.wait(10)
+    leave_next.set()
+    for thread in holders:
+        thread.join(10)
+
+
+def test_every_worker_prepares_at_once():
+    """``workers`` threads: three jobs that each wait for the other two all finish (one thread
+    fewer would leave them waiting, and the barrier breaks)."""
+    barrier = threading.Barrier(3, timeout=10)
+
+    def job(index: int):
+        return (lambda: barrier.wait() is not None and index), ()
+
+    assert list(prepared_in_order([job(i) for i in range(6)], 3, PixelBudget(10**9), ahead=8)) == list(range(6))
