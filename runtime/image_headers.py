@@ -35,6 +35,8 @@ class ImageHeader:
     scans: int = 0  # JPEG: the scans the walk passed (each one more pass over the coefficients)
     lossless: bool = False  # a lossless JPEG (SOF3/7/11/15), which libjpeg cannot decode reduced
     end_marker_at: int | None = None  # JPEG: the offset of the end-of-image marker the walk reached
+    # JPEG: its EXIF orientation (5-8) turns it a quarter, so IMREAD_COLOR gives `width` rows
+    sides_swapped: bool = False
 
     @property
     def kind(self) -> str:
@@ -225,7 +227,8 @@ def _jpeg_header(data: bytes) -> ImageHeader | None:
     buffered = progressive or (first_scan_components is not None and first_scan_components < components)
     coefficients = _coefficient_bytes(frame_segment, width, height) if buffered else 0
     return ImageHeader("JPEG", width, height, tuple(notes), truncated, coefficient_bytes=coefficients, scans=scans,
-                       lossless=lossless, end_marker_at=end_marker_at)
+                       lossless=lossless, end_marker_at=end_marker_at,
+                       sides_swapped=orientation is not None and 5 <= orientation <= 8)
 
 
 def _coefficient_bytes(frame_segment: bytes, width: int, height: int) -> int:

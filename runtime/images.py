@@ -303,7 +303,8 @@ def _decode_bytes(data: bytes, label: str, max_pixels: int) -> DecodedImage:
         notes = _describe_by_unchanged_decode(buffer, bgr.shape[0] * bgr.shape[1], label, header.cmyk) + notes
     if header.truncated or ended_early:
         why = f"is truncated ({header.truncated})" if header.truncated else "ends early"
-        notes += (f"{header.format} data {why}: {_what_was_filled(bgr)}",)
+        notes += (f"{header.format} data {why}: "
+                  f"{_what_was_filled(bgr) if header.format == 'JPEG' else _DECODED_WHOLE}",)
     elif header.end_marker_at is not None and _scan_cut_short_before_its_end_marker(data, header.end_marker_at,
                                                                                       flag, bgr, label):
         notes += (f"JPEG image data ends early (its end marker follows a cut scan): {_what_was_filled(bgr)}",)
@@ -333,11 +334,14 @@ def _undecodable_reason(buffer: np.ndarray, image_format: str, label: str) -> st
 
 def _full_hw(header: ImageHeader, reduced_hw: tuple[int, int], reduction: int) -> tuple[int, int]:
     """The full-size (height, width) of a JPEG decoded reduced: the header's, swapped when its EXIF
-    orientation turned the image (libjpeg's reduced sides are ceil(side / reduction))."""
-    upright = (header.height, header.width)
-    if tuple(-(-side // reduction) for side in upright) == tuple(reduced_hw):
-        return upright
-    return header.width, header.height
+    orientation turned the image. The reduced decode's shape (libjpeg's reduced sides are
+    ceil(side / reduction)) overrules the walk's reading of the orientation, which cannot tell
+    when both sides reduce to the same number (400x396 at 1/8 is 50x50)."""
+    upright, turned = (header.height, header.width), (header.width, header.height)
+    likely, other = (turned, upright) if header.sides_swapped else (upright, turned)
+    if tuple(-(-side // reduction) for side in likely) == tuple(reduced_hw):
+        return likely
+    return other
 
 
 def _imdecode_as_imread(data: bytes, buffer: np.ndarray, flag: int,
@@ -358,6 +362,11 @@ def _imdecode_as_imread(data: bytes, buffer: np.ndarray, flag: int,
     said = [line for line in said if "premature end of data segment" not in line]
     return bgr, True, said
 
+
+_DECODED_WHOLE = ("OpenCV decoded the whole image from what was present, as cv2.imread does (its decoder refuses "
+                  "one whose pixel data is cut, so only bytes after that data are missing, or the declared size "
+                  "is wrong)")
+"""The note's end for a BMP or WebP shorter than its header declares that still decodes."""
 
 _MISSING_DATA_GREY = 128
 """What libjpeg decodes scan data it never received to: every coefficient zero, mid-grey."""

@@ -88,6 +88,31 @@ def decode_in_fresh_process(path: Path, max_pixels: int) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+REFUSE_WITHIN_BOUNDS = """
+import resource, sys
+from dfd.runtime.images import ImageError, decode_image
+
+# a regression that reads a device to its end runs out of 1 GiB more, not out of the machine's memory
+with open("/proc/self/status") as status:
+    size_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, ((size_kib << 10) + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    decode_image(sys.argv[1])
+except ImageError as error:
+    print(error)
+"""
+
+
+def refused_in_a_bounded_process(path: Path) -> str:
+    """What decode_image says of ``path`` in a new interpreter with 30 s and 1 GiB more memory
+    (Linux): a read that blocks or never ends fails the test instead of hanging the suite."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("the memory bound is set from /proc/self/status (VmSize), which is Linux only")
+    completed = subprocess.run([sys.executable, "-c", REFUSE_WITHIN_BOUNDS, str(path)],
+                               capture_output=True, text=True, timeout=30)
+    return completed.stdout + completed.stderr
+
+
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
     return skimage.data.astronaut()[40:340, 60:460]  # 300x400 RGB
@@ -514,6 +539,27 @@ def test_a_reduced_decode_knows_the_full_size_face_boxes_are_given_in(tmp_path, 
     assert (full.reduction, full.full_size_hw) == (1, (399, 300))
 
 
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_a_turned_jpeg_whose_reduced_decode_is_square_keeps_its_full_size_turned(tmp_path, orientation):
+    """400x396 reduces to 50x50 at 1/8 either way round, so the decode's shape cannot tell whether
+    the image was turned; the EXIF orientation does (it gave 396x400, and a face box with y in
+    396..400 was refused as outside the image)."""
+    from PIL import Image as image_module
+
+    image = image_module.fromarray(np.full((396, 400, 3), 90, np.uint8))  # 400 wide, 396 high
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"turned{orientation}.jpg"
+    image.save(path, exif=exif.tobytes())
+    assert reference_decode(path).shape[:2] == (400, 396)  # what cv2.imread gives, full size
+    decoded = decode_image(path, max_pixels=2500)
+    assert decoded.rgb.shape == (50, 50, 3)
+    assert (decoded.reduction, decoded.full_size_hw) == (8, (400, 396))
+    upright = tmp_path / "upright.jpg"
+    image.save(upright)
+    assert decode_image(upright, max_pixels=2500).full_size_hw == (396, 400)
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 def test_missing_file_directory_and_empty_file(tmp_path):
@@ -533,7 +579,9 @@ def test_missing_file_directory_and_empty_file(tmp_path):
 
 
 def test_links_pipes_and_devices_are_refused_without_reading(tmp_path):
-    """A named pipe would block the read and /dev/zero would never end it."""
+    """A named pipe would block the read and /dev/zero would never end it: they are decoded in a
+    child process with a time limit, so that a regression fails this test instead of hanging the
+    suite."""
     (tmp_path / "broken.jpg").symlink_to("gone.jpg")
     with pytest.raises(ImageError, match=r"broken.jpg' is a broken symbolic link \(to gone.jpg\)"):
         decode_image(tmp_path / "broken.jpg")
@@ -541,10 +589,8 @@ def test_links_pipes_and_devices_are_refused_without_reading(tmp_path):
     with pytest.raises(ImageError, match="cannot read image file .*loop.jpg.*symbolic links"):
         decode_image(tmp_path / "loop.jpg")
     os.mkfifo(tmp_path / "pipe.jpg")
-    with pytest.raises(ImageError, match=r"is a named pipe \(FIFO\), not an image file"):
-        decode_image(tmp_path / "pipe.jpg")
-    with pytest.raises(ImageError, match="/dev/zero' is a character device"):
-        decode_image("/dev/zero")
+    assert "is a named pipe (FIFO), not an image file" in refused_in_a_bounded_process(tmp_path / "pipe.jpg")
+    assert "/dev/zero' is a character device" in refused_in_a_bounded_process(Path("/dev/zero"))
 
 
 def test_text_file_and_random_bytes_are_not_images(tmp_path):
@@ -964,3 +1010,330 @@ def test_decode_image_file_hashes_the_bytes_it_decoded(tmp_path, photo):
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(ImageError, match=r"empty.png' is empty \(0 bytes\)"):
         decode_image_file(tmp_path / "empty.png")
+
+
+# --- limits at their bounds, edge cases and helpers ---------------------------------------------
+
+def test_bytes_exactly_at_the_encoded_limit_are_decoded(tmp_path, photo, monkeypatch):
+    """The limit is the largest buffer OpenCV takes, so bytes or a file of exactly that size are
+    decoded; one byte more is refused, before any read."""
+    small = photo[:32, :48]
+    data = _encoded(".png", cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    path = tmp_path / "photo.png"
+    path.write_bytes(data)
+    monkeypatch.setattr(images, "MAX_ENCODED_BYTES", len(data))
+    for source in (data, bytearray(data), memoryview(data), path):
+        np.testing.assert_array_equal(decode_image(source).rgb, small)
+    monkeypatch.setattr(images, "MAX_ENCODED_BYTES", len(data) - 1)
+    with pytest.raises(ImageError, match=rf"image bytes \({len(data):,} bytes\) is over the"):
+        decode_image(data)
+    with pytest.raises(ImageError, match=rf"photo\.png' \({len(data):,} bytes\) is over the"):
+        decode_image(path)
+
+
+def test_undecodable_bytes_are_named_by_their_size_and_hint_at_a_path_only_when_they_name_a_file(tmp_path):
+    """bytes naming a file (os.fsencode of a path) get the hint to pass a path; other undecodable
+    bytes, a NUL among them (which os.path.exists refuses), do not."""
+    path = tmp_path / "notes.txt"
+    path.write_text("not an image\n")
+    with pytest.raises(ImageError, match=re.escape(f"image bytes ({len(os.fsencode(path))} bytes) is not an image")
+                       + r".*; these bytes name an existing file: pass a path as str or Path$"):
+        decode_image(os.fsencode(path))
+    for data in (b"no such file", b"not\x00a name"):
+        with pytest.raises(ImageError) as raised:
+            decode_image(data)
+        assert str(raised.value).startswith(f"image bytes ({len(data)} bytes) is not an image OpenCV can decode")
+        assert "these bytes name" not in str(raised.value)
+
+
+@pytest.mark.parametrize("limit", [1.5, 64e6, "64000000", None])
+def test_a_max_pixels_that_is_not_an_integer_is_refused(photo, limit):
+    with pytest.raises(ValueError, match=re.escape(f"max_pixels must be a positive integer, got {limit!r}")):
+        decode_image(photo, max_pixels=limit)
+
+
+def test_check_rgb_image_names_what_it_got():
+    images.check_rgb_image(np.zeros((2, 3, 3), np.uint8), "test", ValueError)
+    for array, got in ((np.zeros((4, 0, 3), np.uint8), r"test got an empty image of shape \(4, 0, 3\)"),
+                       (np.zeros((0, 4, 3), np.uint8), r"test got an empty image of shape \(0, 4, 3\)"),
+                       (np.zeros((2, 2, 3), np.int8), r"test needs an RGB uint8 image \[H, W, 3\], got int8 array of "
+                                                      r"shape \(2, 2, 3\)"),
+                       ([[0, 0, 0]], r"test needs an RGB uint8 image \[H, W, 3\], got list")):
+        with pytest.raises(KeyError, match=got):
+            images.check_rgb_image(array, "test", KeyError)
+
+
+def test_array_sha256_hashes_dtype_shape_and_pixels_in_c_order():
+    """The same bytes as another shape or dtype are other pixels; a view is hashed as its copy."""
+    rgb = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    assert images.array_sha256(rgb) == hashlib.sha256(b"|u1(2, 2, 3)" + rgb.tobytes()).hexdigest()
+    assert images.array_sha256(rgb.reshape(2, 6)) != images.array_sha256(rgb)
+    assert images.array_sha256(rgb.view(np.int8)) != images.array_sha256(rgb)
+    flipped = rgb[:, ::-1]
+    assert images.array_sha256(flipped) == images.array_sha256(flipped.copy())
+    assert images.array_sha256(rgb.transpose(1, 0, 2)) == images.array_sha256(rgb.transpose(1, 0, 2).copy())
+
+
+def test_a_socket_and_an_unreadable_file_are_refused_as_files_before_reading(tmp_path, monkeypatch):
+    """The file's own problems are ``ImageFileError`` (the C ABI's DFD_E_IO); an empty file is a
+    problem of its content, a plain ``ImageError``."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)  # a relative name: a socket's path is limited to about 100 bytes
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind("socket.jpg")
+        with pytest.raises(images.ImageFileError, match=r"'socket.jpg' is a socket, not an image file; only "
+                                                        r"regular files are read"):
+            decode_image("socket.jpg")
+    with pytest.raises(images.ImageFileError, match="'nothing.png' does not exist"):
+        decode_image("nothing.png")
+    Path("empty.png").write_bytes(b"")
+    with pytest.raises(ImageError, match="is empty") as raised:
+        decode_image("empty.png")
+    assert not isinstance(raised.value, images.ImageFileError)
+    Path("locked.png").write_bytes(b"\x89PNG")
+    monkeypatch.setattr(images.os, "access", lambda path, mode: False)  # root reads a file whatever its mode
+    with pytest.raises(images.ImageFileError, match="cannot read image file 'locked.png': permission denied"):
+        decode_image("locked.png")
+
+
+def test_a_file_name_with_a_line_break_is_quoted_escaped(tmp_path):
+    """A name's control characters would cut or forge the message's line: repr() escapes them."""
+    with pytest.raises(ImageError, match=re.escape(repr(str(tmp_path / "two\nlines.png")) + " does not exist")):
+        decode_image(tmp_path / "two\nlines.png")
+
+
+def test_an_open_file_is_refused_with_what_to_pass(tmp_path):
+    """An open file has .read() but no .getvalue(); the advice is the same as for io.BytesIO."""
+    path = tmp_path / "photo.png"
+    path.write_bytes(b"\x89PNG")
+    with open(path, "rb") as handle, pytest.raises(ImageError, match=r"object of type BufferedReader: pass its "
+                                                                     r"bytes \(\.getvalue\(\) or \.read\(\)\)"):
+        decode_image(handle)
+    with pytest.raises(ImageError, match=r"object of type BytesIO: pass its bytes"):
+        decode_image(io.BytesIO(b"\x89PNG"))
+
+
+def test_a_format_without_a_parsed_header_is_decoded_and_described_as_imread_reads_it(tmp_path, photo, monkeypatch):
+    """A file whose header this module cannot read (an unknown format, a damaged header; stood for
+    by files whose header walk is switched off) is decoded plainly and still converted to RGB,
+    described by the unchanged probe, and noted when it ends early or the decoder complained."""
+    monkeypatch.setattr(images, "read_header", lambda data: None)
+    colour = write(tmp_path / "colour.png", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    decoded = decode_image(colour)
+    np.testing.assert_array_equal(decoded.rgb, photo)
+    assert decoded.notes == ()
+    gray16 = write(tmp_path / "gray16.png", cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257)
+    decoded = decode_image(gray16)
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(gray16))
+    assert decoded.notes == ("grayscale expanded to RGB", "16-bit scaled to 8-bit")
+    data = _encoded(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[:len(data) // 2])
+    expected = reference_decode(cut)
+    rows = _grey_lines(expected)
+    assert 0 < rows < expected.shape[0]
+    decoded = decode_image(cut)
+    np.testing.assert_array_equal(decoded.rgb, expected)
+    assert decoded.notes == (f"JPEG data ends early: OpenCV decoded what was present and filled the rest with flat "
+                             f"grey, as cv2.imread does: {100 * rows / expected.shape[0]:.0f} % of the image (its "
+                             f"bottom {rows} of {expected.shape[0]} rows) is fill",)
+    stray = tmp_path / "stray.jpg"
+    tables = data.index(b"\xff\xc4")
+    stray.write_bytes(data[:tables] + b"\x00\x01\x02" + data[tables:])  # libjpeg skips them, and says so
+    with capturing_decoder_messages():
+        decoded = decode_image(stray)
+    assert decoded.notes == ("decoder: Corrupt JPEG data: 3 extraneous bytes before marker 0xc4",)
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(stray))
+
+
+def test_a_gray_and_alpha_pam_and_a_float_pfm_are_described_by_the_unchanged_probe():
+    """Two channels are gray and alpha: both conversions are noted; float samples are noted too."""
+    gray_alpha = np.arange(12, dtype=np.uint8).reshape(3, 2, 2) * 20
+    pam = (b"P7\nWIDTH 2\nHEIGHT 3\nDEPTH 2\nMAXVAL 255\nTUPLTYPE GRAYSCALE_ALPHA\nENDHDR\n"
+           + gray_alpha.tobytes())
+    decoded = decode_image(pam)
+    assert decoded.notes == ("grayscale expanded to RGB", "alpha channel dropped")
+    np.testing.assert_array_equal(decoded.rgb, np.repeat(gray_alpha[:, :, :1], 3, axis=2))
+    pfm = _encoded(".pfm", np.random.default_rng(6).random((5, 7, 3)).astype(np.float32))
+    decoded = decode_image(pfm)
+    assert decoded.notes == ("floating-point pixels converted to 8-bit",)
+    reference = cv2.imdecode(np.frombuffer(pfm, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(decoded.rgb, cv2.cvtColor(reference, cv2.COLOR_BGR2RGB))
+
+
+def test_the_unchanged_probe_runs_up_to_its_limit_inclusive(monkeypatch):
+    """Above UNCHANGED_PROBE_MAX_PIXELS the colour layout goes undescribed rather than decoded twice."""
+    pgm = _encoded(".pgm", np.random.default_rng(7).integers(0, 256, (37, 53), dtype=np.uint8))
+    monkeypatch.setattr(images, "UNCHANGED_PROBE_MAX_PIXELS", 37 * 53)
+    assert decode_image(pgm).notes == ("grayscale expanded to RGB",)
+    monkeypatch.setattr(images, "UNCHANGED_PROBE_MAX_PIXELS", 37 * 53 - 1)
+    assert decode_image(pgm).notes == ()
+
+
+def test_a_huge_pfm_counts_the_float_memory_it_decodes_into():
+    """PFM, like Radiance HDR, decodes to 32-bit floats first: 15 bytes a pixel, 1.4 GiB at 100 MP."""
+    with pytest.raises(ImageError, match=r"PFM image 10000x10000 \(100.0 MP\) .* at full size \(about 1.4 GiB\)"):
+        decode_image(b"PF\n10000 10000\n-1.0\n" + bytes(100))
+
+
+@pytest.mark.parametrize(("width", "height", "max_pixels", "sizes"), [
+    (200, 100, 10_000, "(20000 pixels) is above the limit of 10000 pixels"),  # counted below 0.1 MP
+    (400, 250, 1000, "(0.1 MP) is above the limit of 1000 pixels"),  # 100,000 pixels: megapixels from there
+])
+def test_sizes_in_the_limit_message_switch_to_megapixels_at_100000_pixels(width, height, max_pixels, sizes):
+    with pytest.raises(ImageError, match=re.escape(f"{width}x{height} {sizes}")):
+        decode_image(f"P6\n{width} {height}\n255\n".encode() + bytes(100), max_pixels=max_pixels)
+
+
+def test_memory_sizes_use_the_largest_unit_that_keeps_a_digit_before_the_point():
+    assert [images._memory_size(size) for size in (1023, 1024, 2**20 - 1, 2**20, 2**30, 3 * 2**30 // 2)] == [
+        "1023 bytes", "1.0 KiB", "1024.0 KiB", "1.0 MiB", "1.0 GiB", "1.5 GiB"]
+
+
+def test_the_decoders_lines_are_given_once_each_the_first_three_in_full():
+    assert images._decoder_said(["a", "b", "c"]) == "decoder: a; b; c"
+    assert images._decoder_said(["a", "b", "a", "c", "b", "d", "e"]) == "decoder: a; b; c (and 2 more)"
+
+
+def test_the_fill_note_names_the_edge_with_the_largest_share_of_grey_lines():
+    """The edge is chosen by the share of its side that is fill, not by its count of lines: 31 of
+    120 rows (26 %, rounded) beat 60 of 400 columns (15 %). An image all grey says so."""
+    bgr = np.random.default_rng(8).integers(0, 100, (120, 400, 3), dtype=np.uint8)
+    bgr[-31:] = 128
+    bgr[:, -60:] = 128
+    assert images._what_was_filled(bgr).endswith("26 % of the image (its bottom 31 of 120 rows) is fill")
+    assert images._what_was_filled(np.full((8, 6, 3), 128, np.uint8)) == (
+        "OpenCV decoded what was present, as cv2.imread does: none of the image was there, it is all grey fill")
+
+
+def test_encoded_suffix_needs_the_whole_jpeg_signature():
+    assert encoded_suffix(b"\xff\xd8\xff\xe0") == ".jpg"
+    assert encoded_suffix(b"\xff\xd8\x00\x00") == "" and encoded_suffix(b"") == ""
+
+
+def test_small_or_gray_arrays_that_begin_like_a_file_signature_are_still_pixels():
+    """The bytes of an encoded file come as one byte a row (N, (1,) (1, 1)); a gray image three pixels
+    wide, or a column of fewer than 12 pixels, whose first values spell a signature, is pixels."""
+    column = np.array([255, 216, 255, 224, 0], np.uint8).reshape(-1, 1)
+    np.testing.assert_array_equal(decode_image(column).rgb, np.repeat(column[:, :, None], 3, axis=2))
+    gray = np.array([[255, 216, 255], [224, 0, 16], [74, 70, 73], [70, 0, 1]], np.uint8)
+    np.testing.assert_array_equal(decode_image(gray).rgb, np.repeat(gray[:, :, None], 3, axis=2))
+
+
+FILES_OF_OTHER_FORMATS = {  # what the other array test leaves out: both GIF versions, both JPEG 2000 forms
+    "WebP": lambda im: _encoded(".webp", im),
+    "GIF87a": lambda im: _pillow_bytes(im, "GIF"),
+    "GIF89a": lambda im: _encoded(".gif", im),
+    "JP2": lambda im: _pillow_bytes(im, "JPEG2000"),
+    "J2K codestream": lambda im: _pillow_bytes(im, "JPEG2000", no_jp2=True),
+}
+
+
+@pytest.mark.parametrize("kind", FILES_OF_OTHER_FORMATS)
+def test_an_array_of_a_webp_gif_or_jpeg_2000_files_bytes_is_refused_with_what_to_pass(photo, kind):
+    data = FILES_OF_OTHER_FORMATS[kind](photo[:16, :16])
+    name = {"G": "GIF", "J": "JPEG 2000", "W": "WebP"}[kind[0]]
+    with pytest.raises(ImageError, match=rf"holds the bytes of a {name} file, not pixels"):
+        decode_image(np.frombuffer(data, np.uint8).reshape(-1, 1))
+
+
+def test_the_progressive_bounds_hold_at_their_exact_budgets(photo):
+    """A 4:2:0 progressive 400x288 JPEG holds 3 bytes of coefficients a pixel (345,600 bytes): at a
+    limit of half its pixels that is exactly the 6 bytes a pixel of the budget, which is allowed
+    (decoded at 1/2); and 200 scans over them at a limit of its own size are exactly the 100
+    passes allowed. A small 4:4:4 one within the limit is decoded whatever its whole-block padding
+    (9x9 pixels: 1536 bytes, more than 6 bytes a pixel)."""
+    image = photo[:288]
+    data = _progressive_jpeg(image, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420)
+    pixels = 400 * 288
+    halved = decode_image(data, max_pixels=pixels // 2)
+    assert (halved.reduction, halved.rgb.shape) == (2, (144, 200, 3))
+    last_scan, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    extra = 200 - data.count(b"\xff\xda")
+    scans_200 = data[:end] + data[last_scan:end] * extra + data[end:]
+    assert decode_image(scans_200, max_pixels=pixels).rgb.shape == image.shape
+    scans_201 = data[:end] + data[last_scan:end] * (extra + 1) + data[end:]
+    with pytest.raises(ImageError, match=r"has 201 scans"):
+        decode_image(scans_201, max_pixels=pixels)
+    tiny = _progressive_jpeg(photo[:9, :9], cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444)
+    assert decode_image(tiny, max_pixels=81).rgb.shape == (9, 9, 3)
+
+
+def test_a_jpeg_cut_inside_its_longest_segment_decodes_as_imread_reads_the_file(tmp_path, photo):
+    """imread's reader, cut inside a segment, skips the rest of it through the end markers it
+    supplies: a comment of 65,533 bytes after a progressive JPEG's first scan, cut just inside,
+    needs nearly 64 KiB of them before the end marker that finishes the image."""
+    data = _progressive_jpeg(photo[:64, :64], cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420)
+    second_scan = data.index(b"\xff\xda", data.index(b"\xff\xda") + 2)
+    comment = b"\xff\xfe" + struct.pack(">H", 65535) + bytes(65533)
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[:second_scan] + comment[:10])
+    expected = reference_decode(path)
+    decoded = decode_image(path)
+    np.testing.assert_array_equal(decoded.rgb, expected)
+    assert decoded.notes[-1].startswith("JPEG data is truncated")
+
+
+def test_a_cut_jpeg_captured_carries_one_note_not_the_decoders_premature_end(tmp_path, photo):
+    """The decoder's warnings about the end it never saw are what the truncation note says."""
+    data = _encoded(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[:len(data) // 2])
+    with capturing_decoder_messages():
+        decoded = decode_image(path)
+    assert len(decoded.notes) == 1 and decoded.notes[0].startswith("JPEG data is truncated"), decoded.notes
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+
+
+def test_an_array_of_float_pixels_is_refused_with_how_to_convert_it():
+    with pytest.raises(ImageError, match=r"dtype float32; float pixels in 0\.\.1 convert with "
+                                         r"\(array \* 255\)\.round\(\)\.astype\(np\.uint8\)"):
+        decode_image(np.zeros((4, 4, 3), np.float32))
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".webp"])
+def test_a_truncated_bmp_or_webp_is_refused_as_imread_refuses_it(tmp_path, photo, suffix):
+    """Only a JPEG is decoded again with end markers after it: a cut BMP or WebP would decode
+    them as its missing pixels, where cv2.imread refuses the file."""
+    path = tmp_path / f"cut{suffix}"
+    data = _encoded(suffix, cv2.cvtColor(photo[:64, :64], cv2.COLOR_RGB2BGR))
+    path.write_bytes(data[:len(data) // 2])
+    assert cv2.imread(str(path)) is None
+    with pytest.raises(ImageError, match=rf"data is truncated \({len(data) // 2} of the {len(data)} bytes the header "
+                                         rf"declares\); OpenCV could not decode it"):
+        decode_image(path)
+
+
+def test_a_bmp_shorter_than_its_header_declares_that_decodes_carries_the_note(tmp_path, photo):
+    """OpenCV reads a BMP's pixels whatever file size its header gives; the walk's truncation
+    still reaches the notes when the first decode succeeds."""
+    bmp = bytearray(_encoded(".bmp", cv2.cvtColor(photo[:64, :63], cv2.COLOR_RGB2BGR)))
+    bmp[2:6] = struct.pack("<I", len(bmp) + 100)
+    path = tmp_path / "declared.bmp"
+    path.write_bytes(bytes(bmp))
+    decoded = decode_image(path)
+    np.testing.assert_array_equal(decoded.rgb, reference_decode(path))
+    assert decoded.notes == (
+        f"BMP data is truncated ({len(bmp)} of the {len(bmp) + 100} bytes the header declares): OpenCV decoded the "
+        f"whole image from what was present, as cv2.imread does (its decoder refuses one whose pixel data is cut, "
+        f"so only bytes after that data are missing, or the declared size is wrong)",)
+
+
+def test_an_undecodable_file_is_named_in_the_error(tmp_path, photo):
+    """Errors from the content, not only from reading, name the file as given."""
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a picture\n")
+    with pytest.raises(ImageError, match=re.escape(f"'{text}' is not an image OpenCV can decode")):
+        decode_image(text)
+    path = write(tmp_path / "photo.png", cv2.cvtColor(photo[:37, :53], cv2.COLOR_RGB2BGR))
+    with pytest.raises(ImageError, match=re.escape(f"'{path}': PNG image 53x37 (1961 pixels) is above the limit")):
+        decode_image(path, max_pixels=1000)
+
+
+def test_an_array_of_another_dtype_is_refused_as_pixels_even_where_its_bytes_spell_a_signature():
+    """Only one byte a row is a file's bytes: 16-bit values whose bytes begin like a PNG are pixels
+    of the wrong depth, with how to convert them."""
+    signature = np.frombuffer(b"\x89PNG\r\n\x1a\n" + bytes(16), np.uint16).reshape(-1, 1)
+    with pytest.raises(ImageError, match=r"must be uint8 .* dtype uint16; 16-bit pixels convert"):
+        decode_image(signature)
