@@ -155,19 +155,23 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
         raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=option)
     if existed and not path.is_file():
         return
-    created = missing_folders(path.parent)
+    # where the report goes (write_output_file): through a link to nothing, the file it names; the
+    # link itself was removed here, and the report written as a file in its place
+    target = Path(os.path.realpath(path))
+    created = missing_folders(target.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise click.BadParameter(f"cannot create the folder for {path}: {os_error_text(exc)}",
                                  param_hint=option) from exc
     try:
-        with open(path, "ab"):
+        with open(target, "ab"):
             pass
         if not existed:
-            path.unlink()
+            target.unlink()
     except OSError as exc:
-        reason = exc.strerror if exc.filename == str(path) else os_error_text(exc)  # the name once, not twice
+        # the name once, not twice
+        reason = exc.strerror if exc.filename in (str(path), str(target)) else os_error_text(exc)
         raise click.BadParameter(f"cannot write {path}: {reason}", param_hint=option) from exc
     finally:
         # made again when the report is written: a run that fails before leaves no empty folders
