@@ -155,8 +155,8 @@ def prepare_output_file(path: Path | None, option: str, engine_dir: Path | None 
         raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=option)
     if existed and not path.is_file():
         return
-    # where the report goes (write_output_file): through a link to nothing, the file it names; the
-    # link itself was removed here, and the report written as a file in its place
+    # checked where the report goes (write_output_file): for a link to a file not made yet, the file
+    # it names, so that the trial file removed below is that file and never the user's link
     target = Path(os.path.realpath(path))
     created = missing_folders(target.parent)
     try:
