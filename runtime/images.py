@@ -157,11 +157,9 @@ def _check_max_pixels(max_pixels: object) -> None:
 
 def _path_hint(data: bytes) -> str:
     """Bytes are encoded image data; when they fail to decode and name an existing file, the
-    caller most likely meant a path (os.fsencode'd, or read from a bytes-mode listing)."""
-    try:
-        named = len(data) < 4096 and os.path.exists(data)
-    except (ValueError, OSError):  # an embedded NUL byte, a name too long for the system
-        named = False
+    caller most likely meant a path (os.fsencode'd, or read from a bytes-mode listing). A NUL byte
+    or a name too long for the system makes ``os.path.exists`` False, not an error."""
+    named = len(data) < 4096 and os.path.exists(data)
     return "; these bytes name an existing file: pass a path as str or Path" if named else ""
 
 
