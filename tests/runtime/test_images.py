@@ -59,58 +59,39 @@ def black_png(width: int, height: int, rows_per_block: int = 1000) -> bytes:
 
 
 MEASURE = """
-import json, sys
+import json, resource, sys
 from dfd.runtime.images import ImageError, decode_image
 
-def peak_rss_kib():
-    # VmHWM is this process's own peak since exec; ru_maxrss would inherit the parent's peak
+def status_kib(field):
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        return next(int(line.split()[1]) for line in status if line.startswith(field))
 
-path, max_pixels = sys.argv[1], int(sys.argv[2])
-before = peak_rss_kib()
+path, max_pixels, more_memory_mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if more_memory_mib:  # a read that never ends runs out of this much more, not out of the machine's memory
+    limit = (status_kib("VmSize:") << 10) + (more_memory_mib << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+# VmHWM is this process's own peak since exec; ru_maxrss would inherit the parent's peak
+before = status_kib("VmHWM:")
 try:
     decoded = decode_image(path, max_pixels=max_pixels)
     result = {"shape": list(decoded.rgb.shape), "notes": list(decoded.notes)}
 except ImageError as error:
     result = {"error": str(error)}
-result["peak_growth_mb"] = (peak_rss_kib() - before) / 1024
+result["peak_growth_mb"] = (status_kib("VmHWM:") - before) / 1024
 print(json.dumps(result))
 """
 
 
-def decode_in_fresh_process(path: Path, max_pixels: int) -> dict:
-    """decode_image in a new interpreter, reporting how much its own peak RSS grew (Linux)."""
+def decode_in_fresh_process(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, more_memory_mib: int = 0,
+                            timeout: float = 120) -> dict:
+    """decode_image in a new interpreter, reporting how much its own peak RSS grew (Linux). With
+    ``more_memory_mib`` its address space may grow by that much only, so that a read that blocks
+    or never ends fails (timeout, MemoryError) instead of hanging the suite or exhausting memory."""
     if not Path("/proc/self/status").exists():
         pytest.skip("the peak RSS is read from /proc/self/status (VmHWM), which is Linux only")
-    completed = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(max_pixels)],
-                               capture_output=True, text=True, timeout=120, check=True)
+    completed = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(max_pixels), str(more_memory_mib)],
+                               capture_output=True, text=True, timeout=timeout, check=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
-REFUSE_WITHIN_BOUNDS = """
-import resource, sys
-from dfd.runtime.images import ImageError, decode_image
-
-# a regression that reads a device to its end runs out of 1 GiB more, not out of the machine's memory
-with open("/proc/self/status") as status:
-    size_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
-resource.setrlimit(resource.RLIMIT_AS, ((size_kib << 10) + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
-try:
-    decode_image(sys.argv[1])
-except ImageError as error:
-    print(error)
-"""
-
-
-def refused_in_a_bounded_process(path: Path) -> str:
-    """What decode_image says of ``path`` in a new interpreter with 30 s and 1 GiB more memory
-    (Linux): a read that blocks or never ends fails the test instead of hanging the suite."""
-    if not Path("/proc/self/status").exists():
-        pytest.skip("the memory bound is set from /proc/self/status (VmSize), which is Linux only")
-    completed = subprocess.run([sys.executable, "-c", REFUSE_WITHIN_BOUNDS, str(path)],
-                               capture_output=True, text=True, timeout=30)
-    return completed.stdout + completed.stderr
 
 
 @pytest.fixture(scope="module")
@@ -580,8 +561,8 @@ def test_missing_file_directory_and_empty_file(tmp_path):
 
 def test_links_pipes_and_devices_are_refused_without_reading(tmp_path):
     """A named pipe would block the read and /dev/zero would never end it: they are decoded in a
-    child process with a time limit, so that a regression fails this test instead of hanging the
-    suite."""
+    child process with a time limit and 1 GiB more memory, so that a regression fails this test
+    instead of hanging the suite or exhausting memory."""
     (tmp_path / "broken.jpg").symlink_to("gone.jpg")
     with pytest.raises(ImageError, match=r"broken.jpg' is a broken symbolic link \(to gone.jpg\)"):
         decode_image(tmp_path / "broken.jpg")
@@ -589,8 +570,9 @@ def test_links_pipes_and_devices_are_refused_without_reading(tmp_path):
     with pytest.raises(ImageError, match="cannot read image file .*loop.jpg.*symbolic links"):
         decode_image(tmp_path / "loop.jpg")
     os.mkfifo(tmp_path / "pipe.jpg")
-    assert "is a named pipe (FIFO), not an image file" in refused_in_a_bounded_process(tmp_path / "pipe.jpg")
-    assert "/dev/zero' is a character device" in refused_in_a_bounded_process(Path("/dev/zero"))
+    for path, refusal in ((tmp_path / "pipe.jpg", "is a named pipe (FIFO), not an image file"),
+                          (Path("/dev/zero"), "/dev/zero' is a character device")):
+        assert refusal in decode_in_fresh_process(path, more_memory_mib=1024, timeout=30)["error"]
 
 
 def test_text_file_and_random_bytes_are_not_images(tmp_path):
