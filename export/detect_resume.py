@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfd.runtime.errors import DfdError
-from dfd.runtime.line_files import JSONL_SUFFIXES, bounded_lines, open_line_file
+from dfd.runtime.line_files import JSONL_SUFFIXES, bounded_lines, normalised_spelling, open_line_file
 
 from .cli_types import regular_file_output
 
@@ -39,7 +39,7 @@ class ScoredImages:
     """What an earlier ``detect`` output says was scored."""
 
     path: Path
-    images: frozenset[str]  # normalised paths (os.path.normpath) of the images scored there
+    images: frozenset[str]  # the images scored there, each as _spelling gives it
     failed: int  # rows there with an error: their images are tried again
     cut_row: bool  # the last row was cut short (a killed run): its image is scored again
     format: str  # "jsonl" or "csv", by the file's suffix
@@ -48,7 +48,13 @@ class ScoredImages:
 
     def holds(self, image: str) -> bool:
         """Whether ``image``, as ``detect`` lists it, was scored there."""
-        return os.path.normpath(image) in self.images
+        return _spelling(image) in self.images
+
+
+def _spelling(image: str) -> str:
+    """An image as listed, normalised where that cannot make it another file (``./a.jpg`` is
+    ``a.jpg``; ``link/../a.jpg`` stays as it is)."""
+    return normalised_spelling(image) or image
 
 
 def load_scored_images(path: Path) -> ScoredImages:
@@ -74,7 +80,7 @@ def load_scored_images(path: Path) -> ScoredImages:
                     continue
                 image, score, error, engine_set = row
                 if score is not None and not error:
-                    scored.add(os.path.normpath(image))
+                    scored.add(_spelling(image))
                     engine_sets.add(engine_set)
                 else:
                     failed += 1

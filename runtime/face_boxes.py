@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DfdError
-from .line_files import JSONL_SUFFIXES, bounded_lines, open_line_file
+from .line_files import JSONL_SUFFIXES, bounded_lines, normalised_spelling, open_line_file
 
 Box = tuple[float, float, float, float]
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")  # also the box columns of detect's csv output, which this reads back
@@ -56,7 +56,8 @@ class FaceBoxFile:
     def assign(self, images: Sequence[str]) -> tuple[dict[str, Box], list[str]]:
         """Match entries to ``images``: (image -> box, keys that matched no image).
 
-        A key matches an image whose path is the same once normalised, else the same file: the key
+        A key matches an image whose path is the same once normalised (where no ``..`` follows a
+        folder, which may be a link), else the same file: the key
         resolved from the current folder or, when it names a folder, from the boxes file's folder
         (an earlier ``detect``'s output lists paths as given where it ran, which another folder
         spells differently). A key without a folder also matches images with that file name,
@@ -64,13 +65,16 @@ class FaceBoxFile:
         by_path: dict[str, list[str]] = {}
         by_name: dict[str, list[str]] = {}
         for image in images:
-            by_path.setdefault(os.path.normpath(image), []).append(image)
+            spelled = normalised_spelling(image)
+            if spelled is not None:
+                by_path.setdefault(spelled, []).append(image)
             by_name.setdefault(Path(image).name, []).append(image)
         by_file: dict[str, list[str]] = {}  # resolved (file-system lookups) only once a key needs it
         assigned: dict[str, Box] = {}
         unused: list[str] = []
         for key, box in self.boxes.items():
-            matches = by_path.get(os.path.normpath(key))
+            spelled = normalised_spelling(key)
+            matches = None if spelled is None else by_path.get(spelled)
             if matches is None:
                 if not by_file:
                     for image in images:

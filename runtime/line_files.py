@@ -5,6 +5,7 @@ gives them, and a file without line breaks refused at its first long line.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -39,3 +40,15 @@ def bounded_lines(path: Path, handle: TextIO, error: type[DfdError], what: str) 
             raise error(f"{path}:{number}: a line of over {MAX_LINE_CHARS:,} characters; {what} has one short "
                         f"line per image")
         yield line
+
+
+def normalised_spelling(path: str) -> str | None:
+    """``path`` normalised by its spelling alone (``os.path.normpath``), or None where that could
+    name another file: ``link/../a.jpg`` is ``a.jpg`` only when ``link`` is no symbolic link, which
+    only the file system can tell. Image paths listed in these files are matched by it."""
+    after_folder = False
+    for part in Path(path).parts:
+        if part == ".." and after_folder:
+            return None
+        after_folder = after_folder or part not in ("..", ".", os.sep)
+    return os.path.normpath(path)

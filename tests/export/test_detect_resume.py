@@ -273,6 +273,16 @@ def test_the_last_row_of_a_killed_run_may_be_cut_and_is_scored_again(tmp_path):
     assert scored.images == {"a.png"} and scored.cut_row and scored.engine_sets == {"aa"}
 
 
+def test_a_scored_image_is_known_by_its_spelling_normalised_only_where_that_names_the_same_file(tmp_path):
+    """``./a.png`` is ``a.png`` whatever the folders are, but ``link/../a.png`` is another file
+    where ``link`` leads into another folder: resuming skipped a.png as if it had been scored."""
+    (tmp_path / "a.jsonl").write_text('{"image": "x/./a.png", "score": 0.4}\n'
+                                      '{"image": "link/../b.png", "score": 0.1}\n')
+    scored = load_scored_images(tmp_path / "a.jsonl")
+    assert scored.holds("x/a.png") and scored.holds("./x//a.png")
+    assert scored.holds("link/../b.png") and not scored.holds("b.png")
+
+
 def test_a_zero_filled_tail_is_where_the_rows_end_and_a_nul_elsewhere_is_refused_on_every_python(tmp_path):
     """A power loss can leave a file's last block as NULs. The jsonl reader took that tail for a
     cut row; the CSV reader did so on Python 3.11 (whose csv module reads a NUL as a character) and

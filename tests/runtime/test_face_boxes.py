@@ -273,3 +273,19 @@ def test_a_name_no_path_can_hold_matches_no_image(tmp_path):
     boxes = load_face_boxes(_write(tmp_path, "b.jsonl", '{"image": "x/a\\u0000.jpg", "box": [1, 1, 9, 9]}\n'
                                                         '{"image": "b\\u0000.jpg", "box": [1, 1, 9, 9]}\n'))
     assert boxes.assign(["x/a.jpg", "b.jpg"]) == ({}, ["x/a\0.jpg", "b\0.jpg"])
+
+
+def test_a_parent_step_after_a_link_is_resolved_not_spelled_away(tmp_path, monkeypatch):
+    """``link/../a.jpg`` normalises to ``a.jpg`` by its spelling, but where ``link`` leads into
+    another folder it names that folder's parent's a.jpg: the entry went to the wrong image."""
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "a.jpg").write_bytes(b"here")
+    (tmp_path / "d" / "a.jpg").write_bytes(b"there")
+    (tmp_path / "link").symlink_to(tmp_path / "d" / "sub")
+    monkeypatch.chdir(tmp_path)
+    boxes = load_face_boxes(_write(tmp_path, "b.csv", "image,x1,y1,x2,y2\nlink/../a.jpg,1,1,9,9\n"))
+    assert boxes.assign(["a.jpg", "d/a.jpg"]) == ({"d/a.jpg": (1.0, 1.0, 9.0, 9.0)}, [])
+    # an image spelled with the step is resolved too, and a leading ".." or "." is still spelling only
+    assert boxes.assign(["link/../a.jpg"]) == ({"link/../a.jpg": (1.0, 1.0, 9.0, 9.0)}, [])
+    up = load_face_boxes(_write(tmp_path, "up.csv", "image,x1,y1,x2,y2\n../x/./a.jpg,1,1,9,9\n"))
+    assert up.assign(["../x/a.jpg"]) == ({"../x/a.jpg": (1.0, 1.0, 9.0, 9.0)}, [])
