@@ -10,6 +10,7 @@ rint(x * 10) / 10, half to even) and writes `f"{float(x):.1f}"`. The score is th
 
 from __future__ import annotations
 
+import decimal
 import numbers
 from dataclasses import dataclass
 from typing import Mapping
@@ -79,10 +80,10 @@ def stream_order_and_weights(weights: Mapping[str, float]) -> tuple[tuple[str, .
 
 
 def _weight_value(weight: object) -> float:
-    """A weight as a float. Text and booleans are no weights, though float() takes "2" and True."""
-    if isinstance(weight, (str, bytes, bytearray, bool, np.bool_)):
+    """A weight as a float, by the one rule of what is a number that probabilities follow too."""
+    if not _is_real_number(weight):
         raise TypeError(type(weight).__name__)
-    return float(weight)
+    return _real_float(weight)
 
 
 def _unusable(weights: Mapping[str, float]) -> VoteError:
@@ -94,10 +95,10 @@ def _as_float32_probabilities(values: np.ndarray, what: str) -> np.ndarray:
     """The float32 values the reference rounds; float64 that came from float32 is unchanged."""
     given = np.asarray(values)
     if given.dtype == object and all(_is_real_number(value) for value in given.flat):
-        # NumPy keeps a Python int beyond int64 (10**400) or a Fraction as an object: a number,
-        # which float() takes or finds too large for a probability
+        # NumPy keeps a Python int beyond int64 (10**400), a Fraction or a Decimal as an object: a
+        # number, which float() takes or finds too large for a probability
         try:
-            given = np.array([float(value) for value in given.flat]).reshape(given.shape)
+            given = np.array([_real_float(value) for value in given.flat]).reshape(given.shape)
         except OverflowError:
             raise _not_probabilities(values, what) from None
     if given.dtype.kind not in "fiu":  # text ("0.5" was parsed), None, booleans alone
@@ -110,7 +111,18 @@ def _as_float32_probabilities(values: np.ndarray, what: str) -> np.ndarray:
 
 
 def _is_real_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """What the vote takes as a number, weight or probability: a real number (a Decimal too, which
+    ``json.loads(parse_float=Decimal)`` gives), not text or a boolean, though float() takes "2"
+    and True."""
+    return isinstance(value, (numbers.Real, decimal.Decimal)) and not isinstance(value, (bool, np.bool_))
+
+
+def _real_float(value: numbers.Real | decimal.Decimal) -> float:
+    """float(value); a signalling-NaN Decimal, which float() refuses, is NaN: not finite, so refused
+    as such instead of as "not a number"."""
+    if isinstance(value, decimal.Decimal) and value.is_snan():
+        return float("nan")
+    return float(value)
 
 
 def _not_probabilities(values: object, what: str) -> VoteError:

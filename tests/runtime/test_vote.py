@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from decimal import Decimal
 from fractions import Fraction
 
 import numpy as np
@@ -173,6 +174,26 @@ def test_numbers_numpy_keeps_as_objects_are_voted_on_as_their_float_values():
         discretised_vote_batch(np.array([[10**400, 0.1, 0.1]], dtype=object))
     with pytest.raises(VoteError, match="batch probabilities must be numbers"):
         discretised_vote_batch(np.array([[Fraction(1, 2), "0.1", 0.1]], dtype=object))
+
+
+def test_a_decimal_is_a_number_for_probabilities_as_for_weights():
+    """Weights took a Decimal (float() does) while probabilities refused it as not a number: one
+    rule now decides both. A NaN Decimal, signalling or quiet, is refused as not finite."""
+    decimals = {"global": Decimal("0.75"), "face": Decimal(1), "fusion": Decimal("0.05")}
+    plain = discretised_vote({"global": 0.75, "face": 1.0, "fusion": 0.05})
+    assert discretised_vote(decimals) == plain
+    assert discretised_vote(decimals, {name: Decimal(w) for name, w in DEFAULT_VOTE_WEIGHTS.items()}) == plain
+    rows = np.array([[Decimal("0.75"), 1, Decimal("0.05")]], dtype=object)
+    assert discretised_vote_batch(rows).tolist() == [plain.score]
+    for nan in (Decimal("NaN"), Decimal("sNaN")):
+        with pytest.raises(VoteError, match="stream probabilities must be finite probabilities"):
+            discretised_vote({"global": nan, "face": 0.1, "fusion": 0.1})
+        with pytest.raises(VoteError, match="vote weights must be finite"):
+            discretised_vote({"global": 0.1, "face": 0.1, "fusion": 0.1}, {"global": nan, "face": 1, "fusion": 1})
+    for not_a_number in (np.bool_(True), 1j):
+        with pytest.raises(VoteError, match="vote weights must be numbers"):
+            discretised_vote({"global": 0.1, "face": 0.1, "fusion": 0.1},
+                             {"global": not_a_number, "face": 1, "fusion": 1})
 
 
 def test_batch_refuses_bad_shapes():
