@@ -730,3 +730,150 @@ def test_the_working_pixel_limit():
     assert working_pixel_limit(9000, 8000) == 72_000_000  # already above 64 MP: never grows
 
 
+
+
+# ------------------------------------------------------------------------------ settings, draws and fixed chains
+
+
+def test_paper_spec_is_the_documented_table():
+    """Every rate of the module docstring: op_p 0.3, the shared slots split (0.2 / 0.8 and
+    0.33 / 0.33 / 0.34 of 0.3), banding 0.3 x 0.5, the prelude 0.3 with 1 to 5 cycles."""
+    expected = {name: 0.3 for name in OPS}
+    expected.update(speckle_noise=0.3 * 0.33, poisson_noise=0.3 * 0.33, salt_and_pepper=0.3 * 0.34,
+                    colour_cast=0.3 * 0.8, grayscale=0.3 * 0.2, banding=0.3 * 0.5)
+    assert dict(PAPER_SPEC.op_probabilities) == pytest.approx(expected)
+    assert (PAPER_SPEC.recompress_p, PAPER_SPEC.recompress_cycles) == (pytest.approx(0.3), (1, 5))
+
+
+def test_spec_and_image_limits_raise_readable_errors(photo):
+    with pytest.raises(DegradationError, match="listed twice"):
+        DegradationSpec(op_probabilities=(("jpeg", 0.5), ("moire", 0.1), ("jpeg", 0.2)))
+    with pytest.raises(DegradationError, match="probability of 'jpeg'"):
+        DegradationSpec(op_probabilities=(("jpeg", -0.1),))
+    for a, b in ((0.0, 1.2), (1.2, 0.0), (1.2, -1.0)):
+        with pytest.raises(DegradationError, match="Beta parameters"):
+            DegradationSpec(op_probabilities=(), beta_a=a, beta_b=b)
+    for value in (-0.1, 1.5):
+        with pytest.raises(DegradationError, match="max_strength"):
+            DegradationSpec(op_probabilities=(), max_strength=value)
+        with pytest.raises(DegradationError, match="recompress_p"):
+            DegradationSpec(op_probabilities=(), recompress_p=value)
+    for cycles in ((0, 2), (3, 2)):
+        with pytest.raises(DegradationError, match="recompress_cycles"):
+            DegradationSpec(op_probabilities=(), recompress_cycles=cycles)
+    assert DegradationSpec(op_probabilities=(), recompress_cycles=(2, 2)).recompress_cycles == (2, 2)
+    with pytest.raises(DegradationError, match="strength"):
+        apply_op("jpeg", photo, -0.1, rng())
+    for shape in ((0, 5, 3), (5, 0, 3)):
+        with pytest.raises(DegradationError, match="no pixels"):
+            apply_op("jpeg", np.zeros(shape, np.uint8), 0.5, rng())
+
+
+def test_poisson_noise_rounds_to_grey_levels_first_with_its_draws_replayed():
+    """The reference's add_Poisson_noise on an image between grey levels: rounded to whole levels,
+    photons 10^U(2, 4), per channel or one luma offset (the luma itself rounded to a level)."""
+    image = np.random.default_rng(8).random((40, 50, 3)).astype(np.float32)
+    branches = set()
+    for seed in (0, 1):
+        replay = rng(seed)
+        photons = 10 ** (2 * replay.random() + 2)
+        quantised = np.clip(np.round(image.astype(np.float64) * 255), 0, 255) / 255
+        if replay.random() < 0.5:
+            noisy, branch = replay.poisson(quantised * photons).astype(np.float32) / np.float32(photons), "channels"
+        else:
+            gray = np.clip(np.round(np.dot(quantised, [0.299, 0.587, 0.114]) * 255), 0, 255) / 255
+            shot = replay.poisson(gray * photons).astype(np.float32) / np.float32(photons) - gray
+            noisy, branch = quantised + shot[..., np.newaxis], "luma"
+        branches.add(branch)
+        expected = np.clip(noisy, 0, 1)
+        np.testing.assert_allclose(OPS["poisson_noise"](image, 0.7, rng(seed)), expected, rtol=0, atol=1e-6)
+    assert branches == {"channels", "luma"}
+
+
+def test_colour_gains_and_strong_fades_follow_the_reference_draw(photo):
+    """The gain branch, replayed: three gains U(1 -/+ 0.4 s), one time in five the fixed green cast
+    (0.8, 1.2, 0.8); at s = 0.9 a fade's factor is U(0.1, 0.2) (the upper bound held at 0.2)."""
+    image = photo.astype(np.float32) / 255
+    kinds = set()
+    for seed in range(30):
+        replay = rng(seed)
+        if replay.random() < 0.3:
+            factor = 0.1 + (0.2 - 0.1) * replay.random()
+            expected = np.asarray(ImageEnhance.Color(Image.fromarray(photo)).enhance(factor))
+            assert np.array_equal(apply_op("colour_cast", photo, 0.9, rng(seed)), expected), seed
+            kinds.add("fade")
+            continue
+        gains = replay.uniform(0.64, 1.36, size=3)
+        green = replay.random() < 0.2
+        if green:
+            gains = np.array([0.8, 1.2, 0.8])
+        expected = np.clip(image * gains.astype(np.float32), 0, 1)
+        assert np.array_equal(OPS["colour_cast"](image, 0.9, rng(seed)), expected), seed
+        kinds.add("green" if green else "gains")
+    assert kinds == {"fade", "green", "gains"}
+
+
+def test_chromatic_aberration_shift_is_held_inside_a_small_image():
+    """max(1, int(4 s)) = 4 pixels, but at most one less than each side: 2 on a 3 x 5 image."""
+    image = rng(2).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    out = apply_op("chromatic_aberration", image, 1.0, rng())
+    assert np.array_equal(out[2:, 2:, 0], image[:-2, :-2, 0])
+    assert np.array_equal(out[:-2, :-2, 2], image[2:, 2:, 2])
+    assert np.array_equal(out[..., 1], image[..., 1])
+
+
+def test_fixed_noise25_is_independent_per_channel():
+    residual = fixed_degradation("noise25")(flat(128, (200, 200))).astype(np.float64) - 128
+    channels = residual.reshape(-1, 3).T
+    assert np.abs(np.corrcoef(channels) - np.eye(3)).max() < 0.05
+
+
+def test_fixed_down4_up_is_area_down_then_cubic_up(photo):
+    image = photo.astype(np.float32) / 255
+    height, width = image.shape[:2]
+    small = cv2.resize(image, (width // 4, height // 4), interpolation=cv2.INTER_AREA)
+    expected = np.clip(cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC), 0, 1)
+    assert np.array_equal(fixed_degradation("down4_up")(photo), np.rint(expected * 255).astype(np.uint8))
+
+
+def test_fixed_compound_b_is_a_warm_cast():
+    """Gains (1.1, 0.95, 0.8) then gamma 1.6 on flat grey: red above green above blue."""
+    out = fixed_degradation("compound_b")(flat(128, (100, 100))).astype(np.float64)
+    red, green, blue = (out[40:60, 40:60, c].mean() for c in range(3))
+    # 255 (128 / 255 x gain)^1.6 = 99, 78, 59 before vignetting; JPEG 20 moves flat colours a little
+    assert red > green + 10 > blue + 20
+
+
+def test_gaussian_noise_branch_draw_between_six_and_seven_tenths_is_colour_noise():
+    """Seed 9's branch draw is 0.603: colour noise (under 0.7), one value per channel, as replayed."""
+    replay = rng(9)
+    low = 2 if replay.random() < 0.2 else 60
+    sigma = float(replay.integers(low, 101)) * 0.3
+    assert 0.6 <= replay.random() < 0.7
+    residual = apply_op("gaussian_noise", flat(128, (160, 160)), 0.3, rng(9)).astype(np.float64) - 128
+    assert not np.array_equal(residual[..., 0], residual[..., 1])
+    for channel in range(3):
+        assert residual[..., channel].std() == pytest.approx(sigma, rel=0.04)
+
+
+def test_the_prelude_skips_its_rescales_once_either_side_is_ten_pixels_or_less():
+    """The reference rescales in the prelude only while both sides are above 10 pixels: a tall
+    8-pixel-wide strip and a wide 8-pixel-high one get JPEG cycles only."""
+    spec = DegradationSpec(op_probabilities=(), recompress_p=1.0)
+    for image in (flat(128, (60, 8)), flat(128, (8, 60))):
+        for seed in range(6):
+            out, applied = degrade(image, rng(seed), spec)
+            assert {op.name for op in applied} == {"jpeg"} and out.shape == image.shape, (image.shape, seed)
+
+
+def test_an_image_that_keeps_its_size_costs_no_draw_for_the_final_resize():
+    """verify's paper_compound draws again from the same generator when nothing fired, so the
+    draws degrade consumes are part of its result: with no op and no prelude, exactly the
+    prelude's coin and the (empty) op order, no interpolation draw for a resize that is not needed."""
+    generator = rng(5)
+    out, applied = degrade(flat(90, (12, 14)), generator, DegradationSpec(op_probabilities=(), recompress_p=0.0))
+    replay = rng(5)
+    replay.random()
+    replay.permutation(0)
+    assert applied == [] and np.array_equal(out, flat(90, (12, 14)))
+    assert generator.random() == replay.random()

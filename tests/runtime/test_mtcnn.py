@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -399,3 +400,278 @@ def test_runtime_module_does_not_import_torch() -> None:
     code = "import sys, dfd.runtime.mtcnn; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- edges the photographs do not reach
+
+
+def test_area_sampler_takes_one_to_four_channels_and_rows_up_to_its_limit() -> None:
+    rng = np.random.default_rng(2)
+    for channels in (1, 4):
+        pixels = rng.integers(0, 256, size=(23, 31, channels), dtype=np.uint8)
+        np.testing.assert_array_equal(AreaSampler(pixels).resize(9, 40), torch_area(pixels, 9, 40))
+    with pytest.raises(MtcnnError, match="1-4"):
+        AreaSampler(np.zeros((4, 4, 5), np.uint8))
+    # 255 * 8,421,504 fits int32: the widest row it takes is summed exactly
+    widest = np.full((1, 8_421_504, 1), 255, np.uint8)
+    assert AreaSampler(widest).resize(1, 2).tolist() == [[[255.0], [255.0]]]
+    with pytest.raises(MtcnnError, match="positive output size"):
+        AreaSampler(np.zeros((4, 4, 3), np.uint8)).resize(3, 0)
+    with pytest.raises(MtcnnError, match="positive output size"):
+        AreaSampler(np.zeros((4, 4, 3), np.uint8)).resize(0, 3)
+
+
+def reference_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> list[int]:
+    """Greedy IoU NMS in plain Python: candidates in score order, ties by index (a stable sort)."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    keep: list[int] = []
+    for i in order:
+        def iou(j: int) -> float:
+            w = max(0.0, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]))
+            h = max(0.0, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]))
+            area = lambda k: (boxes[k, 2] - boxes[k, 0]) * (boxes[k, 3] - boxes[k, 1])  # noqa: E731
+            return w * h / (area(i) + area(j) - w * h)
+
+        if all(iou(j) <= threshold for j in keep):
+            keep.append(i)
+    return keep
+
+
+def test_iou_nms_equals_torchvision_and_breaks_ties_by_candidate_order() -> None:
+    from torchvision.ops import nms
+
+    rng = np.random.default_rng(3)
+    corners = rng.integers(0, 60, size=(300, 2)).astype(np.float32)
+    boxes = np.concatenate([corners, corners + rng.integers(4, 30, size=(300, 2)).astype(np.float32)], axis=1)
+    scores = rng.random(300).astype(np.float32)
+    for threshold in (0.3, 0.5, 0.7):
+        expected = nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold).numpy()
+        np.testing.assert_array_equal(mtcnn._iou_nms(boxes, scores, threshold), expected)
+    # Three score levels, many exact ties: the earlier candidate of a tie wins.
+    tied = rng.choice(np.array([0.9, 0.8, 0.7], np.float32), 300)
+    assert mtcnn._iou_nms(boxes, tied, 0.5).tolist() == reference_nms(boxes, tied, 0.5)
+    # IoU exactly at the threshold is kept (suppression is IoU > threshold): 2 / (4 + 2 - 2) = 0.5
+    pair = np.array([[0, 0, 4, 1], [0, 0, 2, 1]], np.float32)
+    assert mtcnn._iou_nms(pair, np.array([0.9, 0.8], np.float32), 0.5).tolist() == [0, 1]
+    assert mtcnn._iou_nms(pair, np.array([0.9, 0.8], np.float32), 0.49).tolist() == [0]
+
+
+def test_min_nms_equals_facenets_nms_numpy() -> None:
+    from facenet_pytorch.models.utils.detect_face import nms_numpy
+
+    rng = np.random.default_rng(4)
+    corners = (rng.random((300, 2)) * 80).astype(np.float32)
+    boxes = np.concatenate([corners, corners + (4 + rng.random((300, 2)) * 40).astype(np.float32)], axis=1)
+    for scores in (rng.random(300).astype(np.float32), rng.choice(np.array([0.9, 0.8, 0.7], np.float32), 300)):
+        for threshold in (0.3, 0.7):
+            expected = nms_numpy(boxes, scores, threshold, "Min")
+            np.testing.assert_array_equal(mtcnn._min_nms(boxes, scores, threshold), expected)
+    # 'Min' overlap with 1-based areas: 7 x 10 shared pixels over the smaller 10 x 10 box = 0.7, kept
+    pair = np.array([[0, 0, 9, 9], [3, 0, 12, 9]], np.float32)
+    assert mtcnn._min_nms(pair, np.array([0.9, 0.8], np.float32), 0.7).tolist() == [0, 1]
+    assert mtcnn._min_nms(pair, np.array([0.9, 0.8], np.float32), 0.69).tolist() == [0]
+    # a small box inside a large one overlaps it fully by 'Min' (IoU would be 0.1)
+    nested = np.array([[0, 0, 29, 29], [10, 10, 19, 19]], np.float32)
+    assert mtcnn._min_nms(nested, np.array([0.8, 0.9], np.float32), 0.7).tolist() == [1]
+
+
+def test_settings_out_of_range_raise_mtcnn_error(detector: MtcnnDetector, networks) -> None:
+    runs = [torch_callable(net) for net in networks]
+    for thresholds in ((0.6, 0.7, 1.0), (-0.1, 0.7, 0.7)):
+        with pytest.raises(MtcnnError, match="thresholds"):
+            MtcnnDetector(*runs, thresholds=thresholds)
+    with pytest.raises(MtcnnError, match="factor"):
+        MtcnnDetector(*runs, factor=1.0)  # a pyramid that never shrinks
+    for nms in (mtcnn.MtcnnNms(per_scale=0.0), mtcnn.MtcnnNms(output=1.5)):
+        with pytest.raises(MtcnnError, match="NMS thresholds"):
+            MtcnnDetector(*runs, nms=nms)
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(MtcnnError, match="min_face_px"):
+            detector.detect(rgb, min_face_px=bad)
+
+
+def test_scales_at_their_limits_and_with_another_factor(detector: MtcnnDetector, networks) -> None:
+    # short side 20 at min_face_px 20: 20 * 12 / 20 = 12 exactly, one level (facenet: while >= 12)
+    assert detector.scales(20, 50, 20) == [0.6]
+    # max_face_px equal to min_face_px keeps the first level, whose cell is exactly 20 px
+    assert detector.scales(400, 900, 20, max_face_px=20) == [0.6]
+    halving = MtcnnDetector(*(torch_callable(net) for net in networks), factor=0.5)
+    assert halving.scales(100, 200, 20) == [0.6, 0.3, 0.15]  # short sides 60, 30, 15 (then 7.5)
+
+
+def stub_pnet(regression: Sequence[float], probability: float, calls: list | None = None):
+    """P-Net whose first map cell has ``probability`` of a face and ``regression``, every other 0."""
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if calls is not None:
+            calls.append(batch.copy())
+        h, w = mtcnn.pnet_map_size(batch.shape[2]), mtcnn.pnet_map_size(batch.shape[3])
+        reg, prob = np.zeros((1, 4, h, w), np.float32), np.zeros((1, 2, h, w), np.float32)
+        reg[0, :, 0, 0] = regression
+        prob[0, 1, 0, 0] = probability
+        return reg, prob
+
+    return run
+
+
+def stub_stage(probability: float, calls: list, landmarks: bool):
+    """R-Net (or O-Net with ``landmarks``): zero regression, every crop the same face probability."""
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        calls.append(batch.copy())
+        n = len(batch)
+        reg, prob = np.zeros((n, 4), np.float32), np.tile(np.float32([1 - probability, probability]), (n, 1))
+        return (reg, np.full((n, 10), 0.5, np.float32), prob) if landmarks else (reg, prob)
+
+    return run
+
+
+def test_scores_exactly_at_a_threshold_follow_facenet() -> None:
+    """P-Net keeps a cell at its threshold (facenet: probs >= thresh), R-Net and O-Net drop one
+    (score > threshold); each stage compares with its own threshold."""
+    rgb = np.full((20, 20, 3), 100, np.uint8)  # min_face_px 20: one level, scale 0.6, a 2 x 2 map
+    thresholds = (0.6, 0.5, 0.8)
+    p, r, o = (np.float32(t) for t in thresholds)
+
+    def faces(pnet_p: float, rnet_p: float, onet_p: float) -> tuple[int, int, int]:
+        rnet_calls, onet_calls = [], []
+        found = MtcnnDetector(stub_pnet((0, 0, 0, 0), pnet_p), stub_stage(rnet_p, rnet_calls, False),
+                              stub_stage(onet_p, onet_calls, True), thresholds=thresholds).detect(rgb, min_face_px=20)
+        return len(rnet_calls), len(onet_calls), len(found)
+
+    assert faces(p, 0.6, 0.9) == (1, 1, 1)  # 0.6 passes R-Net's 0.5, not O-Net's 0.8
+    assert faces(np.nextafter(p, np.float32(0)), 0.6, 0.9) == (0, 0, 0)
+    assert faces(p, r, 0.9) == (1, 0, 0)
+    assert faces(p, 0.6, o) == (1, 1, 0)
+    # the one face: cell (0, 0) at scale 0.6 is [floor(1 / 0.6), floor(12 / 0.6)] = [1, 20] per axis,
+    # its landmarks at half of the 20-pixel box: 20 * 0.5 + 1 - 1 = 10
+    rnet_calls, onet_calls = [], []
+    found = MtcnnDetector(stub_pnet((0, 0, 0, 0), p), stub_stage(0.6, rnet_calls, False),
+                          stub_stage(0.9, onet_calls, True), thresholds=thresholds).detect(rgb, min_face_px=20)
+    assert found.boxes.tolist() == [[1.0, 1.0, 20.0, 20.0]] and found.scores.tolist() == [float(np.float32(0.9))]
+    assert np.all(found.landmarks == 10.0)
+
+
+def test_a_box_with_no_pixel_in_the_image_is_dropped_and_one_pixel_is_a_crop() -> None:
+    """A P-Net box regressed up-left of the image: ending at 0.5 it has no pixel inside and is
+    dropped before R-Net (which is then not called at all); ending at 1.5 its in-image part is
+    the top-left pixel, which R-Net gets stretched to 24 x 24."""
+    rgb = np.random.default_rng(6).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    rgb[0, 0] = (10, 200, 60)
+    # cell (0, 0) at scale 0.6 is the box [1, 1, 20, 20] (P-Net width x2 - x1 = 19)
+    for end, crops in ((0.5, 0), (1.5, 1)):
+        offsets = ((-11.0 - 1) / 19, (-11.0 - 1) / 19, (end - 20) / 19, (end - 20) / 19)  # a square, -11 .. end
+        rnet_calls: list[np.ndarray] = []
+        detector = MtcnnDetector(stub_pnet(offsets, 0.9), stub_stage(0.0, rnet_calls, False), stub_stage(0.9, [], True))
+        faces = detector.detect(rgb, min_face_px=20)
+        assert len(faces) == 0 and faces.boxes.shape == (0, 4)
+        assert sum(len(batch) for batch in rnet_calls) == crops
+    expected = (np.float32([10, 200, 60]) - np.float32(127.5)) * np.float32(0.0078125)
+    np.testing.assert_array_equal(rnet_calls[0][0], np.broadcast_to(expected[:, None, None], (3, 24, 24)))
+
+
+def test_networks_returning_non_finite_values_raise_mtcnn_error() -> None:
+    def nan_pnet(batch):
+        reg, prob = stub_pnet((0, 0, 0, 0), 0.9)(batch)
+        reg[0, 0, 0, 0] = np.nan
+        return reg, prob
+
+    detector = MtcnnDetector(nan_pnet, stub_stage(0.9, [], False), stub_stage(0.9, [], True))
+    with pytest.raises(MtcnnError, match="run_pnet returned non-finite values"):
+        detector.detect(np.zeros((20, 20, 3), np.uint8), min_face_px=20)
+
+
+def test_onnxruntime_mtcnn_passes_its_settings_and_checks_output_widths(networks, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    import onnxruntime
+
+    pnet, rnet, onet = networks
+    paths = (
+        export_onnx(pnet, (1, 3, 37, 53), ("regression", "probability"), tmp_path / "p.onnx", {0: "n", 2: "h", 3: "w"}),
+        export_onnx(rnet, (2, 3, 24, 24), ("regression", "probability"), tmp_path / "r.onnx", {0: "n"}),
+        export_onnx(onet, (2, 3, 48, 48), ("regression", "landmarks", "probability"), tmp_path / "o.onnx", {0: "n"}),
+    )
+    providers: list[list[str]] = []
+    session = onnxruntime.InferenceSession
+
+    def recording_session(*args, **kwargs):  # records the providers asked for, opens on the CPU
+        providers.append(kwargs["providers"])
+        return session(*args, **{**kwargs, "providers": ["CPUExecutionProvider"]})
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording_session)
+    detector = onnxruntime_mtcnn(*paths, ("SomeExecutionProvider", "CPUExecutionProvider"),
+                                 thresholds=(0.5, 0.6, 0.65), factor=0.5)
+    assert detector.thresholds == (0.5, 0.6, 0.65) and detector.factor == 0.5
+    assert providers == [["SomeExecutionProvider", "CPUExecutionProvider"]] * 3
+    monkeypatch.undo()
+    with pytest.raises(MtcnnError, match="does not exist"):  # a folder is not a graph file
+        onnxruntime_mtcnn(tmp_path, paths[1], paths[2])
+
+    class SwappedWidths(torch.nn.Module):  # R-Net's input and output names, widths 2 and 4 swapped
+        def forward(self, image):
+            flat = image.mean(dim=(2, 3))
+            return flat[:, :2], torch.cat([flat, flat[:, :1]], dim=1)
+
+    swapped = export_onnx(SwappedWidths(), (2, 3, 24, 24), ("regression", "probability"), tmp_path / "s.onnx", {0: "n"})
+    with pytest.raises(MtcnnError, match=r"s.onnx is not MTCNN's R-Net: its output 'regression' is \[.*, 2\], "
+                                         r"expected \[batch, 4\]"):
+        onnxruntime_mtcnn(paths[0], swapped, paths[2])
+
+
+def test_box_regression_and_squaring_equal_facenets_on_boxes_that_are_not_square() -> None:
+    from facenet_pytorch.models.utils.detect_face import bbreg, rerec
+
+    rng = np.random.default_rng(7)
+    corners = (rng.random((50, 2)) * 100).astype(np.float32)
+    boxes = np.concatenate([corners, corners + (5 + rng.random((50, 2)) * 60).astype(np.float32)], axis=1)
+    offsets = (rng.random((50, 4)) - 0.5).astype(np.float32)
+    expected = bbreg(torch.from_numpy(boxes.copy()), torch.from_numpy(offsets)).numpy()  # R-/O-Net: x2 - x1 + 1
+    np.testing.assert_allclose(mtcnn._regress(boxes, offsets, inclusive=True), expected, rtol=0, atol=1e-4)
+    # P-Net's regression (facenet's stage one, inline): width x2 - x1, height y2 - y1
+    size = np.concatenate([boxes[:, 2:] - boxes[:, :2]] * 2, axis=1)
+    np.testing.assert_allclose(mtcnn._regress(boxes, offsets, inclusive=False), boxes + offsets * size, rtol=0, atol=1e-4)
+    squared = rerec(torch.from_numpy(np.concatenate([boxes, np.zeros((50, 1), np.float32)], axis=1))).numpy()[:, :4]
+    np.testing.assert_allclose(mtcnn._square(boxes), squared, rtol=0, atol=1e-4)
+
+
+def test_candidates_of_different_levels_are_suppressed_together() -> None:
+    """factor 0.9 on a 24 x 24 image: two levels (scales 0.6 and 0.54), whose first cells are the
+    boxes [1, 1, 20, 20] and [1, 1, 22, 22], IoU 19^2 / 21^2 = 0.82 > 0.7: only the better one
+    (the finer level's, 0.9 against 0.8) reaches R-Net."""
+    levels: list[tuple[int, int]] = []
+
+    def two_level_pnet(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        levels.append(batch.shape[2:])
+        return stub_pnet((0, 0, 0, 0), (0.9, 0.8)[len(levels) - 1])(batch)
+
+    rnet_calls: list[np.ndarray] = []
+    detector = MtcnnDetector(two_level_pnet, stub_stage(0.0, rnet_calls, False), stub_stage(0.9, [], True),
+                             factor=0.9)
+    rgb = np.random.default_rng(9).integers(0, 256, size=(24, 24, 3), dtype=np.uint8)
+    assert len(detector.detect(rgb, min_face_px=20)) == 0
+    assert levels == [(15, 15), (13, 13)]
+    # the one crop is the 20-pixel box [1, 20] of the finer level: the image's first 20 x 20 pixels
+    (crops,) = rnet_calls
+    expected = (torch_area(rgb[:20, :20], 24, 24) - np.float32(127.5)) * np.float32(0.0078125)
+    assert crops.shape == (1, 3, 24, 24)
+    np.testing.assert_array_equal(crops[0], expected.transpose(2, 0, 1))
+
+
+def test_the_last_suppression_is_by_the_smaller_box() -> None:
+    """Three levels of a 40 x 40 image give the boxes [1, 20], [2, 28] and [3, 39] per axis, which
+    no IoU suppression merges (IoU 0.45, 0.52, 0.21); O-Net's 'Min' overlap (1-based areas) is
+    0.90 and 0.81 against the best (the finest level's box, first to O-Net), so one face comes out."""
+    rnet_calls: list[np.ndarray] = []
+    onet_scores = np.float32([0.95, 0.85, 0.75])
+
+    def onet(batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        n = len(batch)
+        return (np.zeros((n, 4), np.float32), np.full((n, 10), 0.5, np.float32),
+                np.stack([1 - onet_scores[:n], onet_scores[:n]], axis=1))
+
+    detector = MtcnnDetector(stub_pnet((0, 0, 0, 0), 0.9), stub_stage(0.9, rnet_calls, False), onet)
+    faces = detector.detect(np.full((40, 40, 3), 90, np.uint8), min_face_px=20)
+    assert [len(batch) for batch in rnet_calls] == [3]
+    assert len(faces) == 1 and faces.scores.tolist() == [float(onet_scores[0])]
+    assert faces.boxes.tolist() == [[1.0, 1.0, 20.0, 20.0]]
