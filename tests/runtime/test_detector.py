@@ -969,3 +969,412 @@ def test_sets_without_mtcnn_open_with_the_letterbox_pass_only(tiny_engine_set, t
     write_rebuilt_manifest(older, manifest)
     with Detector.open(older) as detector:
         assert detector.face_locator is not None and detector.face_locator.small_face_detector is None
+
+
+# --- boundaries and paths the tests above left open (found by mutation testing of detector.py) ---
+
+
+def test_a_face_box_that_only_touches_an_edge_of_the_image_lies_outside_it(tiny_engine_set, photographs):
+    """x2 = 0, y2 = 0, x1 = width or y1 = height: the box shares an edge with the image but covers
+    none of its pixels, so it is a coordinate mistake like any box wholly outside; a box reaching
+    one pixel in is cropped."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    good = photographs["coffee"]  # 600x400
+    touching = [(-200, 10, 0, 300), (10, -300, 300, 0), (600, 10, 800, 300), (10, 400, 300, 700)]
+    for box, result in zip(touching, detector.detect([good] * 4, face_boxes=touching)):
+        assert result.error == (f"face box {box} lies outside the 600x400 image (boxes are x1, y1, x2, y2 in "
+                                f"pixels of the image)"), box
+    one_in = [(-200, 10, 1, 300), (599, 10, 800, 300)]
+    assert all(r.ok and r.face["used"] == "crop" for r in detector.detect([good] * 2, face_boxes=one_in))
+
+
+def test_a_face_box_on_a_reduced_decode_is_judged_against_the_full_size_image(tiny_engine_set, photographs,
+                                                                              tmp_path):
+    """A JPEG over max_pixels is decoded at 1/2 (here 600x400 -> 300x200): its box, in full-size
+    pixels, is scaled for the crop, but how much of it lies inside the image is judged at full
+    size; an image decoded at full size gets no note about a reduced decode."""
+    path = tmp_path / "coffee.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    box = (520.0, 50.0, 720.0, 250.0)  # 40% inside the 600x400 image, reaching 0.2 of its side past it
+    reduced = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, max_pixels=100_000)
+    [result] = reduced.detect([path], face_boxes=[box])
+    assert result.ok and result.face == {"source": "box", "box": list(box), "used": "crop"}
+    assert ("face stream: the face box, in pixels of the full-size 600x400 image, is cropped from the 1/2 "
+            "decode") in result.notes
+    assert ("face stream: only 40% of the face box lies inside the 600x400 image, so its crop is mostly black "
+            "padding (as for a face cut by the image's edge)") in result.notes
+    full = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    [whole] = full.detect([path], face_boxes=[box])
+    assert whole.ok and whole.face["used"] == "crop"
+    assert not any("decode" in note for note in whole.notes), whole.notes
+    assert [n for n in whole.notes if "lies inside" in n] == [n for n in result.notes if "lies inside" in n]
+
+
+def test_face_min_px_may_be_mtcnns_smallest_window(tiny_engine_set):
+    """The documented lower bound is inclusive: at least 12 px (MTCNN's smallest window)."""
+    from dfd.runtime.face_detection import SMALLEST_FACE_PX
+
+    with Detector.open(tiny_engine_set, backend="onnxruntime", face_min_px=SMALLEST_FACE_PX) as detector:
+        assert detector.face_locator.min_face_px == SMALLEST_FACE_PX == 12
+        assert detector.face_locator.small_face_detector is not None
+        assert "MTCNN for faces from 12 px on larger images" in detector.face_localisation
+
+
+def test_prepare_workers_are_at_least_one_and_taken_as_given(tiny_engine_set, monkeypatch):
+    """0 threads would prepare nothing; a number given is the number used (None: one per core)."""
+    import dfd.runtime.detector as module
+
+    with pytest.raises(DfdError, match=re.escape("prepare_workers must be None (one per core, at most 8) or a "
+                                                 "number of threads of at least 1, got 0")):
+        Detector.open(tiny_engine_set, backend="onnxruntime", prepare_workers=0)
+    monkeypatch.setattr(module, "default_prepare_workers", lambda: 5)
+    with Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, prepare_workers=3) as given, \
+            Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False) as default:
+        assert (given.prepare_workers, default.prepare_workers) == (3, 5)
+
+
+def test_a_cuda_graph_as_large_as_the_batch_is_refused_only_for_want_of_tensorrt(tiny_engine_set):
+    """A graph batch equal to the batch size is valid; on ONNX Runtime the refusal names the backend."""
+    from dfd.runtime.backends import BackendError
+
+    with pytest.raises(BackendError, match="a CUDA graph needs the tensorrt backend; this detector runs on "
+                                           "onnxruntime"):
+        Detector.open(tiny_engine_set, backend="onnxruntime", batch_size=2, cuda_graph_batch=2)
+
+
+def test_the_manifests_face_detector_settings_are_the_locators(tiny_engine_set, tmp_path):
+    """The set's recorded BlazeFace score threshold and MTCNN thresholds, not the defaults, and the
+    streams in the reference's order whatever order the manifest lists them in."""
+    root = tmp_path / "set"
+    shutil.copytree(tiny_engine_set, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["face_detector"]["score_threshold"] = 0.7
+    manifest["face_detector"]["small_faces"]["thresholds"] = [0.5, 0.6, 0.8]
+    manifest["streams"] = dict(reversed(list(manifest["streams"].items())))
+    write_rebuilt_manifest(root, manifest)
+    with Detector.open(root, backend="onnxruntime") as detector:
+        assert detector.face_locator.score_threshold == 0.7
+        assert detector.face_locator.small_face_detector.thresholds == (0.5, 0.6, 0.8)
+        assert detector.streams == ("global", "face", "fusion")
+
+
+def test_an_opening_interrupted_by_ctrl_c_releases_the_backend(tiny_engine_set, monkeypatch):
+    """A KeyboardInterrupt while the face locator opens (seconds at paper size) is not an Exception:
+    the backend's sessions are still closed before it propagates."""
+    import dfd.runtime.detector as module
+
+    closed = []
+    real_select = module.select_backend
+
+    def recording_select(*args, **kwargs):
+        choice = real_select(*args, **kwargs)
+        choice.backend.close = lambda: closed.append(True)
+        return choice
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "select_backend", recording_select)
+    monkeypatch.setattr(Detector, "_open_face_locator", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Detector.open(tiny_engine_set, backend="onnxruntime")
+    assert closed == [True]
+
+
+def test_close_releases_everything_once_and_reports_a_failed_release(tiny_engine_set, monkeypatch):
+    """The backend is closed once however often the detector is; the face locator (its ONNX Runtime
+    sessions) is let go; a backend whose release fails makes close() raise, not pass silently."""
+    from dfd.runtime.backends import OnnxRuntimeBackend
+
+    calls = []
+    real_close = OnnxRuntimeBackend.close
+    monkeypatch.setattr(OnnxRuntimeBackend, "close", lambda self: calls.append("close") or real_close(self))
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime")
+    assert detector.face_locator is not None
+    detector.close()
+    detector.close()
+    with detector:
+        pass
+    assert calls == ["close"] and detector.face_locator is None and detector.backend.sessions == {}
+
+    def broken_close(self):
+        raise RuntimeError("the driver went away")
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "close", broken_close)
+    failing = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    with pytest.raises(RuntimeError, match="the driver went away"):
+        failing.close()
+    assert failing.closed
+    failing.close()  # released (as far as it could be) once: nothing is raised again
+
+
+def test_a_with_block_closes_the_detector(tiny_engine_set, photographs):
+    with Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False) as detector:
+        assert detector.detect([photographs["coffee"]])[0].ok
+    assert detector.closed and detector.backend.sessions == {}
+
+
+def test_on_progress_gets_each_batchs_size_and_an_exception_it_raises_ends_the_call(tiny_engine_set, photographs):
+    """on_progress(n) is told how many images the batch just scored (not the running total); when
+    it raises, the call is over at once: the detector is no longer in use, so close() does not wait."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, batch_size=2)
+    good = photographs["coffee"]
+    sizes = []
+    assert len(detector.detect([good] * 5, on_progress=sizes.append)) == 5
+    assert sizes == [2, 2, 1]
+
+    def stop(done):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        detector.detect([good] * 3, on_progress=stop)
+    assert interrupted.value is not None and not detector._running  # the traceback still holds the call's frame
+    detector.close()
+    assert detector.backend.sessions == {}
+
+
+def test_detections_refuses_a_closed_detector_before_iterating(tiny_engine_set):
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    detector.close()
+    with pytest.raises(DfdError, match="this detector is closed"):
+        detector.detections([])
+
+
+def test_face_boxes_of_five_numbers_and_of_no_images(tiny_engine_set, photographs):
+    """Only four numbers read as one box given for all images; no boxes for no images is no call
+    at all, not a mistake."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    with pytest.raises(TypeError, match=r"face_boxes holds numbers \(1, 2, 3, 4, 5\), not a box per image"):
+        detector.detect([photographs["coffee"]] * 5, face_boxes=[1, 2, 3, 4, 5])
+    assert detector.detect([], face_boxes=[]) == []
+
+
+def test_a_face_found_on_a_reduced_decode_is_recorded_in_full_size_pixels(tiny_engine_set, photographs,
+                                                                          tmp_path, monkeypatch):
+    """The locator sees the 1/2 decode; detect records its box in full-size pixels (the box a
+    --face-boxes file takes) and its score to 4 decimals."""
+    path = tmp_path / "coffee.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(photographs["coffee"], cv2.COLOR_RGB2BGR))
+    with Detector.open(tiny_engine_set, backend="onnxruntime", max_pixels=100_000) as detector:
+        monkeypatch.setattr(detector.face_locator, "locate",
+                            lambda image: FaceResult((60.5, 20.0, 210.0, 170.0), 0.934567, "plain", 1))
+        [found] = detector.detect([path])
+        [given] = detector.detect([path], face_boxes=[found.face["box"]])
+    assert found.face == {"source": "detector", "box": [121.0, 40.0, 420.0, 340.0], "score": 0.9346,
+                          "strategy": "plain", "count": 1, "used": "crop"}
+    assert found.notes == given.notes and found.streams == given.streams
+
+
+def test_an_unforeseen_failure_clears_the_notes_of_what_was_not_scored(tiny_engine_set, photographs):
+    """The decode's note (grayscale expanded) describes a scoring that then did not happen."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    grey = photographs["coffee"][:, :, :1]
+    [failed] = detector.detect([grey], face_boxes=[(_UnconvertibleCoordinate(1), 2, 300, 200)])
+    assert failed.error == "unexpected RuntimeError while preparing this image: this coordinate cannot be read"
+    assert failed.notes == [] and failed.face is None and failed.score is None
+
+
+def test_preparation_for_the_fused_path_refuses_and_notes_as_the_host_path_does(tiny_engine_set, photographs,
+                                                                                tmp_path):
+    """On the fused GPU path the kernels crop and resize, so preparation itself refuses a face
+    window the host's crop would refuse, and writes the notes the host preprocessing would (a
+    small face crop's upscale, not the image's). Checked without a GPU: preparing decides the
+    fused input and runs no kernel."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    good = photographs["coffee"]
+    crop = np.ascontiguousarray(photographs["astronaut"][60:200, 150:270])  # 120x140: under the 252 crop
+    jpeg = tmp_path / "coffee.jpg"
+    cv2.imwrite(str(jpeg), cv2.cvtColor(good, cv2.COLOR_RGB2BGR))
+    inputs = [(good, {"face_box": (-1e6, -1e6, 1e6, 1e6)}), (good, {"face_crop": crop}),
+              (good, {"face_box": (100, 50, 400, 350)}), (jpeg, {"face_box": (100, 50, 400, 350)})]
+    host = [detector.prepare(image, "coffee", **given) for image, given in inputs]
+    detector.fused = object()  # a stand-in: prepare only builds its FusedInput
+    try:
+        fused = [detector.prepare(image, "coffee", **given) for image, given in inputs]
+    finally:
+        detector.fused = None
+    assert [f.detection for f in fused] == [h.detection for h in host]
+    assert "mostly black padding" in fused[0].detection.error and fused[0].fused is None
+    assert any("face stream" in note and "upscal" in note for note in fused[1].detection.notes)
+    assert fused[1].tensors == {} and fused[1].fused.face_rgb is not None and fused[1].fused.face_box is None
+    assert fused[2].fused.face_box == (100.0, 50.0, 400.0, 350.0) and fused[2].fused.face_rgb is None
+    # a JPEG's face is re-encoded as the reference's crop file is: that image, not the box, is the face input
+    assert any("re-encoded as .jpg" in note for note in fused[3].detection.notes)
+    assert fused[3].fused.face_box is None and fused[3].fused.face_rgb is not None
+    detector.close()
+
+
+def test_detections_ends_its_call_when_the_iterator_ends_with_an_exception(tiny_engine_set, photographs):
+    """An exception thrown into the iterator (as a framework cancelling the consumer does) ends
+    the call at once, not when the exception's traceback lets go of it: close() then has no call
+    to wait for."""
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False, batch_size=1)
+    scoring = detector.detections([photographs["coffee"]] * 3)
+    assert next(scoring).ok and detector._running
+    with pytest.raises(KeyboardInterrupt) as cancelled:
+        scoring.throw(KeyboardInterrupt())
+    assert cancelled.value is not None and not detector._running
+    detector.close()
+    assert detector.backend.sessions == {}
+
+
+def test_a_face_crop_given_with_a_jpeg_is_not_re_encoded(tiny_engine_set, photographs, tmp_path):
+    """A given face crop is the reference's crop file already: only the face input the runtime
+    makes from a JPEG (its crop or the image) is re-encoded, so a JPEG file with a crop scores as
+    its decoded pixels with that crop."""
+    path = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(photographs["astronaut"], cv2.COLOR_RGB2BGR))
+    decoded = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    crop = np.ascontiguousarray(photographs["astronaut"][30:260, 120:320])
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    from_file, from_array = detector.detect([path, decoded], face_crops=[crop, crop])
+    assert from_file.ok and from_file.face == {"source": "face-crop", "file": "<array>"}
+    assert not any("re-encoded" in note for note in from_file.notes)
+    assert from_file.streams == from_array.streams and from_file.notes == from_array.notes
+
+
+def test_a_non_finite_stream_fails_its_image_alone(tiny_engine_set, photographs):
+    """NaN logits (an fp16 overflow) from one stream for one image: that image gets no score and an
+    error naming the stream; the others of its batch are scored as on their own, and every scored
+    image records its rounded stream probabilities and the vote over them."""
+    from dfd.runtime.vote import discretised_vote, one_decimal
+
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    images = [photographs["coffee"], photographs["chelsea"], photographs["astronaut"]]
+    alone = detector.detect(images)
+    inner = detector.backend
+
+    class OverflowingBackend:
+        name = inner.name
+
+        def run(self, stream, pixels):
+            logits = np.array(inner.run(stream, pixels), dtype=np.float32)
+            if stream == "face":
+                logits[1] = np.nan
+            return logits
+
+    detector.backend = OverflowingBackend()
+    first, failed, last = detector.detect(images)
+    detector.backend = inner
+    assert failed.error == "the face stream produced a non-finite probability; no score for this image"
+    assert failed.score is None and failed.raw_score is None and failed.streams == {}
+    assert first.to_dict() == alone[0].to_dict() and last.to_dict() == alone[2].to_dict()
+    for result in alone:
+        vote = discretised_vote(result.streams, detector.vote_weights)
+        assert result.rounded_streams == {s: one_decimal(p) for s, p in result.streams.items()}
+        assert (result.score, result.raw_score) == (vote.score, vote.raw_mean)
+
+
+def test_the_vote_kernels_outputs_are_recorded_as_the_host_vote_is(tiny_engine_set, photographs):
+    """The fused path's per-image results: a saturated stream (P(fake) exactly 0 or 1) is a score,
+    NaN is that image's error alone. Checked without a GPU: a stand-in returns the kernel's outputs."""
+    from dfd.runtime.gpu_pipeline import FusedResult
+
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    prepared = [detector.prepare(photographs["coffee"], name) for name in ("saturated", "overflow")]
+
+    class VoteKernel:
+        def run(self, inputs):
+            return FusedResult(probabilities=np.array([[0.0, 1.0, 0.3125], [0.5, np.nan, 0.5]], np.float32),
+                               score=np.array([0.5, 0.0], np.float32), raw_mean=np.array([0.4, 0.0], np.float32))
+
+    detector.fused = VoteKernel()
+    try:
+        detector._score(prepared)
+    finally:
+        detector.fused = None
+    saturated, overflow = (p.detection for p in prepared)
+    assert saturated.ok and saturated.streams == {"global": 0.0, "face": 1.0, "fusion": 0.3125}
+    assert saturated.rounded_streams == {"global": 0.0, "face": 1.0, "fusion": 0.3}
+    assert (saturated.score, saturated.raw_score) == (0.5, pytest.approx(0.4))
+    assert overflow.error == "the face stream produced a non-finite probability; no score for this image"
+    assert overflow.score is None
+    assert set(saturated.to_dict()) == {"image", "score", "raw_score", "streams", "rounded_streams", "face",
+                                        "notes", "error"}  # file_unreadable is not part of the record
+
+
+def test_face_localisation_says_why_it_is_off(tiny_engine_set, tmp_path):
+    root = tmp_path / "no-detector"
+    root.mkdir()
+    manifest = json.loads((tiny_engine_set / "manifest.json").read_text())
+    for entry in (f for stream in manifest["streams"].values() for f in stream["files"]):
+        shutil.copyfile(tiny_engine_set / entry["path"], root / entry["path"])
+    manifest["face_detector"] = None  # a set built with --no-face-detector
+    write_rebuilt_manifest(root, manifest)
+    with Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False) as turned_off, \
+            Detector.open(root, backend="onnxruntime") as without_detector:
+        assert turned_off.face_localisation == "off: images without a face crop or box use the original image"
+        assert without_detector.face_locator is None
+        assert without_detector.face_localisation == ("off (the engine set packages no face detector): images "
+                                                      "without a face crop or box use the original image")
+
+
+def test_a_set_with_part_of_mtcnn_opens_with_the_letterbox_pass_only(tiny_engine_set, tmp_path):
+    """MTCNN needs all three of its networks: a set that packages P-Net alone runs BlazeFace alone."""
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_engine_set, partial)
+    manifest = json.loads((partial / "manifest.json").read_text())
+    entry = manifest["face_detector"]
+    for file in [f for f in entry["files"] if f["role"] in ("mtcnn_rnet", "mtcnn_onet")]:
+        (partial / file["path"]).unlink()
+    entry["files"] = [f for f in entry["files"] if f["role"] not in ("mtcnn_rnet", "mtcnn_onet")]
+    write_rebuilt_manifest(partial, manifest)
+    with Detector.open(partial, backend="onnxruntime") as detector:
+        assert detector.face_locator is not None and detector.face_locator.small_face_detector is None
+
+
+def test_a_close_inside_one_call_leaves_the_release_to_the_last_running_call(tiny_engine_set, photographs,
+                                                                              monkeypatch):
+    """close() from an on_progress callback while another thread's call is still scoring: the
+    callback's call ends without releasing what the other call uses; the last call to end releases."""
+    from dfd.runtime.backends import OnnxRuntimeBackend
+
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    entered, proceed = threading.Event(), threading.Event()
+    real_run = OnnxRuntimeBackend.run
+
+    def held_run(self, stream, pixels):
+        if threading.current_thread().name == "held":
+            entered.set()
+            assert proceed.wait(60)
+        return real_run(self, stream, pixels)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "run", held_run)
+    good, held = photographs["coffee"], []
+    thread = threading.Thread(target=lambda: held.extend(detector.detect([good])), name="held")
+    thread.start()
+    assert entered.wait(60)
+    try:
+        [closing] = detector.detect([good], on_progress=lambda done: detector.close())
+        assert closing.ok and detector.closed and len(detector.backend.sessions) == 3
+    finally:
+        proceed.set()
+        thread.join(60)
+    assert [r.ok for r in held] == [True] and detector.backend.sessions == {}
+
+
+def test_a_face_crop_and_a_face_box_for_one_image_fail_that_image(tiny_engine_set, photographs):
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    good = photographs["coffee"]
+    both, crop_only = detector.detect([good, good], face_crops=[good[:300, :300], good[:300, :300]],
+                                      face_boxes=[(100, 50, 400, 350), None])
+    assert both.error == "give a face crop or a face box for an image, not both" and both.face is None
+    assert crop_only.ok and crop_only.face["source"] == "face-crop"
+
+
+def test_a_face_box_changes_the_face_stream_only(tiny_engine_set, photographs):
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    rgb = photographs["astronaut"]
+    boxed, whole = detector.detect([rgb, rgb], face_boxes=[FACE_BOXES["astronaut"], None])
+    assert boxed.face["used"] == "crop" and boxed.streams["face"] != whole.streams["face"]
+    assert (boxed.streams["global"], boxed.streams["fusion"]) == (whole.streams["global"], whole.streams["fusion"])
+
+
+def test_only_a_file_that_cannot_be_read_is_marked_unreadable(tiny_engine_set, tmp_path):
+    """file_unreadable (the C ABI's DFD_E_IO) is the file's own failure, not its content's."""
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    detector = Detector.open(tiny_engine_set, backend="onnxruntime", face_detection=False)
+    missing, undecodable = detector.detect([tmp_path / "missing.png", corrupt])
+    assert missing.error and missing.file_unreadable
+    assert undecodable.error and not undecodable.file_unreadable
