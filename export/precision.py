@@ -595,6 +595,7 @@ def _insert_qdq(model: onnx.ModelProto, layers: Sequence[tuple[int, int]],
     zero = numpy_helper.from_array(np.array(0, dtype=np.int8), "qdq__zero_point")
     new_initializers = [zero]
     activation_dq: dict[str, str] = {}
+    weight_q: dict[tuple[str, int], tuple[str, str, str]] = {}
     before: dict[int, list[onnx.NodeProto]] = defaultdict(list)
     for index, axis in layers:
         node = graph.node[index]
@@ -611,13 +612,14 @@ def _insert_qdq(model: onnx.ModelProto, layers: Sequence[tuple[int, int]],
                                  name=f"{activation}__dequantize"),
             ]
             activation_dq[activation] = dequantized
-        weight = numpy_helper.to_array(initializers[weight_name])
-        quantized_weight, scale = _quantize_weight(weight, axis)
-        int8_name, scale_name = f"{weight_name}__int8", f"{weight_name}__scale"
-        zeros_name = f"{weight_name}__zero_point"
-        new_initializers += [numpy_helper.from_array(quantized_weight, int8_name),
-                             numpy_helper.from_array(scale, scale_name),
-                             numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), zeros_name)]
+        key = (weight_name, axis)
+        if key not in weight_q:  # a weight two layers share is quantized once per axis it is read along
+            stem = weight_name if all(w != weight_name for w, _ in weight_q) else f"{weight_name}__axis{axis}"
+            quantized_weight, scale = _quantize_weight(numpy_helper.to_array(initializers[weight_name]), axis)
+            weight_q[key] = (f"{stem}__int8", f"{stem}__scale", f"{stem}__zero_point")
+            new_initializers += [numpy_helper.from_array(values, name) for values, name in
+                                 zip((quantized_weight, scale, np.zeros(scale.shape, dtype=np.int8)), weight_q[key])]
+        int8_name, scale_name, zeros_name = weight_q[key]
         dequantized_weight = f"{weight_name}__dq_{node.name or index}"
         before[index].append(helper.make_node("DequantizeLinear", [int8_name, scale_name, zeros_name],
                                               [dequantized_weight], axis=axis,
