@@ -631,9 +631,8 @@ def test_option_values_are_refused_before_the_set_is_opened(tiny_engine_set, mon
         Detector.open(tiny_engine_set, **options)
 
 
-def test_an_opening_that_fails_after_the_backend_releases_it(tiny_engine_set, monkeypatch):
-    """On TensorRT the backend holds GPU buffers and streams; a Detector that failed to open never
-    closed it (no __del__), so they stayed until the garbage collector found it."""
+def record_backend_closes(monkeypatch) -> list:
+    """The list each opened backend's close() appends True to."""
     import dfd.runtime.detector as module
 
     closed = []
@@ -645,6 +644,13 @@ def test_an_opening_that_fails_after_the_backend_releases_it(tiny_engine_set, mo
         return choice
 
     monkeypatch.setattr(module, "select_backend", recording_select)
+    return closed
+
+
+def test_an_opening_that_fails_after_the_backend_releases_it(tiny_engine_set, monkeypatch):
+    """On TensorRT the backend holds GPU buffers and streams; a Detector that failed to open never
+    closed it (no __del__), so they stayed until the garbage collector found it."""
+    closed = record_backend_closes(monkeypatch)
     with pytest.raises(DfdError, match="a CUDA graph needs the fused GPU path"):
         Detector.open(tiny_engine_set, backend="onnxruntime", gpu_preprocessing=False, cuda_graph_batch=1)
     assert closed == [True]
@@ -1061,20 +1067,11 @@ def test_the_manifests_face_detector_settings_are_the_locators(tiny_engine_set, 
 def test_an_opening_interrupted_by_ctrl_c_releases_the_backend(tiny_engine_set, monkeypatch):
     """A KeyboardInterrupt while the face locator opens (seconds at paper size) is not an Exception:
     the backend's sessions are still closed before it propagates."""
-    import dfd.runtime.detector as module
-
-    closed = []
-    real_select = module.select_backend
-
-    def recording_select(*args, **kwargs):
-        choice = real_select(*args, **kwargs)
-        choice.backend.close = lambda: closed.append(True)
-        return choice
+    closed = record_backend_closes(monkeypatch)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(module, "select_backend", recording_select)
     monkeypatch.setattr(Detector, "_open_face_locator", interrupted)
     with pytest.raises(KeyboardInterrupt):
         Detector.open(tiny_engine_set, backend="onnxruntime")
